@@ -1,0 +1,128 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// NamedAddress is a named extra address of a Connector.
+type NamedAddress struct {
+	// +kubebuilder:validation:MinLength=1
+	Name string `json:"name"`
+	// +kubebuilder:validation:XValidation:rule="isURL(self)",message="must be a URL"
+	Value string `json:"value"`
+}
+
+// SecretRef refers to a Secret.
+type SecretRef struct {
+	// +kubebuilder:validation:MinLength=1
+	Name string `json:"name"`
+	// Namespace of the Secret; the Connector's when empty.
+	// +optional
+	Namespace string `json:"namespace,omitempty"`
+}
+
+// ConnectorAuth selects the credential of a Connector.
+type ConnectorAuth struct {
+	// Name of the class's auth type.
+	// +optional
+	Name string `json:"name,omitempty"`
+	// +optional
+	SecretRef *SecretRef `json:"secretRef,omitempty"`
+	// +optional
+	// +listType=map
+	// +listMapKey=name
+	Params []Param `json:"params,omitempty"`
+}
+
+// LocalSecretRef refers to a Secret in the Connector's namespace.
+type LocalSecretRef struct {
+	// +kubebuilder:validation:MinLength=1
+	Name string `json:"name"`
+}
+
+// ConnectorSpec defines one integrated tool instance.
+type ConnectorSpec struct {
+	// ConnectorClassName names the ConnectorClass of this Connector.
+	// +kubebuilder:validation:MinLength=1
+	ConnectorClassName string `json:"connectorClassName"`
+	// Address of the tool.
+	// +kubebuilder:validation:XValidation:rule="isURL(self)",message="must be a URL"
+	Address string `json:"address"`
+	// +optional
+	// +listType=map
+	// +listMapKey=name
+	AddressExtensions []NamedAddress `json:"addressExtensions,omitempty"`
+	// +optional
+	// +listType=map
+	// +listMapKey=name
+	Params []Param `json:"params,omitempty"`
+	// +optional
+	Auth *ConnectorAuth `json:"auth,omitempty"`
+	// CACertSecretRef names a Secret with key ca.crt: the CA bundle of a tool with a private CA.
+	// +optional
+	CACertSecretRef *LocalSecretRef `json:"caCertSecretRef,omitempty"`
+}
+
+// HTTPAddress is an HTTP address.
+type HTTPAddress struct {
+	// +optional
+	URL string `json:"url,omitempty"`
+}
+
+// ProxyStatus is where the proxy serves a Connector.
+type ProxyStatus struct {
+	// +optional
+	HTTPAddress *HTTPAddress `json:"httpAddress,omitempty"`
+}
+
+// Connector condition types.
+const (
+	ConditionConnectorClassReady = "ConnectorClassReady"
+	ConditionSecretReady         = "SecretReady"
+	ConditionLivenessReady       = "LivenessReady"
+	ConditionAuthReady           = "AuthReady"
+	ConditionProxyServiceReady   = "ProxyServiceReady"
+	ConditionReady               = "Ready"
+)
+
+// ConnectorStatus is the observed state of a Connector.
+type ConnectorStatus struct {
+	// +optional
+	Proxy *ProxyStatus `json:"proxy,omitempty"`
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// Connector is an integrated instance of a tool: its address and its credential.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:resource:scope=Namespaced,categories=connectors
+// +kubebuilder:subresource:status
+// +kubebuilder:printcolumn:name="Class",type=string,JSONPath=`.spec.connectorClassName`
+// +kubebuilder:printcolumn:name="Address",type=string,JSONPath=`.spec.address`
+// +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type Connector struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec ConnectorSpec `json:"spec"`
+	// +optional
+	Status ConnectorStatus `json:"status,omitempty"`
+}
+
+// ConnectorList is a list of Connectors.
+//
+// +kubebuilder:object:root=true
+type ConnectorList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []Connector `json:"items"`
+}
+
+func init() {
+	knownTypes = append(knownTypes, &Connector{}, &ConnectorList{})
+}

@@ -1,0 +1,128 @@
+// Package driver wires the process: API clients and informer caches, the CSI gRPC server,
+// the metrics and health listener. It holds no product logic of its own.
+package driver
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+
+	"golang.org/x/sync/errgroup"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/klog/v2"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/approval"
+	"github.com/kube-connectors/connectors-csi/identity"
+	"github.com/kube-connectors/connectors-csi/node"
+	"github.com/kube-connectors/connectors-csi/node/mount"
+	"github.com/kube-connectors/connectors-csi/node/records"
+	"github.com/kube-connectors/connectors-csi/proxy/ca"
+	"github.com/kube-connectors/connectors-csi/render"
+)
+
+// Version is the driver's version, stamped at build time with -ldflags -X.
+var Version = "v0.0.0-dev"
+
+// Run runs the driver until ctx is done.
+func Run(ctx context.Context, opts Options) error {
+	o, err := opts.validate()
+	if err != nil {
+		return err
+	}
+	cfg, err := restConfig(o.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	cfg.UserAgent = "connectors-csi/" + Version
+	kube, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	objects, err := newObjectCache(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	store, err := records.NewStore(o.StateDir)
+	if err != nil {
+		return err
+	}
+	events := record.NewBroadcaster(record.WithContext(ctx))
+	defer events.Shutdown()
+	events.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: kube.CoreV1().Events("")})
+
+	var synced atomic.Bool
+	nodeServer := node.NewServer(node.Server{
+		Config:     node.Config{NodeID: o.NodeID, Audience: o.TokenAudience, VolumeSizeLimit: o.volumeSizeBytes},
+		Objects:    objects,
+		Authorizer: &approval.SubjectAccessReviewer{Client: kube.AuthorizationV1().SubjectAccessReviews()},
+		Renderer:   render.NewRenderer(o.ProxyURL, o.NoProxy),
+		CA:         &ca.Store{Secrets: kube.CoreV1().Secrets(o.SystemNamespace)},
+		Mounter:    newMounter(o),
+		Records:    store,
+		Events:     events.NewRecorder(clientgoscheme.Scheme, corev1.EventSource{Component: o.DriverName, Host: o.NodeID}),
+	})
+	identityServer := &identity.Server{Name: o.DriverName, Version: Version, Ready: synced.Load}
+
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return objects.Start(ctx) })
+	g.Go(func() error {
+		if objects.WaitForCacheSync(ctx) {
+			synced.Store(true)
+			klog.FromContext(ctx).Info("Informer caches synced")
+		}
+		return nil
+	})
+	g.Go(func() error { return serveCSI(ctx, o.socketPath, identityServer, nodeServer) })
+	if o.MetricsListen != "" {
+		g.Go(func() error { return serveMetrics(ctx, o.MetricsListen, synced.Load) })
+	}
+	klog.FromContext(ctx).Info("Driver started", "version", Version, "driver", o.DriverName, "node", o.NodeID,
+		"endpoint", o.Endpoint, "proxyURL", o.ProxyURL)
+	return g.Wait()
+}
+
+func restConfig(kubeconfig string) (*rest.Config, error) {
+	if kubeconfig == "" {
+		return rest.InClusterConfig()
+	}
+	return clientcmd.BuildConfigFromFlags("", kubeconfig)
+}
+
+// newObjectCache starts informers for Connectors and ConnectorClasses. The driver never
+// watches Secrets (SPEC §4.5).
+func newObjectCache(ctx context.Context, cfg *rest.Config) (cache.Cache, error) {
+	scheme := runtime.NewScheme()
+	if err := v1alpha1.AddToScheme(scheme); err != nil {
+		return nil, err
+	}
+	c, err := cache.New(cfg, cache.Options{Scheme: scheme, ReaderFailOnMissingInformer: true})
+	if err != nil {
+		return nil, fmt.Errorf("informer cache: %w", err)
+	}
+	for _, obj := range []client.Object{&v1alpha1.Connector{}, &v1alpha1.ConnectorClass{}} {
+		if _, err := c.GetInformer(ctx, obj); err != nil {
+			return nil, fmt.Errorf("informer for %T: %w", obj, err)
+		}
+	}
+	return c, nil
+}
+
+func newMounter(o *validated) mount.Mounter {
+	if o.Mounter != nil {
+		return o.Mounter
+	}
+	if o.UnprivilegedMounts {
+		return mount.NewDirectories()
+	}
+	return mount.NewTmpfs()
+}

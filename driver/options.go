@@ -1,0 +1,86 @@
+package driver
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+
+	"k8s.io/apimachinery/pkg/api/resource"
+
+	"github.com/kube-connectors/connectors-csi/node/mount"
+)
+
+// Options are the driver's settings, one flag each (SPEC §3.6).
+type Options struct {
+	Endpoint           string
+	NodeID             string
+	DriverName         string
+	Kubeconfig         string
+	SystemNamespace    string
+	StateDir           string
+	ProxyListen        string
+	ProxyURL           string
+	NoProxy            string
+	TokenAudience      string
+	MetricsListen      string
+	LeaderElect        bool
+	VolumeSizeLimit    string
+	KubeletRegDir      string
+	KubeletPluginSock  string
+	UnprivilegedMounts bool
+
+	// Mounter replaces the tmpfs mounter; for tests only (no flag).
+	Mounter mount.Mounter
+}
+
+// BindFlags registers every option on fs.
+func (o *Options) BindFlags(fs *flag.FlagSet) {
+	fs.StringVar(&o.Endpoint, "endpoint", "unix:///csi/csi.sock", "CSI gRPC endpoint (unix://<path>)")
+	fs.StringVar(&o.NodeID, "node-id", os.Getenv("NODE_NAME"), "node name reported by NodeGetInfo (default: env NODE_NAME)")
+	fs.StringVar(&o.DriverName, "driver-name", "connectors-csi", "CSI driver name")
+	fs.StringVar(&o.Kubeconfig, "kubeconfig", "", "kubeconfig file for API server access (default: in-cluster)")
+	fs.StringVar(&o.SystemNamespace, "system-namespace", "connectors-system", "namespace of the configuration, templates and the proxy CA")
+	fs.StringVar(&o.StateDir, "state-dir", "/var/lib/kubelet/plugins/connectors-csi", "directory of the per-volume records")
+	fs.StringVar(&o.ProxyListen, "proxy-listen", ":3128", "proxy and Connectors API listener (:0 picks a port)")
+	fs.StringVar(&o.ProxyURL, "proxy-url", "", "proxy base URL rendered into volumes (default: http://connectors-proxy.<system-namespace>.svc.cluster.local:3128)")
+	fs.StringVar(&o.NoProxy, "no-proxy", "localhost,127.0.0.1,::1", "no_proxy value written into each volume's .env")
+	fs.StringVar(&o.TokenAudience, "token-audience", "connectors-csi", "audience of the projected token the driver expects and the proxy accepts")
+	fs.StringVar(&o.MetricsListen, "metrics-listen", ":9090", "listener of /metrics, /healthz and /readyz (empty: off)")
+	fs.BoolVar(&o.LeaderElect, "leader-elect", true, "run the controllers under a Lease")
+	fs.StringVar(&o.VolumeSizeLimit, "volume-size-limit", "4Mi", "tmpfs size of each volume")
+	fs.StringVar(&o.KubeletRegDir, "kubelet-registration-dir", "", "serve kubelet's plugin-registration API from a socket here (empty: off)")
+	fs.StringVar(&o.KubeletPluginSock, "kubelet-plugin-endpoint", "", "the CSI socket path as kubelet sees it (default: derived from --endpoint)")
+	fs.BoolVar(&o.UnprivilegedMounts, "unprivileged-mounts", false, "for tests without root: write volumes into plain directories instead of tmpfs mounts")
+}
+
+// validated are the options in the form the driver uses.
+type validated struct {
+	Options
+	socketPath      string
+	volumeSizeBytes int64
+}
+
+func (o *Options) validate() (*validated, error) {
+	v := &validated{Options: *o}
+	path, ok := strings.CutPrefix(o.Endpoint, "unix://")
+	if !ok || path == "" {
+		return nil, fmt.Errorf("--endpoint %q: must be unix://<path>", o.Endpoint)
+	}
+	v.socketPath = path
+	if o.NodeID == "" {
+		return nil, fmt.Errorf("--node-id is empty and NODE_NAME is not set")
+	}
+	q, err := resource.ParseQuantity(o.VolumeSizeLimit)
+	if err != nil || q.Value() <= 0 {
+		return nil, fmt.Errorf("--volume-size-limit %q: not a positive quantity such as 4Mi", o.VolumeSizeLimit)
+	}
+	v.volumeSizeBytes = q.Value()
+	if o.ProxyURL == "" {
+		v.ProxyURL = fmt.Sprintf("http://connectors-proxy.%s.svc.cluster.local:3128", o.SystemNamespace)
+	}
+	if o.TokenAudience == "" {
+		return nil, fmt.Errorf("--token-audience must not be empty")
+	}
+	return v, nil
+}

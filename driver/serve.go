@@ -1,0 +1,96 @@
+package driver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
+)
+
+var rpcDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+	Name:    "connectors_csi_rpc_duration_seconds",
+	Help:    "Duration of CSI RPCs by method and gRPC code.",
+	Buckets: []float64{.0005, .001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+}, []string{"method", "code"})
+
+func init() { prometheus.MustRegister(rpcDuration) }
+
+// observe logs and measures every RPC by method and result code. Requests are never logged:
+// they carry the Pod's token.
+func observe(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	start := time.Now()
+	resp, err := handler(ctx, req)
+	code := status.Code(err)
+	rpcDuration.WithLabelValues(info.FullMethod, code.String()).Observe(time.Since(start).Seconds())
+	if err != nil {
+		klog.FromContext(ctx).Info("CSI call failed", "method", info.FullMethod, "code", code.String(), "err", err)
+	} else {
+		klog.FromContext(ctx).V(4).Info("CSI call", "method", info.FullMethod)
+	}
+	return resp, err
+}
+
+// serveCSI serves the Identity and Node services on a unix socket until ctx is done.
+func serveCSI(ctx context.Context, socketPath string, ids csi.IdentityServer, ns csi.NodeServer) error {
+	if err := os.MkdirAll(filepath.Dir(socketPath), 0o750); err != nil {
+		return err
+	}
+	// A socket left by a previous process would make Listen fail.
+	if err := os.Remove(socketPath); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove stale socket: %w", err)
+	}
+	lis, err := net.Listen("unix", socketPath)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", socketPath, err)
+	}
+	srv := grpc.NewServer(grpc.UnaryInterceptor(observe))
+	csi.RegisterIdentityServer(srv, ids)
+	csi.RegisterNodeServer(srv, ns)
+	go func() {
+		<-ctx.Done()
+		srv.GracefulStop()
+	}()
+	klog.FromContext(ctx).Info("Serving CSI", "socket", socketPath)
+	return srv.Serve(lis)
+}
+
+// serveMetrics serves /metrics, /healthz and /readyz until ctx is done.
+func serveMetrics(ctx context.Context, addr string, ready func() bool) error {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.Handler())
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !ready() {
+			http.Error(w, "informer caches not synced", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok"))
+	})
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", addr, err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(shutdown)
+	}()
+	klog.FromContext(ctx).Info("Serving metrics and health", "address", lis.Addr().String())
+	if err := srv.Serve(lis); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Provides the Kubernetes test control plane binaries (kube-apiserver, kubectl, etcd) in a cache
+# outside the clone, so that every clone on this machine (and CI) builds them once.
+# Prints the directory to use as KUBEBUILDER_ASSETS on its last line.
+set -euo pipefail
+
+K8S_VERSION=1.37.2
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+dir=${CONNECTORS_TESTBIN_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/connectors-csi/k8s-$K8S_VERSION}
+mkdir -p "$dir"
+
+log() { echo "testbin: $*" >&2; }
+
+apt_install() {
+  if [ "$(id -u)" != 0 ]; then log "need root to apt-get install $*"; exit 1; fi
+  log "installing Debian packages: $*"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2
+}
+
+# etcd: Debian's etcd-server (3.4) works with this kube-apiserver.
+if [ ! -x /usr/bin/etcd ]; then apt_install etcd-server; fi
+ln -sfn /usr/bin/etcd "$dir/etcd"
+
+# kube-apiserver and kubectl from the k8s.io/kubernetes module, stamped with the real version
+# (an unstamped v0.0.0-master is not parsable by kubectl and client-go discovery).
+need_build=0
+for b in kube-apiserver kubectl; do
+  [ -x "$dir/$b" ] || need_build=1
+done
+if [ "$need_build" = 1 ]; then
+  ldflags="-s -w -X k8s.io/component-base/version.gitVersion=v$K8S_VERSION"
+  ldflags+=" -X k8s.io/component-base/version.gitMajor=${K8S_VERSION%%.*}"
+  minor=${K8S_VERSION#*.}; ldflags+=" -X k8s.io/component-base/version.gitMinor=${minor%%.*}"
+  ldflags+=" -X k8s.io/component-base/version.gitTreeState=clean"
+  log "building kube-apiserver and kubectl v$K8S_VERSION (about 12 minutes on 2 cores the first time)"
+  start=$(date +%s)
+  (cd "$here/testbin" && go build -trimpath -ldflags "$ldflags" -o "$dir/" \
+    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl)
+  log "built in $(( $(date +%s) - start ))s into $dir"
+fi
+echo "$dir"

@@ -1,0 +1,197 @@
+package node
+
+import (
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/kube-connectors/connectors-csi/node/records"
+	"github.com/kube-connectors/connectors-csi/render"
+)
+
+// Volume attributes a Pod may set (SPEC §3.2).
+const (
+	attrConnectors          = "connectors"
+	attrConnectorName       = "connector.name"
+	attrConnectorNamespace  = "connector.namespace"
+	attrConfigurationNames  = "configuration.names"
+	attrConfigurationParams = "configuration.params"
+	attrTokenExpiration     = "token.expiration"
+)
+
+// Keys kubelet adds to the volume context (podInfoOnMount, tokenRequests).
+const (
+	keyPodName        = "csi.storage.k8s.io/pod.name"
+	keyPodNamespace   = "csi.storage.k8s.io/pod.namespace"
+	keyPodUID         = "csi.storage.k8s.io/pod.uid"
+	keyServiceAccount = "csi.storage.k8s.io/serviceAccount.name"
+	keyEphemeral      = "csi.storage.k8s.io/ephemeral"
+	keyTokens         = "csi.storage.k8s.io/serviceAccount.tokens"
+)
+
+var knownAttributes = []string{
+	attrConnectors, attrConnectorName, attrConnectorNamespace, attrConfigurationNames,
+	attrConfigurationParams, attrTokenExpiration,
+	keyPodName, keyPodNamespace, keyPodUID, keyServiceAccount, keyEphemeral, keyTokens,
+}
+
+// volumeRequest is a validated NodePublishVolume request.
+type volumeRequest struct {
+	pod            records.Pod
+	connectors     []types.NamespacedName
+	configurations []string
+	excluded       []string
+	params         map[string]render.ParamValues
+	token          string
+}
+
+// parseAttributes validates the volume context and secrets of a publish request. Every error
+// names the offending attribute and value; none contains the token.
+func parseAttributes(vc, secrets map[string]string, audience string) (*volumeRequest, error) {
+	var unknown []string
+	for k := range vc {
+		if !slices.Contains(knownAttributes, k) {
+			unknown = append(unknown, k)
+		}
+	}
+	if len(unknown) > 0 {
+		slices.Sort(unknown)
+		return nil, fmt.Errorf("unknown volume attributes %s (known: %s, %s, %s, %s, %s, %s)",
+			strings.Join(unknown, ", "), attrConnectors, attrConnectorName, attrConnectorNamespace,
+			attrConfigurationNames, attrConfigurationParams, attrTokenExpiration)
+	}
+	r := &volumeRequest{}
+	var err error
+	if r.pod, err = parsePod(vc); err != nil {
+		return nil, err
+	}
+	if r.connectors, err = parseConnectors(vc, r.pod.Namespace); err != nil {
+		return nil, err
+	}
+	r.configurations, r.excluded = parseConfigurationNames(vc[attrConfigurationNames])
+	if r.params, err = parseParams(vc[attrConfigurationParams]); err != nil {
+		return nil, err
+	}
+	if r.token, err = parseToken(vc, secrets, audience); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+func parsePod(vc map[string]string) (records.Pod, error) {
+	p := records.Pod{
+		Namespace:      vc[keyPodNamespace],
+		Name:           vc[keyPodName],
+		UID:            vc[keyPodUID],
+		ServiceAccount: vc[keyServiceAccount],
+	}
+	for key, v := range map[string]string{keyPodNamespace: p.Namespace, keyPodName: p.Name, keyPodUID: p.UID, keyServiceAccount: p.ServiceAccount} {
+		if v == "" {
+			return p, fmt.Errorf("volume context lacks %s: the CSIDriver object must set podInfoOnMount: true", key)
+		}
+	}
+	if e := vc[keyEphemeral]; e != "true" {
+		return p, fmt.Errorf("volume context %s is %q: this driver serves only inline (ephemeral) volumes", keyEphemeral, e)
+	}
+	return p, nil
+}
+
+func parseConnectors(vc map[string]string, podNamespace string) ([]types.NamespacedName, error) {
+	list, name, ns := vc[attrConnectors], vc[attrConnectorName], vc[attrConnectorNamespace]
+	if list != "" && (name != "" || ns != "") {
+		return nil, fmt.Errorf("give either %s or the deprecated %s/%s, not both", attrConnectors, attrConnectorName, attrConnectorNamespace)
+	}
+	if list == "" && name == "" {
+		return nil, fmt.Errorf("volume attribute %s is required (comma-separated namespace/name or name)", attrConnectors)
+	}
+	if list == "" {
+		if ns == "" {
+			ns = podNamespace
+		}
+		list = ns + "/" + name
+	}
+	var out []types.NamespacedName
+	for _, item := range strings.Split(list, ",") {
+		item = strings.TrimSpace(item)
+		nn := types.NamespacedName{Namespace: podNamespace, Name: item}
+		if i := strings.IndexByte(item, '/'); i >= 0 {
+			nn = types.NamespacedName{Namespace: item[:i], Name: item[i+1:]}
+		}
+		if errs := validation.IsDNS1123Subdomain(nn.Name); len(errs) > 0 {
+			return nil, fmt.Errorf("%s: %q is not a valid Connector name: %s", attrConnectors, item, strings.Join(errs, "; "))
+		}
+		if errs := validation.IsDNS1123Label(nn.Namespace); len(errs) > 0 {
+			return nil, fmt.Errorf("%s: %q has an invalid namespace: %s", attrConnectors, item, strings.Join(errs, "; "))
+		}
+		if slices.Contains(out, nn) {
+			return nil, fmt.Errorf("%s: Connector %q is named twice", attrConnectors, nn)
+		}
+		out = append(out, nn)
+	}
+	return out, nil
+}
+
+// parseConfigurationNames splits configuration.names into names to render and "!file"
+// exclusions.
+func parseConfigurationNames(v string) (names, excluded []string) {
+	for _, item := range strings.Split(v, ",") {
+		item = strings.TrimSpace(item)
+		switch {
+		case item == "":
+		case strings.HasPrefix(item, "!"):
+			excluded = append(excluded, strings.TrimPrefix(item, "!"))
+		default:
+			names = append(names, item)
+		}
+	}
+	return names, excluded
+}
+
+func parseParams(v string) (map[string]render.ParamValues, error) {
+	if v == "" {
+		return nil, nil
+	}
+	var out map[string]render.ParamValues
+	if err := json.Unmarshal([]byte(v), &out); err != nil {
+		return nil, fmt.Errorf(`%s is not JSON of the form {"<configuration>": {"<param>": <value>}}: %v`, attrConfigurationParams, err)
+	}
+	return out, nil
+}
+
+// serviceAccountToken is one entry of kubelet's serviceAccount.tokens map.
+type serviceAccountToken struct {
+	Token               string `json:"token"`
+	ExpirationTimestamp string `json:"expirationTimestamp"`
+}
+
+// parseToken takes the projected token for audience from the secrets (where kubelet puts it
+// when the CSIDriver sets serviceAccountTokenInSecrets) or else from the volume context.
+func parseToken(vc, secrets map[string]string, audience string) (string, error) {
+	raw, ok := secrets[keyTokens]
+	if !ok {
+		raw, ok = vc[keyTokens]
+	}
+	if !ok || raw == "" {
+		return "", fmt.Errorf("no %s in the request: the CSIDriver object must request a token for audience %q", keyTokens, audience)
+	}
+	var tokens map[string]serviceAccountToken
+	if err := json.Unmarshal([]byte(raw), &tokens); err != nil {
+		// The JSON error could quote part of the token, so it is not passed on.
+		return "", fmt.Errorf("%s is not a JSON map of audience to {token, expirationTimestamp}", keyTokens)
+	}
+	t, ok := tokens[audience]
+	if !ok || t.Token == "" {
+		have := make([]string, 0, len(tokens))
+		for a := range tokens {
+			have = append(have, a)
+		}
+		slices.Sort(have)
+		return "", fmt.Errorf("%s has no token for audience %q (audiences present: %s): add it to the CSIDriver's tokenRequests",
+			keyTokens, audience, strings.Join(have, ", "))
+	}
+	return t.Token, nil
+}

@@ -1,0 +1,217 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/klog/v2"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/node/atomicdir"
+	"github.com/kube-connectors/connectors-csi/node/records"
+	"github.com/kube-connectors/connectors-csi/render"
+)
+
+// Denied is the answer of an Authorizer that does not allow a Pod to use a Connector.
+type Denied struct {
+	Connector types.NamespacedName
+	// Reason names the missing permission.
+	Reason string
+}
+
+func (d *Denied) Error() string {
+	return fmt.Sprintf("Pod may not use Connector %s: %s", d.Connector, d.Reason)
+}
+
+// Event reasons on the Pod.
+const (
+	reasonRepublishKept = "ConnectorsVolumeKept"
+)
+
+// NodePublishVolume renders the volume's files into a tmpfs at the target path. On a target
+// that is already mounted it only rewrites changed files, and a transient failure keeps the old
+// content and succeeds.
+func (s *Server) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume_id is required")
+	}
+	if req.GetTargetPath() == "" {
+		return nil, status.Error(codes.InvalidArgument, "target_path is required")
+	}
+	if req.GetVolumeCapability().GetMount() == nil {
+		return nil, status.Error(codes.InvalidArgument, "volume_capability must be of access type mount")
+	}
+	if !req.GetReadonly() {
+		return nil, status.Error(codes.InvalidArgument, "readonly is false: set readOnly: true on the Pod's csi volume")
+	}
+	vr, err := parseAttributes(req.GetVolumeContext(), req.GetSecrets(), s.Config.Audience)
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	gid, err := parseMountGroup(req.GetVolumeCapability().GetMount().GetVolumeMountGroup())
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+
+	target := req.GetTargetPath()
+	s.targets.LockKey(target)
+	defer func() { _ = s.targets.UnlockKey(target) }()
+	log := klog.FromContext(ctx).WithValues("volumeID", req.GetVolumeId(), "pod", klog.KRef(vr.pod.Namespace, vr.pod.Name))
+
+	mounted, err := s.Mounter.IsMountPoint(target)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "inspect target %s: %v", target, err)
+	}
+	files, err := s.render(ctx, vr)
+	if err != nil {
+		if mounted && isTransient(err) {
+			log.Info("Republish failed; keeping the mounted content", "err", err)
+			s.podEvent(vr.pod, corev1.EventTypeWarning, reasonRepublishKept,
+				"Connectors volume kept its previous content: %v", err)
+			return &csi.NodePublishVolumeResponse{}, nil
+		}
+		return nil, err
+	}
+	rec := &records.Record{VolumeID: req.GetVolumeId(), TargetPath: target, Pod: vr.pod}
+	for _, c := range vr.connectors {
+		rec.Connectors = append(rec.Connectors, c.String())
+	}
+	if err := s.write(target, mounted, files, gid, rec); err != nil {
+		return nil, err
+	}
+	log.V(2).Info("Published volume", "target", target, "files", len(files), "republish", mounted)
+	return &csi.NodePublishVolumeResponse{}, nil
+}
+
+// render resolves, authorizes and renders a volume request, in memory.
+func (s *Server) render(ctx context.Context, vr *volumeRequest) (render.Files, error) {
+	sources := make([]render.Source, 0, len(vr.connectors))
+	for _, nn := range vr.connectors {
+		src, err := s.resolve(ctx, nn)
+		if err != nil {
+			return nil, err
+		}
+		sources = append(sources, src)
+	}
+	for _, nn := range vr.connectors {
+		if err := s.Authorizer.AuthorizeConnector(ctx, vr.pod, nn.Namespace, nn.Name); err != nil {
+			var denied *Denied
+			if errors.As(err, &denied) {
+				return nil, status.Error(codes.PermissionDenied, denied.Error())
+			}
+			return nil, status.Errorf(codes.Unavailable, "authorize Pod %s/%s for Connector %s: %v", vr.pod.Namespace, vr.pod.Name, nn, err)
+		}
+	}
+	ca, err := s.CA.CACert(ctx)
+	if err != nil {
+		return nil, status.Errorf(codes.Unavailable, "proxy CA: %v", err)
+	}
+	files, err := s.Renderer.Render(render.Request{
+		Sources:        sources,
+		Configurations: vr.configurations,
+		Excluded:       vr.excluded,
+		Params:         vr.params,
+		Token:          vr.token,
+		CACert:         ca,
+	})
+	var inputErr *render.InputError
+	var classErr *render.ClassError
+	switch {
+	case errors.As(err, &inputErr):
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	case errors.As(err, &classErr):
+		return nil, status.Error(codes.FailedPrecondition, err.Error())
+	case err != nil:
+		return nil, status.Errorf(codes.Internal, "render: %v", err)
+	}
+	return files, nil
+}
+
+// resolve reads a Connector and its class from the informer caches.
+func (s *Server) resolve(ctx context.Context, nn types.NamespacedName) (render.Source, error) {
+	var c v1alpha1.Connector
+	if err := s.Objects.Get(ctx, nn, &c); err != nil {
+		if apierrors.IsNotFound(err) {
+			return render.Source{}, status.Errorf(codes.NotFound, "Connector %s not found", nn)
+		}
+		return render.Source{}, status.Errorf(codes.Unavailable, "read Connector %s: %v", nn, err)
+	}
+	var class v1alpha1.ConnectorClass
+	if err := s.Objects.Get(ctx, types.NamespacedName{Name: c.Spec.ConnectorClassName}, &class); err != nil {
+		if apierrors.IsNotFound(err) {
+			return render.Source{}, status.Errorf(codes.NotFound, "ConnectorClass %q of Connector %s not found", c.Spec.ConnectorClassName, nn)
+		}
+		return render.Source{}, status.Errorf(codes.Unavailable, "read ConnectorClass %q: %v", c.Spec.ConnectorClassName, err)
+	}
+	return render.Source{Connector: &c, Class: &class}, nil
+}
+
+// write mounts the target when it is not yet mounted, writes the files and saves the record.
+// A failure on a first publish leaves nothing mounted.
+func (s *Server) write(target string, mounted bool, files render.Files, gid *int64, rec *records.Record) error {
+	if !mounted {
+		if err := os.MkdirAll(target, 0o750); err != nil {
+			return status.Errorf(codes.Internal, "create target %s: %v", target, err)
+		}
+		if err := s.Mounter.MountTmpfs(target, s.Config.VolumeSizeLimit); err != nil {
+			_ = os.Remove(target)
+			return status.Errorf(codes.Internal, "mount tmpfs at %s: %v", target, err)
+		}
+	}
+	err := s.fill(target, files, gid, rec)
+	if err != nil && !mounted {
+		if uerr := s.Mounter.Unmount(target); uerr != nil {
+			klog.ErrorS(uerr, "Unmount after a failed publish", "target", target)
+		}
+	}
+	return err
+}
+
+func (s *Server) fill(target string, files render.Files, gid *int64, rec *records.Record) error {
+	if _, err := atomicdir.Write(target, files, atomicdir.Ownership{GID: gid}); err != nil {
+		return status.Errorf(codes.Internal, "write files into %s: %v", target, err)
+	}
+	if err := s.Records.Save(rec); err != nil {
+		return status.Errorf(codes.Internal, "save volume record: %v", err)
+	}
+	return nil
+}
+
+// parseMountGroup reads the fsGroup kubelet hands over through VOLUME_MOUNT_GROUP.
+func parseMountGroup(v string) (*int64, error) {
+	if v == "" {
+		return nil, nil
+	}
+	gid, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || gid < 0 {
+		return nil, fmt.Errorf("volume_mount_group %q is not a group ID", v)
+	}
+	return &gid, nil
+}
+
+// isTransient tells errors worth retrying (the API server or the node misbehaving) from faults
+// of the request or its objects.
+func isTransient(err error) bool {
+	switch status.Code(err) {
+	case codes.Unavailable, codes.Internal, codes.DeadlineExceeded, codes.Unknown:
+		return true
+	}
+	return false
+}
+
+func (s *Server) podEvent(pod records.Pod, eventType, reason, format string, args ...any) {
+	if s.Events == nil {
+		return
+	}
+	ref := &corev1.ObjectReference{Kind: "Pod", APIVersion: "v1", Namespace: pod.Namespace, Name: pod.Name, UID: types.UID(pod.UID)}
+	s.Events.Eventf(ref, eventType, reason, format, args...)
+}

@@ -1,0 +1,96 @@
+// Package records persists a small record per published volume under the plugin's state
+// directory, so that unpublish, and a driver that restarted, know what a volume holds and what
+// to revoke.
+package records
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// Pod identifies the Pod a volume belongs to.
+type Pod struct {
+	Namespace      string `json:"namespace"`
+	Name           string `json:"name"`
+	UID            string `json:"uid"`
+	ServiceAccount string `json:"serviceAccount"`
+}
+
+// Record is what the driver remembers of one volume. It holds no token and no credential.
+type Record struct {
+	VolumeID   string   `json:"volumeID"`
+	TargetPath string   `json:"targetPath"`
+	Pod        Pod      `json:"pod"`
+	Connectors []string `json:"connectors"`
+	// AccessRequests are the AccessRequests whose grants this volume holds (namespace/name).
+	AccessRequests []string `json:"accessRequests,omitempty"`
+}
+
+// Store keeps records as one JSON file per volume.
+type Store struct{ dir string }
+
+// NewStore returns a Store in dir, creating it.
+func NewStore(dir string) (*Store, error) {
+	dir = filepath.Join(dir, "volumes")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("state directory: %w", err)
+	}
+	return &Store{dir: dir}, nil
+}
+
+// path names a volume's file by a hash of its ID, so that no ID can escape the directory.
+func (s *Store) path(volumeID string) string {
+	sum := sha256.Sum256([]byte(volumeID))
+	return filepath.Join(s.dir, hex.EncodeToString(sum[:16])+".json")
+}
+
+// Save writes a record atomically.
+func (s *Store) Save(r *Record) error {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(s.dir, ".tmp-")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(b); err != nil {
+		_ = tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), s.path(r.VolumeID))
+}
+
+// Load returns the record of a volume, or nil when there is none.
+func (s *Store) Load(volumeID string) (*Record, error) {
+	b, err := os.ReadFile(s.path(volumeID))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var r Record
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("volume record %s: %w", s.path(volumeID), err)
+	}
+	return &r, nil
+}
+
+// Delete removes a volume's record; a missing record is not an error.
+func (s *Store) Delete(volumeID string) error {
+	err := os.Remove(s.path(volumeID))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	return err
+}

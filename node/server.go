@@ -1,0 +1,75 @@
+// Package node is the CSI Node service: NodePublishVolume renders a Pod's Connector files into
+// a tmpfs at the target path, NodeUnpublishVolume removes them. Every side effect (API reads,
+// authorization, mounts, records, events) sits behind a field, so tests need no root.
+package node
+
+import (
+	"context"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/utils/keymutex"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/kube-connectors/connectors-csi/node/mount"
+	"github.com/kube-connectors/connectors-csi/node/records"
+	"github.com/kube-connectors/connectors-csi/render"
+)
+
+// Authorizer decides whether a Pod may use a Connector.
+type Authorizer interface {
+	// AuthorizeConnector returns nil when allowed, a *Denied when not, and any other error when
+	// the decision could not be made.
+	AuthorizeConnector(ctx context.Context, pod records.Pod, namespace, name string) error
+}
+
+// CASource returns the proxy CA certificate (PEM) that volumes carry.
+type CASource interface {
+	CACert(ctx context.Context) (string, error)
+}
+
+// Config holds the settings of the Node service.
+type Config struct {
+	NodeID string
+	// Audience is the audience of the projected token the driver expects.
+	Audience string
+	// VolumeSizeLimit is the size of each volume's tmpfs in bytes.
+	VolumeSizeLimit int64
+}
+
+// Server implements the CSI Node service.
+type Server struct {
+	csi.UnimplementedNodeServer
+
+	Config     Config
+	Objects    client.Reader // Connectors and ConnectorClasses, from informer caches
+	Authorizer Authorizer
+	Renderer   *render.Renderer
+	CA         CASource
+	Mounter    mount.Mounter
+	Records    *records.Store
+	Events     record.EventRecorder
+
+	targets keymutex.KeyMutex
+}
+
+// NewServer returns a Server; every field of s other than targets must be set.
+func NewServer(s Server) *Server {
+	s.targets = keymutex.NewHashed(0)
+	return &s
+}
+
+// NodeGetInfo reports the node ID.
+func (s *Server) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi.NodeGetInfoResponse, error) {
+	return &csi.NodeGetInfoResponse{NodeId: s.Config.NodeID}, nil
+}
+
+// NodeGetCapabilities reports VOLUME_MOUNT_GROUP, so that kubelet hands the Pod's fsGroup to
+// the driver instead of changing ownership itself.
+func (s *Server) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRequest) (*csi.NodeGetCapabilitiesResponse, error) {
+	return &csi.NodeGetCapabilitiesResponse{Capabilities: []*csi.NodeServiceCapability{{
+		Type: &csi.NodeServiceCapability_Rpc{Rpc: &csi.NodeServiceCapability_RPC{
+			Type: csi.NodeServiceCapability_RPC_VOLUME_MOUNT_GROUP,
+		}},
+	}}}, nil
+}

@@ -1,0 +1,33 @@
+package node
+
+import (
+	"context"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
+)
+
+// NodeUnpublishVolume unmounts and removes the target and forgets the volume. An absent or
+// already unmounted target succeeds, also after a driver restart.
+func (s *Server) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume_id is required")
+	}
+	if req.GetTargetPath() == "" {
+		return nil, status.Error(codes.InvalidArgument, "target_path is required")
+	}
+	target := req.GetTargetPath()
+	s.targets.LockKey(target)
+	defer func() { _ = s.targets.UnlockKey(target) }()
+
+	if err := s.Mounter.Unmount(target); err != nil {
+		return nil, status.Errorf(codes.Internal, "unmount %s: %v", target, err)
+	}
+	if err := s.Records.Delete(req.GetVolumeId()); err != nil {
+		return nil, status.Errorf(codes.Internal, "delete volume record: %v", err)
+	}
+	klog.FromContext(ctx).V(2).Info("Unpublished volume", "volumeID", req.GetVolumeId(), "target", target)
+	return &csi.NodeUnpublishVolumeResponse{}, nil
+}

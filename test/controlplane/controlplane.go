@@ -1,0 +1,123 @@
+// Package controlplane starts a real kube-apiserver and etcd for tests through
+// controller-runtime's envtest, with the project's CRDs installed.
+package controlplane
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+
+	"k8s.io/client-go/kubernetes"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+)
+
+// ControlPlane is a running test API server.
+type ControlPlane struct {
+	Env        *envtest.Environment
+	Config     *rest.Config
+	Kube       kubernetes.Interface
+	Client     client.Client
+	Kubeconfig string // an admin kubeconfig file
+	Assets     string // the directory of kube-apiserver, etcd and kubectl
+}
+
+// RepoRoot is the repository's top directory.
+func RepoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..")
+}
+
+// assets returns KUBEBUILDER_ASSETS, or provides the binaries through hack/testbin.sh (which
+// builds them once per machine) when it is not set.
+func assets() (string, error) {
+	if dir := os.Getenv("KUBEBUILDER_ASSETS"); dir != "" {
+		return dir, nil
+	}
+	cmd := exec.Command(filepath.Join(RepoRoot(), "hack", "testbin.sh"))
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("hack/testbin.sh: %w", err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	return lines[len(lines)-1], nil
+}
+
+// Start starts kube-apiserver and etcd with the CRDs of deploy/crds installed.
+func Start() (*ControlPlane, error) {
+	dir, err := assets()
+	if err != nil {
+		return nil, err
+	}
+	env := &envtest.Environment{
+		BinaryAssetsDirectory: dir,
+		CRDDirectoryPaths:     []string{filepath.Join(RepoRoot(), "deploy", "crds")},
+		ErrorIfCRDPathMissing: true,
+	}
+	cfg, err := env.Start()
+	if err != nil {
+		return nil, fmt.Errorf("start control plane: %w", err)
+	}
+	cp := &ControlPlane{Env: env, Config: cfg, Assets: dir}
+	if err := cp.connect(); err != nil {
+		_ = env.Stop()
+		return nil, err
+	}
+	return cp, nil
+}
+
+func (cp *ControlPlane) connect() error {
+	scheme := clientgoscheme.Scheme
+	if err := v1alpha1.AddToScheme(scheme); err != nil {
+		return err
+	}
+	var err error
+	if cp.Kube, err = kubernetes.NewForConfig(cp.Config); err != nil {
+		return err
+	}
+	if cp.Client, err = client.New(cp.Config, client.Options{Scheme: scheme}); err != nil {
+		return err
+	}
+	user, err := cp.Env.ControlPlane.AddUser(envtest.User{Name: "test-admin", Groups: []string{"system:masters"}}, nil)
+	if err != nil {
+		return err
+	}
+	kc, err := user.KubeConfig()
+	if err != nil {
+		return err
+	}
+	f, err := os.CreateTemp("", "connectors-csi-kubeconfig-")
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	cp.Kubeconfig = f.Name()
+	_, err = f.Write(kc)
+	return err
+}
+
+// Kubectl runs the kubectl built with the control plane against it.
+func (cp *ControlPlane) Kubectl(stdin []byte, args ...string) (string, error) {
+	cmd := exec.Command(filepath.Join(cp.Assets, "kubectl"), append([]string{"--kubeconfig", cp.Kubeconfig}, args...)...)
+	cmd.Stdin = bytes.NewReader(stdin)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("kubectl %s: %w: %s", strings.Join(args, " "), err, out)
+	}
+	return string(out), nil
+}
+
+// Stop stops the control plane and removes its kubeconfig.
+func (cp *ControlPlane) Stop() error {
+	_ = os.Remove(cp.Kubeconfig)
+	return cp.Env.Stop()
+}

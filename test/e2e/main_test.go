@@ -1,0 +1,275 @@
+// Package e2e tests the driver through real parts: a real kube-apiserver and etcd (envtest),
+// the driver's real gRPC server on a unix socket, the kubelet stand-in, and real tmpfs mounts
+// when run as root (a directory mounter otherwise).
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	authorizationv1 "k8s.io/api/authorization/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	storagev1 "k8s.io/api/storage/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/rand"
+	"k8s.io/klog/v2"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/driver"
+	"github.com/kube-connectors/connectors-csi/node/mount"
+	"github.com/kube-connectors/connectors-csi/test/controlplane"
+	"github.com/kube-connectors/connectors-csi/test/kubelet"
+)
+
+const (
+	driverName = "connectors-csi"
+	proxyURL   = "http://connectors-proxy.connectors-system.svc.cluster.local:3128"
+	systemNS   = "connectors-system"
+)
+
+var (
+	cp   *controlplane.ControlPlane
+	logs = &syncBuffer{}
+)
+
+// syncBuffer collects the driver's logs so that tests can search them for secrets.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func TestMain(m *testing.M) {
+	fs := flag.NewFlagSet("klog", flag.ExitOnError)
+	klog.InitFlags(fs)
+	// Highest verbosity, all into the buffer: the secret tests search it.
+	_ = fs.Parse([]string{"-v=10", "-logtostderr=false", "-alsologtostderr=false", "-stderrthreshold=FATAL"})
+	klog.SetOutput(logs)
+	ctrl.SetLogger(klog.Background())
+
+	var err error
+	cp, err = controlplane.Start()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	if err := setupCluster(context.Background()); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		_ = cp.Stop()
+		os.Exit(1)
+	}
+	code := m.Run()
+	if code != 0 {
+		fmt.Fprintf(os.Stderr, "--- driver log (last 100 lines) ---\n%s\n", lastLines(logs.String(), 100))
+	}
+	_ = cp.Stop()
+	os.Exit(code)
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(s, "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// setupCluster applies the CSIDriver object and the system namespace from deploy/.
+func setupCluster(ctx context.Context) error {
+	var drv storagev1.CSIDriver
+	if err := readYAML(filepath.Join(controlplane.RepoRoot(), "deploy", "base", "csidriver.yaml"), &drv); err != nil {
+		return err
+	}
+	if _, err := cp.Kube.StorageV1().CSIDrivers().Create(ctx, &drv, metav1.CreateOptions{}); err != nil {
+		return err
+	}
+	_, err := cp.Kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: systemNS}}, metav1.CreateOptions{})
+	return err
+}
+
+func readYAML(path string, into any) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	return yaml.UnmarshalStrict(b, into)
+}
+
+// runningDriver is one driver "process" started in this test process.
+type runningDriver struct {
+	socket  string
+	mounter mount.Mounter
+	stop    func()
+}
+
+// isRoot tells whether volumes are real tmpfs mounts.
+func isRoot() bool { return os.Geteuid() == 0 }
+
+// startDriver runs the driver with its state in stateDir until the test ends or stop is called.
+// mounter nil means real tmpfs as root and a directory mounter otherwise.
+func startDriver(t testing.TB, stateDir string, mounter mount.Mounter) *runningDriver {
+	t.Helper()
+	if mounter == nil {
+		mounter = mount.NewTmpfs()
+		if !isRoot() {
+			mounter = mount.NewDirectories()
+		}
+	}
+	socketDir, err := os.MkdirTemp("", "csi-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &runningDriver{socket: filepath.Join(socketDir, "csi.sock"), mounter: mounter}
+	ctx, cancel := context.WithCancel(klog.NewContext(context.Background(), klog.Background()))
+	done := make(chan error, 1)
+	go func() {
+		done <- driver.Run(ctx, driver.Options{
+			Endpoint:        "unix://" + d.socket,
+			NodeID:          "node-1",
+			DriverName:      driverName,
+			Kubeconfig:      cp.Kubeconfig,
+			SystemNamespace: systemNS,
+			StateDir:        stateDir,
+			ProxyURL:        proxyURL,
+			NoProxy:         "localhost,127.0.0.1,::1",
+			TokenAudience:   driverName,
+			VolumeSizeLimit: "4Mi",
+			Mounter:         mounter,
+		})
+	}()
+	var once sync.Once
+	d.stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("driver: %v", err)
+			}
+			_ = os.RemoveAll(socketDir)
+		})
+	}
+	t.Cleanup(d.stop)
+	if !kubelet.WaitUntil(30*time.Second, func() bool { _, err := os.Stat(d.socket); return err == nil }) {
+		t.Fatal("driver socket did not appear")
+	}
+	return d
+}
+
+// newKubelet connects a kubelet stand-in to a driver; its root is a fresh directory.
+func newKubelet(t testing.TB, d *runningDriver) *kubelet.Kubelet {
+	t.Helper()
+	k, err := kubelet.New(cp.Kube, d.socket, driverName, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = k.Close() })
+	return k
+}
+
+// mountCount returns how many mounts sit at target.
+func mountCount(t testing.TB, d *runningDriver, target string) int {
+	t.Helper()
+	if dirs, ok := d.mounter.(*mount.Directories); ok {
+		return dirs.Mounts(target)
+	}
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	n := 0
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		// Field 5 is the mount point.
+		if fields := strings.Fields(s.Text()); len(fields) > 4 && fields[4] == target {
+			n++
+		}
+	}
+	return n
+}
+
+// newNamespace creates a namespace for one test.
+func newNamespace(t testing.TB) string {
+	t.Helper()
+	name := "t-" + rand.String(8)
+	_, err := cp.Kube.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return name
+}
+
+// allowConnectors lets a ServiceAccount get the named Connectors of its namespace.
+func allowConnectors(t testing.TB, ns, sa string, connectors ...string) {
+	t.Helper()
+	ctx := context.Background()
+	role := &rbacv1.Role{
+		ObjectMeta: metav1.ObjectMeta{Name: "use-connectors-" + sa, Namespace: ns},
+		Rules: []rbacv1.PolicyRule{{APIGroups: []string{v1alpha1.GroupVersion.Group}, Resources: []string{"connectors"},
+			ResourceNames: connectors, Verbs: []string{"get"}}},
+	}
+	if _, err := cp.Kube.RbacV1().Roles(ns).Create(ctx, role, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	rb := &rbacv1.RoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: role.Name, Namespace: ns},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: role.Name},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: sa, Namespace: ns}},
+	}
+	if _, err := cp.Kube.RbacV1().RoleBindings(ns).Create(ctx, rb, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range connectors {
+		waitAllowed(t, ns, sa, c)
+	}
+}
+
+// create creates any object through the controller-runtime client.
+func create(t testing.TB, obj client.Object) {
+	t.Helper()
+	if err := cp.Client.Create(context.Background(), obj); err != nil {
+		t.Fatalf("create %T %s: %v", obj, obj.GetName(), err)
+	}
+}
+
+// waitAllowed waits until the API server's RBAC cache lets sa get the Connector, so that a
+// publish right after a grant does not race the authorizer's informers.
+func waitAllowed(t testing.TB, ns, sa, connector string) {
+	t.Helper()
+	allowed := func() bool {
+		res, err := cp.Kube.AuthorizationV1().SubjectAccessReviews().Create(context.Background(), &authorizationv1.SubjectAccessReview{
+			Spec: authorizationv1.SubjectAccessReviewSpec{
+				User:   "system:serviceaccount:" + ns + ":" + sa,
+				Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + ns, "system:authenticated"},
+				ResourceAttributes: &authorizationv1.ResourceAttributes{Group: v1alpha1.GroupVersion.Group,
+					Resource: "connectors", Verb: "get", Namespace: ns, Name: connector},
+			}}, metav1.CreateOptions{})
+		return err == nil && res.Status.Allowed
+	}
+	if !kubelet.WaitUntil(10*time.Second, allowed) {
+		t.Fatalf("RBAC grant for %s/%s on Connector %s never took effect", ns, sa, connector)
+	}
+}

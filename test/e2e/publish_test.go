@@ -1,0 +1,357 @@
+package e2e
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+
+	authenticationv1 "k8s.io/api/authentication/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/node/atomicdir"
+)
+
+var builtinFiles = []string{".env", "http.proxy", "https.proxy", "context.token", "context.proxy.caCert",
+	"ca.crt", "ca.cert", "connector.status.proxyAddress"}
+
+// visibleFiles reads the files a container would see at target, by name.
+func visibleFiles(t testing.TB, target string) map[string]string {
+	t.Helper()
+	entries, err := os.ReadDir(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), "..") {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(target, e.Name()))
+		if err != nil {
+			t.Fatalf("read %s: %v", e.Name(), err)
+		}
+		out[e.Name()] = string(b)
+	}
+	return out
+}
+
+func sortedNames(files map[string]string) []string {
+	var names []string
+	for n := range files {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// checkPodToken asserts that the token in the volume is a Pod-bound token for the driver's
+// audience, as TokenReview sees it.
+func checkPodToken(t *testing.T, token, ns, pod string) {
+	t.Helper()
+	tr, err := cp.Kube.AuthenticationV1().TokenReviews().Create(context.Background(), &authenticationv1.TokenReview{
+		Spec: authenticationv1.TokenReviewSpec{Token: token, Audiences: []string{driverName}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !tr.Status.Authenticated {
+		t.Fatalf("volume token not accepted by TokenReview: %s", tr.Status.Error)
+	}
+	if got := tr.Status.User.Extra["authentication.kubernetes.io/pod-name"]; len(got) != 1 || got[0] != pod {
+		t.Fatalf("token bound to Pod %v, want %s", got, pod)
+	}
+	if want := "system:serviceaccount:" + ns + ":builder"; tr.Status.User.Username != want {
+		t.Fatalf("token user %q, want %q", tr.Status.User.Username, want)
+	}
+}
+
+func TestExampleClassesRender(t *testing.T) {
+	d := startDriver(t, t.TempDir(), nil)
+	k := newKubelet(t, d)
+	ctx := context.Background()
+	ns := newNamespace(t)
+	newConnector(t, ns, "constant", constantClass(t), "https://git.example.com")
+	newConnector(t, ns, "params", paramsClass(t), "https://tool.example.com",
+		v1alpha1.Param{Name: "org", Value: *jsonValue("acme")})
+	git := gitClass(t)
+	newConnector(t, ns, "github", git, "https://github.com")
+	newConnector(t, ns, "gitea", git, "http://gitea.example.com:3000/")
+	allowConnectors(t, ns, "builder", "constant", "params", "github", "gitea")
+
+	gitProxy := func(name string) string { return fmt.Sprintf("%s/namespaces/%s/connectors/%s", proxyURL, ns, name) }
+	cases := []struct {
+		name       string
+		attrs      map[string]string
+		file, want func(token string) (string, string)
+		excluded   []string
+	}{{
+		name:  "constant gitconfig",
+		attrs: map[string]string{"connectors": "constant"},
+		want:  func(string) (string, string) { return ".gitconfig", constantGitconfig },
+	}, {
+		name: "connector and configuration params",
+		attrs: map[string]string{"connectors": ns + "/params", "configuration.names": "settings",
+			"configuration.params": `{"settings": {"depth": "1"}}`},
+		want: func(string) (string, string) { return "settings.txt", "org=acme\nbranch=main\ndepth=1\n" },
+	}, {
+		name:     "git over two connectors, built-ins excluded",
+		attrs:    map[string]string{"connectors": "github," + ns + "/gitea", "configuration.names": "gitconfig,!ca.cert,!.env"},
+		excluded: []string{"ca.cert", ".env"},
+		want: func(token string) (string, string) {
+			return ".gitconfig", fmt.Sprintf("\n[http \"%[1]s/\"]\n\textraHeader = \"Authorization: Bearer %[3]s\"\n"+
+				"[url \"%[1]s/\"]\n\tinsteadOf = https://github.com/\n"+
+				"[http \"%[2]s/\"]\n\textraHeader = \"Authorization: Bearer %[3]s\"\n"+
+				"[url \"%[2]s/\"]\n\tinsteadOf = http://gitea.example.com:3000/\n", gitProxy("github"), gitProxy("gitea"), token)
+		},
+	}}
+	for i, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			pod := podWithVolume(t, k, ns, fmt.Sprintf("pod-%d", i), tc.attrs, nil)
+			if err := k.Publish(ctx, pod, "connectors"); err != nil {
+				t.Fatal(err)
+			}
+			target := k.TargetPath(pod, "connectors")
+			files := visibleFiles(t, target)
+			token := files["context.token"]
+			checkPodToken(t, token, ns, pod.Name)
+			name, want := tc.want(token)
+			if files[name] != want {
+				t.Errorf("%s =\n%q\nwant\n%q", name, files[name], want)
+			}
+			var wantNames []string
+			for _, b := range builtinFiles {
+				if !slices.Contains(tc.excluded, b) {
+					wantNames = append(wantNames, b)
+				}
+			}
+			wantNames = append(wantNames, name)
+			slices.Sort(wantNames)
+			if got := sortedNames(files); !slices.Equal(got, wantNames) {
+				t.Errorf("files %v, want %v", got, wantNames)
+			}
+			checkBuiltins(t, files, ns, strings.Split(tc.attrs["connectors"], ","), token)
+			checkModes(t, target, 0o444, -1)
+			if err := k.Unpublish(ctx, pod, "connectors"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := os.Stat(target); !os.IsNotExist(err) {
+				t.Errorf("target still present after unpublish: %v", err)
+			}
+		})
+	}
+}
+
+// checkBuiltins checks the built-in files that were not excluded.
+func checkBuiltins(t *testing.T, files map[string]string, ns string, connectors []string, token string) {
+	t.Helper()
+	var users []string
+	for _, c := range connectors {
+		if !strings.Contains(c, "/") {
+			c = ns + "/" + c
+		}
+		users = append(users, strings.ReplaceAll(c, "/", "%2F"))
+	}
+	forward := fmt.Sprintf("http://%s:%s@connectors-proxy.connectors-system.svc.cluster.local:3128", strings.Join(users, ","), token)
+	first := strings.TrimPrefix(connectors[0], ns+"/")
+	want := map[string]string{
+		"http.proxy":                    forward,
+		"https.proxy":                   forward,
+		"connector.status.proxyAddress": fmt.Sprintf("%s/namespaces/%s/connectors/%s", proxyURL, ns, first),
+		".env": fmt.Sprintf("export http_proxy=%[1]s\nexport https_proxy=%[1]s\nexport no_proxy=localhost,127.0.0.1,::1\n"+
+			"export HTTP_PROXY=%[1]s\nexport HTTPS_PROXY=%[1]s\nexport NO_PROXY=localhost,127.0.0.1,::1\n", forward),
+	}
+	for name, w := range want {
+		if got, ok := files[name]; ok && got != w {
+			t.Errorf("%s = %q, want %q", name, got, w)
+		}
+	}
+	for _, name := range []string{"ca.crt", "ca.cert", "context.proxy.caCert"} {
+		got, ok := files[name]
+		if !ok {
+			continue
+		}
+		block, _ := pem.Decode([]byte(got))
+		if block == nil {
+			t.Fatalf("%s is not PEM: %q", name, got)
+		}
+		cert, err := x509.ParseCertificate(block.Bytes)
+		if err != nil || !cert.IsCA {
+			t.Errorf("%s is not a CA certificate: %v", name, err)
+		}
+	}
+}
+
+// checkModes asserts the mode (and group, when gid >= 0) of every visible file.
+func checkModes(t *testing.T, target string, mode os.FileMode, gid int64) {
+	t.Helper()
+	entries, err := os.ReadDir(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), "..") {
+			continue
+		}
+		fi, err := os.Stat(filepath.Join(target, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm() != mode {
+			t.Errorf("%s has mode %v, want %v", e.Name(), fi.Mode().Perm(), mode)
+		}
+		if g := fi.Sys().(*syscall.Stat_t).Gid; gid >= 0 && int64(g) != gid {
+			t.Errorf("%s has group %d, want %d", e.Name(), g, gid)
+		}
+	}
+}
+
+func TestFSGroupOwnsFiles(t *testing.T) {
+	d := startDriver(t, t.TempDir(), nil)
+	k := newKubelet(t, d)
+	ns := newNamespace(t)
+	newConnector(t, ns, "constant", constantClass(t), "https://git.example.com")
+	allowConnectors(t, ns, "builder", "constant")
+	gid := int64(os.Getgid())
+	if isRoot() {
+		gid = 4242
+	}
+	pod := podWithVolume(t, k, ns, "fsgroup", map[string]string{"connectors": "constant"}, &gid)
+	if err := k.Publish(context.Background(), pod, "connectors"); err != nil {
+		t.Fatal(err)
+	}
+	checkModes(t, k.TargetPath(pod, "connectors"), 0o440, gid)
+	if err := k.Unpublish(context.Background(), pod, "connectors"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func inodes(t *testing.T, target string) map[string]uint64 {
+	t.Helper()
+	out := map[string]uint64{}
+	for name := range visibleFiles(t, target) {
+		fi, err := os.Stat(filepath.Join(target, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[name] = fi.Sys().(*syscall.Stat_t).Ino
+	}
+	return out
+}
+
+func TestRepublish(t *testing.T) {
+	d := startDriver(t, t.TempDir(), nil)
+	k := newKubelet(t, d)
+	ctx := context.Background()
+	ns := newNamespace(t)
+	newConnector(t, ns, "github", gitClass(t), "https://github.com")
+	allowConnectors(t, ns, "builder", "github")
+	pod := podWithVolume(t, k, ns, "republish", map[string]string{"connectors": "github"}, nil)
+	target := k.TargetPath(pod, "connectors")
+
+	req, err := k.PublishRequest(ctx, pod, "connectors")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 10; i++ {
+		if _, err := k.Node.NodePublishVolume(ctx, req); err != nil {
+			t.Fatalf("publish %d: %v", i, err)
+		}
+	}
+	if n := mountCount(t, d, target); n != 1 {
+		t.Fatalf("%d mounts at the target after 10 publishes, want 1", n)
+	}
+	before := inodes(t, target)
+	oldFiles := visibleFiles(t, target)
+	data, _ := os.Readlink(filepath.Join(target, "..data"))
+
+	// Unchanged republish: nothing written.
+	if _, err := k.Node.NodePublishVolume(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := os.Readlink(filepath.Join(target, "..data")); again != data {
+		t.Errorf("unchanged republish swapped the data directory (%s -> %s)", data, again)
+	}
+
+	// Republish with a fresh token: every file carrying it changes, nothing else.
+	if err := k.Publish(ctx, pod, "connectors"); err != nil {
+		t.Fatal(err)
+	}
+	after := inodes(t, target)
+	newFiles := visibleFiles(t, target)
+	oldToken, newToken := oldFiles["context.token"], newFiles["context.token"]
+	if oldToken == newToken {
+		t.Fatal("the stand-in's second TokenRequest returned the same token")
+	}
+	for name, content := range newFiles {
+		carries := strings.Contains(oldFiles[name], oldToken)
+		switch {
+		case carries && (after[name] == before[name] || strings.Contains(content, oldToken) || !strings.Contains(content, newToken)):
+			t.Errorf("%s carries the token but was not rewritten with the new one", name)
+		case !carries && after[name] != before[name]:
+			t.Errorf("%s does not carry the token but was rewritten", name)
+		}
+	}
+	if n := mountCount(t, d, target); n != 1 {
+		t.Fatalf("%d mounts after republish, want 1", n)
+	}
+	if err := k.Unpublish(ctx, pod, "connectors"); err != nil {
+		t.Fatal(err)
+	}
+	if n := mountCount(t, d, target); n != 0 {
+		t.Fatalf("%d mounts after unpublish, want 0", n)
+	}
+	// Unpublish is idempotent.
+	if err := k.Unpublish(ctx, pod, "connectors"); err != nil {
+		t.Fatalf("second unpublish: %v", err)
+	}
+}
+
+func TestNewDriverUnpublishesPreviousDriversVolume(t *testing.T) {
+	state := t.TempDir()
+	first := startDriver(t, state, nil)
+	k := newKubelet(t, first)
+	ctx := context.Background()
+	ns := newNamespace(t)
+	newConnector(t, ns, "constant", constantClass(t), "https://git.example.com")
+	allowConnectors(t, ns, "builder", "constant")
+	pod := podWithVolume(t, k, ns, "restart", map[string]string{"connectors": "constant"}, nil)
+	if err := k.Publish(ctx, pod, "connectors"); err != nil {
+		t.Fatal(err)
+	}
+	target := k.TargetPath(pod, "connectors")
+	first.stop()
+
+	// The kernel's mount table outlives a process; the directory mounter stands in for it.
+	second := startDriver(t, state, first.mounter)
+	k2 := newKubelet(t, second)
+	k2.Root = k.Root
+	if err := k2.Publish(ctx, pod, "connectors"); err != nil {
+		t.Fatalf("republish through the new driver: %v", err)
+	}
+	if n := mountCount(t, second, target); n != 1 {
+		t.Fatalf("%d mounts after republish by the new driver, want 1", n)
+	}
+	if err := k2.Unpublish(ctx, pod, "connectors"); err != nil {
+		t.Fatal(err)
+	}
+	if n := mountCount(t, second, target); n != 0 {
+		t.Fatalf("%d mounts left, want 0", n)
+	}
+	if _, err := os.Stat(target); !os.IsNotExist(err) {
+		t.Fatalf("target left behind: %v", err)
+	}
+	if entries, _ := os.ReadDir(filepath.Join(state, "volumes")); len(entries) != 0 {
+		t.Fatalf("volume records left behind: %v", entries)
+	}
+	if files, _ := atomicdir.Read(target); len(files) != 0 {
+		t.Fatalf("files left behind: %v", files)
+	}
+}
