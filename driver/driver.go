@@ -39,6 +39,7 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return err
 	}
+	klog.SetLogFilter(redactBodies{})
 	cfg, err := restConfig(o.Kubeconfig)
 	if err != nil {
 		return err

@@ -1,0 +1,156 @@
+package e2e
+
+import (
+	"context"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+)
+
+// secretValue is a tool credential that must never reach a volume, a log or an error.
+const secretValue = "s3cr3t-password-that-must-not-leak"
+
+func TestBadInputs(t *testing.T) {
+	d := startDriver(t, t.TempDir(), nil)
+	k := newKubelet(t, d)
+	ctx := context.Background()
+	ns := newNamespace(t)
+	if _, err := cp.Kube.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: "git-credentials"},
+		Type:       corev1.SecretTypeBasicAuth,
+		StringData: map[string]string{"username": "bot", "password": secretValue},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	withSecret := newConnector(t, ns, "params", paramsClass(t), "https://tool.example.com")
+	withSecret.Spec.Auth = &v1alpha1.ConnectorAuth{Name: "basicAuth", SecretRef: &v1alpha1.SecretRef{Name: "git-credentials"}}
+	if err := cp.Client.Update(ctx, withSecret); err != nil {
+		t.Fatal(err)
+	}
+	newConnector(t, ns, "orphan", "no-such-class", "https://tool.example.com")
+	newConnector(t, ns, "broken", newClass(t, "broken", v1alpha1.Configuration{
+		Name: "conf", Data: map[string]string{"bad.txt": "{{ .connector.spec.address | nosuchfunc }}"}}), "https://x.example.com")
+	newConnector(t, ns, "failing", newClass(t, "failing", v1alpha1.Configuration{
+		Name: "conf", Data: map[string]string{"fail.txt": `{{ fail "configuration needs a project" }}`}}), "https://x.example.com")
+	newConnector(t, ns, "escape", newClass(t, "escape", v1alpha1.Configuration{
+		Name: "conf", Data: map[string]string{"../../escape.txt": "x"}}), "https://x.example.com")
+	newConnector(t, ns, "secret", constantClass(t), "https://y.example.com")
+	allowConnectors(t, ns, "builder", "params", "orphan", "broken", "failing", "escape")
+
+	type mutate func(r *csi.NodePublishVolumeRequest)
+	setAttr := func(k, v string) mutate { return func(r *csi.NodePublishVolumeRequest) { r.VolumeContext[k] = v } }
+	cases := []struct {
+		name   string
+		attrs  map[string]string
+		mutate mutate
+		code   codes.Code
+		want   []string // substrings of the message
+	}{
+		{"missing connectors", map[string]string{}, nil, codes.InvalidArgument, []string{"connectors", "required"}},
+		{"unknown attribute", map[string]string{"connectors": "params"}, setAttr("conector.name", "x"), codes.InvalidArgument, []string{"conector.name"}},
+		{"params not JSON", map[string]string{"connectors": "params", "configuration.params": "{depth: 1"}, nil, codes.InvalidArgument, []string{"configuration.params", "not JSON"}},
+		{"undeclared param", map[string]string{"connectors": "params", "configuration.params": `{"settings": {"depth": "1", "colour": "red"}}`}, nil, codes.InvalidArgument, []string{`"colour"`, `"settings"`}},
+		{"missing required param", map[string]string{"connectors": "params"}, nil, codes.InvalidArgument, []string{`requires param "depth"`}},
+		{"param of wrong type", map[string]string{"connectors": "params", "configuration.params": `{"settings": {"depth": ["1"]}}`}, nil, codes.InvalidArgument, []string{`"depth"`, "type string"}},
+		{"params for unknown configuration", map[string]string{"connectors": "params", "configuration.params": `{"setings": {}}`}, nil, codes.InvalidArgument, []string{`"setings"`}},
+		{"readonly false", map[string]string{"connectors": "params"}, func(r *csi.NodePublishVolumeRequest) { r.Readonly = false }, codes.InvalidArgument, []string{"readonly"}},
+		{"missing token", map[string]string{"connectors": "params"}, func(r *csi.NodePublishVolumeRequest) {
+			delete(r.VolumeContext, "csi.storage.k8s.io/serviceAccount.tokens")
+		}, codes.InvalidArgument, []string{"serviceAccount.tokens"}},
+		{"token for another audience", map[string]string{"connectors": "params"},
+			setAttr("csi.storage.k8s.io/serviceAccount.tokens", `{"vault": {"token": "x"}}`), codes.InvalidArgument, []string{`"connectors-csi"`, "vault"}},
+		{"bad mount group", map[string]string{"connectors": "params"}, func(r *csi.NodePublishVolumeRequest) {
+			r.VolumeCapability.GetMount().VolumeMountGroup = "staff"
+		}, codes.InvalidArgument, []string{`"staff"`}},
+		{"invalid connector name", map[string]string{"connectors": "Not_A_Name"}, nil, codes.InvalidArgument, []string{"Not_A_Name"}},
+		{"unknown connector", map[string]string{"connectors": "params,missing"}, nil, codes.NotFound, []string{ns + "/missing"}},
+		{"unknown class", map[string]string{"connectors": "orphan"}, nil, codes.NotFound, []string{`"no-such-class"`}},
+		{"template parse error", map[string]string{"connectors": "broken"}, nil, codes.FailedPrecondition, []string{"broken-", `"conf"`, `"bad.txt"`, "nosuchfunc"}},
+		{"template execution error", map[string]string{"connectors": "failing"}, nil, codes.FailedPrecondition, []string{"failing-", `"fail.txt"`, "configuration needs a project"}},
+		{"unknown configuration name", map[string]string{"connectors": "params", "configuration.names": "setings"}, nil, codes.InvalidArgument, []string{`"setings"`}},
+		{"path traversal in a file name", map[string]string{"connectors": "escape"}, nil, codes.FailedPrecondition, []string{"../../escape.txt"}},
+		{"connector not granted", map[string]string{"connectors": "params,secret"}, nil, codes.PermissionDenied, []string{ns + "/secret", "get"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			pod := podWithVolume(t, k, ns, "bad-"+strings.ToLower(strings.ReplaceAll(tc.name, " ", "-")), tc.attrs, nil)
+			req, err := k.PublishRequest(ctx, pod, "connectors")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.mutate != nil {
+				tc.mutate(req)
+			}
+			_, err = k.Node.NodePublishVolume(ctx, req)
+			st := status.Convert(err)
+			if st.Code() != tc.code {
+				t.Fatalf("code %v (%v), want %v", st.Code(), err, tc.code)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(st.Message(), w) {
+					t.Errorf("message %q does not name %q", st.Message(), w)
+				}
+			}
+			if strings.Contains(st.Message(), secretValue) || strings.Contains(st.Message(), "eyJ") {
+				t.Errorf("message leaks a secret or token: %q", st.Message())
+			}
+			if n := mountCount(t, d, req.TargetPath); n != 0 {
+				t.Errorf("%d mounts left at the target", n)
+			}
+			if _, err := os.Stat(req.TargetPath); !os.IsNotExist(err) {
+				t.Errorf("target left behind: %v", err)
+			}
+		})
+	}
+}
+
+func TestSecretValuesNeverLeak(t *testing.T) {
+	d := startDriver(t, t.TempDir(), nil)
+	k := newKubelet(t, d)
+	ctx := context.Background()
+	ns := newNamespace(t)
+	if _, err := cp.Kube.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: "git-credentials"},
+		Type:       corev1.SecretTypeBasicAuth,
+		StringData: map[string]string{"username": "bot", "password": secretValue},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	c := newConnector(t, ns, "github", gitClass(t), "https://github.com")
+	c.Spec.Auth = &v1alpha1.ConnectorAuth{Name: "basicAuth", SecretRef: &v1alpha1.SecretRef{Name: "git-credentials"}}
+	if err := cp.Client.Update(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	allowConnectors(t, ns, "builder", "github")
+	pod := podWithVolume(t, k, ns, "noleak", map[string]string{"connectors": "github"}, nil)
+	for i := 0; i < 2; i++ {
+		if err := k.Publish(ctx, pod, "connectors"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	files := visibleFiles(t, k.TargetPath(pod, "connectors"))
+	token := files["context.token"]
+	for name, content := range files {
+		if strings.Contains(content, secretValue) {
+			t.Errorf("volume file %s holds the Connector's secret", name)
+		}
+	}
+	log := logs.String()
+	if strings.Contains(log, secretValue) {
+		t.Error("driver log holds the Connector's secret")
+	}
+	if token == "" || strings.Contains(log, token) {
+		t.Error("driver log holds the Pod's token")
+	}
+	if err := k.Unpublish(ctx, pod, "connectors"); err != nil {
+		t.Fatal(err)
+	}
+}
