@@ -22,6 +22,7 @@ import (
 	storagev1 "k8s.io/api/storage/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/rand"
+	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -133,6 +134,29 @@ func isRoot() bool { return os.Geteuid() == 0 }
 // mounter nil means real tmpfs as root and a directory mounter otherwise.
 func startDriver(t testing.TB, stateDir string, mounter mount.Mounter) *runningDriver {
 	t.Helper()
+	return startDriverWith(t, stateDir, mounter, cp.Kubeconfig)
+}
+
+// kubeconfigVia writes a copy of the admin kubeconfig whose server is addr (host:port).
+func kubeconfigVia(t testing.TB, addr string) string {
+	t.Helper()
+	cfg, err := clientcmd.LoadFromFile(cp.Kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cfg.Clusters {
+		c.Server = "https://" + addr
+	}
+	path := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// startDriverWith is startDriver with the driver's own kubeconfig.
+func startDriverWith(t testing.TB, stateDir string, mounter mount.Mounter, kubeconfig string) *runningDriver {
+	t.Helper()
 	if mounter == nil {
 		mounter = mount.NewTmpfs()
 		if !isRoot() {
@@ -151,7 +175,7 @@ func startDriver(t testing.TB, stateDir string, mounter mount.Mounter) *runningD
 			Endpoint:        "unix://" + d.socket,
 			NodeID:          "node-1",
 			DriverName:      driverName,
-			Kubeconfig:      cp.Kubeconfig,
+			Kubeconfig:      kubeconfig,
 			SystemNamespace: systemNS,
 			StateDir:        stateDir,
 			ProxyURL:        proxyURL,
