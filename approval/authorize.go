@@ -1,14 +1,19 @@
 // Package approval decides whether a Pod may use a Connector. This file holds the publish-time
-// check (SPEC §6.3): a SubjectAccessReview for the Pod's ServiceAccount.
+// check (SPEC §6.3): a SubjectAccessReview for the Pod's ServiceAccount, through the API
+// server's own caching webhook authorizer (k8s.io/apiserver), so that kubelet's periodic
+// republishes of many volumes cost one review per decision and cache period, not one each.
 package approval
 
 import (
 	"context"
 	"fmt"
+	"time"
 
-	authorizationv1 "k8s.io/api/authorization/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/apiserver/pkg/authentication/user"
+	"k8s.io/apiserver/pkg/authorization/authorizer"
+	"k8s.io/apiserver/pkg/authorization/authorizerfactory"
 	authzclient "k8s.io/client-go/kubernetes/typed/authorization/v1"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
@@ -16,35 +21,52 @@ import (
 	"github.com/kube-connectors/connectors-csi/node/records"
 )
 
-// SubjectAccessReviewer authorizes with SubjectAccessReviews against the API server.
+// SubjectAccessReviewer authorizes with cached SubjectAccessReviews.
 type SubjectAccessReviewer struct {
-	Client authzclient.SubjectAccessReviewInterface
+	authz authorizer.Authorizer
+}
+
+// NewSubjectAccessReviewer caches allowed decisions for allowTTL and denied ones for denyTTL.
+// A failed review is not retried here: kubelet retries the publish.
+func NewSubjectAccessReviewer(client authzclient.AuthorizationV1Interface, allowTTL, denyTTL time.Duration) (*SubjectAccessReviewer, error) {
+	authz, err := authorizerfactory.DelegatingAuthorizerConfig{
+		SubjectAccessReviewClient: client,
+		AllowCacheTTL:             allowTTL,
+		DenyCacheTTL:              denyTTL,
+		WebhookRetryBackoff:       &wait.Backoff{Duration: 100 * time.Millisecond, Factor: 1, Steps: 1},
+	}.New()
+	if err != nil {
+		return nil, err
+	}
+	return &SubjectAccessReviewer{authz: authz}, nil
 }
 
 // AuthorizeConnector checks that the Pod's ServiceAccount may get the Connector.
 func (a *SubjectAccessReviewer) AuthorizeConnector(ctx context.Context, pod records.Pod, namespace, name string) error {
-	sar := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
-		User:   fmt.Sprintf("system:serviceaccount:%s:%s", pod.Namespace, pod.ServiceAccount),
-		Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + pod.Namespace, "system:authenticated"},
-		ResourceAttributes: &authorizationv1.ResourceAttributes{
-			Group:     v1alpha1.GroupVersion.Group,
-			Resource:  v1alpha1.ResourceConnectors,
-			Verb:      "get",
-			Namespace: namespace,
-			Name:      name,
+	attrs := authorizer.AttributesRecord{
+		User: &user.DefaultInfo{
+			Name:   fmt.Sprintf("system:serviceaccount:%s:%s", pod.Namespace, pod.ServiceAccount),
+			Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + pod.Namespace, user.AllAuthenticated},
 		},
-	}}
-	res, err := a.Client.Create(ctx, sar, metav1.CreateOptions{})
+		Verb:            "get",
+		Namespace:       namespace,
+		APIGroup:        v1alpha1.GroupVersion.Group,
+		APIVersion:      v1alpha1.GroupVersion.Version,
+		Resource:        v1alpha1.ResourceConnectors,
+		Name:            name,
+		ResourceRequest: true,
+	}
+	decision, reason, err := a.authz.Authorize(ctx, attrs)
 	if err != nil {
 		return err
 	}
-	if res.Status.Allowed {
+	if decision == authorizer.DecisionAllow {
 		return nil
 	}
-	reason := fmt.Sprintf("ServiceAccount %s/%s lacks get on connectors.%s %q in namespace %s",
+	msg := fmt.Sprintf("ServiceAccount %s/%s lacks get on connectors.%s %q in namespace %s",
 		pod.Namespace, pod.ServiceAccount, v1alpha1.GroupVersion.Group, name, namespace)
-	if res.Status.Reason != "" {
-		reason += " (" + res.Status.Reason + ")"
+	if reason != "" {
+		msg += " (" + reason + ")"
 	}
-	return &node.Denied{Connector: types.NamespacedName{Namespace: namespace, Name: name}, Reason: reason}
+	return &node.Denied{Connector: types.NamespacedName{Namespace: namespace, Name: name}, Reason: msg}
 }

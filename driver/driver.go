@@ -45,6 +45,7 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 	cfg.UserAgent = "connectors-csi/" + Version
+	cfg.QPS, cfg.Burst = float32(o.KubeAPIQPS), o.KubeAPIBurst
 	kube, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return err
@@ -61,11 +62,15 @@ func Run(ctx context.Context, opts Options) error {
 	defer events.Shutdown()
 	events.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: kube.CoreV1().Events("")})
 
+	authz, err := approval.NewSubjectAccessReviewer(kube.AuthorizationV1(), o.AuthzAllowTTL, o.AuthzDenyTTL)
+	if err != nil {
+		return err
+	}
 	var synced atomic.Bool
 	nodeServer := node.NewServer(node.Server{
 		Config:     node.Config{NodeID: o.NodeID, Audience: o.TokenAudience, VolumeSizeLimit: o.volumeSizeBytes},
 		Objects:    objects,
-		Authorizer: &approval.SubjectAccessReviewer{Client: kube.AuthorizationV1().SubjectAccessReviews()},
+		Authorizer: authz,
 		Renderer:   render.NewRenderer(o.ProxyURL, o.NoProxy),
 		CA:         &ca.Store{Secrets: kube.CoreV1().Secrets(o.SystemNamespace)},
 		Mounter:    newMounter(o),

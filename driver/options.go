@@ -4,6 +4,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"time"
 	"strings"
 
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -29,6 +30,10 @@ type Options struct {
 	KubeletRegDir      string
 	KubeletPluginSock  string
 	UnprivilegedMounts bool
+	KubeAPIQPS         float64
+	KubeAPIBurst       int
+	AuthzAllowTTL      time.Duration
+	AuthzDenyTTL       time.Duration
 
 	// Mounter replaces the tmpfs mounter; for tests only (no flag).
 	Mounter mount.Mounter
@@ -51,6 +56,10 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.VolumeSizeLimit, "volume-size-limit", "4Mi", "tmpfs size of each volume")
 	fs.StringVar(&o.KubeletRegDir, "kubelet-registration-dir", "", "serve kubelet's plugin-registration API from a socket here (empty: off)")
 	fs.StringVar(&o.KubeletPluginSock, "kubelet-plugin-endpoint", "", "the CSI socket path as kubelet sees it (default: derived from --endpoint)")
+	fs.Float64Var(&o.KubeAPIQPS, "kube-api-qps", 50, "sustained requests per second to the API server (SubjectAccessReviews, events)")
+	fs.IntVar(&o.KubeAPIBurst, "kube-api-burst", 100, "burst of requests to the API server")
+	fs.DurationVar(&o.AuthzAllowTTL, "authorization-allow-ttl", 10*time.Second, "how long an allowed SubjectAccessReview is cached")
+	fs.DurationVar(&o.AuthzDenyTTL, "authorization-deny-ttl", 2*time.Second, "how long a denied SubjectAccessReview is cached")
 	fs.BoolVar(&o.UnprivilegedMounts, "unprivileged-mounts", false, "for tests without root: write volumes into plain directories instead of tmpfs mounts")
 }
 
@@ -78,6 +87,12 @@ func (o *Options) validate() (*validated, error) {
 	v.volumeSizeBytes = q.Value()
 	if o.ProxyURL == "" {
 		v.ProxyURL = fmt.Sprintf("http://connectors-proxy.%s.svc.cluster.local:3128", o.SystemNamespace)
+	}
+	if o.KubeAPIQPS <= 0 || o.KubeAPIBurst <= 0 {
+		return nil, fmt.Errorf("--kube-api-qps and --kube-api-burst must be positive")
+	}
+	if o.AuthzAllowTTL < 0 || o.AuthzDenyTTL < 0 {
+		return nil, fmt.Errorf("--authorization-allow-ttl and --authorization-deny-ttl must not be negative")
 	}
 	if o.TokenAudience == "" {
 		return nil, fmt.Errorf("--token-audience must not be empty")

@@ -53,9 +53,13 @@ type Server struct {
 	targets keymutex.KeyMutex
 }
 
+// targetLocks is the number of hashed per-target locks.
+const targetLocks = 256
+
 // NewServer returns a Server; every field of s other than targets must be set.
 func NewServer(s Server) *Server {
-	s.targets = keymutex.NewHashed(0)
+	// Hashed locks: two targets rarely share one, and there is nothing to clean up.
+	s.targets = keymutex.NewHashed(targetLocks)
 	return &s
 }
 

@@ -4,10 +4,12 @@
 package mount
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"sync"
 
+	"golang.org/x/sys/unix"
 	mountutils "k8s.io/mount-utils"
 )
 
@@ -21,7 +23,10 @@ type Mounter interface {
 	Unmount(target string) error
 }
 
-// Tmpfs is the real Mounter, through k8s.io/mount-utils.
+// Tmpfs is the real Mounter. Mount points are checked through k8s.io/mount-utils; mounting and
+// unmounting use the system calls directly, because mount-utils runs /bin/mount and
+// /bin/umount for each call, a fork and exec that alone costs more than the whole publish
+// budget (SPEC §10: p50 under 2 ms).
 type Tmpfs struct{ m mountutils.Interface }
 
 // NewTmpfs returns the real Mounter.
@@ -29,8 +34,11 @@ func NewTmpfs() *Tmpfs { return &Tmpfs{m: mountutils.New("")} }
 
 // MountTmpfs mounts a tmpfs without set-uid, device files or executables.
 func (t *Tmpfs) MountTmpfs(target string, sizeBytes int64) error {
-	opts := []string{"nosuid", "nodev", "noexec", "mode=0755", fmt.Sprintf("size=%d", sizeBytes)}
-	return t.m.Mount("tmpfs", target, "tmpfs", opts)
+	data := fmt.Sprintf("mode=0755,size=%d", sizeBytes)
+	if err := unix.Mount("tmpfs", target, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, data); err != nil {
+		return &os.PathError{Op: "mount tmpfs", Path: target, Err: err}
+	}
+	return nil
 }
 
 // IsMountPoint reports whether target is a mount point.
@@ -44,7 +52,23 @@ func (t *Tmpfs) IsMountPoint(target string) (bool, error) {
 
 // Unmount unmounts target (every stacked mount of it) and removes the directory.
 func (t *Tmpfs) Unmount(target string) error {
-	return mountutils.CleanupMountPoint(target, t.m, true)
+	for {
+		mounted, err := t.IsMountPoint(target)
+		if err != nil {
+			return err
+		}
+		if !mounted {
+			break
+		}
+		if err := unix.Unmount(target, 0); err != nil {
+			return &os.PathError{Op: "unmount", Path: target, Err: err}
+		}
+	}
+	// Only an unmounted directory is removed, so this never deletes a volume's content.
+	if err := os.Remove(target); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
 }
 
 // Directories is a Mounter for tests that run without root: "mounting" records the target, and

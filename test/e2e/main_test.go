@@ -134,7 +134,7 @@ func isRoot() bool { return os.Geteuid() == 0 }
 // mounter nil means real tmpfs as root and a directory mounter otherwise.
 func startDriver(t testing.TB, stateDir string, mounter mount.Mounter) *runningDriver {
 	t.Helper()
-	return startDriverWith(t, stateDir, mounter, cp.Kubeconfig)
+	return startDriverWith(t, stateDir, mounter, nil)
 }
 
 // kubeconfigVia writes a copy of the admin kubeconfig whose server is addr (host:port).
@@ -154,8 +154,8 @@ func kubeconfigVia(t testing.TB, addr string) string {
 	return path
 }
 
-// startDriverWith is startDriver with the driver's own kubeconfig.
-func startDriverWith(t testing.TB, stateDir string, mounter mount.Mounter, kubeconfig string) *runningDriver {
+// startDriverWith is startDriver with options changed by adjust.
+func startDriverWith(t testing.TB, stateDir string, mounter mount.Mounter, adjust func(*driver.Options)) *runningDriver {
 	t.Helper()
 	if mounter == nil {
 		mounter = mount.NewTmpfs()
@@ -170,21 +170,27 @@ func startDriverWith(t testing.TB, stateDir string, mounter mount.Mounter, kubec
 	d := &runningDriver{socket: filepath.Join(socketDir, "csi.sock"), mounter: mounter}
 	ctx, cancel := context.WithCancel(klog.NewContext(context.Background(), klog.Background()))
 	done := make(chan error, 1)
-	go func() {
-		done <- driver.Run(ctx, driver.Options{
-			Endpoint:        "unix://" + d.socket,
-			NodeID:          "node-1",
-			DriverName:      driverName,
-			Kubeconfig:      kubeconfig,
-			SystemNamespace: systemNS,
-			StateDir:        stateDir,
-			ProxyURL:        proxyURL,
-			NoProxy:         "localhost,127.0.0.1,::1",
-			TokenAudience:   driverName,
-			VolumeSizeLimit: "4Mi",
-			Mounter:         mounter,
-		})
-	}()
+	opts := driver.Options{
+		Endpoint:        "unix://" + d.socket,
+		NodeID:          "node-1",
+		DriverName:      driverName,
+		Kubeconfig:      cp.Kubeconfig,
+		SystemNamespace: systemNS,
+		StateDir:        stateDir,
+		ProxyURL:        proxyURL,
+		NoProxy:         "localhost,127.0.0.1,::1",
+		TokenAudience:   driverName,
+		VolumeSizeLimit: "4Mi",
+		KubeAPIQPS:      50,
+		KubeAPIBurst:    100,
+		AuthzAllowTTL:   10 * time.Second,
+		AuthzDenyTTL:    2 * time.Second,
+		Mounter:         mounter,
+	}
+	if adjust != nil {
+		adjust(&opts)
+	}
+	go func() { done <- driver.Run(ctx, opts) }()
 	var once sync.Once
 	d.stop = func() {
 		once.Do(func() {

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/kube-connectors/connectors-csi/driver"
 	"github.com/kube-connectors/connectors-csi/test/kubelet"
 	"github.com/kube-connectors/connectors-csi/test/netfault"
 )
@@ -25,7 +26,10 @@ func TestRepublishSurvivesAPIServerOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer link.Close()
-	d := startDriverWith(t, t.TempDir(), nil, kubeconfigVia(t, link.Addr()))
+	d := startDriverWith(t, t.TempDir(), nil, func(o *driver.Options) {
+		o.Kubeconfig = kubeconfigVia(t, link.Addr())
+		o.AuthzAllowTTL = 0 // every republish asks the API server, so the outage is felt
+	})
 	k := newKubelet(t, d)
 	ctx := context.Background()
 	ns := newNamespace(t)
