@@ -4,8 +4,8 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"time"
 	"strings"
+	"time"
 
 	"k8s.io/apimachinery/pkg/api/resource"
 
