@@ -64,9 +64,11 @@ func TestBadInputs(t *testing.T) {
 		{"readonly false", map[string]string{"connectors": "params"}, func(r *csi.NodePublishVolumeRequest) { r.Readonly = false }, codes.InvalidArgument, []string{"readonly"}},
 		{"missing token", map[string]string{"connectors": "params"}, func(r *csi.NodePublishVolumeRequest) {
 			delete(r.VolumeContext, "csi.storage.k8s.io/serviceAccount.tokens")
+			delete(r.Secrets, "csi.storage.k8s.io/serviceAccount.tokens")
 		}, codes.InvalidArgument, []string{"serviceAccount.tokens"}},
-		{"token for another audience", map[string]string{"connectors": "params"},
-			setAttr("csi.storage.k8s.io/serviceAccount.tokens", `{"vault": {"token": "x"}}`), codes.InvalidArgument, []string{`"connectors-csi"`, "vault"}},
+		{"token for another audience", map[string]string{"connectors": "params"}, func(r *csi.NodePublishVolumeRequest) {
+			r.Secrets["csi.storage.k8s.io/serviceAccount.tokens"] = `{"vault": {"token": "x"}}`
+		}, codes.InvalidArgument, []string{`"connectors-csi"`, "vault"}},
 		{"bad mount group", map[string]string{"connectors": "params"}, func(r *csi.NodePublishVolumeRequest) {
 			r.VolumeCapability.GetMount().VolumeMountGroup = "staff"
 		}, codes.InvalidArgument, []string{`"staff"`}},
