@@ -1,44 +1,30 @@
 // Package approval decides whether a Pod may use a Connector. This file holds the publish-time
-// check (SPEC §6.3): a SubjectAccessReview for the Pod's ServiceAccount, through the API
-// server's own caching webhook authorizer (k8s.io/apiserver), so that kubelet's periodic
-// republishes of many volumes cost one review per decision and cache period, not one each.
+// check (SPEC §6.3): a SubjectAccessReview for the Pod's ServiceAccount, cached by the access
+// package, so that kubelet's periodic republishes of many volumes cost one review per decision
+// and cache period, not one each.
 package approval
 
 import (
 	"context"
 	"fmt"
-	"time"
 
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apiserver/pkg/authentication/user"
 	"k8s.io/apiserver/pkg/authorization/authorizer"
-	"k8s.io/apiserver/pkg/authorization/authorizerfactory"
-	authzclient "k8s.io/client-go/kubernetes/typed/authorization/v1"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/node"
 	"github.com/kube-connectors/connectors-csi/node/records"
 )
 
-// SubjectAccessReviewer authorizes with cached SubjectAccessReviews.
-type SubjectAccessReviewer struct {
-	authz authorizer.Authorizer
+// Authorizer answers SubjectAccessReviews (access.Reviewer in production).
+type Authorizer interface {
+	Authorize(ctx context.Context, attrs authorizer.Attributes) (authorizer.Decision, string, error)
 }
 
-// NewSubjectAccessReviewer caches allowed decisions for allowTTL and denied ones for denyTTL.
-// A failed review is not retried here: kubelet retries the publish.
-func NewSubjectAccessReviewer(client authzclient.AuthorizationV1Interface, allowTTL, denyTTL time.Duration) (*SubjectAccessReviewer, error) {
-	authz, err := authorizerfactory.DelegatingAuthorizerConfig{
-		SubjectAccessReviewClient: client,
-		AllowCacheTTL:             allowTTL,
-		DenyCacheTTL:              denyTTL,
-		WebhookRetryBackoff:       &wait.Backoff{Duration: 100 * time.Millisecond, Factor: 1, Steps: 1},
-	}.New()
-	if err != nil {
-		return nil, err
-	}
-	return &SubjectAccessReviewer{authz: authz}, nil
+// SubjectAccessReviewer authorizes a Pod's use of a Connector.
+type SubjectAccessReviewer struct {
+	Authz Authorizer
 }
 
 // AuthorizeConnector checks that the Pod's ServiceAccount may get the Connector.
@@ -56,7 +42,7 @@ func (a *SubjectAccessReviewer) AuthorizeConnector(ctx context.Context, pod reco
 		Name:            name,
 		ResourceRequest: true,
 	}
-	decision, reason, err := a.authz.Authorize(ctx, attrs)
+	decision, reason, err := a.Authz.Authorize(ctx, attrs)
 	if err != nil {
 		return err
 	}

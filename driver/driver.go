@@ -20,6 +20,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/kube-connectors/connectors-csi/access"
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/approval"
 	"github.com/kube-connectors/connectors-csi/identity"
@@ -62,7 +63,12 @@ func Run(ctx context.Context, opts Options) error {
 	defer events.Shutdown()
 	events.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: kube.CoreV1().Events("")})
 
-	authz, err := approval.NewSubjectAccessReviewer(kube.AuthorizationV1(), o.AuthzAllowTTL, o.AuthzDenyTTL)
+	reviewer, err := access.New(kube, access.Config{
+		Audiences: []string{o.TokenAudience},
+		TokenTTL:  o.TokenCacheTTL,
+		AllowTTL:  o.AuthzAllowTTL,
+		DenyTTL:   o.AuthzDenyTTL,
+	})
 	if err != nil {
 		return err
 	}
@@ -70,7 +76,7 @@ func Run(ctx context.Context, opts Options) error {
 	nodeServer := node.NewServer(node.Server{
 		Config:     node.Config{NodeID: o.NodeID, Audience: o.TokenAudience, VolumeSizeLimit: o.volumeSizeBytes},
 		Objects:    objects,
-		Authorizer: authz,
+		Authorizer: &approval.SubjectAccessReviewer{Authz: reviewer},
 		Renderer:   render.NewRenderer(o.ProxyURL, o.NoProxy),
 		CA:         &ca.Store{Secrets: kube.CoreV1().Secrets(o.SystemNamespace)},
 		Mounter:    newMounter(o),

@@ -33,6 +33,7 @@ type Options struct {
 	KubeAPIQPS         float64
 	KubeAPIBurst       int
 	AuthzAllowTTL      time.Duration
+	TokenCacheTTL      time.Duration
 	AuthzDenyTTL       time.Duration
 
 	// Mounter replaces the tmpfs mounter; for tests only (no flag).
@@ -59,6 +60,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.Float64Var(&o.KubeAPIQPS, "kube-api-qps", 50, "sustained requests per second to the API server (SubjectAccessReviews, events)")
 	fs.IntVar(&o.KubeAPIBurst, "kube-api-burst", 100, "burst of requests to the API server")
 	fs.DurationVar(&o.AuthzAllowTTL, "authorization-allow-ttl", 10*time.Second, "how long an allowed SubjectAccessReview is cached")
+	fs.DurationVar(&o.TokenCacheTTL, "token-cache-ttl", 10*time.Second, "how long an accepted TokenReview is cached (a rejected one: --authorization-deny-ttl)")
 	fs.DurationVar(&o.AuthzDenyTTL, "authorization-deny-ttl", 2*time.Second, "how long a denied SubjectAccessReview is cached")
 	fs.BoolVar(&o.UnprivilegedMounts, "unprivileged-mounts", false, "for tests without root: write volumes into plain directories instead of tmpfs mounts")
 }
@@ -91,8 +93,8 @@ func (o *Options) validate() (*validated, error) {
 	if o.KubeAPIQPS <= 0 || o.KubeAPIBurst <= 0 {
 		return nil, fmt.Errorf("--kube-api-qps and --kube-api-burst must be positive")
 	}
-	if o.AuthzAllowTTL < 0 || o.AuthzDenyTTL < 0 {
-		return nil, fmt.Errorf("--authorization-allow-ttl and --authorization-deny-ttl must not be negative")
+	if o.AuthzAllowTTL < 0 || o.AuthzDenyTTL < 0 || o.TokenCacheTTL < 0 {
+		return nil, fmt.Errorf("--authorization-allow-ttl, --authorization-deny-ttl and --token-cache-ttl must not be negative")
 	}
 	if o.TokenAudience == "" {
 		return nil, fmt.Errorf("--token-audience must not be empty")

@@ -185,6 +185,7 @@ func startDriverWith(t testing.TB, stateDir string, mounter mount.Mounter, adjus
 		KubeAPIBurst:    100,
 		AuthzAllowTTL:   10 * time.Second,
 		AuthzDenyTTL:    2 * time.Second,
+		TokenCacheTTL:   time.Second,
 		Mounter:         mounter,
 	}
 	if adjust != nil {
