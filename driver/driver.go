@@ -23,10 +23,12 @@ import (
 	"github.com/kube-connectors/connectors-csi/access"
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/approval"
+	"github.com/kube-connectors/connectors-csi/features"
 	"github.com/kube-connectors/connectors-csi/identity"
 	"github.com/kube-connectors/connectors-csi/node"
 	"github.com/kube-connectors/connectors-csi/node/mount"
 	"github.com/kube-connectors/connectors-csi/node/records"
+	"github.com/kube-connectors/connectors-csi/proxy"
 	"github.com/kube-connectors/connectors-csi/proxy/ca"
 	"github.com/kube-connectors/connectors-csi/render"
 )
@@ -72,13 +74,19 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return err
 	}
+	caStore := &ca.Store{Secrets: kube.CoreV1().Secrets(o.SystemNamespace)}
+	flags := features.Watch(ctx, kube, o.SystemNamespace)
+	connectorsProxy, err := proxy.New(objects, reviewer, flags, kube, caStore, proxy.Config{SecretTTL: o.SecretCacheTTL})
+	if err != nil {
+		return err
+	}
 	var synced atomic.Bool
 	nodeServer := node.NewServer(node.Server{
 		Config:     node.Config{NodeID: o.NodeID, Audience: o.TokenAudience, VolumeSizeLimit: o.volumeSizeBytes},
 		Objects:    objects,
 		Authorizer: &approval.SubjectAccessReviewer{Authz: reviewer},
 		Renderer:   render.NewRenderer(o.ProxyURL, o.NoProxy),
-		CA:         &ca.Store{Secrets: kube.CoreV1().Secrets(o.SystemNamespace)},
+		CA:         caStore,
 		Mounter:    newMounter(o),
 		Records:    store,
 		Events:     events.NewRecorder(clientgoscheme.Scheme, corev1.EventSource{Component: o.DriverName, Host: o.NodeID}),
@@ -97,6 +105,9 @@ func Run(ctx context.Context, opts Options) error {
 	g.Go(func() error { return serveCSI(ctx, o.socketPath, identityServer, nodeServer) })
 	if o.MetricsListen != "" {
 		g.Go(func() error { return serveMetrics(ctx, o.MetricsListen, synced.Load) })
+	}
+	if o.ProxyListen != "" {
+		g.Go(func() error { return serveProxy(ctx, o.ProxyListen, connectorsProxy, o.ProxyListening) })
 	}
 	klog.FromContext(ctx).Info("Driver started", "version", Version, "driver", o.DriverName, "node", o.NodeID,
 		"endpoint", o.Endpoint, "proxyURL", o.ProxyURL)

@@ -36,8 +36,12 @@ type Options struct {
 	TokenCacheTTL      time.Duration
 	AuthzDenyTTL       time.Duration
 
+	SecretCacheTTL time.Duration
+
 	// Mounter replaces the tmpfs mounter; for tests only (no flag).
 	Mounter mount.Mounter
+	// ProxyListening is told the proxy's address once it listens; for tests only (no flag).
+	ProxyListening func(addr string)
 }
 
 // BindFlags registers every option on fs.
@@ -62,6 +66,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.AuthzAllowTTL, "authorization-allow-ttl", 10*time.Second, "how long an allowed SubjectAccessReview is cached")
 	fs.DurationVar(&o.TokenCacheTTL, "token-cache-ttl", 10*time.Second, "how long an accepted TokenReview is cached (a rejected one: --authorization-deny-ttl)")
 	fs.DurationVar(&o.AuthzDenyTTL, "authorization-deny-ttl", 2*time.Second, "how long a denied SubjectAccessReview is cached")
+	fs.DurationVar(&o.SecretCacheTTL, "secret-cache-ttl", 10*time.Second, "how long the proxy keeps a Connector's Secret after reading it")
 	fs.BoolVar(&o.UnprivilegedMounts, "unprivileged-mounts", false, "for tests without root: write volumes into plain directories instead of tmpfs mounts")
 }
 
@@ -89,6 +94,9 @@ func (o *Options) validate() (*validated, error) {
 	v.volumeSizeBytes = q.Value()
 	if o.ProxyURL == "" {
 		v.ProxyURL = fmt.Sprintf("http://connectors-proxy.%s.svc.cluster.local:3128", o.SystemNamespace)
+	}
+	if o.SecretCacheTTL < 0 {
+		return nil, fmt.Errorf("--secret-cache-ttl must not be negative")
 	}
 	if o.KubeAPIQPS <= 0 || o.KubeAPIBurst <= 0 {
 		return nil, fmt.Errorf("--kube-api-qps and --kube-api-burst must be positive")

@@ -65,6 +65,34 @@ func serveCSI(ctx context.Context, socketPath string, ids csi.IdentityServer, ns
 	return srv.Serve(lis)
 }
 
+// serveProxy serves the proxy listener until ctx is done.
+func serveProxy(ctx context.Context, addr string, h http.Handler, listening func(string)) error {
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("proxy listen on %s: %w", addr, err)
+	}
+	return serveHTTP(ctx, lis, h, "Serving the Connectors proxy", listening)
+}
+
+// serveHTTP serves h on lis until ctx is done, then shuts down gracefully.
+func serveHTTP(ctx context.Context, lis net.Listener, h http.Handler, what string, listening func(string)) error {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 120 * time.Second}
+	go func() {
+		<-ctx.Done()
+		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(shutdown)
+	}()
+	klog.FromContext(ctx).Info(what, "address", lis.Addr().String())
+	if listening != nil {
+		listening(lis.Addr().String())
+	}
+	if err := srv.Serve(lis); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
 // serveMetrics serves /metrics, /healthz and /readyz until ctx is done.
 func serveMetrics(ctx context.Context, addr string, ready func() bool) error {
 	mux := http.NewServeMux()
@@ -79,18 +107,7 @@ func serveMetrics(ctx context.Context, addr string, ready func() bool) error {
 	})
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
-		return fmt.Errorf("listen on %s: %w", addr, err)
+		return fmt.Errorf("metrics listen on %s: %w", addr, err)
 	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	go func() {
-		<-ctx.Done()
-		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(shutdown)
-	}()
-	klog.FromContext(ctx).Info("Serving metrics and health", "address", lis.Addr().String())
-	if err := srv.Serve(lis); !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	return nil
+	return serveHTTP(ctx, lis, mux, "Serving metrics and health", nil)
 }

@@ -8,6 +8,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
@@ -34,21 +35,37 @@ type Store struct {
 
 	mu      sync.Mutex
 	certPEM string
+	pair    *tls.Certificate
 }
 
 // CACert returns the CA certificate in PEM.
 func (s *Store) CACert(ctx context.Context) (string, error) {
+	if _, err := s.Authority(ctx); err != nil {
+		return "", err
+	}
+	return s.certPEM, nil
+}
+
+// Authority returns the CA certificate and key, to sign leaf certificates with.
+func (s *Store) Authority(ctx context.Context) (*tls.Certificate, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.certPEM != "" {
-		return s.certPEM, nil
+	if s.pair != nil {
+		return s.pair, nil
 	}
 	sec, err := s.ensure(ctx)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
-	s.certPEM = string(sec.Data[corev1.TLSCertKey])
-	return s.certPEM, nil
+	pair, err := tls.X509KeyPair(sec.Data[corev1.TLSCertKey], sec.Data[corev1.TLSPrivateKeyKey])
+	if err != nil {
+		return nil, fmt.Errorf("secret %s does not hold a usable CA: %w", SecretName, err)
+	}
+	if pair.Leaf, err = x509.ParseCertificate(pair.Certificate[0]); err != nil {
+		return nil, err
+	}
+	s.certPEM, s.pair = string(sec.Data[corev1.TLSCertKey]), &pair
+	return s.pair, nil
 }
 
 // ensure reads the Secret, creating it when missing. Two drivers racing both create; the loser

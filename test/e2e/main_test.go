@@ -7,6 +7,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/base64"
 	"flag"
 	"fmt"
 	"os"
@@ -303,4 +304,9 @@ func waitAllowed(t testing.TB, ns, sa, connector string) {
 	if !kubelet.WaitUntil(10*time.Second, allowed) {
 		t.Fatalf("RBAC grant for %s/%s on Connector %s never took effect", ns, sa, connector)
 	}
+}
+
+// basic is the base64 of user:pass.
+func basic(user, pass string) string {
+	return base64.StdEncoding.EncodeToString([]byte(user + ":" + pass))
 }

@@ -1,0 +1,139 @@
+package proxy
+
+import (
+	"context"
+	"encoding/base64"
+	"net/http"
+	"net/url"
+	"strings"
+
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apiserver/pkg/authentication/user"
+	"k8s.io/apiserver/pkg/authorization/authorizer"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+)
+
+// Extras of a Pod-bound ServiceAccount token, as TokenReview returns them.
+const extraPodName = "authentication.kubernetes.io/pod-name"
+
+// authenticate turns a token into a user; unauthorized is the status for "who are you"
+// (401 for the reverse proxy, 407 for the forward proxy).
+func (p *Proxy) authenticate(ctx context.Context, token string, unauthorized int) (user.Info, error) {
+	if token == "" {
+		return nil, refusef(unauthorized, "no token: send the Pod's projected token (context.token) as the password or a Bearer token")
+	}
+	u, ok, err := p.reviewer.AuthenticateToken(ctx, token)
+	if err != nil {
+		return nil, refusef(http.StatusServiceUnavailable, "cannot review the token now: %v", err)
+	}
+	if !ok {
+		return nil, refusef(unauthorized, "token not accepted: invalid, expired, for another audience, or its Pod is gone")
+	}
+	return u, nil
+}
+
+// methodVerbs maps HTTP methods to the verbs checked on connectors/proxy.
+var methodVerbs = map[string]string{
+	http.MethodGet: "get", http.MethodHead: "get", http.MethodOptions: "get",
+	http.MethodPost: "create", http.MethodPut: "update", http.MethodPatch: "patch", http.MethodDelete: "delete",
+}
+
+func verbFor(method string) string {
+	if v, ok := methodVerbs[method]; ok {
+		return v
+	}
+	return "get"
+}
+
+// authorize checks that u may use the Connector through the proxy (SPEC §4.4): always get on
+// the Connector; with enable-connector-proxy-permissions also connectors/proxy, namespace-wide
+// or scoped to the token's Pod (connectors/proxy/v1/pod/<ns>/<pod>).
+func (p *Proxy) authorize(ctx context.Context, u user.Info, nn types.NamespacedName, method string) error {
+	ok, err := p.allowed(ctx, u, nn, "get", "")
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return refusef(http.StatusForbidden, "%s may not get Connector %s", u.GetName(), nn)
+	}
+	if !p.flags.Flags().ProxyPermissions {
+		return nil
+	}
+	verb := verbFor(method)
+	if ok, err = p.allowed(ctx, u, nn, verb, "proxy"); err != nil || ok {
+		return err
+	}
+	if pod := podOf(u); pod != "" {
+		if ok, err = p.allowed(ctx, u, nn, verb, "proxy/v1/pod/"+pod); err != nil || ok {
+			return err
+		}
+	}
+	return refusef(http.StatusForbidden, "%s may not %s connectors/proxy of Connector %s", u.GetName(), verb, nn)
+}
+
+func (p *Proxy) allowed(ctx context.Context, u user.Info, nn types.NamespacedName, verb, subresource string) (bool, error) {
+	decision, _, err := p.reviewer.Authorize(ctx, authorizer.AttributesRecord{
+		User: u, Verb: verb, Namespace: nn.Namespace, Name: nn.Name,
+		APIGroup: v1alpha1.GroupVersion.Group, APIVersion: v1alpha1.GroupVersion.Version,
+		Resource: v1alpha1.ResourceConnectors, Subresource: subresource, ResourceRequest: true,
+	})
+	if err != nil {
+		return false, refusef(http.StatusServiceUnavailable, "cannot authorize now: %v", err)
+	}
+	return decision == authorizer.DecisionAllow, nil
+}
+
+// podOf returns "<namespace>/<pod>" for a Pod-bound ServiceAccount token's user, else "".
+func podOf(u user.Info) string {
+	pods := u.GetExtra()[extraPodName]
+	parts := strings.Split(u.GetName(), ":") // system:serviceaccount:<ns>:<name>
+	if len(pods) != 1 || len(parts) != 4 || parts[0] != "system" || parts[1] != "serviceaccount" {
+		return ""
+	}
+	return parts[2] + "/" + pods[0]
+}
+
+// clientToken takes the token from Authorization: Bearer, or the password of Basic.
+func clientToken(h http.Header) string {
+	auth := h.Get("Authorization")
+	if t, ok := strings.CutPrefix(auth, "Bearer "); ok {
+		return strings.TrimSpace(t)
+	}
+	if _, pass, ok := parseBasic(auth); ok {
+		return pass
+	}
+	return ""
+}
+
+// proxyCredentials parses Proxy-Authorization: Basic base64("<ns>/<name>[,...]:<token>").
+func proxyCredentials(h http.Header) (connectors []types.NamespacedName, token string, err error) {
+	userPart, token, ok := parseBasic(h.Get("Proxy-Authorization"))
+	if !ok {
+		return nil, "", nil
+	}
+	if unescaped, err := url.PathUnescape(userPart); err == nil {
+		userPart = unescaped
+	}
+	for _, item := range strings.Split(userPart, ",") {
+		ns, name, ok := strings.Cut(strings.TrimSpace(item), "/")
+		if !ok || ns == "" || name == "" {
+			return nil, "", refusef(http.StatusProxyAuthRequired, "proxy user %q is not a list of <namespace>/<connector>", item)
+		}
+		connectors = append(connectors, types.NamespacedName{Namespace: ns, Name: name})
+	}
+	return connectors, token, nil
+}
+
+func parseBasic(auth string) (userPart, pass string, ok bool) {
+	enc, ok := strings.CutPrefix(auth, "Basic ")
+	if !ok {
+		return "", "", false
+	}
+	raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(enc))
+	if err != nil {
+		return "", "", false
+	}
+	userPart, pass, ok = strings.Cut(string(raw), ":")
+	return userPart, pass, ok
+}

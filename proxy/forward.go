@@ -1,0 +1,249 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apiserver/pkg/authentication/user"
+	"k8s.io/klog/v2"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+)
+
+// maxForwardConnectors bounds the Connectors one proxy user may name.
+const maxForwardConnectors = 16
+
+// forwardClient is a forward-proxy client: who it is and which Connectors it named.
+type forwardClient struct {
+	user       user.Info
+	connectors []types.NamespacedName
+}
+
+// forwardAuth authenticates Proxy-Authorization. Failures answer 407 with a challenge, so that
+// curl and git send their proxy credentials.
+func (p *Proxy) forwardAuth(w http.ResponseWriter, r *http.Request) (*forwardClient, bool) {
+	ctx := r.Context()
+	connectors, token, err := proxyCredentials(r.Header)
+	if err == nil && len(connectors) > maxForwardConnectors {
+		err = refusef(http.StatusProxyAuthRequired, "more than %d Connectors named", maxForwardConnectors)
+	}
+	var u user.Info
+	if err == nil {
+		u, err = p.authenticate(ctx, token, http.StatusProxyAuthRequired)
+	}
+	if err != nil {
+		w.Header().Set("Proxy-Authenticate", `Basic realm="connectors-proxy"`)
+		refuseErr(ctx, w, err)
+		return nil, false
+	}
+	return &forwardClient{user: u, connectors: connectors}, true
+}
+
+// serveForward proxies an absolute-form request (plain http://) for a forward-proxy client.
+func (p *Proxy) serveForward(w http.ResponseWriter, r *http.Request) {
+	fc, ok := p.forwardAuth(w, r)
+	if !ok {
+		return
+	}
+	p.forwardTo(w, r, fc, r.URL)
+}
+
+// forwardTo sends r to target through the named Connector whose address covers target.
+func (p *Proxy) forwardTo(w http.ResponseWriter, r *http.Request, fc *forwardClient, target *url.URL) {
+	ctx := r.Context()
+	c, class, err := p.matchConnector(ctx, fc, func(addr *url.URL) bool { return covers(addr, target) })
+	if err == nil {
+		err = p.authorize(ctx, fc.user, types.NamespacedName{Namespace: c.Namespace, Name: c.Name}, r.Method)
+	}
+	if err != nil {
+		refuseErr(ctx, w, err)
+		return
+	}
+	out := *target
+	rt, err := p.newRoute(ctx, c, class, &out)
+	if err != nil {
+		refuseErr(ctx, w, err)
+		return
+	}
+	p.send(w, r, rt)
+}
+
+// matchConnector returns the first named Connector one of whose addresses satisfies match.
+func (p *Proxy) matchConnector(ctx context.Context, fc *forwardClient, match func(*url.URL) bool) (*v1alpha1.Connector, *v1alpha1.ConnectorClass, error) {
+	var names []string
+	for _, nn := range fc.connectors {
+		c, class, err := p.connector(ctx, nn)
+		if err != nil {
+			return nil, nil, err
+		}
+		for _, addr := range parsedAddresses(c) {
+			if match(addr) {
+				return c, class, nil
+			}
+		}
+		names = append(names, nn.String())
+	}
+	return nil, nil, refusef(http.StatusForbidden, "destination is not an address of the named Connectors (%s)", strings.Join(names, ", "))
+}
+
+// addresses are a Connector's address and address extensions.
+func addresses(c *v1alpha1.Connector) []string {
+	out := []string{c.Spec.Address}
+	for _, e := range c.Spec.AddressExtensions {
+		out = append(out, e.Value)
+	}
+	return out
+}
+
+// parsedAddresses are a Connector's addresses that parse as URLs.
+func parsedAddresses(c *v1alpha1.Connector) []*url.URL {
+	var out []*url.URL
+	for _, a := range addresses(c) {
+		if u, err := url.Parse(a); err == nil {
+			out = append(out, u)
+		}
+	}
+	return out
+}
+
+// hostPort is u's host with the scheme's default port made explicit.
+func hostPort(u *url.URL) string {
+	if u.Port() != "" {
+		return strings.ToLower(u.Host)
+	}
+	port := "80"
+	if u.Scheme == "https" {
+		port = "443"
+	}
+	return net.JoinHostPort(strings.ToLower(u.Hostname()), port)
+}
+
+// covers reports whether target falls under addr: same scheme and host, and a path inside
+// addr's path (on a segment boundary).
+func covers(addr, target *url.URL) bool {
+	if !strings.EqualFold(addr.Scheme, target.Scheme) || hostPort(addr) != hostPort(target) {
+		return false
+	}
+	base := strings.TrimSuffix(addr.Path, "/")
+	return base == "" || target.Path == base || strings.HasPrefix(target.Path, base+"/")
+}
+
+// serveConnect opens a tunnel to a Connector host: TLS is terminated here with a leaf from the
+// proxy CA, and each request inside is proxied like a forward-proxy request.
+func (p *Proxy) serveConnect(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	fc, ok := p.forwardAuth(w, r)
+	if !ok {
+		return
+	}
+	dest := &url.URL{Scheme: "https", Host: r.Host}
+	if _, _, err := p.matchConnector(ctx, fc, func(addr *url.URL) bool {
+		return addr.Scheme == "https" && hostPort(addr) == hostPort(dest)
+	}); err != nil {
+		refuseErr(ctx, w, err)
+		return
+	}
+	leaf, err := p.leaves.get(ctx, dest.Hostname())
+	if err != nil {
+		refuseErr(ctx, w, err)
+		return
+	}
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		refuse(w, http.StatusInternalServerError, "connection cannot be hijacked")
+		return
+	}
+	conn, buf, err := hj.Hijack()
+	if err != nil {
+		klog.FromContext(ctx).Error(err, "Hijack CONNECT")
+		return
+	}
+	if _, err := conn.Write([]byte("HTTP/1.1 200 Connection Established\r\n\r\n")); err != nil {
+		_ = conn.Close()
+		return
+	}
+	tlsConn := tls.Server(&bufferedConn{Conn: conn, r: buf.Reader}, &tls.Config{
+		Certificates: []tls.Certificate{*leaf},
+		NextProtos:   []string{"http/1.1"},
+		MinVersion:   tls.VersionTLS12,
+	})
+	// A hijacked request's context is canceled by net/http; the tunnel lives until the client
+	// closes it.
+	p.serveTunnel(context.WithoutCancel(ctx), tlsConn, fc, dest.Host)
+}
+
+// serveTunnel serves the HTTP/1.1 requests inside a CONNECT tunnel until the client closes it.
+func (p *Proxy) serveTunnel(ctx context.Context, conn net.Conn, fc *forwardClient, host string) {
+	inner := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		target := *r.URL
+		target.Scheme, target.Host = "https", host
+		p.forwardTo(w, r, fc, &target)
+	})
+	srv := &http.Server{
+		Handler:           inner,
+		ReadHeaderTimeout: 30 * time.Second,
+		IdleTimeout:       90 * time.Second,
+		BaseContext:       func(net.Listener) context.Context { return ctx },
+	}
+	_ = srv.Serve(newOneConnListener(conn))
+}
+
+// bufferedConn reads first what the HTTP server had already buffered from the client.
+type bufferedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *bufferedConn) Read(b []byte) (int, error) { return c.r.Read(b) }
+
+// oneConnListener hands out one connection, then blocks until that connection is closed, so
+// that http.Server.Serve returns exactly when the tunnel ends.
+type oneConnListener struct {
+	conn      net.Conn
+	once      sync.Once
+	closeOnce sync.Once
+	closed    chan struct{}
+}
+
+func newOneConnListener(c net.Conn) *oneConnListener {
+	l := &oneConnListener{closed: make(chan struct{})}
+	l.conn = &notifyConn{Conn: c, onClose: func() { l.Close() }}
+	return l
+}
+
+func (l *oneConnListener) Accept() (net.Conn, error) {
+	var c net.Conn
+	l.once.Do(func() { c = l.conn })
+	if c != nil {
+		return c, nil
+	}
+	<-l.closed
+	return nil, net.ErrClosed
+}
+
+func (l *oneConnListener) Close() error {
+	l.closeOnce.Do(func() { close(l.closed) })
+	return nil
+}
+
+func (l *oneConnListener) Addr() net.Addr { return l.conn.LocalAddr() }
+
+type notifyConn struct {
+	net.Conn
+	once    sync.Once
+	onClose func()
+}
+
+func (c *notifyConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.onClose)
+	return err
+}

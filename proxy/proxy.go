@@ -1,0 +1,229 @@
+// Package proxy is the embedded Connectors Proxy (SPEC §4): a reverse proxy at
+// /namespaces/<ns>/connectors/<name>/..., and a forward proxy (absolute-form requests and
+// CONNECT, with TLS terminated by a per-host leaf from the proxy CA). It authenticates the
+// client by its Pod token, authorizes it for the Connector, and injects the Connector's
+// credential on the way out. It is never an open proxy: every destination must fall under an
+// address of a Connector the client named.
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apiserver/pkg/authentication/user"
+	"k8s.io/apiserver/pkg/authorization/authorizer"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/klog/v2"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/features"
+)
+
+// Reviewer authenticates tokens and authorizes users (access.Reviewer).
+type Reviewer interface {
+	AuthenticateToken(ctx context.Context, token string) (user.Info, bool, error)
+	Authorize(ctx context.Context, attrs authorizer.Attributes) (authorizer.Decision, string, error)
+}
+
+// Config tunes the proxy.
+type Config struct {
+	// SecretTTL is how long a Connector's Secret is kept after it was read.
+	SecretTTL time.Duration
+}
+
+// Proxy serves the proxy listener.
+type Proxy struct {
+	objects    client.Reader // Connectors and ConnectorClasses, from informer caches
+	reviewer   Reviewer
+	flags      *features.Source
+	secrets    *secrets
+	transports *transports
+	leaves     *leaves
+	registry   *registryTokens
+	reverse    *httputil.ReverseProxy
+}
+
+// New returns a Proxy.
+func New(objects client.Reader, reviewer Reviewer, flags *features.Source, kube kubernetes.Interface, ca Authority, cfg Config) (*Proxy, error) {
+	l, err := newLeaves(ca)
+	if err != nil {
+		return nil, err
+	}
+	p := &Proxy{
+		objects:    objects,
+		reviewer:   reviewer,
+		flags:      flags,
+		secrets:    &secrets{kube: kube, ttl: cfg.SecretTTL, cache: map[string]cachedSecret{}},
+		transports: &transports{byCA: map[[32]byte]*http.Transport{}},
+		leaves:     l,
+		registry:   newRegistryTokens(),
+	}
+	p.reverse = &httputil.ReverseProxy{
+		Rewrite:        rewrite,
+		Transport:      routeTransport{p},
+		ErrorHandler:   upstreamError,
+		ModifyResponse: rewriteLocation,
+		FlushInterval:  -1, // stream: git and registries send progressively
+	}
+	return p, nil
+}
+
+// ServeHTTP dispatches by request form.
+func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	switch {
+	case r.Method == http.MethodConnect:
+		p.serveConnect(w, r)
+	case r.URL.IsAbs():
+		p.serveForward(w, r)
+	case strings.HasPrefix(r.URL.Path, reversePrefix):
+		p.serveReverse(w, r)
+	default:
+		refuse(w, http.StatusNotFound, "no such path: use /namespaces/<ns>/connectors/<name>/... or this address as an HTTP proxy")
+	}
+}
+
+// refusal is an error with the HTTP status to answer it with.
+type refusal struct {
+	status int
+	msg    string
+}
+
+func (e *refusal) Error() string { return e.msg }
+
+func refusef(status int, format string, args ...any) error {
+	return &refusal{status: status, msg: fmt.Sprintf(format, args...)}
+}
+
+// refuse writes a plain-text refusal a person can read in git's or curl's output.
+func refuse(w http.ResponseWriter, status int, msg string) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_, _ = fmt.Fprintf(w, "connectors proxy: %s\n", msg)
+}
+
+// refuseErr writes err as a refusal; an unexpected error is a 502 without details.
+func refuseErr(ctx context.Context, w http.ResponseWriter, err error) {
+	var rf *refusal
+	if errors.As(err, &rf) {
+		klog.FromContext(ctx).V(2).Info("Proxy refused a request", "status", rf.status, "reason", rf.msg)
+		refuse(w, rf.status, rf.msg)
+		return
+	}
+	klog.FromContext(ctx).Error(err, "Proxy request failed")
+	refuse(w, http.StatusBadGateway, err.Error())
+}
+
+// route is one request's resolved destination.
+type route struct {
+	connector *v1alpha1.Connector
+	target    *url.URL
+	cred      credential
+	transport http.RoundTripper
+	// proxyBase, for the reverse proxy, is the client-facing prefix of the Connector.
+	proxyBase string
+}
+
+type routeKey struct{}
+
+// send forwards r along rt through the shared ReverseProxy.
+func (p *Proxy) send(w http.ResponseWriter, r *http.Request, rt *route) {
+	p.reverse.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), routeKey{}, rt)))
+}
+
+// rewrite builds the upstream request. ReverseProxy has already removed hop-by-hop headers,
+// including any the client listed in Connection, so nothing the client sends can remove the
+// credential set here; the client's own Authorization and every Proxy-* header are dropped.
+func rewrite(pr *httputil.ProxyRequest) {
+	rt := pr.In.Context().Value(routeKey{}).(*route)
+	pr.Out.URL = rt.target
+	pr.Out.Host = rt.target.Host
+	for name := range pr.Out.Header {
+		if strings.HasPrefix(name, "Proxy-") {
+			pr.Out.Header.Del(name)
+		}
+	}
+	pr.Out.Header.Del("Authorization")
+	if rt.cred.authorization != "" {
+		pr.Out.Header.Set("Authorization", rt.cred.authorization)
+	}
+}
+
+// routeTransport sends each request with its route's transport.
+type routeTransport struct{ p *Proxy }
+
+func (t routeTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	rt := r.Context().Value(routeKey{}).(*route)
+	if rt.cred.registry != nil {
+		return t.p.registry.roundTrip(rt.transport, rt.cred.registry, r)
+	}
+	return rt.transport.RoundTrip(r)
+}
+
+// upstreamError answers a failed upstream round trip.
+func upstreamError(w http.ResponseWriter, r *http.Request, err error) {
+	rt := r.Context().Value(routeKey{}).(*route)
+	klog.FromContext(r.Context()).Info("Upstream request failed", "connector", klog.KObj(rt.connector), "host", rt.target.Host, "err", err)
+	refuse(w, http.StatusBadGateway, fmt.Sprintf("Connector %s/%s: %s unreachable: %v", rt.connector.Namespace, rt.connector.Name, rt.target.Host, err))
+}
+
+// rewriteLocation keeps the reverse proxy's clients on the proxy when the tool redirects within
+// the Connector's address. Redirects elsewhere pass unchanged: the client follows them itself,
+// and no credential goes with it.
+func rewriteLocation(res *http.Response) error {
+	rt := res.Request.Context().Value(routeKey{}).(*route)
+	loc := res.Header.Get("Location")
+	if rt.proxyBase == "" || loc == "" {
+		return nil
+	}
+	u, err := res.Request.URL.Parse(loc)
+	if err != nil {
+		return nil
+	}
+	base := strings.TrimSuffix(rt.connector.Spec.Address, "/")
+	if s := u.String(); strings.HasPrefix(s, base+"/") || s == base {
+		res.Header.Set("Location", rt.proxyBase+strings.TrimPrefix(s, base))
+	}
+	return nil
+}
+
+// connector reads a Connector and its class from the informer caches.
+func (p *Proxy) connector(ctx context.Context, nn types.NamespacedName) (*v1alpha1.Connector, *v1alpha1.ConnectorClass, error) {
+	var c v1alpha1.Connector
+	if err := p.objects.Get(ctx, nn, &c); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil, nil, refusef(http.StatusNotFound, "Connector %s not found", nn)
+		}
+		return nil, nil, err
+	}
+	var class v1alpha1.ConnectorClass
+	if err := p.objects.Get(ctx, types.NamespacedName{Name: c.Spec.ConnectorClassName}, &class); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil, nil, refusef(http.StatusNotFound, "ConnectorClass %q of Connector %s not found", c.Spec.ConnectorClassName, nn)
+		}
+		return nil, nil, err
+	}
+	return &c, &class, nil
+}
+
+// newRoute resolves the credential and transport for a request to target through c.
+func (p *Proxy) newRoute(ctx context.Context, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, target *url.URL) (*route, error) {
+	cred, err := p.credentialFor(ctx, c, class)
+	if err != nil {
+		return nil, err
+	}
+	tr, err := p.transportFor(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	return &route{connector: c, target: target, cred: cred, transport: tr}, nil
+}

@@ -1,0 +1,70 @@
+package proxy
+
+import (
+	"net/http"
+	"net/url"
+	"strings"
+
+	"k8s.io/apimachinery/pkg/types"
+)
+
+const reversePrefix = "/namespaces/"
+
+// serveReverse proxies /namespaces/<ns>/connectors/<name>/<path> to <address>/<path>.
+func (p *Proxy) serveReverse(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	nn, rest, ok := parseReversePath(r.URL.EscapedPath())
+	if !ok {
+		refuse(w, http.StatusNotFound, "path must be /namespaces/<namespace>/connectors/<name>/...")
+		return
+	}
+	u, err := p.authenticate(ctx, clientToken(r.Header), http.StatusUnauthorized)
+	if err != nil {
+		w.Header().Set("WWW-Authenticate", `Basic realm="connectors-proxy"`)
+		refuseErr(ctx, w, err)
+		return
+	}
+	c, class, err := p.connector(ctx, nn)
+	if err == nil {
+		err = p.authorize(ctx, u, nn, r.Method)
+	}
+	if err != nil {
+		refuseErr(ctx, w, err)
+		return
+	}
+	target, err := url.Parse(strings.TrimSuffix(c.Spec.Address, "/") + rest)
+	if err != nil {
+		refuse(w, http.StatusBadRequest, "bad path: "+err.Error())
+		return
+	}
+	target.RawQuery = r.URL.RawQuery
+	rt, err := p.newRoute(ctx, c, class, target)
+	if err != nil {
+		refuseErr(ctx, w, err)
+		return
+	}
+	rt.proxyBase = reverseBase(r, nn)
+	p.send(w, r, rt)
+}
+
+// parseReversePath splits "/namespaces/<ns>/connectors/<name><rest>"; rest keeps its escaping.
+func parseReversePath(p string) (types.NamespacedName, string, bool) {
+	parts := strings.SplitN(strings.TrimPrefix(p, reversePrefix), "/", 4)
+	if len(parts) < 3 || parts[0] == "" || parts[1] != "connectors" || parts[2] == "" {
+		return types.NamespacedName{}, "", false
+	}
+	rest := ""
+	if len(parts) == 4 {
+		rest = "/" + parts[3]
+	}
+	return types.NamespacedName{Namespace: parts[0], Name: parts[2]}, rest, true
+}
+
+// reverseBase is the Connector's reverse-proxy URL as this client reached it.
+func reverseBase(r *http.Request, nn types.NamespacedName) string {
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	return scheme + "://" + r.Host + reversePrefix + nn.Namespace + "/connectors/" + nn.Name
+}

@@ -1,0 +1,191 @@
+package e2e
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/driver"
+	"github.com/kube-connectors/connectors-csi/test/gitserver"
+	"github.com/kube-connectors/connectors-csi/test/kubelet"
+)
+
+// proxyEnv is a driver with its proxy listening, and the kubelet stand-in for it.
+type proxyEnv struct {
+	driver   *runningDriver
+	kubelet  *kubelet.Kubelet
+	proxyURL string
+}
+
+// freeLoopbackAddr returns a loopback address that was free a moment ago.
+func freeLoopbackAddr(t testing.TB) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	return lis.Addr().String()
+}
+
+// startProxyDriver starts a driver whose volumes point at its own proxy listener.
+func startProxyDriver(t testing.TB, adjust func(*driver.Options)) *proxyEnv {
+	t.Helper()
+	addr := freeLoopbackAddr(t)
+	d := startDriverWith(t, t.TempDir(), nil, func(o *driver.Options) {
+		o.ProxyListen = addr
+		o.ProxyURL = "http://" + addr
+		if adjust != nil {
+			adjust(o)
+		}
+	})
+	return &proxyEnv{driver: d, kubelet: newKubelet(t, d), proxyURL: "http://" + addr}
+}
+
+// gitConnector creates a git Connector for a test server, with its credential (and CA) Secrets.
+func gitConnector(t testing.TB, ns, name, class string, s *gitserver.Server) {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := cp.Kube.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: name + "-auth"},
+		Type:       corev1.SecretTypeBasicAuth,
+		StringData: map[string]string{"username": s.Username, "password": s.Password},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	c := &v1alpha1.Connector{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Spec: v1alpha1.ConnectorSpec{ConnectorClassName: class, Address: s.URL,
+			Auth: &v1alpha1.ConnectorAuth{Name: "basicAuth", SecretRef: &v1alpha1.SecretRef{Name: name + "-auth"}}},
+	}
+	if s.CA != nil {
+		if _, err := cp.Kube.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{Name: name + "-ca"},
+			Data:       map[string][]byte{"ca.crt": s.CA.PEM},
+		}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		c.Spec.CACertSecretRef = &v1alpha1.LocalSecretRef{Name: name + "-ca"}
+	}
+	create(t, c)
+}
+
+func startGitServer(t testing.TB, secure bool) *gitserver.Server {
+	t.Helper()
+	s, err := gitserver.Start(t.TempDir(), secure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return s
+}
+
+// envFile reads the export lines of a volume's .env, as `source .env` would.
+func envFile(t testing.TB, path string) []string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var env []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if kv, ok := strings.CutPrefix(line, "export "); ok {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
+// cloneAndPush clones repo.git from url with env, commits, and pushes back.
+func cloneAndPush(t *testing.T, url string, env []string) {
+	t.Helper()
+	dest := filepath.Join(t.TempDir(), "clone")
+	if out, err := gitserver.Git("", env, "clone", url+"/repo.git", dest); err != nil {
+		t.Fatalf("git clone %s: %v\n%s", url, err, out)
+	}
+	if out, err := gitserver.Git(dest, env, "-c", "user.name=pod", "-c", "user.email=pod@example.com",
+		"commit", "-q", "--allow-empty", "-m", "from the pod"); err != nil {
+		t.Fatalf("git commit: %v\n%s", err, out)
+	}
+	if out, err := gitserver.Git(dest, env, "push", "-q", "origin", "HEAD:main"); err != nil {
+		t.Fatalf("git push %s: %v\n%s", url, err, out)
+	}
+}
+
+// checkToolSawOnlyConnectorCredential asserts every request that reached the tool carried the
+// Connector's credential, and none carried the Pod's token or a proxy credential.
+func checkToolSawOnlyConnectorCredential(t *testing.T, s *gitserver.Server, token string) {
+	t.Helper()
+	want := "Basic " + basic(s.Username, s.Password)
+	reqs := s.Requests()
+	if len(reqs) == 0 {
+		t.Fatal("no request reached the Git server")
+	}
+	for _, r := range reqs {
+		if r.Authorization != want {
+			t.Errorf("%s %s reached the tool with Authorization %q, want the Connector's", r.Method, r.Path, r.Authorization)
+		}
+		if r.ProxyAuthorization != "" {
+			t.Errorf("%s %s reached the tool with a Proxy-Authorization header", r.Method, r.Path)
+		}
+		for name, values := range r.Header {
+			for _, v := range values {
+				if strings.Contains(v, token) {
+					t.Errorf("%s %s reached the tool with the Pod token in %s", r.Method, r.Path, name)
+				}
+			}
+		}
+	}
+}
+
+func TestGitThroughProxy(t *testing.T) {
+	plain, secure := startGitServer(t, false), startGitServer(t, true)
+	env := startProxyDriver(t, nil)
+	ctx := context.Background()
+	ns := newNamespace(t)
+	git := gitClass(t)
+	gitConnector(t, ns, "plain", git, plain)
+	gitConnector(t, ns, "secure", git, secure)
+	allowConnectors(t, ns, "builder", "plain", "secure")
+	pod := podWithVolume(t, env.kubelet, ns, "git", map[string]string{"connectors": "plain,secure"}, nil)
+	if err := env.kubelet.Publish(ctx, pod, "connectors"); err != nil {
+		t.Fatal(err)
+	}
+	vol := env.kubelet.TargetPath(pod, "connectors")
+	token := visibleFiles(t, vol)["context.token"]
+
+	t.Run("reverse proxy with .gitconfig", func(t *testing.T) {
+		gitconfig := []string{"GIT_CONFIG_GLOBAL=" + filepath.Join(vol, ".gitconfig")}
+		cloneAndPush(t, plain.URL, gitconfig)
+		cloneAndPush(t, secure.URL, gitconfig)
+	})
+	t.Run("forward proxy with .env and ca.crt", func(t *testing.T) {
+		forward := append(envFile(t, filepath.Join(vol, ".env")), "GIT_SSL_CAINFO="+filepath.Join(vol, "ca.crt"))
+		cloneAndPush(t, plain.URL, forward)
+		cloneAndPush(t, secure.URL, forward)
+	})
+	checkToolSawOnlyConnectorCredential(t, plain, token)
+	checkToolSawOnlyConnectorCredential(t, secure, token)
+
+	for _, s := range []*gitserver.Server{plain, secure} {
+		if strings.Contains(logs.String(), s.Password) {
+			t.Error("the driver log holds a Connector's password")
+		}
+	}
+	if strings.Contains(logs.String(), token) {
+		t.Error("the driver log holds the Pod token")
+	}
+	if err := env.kubelet.Unpublish(ctx, pod, "connectors"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+var _ = http.StatusOK

@@ -1,0 +1,141 @@
+// Package gitserver runs a real Git smart-HTTP server for tests: git http-backend (from
+// Debian's git) behind basic auth, on a loopback address, over http or https. It records the
+// credentials each request carried, so tests can check what reached the tool.
+package gitserver
+
+import (
+	"crypto/tls"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/cgi"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"github.com/kube-connectors/connectors-csi/test/testca"
+)
+
+// Host is the loopback address test tools listen on. It is not 127.0.0.1, so that a no_proxy
+// list naming localhost does not route clients around the proxy.
+const Host = "127.0.0.2"
+
+// backend is git's CGI program on Debian.
+const backend = "/usr/lib/git-core/git-http-backend"
+
+// Server is a running Git server with one repository, repo.git, holding one commit on main.
+type Server struct {
+	URL                string
+	Username, Password string
+	CA                 *testca.CA // for https servers
+	root               string
+	srv                *httptest.Server
+
+	mu   sync.Mutex
+	seen []Request
+}
+
+// Request is what one request to the server carried.
+type Request struct {
+	Method, Path       string
+	Authorization      string
+	ProxyAuthorization string
+	Header             http.Header
+}
+
+// Start starts a server; secure selects https with a fresh test CA.
+func Start(dir string, secure bool) (*Server, error) {
+	if _, err := os.Stat(backend); err != nil {
+		return nil, fmt.Errorf("git http-backend not found (apt-get install git): %w", err)
+	}
+	s := &Server{Username: "git-bot", Password: "tool-password-" + filepath.Base(dir), root: filepath.Join(dir, "repos")}
+	if err := s.initRepo(dir); err != nil {
+		return nil, err
+	}
+	lis, err := net.Listen("tcp", Host+":0")
+	if err != nil {
+		return nil, err
+	}
+	s.srv = httptest.NewUnstartedServer(http.HandlerFunc(s.serve))
+	s.srv.Listener.Close()
+	s.srv.Listener = lis
+	if secure {
+		if s.CA, err = testca.New(); err != nil {
+			return nil, err
+		}
+		cert, err := s.CA.ServerCert([]net.IP{net.ParseIP(Host)})
+		if err != nil {
+			return nil, err
+		}
+		s.srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+		s.srv.StartTLS()
+	} else {
+		s.srv.Start()
+	}
+	s.URL = s.srv.URL
+	return s, nil
+}
+
+// Close stops the server.
+func (s *Server) Close() { s.srv.Close() }
+
+// Requests returns what the requests so far carried.
+func (s *Server) Requests() []Request {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]Request(nil), s.seen...)
+}
+
+func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	s.seen = append(s.seen, Request{Method: r.Method, Path: r.URL.Path, Authorization: r.Header.Get("Authorization"),
+		ProxyAuthorization: r.Header.Get("Proxy-Authorization"), Header: r.Header.Clone()})
+	s.mu.Unlock()
+	if r.URL.Path == "/redirect" {
+		http.Redirect(w, r, r.URL.Query().Get("to"), http.StatusFound)
+		return
+	}
+	user, pass, ok := r.BasicAuth()
+	if !ok || user != s.Username || pass != s.Password {
+		w.Header().Set("WWW-Authenticate", `Basic realm="git"`)
+		http.Error(w, "bad credentials", http.StatusUnauthorized)
+		return
+	}
+	h := &cgi.Handler{
+		Path: backend,
+		Root: "/",
+		Env:  []string{"GIT_PROJECT_ROOT=" + s.root, "GIT_HTTP_EXPORT_ALL=1", "REMOTE_USER=" + user},
+	}
+	h.ServeHTTP(w, r)
+}
+
+// initRepo makes repos/repo.git with one commit on main, accepting pushes.
+func (s *Server) initRepo(dir string) error {
+	work := filepath.Join(dir, "seed")
+	bare := filepath.Join(s.root, "repo.git")
+	steps := [][]string{
+		{"init", "-q", "-b", "main", work},
+		{"-C", work, "-c", "user.name=seed", "-c", "user.email=seed@example.com", "commit", "-q", "--allow-empty", "-m", "initial"},
+		{"clone", "-q", "--bare", work, bare},
+		{"-C", bare, "config", "http.receivepack", "true"},
+	}
+	for _, args := range steps {
+		if out, err := Git("", nil, args...); err != nil {
+			return fmt.Errorf("git %s: %v: %s", strings.Join(args, " "), err, out)
+		}
+	}
+	return nil
+}
+
+// Git runs git with a clean environment plus env; no credential helper or user config applies.
+func Git(dir string, env []string, args ...string) (string, error) {
+	cmd := exec.Command("git", args...)
+	cmd.Dir = dir
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "GIT_TERMINAL_PROMPT=0", "GIT_CONFIG_NOSYSTEM=1", "GIT_CONFIG_GLOBAL=/dev/null",
+		"HOME=" + os.TempDir()}, env...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
