@@ -6,10 +6,14 @@ package access
 
 import (
 	"context"
+	"errors"
+	"net"
+	"net/url"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apiserver/pkg/authentication/authenticator"
 	"k8s.io/apiserver/pkg/authentication/token/cache"
@@ -70,7 +74,7 @@ func New(kube kubernetes.Interface, cfg Config) (*Reviewer, error) {
 	}
 	return &Reviewer{
 		audiences: cfg.Audiences,
-		tokens:    cache.New(tokenAuth, false, cfg.TokenTTL, cfg.DenyTTL),
+		tokens:    cache.New(rejectionsAreAnswers{tokenAuth}, false, cfg.TokenTTL, cfg.DenyTTL),
 		authz:     authz,
 	}, nil
 }
@@ -89,6 +93,28 @@ func (r *Reviewer) AuthenticateToken(ctx context.Context, token string) (user.In
 // Authorize asks whether attrs are allowed.
 func (r *Reviewer) Authorize(ctx context.Context, attrs authorizer.Attributes) (authorizer.Decision, string, error) {
 	return r.authz.Authorize(ctx, attrs)
+}
+
+// rejectionsAreAnswers turns the webhook authenticator's "not authenticated, because ..."
+// (reported as an error carrying the TokenReview's status.error) into a plain rejection, so that
+// it is cached and told apart from a failure to ask. Failures to ask are client-go errors: API
+// statuses, URL and network errors, and context ends.
+type rejectionsAreAnswers struct{ authenticator.Token }
+
+func (r rejectionsAreAnswers) AuthenticateToken(ctx context.Context, token string) (*authenticator.Response, bool, error) {
+	res, ok, err := r.Token.AuthenticateToken(ctx, token)
+	if err != nil && !isFailureToAsk(err) {
+		return nil, false, nil
+	}
+	return res, ok, err
+}
+
+func isFailureToAsk(err error) bool {
+	var urlErr *url.Error
+	var netErr net.Error
+	var status apierrors.APIStatus
+	return errors.As(err, &urlErr) || errors.As(err, &netErr) || errors.As(err, &status) ||
+		errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
 }
 
 // sarMetrics counts SubjectAccessReview round trips.

@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -188,4 +187,3 @@ func TestGitThroughProxy(t *testing.T) {
 	}
 }
 
-var _ = http.StatusOK
