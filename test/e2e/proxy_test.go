@@ -186,4 +186,3 @@ func TestGitThroughProxy(t *testing.T) {
 		t.Fatal(err)
 	}
 }
-
