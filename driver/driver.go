@@ -5,7 +5,9 @@ package driver
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 	corev1 "k8s.io/api/core/v1"
@@ -17,12 +19,17 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/config"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/kube-connectors/connectors-csi/access"
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/approval"
+	"github.com/kube-connectors/connectors-csi/connectorstatus"
 	"github.com/kube-connectors/connectors-csi/features"
 	"github.com/kube-connectors/connectors-csi/identity"
 	"github.com/kube-connectors/connectors-csi/node"
@@ -53,10 +60,11 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return err
 	}
-	objects, err := newObjectCache(ctx, cfg)
+	mgr, err := newManager(ctx, cfg, o)
 	if err != nil {
 		return err
 	}
+	objects := mgr.GetCache()
 	store, err := records.NewStore(o.StateDir)
 	if err != nil {
 		return err
@@ -93,8 +101,18 @@ func Run(ctx context.Context, opts Options) error {
 	})
 	identityServer := &identity.Server{Name: o.DriverName, Version: Version, Ready: synced.Load}
 
+	if err := (&connectorstatus.Reconciler{
+		Client:   mgr.GetClient(),
+		Secrets:  mgr.GetAPIReader(),
+		ProxyURL: o.ProxyURL,
+		HTTP:     &http.Client{Timeout: 10 * time.Second},
+		Recheck:  o.StatusRecheck,
+	}).SetupWithManager(mgr); err != nil {
+		return err
+	}
+
 	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return objects.Start(ctx) })
+	g.Go(func() error { return mgr.Start(ctx) })
 	g.Go(func() error {
 		if objects.WaitForCacheSync(ctx) {
 			synced.Store(true)
@@ -121,23 +139,40 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 	return clientcmd.BuildConfigFromFlags("", kubeconfig)
 }
 
-// newObjectCache starts informers for Connectors and ConnectorClasses. The driver never
-// watches Secrets (SPEC §4.5).
-func newObjectCache(ctx context.Context, cfg *rest.Config) (cache.Cache, error) {
+// newManager makes the controller-runtime manager whose informer caches serve every replica
+// (Connectors and ConnectorClasses) and whose controllers run on the elected leader. Secrets
+// are never cached: the driver does not watch Secrets (SPEC §4.5).
+func newManager(ctx context.Context, cfg *rest.Config, o *validated) (ctrl.Manager, error) {
 	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return nil, err
+	}
 	if err := v1alpha1.AddToScheme(scheme); err != nil {
 		return nil, err
 	}
-	c, err := cache.New(cfg, cache.Options{Scheme: scheme, ReaderFailOnMissingInformer: true})
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:                        scheme,
+		Logger:                        klog.FromContext(ctx),
+		Cache:                         cache.Options{ReaderFailOnMissingInformer: true},
+		Client:                        client.Options{Cache: &client.CacheOptions{DisableFor: []client.Object{&corev1.Secret{}}}},
+		Metrics:                       metricsserver.Options{BindAddress: "0"}, // served on --metrics-listen
+		HealthProbeBindAddress:        "0",
+		LeaderElection:                o.LeaderElect,
+		LeaderElectionID:              "connectors-csi-controllers",
+		LeaderElectionNamespace:       o.SystemNamespace,
+		LeaderElectionReleaseOnCancel: true,
+		// Tests run several drivers in one process; metric names stay per process either way.
+		Controller: config.Controller{SkipNameValidation: ptr.To(true)},
+	})
 	if err != nil {
-		return nil, fmt.Errorf("informer cache: %w", err)
+		return nil, fmt.Errorf("controller manager: %w", err)
 	}
 	for _, obj := range []client.Object{&v1alpha1.Connector{}, &v1alpha1.ConnectorClass{}} {
-		if _, err := c.GetInformer(ctx, obj); err != nil {
+		if _, err := mgr.GetCache().GetInformer(ctx, obj); err != nil {
 			return nil, fmt.Errorf("informer for %T: %w", obj, err)
 		}
 	}
-	return c, nil
+	return mgr, nil
 }
 
 func newMounter(o *validated) mount.Mounter {

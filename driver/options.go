@@ -35,8 +35,8 @@ type Options struct {
 	AuthzAllowTTL      time.Duration
 	TokenCacheTTL      time.Duration
 	AuthzDenyTTL       time.Duration
-
-	SecretCacheTTL time.Duration
+	SecretCacheTTL     time.Duration
+	StatusRecheck      time.Duration
 
 	// Mounter replaces the tmpfs mounter; for tests only (no flag).
 	Mounter mount.Mounter
@@ -67,6 +67,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.TokenCacheTTL, "token-cache-ttl", 10*time.Second, "how long an accepted TokenReview is cached (a rejected one: --authorization-deny-ttl)")
 	fs.DurationVar(&o.AuthzDenyTTL, "authorization-deny-ttl", 2*time.Second, "how long a denied SubjectAccessReview is cached")
 	fs.DurationVar(&o.SecretCacheTTL, "secret-cache-ttl", 10*time.Second, "how long the proxy keeps a Connector's Secret after reading it")
+	fs.DurationVar(&o.StatusRecheck, "connector-recheck-interval", 5*time.Minute, "how often the leader probes each Connector's tool again for its status")
 	fs.BoolVar(&o.UnprivilegedMounts, "unprivileged-mounts", false, "for tests without root: write volumes into plain directories instead of tmpfs mounts")
 }
 
@@ -94,6 +95,9 @@ func (o *Options) validate() (*validated, error) {
 	v.volumeSizeBytes = q.Value()
 	if o.ProxyURL == "" {
 		v.ProxyURL = fmt.Sprintf("http://connectors-proxy.%s.svc.cluster.local:3128", o.SystemNamespace)
+	}
+	if o.StatusRecheck <= 0 {
+		return nil, fmt.Errorf("--connector-recheck-interval must be positive")
 	}
 	if o.SecretCacheTTL < 0 {
 		return nil, fmt.Errorf("--secret-cache-ttl must not be negative")

@@ -82,7 +82,7 @@ func (p *Proxy) credentialFor(ctx context.Context, c *v1alpha1.Connector, class 
 	if err != nil {
 		return credential{}, fmt.Errorf("secret %s/%s of Connector %s/%s: %w", ns, ref.Name, c.Namespace, c.Name, err)
 	}
-	secretType := authSecretType(c, class, sec)
+	secretType := AuthSecretType(c, class, sec)
 	need := func(keys ...string) error {
 		for _, k := range keys {
 			if len(sec.Data[k]) == 0 {
@@ -92,18 +92,13 @@ func (p *Proxy) credentialFor(ctx context.Context, c *v1alpha1.Connector, class 
 		return nil
 	}
 	switch secretType {
-	case v1alpha1.SecretTypeBasicAuth:
-		if err := need(corev1.BasicAuthUsernameKey, corev1.BasicAuthPasswordKey); err != nil {
+	case v1alpha1.SecretTypeBasicAuth, v1alpha1.SecretTypeBearerToken:
+		if err := need(RequiredKeys(secretType)...); err != nil {
 			return credential{}, err
 		}
-		return credential{authorization: basicAuth(sec.Data[corev1.BasicAuthUsernameKey], sec.Data[corev1.BasicAuthPasswordKey])}, nil
-	case v1alpha1.SecretTypeBearerToken:
-		if err := need("token"); err != nil {
-			return credential{}, err
-		}
-		return credential{authorization: "Bearer " + string(sec.Data["token"])}, nil
+		return credential{authorization: AuthorizationHeader(secretType, sec)}, nil
 	case v1alpha1.SecretTypeDistributionRegistryAuth:
-		if err := need(corev1.BasicAuthUsernameKey, corev1.BasicAuthPasswordKey); err != nil {
+		if err := need(RequiredKeys(secretType)...); err != nil {
 			return credential{}, err
 		}
 		return credential{registry: &registryLogin{
@@ -116,9 +111,9 @@ func (p *Proxy) credentialFor(ctx context.Context, c *v1alpha1.Connector, class 
 	}
 }
 
-// authSecretType is the secretType of the Connector's auth type in its class, or the Secret's
+// AuthSecretType is the secretType of the Connector's auth type in its class, or the Secret's
 // own type when the class does not declare it.
-func authSecretType(c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, sec *corev1.Secret) string {
+func AuthSecretType(c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, sec *corev1.Secret) string {
 	if class.Spec.Auth != nil {
 		for _, t := range class.Spec.Auth.Types {
 			if t.Name == c.Spec.Auth.Name || c.Spec.Auth.Name == "" {
@@ -129,8 +124,27 @@ func authSecretType(c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, sec *
 	return string(sec.Type)
 }
 
-func basicAuth(user, pass []byte) string {
-	return "Basic " + base64.StdEncoding.EncodeToString([]byte(string(user)+":"+string(pass)))
+// RequiredKeys are the Secret keys a secretType needs, or nil for a type the proxy does not use.
+func RequiredKeys(secretType string) []string {
+	switch secretType {
+	case v1alpha1.SecretTypeBasicAuth, v1alpha1.SecretTypeDistributionRegistryAuth:
+		return []string{corev1.BasicAuthUsernameKey, corev1.BasicAuthPasswordKey}
+	case v1alpha1.SecretTypeBearerToken:
+		return []string{"token"}
+	}
+	return nil
+}
+
+// AuthorizationHeader is the Authorization value for a basic-auth or bearer-token Secret, or "".
+func AuthorizationHeader(secretType string, sec *corev1.Secret) string {
+	switch secretType {
+	case v1alpha1.SecretTypeBasicAuth:
+		return "Basic " + base64.StdEncoding.EncodeToString(
+			[]byte(string(sec.Data[corev1.BasicAuthUsernameKey])+":"+string(sec.Data[corev1.BasicAuthPasswordKey])))
+	case v1alpha1.SecretTypeBearerToken:
+		return "Bearer " + string(sec.Data["token"])
+	}
+	return ""
 }
 
 // transports keeps one pooled upstream transport per CA bundle, so that keep-alive

@@ -184,17 +184,29 @@ func (r *Renderer) connectorData(class *v1alpha1.ConnectorClass, c *v1alpha1.Con
 	return obj, nil
 }
 
-// classProxyURL is the proxy serving a class: its own (spec.proxy.uri) or the built-in one.
+// classProxyURL is the proxy serving a class.
 func (r *Renderer) classProxyURL(class *v1alpha1.ConnectorClass) string {
-	if p := class.Spec.Proxy; p != nil && p.URI != "" {
-		return strings.TrimSuffix(p.URI, "/")
-	}
-	return r.ProxyURL
+	return ClassProxyURL(r.ProxyURL, class)
 }
 
 // ConnectorProxyURL is the reverse-proxy address of a Connector.
 func (r *Renderer) ConnectorProxyURL(class *v1alpha1.ConnectorClass, c *v1alpha1.Connector) string {
-	return fmt.Sprintf("%s/namespaces/%s/connectors/%s", r.classProxyURL(class), c.Namespace, c.Name)
+	return ConnectorProxyURL(r.ProxyURL, class, c)
+}
+
+// ClassProxyURL is the proxy serving a class: its own (spec.proxy.uri) or the built-in one at
+// builtIn.
+func ClassProxyURL(builtIn string, class *v1alpha1.ConnectorClass) string {
+	if p := class.Spec.Proxy; p != nil && p.URI != "" {
+		return strings.TrimSuffix(p.URI, "/")
+	}
+	return strings.TrimSuffix(builtIn, "/")
+}
+
+// ConnectorProxyURL is the reverse-proxy address of a Connector (SPEC §4.3), the value of its
+// status.proxy.httpAddress.url.
+func ConnectorProxyURL(builtIn string, class *v1alpha1.ConnectorClass, c *v1alpha1.Connector) string {
+	return fmt.Sprintf("%s/namespaces/%s/connectors/%s", ClassProxyURL(builtIn, class), c.Namespace, c.Name)
 }
 
 // builtinFiles are the files every volume gets unless excluded.

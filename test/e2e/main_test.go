@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	authenticationv1 "k8s.io/api/authentication/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -24,6 +25,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/rand"
 	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -187,6 +189,8 @@ func startDriverWith(t testing.TB, stateDir string, mounter mount.Mounter, adjus
 		AuthzAllowTTL:   10 * time.Second,
 		AuthzDenyTTL:    2 * time.Second,
 		TokenCacheTTL:   time.Second,
+		SecretCacheTTL:  time.Second,
+		StatusRecheck:   time.Minute,
 		Mounter:         mounter,
 	}
 	if adjust != nil {
@@ -204,7 +208,24 @@ func startDriverWith(t testing.TB, stateDir string, mounter mount.Mounter, adjus
 		})
 	}
 	t.Cleanup(d.stop)
-	if !kubelet.WaitUntil(30*time.Second, func() bool { _, err := os.Stat(d.socket); return err == nil }) {
+	failed := make(chan error, 1)
+	up := kubelet.WaitUntil(30*time.Second, func() bool {
+		select {
+		case err := <-done:
+			failed <- err
+			done <- err // for stop
+			return true
+		default:
+		}
+		_, err := os.Stat(d.socket)
+		return err == nil
+	})
+	select {
+	case err := <-failed:
+		t.Fatalf("driver stopped before serving: %v", err)
+	default:
+	}
+	if !up {
 		t.Fatal("driver socket did not appear")
 	}
 	return d
@@ -309,4 +330,33 @@ func waitAllowed(t testing.TB, ns, sa, connector string) {
 // basic is the base64 of user:pass.
 func basic(user, pass string) string {
 	return base64.StdEncoding.EncodeToString([]byte(user + ":" + pass))
+}
+
+// driverKubeconfig applies deploy/base/rbac.yaml for real and returns a kubeconfig of the
+// driver's ServiceAccount, so that a test runs the driver with exactly the deployed privileges.
+func driverKubeconfig(t testing.TB) string {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := cp.Kubectl(nil, "apply", "-n", systemNS, "-f", filepath.Join(controlplane.RepoRoot(), "deploy", "base", "rbac.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	tr, err := cp.Kube.CoreV1().ServiceAccounts(systemNS).CreateToken(ctx, "connectors-csi", &authenticationv1.TokenRequest{}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters["test"] = &clientcmdapi.Cluster{Server: cp.Config.Host, CertificateAuthorityData: cp.Config.CAData}
+	cfg.AuthInfos["driver"] = &clientcmdapi.AuthInfo{Token: tr.Status.Token}
+	cfg.Contexts["test"] = &clientcmdapi.Context{Cluster: "test", AuthInfo: "driver"}
+	cfg.CurrentContext = "test"
+	t.Cleanup(func() {
+		if strings.Contains(logs.String(), "is forbidden") {
+			t.Error("the driver was refused an API call with the deployed RBAC; see its log")
+		}
+	})
+	path := filepath.Join(t.TempDir(), "driver-kubeconfig")
+	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }

@@ -12,6 +12,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/connectorstatus"
 	"github.com/kube-connectors/connectors-csi/driver"
 	"github.com/kube-connectors/connectors-csi/test/gitserver"
 	"github.com/kube-connectors/connectors-csi/test/kubelet"
@@ -129,6 +130,12 @@ func checkToolSawOnlyConnectorCredential(t *testing.T, s *gitserver.Server, toke
 		t.Fatal("no request reached the Git server")
 	}
 	for _, r := range reqs {
+		if r.Header.Get("User-Agent") == connectorstatus.ProbeUserAgent {
+			if r.Authorization != "" {
+				t.Errorf("the liveness probe sent a credential")
+			}
+			continue
+		}
 		if r.Authorization != want {
 			t.Errorf("%s %s reached the tool with Authorization %q, want the Connector's", r.Method, r.Path, r.Authorization)
 		}
@@ -145,9 +152,11 @@ func checkToolSawOnlyConnectorCredential(t *testing.T, s *gitserver.Server, toke
 	}
 }
 
+// TestGitThroughProxy runs the driver with the deployed RBAC only.
 func TestGitThroughProxy(t *testing.T) {
 	plain, secure := startGitServer(t, false), startGitServer(t, true)
-	env := startProxyDriver(t, nil)
+	kubeconfig := driverKubeconfig(t)
+	env := startProxyDriver(t, func(o *driver.Options) { o.Kubeconfig = kubeconfig; o.LeaderElect = true })
 	ctx := context.Background()
 	ns := newNamespace(t)
 	git := gitClass(t)

@@ -98,7 +98,7 @@ type ConnectorStatus struct {
 // Connector is an integrated instance of a tool: its address and its credential.
 //
 // +kubebuilder:object:root=true
-// +kubebuilder:resource:scope=Namespaced,categories=connectors
+// +kubebuilder:resource:scope=Namespaced
 // +kubebuilder:subresource:status
 // +kubebuilder:printcolumn:name="Class",type=string,JSONPath=`.spec.connectorClassName`
 // +kubebuilder:printcolumn:name="Address",type=string,JSONPath=`.spec.address`

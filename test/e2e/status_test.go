@@ -1,0 +1,87 @@
+package e2e
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/driver"
+	"github.com/kube-connectors/connectors-csi/test/kubelet"
+)
+
+// waitCondition waits until the Connector's condition has the status and reason.
+func waitCondition(t *testing.T, ns, name, typ string, status metav1.ConditionStatus, reason string) *v1alpha1.Connector {
+	t.Helper()
+	var c v1alpha1.Connector
+	ok := kubelet.WaitUntil(20*time.Second, func() bool {
+		if err := cp.Client.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: name}, &c); err != nil {
+			return false
+		}
+		cond := meta.FindStatusCondition(c.Status.Conditions, typ)
+		return cond != nil && cond.Status == status && cond.Reason == reason
+	})
+	if !ok {
+		t.Fatalf("Connector %s/%s: %s never became %s/%s; conditions: %+v", ns, name, typ, status, reason, c.Status.Conditions)
+	}
+	return &c
+}
+
+func TestConnectorStatus(t *testing.T) {
+	tool := startGitServer(t, false)
+	kubeconfig := driverKubeconfig(t)
+	env := startProxyDriver(t, func(o *driver.Options) { o.Kubeconfig = kubeconfig })
+	ns := newNamespace(t)
+	git := gitClass(t)
+	gitConnector(t, ns, "good", git, tool)
+	newConnector(t, ns, "no-class", "missing-class", "https://x.example.com")
+	bad := &v1alpha1.Connector{
+		ObjectMeta: metav1.ObjectMeta{Name: "no-secret", Namespace: ns},
+		Spec: v1alpha1.ConnectorSpec{ConnectorClassName: git, Address: tool.URL,
+			Auth: &v1alpha1.ConnectorAuth{Name: "basicAuth", SecretRef: &v1alpha1.SecretRef{Name: "absent"}}},
+	}
+	create(t, bad)
+	newConnector(t, ns, "down", git, "http://127.0.0.2:9")
+
+	good := waitCondition(t, ns, "good", v1alpha1.ConditionReady, metav1.ConditionTrue, "Ready")
+	if got, want := good.Status.Proxy.HTTPAddress.URL, env.proxyURL+"/namespaces/"+ns+"/connectors/good"; got != want {
+		t.Errorf("status.proxy.httpAddress.url = %q, want %q", got, want)
+	}
+	if good.Labels[v1alpha1.LabelConnectorClass] != git {
+		t.Errorf("class label = %q, want %q", good.Labels[v1alpha1.LabelConnectorClass], git)
+	}
+	for _, typ := range []string{v1alpha1.ConditionConnectorClassReady, v1alpha1.ConditionSecretReady,
+		v1alpha1.ConditionProxyServiceReady, v1alpha1.ConditionLivenessReady, v1alpha1.ConditionAuthReady} {
+		if !meta.IsStatusConditionTrue(good.Status.Conditions, typ) {
+			t.Errorf("%s is not True: %+v", typ, meta.FindStatusCondition(good.Status.Conditions, typ))
+		}
+	}
+	waitCondition(t, ns, "no-class", v1alpha1.ConditionConnectorClassReady, metav1.ConditionFalse, "NotFound")
+	waitCondition(t, ns, "no-class", v1alpha1.ConditionReady, metav1.ConditionFalse, "ConnectorClassReadyFailed")
+	waitCondition(t, ns, "no-secret", v1alpha1.ConditionSecretReady, metav1.ConditionFalse, "NotFound")
+	waitCondition(t, ns, "down", v1alpha1.ConditionLivenessReady, metav1.ConditionFalse, "Unreachable")
+
+	out, err := cp.Kubectl(nil, "get", "connectors", "-n", ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if !strings.Contains(lines[0], "CLASS") || !strings.Contains(lines[0], "ADDRESS") || !strings.Contains(lines[0], "READY") || !strings.Contains(lines[0], "REASON") {
+		t.Fatalf("kubectl get connectors header: %q", lines[0])
+	}
+	found := false
+	for _, l := range lines[1:] {
+		f := strings.Fields(l)
+		if f[0] == "good" {
+			found = f[1] == git && f[2] == tool.URL && f[3] == "True" && f[4] == "Ready"
+		}
+	}
+	if !found {
+		t.Fatalf("kubectl get connectors does not show good as Ready:\n%s", out)
+	}
+}
