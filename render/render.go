@@ -63,8 +63,9 @@ func (r *Renderer) Render(req Request) (Files, error) {
 		return nil, err
 	}
 	files := r.builtinFiles(req)
+	forward := r.forwardProxyURL(req)
 	for _, group := range groupByClass(req.Sources) {
-		if err := r.renderClass(req, group, files); err != nil {
+		if err := r.renderClass(req, group, forward, files); err != nil {
 			return nil, err
 		}
 	}
@@ -120,7 +121,7 @@ func groupByClass(sources []Source) []*classGroup {
 
 // renderClass renders the requested configurations of one class once over all its Connectors;
 // a file of a later class replaces the same file of an earlier one.
-func (r *Renderer) renderClass(req Request, g *classGroup, files Files) error {
+func (r *Renderer) renderClass(req Request, g *classGroup, forwardURL string, files Files) error {
 	connectors := make([]any, len(g.connectors))
 	for i, c := range g.connectors {
 		obj, err := r.connectorData(g.class, c)
@@ -143,7 +144,7 @@ func (r *Renderer) renderClass(req Request, g *classGroup, files Files) error {
 			"connectorclass": map[string]any{"proxyAddress": r.classProxyURL(g.class)},
 			"context": map[string]any{
 				"token": req.Token,
-				"proxy": map[string]any{"caCert": req.CACert},
+				"proxy": map[string]any{"caCert": req.CACert, "httpProxy": forwardURL},
 			},
 			"configurations": params,
 		}

@@ -1,0 +1,158 @@
+package e2e
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/rand"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/test/controlplane"
+	"github.com/kube-connectors/connectors-csi/test/gitserver"
+	"github.com/kube-connectors/connectors-csi/test/registry"
+)
+
+// ociClass creates the built-in oci class of deploy/classes under a unique name.
+func ociClass(t testing.TB) string {
+	t.Helper()
+	var c v1alpha1.ConnectorClass
+	if err := readYAML(filepath.Join(controlplane.RepoRoot(), "deploy", "classes", "oci.yaml"), &c); err != nil {
+		t.Fatal(err)
+	}
+	c.Name = "oci-" + rand.String(6)
+	create(t, &c)
+	return c.Name
+}
+
+// volumeTransport is an HTTP transport configured only from a volume's files: the forward
+// proxy of http.proxy and the proxy CA of ca.crt.
+func volumeTransport(t *testing.T, vol string) *http.Transport {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(vol, "https.proxy"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy, err := url.Parse(string(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	caPEM, err := os.ReadFile(filepath.Join(vol, "ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(caPEM)
+	return &http.Transport{Proxy: http.ProxyURL(proxy), TLSClientConfig: &tls.Config{RootCAs: roots}}
+}
+
+func TestImagePushPullThroughProxy(t *testing.T) {
+	reg, err := registry.Start(t.TempDir(), gitserver.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(reg.Close)
+	env := startProxyDriver(t, nil)
+	ctx := context.Background()
+	ns := newNamespace(t)
+	if _, err := cp.Kube.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: "registry-auth"},
+		Type:       v1alpha1.SecretTypeDistributionRegistryAuth,
+		StringData: map[string]string{"username": reg.Username, "password": reg.Password},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	create(t, &v1alpha1.Connector{
+		ObjectMeta: metav1.ObjectMeta{Name: "registry", Namespace: ns},
+		Spec: v1alpha1.ConnectorSpec{ConnectorClassName: ociClass(t), Address: reg.URL,
+			AddressExtensions: []v1alpha1.NamedAddress{{Name: "token", Value: reg.TokenURL}},
+			Auth:              &v1alpha1.ConnectorAuth{Name: "registryToken", SecretRef: &v1alpha1.SecretRef{Name: "registry-auth"}}},
+	})
+	allowConnectors(t, ns, "builder", "registry")
+	pod := podWithVolume(t, env.kubelet, ns, "push", map[string]string{"connectors": "registry"}, nil)
+	if err := env.kubelet.Publish(ctx, pod, "connectors"); err != nil {
+		t.Fatal(err)
+	}
+	vol := env.kubelet.TargetPath(pod, "connectors")
+	files := visibleFiles(t, vol)
+	token := files["context.token"]
+
+	var docker struct {
+		Proxies map[string]map[string]string `json:"proxies"`
+	}
+	if err := json.Unmarshal([]byte(files["config.json"]), &docker); err != nil {
+		t.Fatalf("config.json is not JSON: %v\n%s", err, files["config.json"])
+	}
+	if docker.Proxies["default"]["httpsProxy"] != files["https.proxy"] {
+		t.Errorf("config.json proxies %v, want https.proxy", docker.Proxies)
+	}
+	regHost := strings.TrimPrefix(reg.URL, "http://")
+	if want := "[registry.\"" + regHost + "\"]\n  http = true\n  ca = [\"/connectors/ca.crt\"]"; !strings.Contains(files["buildkitd.toml"], want) {
+		t.Errorf("buildkitd.toml =\n%s\nwant it to contain\n%s", files["buildkitd.toml"], want)
+	}
+
+	ref, err := name.ParseReference(regHost+"/team/app:v1", name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := random.Image(64<<10, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	transport := remote.WithTransport(volumeTransport(t, vol))
+	if err := remote.Write(ref, img, transport); err != nil {
+		t.Fatalf("push through the proxy: %v", err)
+	}
+	pulled, err := remote.Image(ref, transport)
+	if err != nil {
+		t.Fatalf("pull through the proxy: %v", err)
+	}
+	want, _ := img.Digest()
+	if got, err := pulled.Digest(); err != nil || got != want {
+		t.Fatalf("pulled digest %v (%v), want %v", got, err, want)
+	}
+	if _, err := pulled.RawManifest(); err != nil {
+		t.Fatal(err)
+	}
+
+	basicCred := "Basic " + basic(reg.Username, reg.Password)
+	var bearer, tokenCalls int
+	for _, s := range reg.Requests() {
+		if s.Server == "registry" && strings.HasPrefix(s.Authorization, "Bearer ") {
+			bearer++
+		}
+		if s.Server == "token" {
+			tokenCalls++
+		}
+		if s.ProxyAuthorization != "" || strings.Contains(s.Authorization, token) {
+			t.Errorf("%s %s %s received the Pod token or a proxy credential", s.Server, s.Method, s.Path)
+		}
+		if s.Server == "registry" && strings.HasPrefix(s.Authorization, "Basic") {
+			t.Errorf("the registry itself received basic credentials on %s %s", s.Method, s.Path)
+		}
+		if s.Server == "token" && s.Authorization != basicCred {
+			t.Errorf("the token service received %q, want the Connector's credential", s.Authorization)
+		}
+	}
+	if bearer == 0 || tokenCalls == 0 {
+		t.Errorf("token auth was not exercised: %d registry requests with a Bearer token, %d token requests", bearer, tokenCalls)
+	}
+	if strings.Contains(logs.String(), reg.Password) || strings.Contains(logs.String(), token) {
+		t.Error("the driver log holds the registry password or the Pod token")
+	}
+	if err := env.kubelet.Unpublish(ctx, pod, "connectors"); err != nil {
+		t.Fatal(err)
+	}
+}
