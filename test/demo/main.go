@@ -6,6 +6,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,6 +23,7 @@ import (
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/test/controlplane"
+	"github.com/kube-connectors/connectors-csi/test/gitserver"
 	"github.com/kube-connectors/connectors-csi/test/kubelet"
 )
 
@@ -55,16 +58,29 @@ func run(ctx context.Context) error {
 		return err
 	}
 	defer os.RemoveAll(work)
+
+	step("Starting a Git server (git http-backend) that requires a username and password")
+	git, err := gitserver.Start(filepath.Join(work, "git"), false)
+	if err != nil {
+		return err
+	}
+	defer git.Close()
+	fmt.Printf("    %s/repo.git (user %q)\n", git.URL, git.Username)
+
 	socket := filepath.Join(work, "csi.sock")
-	step("Starting the driver: bin/connectors-csi --endpoint unix://%s", socket)
-	stop, err := startDriver(cp, root, work, socket)
+	proxyAddr, err := freeAddr()
+	if err != nil {
+		return err
+	}
+	step("Starting the driver: bin/connectors-csi --endpoint unix://%s --proxy-listen %s", socket, proxyAddr)
+	stop, err := startDriver(cp, root, work, socket, proxyAddr)
 	if err != nil {
 		return err
 	}
 	defer stop()
 
 	step("Creating a Secret with the Git server's credentials and a Connector that uses it (namespace %q)", ns)
-	if err := createConnector(ctx, cp); err != nil {
+	if err := createConnector(ctx, cp, git); err != nil {
 		return err
 	}
 	step("Letting ServiceAccount %s/builder get the Connector (RBAC), and creating a Pod with an inline csi volume", ns)
@@ -88,6 +104,28 @@ func run(ctx context.Context) error {
 		return err
 	}
 
+	step("git clone %s/repo.git with only the volume's .gitconfig (GIT_CONFIG_GLOBAL), through the proxy", git.URL)
+	dest := filepath.Join(work, "clone")
+	out, err := gitserver.Git("", []string{"GIT_CONFIG_GLOBAL=" + filepath.Join(target, ".gitconfig")}, "clone", git.URL+"/repo.git", dest)
+	if err != nil {
+		return fmt.Errorf("git clone: %v\n%s", err, out)
+	}
+	log, err := gitserver.Git(dest, nil, "log", "--oneline")
+	if err != nil {
+		return err
+	}
+	fmt.Printf("    cloned; git log: %s", log)
+	fromGit, withCredential := 0, 0
+	for _, r := range git.Requests() {
+		if strings.HasPrefix(r.Header.Get("User-Agent"), "git/") {
+			fromGit++
+			if user, pass, ok := (&http.Request{Header: r.Header}).BasicAuth(); ok && user == git.Username && pass == git.Password {
+				withCredential++
+			}
+		}
+	}
+	fmt.Printf("    the Git server saw %d requests from git; %d carried the Connector's credential, injected by the proxy\n", fromGit, withCredential)
+
 	step("NodeUnpublishVolume: the volume is unmounted and removed")
 	if err := k.Unpublish(ctx, pod, "connectors"); err != nil {
 		return err
@@ -95,7 +133,7 @@ func run(ctx context.Context) error {
 	if _, err := os.Stat(target); os.IsNotExist(err) {
 		fmt.Println("    target removed")
 	}
-	step("Done. The credential (password %q) never reached the volume.", "demo-password")
+	step("Done. The Pod held only its own token; the Git password %q never reached the volume.", git.Password)
 	return nil
 }
 
@@ -127,14 +165,26 @@ func readYAML(path string, into any) error {
 	return yaml.UnmarshalStrict(b, into)
 }
 
-func startDriver(cp *controlplane.ControlPlane, root, work, socket string) (func(), error) {
+// freeAddr returns a loopback address that was free a moment ago.
+func freeAddr() (string, error) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer lis.Close()
+	return lis.Addr().String(), nil
+}
+
+func startDriver(cp *controlplane.ControlPlane, root, work, socket, proxyAddr string) (func(), error) {
 	args := []string{
 		"--endpoint=unix://" + socket,
 		"--node-id=demo-node",
 		"--kubeconfig=" + cp.Kubeconfig,
 		"--state-dir=" + filepath.Join(work, "state"),
 		"--metrics-listen=127.0.0.1:0",
-		"--proxy-url=http://127.0.0.1:3128",
+		"--proxy-listen=" + proxyAddr,
+		"--proxy-url=http://" + proxyAddr,
+		"--leader-elect=false",
 	}
 	if os.Geteuid() != 0 {
 		fmt.Println("    not root: volumes are plain directories instead of tmpfs mounts")
@@ -162,11 +212,11 @@ func startDriver(cp *controlplane.ControlPlane, root, work, socket string) (func
 	return stop, nil
 }
 
-func createConnector(ctx context.Context, cp *controlplane.ControlPlane) error {
+func createConnector(ctx context.Context, cp *controlplane.ControlPlane, git *gitserver.Server) error {
 	if _, err := cp.Kube.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: "git-credentials"},
 		Type:       corev1.SecretTypeBasicAuth,
-		StringData: map[string]string{"username": "demo", "password": "demo-password"},
+		StringData: map[string]string{"username": git.Username, "password": git.Password},
 	}, metav1.CreateOptions{}); err != nil {
 		return err
 	}
@@ -174,7 +224,7 @@ func createConnector(ctx context.Context, cp *controlplane.ControlPlane) error {
 		ObjectMeta: metav1.ObjectMeta{Name: "git", Namespace: ns},
 		Spec: v1alpha1.ConnectorSpec{
 			ConnectorClassName: "git",
-			Address:            "https://git.example.com",
+			Address:            git.URL,
 			Auth:               &v1alpha1.ConnectorAuth{Name: "basicAuth", SecretRef: &v1alpha1.SecretRef{Name: "git-credentials"}},
 		},
 	}
