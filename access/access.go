@@ -7,12 +7,16 @@ package access
 import (
 	"context"
 	"errors"
+	"maps"
 	"net"
 	"net/url"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+	"golang.org/x/sync/singleflight"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apiserver/pkg/authentication/authenticator"
@@ -52,6 +56,10 @@ type Reviewer struct {
 	audiences authenticator.Audiences
 	tokens    authenticator.Token
 	authz     authorizer.Authorizer
+	// inflight coalesces concurrent identical authorizations: the webhook authorizer's cache
+	// has no request coalescing, so when an entry expires under load every waiting request
+	// would send its own SubjectAccessReview.
+	inflight singleflight.Group
 }
 
 // A failed review is not retried here: the client (kubelet, git) retries.
@@ -92,7 +100,35 @@ func (r *Reviewer) AuthenticateToken(ctx context.Context, token string) (user.In
 
 // Authorize asks whether attrs are allowed.
 func (r *Reviewer) Authorize(ctx context.Context, attrs authorizer.Attributes) (authorizer.Decision, string, error) {
-	return r.authz.Authorize(ctx, attrs)
+	type answer struct {
+		decision authorizer.Decision
+		reason   string
+	}
+	v, err, _ := r.inflight.Do(attributesKey(attrs), func() (any, error) {
+		d, reason, err := r.authz.Authorize(ctx, attrs)
+		return answer{d, reason}, err
+	})
+	a, _ := v.(answer)
+	return a.decision, a.reason, err
+}
+
+// attributesKey identifies a resource authorization question.
+func attributesKey(a authorizer.Attributes) string {
+	u := a.GetUser()
+	var b strings.Builder
+	for _, s := range []string{u.GetName(), u.GetUID(), strings.Join(u.GetGroups(), ","), a.GetVerb(), a.GetNamespace(),
+		a.GetAPIGroup(), a.GetResource(), a.GetSubresource(), a.GetName(), a.GetPath()} {
+		b.WriteString(s)
+		b.WriteByte(0)
+	}
+	extra := u.GetExtra()
+	for _, k := range slices.Sorted(maps.Keys(extra)) {
+		b.WriteString(k)
+		b.WriteByte('=')
+		b.WriteString(strings.Join(extra[k], ","))
+		b.WriteByte(0)
+	}
+	return b.String()
 }
 
 // rejectionsAreAnswers turns the webhook authenticator's "not authenticated, because ..."

@@ -67,10 +67,12 @@ func (r *Reconciler) connectorsOfClass(ctx context.Context, obj client.Object) [
 
 // Reconcile computes one Connector's status.
 func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
-	var c v1alpha1.Connector
-	if err := r.Client.Get(ctx, req.NamespacedName, &c); err != nil {
+	var cached v1alpha1.Connector
+	if err := r.Client.Get(ctx, req.NamespacedName, &cached); err != nil {
 		return reconcile.Result{}, client.IgnoreNotFound(err)
 	}
+	// The cache hands out shared objects (no copy per read); work on a copy.
+	c := *cached.DeepCopy()
 	if c.Labels[v1alpha1.LabelConnectorClass] != c.Spec.ConnectorClassName {
 		patch := client.MergeFrom(c.DeepCopy())
 		if c.Labels == nil {

@@ -151,9 +151,18 @@ func newManager(ctx context.Context, cfg *rest.Config, o *validated) (ctrl.Manag
 		return nil, err
 	}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme:                        scheme,
-		Logger:                        klog.FromContext(ctx),
-		Cache:                         cache.Options{ReaderFailOnMissingInformer: true},
+		Scheme: scheme,
+		Logger: klog.FromContext(ctx),
+		Cache: cache.Options{
+			ReaderFailOnMissingInformer: true,
+			// The publish path and the proxy only read these; skipping the copy per read keeps
+			// a proxied request from copying a Connector and its class. The status controller
+			// copies before it changes anything.
+			ByObject: map[client.Object]cache.ByObject{
+				&v1alpha1.Connector{}:      {UnsafeDisableDeepCopy: ptr.To(true)},
+				&v1alpha1.ConnectorClass{}: {UnsafeDisableDeepCopy: ptr.To(true)},
+			},
+		},
 		Client:                        client.Options{Cache: &client.CacheOptions{DisableFor: []client.Object{&corev1.Secret{}}}},
 		Metrics:                       metricsserver.Options{BindAddress: "0"}, // served on --metrics-listen
 		HealthProbeBindAddress:        "0",

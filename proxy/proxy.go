@@ -72,7 +72,9 @@ func New(objects client.Reader, reviewer Reviewer, flags *features.Source, kube 
 		Transport:      routeTransport{p},
 		ErrorHandler:   upstreamError,
 		ModifyResponse: rewriteLocation,
-		FlushInterval:  -1, // stream: git and registries send progressively
+		// Responses of unknown length (git packs, streamed blobs) are flushed as they come;
+		// ReverseProxy does that by itself, so known-length bodies keep buffered writes.
+		FlushInterval: 0,
 	}
 	return p, nil
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -39,6 +40,9 @@ type registryTokens struct {
 	client *http.Client
 	mu     sync.Mutex
 	tokens map[string]registryToken // by user, registry host and scope
+	// realms remembers each registry's challenge (by user and host), so that a request whose
+	// body cannot be replayed gets its token before it is sent.
+	realms map[string]challenge
 	group  singleflight.Group
 }
 
@@ -48,14 +52,18 @@ type registryToken struct {
 }
 
 func newRegistryTokens() *registryTokens {
-	return &registryTokens{client: &http.Client{Timeout: 30 * time.Second}, tokens: map[string]registryToken{}}
+	return &registryTokens{client: &http.Client{Timeout: 30 * time.Second}, tokens: map[string]registryToken{}, realms: map[string]challenge{}}
 }
 
 // roundTrip sends r with a cached token for its scope; on a Bearer challenge it fetches one and
 // retries once when the body can be replayed.
 func (t *registryTokens) roundTrip(base http.RoundTripper, login *registryLogin, r *http.Request) (*http.Response, error) {
 	scope := scopeOf(r)
-	if tok, ok := t.cached(login, r.URL.Host, scope); ok {
+	tok, ok := t.cached(login, r.URL.Host, scope)
+	if !ok && scope != "" && !replayable(r) {
+		tok, ok = t.prefetch(base, login, r.URL.Host, scope)
+	}
+	if ok {
 		r.Header.Set("Authorization", "Bearer "+tok)
 	}
 	res, err := base.RoundTrip(r)
@@ -63,13 +71,19 @@ func (t *registryTokens) roundTrip(base http.RoundTripper, login *registryLogin,
 		return res, err
 	}
 	ch, ok := parseBearerChallenge(res.Header.Get("WWW-Authenticate"))
-	if !ok || (r.Body != nil && r.Body != http.NoBody && r.GetBody == nil) {
+	if !ok {
+		return res, nil
+	}
+	t.mu.Lock()
+	t.realms[t.key(login, r.URL.Host, "")] = challenge{realm: ch.realm, service: ch.service}
+	t.mu.Unlock()
+	if !replayable(r) {
 		return res, nil
 	}
 	if ch.scope == "" {
 		ch.scope = scope
 	}
-	tok, err := t.fetch(base, login, r.URL.Host, ch)
+	tok, err = t.fetch(base, login, r.URL.Host, ch)
 	if err != nil {
 		return res, nil // the client sees the registry's own 401
 	}
@@ -83,6 +97,35 @@ func (t *registryTokens) roundTrip(base http.RoundTripper, login *registryLogin,
 	_ = res.Body.Close()
 	retry.Header.Set("Authorization", "Bearer "+tok)
 	return base.RoundTrip(retry)
+}
+
+// replayable reports whether r can be sent again.
+func replayable(r *http.Request) bool {
+	return r.Body == nil || r.Body == http.NoBody || r.GetBody != nil
+}
+
+// prefetch gets a token for scope from the realm this registry challenged with before.
+func (t *registryTokens) prefetch(base http.RoundTripper, login *registryLogin, host, scope string) (string, bool) {
+	t.mu.Lock()
+	ch, known := t.realms[t.key(login, host, "")]
+	t.mu.Unlock()
+	if !known {
+		return "", false
+	}
+	ch.scope = scope
+	tok, err := t.fetch(base, login, host, ch)
+	return tok, err == nil
+}
+
+// normalizeScope sorts a scope's actions, so "push,pull" and "pull,push" share a token.
+func normalizeScope(scope string) string {
+	i := strings.LastIndexByte(scope, ':')
+	if i < 0 {
+		return scope
+	}
+	actions := strings.Split(scope[i+1:], ",")
+	slices.Sort(actions)
+	return scope[:i+1] + strings.Join(actions, ",")
 }
 
 // scopeOf guesses the token scope of a registry request from its path, so that a cached token
@@ -102,7 +145,7 @@ func scopeOf(r *http.Request) string {
 }
 
 func (t *registryTokens) key(login *registryLogin, host, scope string) string {
-	return login.username + "\x00" + host + "\x00" + scope
+	return login.username + "\x00" + host + "\x00" + normalizeScope(scope)
 }
 
 func (t *registryTokens) cached(login *registryLogin, host, scope string) (string, bool) {

@@ -19,6 +19,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync"
@@ -41,6 +42,7 @@ var (
 	concurrency = flag.Int("c", 32, "concurrent keep-alive connections")
 	duration    = flag.Duration("d", 4*time.Second, "time per case (bounded)")
 	maxRequests = flag.Int("n", 200000, "request cap per case")
+	cpuProfile  = flag.String("cpuprofile", "", "write a CPU profile of the run (driver included) to this file")
 )
 
 const (
@@ -52,9 +54,19 @@ const (
 
 func main() {
 	flag.Parse()
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		_ = pprof.StartCPUProfile(f)
+		defer pprof.StopCPUProfile()
+	}
 	klog.SetOutput(io.Discard)
 	klog.LogToStderr(false)
 	if err := run(); err != nil {
+		pprof.StopCPUProfile()
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
@@ -338,7 +350,7 @@ func startDriver(ctx context.Context, cp *controlplane.ControlPlane, upstream st
 			ProxyURL: "http://" + proxyAddr, TokenAudience: "connectors-csi", VolumeSizeLimit: "4Mi",
 			KubeAPIQPS: 50, KubeAPIBurst: 100, AuthzAllowTTL: 10 * time.Second, AuthzDenyTTL: 2 * time.Second,
 			TokenCacheTTL: 10 * time.Second, SecretCacheTTL: 10 * time.Second, StatusRecheck: time.Hour,
-			Mounter:        nil, UnprivilegedMounts: true,
+			Mounter: nil, UnprivilegedMounts: true,
 			ProxyListening: func(string) { close(ready) },
 		})
 		if err != nil && ctx.Err() == nil {

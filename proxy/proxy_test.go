@@ -1,0 +1,90 @@
+package proxy
+
+import (
+	"net/http"
+	"net/url"
+	"testing"
+
+	"k8s.io/apiserver/pkg/authentication/user"
+)
+
+func mustURL(t *testing.T, s string) *url.URL {
+	t.Helper()
+	u, err := url.Parse(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
+func TestCovers(t *testing.T) {
+	for _, tc := range []struct {
+		addr, target string
+		want         bool
+	}{
+		{"https://git.example.com", "https://git.example.com/org/repo.git", true},
+		{"https://git.example.com", "https://git.example.com:443/x", true},
+		{"https://git.example.com/org", "https://git.example.com/org/repo", true},
+		{"https://git.example.com/org", "https://git.example.com/organisation", false},
+		{"https://git.example.com", "http://git.example.com/x", false},
+		{"https://git.example.com", "https://git.example.com.evil.io/x", false},
+		{"http://10.0.0.1:8080", "http://10.0.0.1:8081/x", false},
+	} {
+		if got := covers(mustURL(t, tc.addr), mustURL(t, tc.target)); got != tc.want {
+			t.Errorf("covers(%s, %s) = %v, want %v", tc.addr, tc.target, got, tc.want)
+		}
+	}
+}
+
+func TestParseReversePath(t *testing.T) {
+	nn, rest, ok := parseReversePath("/namespaces/ns/connectors/git/org/repo%2Fx.git/info/refs")
+	if !ok || nn.String() != "ns/git" || rest != "/org/repo%2Fx.git/info/refs" {
+		t.Fatalf("got %v %q %v", nn, rest, ok)
+	}
+	for _, bad := range []string{"/namespaces/ns/tools/git", "/namespaces//connectors/x", "/namespaces/ns/connectors/"} {
+		if _, _, ok := parseReversePath(bad); ok {
+			t.Errorf("%q parsed", bad)
+		}
+	}
+}
+
+func TestProxyCredentials(t *testing.T) {
+	h := http.Header{}
+	h.Set("Proxy-Authorization", "Basic "+"YSUyRmIsYy9kOnRvaw==") // a%2Fb,c/d:tok
+	cs, tok, err := proxyCredentials(h)
+	if err != nil || tok != "tok" || len(cs) != 2 || cs[0].String() != "a/b" || cs[1].String() != "c/d" {
+		t.Fatalf("got %v %q %v", cs, tok, err)
+	}
+	h.Set("Proxy-Authorization", "Basic "+"bm9zbGFzaDp0b2s=") // noslash:tok
+	if _, _, err := proxyCredentials(h); err == nil {
+		t.Fatal("a user without namespace/name was accepted")
+	}
+}
+
+func TestPodOf(t *testing.T) {
+	u := &user.DefaultInfo{Name: "system:serviceaccount:ns:builder", Extra: map[string][]string{extraPodName: {"p"}}}
+	if got := podOf(u); got != "ns/p" {
+		t.Fatalf("podOf = %q", got)
+	}
+	if got := podOf(&user.DefaultInfo{Name: "alice", Extra: map[string][]string{extraPodName: {"p"}}}); got != "" {
+		t.Fatalf("podOf(non-SA) = %q", got)
+	}
+}
+
+func TestRegistryScopes(t *testing.T) {
+	if got := normalizeScope("repository:a/b:push,pull"); got != "repository:a/b:pull,push" {
+		t.Errorf("normalizeScope = %q", got)
+	}
+	r, _ := http.NewRequest(http.MethodPatch, "http://r/v2/team/app/blobs/uploads/123", nil)
+	if got := scopeOf(r); got != "repository:team/app:pull,push" {
+		t.Errorf("scopeOf(PATCH) = %q", got)
+	}
+	r, _ = http.NewRequest(http.MethodGet, "http://r/v2/team/app/manifests/v1", nil)
+	if got := scopeOf(r); got != "repository:team/app:pull" {
+		t.Errorf("scopeOf(GET) = %q", got)
+	}
+	ch, ok := parseBearerChallenge(`Bearer realm="https://auth.example.com/token",service="registry",scope="repository:a:pull,push"`)
+	if !ok || ch.realm != "https://auth.example.com/token" || ch.service != "registry" || ch.scope != "repository:a:pull,push" {
+		t.Errorf("challenge = %+v", ch)
+	}
+}
