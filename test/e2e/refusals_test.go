@@ -16,6 +16,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/features"
@@ -204,6 +205,46 @@ func TestProxyRefusalsAndHostileRequests(t *testing.T) {
 		}
 		if n := len(other.Requests()) - before; n != 0 {
 			t.Fatalf("the other host received %d requests", n)
+		}
+	})
+	t.Run("bearer-token credentials are injected", func(t *testing.T) {
+		if _, err := cp.Kube.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{Name: "bearer"}, Type: v1alpha1.SecretTypeBearerToken,
+			StringData: map[string]string{"token": "tool-api-token"},
+		}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		bearerClass := newClass(t, "bearer")
+		var class v1alpha1.ConnectorClass
+		if err := cp.Client.Get(ctx, types.NamespacedName{Name: bearerClass}, &class); err != nil {
+			t.Fatal(err)
+		}
+		class.Spec.Auth = &v1alpha1.AuthSpec{Types: []v1alpha1.AuthType{{Name: "token", SecretType: v1alpha1.SecretTypeBearerToken}}}
+		if err := cp.Client.Update(ctx, &class); err != nil {
+			t.Fatal(err)
+		}
+		create(t, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: "api", Namespace: ns},
+			Spec: v1alpha1.ConnectorSpec{ConnectorClassName: bearerClass, Address: tool.URL,
+				Auth: &v1alpha1.ConnectorAuth{Name: "token", SecretRef: &v1alpha1.SecretRef{Name: "bearer"}}}})
+		create(t, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "api-user", Namespace: ns}})
+		allowConnectors(t, ns, "api-user", "api")
+		apiToken, err := cp.Kube.CoreV1().ServiceAccounts(ns).CreateToken(ctx, "api-user", &authenticationv1.TokenRequest{
+			Spec: authenticationv1.TokenRequestSpec{Audiences: []string{driverName}}}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		before := len(tool.Requests())
+		ok := kubelet.WaitUntil(10*time.Second, func() bool {
+			code, _ := do(t, noRedirects, newRequest(t, "GET", reverse("api", "/anything"),
+				map[string]string{"Authorization": "Bearer " + apiToken.Status.Token}))
+			return code == http.StatusUnauthorized // the git server wants basic auth; what matters is what it saw
+		})
+		if !ok {
+			t.Fatal("the bearer Connector was not proxied")
+		}
+		seen := tool.Requests()[before:]
+		if len(seen) == 0 || seen[len(seen)-1].Authorization != "Bearer tool-api-token" {
+			t.Fatalf("the tool saw %+v, want the Connector's bearer token", seen)
 		}
 	})
 	t.Run("connectors/proxy permission when the flag is on", func(t *testing.T) {
