@@ -8,7 +8,7 @@ CONTROLLER_GEN := go tool controller-gen
 STATICCHECK := go tool staticcheck
 TESTBIN = $(shell hack/testbin.sh | tail -n1)
 
-.PHONY: all build generate verify-generated lint test test-unit bench demo clean
+.PHONY: all build generate verify-generated lint test bench demo clean
 
 all: build
 
@@ -32,8 +32,10 @@ lint: ## gofmt, go vet, staticcheck
 test: verify-generated lint build ## every test, against a real API server (tmpfs mounts when root)
 	KUBEBUILDER_ASSETS=$(TESTBIN) go test -count=1 ./...
 
-bench: ## benchmarks of the publish path
+bench: ## benchmarks of the publish path and the proxy (installs Debian's nginx for the comparison)
 	KUBEBUILDER_ASSETS=$(TESTBIN) go test -run '^$$' -bench . -benchmem ./test/e2e/
+	command -v nginx >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx)
+	KUBEBUILDER_ASSETS=$(TESTBIN) go run ./test/bench/proxy
 
 demo: build ## local control plane, driver, a Connector and a Pod's volume, printed
 	KUBEBUILDER_ASSETS=$(TESTBIN) go run ./test/demo

@@ -18,8 +18,12 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2
 }
 
-# etcd: Debian's etcd-server (3.4) works with this kube-apiserver.
-if [ ! -x /usr/bin/etcd ]; then apt_install etcd-server; fi
+# etcd: Debian's etcd-server (3.4) works with this kube-apiserver. git: the tests run a real Git
+# server (git http-backend) and client.
+missing=()
+[ -x /usr/bin/etcd ] || missing+=(etcd-server)
+[ -x /usr/lib/git-core/git-http-backend ] || missing+=(git)
+if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
 ln -sfn /usr/bin/etcd "$dir/etcd"
 
 # kube-apiserver and kubectl from the k8s.io/kubernetes module, stamped with the real version
