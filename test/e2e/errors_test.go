@@ -10,7 +10,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 )
@@ -23,18 +22,8 @@ func TestBadInputs(t *testing.T) {
 	k := newKubelet(t, d)
 	ctx := context.Background()
 	ns := newNamespace(t)
-	if _, err := cp.Kube.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: "git-credentials"},
-		Type:       corev1.SecretTypeBasicAuth,
-		StringData: map[string]string{"username": "bot", "password": secretValue},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	withSecret := newConnector(t, ns, "params", paramsClass(t), "https://tool.example.com")
-	withSecret.Spec.Auth = &v1alpha1.ConnectorAuth{Name: "basicAuth", SecretRef: &v1alpha1.SecretRef{Name: "git-credentials"}}
-	if err := cp.Client.Update(ctx, withSecret); err != nil {
-		t.Fatal(err)
-	}
+	createSecret(t, ns, "git-credentials", corev1.SecretTypeBasicAuth, map[string]string{"username": "bot", "password": secretValue})
+	useSecret(t, newConnector(t, ns, "params", paramsClass(t), "https://tool.example.com"), "basicAuth", "git-credentials")
 	newConnector(t, ns, "orphan", "no-such-class", "https://tool.example.com")
 	newConnector(t, ns, "broken", newClass(t, "broken", v1alpha1.Configuration{
 		Name: "conf", Data: map[string]string{"bad.txt": "{{ .connector.spec.address | nosuchfunc }}"}}), "https://x.example.com")
@@ -119,18 +108,8 @@ func TestSecretValuesNeverLeak(t *testing.T) {
 	k := newKubelet(t, d)
 	ctx := context.Background()
 	ns := newNamespace(t)
-	if _, err := cp.Kube.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: "git-credentials"},
-		Type:       corev1.SecretTypeBasicAuth,
-		StringData: map[string]string{"username": "bot", "password": secretValue},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	c := newConnector(t, ns, "github", gitClass(t), "https://github.com")
-	c.Spec.Auth = &v1alpha1.ConnectorAuth{Name: "basicAuth", SecretRef: &v1alpha1.SecretRef{Name: "git-credentials"}}
-	if err := cp.Client.Update(ctx, c); err != nil {
-		t.Fatal(err)
-	}
+	createSecret(t, ns, "git-credentials", corev1.SecretTypeBasicAuth, map[string]string{"username": "bot", "password": secretValue})
+	useSecret(t, newConnector(t, ns, "github", gitClass(t), "https://github.com"), "basicAuth", "git-credentials")
 	allowConnectors(t, ns, "builder", "github")
 	pod := podWithVolume(t, k, ns, "noleak", map[string]string{"connectors": "github"}, nil)
 	for i := 0; i < 2; i++ {

@@ -102,3 +102,18 @@ func podWithVolume(t testing.TB, k *kubelet.Kubelet, ns, name string, attrs map[
 	}
 	return created
 }
+
+// createSecret creates a Secret of a type with string data.
+func createSecret(t testing.TB, ns, name string, typ corev1.SecretType, data map[string]string) {
+	t.Helper()
+	create(t, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Type: typ, StringData: data})
+}
+
+// useSecret points a Connector's auth at a Secret.
+func useSecret(t testing.TB, c *v1alpha1.Connector, auth, secret string) {
+	t.Helper()
+	c.Spec.Auth = &v1alpha1.ConnectorAuth{Name: auth, SecretRef: &v1alpha1.SecretRef{Name: secret}}
+	if err := cp.Client.Update(context.Background(), c); err != nil {
+		t.Fatal(err)
+	}
+}

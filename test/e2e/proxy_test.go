@@ -53,26 +53,14 @@ func startProxyDriver(t testing.TB, adjust func(*driver.Options)) *proxyEnv {
 // gitConnector creates a git Connector for a test server, with its credential (and CA) Secrets.
 func gitConnector(t testing.TB, ns, name, class string, s *gitserver.Server) {
 	t.Helper()
-	ctx := context.Background()
-	if _, err := cp.Kube.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: name + "-auth"},
-		Type:       corev1.SecretTypeBasicAuth,
-		StringData: map[string]string{"username": s.Username, "password": s.Password},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	createSecret(t, ns, name+"-auth", corev1.SecretTypeBasicAuth, map[string]string{"username": s.Username, "password": s.Password})
 	c := &v1alpha1.Connector{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
 		Spec: v1alpha1.ConnectorSpec{ConnectorClassName: class, Address: s.URL,
 			Auth: &v1alpha1.ConnectorAuth{Name: "basicAuth", SecretRef: &v1alpha1.SecretRef{Name: name + "-auth"}}},
 	}
 	if s.CA != nil {
-		if _, err := cp.Kube.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{
-			ObjectMeta: metav1.ObjectMeta{Name: name + "-ca"},
-			Data:       map[string][]byte{"ca.crt": s.CA.PEM},
-		}, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
+		createSecret(t, ns, name+"-ca", corev1.SecretTypeOpaque, map[string]string{"ca.crt": string(s.CA.PEM)})
 		c.Spec.CACertSecretRef = &v1alpha1.LocalSecretRef{Name: name + "-ca"}
 	}
 	create(t, c)

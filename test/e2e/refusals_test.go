@@ -208,12 +208,7 @@ func TestProxyRefusalsAndHostileRequests(t *testing.T) {
 		}
 	})
 	t.Run("bearer-token credentials are injected", func(t *testing.T) {
-		if _, err := cp.Kube.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{
-			ObjectMeta: metav1.ObjectMeta{Name: "bearer"}, Type: v1alpha1.SecretTypeBearerToken,
-			StringData: map[string]string{"token": "tool-api-token"},
-		}, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
+		createSecret(t, ns, "bearer", v1alpha1.SecretTypeBearerToken, map[string]string{"token": "tool-api-token"})
 		bearerClass := newClass(t, "bearer")
 		var class v1alpha1.ConnectorClass
 		if err := cp.Client.Get(ctx, types.NamespacedName{Name: bearerClass}, &class); err != nil {

@@ -15,7 +15,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/rand"
 
@@ -67,13 +66,7 @@ func TestImagePushPullThroughProxy(t *testing.T) {
 	env := startProxyDriver(t, nil)
 	ctx := context.Background()
 	ns := newNamespace(t)
-	if _, err := cp.Kube.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: "registry-auth"},
-		Type:       v1alpha1.SecretTypeDistributionRegistryAuth,
-		StringData: map[string]string{"username": reg.Username, "password": reg.Password},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	createSecret(t, ns, "registry-auth", v1alpha1.SecretTypeDistributionRegistryAuth, map[string]string{"username": reg.Username, "password": reg.Password})
 	create(t, &v1alpha1.Connector{
 		ObjectMeta: metav1.ObjectMeta{Name: "registry", Namespace: ns},
 		Spec: v1alpha1.ConnectorSpec{ConnectorClassName: ociClass(t), Address: reg.URL,
