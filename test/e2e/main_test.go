@@ -11,6 +11,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -359,4 +360,64 @@ func driverKubeconfig(t testing.TB) string {
 		t.Fatal(err)
 	}
 	return path
+}
+
+var (
+	buildOnce sync.Once
+	binary    string
+	buildErr  error
+)
+
+// driverBinary builds bin/connectors-csi for this test run, once.
+func driverBinary(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "connectors-csi-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binary = filepath.Join(dir, "connectors-csi")
+		cmd := exec.Command("go", "build", "-o", binary, "./cmd/connectors-csi")
+		cmd.Dir = controlplane.RepoRoot()
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binary
+}
+
+// startDriverProcess runs the real binary as a separate process (real tmpfs mounts).
+func startDriverProcess(t testing.TB, stateDir string) *runningDriver {
+	t.Helper()
+	socketDir, err := os.MkdirTemp("", "csi-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &runningDriver{socket: filepath.Join(socketDir, "csi.sock"), mounter: mount.NewTmpfs()}
+	cmd := exec.Command(driverBinary(t), "--endpoint=unix://"+d.socket, "--node-id=node-1", "--kubeconfig="+cp.Kubeconfig,
+		"--system-namespace="+systemNS, "--state-dir="+stateDir, "--proxy-url="+proxyURL, "--proxy-listen=",
+		"--metrics-listen=", "--leader-elect=false")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	d.stop = func() {
+		once.Do(func() {
+			_ = cmd.Process.Signal(os.Interrupt)
+			_ = cmd.Wait()
+			_ = os.RemoveAll(socketDir)
+		})
+	}
+	t.Cleanup(d.stop)
+	if !kubelet.WaitUntil(30*time.Second, func() bool { _, err := os.Stat(d.socket); return err == nil }) {
+		d.stop()
+		t.Fatalf("driver process did not serve; its output:\n%s", out.String())
+	}
+	return d
 }
