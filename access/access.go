@@ -45,6 +45,8 @@ func init() { prometheus.MustRegister(tokenReviews, subjectAccessReviews) }
 
 // Config sets the audiences tokens must carry and how long answers are cached.
 type Config struct {
+	// Audiences a token must carry; empty accepts the API server's own audiences (any token
+	// the cluster accepts).
 	Audiences []string
 	TokenTTL  time.Duration // authenticated tokens
 	AllowTTL  time.Duration // allowed SubjectAccessReviews
@@ -90,7 +92,9 @@ func New(kube kubernetes.Interface, cfg Config) (*Reviewer, error) {
 // AuthenticateToken returns the user a token belongs to, or ok=false when the API server does
 // not accept it for the configured audiences.
 func (r *Reviewer) AuthenticateToken(ctx context.Context, token string) (user.Info, bool, error) {
-	ctx = authenticator.WithAudiences(ctx, r.audiences)
+	if len(r.audiences) > 0 {
+		ctx = authenticator.WithAudiences(ctx, r.audiences)
+	}
 	res, ok, err := r.tokens.AuthenticateToken(ctx, token)
 	if err != nil || !ok {
 		return nil, false, err

@@ -40,8 +40,14 @@ type Config struct {
 	SecretTTL time.Duration
 }
 
+// APIPrefix is where the Connectors API is served on the proxy listener.
+const APIPrefix = "/connectors/v1alpha1/"
+
 // Proxy serves the proxy listener.
 type Proxy struct {
+	// API serves the Connectors API (APIPrefix), when set.
+	API http.Handler
+
 	objects    client.Reader // Connectors and ConnectorClasses, from informer caches
 	reviewer   Reviewer
 	flags      *features.Source
@@ -88,6 +94,8 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.serveForward(w, r)
 	case strings.HasPrefix(r.URL.Path, reversePrefix):
 		p.serveReverse(w, r)
+	case p.API != nil && strings.HasPrefix(r.URL.Path, APIPrefix):
+		p.API.ServeHTTP(w, r)
 	default:
 		refuse(w, http.StatusNotFound, "no such path: use /namespaces/<ns>/connectors/<name>/... or this address as an HTTP proxy")
 	}
@@ -133,6 +141,8 @@ type route struct {
 	transport http.RoundTripper
 	// proxyBase, for the reverse proxy, is the client-facing prefix of the Connector.
 	proxyBase string
+	// statusErrors answers upstream failures as Kubernetes Status (the Connectors API).
+	statusErrors bool
 }
 
 type routeKey struct{}
@@ -175,7 +185,12 @@ func (t routeTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 func upstreamError(w http.ResponseWriter, r *http.Request, err error) {
 	rt := r.Context().Value(routeKey{}).(*route)
 	klog.FromContext(r.Context()).Info("Upstream request failed", "connector", klog.KObj(rt.connector), "host", rt.target.Host, "err", err)
-	refuse(w, http.StatusBadGateway, fmt.Sprintf("Connector %s/%s: %s unreachable: %v", rt.connector.Namespace, rt.connector.Name, rt.target.Host, err))
+	msg := fmt.Sprintf("Connector %s/%s: %s unreachable: %v", rt.connector.Namespace, rt.connector.Name, rt.target.Host, err)
+	if rt.statusErrors {
+		WriteStatus(w, http.StatusBadGateway, "BadGateway", msg)
+		return
+	}
+	refuse(w, http.StatusBadGateway, msg)
 }
 
 // rewriteLocation keeps the reverse proxy's clients on the proxy when the tool redirects within

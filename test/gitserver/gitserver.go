@@ -139,3 +139,30 @@ func Git(dir string, env []string, args ...string) (string, error) {
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }
+
+// AddRefs adds branches and lightweight tags pointing at main's commit.
+func (s *Server) AddRefs(branches, tags []string) error {
+	bare := filepath.Join(s.root, "repo.git")
+	sha, err := Git(bare, nil, "rev-parse", "refs/heads/main")
+	if err != nil {
+		return fmt.Errorf("rev-parse: %v: %s", err, sha)
+	}
+	sha = strings.TrimSpace(sha)
+	for _, b := range branches {
+		if out, err := Git(bare, nil, "update-ref", "refs/heads/"+b, sha); err != nil {
+			return fmt.Errorf("branch %s: %v: %s", b, err, out)
+		}
+	}
+	for _, t := range tags {
+		if out, err := Git(bare, nil, "update-ref", "refs/tags/"+t, sha); err != nil {
+			return fmt.Errorf("tag %s: %v: %s", t, err, out)
+		}
+	}
+	return nil
+}
+
+// Head returns main's commit id.
+func (s *Server) Head() (string, error) {
+	out, err := Git(filepath.Join(s.root, "repo.git"), nil, "rev-parse", "refs/heads/main")
+	return strings.TrimSpace(out), err
+}

@@ -1,7 +1,9 @@
 // Package registry runs a real OCI registry for tests: github.com/distribution/distribution/v3
 // with in-memory storage and token auth, plus the token service it trusts, which hands out
-// tokens for any requested scope to one basic-auth user. Both listen on a loopback address
-// and record what credentials reach them.
+// tokens for any requested scope to one basic-auth user. Both are served on one loopback
+// address (the token service at /token, as many registries do; go-containerregistry accepts a
+// realm on a private IP only on the registry's own host:port) and record what credentials
+// reach them.
 package registry
 
 import (
@@ -41,13 +43,12 @@ const (
 
 // Server is a running registry and its token service.
 type Server struct {
-	URL, TokenURL      string // http://host:port
+	URL, TokenURL      string // http://host:port; TokenURL is URL + "/token"
 	Username, Password string
 
 	key      *ecdsa.PrivateKey
 	kid      string
-	registry *httptest.Server
-	tokens   *httptest.Server
+	srv *httptest.Server
 
 	mu   sync.Mutex
 	seen []Seen
@@ -70,43 +71,32 @@ func Start(dir, host string) (*Server, error) {
 	if err := s.writeSignerCert(bundle); err != nil {
 		return nil, err
 	}
-	if s.tokens, err = listen(host, s.record("token", http.HandlerFunc(s.serveToken))); err != nil {
-		return nil, err
-	}
-	s.TokenURL = s.tokens.URL
-	cfg := &configuration.Configuration{
-		Storage: configuration.Storage{"inmemory": configuration.Parameters{}},
-		Auth: configuration.Auth{"token": configuration.Parameters{
-			"realm": s.TokenURL + "/token", "service": service, "issuer": issuer, "rootcertbundle": bundle,
-		}},
-	}
-	cfg.HTTP.Secret = "test-http-secret"
-	app := handlers.NewApp(context.Background(), cfg)
-	if s.registry, err = listen(host, s.record("registry", app)); err != nil {
-		s.tokens.Close()
-		return nil, err
-	}
-	s.URL = s.registry.URL
-	return s, nil
-}
-
-func listen(host string, h http.Handler) (*httptest.Server, error) {
 	lis, err := net.Listen("tcp", host+":0")
 	if err != nil {
 		return nil, err
 	}
-	srv := httptest.NewUnstartedServer(h)
-	srv.Listener.Close()
-	srv.Listener = lis
-	srv.Start()
-	return srv, nil
+	s.URL = "http://" + lis.Addr().String()
+	s.TokenURL = s.URL + "/token"
+	cfg := &configuration.Configuration{
+		Storage: configuration.Storage{"inmemory": configuration.Parameters{}},
+		Auth: configuration.Auth{"token": configuration.Parameters{
+			"realm": s.TokenURL, "service": service, "issuer": issuer, "rootcertbundle": bundle,
+		}},
+	}
+	cfg.HTTP.Secret = "test-http-secret"
+	cfg.Catalog.MaxEntries = 1000
+	mux := http.NewServeMux()
+	mux.Handle("/token", s.record("token", http.HandlerFunc(s.serveToken)))
+	mux.Handle("/", s.record("registry", handlers.NewApp(context.Background(), cfg)))
+	s.srv = httptest.NewUnstartedServer(mux)
+	s.srv.Listener.Close()
+	s.srv.Listener = lis
+	s.srv.Start()
+	return s, nil
 }
 
-// Close stops both servers.
-func (s *Server) Close() {
-	s.registry.Close()
-	s.tokens.Close()
-}
+// Close stops the server.
+func (s *Server) Close() { s.srv.Close() }
 
 // Requests returns what reached the registry and the token service.
 func (s *Server) Requests() []Seen {

@@ -1,0 +1,270 @@
+package connectorsapi
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-git/go-git/v5"
+	gitconfig "github.com/go-git/go-git/v5/config"
+	gittransport "github.com/go-git/go-git/v5/plumbing/transport"
+	githttp "github.com/go-git/go-git/v5/plumbing/transport/http"
+	"github.com/go-git/go-git/v5/storage/memory"
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/proxy"
+)
+
+// List is the list format of the custom APIs (SPEC §5.3).
+type List struct {
+	ListMeta ListMeta `json:"listMeta"`
+	Items    []Item   `json:"items"`
+}
+
+// ListMeta counts the items that matched, before paging.
+type ListMeta struct {
+	TotalItems int `json:"totalItems"`
+}
+
+// Item is one listed object.
+type Item struct {
+	Name   string `json:"name"`
+	Commit string `json:"commit,omitempty"`
+}
+
+// toolTimeout bounds one custom API call to a tool.
+const toolTimeout = 30 * time.Second
+
+// defaultPageSize is the page size when itemsPerPage is not given.
+const defaultPageSize = 100
+
+// page filters items by the search query, sorts them by name and cuts the requested page.
+func page(r *http.Request, items []Item) (*List, error) {
+	q := r.URL.Query()
+	if search := q.Get("search"); search != "" {
+		items = slices.DeleteFunc(items, func(it Item) bool { return !strings.Contains(it.Name, search) })
+	}
+	slices.SortFunc(items, func(a, b Item) int { return strings.Compare(a.Name, b.Name) })
+	num := func(key string, def int) (int, error) {
+		v := q.Get(key)
+		if v == "" {
+			return def, nil
+		}
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			return 0, errorf(http.StatusBadRequest, metav1.StatusReasonBadRequest, "%s=%q is not a positive number", key, v)
+		}
+		return n, nil
+	}
+	pageNo, err := num("page", 1)
+	if err != nil {
+		return nil, err
+	}
+	size, err := num("itemsPerPage", defaultPageSize)
+	if err != nil {
+		return nil, err
+	}
+	out := &List{ListMeta: ListMeta{TotalItems: len(items)}, Items: []Item{}}
+	if start := (pageNo - 1) * size; start < len(items) {
+		out.Items = items[start:min(start+size, len(items))]
+	}
+	return out, nil
+}
+
+// underAddress checks that a URL given by the caller is one of the Connector's, so that the API
+// never sends the credential elsewhere.
+func underAddress(c *v1alpha1.Connector, raw string) (*url.URL, error) {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" {
+		return nil, errorf(http.StatusBadRequest, metav1.StatusReasonBadRequest, "%q is not a URL", raw)
+	}
+	base, err := url.Parse(c.Spec.Address)
+	if err != nil || base.Scheme != u.Scheme || base.Host != u.Host ||
+		!(strings.TrimSuffix(base.Path, "/") == "" || strings.HasPrefix(u.Path, strings.TrimSuffix(base.Path, "/")+"/")) {
+		return nil, errorf(http.StatusBadRequest, metav1.StatusReasonBadRequest,
+			"repositoryUrl %q is not under the Connector's address %s", raw, c.Spec.Address)
+	}
+	return u, nil
+}
+
+// gitRefs lists a repository's branches and tags from its smart-HTTP ref advertisement.
+func (s *Server) gitRefs(r *http.Request, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass) (*List, error) {
+	repo := r.URL.Query().Get("repositoryUrl")
+	if repo == "" {
+		return nil, errorf(http.StatusBadRequest, metav1.StatusReasonBadRequest, "repositoryUrl is required")
+	}
+	u, err := underAddress(c, repo)
+	if err != nil {
+		return nil, err
+	}
+	up, err := s.Proxy.Upstream(r.Context(), c, class)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), toolTimeout)
+	defer cancel()
+	refs, err := listRefs(ctx, u.String(), up)
+	if err != nil {
+		return nil, err
+	}
+	return page(r, refs)
+}
+
+// listRefs asks a Git server for its refs with go-git.
+func listRefs(ctx context.Context, repo string, up *proxy.Upstream) ([]Item, error) {
+	remoteRepo := git.NewRemote(memory.NewStorage(), &gitconfig.RemoteConfig{Name: "origin", URLs: []string{repo}})
+	opts := &git.ListOptions{CABundle: up.CABundle}
+	switch {
+	case up.Token != "":
+		opts.Auth = &githttp.TokenAuth{Token: up.Token}
+	case up.Username != "":
+		opts.Auth = &githttp.BasicAuth{Username: up.Username, Password: up.Password}
+	}
+	refs, err := remoteRepo.ListContext(ctx, opts)
+	if err != nil {
+		return nil, toolError("Git server", err)
+	}
+	items := make([]Item, 0, len(refs))
+	for _, ref := range refs {
+		n := ref.Name()
+		if (n.IsBranch() || n.IsTag()) && !ref.Hash().IsZero() {
+			items = append(items, Item{Name: n.String(), Commit: ref.Hash().String()})
+		}
+	}
+	return items, nil
+}
+
+// toolError turns a client error into a Status a person can act on.
+func toolError(tool string, err error) error {
+	var terr *transport.Error
+	switch {
+	case errors.Is(err, gittransport.ErrAuthenticationRequired), errors.Is(err, gittransport.ErrAuthorizationFailed):
+		return errorf(http.StatusBadGateway, "BadGateway", "the %s rejected the Connector's credential: %v", tool, err)
+	case errors.Is(err, gittransport.ErrRepositoryNotFound):
+		return errorf(http.StatusNotFound, metav1.StatusReasonNotFound, "the %s has no such repository", tool)
+	case errors.As(err, &terr) && (terr.StatusCode == http.StatusUnauthorized || terr.StatusCode == http.StatusForbidden):
+		return errorf(http.StatusBadGateway, "BadGateway", "the %s rejected the Connector's credential (%d)", tool, terr.StatusCode)
+	case errors.Is(err, context.DeadlineExceeded):
+		return errorf(http.StatusGatewayTimeout, metav1.StatusReasonTimeout, "the %s did not answer within %s", tool, toolTimeout)
+	}
+	var uerr *url.Error
+	var nerr interface{ Timeout() bool }
+	if errors.As(err, &uerr) || errors.As(err, &nerr) {
+		return errorf(http.StatusServiceUnavailable, metav1.StatusReasonServiceUnavailable, "the %s is unreachable: %v", tool, err)
+	}
+	return errorf(http.StatusBadGateway, "BadGateway", "the %s gave an answer that could not be read: %v", tool, err)
+}
+
+// registryOptions are go-containerregistry options with the Connector's credential: the library
+// runs the registry's token flow itself and follows Link pagination.
+func (s *Server) registryOptions(ctx context.Context, up *proxy.Upstream) []remote.Option {
+	var auth authn.Authenticator = authn.Anonymous
+	if up.Username != "" {
+		auth = &authn.Basic{Username: up.Username, Password: up.Password}
+	} else if up.Token != "" {
+		auth = &authn.Bearer{Token: up.Token}
+	}
+	opts := []remote.Option{remote.WithContext(ctx), remote.WithAuth(auth), remote.WithTransport(up.Transport)}
+	if s.RegistryPageSize > 0 {
+		opts = append(opts, remote.WithPageSize(s.RegistryPageSize))
+	}
+	return opts
+}
+
+func registryName(c *v1alpha1.Connector) (name.Registry, error) {
+	u, err := url.Parse(c.Spec.Address)
+	if err != nil || u.Host == "" {
+		return name.Registry{}, errorf(http.StatusBadRequest, metav1.StatusReasonBadRequest, "Connector address %q is not a URL", c.Spec.Address)
+	}
+	var opts []name.Option
+	if u.Scheme == "http" {
+		opts = append(opts, name.Insecure)
+	}
+	return name.NewRegistry(u.Host, opts...)
+}
+
+// repositories lists the registry's repositories from its v2 catalog.
+func (s *Server) repositories(r *http.Request, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass) (*List, error) {
+	reg, err := registryName(c)
+	if err != nil {
+		return nil, err
+	}
+	up, err := s.Proxy.Upstream(r.Context(), c, class)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), toolTimeout)
+	defer cancel()
+	repos, err := remote.Catalog(ctx, reg, s.registryOptions(ctx, up)...)
+	if err != nil {
+		return nil, registryError(err)
+	}
+	items := make([]Item, len(repos))
+	for i, repo := range repos {
+		items[i] = Item{Name: repo}
+	}
+	return page(r, items)
+}
+
+// tags lists a repository's tags.
+func (s *Server) tags(r *http.Request, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass) (*List, error) {
+	repoName := r.URL.Query().Get("repository")
+	if repoName == "" {
+		return nil, errorf(http.StatusBadRequest, metav1.StatusReasonBadRequest, "repository is required")
+	}
+	reg, err := registryName(c)
+	if err != nil {
+		return nil, err
+	}
+	repo, err := name.NewRepository(reg.Name()+"/"+repoName, nameOptions(reg)...)
+	if err != nil {
+		return nil, errorf(http.StatusBadRequest, metav1.StatusReasonBadRequest, "repository %q: %v", repoName, err)
+	}
+	up, err := s.Proxy.Upstream(r.Context(), c, class)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), toolTimeout)
+	defer cancel()
+	tags, err := remote.List(repo, s.registryOptions(ctx, up)...)
+	if err != nil {
+		return nil, registryError(err)
+	}
+	items := make([]Item, len(tags))
+	for i, t := range tags {
+		items[i] = Item{Name: t}
+	}
+	return page(r, items)
+}
+
+func nameOptions(reg name.Registry) []name.Option {
+	if reg.Scheme() == "http" {
+		return []name.Option{name.Insecure}
+	}
+	return nil
+}
+
+// registryError turns a go-containerregistry error into a Status.
+func registryError(err error) error {
+	var terr *transport.Error
+	if errors.As(err, &terr) {
+		switch terr.StatusCode {
+		case http.StatusUnauthorized, http.StatusForbidden:
+			return errorf(http.StatusBadGateway, "BadGateway", "the registry rejected the Connector's credential (%d)", terr.StatusCode)
+		case http.StatusNotFound:
+			return errorf(http.StatusNotFound, metav1.StatusReasonNotFound, "the registry has no such repository")
+		}
+	}
+	return toolError("registry", err)
+}
+

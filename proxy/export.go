@@ -1,0 +1,97 @@
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/url"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+)
+
+// This file is what the Connectors API reuses of the proxy: the same credential and transport
+// resolution, and the same streaming forwarder.
+
+// Upstream is how to reach a Connector's tool: its credential and a transport trusting its CA.
+type Upstream struct {
+	// Username and Password for basic-auth and registry-token Secrets; Token for bearer ones.
+	Username, Password, Token string
+	// CABundle is the Connector's caCertSecretRef PEM, when set.
+	CABundle  []byte
+	Transport *http.Transport
+}
+
+// Upstream resolves a Connector's credential and transport. Errors name the Connector and the
+// Secret, never a value.
+func (p *Proxy) Upstream(ctx context.Context, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass) (*Upstream, error) {
+	tr, err := p.transportFor(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	u := &Upstream{Transport: tr}
+	if c.Spec.CACertSecretRef != nil {
+		sec, err := p.secrets.get(ctx, c.Namespace, c.Spec.CACertSecretRef.Name)
+		if err != nil {
+			return nil, err
+		}
+		u.CABundle = sec.Data["ca.crt"]
+	}
+	if _, err := p.credentialFor(ctx, c, class); err != nil { // validates type and keys
+		return nil, err
+	}
+	if c.Spec.Auth == nil || c.Spec.Auth.SecretRef == nil {
+		return u, nil
+	}
+	ns := c.Spec.Auth.SecretRef.Namespace
+	if ns == "" {
+		ns = c.Namespace
+	}
+	sec, err := p.secrets.get(ctx, ns, c.Spec.Auth.SecretRef.Name)
+	if err != nil {
+		return nil, err
+	}
+	u.Username = string(sec.Data[corev1.BasicAuthUsernameKey])
+	u.Password = string(sec.Data[corev1.BasicAuthPasswordKey])
+	u.Token = string(sec.Data["token"])
+	return u, nil
+}
+
+// Forward streams r to target through c with c's credential injected, like the reverse proxy.
+// It returns an error, without writing, when the credential cannot be resolved.
+func (p *Proxy) Forward(w http.ResponseWriter, r *http.Request, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, target *url.URL) error {
+	rt, err := p.newRoute(r.Context(), c, class, target)
+	if err != nil {
+		return err
+	}
+	rt.statusErrors = true
+	p.send(w, r, rt)
+	return nil
+}
+
+// Connector reads a Connector and its class from the informer caches; a missing one is an error
+// with status 404 (see Status).
+func (p *Proxy) Connector(ctx context.Context, namespace, name string) (*v1alpha1.Connector, *v1alpha1.ConnectorClass, error) {
+	return p.connector(ctx, nsName(namespace, name))
+}
+
+// Status returns the HTTP status and message of a proxy refusal, or 0 for another error.
+func Status(err error) (int, string) {
+	if rf, ok := err.(*refusal); ok {
+		return rf.status, rf.msg
+	}
+	return 0, ""
+}
+
+// WriteStatus writes a Kubernetes Status error, the error format of the Connectors API.
+func WriteStatus(w http.ResponseWriter, code int, reason metav1.StatusReason, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(&metav1.Status{
+		TypeMeta: metav1.TypeMeta{Kind: "Status", APIVersion: "v1"},
+		Status:   metav1.StatusFailure, Code: int32(code), Reason: reason, Message: msg,
+	})
+}
