@@ -267,4 +267,3 @@ func registryError(err error) error {
 	}
 	return toolError("registry", err)
 }
-

@@ -69,4 +69,6 @@ func reverseBase(r *http.Request, nn types.NamespacedName) string {
 	return scheme + "://" + r.Host + reversePrefix + nn.Namespace + "/connectors/" + nn.Name
 }
 
-func nsName(ns, name string) types.NamespacedName { return types.NamespacedName{Namespace: ns, Name: name} }
+func nsName(ns, name string) types.NamespacedName {
+	return types.NamespacedName{Namespace: ns, Name: name}
+}

@@ -242,7 +242,7 @@ func grantAPIs(t *testing.T, ns, sa, connector string) {
 // startGarbageServer answers every request with 200 and text that is no protocol at all.
 func startGarbageServer(t *testing.T) string {
 	t.Helper()
-	lis, err := net.Listen("tcp", gitserver.Host + ":0")
+	lis, err := net.Listen("tcp", gitserver.Host+":0")
 	if err != nil {
 		t.Fatal(err)
 	}

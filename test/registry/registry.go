@@ -46,8 +46,8 @@ type Server struct {
 	URL, TokenURL      string // http://host:port; TokenURL is URL + "/token"
 	Username, Password string
 
-	key      *ecdsa.PrivateKey
-	kid      string
+	key *ecdsa.PrivateKey
+	kid string
 	srv *httptest.Server
 
 	mu   sync.Mutex
