@@ -33,7 +33,7 @@ test: verify-generated lint build ## every test, against a real API server (tmpf
 	KUBEBUILDER_ASSETS=$(TESTBIN) go test -count=1 ./...
 
 bench: ## benchmarks of the publish path and the proxy (installs Debian's nginx for the comparison)
-	KUBEBUILDER_ASSETS=$(TESTBIN) go test -run '^$$' -bench . -benchmem ./test/e2e/
+	KUBEBUILDER_ASSETS=$(TESTBIN) go test -run '^$$' -bench . -benchmem ./test/e2e/ ./connectorsapi/
 	command -v nginx >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx)
 	KUBEBUILDER_ASSETS=$(TESTBIN) go run ./test/bench/proxy
 

@@ -140,23 +140,23 @@ func Git(dir string, env []string, args ...string) (string, error) {
 	return string(out), err
 }
 
-// AddRefs adds branches and lightweight tags pointing at main's commit.
+// AddRefs adds branches and lightweight tags pointing at main's commit, in one transaction.
 func (s *Server) AddRefs(branches, tags []string) error {
-	bare := filepath.Join(s.root, "repo.git")
-	sha, err := Git(bare, nil, "rev-parse", "refs/heads/main")
+	sha, err := s.Head()
 	if err != nil {
 		return fmt.Errorf("rev-parse: %v: %s", err, sha)
 	}
-	sha = strings.TrimSpace(sha)
+	var batch strings.Builder
 	for _, b := range branches {
-		if out, err := Git(bare, nil, "update-ref", "refs/heads/"+b, sha); err != nil {
-			return fmt.Errorf("branch %s: %v: %s", b, err, out)
-		}
+		fmt.Fprintf(&batch, "create refs/heads/%s %s\n", b, sha)
 	}
 	for _, t := range tags {
-		if out, err := Git(bare, nil, "update-ref", "refs/tags/"+t, sha); err != nil {
-			return fmt.Errorf("tag %s: %v: %s", t, err, out)
-		}
+		fmt.Fprintf(&batch, "create refs/tags/%s %s\n", t, sha)
+	}
+	cmd := exec.Command("git", "-C", filepath.Join(s.root, "repo.git"), "update-ref", "--stdin")
+	cmd.Stdin = strings.NewReader(batch.String())
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("update-ref: %v: %s", err, out)
 	}
 	return nil
 }
