@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apiserver/pkg/authentication/user"
@@ -42,6 +43,9 @@ type Server struct {
 	// RegistryPageSize is the page size asked of registries (catalog and tag lists).
 	RegistryPageSize int
 }
+
+// pluginTransport reaches class API services directly, never through an environment proxy.
+var pluginTransport = &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 32, IdleConnTimeout: 90 * time.Second}
 
 // apiError is an error with its Status code and reason.
 type apiError struct {
@@ -248,7 +252,7 @@ func (s *Server) plugin(w http.ResponseWriter, r *http.Request, c *v1alpha1.Conn
 		out.Header.Set("X-Plugin-Auth", enc(c.Spec.Auth))
 	}
 	out.Header.Set("X-Plugin-Secret", enc(map[string]string{"username": up.Username, "password": up.Password, "token": up.Token}))
-	res, err := http.DefaultTransport.RoundTrip(out)
+	res, err := pluginTransport.RoundTrip(out)
 	if err != nil {
 		return errorf(http.StatusBadGateway, "BadGateway", "API service of ConnectorClass %q unreachable: %v", class.Name, err)
 	}

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -18,6 +19,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/connectorsapi"
@@ -118,7 +120,7 @@ func TestConnectorsAPI(t *testing.T) {
 
 	viewer := apiToken(t, ns, "viewer")
 	stranger := apiToken(t, ns, "stranger")
-	allowConnectors(t, ns, "viewer", "git", "registry", "down", "badcred", "garbage")
+	allowConnectors(t, ns, "viewer", "git", "registry", "down", "badcred", "garbage", "plugged")
 	api := func(connector, rest string) string {
 		return fmt.Sprintf("%s/connectors/v1alpha1/namespaces/%s/connectors/%s/%s", env.proxyURL, ns, connector, rest)
 	}
@@ -206,6 +208,59 @@ func TestConnectorsAPI(t *testing.T) {
 			}
 		})
 	}
+	t.Run("a class's own API service gets the X-Plugin headers", func(t *testing.T) {
+		seen := make(chan http.Header, 1)
+		lis, err := net.Listen("tcp", gitserver.Host+":0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			h := r.Header.Clone()
+			h.Set("X-Path", r.URL.RequestURI())
+			seen <- h
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = w.Write([]byte(`{"listMeta":{"totalItems":1},"items":[{"name":"from-plugin"}]}`))
+		})}
+		go func() { _ = srv.Serve(lis) }()
+		t.Cleanup(func() { _ = srv.Close() })
+		pluginClass := newClass(t, "plugin")
+		var class v1alpha1.ConnectorClass
+		if err := cp.Client.Get(context.Background(), types.NamespacedName{Name: pluginClass}, &class); err != nil {
+			t.Fatal(err)
+		}
+		class.Spec.API = &v1alpha1.ServiceRef{URI: "http://" + lis.Addr().String() + "/plugin"}
+		if err := cp.Client.Update(context.Background(), &class); err != nil {
+			t.Fatal(err)
+		}
+		useSecret(t, newConnector(t, ns, "plugged", pluginClass, tool.URL), "basicAuth", "git-auth")
+		var code int
+		var list connectorsapi.List
+		if !kubelet.WaitUntil(10*time.Second, func() bool {
+			code, list, _ = apiCall(t, "GET", api("plugged", "api/projects?page=2"), viewer)
+			return code == http.StatusOK
+		}) {
+			t.Fatalf("status %d", code)
+		}
+		if names(list) != "from-plugin" {
+			t.Fatalf("items %s", names(list))
+		}
+		h := <-seen
+		decode := func(key string) map[string]any {
+			raw, err := base64.StdEncoding.DecodeString(h.Get(key))
+			var out map[string]any
+			if err != nil || json.Unmarshal(raw, &out) != nil {
+				t.Fatalf("%s is not base64 JSON: %q", key, h.Get(key))
+			}
+			return out
+		}
+		if h.Get("X-Path") != "/plugin/projects?page=2" || decode("X-Plugin-Meta")["address"] != tool.URL ||
+			decode("X-Plugin-Secret")["password"] != tool.Password || decode("X-Plugin-Auth")["name"] != "basicAuth" {
+			t.Fatalf("plugin request %s with meta %v auth %v", h.Get("X-Path"), decode("X-Plugin-Meta"), decode("X-Plugin-Auth"))
+		}
+		if h.Get("Authorization") != "" {
+			t.Error("the caller's token reached the API service")
+		}
+	})
 	t.Run("connectors/apis when the flag is on", func(t *testing.T) {
 		setFlags(t, map[string]string{"enable-connector-apis-permissions": "true"})
 		t.Cleanup(func() { setFlags(t, map[string]string{}) })
