@@ -36,6 +36,7 @@ import (
 	"github.com/kube-connectors/connectors-csi/node"
 	"github.com/kube-connectors/connectors-csi/node/mount"
 	"github.com/kube-connectors/connectors-csi/node/records"
+	"github.com/kube-connectors/connectors-csi/node/registration"
 	"github.com/kube-connectors/connectors-csi/proxy"
 	"github.com/kube-connectors/connectors-csi/proxy/ca"
 	"github.com/kube-connectors/connectors-csi/render"
@@ -129,7 +130,11 @@ func Run(ctx context.Context, opts Options) error {
 	})
 	g.Go(func() error { return serveCSI(ctx, o.socketPath, identityServer, nodeServer) })
 	if o.MetricsListen != "" {
-		g.Go(func() error { return serveMetrics(ctx, o.MetricsListen, synced.Load) })
+		g.Go(func() error { return serveMetrics(ctx, o.MetricsListen, synced.Load, o.socketPath) })
+	}
+	if o.KubeletRegDir != "" {
+		reg := &registration.Server{DriverName: o.DriverName, Endpoint: o.KubeletPluginSock}
+		g.Go(func() error { return registration.Serve(ctx, o.KubeletRegDir, reg) })
 	}
 	if o.ProxyListen != "" {
 		g.Go(func() error { return serveProxy(ctx, o.ProxyListen, connectorsProxy, o.ProxyListening) })

@@ -87,6 +87,9 @@ func (o *Options) validate() (*validated, error) {
 		return nil, fmt.Errorf("--endpoint %q: must be unix://<path>", o.Endpoint)
 	}
 	v.socketPath = path
+	if v.KubeletPluginSock == "" {
+		v.KubeletPluginSock = path
+	}
 	if o.NodeID == "" {
 		return nil, fmt.Errorf("--node-id is empty and NODE_NAME is not set")
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
 )
@@ -65,6 +66,19 @@ func serveCSI(ctx context.Context, socketPath string, ids csi.IdentityServer, ns
 	return srv.Serve(lis)
 }
 
+// probeCSI calls the Identity service's Probe over the CSI socket.
+func probeCSI(ctx context.Context, socket string) error {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	_, err = csi.NewIdentityClient(conn).Probe(ctx, &csi.ProbeRequest{})
+	return err
+}
+
 // serveProxy serves the proxy listener until ctx is done.
 func serveProxy(ctx context.Context, addr string, h http.Handler, listening func(string)) error {
 	lis, err := net.Listen("tcp", addr)
@@ -93,11 +107,18 @@ func serveHTTP(ctx context.Context, lis net.Listener, h http.Handler, what strin
 	return nil
 }
 
-// serveMetrics serves /metrics, /healthz and /readyz until ctx is done.
-func serveMetrics(ctx context.Context, addr string, ready func() bool) error {
+// serveMetrics serves /metrics, /healthz and /readyz until ctx is done. /healthz is what the
+// livenessprobe sidecar would check: that the CSI socket answers a Probe.
+func serveMetrics(ctx context.Context, addr string, ready func() bool, csiSocket string) error {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.Handler())
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		if err := probeCSI(r.Context(), csiSocket); err != nil {
+			http.Error(w, "CSI socket does not answer: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok"))
+	})
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !ready() {
 			http.Error(w, "informer caches not synced", http.StatusServiceUnavailable)

@@ -33,6 +33,26 @@ func TestDeployAppliesServerSide(t *testing.T) {
 	if _, err := cp.Kubectl(nil, "apply", "--server-side", "--dry-run=server", "-f", filepath.Join(root, "deploy", "examples")); err != nil {
 		t.Fatal(err)
 	}
+	single, err := cp.Kubectl(nil, "kustomize", filepath.Join(root, "deploy", "base"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(single, "node-driver-registrar") || !strings.Contains(single, "--kubelet-registration-dir=/registration") {
+		t.Error("the default DaemonSet is not the single-container, self-registering form")
+	}
+	sidecars := filepath.Join(root, "deploy", "overlays", "sidecars")
+	out, err = cp.Kubectl(nil, "apply", "--server-side", "--dry-run=server", "-k", sidecars)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rendered, err := cp.Kubectl(nil, "kustomize", sidecars)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(rendered, "node-driver-registrar") || !strings.Contains(rendered, "livenessprobe") ||
+		strings.Contains(rendered, "--kubelet-registration-dir") {
+		t.Errorf("the sidecars overlay does not swap self-registration for the sidecars:\n%s", out)
+	}
 }
 
 // TestCRDValidation checks that the API server rejects Connectors the schema forbids.
