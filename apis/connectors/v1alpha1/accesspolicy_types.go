@@ -1,0 +1,181 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// ConnectorSelector selects Connectors of the policy's namespace; empty selects every one.
+type ConnectorSelector struct {
+	// +optional
+	Names []string `json:"names,omitempty"`
+	// +optional
+	MatchLabels map[string]string `json:"matchLabels,omitempty"`
+	// +optional
+	MatchExpressions []metav1.LabelSelectorRequirement `json:"matchExpressions,omitempty"`
+}
+
+// ConfigMapRef names a ConfigMap in the system namespace.
+type ConfigMapRef struct {
+	// +kubebuilder:validation:MinLength=1
+	Name string `json:"name"`
+}
+
+// TemplateRef refers to a template.
+type TemplateRef struct {
+	// +optional
+	ConfigMap *ConfigMapRef `json:"configMap,omitempty"`
+}
+
+// RoleTemplate is a ConfigMap whose data.rules is a YAML list of RBAC PolicyRules; strings in
+// them are templates over the request context (.object is the Pod, .connector the Connector).
+type RoleTemplate struct {
+	Ref TemplateRef `json:"ref"`
+}
+
+// NamespaceSelector selects namespaces by name or labels.
+type NamespaceSelector struct {
+	// +optional
+	Names []string `json:"names,omitempty"`
+	// +optional
+	MatchLabels map[string]string `json:"matchLabels,omitempty"`
+	// +optional
+	MatchExpressions []metav1.LabelSelectorRequirement `json:"matchExpressions,omitempty"`
+}
+
+// ServiceAccountSelector selects ServiceAccounts; empty names means every ServiceAccount of
+// the selected namespaces.
+type ServiceAccountSelector struct {
+	// +optional
+	Names []string `json:"names,omitempty"`
+	// +optional
+	NamespaceSelector NamespaceSelector `json:"namespaceSelector,omitempty"`
+}
+
+// BindingTemplate says who a role is bound to.
+type BindingTemplate struct {
+	// +optional
+	ServiceAccounts []ServiceAccountSelector `json:"serviceAccounts,omitempty"`
+}
+
+// DefaultPermission grants proxy access at once to the selected ServiceAccounts.
+type DefaultPermission struct {
+	RoleTemplate    RoleTemplate    `json:"roleTemplate"`
+	BindingTemplate BindingTemplate `json:"bindingTemplate"`
+}
+
+// ObjectKindRef names a kind of object.
+type ObjectKindRef struct {
+	// +kubebuilder:validation:MinLength=1
+	APIVersion string `json:"apiVersion"`
+	// +kubebuilder:validation:MinLength=1
+	Kind string `json:"kind"`
+}
+
+// CheckSelector finds the objects a check reads: of a kind, in the Pod's namespace, with labels
+// whose values are templates over the request context (.object is the Pod).
+type CheckSelector struct {
+	ObjectRef ObjectKindRef `json:"objectRef"`
+	// +optional
+	MatchLabels map[string]string `json:"matchLabels,omitempty"`
+}
+
+// CheckState says how a matched object's state is read.
+type CheckState struct {
+	// CEL is an expression over `object` (the matched object) yielding one of approved, passed,
+	// rejected or pending. Without it the object's status.state is read.
+	// +optional
+	CEL string `json:"cel,omitempty"`
+}
+
+// CheckSpec is an inline check.
+type CheckSpec struct {
+	Selector CheckSelector `json:"selector"`
+	// +optional
+	State *CheckState `json:"state,omitempty"`
+}
+
+// Check must pass before access is granted: a reference to a check template ConfigMap (its
+// data.check is a CheckSpec in YAML) or an inline spec.
+// +kubebuilder:validation:XValidation:rule="has(self.ref) != has(self.spec)",message="set exactly one of ref and spec"
+type Check struct {
+	// +kubebuilder:validation:MinLength=1
+	Name string `json:"name"`
+	// +optional
+	Ref *TemplateRef `json:"ref,omitempty"`
+	// +optional
+	Spec *CheckSpec `json:"spec,omitempty"`
+}
+
+// CheckGrantedPermissionSpec lists the checks and the role granted once all pass.
+type CheckGrantedPermissionSpec struct {
+	// +kubebuilder:validation:MinItems=1
+	Checks       []Check      `json:"checks"`
+	RoleTemplate RoleTemplate `json:"roleTemplate"`
+}
+
+// CheckGrantedPermission grants access only after every check passes.
+type CheckGrantedPermission struct {
+	Spec CheckGrantedPermissionSpec `json:"spec"`
+}
+
+// AccessPolicySpec defines who may use which Connectors through the proxy, and when.
+type AccessPolicySpec struct {
+	// +optional
+	Connector ConnectorSelector `json:"connector,omitempty"`
+	// +optional
+	DefaultPermission *DefaultPermission `json:"defaultPermission,omitempty"`
+	// +optional
+	CheckGrantedPermission *CheckGrantedPermission `json:"checkGrantedPermission,omitempty"`
+}
+
+// LocalObjectRef names an object in the same namespace.
+type LocalObjectRef struct {
+	Name string `json:"name"`
+}
+
+// AccessPolicy condition types.
+const (
+	ConditionConnectorsMatched = "ConnectorsMatched"
+	ConditionPermissionSync    = "PermissionSync"
+)
+
+// AccessPolicyStatus is the observed state of an AccessPolicy.
+type AccessPolicyStatus struct {
+	// +optional
+	MatchedConnectors []LocalObjectRef `json:"matchedConnectors,omitempty"`
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// AccessPolicy defines, for the Connectors of its namespace, who may use them through the proxy
+// at once (defaultPermission) and who only after checks pass (checkGrantedPermission).
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:resource:scope=Namespaced
+// +kubebuilder:subresource:status
+// +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type AccessPolicy struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec AccessPolicySpec `json:"spec,omitempty"`
+	// +optional
+	Status AccessPolicyStatus `json:"status,omitempty"`
+}
+
+// AccessPolicyList is a list of AccessPolicies.
+//
+// +kubebuilder:object:root=true
+type AccessPolicyList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []AccessPolicy `json:"items"`
+}
+
+func init() {
+	knownTypes = append(knownTypes, &AccessPolicy{}, &AccessPolicyList{})
+}

@@ -1,0 +1,140 @@
+package v1alpha1
+
+import (
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+)
+
+// Labels of an AccessRequest, for selecting the requests of a Connector or a Pod.
+const (
+	LabelAccessRequestConnector = "connectors.cpaas.io/connector"
+	LabelContextObjectKind      = "connectors.cpaas.io/contextObjectKind"
+	LabelContextObjectName      = "connectors.cpaas.io/contextObjectName"
+	LabelContextObjectNamespace = "connectors.cpaas.io/contextObjectNamespace"
+)
+
+// AccessRequest condition types and reasons (SPEC §2.4).
+const (
+	ConditionContextObjectValid   = "ContextObjectValid"
+	ConditionConnectorResolved    = "ConnectorResolved"
+	ConditionAccessPolicyMatched  = "AccessPolicyMatched"
+	ConditionAccessCheckReady     = "AccessCheckReady"
+	ConditionAccessPermissionSync = "AccessPermissionSync"
+
+	ReasonPassed               = "Passed"
+	ReasonPending              = "Pending"
+	ReasonRejected             = "Rejected"
+	ReasonFailed               = "Failed"
+	ReasonSynced               = "Synced"
+	ReasonSyncFailed           = "SyncFailed"
+	ReasonPermissionCleanUp    = "PermissionCleanUp"
+	ReasonNoPermissionRequired = "NoPermissionRequired"
+)
+
+// Check states.
+const (
+	StateApproved = "approved"
+	StatePassed   = "passed"
+	StateRejected = "rejected"
+	StatePending  = "pending"
+)
+
+// ContextObjectRef identifies the object a request is made for: the Pod.
+type ContextObjectRef struct {
+	APIVersion string `json:"apiVersion"`
+	// +kubebuilder:validation:Enum=Pod
+	Kind      string    `json:"kind"`
+	Name      string    `json:"name"`
+	Namespace string    `json:"namespace"`
+	UID       types.UID `json:"uid"`
+}
+
+// AccessContext is the context of a request.
+type AccessContext struct {
+	ObjectRef ContextObjectRef `json:"objectRef"`
+}
+
+// AccessRequestSpec is one workload's request to use one Connector. It never changes.
+// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="spec is immutable"
+type AccessRequestSpec struct {
+	// Subject is the Pod's ServiceAccount.
+	Subject      rbacv1.Subject `json:"subject"`
+	ConnectorRef LocalObjectRef `json:"connectorRef"`
+	Context      AccessContext  `json:"context"`
+}
+
+// CheckObjectRef names a matched check object.
+type CheckObjectRef struct {
+	APIVersion string `json:"apiVersion,omitempty"`
+	Kind       string `json:"kind,omitempty"`
+	Name       string `json:"name,omitempty"`
+	Namespace  string `json:"namespace,omitempty"`
+}
+
+// MatchedCheck is the state of one check of a policy.
+type MatchedCheck struct {
+	Name string `json:"name"`
+	// +optional
+	ObjectRef *CheckObjectRef `json:"objectRef,omitempty"`
+	// +optional
+	State string `json:"state,omitempty"`
+	// +optional
+	Message string `json:"message,omitempty"`
+}
+
+// PolicyStatus is what one matched policy says about the request.
+type PolicyStatus struct {
+	Name string `json:"name"`
+	// PolicySpec is the policy as it was when it first matched.
+	// +optional
+	PolicySpec *AccessPolicySpec `json:"policySpec,omitempty"`
+	// +optional
+	MatchedChecks []MatchedCheck `json:"matchedChecks,omitempty"`
+	// +optional
+	PermissionSync *metav1.Condition `json:"permissionSync,omitempty"`
+}
+
+// AccessRequestStatus is the observed state of an AccessRequest.
+type AccessRequestStatus struct {
+	// +optional
+	Policies []PolicyStatus `json:"policies,omitempty"`
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// AccessRequest records one Pod's attempt to use one Connector through the proxy: the policies
+// that matched, the state of their checks, and the temporary permission.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:resource:scope=Namespaced
+// +kubebuilder:subresource:status
+// +kubebuilder:printcolumn:name="Connector",type=string,JSONPath=`.spec.connectorRef.name`
+// +kubebuilder:printcolumn:name="Subject",type=string,JSONPath=`.spec.subject.name`
+// +kubebuilder:printcolumn:name="Pod",type=string,JSONPath=`.spec.context.objectRef.name`
+// +kubebuilder:printcolumn:name="Check",type=string,JSONPath=`.status.conditions[?(@.type=="AccessCheckReady")].reason`
+// +kubebuilder:printcolumn:name="Permission",type=string,JSONPath=`.status.conditions[?(@.type=="AccessPermissionSync")].reason`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type AccessRequest struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec AccessRequestSpec `json:"spec"`
+	// +optional
+	Status AccessRequestStatus `json:"status,omitempty"`
+}
+
+// AccessRequestList is a list of AccessRequests.
+//
+// +kubebuilder:object:root=true
+type AccessRequestList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []AccessRequest `json:"items"`
+}
+
+func init() {
+	knownTypes = append(knownTypes, &AccessRequest{}, &AccessRequestList{})
+}

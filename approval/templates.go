@@ -1,0 +1,74 @@
+package approval
+
+import (
+	"fmt"
+
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	"sigs.k8s.io/yaml"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/templates"
+)
+
+// Template ConfigMap keys (SPEC §2.3, §6.2).
+const (
+	keyRules = "rules"
+	keyCheck = "check"
+)
+
+// Templates renders role and check templates; it is safe for concurrent use.
+type Templates struct{ cache *templates.Cache }
+
+// NewTemplates returns a template renderer.
+func NewTemplates() *Templates { return &Templates{cache: templates.NewCache()} }
+
+// Rules renders a role template ConfigMap's data.rules over the request context and decodes
+// the RBAC PolicyRules. Errors name the ConfigMap.
+func (t *Templates) Rules(cm *corev1.ConfigMap, context map[string]any) ([]rbacv1.PolicyRule, error) {
+	text, ok := cm.Data[keyRules]
+	if !ok {
+		return nil, fmt.Errorf("role template ConfigMap %s has no data.%s", cm.Name, keyRules)
+	}
+	out, err := t.cache.Execute(cm.Name, text, context)
+	if err != nil {
+		return nil, fmt.Errorf("role template ConfigMap %s: %w", cm.Name, err)
+	}
+	var rules []rbacv1.PolicyRule
+	if err := yaml.UnmarshalStrict(out, &rules); err != nil {
+		return nil, fmt.Errorf("role template ConfigMap %s: data.%s is not a YAML list of PolicyRules: %w", cm.Name, keyRules, err)
+	}
+	if len(rules) == 0 {
+		return nil, fmt.Errorf("role template ConfigMap %s grants no rule", cm.Name)
+	}
+	return rules, nil
+}
+
+// Check decodes a check template ConfigMap's data.check.
+func (t *Templates) Check(cm *corev1.ConfigMap) (*v1alpha1.CheckSpec, error) {
+	text, ok := cm.Data[keyCheck]
+	if !ok {
+		return nil, fmt.Errorf("check template ConfigMap %s has no data.%s", cm.Name, keyCheck)
+	}
+	var spec v1alpha1.CheckSpec
+	if err := yaml.UnmarshalStrict([]byte(text), &spec); err != nil {
+		return nil, fmt.Errorf("check template ConfigMap %s: data.%s: %w", cm.Name, keyCheck, err)
+	}
+	if spec.Selector.ObjectRef.APIVersion == "" || spec.Selector.ObjectRef.Kind == "" {
+		return nil, fmt.Errorf("check template ConfigMap %s: selector.objectRef needs apiVersion and kind", cm.Name)
+	}
+	return &spec, nil
+}
+
+// MatchLabels renders a check's label values over the request context.
+func (t *Templates) MatchLabels(spec *v1alpha1.CheckSpec, context map[string]any) (map[string]string, error) {
+	out := make(map[string]string, len(spec.Selector.MatchLabels))
+	for k, v := range spec.Selector.MatchLabels {
+		b, err := t.cache.Execute(k, v, context)
+		if err != nil {
+			return nil, fmt.Errorf("matchLabels[%s]: %w", k, err)
+		}
+		out[k] = string(b)
+	}
+	return out, nil
+}
