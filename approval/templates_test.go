@@ -28,7 +28,7 @@ func builtins(t *testing.T) map[string]*corev1.ConfigMap {
 	return out
 }
 
-func requestContext() map[string]any {
+func testContext() map[string]any {
 	return map[string]any{
 		"object": map[string]any{"metadata": map[string]any{
 			"name": "build-1-pod", "namespace": "team", "labels": map[string]any{"tekton.dev/pipelineRun": "run-1"}}},
@@ -42,7 +42,7 @@ func TestBuiltinRoleTemplates(t *testing.T) {
 		"connectors-use-connectors-proxy":        "connectors/proxy",
 		"connectors-use-connectors-proxy-in-pod": "connectors/proxy/v1/pod/team/build-1-pod",
 	} {
-		rules, err := tpl.Rules(cms[name], requestContext())
+		rules, err := tpl.Rules(cms[name], testContext())
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
@@ -63,7 +63,7 @@ func TestBuiltinCheckTemplate(t *testing.T) {
 	if spec.Selector.ObjectRef.Kind != "ApprovalTask" || spec.Selector.ObjectRef.APIVersion != "openshift-pipelines.org/v1alpha1" {
 		t.Fatalf("objectRef %+v", spec.Selector.ObjectRef)
 	}
-	labels, err := tpl.MatchLabels(spec, requestContext())
+	labels, err := tpl.MatchLabels(spec, testContext())
 	if err != nil || labels["tekton.dev/pipelineRun"] != "run-1" {
 		t.Fatalf("matchLabels %v %v", labels, err)
 	}
@@ -78,7 +78,7 @@ func TestBadTemplatesAreNamed(t *testing.T) {
 		{Data: map[string]string{"rules": "[]"}},
 	} {
 		cm.Name = "bad-template"
-		if _, err := tpl.Rules(cm, requestContext()); err == nil || !strings.Contains(err.Error(), "bad-template") {
+		if _, err := tpl.Rules(cm, testContext()); err == nil || !strings.Contains(err.Error(), "bad-template") {
 			t.Errorf("%v: err %v", cm.Data, err)
 		}
 	}

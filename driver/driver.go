@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
@@ -97,10 +98,16 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	connectorsProxy.API = &connectorsapi.Server{Proxy: connectorsProxy, Reviewer: apiReviewer, Flags: flags, RegistryPageSize: o.RegistryPageSize}
 	var synced atomic.Bool
+	watcher, err := client.NewWithWatch(cfg, client.Options{Scheme: mgr.GetScheme()})
+	if err != nil {
+		return err
+	}
+	gate := &approval.Gate{Authz: reviewer, Client: watcher, Flags: flags, Wait: o.ApprovalWait}
 	nodeServer := node.NewServer(node.Server{
 		Config:     node.Config{NodeID: o.NodeID, Audience: o.TokenAudience, VolumeSizeLimit: o.volumeSizeBytes},
 		Objects:    objects,
 		Authorizer: &approval.SubjectAccessReviewer{Authz: reviewer},
+		Approval:   gate,
 		Renderer:   render.NewRenderer(o.ProxyURL, o.NoProxy),
 		CA:         caStore,
 		Mounter:    newMounter(o),
@@ -115,6 +122,16 @@ func Run(ctx context.Context, opts Options) error {
 		ProxyURL: o.ProxyURL,
 		HTTP:     &http.Client{Timeout: 10 * time.Second},
 		Recheck:  o.StatusRecheck,
+	}).SetupWithManager(mgr); err != nil {
+		return err
+	}
+	if err := (&approval.Controller{
+		Client:          mgr.GetClient(),
+		Reader:          mgr.GetAPIReader(),
+		Cache:           mgr.GetCache(),
+		SystemNamespace: o.SystemNamespace,
+		Recorder:        mgr.GetEventRecorder(o.DriverName),
+		Retention:       o.RequestRetention,
 	}).SetupWithManager(mgr); err != nil {
 		return err
 	}
@@ -175,7 +192,9 @@ func newManager(ctx context.Context, cfg *rest.Config, o *validated) (ctrl.Manag
 				&v1alpha1.ConnectorClass{}: {UnsafeDisableDeepCopy: ptr.To(true)},
 			},
 		},
-		Client:                        client.Options{Cache: &client.CacheOptions{DisableFor: []client.Object{&corev1.Secret{}}}},
+		// Secrets are never cached; the RBAC objects of grants are written, not watched.
+		Client: client.Options{Cache: &client.CacheOptions{DisableFor: []client.Object{
+			&corev1.Secret{}, &rbacv1.Role{}, &rbacv1.RoleBinding{}, &corev1.ConfigMap{}}}},
 		Metrics:                       metricsserver.Options{BindAddress: "0"}, // served on --metrics-listen
 		HealthProbeBindAddress:        "0",
 		LeaderElection:                o.LeaderElect,

@@ -38,6 +38,8 @@ type Options struct {
 	SecretCacheTTL     time.Duration
 	StatusRecheck      time.Duration
 	RegistryPageSize   int
+	ApprovalWait       time.Duration
+	RequestRetention   time.Duration
 
 	// Mounter replaces the tmpfs mounter; for tests only (no flag).
 	Mounter mount.Mounter
@@ -70,6 +72,8 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.SecretCacheTTL, "secret-cache-ttl", 10*time.Second, "how long the proxy keeps a Connector's Secret after reading it")
 	fs.DurationVar(&o.StatusRecheck, "connector-recheck-interval", 5*time.Minute, "how often the leader probes each Connector's tool again for its status")
 	fs.IntVar(&o.RegistryPageSize, "api-registry-page-size", 100, "page size the Connectors API asks registries for (catalog, tag lists)")
+	fs.DurationVar(&o.ApprovalWait, "approval-wait", 10*time.Second, "how long a publish waits for a pending AccessRequest before answering Unavailable (kubelet retries)")
+	fs.DurationVar(&o.RequestRetention, "accessrequest-retention", 24*time.Hour, "how long a revoked AccessRequest is kept before it is deleted")
 	fs.BoolVar(&o.UnprivilegedMounts, "unprivileged-mounts", false, "for tests without root: write volumes into plain directories instead of tmpfs mounts")
 }
 
@@ -100,6 +104,9 @@ func (o *Options) validate() (*validated, error) {
 	v.volumeSizeBytes = q.Value()
 	if o.ProxyURL == "" {
 		v.ProxyURL = fmt.Sprintf("http://connectors-proxy.%s.svc.cluster.local:3128", o.SystemNamespace)
+	}
+	if o.ApprovalWait <= 0 || o.RequestRetention <= 0 {
+		return nil, fmt.Errorf("--approval-wait and --accessrequest-retention must be positive")
 	}
 	if o.StatusRecheck <= 0 {
 		return nil, fmt.Errorf("--connector-recheck-interval must be positive")

@@ -71,7 +71,7 @@ func (s *Server) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "inspect target %s: %v", target, err)
 	}
-	files, err := s.render(ctx, vr)
+	files, accessRequests, err := s.render(ctx, vr)
 	if err != nil {
 		if mounted && isTransient(err) {
 			log.Info("Republish failed; keeping the mounted content", "err", err)
@@ -81,7 +81,7 @@ func (s *Server) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 		}
 		return nil, err
 	}
-	rec := &records.Record{VolumeID: req.GetVolumeId(), TargetPath: target, Pod: vr.pod}
+	rec := &records.Record{VolumeID: req.GetVolumeId(), TargetPath: target, Pod: vr.pod, AccessRequests: accessRequests}
 	for _, c := range vr.connectors {
 		rec.Connectors = append(rec.Connectors, c.String())
 	}
@@ -92,28 +92,47 @@ func (s *Server) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	return &csi.NodePublishVolumeResponse{}, nil
 }
 
-// render resolves, authorizes and renders a volume request, in memory.
-func (s *Server) render(ctx context.Context, vr *volumeRequest) (render.Files, error) {
+// render resolves, authorizes and renders a volume request, in memory. It also returns the
+// AccessRequests whose grants the volume holds.
+func (s *Server) render(ctx context.Context, vr *volumeRequest) (render.Files, []string, error) {
 	sources := make([]render.Source, 0, len(vr.connectors))
 	for _, nn := range vr.connectors {
 		src, err := s.resolve(ctx, nn)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		sources = append(sources, src)
 	}
-	for _, nn := range vr.connectors {
+	var accessRequests []string
+	for _, src := range sources {
+		nn := types.NamespacedName{Namespace: src.Connector.Namespace, Name: src.Connector.Name}
 		if err := s.Authorizer.AuthorizeConnector(ctx, vr.pod, nn.Namespace, nn.Name); err != nil {
-			var denied *Denied
-			if errors.As(err, &denied) {
-				return nil, status.Error(codes.PermissionDenied, denied.Error())
+			return nil, nil, authorizationError(vr, nn, err)
+		}
+		if s.Approval == nil {
+			continue
+		}
+		adm, err := s.Approval.Admit(ctx, vr.pod, src.Connector)
+		if err != nil {
+			return nil, nil, authorizationError(vr, nn, err)
+		}
+		switch {
+		case adm.Granted:
+			if adm.AccessRequest != "" {
+				accessRequests = append(accessRequests, adm.AccessRequest)
 			}
-			return nil, status.Errorf(codes.Unavailable, "authorize Pod %s/%s for Connector %s: %v", vr.pod.Namespace, vr.pod.Name, nn, err)
+		case adm.Rejected:
+			files, err := errorFile(adm)
+			return files, nil, err
+		case adm.Failed:
+			return nil, nil, status.Errorf(codes.FailedPrecondition, "AccessRequest %s cannot be evaluated: %s", adm.AccessRequest, adm.Message)
+		default:
+			return nil, nil, status.Errorf(codes.Unavailable, "waiting for AccessRequest %s: %s", adm.AccessRequest, adm.Message)
 		}
 	}
 	ca, err := s.CA.CACert(ctx)
 	if err != nil {
-		return nil, status.Errorf(codes.Unavailable, "proxy CA: %v", err)
+		return nil, nil, status.Errorf(codes.Unavailable, "proxy CA: %v", err)
 	}
 	files, err := s.Renderer.Render(render.Request{
 		Sources:        sources,
@@ -127,13 +146,22 @@ func (s *Server) render(ctx context.Context, vr *volumeRequest) (render.Files, e
 	var classErr *render.ClassError
 	switch {
 	case errors.As(err, &inputErr):
-		return nil, status.Error(codes.InvalidArgument, err.Error())
+		return nil, nil, status.Error(codes.InvalidArgument, err.Error())
 	case errors.As(err, &classErr):
-		return nil, status.Error(codes.FailedPrecondition, err.Error())
+		return nil, nil, status.Error(codes.FailedPrecondition, err.Error())
 	case err != nil:
-		return nil, status.Errorf(codes.Internal, "render: %v", err)
+		return nil, nil, status.Errorf(codes.Internal, "render: %v", err)
 	}
-	return files, nil
+	return files, accessRequests, nil
+}
+
+// authorizationError maps an authorization failure to its gRPC status.
+func authorizationError(vr *volumeRequest, nn types.NamespacedName, err error) error {
+	var denied *Denied
+	if errors.As(err, &denied) {
+		return status.Error(codes.PermissionDenied, denied.Error())
+	}
+	return status.Errorf(codes.Unavailable, "authorize Pod %s/%s for Connector %s: %v", vr.pod.Namespace, vr.pod.Name, nn, err)
 }
 
 // resolve reads a Connector and its class from the informer caches.

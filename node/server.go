@@ -11,6 +11,7 @@ import (
 	"k8s.io/utils/keymutex"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/node/mount"
 	"github.com/kube-connectors/connectors-csi/node/records"
 	"github.com/kube-connectors/connectors-csi/render"
@@ -21,6 +22,28 @@ type Authorizer interface {
 	// AuthorizeConnector returns nil when allowed, a *Denied when not, and any other error when
 	// the decision could not be made.
 	AuthorizeConnector(ctx context.Context, pod records.Pod, namespace, name string) error
+}
+
+// Admission is the approval flow's answer for one Connector of a volume.
+type Admission struct {
+	// Granted: the Pod may use the Connector.
+	Granted bool
+	// AccessRequest is the request that decided or is pending ("namespace/name"), if any.
+	AccessRequest string
+	// Rejected: a check rejected the request; the volume holds only .error.json.
+	Rejected bool
+	// Failed: the request's checks cannot be evaluated (a broken policy); access is never granted.
+	Failed bool
+	// Message says what the request waits for, or what decided it.
+	Message string
+}
+
+// Approver is the approval flow (SPEC §6.3–6.5); nil when the driver runs without it.
+type Approver interface {
+	// Admit returns the admission, a *Denied, or an error when it cannot decide now.
+	Admit(ctx context.Context, pod records.Pod, c *v1alpha1.Connector) (*Admission, error)
+	// Revoke ends the grants of the given AccessRequests ("namespace/name").
+	Revoke(ctx context.Context, accessRequests []string, why string) error
 }
 
 // CASource returns the proxy CA certificate (PEM) that volumes carry.
@@ -44,6 +67,7 @@ type Server struct {
 	Config     Config
 	Objects    client.Reader // Connectors and ConnectorClasses, from informer caches
 	Authorizer Authorizer
+	Approval   Approver
 	Renderer   *render.Renderer
 	CA         CASource
 	Mounter    mount.Mounter

@@ -22,6 +22,9 @@ func (s *Server) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 	s.targets.LockKey(target)
 	defer func() { _ = s.targets.UnlockKey(target) }()
 
+	if err := s.revoke(ctx, req.GetVolumeId()); err != nil {
+		return nil, err
+	}
 	if err := s.Mounter.Unmount(target); err != nil {
 		return nil, status.Errorf(codes.Internal, "unmount %s: %v", target, err)
 	}
@@ -30,4 +33,23 @@ func (s *Server) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 	}
 	klog.FromContext(ctx).V(2).Info("Unpublished volume", "volumeID", req.GetVolumeId(), "target", target)
 	return &csi.NodeUnpublishVolumeResponse{}, nil
+}
+
+// revoke ends the grants the volume's AccessRequests hold, before its files go away, so that a
+// failure leaves the volume for kubelet to retry.
+func (s *Server) revoke(ctx context.Context, volumeID string) error {
+	if s.Approval == nil {
+		return nil
+	}
+	rec, err := s.Records.Load(volumeID)
+	if err != nil {
+		return status.Errorf(codes.Internal, "read volume record: %v", err)
+	}
+	if rec == nil || len(rec.AccessRequests) == 0 {
+		return nil
+	}
+	if err := s.Approval.Revoke(ctx, rec.AccessRequests, "volume unpublished"); err != nil {
+		return status.Errorf(codes.Unavailable, "%v", err)
+	}
+	return nil
 }

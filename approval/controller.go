@@ -1,0 +1,501 @@
+package approval
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+)
+
+// AnnotationRevoked on an AccessRequest asks the controller to revoke its grant: the node sets
+// it when the Pod's volume is unpublished. Its value says why.
+const AnnotationRevoked = "connectors.cpaas.io/revoked"
+
+// Controller evaluates AccessRequests (SPEC §6): it matches the gating AccessPolicies of the
+// Connector, snapshots them, resolves and reads their checks (watching each check kind through
+// an informer started on demand, so an approval is seen at once), grants access as a Role and
+// RoleBinding owned by the request once every check passes, revokes the grant when the Pod
+// ends, the Connector goes or the volume is unpublished, and records every transition as an
+// Event. It runs on the elected leader.
+type Controller struct {
+	Client client.Client
+	// Reader reads uncached: template ConfigMaps in the system namespace.
+	Reader          client.Reader
+	Cache           cache.Cache
+	SystemNamespace string
+	Recorder        events.EventRecorder
+	// Retention is how long a finished (revoked) AccessRequest is kept.
+	Retention time.Duration
+
+	templates *Templates
+	states    *states
+	ctrl      controller.Controller
+	watched   sync.Map // schema.GroupVersionKind → struct{}
+}
+
+// SetupWithManager registers the controller.
+func (c *Controller) SetupWithManager(mgr ctrl.Manager) error {
+	var err error
+	c.templates = NewTemplates()
+	if c.states, err = newStates(); err != nil {
+		return err
+	}
+	c.ctrl, err = ctrl.NewControllerManagedBy(mgr).
+		Named("accessrequest").
+		For(&v1alpha1.AccessRequest{}).
+		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(c.requestsOfPod)).
+		Watches(&v1alpha1.Connector{}, handler.EnqueueRequestsFromMapFunc(c.requestsOfConnector)).
+		Watches(&v1alpha1.AccessPolicy{}, handler.EnqueueRequestsFromMapFunc(c.requestsInNamespace)).
+		Build(c)
+	return err
+}
+
+func (c *Controller) requests(ctx context.Context, opts ...client.ListOption) []reconcile.Request {
+	var list v1alpha1.AccessRequestList
+	if err := c.Client.List(ctx, &list, opts...); err != nil {
+		return nil
+	}
+	out := make([]reconcile.Request, len(list.Items))
+	for i, ar := range list.Items {
+		out[i] = reconcile.Request{NamespacedName: types.NamespacedName{Namespace: ar.Namespace, Name: ar.Name}}
+	}
+	return out
+}
+
+func (c *Controller) requestsOfPod(ctx context.Context, o client.Object) []reconcile.Request {
+	return c.requests(ctx, client.MatchingLabels{v1alpha1.LabelContextObjectKind: "Pod",
+		v1alpha1.LabelContextObjectNamespace: o.GetNamespace(), v1alpha1.LabelContextObjectName: o.GetName()})
+}
+
+func (c *Controller) requestsOfConnector(ctx context.Context, o client.Object) []reconcile.Request {
+	return c.requests(ctx, client.InNamespace(o.GetNamespace()), client.MatchingLabels{v1alpha1.LabelAccessRequestConnector: o.GetName()})
+}
+
+func (c *Controller) requestsInNamespace(ctx context.Context, o client.Object) []reconcile.Request {
+	return c.requests(ctx, client.InNamespace(o.GetNamespace()))
+}
+
+// requestsOfCheckObject wakes the requests of Pods in a check object's namespace.
+func (c *Controller) requestsOfCheckObject(ctx context.Context, o client.Object) []reconcile.Request {
+	return c.requests(ctx, client.MatchingLabels{v1alpha1.LabelContextObjectNamespace: o.GetNamespace()})
+}
+
+// watchKind starts, once, an informer for a check kind and wakes requests on its changes.
+func (c *Controller) watchKind(ctx context.Context, gvk schema.GroupVersionKind) error {
+	if _, done := c.watched.Load(gvk); done {
+		return nil
+	}
+	u := &unstructured.Unstructured{}
+	u.SetGroupVersionKind(gvk)
+	if err := c.ctrl.Watch(source.Kind(c.Cache, client.Object(u), handler.EnqueueRequestsFromMapFunc(c.requestsOfCheckObject))); err != nil {
+		return err
+	}
+	if _, err := c.Cache.GetInformer(ctx, u); err != nil {
+		return err
+	}
+	c.watched.Store(gvk, struct{}{})
+	return nil
+}
+
+// Reconcile evaluates one AccessRequest.
+func (c *Controller) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
+	var cached v1alpha1.AccessRequest
+	if err := c.Client.Get(ctx, req.NamespacedName, &cached); err != nil {
+		return reconcile.Result{}, client.IgnoreNotFound(err)
+	}
+	ar := cached.DeepCopy()
+	before := ar.Status.DeepCopy()
+	result, err := c.evaluate(ctx, ar)
+	if !apiequalityStatus(before, &ar.Status) {
+		c.recordTransitions(ar, before)
+		if uerr := c.Client.Status().Update(ctx, ar); uerr != nil {
+			return reconcile.Result{}, uerr
+		}
+	}
+	return result, err
+}
+
+func (c *Controller) setCondition(ar *v1alpha1.AccessRequest, typ string, status metav1.ConditionStatus, reason, format string, args ...any) {
+	meta.SetStatusCondition(&ar.Status.Conditions, metav1.Condition{Type: typ, Status: status, Reason: reason,
+		Message: fmt.Sprintf(format, args...), ObservedGeneration: ar.Generation})
+}
+
+// evaluate computes the request's status and grants or revokes its permission.
+func (c *Controller) evaluate(ctx context.Context, ar *v1alpha1.AccessRequest) (reconcile.Result, error) {
+	ref := ar.Spec.Context.ObjectRef
+	var pod corev1.Pod
+	podErr := c.Client.Get(ctx, types.NamespacedName{Namespace: ref.Namespace, Name: ref.Name}, &pod)
+	var connector v1alpha1.Connector
+	connErr := c.Client.Get(ctx, types.NamespacedName{Namespace: ar.Namespace, Name: ar.Spec.ConnectorRef.Name}, &connector)
+	for _, err := range []error{podErr, connErr} {
+		if err != nil && !apierrors.IsNotFound(err) {
+			return reconcile.Result{}, err
+		}
+	}
+
+	why := revocation(ar, &pod, podErr, connErr)
+	switch {
+	case podErr != nil || pod.UID != ref.UID:
+		c.setCondition(ar, v1alpha1.ConditionContextObjectValid, metav1.ConditionFalse, "NotFound", "Pod %s/%s (uid %s) no longer exists", ref.Namespace, ref.Name, ref.UID)
+	default:
+		c.setCondition(ar, v1alpha1.ConditionContextObjectValid, metav1.ConditionTrue, "Found", "Pod %s/%s, ServiceAccount %s", ref.Namespace, ref.Name, ar.Spec.Subject.Name)
+	}
+	if connErr != nil {
+		c.setCondition(ar, v1alpha1.ConditionConnectorResolved, metav1.ConditionFalse, "NotFound", "Connector %s/%s no longer exists", ar.Namespace, ar.Spec.ConnectorRef.Name)
+	} else {
+		c.setCondition(ar, v1alpha1.ConditionConnectorResolved, metav1.ConditionTrue, "Found", "Connector %s/%s (%s)", ar.Namespace, connector.Name, connector.Spec.Address)
+	}
+	if why != "" {
+		return c.revoke(ctx, ar, why)
+	}
+
+	if len(ar.Status.Policies) == 0 {
+		if err := c.snapshotPolicies(ctx, ar, &connector); err != nil {
+			return reconcile.Result{}, err
+		}
+	}
+	if len(ar.Status.Policies) == 0 {
+		c.setCondition(ar, v1alpha1.ConditionAccessPolicyMatched, metav1.ConditionFalse, "NoPolicy",
+			"no AccessPolicy with checkGrantedPermission selects Connector %s", connector.Name)
+		c.setCondition(ar, v1alpha1.ConditionAccessPermissionSync, metav1.ConditionTrue, v1alpha1.ReasonNoPermissionRequired, "nothing to grant")
+		c.setCondition(ar, v1alpha1.ConditionReady, metav1.ConditionFalse, "NoPolicy", "no AccessPolicy gates this Connector")
+		return reconcile.Result{}, nil
+	}
+	var names []string
+	for _, p := range ar.Status.Policies {
+		names = append(names, p.Name)
+	}
+	c.setCondition(ar, v1alpha1.ConditionAccessPolicyMatched, metav1.ConditionTrue, "Matched", "AccessPolicy %s", strings.Join(names, ", "))
+
+	rctx, err := requestContext(&pod, &connector)
+	if err != nil {
+		return reconcile.Result{}, err
+	}
+	outcome, msg := c.evaluateChecks(ctx, ar, rctx)
+	switch outcome {
+	case v1alpha1.ReasonPassed:
+		c.setCondition(ar, v1alpha1.ConditionAccessCheckReady, metav1.ConditionTrue, v1alpha1.ReasonPassed, "%s", msg)
+		return c.grant(ctx, ar, rctx)
+	case v1alpha1.ReasonPending:
+		c.setCondition(ar, v1alpha1.ConditionAccessCheckReady, metav1.ConditionUnknown, v1alpha1.ReasonPending, "%s", msg)
+		c.setCondition(ar, v1alpha1.ConditionAccessPermissionSync, metav1.ConditionUnknown, v1alpha1.ReasonPending, "access is granted once every check passes")
+		c.setCondition(ar, v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonPending, "%s", msg)
+	default: // Rejected or Failed: never grant
+		c.setCondition(ar, v1alpha1.ConditionAccessCheckReady, metav1.ConditionFalse, outcome, "%s", msg)
+		c.setCondition(ar, v1alpha1.ConditionAccessPermissionSync, metav1.ConditionFalse, v1alpha1.ReasonNoPermissionRequired, "no access is granted: %s", strings.ToLower(outcome))
+		c.setCondition(ar, v1alpha1.ConditionReady, metav1.ConditionFalse, outcome, "%s", msg)
+		if err := c.deleteGrant(ctx, ar); err != nil {
+			return reconcile.Result{}, err
+		}
+	}
+	return reconcile.Result{}, nil
+}
+
+// revocation says why a request's access must end, or "".
+func revocation(ar *v1alpha1.AccessRequest, pod *corev1.Pod, podErr, connErr error) string {
+	switch {
+	case ar.Annotations[AnnotationRevoked] != "":
+		return "the Pod's volume was unpublished (" + ar.Annotations[AnnotationRevoked] + ")"
+	case podErr != nil || pod.UID != ar.Spec.Context.ObjectRef.UID:
+		return "the Pod was deleted"
+	case pod.DeletionTimestamp != nil:
+		return "the Pod is being deleted"
+	case pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed:
+		return "the Pod completed (" + string(pod.Status.Phase) + ")"
+	case connErr != nil:
+		return "the Connector was deleted"
+	}
+	return ""
+}
+
+// snapshotPolicies records every gating policy that selects the Connector, as it is now.
+func (c *Controller) snapshotPolicies(ctx context.Context, ar *v1alpha1.AccessRequest, connector *v1alpha1.Connector) error {
+	var policies v1alpha1.AccessPolicyList
+	if err := c.Client.List(ctx, &policies, client.InNamespace(ar.Namespace)); err != nil {
+		return err
+	}
+	sort.Slice(policies.Items, func(i, j int) bool { return policies.Items[i].Name < policies.Items[j].Name })
+	for _, p := range policies.Items {
+		if p.Spec.CheckGrantedPermission == nil || !Selects(&p.Spec.Connector, connector) {
+			continue
+		}
+		ar.Status.Policies = append(ar.Status.Policies, v1alpha1.PolicyStatus{Name: p.Name, PolicySpec: p.Spec.DeepCopy()})
+	}
+	return nil
+}
+
+// Selects reports whether a policy's connector selector selects the Connector.
+func Selects(sel *v1alpha1.ConnectorSelector, c *v1alpha1.Connector) bool {
+	if len(sel.Names) > 0 && !contains(sel.Names, c.Name) {
+		return false
+	}
+	ls, err := metav1.LabelSelectorAsSelector(&metav1.LabelSelector{MatchLabels: sel.MatchLabels, MatchExpressions: sel.MatchExpressions})
+	if err != nil {
+		return false
+	}
+	return ls.Matches(labels.Set(c.Labels))
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// requestContext is the template context: .object is the Pod, .connector the Connector.
+func requestContext(pod *corev1.Pod, connector *v1alpha1.Connector) (map[string]any, error) {
+	podMap, err := runtime.DefaultUnstructuredConverter.ToUnstructured(pod)
+	if err != nil {
+		return nil, err
+	}
+	connMap, err := runtime.DefaultUnstructuredConverter.ToUnstructured(connector)
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{"object": podMap, "connector": connMap}, nil
+}
+
+// evaluateChecks reads every check of every snapshotted policy. The outcome is Failed (a check
+// cannot be evaluated), Rejected (any object rejected), Pending, or Passed (all passed), with a
+// message that names what it waits for or what decided.
+func (c *Controller) evaluateChecks(ctx context.Context, ar *v1alpha1.AccessRequest, rctx map[string]any) (string, string) {
+	rank := map[string]int{v1alpha1.ReasonPassed: 0, v1alpha1.ReasonPending: 1, v1alpha1.ReasonRejected: 2, v1alpha1.ReasonFailed: 3}
+	outcome, msgs := v1alpha1.ReasonPassed, []string{}
+	for i := range ar.Status.Policies {
+		p := &ar.Status.Policies[i]
+		p.MatchedChecks = nil
+		for _, check := range p.PolicySpec.CheckGrantedPermission.Spec.Checks {
+			mc, result := c.evaluateCheck(ctx, ar, check, rctx)
+			p.MatchedChecks = append(p.MatchedChecks, mc)
+			if rank[result] > rank[outcome] {
+				outcome, msgs = result, nil
+			}
+			if result == outcome {
+				msgs = append(msgs, fmt.Sprintf("policy %s check %s: %s", p.Name, check.Name, mc.Message))
+			}
+		}
+	}
+	return outcome, strings.Join(msgs, "; ")
+}
+
+// evaluateCheck reads one check: its spec, the objects it matches and their states.
+func (c *Controller) evaluateCheck(ctx context.Context, ar *v1alpha1.AccessRequest, check v1alpha1.Check, rctx map[string]any) (v1alpha1.MatchedCheck, string) {
+	mc := v1alpha1.MatchedCheck{Name: check.Name}
+	fail := func(format string, args ...any) (v1alpha1.MatchedCheck, string) {
+		mc.State, mc.Message = "", fmt.Sprintf(format, args...)
+		return mc, v1alpha1.ReasonFailed
+	}
+	spec := check.Spec
+	if check.Ref != nil {
+		if check.Ref.ConfigMap == nil {
+			return fail("ref names no ConfigMap")
+		}
+		var cm corev1.ConfigMap
+		if err := c.Reader.Get(ctx, types.NamespacedName{Namespace: c.SystemNamespace, Name: check.Ref.ConfigMap.Name}, &cm); err != nil {
+			return fail("check template ConfigMap %s/%s: %v", c.SystemNamespace, check.Ref.ConfigMap.Name, err)
+		}
+		var err error
+		if spec, err = c.templates.Check(&cm); err != nil {
+			return fail("%v", err)
+		}
+	}
+	if spec == nil {
+		return fail("the check has neither ref nor spec")
+	}
+	if spec.State != nil && spec.State.CEL != "" {
+		if _, err := c.states.compile(spec.State.CEL); err != nil {
+			return fail("%v", err)
+		}
+	}
+	gv, err := schema.ParseGroupVersion(spec.Selector.ObjectRef.APIVersion)
+	if err != nil {
+		return fail("objectRef apiVersion %q: %v", spec.Selector.ObjectRef.APIVersion, err)
+	}
+	gvk := gv.WithKind(spec.Selector.ObjectRef.Kind)
+	matchLabels, err := c.templates.MatchLabels(spec, rctx)
+	if err != nil {
+		return fail("%v", err)
+	}
+	if err := c.watchKind(ctx, gvk); err != nil {
+		return fail("cannot watch %s: %v", gvk.Kind, unknownKind(err))
+	}
+	list := &unstructured.UnstructuredList{}
+	list.SetGroupVersionKind(gvk.GroupVersion().WithKind(gvk.Kind + "List"))
+	podNS := ar.Spec.Context.ObjectRef.Namespace
+	if err := c.Client.List(ctx, list, client.InNamespace(podNS), client.MatchingLabels(matchLabels)); err != nil {
+		return fail("list %s: %v", gvk.Kind, err)
+	}
+	if len(list.Items) == 0 {
+		mc.State = v1alpha1.StatePending
+		mc.Message = fmt.Sprintf("waiting for a %s in namespace %s with labels %s", gvk.Kind, podNS, labels.Set(matchLabels))
+		return mc, v1alpha1.ReasonPending
+	}
+	result := v1alpha1.ReasonPassed
+	var details []string
+	for i := range list.Items {
+		obj := &list.Items[i]
+		state, err := c.states.state(obj, spec)
+		if err != nil {
+			return fail("%v", err)
+		}
+		mc.ObjectRef = &v1alpha1.CheckObjectRef{APIVersion: obj.GetAPIVersion(), Kind: obj.GetKind(), Name: obj.GetName(), Namespace: obj.GetNamespace()}
+		details = append(details, fmt.Sprintf("%s %s/%s is %s", obj.GetKind(), obj.GetNamespace(), obj.GetName(), state))
+		switch state {
+		case v1alpha1.StateRejected:
+			mc.State, mc.Message = state, details[len(details)-1]
+			return mc, v1alpha1.ReasonRejected
+		case v1alpha1.StatePending:
+			result, mc.State = v1alpha1.ReasonPending, state
+		}
+	}
+	if result == v1alpha1.ReasonPassed {
+		mc.State = v1alpha1.StateApproved
+	}
+	mc.Message = strings.Join(details, ", ")
+	return mc, result
+}
+
+// unknownKind makes "no matches for kind" readable.
+func unknownKind(err error) error {
+	var nm *meta.NoKindMatchError
+	if errors.As(err, &nm) {
+		return fmt.Errorf("the API server serves no kind %s in %s", nm.GroupKind.Kind, nm.SearchedVersions)
+	}
+	return err
+}
+
+// grant creates or updates the Role and RoleBinding, owned by the request, from the policies'
+// role templates.
+func (c *Controller) grant(ctx context.Context, ar *v1alpha1.AccessRequest, rctx map[string]any) (reconcile.Result, error) {
+	var rules []rbacv1.PolicyRule
+	for _, p := range ar.Status.Policies {
+		ref := p.PolicySpec.CheckGrantedPermission.Spec.RoleTemplate.Ref.ConfigMap
+		if ref == nil {
+			return c.syncFailed(ar, fmt.Errorf("policy %s: roleTemplate names no ConfigMap", p.Name))
+		}
+		var cm corev1.ConfigMap
+		if err := c.Reader.Get(ctx, types.NamespacedName{Namespace: c.SystemNamespace, Name: ref.Name}, &cm); err != nil {
+			return c.syncFailed(ar, fmt.Errorf("role template ConfigMap %s/%s: %w", c.SystemNamespace, ref.Name, err))
+		}
+		r, err := c.templates.Rules(&cm, rctx)
+		if err != nil {
+			return c.syncFailed(ar, err)
+		}
+		rules = append(rules, r...)
+	}
+	role := &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: ar.Name, Namespace: ar.Namespace}}
+	if _, err := controllerutil.CreateOrUpdate(ctx, c.Client, role, func() error {
+		role.Rules = rules
+		return controllerutil.SetControllerReference(ar, role, c.Client.Scheme())
+	}); err != nil {
+		return c.syncFailed(ar, err)
+	}
+	rb := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: ar.Name, Namespace: ar.Namespace}}
+	if _, err := controllerutil.CreateOrUpdate(ctx, c.Client, rb, func() error {
+		rb.RoleRef = rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: role.Name}
+		rb.Subjects = []rbacv1.Subject{ar.Spec.Subject}
+		return controllerutil.SetControllerReference(ar, rb, c.Client.Scheme())
+	}); err != nil {
+		return c.syncFailed(ar, err)
+	}
+	c.setCondition(ar, v1alpha1.ConditionAccessPermissionSync, metav1.ConditionTrue, v1alpha1.ReasonSynced,
+		"Role and RoleBinding %s grant %s %s/%s access to Connector %s", ar.Name, ar.Spec.Subject.Kind, ar.Spec.Subject.Namespace, ar.Spec.Subject.Name, ar.Spec.ConnectorRef.Name)
+	c.setCondition(ar, v1alpha1.ConditionReady, metav1.ConditionTrue, "Granted", "access granted to Pod %s/%s", ar.Spec.Context.ObjectRef.Namespace, ar.Spec.Context.ObjectRef.Name)
+	return reconcile.Result{}, nil
+}
+
+func (c *Controller) syncFailed(ar *v1alpha1.AccessRequest, err error) (reconcile.Result, error) {
+	c.setCondition(ar, v1alpha1.ConditionAccessPermissionSync, metav1.ConditionFalse, v1alpha1.ReasonSyncFailed, "%v", err)
+	c.setCondition(ar, v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonSyncFailed, "the grant could not be written: %v", err)
+	return reconcile.Result{}, err
+}
+
+// revoke deletes the grant and records why; a finished request is deleted after the retention.
+func (c *Controller) revoke(ctx context.Context, ar *v1alpha1.AccessRequest, why string) (reconcile.Result, error) {
+	if err := c.deleteGrant(ctx, ar); err != nil {
+		return reconcile.Result{}, err
+	}
+	if cond := meta.FindStatusCondition(ar.Status.Conditions, v1alpha1.ConditionAccessPermissionSync); cond == nil || cond.Reason != v1alpha1.ReasonPermissionCleanUp {
+		c.setCondition(ar, v1alpha1.ConditionAccessPermissionSync, metav1.ConditionTrue, v1alpha1.ReasonPermissionCleanUp, "access revoked: %s", why)
+		c.setCondition(ar, v1alpha1.ConditionReady, metav1.ConditionFalse, "Revoked", "access revoked: %s", why)
+	}
+	cond := meta.FindStatusCondition(ar.Status.Conditions, v1alpha1.ConditionAccessPermissionSync)
+	left := time.Until(cond.LastTransitionTime.Add(c.Retention))
+	if left <= 0 {
+		return reconcile.Result{}, client.IgnoreNotFound(c.Client.Delete(ctx, ar))
+	}
+	return reconcile.Result{RequeueAfter: left}, nil
+}
+
+func (c *Controller) deleteGrant(ctx context.Context, ar *v1alpha1.AccessRequest) error {
+	for _, obj := range []client.Object{
+		&rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: ar.Name, Namespace: ar.Namespace}},
+		&rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: ar.Name, Namespace: ar.Namespace}},
+	} {
+		if err := c.Client.Delete(ctx, obj); client.IgnoreNotFound(err) != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// recordTransitions emits an Event for every condition whose status or reason changed.
+func (c *Controller) recordTransitions(ar *v1alpha1.AccessRequest, before *v1alpha1.AccessRequestStatus) {
+	if c.Recorder == nil {
+		return
+	}
+	for _, cond := range ar.Status.Conditions {
+		old := meta.FindStatusCondition(before.Conditions, cond.Type)
+		if old != nil && old.Status == cond.Status && old.Reason == cond.Reason {
+			continue
+		}
+		eventType := corev1.EventTypeNormal
+		if cond.Status == metav1.ConditionFalse && cond.Reason != v1alpha1.ReasonNoPermissionRequired && cond.Type != v1alpha1.ConditionReady {
+			eventType = corev1.EventTypeWarning
+		}
+		c.Recorder.Eventf(ar, nil, eventType, cond.Type+cond.Reason, "Evaluate", "%s", cond.Message)
+	}
+}
+
+// apiequalityStatus compares statuses, ignoring condition transition times.
+func apiequalityStatus(a, b *v1alpha1.AccessRequestStatus) bool {
+	if len(a.Conditions) != len(b.Conditions) || !equality.Semantic.DeepEqual(a.Policies, b.Policies) {
+		return false
+	}
+	for _, ca := range a.Conditions {
+		cb := meta.FindStatusCondition(b.Conditions, ca.Type)
+		if cb == nil || cb.Status != ca.Status || cb.Reason != ca.Reason || cb.Message != ca.Message {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,203 @@
+package approval
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"strings"
+	"time"
+
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/apiserver/pkg/authentication/user"
+	"k8s.io/apiserver/pkg/authorization/authorizer"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/features"
+	"github.com/kube-connectors/connectors-csi/node"
+	"github.com/kube-connectors/connectors-csi/node/records"
+)
+
+// Gate is the publish side of the approval flow (SPEC §6.3–6.4). With enable-connectors-approval
+// and enable-connector-proxy-permissions on, a Pod may use a Connector through the proxy only
+// with connectors/proxy; when it lacks it and an AccessPolicy gates the Connector, the Gate
+// creates (or reuses) the Pod's AccessRequest and waits, through a watch, for the controller's
+// verdict.
+type Gate struct {
+	Authz Authorizer
+	// Client reads AccessPolicies and creates, watches and annotates AccessRequests, uncached:
+	// a node caches nothing of other nodes' Pods.
+	Client client.WithWatch
+	Flags  *features.Source
+	// Wait bounds how long a publish waits for a pending request.
+	Wait time.Duration
+}
+
+// Admit decides whether the Pod may use the Connector now.
+func (g *Gate) Admit(ctx context.Context, pod records.Pod, c *v1alpha1.Connector) (*node.Admission, error) {
+	if !g.Flags.Flags().ApprovalEffective() {
+		return &node.Admission{Granted: true}, nil
+	}
+	allowed, err := g.hasProxyPermission(ctx, pod, c)
+	if err != nil {
+		return nil, err
+	}
+	if allowed {
+		return &node.Admission{Granted: true}, nil
+	}
+	gated, err := g.gated(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	if !gated {
+		return nil, &node.Denied{Connector: types.NamespacedName{Namespace: c.Namespace, Name: c.Name},
+			Reason: fmt.Sprintf("ServiceAccount %s/%s lacks connectors/proxy on it and no AccessPolicy offers approval", pod.Namespace, pod.ServiceAccount)}
+	}
+	ar, err := g.ensureRequest(ctx, pod, c)
+	if err != nil {
+		return nil, err
+	}
+	return g.await(ctx, ar)
+}
+
+// hasProxyPermission asks for connectors/proxy, namespace-wide or scoped to the Pod.
+func (g *Gate) hasProxyPermission(ctx context.Context, pod records.Pod, c *v1alpha1.Connector) (bool, error) {
+	u := &user.DefaultInfo{
+		Name:   fmt.Sprintf("system:serviceaccount:%s:%s", pod.Namespace, pod.ServiceAccount),
+		Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + pod.Namespace, user.AllAuthenticated},
+	}
+	for _, sub := range []string{"proxy", fmt.Sprintf("proxy/v1/pod/%s/%s", pod.Namespace, pod.Name)} {
+		d, _, err := g.Authz.Authorize(ctx, authorizer.AttributesRecord{User: u, Verb: "get", Namespace: c.Namespace, Name: c.Name,
+			APIGroup: v1alpha1.GroupVersion.Group, APIVersion: v1alpha1.GroupVersion.Version,
+			Resource: v1alpha1.ResourceConnectors, Subresource: sub, ResourceRequest: true})
+		if err != nil {
+			return false, err
+		}
+		if d == authorizer.DecisionAllow {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+func (g *Gate) gated(ctx context.Context, c *v1alpha1.Connector) (bool, error) {
+	var policies v1alpha1.AccessPolicyList
+	if err := g.Client.List(ctx, &policies, client.InNamespace(c.Namespace)); err != nil {
+		return false, err
+	}
+	for _, p := range policies.Items {
+		if p.Spec.CheckGrantedPermission != nil && Selects(&p.Spec.Connector, c) {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// RequestName is the AccessRequest of a Pod for a Connector: readable, and unique by the Pod's UID.
+func RequestName(connector string, pod records.Pod) string {
+	sum := sha256.Sum256([]byte(pod.UID + "/" + connector))
+	suffix := hex.EncodeToString(sum[:4])
+	name := connector + "-" + pod.Name
+	if max := validation.DNS1123SubdomainMaxLength - len(suffix) - 1; len(name) > max {
+		name = name[:max]
+	}
+	return name + "-" + suffix
+}
+
+func (g *Gate) ensureRequest(ctx context.Context, pod records.Pod, c *v1alpha1.Connector) (*v1alpha1.AccessRequest, error) {
+	ar := &v1alpha1.AccessRequest{
+		ObjectMeta: metav1.ObjectMeta{Name: RequestName(c.Name, pod), Namespace: c.Namespace, Labels: map[string]string{
+			v1alpha1.LabelAccessRequestConnector: c.Name, v1alpha1.LabelContextObjectKind: "Pod",
+			v1alpha1.LabelContextObjectName: pod.Name, v1alpha1.LabelContextObjectNamespace: pod.Namespace,
+		}},
+		Spec: v1alpha1.AccessRequestSpec{
+			Subject:      rbacv1.Subject{Kind: rbacv1.ServiceAccountKind, Name: pod.ServiceAccount, Namespace: pod.Namespace},
+			ConnectorRef: v1alpha1.LocalObjectRef{Name: c.Name},
+			Context: v1alpha1.AccessContext{ObjectRef: v1alpha1.ContextObjectRef{
+				APIVersion: "v1", Kind: "Pod", Name: pod.Name, Namespace: pod.Namespace, UID: types.UID(pod.UID)}},
+		},
+	}
+	err := g.Client.Create(ctx, ar)
+	if apierrors.IsAlreadyExists(err) {
+		err = g.Client.Get(ctx, client.ObjectKeyFromObject(ar), ar)
+	}
+	return ar, err
+}
+
+// await waits for the request's verdict, up to g.Wait.
+func (g *Gate) await(ctx context.Context, ar *v1alpha1.AccessRequest) (*node.Admission, error) {
+	if adm := verdict(ar); adm != nil {
+		return adm, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, g.Wait)
+	defer cancel()
+	var list v1alpha1.AccessRequestList
+	w, err := g.Client.Watch(ctx, &list, client.InNamespace(ar.Namespace),
+		client.MatchingFieldsSelector{Selector: fields.OneTermEqualSelector("metadata.name", ar.Name)})
+	if err != nil {
+		return nil, err
+	}
+	defer w.Stop()
+	latest := ar
+	for {
+		select {
+		case ev, ok := <-w.ResultChan():
+			if !ok {
+				return pending(latest), nil
+			}
+			if got, isAR := ev.Object.(*v1alpha1.AccessRequest); isAR && ev.Type != watch.Error {
+				latest = got
+				if adm := verdict(got); adm != nil {
+					return adm, nil
+				}
+			}
+		case <-ctx.Done():
+			return pending(latest), nil
+		}
+	}
+}
+
+// verdict is the request's final answer, or nil while it is pending.
+func verdict(ar *v1alpha1.AccessRequest) *node.Admission {
+	ready := meta.FindStatusCondition(ar.Status.Conditions, v1alpha1.ConditionReady)
+	check := meta.FindStatusCondition(ar.Status.Conditions, v1alpha1.ConditionAccessCheckReady)
+	name := ar.Namespace + "/" + ar.Name
+	switch {
+	case ready != nil && ready.Status == metav1.ConditionTrue:
+		return &node.Admission{Granted: true, AccessRequest: name}
+	case check != nil && (check.Reason == v1alpha1.ReasonRejected || check.Reason == v1alpha1.ReasonFailed):
+		return &node.Admission{AccessRequest: name, Rejected: check.Reason == v1alpha1.ReasonRejected,
+			Failed: check.Reason == v1alpha1.ReasonFailed, Message: check.Message}
+	}
+	return nil
+}
+
+// pending is the admission of a request still waiting: the message names what it waits for.
+func pending(ar *v1alpha1.AccessRequest) *node.Admission {
+	msg := "waiting for the approval controller to evaluate it"
+	if check := meta.FindStatusCondition(ar.Status.Conditions, v1alpha1.ConditionAccessCheckReady); check != nil {
+		msg = check.Message
+	}
+	return &node.Admission{AccessRequest: ar.Namespace + "/" + ar.Name, Message: msg}
+}
+
+// Revoke marks the requests a volume held as revoked; the controller deletes their grants.
+func (g *Gate) Revoke(ctx context.Context, requests []string, why string) error {
+	for _, nn := range requests {
+		ns, name, _ := strings.Cut(nn, "/")
+		ar := &v1alpha1.AccessRequest{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
+		patch := []byte(fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, AnnotationRevoked, why))
+		if err := g.Client.Patch(ctx, ar, client.RawPatch(types.MergePatchType, patch)); client.IgnoreNotFound(err) != nil {
+			return fmt.Errorf("revoke AccessRequest %s: %w", nn, err)
+		}
+	}
+	return nil
+}
