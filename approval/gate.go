@@ -18,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/apiserver/pkg/authentication/user"
 	"k8s.io/apiserver/pkg/authorization/authorizer"
+	"k8s.io/klog/v2"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
@@ -45,6 +46,16 @@ type Gate struct {
 func (g *Gate) Admit(ctx context.Context, pod records.Pod, c *v1alpha1.Connector) (*node.Admission, error) {
 	if !g.Flags.Flags().ApprovalEffective() {
 		return &node.Admission{Granted: true}, nil
+	}
+	// A request already made for this Pod decides, so that its grant is recorded with the
+	// volume and revoked when the volume goes.
+	var existing v1alpha1.AccessRequest
+	err := g.Client.Get(ctx, types.NamespacedName{Namespace: c.Namespace, Name: RequestName(c.Name, pod)}, &existing)
+	switch {
+	case err == nil && existing.Spec.Context.ObjectRef.UID == types.UID(pod.UID):
+		return g.await(ctx, &existing)
+	case err != nil && !apierrors.IsNotFound(err):
+		return nil, err
 	}
 	allowed, err := g.hasProxyPermission(ctx, pod, c)
 	if err != nil {
@@ -143,7 +154,9 @@ func (g *Gate) await(ctx context.Context, ar *v1alpha1.AccessRequest) (*node.Adm
 	w, err := g.Client.Watch(ctx, &list, client.InNamespace(ar.Namespace),
 		client.MatchingFieldsSelector{Selector: fields.OneTermEqualSelector("metadata.name", ar.Name)})
 	if err != nil {
-		return nil, err
+		// Still pending as far as we know; kubelet retries the publish.
+		klog.FromContext(ctx).Info("Watching an AccessRequest failed", "accessRequest", klog.KObj(ar), "err", err)
+		return pending(ar), nil
 	}
 	defer w.Stop()
 	latest := ar

@@ -87,7 +87,12 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	caStore := &ca.Store{Secrets: kube.CoreV1().Secrets(o.SystemNamespace)}
 	flags := features.Watch(ctx, kube, o.SystemNamespace)
-	connectorsProxy, err := proxy.New(objects, reviewer, flags, kube, caStore, proxy.Config{SecretTTL: o.SecretCacheTTL})
+	permissions, err := access.New(kube, access.Config{Audiences: []string{o.TokenAudience}, TokenTTL: o.TokenCacheTTL,
+		AllowTTL: o.ProxyPermissionTTL, DenyTTL: o.AuthzDenyTTL})
+	if err != nil {
+		return err
+	}
+	connectorsProxy, err := proxy.New(objects, reviewer, flags, kube, caStore, proxy.Config{SecretTTL: o.SecretCacheTTL, Permissions: permissions})
 	if err != nil {
 		return err
 	}

@@ -39,6 +39,7 @@ type Options struct {
 	StatusRecheck      time.Duration
 	RegistryPageSize   int
 	ApprovalWait       time.Duration
+	ProxyPermissionTTL time.Duration
 	RequestRetention   time.Duration
 
 	// Mounter replaces the tmpfs mounter; for tests only (no flag).
@@ -72,6 +73,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.SecretCacheTTL, "secret-cache-ttl", 10*time.Second, "how long the proxy keeps a Connector's Secret after reading it")
 	fs.DurationVar(&o.StatusRecheck, "connector-recheck-interval", 5*time.Minute, "how often the leader probes each Connector's tool again for its status")
 	fs.IntVar(&o.RegistryPageSize, "api-registry-page-size", 100, "page size the Connectors API asks registries for (catalog, tag lists)")
+	fs.DurationVar(&o.ProxyPermissionTTL, "proxy-permission-ttl", time.Second, "how long an allowed connectors/proxy check is cached: a revoked grant stops working within this")
 	fs.DurationVar(&o.ApprovalWait, "approval-wait", 10*time.Second, "how long a publish waits for a pending AccessRequest before answering Unavailable (kubelet retries)")
 	fs.DurationVar(&o.RequestRetention, "accessrequest-retention", 24*time.Hour, "how long a revoked AccessRequest is kept before it is deleted")
 	fs.BoolVar(&o.UnprivilegedMounts, "unprivileged-mounts", false, "for tests without root: write volumes into plain directories instead of tmpfs mounts")

@@ -50,7 +50,7 @@ func verbFor(method string) string {
 // the Connector; with enable-connector-proxy-permissions also connectors/proxy, namespace-wide
 // or scoped to the token's Pod (connectors/proxy/v1/pod/<ns>/<pod>).
 func (p *Proxy) authorize(ctx context.Context, u user.Info, nn types.NamespacedName, method string) error {
-	ok, err := p.allowed(ctx, u, nn, "get", "")
+	ok, err := p.allowed(ctx, p.reviewer, u, nn, "get", "")
 	if err != nil {
 		return err
 	}
@@ -61,19 +61,19 @@ func (p *Proxy) authorize(ctx context.Context, u user.Info, nn types.NamespacedN
 		return nil
 	}
 	verb := verbFor(method)
-	if ok, err = p.allowed(ctx, u, nn, verb, "proxy"); err != nil || ok {
+	if ok, err = p.allowed(ctx, p.perms, u, nn, verb, "proxy"); err != nil || ok {
 		return err
 	}
 	if pod := podOf(u); pod != "" {
-		if ok, err = p.allowed(ctx, u, nn, verb, "proxy/v1/pod/"+pod); err != nil || ok {
+		if ok, err = p.allowed(ctx, p.perms, u, nn, verb, "proxy/v1/pod/"+pod); err != nil || ok {
 			return err
 		}
 	}
 	return refusef(http.StatusForbidden, "%s may not %s connectors/proxy of Connector %s", u.GetName(), verb, nn)
 }
 
-func (p *Proxy) allowed(ctx context.Context, u user.Info, nn types.NamespacedName, verb, subresource string) (bool, error) {
-	decision, _, err := p.reviewer.Authorize(ctx, authorizer.AttributesRecord{
+func (p *Proxy) allowed(ctx context.Context, r Reviewer, u user.Info, nn types.NamespacedName, verb, subresource string) (bool, error) {
+	decision, _, err := r.Authorize(ctx, authorizer.AttributesRecord{
 		User: u, Verb: verb, Namespace: nn.Namespace, Name: nn.Name,
 		APIGroup: v1alpha1.GroupVersion.Group, APIVersion: v1alpha1.GroupVersion.Version,
 		Resource: v1alpha1.ResourceConnectors, Subresource: subresource, ResourceRequest: true,

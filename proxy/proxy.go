@@ -38,6 +38,9 @@ type Reviewer interface {
 type Config struct {
 	// SecretTTL is how long a Connector's Secret is kept after it was read.
 	SecretTTL time.Duration
+	// Permissions answers the connectors/proxy checks; it caches allowed answers only briefly,
+	// so that a revoked grant stops working within seconds (SPEC §4.4). Nil uses the Reviewer.
+	Permissions Reviewer
 }
 
 // APIPrefix is where the Connectors API is served on the proxy listener.
@@ -50,6 +53,7 @@ type Proxy struct {
 
 	objects    client.Reader // Connectors and ConnectorClasses, from informer caches
 	reviewer   Reviewer
+	perms      Reviewer
 	flags      *features.Source
 	secrets    *secrets
 	transports *transports
@@ -67,11 +71,15 @@ func New(objects client.Reader, reviewer Reviewer, flags *features.Source, kube 
 	p := &Proxy{
 		objects:    objects,
 		reviewer:   reviewer,
+		perms:      cfg.Permissions,
 		flags:      flags,
 		secrets:    &secrets{kube: kube, ttl: cfg.SecretTTL, cache: map[string]cachedSecret{}},
 		transports: &transports{byCA: map[[32]byte]*http.Transport{}},
 		leaves:     l,
 		registry:   newRegistryTokens(),
+	}
+	if p.perms == nil {
+		p.perms = reviewer
 	}
 	p.reverse = &httputil.ReverseProxy{
 		Rewrite:        rewrite,

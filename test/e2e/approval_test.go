@@ -1,0 +1,189 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/approval"
+	"github.com/kube-connectors/connectors-csi/node/records"
+	"github.com/kube-connectors/connectors-csi/test/controlplane"
+	"github.com/kube-connectors/connectors-csi/test/kubelet"
+)
+
+// setupApproval installs the ApprovalTask CRD stand-in and the built-in templates, and turns
+// the approval flags on for the test.
+func setupApproval(t *testing.T) {
+	t.Helper()
+	root := controlplane.RepoRoot()
+	if _, err := cp.Kubectl(nil, "apply", "-f", filepath.Join(root, "test", "e2e", "testdata", "approvaltask-crd.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cp.Kubectl(nil, "apply", "-n", systemNS, "-f", filepath.Join(root, "deploy", "base", "templates.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	if !kubelet.WaitUntil(20*time.Second, func() bool {
+		_, err := cp.Kubectl(nil, "get", "approvaltasks", "-A")
+		return err == nil
+	}) {
+		t.Fatal("the ApprovalTask CRD was not served")
+	}
+	setFlags(t, map[string]string{"enable-connector-proxy-permissions": "true", "enable-connectors-approval": "true"})
+	t.Cleanup(func() { setFlags(t, map[string]string{}) })
+}
+
+// approvalTask creates or updates the ApprovalTask of a PipelineRun with a state.
+func approvalTask(t *testing.T, ns, run, state string) {
+	t.Helper()
+	doc := fmt.Sprintf(`apiVersion: openshift-pipelines.org/v1alpha1
+kind: ApprovalTask
+metadata: {name: approve-%s, namespace: %s, labels: {tekton.dev/pipelineRun: %s}}
+status: {state: %s}
+`, run, ns, run, state)
+	if _, err := cp.Kubectl([]byte(doc), "apply", "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestApprovalGatedPromotion(t *testing.T) {
+	tool := startGitServer(t, false)
+	setupApproval(t)
+	env := startProxyDriver(t, nil)
+	ctx := context.Background()
+	ns := newNamespace(t)
+	gitConnector(t, ns, "prod", gitClass(t), tool)
+	allowConnectors(t, ns, "builder", "prod")
+	create(t, &v1alpha1.AccessPolicy{ObjectMeta: metav1.ObjectMeta{Name: "promote", Namespace: ns},
+		Spec: v1alpha1.AccessPolicySpec{
+			Connector: v1alpha1.ConnectorSelector{Names: []string{"prod"}},
+			CheckGrantedPermission: &v1alpha1.CheckGrantedPermission{Spec: v1alpha1.CheckGrantedPermissionSpec{
+				Checks: []v1alpha1.Check{{Name: "approval", Ref: &v1alpha1.TemplateRef{
+					ConfigMap: &v1alpha1.ConfigMapRef{Name: "connectors-approvals-in-pipeline"}}}},
+				RoleTemplate: v1alpha1.RoleTemplate{Ref: v1alpha1.TemplateRef{
+					ConfigMap: &v1alpha1.ConfigMapRef{Name: "connectors-use-connectors-proxy-in-pod"}}},
+			}},
+		}})
+	pod := podWithVolume(t, env.kubelet, ns, "promote-run-1", map[string]string{"connectors": "prod"}, nil)
+	pod.Labels = map[string]string{"tekton.dev/pipelineRun": "run-1"}
+	if err := cp.Client.Update(ctx, pod); err != nil {
+		t.Fatal(err)
+	}
+	arName := approval.RequestName("prod", records.Pod{Namespace: ns, Name: pod.Name, UID: string(pod.UID)})
+	var publishErr error
+	if !kubelet.WaitUntil(20*time.Second, func() bool {
+		publishErr = env.kubelet.Publish(ctx, pod, "connectors")
+		return status.Code(publishErr) == codes.Unavailable
+	}) {
+		t.Fatalf("publish before approval: %v, want Unavailable", publishErr)
+	}
+	msg := status.Convert(publishErr).Message()
+	if !strings.Contains(msg, ns+"/"+arName) || !strings.Contains(msg, "ApprovalTask") {
+		t.Fatalf("Unavailable message %q does not name the AccessRequest and what it waits for", msg)
+	}
+	if n := mountCount(t, env.driver, env.kubelet.TargetPath(pod, "connectors")); n != 0 {
+		t.Fatalf("%d mounts while pending", n)
+	}
+
+	approvalTask(t, ns, "run-1", "pending")
+	if err := env.kubelet.Publish(ctx, pod, "connectors"); status.Code(err) != codes.Unavailable {
+		t.Fatalf("publish with a pending ApprovalTask: %v", err)
+	}
+	approvalTask(t, ns, "run-1", "approved")
+	start := time.Now()
+	if err := env.kubelet.Publish(ctx, pod, "connectors"); err != nil {
+		t.Fatalf("publish after approval: %v", err)
+	}
+	t.Logf("publish succeeded %s after the approval", time.Since(start).Round(time.Millisecond))
+	vol := env.kubelet.TargetPath(pod, "connectors")
+	token := visibleFiles(t, vol)["context.token"]
+	refs := fmt.Sprintf("%s/namespaces/%s/connectors/prod/repo.git/info/refs?service=git-upload-pack", env.proxyURL, ns)
+	bearer := map[string]string{"Authorization": "Bearer " + token}
+	if !kubelet.WaitUntil(10*time.Second, func() bool { code, _ := do(t, noRedirects, newRequest(t, "GET", refs, bearer)); return code == 200 }) {
+		t.Fatal("the proxy does not let the approved Pod's token through")
+	}
+	out, err := cp.Kubectl(nil, "describe", "accessrequest", "-n", ns, arName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"ApprovalTask " + ns + "/approve-run-1 is approved", "Granted", "AccessCheckReadyPassed"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("kubectl describe accessrequest lacks %q:\n%s", want, out)
+		}
+	}
+
+	// Unpublish revokes: the RoleBinding goes, the request says so, the proxy refuses.
+	if err := env.kubelet.Unpublish(ctx, pod, "connectors"); err != nil {
+		t.Fatal(err)
+	}
+	revoked := time.Now()
+	if !kubelet.WaitUntil(10*time.Second, func() bool {
+		code, _ := do(t, noRedirects, newRequest(t, "GET", refs, bearer))
+		return code == 403
+	}) {
+		t.Fatal("the proxy still lets the unpublished Pod's token through")
+	}
+	t.Logf("proxy refused %s after the unpublish", time.Since(revoked).Round(time.Millisecond))
+	var ar v1alpha1.AccessRequest
+	if err := cp.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: arName}, &ar); err != nil {
+		t.Fatal(err)
+	}
+	if c := meta.FindStatusCondition(ar.Status.Conditions, v1alpha1.ConditionAccessPermissionSync); c == nil || c.Reason != v1alpha1.ReasonPermissionCleanUp {
+		t.Fatalf("AccessPermissionSync after unpublish: %+v", c)
+	}
+	if err := cp.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: arName}, &rbacv1.RoleBinding{}); !apierrors.IsNotFound(err) {
+		t.Fatalf("the grant's RoleBinding is still there: %v", err)
+	}
+
+	t.Run("rejected: only .error.json", func(t *testing.T) {
+		rejected := podWithVolume(t, env.kubelet, ns, "promote-run-2", map[string]string{"connectors": "prod"}, nil)
+		rejected.Labels = map[string]string{"tekton.dev/pipelineRun": "run-2"}
+		if err := cp.Client.Update(ctx, rejected); err != nil {
+			t.Fatal(err)
+		}
+		approvalTask(t, ns, "run-2", "rejected")
+		var err error
+		if !kubelet.WaitUntil(20*time.Second, func() bool { err = env.kubelet.Publish(ctx, rejected, "connectors"); return err == nil }) {
+			t.Fatalf("publish of a rejected request: %v", err)
+		}
+		files := visibleFiles(t, env.kubelet.TargetPath(rejected, "connectors"))
+		if len(files) != 1 || !strings.Contains(files[".error.json"], "rejected") || !strings.Contains(files[".error.json"], "approve-run-2") {
+			t.Fatalf("volume of a rejected request: %v", files)
+		}
+		if err := env.kubelet.Unpublish(ctx, rejected, "connectors"); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("Pod deletion revokes", func(t *testing.T) {
+		third := podWithVolume(t, env.kubelet, ns, "promote-run-3", map[string]string{"connectors": "prod"}, nil)
+		third.Labels = map[string]string{"tekton.dev/pipelineRun": "run-3"}
+		if err := cp.Client.Update(ctx, third); err != nil {
+			t.Fatal(err)
+		}
+		approvalTask(t, ns, "run-3", "approved")
+		if !kubelet.WaitUntil(20*time.Second, func() bool { return env.kubelet.Publish(ctx, third, "connectors") == nil }) {
+			t.Fatal("publish of an approved request failed")
+		}
+		name := approval.RequestName("prod", records.Pod{Namespace: ns, Name: third.Name, UID: string(third.UID)})
+		if err := cp.Kube.CoreV1().Pods(ns).Delete(ctx, third.Name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
+			t.Fatal(err)
+		}
+		if !kubelet.WaitUntil(10*time.Second, func() bool {
+			return apierrors.IsNotFound(cp.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, &rbacv1.RoleBinding{}))
+		}) {
+			t.Fatal("deleting the Pod did not delete the grant")
+		}
+		_ = env.kubelet.Unpublish(ctx, third, "connectors")
+	})
+}
