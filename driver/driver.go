@@ -130,6 +130,11 @@ func Run(ctx context.Context, opts Options) error {
 	}).SetupWithManager(mgr); err != nil {
 		return err
 	}
+	if err := (&approval.PolicyController{
+		Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), SystemNamespace: o.SystemNamespace,
+	}).SetupWithManager(mgr); err != nil {
+		return err
+	}
 	if err := (&approval.Controller{
 		Client:          mgr.GetClient(),
 		Reader:          mgr.GetAPIReader(),

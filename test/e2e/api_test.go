@@ -115,7 +115,7 @@ func TestConnectorsAPI(t *testing.T) {
 			Auth:              &v1alpha1.ConnectorAuth{Name: "registryToken", SecretRef: &v1alpha1.SecretRef{Name: "registry-auth"}}}})
 	newConnector(t, ns, "down", git, "http://127.0.0.2:9")
 	createSecret(t, ns, "wrong", corev1.SecretTypeBasicAuth, map[string]string{"username": "x", "password": "wrong"})
-	useSecret(t, newConnector(t, ns, "badcred", git, tool.URL), "basicAuth", "wrong")
+	newConnectorWithSecret(t, ns, "badcred", git, tool.URL, "basicAuth", "wrong")
 	newConnector(t, ns, "garbage", git, garbage)
 
 	viewer := apiToken(t, ns, "viewer")
@@ -232,7 +232,7 @@ func TestConnectorsAPI(t *testing.T) {
 		if err := cp.Client.Update(context.Background(), &class); err != nil {
 			t.Fatal(err)
 		}
-		useSecret(t, newConnector(t, ns, "plugged", pluginClass, tool.URL), "basicAuth", "git-auth")
+		newConnectorWithSecret(t, ns, "plugged", pluginClass, tool.URL, "basicAuth", "git-auth")
 		var code int
 		var list connectorsapi.List
 		if !kubelet.WaitUntil(10*time.Second, func() bool {

@@ -186,4 +186,31 @@ func TestApprovalGatedPromotion(t *testing.T) {
 		}
 		_ = env.kubelet.Unpublish(ctx, third, "connectors")
 	})
+	t.Run("Connector deletion revokes", func(t *testing.T) {
+		gitConnector(t, ns, "staging", gitClass(t), tool)
+		allowConnectorsAs(t, ns, "builder", "staging-use", "staging")
+		policy := gatingPolicy("promote-staging", "staging", v1alpha1.Check{Name: "approval",
+			Ref: &v1alpha1.TemplateRef{ConfigMap: &v1alpha1.ConfigMapRef{Name: "connectors-approvals-in-pipeline"}}})
+		policy.Namespace = ns
+		create(t, policy)
+		fourth := podWithVolume(t, env.kubelet, ns, "promote-run-4", map[string]string{"connectors": "staging"}, nil)
+		fourth.Labels = map[string]string{"tekton.dev/pipelineRun": "run-4"}
+		if err := cp.Client.Update(ctx, fourth); err != nil {
+			t.Fatal(err)
+		}
+		approvalTask(t, ns, "run-4", "approved")
+		if !kubelet.WaitUntil(20*time.Second, func() bool { return env.kubelet.Publish(ctx, fourth, "connectors") == nil }) {
+			t.Fatal("publish of an approved request failed")
+		}
+		name := approval.RequestName("staging", records.Pod{Namespace: ns, Name: fourth.Name, UID: string(fourth.UID)})
+		if err := cp.Client.Delete(ctx, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: "staging", Namespace: ns}}); err != nil {
+			t.Fatal(err)
+		}
+		if !kubelet.WaitUntil(10*time.Second, func() bool {
+			return apierrors.IsNotFound(cp.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, &rbacv1.RoleBinding{}))
+		}) {
+			t.Fatal("deleting the Connector did not delete the grant")
+		}
+		_ = env.kubelet.Unpublish(ctx, fourth, "connectors")
+	})
 }

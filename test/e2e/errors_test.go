@@ -23,7 +23,7 @@ func TestBadInputs(t *testing.T) {
 	ctx := context.Background()
 	ns := newNamespace(t)
 	createSecret(t, ns, "git-credentials", corev1.SecretTypeBasicAuth, map[string]string{"username": "bot", "password": secretValue})
-	useSecret(t, newConnector(t, ns, "params", paramsClass(t), "https://tool.example.com"), "basicAuth", "git-credentials")
+	newConnectorWithSecret(t, ns, "params", paramsClass(t), "https://tool.example.com", "basicAuth", "git-credentials")
 	newConnector(t, ns, "orphan", "no-such-class", "https://tool.example.com")
 	newConnector(t, ns, "broken", newClass(t, "broken", v1alpha1.Configuration{
 		Name: "conf", Data: map[string]string{"bad.txt": "{{ .connector.spec.address | nosuchfunc }}"}}), "https://x.example.com")
@@ -109,7 +109,7 @@ func TestSecretValuesNeverLeak(t *testing.T) {
 	ctx := context.Background()
 	ns := newNamespace(t)
 	createSecret(t, ns, "git-credentials", corev1.SecretTypeBasicAuth, map[string]string{"username": "bot", "password": secretValue})
-	useSecret(t, newConnector(t, ns, "github", gitClass(t), "https://github.com"), "basicAuth", "git-credentials")
+	newConnectorWithSecret(t, ns, "github", gitClass(t), "https://github.com", "basicAuth", "git-credentials")
 	allowConnectors(t, ns, "builder", "github")
 	pod := podWithVolume(t, k, ns, "noleak", map[string]string{"connectors": "github"}, nil)
 	for i := 0; i < 2; i++ {

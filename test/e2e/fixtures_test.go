@@ -80,14 +80,20 @@ func newConnector(t testing.TB, ns, name, class, address string, params ...v1alp
 	return c
 }
 
-// podWithVolume creates a Pod (and its ServiceAccount) with one inline connectors volume.
+// podWithVolume creates a Pod of ServiceAccount builder with one inline connectors volume.
 func podWithVolume(t testing.TB, k *kubelet.Kubelet, ns, name string, attrs map[string]string, fsGroup *int64) *corev1.Pod {
+	t.Helper()
+	return podOf(t, k, ns, name, "builder", attrs, fsGroup)
+}
+
+// podOf creates a Pod (and its ServiceAccount) with one inline connectors volume.
+func podOf(t testing.TB, k *kubelet.Kubelet, ns, name, sa string, attrs map[string]string, fsGroup *int64) *corev1.Pod {
 	t.Helper()
 	readOnly := true
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
 		Spec: corev1.PodSpec{
-			ServiceAccountName: "builder",
+			ServiceAccountName: sa,
 			NodeName:           "node-1",
 			SecurityContext:    &corev1.PodSecurityContext{FSGroup: fsGroup},
 			Containers:         []corev1.Container{{Name: "main", Image: "busybox"}},
@@ -109,11 +115,11 @@ func createSecret(t testing.TB, ns, name string, typ corev1.SecretType, data map
 	create(t, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Type: typ, StringData: data})
 }
 
-// useSecret points a Connector's auth at a Secret.
-func useSecret(t testing.TB, c *v1alpha1.Connector, auth, secret string) {
+// newConnectorWithSecret creates a Connector whose auth uses a Secret, in one create, so that
+// no reader ever sees it without its auth.
+func newConnectorWithSecret(t testing.TB, ns, name, class, address, auth, secret string) {
 	t.Helper()
-	c.Spec.Auth = &v1alpha1.ConnectorAuth{Name: auth, SecretRef: &v1alpha1.SecretRef{Name: secret}}
-	if err := cp.Client.Update(context.Background(), c); err != nil {
-		t.Fatal(err)
-	}
+	create(t, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Spec: v1alpha1.ConnectorSpec{ConnectorClassName: class, Address: address,
+			Auth: &v1alpha1.ConnectorAuth{Name: auth, SecretRef: &v1alpha1.SecretRef{Name: secret}}}})
 }

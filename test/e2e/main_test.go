@@ -282,9 +282,15 @@ func newNamespace(t testing.TB) string {
 // allowConnectors lets a ServiceAccount get the named Connectors of its namespace.
 func allowConnectors(t testing.TB, ns, sa string, connectors ...string) {
 	t.Helper()
+	allowConnectorsAs(t, ns, sa, "use-connectors-"+sa, connectors...)
+}
+
+// allowConnectorsAs is allowConnectors with the Role and RoleBinding named role.
+func allowConnectorsAs(t testing.TB, ns, sa, roleName string, connectors ...string) {
+	t.Helper()
 	ctx := context.Background()
 	role := &rbacv1.Role{
-		ObjectMeta: metav1.ObjectMeta{Name: "use-connectors-" + sa, Namespace: ns},
+		ObjectMeta: metav1.ObjectMeta{Name: roleName, Namespace: ns},
 		Rules: []rbacv1.PolicyRule{{APIGroups: []string{v1alpha1.GroupVersion.Group}, Resources: []string{"connectors"},
 			ResourceNames: connectors, Verbs: []string{"get"}}},
 	}

@@ -1,0 +1,273 @@
+package approval
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+)
+
+// PolicyController keeps each AccessPolicy's status (matched Connectors, whether its checks
+// can be evaluated) and materialises its defaultPermission as a Role and RoleBinding owned by
+// the policy, for the selected ServiceAccounts (SPEC §2.3). It runs on the elected leader.
+type PolicyController struct {
+	Client client.Client
+	// Reader reads template ConfigMaps in the system namespace, uncached.
+	Reader          client.Reader
+	SystemNamespace string
+
+	templates *Templates
+	states    *states
+}
+
+// SetupWithManager registers the controller.
+func (c *PolicyController) SetupWithManager(mgr ctrl.Manager) error {
+	c.templates = NewTemplates()
+	var err error
+	if c.states, err = newStates(); err != nil {
+		return err
+	}
+	return ctrl.NewControllerManagedBy(mgr).
+		Named("accesspolicy").
+		For(&v1alpha1.AccessPolicy{}).
+		Watches(&v1alpha1.Connector{}, handler.EnqueueRequestsFromMapFunc(c.policiesIn)).
+		Watches(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(c.allPolicies)).
+		Complete(c)
+}
+
+func (c *PolicyController) list(ctx context.Context, opts ...client.ListOption) []reconcile.Request {
+	var list v1alpha1.AccessPolicyList
+	if err := c.Client.List(ctx, &list, opts...); err != nil {
+		return nil
+	}
+	out := make([]reconcile.Request, len(list.Items))
+	for i, p := range list.Items {
+		out[i] = reconcile.Request{NamespacedName: types.NamespacedName{Namespace: p.Namespace, Name: p.Name}}
+	}
+	return out
+}
+
+func (c *PolicyController) policiesIn(ctx context.Context, o client.Object) []reconcile.Request {
+	return c.list(ctx, client.InNamespace(o.GetNamespace()))
+}
+
+func (c *PolicyController) allPolicies(ctx context.Context, _ client.Object) []reconcile.Request {
+	return c.list(ctx)
+}
+
+// defaultGrantName names the Role and RoleBinding of a policy's defaultPermission.
+func defaultGrantName(policy string) string { return "connectors-default-" + policy }
+
+// Reconcile updates one policy.
+func (c *PolicyController) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
+	var cached v1alpha1.AccessPolicy
+	if err := c.Client.Get(ctx, req.NamespacedName, &cached); err != nil {
+		return reconcile.Result{}, client.IgnoreNotFound(err)
+	}
+	p := cached.DeepCopy()
+	before := p.Status.DeepCopy()
+	set := func(typ string, ok bool, reason, format string, args ...any) {
+		st := metav1.ConditionFalse
+		if ok {
+			st = metav1.ConditionTrue
+		}
+		meta.SetStatusCondition(&p.Status.Conditions, metav1.Condition{Type: typ, Status: st, Reason: reason,
+			Message: fmt.Sprintf(format, args...), ObservedGeneration: p.Generation})
+	}
+
+	var connectors v1alpha1.ConnectorList
+	if err := c.Client.List(ctx, &connectors, client.InNamespace(p.Namespace)); err != nil {
+		return reconcile.Result{}, err
+	}
+	var matched []*v1alpha1.Connector
+	p.Status.MatchedConnectors = nil
+	for i := range connectors.Items {
+		if Selects(&p.Spec.Connector, &connectors.Items[i]) {
+			matched = append(matched, &connectors.Items[i])
+			p.Status.MatchedConnectors = append(p.Status.MatchedConnectors, v1alpha1.LocalObjectRef{Name: connectors.Items[i].Name})
+		}
+	}
+	sort.Slice(p.Status.MatchedConnectors, func(i, j int) bool { return p.Status.MatchedConnectors[i].Name < p.Status.MatchedConnectors[j].Name })
+	if len(matched) == 0 {
+		set(v1alpha1.ConditionConnectorsMatched, false, "NoneMatched", "no Connector in namespace %s matches", p.Namespace)
+	} else {
+		set(v1alpha1.ConditionConnectorsMatched, true, "Matched", "%d Connector(s) match", len(matched))
+	}
+
+	syncErr := c.syncDefaultPermission(ctx, p, matched)
+	switch {
+	case syncErr != nil:
+		set(v1alpha1.ConditionPermissionSync, false, v1alpha1.ReasonSyncFailed, "%v", syncErr)
+	case p.Spec.DefaultPermission == nil:
+		set(v1alpha1.ConditionPermissionSync, true, v1alpha1.ReasonNoPermissionRequired, "the policy has no defaultPermission")
+	default:
+		set(v1alpha1.ConditionPermissionSync, true, v1alpha1.ReasonSynced, "Role and RoleBinding %s grant the default permission", defaultGrantName(p.Name))
+	}
+	checkProblem := c.validateChecks(ctx, p)
+	switch {
+	case syncErr != nil:
+		set(v1alpha1.ConditionReady, false, v1alpha1.ReasonSyncFailed, "the default permission could not be written: %v", syncErr)
+	case checkProblem != "":
+		set(v1alpha1.ConditionReady, false, "InvalidCheck", "%s; requests gated by this policy are never granted until it is fixed", checkProblem)
+	default:
+		set(v1alpha1.ConditionReady, true, "Ready", "the policy is in effect")
+	}
+	if !equality.Semantic.DeepEqual(before.MatchedConnectors, p.Status.MatchedConnectors) || !conditionsEqual(before.Conditions, p.Status.Conditions) {
+		if err := c.Client.Status().Update(ctx, p); err != nil {
+			return reconcile.Result{}, err
+		}
+	}
+	return reconcile.Result{}, syncErr
+}
+
+func conditionsEqual(a, b []metav1.Condition) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for _, ca := range a {
+		cb := meta.FindStatusCondition(b, ca.Type)
+		if cb == nil || cb.Status != ca.Status || cb.Reason != ca.Reason || cb.Message != ca.Message {
+			return false
+		}
+	}
+	return true
+}
+
+// validateChecks says what is wrong with the policy's checks, or "".
+func (c *PolicyController) validateChecks(ctx context.Context, p *v1alpha1.AccessPolicy) string {
+	if p.Spec.CheckGrantedPermission == nil {
+		return ""
+	}
+	var problems []string
+	for _, check := range p.Spec.CheckGrantedPermission.Spec.Checks {
+		spec := check.Spec
+		if check.Ref != nil && check.Ref.ConfigMap != nil {
+			var cm corev1.ConfigMap
+			if err := c.Reader.Get(ctx, types.NamespacedName{Namespace: c.SystemNamespace, Name: check.Ref.ConfigMap.Name}, &cm); err != nil {
+				problems = append(problems, fmt.Sprintf("check %s: ConfigMap %s/%s: %v", check.Name, c.SystemNamespace, check.Ref.ConfigMap.Name, err))
+				continue
+			}
+			var err error
+			if spec, err = c.templates.Check(&cm); err != nil {
+				problems = append(problems, fmt.Sprintf("check %s: %v", check.Name, err))
+				continue
+			}
+		}
+		if spec != nil && spec.State != nil && spec.State.CEL != "" {
+			if _, err := c.states.compile(spec.State.CEL); err != nil {
+				problems = append(problems, fmt.Sprintf("check %s: %v", check.Name, err))
+			}
+		}
+	}
+	return strings.Join(problems, "; ")
+}
+
+// syncDefaultPermission writes (or removes) the policy's default Role and RoleBinding.
+func (c *PolicyController) syncDefaultPermission(ctx context.Context, p *v1alpha1.AccessPolicy, matched []*v1alpha1.Connector) error {
+	name := defaultGrantName(p.Name)
+	dp := p.Spec.DefaultPermission
+	if dp == nil || len(matched) == 0 {
+		for _, obj := range []client.Object{
+			&rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: p.Namespace}},
+			&rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: p.Namespace}},
+		} {
+			if err := c.Client.Delete(ctx, obj); client.IgnoreNotFound(err) != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if dp.RoleTemplate.Ref.ConfigMap == nil {
+		return fmt.Errorf("defaultPermission.roleTemplate names no ConfigMap")
+	}
+	var cm corev1.ConfigMap
+	if err := c.Reader.Get(ctx, types.NamespacedName{Namespace: c.SystemNamespace, Name: dp.RoleTemplate.Ref.ConfigMap.Name}, &cm); err != nil {
+		return fmt.Errorf("role template ConfigMap %s/%s: %w", c.SystemNamespace, dp.RoleTemplate.Ref.ConfigMap.Name, err)
+	}
+	var rules []rbacv1.PolicyRule
+	for _, conn := range matched {
+		connMap, err := runtime.DefaultUnstructuredConverter.ToUnstructured(conn)
+		if err != nil {
+			return err
+		}
+		r, err := c.templates.Rules(&cm, map[string]any{"connector": connMap, "object": map[string]any{}})
+		if err != nil {
+			return err
+		}
+		rules = append(rules, r...)
+	}
+	subjects, err := c.subjects(ctx, dp.BindingTemplate)
+	if err != nil {
+		return err
+	}
+	role := &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: p.Namespace}}
+	if _, err := controllerutil.CreateOrUpdate(ctx, c.Client, role, func() error {
+		role.Rules = rules
+		return controllerutil.SetControllerReference(p, role, c.Client.Scheme())
+	}); err != nil {
+		return err
+	}
+	rb := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: p.Namespace}}
+	_, err = controllerutil.CreateOrUpdate(ctx, c.Client, rb, func() error {
+		rb.RoleRef = rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: name}
+		rb.Subjects = subjects
+		return controllerutil.SetControllerReference(p, rb, c.Client.Scheme())
+	})
+	return err
+}
+
+// subjects expands a binding template: named ServiceAccounts of the selected namespaces, or
+// every ServiceAccount of them (the group system:serviceaccounts:<ns>) when no names are given.
+func (c *PolicyController) subjects(ctx context.Context, bt v1alpha1.BindingTemplate) ([]rbacv1.Subject, error) {
+	var out []rbacv1.Subject
+	for _, sel := range bt.ServiceAccounts {
+		namespaces := map[string]bool{}
+		for _, n := range sel.NamespaceSelector.Names {
+			namespaces[n] = true
+		}
+		if len(sel.NamespaceSelector.MatchLabels) > 0 || len(sel.NamespaceSelector.MatchExpressions) > 0 {
+			ls, err := metav1.LabelSelectorAsSelector(&metav1.LabelSelector{MatchLabels: sel.NamespaceSelector.MatchLabels,
+				MatchExpressions: sel.NamespaceSelector.MatchExpressions})
+			if err != nil {
+				return nil, fmt.Errorf("namespaceSelector: %w", err)
+			}
+			var list corev1.NamespaceList
+			if err := c.Client.List(ctx, &list, client.MatchingLabelsSelector{Selector: ls}); err != nil {
+				return nil, err
+			}
+			for _, n := range list.Items {
+				namespaces[n.Name] = true
+			}
+		}
+		nsNames := make([]string, 0, len(namespaces))
+		for n := range namespaces {
+			nsNames = append(nsNames, n)
+		}
+		sort.Strings(nsNames)
+		for _, ns := range nsNames {
+			if len(sel.Names) == 0 {
+				out = append(out, rbacv1.Subject{Kind: rbacv1.GroupKind, APIGroup: rbacv1.GroupName, Name: "system:serviceaccounts:" + ns})
+				continue
+			}
+			for _, n := range sel.Names {
+				out = append(out, rbacv1.Subject{Kind: rbacv1.ServiceAccountKind, Name: n, Namespace: ns})
+			}
+		}
+	}
+	return out, nil
+}

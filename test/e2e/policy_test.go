@@ -1,0 +1,132 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/test/kubelet"
+)
+
+// waitPolicy waits until an AccessPolicy's Ready condition has the status and reason.
+func waitPolicy(t *testing.T, ns, name string, ready metav1.ConditionStatus, reason string) *v1alpha1.AccessPolicy {
+	t.Helper()
+	var p v1alpha1.AccessPolicy
+	if !kubelet.WaitUntil(20*time.Second, func() bool {
+		if cp.Client.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: name}, &p) != nil {
+			return false
+		}
+		c := meta.FindStatusCondition(p.Status.Conditions, v1alpha1.ConditionReady)
+		return c != nil && c.Status == ready && c.Reason == reason
+	}) {
+		t.Fatalf("AccessPolicy %s: Ready never became %s/%s: %+v", name, ready, reason, p.Status.Conditions)
+	}
+	return &p
+}
+
+func roleRef(name string) v1alpha1.RoleTemplate {
+	return v1alpha1.RoleTemplate{Ref: v1alpha1.TemplateRef{ConfigMap: &v1alpha1.ConfigMapRef{Name: name}}}
+}
+
+func gatingPolicy(name, connector string, check v1alpha1.Check) *v1alpha1.AccessPolicy {
+	return &v1alpha1.AccessPolicy{ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: v1alpha1.AccessPolicySpec{
+			Connector: v1alpha1.ConnectorSelector{Names: []string{connector}},
+			CheckGrantedPermission: &v1alpha1.CheckGrantedPermission{Spec: v1alpha1.CheckGrantedPermissionSpec{
+				Checks: []v1alpha1.Check{check}, RoleTemplate: roleRef("connectors-use-connectors-proxy-in-pod")}},
+		}}
+}
+
+func TestDefaultPermissionAndBadPolicies(t *testing.T) {
+	tool := startGitServer(t, false)
+	setupApproval(t)
+	env := startProxyDriver(t, nil)
+	ctx := context.Background()
+	ns := newNamespace(t)
+	git := gitClass(t)
+	for _, c := range []string{"shared", "guarded-cm", "guarded-kind", "guarded-cel"} {
+		gitConnector(t, ns, c, git, tool)
+	}
+	allowConnectors(t, ns, "allowed", "shared")
+	allowConnectors(t, ns, "other", "shared", "guarded-cm", "guarded-kind", "guarded-cel")
+	create(t, &v1alpha1.AccessPolicy{ObjectMeta: metav1.ObjectMeta{Name: "everyday", Namespace: ns},
+		Spec: v1alpha1.AccessPolicySpec{
+			Connector: v1alpha1.ConnectorSelector{Names: []string{"shared"}},
+			DefaultPermission: &v1alpha1.DefaultPermission{RoleTemplate: roleRef("connectors-use-connectors-proxy"),
+				BindingTemplate: v1alpha1.BindingTemplate{ServiceAccounts: []v1alpha1.ServiceAccountSelector{{
+					Names: []string{"allowed"}, NamespaceSelector: v1alpha1.NamespaceSelector{Names: []string{ns}}}}}},
+		}})
+	p := waitPolicy(t, ns, "everyday", metav1.ConditionTrue, "Ready")
+	if len(p.Status.MatchedConnectors) != 1 || p.Status.MatchedConnectors[0].Name != "shared" {
+		t.Fatalf("matchedConnectors %v", p.Status.MatchedConnectors)
+	}
+
+	t.Run("defaultPermission: the named ServiceAccount publishes and proxies at once", func(t *testing.T) {
+		pod := podOf(t, env.kubelet, ns, "allowed-pod", "allowed", map[string]string{"connectors": "shared"}, nil)
+		var err error
+		if !kubelet.WaitUntil(15*time.Second, func() bool { err = env.kubelet.Publish(ctx, pod, "connectors"); return err == nil }) {
+			t.Fatalf("publish: %v", err)
+		}
+		token := visibleFiles(t, env.kubelet.TargetPath(pod, "connectors"))["context.token"]
+		refs := fmt.Sprintf("%s/namespaces/%s/connectors/shared/repo.git/info/refs?service=git-upload-pack", env.proxyURL, ns)
+		if code, body := do(t, noRedirects, newRequest(t, "GET", refs, map[string]string{"Authorization": "Bearer " + token})); code != 200 {
+			t.Fatalf("proxy: %d %s", code, body)
+		}
+		_ = env.kubelet.Unpublish(ctx, pod, "connectors")
+	})
+	t.Run("defaultPermission: other ServiceAccounts are refused", func(t *testing.T) {
+		pod := podOf(t, env.kubelet, ns, "other-pod", "other", map[string]string{"connectors": "shared"}, nil)
+		err := env.kubelet.Publish(ctx, pod, "connectors")
+		if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "connectors/proxy") {
+			t.Fatalf("publish: %v, want PermissionDenied naming connectors/proxy", err)
+		}
+	})
+
+	bad := []struct {
+		policy  *v1alpha1.AccessPolicy
+		reason  string
+		message string
+	}{
+		{gatingPolicy("unknown-configmap", "guarded-cm", v1alpha1.Check{Name: "c", Ref: &v1alpha1.TemplateRef{ConfigMap: &v1alpha1.ConfigMapRef{Name: "no-such-check"}}}),
+			"InvalidCheck", "no-such-check"},
+		{gatingPolicy("invalid-cel", "guarded-cel", v1alpha1.Check{Name: "c", Spec: &v1alpha1.CheckSpec{
+			Selector: v1alpha1.CheckSelector{ObjectRef: v1alpha1.ObjectKindRef{APIVersion: "openshift-pipelines.org/v1alpha1", Kind: "ApprovalTask"}},
+			State:    &v1alpha1.CheckState{CEL: "object.status.state =="}}}),
+			"InvalidCheck", "invalid CEL"},
+		{gatingPolicy("unknown-kind", "guarded-kind", v1alpha1.Check{Name: "c", Spec: &v1alpha1.CheckSpec{
+			Selector: v1alpha1.CheckSelector{ObjectRef: v1alpha1.ObjectKindRef{APIVersion: "example.com/v1", Kind: "NoSuchKind"}}}}),
+			"Ready", ""},
+	}
+	for _, tc := range bad {
+		tc.policy.Namespace = ns
+		create(t, tc.policy)
+		p := waitPolicy(t, ns, tc.policy.Name, map[bool]metav1.ConditionStatus{true: metav1.ConditionTrue, false: metav1.ConditionFalse}[tc.reason == "Ready"], tc.reason)
+		if c := meta.FindStatusCondition(p.Status.Conditions, v1alpha1.ConditionReady); !strings.Contains(c.Message, tc.message) {
+			t.Errorf("policy %s: Ready message %q lacks %q", tc.policy.Name, c.Message, tc.message)
+		}
+	}
+	for connector, want := range map[string]string{"guarded-cm": "no-such-check", "guarded-cel": "invalid CEL", "guarded-kind": "NoSuchKind"} {
+		t.Run("bad policy never grants: "+connector, func(t *testing.T) {
+			pod := podOf(t, env.kubelet, ns, "pod-"+connector, "other", map[string]string{"connectors": connector}, nil)
+			var err error
+			if !kubelet.WaitUntil(20*time.Second, func() bool {
+				err = env.kubelet.Publish(ctx, pod, "connectors")
+				return status.Code(err) == codes.FailedPrecondition
+			}) {
+				t.Fatalf("publish: %v, want FailedPrecondition", err)
+			}
+			if !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "AccessRequest") {
+				t.Fatalf("publish error %q does not name the AccessRequest and %q", err, want)
+			}
+		})
+	}
+}
