@@ -34,7 +34,7 @@ import (
 )
 
 // AnnotationRevoked on an AccessRequest asks the controller to revoke its grant: the node sets
-// it when the Pod's volume is unpublished. Its value says why.
+// it, to the time, when the Pod's volume is unpublished.
 const AnnotationRevoked = "connectors.cpaas.io/revoked"
 
 // Controller evaluates AccessRequests (SPEC §6): it matches the gating AccessPolicies of the
@@ -221,7 +221,7 @@ func (c *Controller) evaluate(ctx context.Context, ar *v1alpha1.AccessRequest) (
 func revocation(ar *v1alpha1.AccessRequest, pod *corev1.Pod, podErr, connErr error) string {
 	switch {
 	case ar.Annotations[AnnotationRevoked] != "":
-		return "the Pod's volume was unpublished (" + ar.Annotations[AnnotationRevoked] + ")"
+		return "the Pod's volume was unpublished at " + ar.Annotations[AnnotationRevoked]
 	case podErr != nil || pod.UID != ar.Spec.Context.ObjectRef.UID:
 		return "the Pod was deleted"
 	case pod.DeletionTimestamp != nil:
@@ -356,7 +356,7 @@ func (c *Controller) evaluateCheck(ctx context.Context, ar *v1alpha1.AccessReque
 	}
 	if len(list.Items) == 0 {
 		mc.State = v1alpha1.StatePending
-		mc.Message = fmt.Sprintf("waiting for a %s in namespace %s with labels %s", gvk.Kind, podNS, labels.Set(matchLabels))
+		mc.Message = fmt.Sprintf("waiting: no %s in namespace %s has labels %s yet", gvk.Kind, podNS, labels.Set(matchLabels))
 		return mc, v1alpha1.ReasonPending
 	}
 	result := v1alpha1.ReasonPassed

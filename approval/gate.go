@@ -202,12 +202,14 @@ func pending(ar *v1alpha1.AccessRequest) *node.Admission {
 	return &node.Admission{AccessRequest: ar.Namespace + "/" + ar.Name, Message: msg}
 }
 
-// Revoke marks the requests a volume held as revoked; the controller deletes their grants.
-func (g *Gate) Revoke(ctx context.Context, requests []string, why string) error {
+// Revoke marks the requests a volume held as revoked, with the time; the controller deletes
+// their grants.
+func (g *Gate) Revoke(ctx context.Context, requests []string) error {
+	at := time.Now().UTC().Format(time.RFC3339)
 	for _, nn := range requests {
 		ns, name, _ := strings.Cut(nn, "/")
 		ar := &v1alpha1.AccessRequest{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
-		patch := []byte(fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, AnnotationRevoked, why))
+		patch := []byte(fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, AnnotationRevoked, at))
 		if err := g.Client.Patch(ctx, ar, client.RawPatch(types.MergePatchType, patch)); client.IgnoreNotFound(err) != nil {
 			return fmt.Errorf("revoke AccessRequest %s: %w", nn, err)
 		}

@@ -43,7 +43,7 @@ type Approver interface {
 	// Admit returns the admission, a *Denied, or an error when it cannot decide now.
 	Admit(ctx context.Context, pod records.Pod, c *v1alpha1.Connector) (*Admission, error)
 	// Revoke ends the grants of the given AccessRequests ("namespace/name").
-	Revoke(ctx context.Context, accessRequests []string, why string) error
+	Revoke(ctx context.Context, accessRequests []string) error
 }
 
 // CASource returns the proxy CA certificate (PEM) that volumes carry.

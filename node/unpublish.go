@@ -48,7 +48,7 @@ func (s *Server) revoke(ctx context.Context, volumeID string) error {
 	if rec == nil || len(rec.AccessRequests) == 0 {
 		return nil
 	}
-	if err := s.Approval.Revoke(ctx, rec.AccessRequests, "volume unpublished"); err != nil {
+	if err := s.Approval.Revoke(ctx, rec.AccessRequests); err != nil {
 		return status.Errorf(codes.Unavailable, "%v", err)
 	}
 	return nil

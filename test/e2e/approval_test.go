@@ -145,6 +145,18 @@ func TestApprovalGatedPromotion(t *testing.T) {
 	if err := cp.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: arName}, &rbacv1.RoleBinding{}); !apierrors.IsNotFound(err) {
 		t.Fatalf("the grant's RoleBinding is still there: %v", err)
 	}
+	// The whole story, as a person reads it: what it waited for, the object checked and its
+	// state, when access was granted and when it was revoked.
+	var described string
+	if !kubelet.WaitUntil(10*time.Second, func() bool {
+		out, err := cp.Kubectl(nil, "describe", "accessrequest", "-n", ns, arName)
+		described = out
+		return err == nil && strings.Contains(out, "AccessPermissionSyncPermissionCleanUp") && strings.Contains(out, "ReadyRevoked")
+	}) {
+		t.Fatalf("describe never showed the revocation:\n%s", described)
+	}
+	checkGolden(t, "describe-accessrequest.golden", normalizeDescribe(described, map[string]string{
+		arName: "<accessrequest>", ns: "<namespace>", tool.URL: "<git-server>", pod.Name: "<pod>"}))
 
 	t.Run("rejected: only .error.json", func(t *testing.T) {
 		rejected := podWithVolume(t, env.kubelet, ns, "promote-run-2", map[string]string{"connectors": "prod"}, nil)

@@ -1,0 +1,42 @@
+package e2e
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/driver"
+	"github.com/kube-connectors/connectors-csi/test/kubelet"
+)
+
+// TestFinishedAccessRequestsAreCollected: a request whose Pod is gone is revoked, then deleted
+// once --accessrequest-retention has passed.
+func TestFinishedAccessRequestsAreCollected(t *testing.T) {
+	startDriverWith(t, t.TempDir(), nil, func(o *driver.Options) { o.RequestRetention = 2 * time.Second })
+	ns := newNamespace(t)
+	ar := &v1alpha1.AccessRequest{
+		ObjectMeta: metav1.ObjectMeta{Name: "gone", Namespace: ns, Labels: map[string]string{
+			v1alpha1.LabelContextObjectKind: "Pod", v1alpha1.LabelContextObjectName: "gone-pod", v1alpha1.LabelContextObjectNamespace: ns}},
+		Spec: v1alpha1.AccessRequestSpec{
+			Subject:      rbacv1.Subject{Kind: rbacv1.ServiceAccountKind, Name: "builder", Namespace: ns},
+			ConnectorRef: v1alpha1.LocalObjectRef{Name: "whatever"},
+			Context: v1alpha1.AccessContext{ObjectRef: v1alpha1.ContextObjectRef{
+				APIVersion: "v1", Kind: "Pod", Name: "gone-pod", Namespace: ns, UID: "no-such-uid"}},
+		},
+	}
+	create(t, ar)
+	key := types.NamespacedName{Namespace: ns, Name: ar.Name}
+	if !kubelet.WaitUntil(30*time.Second, func() bool {
+		return apierrors.IsNotFound(cp.Client.Get(context.Background(), key, &v1alpha1.AccessRequest{}))
+	}) {
+		var got v1alpha1.AccessRequest
+		_ = cp.Client.Get(context.Background(), key, &got)
+		t.Fatalf("the finished AccessRequest was not collected: %+v", got.Status.Conditions)
+	}
+}
