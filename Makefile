@@ -32,8 +32,9 @@ lint: ## gofmt, go vet, staticcheck
 test: verify-generated lint build ## every test, against a real API server (tmpfs mounts when root)
 	KUBEBUILDER_ASSETS=$(TESTBIN) go test -count=1 ./...
 
-bench: ## benchmarks of the publish path and the proxy (installs Debian's nginx for the comparison)
-	KUBEBUILDER_ASSETS=$(TESTBIN) go test -run '^$$' -bench . -benchmem ./test/e2e/ ./connectorsapi/
+bench: ## benchmarks: publish, gitrefs, approval latency (50 runs), the proxy against nginx (installs Debian's nginx)
+	KUBEBUILDER_ASSETS=$(TESTBIN) go test -run '^$$' -bench 'Publish|GitRefs' -benchmem ./test/e2e/ ./connectorsapi/
+	KUBEBUILDER_ASSETS=$(TESTBIN) go test -run '^$$' -bench Approval -benchtime 50x ./test/e2e/
 	command -v nginx >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx)
 	KUBEBUILDER_ASSETS=$(TESTBIN) go run ./test/bench/proxy
 

@@ -12,9 +12,11 @@ import (
 	"google.golang.org/grpc/status"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/approval"
@@ -25,7 +27,10 @@ import (
 
 // setupApproval installs the ApprovalTask CRD stand-in and the built-in templates, and turns
 // the approval flags on for the test.
-func setupApproval(t *testing.T) {
+func setupApproval(t *testing.T) { setupApprovalFor(t) }
+
+// setupApprovalFor is setupApproval for tests and benchmarks.
+func setupApprovalFor(t testing.TB) {
 	t.Helper()
 	root := controlplane.RepoRoot()
 	if _, err := cp.Kubectl(nil, "apply", "-f", filepath.Join(root, "test", "e2e", "testdata", "approvaltask-crd.yaml")); err != nil {
@@ -45,14 +50,19 @@ func setupApproval(t *testing.T) {
 }
 
 // approvalTask creates or updates the ApprovalTask of a PipelineRun with a state.
-func approvalTask(t *testing.T, ns, run, state string) {
+func approvalTask(t *testing.T, ns, run, state string) { approvalTaskFor(t, ns, run, state) }
+
+// approvalTaskFor is approvalTask for tests and benchmarks (server-side apply, no kubectl
+// process in the measured path).
+func approvalTaskFor(t testing.TB, ns, run, state string) {
 	t.Helper()
-	doc := fmt.Sprintf(`apiVersion: openshift-pipelines.org/v1alpha1
-kind: ApprovalTask
-metadata: {name: approve-%s, namespace: %s, labels: {tekton.dev/pipelineRun: %s}}
-status: {state: %s}
-`, run, ns, run, state)
-	if _, err := cp.Kubectl([]byte(doc), "apply", "-f", "-"); err != nil {
+	u := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "openshift-pipelines.org/v1alpha1", "kind": "ApprovalTask",
+		"metadata": map[string]any{"name": "approve-" + run, "namespace": ns,
+			"labels": map[string]any{"tekton.dev/pipelineRun": run}},
+		"status": map[string]any{"state": state},
+	}}
+	if err := cp.Client.Patch(context.Background(), u, client.Apply, client.FieldOwner("e2e"), client.ForceOwnership); err != nil {
 		t.Fatal(err)
 	}
 }

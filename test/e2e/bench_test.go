@@ -35,14 +35,20 @@ func benchRequest(b *testing.B) (*runningDriver, csi.NodeClient, *csi.NodePublis
 }
 
 // reportPercentiles adds p50 and p99 of the observed latencies to the benchmark's output.
-func reportPercentiles(b *testing.B, lat []time.Duration) {
+func reportPercentiles(b *testing.B, lat []time.Duration) { reportPercentilesNamed(b, "", lat) }
+
+// reportPercentilesNamed is reportPercentiles with a name before the metric units.
+func reportPercentilesNamed(b *testing.B, name string, lat []time.Duration) {
 	if len(lat) == 0 {
 		return
 	}
+	if name != "" {
+		name += "-"
+	}
 	slices.Sort(lat)
 	at := func(q float64) float64 { return float64(lat[int(q*float64(len(lat)-1))].Microseconds()) / 1000 }
-	b.ReportMetric(at(0.50), "p50-ms")
-	b.ReportMetric(at(0.99), "p99-ms")
+	b.ReportMetric(at(0.50), name+"p50-ms")
+	b.ReportMetric(at(0.99), name+"p99-ms")
 }
 
 // BenchmarkPublishFirst measures a first publish: tmpfs mount, render, write, record.

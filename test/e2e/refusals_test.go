@@ -79,7 +79,7 @@ func connectStatus(t *testing.T, proxyAddr, dest, connectors, token string) stri
 
 // setFlags writes the connectors-config ConfigMap and waits until the driver has seen it
 // (a request that depends on it answers as expected).
-func setFlags(t *testing.T, data map[string]string) {
+func setFlags(t testing.TB, data map[string]string) {
 	t.Helper()
 	ctx := context.Background()
 	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: features.ConfigMapName, Namespace: systemNS}, Data: data}

@@ -1,0 +1,94 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/approval"
+	"github.com/kube-connectors/connectors-csi/driver"
+	"github.com/kube-connectors/connectors-csi/node/records"
+	"github.com/kube-connectors/connectors-csi/test/kubelet"
+)
+
+// BenchmarkApproval measures, per run, the time from the ApprovalTask turning approved to the
+// waiting publish succeeding, and from unpublish to the proxy refusing the Pod's token. Run it
+// with -benchtime=50x for 50 runs; it reports p50 and p99 of both.
+func BenchmarkApproval(b *testing.B) {
+	tool := startGitServer(b, false)
+	setupApprovalFor(b)
+	env := startProxyDriver(b, func(o *driver.Options) { o.ApprovalWait = 20 * time.Second })
+	ctx := context.Background()
+	ns := newNamespace(b)
+	gitConnector(b, ns, "prod", gitClass(b), tool)
+	allowConnectors(b, ns, "builder", "prod")
+	policy := gatingPolicy("promote", "prod", v1alpha1.Check{Name: "approval",
+		Ref: &v1alpha1.TemplateRef{ConfigMap: &v1alpha1.ConfigMapRef{Name: "connectors-approvals-in-pipeline"}}})
+	policy.Namespace = ns
+	create(b, policy)
+	var toPublish, toRefuse []time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		run := fmt.Sprintf("run-%d", i)
+		pod := podWithVolume(b, env.kubelet, ns, "p-"+run, map[string]string{"connectors": "prod"}, nil)
+		pod.Labels = map[string]string{"tekton.dev/pipelineRun": run}
+		if err := cp.Client.Update(ctx, pod); err != nil {
+			b.Fatal(err)
+		}
+		approvalTaskFor(b, ns, run, "pending")
+		done := make(chan error, 1)
+		go func() { done <- env.kubelet.Publish(ctx, pod, "connectors") }()
+		arKey := types.NamespacedName{Namespace: ns, Name: approval.RequestName("prod", records.Pod{Namespace: ns, Name: pod.Name, UID: string(pod.UID)})}
+		if !kubelet.WaitUntil(20*time.Second, func() bool {
+			var ar v1alpha1.AccessRequest
+			return cp.Client.Get(ctx, arKey, &ar) == nil && len(ar.Status.Conditions) > 0
+		}) {
+			b.Fatal("no AccessRequest")
+		}
+		approved := time.Now()
+		approvalTaskFor(b, ns, run, "approved")
+		if err := <-done; err != nil {
+			b.Fatalf("publish: %v (%v)", err, status.Code(err) == codes.Unavailable)
+		}
+		toPublish = append(toPublish, time.Since(approved))
+
+		token := visibleFiles(b, env.kubelet.TargetPath(pod, "connectors"))["context.token"]
+		refs := fmt.Sprintf("%s/namespaces/%s/connectors/prod/repo.git/info/refs?service=git-upload-pack", env.proxyURL, ns)
+		get := func() int {
+			req, _ := http.NewRequest(http.MethodGet, refs, nil)
+			req.Header.Set("Authorization", "Bearer "+token)
+			res, err := noRedirects.Do(req)
+			if err != nil {
+				return 0
+			}
+			res.Body.Close()
+			return res.StatusCode
+		}
+		if !kubelet.WaitUntil(10*time.Second, func() bool { return get() == http.StatusOK }) {
+			b.Fatal("the approved token was not let through")
+		}
+		unpublished := time.Now()
+		if err := env.kubelet.Unpublish(ctx, pod, "connectors"); err != nil {
+			b.Fatal(err)
+		}
+		for get() != http.StatusForbidden {
+			if time.Since(unpublished) > 10*time.Second {
+				b.Fatal("the proxy never refused the revoked token")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		toRefuse = append(toRefuse, time.Since(unpublished))
+		_ = cp.Kube.CoreV1().Pods(ns).Delete(ctx, pod.Name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)})
+	}
+	b.StopTimer()
+	reportPercentilesNamed(b, "approve-to-publish", toPublish)
+	reportPercentilesNamed(b, "unpublish-to-refuse", toRefuse)
+}
