@@ -72,6 +72,7 @@ func (c *Controller) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(c.requestsOfPod)).
 		Watches(&v1alpha1.Connector{}, handler.EnqueueRequestsFromMapFunc(c.requestsOfConnector)).
 		Watches(&v1alpha1.AccessPolicy{}, handler.EnqueueRequestsFromMapFunc(c.requestsInNamespace)).
+		WithOptions(controller.Options{MaxConcurrentReconciles: 4}).
 		Build(c)
 	return err
 }
@@ -101,9 +102,21 @@ func (c *Controller) requestsInNamespace(ctx context.Context, o client.Object) [
 	return c.requests(ctx, client.InNamespace(o.GetNamespace()))
 }
 
-// requestsOfCheckObject wakes the requests of Pods in a check object's namespace.
+// requestsOfCheckObject wakes the live requests of Pods in a check object's namespace; revoked
+// ones are done and stay asleep, so a busy namespace's history does not slow an approval.
 func (c *Controller) requestsOfCheckObject(ctx context.Context, o client.Object) []reconcile.Request {
-	return c.requests(ctx, client.MatchingLabels{v1alpha1.LabelContextObjectNamespace: o.GetNamespace()})
+	var list v1alpha1.AccessRequestList
+	if err := c.Client.List(ctx, &list, client.MatchingLabels{v1alpha1.LabelContextObjectNamespace: o.GetNamespace()}); err != nil {
+		return nil
+	}
+	var out []reconcile.Request
+	for _, ar := range list.Items {
+		if cond := meta.FindStatusCondition(ar.Status.Conditions, v1alpha1.ConditionAccessPermissionSync); cond != nil && cond.Reason == v1alpha1.ReasonPermissionCleanUp {
+			continue
+		}
+		out = append(out, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: ar.Namespace, Name: ar.Name}})
+	}
+	return out
 }
 
 // watchKind starts, once, an informer for a check kind and wakes requests on its changes.
