@@ -10,6 +10,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -207,6 +208,28 @@ func TestApprovalGatedPromotion(t *testing.T) {
 			t.Fatal("deleting the Pod did not delete the grant")
 		}
 		_ = env.kubelet.Unpublish(ctx, third, "connectors")
+	})
+	t.Run("Pod completion revokes", func(t *testing.T) {
+		done := podWithVolume(t, env.kubelet, ns, "promote-run-5", map[string]string{"connectors": "prod"}, nil)
+		done.Labels = map[string]string{"tekton.dev/pipelineRun": "run-5"}
+		if err := cp.Client.Update(ctx, done); err != nil {
+			t.Fatal(err)
+		}
+		approvalTaskFor(t, ns, "run-5", "approved")
+		if !kubelet.WaitUntil(20*time.Second, func() bool { return env.kubelet.Publish(ctx, done, "connectors") == nil }) {
+			t.Fatal("publish of an approved request failed")
+		}
+		name := approval.RequestName("prod", records.Pod{Namespace: ns, Name: done.Name, UID: string(done.UID)})
+		done.Status.Phase = corev1.PodSucceeded
+		if err := cp.Client.Status().Update(ctx, done); err != nil {
+			t.Fatal(err)
+		}
+		if !kubelet.WaitUntil(10*time.Second, func() bool {
+			return apierrors.IsNotFound(cp.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, &rbacv1.RoleBinding{}))
+		}) {
+			t.Fatal("the Pod's completion did not delete the grant")
+		}
+		_ = env.kubelet.Unpublish(ctx, done, "connectors")
 	})
 	t.Run("Connector deletion revokes", func(t *testing.T) {
 		gitConnector(t, ns, "staging", gitClass(t), tool)
