@@ -21,6 +21,7 @@ import (
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/approval"
+	"github.com/kube-connectors/connectors-csi/driver"
 	"github.com/kube-connectors/connectors-csi/node/records"
 	"github.com/kube-connectors/connectors-csi/test/controlplane"
 	"github.com/kube-connectors/connectors-csi/test/kubelet"
@@ -68,10 +69,12 @@ func approvalTaskFor(t testing.TB, ns, run, state string) {
 	}
 }
 
+// TestApprovalGatedPromotion runs the driver with the deployed RBAC only.
 func TestApprovalGatedPromotion(t *testing.T) {
 	tool := startGitServer(t, false)
 	setupApproval(t)
-	env := startProxyDriver(t, nil)
+	kubeconfig := driverKubeconfig(t)
+	env := startProxyDriver(t, func(o *driver.Options) { o.Kubeconfig = kubeconfig })
 	ctx := context.Background()
 	ns := newNamespace(t)
 	gitConnector(t, ns, "prod", gitClass(t), tool)
