@@ -37,6 +37,7 @@ bench: ## benchmarks: publish, gitrefs, approval latency (50 runs), the proxy ag
 	KUBEBUILDER_ASSETS=$(TESTBIN) go test -run '^$$' -bench Approval -benchtime 50x ./test/e2e/
 	command -v nginx >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx)
 	KUBEBUILDER_ASSETS=$(TESTBIN) go run ./test/bench/proxy
+	KUBEBUILDER_ASSETS=$(TESTBIN) go run ./test/bench/memory
 
 demo: build ## local control plane, driver, a Connector and a Pod's volume, printed
 	KUBEBUILDER_ASSETS=$(TESTBIN) go run ./test/demo
