@@ -3,7 +3,7 @@
 # binaries, cached under ~/.cache/connectors-csi).
 SHELL := /usr/bin/env bash -o pipefail
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo v0.0.0-dev)
-LDFLAGS := -X github.com/kube-connectors/connectors-csi/driver.Version=$(VERSION)
+LDFLAGS := -s -w -X github.com/kube-connectors/connectors-csi/driver.Version=$(VERSION)
 CONTROLLER_GEN := go tool controller-gen
 STATICCHECK := go tool staticcheck
 TESTBIN = $(shell hack/testbin.sh | tail -n1)

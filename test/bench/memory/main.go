@@ -97,7 +97,7 @@ func run(ctx context.Context) error {
 	defer os.RemoveAll(work)
 	socket := filepath.Join(work, "csi.sock")
 	args := []string{"--endpoint=unix://" + socket, "--node-id=bench", "--kubeconfig=" + cp.Kubeconfig,
-		"--state-dir=" + filepath.Join(work, "state"), "--metrics-listen=", "--proxy-listen=127.0.0.1:0", "--leader-elect=false"}
+		"--state-dir=" + filepath.Join(work, "state"), "--metrics-listen=127.0.0.1:19099", "--proxy-listen=127.0.0.1:0", "--leader-elect=false"}
 	if os.Geteuid() != 0 {
 		args = append(args, "--unprivileged-mounts")
 	}
@@ -133,15 +133,37 @@ func run(ctx context.Context) error {
 		pods = append(pods, pod)
 	}
 	loaded := rss(cmd.Process.Pid)
-	fmt.Printf("| %d Connectors cached, driver idle | %.1f MiB |\n| + %d volumes published | %.1f MiB |\n", *connectors, idle, *volumes, loaded)
+	if os.Getenv("BENCH_DUMP_METRICS") != "" {
+		out, _ := exec.Command("curl", "-s", "http://127.0.0.1:19099/metrics").Output()
+		for _, l := range strings.Split(string(out), "\n") {
+			if strings.HasPrefix(l, "go_memstats_") && !strings.Contains(l, "#") {
+				fmt.Println(l)
+			}
+		}
+	}
+	fmt.Printf("| state | RSS | anonymous | file-backed |\n|---|---|---|---|\n")
+	fmt.Printf("| %d Connectors cached, driver idle | %s |\n| + %d volumes published | %s |\n", *connectors, idle, *volumes, loaded)
 	for _, pod := range pods {
 		_, _ = k.Node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: kubelet.VolumeID(pod, "v"), TargetPath: k.TargetPath(pod, "v")})
 	}
 	return nil
 }
 
-// rss reads a process's resident set size in MiB from /proc.
-func rss(pid int) float64 {
+// usage is a process's resident memory: all of it, and the anonymous (private) part; the rest
+// is the binary's file pages, shared with the page cache.
+type usage struct{ total, anon float64 }
+
+func (u usage) String() string {
+	return fmt.Sprintf("%.1f MiB | %.1f MiB | %.1f MiB", u.total, u.anon, u.total-u.anon)
+}
+
+// rss reads a process's memory from /proc.
+func rss(pid int) usage {
+	return usage{total: statusMiB(pid, "VmRSS:"), anon: statusMiB(pid, "RssAnon:")}
+}
+
+// statusMiB reads one kB field of /proc/<pid>/status in MiB.
+func statusMiB(pid int, field string) float64 {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return -1
@@ -149,7 +171,7 @@ func rss(pid int) float64 {
 	defer f.Close()
 	s := bufio.NewScanner(f)
 	for s.Scan() {
-		if v, ok := strings.CutPrefix(s.Text(), "VmRSS:"); ok {
+		if v, ok := strings.CutPrefix(s.Text(), field); ok {
 			var kb float64
 			fmt.Sscanf(strings.TrimSpace(v), "%f", &kb)
 			return kb / 1024
