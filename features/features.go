@@ -70,12 +70,15 @@ func Static(f Flags) *Source {
 	return s
 }
 
+// defaults are the flags without a ConfigMap, parsed once: Flags is on every request's path.
+var defaults = Parse(nil)
+
 // Flags returns the current flags.
 func (s *Source) Flags() Flags {
 	if f := s.flags.Load(); f != nil {
 		return *f
 	}
-	return Parse(nil)
+	return defaults
 }
 
 // Watch keeps a Source current from the ConfigMap until ctx is done; it returns once the first
@@ -98,7 +101,7 @@ func Watch(ctx context.Context, kube kubernetes.Interface, namespace string) *So
 	_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    set,
 		UpdateFunc: func(_, obj any) { set(obj) },
-		DeleteFunc: func(any) { f := Parse(nil); s.flags.Store(&f) },
+		DeleteFunc: func(any) { f := defaults; s.flags.Store(&f) },
 	})
 	factory.Start(ctx.Done())
 	factory.WaitForCacheSync(ctx.Done())

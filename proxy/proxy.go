@@ -14,6 +14,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -89,9 +90,19 @@ func New(objects client.Reader, reviewer Reviewer, flags *features.Source, kube 
 		// Responses of unknown length (git packs, streamed blobs) are flushed as they come;
 		// ReverseProxy does that by itself, so known-length bodies keep buffered writes.
 		FlushInterval: 0,
+		// Without a pool ReverseProxy allocates a 32 KiB copy buffer per response.
+		BufferPool: copyBuffers{},
 	}
 	return p, nil
 }
+
+// copyBuffers pools the buffers ReverseProxy copies response bodies with.
+type copyBuffers struct{}
+
+var bufferPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+func (copyBuffers) Get() []byte  { return *(bufferPool.Get().(*[]byte)) }
+func (copyBuffers) Put(b []byte) { bufferPool.Put(&b) }
 
 // ServeHTTP dispatches by request form.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {

@@ -43,6 +43,7 @@ var (
 	duration    = flag.Duration("d", 4*time.Second, "time per case (bounded)")
 	maxRequests = flag.Int("n", 200000, "request cap per case")
 	cpuProfile  = flag.String("cpuprofile", "", "write a CPU profile of the run (driver included) to this file")
+	memProfile  = flag.String("memprofile", "", "write an allocation profile of the run to this file")
 )
 
 const (
@@ -65,6 +66,15 @@ func main() {
 	}
 	klog.SetOutput(io.Discard)
 	klog.LogToStderr(false)
+	if *memProfile != "" {
+		runtime.MemProfileRate = 64 << 10
+		defer func() {
+			if f, err := os.Create(*memProfile); err == nil {
+				_ = pprof.Lookup("allocs").WriteTo(f, 0)
+				f.Close()
+			}
+		}()
+	}
 	if err := run(); err != nil {
 		pprof.StopCPUProfile()
 		fmt.Fprintln(os.Stderr, "bench:", err)
