@@ -155,8 +155,7 @@ func (c *Controller) Reconcile(ctx context.Context, req reconcile.Request) (reco
 }
 
 func (c *Controller) setCondition(ar *v1alpha1.AccessRequest, typ string, status metav1.ConditionStatus, reason, format string, args ...any) {
-	meta.SetStatusCondition(&ar.Status.Conditions, metav1.Condition{Type: typ, Status: status, Reason: reason,
-		Message: fmt.Sprintf(format, args...), ObservedGeneration: ar.Generation})
+	v1alpha1.SetConditionStatus(&ar.Status.Conditions, ar.Generation, typ, status, reason, format, args...)
 }
 
 // evaluate computes the request's status and grants or revokes its permission.
@@ -501,14 +500,5 @@ func (c *Controller) recordTransitions(ar *v1alpha1.AccessRequest, before *v1alp
 
 // apiequalityStatus compares statuses, ignoring condition transition times.
 func apiequalityStatus(a, b *v1alpha1.AccessRequestStatus) bool {
-	if len(a.Conditions) != len(b.Conditions) || !equality.Semantic.DeepEqual(a.Policies, b.Policies) {
-		return false
-	}
-	for _, ca := range a.Conditions {
-		cb := meta.FindStatusCondition(b.Conditions, ca.Type)
-		if cb == nil || cb.Status != ca.Status || cb.Reason != ca.Reason || cb.Message != ca.Message {
-			return false
-		}
-	}
-	return true
+	return equality.Semantic.DeepEqual(a.Policies, b.Policies) && v1alpha1.ConditionsEqual(a.Conditions, b.Conditions)
 }

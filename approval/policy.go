@@ -9,7 +9,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
-	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
@@ -82,12 +81,7 @@ func (c *PolicyController) Reconcile(ctx context.Context, req reconcile.Request)
 	p := cached.DeepCopy()
 	before := p.Status.DeepCopy()
 	set := func(typ string, ok bool, reason, format string, args ...any) {
-		st := metav1.ConditionFalse
-		if ok {
-			st = metav1.ConditionTrue
-		}
-		meta.SetStatusCondition(&p.Status.Conditions, metav1.Condition{Type: typ, Status: st, Reason: reason,
-			Message: fmt.Sprintf(format, args...), ObservedGeneration: p.Generation})
+		v1alpha1.SetCondition(&p.Status.Conditions, p.Generation, typ, ok, reason, format, args...)
 	}
 
 	var connectors v1alpha1.ConnectorList
@@ -127,25 +121,12 @@ func (c *PolicyController) Reconcile(ctx context.Context, req reconcile.Request)
 	default:
 		set(v1alpha1.ConditionReady, true, "Ready", "the policy is in effect")
 	}
-	if !equality.Semantic.DeepEqual(before.MatchedConnectors, p.Status.MatchedConnectors) || !conditionsEqual(before.Conditions, p.Status.Conditions) {
+	if !equality.Semantic.DeepEqual(before.MatchedConnectors, p.Status.MatchedConnectors) || !v1alpha1.ConditionsEqual(before.Conditions, p.Status.Conditions) {
 		if err := c.Client.Status().Update(ctx, p); err != nil {
 			return reconcile.Result{}, err
 		}
 	}
 	return reconcile.Result{}, syncErr
-}
-
-func conditionsEqual(a, b []metav1.Condition) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for _, ca := range a {
-		cb := meta.FindStatusCondition(b, ca.Type)
-		if cb == nil || cb.Status != ca.Status || cb.Reason != ca.Reason || cb.Message != ca.Message {
-			return false
-		}
-	}
-	return true
 }
 
 // validateChecks says what is wrong with the policy's checks, or "".

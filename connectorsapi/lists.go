@@ -107,13 +107,11 @@ func (s *Server) gitRefs(r *http.Request, c *v1alpha1.Connector, class *v1alpha1
 	if err != nil {
 		return nil, err
 	}
-	up, err := s.Proxy.Upstream(r.Context(), c, class)
-	if err != nil {
-		return nil, err
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), toolTimeout)
-	defer cancel()
-	refs, err := listRefs(ctx, u.String(), up)
+	var refs []Item
+	err = s.withUpstream(r, c, class, func(ctx context.Context, up *proxy.Upstream) (err error) {
+		refs, err = listRefs(ctx, u.String(), up)
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -142,6 +140,36 @@ func listRefs(ctx context.Context, repo string, up *proxy.Upstream) ([]Item, err
 		}
 	}
 	return items, nil
+}
+
+// withUpstream runs call with the Connector's credential and transport, bounded by toolTimeout.
+// A failure to resolve the credential comes back as an *apiError, untouched by the callers'
+// tool-error mapping.
+func (s *Server) withUpstream(r *http.Request, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, call func(context.Context, *proxy.Upstream) error) error {
+	up, err := s.Proxy.Upstream(r.Context(), c, class)
+	if err != nil {
+		return credentialError(err)
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), toolTimeout)
+	defer cancel()
+	return call(ctx, up)
+}
+
+// credentialError names a Connector whose credential cannot be resolved.
+func credentialError(err error) error {
+	if code, msg := proxy.Status(err); code != 0 {
+		return errorf(code, reasonFor(code), "%s", msg)
+	}
+	return errorf(http.StatusServiceUnavailable, metav1.StatusReasonServiceUnavailable, "%v", err)
+}
+
+// named makes list items of names.
+func named(names []string) []Item {
+	items := make([]Item, len(names))
+	for i, n := range names {
+		items[i] = Item{Name: n}
+	}
+	return items
 }
 
 // toolError turns a client error into a Status a person can act on.
@@ -199,21 +227,15 @@ func (s *Server) repositories(r *http.Request, c *v1alpha1.Connector, class *v1a
 	if err != nil {
 		return nil, err
 	}
-	up, err := s.Proxy.Upstream(r.Context(), c, class)
-	if err != nil {
-		return nil, err
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), toolTimeout)
-	defer cancel()
-	repos, err := remote.Catalog(ctx, reg, s.registryOptions(ctx, up)...)
+	var repos []string
+	err = s.withUpstream(r, c, class, func(ctx context.Context, up *proxy.Upstream) (err error) {
+		repos, err = remote.Catalog(ctx, reg, s.registryOptions(ctx, up)...)
+		return err
+	})
 	if err != nil {
 		return nil, registryError(err)
 	}
-	items := make([]Item, len(repos))
-	for i, repo := range repos {
-		items[i] = Item{Name: repo}
-	}
-	return page(r, items)
+	return page(r, named(repos))
 }
 
 // tags lists a repository's tags.
@@ -230,21 +252,15 @@ func (s *Server) tags(r *http.Request, c *v1alpha1.Connector, class *v1alpha1.Co
 	if err != nil {
 		return nil, errorf(http.StatusBadRequest, metav1.StatusReasonBadRequest, "repository %q: %v", repoName, err)
 	}
-	up, err := s.Proxy.Upstream(r.Context(), c, class)
-	if err != nil {
-		return nil, err
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), toolTimeout)
-	defer cancel()
-	tags, err := remote.List(repo, s.registryOptions(ctx, up)...)
+	var tags []string
+	err = s.withUpstream(r, c, class, func(ctx context.Context, up *proxy.Upstream) (err error) {
+		tags, err = remote.List(repo, s.registryOptions(ctx, up)...)
+		return err
+	})
 	if err != nil {
 		return nil, registryError(err)
 	}
-	items := make([]Item, len(tags))
-	for i, t := range tags {
-		items[i] = Item{Name: t}
-	}
-	return page(r, items)
+	return page(r, named(tags))
 }
 
 func nameOptions(reg name.Registry) []name.Option {
@@ -256,6 +272,10 @@ func nameOptions(reg name.Registry) []name.Option {
 
 // registryError turns a go-containerregistry error into a Status.
 func registryError(err error) error {
+	var ae *apiError
+	if errors.As(err, &ae) {
+		return err
+	}
 	var terr *transport.Error
 	if errors.As(err, &terr) {
 		switch terr.StatusCode {

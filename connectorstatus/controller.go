@@ -13,6 +13,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -95,26 +96,12 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 
 // statusEqual compares statuses ignoring condition transition times.
 func statusEqual(a, b *v1alpha1.ConnectorStatus) bool {
-	if fmt.Sprint(a.Proxy) != fmt.Sprint(b.Proxy) || len(a.Conditions) != len(b.Conditions) {
-		return false
-	}
-	for _, ca := range a.Conditions {
-		cb := meta.FindStatusCondition(b.Conditions, ca.Type)
-		if cb == nil || cb.Status != ca.Status || cb.Reason != ca.Reason || cb.Message != ca.Message || cb.ObservedGeneration != ca.ObservedGeneration {
-			return false
-		}
-	}
-	return true
+	return equality.Semantic.DeepEqual(a.Proxy, b.Proxy) && v1alpha1.ConditionsEqual(a.Conditions, b.Conditions)
 }
 
 func (r *Reconciler) computeStatus(ctx context.Context, c *v1alpha1.Connector) {
 	set := func(typ string, ok bool, reason, format string, args ...any) {
-		status := metav1.ConditionFalse
-		if ok {
-			status = metav1.ConditionTrue
-		}
-		meta.SetStatusCondition(&c.Status.Conditions, metav1.Condition{Type: typ, Status: status, Reason: reason,
-			Message: fmt.Sprintf(format, args...), ObservedGeneration: c.Generation})
+		v1alpha1.SetCondition(&c.Status.Conditions, c.Generation, typ, ok, reason, format, args...)
 	}
 	var class v1alpha1.ConnectorClass
 	classErr := r.Client.Get(ctx, types.NamespacedName{Name: c.Spec.ConnectorClassName}, &class)

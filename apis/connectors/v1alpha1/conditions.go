@@ -1,0 +1,40 @@
+package v1alpha1
+
+import (
+	"fmt"
+
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// SetCondition sets a condition True (ok) or False with a formatted message; the transition time
+// changes only when the status does.
+func SetCondition(conds *[]metav1.Condition, generation int64, typ string, ok bool, reason, format string, args ...any) {
+	status := metav1.ConditionFalse
+	if ok {
+		status = metav1.ConditionTrue
+	}
+	SetConditionStatus(conds, generation, typ, status, reason, format, args...)
+}
+
+// SetConditionStatus is SetCondition for any status, Unknown included.
+func SetConditionStatus(conds *[]metav1.Condition, generation int64, typ string, status metav1.ConditionStatus, reason, format string, args ...any) {
+	meta.SetStatusCondition(conds, metav1.Condition{Type: typ, Status: status, Reason: reason,
+		Message: fmt.Sprintf(format, args...), ObservedGeneration: generation})
+}
+
+// ConditionsEqual compares conditions by type, status, reason and message, ignoring transition
+// times, so that a controller writes status only when something a reader sees changed.
+func ConditionsEqual(a, b []metav1.Condition) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for _, ca := range a {
+		cb := meta.FindStatusCondition(b, ca.Type)
+		if cb == nil || cb.Status != ca.Status || cb.Reason != ca.Reason || cb.Message != ca.Message ||
+			cb.ObservedGeneration != ca.ObservedGeneration {
+			return false
+		}
+	}
+	return true
+}
