@@ -8,7 +8,7 @@ CONTROLLER_GEN := go tool controller-gen
 STATICCHECK := go tool staticcheck
 TESTBIN = $(shell hack/testbin.sh | tail -n1)
 
-.PHONY: all build generate verify-generated lint test bench demo clean
+.PHONY: all build generate verify-generated lint test e2e e2e-down bench demo clean
 
 all: build
 
@@ -31,6 +31,14 @@ lint: ## gofmt, go vet, staticcheck
 
 test: verify-generated lint build ## every test, against a real API server (tmpfs mounts when root)
 	KUBEBUILDER_ASSETS=$(TESTBIN) go test -count=1 ./...
+
+e2e: ## the real-node lane: kubelet + containerd + the driver, real Pods (root)
+	hack/e2e-deps.sh
+	TESTBIN_KUBELET=1 hack/testbin.sh >/dev/null
+	KUBEBUILDER_ASSETS=$(TESTBIN) go test -tags realnode -count=1 -timeout 20m ./test/realnode/
+
+e2e-down: ## clean up after a real-node run that was killed
+	hack/e2e-down.sh
 
 bench: ## benchmarks: publish, gitrefs, approval latency (50 runs), the proxy against nginx (installs Debian's nginx)
 	KUBEBUILDER_ASSETS=$(TESTBIN) go test -run '^$$' -bench 'Publish|GitRefs' -benchmem ./test/e2e/ ./connectorsapi/

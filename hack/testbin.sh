@@ -26,10 +26,13 @@ missing=()
 if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
 ln -sfn /usr/bin/etcd "$dir/etcd"
 
-# kube-apiserver and kubectl from the k8s.io/kubernetes module, stamped with the real version
-# (an unstamped v0.0.0-master is not parsable by kubectl and client-go discovery).
+# kube-apiserver and kubectl (and kubelet for the real-node lane, TESTBIN_KUBELET=1) from the
+# k8s.io/kubernetes module, stamped with the real version (an unstamped v0.0.0-master is not
+# parsable by kubectl and client-go discovery).
+cmds=(kube-apiserver kubectl)
+[ "${TESTBIN_KUBELET:-0}" = 1 ] && cmds+=(kubelet)
 need_build=0
-for b in kube-apiserver kubectl; do
+for b in "${cmds[@]}"; do
   [ -x "$dir/$b" ] || need_build=1
 done
 if [ "$need_build" = 1 ]; then
@@ -37,10 +40,11 @@ if [ "$need_build" = 1 ]; then
   ldflags+=" -X k8s.io/component-base/version.gitMajor=${K8S_VERSION%%.*}"
   minor=${K8S_VERSION#*.}; ldflags+=" -X k8s.io/component-base/version.gitMinor=${minor%%.*}"
   ldflags+=" -X k8s.io/component-base/version.gitTreeState=clean"
-  log "building kube-apiserver and kubectl v$K8S_VERSION (about 12 minutes on 2 cores the first time)"
+  log "building ${cmds[*]} v$K8S_VERSION (about 6-12 minutes on 2 cores the first time)"
   start=$(date +%s)
-  (cd "$here/testbin" && go build -trimpath -ldflags "$ldflags" -o "$dir/" \
-    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl)
+  pkgs=()
+  for b in "${cmds[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$b"); done
+  (cd "$here/testbin" && go build -trimpath -ldflags "$ldflags" -o "$dir/" "${pkgs[@]}")
   log "built in $(( $(date +%s) - start ))s into $dir"
 fi
 echo "$dir"

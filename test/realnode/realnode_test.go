@@ -1,0 +1,248 @@
+//go:build realnode
+
+package realnode
+
+import (
+	"context"
+	"encoding/base64"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	storagev1 "k8s.io/api/storage/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/yaml"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/test/controlplane"
+	"github.com/kube-connectors/connectors-csi/test/gitserver"
+	"github.com/kube-connectors/connectors-csi/test/kubelet"
+)
+
+var node *Node
+
+func TestMain(m *testing.M) {
+	if os.Geteuid() != 0 {
+		fmt.Fprintln(os.Stderr, "the real-node lane needs root (kubelet, containerd, mounts)")
+		os.Exit(1)
+	}
+	code, err := runLane(m)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "realnode:", err)
+		code = 1
+	}
+	os.Exit(code)
+}
+
+func runLane(m *testing.M) (int, error) {
+	work, err := os.MkdirTemp("", "realnode-build-")
+	if err != nil {
+		return 1, err
+	}
+	defer os.RemoveAll(work)
+	root := controlplane.RepoRoot()
+	bin := filepath.Join(work, "connectors-csi")
+	pause := filepath.Join(work, "pause")
+	for out, pkg := range map[string]string{bin: "./cmd/connectors-csi", pause: "./test/realnode/pause"} {
+		cmd := exec.Command("go", "build", "-o", out, pkg)
+		cmd.Dir, cmd.Env = root, append(os.Environ(), "CGO_ENABLED=0")
+		if b, err := cmd.CombinedOutput(); err != nil {
+			return 1, fmt.Errorf("go build %s: %v: %s", pkg, err, b)
+		}
+	}
+	images := map[string]string{
+		"localhost/pause:e2e":   filepath.Join(work, "pause.tar"),
+		"localhost/busybox:e2e": filepath.Join(work, "busybox.tar"),
+	}
+	if err := buildImage(files{"pause": pause}, "localhost/pause:e2e", images["localhost/pause:e2e"], "/pause"); err != nil {
+		return 1, err
+	}
+	if err := buildImage(busybox(), "localhost/busybox:e2e", images["localhost/busybox:e2e"], "/bin/sh"); err != nil {
+		return 1, err
+	}
+	node, err = Up(context.Background(), bin, images)
+	defer func() {
+		if node != nil {
+			node.Down()
+		}
+	}()
+	if err != nil {
+		return 1, err
+	}
+	if err := setupCluster(); err != nil {
+		return 1, err
+	}
+	return m.Run(), nil
+}
+
+// setupCluster applies the CSIDriver of deploy/ and the built-in git class.
+func setupCluster() error {
+	ctx := context.Background()
+	root := controlplane.RepoRoot()
+	var drv storagev1.CSIDriver
+	if err := readYAML(filepath.Join(root, "deploy", "base", "csidriver.yaml"), &drv); err != nil {
+		return err
+	}
+	if _, err := node.CP.Kube.StorageV1().CSIDrivers().Create(ctx, &drv, metav1.CreateOptions{}); err != nil {
+		return err
+	}
+	var git v1alpha1.ConnectorClass
+	if err := readYAML(filepath.Join(root, "deploy", "classes", "git.yaml"), &git); err != nil {
+		return err
+	}
+	if _, err := node.CP.Kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "connectors-system"}}, metav1.CreateOptions{}); err != nil {
+		return err
+	}
+	return node.CP.Client.Create(ctx, &git)
+}
+
+func readYAML(path string, into any) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	return yaml.Unmarshal(b, into)
+}
+
+// waitFile waits for a file the container writes into its results directory.
+func waitFile(t *testing.T, path string, timeout time.Duration) string {
+	t.Helper()
+	var b []byte
+	if !kubelet.WaitUntil(timeout, func() bool {
+		var err error
+		b, err = os.ReadFile(path)
+		return err == nil
+	}) {
+		t.Fatalf("%s never appeared\n--- driver ---\n%s\n--- kubelet ---\n%s", path, node.tail("driver"), node.tail("kubelet"))
+	}
+	return string(b)
+}
+
+// TestPodUsesProxyWithOnlyItsToken: a real Pod gets the git Connector's volume from kubelet,
+// reaches the tool through the reverse proxy with only the rendered token, and holds no
+// credential; deleting the Pod unpublishes the volume.
+func TestPodUsesProxyWithOnlyItsToken(t *testing.T) {
+	ctx := context.Background()
+	kube := node.CP.Kube
+	tool, err := gitserver.Start(t.TempDir(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tool.Close()
+	ns := "e2e"
+	if _, err := kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kube.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "git-auth"},
+		Type: corev1.SecretTypeBasicAuth, StringData: map[string]string{"username": tool.Username, "password": tool.Password}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := node.CP.Client.Create(ctx, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: "git", Namespace: ns},
+		Spec: v1alpha1.ConnectorSpec{ConnectorClassName: "git", Address: tool.URL,
+			Auth: &v1alpha1.ConnectorAuth{Name: "basicAuth", SecretRef: &v1alpha1.SecretRef{Name: "git-auth"}}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kube.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "builder"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kube.RbacV1().Roles(ns).Create(ctx, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "use-git"},
+		Rules: []rbacv1.PolicyRule{{APIGroups: []string{"connectors.alauda.io"}, Resources: []string{"connectors"}, ResourceNames: []string{"git"}, Verbs: []string{"get"}}}},
+		metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kube.RbacV1().RoleBindings(ns).Create(ctx, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "use-git"},
+		RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "use-git"},
+		Subjects: []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: "builder", Namespace: ns}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	results := filepath.Join(node.Dir, "results", "reader")
+	if err := os.MkdirAll(results, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	script := `ls -a /connectors > /results/files
+env > /results/env
+wget -q -O /results/refs --header "Authorization: Bearer $(cat /connectors/context.token)" \
+  "$(cat /connectors/connector.status.proxyAddress)/repo.git/info/refs?service=git-upload-pack"
+echo $? > /results/wget-exit
+sleep 3600`
+	readOnly, hostDir := true, corev1.HostPathDirectory
+	grace := int64(2)
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "reader", Namespace: ns},
+		Spec: corev1.PodSpec{NodeName: NodeName, ServiceAccountName: "builder", AutomountServiceAccountToken: new(bool),
+			TerminationGracePeriodSeconds: &grace, RestartPolicy: corev1.RestartPolicyNever,
+			Containers: []corev1.Container{{Name: "c", Image: "localhost/busybox:e2e", ImagePullPolicy: corev1.PullNever,
+				Command: []string{"/bin/sh", "-c", script},
+				VolumeMounts: []corev1.VolumeMount{{Name: "connectors", MountPath: "/connectors", ReadOnly: true},
+					{Name: "results", MountPath: "/results"}}}},
+			Volumes: []corev1.Volume{
+				{Name: "connectors", VolumeSource: corev1.VolumeSource{CSI: &corev1.CSIVolumeSource{Driver: "connectors-csi", ReadOnly: &readOnly,
+					VolumeAttributes: map[string]string{"connectors": "git"}}}},
+				{Name: "results", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: results, Type: &hostDir}}},
+			}}}
+	pod, err = kube.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if exit := strings.TrimSpace(waitFile(t, filepath.Join(results, "wget-exit"), 120*time.Second)); exit != "0" {
+		t.Fatalf("wget through the proxy exited %s\n--- driver ---\n%s", exit, node.tail("driver"))
+	}
+	if refs, _ := os.ReadFile(filepath.Join(results, "refs")); !strings.Contains(string(refs), "refs/heads/main") {
+		t.Fatalf("the container did not get the ref advertisement: %q", refs)
+	}
+	listing, _ := os.ReadFile(filepath.Join(results, "files"))
+	for _, f := range []string{".gitconfig", "context.token", "ca.crt", ".env"} {
+		if !strings.Contains(string(listing), f) {
+			t.Errorf("the container does not see %s: %s", f, listing)
+		}
+	}
+	env, _ := os.ReadFile(filepath.Join(results, "env"))
+	if strings.Contains(string(env), tool.Password) {
+		t.Error("the container's environment holds the tool's password")
+	}
+	for _, r := range tool.Requests() {
+		if r.Header.Get("User-Agent") != "connectors-csi-probe" && r.Authorization != "Basic "+basicOf(tool.Username, tool.Password) {
+			t.Errorf("the tool saw %q on %s", r.Authorization, r.Path)
+		}
+	}
+
+	if err := kube.CoreV1().Pods(ns).Delete(ctx, pod.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	gone := kubelet.WaitUntil(60*time.Second, func() bool {
+		_, err := kube.CoreV1().Pods(ns).Get(ctx, pod.Name, metav1.GetOptions{})
+		return err != nil
+	})
+	if !gone {
+		t.Fatalf("the Pod was not deleted\n--- kubelet ---\n%s", node.tail("kubelet"))
+	}
+	// kubelet tears volumes down after the Pod object is gone.
+	var left []string
+	if !kubelet.WaitUntil(60*time.Second, func() bool {
+		left = volumeMounts(string(pod.UID))
+		return len(left) == 0
+	}) {
+		t.Errorf("connectors volumes still mounted after the Pod was deleted: %v", left)
+	}
+}
+
+func basicOf(user, pass string) string {
+	return base64.StdEncoding.EncodeToString([]byte(user + ":" + pass))
+}
+
+// volumeMounts lists the tmpfs mounts of a Pod's connectors volumes in the host's mount table.
+func volumeMounts(podUID string) []string {
+	b, _ := os.ReadFile("/proc/self/mounts")
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) > 2 && f[2] == "tmpfs" && strings.Contains(f[1], podUID) && strings.Contains(f[1], "kubernetes.io~csi/connectors") {
+			out = append(out, f[1])
+		}
+	}
+	return out
+}
