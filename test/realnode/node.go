@@ -42,6 +42,8 @@ type Node struct {
 
 type proc struct {
 	name string
+	env  []string
+	args []string
 	cmd  *exec.Cmd
 }
 
@@ -66,8 +68,46 @@ func (n *Node) start(name string, env []string, args ...string) error {
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", name, err)
 	}
-	n.procs = append(n.procs, &proc{name: name, cmd: cmd})
+	n.procs = append(n.procs, &proc{name: name, env: env, args: args, cmd: cmd})
 	return os.WriteFile(filepath.Join(n.Dir, name+".pid"), []byte(strconv.Itoa(cmd.Process.Pid)), 0o644)
+}
+
+// stop stops a process: SIGTERM, then SIGKILL after 20 s.
+func stop(p *proc) {
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { _ = p.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-done
+	}
+}
+
+// Restart stops a process and starts it again with the same arguments (its log is appended).
+func (n *Node) Restart(name string) error {
+	for i, p := range n.procs {
+		if p.name != name {
+			continue
+		}
+		stop(p)
+		n.procs = append(n.procs[:i], n.procs[i+1:]...)
+		logFile, err := os.OpenFile(filepath.Join(n.Dir, name+".log"), os.O_APPEND|os.O_WRONLY, 0o644)
+		if err != nil {
+			return err
+		}
+		cmd := exec.Command(p.args[0], p.args[1:]...)
+		cmd.Stdout, cmd.Stderr = logFile, logFile
+		cmd.Env = append(os.Environ(), p.env...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		if err := cmd.Start(); err != nil {
+			return err
+		}
+		n.procs = append(n.procs[:i], append([]*proc{{name: name, env: p.env, args: p.args, cmd: cmd}}, n.procs[i:]...)...)
+		return os.WriteFile(filepath.Join(n.Dir, name+".pid"), []byte(strconv.Itoa(cmd.Process.Pid)), 0o644)
+	}
+	return fmt.Errorf("no process %s", name)
 }
 
 // tail returns the end of a process's log, for failure messages.
@@ -285,15 +325,7 @@ func (n *Node) Down() {
 		if p.name == "containerd" {
 			n.killContainers()
 		}
-		_ = p.cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { _ = p.cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			_ = p.cmd.Process.Kill()
-			<-done
-		}
+		stop(p)
 	}
 	if n.CP != nil {
 		_ = n.CP.Stop()

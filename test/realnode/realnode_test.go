@@ -130,37 +130,8 @@ func waitFile(t *testing.T, path string, timeout time.Duration) string {
 func TestPodUsesProxyWithOnlyItsToken(t *testing.T) {
 	ctx := context.Background()
 	kube := node.CP.Kube
-	tool, err := gitserver.Start(t.TempDir(), false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tool.Close()
 	ns := "e2e"
-	if _, err := kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := kube.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "git-auth"},
-		Type: corev1.SecretTypeBasicAuth, StringData: map[string]string{"username": tool.Username, "password": tool.Password}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if err := node.CP.Client.Create(ctx, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: "git", Namespace: ns},
-		Spec: v1alpha1.ConnectorSpec{ConnectorClassName: "git", Address: tool.URL,
-			Auth: &v1alpha1.ConnectorAuth{Name: "basicAuth", SecretRef: &v1alpha1.SecretRef{Name: "git-auth"}}}}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := kube.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "builder"}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := kube.RbacV1().Roles(ns).Create(ctx, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "use-git"},
-		Rules: []rbacv1.PolicyRule{{APIGroups: []string{"connectors.alauda.io"}, Resources: []string{"connectors"}, ResourceNames: []string{"git"}, Verbs: []string{"get"}}}},
-		metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := kube.RbacV1().RoleBindings(ns).Create(ctx, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "use-git"},
-		RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "use-git"},
-		Subjects: []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: "builder", Namespace: ns}}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	tool := setupNamespace(t, ns)
 	results := filepath.Join(node.Dir, "results", "reader")
 	if err := os.MkdirAll(results, 0o777); err != nil {
 		t.Fatal(err)
@@ -171,21 +142,7 @@ wget -q -O /results/refs --header "Authorization: Bearer $(cat /connectors/conte
   "$(cat /connectors/connector.status.proxyAddress)/repo.git/info/refs?service=git-upload-pack"
 echo $? > /results/wget-exit
 sleep 3600`
-	readOnly, hostDir := true, corev1.HostPathDirectory
-	grace := int64(2)
-	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "reader", Namespace: ns},
-		Spec: corev1.PodSpec{NodeName: NodeName, ServiceAccountName: "builder", AutomountServiceAccountToken: new(bool),
-			TerminationGracePeriodSeconds: &grace, RestartPolicy: corev1.RestartPolicyNever,
-			Containers: []corev1.Container{{Name: "c", Image: "localhost/busybox:e2e", ImagePullPolicy: corev1.PullNever,
-				Command: []string{"/bin/sh", "-c", script},
-				VolumeMounts: []corev1.VolumeMount{{Name: "connectors", MountPath: "/connectors", ReadOnly: true},
-					{Name: "results", MountPath: "/results"}}}},
-			Volumes: []corev1.Volume{
-				{Name: "connectors", VolumeSource: corev1.VolumeSource{CSI: &corev1.CSIVolumeSource{Driver: "connectors-csi", ReadOnly: &readOnly,
-					VolumeAttributes: map[string]string{"connectors": "git"}}}},
-				{Name: "results", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: results, Type: &hostDir}}},
-			}}}
-	pod, err = kube.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{})
+	pod, err := kube.CoreV1().Pods(ns).Create(ctx, scriptPod(ns, "reader", results, script), metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -211,14 +168,20 @@ sleep 3600`
 		}
 	}
 
-	if err := kube.CoreV1().Pods(ns).Delete(ctx, pod.Name, metav1.DeleteOptions{}); err != nil {
+	deleteAndCheckUnmounted(t, pod)
+}
+
+// deleteAndCheckUnmounted deletes a Pod and waits until kubelet has unpublished its volumes.
+func deleteAndCheckUnmounted(t *testing.T, pod *corev1.Pod) {
+	t.Helper()
+	ctx, kube := context.Background(), node.CP.Kube
+	if err := kube.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	gone := kubelet.WaitUntil(60*time.Second, func() bool {
-		_, err := kube.CoreV1().Pods(ns).Get(ctx, pod.Name, metav1.GetOptions{})
+	if !kubelet.WaitUntil(60*time.Second, func() bool {
+		_, err := kube.CoreV1().Pods(pod.Namespace).Get(ctx, pod.Name, metav1.GetOptions{})
 		return err != nil
-	})
-	if !gone {
+	}) {
 		t.Fatalf("the Pod was not deleted\n--- kubelet ---\n%s", node.tail("kubelet"))
 	}
 	// kubelet tears volumes down after the Pod object is gone.
@@ -229,6 +192,24 @@ sleep 3600`
 	}) {
 		t.Errorf("connectors volumes still mounted after the Pod was deleted: %v", left)
 	}
+}
+
+// scriptPod is a busybox Pod running script with the git Connector's volume at /connectors and
+// a host directory at /results for what it reports.
+func scriptPod(ns, name, results, script string) *corev1.Pod {
+	readOnly, hostDir, grace := true, corev1.HostPathDirectory, int64(2)
+	return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Spec: corev1.PodSpec{NodeName: NodeName, ServiceAccountName: "builder", AutomountServiceAccountToken: new(bool),
+			TerminationGracePeriodSeconds: &grace, RestartPolicy: corev1.RestartPolicyNever,
+			Containers: []corev1.Container{{Name: "c", Image: "localhost/busybox:e2e", ImagePullPolicy: corev1.PullNever,
+				Command: []string{"/bin/sh", "-c", script},
+				VolumeMounts: []corev1.VolumeMount{{Name: "connectors", MountPath: "/connectors", ReadOnly: true},
+					{Name: "results", MountPath: "/results"}}}},
+			Volumes: []corev1.Volume{
+				{Name: "connectors", VolumeSource: corev1.VolumeSource{CSI: &corev1.CSIVolumeSource{Driver: "connectors-csi", ReadOnly: &readOnly,
+					VolumeAttributes: map[string]string{"connectors": "git"}}}},
+				{Name: "results", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: results, Type: &hostDir}}},
+			}}}
 }
 
 func basicOf(user, pass string) string {
@@ -245,4 +226,97 @@ func volumeMounts(podUID string) []string {
 		}
 	}
 	return out
+}
+
+// setupNamespace creates a namespace with a git Connector for a fresh Git server, and a
+// ServiceAccount builder that may get it.
+func setupNamespace(t *testing.T, ns string) *gitserver.Server {
+	t.Helper()
+	ctx := context.Background()
+	kube := node.CP.Kube
+	tool, err := gitserver.Start(t.TempDir(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(tool.Close)
+	if _, err := kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kube.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "git-auth"},
+		Type: corev1.SecretTypeBasicAuth, StringData: map[string]string{"username": tool.Username, "password": tool.Password}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := node.CP.Client.Create(ctx, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: "git", Namespace: ns},
+		Spec: v1alpha1.ConnectorSpec{ConnectorClassName: "git", Address: tool.URL,
+			Auth: &v1alpha1.ConnectorAuth{Name: "basicAuth", SecretRef: &v1alpha1.SecretRef{Name: "git-auth"}}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kube.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "builder"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kube.RbacV1().Roles(ns).Create(ctx, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "use-git"},
+		Rules: []rbacv1.PolicyRule{{APIGroups: []string{"connectors.alauda.io"}, Resources: []string{"connectors"}, ResourceNames: []string{"git"}, Verbs: []string{"get"}}}},
+		metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kube.RbacV1().RoleBindings(ns).Create(ctx, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "use-git"},
+		RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "use-git"},
+		Subjects: []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: "builder", Namespace: ns}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return tool
+}
+
+// TestRestartsKeepVolumes restarts the driver, then kubelet, under a running Pod: the
+// container keeps its files and keeps reaching the tool through the proxy, no mount is added,
+// and deleting the Pod afterwards unmounts cleanly.
+func TestRestartsKeepVolumes(t *testing.T) {
+	ctx, kube := context.Background(), node.CP.Kube
+	ns := "restarts"
+	setupNamespace(t, ns)
+	results := filepath.Join(node.Dir, "results", "survivor")
+	if err := os.MkdirAll(results, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	script := `while true; do
+  wget -q -O /dev/null --header "Authorization: Bearer $(cat /connectors/context.token)" \
+    "$(cat /connectors/connector.status.proxyAddress)/repo.git/info/refs?service=git-upload-pack"
+  rc=$?
+  echo "$(date +%s) $rc" >> /results/wget
+  sleep 1
+done`
+	pod, err := kube.CoreV1().Pods(ns).Create(ctx, scriptPod(ns, "survivor", results, script), metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// okSince waits for a successful proxied request made after a moment.
+	okSince := func(after time.Time) bool {
+		return kubelet.WaitUntil(90*time.Second, func() bool {
+			b, _ := os.ReadFile(filepath.Join(results, "wget"))
+			for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+				var ts int64
+				var rc int
+				if _, err := fmt.Sscanf(line, "%d %d", &ts, &rc); err == nil && rc == 0 && ts > after.Unix() {
+					return true
+				}
+			}
+			return false
+		})
+	}
+	if !okSince(time.Time{}) {
+		t.Fatalf("the Pod never reached the tool\n--- driver ---\n%s", node.tail("driver"))
+	}
+	for _, component := range []string{"driver", "kubelet"} {
+		restarted := time.Now()
+		if err := node.Restart(component); err != nil {
+			t.Fatal(err)
+		}
+		if !okSince(restarted) {
+			t.Fatalf("after the %s restart the Pod no longer reaches the tool\n--- %s ---\n%s", component, component, node.tail(component))
+		}
+		if n := len(volumeMounts(string(pod.UID))); n != 1 {
+			t.Fatalf("%d mounts of the Pod's volume after the %s restart, want 1", n, component)
+		}
+	}
+	deleteAndCheckUnmounted(t, pod)
 }
