@@ -308,6 +308,11 @@ func (n *Node) startDriver(bin string) error {
 	return nil
 }
 
+// ProxyPort is the port of the driver's proxy listener.
+func (n *Node) ProxyPort() string {
+	return n.ProxyURL[strings.LastIndexByte(n.ProxyURL, ':')+1:]
+}
+
 // Down tears everything down in reverse: Pods first (so volumes are unpublished while the driver
 // runs), then the processes by recorded PID, then what they left in the kernel.
 func (n *Node) Down() {

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -319,4 +320,107 @@ done`
 		}
 	}
 	deleteAndCheckUnmounted(t, pod)
+}
+
+// TestApprovalGatedPod: a Pod whose Connector is gated by an AccessPolicy stays
+// ContainerCreating with an event naming its AccessRequest, starts once the ApprovalTask is
+// approved, and after the Pod is deleted the proxy refuses its token.
+func TestApprovalGatedPod(t *testing.T) {
+	ctx, kube := context.Background(), node.CP.Kube
+	root := controlplane.RepoRoot()
+	for _, f := range []string{filepath.Join(root, "test", "e2e", "testdata", "approvaltask-crd.yaml")} {
+		if _, err := node.CP.Kubectl(nil, "apply", "-f", f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := node.CP.Kubectl(nil, "apply", "-n", "connectors-system", "-f", filepath.Join(root, "deploy", "base", "templates.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	flags := `apiVersion: v1
+kind: ConfigMap
+metadata: {name: connectors-config, namespace: connectors-system}
+data: {enable-connector-proxy-permissions: "true", enable-connectors-approval: "true"}
+`
+	if _, err := node.CP.Kubectl([]byte(flags), "apply", "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_, _ = node.CP.Kubectl(nil, "delete", "configmap", "-n", "connectors-system", "connectors-config")
+	})
+	ns := "approval"
+	setupNamespace(t, ns)
+	policy := `apiVersion: connectors.alauda.io/v1alpha1
+kind: AccessPolicy
+metadata: {name: promote, namespace: approval}
+spec:
+  connector: {names: [git]}
+  checkGrantedPermission:
+    spec:
+      checks: [{name: approval, ref: {configMap: {name: connectors-approvals-in-pipeline}}}]
+      roleTemplate: {ref: {configMap: {name: connectors-use-connectors-proxy-in-pod}}}
+`
+	if _, err := node.CP.Kubectl([]byte(policy), "apply", "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
+	results := filepath.Join(node.Dir, "results", "gated")
+	if err := os.MkdirAll(results, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	script := `cp /connectors/context.token /results/token; echo started > /results/started; sleep 3600`
+	spec := scriptPod(ns, "gated", results, script)
+	spec.Labels = map[string]string{"tekton.dev/pipelineRun": "run-1"}
+	pod, err := kube.CoreV1().Pods(ns).Create(ctx, spec, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var event string
+	if !kubelet.WaitUntil(90*time.Second, func() bool {
+		evs, err := kube.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=gated"})
+		if err != nil {
+			return false
+		}
+		for _, e := range evs.Items {
+			if strings.Contains(e.Message, "waiting for AccessRequest approval/git-gated-") {
+				event = e.Message
+				return true
+			}
+		}
+		return false
+	}) {
+		t.Fatalf("no event names the AccessRequest\n--- driver ---\n%s", node.tail("driver"))
+	}
+	t.Logf("event: %s", event)
+	if p, _ := kube.CoreV1().Pods(ns).Get(ctx, "gated", metav1.GetOptions{}); p.Status.Phase != corev1.PodPending {
+		t.Fatalf("the gated Pod is %s, want Pending (ContainerCreating)", p.Status.Phase)
+	}
+	if _, err := os.Stat(filepath.Join(results, "started")); err == nil {
+		t.Fatal("the gated Pod's container started before the approval")
+	}
+	task := `apiVersion: openshift-pipelines.org/v1alpha1
+kind: ApprovalTask
+metadata: {name: approve-run-1, namespace: approval, labels: {tekton.dev/pipelineRun: run-1}}
+status: {state: approved}
+`
+	if _, err := node.CP.Kubectl([]byte(task), "apply", "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
+	waitFile(t, filepath.Join(results, "started"), 120*time.Second)
+	token, _ := os.ReadFile(filepath.Join(results, "token"))
+	proxied := func() int {
+		req, _ := http.NewRequest(http.MethodGet, "http://127.0.0.1:"+node.ProxyPort()+"/namespaces/approval/connectors/git/repo.git/info/refs?service=git-upload-pack", nil)
+		req.Header.Set("Authorization", "Bearer "+string(token))
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return 0
+		}
+		res.Body.Close()
+		return res.StatusCode
+	}
+	if code := proxied(); code != http.StatusOK {
+		t.Fatalf("the approved Pod's token gets %d from the proxy", code)
+	}
+	deleteAndCheckUnmounted(t, pod)
+	if !kubelet.WaitUntil(30*time.Second, func() bool { c := proxied(); return c == http.StatusForbidden || c == http.StatusUnauthorized }) {
+		t.Fatal("the deleted Pod's token is still let through")
+	}
 }
