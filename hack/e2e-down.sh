@@ -15,5 +15,6 @@ awk -v r="$dir" 'index($2, r) == 1 {print $2}' /proc/mounts | sort -r | while re
 for n in $(ls /var/run/netns 2>/dev/null | grep '^cni-'); do umount -l "/var/run/netns/$n" 2>/dev/null; rm -f "/var/run/netns/$n"; done
 for c in /sys/fs/cgroup/*/kubepods; do [ -d "$c" ] && find "$c" -depth -type d -exec rmdir {} \; 2>/dev/null; done
 ip link show cni0 >/dev/null 2>&1 && ip link delete cni0
+ip addr del 10.89.0.1/32 dev lo 2>/dev/null
 rm -rf "$dir" /var/lib/cni/networks/e2e
 echo "e2e: cleaned up"

@@ -14,6 +14,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 )
 
@@ -103,4 +104,17 @@ func busybox() files {
 		fs["bin/"+a] = "->busybox"
 	}
 	return fs
+}
+
+// randomImage writes a small random image as a tarball, for a Pod to push.
+func randomImage(out string) error {
+	img, err := random.Image(256<<10, 2)
+	if err != nil {
+		return err
+	}
+	tag, err := name.NewTag("localhost/payload:v1")
+	if err != nil {
+		return err
+	}
+	return tarball.WriteToFile(out, tag, img)
 }

@@ -29,6 +29,11 @@ import (
 // NodeName is the name the kubelet registers.
 const NodeName = "e2e-node"
 
+// ToolsIP is the address the test tools (Git server, registry) listen on: an extra address of
+// this machine's lo interface. Not in 127.0.0.0/8, so that clients in Pods send their requests
+// through the proxy (Go never proxies loopback), and reachable only here.
+const ToolsIP = "10.89.0.1"
+
 // Node is a running single-node cluster with the driver.
 type Node struct {
 	Dir         string // all state of the run
@@ -144,6 +149,7 @@ func Up(ctx context.Context, driverBin string, images map[string]string) (n *Nod
 		name string
 		fn   func() error
 	}{
+		{"tools address", addToolsAddress},
 		{"containerd", n.startContainerd},
 		{"images", func() error { return n.importImages(images) }},
 		{"control plane", n.startControlPlane},
@@ -308,6 +314,17 @@ func (n *Node) startDriver(bin string) error {
 	return nil
 }
 
+// addToolsAddress adds ToolsIP to lo (Down removes it).
+func addToolsAddress() error {
+	if out, _ := run("ip", "-o", "addr", "show", "dev", "lo"); strings.Contains(out, ToolsIP+"/32") {
+		return nil
+	}
+	if out, err := run("ip", "addr", "add", ToolsIP+"/32", "dev", "lo"); err != nil {
+		return fmt.Errorf("ip addr add %s/32 dev lo: %v: %s", ToolsIP, err, out)
+	}
+	return nil
+}
+
 // ProxyPort is the port of the driver's proxy listener.
 func (n *Node) ProxyPort() string {
 	return n.ProxyURL[strings.LastIndexByte(n.ProxyURL, ':')+1:]
@@ -391,6 +408,7 @@ func (n *Node) cleanKernel() {
 	if _, err := run("ip", "link", "show", "cni0"); err == nil {
 		_, _ = run("ip", "link", "delete", "cni0")
 	}
+	_, _ = run("ip", "addr", "del", ToolsIP+"/32", "dev", "lo")
 	for k, v := range n.sysctls {
 		_, _ = run("sysctl", "-qw", k+"="+v)
 	}

@@ -24,6 +24,7 @@ import (
 	"github.com/kube-connectors/connectors-csi/test/controlplane"
 	"github.com/kube-connectors/connectors-csi/test/gitserver"
 	"github.com/kube-connectors/connectors-csi/test/kubelet"
+	"github.com/kube-connectors/connectors-csi/test/registry"
 )
 
 var node *Node
@@ -50,7 +51,9 @@ func runLane(m *testing.M) (int, error) {
 	root := controlplane.RepoRoot()
 	bin := filepath.Join(work, "connectors-csi")
 	pause := filepath.Join(work, "pause")
-	for out, pkg := range map[string]string{bin: "./cmd/connectors-csi", pause: "./test/realnode/pause"} {
+	crane := filepath.Join(work, "crane")
+	for out, pkg := range map[string]string{bin: "./cmd/connectors-csi", pause: "./test/realnode/pause",
+		crane: "github.com/google/go-containerregistry/cmd/crane"} {
 		cmd := exec.Command("go", "build", "-o", out, pkg)
 		cmd.Dir, cmd.Env = root, append(os.Environ(), "CGO_ENABLED=0")
 		if b, err := cmd.CombinedOutput(); err != nil {
@@ -60,6 +63,17 @@ func runLane(m *testing.M) (int, error) {
 	images := map[string]string{
 		"localhost/pause:e2e":   filepath.Join(work, "pause.tar"),
 		"localhost/busybox:e2e": filepath.Join(work, "busybox.tar"),
+		"localhost/crane:e2e":   filepath.Join(work, "crane.tar"),
+	}
+	// The crane image carries crane and an image to push.
+	payload := filepath.Join(work, "payload.tar")
+	if err := randomImage(payload); err != nil {
+		return 1, err
+	}
+	craneFiles := busybox()
+	craneFiles["bin/crane"], craneFiles["payload.tar"] = crane, payload
+	if err := buildImage(craneFiles, "localhost/crane:e2e", images["localhost/crane:e2e"], "/bin/sh"); err != nil {
+		return 1, err
 	}
 	if err := buildImage(files{"pause": pause}, "localhost/pause:e2e", images["localhost/pause:e2e"], "/pause"); err != nil {
 		return 1, err
@@ -198,17 +212,22 @@ func deleteAndCheckUnmounted(t *testing.T, pod *corev1.Pod) {
 // scriptPod is a busybox Pod running script with the git Connector's volume at /connectors and
 // a host directory at /results for what it reports.
 func scriptPod(ns, name, results, script string) *corev1.Pod {
+	return imagePod(ns, name, results, script, "localhost/busybox:e2e", "git")
+}
+
+// imagePod is scriptPod with another image and Connector.
+func imagePod(ns, name, results, script, image, connector string) *corev1.Pod {
 	readOnly, hostDir, grace := true, corev1.HostPathDirectory, int64(2)
 	return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
 		Spec: corev1.PodSpec{NodeName: NodeName, ServiceAccountName: "builder", AutomountServiceAccountToken: new(bool),
 			TerminationGracePeriodSeconds: &grace, RestartPolicy: corev1.RestartPolicyNever,
-			Containers: []corev1.Container{{Name: "c", Image: "localhost/busybox:e2e", ImagePullPolicy: corev1.PullNever,
+			Containers: []corev1.Container{{Name: "c", Image: image, ImagePullPolicy: corev1.PullNever,
 				Command: []string{"/bin/sh", "-c", script},
 				VolumeMounts: []corev1.VolumeMount{{Name: "connectors", MountPath: "/connectors", ReadOnly: true},
 					{Name: "results", MountPath: "/results"}}}},
 			Volumes: []corev1.Volume{
 				{Name: "connectors", VolumeSource: corev1.VolumeSource{CSI: &corev1.CSIVolumeSource{Driver: "connectors-csi", ReadOnly: &readOnly,
-					VolumeAttributes: map[string]string{"connectors": "git"}}}},
+					VolumeAttributes: map[string]string{"connectors": connector}}}},
 				{Name: "results", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: results, Type: &hostDir}}},
 			}}}
 }
@@ -423,4 +442,85 @@ status: {state: approved}
 	if !kubelet.WaitUntil(30*time.Second, func() bool { c := proxied(); return c == http.StatusForbidden || c == http.StatusUnauthorized }) {
 		t.Fatal("the deleted Pod's token is still let through")
 	}
+}
+
+// TestPodPushesAndPullsImage: a Pod with crane pushes an image to a real registry with token
+// auth and pulls it back, through the forward proxy, with only the rendered .env; the proxy
+// answers the registry's token challenge with the Connector's credential.
+func TestPodPushesAndPullsImage(t *testing.T) {
+	ctx, kube := context.Background(), node.CP.Kube
+	reg, err := registry.Start(t.TempDir(), ToolsIP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(reg.Close)
+	ns := "registry"
+	setupNamespace(t, ns)
+	var oci v1alpha1.ConnectorClass
+	if err := readYAML(filepath.Join(controlplane.RepoRoot(), "deploy", "classes", "oci.yaml"), &oci); err != nil {
+		t.Fatal(err)
+	}
+	if err := node.CP.Client.Create(ctx, &oci); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kube.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "registry-auth"},
+		Type: v1alpha1.SecretTypeDistributionRegistryAuth, StringData: map[string]string{"username": reg.Username, "password": reg.Password}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := node.CP.Client.Create(ctx, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: "registry", Namespace: ns},
+		Spec: v1alpha1.ConnectorSpec{ConnectorClassName: "oci", Address: reg.URL,
+			AddressExtensions: []v1alpha1.NamedAddress{{Name: "token", Value: reg.TokenURL}},
+			Auth:              &v1alpha1.ConnectorAuth{Name: "registryToken", SecretRef: &v1alpha1.SecretRef{Name: "registry-auth"}}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kube.RbacV1().Roles(ns).Create(ctx, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "use-registry"},
+		Rules: []rbacv1.PolicyRule{{APIGroups: []string{"connectors.alauda.io"}, Resources: []string{"connectors"}, ResourceNames: []string{"registry"}, Verbs: []string{"get"}}}},
+		metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kube.RbacV1().RoleBindings(ns).Create(ctx, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "use-registry"},
+		RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "use-registry"},
+		Subjects: []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: "builder", Namespace: ns}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	results := filepath.Join(node.Dir, "results", "pusher")
+	if err := os.MkdirAll(results, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	ref := strings.TrimPrefix(reg.URL, "http://") + "/team/app:v1"
+	script := `. /connectors/.env
+crane push --insecure /payload.tar ` + ref + ` > /results/push.log 2>&1 &&
+crane pull --insecure ` + ref + ` /tmp/pulled.tar >> /results/push.log 2>&1 &&
+crane digest --insecure ` + ref + ` > /results/digest 2>> /results/push.log
+echo $? > /results/exit
+env > /results/env
+sleep 3600`
+	pod, err := kube.CoreV1().Pods(ns).Create(ctx, imagePod(ns, "pusher", results, script, "localhost/crane:e2e", "registry"), metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if exit := strings.TrimSpace(waitFile(t, filepath.Join(results, "exit"), 120*time.Second)); exit != "0" {
+		log, _ := os.ReadFile(filepath.Join(results, "push.log"))
+		t.Fatalf("crane exited %s:\n%s\n--- driver ---\n%s", exit, log, node.tail("driver"))
+	}
+	if d, _ := os.ReadFile(filepath.Join(results, "digest")); !strings.HasPrefix(string(d), "sha256:") {
+		t.Fatalf("no digest of the pushed image: %q", d)
+	}
+	env, _ := os.ReadFile(filepath.Join(results, "env"))
+	if strings.Contains(string(env), reg.Password) {
+		t.Error("the container's environment holds the registry password")
+	}
+	var bearer int
+	for _, s := range reg.Requests() {
+		if s.Server == "registry" && strings.HasPrefix(s.Authorization, "Bearer ") {
+			bearer++
+		}
+		if s.Server == "registry" && strings.HasPrefix(s.Authorization, "Basic ") {
+			t.Errorf("the registry got basic credentials on %s", s.Path)
+		}
+	}
+	if bearer == 0 {
+		t.Error("the registry never saw a token: token auth was not exercised")
+	}
+	deleteAndCheckUnmounted(t, pod)
 }
