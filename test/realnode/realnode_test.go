@@ -3,13 +3,16 @@
 package realnode
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -173,9 +176,17 @@ sleep 3600`
 			t.Errorf("the container does not see %s: %s", f, listing)
 		}
 	}
-	env, _ := os.ReadFile(filepath.Join(results, "env"))
-	if strings.Contains(string(env), tool.Password) {
-		t.Error("the container's environment holds the tool's password")
+	pid := containerPID(t, "reader", "c")
+	if found := searchContainer(t, pid, tool.Password); len(found) > 0 {
+		t.Errorf("the container sees the tool's password in %v", found)
+	}
+	// The search works: the Pod's own token is found where it belongs.
+	tok, err := os.ReadFile(fmt.Sprintf("/proc/%d/root/connectors/context.token", pid))
+	if err != nil || len(tok) == 0 {
+		t.Fatalf("read the token through /proc: %v", err)
+	}
+	if found := searchContainer(t, pid, string(tok)); len(found) == 0 {
+		t.Error("the search did not even find the Pod's token in its volume")
 	}
 	for _, r := range tool.Requests() {
 		if r.Header.Get("User-Agent") != "connectors-csi-probe" && r.Authorization != "Basic "+basicOf(tool.Username, tool.Password) {
@@ -506,9 +517,8 @@ sleep 3600`
 	if d, _ := os.ReadFile(filepath.Join(results, "digest")); !strings.HasPrefix(string(d), "sha256:") {
 		t.Fatalf("no digest of the pushed image: %q", d)
 	}
-	env, _ := os.ReadFile(filepath.Join(results, "env"))
-	if strings.Contains(string(env), reg.Password) {
-		t.Error("the container's environment holds the registry password")
+	if found := searchContainer(t, containerPID(t, "pusher", "c"), reg.Password); len(found) > 0 {
+		t.Errorf("the container sees the registry password in %v", found)
 	}
 	var bearer int
 	for _, s := range reg.Requests() {
@@ -523,4 +533,62 @@ sleep 3600`
 		t.Error("the registry never saw a token: token auth was not exercised")
 	}
 	deleteAndCheckUnmounted(t, pod)
+}
+
+// containerPID finds the PID of a Pod's container through containerd.
+func containerPID(t *testing.T, pod, container string) int {
+	t.Helper()
+	out, err := run("ctr", "-a", node.Containerd, "-n", "k8s.io", "tasks", "ls")
+	if err != nil {
+		t.Fatalf("ctr tasks ls: %v: %s", err, out)
+	}
+	for _, line := range strings.Split(out, "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) < 3 || f[2] != "RUNNING" {
+			continue
+		}
+		info, err := run("ctr", "-a", node.Containerd, "-n", "k8s.io", "containers", "info", f[0])
+		if err != nil {
+			continue
+		}
+		var c struct{ Labels map[string]string }
+		if json.Unmarshal([]byte(info), &c) == nil && c.Labels["io.kubernetes.pod.name"] == pod && c.Labels["io.kubernetes.container.name"] == container {
+			pid, _ := strconv.Atoi(f[1])
+			return pid
+		}
+	}
+	t.Fatalf("no running container %s of Pod %s", container, pod)
+	return 0
+}
+
+// searchContainer looks for secret in everything the container sees: its environment and every
+// file of its mount namespace (through /proc/<pid>/root), volumes included.
+func searchContainer(t *testing.T, pid int, secret string) []string {
+	t.Helper()
+	var found []string
+	if env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid)); err == nil && bytes.Contains(env, []byte(secret)) {
+		found = append(found, "environment")
+	}
+	// The trailing slash makes WalkDir enter the magic symlink /proc/<pid>/root.
+	root := fmt.Sprintf("/proc/%d/root/", pid)
+	_ = filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return nil
+		}
+		rel := "/" + strings.TrimPrefix(p, root)
+		if d.IsDir() && (rel == "/proc" || rel == "/sys" || rel == "/dev") {
+			return filepath.SkipDir
+		}
+		if !d.Type().IsRegular() {
+			return nil
+		}
+		if info, err := d.Info(); err != nil || info.Size() > 8<<20 {
+			return nil
+		}
+		if b, err := os.ReadFile(p); err == nil && bytes.Contains(b, []byte(secret)) {
+			found = append(found, rel)
+		}
+		return nil
+	})
+	return found
 }
