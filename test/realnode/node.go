@@ -90,6 +90,17 @@ func stop(p *proc) {
 	}
 }
 
+// Stop stops a process for good.
+func (n *Node) Stop(name string) {
+	for i, p := range n.procs {
+		if p.name == name {
+			stop(p)
+			n.procs = append(n.procs[:i], n.procs[i+1:]...)
+			return
+		}
+	}
+}
+
 // Restart stops a process and starts it again with the same arguments (its log is appended).
 func (n *Node) Restart(name string) error {
 	for i, p := range n.procs {

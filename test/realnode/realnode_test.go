@@ -8,6 +8,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -17,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	storagev1 "k8s.io/api/storage/v1"
@@ -64,9 +66,13 @@ func runLane(m *testing.M) (int, error) {
 		}
 	}
 	images := map[string]string{
-		"localhost/pause:e2e":   filepath.Join(work, "pause.tar"),
-		"localhost/busybox:e2e": filepath.Join(work, "busybox.tar"),
-		"localhost/crane:e2e":   filepath.Join(work, "crane.tar"),
+		"localhost/pause:e2e":          filepath.Join(work, "pause.tar"),
+		"localhost/busybox:e2e":        filepath.Join(work, "busybox.tar"),
+		"localhost/crane:e2e":          filepath.Join(work, "crane.tar"),
+		"localhost/connectors-csi:e2e": filepath.Join(work, "driver.tar"),
+	}
+	if err := buildImage(files{"connectors-csi": bin, "tmp": ""}, "localhost/connectors-csi:e2e", images["localhost/connectors-csi:e2e"], "/connectors-csi"); err != nil {
+		return 1, err
 	}
 	// The crane image carries crane and an image to push.
 	payload := filepath.Join(work, "payload.tar")
@@ -591,4 +597,114 @@ func searchContainer(t *testing.T, pid int, secret string) []string {
 		return nil
 	})
 	return found
+}
+
+// TestDriverAsDaemonSetPod runs the driver the way deploy/ does — the DaemonSet's Pod,
+// privileged, kubelet's pods directory mounted Bidirectional, registering itself with kubelet —
+// and has a Pod use its volume and proxy. envtest runs no DaemonSet controller, so the Pod is
+// made from the DaemonSet's template, bound to the node. It runs last: it replaces the
+// host-process driver.
+func TestDriverAsDaemonSetPod(t *testing.T) {
+	ctx, kube := context.Background(), node.CP.Kube
+	root := controlplane.RepoRoot()
+	var ds appsv1.DaemonSet
+	if err := readYAML(filepath.Join(root, "deploy", "base", "daemonset.yaml"), &ds); err != nil {
+		t.Fatal(err)
+	}
+	node.Stop("driver")
+	port, err := freePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := ds.Spec.Template.Spec.DeepCopy()
+	driverCtr := &spec.Containers[0]
+	driverCtr.Image, driverCtr.ImagePullPolicy = "localhost/connectors-csi:e2e", corev1.PullNever
+	// The same paths as the host, so the targets kubelet names are the driver's too.
+	kroot := node.KubeletRoot
+	var args []string
+	for _, a := range driverCtr.Args {
+		if !strings.HasPrefix(a, "--kubelet-plugin-endpoint=") && !strings.HasPrefix(a, "--proxy-listen=") {
+			args = append(args, a)
+		}
+	}
+	driverCtr.Args = append(args, "--kubeconfig=/etc/connectors/kubeconfig",
+		"--kubelet-plugin-endpoint="+filepath.Join(kroot, "plugins", "connectors-csi", "csi.sock"),
+		fmt.Sprintf("--proxy-listen=:%d", port), fmt.Sprintf("--proxy-url=http://10.88.0.1:%d", port), "--metrics-listen=127.0.0.1:0")
+	driverCtr.LivenessProbe, driverCtr.ReadinessProbe, driverCtr.Ports = nil, nil, nil
+	for i := range driverCtr.VolumeMounts {
+		if driverCtr.VolumeMounts[i].Name == "pods-dir" {
+			driverCtr.VolumeMounts[i].MountPath = filepath.Join(kroot, "pods")
+		}
+	}
+	driverCtr.VolumeMounts = append(driverCtr.VolumeMounts, corev1.VolumeMount{Name: "kubeconfig", MountPath: "/etc/connectors"})
+	hostPaths := map[string]string{
+		"plugin-dir": filepath.Join(kroot, "plugins", "connectors-csi"), "state-dir": filepath.Join(kroot, "plugins", "connectors-csi", "state"),
+		"registration-dir": filepath.Join(kroot, "plugins_registry"), "pods-dir": filepath.Join(kroot, "pods"),
+	}
+	for i := range spec.Volumes {
+		if p, ok := hostPaths[spec.Volumes[i].Name]; ok {
+			spec.Volumes[i].HostPath.Path = p
+		}
+	}
+	kcDir := filepath.Join(node.Dir, "driver-kubeconfig")
+	if err := os.MkdirAll(kcDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	kc, err := os.ReadFile(node.CP.Kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(kcDir, "kubeconfig"), kc, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dir := corev1.HostPathDirectory
+	spec.Volumes = append(spec.Volumes, corev1.Volume{Name: "kubeconfig", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: kcDir, Type: &dir}}})
+	spec.NodeName, spec.HostNetwork, spec.PriorityClassName = NodeName, true, ""
+	spec.AutomountServiceAccountToken = new(bool)
+	driverPod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "connectors-csi-" + NodeName, Namespace: "connectors-system",
+		Labels: ds.Spec.Template.Labels}, Spec: *spec}
+	if _, err := kube.CoreV1().Pods("connectors-system").Create(ctx, driverPod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = kube.CoreV1().Pods("connectors-system").Delete(ctx, driverPod.Name, metav1.DeleteOptions{})
+	})
+	if !kubelet.WaitUntil(90*time.Second, func() bool {
+		p, err := kube.CoreV1().Pods("connectors-system").Get(ctx, driverPod.Name, metav1.GetOptions{})
+		return err == nil && p.Status.Phase == corev1.PodRunning
+	}) {
+		t.Fatalf("the driver Pod is not running\n--- kubelet ---\n%s", node.tail("kubelet"))
+	}
+
+	ns := "daemonset"
+	setupNamespace(t, ns)
+	results := filepath.Join(node.Dir, "results", "ds-reader")
+	if err := os.MkdirAll(results, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	script := `wget -q -O /results/refs --header "Authorization: Bearer $(cat /connectors/context.token)" \
+  "$(cat /connectors/connector.status.proxyAddress)/repo.git/info/refs?service=git-upload-pack"
+echo $? > /results/wget-exit
+sleep 3600`
+	pod, err := kube.CoreV1().Pods(ns).Create(ctx, scriptPod(ns, "ds-reader", results, script), metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if exit := strings.TrimSpace(waitFile(t, filepath.Join(results, "wget-exit"), 120*time.Second)); exit != "0" {
+		t.Fatalf("wget through the containerized driver's proxy exited %s", exit)
+	}
+	if refs, _ := os.ReadFile(filepath.Join(results, "refs")); !strings.Contains(string(refs), "refs/heads/main") {
+		t.Fatalf("no ref advertisement: %q", refs)
+	}
+	// Unpublish while the driver still runs, then the driver.
+	deleteAndCheckUnmounted(t, pod)
+}
+
+func freePort() (int, error) {
+	lis, err := net.Listen("tcp", ":0")
+	if err != nil {
+		return 0, err
+	}
+	defer lis.Close()
+	return lis.Addr().(*net.TCPAddr).Port, nil
 }
