@@ -5,10 +5,13 @@ package realnode
 import (
 	"archive/tar"
 	"bytes"
+	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -117,4 +120,32 @@ func randomImage(out string) error {
 		return err
 	}
 	return tarball.WriteToFile(out, tag, img)
+}
+
+// gitImage is busybox plus Debian's git and the libraries its binaries load (found with ldd).
+func gitImage() (files, error) {
+	fs := busybox()
+	for _, d := range []string{"usr", "usr/bin", "usr/lib", "usr/lib/git-core", "lib", "lib64", "lib/x86_64-linux-gnu", "etc/ssl"} {
+		fs[d] = ""
+	}
+	bins := map[string]string{
+		"usr/bin/git": "/usr/bin/git", "usr/lib/git-core/git": "/usr/lib/git-core/git",
+		"usr/lib/git-core/git-remote-http": "/usr/lib/git-core/git-remote-http",
+	}
+	for dst, src := range bins {
+		fs[dst] = src
+		out, err := exec.Command("ldd", src).Output()
+		if err != nil {
+			return nil, fmt.Errorf("ldd %s: %w", src, err)
+		}
+		for _, line := range strings.Split(string(out), "\n") {
+			for _, f := range strings.Fields(line) {
+				if strings.HasPrefix(f, "/") {
+					fs[strings.TrimPrefix(f, "/")] = f
+				}
+			}
+		}
+	}
+	fs["usr/lib/git-core/git-remote-https"] = "->git-remote-http"
+	return fs, nil
 }

@@ -71,6 +71,14 @@ func runLane(m *testing.M) (int, error) {
 		"localhost/crane:e2e":          filepath.Join(work, "crane.tar"),
 		"localhost/connectors-csi:e2e": filepath.Join(work, "driver.tar"),
 	}
+	gitFiles, err := gitImage()
+	if err != nil {
+		return 1, err
+	}
+	images["localhost/git:e2e"] = filepath.Join(work, "git.tar")
+	if err := buildImage(gitFiles, "localhost/git:e2e", images["localhost/git:e2e"], "/bin/sh"); err != nil {
+		return 1, err
+	}
 	if err := buildImage(files{"connectors-csi": bin, "tmp": ""}, "localhost/connectors-csi:e2e", images["localhost/connectors-csi:e2e"], "/connectors-csi"); err != nil {
 		return 1, err
 	}
@@ -597,6 +605,84 @@ func searchContainer(t *testing.T, pid int, secret string) []string {
 		return nil
 	})
 	return found
+}
+
+// TestGitCloneAndPushInPod: a container with Debian's git clones and pushes with only the
+// volume at $HOME (.gitconfig: the reverse proxy), and another with only .env and ca.crt
+// through the forward proxy to an https server.
+func TestGitCloneAndPushInPod(t *testing.T) {
+	ctx, kube := context.Background(), node.CP.Kube
+	ns := "git"
+	plain := setupNamespace(t, ns)
+	secure, err := gitserver.Start(t.TempDir(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(secure.Close)
+	if _, err := kube.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "secure-auth"},
+		Type: corev1.SecretTypeBasicAuth, StringData: map[string]string{"username": secure.Username, "password": secure.Password}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kube.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "secure-ca"},
+		Data: map[string][]byte{"ca.crt": secure.CA.PEM}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := node.CP.Client.Create(ctx, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: "secure", Namespace: ns},
+		Spec: v1alpha1.ConnectorSpec{ConnectorClassName: "git", Address: secure.URL,
+			Auth:            &v1alpha1.ConnectorAuth{Name: "basicAuth", SecretRef: &v1alpha1.SecretRef{Name: "secure-auth"}},
+			CACertSecretRef: &v1alpha1.LocalSecretRef{Name: "secure-ca"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kube.RbacV1().Roles(ns).Create(ctx, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "use-secure"},
+		Rules: []rbacv1.PolicyRule{{APIGroups: []string{"connectors.alauda.io"}, Resources: []string{"connectors"}, ResourceNames: []string{"secure"}, Verbs: []string{"get"}}}},
+		metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kube.RbacV1().RoleBindings(ns).Create(ctx, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "use-secure"},
+		RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "use-secure"},
+		Subjects: []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: "builder", Namespace: ns}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	push := `cd /tmp && git clone -q %s/repo.git r > /results/git.log 2>&1 && cd r &&
+git -c user.name=pod -c user.email=pod@example.com commit -q --allow-empty -m "from a pod" >> /results/git.log 2>&1 &&
+git push -q origin HEAD:main >> /results/git.log 2>&1
+echo $? > /results/exit
+sleep 3600`
+	cases := []struct {
+		name, connector, url, env string
+		server                    *gitserver.Server
+	}{
+		{"reverse", "git", plain.URL, "export HOME=/connectors\n", plain},
+		{"forward", "secure", secure.URL, ". /connectors/.env\nexport HOME=/tmp GIT_SSL_CAINFO=/connectors/ca.crt\n", secure},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			results := filepath.Join(node.Dir, "results", "git-"+tc.name)
+			if err := os.MkdirAll(results, 0o777); err != nil {
+				t.Fatal(err)
+			}
+			script := tc.env + fmt.Sprintf(push, tc.url)
+			pod, err := kube.CoreV1().Pods(ns).Create(ctx, imagePod(ns, "git-"+tc.name, results, script, "localhost/git:e2e", tc.connector), metav1.CreateOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if exit := strings.TrimSpace(waitFile(t, filepath.Join(results, "exit"), 120*time.Second)); exit != "0" {
+				log, _ := os.ReadFile(filepath.Join(results, "git.log"))
+				t.Fatalf("git in the Pod exited %s:\n%s\n--- driver ---\n%s", exit, log, node.tail("driver"))
+			}
+			var pushed bool
+			for _, r := range tc.server.Requests() {
+				pushed = pushed || strings.HasSuffix(r.Path, "git-receive-pack")
+			}
+			if !pushed {
+				t.Error("no push reached the Git server")
+			}
+			if found := searchContainer(t, containerPID(t, "git-"+tc.name, "c"), tc.server.Password); len(found) > 0 {
+				t.Errorf("the container sees the Git password in %v", found)
+			}
+			deleteAndCheckUnmounted(t, pod)
+		})
+	}
 }
 
 // TestDriverAsDaemonSetPod runs the driver the way deploy/ does — the DaemonSet's Pod,
