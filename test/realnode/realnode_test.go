@@ -121,6 +121,9 @@ func setupCluster() error {
 	if err := readYAML(filepath.Join(root, "deploy", "base", "csidriver.yaml"), &drv); err != nil {
 		return err
 	}
+	// The shortest lifetime the API allows, so that kubelet rotates the token during the run
+	// (at 80% of it: after 8 minutes).
+	drv.Spec.TokenRequests[0].ExpirationSeconds = ptrInt64(600)
 	if _, err := node.CP.Kube.StorageV1().CSIDrivers().Create(ctx, &drv, metav1.CreateOptions{}); err != nil {
 		return err
 	}
@@ -685,6 +688,43 @@ sleep 3600`
 	}
 }
 
+// TestTokenRotation: kubelet rotates the Pod's token (the CSIDriver asks for 600 s, the
+// shortest allowed; kubelet renews at 80%), the driver rewrites it in the running container's
+// volume on republish, and requests with the new token keep working. It takes about 8 minutes.
+func TestTokenRotation(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: token rotation takes about 8 minutes")
+	}
+	ctx, kube := context.Background(), node.CP.Kube
+	ns := "rotation"
+	setupNamespace(t, ns)
+	results := filepath.Join(node.Dir, "results", "rotation")
+	if err := os.MkdirAll(results, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	script := `cp /connectors/context.token /results/first
+while true; do
+  cp /connectors/context.token /results/current
+  wget -q -O /dev/null --header "Authorization: Bearer $(cat /connectors/context.token)" \
+    "$(cat /connectors/connector.status.proxyAddress)/repo.git/info/refs?service=git-upload-pack"
+  rc=$?
+  if ! cmp -s /results/first /results/current; then echo $rc >> /results/rotated; fi
+  sleep 5
+done`
+	pod, err := kube.CoreV1().Pods(ns).Create(ctx, scriptPod(ns, "rotation", results, script), metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !kubelet.WaitUntil(11*time.Minute, func() bool {
+		b, _ := os.ReadFile(filepath.Join(results, "rotated"))
+		return strings.Contains(string(b), "0\n")
+	}) {
+		b, _ := os.ReadFile(filepath.Join(results, "rotated"))
+		t.Fatalf("the token in the container never changed with a working request after it (rotated: %q)", b)
+	}
+	deleteAndCheckUnmounted(t, pod)
+}
+
 // TestDriverAsDaemonSetPod runs the driver the way deploy/ does — the DaemonSet's Pod,
 // privileged, kubelet's pods directory mounted Bidirectional, registering itself with kubelet —
 // and has a Pod use its volume and proxy. envtest runs no DaemonSet controller, so the Pod is
@@ -794,3 +834,5 @@ func freePort() (int, error) {
 	defer lis.Close()
 	return lis.Addr().(*net.TCPAddr).Port, nil
 }
+
+func ptrInt64(v int64) *int64 { return &v }
