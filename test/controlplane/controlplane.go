@@ -16,6 +16,7 @@ import (
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/yaml"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 )
@@ -120,4 +121,13 @@ func (cp *ControlPlane) Kubectl(stdin []byte, args ...string) (string, error) {
 func (cp *ControlPlane) Stop() error {
 	_ = os.Remove(cp.Kubeconfig)
 	return cp.Env.Stop()
+}
+
+// ReadYAML decodes a YAML file of the repository (strictly: unknown fields are errors).
+func ReadYAML(path string, into any) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	return yaml.UnmarshalStrict(b, into)
 }

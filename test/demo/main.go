@@ -19,7 +19,6 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	storagev1 "k8s.io/api/storage/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"sigs.k8s.io/yaml"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/test/controlplane"
@@ -139,14 +138,14 @@ func run(ctx context.Context) error {
 
 func applyDeploy(ctx context.Context, cp *controlplane.ControlPlane, root string) error {
 	var drv storagev1.CSIDriver
-	if err := readYAML(filepath.Join(root, "deploy", "base", "csidriver.yaml"), &drv); err != nil {
+	if err := controlplane.ReadYAML(filepath.Join(root, "deploy", "base", "csidriver.yaml"), &drv); err != nil {
 		return err
 	}
 	if _, err := cp.Kube.StorageV1().CSIDrivers().Create(ctx, &drv, metav1.CreateOptions{}); err != nil {
 		return err
 	}
 	var git v1alpha1.ConnectorClass
-	if err := readYAML(filepath.Join(root, "deploy", "classes", "git.yaml"), &git); err != nil {
+	if err := controlplane.ReadYAML(filepath.Join(root, "deploy", "classes", "git.yaml"), &git); err != nil {
 		return err
 	}
 	for _, name := range []string{"connectors-system", ns} {
@@ -155,14 +154,6 @@ func applyDeploy(ctx context.Context, cp *controlplane.ControlPlane, root string
 		}
 	}
 	return cp.Client.Create(ctx, &git)
-}
-
-func readYAML(path string, into any) error {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err
-	}
-	return yaml.UnmarshalStrict(b, into)
 }
 
 // freeAddr returns a loopback address that was free a moment ago.

@@ -56,7 +56,7 @@ func paramsClass(t testing.TB) string {
 func gitClass(t testing.TB) string {
 	t.Helper()
 	var c v1alpha1.ConnectorClass
-	if err := readYAML(filepath.Join(controlplane.RepoRoot(), "deploy", "classes", "git.yaml"), &c); err != nil {
+	if err := controlplane.ReadYAML(filepath.Join(controlplane.RepoRoot(), "deploy", "classes", "git.yaml"), &c); err != nil {
 		t.Fatal(err)
 	}
 	c.Name = "git-" + rand.String(6)

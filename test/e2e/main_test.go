@@ -30,7 +30,6 @@ import (
 	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/yaml"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/driver"
@@ -106,7 +105,7 @@ func lastLines(s string, n int) string {
 // setupCluster applies the CSIDriver object and the system namespace from deploy/.
 func setupCluster(ctx context.Context) error {
 	var drv storagev1.CSIDriver
-	if err := readYAML(filepath.Join(controlplane.RepoRoot(), "deploy", "base", "csidriver.yaml"), &drv); err != nil {
+	if err := controlplane.ReadYAML(filepath.Join(controlplane.RepoRoot(), "deploy", "base", "csidriver.yaml"), &drv); err != nil {
 		return err
 	}
 	if _, err := cp.Kube.StorageV1().CSIDrivers().Create(ctx, &drv, metav1.CreateOptions{}); err != nil {
@@ -114,14 +113,6 @@ func setupCluster(ctx context.Context) error {
 	}
 	_, err := cp.Kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: systemNS}}, metav1.CreateOptions{})
 	return err
-}
-
-func readYAML(path string, into any) error {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err
-	}
-	return yaml.UnmarshalStrict(b, into)
 }
 
 // runningDriver is one driver "process" started in this test process.

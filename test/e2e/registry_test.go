@@ -28,7 +28,7 @@ import (
 func ociClass(t testing.TB) string {
 	t.Helper()
 	var c v1alpha1.ConnectorClass
-	if err := readYAML(filepath.Join(controlplane.RepoRoot(), "deploy", "classes", "oci.yaml"), &c); err != nil {
+	if err := controlplane.ReadYAML(filepath.Join(controlplane.RepoRoot(), "deploy", "classes", "oci.yaml"), &c); err != nil {
 		t.Fatal(err)
 	}
 	c.Name = "oci-" + rand.String(6)

@@ -23,7 +23,6 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	storagev1 "k8s.io/api/storage/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"sigs.k8s.io/yaml"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/test/controlplane"
@@ -118,7 +117,7 @@ func setupCluster() error {
 	ctx := context.Background()
 	root := controlplane.RepoRoot()
 	var drv storagev1.CSIDriver
-	if err := readYAML(filepath.Join(root, "deploy", "base", "csidriver.yaml"), &drv); err != nil {
+	if err := controlplane.ReadYAML(filepath.Join(root, "deploy", "base", "csidriver.yaml"), &drv); err != nil {
 		return err
 	}
 	// The shortest lifetime the API allows, so that kubelet rotates the token during the run
@@ -128,21 +127,13 @@ func setupCluster() error {
 		return err
 	}
 	var git v1alpha1.ConnectorClass
-	if err := readYAML(filepath.Join(root, "deploy", "classes", "git.yaml"), &git); err != nil {
+	if err := controlplane.ReadYAML(filepath.Join(root, "deploy", "classes", "git.yaml"), &git); err != nil {
 		return err
 	}
 	if _, err := node.CP.Kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "connectors-system"}}, metav1.CreateOptions{}); err != nil {
 		return err
 	}
 	return node.CP.Client.Create(ctx, &git)
-}
-
-func readYAML(path string, into any) error {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err
-	}
-	return yaml.Unmarshal(b, into)
 }
 
 // waitFile waits for a file the container writes into its results directory.
@@ -276,6 +267,23 @@ func volumeMounts(podUID string) []string {
 	return out
 }
 
+// allowGet lets ServiceAccount builder of ns get a Connector.
+func allowGet(t *testing.T, ns, connector string) {
+	t.Helper()
+	ctx, kube := context.Background(), node.CP.Kube
+	name := "use-" + connector
+	if _, err := kube.RbacV1().Roles(ns).Create(ctx, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: name},
+		Rules: []rbacv1.PolicyRule{{APIGroups: []string{"connectors.alauda.io"}, Resources: []string{"connectors"}, ResourceNames: []string{connector}, Verbs: []string{"get"}}}},
+		metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kube.RbacV1().RoleBindings(ns).Create(ctx, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: name},
+		RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: name},
+		Subjects: []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: "builder", Namespace: ns}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // setupNamespace creates a namespace with a git Connector for a fresh Git server, and a
 // ServiceAccount builder that may get it.
 func setupNamespace(t *testing.T, ns string) *gitserver.Server {
@@ -302,16 +310,7 @@ func setupNamespace(t *testing.T, ns string) *gitserver.Server {
 	if _, err := kube.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "builder"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := kube.RbacV1().Roles(ns).Create(ctx, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "use-git"},
-		Rules: []rbacv1.PolicyRule{{APIGroups: []string{"connectors.alauda.io"}, Resources: []string{"connectors"}, ResourceNames: []string{"git"}, Verbs: []string{"get"}}}},
-		metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := kube.RbacV1().RoleBindings(ns).Create(ctx, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "use-git"},
-		RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "use-git"},
-		Subjects: []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: "builder", Namespace: ns}}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	allowGet(t, ns, "git")
 	return tool
 }
 
@@ -485,7 +484,7 @@ func TestPodPushesAndPullsImage(t *testing.T) {
 	ns := "registry"
 	setupNamespace(t, ns)
 	var oci v1alpha1.ConnectorClass
-	if err := readYAML(filepath.Join(controlplane.RepoRoot(), "deploy", "classes", "oci.yaml"), &oci); err != nil {
+	if err := controlplane.ReadYAML(filepath.Join(controlplane.RepoRoot(), "deploy", "classes", "oci.yaml"), &oci); err != nil {
 		t.Fatal(err)
 	}
 	if err := node.CP.Client.Create(ctx, &oci); err != nil {
@@ -501,16 +500,7 @@ func TestPodPushesAndPullsImage(t *testing.T) {
 			Auth:              &v1alpha1.ConnectorAuth{Name: "registryToken", SecretRef: &v1alpha1.SecretRef{Name: "registry-auth"}}}}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := kube.RbacV1().Roles(ns).Create(ctx, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "use-registry"},
-		Rules: []rbacv1.PolicyRule{{APIGroups: []string{"connectors.alauda.io"}, Resources: []string{"connectors"}, ResourceNames: []string{"registry"}, Verbs: []string{"get"}}}},
-		metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := kube.RbacV1().RoleBindings(ns).Create(ctx, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "use-registry"},
-		RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "use-registry"},
-		Subjects: []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: "builder", Namespace: ns}}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	allowGet(t, ns, "registry")
 	results := filepath.Join(node.Dir, "results", "pusher")
 	if err := os.MkdirAll(results, 0o777); err != nil {
 		t.Fatal(err)
@@ -636,16 +626,7 @@ func TestGitCloneAndPushInPod(t *testing.T) {
 			CACertSecretRef: &v1alpha1.LocalSecretRef{Name: "secure-ca"}}}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := kube.RbacV1().Roles(ns).Create(ctx, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "use-secure"},
-		Rules: []rbacv1.PolicyRule{{APIGroups: []string{"connectors.alauda.io"}, Resources: []string{"connectors"}, ResourceNames: []string{"secure"}, Verbs: []string{"get"}}}},
-		metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := kube.RbacV1().RoleBindings(ns).Create(ctx, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "use-secure"},
-		RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "use-secure"},
-		Subjects: []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: "builder", Namespace: ns}}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	allowGet(t, ns, "secure")
 	push := `cd /tmp && git clone -q %s/repo.git r > /results/git.log 2>&1 && cd r &&
 git -c user.name=pod -c user.email=pod@example.com commit -q --allow-empty -m "from a pod" >> /results/git.log 2>&1 &&
 git push -q origin HEAD:main >> /results/git.log 2>&1
@@ -734,7 +715,7 @@ func TestDriverAsDaemonSetPod(t *testing.T) {
 	ctx, kube := context.Background(), node.CP.Kube
 	root := controlplane.RepoRoot()
 	var ds appsv1.DaemonSet
-	if err := readYAML(filepath.Join(root, "deploy", "base", "daemonset.yaml"), &ds); err != nil {
+	if err := controlplane.ReadYAML(filepath.Join(root, "deploy", "base", "daemonset.yaml"), &ds); err != nil {
 		t.Fatal(err)
 	}
 	node.Stop("driver")
