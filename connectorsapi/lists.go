@@ -89,8 +89,7 @@ func underAddress(c *v1alpha1.Connector, raw string) (*url.URL, error) {
 		return nil, errorf(http.StatusBadRequest, metav1.StatusReasonBadRequest, "%q is not a URL", raw)
 	}
 	base, err := url.Parse(c.Spec.Address)
-	if err != nil || base.Scheme != u.Scheme || base.Host != u.Host ||
-		!(strings.TrimSuffix(base.Path, "/") == "" || strings.HasPrefix(u.Path, strings.TrimSuffix(base.Path, "/")+"/")) {
+	if err != nil || !proxy.Covers(base, u) {
 		return nil, errorf(http.StatusBadRequest, metav1.StatusReasonBadRequest,
 			"repositoryUrl %q is not under the Connector's address %s", raw, c.Spec.Address)
 	}

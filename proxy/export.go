@@ -95,3 +95,7 @@ func WriteStatus(w http.ResponseWriter, code int, reason metav1.StatusReason, ms
 		Status:   metav1.StatusFailure, Code: int32(code), Reason: reason, Message: msg,
 	})
 }
+
+// Covers reports whether target falls under a Connector address: same scheme and host (default
+// ports made explicit), and a path inside the address's path.
+func Covers(address, target *url.URL) bool { return covers(address, target) }
