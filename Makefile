@@ -32,10 +32,10 @@ lint: ## gofmt, go vet, staticcheck
 test: verify-generated lint build ## every test, against a real API server (tmpfs mounts when root)
 	KUBEBUILDER_ASSETS=$(TESTBIN) go test -count=1 ./...
 
-e2e: ## the real-node lane: kubelet + containerd + the driver, real Pods (root)
+e2e: ## the real-node lane: kubelet + containerd + the driver + Tekton, real Pods (root)
 	hack/e2e-deps.sh
 	TESTBIN_KUBELET=1 hack/testbin.sh >/dev/null
-	KUBEBUILDER_ASSETS=$(TESTBIN) go test -tags realnode -count=1 -timeout 20m ./test/realnode/
+	TEKTON_DIR=$$(hack/tekton.sh | tail -n1) KUBEBUILDER_ASSETS=$(TESTBIN) go test -tags realnode -count=1 -timeout 25m ./test/realnode/
 
 e2e-down: ## clean up after a real-node run that was killed
 	hack/e2e-down.sh

@@ -64,6 +64,8 @@ func Start() (*ControlPlane, error) {
 		CRDDirectoryPaths:     []string{filepath.Join(RepoRoot(), "deploy", "crds")},
 		ErrorIfCRDPathMissing: true,
 	}
+	// Webhooks (Tekton's) are reached at their Service's endpoints: there is no Service network.
+	env.ControlPlane.GetAPIServer().Configure().Set("enable-aggregator-routing", "true")
 	cfg, err := env.Start()
 	if err != nil {
 		return nil, fmt.Errorf("start control plane: %w", err)

@@ -103,7 +103,7 @@ func buildImage(fs files, ref, out string, entrypoint ...string) error {
 // busybox is a shell image from Debian's busybox-static.
 func busybox() files {
 	fs := files{"bin": "", "tmp": "", "etc": "", "bin/busybox": "/bin/busybox"}
-	for _, a := range []string{"sh", "cat", "ls", "grep", "wget", "env", "echo", "test", "sleep", "wc", "find", "id", "cp", "mkdir", "cmp"} {
+	for _, a := range []string{"sh", "cat", "ls", "grep", "wget", "env", "echo", "test", "sleep", "wc", "find", "id", "cp", "mkdir", "cmp", "touch", "chmod"} {
 		fs["bin/"+a] = "->busybox"
 	}
 	return fs

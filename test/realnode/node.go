@@ -20,6 +20,7 @@ import (
 	"syscall"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kube-connectors/connectors-csi/test/controlplane"
@@ -41,6 +42,7 @@ type Node struct {
 	KubeletRoot string
 	Containerd  string // socket
 	ProxyURL    string // as Pods reach it
+	driverBin   string
 	procs       []*proc
 	sysctls     map[string]string
 }
@@ -164,6 +166,7 @@ func Up(ctx context.Context, driverBin string, images map[string]string) (n *Nod
 		{"containerd", n.startContainerd},
 		{"images", func() error { return n.importImages(images) }},
 		{"control plane", n.startControlPlane},
+		{"scheduler", n.startScheduler},
 		{"kubelet", n.startKubelet},
 		{"driver", func() error { return n.startDriver(driverBin) }},
 	}
@@ -288,10 +291,42 @@ imageGCLowThresholdPercent: 99
 	if !kubelet.WaitUntil(90*time.Second, ready) {
 		return fmt.Errorf("node not Ready:\n%s", n.tail("kubelet"))
 	}
-	return nil
+	return n.untaintReadyNode()
+}
+
+// untaintReadyNode removes the not-ready taint kubelet registers the node with, as
+// kube-controller-manager's node lifecycle controller does once the node is Ready (this control
+// plane runs none), so that kube-scheduler places Pods on it.
+func (n *Node) untaintReadyNode() error {
+	ctx := context.Background()
+	obj, err := n.CP.Kube.CoreV1().Nodes().Get(ctx, NodeName, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	var taints []corev1.Taint
+	for _, t := range obj.Spec.Taints {
+		if t.Key != corev1.TaintNodeNotReady {
+			taints = append(taints, t)
+		}
+	}
+	obj.Spec.Taints = taints
+	_, err = n.CP.Kube.CoreV1().Nodes().Update(ctx, obj, metav1.UpdateOptions{})
+	return err
+}
+
+// startScheduler runs kube-scheduler, for Pods that controllers (Tekton's) create unbound.
+func (n *Node) startScheduler() error {
+	return n.start("scheduler", nil, filepath.Join(n.CP.Assets, "kube-scheduler"), "--kubeconfig="+n.CP.Kubeconfig,
+		"--leader-elect=false", "--secure-port=0", "-v=2")
+}
+
+// StartDriver starts the driver as a node process again, after Stop("driver").
+func (n *Node) StartDriver() error {
+	return n.startDriver(n.driverBin)
 }
 
 func (n *Node) startDriver(bin string) error {
+	n.driverBin = bin
 	lis, err := net.Listen("tcp", ":0")
 	if err != nil {
 		return err

@@ -709,8 +709,8 @@ done`
 // TestDriverAsDaemonSetPod runs the driver the way deploy/ does — the DaemonSet's Pod,
 // privileged, kubelet's pods directory mounted Bidirectional, registering itself with kubelet —
 // and has a Pod use its volume and proxy. envtest runs no DaemonSet controller, so the Pod is
-// made from the DaemonSet's template, bound to the node. It runs last: it replaces the
-// host-process driver.
+// made from the DaemonSet's template, bound to the node. It replaces the
+// host-process driver while it runs.
 func TestDriverAsDaemonSetPod(t *testing.T) {
 	ctx, kube := context.Background(), node.CP.Kube
 	root := controlplane.RepoRoot()
@@ -773,8 +773,16 @@ func TestDriverAsDaemonSetPod(t *testing.T) {
 	if _, err := kube.CoreV1().Pods("connectors-system").Create(ctx, driverPod, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	// Back to the host-process driver for the tests that follow.
 	t.Cleanup(func() {
 		_ = kube.CoreV1().Pods("connectors-system").Delete(ctx, driverPod.Name, metav1.DeleteOptions{})
+		kubelet.WaitUntil(60*time.Second, func() bool {
+			_, err := kube.CoreV1().Pods("connectors-system").Get(ctx, driverPod.Name, metav1.GetOptions{})
+			return err != nil
+		})
+		if err := node.StartDriver(); err != nil {
+			t.Errorf("restart the host-process driver: %v", err)
+		}
 	})
 	if !kubelet.WaitUntil(90*time.Second, func() bool {
 		p, err := kube.CoreV1().Pods("connectors-system").Get(ctx, driverPod.Name, metav1.GetOptions{})
@@ -817,3 +825,5 @@ func freePort() (int, error) {
 }
 
 func ptrInt64(v int64) *int64 { return &v }
+
+func ptrInt32(v int32) *int32 { return &v }

@@ -1,0 +1,291 @@
+//go:build realnode
+
+package realnode
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/kube-connectors/connectors-csi/test/controlplane"
+	"github.com/kube-connectors/connectors-csi/test/kubelet"
+)
+
+// tektonDirEnv names the directory hack/tekton.sh prints: Tekton's binaries and config/.
+const tektonDirEnv = "TEKTON_DIR"
+
+var (
+	tektonOnce sync.Once
+	tektonErr  error
+)
+
+// startTekton installs Tekton Pipelines on the node once: its namespace, CRDs, ConfigMaps and
+// webhook configurations from the release's config/, the entrypoint and nop images built from
+// its binaries, and its webhook and controller as node processes (the control plane has no
+// Service network for an in-cluster client; the API server reaches the webhook at the endpoints
+// of its Service).
+func startTekton(t *testing.T) {
+	t.Helper()
+	tektonOnce.Do(func() { tektonErr = installTekton() })
+	if tektonErr != nil {
+		t.Fatalf("Tekton: %v", tektonErr)
+	}
+}
+
+func installTekton() error {
+	dir := os.Getenv(tektonDirEnv)
+	if dir == "" {
+		return fmt.Errorf("%s is not set: run the lane with make e2e (hack/tekton.sh builds Tekton)", tektonDirEnv)
+	}
+	if err := importTektonImages(dir); err != nil {
+		return err
+	}
+	config := filepath.Join(dir, "config")
+	for _, args := range [][]string{
+		{"apply", "--server-side", "-f", filepath.Join(config, "100-namespace"), "-f", filepath.Join(config, "300-crds")},
+		{"wait", "--for=condition=Established", "--timeout=60s", "crd/taskruns.tekton.dev", "crd/tasks.tekton.dev"},
+		{"apply", "--server-side", "-f", config},
+	} {
+		if _, err := node.CP.Kubectl(nil, args...); err != nil {
+			return err
+		}
+	}
+	if err := startTektonWebhook(dir); err != nil {
+		return err
+	}
+	return startTektonProcess("tekton-controller", filepath.Join(dir, "controller"),
+		[]string{"CONFIG_DEFAULTS_NAME=config-defaults", "CONFIG_LEADERELECTION_NAME=config-leader-election-controller", "CONFIG_SPIRE=config-spire"},
+		"-disable-ha", "-entrypoint-image=localhost/tekton-entrypoint:e2e", "-nop-image=localhost/tekton-nop:e2e",
+		"-shell-image=localhost/busybox:e2e", "-shell-image-win=unused.invalid/windows",
+		"-sidecarlogresults-image=unused.invalid/sidecarlogresults", "-workingdirinit-image=unused.invalid/workingdirinit")
+}
+
+// importTektonImages builds the images Tekton's Pods run its binaries from, at /ko-app/<name>
+// where ko puts them, and imports them into containerd.
+func importTektonImages(dir string) error {
+	work, err := os.MkdirTemp("", "tekton-images-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+	images := map[string]string{}
+	for _, b := range []string{"entrypoint", "nop"} {
+		ref, tarball := "localhost/tekton-"+b+":e2e", filepath.Join(work, b+".tar")
+		if err := buildImage(files{"ko-app": "", "ko-app/" + b: filepath.Join(dir, b)}, ref, tarball, "/ko-app/"+b); err != nil {
+			return err
+		}
+		images[ref] = tarball
+	}
+	return node.importImages(images)
+}
+
+// startTektonProcess runs one of Tekton's commands against the control plane with the
+// environment its Deployment gives it, and ports of its own for probes, profiling and metrics.
+func startTektonProcess(name, bin string, env []string, args ...string) error {
+	env = append(env, "SYSTEM_NAMESPACE=tekton-pipelines", "METRICS_DOMAIN=tekton.dev/pipeline",
+		"CONFIG_LOGGING_NAME=config-logging", "CONFIG_OBSERVABILITY_NAME=config-observability",
+		"CONFIG_FEATURE_FLAGS_NAME=feature-flags")
+	for _, key := range []string{"PROBES_PORT", "PROFILING_PORT", "METRICS_PROMETHEUS_PORT"} {
+		port, err := freePort()
+		if err != nil {
+			return err
+		}
+		env = append(env, fmt.Sprintf("%s=%d", key, port))
+	}
+	return node.start(name, env, append([]string{bin, "-kubeconfig=" + node.CP.Kubeconfig}, args...)...)
+}
+
+// tektonWebhookService is the Service the webhook configurations and CRD conversions name.
+const tektonWebhookService = "tekton-pipelines-webhook"
+
+// startTektonWebhook runs Tekton's webhook on ToolsIP, gives its Service an EndpointSlice there
+// (what the EndpointSlice controller would do for its Pod), and waits until the API server
+// sends TaskRuns through it: an invalid TaskRun is refused with Tekton's own message.
+func startTektonWebhook(dir string) error {
+	ctx, kube := context.Background(), node.CP.Kube
+	port, err := freePort()
+	if err != nil {
+		return err
+	}
+	portName, proto := "https-webhook", corev1.ProtocolTCP
+	if _, err := kube.CoreV1().Services("tekton-pipelines").Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: tektonWebhookService},
+		Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: portName, Port: 443, TargetPort: intstr.FromInt32(int32(port))}}},
+	}, metav1.CreateOptions{}); err != nil {
+		return err
+	}
+	ready := true
+	if _, err := kube.DiscoveryV1().EndpointSlices("tekton-pipelines").Create(ctx, &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Name: tektonWebhookService + "-e2e", Labels: map[string]string{discoveryv1.LabelServiceName: tektonWebhookService}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{ToolsIP}, Conditions: discoveryv1.EndpointConditions{Ready: &ready}}},
+		Ports:       []discoveryv1.EndpointPort{{Name: &portName, Port: ptrInt32(int32(port)), Protocol: &proto}},
+	}, metav1.CreateOptions{}); err != nil {
+		return err
+	}
+	if err := startTektonProcess("tekton-webhook", filepath.Join(dir, "webhook"),
+		[]string{"CONFIG_LEADERELECTION_NAME=config-leader-election-webhook", fmt.Sprintf("WEBHOOK_PORT=%d", port),
+			"WEBHOOK_SERVICE_NAME=" + tektonWebhookService, "WEBHOOK_SECRET_NAME=webhook-certs",
+			"WEBHOOK_ADMISSION_CONTROLLER_NAME=webhook.pipeline.tekton.dev"}); err != nil {
+		return err
+	}
+	invalid := []byte("{\"apiVersion\":\"tekton.dev/v1\",\"kind\":\"TaskRun\",\"metadata\":{\"name\":\"probe\",\"namespace\":\"tekton-pipelines\"},\"spec\":{}}")
+	var last string
+	if !kubelet.WaitUntil(120*time.Second, func() bool {
+		out, err := node.CP.Kubectl(invalid, "create", "--dry-run=server", "-f", "-")
+		last = out
+		return err != nil && strings.Contains(out, "validation.webhook.pipeline.tekton.dev")
+	}) {
+		return fmt.Errorf("the API server does not send TaskRuns to Tekton's webhook (last answer: %s)\n--- webhook ---\n%s", last, node.tail("tekton-webhook"))
+	}
+	return nil
+}
+
+// TestTektonTaskRunClonesThroughProxy: a TaskRun run by Tekton's own controller, whose
+// workspace is a csi: binding to the git Connector, clones through the reverse proxy with only
+// the rendered .gitconfig and succeeds; its result is the commit the Git server has.
+func TestTektonTaskRunClonesThroughProxy(t *testing.T) {
+	startTekton(t)
+	ctx := context.Background()
+	ns := "tekton"
+	tool := setupNamespace(t, ns)
+	// What kube-controller-manager publishes in every namespace, for the Pod's API token.
+	if _, err := node.CP.Kube.CoreV1().ConfigMaps(ns).Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "kube-root-ca.crt"},
+		Data: map[string]string{"ca.crt": string(node.CP.Config.CAData)}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	taskRun := fmt.Sprintf(`apiVersion: tekton.dev/v1
+kind: TaskRun
+metadata: {name: clone, namespace: %s}
+spec:
+  serviceAccountName: builder
+  workspaces:
+    - name: git
+      csi:
+        driver: connectors-csi
+        readOnly: true
+        volumeAttributes: {connectors: git}
+  taskSpec:
+    workspaces:
+      - name: git
+        readOnly: true
+    results:
+      - name: commit
+    steps:
+      - name: clone
+        image: localhost/git:e2e
+        script: |
+          export HOME=$(workspaces.git.path)
+          git clone -q %s/repo.git /tmp/src
+          printf %%s "$(git -C /tmp/src rev-parse HEAD)" > $(results.commit.path)
+`, ns, tool.URL)
+	if _, err := node.CP.Kubectl([]byte(taskRun), "apply", "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
+	var status taskRunStatus
+	if !kubelet.WaitUntil(180*time.Second, func() bool {
+		status = getTaskRun(t, ns, "clone")
+		return status.succeeded() != ""
+	}) {
+		t.Fatalf("the TaskRun did not finish: %+v\n--- tekton ---\n%s\n--- kubelet ---\n%s", status, node.tail("tekton-controller"), node.tail("kubelet"))
+	}
+	if status.succeeded() != "True" {
+		out, _ := node.CP.Kubectl(nil, "logs", "-n", ns, status.PodName, "--all-containers")
+		t.Fatalf("the TaskRun failed: %+v\n--- pod logs ---\n%s\n--- driver ---\n%s", status, out, node.tail("driver"))
+	}
+	head, err := tool.Head()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := status.result("commit"); got != head {
+		t.Errorf("the TaskRun's commit result is %q, the Git server's main is %q", got, head)
+	}
+	var authorized bool
+	for _, r := range tool.Requests() {
+		authorized = authorized || r.Authorization == "Basic "+basicOf(tool.Username, tool.Password)
+	}
+	if !authorized {
+		t.Error("no request reached the Git server with the Connector's credential: the clone did not go through the proxy")
+	}
+	pod, err := node.CP.Kube.CoreV1().Pods(ns).Get(ctx, status.PodName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := json.Marshal(pod.Spec); strings.Contains(string(b), tool.Password) || strings.Contains(string(b), "git-auth") {
+		t.Error("the TaskRun's Pod spec carries the Git credential or its Secret")
+	}
+	deleteAndCheckUnmounted(t, pod)
+}
+
+// TestTektonExampleIsValid: deploy/examples/tekton applies (server-side dry run, strict field
+// validation) against Tekton's real CRDs and admission webhook.
+func TestTektonExampleIsValid(t *testing.T) {
+	startTekton(t)
+	root := controlplane.RepoRoot()
+	if _, err := node.CP.Kubectl(nil, "apply", "-f", filepath.Join(root, "test", "e2e", "testdata", "approvaltask-crd.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := node.CP.Kubectl(nil, "create", "namespace", "team"); err != nil {
+		t.Fatal(err)
+	}
+	out, err := node.CP.Kubectl(nil, "apply", "--dry-run=server", "--validate=strict", "-f", filepath.Join(root, "deploy", "examples", "tekton"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, "taskrun.tekton.dev/promote-app created (server dry run)") {
+		t.Errorf("the example's TaskRun was not accepted:\n%s", out)
+	}
+}
+
+// taskRunStatus is the part of a TaskRun's status the tests read.
+type taskRunStatus struct {
+	PodName    string `json:"podName"`
+	Conditions []struct {
+		Type, Status, Reason, Message string
+	} `json:"conditions"`
+	Results []struct {
+		Name  string `json:"name"`
+		Value string `json:"value"`
+	} `json:"results"`
+}
+
+func (s taskRunStatus) succeeded() string {
+	for _, c := range s.Conditions {
+		if c.Type == "Succeeded" && c.Status != "Unknown" {
+			return c.Status
+		}
+	}
+	return ""
+}
+
+func (s taskRunStatus) result(name string) string {
+	for _, r := range s.Results {
+		if r.Name == name {
+			return r.Value
+		}
+	}
+	return ""
+}
+
+func getTaskRun(t *testing.T, ns, name string) taskRunStatus {
+	t.Helper()
+	var tr struct {
+		Status taskRunStatus `json:"status"`
+	}
+	out, err := node.CP.Kubectl(nil, "get", "taskrun", "-n", ns, name, "-o", "json")
+	if err == nil {
+		_ = json.Unmarshal([]byte(out), &tr)
+	}
+	return tr.Status
+}
