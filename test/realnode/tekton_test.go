@@ -19,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/kube-connectors/connectors-csi/test/controlplane"
+	"github.com/kube-connectors/connectors-csi/test/gitserver"
 	"github.com/kube-connectors/connectors-csi/test/kubelet"
 )
 
@@ -52,14 +53,19 @@ func installTekton() error {
 		return err
 	}
 	config := filepath.Join(dir, "config")
-	for _, args := range [][]string{
-		{"apply", "--server-side", "-f", filepath.Join(config, "100-namespace"), "-f", filepath.Join(config, "300-crds")},
-		{"wait", "--for=condition=Established", "--timeout=60s", "crd/taskruns.tekton.dev", "crd/tasks.tekton.dev"},
-		{"apply", "--server-side", "-f", config},
-	} {
-		if _, err := node.CP.Kubectl(nil, args...); err != nil {
-			return err
-		}
+	if _, err := node.CP.Kubectl(nil, "apply", "--server-side", "-f", filepath.Join(config, "100-namespace"), "-f", filepath.Join(config, "300-crds")); err != nil {
+		return err
+	}
+	// kubectl wait fails at once on a CRD that has no conditions yet, so it is retried.
+	var waitErr error
+	if !kubelet.WaitUntil(60*time.Second, func() bool {
+		_, waitErr = node.CP.Kubectl(nil, "wait", "--for=condition=Established", "--timeout=10s", "crd/taskruns.tekton.dev", "crd/tasks.tekton.dev")
+		return waitErr == nil
+	}) {
+		return waitErr
+	}
+	if _, err := node.CP.Kubectl(nil, "apply", "--server-side", "-f", config); err != nil {
+		return err
 	}
 	if err := startTektonWebhook(dir); err != nil {
 		return err
@@ -152,45 +158,36 @@ func startTektonWebhook(dir string) error {
 	return nil
 }
 
-// TestTektonTaskRunClonesThroughProxy: a TaskRun run by Tekton's own controller, whose
-// workspace is a csi: binding to the git Connector, clones through the reverse proxy with only
-// the rendered .gitconfig and succeeds; its result is the commit the Git server has.
+// TestTektonTaskRunClonesThroughProxy applies deploy/examples/tekton/git-clone.yaml (its
+// namespace, Git address, credential and image replaced by the test's): the TaskRun, run by
+// Tekton's own controller with a csi: workspace for the git Connector, clones through the
+// reverse proxy with only the rendered .gitconfig and succeeds; its result is the commit the
+// Git server has, and the Git server saw the credential only the proxy holds.
 func TestTektonTaskRunClonesThroughProxy(t *testing.T) {
 	startTekton(t)
 	ctx := context.Background()
 	ns := "tekton"
-	tool := setupNamespace(t, ns)
+	tool, err := gitserver.Start(t.TempDir(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(tool.Close)
+	if _, err := node.CP.Kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	// What kube-controller-manager publishes in every namespace, for the Pod's API token.
 	if _, err := node.CP.Kube.CoreV1().ConfigMaps(ns).Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "kube-root-ca.crt"},
 		Data: map[string]string{"ca.crt": string(node.CP.Config.CAData)}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	taskRun := fmt.Sprintf(`apiVersion: tekton.dev/v1
-kind: TaskRun
-metadata: {name: clone, namespace: %s}
-spec:
-  serviceAccountName: builder
-  workspaces:
-    - name: git
-      csi:
-        driver: connectors-csi
-        readOnly: true
-        volumeAttributes: {connectors: git}
-  taskSpec:
-    workspaces:
-      - name: git
-        readOnly: true
-    results:
-      - name: commit
-    steps:
-      - name: clone
-        image: localhost/git:e2e
-        script: |
-          export HOME=$(workspaces.git.path)
-          git clone -q %s/repo.git /tmp/src
-          printf %%s "$(git -C /tmp/src rev-parse HEAD)" > $(results.commit.path)
-`, ns, tool.URL)
-	if _, err := node.CP.Kubectl([]byte(taskRun), "apply", "-f", "-"); err != nil {
+	example := exampleWith(t, filepath.Join(controlplane.RepoRoot(), "deploy", "examples", "tekton", "git-clone.yaml"),
+		"namespace: team", "namespace: "+ns,
+		"https://git.example.com/org/repo.git", tool.URL+"/repo.git",
+		"https://git.example.com", tool.URL,
+		"username: bot", "username: "+tool.Username,
+		"password: change-me", "password: "+tool.Password,
+		"docker.io/alpine/git:latest", "localhost/git:e2e")
+	if _, err := node.CP.Kubectl(example, "apply", "-f", "-"); err != nil {
 		t.Fatal(err)
 	}
 	var status taskRunStatus
@@ -222,13 +219,31 @@ spec:
 	if err != nil {
 		t.Fatal(err)
 	}
-	if b, _ := json.Marshal(pod.Spec); strings.Contains(string(b), tool.Password) || strings.Contains(string(b), "git-auth") {
+	if b, _ := json.Marshal(pod.Spec); strings.Contains(string(b), tool.Password) || strings.Contains(string(b), "git-credentials") {
 		t.Error("the TaskRun's Pod spec carries the Git credential or its Secret")
 	}
 	deleteAndCheckUnmounted(t, pod)
 }
 
-// TestTektonExampleIsValid: deploy/examples/tekton applies (server-side dry run, strict field
+// exampleWith reads a YAML file of the repository with each old string replaced by its new one
+// (pairs); an old string the file lacks fails the test, so the example cannot drift unseen.
+func exampleWith(t *testing.T, path string, pairs ...string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(b)
+	for i := 0; i+1 < len(pairs); i += 2 {
+		if !strings.Contains(s, pairs[i]) {
+			t.Fatalf("%s no longer contains %q", path, pairs[i])
+		}
+		s = strings.ReplaceAll(s, pairs[i], pairs[i+1])
+	}
+	return []byte(s)
+}
+
+// TestTektonExampleIsValid: each file of deploy/examples/tekton applies (server-side dry run, strict field
 // validation) against Tekton's real CRDs and admission webhook.
 func TestTektonExampleIsValid(t *testing.T) {
 	startTekton(t)
@@ -243,8 +258,10 @@ func TestTektonExampleIsValid(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(out, "taskrun.tekton.dev/promote-app created (server dry run)") {
-		t.Errorf("the example's TaskRun was not accepted:\n%s", out)
+	for _, want := range []string{"taskrun.tekton.dev/promote-app created (server dry run)", "taskrun.tekton.dev/clone created (server dry run)"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("an example's TaskRun was not accepted (no %q):\n%s", want, out)
+		}
 	}
 }
 
