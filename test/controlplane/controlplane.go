@@ -53,8 +53,20 @@ func assets() (string, error) {
 	return lines[len(lines)-1], nil
 }
 
+// Option changes the control plane's set-up before it starts.
+type Option func(*envtest.Environment)
+
+// WithServiceAccountAdmission turns on the ServiceAccount admission plugin (envtest turns it
+// off), as in a cluster: a Pod without a ServiceAccount gets "default", and one that does not
+// opt out gets a projected API token volume.
+func WithServiceAccountAdmission() Option {
+	return func(env *envtest.Environment) {
+		env.ControlPlane.GetAPIServer().Configure().Set("disable-admission-plugins", "")
+	}
+}
+
 // Start starts kube-apiserver and etcd with the CRDs of deploy/crds installed.
-func Start() (*ControlPlane, error) {
+func Start(opts ...Option) (*ControlPlane, error) {
 	dir, err := assets()
 	if err != nil {
 		return nil, err
@@ -66,6 +78,9 @@ func Start() (*ControlPlane, error) {
 	}
 	// Webhooks (Tekton's) are reached at their Service's endpoints: there is no Service network.
 	env.ControlPlane.GetAPIServer().Configure().Set("enable-aggregator-routing", "true")
+	for _, opt := range opts {
+		opt(env)
+	}
 	cfg, err := env.Start()
 	if err != nil {
 		return nil, fmt.Errorf("start control plane: %w", err)

@@ -34,6 +34,9 @@ func layer(fs files) ([]byte, error) {
 		switch {
 		case src == "":
 			h.Typeflag, h.Name = tar.TypeDir, dst+"/"
+			if dst == "tmp" {
+				h.Mode = 0o1777 // as on any system: containers running as another user write there
+			}
 		case len(src) > 2 && src[:2] == "->":
 			h.Typeflag, h.Linkname = tar.TypeSymlink, src[2:]
 		default:

@@ -239,7 +239,7 @@ func (n *Node) importImages(images map[string]string) error {
 }
 
 func (n *Node) startControlPlane() error {
-	cp, err := controlplane.Start()
+	cp, err := controlplane.Start(controlplane.WithServiceAccountAdmission())
 	if err != nil {
 		return err
 	}

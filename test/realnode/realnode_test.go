@@ -133,6 +133,10 @@ func setupCluster() error {
 	if _, err := node.CP.Kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "connectors-system"}}, metav1.CreateOptions{}); err != nil {
 		return err
 	}
+	// The DaemonSet's ServiceAccount: admission refuses a Pod whose ServiceAccount is missing.
+	if _, err := node.CP.Kube.CoreV1().ServiceAccounts("connectors-system").Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "connectors-csi"}}, metav1.CreateOptions{}); err != nil {
+		return err
+	}
 	return node.CP.Client.Create(ctx, &git)
 }
 

@@ -172,14 +172,7 @@ func TestTektonTaskRunClonesThroughProxy(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(tool.Close)
-	if _, err := node.CP.Kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	// What kube-controller-manager publishes in every namespace, for the Pod's API token.
-	if _, err := node.CP.Kube.CoreV1().ConfigMaps(ns).Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "kube-root-ca.crt"},
-		Data: map[string]string{"ca.crt": string(node.CP.Config.CAData)}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	createNamespace(t, ns)
 	example := exampleWith(t, filepath.Join(controlplane.RepoRoot(), "deploy", "examples", "tekton", "git-clone.yaml"),
 		"namespace: team", "namespace: "+ns,
 		"https://git.example.com/org/repo.git", tool.URL+"/repo.git",
@@ -223,24 +216,6 @@ func TestTektonTaskRunClonesThroughProxy(t *testing.T) {
 		t.Error("the TaskRun's Pod spec carries the Git credential or its Secret")
 	}
 	deleteAndCheckUnmounted(t, pod)
-}
-
-// exampleWith reads a YAML file of the repository with each old string replaced by its new one
-// (pairs); an old string the file lacks fails the test, so the example cannot drift unseen.
-func exampleWith(t *testing.T, path string, pairs ...string) []byte {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := string(b)
-	for i := 0; i+1 < len(pairs); i += 2 {
-		if !strings.Contains(s, pairs[i]) {
-			t.Fatalf("%s no longer contains %q", path, pairs[i])
-		}
-		s = strings.ReplaceAll(s, pairs[i], pairs[i+1])
-	}
-	return []byte(s)
 }
 
 // TestTektonExampleIsValid: each file of deploy/examples/tekton applies (server-side dry run, strict field
