@@ -26,11 +26,11 @@ missing=()
 if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
 ln -sfn /usr/bin/etcd "$dir/etcd"
 
-# kube-apiserver and kubectl (and kubelet and kube-scheduler for the real-node lane,
-# TESTBIN_KUBELET=1) from the k8s.io/kubernetes module, stamped with the real version (an
-# unstamped v0.0.0-master is not parsable by kubectl and client-go discovery).
+# kube-apiserver and kubectl (and kubelet, kube-scheduler and kube-controller-manager for the
+# real-node lane, TESTBIN_KUBELET=1) from the k8s.io/kubernetes module, stamped with the real
+# version (an unstamped v0.0.0-master is not parsable by kubectl and client-go discovery).
 cmds=(kube-apiserver kubectl)
-[ "${TESTBIN_KUBELET:-0}" = 1 ] && cmds+=(kubelet kube-scheduler)
+[ "${TESTBIN_KUBELET:-0}" = 1 ] && cmds+=(kubelet kube-scheduler kube-controller-manager)
 need_build=0
 for b in "${cmds[@]}"; do
   [ -x "$dir/$b" ] || need_build=1

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -19,11 +20,13 @@ import (
 	"github.com/kube-connectors/connectors-csi/test/kubelet"
 )
 
-// TestPodGitExample applies deploy/examples/pod-git.yaml (namespace, Git address, credential and
-// image replaced by the test's): the scheduled Pod, running as user 1000 with fsGroup 1000,
-// clones through the reverse proxy with only GIT_CONFIG_GLOBAL pointing at the volume and
-// completes; the Git server saw the credential only the proxy holds.
-func TestPodGitExample(t *testing.T) {
+// TestGitExamples applies deploy/examples/pod-git.yaml and job-git.yaml (namespace, Git
+// address, credential and image replaced by the test's): the Pod, and the Job's Pod made by
+// kube-controller-manager's Job controller, both scheduled by kube-scheduler and running as user
+// 1000 with fsGroup 1000, clone through the reverse proxy with only GIT_CONFIG_GLOBAL pointing at
+// the volume; the Pod completes, the Job is Complete, and the Git server saw the credential only
+// the proxy holds.
+func TestGitExamples(t *testing.T) {
 	ctx, kube := context.Background(), node.CP.Kube
 	ns := "examples"
 	tool, err := gitserver.Start(t.TempDir(), false)
@@ -32,51 +35,76 @@ func TestPodGitExample(t *testing.T) {
 	}
 	t.Cleanup(tool.Close)
 	createNamespace(t, ns)
-	example := exampleWith(t, filepath.Join(controlplane.RepoRoot(), "deploy", "examples", "pod-git.yaml"),
-		"namespace: default", "namespace: "+ns,
-		"https://git.example.com/org/repo.git", tool.URL+"/repo.git",
+	examples := filepath.Join(controlplane.RepoRoot(), "deploy", "examples")
+	ours := []string{"namespace: default", "namespace: " + ns,
+		"https://git.example.com/org/repo.git", tool.URL + "/repo.git",
+		"image: alpine/git", "image: localhost/git:e2e"}
+	pod := exampleWith(t, filepath.Join(examples, "pod-git.yaml"), append(ours,
 		"https://git.example.com", tool.URL,
 		"username: bot", "username: "+tool.Username,
-		"password: change-me", "password: "+tool.Password,
-		"image: alpine/git", "image: localhost/git:e2e")
-	if _, err := node.CP.Kubectl(example, "apply", "-f", "-"); err != nil {
+		"password: change-me", "password: "+tool.Password)...)
+	if _, err := node.CP.Kubectl(pod, "apply", "-f", "-"); err != nil {
 		t.Fatal(err)
 	}
-	var pod *corev1.Pod
+	if _, err := node.CP.Kubectl(exampleWith(t, filepath.Join(examples, "job-git.yaml"), ours...), "apply", "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
+	var phase corev1.PodPhase
 	if !kubelet.WaitUntil(120*time.Second, func() bool {
-		pod, err = kube.CoreV1().Pods(ns).Get(ctx, "git-clone", metav1.GetOptions{})
-		return err == nil && (pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed)
-	}) {
-		t.Fatalf("the example Pod did not finish: %s\n--- driver ---\n%s", podEvents(ns, "git-clone"), node.tail("driver"))
+		p, err := kube.CoreV1().Pods(ns).Get(ctx, "git-clone", metav1.GetOptions{})
+		if err == nil {
+			phase = p.Status.Phase
+		}
+		return phase == corev1.PodSucceeded || phase == corev1.PodFailed
+	}) || phase != corev1.PodSucceeded {
+		t.Fatalf("the example Pod is %q, want Succeeded: %s\n--- driver ---\n%s", phase, podEvents(ns, "git-clone"), node.tail("driver"))
 	}
-	if pod.Status.Phase != corev1.PodSucceeded {
-		t.Fatalf("the example Pod failed: %+v\n--- driver ---\n%s", pod.Status.ContainerStatuses, node.tail("driver"))
+	var job *batchv1.Job
+	if !kubelet.WaitUntil(120*time.Second, func() bool {
+		job, err = kube.BatchV1().Jobs(ns).Get(ctx, "git-clone", metav1.GetOptions{})
+		return err == nil && (jobCondition(job, batchv1.JobComplete) || jobCondition(job, batchv1.JobFailed))
+	}) || !jobCondition(job, batchv1.JobComplete) {
+		t.Fatalf("the example Job did not complete: %+v\n--- controller manager ---\n%s", job.Status, node.tail("controller-manager"))
 	}
-	var authorized bool
+	var authorized int
 	for _, r := range tool.Requests() {
-		authorized = authorized || r.Authorization == "Basic "+basicOf(tool.Username, tool.Password)
+		if r.Authorization == "Basic "+basicOf(tool.Username, tool.Password) {
+			authorized++
+		}
 	}
-	if !authorized {
-		t.Error("no request reached the Git server with the Connector's credential: the clone did not go through the proxy")
+	if authorized < 2 {
+		t.Errorf("%d requests reached the Git server with the Connector's credential, want both clones' (at least 2)", authorized)
 	}
-	deleteAndCheckUnmounted(t, pod)
+	p, err := kube.CoreV1().Pods(ns).Get(ctx, "git-clone", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	deleteAndCheckUnmounted(t, p)
 }
 
-// createNamespace creates a namespace with what kube-controller-manager would add to it (this
-// lane runs none): the default ServiceAccount and the kube-root-ca.crt ConfigMap a Pod's API
-// token volume needs.
+func jobCondition(job *batchv1.Job, ct batchv1.JobConditionType) bool {
+	for _, c := range job.Status.Conditions {
+		if c.Type == ct && c.Status == corev1.ConditionTrue {
+			return true
+		}
+	}
+	return false
+}
+
+// createNamespace creates a namespace and waits for what kube-controller-manager adds to it:
+// the default ServiceAccount and the kube-root-ca.crt ConfigMap a Pod's API token volume needs.
 func createNamespace(t *testing.T, ns string) {
 	t.Helper()
 	ctx, kube := context.Background(), node.CP.Kube
 	if _, err := kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := kube.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := kube.CoreV1().ConfigMaps(ns).Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "kube-root-ca.crt"},
-		Data: map[string]string{"ca.crt": string(node.CP.Config.CAData)}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
+	if !kubelet.WaitUntil(60*time.Second, func() bool {
+		_, saErr := kube.CoreV1().ServiceAccounts(ns).Get(ctx, "default", metav1.GetOptions{})
+		_, caErr := kube.CoreV1().ConfigMaps(ns).Get(ctx, "kube-root-ca.crt", metav1.GetOptions{})
+		return saErr == nil && caErr == nil
+	}) {
+		t.Fatalf("kube-controller-manager did not set up namespace %s\n%s", ns, node.tail("controller-manager"))
 	}
 }
 

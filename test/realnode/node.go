@@ -167,6 +167,7 @@ func Up(ctx context.Context, driverBin string, images map[string]string) (n *Nod
 		{"images", func() error { return n.importImages(images) }},
 		{"control plane", n.startControlPlane},
 		{"scheduler", n.startScheduler},
+		{"controller manager", n.startControllerManager},
 		{"kubelet", n.startKubelet},
 		{"driver", func() error { return n.startDriver(driverBin) }},
 	}
@@ -291,33 +292,46 @@ imageGCLowThresholdPercent: 99
 	if !kubelet.WaitUntil(90*time.Second, ready) {
 		return fmt.Errorf("node not Ready:\n%s", n.tail("kubelet"))
 	}
-	return n.untaintReadyNode()
+	return n.untainted()
 }
 
-// untaintReadyNode removes the not-ready taint kubelet registers the node with, as
-// kube-controller-manager's node lifecycle controller does once the node is Ready (this control
-// plane runs none), so that kube-scheduler places Pods on it.
-func (n *Node) untaintReadyNode() error {
-	ctx := context.Background()
-	obj, err := n.CP.Kube.CoreV1().Nodes().Get(ctx, NodeName, metav1.GetOptions{})
-	if err != nil {
-		return err
-	}
+// untainted waits until kube-controller-manager's node lifecycle controller has removed the
+// not-ready taint kubelet registers the node with, so that kube-scheduler places Pods on it.
+func (n *Node) untainted() error {
 	var taints []corev1.Taint
-	for _, t := range obj.Spec.Taints {
-		if t.Key != corev1.TaintNodeNotReady {
-			taints = append(taints, t)
+	if !kubelet.WaitUntil(90*time.Second, func() bool {
+		obj, err := n.CP.Kube.CoreV1().Nodes().Get(context.Background(), NodeName, metav1.GetOptions{})
+		if err != nil {
+			return false
 		}
+		taints = obj.Spec.Taints
+		for _, t := range taints {
+			if t.Key == corev1.TaintNodeNotReady {
+				return false
+			}
+		}
+		return true
+	}) {
+		return fmt.Errorf("the node keeps its taints %v:\n%s", taints, n.tail("controller-manager"))
 	}
-	obj.Spec.Taints = taints
-	_, err = n.CP.Kube.CoreV1().Nodes().Update(ctx, obj, metav1.UpdateOptions{})
-	return err
+	return nil
 }
 
 // startScheduler runs kube-scheduler, for Pods that controllers (Tekton's) create unbound.
 func (n *Node) startScheduler() error {
 	return n.start("scheduler", nil, filepath.Join(n.CP.Assets, "kube-scheduler"), "--kubeconfig="+n.CP.Kubeconfig,
 		"--leader-elect=false", "--secure-port=0", "-v=2")
+}
+
+// startControllerManager runs kube-controller-manager: the node lifecycle, ServiceAccount,
+// root CA publisher, Job, garbage collector and other controllers a cluster has.
+func (n *Node) startControllerManager() error {
+	ca := filepath.Join(n.Dir, "apiserver-ca.crt")
+	if err := os.WriteFile(ca, n.CP.Config.CAData, 0o644); err != nil {
+		return err
+	}
+	return n.start("controller-manager", nil, filepath.Join(n.CP.Assets, "kube-controller-manager"), "--kubeconfig="+n.CP.Kubeconfig,
+		"--leader-elect=false", "--secure-port=0", "--root-ca-file="+ca, "-v=2")
 }
 
 // StartDriver starts the driver as a node process again, after Stop("driver").
