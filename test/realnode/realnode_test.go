@@ -368,6 +368,24 @@ done`
 		if n := len(volumeMounts(string(pod.UID))); n != 1 {
 			t.Fatalf("%d mounts of the Pod's volume after the %s restart, want 1", n, component)
 		}
+		// A Pod started after the restart gets its volume too: kubelet still knows the driver.
+		name := "after-" + component
+		fresh := filepath.Join(node.Dir, "results", name)
+		if err := os.MkdirAll(fresh, 0o777); err != nil {
+			t.Fatal(err)
+		}
+		script := `wget -q -O /dev/null --header "Authorization: Bearer $(cat /connectors/context.token)" \
+  "$(cat /connectors/connector.status.proxyAddress)/repo.git/info/refs?service=git-upload-pack"
+echo $? > /results/wget-exit
+sleep 3600`
+		p, err := kube.CoreV1().Pods(ns).Create(ctx, scriptPod(ns, name, fresh, script), metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if exit := strings.TrimSpace(waitFile(t, filepath.Join(fresh, "wget-exit"), 90*time.Second)); exit != "0" {
+			t.Fatalf("a Pod started after the %s restart: wget through the proxy exited %s", component, exit)
+		}
+		deleteAndCheckUnmounted(t, p)
 	}
 	deleteAndCheckUnmounted(t, pod)
 }
@@ -710,11 +728,10 @@ done`
 	deleteAndCheckUnmounted(t, pod)
 }
 
-// TestDriverAsDaemonSetPod runs the driver the way deploy/ does — the DaemonSet's Pod,
-// privileged, kubelet's pods directory mounted Bidirectional, registering itself with kubelet —
-// and has a Pod use its volume and proxy. envtest runs no DaemonSet controller, so the Pod is
-// made from the DaemonSet's template, bound to the node. It replaces the
-// host-process driver while it runs.
+// TestDriverAsDaemonSetPod runs the driver the way deploy/ does — deploy/'s DaemonSet, whose
+// Pod kube-controller-manager's DaemonSet controller makes: privileged, kubelet's pods directory
+// mounted Bidirectional, registering itself with kubelet — and has a Pod use its volume and
+// proxy. It replaces the host-process driver while it runs.
 func TestDriverAsDaemonSetPod(t *testing.T) {
 	ctx, kube := context.Background(), node.CP.Kube
 	root := controlplane.RepoRoot()
@@ -770,29 +787,35 @@ func TestDriverAsDaemonSetPod(t *testing.T) {
 	}
 	dir := corev1.HostPathDirectory
 	spec.Volumes = append(spec.Volumes, corev1.Volume{Name: "kubeconfig", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: kcDir, Type: &dir}}})
-	spec.NodeName, spec.HostNetwork, spec.PriorityClassName = NodeName, true, ""
+	spec.HostNetwork, spec.PriorityClassName = true, ""
 	spec.AutomountServiceAccountToken = new(bool)
-	driverPod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "connectors-csi-" + NodeName, Namespace: "connectors-system",
-		Labels: ds.Spec.Template.Labels}, Spec: *spec}
-	if _, err := kube.CoreV1().Pods("connectors-system").Create(ctx, driverPod, metav1.CreateOptions{}); err != nil {
+	ds.Spec.Template.Spec = *spec
+	ds.Namespace = "connectors-system" // kustomize's namespace
+	if _, err := kube.AppsV1().DaemonSets(ds.Namespace).Create(ctx, &ds, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
+	}
+	driverPods := func() []corev1.Pod {
+		pods, err := kube.CoreV1().Pods(ds.Namespace).List(ctx, metav1.ListOptions{
+			LabelSelector: metav1.FormatLabelSelector(ds.Spec.Selector)})
+		if err != nil {
+			return nil
+		}
+		return pods.Items
 	}
 	// Back to the host-process driver for the tests that follow.
 	t.Cleanup(func() {
-		_ = kube.CoreV1().Pods("connectors-system").Delete(ctx, driverPod.Name, metav1.DeleteOptions{})
-		kubelet.WaitUntil(60*time.Second, func() bool {
-			_, err := kube.CoreV1().Pods("connectors-system").Get(ctx, driverPod.Name, metav1.GetOptions{})
-			return err != nil
-		})
+		_ = kube.AppsV1().DaemonSets(ds.Namespace).Delete(ctx, ds.Name, metav1.DeleteOptions{})
+		kubelet.WaitUntil(60*time.Second, func() bool { return len(driverPods()) == 0 })
 		if err := node.StartDriver(); err != nil {
 			t.Errorf("restart the host-process driver: %v", err)
 		}
 	})
 	if !kubelet.WaitUntil(90*time.Second, func() bool {
-		p, err := kube.CoreV1().Pods("connectors-system").Get(ctx, driverPod.Name, metav1.GetOptions{})
-		return err == nil && p.Status.Phase == corev1.PodRunning
+		pods := driverPods()
+		return len(pods) == 1 && pods[0].Spec.NodeName == NodeName && pods[0].Status.Phase == corev1.PodRunning
 	}) {
-		t.Fatalf("the driver Pod is not running\n--- kubelet ---\n%s", node.tail("kubelet"))
+		t.Fatalf("the DaemonSet's driver Pod is not running on the node: %d Pods\n--- kubelet ---\n%s\n--- controller manager ---\n%s",
+			len(driverPods()), node.tail("kubelet"), node.tail("controller-manager"))
 	}
 
 	ns := "daemonset"

@@ -188,7 +188,8 @@ func TestTektonTaskRunClonesThroughProxy(t *testing.T) {
 		status = getTaskRun(t, ns, "clone")
 		return status.succeeded() != ""
 	}) {
-		t.Fatalf("the TaskRun did not finish: %+v\n--- tekton ---\n%s\n--- kubelet ---\n%s", status, node.tail("tekton-controller"), node.tail("kubelet"))
+		t.Fatalf("the TaskRun did not finish: %+v\n--- its Pod's events ---\n%s\n--- driver ---\n%s\n--- kubelet ---\n%s",
+			status, podEvents(ns, status.PodName), node.tail("driver"), node.tail("kubelet"))
 	}
 	if status.succeeded() != "True" {
 		out, _ := node.CP.Kubectl(nil, "logs", "-n", ns, status.PodName, "--all-containers")
