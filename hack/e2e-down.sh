@@ -4,7 +4,7 @@
 # cgroups and the cni0 bridge. Normally the test does all this itself.
 set -u
 dir=/tmp/connectors-e2e
-for name in tekton-controller tekton-webhook driver kubelet scheduler containerd; do
+for name in tekton-controller tekton-webhook driver kubelet controller-manager scheduler containerd; do
   f=$dir/$name.pid
   [ -f "$f" ] || continue
   pid=$(cat "$f")
