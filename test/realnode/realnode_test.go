@@ -390,16 +390,14 @@ sleep 3600`
 	deleteAndCheckUnmounted(t, pod)
 }
 
-// TestApprovalGatedPod: a Pod whose Connector is gated by an AccessPolicy stays
-// ContainerCreating with an event naming its AccessRequest, starts once the ApprovalTask is
-// approved, and after the Pod is deleted the proxy refuses its token.
-func TestApprovalGatedPod(t *testing.T) {
-	ctx, kube := context.Background(), node.CP.Kube
+// gateByApproval turns on the approval flow (connectors-config, until the test ends) with the
+// built-in templates and an ApprovalTask-shaped CRD, and gates the Connector in ns by an
+// AccessPolicy: a Pod may use it once the ApprovalTask of its PipelineRun is approved.
+func gateByApproval(t *testing.T, ns, connector string) {
+	t.Helper()
 	root := controlplane.RepoRoot()
-	for _, f := range []string{filepath.Join(root, "test", "e2e", "testdata", "approvaltask-crd.yaml")} {
-		if _, err := node.CP.Kubectl(nil, "apply", "-f", f); err != nil {
-			t.Fatal(err)
-		}
+	if _, err := node.CP.Kubectl(nil, "apply", "-f", filepath.Join(root, "test", "e2e", "testdata", "approvaltask-crd.yaml")); err != nil {
+		t.Fatal(err)
 	}
 	if _, err := node.CP.Kubectl(nil, "apply", "-n", "connectors-system", "-f", filepath.Join(root, "deploy", "base", "templates.yaml")); err != nil {
 		t.Fatal(err)
@@ -415,21 +413,64 @@ data: {enable-connector-proxy-permissions: "true", enable-connectors-approval: "
 	t.Cleanup(func() {
 		_, _ = node.CP.Kubectl(nil, "delete", "configmap", "-n", "connectors-system", "connectors-config")
 	})
-	ns := "approval"
-	setupNamespace(t, ns)
-	policy := `apiVersion: connectors.alauda.io/v1alpha1
+	policy := fmt.Sprintf(`apiVersion: connectors.alauda.io/v1alpha1
 kind: AccessPolicy
-metadata: {name: promote, namespace: approval}
+metadata: {name: promote, namespace: %s}
 spec:
-  connector: {names: [git]}
+  connector: {names: [%s]}
   checkGrantedPermission:
     spec:
       checks: [{name: approval, ref: {configMap: {name: connectors-approvals-in-pipeline}}}]
       roleTemplate: {ref: {configMap: {name: connectors-use-connectors-proxy-in-pod}}}
-`
+`, ns, connector)
 	if _, err := node.CP.Kubectl([]byte(policy), "apply", "-f", "-"); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// approve approves the ApprovalTask of a PipelineRun.
+func approve(t *testing.T, ns, pipelineRun string) {
+	t.Helper()
+	task := fmt.Sprintf(`apiVersion: openshift-pipelines.org/v1alpha1
+kind: ApprovalTask
+metadata: {name: approve-%s, namespace: %s, labels: {tekton.dev/pipelineRun: %s}}
+status: {state: approved}
+`, pipelineRun, ns, pipelineRun)
+	if _, err := node.CP.Kubectl([]byte(task), "apply", "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitEvent waits for an event of an object whose message contains want, and returns it.
+func waitEvent(t *testing.T, ns, object, want string) string {
+	t.Helper()
+	var event string
+	if !kubelet.WaitUntil(90*time.Second, func() bool {
+		evs, err := node.CP.Kube.CoreV1().Events(ns).List(context.Background(), metav1.ListOptions{FieldSelector: "involvedObject.name=" + object})
+		if err != nil {
+			return false
+		}
+		for _, e := range evs.Items {
+			if strings.Contains(e.Message, want) {
+				event = e.Message
+				return true
+			}
+		}
+		return false
+	}) {
+		t.Fatalf("no event of %s/%s says %q\n--- driver ---\n%s", ns, object, want, node.tail("driver"))
+	}
+	return event
+}
+
+// TestApprovalGatedPod: a Pod whose Connector is gated by an AccessPolicy stays
+// ContainerCreating with an event naming its AccessRequest, starts once the ApprovalTask is
+// approved, and after the Pod is deleted the proxy refuses its token.
+func TestApprovalGatedPod(t *testing.T) {
+	ctx, kube := context.Background(), node.CP.Kube
+	ns := "approval"
+	setupNamespace(t, ns)
+	gateByApproval(t, ns, "git")
 	results := filepath.Join(node.Dir, "results", "gated")
 	if err := os.MkdirAll(results, 0o777); err != nil {
 		t.Fatal(err)
@@ -441,22 +482,7 @@ spec:
 	if err != nil {
 		t.Fatal(err)
 	}
-	var event string
-	if !kubelet.WaitUntil(90*time.Second, func() bool {
-		evs, err := kube.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=gated"})
-		if err != nil {
-			return false
-		}
-		for _, e := range evs.Items {
-			if strings.Contains(e.Message, "waiting for AccessRequest approval/git-gated-") {
-				event = e.Message
-				return true
-			}
-		}
-		return false
-	}) {
-		t.Fatalf("no event names the AccessRequest\n--- driver ---\n%s", node.tail("driver"))
-	}
+	event := waitEvent(t, ns, "gated", "waiting for AccessRequest approval/git-gated-")
 	t.Logf("event: %s", event)
 	if p, _ := kube.CoreV1().Pods(ns).Get(ctx, "gated", metav1.GetOptions{}); p.Status.Phase != corev1.PodPending {
 		t.Fatalf("the gated Pod is %s, want Pending (ContainerCreating)", p.Status.Phase)
@@ -464,14 +490,7 @@ spec:
 	if _, err := os.Stat(filepath.Join(results, "started")); err == nil {
 		t.Fatal("the gated Pod's container started before the approval")
 	}
-	task := `apiVersion: openshift-pipelines.org/v1alpha1
-kind: ApprovalTask
-metadata: {name: approve-run-1, namespace: approval, labels: {tekton.dev/pipelineRun: run-1}}
-status: {state: approved}
-`
-	if _, err := node.CP.Kubectl([]byte(task), "apply", "-f", "-"); err != nil {
-		t.Fatal(err)
-	}
+	approve(t, ns, "run-1")
 	waitFile(t, filepath.Join(results, "started"), 120*time.Second)
 	token, _ := os.ReadFile(filepath.Join(results, "token"))
 	proxied := func() int {

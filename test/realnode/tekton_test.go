@@ -15,9 +15,12 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/test/controlplane"
 	"github.com/kube-connectors/connectors-csi/test/gitserver"
 	"github.com/kube-connectors/connectors-csi/test/kubelet"
@@ -165,27 +168,84 @@ func startTektonWebhook(dir string) error {
 // Git server has, and the Git server saw the credential only the proxy holds.
 func TestTektonTaskRunClonesThroughProxy(t *testing.T) {
 	startTekton(t)
-	ctx := context.Background()
 	ns := "tekton"
+	createNamespace(t, ns)
+	tool := applyCloneExample(t, ns)
+	status := waitTaskRun(t, ns, "clone")
+	checkClone(t, tool, status)
+	pod, err := node.CP.Kube.CoreV1().Pods(ns).Get(context.Background(), status.PodName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := json.Marshal(pod.Spec); strings.Contains(string(b), tool.Password) || strings.Contains(string(b), "git-credentials") {
+		t.Error("the TaskRun's Pod spec carries the Git credential or its Secret")
+	}
+	deleteAndCheckUnmounted(t, pod)
+}
+
+// TestTektonTaskRunWaitsForApproval: the same TaskRun, as part of PipelineRun release-1, with
+// the git Connector gated by an AccessPolicy: its Pod waits (an event names the AccessRequest)
+// until the PipelineRun's ApprovalTask is approved, then the TaskRun succeeds, and when its Pod
+// completes the grant is cleaned up.
+func TestTektonTaskRunWaitsForApproval(t *testing.T) {
+	startTekton(t)
+	ctx := context.Background()
+	ns := "tekton-approval"
+	createNamespace(t, ns)
+	gateByApproval(t, ns, "git")
+	tool := applyCloneExample(t, ns, "\n  name: clone\n", "\n  name: clone\n  labels: {tekton.dev/pipelineRun: release-1}\n")
+	var podName string
+	if !kubelet.WaitUntil(60*time.Second, func() bool { podName = getTaskRun(t, ns, "clone").PodName; return podName != "" }) {
+		t.Fatalf("Tekton made no Pod for the TaskRun\n--- tekton ---\n%s", node.tail("tekton-controller"))
+	}
+	t.Logf("event: %s", waitEvent(t, ns, podName, "waiting for AccessRequest "+ns+"/git-"+podName+"-"))
+	if st := getTaskRun(t, ns, "clone"); st.succeeded() != "" {
+		t.Fatalf("the TaskRun finished before the approval: %+v", st)
+	}
+	approve(t, ns, "release-1")
+	status := waitTaskRun(t, ns, "clone")
+	checkClone(t, tool, status)
+	var requests v1alpha1.AccessRequestList
+	if !kubelet.WaitUntil(60*time.Second, func() bool {
+		if err := node.CP.Client.List(ctx, &requests, client.InNamespace(ns)); err != nil || len(requests.Items) != 1 {
+			return false
+		}
+		c := meta.FindStatusCondition(requests.Items[0].Status.Conditions, v1alpha1.ConditionAccessPermissionSync)
+		return c != nil && c.Reason == v1alpha1.ReasonPermissionCleanUp
+	}) {
+		t.Fatalf("the completed TaskRun's grant was not cleaned up: %+v", requests.Items)
+	}
+}
+
+// applyCloneExample starts a Git server and applies deploy/examples/tekton/git-clone.yaml in
+// the (existing) namespace ns with the server's address and credential and the lane's git image
+// (and more replacement pairs).
+func applyCloneExample(t *testing.T, ns string, more ...string) *gitserver.Server {
+	t.Helper()
 	tool, err := gitserver.Start(t.TempDir(), false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(tool.Close)
-	createNamespace(t, ns)
-	example := exampleWith(t, filepath.Join(controlplane.RepoRoot(), "deploy", "examples", "tekton", "git-clone.yaml"),
-		"namespace: team", "namespace: "+ns,
-		"https://git.example.com/org/repo.git", tool.URL+"/repo.git",
+	example := exampleWith(t, filepath.Join(controlplane.RepoRoot(), "deploy", "examples", "tekton", "git-clone.yaml"), append([]string{
+		"namespace: team", "namespace: " + ns,
+		"https://git.example.com/org/repo.git", tool.URL + "/repo.git",
 		"https://git.example.com", tool.URL,
-		"username: bot", "username: "+tool.Username,
-		"password: change-me", "password: "+tool.Password,
-		"docker.io/alpine/git:latest", "localhost/git:e2e")
+		"username: bot", "username: " + tool.Username,
+		"password: change-me", "password: " + tool.Password,
+		"docker.io/alpine/git:latest", "localhost/git:e2e"}, more...)...)
 	if _, err := node.CP.Kubectl(example, "apply", "-f", "-"); err != nil {
 		t.Fatal(err)
 	}
+	return tool
+}
+
+// waitTaskRun waits for a TaskRun to succeed.
+func waitTaskRun(t *testing.T, ns, name string) taskRunStatus {
+	t.Helper()
 	var status taskRunStatus
 	if !kubelet.WaitUntil(180*time.Second, func() bool {
-		status = getTaskRun(t, ns, "clone")
+		status = getTaskRun(t, ns, name)
 		return status.succeeded() != ""
 	}) {
 		t.Fatalf("the TaskRun did not finish: %+v\n--- its Pod's events ---\n%s\n--- driver ---\n%s\n--- kubelet ---\n%s",
@@ -195,6 +255,12 @@ func TestTektonTaskRunClonesThroughProxy(t *testing.T) {
 		out, _ := node.CP.Kubectl(nil, "logs", "-n", ns, status.PodName, "--all-containers")
 		t.Fatalf("the TaskRun failed: %+v\n--- pod logs ---\n%s\n--- driver ---\n%s", status, out, node.tail("driver"))
 	}
+	return status
+}
+
+// checkClone checks that the clone went through the proxy and got the server's commit.
+func checkClone(t *testing.T, tool *gitserver.Server, status taskRunStatus) {
+	t.Helper()
 	head, err := tool.Head()
 	if err != nil {
 		t.Fatal(err)
@@ -209,14 +275,6 @@ func TestTektonTaskRunClonesThroughProxy(t *testing.T) {
 	if !authorized {
 		t.Error("no request reached the Git server with the Connector's credential: the clone did not go through the proxy")
 	}
-	pod, err := node.CP.Kube.CoreV1().Pods(ns).Get(ctx, status.PodName, metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if b, _ := json.Marshal(pod.Spec); strings.Contains(string(b), tool.Password) || strings.Contains(string(b), "git-credentials") {
-		t.Error("the TaskRun's Pod spec carries the Git credential or its Secret")
-	}
-	deleteAndCheckUnmounted(t, pod)
 }
 
 // TestTektonExampleIsValid: each file of deploy/examples/tekton applies (server-side dry run, strict field
