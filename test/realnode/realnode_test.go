@@ -369,23 +369,7 @@ done`
 			t.Fatalf("%d mounts of the Pod's volume after the %s restart, want 1", n, component)
 		}
 		// A Pod started after the restart gets its volume too: kubelet still knows the driver.
-		name := "after-" + component
-		fresh := filepath.Join(node.Dir, "results", name)
-		if err := os.MkdirAll(fresh, 0o777); err != nil {
-			t.Fatal(err)
-		}
-		script := `wget -q -O /dev/null --header "Authorization: Bearer $(cat /connectors/context.token)" \
-  "$(cat /connectors/connector.status.proxyAddress)/repo.git/info/refs?service=git-upload-pack"
-echo $? > /results/wget-exit
-sleep 3600`
-		p, err := kube.CoreV1().Pods(ns).Create(ctx, scriptPod(ns, name, fresh, script), metav1.CreateOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if exit := strings.TrimSpace(waitFile(t, filepath.Join(fresh, "wget-exit"), 90*time.Second)); exit != "0" {
-			t.Fatalf("a Pod started after the %s restart: wget through the proxy exited %s", component, exit)
-		}
-		deleteAndCheckUnmounted(t, p)
+		deleteAndCheckUnmounted(t, runReader(t, ns, "after-"+component))
 	}
 	deleteAndCheckUnmounted(t, pod)
 }
@@ -839,7 +823,16 @@ func TestDriverAsDaemonSetPod(t *testing.T) {
 
 	ns := "daemonset"
 	setupNamespace(t, ns)
-	results := filepath.Join(node.Dir, "results", "ds-reader")
+	pod := runReader(t, ns, "ds-reader")
+	// Unpublish while the driver still runs, then the driver.
+	deleteAndCheckUnmounted(t, pod)
+}
+
+// runReader starts a busybox Pod that fetches the Git server's ref advertisement through the
+// proxy with only its token, and fails the test unless it gets it.
+func runReader(t *testing.T, ns, name string) *corev1.Pod {
+	t.Helper()
+	results := filepath.Join(node.Dir, "results", name)
 	if err := os.MkdirAll(results, 0o777); err != nil {
 		t.Fatal(err)
 	}
@@ -847,18 +840,17 @@ func TestDriverAsDaemonSetPod(t *testing.T) {
   "$(cat /connectors/connector.status.proxyAddress)/repo.git/info/refs?service=git-upload-pack"
 echo $? > /results/wget-exit
 sleep 3600`
-	pod, err := kube.CoreV1().Pods(ns).Create(ctx, scriptPod(ns, "ds-reader", results, script), metav1.CreateOptions{})
+	pod, err := node.CP.Kube.CoreV1().Pods(ns).Create(context.Background(), scriptPod(ns, name, results, script), metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if exit := strings.TrimSpace(waitFile(t, filepath.Join(results, "wget-exit"), 120*time.Second)); exit != "0" {
-		t.Fatalf("wget through the containerized driver's proxy exited %s", exit)
+		t.Fatalf("Pod %s: wget through the proxy exited %s", name, exit)
 	}
 	if refs, _ := os.ReadFile(filepath.Join(results, "refs")); !strings.Contains(string(refs), "refs/heads/main") {
-		t.Fatalf("no ref advertisement: %q", refs)
+		t.Fatalf("Pod %s got no ref advertisement: %q", name, refs)
 	}
-	// Unpublish while the driver still runs, then the driver.
-	deleteAndCheckUnmounted(t, pod)
+	return pod
 }
 
 func freePort() (int, error) {
