@@ -27,7 +27,11 @@ if [ "$need_build" = 1 ]; then
   (cd "$here/tekton" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$dir/" "${pkgs[@]}")
   log "built in $(( $(date +%s) - start ))s into $dir"
 fi
+# go list reports no directory for a module that is not downloaded (binaries cached, module
+# cache cleaned), so download it first.
+(cd "$here/tekton" && go mod download github.com/tektoncd/pipeline)
 src=$(cd "$here/tekton" && go list -m -f '{{.Dir}}' github.com/tektoncd/pipeline)
+[ -d "$src/config" ] || { log "no config/ in the Tekton module at '$src'"; exit 1; }
 rm -rf "$dir/config" && mkdir -p "$dir/config"
 cp -r "$src/config/100-namespace" "$src/config/300-crds" "$dir/config/"
 cp "$src"/config/config-*.yaml "$src/config/500-webhooks.yaml" "$dir/config/"
