@@ -19,7 +19,7 @@ for b in "${cmds[@]}"; do
   [ -x "$dir/$b" ] || need_build=1
 done
 if [ "$need_build" = 1 ]; then
-  log "building Tekton Pipelines $version ${cmds[*]} (about 5 minutes on 2 cores the first time)"
+  log "building Tekton Pipelines $version ${cmds[*]} (about 2.5 minutes on 2 cores the first time)"
   start=$(date +%s)
   pkgs=()
   for b in "${cmds[@]}"; do pkgs+=("github.com/tektoncd/pipeline/cmd/$b"); done
