@@ -44,8 +44,9 @@ type Server struct {
 	RegistryPageSize int
 }
 
-// pluginTransport reaches class API services directly, never through an environment proxy.
-var pluginTransport = &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 32, IdleConnTimeout: 90 * time.Second}
+// pluginTransport reaches class API services directly, never through an environment proxy, and
+// leaves content encoding to the client and the service (the answer is passed on as it comes).
+var pluginTransport = &http.Transport{Proxy: nil, DisableCompression: true, MaxIdleConnsPerHost: 32, IdleConnTimeout: 90 * time.Second}
 
 // apiError is an error with its Status code and reason.
 type apiError struct {

@@ -157,10 +157,13 @@ type transports struct {
 func newUpstreamTransport(roots *x509.CertPool) *http.Transport {
 	return &http.Transport{
 		// Never through another proxy: the environment's proxy settings are for clients.
-		Proxy:                 nil,
-		DialContext:           (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		TLSClientConfig:       &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12},
-		ForceAttemptHTTP2:     true,
+		Proxy:             nil,
+		DialContext:       (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		TLSClientConfig:   &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12},
+		ForceAttemptHTTP2: true,
+		// Pass the client's Accept-Encoding through as it is: left on, the transport asks for
+		// gzip for clients that did not, decodes the answer and drops its Content-Length.
+		DisableCompression:    true,
 		MaxIdleConns:          1000,
 		MaxIdleConnsPerHost:   256,
 		IdleConnTimeout:       90 * time.Second,

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -185,6 +186,31 @@ func TestProxyRefusalsAndHostileRequests(t *testing.T) {
 			if r.Authorization != "Basic "+basic(tool.Username, tool.Password) || r.ProxyAuthorization != "" {
 				t.Errorf("the tool saw Authorization %q and Proxy-Authorization %q", r.Authorization, r.ProxyAuthorization)
 			}
+		}
+	})
+	t.Run("content negotiation passes through unchanged", func(t *testing.T) {
+		// Clients that ask for no encoding; the proxy must not ask for gzip on their behalf
+		// (it would decode the answer and drop its Content-Length).
+		plain := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{DisableCompression: true}}
+		fc := forwardClient(env.proxyURL, ns+"/tool", token)
+		fc.Transport.(*http.Transport).DisableCompression = true
+		before := len(tool.Requests())
+		if code, body := do(t, plain, newRequest(t, "GET", reverse("tool", refs), bearer)); code != http.StatusOK {
+			t.Fatalf("reverse: status %d %s", code, body)
+		}
+		if code, body := do(t, fc, newRequest(t, "GET", tool.URL+refs, nil)); code != http.StatusOK {
+			t.Fatalf("forward: status %d %s", code, body)
+		}
+		if code, body := do(t, plain, newRequest(t, "GET", reverse("tool", refs), map[string]string{
+			"Authorization": "Bearer " + token, "Accept-Encoding": "identity"})); code != http.StatusOK {
+			t.Fatalf("reverse with identity: status %d %s", code, body)
+		}
+		var seen []string
+		for _, r := range tool.Requests()[before:] {
+			seen = append(seen, r.Header.Get("Accept-Encoding"))
+		}
+		if want := []string{"", "", "identity"}; !slices.Equal(seen, want) {
+			t.Fatalf("the tool saw Accept-Encoding %q, want %q (what the clients sent)", seen, want)
 		}
 	})
 	t.Run("no credential follows a redirect to another host", func(t *testing.T) {
