@@ -73,6 +73,8 @@ func installTekton() error {
 	if err := startTektonWebhook(dir); err != nil {
 		return err
 	}
+	// Tekton wants every image flag set; the unused.invalid ones are for what no TaskRun here
+	// does (Windows steps, sidecar log results, workingDir), and would fail to pull if it did.
 	return startTektonProcess("tekton-controller", filepath.Join(dir, "controller"),
 		[]string{"CONFIG_DEFAULTS_NAME=config-defaults", "CONFIG_LEADERELECTION_NAME=config-leader-election-controller", "CONFIG_SPIRE=config-spire"},
 		"-disable-ha", "-entrypoint-image=localhost/tekton-entrypoint:e2e", "-nop-image=localhost/tekton-nop:e2e",
