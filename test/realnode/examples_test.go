@@ -36,17 +36,13 @@ func TestGitExamples(t *testing.T) {
 	t.Cleanup(tool.Close)
 	createNamespace(t, ns)
 	examples := filepath.Join(controlplane.RepoRoot(), "deploy", "examples")
-	ours := []string{"namespace: default", "namespace: " + ns,
-		"https://git.example.com/org/repo.git", tool.URL + "/repo.git",
-		"image: alpine/git", "image: localhost/git:e2e"}
-	pod := exampleWith(t, filepath.Join(examples, "pod-git.yaml"), append(ours,
-		"https://git.example.com", tool.URL,
-		"username: bot", "username: "+tool.Username,
-		"password: change-me", "password: "+tool.Password)...)
+	ours := []string{"namespace: default", "namespace: " + ns, "image: alpine/git", "image: localhost/git:e2e"}
+	pod := exampleWith(t, filepath.Join(examples, "pod-git.yaml"), append(ours, gitPlaceholders(tool, true)...)...)
 	if _, err := node.CP.Kubectl(pod, "apply", "-f", "-"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := node.CP.Kubectl(exampleWith(t, filepath.Join(examples, "job-git.yaml"), ours...), "apply", "-f", "-"); err != nil {
+	jobYAML := exampleWith(t, filepath.Join(examples, "job-git.yaml"), append(ours, gitPlaceholders(tool, false)...)...)
+	if _, err := node.CP.Kubectl(jobYAML, "apply", "-f", "-"); err != nil {
 		t.Fatal(err)
 	}
 	var phase corev1.PodPhase
@@ -106,6 +102,17 @@ func createNamespace(t *testing.T, ns string) {
 	}) {
 		t.Fatalf("kube-controller-manager did not set up namespace %s\n%s", ns, node.tail("controller-manager"))
 	}
+}
+
+// gitPlaceholders replaces the examples' Git repository (and, with connector, the Connector's
+// address and credential) by the test server's.
+func gitPlaceholders(tool *gitserver.Server, connector bool) []string {
+	pairs := []string{"https://git.example.com/org/repo.git", tool.URL + "/repo.git"}
+	if connector {
+		pairs = append(pairs, "https://git.example.com", tool.URL,
+			"username: bot", "username: "+tool.Username, "password: change-me", "password: "+tool.Password)
+	}
+	return pairs
 }
 
 // exampleWith reads a YAML file of the repository with each old string replaced by its new one

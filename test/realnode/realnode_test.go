@@ -299,9 +299,7 @@ func setupNamespace(t *testing.T, ns string) *gitserver.Server {
 		t.Fatal(err)
 	}
 	t.Cleanup(tool.Close)
-	if _, err := kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	createNamespace(t, ns)
 	if _, err := kube.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "git-auth"},
 		Type: corev1.SecretTypeBasicAuth, StringData: map[string]string{"username": tool.Username, "password": tool.Password}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)

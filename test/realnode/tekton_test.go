@@ -229,13 +229,9 @@ func applyCloneExample(t *testing.T, ns string, more ...string) *gitserver.Serve
 		t.Fatal(err)
 	}
 	t.Cleanup(tool.Close)
-	example := exampleWith(t, filepath.Join(controlplane.RepoRoot(), "deploy", "examples", "tekton", "git-clone.yaml"), append([]string{
-		"namespace: team", "namespace: " + ns,
-		"https://git.example.com/org/repo.git", tool.URL + "/repo.git",
-		"https://git.example.com", tool.URL,
-		"username: bot", "username: " + tool.Username,
-		"password: change-me", "password: " + tool.Password,
-		"docker.io/alpine/git:latest", "localhost/git:e2e"}, more...)...)
+	pairs := append([]string{"namespace: team", "namespace: " + ns, "docker.io/alpine/git:latest", "localhost/git:e2e"},
+		gitPlaceholders(tool, true)...)
+	example := exampleWith(t, filepath.Join(controlplane.RepoRoot(), "deploy", "examples", "tekton", "git-clone.yaml"), append(pairs, more...)...)
 	if _, err := node.CP.Kubectl(example, "apply", "-f", "-"); err != nil {
 		t.Fatal(err)
 	}
