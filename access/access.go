@@ -53,7 +53,8 @@ type Config struct {
 	DenyTTL   time.Duration // denied SubjectAccessReviews and rejected tokens
 }
 
-// Reviewer answers who and may-they questions with cached API server reviews.
+// Reviewer answers who and may-they questions with cached API server reviews. Only tokens
+// that are well-formed, unexpired JWTs for the audiences are sent for review.
 type Reviewer struct {
 	audiences authenticator.Audiences
 	tokens    authenticator.Token
@@ -84,14 +85,19 @@ func New(kube kubernetes.Interface, cfg Config) (*Reviewer, error) {
 	}
 	return &Reviewer{
 		audiences: cfg.Audiences,
-		tokens:    cache.New(rejectionsAreAnswers{tokenAuth}, false, cfg.TokenTTL, cfg.DenyTTL),
-		authz:     authz,
+		tokens: cache.New(jwtPrecheck{audiences: cfg.Audiences, next: rejectionsAreAnswers{tokenAuth}, now: time.Now},
+			false, cfg.TokenTTL, cfg.DenyTTL),
+		authz: authz,
 	}, nil
 }
 
 // AuthenticateToken returns the user a token belongs to, or ok=false when the API server does
 // not accept it for the configured audiences.
 func (r *Reviewer) AuthenticateToken(ctx context.Context, token string) (user.Info, bool, error) {
+	if !jwtShaped(token) {
+		refusedLocally.WithLabelValues("malformed").Inc()
+		return nil, false, nil
+	}
 	if len(r.audiences) > 0 {
 		ctx = authenticator.WithAudiences(ctx, r.audiences)
 	}

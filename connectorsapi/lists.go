@@ -10,11 +10,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/go-git/go-git/v5"
-	gitconfig "github.com/go-git/go-git/v5/config"
+	"github.com/go-git/go-git/v5/plumbing"
 	gittransport "github.com/go-git/go-git/v5/plumbing/transport"
 	githttp "github.com/go-git/go-git/v5/plumbing/transport/http"
-	"github.com/go-git/go-git/v5/storage/memory"
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -23,6 +21,7 @@ import (
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/proxy"
+	"github.com/kube-connectors/connectors-csi/proxy/egress"
 )
 
 // List is the list format of the custom APIs (SPEC §5.3).
@@ -117,24 +116,39 @@ func (s *Server) gitRefs(r *http.Request, c *v1alpha1.Connector, class *v1alpha1
 	return page(r, refs)
 }
 
-// listRefs asks a Git server for its refs with go-git.
+// listRefs asks a Git server for its refs with go-git, over the Connector's transport and
+// following no redirect: go-git's own client would follow the first one with the credential.
 func listRefs(ctx context.Context, repo string, up *proxy.Upstream) ([]Item, error) {
-	remoteRepo := git.NewRemote(memory.NewStorage(), &gitconfig.RemoteConfig{Name: "origin", URLs: []string{repo}})
-	opts := &git.ListOptions{CABundle: up.CABundle}
+	ep, err := gittransport.NewEndpoint(repo)
+	if err != nil {
+		return nil, errorf(http.StatusBadRequest, metav1.StatusReasonBadRequest, "repositoryUrl %q: %v", repo, err)
+	}
+	var auth gittransport.AuthMethod
 	switch {
 	case up.Token != "":
-		opts.Auth = &githttp.TokenAuth{Token: up.Token}
+		auth = &githttp.TokenAuth{Token: up.Token}
 	case up.Username != "":
-		opts.Auth = &githttp.BasicAuth{Username: up.Username, Password: up.Password}
+		auth = &githttp.BasicAuth{Username: up.Username, Password: up.Password}
 	}
-	refs, err := remoteRepo.ListContext(ctx, opts)
+	client := githttp.NewClientWithOptions(&http.Client{Transport: up.Transport, CheckRedirect: egress.NoRedirects},
+		&githttp.ClientOptions{RedirectPolicy: githttp.NoFollowRedirects})
+	session, err := client.NewUploadPackSession(ep, auth)
+	if err != nil {
+		return nil, toolError("Git server", err)
+	}
+	defer session.Close()
+	adv, err := session.AdvertisedReferencesContext(ctx)
+	if err != nil {
+		return nil, toolError("Git server", err)
+	}
+	refs, err := adv.AllReferences()
 	if err != nil {
 		return nil, toolError("Git server", err)
 	}
 	items := make([]Item, 0, len(refs))
 	for _, ref := range refs {
 		n := ref.Name()
-		if (n.IsBranch() || n.IsTag()) && !ref.Hash().IsZero() {
+		if (n.IsBranch() || n.IsTag()) && ref.Type() == plumbing.HashReference && !ref.Hash().IsZero() {
 			items = append(items, Item{Name: n.String(), Commit: ref.Hash().String()})
 		}
 	}
@@ -181,6 +195,8 @@ func toolError(tool string, err error) error {
 		return errorf(http.StatusNotFound, metav1.StatusReasonNotFound, "the %s has no such repository", tool)
 	case errors.As(err, &terr) && (terr.StatusCode == http.StatusUnauthorized || terr.StatusCode == http.StatusForbidden):
 		return errorf(http.StatusBadGateway, "BadGateway", "the %s rejected the Connector's credential (%d)", tool, terr.StatusCode)
+	case egress.IsRefused(err):
+		return errorf(http.StatusForbidden, metav1.StatusReasonForbidden, "the %s cannot be asked: %v", tool, refusedPart(err))
 	case errors.Is(err, context.DeadlineExceeded):
 		return errorf(http.StatusGatewayTimeout, metav1.StatusReasonTimeout, "the %s did not answer within %s", tool, toolTimeout)
 	}
@@ -285,4 +301,13 @@ func registryError(err error) error {
 		}
 	}
 	return toolError("registry", err)
+}
+
+// refusedPart is the refusal inside err, without the client's wrapping (which repeats the URL).
+func refusedPart(err error) error {
+	var re *egress.RefusedError
+	if errors.As(err, &re) {
+		return re
+	}
+	return err
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/features"
 	"github.com/kube-connectors/connectors-csi/proxy"
+	"github.com/kube-connectors/connectors-csi/proxy/egress"
 )
 
 // AnnotationBuiltinAPI selects the built-in custom APIs of a ConnectorClass: "git" or "oci".
@@ -129,12 +130,6 @@ func parsePath(p string) (ns, name, kind, rest string, ok bool) {
 	return parts[1], parts[3], parts[4], rest, true
 }
 
-// methodVerbs maps HTTP methods to the verbs checked on connectors/apis (SPEC §5.2).
-var methodVerbs = map[string]string{
-	http.MethodGet: "get", http.MethodHead: "get", http.MethodOptions: "get",
-	http.MethodPost: "create", http.MethodPut: "update", http.MethodPatch: "patch", http.MethodDelete: "delete",
-}
-
 // authorize authenticates the caller's Bearer token and checks get on the Connector and, with
 // enable-connector-apis-permissions, connectors/apis with the method's verb. Writes are refused
 // unless enable-connector-apis-write-passthrough is on.
@@ -151,7 +146,7 @@ func (s *Server) authorize(r *http.Request, ns, name string) (*v1alpha1.Connecto
 	if !ok {
 		return nil, nil, errorf(http.StatusUnauthorized, metav1.StatusReasonUnauthorized, "token not accepted")
 	}
-	verb, known := methodVerbs[r.Method]
+	verb, known := proxy.VerbFor(r.Method)
 	if !known {
 		return nil, nil, errorf(http.StatusMethodNotAllowed, metav1.StatusReasonMethodNotAllowed, "method %s is not supported", r.Method)
 	}
@@ -163,7 +158,9 @@ func (s *Server) authorize(r *http.Request, ns, name string) (*v1alpha1.Connecto
 	if err := s.allow(ctx, u, ns, name, "get", ""); err != nil {
 		return nil, nil, err
 	}
-	if flags.APIsPermissions {
+	// While approval is in effect, get on a Connector (which a gated workload holds, to mount
+	// it) must not open the tool through the API: connectors/apis is needed too (SPEC §4.7).
+	if flags.APIsPermissions || flags.ApprovalEffective() {
 		if err := s.allow(ctx, u, ns, name, verb, "apis"); err != nil {
 			return nil, nil, err
 		}
@@ -192,6 +189,9 @@ func (s *Server) allow(ctx context.Context, u user.Info, ns, name, verb, subreso
 
 // passthrough forwards to the tool's own API under the Connector's address.
 func (s *Server) passthrough(w http.ResponseWriter, r *http.Request, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, rest string) error {
+	if err := proxy.CheckPath(rest); err != nil {
+		return err
+	}
 	target, err := url.Parse(strings.TrimSuffix(c.Spec.Address, "/") + rest)
 	if err != nil {
 		return errorf(http.StatusBadRequest, metav1.StatusReasonBadRequest, "bad path: %v", err)
@@ -247,6 +247,7 @@ func (s *Server) plugin(w http.ResponseWriter, r *http.Request, c *v1alpha1.Conn
 	out.URL = target
 	out.Host = target.Host
 	out.Header.Del("Authorization")
+	out.Header.Set(egress.HopHeader, "1")
 	out.Header.Set("X-Plugin-Meta", enc(map[string]any{"address": c.Spec.Address, "namespace": c.Namespace, "name": c.Name,
 		"connectorClassName": class.Name}))
 	if c.Spec.Auth != nil {

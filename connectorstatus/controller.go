@@ -5,7 +5,7 @@ package connectorstatus
 
 import (
 	"context"
-	"fmt"
+	"errors"
 	"io"
 	"net/http"
 	"net/url"
@@ -25,6 +25,7 @@ import (
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/proxy"
+	"github.com/kube-connectors/connectors-csi/proxy/egress"
 	"github.com/kube-connectors/connectors-csi/render"
 )
 
@@ -141,14 +142,16 @@ func (r *Reconciler) secretCondition(ctx context.Context, c *v1alpha1.Connector,
 		set(v1alpha1.ConditionSecretReady, true, "NoAuth", "the Connector uses no credential")
 		return ""
 	}
-	ref := c.Spec.Auth.SecretRef
-	ns := ref.Namespace
-	if ns == "" {
-		ns = c.Namespace
+	name, err := c.AuthSecretName()
+	if err != nil {
+		// Never read, so that the condition does not tell whether it exists.
+		set(v1alpha1.ConditionSecretReady, false, ReasonSecretOutsideNamespace, "%v", err)
+		return ""
 	}
+	ns := c.Namespace
 	var sec corev1.Secret
-	if err := r.Secrets.Get(ctx, types.NamespacedName{Namespace: ns, Name: ref.Name}, &sec); err != nil {
-		set(v1alpha1.ConditionSecretReady, false, "NotFound", "Secret %s/%s: %v", ns, ref.Name, err)
+	if err := r.Secrets.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, &sec); err != nil {
+		set(v1alpha1.ConditionSecretReady, false, "NotFound", "Secret %s/%s: %v", ns, name, err)
 		return ""
 	}
 	secretType := string(sec.Type)
@@ -157,11 +160,11 @@ func (r *Reconciler) secretCondition(ctx context.Context, c *v1alpha1.Connector,
 	}
 	for _, k := range proxy.RequiredKeys(secretType) {
 		if len(sec.Data[k]) == 0 {
-			set(v1alpha1.ConditionSecretReady, false, "MissingKey", "Secret %s/%s lacks key %q for type %s", ns, ref.Name, k, secretType)
+			set(v1alpha1.ConditionSecretReady, false, "MissingKey", "Secret %s/%s lacks key %q for type %s", ns, name, k, secretType)
 			return ""
 		}
 	}
-	set(v1alpha1.ConditionSecretReady, true, "Found", "Secret %s/%s holds a %s credential", ns, ref.Name, secretType)
+	set(v1alpha1.ConditionSecretReady, true, "Found", "Secret %s/%s holds a %s credential", ns, name, secretType)
 	return proxy.AuthorizationHeader(secretType, &sec)
 }
 
@@ -171,7 +174,7 @@ func (r *Reconciler) probeConditions(ctx context.Context, c *v1alpha1.Connector,
 		code, err := r.probe(ctx, c.Spec.Address, p.HTTP, "")
 		switch {
 		case err != nil:
-			set(v1alpha1.ConditionLivenessReady, false, "Unreachable", "%v", err)
+			set(v1alpha1.ConditionLivenessReady, false, unreachableReason(err), "%s", unreachableMessage(err))
 		case code >= 500:
 			set(v1alpha1.ConditionLivenessReady, false, "ServerError", "the tool answered %d", code)
 		default:
@@ -194,7 +197,7 @@ func (r *Reconciler) probeConditions(ctx context.Context, c *v1alpha1.Connector,
 	code, err := r.probe(ctx, c.Spec.Address, authProbe.HTTP, authHeader)
 	switch {
 	case err != nil:
-		set(v1alpha1.ConditionAuthReady, false, "Unreachable", "%v", err)
+		set(v1alpha1.ConditionAuthReady, false, unreachableReason(err), "%s", unreachableMessage(err))
 	case code >= 200 && code < 300:
 		set(v1alpha1.ConditionAuthReady, true, "Accepted", "the tool accepted the credential (%d)", code)
 	default:
@@ -202,7 +205,8 @@ func (r *Reconciler) probeConditions(ctx context.Context, c *v1alpha1.Connector,
 	}
 }
 
-// probe sends one probe request and returns the status code. Errors never carry the header.
+// probe sends one probe request and returns the status code. r.HTTP follows no redirect and
+// dials through the destination policy. Errors never carry the header.
 func (r *Reconciler) probe(ctx context.Context, address string, p *v1alpha1.HTTPProbe, authHeader string) (int, error) {
 	u, err := url.Parse(strings.TrimSuffix(address, "/") + "/" + strings.TrimPrefix(p.Path, "/"))
 	if err != nil {
@@ -228,19 +232,34 @@ func (r *Reconciler) probe(ctx context.Context, address string, p *v1alpha1.HTTP
 	if authHeader != "" {
 		req.Header.Set("Authorization", authHeader)
 	}
+	req.Header.Set(egress.HopHeader, "1")
 	res, err := r.HTTP.Do(req)
 	if err != nil {
-		return 0, fmt.Errorf("%s %s: %w", method, u.Redacted(), errorWithoutURL(err))
+		return 0, err
 	}
 	_, _ = io.Copy(io.Discard, io.LimitReader(res.Body, 1<<16))
 	_ = res.Body.Close()
 	return res.StatusCode, nil
 }
 
-// errorWithoutURL strips the URL from a client error (it is named once by the caller).
-func errorWithoutURL(err error) error {
-	if ue, ok := err.(*url.Error); ok {
-		return ue.Err
+// ReasonSecretOutsideNamespace is SecretReady's reason for a credential reference to another
+// namespace's Secret.
+const ReasonSecretOutsideNamespace = "SecretOutsideNamespace"
+
+// unreachableReason tells a refused destination from a tool that could not be reached.
+func unreachableReason(err error) string {
+	if egress.IsRefused(err) {
+		return "DestinationRefused"
 	}
-	return err
+	return "Unreachable"
+}
+
+// unreachableMessage is a fixed text: the dial error (refused, timed out, no route) would let
+// a tenant map the cluster network through Connector addresses it sets (SPEC §4.7).
+func unreachableMessage(err error) string {
+	var refused *egress.RefusedError
+	if errors.As(err, &refused) {
+		return "the Connector's address is not an allowed destination: " + refused.Why
+	}
+	return "the tool could not be reached"
 }

@@ -40,6 +40,7 @@ import (
 	"github.com/kube-connectors/connectors-csi/node/registration"
 	"github.com/kube-connectors/connectors-csi/proxy"
 	"github.com/kube-connectors/connectors-csi/proxy/ca"
+	"github.com/kube-connectors/connectors-csi/proxy/egress"
 	"github.com/kube-connectors/connectors-csi/render"
 )
 
@@ -76,6 +77,9 @@ func Run(ctx context.Context, opts Options) error {
 	defer events.Shutdown()
 	events.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: kube.CoreV1().Events("")})
 
+	// Publishes review with the driver's client; the proxy and the Connectors API, which any
+	// client on the network can call, with their own client and rate limit, so that a flood of
+	// requests cannot starve publishes.
 	reviewer, err := access.New(kube, access.Config{
 		Audiences: []string{o.TokenAudience},
 		TokenTTL:  o.TokenCacheTTL,
@@ -85,19 +89,36 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return err
 	}
+	authCfg := rest.CopyConfig(cfg)
+	authCfg.QPS, authCfg.Burst = float32(o.ProxyAuthQPS), o.ProxyAuthBurst
+	proxyKube, err := kubernetes.NewForConfig(authCfg)
+	if err != nil {
+		return err
+	}
+	proxyReviewer, err := access.New(proxyKube, access.Config{Audiences: []string{o.TokenAudience}, TokenTTL: o.TokenCacheTTL,
+		AllowTTL: o.AuthzAllowTTL, DenyTTL: o.AuthzDenyTTL})
+	if err != nil {
+		return err
+	}
 	caStore := &ca.Store{Secrets: kube.CoreV1().Secrets(o.SystemNamespace)}
 	flags := features.Watch(ctx, kube, o.SystemNamespace)
-	permissions, err := access.New(kube, access.Config{Audiences: []string{o.TokenAudience}, TokenTTL: o.TokenCacheTTL,
+	permissions, err := access.New(proxyKube, access.Config{Audiences: []string{o.TokenAudience}, TokenTTL: o.TokenCacheTTL,
 		AllowTTL: o.ProxyPermissionTTL, DenyTTL: o.AuthzDenyTTL})
 	if err != nil {
 		return err
 	}
-	connectorsProxy, err := proxy.New(objects, reviewer, flags, kube, caStore, proxy.Config{SecretTTL: o.SecretCacheTTL, Permissions: permissions})
+	destinations := &egress.Policy{AllowLoopback: o.AllowLoopbackDestinations, Dial: o.Dial, Resolve: o.Resolve}
+	connectorsProxy, err := proxy.New(objects, proxyReviewer, flags, kube, caStore, proxy.Config{
+		SecretTTL: o.SecretCacheTTL, Permissions: permissions, Egress: destinations,
+		TunnelLifetime: o.TunnelLifetime, MaxHeaderBytes: o.ProxyMaxHeaderBytes,
+		SecretCacheSize: o.SecretCacheSize, RegistryTokenCacheSize: o.RegistryTokenCacheSize,
+		LeafCacheSize: o.LeafCacheSize, TransportCacheSize: o.TransportCacheSize,
+	})
 	if err != nil {
 		return err
 	}
 	// The Connectors API accepts any token the cluster accepts (the API server's audiences).
-	apiReviewer, err := access.New(kube, access.Config{TokenTTL: o.TokenCacheTTL, AllowTTL: o.AuthzAllowTTL, DenyTTL: o.AuthzDenyTTL})
+	apiReviewer, err := access.New(proxyKube, access.Config{TokenTTL: o.TokenCacheTTL, AllowTTL: o.AuthzAllowTTL, DenyTTL: o.AuthzDenyTTL})
 	if err != nil {
 		return err
 	}
@@ -125,7 +146,7 @@ func Run(ctx context.Context, opts Options) error {
 		Client:   mgr.GetClient(),
 		Secrets:  mgr.GetAPIReader(),
 		ProxyURL: o.ProxyURL,
-		HTTP:     &http.Client{Timeout: 10 * time.Second},
+		HTTP:     egress.Client(&http.Transport{Proxy: nil, DialContext: destinations.DialContext, DisableCompression: true}, 10*time.Second),
 		Recheck:  o.StatusRecheck,
 	}).SetupWithManager(mgr); err != nil {
 		return err
@@ -157,14 +178,14 @@ func Run(ctx context.Context, opts Options) error {
 	})
 	g.Go(func() error { return serveCSI(ctx, o.socketPath, identityServer, nodeServer) })
 	if o.MetricsListen != "" {
-		g.Go(func() error { return serveMetrics(ctx, o.MetricsListen, synced.Load, o.socketPath) })
+		g.Go(func() error { return serveMetrics(ctx, o.MetricsListen, synced.Load, o.socketPath, destinations) })
 	}
 	if o.KubeletRegDir != "" {
 		reg := &registration.Server{DriverName: o.DriverName, Endpoint: o.KubeletPluginSock}
 		g.Go(func() error { return registration.Serve(ctx, o.KubeletRegDir, reg) })
 	}
 	if o.ProxyListen != "" {
-		g.Go(func() error { return serveProxy(ctx, o.ProxyListen, connectorsProxy, o.ProxyListening) })
+		g.Go(func() error { return serveProxy(ctx, o, connectorsProxy, destinations) })
 	}
 	klog.FromContext(ctx).Info("Driver started", "version", Version, "driver", o.DriverName, "node", o.NodeID,
 		"endpoint", o.Endpoint, "proxyURL", o.ProxyURL)

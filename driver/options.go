@@ -10,6 +10,20 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 
 	"github.com/kube-connectors/connectors-csi/node/mount"
+	"github.com/kube-connectors/connectors-csi/proxy/egress"
+)
+
+// Defaults of the proxy's limits, shared by the flags and by drivers started from Go.
+const (
+	defaultMaxConnections         = 8192
+	defaultMaxHeaderBytes         = 64 << 10
+	defaultProxyAuthQPS           = 50
+	defaultProxyAuthBurst         = 100
+	defaultSecretCacheSize        = 1000
+	defaultRegistryTokenCacheSize = 10000
+	defaultLeafCacheSize          = 1000
+	defaultTransportCacheSize     = 64
+	defaultTunnelLifetime         = time.Hour
 )
 
 // Options are the driver's settings, one flag each (SPEC §3.6).
@@ -42,6 +56,22 @@ type Options struct {
 	ProxyPermissionTTL time.Duration
 	RequestRetention   time.Duration
 
+	AllowLoopbackDestinations bool
+	TunnelLifetime            time.Duration
+	ProxyMaxConnections       int
+	ProxyMaxHeaderBytes       int
+	ProxyAuthQPS              float64
+	ProxyAuthBurst            int
+	SecretCacheSize           int
+	RegistryTokenCacheSize    int
+	LeafCacheSize             int
+	TransportCacheSize        int
+
+	// Dial and Resolve replace the network for the proxy's, the API's and the probes'
+	// outbound connections; for tests only (no flag), so that a refused destination is proven
+	// never dialed and no name lookup leaves the machine.
+	Dial    egress.DialFunc
+	Resolve egress.ResolveFunc
 	// Mounter replaces the tmpfs mounter; for tests only (no flag).
 	Mounter mount.Mounter
 	// ProxyListening is told the proxy's address once it listens; for tests only (no flag).
@@ -76,6 +106,16 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.ProxyPermissionTTL, "proxy-permission-ttl", time.Second, "how long an allowed connectors/proxy check is cached: a revoked grant stops working within this")
 	fs.DurationVar(&o.ApprovalWait, "approval-wait", 10*time.Second, "how long a publish waits for a pending AccessRequest before answering Unavailable (kubelet retries)")
 	fs.DurationVar(&o.RequestRetention, "accessrequest-retention", 24*time.Hour, "how long a revoked AccessRequest is kept before it is deleted")
+	fs.BoolVar(&o.AllowLoopbackDestinations, "allow-loopback-destinations", false, "allow Connector addresses and forwarded destinations on loopback (tests, single-node setups); link-local, unspecified and multicast destinations and the driver's own listeners are always refused")
+	fs.DurationVar(&o.TunnelLifetime, "proxy-tunnel-max-lifetime", defaultTunnelLifetime, "how long a CONNECT tunnel may stay open before the proxy closes it")
+	fs.IntVar(&o.ProxyMaxConnections, "proxy-max-connections", defaultMaxConnections, "open client connections the proxy listener accepts; more are answered 503 and closed")
+	fs.IntVar(&o.ProxyMaxHeaderBytes, "proxy-max-header-bytes", defaultMaxHeaderBytes, "largest request header the proxy reads (431 beyond)")
+	fs.Float64Var(&o.ProxyAuthQPS, "proxy-auth-qps", defaultProxyAuthQPS, "sustained TokenReviews and SubjectAccessReviews per second for proxy and Connectors API clients (their own limit, apart from publishes)")
+	fs.IntVar(&o.ProxyAuthBurst, "proxy-auth-burst", defaultProxyAuthBurst, "burst of --proxy-auth-qps")
+	fs.IntVar(&o.SecretCacheSize, "secret-cache-size", defaultSecretCacheSize, "Secrets the proxy keeps at most (each for --secret-cache-ttl)")
+	fs.IntVar(&o.RegistryTokenCacheSize, "registry-token-cache-size", defaultRegistryTokenCacheSize, "registry tokens (by Connector, credential, registry and scope) the proxy keeps at most")
+	fs.IntVar(&o.LeafCacheSize, "leaf-cache-size", defaultLeafCacheSize, "TLS leaf certificates (one per CONNECT host) the proxy keeps at most")
+	fs.IntVar(&o.TransportCacheSize, "transport-cache-size", defaultTransportCacheSize, "upstream connection pools (one per Connector CA bundle) the proxy keeps at most")
 	fs.BoolVar(&o.UnprivilegedMounts, "unprivileged-mounts", false, "for tests without root: write volumes into plain directories instead of tmpfs mounts")
 }
 
@@ -122,8 +162,43 @@ func (o *Options) validate() (*validated, error) {
 	if o.AuthzAllowTTL < 0 || o.AuthzDenyTTL < 0 || o.TokenCacheTTL < 0 {
 		return nil, fmt.Errorf("--authorization-allow-ttl, --authorization-deny-ttl and --token-cache-ttl must not be negative")
 	}
+	if err := v.proxyLimits(); err != nil {
+		return nil, err
+	}
 	if o.TokenAudience == "" {
 		return nil, fmt.Errorf("--token-audience must not be empty")
 	}
 	return v, nil
+}
+
+// proxyLimits fills unset proxy limits and cache sizes with their flags' defaults (the driver
+// is also started from Go, by tests and tools) and refuses negative ones.
+func (v *validated) proxyLimits() error {
+	for _, l := range []struct {
+		name string
+		v    *int
+		def  int
+	}{
+		{"--proxy-max-connections", &v.ProxyMaxConnections, defaultMaxConnections}, {"--proxy-max-header-bytes", &v.ProxyMaxHeaderBytes, defaultMaxHeaderBytes},
+		{"--proxy-auth-burst", &v.ProxyAuthBurst, defaultProxyAuthBurst}, {"--secret-cache-size", &v.SecretCacheSize, defaultSecretCacheSize},
+		{"--registry-token-cache-size", &v.RegistryTokenCacheSize, defaultRegistryTokenCacheSize}, {"--leaf-cache-size", &v.LeafCacheSize, defaultLeafCacheSize},
+		{"--transport-cache-size", &v.TransportCacheSize, defaultTransportCacheSize},
+	} {
+		if *l.v < 0 {
+			return fmt.Errorf("%s must not be negative", l.name)
+		}
+		if *l.v == 0 {
+			*l.v = l.def
+		}
+	}
+	if v.TunnelLifetime < 0 || v.ProxyAuthQPS < 0 {
+		return fmt.Errorf("--proxy-tunnel-max-lifetime and --proxy-auth-qps must not be negative")
+	}
+	if v.TunnelLifetime == 0 {
+		v.TunnelLifetime = defaultTunnelLifetime
+	}
+	if v.ProxyAuthQPS == 0 {
+		v.ProxyAuthQPS = defaultProxyAuthQPS
+	}
+	return nil
 }

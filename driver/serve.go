@@ -17,6 +17,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
+
+	"github.com/kube-connectors/connectors-csi/proxy/egress"
 )
 
 var rpcDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -79,18 +81,26 @@ func probeCSI(ctx context.Context, socket string) error {
 	return err
 }
 
-// serveProxy serves the proxy listener until ctx is done.
-func serveProxy(ctx context.Context, addr string, h http.Handler, listening func(string)) error {
-	lis, err := net.Listen("tcp", addr)
+// serveProxy serves the proxy listener until ctx is done. The listener is one of the driver's
+// own destinations that no Connector may reach; it holds at most --proxy-max-connections
+// clients, and headers are bounded by --proxy-max-header-bytes.
+func serveProxy(ctx context.Context, o *validated, h http.Handler, destinations *egress.Policy) error {
+	lis, err := net.Listen("tcp", o.ProxyListen)
 	if err != nil {
-		return fmt.Errorf("proxy listen on %s: %w", addr, err)
+		return fmt.Errorf("proxy listen on %s: %w", o.ProxyListen, err)
 	}
-	return serveHTTP(ctx, lis, h, "Serving the Connectors proxy", listening)
+	destinations.AddListener(lis.Addr())
+	srv := newHTTPServer(h)
+	srv.MaxHeaderBytes = o.ProxyMaxHeaderBytes
+	return serveHTTP(ctx, limitConnections(lis, o.ProxyMaxConnections), srv, "Serving the Connectors proxy", o.ProxyListening)
 }
 
-// serveHTTP serves h on lis until ctx is done, then shuts down gracefully.
-func serveHTTP(ctx context.Context, lis net.Listener, h http.Handler, what string, listening func(string)) error {
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 120 * time.Second}
+func newHTTPServer(h http.Handler) *http.Server {
+	return &http.Server{Handler: h, ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 120 * time.Second}
+}
+
+// serveHTTP serves srv on lis until ctx is done, then shuts down gracefully.
+func serveHTTP(ctx context.Context, lis net.Listener, srv *http.Server, what string, listening func(string)) error {
 	go func() {
 		<-ctx.Done()
 		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -109,7 +119,7 @@ func serveHTTP(ctx context.Context, lis net.Listener, h http.Handler, what strin
 
 // serveMetrics serves /metrics, /healthz and /readyz until ctx is done. /healthz is what the
 // livenessprobe sidecar would check: that the CSI socket answers a Probe.
-func serveMetrics(ctx context.Context, addr string, ready func() bool, csiSocket string) error {
+func serveMetrics(ctx context.Context, addr string, ready func() bool, csiSocket string, destinations *egress.Policy) error {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.Handler())
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -130,5 +140,6 @@ func serveMetrics(ctx context.Context, addr string, ready func() bool, csiSocket
 	if err != nil {
 		return fmt.Errorf("metrics listen on %s: %w", addr, err)
 	}
-	return serveHTTP(ctx, lis, mux, "Serving metrics and health", nil)
+	destinations.AddListener(lis.Addr())
+	return serveHTTP(ctx, lis, newHTTPServer(mux), "Serving metrics and health", nil)
 }

@@ -33,23 +33,31 @@ func (p *Proxy) authenticate(ctx context.Context, token string, unauthorized int
 	return u, nil
 }
 
-// methodVerbs maps HTTP methods to the verbs checked on connectors/proxy.
+// methodVerbs maps HTTP methods to the RBAC verbs checked on connectors/proxy and
+// connectors/apis (SPEC §5.2).
 var methodVerbs = map[string]string{
 	http.MethodGet: "get", http.MethodHead: "get", http.MethodOptions: "get",
 	http.MethodPost: "create", http.MethodPut: "update", http.MethodPatch: "patch", http.MethodDelete: "delete",
 }
 
-func verbFor(method string) string {
-	if v, ok := methodVerbs[method]; ok {
-		return v
+// VerbFor returns the verb a request method needs. A method not in the table (WebDAV's
+// PROPFIND, MKCOL, LOCK, or a made-up one) needs "create": only GET, HEAD and OPTIONS pass with
+// a read grant. ok is false for TRACE and TRACK, which are never proxied: the tool would echo
+// the injected credential back to the client.
+func VerbFor(method string) (verb string, ok bool) {
+	if v, found := methodVerbs[method]; found {
+		return v, true
 	}
-	return "get"
+	switch strings.ToUpper(method) {
+	case "TRACE", "TRACK", http.MethodConnect:
+		return "", false
+	}
+	return "create", true
 }
 
-// authorize checks that u may use the Connector through the proxy (SPEC §4.4): always get on
-// the Connector; with enable-connector-proxy-permissions also connectors/proxy, namespace-wide
-// or scoped to the token's Pod (connectors/proxy/v1/pod/<ns>/<pod>).
-func (p *Proxy) authorize(ctx context.Context, u user.Info, nn types.NamespacedName, method string) error {
+// authorizeGet checks that u may get the Connector. It runs before the Connector is looked up,
+// so that a stranger cannot tell a Connector that exists from one that does not (SPEC §4.7).
+func (p *Proxy) authorizeGet(ctx context.Context, u user.Info, nn types.NamespacedName) error {
 	ok, err := p.allowed(ctx, p.reviewer, u, nn, "get", "")
 	if err != nil {
 		return err
@@ -57,15 +65,26 @@ func (p *Proxy) authorize(ctx context.Context, u user.Info, nn types.NamespacedN
 	if !ok {
 		return refusef(http.StatusForbidden, "%s may not get Connector %s", u.GetName(), nn)
 	}
+	return nil
+}
+
+// authorizeUse checks, with enable-connector-proxy-permissions, that u may use the Connector
+// through the proxy with the request's method (SPEC §4.4): connectors/proxy, namespace-wide or
+// scoped to the token's Pod (connectors/proxy/v1/pod/<ns>/<pod>). Without the flag, get (see
+// authorizeGet) is all it takes. Methods that are never proxied are refused either way.
+func (p *Proxy) authorizeUse(ctx context.Context, u user.Info, nn types.NamespacedName, method string) error {
+	verb, ok := VerbFor(method)
+	if !ok {
+		return refusef(http.StatusMethodNotAllowed, "method %s is never proxied", method)
+	}
 	if !p.flags.Flags().ProxyPermissions {
 		return nil
 	}
-	verb := verbFor(method)
-	if ok, err = p.allowed(ctx, p.perms, u, nn, verb, "proxy"); err != nil || ok {
+	if ok, err := p.allowed(ctx, p.perms, u, nn, verb, "proxy"); err != nil || ok {
 		return err
 	}
 	if pod := podOf(u); pod != "" {
-		if ok, err = p.allowed(ctx, p.perms, u, nn, verb, "proxy/v1/pod/"+pod); err != nil || ok {
+		if ok, err := p.allowed(ctx, p.perms, u, nn, verb, "proxy/v1/pod/"+pod); err != nil || ok {
 			return err
 		}
 	}

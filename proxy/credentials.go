@@ -6,51 +6,57 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
+	"errors"
 	"fmt"
-	"net"
 	"net/http"
-	"sync"
 	"time"
 
+	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/hashicorp/golang-lru/v2/expirable"
 	"golang.org/x/sync/singleflight"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/cachemetrics"
+	"github.com/kube-connectors/connectors-csi/proxy/egress"
 )
 
-// secrets reads Secrets on demand, one at a time, and keeps each briefly. The driver never
-// lists or watches Secrets (SPEC §4.5): only those a request actually needs are read.
+// secrets reads Secrets on demand, one at a time, and keeps each for the TTL and no longer:
+// expired entries are swept, not only skipped. The driver never lists or watches Secrets
+// (SPEC §4.5): only those a request actually needs are read.
 type secrets struct {
 	kube  kubernetes.Interface
 	ttl   time.Duration
-	mu    sync.Mutex
-	cache map[string]cachedSecret
+	cache *expirable.LRU[string, *corev1.Secret] // nil when ttl is 0: nothing is kept
 	group singleflight.Group
 }
 
-type cachedSecret struct {
-	secret  *corev1.Secret
-	expires time.Time
+func newSecrets(kube kubernetes.Interface, ttl time.Duration, size int) *secrets {
+	s := &secrets{kube: kube, ttl: ttl}
+	if ttl > 0 {
+		s.cache = expirable.NewLRU[string, *corev1.Secret](size, nil, ttl)
+		cachemetrics.Register("secrets", s.cache.Len)
+	}
+	return s
 }
 
 func (s *secrets) get(ctx context.Context, namespace, name string) (*corev1.Secret, error) {
 	key := namespace + "/" + name
-	s.mu.Lock()
-	c, ok := s.cache[key]
-	s.mu.Unlock()
-	if ok && time.Now().Before(c.expires) {
-		return c.secret, nil
+	if s.cache != nil {
+		if sec, ok := s.cache.Get(key); ok {
+			return sec, nil
+		}
 	}
 	v, err, _ := s.group.Do(key, func() (any, error) {
 		sec, err := s.kube.CoreV1().Secrets(namespace).Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			return nil, err
 		}
-		s.mu.Lock()
-		s.cache[key] = cachedSecret{secret: sec, expires: time.Now().Add(s.ttl)}
-		s.mu.Unlock()
+		if s.cache != nil {
+			s.cache.Add(key, sec)
+		}
 		return sec, nil
 	})
 	if err != nil {
@@ -65,47 +71,46 @@ type credential struct {
 	authorization string
 	// registry holds the basic credentials for the OCI token flow (SPEC §4.6).
 	registry *registryLogin
+	// secret is the Secret it came from (nil without one), for the Connectors API's clients.
+	secret *corev1.Secret
+}
+
+// authSecret reads the Connector's credential Secret, or returns nil when it has none. A
+// reference to another namespace is refused with 403 and never read (SPEC §4.7).
+func (p *Proxy) authSecret(ctx context.Context, c *v1alpha1.Connector) (*corev1.Secret, error) {
+	name, err := c.AuthSecretName()
+	var foreign *v1alpha1.SecretOutsideNamespaceError
+	if errors.As(err, &foreign) {
+		return nil, refusef(http.StatusForbidden, "%s", foreign.Error())
+	}
+	if err != nil || name == "" {
+		return nil, err
+	}
+	sec, err := p.secrets.get(ctx, c.Namespace, name)
+	if err != nil {
+		return nil, fmt.Errorf("secret %s/%s of Connector %s/%s: %w", c.Namespace, name, c.Namespace, c.Name, err)
+	}
+	return sec, nil
 }
 
 // credentialFor reads the Connector's Secret and turns it into a credential by its class's
 // secretType. Errors name the Connector and the Secret, never a value.
 func (p *Proxy) credentialFor(ctx context.Context, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass) (credential, error) {
-	if c.Spec.Auth == nil || c.Spec.Auth.SecretRef == nil {
-		return credential{}, nil
-	}
-	ref := c.Spec.Auth.SecretRef
-	ns := ref.Namespace
-	if ns == "" {
-		ns = c.Namespace
-	}
-	sec, err := p.secrets.get(ctx, ns, ref.Name)
-	if err != nil {
-		return credential{}, fmt.Errorf("secret %s/%s of Connector %s/%s: %w", ns, ref.Name, c.Namespace, c.Name, err)
+	sec, err := p.authSecret(ctx, c)
+	if err != nil || sec == nil {
+		return credential{}, err
 	}
 	secretType := AuthSecretType(c, class, sec)
-	need := func(keys ...string) error {
-		for _, k := range keys {
-			if len(sec.Data[k]) == 0 {
-				return fmt.Errorf("secret %s/%s of Connector %s/%s (type %s) lacks key %q", ns, ref.Name, c.Namespace, c.Name, secretType, k)
-			}
+	for _, k := range RequiredKeys(secretType) {
+		if len(sec.Data[k]) == 0 {
+			return credential{}, fmt.Errorf("secret %s/%s of Connector %s/%s (type %s) lacks key %q", sec.Namespace, sec.Name, c.Namespace, c.Name, secretType, k)
 		}
-		return nil
 	}
 	switch secretType {
 	case v1alpha1.SecretTypeBasicAuth, v1alpha1.SecretTypeBearerToken:
-		if err := need(RequiredKeys(secretType)...); err != nil {
-			return credential{}, err
-		}
-		return credential{authorization: AuthorizationHeader(secretType, sec)}, nil
+		return credential{authorization: AuthorizationHeader(secretType, sec), secret: sec}, nil
 	case v1alpha1.SecretTypeDistributionRegistryAuth:
-		if err := need(RequiredKeys(secretType)...); err != nil {
-			return credential{}, err
-		}
-		return credential{registry: &registryLogin{
-			username:  string(sec.Data[corev1.BasicAuthUsernameKey]),
-			password:  string(sec.Data[corev1.BasicAuthPasswordKey]),
-			addresses: parsedAddresses(c),
-		}}, nil
+		return credential{secret: sec, registry: newRegistryLogin(c, sec)}, nil
 	default:
 		return credential{}, fmt.Errorf("connector %s/%s: the proxy cannot inject a credential of type %q", c.Namespace, c.Name, secretType)
 	}
@@ -148,17 +153,26 @@ func AuthorizationHeader(secretType string, sec *corev1.Secret) string {
 }
 
 // transports keeps one pooled upstream transport per CA bundle, so that keep-alive
-// connections are reused across requests and Pods.
+// connections are reused across requests and Pods. Bundles come from tenants' Secrets, so the
+// set is bounded: the least recently used transport is dropped (its idle connections closed).
 type transports struct {
-	mu   sync.Mutex
-	byCA map[[32]byte]*http.Transport
+	egress *egress.Policy
+	system *http.Transport // no caCertSecretRef: the system roots
+	byCA   *lru.Cache[[32]byte, *http.Transport]
 }
 
-func newUpstreamTransport(roots *x509.CertPool) *http.Transport {
+func newTransports(policy *egress.Policy, size int) *transports {
+	byCA, _ := lru.NewWithEvict(size, func(_ [32]byte, tr *http.Transport) { tr.CloseIdleConnections() })
+	cachemetrics.Register("transports", byCA.Len)
+	return &transports{egress: policy, system: newUpstreamTransport(policy, nil), byCA: byCA}
+}
+
+func newUpstreamTransport(policy *egress.Policy, roots *x509.CertPool) *http.Transport {
 	return &http.Transport{
 		// Never through another proxy: the environment's proxy settings are for clients.
-		Proxy:             nil,
-		DialContext:       (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		Proxy: nil,
+		// Every connection passes the destination policy before it is dialed.
+		DialContext:       policy.DialContext,
 		TLSClientConfig:   &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12},
 		ForceAttemptHTTP2: true,
 		// Pass the client's Accept-Encoding through as it is: left on, the transport asks for
@@ -172,39 +186,36 @@ func newUpstreamTransport(roots *x509.CertPool) *http.Transport {
 	}
 }
 
-// forConnector returns the transport trusting the Connector's caCertSecretRef (plus the system
-// roots), or the default one.
-func (p *Proxy) transportFor(ctx context.Context, c *v1alpha1.Connector) (*http.Transport, error) {
+// transportFor returns the transport trusting the Connector's caCertSecretRef (plus the system
+// roots), or the default one, and the CA bundle itself.
+func (p *Proxy) transportFor(ctx context.Context, c *v1alpha1.Connector) (*http.Transport, []byte, error) {
 	if c.Spec.CACertSecretRef == nil {
-		return p.transports.get(nil), nil
+		return p.transports.system, nil, nil
 	}
 	sec, err := p.secrets.get(ctx, c.Namespace, c.Spec.CACertSecretRef.Name)
 	if err != nil {
-		return nil, fmt.Errorf("CA secret %s/%s of Connector %s: %w", c.Namespace, c.Spec.CACertSecretRef.Name, c.Name, err)
+		return nil, nil, fmt.Errorf("CA secret %s/%s of Connector %s: %w", c.Namespace, c.Spec.CACertSecretRef.Name, c.Name, err)
 	}
 	pem := sec.Data["ca.crt"]
 	if len(pem) == 0 {
-		return nil, fmt.Errorf("CA secret %s/%s of Connector %s lacks key ca.crt", c.Namespace, c.Spec.CACertSecretRef.Name, c.Name)
+		return nil, nil, fmt.Errorf("CA secret %s/%s of Connector %s lacks key ca.crt", c.Namespace, c.Spec.CACertSecretRef.Name, c.Name)
 	}
-	return p.transports.get(pem), nil
+	return p.transports.get(pem), pem, nil
 }
 
 func (t *transports) get(caPEM []byte) *http.Transport {
 	key := sha256.Sum256(caPEM)
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if tr, ok := t.byCA[key]; ok {
+	if tr, ok := t.byCA.Get(key); ok {
 		return tr
 	}
-	var roots *x509.CertPool
-	if len(caPEM) > 0 {
-		roots, _ = x509.SystemCertPool()
-		if roots == nil {
-			roots = x509.NewCertPool()
-		}
-		roots.AppendCertsFromPEM(caPEM)
+	roots, _ := x509.SystemCertPool()
+	if roots == nil {
+		roots = x509.NewCertPool()
 	}
-	tr := newUpstreamTransport(roots)
-	t.byCA[key] = tr
+	roots.AppendCertsFromPEM(caPEM)
+	tr := newUpstreamTransport(t.egress, roots)
+	// Two requests may build the same transport at once; the second Add replaces the first,
+	// which then serves only the request that built it.
+	t.byCA.Add(key, tr)
 	return tr
 }

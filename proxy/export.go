@@ -10,6 +10,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/proxy/egress"
 )
 
 // This file is what the Connectors API reuses of the proxy: the same credential and transport
@@ -20,43 +21,50 @@ type Upstream struct {
 	// Username and Password for basic-auth and registry-token Secrets; Token for bearer ones.
 	Username, Password, Token string
 	// CABundle is the Connector's caCertSecretRef PEM, when set.
-	CABundle  []byte
-	Transport *http.Transport
+	CABundle []byte
+	// Transport reaches the tool: through the destination policy, trusting the Connector's CA,
+	// with the hop marker. It refuses every URL outside the Connector's addresses, so that a
+	// library holding the credential (a registry client answering a token challenge, a
+	// redirect) cannot send it anywhere else.
+	Transport http.RoundTripper
 }
 
 // Upstream resolves a Connector's credential and transport. Errors name the Connector and the
 // Secret, never a value.
 func (p *Proxy) Upstream(ctx context.Context, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass) (*Upstream, error) {
-	tr, err := p.transportFor(ctx, c)
+	cred, err := p.credentialFor(ctx, c, class) // also validates the Secret's type and keys
 	if err != nil {
 		return nil, err
 	}
-	u := &Upstream{Transport: tr}
-	if c.Spec.CACertSecretRef != nil {
-		sec, err := p.secrets.get(ctx, c.Namespace, c.Spec.CACertSecretRef.Name)
-		if err != nil {
-			return nil, err
-		}
-		u.CABundle = sec.Data["ca.crt"]
-	}
-	if _, err := p.credentialFor(ctx, c, class); err != nil { // validates type and keys
-		return nil, err
-	}
-	if c.Spec.Auth == nil || c.Spec.Auth.SecretRef == nil {
-		return u, nil
-	}
-	ns := c.Spec.Auth.SecretRef.Namespace
-	if ns == "" {
-		ns = c.Namespace
-	}
-	sec, err := p.secrets.get(ctx, ns, c.Spec.Auth.SecretRef.Name)
+	tr, ca, err := p.transportFor(ctx, c)
 	if err != nil {
 		return nil, err
 	}
-	u.Username = string(sec.Data[corev1.BasicAuthUsernameKey])
-	u.Password = string(sec.Data[corev1.BasicAuthPasswordKey])
-	u.Token = string(sec.Data["token"])
+	u := &Upstream{CABundle: ca, Transport: egress.Marked(onlyAddresses{addresses: parsedAddresses(c), next: tr})}
+	if sec := cred.secret; sec != nil {
+		u.Username = string(sec.Data[corev1.BasicAuthUsernameKey])
+		u.Password = string(sec.Data[corev1.BasicAuthPasswordKey])
+		u.Token = string(sec.Data["token"])
+	}
 	return u, nil
+}
+
+// onlyAddresses refuses requests to URLs no address of the Connector covers.
+type onlyAddresses struct {
+	addresses []*url.URL
+	next      http.RoundTripper
+}
+
+func (o onlyAddresses) RoundTrip(r *http.Request) (*http.Response, error) {
+	for _, a := range o.addresses {
+		if covers(a, r.URL) {
+			return o.next.RoundTrip(r)
+		}
+	}
+	if r.Body != nil {
+		_ = r.Body.Close()
+	}
+	return nil, &egress.RefusedError{Host: r.URL.Host, Why: "not an address of the Connector (add it as an address extension)"}
 }
 
 // Forward streams r to target through c with c's credential injected, like the reverse proxy.
@@ -97,5 +105,6 @@ func WriteStatus(w http.ResponseWriter, code int, reason metav1.StatusReason, ms
 }
 
 // Covers reports whether target falls under a Connector address: same scheme and host (default
-// ports made explicit), and a path inside the address's path.
+// ports made explicit), and a path inside the address's path that no tool can resolve
+// elsewhere (see CheckPath).
 func Covers(address, target *url.URL) bool { return covers(address, target) }

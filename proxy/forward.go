@@ -21,9 +21,10 @@ import (
 // maxForwardConnectors bounds the Connectors one proxy user may name.
 const maxForwardConnectors = 16
 
-// forwardClient is a forward-proxy client: who it is and which Connectors it named.
+// forwardClient is a forward-proxy client: who it is, its token, and which Connectors it named.
 type forwardClient struct {
 	user       user.Info
+	token      string
 	connectors []types.NamespacedName
 }
 
@@ -44,7 +45,7 @@ func (p *Proxy) forwardAuth(w http.ResponseWriter, r *http.Request) (*forwardCli
 		refuseErr(ctx, w, err)
 		return nil, false
 	}
-	return &forwardClient{user: u, connectors: connectors}, true
+	return &forwardClient{user: u, token: token, connectors: connectors}, true
 }
 
 // serveForward proxies an absolute-form request (plain http://) for a forward-proxy client.
@@ -59,16 +60,7 @@ func (p *Proxy) serveForward(w http.ResponseWriter, r *http.Request) {
 // forwardTo sends r to target through the named Connector whose address covers target.
 func (p *Proxy) forwardTo(w http.ResponseWriter, r *http.Request, fc *forwardClient, target *url.URL) {
 	ctx := r.Context()
-	c, class, err := p.matchConnector(ctx, fc, func(addr *url.URL) bool { return covers(addr, target) })
-	if err == nil {
-		err = p.authorize(ctx, fc.user, types.NamespacedName{Namespace: c.Namespace, Name: c.Name}, r.Method)
-	}
-	if err != nil {
-		refuseErr(ctx, w, err)
-		return
-	}
-	out := *target
-	rt, err := p.newRoute(ctx, c, class, &out)
+	rt, err := p.forwardRoute(r, fc, target)
 	if err != nil {
 		refuseErr(ctx, w, err)
 		return
@@ -76,8 +68,31 @@ func (p *Proxy) forwardTo(w http.ResponseWriter, r *http.Request, fc *forwardCli
 	p.send(w, r, rt)
 }
 
+func (p *Proxy) forwardRoute(r *http.Request, fc *forwardClient, target *url.URL) (*route, error) {
+	ctx := r.Context()
+	if err := CheckPath(target.EscapedPath()); err != nil {
+		return nil, err
+	}
+	c, class, err := p.matchConnector(ctx, fc, func(addr *url.URL) bool { return covers(addr, target) })
+	if err != nil {
+		return nil, err
+	}
+	if err := p.authorizeUse(ctx, fc.user, types.NamespacedName{Namespace: c.Namespace, Name: c.Name}, r.Method); err != nil {
+		return nil, err
+	}
+	out := *target
+	return p.newRoute(ctx, c, class, &out)
+}
+
 // matchConnector returns the first named Connector one of whose addresses satisfies match.
+// The client must be allowed to get every Connector it named, checked before any is looked up: a
+// stranger learns neither which Connectors exist nor which hosts they cover (SPEC §4.7).
 func (p *Proxy) matchConnector(ctx context.Context, fc *forwardClient, match func(*url.URL) bool) (*v1alpha1.Connector, *v1alpha1.ConnectorClass, error) {
+	for _, nn := range fc.connectors {
+		if err := p.authorizeGet(ctx, fc.user, nn); err != nil {
+			return nil, nil, err
+		}
+	}
 	var names []string
 	for _, nn := range fc.connectors {
 		c, class, err := p.connector(ctx, nn)
@@ -127,17 +142,27 @@ func hostPort(u *url.URL) string {
 }
 
 // covers reports whether target falls under addr: same scheme and host, and a path inside
-// addr's path (on a segment boundary).
+// addr's path on a segment boundary, both decoded and as sent. A path a tool could resolve
+// elsewhere (see CheckPath) is covered by nothing.
 func covers(addr, target *url.URL) bool {
 	if !strings.EqualFold(addr.Scheme, target.Scheme) || hostPort(addr) != hostPort(target) {
 		return false
 	}
-	base := strings.TrimSuffix(addr.Path, "/")
-	return base == "" || target.Path == base || strings.HasPrefix(target.Path, base+"/")
+	if CheckPath(target.EscapedPath()) != nil {
+		return false
+	}
+	return under(addr.Path, target.Path) && under(addr.EscapedPath(), target.EscapedPath())
+}
+
+// under reports whether path lies at or below base, on a segment boundary.
+func under(base, path string) bool {
+	base = strings.TrimSuffix(base, "/")
+	return base == "" || path == base || strings.HasPrefix(path, base+"/")
 }
 
 // serveConnect opens a tunnel to a Connector host: TLS is terminated here with a leaf from the
-// proxy CA, and each request inside is proxied like a forward-proxy request.
+// proxy CA, and each request inside is authenticated and authorized like a forward-proxy
+// request. The client must be allowed to get the Connectors it named before a leaf is minted.
 func (p *Proxy) serveConnect(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	fc, ok := p.forwardAuth(w, r)
@@ -176,23 +201,38 @@ func (p *Proxy) serveConnect(w http.ResponseWriter, r *http.Request) {
 		MinVersion:   tls.VersionTLS12,
 	})
 	// A hijacked request's context is canceled by net/http; the tunnel lives until the client
-	// closes it.
+	// closes it or its lifetime ends.
 	p.serveTunnel(context.WithoutCancel(ctx), tlsConn, fc, dest.Host)
 }
 
-// serveTunnel serves the HTTP/1.1 requests inside a CONNECT tunnel until the client closes it.
+// serveTunnel serves the HTTP/1.1 requests inside a CONNECT tunnel until the client closes it
+// or the tunnel's lifetime ends. Every request is authenticated again (from the token cache):
+// a token that stopped being valid (its Pod deleted) stops working inside an open tunnel too.
 func (p *Proxy) serveTunnel(ctx context.Context, conn net.Conn, fc *forwardClient, host string) {
 	inner := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if loopDetected(w, r) {
+			return
+		}
+		u, err := p.authenticate(r.Context(), fc.token, http.StatusProxyAuthRequired)
+		if err != nil {
+			w.Header().Set("Connection", "close")
+			refuseErr(r.Context(), w, err)
+			return
+		}
 		target := *r.URL
 		target.Scheme, target.Host = "https", host
-		p.forwardTo(w, r, fc, &target)
+		p.forwardTo(w, r, &forwardClient{user: u, token: fc.token, connectors: fc.connectors}, &target)
 	})
 	srv := &http.Server{
 		Handler:           inner,
 		ReadHeaderTimeout: 30 * time.Second,
 		IdleTimeout:       90 * time.Second,
+		MaxHeaderBytes:    p.cfg.MaxHeaderBytes,
 		BaseContext:       func(net.Listener) context.Context { return ctx },
 	}
+	// The lifetime is a hard cap: the connection is closed, whatever it is doing.
+	expire := time.AfterFunc(p.cfg.TunnelLifetime, func() { _ = conn.Close() })
+	defer expire.Stop()
 	_ = srv.Serve(newOneConnListener(conn))
 }
 

@@ -10,10 +10,13 @@ import (
 	"crypto/x509/pkix"
 	"math/big"
 	"net"
-	"sync"
+	"strings"
 	"time"
 
+	"github.com/hashicorp/golang-lru/v2/expirable"
 	"golang.org/x/sync/singleflight"
+
+	"github.com/kube-connectors/connectors-csi/cachemetrics"
 )
 
 // leafValidity is how long a minted leaf certificate is valid; leaves are re-minted before.
@@ -26,28 +29,28 @@ type Authority interface {
 
 // leaves mints and caches a TLS certificate per host, signed by the proxy CA, for the TLS the
 // proxy terminates on CONNECT. One key serves every leaf: minting then costs one signature.
+// Hosts are lower-cased, so spellings of one host share a leaf, and the cache is bounded.
 type leaves struct {
 	ca    Authority
 	key   *ecdsa.PrivateKey
-	mu    sync.Mutex
-	certs map[string]*tls.Certificate
+	certs *expirable.LRU[string, *tls.Certificate] // re-minted after 3/4 of their validity
 	group singleflight.Group
 }
 
-func newLeaves(ca Authority) (*leaves, error) {
+func newLeaves(ca Authority, size int) (*leaves, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, err
 	}
-	return &leaves{ca: ca, key: key, certs: map[string]*tls.Certificate{}}, nil
+	l := &leaves{ca: ca, key: key, certs: expirable.NewLRU[string, *tls.Certificate](size, nil, leafValidity*3/4)}
+	cachemetrics.Register("leaf_certificates", l.certs.Len)
+	return l, nil
 }
 
 // get returns the leaf for host, minting it when missing or close to expiry.
 func (l *leaves) get(ctx context.Context, host string) (*tls.Certificate, error) {
-	l.mu.Lock()
-	c := l.certs[host]
-	l.mu.Unlock()
-	if c != nil && time.Until(c.Leaf.NotAfter) > leafValidity/4 {
+	host = strings.ToLower(host)
+	if c, ok := l.certs.Get(host); ok {
 		return c, nil
 	}
 	v, err, _ := l.group.Do(host, func() (any, error) {
@@ -55,9 +58,7 @@ func (l *leaves) get(ctx context.Context, host string) (*tls.Certificate, error)
 		if err != nil {
 			return nil, err
 		}
-		l.mu.Lock()
-		l.certs[host] = c
-		l.mu.Unlock()
+		l.certs.Add(host, c)
 		return c, nil
 	})
 	if err != nil {

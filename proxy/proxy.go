@@ -18,6 +18,7 @@ import (
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apiserver/pkg/authentication/user"
 	"k8s.io/apiserver/pkg/authorization/authorizer"
@@ -27,6 +28,7 @@ import (
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/features"
+	"github.com/kube-connectors/connectors-csi/proxy/egress"
 )
 
 // Reviewer authenticates tokens and authorizes users (access.Reviewer).
@@ -35,13 +37,36 @@ type Reviewer interface {
 	Authorize(ctx context.Context, attrs authorizer.Attributes) (authorizer.Decision, string, error)
 }
 
-// Config tunes the proxy.
+// Config tunes the proxy; every field but Permissions must be set.
 type Config struct {
-	// SecretTTL is how long a Connector's Secret is kept after it was read.
+	// SecretTTL is how long a Connector's Secret is kept after it was read (0: not kept).
 	SecretTTL time.Duration
 	// Permissions answers the connectors/proxy checks; it caches allowed answers only briefly,
 	// so that a revoked grant stops working within seconds (SPEC §4.4). Nil uses the Reviewer.
 	Permissions Reviewer
+	// Egress decides which destinations may be dialed.
+	Egress *egress.Policy
+	// TunnelLifetime caps how long a CONNECT tunnel stays open.
+	TunnelLifetime time.Duration
+	// MaxHeaderBytes bounds the request headers inside a CONNECT tunnel.
+	MaxHeaderBytes int
+	// Sizes of the bounded caches: Secrets, registry tokens (and realms), leaf certificates
+	// (per host), upstream transports (per CA bundle).
+	SecretCacheSize, RegistryTokenCacheSize, LeafCacheSize, TransportCacheSize int
+}
+
+// check refuses a Config whose limits are unset: an unbounded cache is what they prevent.
+func (c Config) check() error {
+	for name, v := range map[string]int{"MaxHeaderBytes": c.MaxHeaderBytes, "SecretCacheSize": c.SecretCacheSize,
+		"RegistryTokenCacheSize": c.RegistryTokenCacheSize, "LeafCacheSize": c.LeafCacheSize, "TransportCacheSize": c.TransportCacheSize} {
+		if v <= 0 {
+			return fmt.Errorf("proxy config: %s must be positive", name)
+		}
+	}
+	if c.TunnelLifetime <= 0 || c.Egress == nil {
+		return fmt.Errorf("proxy config: TunnelLifetime and Egress must be set")
+	}
+	return nil
 }
 
 // APIPrefix is where the Connectors API is served on the proxy listener.
@@ -52,6 +77,7 @@ type Proxy struct {
 	// API serves the Connectors API (APIPrefix), when set.
 	API http.Handler
 
+	cfg        Config
 	objects    client.Reader // Connectors and ConnectorClasses, from informer caches
 	reviewer   Reviewer
 	perms      Reviewer
@@ -65,19 +91,23 @@ type Proxy struct {
 
 // New returns a Proxy.
 func New(objects client.Reader, reviewer Reviewer, flags *features.Source, kube kubernetes.Interface, ca Authority, cfg Config) (*Proxy, error) {
-	l, err := newLeaves(ca)
+	if err := cfg.check(); err != nil {
+		return nil, err
+	}
+	l, err := newLeaves(ca, cfg.LeafCacheSize)
 	if err != nil {
 		return nil, err
 	}
 	p := &Proxy{
+		cfg:        cfg,
 		objects:    objects,
 		reviewer:   reviewer,
 		perms:      cfg.Permissions,
 		flags:      flags,
-		secrets:    &secrets{kube: kube, ttl: cfg.SecretTTL, cache: map[string]cachedSecret{}},
-		transports: &transports{byCA: map[[32]byte]*http.Transport{}},
+		secrets:    newSecrets(kube, cfg.SecretTTL, cfg.SecretCacheSize),
+		transports: newTransports(cfg.Egress, cfg.TransportCacheSize),
 		leaves:     l,
-		registry:   newRegistryTokens(),
+		registry:   newRegistryTokens(cfg.RegistryTokenCacheSize),
 	}
 	if p.perms == nil {
 		p.perms = reviewer
@@ -106,6 +136,9 @@ func (copyBuffers) Put(b []byte) { bufferPool.Put(&b) }
 
 // ServeHTTP dispatches by request form.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if loopDetected(w, r) {
+		return
+	}
 	switch {
 	case r.Method == http.MethodConnect:
 		p.serveConnect(w, r)
@@ -118,6 +151,17 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	default:
 		refuse(w, http.StatusNotFound, "no such path: use /namespaces/<ns>/connectors/<name>/... or this address as an HTTP proxy")
 	}
+}
+
+// loopDetected refuses, with 508, a request another Connectors proxy sent: a Connector whose
+// address leads to a Connectors proxy would otherwise bounce between proxies until the node
+// runs out of connections.
+func loopDetected(w http.ResponseWriter, r *http.Request) bool {
+	if r.Header.Get(egress.HopHeader) == "" {
+		return false
+	}
+	refuse(w, http.StatusLoopDetected, "this request came from a Connectors proxy: a Connector's address must be its tool, not a Connectors proxy")
+	return true
 }
 
 // refusal is an error with the HTTP status to answer it with.
@@ -184,6 +228,7 @@ func rewrite(pr *httputil.ProxyRequest) {
 		}
 	}
 	pr.Out.Header.Del("Authorization")
+	pr.Out.Header.Set(egress.HopHeader, "1")
 	if rt.cred.authorization != "" {
 		pr.Out.Header.Set("Authorization", rt.cred.authorization)
 	}
@@ -204,12 +249,18 @@ func (t routeTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 func upstreamError(w http.ResponseWriter, r *http.Request, err error) {
 	rt := r.Context().Value(routeKey{}).(*route)
 	klog.FromContext(r.Context()).Info("Upstream request failed", "connector", klog.KObj(rt.connector), "host", rt.target.Host, "err", err)
+	code, reason := http.StatusBadGateway, metav1.StatusReason("BadGateway")
 	msg := fmt.Sprintf("Connector %s/%s: %s unreachable: %v", rt.connector.Namespace, rt.connector.Name, rt.target.Host, err)
+	var refused *egress.RefusedError
+	if errors.As(err, &refused) {
+		code, reason = http.StatusForbidden, metav1.StatusReasonForbidden
+		msg = fmt.Sprintf("Connector %s/%s: %v", rt.connector.Namespace, rt.connector.Name, refused)
+	}
 	if rt.statusErrors {
-		WriteStatus(w, http.StatusBadGateway, "BadGateway", msg)
+		WriteStatus(w, code, reason, msg)
 		return
 	}
-	refuse(w, http.StatusBadGateway, msg)
+	refuse(w, code, msg)
 }
 
 // rewriteLocation keeps the reverse proxy's clients on the proxy when the tool redirects within
@@ -257,7 +308,7 @@ func (p *Proxy) newRoute(ctx context.Context, c *v1alpha1.Connector, class *v1al
 	if err != nil {
 		return nil, err
 	}
-	tr, err := p.transportFor(ctx, c)
+	tr, _, err := p.transportFor(ctx, c)
 	if err != nil {
 		return nil, err
 	}

@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -8,10 +10,15 @@ import (
 	"net/url"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
+	"github.com/hashicorp/golang-lru/v2/expirable"
 	"golang.org/x/sync/singleflight"
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/cachemetrics"
+	"github.com/kube-connectors/connectors-csi/proxy/egress"
 )
 
 // registryLogin is a Connector's basic credential for an OCI registry's token service, and the
@@ -19,6 +26,20 @@ import (
 type registryLogin struct {
 	username, password string
 	addresses          []*url.URL
+	// owner keys every cached token and realm: the Connector's UID and a hash of this
+	// credential, so that another Connector with the same username (and a wrong or weaker
+	// password) never gets a token this one earned, nor does this one after its Secret changed.
+	owner string
+}
+
+func newRegistryLogin(c *v1alpha1.Connector, sec *corev1.Secret) *registryLogin {
+	username, password := sec.Data[corev1.BasicAuthUsernameKey], sec.Data[corev1.BasicAuthPasswordKey]
+	h := sha256.New()
+	h.Write(username)
+	h.Write([]byte{0})
+	h.Write(password)
+	return &registryLogin{username: string(username), password: string(password), addresses: parsedAddresses(c),
+		owner: string(c.UID) + "\x00" + hex.EncodeToString(h.Sum(nil))}
 }
 
 func (l *registryLogin) realmAllowed(realm *url.URL) bool {
@@ -37,22 +58,31 @@ func (l *registryLogin) realmAllowed(realm *url.URL) bool {
 // registry token protocol; go-containerregistry implements the client side of it for a client
 // that holds the credential, not for a proxy that must keep it, so this part is the project's.
 type registryTokens struct {
-	client *http.Client
-	mu     sync.Mutex
-	tokens map[string]registryToken // by user, registry host and scope
-	// realms remembers each registry's challenge (by user and host), so that a request whose
+	// tokens by owner, registry host and scope; scopes are chosen by clients, so the cache is
+	// bounded, and no token is kept past maxTokenLife whatever the token service says.
+	tokens *expirable.LRU[string, registryToken]
+	// realms remembers each registry's challenge (by owner and host), so that a request whose
 	// body cannot be replayed gets its token before it is sent.
-	realms map[string]challenge
+	realms *expirable.LRU[string, challenge]
 	group  singleflight.Group
 }
+
+// maxTokenLife caps how long a registry token is kept; realms are remembered as long.
+const maxTokenLife = time.Hour
 
 type registryToken struct {
 	value   string
 	expires time.Time
 }
 
-func newRegistryTokens() *registryTokens {
-	return &registryTokens{client: &http.Client{Timeout: 30 * time.Second}, tokens: map[string]registryToken{}, realms: map[string]challenge{}}
+func newRegistryTokens(size int) *registryTokens {
+	t := &registryTokens{
+		tokens: expirable.NewLRU[string, registryToken](size, nil, maxTokenLife),
+		realms: expirable.NewLRU[string, challenge](size, nil, maxTokenLife),
+	}
+	cachemetrics.Register("registry_tokens", t.tokens.Len)
+	cachemetrics.Register("registry_realms", t.realms.Len)
+	return t
 }
 
 // roundTrip sends r with a cached token for its scope; on a Bearer challenge it fetches one and
@@ -74,9 +104,7 @@ func (t *registryTokens) roundTrip(base http.RoundTripper, login *registryLogin,
 	if !ok {
 		return res, nil
 	}
-	t.mu.Lock()
-	t.realms[t.key(login, r.URL.Host, "")] = challenge{realm: ch.realm, service: ch.service}
-	t.mu.Unlock()
+	t.realms.Add(t.key(login, r.URL.Host, ""), challenge{realm: ch.realm, service: ch.service})
 	if !replayable(r) {
 		return res, nil
 	}
@@ -106,9 +134,7 @@ func replayable(r *http.Request) bool {
 
 // prefetch gets a token for scope from the realm this registry challenged with before.
 func (t *registryTokens) prefetch(base http.RoundTripper, login *registryLogin, host, scope string) (string, bool) {
-	t.mu.Lock()
-	ch, known := t.realms[t.key(login, host, "")]
-	t.mu.Unlock()
+	ch, known := t.realms.Get(t.key(login, host, ""))
 	if !known {
 		return "", false
 	}
@@ -145,16 +171,14 @@ func scopeOf(r *http.Request) string {
 }
 
 func (t *registryTokens) key(login *registryLogin, host, scope string) string {
-	return login.username + "\x00" + host + "\x00" + normalizeScope(scope)
+	return login.owner + "\x00" + host + "\x00" + normalizeScope(scope)
 }
 
 func (t *registryTokens) cached(login *registryLogin, host, scope string) (string, bool) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	tok, ok := t.tokens[t.key(login, host, scope)]
+	tok, ok := t.tokens.Get(t.key(login, host, scope))
 	if !ok && strings.HasSuffix(scope, ":pull") {
 		// A push token also allows pulls.
-		tok, ok = t.tokens[t.key(login, host, scope+",push")]
+		tok, ok = t.tokens.Get(t.key(login, host, scope+",push"))
 	}
 	if !ok || time.Now().After(tok.expires) {
 		return "", false
@@ -226,7 +250,10 @@ func (t *registryTokens) fetch(base http.RoundTripper, login *registryLogin, hos
 			return nil, err
 		}
 		req.SetBasicAuth(login.username, login.password)
-		res, err := (&http.Client{Transport: base, Timeout: 30 * time.Second}).Do(req)
+		req.Header.Set(egress.HopHeader, "1")
+		// No redirect is followed: the credential would go with it (Go keeps Authorization
+		// on a redirect to the same host name or a subdomain).
+		res, err := egress.Client(base, 30*time.Second).Do(req)
 		if err != nil {
 			return nil, err
 		}
@@ -253,10 +280,8 @@ func (t *registryTokens) fetch(base http.RoundTripper, login *registryLogin, hos
 		if life <= 0 {
 			life = 60 * time.Second // the protocol's default
 		}
-		t.mu.Lock()
 		// Renew a little early so a request never carries a token about to expire.
-		t.tokens[key] = registryToken{value: tok, expires: time.Now().Add(life * 9 / 10)}
-		t.mu.Unlock()
+		t.tokens.Add(key, registryToken{value: tok, expires: time.Now().Add(min(life*9/10, maxTokenLife))})
 		return tok, nil
 	})
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apiserver/pkg/authentication/user"
 )
 
 const reversePrefix = "/namespaces/"
@@ -24,27 +25,42 @@ func (p *Proxy) serveReverse(w http.ResponseWriter, r *http.Request) {
 		refuseErr(ctx, w, err)
 		return
 	}
-	c, class, err := p.connector(ctx, nn)
-	if err == nil {
-		err = p.authorize(ctx, u, nn, r.Method)
-	}
+	rt, err := p.reverseRoute(r, u, nn, rest)
 	if err != nil {
 		refuseErr(ctx, w, err)
 		return
 	}
+	p.send(w, r, rt)
+}
+
+// reverseRoute authorizes u for the Connector, before looking it up, and routes rest under
+// its address.
+func (p *Proxy) reverseRoute(r *http.Request, u user.Info, nn types.NamespacedName, rest string) (*route, error) {
+	ctx := r.Context()
+	if err := CheckPath(rest); err != nil {
+		return nil, err
+	}
+	if err := p.authorizeGet(ctx, u, nn); err != nil {
+		return nil, err
+	}
+	if err := p.authorizeUse(ctx, u, nn, r.Method); err != nil {
+		return nil, err
+	}
+	c, class, err := p.connector(ctx, nn)
+	if err != nil {
+		return nil, err
+	}
 	target, err := url.Parse(strings.TrimSuffix(c.Spec.Address, "/") + rest)
 	if err != nil {
-		refuse(w, http.StatusBadRequest, "bad path: "+err.Error())
-		return
+		return nil, refusef(http.StatusBadRequest, "bad path: %v", err)
 	}
 	target.RawQuery = r.URL.RawQuery
 	rt, err := p.newRoute(ctx, c, class, target)
 	if err != nil {
-		refuseErr(ctx, w, err)
-		return
+		return nil, err
 	}
 	rt.proxyBase = reverseBase(r, nn)
-	p.send(w, r, rt)
+	return rt, nil
 }
 
 // parseReversePath splits "/namespaces/<ns>/connectors/<name><rest>"; rest keeps its escaping.

@@ -4,13 +4,16 @@ package controlplane
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
 
+	auditv1 "k8s.io/apiserver/pkg/apis/audit/v1"
 	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
@@ -62,6 +65,62 @@ type Option func(*envtest.Environment)
 func WithServiceAccountAdmission() Option {
 	return func(env *envtest.Environment) {
 		env.ControlPlane.GetAPIServer().Configure().Set("disable-admission-plugins", "")
+	}
+}
+
+// auditPolicy records who touched which Secret (metadata only: never a Secret's data), so
+// that tests can prove the driver did not read a Secret it must not read.
+const auditPolicy = `apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    resources: [{group: "", resources: [secrets]}]
+  - level: None
+`
+
+// WithAuditLog makes the API server write an audit log of Secret requests; see AuditEvents.
+func WithAuditLog() Option {
+	return func(env *envtest.Environment) {
+		dir, err := os.MkdirTemp("", "connectors-csi-audit-")
+		if err != nil {
+			panic(err)
+		}
+		policy := filepath.Join(dir, "policy.yaml")
+		if err := os.WriteFile(policy, []byte(auditPolicy), 0o600); err != nil {
+			panic(err)
+		}
+		args := env.ControlPlane.GetAPIServer().Configure()
+		args.Set("audit-policy-file", policy)
+		args.Set("audit-log-path", filepath.Join(dir, "audit.log"))
+		args.Set("audit-log-mode", "blocking")
+	}
+}
+
+// AuditEvents returns the audit log's events that match keep (WithAuditLog must be on). The
+// log is written before the API server answers, so every finished request is in it.
+func (cp *ControlPlane) AuditEvents(keep func(*auditv1.Event) bool) ([]auditv1.Event, error) {
+	path := cp.Env.ControlPlane.GetAPIServer().Configure().Get("audit-log-path").Get(nil)
+	if len(path) == 0 {
+		return nil, fmt.Errorf("the control plane was started without WithAuditLog")
+	}
+	f, err := os.Open(path[0])
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var out []auditv1.Event
+	dec := json.NewDecoder(f)
+	for {
+		var ev auditv1.Event
+		if err := dec.Decode(&ev); err == io.EOF {
+			return out, nil
+		} else if err != nil {
+			return nil, fmt.Errorf("audit log %s: %w", path[0], err)
+		}
+		if keep(&ev) {
+			out = append(out, ev)
+		}
 	}
 }
 

@@ -176,6 +176,8 @@ func startDriver(cp *controlplane.ControlPlane, root, work, socket, proxyAddr st
 		"--proxy-listen=" + proxyAddr,
 		"--proxy-url=http://" + proxyAddr,
 		"--leader-elect=false",
+		// The demo's Git server is on loopback, like everything here.
+		"--allow-loopback-destinations",
 	}
 	if os.Geteuid() != 0 {
 		fmt.Println("    not root: volumes are plain directories instead of tmpfs mounts")

@@ -76,7 +76,7 @@ func TestMain(m *testing.M) {
 	ctrl.SetLogger(klog.Background())
 
 	var err error
-	cp, err = controlplane.Start()
+	cp, err = controlplane.Start(controlplane.WithAuditLog())
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
@@ -187,6 +187,8 @@ func startDriverWith(t testing.TB, stateDir string, mounter mount.Mounter, adjus
 		ProxyPermissionTTL: time.Second,
 		RequestRetention:   time.Hour,
 		Mounter:            mounter,
+		// The test tools listen on loopback.
+		AllowLoopbackDestinations: true,
 	}
 	if adjust != nil {
 		adjust(&opts)

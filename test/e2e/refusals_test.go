@@ -101,7 +101,7 @@ func TestProxyRefusalsAndHostileRequests(t *testing.T) {
 	git := gitClass(t)
 	gitConnector(t, ns, "tool", git, tool)
 	gitConnector(t, ns, "forbidden", git, other)
-	allowConnectors(t, ns, "builder", "tool")
+	allowConnectors(t, ns, "builder", "tool", "missing") // may get a Connector that does not exist: 404, not 403
 	pod := podWithVolume(t, env.kubelet, ns, "client", map[string]string{"connectors": "tool"}, nil)
 	if err := env.kubelet.Publish(ctx, pod, "connectors"); err != nil {
 		t.Fatal(err)

@@ -1,6 +1,8 @@
 package v1alpha1
 
 import (
+	"fmt"
+
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -16,7 +18,8 @@ type NamedAddress struct {
 type SecretRef struct {
 	// +kubebuilder:validation:MinLength=1
 	Name string `json:"name"`
-	// Namespace of the Secret; the Connector's when empty.
+	// Namespace of the Secret: empty or the Connector's own. A Connector may only use Secrets
+	// of its own namespace; another namespace is refused and the Secret never read.
 	// +optional
 	Namespace string `json:"namespace,omitempty"`
 }
@@ -125,4 +128,30 @@ type ConnectorList struct {
 
 func init() {
 	knownTypes = append(knownTypes, &Connector{}, &ConnectorList{})
+}
+
+// SecretOutsideNamespaceError is a Connector whose credential reference names a Secret of
+// another namespace. Such a reference is never read: a tenant could otherwise send any
+// namespace's credential to an address of its choosing (SPEC §4.7).
+// +kubebuilder:object:generate=false
+type SecretOutsideNamespaceError struct {
+	Connector, Namespace, Secret string
+}
+
+func (e *SecretOutsideNamespaceError) Error() string {
+	return fmt.Sprintf("Connector %s refers to Secret %s in namespace %s: a Connector may only use Secrets of its own namespace",
+		e.Connector, e.Secret, e.Namespace)
+}
+
+// AuthSecretName is the name of the Connector's credential Secret, always in the Connector's
+// own namespace, or "" when it has none. A reference to another namespace is an error.
+func (c *Connector) AuthSecretName() (string, error) {
+	if c.Spec.Auth == nil || c.Spec.Auth.SecretRef == nil {
+		return "", nil
+	}
+	ref := c.Spec.Auth.SecretRef
+	if ref.Namespace != "" && ref.Namespace != c.Namespace {
+		return "", &SecretOutsideNamespaceError{Connector: c.Namespace + "/" + c.Name, Namespace: ref.Namespace, Secret: ref.Name}
+	}
+	return ref.Name, nil
 }

@@ -361,7 +361,7 @@ func startDriver(ctx context.Context, cp *controlplane.ControlPlane, upstream st
 			KubeAPIQPS: 50, KubeAPIBurst: 100, AuthzAllowTTL: 10 * time.Second, AuthzDenyTTL: 2 * time.Second,
 			TokenCacheTTL: 10 * time.Second, SecretCacheTTL: 10 * time.Second, StatusRecheck: time.Hour,
 			ApprovalWait: 10 * time.Second, RequestRetention: time.Hour,
-			Mounter: nil, UnprivilegedMounts: true,
+			Mounter: nil, UnprivilegedMounts: true, AllowLoopbackDestinations: true,
 			ProxyListening: func(string) { close(ready) },
 		})
 		if err != nil && ctx.Err() == nil {

@@ -1,0 +1,209 @@
+// Package egress is the one way the driver reaches tools. The proxy, the Connectors API and
+// the Connector status probes all dial through a Policy, which refuses, before any packet is
+// sent, the destinations a tenant must never reach through a Connector: link-local addresses
+// (cloud metadata at 169.254.169.254), unspecified and multicast addresses, the driver's own
+// listeners, and loopback unless allowed (SPEC §4.7). Every request the driver sends carries a
+// hop marker, so that a Connector pointing back at a Connectors proxy is refused at the next
+// hop instead of looping, and no client of this package follows redirects.
+package egress
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// HopHeader marks a request sent by a Connectors proxy. A proxy refuses a request that carries
+// it (508 Loop Detected): a Connector's address must be the tool, never a Connectors proxy.
+const HopHeader = "Connectors-Proxy-Hop"
+
+// RefusedError is a destination the policy does not allow. Its message names the host and the
+// kind of address, never a port scan's worth of detail.
+type RefusedError struct {
+	Host string
+	Why  string
+}
+
+func (e *RefusedError) Error() string {
+	return fmt.Sprintf("destination %s is not allowed: %s", e.Host, e.Why)
+}
+
+// IsRefused reports whether err is, or wraps, a refused destination.
+func IsRefused(err error) bool {
+	var re *RefusedError
+	return errors.As(err, &re)
+}
+
+// DialFunc dials a network address, as net.Dialer.DialContext does.
+type DialFunc func(ctx context.Context, network, address string) (net.Conn, error)
+
+// ResolveFunc resolves a host name to its addresses, as net.Resolver.LookupNetIP does.
+type ResolveFunc func(ctx context.Context, host string) ([]netip.Addr, error)
+
+// Policy decides where the driver may connect. The zero value refuses loopback and knows no
+// listeners of its own; Dial and Resolve default to the system's.
+type Policy struct {
+	// AllowLoopback lets Connectors and forwarded requests reach loopback addresses (tests,
+	// single-node setups). Link-local, unspecified and multicast are refused regardless.
+	AllowLoopback bool
+	// Dial connects to an address the policy allowed (an IP, never a name); tests replace it.
+	Dial DialFunc
+	// Resolve looks names up; tests replace it so that no query leaves the machine.
+	Resolve ResolveFunc
+
+	mu   sync.RWMutex
+	self []netip.AddrPort // this process's listeners
+}
+
+// AddListener records one of this process's own listeners: nothing may be dialed there, so
+// that a Connector cannot point the proxy at itself.
+func (p *Policy) AddListener(addr net.Addr) {
+	ap, err := netip.ParseAddrPort(addr.String())
+	if err != nil {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.self = append(p.self, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
+}
+
+// Check says whether the policy allows a connection to addr:port; host names the destination
+// in the error.
+func (p *Policy) Check(host string, addr netip.Addr, port uint16) error {
+	addr = addr.Unmap()
+	refuse := func(why string) error { return &RefusedError{Host: host, Why: why} }
+	switch {
+	case !addr.IsValid():
+		return refuse("no address")
+	case addr.IsUnspecified():
+		return refuse("an unspecified address (it reaches this node)")
+	case addr.IsLinkLocalUnicast():
+		return refuse("a link-local address (such as the cloud metadata service)")
+	case addr.IsMulticast() || addr == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		return refuse("a multicast or broadcast address")
+	case p.isSelf(addr, port):
+		return refuse("a listener of this driver")
+	case addr.IsLoopback() && !p.AllowLoopback:
+		return refuse("a loopback address (--allow-loopback-destinations is off)")
+	}
+	return nil
+}
+
+// isSelf reports whether addr:port is one of this process's listeners. A listener on the
+// unspecified address takes its port on every address of the node.
+func (p *Policy) isSelf(addr netip.Addr, port uint16) bool {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	for _, l := range p.self {
+		if l.Port() != port {
+			continue
+		}
+		if l.Addr() == addr || (l.Addr().IsUnspecified() && (addr.IsLoopback() || isLocalAddress(addr))) {
+			return true
+		}
+	}
+	return false
+}
+
+// isLocalAddress reports whether addr belongs to one of the node's interfaces.
+func isLocalAddress(addr netip.Addr) bool {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return true // cannot tell: treat it as ours, and refuse
+	}
+	for _, a := range addrs {
+		if prefix, err := netip.ParsePrefix(a.String()); err == nil && prefix.Addr().Unmap() == addr {
+			return true
+		}
+	}
+	return false
+}
+
+// DialContext resolves address, checks every address it resolves to, and dials only allowed
+// ones, by IP, so that a second lookup cannot swap in another answer (DNS rebinding). A name
+// that resolves to any refused address is refused as a whole.
+func (p *Policy) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	host, portText, err := net.SplitHostPort(address)
+	if err != nil {
+		return nil, err
+	}
+	port, err := strconv.ParseUint(portText, 10, 16)
+	if err != nil {
+		return nil, fmt.Errorf("destination %s: bad port", address)
+	}
+	addrs, err := p.resolve(ctx, host)
+	if err != nil {
+		return nil, err
+	}
+	for _, a := range addrs {
+		if err := p.Check(host, a, uint16(port)); err != nil {
+			return nil, err
+		}
+	}
+	var firstErr error
+	for _, a := range addrs {
+		conn, err := p.dial()(ctx, network, netip.AddrPortFrom(a.Unmap(), uint16(port)).String())
+		if err == nil {
+			return conn, nil
+		}
+		if firstErr == nil {
+			firstErr = err
+		}
+	}
+	return nil, firstErr
+}
+
+func (p *Policy) resolve(ctx context.Context, host string) ([]netip.Addr, error) {
+	if a, err := netip.ParseAddr(host); err == nil {
+		return []netip.Addr{a}, nil
+	}
+	resolve := p.Resolve
+	if resolve == nil {
+		resolve = func(ctx context.Context, host string) ([]netip.Addr, error) {
+			return net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+		}
+	}
+	addrs, err := resolve(ctx, host)
+	if err == nil && len(addrs) == 0 {
+		err = fmt.Errorf("%s has no address", host)
+	}
+	return addrs, err
+}
+
+var defaultDialer = &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}
+
+func (p *Policy) dial() DialFunc {
+	if p.Dial != nil {
+		return p.Dial
+	}
+	return defaultDialer.DialContext
+}
+
+// NoRedirects is a CheckRedirect that hands every redirect back to the caller: a credential
+// set on a request must never travel to where a tool's answer points.
+func NoRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+
+// Client returns an HTTP client over rt that follows no redirect and gives up after timeout.
+func Client(rt http.RoundTripper, timeout time.Duration) *http.Client {
+	return &http.Client{Transport: rt, CheckRedirect: NoRedirects, Timeout: timeout}
+}
+
+// Marked wraps rt so that every request carries the hop marker. It is for requests built by
+// libraries (registry and Git clients); the proxy sets the marker on its own requests.
+func Marked(rt http.RoundTripper) http.RoundTripper { return marked{rt} }
+
+type marked struct{ next http.RoundTripper }
+
+func (m marked) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.Header.Get(HopHeader) == "" {
+		r = r.Clone(r.Context())
+		r.Header.Set(HopHeader, "1")
+	}
+	return m.next.RoundTrip(r)
+}

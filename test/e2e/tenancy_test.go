@@ -1,0 +1,856 @@
+package e2e
+
+// Tenant isolation (SPEC §4.7), tried as a hostile tenant: a user who may create Connectors,
+// Pods and AccessPolicies in its own namespace, nothing more. Every test runs the real driver
+// (its proxy, Connectors API and status controller) against the envtest API server and real
+// servers that record what reached them.
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/rand"
+	auditv1 "k8s.io/apiserver/pkg/apis/audit/v1"
+
+	"github.com/kube-connectors/connectors-csi/access"
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/cachemetrics"
+	"github.com/kube-connectors/connectors-csi/driver"
+	"github.com/kube-connectors/connectors-csi/test/controlplane"
+	"github.com/kube-connectors/connectors-csi/test/gitserver"
+	"github.com/kube-connectors/connectors-csi/test/kubelet"
+	"github.com/kube-connectors/connectors-csi/test/registry"
+)
+
+// recorder is an HTTP server on the tools' loopback address that records every request and
+// answers with its handler (200 "ok" when nil).
+type recorder struct {
+	URL string
+	mu  sync.Mutex
+	got []recorded
+}
+
+type recorded struct {
+	Method, RequestURI, Authorization string
+}
+
+func startRecorder(t *testing.T, handler http.HandlerFunc) *recorder {
+	t.Helper()
+	return startRecorderOn(t, gitserver.Host, handler)
+}
+
+// startRecorderOn is startRecorder on another loopback address.
+func startRecorderOn(t *testing.T, host string, handler http.HandlerFunc) *recorder {
+	t.Helper()
+	lis, err := net.Listen("tcp", host+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &recorder{URL: "http://" + lis.Addr().String()}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rec.mu.Lock()
+		rec.got = append(rec.got, recorded{Method: r.Method, RequestURI: r.RequestURI, Authorization: r.Header.Get("Authorization")})
+		rec.mu.Unlock()
+		if handler == nil {
+			_, _ = io.WriteString(w, "ok")
+			return
+		}
+		handler(w, r)
+	})}
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	return rec
+}
+
+func (r *recorder) requests() []recorded {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]recorded(nil), r.got...)
+}
+
+// credentialsSeen lists the Authorization values that reached the recorder.
+func (r *recorder) credentialsSeen() []string {
+	var out []string
+	for _, req := range r.requests() {
+		if req.Authorization != "" {
+			out = append(out, req.Method+" "+req.RequestURI+": "+req.Authorization)
+		}
+	}
+	return out
+}
+
+// rawStatus sends one request exactly as written (request line and headers) to addr and
+// returns the status code, so that no client library cleans or re-encodes the path.
+func rawStatus(t *testing.T, addr, requestLine string, header map[string]string) (int, string) {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
+	var b strings.Builder
+	b.WriteString(requestLine + "\r\nHost: " + addr + "\r\nConnection: close\r\n")
+	for k, v := range header {
+		b.WriteString(k + ": " + v + "\r\n")
+	}
+	b.WriteString("\r\n")
+	if _, err := io.WriteString(conn, b.String()); err != nil {
+		t.Fatal(err)
+	}
+	res, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("%s: %v", requestLine, err)
+	}
+	defer res.Body.Close()
+	body, _ := io.ReadAll(res.Body)
+	return res.StatusCode, string(body)
+}
+
+// proxyToken is a token of a ServiceAccount (created here) for the proxy's audience.
+func proxyToken(t *testing.T, ns, sa string) string {
+	t.Helper()
+	ctx := context.Background()
+	_, _ = cp.Kube.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}}, metav1.CreateOptions{})
+	tr, err := cp.Kube.CoreV1().ServiceAccounts(ns).CreateToken(ctx, sa, &authenticationv1.TokenRequest{
+		Spec: authenticationv1.TokenRequestSpec{Audiences: []string{driverName}}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tr.Status.Token
+}
+
+// publishedToken creates a Pod of ServiceAccount builder with a volume of the Connectors,
+// publishes it and returns the Pod and its volume's token.
+func publishedToken(t *testing.T, env *proxyEnv, ns, podName, connectors string) (*corev1.Pod, string) {
+	t.Helper()
+	pod := podWithVolume(t, env.kubelet, ns, podName, map[string]string{"connectors": connectors}, nil)
+	if err := env.kubelet.Publish(context.Background(), pod, "connectors"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = env.kubelet.Unpublish(context.Background(), pod, "connectors") })
+	return pod, visibleFiles(t, env.kubelet.TargetPath(pod, "connectors"))["context.token"]
+}
+
+// classWith creates a class from the built-in git class, with changes, under a unique name.
+func classWith(t *testing.T, prefix string, change func(*v1alpha1.ConnectorClass)) string {
+	t.Helper()
+	var c v1alpha1.ConnectorClass
+	if err := controlplane.ReadYAML(filepath.Join(controlplane.RepoRoot(), "deploy", "classes", "git.yaml"), &c); err != nil {
+		t.Fatal(err)
+	}
+	c.Name = prefix + "-" + rand.String(6)
+	change(&c)
+	create(t, &c)
+	return c.Name
+}
+
+func TestTenancyForeignSecretIsNeverRead(t *testing.T) {
+	tool := startGitServer(t, false)
+	plugin := startRecorder(t, nil)
+	env := startProxyDriver(t, nil)
+	victim, attacker := newNamespace(t), newNamespace(t)
+	createSecret(t, victim, "creds", corev1.SecretTypeBasicAuth, map[string]string{"username": "victim", "password": "victim-password-4711"})
+	git := gitClass(t)
+	pluginClass := classWith(t, "plugin", func(c *v1alpha1.ConnectorClass) { c.Spec.API = &v1alpha1.ServiceRef{URI: plugin.URL} })
+	foreign := func(name, class, secret string) {
+		create(t, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: attacker},
+			Spec: v1alpha1.ConnectorSpec{ConnectorClassName: class, Address: tool.URL,
+				Auth: &v1alpha1.ConnectorAuth{Name: "basicAuth", SecretRef: &v1alpha1.SecretRef{Name: secret, Namespace: victim}}}})
+	}
+	foreign("steal", git, "creds")
+	foreign("steal-absent", git, "absent")
+	foreign("steal-plugin", pluginClass, "creds")
+	allowConnectors(t, attacker, "builder", "steal", "steal-absent", "steal-plugin")
+	_, token := publishedToken(t, env, attacker, "thief", "steal")
+	viewer := apiToken(t, attacker, "viewer")
+	allowConnectors(t, attacker, "viewer", "steal", "steal-plugin")
+	refs := "/repo.git/info/refs?service=git-upload-pack"
+	api := func(connector, rest string) string {
+		return fmt.Sprintf("%s/connectors/v1alpha1/namespaces/%s/connectors/%s/%s", env.proxyURL, attacker, connector, rest)
+	}
+	const refusal = "may only use Secrets of its own namespace"
+
+	t.Run("reverse proxy", func(t *testing.T) {
+		code, body := do(t, noRedirects, newRequest(t, "GET", fmt.Sprintf("%s/namespaces/%s/connectors/steal%s", env.proxyURL, attacker, refs),
+			map[string]string{"Authorization": "Bearer " + token}))
+		if code != http.StatusForbidden || !strings.Contains(body, refusal) {
+			t.Fatalf("status %d %q, want 403 naming the rule", code, body)
+		}
+	})
+	t.Run("forward proxy", func(t *testing.T) {
+		code, body := do(t, forwardClient(env.proxyURL, attacker+"/steal", token), newRequest(t, "GET", tool.URL+refs, nil))
+		if code != http.StatusForbidden || !strings.Contains(body, refusal) {
+			t.Fatalf("status %d %q, want 403", code, body)
+		}
+	})
+	for _, tc := range []struct{ name, url string }{
+		{"API passthrough", api("steal", "proxy"+refs)},
+		{"API gitrefs", api("steal", "api/gitrefs?repositoryUrl="+tool.URL+"/repo.git")},
+		{"API plugin headers", api("steal-plugin", "api/projects")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, _, st := apiCall(t, "GET", tc.url, viewer)
+			if code != http.StatusForbidden || !strings.Contains(st.Message, refusal) {
+				t.Fatalf("status %d %q, want 403", code, st.Message)
+			}
+		})
+	}
+	t.Run("status says so, alike for a Secret that exists and one that does not", func(t *testing.T) {
+		got := map[string]string{}
+		for _, c := range []string{"steal", "steal-absent"} {
+			conn := waitCondition(t, attacker, c, v1alpha1.ConditionSecretReady, metav1.ConditionFalse, "SecretOutsideNamespace")
+			for _, cond := range conn.Status.Conditions {
+				if cond.Type == v1alpha1.ConditionSecretReady {
+					got[c] = strings.ReplaceAll(strings.ReplaceAll(cond.Message, "absent", "X"), "creds", "X")
+					got[c] = strings.ReplaceAll(got[c], "steal-X", "steal")
+				}
+			}
+		}
+		if got["steal"] != got["steal-absent"] {
+			t.Fatalf("the messages tell the Secrets apart: %q vs %q", got["steal"], got["steal-absent"])
+		}
+	})
+	for _, seen := range tool.Requests() {
+		if seen.Authorization != "" {
+			t.Errorf("the tool received a credential: %s %s", seen.Method, seen.Path)
+		}
+	}
+	if len(plugin.requests()) != 0 {
+		t.Errorf("the plugin service received %d requests", len(plugin.requests()))
+	}
+	reads, err := cp.AuditEvents(func(ev *auditv1.Event) bool {
+		return ev.ObjectRef != nil && ev.ObjectRef.Namespace == victim && ev.ObjectRef.Resource == "secrets" && ev.Verb != "create"
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ev := range reads {
+		t.Errorf("the victim's Secret %s was read: %s by %s", ev.ObjectRef.Name, ev.Verb, ev.User.Username)
+	}
+}
+
+// pushThroughVolume pushes a small random image to ref with only the volume's files.
+func pushThroughVolume(t *testing.T, vol, ref string) error {
+	t.Helper()
+	r, err := name.ParseReference(ref, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := random.Image(1024, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return remote.Write(r, img, remote.WithTransport(volumeTransport(t, vol)))
+}
+
+func TestTenancyRegistryTokensArePerConnectorAndCredential(t *testing.T) {
+	reg, err := registry.Start(t.TempDir(), gitserver.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(reg.Close)
+	env := startProxyDriver(t, nil)
+	ctx := context.Background()
+	oci := ociClass(t)
+	registryConnector := func(ns, password string) {
+		createSecret(t, ns, "registry-auth", v1alpha1.SecretTypeDistributionRegistryAuth, map[string]string{"username": reg.Username, "password": password})
+		create(t, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: "registry", Namespace: ns},
+			Spec: v1alpha1.ConnectorSpec{ConnectorClassName: oci, Address: reg.URL,
+				AddressExtensions: []v1alpha1.NamedAddress{{Name: "token", Value: reg.TokenURL}},
+				Auth:              &v1alpha1.ConnectorAuth{Name: "registryToken", SecretRef: &v1alpha1.SecretRef{Name: "registry-auth"}}}})
+		allowConnectors(t, ns, "builder", "registry")
+	}
+	owner, other := newNamespace(t), newNamespace(t)
+	registryConnector(owner, reg.Password)
+	registryConnector(other, "not-the-password") // the same username, a wrong password
+	ownerPod, _ := publishedToken(t, env, owner, "owner", "registry")
+	otherPod, _ := publishedToken(t, env, other, "other", "registry")
+	host := strings.TrimPrefix(reg.URL, "http://")
+
+	if err := pushThroughVolume(t, env.kubelet.TargetPath(ownerPod, "connectors"), host+"/team/app:v1"); err != nil {
+		t.Fatalf("the owner's push: %v", err)
+	}
+	err = pushThroughVolume(t, env.kubelet.TargetPath(otherPod, "connectors"), host+"/team/app:v2")
+	if err == nil {
+		t.Fatal("a Connector with a wrong password pushed with the token another Connector earned")
+	}
+	r, _ := name.ParseReference(host+"/team/app:v1", name.Insecure)
+	if _, err := remote.Head(r, remote.WithContext(ctx), remote.WithTransport(volumeTransport(t, env.kubelet.TargetPath(otherPod, "connectors")))); err == nil {
+		t.Fatal("a Connector with a wrong password pulled with the token another Connector earned")
+	}
+	wrong := "Basic " + basic(reg.Username, "not-the-password")
+	asked := false
+	for _, s := range reg.Requests() {
+		asked = asked || (s.Server == "token" && s.Authorization == wrong)
+	}
+	if !asked {
+		t.Error("the other Connector's own credential was never sent to the token service")
+	}
+}
+
+func TestTenancyPathsStayUnderTheAddress(t *testing.T) {
+	tool := startRecorder(t, nil)
+	env := startProxyDriver(t, nil)
+	ns := newNamespace(t)
+	newConnector(t, ns, "org-a", gitClass(t), tool.URL+"/org-a")
+	allowConnectors(t, ns, "builder", "org-a")
+	_, token := publishedToken(t, env, ns, "paths", "org-a")
+	viewer := apiToken(t, ns, "viewer")
+	allowConnectors(t, ns, "viewer", "org-a")
+	proxyAddr := strings.TrimPrefix(env.proxyURL, "http://")
+	toolHost := strings.TrimPrefix(tool.URL, "http://")
+	reverse := "/namespaces/" + ns + "/connectors/org-a"
+	api := "/connectors/v1alpha1/namespaces/" + ns + "/connectors/org-a"
+	bearer := map[string]string{"Authorization": "Bearer " + token}
+	proxyAuth := map[string]string{"Proxy-Authorization": "Basic " + basic(ns+"/org-a", token)}
+	apiAuth := map[string]string{"Authorization": "Bearer " + viewer}
+	climbs := []string{"/../org-b/x", "/%2e%2e/org-b/x", "/..%2forg-b/x", "/x/..%2F..%2Forg-b", "/%252e%252e/org-b",
+		`/..\org-b`, "/..;/org-b", "/x/%2E%2E/%2E%2E/org-b"}
+	for _, climb := range climbs {
+		for _, tc := range []struct {
+			name, line string
+			header     map[string]string
+		}{
+			{"reverse", "GET " + reverse + climb + " HTTP/1.1", bearer},
+			{"forward", "GET " + tool.URL + "/org-a" + climb + " HTTP/1.1", proxyAuth},
+			{"API passthrough", "GET " + api + "/proxy" + climb + " HTTP/1.1", apiAuth},
+			{"gitrefs repositoryUrl", "GET " + api + "/api/gitrefs?repositoryUrl=http://" + toolHost + "/org-a" + climb + " HTTP/1.1", apiAuth},
+		} {
+			t.Run(tc.name+" "+climb, func(t *testing.T) {
+				if code, body := rawStatus(t, proxyAddr, tc.line, tc.header); code != http.StatusBadRequest {
+					t.Errorf("status %d %q, want 400", code, body)
+				}
+			})
+		}
+	}
+	for _, r := range tool.requests() {
+		t.Errorf("a climbing request reached the tool: %s %s", r.Method, r.RequestURI)
+	}
+	t.Run("encoded slashes pass unchanged", func(t *testing.T) {
+		if code, body := rawStatus(t, proxyAddr, "GET "+reverse+"/group%2Fproject/x HTTP/1.1", bearer); code != http.StatusOK {
+			t.Fatalf("status %d %q", code, body)
+		}
+		got := tool.requests()
+		if len(got) != 1 || got[0].RequestURI != "/org-a/group%2Fproject/x" {
+			t.Fatalf("the tool saw %+v, want /org-a/group%%2Fproject/x", got)
+		}
+	})
+}
+
+func TestTenancyNoCredentialFollowsARedirect(t *testing.T) {
+	evil := startRecorder(t, nil)
+	env := startProxyDriver(t, nil)
+	ns := newNamespace(t)
+	oci := ociClass(t)
+	registryConnector := func(name, address string) {
+		createSecret(t, ns, name, v1alpha1.SecretTypeDistributionRegistryAuth, map[string]string{"username": "bot", "password": "registry-secret-" + name})
+		create(t, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+			Spec: v1alpha1.ConnectorSpec{ConnectorClassName: oci, Address: address,
+				Auth: &v1alpha1.ConnectorAuth{Name: "registryToken", SecretRef: &v1alpha1.SecretRef{Name: name}}}})
+	}
+	challenge := func(realm string) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			if strings.HasPrefix(r.URL.Path, "/token") {
+				http.Redirect(w, r, evil.URL+"/token", http.StatusTemporaryRedirect)
+				return
+			}
+			w.Header().Set("WWW-Authenticate", `Bearer realm="`+realm+`",service="x"`)
+			w.WriteHeader(http.StatusUnauthorized)
+		}
+	}
+	// A registry whose own token service redirects elsewhere (same host name, other port).
+	var redirecting *recorder
+	redirecting = startRecorder(t, func(w http.ResponseWriter, r *http.Request) { challenge(redirecting.URL+"/token")(w, r) })
+	registryConnector("redirecting", redirecting.URL)
+	// A registry whose challenge names a realm outside the Connector's addresses, by a name
+	// (go-containerregistry refuses private IP literals, not names).
+	evilByName := startRecorderOn(t, "127.0.0.1", nil)
+	registryConnector("foreign-realm", startRecorder(t, challenge(strings.Replace(evilByName.URL, "127.0.0.1", "localhost", 1)+"/token")).URL)
+	// A tool whose auth probe answer is a redirect.
+	probed := startRecorder(t, func(w http.ResponseWriter, r *http.Request) { http.Redirect(w, r, evil.URL+"/probe", http.StatusFound) })
+	probeClass := classWith(t, "probe", func(c *v1alpha1.ConnectorClass) {
+		c.Spec.LivenessProbe = nil
+		c.Spec.AuthProbes = []v1alpha1.AuthProbe{{AuthName: "basicAuth", Probe: v1alpha1.Probe{HTTP: &v1alpha1.HTTPProbe{Path: "/user"}}}}
+	})
+	createSecret(t, ns, "probed", corev1.SecretTypeBasicAuth, map[string]string{"username": "bot", "password": "probe-secret"})
+	newConnectorWithSecret(t, ns, "probed", probeClass, probed.URL, "basicAuth", "probed")
+	allowConnectors(t, ns, "builder", "redirecting")
+	pod, _ := publishedToken(t, env, ns, "puller", "redirecting")
+	viewer := apiToken(t, ns, "viewer")
+	allowConnectors(t, ns, "viewer", "foreign-realm")
+
+	t.Run("registry token fetch", func(t *testing.T) {
+		r, _ := name.ParseReference(strings.TrimPrefix(redirecting.URL, "http://")+"/team/app:v1", name.Insecure)
+		_, _ = remote.Head(r, remote.WithTransport(volumeTransport(t, env.kubelet.TargetPath(pod, "connectors"))))
+		if !kubelet.WaitUntil(5*time.Second, func() bool { return len(redirecting.requests()) > 1 }) {
+			t.Fatal("the token service was never asked")
+		}
+	})
+	t.Run("Connectors API registry list", func(t *testing.T) {
+		code, _, st := apiCall(t, "GET", fmt.Sprintf("%s/connectors/v1alpha1/namespaces/%s/connectors/foreign-realm/api/repositories", env.proxyURL, ns), viewer)
+		if code == http.StatusOK {
+			t.Fatalf("listed through a foreign realm: %s", st.Message)
+		}
+	})
+	t.Run("status auth probe", func(t *testing.T) {
+		waitCondition(t, ns, "probed", v1alpha1.ConditionAuthReady, metav1.ConditionFalse, "Rejected")
+	})
+	if seen := append(evil.credentialsSeen(), evilByName.credentialsSeen()...); len(seen) > 0 {
+		t.Fatalf("a credential reached the redirect target or foreign realm: %q", seen)
+	}
+}
+
+func TestTenancyProxyLoopIsDetected(t *testing.T) {
+	first, second := startProxyDriver(t, nil), startProxyDriver(t, nil)
+	ns := newNamespace(t)
+	// The Connectors' credential is a token the proxies accept: each points at the other proxy.
+	loopToken := proxyToken(t, ns, "looper")
+	allowConnectors(t, ns, "looper", "ping", "pong")
+	bearerClass := classWith(t, "bearer", func(c *v1alpha1.ConnectorClass) {
+		c.Spec.Auth = &v1alpha1.AuthSpec{Types: []v1alpha1.AuthType{{Name: "token", SecretType: v1alpha1.SecretTypeBearerToken}}}
+		c.Spec.LivenessProbe = nil
+	})
+	createSecret(t, ns, "loop", v1alpha1.SecretTypeBearerToken, map[string]string{"token": loopToken})
+	newConnectorWithSecret(t, ns, "ping", bearerClass, second.proxyURL+"/namespaces/"+ns+"/connectors/pong", "token", "loop")
+	newConnectorWithSecret(t, ns, "pong", bearerClass, first.proxyURL+"/namespaces/"+ns+"/connectors/ping", "token", "loop")
+	client := &http.Client{Timeout: 20 * time.Second}
+	code, body := do(t, client, newRequest(t, "GET", first.proxyURL+"/namespaces/"+ns+"/connectors/ping/x",
+		map[string]string{"Authorization": "Bearer " + loopToken}))
+	if code != http.StatusLoopDetected || !strings.Contains(body, "Connectors proxy") {
+		t.Fatalf("status %d %q, want 508", code, body)
+	}
+}
+
+// failingDial is a dialer that must never be called: every destination of its test is refused.
+func failingDial(t *testing.T) func(context.Context, string, string) (net.Conn, error) {
+	return func(_ context.Context, network, addr string) (net.Conn, error) {
+		t.Errorf("the driver dialed %s %s", network, addr)
+		return nil, errors.New("test: dialing is not allowed here")
+	}
+}
+
+func TestTenancyDestinationsAreRefusedBeforeAnyDial(t *testing.T) {
+	// No name is ever looked up for real: metadata.test stands for a name that resolves to the
+	// metadata service.
+	resolve := func(_ context.Context, host string) ([]netip.Addr, error) {
+		if host == "metadata.test" {
+			return []netip.Addr{netip.MustParseAddr("169.254.169.254")}, nil
+		}
+		return nil, fmt.Errorf("test: no lookup of %s", host)
+	}
+	env := startProxyDriver(t, func(o *driver.Options) {
+		o.AllowLoopbackDestinations = false
+		o.Dial = failingDial(t)
+		o.Resolve = resolve
+	})
+	ns := newNamespace(t)
+	git := gitClass(t)
+	// Drivers of later tests probe every Connector of the cluster, with the system resolver.
+	t.Cleanup(func() {
+		_ = cp.Client.Delete(context.Background(), &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: "metadata-name", Namespace: ns}})
+	})
+	addresses := map[string]string{
+		"metadata": "http://169.254.169.254/latest", "metadata-name": "http://metadata.test/latest",
+		"metadata-mapped": "http://[::ffff:169.254.169.254]/latest", "link-local-v6": "http://[fe80::1]/x",
+		"unspecified": "http://0.0.0.0:8080/x", "unspecified-v6": "http://[::]:8080/x",
+		"multicast": "http://224.0.0.1/x", "broadcast": "http://255.255.255.255/x",
+		"loopback": "http://127.0.0.2:9/x",
+	}
+	var names []string
+	for n, a := range addresses {
+		newConnector(t, ns, n, git, a)
+		names = append(names, n)
+	}
+	allowConnectors(t, ns, "builder", names...)
+	_, token := publishedToken(t, env, ns, "ssrf", strings.Join(names, ","))
+	for n, a := range addresses {
+		t.Run(n, func(t *testing.T) {
+			code, body := do(t, noRedirects, newRequest(t, "GET", env.proxyURL+"/namespaces/"+ns+"/connectors/"+n+"/y",
+				map[string]string{"Authorization": "Bearer " + token}))
+			if code != http.StatusForbidden || !strings.Contains(body, "is not allowed") {
+				t.Errorf("reverse: status %d %q, want 403", code, body)
+			}
+			code, body = do(t, forwardClient(env.proxyURL, ns+"/"+n, token), newRequest(t, "GET", a, nil))
+			if code != http.StatusForbidden || !strings.Contains(body, "is not allowed") {
+				t.Errorf("forward: status %d %q, want 403", code, body)
+			}
+			c := waitCondition(t, ns, n, v1alpha1.ConditionLivenessReady, metav1.ConditionFalse, "DestinationRefused")
+			for _, cond := range c.Status.Conditions {
+				if cond.Type == v1alpha1.ConditionLivenessReady && strings.Contains(cond.Message, "dial") {
+					t.Errorf("the condition carries a dial error: %q", cond.Message)
+				}
+			}
+		})
+	}
+	t.Run("the driver's own listener", func(t *testing.T) {
+		var self string
+		own := startProxyDriver(t, func(o *driver.Options) {
+			o.Resolve = resolve
+			o.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+				if addr == self {
+					t.Errorf("the driver dialed its own listener %s", addr)
+				}
+				return (&net.Dialer{}).DialContext(ctx, network, addr)
+			}
+		})
+		self = strings.TrimPrefix(own.proxyURL, "http://")
+		newConnector(t, ns, "self", git, own.proxyURL+"/namespaces/"+ns+"/connectors/self")
+		allowConnectorsAs(t, ns, "builder", "use-self", "self")
+		_, token := publishedToken(t, own, ns, "self-loop", "self")
+		code, body := do(t, noRedirects, newRequest(t, "GET", own.proxyURL+"/namespaces/"+ns+"/connectors/self/y",
+			map[string]string{"Authorization": "Bearer " + token}))
+		if code != http.StatusForbidden || !strings.Contains(body, "a listener of this driver") {
+			t.Fatalf("status %d %q, want 403", code, body)
+		}
+	})
+}
+
+// tunnel is a CONNECT tunnel through the proxy with TLS to the proxy's leaf inside.
+type tunnel struct {
+	conn *tls.Conn
+	r    *bufio.Reader
+	host string
+}
+
+// openTunnel sends CONNECT dest and, on 200, starts TLS trusting the proxy CA of caPEM.
+func openTunnel(t *testing.T, proxyAddr, dest, connectors, token string, caPEM []byte) (*tunnel, string) {
+	t.Helper()
+	conn, err := net.Dial("tcp", proxyAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	fmt.Fprintf(conn, "CONNECT %s HTTP/1.1\r\nHost: %s\r\nProxy-Authorization: Basic %s\r\n\r\n", dest, dest, basic(connectors, token))
+	br := bufio.NewReader(conn)
+	res, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(res.Body)
+		return nil, fmt.Sprintf("%d %s", res.StatusCode, body)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(caPEM)
+	host, _, _ := net.SplitHostPort(dest)
+	tc := tls.Client(&prefixConn{Conn: conn, r: br}, &tls.Config{RootCAs: roots, ServerName: host})
+	if err := tc.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	return &tunnel{conn: tc, r: bufio.NewReader(tc), host: dest}, "200"
+}
+
+// prefixConn reads first what the CONNECT response's reader had buffered.
+type prefixConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *prefixConn) Read(b []byte) (int, error) { return c.r.Read(b) }
+
+// get sends one GET inside the tunnel and returns its status code.
+func (tn *tunnel) get(path string) (int, error) {
+	if _, err := fmt.Fprintf(tn.conn, "GET %s HTTP/1.1\r\nHost: %s\r\n\r\n", path, tn.host); err != nil {
+		return 0, err
+	}
+	res, err := http.ReadResponse(tn.r, nil)
+	if err != nil {
+		return 0, err
+	}
+	_, _ = io.Copy(io.Discard, res.Body)
+	_ = res.Body.Close()
+	return res.StatusCode, nil
+}
+
+func TestTenancyConnectTunnels(t *testing.T) {
+	secure := startGitServer(t, true)
+	env := startProxyDriver(t, nil)
+	ctx := context.Background()
+	ns := newNamespace(t)
+	gitConnector(t, ns, "secure", gitClass(t), secure)
+	allowConnectors(t, ns, "builder", "secure")
+	pod, token := publishedToken(t, env, ns, "tunneler", "secure")
+	caPEM := []byte(visibleFiles(t, env.kubelet.TargetPath(pod, "connectors"))["ca.crt"])
+	proxyAddr := strings.TrimPrefix(env.proxyURL, "http://")
+	dest := strings.TrimPrefix(secure.URL, "https://")
+	refs := "/repo.git/info/refs?service=git-upload-pack"
+
+	t.Run("CONNECT is authorized before a leaf is minted", func(t *testing.T) {
+		stranger := proxyToken(t, ns, "stranger")
+		if tn, status := openTunnel(t, proxyAddr, dest, ns+"/secure", stranger, caPEM); tn != nil || !strings.HasPrefix(status, "403") {
+			t.Fatalf("a stranger's CONNECT: %s, want 403", status)
+		}
+	})
+	t.Run("every request in a tunnel is authenticated", func(t *testing.T) {
+		tn, status := openTunnel(t, proxyAddr, dest, ns+"/secure", token, caPEM)
+		if tn == nil {
+			t.Fatalf("CONNECT: %s", status)
+		}
+		if code, err := tn.get(refs); err != nil || code != http.StatusOK {
+			t.Fatalf("first request: %d %v", code, err)
+		}
+		if err := env.kubelet.Unpublish(ctx, pod, "connectors"); err != nil {
+			t.Fatal(err)
+		}
+		if err := cp.Kube.CoreV1().Pods(ns).Delete(ctx, pod.Name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
+			t.Fatal(err)
+		}
+		if !kubelet.WaitUntil(20*time.Second, func() bool {
+			code, _ := do(t, noRedirects, newRequest(t, "GET", env.proxyURL+"/namespaces/"+ns+"/connectors/secure"+refs,
+				map[string]string{"Authorization": "Bearer " + token}))
+			return code == http.StatusUnauthorized
+		}) {
+			t.Fatal("the deleted Pod's token is still accepted outside the tunnel")
+		}
+		if !kubelet.WaitUntil(20*time.Second, func() bool { code, err := tn.get(refs); return err != nil || code == http.StatusProxyAuthRequired }) {
+			t.Fatal("the deleted Pod's token still works inside its open tunnel")
+		}
+	})
+	t.Run("a tunnel ends at its lifetime", func(t *testing.T) {
+		short := startProxyDriver(t, func(o *driver.Options) { o.TunnelLifetime = 2 * time.Second })
+		pod, token := publishedToken(t, short, ns, "short-lived", "secure")
+		caPEM := []byte(visibleFiles(t, short.kubelet.TargetPath(pod, "connectors"))["ca.crt"])
+		tn, status := openTunnel(t, strings.TrimPrefix(short.proxyURL, "http://"), dest, ns+"/secure", token, caPEM)
+		if tn == nil {
+			t.Fatalf("CONNECT: %s", status)
+		}
+		if code, err := tn.get(refs); err != nil || code != http.StatusOK {
+			t.Fatalf("first request: %d %v", code, err)
+		}
+		_ = tn.conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+		if _, err := tn.r.ReadByte(); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("the tunnel was still open 30 s into a 2 s lifetime (%v)", err)
+		}
+	})
+}
+
+// grantPodProxyVerbs grants connectors/proxy with only the given verbs on a Connector, scoped
+// to one Pod.
+func grantPodProxyVerbs(t *testing.T, ns, pod, connector string, verbs ...string) {
+	t.Helper()
+	name := "proxy-verbs-" + pod
+	create(t, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Rules: []rbacv1.PolicyRule{{
+		APIGroups: []string{v1alpha1.GroupVersion.Group}, Resources: []string{"connectors/proxy/v1/pod/" + ns + "/" + pod},
+		ResourceNames: []string{connector}, Verbs: verbs,
+	}}})
+	create(t, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: name},
+		Subjects: []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: "builder", Namespace: ns}}})
+}
+
+func TestTenancyMethodsNeedTheirVerb(t *testing.T) {
+	tool := startGitServer(t, false)
+	env := startProxyDriver(t, nil)
+	ns := newNamespace(t)
+	gitConnector(t, ns, "tool", gitClass(t), tool)
+	allowConnectors(t, ns, "builder", "tool")
+	pod, token := publishedToken(t, env, ns, "reader", "tool")
+	grantPodProxyVerbs(t, ns, pod.Name, "tool", "get")
+	setFlags(t, map[string]string{"enable-connector-proxy-permissions": "true"})
+	t.Cleanup(func() { setFlags(t, map[string]string{}) })
+	url := env.proxyURL + "/namespaces/" + ns + "/connectors/tool/repo.git/info/refs?service=git-upload-pack"
+	call := func(method string) (int, string) {
+		return do(t, noRedirects, newRequest(t, method, url, map[string]string{"Authorization": "Bearer " + token}))
+	}
+	if !kubelet.WaitUntil(15*time.Second, func() bool { code, _ := call("GET"); return code == http.StatusOK }) {
+		t.Fatal("a read grant does not let GET through")
+	}
+	if !kubelet.WaitUntil(15*time.Second, func() bool { code, _ := call("POST"); return code == http.StatusForbidden }) {
+		t.Fatal("the flag did not take effect: POST passes with a read grant")
+	}
+	for _, method := range []string{"PROPFIND", "MKCOL", "LOCK", "FROBNICATE"} {
+		if code, body := call(method); code != http.StatusForbidden || !strings.Contains(body, "may not create connectors/proxy") {
+			t.Errorf("%s with a read grant: status %d %q, want 403", method, code, body)
+		}
+	}
+	if code, body := call("TRACE"); code != http.StatusMethodNotAllowed {
+		t.Errorf("TRACE: status %d %q, want 405 (it would echo the injected credential)", code, body)
+	}
+}
+
+func TestTenancyConnectorsAPINeedsApisUnderApproval(t *testing.T) {
+	tool := startGitServer(t, false)
+	env := startProxyDriver(t, nil)
+	ns := newNamespace(t)
+	gitConnector(t, ns, "git", gitClass(t), tool)
+	viewer := apiToken(t, ns, "gated")
+	allowConnectors(t, ns, "gated", "git") // what a gated workload holds, to mount the Connector
+	setFlags(t, map[string]string{"enable-connector-proxy-permissions": "true", "enable-connectors-approval": "true"})
+	t.Cleanup(func() { setFlags(t, map[string]string{}) })
+	gitrefs := fmt.Sprintf("%s/connectors/v1alpha1/namespaces/%s/connectors/git/api/gitrefs?repositoryUrl=%s/repo.git", env.proxyURL, ns, tool.URL)
+	if !kubelet.WaitUntil(15*time.Second, func() bool {
+		code, _, st := apiCall(t, "GET", gitrefs, viewer)
+		return code == http.StatusForbidden && strings.Contains(st.Message, "connectors/apis")
+	}) {
+		t.Fatal("with approval on, get on the Connector alone opened the tool through the API")
+	}
+	grantAPIs(t, ns, "gated", "git")
+	if !kubelet.WaitUntil(15*time.Second, func() bool { code, _, _ := apiCall(t, "GET", gitrefs, viewer); return code == http.StatusOK }) {
+		t.Fatal("connectors/apis did not let the call through")
+	}
+}
+
+func TestTenancyForbiddenAndMissingConnectorsLookAlike(t *testing.T) {
+	secure := startGitServer(t, true)
+	env := startProxyDriver(t, nil)
+	owner, strangerNS := newNamespace(t), newNamespace(t)
+	gitConnector(t, owner, "tool", gitClass(t), secure)
+	stranger := proxyToken(t, strangerNS, "stranger")
+	strangerAPI := apiToken(t, strangerNS, "stranger-ui")
+	same := func(a, b string) bool {
+		return strings.ReplaceAll(a, "/tool", "/X") == strings.ReplaceAll(b, "/missing", "/X")
+	}
+	t.Run("reverse proxy", func(t *testing.T) {
+		req := func(name string) (int, string) {
+			return do(t, noRedirects, newRequest(t, "GET", env.proxyURL+"/namespaces/"+owner+"/connectors/"+name+"/repo.git",
+				map[string]string{"Authorization": "Bearer " + stranger}))
+		}
+		c1, b1 := req("tool")
+		c2, b2 := req("missing")
+		if c1 != http.StatusForbidden || c2 != c1 || !same(b1, b2) {
+			t.Fatalf("existing: %d %q; missing: %d %q; want both 403 alike", c1, b1, c2, b2)
+		}
+	})
+	t.Run("CONNECT", func(t *testing.T) {
+		dest := strings.TrimPrefix(secure.URL, "https://")
+		_, s1 := openTunnel(t, strings.TrimPrefix(env.proxyURL, "http://"), dest, owner+"/tool", stranger, nil)
+		_, s2 := openTunnel(t, strings.TrimPrefix(env.proxyURL, "http://"), dest, owner+"/missing", stranger, nil)
+		if !strings.HasPrefix(s1, "403") || !same(s1, s2) {
+			t.Fatalf("existing: %q; missing: %q; want both 403 alike", s1, s2)
+		}
+	})
+	t.Run("Connectors API", func(t *testing.T) {
+		api := func(name string) string {
+			return fmt.Sprintf("%s/connectors/v1alpha1/namespaces/%s/connectors/%s/proxy/x", env.proxyURL, owner, name)
+		}
+		c1, _, s1 := apiCall(t, "GET", api("tool"), strangerAPI)
+		c2, _, s2 := apiCall(t, "GET", api("missing"), strangerAPI)
+		if c1 != http.StatusForbidden || c2 != c1 || !same(s1.Message, s2.Message) {
+			t.Fatalf("existing: %d %q; missing: %d %q", c1, s1.Message, c2, s2.Message)
+		}
+	})
+}
+
+func TestTenancyCachesAreBounded(t *testing.T) {
+	reg, err := registry.Start(t.TempDir(), gitserver.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(reg.Close)
+	env := startProxyDriver(t, func(o *driver.Options) { o.RegistryTokenCacheSize, o.LeafCacheSize = 3, 2 })
+	ns := newNamespace(t)
+	createSecret(t, ns, "registry-auth", v1alpha1.SecretTypeDistributionRegistryAuth, map[string]string{"username": reg.Username, "password": reg.Password})
+	create(t, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: "registry", Namespace: ns},
+		Spec: v1alpha1.ConnectorSpec{ConnectorClassName: ociClass(t), Address: reg.URL,
+			AddressExtensions: []v1alpha1.NamedAddress{{Name: "token", Value: reg.TokenURL}},
+			Auth:              &v1alpha1.ConnectorAuth{Name: "registryToken", SecretRef: &v1alpha1.SecretRef{Name: "registry-auth"}}}})
+	newConnector(t, ns, "named", gitClass(t), "https://localhost:9")
+	allowConnectors(t, ns, "builder", "registry", "named")
+	pod, token := publishedToken(t, env, ns, "scopes", "registry,named")
+	vol := env.kubelet.TargetPath(pod, "connectors")
+	host := strings.TrimPrefix(reg.URL, "http://")
+	for i := range 8 { // a client chooses its scopes: one token each
+		r, _ := name.ParseReference(fmt.Sprintf("%s/scope-%d/app:v1", host, i), name.Insecure)
+		_, _ = remote.Head(r, remote.WithTransport(volumeTransport(t, vol)))
+	}
+	if n, ok := cachemetrics.Entries("registry_tokens"); !ok || n == 0 || n > 3 {
+		t.Errorf("registry tokens cached: %d (registered %v), want 1..3", n, ok)
+	}
+	proxyAddr := strings.TrimPrefix(env.proxyURL, "http://")
+	caPEM := []byte(visibleFiles(t, vol)["ca.crt"])
+	for _, spelling := range []string{"localhost:9", "LOCALHOST:9", "LocalHost:9"} {
+		_, _ = openTunnel(t, proxyAddr, spelling, ns+"/named", token, caPEM)
+	}
+	if n, ok := cachemetrics.Entries("leaf_certificates"); !ok || n != 1 {
+		t.Errorf("leaf certificates for three spellings of one host: %d (registered %v), want 1", n, ok)
+	}
+	for _, c := range []string{"secrets", "transports", "registry_realms"} {
+		if _, ok := cachemetrics.Entries(c); !ok {
+			t.Errorf("no size is exported for the %s cache", c)
+		}
+	}
+}
+
+// fakeJWT is an unsigned token with the given claims: well-formed enough to look at, never
+// accepted by the API server.
+func fakeJWT(claims string) string {
+	enc := base64.RawURLEncoding.EncodeToString
+	return enc([]byte(`{"alg":"RS256"}`)) + "." + enc([]byte(claims)) + ".c2ln"
+}
+
+func TestTenancyUnauthenticatedLoadIsCheap(t *testing.T) {
+	env := startProxyDriver(t, nil)
+	ns := newNamespace(t)
+	url := env.proxyURL + "/namespaces/" + ns + "/connectors/any/x"
+	future, past := time.Now().Add(time.Hour).Unix(), time.Now().Add(-time.Hour).Unix()
+	junk := []string{"not-a-token", "a.b.c", fakeJWT(`{"exp":` + fmt.Sprint(future) + `,"aud":["someone-else"]}`),
+		fakeJWT(`{"exp":` + fmt.Sprint(past) + `,"aud":["` + driverName + `"]}`), fakeJWT(`{"aud":"` + driverName + `"}`)}
+	reviewsBefore, _ := access.Reviews()
+	for i := range 40 {
+		token := junk[i%len(junk)] + strings.Repeat("x", i) // each one new to every cache
+		code, _ := do(t, noRedirects, newRequest(t, "GET", url, map[string]string{"Authorization": "Bearer " + token}))
+		if code != http.StatusUnauthorized {
+			t.Fatalf("junk token %q: status %d, want 401", token, code)
+		}
+	}
+	if reviewsAfter, _ := access.Reviews(); reviewsAfter != reviewsBefore {
+		t.Errorf("junk tokens cost %v TokenReviews, want none", reviewsAfter-reviewsBefore)
+	}
+	t.Run("oversized headers", func(t *testing.T) {
+		code, _ := rawStatus(t, strings.TrimPrefix(env.proxyURL, "http://"), "GET /namespaces/x/connectors/y/z HTTP/1.1",
+			map[string]string{"X-Padding": strings.Repeat("p", 200<<10)})
+		if code != http.StatusRequestHeaderFieldsTooLarge {
+			t.Fatalf("status %d, want 431", code)
+		}
+	})
+	t.Run("connection limit", func(t *testing.T) {
+		limited := startProxyDriver(t, func(o *driver.Options) { o.ProxyMaxConnections = 4 })
+		addr := strings.TrimPrefix(limited.proxyURL, "http://")
+		var held []net.Conn
+		for range 4 {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			held = append(held, c)
+			// A finished request proves the connection was accepted and counted.
+			fmt.Fprintf(c, "GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
+			if res, err := http.ReadResponse(bufio.NewReader(c), nil); err != nil || res.StatusCode != http.StatusNotFound {
+				t.Fatalf("held connection: %v %v", res, err)
+			}
+		}
+		if code, body := rawStatus(t, addr, "GET /nothing HTTP/1.1", nil); code != http.StatusServiceUnavailable {
+			t.Fatalf("over the limit: status %d %q, want 503", code, body)
+		}
+		_ = held[0].Close()
+		if !kubelet.WaitUntil(10*time.Second, func() bool { code, _ := rawStatus(t, addr, "GET /nothing HTTP/1.1", nil); return code == http.StatusNotFound }) {
+			t.Fatal("a closed connection did not give its place back")
+		}
+		for _, c := range held[1:] {
+			_ = c.Close()
+		}
+	})
+}
