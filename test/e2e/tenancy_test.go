@@ -846,7 +846,10 @@ func TestTenancyUnauthenticatedLoadIsCheap(t *testing.T) {
 			t.Fatalf("over the limit: status %d %q, want 503", code, body)
 		}
 		_ = held[0].Close()
-		if !kubelet.WaitUntil(10*time.Second, func() bool { code, _ := rawStatus(t, addr, "GET /nothing HTTP/1.1", nil); return code == http.StatusNotFound }) {
+		if !kubelet.WaitUntil(10*time.Second, func() bool {
+			code, _ := rawStatus(t, addr, "GET /nothing HTTP/1.1", nil)
+			return code == http.StatusNotFound
+		}) {
 			t.Fatal("a closed connection did not give its place back")
 		}
 		for _, c := range held[1:] {
