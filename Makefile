@@ -8,7 +8,12 @@ CONTROLLER_GEN := go tool controller-gen
 STATICCHECK := go tool staticcheck
 TESTBIN = $(shell hack/testbin.sh | tail -n1)
 
-.PHONY: all build generate verify-generated lint test e2e e2e-down bench demo clean
+# Fuzzers of what a tenant controls, as <package>:<Fuzz function>; seed corpora in
+# <package>/testdata/fuzz/<Fuzz function>. `make test` runs each for a few seconds.
+FUZZ_TARGETS := proxy:FuzzProxyCredentials proxy:FuzzCoverage render:FuzzValidateFileName node:FuzzParseAttributes
+FUZZTIME ?= 1m
+
+.PHONY: all build generate verify-generated lint test fuzz e2e e2e-down bench demo clean
 
 all: build
 
@@ -29,8 +34,16 @@ lint: ## gofmt, go vet, staticcheck
 	go vet -tags realnode ./...
 	$(STATICCHECK) -tags realnode ./...
 
-test: verify-generated lint build ## every test, against a real API server (tmpfs mounts when root)
+test: verify-generated lint build ## every test, against a real API server (tmpfs mounts when root), then each fuzzer briefly
 	KUBEBUILDER_ASSETS=$(TESTBIN) go test -count=1 ./...
+	$(MAKE) --no-print-directory fuzz FUZZTIME=3s
+
+fuzz: ## each fuzzer for FUZZTIME (1m); a failing input is saved under testdata/fuzz: commit it as a regression test
+	@for t in $(FUZZ_TARGETS); do \
+	  echo "fuzz $${t#*:} (./$${t%%:*}, $(FUZZTIME))"; \
+	  go test -run '^$$' -fuzz "^$${t#*:}\$$" -fuzztime $(FUZZTIME) ./$${t%%:*}/ >/tmp/fuzz-$$$$.log 2>&1 || { cat /tmp/fuzz-$$$$.log; rm -f /tmp/fuzz-$$$$.log; exit 1; }; \
+	  rm -f /tmp/fuzz-$$$$.log; \
+	done
 
 e2e: ## the real-node lane: kubelet + containerd + the driver + Tekton, real Pods (root)
 	hack/e2e-deps.sh

@@ -9,10 +9,6 @@ import (
 // configuration names and params) to the parser: it must never panic, and what it accepts
 // names each Connector as namespace/name with non-empty parts.
 func FuzzParseAttributes(f *testing.F) {
-	f.Add("git,other/registry", "gitconfig,!ca.cert", `{"gitconfig":{"depth":"1"}}`)
-	f.Add("", "", "")
-	f.Add("a/b/c,,", "!", `{"x":`)
-	f.Add("ns/", "!!a", `{"a":{"b":[1,{"c":null}]}}`)
 	f.Fuzz(func(t *testing.T, connectors, names, params string) {
 		vc := map[string]string{
 			"connectors": connectors, "configuration.names": names, "configuration.params": params,

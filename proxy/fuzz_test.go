@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"encoding/base64"
 	"net/http"
 	"net/url"
 	"path"
@@ -12,11 +11,6 @@ import (
 // FuzzProxyCredentials feeds Proxy-Authorization values a tenant controls to the parser: it
 // must never panic, and what it accepts must name Connectors as namespace/name.
 func FuzzProxyCredentials(f *testing.F) {
-	for _, s := range []string{"ns/git:tok", "a%2Fb,c/d:tok", "ns/:x", ":", "", "a/b,,c/d:t", "a/b:c:d"} {
-		f.Add("Basic " + base64.StdEncoding.EncodeToString([]byte(s)))
-	}
-	f.Add("Basic !!!")
-	f.Add("Bearer x")
 	f.Fuzz(func(t *testing.T, value string) {
 		h := http.Header{}
 		h.Set("Proxy-Authorization", value)
@@ -35,10 +29,6 @@ func FuzzProxyCredentials(f *testing.F) {
 // FuzzCoverage feeds request paths to the coverage decision: whatever CheckPath accepts and
 // covers places under an address must stay under it however a tool decodes and cleans it.
 func FuzzCoverage(f *testing.F) {
-	for _, s := range []string{"/org-a/x", "/org-a/../org-b", "/org-a/%2e%2e/org-b", "/org-a/..%2forg-b", "/org-a/x%2Fy",
-		"/org-a/%252e%252e/x", `/org-a/..\x`, "/org-a/..;/x", "/org-a", "/org-ab", "/org-a/%zz"} {
-		f.Add(s)
-	}
 	addr, _ := url.Parse("https://git.example.com/org-a")
 	f.Fuzz(func(t *testing.T, escaped string) {
 		target, err := url.Parse("https://git.example.com" + escaped)

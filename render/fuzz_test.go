@@ -9,9 +9,6 @@ import (
 // FuzzValidateFileName feeds file names (from ConnectorClasses and `!<file>` exclusions) to the
 // check: an accepted name always stays inside the volume and clear of the writer's ".." names.
 func FuzzValidateFileName(f *testing.F) {
-	for _, s := range []string{".gitconfig", "a/b/c", "../x", "/etc/passwd", "a/../../b", "..data", "a//b", "./a", "a/.", "x\x00y"} {
-		f.Add(s)
-	}
 	f.Fuzz(func(t *testing.T, name string) {
 		if ValidateFileName(name) != nil {
 			return

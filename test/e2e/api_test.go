@@ -96,11 +96,7 @@ func TestConnectorsAPI(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	reg, err := registry.Start(t.TempDir(), gitserver.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(reg.Close)
+	reg := startRegistry(t)
 	pushImages(t, reg, map[string][]string{"team/app": {"v1", "v2", "v3", "v4", "v5"}, "team/web": {"latest"}, "lib/base": {"1"}})
 	garbage := startGarbageServer(t)
 
@@ -108,11 +104,7 @@ func TestConnectorsAPI(t *testing.T) {
 	ns := newNamespace(t)
 	git, oci := gitClass(t), ociClass(t)
 	gitConnector(t, ns, "git", git, tool)
-	createSecret(t, ns, "registry-auth", v1alpha1.SecretTypeDistributionRegistryAuth, map[string]string{"username": reg.Username, "password": reg.Password})
-	create(t, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: "registry", Namespace: ns},
-		Spec: v1alpha1.ConnectorSpec{ConnectorClassName: oci, Address: reg.URL,
-			AddressExtensions: []v1alpha1.NamedAddress{{Name: "token", Value: reg.TokenURL}},
-			Auth:              &v1alpha1.ConnectorAuth{Name: "registryToken", SecretRef: &v1alpha1.SecretRef{Name: "registry-auth"}}}})
+	ociConnector(t, ns, "registry", oci, reg, reg.Password)
 	newConnector(t, ns, "down", git, "http://127.0.0.2:9")
 	createSecret(t, ns, "wrong", corev1.SecretTypeBasicAuth, map[string]string{"username": "x", "password": "wrong"})
 	newConnectorWithSecret(t, ns, "badcred", git, tool.URL, "basicAuth", "wrong")

@@ -57,22 +57,36 @@ func volumeTransport(t *testing.T, vol string) *http.Transport {
 	return &http.Transport{Proxy: http.ProxyURL(proxy), TLSClientConfig: &tls.Config{RootCAs: roots}}
 }
 
-func TestImagePushPullThroughProxy(t *testing.T) {
+// startRegistry runs a registry with token auth on the tools' loopback address.
+func startRegistry(t testing.TB) *registry.Server {
+	t.Helper()
 	reg, err := registry.Start(t.TempDir(), gitserver.Host)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(reg.Close)
+	return reg
+}
+
+// ociConnector creates an oci Connector for reg (its token service as the address extension
+// "token") whose registry-token Secret, of the same name, holds reg's user and password.
+func ociConnector(t testing.TB, ns, name, class string, reg *registry.Server, password string) {
+	t.Helper()
+	createSecret(t, ns, name, v1alpha1.SecretTypeDistributionRegistryAuth, map[string]string{"username": reg.Username, "password": password})
+	create(t, &v1alpha1.Connector{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Spec: v1alpha1.ConnectorSpec{ConnectorClassName: class, Address: reg.URL,
+			AddressExtensions: []v1alpha1.NamedAddress{{Name: "token", Value: reg.TokenURL}},
+			Auth:              &v1alpha1.ConnectorAuth{Name: "registryToken", SecretRef: &v1alpha1.SecretRef{Name: name}}},
+	})
+}
+
+func TestImagePushPullThroughProxy(t *testing.T) {
+	reg := startRegistry(t)
 	env := startProxyDriver(t, nil)
 	ctx := context.Background()
 	ns := newNamespace(t)
-	createSecret(t, ns, "registry-auth", v1alpha1.SecretTypeDistributionRegistryAuth, map[string]string{"username": reg.Username, "password": reg.Password})
-	create(t, &v1alpha1.Connector{
-		ObjectMeta: metav1.ObjectMeta{Name: "registry", Namespace: ns},
-		Spec: v1alpha1.ConnectorSpec{ConnectorClassName: ociClass(t), Address: reg.URL,
-			AddressExtensions: []v1alpha1.NamedAddress{{Name: "token", Value: reg.TokenURL}},
-			Auth:              &v1alpha1.ConnectorAuth{Name: "registryToken", SecretRef: &v1alpha1.SecretRef{Name: "registry-auth"}}},
-	})
+	ociConnector(t, ns, "registry", ociClass(t), reg, reg.Password)
 	allowConnectors(t, ns, "builder", "registry")
 	pod := podWithVolume(t, env.kubelet, ns, "push", map[string]string{"connectors": "registry"}, nil)
 	if err := env.kubelet.Publish(ctx, pod, "connectors"); err != nil {

@@ -41,7 +41,6 @@ import (
 	"github.com/kube-connectors/connectors-csi/test/controlplane"
 	"github.com/kube-connectors/connectors-csi/test/gitserver"
 	"github.com/kube-connectors/connectors-csi/test/kubelet"
-	"github.com/kube-connectors/connectors-csi/test/registry"
 )
 
 // recorder is an HTTP server on the tools' loopback address that records every request and
@@ -267,25 +266,15 @@ func pushThroughVolume(t *testing.T, vol, ref string) error {
 }
 
 func TestTenancyRegistryTokensArePerConnectorAndCredential(t *testing.T) {
-	reg, err := registry.Start(t.TempDir(), gitserver.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(reg.Close)
+	reg := startRegistry(t)
 	env := startProxyDriver(t, nil)
 	ctx := context.Background()
 	oci := ociClass(t)
-	registryConnector := func(ns, password string) {
-		createSecret(t, ns, "registry-auth", v1alpha1.SecretTypeDistributionRegistryAuth, map[string]string{"username": reg.Username, "password": password})
-		create(t, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: "registry", Namespace: ns},
-			Spec: v1alpha1.ConnectorSpec{ConnectorClassName: oci, Address: reg.URL,
-				AddressExtensions: []v1alpha1.NamedAddress{{Name: "token", Value: reg.TokenURL}},
-				Auth:              &v1alpha1.ConnectorAuth{Name: "registryToken", SecretRef: &v1alpha1.SecretRef{Name: "registry-auth"}}}})
-		allowConnectors(t, ns, "builder", "registry")
-	}
 	owner, other := newNamespace(t), newNamespace(t)
-	registryConnector(owner, reg.Password)
-	registryConnector(other, "not-the-password") // the same username, a wrong password
+	ociConnector(t, owner, "registry", oci, reg, reg.Password)
+	ociConnector(t, other, "registry", oci, reg, "not-the-password") // the same username, a wrong password
+	allowConnectors(t, owner, "builder", "registry")
+	allowConnectors(t, other, "builder", "registry")
 	ownerPod, _ := publishedToken(t, env, owner, "owner", "registry")
 	otherPod, _ := publishedToken(t, env, other, "other", "registry")
 	host := strings.TrimPrefix(reg.URL, "http://")
@@ -293,8 +282,7 @@ func TestTenancyRegistryTokensArePerConnectorAndCredential(t *testing.T) {
 	if err := pushThroughVolume(t, env.kubelet.TargetPath(ownerPod, "connectors"), host+"/team/app:v1"); err != nil {
 		t.Fatalf("the owner's push: %v", err)
 	}
-	err = pushThroughVolume(t, env.kubelet.TargetPath(otherPod, "connectors"), host+"/team/app:v2")
-	if err == nil {
+	if err := pushThroughVolume(t, env.kubelet.TargetPath(otherPod, "connectors"), host+"/team/app:v2"); err == nil {
 		t.Fatal("a Connector with a wrong password pushed with the token another Connector earned")
 	}
 	r, _ := name.ParseReference(host+"/team/app:v1", name.Insecure)
@@ -755,18 +743,10 @@ func TestTenancyForbiddenAndMissingConnectorsLookAlike(t *testing.T) {
 }
 
 func TestTenancyCachesAreBounded(t *testing.T) {
-	reg, err := registry.Start(t.TempDir(), gitserver.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(reg.Close)
+	reg := startRegistry(t)
 	env := startProxyDriver(t, func(o *driver.Options) { o.RegistryTokenCacheSize, o.LeafCacheSize = 3, 2 })
 	ns := newNamespace(t)
-	createSecret(t, ns, "registry-auth", v1alpha1.SecretTypeDistributionRegistryAuth, map[string]string{"username": reg.Username, "password": reg.Password})
-	create(t, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: "registry", Namespace: ns},
-		Spec: v1alpha1.ConnectorSpec{ConnectorClassName: ociClass(t), Address: reg.URL,
-			AddressExtensions: []v1alpha1.NamedAddress{{Name: "token", Value: reg.TokenURL}},
-			Auth:              &v1alpha1.ConnectorAuth{Name: "registryToken", SecretRef: &v1alpha1.SecretRef{Name: "registry-auth"}}}})
+	ociConnector(t, ns, "registry", ociClass(t), reg, reg.Password)
 	newConnector(t, ns, "named", gitClass(t), "https://localhost:9")
 	allowConnectors(t, ns, "builder", "registry", "named")
 	pod, token := publishedToken(t, env, ns, "scopes", "registry,named")
