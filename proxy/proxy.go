@@ -215,6 +215,10 @@ func (p *Proxy) send(w http.ResponseWriter, r *http.Request, rt *route) {
 	p.reverse.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), routeKey{}, rt)))
 }
 
+// hopValue is the hop marker's value, shared by every outgoing request: transports only read
+// header values, and one shared slice saves an allocation per request.
+var hopValue = []string{"1"}
+
 // rewrite builds the upstream request. ReverseProxy has already removed hop-by-hop headers,
 // including any the client listed in Connection, so nothing the client sends can remove the
 // credential set here; the client's own Authorization and every Proxy-* header are dropped.
@@ -228,7 +232,7 @@ func rewrite(pr *httputil.ProxyRequest) {
 		}
 	}
 	pr.Out.Header.Del("Authorization")
-	pr.Out.Header.Set(egress.HopHeader, "1")
+	pr.Out.Header[egress.HopHeader] = hopValue
 	if rt.cred.authorization != "" {
 		pr.Out.Header.Set("Authorization", rt.cred.authorization)
 	}
