@@ -205,7 +205,7 @@ func (c *Controller) evaluate(ctx context.Context, ar *v1alpha1.AccessRequest) (
 	}
 	c.setCondition(ar, v1alpha1.ConditionAccessPolicyMatched, metav1.ConditionTrue, "Matched", "AccessPolicy %s", strings.Join(names, ", "))
 
-	rctx, err := requestContext(&pod, &connector)
+	rctx, err := c.requestContext(ctx, &pod, &connector)
 	if err != nil {
 		return reconcile.Result{}, err
 	}
@@ -283,8 +283,9 @@ func contains(list []string, s string) bool {
 	return false
 }
 
-// requestContext is the template context: .object is the Pod, .connector the Connector.
-func requestContext(pod *corev1.Pod, connector *v1alpha1.Connector) (map[string]any, error) {
+// requestContext is the template context: .object is the Pod, .connector the Connector, and
+// .taskRun and .pipelineRun the Pod's Tekton owners when they verify (see tektonOwners).
+func (c *Controller) requestContext(ctx context.Context, pod *corev1.Pod, connector *v1alpha1.Connector) (map[string]any, error) {
 	podMap, err := runtime.DefaultUnstructuredConverter.ToUnstructured(pod)
 	if err != nil {
 		return nil, err
@@ -293,7 +294,12 @@ func requestContext(pod *corev1.Pod, connector *v1alpha1.Connector) (map[string]
 	if err != nil {
 		return nil, err
 	}
-	return map[string]any{"object": podMap, "connector": connMap}, nil
+	rctx, err := tektonOwners(ctx, c.Reader, pod)
+	if err != nil {
+		return nil, err
+	}
+	rctx["object"], rctx["connector"] = podMap, connMap
+	return rctx, nil
 }
 
 // evaluateChecks reads every check of every snapshotted policy. The outcome is Failed (a check
@@ -354,7 +360,12 @@ func (c *Controller) evaluateCheck(ctx context.Context, ar *v1alpha1.AccessReque
 	}
 	gvk := gv.WithKind(spec.Selector.ObjectRef.Kind)
 	matchLabels, err := c.templates.MatchLabels(spec, rctx)
-	if err != nil {
+	var notInChain *notInOwnerChain
+	switch {
+	case errors.As(err, &notInChain):
+		return fail("Pod %s/%s is not run by %s (owner chain checked by UID)", ar.Spec.Context.ObjectRef.Namespace,
+			ar.Spec.Context.ObjectRef.Name, ownerChainKeys[notInChain.key])
+	case err != nil:
 		return fail("%v", err)
 	}
 	if err := c.watchKind(ctx, gvk); err != nil {

@@ -2,9 +2,11 @@ package approval
 
 import (
 	"fmt"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"sigs.k8s.io/yaml"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
@@ -20,8 +22,11 @@ const (
 // Templates renders role and check templates; it is safe for concurrent use.
 type Templates struct{ cache *templates.Cache }
 
-// NewTemplates returns a template renderer.
-func NewTemplates() *Templates { return &Templates{cache: templates.NewCache()} }
+// NewTemplates returns a template renderer. A template that reads a key its context lacks
+// fails instead of rendering "<no value>".
+func NewTemplates() *Templates {
+	return &Templates{cache: templates.NewCache(templates.MissingKeyError())}
+}
 
 // Rules renders a role template ConfigMap's data.rules over the request context and decodes
 // the RBAC PolicyRules. Errors name the ConfigMap.
@@ -60,13 +65,27 @@ func (t *Templates) Check(cm *corev1.ConfigMap) (*v1alpha1.CheckSpec, error) {
 	return &spec, nil
 }
 
-// MatchLabels renders a check's label values over the request context.
+// MatchLabels renders a check's label values over the request context. A value that reads
+// an owner the Pod's verified owner chain lacks fails with a *notInOwnerChain; one that does
+// not render a valid label value fails too, so that no check matches on garbage.
 func (t *Templates) MatchLabels(spec *v1alpha1.CheckSpec, context map[string]any) (map[string]string, error) {
 	out := make(map[string]string, len(spec.Selector.MatchLabels))
 	for k, v := range spec.Selector.MatchLabels {
+		tmpl, err := t.cache.Parse(k, v)
+		if err != nil {
+			return nil, fmt.Errorf("matchLabels[%s]: %w", k, err)
+		}
+		for _, key := range []string{keyPipelineRun, keyTaskRun} {
+			if _, ok := context[key]; !ok && templates.UsesField(tmpl, key) {
+				return nil, &notInOwnerChain{key: key}
+			}
+		}
 		b, err := t.cache.Execute(k, v, context)
 		if err != nil {
 			return nil, fmt.Errorf("matchLabels[%s]: %w", k, err)
+		}
+		if problems := validation.IsValidLabelValue(string(b)); len(problems) > 0 {
+			return nil, fmt.Errorf("matchLabels[%s] renders a value of %d characters that is not a label value: %s", k, len(b), strings.Join(problems, "; "))
 		}
 		out[k] = string(b)
 	}

@@ -1,6 +1,7 @@
 package approval
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -8,6 +9,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 )
 
 // builtins reads the built-in template ConfigMaps of deploy/base/templates.yaml.
@@ -28,11 +31,14 @@ func builtins(t *testing.T) map[string]*corev1.ConfigMap {
 	return out
 }
 
+// testContext is the context of a Pod of PipelineRun run-1 whose label names another run.
 func testContext() map[string]any {
 	return map[string]any{
 		"object": map[string]any{"metadata": map[string]any{
-			"name": "build-1-pod", "namespace": "team", "labels": map[string]any{"tekton.dev/pipelineRun": "run-1"}}},
-		"connector": map[string]any{"metadata": map[string]any{"name": "prod-registry", "namespace": "team"}},
+			"name": "build-1-pod", "namespace": "team", "labels": map[string]any{"tekton.dev/pipelineRun": "borrowed"}}},
+		"connector":   map[string]any{"metadata": map[string]any{"name": "prod-registry", "namespace": "team"}},
+		"taskRun":     map[string]any{"metadata": map[string]any{"name": "run-1-build"}},
+		"pipelineRun": map[string]any{"metadata": map[string]any{"name": "run-1"}},
 	}
 }
 
@@ -66,6 +72,36 @@ func TestBuiltinCheckTemplate(t *testing.T) {
 	labels, err := tpl.MatchLabels(spec, testContext())
 	if err != nil || labels["tekton.dev/pipelineRun"] != "run-1" {
 		t.Fatalf("matchLabels %v %v", labels, err)
+	}
+}
+
+func TestCheckOutsideAnOwnerChainSaysSo(t *testing.T) {
+	tpl := NewTemplates()
+	spec, err := tpl.Check(builtins(t)["connectors-approvals-in-pipeline"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, drop := range [][]string{{"pipelineRun"}, {"pipelineRun", "taskRun"}} {
+		ctx := testContext()
+		for _, k := range drop {
+			delete(ctx, k)
+		}
+		_, err := tpl.MatchLabels(spec, ctx)
+		var missing *notInOwnerChain
+		if !errors.As(err, &missing) || missing.key != "pipelineRun" ||
+			err.Error() != "the Pod is not run by a TaskRun of a PipelineRun (owner chain checked by UID)" {
+			t.Errorf("without %v: %v", drop, err)
+		}
+	}
+}
+
+func TestMatchLabelsRefuseWhatIsNoLabelValue(t *testing.T) {
+	tpl := NewTemplates()
+	for _, v := range []string{`{{ .object.metadata.nope }}`, `{{ index .object.metadata.labels "nope" }}`, `a b`} {
+		spec := &v1alpha1.CheckSpec{Selector: v1alpha1.CheckSelector{MatchLabels: map[string]string{"k": v}}}
+		if labels, err := tpl.MatchLabels(spec, testContext()); err == nil {
+			t.Errorf("%s rendered %v", v, labels)
+		}
 	}
 }
 

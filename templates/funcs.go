@@ -44,21 +44,39 @@ const maxCached = 1024
 
 // Cache keeps parsed templates by their text, so that a publish from warm caches does not parse.
 type Cache struct {
-	mu     sync.Mutex
-	parsed map[string]*template.Template
+	mu      sync.Mutex
+	parsed  map[string]*template.Template
+	options []string // text/template options, e.g. missingkey=error
 }
 
-// NewCache returns an empty template cache.
-func NewCache() *Cache {
-	return &Cache{parsed: map[string]*template.Template{}}
+// Option changes how a Cache's templates parse and execute.
+type Option func(*Cache)
+
+// MissingKeyError makes a reference to a key a map lacks an execution error, instead of the
+// text "<no value>".
+func MissingKeyError() Option {
+	return func(c *Cache) { c.options = append(c.options, "missingkey=error") }
+}
+
+// NewCache returns an empty template cache with the full function set.
+func NewCache(opts ...Option) *Cache {
+	c := &Cache{parsed: map[string]*template.Template{}}
+	for _, o := range opts {
+		o(c)
+	}
+	return c
 }
 
 // Execute parses text (or takes it from the cache) and executes it over data.
 func (c *Cache) Execute(name, text string, data any) ([]byte, error) {
-	t, err := c.parse(name, text)
+	t, err := c.Parse(name, text)
 	if err != nil {
 		return nil, err
 	}
+	return execute(t, data)
+}
+
+func execute(t *template.Template, data any) ([]byte, error) {
 	var out bytes.Buffer
 	if err := t.Execute(&out, data); err != nil {
 		return nil, err
@@ -66,13 +84,14 @@ func (c *Cache) Execute(name, text string, data any) ([]byte, error) {
 	return out.Bytes(), nil
 }
 
-func (c *Cache) parse(name, text string) (*template.Template, error) {
+// Parse parses text, or takes it from the cache.
+func (c *Cache) Parse(name, text string) (*template.Template, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if t, ok := c.parsed[text]; ok {
 		return t, nil
 	}
-	t, err := template.New(name).Funcs(funcs).Parse(text)
+	t, err := template.New(name).Funcs(funcs).Option(c.options...).Parse(text)
 	if err != nil {
 		return nil, fmt.Errorf("parse: %w", err)
 	}
