@@ -172,11 +172,12 @@ func (c *Controller) evaluate(ctx context.Context, ar *v1alpha1.AccessRequest) (
 	}
 
 	why := revocation(ar, &pod, podErr, connErr)
+	subject := podSubject(&pod)
 	switch {
 	case podErr != nil || pod.UID != ref.UID:
 		c.setCondition(ar, v1alpha1.ConditionContextObjectValid, metav1.ConditionFalse, "NotFound", "Pod %s/%s (uid %s) no longer exists", ref.Namespace, ref.Name, ref.UID)
 	default:
-		c.setCondition(ar, v1alpha1.ConditionContextObjectValid, metav1.ConditionTrue, "Found", "Pod %s/%s, ServiceAccount %s", ref.Namespace, ref.Name, ar.Spec.Subject.Name)
+		c.setCondition(ar, v1alpha1.ConditionContextObjectValid, metav1.ConditionTrue, "Found", "Pod %s/%s, ServiceAccount %s", ref.Namespace, ref.Name, subject.Name)
 	}
 	if connErr != nil {
 		c.setCondition(ar, v1alpha1.ConditionConnectorResolved, metav1.ConditionFalse, "NotFound", "Connector %s/%s no longer exists", ar.Namespace, ar.Spec.ConnectorRef.Name)
@@ -185,6 +186,9 @@ func (c *Controller) evaluate(ctx context.Context, ar *v1alpha1.AccessRequest) (
 	}
 	if why != "" {
 		return c.revoke(ctx, ar, why)
+	}
+	if ar.Spec.Subject != subject {
+		return reconcile.Result{}, c.refuseSubject(ctx, ar, subject)
 	}
 
 	if len(ar.Status.Policies) == 0 {
@@ -213,7 +217,7 @@ func (c *Controller) evaluate(ctx context.Context, ar *v1alpha1.AccessRequest) (
 	switch outcome {
 	case v1alpha1.ReasonPassed:
 		c.setCondition(ar, v1alpha1.ConditionAccessCheckReady, metav1.ConditionTrue, v1alpha1.ReasonPassed, "%s", msg)
-		return c.grant(ctx, ar, rctx)
+		return c.grant(ctx, ar, rctx, subject)
 	case v1alpha1.ReasonPending:
 		c.setCondition(ar, v1alpha1.ConditionAccessCheckReady, metav1.ConditionUnknown, v1alpha1.ReasonPending, "%s", msg)
 		c.setCondition(ar, v1alpha1.ConditionAccessPermissionSync, metav1.ConditionUnknown, v1alpha1.ReasonPending, "access is granted once every check passes")
@@ -227,6 +231,27 @@ func (c *Controller) evaluate(ctx context.Context, ar *v1alpha1.AccessRequest) (
 		}
 	}
 	return reconcile.Result{}, nil
+}
+
+// podSubject is whom a request for the Pod may grant: the Pod's ServiceAccount. The request's
+// spec.subject is whatever its creator wrote, so it is only compared with this, never trusted.
+func podSubject(pod *corev1.Pod) rbacv1.Subject {
+	sa := pod.Spec.ServiceAccountName
+	if sa == "" {
+		sa = "default" // what the ServiceAccount admission plugin sets
+	}
+	return rbacv1.Subject{Kind: rbacv1.ServiceAccountKind, Name: sa, Namespace: pod.Namespace}
+}
+
+// refuseSubject fails a request whose spec names another subject than the Pod's: nothing is
+// granted to either, whatever the checks say.
+func (c *Controller) refuseSubject(ctx context.Context, ar *v1alpha1.AccessRequest, subject rbacv1.Subject) error {
+	s := ar.Spec.Subject
+	msg := fmt.Sprintf("the request's subject %s %s/%s is not the Pod's ServiceAccount %s/%s: nothing is granted",
+		s.Kind, s.Namespace, s.Name, subject.Namespace, subject.Name)
+	c.setCondition(ar, v1alpha1.ConditionAccessPermissionSync, metav1.ConditionFalse, v1alpha1.ReasonSubjectMismatch, "%s", msg)
+	c.setCondition(ar, v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonSubjectMismatch, "%s", msg)
+	return c.deleteGrant(ctx, ar)
 }
 
 // revocation says why a request's access must end, or "".
@@ -418,7 +443,7 @@ func unknownKind(err error) error {
 
 // grant creates or updates the Role and RoleBinding, owned by the request, from the policies'
 // role templates.
-func (c *Controller) grant(ctx context.Context, ar *v1alpha1.AccessRequest, rctx map[string]any) (reconcile.Result, error) {
+func (c *Controller) grant(ctx context.Context, ar *v1alpha1.AccessRequest, rctx map[string]any, subject rbacv1.Subject) (reconcile.Result, error) {
 	var rules []rbacv1.PolicyRule
 	for _, p := range ar.Status.Policies {
 		ref := p.PolicySpec.CheckGrantedPermission.Spec.RoleTemplate.Ref.ConfigMap
@@ -445,13 +470,13 @@ func (c *Controller) grant(ctx context.Context, ar *v1alpha1.AccessRequest, rctx
 	rb := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: ar.Name, Namespace: ar.Namespace}}
 	if _, err := controllerutil.CreateOrUpdate(ctx, c.Client, rb, func() error {
 		rb.RoleRef = rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: role.Name}
-		rb.Subjects = []rbacv1.Subject{ar.Spec.Subject}
+		rb.Subjects = []rbacv1.Subject{subject}
 		return controllerutil.SetControllerReference(ar, rb, c.Client.Scheme())
 	}); err != nil {
 		return c.syncFailed(ar, err)
 	}
 	c.setCondition(ar, v1alpha1.ConditionAccessPermissionSync, metav1.ConditionTrue, v1alpha1.ReasonSynced,
-		"Role and RoleBinding %s grant %s %s/%s access to Connector %s", ar.Name, ar.Spec.Subject.Kind, ar.Spec.Subject.Namespace, ar.Spec.Subject.Name, ar.Spec.ConnectorRef.Name)
+		"Role and RoleBinding %s grant %s %s/%s access to Connector %s", ar.Name, subject.Kind, subject.Namespace, subject.Name, ar.Spec.ConnectorRef.Name)
 	c.setCondition(ar, v1alpha1.ConditionReady, metav1.ConditionTrue, "Granted", "access granted to Pod %s/%s", ar.Spec.Context.ObjectRef.Namespace, ar.Spec.Context.ObjectRef.Name)
 	return reconcile.Result{}, nil
 }

@@ -9,10 +9,16 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/approval"
+	"github.com/kube-connectors/connectors-csi/node/records"
 	"github.com/kube-connectors/connectors-csi/test/kubelet"
 )
 
@@ -83,5 +89,62 @@ func TestApprovalsCannotBeBorrowed(t *testing.T) {
 				t.Fatalf("publish: %v, want FailedPrecondition saying %q", err, want)
 			}
 		})
+	}
+}
+
+// waitRequest waits until the AccessRequest's condition typ has a reason other than Pending
+// (the controller decided) and returns the request.
+func waitRequest(t *testing.T, key types.NamespacedName, typ string) *v1alpha1.AccessRequest {
+	t.Helper()
+	var ar v1alpha1.AccessRequest
+	if !kubelet.WaitUntil(20*time.Second, func() bool {
+		if cp.Client.Get(context.Background(), key, &ar) != nil {
+			return false
+		}
+		c := meta.FindStatusCondition(ar.Status.Conditions, typ)
+		return c != nil && c.Reason != v1alpha1.ReasonPending
+	}) {
+		t.Fatalf("AccessRequest %s: %s was never decided: %+v", key, typ, ar.Status.Conditions)
+	}
+	return &ar
+}
+
+// TestAccessRequestSubjectComesFromThePod: an AccessRequest for a real Pod whose checks pass,
+// but whose spec names another subject than the Pod's ServiceAccount, grants nothing, and
+// says why; made under the name the driver would use, it fails the Pod's publish.
+func TestAccessRequestSubjectComesFromThePod(t *testing.T) {
+	setupApproval(t)
+	env := startProxyDriver(t, nil)
+	ns := newNamespace(t)
+	pipelineGate(t, ns)
+	approvalTask(t, ns, "release-1", "approved")
+	pod := pipelineRunPod(t, env.kubelet, ns, "release-1", "promote", map[string]string{"connectors": "prod"})
+	forged := &v1alpha1.AccessRequest{
+		ObjectMeta: metav1.ObjectMeta{Name: approval.RequestName("prod", records.Pod{Namespace: ns, Name: pod.Name, UID: string(pod.UID)}),
+			Namespace: ns, Labels: map[string]string{
+				v1alpha1.LabelAccessRequestConnector: "prod", v1alpha1.LabelContextObjectKind: "Pod",
+				v1alpha1.LabelContextObjectName: pod.Name, v1alpha1.LabelContextObjectNamespace: ns}},
+		Spec: v1alpha1.AccessRequestSpec{
+			Subject:      rbacv1.Subject{Kind: rbacv1.ServiceAccountKind, Name: "intruder", Namespace: ns},
+			ConnectorRef: v1alpha1.LocalObjectRef{Name: "prod"},
+			Context: v1alpha1.AccessContext{ObjectRef: v1alpha1.ContextObjectRef{
+				APIVersion: "v1", Kind: "Pod", Name: pod.Name, Namespace: ns, UID: pod.UID}},
+		},
+	}
+	create(t, forged)
+	ar := waitRequest(t, client.ObjectKeyFromObject(forged), v1alpha1.ConditionAccessPermissionSync)
+	var rb rbacv1.RoleBinding
+	if err := cp.Client.Get(context.Background(), client.ObjectKeyFromObject(forged), &rb); !apierrors.IsNotFound(err) {
+		t.Errorf("a RoleBinding for the forged request exists (%v): subjects %+v", err, rb.Subjects)
+	}
+	for _, typ := range []string{v1alpha1.ConditionAccessPermissionSync, v1alpha1.ConditionReady} {
+		c := meta.FindStatusCondition(ar.Status.Conditions, typ)
+		if c == nil || c.Status != metav1.ConditionFalse || c.Reason != "SubjectMismatch" ||
+			!strings.Contains(c.Message, ns+"/intruder") || !strings.Contains(c.Message, ns+"/builder") {
+			t.Errorf("%s: %+v, want False/SubjectMismatch naming %s/intruder and %s/builder", typ, c, ns, ns)
+		}
+	}
+	if err := publishOutcome(t, env, pod); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "is not the Pod's ServiceAccount") {
+		t.Errorf("publish with the forged request: %v, want FailedPrecondition naming the subject mismatch", err)
 	}
 }

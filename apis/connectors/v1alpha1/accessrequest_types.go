@@ -30,6 +30,9 @@ const (
 	ReasonSyncFailed           = "SyncFailed"
 	ReasonPermissionCleanUp    = "PermissionCleanUp"
 	ReasonNoPermissionRequired = "NoPermissionRequired"
+	// ReasonSubjectMismatch (AccessPermissionSync, Ready): spec.subject is not the Pod's
+	// ServiceAccount; nothing is granted.
+	ReasonSubjectMismatch = "SubjectMismatch"
 )
 
 // Check states.
