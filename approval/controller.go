@@ -456,7 +456,7 @@ func (c *Controller) grant(ctx context.Context, ar *v1alpha1.AccessRequest, rctx
 		}
 		r, err := c.templates.Rules(&cm, rctx)
 		if err != nil {
-			return c.syncFailed(ar, err)
+			return reconcile.Result{}, c.refuseRoleTemplate(ctx, ar, p.Name, err)
 		}
 		rules = append(rules, r...)
 	}
@@ -479,6 +479,14 @@ func (c *Controller) grant(ctx context.Context, ar *v1alpha1.AccessRequest, rctx
 		"Role and RoleBinding %s grant %s %s/%s access to Connector %s", ar.Name, subject.Kind, subject.Namespace, subject.Name, ar.Spec.ConnectorRef.Name)
 	c.setCondition(ar, v1alpha1.ConditionReady, metav1.ConditionTrue, "Granted", "access granted to Pod %s/%s", ar.Spec.Context.ObjectRef.Namespace, ar.Spec.Context.ObjectRef.Name)
 	return reconcile.Result{}, nil
+}
+
+// refuseRoleTemplate fails a request whose role template cannot give a grant (it does not
+// render, or renders a rule outside the allow-list): nothing is granted until it is fixed.
+func (c *Controller) refuseRoleTemplate(ctx context.Context, ar *v1alpha1.AccessRequest, policy string, err error) error {
+	c.setCondition(ar, v1alpha1.ConditionAccessPermissionSync, metav1.ConditionFalse, v1alpha1.ReasonInvalidRoleTemplate, "policy %s: %v", policy, err)
+	c.setCondition(ar, v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonInvalidRoleTemplate, "nothing is granted: policy %s: %v", policy, err)
+	return c.deleteGrant(ctx, ar)
 }
 
 func (c *Controller) syncFailed(ar *v1alpha1.AccessRequest, err error) (reconcile.Result, error) {

@@ -186,7 +186,7 @@ func verdict(ar *v1alpha1.AccessRequest) *node.Admission {
 	switch {
 	case ready != nil && ready.Status == metav1.ConditionTrue:
 		return &node.Admission{Granted: true, AccessRequest: name}
-	case ready != nil && ready.Reason == v1alpha1.ReasonSubjectMismatch:
+	case ready != nil && (ready.Reason == v1alpha1.ReasonSubjectMismatch || ready.Reason == v1alpha1.ReasonInvalidRoleTemplate):
 		return &node.Admission{AccessRequest: name, Failed: true, Message: ready.Message}
 	case check != nil && (check.Reason == v1alpha1.ReasonRejected || check.Reason == v1alpha1.ReasonFailed):
 		return &node.Admission{AccessRequest: name, Rejected: check.Reason == v1alpha1.ReasonRejected,

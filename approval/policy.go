@@ -104,9 +104,13 @@ func (c *PolicyController) Reconcile(ctx context.Context, req reconcile.Request)
 	}
 
 	syncErr := c.syncDefaultPermission(ctx, p, matched)
+	syncReason := v1alpha1.ReasonSyncFailed
+	if isInvalidRoleTemplate(syncErr) {
+		syncReason = v1alpha1.ReasonInvalidRoleTemplate
+	}
 	switch {
 	case syncErr != nil:
-		set(v1alpha1.ConditionPermissionSync, false, v1alpha1.ReasonSyncFailed, "%v", syncErr)
+		set(v1alpha1.ConditionPermissionSync, false, syncReason, "%v", syncErr)
 	case p.Spec.DefaultPermission == nil:
 		set(v1alpha1.ConditionPermissionSync, true, v1alpha1.ReasonNoPermissionRequired, "the policy has no defaultPermission")
 	default:
@@ -115,7 +119,7 @@ func (c *PolicyController) Reconcile(ctx context.Context, req reconcile.Request)
 	checkProblem := c.validateChecks(ctx, p)
 	switch {
 	case syncErr != nil:
-		set(v1alpha1.ConditionReady, false, v1alpha1.ReasonSyncFailed, "the default permission could not be written: %v", syncErr)
+		set(v1alpha1.ConditionReady, false, syncReason, "the default permission could not be written: %v", syncErr)
 	case checkProblem != "":
 		set(v1alpha1.ConditionReady, false, "InvalidCheck", "%s; requests gated by this policy are never granted until it is fixed", checkProblem)
 	default:

@@ -19,23 +19,41 @@ import (
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/approval"
 	"github.com/kube-connectors/connectors-csi/node/records"
+	"github.com/kube-connectors/connectors-csi/test/gitserver"
 	"github.com/kube-connectors/connectors-csi/test/kubelet"
 )
 
 // The tenant-isolation tests of the approval side (SPEC §4.7): a hostile tenant creates
 // Connectors, Pods and AccessPolicies (and AccessRequests) in its own namespace, nothing more.
 
-// pipelineGate creates, in ns, the Connector prod (the git class, for tool) usable by builder,
-// gated by policy promote with the built-in checks and role template.
+// pipelineGate creates, in ns, the Connector prod (the git class, for a Git server) usable by
+// builder, gated by policy promote with the built-in check and role template.
 func pipelineGate(t *testing.T, ns string) {
 	t.Helper()
-	tool := startGitServer(t, false)
-	gitConnector(t, ns, "prod", gitClass(t), tool)
-	allowConnectors(t, ns, "builder", "prod")
-	policy := gatingPolicy("promote", "prod", v1alpha1.Check{Name: "approval",
+	gatedConnector(t, ns, "prod", gitClass(t), startGitServer(t, false), "connectors-use-connectors-proxy-in-pod")
+}
+
+// gatedConnector creates a git Connector usable (get) by builder and gated by a policy of the
+// same name with the built-in check (the approval of the Pod's PipelineRun) and roleTemplate.
+func gatedConnector(t *testing.T, ns, name, class string, tool *gitserver.Server, roleTemplate string) {
+	t.Helper()
+	gitConnector(t, ns, name, class, tool)
+	allowConnectorsAs(t, ns, "builder", "use-"+name, name)
+	policy := gatingPolicy(name, name, v1alpha1.Check{Name: "approval",
 		Ref: &v1alpha1.TemplateRef{ConfigMap: &v1alpha1.ConfigMapRef{Name: "connectors-approvals-in-pipeline"}}})
 	policy.Namespace = ns
+	policy.Spec.CheckGrantedPermission.Spec.RoleTemplate = roleRef(roleTemplate)
 	create(t, policy)
+}
+
+// roleTemplate creates a role template ConfigMap in the system namespace for the test.
+func roleTemplate(t *testing.T, name, rules string) string {
+	t.Helper()
+	create(t, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: systemNS}, Data: map[string]string{"rules": rules}})
+	t.Cleanup(func() {
+		_ = cp.Client.Delete(context.Background(), &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: systemNS}})
+	})
+	return name
 }
 
 // publishOutcome publishes until the answer is no longer Unavailable (the controller has not
@@ -147,4 +165,98 @@ func TestAccessRequestSubjectComesFromThePod(t *testing.T) {
 	if err := publishOutcome(t, env, pod); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "is not the Pod's ServiceAccount") {
 		t.Errorf("publish with the forged request: %v, want FailedPrecondition naming the subject mismatch", err)
 	}
+}
+
+// TestRoleTemplatesAreCheckedAndEscaped: a role template whose rules reach beyond Connectors
+// grants nothing (for a request and for a policy's defaultPermission) and says which rule;
+// a Pod's annotation read by a role template stays one string: it cannot add a rule or a
+// resource name.
+func TestRoleTemplatesAreCheckedAndEscaped(t *testing.T) {
+	setupApproval(t)
+	env := startProxyDriver(t, nil)
+	ctx := context.Background()
+	ns := newNamespace(t)
+	tool, git := startGitServer(t, false), gitClass(t)
+	approvalTask(t, ns, "release-1", "approved")
+	annotated := roleTemplate(t, ns+"-annotated", `- apiGroups: [connectors.alauda.io]
+  resources: [connectors/proxy]
+  verbs: ["*"]
+  resourceNames: ['{{ index .object.metadata.annotations "example.com/connector" }}']
+`)
+
+	forbidden := []struct{ name, rules, rule string }{
+		{"secrets", "- apiGroups: [\"\"]\n  resources: [secrets]\n  verbs: [get]\n", "secrets"},
+		{"roles", "- apiGroups: [rbac.authorization.k8s.io]\n  resources: [roles]\n  verbs: [\"*\"]\n", "rbac.authorization.k8s.io"},
+		{"connector-write", "- apiGroups: [connectors.alauda.io]\n  resources: [connectors]\n  verbs: [update]\n", "update"},
+	}
+	for _, tc := range forbidden {
+		t.Run("a role template granting "+tc.name, func(t *testing.T) {
+			gatedConnector(t, ns, tc.name, git, tool, roleTemplate(t, ns+"-"+tc.name, tc.rules))
+			pod := pipelineRunPod(t, env.kubelet, ns, "release-1", tc.name, map[string]string{"connectors": tc.name})
+			err := publishOutcome(t, env, pod)
+			if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), tc.rule) {
+				t.Errorf("publish: %v, want FailedPrecondition naming the rule (%s)", err, tc.rule)
+			}
+			key := types.NamespacedName{Namespace: ns, Name: approval.RequestName(tc.name, records.Pod{Namespace: ns, Name: pod.Name, UID: string(pod.UID)})}
+			ar := waitRequest(t, key, v1alpha1.ConditionAccessPermissionSync)
+			if c := meta.FindStatusCondition(ar.Status.Conditions, v1alpha1.ConditionAccessPermissionSync); c.Status != metav1.ConditionFalse || !strings.Contains(c.Message, tc.rule) {
+				t.Errorf("AccessPermissionSync %+v does not refuse naming the rule", c)
+			}
+			if err := cp.Client.Get(ctx, key, &rbacv1.Role{}); !apierrors.IsNotFound(err) {
+				t.Errorf("the Role of the refused request exists: %v", err)
+			}
+		})
+	}
+	t.Run("defaultPermission with a role template granting secrets", func(t *testing.T) {
+		newConnector(t, ns, "everyday", git, tool.URL)
+		create(t, &v1alpha1.AccessPolicy{ObjectMeta: metav1.ObjectMeta{Name: "everyday", Namespace: ns},
+			Spec: v1alpha1.AccessPolicySpec{
+				Connector: v1alpha1.ConnectorSelector{Names: []string{"everyday"}},
+				DefaultPermission: &v1alpha1.DefaultPermission{RoleTemplate: roleRef(roleTemplate(t, ns+"-default", forbidden[0].rules)),
+					BindingTemplate: v1alpha1.BindingTemplate{ServiceAccounts: []v1alpha1.ServiceAccountSelector{{
+						Names: []string{"builder"}, NamespaceSelector: v1alpha1.NamespaceSelector{Names: []string{ns}}}}}},
+			}})
+		p := waitPolicy(t, ns, "everyday", metav1.ConditionFalse, "InvalidRoleTemplate")
+		if c := meta.FindStatusCondition(p.Status.Conditions, v1alpha1.ConditionPermissionSync); c.Status != metav1.ConditionFalse || !strings.Contains(c.Message, "secrets") {
+			t.Errorf("PermissionSync %+v does not refuse naming the rule", c)
+		}
+		if err := cp.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "connectors-default-everyday"}, &rbacv1.Role{}); !apierrors.IsNotFound(err) {
+			t.Errorf("the default permission's Role exists: %v", err)
+		}
+	})
+
+	annotatedPod := func(t *testing.T, task, value string) (*corev1.Pod, types.NamespacedName) {
+		gatedConnector(t, ns, task, git, tool, annotated)
+		pod := pipelineRunPod(t, env.kubelet, ns, "release-1", task, map[string]string{"connectors": task})
+		pod.Annotations = map[string]string{"example.com/connector": value}
+		if err := cp.Client.Update(ctx, pod); err != nil {
+			t.Fatal(err)
+		}
+		return pod, types.NamespacedName{Namespace: ns, Name: approval.RequestName(task, records.Pod{Namespace: ns, Name: pod.Name, UID: string(pod.UID)})}
+	}
+	t.Run("an annotation cannot add a resource name", func(t *testing.T) {
+		value := "flow', 'prod"
+		pod, key := annotatedPod(t, "flow", value)
+		if err := publishOutcome(t, env, pod); err != nil {
+			t.Fatalf("publish: %v", err)
+		}
+		var role rbacv1.Role
+		if err := cp.Client.Get(ctx, key, &role); err != nil {
+			t.Fatal(err)
+		}
+		if len(role.Rules) != 1 || len(role.Rules[0].ResourceNames) != 1 || role.Rules[0].ResourceNames[0] != value {
+			t.Errorf("the Role grants %+v, want one rule on the one resource name %q", role.Rules, value)
+		}
+	})
+	t.Run("an annotation cannot add a rule", func(t *testing.T) {
+		pod, key := annotatedPod(t, "block", "block']\n- apiGroups: [connectors.alauda.io]\n  resources: [connectors/proxy]\n  verbs: ['*")
+		err := publishOutcome(t, env, pod)
+		var role rbacv1.Role
+		if getErr := cp.Client.Get(ctx, key, &role); getErr == nil {
+			t.Errorf("the Role grants %+v", role.Rules)
+		}
+		if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "control character") {
+			t.Errorf("publish: %v, want FailedPrecondition naming the control character", err)
+		}
+	})
 }

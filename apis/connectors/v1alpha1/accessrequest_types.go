@@ -33,6 +33,9 @@ const (
 	// ReasonSubjectMismatch (AccessPermissionSync, Ready): spec.subject is not the Pod's
 	// ServiceAccount; nothing is granted.
 	ReasonSubjectMismatch = "SubjectMismatch"
+	// ReasonInvalidRoleTemplate (AccessPermissionSync, Ready; an AccessPolicy's PermissionSync
+	// and Ready): the role template does not render, or renders a rule outside the allow-list.
+	ReasonInvalidRoleTemplate = "InvalidRoleTemplate"
 )
 
 // Check states.
