@@ -119,10 +119,14 @@ func (c *Controller) requestsOfCheckObject(ctx context.Context, o client.Object)
 	return out
 }
 
-// watchKind starts, once, an informer for a check kind and wakes requests on its changes.
+// watchKind starts, once, an informer for a check kind and wakes requests on its changes; a
+// kind checkKind refuses gets none.
 func (c *Controller) watchKind(ctx context.Context, gvk schema.GroupVersionKind) error {
 	if _, done := c.watched.Load(gvk); done {
 		return nil
+	}
+	if err := checkKind(ctx, c.Client, gvk); err != nil {
+		return err
 	}
 	u := &unstructured.Unstructured{}
 	u.SetGroupVersionKind(gvk)
@@ -384,7 +388,7 @@ func (c *Controller) evaluateCheck(ctx context.Context, ar *v1alpha1.AccessReque
 		return fail("objectRef apiVersion %q: %v", spec.Selector.ObjectRef.APIVersion, err)
 	}
 	gvk := gv.WithKind(spec.Selector.ObjectRef.Kind)
-	matchLabels, err := c.templates.MatchLabels(spec, rctx)
+	matchLabels, err := c.templates.MatchLabels(spec, rctx, check.Ref == nil)
 	var notInChain *notInOwnerChain
 	switch {
 	case errors.As(err, &notInChain):
@@ -411,7 +415,7 @@ func (c *Controller) evaluateCheck(ctx context.Context, ar *v1alpha1.AccessReque
 	var details []string
 	for i := range list.Items {
 		obj := &list.Items[i]
-		state, err := c.states.state(obj, spec)
+		state, err := c.states.state(ctx, obj, spec)
 		if err != nil {
 			return fail("%v", err)
 		}

@@ -11,6 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -140,26 +141,44 @@ func (c *PolicyController) validateChecks(ctx context.Context, p *v1alpha1.Acces
 	}
 	var problems []string
 	for _, check := range p.Spec.CheckGrantedPermission.Spec.Checks {
-		spec := check.Spec
-		if check.Ref != nil && check.Ref.ConfigMap != nil {
-			var cm corev1.ConfigMap
-			if err := c.Reader.Get(ctx, types.NamespacedName{Namespace: c.SystemNamespace, Name: check.Ref.ConfigMap.Name}, &cm); err != nil {
-				problems = append(problems, fmt.Sprintf("check %s: ConfigMap %s/%s: %v", check.Name, c.SystemNamespace, check.Ref.ConfigMap.Name, err))
-				continue
-			}
-			var err error
-			if spec, err = c.templates.Check(&cm); err != nil {
-				problems = append(problems, fmt.Sprintf("check %s: %v", check.Name, err))
-				continue
-			}
-		}
-		if spec != nil && spec.State != nil && spec.State.CEL != "" {
-			if _, err := c.states.compile(spec.State.CEL); err != nil {
-				problems = append(problems, fmt.Sprintf("check %s: %v", check.Name, err))
-			}
+		if err := c.validateCheck(ctx, check); err != nil {
+			problems = append(problems, fmt.Sprintf("check %s: %v", check.Name, err))
 		}
 	}
 	return strings.Join(problems, "; ")
+}
+
+// validateCheck finds what can be known of a check before a Pod asks: its template ConfigMap,
+// the parse of its label templates (an inline one is a tenant's: no loops), its CEL and
+// whether its kind may be read (checkKind).
+func (c *PolicyController) validateCheck(ctx context.Context, check v1alpha1.Check) error {
+	spec := check.Spec
+	if check.Ref != nil && check.Ref.ConfigMap != nil {
+		var cm corev1.ConfigMap
+		if err := c.Reader.Get(ctx, types.NamespacedName{Namespace: c.SystemNamespace, Name: check.Ref.ConfigMap.Name}, &cm); err != nil {
+			return fmt.Errorf("ConfigMap %s/%s: %w", c.SystemNamespace, check.Ref.ConfigMap.Name, err)
+		}
+		var err error
+		if spec, err = c.templates.Check(&cm); err != nil {
+			return err
+		}
+	}
+	if spec == nil {
+		return nil
+	}
+	if err := c.templates.CheckMatchLabels(spec, check.Ref == nil); err != nil {
+		return err
+	}
+	if spec.State != nil && spec.State.CEL != "" {
+		if _, err := c.states.compile(spec.State.CEL); err != nil {
+			return err
+		}
+	}
+	gv, err := schema.ParseGroupVersion(spec.Selector.ObjectRef.APIVersion)
+	if err != nil {
+		return fmt.Errorf("objectRef apiVersion %q: %w", spec.Selector.ObjectRef.APIVersion, err)
+	}
+	return checkKind(ctx, c.Client, gv.WithKind(spec.Selector.ObjectRef.Kind))
 }
 
 // syncDefaultPermission writes (or removes) the policy's default Role and RoleBinding.

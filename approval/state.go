@@ -1,13 +1,28 @@
 package approval
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"strings"
 	"sync"
+	"time"
 
 	"github.com/google/cel-go/cel"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+)
+
+// Limits of a check's CEL state expression, which a tenant may write and the leader runs.
+const (
+	// celCostLimit is cel-go's runtime cost of one evaluation, as Kubernetes bounds a CEL
+	// validation rule per call.
+	celCostLimit = 1_000_000
+	// celTimeout bounds one evaluation by the clock too; comprehensions check it every
+	// celInterruptEvery iterations.
+	celTimeout        = time.Second
+	celInterruptEvery = 100
 )
 
 // states reads check states: a CEL expression over `object`, or the object's status.state.
@@ -37,7 +52,8 @@ func (s *states) compile(expr string) (cel.Program, error) {
 	if iss.Err() != nil {
 		return nil, fmt.Errorf("invalid CEL %q: %w", expr, iss.Err())
 	}
-	p, err := s.env.Program(ast)
+	p, err := s.env.Program(ast, cel.CostLimit(celCostLimit), cel.EvalOptions(cel.OptTrackCost),
+		cel.InterruptCheckFrequency(celInterruptEvery))
 	if err != nil {
 		return nil, fmt.Errorf("invalid CEL %q: %w", expr, err)
 	}
@@ -45,21 +61,14 @@ func (s *states) compile(expr string) (cel.Program, error) {
 	return p, nil
 }
 
-// state returns one of approved, passed, rejected or pending for a matched object.
-func (s *states) state(obj *unstructured.Unstructured, check *v1alpha1.CheckSpec) (string, error) {
+// state returns one of approved, passed, rejected or pending for a matched object. Its errors
+// name types, never values: the object is not the message reader's to see.
+func (s *states) state(ctx context.Context, obj *unstructured.Unstructured, check *v1alpha1.CheckSpec) (string, error) {
 	var state string
 	if check.State != nil && check.State.CEL != "" {
-		p, err := s.compile(check.State.CEL)
+		v, err := s.evaluate(ctx, obj, check.State.CEL)
 		if err != nil {
 			return "", err
-		}
-		out, _, err := p.Eval(map[string]any{"object": obj.Object})
-		if err != nil {
-			return "", fmt.Errorf("CEL %q on %s %s: %w", check.State.CEL, obj.GetKind(), obj.GetName(), err)
-		}
-		v, ok := out.Value().(string)
-		if !ok {
-			return "", fmt.Errorf("CEL %q yields %v, not a string", check.State.CEL, out.Value())
 		}
 		state = v
 	} else {
@@ -72,5 +81,41 @@ func (s *states) state(obj *unstructured.Unstructured, check *v1alpha1.CheckSpec
 	case "":
 		return v1alpha1.StatePending, nil
 	}
-	return "", fmt.Errorf("%s %s has state %q, not one of approved, passed, rejected, pending", obj.GetKind(), obj.GetName(), state)
+	return "", fmt.Errorf("%s %s has a state that is not one of approved, passed, rejected, pending", obj.GetKind(), obj.GetName())
+}
+
+// evaluate runs a state expression within its cost and time limits.
+func (s *states) evaluate(ctx context.Context, obj *unstructured.Unstructured, expr string) (string, error) {
+	p, err := s.compile(expr)
+	if err != nil {
+		return "", err
+	}
+	ctx, cancel := context.WithTimeout(ctx, celTimeout)
+	defer cancel()
+	out, _, err := p.ContextEval(ctx, map[string]any{"object": obj.Object})
+	if err != nil {
+		return "", fmt.Errorf("CEL %q on %s %s: %s", expr, obj.GetKind(), obj.GetName(), evalProblem(ctx, expr, err))
+	}
+	v, ok := out.Value().(string)
+	if !ok {
+		return "", fmt.Errorf("CEL %q yields a %s, not a string", expr, out.Type().TypeName())
+	}
+	return v, nil
+}
+
+// evalProblem says why an evaluation failed without cel-go's message where that can quote the
+// object (a failed conversion prints the value it could not convert): a missing key is named
+// only when the expression itself spells it.
+func evalProblem(ctx context.Context, expr string, err error) string {
+	msg := err.Error()
+	switch {
+	case strings.Contains(msg, "cost limit exceeded"):
+		return fmt.Sprintf("it exceeded the cost limit (%d)", celCostLimit)
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		return fmt.Sprintf("it ran longer than %s", celTimeout)
+	}
+	if key, ok := strings.CutPrefix(msg, "no such key: "); ok && strings.Contains(expr, key) {
+		return msg
+	}
+	return "evaluation failed (cel-go's message is withheld: it can quote the object)"
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"text/template"
 
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -23,10 +24,11 @@ const (
 // Templates renders role and check templates; it is safe for concurrent use.
 type Templates struct{ cache *templates.Cache }
 
-// NewTemplates returns a template renderer. A template that reads a key its context lacks
-// fails instead of rendering "<no value>".
+// NewTemplates returns a template renderer with the restricted function set and limits (role
+// and check templates run on the leader, some written by tenants). A template that reads a key
+// its context lacks fails instead of rendering "<no value>".
 func NewTemplates() *Templates {
-	return &Templates{cache: templates.NewCache(templates.MissingKeyError())}
+	return &Templates{cache: templates.NewCache(templates.MissingKeyError(), templates.Restricted())}
 }
 
 // Rules decodes a role template ConfigMap's data.rules into RBAC PolicyRules, renders each of
@@ -118,22 +120,24 @@ func (t *Templates) Check(cm *corev1.ConfigMap) (*v1alpha1.CheckSpec, error) {
 	return &spec, nil
 }
 
-// MatchLabels renders a check's label values over the request context. A value that reads
-// an owner the Pod's verified owner chain lacks fails with a *notInOwnerChain; one that does
-// not render a valid label value fails too, so that no check matches on garbage.
-func (t *Templates) MatchLabels(spec *v1alpha1.CheckSpec, context map[string]any) (map[string]string, error) {
+// MatchLabels renders a check's label values over the request context; untrusted values (an
+// AccessPolicy's inline check, written by a tenant) may not loop (see
+// templates.Cache.ExecuteUntrusted). A value that reads an owner the Pod's verified owner chain
+// lacks fails with a *notInOwnerChain; one that does not render a valid label value fails too,
+// so that no check matches on garbage.
+func (t *Templates) MatchLabels(spec *v1alpha1.CheckSpec, context map[string]any, untrusted bool) (map[string]string, error) {
 	out := make(map[string]string, len(spec.Selector.MatchLabels))
 	for k, v := range spec.Selector.MatchLabels {
-		tmpl, err := t.cache.Parse(k, v)
+		tmpl, err := t.parseLabel(k, v, untrusted)
 		if err != nil {
-			return nil, fmt.Errorf("matchLabels[%s]: %w", k, err)
+			return nil, err
 		}
 		for _, key := range []string{keyPipelineRun, keyTaskRun} {
 			if _, ok := context[key]; !ok && templates.UsesField(tmpl, key) {
 				return nil, &notInOwnerChain{key: key}
 			}
 		}
-		b, err := t.cache.Execute(k, v, context)
+		b, err := t.cache.Execute(k, v, context) // vetted by parseLabel
 		if err != nil {
 			return nil, fmt.Errorf("matchLabels[%s]: %w", k, err)
 		}
@@ -143,4 +147,26 @@ func (t *Templates) MatchLabels(spec *v1alpha1.CheckSpec, context map[string]any
 		out[k] = string(b)
 	}
 	return out, nil
+}
+
+// CheckMatchLabels parses a check's label values as MatchLabels would, for a policy's status.
+func (t *Templates) CheckMatchLabels(spec *v1alpha1.CheckSpec, untrusted bool) error {
+	for k, v := range spec.Selector.MatchLabels {
+		if _, err := t.parseLabel(k, v, untrusted); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (t *Templates) parseLabel(k, v string, untrusted bool) (*template.Template, error) {
+	parse := t.cache.Parse
+	if untrusted {
+		parse = t.cache.ParseUntrusted
+	}
+	tmpl, err := parse(k, v)
+	if err != nil {
+		return nil, fmt.Errorf("matchLabels[%s]: %w", k, err)
+	}
+	return tmpl, nil
 }

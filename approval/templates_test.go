@@ -70,7 +70,7 @@ func TestBuiltinCheckTemplate(t *testing.T) {
 	if spec.Selector.ObjectRef.Kind != "ApprovalTask" || spec.Selector.ObjectRef.APIVersion != "openshift-pipelines.org/v1alpha1" {
 		t.Fatalf("objectRef %+v", spec.Selector.ObjectRef)
 	}
-	labels, err := tpl.MatchLabels(spec, testContext())
+	labels, err := tpl.MatchLabels(spec, testContext(), false)
 	if err != nil || labels["tekton.dev/pipelineRun"] != "run-1" {
 		t.Fatalf("matchLabels %v %v", labels, err)
 	}
@@ -87,7 +87,7 @@ func TestCheckOutsideAnOwnerChainSaysSo(t *testing.T) {
 		for _, k := range drop {
 			delete(ctx, k)
 		}
-		_, err := tpl.MatchLabels(spec, ctx)
+		_, err := tpl.MatchLabels(spec, ctx, false)
 		var missing *notInOwnerChain
 		if !errors.As(err, &missing) || missing.key != "pipelineRun" ||
 			err.Error() != "the Pod is not run by a TaskRun of a PipelineRun (owner chain checked by UID)" {
@@ -100,7 +100,7 @@ func TestMatchLabelsRefuseWhatIsNoLabelValue(t *testing.T) {
 	tpl := NewTemplates()
 	for _, v := range []string{`{{ .object.metadata.nope }}`, `{{ index .object.metadata.labels "nope" }}`, `a b`} {
 		spec := &v1alpha1.CheckSpec{Selector: v1alpha1.CheckSelector{MatchLabels: map[string]string{"k": v}}}
-		if labels, err := tpl.MatchLabels(spec, testContext()); err == nil {
+		if labels, err := tpl.MatchLabels(spec, testContext(), true); err == nil {
 			t.Errorf("%s rendered %v", v, labels)
 		}
 	}

@@ -1,6 +1,7 @@
 package templates
 
 import (
+	"fmt"
 	"text/template"
 	"text/template/parse"
 )
@@ -81,4 +82,25 @@ func UsesField(t *template.Template, key string) bool {
 		})
 	}
 	return found
+}
+
+// checkStraightLine refuses the actions that repeat work: range (a loop), and define,
+// template and block (a template may call itself).
+func checkStraightLine(t *template.Template) error {
+	if len(t.Templates()) > 1 {
+		return fmt.Errorf("define and block are not allowed here")
+	}
+	var found string
+	walk(t.Tree.Root, func(n parse.Node) {
+		switch n.(type) {
+		case *parse.RangeNode:
+			found = "range"
+		case *parse.TemplateNode:
+			found = "template"
+		}
+	})
+	if found != "" {
+		return fmt.Errorf("%s is not allowed here", found)
+	}
+	return nil
 }

@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -13,11 +15,13 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/approval"
+	"github.com/kube-connectors/connectors-csi/driver"
 	"github.com/kube-connectors/connectors-csi/node/records"
 	"github.com/kube-connectors/connectors-csi/test/gitserver"
 	"github.com/kube-connectors/connectors-csi/test/kubelet"
@@ -26,21 +30,26 @@ import (
 // The tenant-isolation tests of the approval side (SPEC §4.7): a hostile tenant creates
 // Connectors, Pods and AccessPolicies (and AccessRequests) in its own namespace, nothing more.
 
+// pipelineCheck is the built-in check: the approval of the Pod's PipelineRun.
+var pipelineCheck = v1alpha1.Check{Name: "approval", Ref: &v1alpha1.TemplateRef{ConfigMap: &v1alpha1.ConfigMapRef{Name: "connectors-approvals-in-pipeline"}}}
+
+// podRole is the built-in role template: connectors/proxy for the one Pod.
+const podRole = "connectors-use-connectors-proxy-in-pod"
+
 // pipelineGate creates, in ns, the Connector prod (the git class, for a Git server) usable by
-// builder, gated by policy promote with the built-in check and role template.
+// builder, gated by policy prod with the built-in check and role template.
 func pipelineGate(t *testing.T, ns string) {
 	t.Helper()
-	gatedConnector(t, ns, "prod", gitClass(t), startGitServer(t, false), "connectors-use-connectors-proxy-in-pod")
+	gatedConnector(t, ns, "prod", gitClass(t), startGitServer(t, false), pipelineCheck, podRole)
 }
 
 // gatedConnector creates a git Connector usable (get) by builder and gated by a policy of the
-// same name with the built-in check (the approval of the Pod's PipelineRun) and roleTemplate.
-func gatedConnector(t *testing.T, ns, name, class string, tool *gitserver.Server, roleTemplate string) {
+// same name with check and roleTemplate.
+func gatedConnector(t *testing.T, ns, name, class string, tool *gitserver.Server, check v1alpha1.Check, roleTemplate string) {
 	t.Helper()
 	gitConnector(t, ns, name, class, tool)
 	allowConnectorsAs(t, ns, "builder", "use-"+name, name)
-	policy := gatingPolicy(name, name, v1alpha1.Check{Name: "approval",
-		Ref: &v1alpha1.TemplateRef{ConfigMap: &v1alpha1.ConfigMapRef{Name: "connectors-approvals-in-pipeline"}}})
+	policy := gatingPolicy(name, name, check)
 	policy.Namespace = ns
 	policy.Spec.CheckGrantedPermission.Spec.RoleTemplate = roleRef(roleTemplate)
 	create(t, policy)
@@ -191,7 +200,7 @@ func TestRoleTemplatesAreCheckedAndEscaped(t *testing.T) {
 	}
 	for _, tc := range forbidden {
 		t.Run("a role template granting "+tc.name, func(t *testing.T) {
-			gatedConnector(t, ns, tc.name, git, tool, roleTemplate(t, ns+"-"+tc.name, tc.rules))
+			gatedConnector(t, ns, tc.name, git, tool, pipelineCheck, roleTemplate(t, ns+"-"+tc.name, tc.rules))
 			pod := pipelineRunPod(t, env.kubelet, ns, "release-1", tc.name, map[string]string{"connectors": tc.name})
 			err := publishOutcome(t, env, pod)
 			if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), tc.rule) {
@@ -226,7 +235,7 @@ func TestRoleTemplatesAreCheckedAndEscaped(t *testing.T) {
 	})
 
 	annotatedPod := func(t *testing.T, task, value string) (*corev1.Pod, types.NamespacedName) {
-		gatedConnector(t, ns, task, git, tool, annotated)
+		gatedConnector(t, ns, task, git, tool, pipelineCheck, annotated)
 		pod := pipelineRunPod(t, env.kubelet, ns, "release-1", task, map[string]string{"connectors": task})
 		pod.Annotations = map[string]string{"example.com/connector": value}
 		if err := cp.Client.Update(ctx, pod); err != nil {
@@ -259,4 +268,83 @@ func TestRoleTemplatesAreCheckedAndEscaped(t *testing.T) {
 			t.Errorf("publish: %v, want FailedPrecondition naming the control character", err)
 		}
 	})
+}
+
+// TestTenantChecksAreBounded: what a tenant writes into an AccessPolicy's inline check runs
+// with restricted template functions, straight-line templates, a CEL cost limit and messages
+// that print no value of the matched object; a check kind that is a Secret, or that the
+// controller may not list and watch (the driver runs with the deployed RBAC), is refused
+// before any informer is started.
+func TestTenantChecksAreBounded(t *testing.T) {
+	setupApproval(t)
+	kubeconfig := driverKubeconfig(t)
+	env := startProxyDriver(t, func(o *driver.Options) { o.Kubeconfig = kubeconfig })
+	ctx := context.Background()
+	ns := newNamespace(t)
+	tool, git := startGitServer(t, false), gitClass(t)
+	approvalTask(t, ns, "release-1", "approved")
+	approvalTaskObj := &unstructured.Unstructured{}
+	approvalTaskObj.SetAPIVersion("openshift-pipelines.org/v1alpha1")
+	approvalTaskObj.SetKind("ApprovalTask")
+	if err := cp.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "approve-release-1"}, approvalTaskObj); err != nil {
+		t.Fatal(err)
+	}
+
+	ofRun := map[string]string{"tekton.dev/pipelineRun": "{{ .pipelineRun.metadata.name }}"}
+	approvalTasks := v1alpha1.ObjectKindRef{APIVersion: "openshift-pipelines.org/v1alpha1", Kind: "ApprovalTask"}
+	numbers := make([]string, 100)
+	for i := range numbers {
+		numbers[i] = strconv.Itoa(i)
+	}
+	list := "[" + strings.Join(numbers, ",") + "]"
+	cases := []struct {
+		name     string
+		kind     v1alpha1.ObjectKindRef
+		labels   map[string]string
+		cel      string
+		policy   string // what the policy's Ready condition names, or "" when the policy is fine
+		publish  string // what the failed publish names
+		withheld string // what no message may show
+	}{
+		{name: "repeat", kind: approvalTasks, labels: map[string]string{"tekton.dev/pipelineRun": `{{ repeat 30000000 "x" | trunc 10 }}`},
+			publish: "repeat would make"},
+		{name: "env", kind: approvalTasks, labels: map[string]string{"tekton.dev/pipelineRun": `{{ env "HOME" | trimPrefix "/" }}`},
+			policy: `function "env" not defined`, publish: `function "env" not defined`},
+		{name: "range", kind: approvalTasks, labels: map[string]string{"tekton.dev/pipelineRun": `{{ range until 3 }}{{ end }}{{ .pipelineRun.metadata.name }}`},
+			policy: "range is not allowed", publish: "range is not allowed"},
+		{name: "cel-cost", kind: approvalTasks, labels: ofRun,
+			cel: fmt.Sprintf("string(%s.map(x, %s.map(y, %s.map(z, x + y + z))).size())", list, list, list), publish: "cost limit"},
+		{name: "cel-value", kind: approvalTasks, labels: ofRun, cel: "object.metadata.uid",
+			publish: "not one of approved, passed, rejected, pending", withheld: string(approvalTaskObj.GetUID())},
+		{name: "cel-type", kind: approvalTasks, labels: ofRun, cel: "object.status", publish: "a map, not a string", withheld: "approved"},
+		{name: "secret", kind: v1alpha1.ObjectKindRef{APIVersion: "v1", Kind: "Secret"}, labels: map[string]string{"a": "b"},
+			policy: "Secret", publish: "Secret"},
+		{name: "unlistable", kind: v1alpha1.ObjectKindRef{APIVersion: "apps/v1", Kind: "Deployment"}, labels: map[string]string{"a": "b"},
+			policy: "deployments.apps", publish: "deployments.apps"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			check := v1alpha1.Check{Name: "tenant", Spec: &v1alpha1.CheckSpec{
+				Selector: v1alpha1.CheckSelector{ObjectRef: tc.kind, MatchLabels: tc.labels}}}
+			if tc.cel != "" {
+				check.Spec.State = &v1alpha1.CheckState{CEL: tc.cel}
+			}
+			gatedConnector(t, ns, tc.name, git, tool, check, podRole)
+			pod := pipelineRunPod(t, env.kubelet, ns, "release-1", tc.name, map[string]string{"connectors": tc.name})
+			err := publishOutcome(t, env, pod)
+			t.Logf("publish: %v", err)
+			if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), tc.publish) {
+				t.Errorf("publish: %v, want FailedPrecondition naming %q", err, tc.publish)
+			}
+			if tc.withheld != "" && err != nil && strings.Contains(err.Error(), tc.withheld) {
+				t.Errorf("the error shows the matched object's value %q: %v", tc.withheld, err)
+			}
+			if tc.policy != "" {
+				p := waitPolicy(t, ns, tc.name, metav1.ConditionFalse, "InvalidCheck")
+				if c := meta.FindStatusCondition(p.Status.Conditions, v1alpha1.ConditionReady); !strings.Contains(c.Message, tc.policy) {
+					t.Errorf("policy Ready %q does not name %q", c.Message, tc.policy)
+				}
+			}
+		})
+	}
 }
