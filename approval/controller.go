@@ -52,9 +52,10 @@ type Controller struct {
 	Recorder        events.EventRecorder
 	// Retention is how long a finished (revoked) AccessRequest is kept.
 	Retention time.Duration
+	// States evaluates CEL states; shared with the PolicyController.
+	States *States
 
 	templates *Templates
-	states    *states
 	ctrl      controller.Controller
 	watched   sync.Map // schema.GroupVersionKind → struct{}
 }
@@ -63,9 +64,6 @@ type Controller struct {
 func (c *Controller) SetupWithManager(mgr ctrl.Manager) error {
 	var err error
 	c.templates = NewTemplates()
-	if c.states, err = newStates(); err != nil {
-		return err
-	}
 	c.ctrl, err = ctrl.NewControllerManagedBy(mgr).
 		Named("accessrequest").
 		For(&v1alpha1.AccessRequest{}).
@@ -379,7 +377,7 @@ func (c *Controller) evaluateCheck(ctx context.Context, ar *v1alpha1.AccessReque
 		return fail("the check has neither ref nor spec")
 	}
 	if spec.State != nil && spec.State.CEL != "" {
-		if _, err := c.states.compile(spec.State.CEL); err != nil {
+		if _, err := c.States.compile(spec.State.CEL); err != nil {
 			return fail("%v", err)
 		}
 	}
@@ -415,7 +413,7 @@ func (c *Controller) evaluateCheck(ctx context.Context, ar *v1alpha1.AccessReque
 	var details []string
 	for i := range list.Items {
 		obj := &list.Items[i]
-		state, err := c.states.state(ctx, obj, spec)
+		state, err := c.States.state(ctx, obj, spec)
 		if err != nil {
 			return fail("%v", err)
 		}

@@ -30,18 +30,15 @@ type PolicyController struct {
 	// Reader reads template ConfigMaps in the system namespace, uncached.
 	Reader          client.Reader
 	SystemNamespace string
+	// States compiles CEL states; shared with the Controller.
+	States *States
 
 	templates *Templates
-	states    *states
 }
 
 // SetupWithManager registers the controller.
 func (c *PolicyController) SetupWithManager(mgr ctrl.Manager) error {
 	c.templates = NewTemplates()
-	var err error
-	if c.states, err = newStates(); err != nil {
-		return err
-	}
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("accesspolicy").
 		For(&v1alpha1.AccessPolicy{}).
@@ -170,7 +167,7 @@ func (c *PolicyController) validateCheck(ctx context.Context, check v1alpha1.Che
 		return err
 	}
 	if spec.State != nil && spec.State.CEL != "" {
-		if _, err := c.states.compile(spec.State.CEL); err != nil {
+		if _, err := c.States.compile(spec.State.CEL); err != nil {
 			return err
 		}
 	}

@@ -5,14 +5,18 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/google/cel-go/cel"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/utils/lru"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/cachemetrics"
 )
+
+// celProgramsCache names the compiled expressions in connectors_cache_entries.
+const celProgramsCache = "cel_programs"
 
 // Limits of a check's CEL state expression, which a tenant may write and the leader runs.
 const (
@@ -25,28 +29,30 @@ const (
 	celInterruptEvery = 100
 )
 
-// states reads check states: a CEL expression over `object`, or the object's status.state.
-// Compiled expressions are kept by their text.
-type states struct {
+// States reads check states: a CEL expression over `object`, or the object's status.state.
+// Compiled expressions are kept by their text, the least recently used dropped first (policies
+// are written by tenants: their number is not ours to bound). One States serves both
+// controllers.
+type States struct {
 	env  *cel.Env
-	mu   sync.Mutex
-	prgs map[string]cel.Program
+	prgs *lru.Cache // expression → cel.Program
 }
 
-func newStates() (*states, error) {
+// NewStates returns a States that keeps up to cacheSize compiled expressions.
+func NewStates(cacheSize int) (*States, error) {
 	env, err := cel.NewEnv(cel.Variable("object", cel.DynType))
 	if err != nil {
 		return nil, err
 	}
-	return &states{env: env, prgs: map[string]cel.Program{}}, nil
+	s := &States{env: env, prgs: lru.New(cacheSize)}
+	cachemetrics.Register(celProgramsCache, s.prgs.Len)
+	return s, nil
 }
 
 // compile checks and compiles an expression; errors say what is wrong with it.
-func (s *states) compile(expr string) (cel.Program, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if p, ok := s.prgs[expr]; ok {
-		return p, nil
+func (s *States) compile(expr string) (cel.Program, error) {
+	if p, ok := s.prgs.Get(expr); ok {
+		return p.(cel.Program), nil
 	}
 	ast, iss := s.env.Compile(expr)
 	if iss.Err() != nil {
@@ -57,13 +63,13 @@ func (s *states) compile(expr string) (cel.Program, error) {
 	if err != nil {
 		return nil, fmt.Errorf("invalid CEL %q: %w", expr, err)
 	}
-	s.prgs[expr] = p
+	s.prgs.Add(expr, p)
 	return p, nil
 }
 
 // state returns one of approved, passed, rejected or pending for a matched object. Its errors
 // name types, never values: the object is not the message reader's to see.
-func (s *states) state(ctx context.Context, obj *unstructured.Unstructured, check *v1alpha1.CheckSpec) (string, error) {
+func (s *States) state(ctx context.Context, obj *unstructured.Unstructured, check *v1alpha1.CheckSpec) (string, error) {
 	var state string
 	if check.State != nil && check.State.CEL != "" {
 		v, err := s.evaluate(ctx, obj, check.State.CEL)
@@ -85,7 +91,7 @@ func (s *states) state(ctx context.Context, obj *unstructured.Unstructured, chec
 }
 
 // evaluate runs a state expression within its cost and time limits.
-func (s *states) evaluate(ctx context.Context, obj *unstructured.Unstructured, expr string) (string, error) {
+func (s *States) evaluate(ctx context.Context, obj *unstructured.Unstructured, expr string) (string, error) {
 	p, err := s.compile(expr)
 	if err != nil {
 		return "", err

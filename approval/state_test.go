@@ -16,7 +16,7 @@ func celCheck(expr string) *v1alpha1.CheckSpec {
 }
 
 func TestCELStates(t *testing.T) {
-	s, err := newStates()
+	s, err := NewStates(16)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,5 +46,23 @@ func TestCELStates(t *testing.T) {
 	obj.Object["status"] = map[string]any{"state": "hunter2"}
 	if _, err := s.state(context.Background(), obj, &v1alpha1.CheckSpec{}); err == nil || strings.Contains(err.Error(), "hunter2") {
 		t.Errorf("status.state: %v", err)
+	}
+}
+
+func TestCompiledProgramsAreBounded(t *testing.T) {
+	s, err := NewStates(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, expr := range []string{`"a"`, `"b"`, `"a"`, `"c"`} {
+		if _, err := s.compile(expr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := s.prgs.Len(); n != 2 {
+		t.Fatalf("%d programs kept, want 2", n)
+	}
+	if _, ok := s.prgs.Get(`"b"`); ok {
+		t.Error(`the least recently used "b" was kept`)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
@@ -346,5 +347,49 @@ func TestTenantChecksAreBounded(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// cacheEntries reads connectors_cache_entries{cache=name} from the default Prometheus
+// registry (the one --metrics-listen serves).
+func cacheEntries(t *testing.T, name string) (float64, bool) {
+	t.Helper()
+	families, err := prometheus.DefaultGatherer.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != "connectors_cache_entries" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "cache" && l.GetValue() == name {
+					return m.GetGauge().GetValue(), true
+				}
+			}
+		}
+	}
+	return 0, false
+}
+
+// TestCELProgramCacheIsBounded: policies with more distinct CEL states than --cel-cache-size
+// leave at most that many compiled programs, as connectors_cache_entries reports.
+func TestCELProgramCacheIsBounded(t *testing.T) {
+	setupApproval(t)
+	startDriverWith(t, t.TempDir(), nil, func(o *driver.Options) { o.CELCacheSize = 2 })
+	ns := newNamespace(t)
+	approvalTasks := v1alpha1.ObjectKindRef{APIVersion: "openshift-pipelines.org/v1alpha1", Kind: "ApprovalTask"}
+	for i := range 5 {
+		name := fmt.Sprintf("cel-%d", i)
+		policy := gatingPolicy(name, name, v1alpha1.Check{Name: "c", Spec: &v1alpha1.CheckSpec{
+			Selector: v1alpha1.CheckSelector{ObjectRef: approvalTasks},
+			State:    &v1alpha1.CheckState{CEL: fmt.Sprintf("object.status.state + %q", strings.Repeat(" ", i))}}})
+		policy.Namespace = ns
+		create(t, policy)
+		waitPolicy(t, ns, name, metav1.ConditionTrue, "Ready") // its CEL was compiled
+	}
+	if n, found := cacheEntries(t, "cel_programs"); !found || n > 2 {
+		t.Fatalf("connectors_cache_entries{cache=\"cel_programs\"} = %v (found %v), want at most --cel-cache-size 2", n, found)
 	}
 }
