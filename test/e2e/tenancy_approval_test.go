@@ -23,6 +23,7 @@ import (
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/approval"
 	"github.com/kube-connectors/connectors-csi/driver"
+	"github.com/kube-connectors/connectors-csi/features"
 	"github.com/kube-connectors/connectors-csi/node/records"
 	"github.com/kube-connectors/connectors-csi/test/gitserver"
 	"github.com/kube-connectors/connectors-csi/test/kubelet"
@@ -391,5 +392,86 @@ func TestCELProgramCacheIsBounded(t *testing.T) {
 	}
 	if n, found := cacheEntries(t, "cel_programs"); !found || n > 2 {
 		t.Fatalf("connectors_cache_entries{cache=\"cel_programs\"} = %v (found %v), want at most --cel-cache-size 2", n, found)
+	}
+}
+
+// flagInvalid reads connectors_feature_flag_invalid{flag} from the default Prometheus registry.
+func flagInvalid(t *testing.T, flag string) (float64, bool) {
+	t.Helper()
+	families, err := prometheus.DefaultGatherer.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != "connectors_feature_flag_invalid" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "flag" && l.GetValue() == flag {
+					return m.GetGauge().GetValue(), true
+				}
+			}
+		}
+	}
+	return 0, false
+}
+
+// TestInvalidFeatureFlagKeepsLastValue: enable-connector-proxy-permissions "true" makes the
+// proxy ask for connectors/proxy; changed to the unparsable "yes" it stays on (it used to mean
+// false), with an Event on the ConfigMap and connectors_feature_flag_invalid at 1; a valid
+// "false" turns it off and clears the gauge.
+func TestInvalidFeatureFlagKeepsLastValue(t *testing.T) {
+	tool := startGitServer(t, false)
+	env := startProxyDriver(t, nil)
+	ctx := context.Background()
+	ns := newNamespace(t)
+	gitConnector(t, ns, "tool", gitClass(t), tool)
+	allowConnectors(t, ns, "builder", "tool")
+	pod := podWithVolume(t, env.kubelet, ns, "client", map[string]string{"connectors": "tool"}, nil)
+	if err := publishOutcome(t, env, pod); err != nil {
+		t.Fatal(err)
+	}
+	token := visibleFiles(t, env.kubelet.TargetPath(pod, "connectors"))["context.token"]
+	url := fmt.Sprintf("%s/namespaces/%s/connectors/tool/repo.git/info/refs?service=git-upload-pack", env.proxyURL, ns)
+	proxied := func() (int, string) {
+		return do(t, noRedirects, newRequest(t, "GET", url, map[string]string{"Authorization": "Bearer " + token}))
+	}
+	refused := func() bool { code, body := proxied(); return code == 403 && strings.Contains(body, "connectors/proxy") }
+	const flag = "enable-connector-proxy-permissions"
+	t.Cleanup(func() { setFlags(t, map[string]string{}) })
+
+	setFlags(t, map[string]string{flag: "true"})
+	if !kubelet.WaitUntil(10*time.Second, refused) {
+		t.Fatal("with the flag \"true\" a request without connectors/proxy was not refused")
+	}
+	setFlags(t, map[string]string{flag: "yes"})
+	var event string
+	if !kubelet.WaitUntil(20*time.Second, func() bool {
+		evs, err := cp.Kube.CoreV1().Events(systemNS).List(ctx, metav1.ListOptions{
+			FieldSelector: "involvedObject.name=" + features.ConfigMapName + ",reason=InvalidFeatureFlag"})
+		for _, e := range evs.Items {
+			if strings.Contains(e.Message, flag) && strings.Contains(e.Message, `"yes"`) {
+				event = e.Message
+			}
+		}
+		return err == nil && event != ""
+	}) {
+		t.Error("no InvalidFeatureFlag Event on the ConfigMap names the flag and its value")
+	}
+	t.Logf("event: %s", event)
+	if code, body := proxied(); code != 403 || !strings.Contains(body, "connectors/proxy") {
+		t.Errorf("with the flag \"yes\" after \"true\": %d %s, want the refusal (the last valid value stays)", code, body)
+	}
+	if v, found := flagInvalid(t, flag); v != 1 {
+		t.Errorf("connectors_feature_flag_invalid{flag=%q} = %v (found %v), want 1", flag, v, found)
+	}
+
+	setFlags(t, map[string]string{flag: "false"})
+	if !kubelet.WaitUntil(10*time.Second, func() bool { code, _ := proxied(); return code == 200 }) {
+		t.Fatal("with the flag \"false\" the request is still refused")
+	}
+	if v, _ := flagInvalid(t, flag); v != 0 {
+		t.Errorf("connectors_feature_flag_invalid{flag=%q} = %v after a valid value, want 0", flag, v)
 	}
 }
