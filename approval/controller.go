@@ -88,12 +88,11 @@ func (c *Controller) requests(ctx context.Context, opts ...client.ListOption) []
 }
 
 func (c *Controller) requestsOfPod(ctx context.Context, o client.Object) []reconcile.Request {
-	return c.requests(ctx, client.MatchingLabels{v1alpha1.LabelContextObjectKind: "Pod",
-		v1alpha1.LabelContextObjectNamespace: o.GetNamespace(), v1alpha1.LabelContextObjectName: o.GetName()})
+	return c.requests(ctx, client.MatchingLabels(podLabels(o.GetNamespace(), o.GetName())))
 }
 
 func (c *Controller) requestsOfConnector(ctx context.Context, o client.Object) []reconcile.Request {
-	return c.requests(ctx, client.InNamespace(o.GetNamespace()), client.MatchingLabels{v1alpha1.LabelAccessRequestConnector: o.GetName()})
+	return c.requests(ctx, client.InNamespace(o.GetNamespace()), client.MatchingLabels{v1alpha1.LabelAccessRequestConnector: LabelValue(o.GetName())})
 }
 
 func (c *Controller) requestsInNamespace(ctx context.Context, o client.Object) []reconcile.Request {
@@ -104,7 +103,7 @@ func (c *Controller) requestsInNamespace(ctx context.Context, o client.Object) [
 // ones are done and stay asleep, so a busy namespace's history does not slow an approval.
 func (c *Controller) requestsOfCheckObject(ctx context.Context, o client.Object) []reconcile.Request {
 	var list v1alpha1.AccessRequestList
-	if err := c.Client.List(ctx, &list, client.MatchingLabels{v1alpha1.LabelContextObjectNamespace: o.GetNamespace()}); err != nil {
+	if err := c.Client.List(ctx, &list, client.MatchingLabels{v1alpha1.LabelContextObjectNamespace: LabelValue(o.GetNamespace())}); err != nil {
 		return nil
 	}
 	var out []reconcile.Request

@@ -74,8 +74,9 @@ func approvalTaskFor(t testing.TB, ns, run, state string) {
 // pipelineRunPod creates what Tekton makes to run task of PipelineRun run: the PipelineRun
 // (unless it exists), its TaskRun <run>-<task> and that TaskRun's Pod <run>-<task>-pod (of
 // ServiceAccount builder, with one connectors volume), each owned by the one before through a
-// controller ownerReference with its UID, and labelled as Tekton labels them.
-func pipelineRunPod(t testing.TB, k *kubelet.Kubelet, ns, run, task string, attrs map[string]string) *corev1.Pod {
+// controller ownerReference with its UID, and labelled as Tekton labels them; adjust changes
+// the Pod before it is created.
+func pipelineRunPod(t testing.TB, k *kubelet.Kubelet, ns, run, task string, attrs map[string]string, adjust ...func(*corev1.Pod)) *corev1.Pod {
 	t.Helper()
 	ctx := context.Background()
 	pr := tektonRun("PipelineRun", ns, run, map[string]any{"tekton.dev/pipeline": run})
@@ -89,10 +90,11 @@ func pipelineRunPod(t testing.TB, k *kubelet.Kubelet, ns, run, task string, attr
 	tr := tektonRun("TaskRun", ns, run+"-"+task, map[string]any{"tekton.dev/pipelineRun": run, "tekton.dev/pipelineTask": task})
 	tr.SetOwnerReferences([]metav1.OwnerReference{controllerRef(pr)})
 	create(t, tr)
-	return podOf(t, k, ns, tr.GetName()+"-pod", "builder", attrs, nil, func(p *corev1.Pod) {
+	asTekton := func(p *corev1.Pod) {
 		p.Labels = map[string]string{"tekton.dev/pipelineRun": run, "tekton.dev/taskRun": tr.GetName(), "tekton.dev/pipelineTask": task}
 		p.OwnerReferences = []metav1.OwnerReference{controllerRef(tr)}
-	})
+	}
+	return podOf(t, k, ns, tr.GetName()+"-pod", "builder", attrs, nil, append([]func(*corev1.Pod){asTekton}, adjust...)...)
 }
 
 // tektonRun is a tekton.dev/v1 object of the stand-in CRDs.

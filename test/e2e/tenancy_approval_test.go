@@ -475,3 +475,46 @@ func TestInvalidFeatureFlagKeepsLastValue(t *testing.T) {
 		t.Errorf("connectors_feature_flag_invalid{flag=%q} = %v after a valid value, want 0", flag, v)
 	}
 }
+
+// TestLongPodNameThroughApproval: a Pod with a 253-character name goes through the approval
+// flow (AccessRequest labels carry its name; the request's name is cut to fit, here right
+// after a dot): pending, approved, published, revoked on unpublish.
+func TestLongPodNameThroughApproval(t *testing.T) {
+	setupApproval(t)
+	env := startProxyDriver(t, nil)
+	ctx := context.Background()
+	ns := newNamespace(t)
+	pipelineGate(t, ns)
+	// "prod-" + the name is cut to 244 characters before the hash suffix: it then ends with the dot.
+	name := strings.Repeat("a", 238) + "." + strings.Repeat("b", 14)
+	pod := pipelineRunPod(t, env.kubelet, ns, "release-1", "promote", map[string]string{"connectors": "prod"},
+		func(p *corev1.Pod) { p.Name = name })
+	if len(pod.Name) != 253 {
+		t.Fatalf("the Pod's name has %d characters", len(pod.Name))
+	}
+	err := env.kubelet.Publish(ctx, pod, "connectors")
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "waiting for AccessRequest "+ns+"/prod-aaa") {
+		t.Fatalf("publish before the approval: %v, want Unavailable naming the AccessRequest", err)
+	}
+	approvalTask(t, ns, "release-1", "approved")
+	if err := publishOutcome(t, env, pod); err != nil {
+		t.Fatalf("publish after the approval: %v", err)
+	}
+	key := types.NamespacedName{Namespace: ns, Name: approval.RequestName("prod", records.Pod{Namespace: ns, Name: pod.Name, UID: string(pod.UID)})}
+	if err := env.kubelet.Unpublish(ctx, pod, "connectors"); err != nil {
+		t.Fatal(err)
+	}
+	if !kubelet.WaitUntil(10*time.Second, func() bool {
+		var ar v1alpha1.AccessRequest
+		if cp.Client.Get(ctx, key, &ar) != nil {
+			return false
+		}
+		c := meta.FindStatusCondition(ar.Status.Conditions, v1alpha1.ConditionAccessPermissionSync)
+		return c != nil && c.Reason == v1alpha1.ReasonPermissionCleanUp
+	}) {
+		t.Fatal("the unpublish did not revoke the grant")
+	}
+	if err := cp.Client.Get(ctx, key, &rbacv1.RoleBinding{}); !apierrors.IsNotFound(err) {
+		t.Errorf("the grant's RoleBinding is still there: %v", err)
+	}
+}
