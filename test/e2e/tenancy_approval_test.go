@@ -518,3 +518,53 @@ func TestLongPodNameThroughApproval(t *testing.T) {
 		t.Errorf("the grant's RoleBinding is still there: %v", err)
 	}
 }
+
+// TestRejectedVolumeRevokesEarlierGrants: a volume of Connectors alpha (approved) and beta
+// (rejected) gets only .error.json; its unpublish still revokes alpha's grant, while the Pod
+// lives on.
+func TestRejectedVolumeRevokesEarlierGrants(t *testing.T) {
+	setupApproval(t)
+	env := startProxyDriver(t, nil)
+	ctx := context.Background()
+	ns := newNamespace(t)
+	tool, git := startGitServer(t, false), gitClass(t)
+	gatedConnector(t, ns, "alpha", git, tool, pipelineCheck, podRole)
+	gatedConnector(t, ns, "beta", git, tool, v1alpha1.Check{Name: "beta-approval", Spec: &v1alpha1.CheckSpec{Selector: v1alpha1.CheckSelector{
+		ObjectRef:   v1alpha1.ObjectKindRef{APIVersion: "openshift-pipelines.org/v1alpha1", Kind: "ApprovalTask"},
+		MatchLabels: map[string]string{"tekton.dev/pipelineRun": "{{ .pipelineRun.metadata.name }}-beta"}}}}, podRole)
+	approvalTask(t, ns, "release-1", "approved")
+	approvalTask(t, ns, "release-1-beta", "rejected")
+	pod := pipelineRunPod(t, env.kubelet, ns, "release-1", "promote", map[string]string{"connectors": "alpha,beta"})
+	if err := publishOutcome(t, env, pod); err != nil {
+		t.Fatalf("publish: %v", err)
+	}
+	if files := visibleFiles(t, env.kubelet.TargetPath(pod, "connectors")); len(files) != 1 || !strings.Contains(files[".error.json"], "rejected") {
+		t.Fatalf("the volume holds %v, want only .error.json", files)
+	}
+	alpha := types.NamespacedName{Namespace: ns, Name: approval.RequestName("alpha", records.Pod{Namespace: ns, Name: pod.Name, UID: string(pod.UID)})}
+	if c := meta.FindStatusCondition(waitRequest(t, alpha, v1alpha1.ConditionAccessPermissionSync).Status.Conditions,
+		v1alpha1.ConditionAccessPermissionSync); c.Reason != v1alpha1.ReasonSynced {
+		t.Fatalf("alpha's AccessRequest: %+v, want it granted", c)
+	}
+	if err := env.kubelet.Unpublish(ctx, pod, "connectors"); err != nil {
+		t.Fatal(err)
+	}
+	var ar v1alpha1.AccessRequest
+	if !kubelet.WaitUntil(10*time.Second, func() bool {
+		if cp.Client.Get(ctx, alpha, &ar) != nil {
+			return false
+		}
+		c := meta.FindStatusCondition(ar.Status.Conditions, v1alpha1.ConditionAccessPermissionSync)
+		return c != nil && c.Reason == v1alpha1.ReasonPermissionCleanUp
+	}) {
+		t.Fatalf("the unpublish did not revoke alpha's grant: %+v", ar.Status.Conditions)
+	}
+	for _, obj := range []client.Object{&rbacv1.Role{}, &rbacv1.RoleBinding{}} {
+		if err := cp.Client.Get(ctx, alpha, obj); !apierrors.IsNotFound(err) {
+			t.Errorf("alpha's %T is still there: %v", obj, err)
+		}
+	}
+	if err := cp.Client.Get(ctx, client.ObjectKeyFromObject(pod), &corev1.Pod{}); err != nil {
+		t.Errorf("the Pod is gone (%v): the revocation must come from the unpublish", err)
+	}
+}
