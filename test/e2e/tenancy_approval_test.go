@@ -67,6 +67,35 @@ func roleTemplate(t *testing.T, name, rules string) string {
 	return name
 }
 
+// approvalEnv sets up approval (setupApproval), starts a driver with its proxy and makes the
+// test's namespace.
+func approvalEnv(t *testing.T) (*proxyEnv, string) {
+	t.Helper()
+	setupApproval(t)
+	return startProxyDriver(t, nil), newNamespace(t)
+}
+
+// waitRevoked waits until the AccessRequest's grant is revoked (PermissionCleanUp) and checks
+// that its Role and RoleBinding are gone.
+func waitRevoked(t *testing.T, key types.NamespacedName) {
+	t.Helper()
+	var ar v1alpha1.AccessRequest
+	if !kubelet.WaitUntil(10*time.Second, func() bool {
+		if cp.Client.Get(context.Background(), key, &ar) != nil {
+			return false
+		}
+		c := meta.FindStatusCondition(ar.Status.Conditions, v1alpha1.ConditionAccessPermissionSync)
+		return c != nil && c.Reason == v1alpha1.ReasonPermissionCleanUp
+	}) {
+		t.Fatalf("AccessRequest %s was not revoked: %+v", key, ar.Status.Conditions)
+	}
+	for _, obj := range []client.Object{&rbacv1.Role{}, &rbacv1.RoleBinding{}} {
+		if err := cp.Client.Get(context.Background(), key, obj); !apierrors.IsNotFound(err) {
+			t.Errorf("the %T of revoked AccessRequest %s is still there: %v", obj, key, err)
+		}
+	}
+}
+
 // publishOutcome publishes until the answer is no longer Unavailable (the controller has not
 // decided yet) and returns it; the volume is unpublished when the test ends.
 func publishOutcome(t *testing.T, env *proxyEnv, pod *corev1.Pod) error {
@@ -84,9 +113,7 @@ func publishOutcome(t *testing.T, env *proxyEnv, pod *corev1.Pod) error {
 // that really runs the Pod (Pod → TaskRun → PipelineRun, by controller ownerReferences and
 // UIDs), not of whatever PipelineRun the Pod's own label names.
 func TestApprovalsCannotBeBorrowed(t *testing.T) {
-	setupApproval(t)
-	env := startProxyDriver(t, nil)
-	ns := newNamespace(t)
+	env, ns := approvalEnv(t)
 	pipelineGate(t, ns)
 	approvalTask(t, ns, "release-1", "approved")
 
@@ -142,9 +169,7 @@ func waitRequest(t *testing.T, key types.NamespacedName, typ string) *v1alpha1.A
 // but whose spec names another subject than the Pod's ServiceAccount, grants nothing, and
 // says why; made under the name the driver would use, it fails the Pod's publish.
 func TestAccessRequestSubjectComesFromThePod(t *testing.T) {
-	setupApproval(t)
-	env := startProxyDriver(t, nil)
-	ns := newNamespace(t)
+	env, ns := approvalEnv(t)
 	pipelineGate(t, ns)
 	approvalTask(t, ns, "release-1", "approved")
 	pod := pipelineRunPod(t, env.kubelet, ns, "release-1", "promote", map[string]string{"connectors": "prod"})
@@ -183,10 +208,8 @@ func TestAccessRequestSubjectComesFromThePod(t *testing.T) {
 // a Pod's annotation read by a role template stays one string: it cannot add a rule or a
 // resource name.
 func TestRoleTemplatesAreCheckedAndEscaped(t *testing.T) {
-	setupApproval(t)
-	env := startProxyDriver(t, nil)
+	env, ns := approvalEnv(t)
 	ctx := context.Background()
-	ns := newNamespace(t)
 	tool, git := startGitServer(t, false), gitClass(t)
 	approvalTask(t, ns, "release-1", "approved")
 	annotated := roleTemplate(t, ns+"-annotated", `- apiGroups: [connectors.alauda.io]
@@ -351,21 +374,21 @@ func TestTenantChecksAreBounded(t *testing.T) {
 	}
 }
 
-// cacheEntries reads connectors_cache_entries{cache=name} from the default Prometheus
-// registry (the one --metrics-listen serves).
-func cacheEntries(t *testing.T, name string) (float64, bool) {
+// gauge reads metric{label=value} from the default Prometheus registry (the one
+// --metrics-listen serves), and whether it is there.
+func gauge(t *testing.T, metric, label, value string) (float64, bool) {
 	t.Helper()
 	families, err := prometheus.DefaultGatherer.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, f := range families {
-		if f.GetName() != "connectors_cache_entries" {
+		if f.GetName() != metric {
 			continue
 		}
 		for _, m := range f.GetMetric() {
 			for _, l := range m.GetLabel() {
-				if l.GetName() == "cache" && l.GetValue() == name {
+				if l.GetName() == label && l.GetValue() == value {
 					return m.GetGauge().GetValue(), true
 				}
 			}
@@ -390,31 +413,9 @@ func TestCELProgramCacheIsBounded(t *testing.T) {
 		create(t, policy)
 		waitPolicy(t, ns, name, metav1.ConditionTrue, "Ready") // its CEL was compiled
 	}
-	if n, found := cacheEntries(t, "cel_programs"); !found || n > 2 {
+	if n, found := gauge(t, "connectors_cache_entries", "cache", "cel_programs"); !found || n > 2 {
 		t.Fatalf("connectors_cache_entries{cache=\"cel_programs\"} = %v (found %v), want at most --cel-cache-size 2", n, found)
 	}
-}
-
-// flagInvalid reads connectors_feature_flag_invalid{flag} from the default Prometheus registry.
-func flagInvalid(t *testing.T, flag string) (float64, bool) {
-	t.Helper()
-	families, err := prometheus.DefaultGatherer.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range families {
-		if f.GetName() != "connectors_feature_flag_invalid" {
-			continue
-		}
-		for _, m := range f.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "flag" && l.GetValue() == flag {
-					return m.GetGauge().GetValue(), true
-				}
-			}
-		}
-	}
-	return 0, false
 }
 
 // TestInvalidFeatureFlagKeepsLastValue: enable-connector-proxy-permissions "true" makes the
@@ -463,7 +464,7 @@ func TestInvalidFeatureFlagKeepsLastValue(t *testing.T) {
 	if code, body := proxied(); code != 403 || !strings.Contains(body, "connectors/proxy") {
 		t.Errorf("with the flag \"yes\" after \"true\": %d %s, want the refusal (the last valid value stays)", code, body)
 	}
-	if v, found := flagInvalid(t, flag); v != 1 {
+	if v, found := gauge(t, "connectors_feature_flag_invalid", "flag", flag); v != 1 {
 		t.Errorf("connectors_feature_flag_invalid{flag=%q} = %v (found %v), want 1", flag, v, found)
 	}
 
@@ -471,7 +472,7 @@ func TestInvalidFeatureFlagKeepsLastValue(t *testing.T) {
 	if !kubelet.WaitUntil(10*time.Second, func() bool { code, _ := proxied(); return code == 200 }) {
 		t.Fatal("with the flag \"false\" the request is still refused")
 	}
-	if v, _ := flagInvalid(t, flag); v != 0 {
+	if v, _ := gauge(t, "connectors_feature_flag_invalid", "flag", flag); v != 0 {
 		t.Errorf("connectors_feature_flag_invalid{flag=%q} = %v after a valid value, want 0", flag, v)
 	}
 }
@@ -480,10 +481,8 @@ func TestInvalidFeatureFlagKeepsLastValue(t *testing.T) {
 // flow (AccessRequest labels carry its name; the request's name is cut to fit, here right
 // after a dot): pending, approved, published, revoked on unpublish.
 func TestLongPodNameThroughApproval(t *testing.T) {
-	setupApproval(t)
-	env := startProxyDriver(t, nil)
+	env, ns := approvalEnv(t)
 	ctx := context.Background()
-	ns := newNamespace(t)
 	pipelineGate(t, ns)
 	// "prod-" + the name is cut to 244 characters before the hash suffix: it then ends with the dot.
 	name := strings.Repeat("a", 238) + "." + strings.Repeat("b", 14)
@@ -504,29 +503,15 @@ func TestLongPodNameThroughApproval(t *testing.T) {
 	if err := env.kubelet.Unpublish(ctx, pod, "connectors"); err != nil {
 		t.Fatal(err)
 	}
-	if !kubelet.WaitUntil(10*time.Second, func() bool {
-		var ar v1alpha1.AccessRequest
-		if cp.Client.Get(ctx, key, &ar) != nil {
-			return false
-		}
-		c := meta.FindStatusCondition(ar.Status.Conditions, v1alpha1.ConditionAccessPermissionSync)
-		return c != nil && c.Reason == v1alpha1.ReasonPermissionCleanUp
-	}) {
-		t.Fatal("the unpublish did not revoke the grant")
-	}
-	if err := cp.Client.Get(ctx, key, &rbacv1.RoleBinding{}); !apierrors.IsNotFound(err) {
-		t.Errorf("the grant's RoleBinding is still there: %v", err)
-	}
+	waitRevoked(t, key)
 }
 
 // TestRejectedVolumeRevokesEarlierGrants: a volume of Connectors alpha (approved) and beta
 // (rejected) gets only .error.json; its unpublish still revokes alpha's grant, while the Pod
 // lives on.
 func TestRejectedVolumeRevokesEarlierGrants(t *testing.T) {
-	setupApproval(t)
-	env := startProxyDriver(t, nil)
+	env, ns := approvalEnv(t)
 	ctx := context.Background()
-	ns := newNamespace(t)
 	tool, git := startGitServer(t, false), gitClass(t)
 	gatedConnector(t, ns, "alpha", git, tool, pipelineCheck, podRole)
 	gatedConnector(t, ns, "beta", git, tool, v1alpha1.Check{Name: "beta-approval", Spec: &v1alpha1.CheckSpec{Selector: v1alpha1.CheckSelector{
@@ -549,21 +534,7 @@ func TestRejectedVolumeRevokesEarlierGrants(t *testing.T) {
 	if err := env.kubelet.Unpublish(ctx, pod, "connectors"); err != nil {
 		t.Fatal(err)
 	}
-	var ar v1alpha1.AccessRequest
-	if !kubelet.WaitUntil(10*time.Second, func() bool {
-		if cp.Client.Get(ctx, alpha, &ar) != nil {
-			return false
-		}
-		c := meta.FindStatusCondition(ar.Status.Conditions, v1alpha1.ConditionAccessPermissionSync)
-		return c != nil && c.Reason == v1alpha1.ReasonPermissionCleanUp
-	}) {
-		t.Fatalf("the unpublish did not revoke alpha's grant: %+v", ar.Status.Conditions)
-	}
-	for _, obj := range []client.Object{&rbacv1.Role{}, &rbacv1.RoleBinding{}} {
-		if err := cp.Client.Get(ctx, alpha, obj); !apierrors.IsNotFound(err) {
-			t.Errorf("alpha's %T is still there: %v", obj, err)
-		}
-	}
+	waitRevoked(t, alpha)
 	if err := cp.Client.Get(ctx, client.ObjectKeyFromObject(pod), &corev1.Pod{}); err != nil {
 		t.Errorf("the Pod is gone (%v): the revocation must come from the unpublish", err)
 	}
