@@ -56,6 +56,7 @@ type Controller struct {
 	States *States
 
 	templates *Templates
+	kinds     *kindChecker
 	ctrl      controller.Controller
 	watched   sync.Map // schema.GroupVersionKind → struct{}
 }
@@ -64,6 +65,7 @@ type Controller struct {
 func (c *Controller) SetupWithManager(mgr ctrl.Manager) error {
 	var err error
 	c.templates = NewTemplates()
+	c.kinds = newKindChecker(c.Client)
 	c.ctrl, err = ctrl.NewControllerManagedBy(mgr).
 		Named("accessrequest").
 		For(&v1alpha1.AccessRequest{}).
@@ -117,12 +119,12 @@ func (c *Controller) requestsOfCheckObject(ctx context.Context, o client.Object)
 }
 
 // watchKind starts, once, an informer for a check kind and wakes requests on its changes; a
-// kind checkKind refuses gets none.
+// kind the kindChecker refuses gets none.
 func (c *Controller) watchKind(ctx context.Context, gvk schema.GroupVersionKind) error {
 	if _, done := c.watched.Load(gvk); done {
 		return nil
 	}
-	if err := checkKind(ctx, c.Client, gvk); err != nil {
+	if err := c.kinds.check(ctx, gvk); err != nil {
 		return err
 	}
 	u := &unstructured.Unstructured{}

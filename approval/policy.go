@@ -34,11 +34,13 @@ type PolicyController struct {
 	States *States
 
 	templates *Templates
+	kinds     *kindChecker
 }
 
 // SetupWithManager registers the controller.
 func (c *PolicyController) SetupWithManager(mgr ctrl.Manager) error {
 	c.templates = NewTemplates()
+	c.kinds = newKindChecker(c.Client)
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("accesspolicy").
 		For(&v1alpha1.AccessPolicy{}).
@@ -147,7 +149,7 @@ func (c *PolicyController) validateChecks(ctx context.Context, p *v1alpha1.Acces
 
 // validateCheck finds what can be known of a check before a Pod asks: its template ConfigMap,
 // the parse of its label templates (an inline one is a tenant's: no loops), its CEL and
-// whether its kind may be read (checkKind).
+// whether its kind may be read (kindChecker).
 func (c *PolicyController) validateCheck(ctx context.Context, check v1alpha1.Check) error {
 	spec := check.Spec
 	if check.Ref != nil && check.Ref.ConfigMap != nil {
@@ -175,7 +177,7 @@ func (c *PolicyController) validateCheck(ctx context.Context, check v1alpha1.Che
 	if err != nil {
 		return fmt.Errorf("objectRef apiVersion %q: %w", spec.Selector.ObjectRef.APIVersion, err)
 	}
-	return checkKind(ctx, c.Client, gv.WithKind(spec.Selector.ObjectRef.Kind))
+	return c.kinds.check(ctx, gv.WithKind(spec.Selector.ObjectRef.Kind))
 }
 
 // syncDefaultPermission writes (or removes) the policy's default Role and RoleBinding.
