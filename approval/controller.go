@@ -52,9 +52,11 @@ type Controller struct {
 	Recorder        events.EventRecorder
 	// Retention is how long a finished (revoked) AccessRequest is kept.
 	Retention time.Duration
+	// States evaluates CEL states; shared with the PolicyController.
+	States *States
 
 	templates *Templates
-	states    *states
+	kinds     *kindChecker
 	ctrl      controller.Controller
 	watched   sync.Map // schema.GroupVersionKind → struct{}
 }
@@ -63,9 +65,7 @@ type Controller struct {
 func (c *Controller) SetupWithManager(mgr ctrl.Manager) error {
 	var err error
 	c.templates = NewTemplates()
-	if c.states, err = newStates(); err != nil {
-		return err
-	}
+	c.kinds = newKindChecker(c.Client)
 	c.ctrl, err = ctrl.NewControllerManagedBy(mgr).
 		Named("accessrequest").
 		For(&v1alpha1.AccessRequest{}).
@@ -90,12 +90,11 @@ func (c *Controller) requests(ctx context.Context, opts ...client.ListOption) []
 }
 
 func (c *Controller) requestsOfPod(ctx context.Context, o client.Object) []reconcile.Request {
-	return c.requests(ctx, client.MatchingLabels{v1alpha1.LabelContextObjectKind: "Pod",
-		v1alpha1.LabelContextObjectNamespace: o.GetNamespace(), v1alpha1.LabelContextObjectName: o.GetName()})
+	return c.requests(ctx, client.MatchingLabels(podLabels(o.GetNamespace(), o.GetName())))
 }
 
 func (c *Controller) requestsOfConnector(ctx context.Context, o client.Object) []reconcile.Request {
-	return c.requests(ctx, client.InNamespace(o.GetNamespace()), client.MatchingLabels{v1alpha1.LabelAccessRequestConnector: o.GetName()})
+	return c.requests(ctx, client.InNamespace(o.GetNamespace()), client.MatchingLabels{v1alpha1.LabelAccessRequestConnector: LabelValue(o.GetName())})
 }
 
 func (c *Controller) requestsInNamespace(ctx context.Context, o client.Object) []reconcile.Request {
@@ -106,7 +105,7 @@ func (c *Controller) requestsInNamespace(ctx context.Context, o client.Object) [
 // ones are done and stay asleep, so a busy namespace's history does not slow an approval.
 func (c *Controller) requestsOfCheckObject(ctx context.Context, o client.Object) []reconcile.Request {
 	var list v1alpha1.AccessRequestList
-	if err := c.Client.List(ctx, &list, client.MatchingLabels{v1alpha1.LabelContextObjectNamespace: o.GetNamespace()}); err != nil {
+	if err := c.Client.List(ctx, &list, client.MatchingLabels{v1alpha1.LabelContextObjectNamespace: LabelValue(o.GetNamespace())}); err != nil {
 		return nil
 	}
 	var out []reconcile.Request
@@ -119,10 +118,14 @@ func (c *Controller) requestsOfCheckObject(ctx context.Context, o client.Object)
 	return out
 }
 
-// watchKind starts, once, an informer for a check kind and wakes requests on its changes.
+// watchKind starts, once, an informer for a check kind and wakes requests on its changes; a
+// kind the kindChecker refuses gets none.
 func (c *Controller) watchKind(ctx context.Context, gvk schema.GroupVersionKind) error {
 	if _, done := c.watched.Load(gvk); done {
 		return nil
+	}
+	if err := c.kinds.check(ctx, gvk); err != nil {
+		return err
 	}
 	u := &unstructured.Unstructured{}
 	u.SetGroupVersionKind(gvk)
@@ -172,11 +175,12 @@ func (c *Controller) evaluate(ctx context.Context, ar *v1alpha1.AccessRequest) (
 	}
 
 	why := revocation(ar, &pod, podErr, connErr)
+	subject := podSubject(&pod)
 	switch {
 	case podErr != nil || pod.UID != ref.UID:
 		c.setCondition(ar, v1alpha1.ConditionContextObjectValid, metav1.ConditionFalse, "NotFound", "Pod %s/%s (uid %s) no longer exists", ref.Namespace, ref.Name, ref.UID)
 	default:
-		c.setCondition(ar, v1alpha1.ConditionContextObjectValid, metav1.ConditionTrue, "Found", "Pod %s/%s, ServiceAccount %s", ref.Namespace, ref.Name, ar.Spec.Subject.Name)
+		c.setCondition(ar, v1alpha1.ConditionContextObjectValid, metav1.ConditionTrue, "Found", "Pod %s/%s, ServiceAccount %s", ref.Namespace, ref.Name, subject.Name)
 	}
 	if connErr != nil {
 		c.setCondition(ar, v1alpha1.ConditionConnectorResolved, metav1.ConditionFalse, "NotFound", "Connector %s/%s no longer exists", ar.Namespace, ar.Spec.ConnectorRef.Name)
@@ -185,6 +189,9 @@ func (c *Controller) evaluate(ctx context.Context, ar *v1alpha1.AccessRequest) (
 	}
 	if why != "" {
 		return c.revoke(ctx, ar, why)
+	}
+	if ar.Spec.Subject != subject {
+		return reconcile.Result{}, c.refuseSubject(ctx, ar, subject)
 	}
 
 	if len(ar.Status.Policies) == 0 {
@@ -205,7 +212,7 @@ func (c *Controller) evaluate(ctx context.Context, ar *v1alpha1.AccessRequest) (
 	}
 	c.setCondition(ar, v1alpha1.ConditionAccessPolicyMatched, metav1.ConditionTrue, "Matched", "AccessPolicy %s", strings.Join(names, ", "))
 
-	rctx, err := requestContext(&pod, &connector)
+	rctx, err := c.requestContext(ctx, &pod, &connector)
 	if err != nil {
 		return reconcile.Result{}, err
 	}
@@ -213,7 +220,7 @@ func (c *Controller) evaluate(ctx context.Context, ar *v1alpha1.AccessRequest) (
 	switch outcome {
 	case v1alpha1.ReasonPassed:
 		c.setCondition(ar, v1alpha1.ConditionAccessCheckReady, metav1.ConditionTrue, v1alpha1.ReasonPassed, "%s", msg)
-		return c.grant(ctx, ar, rctx)
+		return c.grant(ctx, ar, rctx, subject)
 	case v1alpha1.ReasonPending:
 		c.setCondition(ar, v1alpha1.ConditionAccessCheckReady, metav1.ConditionUnknown, v1alpha1.ReasonPending, "%s", msg)
 		c.setCondition(ar, v1alpha1.ConditionAccessPermissionSync, metav1.ConditionUnknown, v1alpha1.ReasonPending, "access is granted once every check passes")
@@ -227,6 +234,27 @@ func (c *Controller) evaluate(ctx context.Context, ar *v1alpha1.AccessRequest) (
 		}
 	}
 	return reconcile.Result{}, nil
+}
+
+// podSubject is whom a request for the Pod may grant: the Pod's ServiceAccount. The request's
+// spec.subject is whatever its creator wrote, so it is only compared with this, never trusted.
+func podSubject(pod *corev1.Pod) rbacv1.Subject {
+	sa := pod.Spec.ServiceAccountName
+	if sa == "" {
+		sa = "default" // what the ServiceAccount admission plugin sets
+	}
+	return rbacv1.Subject{Kind: rbacv1.ServiceAccountKind, Name: sa, Namespace: pod.Namespace}
+}
+
+// refuseSubject fails a request whose spec names another subject than the Pod's: nothing is
+// granted to either, whatever the checks say.
+func (c *Controller) refuseSubject(ctx context.Context, ar *v1alpha1.AccessRequest, subject rbacv1.Subject) error {
+	s := ar.Spec.Subject
+	msg := fmt.Sprintf("the request's subject %s %s/%s is not the Pod's ServiceAccount %s/%s: nothing is granted",
+		s.Kind, s.Namespace, s.Name, subject.Namespace, subject.Name)
+	c.setCondition(ar, v1alpha1.ConditionAccessPermissionSync, metav1.ConditionFalse, v1alpha1.ReasonSubjectMismatch, "%s", msg)
+	c.setCondition(ar, v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonSubjectMismatch, "%s", msg)
+	return c.deleteGrant(ctx, ar)
 }
 
 // revocation says why a request's access must end, or "".
@@ -283,8 +311,9 @@ func contains(list []string, s string) bool {
 	return false
 }
 
-// requestContext is the template context: .object is the Pod, .connector the Connector.
-func requestContext(pod *corev1.Pod, connector *v1alpha1.Connector) (map[string]any, error) {
+// requestContext is the template context: .object is the Pod, .connector the Connector, and
+// .taskRun and .pipelineRun the Pod's Tekton owners when they verify (see tektonOwners).
+func (c *Controller) requestContext(ctx context.Context, pod *corev1.Pod, connector *v1alpha1.Connector) (map[string]any, error) {
 	podMap, err := runtime.DefaultUnstructuredConverter.ToUnstructured(pod)
 	if err != nil {
 		return nil, err
@@ -293,7 +322,12 @@ func requestContext(pod *corev1.Pod, connector *v1alpha1.Connector) (map[string]
 	if err != nil {
 		return nil, err
 	}
-	return map[string]any{"object": podMap, "connector": connMap}, nil
+	rctx, err := tektonOwners(ctx, c.Reader, pod)
+	if err != nil {
+		return nil, err
+	}
+	rctx["object"], rctx["connector"] = podMap, connMap
+	return rctx, nil
 }
 
 // evaluateChecks reads every check of every snapshotted policy. The outcome is Failed (a check
@@ -344,7 +378,7 @@ func (c *Controller) evaluateCheck(ctx context.Context, ar *v1alpha1.AccessReque
 		return fail("the check has neither ref nor spec")
 	}
 	if spec.State != nil && spec.State.CEL != "" {
-		if _, err := c.states.compile(spec.State.CEL); err != nil {
+		if _, err := c.States.compile(spec.State.CEL); err != nil {
 			return fail("%v", err)
 		}
 	}
@@ -353,8 +387,13 @@ func (c *Controller) evaluateCheck(ctx context.Context, ar *v1alpha1.AccessReque
 		return fail("objectRef apiVersion %q: %v", spec.Selector.ObjectRef.APIVersion, err)
 	}
 	gvk := gv.WithKind(spec.Selector.ObjectRef.Kind)
-	matchLabels, err := c.templates.MatchLabels(spec, rctx)
-	if err != nil {
+	matchLabels, err := c.templates.MatchLabels(spec, rctx, check.Ref == nil)
+	var notInChain *notInOwnerChain
+	switch {
+	case errors.As(err, &notInChain):
+		return fail("Pod %s/%s is not run by %s (owner chain checked by UID)", ar.Spec.Context.ObjectRef.Namespace,
+			ar.Spec.Context.ObjectRef.Name, ownerChainKeys[notInChain.key])
+	case err != nil:
 		return fail("%v", err)
 	}
 	if err := c.watchKind(ctx, gvk); err != nil {
@@ -375,7 +414,7 @@ func (c *Controller) evaluateCheck(ctx context.Context, ar *v1alpha1.AccessReque
 	var details []string
 	for i := range list.Items {
 		obj := &list.Items[i]
-		state, err := c.states.state(obj, spec)
+		state, err := c.States.state(ctx, obj, spec)
 		if err != nil {
 			return fail("%v", err)
 		}
@@ -407,7 +446,7 @@ func unknownKind(err error) error {
 
 // grant creates or updates the Role and RoleBinding, owned by the request, from the policies'
 // role templates.
-func (c *Controller) grant(ctx context.Context, ar *v1alpha1.AccessRequest, rctx map[string]any) (reconcile.Result, error) {
+func (c *Controller) grant(ctx context.Context, ar *v1alpha1.AccessRequest, rctx map[string]any, subject rbacv1.Subject) (reconcile.Result, error) {
 	var rules []rbacv1.PolicyRule
 	for _, p := range ar.Status.Policies {
 		ref := p.PolicySpec.CheckGrantedPermission.Spec.RoleTemplate.Ref.ConfigMap
@@ -420,7 +459,7 @@ func (c *Controller) grant(ctx context.Context, ar *v1alpha1.AccessRequest, rctx
 		}
 		r, err := c.templates.Rules(&cm, rctx)
 		if err != nil {
-			return c.syncFailed(ar, err)
+			return reconcile.Result{}, c.refuseRoleTemplate(ctx, ar, p.Name, err)
 		}
 		rules = append(rules, r...)
 	}
@@ -434,15 +473,23 @@ func (c *Controller) grant(ctx context.Context, ar *v1alpha1.AccessRequest, rctx
 	rb := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: ar.Name, Namespace: ar.Namespace}}
 	if _, err := controllerutil.CreateOrUpdate(ctx, c.Client, rb, func() error {
 		rb.RoleRef = rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: role.Name}
-		rb.Subjects = []rbacv1.Subject{ar.Spec.Subject}
+		rb.Subjects = []rbacv1.Subject{subject}
 		return controllerutil.SetControllerReference(ar, rb, c.Client.Scheme())
 	}); err != nil {
 		return c.syncFailed(ar, err)
 	}
 	c.setCondition(ar, v1alpha1.ConditionAccessPermissionSync, metav1.ConditionTrue, v1alpha1.ReasonSynced,
-		"Role and RoleBinding %s grant %s %s/%s access to Connector %s", ar.Name, ar.Spec.Subject.Kind, ar.Spec.Subject.Namespace, ar.Spec.Subject.Name, ar.Spec.ConnectorRef.Name)
+		"Role and RoleBinding %s grant %s %s/%s access to Connector %s", ar.Name, subject.Kind, subject.Namespace, subject.Name, ar.Spec.ConnectorRef.Name)
 	c.setCondition(ar, v1alpha1.ConditionReady, metav1.ConditionTrue, "Granted", "access granted to Pod %s/%s", ar.Spec.Context.ObjectRef.Namespace, ar.Spec.Context.ObjectRef.Name)
 	return reconcile.Result{}, nil
+}
+
+// refuseRoleTemplate fails a request whose role template cannot give a grant (it does not
+// render, or renders a rule outside the allow-list): nothing is granted until it is fixed.
+func (c *Controller) refuseRoleTemplate(ctx context.Context, ar *v1alpha1.AccessRequest, policy string, err error) error {
+	c.setCondition(ar, v1alpha1.ConditionAccessPermissionSync, metav1.ConditionFalse, v1alpha1.ReasonInvalidRoleTemplate, "policy %s: %v", policy, err)
+	c.setCondition(ar, v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonInvalidRoleTemplate, "nothing is granted: policy %s: %v", policy, err)
+	return c.deleteGrant(ctx, ar)
 }
 
 func (c *Controller) syncFailed(ar *v1alpha1.AccessRequest, err error) (reconcile.Result, error) {

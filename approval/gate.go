@@ -112,23 +112,22 @@ func (g *Gate) gated(ctx context.Context, c *v1alpha1.Connector) (bool, error) {
 	return false, nil
 }
 
-// RequestName is the AccessRequest of a Pod for a Connector: readable, and unique by the Pod's UID.
+// RequestName is the AccessRequest of a Pod for a Connector: readable, unique by the Pod's UID,
+// and a DNS subdomain however long the names (a cut name ending in "." or "-" would make
+// ".-" before the suffix).
 func RequestName(connector string, pod records.Pod) string {
 	sum := sha256.Sum256([]byte(pod.UID + "/" + connector))
 	suffix := hex.EncodeToString(sum[:4])
 	name := connector + "-" + pod.Name
 	if max := validation.DNS1123SubdomainMaxLength - len(suffix) - 1; len(name) > max {
-		name = name[:max]
+		name = strings.TrimRight(name[:max], ".-")
 	}
 	return name + "-" + suffix
 }
 
 func (g *Gate) ensureRequest(ctx context.Context, pod records.Pod, c *v1alpha1.Connector) (*v1alpha1.AccessRequest, error) {
 	ar := &v1alpha1.AccessRequest{
-		ObjectMeta: metav1.ObjectMeta{Name: RequestName(c.Name, pod), Namespace: c.Namespace, Labels: map[string]string{
-			v1alpha1.LabelAccessRequestConnector: c.Name, v1alpha1.LabelContextObjectKind: "Pod",
-			v1alpha1.LabelContextObjectName: pod.Name, v1alpha1.LabelContextObjectNamespace: pod.Namespace,
-		}},
+		ObjectMeta: metav1.ObjectMeta{Name: RequestName(c.Name, pod), Namespace: c.Namespace, Labels: requestLabels(c.Name, pod)},
 		Spec: v1alpha1.AccessRequestSpec{
 			Subject:      rbacv1.Subject{Kind: rbacv1.ServiceAccountKind, Name: pod.ServiceAccount, Namespace: pod.Namespace},
 			ConnectorRef: v1alpha1.LocalObjectRef{Name: c.Name},
@@ -186,6 +185,8 @@ func verdict(ar *v1alpha1.AccessRequest) *node.Admission {
 	switch {
 	case ready != nil && ready.Status == metav1.ConditionTrue:
 		return &node.Admission{Granted: true, AccessRequest: name}
+	case ready != nil && (ready.Reason == v1alpha1.ReasonSubjectMismatch || ready.Reason == v1alpha1.ReasonInvalidRoleTemplate):
+		return &node.Admission{AccessRequest: name, Failed: true, Message: ready.Message}
 	case check != nil && (check.Reason == v1alpha1.ReasonRejected || check.Reason == v1alpha1.ReasonFailed):
 		return &node.Admission{AccessRequest: name, Rejected: check.Reason == v1alpha1.ReasonRejected,
 			Failed: check.Reason == v1alpha1.ReasonFailed, Message: check.Message}

@@ -11,6 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -29,18 +30,17 @@ type PolicyController struct {
 	// Reader reads template ConfigMaps in the system namespace, uncached.
 	Reader          client.Reader
 	SystemNamespace string
+	// States compiles CEL states; shared with the Controller.
+	States *States
 
 	templates *Templates
-	states    *states
+	kinds     *kindChecker
 }
 
 // SetupWithManager registers the controller.
 func (c *PolicyController) SetupWithManager(mgr ctrl.Manager) error {
 	c.templates = NewTemplates()
-	var err error
-	if c.states, err = newStates(); err != nil {
-		return err
-	}
+	c.kinds = newKindChecker(c.Client)
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("accesspolicy").
 		For(&v1alpha1.AccessPolicy{}).
@@ -104,9 +104,13 @@ func (c *PolicyController) Reconcile(ctx context.Context, req reconcile.Request)
 	}
 
 	syncErr := c.syncDefaultPermission(ctx, p, matched)
+	syncReason := v1alpha1.ReasonSyncFailed
+	if isInvalidRoleTemplate(syncErr) {
+		syncReason = v1alpha1.ReasonInvalidRoleTemplate
+	}
 	switch {
 	case syncErr != nil:
-		set(v1alpha1.ConditionPermissionSync, false, v1alpha1.ReasonSyncFailed, "%v", syncErr)
+		set(v1alpha1.ConditionPermissionSync, false, syncReason, "%v", syncErr)
 	case p.Spec.DefaultPermission == nil:
 		set(v1alpha1.ConditionPermissionSync, true, v1alpha1.ReasonNoPermissionRequired, "the policy has no defaultPermission")
 	default:
@@ -115,7 +119,7 @@ func (c *PolicyController) Reconcile(ctx context.Context, req reconcile.Request)
 	checkProblem := c.validateChecks(ctx, p)
 	switch {
 	case syncErr != nil:
-		set(v1alpha1.ConditionReady, false, v1alpha1.ReasonSyncFailed, "the default permission could not be written: %v", syncErr)
+		set(v1alpha1.ConditionReady, false, syncReason, "the default permission could not be written: %v", syncErr)
 	case checkProblem != "":
 		set(v1alpha1.ConditionReady, false, "InvalidCheck", "%s; requests gated by this policy are never granted until it is fixed", checkProblem)
 	default:
@@ -136,26 +140,44 @@ func (c *PolicyController) validateChecks(ctx context.Context, p *v1alpha1.Acces
 	}
 	var problems []string
 	for _, check := range p.Spec.CheckGrantedPermission.Spec.Checks {
-		spec := check.Spec
-		if check.Ref != nil && check.Ref.ConfigMap != nil {
-			var cm corev1.ConfigMap
-			if err := c.Reader.Get(ctx, types.NamespacedName{Namespace: c.SystemNamespace, Name: check.Ref.ConfigMap.Name}, &cm); err != nil {
-				problems = append(problems, fmt.Sprintf("check %s: ConfigMap %s/%s: %v", check.Name, c.SystemNamespace, check.Ref.ConfigMap.Name, err))
-				continue
-			}
-			var err error
-			if spec, err = c.templates.Check(&cm); err != nil {
-				problems = append(problems, fmt.Sprintf("check %s: %v", check.Name, err))
-				continue
-			}
-		}
-		if spec != nil && spec.State != nil && spec.State.CEL != "" {
-			if _, err := c.states.compile(spec.State.CEL); err != nil {
-				problems = append(problems, fmt.Sprintf("check %s: %v", check.Name, err))
-			}
+		if err := c.validateCheck(ctx, check); err != nil {
+			problems = append(problems, fmt.Sprintf("check %s: %v", check.Name, err))
 		}
 	}
 	return strings.Join(problems, "; ")
+}
+
+// validateCheck finds what can be known of a check before a Pod asks: its template ConfigMap,
+// the parse of its label templates (an inline one is a tenant's: no loops), its CEL and
+// whether its kind may be read (kindChecker).
+func (c *PolicyController) validateCheck(ctx context.Context, check v1alpha1.Check) error {
+	spec := check.Spec
+	if check.Ref != nil && check.Ref.ConfigMap != nil {
+		var cm corev1.ConfigMap
+		if err := c.Reader.Get(ctx, types.NamespacedName{Namespace: c.SystemNamespace, Name: check.Ref.ConfigMap.Name}, &cm); err != nil {
+			return fmt.Errorf("ConfigMap %s/%s: %w", c.SystemNamespace, check.Ref.ConfigMap.Name, err)
+		}
+		var err error
+		if spec, err = c.templates.Check(&cm); err != nil {
+			return err
+		}
+	}
+	if spec == nil {
+		return nil
+	}
+	if err := c.templates.CheckMatchLabels(spec, check.Ref == nil); err != nil {
+		return err
+	}
+	if spec.State != nil && spec.State.CEL != "" {
+		if _, err := c.States.compile(spec.State.CEL); err != nil {
+			return err
+		}
+	}
+	gv, err := schema.ParseGroupVersion(spec.Selector.ObjectRef.APIVersion)
+	if err != nil {
+		return fmt.Errorf("objectRef apiVersion %q: %w", spec.Selector.ObjectRef.APIVersion, err)
+	}
+	return c.kinds.check(ctx, gv.WithKind(spec.Selector.ObjectRef.Kind))
 }
 
 // syncDefaultPermission writes (or removes) the policy's default Role and RoleBinding.

@@ -1,10 +1,14 @@
 package approval
 
 import (
+	"errors"
 	"fmt"
+	"strings"
+	"text/template"
 
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"sigs.k8s.io/yaml"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
@@ -20,28 +24,84 @@ const (
 // Templates renders role and check templates; it is safe for concurrent use.
 type Templates struct{ cache *templates.Cache }
 
-// NewTemplates returns a template renderer.
-func NewTemplates() *Templates { return &Templates{cache: templates.NewCache()} }
+// NewTemplates returns a template renderer with the restricted function set and limits (role
+// and check templates run on the leader, some written by tenants). A template that reads a key
+// its context lacks fails instead of rendering "<no value>".
+func NewTemplates() *Templates {
+	return &Templates{cache: templates.NewCache(templates.MissingKeyError(), templates.Restricted())}
+}
 
-// Rules renders a role template ConfigMap's data.rules over the request context and decodes
-// the RBAC PolicyRules. Errors name the ConfigMap.
+// Rules decodes a role template ConfigMap's data.rules into RBAC PolicyRules, renders each of
+// their strings as a template of its own over the request context, and checks every rule
+// against the allow-list (checkRule). Decoding comes first, so that a rendered value (a Pod's
+// annotation, a Connector's label) is only ever one string: it cannot add YAML, a rule or a
+// list item. Errors name the ConfigMap and the rule.
 func (t *Templates) Rules(cm *corev1.ConfigMap, context map[string]any) ([]rbacv1.PolicyRule, error) {
+	rules, err := t.rules(cm, context)
+	if err != nil {
+		return nil, &invalidRoleTemplate{err}
+	}
+	return rules, nil
+}
+
+func (t *Templates) rules(cm *corev1.ConfigMap, context map[string]any) ([]rbacv1.PolicyRule, error) {
 	text, ok := cm.Data[keyRules]
 	if !ok {
 		return nil, fmt.Errorf("role template ConfigMap %s has no data.%s", cm.Name, keyRules)
 	}
-	out, err := t.cache.Execute(cm.Name, text, context)
-	if err != nil {
-		return nil, fmt.Errorf("role template ConfigMap %s: %w", cm.Name, err)
-	}
 	var rules []rbacv1.PolicyRule
-	if err := yaml.UnmarshalStrict(out, &rules); err != nil {
+	if err := yaml.UnmarshalStrict([]byte(text), &rules); err != nil {
 		return nil, fmt.Errorf("role template ConfigMap %s: data.%s is not a YAML list of PolicyRules: %w", cm.Name, keyRules, err)
 	}
 	if len(rules) == 0 {
 		return nil, fmt.Errorf("role template ConfigMap %s grants no rule", cm.Name)
 	}
+	for i := range rules {
+		r := &rules[i]
+		if err := t.renderRule(r, context); err != nil {
+			return nil, fmt.Errorf("role template ConfigMap %s: rules[%d]: %w", cm.Name, i, err)
+		}
+		if err := checkRule(r); err != nil {
+			return nil, fmt.Errorf("role template ConfigMap %s: rules[%d] (%s): %w", cm.Name, i, ruleString(r), err)
+		}
+	}
 	return rules, nil
+}
+
+// renderRule renders every string of a rule in place.
+func (t *Templates) renderRule(r *rbacv1.PolicyRule, context map[string]any) error {
+	for _, f := range []struct {
+		field string
+		list  []string
+	}{{"apiGroups", r.APIGroups}, {"resources", r.Resources}, {"resourceNames", r.ResourceNames},
+		{"verbs", r.Verbs}, {"nonResourceURLs", r.NonResourceURLs}} {
+		field, list := f.field, f.list
+		for j, text := range list {
+			name := fmt.Sprintf("%s[%d]", field, j)
+			out, err := t.cache.Execute(name, text, context)
+			if err != nil {
+				return fmt.Errorf("%s: %w", name, err)
+			}
+			if c, found := controlCharacter(string(out)); found {
+				return fmt.Errorf("%s renders a control character (%U), which no rule may hold", name, c)
+			}
+			list[j] = string(out) // the slice shares the rule's array
+		}
+	}
+	return nil
+}
+
+// invalidRoleTemplate is an error of a role template itself (its text, what it renders, a
+// rule outside the allow-list): it stays until the template is changed.
+type invalidRoleTemplate struct{ err error }
+
+func (e *invalidRoleTemplate) Error() string { return e.err.Error() }
+func (e *invalidRoleTemplate) Unwrap() error { return e.err }
+
+// isInvalidRoleTemplate tells a role template's own error from others.
+func isInvalidRoleTemplate(err error) bool {
+	var e *invalidRoleTemplate
+	return errors.As(err, &e)
 }
 
 // Check decodes a check template ConfigMap's data.check.
@@ -60,15 +120,53 @@ func (t *Templates) Check(cm *corev1.ConfigMap) (*v1alpha1.CheckSpec, error) {
 	return &spec, nil
 }
 
-// MatchLabels renders a check's label values over the request context.
-func (t *Templates) MatchLabels(spec *v1alpha1.CheckSpec, context map[string]any) (map[string]string, error) {
+// MatchLabels renders a check's label values over the request context; untrusted values (an
+// AccessPolicy's inline check, written by a tenant) may not loop (see
+// templates.Cache.ExecuteUntrusted). A value that reads an owner the Pod's verified owner chain
+// lacks fails with a *notInOwnerChain; one that does not render a valid label value fails too,
+// so that no check matches on garbage.
+func (t *Templates) MatchLabels(spec *v1alpha1.CheckSpec, context map[string]any, untrusted bool) (map[string]string, error) {
 	out := make(map[string]string, len(spec.Selector.MatchLabels))
 	for k, v := range spec.Selector.MatchLabels {
-		b, err := t.cache.Execute(k, v, context)
+		tmpl, err := t.parseLabel(k, v, untrusted)
+		if err != nil {
+			return nil, err
+		}
+		for _, key := range []string{keyPipelineRun, keyTaskRun} {
+			if _, ok := context[key]; !ok && templates.UsesField(tmpl, key) {
+				return nil, &notInOwnerChain{key: key}
+			}
+		}
+		b, err := t.cache.Execute(k, v, context) // vetted by parseLabel
 		if err != nil {
 			return nil, fmt.Errorf("matchLabels[%s]: %w", k, err)
+		}
+		if problems := validation.IsValidLabelValue(string(b)); len(problems) > 0 {
+			return nil, fmt.Errorf("matchLabels[%s] renders a value of %d characters that is not a label value: %s", k, len(b), strings.Join(problems, "; "))
 		}
 		out[k] = string(b)
 	}
 	return out, nil
+}
+
+// CheckMatchLabels parses a check's label values as MatchLabels would, for a policy's status.
+func (t *Templates) CheckMatchLabels(spec *v1alpha1.CheckSpec, untrusted bool) error {
+	for k, v := range spec.Selector.MatchLabels {
+		if _, err := t.parseLabel(k, v, untrusted); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (t *Templates) parseLabel(k, v string, untrusted bool) (*template.Template, error) {
+	parse := t.cache.Parse
+	if untrusted {
+		parse = t.cache.ParseUntrusted
+	}
+	tmpl, err := parse(k, v)
+	if err != nil {
+		return nil, fmt.Errorf("matchLabels[%s]: %w", k, err)
+	}
+	return tmpl, nil
 }

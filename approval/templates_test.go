@@ -1,13 +1,17 @@
 package approval
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 )
 
 // builtins reads the built-in template ConfigMaps of deploy/base/templates.yaml.
@@ -28,11 +32,14 @@ func builtins(t *testing.T) map[string]*corev1.ConfigMap {
 	return out
 }
 
+// testContext is the context of a Pod of PipelineRun run-1 whose label names another run.
 func testContext() map[string]any {
 	return map[string]any{
 		"object": map[string]any{"metadata": map[string]any{
-			"name": "build-1-pod", "namespace": "team", "labels": map[string]any{"tekton.dev/pipelineRun": "run-1"}}},
-		"connector": map[string]any{"metadata": map[string]any{"name": "prod-registry", "namespace": "team"}},
+			"name": "build-1-pod", "namespace": "team", "labels": map[string]any{"tekton.dev/pipelineRun": "borrowed"}}},
+		"connector":   map[string]any{"metadata": map[string]any{"name": "prod-registry", "namespace": "team"}},
+		"taskRun":     map[string]any{"metadata": map[string]any{"name": "run-1-build"}},
+		"pipelineRun": map[string]any{"metadata": map[string]any{"name": "run-1"}},
 	}
 }
 
@@ -63,9 +70,39 @@ func TestBuiltinCheckTemplate(t *testing.T) {
 	if spec.Selector.ObjectRef.Kind != "ApprovalTask" || spec.Selector.ObjectRef.APIVersion != "openshift-pipelines.org/v1alpha1" {
 		t.Fatalf("objectRef %+v", spec.Selector.ObjectRef)
 	}
-	labels, err := tpl.MatchLabels(spec, testContext())
+	labels, err := tpl.MatchLabels(spec, testContext(), false)
 	if err != nil || labels["tekton.dev/pipelineRun"] != "run-1" {
 		t.Fatalf("matchLabels %v %v", labels, err)
+	}
+}
+
+func TestCheckOutsideAnOwnerChainSaysSo(t *testing.T) {
+	tpl := NewTemplates()
+	spec, err := tpl.Check(builtins(t)["connectors-approvals-in-pipeline"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, drop := range [][]string{{"pipelineRun"}, {"pipelineRun", "taskRun"}} {
+		ctx := testContext()
+		for _, k := range drop {
+			delete(ctx, k)
+		}
+		_, err := tpl.MatchLabels(spec, ctx, false)
+		var missing *notInOwnerChain
+		if !errors.As(err, &missing) || missing.key != "pipelineRun" ||
+			err.Error() != "the Pod is not run by a TaskRun of a PipelineRun (owner chain checked by UID)" {
+			t.Errorf("without %v: %v", drop, err)
+		}
+	}
+}
+
+func TestMatchLabelsRefuseWhatIsNoLabelValue(t *testing.T) {
+	tpl := NewTemplates()
+	for _, v := range []string{`{{ .object.metadata.nope }}`, `{{ index .object.metadata.labels "nope" }}`, `a b`} {
+		spec := &v1alpha1.CheckSpec{Selector: v1alpha1.CheckSelector{MatchLabels: map[string]string{"k": v}}}
+		if labels, err := tpl.MatchLabels(spec, testContext(), true); err == nil {
+			t.Errorf("%s rendered %v", v, labels)
+		}
 	}
 }
 
@@ -84,5 +121,65 @@ func TestBadTemplatesAreNamed(t *testing.T) {
 	}
 	if _, err := tpl.Check(&corev1.ConfigMap{Data: map[string]string{"check": "selector: {}"}}); err == nil {
 		t.Error("a check without objectRef was accepted")
+	}
+}
+
+func TestRulesAllowList(t *testing.T) {
+	tpl := NewTemplates()
+	allowed := []string{
+		`[{apiGroups: [connectors.alauda.io], resources: [connectors], verbs: [get, list, watch]}]`,
+		`[{apiGroups: [connectors.alauda.io], resources: [connectors/proxy, connectors/apis], verbs: ["*"]}]`,
+		`[{apiGroups: [connectors.alauda.io], resources: ["connectors/proxy/v1/pod/{{ .object.metadata.namespace }}/x", connectors/apis/git/gitrefs], verbs: [create]}]`,
+	}
+	for _, rules := range allowed {
+		if _, err := tpl.Rules(&corev1.ConfigMap{Data: map[string]string{"rules": rules}}, testContext()); err != nil {
+			t.Errorf("%s: %v", rules, err)
+		}
+	}
+	refused := map[string]string{
+		`[{apiGroups: [""], resources: [secrets], verbs: [get]}]`:                                       `apiGroup ""`,
+		`[{apiGroups: [connectors.alauda.io, ""], resources: [connectors], verbs: [get]}]`:              `apiGroup ""`,
+		`[{apiGroups: ["*"], resources: [connectors/proxy], verbs: [get]}]`:                             `apiGroup "*"`,
+		`[{apiGroups: [connectors.alauda.io], resources: [connectors], verbs: ["*"]}]`:                  `verb "*" on connectors`,
+		`[{apiGroups: [connectors.alauda.io], resources: [connectors], verbs: [update]}]`:               `verb "update"`,
+		`[{apiGroups: [connectors.alauda.io], resources: [connectors/status], verbs: [update]}]`:        `resource "connectors/status"`,
+		`[{apiGroups: [connectors.alauda.io], resources: ["*"], verbs: [get]}]`:                         `resource "*"`,
+		`[{apiGroups: [connectors.alauda.io], resources: ["*/proxy"], verbs: [get]}]`:                   `resource "*/proxy"`,
+		`[{apiGroups: [connectors.alauda.io], resources: [connectors/proxyx], verbs: [get]}]`:           `resource "connectors/proxyx"`,
+		`[{apiGroups: [connectors.alauda.io], resources: [connectors/proxy/], verbs: [get]}]`:           `resource "connectors/proxy/"`,
+		`[{apiGroups: [connectors.alauda.io], resources: [connectorclasses], verbs: [get]}]`:            `resource "connectorclasses"`,
+		`[{nonResourceURLs: ["/metrics"], verbs: [get]}]`:                                               `nonResourceURLs`,
+		`[{apiGroups: [connectors.alauda.io], resources: [connectors/proxy], verbs: []}]`:               `needs apiGroups, resources and verbs`,
+		`[{apiGroups: ["{{ .object.metadata.labels.g }}"], resources: [connectors/proxy], verbs: [x]}]`: `map has no entry for key "g"`,
+	}
+	for rules, want := range refused {
+		cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "grants-too-much"}, Data: map[string]string{"rules": rules}}
+		_, err := tpl.Rules(cm, testContext())
+		if err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "grants-too-much") || !isInvalidRoleTemplate(err) {
+			t.Errorf("%s: %v, want an error naming the ConfigMap and %s", rules, err, want)
+		}
+	}
+}
+
+func TestRuleValuesCannotInjectYAML(t *testing.T) {
+	tpl := NewTemplates()
+	cm := &corev1.ConfigMap{Data: map[string]string{"rules": `- apiGroups: [connectors.alauda.io]
+  resources: [connectors/proxy]
+  verbs: ["*"]
+  resourceNames: ['{{ .object.metadata.annotations.c }}']
+`}}
+	withAnnotation := func(v string) map[string]any {
+		ctx := testContext()
+		ctx["object"].(map[string]any)["metadata"].(map[string]any)["annotations"] = map[string]any{"c": v}
+		return ctx
+	}
+	rules, err := tpl.Rules(cm, withAnnotation(`a', 'b`))
+	if err != nil || len(rules) != 1 || len(rules[0].ResourceNames) != 1 || rules[0].ResourceNames[0] != `a', 'b` {
+		t.Errorf("a quote in a value: %+v %v", rules, err)
+	}
+	for _, v := range []string{"a']\n- apiGroups: [connectors.alauda.io]\n  resources: [connectors/proxy]\n  verbs: ['*", "a\tb", "a\x00"} {
+		if rules, err := tpl.Rules(cm, withAnnotation(v)); err == nil || !strings.Contains(err.Error(), "control character") {
+			t.Errorf("%q: %+v %v", v, rules, err)
+		}
 	}
 }

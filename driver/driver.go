@@ -151,8 +151,12 @@ func Run(ctx context.Context, opts Options) error {
 	}).SetupWithManager(mgr); err != nil {
 		return err
 	}
+	states, err := approval.NewStates(o.CELCacheSize)
+	if err != nil {
+		return err
+	}
 	if err := (&approval.PolicyController{
-		Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), SystemNamespace: o.SystemNamespace,
+		Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), SystemNamespace: o.SystemNamespace, States: states,
 	}).SetupWithManager(mgr); err != nil {
 		return err
 	}
@@ -163,6 +167,7 @@ func Run(ctx context.Context, opts Options) error {
 		SystemNamespace: o.SystemNamespace,
 		Recorder:        mgr.GetEventRecorder(o.DriverName),
 		Retention:       o.RequestRetention,
+		States:          states,
 	}).SetupWithManager(mgr); err != nil {
 		return err
 	}

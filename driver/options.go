@@ -52,6 +52,7 @@ type Options struct {
 	SecretCacheTTL     time.Duration
 	StatusRecheck      time.Duration
 	RegistryPageSize   int
+	CELCacheSize       int
 	ApprovalWait       time.Duration
 	ProxyPermissionTTL time.Duration
 	RequestRetention   time.Duration
@@ -103,6 +104,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.SecretCacheTTL, "secret-cache-ttl", 10*time.Second, "how long the proxy keeps a Connector's Secret after reading it")
 	fs.DurationVar(&o.StatusRecheck, "connector-recheck-interval", 5*time.Minute, "how often the leader probes each Connector's tool again for its status")
 	fs.IntVar(&o.RegistryPageSize, "api-registry-page-size", 100, "page size the Connectors API asks registries for (catalog, tag lists)")
+	fs.IntVar(&o.CELCacheSize, "cel-cache-size", defaultCELCacheSize, "how many compiled CEL check states the controller keeps (the least recently used go first)")
 	fs.DurationVar(&o.ProxyPermissionTTL, "proxy-permission-ttl", time.Second, "how long an allowed connectors/proxy check is cached: a revoked grant stops working within this")
 	fs.DurationVar(&o.ApprovalWait, "approval-wait", 10*time.Second, "how long a publish waits for a pending AccessRequest before answering Unavailable (kubelet retries)")
 	fs.DurationVar(&o.RequestRetention, "accessrequest-retention", 24*time.Hour, "how long a revoked AccessRequest is kept before it is deleted")
@@ -118,6 +120,9 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.IntVar(&o.TransportCacheSize, "transport-cache-size", defaultTransportCacheSize, "upstream connection pools (one per Connector CA bundle) the proxy keeps at most")
 	fs.BoolVar(&o.UnprivilegedMounts, "unprivileged-mounts", false, "for tests without root: write volumes into plain directories instead of tmpfs mounts")
 }
+
+// defaultCELCacheSize is --cel-cache-size's default: policies are few, their expressions fewer.
+const defaultCELCacheSize = 1024
 
 // validated are the options in the form the driver uses.
 type validated struct {
@@ -152,6 +157,12 @@ func (o *Options) validate() (*validated, error) {
 	}
 	if o.StatusRecheck <= 0 {
 		return nil, fmt.Errorf("--connector-recheck-interval must be positive")
+	}
+	switch {
+	case o.CELCacheSize < 0:
+		return nil, fmt.Errorf("--cel-cache-size must be positive")
+	case o.CELCacheSize == 0: // Options built in code without it (tests, benchmarks)
+		v.CELCacheSize = defaultCELCacheSize
 	}
 	if o.SecretCacheTTL < 0 {
 		return nil, fmt.Errorf("--secret-cache-ttl must not be negative")

@@ -8,12 +8,16 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
 )
 
@@ -29,6 +33,10 @@ const (
 	keyMultiConnector       = "enable-multi-connector"
 )
 
+// ReasonInvalidFeatureFlag is the reason of the Event on the ConfigMap for a value that is not
+// a boolean.
+const ReasonInvalidFeatureFlag = "InvalidFeatureFlag"
+
 // Flags are the feature flags. The zero value is every flag's default.
 type Flags struct {
 	ProxyPermissions     bool
@@ -42,26 +50,62 @@ type Flags struct {
 // ApprovalEffective reports whether the approval flow is on.
 func (f Flags) ApprovalEffective() bool { return f.Approval && f.ProxyPermissions }
 
-// Parse reads flags from ConfigMap data; a missing or unparsable value keeps the default.
-func Parse(data map[string]string) Flags {
-	b := func(key string, def bool) bool {
-		v, err := strconv.ParseBool(data[key])
-		if err != nil {
-			return def
-		}
-		return v
-	}
-	return Flags{
-		ProxyPermissions:     b(keyProxyPermissions, false),
-		APIsPermissions:      b(keyAPIsPermissions, false),
-		APIsWritePassthrough: b(keyAPIsWritePassthrough, false),
-		Approval:             b(keyApproval, false),
-		MultiConnector:       b(keyMultiConnector, true),
-	}
+// flags are the ConfigMap's keys, each with its field and default.
+var flags = []struct {
+	key   string
+	field func(*Flags) *bool
+	def   bool
+}{
+	{keyProxyPermissions, func(f *Flags) *bool { return &f.ProxyPermissions }, false},
+	{keyAPIsPermissions, func(f *Flags) *bool { return &f.APIsPermissions }, false},
+	{keyAPIsWritePassthrough, func(f *Flags) *bool { return &f.APIsWritePassthrough }, false},
+	{keyApproval, func(f *Flags) *bool { return &f.Approval }, false},
+	{keyMultiConnector, func(f *Flags) *bool { return &f.MultiConnector }, true},
 }
 
+// Invalid is a flag whose value is not a boolean.
+type Invalid struct{ Key, Value string }
+
+// Parse reads flags from ConfigMap data, key by key: a missing key takes its default, and an
+// unparsable one keeps its value in last (the flags in force) and is returned as Invalid. A
+// typo must not switch a permission check off.
+func Parse(data map[string]string, last Flags) (Flags, []Invalid) {
+	out := last
+	var invalid []Invalid
+	for _, f := range flags {
+		raw, set := data[f.key]
+		if !set {
+			*f.field(&out) = f.def
+			continue
+		}
+		v, err := strconv.ParseBool(raw)
+		if err != nil {
+			invalid = append(invalid, Invalid{Key: f.key, Value: raw})
+			continue
+		}
+		*f.field(&out) = v
+	}
+	return out, invalid
+}
+
+// defaults are the flags without a ConfigMap, parsed once: Flags is on every request's path.
+var defaults, _ = Parse(nil, Flags{})
+
+// invalidGauge is connectors_feature_flag_invalid{flag}: 1 while a flag's value is not a
+// boolean. Registered once per process (tests run several drivers in one).
+var invalidGauge = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+	Name: "connectors_feature_flag_invalid",
+	Help: "1 while the flag's value in connectors-config is not a boolean (its last valid value stays in force), else 0.",
+}, []string{"flag"})
+
+func init() { prometheus.MustRegister(invalidGauge) }
+
 // Source holds the current flags.
-type Source struct{ flags atomic.Pointer[Flags] }
+type Source struct {
+	flags atomic.Pointer[Flags]
+	// events reports invalid values on the ConfigMap; nil in Static sources.
+	events record.EventRecorder
+}
 
 // Static returns a Source with fixed flags, for tests and tools.
 func Static(f Flags) *Source {
@@ -69,9 +113,6 @@ func Static(f Flags) *Source {
 	s.flags.Store(&f)
 	return s
 }
-
-// defaults are the flags without a ConfigMap, parsed once: Flags is on every request's path.
-var defaults = Parse(nil)
 
 // Flags returns the current flags.
 func (s *Source) Flags() Flags {
@@ -82,28 +123,59 @@ func (s *Source) Flags() Flags {
 }
 
 // Watch keeps a Source current from the ConfigMap until ctx is done; it returns once the first
-// list is in.
+// list is in. Invalid values are logged, recorded as Events on the ConfigMap and counted in
+// connectors_feature_flag_invalid; deleting the ConfigMap returns every flag to its default.
 func Watch(ctx context.Context, kube kubernetes.Interface, namespace string) *Source {
-	s := &Source{}
+	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
+	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: kube.CoreV1().Events("")})
+	context.AfterFunc(ctx, broadcaster.Shutdown)
+	s := &Source{events: broadcaster.NewRecorder(clientgoscheme.Scheme, corev1.EventSource{Component: "connectors-csi"})}
 	factory := informers.NewSharedInformerFactoryWithOptions(kube, 10*time.Minute,
 		informers.WithNamespace(namespace),
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", ConfigMapName).String()
 		}))
 	inf := factory.Core().V1().ConfigMaps().Informer()
-	set := func(obj any) {
-		if cm, ok := obj.(*corev1.ConfigMap); ok {
-			f := Parse(cm.Data)
-			s.flags.Store(&f)
-			klog.FromContext(ctx).Info("Feature flags", "flags", f)
-		}
-	}
+	log := klog.FromContext(ctx)
 	_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    set,
-		UpdateFunc: func(_, obj any) { set(obj) },
-		DeleteFunc: func(any) { f := defaults; s.flags.Store(&f) },
+		AddFunc: func(obj any) { s.update(log, obj) },
+		UpdateFunc: func(old, obj any) {
+			if o, n := old.(*corev1.ConfigMap), obj.(*corev1.ConfigMap); o.ResourceVersion != n.ResourceVersion {
+				s.update(log, obj) // not a resync: reports are made once per change
+			}
+		},
+		DeleteFunc: func(any) {
+			f := defaults
+			s.flags.Store(&f)
+			clearInvalid()
+			log.Info("The feature flags ConfigMap was deleted; every flag is back to its default", "flags", f)
+		},
 	})
 	factory.Start(ctx.Done())
 	factory.WaitForCacheSync(ctx.Done())
 	return s
+}
+
+// update applies the ConfigMap's flags over the current ones and reports invalid values.
+func (s *Source) update(log klog.Logger, obj any) {
+	cm, ok := obj.(*corev1.ConfigMap)
+	if !ok {
+		return
+	}
+	f, invalid := Parse(cm.Data, s.Flags())
+	s.flags.Store(&f)
+	log.Info("Feature flags", "flags", f)
+	clearInvalid()
+	for _, bad := range invalid {
+		invalidGauge.WithLabelValues(bad.Key).Set(1)
+		log.Error(nil, "A feature flag is not a boolean; its last valid value stays in force", "flag", bad.Key, "value", bad.Value)
+		s.events.Eventf(cm, corev1.EventTypeWarning, ReasonInvalidFeatureFlag,
+			"%s is %q, not a boolean (true or false); its last valid value stays in force", bad.Key, bad.Value)
+	}
+}
+
+func clearInvalid() {
+	for _, f := range flags {
+		invalidGauge.WithLabelValues(f.key).Set(0)
+	}
 }

@@ -3,11 +3,11 @@ package features
 import "testing"
 
 func TestParseDefaultsAndValues(t *testing.T) {
-	if f := Parse(nil); f.ProxyPermissions || f.Approval || !f.MultiConnector {
-		t.Fatalf("defaults %+v", f)
+	if f, invalid := Parse(nil, Flags{}); f.ProxyPermissions || f.Approval || !f.MultiConnector || len(invalid) != 0 {
+		t.Fatalf("defaults %+v %v", f, invalid)
 	}
-	f := Parse(map[string]string{"enable-connector-proxy-permissions": "true", "enable-connectors-approval": "true",
-		"enable-multi-connector": "false", "enable-connector-apis-permissions": "not-a-bool"})
+	f, _ := Parse(map[string]string{"enable-connector-proxy-permissions": "true", "enable-connectors-approval": "true",
+		"enable-multi-connector": "false"}, defaults)
 	if !f.ProxyPermissions || !f.Approval || !f.ApprovalEffective() || f.MultiConnector || f.APIsPermissions {
 		t.Fatalf("parsed %+v", f)
 	}
@@ -15,7 +15,28 @@ func TestParseDefaultsAndValues(t *testing.T) {
 		t.Fatal("approval without proxy permissions is effective")
 	}
 	var s Source
-	if s.Flags() != Parse(nil) {
+	if s.Flags() != defaults {
 		t.Fatal("an empty Source does not give the defaults")
+	}
+}
+
+func TestInvalidValuesKeepTheLastValidOne(t *testing.T) {
+	last := Flags{ProxyPermissions: true, Approval: true, MultiConnector: true}
+	f, invalid := Parse(map[string]string{"enable-connector-proxy-permissions": "yes", "enable-connectors-approval": " true",
+		"enable-multi-connector": "0"}, last)
+	if !f.ProxyPermissions || !f.Approval || f.MultiConnector {
+		t.Errorf("parsed %+v, want proxy permissions and approval kept, multi-connector off", f)
+	}
+	if len(invalid) != 2 || invalid[0] != (Invalid{"enable-connector-proxy-permissions", "yes"}) ||
+		invalid[1] != (Invalid{"enable-connectors-approval", " true"}) {
+		t.Errorf("invalid %v", invalid)
+	}
+	// With no valid value yet, an invalid one keeps the default.
+	if f, _ := Parse(map[string]string{"enable-multi-connector": "nope"}, defaults); !f.MultiConnector {
+		t.Error("an invalid value replaced the default")
+	}
+	// A removed key returns to its default.
+	if f, _ := Parse(map[string]string{}, last); f.ProxyPermissions {
+		t.Error("a removed key kept its last value")
 	}
 }

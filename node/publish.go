@@ -122,8 +122,10 @@ func (s *Server) render(ctx context.Context, vr *volumeRequest) (render.Files, [
 				accessRequests = append(accessRequests, adm.AccessRequest)
 			}
 		case adm.Rejected:
+			// The grants of the Connectors before this one stay in the volume's record, and so
+			// does this request: unpublish revokes them all.
 			files, err := errorFile(adm)
-			return files, nil, err
+			return files, append(accessRequests, adm.AccessRequest), err
 		case adm.Failed:
 			return nil, nil, status.Errorf(codes.FailedPrecondition, "AccessRequest %s cannot be evaluated: %s", adm.AccessRequest, adm.Message)
 		default:

@@ -44,35 +44,101 @@ const maxCached = 1024
 
 // Cache keeps parsed templates by their text, so that a publish from warm caches does not parse.
 type Cache struct {
-	mu     sync.Mutex
-	parsed map[string]*template.Template
+	mu        sync.Mutex
+	parsed    map[string]*template.Template
+	options   []string // text/template options, e.g. missingkey=error
+	funcs     template.FuncMap
+	maxOutput int // 0: unbounded
 }
 
-// NewCache returns an empty template cache.
-func NewCache() *Cache {
-	return &Cache{parsed: map[string]*template.Template{}}
+// Option changes how a Cache's templates parse and execute.
+type Option func(*Cache)
+
+// MissingKeyError makes a reference to a key a map lacks an execution error, instead of the
+// text "<no value>".
+func MissingKeyError() Option {
+	return func(c *Cache) { c.options = append(c.options, "missingkey=error") }
+}
+
+// NewCache returns an empty template cache with the full function set.
+func NewCache(opts ...Option) *Cache {
+	c := &Cache{parsed: map[string]*template.Template{}, funcs: funcs}
+	for _, o := range opts {
+		o(c)
+	}
+	return c
 }
 
 // Execute parses text (or takes it from the cache) and executes it over data.
 func (c *Cache) Execute(name, text string, data any) ([]byte, error) {
-	t, err := c.parse(name, text)
+	t, err := c.Parse(name, text)
 	if err != nil {
 		return nil, err
 	}
-	var out bytes.Buffer
-	if err := t.Execute(&out, data); err != nil {
-		return nil, err
-	}
-	return out.Bytes(), nil
+	return c.execute(t, data)
 }
 
-func (c *Cache) parse(name, text string) (*template.Template, error) {
+// ExecuteUntrusted is Execute for a template written by a tenant: it may not use range,
+// define, template or block, so that what it costs is bounded by its length (each of its
+// actions runs once, each function bounded by a restricted Cache).
+func (c *Cache) ExecuteUntrusted(name, text string, data any) ([]byte, error) {
+	t, err := c.ParseUntrusted(name, text)
+	if err != nil {
+		return nil, err
+	}
+	return c.execute(t, data)
+}
+
+// ParseUntrusted is Parse for a template written by a tenant (see ExecuteUntrusted).
+func (c *Cache) ParseUntrusted(name, text string) (*template.Template, error) {
+	t, err := c.Parse(name, text)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkStraightLine(t); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+func (c *Cache) execute(t *template.Template, data any) ([]byte, error) {
+	if c.maxOutput == 0 {
+		var out bytes.Buffer
+		if err := t.Execute(&out, data); err != nil {
+			return nil, err
+		}
+		return out.Bytes(), nil
+	}
+	out := &limitedWriter{left: c.maxOutput}
+	if err := t.Execute(out, data); err != nil {
+		return nil, err
+	}
+	return out.buf.Bytes(), nil
+}
+
+// limitedWriter fails a write past its limit, which stops the template's execution; the
+// standard library only limits readers.
+type limitedWriter struct {
+	buf  bytes.Buffer
+	left int
+}
+
+func (w *limitedWriter) Write(p []byte) (int, error) {
+	if len(p) > w.left {
+		return 0, fmt.Errorf("the output is larger than %d bytes", w.buf.Len()+w.left)
+	}
+	w.left -= len(p)
+	return w.buf.Write(p)
+}
+
+// Parse parses text, or takes it from the cache.
+func (c *Cache) Parse(name, text string) (*template.Template, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if t, ok := c.parsed[text]; ok {
 		return t, nil
 	}
-	t, err := template.New(name).Funcs(funcs).Parse(text)
+	t, err := template.New(name).Funcs(c.funcs).Option(c.options...).Parse(text)
 	if err != nil {
 		return nil, fmt.Errorf("parse: %w", err)
 	}

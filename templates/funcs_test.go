@@ -25,3 +25,33 @@ func TestExecuteErrorIsReturned(t *testing.T) {
 		t.Fatal("want an execution error")
 	}
 }
+
+func TestMissingKeyError(t *testing.T) {
+	if out, err := NewCache().Execute("t", `{{ .a.b }}`, map[string]any{}); err != nil || string(out) != "<no value>" {
+		t.Fatalf("default: %q %v", out, err)
+	}
+	if _, err := NewCache(MissingKeyError()).Execute("t", `{{ .a.b }}`, map[string]any{}); err == nil {
+		t.Fatal("missingkey=error rendered a missing key")
+	}
+}
+
+func TestUsesField(t *testing.T) {
+	c := NewCache()
+	for text, want := range map[string]bool{
+		`{{ .run.metadata.name }}`:                       true,
+		`{{ $.run.metadata.name }}`:                      true,
+		`{{ if true }}{{ else }}{{ (.run).x }}{{ end }}`: true,
+		`{{ with .x }}{{ .run }}{{ end }}`:               true, // conservative
+		`{{ define "a" }}{{ .run }}{{ end }}`:            true,
+		`{{ .object.run }}`:                              false,
+		`{{ index . "runs" }}`:                           false,
+	} {
+		tmpl, err := c.Parse("t", text)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := UsesField(tmpl, "run"); got != want {
+			t.Errorf("UsesField(%s) = %v", text, got)
+		}
+	}
+}

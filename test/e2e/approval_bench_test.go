@@ -38,11 +38,7 @@ func BenchmarkApproval(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		run := fmt.Sprintf("run-%d", i)
-		pod := podWithVolume(b, env.kubelet, ns, "p-"+run, map[string]string{"connectors": "prod"}, nil)
-		pod.Labels = map[string]string{"tekton.dev/pipelineRun": run}
-		if err := cp.Client.Update(ctx, pod); err != nil {
-			b.Fatal(err)
-		}
+		pod := pipelineRunPod(b, env.kubelet, ns, run, "promote", map[string]string{"connectors": "prod"})
 		approvalTaskFor(b, ns, run, "pending")
 		done := make(chan error, 1)
 		go func() { done <- env.kubelet.Publish(ctx, pod, "connectors") }()

@@ -27,25 +27,27 @@ import (
 	"github.com/kube-connectors/connectors-csi/test/kubelet"
 )
 
-// setupApproval installs the ApprovalTask CRD stand-in and the built-in templates, and turns
-// the approval flags on for the test.
+// setupApproval installs the CRD stand-ins (ApprovalTask, PipelineRun, TaskRun) and the
+// built-in templates, and turns the approval flags on for the test.
 func setupApproval(t *testing.T) { setupApprovalFor(t) }
 
 // setupApprovalFor is setupApproval for tests and benchmarks.
 func setupApprovalFor(t testing.TB) {
 	t.Helper()
 	root := controlplane.RepoRoot()
-	if _, err := cp.Kubectl(nil, "apply", "-f", filepath.Join(root, "test", "e2e", "testdata", "approvaltask-crd.yaml")); err != nil {
-		t.Fatal(err)
+	for _, crd := range []string{"approvaltask-crd.yaml", "tekton-runs-crd.yaml"} {
+		if _, err := cp.Kubectl(nil, "apply", "-f", filepath.Join(root, "test", "e2e", "testdata", crd)); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if _, err := cp.Kubectl(nil, "apply", "-n", systemNS, "-f", filepath.Join(root, "deploy", "base", "templates.yaml")); err != nil {
 		t.Fatal(err)
 	}
 	if !kubelet.WaitUntil(20*time.Second, func() bool {
-		_, err := cp.Kubectl(nil, "get", "approvaltasks", "-A")
+		_, err := cp.Kubectl(nil, "get", "approvaltasks,pipelineruns,taskruns", "-A")
 		return err == nil
 	}) {
-		t.Fatal("the ApprovalTask CRD was not served")
+		t.Fatal("the ApprovalTask, PipelineRun and TaskRun CRDs were not served")
 	}
 	setFlags(t, map[string]string{"enable-connector-proxy-permissions": "true", "enable-connectors-approval": "true"})
 	t.Cleanup(func() { setFlags(t, map[string]string{}) })
@@ -69,6 +71,43 @@ func approvalTaskFor(t testing.TB, ns, run, state string) {
 	}
 }
 
+// pipelineRunPod creates what Tekton makes to run task of PipelineRun run: the PipelineRun
+// (unless it exists), its TaskRun <run>-<task> and that TaskRun's Pod <run>-<task>-pod (of
+// ServiceAccount builder, with one connectors volume), each owned by the one before through a
+// controller ownerReference with its UID, and labelled as Tekton labels them; adjust changes
+// the Pod before it is created.
+func pipelineRunPod(t testing.TB, k *kubelet.Kubelet, ns, run, task string, attrs map[string]string, adjust ...func(*corev1.Pod)) *corev1.Pod {
+	t.Helper()
+	ctx := context.Background()
+	pr := tektonRun("PipelineRun", ns, run, map[string]any{"tekton.dev/pipeline": run})
+	err := cp.Client.Create(ctx, pr)
+	if apierrors.IsAlreadyExists(err) {
+		err = cp.Client.Get(ctx, client.ObjectKeyFromObject(pr), pr)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := tektonRun("TaskRun", ns, run+"-"+task, map[string]any{"tekton.dev/pipelineRun": run, "tekton.dev/pipelineTask": task})
+	tr.SetOwnerReferences([]metav1.OwnerReference{controllerRef(pr)})
+	create(t, tr)
+	asTekton := func(p *corev1.Pod) {
+		p.Labels = map[string]string{"tekton.dev/pipelineRun": run, "tekton.dev/taskRun": tr.GetName(), "tekton.dev/pipelineTask": task}
+		p.OwnerReferences = []metav1.OwnerReference{controllerRef(tr)}
+	}
+	return podOf(t, k, ns, tr.GetName()+"-pod", "builder", attrs, nil, append([]func(*corev1.Pod){asTekton}, adjust...)...)
+}
+
+// tektonRun is a tekton.dev/v1 object of the stand-in CRDs.
+func tektonRun(kind, ns, name string, labels map[string]any) *unstructured.Unstructured {
+	return &unstructured.Unstructured{Object: map[string]any{"apiVersion": "tekton.dev/v1", "kind": kind,
+		"metadata": map[string]any{"name": name, "namespace": ns, "labels": labels}}}
+}
+
+// controllerRef is a controller ownerReference to obj, as Tekton sets on what it creates.
+func controllerRef(obj *unstructured.Unstructured) metav1.OwnerReference {
+	return *metav1.NewControllerRef(obj, obj.GroupVersionKind())
+}
+
 // TestApprovalGatedPromotion runs the driver with the deployed RBAC only.
 func TestApprovalGatedPromotion(t *testing.T) {
 	tool := startGitServer(t, false)
@@ -89,11 +128,7 @@ func TestApprovalGatedPromotion(t *testing.T) {
 					ConfigMap: &v1alpha1.ConfigMapRef{Name: "connectors-use-connectors-proxy-in-pod"}}},
 			}},
 		}})
-	pod := podWithVolume(t, env.kubelet, ns, "promote-run-1", map[string]string{"connectors": "prod"}, nil)
-	pod.Labels = map[string]string{"tekton.dev/pipelineRun": "run-1"}
-	if err := cp.Client.Update(ctx, pod); err != nil {
-		t.Fatal(err)
-	}
+	pod := pipelineRunPod(t, env.kubelet, ns, "run-1", "promote", map[string]string{"connectors": "prod"})
 	arName := approval.RequestName("prod", records.Pod{Namespace: ns, Name: pod.Name, UID: string(pod.UID)})
 	var publishErr error
 	if !kubelet.WaitUntil(20*time.Second, func() bool {
@@ -173,11 +208,7 @@ func TestApprovalGatedPromotion(t *testing.T) {
 		arName: "<accessrequest>", ns: "<namespace>", tool.URL: "<git-server>", pod.Name: "<pod>"}))
 
 	t.Run("rejected: only .error.json", func(t *testing.T) {
-		rejected := podWithVolume(t, env.kubelet, ns, "promote-run-2", map[string]string{"connectors": "prod"}, nil)
-		rejected.Labels = map[string]string{"tekton.dev/pipelineRun": "run-2"}
-		if err := cp.Client.Update(ctx, rejected); err != nil {
-			t.Fatal(err)
-		}
+		rejected := pipelineRunPod(t, env.kubelet, ns, "run-2", "promote", map[string]string{"connectors": "prod"})
 		approvalTask(t, ns, "run-2", "rejected")
 		var err error
 		if !kubelet.WaitUntil(20*time.Second, func() bool { err = env.kubelet.Publish(ctx, rejected, "connectors"); return err == nil }) {
@@ -192,11 +223,7 @@ func TestApprovalGatedPromotion(t *testing.T) {
 		}
 	})
 	t.Run("Pod deletion revokes", func(t *testing.T) {
-		third := podWithVolume(t, env.kubelet, ns, "promote-run-3", map[string]string{"connectors": "prod"}, nil)
-		third.Labels = map[string]string{"tekton.dev/pipelineRun": "run-3"}
-		if err := cp.Client.Update(ctx, third); err != nil {
-			t.Fatal(err)
-		}
+		third := pipelineRunPod(t, env.kubelet, ns, "run-3", "promote", map[string]string{"connectors": "prod"})
 		approvalTask(t, ns, "run-3", "approved")
 		if !kubelet.WaitUntil(20*time.Second, func() bool { return env.kubelet.Publish(ctx, third, "connectors") == nil }) {
 			t.Fatal("publish of an approved request failed")
@@ -213,11 +240,7 @@ func TestApprovalGatedPromotion(t *testing.T) {
 		_ = env.kubelet.Unpublish(ctx, third, "connectors")
 	})
 	t.Run("Pod completion revokes", func(t *testing.T) {
-		done := podWithVolume(t, env.kubelet, ns, "promote-run-5", map[string]string{"connectors": "prod"}, nil)
-		done.Labels = map[string]string{"tekton.dev/pipelineRun": "run-5"}
-		if err := cp.Client.Update(ctx, done); err != nil {
-			t.Fatal(err)
-		}
+		done := pipelineRunPod(t, env.kubelet, ns, "run-5", "promote", map[string]string{"connectors": "prod"})
 		approvalTaskFor(t, ns, "run-5", "approved")
 		if !kubelet.WaitUntil(20*time.Second, func() bool { return env.kubelet.Publish(ctx, done, "connectors") == nil }) {
 			t.Fatal("publish of an approved request failed")
@@ -241,11 +264,7 @@ func TestApprovalGatedPromotion(t *testing.T) {
 			Ref: &v1alpha1.TemplateRef{ConfigMap: &v1alpha1.ConfigMapRef{Name: "connectors-approvals-in-pipeline"}}})
 		policy.Namespace = ns
 		create(t, policy)
-		fourth := podWithVolume(t, env.kubelet, ns, "promote-run-4", map[string]string{"connectors": "staging"}, nil)
-		fourth.Labels = map[string]string{"tekton.dev/pipelineRun": "run-4"}
-		if err := cp.Client.Update(ctx, fourth); err != nil {
-			t.Fatal(err)
-		}
+		fourth := pipelineRunPod(t, env.kubelet, ns, "run-4", "promote", map[string]string{"connectors": "staging"})
 		approvalTask(t, ns, "run-4", "approved")
 		if !kubelet.WaitUntil(20*time.Second, func() bool { return env.kubelet.Publish(ctx, fourth, "connectors") == nil }) {
 			t.Fatal("publish of an approved request failed")

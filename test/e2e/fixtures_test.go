@@ -86,8 +86,9 @@ func podWithVolume(t testing.TB, k *kubelet.Kubelet, ns, name string, attrs map[
 	return podOf(t, k, ns, name, "builder", attrs, fsGroup)
 }
 
-// podOf creates a Pod (and its ServiceAccount) with one inline connectors volume.
-func podOf(t testing.TB, k *kubelet.Kubelet, ns, name, sa string, attrs map[string]string, fsGroup *int64) *corev1.Pod {
+// podOf creates a Pod (and its ServiceAccount) with one inline connectors volume; adjust
+// changes the Pod before it is created.
+func podOf(t testing.TB, k *kubelet.Kubelet, ns, name, sa string, attrs map[string]string, fsGroup *int64, adjust ...func(*corev1.Pod)) *corev1.Pod {
 	t.Helper()
 	readOnly := true
 	pod := &corev1.Pod{
@@ -101,6 +102,9 @@ func podOf(t testing.TB, k *kubelet.Kubelet, ns, name, sa string, attrs map[stri
 				CSI: &corev1.CSIVolumeSource{Driver: driverName, ReadOnly: &readOnly, VolumeAttributes: attrs},
 			}}},
 		},
+	}
+	for _, a := range adjust {
+		a(pod)
 	}
 	created, err := k.CreatePod(context.Background(), pod)
 	if err != nil {

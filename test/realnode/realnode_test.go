@@ -372,10 +372,19 @@ done`
 	deleteAndCheckUnmounted(t, pod)
 }
 
+// Checks for gateByApproval: the built-in one (the ApprovalTask of the PipelineRun that runs
+// the Pod, through its verified owner chain), and one for a Pod outside Tekton (the
+// ApprovalTask labelled with the Pod's UID, which no other Pod can have).
+const (
+	checkPipelineRun = `{name: approval, ref: {configMap: {name: connectors-approvals-in-pipeline}}}`
+	checkPodUID      = `{name: approval, spec: {selector: {objectRef: {apiVersion: openshift-pipelines.org/v1alpha1, kind: ApprovalTask}, ` +
+		`matchLabels: {example.com/pod-uid: '{{ .object.metadata.uid }}'}}}}`
+)
+
 // gateByApproval turns on the approval flow (connectors-config, until the test ends) with the
 // built-in templates and an ApprovalTask-shaped CRD, and gates the Connector in ns by an
-// AccessPolicy: a Pod may use it once the ApprovalTask of its PipelineRun is approved.
-func gateByApproval(t *testing.T, ns, connector string) {
+// AccessPolicy with one check: a Pod may use it once the check's ApprovalTask is approved.
+func gateByApproval(t *testing.T, ns, connector, check string) {
 	t.Helper()
 	root := controlplane.RepoRoot()
 	if _, err := node.CP.Kubectl(nil, "apply", "-f", filepath.Join(root, "test", "e2e", "testdata", "approvaltask-crd.yaml")); err != nil {
@@ -402,22 +411,22 @@ spec:
   connector: {names: [%s]}
   checkGrantedPermission:
     spec:
-      checks: [{name: approval, ref: {configMap: {name: connectors-approvals-in-pipeline}}}]
+      checks: [%s]
       roleTemplate: {ref: {configMap: {name: connectors-use-connectors-proxy-in-pod}}}
-`, ns, connector)
+`, ns, connector, check)
 	if _, err := node.CP.Kubectl([]byte(policy), "apply", "-f", "-"); err != nil {
 		t.Fatal(err)
 	}
 }
 
-// approve approves the ApprovalTask of a PipelineRun.
-func approve(t *testing.T, ns, pipelineRun string) {
+// approve creates the approved ApprovalTask approve-<value> labelled label=value.
+func approve(t *testing.T, ns, label, value string) {
 	t.Helper()
 	task := fmt.Sprintf(`apiVersion: openshift-pipelines.org/v1alpha1
 kind: ApprovalTask
-metadata: {name: approve-%s, namespace: %s, labels: {tekton.dev/pipelineRun: %s}}
+metadata: {name: approve-%s, namespace: %s, labels: {%s: %s}}
 status: {state: approved}
-`, pipelineRun, ns, pipelineRun)
+`, value, ns, label, value)
 	if _, err := node.CP.Kubectl([]byte(task), "apply", "-f", "-"); err != nil {
 		t.Fatal(err)
 	}
@@ -446,20 +455,20 @@ func waitEvent(t *testing.T, ns, object, want string) string {
 }
 
 // TestApprovalGatedPod: a Pod whose Connector is gated by an AccessPolicy stays
-// ContainerCreating with an event naming its AccessRequest, starts once the ApprovalTask is
-// approved, and after the Pod is deleted the proxy refuses its token.
+// ContainerCreating with an event naming its AccessRequest, starts once the ApprovalTask (of
+// the Pod's UID: the Pod runs outside Tekton) is approved, and after the Pod is deleted the
+// proxy refuses its token.
 func TestApprovalGatedPod(t *testing.T) {
 	ctx, kube := context.Background(), node.CP.Kube
 	ns := "approval"
 	setupNamespace(t, ns)
-	gateByApproval(t, ns, "git")
+	gateByApproval(t, ns, "git", checkPodUID)
 	results := filepath.Join(node.Dir, "results", "gated")
 	if err := os.MkdirAll(results, 0o777); err != nil {
 		t.Fatal(err)
 	}
 	script := `cp /connectors/context.token /results/token; echo started > /results/started; sleep 3600`
 	spec := scriptPod(ns, "gated", results, script)
-	spec.Labels = map[string]string{"tekton.dev/pipelineRun": "run-1"}
 	pod, err := kube.CoreV1().Pods(ns).Create(ctx, spec, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -472,7 +481,7 @@ func TestApprovalGatedPod(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(results, "started")); err == nil {
 		t.Fatal("the gated Pod's container started before the approval")
 	}
-	approve(t, ns, "run-1")
+	approve(t, ns, "example.com/pod-uid", string(pod.UID))
 	waitFile(t, filepath.Join(results, "started"), 120*time.Second)
 	token, _ := os.ReadFile(filepath.Join(results, "token"))
 	proxied := func() int {

@@ -19,6 +19,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/test/controlplane"
@@ -185,27 +186,32 @@ func TestTektonTaskRunClonesThroughProxy(t *testing.T) {
 	deleteAndCheckUnmounted(t, pod)
 }
 
-// TestTektonTaskRunWaitsForApproval: the same TaskRun, as part of PipelineRun release-1, with
-// the git Connector gated by an AccessPolicy: its Pod waits (an event names the AccessRequest)
-// until the PipelineRun's ApprovalTask is approved, then the TaskRun succeeds, and when its Pod
-// completes the grant is cleaned up.
+// TestTektonTaskRunWaitsForApproval: the example's TaskRun as the one task of PipelineRun
+// release-1 (Tekton creates TaskRun release-1-clone owned by the PipelineRun, and its Pod owned
+// by that TaskRun), with the git Connector gated by an AccessPolicy with the built-in check:
+// its Pod waits (an event names the AccessRequest) until the PipelineRun's ApprovalTask is
+// approved, then the TaskRun succeeds, and when its Pod completes the grant is cleaned up.
 func TestTektonTaskRunWaitsForApproval(t *testing.T) {
 	startTekton(t)
 	ctx := context.Background()
 	ns := "tekton-approval"
 	createNamespace(t, ns)
-	gateByApproval(t, ns, "git")
-	tool := applyCloneExample(t, ns, "\n  name: clone\n", "\n  name: clone\n  labels: {tekton.dev/pipelineRun: release-1}\n")
+	gateByApproval(t, ns, "git", checkPipelineRun)
+	tool, example := cloneExample(t, ns)
+	if _, err := node.CP.Kubectl(inPipelineRun(t, example, "release-1"), "apply", "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
+	const taskRun = "release-1-clone"
 	var podName string
-	if !kubelet.WaitUntil(60*time.Second, func() bool { podName = getTaskRun(t, ns, "clone").PodName; return podName != "" }) {
-		t.Fatalf("Tekton made no Pod for the TaskRun\n--- tekton ---\n%s", node.tail("tekton-controller"))
+	if !kubelet.WaitUntil(60*time.Second, func() bool { podName = getTaskRun(t, ns, taskRun).PodName; return podName != "" }) {
+		t.Fatalf("Tekton made no Pod for the PipelineRun's TaskRun\n--- tekton ---\n%s", node.tail("tekton-controller"))
 	}
 	t.Logf("event: %s", waitEvent(t, ns, podName, "waiting for AccessRequest "+ns+"/git-"+podName+"-"))
-	if st := getTaskRun(t, ns, "clone"); st.succeeded() != "" {
+	if st := getTaskRun(t, ns, taskRun); st.succeeded() != "" {
 		t.Fatalf("the TaskRun finished before the approval: %+v", st)
 	}
-	approve(t, ns, "release-1")
-	status := waitTaskRun(t, ns, "clone")
+	approve(t, ns, "tekton.dev/pipelineRun", "release-1")
+	status := waitTaskRun(t, ns, taskRun)
 	checkClone(t, tool, status)
 	var requests v1alpha1.AccessRequestList
 	if !kubelet.WaitUntil(60*time.Second, func() bool {
@@ -219,10 +225,19 @@ func TestTektonTaskRunWaitsForApproval(t *testing.T) {
 	}
 }
 
-// applyCloneExample starts a Git server and applies deploy/examples/tekton/git-clone.yaml in
-// the (existing) namespace ns with the server's address and credential and the lane's git image
-// (and more replacement pairs).
-func applyCloneExample(t *testing.T, ns string, more ...string) *gitserver.Server {
+// applyCloneExample applies cloneExample's example and returns its Git server.
+func applyCloneExample(t *testing.T, ns string) *gitserver.Server {
+	t.Helper()
+	tool, example := cloneExample(t, ns)
+	if _, err := node.CP.Kubectl(example, "apply", "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
+	return tool
+}
+
+// cloneExample starts a Git server and returns deploy/examples/tekton/git-clone.yaml for the
+// (existing) namespace ns with the server's address and credential and the lane's git image.
+func cloneExample(t *testing.T, ns string) (*gitserver.Server, []byte) {
 	t.Helper()
 	tool, err := gitserver.Start(t.TempDir(), false)
 	if err != nil {
@@ -231,11 +246,59 @@ func applyCloneExample(t *testing.T, ns string, more ...string) *gitserver.Serve
 	t.Cleanup(tool.Close)
 	pairs := append([]string{"namespace: team", "namespace: " + ns, "docker.io/alpine/git:latest", "localhost/git:e2e"},
 		gitPlaceholders(tool, true)...)
-	example := exampleWith(t, filepath.Join(controlplane.RepoRoot(), "deploy", "examples", "tekton", "git-clone.yaml"), append(pairs, more...)...)
-	if _, err := node.CP.Kubectl(example, "apply", "-f", "-"); err != nil {
-		t.Fatal(err)
+	return tool, exampleWith(t, filepath.Join(controlplane.RepoRoot(), "deploy", "examples", "tekton", "git-clone.yaml"), pairs...)
+}
+
+// inPipelineRun replaces the example's TaskRun by PipelineRun run with one task, clone: the
+// TaskRun's taskSpec, params and workspaces, run as its ServiceAccount. Tekton itself then
+// makes the TaskRun <run>-clone and its Pod, each owned by the one before.
+func inPipelineRun(t *testing.T, example []byte, run string) []byte {
+	t.Helper()
+	docs := strings.Split(string(example), "\n---\n")
+	for i, doc := range docs {
+		var tr struct {
+			Kind     string
+			Metadata struct{ Namespace string }
+			Spec     struct {
+				ServiceAccountName string           `json:"serviceAccountName"`
+				Params             []map[string]any `json:"params"`
+				Workspaces         []map[string]any `json:"workspaces"`
+				TaskSpec           map[string]any   `json:"taskSpec"`
+			}
+		}
+		if err := yaml.Unmarshal([]byte(doc), &tr); err != nil {
+			t.Fatal(err)
+		}
+		if tr.Kind != "TaskRun" {
+			continue
+		}
+		var params, taskParams, workspaces, taskWorkspaces []map[string]any
+		for _, p := range tr.Spec.Params {
+			params = append(params, map[string]any{"name": p["name"]})
+			taskParams = append(taskParams, map[string]any{"name": p["name"], "value": fmt.Sprintf("$(params.%s)", p["name"])})
+		}
+		for _, w := range tr.Spec.Workspaces {
+			workspaces = append(workspaces, map[string]any{"name": w["name"]})
+			taskWorkspaces = append(taskWorkspaces, map[string]any{"name": w["name"], "workspace": w["name"]})
+		}
+		pr := map[string]any{"apiVersion": "tekton.dev/v1", "kind": "PipelineRun",
+			"metadata": map[string]any{"name": run, "namespace": tr.Metadata.Namespace},
+			"spec": map[string]any{
+				"taskRunTemplate": map[string]any{"serviceAccountName": tr.Spec.ServiceAccountName},
+				"params":          tr.Spec.Params,
+				"workspaces":      tr.Spec.Workspaces,
+				"pipelineSpec": map[string]any{"params": params, "workspaces": workspaces, "tasks": []any{map[string]any{
+					"name": "clone", "taskSpec": tr.Spec.TaskSpec, "params": taskParams, "workspaces": taskWorkspaces}}},
+			}}
+		b, err := yaml.Marshal(pr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		docs[i] = string(b)
+		return []byte(strings.Join(docs, "\n---\n"))
 	}
-	return tool
+	t.Fatal("the example has no TaskRun")
+	return nil
 }
 
 // waitTaskRun waits for a TaskRun to succeed.
@@ -290,9 +353,9 @@ func TestTektonExampleIsValid(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"taskrun.tekton.dev/promote-app created (server dry run)", "taskrun.tekton.dev/clone created (server dry run)"} {
+	for _, want := range []string{"pipelinerun.tekton.dev/release-42 created (server dry run)", "taskrun.tekton.dev/clone created (server dry run)"} {
 		if !strings.Contains(out, want) {
-			t.Errorf("an example's TaskRun was not accepted (no %q):\n%s", want, out)
+			t.Errorf("an example's run was not accepted (no %q):\n%s", want, out)
 		}
 	}
 }

@@ -30,6 +30,12 @@ const (
 	ReasonSyncFailed           = "SyncFailed"
 	ReasonPermissionCleanUp    = "PermissionCleanUp"
 	ReasonNoPermissionRequired = "NoPermissionRequired"
+	// ReasonSubjectMismatch (AccessPermissionSync, Ready): spec.subject is not the Pod's
+	// ServiceAccount; nothing is granted.
+	ReasonSubjectMismatch = "SubjectMismatch"
+	// ReasonInvalidRoleTemplate (AccessPermissionSync, Ready; an AccessPolicy's PermissionSync
+	// and Ready): the role template does not render, or renders a rule outside the allow-list.
+	ReasonInvalidRoleTemplate = "InvalidRoleTemplate"
 )
 
 // Check states.

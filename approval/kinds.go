@@ -1,0 +1,79 @@
+package approval
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	authorizationv1 "k8s.io/api/authorization/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+)
+
+// kindAnswerTTL is how long a kindChecker keeps an answer: policies are reconciled on every
+// Namespace and Connector change, and each check would cost two SelfSubjectAccessReviews.
+const kindAnswerTTL = time.Minute
+
+// kindChecker tells whether the controller may read a check kind (see check), remembering its
+// answers for kindAnswerTTL.
+type kindChecker struct {
+	client  client.Client
+	answers *cache.LRUExpireCache // schema.GroupVersionKind → error (nil: allowed)
+}
+
+func newKindChecker(c client.Client) *kindChecker {
+	return &kindChecker{client: c, answers: cache.NewLRUExpireCache(256)}
+}
+
+// refusedKind is a check kind the controller will not read.
+type refusedKind struct{ reason string }
+
+func (e *refusedKind) Error() string { return e.reason }
+
+// check says why the controller may not read a check kind, or nil. Secrets are refused
+// outright (a check could match a tenant's policy on any Secret and report its state). A kind
+// the controller may not list and watch everywhere is refused before its informer starts: an
+// informer that cannot list never syncs, and the worker waiting for it would hang. A kind the
+// API server does not serve is left to the watch, which says so.
+func (k *kindChecker) check(ctx context.Context, gvk schema.GroupVersionKind) error {
+	if answer, ok := k.answers.Get(gvk); ok {
+		err, _ := answer.(error)
+		return err
+	}
+	err := k.ask(ctx, gvk)
+	var refused *refusedKind
+	if err == nil || errors.As(err, &refused) {
+		k.answers.Add(gvk, err, kindAnswerTTL)
+	}
+	return err
+}
+
+func (k *kindChecker) ask(ctx context.Context, gvk schema.GroupVersionKind) error {
+	if gvk.Group == "" && gvk.Kind == "Secret" {
+		return &refusedKind{"checks may not read Secrets"}
+	}
+	mapping, err := k.client.RESTMapper().RESTMapping(gvk.GroupKind(), gvk.Version)
+	if meta.IsNoMatchError(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("check kind %s: %w", gvk.Kind, err)
+	}
+	resource := mapping.Resource.GroupResource().String()
+	for _, verb := range []string{"list", "watch"} {
+		review := &authorizationv1.SelfSubjectAccessReview{Spec: authorizationv1.SelfSubjectAccessReviewSpec{
+			ResourceAttributes: &authorizationv1.ResourceAttributes{Group: mapping.Resource.Group, Version: mapping.Resource.Version,
+				Resource: mapping.Resource.Resource, Verb: verb}}}
+		if err := k.client.Create(ctx, review); err != nil {
+			return fmt.Errorf("ask whether the controller may %s %s: %w", verb, resource, err)
+		}
+		if !review.Status.Allowed {
+			return &refusedKind{fmt.Sprintf("the controller may not %s %s in all namespaces; "+
+				"give its ClusterRole (deploy/base/rbac.yaml) get, list and watch on it", verb, resource)}
+		}
+	}
+	return nil
+}

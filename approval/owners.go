@@ -1,0 +1,84 @@
+package approval
+
+import (
+	"context"
+	"fmt"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+)
+
+// Template context keys of a Pod's Tekton owners. They are present only when the owner chain
+// verifies, so that a check can rely on them: whoever creates a Pod sets its labels (and could
+// name any PipelineRun there), but not the UID of an object the API server made.
+const (
+	keyTaskRun     = "taskRun"
+	keyPipelineRun = "pipelineRun"
+)
+
+// tektonGroup is the API group of Tekton's TaskRun and PipelineRun.
+const tektonGroup = "tekton.dev"
+
+// ownerChainKeys are the context keys present only for Pods in a verified owner chain, with
+// what a Pod without them is not run by.
+var ownerChainKeys = map[string]string{
+	keyTaskRun:     "a TaskRun",
+	keyPipelineRun: "a TaskRun of a PipelineRun",
+}
+
+// tektonOwners returns the Pod's TaskRun and that TaskRun's PipelineRun as template context
+// entries: each the controller ownerReference of the one before, read from the API server
+// (uncached) and kept only when its UID is the one the reference names. An entry is missing
+// when its link does not verify.
+func tektonOwners(ctx context.Context, r client.Reader, pod *corev1.Pod) (map[string]any, error) {
+	out := map[string]any{}
+	taskRun, err := verifiedOwner(ctx, r, pod.Namespace, pod, "TaskRun")
+	if err != nil || taskRun == nil {
+		return out, err
+	}
+	out[keyTaskRun] = taskRun.Object
+	pipelineRun, err := verifiedOwner(ctx, r, pod.Namespace, taskRun, "PipelineRun")
+	if err != nil || pipelineRun == nil {
+		return out, err
+	}
+	out[keyPipelineRun] = pipelineRun.Object
+	return out, nil
+}
+
+// verifiedOwner reads the object's controller owner of a Tekton kind; nil when there is none,
+// it does not exist, or its UID differs from the reference's.
+func verifiedOwner(ctx context.Context, r client.Reader, namespace string, obj metav1.Object, kind string) (*unstructured.Unstructured, error) {
+	ref := metav1.GetControllerOfNoCopy(obj)
+	if ref == nil || ref.Kind != kind {
+		return nil, nil
+	}
+	gv, err := schema.ParseGroupVersion(ref.APIVersion)
+	if err != nil || gv.Group != tektonGroup {
+		return nil, nil
+	}
+	owner := &unstructured.Unstructured{}
+	owner.SetGroupVersionKind(gv.WithKind(kind))
+	err = r.Get(ctx, types.NamespacedName{Namespace: namespace, Name: ref.Name}, owner)
+	switch {
+	case apierrors.IsNotFound(err) || meta.IsNoMatchError(err):
+		return nil, nil
+	case err != nil:
+		return nil, fmt.Errorf("read %s %s/%s, owner of %s: %w", kind, namespace, ref.Name, obj.GetName(), err)
+	case owner.GetUID() != ref.UID:
+		return nil, nil
+	}
+	return owner, nil
+}
+
+// notInOwnerChain is the error of a template that reads an owner the Pod does not have.
+type notInOwnerChain struct{ key string }
+
+func (e *notInOwnerChain) Error() string {
+	return fmt.Sprintf("the Pod is not run by %s (owner chain checked by UID)", ownerChainKeys[e.key])
+}

@@ -1,0 +1,91 @@
+package templates
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestRestrictedRefusesDeniedFunctions(t *testing.T) {
+	c := NewCache(Restricted())
+	for _, fn := range []string{"env", "expandenv", "getHostByName", "genPrivateKey", "derivePassword", "bcrypt", "htpasswd", "randAlpha", "randInt", "uuidv4", "shuffle"} {
+		if _, err := c.Execute("t", "{{ "+fn+" }}", nil); err == nil || !strings.Contains(err.Error(), `function "`+fn+`" not defined`) {
+			t.Errorf("%s: %v", fn, err)
+		}
+	}
+	if _, err := NewCache().Execute("t", `{{ env "HOME" }}`, nil); err != nil {
+		t.Errorf("the full set lost env: %v", err)
+	}
+}
+
+func TestRestrictedKeepsOrdinaryFunctions(t *testing.T) {
+	c := NewCache(Restricted())
+	for text, want := range map[string]string{
+		`{{ repeat 3 "ab" }}`:                                "ababab",
+		`{{ "a\nb" | indent 2 }}`:                            "  a\n  b",
+		`{{ until 3 | join "," }}`:                           "0,1,2",
+		`{{ seq 1 3 }}`:                                      "1 2 3",
+		`{{ untilStep 0 10 5 | join "," }}`:                  "0,5",
+		`{{ replace "a" "bb" "aXa" }}`:                       "bbXbb",
+		`{{ regexReplaceAll "a(x*)b" "-ab-axxb-" "${1}W" }}`: "-W-xxW-",
+		`{{ printf "%05d|%.2f" 42 3.14159 }}`:                "00042|3.14",
+		`{{ print "a" 1 }}`:                                  "a1",
+		`{{ wrapWith 2 "|" "abcd" }}`:                        "ab|cd",
+		`{{ (urlParse "https://h:1/p").host }}`:              "h:1",
+		`{{ dict "a" 1 | toJson }}`:                          `{"a":1}`,
+	} {
+		out, err := c.Execute("t", text, nil)
+		if err != nil || string(out) != want {
+			t.Errorf("%s: %q %v, want %q", text, out, err, want)
+		}
+	}
+}
+
+func TestRestrictedBoundsWhatCouldExplode(t *testing.T) {
+	c := NewCache(Restricted())
+	for text, want := range map[string]string{
+		`{{ repeat 30000000 "x" | trunc 10 }}`:                          "repeat would make",
+		`{{ indent 100000000 "x" }}`:                                    "indent would make",
+		`{{ nindent 100000000 "x" }}`:                                   "nindent would make",
+		`{{ until 100000000 | len }}`:                                   "until would make",
+		`{{ untilStep 0 100000000 1 | len }}`:                           "untilStep would make",
+		`{{ seq 100000000 }}`:                                           "seq would make",
+		`{{ seq 0 1 100000000 }}`:                                       "seq would make",
+		`{{ $a := repeat 1000 "x" }}{{ replace "" $a $a }}`:             "replace would make",
+		`{{ $a := repeat 1000 "x" }}{{ wrapWith 1 $a $a }}`:             "wrapWith would make",
+		`{{ $a := repeat 1000 "x" }}{{ regexReplaceAll "" $a $a }}`:     "regexReplaceAll would make",
+		`{{ printf "%0999999999d" 1 }}`:                                 "width or precision",
+		`{{ printf "%*d" 999999999 1 }}`:                                "(*)",
+		`{{ printf "%.[1]*d" 999999999 1 }}`:                            "(*)",
+		`{{ $a := repeat 200000 "x" }}{{ $a = cat $a $a }}{{ len $a }}`: "more than 262144 bytes",
+		`{{ $l := list (repeat 200000 "x") }}{{ $l = concat $l $l }}`:   "more than 262144 bytes",
+		`{{ $d := dict }}{{ $_ := set $d "a" $d }}{{ $d }}`:             "more than 262144 bytes",
+		`{{ repeat 60000 "x" }}{{ repeat 60000 "x" }}`:                  "output is larger than 65536 bytes",
+	} {
+		out, err := c.Execute("t", text, nil)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %d bytes, %v; want an error with %q", text, len(out), err, want)
+		}
+	}
+}
+
+func TestUntrustedTemplatesRunStraight(t *testing.T) {
+	c := NewCache(Restricted())
+	for text, want := range map[string]string{
+		`{{ range until 3 }}x{{ end }}`:                      "range is not allowed",
+		`{{ define "a" }}x{{ end }}{{ template "a" }}`:       "define and block are not allowed",
+		`{{ block "a" . }}x{{ end }}`:                        "define and block are not allowed",
+		`{{ if true }}{{ range until 2 }}{{ end }}{{ end }}`: "range is not allowed",
+	} {
+		if _, err := c.ExecuteUntrusted("t", text, nil); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want %q", text, err, want)
+		}
+	}
+	for _, text := range []string{"", "plain", `{{ if .a }}{{ .a | upper }}{{ else }}none{{ end }}`, `{{ with .a }}{{ . }}{{ end }}`} {
+		if _, err := c.ExecuteUntrusted("t", text, map[string]any{"a": "x"}); err != nil {
+			t.Errorf("%q: %v", text, err)
+		}
+	}
+	if _, err := c.Execute("t", `{{ range until 3 }}x{{ end }}`, nil); err != nil {
+		t.Errorf("a trusted template may range: %v", err)
+	}
+}

@@ -1,0 +1,541 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/approval"
+	"github.com/kube-connectors/connectors-csi/driver"
+	"github.com/kube-connectors/connectors-csi/features"
+	"github.com/kube-connectors/connectors-csi/node/records"
+	"github.com/kube-connectors/connectors-csi/test/gitserver"
+	"github.com/kube-connectors/connectors-csi/test/kubelet"
+)
+
+// The tenant-isolation tests of the approval side (SPEC §4.7): a hostile tenant creates
+// Connectors, Pods and AccessPolicies (and AccessRequests) in its own namespace, nothing more.
+
+// pipelineCheck is the built-in check: the approval of the Pod's PipelineRun.
+var pipelineCheck = v1alpha1.Check{Name: "approval", Ref: &v1alpha1.TemplateRef{ConfigMap: &v1alpha1.ConfigMapRef{Name: "connectors-approvals-in-pipeline"}}}
+
+// podRole is the built-in role template: connectors/proxy for the one Pod.
+const podRole = "connectors-use-connectors-proxy-in-pod"
+
+// pipelineGate creates, in ns, the Connector prod (the git class, for a Git server) usable by
+// builder, gated by policy prod with the built-in check and role template.
+func pipelineGate(t *testing.T, ns string) {
+	t.Helper()
+	gatedConnector(t, ns, "prod", gitClass(t), startGitServer(t, false), pipelineCheck, podRole)
+}
+
+// gatedConnector creates a git Connector usable (get) by builder and gated by a policy of the
+// same name with check and roleTemplate.
+func gatedConnector(t *testing.T, ns, name, class string, tool *gitserver.Server, check v1alpha1.Check, roleTemplate string) {
+	t.Helper()
+	gitConnector(t, ns, name, class, tool)
+	allowConnectorsAs(t, ns, "builder", "use-"+name, name)
+	policy := gatingPolicy(name, name, check)
+	policy.Namespace = ns
+	policy.Spec.CheckGrantedPermission.Spec.RoleTemplate = roleRef(roleTemplate)
+	create(t, policy)
+}
+
+// roleTemplate creates a role template ConfigMap in the system namespace for the test.
+func roleTemplate(t *testing.T, name, rules string) string {
+	t.Helper()
+	create(t, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: systemNS}, Data: map[string]string{"rules": rules}})
+	t.Cleanup(func() {
+		_ = cp.Client.Delete(context.Background(), &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: systemNS}})
+	})
+	return name
+}
+
+// approvalEnv sets up approval (setupApproval), starts a driver with its proxy and makes the
+// test's namespace.
+func approvalEnv(t *testing.T) (*proxyEnv, string) {
+	t.Helper()
+	setupApproval(t)
+	return startProxyDriver(t, nil), newNamespace(t)
+}
+
+// waitRevoked waits until the AccessRequest's grant is revoked (PermissionCleanUp) and checks
+// that its Role and RoleBinding are gone.
+func waitRevoked(t *testing.T, key types.NamespacedName) {
+	t.Helper()
+	var ar v1alpha1.AccessRequest
+	if !kubelet.WaitUntil(10*time.Second, func() bool {
+		if cp.Client.Get(context.Background(), key, &ar) != nil {
+			return false
+		}
+		c := meta.FindStatusCondition(ar.Status.Conditions, v1alpha1.ConditionAccessPermissionSync)
+		return c != nil && c.Reason == v1alpha1.ReasonPermissionCleanUp
+	}) {
+		t.Fatalf("AccessRequest %s was not revoked: %+v", key, ar.Status.Conditions)
+	}
+	for _, obj := range []client.Object{&rbacv1.Role{}, &rbacv1.RoleBinding{}} {
+		if err := cp.Client.Get(context.Background(), key, obj); !apierrors.IsNotFound(err) {
+			t.Errorf("the %T of revoked AccessRequest %s is still there: %v", obj, key, err)
+		}
+	}
+}
+
+// publishOutcome publishes until the answer is no longer Unavailable (the controller has not
+// decided yet) and returns it; the volume is unpublished when the test ends.
+func publishOutcome(t *testing.T, env *proxyEnv, pod *corev1.Pod) error {
+	t.Helper()
+	t.Cleanup(func() { _ = env.kubelet.Unpublish(context.Background(), pod, "connectors") })
+	var err error
+	kubelet.WaitUntil(20*time.Second, func() bool {
+		err = env.kubelet.Publish(context.Background(), pod, "connectors")
+		return status.Code(err) != codes.Unavailable
+	})
+	return err
+}
+
+// TestApprovalsCannotBeBorrowed: the built-in check finds the ApprovalTask of the PipelineRun
+// that really runs the Pod (Pod → TaskRun → PipelineRun, by controller ownerReferences and
+// UIDs), not of whatever PipelineRun the Pod's own label names.
+func TestApprovalsCannotBeBorrowed(t *testing.T) {
+	env, ns := approvalEnv(t)
+	pipelineGate(t, ns)
+	approvalTask(t, ns, "release-1", "approved")
+
+	legit := pipelineRunPod(t, env.kubelet, ns, "release-1", "promote", map[string]string{"connectors": "prod"})
+	if err := publishOutcome(t, env, legit); err != nil {
+		t.Fatalf("the Pod of the approved PipelineRun: %v", err)
+	}
+
+	yes := true
+	borrowers := []struct {
+		name, pod string
+		adjust    func(*corev1.Pod)
+	}{
+		{"a bare Pod labelled with the approved PipelineRun", "bare", func(p *corev1.Pod) {
+			p.Labels = map[string]string{"tekton.dev/pipelineRun": "release-1"}
+		}},
+		{"a Pod naming the approved run's TaskRun with another UID", "forged-owner", func(p *corev1.Pod) {
+			p.Labels = map[string]string{"tekton.dev/pipelineRun": "release-1"}
+			p.OwnerReferences = []metav1.OwnerReference{{APIVersion: "tekton.dev/v1", Kind: "TaskRun",
+				Name: "release-1-promote", UID: types.UID("00000000-0000-0000-0000-000000000001"), Controller: &yes}}
+		}},
+	}
+	for _, b := range borrowers {
+		t.Run(b.name, func(t *testing.T) {
+			pod := podOf(t, env.kubelet, ns, b.pod, "builder", map[string]string{"connectors": "prod"}, nil, b.adjust)
+			err := publishOutcome(t, env, pod)
+			want := "Pod " + ns + "/" + pod.Name + " is not run by a TaskRun of a PipelineRun (owner chain checked by UID)"
+			if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), want) {
+				t.Fatalf("publish: %v, want FailedPrecondition saying %q", err, want)
+			}
+		})
+	}
+}
+
+// waitRequest waits until the AccessRequest's condition typ has a reason other than Pending
+// (the controller decided) and returns the request.
+func waitRequest(t *testing.T, key types.NamespacedName, typ string) *v1alpha1.AccessRequest {
+	t.Helper()
+	var ar v1alpha1.AccessRequest
+	if !kubelet.WaitUntil(20*time.Second, func() bool {
+		if cp.Client.Get(context.Background(), key, &ar) != nil {
+			return false
+		}
+		c := meta.FindStatusCondition(ar.Status.Conditions, typ)
+		return c != nil && c.Reason != v1alpha1.ReasonPending
+	}) {
+		t.Fatalf("AccessRequest %s: %s was never decided: %+v", key, typ, ar.Status.Conditions)
+	}
+	return &ar
+}
+
+// TestAccessRequestSubjectComesFromThePod: an AccessRequest for a real Pod whose checks pass,
+// but whose spec names another subject than the Pod's ServiceAccount, grants nothing, and
+// says why; made under the name the driver would use, it fails the Pod's publish.
+func TestAccessRequestSubjectComesFromThePod(t *testing.T) {
+	env, ns := approvalEnv(t)
+	pipelineGate(t, ns)
+	approvalTask(t, ns, "release-1", "approved")
+	pod := pipelineRunPod(t, env.kubelet, ns, "release-1", "promote", map[string]string{"connectors": "prod"})
+	forged := &v1alpha1.AccessRequest{
+		ObjectMeta: metav1.ObjectMeta{Name: approval.RequestName("prod", records.Pod{Namespace: ns, Name: pod.Name, UID: string(pod.UID)}),
+			Namespace: ns, Labels: map[string]string{
+				v1alpha1.LabelAccessRequestConnector: "prod", v1alpha1.LabelContextObjectKind: "Pod",
+				v1alpha1.LabelContextObjectName: pod.Name, v1alpha1.LabelContextObjectNamespace: ns}},
+		Spec: v1alpha1.AccessRequestSpec{
+			Subject:      rbacv1.Subject{Kind: rbacv1.ServiceAccountKind, Name: "intruder", Namespace: ns},
+			ConnectorRef: v1alpha1.LocalObjectRef{Name: "prod"},
+			Context: v1alpha1.AccessContext{ObjectRef: v1alpha1.ContextObjectRef{
+				APIVersion: "v1", Kind: "Pod", Name: pod.Name, Namespace: ns, UID: pod.UID}},
+		},
+	}
+	create(t, forged)
+	ar := waitRequest(t, client.ObjectKeyFromObject(forged), v1alpha1.ConditionAccessPermissionSync)
+	var rb rbacv1.RoleBinding
+	if err := cp.Client.Get(context.Background(), client.ObjectKeyFromObject(forged), &rb); !apierrors.IsNotFound(err) {
+		t.Errorf("a RoleBinding for the forged request exists (%v): subjects %+v", err, rb.Subjects)
+	}
+	for _, typ := range []string{v1alpha1.ConditionAccessPermissionSync, v1alpha1.ConditionReady} {
+		c := meta.FindStatusCondition(ar.Status.Conditions, typ)
+		if c == nil || c.Status != metav1.ConditionFalse || c.Reason != "SubjectMismatch" ||
+			!strings.Contains(c.Message, ns+"/intruder") || !strings.Contains(c.Message, ns+"/builder") {
+			t.Errorf("%s: %+v, want False/SubjectMismatch naming %s/intruder and %s/builder", typ, c, ns, ns)
+		}
+	}
+	if err := publishOutcome(t, env, pod); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "is not the Pod's ServiceAccount") {
+		t.Errorf("publish with the forged request: %v, want FailedPrecondition naming the subject mismatch", err)
+	}
+}
+
+// TestRoleTemplatesAreCheckedAndEscaped: a role template whose rules reach beyond Connectors
+// grants nothing (for a request and for a policy's defaultPermission) and says which rule;
+// a Pod's annotation read by a role template stays one string: it cannot add a rule or a
+// resource name.
+func TestRoleTemplatesAreCheckedAndEscaped(t *testing.T) {
+	env, ns := approvalEnv(t)
+	ctx := context.Background()
+	tool, git := startGitServer(t, false), gitClass(t)
+	approvalTask(t, ns, "release-1", "approved")
+	annotated := roleTemplate(t, ns+"-annotated", `- apiGroups: [connectors.alauda.io]
+  resources: [connectors/proxy]
+  verbs: ["*"]
+  resourceNames: ['{{ index .object.metadata.annotations "example.com/connector" }}']
+`)
+
+	forbidden := []struct{ name, rules, rule string }{
+		{"secrets", "- apiGroups: [\"\"]\n  resources: [secrets]\n  verbs: [get]\n", "secrets"},
+		{"roles", "- apiGroups: [rbac.authorization.k8s.io]\n  resources: [roles]\n  verbs: [\"*\"]\n", "rbac.authorization.k8s.io"},
+		{"connector-write", "- apiGroups: [connectors.alauda.io]\n  resources: [connectors]\n  verbs: [update]\n", "update"},
+	}
+	for _, tc := range forbidden {
+		t.Run("a role template granting "+tc.name, func(t *testing.T) {
+			gatedConnector(t, ns, tc.name, git, tool, pipelineCheck, roleTemplate(t, ns+"-"+tc.name, tc.rules))
+			pod := pipelineRunPod(t, env.kubelet, ns, "release-1", tc.name, map[string]string{"connectors": tc.name})
+			err := publishOutcome(t, env, pod)
+			if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), tc.rule) {
+				t.Errorf("publish: %v, want FailedPrecondition naming the rule (%s)", err, tc.rule)
+			}
+			key := types.NamespacedName{Namespace: ns, Name: approval.RequestName(tc.name, records.Pod{Namespace: ns, Name: pod.Name, UID: string(pod.UID)})}
+			ar := waitRequest(t, key, v1alpha1.ConditionAccessPermissionSync)
+			if c := meta.FindStatusCondition(ar.Status.Conditions, v1alpha1.ConditionAccessPermissionSync); c.Status != metav1.ConditionFalse || !strings.Contains(c.Message, tc.rule) {
+				t.Errorf("AccessPermissionSync %+v does not refuse naming the rule", c)
+			}
+			if err := cp.Client.Get(ctx, key, &rbacv1.Role{}); !apierrors.IsNotFound(err) {
+				t.Errorf("the Role of the refused request exists: %v", err)
+			}
+		})
+	}
+	t.Run("defaultPermission with a role template granting secrets", func(t *testing.T) {
+		newConnector(t, ns, "everyday", git, tool.URL)
+		create(t, &v1alpha1.AccessPolicy{ObjectMeta: metav1.ObjectMeta{Name: "everyday", Namespace: ns},
+			Spec: v1alpha1.AccessPolicySpec{
+				Connector: v1alpha1.ConnectorSelector{Names: []string{"everyday"}},
+				DefaultPermission: &v1alpha1.DefaultPermission{RoleTemplate: roleRef(roleTemplate(t, ns+"-default", forbidden[0].rules)),
+					BindingTemplate: v1alpha1.BindingTemplate{ServiceAccounts: []v1alpha1.ServiceAccountSelector{{
+						Names: []string{"builder"}, NamespaceSelector: v1alpha1.NamespaceSelector{Names: []string{ns}}}}}},
+			}})
+		p := waitPolicy(t, ns, "everyday", metav1.ConditionFalse, "InvalidRoleTemplate")
+		if c := meta.FindStatusCondition(p.Status.Conditions, v1alpha1.ConditionPermissionSync); c.Status != metav1.ConditionFalse || !strings.Contains(c.Message, "secrets") {
+			t.Errorf("PermissionSync %+v does not refuse naming the rule", c)
+		}
+		if err := cp.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "connectors-default-everyday"}, &rbacv1.Role{}); !apierrors.IsNotFound(err) {
+			t.Errorf("the default permission's Role exists: %v", err)
+		}
+	})
+
+	annotatedPod := func(t *testing.T, task, value string) (*corev1.Pod, types.NamespacedName) {
+		gatedConnector(t, ns, task, git, tool, pipelineCheck, annotated)
+		pod := pipelineRunPod(t, env.kubelet, ns, "release-1", task, map[string]string{"connectors": task})
+		pod.Annotations = map[string]string{"example.com/connector": value}
+		if err := cp.Client.Update(ctx, pod); err != nil {
+			t.Fatal(err)
+		}
+		return pod, types.NamespacedName{Namespace: ns, Name: approval.RequestName(task, records.Pod{Namespace: ns, Name: pod.Name, UID: string(pod.UID)})}
+	}
+	t.Run("an annotation cannot add a resource name", func(t *testing.T) {
+		value := "flow', 'prod"
+		pod, key := annotatedPod(t, "flow", value)
+		if err := publishOutcome(t, env, pod); err != nil {
+			t.Fatalf("publish: %v", err)
+		}
+		var role rbacv1.Role
+		if err := cp.Client.Get(ctx, key, &role); err != nil {
+			t.Fatal(err)
+		}
+		if len(role.Rules) != 1 || len(role.Rules[0].ResourceNames) != 1 || role.Rules[0].ResourceNames[0] != value {
+			t.Errorf("the Role grants %+v, want one rule on the one resource name %q", role.Rules, value)
+		}
+	})
+	t.Run("an annotation cannot add a rule", func(t *testing.T) {
+		pod, key := annotatedPod(t, "block", "block']\n- apiGroups: [connectors.alauda.io]\n  resources: [connectors/proxy]\n  verbs: ['*")
+		err := publishOutcome(t, env, pod)
+		var role rbacv1.Role
+		if getErr := cp.Client.Get(ctx, key, &role); getErr == nil {
+			t.Errorf("the Role grants %+v", role.Rules)
+		}
+		if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "control character") {
+			t.Errorf("publish: %v, want FailedPrecondition naming the control character", err)
+		}
+	})
+}
+
+// TestTenantChecksAreBounded: what a tenant writes into an AccessPolicy's inline check runs
+// with restricted template functions, straight-line templates, a CEL cost limit and messages
+// that print no value of the matched object; a check kind that is a Secret, or that the
+// controller may not list and watch (the driver runs with the deployed RBAC), is refused
+// before any informer is started.
+func TestTenantChecksAreBounded(t *testing.T) {
+	setupApproval(t)
+	kubeconfig := driverKubeconfig(t)
+	env := startProxyDriver(t, func(o *driver.Options) { o.Kubeconfig = kubeconfig })
+	ctx := context.Background()
+	ns := newNamespace(t)
+	tool, git := startGitServer(t, false), gitClass(t)
+	approvalTask(t, ns, "release-1", "approved")
+	approvalTaskObj := &unstructured.Unstructured{}
+	approvalTaskObj.SetAPIVersion("openshift-pipelines.org/v1alpha1")
+	approvalTaskObj.SetKind("ApprovalTask")
+	if err := cp.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "approve-release-1"}, approvalTaskObj); err != nil {
+		t.Fatal(err)
+	}
+
+	ofRun := map[string]string{"tekton.dev/pipelineRun": "{{ .pipelineRun.metadata.name }}"}
+	approvalTasks := v1alpha1.ObjectKindRef{APIVersion: "openshift-pipelines.org/v1alpha1", Kind: "ApprovalTask"}
+	numbers := make([]string, 100)
+	for i := range numbers {
+		numbers[i] = strconv.Itoa(i)
+	}
+	list := "[" + strings.Join(numbers, ",") + "]"
+	cases := []struct {
+		name     string
+		kind     v1alpha1.ObjectKindRef
+		labels   map[string]string
+		cel      string
+		policy   string // what the policy's Ready condition names, or "" when the policy is fine
+		publish  string // what the failed publish names
+		withheld string // what no message may show
+	}{
+		{name: "repeat", kind: approvalTasks, labels: map[string]string{"tekton.dev/pipelineRun": `{{ repeat 30000000 "x" | trunc 10 }}`},
+			publish: "repeat would make"},
+		{name: "env", kind: approvalTasks, labels: map[string]string{"tekton.dev/pipelineRun": `{{ env "HOME" | trimPrefix "/" }}`},
+			policy: `function "env" not defined`, publish: `function "env" not defined`},
+		{name: "range", kind: approvalTasks, labels: map[string]string{"tekton.dev/pipelineRun": `{{ range until 3 }}{{ end }}{{ .pipelineRun.metadata.name }}`},
+			policy: "range is not allowed", publish: "range is not allowed"},
+		{name: "cel-cost", kind: approvalTasks, labels: ofRun,
+			cel: fmt.Sprintf("string(%s.map(x, %s.map(y, %s.map(z, x + y + z))).size())", list, list, list), publish: "cost limit"},
+		{name: "cel-value", kind: approvalTasks, labels: ofRun, cel: "object.metadata.uid",
+			publish: "not one of approved, passed, rejected, pending", withheld: string(approvalTaskObj.GetUID())},
+		{name: "cel-type", kind: approvalTasks, labels: ofRun, cel: "object.status", publish: "a map, not a string", withheld: "approved"},
+		{name: "secret", kind: v1alpha1.ObjectKindRef{APIVersion: "v1", Kind: "Secret"}, labels: map[string]string{"a": "b"},
+			policy: "Secret", publish: "Secret"},
+		{name: "unlistable", kind: v1alpha1.ObjectKindRef{APIVersion: "apps/v1", Kind: "Deployment"}, labels: map[string]string{"a": "b"},
+			policy: "deployments.apps", publish: "deployments.apps"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			check := v1alpha1.Check{Name: "tenant", Spec: &v1alpha1.CheckSpec{
+				Selector: v1alpha1.CheckSelector{ObjectRef: tc.kind, MatchLabels: tc.labels}}}
+			if tc.cel != "" {
+				check.Spec.State = &v1alpha1.CheckState{CEL: tc.cel}
+			}
+			gatedConnector(t, ns, tc.name, git, tool, check, podRole)
+			pod := pipelineRunPod(t, env.kubelet, ns, "release-1", tc.name, map[string]string{"connectors": tc.name})
+			err := publishOutcome(t, env, pod)
+			t.Logf("publish: %v", err)
+			if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), tc.publish) {
+				t.Errorf("publish: %v, want FailedPrecondition naming %q", err, tc.publish)
+			}
+			if tc.withheld != "" && err != nil && strings.Contains(err.Error(), tc.withheld) {
+				t.Errorf("the error shows the matched object's value %q: %v", tc.withheld, err)
+			}
+			if tc.policy != "" {
+				p := waitPolicy(t, ns, tc.name, metav1.ConditionFalse, "InvalidCheck")
+				if c := meta.FindStatusCondition(p.Status.Conditions, v1alpha1.ConditionReady); !strings.Contains(c.Message, tc.policy) {
+					t.Errorf("policy Ready %q does not name %q", c.Message, tc.policy)
+				}
+			}
+		})
+	}
+}
+
+// gauge reads metric{label=value} from the default Prometheus registry (the one
+// --metrics-listen serves), and whether it is there.
+func gauge(t *testing.T, metric, label, value string) (float64, bool) {
+	t.Helper()
+	families, err := prometheus.DefaultGatherer.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != metric {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == label && l.GetValue() == value {
+					return m.GetGauge().GetValue(), true
+				}
+			}
+		}
+	}
+	return 0, false
+}
+
+// TestCELProgramCacheIsBounded: policies with more distinct CEL states than --cel-cache-size
+// leave at most that many compiled programs, as connectors_cache_entries reports.
+func TestCELProgramCacheIsBounded(t *testing.T) {
+	setupApproval(t)
+	startDriverWith(t, t.TempDir(), nil, func(o *driver.Options) { o.CELCacheSize = 2 })
+	ns := newNamespace(t)
+	approvalTasks := v1alpha1.ObjectKindRef{APIVersion: "openshift-pipelines.org/v1alpha1", Kind: "ApprovalTask"}
+	for i := range 5 {
+		name := fmt.Sprintf("cel-%d", i)
+		policy := gatingPolicy(name, name, v1alpha1.Check{Name: "c", Spec: &v1alpha1.CheckSpec{
+			Selector: v1alpha1.CheckSelector{ObjectRef: approvalTasks},
+			State:    &v1alpha1.CheckState{CEL: fmt.Sprintf("object.status.state + %q", strings.Repeat(" ", i))}}})
+		policy.Namespace = ns
+		create(t, policy)
+		waitPolicy(t, ns, name, metav1.ConditionTrue, "Ready") // its CEL was compiled
+	}
+	if n, found := gauge(t, "connectors_cache_entries", "cache", "cel_programs"); !found || n > 2 {
+		t.Fatalf("connectors_cache_entries{cache=\"cel_programs\"} = %v (found %v), want at most --cel-cache-size 2", n, found)
+	}
+}
+
+// TestInvalidFeatureFlagKeepsLastValue: enable-connector-proxy-permissions "true" makes the
+// proxy ask for connectors/proxy; changed to the unparsable "yes" it stays on (it used to mean
+// false), with an Event on the ConfigMap and connectors_feature_flag_invalid at 1; a valid
+// "false" turns it off and clears the gauge.
+func TestInvalidFeatureFlagKeepsLastValue(t *testing.T) {
+	tool := startGitServer(t, false)
+	env := startProxyDriver(t, nil)
+	ctx := context.Background()
+	ns := newNamespace(t)
+	gitConnector(t, ns, "tool", gitClass(t), tool)
+	allowConnectors(t, ns, "builder", "tool")
+	pod := podWithVolume(t, env.kubelet, ns, "client", map[string]string{"connectors": "tool"}, nil)
+	if err := publishOutcome(t, env, pod); err != nil {
+		t.Fatal(err)
+	}
+	token := visibleFiles(t, env.kubelet.TargetPath(pod, "connectors"))["context.token"]
+	url := fmt.Sprintf("%s/namespaces/%s/connectors/tool/repo.git/info/refs?service=git-upload-pack", env.proxyURL, ns)
+	proxied := func() (int, string) {
+		return do(t, noRedirects, newRequest(t, "GET", url, map[string]string{"Authorization": "Bearer " + token}))
+	}
+	refused := func() bool { code, body := proxied(); return code == 403 && strings.Contains(body, "connectors/proxy") }
+	const flag = "enable-connector-proxy-permissions"
+	t.Cleanup(func() { setFlags(t, map[string]string{}) })
+
+	setFlags(t, map[string]string{flag: "true"})
+	if !kubelet.WaitUntil(10*time.Second, refused) {
+		t.Fatal("with the flag \"true\" a request without connectors/proxy was not refused")
+	}
+	setFlags(t, map[string]string{flag: "yes"})
+	var event string
+	if !kubelet.WaitUntil(20*time.Second, func() bool {
+		evs, err := cp.Kube.CoreV1().Events(systemNS).List(ctx, metav1.ListOptions{
+			FieldSelector: "involvedObject.name=" + features.ConfigMapName + ",reason=InvalidFeatureFlag"})
+		for _, e := range evs.Items {
+			if strings.Contains(e.Message, flag) && strings.Contains(e.Message, `"yes"`) {
+				event = e.Message
+			}
+		}
+		return err == nil && event != ""
+	}) {
+		t.Error("no InvalidFeatureFlag Event on the ConfigMap names the flag and its value")
+	}
+	t.Logf("event: %s", event)
+	if code, body := proxied(); code != 403 || !strings.Contains(body, "connectors/proxy") {
+		t.Errorf("with the flag \"yes\" after \"true\": %d %s, want the refusal (the last valid value stays)", code, body)
+	}
+	if v, found := gauge(t, "connectors_feature_flag_invalid", "flag", flag); v != 1 {
+		t.Errorf("connectors_feature_flag_invalid{flag=%q} = %v (found %v), want 1", flag, v, found)
+	}
+
+	setFlags(t, map[string]string{flag: "false"})
+	if !kubelet.WaitUntil(10*time.Second, func() bool { code, _ := proxied(); return code == 200 }) {
+		t.Fatal("with the flag \"false\" the request is still refused")
+	}
+	if v, _ := gauge(t, "connectors_feature_flag_invalid", "flag", flag); v != 0 {
+		t.Errorf("connectors_feature_flag_invalid{flag=%q} = %v after a valid value, want 0", flag, v)
+	}
+}
+
+// TestLongPodNameThroughApproval: a Pod with a 253-character name goes through the approval
+// flow (AccessRequest labels carry its name; the request's name is cut to fit, here right
+// after a dot): pending, approved, published, revoked on unpublish.
+func TestLongPodNameThroughApproval(t *testing.T) {
+	env, ns := approvalEnv(t)
+	ctx := context.Background()
+	pipelineGate(t, ns)
+	// "prod-" + the name is cut to 244 characters before the hash suffix: it then ends with the dot.
+	name := strings.Repeat("a", 238) + "." + strings.Repeat("b", 14)
+	pod := pipelineRunPod(t, env.kubelet, ns, "release-1", "promote", map[string]string{"connectors": "prod"},
+		func(p *corev1.Pod) { p.Name = name })
+	if len(pod.Name) != 253 {
+		t.Fatalf("the Pod's name has %d characters", len(pod.Name))
+	}
+	err := env.kubelet.Publish(ctx, pod, "connectors")
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "waiting for AccessRequest "+ns+"/prod-aaa") {
+		t.Fatalf("publish before the approval: %v, want Unavailable naming the AccessRequest", err)
+	}
+	approvalTask(t, ns, "release-1", "approved")
+	if err := publishOutcome(t, env, pod); err != nil {
+		t.Fatalf("publish after the approval: %v", err)
+	}
+	key := types.NamespacedName{Namespace: ns, Name: approval.RequestName("prod", records.Pod{Namespace: ns, Name: pod.Name, UID: string(pod.UID)})}
+	if err := env.kubelet.Unpublish(ctx, pod, "connectors"); err != nil {
+		t.Fatal(err)
+	}
+	waitRevoked(t, key)
+}
+
+// TestRejectedVolumeRevokesEarlierGrants: a volume of Connectors alpha (approved) and beta
+// (rejected) gets only .error.json; its unpublish still revokes alpha's grant, while the Pod
+// lives on.
+func TestRejectedVolumeRevokesEarlierGrants(t *testing.T) {
+	env, ns := approvalEnv(t)
+	ctx := context.Background()
+	tool, git := startGitServer(t, false), gitClass(t)
+	gatedConnector(t, ns, "alpha", git, tool, pipelineCheck, podRole)
+	gatedConnector(t, ns, "beta", git, tool, v1alpha1.Check{Name: "beta-approval", Spec: &v1alpha1.CheckSpec{Selector: v1alpha1.CheckSelector{
+		ObjectRef:   v1alpha1.ObjectKindRef{APIVersion: "openshift-pipelines.org/v1alpha1", Kind: "ApprovalTask"},
+		MatchLabels: map[string]string{"tekton.dev/pipelineRun": "{{ .pipelineRun.metadata.name }}-beta"}}}}, podRole)
+	approvalTask(t, ns, "release-1", "approved")
+	approvalTask(t, ns, "release-1-beta", "rejected")
+	pod := pipelineRunPod(t, env.kubelet, ns, "release-1", "promote", map[string]string{"connectors": "alpha,beta"})
+	if err := publishOutcome(t, env, pod); err != nil {
+		t.Fatalf("publish: %v", err)
+	}
+	if files := visibleFiles(t, env.kubelet.TargetPath(pod, "connectors")); len(files) != 1 || !strings.Contains(files[".error.json"], "rejected") {
+		t.Fatalf("the volume holds %v, want only .error.json", files)
+	}
+	alpha := types.NamespacedName{Namespace: ns, Name: approval.RequestName("alpha", records.Pod{Namespace: ns, Name: pod.Name, UID: string(pod.UID)})}
+	if c := meta.FindStatusCondition(waitRequest(t, alpha, v1alpha1.ConditionAccessPermissionSync).Status.Conditions,
+		v1alpha1.ConditionAccessPermissionSync); c.Reason != v1alpha1.ReasonSynced {
+		t.Fatalf("alpha's AccessRequest: %+v, want it granted", c)
+	}
+	if err := env.kubelet.Unpublish(ctx, pod, "connectors"); err != nil {
+		t.Fatal(err)
+	}
+	waitRevoked(t, alpha)
+	if err := cp.Client.Get(ctx, client.ObjectKeyFromObject(pod), &corev1.Pod{}); err != nil {
+		t.Errorf("the Pod is gone (%v): the revocation must come from the unpublish", err)
+	}
+}
