@@ -10,7 +10,8 @@ TESTBIN = $(shell hack/testbin.sh | tail -n1)
 
 # Fuzzers of what a tenant controls, as <package>:<Fuzz function>; seed corpora in
 # <package>/testdata/fuzz/<Fuzz function>. `make test` runs each for a few seconds.
-FUZZ_TARGETS := proxy:FuzzProxyCredentials proxy:FuzzCoverage render:FuzzValidateFileName node:FuzzParseAttributes
+FUZZ_TARGETS := proxy:FuzzProxyCredentials proxy:FuzzCoverage render:FuzzValidateFileName node:FuzzParseAttributes \
+  approval:FuzzCheckState
 FUZZTIME ?= 1m
 
 .PHONY: all build generate verify-generated lint test fuzz e2e e2e-down bench demo clean

@@ -182,7 +182,7 @@ func TestProxyRefusalsAndHostileRequests(t *testing.T) {
 			"Authorization": "Basic " + basic("evil", "evil"), "Connection": "Authorization"})); code != http.StatusOK {
 			t.Fatalf("forward: status %d %s", code, body)
 		}
-		for _, r := range tool.Requests()[before:] {
+		for _, r := range proxiedRequests(tool, before) {
 			if r.Authorization != "Basic "+basic(tool.Username, tool.Password) || r.ProxyAuthorization != "" {
 				t.Errorf("the tool saw Authorization %q and Proxy-Authorization %q", r.Authorization, r.ProxyAuthorization)
 			}
@@ -206,7 +206,7 @@ func TestProxyRefusalsAndHostileRequests(t *testing.T) {
 			t.Fatalf("reverse with identity: status %d %s", code, body)
 		}
 		var seen []string
-		for _, r := range tool.Requests()[before:] {
+		for _, r := range proxiedRequests(tool, before) {
 			seen = append(seen, r.Header.Get("Accept-Encoding"))
 		}
 		if want := []string{"", "", "identity"}; !slices.Equal(seen, want) {
