@@ -353,7 +353,9 @@ func (n *Node) startDriver(bin string) error {
 	if err := n.start("driver", []string{"NODE_NAME=" + NodeName}, bin, "--endpoint=unix://"+socket,
 		"--kubeconfig="+n.CP.Kubeconfig, "--state-dir="+filepath.Join(n.Dir, "driver-state"),
 		"--kubelet-registration-dir="+filepath.Join(n.KubeletRoot, "plugins_registry"),
-		fmt.Sprintf("--proxy-listen=:%d", port), "--proxy-url="+n.ProxyURL, "--metrics-listen=127.0.0.1:0", "-v=2"); err != nil {
+		fmt.Sprintf("--proxy-listen=:%d", port), "--proxy-url="+n.ProxyURL, "--metrics-listen=127.0.0.1:0", "-v=2",
+		// The Git servers of the tests listen on the host's loopback.
+		"--allow-loopback-destinations"); err != nil {
 		return err
 	}
 	registered := func() bool {

@@ -767,7 +767,8 @@ func TestDriverAsDaemonSetPod(t *testing.T) {
 	}
 	driverCtr.Args = append(args, "--kubeconfig=/etc/connectors/kubeconfig",
 		"--kubelet-plugin-endpoint="+filepath.Join(kroot, "plugins", "connectors-csi", "csi.sock"),
-		fmt.Sprintf("--proxy-listen=:%d", port), fmt.Sprintf("--proxy-url=http://10.88.0.1:%d", port), "--metrics-listen=127.0.0.1:0")
+		fmt.Sprintf("--proxy-listen=:%d", port), fmt.Sprintf("--proxy-url=http://10.88.0.1:%d", port), "--metrics-listen=127.0.0.1:0",
+		"--allow-loopback-destinations") // the tests' Git servers are on the host's loopback
 	driverCtr.LivenessProbe, driverCtr.ReadinessProbe, driverCtr.Ports = nil, nil, nil
 	for i := range driverCtr.VolumeMounts {
 		if driverCtr.VolumeMounts[i].Name == "pods-dir" {
