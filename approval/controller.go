@@ -45,13 +45,16 @@ const AnnotationRevoked = "connectors.cpaas.io/revoked"
 // Event. It runs on the elected leader.
 type Controller struct {
 	Client client.Client
-	// Reader reads uncached: template ConfigMaps in the system namespace.
+	// Reader reads uncached: Pods and their Tekton owners, by name (they are not watched), and
+	// a template ConfigMap that Client's cache (the system namespace only) does not have yet.
 	Reader          client.Reader
 	Cache           cache.Cache
 	SystemNamespace string
 	Recorder        events.EventRecorder
 	// Retention is how long a finished (revoked) AccessRequest is kept.
 	Retention time.Duration
+	// PodRecheck is how often a live request reads its Pod again (0: only on events).
+	PodRecheck time.Duration
 	// States evaluates CEL states; shared with the PolicyController.
 	States *States
 
@@ -66,10 +69,16 @@ func (c *Controller) SetupWithManager(mgr ctrl.Manager) error {
 	var err error
 	c.templates = NewTemplates()
 	c.kinds = newKindChecker(c.Client)
+	if err := indexRequests(context.Background(), mgr.GetFieldIndexer()); err != nil {
+		return err
+	}
+	// No Pod is watched: at 5,000 nodes that cache alone would outgrow the controller. A
+	// request's Pod is read by name when the request is evaluated, and again every PodRecheck
+	// while it is live; revocation itself comes from the node (unpublish) and from the Pod's
+	// bound token, which dies with the Pod.
 	c.ctrl, err = ctrl.NewControllerManagedBy(mgr).
 		Named("accessrequest").
 		For(&v1alpha1.AccessRequest{}).
-		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(c.requestsOfPod)).
 		Watches(&v1alpha1.Connector{}, handler.EnqueueRequestsFromMapFunc(c.requestsOfConnector)).
 		Watches(&v1alpha1.AccessPolicy{}, handler.EnqueueRequestsFromMapFunc(c.requestsInNamespace)).
 		WithOptions(controller.Options{MaxConcurrentReconciles: 4}).
@@ -89,12 +98,26 @@ func (c *Controller) requests(ctx context.Context, opts ...client.ListOption) []
 	return out
 }
 
-func (c *Controller) requestsOfPod(ctx context.Context, o client.Object) []reconcile.Request {
-	return c.requests(ctx, client.MatchingLabels(podLabels(o.GetNamespace(), o.GetName())))
+// Field indexes of the AccessRequest cache, so that an event finds its requests without a scan
+// of every request of the cluster.
+const (
+	indexConnector    = "spec.connectorRef.name"
+	indexPodNamespace = "spec.context.objectRef.namespace"
+)
+
+func indexRequests(ctx context.Context, indexer client.FieldIndexer) error {
+	if err := indexer.IndexField(ctx, &v1alpha1.AccessRequest{}, indexConnector, func(o client.Object) []string {
+		return []string{o.(*v1alpha1.AccessRequest).Spec.ConnectorRef.Name}
+	}); err != nil {
+		return err
+	}
+	return indexer.IndexField(ctx, &v1alpha1.AccessRequest{}, indexPodNamespace, func(o client.Object) []string {
+		return []string{o.(*v1alpha1.AccessRequest).Spec.Context.ObjectRef.Namespace}
+	})
 }
 
 func (c *Controller) requestsOfConnector(ctx context.Context, o client.Object) []reconcile.Request {
-	return c.requests(ctx, client.InNamespace(o.GetNamespace()), client.MatchingLabels{v1alpha1.LabelAccessRequestConnector: LabelValue(o.GetName())})
+	return c.requests(ctx, client.InNamespace(o.GetNamespace()), client.MatchingFields{indexConnector: o.GetName()})
 }
 
 func (c *Controller) requestsInNamespace(ctx context.Context, o client.Object) []reconcile.Request {
@@ -105,12 +128,13 @@ func (c *Controller) requestsInNamespace(ctx context.Context, o client.Object) [
 // ones are done and stay asleep, so a busy namespace's history does not slow an approval.
 func (c *Controller) requestsOfCheckObject(ctx context.Context, o client.Object) []reconcile.Request {
 	var list v1alpha1.AccessRequestList
-	if err := c.Client.List(ctx, &list, client.MatchingLabels{v1alpha1.LabelContextObjectNamespace: LabelValue(o.GetNamespace())}); err != nil {
+	if err := c.Client.List(ctx, &list, client.MatchingFields{indexPodNamespace: o.GetNamespace()}); err != nil {
 		return nil
 	}
 	var out []reconcile.Request
-	for _, ar := range list.Items {
-		if cond := meta.FindStatusCondition(ar.Status.Conditions, v1alpha1.ConditionAccessPermissionSync); cond != nil && cond.Reason == v1alpha1.ReasonPermissionCleanUp {
+	for i := range list.Items {
+		ar := &list.Items[i]
+		if revoked(ar) {
 			continue
 		}
 		out = append(out, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: ar.Namespace, Name: ar.Name}})
@@ -154,6 +178,10 @@ func (c *Controller) Reconcile(ctx context.Context, req reconcile.Request) (reco
 			return reconcile.Result{}, uerr
 		}
 	}
+	if err == nil && result.IsZero() && !revoked(ar) && c.PodRecheck > 0 {
+		// A live request looks at its Pod again now and then: it is not watched.
+		result.RequeueAfter = c.PodRecheck
+	}
 	return result, err
 }
 
@@ -163,9 +191,13 @@ func (c *Controller) setCondition(ar *v1alpha1.AccessRequest, typ string, status
 
 // evaluate computes the request's status and grants or revokes its permission.
 func (c *Controller) evaluate(ctx context.Context, ar *v1alpha1.AccessRequest) (reconcile.Result, error) {
+	if revoked(ar) {
+		// Done: no Pod to read, no grant to delete again; only its retention runs out.
+		return c.retain(ctx, ar)
+	}
 	ref := ar.Spec.Context.ObjectRef
 	var pod corev1.Pod
-	podErr := c.Client.Get(ctx, types.NamespacedName{Namespace: ref.Namespace, Name: ref.Name}, &pod)
+	podErr := c.Reader.Get(ctx, types.NamespacedName{Namespace: ref.Namespace, Name: ref.Name}, &pod)
 	var connector v1alpha1.Connector
 	connErr := c.Client.Get(ctx, types.NamespacedName{Namespace: ar.Namespace, Name: ar.Spec.ConnectorRef.Name}, &connector)
 	for _, err := range []error{podErr, connErr} {
@@ -366,7 +398,7 @@ func (c *Controller) evaluateCheck(ctx context.Context, ar *v1alpha1.AccessReque
 			return fail("ref names no ConfigMap")
 		}
 		var cm corev1.ConfigMap
-		if err := c.Reader.Get(ctx, types.NamespacedName{Namespace: c.SystemNamespace, Name: check.Ref.ConfigMap.Name}, &cm); err != nil {
+		if err := readTemplate(ctx, c.Client, c.Reader, types.NamespacedName{Namespace: c.SystemNamespace, Name: check.Ref.ConfigMap.Name}, &cm); err != nil {
 			return fail("check template ConfigMap %s/%s: %v", c.SystemNamespace, check.Ref.ConfigMap.Name, err)
 		}
 		var err error
@@ -454,7 +486,7 @@ func (c *Controller) grant(ctx context.Context, ar *v1alpha1.AccessRequest, rctx
 			return c.syncFailed(ar, fmt.Errorf("policy %s: roleTemplate names no ConfigMap", p.Name))
 		}
 		var cm corev1.ConfigMap
-		if err := c.Reader.Get(ctx, types.NamespacedName{Namespace: c.SystemNamespace, Name: ref.Name}, &cm); err != nil {
+		if err := readTemplate(ctx, c.Client, c.Reader, types.NamespacedName{Namespace: c.SystemNamespace, Name: ref.Name}, &cm); err != nil {
 			return c.syncFailed(ar, fmt.Errorf("role template ConfigMap %s/%s: %w", c.SystemNamespace, ref.Name, err))
 		}
 		r, err := c.templates.Rules(&cm, rctx)
@@ -503,10 +535,19 @@ func (c *Controller) revoke(ctx context.Context, ar *v1alpha1.AccessRequest, why
 	if err := c.deleteGrant(ctx, ar); err != nil {
 		return reconcile.Result{}, err
 	}
-	if cond := meta.FindStatusCondition(ar.Status.Conditions, v1alpha1.ConditionAccessPermissionSync); cond == nil || cond.Reason != v1alpha1.ReasonPermissionCleanUp {
-		c.setCondition(ar, v1alpha1.ConditionAccessPermissionSync, metav1.ConditionTrue, v1alpha1.ReasonPermissionCleanUp, "access revoked: %s", why)
-		c.setCondition(ar, v1alpha1.ConditionReady, metav1.ConditionFalse, "Revoked", "access revoked: %s", why)
-	}
+	c.setCondition(ar, v1alpha1.ConditionAccessPermissionSync, metav1.ConditionTrue, v1alpha1.ReasonPermissionCleanUp, "access revoked: %s", why)
+	c.setCondition(ar, v1alpha1.ConditionReady, metav1.ConditionFalse, "Revoked", "access revoked: %s", why)
+	return c.retain(ctx, ar)
+}
+
+// revoked reports whether a request's grant has been cleaned up: it is finished.
+func revoked(ar *v1alpha1.AccessRequest) bool {
+	cond := meta.FindStatusCondition(ar.Status.Conditions, v1alpha1.ConditionAccessPermissionSync)
+	return cond != nil && cond.Reason == v1alpha1.ReasonPermissionCleanUp
+}
+
+// retain deletes a finished request once its retention has passed, or comes back then.
+func (c *Controller) retain(ctx context.Context, ar *v1alpha1.AccessRequest) (reconcile.Result, error) {
 	cond := meta.FindStatusCondition(ar.Status.Conditions, v1alpha1.ConditionAccessPermissionSync)
 	left := time.Until(cond.LastTransitionTime.Add(c.Retention))
 	if left <= 0 {

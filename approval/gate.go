@@ -12,13 +12,10 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/validation"
-	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/apiserver/pkg/authentication/user"
 	"k8s.io/apiserver/pkg/authorization/authorizer"
-	"k8s.io/klog/v2"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
@@ -34,12 +31,17 @@ import (
 // verdict.
 type Gate struct {
 	Authz Authorizer
-	// Client reads AccessPolicies and creates, watches and annotates AccessRequests, uncached:
-	// a node caches nothing of other nodes' Pods.
-	Client client.WithWatch
-	Flags  *features.Source
+	// Client reads AccessPolicies and creates and annotates AccessRequests, uncached.
+	Client client.Client
+	// Requests reads this node's AccessRequests from a cache that watches only them (by the
+	// node label: a node caches nothing of other nodes' Pods); Changes says when one changed.
+	Requests client.Reader
+	Changes  *Changes
+	Flags    *features.Source
 	// Wait bounds how long a publish waits for a pending request.
 	Wait time.Duration
+	// NodeID labels the requests this node makes, so that it watches only its own.
+	NodeID string
 }
 
 // Admit decides whether the Pod may use the Connector now.
@@ -50,7 +52,7 @@ func (g *Gate) Admit(ctx context.Context, pod records.Pod, c *v1alpha1.Connector
 	// A request already made for this Pod decides, so that its grant is recorded with the
 	// volume and revoked when the volume goes.
 	var existing v1alpha1.AccessRequest
-	err := g.Client.Get(ctx, types.NamespacedName{Namespace: c.Namespace, Name: RequestName(c.Name, pod)}, &existing)
+	err := g.Requests.Get(ctx, types.NamespacedName{Namespace: c.Namespace, Name: RequestName(c.Name, pod)}, &existing)
 	switch {
 	case err == nil && existing.Spec.Context.ObjectRef.UID == types.UID(pod.UID):
 		return g.await(ctx, &existing)
@@ -127,7 +129,7 @@ func RequestName(connector string, pod records.Pod) string {
 
 func (g *Gate) ensureRequest(ctx context.Context, pod records.Pod, c *v1alpha1.Connector) (*v1alpha1.AccessRequest, error) {
 	ar := &v1alpha1.AccessRequest{
-		ObjectMeta: metav1.ObjectMeta{Name: RequestName(c.Name, pod), Namespace: c.Namespace, Labels: requestLabels(c.Name, pod)},
+		ObjectMeta: metav1.ObjectMeta{Name: RequestName(c.Name, pod), Namespace: c.Namespace, Labels: requestLabels(c.Name, g.NodeID, pod)},
 		Spec: v1alpha1.AccessRequestSpec{
 			Subject:      rbacv1.Subject{Kind: rbacv1.ServiceAccountKind, Name: pod.ServiceAccount, Namespace: pod.Namespace},
 			ConnectorRef: v1alpha1.LocalObjectRef{Name: c.Name},
@@ -142,36 +144,30 @@ func (g *Gate) ensureRequest(ctx context.Context, pod records.Pod, c *v1alpha1.C
 	return ar, err
 }
 
-// await waits for the request's verdict, up to g.Wait.
+// await waits for the request's verdict, up to g.Wait, from the node's cache of its requests.
 func (g *Gate) await(ctx context.Context, ar *v1alpha1.AccessRequest) (*node.Admission, error) {
 	if adm := verdict(ar); adm != nil {
 		return adm, nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, g.Wait)
 	defer cancel()
-	var list v1alpha1.AccessRequestList
-	w, err := g.Client.Watch(ctx, &list, client.InNamespace(ar.Namespace),
-		client.MatchingFieldsSelector{Selector: fields.OneTermEqualSelector("metadata.name", ar.Name)})
-	if err != nil {
-		// Still pending as far as we know; kubelet retries the publish.
-		klog.FromContext(ctx).Info("Watching an AccessRequest failed", "accessRequest", klog.KObj(ar), "err", err)
-		return pending(ar), nil
-	}
-	defer w.Stop()
+	nn := client.ObjectKeyFromObject(ar)
+	changed, unsubscribe := g.Changes.Subscribe(nn)
+	defer unsubscribe()
 	latest := ar
 	for {
+		// Subscribed first, read second: a change between the two is not missed.
+		var got v1alpha1.AccessRequest
+		if err := g.Requests.Get(ctx, nn, &got); err == nil {
+			latest = &got
+			if adm := verdict(&got); adm != nil {
+				return adm, nil
+			}
+		}
 		select {
-		case ev, ok := <-w.ResultChan():
-			if !ok {
-				return pending(latest), nil
-			}
-			if got, isAR := ev.Object.(*v1alpha1.AccessRequest); isAR && ev.Type != watch.Error {
-				latest = got
-				if adm := verdict(got); adm != nil {
-					return adm, nil
-				}
-			}
+		case <-changed:
 		case <-ctx.Done():
+			// Still pending as far as we know; kubelet retries the publish.
 			return pending(latest), nil
 		}
 	}

@@ -34,9 +34,10 @@ func podLabels(namespace, name string) map[string]string {
 		v1alpha1.LabelContextObjectNamespace: LabelValue(namespace), v1alpha1.LabelContextObjectName: LabelValue(name)}
 }
 
-// requestLabels are all labels of the AccessRequest of a Pod for a Connector.
-func requestLabels(connector string, pod records.Pod) map[string]string {
+// requestLabels are all labels of the AccessRequest of a Pod, on a node, for a Connector.
+func requestLabels(connector, node string, pod records.Pod) map[string]string {
 	l := podLabels(pod.Namespace, pod.Name)
 	l[v1alpha1.LabelAccessRequestConnector] = LabelValue(connector)
+	l[v1alpha1.LabelNode] = LabelValue(node)
 	return l
 }

@@ -27,7 +27,7 @@ import (
 // the policy, for the selected ServiceAccounts (SPEC §2.3). It runs on the elected leader.
 type PolicyController struct {
 	Client client.Client
-	// Reader reads template ConfigMaps in the system namespace, uncached.
+	// Reader reads a template ConfigMap, uncached, that Client's cache does not have yet.
 	Reader          client.Reader
 	SystemNamespace string
 	// States compiles CEL states; shared with the Controller.
@@ -154,7 +154,7 @@ func (c *PolicyController) validateCheck(ctx context.Context, check v1alpha1.Che
 	spec := check.Spec
 	if check.Ref != nil && check.Ref.ConfigMap != nil {
 		var cm corev1.ConfigMap
-		if err := c.Reader.Get(ctx, types.NamespacedName{Namespace: c.SystemNamespace, Name: check.Ref.ConfigMap.Name}, &cm); err != nil {
+		if err := readTemplate(ctx, c.Client, c.Reader, types.NamespacedName{Namespace: c.SystemNamespace, Name: check.Ref.ConfigMap.Name}, &cm); err != nil {
 			return fmt.Errorf("ConfigMap %s/%s: %w", c.SystemNamespace, check.Ref.ConfigMap.Name, err)
 		}
 		var err error
@@ -199,7 +199,7 @@ func (c *PolicyController) syncDefaultPermission(ctx context.Context, p *v1alpha
 		return fmt.Errorf("defaultPermission.roleTemplate names no ConfigMap")
 	}
 	var cm corev1.ConfigMap
-	if err := c.Reader.Get(ctx, types.NamespacedName{Namespace: c.SystemNamespace, Name: dp.RoleTemplate.Ref.ConfigMap.Name}, &cm); err != nil {
+	if err := readTemplate(ctx, c.Client, c.Reader, types.NamespacedName{Namespace: c.SystemNamespace, Name: dp.RoleTemplate.Ref.ConfigMap.Name}, &cm); err != nil {
 		return fmt.Errorf("role template ConfigMap %s/%s: %w", c.SystemNamespace, dp.RoleTemplate.Ref.ConfigMap.Name, err)
 	}
 	var rules []rbacv1.PolicyRule

@@ -1,6 +1,7 @@
 package approval
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -8,7 +9,10 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/validation"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
@@ -169,4 +173,14 @@ func (t *Templates) parseLabel(k, v string, untrusted bool) (*template.Template,
 		return nil, fmt.Errorf("matchLabels[%s]: %w", k, err)
 	}
 	return tmpl, nil
+}
+
+// readTemplate reads a template ConfigMap from the cache, or, when the cache does not have it
+// (yet: an administrator applied it a moment ago), from the API server.
+func readTemplate(ctx context.Context, cached, live client.Reader, nn types.NamespacedName, cm *corev1.ConfigMap) error {
+	err := cached.Get(ctx, nn, cm)
+	if apierrors.IsNotFound(err) && live != nil {
+		err = live.Get(ctx, nn, cm)
+	}
+	return err
 }

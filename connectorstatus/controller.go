@@ -12,21 +12,25 @@ import (
 	"strings"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/proxy"
 	"github.com/kube-connectors/connectors-csi/proxy/egress"
 	"github.com/kube-connectors/connectors-csi/render"
+	"github.com/kube-connectors/connectors-csi/secretcache"
 )
 
 // ProbeUserAgent is the User-Agent of liveness and auth probes.
@@ -35,23 +39,31 @@ const ProbeUserAgent = "connectors-csi-probe"
 // Reconciler reconciles Connector status.
 type Reconciler struct {
 	Client client.Client
-	// Secrets reads Secrets uncached: the driver never watches Secrets.
-	Secrets client.Reader
+	// Secrets reads Secrets by name, through a short cache: the driver never watches Secrets,
+	// and a Secret several Connectors share, or a burst of events, costs one read.
+	Secrets *secretcache.Cache
 	// ProxyURL is the built-in proxy's base URL.
 	ProxyURL string
 	// HTTP probes tools (liveness and auth probes).
 	HTTP *http.Client
-	// Recheck is how often reachability and credentials are probed again.
+	// Recheck is how often reachability and credentials are probed again; each Connector's
+	// next check is spread over [Recheck, 1.2 Recheck), so that 10,000 Connectors created
+	// together are not probed together forever after.
 	Recheck time.Duration
+	// Workers is how many Connectors are reconciled at once (probes wait on tools).
+	Workers int
 }
 
-// SetupWithManager registers the controller: Connectors, and every Connector of a class when
-// the class changes.
+// SetupWithManager registers the controller: Connectors (their spec and labels; not their
+// status, which this controller writes itself), and every Connector of a class when the class
+// changes.
 func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("connectorstatus").
-		For(&v1alpha1.Connector{}).
-		Watches(&v1alpha1.ConnectorClass{}, handler.EnqueueRequestsFromMapFunc(r.connectorsOfClass)).
+		For(&v1alpha1.Connector{}, builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, predicate.LabelChangedPredicate{}))).
+		Watches(&v1alpha1.ConnectorClass{}, handler.EnqueueRequestsFromMapFunc(r.connectorsOfClass),
+			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		WithOptions(controller.Options{MaxConcurrentReconciles: max(r.Workers, 1)}).
 		Complete(r)
 }
 
@@ -92,7 +104,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 			return reconcile.Result{}, err
 		}
 	}
-	return reconcile.Result{RequeueAfter: r.Recheck}, nil
+	return reconcile.Result{RequeueAfter: wait.Jitter(r.Recheck, 0.2)}, nil
 }
 
 // statusEqual compares statuses ignoring condition transition times.
@@ -149,14 +161,14 @@ func (r *Reconciler) secretCondition(ctx context.Context, c *v1alpha1.Connector,
 		return ""
 	}
 	ns := c.Namespace
-	var sec corev1.Secret
-	if err := r.Secrets.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, &sec); err != nil {
+	sec, err := r.Secrets.Get(ctx, ns, name)
+	if err != nil {
 		set(v1alpha1.ConditionSecretReady, false, "NotFound", "Secret %s/%s: %v", ns, name, err)
 		return ""
 	}
 	secretType := string(sec.Type)
 	if classKnown {
-		secretType = proxy.AuthSecretType(c, class, &sec)
+		secretType = proxy.AuthSecretType(c, class, sec)
 	}
 	for _, k := range proxy.RequiredKeys(secretType) {
 		if len(sec.Data[k]) == 0 {
@@ -165,7 +177,7 @@ func (r *Reconciler) secretCondition(ctx context.Context, c *v1alpha1.Connector,
 		}
 	}
 	set(v1alpha1.ConditionSecretReady, true, "Found", "Secret %s/%s holds a %s credential", ns, name, secretType)
-	return proxy.AuthorizationHeader(secretType, &sec)
+	return proxy.AuthorizationHeader(secretType, sec)
 }
 
 // probeConditions sets LivenessReady (the tool answers) and AuthReady (the credential works).
@@ -219,7 +231,7 @@ func (r *Reconciler) probe(ctx context.Context, address string, p *v1alpha1.HTTP
 	if method == "" {
 		method = http.MethodGet
 	}
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, method, u.String(), nil)
 	if err != nil {
@@ -241,6 +253,10 @@ func (r *Reconciler) probe(ctx context.Context, address string, p *v1alpha1.HTTP
 	_ = res.Body.Close()
 	return res.StatusCode, nil
 }
+
+// probeTimeout bounds one probe: a tool that does not answer in it is unreachable, and a
+// worker is not held longer.
+const probeTimeout = 5 * time.Second
 
 // ReasonSecretOutsideNamespace is SecretReady's reason for a credential reference to another
 // namespace's Secret.

@@ -23,11 +23,14 @@ const (
 	defaultRegistryTokenCacheSize = 10000
 	defaultLeafCacheSize          = 1000
 	defaultTransportCacheSize     = 64
+	defaultPermissionCacheSize    = 10000
 	defaultTunnelLifetime         = time.Hour
 )
 
 // Options are the driver's settings, one flag each (SPEC §3.6).
 type Options struct {
+	// Role is what the process runs: RoleNode, RoleController or RoleAll.
+	Role               string
 	Endpoint           string
 	NodeID             string
 	DriverName         string
@@ -51,11 +54,14 @@ type Options struct {
 	AuthzDenyTTL       time.Duration
 	SecretCacheTTL     time.Duration
 	StatusRecheck      time.Duration
+	StatusWorkers      int
 	RegistryPageSize   int
 	CELCacheSize       int
 	ApprovalWait       time.Duration
 	ProxyPermissionTTL time.Duration
 	RequestRetention   time.Duration
+	PodRecheck         time.Duration
+	RepublishRecheck   time.Duration
 
 	AllowLoopbackDestinations bool
 	TunnelLifetime            time.Duration
@@ -67,6 +73,7 @@ type Options struct {
 	RegistryTokenCacheSize    int
 	LeafCacheSize             int
 	TransportCacheSize        int
+	PermissionCacheSize       int
 
 	// Dial and Resolve replace the network for the proxy's, the API's and the probes'
 	// outbound connections; for tests only (no flag), so that a refused destination is proven
@@ -79,8 +86,23 @@ type Options struct {
 	ProxyListening func(addr string)
 }
 
+// Roles of the process.
+const (
+	// RoleNode is the DaemonSet: CSI, the proxy, the Connectors API. No controller, no election.
+	RoleNode = "node"
+	// RoleController is the Deployment: the Connector status, AccessPolicy and AccessRequest
+	// controllers, under a Lease.
+	RoleController = "controller"
+	// RoleAll runs both in one process: demo, single node, tests.
+	RoleAll = "all"
+)
+
+func (o *validated) runsNode() bool       { return o.Role != RoleController }
+func (o *validated) runsController() bool { return o.Role != RoleNode }
+
 // BindFlags registers every option on fs.
 func (o *Options) BindFlags(fs *flag.FlagSet) {
+	fs.StringVar(&o.Role, "role", RoleAll, "what this process runs: node (CSI, proxy, Connectors API: the DaemonSet), controller (status, AccessPolicy and AccessRequest controllers: the Deployment), all (both: demo, single node)")
 	fs.StringVar(&o.Endpoint, "endpoint", "unix:///csi/csi.sock", "CSI gRPC endpoint (unix://<path>)")
 	fs.StringVar(&o.NodeID, "node-id", os.Getenv("NODE_NAME"), "node name reported by NodeGetInfo (default: env NODE_NAME)")
 	fs.StringVar(&o.DriverName, "driver-name", "connectors-csi", "CSI driver name")
@@ -92,7 +114,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.NoProxy, "no-proxy", "localhost,127.0.0.1,::1", "no_proxy value written into each volume's .env")
 	fs.StringVar(&o.TokenAudience, "token-audience", "connectors-csi", "audience of the projected token the driver expects and the proxy accepts")
 	fs.StringVar(&o.MetricsListen, "metrics-listen", ":9090", "listener of /metrics, /healthz and /readyz (empty: off)")
-	fs.BoolVar(&o.LeaderElect, "leader-elect", true, "run the controllers under a Lease")
+	fs.BoolVar(&o.LeaderElect, "leader-elect", true, "run the controllers (controller and all roles) under a Lease")
 	fs.StringVar(&o.VolumeSizeLimit, "volume-size-limit", "4Mi", "tmpfs size of each volume")
 	fs.StringVar(&o.KubeletRegDir, "kubelet-registration-dir", "", "serve kubelet's plugin-registration API from a socket here (empty: off)")
 	fs.StringVar(&o.KubeletPluginSock, "kubelet-plugin-endpoint", "", "the CSI socket path as kubelet sees it (default: derived from --endpoint)")
@@ -103,11 +125,14 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.AuthzDenyTTL, "authorization-deny-ttl", 2*time.Second, "how long a denied SubjectAccessReview is cached")
 	fs.DurationVar(&o.SecretCacheTTL, "secret-cache-ttl", 10*time.Second, "how long the proxy keeps a Connector's Secret after reading it")
 	fs.DurationVar(&o.StatusRecheck, "connector-recheck-interval", 5*time.Minute, "how often the leader probes each Connector's tool again for its status")
+	fs.IntVar(&o.StatusWorkers, "connector-status-workers", 4, "Connectors the status controller checks at once")
 	fs.IntVar(&o.RegistryPageSize, "api-registry-page-size", 100, "page size the Connectors API asks registries for (catalog, tag lists)")
 	fs.IntVar(&o.CELCacheSize, "cel-cache-size", defaultCELCacheSize, "how many compiled CEL check states the controller keeps (the least recently used go first)")
-	fs.DurationVar(&o.ProxyPermissionTTL, "proxy-permission-ttl", time.Second, "how long an allowed connectors/proxy check is cached: a revoked grant stops working within this")
+	fs.DurationVar(&o.ProxyPermissionTTL, "proxy-permission-ttl", 10*time.Second, "how long an allowed connectors/proxy decision is cached; the node drops a Pod's decisions as soon as it sees one of the Pod's AccessRequests change (granted, revoked), so this bounds only grants made or removed by hand")
 	fs.DurationVar(&o.ApprovalWait, "approval-wait", 10*time.Second, "how long a publish waits for a pending AccessRequest before answering Unavailable (kubelet retries)")
 	fs.DurationVar(&o.RequestRetention, "accessrequest-retention", 24*time.Hour, "how long a revoked AccessRequest is kept before it is deleted")
+	fs.DurationVar(&o.RepublishRecheck, "republish-recheck-interval", 5*time.Minute, "an unchanged republish within this interval of the last authorization makes no API call (and no write unless the token changed); 0 authorizes every republish")
+	fs.DurationVar(&o.PodRecheck, "accessrequest-pod-recheck-interval", 5*time.Minute, "how often the controller reads the Pod of a live AccessRequest again (Pods are not watched; unpublish and the Pod's token revoke at once)")
 	fs.BoolVar(&o.AllowLoopbackDestinations, "allow-loopback-destinations", false, "allow Connector addresses and forwarded destinations on loopback (tests, single-node setups); link-local, unspecified and multicast destinations and the driver's own listeners are always refused")
 	fs.DurationVar(&o.TunnelLifetime, "proxy-tunnel-max-lifetime", defaultTunnelLifetime, "how long a CONNECT tunnel may stay open before the proxy closes it")
 	fs.IntVar(&o.ProxyMaxConnections, "proxy-max-connections", defaultMaxConnections, "open client connections the proxy listener accepts; more are answered 503 and closed")
@@ -118,6 +143,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.IntVar(&o.RegistryTokenCacheSize, "registry-token-cache-size", defaultRegistryTokenCacheSize, "registry tokens (by Connector, credential, registry and scope) the proxy keeps at most")
 	fs.IntVar(&o.LeafCacheSize, "leaf-cache-size", defaultLeafCacheSize, "TLS leaf certificates (one per CONNECT host) the proxy keeps at most")
 	fs.IntVar(&o.TransportCacheSize, "transport-cache-size", defaultTransportCacheSize, "upstream connection pools (one per Connector CA bundle) the proxy keeps at most")
+	fs.IntVar(&o.PermissionCacheSize, "proxy-permission-cache-size", defaultPermissionCacheSize, "connectors/proxy decisions (by Pod, Connector and verb) the proxy keeps at most")
 	fs.BoolVar(&o.UnprivilegedMounts, "unprivileged-mounts", false, "for tests without root: write volumes into plain directories instead of tmpfs mounts")
 }
 
@@ -133,16 +159,25 @@ type validated struct {
 
 func (o *Options) validate() (*validated, error) {
 	v := &validated{Options: *o}
-	path, ok := strings.CutPrefix(o.Endpoint, "unix://")
-	if !ok || path == "" {
-		return nil, fmt.Errorf("--endpoint %q: must be unix://<path>", o.Endpoint)
+	switch v.Role {
+	case "":
+		v.Role = RoleAll
+	case RoleNode, RoleController, RoleAll:
+	default:
+		return nil, fmt.Errorf("--role %q: must be node, controller or all", o.Role)
 	}
-	v.socketPath = path
-	if v.KubeletPluginSock == "" {
-		v.KubeletPluginSock = path
-	}
-	if o.NodeID == "" {
-		return nil, fmt.Errorf("--node-id is empty and NODE_NAME is not set")
+	if v.runsNode() {
+		path, ok := strings.CutPrefix(o.Endpoint, "unix://")
+		if !ok || path == "" {
+			return nil, fmt.Errorf("--endpoint %q: must be unix://<path>", o.Endpoint)
+		}
+		v.socketPath = path
+		if v.KubeletPluginSock == "" {
+			v.KubeletPluginSock = path
+		}
+		if o.NodeID == "" {
+			return nil, fmt.Errorf("--node-id is empty and NODE_NAME is not set")
+		}
 	}
 	q, err := resource.ParseQuantity(o.VolumeSizeLimit)
 	if err != nil || q.Value() <= 0 {
@@ -194,6 +229,7 @@ func (v *validated) proxyLimits() error {
 		{"--proxy-auth-burst", &v.ProxyAuthBurst, defaultProxyAuthBurst}, {"--secret-cache-size", &v.SecretCacheSize, defaultSecretCacheSize},
 		{"--registry-token-cache-size", &v.RegistryTokenCacheSize, defaultRegistryTokenCacheSize}, {"--leaf-cache-size", &v.LeafCacheSize, defaultLeafCacheSize},
 		{"--transport-cache-size", &v.TransportCacheSize, defaultTransportCacheSize},
+		{"--proxy-permission-cache-size", &v.PermissionCacheSize, defaultPermissionCacheSize},
 	} {
 		if *l.v < 0 {
 			return fmt.Errorf("%s must not be negative", l.name)

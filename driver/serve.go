@@ -119,10 +119,14 @@ func serveHTTP(ctx context.Context, lis net.Listener, srv *http.Server, what str
 
 // serveMetrics serves /metrics, /healthz and /readyz until ctx is done. /healthz is what the
 // livenessprobe sidecar would check: that the CSI socket answers a Probe.
-func serveMetrics(ctx context.Context, addr string, ready func() bool, csiSocket string, destinations *egress.Policy) error {
+func serveMetrics(ctx context.Context, lis net.Listener, ready func() bool, csiSocket string) error {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.Handler())
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		if csiSocket == "" { // the controller role serves no CSI socket: alive is healthy
+			_, _ = w.Write([]byte("ok"))
+			return
+		}
 		if err := probeCSI(r.Context(), csiSocket); err != nil {
 			http.Error(w, "CSI socket does not answer: "+err.Error(), http.StatusServiceUnavailable)
 			return
@@ -131,15 +135,22 @@ func serveMetrics(ctx context.Context, addr string, ready func() bool, csiSocket
 	})
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !ready() {
-			http.Error(w, "informer caches not synced", http.StatusServiceUnavailable)
+			http.Error(w, "caches not synced", http.StatusServiceUnavailable)
 			return
 		}
 		_, _ = w.Write([]byte("ok"))
 	})
+	return serveHTTP(ctx, lis, newHTTPServer(mux), "Serving metrics and health", nil)
+}
+
+// listenMetrics binds the metrics listener before anything else starts, so that health
+// checks answer as soon as the process serves anything; it is one of the driver's own
+// destinations, which no Connector may reach.
+func listenMetrics(addr string, destinations *egress.Policy) (net.Listener, error) {
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
-		return fmt.Errorf("metrics listen on %s: %w", addr, err)
+		return nil, fmt.Errorf("metrics listen on %s: %w", addr, err)
 	}
 	destinations.AddListener(lis.Addr())
-	return serveHTTP(ctx, lis, newHTTPServer(mux), "Serving metrics and health", nil)
+	return lis, nil
 }

@@ -103,7 +103,7 @@ func init() { prometheus.MustRegister(invalidGauge) }
 // Source holds the current flags.
 type Source struct {
 	flags atomic.Pointer[Flags]
-	// events reports invalid values on the ConfigMap; nil in Static sources.
+	// events reports invalid values on the ConfigMap; nil where another process does.
 	events record.EventRecorder
 }
 
@@ -123,13 +123,18 @@ func (s *Source) Flags() Flags {
 }
 
 // Watch keeps a Source current from the ConfigMap until ctx is done; it returns once the first
-// list is in. Invalid values are logged, recorded as Events on the ConfigMap and counted in
-// connectors_feature_flag_invalid; deleting the ConfigMap returns every flag to its default.
-func Watch(ctx context.Context, kube kubernetes.Interface, namespace string) *Source {
-	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
-	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: kube.CoreV1().Events("")})
-	context.AfterFunc(ctx, broadcaster.Shutdown)
-	s := &Source{events: broadcaster.NewRecorder(clientgoscheme.Scheme, corev1.EventSource{Component: "connectors-csi"})}
+// list is in. Invalid values are logged and counted in connectors_feature_flag_invalid, and,
+// with recordEvents, recorded as Events on the ConfigMap: one process of the cluster (the
+// controller) records them, not every node. Deleting the ConfigMap returns every flag to its
+// default.
+func Watch(ctx context.Context, kube kubernetes.Interface, namespace string, recordEvents bool) *Source {
+	s := &Source{}
+	if recordEvents {
+		broadcaster := record.NewBroadcaster(record.WithContext(ctx))
+		broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: kube.CoreV1().Events("")})
+		context.AfterFunc(ctx, broadcaster.Shutdown)
+		s.events = broadcaster.NewRecorder(clientgoscheme.Scheme, corev1.EventSource{Component: "connectors-csi"})
+	}
 	factory := informers.NewSharedInformerFactoryWithOptions(kube, 10*time.Minute,
 		informers.WithNamespace(namespace),
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
@@ -169,8 +174,10 @@ func (s *Source) update(log klog.Logger, obj any) {
 	for _, bad := range invalid {
 		invalidGauge.WithLabelValues(bad.Key).Set(1)
 		log.Error(nil, "A feature flag is not a boolean; its last valid value stays in force", "flag", bad.Key, "value", bad.Value)
-		s.events.Eventf(cm, corev1.EventTypeWarning, ReasonInvalidFeatureFlag,
-			"%s is %q, not a boolean (true or false); its last valid value stays in force", bad.Key, bad.Value)
+		if s.events != nil {
+			s.events.Eventf(cm, corev1.EventTypeWarning, ReasonInvalidFeatureFlag,
+				"%s is %q, not a boolean (true or false); its last valid value stays in force", bad.Key, bad.Value)
+		}
 	}
 }
 

@@ -71,39 +71,66 @@ func (s *Server) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "inspect target %s: %v", target, err)
 	}
-	files, accessRequests, err := s.render(ctx, vr)
-	if err != nil {
-		if mounted && isTransient(err) {
-			log.Info("Republish failed; keeping the mounted content", "err", err)
-			s.podEvent(vr.pod, corev1.EventTypeWarning, reasonRepublishKept,
-				"Connectors volume kept its previous content: %v", err)
-			return &csi.NodePublishVolumeResponse{}, nil
+	sources, err := s.resolveAll(ctx, vr)
+	if err == nil && mounted {
+		if done, err := s.republishUnchanged(ctx, req.GetVolumeId(), target, vr, sources, gid); done {
+			return s.answer(ctx, req.GetVolumeId(), vr, mounted, err)
 		}
+	}
+	var files render.Files
+	var rec *records.Record
+	if err == nil {
+		files, rec, err = s.render(ctx, vr, sources)
+	}
+	if err == nil {
+		rec.VolumeID, rec.TargetPath, rec.Pod = req.GetVolumeId(), target, vr.pod
+		rec.Fingerprint, rec.TokenSHA256, rec.AuthorizedAt = fingerprint(vr, sources, gid, s.caFingerprint(ctx)), tokenHash(vr.token), s.now()
+		for _, c := range vr.connectors {
+			rec.Connectors = append(rec.Connectors, c.String())
+		}
+		err = s.write(target, mounted, files, gid, rec)
+	}
+	if err == nil {
+		log.V(2).Info("Published volume", "target", target, "files", len(files), "republish", mounted)
+	}
+	return s.answer(ctx, req.GetVolumeId(), vr, mounted, err)
+}
+
+// answer ends a publish. A republish that failed for a transient reason keeps the mounted
+// content and succeeds; the Pod gets one Event per outage (the first failure), not one per
+// republish.
+func (s *Server) answer(ctx context.Context, volumeID string, vr *volumeRequest, mounted bool, err error) (*csi.NodePublishVolumeResponse, error) {
+	switch {
+	case err == nil:
+		s.kept.Delete(volumeID)
+	case mounted && isTransient(err):
+		klog.FromContext(ctx).Info("Republish failed; keeping the mounted content", "volumeID", volumeID, "err", err)
+		if _, already := s.kept.LoadOrStore(volumeID, struct{}{}); !already {
+			s.podEvent(vr.pod, corev1.EventTypeWarning, reasonRepublishKept, "Connectors volume kept its previous content: %v", err)
+		}
+	default:
 		return nil, err
 	}
-	rec := &records.Record{VolumeID: req.GetVolumeId(), TargetPath: target, Pod: vr.pod, AccessRequests: accessRequests}
-	for _, c := range vr.connectors {
-		rec.Connectors = append(rec.Connectors, c.String())
-	}
-	if err := s.write(target, mounted, files, gid, rec); err != nil {
-		return nil, err
-	}
-	log.V(2).Info("Published volume", "target", target, "files", len(files), "republish", mounted)
 	return &csi.NodePublishVolumeResponse{}, nil
 }
 
-// render resolves, authorizes and renders a volume request, in memory. It also returns the
-// AccessRequests whose grants the volume holds.
-func (s *Server) render(ctx context.Context, vr *volumeRequest) (render.Files, []string, error) {
+// resolveAll reads the volume's Connectors and their classes from the informer caches.
+func (s *Server) resolveAll(ctx context.Context, vr *volumeRequest) ([]render.Source, error) {
 	sources := make([]render.Source, 0, len(vr.connectors))
 	for _, nn := range vr.connectors {
 		src, err := s.resolve(ctx, nn)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		sources = append(sources, src)
 	}
-	var accessRequests []string
+	return sources, nil
+}
+
+// render authorizes and renders a volume request, in memory, and returns the record of what
+// the volume holds (the AccessRequests whose grants it carries; whether it was rejected).
+func (s *Server) render(ctx context.Context, vr *volumeRequest, sources []render.Source) (render.Files, *records.Record, error) {
+	rec := &records.Record{}
 	for _, src := range sources {
 		nn := types.NamespacedName{Namespace: src.Connector.Namespace, Name: src.Connector.Name}
 		if err := s.Authorizer.AuthorizeConnector(ctx, vr.pod, nn.Namespace, nn.Name); err != nil {
@@ -119,22 +146,29 @@ func (s *Server) render(ctx context.Context, vr *volumeRequest) (render.Files, [
 		switch {
 		case adm.Granted:
 			if adm.AccessRequest != "" {
-				accessRequests = append(accessRequests, adm.AccessRequest)
+				rec.AccessRequests = append(rec.AccessRequests, adm.AccessRequest)
 			}
 		case adm.Rejected:
 			// The grants of the Connectors before this one stay in the volume's record, and so
 			// does this request: unpublish revokes them all.
 			files, err := errorFile(adm)
-			return files, append(accessRequests, adm.AccessRequest), err
+			rec.AccessRequests, rec.Rejected = append(rec.AccessRequests, adm.AccessRequest), true
+			return files, rec, err
 		case adm.Failed:
 			return nil, nil, status.Errorf(codes.FailedPrecondition, "AccessRequest %s cannot be evaluated: %s", adm.AccessRequest, adm.Message)
 		default:
 			return nil, nil, status.Errorf(codes.Unavailable, "waiting for AccessRequest %s: %s", adm.AccessRequest, adm.Message)
 		}
 	}
+	files, err := s.renderFiles(ctx, vr, sources)
+	return files, rec, err
+}
+
+// renderFiles renders the volume's files, without authorizing anything.
+func (s *Server) renderFiles(ctx context.Context, vr *volumeRequest, sources []render.Source) (render.Files, error) {
 	ca, err := s.CA.CACert(ctx)
 	if err != nil {
-		return nil, nil, status.Errorf(codes.Unavailable, "proxy CA: %v", err)
+		return nil, status.Errorf(codes.Unavailable, "proxy CA: %v", err)
 	}
 	files, err := s.Renderer.Render(render.Request{
 		Sources:        sources,
@@ -148,13 +182,13 @@ func (s *Server) render(ctx context.Context, vr *volumeRequest) (render.Files, [
 	var classErr *render.ClassError
 	switch {
 	case errors.As(err, &inputErr):
-		return nil, nil, status.Error(codes.InvalidArgument, err.Error())
+		return nil, status.Error(codes.InvalidArgument, err.Error())
 	case errors.As(err, &classErr):
-		return nil, nil, status.Error(codes.FailedPrecondition, err.Error())
+		return nil, status.Error(codes.FailedPrecondition, err.Error())
 	case err != nil:
-		return nil, nil, status.Errorf(codes.Internal, "render: %v", err)
+		return nil, status.Errorf(codes.Internal, "render: %v", err)
 	}
-	return files, accessRequests, nil
+	return files, nil
 }
 
 // authorizationError maps an authorization failure to its gRPC status.

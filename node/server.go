@@ -5,6 +5,8 @@ package node
 
 import (
 	"context"
+	"sync"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"k8s.io/client-go/tools/record"
@@ -58,6 +60,9 @@ type Config struct {
 	Audience string
 	// VolumeSizeLimit is the size of each volume's tmpfs in bytes.
 	VolumeSizeLimit int64
+	// RepublishRecheck is how long an authorization holds for a republish whose inputs did not
+	// change: within it such a republish sends no API request (0: every republish authorizes).
+	RepublishRecheck time.Duration
 }
 
 // Server implements the CSI Node service.
@@ -73,17 +78,23 @@ type Server struct {
 	Mounter    mount.Mounter
 	Records    *records.Store
 	Events     record.EventRecorder
+	// Clock replaces time.Now; for tests only.
+	Clock func() time.Time
 
 	targets keymutex.KeyMutex
+	// kept holds the volumes whose last republish kept old content, so that an outage is
+	// reported to the Pod once, not at every republish.
+	kept *sync.Map // volume ID → struct{}
 }
 
 // targetLocks is the number of hashed per-target locks.
 const targetLocks = 256
 
-// NewServer returns a Server; every field of s other than targets must be set.
+// NewServer returns a Server; every field of s but Clock must be set.
 func NewServer(s Server) *Server {
 	// Hashed locks: two targets rarely share one, and there is nothing to clean up.
 	s.targets = keymutex.NewHashed(targetLocks)
+	s.kept = &sync.Map{}
 	return &s
 }
 

@@ -80,11 +80,11 @@ func (p *Proxy) authorizeUse(ctx context.Context, u user.Info, nn types.Namespac
 	if !p.flags.Flags().ProxyPermissions {
 		return nil
 	}
-	if ok, err := p.allowed(ctx, p.perms, u, nn, verb, "proxy"); err != nil || ok {
+	if ok, err := p.perms.allowed(ctx, p, u, nn, verb, "proxy"); err != nil || ok {
 		return err
 	}
 	if pod := podOf(u); pod != "" {
-		if ok, err := p.allowed(ctx, p.perms, u, nn, verb, "proxy/v1/pod/"+pod); err != nil || ok {
+		if ok, err := p.perms.allowed(ctx, p, u, nn, verb, "proxy/v1/pod/"+pod); err != nil || ok {
 			return err
 		}
 	}

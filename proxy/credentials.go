@@ -12,58 +12,12 @@ import (
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
-	"github.com/hashicorp/golang-lru/v2/expirable"
-	"golang.org/x/sync/singleflight"
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/cachemetrics"
 	"github.com/kube-connectors/connectors-csi/proxy/egress"
 )
-
-// secrets reads Secrets on demand, one at a time, and keeps each for the TTL and no longer:
-// expired entries are swept, not only skipped. The driver never lists or watches Secrets
-// (SPEC §4.5): only those a request actually needs are read.
-type secrets struct {
-	kube  kubernetes.Interface
-	ttl   time.Duration
-	cache *expirable.LRU[string, *corev1.Secret] // nil when ttl is 0: nothing is kept
-	group singleflight.Group
-}
-
-func newSecrets(kube kubernetes.Interface, ttl time.Duration, size int) *secrets {
-	s := &secrets{kube: kube, ttl: ttl}
-	if ttl > 0 {
-		s.cache = expirable.NewLRU[string, *corev1.Secret](size, nil, ttl)
-		cachemetrics.Register("secrets", s.cache.Len)
-	}
-	return s
-}
-
-func (s *secrets) get(ctx context.Context, namespace, name string) (*corev1.Secret, error) {
-	key := namespace + "/" + name
-	if s.cache != nil {
-		if sec, ok := s.cache.Get(key); ok {
-			return sec, nil
-		}
-	}
-	v, err, _ := s.group.Do(key, func() (any, error) {
-		sec, err := s.kube.CoreV1().Secrets(namespace).Get(ctx, name, metav1.GetOptions{})
-		if err != nil {
-			return nil, err
-		}
-		if s.cache != nil {
-			s.cache.Add(key, sec)
-		}
-		return sec, nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	return v.(*corev1.Secret), nil
-}
 
 // credential is what the proxy adds to a Connector's upstream requests.
 type credential struct {
@@ -86,7 +40,7 @@ func (p *Proxy) authSecret(ctx context.Context, c *v1alpha1.Connector) (*corev1.
 	if err != nil || name == "" {
 		return nil, err
 	}
-	sec, err := p.secrets.get(ctx, c.Namespace, name)
+	sec, err := p.secrets.Get(ctx, c.Namespace, name)
 	if err != nil {
 		return nil, fmt.Errorf("secret %s/%s of Connector %s/%s: %w", c.Namespace, name, c.Namespace, c.Name, err)
 	}
@@ -192,7 +146,7 @@ func (p *Proxy) transportFor(ctx context.Context, c *v1alpha1.Connector) (*http.
 	if c.Spec.CACertSecretRef == nil {
 		return p.transports.system, nil, nil
 	}
-	sec, err := p.secrets.get(ctx, c.Namespace, c.Spec.CACertSecretRef.Name)
+	sec, err := p.secrets.Get(ctx, c.Namespace, c.Spec.CACertSecretRef.Name)
 	if err != nil {
 		return nil, nil, fmt.Errorf("CA secret %s/%s of Connector %s: %w", c.Namespace, c.Spec.CACertSecretRef.Name, c.Name, err)
 	}

@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -29,6 +30,7 @@ import (
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/features"
 	"github.com/kube-connectors/connectors-csi/proxy/egress"
+	"github.com/kube-connectors/connectors-csi/secretcache"
 )
 
 // Reviewer authenticates tokens and authorizes users (access.Reviewer).
@@ -41,9 +43,12 @@ type Reviewer interface {
 type Config struct {
 	// SecretTTL is how long a Connector's Secret is kept after it was read (0: not kept).
 	SecretTTL time.Duration
-	// Permissions answers the connectors/proxy checks; it caches allowed answers only briefly,
-	// so that a revoked grant stops working within seconds (SPEC §4.4). Nil uses the Reviewer.
-	Permissions Reviewer
+	// Permissions answers the connectors/proxy checks, uncached: the proxy caches them per Pod,
+	// allowed for PermissionAllowTTL and denied for PermissionDenyTTL, and drops a Pod's
+	// decisions when told that one of its AccessRequests changed (ForgetPod). Nil uses the
+	// Reviewer.
+	Permissions                           Reviewer
+	PermissionAllowTTL, PermissionDenyTTL time.Duration
 	// Egress decides which destinations may be dialed.
 	Egress *egress.Policy
 	// TunnelLifetime caps how long a CONNECT tunnel stays open.
@@ -51,14 +56,15 @@ type Config struct {
 	// MaxHeaderBytes bounds the request headers inside a CONNECT tunnel.
 	MaxHeaderBytes int
 	// Sizes of the bounded caches: Secrets, registry tokens (and realms), leaf certificates
-	// (per host), upstream transports (per CA bundle).
-	SecretCacheSize, RegistryTokenCacheSize, LeafCacheSize, TransportCacheSize int
+	// (per host), upstream transports (per CA bundle), connectors/proxy decisions.
+	SecretCacheSize, RegistryTokenCacheSize, LeafCacheSize, TransportCacheSize, PermissionCacheSize int
 }
 
 // check refuses a Config whose limits are unset: an unbounded cache is what they prevent.
 func (c Config) check() error {
 	for name, v := range map[string]int{"MaxHeaderBytes": c.MaxHeaderBytes, "SecretCacheSize": c.SecretCacheSize,
-		"RegistryTokenCacheSize": c.RegistryTokenCacheSize, "LeafCacheSize": c.LeafCacheSize, "TransportCacheSize": c.TransportCacheSize} {
+		"RegistryTokenCacheSize": c.RegistryTokenCacheSize, "LeafCacheSize": c.LeafCacheSize, "TransportCacheSize": c.TransportCacheSize,
+		"PermissionCacheSize": c.PermissionCacheSize} {
 		if v <= 0 {
 			return fmt.Errorf("proxy config: %s must be positive", name)
 		}
@@ -80,9 +86,9 @@ type Proxy struct {
 	cfg        Config
 	objects    client.Reader // Connectors and ConnectorClasses, from informer caches
 	reviewer   Reviewer
-	perms      Reviewer
+	perms      *permissions
 	flags      *features.Source
-	secrets    *secrets
+	secrets    *secretcache.Cache
 	transports *transports
 	leaves     *leaves
 	registry   *registryTokens
@@ -99,19 +105,21 @@ func New(objects client.Reader, reviewer Reviewer, flags *features.Source, kube 
 		return nil, err
 	}
 	p := &Proxy{
-		cfg:        cfg,
-		objects:    objects,
-		reviewer:   reviewer,
-		perms:      cfg.Permissions,
-		flags:      flags,
-		secrets:    newSecrets(kube, cfg.SecretTTL, cfg.SecretCacheSize),
+		cfg:      cfg,
+		objects:  objects,
+		reviewer: reviewer,
+		flags:    flags,
+		secrets: secretcache.New(func(ctx context.Context, ns, name string) (*corev1.Secret, error) {
+			return kube.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
+		}, cfg.SecretTTL, cfg.SecretCacheSize, "secrets"),
 		transports: newTransports(cfg.Egress, cfg.TransportCacheSize),
 		leaves:     l,
 		registry:   newRegistryTokens(cfg.RegistryTokenCacheSize),
 	}
-	if p.perms == nil {
-		p.perms = reviewer
+	if cfg.Permissions == nil {
+		cfg.Permissions = reviewer
 	}
+	p.perms = newPermissions(cfg.Permissions, cfg.PermissionAllowTTL, cfg.PermissionDenyTTL, cfg.PermissionCacheSize)
 	p.reverse = &httputil.ReverseProxy{
 		Rewrite:        rewrite,
 		Transport:      routeTransport{p},
@@ -125,6 +133,10 @@ func New(objects client.Reader, reviewer Reviewer, flags *features.Source, kube 
 	}
 	return p, nil
 }
+
+// ForgetPod drops the cached connectors/proxy decisions of a Pod's tokens: the node saw one of
+// the Pod's AccessRequests change (granted, revoked), so the next request asks again.
+func (p *Proxy) ForgetPod(namespace, name string) { p.perms.forgetPod(namespace, name) }
 
 // copyBuffers pools the buffers ReverseProxy copies response bodies with.
 type copyBuffers struct{}

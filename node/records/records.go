@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
+	"time"
 )
 
 // Pod identifies the Pod a volume belongs to.
@@ -29,10 +31,23 @@ type Record struct {
 	Connectors []string `json:"connectors"`
 	// AccessRequests are the AccessRequests whose grants this volume holds (namespace/name).
 	AccessRequests []string `json:"accessRequests,omitempty"`
+	// Rejected: the volume holds only the .error.json of a rejected AccessRequest.
+	Rejected bool `json:"rejected,omitempty"`
+	// Fingerprint identifies the inputs the volume was last authorized and rendered with (the
+	// attributes, the Connectors' and classes' versions, the CA), TokenSHA256 the token's hash,
+	// AuthorizedAt when: an unchanged republish within the recheck interval needs no API call.
+	Fingerprint  string    `json:"fingerprint,omitempty"`
+	TokenSHA256  string    `json:"tokenSHA256,omitempty"`
+	AuthorizedAt time.Time `json:"authorizedAt,omitzero"`
 }
 
-// Store keeps records as one JSON file per volume.
-type Store struct{ dir string }
+// Store keeps records as one JSON file per volume, and in memory once read or written, so that
+// kubelet's republish of every volume each minute does not read the disk.
+type Store struct {
+	dir    string
+	mu     sync.Mutex
+	memory map[string]*Record // by volume ID
+}
 
 // NewStore returns a Store in dir, creating it.
 func NewStore(dir string) (*Store, error) {
@@ -40,7 +55,7 @@ func NewStore(dir string) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("state directory: %w", err)
 	}
-	return &Store{dir: dir}, nil
+	return &Store{dir: dir, memory: map[string]*Record{}}, nil
 }
 
 // path names a volume's file by a hash of its ID, so that no ID can escape the directory.
@@ -49,8 +64,18 @@ func (s *Store) path(volumeID string) string {
 	return filepath.Join(s.dir, hex.EncodeToString(sum[:16])+".json")
 }
 
-// Save writes a record atomically.
+// Save writes a record atomically. The record must not be changed afterwards: Load hands it out.
 func (s *Store) Save(r *Record) error {
+	if err := s.write(r); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.memory[r.VolumeID] = r
+	s.mu.Unlock()
+	return nil
+}
+
+func (s *Store) write(r *Record) error {
 	b, err := json.Marshal(r)
 	if err != nil {
 		return err
@@ -70,8 +95,25 @@ func (s *Store) Save(r *Record) error {
 	return os.Rename(tmp.Name(), s.path(r.VolumeID))
 }
 
-// Load returns the record of a volume, or nil when there is none.
+// Load returns the record of a volume, or nil when there is none. The record is shared: do not
+// change it.
 func (s *Store) Load(volumeID string) (*Record, error) {
+	s.mu.Lock()
+	r, ok := s.memory[volumeID]
+	s.mu.Unlock()
+	if ok {
+		return r, nil
+	}
+	r, err := s.read(volumeID)
+	if err == nil && r != nil {
+		s.mu.Lock()
+		s.memory[volumeID] = r
+		s.mu.Unlock()
+	}
+	return r, err
+}
+
+func (s *Store) read(volumeID string) (*Record, error) {
 	b, err := os.ReadFile(s.path(volumeID))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
@@ -88,6 +130,9 @@ func (s *Store) Load(volumeID string) (*Record, error) {
 
 // Delete removes a volume's record; a missing record is not an error.
 func (s *Store) Delete(volumeID string) error {
+	s.mu.Lock()
+	delete(s.memory, volumeID)
+	s.mu.Unlock()
 	err := os.Remove(s.path(volumeID))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil

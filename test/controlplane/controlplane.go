@@ -4,6 +4,7 @@ package controlplane
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -13,10 +14,14 @@ import (
 	"runtime"
 	"strings"
 
+	authenticationv1 "k8s.io/api/authentication/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	auditv1 "k8s.io/apiserver/pkg/apis/audit/v1"
 	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/yaml"
@@ -68,14 +73,21 @@ func WithServiceAccountAdmission() Option {
 	}
 }
 
+// NodeUser is the user of deploy/'s node ServiceAccount, whose every request the audit log
+// records.
+const NodeUser = "system:serviceaccount:connectors-system:connectors-csi-node"
+
 // auditPolicy records who touched which Secret (metadata only: never a Secret's data), so
-// that tests can prove the driver did not read a Secret it must not read.
+// that tests can prove the driver did not read a Secret it must not read, and every request of
+// the node role's ServiceAccount, so that tests can count what a node sends.
 const auditPolicy = `apiVersion: audit.k8s.io/v1
 kind: Policy
 omitStages: [RequestReceived]
 rules:
   - level: Metadata
     resources: [{group: "", resources: [secrets]}]
+  - level: Metadata
+    users: ["` + NodeUser + `"]
   - level: None
 `
 
@@ -191,6 +203,21 @@ func (cp *ControlPlane) Kubectl(stdin []byte, args ...string) (string, error) {
 		return string(out), fmt.Errorf("kubectl %s: %w: %s", strings.Join(args, " "), err, out)
 	}
 	return string(out), nil
+}
+
+// ServiceAccountKubeconfig writes to path a kubeconfig that authenticates with a token of the
+// ServiceAccount ns/sa, so that a process runs with exactly that account's RBAC.
+func (cp *ControlPlane) ServiceAccountKubeconfig(ns, sa, path string) error {
+	tr, err := cp.Kube.CoreV1().ServiceAccounts(ns).CreateToken(context.Background(), sa, &authenticationv1.TokenRequest{}, metav1.CreateOptions{})
+	if err != nil {
+		return err
+	}
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters["cluster"] = &clientcmdapi.Cluster{Server: cp.Config.Host, CertificateAuthorityData: cp.Config.CAData}
+	cfg.AuthInfos[sa] = &clientcmdapi.AuthInfo{Token: tr.Status.Token}
+	cfg.Contexts["cluster"] = &clientcmdapi.Context{Cluster: "cluster", AuthInfo: sa}
+	cfg.CurrentContext = "cluster"
+	return clientcmd.WriteToFile(*cfg, path)
 }
 
 // Stop stops the control plane and removes its kubeconfig.

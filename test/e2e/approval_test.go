@@ -21,7 +21,6 @@ import (
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/approval"
-	"github.com/kube-connectors/connectors-csi/driver"
 	"github.com/kube-connectors/connectors-csi/node/records"
 	"github.com/kube-connectors/connectors-csi/test/controlplane"
 	"github.com/kube-connectors/connectors-csi/test/kubelet"
@@ -112,8 +111,7 @@ func controllerRef(obj *unstructured.Unstructured) metav1.OwnerReference {
 func TestApprovalGatedPromotion(t *testing.T) {
 	tool := startGitServer(t, false)
 	setupApproval(t)
-	kubeconfig := driverKubeconfig(t)
-	env := startProxyDriver(t, func(o *driver.Options) { o.Kubeconfig = kubeconfig })
+	env := startDeployedDrivers(t, nil)
 	ctx := context.Background()
 	ns := newNamespace(t)
 	gitConnector(t, ns, "prod", gitClass(t), tool)

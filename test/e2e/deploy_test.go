@@ -1,9 +1,13 @@
 package e2e
 
 import (
+	"context"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	authorizationv1 "k8s.io/api/authorization/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kube-connectors/connectors-csi/test/controlplane"
 )
@@ -22,7 +26,11 @@ func TestDeployAppliesServerSide(t *testing.T) {
 		"csidriver.storage.k8s.io/connectors-csi",
 		"daemonset.apps/connectors-csi",
 		"service/connectors-proxy",
-		"clusterrole.rbac.authorization.k8s.io/connectors-csi",
+		"clusterrole.rbac.authorization.k8s.io/connectors-csi-node",
+		"clusterrole.rbac.authorization.k8s.io/connectors-csi-controller",
+		"deployment.apps/connectors-csi-controller",
+		"flowschema.flowcontrol.apiserver.k8s.io/connectors-csi-node",
+		"prioritylevelconfiguration.flowcontrol.apiserver.k8s.io/connectors-csi-controller",
 		"configmap/connectors-config",
 		"connectorclass.connectors.alauda.io/git",
 	} {
@@ -74,5 +82,51 @@ spec: {address: "https://x.example.com"}
 	out, err = cp.Kubectl([]byte(missing), "apply", "--dry-run=server", "-f", "-")
 	if err == nil || !strings.Contains(out, "connectorClassName") {
 		t.Fatalf("a Connector without a class was accepted: %v\n%s", err, out)
+	}
+}
+
+// TestDeployedRolesHoldLeastPrivilege asks the API server what each role's ServiceAccount of
+// deploy/base/rbac.yaml may do: the node's, on every node, writes no RBAC, may not escalate or
+// bind, and lists no Pods; neither role lists or watches Pods.
+func TestDeployedRolesHoldLeastPrivilege(t *testing.T) {
+	deployedKubeconfigs(t)
+	type access struct {
+		group, resource, verb string
+		allowed               bool
+	}
+	for sa, cases := range map[string][]access{
+		"connectors-csi-node": {
+			{"rbac.authorization.k8s.io", "roles", "create", false}, {"rbac.authorization.k8s.io", "rolebindings", "create", false},
+			{"rbac.authorization.k8s.io", "roles", "escalate", false}, {"rbac.authorization.k8s.io", "roles", "bind", false},
+			{"", "pods", "list", false}, {"", "pods", "watch", false}, {"", "pods", "get", false},
+			{"connectors.alauda.io", "accessrequests", "update", false}, {"connectors.alauda.io", "connectors", "patch", false},
+			{"coordination.k8s.io", "leases", "create", false}, {"", "secrets", "list", false},
+			{"", "secrets", "get", true}, {"authentication.k8s.io", "tokenreviews", "create", true},
+			{"connectors.alauda.io", "accessrequests", "create", true}, {"connectors.alauda.io", "accessrequests", "watch", true},
+		},
+		"connectors-csi-controller": {
+			{"", "pods", "list", false}, {"", "pods", "watch", false}, {"", "secrets", "list", false},
+			{"", "pods", "get", true}, {"rbac.authorization.k8s.io", "roles", "create", true},
+			{"coordination.k8s.io", "leases", "create", true},
+		},
+	} {
+		for _, c := range cases {
+			ns := "some-tenant"
+			if c.resource == "leases" {
+				ns = systemNS
+			}
+			res, err := cp.Kube.AuthorizationV1().SubjectAccessReviews().Create(context.Background(), &authorizationv1.SubjectAccessReview{
+				Spec: authorizationv1.SubjectAccessReviewSpec{
+					User:               "system:serviceaccount:" + systemNS + ":" + sa,
+					Groups:             []string{"system:serviceaccounts", "system:serviceaccounts:" + systemNS, "system:authenticated"},
+					ResourceAttributes: &authorizationv1.ResourceAttributes{Group: c.group, Resource: c.resource, Verb: c.verb, Namespace: ns},
+				}}, metav1.CreateOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Status.Allowed != c.allowed {
+				t.Errorf("%s may %s %s.%s: %v, want %v", sa, c.verb, c.resource, c.group, res.Status.Allowed, c.allowed)
+			}
+		}
 	}
 }

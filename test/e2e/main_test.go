@@ -18,7 +18,6 @@ import (
 	"testing"
 	"time"
 
-	authenticationv1 "k8s.io/api/authentication/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -26,7 +25,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/rand"
 	"k8s.io/client-go/tools/clientcmd"
-	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -163,47 +161,13 @@ func startDriverWith(t testing.TB, stateDir string, mounter mount.Mounter, adjus
 		t.Fatal(err)
 	}
 	d := &runningDriver{socket: filepath.Join(socketDir, "csi.sock"), mounter: mounter}
-	ctx, cancel := context.WithCancel(klog.NewContext(context.Background(), klog.Background()))
-	done := make(chan error, 1)
-	opts := driver.Options{
-		Endpoint:           "unix://" + d.socket,
-		NodeID:             "node-1",
-		DriverName:         driverName,
-		Kubeconfig:         cp.Kubeconfig,
-		SystemNamespace:    systemNS,
-		StateDir:           stateDir,
-		ProxyURL:           proxyURL,
-		NoProxy:            "localhost,127.0.0.1,::1",
-		TokenAudience:      driverName,
-		VolumeSizeLimit:    "4Mi",
-		KubeAPIQPS:         50,
-		KubeAPIBurst:       100,
-		AuthzAllowTTL:      10 * time.Second,
-		AuthzDenyTTL:       2 * time.Second,
-		TokenCacheTTL:      time.Second,
-		SecretCacheTTL:     time.Second,
-		StatusRecheck:      time.Minute,
-		ApprovalWait:       3 * time.Second,
-		ProxyPermissionTTL: time.Second,
-		RequestRetention:   time.Hour,
-		Mounter:            mounter,
-		// The test tools listen on loopback.
-		AllowLoopbackDestinations: true,
-	}
+	opts := testOptions()
+	opts.Endpoint, opts.StateDir, opts.Mounter = "unix://"+d.socket, stateDir, mounter
 	if adjust != nil {
 		adjust(&opts)
 	}
-	go func() { done <- driver.Run(ctx, opts) }()
-	var once sync.Once
-	d.stop = func() {
-		once.Do(func() {
-			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("driver: %v", err)
-			}
-			_ = os.RemoveAll(socketDir)
-		})
-	}
+	stop, done := runDriver(t, opts)
+	d.stop = func() { stop(); _ = os.RemoveAll(socketDir) }
 	t.Cleanup(d.stop)
 	failed := make(chan error, 1)
 	up := kubelet.WaitUntil(30*time.Second, func() bool {
@@ -226,6 +190,78 @@ func startDriverWith(t testing.TB, stateDir string, mounter mount.Mounter, adjus
 		t.Fatal("driver socket did not appear")
 	}
 	return d
+}
+
+// testOptions are the driver's options in these tests: the admin kubeconfig, the role all,
+// short cache periods.
+func testOptions() driver.Options {
+	return driver.Options{
+		NodeID:             "node-1",
+		DriverName:         driverName,
+		Kubeconfig:         cp.Kubeconfig,
+		SystemNamespace:    systemNS,
+		ProxyURL:           proxyURL,
+		NoProxy:            "localhost,127.0.0.1,::1",
+		TokenAudience:      driverName,
+		VolumeSizeLimit:    "4Mi",
+		KubeAPIQPS:         50,
+		KubeAPIBurst:       100,
+		AuthzAllowTTL:      10 * time.Second,
+		AuthzDenyTTL:       2 * time.Second,
+		TokenCacheTTL:      time.Second,
+		SecretCacheTTL:     time.Second,
+		StatusRecheck:      time.Minute,
+		ApprovalWait:       3 * time.Second,
+		ProxyPermissionTTL: time.Second,
+		RequestRetention:   time.Hour,
+		// Pods are not watched: a deleted or completed Pod is seen at the next look.
+		PodRecheck:       time.Second,
+		RepublishRecheck: 5 * time.Minute,
+		// The test tools listen on loopback.
+		AllowLoopbackDestinations: true,
+	}
+}
+
+// runDriver runs driver.Run with opts until stop is called (or the test ends). done yields
+// Run's error if it returns first.
+func runDriver(t testing.TB, opts driver.Options) (stop func(), done chan error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(klog.NewContext(context.Background(), klog.Background()))
+	done = make(chan error, 1)
+	go func() { done <- driver.Run(ctx, opts) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("driver: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return stop, done
+}
+
+// startDeployedDrivers runs the driver as deploy/ does, each role with exactly its deployed
+// RBAC: a node process (--role=node, the node ServiceAccount) with its proxy, and a controller
+// process (--role=controller, the controller ServiceAccount). adjust changes both.
+func startDeployedDrivers(t testing.TB, adjust func(*driver.Options)) *proxyEnv {
+	t.Helper()
+	nodeKubeconfig, controllerKubeconfig := deployedKubeconfigs(t)
+	env := startProxyDriver(t, func(o *driver.Options) {
+		if adjust != nil {
+			adjust(o)
+		}
+		o.Role, o.Kubeconfig = driver.RoleNode, nodeKubeconfig
+	})
+	opts := testOptions()
+	if adjust != nil {
+		adjust(&opts)
+	}
+	// The controller writes the node proxy's address into each Connector's status.
+	opts.Role, opts.Kubeconfig, opts.ProxyURL = driver.RoleController, controllerKubeconfig, env.proxyURL
+	runDriver(t, opts)
+	return env
 }
 
 // newKubelet connects a kubelet stand-in to a driver; its root is a fresh directory.
@@ -335,30 +371,27 @@ func basic(user, pass string) string {
 	return base64.StdEncoding.EncodeToString([]byte(user + ":" + pass))
 }
 
-// driverKubeconfig applies deploy/base/rbac.yaml for real and returns a kubeconfig of the
-// driver's ServiceAccount, so that a test runs the driver with exactly the deployed privileges.
-func driverKubeconfig(t testing.TB) string {
+// deployedKubeconfigs applies deploy/base/rbac.yaml for real and returns kubeconfigs of the
+// node's and the controller's ServiceAccounts, so that a test runs each role with exactly the
+// deployed privileges. The test fails if either was refused an API call.
+func deployedKubeconfigs(t testing.TB) (node, controller string) {
 	t.Helper()
-	ctx := context.Background()
 	if _, err := cp.Kubectl(nil, "apply", "-n", systemNS, "-f", filepath.Join(controlplane.RepoRoot(), "deploy", "base", "rbac.yaml")); err != nil {
 		t.Fatal(err)
 	}
-	tr, err := cp.Kube.CoreV1().ServiceAccounts(systemNS).CreateToken(ctx, "connectors-csi", &authenticationv1.TokenRequest{}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := clientcmdapi.NewConfig()
-	cfg.Clusters["test"] = &clientcmdapi.Cluster{Server: cp.Config.Host, CertificateAuthorityData: cp.Config.CAData}
-	cfg.AuthInfos["driver"] = &clientcmdapi.AuthInfo{Token: tr.Status.Token}
-	cfg.Contexts["test"] = &clientcmdapi.Context{Cluster: "test", AuthInfo: "driver"}
-	cfg.CurrentContext = "test"
 	t.Cleanup(func() {
 		if strings.Contains(logs.String(), "is forbidden") {
 			t.Error("the driver was refused an API call with the deployed RBAC; see its log")
 		}
 	})
-	path := filepath.Join(t.TempDir(), "driver-kubeconfig")
-	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
+	return serviceAccountKubeconfig(t, systemNS, "connectors-csi-node"), serviceAccountKubeconfig(t, systemNS, "connectors-csi-controller")
+}
+
+// serviceAccountKubeconfig writes a kubeconfig with a token of the ServiceAccount.
+func serviceAccountKubeconfig(t testing.TB, ns, sa string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), sa+"-kubeconfig")
+	if err := cp.ServiceAccountKubeconfig(ns, sa, path); err != nil {
 		t.Fatal(err)
 	}
 	return path

@@ -28,7 +28,8 @@ func TestRepublishSurvivesAPIServerOutage(t *testing.T) {
 	defer link.Close()
 	d := startDriverWith(t, t.TempDir(), nil, func(o *driver.Options) {
 		o.Kubeconfig = kubeconfigVia(t, link.Addr())
-		o.AuthzAllowTTL = 0 // every republish asks the API server, so the outage is felt
+		o.AuthzAllowTTL = 0    // every republish asks the API server, so the outage is felt
+		o.RepublishRecheck = 0 // (an unchanged republish would not)
 	})
 	k := newKubelet(t, d)
 	ctx := context.Background()

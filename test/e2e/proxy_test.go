@@ -154,8 +154,7 @@ func proxiedRequests(s *gitserver.Server, from int) []gitserver.Request {
 // TestGitThroughProxy runs the driver with the deployed RBAC only.
 func TestGitThroughProxy(t *testing.T) {
 	plain, secure := startGitServer(t, false), startGitServer(t, true)
-	kubeconfig := driverKubeconfig(t)
-	env := startProxyDriver(t, func(o *driver.Options) { o.Kubeconfig = kubeconfig; o.LeaderElect = true })
+	env := startDeployedDrivers(t, func(o *driver.Options) { o.LeaderElect = true })
 	ctx := context.Background()
 	ns := newNamespace(t)
 	git := gitClass(t)

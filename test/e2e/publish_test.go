@@ -11,12 +11,19 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	auditv1 "k8s.io/apiserver/pkg/apis/audit/v1"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/driver"
 	"github.com/kube-connectors/connectors-csi/node/atomicdir"
+	"github.com/kube-connectors/connectors-csi/test/controlplane"
+	"github.com/kube-connectors/connectors-csi/test/kubelet"
 )
 
 var builtinFiles = []string{".env", "http.proxy", "https.proxy", "context.token", "context.proxy.caCert",
@@ -358,5 +365,76 @@ func TestNewDriverUnpublishesPreviousDriversVolume(t *testing.T) {
 	}
 	if files, _ := atomicdir.Read(target); len(files) != 0 {
 		t.Fatalf("files left behind: %v", files)
+	}
+}
+
+// TestUnchangedRepublishSendsNoAPIRequest runs the node role with its deployed RBAC and counts,
+// in the API server's audit log, what it sends while kubelet republishes unchanged volumes:
+// nothing, also when the token is new (it is written without authorizing again). A change of a
+// Connector makes the next republish authorize again.
+func TestUnchangedRepublishSendsNoAPIRequest(t *testing.T) {
+	// Every authorization asks the API server (no cached answer), so that the count shows it.
+	env := startDeployedDrivers(t, func(o *driver.Options) { o.AuthzAllowTTL = 0 })
+	ctx := context.Background()
+	ns := newNamespace(t)
+	git := gitClass(t)
+	newConnector(t, ns, "git", git, "https://github.com")
+	allowConnectors(t, ns, "builder", "git")
+	var pods []*corev1.Pod
+	for i := range 5 {
+		pod := podWithVolume(t, env.kubelet, ns, fmt.Sprintf("quiet-%d", i), map[string]string{"connectors": "git"}, nil)
+		if err := env.kubelet.Publish(ctx, pod, "connectors"); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = env.kubelet.Unpublish(ctx, pod, "connectors") })
+		pods = append(pods, pod)
+	}
+	nodeRequests := func(since time.Time) []string {
+		evs, err := cp.AuditEvents(func(ev *auditv1.Event) bool {
+			return ev.User.Username == controlplane.NodeUser && ev.Verb != "watch" && ev.Verb != "list" &&
+				!ev.RequestReceivedTimestamp.Time.Before(since)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, ev := range evs {
+			out = append(out, ev.Verb+" "+ev.RequestURI)
+		}
+		return out
+	}
+	start := time.Now()
+	for range 3 {
+		for _, pod := range pods {
+			if err := env.kubelet.Publish(ctx, pod, "connectors"); err != nil { // a new token each time
+				t.Fatal(err)
+			}
+			if got := visibleFiles(t, env.kubelet.TargetPath(pod, "connectors"))["context.token"]; got == "" {
+				t.Fatal("the volume lost its token")
+			}
+		}
+	}
+	if sent := nodeRequests(start); len(sent) != 0 {
+		t.Fatalf("15 unchanged republishes sent %d API requests: %q", len(sent), sent)
+	}
+	var c v1alpha1.Connector
+	if err := cp.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "git"}, &c); err != nil {
+		t.Fatal(err)
+	}
+	c.Spec.Address = "https://git.example.com"
+	if err := cp.Client.Update(ctx, &c); err != nil {
+		t.Fatal(err)
+	}
+	changed := time.Now()
+	if !kubelet.WaitUntil(10*time.Second, func() bool {
+		if err := env.kubelet.Publish(ctx, pods[0], "connectors"); err != nil {
+			t.Fatal(err)
+		}
+		return strings.Contains(visibleFiles(t, env.kubelet.TargetPath(pods[0], "connectors"))[".gitconfig"], "git.example.com")
+	}) {
+		t.Fatal("a changed Connector never reached the volume")
+	}
+	if sent := nodeRequests(changed); !slices.ContainsFunc(sent, func(s string) bool { return strings.Contains(s, "subjectaccessreviews") }) {
+		t.Errorf("the republish after a change did not authorize again: %q", sent)
 	}
 }

@@ -11,7 +11,6 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
-	"github.com/kube-connectors/connectors-csi/driver"
 	"github.com/kube-connectors/connectors-csi/test/kubelet"
 )
 
@@ -34,8 +33,7 @@ func waitCondition(t *testing.T, ns, name, typ string, status metav1.ConditionSt
 
 func TestConnectorStatus(t *testing.T) {
 	tool := startGitServer(t, false)
-	kubeconfig := driverKubeconfig(t)
-	env := startProxyDriver(t, func(o *driver.Options) { o.Kubeconfig = kubeconfig })
+	env := startDeployedDrivers(t, nil)
 	ns := newNamespace(t)
 	git := gitClass(t)
 	gitConnector(t, ns, "good", git, tool)

@@ -302,8 +302,7 @@ func TestRoleTemplatesAreCheckedAndEscaped(t *testing.T) {
 // before any informer is started.
 func TestTenantChecksAreBounded(t *testing.T) {
 	setupApproval(t)
-	kubeconfig := driverKubeconfig(t)
-	env := startProxyDriver(t, func(o *driver.Options) { o.Kubeconfig = kubeconfig })
+	env := startDeployedDrivers(t, nil)
 	ctx := context.Background()
 	ns := newNamespace(t)
 	tool, git := startGitServer(t, false), gitClass(t)

@@ -169,6 +169,8 @@ func Up(ctx context.Context, driverBin string, images map[string]string) (n *Nod
 		{"scheduler", n.startScheduler},
 		{"controller manager", n.startControllerManager},
 		{"kubelet", n.startKubelet},
+		{"driver RBAC", n.applyDriverRBAC},
+		{"controller", func() error { return n.startController(driverBin) }},
 		{"driver", func() error { return n.startDriver(driverBin) }},
 	}
 	for _, s := range steps {
@@ -335,6 +337,44 @@ func (n *Node) startControllerManager() error {
 }
 
 // StartDriver starts the driver as a node process again, after Stop("driver").
+// applyDriverRBAC applies deploy/'s ServiceAccounts and RBAC and writes a kubeconfig of each
+// role's ServiceAccount: the driver and the controller run with exactly the deployed rights.
+func (n *Node) applyDriverRBAC() error {
+	ctx := context.Background()
+	if _, err := n.CP.Kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: SystemNamespace}}, metav1.CreateOptions{}); err != nil {
+		return err
+	}
+	if _, err := n.CP.Kubectl(nil, "apply", "-n", SystemNamespace, "-f", filepath.Join(controlplane.RepoRoot(), "deploy", "base", "rbac.yaml")); err != nil {
+		return err
+	}
+	for _, sa := range []string{NodeServiceAccount, ControllerServiceAccount} {
+		if err := n.CP.ServiceAccountKubeconfig(SystemNamespace, sa, n.kubeconfigOf(sa)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// The system namespace and the ServiceAccounts of deploy/'s two roles.
+const (
+	SystemNamespace          = "connectors-system"
+	NodeServiceAccount       = "connectors-csi-node"
+	ControllerServiceAccount = "connectors-csi-controller"
+)
+
+// kubeconfigOf is where the kubeconfig of a ServiceAccount of the system namespace is.
+func (n *Node) kubeconfigOf(sa string) string { return filepath.Join(n.Dir, sa+".kubeconfig") }
+
+// startController runs the controller role as a process of the node, as Tekton's controller
+// runs here (the envtest control plane has no Service network for an in-cluster client), with
+// the controller's ServiceAccount and leader election on, as deploy/'s Deployment runs it.
+func (n *Node) startController(bin string) error {
+	return n.start("controller", nil, bin, "--role=controller", "--kubeconfig="+n.kubeconfigOf(ControllerServiceAccount),
+		"--leader-elect=true", "--metrics-listen=127.0.0.1:0", "-v=2",
+		// Its status probes reach the tests' Git servers on the host's loopback.
+		"--allow-loopback-destinations")
+}
+
 func (n *Node) StartDriver() error {
 	return n.startDriver(n.driverBin)
 }
@@ -350,8 +390,8 @@ func (n *Node) startDriver(bin string) error {
 	// Pods reach the host through the bridge's gateway address.
 	n.ProxyURL = fmt.Sprintf("http://10.88.0.1:%d", port)
 	socket := filepath.Join(n.KubeletRoot, "plugins", "connectors-csi", "csi.sock")
-	if err := n.start("driver", []string{"NODE_NAME=" + NodeName}, bin, "--endpoint=unix://"+socket,
-		"--kubeconfig="+n.CP.Kubeconfig, "--state-dir="+filepath.Join(n.Dir, "driver-state"),
+	if err := n.start("driver", []string{"NODE_NAME=" + NodeName}, bin, "--role=node", "--endpoint=unix://"+socket,
+		"--kubeconfig="+n.kubeconfigOf(NodeServiceAccount), "--state-dir="+filepath.Join(n.Dir, "driver-state"),
 		"--kubelet-registration-dir="+filepath.Join(n.KubeletRoot, "plugins_registry"),
 		fmt.Sprintf("--proxy-listen=:%d", port), "--proxy-url="+n.ProxyURL, "--metrics-listen=127.0.0.1:0", "-v=2",
 		// The Git servers of the tests listen on the host's loopback.

@@ -130,13 +130,6 @@ func setupCluster() error {
 	if err := controlplane.ReadYAML(filepath.Join(root, "deploy", "classes", "git.yaml"), &git); err != nil {
 		return err
 	}
-	if _, err := node.CP.Kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "connectors-system"}}, metav1.CreateOptions{}); err != nil {
-		return err
-	}
-	// The DaemonSet's ServiceAccount: admission refuses a Pod whose ServiceAccount is missing.
-	if _, err := node.CP.Kube.CoreV1().ServiceAccounts("connectors-system").Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "connectors-csi"}}, metav1.CreateOptions{}); err != nil {
-		return err
-	}
 	return node.CP.Client.Create(ctx, &git)
 }
 
@@ -785,11 +778,12 @@ func TestDriverAsDaemonSetPod(t *testing.T) {
 			spec.Volumes[i].HostPath.Path = p
 		}
 	}
+	// The DaemonSet's own ServiceAccount, through a kubeconfig (no Service network here).
 	kcDir := filepath.Join(node.Dir, "driver-kubeconfig")
 	if err := os.MkdirAll(kcDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	kc, err := os.ReadFile(node.CP.Kubeconfig)
+	kc, err := os.ReadFile(node.kubeconfigOf(NodeServiceAccount))
 	if err != nil {
 		t.Fatal(err)
 	}

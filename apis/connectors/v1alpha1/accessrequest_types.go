@@ -12,6 +12,8 @@ const (
 	LabelContextObjectKind      = "connectors.cpaas.io/contextObjectKind"
 	LabelContextObjectName      = "connectors.cpaas.io/contextObjectName"
 	LabelContextObjectNamespace = "connectors.cpaas.io/contextObjectNamespace"
+	// LabelNode is the node whose volume made the request: each node watches only its own.
+	LabelNode = "connectors.cpaas.io/node"
 )
 
 // AccessRequest condition types and reasons (SPEC §2.4).

@@ -1,0 +1,118 @@
+package driver
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/klog/v2"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/config"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/kube-connectors/connectors-csi/approval"
+	"github.com/kube-connectors/connectors-csi/connectorstatus"
+	"github.com/kube-connectors/connectors-csi/features"
+	"github.com/kube-connectors/connectors-csi/proxy/egress"
+	"github.com/kube-connectors/connectors-csi/secretcache"
+)
+
+// startController starts the controller role: the Connector status, AccessPolicy and
+// AccessRequest controllers, run by the replica that holds the Lease (with --leader-elect).
+func startController(ctx context.Context, g *errgroup.Group, p *process, ready *atomic.Bool) error {
+	o := p.o
+	mgr, err := newManager(ctx, p)
+	if err != nil {
+		return err
+	}
+	if err := (&connectorstatus.Reconciler{
+		Client: mgr.GetClient(),
+		// A Secret is read at most once per recheck interval, whatever the events.
+		Secrets: secretcache.New(func(ctx context.Context, ns, name string) (*corev1.Secret, error) {
+			return p.kube.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
+		}, o.StatusRecheck, o.SecretCacheSize, "status_secrets"),
+		ProxyURL: o.ProxyURL,
+		HTTP:     egress.Client(&http.Transport{Proxy: nil, DialContext: p.destinations.DialContext, DisableCompression: true}, 10*time.Second),
+		Recheck:  o.StatusRecheck,
+		Workers:  o.StatusWorkers,
+	}).SetupWithManager(mgr); err != nil {
+		return err
+	}
+	states, err := approval.NewStates(o.CELCacheSize)
+	if err != nil {
+		return err
+	}
+	if err := (&approval.PolicyController{
+		Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), SystemNamespace: o.SystemNamespace, States: states,
+	}).SetupWithManager(mgr); err != nil {
+		return err
+	}
+	if err := (&approval.Controller{
+		Client:          mgr.GetClient(),
+		Reader:          mgr.GetAPIReader(),
+		Cache:           mgr.GetCache(),
+		SystemNamespace: o.SystemNamespace,
+		Recorder:        mgr.GetEventRecorder(o.DriverName),
+		Retention:       o.RequestRetention,
+		PodRecheck:      o.PodRecheck,
+		States:          states,
+	}).SetupWithManager(mgr); err != nil {
+		return err
+	}
+	if !o.runsNode() {
+		// The controller uses no flag; it watches them to report invalid values as Events,
+		// once for the cluster instead of once per node.
+		features.Watch(ctx, p.kube, o.SystemNamespace, true)
+	}
+	g.Go(func() error { return mgr.Start(ctx) })
+	g.Go(func() error {
+		if mgr.GetCache().WaitForCacheSync(ctx) {
+			ready.Store(true)
+			klog.FromContext(ctx).Info("Controller caches synced")
+		}
+		return nil
+	})
+	return nil
+}
+
+// newManager makes the controller-runtime manager of the controllers: its caches keep no
+// managedFields, Secrets are never cached (the driver does not watch Secrets, SPEC §4.5), the
+// RBAC objects of grants are written, not watched, and ConfigMaps are watched in the system
+// namespace only.
+func newManager(ctx context.Context, p *process) (ctrl.Manager, error) {
+	o := p.o
+	mgr, err := ctrl.NewManager(p.cfg, ctrl.Options{
+		Scheme: p.scheme,
+		Logger: klog.FromContext(ctx),
+		Cache: cache.Options{
+			DefaultTransform: cache.TransformStripManagedFields(),
+			// Role and check templates, read at every evaluation, from the system namespace only.
+			ByObject: map[client.Object]cache.ByObject{
+				&corev1.ConfigMap{}: {Namespaces: map[string]cache.Config{o.SystemNamespace: {}}},
+			},
+		},
+		Client: client.Options{Cache: &client.CacheOptions{DisableFor: []client.Object{
+			&corev1.Secret{}, &rbacv1.Role{}, &rbacv1.RoleBinding{}}}},
+		Metrics:                       metricsserver.Options{BindAddress: "0"}, // served on --metrics-listen
+		HealthProbeBindAddress:        "0",
+		LeaderElection:                o.LeaderElect,
+		LeaderElectionID:              "connectors-csi-controllers",
+		LeaderElectionNamespace:       o.SystemNamespace,
+		LeaderElectionReleaseOnCancel: true,
+		// Tests run several drivers in one process; metric names stay per process either way.
+		Controller: config.Controller{SkipNameValidation: ptr.To(true)},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("controller manager: %w", err)
+	}
+	return mgr, nil
+}

@@ -1,0 +1,204 @@
+package driver
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+
+	"golang.org/x/sync/errgroup"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/kubernetes"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/rest"
+	toolscache "k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/client-go/util/flowcontrol"
+	"k8s.io/klog/v2"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/kube-connectors/connectors-csi/access"
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/approval"
+	"github.com/kube-connectors/connectors-csi/connectorsapi"
+	"github.com/kube-connectors/connectors-csi/features"
+	"github.com/kube-connectors/connectors-csi/identity"
+	"github.com/kube-connectors/connectors-csi/node"
+	"github.com/kube-connectors/connectors-csi/node/mount"
+	"github.com/kube-connectors/connectors-csi/node/records"
+	"github.com/kube-connectors/connectors-csi/node/registration"
+	"github.com/kube-connectors/connectors-csi/proxy"
+	"github.com/kube-connectors/connectors-csi/proxy/ca"
+	"github.com/kube-connectors/connectors-csi/render"
+)
+
+// startNode starts the node role: the CSI Identity and Node services, the proxy and the
+// Connectors API, kubelet registration. It runs no controller and takes part in no election.
+func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic.Bool) error {
+	o := p.o
+	objects, err := newObjectCache(ctx, p)
+	if err != nil {
+		return err
+	}
+	requestChanges := approval.NewChanges()
+	store, err := records.NewStore(o.StateDir)
+	if err != nil {
+		return err
+	}
+	events := record.NewBroadcaster(record.WithContext(ctx))
+	go func() { <-ctx.Done(); events.Shutdown() }()
+	events.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: p.kube.CoreV1().Events("")})
+
+	// Publishes review with the process's client; the proxy and the Connectors API, which any
+	// client on the network can call, with their own client and rate limit, so that a flood of
+	// requests cannot starve publishes.
+	reviewer, err := access.New(p.kube, access.Config{Audiences: []string{o.TokenAudience}, TokenTTL: o.TokenCacheTTL,
+		AllowTTL: o.AuthzAllowTTL, DenyTTL: o.AuthzDenyTTL})
+	if err != nil {
+		return err
+	}
+	authCfg := rest.CopyConfig(p.cfg)
+	authCfg.QPS, authCfg.Burst = float32(o.ProxyAuthQPS), o.ProxyAuthBurst
+	authCfg.RateLimiter = flowcontrol.NewTokenBucketRateLimiter(authCfg.QPS, authCfg.Burst)
+	proxyKube, err := kubernetes.NewForConfig(authCfg)
+	if err != nil {
+		return err
+	}
+	proxyReviewer, err := access.New(proxyKube, access.Config{Audiences: []string{o.TokenAudience}, TokenTTL: o.TokenCacheTTL,
+		AllowTTL: o.AuthzAllowTTL, DenyTTL: o.AuthzDenyTTL})
+	if err != nil {
+		return err
+	}
+	// Uncached: the proxy caches these decisions per Pod and drops them on AccessRequest events.
+	permissions, err := access.New(proxyKube, access.Config{Audiences: []string{o.TokenAudience}, TokenTTL: o.TokenCacheTTL})
+	if err != nil {
+		return err
+	}
+	// The Connectors API accepts any token the cluster accepts (the API server's audiences).
+	apiReviewer, err := access.New(proxyKube, access.Config{TokenTTL: o.TokenCacheTTL, AllowTTL: o.AuthzAllowTTL, DenyTTL: o.AuthzDenyTTL})
+	if err != nil {
+		return err
+	}
+	caStore := &ca.Store{Secrets: p.kube.CoreV1().Secrets(o.SystemNamespace)}
+	// In the all role this process is also the one that reports invalid flags.
+	flags := features.Watch(ctx, p.kube, o.SystemNamespace, o.runsController())
+	connectorsProxy, err := proxy.New(objects, proxyReviewer, flags, p.kube, caStore, proxy.Config{
+		SecretTTL: o.SecretCacheTTL, Egress: p.destinations,
+		Permissions: permissions, PermissionAllowTTL: o.ProxyPermissionTTL, PermissionDenyTTL: o.AuthzDenyTTL,
+		PermissionCacheSize: o.PermissionCacheSize,
+		TunnelLifetime:      o.TunnelLifetime, MaxHeaderBytes: o.ProxyMaxHeaderBytes,
+		SecretCacheSize: o.SecretCacheSize, RegistryTokenCacheSize: o.RegistryTokenCacheSize,
+		LeafCacheSize: o.LeafCacheSize, TransportCacheSize: o.TransportCacheSize,
+	})
+	if err != nil {
+		return err
+	}
+	connectorsProxy.API = &connectorsapi.Server{Proxy: connectorsProxy, Reviewer: apiReviewer, Flags: flags, RegistryPageSize: o.RegistryPageSize}
+	writer, err := client.New(p.cfg, client.Options{Scheme: p.scheme})
+	if err != nil {
+		return err
+	}
+	// The node learns grants and revocations of its own AccessRequests from its watch of them:
+	// waiting publishes wake up, and the Pod's cached proxy decisions are dropped.
+	if err := onRequestChange(ctx, objects, func(ar *v1alpha1.AccessRequest) {
+		requestChanges.Notify(client.ObjectKeyFromObject(ar))
+		if ref := ar.Spec.Context.ObjectRef; ref.Kind == "Pod" {
+			connectorsProxy.ForgetPod(ref.Namespace, ref.Name)
+		}
+	}); err != nil {
+		return err
+	}
+	nodeServer := node.NewServer(node.Server{
+		Config: node.Config{NodeID: o.NodeID, Audience: o.TokenAudience, VolumeSizeLimit: o.volumeSizeBytes,
+			RepublishRecheck: o.RepublishRecheck},
+		Objects:    objects,
+		Authorizer: &approval.SubjectAccessReviewer{Authz: reviewer},
+		Approval: &approval.Gate{Authz: reviewer, Client: writer, Requests: objects, Changes: requestChanges,
+			Flags: flags, Wait: o.ApprovalWait, NodeID: o.NodeID},
+		Renderer: render.NewRenderer(o.ProxyURL, o.NoProxy),
+		CA:       caStore,
+		Mounter:  newMounter(o),
+		Records:  store,
+		Events:   events.NewRecorder(clientgoscheme.Scheme, corev1.EventSource{Component: o.DriverName, Host: o.NodeID}),
+	})
+	identityServer := &identity.Server{Name: o.DriverName, Version: Version, Ready: ready.Load}
+
+	g.Go(func() error { return objects.Start(ctx) })
+	g.Go(func() error {
+		if objects.WaitForCacheSync(ctx) {
+			ready.Store(true)
+			klog.FromContext(ctx).Info("Informer caches synced")
+		}
+		return nil
+	})
+	g.Go(func() error { return serveCSI(ctx, o.socketPath, identityServer, nodeServer) })
+	if o.KubeletRegDir != "" {
+		reg := &registration.Server{DriverName: o.DriverName, Endpoint: o.KubeletPluginSock}
+		g.Go(func() error { return registration.Serve(ctx, o.KubeletRegDir, reg) })
+	}
+	if o.ProxyListen != "" {
+		g.Go(func() error { return serveProxy(ctx, o, connectorsProxy, p.destinations) })
+	}
+	return nil
+}
+
+// newObjectCache makes the informer caches the node reads: Connectors and ConnectorClasses
+// (for publishes and the proxy; shared read-only, as a proxied request must not copy a
+// Connector and its class) and the AccessRequests of this node only (by the node label). All
+// are kept without managedFields.
+func newObjectCache(ctx context.Context, p *process) (cache.Cache, error) {
+	c, err := cache.New(p.cfg, cache.Options{
+		Scheme:                      p.scheme,
+		ReaderFailOnMissingInformer: true,
+		DefaultTransform:            cache.TransformStripManagedFields(),
+		ByObject: map[client.Object]cache.ByObject{
+			&v1alpha1.Connector{}:      {UnsafeDisableDeepCopy: ptr.To(true)},
+			&v1alpha1.ConnectorClass{}: {UnsafeDisableDeepCopy: ptr.To(true)},
+			&v1alpha1.AccessRequest{}: {Label: labels.SelectorFromSet(labels.Set{
+				v1alpha1.LabelNode: approval.LabelValue(p.o.NodeID)})},
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("object cache: %w", err)
+	}
+	for _, obj := range []client.Object{&v1alpha1.Connector{}, &v1alpha1.ConnectorClass{}, &v1alpha1.AccessRequest{}} {
+		if _, err := c.GetInformer(ctx, obj); err != nil {
+			return nil, fmt.Errorf("informer for %T: %w", obj, err)
+		}
+	}
+	return c, nil
+}
+
+func newMounter(o *validated) mount.Mounter {
+	if o.Mounter != nil {
+		return o.Mounter
+	}
+	if o.UnprivilegedMounts {
+		return mount.NewDirectories()
+	}
+	return mount.NewTmpfs()
+}
+
+// onRequestChange calls changed with every AccessRequest of the node's cache that is added,
+// updated or deleted.
+func onRequestChange(ctx context.Context, objects cache.Cache, changed func(*v1alpha1.AccessRequest)) error {
+	inf, err := objects.GetInformer(ctx, &v1alpha1.AccessRequest{})
+	if err != nil {
+		return err
+	}
+	call := func(obj any) {
+		if tomb, ok := obj.(toolscache.DeletedFinalStateUnknown); ok {
+			obj = tomb.Obj
+		}
+		if ar, ok := obj.(*v1alpha1.AccessRequest); ok {
+			changed(ar)
+		}
+	}
+	_, err = inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+		AddFunc: call, UpdateFunc: func(_, obj any) { call(obj) }, DeleteFunc: call,
+	})
+	return err
+}

@@ -1,0 +1,61 @@
+// Package secretcache reads Secrets by name, on demand, and keeps each for a TTL and no longer
+// (expired entries are swept, not only skipped), in a bounded LRU. The driver never lists or
+// watches Secrets (SPEC §4.5): the proxy and the status controller read only those they need.
+package secretcache
+
+import (
+	"context"
+	"time"
+
+	"github.com/hashicorp/golang-lru/v2/expirable"
+	"golang.org/x/sync/singleflight"
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/kube-connectors/connectors-csi/cachemetrics"
+)
+
+// GetFunc reads one Secret from the API server.
+type GetFunc func(ctx context.Context, namespace, name string) (*corev1.Secret, error)
+
+// Cache is a bounded, expiring cache of Secrets in front of a GetFunc.
+type Cache struct {
+	get   GetFunc
+	cache *expirable.LRU[string, *corev1.Secret] // nil when the TTL is 0: nothing is kept
+	group singleflight.Group
+}
+
+// New returns a Cache keeping up to size Secrets for ttl each, whose size is reported as
+// connectors_cache_entries{cache=name}. Concurrent reads of one Secret share one request.
+func New(get GetFunc, ttl time.Duration, size int, name string) *Cache {
+	c := &Cache{get: get}
+	if ttl > 0 {
+		c.cache = expirable.NewLRU[string, *corev1.Secret](size, nil, ttl)
+		cachemetrics.Register(name, c.cache.Len)
+	}
+	return c
+}
+
+// Get returns the Secret, from the cache or the API server. The Secret is shared: do not
+// change it.
+func (c *Cache) Get(ctx context.Context, namespace, name string) (*corev1.Secret, error) {
+	key := namespace + "/" + name
+	if c.cache != nil {
+		if sec, ok := c.cache.Get(key); ok {
+			return sec, nil
+		}
+	}
+	v, err, _ := c.group.Do(key, func() (any, error) {
+		sec, err := c.get(ctx, namespace, name)
+		if err != nil {
+			return nil, err
+		}
+		if c.cache != nil {
+			c.cache.Add(key, sec)
+		}
+		return sec, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(*corev1.Secret), nil
+}
