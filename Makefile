@@ -14,7 +14,7 @@ FUZZ_TARGETS := proxy:FuzzProxyCredentials proxy:FuzzCoverage render:FuzzValidat
   approval:FuzzCheckState
 FUZZTIME ?= 1m
 
-.PHONY: all build generate verify-generated lint test fuzz e2e e2e-down bench demo clean
+.PHONY: all build generate verify-generated lint test fuzz e2e e2e-down bench scale demo clean
 
 all: build
 
@@ -32,8 +32,8 @@ verify-generated: generate ## fails when generated files are stale
 
 lint: ## gofmt, go vet, staticcheck
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out" >&2; exit 1; fi
-	go vet -tags realnode ./...
-	$(STATICCHECK) -tags realnode ./...
+	go vet -tags realnode,scale ./...
+	$(STATICCHECK) -tags realnode,scale ./...
 
 test: verify-generated lint build ## every test, against a real API server (tmpfs mounts when root), then each fuzzer briefly
 	KUBEBUILDER_ASSETS=$(TESTBIN) go test -count=1 ./...
@@ -60,6 +60,9 @@ bench: ## benchmarks: publish, gitrefs, approval latency (50 runs), the proxy ag
 	command -v nginx >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx)
 	KUBEBUILDER_ASSETS=$(TESTBIN) go run ./test/bench/proxy
 	KUBEBUILDER_ASSETS=$(TESTBIN) go run ./test/bench/memory
+
+scale: ## the scale lane: 20 node processes and a controller against an API server with 10,000 Connectors, 5,000 Nodes, 50,000 Pods (about 25 minutes; SCALE_* variables shrink it)
+	KUBEBUILDER_ASSETS=$(TESTBIN) go test -tags scale -count=1 -timeout 90m -run '^TestScale$$' -v ./test/e2e/ 2>&1 | grep -E '^(=== RUN|--- |ok|FAIL|PASS)|RESULT|_test.go:'
 
 demo: build ## local control plane, driver, a Connector and a Pod's volume, printed
 	KUBEBUILDER_ASSETS=$(TESTBIN) go run ./test/demo

@@ -84,7 +84,12 @@ func newProcess(o *validated) (*process, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The role and the node in the User-Agent: the API server's audit log and metrics tell
+	// which node sent what.
 	cfg.UserAgent = "connectors-csi/" + Version + " (" + o.Role + ")"
+	if o.runsNode() {
+		cfg.UserAgent = "connectors-csi/" + Version + " (" + o.Role + "; " + o.NodeID + ")"
+	}
 	// One limiter for every client of the process (informers, reviews, writes), so that
 	// --kube-api-qps is what the process may send, whatever it runs. The proxy's reviews have
 	// their own (see startNode).

@@ -30,6 +30,7 @@ import (
 	"github.com/kube-connectors/connectors-csi/node/mount"
 	"github.com/kube-connectors/connectors-csi/node/records"
 	"github.com/kube-connectors/connectors-csi/node/registration"
+	"github.com/kube-connectors/connectors-csi/objectcache"
 	"github.com/kube-connectors/connectors-csi/proxy"
 	"github.com/kube-connectors/connectors-csi/proxy/ca"
 	"github.com/kube-connectors/connectors-csi/render"
@@ -39,10 +40,16 @@ import (
 // Connectors API, kubelet registration. It runs no controller and takes part in no election.
 func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic.Bool) error {
 	o := p.o
-	objects, err := newObjectCache(ctx, p)
+	informers, err := newObjectCache(ctx, p)
 	if err != nil {
 		return err
 	}
+	watcher, err := client.NewWithWatch(p.cfg, client.Options{Scheme: p.scheme})
+	if err != nil {
+		return err
+	}
+	connectors := objectcache.NewConnectors(watcher, o.ConnectorIdle, o.ConnectorCacheSize)
+	objects := objectcache.Reader{Connectors: connectors, Rest: informers}
 	requestChanges := approval.NewChanges()
 	store, err := records.NewStore(o.StateDir)
 	if err != nil {
@@ -97,13 +104,9 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 		return err
 	}
 	connectorsProxy.API = &connectorsapi.Server{Proxy: connectorsProxy, Reviewer: apiReviewer, Flags: flags, RegistryPageSize: o.RegistryPageSize}
-	writer, err := client.New(p.cfg, client.Options{Scheme: p.scheme})
-	if err != nil {
-		return err
-	}
 	// The node learns grants and revocations of its own AccessRequests from its watch of them:
 	// waiting publishes wake up, and the Pod's cached proxy decisions are dropped.
-	if err := onRequestChange(ctx, objects, func(ar *v1alpha1.AccessRequest) {
+	if err := onRequestChange(ctx, informers, func(ar *v1alpha1.AccessRequest) {
 		requestChanges.Notify(client.ObjectKeyFromObject(ar))
 		if ref := ar.Spec.Context.ObjectRef; ref.Kind == "Pod" {
 			connectorsProxy.ForgetPod(ref.Namespace, ref.Name)
@@ -116,7 +119,7 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 			RepublishRecheck: o.RepublishRecheck},
 		Objects:    objects,
 		Authorizer: &approval.SubjectAccessReviewer{Authz: reviewer},
-		Approval: &approval.Gate{Authz: reviewer, Client: writer, Requests: objects, Changes: requestChanges,
+		Approval: &approval.Gate{Authz: reviewer, Client: watcher, Requests: informers, Changes: requestChanges,
 			Flags: flags, Wait: o.ApprovalWait, NodeID: o.NodeID},
 		Renderer: render.NewRenderer(o.ProxyURL, o.NoProxy),
 		CA:       caStore,
@@ -126,9 +129,10 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 	})
 	identityServer := &identity.Server{Name: o.DriverName, Version: Version, Ready: ready.Load}
 
-	g.Go(func() error { return objects.Start(ctx) })
+	g.Go(func() error { return informers.Start(ctx) })
+	g.Go(func() error { connectors.Run(ctx); return nil })
 	g.Go(func() error {
-		if objects.WaitForCacheSync(ctx) {
+		if informers.WaitForCacheSync(ctx) {
 			ready.Store(true)
 			klog.FromContext(ctx).Info("Informer caches synced")
 		}
@@ -145,17 +149,16 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 	return nil
 }
 
-// newObjectCache makes the informer caches the node reads: Connectors and ConnectorClasses
-// (for publishes and the proxy; shared read-only, as a proxied request must not copy a
-// Connector and its class) and the AccessRequests of this node only (by the node label). All
-// are kept without managedFields.
+// newObjectCache makes the informer caches the node reads besides Connectors (which it
+// watches one by one, on demand: objectcache): ConnectorClasses (few; shared read-only, as a
+// proxied request must not copy its class) and the AccessRequests of this node only (by the
+// node label). All are kept without managedFields.
 func newObjectCache(ctx context.Context, p *process) (cache.Cache, error) {
 	c, err := cache.New(p.cfg, cache.Options{
 		Scheme:                      p.scheme,
 		ReaderFailOnMissingInformer: true,
 		DefaultTransform:            cache.TransformStripManagedFields(),
 		ByObject: map[client.Object]cache.ByObject{
-			&v1alpha1.Connector{}:      {UnsafeDisableDeepCopy: ptr.To(true)},
 			&v1alpha1.ConnectorClass{}: {UnsafeDisableDeepCopy: ptr.To(true)},
 			&v1alpha1.AccessRequest{}: {Label: labels.SelectorFromSet(labels.Set{
 				v1alpha1.LabelNode: approval.LabelValue(p.o.NodeID)})},
@@ -164,7 +167,7 @@ func newObjectCache(ctx context.Context, p *process) (cache.Cache, error) {
 	if err != nil {
 		return nil, fmt.Errorf("object cache: %w", err)
 	}
-	for _, obj := range []client.Object{&v1alpha1.Connector{}, &v1alpha1.ConnectorClass{}, &v1alpha1.AccessRequest{}} {
+	for _, obj := range []client.Object{&v1alpha1.ConnectorClass{}, &v1alpha1.AccessRequest{}} {
 		if _, err := c.GetInformer(ctx, obj); err != nil {
 			return nil, fmt.Errorf("informer for %T: %w", obj, err)
 		}

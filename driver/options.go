@@ -24,6 +24,8 @@ const (
 	defaultLeafCacheSize          = 1000
 	defaultTransportCacheSize     = 64
 	defaultPermissionCacheSize    = 10000
+	defaultConnectorCacheSize     = 1000
+	defaultConnectorIdle          = 10 * time.Minute
 	defaultTunnelLifetime         = time.Hour
 )
 
@@ -74,6 +76,8 @@ type Options struct {
 	LeafCacheSize             int
 	TransportCacheSize        int
 	PermissionCacheSize       int
+	ConnectorCacheSize        int
+	ConnectorIdle             time.Duration
 
 	// Dial and Resolve replace the network for the proxy's, the API's and the probes'
 	// outbound connections; for tests only (no flag), so that a refused destination is proven
@@ -144,6 +148,8 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.IntVar(&o.LeafCacheSize, "leaf-cache-size", defaultLeafCacheSize, "TLS leaf certificates (one per CONNECT host) the proxy keeps at most")
 	fs.IntVar(&o.TransportCacheSize, "transport-cache-size", defaultTransportCacheSize, "upstream connection pools (one per Connector CA bundle) the proxy keeps at most")
 	fs.IntVar(&o.PermissionCacheSize, "proxy-permission-cache-size", defaultPermissionCacheSize, "connectors/proxy decisions (by Pod, Connector and verb) the proxy keeps at most")
+	fs.IntVar(&o.ConnectorCacheSize, "connector-cache-size", defaultConnectorCacheSize, "Connectors a node watches at most (the ones its volumes and proxy requests use)")
+	fs.DurationVar(&o.ConnectorIdle, "connector-idle-timeout", defaultConnectorIdle, "a node stops watching a Connector nothing read for this long")
 	fs.BoolVar(&o.UnprivilegedMounts, "unprivileged-mounts", false, "for tests without root: write volumes into plain directories instead of tmpfs mounts")
 }
 
@@ -230,6 +236,7 @@ func (v *validated) proxyLimits() error {
 		{"--registry-token-cache-size", &v.RegistryTokenCacheSize, defaultRegistryTokenCacheSize}, {"--leaf-cache-size", &v.LeafCacheSize, defaultLeafCacheSize},
 		{"--transport-cache-size", &v.TransportCacheSize, defaultTransportCacheSize},
 		{"--proxy-permission-cache-size", &v.PermissionCacheSize, defaultPermissionCacheSize},
+		{"--connector-cache-size", &v.ConnectorCacheSize, defaultConnectorCacheSize},
 	} {
 		if *l.v < 0 {
 			return fmt.Errorf("%s must not be negative", l.name)
@@ -243,6 +250,9 @@ func (v *validated) proxyLimits() error {
 	}
 	if v.TunnelLifetime == 0 {
 		v.TunnelLifetime = defaultTunnelLifetime
+	}
+	if v.ConnectorIdle <= 0 {
+		v.ConnectorIdle = defaultConnectorIdle
 	}
 	if v.ProxyAuthQPS == 0 {
 		v.ProxyAuthQPS = defaultProxyAuthQPS

@@ -73,13 +73,16 @@ func WithServiceAccountAdmission() Option {
 	}
 }
 
-// NodeUser is the user of deploy/'s node ServiceAccount, whose every request the audit log
-// records.
-const NodeUser = "system:serviceaccount:connectors-system:connectors-csi-node"
+// NodeUser and ControllerUser are the users of deploy/'s ServiceAccounts, whose every request
+// the audit log records.
+const (
+	NodeUser       = "system:serviceaccount:connectors-system:connectors-csi-node"
+	ControllerUser = "system:serviceaccount:connectors-system:connectors-csi-controller"
+)
 
 // auditPolicy records who touched which Secret (metadata only: never a Secret's data), so
 // that tests can prove the driver did not read a Secret it must not read, and every request of
-// the node role's ServiceAccount, so that tests can count what a node sends.
+// the roles' ServiceAccounts, so that tests can count what a node or the controller sends.
 const auditPolicy = `apiVersion: audit.k8s.io/v1
 kind: Policy
 omitStages: [RequestReceived]
@@ -87,7 +90,7 @@ rules:
   - level: Metadata
     resources: [{group: "", resources: [secrets]}]
   - level: Metadata
-    users: ["` + NodeUser + `"]
+    users: ["` + NodeUser + `", "` + ControllerUser + `"]
   - level: None
 `
 

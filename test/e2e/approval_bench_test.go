@@ -26,7 +26,6 @@ func BenchmarkApproval(b *testing.B) {
 	tool := startGitServer(b, false)
 	setupApprovalFor(b)
 	env := startProxyDriver(b, func(o *driver.Options) { o.ApprovalWait = 20 * time.Second })
-	ctx := context.Background()
 	ns := newNamespace(b)
 	gitConnector(b, ns, "prod", gitClass(b), tool)
 	allowConnectors(b, ns, "builder", "prod")
@@ -37,54 +36,65 @@ func BenchmarkApproval(b *testing.B) {
 	var toPublish, toRefuse []time.Duration
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		run := fmt.Sprintf("run-%d", i)
-		pod := pipelineRunPod(b, env.kubelet, ns, run, "promote", map[string]string{"connectors": "prod"})
-		approvalTaskFor(b, ns, run, "pending")
-		done := make(chan error, 1)
-		go func() { done <- env.kubelet.Publish(ctx, pod, "connectors") }()
-		arKey := types.NamespacedName{Namespace: ns, Name: approval.RequestName("prod", records.Pod{Namespace: ns, Name: pod.Name, UID: string(pod.UID)})}
-		if !kubelet.WaitUntil(20*time.Second, func() bool {
-			var ar v1alpha1.AccessRequest
-			return cp.Client.Get(ctx, arKey, &ar) == nil && len(ar.Status.Conditions) > 0
-		}) {
-			b.Fatal("no AccessRequest")
-		}
-		approved := time.Now()
-		approvalTaskFor(b, ns, run, "approved")
-		if err := <-done; err != nil {
-			b.Fatalf("publish: %v (%v)", err, status.Code(err) == codes.Unavailable)
-		}
-		toPublish = append(toPublish, time.Since(approved))
-
-		token := visibleFiles(b, env.kubelet.TargetPath(pod, "connectors"))["context.token"]
-		refs := fmt.Sprintf("%s/namespaces/%s/connectors/prod/repo.git/info/refs?service=git-upload-pack", env.proxyURL, ns)
-		get := func() int {
-			req, _ := http.NewRequest(http.MethodGet, refs, nil)
-			req.Header.Set("Authorization", "Bearer "+token)
-			res, err := noRedirects.Do(req)
-			if err != nil {
-				return 0
-			}
-			res.Body.Close()
-			return res.StatusCode
-		}
-		if !kubelet.WaitUntil(10*time.Second, func() bool { return get() == http.StatusOK }) {
-			b.Fatal("the approved token was not let through")
-		}
-		unpublished := time.Now()
-		if err := env.kubelet.Unpublish(ctx, pod, "connectors"); err != nil {
-			b.Fatal(err)
-		}
-		for get() != http.StatusForbidden {
-			if time.Since(unpublished) > 10*time.Second {
-				b.Fatal("the proxy never refused the revoked token")
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-		toRefuse = append(toRefuse, time.Since(unpublished))
-		_ = cp.Kube.CoreV1().Pods(ns).Delete(ctx, pod.Name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)})
+		publish, refuse := approvalCycle(b, env, ns, fmt.Sprintf("run-%d", i))
+		toPublish, toRefuse = append(toPublish, publish), append(toRefuse, refuse)
 	}
 	b.StopTimer()
 	reportPercentilesNamed(b, "approve-to-publish", toPublish)
 	reportPercentilesNamed(b, "unpublish-to-refuse", toRefuse)
+}
+
+// approvalCycle runs one gated use of Connector "prod" of ns (gated by an AccessPolicy whose
+// check is the PipelineRun's ApprovalTask) by a new Pod of PipelineRun run, and returns the
+// time from the ApprovalTask turning approved to the waiting publish succeeding, and from
+// unpublish to the proxy refusing the Pod's token.
+func approvalCycle(tb testing.TB, env *proxyEnv, ns, run string) (toPublish, toRefuse time.Duration) {
+	tb.Helper()
+	ctx := context.Background()
+	pod := pipelineRunPod(tb, env.kubelet, ns, run, "promote", map[string]string{"connectors": "prod"})
+	approvalTaskFor(tb, ns, run, "pending")
+	done := make(chan error, 1)
+	go func() { done <- env.kubelet.Publish(ctx, pod, "connectors") }()
+	arKey := types.NamespacedName{Namespace: ns, Name: approval.RequestName("prod", records.Pod{Namespace: ns, Name: pod.Name, UID: string(pod.UID)})}
+	if !kubelet.WaitUntil(20*time.Second, func() bool {
+		var ar v1alpha1.AccessRequest
+		return cp.Client.Get(ctx, arKey, &ar) == nil && len(ar.Status.Conditions) > 0
+	}) {
+		tb.Fatal("no AccessRequest")
+	}
+	approved := time.Now()
+	approvalTaskFor(tb, ns, run, "approved")
+	if err := <-done; err != nil {
+		tb.Fatalf("publish: %v (%v)", err, status.Code(err) == codes.Unavailable)
+	}
+	toPublish = time.Since(approved)
+
+	token := visibleFiles(tb, env.kubelet.TargetPath(pod, "connectors"))["context.token"]
+	refs := fmt.Sprintf("%s/namespaces/%s/connectors/prod/repo.git/info/refs?service=git-upload-pack", env.proxyURL, ns)
+	get := func() int {
+		req, _ := http.NewRequest(http.MethodGet, refs, nil)
+		req.Header.Set("Authorization", "Bearer "+token)
+		res, err := noRedirects.Do(req)
+		if err != nil {
+			return 0
+		}
+		res.Body.Close()
+		return res.StatusCode
+	}
+	if !kubelet.WaitUntil(10*time.Second, func() bool { return get() == http.StatusOK }) {
+		tb.Fatal("the approved token was not let through")
+	}
+	unpublished := time.Now()
+	if err := env.kubelet.Unpublish(ctx, pod, "connectors"); err != nil {
+		tb.Fatal(err)
+	}
+	for get() != http.StatusForbidden {
+		if time.Since(unpublished) > 10*time.Second {
+			tb.Fatal("the proxy never refused the revoked token")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	toRefuse = time.Since(unpublished)
+	_ = cp.Kube.CoreV1().Pods(ns).Delete(ctx, pod.Name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)})
+	return toPublish, toRefuse
 }

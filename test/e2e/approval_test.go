@@ -182,12 +182,17 @@ func TestApprovalGatedPromotion(t *testing.T) {
 		t.Fatal("the proxy still lets the unpublished Pod's token through")
 	}
 	t.Logf("proxy refused %s after the unpublish", time.Since(revoked).Round(time.Millisecond))
+	// The proxy may refuse before the controller has written the request's status: the grant's
+	// RoleBinding goes first.
 	var ar v1alpha1.AccessRequest
-	if err := cp.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: arName}, &ar); err != nil {
-		t.Fatal(err)
-	}
-	if c := meta.FindStatusCondition(ar.Status.Conditions, v1alpha1.ConditionAccessPermissionSync); c == nil || c.Reason != v1alpha1.ReasonPermissionCleanUp {
-		t.Fatalf("AccessPermissionSync after unpublish: %+v", c)
+	if !kubelet.WaitUntil(10*time.Second, func() bool {
+		if err := cp.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: arName}, &ar); err != nil {
+			t.Fatal(err)
+		}
+		c := meta.FindStatusCondition(ar.Status.Conditions, v1alpha1.ConditionAccessPermissionSync)
+		return c != nil && c.Reason == v1alpha1.ReasonPermissionCleanUp
+	}) {
+		t.Fatalf("AccessPermissionSync after unpublish: %+v", meta.FindStatusCondition(ar.Status.Conditions, v1alpha1.ConditionAccessPermissionSync))
 	}
 	if err := cp.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: arName}, &rbacv1.RoleBinding{}); !apierrors.IsNotFound(err) {
 		t.Fatalf("the grant's RoleBinding is still there: %v", err)

@@ -10,9 +10,11 @@ import (
 	"encoding/base64"
 	"flag"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -118,6 +120,7 @@ type runningDriver struct {
 	socket  string
 	mounter mount.Mounter
 	stop    func()
+	pid     int // of a driver process (startDriverProcess), else 0
 }
 
 // isRoot tells whether volumes are real tmpfs mounts.
@@ -219,6 +222,14 @@ func testOptions() driver.Options {
 		RepublishRecheck: 5 * time.Minute,
 		// The test tools listen on loopback.
 		AllowLoopbackDestinations: true,
+		// No name is looked up for real: Connectors of tests name hosts such as github.com,
+		// and the status controller probes every Connector of the cluster.
+		Resolve: func(_ context.Context, host string) ([]netip.Addr, error) {
+			if host == "localhost" {
+				return []netip.Addr{netip.MustParseAddr("127.0.0.1")}, nil
+			}
+			return nil, fmt.Errorf("test: %s is not looked up (tests never leave this machine)", host)
+		},
 	}
 }
 
@@ -428,19 +439,28 @@ func driverBinary(t testing.TB) string {
 // startDriverProcess runs the real binary as a separate process (real tmpfs mounts).
 func startDriverProcess(t testing.TB, stateDir string) *runningDriver {
 	t.Helper()
+	// The node role: a process cannot be given the in-process tests' resolver, and the
+	// controllers' probes would look up the test Connectors' host names.
+	return startDriverProcessWith(t, stateDir, "--role=node", "--node-id=node-1", "--kubeconfig="+cp.Kubeconfig)
+}
+
+// startDriverProcessWith runs the real binary with its socket and state directory, the test
+// cluster's system namespace and proxy URL, no listeners, and args.
+func startDriverProcessWith(t testing.TB, stateDir string, args ...string) *runningDriver {
+	t.Helper()
 	socketDir, err := os.MkdirTemp("", "csi-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	d := &runningDriver{socket: filepath.Join(socketDir, "csi.sock"), mounter: mount.NewTmpfs()}
-	cmd := exec.Command(driverBinary(t), "--endpoint=unix://"+d.socket, "--node-id=node-1", "--kubeconfig="+cp.Kubeconfig,
-		"--system-namespace="+systemNS, "--state-dir="+stateDir, "--proxy-url="+proxyURL, "--proxy-listen=",
-		"--metrics-listen=", "--leader-elect=false")
-	var out bytes.Buffer
+	cmd := exec.Command(driverBinary(t), append([]string{"--endpoint=unix://" + d.socket, "--system-namespace=" + systemNS,
+		"--state-dir=" + stateDir, "--proxy-url=" + proxyURL, "--proxy-listen=", "--metrics-listen="}, args...)...)
+	var out syncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	d.pid = cmd.Process.Pid
 	var once sync.Once
 	d.stop = func() {
 		once.Do(func() {
@@ -450,6 +470,9 @@ func startDriverProcess(t testing.TB, stateDir string) *runningDriver {
 		})
 	}
 	t.Cleanup(d.stop)
+	if slices.Contains(args, "--role=controller") {
+		return d // serves no socket
+	}
 	if !kubelet.WaitUntil(30*time.Second, func() bool { _, err := os.Stat(d.socket); return err == nil }) {
 		d.stop()
 		t.Fatalf("driver process did not serve; its output:\n%s", out.String())

@@ -20,6 +20,7 @@ import (
 	auditv1 "k8s.io/apiserver/pkg/apis/audit/v1"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/cachemetrics"
 	"github.com/kube-connectors/connectors-csi/driver"
 	"github.com/kube-connectors/connectors-csi/node/atomicdir"
 	"github.com/kube-connectors/connectors-csi/test/controlplane"
@@ -436,5 +437,34 @@ func TestUnchangedRepublishSendsNoAPIRequest(t *testing.T) {
 	}
 	if sent := nodeRequests(changed); !slices.ContainsFunc(sent, func(s string) bool { return strings.Contains(s, "subjectaccessreviews") }) {
 		t.Errorf("the republish after a change did not authorize again: %q", sent)
+	}
+}
+
+// TestNodeWatchesOnlyTheConnectorsItUses: a node keeps the Connectors its volumes and proxy
+// requests read, not the cluster's; a change of one reaches the volume; one nobody reads for
+// the idle period is dropped.
+func TestNodeWatchesOnlyTheConnectorsItUses(t *testing.T) {
+	d := startDriverWith(t, t.TempDir(), nil, func(o *driver.Options) { o.ConnectorIdle = 2 * time.Second })
+	k := newKubelet(t, d)
+	ctx := context.Background()
+	ns := newNamespace(t)
+	git := gitClass(t)
+	for i := range 30 {
+		newConnector(t, ns, fmt.Sprintf("unused-%d", i), git, "https://example.com")
+	}
+	newConnector(t, ns, "used", git, "https://github.com")
+	allowConnectors(t, ns, "builder", "used")
+	pod := podWithVolume(t, k, ns, "user", map[string]string{"connectors": "used"}, nil)
+	if err := k.Publish(ctx, pod, "connectors"); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := cachemetrics.Entries("connectors"); n != 1 {
+		t.Fatalf("the node watches %d Connectors, want the 1 its volume uses (31 exist)", n)
+	}
+	if err := k.Unpublish(ctx, pod, "connectors"); err != nil {
+		t.Fatal(err)
+	}
+	if !kubelet.WaitUntil(15*time.Second, func() bool { n, _ := cachemetrics.Entries("connectors"); return n == 0 }) {
+		t.Fatal("a Connector nothing read for the idle period is still watched")
 	}
 }
