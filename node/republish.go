@@ -7,6 +7,8 @@ import (
 	"encoding/json"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"github.com/kube-connectors/connectors-csi/render"
 )
 
@@ -36,13 +38,16 @@ func (s *Server) republishUnchanged(ctx context.Context, volumeID, target string
 }
 
 // fingerprint identifies everything a volume's content and authorization depend on but the
-// token: the request's attributes, the Pod, the fsGroup, the versions of the Connectors and
-// classes, and the proxy CA.
+// token: the request's attributes, the Pod, the fsGroup, the Connectors' and classes' identity,
+// generation (their spec), labels and annotations, and the proxy CA. Not their status: the
+// status controller rewrites it at every recheck, and a republish would authorize again for
+// nothing; a template that renders status fields sees them change at the next recheck.
 func fingerprint(vr *volumeRequest, sources []render.Source, gid *int64, ca string) string {
-	var versions []string
+	var versions []any
 	for _, src := range sources {
-		versions = append(versions, string(src.Connector.UID), src.Connector.ResourceVersion,
-			string(src.Class.UID), src.Class.ResourceVersion)
+		for _, o := range []metav1.Object{src.Connector, src.Class} {
+			versions = append(versions, o.GetUID(), o.GetGeneration(), o.GetLabels(), o.GetAnnotations())
+		}
 	}
 	b, _ := json.Marshal([]any{vr.pod, vr.connectors, vr.configurations, vr.excluded, vr.params, gid, versions, ca})
 	sum := sha256.Sum256(b)

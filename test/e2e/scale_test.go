@@ -10,6 +10,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net/url"
 	"os"
 	"slices"
 	"strconv"
@@ -190,11 +191,10 @@ func TestScale(t *testing.T) {
 	publishAll()
 	nodeRSSSmall := meanRSS(t, driversOf(nodes))
 
-	// The cluster grows to its full size while the nodes keep their volumes.
+	// The cluster grows to its full size while the nodes keep their volumes: first the
+	// Connectors and AccessRequests, then (the controller's RSS taken between) the Pods.
 	start = time.Now()
 	createConnectors(size.connectors/10, size.connectors)
-	controllerRSSSmall := rssMiB(t, controller.pid)
-	createPods(size.pods/10, size.pods)
 	parallel(t, size.requests, func(i int) error {
 		ns := nss[i%len(nss)]
 		return cp.Client.Create(ctx, &v1alpha1.AccessRequest{
@@ -207,9 +207,16 @@ func TestScale(t *testing.T) {
 					Name: fmt.Sprintf("p-%d", i), Namespace: ns}},
 			}})
 	})
+	settle := func() { time.Sleep(30 * time.Second) } // the controller reconciles what was created
+	settle()
+	controllerRSSSmall := rssMiB(t, controller.pid)
+	createPods(size.pods/10, size.pods)
+	settle()
 	t.Logf("grown to %d Connectors, %d Pods, %d AccessRequests in %s", size.connectors, size.pods, size.requests, time.Since(start).Round(time.Second))
 
-	// Steady state: kubelet republishes every volume each period.
+	// Steady state: kubelet republishes every volume each period. One round first, which sees
+	// what changed while the cluster grew (the controller labelled the Connectors).
+	publishAll()
 	steady := time.Now()
 	for time.Since(steady) < size.duration {
 		round := time.Now()
@@ -228,7 +235,11 @@ func TestScale(t *testing.T) {
 		t.Fatal(err)
 	}
 	requests, watches := map[string]int{}, map[string]int{}
+	kinds := map[string]int{} // what was sent, by verb and resource
 	for _, ev := range events {
+		if ev.ObjectRef != nil && ev.Verb != "watch" {
+			kinds[ev.Verb+" "+ev.ObjectRef.Resource]++
+		}
 		node := ev.UserAgent
 		if ev.Verb == "watch" {
 			if ev.Stage == auditv1.StageResponseStarted {
@@ -246,14 +257,30 @@ func TestScale(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	streams := map[string]int{}
+	// A stream is what a watch selects: an informer's initial watch-list
+	// (sendInitialEvents) and the watch it continues with select the same.
+	streams := map[string]map[string]bool{}
 	for _, ev := range all {
-		streams[ev.UserAgent]++
+		u, err := url.Parse(ev.RequestURI)
+		if err != nil {
+			t.Fatal(err)
+		}
+		q := u.Query()
+		if streams[ev.UserAgent] == nil {
+			streams[ev.UserAgent] = map[string]bool{}
+		}
+		streams[ev.UserAgent][u.Path+"?"+q.Get("labelSelector")+q.Get("fieldSelector")] = true
 	}
+	var firstNode []string
+	for s := range streams[nodes2ids(1)[0]] {
+		firstNode = append(firstNode, s)
+	}
+	slices.Sort(firstNode)
+	t.Logf("RESULT watch streams of scale-node-0: %s", strings.Join(firstNode, " "))
 	var perMinute, streamsPerNode []float64
 	for _, node := range nodes2ids(size.nodes) {
 		perMinute = append(perMinute, float64(requests[node])/elapsed.Minutes())
-		streamsPerNode = append(streamsPerNode, float64(streams[node]))
+		streamsPerNode = append(streamsPerNode, float64(len(streams[node])))
 	}
 	slices.Sort(perMinute)
 	slices.Sort(streamsPerNode)
@@ -261,8 +288,9 @@ func TestScale(t *testing.T) {
 	// Approval and revocation at full size, on one more node (in this process).
 	toPublish, toRefuse := scaleApproval(t, 5)
 
+	t.Logf("RESULT node requests in the steady state, by verb and resource: %v", kinds)
 	t.Logf("RESULT nodes=%d volumes/node=%d republish-period=%s steady-state=%s", size.nodes, size.volumesPerNode, size.period, elapsed.Round(time.Second))
-	t.Logf("RESULT API requests per node per minute (steady state): min %.2f, max %.2f; watches opened per node (whole run): min %.0f, max %.0f; watch restarts in the steady state: %d",
+	t.Logf("RESULT API requests per node per minute (steady state): min %.2f, max %.2f; watch streams per node: min %.0f, max %.0f; watches (re)opened in the steady state: %d",
 		perMinute[0], perMinute[len(perMinute)-1], streamsPerNode[0], streamsPerNode[len(streamsPerNode)-1], sumValues(watches))
 	t.Logf("RESULT node RSS (mean of %d): %.1f MiB with %d Connectors, %.1f MiB with %d", size.nodes, nodeRSSSmall, size.connectors/10, nodeRSSLarge, size.connectors)
 	t.Logf("RESULT controller RSS: %.1f MiB with %d Pods, %.1f MiB with %d Pods (and %d Connectors, %d AccessRequests)",
