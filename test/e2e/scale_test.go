@@ -34,7 +34,7 @@ import (
 // scaleSize is the lane's size; SCALE_* variables shrink it for a quick run.
 type scaleSize struct {
 	nodes, volumesPerNode, connectors, nodeObjects, pods, requests int
-	period, duration                                              time.Duration
+	period, duration                                               time.Duration
 }
 
 func sizeFromEnv() scaleSize {
