@@ -285,6 +285,21 @@ func TestScale(t *testing.T) {
 	slices.Sort(perMinute)
 	slices.Sort(streamsPerNode)
 
+	// What the controller sent at rest (the same window), by verb and resource.
+	controllerEvents, err := cp.AuditEvents(func(ev *auditv1.Event) bool {
+		return ev.User.Username == controlplane.ControllerUser && ev.Verb != "watch" && ev.Stage == auditv1.StageResponseComplete &&
+			!ev.RequestReceivedTimestamp.Time.Before(steady)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	controllerKinds := map[string]int{}
+	for _, ev := range controllerEvents {
+		if ev.ObjectRef != nil {
+			controllerKinds[ev.Verb+" "+ev.ObjectRef.Resource+"/"+ev.ObjectRef.Subresource]++
+		}
+	}
+
 	// Approval and revocation at full size, on one more node (in this process).
 	toPublish, toRefuse := scaleApproval(t, 5)
 
@@ -295,6 +310,8 @@ func TestScale(t *testing.T) {
 	t.Logf("RESULT node RSS (mean of %d): %.1f MiB with %d Connectors, %.1f MiB with %d", size.nodes, nodeRSSSmall, size.connectors/10, nodeRSSLarge, size.connectors)
 	t.Logf("RESULT controller RSS: %.1f MiB with %d Pods, %.1f MiB with %d Pods (and %d Connectors, %d AccessRequests)",
 		controllerRSSSmall, size.pods/10, controllerRSSLarge, size.pods, size.connectors, size.requests)
+	t.Logf("RESULT controller requests at rest: %.1f per minute (target: at most %d Connectors per --connector-recheck-interval, 5m: %.0f per minute); by verb and resource: %v",
+		float64(len(controllerEvents))/elapsed.Minutes(), size.connectors, float64(size.connectors)/5, controllerKinds)
 	t.Logf("RESULT approval to mount: %s; unpublish to refusal: %s", durations(toPublish), durations(toRefuse))
 	t.Logf("RESULT extrapolated to 5,000 nodes: %.1f node requests/s in the steady state", perMinute[len(perMinute)-1]*5000/60)
 }
