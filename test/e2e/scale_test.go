@@ -101,6 +101,24 @@ func rssMiB(t *testing.T, pid int) float64 {
 	return 0
 }
 
+// heapMiB is the heap in use of the driver serving metrics at addr (go_memstats_heap_inuse_bytes):
+// what it holds, not what the runtime has not returned to the system yet.
+func heapMiB(t *testing.T, addr string) float64 {
+	t.Helper()
+	code, body := do(t, noRedirects, newRequest(t, "GET", "http://"+addr+"/metrics", nil))
+	if code != 200 {
+		t.Fatalf("metrics: %d", code)
+	}
+	for _, line := range strings.Split(body, "\n") {
+		if v, ok := strings.CutPrefix(line, "go_memstats_heap_inuse_bytes "); ok {
+			f, _ := strconv.ParseFloat(v, 64)
+			return f / (1 << 20)
+		}
+	}
+	t.Fatal("no go_memstats_heap_inuse_bytes")
+	return 0
+}
+
 func meanRSS(t *testing.T, drivers []*runningDriver) float64 {
 	var sum float64
 	for _, d := range drivers {
@@ -118,8 +136,9 @@ func TestScale(t *testing.T) {
 
 	// The controller, as its Deployment runs it. Every Connector address here is on loopback
 	// (nothing listens): its status probes never leave the machine.
+	controllerMetrics := freeLoopbackAddr(t)
 	controller := startDriverProcessWith(t, t.TempDir(), "--role=controller", "--kubeconfig="+controllerKubeconfig,
-		"--leader-elect=true", "--allow-loopback-destinations")
+		"--leader-elect=true", "--allow-loopback-destinations", "--metrics-listen="+controllerMetrics)
 
 	// Cluster objects: Connectors in 100 namespaces, Nodes, Pods bound to them.
 	var nss []string
@@ -209,7 +228,7 @@ func TestScale(t *testing.T) {
 	})
 	settle := func() { time.Sleep(30 * time.Second) } // the controller reconciles what was created
 	settle()
-	controllerRSSSmall := rssMiB(t, controller.pid)
+	controllerRSSSmall, controllerHeapSmall := rssMiB(t, controller.pid), heapMiB(t, controllerMetrics)
 	createPods(size.pods/10, size.pods)
 	settle()
 	t.Logf("grown to %d Connectors, %d Pods, %d AccessRequests in %s", size.connectors, size.pods, size.requests, time.Since(start).Round(time.Second))
@@ -225,7 +244,7 @@ func TestScale(t *testing.T) {
 	}
 	elapsed := time.Since(steady)
 	nodeRSSLarge := meanRSS(t, driversOf(nodes))
-	controllerRSSLarge := rssMiB(t, controller.pid)
+	controllerRSSLarge, controllerHeapLarge := rssMiB(t, controller.pid), heapMiB(t, controllerMetrics)
 
 	// What the nodes sent in the steady state, by node (the User-Agent names it).
 	events, err := cp.AuditEvents(func(ev *auditv1.Event) bool {
@@ -308,8 +327,8 @@ func TestScale(t *testing.T) {
 	t.Logf("RESULT API requests per node per minute (steady state): min %.2f, max %.2f; watch streams per node: min %.0f, max %.0f; watches (re)opened in the steady state: %d",
 		perMinute[0], perMinute[len(perMinute)-1], streamsPerNode[0], streamsPerNode[len(streamsPerNode)-1], sumValues(watches))
 	t.Logf("RESULT node RSS (mean of %d): %.1f MiB with %d Connectors, %.1f MiB with %d", size.nodes, nodeRSSSmall, size.connectors/10, nodeRSSLarge, size.connectors)
-	t.Logf("RESULT controller RSS: %.1f MiB with %d Pods, %.1f MiB with %d Pods (and %d Connectors, %d AccessRequests)",
-		controllerRSSSmall, size.pods/10, controllerRSSLarge, size.pods, size.connectors, size.requests)
+	t.Logf("RESULT controller RSS (heap in use): %.1f MiB (%.1f) with %d Pods, %.1f MiB (%.1f) with %d Pods (and %d Connectors, %d AccessRequests)",
+		controllerRSSSmall, controllerHeapSmall, size.pods/10, controllerRSSLarge, controllerHeapLarge, size.pods, size.connectors, size.requests)
 	t.Logf("RESULT controller requests at rest: %.1f per minute (target: at most %d Connectors per --connector-recheck-interval, 5m: %.0f per minute); by verb and resource: %v",
 		float64(len(controllerEvents))/elapsed.Minutes(), size.connectors, float64(size.connectors)/5, controllerKinds)
 	t.Logf("RESULT approval to mount: %s; unpublish to refusal: %s", durations(toPublish), durations(toRefuse))
