@@ -22,6 +22,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	auditv1 "k8s.io/apiserver/pkg/apis/audit/v1"
 	"k8s.io/utils/ptr"
 
@@ -216,6 +217,10 @@ func TestScale(t *testing.T) {
 	createConnectors(size.connectors/10, size.connectors)
 	parallel(t, size.requests, func(i int) error {
 		ns := nss[i%len(nss)]
+		var pod corev1.Pod // a live request: its Pod exists
+		if err := cp.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: fmt.Sprintf("p-%d", i)}, &pod); err != nil {
+			return err
+		}
 		return cp.Client.Create(ctx, &v1alpha1.AccessRequest{
 			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("ar-%d", i), Namespace: ns,
 				Labels: map[string]string{v1alpha1.LabelNode: fmt.Sprintf("filler-%d", i%size.nodeObjects)}},
@@ -223,10 +228,12 @@ func TestScale(t *testing.T) {
 				Subject:      rbacv1.Subject{Kind: rbacv1.ServiceAccountKind, Name: "default", Namespace: ns},
 				ConnectorRef: v1alpha1.LocalObjectRef{Name: fmt.Sprintf("c-%d", i)},
 				Context: v1alpha1.AccessContext{ObjectRef: v1alpha1.ContextObjectRef{APIVersion: "v1", Kind: "Pod",
-					Name: fmt.Sprintf("p-%d", i), Namespace: ns}},
+					Name: pod.Name, Namespace: ns, UID: pod.UID}},
 			}})
 	})
-	settle := func() { time.Sleep(30 * time.Second) } // the controller reconciles what was created
+	// The controller works through what was created (at its client's rate limit) before a
+	// figure is taken.
+	settle := func() { waitControllerQuiet(t) }
 	settle()
 	controllerRSSSmall, controllerHeapSmall := rssMiB(t, controller.pid), heapMiB(t, controllerMetrics)
 	createPods(size.pods/10, size.pods)
@@ -392,4 +399,27 @@ func driversOf(nodes []*scaleNode) []*runningDriver {
 		out[i] = n.driver
 	}
 	return out
+}
+
+// waitControllerQuiet waits until the controller has sent no more than a few requests (its
+// Lease renewals aside) in the last 30 s, for up to 20 minutes.
+func waitControllerQuiet(t *testing.T) {
+	t.Helper()
+	start := time.Now()
+	for time.Since(start) < 20*time.Minute {
+		time.Sleep(30 * time.Second)
+		since := time.Now().Add(-30 * time.Second)
+		evs, err := cp.AuditEvents(func(ev *auditv1.Event) bool {
+			return ev.User.Username == controlplane.ControllerUser && ev.Verb != "watch" && ev.Stage == auditv1.StageResponseComplete &&
+				ev.ObjectRef != nil && ev.ObjectRef.Resource != "leases" && !ev.RequestReceivedTimestamp.Time.Before(since)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(evs) <= 5 {
+			t.Logf("the controller settled in %s", time.Since(start).Round(time.Second))
+			return
+		}
+	}
+	t.Logf("the controller was still busy after 20 minutes")
 }
