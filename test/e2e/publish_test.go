@@ -381,6 +381,8 @@ func TestUnchangedRepublishSendsNoAPIRequest(t *testing.T) {
 	git := gitClass(t)
 	newConnector(t, ns, "git", git, "https://github.com")
 	allowConnectors(t, ns, "builder", "git")
+	// The controller labels the Connector with its class once: a change the volumes would see.
+	waitCondition(t, ns, "git", v1alpha1.ConditionConnectorClassReady, metav1.ConditionTrue, "Found")
 	var pods []*corev1.Pod
 	for i := range 5 {
 		pod := podWithVolume(t, env.kubelet, ns, fmt.Sprintf("quiet-%d", i), map[string]string{"connectors": "git"}, nil)
