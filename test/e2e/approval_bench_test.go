@@ -23,16 +23,9 @@ import (
 // waiting publish succeeding, and from unpublish to the proxy refusing the Pod's token. Run it
 // with -benchtime=50x for 50 runs; it reports p50 and p99 of both.
 func BenchmarkApproval(b *testing.B) {
-	tool := startGitServer(b, false)
 	setupApprovalFor(b)
 	env := startProxyDriver(b, func(o *driver.Options) { o.ApprovalWait = 20 * time.Second })
-	ns := newNamespace(b)
-	gitConnector(b, ns, "prod", gitClass(b), tool)
-	allowConnectors(b, ns, "builder", "prod")
-	policy := gatingPolicy("promote", "prod", v1alpha1.Check{Name: "approval",
-		Ref: &v1alpha1.TemplateRef{ConfigMap: &v1alpha1.ConfigMapRef{Name: "connectors-approvals-in-pipeline"}}})
-	policy.Namespace = ns
-	create(b, policy)
+	ns := gatedPromotion(b)
 	var toPublish, toRefuse []time.Duration
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
@@ -97,4 +90,20 @@ func approvalCycle(tb testing.TB, env *proxyEnv, ns, run string) (toPublish, toR
 	toRefuse = time.Since(unpublished)
 	_ = cp.Kube.CoreV1().Pods(ns).Delete(ctx, pod.Name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)})
 	return toPublish, toRefuse
+}
+
+// gatedPromotion makes, for approvalCycle, a namespace whose git Connector "prod" (of a Git
+// server of its own) is gated by an AccessPolicy checking the PipelineRun's ApprovalTask. The
+// approval flags must be on (setupApprovalFor).
+func gatedPromotion(tb testing.TB) string {
+	tb.Helper()
+	tool := startGitServer(tb, false)
+	ns := newNamespace(tb)
+	gitConnector(tb, ns, "prod", gitClass(tb), tool)
+	allowConnectors(tb, ns, "builder", "prod")
+	policy := gatingPolicy("promote", "prod", v1alpha1.Check{Name: "approval",
+		Ref: &v1alpha1.TemplateRef{ConfigMap: &v1alpha1.ConfigMapRef{Name: "connectors-approvals-in-pipeline"}}})
+	policy.Namespace = ns
+	create(tb, policy)
+	return ns
 }

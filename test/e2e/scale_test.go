@@ -369,16 +369,9 @@ func durations(ds []time.Duration) string {
 // scaleApproval runs n approval cycles on a node driver in this process with the deployed
 // RBAC (and a controller of its own), the cluster at full size.
 func scaleApproval(t *testing.T, n int) (toPublish, toRefuse []time.Duration) {
-	tool := startGitServer(t, false)
 	setupApproval(t)
 	env := startDeployedDrivers(t, func(o *driver.Options) { o.ApprovalWait = 20 * time.Second; o.NodeID = "scale-approval" })
-	ns := newNamespace(t)
-	gitConnector(t, ns, "prod", gitClass(t), tool)
-	allowConnectors(t, ns, "builder", "prod")
-	policy := gatingPolicy("promote", "prod", v1alpha1.Check{Name: "approval",
-		Ref: &v1alpha1.TemplateRef{ConfigMap: &v1alpha1.ConfigMapRef{Name: "connectors-approvals-in-pipeline"}}})
-	policy.Namespace = ns
-	create(t, policy)
+	ns := gatedPromotion(t)
 	for i := range n {
 		p, r := approvalCycle(t, env, ns, fmt.Sprintf("run-%d", i))
 		toPublish, toRefuse = append(toPublish, p), append(toRefuse, r)
