@@ -1,5 +1,6 @@
 // Package gitserver runs a real Git smart-HTTP server for tests: git http-backend (from
-// Debian's git) behind basic auth, on a loopback address, over http or https. It records the
+// Debian's git) behind basic auth, on a loopback address (or a listener the test gives it),
+// over http or https. It records the
 // credentials each request carried, so tests can check what reached the tool.
 package gitserver
 
@@ -46,8 +47,26 @@ type Request struct {
 	Header             http.Header
 }
 
-// Start starts a server; secure selects https with a fresh test CA.
+// Start starts a server on Host; secure selects https with a fresh test CA.
 func Start(dir string, secure bool) (*Server, error) {
+	lis, err := net.Listen("tcp", Host+":0")
+	if err != nil {
+		return nil, err
+	}
+	return StartOn(lis, dir, secure)
+}
+
+// StartOn starts a server on lis (a TCP listener, e.g. one inside a test's network namespace),
+// which it closes on failure.
+func StartOn(lis net.Listener, dir string, secure bool) (*Server, error) {
+	s, err := startOn(lis, dir, secure)
+	if err != nil {
+		lis.Close()
+	}
+	return s, err
+}
+
+func startOn(lis net.Listener, dir string, secure bool) (*Server, error) {
 	if _, err := os.Stat(backend); err != nil {
 		return nil, fmt.Errorf("git http-backend not found (apt-get install git): %w", err)
 	}
@@ -55,18 +74,15 @@ func Start(dir string, secure bool) (*Server, error) {
 	if err := s.initRepo(dir); err != nil {
 		return nil, err
 	}
-	lis, err := net.Listen("tcp", Host+":0")
-	if err != nil {
-		return nil, err
-	}
 	s.srv = httptest.NewUnstartedServer(http.HandlerFunc(s.serve))
 	s.srv.Listener.Close()
 	s.srv.Listener = lis
 	if secure {
+		var err error
 		if s.CA, err = testca.New(); err != nil {
 			return nil, err
 		}
-		cert, err := s.CA.ServerCert([]net.IP{net.ParseIP(Host)})
+		cert, err := s.CA.ServerCert([]net.IP{lis.Addr().(*net.TCPAddr).IP})
 		if err != nil {
 			return nil, err
 		}

@@ -29,11 +29,7 @@ import (
 func TestGitExamples(t *testing.T) {
 	ctx, kube := context.Background(), node.CP.Kube
 	ns := "examples"
-	tool, err := gitserver.Start(t.TempDir(), false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(tool.Close)
+	tool := startGitTool(t, false)
 	createNamespace(t, ns)
 	examples := filepath.Join(controlplane.RepoRoot(), "deploy", "examples")
 	ours := []string{"namespace: default", "namespace: " + ns, "image: alpine/git", "image: localhost/git:e2e"}
@@ -57,6 +53,7 @@ func TestGitExamples(t *testing.T) {
 	}
 	var job *batchv1.Job
 	if !kubelet.WaitUntil(120*time.Second, func() bool {
+		var err error
 		job, err = kube.BatchV1().Jobs(ns).Get(ctx, "git-clone", metav1.GetOptions{})
 		return err == nil && (jobCondition(job, batchv1.JobComplete) || jobCondition(job, batchv1.JobFailed))
 	}) || !jobCondition(job, batchv1.JobComplete) {

@@ -30,11 +30,6 @@ import (
 // NodeName is the name the kubelet registers.
 const NodeName = "e2e-node"
 
-// ToolsIP is the address the test tools (Git server, registry) listen on: an extra address of
-// this machine's lo interface. Not in 127.0.0.0/8, so that clients in Pods send their requests
-// through the proxy (Go never proxies loopback), and reachable only here.
-const ToolsIP = "10.89.0.1"
-
 // Node is a running single-node cluster with the driver.
 type Node struct {
 	Dir         string // all state of the run
@@ -162,7 +157,7 @@ func Up(ctx context.Context, driverBin string, images map[string]string) (n *Nod
 		name string
 		fn   func() error
 	}{
-		{"tools address", addToolsAddress},
+		{"tools network", createToolsNetwork},
 		{"containerd", n.startContainerd},
 		{"images", func() error { return n.importImages(images) }},
 		{"control plane", n.startControlPlane},
@@ -370,9 +365,7 @@ func (n *Node) kubeconfigOf(sa string) string { return filepath.Join(n.Dir, sa+"
 // the controller's ServiceAccount and leader election on, as deploy/'s Deployment runs it.
 func (n *Node) startController(bin string) error {
 	return n.start("controller", nil, bin, "--role=controller", "--kubeconfig="+n.kubeconfigOf(ControllerServiceAccount),
-		"--leader-elect=true", "--metrics-listen=127.0.0.1:0", "-v=2",
-		// Its status probes reach the tests' Git servers on the host's loopback.
-		"--allow-loopback-destinations")
+		"--leader-elect=true", "--metrics-listen=127.0.0.1:0", "-v=2")
 }
 
 func (n *Node) StartDriver() error {
@@ -393,9 +386,7 @@ func (n *Node) startDriver(bin string) error {
 	if err := n.start("driver", []string{"NODE_NAME=" + NodeName}, bin, "--role=node", "--endpoint=unix://"+socket,
 		"--kubeconfig="+n.kubeconfigOf(NodeServiceAccount), "--state-dir="+filepath.Join(n.Dir, "driver-state"),
 		"--kubelet-registration-dir="+filepath.Join(n.KubeletRoot, "plugins_registry"),
-		fmt.Sprintf("--proxy-listen=:%d", port), "--proxy-url="+n.ProxyURL, "--metrics-listen=127.0.0.1:0", "-v=2",
-		// The Git servers of the tests listen on the host's loopback.
-		"--allow-loopback-destinations"); err != nil {
+		fmt.Sprintf("--proxy-listen=:%d", port), "--proxy-url="+n.ProxyURL, "--metrics-listen=127.0.0.1:0", "-v=2"); err != nil {
 		return err
 	}
 	registered := func() bool {
@@ -412,17 +403,6 @@ func (n *Node) startDriver(bin string) error {
 	}
 	if !kubelet.WaitUntil(60*time.Second, registered) {
 		return fmt.Errorf("the driver did not register with kubelet:\n%s\n--- kubelet ---\n%s", n.tail("driver"), n.tail("kubelet"))
-	}
-	return nil
-}
-
-// addToolsAddress adds ToolsIP to lo (Down removes it).
-func addToolsAddress() error {
-	if out, _ := run("ip", "-o", "addr", "show", "dev", "lo"); strings.Contains(out, ToolsIP+"/32") {
-		return nil
-	}
-	if out, err := run("ip", "addr", "add", ToolsIP+"/32", "dev", "lo"); err != nil {
-		return fmt.Errorf("ip addr add %s/32 dev lo: %v: %s", ToolsIP, err, out)
 	}
 	return nil
 }
@@ -469,7 +449,7 @@ func (n *Node) killContainers() {
 }
 
 // cleanKernel removes mounts under the state directory, the Pods' network namespaces, the
-// kubepods cgroups and the bridge, and restores the sysctls.
+// kubepods cgroups, the bridge and the tools' network namespace, and restores the sysctls.
 func (n *Node) cleanKernel() {
 	var mounts []string
 	if f, err := os.Open("/proc/self/mounts"); err == nil {
@@ -510,7 +490,7 @@ func (n *Node) cleanKernel() {
 	if _, err := run("ip", "link", "show", "cni0"); err == nil {
 		_, _ = run("ip", "link", "delete", "cni0")
 	}
-	_, _ = run("ip", "addr", "del", ToolsIP+"/32", "dev", "lo")
+	deleteToolsNetwork()
 	for k, v := range n.sysctls {
 		_, _ = run("sysctl", "-qw", k+"="+v)
 	}

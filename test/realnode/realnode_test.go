@@ -28,7 +28,6 @@ import (
 	"github.com/kube-connectors/connectors-csi/test/controlplane"
 	"github.com/kube-connectors/connectors-csi/test/gitserver"
 	"github.com/kube-connectors/connectors-csi/test/kubelet"
-	"github.com/kube-connectors/connectors-csi/test/registry"
 )
 
 var node *Node
@@ -287,11 +286,7 @@ func setupNamespace(t *testing.T, ns string) *gitserver.Server {
 	t.Helper()
 	ctx := context.Background()
 	kube := node.CP.Kube
-	tool, err := gitserver.Start(t.TempDir(), false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(tool.Close)
+	tool := startGitTool(t, false)
 	createNamespace(t, ns)
 	if _, err := kube.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "git-auth"},
 		Type: corev1.SecretTypeBasicAuth, StringData: map[string]string{"username": tool.Username, "password": tool.Password}}, metav1.CreateOptions{}); err != nil {
@@ -501,11 +496,7 @@ func TestApprovalGatedPod(t *testing.T) {
 // answers the registry's token challenge with the Connector's credential.
 func TestPodPushesAndPullsImage(t *testing.T) {
 	ctx, kube := context.Background(), node.CP.Kube
-	reg, err := registry.Start(t.TempDir(), ToolsIP)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(reg.Close)
+	reg := startRegistryTool(t)
 	ns := "registry"
 	setupNamespace(t, ns)
 	var oci v1alpha1.ConnectorClass
@@ -632,11 +623,7 @@ func TestGitCloneAndPushInPod(t *testing.T) {
 	ctx, kube := context.Background(), node.CP.Kube
 	ns := "git"
 	plain := setupNamespace(t, ns)
-	secure, err := gitserver.Start(t.TempDir(), true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(secure.Close)
+	secure := startGitTool(t, true)
 	if _, err := kube.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "secure-auth"},
 		Type: corev1.SecretTypeBasicAuth, StringData: map[string]string{"username": secure.Username, "password": secure.Password}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -760,8 +747,7 @@ func TestDriverAsDaemonSetPod(t *testing.T) {
 	}
 	driverCtr.Args = append(args, "--kubeconfig=/etc/connectors/kubeconfig",
 		"--kubelet-plugin-endpoint="+filepath.Join(kroot, "plugins", "connectors-csi", "csi.sock"),
-		fmt.Sprintf("--proxy-listen=:%d", port), fmt.Sprintf("--proxy-url=http://10.88.0.1:%d", port), "--metrics-listen=127.0.0.1:0",
-		"--allow-loopback-destinations") // the tests' Git servers are on the host's loopback
+		fmt.Sprintf("--proxy-listen=:%d", port), fmt.Sprintf("--proxy-url=http://10.88.0.1:%d", port), "--metrics-listen=127.0.0.1:0")
 	driverCtr.LivenessProbe, driverCtr.ReadinessProbe, driverCtr.Ports = nil, nil, nil
 	for i := range driverCtr.VolumeMounts {
 		if driverCtr.VolumeMounts[i].Name == "pods-dir" {

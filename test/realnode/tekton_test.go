@@ -121,8 +121,9 @@ func startTektonProcess(name, bin string, env []string, args ...string) error {
 // tektonWebhookService is the Service the webhook configurations and CRD conversions name.
 const tektonWebhookService = "tekton-pipelines-webhook"
 
-// startTektonWebhook runs Tekton's webhook on ToolsIP, gives its Service an EndpointSlice there
-// (what the EndpointSlice controller would do for its Pod), and waits until the API server
+// startTektonWebhook runs Tekton's webhook on the host, gives its Service an EndpointSlice on the
+// host's end of the tools' veth, an address the lane made (what the EndpointSlice controller
+// would do for its Pod), and waits until the API server
 // sends TaskRuns through it: an invalid TaskRun is refused with Tekton's own message.
 func startTektonWebhook(dir string) error {
 	ctx, kube := context.Background(), node.CP.Kube
@@ -141,7 +142,7 @@ func startTektonWebhook(dir string) error {
 	if _, err := kube.DiscoveryV1().EndpointSlices("tekton-pipelines").Create(ctx, &discoveryv1.EndpointSlice{
 		ObjectMeta:  metav1.ObjectMeta{Name: tektonWebhookService + "-e2e", Labels: map[string]string{discoveryv1.LabelServiceName: tektonWebhookService}},
 		AddressType: discoveryv1.AddressTypeIPv4,
-		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{ToolsIP}, Conditions: discoveryv1.EndpointConditions{Ready: &ready}}},
+		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{ToolsHostIP}, Conditions: discoveryv1.EndpointConditions{Ready: &ready}}},
 		Ports:       []discoveryv1.EndpointPort{{Name: &portName, Port: ptrInt32(int32(port)), Protocol: &proto}},
 	}, metav1.CreateOptions{}); err != nil {
 		return err
@@ -239,11 +240,7 @@ func applyCloneExample(t *testing.T, ns string) *gitserver.Server {
 // (existing) namespace ns with the server's address and credential and the lane's git image.
 func cloneExample(t *testing.T, ns string) (*gitserver.Server, []byte) {
 	t.Helper()
-	tool, err := gitserver.Start(t.TempDir(), false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(tool.Close)
+	tool := startGitTool(t, false)
 	pairs := append([]string{"namespace: team", "namespace: " + ns, "docker.io/alpine/git:latest", "localhost/git:e2e"},
 		gitPlaceholders(tool, true)...)
 	return tool, exampleWith(t, filepath.Join(controlplane.RepoRoot(), "deploy", "examples", "tekton", "git-clone.yaml"), pairs...)

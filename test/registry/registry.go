@@ -61,6 +61,24 @@ type Seen struct {
 
 // Start starts the registry and token service on host (a loopback address).
 func Start(dir, host string) (*Server, error) {
+	lis, err := net.Listen("tcp", host+":0")
+	if err != nil {
+		return nil, err
+	}
+	return StartOn(dir, lis)
+}
+
+// StartOn starts the registry and token service on lis (a TCP listener, e.g. one inside a
+// test's network namespace), which it closes on failure.
+func StartOn(dir string, lis net.Listener) (*Server, error) {
+	s, err := startOn(dir, lis)
+	if err != nil {
+		lis.Close()
+	}
+	return s, err
+}
+
+func startOn(dir string, lis net.Listener) (*Server, error) {
 	s := &Server{Username: "registry-bot", Password: "registry-password-" + filepath.Base(dir)}
 	var err error
 	if s.key, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader); err != nil {
@@ -69,10 +87,6 @@ func Start(dir, host string) (*Server, error) {
 	s.kid = token.GetJWKThumbprint(&s.key.PublicKey)
 	bundle := filepath.Join(dir, "token-signer.pem")
 	if err := s.writeSignerCert(bundle); err != nil {
-		return nil, err
-	}
-	lis, err := net.Listen("tcp", host+":0")
-	if err != nil {
 		return nil, err
 	}
 	s.URL = "http://" + lis.Addr().String()
