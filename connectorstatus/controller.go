@@ -126,7 +126,7 @@ func (r *Reconciler) computeStatus(ctx context.Context, c *v1alpha1.Connector) {
 	default:
 		set(v1alpha1.ConditionConnectorClassReady, true, "Found", "ConnectorClass %q exists", class.Name)
 	}
-	c.Status.Proxy = &v1alpha1.ProxyStatus{HTTPAddress: &v1alpha1.HTTPAddress{URL: render.ConnectorProxyURL(r.ProxyURL, &class, c)}}
+	c.Status.Proxy = &v1alpha1.ProxyStatus{HTTPAddress: &v1alpha1.Addressable{URL: render.ConnectorProxyURL(r.ProxyURL, &class, c)}}
 	if class.Spec.Proxy == nil || class.Spec.Proxy.URI == "" {
 		set(v1alpha1.ConditionProxyServiceReady, true, "BuiltIn", "served by the built-in Connectors proxy")
 	} else {
@@ -196,17 +196,16 @@ func (r *Reconciler) probeConditions(ctx context.Context, c *v1alpha1.Connector,
 		set(v1alpha1.ConditionLivenessReady, true, "NoProbe", "the ConnectorClass declares no liveness probe")
 	}
 	var authProbe *v1alpha1.AuthProbe
-	for i := range class.Spec.AuthProbes {
-		if c.Spec.Auth != nil && (class.Spec.AuthProbes[i].AuthName == c.Spec.Auth.Name || class.Spec.AuthProbes[i].AuthName == "") {
-			authProbe = &class.Spec.AuthProbes[i]
-			break
+	if c.Spec.Auth != nil {
+		if t := class.AuthType(c.Spec.Auth.Name); t != nil {
+			authProbe = class.AuthProbe(t.Name)
 		}
 	}
-	if authProbe == nil || authProbe.HTTP == nil || authHeader == "" {
+	if authProbe == nil || authProbe.Probe.HTTP == nil || authHeader == "" {
 		set(v1alpha1.ConditionAuthReady, true, "NoProbe", "no auth probe applies to this Connector")
 		return
 	}
-	code, err := r.probe(ctx, c.Spec.Address, authProbe.HTTP, authHeader)
+	code, err := r.probe(ctx, c.Spec.Address, authProbe.Probe.HTTP, authHeader)
 	switch {
 	case err != nil:
 		set(v1alpha1.ConditionAuthReady, false, unreachableReason(err), "%s", unreachableMessage(err))

@@ -73,12 +73,8 @@ func (p *Proxy) credentialFor(ctx context.Context, c *v1alpha1.Connector, class 
 // AuthSecretType is the secretType of the Connector's auth type in its class, or the Secret's
 // own type when the class does not declare it.
 func AuthSecretType(c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, sec *corev1.Secret) string {
-	if class.Spec.Auth != nil {
-		for _, t := range class.Spec.Auth.Types {
-			if t.Name == c.Spec.Auth.Name || c.Spec.Auth.Name == "" {
-				return t.SecretType
-			}
-		}
+	if t := class.AuthType(c.Spec.Auth.Name); t != nil && t.SecretType != "" {
+		return t.SecretType
 	}
 	return string(sec.Type)
 }

@@ -220,7 +220,7 @@ func TestConnectorsAPI(t *testing.T) {
 		if err := cp.Client.Get(context.Background(), types.NamespacedName{Name: pluginClass}, &class); err != nil {
 			t.Fatal(err)
 		}
-		class.Spec.API = &v1alpha1.ServiceRef{URI: "http://" + lis.Addr().String() + "/plugin"}
+		class.Spec.API = &v1alpha1.APISpec{Destination: v1alpha1.Destination{URI: "http://" + lis.Addr().String() + "/plugin"}}
 		if err := cp.Client.Update(context.Background(), &class); err != nil {
 			t.Fatal(err)
 		}

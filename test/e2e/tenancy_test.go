@@ -187,7 +187,9 @@ func TestTenancyForeignSecretIsNeverRead(t *testing.T) {
 	victim, attacker := newNamespace(t), newNamespace(t)
 	createSecret(t, victim, "creds", corev1.SecretTypeBasicAuth, map[string]string{"username": "victim", "password": "victim-password-4711"})
 	git := gitClass(t)
-	pluginClass := classWith(t, "plugin", func(c *v1alpha1.ConnectorClass) { c.Spec.API = &v1alpha1.ServiceRef{URI: plugin.URL} })
+	pluginClass := classWith(t, "plugin", func(c *v1alpha1.ConnectorClass) {
+		c.Spec.API = &v1alpha1.APISpec{Destination: v1alpha1.Destination{URI: plugin.URL}}
+	})
 	foreign := func(name, class, secret string) {
 		create(t, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: attacker},
 			Spec: v1alpha1.ConnectorSpec{ConnectorClassName: class, Address: tool.URL,

@@ -63,12 +63,25 @@ type DefaultPermission struct {
 	BindingTemplate BindingTemplate `json:"bindingTemplate"`
 }
 
-// ObjectKindRef names a kind of object.
+// ObjectKindRef names a kind of object and, optionally, one object of it. Name and namespace
+// are templates over the request context; the namespace must come out as the Pod's (a check
+// never reads another namespace).
 type ObjectKindRef struct {
 	// +kubebuilder:validation:MinLength=1
 	APIVersion string `json:"apiVersion"`
 	// +kubebuilder:validation:MinLength=1
 	Kind string `json:"kind"`
+	// +optional
+	Name string `json:"name,omitempty"`
+	// +optional
+	Namespace string `json:"namespace,omitempty"`
+	// The other fields of an object reference, accepted for Alauda's manifests and not used.
+	// +optional
+	UID string `json:"uid,omitempty"`
+	// +optional
+	ResourceVersion string `json:"resourceVersion,omitempty"`
+	// +optional
+	FieldPath string `json:"fieldPath,omitempty"`
 }
 
 // CheckSelector finds the objects a check reads: of a kind, in the Pod's namespace, with labels
@@ -77,6 +90,10 @@ type CheckSelector struct {
 	ObjectRef ObjectKindRef `json:"objectRef"`
 	// +optional
 	MatchLabels map[string]string `json:"matchLabels,omitempty"`
+	// MatchExpressions are label requirements (values are templates, as in MatchLabels).
+	// +optional
+	// +listType=atomic
+	MatchExpressions []metav1.LabelSelectorRequirement `json:"matchExpressions,omitempty"`
 }
 
 // CheckState says how a matched object's state is read.
@@ -85,6 +102,10 @@ type CheckState struct {
 	// rejected or pending. Without it the object's status.state is read.
 	// +optional
 	CEL string `json:"cel,omitempty"`
+	// Rego is a module of package approval over `input` (the matched object) whose
+	// `status.state` is one of approved, passed, rejected or pending.
+	// +optional
+	Rego string `json:"rego,omitempty"`
 }
 
 // CheckSpec is an inline check.
@@ -141,6 +162,10 @@ const (
 
 // AccessPolicyStatus is the observed state of an AccessPolicy.
 type AccessPolicyStatus struct {
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+	// +optional
+	Annotations map[string]string `json:"annotations,omitempty"`
 	// +optional
 	MatchedConnectors []LocalObjectRef `json:"matchedConnectors,omitempty"`
 	// +optional

@@ -1,6 +1,7 @@
 package v1alpha1
 
 import (
+	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -56,6 +57,10 @@ type ContextObjectRef struct {
 	Name      string    `json:"name"`
 	Namespace string    `json:"namespace"`
 	UID       types.UID `json:"uid"`
+	// +optional
+	ResourceVersion string `json:"resourceVersion,omitempty"`
+	// +optional
+	FieldPath string `json:"fieldPath,omitempty"`
 }
 
 // AccessContext is the context of a request.
@@ -83,6 +88,14 @@ type CheckObjectRef struct {
 // MatchedCheck is the state of one check of a policy.
 type MatchedCheck struct {
 	Name string `json:"name"`
+	// Ref is the matched object (Alauda's field; ObjectRef is the same, kept for readers of
+	// earlier versions).
+	// +optional
+	Ref *corev1.ObjectReference `json:"ref,omitempty"`
+	// Condition is the check's result: Ready True (approved or passed), False (rejected) or
+	// Unknown (pending), the state as reason.
+	// +optional
+	Condition *Condition `json:"condition,omitempty"`
 	// +optional
 	ObjectRef *CheckObjectRef `json:"objectRef,omitempty"`
 	// +optional
@@ -105,6 +118,10 @@ type PolicyStatus struct {
 
 // AccessRequestStatus is the observed state of an AccessRequest.
 type AccessRequestStatus struct {
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+	// +optional
+	Annotations map[string]string `json:"annotations,omitempty"`
 	// +optional
 	Policies []PolicyStatus `json:"policies,omitempty"`
 	// +optional

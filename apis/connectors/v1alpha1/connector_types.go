@@ -66,16 +66,17 @@ type ConnectorSpec struct {
 	CACertSecretRef *LocalSecretRef `json:"caCertSecretRef,omitempty"`
 }
 
-// HTTPAddress is an HTTP address.
-type HTTPAddress struct {
-	// +optional
-	URL string `json:"url,omitempty"`
-}
-
 // ProxyStatus is where the proxy serves a Connector.
 type ProxyStatus struct {
 	// +optional
-	HTTPAddress *HTTPAddress `json:"httpAddress,omitempty"`
+	HTTPAddress *Addressable `json:"httpAddress,omitempty"`
+}
+
+// ConnectorAPIStatus is where the Connectors API serves a Connector.
+type ConnectorAPIStatus struct {
+	// Path of the Connector's API, relative to the Connectors API's address.
+	// +optional
+	Path string `json:"path,omitempty"`
 }
 
 // Connector condition types.
@@ -91,11 +92,17 @@ const (
 // ConnectorStatus is the observed state of a Connector.
 type ConnectorStatus struct {
 	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+	// +optional
 	Proxy *ProxyStatus `json:"proxy,omitempty"`
+	// +optional
+	API *ConnectorAPIStatus `json:"api,omitempty"`
 	// +optional
 	// +listType=map
 	// +listMapKey=type
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
+	// +optional
+	Annotations map[string]string `json:"annotations,omitempty"`
 }
 
 // Connector is an integrated instance of a tool: its address and its credential.

@@ -1,11 +1,16 @@
 package v1alpha1
 
 import (
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-// AddressSpec declares the address parameter of a ConnectorClass.
+// AddressSpec declares the address parameter of a ConnectorClass (a parameter declaration, as
+// Alauda's; only string addresses are understood).
 type AddressSpec struct {
+	// Name of the address parameter, for UIs.
+	// +optional
+	Name string `json:"name,omitempty"`
 	// Type of the address; only string is understood.
 	// +kubebuilder:default=string
 	// +kubebuilder:validation:Enum=string
@@ -17,6 +22,13 @@ type AddressSpec struct {
 	// Description for people.
 	// +optional
 	Description string `json:"description,omitempty"`
+	// Enum lists the allowed addresses, when not empty.
+	// +optional
+	Enum []string `json:"enum,omitempty"`
+	// +optional
+	Properties map[string]PropertySpec `json:"properties,omitempty"`
+	// +optional
+	Annotations map[string]string `json:"annotations,omitempty"`
 }
 
 // AddressExtensionSpec declares an extra named address, e.g. a registry's token host.
@@ -32,6 +44,12 @@ type AddressExtensionSpec struct {
 	Default string `json:"default,omitempty"`
 	// +optional
 	Description string `json:"description,omitempty"`
+	// +optional
+	Enum []string `json:"enum,omitempty"`
+	// +optional
+	Properties map[string]PropertySpec `json:"properties,omitempty"`
+	// +optional
+	Annotations map[string]string `json:"annotations,omitempty"`
 }
 
 // Secret types understood by the built-in proxy.
@@ -46,9 +64,19 @@ const (
 type AuthType struct {
 	// +kubebuilder:validation:MinLength=1
 	Name string `json:"name"`
+	// DisplayName is the auth type's name for people.
+	// +optional
+	DisplayName string `json:"displayName,omitempty"`
 	// SecretType is the type of the Secret holding the credential.
-	// +kubebuilder:validation:MinLength=1
-	SecretType string `json:"secretType"`
+	// +optional
+	SecretType string `json:"secretType,omitempty"`
+	// Generator computes what is injected into requests to the tool (a Rego module whose
+	// `auth` object names headers, query parameters or a body), for credentials the built-in
+	// injection of SecretType does not cover.
+	// +optional
+	Generator *RegoPolicy `json:"generator,omitempty"`
+	// +optional
+	Annotations map[string]string `json:"annotations,omitempty"`
 	// Optional auth may be left out of a Connector.
 	// +optional
 	Optional bool `json:"optional,omitempty"`
@@ -66,12 +94,27 @@ type AuthSpec struct {
 	Types []AuthType `json:"types,omitempty"`
 }
 
-// ServiceRef points at a service: an object reference or a URI.
-type ServiceRef struct {
+// ProxySpec is a class's own proxy, and how the proxy reads the caller's token.
+type ProxySpec struct {
+	Destination `json:",inline"`
+	// AuthExtractor is a Rego module that finds the caller's token in a request, for tools
+	// whose clients send it in their own format.
 	// +optional
-	Ref *ObjectRef `json:"ref,omitempty"`
+	AuthExtractor *RegoPolicy `json:"authExtractor,omitempty"`
+}
+
+// APISpec is a class's API: its own server (a plugin) and the OpenAPI document that routes
+// requests to it or through the proxy.
+type APISpec struct {
+	Destination `json:",inline"`
+	// OpenAPI describes the class's API (x-provider-type, x-openapi-address).
 	// +optional
-	URI string `json:"uri,omitempty"`
+	// +kubebuilder:pruning:PreserveUnknownFields
+	// +kubebuilder:validation:Schemaless
+	OpenAPI *apiextensionsv1.JSON `json:"openapi,omitempty"`
+	// Permissions is a Rego module that maps an API request to the verb it needs.
+	// +optional
+	Permissions *RegoPolicy `json:"permissions,omitempty"`
 }
 
 // Configuration is a set of files the CSI driver renders for Connectors of this class.
@@ -87,6 +130,8 @@ type Configuration struct {
 	// +listType=map
 	// +listMapKey=name
 	Params []ParamSpec `json:"params,omitempty"`
+	// +optional
+	Annotations map[string]string `json:"annotations,omitempty"`
 }
 
 // HTTPHeader is a header sent by a probe.
@@ -97,31 +142,63 @@ type HTTPHeader struct {
 
 // HTTPProbe checks a tool over HTTP.
 type HTTPProbe struct {
-	// +optional
-	Path string `json:"path,omitempty"`
+	// Path on the tool's host (the address's path is not prepended). A template over
+	// .Connector and .Secret.
+	Path string `json:"path"`
+	// +kubebuilder:validation:Enum=GET;POST
 	// +optional
 	Method string `json:"method,omitempty"`
+	// Headers, templates over .Connector and .Secret.
 	// +optional
 	HTTPHeaders []HTTPHeader `json:"httpHeaders,omitempty"`
+	// Scheme; the address's when empty.
+	// +kubebuilder:validation:Enum=http;https
 	// +optional
 	Scheme string `json:"scheme,omitempty"`
+	// Host to probe instead of the address's host.
+	// +optional
+	Host string `json:"host,omitempty"`
+	// DisableRedirect stops the probe at a redirect.
+	// +optional
+	DisableRedirect bool `json:"disableRedirect,omitempty"`
+	// Response decides success; a 2xx status when empty.
+	// +optional
+	Response *ProbeResponse `json:"response,omitempty"`
+}
+
+// ProbeResponse decides whether a probe's response is a success.
+type ProbeResponse struct {
+	// CEL is a boolean expression over response.statusCode, response.headers,
+	// response.bodyString and response.body (the body as JSON).
+	// +optional
+	CEL string `json:"cel,omitempty"`
+}
+
+// APIProbe checks a tool through the class's API.
+type APIProbe struct {
+	// Path relative to the class's API address.
+	// +optional
+	Path string `json:"path,omitempty"`
 }
 
 // Probe describes how to check a Connector.
 type Probe struct {
 	// +optional
 	HTTP *HTTPProbe `json:"http,omitempty"`
+	// +optional
+	API *APIProbe `json:"api,omitempty"`
 }
 
 // AuthProbe checks that a credential of one auth type works.
 type AuthProbe struct {
 	// AuthName is the auth type this probe checks.
+	// +kubebuilder:validation:MinLength=1
+	AuthName string `json:"authName"`
+	// Params declares the values the probe uses (a Connector gives them in spec.auth.params).
 	// +optional
-	AuthName string `json:"authName,omitempty"`
+	Params []ParamSpec `json:"params,omitempty"`
 	// +optional
-	Probe `json:",inline"`
-	// +optional
-	Params []Param `json:"params,omitempty"`
+	Probe Probe `json:"probe,omitempty"`
 }
 
 // ConnectorClassSpec defines a kind of tool.
@@ -140,10 +217,10 @@ type ConnectorClassSpec struct {
 	Auth *AuthSpec `json:"auth,omitempty"`
 	// Proxy says where this class's proxy lives; empty means the built-in proxy.
 	// +optional
-	Proxy *ServiceRef `json:"proxy,omitempty"`
+	Proxy *ProxySpec `json:"proxy,omitempty"`
 	// API is the custom API provider; empty means the built-in custom APIs, if any.
 	// +optional
-	API *ServiceRef `json:"api,omitempty"`
+	API *APISpec `json:"api,omitempty"`
 	// Configurations are the files the CSI driver renders.
 	// +optional
 	// +listType=map
@@ -152,15 +229,39 @@ type ConnectorClassSpec struct {
 	// +optional
 	LivenessProbe *Probe `json:"livenessProbe,omitempty"`
 	// +optional
+	// +listType=map
+	// +listMapKey=authName
 	AuthProbes []AuthProbe `json:"authProbes,omitempty"`
 }
 
 // ConnectorClassStatus is the observed state of a ConnectorClass.
 type ConnectorClassStatus struct {
 	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+	// +optional
 	// +listType=map
 	// +listMapKey=type
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
+	// +optional
+	Annotations map[string]string `json:"annotations,omitempty"`
+	// API is where the class's API is served.
+	// +optional
+	API *ClassAPIStatus `json:"api,omitempty"`
+	// Proxy is where the class's proxy is served.
+	// +optional
+	Proxy *ClassProxyStatus `json:"proxy,omitempty"`
+}
+
+// ClassAPIStatus is the resolved address of a class's API.
+type ClassAPIStatus struct {
+	// +optional
+	Address *Addressable `json:"address,omitempty"`
+}
+
+// ClassProxyStatus is the resolved address of a class's proxy.
+type ClassProxyStatus struct {
+	// +optional
+	HTTPAddress *Addressable `json:"httpAddress,omitempty"`
 }
 
 // ConnectorClass defines the parameters, auth, proxy and files of a kind of tool.
@@ -169,6 +270,7 @@ type ConnectorClassStatus struct {
 // +kubebuilder:resource:scope=Cluster
 // +kubebuilder:subresource:status
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type ConnectorClass struct {
 	metav1.TypeMeta   `json:",inline"`
@@ -197,6 +299,30 @@ func (c *ConnectorClass) Configuration(name string) *Configuration {
 	for i := range c.Spec.Configurations {
 		if c.Spec.Configurations[i].Name == name {
 			return &c.Spec.Configurations[i]
+		}
+	}
+	return nil
+}
+
+// AuthType returns the auth type a Connector's spec.auth.name selects (the first type when the
+// name is empty), or nil.
+func (c *ConnectorClass) AuthType(name string) *AuthType {
+	if c.Spec.Auth == nil {
+		return nil
+	}
+	for i := range c.Spec.Auth.Types {
+		if name == "" || c.Spec.Auth.Types[i].Name == name {
+			return &c.Spec.Auth.Types[i]
+		}
+	}
+	return nil
+}
+
+// AuthProbe returns the auth probe for an auth type, or nil.
+func (c *ConnectorClass) AuthProbe(authName string) *AuthProbe {
+	for i := range c.Spec.AuthProbes {
+		if c.Spec.AuthProbes[i].AuthName == authName {
+			return &c.Spec.AuthProbes[i]
 		}
 	}
 	return nil
