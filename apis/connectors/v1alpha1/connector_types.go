@@ -22,6 +22,19 @@ type SecretRef struct {
 	// of its own namespace; another namespace is refused and the Secret never read.
 	// +optional
 	Namespace string `json:"namespace,omitempty"`
+	// The other fields of an object reference, accepted for Alauda's manifests; Kind, when
+	// set, must be Secret.
+	// +kubebuilder:validation:Enum=Secret
+	// +optional
+	Kind string `json:"kind,omitempty"`
+	// +optional
+	APIVersion string `json:"apiVersion,omitempty"`
+	// +optional
+	UID string `json:"uid,omitempty"`
+	// +optional
+	ResourceVersion string `json:"resourceVersion,omitempty"`
+	// +optional
+	FieldPath string `json:"fieldPath,omitempty"`
 }
 
 // ConnectorAuth selects the credential of a Connector.
