@@ -209,6 +209,11 @@ func (c *Controller) evaluate(ctx context.Context, ar *v1alpha1.AccessRequest) (
 	why := revocation(ar, &pod, podErr, connErr)
 	subject := podSubject(&pod)
 	switch {
+	case ref.UID == "":
+		// Alauda's schema lets the UID out; binding by name alone would let a later Pod of the
+		// same name inherit an approval, so such a request never grants.
+		c.setCondition(ar, v1alpha1.ConditionContextObjectValid, metav1.ConditionFalse, "UIDMissing",
+			"spec.context.objectRef.uid is empty: a request is bound to one Pod by its UID")
 	case podErr != nil || pod.UID != ref.UID:
 		c.setCondition(ar, v1alpha1.ConditionContextObjectValid, metav1.ConditionFalse, "NotFound", "Pod %s/%s (uid %s) no longer exists", ref.Namespace, ref.Name, ref.UID)
 	default:
@@ -294,6 +299,8 @@ func revocation(ar *v1alpha1.AccessRequest, pod *corev1.Pod, podErr, connErr err
 	switch {
 	case ar.Annotations[AnnotationRevoked] != "":
 		return "the Pod's volume was unpublished at " + ar.Annotations[AnnotationRevoked]
+	case ar.Spec.Context.ObjectRef.UID == "":
+		return "the request names no Pod UID"
 	case podErr != nil || pod.UID != ar.Spec.Context.ObjectRef.UID:
 		return "the Pod was deleted"
 	case pod.DeletionTimestamp != nil:

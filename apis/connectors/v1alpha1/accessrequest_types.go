@@ -55,8 +55,10 @@ type ContextObjectRef struct {
 	// +kubebuilder:validation:Enum=Pod
 	Kind      string    `json:"kind"`
 	Name      string    `json:"name"`
-	Namespace string    `json:"namespace"`
-	UID       types.UID `json:"uid"`
+	Namespace string `json:"namespace"`
+	// UID of the Pod; a request without it never grants (Alauda's schema lets it out).
+	// +optional
+	UID types.UID `json:"uid,omitempty"`
 	// +optional
 	ResourceVersion string `json:"resourceVersion,omitempty"`
 	// +optional
