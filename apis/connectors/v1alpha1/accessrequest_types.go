@@ -53,8 +53,8 @@ const (
 type ContextObjectRef struct {
 	APIVersion string `json:"apiVersion"`
 	// +kubebuilder:validation:Enum=Pod
-	Kind      string    `json:"kind"`
-	Name      string    `json:"name"`
+	Kind      string `json:"kind"`
+	Name      string `json:"name"`
 	Namespace string `json:"namespace"`
 	// UID of the Pod; a request without it never grants (Alauda's schema lets it out).
 	// +optional
