@@ -6,12 +6,10 @@ package connectorstatus
 import (
 	"context"
 	"errors"
-	"io"
 	"net/http"
-	"net/url"
-	"strings"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -52,12 +50,24 @@ type Reconciler struct {
 	Recheck time.Duration
 	// Workers is how many Connectors are reconciled at once (probes wait on tools).
 	Workers int
+	// CELCacheSize bounds the compiled response.cel expressions kept (1024 when 0).
+	CELCacheSize int
+
+	responses *responseRules
 }
 
 // SetupWithManager registers the controller: Connectors (their spec and labels; not their
 // status, which this controller writes itself), and every Connector of a class when the class
 // changes.
 func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
+	size := r.CELCacheSize
+	if size <= 0 {
+		size = 1024
+	}
+	var err error
+	if r.responses, err = newResponseRules(size); err != nil {
+		return err
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("connectorstatus").
 		For(&v1alpha1.Connector{}, builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, predicate.LabelChangedPredicate{}))).
@@ -132,39 +142,77 @@ func (r *Reconciler) computeStatus(ctx context.Context, c *v1alpha1.Connector) {
 	} else {
 		set(v1alpha1.ConditionProxyServiceReady, true, "External", "served by %s", class.Spec.Proxy.URI)
 	}
-	authHeader := r.secretCondition(ctx, c, &class, classErr == nil, set)
-	r.probeConditions(ctx, c, &class, authHeader, set)
+	cred := r.secretCondition(ctx, c, &class, classErr == nil, set)
+	r.probeConditions(ctx, c, &class, cred, set)
 
-	ready, reason, msg := true, "Ready", "the Connector is usable"
+	setReady(c)
+}
+
+// setReady derives Ready from the other conditions: False with the first False one's message,
+// else Unknown with the first Unknown one's, else True.
+func setReady(c *v1alpha1.Connector) {
+	status, reason, msg := metav1.ConditionTrue, "Ready", "the Connector is usable"
 	for _, typ := range []string{v1alpha1.ConditionConnectorClassReady, v1alpha1.ConditionSecretReady, v1alpha1.ConditionProxyServiceReady,
 		v1alpha1.ConditionLivenessReady, v1alpha1.ConditionAuthReady} {
-		if cond := meta.FindStatusCondition(c.Status.Conditions, typ); cond != nil && cond.Status != metav1.ConditionTrue {
-			ready, reason, msg = false, typ+"Failed", cond.Message
-			break
+		cond := meta.FindStatusCondition(c.Status.Conditions, typ)
+		switch {
+		case cond == nil || cond.Status == metav1.ConditionTrue:
+		case cond.Status == metav1.ConditionFalse:
+			v1alpha1.SetConditionStatus(&c.Status.Conditions, c.Generation, v1alpha1.ConditionReady, metav1.ConditionFalse, typ+"Failed", "%s", cond.Message)
+			return
+		case status == metav1.ConditionTrue:
+			status, reason, msg = metav1.ConditionUnknown, cond.Reason, cond.Message
 		}
 	}
-	set(v1alpha1.ConditionReady, ready, reason, "%s", msg)
+	v1alpha1.SetConditionStatus(&c.Status.Conditions, c.Generation, v1alpha1.ConditionReady, status, reason, "%s", msg)
 }
 
 type setFunc func(typ string, ok bool, reason, format string, args ...any)
 
-// secretCondition sets SecretReady and returns the Authorization header for auth probes.
-func (r *Reconciler) secretCondition(ctx context.Context, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, classKnown bool, set setFunc) string {
+// Reasons of the conditions, Alauda's where it names them.
+const (
+	ReasonSecretOptional   = "SecretOptional"
+	ReasonNonAuthProbe     = "NonAuthProbe"
+	ReasonNonLivenessProbe = "NonLivenessProbe"
+	// ReasonSecretRequired (SecretReady=False): the auth type is not optional and the
+	// Connector names no Secret.
+	ReasonSecretRequired = "SecretRequired"
+	// ReasonInvalidProbe (LivenessReady/AuthReady=False): the class's probe does not render or
+	// its response.cel does not compile or yield a bool.
+	ReasonInvalidProbe = "InvalidProbe"
+	// ReasonAPIProbe (Unknown): the probe goes through the class's API, which this controller
+	// does not call yet.
+	ReasonAPIProbe = "APIProbeNotSupported"
+)
+
+// credential is what secretCondition found: the Secret and the Authorization value its type
+// gives (empty for types the proxy does not inject itself).
+type credential struct {
+	secret     *corev1.Secret
+	authHeader string
+}
+
+// secretCondition sets SecretReady and returns the credential for auth probes (nil without).
+func (r *Reconciler) secretCondition(ctx context.Context, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, classKnown bool, set setFunc) *credential {
 	if c.Spec.Auth == nil || c.Spec.Auth.SecretRef == nil {
-		set(v1alpha1.ConditionSecretReady, true, "NoAuth", "the Connector uses no credential")
-		return ""
+		if t := authTypeOf(c, class, classKnown); t != nil && !t.Optional {
+			set(v1alpha1.ConditionSecretReady, false, ReasonSecretRequired, "auth type %q needs spec.auth.secretRef", t.Name)
+			return nil
+		}
+		set(v1alpha1.ConditionSecretReady, true, ReasonSecretOptional, "the Connector uses no credential")
+		return nil
 	}
 	name, err := c.AuthSecretName()
 	if err != nil {
 		// Never read, so that the condition does not tell whether it exists.
 		set(v1alpha1.ConditionSecretReady, false, ReasonSecretOutsideNamespace, "%v", err)
-		return ""
+		return nil
 	}
 	ns := c.Namespace
 	sec, err := r.Secrets.Get(ctx, ns, name)
 	if err != nil {
 		set(v1alpha1.ConditionSecretReady, false, "NotFound", "Secret %s/%s: %v", ns, name, err)
-		return ""
+		return nil
 	}
 	secretType := string(sec.Type)
 	if classKnown {
@@ -173,84 +221,87 @@ func (r *Reconciler) secretCondition(ctx context.Context, c *v1alpha1.Connector,
 	for _, k := range proxy.RequiredKeys(secretType) {
 		if len(sec.Data[k]) == 0 {
 			set(v1alpha1.ConditionSecretReady, false, "MissingKey", "Secret %s/%s lacks key %q for type %s", ns, name, k, secretType)
-			return ""
+			return nil
 		}
 	}
 	set(v1alpha1.ConditionSecretReady, true, "Found", "Secret %s/%s holds a %s credential", ns, name, secretType)
-	return proxy.AuthorizationHeader(secretType, sec)
+	return &credential{secret: sec, authHeader: proxy.AuthorizationHeader(secretType, sec)}
+}
+
+// authTypeOf is the class's auth type the Connector selects (its first when the Connector
+// names none); nil when the class is unknown or declares no auth.
+func authTypeOf(c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, classKnown bool) *v1alpha1.AuthType {
+	if !classKnown {
+		return nil
+	}
+	name := ""
+	if c.Spec.Auth != nil {
+		name = c.Spec.Auth.Name
+	}
+	return class.AuthType(name)
 }
 
 // probeConditions sets LivenessReady (the tool answers) and AuthReady (the credential works).
-func (r *Reconciler) probeConditions(ctx context.Context, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, authHeader string, set setFunc) {
-	if p := class.Spec.LivenessProbe; p != nil && p.HTTP != nil {
-		code, err := r.probe(ctx, c.Spec.Address, p.HTTP, "")
-		switch {
-		case err != nil:
-			set(v1alpha1.ConditionLivenessReady, false, unreachableReason(err), "%s", unreachableMessage(err))
-		case code >= 500:
-			set(v1alpha1.ConditionLivenessReady, false, "ServerError", "the tool answered %d", code)
-		default:
-			set(v1alpha1.ConditionLivenessReady, true, "Reachable", "the tool answered %d", code)
-		}
-	} else {
-		set(v1alpha1.ConditionLivenessReady, true, "NoProbe", "the ConnectorClass declares no liveness probe")
-	}
+func (r *Reconciler) probeConditions(ctx context.Context, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, cred *credential, set setFunc) {
+	r.livenessCondition(ctx, c, class.Spec.LivenessProbe, set)
 	var authProbe *v1alpha1.AuthProbe
-	if c.Spec.Auth != nil {
-		if t := class.AuthType(c.Spec.Auth.Name); t != nil {
-			authProbe = class.AuthProbe(t.Name)
-		}
+	if t := authTypeOf(c, class, true); t != nil && cred != nil {
+		authProbe = class.AuthProbe(t.Name)
 	}
-	if authProbe == nil || authProbe.Probe.HTTP == nil || authHeader == "" {
-		set(v1alpha1.ConditionAuthReady, true, "NoProbe", "no auth probe applies to this Connector")
+	switch {
+	case authProbe == nil || (authProbe.Probe.HTTP == nil && authProbe.Probe.API == nil):
+		set(v1alpha1.ConditionAuthReady, true, ReasonNonAuthProbe, "no auth probe applies to this Connector")
+		return
+	case authProbe.Probe.HTTP == nil:
+		r.setUnknown(c, v1alpha1.ConditionAuthReady, ReasonAPIProbe, "the class probes credentials through its API, which is not called yet")
 		return
 	}
-	code, err := r.probe(ctx, c.Spec.Address, authProbe.Probe.HTTP, authHeader)
+	res, err := r.probeHTTP(ctx, c, authProbe.Probe.HTTP, cred.secret, cred.authHeader)
 	switch {
 	case err != nil:
-		set(v1alpha1.ConditionAuthReady, false, unreachableReason(err), "%s", unreachableMessage(err))
-	case code >= 200 && code < 300:
-		set(v1alpha1.ConditionAuthReady, true, "Accepted", "the tool accepted the credential (%d)", code)
+		reason, msg := probeFailure(err)
+		set(v1alpha1.ConditionAuthReady, false, reason, "%s", msg)
+	case res.ok:
+		set(v1alpha1.ConditionAuthReady, true, "Accepted", "the tool accepted the credential (%d)", res.code)
 	default:
-		set(v1alpha1.ConditionAuthReady, false, "Rejected", "the tool answered %d to the credential", code)
+		set(v1alpha1.ConditionAuthReady, false, "Rejected", "%s", res.why)
 	}
 }
 
-// probe sends one probe request and returns the status code. r.HTTP follows no redirect and
-// dials through the destination policy. Errors never carry the header.
-func (r *Reconciler) probe(ctx context.Context, address string, p *v1alpha1.HTTPProbe, authHeader string) (int, error) {
-	u, err := url.Parse(strings.TrimSuffix(address, "/") + "/" + strings.TrimPrefix(p.Path, "/"))
-	if err != nil {
-		return 0, err
+// livenessCondition probes the tool without a credential.
+func (r *Reconciler) livenessCondition(ctx context.Context, c *v1alpha1.Connector, p *v1alpha1.Probe, set setFunc) {
+	switch {
+	case p == nil || (p.HTTP == nil && p.API == nil):
+		set(v1alpha1.ConditionLivenessReady, true, ReasonNonLivenessProbe, "the ConnectorClass declares no liveness probe")
+		return
+	case p.HTTP == nil:
+		r.setUnknown(c, v1alpha1.ConditionLivenessReady, ReasonAPIProbe, "the class probes liveness through its API, which is not called yet")
+		return
 	}
-	if p.Scheme != "" {
-		u.Scheme = strings.ToLower(p.Scheme)
+	res, err := r.probeHTTP(ctx, c, p.HTTP, nil, "")
+	switch {
+	case err != nil:
+		reason, msg := probeFailure(err)
+		set(v1alpha1.ConditionLivenessReady, false, reason, "%s", msg)
+	case res.ok:
+		set(v1alpha1.ConditionLivenessReady, true, "Reachable", "the tool answered %d", res.code)
+	default:
+		set(v1alpha1.ConditionLivenessReady, false, "UnexpectedResponse", "%s", res.why)
 	}
-	method := p.Method
-	if method == "" {
-		method = http.MethodGet
+}
+
+func (r *Reconciler) setUnknown(c *v1alpha1.Connector, typ, reason, msg string) {
+	v1alpha1.SetConditionStatus(&c.Status.Conditions, c.Generation, typ, metav1.ConditionUnknown, reason, "%s", msg)
+}
+
+// probeFailure is the reason and message of a probe that got no answer to judge: a probe the
+// class got wrong says so; a dial or transport error is a fixed text (see unreachableMessage).
+func probeFailure(err error) (string, string) {
+	var invalid *invalidProbeError
+	if errors.As(err, &invalid) {
+		return ReasonInvalidProbe, invalid.Error()
 	}
-	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, method, u.String(), nil)
-	if err != nil {
-		return 0, err
-	}
-	req.Header.Set("User-Agent", ProbeUserAgent)
-	for _, h := range p.HTTPHeaders {
-		req.Header.Set(h.Name, h.Value)
-	}
-	if authHeader != "" {
-		req.Header.Set("Authorization", authHeader)
-	}
-	req.Header.Set(egress.HopHeader, "1")
-	res, err := r.HTTP.Do(req)
-	if err != nil {
-		return 0, err
-	}
-	_, _ = io.Copy(io.Discard, io.LimitReader(res.Body, 1<<16))
-	_ = res.Body.Close()
-	return res.StatusCode, nil
+	return unreachableReason(err), unreachableMessage(err)
 }
 
 // probeTimeout bounds one probe: a tool that does not answer in it is unreachable, and a

@@ -40,10 +40,11 @@ func startController(ctx context.Context, g *errgroup.Group, p *process, ready *
 		Secrets: secretcache.New(func(ctx context.Context, ns, name string) (*corev1.Secret, error) {
 			return p.kube.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
 		}, o.StatusRecheck, o.SecretCacheSize, "status_secrets"),
-		ProxyURL: o.ProxyURL,
-		HTTP:     egress.Client(&http.Transport{Proxy: nil, DialContext: p.destinations.DialContext, DisableCompression: true}, 10*time.Second),
-		Recheck:  o.StatusRecheck,
-		Workers:  o.StatusWorkers,
+		ProxyURL:     o.ProxyURL,
+		HTTP:         egress.Client(&http.Transport{Proxy: nil, DialContext: p.destinations.DialContext, DisableCompression: true}, 10*time.Second),
+		Recheck:      o.StatusRecheck,
+		Workers:      o.StatusWorkers,
+		CELCacheSize: o.CELCacheSize,
 	}).SetupWithManager(mgr); err != nil {
 		return err
 	}

@@ -1,0 +1,167 @@
+package e2e
+
+import (
+	"encoding/json"
+	"net/http"
+	"strings"
+	"testing"
+
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/connectorstatus"
+)
+
+// sonarLike answers as a tool whose health and token checks are in the body: status UP or
+// DOWN, and valid only for the token "good-token".
+func sonarLike(status string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		switch r.URL.Path {
+		case "/api/system/status":
+			_ = json.NewEncoder(w).Encode(map[string]string{"status": status})
+		case "/moved":
+			http.Redirect(w, r, "/api/system/status", http.StatusFound)
+		case "/team/app/info/refs", "/api/authentication/validate":
+			_ = json.NewEncoder(w).Encode(map[string]bool{"valid": r.Header.Get("Authorization") == "Bearer good-token"})
+		default:
+			http.NotFound(w, r)
+		}
+	}
+}
+
+// TestProbesAsAlaudaDocumentsThem drives the status controller's probes through real tools:
+// response.cel over the status, headers and JSON body (Alauda's documented names and its
+// design notes' short ones); templates over .Connector (auth params as .Value.StringVal) and
+// .Secret.StringData; the path on the tool's host (the address's path left out); host and
+// disableRedirect; Alauda's reasons (NonLivenessProbe, NonAuthProbe, SecretOptional); a probe
+// through the class API reads Unknown; a template that fails names the field, not the Secret.
+func TestProbesAsAlaudaDocumentsThem(t *testing.T) {
+	startDeployedDrivers(t, nil)
+	ns := newNamespace(t)
+	up := startRecorder(t, sonarLike("UP"))
+	down := startRecorder(t, sonarLike("DOWN"))
+	other := startRecorder(t, sonarLike("UP"))
+	createSecret(t, ns, "good", v1alpha1.SecretTypeBearerToken, map[string]string{"token": "good-token"})
+	createSecret(t, ns, "bad", v1alpha1.SecretTypeBearerToken, map[string]string{"token": "bad-token-5150"})
+
+	sonar := classWith(t, "sonar", func(c *v1alpha1.ConnectorClass) {
+		c.Spec.Auth = &v1alpha1.AuthSpec{Types: []v1alpha1.AuthType{{Name: "tokenAuth", SecretType: v1alpha1.SecretTypeBearerToken}}}
+		c.Spec.LivenessProbe = &v1alpha1.Probe{HTTP: &v1alpha1.HTTPProbe{Path: "/api/system/status",
+			Response: &v1alpha1.ProbeResponse{CEL: `response.statusCode == 200 && response.body.status == "UP"`}}}
+		c.Spec.AuthProbes = []v1alpha1.AuthProbe{{AuthName: "tokenAuth",
+			Params: []v1alpha1.ParamSpec{{Name: "repository", Type: v1alpha1.ParamTypeString}},
+			Probe: v1alpha1.Probe{HTTP: &v1alpha1.HTTPProbe{
+				Path: `/{{- range .Connector.Spec.Auth.Params }}{{ if eq .Name "repository" }}{{ .Value.StringVal }}{{ end }}{{ end }}/info/refs?service=git-upload-pack`,
+				HTTPHeaders: []v1alpha1.HTTPHeader{{Name: "Authorization",
+					Value: `{{- if .Secret }}Bearer {{ .Secret.StringData.token }}{{- end }}`}},
+				Response: &v1alpha1.ProbeResponse{CEL: `statusCode == 200 && bodyJSON.valid == true`}}}}}
+	})
+	withToken := func(name, address, secret string) {
+		create(t, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+			Spec: v1alpha1.ConnectorSpec{ConnectorClassName: sonar, Address: address,
+				Auth: &v1alpha1.ConnectorAuth{Name: "tokenAuth", SecretRef: &v1alpha1.SecretRef{Name: secret},
+					Params: []v1alpha1.Param{{Name: "repository", Value: apiextensionsv1.JSON{Raw: []byte(`"team/app"`)}}}}}})
+	}
+	withToken("up", up.URL+"/some/prefix", "good")
+	withToken("down", down.URL, "good")
+	withToken("bad-token", up.URL, "bad")
+
+	t.Run("response.cel over the JSON body and templates", func(t *testing.T) {
+		waitCondition(t, ns, "up", v1alpha1.ConditionLivenessReady, metav1.ConditionTrue, "Reachable")
+		waitCondition(t, ns, "up", v1alpha1.ConditionAuthReady, metav1.ConditionTrue, "Accepted")
+		waitCondition(t, ns, "down", v1alpha1.ConditionLivenessReady, metav1.ConditionFalse, "UnexpectedResponse")
+		c := waitCondition(t, ns, "bad-token", v1alpha1.ConditionAuthReady, metav1.ConditionFalse, "Rejected")
+		assertNoSecretInStatus(t, c, "bad-token-5150")
+		var sawPath, sawPrefix bool
+		for _, r := range up.requests() {
+			sawPath = sawPath || r.RequestURI == "/team/app/info/refs?service=git-upload-pack"
+			sawPrefix = sawPrefix || strings.HasPrefix(r.RequestURI, "/some/prefix")
+		}
+		if !sawPath || sawPrefix {
+			t.Errorf("the auth probe's rendered path on the tool's host was not requested alone (path seen %v, prefix seen %v): %+v", sawPath, sawPrefix, up.requests())
+		}
+	})
+
+	t.Run("host and redirects", func(t *testing.T) {
+		redirect := func(disable bool) string {
+			return classWith(t, "redirect", func(c *v1alpha1.ConnectorClass) {
+				c.Spec.AuthProbes = nil
+				c.Spec.LivenessProbe = &v1alpha1.Probe{HTTP: &v1alpha1.HTTPProbe{Path: "/moved", Host: strings.TrimPrefix(other.URL, "http://"), DisableRedirect: disable}}
+			})
+		}
+		newConnector(t, ns, "follows", redirect(false), up.URL)
+		newConnector(t, ns, "stops", redirect(true), up.URL)
+		waitCondition(t, ns, "follows", v1alpha1.ConditionLivenessReady, metav1.ConditionTrue, "Reachable")
+		waitCondition(t, ns, "stops", v1alpha1.ConditionLivenessReady, metav1.ConditionFalse, "UnexpectedResponse")
+		for _, r := range up.requests() {
+			if r.RequestURI == "/moved" {
+				t.Errorf("a probe with host set went to the Connector's address: %+v", r)
+			}
+		}
+	})
+
+	t.Run("Alauda's reasons", func(t *testing.T) {
+		bare := classWith(t, "bare", func(c *v1alpha1.ConnectorClass) { c.Spec.LivenessProbe, c.Spec.AuthProbes = nil, nil })
+		newConnector(t, ns, "bare", bare, up.URL)
+		waitCondition(t, ns, "bare", v1alpha1.ConditionLivenessReady, metav1.ConditionTrue, connectorstatus.ReasonNonLivenessProbe)
+		waitCondition(t, ns, "bare", v1alpha1.ConditionAuthReady, metav1.ConditionTrue, connectorstatus.ReasonNonAuthProbe)
+		waitCondition(t, ns, "bare", v1alpha1.ConditionSecretReady, metav1.ConditionTrue, connectorstatus.ReasonSecretOptional)
+		newConnector(t, ns, "needs-secret", sonar, up.URL)
+		waitCondition(t, ns, "needs-secret", v1alpha1.ConditionSecretReady, metav1.ConditionFalse, connectorstatus.ReasonSecretRequired)
+	})
+
+	t.Run("probes through the class API and broken probes", func(t *testing.T) {
+		viaAPI := classWith(t, "via-api", func(c *v1alpha1.ConnectorClass) {
+			c.Spec.AuthProbes = nil
+			c.Spec.LivenessProbe = &v1alpha1.Probe{API: &v1alpha1.APIProbe{Path: "/health"}}
+		})
+		newConnector(t, ns, "via-api", viaAPI, up.URL)
+		waitCondition(t, ns, "via-api", v1alpha1.ConditionLivenessReady, metav1.ConditionUnknown, connectorstatus.ReasonAPIProbe)
+		waitCondition(t, ns, "via-api", v1alpha1.ConditionReady, metav1.ConditionUnknown, connectorstatus.ReasonAPIProbe)
+
+		broken := classWith(t, "broken", func(c *v1alpha1.ConnectorClass) {
+			c.Spec.Auth = &v1alpha1.AuthSpec{Types: []v1alpha1.AuthType{{Name: "tokenAuth", SecretType: v1alpha1.SecretTypeBearerToken}}}
+			c.Spec.LivenessProbe = nil
+			c.Spec.AuthProbes = []v1alpha1.AuthProbe{{AuthName: "tokenAuth", Probe: v1alpha1.Probe{HTTP: &v1alpha1.HTTPProbe{Path: "/",
+				HTTPHeaders: []v1alpha1.HTTPHeader{{Name: "Authorization", Value: `{{ fail .Secret.StringData.token }}`}}}}}}
+		})
+		newConnectorWithSecret(t, ns, "broken", broken, up.URL, "tokenAuth", "bad")
+		c := waitCondition(t, ns, "broken", v1alpha1.ConditionAuthReady, metav1.ConditionFalse, connectorstatus.ReasonInvalidProbe)
+		assertNoSecretInStatus(t, c, "bad-token-5150")
+		if msg := condMessage(c, v1alpha1.ConditionAuthReady); !strings.Contains(msg, "probe header Authorization") {
+			t.Errorf("the message does not name the header whose template failed: %q", msg)
+		}
+
+		badCEL := classWith(t, "bad-cel", func(c *v1alpha1.ConnectorClass) {
+			c.Spec.AuthProbes = nil
+			c.Spec.LivenessProbe = &v1alpha1.Probe{HTTP: &v1alpha1.HTTPProbe{Path: "/api/system/status",
+				Response: &v1alpha1.ProbeResponse{CEL: `response.body.status`}}}
+		})
+		newConnector(t, ns, "bad-cel", badCEL, up.URL)
+		c = waitCondition(t, ns, "bad-cel", v1alpha1.ConditionLivenessReady, metav1.ConditionFalse, connectorstatus.ReasonInvalidProbe)
+		if msg := condMessage(c, v1alpha1.ConditionLivenessReady); !strings.Contains(msg, "does not yield a bool") {
+			t.Errorf("the message does not say what is wrong with response.cel: %q", msg)
+		}
+	})
+}
+
+func condMessage(c *v1alpha1.Connector, typ string) string {
+	for _, cond := range c.Status.Conditions {
+		if cond.Type == typ {
+			return cond.Message
+		}
+	}
+	return ""
+}
+
+// assertNoSecretInStatus fails when a condition quotes the credential.
+func assertNoSecretInStatus(t *testing.T, c *v1alpha1.Connector, secret string) {
+	t.Helper()
+	for _, cond := range c.Status.Conditions {
+		if strings.Contains(cond.Message, secret) {
+			t.Errorf("condition %s quotes the credential: %q", cond.Type, cond.Message)
+		}
+	}
+}
