@@ -20,6 +20,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
@@ -72,10 +73,22 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Named("connectorstatus").
 		For(&v1alpha1.Connector{}, builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, predicate.LabelChangedPredicate{}))).
 		Watches(&v1alpha1.ConnectorClass{}, handler.EnqueueRequestsFromMapFunc(r.connectorsOfClass),
-			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+			builder.WithPredicates(predicate.Or[client.Object](predicate.GenerationChangedPredicate{}, classProxyChanged))).
 		WithOptions(controller.Options{MaxConcurrentReconciles: max(r.Workers, 1)}).
 		Complete(r)
 }
+
+// classProxyChanged passes a class whose resolved proxy changed: its Connectors' proxy
+// addresses change with it.
+var classProxyChanged = predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
+	before, ok1 := e.ObjectOld.(*v1alpha1.ConnectorClass)
+	after, ok2 := e.ObjectNew.(*v1alpha1.ConnectorClass)
+	if !ok1 || !ok2 {
+		return false
+	}
+	was, is := meta.FindStatusCondition(before.Status.Conditions, v1alpha1.ConditionProxyReady), meta.FindStatusCondition(after.Status.Conditions, v1alpha1.ConditionProxyReady)
+	return before.OwnProxyURL() != after.OwnProxyURL() || (was == nil) != (is == nil) || (was != nil && is != nil && was.Status != is.Status)
+}}
 
 func (r *Reconciler) connectorsOfClass(ctx context.Context, obj client.Object) []reconcile.Request {
 	var list v1alpha1.ConnectorList
@@ -137,11 +150,7 @@ func (r *Reconciler) computeStatus(ctx context.Context, c *v1alpha1.Connector) {
 		set(v1alpha1.ConditionConnectorClassReady, true, "Found", "ConnectorClass %q exists", class.Name)
 	}
 	c.Status.Proxy = &v1alpha1.ProxyStatus{HTTPAddress: &v1alpha1.Addressable{URL: render.ConnectorProxyURL(r.ProxyURL, &class, c)}}
-	if class.Spec.Proxy == nil || class.Spec.Proxy.URI == "" {
-		set(v1alpha1.ConditionProxyServiceReady, true, "BuiltIn", "served by the built-in Connectors proxy")
-	} else {
-		set(v1alpha1.ConditionProxyServiceReady, true, "External", "served by %s", class.Spec.Proxy.URI)
-	}
+	proxyCondition(&class, classErr == nil, set)
 	cred := r.secretCondition(ctx, c, &class, classErr == nil, set)
 	r.probeConditions(ctx, c, &class, cred, set)
 
@@ -168,6 +177,22 @@ func setReady(c *v1alpha1.Connector) {
 }
 
 type setFunc func(typ string, ok bool, reason, format string, args ...any)
+
+// proxyCondition sets ProxyServiceReady from the class's ProxyReady: the built-in proxy, or
+// the class's own once the controller resolved it.
+func proxyCondition(class *v1alpha1.ConnectorClass, classKnown bool, set setFunc) {
+	cond := meta.FindStatusCondition(class.Status.Conditions, v1alpha1.ConditionProxyReady)
+	switch {
+	case !classKnown:
+		set(v1alpha1.ConditionProxyServiceReady, false, "ConnectorClassNotFound", "the ConnectorClass does not exist")
+	case class.OwnProxyURL() != "":
+		set(v1alpha1.ConditionProxyServiceReady, true, "External", "served by %s", class.OwnProxyURL())
+	case cond != nil && cond.Status == metav1.ConditionFalse:
+		set(v1alpha1.ConditionProxyServiceReady, false, "ProxyNotReady", "the ConnectorClass's proxy: %s", cond.Message)
+	default:
+		set(v1alpha1.ConditionProxyServiceReady, true, v1alpha1.ReasonBuiltIn, "served by the built-in Connectors proxy")
+	}
+}
 
 // Reasons of the conditions, Alauda's where it names them.
 const (

@@ -48,6 +48,12 @@ func startController(ctx context.Context, g *errgroup.Group, p *process, ready *
 	}).SetupWithManager(mgr); err != nil {
 		return err
 	}
+	if err := (&connectorstatus.ClassReconciler{
+		Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), ProxyURL: o.ProxyURL, SystemNamespace: o.SystemNamespace,
+		BuiltInProxyServices: o.BuiltInProxyServices, ClusterDomain: o.ClusterDomain, Recheck: o.StatusRecheck,
+	}).SetupWithManager(mgr); err != nil {
+		return err
+	}
 	states, err := approval.NewStates(o.CELCacheSize)
 	if err != nil {
 		return err

@@ -126,6 +126,7 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 		Mounter:  newMounter(o),
 		Records:  store,
 		Events:   events.NewRecorder(clientgoscheme.Scheme, corev1.EventSource{Component: o.DriverName, Host: o.NodeID}),
+		Flags:    flags,
 	})
 	identityServer := &identity.Server{Name: o.DriverName, Version: Version, Ready: ready.Load}
 

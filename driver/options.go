@@ -57,13 +57,17 @@ type Options struct {
 	SecretCacheTTL     time.Duration
 	StatusRecheck      time.Duration
 	StatusWorkers      int
-	RegistryPageSize   int
-	CELCacheSize       int
-	ApprovalWait       time.Duration
-	ProxyPermissionTTL time.Duration
-	RequestRetention   time.Duration
-	PodRecheck         time.Duration
-	RepublishRecheck   time.Duration
+	ClusterDomain      string
+	// BuiltInProxyServices are the Service names under which a ConnectorClass's spec.proxy.ref
+	// means the built-in proxy.
+	BuiltInProxyServices []string
+	RegistryPageSize     int
+	CELCacheSize         int
+	ApprovalWait         time.Duration
+	ProxyPermissionTTL   time.Duration
+	RequestRetention     time.Duration
+	PodRecheck           time.Duration
+	RepublishRecheck     time.Duration
 
 	AllowLoopbackDestinations bool
 	TunnelLifetime            time.Duration
@@ -130,6 +134,17 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.SecretCacheTTL, "secret-cache-ttl", 10*time.Second, "how long the proxy keeps a Connector's Secret after reading it")
 	fs.DurationVar(&o.StatusRecheck, "connector-recheck-interval", 5*time.Minute, "how often the leader probes each Connector's tool again for its status")
 	fs.IntVar(&o.StatusWorkers, "connector-status-workers", 4, "Connectors the status controller checks at once")
+	fs.StringVar(&o.ClusterDomain, "cluster-domain", defaultClusterDomain, "the cluster's DNS domain, for the addresses of Services a ConnectorClass's proxy or api refers to")
+	o.BuiltInProxyServices = defaultBuiltInProxyServices
+	fs.Func("builtin-proxy-services", "comma-separated names of Services in the system namespace that are the built-in proxy: a ConnectorClass whose spec.proxy.ref names one is served by it (default connectors-proxy,connectors-proxy-service: this project's and Alauda's)", func(v string) error {
+		o.BuiltInProxyServices = nil
+		for _, n := range strings.Split(v, ",") {
+			if n = strings.TrimSpace(n); n != "" {
+				o.BuiltInProxyServices = append(o.BuiltInProxyServices, n)
+			}
+		}
+		return nil
+	})
 	fs.IntVar(&o.RegistryPageSize, "api-registry-page-size", 100, "page size the Connectors API asks registries for (catalog, tag lists)")
 	fs.IntVar(&o.CELCacheSize, "cel-cache-size", defaultCELCacheSize, "how many compiled CEL expressions the controller keeps, for check states and for probes' response.cel each (the least recently used go first)")
 	fs.DurationVar(&o.ProxyPermissionTTL, "proxy-permission-ttl", 10*time.Second, "how long an allowed connectors/proxy decision is cached; the node drops a Pod's decisions as soon as it sees one of the Pod's AccessRequests change (granted, revoked), so this bounds only grants made or removed by hand")
@@ -152,6 +167,12 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.ConnectorIdle, "connector-idle-timeout", defaultConnectorIdle, "a node stops watching a Connector nothing read for this long")
 	fs.BoolVar(&o.UnprivilegedMounts, "unprivileged-mounts", false, "for tests without root: write volumes into plain directories instead of tmpfs mounts")
 }
+
+// Defaults of --cluster-domain and --builtin-proxy-services (this project's Service name for
+// the proxy and Alauda's).
+const defaultClusterDomain = "cluster.local"
+
+var defaultBuiltInProxyServices = []string{"connectors-proxy", "connectors-proxy-service"}
 
 // defaultCELCacheSize is --cel-cache-size's default: policies are few, their expressions fewer.
 const defaultCELCacheSize = 1024
@@ -190,8 +211,14 @@ func (o *Options) validate() (*validated, error) {
 		return nil, fmt.Errorf("--volume-size-limit %q: not a positive quantity such as 4Mi", o.VolumeSizeLimit)
 	}
 	v.volumeSizeBytes = q.Value()
+	if o.ClusterDomain == "" { // Options built in code without it (tests, benchmarks)
+		v.ClusterDomain = defaultClusterDomain
+	}
 	if o.ProxyURL == "" {
-		v.ProxyURL = fmt.Sprintf("http://connectors-proxy.%s.svc.cluster.local:3128", o.SystemNamespace)
+		v.ProxyURL = fmt.Sprintf("http://connectors-proxy.%s.svc.%s:3128", o.SystemNamespace, v.ClusterDomain)
+	}
+	if o.BuiltInProxyServices == nil {
+		v.BuiltInProxyServices = defaultBuiltInProxyServices
 	}
 	if o.ApprovalWait <= 0 || o.RequestRetention <= 0 {
 		return nil, fmt.Errorf("--approval-wait and --accessrequest-retention must be positive")

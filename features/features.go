@@ -30,7 +30,7 @@ const (
 	keyAPIsPermissions      = "enable-connector-apis-permissions"
 	keyAPIsWritePassthrough = "enable-connector-apis-write-passthrough"
 	keyApproval             = "enable-connectors-approval"
-	keyMultiConnector       = "enable-multi-connector"
+	KeyMultiConnector       = "enable-multi-connector"
 )
 
 // ReasonInvalidFeatureFlag is the reason of the Event on the ConfigMap for a value that is not
@@ -60,7 +60,7 @@ var flags = []struct {
 	{keyAPIsPermissions, func(f *Flags) *bool { return &f.APIsPermissions }, false},
 	{keyAPIsWritePassthrough, func(f *Flags) *bool { return &f.APIsWritePassthrough }, false},
 	{keyApproval, func(f *Flags) *bool { return &f.Approval }, false},
-	{keyMultiConnector, func(f *Flags) *bool { return &f.MultiConnector }, true},
+	{KeyMultiConnector, func(f *Flags) *bool { return &f.MultiConnector }, false},
 }
 
 // Invalid is a flag whose value is not a boolean.
@@ -114,8 +114,11 @@ func Static(f Flags) *Source {
 	return s
 }
 
-// Flags returns the current flags.
+// Flags returns the current flags; a nil Source has the defaults.
 func (s *Source) Flags() Flags {
+	if s == nil {
+		return defaults
+	}
 	if f := s.flags.Load(); f != nil {
 		return *f
 	}

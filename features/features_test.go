@@ -3,12 +3,12 @@ package features
 import "testing"
 
 func TestParseDefaultsAndValues(t *testing.T) {
-	if f, invalid := Parse(nil, Flags{}); f.ProxyPermissions || f.Approval || !f.MultiConnector || len(invalid) != 0 {
+	if f, invalid := Parse(nil, Flags{}); f.ProxyPermissions || f.Approval || f.MultiConnector || len(invalid) != 0 {
 		t.Fatalf("defaults %+v %v", f, invalid)
 	}
 	f, _ := Parse(map[string]string{"enable-connector-proxy-permissions": "true", "enable-connectors-approval": "true",
-		"enable-multi-connector": "false"}, defaults)
-	if !f.ProxyPermissions || !f.Approval || !f.ApprovalEffective() || f.MultiConnector || f.APIsPermissions {
+		"enable-multi-connector": "true"}, defaults)
+	if !f.ProxyPermissions || !f.Approval || !f.ApprovalEffective() || !f.MultiConnector || f.APIsPermissions {
 		t.Fatalf("parsed %+v", f)
 	}
 	if (Flags{Approval: true}).ApprovalEffective() {
@@ -17,6 +17,10 @@ func TestParseDefaultsAndValues(t *testing.T) {
 	var s Source
 	if s.Flags() != defaults {
 		t.Fatal("an empty Source does not give the defaults")
+	}
+	var none *Source
+	if none.Flags() != defaults {
+		t.Fatal("a nil Source does not give the defaults")
 	}
 }
 
@@ -32,7 +36,7 @@ func TestInvalidValuesKeepTheLastValidOne(t *testing.T) {
 		t.Errorf("invalid %v", invalid)
 	}
 	// With no valid value yet, an invalid one keeps the default.
-	if f, _ := Parse(map[string]string{"enable-multi-connector": "nope"}, defaults); !f.MultiConnector {
+	if f, _ := Parse(map[string]string{"enable-multi-connector": "nope"}, defaults); f.MultiConnector {
 		t.Error("an invalid value replaced the default")
 	}
 	// A removed key returns to its default.

@@ -9,6 +9,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/validation"
 
+	"github.com/kube-connectors/connectors-csi/features"
 	"github.com/kube-connectors/connectors-csi/node/records"
 	"github.com/kube-connectors/connectors-csi/render"
 )
@@ -194,4 +195,14 @@ func parseToken(vc, secrets map[string]string, audience string) (string, error) 
 			keyTokens, audience, strings.Join(have, ", "))
 	}
 	return t.Token, nil
+}
+
+// checkMultiConnector refuses a volume that names several Connectors unless the feature flag
+// enable-multi-connector is on (its default is off, as Alauda's).
+func (s *Server) checkMultiConnector(vr *volumeRequest) error {
+	if len(vr.connectors) < 2 || s.Flags.Flags().MultiConnector {
+		return nil
+	}
+	return fmt.Errorf("volume attribute %s names %d Connectors: a volume may name one unless the feature flag %s is \"true\" in ConfigMap %s",
+		attrConnectors, len(vr.connectors), features.KeyMultiConnector, features.ConfigMapName)
 }

@@ -57,6 +57,9 @@ func (s *Server) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
+	if err := s.checkMultiConnector(vr); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
 	gid, err := parseMountGroup(req.GetVolumeCapability().GetMount().GetVolumeMountGroup())
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())

@@ -48,6 +48,8 @@ func fingerprint(vr *volumeRequest, sources []render.Source, gid *int64, ca stri
 		for _, o := range []metav1.Object{src.Connector, src.Class} {
 			versions = append(versions, o.GetUID(), o.GetGeneration(), o.GetLabels(), o.GetAnnotations())
 		}
+		// The one part of a class's status a volume renders: its own proxy's address.
+		versions = append(versions, src.Class.OwnProxyURL())
 	}
 	b, _ := json.Marshal([]any{vr.pod, vr.connectors, vr.configurations, vr.excluded, vr.params, gid, versions, ca})
 	sum := sha256.Sum256(b)

@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/features"
 	"github.com/kube-connectors/connectors-csi/node/mount"
 	"github.com/kube-connectors/connectors-csi/node/records"
 	"github.com/kube-connectors/connectors-csi/render"
@@ -78,6 +79,8 @@ type Server struct {
 	Mounter    mount.Mounter
 	Records    *records.Store
 	Events     record.EventRecorder
+	// Flags are the feature flags in force (enable-multi-connector); nil means the defaults.
+	Flags *features.Source
 	// Clock replaces time.Now; for tests only.
 	Clock func() time.Time
 

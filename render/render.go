@@ -24,7 +24,8 @@ type Source struct {
 type Request struct {
 	// Sources are the volume's Connectors in the order the Pod named them.
 	Sources []Source
-	// Configurations are the configuration names to render; empty renders every configuration.
+	// Configurations are the configuration names to render; empty renders only the built-in
+	// files (as Alauda's driver).
 	Configurations []string
 	// Excluded are file names removed from the final output (built-in files too).
 	Excluded []string
@@ -91,7 +92,7 @@ func (r *Renderer) checkRequested(req Request) error {
 		}
 	}
 	for _, name := range sortedKeys(req.Params) {
-		if !known[name] || (len(req.Configurations) > 0 && !slices.Contains(req.Configurations, name)) {
+		if !known[name] || !slices.Contains(req.Configurations, name) {
 			return inputErrorf("configuration.params: configuration %q is not rendered in this volume", name)
 		}
 	}
@@ -131,7 +132,7 @@ func (r *Renderer) renderClass(req Request, g *classGroup, forwardURL string, fi
 		connectors[i] = obj
 	}
 	for _, conf := range g.class.Spec.Configurations {
-		if len(req.Configurations) > 0 && !slices.Contains(req.Configurations, conf.Name) {
+		if !slices.Contains(req.Configurations, conf.Name) {
 			continue
 		}
 		params, err := resolveParams(g.class.Name, &conf, req.Params[conf.Name])
@@ -195,18 +196,23 @@ func (r *Renderer) ConnectorProxyURL(class *v1alpha1.ConnectorClass, c *v1alpha1
 	return ConnectorProxyURL(r.ProxyURL, class, c)
 }
 
-// ClassProxyURL is the proxy serving a class: its own (spec.proxy.uri) or the built-in one at
-// builtIn.
+// ClassProxyURL is the proxy serving a class: its own (as the controller resolved spec.proxy
+// into status.proxy.httpAddress.url) or the built-in one at builtIn.
 func ClassProxyURL(builtIn string, class *v1alpha1.ConnectorClass) string {
-	if p := class.Spec.Proxy; p != nil && p.URI != "" {
-		return strings.TrimSuffix(p.URI, "/")
+	if own := class.OwnProxyURL(); own != "" {
+		return own
 	}
 	return strings.TrimSuffix(builtIn, "/")
 }
 
 // ConnectorProxyURL is the reverse-proxy address of a Connector (SPEC §4.3), the value of its
-// status.proxy.httpAddress.url.
+// status.proxy.httpAddress.url: /namespaces/<ns>/connectors/<name> under the built-in proxy;
+// under a class's own proxy, the same when the class resolves by path, else the class's proxy
+// address itself (Alauda's host resolver).
 func ConnectorProxyURL(builtIn string, class *v1alpha1.ConnectorClass, c *v1alpha1.Connector) string {
+	if own := class.OwnProxyURL(); own != "" && !class.ProxyResolvesByPath() {
+		return own
+	}
 	return fmt.Sprintf("%s/namespaces/%s/connectors/%s", ClassProxyURL(builtIn, class), c.Namespace, c.Name)
 }
 
@@ -228,16 +234,18 @@ func (r *Renderer) builtinFiles(req Request) Files {
 	}
 }
 
-// forwardProxyURL is the built-in proxy URL with "<ns>%2F<name>[,...]:<token>@" userinfo, the
-// form the forward proxy authenticates (SPEC §4.2).
+// forwardProxyURL is the forward proxy's URL with "<ns>%2F<name>[,...]:<token>@" userinfo, the
+// form the forward proxy authenticates (SPEC §4.2). The proxy is the last Connector's class's
+// (its own, or the built-in one), as Alauda's driver picks it.
 func (r *Renderer) forwardProxyURL(req Request) string {
 	names := make([]string, len(req.Sources))
 	for i, s := range req.Sources {
 		names[i] = url.PathEscape(s.Connector.Namespace + "/" + s.Connector.Name)
 	}
-	u, err := url.Parse(r.ProxyURL)
+	base := ClassProxyURL(r.ProxyURL, req.Sources[len(req.Sources)-1].Class)
+	u, err := url.Parse(base)
 	if err != nil || u.Host == "" {
-		return r.ProxyURL
+		return base
 	}
 	return fmt.Sprintf("%s://%s:%s@%s%s", u.Scheme, strings.Join(names, ","), req.Token, u.Host, u.Path)
 }

@@ -30,7 +30,8 @@ func TestSameClassRendersOnceOverAllConnectors(t *testing.T) {
 		"list": "{{ range .connectors }}{{ .metadata.name }}={{ .status.proxyAddress }};{{ end }}first={{ .connector.metadata.name }}",
 	}})
 	r := NewRenderer("http://proxy:3128/", "localhost")
-	files, err := r.Render(Request{Sources: []Source{{connector("a", "one", "https://x"), git}, {connector("b", "two", "https://y"), git}}, Token: "tok"})
+	files, err := r.Render(Request{Sources: []Source{{connector("a", "one", "https://x"), git}, {connector("b", "two", "https://y"), git}},
+		Configurations: []string{"gitconfig"}, Token: "tok"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,8 +48,9 @@ func TestLaterClassWinsAndExclusionsApply(t *testing.T) {
 	first := class("first", v1alpha1.Configuration{Name: "c", Data: map[string]string{"shared": "first", "only-first": "1"}})
 	second := class("second", v1alpha1.Configuration{Name: "c", Data: map[string]string{"shared": "second"}})
 	files, err := NewRenderer("http://p:1", "").Render(Request{
-		Sources:  []Source{{connector("n", "a", "https://a"), first}, {connector("n", "b", "https://b"), second}},
-		Excluded: []string{"only-first", ".env", "no-such-file"},
+		Sources:        []Source{{connector("n", "a", "https://a"), first}, {connector("n", "b", "https://b"), second}},
+		Configurations: []string{"c"},
+		Excluded:       []string{"only-first", ".env", "no-such-file"},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -72,7 +74,7 @@ func TestParams(t *testing.T) {
 		}})
 	src := []Source{{connector("n", "a", "https://a"), c}}
 	r := NewRenderer("http://p:1", "")
-	files, err := r.Render(Request{Sources: src, Params: map[string]ParamValues{"c": {"obj": json.RawMessage(`{"k":"v"}`)}}})
+	files, err := r.Render(Request{Sources: src, Configurations: []string{"c"}, Params: map[string]ParamValues{"c": {"obj": json.RawMessage(`{"k":"v"}`)}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,7 +86,7 @@ func TestParams(t *testing.T) {
 		`must be of type obj`:  {"obj": json.RawMessage(`"x"`)},
 		`requires param "obj"`: {},
 	} {
-		_, err := r.Render(Request{Sources: src, Params: map[string]ParamValues{"c": params}})
+		_, err := r.Render(Request{Sources: src, Configurations: []string{"c"}, Params: map[string]ParamValues{"c": params}})
 		var ie *InputError
 		if !errors.As(err, &ie) || !strings.Contains(err.Error(), name) {
 			t.Errorf("params %v: err %v, want an InputError containing %q", params, err, name)
@@ -94,7 +96,7 @@ func TestParams(t *testing.T) {
 
 func TestTemplateErrorNamesClassConfigurationAndFile(t *testing.T) {
 	c := class("k", v1alpha1.Configuration{Name: "c", Data: map[string]string{"f": "{{ index .connectors 5 }}"}})
-	_, err := NewRenderer("http://p:1", "").Render(Request{Sources: []Source{{connector("n", "a", "https://a"), c}}})
+	_, err := NewRenderer("http://p:1", "").Render(Request{Sources: []Source{{connector("n", "a", "https://a"), c}}, Configurations: []string{"c"}})
 	var ce *ClassError
 	if !errors.As(err, &ce) || ce.Class != "k" || ce.Configuration != "c" || ce.File != "f" {
 		t.Fatalf("err = %v, want a ClassError for k/c/f", err)
@@ -103,9 +105,35 @@ func TestTemplateErrorNamesClassConfigurationAndFile(t *testing.T) {
 
 func TestURLParseInTemplates(t *testing.T) {
 	c := class("k", v1alpha1.Configuration{Name: "c", Data: map[string]string{"host": "{{ (urlParse .connector.spec.address).hostname }}"}})
-	files, err := NewRenderer("http://p:1", "").Render(Request{Sources: []Source{{connector("n", "a", "https://reg.example.com:5000/v2"), c}}})
+	files, err := NewRenderer("http://p:1", "").Render(Request{Sources: []Source{{connector("n", "a", "https://reg.example.com:5000/v2"), c}},
+		Configurations: []string{"c"}})
 	if err != nil || string(files["host"]) != "reg.example.com" {
 		t.Fatalf("host = %q, %v", files["host"], err)
+	}
+}
+
+// TestNoConfigurationNamesRendersOnlyBuiltIns: without configuration.names a volume holds the
+// built-in files only (Alauda's default), and params for an unselected configuration are an
+// error that names it.
+func TestNoConfigurationNamesRendersOnlyBuiltIns(t *testing.T) {
+	c := class("k", v1alpha1.Configuration{Name: "c", Data: map[string]string{"f": "x"}})
+	r := NewRenderer("http://p:1", "")
+	files, err := r.Render(Request{Sources: []Source{{connector("n", "a", "https://a"), c}}, Token: "tok"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := files["f"]; ok {
+		t.Error("a class configuration was rendered without configuration.names")
+	}
+	for _, builtIn := range []string{".env", "http.proxy", "https.proxy", "context.token", "connector.status.proxyAddress"} {
+		if _, ok := files[builtIn]; !ok {
+			t.Errorf("built-in file %s is missing", builtIn)
+		}
+	}
+	_, err = r.Render(Request{Sources: []Source{{connector("n", "a", "https://a"), c}}, Params: map[string]ParamValues{"c": {}}})
+	var ie *InputError
+	if !errors.As(err, &ie) || !strings.Contains(err.Error(), `"c" is not rendered`) {
+		t.Errorf("params for an unselected configuration: %v", err)
 	}
 }
 

@@ -21,6 +21,7 @@ import (
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/approval"
+	"github.com/kube-connectors/connectors-csi/features"
 	"github.com/kube-connectors/connectors-csi/node/records"
 	"github.com/kube-connectors/connectors-csi/test/controlplane"
 	"github.com/kube-connectors/connectors-csi/test/kubelet"
@@ -48,7 +49,9 @@ func setupApprovalFor(t testing.TB) {
 	}) {
 		t.Fatal("the ApprovalTask, PipelineRun and TaskRun CRDs were not served")
 	}
-	setFlags(t, map[string]string{"enable-connector-proxy-permissions": "true", "enable-connectors-approval": "true"})
+	// Multi-Connector volumes too: a rejected one must still revoke its earlier grants.
+	setFlags(t, map[string]string{"enable-connector-proxy-permissions": "true", "enable-connectors-approval": "true",
+		features.KeyMultiConnector: "true"})
 	t.Cleanup(func() { setFlags(t, map[string]string{}) })
 }
 

@@ -5,6 +5,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
@@ -12,12 +13,15 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/features"
+	"github.com/kube-connectors/connectors-csi/test/kubelet"
 )
 
 // secretValue is a tool credential that must never reach a volume, a log or an error.
 const secretValue = "s3cr3t-password-that-must-not-leak"
 
 func TestBadInputs(t *testing.T) {
+	enableMultiConnector(t)
 	d := startDriver(t, t.TempDir(), nil)
 	k := newKubelet(t, d)
 	ctx := context.Background()
@@ -45,10 +49,10 @@ func TestBadInputs(t *testing.T) {
 	}{
 		{"missing connectors", map[string]string{}, nil, codes.InvalidArgument, []string{"connectors", "required"}},
 		{"unknown attribute", map[string]string{"connectors": "params"}, setAttr("conector.name", "x"), codes.InvalidArgument, []string{"conector.name"}},
-		{"params not JSON", map[string]string{"connectors": "params", "configuration.params": "{depth: 1"}, nil, codes.InvalidArgument, []string{"configuration.params", "not JSON"}},
-		{"undeclared param", map[string]string{"connectors": "params", "configuration.params": `{"settings": {"depth": "1", "colour": "red"}}`}, nil, codes.InvalidArgument, []string{`"colour"`, `"settings"`}},
-		{"missing required param", map[string]string{"connectors": "params"}, nil, codes.InvalidArgument, []string{`requires param "depth"`}},
-		{"param of wrong type", map[string]string{"connectors": "params", "configuration.params": `{"settings": {"depth": ["1"]}}`}, nil, codes.InvalidArgument, []string{`"depth"`, "type string"}},
+		{"params not JSON", map[string]string{"connectors": "params", "configuration.names": "settings", "configuration.params": "{depth: 1"}, nil, codes.InvalidArgument, []string{"configuration.params", "not JSON"}},
+		{"undeclared param", map[string]string{"connectors": "params", "configuration.names": "settings", "configuration.params": `{"settings": {"depth": "1", "colour": "red"}}`}, nil, codes.InvalidArgument, []string{`"colour"`, `"settings"`}},
+		{"missing required param", map[string]string{"connectors": "params", "configuration.names": "settings"}, nil, codes.InvalidArgument, []string{`requires param "depth"`}},
+		{"param of wrong type", map[string]string{"connectors": "params", "configuration.names": "settings", "configuration.params": `{"settings": {"depth": ["1"]}}`}, nil, codes.InvalidArgument, []string{`"depth"`, "type string"}},
 		{"params for unknown configuration", map[string]string{"connectors": "params", "configuration.params": `{"setings": {}}`}, nil, codes.InvalidArgument, []string{`"setings"`}},
 		{"readonly false", map[string]string{"connectors": "params"}, func(r *csi.NodePublishVolumeRequest) { r.Readonly = false }, codes.InvalidArgument, []string{"readonly"}},
 		{"missing token", map[string]string{"connectors": "params"}, func(r *csi.NodePublishVolumeRequest) {
@@ -64,10 +68,10 @@ func TestBadInputs(t *testing.T) {
 		{"invalid connector name", map[string]string{"connectors": "Not_A_Name"}, nil, codes.InvalidArgument, []string{"Not_A_Name"}},
 		{"unknown connector", map[string]string{"connectors": "params,missing"}, nil, codes.NotFound, []string{ns + "/missing"}},
 		{"unknown class", map[string]string{"connectors": "orphan"}, nil, codes.NotFound, []string{`"no-such-class"`}},
-		{"template parse error", map[string]string{"connectors": "broken"}, nil, codes.FailedPrecondition, []string{"broken-", `"conf"`, `"bad.txt"`, "nosuchfunc"}},
-		{"template execution error", map[string]string{"connectors": "failing"}, nil, codes.FailedPrecondition, []string{"failing-", `"fail.txt"`, "configuration needs a project"}},
+		{"template parse error", map[string]string{"connectors": "broken", "configuration.names": "conf"}, nil, codes.FailedPrecondition, []string{"broken-", `"conf"`, `"bad.txt"`, "nosuchfunc"}},
+		{"template execution error", map[string]string{"connectors": "failing", "configuration.names": "conf"}, nil, codes.FailedPrecondition, []string{"failing-", `"fail.txt"`, "configuration needs a project"}},
 		{"unknown configuration name", map[string]string{"connectors": "params", "configuration.names": "setings"}, nil, codes.InvalidArgument, []string{`"setings"`}},
-		{"path traversal in a file name", map[string]string{"connectors": "escape"}, nil, codes.FailedPrecondition, []string{"../../escape.txt"}},
+		{"path traversal in a file name", map[string]string{"connectors": "escape", "configuration.names": "conf"}, nil, codes.FailedPrecondition, []string{"../../escape.txt"}},
 		{"connector not granted", map[string]string{"connectors": "params,secret"}, nil, codes.PermissionDenied, []string{ns + "/secret", "get"}},
 	}
 	for _, tc := range cases {
@@ -133,5 +137,51 @@ func TestSecretValuesNeverLeak(t *testing.T) {
 	}
 	if err := k.Unpublish(ctx, pod, "connectors"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// enableMultiConnector turns enable-multi-connector on for a test (set it before the driver
+// starts: a driver reads the flags once at start, then follows changes).
+func enableMultiConnector(t testing.TB) {
+	t.Helper()
+	setFlags(t, map[string]string{features.KeyMultiConnector: "true"})
+	t.Cleanup(func() { setFlags(t, map[string]string{}) })
+}
+
+// TestMultiConnectorVolumesNeedTheFlag: with enable-multi-connector off (its default) a volume
+// that names two Connectors is refused with InvalidArgument naming the flag, and nothing is
+// mounted; once the flag is on, the same volume publishes.
+func TestMultiConnectorVolumesNeedTheFlag(t *testing.T) {
+	setFlags(t, map[string]string{})
+	d := startDriver(t, t.TempDir(), nil)
+	k := newKubelet(t, d)
+	ctx := context.Background()
+	ns := newNamespace(t)
+	git := gitClass(t)
+	newConnector(t, ns, "one", git, "https://127.0.0.1:9")
+	newConnector(t, ns, "two", git, "https://127.0.0.1:9")
+	allowConnectors(t, ns, "builder", "one", "two")
+	pod := podWithVolume(t, k, ns, "both", map[string]string{"connectors": "one,two", "configuration.names": "gitconfig"}, nil)
+	req, err := k.PublishRequest(ctx, pod, "connectors")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = k.Node.NodePublishVolume(ctx, req)
+	if st := status.Convert(err); st.Code() != codes.InvalidArgument || !strings.Contains(st.Message(), features.KeyMultiConnector) {
+		t.Fatalf("publish with the flag off: %v, want InvalidArgument naming %s", err, features.KeyMultiConnector)
+	}
+	if n := mountCount(t, d, req.TargetPath); n != 0 {
+		t.Errorf("%d mounts at the target of a refused volume", n)
+	}
+	enableMultiConnector(t)
+	t.Cleanup(func() {
+		_, _ = k.Node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: req.VolumeId, TargetPath: req.TargetPath})
+	})
+	if !kubelet.WaitUntil(20*time.Second, func() bool { _, err := k.Node.NodePublishVolume(ctx, req); return err == nil }) {
+		_, err := k.Node.NodePublishVolume(ctx, req)
+		t.Fatalf("publish with the flag on: %v", err)
+	}
+	if files := visibleFiles(t, req.TargetPath); !strings.Contains(files[".gitconfig"], "/connectors/one") || !strings.Contains(files[".gitconfig"], "/connectors/two") {
+		t.Errorf(".gitconfig does not name both Connectors:\n%s", files[".gitconfig"])
 	}
 }

@@ -154,6 +154,7 @@ func proxiedRequests(s *gitserver.Server, from int) []gitserver.Request {
 // TestGitThroughProxy runs the driver with the deployed RBAC only.
 func TestGitThroughProxy(t *testing.T) {
 	plain, secure := startGitServer(t, false), startGitServer(t, true)
+	enableMultiConnector(t)
 	env := startDeployedDrivers(t, func(o *driver.Options) { o.LeaderElect = true })
 	ctx := context.Background()
 	ns := newNamespace(t)
@@ -161,7 +162,7 @@ func TestGitThroughProxy(t *testing.T) {
 	gitConnector(t, ns, "plain", git, plain)
 	gitConnector(t, ns, "secure", git, secure)
 	allowConnectors(t, ns, "builder", "plain", "secure")
-	pod := podWithVolume(t, env.kubelet, ns, "git", map[string]string{"connectors": "plain,secure"}, nil)
+	pod := podWithVolume(t, env.kubelet, ns, "git", map[string]string{"connectors": "plain,secure", "configuration.names": "gitconfig"}, nil)
 	if err := env.kubelet.Publish(ctx, pod, "connectors"); err != nil {
 		t.Fatal(err)
 	}

@@ -82,6 +82,7 @@ func checkPodToken(t *testing.T, token, ns, pod string) {
 }
 
 func TestExampleClassesRender(t *testing.T) {
+	enableMultiConnector(t)
 	d := startDriver(t, t.TempDir(), nil)
 	k := newKubelet(t, d)
 	ctx := context.Background()
@@ -102,7 +103,7 @@ func TestExampleClassesRender(t *testing.T) {
 		excluded   []string
 	}{{
 		name:  "constant gitconfig",
-		attrs: map[string]string{"connectors": "constant"},
+		attrs: map[string]string{"connectors": "constant", "configuration.names": "config"},
 		want:  func(string) (string, string) { return ".gitconfig", constantGitconfig },
 	}, {
 		name: "connector and configuration params",
@@ -385,7 +386,7 @@ func TestUnchangedRepublishSendsNoAPIRequest(t *testing.T) {
 	waitCondition(t, ns, "git", v1alpha1.ConditionConnectorClassReady, metav1.ConditionTrue, "Found")
 	var pods []*corev1.Pod
 	for i := range 5 {
-		pod := podWithVolume(t, env.kubelet, ns, fmt.Sprintf("quiet-%d", i), map[string]string{"connectors": "git"}, nil)
+		pod := podWithVolume(t, env.kubelet, ns, fmt.Sprintf("quiet-%d", i), map[string]string{"connectors": "git", "configuration.names": "gitconfig"}, nil)
 		if err := env.kubelet.Publish(ctx, pod, "connectors"); err != nil {
 			t.Fatal(err)
 		}

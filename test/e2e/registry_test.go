@@ -88,7 +88,7 @@ func TestImagePushPullThroughProxy(t *testing.T) {
 	ns := newNamespace(t)
 	ociConnector(t, ns, "registry", ociClass(t), reg, reg.Password)
 	allowConnectors(t, ns, "builder", "registry")
-	pod := podWithVolume(t, env.kubelet, ns, "push", map[string]string{"connectors": "registry"}, nil)
+	pod := podWithVolume(t, env.kubelet, ns, "push", map[string]string{"connectors": "registry", "configuration.names": "docker,buildkit"}, nil)
 	if err := env.kubelet.Publish(ctx, pod, "connectors"); err != nil {
 		t.Fatal(err)
 	}

@@ -53,7 +53,7 @@ type recorder struct {
 }
 
 type recorded struct {
-	Method, RequestURI, Authorization, UserAgent string
+	Method, RequestURI, Authorization, ProxyAuthorization, UserAgent string
 }
 
 func startRecorder(t *testing.T, handler http.HandlerFunc) *recorder {
@@ -72,7 +72,7 @@ func startRecorderOn(t *testing.T, host string, handler http.HandlerFunc) *recor
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		rec.mu.Lock()
 		rec.got = append(rec.got, recorded{Method: r.Method, RequestURI: r.RequestURI, Authorization: r.Header.Get("Authorization"),
-			UserAgent: r.UserAgent()})
+			ProxyAuthorization: r.Header.Get("Proxy-Authorization"), UserAgent: r.UserAgent()})
 		rec.mu.Unlock()
 		if handler == nil {
 			_, _ = io.WriteString(w, "ok")
@@ -473,6 +473,7 @@ func TestTenancyDestinationsAreRefusedBeforeAnyDial(t *testing.T) {
 		}
 		return nil, fmt.Errorf("test: no lookup of %s", host)
 	}
+	enableMultiConnector(t)
 	env := startProxyDriver(t, func(o *driver.Options) {
 		o.AllowLoopbackDestinations = false
 		o.Dial = failingDial(t)
@@ -768,6 +769,7 @@ func TestTenancyForbiddenAndMissingConnectorsLookAlike(t *testing.T) {
 
 func TestTenancyCachesAreBounded(t *testing.T) {
 	reg := startRegistry(t)
+	enableMultiConnector(t)
 	env := startProxyDriver(t, func(o *driver.Options) { o.RegistryTokenCacheSize, o.LeafCacheSize = 3, 2 })
 	ns := newNamespace(t)
 	ociConnector(t, ns, "registry", ociClass(t), reg, reg.Password)

@@ -230,6 +230,10 @@ func scriptPod(ns, name, results, script string) *corev1.Pod {
 	return imagePod(ns, name, results, script, "localhost/busybox:e2e", "git")
 }
 
+// configurationOf is the configuration a test's volume of each Connector renders (without
+// configuration.names a volume holds only the built-in files).
+var configurationOf = map[string]string{"git": "gitconfig", "secure": "gitconfig", "registry": "docker"}
+
 // imagePod is scriptPod with another image and Connector.
 func imagePod(ns, name, results, script, image, connector string) *corev1.Pod {
 	readOnly, hostDir, grace := true, corev1.HostPathDirectory, int64(2)
@@ -242,7 +246,7 @@ func imagePod(ns, name, results, script, image, connector string) *corev1.Pod {
 					{Name: "results", MountPath: "/results"}}}},
 			Volumes: []corev1.Volume{
 				{Name: "connectors", VolumeSource: corev1.VolumeSource{CSI: &corev1.CSIVolumeSource{Driver: "connectors-csi", ReadOnly: &readOnly,
-					VolumeAttributes: map[string]string{"connectors": connector}}}},
+					VolumeAttributes: map[string]string{"connectors": connector, "configuration.names": configurationOf[connector]}}}},
 				{Name: "results", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: results, Type: &hostDir}}},
 			}}}
 }

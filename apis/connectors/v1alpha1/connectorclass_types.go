@@ -1,7 +1,10 @@
 package v1alpha1
 
 import (
+	"strings"
+
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -326,4 +329,36 @@ func (c *ConnectorClass) AuthProbe(authName string) *AuthProbe {
 		}
 	}
 	return nil
+}
+
+// ConnectorClass condition types (Alauda's) and the reasons nodes read.
+const (
+	ConditionAPIReady   = "APIReady"
+	ConditionProxyReady = "ProxyReady"
+	// ReasonResolved (ProxyReady, APIReady): the class's own proxy or API was resolved to
+	// its status address.
+	ReasonResolved = "Resolved"
+	// ReasonBuiltIn (ProxyReady): the built-in proxy serves the class.
+	ReasonBuiltIn = "BuiltIn"
+)
+
+// AnnotationProxyResolver says how a class's own proxy tells Connectors apart: "host" (the
+// class's proxy address is each Connector's) or "path" (/namespaces/<ns>/connectors/<name>
+// under it). Alauda's default is host.
+const AnnotationProxyResolver = "connectors.cpaas.io/proxy-resolver"
+
+// OwnProxyURL is the address of the class's own proxy as the controller resolved it, or ""
+// when the built-in proxy serves the class (or its proxy is not resolved).
+func (c *ConnectorClass) OwnProxyURL() string {
+	cond := meta.FindStatusCondition(c.Status.Conditions, ConditionProxyReady)
+	if cond == nil || cond.Status != metav1.ConditionTrue || cond.Reason != ReasonResolved ||
+		c.Status.Proxy == nil || c.Status.Proxy.HTTPAddress == nil {
+		return ""
+	}
+	return strings.TrimSuffix(c.Status.Proxy.HTTPAddress.URL, "/")
+}
+
+// ProxyResolvesByPath tells whether the class's own proxy picks the Connector by path.
+func (c *ConnectorClass) ProxyResolvesByPath() bool {
+	return c.Annotations[AnnotationProxyResolver] == "path"
 }
