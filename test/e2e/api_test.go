@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/http"
 	"strings"
@@ -479,4 +480,62 @@ func allowClassList(t *testing.T, ns, sa string) {
 		_ = cp.Kube.RbacV1().ClusterRoleBindings().Delete(context.Background(), name, metav1.DeleteOptions{})
 		_ = cp.Kube.RbacV1().ClusterRoles().Delete(context.Background(), name, metav1.DeleteOptions{})
 	})
+}
+
+// TestConnectorsAPITagsAcrossPages lists a repository with more tags than one registry page:
+// every tag, and totalItems counting them all (the list once stopped at the first page).
+func TestConnectorsAPITagsAcrossPages(t *testing.T) {
+	reg := startRegistry(t)
+	const tagCount, pageSize = 120, 100
+	tags := make([]string, tagCount)
+	for i := range tags {
+		tags[i] = fmt.Sprintf("v%03d", i)
+	}
+	tagImage(t, reg, "team/many", tags)
+	env := startProxyDriver(t, func(o *driver.Options) { o.RegistryPageSize = pageSize })
+	ns := newNamespace(t)
+	ociConnector(t, ns, "registry", ociClass(t), reg, reg.Password)
+	viewer := apiToken(t, ns, "viewer")
+	allowConnectors(t, ns, "viewer", "registry")
+
+	code, list, st := apiCall(t, "GET", connectorAPI(env, ns, "registry", "/oci/tags?repository=team/many&itemsPerPage=500"), viewer)
+	if code != http.StatusOK {
+		t.Fatalf("status %d: %s", code, st.Message)
+	}
+	if list.ListMeta.TotalItems != tagCount || names(list) != strings.Join(tags, ",") {
+		t.Fatalf("%d items (totalItems %d), want all %d tags", len(list.Items), list.ListMeta.TotalItems, tagCount)
+	}
+	pages := 0
+	for _, r := range reg.Requests() {
+		if r.Path == "/v2/team/many/tags/list" && strings.HasPrefix(r.Authorization, "Bearer ") {
+			pages++
+		}
+	}
+	if pages < 2 {
+		t.Errorf("%d tag pages fetched, want 2 (page size %d)", pages, pageSize)
+	}
+	code, list, _ = apiCall(t, "GET", connectorAPI(env, ns, "registry", "/oci/tags?repository=team/many&page=3&itemsPerPage=50"), viewer)
+	if code != http.StatusOK || list.ListMeta.TotalItems != tagCount || names(list) != strings.Join(tags[100:], ",") {
+		t.Fatalf("page 3 of 50: %d, %s (totalItems %d)", code, names(list), list.ListMeta.TotalItems)
+	}
+}
+
+// tagImage pushes one image to a repository under every tag given, as the registry's user.
+func tagImage(t *testing.T, reg *registry.Server, repo string, tags []string) {
+	t.Helper()
+	pushImages(t, reg, map[string][]string{repo: tags[:1]})
+	auth := remote.WithAuth(&authn.Basic{Username: reg.Username, Password: reg.Password})
+	first, err := name.ParseReference(strings.TrimPrefix(reg.URL, "http://")+"/"+repo+":"+tags[0], name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	desc, err := remote.Get(first, auth)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tag := range tags[1:] {
+		if err := remote.Tag(first.Context().Tag(tag), desc, auth); err != nil {
+			t.Fatalf("tag %s: %v", tag, err)
+		}
+	}
 }
