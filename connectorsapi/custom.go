@@ -30,18 +30,22 @@ const (
 var pluginTransport = &http.Transport{Proxy: nil, DisableCompression: true, MaxIdleConnsPerHost: 32, IdleConnTimeout: 90 * time.Second}
 
 // passthrough forwards to the tool's own API under the operation's address, with the
-// Connector's credential injected as the proxy does.
+// Connector's credential injected as the proxy does, and its paging links kept on the API.
 func (s *Server) passthrough(w http.ResponseWriter, r *http.Request, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, op operation, apiPath string) error {
 	base, err := toolAddress(c, class, op.Address)
 	if err != nil {
 		return err
+	}
+	baseURL, err := url.Parse(base)
+	if err != nil {
+		return errorf(http.StatusBadRequest, metav1.StatusReasonBadRequest, "address %q: %v", base, err)
 	}
 	target, err := url.Parse(strings.TrimSuffix(base, "/") + apiPath)
 	if err != nil {
 		return errorf(http.StatusBadRequest, metav1.StatusReasonBadRequest, "bad path: %v", err)
 	}
 	target.RawQuery = r.URL.RawQuery
-	return s.Proxy.Forward(w, r, c, class, target)
+	return s.Proxy.Forward(newLinkWriter(w, baseURL, target, apiPath), r, c, class, target)
 }
 
 // toolAddress resolves an x-openapi-address: empty is the Connector's address, an http(s) URL

@@ -518,6 +518,33 @@ func TestConnectorsAPITagsAcrossPages(t *testing.T) {
 	if code != http.StatusOK || list.ListMeta.TotalItems != tagCount || names(list) != strings.Join(tags[100:], ",") {
 		t.Fatalf("page 3 of 50: %d, %s (totalItems %d)", code, names(list), list.ListMeta.TotalItems)
 	}
+	// The registry's own API through the passthrough: its Link header leads to the next page
+	// through the Connectors API, not to the registry.
+	next, seenTags := connectorAPI(env, ns, "registry", "/v2/team/many/tags/list?n=50"), []string{}
+	for pagesRead := 0; next != "" && pagesRead < 10; pagesRead++ {
+		res, err := noRedirects.Do(newRequest(t, "GET", next, map[string]string{"Authorization": "Bearer " + viewer}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var body struct{ Tags []string }
+		err = json.NewDecoder(res.Body).Decode(&body)
+		_ = res.Body.Close()
+		if res.StatusCode != http.StatusOK || err != nil {
+			t.Fatalf("%s: status %d %v", next, res.StatusCode, err)
+		}
+		seenTags = append(seenTags, body.Tags...)
+		next = ""
+		if link := res.Header.Get("Link"); link != "" {
+			ref, err := res.Request.URL.Parse(strings.TrimPrefix(strings.SplitN(link, ">", 2)[0], "<"))
+			if err != nil || !strings.HasPrefix(ref.String(), connectorAPI(env, ns, "registry", "/")) {
+				t.Fatalf("Link %q leads off the Connectors API", link)
+			}
+			next = ref.String()
+		}
+	}
+	if strings.Join(seenTags, ",") != strings.Join(tags, ",") {
+		t.Fatalf("paging through the passthrough gave %d tags, want %d", len(seenTags), len(tags))
+	}
 }
 
 // tagImage pushes one image to a repository under every tag given, as the registry's user.
