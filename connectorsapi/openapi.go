@@ -6,9 +6,12 @@ import (
 	"net/url"
 	"strings"
 
+	lru "github.com/hashicorp/golang-lru/v2"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/cachemetrics"
 )
 
 // x-provider-type values of an OpenAPI operation in a class's spec.api.openapi.
@@ -28,45 +31,120 @@ type operation struct {
 	Address string
 }
 
+// routeTable is a class's OpenAPI document as routing needs it: by path, by operation key, the
+// operation (Path unset) or the error that operation is answered with.
+type routeTable struct {
+	paths map[string]map[string]routeEntry
+	err   error // the whole document is unreadable
+}
+
+type routeEntry struct {
+	op  operation
+	err error
+}
+
+// Routes keeps the route tables of the ConnectorClasses in use, by class UID and generation:
+// decoding a class's document on every request costs more than the request's own routing.
+type Routes struct {
+	cache *lru.Cache[routeKey, *routeTable]
+}
+
+type routeKey struct {
+	uid        types.UID
+	generation int64
+}
+
+// NewRoutes returns Routes keeping at most size tables (the least recently used go first).
+func NewRoutes(size int) (*Routes, error) {
+	c, err := lru.New[routeKey, *routeTable](size)
+	if err != nil {
+		return nil, err
+	}
+	cachemetrics.Register("openapi_routes", c.Len)
+	return &Routes{cache: c}, nil
+}
+
+// table returns the class's route table; nil Routes decode it each time.
+func (rs *Routes) table(class *v1alpha1.ConnectorClass) *routeTable {
+	if rs == nil || class.UID == "" {
+		return newRouteTable(class)
+	}
+	key := routeKey{uid: class.UID, generation: class.Generation}
+	if t, ok := rs.cache.Get(key); ok {
+		return t
+	}
+	t := newRouteTable(class)
+	rs.cache.Add(key, t)
+	return t
+}
+
 // route finds the operation of a request in the class's spec.api.openapi: the path that
 // matches apiPath (literal segments preferred over {templates}) and its operation for the
 // method (HEAD and OPTIONS use get's). A request nothing matches goes through the proxy.
-func route(class *v1alpha1.ConnectorClass, apiPath, method string) (operation, error) {
-	op := operation{Provider: providerProxy}
+func (rs *Routes) route(class *v1alpha1.ConnectorClass, apiPath, method string) (operation, error) {
+	t := rs.table(class)
+	if t.err != nil {
+		return operation{}, t.err
+	}
+	path := matchPath(t.paths, apiPath)
+	if e, ok := t.paths[path][operationKey(method)]; ok {
+		return e.op, e.err
+	}
+	return operation{Path: path, Provider: providerProxy}, nil
+}
+
+// operationKeys are the operations of an OpenAPI path item.
+var operationKeys = map[string]bool{"get": true, "put": true, "post": true, "delete": true, "options": true, "head": true, "patch": true, "trace": true}
+
+// newRouteTable decodes a class's spec.api.openapi; errors name the class and the field.
+func newRouteTable(class *v1alpha1.ConnectorClass) *routeTable {
+	t := &routeTable{}
 	if class.Spec.API == nil || class.Spec.API.OpenAPI == nil {
-		return op, nil
+		return t
 	}
 	var doc struct {
 		Paths map[string]map[string]json.RawMessage `json:"paths"`
 	}
 	if err := json.Unmarshal(class.Spec.API.OpenAPI.Raw, &doc); err != nil {
-		return op, errorf(http.StatusInternalServerError, metav1.StatusReasonInternalError,
+		t.err = errorf(http.StatusInternalServerError, metav1.StatusReasonInternalError,
 			"ConnectorClass %q: spec.api.openapi is not an OpenAPI document: %v", class.Name, err)
+		return t
 	}
-	op.Path = matchPath(doc.Paths, apiPath)
-	raw, found := doc.Paths[op.Path][operationKey(method)]
-	if op.Path == "" || !found {
-		return op, nil
+	t.paths = make(map[string]map[string]routeEntry, len(doc.Paths))
+	for path, item := range doc.Paths {
+		ops := map[string]routeEntry{}
+		for key, raw := range item {
+			if operationKeys[key] {
+				ops[key] = newRouteEntry(class.Name, path, key, raw)
+			}
+		}
+		t.paths[path] = ops
 	}
+	return t
+}
+
+func newRouteEntry(class, path, key string, raw json.RawMessage) routeEntry {
 	var ext struct {
 		Provider string `json:"x-provider-type"`
 		Address  string `json:"x-openapi-address"`
 	}
+	e := routeEntry{op: operation{Path: path, Provider: providerProxy}}
 	if err := json.Unmarshal(raw, &ext); err != nil {
-		return op, errorf(http.StatusInternalServerError, metav1.StatusReasonInternalError,
-			"ConnectorClass %q: spec.api.openapi.paths[%q].%s: %v", class.Name, op.Path, operationKey(method), err)
+		e.err = errorf(http.StatusInternalServerError, metav1.StatusReasonInternalError,
+			"ConnectorClass %q: spec.api.openapi.paths[%q].%s: %v", class, path, key, err)
+		return e
 	}
 	switch ext.Provider {
 	case "", providerProxy:
 	case providerAPI:
-		op.Provider = providerAPI
+		e.op.Provider = providerAPI
 	default:
-		return op, errorf(http.StatusInternalServerError, metav1.StatusReasonInternalError,
+		e.err = errorf(http.StatusInternalServerError, metav1.StatusReasonInternalError,
 			"ConnectorClass %q: spec.api.openapi.paths[%q].%s.x-provider-type %q is neither %q nor %q",
-			class.Name, op.Path, operationKey(method), ext.Provider, providerAPI, providerProxy)
+			class, path, key, ext.Provider, providerAPI, providerProxy)
 	}
-	op.Address = ext.Address
-	return op, nil
+	e.op.Address = ext.Address
+	return e
 }
 
 // operationKey is the OpenAPI operation a method is routed by.

@@ -46,6 +46,8 @@ type Server struct {
 	Flags    *features.Source
 	// Verbs computes the verb a request needs on connectors/apis; nil is MethodVerbs.
 	Verbs VerbMapper
+	// Routes keeps the classes' OpenAPI route tables; nil decodes the document per request.
+	Routes *Routes
 	// RegistryPageSize is the page size asked of registries (catalog and tag lists).
 	RegistryPageSize int
 }
@@ -135,7 +137,7 @@ func (s *Server) serveConnector(w http.ResponseWriter, r *http.Request, ns, name
 	if err := proxy.CheckPath(apiPath); err != nil {
 		return err
 	}
-	op, err := route(class, apiPath, r.Method)
+	op, err := s.Routes.route(class, apiPath, r.Method)
 	if err != nil {
 		return err
 	}

@@ -58,6 +58,7 @@ type Options struct {
 	StatusRecheck      time.Duration
 	StatusWorkers      int
 	RegistryPageSize   int
+	OpenAPICacheSize   int
 	CELCacheSize       int
 	ApprovalWait       time.Duration
 	ProxyPermissionTTL time.Duration
@@ -131,6 +132,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.StatusRecheck, "connector-recheck-interval", 5*time.Minute, "how often the leader probes each Connector's tool again for its status")
 	fs.IntVar(&o.StatusWorkers, "connector-status-workers", 4, "Connectors the status controller checks at once")
 	fs.IntVar(&o.RegistryPageSize, "api-registry-page-size", 100, "page size the Connectors API asks registries for (catalog, tag lists)")
+	fs.IntVar(&o.OpenAPICacheSize, "api-openapi-cache-size", defaultOpenAPICacheSize, "ConnectorClass OpenAPI route tables (one per class generation) the Connectors API keeps (the least recently used go first)")
 	fs.IntVar(&o.CELCacheSize, "cel-cache-size", defaultCELCacheSize, "how many compiled CEL check states the controller keeps (the least recently used go first)")
 	fs.DurationVar(&o.ProxyPermissionTTL, "proxy-permission-ttl", 10*time.Second, "how long an allowed connectors/proxy decision is cached; the node drops a Pod's decisions as soon as it sees one of the Pod's AccessRequests change (granted, revoked), so this bounds only grants made or removed by hand")
 	fs.DurationVar(&o.ApprovalWait, "approval-wait", 10*time.Second, "how long a publish waits for a pending AccessRequest before answering Unavailable (kubelet retries)")
@@ -152,6 +154,9 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.ConnectorIdle, "connector-idle-timeout", defaultConnectorIdle, "a node stops watching a Connector nothing read for this long")
 	fs.BoolVar(&o.UnprivilegedMounts, "unprivileged-mounts", false, "for tests without root: write volumes into plain directories instead of tmpfs mounts")
 }
+
+// defaultOpenAPICacheSize is --api-openapi-cache-size's default: classes are few.
+const defaultOpenAPICacheSize = 256
 
 // defaultCELCacheSize is --cel-cache-size's default: policies are few, their expressions fewer.
 const defaultCELCacheSize = 1024
@@ -237,6 +242,7 @@ func (v *validated) proxyLimits() error {
 		{"--transport-cache-size", &v.TransportCacheSize, defaultTransportCacheSize},
 		{"--proxy-permission-cache-size", &v.PermissionCacheSize, defaultPermissionCacheSize},
 		{"--connector-cache-size", &v.ConnectorCacheSize, defaultConnectorCacheSize},
+		{"--api-openapi-cache-size", &v.OpenAPICacheSize, defaultOpenAPICacheSize},
 	} {
 		if *l.v < 0 {
 			return fmt.Errorf("%s must not be negative", l.name)
