@@ -261,6 +261,22 @@ func TestConnectorsAPI(t *testing.T) {
 			t.Error("the caller's token reached the API service")
 		}
 	})
+	t.Run("a caller's own X-Plugin headers never reach the API service", func(t *testing.T) {
+		newConnector(t, ns, "plugged-anon", pluginClass, tool.URL) // no Secret: no X-Plugin-Auth, X-Plugin-Secret
+		allowConnectorsAs(t, ns, "viewer", "use-plugged-anon", "plugged-anon")
+		for len(seen) > 0 {
+			<-seen
+		}
+		req := newRequest(t, "GET", api("plugged-anon", "/plugin/projects"), map[string]string{"Authorization": "Bearer " + viewer,
+			"X-Plugin-Auth": "Zm9yZ2Vk", "X-Plugin-Secret": "Zm9yZ2Vk", "X-Plugin-Meta": "Zm9yZ2Vk"})
+		if !kubelet.WaitUntil(10*time.Second, func() bool { code, _ := do(t, noRedirects, req.Clone(req.Context())); return code == http.StatusOK }) {
+			t.Fatal("the plugin was not reached")
+		}
+		h := <-seen
+		if h.Get("X-Plugin-Auth") != "" || h.Get("X-Plugin-Secret") != "" || h.Get("X-Plugin-Meta") == "Zm9yZ2Vk" {
+			t.Errorf("the plugin got the caller's X-Plugin headers: %v", h)
+		}
+	})
 	t.Run("x-openapi-address picks an address extension or a URL", func(t *testing.T) {
 		for _, rest := range []string{"/mirror/one", "/direct/two"} {
 			code, body := do(t, noRedirects, newRequest(t, "GET", api("plugged", rest), map[string]string{"Authorization": "Bearer " + viewer}))
@@ -353,7 +369,8 @@ func TestConnectorsAPI(t *testing.T) {
 			}
 		}
 	})
-	if strings.Contains(logs.String(), tool.Password) || strings.Contains(logs.String(), reg.Password) || strings.Contains(logs.String(), viewer) {
+	if l := logs.String(); strings.Contains(l, tool.Password) || strings.Contains(l, base64.StdEncoding.EncodeToString([]byte(tool.Password))) ||
+		strings.Contains(l, reg.Password) || strings.Contains(l, viewer) {
 		t.Error("the driver log holds a tool password or the caller's token")
 	}
 }
