@@ -26,6 +26,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/connectorsapi"
 	"github.com/kube-connectors/connectors-csi/proxy"
 	"github.com/kube-connectors/connectors-csi/proxy/egress"
 	"github.com/kube-connectors/connectors-csi/render"
@@ -132,7 +133,8 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 
 // statusEqual compares statuses ignoring condition transition times.
 func statusEqual(a, b *v1alpha1.ConnectorStatus) bool {
-	return equality.Semantic.DeepEqual(a.Proxy, b.Proxy) && v1alpha1.ConditionsEqual(a.Conditions, b.Conditions)
+	return equality.Semantic.DeepEqual(a.Proxy, b.Proxy) && equality.Semantic.DeepEqual(a.API, b.API) &&
+		v1alpha1.ConditionsEqual(a.Conditions, b.Conditions)
 }
 
 func (r *Reconciler) computeStatus(ctx context.Context, c *v1alpha1.Connector) {
@@ -149,6 +151,7 @@ func (r *Reconciler) computeStatus(ctx context.Context, c *v1alpha1.Connector) {
 	default:
 		set(v1alpha1.ConditionConnectorClassReady, true, "Found", "ConnectorClass %q exists", class.Name)
 	}
+	c.Status.API = &v1alpha1.ConnectorAPIStatus{Path: connectorsapi.ConnectorPath(c.Namespace, c.Name)}
 	c.Status.Proxy = &v1alpha1.ProxyStatus{HTTPAddress: &v1alpha1.Addressable{URL: render.ConnectorProxyURL(r.ProxyURL, &class, c)}}
 	proxyCondition(&class, classErr == nil, set)
 	cred := r.secretCondition(ctx, c, &class, classErr == nil, set)

@@ -103,7 +103,12 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 	if err != nil {
 		return err
 	}
-	connectorsProxy.API = &connectorsapi.Server{Proxy: connectorsProxy, Reviewer: apiReviewer, Flags: flags, RegistryPageSize: o.RegistryPageSize}
+	routes, err := connectorsapi.NewRoutes(o.OpenAPICacheSize)
+	if err != nil {
+		return err
+	}
+	connectorsProxy.API = &connectorsapi.Server{Proxy: connectorsProxy, Reviewer: apiReviewer, Flags: flags, Routes: routes,
+		RegistryPageSize: o.RegistryPageSize}
 	// The node learns grants and revocations of its own AccessRequests from its watch of them:
 	// waiting publishes wake up, and the Pod's cached proxy decisions are dropped.
 	if err := onRequestChange(ctx, informers, func(ar *v1alpha1.AccessRequest) {

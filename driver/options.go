@@ -62,6 +62,7 @@ type Options struct {
 	// means the built-in proxy.
 	BuiltInProxyServices []string
 	RegistryPageSize     int
+	OpenAPICacheSize     int
 	CELCacheSize         int
 	ApprovalWait         time.Duration
 	ProxyPermissionTTL   time.Duration
@@ -146,6 +147,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 		return nil
 	})
 	fs.IntVar(&o.RegistryPageSize, "api-registry-page-size", 100, "page size the Connectors API asks registries for (catalog, tag lists)")
+	fs.IntVar(&o.OpenAPICacheSize, "api-openapi-cache-size", defaultOpenAPICacheSize, "ConnectorClass OpenAPI route tables (one per class generation) the Connectors API keeps (the least recently used go first)")
 	fs.IntVar(&o.CELCacheSize, "cel-cache-size", defaultCELCacheSize, "how many compiled CEL expressions the controller keeps, for check states and for probes' response.cel each (the least recently used go first)")
 	fs.DurationVar(&o.ProxyPermissionTTL, "proxy-permission-ttl", 10*time.Second, "how long an allowed connectors/proxy decision is cached; the node drops a Pod's decisions as soon as it sees one of the Pod's AccessRequests change (granted, revoked), so this bounds only grants made or removed by hand")
 	fs.DurationVar(&o.ApprovalWait, "approval-wait", 10*time.Second, "how long a publish waits for a pending AccessRequest before answering Unavailable (kubelet retries)")
@@ -173,6 +175,9 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 const defaultClusterDomain = "cluster.local"
 
 var defaultBuiltInProxyServices = []string{"connectors-proxy", "connectors-proxy-service"}
+
+// defaultOpenAPICacheSize is --api-openapi-cache-size's default: classes are few.
+const defaultOpenAPICacheSize = 256
 
 // defaultCELCacheSize is --cel-cache-size's default: policies are few, their expressions fewer.
 const defaultCELCacheSize = 1024
@@ -264,6 +269,7 @@ func (v *validated) proxyLimits() error {
 		{"--transport-cache-size", &v.TransportCacheSize, defaultTransportCacheSize},
 		{"--proxy-permission-cache-size", &v.PermissionCacheSize, defaultPermissionCacheSize},
 		{"--connector-cache-size", &v.ConnectorCacheSize, defaultConnectorCacheSize},
+		{"--api-openapi-cache-size", &v.OpenAPICacheSize, defaultOpenAPICacheSize},
 	} {
 		if *l.v < 0 {
 			return fmt.Errorf("%s must not be negative", l.name)

@@ -63,6 +63,16 @@ var flags = []struct {
 	{KeyMultiConnector, func(f *Flags) *bool { return &f.MultiConnector }, false},
 }
 
+// Values are the flags by ConfigMap key, as the ConfigMap writes them ("true" or "false"): the
+// body of GET /connectors-operator/featureflags.
+func (f Flags) Values() map[string]string {
+	out := make(map[string]string, len(flags))
+	for _, fl := range flags {
+		out[fl.key] = strconv.FormatBool(*fl.field(&f))
+	}
+	return out
+}
+
 // Invalid is a flag whose value is not a boolean.
 type Invalid struct{ Key, Value string }
 

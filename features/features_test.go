@@ -1,6 +1,9 @@
 package features
 
-import "testing"
+import (
+	"strconv"
+	"testing"
+)
 
 func TestParseDefaultsAndValues(t *testing.T) {
 	if f, invalid := Parse(nil, Flags{}); f.ProxyPermissions || f.Approval || f.MultiConnector || len(invalid) != 0 {
@@ -42,5 +45,20 @@ func TestInvalidValuesKeepTheLastValidOne(t *testing.T) {
 	// A removed key returns to its default.
 	if f, _ := Parse(map[string]string{}, last); f.ProxyPermissions {
 		t.Error("a removed key kept its last value")
+	}
+}
+
+func TestValuesAreEveryFlagAsAString(t *testing.T) {
+	f, _ := Parse(nil, Flags{})
+	f.APIsWritePassthrough = true
+	got := f.Values()
+	if len(got) != len(flags) {
+		t.Fatalf("%d values for %d flags: %v", len(got), len(flags), got)
+	}
+	for _, fl := range flags {
+		want := strconv.FormatBool(fl.def || fl.key == keyAPIsWritePassthrough)
+		if got[fl.key] != want {
+			t.Errorf("%s = %q, want %q", fl.key, got[fl.key], want)
+		}
 	}
 }

@@ -20,6 +20,11 @@ import (
 type Upstream struct {
 	// Username and Password for basic-auth and registry-token Secrets; Token for bearer ones.
 	Username, Password, Token string
+	// SecretType is the credential Secret's type as the class reads it (AuthSecretType) and
+	// SecretData its data, for class API services (X-Plugin-Auth, X-Plugin-Secret); both are
+	// empty for a Connector without a Secret.
+	SecretType string
+	SecretData map[string][]byte
 	// CABundle is the Connector's caCertSecretRef PEM, when set.
 	CABundle []byte
 	// Transport reaches the tool: through the destination policy, trusting the Connector's CA,
@@ -45,6 +50,7 @@ func (p *Proxy) Upstream(ctx context.Context, c *v1alpha1.Connector, class *v1al
 		u.Username = string(sec.Data[corev1.BasicAuthUsernameKey])
 		u.Password = string(sec.Data[corev1.BasicAuthPasswordKey])
 		u.Token = string(sec.Data["token"])
+		u.SecretType, u.SecretData = AuthSecretType(c, class, sec), sec.Data
 	}
 	return u, nil
 }

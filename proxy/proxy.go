@@ -78,6 +78,9 @@ func (c Config) check() error {
 // APIPrefix is where the Connectors API is served on the proxy listener.
 const APIPrefix = "/connectors/v1alpha1/"
 
+// OperatorPrefix is where the Connectors operator API (feature flags) is served, by API too.
+const OperatorPrefix = "/connectors-operator/"
+
 // Proxy serves the proxy listener.
 type Proxy struct {
 	// API serves the Connectors API (APIPrefix), when set.
@@ -158,7 +161,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.serveForward(w, r)
 	case strings.HasPrefix(r.URL.Path, reversePrefix):
 		p.serveReverse(w, r)
-	case p.API != nil && strings.HasPrefix(r.URL.Path, APIPrefix):
+	case p.API != nil && (strings.HasPrefix(r.URL.Path, APIPrefix) || strings.HasPrefix(r.URL.Path, OperatorPrefix)):
 		p.API.ServeHTTP(w, r)
 	default:
 		refuse(w, http.StatusNotFound, "no such path: use /namespaces/<ns>/connectors/<name>/... or this address as an HTTP proxy")

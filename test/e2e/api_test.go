@@ -18,8 +18,10 @@ import (
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/retry"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/connectorsapi"
@@ -113,10 +115,13 @@ func TestConnectorsAPI(t *testing.T) {
 	viewer := apiToken(t, ns, "viewer")
 	stranger := apiToken(t, ns, "stranger")
 	allowConnectors(t, ns, "viewer", "git", "registry", "down", "badcred", "garbage", "plugged")
-	api := func(connector, rest string) string {
-		return fmt.Sprintf("%s/connectors/v1alpha1/namespaces/%s/connectors/%s/%s", env.proxyURL, ns, connector, rest)
+	// A UI builds URLs from the Connector's status.api.path.
+	gitPath := waitAPIPath(t, ns, "git")
+	if want := "/connectors/v1alpha1/" + ns + "/git/path"; gitPath != want {
+		t.Fatalf("status.api.path %q, want %q", gitPath, want)
 	}
-	gitrefs := api("git", "api/gitrefs?repositoryUrl="+tool.URL+"/repo.git")
+	api := func(connector, rest string) string { return connectorAPI(env, ns, connector, rest) }
+	gitrefs := env.proxyURL + gitPath + "/git/gitrefs?repositoryUrl=" + tool.URL + "/repo.git"
 
 	t.Run("gitrefs", func(t *testing.T) {
 		code, list, st := apiCall(t, "GET", gitrefs, viewer)
@@ -161,17 +166,17 @@ func TestConnectorsAPI(t *testing.T) {
 				t.Errorf("%d authorized tag pages fetched, want at least 3", n)
 			}
 		}()
-		code, list, st := apiCall(t, "GET", api("registry", "api/repositories"), viewer)
+		code, list, st := apiCall(t, "GET", api("registry", "/oci/repositories"), viewer)
 		if code != http.StatusOK || names(list) != "lib/base,team/app,team/web" {
 			t.Fatalf("repositories: %d %s %s", code, names(list), st.Message)
 		}
-		code, list, st = apiCall(t, "GET", api("registry", "api/tags?repository=team/app"), viewer)
+		code, list, st = apiCall(t, "GET", api("registry", "/oci/tags?repository=team/app"), viewer)
 		if code != http.StatusOK || names(list) != "v1,v2,v3,v4,v5" {
 			t.Fatalf("tags: %d %s %s", code, names(list), st.Message)
 		}
 	})
 	t.Run("passthrough keeps the query and injects the credential", func(t *testing.T) {
-		code, body := do(t, noRedirects, newRequest(t, "GET", api("registry", "proxy/v2/_catalog?n=1"),
+		code, body := do(t, noRedirects, newRequest(t, "GET", api("registry", "/v2/_catalog?n=1"),
 			map[string]string{"Authorization": "Bearer " + viewer}))
 		var catalog struct{ Repositories []string }
 		if code != http.StatusOK || json.Unmarshal([]byte(body), &catalog) != nil || len(catalog.Repositories) != 1 {
@@ -185,12 +190,12 @@ func TestConnectorsAPI(t *testing.T) {
 	}{
 		{"no token", "GET", gitrefs, "", 401, "Bearer token"},
 		{"no get on the Connector", "GET", gitrefs, stranger, 403, "may not get connectors of Connector " + ns + "/git"},
-		{"write without passthrough", "POST", api("git", "proxy/repo.git/git-upload-pack"), viewer, 405, "enable-connector-apis-write-passthrough"},
-		{"unknown custom API", "GET", api("git", "api/tags"), viewer, 404, "no custom API"},
-		{"repository outside the Connector", "GET", api("git", "api/gitrefs?repositoryUrl=http://elsewhere.example.com/r.git"), viewer, 400, "not under the Connector's address"},
-		{"unreachable tool", "GET", api("down", "api/gitrefs?repositoryUrl=http://127.0.0.2:9/r.git"), viewer, 503, "unreachable"},
-		{"tool rejects the credential", "GET", api("badcred", "api/gitrefs?repositoryUrl="+tool.URL+"/repo.git"), viewer, 502, "rejected the Connector's credential"},
-		{"tool answers garbage", "GET", api("garbage", "api/gitrefs?repositoryUrl="+garbage+"/r.git"), viewer, 502, "could not be read"},
+		{"write without passthrough", "POST", api("git", "/repo.git/git-upload-pack"), viewer, 405, "enable-connector-apis-write-passthrough"},
+		{"old path form", "GET", env.proxyURL + "/connectors/v1alpha1/namespaces/" + ns + "/connectors/git/api/gitrefs", viewer, 404, "status.api.path"},
+		{"repository outside the Connector", "GET", api("git", "/git/gitrefs?repositoryUrl=http://elsewhere.example.com/r.git"), viewer, 400, "not under the Connector's address"},
+		{"unreachable tool", "GET", api("down", "/git/gitrefs?repositoryUrl=http://127.0.0.2:9/r.git"), viewer, 503, "unreachable"},
+		{"tool rejects the credential", "GET", api("badcred", "/git/gitrefs?repositoryUrl="+tool.URL+"/repo.git"), viewer, 502, "rejected the Connector's credential"},
+		{"tool answers garbage", "GET", api("garbage", "/git/gitrefs?repositoryUrl="+garbage+"/r.git"), viewer, 502, "could not be read"},
 	}
 	for _, tc := range statusCases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -200,35 +205,26 @@ func TestConnectorsAPI(t *testing.T) {
 			}
 		})
 	}
-	t.Run("a class's own API service gets the X-Plugin headers", func(t *testing.T) {
-		seen := make(chan http.Header, 1)
-		lis, err := net.Listen("tcp", gitserver.Host+":0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			h := r.Header.Clone()
-			h.Set("X-Path", r.URL.RequestURI())
-			seen <- h
-			w.Header().Set("Content-Type", "application/json")
-			_, _ = w.Write([]byte(`{"listMeta":{"totalItems":1},"items":[{"name":"from-plugin"}]}`))
-		})}
-		go func() { _ = srv.Serve(lis) }()
-		t.Cleanup(func() { _ = srv.Close() })
-		pluginClass := newClass(t, "plugin")
-		var class v1alpha1.ConnectorClass
-		if err := cp.Client.Get(context.Background(), types.NamespacedName{Name: pluginClass}, &class); err != nil {
-			t.Fatal(err)
-		}
-		class.Spec.API = &v1alpha1.APISpec{Destination: v1alpha1.Destination{URI: "http://" + lis.Addr().String() + "/plugin"}}
-		if err := cp.Client.Update(context.Background(), &class); err != nil {
-			t.Fatal(err)
-		}
-		newConnectorWithSecret(t, ns, "plugged", pluginClass, tool.URL, "basicAuth", "git-auth")
+	plugin, seen := startPlugin(t)
+	pluginClass := newClass(t, "plugin")
+	setClassAPI(t, pluginClass, &v1alpha1.APISpec{Destination: v1alpha1.Destination{URI: plugin + "/prefix"},
+		OpenAPI: openAPIGets(map[string]map[string]string{
+			"/plugin/projects":      {"x-provider-type": "api"},
+			"/plugin/projects/{id}": {"x-provider-type": "api"},
+			"/mirror/{page}":        {"x-provider-type": "proxy", "x-openapi-address": "mirror"},
+			"/direct/{page}":        {"x-provider-type": "proxy", "x-openapi-address": garbage},
+			"/nowhere":              {"x-provider-type": "proxy", "x-openapi-address": "absent"},
+		})})
+	create(t, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: "plugged", Namespace: ns},
+		Spec: v1alpha1.ConnectorSpec{ConnectorClassName: pluginClass, Address: tool.URL,
+			AddressExtensions: []v1alpha1.NamedAddress{{Name: "mirror", Value: garbage}},
+			Auth:              &v1alpha1.ConnectorAuth{Name: "basicAuth", SecretRef: &v1alpha1.SecretRef{Name: "git-auth"}}}})
+
+	t.Run("a class's API service gets exactly the documented X-Plugin headers", func(t *testing.T) {
 		var code int
 		var list connectorsapi.List
 		if !kubelet.WaitUntil(10*time.Second, func() bool {
-			code, list, _ = apiCall(t, "GET", api("plugged", "api/projects?page=2"), viewer)
+			code, list, _ = apiCall(t, "GET", api("plugged", "/plugin/projects?page=2"), viewer)
 			return code == http.StatusOK
 		}) {
 			t.Fatalf("status %d", code)
@@ -237,20 +233,71 @@ func TestConnectorsAPI(t *testing.T) {
 			t.Fatalf("items %s", names(list))
 		}
 		h := <-seen
-		decode := func(key string) map[string]any {
-			raw, err := base64.StdEncoding.DecodeString(h.Get(key))
-			var out map[string]any
-			if err != nil || json.Unmarshal(raw, &out) != nil {
-				t.Fatalf("%s is not base64 JSON: %q", key, h.Get(key))
+		raw := func(key string) string {
+			b, err := base64.StdEncoding.DecodeString(h.Get(key))
+			if err != nil {
+				t.Fatalf("%s is not base64: %q", key, h.Get(key))
 			}
-			return out
+			return string(b)
 		}
-		if h.Get("X-Path") != "/plugin/projects?page=2" || decode("X-Plugin-Meta")["address"] != tool.URL ||
-			decode("X-Plugin-Secret")["password"] != tool.Password || decode("X-Plugin-Auth")["name"] != "basicAuth" {
-			t.Fatalf("plugin request %s with meta %v auth %v", h.Get("X-Path"), decode("X-Plugin-Meta"), decode("X-Plugin-Auth"))
+		if got := h.Get("X-Path"); got != "/prefix/plugin/projects?page=2" {
+			t.Errorf("the plugin was asked %s, want the API address + the API path + the query", got)
+		}
+		if got, want := raw("X-Plugin-Meta"), `{"baseURL":"`+tool.URL+`"}`; got != want {
+			t.Errorf("X-Plugin-Meta decodes to %s, want %s", got, want)
+		}
+		if got := raw("X-Plugin-Auth"); got != string(corev1.SecretTypeBasicAuth) {
+			t.Errorf("X-Plugin-Auth decodes to %q, want the Secret type", got)
+		}
+		var data map[string]string
+		if err := json.Unmarshal([]byte(raw("X-Plugin-Secret")), &data); err != nil || len(data) != 2 {
+			t.Fatalf("X-Plugin-Secret decodes to %s, want the Secret's data (%v)", raw("X-Plugin-Secret"), err)
+		}
+		for key, want := range map[string]string{"username": tool.Username, "password": tool.Password} {
+			if v, err := base64.StdEncoding.DecodeString(data[key]); err != nil || string(v) != want {
+				t.Errorf("X-Plugin-Secret %s is not the base64 of the Secret's value", key)
+			}
 		}
 		if h.Get("Authorization") != "" {
 			t.Error("the caller's token reached the API service")
+		}
+	})
+	t.Run("a caller's own X-Plugin headers never reach the API service", func(t *testing.T) {
+		newConnector(t, ns, "plugged-anon", pluginClass, tool.URL) // no Secret: no X-Plugin-Auth, X-Plugin-Secret
+		allowConnectorsAs(t, ns, "viewer", "use-plugged-anon", "plugged-anon")
+		for len(seen) > 0 {
+			<-seen
+		}
+		req := newRequest(t, "GET", api("plugged-anon", "/plugin/projects"), map[string]string{"Authorization": "Bearer " + viewer,
+			"X-Plugin-Auth": "Zm9yZ2Vk", "X-Plugin-Secret": "Zm9yZ2Vk", "X-Plugin-Meta": "Zm9yZ2Vk"})
+		if !kubelet.WaitUntil(10*time.Second, func() bool { code, _ := do(t, noRedirects, req.Clone(req.Context())); return code == http.StatusOK }) {
+			t.Fatal("the plugin was not reached")
+		}
+		h := <-seen
+		if h.Get("X-Plugin-Auth") != "" || h.Get("X-Plugin-Secret") != "" || h.Get("X-Plugin-Meta") == "Zm9yZ2Vk" {
+			t.Errorf("the plugin got the caller's X-Plugin headers: %v", h)
+		}
+	})
+	t.Run("x-openapi-address picks an address extension or a URL", func(t *testing.T) {
+		for _, rest := range []string{"/mirror/one", "/direct/two"} {
+			code, body := do(t, noRedirects, newRequest(t, "GET", api("plugged", rest), map[string]string{"Authorization": "Bearer " + viewer}))
+			if code != http.StatusOK || !strings.Contains(body, "not git") {
+				t.Errorf("%s: status %d %q, want the garbage server's answer", rest, code, body)
+			}
+		}
+		code, _, st := apiCall(t, "GET", api("plugged", "/nowhere"), viewer)
+		if code != http.StatusBadRequest || !strings.Contains(st.Message, `no address extension "absent"`) {
+			t.Errorf("missing extension: %d %q", code, st.Message)
+		}
+	})
+	t.Run("an api operation without an API service or a built-in", func(t *testing.T) {
+		class := newClass(t, "noapi")
+		setClassAPI(t, class, &v1alpha1.APISpec{OpenAPI: openAPIGets(map[string]map[string]string{"/things": {"x-provider-type": "api"}})})
+		newConnector(t, ns, "noapi", class, tool.URL)
+		allowConnectorsAs(t, ns, "viewer", "use-noapi", "noapi")
+		code, _, st := apiCall(t, "GET", api("noapi", "/things"), viewer)
+		if code != http.StatusBadRequest || st.Message != "api address of connectorclass '"+class+"' is not resolved" {
+			t.Errorf("status %d %q", code, st.Message)
 		}
 	})
 	t.Run("connectors/apis when the flag is on", func(t *testing.T) {
@@ -267,8 +314,64 @@ func TestConnectorsAPI(t *testing.T) {
 		if !kubelet.WaitUntil(15*time.Second, func() bool { code, _, _ := apiCall(t, "GET", gitrefs, viewer); return code == http.StatusOK }) {
 			t.Fatal("a connectors/apis grant did not let the call through")
 		}
+		// connectors/apis/<class><openapi path>: that path only.
+		scoped := apiToken(t, ns, "scoped")
+		allowConnectors(t, ns, "scoped", "plugged")
+		grantResource(t, ns, "scoped", "plugged", "connectors/apis/"+pluginClass+"/plugin/projects/{id}")
+		ok := func(token, rest string) bool {
+			code, _, _ := apiCall(t, "GET", api("plugged", rest), token)
+			return code == http.StatusOK
+		}
+		if !kubelet.WaitUntil(15*time.Second, func() bool { return ok(scoped, "/plugin/projects/7") }) {
+			t.Fatal("a grant on the OpenAPI path did not let a request of that path through")
+		}
+		code, _, st := apiCall(t, "GET", api("plugged", "/plugin/projects"), scoped)
+		if code != http.StatusForbidden || !strings.Contains(st.Message, "connectors/apis/"+pluginClass+"/plugin/projects of") {
+			t.Errorf("another path: %d %q, want 403 naming connectors/apis/<class>/plugin/projects", code, st.Message)
+		}
+		// connectors/apis/<class>: every path of the class.
+		classwide := apiToken(t, ns, "classwide")
+		allowConnectors(t, ns, "classwide", "plugged")
+		grantResource(t, ns, "classwide", "plugged", "connectors/apis/"+pluginClass)
+		if !kubelet.WaitUntil(15*time.Second, func() bool { return ok(classwide, "/plugin/projects") && ok(classwide, "/plugin/projects/7") }) {
+			t.Fatal("a grant on connectors/apis/<class> did not cover the class's paths")
+		}
 	})
-	if strings.Contains(logs.String(), tool.Password) || strings.Contains(logs.String(), reg.Password) || strings.Contains(logs.String(), viewer) {
+	t.Run("featureflags", func(t *testing.T) {
+		flagsURL := env.proxyURL + "/connectors-operator/featureflags"
+		get := func(token string) (int, string) {
+			h := map[string]string{}
+			if token != "" {
+				h["Authorization"] = "Bearer " + token
+			}
+			return do(t, noRedirects, newRequest(t, "GET", flagsURL, h))
+		}
+		if code, _ := get(""); code != http.StatusUnauthorized {
+			t.Errorf("no token: %d", code)
+		}
+		if code, body := get(viewer); code != http.StatusForbidden || !strings.Contains(body, "connectorclasses") {
+			t.Errorf("without access to ConnectorClasses: %d %s", code, body)
+		}
+		reader := apiToken(t, ns, "class-reader")
+		allowClassList(t, ns, "class-reader")
+		setFlags(t, map[string]string{"enable-connector-apis-write-passthrough": "true"})
+		t.Cleanup(func() { setFlags(t, map[string]string{}) })
+		var flags map[string]string
+		if !kubelet.WaitUntil(15*time.Second, func() bool {
+			code, body := get(reader)
+			flags = nil
+			return code == http.StatusOK && json.Unmarshal([]byte(body), &flags) == nil && flags["enable-connector-apis-write-passthrough"] == "true"
+		}) {
+			t.Fatalf("flags %v", flags)
+		}
+		for _, key := range []string{"enable-connector-apis-permissions", "enable-connector-proxy-permissions", "enable-connectors-approval", "enable-multi-connector"} {
+			if v := flags[key]; v != "true" && v != "false" {
+				t.Errorf("%s = %q, want a string boolean", key, v)
+			}
+		}
+	})
+	if l := logs.String(); strings.Contains(l, tool.Password) || strings.Contains(l, base64.StdEncoding.EncodeToString([]byte(tool.Password))) ||
+		strings.Contains(l, reg.Password) || strings.Contains(l, viewer) {
 		t.Error("the driver log holds a tool password or the caller's token")
 	}
 }
@@ -299,4 +402,194 @@ func startGarbageServer(t *testing.T) string {
 	go func() { _ = srv.Serve(lis) }()
 	t.Cleanup(func() { _ = srv.Close() })
 	return "http://" + lis.Addr().String()
+}
+
+// connectorAPI is the Connectors API URL of a Connector's path rest (starting with "/").
+func connectorAPI(env *proxyEnv, ns, connector, rest string) string {
+	return env.proxyURL + connectorsapi.ConnectorPath(ns, connector) + rest
+}
+
+// waitAPIPath waits for a Connector's status.api.path and returns it.
+func waitAPIPath(t *testing.T, ns, name string) string {
+	t.Helper()
+	var c v1alpha1.Connector
+	if !kubelet.WaitUntil(20*time.Second, func() bool {
+		return cp.Client.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: name}, &c) == nil &&
+			c.Status.API != nil && c.Status.API.Path != ""
+	}) {
+		t.Fatalf("Connector %s/%s has no status.api.path", ns, name)
+	}
+	return c.Status.API.Path
+}
+
+// openAPIGets is a spec.api.openapi document with a get operation, with the given extension
+// fields, per path.
+func openAPIGets(paths map[string]map[string]string) *apiextensionsv1.JSON {
+	doc := map[string]any{"openapi": "3.0.3", "info": map[string]string{"title": "test", "version": "v1"}}
+	ops := map[string]any{}
+	for p, ext := range paths {
+		ops[p] = map[string]any{"get": ext}
+	}
+	doc["paths"] = ops
+	return jsonValue(doc)
+}
+
+// setClassAPI sets a class's spec.api.
+func setClassAPI(t *testing.T, name string, api *v1alpha1.APISpec) {
+	t.Helper()
+	updateClass(t, name, func(c *v1alpha1.ConnectorClass) { c.Spec.API = api })
+}
+
+// updateClass changes a class, reading it again on a conflict: the controller writes its
+// status meanwhile.
+func updateClass(t testing.TB, name string, change func(*v1alpha1.ConnectorClass)) {
+	t.Helper()
+	if err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		var class v1alpha1.ConnectorClass
+		if err := cp.Client.Get(context.Background(), types.NamespacedName{Name: name}, &class); err != nil {
+			return err
+		}
+		change(&class)
+		return cp.Client.Update(context.Background(), &class)
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// startPlugin starts a class API service that answers a List and hands over each request's
+// headers, with its path and query as X-Path.
+func startPlugin(t *testing.T) (string, <-chan http.Header) {
+	t.Helper()
+	seen := make(chan http.Header, 16)
+	lis, err := net.Listen("tcp", gitserver.Host+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := r.Header.Clone()
+		h.Set("X-Path", r.URL.RequestURI())
+		select {
+		case seen <- h:
+		default:
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"listMeta":{"totalItems":1},"items":[{"name":"from-plugin"}]}`))
+	})}
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	return "http://" + lis.Addr().String(), seen
+}
+
+// grantResource grants get on a Connector's (sub)resource, as written in a Role.
+func grantResource(t *testing.T, ns, sa, connector, resource string) {
+	t.Helper()
+	name := "res-" + sa
+	create(t, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Rules: []rbacv1.PolicyRule{{
+		APIGroups: []string{v1alpha1.GroupVersion.Group}, Resources: []string{resource},
+		ResourceNames: []string{connector}, Verbs: []string{"get"},
+	}}})
+	create(t, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: name},
+		Subjects: []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: sa, Namespace: ns}}})
+}
+
+// allowClassList lets a ServiceAccount list ConnectorClasses (cluster-wide).
+func allowClassList(t *testing.T, ns, sa string) {
+	t.Helper()
+	name := "list-classes-" + ns + "-" + sa
+	create(t, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: name}, Rules: []rbacv1.PolicyRule{{
+		APIGroups: []string{v1alpha1.GroupVersion.Group}, Resources: []string{v1alpha1.ResourceConnectorClasses}, Verbs: []string{"list"},
+	}}})
+	create(t, &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: name},
+		RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: name},
+		Subjects: []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: sa, Namespace: ns}}})
+	t.Cleanup(func() {
+		_ = cp.Kube.RbacV1().ClusterRoleBindings().Delete(context.Background(), name, metav1.DeleteOptions{})
+		_ = cp.Kube.RbacV1().ClusterRoles().Delete(context.Background(), name, metav1.DeleteOptions{})
+	})
+}
+
+// TestConnectorsAPITagsAcrossPages lists a repository with more tags than one registry page:
+// every tag, and totalItems counting them all (the list once stopped at the first page).
+func TestConnectorsAPITagsAcrossPages(t *testing.T) {
+	reg := startRegistry(t)
+	const tagCount, pageSize = 120, 100
+	tags := make([]string, tagCount)
+	for i := range tags {
+		tags[i] = fmt.Sprintf("v%03d", i)
+	}
+	tagImage(t, reg, "team/many", tags)
+	env := startProxyDriver(t, func(o *driver.Options) { o.RegistryPageSize = pageSize })
+	ns := newNamespace(t)
+	ociConnector(t, ns, "registry", ociClass(t), reg, reg.Password)
+	viewer := apiToken(t, ns, "viewer")
+	allowConnectors(t, ns, "viewer", "registry")
+
+	code, list, st := apiCall(t, "GET", connectorAPI(env, ns, "registry", "/oci/tags?repository=team/many&itemsPerPage=500"), viewer)
+	if code != http.StatusOK {
+		t.Fatalf("status %d: %s", code, st.Message)
+	}
+	if list.ListMeta.TotalItems != tagCount || names(list) != strings.Join(tags, ",") {
+		t.Fatalf("%d items (totalItems %d), want all %d tags", len(list.Items), list.ListMeta.TotalItems, tagCount)
+	}
+	pages := 0
+	for _, r := range reg.Requests() {
+		if r.Path == "/v2/team/many/tags/list" && strings.HasPrefix(r.Authorization, "Bearer ") {
+			pages++
+		}
+	}
+	if pages < 2 {
+		t.Errorf("%d tag pages fetched, want 2 (page size %d)", pages, pageSize)
+	}
+	code, list, _ = apiCall(t, "GET", connectorAPI(env, ns, "registry", "/oci/tags?repository=team/many&page=3&itemsPerPage=50"), viewer)
+	if code != http.StatusOK || list.ListMeta.TotalItems != tagCount || names(list) != strings.Join(tags[100:], ",") {
+		t.Fatalf("page 3 of 50: %d, %s (totalItems %d)", code, names(list), list.ListMeta.TotalItems)
+	}
+	// The registry's own API through the passthrough: its Link header leads to the next page
+	// through the Connectors API, not to the registry.
+	next, seenTags := connectorAPI(env, ns, "registry", "/v2/team/many/tags/list?n=50"), []string{}
+	for pagesRead := 0; next != "" && pagesRead < 10; pagesRead++ {
+		res, err := noRedirects.Do(newRequest(t, "GET", next, map[string]string{"Authorization": "Bearer " + viewer}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var body struct{ Tags []string }
+		err = json.NewDecoder(res.Body).Decode(&body)
+		_ = res.Body.Close()
+		if res.StatusCode != http.StatusOK || err != nil {
+			t.Fatalf("%s: status %d %v", next, res.StatusCode, err)
+		}
+		seenTags = append(seenTags, body.Tags...)
+		next = ""
+		if link := res.Header.Get("Link"); link != "" {
+			ref, err := res.Request.URL.Parse(strings.TrimPrefix(strings.SplitN(link, ">", 2)[0], "<"))
+			if err != nil || !strings.HasPrefix(ref.String(), connectorAPI(env, ns, "registry", "/")) {
+				t.Fatalf("Link %q leads off the Connectors API", link)
+			}
+			next = ref.String()
+		}
+	}
+	if strings.Join(seenTags, ",") != strings.Join(tags, ",") {
+		t.Fatalf("paging through the passthrough gave %d tags, want %d", len(seenTags), len(tags))
+	}
+}
+
+// tagImage pushes one image to a repository under every tag given, as the registry's user.
+func tagImage(t *testing.T, reg *registry.Server, repo string, tags []string) {
+	t.Helper()
+	pushImages(t, reg, map[string][]string{repo: tags[:1]})
+	auth := remote.WithAuth(&authn.Basic{Username: reg.Username, Password: reg.Password})
+	first, err := name.ParseReference(strings.TrimPrefix(reg.URL, "http://")+"/"+repo+":"+tags[0], name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	desc, err := remote.Get(first, auth)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tag := range tags[1:] {
+		if err := remote.Tag(first.Context().Tag(tag), desc, auth); err != nil {
+			t.Fatalf("tag %s: %v", tag, err)
+		}
+	}
 }

@@ -17,7 +17,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/features"
@@ -236,14 +235,9 @@ func TestProxyRefusalsAndHostileRequests(t *testing.T) {
 	t.Run("bearer-token credentials are injected", func(t *testing.T) {
 		createSecret(t, ns, "bearer", v1alpha1.SecretTypeBearerToken, map[string]string{"token": "tool-api-token"})
 		bearerClass := newClass(t, "bearer")
-		var class v1alpha1.ConnectorClass
-		if err := cp.Client.Get(ctx, types.NamespacedName{Name: bearerClass}, &class); err != nil {
-			t.Fatal(err)
-		}
-		class.Spec.Auth = &v1alpha1.AuthSpec{Types: []v1alpha1.AuthType{{Name: "token", SecretType: v1alpha1.SecretTypeBearerToken}}}
-		if err := cp.Client.Update(ctx, &class); err != nil {
-			t.Fatal(err)
-		}
+		updateClass(t, bearerClass, func(c *v1alpha1.ConnectorClass) {
+			c.Spec.Auth = &v1alpha1.AuthSpec{Types: []v1alpha1.AuthType{{Name: "token", SecretType: v1alpha1.SecretTypeBearerToken}}}
+		})
 		create(t, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: "api", Namespace: ns},
 			Spec: v1alpha1.ConnectorSpec{ConnectorClassName: bearerClass, Address: tool.URL,
 				Auth: &v1alpha1.ConnectorAuth{Name: "token", SecretRef: &v1alpha1.SecretRef{Name: "bearer"}}}})

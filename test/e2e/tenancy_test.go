@@ -37,6 +37,7 @@ import (
 	"github.com/kube-connectors/connectors-csi/access"
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/cachemetrics"
+	"github.com/kube-connectors/connectors-csi/connectorsapi"
 	"github.com/kube-connectors/connectors-csi/connectorstatus"
 	"github.com/kube-connectors/connectors-csi/driver"
 	"github.com/kube-connectors/connectors-csi/test/controlplane"
@@ -188,7 +189,8 @@ func TestTenancyForeignSecretIsNeverRead(t *testing.T) {
 	createSecret(t, victim, "creds", corev1.SecretTypeBasicAuth, map[string]string{"username": "victim", "password": "victim-password-4711"})
 	git := gitClass(t)
 	pluginClass := classWith(t, "plugin", func(c *v1alpha1.ConnectorClass) {
-		c.Spec.API = &v1alpha1.APISpec{Destination: v1alpha1.Destination{URI: plugin.URL}}
+		c.Spec.API = &v1alpha1.APISpec{Destination: v1alpha1.Destination{URI: plugin.URL},
+			OpenAPI: openAPIGets(map[string]map[string]string{"/plugin/projects": {"x-provider-type": "api"}})}
 	})
 	foreign := func(name, class, secret string) {
 		create(t, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: attacker},
@@ -203,9 +205,7 @@ func TestTenancyForeignSecretIsNeverRead(t *testing.T) {
 	viewer := apiToken(t, attacker, "viewer")
 	allowConnectors(t, attacker, "viewer", "steal", "steal-plugin")
 	refs := "/repo.git/info/refs?service=git-upload-pack"
-	api := func(connector, rest string) string {
-		return fmt.Sprintf("%s/connectors/v1alpha1/namespaces/%s/connectors/%s/%s", env.proxyURL, attacker, connector, rest)
-	}
+	api := func(connector, rest string) string { return connectorAPI(env, attacker, connector, rest) }
 	const refusal = "may only use Secrets of its own namespace"
 
 	t.Run("reverse proxy", func(t *testing.T) {
@@ -222,9 +222,9 @@ func TestTenancyForeignSecretIsNeverRead(t *testing.T) {
 		}
 	})
 	for _, tc := range []struct{ name, url string }{
-		{"API passthrough", api("steal", "proxy"+refs)},
-		{"API gitrefs", api("steal", "api/gitrefs?repositoryUrl="+tool.URL+"/repo.git")},
-		{"API plugin headers", api("steal-plugin", "api/projects")},
+		{"API passthrough", api("steal", refs)},
+		{"API gitrefs", api("steal", "/git/gitrefs?repositoryUrl="+tool.URL+"/repo.git")},
+		{"API plugin headers", api("steal-plugin", "/plugin/projects")},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			code, _, st := apiCall(t, "GET", tc.url, viewer)
@@ -327,7 +327,7 @@ func TestTenancyPathsStayUnderTheAddress(t *testing.T) {
 	proxyAddr := strings.TrimPrefix(env.proxyURL, "http://")
 	toolHost := strings.TrimPrefix(tool.URL, "http://")
 	reverse := "/namespaces/" + ns + "/connectors/org-a"
-	api := "/connectors/v1alpha1/namespaces/" + ns + "/connectors/org-a"
+	api := connectorsapi.ConnectorPath(ns, "org-a")
 	bearer := map[string]string{"Authorization": "Bearer " + token}
 	proxyAuth := map[string]string{"Proxy-Authorization": "Basic " + basic(ns+"/org-a", token)}
 	apiAuth := map[string]string{"Authorization": "Bearer " + viewer}
@@ -340,8 +340,8 @@ func TestTenancyPathsStayUnderTheAddress(t *testing.T) {
 		}{
 			{"reverse", "GET " + reverse + climb + " HTTP/1.1", bearer},
 			{"forward", "GET " + tool.URL + "/org-a" + climb + " HTTP/1.1", proxyAuth},
-			{"API passthrough", "GET " + api + "/proxy" + climb + " HTTP/1.1", apiAuth},
-			{"gitrefs repositoryUrl", "GET " + api + "/api/gitrefs?repositoryUrl=http://" + toolHost + "/org-a" + climb + " HTTP/1.1", apiAuth},
+			{"API passthrough", "GET " + api + climb + " HTTP/1.1", apiAuth},
+			{"gitrefs repositoryUrl", "GET " + api + "/git/gitrefs?repositoryUrl=http://" + toolHost + "/org-a" + climb + " HTTP/1.1", apiAuth},
 		} {
 			t.Run(tc.name+" "+climb, func(t *testing.T) {
 				if code, body := rawStatus(t, proxyAddr, tc.line, tc.header); code != http.StatusBadRequest {
@@ -422,7 +422,7 @@ func TestTenancyNoCredentialFollowsARedirect(t *testing.T) {
 		}
 	})
 	t.Run("Connectors API registry list", func(t *testing.T) {
-		code, _, st := apiCall(t, "GET", fmt.Sprintf("%s/connectors/v1alpha1/namespaces/%s/connectors/foreign-realm/api/repositories", env.proxyURL, ns), viewer)
+		code, _, st := apiCall(t, "GET", connectorAPI(env, ns, "foreign-realm", "/oci/repositories"), viewer)
 		if code == http.StatusOK {
 			t.Fatalf("listed through a foreign realm: %s", st.Message)
 		}
@@ -713,7 +713,7 @@ func TestTenancyConnectorsAPINeedsApisUnderApproval(t *testing.T) {
 	allowConnectors(t, ns, "gated", "git") // what a gated workload holds, to mount the Connector
 	setFlags(t, map[string]string{"enable-connector-proxy-permissions": "true", "enable-connectors-approval": "true"})
 	t.Cleanup(func() { setFlags(t, map[string]string{}) })
-	gitrefs := fmt.Sprintf("%s/connectors/v1alpha1/namespaces/%s/connectors/git/api/gitrefs?repositoryUrl=%s/repo.git", env.proxyURL, ns, tool.URL)
+	gitrefs := connectorAPI(env, ns, "git", "/git/gitrefs?repositoryUrl="+tool.URL+"/repo.git")
 	if !kubelet.WaitUntil(15*time.Second, func() bool {
 		code, _, st := apiCall(t, "GET", gitrefs, viewer)
 		return code == http.StatusForbidden && strings.Contains(st.Message, "connectors/apis")
@@ -757,7 +757,7 @@ func TestTenancyForbiddenAndMissingConnectorsLookAlike(t *testing.T) {
 	})
 	t.Run("Connectors API", func(t *testing.T) {
 		api := func(name string) string {
-			return fmt.Sprintf("%s/connectors/v1alpha1/namespaces/%s/connectors/%s/proxy/x", env.proxyURL, owner, name)
+			return connectorAPI(env, owner, name, "/x")
 		}
 		c1, _, s1 := apiCall(t, "GET", api("tool"), strangerAPI)
 		c2, _, s2 := apiCall(t, "GET", api("missing"), strangerAPI)

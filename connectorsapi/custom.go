@@ -1,0 +1,169 @@
+package connectorsapi
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/proxy/egress"
+)
+
+// The headers a class's API service (plugin) receives, each base64 (connectorclass_api_spec).
+const (
+	// HeaderPluginMeta carries {"baseURL": the Connector's address}.
+	HeaderPluginMeta = "X-Plugin-Meta"
+	// HeaderPluginAuth carries the credential Secret's type.
+	HeaderPluginAuth = "X-Plugin-Auth"
+	// HeaderPluginSecret carries the Secret's data as JSON, each value base64 itself.
+	HeaderPluginSecret = "X-Plugin-Secret"
+)
+
+// pluginTransport reaches class API services directly, never through an environment proxy, and
+// leaves content encoding to the client and the service (the answer is passed on as it comes).
+var pluginTransport = &http.Transport{Proxy: nil, DisableCompression: true, MaxIdleConnsPerHost: 32, IdleConnTimeout: 90 * time.Second}
+
+// passthrough forwards to the tool's own API under the operation's address, with the
+// Connector's credential injected as the proxy does, and its paging links kept on the API.
+func (s *Server) passthrough(w http.ResponseWriter, r *http.Request, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, op operation, apiPath string) error {
+	base, err := toolAddress(c, class, op.Address)
+	if err != nil {
+		return err
+	}
+	baseURL, err := url.Parse(base)
+	if err != nil {
+		return errorf(http.StatusBadRequest, metav1.StatusReasonBadRequest, "address %q: %v", base, err)
+	}
+	target, err := url.Parse(strings.TrimSuffix(base, "/") + apiPath)
+	if err != nil {
+		return errorf(http.StatusBadRequest, metav1.StatusReasonBadRequest, "bad path: %v", err)
+	}
+	target.RawQuery = r.URL.RawQuery
+	return s.Proxy.Forward(newLinkWriter(w, baseURL, target, apiPath), r, c, class, target)
+}
+
+// toolAddress resolves an x-openapi-address: empty is the Connector's address, an http(s) URL
+// is itself (the class is trusted: an administrator wrote it), anything else names one of the
+// Connector's address extensions.
+func toolAddress(c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, selector string) (string, error) {
+	if selector == "" {
+		return c.Spec.Address, nil
+	}
+	if strings.Contains(selector, "://") {
+		u, err := url.Parse(selector)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return "", errorf(http.StatusBadRequest, metav1.StatusReasonBadRequest,
+				"x-openapi-address %q of ConnectorClass %q is not an http(s) URL", selector, class.Name)
+		}
+		return selector, nil
+	}
+	for _, e := range c.Spec.AddressExtensions {
+		if e.Name == selector {
+			return e.Value, nil
+		}
+	}
+	return "", errorf(http.StatusBadRequest, metav1.StatusReasonBadRequest,
+		"Connector %s/%s has no address extension %q (x-openapi-address of ConnectorClass %q)", c.Namespace, c.Name, selector, class.Name)
+}
+
+// builtins are the custom APIs served here for classes without an API service of their own,
+// by the path their OpenAPI operation (x-provider-type: api) declares.
+var builtins = map[string]func(*Server, *http.Request, *v1alpha1.Connector, *v1alpha1.ConnectorClass) (*List, error){
+	"/git/gitrefs":      (*Server).gitRefs,
+	"/oci/repositories": (*Server).repositories,
+	"/oci/tags":         (*Server).tags,
+}
+
+// custom serves an x-provider-type: api request: the class's API service, or a built-in API.
+func (s *Server) custom(w http.ResponseWriter, r *http.Request, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, apiPath string) error {
+	if addr := apiAddress(class); addr != "" {
+		return s.plugin(w, r, c, class, addr, apiPath)
+	}
+	list := builtins[apiPath]
+	if list == nil {
+		// Alauda's wording for a class whose API service is unknown.
+		return errorf(http.StatusBadRequest, metav1.StatusReasonBadRequest, "api address of connectorclass '%s' is not resolved", class.Name)
+	}
+	if !isRead(r.Method) {
+		return errorf(http.StatusMethodNotAllowed, metav1.StatusReasonMethodNotAllowed, "%s is read-only", apiPath)
+	}
+	out, err := list(s, r, c, class)
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	return json.NewEncoder(w).Encode(out)
+}
+
+// apiAddress is the class's API service address: status.api.address.url once resolved, or an
+// absolute spec.api.uri; "" when it has none.
+func apiAddress(class *v1alpha1.ConnectorClass) string {
+	if st := class.Status.API; st != nil && st.Address != nil && st.Address.URL != "" {
+		return st.Address.URL
+	}
+	if class.Spec.API == nil {
+		return ""
+	}
+	if u, err := url.Parse(class.Spec.API.URI); err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != "" {
+		return class.Spec.API.URI
+	}
+	return ""
+}
+
+// plugin forwards a request to the class's API service at {address}{api-path}, with the
+// Connector's address and credential in the X-Plugin-* headers (connectorclass_api_spec).
+func (s *Server) plugin(w http.ResponseWriter, r *http.Request, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, addr, apiPath string) error {
+	up, err := s.Proxy.Upstream(r.Context(), c, class)
+	if err != nil {
+		return credentialError(err)
+	}
+	target, err := url.Parse(strings.TrimSuffix(addr, "/") + apiPath)
+	if err != nil {
+		return errorf(http.StatusBadGateway, "BadGateway", "API address %q of ConnectorClass %q: %v", addr, class.Name, err)
+	}
+	target.RawQuery = r.URL.RawQuery
+	out := r.Clone(r.Context())
+	out.RequestURI = ""
+	out.URL = target
+	out.Host = target.Host
+	for _, h := range []string{"Authorization", "Proxy-Authorization", "Cookie", HeaderPluginMeta, HeaderPluginAuth, HeaderPluginSecret} {
+		out.Header.Del(h) // the caller's, never the plugin's to see or to be fooled by
+	}
+	out.Header.Set(egress.HopHeader, "1")
+	setPluginHeaders(out.Header, c.Spec.Address, up.SecretType, up.SecretData)
+	res, err := pluginTransport.RoundTrip(out)
+	if err != nil {
+		return errorf(http.StatusBadGateway, "BadGateway", "API service of ConnectorClass %q unreachable: %v", class.Name, err)
+	}
+	defer res.Body.Close()
+	for k, v := range res.Header {
+		w.Header()[k] = v
+	}
+	w.WriteHeader(res.StatusCode)
+	_, _ = io.Copy(w, res.Body)
+	return nil
+}
+
+// setPluginHeaders sets X-Plugin-Meta to base64 {"baseURL":address} and, for a Connector with a
+// Secret, X-Plugin-Auth to base64 of its type and X-Plugin-Secret to base64 of its data as
+// JSON (encoding/json writes the []byte values base64, as the spec asks).
+func setPluginHeaders(h http.Header, address, secretType string, data map[string][]byte) {
+	b64 := base64.StdEncoding.EncodeToString
+	meta, _ := json.Marshal(map[string]string{"baseURL": address})
+	h.Set(HeaderPluginMeta, b64(meta))
+	if secretType == "" && data == nil {
+		return
+	}
+	h.Set(HeaderPluginAuth, b64([]byte(secretType)))
+	if data == nil {
+		data = map[string][]byte{}
+	}
+	secret, _ := json.Marshal(data)
+	h.Set(HeaderPluginSecret, b64(secret))
+}
