@@ -8,7 +8,9 @@ import (
 
 	authorizationv1 "k8s.io/api/authorization/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/test/controlplane"
 )
 
@@ -33,6 +35,8 @@ func TestDeployAppliesServerSide(t *testing.T) {
 		"prioritylevelconfiguration.flowcontrol.apiserver.k8s.io/connectors-csi-controller",
 		"configmap/connectors-config",
 		"connectorclass.connectors.alauda.io/git",
+		"customresourcedefinition.apiextensions.k8s.io/resourceinterfaces.connectors.alauda.io",
+		"resourceinterface.connectors.alauda.io/gitcoderepository",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("kubectl apply output lacks %q:\n%s", want, out)
@@ -60,6 +64,53 @@ func TestDeployAppliesServerSide(t *testing.T) {
 	if !strings.Contains(rendered, "node-driver-registrar") || !strings.Contains(rendered, "livenessprobe") ||
 		strings.Contains(rendered, "--kubelet-registration-dir") {
 		t.Errorf("the sidecars overlay does not swap self-registration for the sidecars:\n%s", out)
+	}
+}
+
+// TestBuiltInResourceInterfacesApplyStrictly applies deploy/resourceinterfaces for real with
+// strict server-side field validation (an unknown or pruned field fails the apply) and reads
+// each interface back: every documented category is there and nothing was pruned.
+func TestBuiltInResourceInterfacesApplyStrictly(t *testing.T) {
+	dir := filepath.Join(controlplane.RepoRoot(), "deploy", "resourceinterfaces")
+	if _, err := cp.Kubectl(nil, "apply", "--server-side", "--validate=strict", "-k", dir); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"gitcoderepository": "GitCodeRepository", "ociartifact": "OCIArtifact", "mavenrepository": "MavenRepository"}
+	for name, category := range want {
+		var ri v1alpha1.ResourceInterface
+		if err := cp.Client.Get(context.Background(), client.ObjectKey{Name: name}, &ri); err != nil {
+			t.Fatal(err)
+		}
+		if got := ri.Labels[v1alpha1.LabelResourceInterfaceCategory]; got != category {
+			t.Errorf("%s: category %q, want %q", name, got, category)
+		}
+		csi := 0
+		for _, w := range ri.Spec.Workspaces {
+			if w.Value != nil && w.Value.CSI != nil && w.Value.CSI.Driver == driverName && w.Value.CSI.VolumeAttributes["configuration.names"] != "" {
+				csi++
+			}
+		}
+		if csi != 1 || len(ri.Spec.Attributes) == 0 {
+			t.Errorf("%s: %d connectors-csi workspaces with configuration.names and %d attributes, want 1 and some", name, csi, len(ri.Spec.Attributes))
+		}
+	}
+	var git v1alpha1.ResourceInterface
+	if err := cp.Client.Get(context.Background(), client.ObjectKey{Name: "gitcoderepository"}, &git); err != nil {
+		t.Fatal(err)
+	}
+	if vct := git.Spec.Workspaces[0].Value.VolumeClaimTemplate; vct == nil || vct.Spec.Resources.Requests.Storage().IsZero() {
+		t.Errorf("gitcoderepository's source workspace lost its volumeClaimTemplate: %+v", git.Spec.Workspaces[0].Value)
+	}
+	// Strict validation is on: an unknown field is refused, naming it.
+	bad := `apiVersion: connectors.alauda.io/v1alpha1
+kind: ResourceInterface
+metadata: {name: bad-interface}
+spec:
+  workspaces: [{name: w, value: {csi: {driver: connectors-csi, colour: red}}}]
+`
+	out, err := cp.Kubectl([]byte(bad), "apply", "--server-side", "--validate=strict", "--dry-run=server", "-f", "-")
+	if err == nil || !strings.Contains(out, "colour") {
+		t.Fatalf("an unknown field was accepted or not named: %v\n%s", err, out)
 	}
 }
 
