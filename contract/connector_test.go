@@ -70,12 +70,16 @@ func TestConnectorContract(t *testing.T) {
 	}{
 		"required param missing": {func(c *v1alpha1.Connector) { c.Spec.Params = nil },
 			`spec.params: Required value: ConnectorClass "tool" requires param "org"`},
-		"undeclared param": {func(c *v1alpha1.Connector) { c.Spec.Params = append(c.Spec.Params, v1alpha1.Param{Name: "colour", Value: js("red")}) },
+		"undeclared param": {func(c *v1alpha1.Connector) {
+			c.Spec.Params = append(c.Spec.Params, v1alpha1.Param{Name: "colour", Value: js("red")})
+		},
 			`spec.params[1].name: Invalid value: "colour": ConnectorClass "tool" declares no param "colour"`},
 		"param out of enum": {func(c *v1alpha1.Connector) {
 			c.Spec.Params = append(c.Spec.Params, v1alpha1.Param{Name: "sslVerify", Value: js("maybe")})
 		}, `spec.params[1].value: Invalid value: "maybe": param "sslVerify" is not one of true, false`},
-		"param of the wrong type": {func(c *v1alpha1.Connector) { c.Spec.Params = append(c.Spec.Params, v1alpha1.Param{Name: "mirrors", Value: js("a")}) },
+		"param of the wrong type": {func(c *v1alpha1.Connector) {
+			c.Spec.Params = append(c.Spec.Params, v1alpha1.Param{Name: "mirrors", Value: js("a")})
+		},
 			`spec.params[1].value: Invalid value: "\"a\"": param "mirrors" must be of type array`},
 		"required address extension missing": {func(c *v1alpha1.Connector) { c.Spec.AddressExtensions = nil },
 			`spec.addressExtensions: Required value: ConnectorClass "tool" requires address extension "api"`},
