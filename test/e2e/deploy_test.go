@@ -35,6 +35,8 @@ func TestDeployAppliesServerSide(t *testing.T) {
 		"prioritylevelconfiguration.flowcontrol.apiserver.k8s.io/connectors-csi-controller",
 		"configmap/connectors-config",
 		"connectorclass.connectors.alauda.io/git",
+		"service/connectors-csi-webhook",
+		"validatingwebhookconfiguration.admissionregistration.k8s.io/connectors-csi",
 		"customresourcedefinition.apiextensions.k8s.io/resourceinterfaces.connectors.alauda.io",
 		"resourceinterface.connectors.alauda.io/gitcoderepository",
 	} {
@@ -178,6 +180,39 @@ func TestDeployedRolesHoldLeastPrivilege(t *testing.T) {
 			if res.Status.Allowed != c.allowed {
 				t.Errorf("%s may %s %s.%s: %v, want %v", sa, c.verb, c.resource, c.group, res.Status.Allowed, c.allowed)
 			}
+		}
+	}
+	// The webhook's certificate and caBundle: the controller may write its own Secret and its
+	// own ValidatingWebhookConfiguration, nothing else of either kind; the node neither.
+	type named struct {
+		sa, group, resource, verb, namespace, name string
+		allowed                                    bool
+	}
+	const ctl, node, vwc = "connectors-csi-controller", "connectors-csi-node", "validatingwebhookconfigurations"
+	for _, c := range []named{
+		{ctl, "admissionregistration.k8s.io", vwc, "patch", "", "connectors-csi", true},
+		{ctl, "admissionregistration.k8s.io", vwc, "patch", "", "other-webhook", false},
+		{ctl, "admissionregistration.k8s.io", vwc, "create", "", "", false},
+		{ctl, "admissionregistration.k8s.io", "mutatingwebhookconfigurations", "patch", "", "connectors-csi", false},
+		{node, "admissionregistration.k8s.io", vwc, "patch", "", "connectors-csi", false},
+		{ctl, "", "secrets", "create", systemNS, "", true},
+		{ctl, "", "secrets", "update", systemNS, "connectors-csi-webhook-cert", true},
+		{ctl, "", "secrets", "update", systemNS, "connectors-proxy-ca", false},
+		{ctl, "", "secrets", "create", "some-tenant", "", false},
+		{node, "", "secrets", "update", systemNS, "connectors-csi-webhook-cert", false},
+	} {
+		res, err := cp.Kube.AuthorizationV1().SubjectAccessReviews().Create(context.Background(), &authorizationv1.SubjectAccessReview{
+			Spec: authorizationv1.SubjectAccessReviewSpec{
+				User:   "system:serviceaccount:" + systemNS + ":" + c.sa,
+				Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + systemNS, "system:authenticated"},
+				ResourceAttributes: &authorizationv1.ResourceAttributes{Group: c.group, Resource: c.resource, Verb: c.verb,
+					Namespace: c.namespace, Name: c.name},
+			}}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Status.Allowed != c.allowed {
+			t.Errorf("%s may %s %s.%s %s/%s: %v, want %v", c.sa, c.verb, c.resource, c.group, c.namespace, c.name, res.Status.Allowed, c.allowed)
 		}
 	}
 }
