@@ -2,7 +2,6 @@ package v1alpha1
 
 import (
 	corev1 "k8s.io/api/core/v1"
-	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -29,27 +28,8 @@ type Parameterize struct {
 // ResourceInterfaceAttributeSpec is a value computed from the params and the Connector for a
 // pipeline (a URL, a list of image references, …).
 type ResourceInterfaceAttributeSpec struct {
-	// Name of the attribute.
-	// +kubebuilder:validation:MinLength=1
-	Name string `json:"name"`
-	// Type of the value; string when empty.
-	// +optional
-	Type ParamType `json:"type,omitempty"`
-	// Default value, when the expression gives none.
-	// +optional
-	Default *apiextensionsv1.JSON `json:"default,omitempty"`
-	// Description for people.
-	// +optional
-	Description string `json:"description,omitempty"`
-	// Enum lists the allowed values, when not empty.
-	// +optional
-	Enum []string `json:"enum,omitempty"`
-	// Properties declares the keys of an object value and their types.
-	// +optional
-	Properties map[string]PropertySpec `json:"properties,omitempty"`
-	// Annotations for UIs and other tools.
-	// +optional
-	Annotations map[string]string `json:"annotations,omitempty"`
+	// The declaration of the value (name, type, default, enum, …), as a param's.
+	ParamSpec `json:",inline"`
 	// Expression computes the value from `connector` and `params` (evaluated by the pipeline
 	// UI, not by this project).
 	// +optional
