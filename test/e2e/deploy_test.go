@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	authorizationv1 "k8s.io/api/authorization/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -102,6 +103,23 @@ func TestBuiltInResourceInterfacesApplyStrictly(t *testing.T) {
 	}
 	if vct := git.Spec.Workspaces[0].Value.VolumeClaimTemplate; vct == nil || vct.Spec.Resources.Requests.Storage().IsZero() {
 		t.Errorf("gitcoderepository's source workspace lost its volumeClaimTemplate: %+v", git.Spec.Workspaces[0].Value)
+	}
+	// Every field of the published schema, set: applied strictly and stored as written.
+	shape := filepath.Join(controlplane.RepoRoot(), "test", "e2e", "testdata", "resourceinterface-shape.yaml")
+	var every v1alpha1.ResourceInterface
+	if err := controlplane.ReadYAML(shape, &every); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := cp.Kubectl(nil, "apply", "--server-side", "--validate=strict", "-f", shape); err != nil || strings.Contains(strings.ToLower(out), "warning") {
+		t.Fatalf("the every-field ResourceInterface: %v\n%s", err, out)
+	}
+	t.Cleanup(func() { _ = cp.Client.Delete(context.Background(), &every) })
+	var got v1alpha1.ResourceInterface
+	if err := cp.Client.Get(context.Background(), client.ObjectKeyFromObject(&every), &got); err != nil {
+		t.Fatal(err)
+	}
+	if !equality.Semantic.DeepEqual(every.Spec, got.Spec) {
+		t.Errorf("the every-field ResourceInterface was not stored as written:\nwant %+v\ngot  %+v", every.Spec, got.Spec)
 	}
 	// Strict validation is on: an unknown field is refused, naming it.
 	bad := `apiVersion: connectors.alauda.io/v1alpha1
