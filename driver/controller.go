@@ -139,7 +139,10 @@ func webhookServer(ctx context.Context, p *process) (webhook.Server, error) {
 	if o.WebhookListen == "" {
 		return nil, nil
 	}
-	opts := webhook.Options{Host: o.webhookHost, Port: o.webhookPort, CertDir: o.WebhookCertDir}
+	// HTTP/1.1 only: the API server needs nothing more, and HTTP/2's stream resets are a known
+	// way to exhaust a server (CVE-2023-44487).
+	opts := webhook.Options{Host: o.webhookHost, Port: o.webhookPort, CertDir: o.WebhookCertDir,
+		TLSOpts: []func(*tls.Config){func(c *tls.Config) { c.NextProtos = []string{"http/1.1"} }}}
 	if o.WebhookCertDir == "" {
 		svc := o.WebhookService
 		hosts := []string{svc, svc + "." + o.SystemNamespace, svc + "." + o.SystemNamespace + ".svc",
@@ -155,7 +158,7 @@ func webhookServer(ctx context.Context, p *process) (webhook.Server, error) {
 		if err := certs.Start(ctx); err != nil {
 			return nil, fmt.Errorf("webhook certificate: %w", err)
 		}
-		opts.TLSOpts = []func(*tls.Config){func(c *tls.Config) { c.GetCertificate = certs.GetCertificate }}
+		opts.TLSOpts = append(opts.TLSOpts, func(c *tls.Config) { c.GetCertificate = certs.GetCertificate })
 	}
 	return webhook.NewServer(opts), nil
 }
