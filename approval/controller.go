@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -380,6 +381,7 @@ func (c *Controller) evaluateChecks(ctx context.Context, ar *v1alpha1.AccessRequ
 		p.MatchedChecks = nil
 		for _, check := range p.PolicySpec.CheckGrantedPermission.Spec.Checks {
 			mc, result := c.evaluateCheck(ctx, ar, check, rctx)
+			mc = withAlaudaFields(mc)
 			p.MatchedChecks = append(p.MatchedChecks, mc)
 			if rank[result] > rank[outcome] {
 				outcome, msgs = result, nil
@@ -438,15 +440,33 @@ func (c *Controller) evaluateCheck(ctx context.Context, ar *v1alpha1.AccessReque
 	if err := c.watchKind(ctx, gvk); err != nil {
 		return fail("cannot watch %s: %v", gvk.Kind, unknownKind(err))
 	}
+	podNS := ar.Spec.Context.ObjectRef.Namespace
+	name, namespace, err := c.templates.ObjectName(spec, rctx, check.Ref == nil)
+	switch {
+	case errors.As(err, &notInChain):
+		return fail("Pod %s/%s is not run by %s (owner chain checked by UID)", podNS, ar.Spec.Context.ObjectRef.Name, ownerChainKeys[notInChain.key])
+	case err != nil:
+		return fail("%v", err)
+	case namespace != "" && namespace != podNS:
+		// A check reads only the Pod's namespace: another would let a tenant be approved by an
+		// object someone else controls, or probe what exists elsewhere.
+		return fail("objectRef.namespace %q: a check reads only the Pod's namespace %s", namespace, podNS)
+	}
+	selector, err := metav1.LabelSelectorAsSelector(&metav1.LabelSelector{MatchLabels: matchLabels, MatchExpressions: spec.Selector.MatchExpressions})
+	if err != nil {
+		return fail("matchExpressions: %v", err)
+	}
 	list := &unstructured.UnstructuredList{}
 	list.SetGroupVersionKind(gvk.GroupVersion().WithKind(gvk.Kind + "List"))
-	podNS := ar.Spec.Context.ObjectRef.Namespace
-	if err := c.Client.List(ctx, list, client.InNamespace(podNS), client.MatchingLabels(matchLabels)); err != nil {
+	if err := c.Client.List(ctx, list, client.InNamespace(podNS), client.MatchingLabelsSelector{Selector: selector}); err != nil {
 		return fail("list %s: %v", gvk.Kind, err)
+	}
+	if name != "" {
+		list.Items = slices.DeleteFunc(list.Items, func(o unstructured.Unstructured) bool { return o.GetName() != name })
 	}
 	if len(list.Items) == 0 {
 		mc.State = v1alpha1.StatePending
-		mc.Message = fmt.Sprintf("waiting: no %s in namespace %s has labels %s yet", gvk.Kind, podNS, labels.Set(matchLabels))
+		mc.Message = fmt.Sprintf("waiting: no %s in namespace %s matches %s yet", gvk.Kind, podNS, describeSelector(selector, name))
 		return mc, v1alpha1.ReasonPending
 	}
 	result := v1alpha1.ReasonPassed
@@ -472,6 +492,38 @@ func (c *Controller) evaluateCheck(ctx context.Context, ar *v1alpha1.AccessReque
 	}
 	mc.Message = strings.Join(details, ", ")
 	return mc, result
+}
+
+// describeSelector is a check's selector as people read it.
+func describeSelector(selector labels.Selector, name string) string {
+	out := "labels " + selector.String()
+	if selector.Empty() {
+		out = "any labels"
+	}
+	if name != "" {
+		out = "name " + name + " and " + out
+	}
+	return out
+}
+
+// withAlaudaFields fills a matched check's ref and condition, Alauda's shape of what ObjectRef,
+// State and Message say: Ready True for approved or passed, False for rejected, Unknown while
+// pending or failing.
+func withAlaudaFields(mc v1alpha1.MatchedCheck) v1alpha1.MatchedCheck {
+	if o := mc.ObjectRef; o != nil {
+		mc.Ref = &corev1.ObjectReference{APIVersion: o.APIVersion, Kind: o.Kind, Name: o.Name, Namespace: o.Namespace}
+	}
+	status, reason := metav1.ConditionUnknown, "Failed"
+	switch mc.State {
+	case v1alpha1.StateApproved, v1alpha1.StatePassed:
+		status, reason = metav1.ConditionTrue, "Approved"
+	case v1alpha1.StateRejected:
+		status, reason = metav1.ConditionFalse, "Rejected"
+	case v1alpha1.StatePending:
+		reason = "Pending"
+	}
+	mc.Condition = &v1alpha1.Condition{Type: v1alpha1.ConditionReady, Status: status, Reason: reason, Message: mc.Message}
+	return mc
 }
 
 // unknownKind makes "no matches for kind" readable.

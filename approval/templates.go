@@ -10,6 +10,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -132,45 +133,80 @@ func (t *Templates) Check(cm *corev1.ConfigMap) (*v1alpha1.CheckSpec, error) {
 func (t *Templates) MatchLabels(spec *v1alpha1.CheckSpec, context map[string]any, untrusted bool) (map[string]string, error) {
 	out := make(map[string]string, len(spec.Selector.MatchLabels))
 	for k, v := range spec.Selector.MatchLabels {
-		tmpl, err := t.parseLabel(k, v, untrusted)
+		b, err := t.renderSelector("matchLabels["+k+"]", v, context, untrusted)
 		if err != nil {
 			return nil, err
 		}
-		for _, key := range []string{keyPipelineRun, keyTaskRun} {
-			if _, ok := context[key]; !ok && templates.UsesField(tmpl, key) {
-				return nil, &notInOwnerChain{key: key}
-			}
-		}
-		b, err := t.cache.Execute(k, v, context) // vetted by parseLabel
-		if err != nil {
-			return nil, fmt.Errorf("matchLabels[%s]: %w", k, err)
-		}
-		if problems := validation.IsValidLabelValue(string(b)); len(problems) > 0 {
+		if problems := validation.IsValidLabelValue(b); len(problems) > 0 {
 			return nil, fmt.Errorf("matchLabels[%s] renders a value of %d characters that is not a label value: %s", k, len(b), strings.Join(problems, "; "))
 		}
-		out[k] = string(b)
+		out[k] = b
 	}
 	return out, nil
+}
+
+// ObjectName renders a check's objectRef.name and objectRef.namespace ("" when unset): templates
+// over the request context, as matchLabels values.
+func (t *Templates) ObjectName(spec *v1alpha1.CheckSpec, context map[string]any, untrusted bool) (name, namespace string, err error) {
+	ref := spec.Selector.ObjectRef
+	if ref.Name != "" {
+		if name, err = t.renderSelector("objectRef.name", ref.Name, context, untrusted); err != nil {
+			return "", "", err
+		}
+	}
+	if ref.Namespace != "" {
+		if namespace, err = t.renderSelector("objectRef.namespace", ref.Namespace, context, untrusted); err != nil {
+			return "", "", err
+		}
+	}
+	return name, namespace, nil
+}
+
+// renderSelector renders one selector value; a value that reads .pipelineRun or .taskRun of a
+// Pod outside such an owner chain is a notInOwnerChain.
+func (t *Templates) renderSelector(field, v string, context map[string]any, untrusted bool) (string, error) {
+	tmpl, err := t.parseLabel(field, v, untrusted)
+	if err != nil {
+		return "", err
+	}
+	for _, key := range []string{keyPipelineRun, keyTaskRun} {
+		if _, ok := context[key]; !ok && templates.UsesField(tmpl, key) {
+			return "", &notInOwnerChain{key: key}
+		}
+	}
+	b, err := t.cache.Execute(field, v, context) // vetted by parseLabel
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", field, err)
+	}
+	return string(b), nil
 }
 
 // CheckMatchLabels parses a check's label values as MatchLabels would, for a policy's status.
 func (t *Templates) CheckMatchLabels(spec *v1alpha1.CheckSpec, untrusted bool) error {
 	for k, v := range spec.Selector.MatchLabels {
-		if _, err := t.parseLabel(k, v, untrusted); err != nil {
+		if _, err := t.parseLabel("matchLabels["+k+"]", v, untrusted); err != nil {
 			return err
 		}
+	}
+	for field, v := range map[string]string{"objectRef.name": spec.Selector.ObjectRef.Name, "objectRef.namespace": spec.Selector.ObjectRef.Namespace} {
+		if _, err := t.parseLabel(field, v, untrusted); v != "" && err != nil {
+			return err
+		}
+	}
+	if _, err := metav1.LabelSelectorAsSelector(&metav1.LabelSelector{MatchExpressions: spec.Selector.MatchExpressions}); err != nil {
+		return fmt.Errorf("matchExpressions: %w", err)
 	}
 	return nil
 }
 
-func (t *Templates) parseLabel(k, v string, untrusted bool) (*template.Template, error) {
+func (t *Templates) parseLabel(field, v string, untrusted bool) (*template.Template, error) {
 	parse := t.cache.Parse
 	if untrusted {
 		parse = t.cache.ParseUntrusted
 	}
-	tmpl, err := parse(k, v)
+	tmpl, err := parse(field, v)
 	if err != nil {
-		return nil, fmt.Errorf("matchLabels[%s]: %w", k, err)
+		return nil, fmt.Errorf("%s: %w", field, err)
 	}
 	return tmpl, nil
 }

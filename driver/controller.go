@@ -2,6 +2,7 @@ package driver
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net/http"
 	"sync/atomic"
@@ -18,7 +19,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/config"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
+	"github.com/kube-connectors/connectors-csi/admission"
 	"github.com/kube-connectors/connectors-csi/approval"
 	"github.com/kube-connectors/connectors-csi/connectorstatus"
 	"github.com/kube-connectors/connectors-csi/features"
@@ -75,6 +78,11 @@ func startController(ctx context.Context, g *errgroup.Group, p *process, ready *
 	}).SetupWithManager(mgr); err != nil {
 		return err
 	}
+	if o.WebhookListen != "" {
+		// Served by every replica, leader or not: the Service spreads reviews over them.
+		mgr.GetWebhookServer().Register(admission.ConnectorPath,
+			(&admission.ConnectorValidator{Reader: mgr.GetAPIReader()}).Webhook(p.scheme))
+	}
 	if !o.runsNode() {
 		// The controller uses no flag; it watches them to report invalid values as Events,
 		// once for the cluster instead of once per node.
@@ -97,9 +105,14 @@ func startController(ctx context.Context, g *errgroup.Group, p *process, ready *
 // namespace only.
 func newManager(ctx context.Context, p *process) (ctrl.Manager, error) {
 	o := p.o
+	hooks, err := webhookServer(ctx, p)
+	if err != nil {
+		return nil, err
+	}
 	mgr, err := ctrl.NewManager(p.cfg, ctrl.Options{
-		Scheme: p.scheme,
-		Logger: klog.FromContext(ctx),
+		WebhookServer: hooks,
+		Scheme:        p.scheme,
+		Logger:        klog.FromContext(ctx),
 		Cache: cache.Options{
 			DefaultTransform: cache.TransformStripManagedFields(),
 			// Role and check templates, read at every evaluation, from the system namespace only.
@@ -122,4 +135,37 @@ func newManager(ctx context.Context, p *process) (ctrl.Manager, error) {
 		return nil, fmt.Errorf("controller manager: %w", err)
 	}
 	return mgr, nil
+}
+
+// webhookServer is the admission webhook's HTTPS server (nil: none, when --webhook-listen is
+// empty). Its certificate comes from --webhook-cert-dir, or else is the self-signed one the
+// controller keeps in a Secret; that one is loaded before the server is made, so that the
+// server never answers without it.
+func webhookServer(ctx context.Context, p *process) (webhook.Server, error) {
+	o := p.o
+	if o.WebhookListen == "" {
+		return nil, nil
+	}
+	// HTTP/1.1 only: the API server needs nothing more, and HTTP/2's stream resets are a known
+	// way to exhaust a server (CVE-2023-44487).
+	opts := webhook.Options{Host: o.webhookHost, Port: o.webhookPort, CertDir: o.WebhookCertDir,
+		TLSOpts: []func(*tls.Config){func(c *tls.Config) { c.NextProtos = []string{"http/1.1"} }}}
+	if o.WebhookCertDir == "" {
+		svc := o.WebhookService
+		hosts := []string{svc, svc + "." + o.SystemNamespace, svc + "." + o.SystemNamespace + ".svc",
+			svc + "." + o.SystemNamespace + ".svc.cluster.local"}
+		if o.webhookHost != "" {
+			// An address the webhook listens on is one a client may be configured to call.
+			hosts = append(hosts, o.webhookHost)
+		}
+		certs := &admission.SelfSigned{
+			Secrets: p.kube.CoreV1().Secrets(o.SystemNamespace), Webhooks: p.kube.AdmissionregistrationV1().ValidatingWebhookConfigurations(),
+			Configuration: o.WebhookConfiguration, Hosts: hosts, Recheck: o.WebhookCARecheck,
+		}
+		if err := certs.Start(ctx); err != nil {
+			return nil, fmt.Errorf("webhook certificate: %w", err)
+		}
+		opts.TLSOpts = append(opts.TLSOpts, func(c *tls.Config) { c.GetCertificate = certs.GetCertificate })
+	}
+	return webhook.NewServer(opts), nil
 }

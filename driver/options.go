@@ -3,12 +3,15 @@ package driver
 import (
 	"flag"
 	"fmt"
+	"net"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
 	"k8s.io/apimachinery/pkg/api/resource"
 
+	"github.com/kube-connectors/connectors-csi/admission"
 	"github.com/kube-connectors/connectors-csi/node/mount"
 	"github.com/kube-connectors/connectors-csi/proxy/egress"
 )
@@ -83,6 +86,13 @@ type Options struct {
 	PermissionCacheSize       int
 	ConnectorCacheSize        int
 	ConnectorIdle             time.Duration
+
+	// The Connector admission webhook of the controller role (off when WebhookListen is empty).
+	WebhookListen        string
+	WebhookCertDir       string
+	WebhookService       string
+	WebhookConfiguration string
+	WebhookCARecheck     time.Duration
 
 	// Dial and Resolve replace the network for the proxy's, the API's and the probes'
 	// outbound connections; for tests only (no flag), so that a refused destination is proven
@@ -167,6 +177,11 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.IntVar(&o.PermissionCacheSize, "proxy-permission-cache-size", defaultPermissionCacheSize, "connectors/proxy decisions (by Pod, Connector and verb) the proxy keeps at most")
 	fs.IntVar(&o.ConnectorCacheSize, "connector-cache-size", defaultConnectorCacheSize, "Connectors a node watches at most (the ones its volumes and proxy requests use)")
 	fs.DurationVar(&o.ConnectorIdle, "connector-idle-timeout", defaultConnectorIdle, "a node stops watching a Connector nothing read for this long")
+	fs.StringVar(&o.WebhookListen, "webhook-listen", "", "controller role: host:port of the Connector admission webhook (HTTPS; deploy/ uses :9443); empty: no webhook")
+	fs.StringVar(&o.WebhookCertDir, "webhook-cert-dir", "", "directory with the webhook's tls.crt and tls.key, reloaded when they change, when another tool keeps them and the caBundle; empty: the controller keeps a self-signed certificate in the Secret "+admission.CertSecretName+" and writes its CA into the caBundle of --webhook-configuration")
+	fs.StringVar(&o.WebhookService, "webhook-service", defaultWebhookService, "the webhook's Service in the system namespace: the names of the self-signed certificate")
+	fs.StringVar(&o.WebhookConfiguration, "webhook-configuration", defaultWebhookConfiguration, "the ValidatingWebhookConfiguration whose caBundle the controller keeps (self-signed certificate only)")
+	fs.DurationVar(&o.WebhookCARecheck, "webhook-ca-recheck-interval", defaultWebhookCARecheck, "how often the controller checks the self-signed certificate and the caBundle again (a re-applied configuration gets its caBundle back)")
 	fs.BoolVar(&o.UnprivilegedMounts, "unprivileged-mounts", false, "for tests without root: write volumes into plain directories instead of tmpfs mounts")
 }
 
@@ -179,6 +194,13 @@ var defaultBuiltInProxyServices = []string{"connectors-proxy", "connectors-proxy
 // defaultOpenAPICacheSize is --api-openapi-cache-size's default: classes are few.
 const defaultOpenAPICacheSize = 256
 
+// Defaults of the webhook's flags, also for drivers started from Go.
+const (
+	defaultWebhookService       = "connectors-csi-webhook"
+	defaultWebhookConfiguration = "connectors-csi"
+	defaultWebhookCARecheck     = 5 * time.Minute
+)
+
 // defaultCELCacheSize is --cel-cache-size's default: policies are few, their expressions fewer.
 const defaultCELCacheSize = 1024
 
@@ -187,6 +209,8 @@ type validated struct {
 	Options
 	socketPath      string
 	volumeSizeBytes int64
+	webhookHost     string
+	webhookPort     int
 }
 
 func (o *Options) validate() (*validated, error) {
@@ -252,7 +276,38 @@ func (o *Options) validate() (*validated, error) {
 	if o.TokenAudience == "" {
 		return nil, fmt.Errorf("--token-audience must not be empty")
 	}
+	if err := v.webhook(); err != nil {
+		return nil, err
+	}
 	return v, nil
+}
+
+// webhook parses --webhook-listen and fills the webhook's unset options with their defaults.
+func (v *validated) webhook() error {
+	if v.WebhookListen == "" {
+		return nil
+	}
+	host, port, err := net.SplitHostPort(v.WebhookListen)
+	if err != nil {
+		return fmt.Errorf("--webhook-listen %q: not host:port: %v", v.WebhookListen, err)
+	}
+	if v.webhookPort, err = strconv.Atoi(port); err != nil || v.webhookPort <= 0 || v.webhookPort > 65535 {
+		return fmt.Errorf("--webhook-listen %q: the port must be a number from 1 to 65535", v.WebhookListen)
+	}
+	v.webhookHost = host
+	if v.WebhookService == "" {
+		v.WebhookService = defaultWebhookService
+	}
+	if v.WebhookConfiguration == "" {
+		v.WebhookConfiguration = defaultWebhookConfiguration
+	}
+	if v.WebhookCARecheck < 0 {
+		return fmt.Errorf("--webhook-ca-recheck-interval must not be negative")
+	}
+	if v.WebhookCARecheck == 0 {
+		v.WebhookCARecheck = defaultWebhookCARecheck
+	}
+	return nil
 }
 
 // proxyLimits fills unset proxy limits and cache sizes with their flags' defaults (the driver

@@ -7,8 +7,11 @@ import (
 	"testing"
 
 	authorizationv1 "k8s.io/api/authorization/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/test/controlplane"
 )
 
@@ -33,6 +36,10 @@ func TestDeployAppliesServerSide(t *testing.T) {
 		"prioritylevelconfiguration.flowcontrol.apiserver.k8s.io/connectors-csi-controller",
 		"configmap/connectors-config",
 		"connectorclass.connectors.alauda.io/git",
+		"service/connectors-csi-webhook",
+		"validatingwebhookconfiguration.admissionregistration.k8s.io/connectors-csi",
+		"customresourcedefinition.apiextensions.k8s.io/resourceinterfaces.connectors.alauda.io",
+		"resourceinterface.connectors.alauda.io/gitcoderepository",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("kubectl apply output lacks %q:\n%s", want, out)
@@ -60,6 +67,70 @@ func TestDeployAppliesServerSide(t *testing.T) {
 	if !strings.Contains(rendered, "node-driver-registrar") || !strings.Contains(rendered, "livenessprobe") ||
 		strings.Contains(rendered, "--kubelet-registration-dir") {
 		t.Errorf("the sidecars overlay does not swap self-registration for the sidecars:\n%s", out)
+	}
+}
+
+// TestBuiltInResourceInterfacesApplyStrictly applies deploy/resourceinterfaces for real with
+// strict server-side field validation (an unknown or pruned field fails the apply) and reads
+// each interface back: every documented category is there and nothing was pruned.
+func TestBuiltInResourceInterfacesApplyStrictly(t *testing.T) {
+	dir := filepath.Join(controlplane.RepoRoot(), "deploy", "resourceinterfaces")
+	if _, err := cp.Kubectl(nil, "apply", "--server-side", "--validate=strict", "-k", dir); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"gitcoderepository": "GitCodeRepository", "ociartifact": "OCIArtifact", "mavenrepository": "MavenRepository"}
+	for name, category := range want {
+		var ri v1alpha1.ResourceInterface
+		if err := cp.Client.Get(context.Background(), client.ObjectKey{Name: name}, &ri); err != nil {
+			t.Fatal(err)
+		}
+		if got := ri.Labels[v1alpha1.LabelResourceInterfaceCategory]; got != category {
+			t.Errorf("%s: category %q, want %q", name, got, category)
+		}
+		csi := 0
+		for _, w := range ri.Spec.Workspaces {
+			if w.Value != nil && w.Value.CSI != nil && w.Value.CSI.Driver == driverName && w.Value.CSI.VolumeAttributes["configuration.names"] != "" {
+				csi++
+			}
+		}
+		if csi != 1 || len(ri.Spec.Attributes) == 0 {
+			t.Errorf("%s: %d connectors-csi workspaces with configuration.names and %d attributes, want 1 and some", name, csi, len(ri.Spec.Attributes))
+		}
+	}
+	var git v1alpha1.ResourceInterface
+	if err := cp.Client.Get(context.Background(), client.ObjectKey{Name: "gitcoderepository"}, &git); err != nil {
+		t.Fatal(err)
+	}
+	if vct := git.Spec.Workspaces[0].Value.VolumeClaimTemplate; vct == nil || vct.Spec.Resources.Requests.Storage().IsZero() {
+		t.Errorf("gitcoderepository's source workspace lost its volumeClaimTemplate: %+v", git.Spec.Workspaces[0].Value)
+	}
+	// Every field of the published schema, set: applied strictly and stored as written.
+	shape := filepath.Join(controlplane.RepoRoot(), "test", "e2e", "testdata", "resourceinterface-shape.yaml")
+	var every v1alpha1.ResourceInterface
+	if err := controlplane.ReadYAML(shape, &every); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := cp.Kubectl(nil, "apply", "--server-side", "--validate=strict", "-f", shape); err != nil || strings.Contains(strings.ToLower(out), "warning") {
+		t.Fatalf("the every-field ResourceInterface: %v\n%s", err, out)
+	}
+	t.Cleanup(func() { _ = cp.Client.Delete(context.Background(), &every) })
+	var got v1alpha1.ResourceInterface
+	if err := cp.Client.Get(context.Background(), client.ObjectKeyFromObject(&every), &got); err != nil {
+		t.Fatal(err)
+	}
+	if !equality.Semantic.DeepEqual(every.Spec, got.Spec) {
+		t.Errorf("the every-field ResourceInterface was not stored as written:\nwant %+v\ngot  %+v", every.Spec, got.Spec)
+	}
+	// Strict validation is on: an unknown field is refused, naming it.
+	bad := `apiVersion: connectors.alauda.io/v1alpha1
+kind: ResourceInterface
+metadata: {name: bad-interface}
+spec:
+  workspaces: [{name: w, value: {csi: {driver: connectors-csi, colour: red}}}]
+`
+	out, err := cp.Kubectl([]byte(bad), "apply", "--server-side", "--validate=strict", "--dry-run=server", "-f", "-")
+	if err == nil || !strings.Contains(out, "colour") {
+		t.Fatalf("an unknown field was accepted or not named: %v\n%s", err, out)
 	}
 }
 
@@ -127,6 +198,39 @@ func TestDeployedRolesHoldLeastPrivilege(t *testing.T) {
 			if res.Status.Allowed != c.allowed {
 				t.Errorf("%s may %s %s.%s: %v, want %v", sa, c.verb, c.resource, c.group, res.Status.Allowed, c.allowed)
 			}
+		}
+	}
+	// The webhook's certificate and caBundle: the controller may write its own Secret and its
+	// own ValidatingWebhookConfiguration, nothing else of either kind; the node neither.
+	type named struct {
+		sa, group, resource, verb, namespace, name string
+		allowed                                    bool
+	}
+	const ctl, node, vwc = "connectors-csi-controller", "connectors-csi-node", "validatingwebhookconfigurations"
+	for _, c := range []named{
+		{ctl, "admissionregistration.k8s.io", vwc, "patch", "", "connectors-csi", true},
+		{ctl, "admissionregistration.k8s.io", vwc, "patch", "", "other-webhook", false},
+		{ctl, "admissionregistration.k8s.io", vwc, "create", "", "", false},
+		{ctl, "admissionregistration.k8s.io", "mutatingwebhookconfigurations", "patch", "", "connectors-csi", false},
+		{node, "admissionregistration.k8s.io", vwc, "patch", "", "connectors-csi", false},
+		{ctl, "", "secrets", "create", systemNS, "", true},
+		{ctl, "", "secrets", "update", systemNS, "connectors-csi-webhook-cert", true},
+		{ctl, "", "secrets", "update", systemNS, "connectors-proxy-ca", false},
+		{ctl, "", "secrets", "create", "some-tenant", "", false},
+		{node, "", "secrets", "update", systemNS, "connectors-csi-webhook-cert", false},
+	} {
+		res, err := cp.Kube.AuthorizationV1().SubjectAccessReviews().Create(context.Background(), &authorizationv1.SubjectAccessReview{
+			Spec: authorizationv1.SubjectAccessReviewSpec{
+				User:   "system:serviceaccount:" + systemNS + ":" + c.sa,
+				Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + systemNS, "system:authenticated"},
+				ResourceAttributes: &authorizationv1.ResourceAttributes{Group: c.group, Resource: c.resource, Verb: c.verb,
+					Namespace: c.namespace, Name: c.name},
+			}}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Status.Allowed != c.allowed {
+			t.Errorf("%s may %s %s.%s %s/%s: %v, want %v", c.sa, c.verb, c.resource, c.group, c.namespace, c.name, res.Status.Allowed, c.allowed)
 		}
 	}
 }

@@ -541,3 +541,51 @@ func TestRejectedVolumeRevokesEarlierGrants(t *testing.T) {
 		t.Errorf("the Pod is gone (%v): the revocation must come from the unpublish", err)
 	}
 }
+
+// TestCheckSelectorsAsAlaudaDocuments: a check's objectRef.name (a template) and
+// matchExpressions decide which objects it reads, objectRef.namespace may only be the Pod's,
+// and each matched check carries Alauda's ref and condition.
+func TestCheckSelectorsAsAlaudaDocuments(t *testing.T) {
+	env, ns := approvalEnv(t)
+	ctx := context.Background()
+	tool, git := startGitServer(t, false), gitClass(t)
+	approvalTask(t, ns, "release-1", "approved")
+	approvalTask(t, ns, "release-2", "approved")
+	approvalTask(t, ns, "release-3", "rejected")
+	tasks := v1alpha1.ObjectKindRef{APIVersion: "openshift-pipelines.org/v1alpha1", Kind: "ApprovalTask"}
+	check := func(sel v1alpha1.CheckSelector) v1alpha1.Check {
+		return v1alpha1.Check{Name: "selected", Spec: &v1alpha1.CheckSpec{Selector: sel}}
+	}
+	byName := tasks
+	byName.Name = "approve-{{ .pipelineRun.metadata.name }}"
+	gatedConnector(t, ns, "by-name", git, tool, check(v1alpha1.CheckSelector{ObjectRef: byName}), podRole)
+	// Without its expression this check would also read release-3's rejected task.
+	gatedConnector(t, ns, "by-expression", git, tool, check(v1alpha1.CheckSelector{ObjectRef: tasks,
+		MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "tekton.dev/pipelineRun", Operator: metav1.LabelSelectorOpNotIn, Values: []string{"release-3"}}}}), podRole)
+	elsewhere := tasks
+	elsewhere.Namespace = "kube-system"
+	gatedConnector(t, ns, "elsewhere", git, tool, check(v1alpha1.CheckSelector{ObjectRef: elsewhere}), podRole)
+
+	for _, name := range []string{"by-name", "by-expression"} {
+		pod := pipelineRunPod(t, env.kubelet, ns, "release-1", name, map[string]string{"connectors": name})
+		if err := publishOutcome(t, env, pod); err != nil {
+			t.Fatalf("%s: publish: %v", name, err)
+		}
+	}
+	var ars v1alpha1.AccessRequestList
+	if err := cp.Client.List(ctx, &ars, client.InNamespace(ns), client.MatchingLabels{v1alpha1.LabelAccessRequestConnector: "by-name"}); err != nil || len(ars.Items) != 1 {
+		t.Fatalf("AccessRequests of by-name: %d, %v", len(ars.Items), err)
+	}
+	mc := ars.Items[0].Status.Policies[0].MatchedChecks[0]
+	if mc.Ref == nil || mc.Ref.Name != "approve-release-1" || mc.Ref.Kind != "ApprovalTask" {
+		t.Errorf("matchedChecks[0].ref = %+v, want ApprovalTask approve-release-1", mc.Ref)
+	}
+	if c := mc.Condition; c == nil || c.Type != v1alpha1.ConditionReady || c.Status != metav1.ConditionTrue || c.Reason != "Approved" {
+		t.Errorf("matchedChecks[0].condition = %+v, want Ready True Approved", c)
+	}
+
+	pod := pipelineRunPod(t, env.kubelet, ns, "release-1", "elsewhere", map[string]string{"connectors": "elsewhere"})
+	if err := publishOutcome(t, env, pod); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "objectRef.namespace") {
+		t.Errorf("a check reading another namespace: %v, want FailedPrecondition naming objectRef.namespace", err)
+	}
+}

@@ -43,8 +43,10 @@ type AddressExtensionSpec struct {
 	// +kubebuilder:validation:Enum=string
 	// +optional
 	Type ParamType `json:"type,omitempty"`
+	// Default value. A pointer: `default: ""` declares an optional extension, no default a
+	// required one (admission tells them apart).
 	// +optional
-	Default string `json:"default,omitempty"`
+	Default *string `json:"default,omitempty"`
 	// +optional
 	Description string `json:"description,omitempty"`
 	// +optional

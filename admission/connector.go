@@ -1,0 +1,76 @@
+// Package admission is the validating webhook of the controller role: it refuses a Connector
+// that breaks its class's contract (package contract), naming the field, and keeps the
+// webhook's serving certificate when no other tool does.
+package admission
+
+import (
+	"context"
+	"net/http"
+
+	admissionv1 "k8s.io/api/admission/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/contract"
+)
+
+// ConnectorPath is where the webhook serves Connector reviews (the ValidatingWebhookConfiguration
+// of deploy/ names it).
+const ConnectorPath = "/validate-connectors"
+
+// ConnectorValidator reviews Connector creates and updates.
+type ConnectorValidator struct {
+	// Reader reads the class from the API server, not a cache: a class created just before its
+	// first Connector (one kubectl apply) must be found.
+	Reader  client.Reader
+	Decoder admission.Decoder
+}
+
+// Webhook is the validator as a controller-runtime webhook.
+func (v *ConnectorValidator) Webhook(scheme *runtime.Scheme) *admission.Webhook {
+	v.Decoder = admission.NewDecoder(scheme)
+	return &admission.Webhook{Handler: v}
+}
+
+// Handle allows a Connector that keeps its class's contract. An update that leaves the spec as
+// it was is allowed whatever the class says now: labels, finalizers and deletion must never
+// depend on a class that changed or went away.
+func (v *ConnectorValidator) Handle(ctx context.Context, req admission.Request) admission.Response {
+	var c v1alpha1.Connector
+	if err := v.Decoder.Decode(req, &c); err != nil {
+		return admission.Errored(http.StatusBadRequest, err)
+	}
+	if req.Operation == admissionv1.Update {
+		var old v1alpha1.Connector
+		if err := v.Decoder.DecodeRaw(req.OldObject, &old); err != nil {
+			return admission.Errored(http.StatusBadRequest, err)
+		}
+		if equality.Semantic.DeepEqual(old.Spec, c.Spec) {
+			return admission.Allowed("spec unchanged")
+		}
+	}
+	var class v1alpha1.ConnectorClass
+	err := v.Reader.Get(ctx, client.ObjectKey{Name: c.Spec.ConnectorClassName}, &class)
+	if apierrors.IsNotFound(err) {
+		return invalid(&c, field.ErrorList{field.NotFound(field.NewPath("spec", "connectorClassName"), c.Spec.ConnectorClassName)})
+	}
+	if err != nil {
+		return admission.Errored(http.StatusInternalServerError, err)
+	}
+	if errs := contract.Connector(&c, &class); len(errs) > 0 {
+		return invalid(&c, errs)
+	}
+	return admission.Allowed("")
+}
+
+// invalid refuses with the API server's own Invalid status, so that clients see
+// `Connector.connectors.alauda.io "x" is invalid: spec.params[0].name: …`.
+func invalid(c *v1alpha1.Connector, errs field.ErrorList) admission.Response {
+	status := apierrors.NewInvalid(v1alpha1.GroupVersion.WithKind("Connector").GroupKind(), c.Name, errs).ErrStatus
+	return admission.Response{AdmissionResponse: admissionv1.AdmissionResponse{Allowed: false, Result: &status}}
+}

@@ -1,0 +1,266 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/pem"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/util/cert"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/kube-connectors/connectors-csi/admission"
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/driver"
+	"github.com/kube-connectors/connectors-csi/test/controlplane"
+	"github.com/kube-connectors/connectors-csi/test/kubelet"
+)
+
+// deployedWebhookConfiguration reads the ValidatingWebhookConfiguration of deploy/base.
+func deployedWebhookConfiguration(t *testing.T) *admissionregistrationv1.ValidatingWebhookConfiguration {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(controlplane.RepoRoot(), "deploy", "base", "webhook.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(b), 4096)
+	for {
+		var cfg admissionregistrationv1.ValidatingWebhookConfiguration
+		if err := dec.Decode(&cfg); errors.Is(err, io.EOF) {
+			t.Fatal("deploy/base/webhook.yaml holds no ValidatingWebhookConfiguration")
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		if cfg.Kind == "ValidatingWebhookConfiguration" {
+			return &cfg
+		}
+	}
+}
+
+// freeLoopbackPort returns a port nothing listens on at 127.0.0.1 just now.
+func freeLoopbackPort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// TestAdmissionWebhookEnforcesTheClassContract installs deploy/'s ValidatingWebhookConfiguration
+// (its Service replaced by the controller's loopback address, as there is no Service network,
+// and its namespace selector narrowed to this test's namespace, so that other tests' Connectors
+// are not reviewed) and runs the controller role with the deployed RBAC and --webhook-listen.
+// The controller makes its self-signed certificate and gives its CA to the configuration; then
+// the real API server calls the real webhook for every Connector create and update.
+func TestAdmissionWebhookEnforcesTheClassContract(t *testing.T) {
+	ctx := context.Background()
+	ns := newNamespace(t)
+	_, controllerKubeconfig := deployedKubeconfigs(t)
+	port := freeLoopbackPort(t)
+	cfg := installWebhook(t, ns, port, nil)
+	t.Cleanup(func() {
+		_ = cp.Kube.CoreV1().Secrets(systemNS).Delete(ctx, admission.CertSecretName, metav1.DeleteOptions{})
+	})
+
+	opts := testOptions()
+	opts.Role, opts.Kubeconfig = driver.RoleController, controllerKubeconfig
+	opts.WebhookListen = "127.0.0.1:" + strconv.Itoa(port)
+	runDriver(t, opts)
+	if !kubelet.WaitUntil(30*time.Second, func() bool {
+		var got admissionregistrationv1.ValidatingWebhookConfiguration
+		return cp.Client.Get(ctx, client.ObjectKeyFromObject(cfg), &got) == nil && len(got.Webhooks[0].ClientConfig.CABundle) > 0
+	}) {
+		t.Fatal("the controller never wrote its CA into the webhook configuration's caBundle")
+	}
+	class := contractClass(t, ns)
+	connector := contractConnector(ns, class.Name)
+	out, err := firstReview(t, strings.Replace(connector("bad"), "params: [{name: org, value: acme}]", "params: [{name: colour, value: red}]", 1))
+	for _, want := range []string{`The Connector "bad" is invalid`, `spec.params[0].name: Invalid value: "colour"`, `declares no param "colour"`,
+		`spec.params: Required value: ConnectorClass "` + class.Name + `" requires param "org"`} {
+		if err == nil || !strings.Contains(out, want) {
+			t.Fatalf("a Connector with an undeclared param and without a required one: %v, want a refusal containing %q:\n%s", err, want, out)
+		}
+	}
+
+	for _, tc := range []struct{ name, from, to, want string }{
+		{"no required address extension", `addressExtensions: [{name: api, value: "https://api.tool.example.com"}]`, `addressExtensions: []`,
+			`spec.addressExtensions: Required value: ConnectorClass "` + class.Name + `" requires address extension "api"`},
+		{"unknown auth type", `name: basicAuth`, `name: oauth`, `spec.auth.name: Unsupported value: "oauth"`},
+		{"no Secret for a required auth type", `auth: {name: basicAuth, secretRef: {name: tool-secret}}`, `auth: {name: basicAuth}`,
+			`spec.auth.secretRef: Required value: auth type "basicAuth"`},
+		{"no such class", `connectorClassName: ` + class.Name, `connectorClassName: ` + class.Name + `-gone`, `spec.connectorClassName: Not found`},
+	} {
+		out, err := applyConnector(strings.Replace(connector("bad"), tc.from, tc.to, 1))
+		if err == nil || !strings.Contains(out, tc.want) {
+			t.Errorf("%s: %v, want a refusal containing %q:\n%s", tc.name, err, tc.want, out)
+		}
+	}
+
+	// A Connector that keeps the contract is admitted, and so is an optional auth without a
+	// Secret (the defaulted param and the optional extension left out).
+	if out, err := applyConnector(connector("good")); err != nil {
+		t.Fatalf("a Connector that keeps its class's contract was refused: %v\n%s", err, out)
+	}
+	if out, err := applyConnector(strings.Replace(connector("public"), `auth: {name: basicAuth, secretRef: {name: tool-secret}}`, `auth: {name: anonymous}`, 1)); err != nil {
+		t.Fatalf("a Connector with an optional auth type and no Secret was refused: %v\n%s", err, out)
+	}
+
+	// An update that breaks the contract is refused; one that leaves the spec alone is not,
+	// even after the class changed under the Connector.
+	out, err = applyConnector(strings.Replace(connector("good"), "value: acme", "value: [acme]", 1))
+	if err == nil || !strings.Contains(out, `spec.params[0].value: Invalid value`) || !strings.Contains(out, `param "org" must be of type string`) {
+		t.Fatalf("an update giving an array for a string param: %v\n%s", err, out)
+	}
+	var stored v1alpha1.Connector
+	if err := cp.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: "good"}, &stored); err != nil {
+		t.Fatal(err)
+	}
+	class.Spec.Params = append(class.Spec.Params, v1alpha1.ParamSpec{Name: "region"})
+	if err := cp.Client.Update(ctx, class); err != nil {
+		t.Fatal(err)
+	}
+	patch := client.MergeFrom(stored.DeepCopy())
+	stored.Labels = map[string]string{"team": "a"}
+	if err := cp.Client.Patch(ctx, &stored, patch); err != nil {
+		t.Fatalf("a label change of a Connector whose class now requires more was refused: %v", err)
+	}
+	patch = client.MergeFrom(stored.DeepCopy())
+	stored.Spec.Address = "https://tool2.example.com"
+	if err := cp.Client.Patch(ctx, &stored, patch); err == nil || !strings.Contains(err.Error(), `requires param "region"`) {
+		t.Fatalf("a spec change of a Connector that no longer keeps its class's contract: %v", err)
+	}
+}
+
+// installWebhook creates deploy/'s ValidatingWebhookConfiguration with its Service replaced by
+// the controller's loopback address (there is no Service network) and its namespace selector
+// narrowed to ns, so that other tests' Connectors are not reviewed.
+func installWebhook(t *testing.T, ns string, port int, caBundle []byte) *admissionregistrationv1.ValidatingWebhookConfiguration {
+	t.Helper()
+	cfg := deployedWebhookConfiguration(t)
+	if len(cfg.Webhooks) != 1 || cfg.Webhooks[0].ClientConfig.Service == nil || *cfg.Webhooks[0].ClientConfig.Service.Path != admission.ConnectorPath ||
+		*cfg.Webhooks[0].FailurePolicy != admissionregistrationv1.Fail {
+		t.Fatalf("deploy's webhook is not one Fail webhook at the Service's %s: %+v", admission.ConnectorPath, cfg.Webhooks)
+	}
+	hook := &cfg.Webhooks[0]
+	hook.ClientConfig.Service = nil
+	hook.ClientConfig.URL = ptr.To("https://127.0.0.1:" + strconv.Itoa(port) + admission.ConnectorPath)
+	hook.ClientConfig.CABundle = caBundle
+	hook.NamespaceSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": ns}}
+	create(t, cfg)
+	t.Cleanup(func() { _ = cp.Client.Delete(context.Background(), cfg) })
+	return cfg
+}
+
+// contractClass creates a class with a required and a defaulted param, a required and an
+// optional address extension, and a required and an optional auth type.
+func contractClass(t *testing.T, ns string) *v1alpha1.ConnectorClass {
+	t.Helper()
+	class := &v1alpha1.ConnectorClass{
+		ObjectMeta: metav1.ObjectMeta{Name: ns + "-tool"},
+		Spec: v1alpha1.ConnectorClassSpec{
+			Params: []v1alpha1.ParamSpec{{Name: "org"}, {Name: "sslVerify", Default: jsonValue("true"), Enum: []string{"true", "false"}}},
+			AddressExtensions: []v1alpha1.AddressExtensionSpec{
+				{Name: "api"}, {Name: "upload", Default: ptr.To("")},
+			},
+			Auth: &v1alpha1.AuthSpec{Types: []v1alpha1.AuthType{
+				{Name: "basicAuth", SecretType: v1alpha1.SecretTypeBasicAuth},
+				{Name: "anonymous", SecretType: v1alpha1.SecretTypeBasicAuth, Optional: true},
+			}},
+		},
+	}
+	create(t, class)
+	t.Cleanup(func() { _ = cp.Client.Delete(context.Background(), class) })
+	return class
+}
+
+// contractConnector returns the manifest of a Connector named name that keeps contractClass's
+// contract.
+func contractConnector(ns, class string) func(name string) string {
+	return func(name string) string {
+		return `apiVersion: connectors.alauda.io/v1alpha1
+kind: Connector
+metadata: {name: ` + name + `, namespace: ` + ns + `}
+spec:
+  connectorClassName: ` + class + `
+  address: https://tool.example.com
+  addressExtensions: [{name: api, value: "https://api.tool.example.com"}]
+  params: [{name: org, value: acme}]
+  auth: {name: basicAuth, secretRef: {name: tool-secret}}
+`
+	}
+}
+
+func applyConnector(manifest string) (string, error) {
+	return cp.Kubectl([]byte(manifest), "apply", "--server-side", "--field-manager=test", "-f", "-")
+}
+
+// firstReview applies manifest once the webhook answers: just after its caBundle is written
+// the API server may still call it with the old one, and Fail refuses with a call error.
+func firstReview(t *testing.T, manifest string) (out string, err error) {
+	t.Helper()
+	kubelet.WaitUntil(30*time.Second, func() bool {
+		out, err = applyConnector(manifest)
+		return !strings.Contains(out, "failed calling webhook")
+	})
+	return out, err
+}
+
+// TestAdmissionWebhookWithCertDir serves the webhook with a certificate another tool keeps
+// (--webhook-cert-dir): the controller serves it, refuses a bad Connector through the real API
+// server, and touches neither the caBundle nor a Secret of its own.
+func TestAdmissionWebhookWithCertDir(t *testing.T) {
+	ctx := context.Background()
+	ns := newNamespace(t)
+	_, controllerKubeconfig := deployedKubeconfigs(t)
+	chain, key, err := cert.GenerateSelfSignedCertKeyWithOptions(cert.SelfSignedCertKeyOptions{Host: "127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	certs, err := cert.ParseCertsPEM(chain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca := pem.EncodeToMemory(&pem.Block{Type: cert.CertificateBlockType, Bytes: certs[1].Raw})
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "tls.crt"), chain, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "tls.key"), key, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	port := freeLoopbackPort(t)
+	cfg := installWebhook(t, ns, port, ca)
+	opts := testOptions()
+	opts.Role, opts.Kubeconfig = driver.RoleController, controllerKubeconfig
+	opts.WebhookListen, opts.WebhookCertDir = "127.0.0.1:"+strconv.Itoa(port), dir
+	runDriver(t, opts)
+	class := contractClass(t, ns)
+	out, err := firstReview(t, strings.Replace(contractConnector(ns, class.Name)("bad"), "addressExtensions: [{name: api, value: \"https://api.tool.example.com\"}]", "", 1))
+	if err == nil || !strings.Contains(out, `spec.addressExtensions: Required value`) {
+		t.Fatalf("a Connector without a required address extension: %v\n%s", err, out)
+	}
+	if out, err := applyConnector(contractConnector(ns, class.Name)("good")); err != nil {
+		t.Fatalf("a good Connector was refused: %v\n%s", err, out)
+	}
+	var got admissionregistrationv1.ValidatingWebhookConfiguration
+	if err := cp.Client.Get(ctx, client.ObjectKeyFromObject(cfg), &got); err != nil || !bytes.Equal(got.Webhooks[0].ClientConfig.CABundle, ca) {
+		t.Errorf("the caBundle another tool keeps was changed (%v)", err)
+	}
+	if _, err := cp.Kube.CoreV1().Secrets(systemNS).Get(ctx, admission.CertSecretName, metav1.GetOptions{}); err == nil {
+		t.Errorf("the controller made Secret %s although --webhook-cert-dir was given", admission.CertSecretName)
+	}
+}
