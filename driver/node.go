@@ -92,7 +92,12 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 	caStore := &ca.Store{Secrets: p.kube.CoreV1().Secrets(o.SystemNamespace)}
 	// In the all role this process is also the one that reports invalid flags.
 	flags := features.Watch(ctx, p.kube, o.SystemNamespace, o.runsController())
+	regoEngine, err := o.regoEngine("rego_node")
+	if err != nil {
+		return err
+	}
 	connectorsProxy, err := proxy.New(objects, proxyReviewer, flags, p.kube, caStore, proxy.Config{
+		Rego:      regoEngine,
 		SecretTTL: o.SecretCacheTTL, Egress: p.destinations,
 		Permissions: permissions, PermissionAllowTTL: o.ProxyPermissionTTL, PermissionDenyTTL: o.AuthzDenyTTL,
 		PermissionCacheSize: o.PermissionCacheSize,

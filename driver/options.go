@@ -11,6 +11,7 @@ import (
 
 	"github.com/kube-connectors/connectors-csi/node/mount"
 	"github.com/kube-connectors/connectors-csi/proxy/egress"
+	"github.com/kube-connectors/connectors-csi/regoeval"
 )
 
 // Defaults of the proxy's limits, shared by the flags and by drivers started from Go.
@@ -59,6 +60,9 @@ type Options struct {
 	StatusWorkers      int
 	RegistryPageSize   int
 	CELCacheSize       int
+	RegoCacheSize      int
+	RegoTimeout        time.Duration
+	RegoMaxBodyBytes   int
 	ApprovalWait       time.Duration
 	ProxyPermissionTTL time.Duration
 	RequestRetention   time.Duration
@@ -132,6 +136,9 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.IntVar(&o.StatusWorkers, "connector-status-workers", 4, "Connectors the status controller checks at once")
 	fs.IntVar(&o.RegistryPageSize, "api-registry-page-size", 100, "page size the Connectors API asks registries for (catalog, tag lists)")
 	fs.IntVar(&o.CELCacheSize, "cel-cache-size", defaultCELCacheSize, "how many compiled CEL check states the controller keeps (the least recently used go first)")
+	fs.IntVar(&o.RegoCacheSize, "rego-cache-size", defaultRegoCacheSize, "how many compiled Rego modules (generators, authExtractors, api.permissions, check states) each process keeps (the least recently used go first)")
+	fs.DurationVar(&o.RegoTimeout, "rego-eval-timeout", defaultRegoTimeout, "how long one evaluation of a Rego module may run before it fails")
+	fs.IntVar(&o.RegoMaxBodyBytes, "rego-max-body-bytes", defaultRegoMaxBodyBytes, "largest JSON request body given to a Rego module as input.request.body (larger ones are null) and rewritten by a generator that injects into the body (larger ones are refused with 413)")
 	fs.DurationVar(&o.ProxyPermissionTTL, "proxy-permission-ttl", 10*time.Second, "how long an allowed connectors/proxy decision is cached; the node drops a Pod's decisions as soon as it sees one of the Pod's AccessRequests change (granted, revoked), so this bounds only grants made or removed by hand")
 	fs.DurationVar(&o.ApprovalWait, "approval-wait", 10*time.Second, "how long a publish waits for a pending AccessRequest before answering Unavailable (kubelet retries)")
 	fs.DurationVar(&o.RequestRetention, "accessrequest-retention", 24*time.Hour, "how long a revoked AccessRequest is kept before it is deleted")
@@ -155,6 +162,19 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 
 // defaultCELCacheSize is --cel-cache-size's default: policies are few, their expressions fewer.
 const defaultCELCacheSize = 1024
+
+// Defaults of the Rego flags: classes and policies are few; a module that needs more than a
+// quarter second per request is broken; bodies a module reads are API requests, not packs.
+const (
+	defaultRegoCacheSize    = 1024
+	defaultRegoTimeout      = 250 * time.Millisecond
+	defaultRegoMaxBodyBytes = 64 << 10
+)
+
+// regoEngine is the process's evaluator of Rego modules, its cache reported as cacheName.
+func (o *validated) regoEngine(cacheName string) (*regoeval.Engine, error) {
+	return regoeval.New(cacheName, regoeval.Config{CacheSize: o.RegoCacheSize, Timeout: o.RegoTimeout, MaxBodyBytes: int64(o.RegoMaxBodyBytes)})
+}
 
 // validated are the options in the form the driver uses.
 type validated struct {
@@ -237,6 +257,7 @@ func (v *validated) proxyLimits() error {
 		{"--transport-cache-size", &v.TransportCacheSize, defaultTransportCacheSize},
 		{"--proxy-permission-cache-size", &v.PermissionCacheSize, defaultPermissionCacheSize},
 		{"--connector-cache-size", &v.ConnectorCacheSize, defaultConnectorCacheSize},
+		{"--rego-cache-size", &v.RegoCacheSize, defaultRegoCacheSize}, {"--rego-max-body-bytes", &v.RegoMaxBodyBytes, defaultRegoMaxBodyBytes},
 	} {
 		if *l.v < 0 {
 			return fmt.Errorf("%s must not be negative", l.name)
@@ -247,6 +268,12 @@ func (v *validated) proxyLimits() error {
 	}
 	if v.TunnelLifetime < 0 || v.ProxyAuthQPS < 0 {
 		return fmt.Errorf("--proxy-tunnel-max-lifetime and --proxy-auth-qps must not be negative")
+	}
+	switch {
+	case v.RegoTimeout < 0:
+		return fmt.Errorf("--rego-eval-timeout must not be negative")
+	case v.RegoTimeout == 0:
+		v.RegoTimeout = defaultRegoTimeout
 	}
 	if v.TunnelLifetime == 0 {
 		v.TunnelLifetime = defaultTunnelLifetime

@@ -127,6 +127,9 @@ func (e *Engine) Eval(ctx context.Context, h Hook, module string, input ast.Valu
 	return rs[0].Expressions[0].Value, nil
 }
 
+// MaxBodyBytes is the largest request body read into input.request.body.
+func (e *Engine) MaxBodyBytes() int64 { return e.cfg.MaxBodyBytes }
+
 // Check compiles a module and returns what is wrong with it, or nil.
 func (e *Engine) Check(h Hook, module string) error { return e.compile(h, module).err }
 
