@@ -25,13 +25,20 @@ import (
 // answer in the route: headers and query parameters are set in rewrite, a body is rewritten
 // here. Errors name the class and auth type, never a value.
 func (p *Proxy) generate(r *http.Request, rt *route) error {
-	header := r.Header.Clone()
-	dropClientCredentials(header, rt.callerToken)
-	query := rt.target.Query()
-	dropParamsWith(query, rt.callerToken)
-	in := p.rego.NewRequest(r, rt.target.Host, rt.target.Path, query)
-	in.Headers = header
-	inj, err := p.rego.Generate(r.Context(), rt.cred.class, rt.cred.generator, rt.cred.secret.Data, in)
+	request := func() *regoeval.Request {
+		header := r.Header.Clone()
+		dropClientCredentials(header, rt.callerToken)
+		query := rt.target.Query()
+		dropParamsWith(query, rt.callerToken)
+		in := p.rego.NewRequest(r, rt.target.Host, rt.target.Path, query)
+		in.Headers = header
+		return in
+	}
+	sec, version := rt.cred.secret, ""
+	if sec.UID != "" && sec.ResourceVersion != "" {
+		version = string(sec.UID) + "/" + sec.ResourceVersion
+	}
+	inj, err := p.rego.Generate(r.Context(), rt.cred.class, rt.cred.generator, sec.Data, version, request)
 	if err != nil {
 		return err
 	}

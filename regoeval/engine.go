@@ -44,13 +44,19 @@ type Engine struct {
 	cfg   Config
 	caps  *ast.Capabilities
 	cache *lru.Cache[[32]byte, *compiled]
+	// answers keeps the answers of modules that read only input.data, by module and Secret
+	// version (see dataOnly): a PAT generator then runs once per Secret change, not per request.
+	answers *lru.Cache[[32]byte, any]
 }
 
 // compiled is a module's prepared query, or why it does not compile (kept too, so that a
 // broken class costs one compilation, not one per request).
 type compiled struct {
+	key   [32]byte
 	query rego.PreparedEvalQuery
 	err   error
+	// dataOnly: the answer depends on input.data alone.
+	dataOnly bool
 }
 
 // New returns an Engine whose cache is reported as cacheName in connectors_cache_entries.
@@ -62,8 +68,13 @@ func New(cacheName string, cfg Config) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
+	answers, err := lru.New[[32]byte, any](cfg.CacheSize)
+	if err != nil {
+		return nil, err
+	}
 	cachemetrics.Register(cacheName, cache.Len)
-	return &Engine{cfg: cfg, caps: capabilities(), cache: cache}, nil
+	cachemetrics.Register(cacheName+"_answers", answers.Len)
+	return &Engine{cfg: cfg, caps: capabilities(), cache: cache, answers: answers}, nil
 }
 
 // allowedNondeterministic are the non-deterministic builtins a module may call: they read the
@@ -138,8 +149,8 @@ func (e *Engine) compile(h Hook, module string) *compiled {
 	if c, ok := e.cache.Get(key); ok {
 		return c
 	}
-	q, err := e.prepare(h, module)
-	c := &compiled{query: q, err: err}
+	q, dataOnly, err := e.prepare(h, module)
+	c := &compiled{key: key, query: q, err: err, dataOnly: dataOnly}
 	// Two requests may compile the same module at once; the second Add replaces the first.
 	e.cache.Add(key, c)
 	return c
@@ -148,20 +159,21 @@ func (e *Engine) compile(h Hook, module string) *compiled {
 // prepare parses the module as Rego v1 and, when that fails, as v0 — the syntax of most of
 // Alauda's published examples (`auth = {...} { cond }`) — and reports the v1 error when
 // neither parses.
-func (e *Engine) prepare(h Hook, module string) (rego.PreparedEvalQuery, error) {
+func (e *Engine) prepare(h Hook, module string) (rego.PreparedEvalQuery, bool, error) {
 	version := ast.RegoV1
 	mod, err := ast.ParseModuleWithOpts("policy.rego", module, ast.ParserOptions{RegoVersion: version, Capabilities: e.caps})
 	if err != nil {
 		v0, err0 := ast.ParseModuleWithOpts("policy.rego", module, ast.ParserOptions{RegoVersion: ast.RegoV0, Capabilities: e.caps})
 		if err0 != nil {
-			return rego.PreparedEvalQuery{}, fmt.Errorf("does not parse: %v", err)
+			return rego.PreparedEvalQuery{}, false, fmt.Errorf("does not parse: %v", err)
 		}
 		mod, version = v0, ast.RegoV0
 	}
 	want := ast.Ref{ast.DefaultRootDocument, ast.StringTerm(h.Package)}
 	if !mod.Package.Path.Equal(want) {
-		return rego.PreparedEvalQuery{}, fmt.Errorf("declares package %s; it must be package %s", mod.Package.Path, h.Package)
+		return rego.PreparedEvalQuery{}, false, fmt.Errorf("declares package %s; it must be package %s", mod.Package.Path, h.Package)
 	}
+	dataOnly := dataOnly(mod)
 	q, err := rego.New(
 		rego.Query("data."+h.Package+"."+h.Rule),
 		rego.ParsedModule(mod),
@@ -169,9 +181,32 @@ func (e *Engine) prepare(h Hook, module string) (rego.PreparedEvalQuery, error) 
 		rego.Capabilities(e.caps),
 	).PrepareForEval(context.Background())
 	if err != nil {
-		return rego.PreparedEvalQuery{}, fmt.Errorf("does not compile: %v (network and process builtins such as http.send, net.lookup_ip_addr and opa.runtime are not available)", err)
+		return rego.PreparedEvalQuery{}, false, fmt.Errorf("does not compile: %v (network and process builtins such as http.send, net.lookup_ip_addr and opa.runtime are not available)", err)
 	}
-	return q, nil
+	return q, dataOnly, nil
+}
+
+// dataOnly reports whether a module reads nothing of its input but input.data and calls no
+// builtin whose answer changes from call to call (the clock, randomness): its answer is then a
+// function of the Secret alone. A bare `input`, or input[x], counts as reading everything.
+func dataOnly(mod *ast.Module) bool {
+	only, refs, vars := true, 0, 0
+	data := ast.StringTerm("data")
+	ast.WalkRefs(mod, func(ref ast.Ref) bool {
+		if ref[0].Equal(ast.InputRootDocument) {
+			refs++
+			only = only && len(ref) > 1 && ref[1].Equal(data)
+		}
+		only = only && !allowedNondeterministic[ref.String()]
+		return false
+	})
+	ast.WalkVars(mod, func(v ast.Var) bool {
+		if v.Equal(ast.InputRootDocument.Value) {
+			vars++
+		}
+		return false
+	})
+	return only && refs == vars
 }
 
 // evalProblem says why an evaluation failed: the code and line of OPA's error, without its

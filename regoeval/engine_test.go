@@ -67,7 +67,7 @@ auth := {"position": "header", "auth": {"X-Timestamp": sprintf("%d", [time.now_n
 			func(i *Injection) bool { return i.Headers["X-Timestamp"] != "" }},
 	} {
 		class, at := classWith(tc.module, "", "")
-		inj, err := e.Generate(context.Background(), class, at, data, getRequest(http.Header{}))
+		inj, err := e.Generate(context.Background(), class, at, data, "", func() *Request { return getRequest(http.Header{}) })
 		if err != nil || !tc.check(inj) {
 			t.Errorf("%s: %+v %v", name, inj, err)
 		}
@@ -111,7 +111,7 @@ loop(n) if { numbers.range(0, 100000000)[_] == -1 }`: "ran longer than",
 			}
 		}
 		class, at := classWith(module, "", "")
-		_, err := e.Generate(context.Background(), class, at, data, getRequest(http.Header{}))
+		_, err := e.Generate(context.Background(), class, at, data, "", func() *Request { return getRequest(http.Header{}) })
 		if err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), secretValue1) ||
 			!strings.Contains(err.Error(), "ConnectorClass gitlab, auth type pat, generator.rego") {
 			t.Errorf("%.70q: %v, want %q, the class named and no value", module, err, want)
@@ -238,6 +238,40 @@ func TestBodyIsSentInFull(t *testing.T) {
 		}
 		if (req.Body != nil) != (body != long) {
 			t.Errorf("parsed %v for a %d-byte body", req.Body != nil, len(body))
+		}
+	}
+}
+
+// A generator that reads only input.data runs once per Secret version; one that reads the
+// request or the clock runs every time.
+func TestDataOnlyAnswersAreKept(t *testing.T) {
+	e := newEngine(t, 16)
+	data := map[string][]byte{"token": []byte(secretValue1)}
+	built := 0
+	req := func() *Request { built++; return getRequest(http.Header{}) }
+	for module, kept := range map[string]bool{
+		`package proxy
+auth = {"position": "header", "auth": {"PRIVATE-TOKEN": input.data.token}}`: true,
+		`package proxy
+auth := {"position": "header", "auth": {"X": input.request.method}}`: false,
+		`package proxy
+auth := {"position": "header", "auth": {"X": sprintf("%d", [time.now_ns()])}}`: false,
+		`package proxy
+auth := {"position": "header", "auth": {"X": object.get(input, "data", {}).token}}`: false,
+	} {
+		e.answers.Purge()
+		built = 0
+		class, at := classWith(module, "", "")
+		for range 2 {
+			if _, err := e.Generate(context.Background(), class, at, data, "uid/1", req); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got := e.answers.Len() == 1; got != kept {
+			t.Errorf("%.60q: kept %v, want %v", module, got, kept)
+		}
+		if kept && built != 0 {
+			t.Errorf("%.60q: the request was described %d times for a module that does not read it", module, built)
 		}
 	}
 }

@@ -2,6 +2,7 @@ package regoeval
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 
@@ -43,22 +44,44 @@ func Generator(t *v1alpha1.AuthType) string {
 }
 
 // Generate evaluates an auth type's generator with the Secret's data (input.data, a string per
-// key) and the request being sent (input.request). Errors name the class and auth type, never
-// a value of the Secret or the request.
-func (e *Engine) Generate(ctx context.Context, class *v1alpha1.ConnectorClass, t *v1alpha1.AuthType, data map[string][]byte, req *Request) (*Injection, error) {
-	in, err := req.value()
-	if err != nil {
-		return nil, classError(class, "auth type "+t.Name+", "+GeneratorHook.Field, err)
+// key) and the request being sent (input.request, built by req only when the module reads it).
+// dataVersion identifies the Secret's content (UID and resourceVersion): the answer of a
+// module that reads only input.data is kept under it and shared by later requests, which must
+// not change it. Errors name the class and auth type, never a value of the Secret or the
+// request.
+func (e *Engine) Generate(ctx context.Context, class *v1alpha1.ConnectorClass, t *v1alpha1.AuthType, data map[string][]byte, dataVersion string, req func() *Request) (*Injection, error) {
+	field := "auth type " + t.Name + ", " + GeneratorHook.Field
+	c := e.compile(GeneratorHook, Generator(t))
+	if c.err != nil {
+		return nil, classError(class, field, c.err)
 	}
-	input := ast.NewObject(ast.Item(ast.StringTerm("data"), ast.NewTerm(secretValue(data))), ast.Item(ast.StringTerm("request"), ast.NewTerm(in)))
-	ans, err := e.Eval(ctx, GeneratorHook, Generator(t), input)
-	if err == nil {
-		var inj *Injection
-		if inj, err = injection(ans); err == nil {
-			return inj, nil
+	var answerKey [32]byte
+	if c.dataOnly && dataVersion != "" {
+		answerKey = sha256.Sum256(append(c.key[:], dataVersion...))
+		if inj, ok := e.answers.Get(answerKey); ok {
+			return inj.(*Injection), nil
 		}
 	}
-	return nil, classError(class, "auth type "+t.Name+", "+GeneratorHook.Field, err)
+	request := ast.Value(ast.NullValue)
+	if !c.dataOnly {
+		var err error
+		if request, err = req().value(); err != nil {
+			return nil, classError(class, field, err)
+		}
+	}
+	input := ast.NewObject(ast.Item(ast.StringTerm("data"), ast.NewTerm(secretValue(data))), ast.Item(ast.StringTerm("request"), ast.NewTerm(request)))
+	ans, err := e.Eval(ctx, GeneratorHook, Generator(t), input)
+	if err != nil {
+		return nil, classError(class, field, err)
+	}
+	inj, err := injection(ans)
+	if err != nil {
+		return nil, classError(class, field, err)
+	}
+	if c.dataOnly && dataVersion != "" {
+		e.answers.Add(answerKey, inj)
+	}
+	return inj, nil
 }
 
 // injection reads an `auth` answer; its errors name fields, never values.
