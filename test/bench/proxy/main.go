@@ -120,8 +120,11 @@ func run() error {
 		{"connectors proxy (forward)", direct(http.ProxyURL(fwd)), func(s string) string { return upstream + "/" + s }, nil, true},
 		// The same Basic credential, computed by Alauda's generator.rego example over an Opaque
 		// Secret instead of the built-in injection of a basic-auth Secret.
-		{"connectors proxy (reverse, Rego generator)", direct(nil), func(s string) string {
+		{"connectors proxy (reverse, Rego generator of the Secret)", direct(nil), func(s string) string {
 			return "http://" + proxyAddr + "/namespaces/" + ns + "/connectors/tool-rego/" + s
+		}, http.Header{"Authorization": {"Bearer " + token}}, true},
+		{"connectors proxy (reverse, Rego generator reading the request)", direct(nil), func(s string) string {
+			return "http://" + proxyAddr + "/namespaces/" + ns + "/connectors/tool-rego-request/" + s
 		}, http.Header{"Authorization": {"Bearer " + token}}, true},
 	}
 	if nginxAddr, stop, err := startNginx(upstream, cred); err == nil {
@@ -331,7 +334,7 @@ func startDriver(ctx context.Context, cp *controlplane.ControlPlane, upstream st
 			Auth: &v1alpha1.ConnectorAuth{Name: "basicAuth", SecretRef: &v1alpha1.SecretRef{Name: "tool"}}}}); err != nil {
 		return "", "", err
 	}
-	if err := regoConnector(ctx, cp, upstream); err != nil {
+	if err := regoConnectors(ctx, cp, upstream); err != nil {
 		return "", "", err
 	}
 	if err := cp.Client.Create(ctx, &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "bench-view"},
@@ -381,14 +384,14 @@ func startDriver(ctx context.Context, cp *controlplane.ControlPlane, upstream st
 	<-ready
 	// Wait until the Connector is in the driver's cache and RBAC has settled.
 	probe := &http.Client{Timeout: 5 * time.Second}
-	var ok [2]bool
-	for i := 0; i < 400; i++ {
-		req, _ := http.NewRequest(http.MethodGet, "http://"+proxyAddr+"/namespaces/"+ns+"/connectors/"+[]string{"tool", "tool-rego"}[i%2]+"/1k", nil)
+	var ok [3]bool
+	for i := 0; i < 600; i++ {
+		req, _ := http.NewRequest(http.MethodGet, "http://"+proxyAddr+"/namespaces/"+ns+"/connectors/"+[]string{"tool", "tool-rego", "tool-rego-request"}[i%3]+"/1k", nil)
 		req.Header.Set("Authorization", "Bearer "+tr.Status.Token)
 		if res, err := probe.Do(req); err == nil {
 			_, _ = io.Copy(io.Discard, res.Body)
 			res.Body.Close()
-			if ok[i%2] = ok[i%2] || res.StatusCode == http.StatusOK; ok[0] && ok[1] {
+			if ok[i%3] = ok[i%3] || res.StatusCode == http.StatusOK; ok[0] && ok[1] && ok[2] {
 				return tr.Status.Token, proxyAddr, nil
 			}
 		}
@@ -397,21 +400,34 @@ func startDriver(ctx context.Context, cp *controlplane.ControlPlane, upstream st
 	return "", "", fmt.Errorf("the proxy never served the benchmark Connector")
 }
 
-// regoConnector is the benchmark Connector again, its Basic credential computed by a
-// generator.rego over an Opaque Secret.
-func regoConnector(ctx context.Context, cp *controlplane.ControlPlane, upstream string) error {
+// The generators measured: Alauda's Basic example, which reads only the Secret (its answer is
+// kept per Secret version), and the same one made to read the request (evaluated per request).
+const (
+	basicGenerator = `package proxy
+auth = {"position": "header", "auth": {"Authorization": concat(" ", ["Basic", base64.encode(concat(":", [input.data.username, input.data.password]))])}}`
+	basicGeneratorPerRequest = `package proxy
+auth := {"position": "header", "auth": {"Authorization": concat(" ", ["Basic", base64.encode(concat(":", [input.data.username, input.data.password]))])}} if input.request.method != "TRACE"`
+)
+
+// regoConnectors are the benchmark Connector again, their Basic credential computed by a
+// generator.rego over an Opaque Secret: tool-rego with basicGenerator, tool-rego-request with
+// basicGeneratorPerRequest.
+func regoConnectors(ctx context.Context, cp *controlplane.ControlPlane, upstream string) error {
 	if _, err := cp.Kube.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "tool-rego"},
 		Type: corev1.SecretTypeOpaque, StringData: map[string]string{"username": toolUser, "password": toolPass}}, metav1.CreateOptions{}); err != nil {
 		return err
 	}
-	generator := `package proxy
-auth = {"position": "header", "auth": {"Authorization": concat(" ", ["Basic", base64.encode(concat(":", [input.data.username, input.data.password]))])}}`
-	if err := cp.Client.Create(ctx, &v1alpha1.ConnectorClass{ObjectMeta: metav1.ObjectMeta{Name: "bench-rego"},
-		Spec: v1alpha1.ConnectorClassSpec{Auth: &v1alpha1.AuthSpec{Types: []v1alpha1.AuthType{{Name: "basicRego", SecretType: "Opaque",
-			Generator: &v1alpha1.RegoPolicy{Rego: generator}}}}}}); err != nil {
-		return err
+	for name, generator := range map[string]string{"tool-rego": basicGenerator, "tool-rego-request": basicGeneratorPerRequest} {
+		if err := cp.Client.Create(ctx, &v1alpha1.ConnectorClass{ObjectMeta: metav1.ObjectMeta{Name: "bench-" + name},
+			Spec: v1alpha1.ConnectorClassSpec{Auth: &v1alpha1.AuthSpec{Types: []v1alpha1.AuthType{{Name: "basicRego", SecretType: "Opaque",
+				Generator: &v1alpha1.RegoPolicy{Rego: generator}}}}}}); err != nil {
+			return err
+		}
+		if err := cp.Client.Create(ctx, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+			Spec: v1alpha1.ConnectorSpec{ConnectorClassName: "bench-" + name, Address: upstream,
+				Auth: &v1alpha1.ConnectorAuth{Name: "basicRego", SecretRef: &v1alpha1.SecretRef{Name: "tool-rego"}}}}); err != nil {
+			return err
+		}
 	}
-	return cp.Client.Create(ctx, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: "tool-rego", Namespace: ns},
-		Spec: v1alpha1.ConnectorSpec{ConnectorClassName: "bench-rego", Address: upstream,
-			Auth: &v1alpha1.ConnectorAuth{Name: "basicRego", SecretRef: &v1alpha1.SecretRef{Name: "tool-rego"}}}})
+	return nil
 }
