@@ -275,3 +275,32 @@ auth := {"position": "header", "auth": {"X": object.get(input, "data", {}).token
 		}
 	}
 }
+
+type methodVerbs struct{}
+
+func (methodVerbs) Verb(_ context.Context, _ *v1alpha1.ConnectorClass, r *http.Request) (string, error) {
+	return map[string]string{"GET": "get", "POST": "create", "DELETE": "delete"}[r.Method], nil
+}
+
+// What connectorsapi plugs in as its VerbMapper: git's POST git-upload-pack is a read.
+func TestAPIVerbs(t *testing.T) {
+	class, _ := classWith("", "", `package permissions
+default result := {"verb": ""}
+result := {"verb": "read"} if {
+	input.request.method == "POST"
+	endswith(input.request.path, "/git-upload-pack")
+}`)
+	mapper := APIVerbs{Engine: newEngine(t, 4), Methods: methodVerbs{}}
+	for path, want := range map[string]string{
+		"/connectors/v1alpha1/team/git/path/org/repo.git/git-upload-pack":  "get",
+		"/connectors/v1alpha1/team/git/path/org/repo.git/git-receive-pack": "create",
+	} {
+		r, _ := http.NewRequest(http.MethodPost, "http://proxy"+path, nil)
+		if got, err := mapper.Verb(context.Background(), class, r); err != nil || got != want {
+			t.Errorf("POST %s: %q %v, want %q", path, got, err, want)
+		}
+	}
+	if got := APIPath("/connectors/v1alpha1/team/git/path"); got != "/" {
+		t.Errorf("APIPath of the API root = %q", got)
+	}
+}
