@@ -418,10 +418,8 @@ func (c *Controller) evaluateCheck(ctx context.Context, ar *v1alpha1.AccessReque
 	if spec == nil {
 		return fail("the check has neither ref nor spec")
 	}
-	if spec.State != nil && spec.State.CEL != "" {
-		if _, err := c.States.compile(spec.State.CEL); err != nil {
-			return fail("%v", err)
-		}
+	if err := c.States.Validate(spec.State); err != nil {
+		return fail("%v", err)
 	}
 	gv, err := schema.ParseGroupVersion(spec.Selector.ObjectRef.APIVersion)
 	if err != nil {

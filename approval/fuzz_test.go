@@ -11,11 +11,11 @@ import (
 )
 
 // FuzzCheckState feeds what a tenant controls in a check — the matched object's status.state
-// and a CEL state expression — to the state reader: it never panics, answers only one of the
-// four states, and its errors never quote the object (here: a value the expression does not
-// spell itself).
+// and a CEL state expression or a Rego module — to the state reader: it never panics, answers
+// only one of the four states, and its errors never quote the object (here: a value the
+// expression does not spell itself). An expression starting with "package " is a Rego module.
 func FuzzCheckState(f *testing.F) {
-	s, err := NewStates(16)
+	s, err := NewStates(16, testRego(f))
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -27,7 +27,10 @@ func FuzzCheckState(f *testing.F) {
 			"status": map[string]any{"state": state},
 		}}
 		check := &v1alpha1.CheckSpec{}
-		if expr != "" {
+		switch {
+		case strings.HasPrefix(expr, "package "):
+			check.State = &v1alpha1.CheckState{Rego: expr}
+		case expr != "":
 			check.State = &v1alpha1.CheckState{CEL: expr}
 		}
 		got, err := s.state(context.Background(), obj, check)

@@ -168,10 +168,8 @@ func (c *PolicyController) validateCheck(ctx context.Context, check v1alpha1.Che
 	if err := c.templates.CheckMatchLabels(spec, check.Ref == nil); err != nil {
 		return err
 	}
-	if spec.State != nil && spec.State.CEL != "" {
-		if _, err := c.States.compile(spec.State.CEL); err != nil {
-			return err
-		}
+	if err := c.States.Validate(spec.State); err != nil {
+		return err
 	}
 	gv, err := schema.ParseGroupVersion(spec.Selector.ObjectRef.APIVersion)
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/cachemetrics"
+	"github.com/kube-connectors/connectors-csi/regoeval"
 )
 
 // celProgramsCache names the compiled expressions in connectors_cache_entries.
@@ -29,22 +30,25 @@ const (
 	celInterruptEvery = 100
 )
 
-// States reads check states: a CEL expression over `object`, or the object's status.state.
+// States reads check states: a CEL expression over `object`, a Rego module of package approval
+// over `input` (Alauda's state.rego), or the object's status.state.
 // Compiled expressions are kept by their text, the least recently used dropped first (policies
 // are written by tenants: their number is not ours to bound). One States serves both
 // controllers.
 type States struct {
 	env  *cel.Env
 	prgs *lru.Cache // expression → cel.Program
+	rego *regoeval.Engine
 }
 
-// NewStates returns a States that keeps up to cacheSize compiled expressions.
-func NewStates(cacheSize int) (*States, error) {
+// NewStates returns a States that keeps up to cacheSize compiled expressions and evaluates
+// Rego modules with rego (which bounds its own cache and time).
+func NewStates(cacheSize int, rego *regoeval.Engine) (*States, error) {
 	env, err := cel.NewEnv(cel.Variable("object", cel.DynType))
 	if err != nil {
 		return nil, err
 	}
-	s := &States{env: env, prgs: lru.New(cacheSize)}
+	s := &States{env: env, prgs: lru.New(cacheSize), rego: rego}
 	cachemetrics.Register(celProgramsCache, s.prgs.Len)
 	return s, nil
 }
@@ -67,17 +71,45 @@ func (s *States) compile(expr string) (cel.Program, error) {
 	return p, nil
 }
 
+// Validate compiles a check's state, CEL or Rego, and says what is wrong with it.
+func (s *States) Validate(st *v1alpha1.CheckState) error {
+	switch {
+	case st == nil:
+		return nil
+	case st.CEL != "" && st.Rego != "":
+		return errors.New("a check's state sets both cel and rego: set one")
+	case st.CEL != "":
+		_, err := s.compile(st.CEL)
+		return err
+	case st.Rego != "":
+		if err := s.rego.Check(regoeval.StateHook, st.Rego); err != nil {
+			return fmt.Errorf("%s %w", regoeval.StateHook.Field, err)
+		}
+	}
+	return nil
+}
+
 // state returns one of approved, passed, rejected or pending for a matched object. Its errors
 // name types, never values: the object is not the message reader's to see.
 func (s *States) state(ctx context.Context, obj *unstructured.Unstructured, check *v1alpha1.CheckSpec) (string, error) {
+	if err := s.Validate(check.State); err != nil {
+		return "", err
+	}
 	var state string
-	if check.State != nil && check.State.CEL != "" {
+	switch {
+	case check.State != nil && check.State.CEL != "":
 		v, err := s.evaluate(ctx, obj, check.State.CEL)
 		if err != nil {
 			return "", err
 		}
 		state = v
-	} else {
+	case check.State != nil && check.State.Rego != "":
+		v, err := s.rego.State(ctx, check.State.Rego, obj.Object)
+		if err != nil {
+			return "", fmt.Errorf("%s %s: %w", obj.GetKind(), obj.GetName(), err)
+		}
+		state = v
+	default:
 		v, _, _ := unstructured.NestedString(obj.Object, "status", "state")
 		state = v
 	}

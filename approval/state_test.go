@@ -5,18 +5,29 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/regoeval"
 )
+
+func testRego(t testing.TB) *regoeval.Engine {
+	t.Helper()
+	e, err := regoeval.New("rego_approval_test", regoeval.Config{CacheSize: 16, Timeout: time.Second, MaxBodyBytes: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
 
 func celCheck(expr string) *v1alpha1.CheckSpec {
 	return &v1alpha1.CheckSpec{State: &v1alpha1.CheckState{CEL: expr}}
 }
 
 func TestCELStates(t *testing.T) {
-	s, err := NewStates(16)
+	s, err := NewStates(16, testRego(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,7 +61,7 @@ func TestCELStates(t *testing.T) {
 }
 
 func TestCompiledProgramsAreBounded(t *testing.T) {
-	s, err := NewStates(2)
+	s, err := NewStates(2, testRego(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,5 +75,43 @@ func TestCompiledProgramsAreBounded(t *testing.T) {
 	}
 	if _, ok := s.prgs.Get(`"b"`); ok {
 		t.Error(`the least recently used "b" was kept`)
+	}
+}
+
+// Alauda's state.rego: package approval, the object as input, status.state as the answer;
+// errors, like CEL's, never quote the object.
+func TestRegoStates(t *testing.T) {
+	s, err := NewStates(16, testRego(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj := &unstructured.Unstructured{Object: map[string]any{"kind": "ApprovalTask",
+		"metadata": map[string]any{"name": "a"}, "spec": map[string]any{"secret": "hunter2"}, "status": map[string]any{"decision": "yes"}}}
+	regoCheck := func(module string) *v1alpha1.CheckSpec {
+		return &v1alpha1.CheckSpec{State: &v1alpha1.CheckState{Rego: module}}
+	}
+	if st, err := s.state(context.Background(), obj, regoCheck(`package approval
+status := {"state": "approved"} if input.status.decision == "yes"`)); err != nil || st != "approved" {
+		t.Fatalf("state %q %v", st, err)
+	}
+	// Undefined is pending, as a missing status.state is.
+	if st, err := s.state(context.Background(), obj, regoCheck(`package approval
+status := {"state": "approved"} if input.status.decision == "no"`)); err != nil || st != "pending" {
+		t.Fatalf("undefined: %q %v", st, err)
+	}
+	for module, want := range map[string]string{
+		"package approval\nstatus := {\"state\": input.spec.secret}": "a state that is not one of",
+		"package approval\nstatus := input.spec.secret":              "status must be an object",
+		"package check\nstatus := {}":                                "it must be package approval",
+		"package approval\nstatus := {\"state\": http.send({})}":     "undefined function http.send",
+	} {
+		_, err := s.state(context.Background(), obj, regoCheck(module))
+		if err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "hunter2") {
+			t.Errorf("%q: %v, want %q and no value", module, err, want)
+		}
+	}
+	both := &v1alpha1.CheckSpec{State: &v1alpha1.CheckState{CEL: `"approved"`, Rego: "package approval"}}
+	if err := s.Validate(both.State); err == nil || !strings.Contains(err.Error(), "both cel and rego") {
+		t.Errorf("both: %v", err)
 	}
 }

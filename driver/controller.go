@@ -57,7 +57,11 @@ func startController(ctx context.Context, g *errgroup.Group, p *process, ready *
 	}).SetupWithManager(mgr); err != nil {
 		return err
 	}
-	states, err := approval.NewStates(o.CELCacheSize)
+	regoEngine, err := o.regoEngine("rego_controller")
+	if err != nil {
+		return err
+	}
+	states, err := approval.NewStates(o.CELCacheSize, regoEngine)
 	if err != nil {
 		return err
 	}

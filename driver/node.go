@@ -33,6 +33,7 @@ import (
 	"github.com/kube-connectors/connectors-csi/objectcache"
 	"github.com/kube-connectors/connectors-csi/proxy"
 	"github.com/kube-connectors/connectors-csi/proxy/ca"
+	"github.com/kube-connectors/connectors-csi/regoeval"
 	"github.com/kube-connectors/connectors-csi/render"
 )
 
@@ -92,7 +93,12 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 	caStore := &ca.Store{Secrets: p.kube.CoreV1().Secrets(o.SystemNamespace)}
 	// In the all role this process is also the one that reports invalid flags.
 	flags := features.Watch(ctx, p.kube, o.SystemNamespace, o.runsController())
+	regoEngine, err := o.regoEngine("rego_node")
+	if err != nil {
+		return err
+	}
 	connectorsProxy, err := proxy.New(objects, proxyReviewer, flags, p.kube, caStore, proxy.Config{
+		Rego:      regoEngine,
 		SecretTTL: o.SecretCacheTTL, Egress: p.destinations,
 		Permissions: permissions, PermissionAllowTTL: o.ProxyPermissionTTL, PermissionDenyTTL: o.AuthzDenyTTL,
 		PermissionCacheSize: o.PermissionCacheSize,
@@ -108,7 +114,9 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 		return err
 	}
 	connectorsProxy.API = &connectorsapi.Server{Proxy: connectorsProxy, Reviewer: apiReviewer, Flags: flags, Routes: routes,
-		RegistryPageSize: o.RegistryPageSize}
+		RegistryPageSize: o.RegistryPageSize,
+		// A class's spec.api.permissions.rego names the verb; the method's otherwise.
+		Verbs: regoeval.APIVerbs{Engine: regoEngine, Methods: connectorsapi.MethodVerbs{}}}
 	// The node learns grants and revocations of its own AccessRequests from its watch of them:
 	// waiting publishes wake up, and the Pod's cached proxy decisions are dropped.
 	if err := onRequestChange(ctx, informers, func(ar *v1alpha1.AccessRequest) {

@@ -14,6 +14,7 @@ import (
 	"github.com/kube-connectors/connectors-csi/admission"
 	"github.com/kube-connectors/connectors-csi/node/mount"
 	"github.com/kube-connectors/connectors-csi/proxy/egress"
+	"github.com/kube-connectors/connectors-csi/regoeval"
 )
 
 // Defaults of the proxy's limits, shared by the flags and by drivers started from Go.
@@ -67,6 +68,9 @@ type Options struct {
 	RegistryPageSize     int
 	OpenAPICacheSize     int
 	CELCacheSize         int
+	RegoCacheSize        int
+	RegoTimeout          time.Duration
+	RegoMaxBodyBytes     int
 	ApprovalWait         time.Duration
 	ProxyPermissionTTL   time.Duration
 	RequestRetention     time.Duration
@@ -159,6 +163,9 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.IntVar(&o.RegistryPageSize, "api-registry-page-size", 100, "page size the Connectors API asks registries for (catalog, tag lists)")
 	fs.IntVar(&o.OpenAPICacheSize, "api-openapi-cache-size", defaultOpenAPICacheSize, "ConnectorClass OpenAPI route tables (one per class generation) the Connectors API keeps (the least recently used go first)")
 	fs.IntVar(&o.CELCacheSize, "cel-cache-size", defaultCELCacheSize, "how many compiled CEL expressions the controller keeps, for check states and for probes' response.cel each (the least recently used go first)")
+	fs.IntVar(&o.RegoCacheSize, "rego-cache-size", defaultRegoCacheSize, "how many compiled Rego modules (generators, authExtractors, api.permissions, check states) each process keeps (the least recently used go first)")
+	fs.DurationVar(&o.RegoTimeout, "rego-eval-timeout", defaultRegoTimeout, "how long one evaluation of a Rego module may run before it fails")
+	fs.IntVar(&o.RegoMaxBodyBytes, "rego-max-body-bytes", defaultRegoMaxBodyBytes, "largest JSON request body given to a Rego module as input.request.body (larger ones are null) and rewritten by a generator that injects into the body (larger ones are refused with 413)")
 	fs.DurationVar(&o.ProxyPermissionTTL, "proxy-permission-ttl", 10*time.Second, "how long an allowed connectors/proxy decision is cached; the node drops a Pod's decisions as soon as it sees one of the Pod's AccessRequests change (granted, revoked), so this bounds only grants made or removed by hand")
 	fs.DurationVar(&o.ApprovalWait, "approval-wait", 10*time.Second, "how long a publish waits for a pending AccessRequest before answering Unavailable (kubelet retries)")
 	fs.DurationVar(&o.RequestRetention, "accessrequest-retention", 24*time.Hour, "how long a revoked AccessRequest is kept before it is deleted")
@@ -203,6 +210,19 @@ const (
 
 // defaultCELCacheSize is --cel-cache-size's default: policies are few, their expressions fewer.
 const defaultCELCacheSize = 1024
+
+// Defaults of the Rego flags: classes and policies are few; a module that needs more than a
+// quarter second per request is broken; bodies a module reads are API requests, not packs.
+const (
+	defaultRegoCacheSize    = 1024
+	defaultRegoTimeout      = 250 * time.Millisecond
+	defaultRegoMaxBodyBytes = 64 << 10
+)
+
+// regoEngine is the process's evaluator of Rego modules, its cache reported as cacheName.
+func (o *validated) regoEngine(cacheName string) (*regoeval.Engine, error) {
+	return regoeval.New(cacheName, regoeval.Config{CacheSize: o.RegoCacheSize, Timeout: o.RegoTimeout, MaxBodyBytes: int64(o.RegoMaxBodyBytes)})
+}
 
 // validated are the options in the form the driver uses.
 type validated struct {
@@ -325,6 +345,7 @@ func (v *validated) proxyLimits() error {
 		{"--proxy-permission-cache-size", &v.PermissionCacheSize, defaultPermissionCacheSize},
 		{"--connector-cache-size", &v.ConnectorCacheSize, defaultConnectorCacheSize},
 		{"--api-openapi-cache-size", &v.OpenAPICacheSize, defaultOpenAPICacheSize},
+		{"--rego-cache-size", &v.RegoCacheSize, defaultRegoCacheSize}, {"--rego-max-body-bytes", &v.RegoMaxBodyBytes, defaultRegoMaxBodyBytes},
 	} {
 		if *l.v < 0 {
 			return fmt.Errorf("%s must not be negative", l.name)
@@ -335,6 +356,12 @@ func (v *validated) proxyLimits() error {
 	}
 	if v.TunnelLifetime < 0 || v.ProxyAuthQPS < 0 {
 		return fmt.Errorf("--proxy-tunnel-max-lifetime and --proxy-auth-qps must not be negative")
+	}
+	switch {
+	case v.RegoTimeout < 0:
+		return fmt.Errorf("--rego-eval-timeout must not be negative")
+	case v.RegoTimeout == 0:
+		v.RegoTimeout = defaultRegoTimeout
 	}
 	if v.TunnelLifetime == 0 {
 		v.TunnelLifetime = defaultTunnelLifetime

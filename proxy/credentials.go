@@ -17,6 +17,7 @@ import (
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/cachemetrics"
 	"github.com/kube-connectors/connectors-csi/proxy/egress"
+	"github.com/kube-connectors/connectors-csi/regoeval"
 )
 
 // credential is what the proxy adds to a Connector's upstream requests.
@@ -27,6 +28,10 @@ type credential struct {
 	registry *registryLogin
 	// secret is the Secret it came from (nil without one), for the Connectors API's clients.
 	secret *corev1.Secret
+	// generator, when set, is the auth type whose generator.rego computes what is injected
+	// (see generate.go), of class; it replaces the built-in injection of its secretType.
+	generator *v1alpha1.AuthType
+	class     *v1alpha1.ConnectorClass
 }
 
 // authSecret reads the Connector's credential Secret, or returns nil when it has none. A
@@ -53,6 +58,10 @@ func (p *Proxy) credentialFor(ctx context.Context, c *v1alpha1.Connector, class 
 	sec, err := p.authSecret(ctx, c)
 	if err != nil || sec == nil {
 		return credential{}, err
+	}
+	// A generator takes any Secret type: which keys it needs is the module's business.
+	if t := class.AuthType(c.Spec.Auth.Name); regoeval.Generator(t) != "" {
+		return credential{secret: sec, generator: t, class: class}, nil
 	}
 	secretType := AuthSecretType(c, class, sec)
 	for _, k := range RequiredKeys(secretType) {

@@ -30,6 +30,7 @@ import (
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/features"
 	"github.com/kube-connectors/connectors-csi/proxy/egress"
+	"github.com/kube-connectors/connectors-csi/regoeval"
 	"github.com/kube-connectors/connectors-csi/secretcache"
 )
 
@@ -55,6 +56,8 @@ type Config struct {
 	TunnelLifetime time.Duration
 	// MaxHeaderBytes bounds the request headers inside a CONNECT tunnel.
 	MaxHeaderBytes int
+	// Rego evaluates the classes' generator and authExtractor modules.
+	Rego *regoeval.Engine
 	// Sizes of the bounded caches: Secrets, registry tokens (and realms), leaf certificates
 	// (per host), upstream transports (per CA bundle), connectors/proxy decisions.
 	SecretCacheSize, RegistryTokenCacheSize, LeafCacheSize, TransportCacheSize, PermissionCacheSize int
@@ -69,8 +72,8 @@ func (c Config) check() error {
 			return fmt.Errorf("proxy config: %s must be positive", name)
 		}
 	}
-	if c.TunnelLifetime <= 0 || c.Egress == nil {
-		return fmt.Errorf("proxy config: TunnelLifetime and Egress must be set")
+	if c.TunnelLifetime <= 0 || c.Egress == nil || c.Rego == nil {
+		return fmt.Errorf("proxy config: TunnelLifetime, Egress and Rego must be set")
 	}
 	return nil
 }
@@ -92,6 +95,7 @@ type Proxy struct {
 	perms      *permissions
 	flags      *features.Source
 	secrets    *secretcache.Cache
+	rego       *regoeval.Engine
 	transports *transports
 	leaves     *leaves
 	registry   *registryTokens
@@ -115,6 +119,7 @@ func New(objects client.Reader, reviewer Reviewer, flags *features.Source, kube 
 		secrets: secretcache.New(func(ctx context.Context, ns, name string) (*corev1.Secret, error) {
 			return kube.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
 		}, cfg.SecretTTL, cfg.SecretCacheSize, "secrets"),
+		rego:       cfg.Rego,
 		transports: newTransports(cfg.Egress, cfg.TransportCacheSize),
 		leaves:     l,
 		registry:   newRegistryTokens(cfg.RegistryTokenCacheSize),
@@ -221,13 +226,40 @@ type route struct {
 	proxyBase string
 	// statusErrors answers upstream failures as Kubernetes Status (the Connectors API).
 	statusErrors bool
+	// callerToken is the token an authExtractor found in the request, removed from whatever
+	// carried it ("" when the client sent it in Authorization, which is always removed).
+	callerToken string
+	// injection is the generator's answer, when the credential has a generator.
+	injection *regoeval.Injection
 }
 
 type routeKey struct{}
 
-// send forwards r along rt through the shared ReverseProxy.
+// send forwards r along rt through the shared ReverseProxy, after the class's generator, if
+// any, has computed the credential.
 func (p *Proxy) send(w http.ResponseWriter, r *http.Request, rt *route) {
+	if rt.cred.generator != nil {
+		if err := p.generate(r, rt); err != nil {
+			p.fail(w, r, rt, err)
+			return
+		}
+	}
 	p.reverse.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), routeKey{}, rt)))
+}
+
+// fail answers a request that cannot be sent on: as a Kubernetes Status for the Connectors
+// API, else as a plain refusal; an error that is not a refusal is a 502.
+func (p *Proxy) fail(w http.ResponseWriter, r *http.Request, rt *route, err error) {
+	if !rt.statusErrors {
+		refuseErr(r.Context(), w, err)
+		return
+	}
+	code, msg := Status(err)
+	if code == 0 {
+		klog.FromContext(r.Context()).Error(err, "Proxy request failed")
+		code, msg = http.StatusBadGateway, err.Error()
+	}
+	WriteStatus(w, code, metav1.StatusReason(strings.ReplaceAll(http.StatusText(code), " ", "")), msg)
 }
 
 // hopValue is the hop marker's value, shared by every outgoing request: transports only read
@@ -241,15 +273,20 @@ func rewrite(pr *httputil.ProxyRequest) {
 	rt := pr.In.Context().Value(routeKey{}).(*route)
 	pr.Out.URL = rt.target
 	pr.Out.Host = rt.target.Host
-	for name := range pr.Out.Header {
-		if strings.HasPrefix(name, "Proxy-") {
-			pr.Out.Header.Del(name)
+	dropClientCredentials(pr.Out.Header, rt.callerToken)
+	if rt.callerToken != "" {
+		if q := pr.Out.URL.Query(); dropParamsWith(q, rt.callerToken) {
+			u := *pr.Out.URL
+			u.RawQuery = q.Encode()
+			pr.Out.URL = &u
 		}
 	}
-	pr.Out.Header.Del("Authorization")
 	pr.Out.Header[egress.HopHeader] = hopValue
 	if rt.cred.authorization != "" {
 		pr.Out.Header.Set("Authorization", rt.cred.authorization)
+	}
+	if rt.injection != nil {
+		applyInjection(pr.Out, rt.injection)
 	}
 }
 

@@ -19,13 +19,14 @@ func (p *Proxy) serveReverse(w http.ResponseWriter, r *http.Request) {
 		refuse(w, http.StatusNotFound, "path must be /namespaces/<namespace>/connectors/<name>/...")
 		return
 	}
-	u, err := p.authenticate(ctx, clientToken(r.Header), http.StatusUnauthorized)
+	token, foundBy := p.callerToken(r)
+	u, err := p.authenticate(ctx, token, http.StatusUnauthorized)
 	if err != nil {
 		w.Header().Set("WWW-Authenticate", `Basic realm="connectors-proxy"`)
 		refuseErr(ctx, w, err)
 		return
 	}
-	rt, err := p.reverseRoute(r, u, nn, rest)
+	rt, err := p.reverseRoute(r, u, nn, rest, extracted{token: token, foundBy: foundBy})
 	if err != nil {
 		refuseErr(ctx, w, err)
 		return
@@ -33,9 +34,16 @@ func (p *Proxy) serveReverse(w http.ResponseWriter, r *http.Request) {
 	p.send(w, r, rt)
 }
 
+// extracted is the caller's token when an authExtractor found it, and the classes whose
+// extractor did (see callerToken); zero when the client sent it in Authorization.
+type extracted struct {
+	token   string
+	foundBy []string
+}
+
 // reverseRoute authorizes u for the Connector, before looking it up, and routes rest under
 // its address.
-func (p *Proxy) reverseRoute(r *http.Request, u user.Info, nn types.NamespacedName, rest string) (*route, error) {
+func (p *Proxy) reverseRoute(r *http.Request, u user.Info, nn types.NamespacedName, rest string, ex extracted) (*route, error) {
 	ctx := r.Context()
 	if err := CheckPath(rest); err != nil {
 		return nil, err
@@ -50,6 +58,9 @@ func (p *Proxy) reverseRoute(r *http.Request, u user.Info, nn types.NamespacedNa
 	if err != nil {
 		return nil, err
 	}
+	if err := p.checkExtracted(r, class, ex.token, ex.foundBy); err != nil {
+		return nil, err
+	}
 	target, err := url.Parse(strings.TrimSuffix(c.Spec.Address, "/") + rest)
 	if err != nil {
 		return nil, refusef(http.StatusBadRequest, "bad path: %v", err)
@@ -60,6 +71,9 @@ func (p *Proxy) reverseRoute(r *http.Request, u user.Info, nn types.NamespacedNa
 		return nil, err
 	}
 	rt.proxyBase = reverseBase(r, nn)
+	if ex.foundBy != nil {
+		rt.callerToken = ex.token
+	}
 	return rt, nil
 }
 

@@ -297,7 +297,8 @@ func TestRoleTemplatesAreCheckedAndEscaped(t *testing.T) {
 }
 
 // TestTenantChecksAreBounded: what a tenant writes into an AccessPolicy's inline check runs
-// with restricted template functions, straight-line templates, a CEL cost limit and messages
+// with restricted template functions, straight-line templates, a CEL cost limit, Rego without
+// network builtins, and messages
 // that print no value of the matched object; a check kind that is a Secret, or that the
 // controller may not list and watch (the driver runs with the deployed RBAC), is refused
 // before any informer is started.
@@ -327,8 +328,9 @@ func TestTenantChecksAreBounded(t *testing.T) {
 		kind     v1alpha1.ObjectKindRef
 		labels   map[string]string
 		cel      string
+		rego     string // Alauda's state.rego
 		policy   string // what the policy's Ready condition names, or "" when the policy is fine
-		publish  string // what the failed publish names
+		publish  string // what the failed publish names, or "" when it succeeds
 		withheld string // what no message may show
 	}{
 		{name: "repeat", kind: approvalTasks, labels: map[string]string{"tekton.dev/pipelineRun": `{{ repeat 30000000 "x" | trunc 10 }}`},
@@ -344,6 +346,12 @@ func TestTenantChecksAreBounded(t *testing.T) {
 		{name: "cel-value", kind: approvalTasks, labels: ofRun, cel: "object.metadata.uid",
 			publish: "not one of approved, passed, rejected, pending", withheld: string(approvalTaskObj.GetUID())},
 		{name: "cel-type", kind: approvalTasks, labels: ofRun, cel: "object.status", publish: "a map, not a string", withheld: "approved"},
+		{name: "rego-approved", kind: approvalTasks, labels: ofRun, rego: "package approval\nstatus := {\"state\": input.status.state}"},
+		{name: "rego-network", kind: approvalTasks, labels: ofRun,
+			rego:   "package approval\nstatus := http.send({\"method\": \"GET\", \"url\": concat(\"\", [\"http://127.0.0.1:1/\", input.metadata.uid])}).body",
+			policy: "undefined function http.send", publish: "undefined function http.send"},
+		{name: "rego-value", kind: approvalTasks, labels: ofRun, rego: "package approval\nstatus := {\"state\": input.metadata.uid}",
+			publish: "not one of approved, passed, rejected, pending", withheld: string(approvalTaskObj.GetUID())},
 		{name: "secret", kind: v1alpha1.ObjectKindRef{APIVersion: "v1", Kind: "Secret"}, labels: map[string]string{"a": "b"},
 			policy: "Secret", publish: "Secret"},
 		{name: "unlistable", kind: v1alpha1.ObjectKindRef{APIVersion: "apps/v1", Kind: "Deployment"}, labels: map[string]string{"a": "b"},
@@ -353,14 +361,18 @@ func TestTenantChecksAreBounded(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			check := v1alpha1.Check{Name: "tenant", Spec: &v1alpha1.CheckSpec{
 				Selector: v1alpha1.CheckSelector{ObjectRef: tc.kind, MatchLabels: tc.labels}}}
-			if tc.cel != "" {
-				check.Spec.State = &v1alpha1.CheckState{CEL: tc.cel}
+			if tc.cel != "" || tc.rego != "" {
+				check.Spec.State = &v1alpha1.CheckState{CEL: tc.cel, Rego: tc.rego}
 			}
 			gatedConnector(t, ns, tc.name, git, tool, check, podRole)
 			pod := pipelineRunPod(t, env.kubelet, ns, "release-1", tc.name, map[string]string{"connectors": tc.name})
 			err := publishOutcome(t, env, pod)
 			t.Logf("publish: %v", err)
-			if status.Code(err) != codes.FailedPrecondition || !slices.ContainsFunc(strings.Split(tc.publish, "|"), func(w string) bool { return strings.Contains(err.Error(), w) }) {
+			if tc.publish == "" {
+				if err != nil {
+					t.Errorf("publish: %v, want success", err)
+				}
+			} else if status.Code(err) != codes.FailedPrecondition || !slices.ContainsFunc(strings.Split(tc.publish, "|"), func(w string) bool { return strings.Contains(err.Error(), w) }) {
 				t.Errorf("publish: %v, want FailedPrecondition naming %q", err, tc.publish)
 			}
 			if tc.withheld != "" && err != nil && strings.Contains(err.Error(), tc.withheld) {

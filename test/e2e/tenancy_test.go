@@ -793,7 +793,7 @@ func TestTenancyCachesAreBounded(t *testing.T) {
 	if n, ok := cachemetrics.Entries("leaf_certificates"); !ok || n != 1 {
 		t.Errorf("leaf certificates for three spellings of one host: %d (registered %v), want 1", n, ok)
 	}
-	for _, c := range []string{"secrets", "transports", "registry_realms"} {
+	for _, c := range []string{"secrets", "transports", "registry_realms", "rego_node", "rego_node_answers"} {
 		if _, ok := cachemetrics.Entries(c); !ok {
 			t.Errorf("no size is exported for the %s cache", c)
 		}

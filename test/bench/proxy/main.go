@@ -44,6 +44,7 @@ var (
 	maxRequests = flag.Int("n", 200000, "request cap per case")
 	cpuProfile  = flag.String("cpuprofile", "", "write a CPU profile of the run (driver included) to this file")
 	memProfile  = flag.String("memprofile", "", "write an allocation profile of the run to this file")
+	sizes       = flag.String("sizes", "1k,1m", "response sizes to measure (1k, 1m), comma-separated")
 )
 
 const (
@@ -117,6 +118,14 @@ func run() error {
 			return "http://" + proxyAddr + "/namespaces/" + ns + "/connectors/tool/" + s
 		}, http.Header{"Authorization": {"Bearer " + token}}, true},
 		{"connectors proxy (forward)", direct(http.ProxyURL(fwd)), func(s string) string { return upstream + "/" + s }, nil, true},
+		// The same Basic credential, computed by Alauda's generator.rego example over an Opaque
+		// Secret instead of the built-in injection of a basic-auth Secret.
+		{"connectors proxy (reverse, Rego generator of the Secret)", direct(nil), func(s string) string {
+			return "http://" + proxyAddr + "/namespaces/" + ns + "/connectors/tool-rego/" + s
+		}, http.Header{"Authorization": {"Bearer " + token}}, true},
+		{"connectors proxy (reverse, Rego generator reading the request)", direct(nil), func(s string) string {
+			return "http://" + proxyAddr + "/namespaces/" + ns + "/connectors/tool-rego-request/" + s
+		}, http.Header{"Authorization": {"Bearer " + token}}, true},
 	}
 	if nginxAddr, stop, err := startNginx(upstream, cred); err == nil {
 		defer stop()
@@ -129,7 +138,7 @@ func run() error {
 	fmt.Printf("Concurrency %d, keep-alive, %s per case, %d CPUs.\n\n", *concurrency, *duration, runtime.NumCPU())
 	fmt.Println("| size | path | req/s | × direct | p50 | p99 | allocs/req | TokenReviews /1000 | SARs /1000 |")
 	fmt.Println("|---|---|---|---|---|---|---|---|---|")
-	for _, size := range []string{"1k", "1m"} {
+	for _, size := range strings.Split(*sizes, ",") {
 		var directRate float64
 		for _, tg := range targets {
 			tr0, sar0 := access.Reviews()
@@ -325,6 +334,9 @@ func startDriver(ctx context.Context, cp *controlplane.ControlPlane, upstream st
 			Auth: &v1alpha1.ConnectorAuth{Name: "basicAuth", SecretRef: &v1alpha1.SecretRef{Name: "tool"}}}}); err != nil {
 		return "", "", err
 	}
+	if err := regoConnectors(ctx, cp, upstream); err != nil {
+		return "", "", err
+	}
 	if err := cp.Client.Create(ctx, &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "bench-view"},
 		RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "bench-connectors"},
 		Subjects: []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: "default", Namespace: ns}}}); err != nil {
@@ -372,17 +384,50 @@ func startDriver(ctx context.Context, cp *controlplane.ControlPlane, upstream st
 	<-ready
 	// Wait until the Connector is in the driver's cache and RBAC has settled.
 	probe := &http.Client{Timeout: 5 * time.Second}
-	for i := 0; i < 200; i++ {
-		req, _ := http.NewRequest(http.MethodGet, "http://"+proxyAddr+"/namespaces/"+ns+"/connectors/tool/1k", nil)
+	var ok [3]bool
+	for i := 0; i < 600; i++ {
+		req, _ := http.NewRequest(http.MethodGet, "http://"+proxyAddr+"/namespaces/"+ns+"/connectors/"+[]string{"tool", "tool-rego", "tool-rego-request"}[i%3]+"/1k", nil)
 		req.Header.Set("Authorization", "Bearer "+tr.Status.Token)
 		if res, err := probe.Do(req); err == nil {
 			_, _ = io.Copy(io.Discard, res.Body)
 			res.Body.Close()
-			if res.StatusCode == http.StatusOK {
+			if ok[i%3] = ok[i%3] || res.StatusCode == http.StatusOK; ok[0] && ok[1] && ok[2] {
 				return tr.Status.Token, proxyAddr, nil
 			}
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 	return "", "", fmt.Errorf("the proxy never served the benchmark Connector")
+}
+
+// The generators measured: Alauda's Basic example, which reads only the Secret (its answer is
+// kept per Secret version), and the same one made to read the request (evaluated per request).
+const (
+	basicGenerator = `package proxy
+auth = {"position": "header", "auth": {"Authorization": concat(" ", ["Basic", base64.encode(concat(":", [input.data.username, input.data.password]))])}}`
+	basicGeneratorPerRequest = `package proxy
+auth := {"position": "header", "auth": {"Authorization": concat(" ", ["Basic", base64.encode(concat(":", [input.data.username, input.data.password]))])}} if input.request.method != "TRACE"`
+)
+
+// regoConnectors are the benchmark Connector again, their Basic credential computed by a
+// generator.rego over an Opaque Secret: tool-rego with basicGenerator, tool-rego-request with
+// basicGeneratorPerRequest.
+func regoConnectors(ctx context.Context, cp *controlplane.ControlPlane, upstream string) error {
+	if _, err := cp.Kube.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "tool-rego"},
+		Type: corev1.SecretTypeOpaque, StringData: map[string]string{"username": toolUser, "password": toolPass}}, metav1.CreateOptions{}); err != nil {
+		return err
+	}
+	for name, generator := range map[string]string{"tool-rego": basicGenerator, "tool-rego-request": basicGeneratorPerRequest} {
+		if err := cp.Client.Create(ctx, &v1alpha1.ConnectorClass{ObjectMeta: metav1.ObjectMeta{Name: "bench-" + name},
+			Spec: v1alpha1.ConnectorClassSpec{Auth: &v1alpha1.AuthSpec{Types: []v1alpha1.AuthType{{Name: "basicRego", SecretType: "Opaque",
+				Generator: &v1alpha1.RegoPolicy{Rego: generator}}}}}}); err != nil {
+			return err
+		}
+		if err := cp.Client.Create(ctx, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+			Spec: v1alpha1.ConnectorSpec{ConnectorClassName: "bench-" + name, Address: upstream,
+				Auth: &v1alpha1.ConnectorAuth{Name: "basicRego", SecretRef: &v1alpha1.SecretRef{Name: "tool-rego"}}}}); err != nil {
+			return err
+		}
+	}
+	return nil
 }

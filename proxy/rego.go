@@ -1,0 +1,222 @@
+package proxy
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+
+	"k8s.io/klog/v2"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/regoeval"
+)
+
+// This file is the Rego side of the proxy (SPEC §1, Alauda's generator and authExtractor):
+// a class's generator computes the credential injected into the upstream request, and its
+// authExtractor finds the caller's token where the tool's own clients send theirs.
+
+// generate evaluates the route's generator over the request as it will be sent and keeps the
+// answer in the route: headers and query parameters are set in rewrite, a body is rewritten
+// here. Errors name the class and auth type, never a value.
+func (p *Proxy) generate(r *http.Request, rt *route) error {
+	request := func() *regoeval.Request {
+		header := r.Header.Clone()
+		dropClientCredentials(header, rt.callerToken)
+		query := rt.target.Query()
+		dropParamsWith(query, rt.callerToken)
+		in := p.rego.NewRequest(r, rt.target.Host, rt.target.Path, query)
+		in.Headers = header
+		return in
+	}
+	sec, version := rt.cred.secret, ""
+	if sec.UID != "" && sec.ResourceVersion != "" {
+		version = string(sec.UID) + "/" + sec.ResourceVersion
+	}
+	inj, err := p.rego.Generate(r.Context(), rt.cred.class, rt.cred.generator, sec.Data, version, request)
+	if err != nil {
+		return err
+	}
+	rt.injection = inj
+	if inj.Position == regoeval.PositionBody {
+		return p.injectBody(r, inj)
+	}
+	return nil
+}
+
+// injectBody sets the generator's fields at the top level of the request's JSON or form body
+// (an empty body becomes one); a body of another type, or larger than the Rego body limit, is
+// refused rather than sent without the credential.
+func (p *Proxy) injectBody(r *http.Request, inj *regoeval.Injection) error {
+	want := inj.ContentType
+	if want == "" {
+		want = "application/json"
+	}
+	if ct := r.Header.Get("Content-Type"); ct != "" {
+		if mt, _, _ := mime.ParseMediaType(ct); mt != want {
+			return refusef(http.StatusBadRequest, "the request body is %s; the class's generator injects into %s bodies", mt, want)
+		}
+	}
+	var raw []byte
+	if r.Body != nil && r.Body != http.NoBody {
+		var ok bool
+		if raw, ok = regoeval.PeekBody(r, p.rego.MaxBodyBytes()); !ok {
+			return refusef(http.StatusRequestEntityTooLarge, "the class's generator injects into the body, and bodies larger than %d bytes are not rewritten", p.rego.MaxBodyBytes())
+		}
+	}
+	body, err := mergeBody(want, raw, inj.Body)
+	if err != nil {
+		return err
+	}
+	r.Body, r.ContentLength, r.TransferEncoding = io.NopCloser(bytes.NewReader(body)), int64(len(body)), nil
+	r.Header.Set("Content-Type", want)
+	return nil
+}
+
+func mergeBody(contentType string, raw []byte, fields map[string]any) ([]byte, error) {
+	if contentType == "application/x-www-form-urlencoded" {
+		form, err := url.ParseQuery(string(raw))
+		if err != nil {
+			return nil, refusef(http.StatusBadRequest, "the request body is not a valid form")
+		}
+		for k, v := range fields {
+			s, ok := v.(string)
+			if !ok {
+				j, _ := json.Marshal(v)
+				s = string(j)
+			}
+			form.Set(k, s)
+		}
+		return []byte(form.Encode()), nil
+	}
+	obj := map[string]any{}
+	if len(bytes.TrimSpace(raw)) > 0 {
+		d := json.NewDecoder(bytes.NewReader(raw))
+		d.UseNumber()
+		if err := d.Decode(&obj); err != nil {
+			return nil, refusef(http.StatusBadRequest, "the request body is not a JSON object; the class's generator injects into it")
+		}
+	}
+	for k, v := range fields {
+		obj[k] = v
+	}
+	out, err := json.Marshal(obj)
+	if err != nil {
+		return nil, fmt.Errorf("encode the body: %w", err)
+	}
+	return out, nil
+}
+
+// applyInjection sets the generator's headers and query parameters on the upstream request,
+// replacing any the client sent under the same names.
+func applyInjection(out *http.Request, inj *regoeval.Injection) {
+	for k, v := range inj.Headers {
+		out.Header.Set(k, v)
+	}
+	if len(inj.Query) > 0 {
+		q := out.URL.Query()
+		for k, v := range inj.Query {
+			q.Set(k, v)
+		}
+		u := *out.URL
+		u.RawQuery = q.Encode()
+		out.URL = &u
+	}
+}
+
+// dropClientCredentials removes what carried the client's credential to the proxy: every
+// Proxy-* header, Authorization, and any header whose value holds the token an authExtractor
+// found (token "" when none did). The tool never sees the caller's token.
+func dropClientCredentials(h http.Header, token string) {
+	for name, values := range h {
+		if strings.HasPrefix(name, "Proxy-") || (token != "" && anyContains(values, token)) {
+			delete(h, name)
+		}
+	}
+	h.Del("Authorization")
+}
+
+// dropParamsWith removes the query parameters whose value holds token (none when "").
+func dropParamsWith(q url.Values, token string) bool {
+	dropped := false
+	for name, values := range q {
+		if token != "" && anyContains(values, token) {
+			delete(q, name)
+			dropped = true
+		}
+	}
+	return dropped
+}
+
+func anyContains(values []string, token string) bool {
+	for _, v := range values {
+		if strings.Contains(v, token) {
+			return true
+		}
+	}
+	return false
+}
+
+// callerToken is the token a reverse-proxy client sent: Bearer or the Basic password, else
+// what a ConnectorClass's authExtractor finds in the request. The Connector is not looked up
+// before its caller is authenticated and allowed to get it (SPEC §4.7), so every class's
+// extractor is tried (classes are few and cached; equal modules run once); foundBy names the
+// classes whose extractor found the token, and reverseRoute then requires the Connector's
+// class to be one of them. An extractor that fails is logged and skipped: the client is told
+// only that no token was found, as for any request without one.
+func (p *Proxy) callerToken(r *http.Request) (token string, foundBy []string) {
+	if t := clientToken(r.Header); t != "" {
+		return t, nil
+	}
+	ctx := r.Context()
+	var classes v1alpha1.ConnectorClassList
+	if err := p.objects.List(ctx, &classes); err != nil {
+		klog.FromContext(ctx).Error(err, "List ConnectorClasses for their authExtractors")
+		return "", nil
+	}
+	slices.SortFunc(classes.Items, func(a, b v1alpha1.ConnectorClass) int { return strings.Compare(a.Name, b.Name) })
+	var in *regoeval.Request
+	byModule := map[string]string{}
+	for i := range classes.Items {
+		class := &classes.Items[i]
+		module := regoeval.Extractor(class)
+		if module == "" {
+			continue
+		}
+		if in == nil {
+			in = p.rego.NewRequest(r, r.Host, r.URL.Path, r.URL.Query())
+		}
+		t, done := byModule[module]
+		if !done {
+			var err error
+			if t, err = p.rego.ExtractToken(ctx, class, in); err != nil {
+				klog.FromContext(ctx).Info("An authExtractor failed", "err", err)
+			}
+			byModule[module] = t
+		}
+		if t != "" && (token == "" || t == token) {
+			token, foundBy = t, append(foundBy, class.Name)
+		}
+	}
+	return token, foundBy
+}
+
+// checkExtracted refuses a token that an authExtractor of another class than the Connector's
+// found, and a request whose body carries the token: a body is sent on as it is.
+func (p *Proxy) checkExtracted(r *http.Request, class *v1alpha1.ConnectorClass, token string, foundBy []string) error {
+	if foundBy == nil {
+		return nil
+	}
+	if !slices.Contains(foundBy, class.Name) {
+		return refusef(http.StatusUnauthorized, "no token: ConnectorClass %s does not find one in this request; send the Pod's token as the password or a Bearer token", class.Name)
+	}
+	if raw, ok := regoeval.PeekBody(r, p.rego.MaxBodyBytes()); ok && bytes.Contains(raw, []byte(token)) {
+		return refusef(http.StatusBadRequest, "the request body carries the caller's token, and the proxy sends bodies on unchanged: send the token in a header")
+	}
+	return nil
+}

@@ -1,0 +1,227 @@
+// Package regoeval evaluates the Rego modules Alauda's API lets a ConnectorClass or an
+// AccessPolicy carry (SPEC §1): the credential generator (auth.types[].generator.rego), the
+// proxy's token extractor (proxy.authExtractor.rego), the Connectors API's permission mapping
+// (api.permissions.rego) and a check's state (state.rego). A module is compiled once into a
+// prepared query and kept in a bounded cache keyed by its hook and a hash of its text, so a
+// class generation that leaves a module unchanged reuses it and two classes with one module
+// share it. Every evaluation runs under a time limit.
+//
+// Modules are written by cluster administrators (classes) and tenants (policies), and a
+// generator runs with a credential in its input: the builtins that reach the network or the
+// process (http.send, net.lookup_ip_addr, opa.runtime, json.match_schema's remote references,
+// and any other builtin OPA marks non-deterministic but the clock and randomness) are not
+// available, so a module cannot send what it reads anywhere. Errors name the module's hook and
+// what is wrong with it; OPA's messages about the input are withheld, since they can quote it.
+package regoeval
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"time"
+
+	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/open-policy-agent/opa/v1/rego"
+	"github.com/open-policy-agent/opa/v1/topdown"
+
+	"github.com/kube-connectors/connectors-csi/cachemetrics"
+)
+
+// Config tunes an Engine; every field must be positive.
+type Config struct {
+	// CacheSize bounds the compiled modules kept (the least recently used go first).
+	CacheSize int
+	// Timeout bounds one evaluation.
+	Timeout time.Duration
+	// MaxBodyBytes bounds the request body read into input.request.body.
+	MaxBodyBytes int64
+}
+
+// Engine compiles and evaluates modules; it is safe for concurrent use.
+type Engine struct {
+	cfg   Config
+	caps  *ast.Capabilities
+	cache *lru.Cache[[32]byte, *compiled]
+	// answers keeps the answers of modules that read only input.data, by module and Secret
+	// version (see dataOnly): a PAT generator then runs once per Secret change, not per request.
+	answers *lru.Cache[[32]byte, any]
+}
+
+// compiled is a module's prepared query, or why it does not compile (kept too, so that a
+// broken class costs one compilation, not one per request).
+type compiled struct {
+	key   [32]byte
+	query rego.PreparedEvalQuery
+	err   error
+	// dataOnly: the answer depends on input.data alone.
+	dataOnly bool
+}
+
+// New returns an Engine whose cache is reported as cacheName in connectors_cache_entries.
+func New(cacheName string, cfg Config) (*Engine, error) {
+	if cfg.CacheSize <= 0 || cfg.Timeout <= 0 || cfg.MaxBodyBytes <= 0 {
+		return nil, fmt.Errorf("rego: cache size, timeout and body limit must be positive")
+	}
+	cache, err := lru.New[[32]byte, *compiled](cfg.CacheSize)
+	if err != nil {
+		return nil, err
+	}
+	answers, err := lru.New[[32]byte, any](cfg.CacheSize)
+	if err != nil {
+		return nil, err
+	}
+	cachemetrics.Register(cacheName, cache.Len)
+	cachemetrics.Register(cacheName+"_answers", answers.Len)
+	return &Engine{cfg: cfg, caps: capabilities(), cache: cache, answers: answers}, nil
+}
+
+// allowedNondeterministic are the non-deterministic builtins a module may call: they read the
+// clock or randomness, and reach nothing outside the process.
+var allowedNondeterministic = map[string]bool{
+	"time.now_ns": true, "rand.intn": true, "uuid.rfc4122": true,
+	"io.jwt.decode_verify": true, "io.jwt.encode_sign": true, "io.jwt.encode_sign_raw": true,
+}
+
+// capabilities are this OPA's builtins less the ones that reach the network or the process.
+// Filtering OPA's non-deterministic flag, rather than listing today's network builtins, keeps
+// one that a later OPA adds out as well.
+func capabilities() *ast.Capabilities {
+	caps := ast.CapabilitiesForThisVersion()
+	kept := caps.Builtins[:0]
+	for _, b := range caps.Builtins {
+		if !b.Nondeterministic || allowedNondeterministic[b.Name] {
+			kept = append(kept, b)
+		}
+	}
+	caps.Builtins = kept
+	caps.AllowNet = []string{} // no host, should a network builtin remain
+	return caps
+}
+
+// Hook is where a module is used: the package it must declare and the rule that is its answer.
+type Hook struct {
+	// Field names the module's field for errors, e.g. "generator.rego".
+	Field string
+	// Package is the package the module must declare; Rule the rule the answer is read from.
+	Package, Rule string
+}
+
+// The four hooks of Alauda's API.
+var (
+	GeneratorHook   = Hook{Field: "generator.rego", Package: "proxy", Rule: "auth"}
+	ExtractorHook   = Hook{Field: "proxy.authExtractor.rego", Package: "proxy", Rule: "auth"}
+	PermissionsHook = Hook{Field: "api.permissions.rego", Package: "permissions", Rule: "result"}
+	StateHook       = Hook{Field: "state.rego", Package: "approval", Rule: "status"}
+)
+
+// ErrUndefined is the answer of a module whose rule is undefined for the input.
+var ErrUndefined = errors.New("undefined")
+
+// Eval evaluates the module's answer rule with input. The answer is JSON-shaped (maps, slices,
+// strings, json.Number, bools, nil). An undefined answer is ErrUndefined.
+func (e *Engine) Eval(ctx context.Context, h Hook, module string, input ast.Value) (any, error) {
+	c := e.compile(h, module)
+	if c.err != nil {
+		return nil, c.err
+	}
+	ctx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
+	defer cancel()
+	rs, err := c.query.Eval(ctx, rego.EvalParsedInput(input))
+	if err != nil {
+		return nil, e.evalProblem(ctx, err)
+	}
+	if len(rs) == 0 || len(rs[0].Expressions) == 0 {
+		return nil, fmt.Errorf("%s is %w for this input", h.Rule, ErrUndefined)
+	}
+	return rs[0].Expressions[0].Value, nil
+}
+
+// MaxBodyBytes is the largest request body read into input.request.body.
+func (e *Engine) MaxBodyBytes() int64 { return e.cfg.MaxBodyBytes }
+
+// Check compiles a module and returns what is wrong with it, or nil.
+func (e *Engine) Check(h Hook, module string) error { return e.compile(h, module).err }
+
+func (e *Engine) compile(h Hook, module string) *compiled {
+	key := sha256.Sum256([]byte(h.Package + "\x00" + h.Rule + "\x00" + module))
+	if c, ok := e.cache.Get(key); ok {
+		return c
+	}
+	q, dataOnly, err := e.prepare(h, module)
+	c := &compiled{key: key, query: q, err: err, dataOnly: dataOnly}
+	// Two requests may compile the same module at once; the second Add replaces the first.
+	e.cache.Add(key, c)
+	return c
+}
+
+// prepare parses the module as Rego v1 and, when that fails, as v0 — the syntax of most of
+// Alauda's published examples (`auth = {...} { cond }`) — and reports the v1 error when
+// neither parses.
+func (e *Engine) prepare(h Hook, module string) (rego.PreparedEvalQuery, bool, error) {
+	version := ast.RegoV1
+	mod, err := ast.ParseModuleWithOpts("policy.rego", module, ast.ParserOptions{RegoVersion: version, Capabilities: e.caps})
+	if err != nil {
+		v0, err0 := ast.ParseModuleWithOpts("policy.rego", module, ast.ParserOptions{RegoVersion: ast.RegoV0, Capabilities: e.caps})
+		if err0 != nil {
+			return rego.PreparedEvalQuery{}, false, fmt.Errorf("does not parse: %v", err)
+		}
+		mod, version = v0, ast.RegoV0
+	}
+	want := ast.Ref{ast.DefaultRootDocument, ast.StringTerm(h.Package)}
+	if !mod.Package.Path.Equal(want) {
+		return rego.PreparedEvalQuery{}, false, fmt.Errorf("declares package %s; it must be package %s", mod.Package.Path, h.Package)
+	}
+	dataOnly := dataOnly(mod)
+	q, err := rego.New(
+		rego.Query("data."+h.Package+"."+h.Rule),
+		rego.ParsedModule(mod),
+		rego.SetRegoVersion(version),
+		rego.Capabilities(e.caps),
+	).PrepareForEval(context.Background())
+	if err != nil {
+		return rego.PreparedEvalQuery{}, false, fmt.Errorf("does not compile: %v (network and process builtins such as http.send, net.lookup_ip_addr and opa.runtime are not available)", err)
+	}
+	return q, dataOnly, nil
+}
+
+// dataOnly reports whether a module reads nothing of its input but input.data and calls no
+// builtin whose answer changes from call to call (the clock, randomness): its answer is then a
+// function of the Secret alone. A bare `input`, or input[x], counts as reading everything.
+func dataOnly(mod *ast.Module) bool {
+	only, refs, vars := true, 0, 0
+	data := ast.StringTerm("data")
+	ast.WalkRefs(mod, func(ref ast.Ref) bool {
+		if ref[0].Equal(ast.InputRootDocument) {
+			refs++
+			only = only && len(ref) > 1 && ref[1].Equal(data)
+		}
+		only = only && !allowedNondeterministic[ref.String()]
+		return false
+	})
+	ast.WalkVars(mod, func(v ast.Var) bool {
+		if v.Equal(ast.InputRootDocument.Value) {
+			vars++
+		}
+		return false
+	})
+	return only && refs == vars
+}
+
+// evalProblem says why an evaluation failed: the code and line of OPA's error, without its
+// message, which can quote the input (even a conflict's lists the conflicting values).
+func (e *Engine) evalProblem(ctx context.Context, err error) error {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) || topdown.IsCancel(err) {
+		return fmt.Errorf("evaluation ran longer than %s", e.cfg.Timeout)
+	}
+	var te *topdown.Error
+	if !errors.As(err, &te) {
+		return errors.New("evaluation failed (OPA's message is withheld: it can quote the input)")
+	}
+	where := ""
+	if te.Location != nil {
+		where = fmt.Sprintf(" at line %d", te.Location.Row)
+	}
+	return fmt.Errorf("evaluation failed%s: %s (OPA's message is withheld: it can quote the input)", where, te.Code)
+}

@@ -1,0 +1,306 @@
+package regoeval
+
+import (
+	"bytes"
+	"context"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/cachemetrics"
+)
+
+const secretValue1 = "glpat-s3cr3t"
+
+func newEngine(t *testing.T, size int) *Engine {
+	t.Helper()
+	e, err := New("rego_test", Config{CacheSize: size, Timeout: time.Second, MaxBodyBytes: 1 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+func classWith(generator, extractor, permissions string) (*v1alpha1.ConnectorClass, *v1alpha1.AuthType) {
+	c := &v1alpha1.ConnectorClass{ObjectMeta: metav1.ObjectMeta{Name: "gitlab"}}
+	c.Spec.Auth = &v1alpha1.AuthSpec{Types: []v1alpha1.AuthType{{Name: "pat", Generator: &v1alpha1.RegoPolicy{Rego: generator}}}}
+	c.Spec.Proxy = &v1alpha1.ProxySpec{AuthExtractor: &v1alpha1.RegoPolicy{Rego: extractor}}
+	c.Spec.API = &v1alpha1.APISpec{Permissions: &v1alpha1.RegoPolicy{Rego: permissions}}
+	return c, &c.Spec.Auth.Types[0]
+}
+
+func getRequest(header http.Header) *Request {
+	return &Request{Method: http.MethodGet, Path: "/api/v4/projects", Host: "gitlab.example.com", Headers: header, Query: url.Values{"page": {"2"}}}
+}
+
+// Alauda's published examples, in the v0 syntax most of them use and in v1.
+func TestGenerateAlaudaShapes(t *testing.T) {
+	e := newEngine(t, 16)
+	data := map[string][]byte{"token": []byte(secretValue1), "username": []byte("u"), "password": []byte("p"), "apikey": []byte("k")}
+	for name, tc := range map[string]struct {
+		module string
+		check  func(*Injection) bool
+	}{
+		"header v0": {`package proxy
+auth = {"position": "header", "auth": {"PRIVATE-TOKEN": input.data.token}}`,
+			func(i *Injection) bool { return i.Headers["PRIVATE-TOKEN"] == secretValue1 }},
+		"basic v1": {`package proxy
+auth := {"position": "header", "auth": {"Authorization": concat(" ", ["Basic", base64.encode(concat(":", [input.data.username, input.data.password]))])}}`,
+			func(i *Injection) bool { return i.Headers["Authorization"] == "Basic dTpw" }},
+		"query": {`package proxy
+auth = {"position": "query", "auth": {"api_key": input.data.apikey}}`,
+			func(i *Injection) bool { return i.Position == PositionQuery && i.Query["api_key"] == "k" }},
+		"body": {`package proxy
+auth = {"position": "body", "contentType": "application/json", "auth": {"username": input.data.username}}`,
+			func(i *Injection) bool { return i.Position == PositionBody && i.Body["username"] == "u" }},
+		"conditional v0 over the request": {`package proxy
+default auth = {"position": "header", "auth": {"X-Page": "none"}}
+auth = {"position": "header", "auth": {"X-Page": input.request.query.page[0]}} { input.request.method == "GET" }`,
+			func(i *Injection) bool { return i.Headers["X-Page"] == "2" }},
+		"clock": {`package proxy
+auth := {"position": "header", "auth": {"X-Timestamp": sprintf("%d", [time.now_ns()])}}`,
+			func(i *Injection) bool { return i.Headers["X-Timestamp"] != "" }},
+	} {
+		class, at := classWith(tc.module, "", "")
+		inj, err := e.Generate(context.Background(), class, at, data, "", func() *Request { return getRequest(http.Header{}) })
+		if err != nil || !tc.check(inj) {
+			t.Errorf("%s: %+v %v", name, inj, err)
+		}
+	}
+}
+
+// A generator holds the credential: a module that could reach the network or the process could
+// send it away, so those builtins do not exist, and errors never quote the Secret.
+func TestGeneratorRefusals(t *testing.T) {
+	e := newEngine(t, 16)
+	data := map[string][]byte{"token": []byte(secretValue1)}
+	for module, want := range map[string]string{
+		`package proxy
+auth := http.send({"method": "GET", "url": concat("", ["http://127.0.0.1:1/", input.data.token])})`: "undefined function http.send",
+		`package proxy
+auth := net.lookup_ip_addr(input.data.token)`: "undefined function net.lookup_ip_addr",
+		`package proxy
+auth := opa.runtime()`: "undefined function opa.runtime",
+		`package other
+auth := {}`: "declares package data.other; it must be package proxy",
+		`package proxy
+auth := {"position": "header", "auth": {"X": input.data.token}} if {`: "does not parse",
+		`package proxy
+auth := {"position": input.data.token, "auth": {}}`: "auth.position must be header, query or body",
+		`package proxy
+auth := {"position": "header", "auth": {"X": to_number(input.data.token)}}`: "auth is undefined for this input",
+		`package proxy
+auth := {"position": "header", "auth": {"X": concat("", [input.data.token, "\n"])}}`: "without control characters",
+		`package proxy
+auth := x if { x := input.data.token }
+auth := y if { y := "other" }`: "eval_conflict_error",
+		`package proxy
+auth := {"position": "header", "auth": {"X": input.data.token}} if { loop(0) }
+loop(n) if { numbers.range(0, 100000000)[_] == -1 }`: "ran longer than",
+	} {
+		e := e
+		if strings.Contains(module, "loop") {
+			var err error
+			if e, err = New("rego_test", Config{CacheSize: 4, Timeout: 50 * time.Millisecond, MaxBodyBytes: 1}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		class, at := classWith(module, "", "")
+		_, err := e.Generate(context.Background(), class, at, data, "", func() *Request { return getRequest(http.Header{}) })
+		if err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), secretValue1) ||
+			!strings.Contains(err.Error(), "ConnectorClass gitlab, auth type pat, generator.rego") {
+			t.Errorf("%.70q: %v, want %q, the class named and no value", module, err, want)
+		}
+	}
+}
+
+func TestExtractToken(t *testing.T) {
+	e := newEngine(t, 16)
+	// Alauda's robust example, in v1 syntax.
+	class, _ := classWith("", `package proxy
+default auth := {"token": ""}
+auth := {"token": input.request.headers["Private-Token"][0]} if {
+	count(input.request.headers["Private-Token"]) > 0
+}`, "")
+	for header, want := range map[string]string{"Private-Token": "sa-token", "X-Other": ""} {
+		h := http.Header{}
+		h.Set(header, "sa-token")
+		if got, err := e.ExtractToken(context.Background(), class, getRequest(h)); err != nil || got != want {
+			t.Errorf("%s: %q %v, want %q", header, got, err, want)
+		}
+	}
+	// The short example is undefined without the header: no token, no error.
+	class, _ = classWith("", `package proxy
+auth = {"token": input.request.headers["Private-Token"][0]}`, "")
+	if got, err := e.ExtractToken(context.Background(), class, getRequest(http.Header{})); err != nil || got != "" {
+		t.Errorf("undefined: %q %v", got, err)
+	}
+	// A token in the JSON body.
+	class, _ = classWith("", `package proxy
+auth := {"token": input.request.body.token}`, "")
+	r, _ := http.NewRequest(http.MethodPost, "http://proxy/x", strings.NewReader(`{"token":"from-body"}`))
+	r.Header.Set("Content-Type", "application/json")
+	if got, err := e.ExtractToken(context.Background(), class, e.NewRequest(r, "proxy", "/x", nil)); err != nil || got != "from-body" {
+		t.Errorf("body: %q %v", got, err)
+	}
+	class, _ = classWith("", `package proxy
+auth := {"token": 42}`, "")
+	if _, err := e.ExtractToken(context.Background(), class, getRequest(http.Header{})); err == nil || !strings.Contains(err.Error(), "proxy.authExtractor.rego: auth must be an object whose token is a string") {
+		t.Errorf("number: %v", err)
+	}
+}
+
+// The API calls Verb and RBACVerb (see the README's Connectors API section).
+func TestPermissionsVerb(t *testing.T) {
+	e := newEngine(t, 16)
+	// The CRD's example: POSTs under /search read.
+	class, _ := classWith("", "", `package permissions
+import future.keywords.if
+result = {"verb": "read"} if {
+	startswith(input.request.path, "/search")
+	input.request.method == "POST"
+} else = {"verb": ""}`)
+	for _, tc := range []struct{ method, path, verb, rbac, methodVerb string }{
+		{http.MethodPost, "/search/code", VerbRead, "get", "create"},
+		{http.MethodPost, "/projects", "", "create", "create"},
+		{http.MethodGet, "/projects", "", "get", "get"},
+	} {
+		got, err := e.Verb(context.Background(), class, &Request{Method: tc.method, Path: tc.path})
+		if err != nil || got != tc.verb || RBACVerb(got, tc.methodVerb) != tc.rbac {
+			t.Errorf("%s %s: %q %v (rbac %q), want %q (rbac %q)", tc.method, tc.path, got, err, RBACVerb(got, tc.methodVerb), tc.verb, tc.rbac)
+		}
+	}
+	if RBACVerb(VerbWrite, "get") != "update" || RBACVerb(VerbWrite, "patch") != "patch" || RBACVerb(VerbDelete, "create") != "delete" {
+		t.Error("RBACVerb write/delete")
+	}
+	noModule := &v1alpha1.ConnectorClass{}
+	if got, err := e.Verb(context.Background(), noModule, &Request{Method: http.MethodGet}); err != nil || got != "" {
+		t.Errorf("no module: %q %v", got, err)
+	}
+	class, _ = classWith("", "", `package permissions
+result := {"verb": "admin"}`)
+	if _, err := e.Verb(context.Background(), class, &Request{}); err == nil || !strings.Contains(err.Error(), "ConnectorClass gitlab, api.permissions.rego: result.verb must be") {
+		t.Errorf("admin: %v", err)
+	}
+}
+
+func TestState(t *testing.T) {
+	e := newEngine(t, 16)
+	obj := map[string]any{"spec": map[string]any{"secret": secretValue1}, "status": map[string]any{"conditions": []any{
+		map[string]any{"type": "Succeeded", "status": "True"}}}}
+	module := `package approval
+default status := {"state": "pending"}
+status := {"state": "approved"} if {
+	some c in input.status.conditions
+	c.type == "Succeeded"
+	c.status == "True"
+}`
+	if got, err := e.State(context.Background(), module, obj); err != nil || got != "approved" {
+		t.Fatalf("state %q %v", got, err)
+	}
+	if got, err := e.State(context.Background(), "package approval\nstatus := {\"state\": input.nope}", obj); err != nil || got != "" {
+		t.Errorf("undefined: %q %v", got, err)
+	}
+	if _, err := e.State(context.Background(), "package approval\nstatus := input.spec.secret", obj); err == nil || strings.Contains(err.Error(), secretValue1) {
+		t.Errorf("a string status: %v", err)
+	}
+}
+
+func TestCompiledModulesAreBounded(t *testing.T) {
+	e := newEngine(t, 2)
+	for _, v := range []string{"a", "b", "a", "c"} {
+		if err := e.Check(StateHook, "package approval\nstatus := {\"state\": \""+v+"\"}"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, _ := cachemetrics.Entries("rego_test"); n != 2 {
+		t.Fatalf("%d modules kept, want 2", n)
+	}
+}
+
+// The body is read for the input and still sent in full, also when it is larger than the limit.
+func TestBodyIsSentInFull(t *testing.T) {
+	e := newEngine(t, 2)
+	long := `{"a":"` + strings.Repeat("x", 2<<10) + `"}`
+	for _, body := range []string{`{"a":"b"}`, long} {
+		r, _ := http.NewRequest(http.MethodPost, "http://proxy/x", strings.NewReader(body))
+		r.Header.Set("Content-Type", "application/json")
+		r.ContentLength = -1
+		req := e.NewRequest(r, "h", "/x", nil)
+		rest := new(bytes.Buffer)
+		if _, err := rest.ReadFrom(r.Body); err != nil || rest.String() != body {
+			t.Errorf("body after reading: %d bytes %v", rest.Len(), err)
+		}
+		if (req.Body != nil) != (body != long) {
+			t.Errorf("parsed %v for a %d-byte body", req.Body != nil, len(body))
+		}
+	}
+}
+
+// A generator that reads only input.data runs once per Secret version; one that reads the
+// request or the clock runs every time.
+func TestDataOnlyAnswersAreKept(t *testing.T) {
+	e := newEngine(t, 16)
+	data := map[string][]byte{"token": []byte(secretValue1)}
+	built := 0
+	req := func() *Request { built++; return getRequest(http.Header{}) }
+	for module, kept := range map[string]bool{
+		`package proxy
+auth = {"position": "header", "auth": {"PRIVATE-TOKEN": input.data.token}}`: true,
+		`package proxy
+auth := {"position": "header", "auth": {"X": input.request.method}}`: false,
+		`package proxy
+auth := {"position": "header", "auth": {"X": sprintf("%d", [time.now_ns()])}}`: false,
+		`package proxy
+auth := {"position": "header", "auth": {"X": object.get(input, "data", {}).token}}`: false,
+	} {
+		e.answers.Purge()
+		built = 0
+		class, at := classWith(module, "", "")
+		for range 2 {
+			if _, err := e.Generate(context.Background(), class, at, data, "uid/1", req); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got := e.answers.Len() == 1; got != kept {
+			t.Errorf("%.60q: kept %v, want %v", module, got, kept)
+		}
+		if kept && built != 0 {
+			t.Errorf("%.60q: the request was described %d times for a module that does not read it", module, built)
+		}
+	}
+}
+
+type methodVerbs struct{}
+
+func (methodVerbs) Verb(_ context.Context, _ *v1alpha1.ConnectorClass, r *http.Request) (string, error) {
+	return map[string]string{"GET": "get", "POST": "create", "DELETE": "delete"}[r.Method], nil
+}
+
+// What connectorsapi plugs in as its VerbMapper: git's POST git-upload-pack is a read.
+func TestAPIVerbs(t *testing.T) {
+	class, _ := classWith("", "", `package permissions
+default result := {"verb": ""}
+result := {"verb": "read"} if {
+	input.request.method == "POST"
+	endswith(input.request.path, "/git-upload-pack")
+}`)
+	mapper := APIVerbs{Engine: newEngine(t, 4), Methods: methodVerbs{}}
+	for path, want := range map[string]string{
+		"/connectors/v1alpha1/team/git/path/org/repo.git/git-upload-pack":  "get",
+		"/connectors/v1alpha1/team/git/path/org/repo.git/git-receive-pack": "create",
+	} {
+		r, _ := http.NewRequest(http.MethodPost, "http://proxy"+path, nil)
+		if got, err := mapper.Verb(context.Background(), class, r); err != nil || got != want {
+			t.Errorf("POST %s: %q %v, want %q", path, got, err, want)
+		}
+	}
+	if got := APIPath("/connectors/v1alpha1/team/git/path"); got != "/" {
+		t.Errorf("APIPath of the API root = %q", got)
+	}
+}

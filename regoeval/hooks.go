@@ -1,0 +1,241 @@
+package regoeval
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+
+	"github.com/open-policy-agent/opa/v1/ast"
+	"golang.org/x/net/http/httpguts"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+)
+
+// Positions of a generator's injection.
+const (
+	PositionHeader = "header"
+	PositionQuery  = "query"
+	PositionBody   = "body"
+)
+
+// Injection is a generator's answer (Alauda's AuthInjection): where to put the credential and
+// what to put there.
+type Injection struct {
+	// Position is header, query or body.
+	Position string
+	// ContentType is the body's media type for position body: application/json (the default)
+	// or application/x-www-form-urlencoded.
+	ContentType string
+	// Headers are header values by name (position header).
+	Headers map[string]string
+	// Query are query parameter values by name (position query).
+	Query map[string]string
+	// Body are the fields set at the top level of the body (position body).
+	Body map[string]any
+}
+
+// Generator returns the generator module of an auth type, or "" when it has none.
+func Generator(t *v1alpha1.AuthType) string {
+	if t == nil || t.Generator == nil {
+		return ""
+	}
+	return t.Generator.Rego
+}
+
+// Generate evaluates an auth type's generator with the Secret's data (input.data, a string per
+// key) and the request being sent (input.request, built by req only when the module reads it).
+// dataVersion identifies the Secret's content (UID and resourceVersion): the answer of a
+// module that reads only input.data is kept under it and shared by later requests, which must
+// not change it. Errors name the class and auth type, never a value of the Secret or the
+// request.
+func (e *Engine) Generate(ctx context.Context, class *v1alpha1.ConnectorClass, t *v1alpha1.AuthType, data map[string][]byte, dataVersion string, req func() *Request) (*Injection, error) {
+	field := "auth type " + t.Name + ", " + GeneratorHook.Field
+	c := e.compile(GeneratorHook, Generator(t))
+	if c.err != nil {
+		return nil, classError(class, field, c.err)
+	}
+	var answerKey [32]byte
+	if c.dataOnly && dataVersion != "" {
+		answerKey = sha256.Sum256(append(c.key[:], dataVersion...))
+		if inj, ok := e.answers.Get(answerKey); ok {
+			return inj.(*Injection), nil
+		}
+	}
+	request := ast.Value(ast.NullValue)
+	if !c.dataOnly {
+		var err error
+		if request, err = req().value(); err != nil {
+			return nil, classError(class, field, err)
+		}
+	}
+	input := ast.NewObject(ast.Item(ast.StringTerm("data"), ast.NewTerm(secretValue(data))), ast.Item(ast.StringTerm("request"), ast.NewTerm(request)))
+	ans, err := e.Eval(ctx, GeneratorHook, Generator(t), input)
+	if err != nil {
+		return nil, classError(class, field, err)
+	}
+	inj, err := injection(ans)
+	if err != nil {
+		return nil, classError(class, field, err)
+	}
+	if c.dataOnly && dataVersion != "" {
+		e.answers.Add(answerKey, inj)
+	}
+	return inj, nil
+}
+
+// injection reads an `auth` answer; its errors name fields, never values.
+func injection(ans any) (*Injection, error) {
+	m, ok := ans.(map[string]any)
+	if !ok {
+		return nil, errors.New("auth must be an object {position, contentType, auth}")
+	}
+	fields, ok := m["auth"].(map[string]any)
+	if !ok {
+		return nil, errors.New("auth.auth must be an object of names to values")
+	}
+	ct, _ := m["contentType"].(string)
+	inj := &Injection{ContentType: ct}
+	switch inj.Position, _ = m["position"].(string); inj.Position {
+	case PositionHeader:
+		inj.Headers = map[string]string{}
+		for k, v := range fields {
+			s, ok := v.(string)
+			if !ok || !httpguts.ValidHeaderFieldName(k) || !httpguts.ValidHeaderFieldValue(s) {
+				return nil, errors.New("auth.auth must map valid header names to strings without control characters")
+			}
+			inj.Headers[k] = s
+		}
+	case PositionQuery:
+		inj.Query = map[string]string{}
+		for k, v := range fields {
+			s, ok := v.(string)
+			if !ok {
+				return nil, errors.New("auth.auth must map query parameter names to strings")
+			}
+			inj.Query[k] = s
+		}
+	case PositionBody:
+		switch ct {
+		case "", "application/json", "application/x-www-form-urlencoded":
+		default:
+			return nil, errors.New("auth.contentType must be application/json or application/x-www-form-urlencoded")
+		}
+		inj.Body = fields
+	default:
+		return nil, errors.New("auth.position must be header, query or body")
+	}
+	return inj, nil
+}
+
+// Extractor returns a class's authExtractor module, or "" when it has none.
+func Extractor(class *v1alpha1.ConnectorClass) string {
+	if class.Spec.Proxy == nil || class.Spec.Proxy.AuthExtractor == nil {
+		return ""
+	}
+	return class.Spec.Proxy.AuthExtractor.Rego
+}
+
+// ExtractToken evaluates a class's authExtractor over the request a client sent to the proxy
+// and returns the token it finds ({"token": "..."}), or "" when it finds none (an empty token
+// or an undefined answer).
+func (e *Engine) ExtractToken(ctx context.Context, class *v1alpha1.ConnectorClass, req *Request) (string, error) {
+	token, err := e.stringField(ctx, ExtractorHook, Extractor(class), req, "token")
+	if err != nil {
+		return "", classError(class, ExtractorHook.Field, err)
+	}
+	return token, nil
+}
+
+// Permission verbs of api.permissions.rego.
+const (
+	VerbRead   = "read"
+	VerbWrite  = "write"
+	VerbDelete = "delete"
+)
+
+// Verb evaluates a class's api.permissions module over a Connectors API request and returns
+// the verb it maps the request to: read, write or delete, or "" when the class has no module
+// or the module leaves the request to the HTTP method's verb ({"verb": ""}, or undefined).
+// See RBACVerb for the verb to authorize.
+func (e *Engine) Verb(ctx context.Context, class *v1alpha1.ConnectorClass, req *Request) (string, error) {
+	if class.Spec.API == nil || class.Spec.API.Permissions == nil || class.Spec.API.Permissions.Rego == "" {
+		return "", nil
+	}
+	verb, err := e.stringField(ctx, PermissionsHook, class.Spec.API.Permissions.Rego, req, "verb")
+	if err != nil {
+		return "", classError(class, PermissionsHook.Field, err)
+	}
+	switch verb {
+	case "", VerbRead, VerbWrite, VerbDelete:
+		return verb, nil
+	}
+	return "", classError(class, PermissionsHook.Field, errors.New("result.verb must be read, write, delete or empty"))
+}
+
+// RBACVerb is the Kubernetes verb to check on connectors/apis for a request: get for read (so
+// that a module can let git's POST git-upload-pack pass with a read grant), delete for delete,
+// the method's own write verb for write (update when the method reads), and methodVerb (the
+// method's verb, proxy.VerbFor) when the module said nothing.
+func RBACVerb(verb, methodVerb string) string {
+	switch verb {
+	case VerbRead:
+		return "get"
+	case VerbDelete:
+		return "delete"
+	case VerbWrite:
+		if methodVerb == "get" {
+			return "update"
+		}
+	}
+	return methodVerb
+}
+
+// State evaluates a check's state.rego with the matched object as input and returns
+// status.state ("" when the module leaves it undefined). Errors name the module's problem,
+// never a value of the object; the caller names the object.
+func (e *Engine) State(ctx context.Context, module string, object map[string]any) (string, error) {
+	input, err := ast.InterfaceToValue(object)
+	if err != nil {
+		return "", fmt.Errorf("%s: the object cannot be a Rego input", StateHook.Field)
+	}
+	ans, err := e.Eval(ctx, StateHook, module, input)
+	if errors.Is(err, ErrUndefined) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("%s %v", StateHook.Field, err)
+	}
+	m, ok := ans.(map[string]any)
+	state, isString := m["state"].(string)
+	if !ok || (m["state"] != nil && !isString) {
+		return "", fmt.Errorf("%s: status must be an object whose state is a string", StateHook.Field)
+	}
+	return state, nil
+}
+
+// stringField evaluates a module over {request} and reads one string field of its answer; an
+// undefined answer or field is "".
+func (e *Engine) stringField(ctx context.Context, h Hook, module string, req *Request, field string) (string, error) {
+	in, err := req.value()
+	if err != nil {
+		return "", err
+	}
+	ans, err := e.Eval(ctx, h, module, ast.NewObject(ast.Item(ast.StringTerm("request"), ast.NewTerm(in))))
+	if errors.Is(err, ErrUndefined) {
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	m, ok := ans.(map[string]any)
+	s, isString := m[field].(string)
+	if !ok || (m[field] != nil && !isString) {
+		return "", fmt.Errorf("%s must be an object whose %s is a string", h.Rule, field)
+	}
+	return s, nil
+}
+
+func classError(class *v1alpha1.ConnectorClass, field string, err error) error {
+	return fmt.Errorf("ConnectorClass %s, %s: %w", class.Name, field, err)
+}

@@ -1,0 +1,168 @@
+package e2e
+
+// Alauda's Rego hooks of the proxy, through the real driver: a class's generator.rego puts a
+// personal access token where GitLab wants it (a PRIVATE-TOKEN header) or a key in the query,
+// and its authExtractor.rego lets a client send its Pod token the way GitLab's clients send
+// theirs. A recording server stands in for the tool.
+
+import (
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/connectorstatus"
+)
+
+// headerRecorder keeps the headers and query of every proxied request.
+type headerRecorder struct {
+	mu  sync.Mutex
+	got []*http.Request
+}
+
+func (h *headerRecorder) handle(w http.ResponseWriter, r *http.Request) {
+	if r.UserAgent() != connectorstatus.ProbeUserAgent {
+		h.mu.Lock()
+		h.got = append(h.got, r.Clone(r.Context()))
+		h.mu.Unlock()
+	}
+	_, _ = w.Write([]byte("ok"))
+}
+
+func (h *headerRecorder) last(t *testing.T) *http.Request {
+	t.Helper()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.got) == 0 {
+		t.Fatal("no request reached the tool")
+	}
+	return h.got[len(h.got)-1]
+}
+
+func (h *headerRecorder) count() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.got)
+}
+
+// carries reports whether any header or the query of r holds s.
+func carries(r *http.Request, s string) bool {
+	for _, vs := range r.Header {
+		for _, v := range vs {
+			if strings.Contains(v, s) {
+				return true
+			}
+		}
+	}
+	return strings.Contains(r.URL.RawQuery, s)
+}
+
+func regoClass(t *testing.T) string {
+	return classWith(t, "gitlab", func(c *v1alpha1.ConnectorClass) {
+		c.Spec.Auth.Types = []v1alpha1.AuthType{
+			// Alauda's v0 example shape.
+			{Name: "pat", SecretType: "Opaque", Generator: &v1alpha1.RegoPolicy{Rego: `package proxy
+auth = {"position": "header", "auth": {"PRIVATE-TOKEN": input.data.token}}`}},
+			{Name: "apikey", SecretType: "Opaque", Generator: &v1alpha1.RegoPolicy{Rego: `package proxy
+auth := {"position": "query", "auth": {"private_token": input.data.token}}`}},
+		}
+		c.Spec.Proxy = &v1alpha1.ProxySpec{AuthExtractor: &v1alpha1.RegoPolicy{Rego: `package proxy
+default auth := {"token": ""}
+auth := {"token": input.request.headers["Private-Token"][0]} if count(input.request.headers["Private-Token"]) > 0`}}
+	})
+}
+
+func TestRegoGeneratorAndExtractor(t *testing.T) {
+	tool := &headerRecorder{}
+	rec := startRecorder(t, tool.handle)
+	env := startProxyDriver(t, nil)
+	ns := newNamespace(t)
+	class := regoClass(t)
+	const pat = "glpat-0123456789abcdef"
+	createSecret(t, ns, "gitlab-pat", corev1.SecretTypeOpaque, map[string]string{"token": pat})
+	newConnectorWithSecret(t, ns, "gitlab", class, rec.URL, "pat", "gitlab-pat")
+	newConnectorWithSecret(t, ns, "gitlab-query", class, rec.URL, "apikey", "gitlab-pat")
+	allowConnectors(t, ns, "builder", "gitlab", "gitlab-query")
+	token := proxyToken(t, ns, "builder")
+	base := env.proxyURL + "/namespaces/" + ns + "/connectors/"
+
+	// The token in PRIVATE-TOKEN, as glab sends it: authenticated, and replaced by the PAT.
+	code, body := do(t, noRedirects, newRequest(t, "GET", base+"gitlab/api/v4/projects?page=2", map[string]string{"PRIVATE-TOKEN": token}))
+	if code != http.StatusOK || strings.Contains(body, pat) {
+		t.Fatalf("PRIVATE-TOKEN <pod token>: status %d %q", code, body)
+	}
+	got := tool.last(t)
+	if got.Header.Get("Private-Token") != pat || got.Header.Get("Authorization") != "" || carries(got, token) || got.URL.Query().Get("page") != "2" {
+		t.Errorf("the tool got headers %v query %q: want PRIVATE-TOKEN the PAT, no Authorization, not the Pod token", got.Header, got.URL.RawQuery)
+	}
+
+	// A Bearer token works as before; a PRIVATE-TOKEN the client sends does not reach the tool.
+	code, _ = do(t, noRedirects, newRequest(t, "GET", base+"gitlab/api/v4/user", map[string]string{"Authorization": "Bearer " + token, "PRIVATE-TOKEN": "forged"}))
+	if got := tool.last(t); code != http.StatusOK || got.Header.Values("Private-Token")[0] != pat || len(got.Header.Values("Private-Token")) != 1 {
+		t.Errorf("Bearer with a forged PRIVATE-TOKEN: status %d, the tool got %v", code, got.Header.Values("Private-Token"))
+	}
+
+	// Position query: the key replaces the client's parameter of that name.
+	code, _ = do(t, noRedirects, newRequest(t, "GET", base+"gitlab-query/api/v4/projects?private_token=forged&page=3", map[string]string{"PRIVATE-TOKEN": token}))
+	if got := tool.last(t); code != http.StatusOK || got.URL.Query()["private_token"][0] != pat || len(got.URL.Query()["private_token"]) != 1 ||
+		got.URL.Query().Get("page") != "3" || carries(got, token) || got.Header.Get("Private-Token") != "" {
+		t.Errorf("query: status %d, the tool got %q %v", code, got.URL.RawQuery, got.Header)
+	}
+
+	// A wrong token in the custom header, or none at all, is refused before the tool.
+	before := tool.count()
+	for name, header := range map[string]map[string]string{
+		"wrong token": {"PRIVATE-TOKEN": token + "x"},
+		"no token":    {"X-Other": token},
+	} {
+		if code, body := do(t, noRedirects, newRequest(t, "GET", base+"gitlab/api/v4/projects", header)); code != http.StatusUnauthorized {
+			t.Errorf("%s: status %d %q, want 401", name, code, body)
+		}
+	}
+	if n := tool.count(); n != before {
+		t.Errorf("%d refused requests reached the tool", n-before)
+	}
+}
+
+// A class without an authExtractor does not take a token from PRIVATE-TOKEN, even though
+// another class's extractor finds one there.
+func TestRegoExtractorIsTheConnectorsClass(t *testing.T) {
+	tool := &headerRecorder{}
+	rec := startRecorder(t, tool.handle)
+	env := startProxyDriver(t, nil)
+	ns := newNamespace(t)
+	regoClass(t)
+	createSecret(t, ns, "plain-auth", corev1.SecretTypeBasicAuth, map[string]string{"username": "u", "password": "p"})
+	newConnectorWithSecret(t, ns, "plain", gitClass(t), rec.URL, "basicAuth", "plain-auth")
+	allowConnectors(t, ns, "builder", "plain")
+	token := proxyToken(t, ns, "builder")
+	code, body := do(t, noRedirects, newRequest(t, "GET", env.proxyURL+"/namespaces/"+ns+"/connectors/plain/x", map[string]string{"PRIVATE-TOKEN": token}))
+	if code != http.StatusUnauthorized || !strings.Contains(body, "does not find one") || tool.count() != 0 {
+		t.Errorf("status %d %q, %d requests reached the tool; want 401 and none", code, body, tool.count())
+	}
+}
+
+// A generator that fails answers 502 naming the class and auth type, never the Secret.
+func TestRegoGeneratorErrorNamesTheClass(t *testing.T) {
+	tool := &headerRecorder{}
+	rec := startRecorder(t, tool.handle)
+	env := startProxyDriver(t, nil)
+	ns := newNamespace(t)
+	class := classWith(t, "broken", func(c *v1alpha1.ConnectorClass) {
+		c.Spec.Auth.Types = []v1alpha1.AuthType{{Name: "pat", SecretType: "Opaque", Generator: &v1alpha1.RegoPolicy{Rego: `package proxy
+auth := {"position": input.data.token, "auth": {}}`}}}
+	})
+	const secret = "glpat-never-shown"
+	createSecret(t, ns, "pat", corev1.SecretTypeOpaque, map[string]string{"token": secret})
+	newConnectorWithSecret(t, ns, "broken", class, rec.URL, "pat", "pat")
+	allowConnectors(t, ns, "builder", "broken")
+	token := proxyToken(t, ns, "builder")
+	code, body := do(t, noRedirects, newRequest(t, "GET", env.proxyURL+"/namespaces/"+ns+"/connectors/broken/x", map[string]string{"Authorization": "Bearer " + token}))
+	if code != http.StatusBadGateway || !strings.Contains(body, "ConnectorClass "+class+", auth type pat, generator.rego: auth.position must be") ||
+		strings.Contains(body, secret) || tool.count() != 0 {
+		t.Errorf("status %d %q, %d requests reached the tool", code, body, tool.count())
+	}
+}
