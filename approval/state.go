@@ -4,31 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
-	"time"
 
 	"github.com/google/cel-go/cel"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/utils/lru"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
-	"github.com/kube-connectors/connectors-csi/cachemetrics"
+	"github.com/kube-connectors/connectors-csi/celexpr"
 	"github.com/kube-connectors/connectors-csi/regoeval"
 )
 
 // celProgramsCache names the compiled expressions in connectors_cache_entries.
 const celProgramsCache = "cel_programs"
-
-// Limits of a check's CEL state expression, which a tenant may write and the leader runs.
-const (
-	// celCostLimit is cel-go's runtime cost of one evaluation, as Kubernetes bounds a CEL
-	// validation rule per call.
-	celCostLimit = 1_000_000
-	// celTimeout bounds one evaluation by the clock too; comprehensions check it every
-	// celInterruptEvery iterations.
-	celTimeout        = time.Second
-	celInterruptEvery = 100
-)
 
 // States reads check states: a CEL expression over `object`, a Rego module of package approval
 // over `input` (Alauda's state.rego), or the object's status.state.
@@ -36,40 +22,22 @@ const (
 // are written by tenants: their number is not ours to bound). One States serves both
 // controllers.
 type States struct {
-	env  *cel.Env
-	prgs *lru.Cache // expression → cel.Program
+	cel  *celexpr.Programs
 	rego *regoeval.Engine
 }
 
 // NewStates returns a States that keeps up to cacheSize compiled expressions and evaluates
 // Rego modules with rego (which bounds its own cache and time).
 func NewStates(cacheSize int, rego *regoeval.Engine) (*States, error) {
-	env, err := cel.NewEnv(cel.Variable("object", cel.DynType))
+	programs, err := celexpr.New(celProgramsCache, cacheSize, cel.Variable("object", cel.DynType))
 	if err != nil {
 		return nil, err
 	}
-	s := &States{env: env, prgs: lru.New(cacheSize), rego: rego}
-	cachemetrics.Register(celProgramsCache, s.prgs.Len)
-	return s, nil
+	return &States{cel: programs, rego: rego}, nil
 }
 
 // compile checks and compiles an expression; errors say what is wrong with it.
-func (s *States) compile(expr string) (cel.Program, error) {
-	if p, ok := s.prgs.Get(expr); ok {
-		return p.(cel.Program), nil
-	}
-	ast, iss := s.env.Compile(expr)
-	if iss.Err() != nil {
-		return nil, fmt.Errorf("invalid CEL %q: %w", expr, iss.Err())
-	}
-	p, err := s.env.Program(ast, cel.CostLimit(celCostLimit), cel.EvalOptions(cel.OptTrackCost),
-		cel.InterruptCheckFrequency(celInterruptEvery))
-	if err != nil {
-		return nil, fmt.Errorf("invalid CEL %q: %w", expr, err)
-	}
-	s.prgs.Add(expr, p)
-	return p, nil
-}
+func (s *States) compile(expr string) (cel.Program, error) { return s.cel.Compile(expr) }
 
 // Validate compiles a check's state, CEL or Rego, and says what is wrong with it.
 func (s *States) Validate(st *v1alpha1.CheckState) error {
@@ -124,36 +92,13 @@ func (s *States) state(ctx context.Context, obj *unstructured.Unstructured, chec
 
 // evaluate runs a state expression within its cost and time limits.
 func (s *States) evaluate(ctx context.Context, obj *unstructured.Unstructured, expr string) (string, error) {
-	p, err := s.compile(expr)
+	out, err := s.cel.Eval(ctx, expr, map[string]any{"object": obj.Object})
 	if err != nil {
-		return "", err
-	}
-	ctx, cancel := context.WithTimeout(ctx, celTimeout)
-	defer cancel()
-	out, _, err := p.ContextEval(ctx, map[string]any{"object": obj.Object})
-	if err != nil {
-		return "", fmt.Errorf("CEL %q on %s %s: %s", expr, obj.GetKind(), obj.GetName(), evalProblem(ctx, expr, err))
+		return "", fmt.Errorf("CEL %q on %s %s: %w", expr, obj.GetKind(), obj.GetName(), err)
 	}
 	v, ok := out.Value().(string)
 	if !ok {
 		return "", fmt.Errorf("CEL %q yields a %s, not a string", expr, out.Type().TypeName())
 	}
 	return v, nil
-}
-
-// evalProblem says why an evaluation failed without cel-go's message where that can quote the
-// object (a failed conversion prints the value it could not convert): a missing key is named
-// only when the expression itself spells it.
-func evalProblem(ctx context.Context, expr string, err error) string {
-	msg := err.Error()
-	switch {
-	case strings.Contains(msg, "cost limit exceeded"):
-		return fmt.Sprintf("it exceeded the cost limit (%d)", celCostLimit)
-	case errors.Is(ctx.Err(), context.DeadlineExceeded):
-		return fmt.Sprintf("it ran longer than %s", celTimeout)
-	}
-	if key, ok := strings.CutPrefix(msg, "no such key: "); ok && strings.Contains(expr, key) {
-		return msg
-	}
-	return "evaluation failed (cel-go's message is withheld: it can quote the object)"
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/google/cel-go/cel"
+	"github.com/google/cel-go/common/types/ref"
 	"k8s.io/utils/lru"
 
 	"github.com/kube-connectors/connectors-csi/cachemetrics"
@@ -69,7 +70,7 @@ func (p *Programs) Compile(expr string) (cel.Program, error) {
 
 // Eval compiles (or takes from the cache) and runs expr over vars within the limits. An
 // evaluation error says why without cel-go's message where that could quote the data.
-func (p *Programs) Eval(ctx context.Context, expr string, vars map[string]any) (any, error) {
+func (p *Programs) Eval(ctx context.Context, expr string, vars map[string]any) (ref.Val, error) {
 	prg, err := p.Compile(expr)
 	if err != nil {
 		return nil, err
@@ -80,7 +81,14 @@ func (p *Programs) Eval(ctx context.Context, expr string, vars map[string]any) (
 	if err != nil {
 		return nil, errors.New(Problem(ctx, expr, err))
 	}
-	return out.Value(), nil
+	return out, nil
+}
+
+// Cached tells whether an expression's program is in the cache (and makes it the most
+// recently used).
+func (p *Programs) Cached(expr string) bool {
+	_, ok := p.prgs.Get(expr)
+	return ok
 }
 
 // Problem says why an evaluation failed without cel-go's message where that can quote the

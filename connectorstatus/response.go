@@ -55,7 +55,7 @@ func (r *responseRules) accepts(ctx context.Context, expr string, res *http.Resp
 	if err != nil {
 		return false, fmt.Errorf("the probe's response.cel: %w", err)
 	}
-	ok, isBool := out.(bool)
+	ok, isBool := out.Value().(bool)
 	if !isBool {
 		return false, fmt.Errorf("the probe's response.cel %q does not yield a bool", expr)
 	}
