@@ -337,6 +337,38 @@ func TestConnectorsAPI(t *testing.T) {
 			t.Fatal("a grant on connectors/apis/<class> did not cover the class's paths")
 		}
 	})
+	t.Run("api.permissions.rego names the verb", func(t *testing.T) {
+		// A read grant is enough for git's POST git-upload-pack once the class says so.
+		setFlags(t, map[string]string{"enable-connector-apis-permissions": "true", "enable-connector-apis-write-passthrough": "true"})
+		t.Cleanup(func() { setFlags(t, map[string]string{}) })
+		post := func(rest string) (int, string) {
+			return do(t, noRedirects, newRequest(t, "POST", api("git", rest), map[string]string{"Authorization": "Bearer " + viewer}))
+		}
+		fetch := func() (int, string) { return post("/repo.git/git-upload-pack") }
+		if !kubelet.WaitUntil(15*time.Second, func() bool { code, _ := fetch(); return code == http.StatusForbidden }) {
+			code, msg := fetch()
+			t.Fatalf("POST with a get-only grant and no permissions module: %d %q, want 403 (create)", code, msg)
+		}
+		updateClass(t, git, func(c *v1alpha1.ConnectorClass) {
+			if c.Spec.API == nil {
+				c.Spec.API = &v1alpha1.APISpec{}
+			}
+			c.Spec.API.Permissions = &v1alpha1.RegoPolicy{Rego: `package permissions
+
+result := {"verb": "read"} if {
+	input.request.method == "POST"
+	endswith(input.request.path, "/git-upload-pack")
+}
+`}
+		})
+		if !kubelet.WaitUntil(15*time.Second, func() bool { code, _ := fetch(); return code != http.StatusForbidden && code != http.StatusMethodNotAllowed }) {
+			code, msg := fetch()
+			t.Fatalf("POST git-upload-pack mapped to read: %d %q, want it through with the get grant", code, msg)
+		}
+		if code, _ := post("/repo.git/git-receive-pack"); code != http.StatusForbidden {
+			t.Errorf("POST git-receive-pack (not mapped): %d, want 403", code)
+		}
+	})
 	t.Run("featureflags", func(t *testing.T) {
 		flagsURL := env.proxyURL + "/connectors-operator/featureflags"
 		get := func(token string) (int, string) {
