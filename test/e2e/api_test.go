@@ -361,7 +361,10 @@ result := {"verb": "read"} if {
 }
 `}
 		})
-		if !kubelet.WaitUntil(15*time.Second, func() bool { code, _ := fetch(); return code != http.StatusForbidden && code != http.StatusMethodNotAllowed }) {
+		if !kubelet.WaitUntil(15*time.Second, func() bool {
+			code, _ := fetch()
+			return code != http.StatusForbidden && code != http.StatusMethodNotAllowed
+		}) {
 			code, msg := fetch()
 			t.Fatalf("POST git-upload-pack mapped to read: %d %q, want it through with the get grant", code, msg)
 		}
