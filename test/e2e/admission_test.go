@@ -129,10 +129,9 @@ func TestAdmissionWebhookEnforcesTheClassContract(t *testing.T) {
 	if err := cp.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: "good"}, &stored); err != nil {
 		t.Fatal(err)
 	}
-	class.Spec.Params = append(class.Spec.Params, v1alpha1.ParamSpec{Name: "region"})
-	if err := cp.Client.Update(ctx, class); err != nil {
-		t.Fatal(err)
-	}
+	updateClass(t, class.Name, func(c *v1alpha1.ConnectorClass) {
+		c.Spec.Params = append(c.Spec.Params, v1alpha1.ParamSpec{Name: "region"})
+	})
 	patch := client.MergeFrom(stored.DeepCopy())
 	stored.Labels = map[string]string{"team": "a"}
 	if err := cp.Client.Patch(ctx, &stored, patch); err != nil {

@@ -18,6 +18,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	auditv1 "k8s.io/apiserver/pkg/apis/audit/v1"
+	"k8s.io/client-go/util/retry"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/cachemetrics"
@@ -421,12 +422,15 @@ func TestUnchangedRepublishSendsNoAPIRequest(t *testing.T) {
 	if sent := nodeRequests(start); len(sent) != 0 {
 		t.Fatalf("15 unchanged republishes sent %d API requests: %q", len(sent), sent)
 	}
-	var c v1alpha1.Connector
-	if err := cp.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "git"}, &c); err != nil {
-		t.Fatal(err)
-	}
-	c.Spec.Address = "https://git.example.com"
-	if err := cp.Client.Update(ctx, &c); err != nil {
+	// The status controller writes the Connector's status meanwhile: read again on a conflict.
+	if err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		var c v1alpha1.Connector
+		if err := cp.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "git"}, &c); err != nil {
+			return err
+		}
+		c.Spec.Address = "https://git.example.com"
+		return cp.Client.Update(ctx, &c)
+	}); err != nil {
 		t.Fatal(err)
 	}
 	changed := time.Now()
