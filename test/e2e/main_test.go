@@ -199,16 +199,19 @@ func startDriverWith(t testing.TB, stateDir string, mounter mount.Mounter, adjus
 // short cache periods.
 func testOptions() driver.Options {
 	return driver.Options{
-		NodeID:             "node-1",
-		DriverName:         driverName,
-		Kubeconfig:         cp.Kubeconfig,
-		SystemNamespace:    systemNS,
-		ProxyURL:           proxyURL,
-		NoProxy:            "localhost,127.0.0.1,::1",
-		TokenAudience:      driverName,
-		VolumeSizeLimit:    "4Mi",
-		KubeAPIQPS:         50,
-		KubeAPIBurst:       100,
+		NodeID:          "node-1",
+		DriverName:      driverName,
+		Kubeconfig:      cp.Kubeconfig,
+		SystemNamespace: systemNS,
+		ProxyURL:        proxyURL,
+		NoProxy:         "localhost,127.0.0.1,::1",
+		TokenAudience:   driverName,
+		VolumeSizeLimit: "4Mi",
+		// Every test's driver reconciles every Connector and class earlier tests left (a proxy
+		// address of its own rewrites each status): at 50/s that backlog grew past the 20 s the
+		// tests wait for a status. The envtest API server takes far more.
+		KubeAPIQPS:         1000,
+		KubeAPIBurst:       2000,
 		AuthzAllowTTL:      10 * time.Second,
 		AuthzDenyTTL:       2 * time.Second,
 		TokenCacheTTL:      time.Second,
