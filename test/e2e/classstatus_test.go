@@ -9,32 +9,19 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/connectorstatus"
-	"github.com/kube-connectors/connectors-csi/test/kubelet"
 )
 
 // waitClassCondition waits until the class's condition has the status and reason.
 func waitClassCondition(t *testing.T, name, typ string, status metav1.ConditionStatus, reason string) *v1alpha1.ConnectorClass {
 	t.Helper()
-	var c v1alpha1.ConnectorClass
-	if !kubelet.WaitUntil(20*time.Second, func() bool {
-		if err := cp.Client.Get(context.Background(), types.NamespacedName{Name: name}, &c); err != nil {
-			return false
-		}
-		cond := meta.FindStatusCondition(c.Status.Conditions, typ)
-		return cond != nil && cond.Status == status && cond.Reason == reason
-	}) {
-		t.Fatalf("ConnectorClass %s: %s never became %s/%s; status: %+v", name, typ, status, reason, c.Status)
-	}
-	return &c
+	return waitObjectCondition(t, &v1alpha1.ConnectorClass{ObjectMeta: metav1.ObjectMeta{Name: name}},
+		func(c *v1alpha1.ConnectorClass) []metav1.Condition { return c.Status.Conditions }, typ, status, reason)
 }
 
 // serviceBackends are where the tests' Services lead, by "<namespace>/<name>": the API

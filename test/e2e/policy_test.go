@@ -11,7 +11,6 @@ import (
 	"google.golang.org/grpc/status"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/test/kubelet"
@@ -20,17 +19,8 @@ import (
 // waitPolicy waits until an AccessPolicy's Ready condition has the status and reason.
 func waitPolicy(t *testing.T, ns, name string, ready metav1.ConditionStatus, reason string) *v1alpha1.AccessPolicy {
 	t.Helper()
-	var p v1alpha1.AccessPolicy
-	if !kubelet.WaitUntil(20*time.Second, func() bool {
-		if cp.Client.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: name}, &p) != nil {
-			return false
-		}
-		c := meta.FindStatusCondition(p.Status.Conditions, v1alpha1.ConditionReady)
-		return c != nil && c.Status == ready && c.Reason == reason
-	}) {
-		t.Fatalf("AccessPolicy %s: Ready never became %s/%s: %+v", name, ready, reason, p.Status.Conditions)
-	}
-	return &p
+	return waitObjectCondition(t, &v1alpha1.AccessPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}},
+		func(p *v1alpha1.AccessPolicy) []metav1.Condition { return p.Status.Conditions }, v1alpha1.ConditionReady, ready, reason)
 }
 
 func roleRef(name string) v1alpha1.RoleTemplate {

@@ -8,27 +8,34 @@ import (
 
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/test/kubelet"
 )
 
+// waitObjectCondition waits until obj (read again by its key) has a condition of the type with
+// the status and reason; conditions returns the object's conditions.
+func waitObjectCondition[T client.Object](t *testing.T, obj T, conditions func(T) []metav1.Condition, typ string, status metav1.ConditionStatus, reason string) T {
+	t.Helper()
+	key := client.ObjectKeyFromObject(obj)
+	if !kubelet.WaitUntil(20*time.Second, func() bool {
+		if err := cp.Client.Get(context.Background(), key, obj); err != nil {
+			return false
+		}
+		c := meta.FindStatusCondition(conditions(obj), typ)
+		return c != nil && c.Status == status && c.Reason == reason
+	}) {
+		t.Fatalf("%T %s: %s never became %s/%s; conditions: %+v", obj, key, typ, status, reason, conditions(obj))
+	}
+	return obj
+}
+
 // waitCondition waits until the Connector's condition has the status and reason.
 func waitCondition(t *testing.T, ns, name, typ string, status metav1.ConditionStatus, reason string) *v1alpha1.Connector {
 	t.Helper()
-	var c v1alpha1.Connector
-	ok := kubelet.WaitUntil(20*time.Second, func() bool {
-		if err := cp.Client.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: name}, &c); err != nil {
-			return false
-		}
-		cond := meta.FindStatusCondition(c.Status.Conditions, typ)
-		return cond != nil && cond.Status == status && cond.Reason == reason
-	})
-	if !ok {
-		t.Fatalf("Connector %s/%s: %s never became %s/%s; conditions: %+v", ns, name, typ, status, reason, c.Status.Conditions)
-	}
-	return &c
+	return waitObjectCondition(t, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}},
+		func(c *v1alpha1.Connector) []metav1.Condition { return c.Status.Conditions }, typ, status, reason)
 }
 
 func TestConnectorStatus(t *testing.T) {
