@@ -5,6 +5,7 @@ package connectorstatus
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"net/http"
 	"time"
@@ -16,21 +17,26 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/connectorsapi"
+	"github.com/kube-connectors/connectors-csi/features"
 	"github.com/kube-connectors/connectors-csi/proxy"
 	"github.com/kube-connectors/connectors-csi/proxy/egress"
 	"github.com/kube-connectors/connectors-csi/render"
 	"github.com/kube-connectors/connectors-csi/secretcache"
+	"github.com/kube-connectors/connectors-csi/trust"
 )
 
 // ProbeUserAgent is the User-Agent of liveness and auth probes.
@@ -44,8 +50,13 @@ type Reconciler struct {
 	Secrets *secretcache.Cache
 	// ProxyURL is the built-in proxy's base URL.
 	ProxyURL string
-	// HTTP probes tools (liveness and auth probes).
-	HTTP *http.Client
+	// Transports probe tools (liveness and auth probes), one per CA bundle.
+	Transports *trust.Transports
+	// Flags are the feature flags (enable-custom-ca-certs) and GlobalCA the global CA bundle.
+	Flags    *features.Source
+	GlobalCA *trust.Global
+	// Recorder records Warning Events for CA Secrets that cannot be used; nil records none.
+	Recorder events.EventRecorder
 	// Recheck is how often reachability and credentials are probed again; each Connector's
 	// next check is spread over [Recheck, 1.2 Recheck), so that 10,000 Connectors created
 	// together are not probed together forever after.
@@ -70,8 +81,13 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.responses, err = newResponseRules(size); err != nil {
 		return err
 	}
+	trustChanges := make(chan event.GenericEvent)
+	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error { return r.requeueOnTrustChange(ctx, trustChanges) })); err != nil {
+		return err
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("connectorstatus").
+		WatchesRawSource(source.Channel(trustChanges, &handler.EnqueueRequestForObject{})).
 		For(&v1alpha1.Connector{}, builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, predicate.LabelChangedPredicate{}))).
 		Watches(&v1alpha1.ConnectorClass{}, handler.EnqueueRequestsFromMapFunc(r.connectorsOfClass),
 			builder.WithPredicates(predicate.Or[client.Object](predicate.GenerationChangedPredicate{}, classProxyChanged))).
@@ -155,7 +171,8 @@ func (r *Reconciler) computeStatus(ctx context.Context, c *v1alpha1.Connector) {
 	c.Status.Proxy = &v1alpha1.ProxyStatus{HTTPAddress: &v1alpha1.Addressable{URL: render.ConnectorProxyURL(r.ProxyURL, &class, c)}}
 	proxyCondition(&class, classErr == nil, set)
 	cred := r.secretCondition(ctx, c, &class, classErr == nil, set)
-	r.probeConditions(ctx, c, &class, cred, set)
+	probes := egress.Client(r.Transports.For(r.caBundle(ctx, c)), probeTimeout)
+	r.probeConditions(ctx, probes, c, &class, cred, set)
 
 	setReady(c)
 }
@@ -270,8 +287,8 @@ func authTypeOf(c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, classKnow
 }
 
 // probeConditions sets LivenessReady (the tool answers) and AuthReady (the credential works).
-func (r *Reconciler) probeConditions(ctx context.Context, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, cred *credential, set setFunc) {
-	r.livenessCondition(ctx, c, class.Spec.LivenessProbe, set)
+func (r *Reconciler) probeConditions(ctx context.Context, probes *http.Client, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, cred *credential, set setFunc) {
+	r.livenessCondition(ctx, probes, c, class.Spec.LivenessProbe, set)
 	var authProbe *v1alpha1.AuthProbe
 	if t := authTypeOf(c, class, true); t != nil && cred != nil {
 		authProbe = class.AuthProbe(t.Name)
@@ -284,7 +301,7 @@ func (r *Reconciler) probeConditions(ctx context.Context, c *v1alpha1.Connector,
 		r.setUnknown(c, v1alpha1.ConditionAuthReady, ReasonAPIProbe, "the class probes credentials through its API, which is not called yet")
 		return
 	}
-	res, err := r.probeHTTP(ctx, c, authProbe.Probe.HTTP, cred.secret, cred.authHeader)
+	res, err := r.probeHTTP(ctx, probes, c, authProbe.Probe.HTTP, cred.secret, cred.authHeader)
 	switch {
 	case err != nil:
 		reason, msg := probeFailure(err)
@@ -297,7 +314,7 @@ func (r *Reconciler) probeConditions(ctx context.Context, c *v1alpha1.Connector,
 }
 
 // livenessCondition probes the tool without a credential.
-func (r *Reconciler) livenessCondition(ctx context.Context, c *v1alpha1.Connector, p *v1alpha1.Probe, set setFunc) {
+func (r *Reconciler) livenessCondition(ctx context.Context, probes *http.Client, c *v1alpha1.Connector, p *v1alpha1.Probe, set setFunc) {
 	switch {
 	case p == nil || (p.HTTP == nil && p.API == nil):
 		set(v1alpha1.ConditionLivenessReady, true, ReasonNonLivenessProbe, "the ConnectorClass declares no liveness probe")
@@ -306,7 +323,7 @@ func (r *Reconciler) livenessCondition(ctx context.Context, c *v1alpha1.Connecto
 		r.setUnknown(c, v1alpha1.ConditionLivenessReady, ReasonAPIProbe, "the class probes liveness through its API, which is not called yet")
 		return
 	}
-	res, err := r.probeHTTP(ctx, c, p.HTTP, nil, "")
+	res, err := r.probeHTTP(ctx, probes, c, p.HTTP, nil, "")
 	switch {
 	case err != nil:
 		reason, msg := probeFailure(err)
@@ -354,6 +371,12 @@ func unreachableMessage(err error) string {
 	var refused *egress.RefusedError
 	if errors.As(err, &refused) {
 		return "the Connector's address is not an allowed destination: " + refused.Why
+	}
+	// A tool already answered, so this tells a tenant nothing new about the network, and it
+	// is the one failure a user can fix from the Connector.
+	var unknownCA x509.UnknownAuthorityError
+	if errors.As(err, &unknownCA) {
+		return "the tool's TLS certificate is signed by an authority it is not trusted with: set spec.caCertSecretRef, or a global CA with the feature flag enable-custom-ca-certs"
 	}
 	return "the tool could not be reached"
 }

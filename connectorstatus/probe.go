@@ -179,7 +179,7 @@ func probeURL(address string, p *v1alpha1.HTTPProbe, path string) (*url.URL, err
 // builtInAuth the Authorization value the credential's type gives, sent when the probe's
 // own headers set none. Only a liveness probe (no credential) follows redirects, and only
 // when the probe allows it: a credential never follows one. Errors never carry a header.
-func (r *Reconciler) probeHTTP(ctx context.Context, c *v1alpha1.Connector, p *v1alpha1.HTTPProbe, sec *corev1.Secret, builtInAuth string) (probeResult, error) {
+func (r *Reconciler) probeHTTP(ctx context.Context, client *http.Client, c *v1alpha1.Connector, p *v1alpha1.HTTPProbe, sec *corev1.Secret, builtInAuth string) (probeResult, error) {
 	data := newTemplateData(c, sec)
 	path, err := renderProbe("probe path", p.Path, data)
 	if err != nil {
@@ -213,9 +213,8 @@ func (r *Reconciler) probeHTTP(ctx context.Context, c *v1alpha1.Connector, p *v1
 		req.Header.Set("Authorization", builtInAuth)
 	}
 	req.Header.Set(egress.HopHeader, "1")
-	client := r.HTTP
 	if sec == nil && !p.DisableRedirect {
-		client = r.following()
+		client = following(client)
 	}
 	res, err := client.Do(req)
 	if err != nil {
@@ -226,10 +225,10 @@ func (r *Reconciler) probeHTTP(ctx context.Context, c *v1alpha1.Connector, p *v1
 	return r.judge(ctx, p.Response, res, body)
 }
 
-// following is r.HTTP's transport with redirects followed (a liveness probe sends nothing
-// secret); each hop dials through the same destination policy.
-func (r *Reconciler) following() *http.Client {
-	c := *r.HTTP
+// following is client with redirects followed (a liveness probe sends nothing secret); each
+// hop dials through the same destination policy.
+func following(client *http.Client) *http.Client {
+	c := *client
 	c.CheckRedirect = func(_ *http.Request, via []*http.Request) error {
 		if len(via) >= maxProbeRedirects {
 			return fmt.Errorf("stopped after %d redirects", maxProbeRedirects)

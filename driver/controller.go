@@ -3,10 +3,10 @@ package driver
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"net/http"
 	"sync/atomic"
-	"time"
 
 	"golang.org/x/sync/errgroup"
 	corev1 "k8s.io/api/core/v1"
@@ -24,9 +24,8 @@ import (
 	"github.com/kube-connectors/connectors-csi/admission"
 	"github.com/kube-connectors/connectors-csi/approval"
 	"github.com/kube-connectors/connectors-csi/connectorstatus"
-	"github.com/kube-connectors/connectors-csi/features"
-	"github.com/kube-connectors/connectors-csi/proxy/egress"
 	"github.com/kube-connectors/connectors-csi/secretcache"
+	"github.com/kube-connectors/connectors-csi/trust"
 )
 
 // startController starts the controller role: the Connector status, AccessPolicy and
@@ -43,8 +42,12 @@ func startController(ctx context.Context, g *errgroup.Group, p *process, ready *
 		Secrets: secretcache.New(func(ctx context.Context, ns, name string) (*corev1.Secret, error) {
 			return p.kube.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
 		}, o.StatusRecheck, o.SecretCacheSize, "status_secrets"),
-		ProxyURL:     o.ProxyURL,
-		HTTP:         egress.Client(&http.Transport{Proxy: nil, DialContext: p.destinations.DialContext, DisableCompression: true}, 10*time.Second),
+		ProxyURL: o.ProxyURL,
+		Transports: trust.NewTransports(o.TransportCacheSize, "probe_transports", func(roots *x509.CertPool) *http.Transport {
+			return &http.Transport{Proxy: nil, DialContext: p.destinations.DialContext, DisableCompression: true,
+				TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}}
+		}),
+		Flags: p.flags, GlobalCA: p.globalCA, Recorder: mgr.GetEventRecorder(o.DriverName),
 		Recheck:      o.StatusRecheck,
 		Workers:      o.StatusWorkers,
 		CELCacheSize: o.CELCacheSize,
@@ -87,10 +90,9 @@ func startController(ctx context.Context, g *errgroup.Group, p *process, ready *
 		mgr.GetWebhookServer().Register(admission.ConnectorPath,
 			(&admission.ConnectorValidator{Reader: mgr.GetAPIReader()}).Webhook(p.scheme))
 	}
-	if !o.runsNode() {
-		// The controller uses no flag; it watches them to report invalid values as Events,
-		// once for the cluster instead of once per node.
-		features.Watch(ctx, p.kube, o.SystemNamespace, true)
+	if err := mgr.Add(&trust.Collector{Kube: p.kube, Namespace: o.SystemNamespace,
+		Recorder: mgr.GetEventRecorder(o.DriverName), Resync: o.StatusRecheck}); err != nil {
+		return err
 	}
 	g.Go(func() error { return mgr.Start(ctx) })
 	g.Go(func() error {
@@ -104,7 +106,8 @@ func startController(ctx context.Context, g *errgroup.Group, p *process, ready *
 }
 
 // newManager makes the controller-runtime manager of the controllers: its caches keep no
-// managedFields, Secrets are never cached (the driver does not watch Secrets, SPEC §4.5), the
+// managedFields, Secrets are never cached (the driver watches no tenant's Secrets, SPEC §4.5;
+// the CA collector's label-selected informer of the system namespace is its own), the
 // RBAC objects of grants are written, not watched, and ConfigMaps are watched in the system
 // namespace only.
 func newManager(ctx context.Context, p *process) (ctrl.Manager, error) {

@@ -19,7 +19,9 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/features"
 	"github.com/kube-connectors/connectors-csi/proxy/egress"
+	"github.com/kube-connectors/connectors-csi/trust"
 )
 
 // Version is the driver's version, stamped at build time with -ldflags -X.
@@ -33,6 +35,10 @@ type process struct {
 	scheme *runtime.Scheme
 	// destinations is where the proxy, the API and the status probes may connect.
 	destinations *egress.Policy
+	// flags are the feature flags in force and globalCA the global CA bundle, both read live
+	// by either role.
+	flags    *features.Source
+	globalCA *trust.Global
 }
 
 // Run runs the driver's roles until ctx is done.
@@ -53,6 +59,9 @@ func Run(ctx context.Context, opts Options) error {
 		}
 	}
 	g, ctx := errgroup.WithContext(ctx)
+	// The controller (or the all role) is the one process that reports invalid flags.
+	p.flags = features.Watch(ctx, p.kube, o.SystemNamespace, o.runsController())
+	p.globalCA = trust.WatchGlobal(ctx, p.kube, o.SystemNamespace)
 	var nodeReady, controllerReady atomic.Bool
 	var csiSocket string
 	if o.runsNode() {

@@ -24,7 +24,6 @@ import (
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/approval"
 	"github.com/kube-connectors/connectors-csi/connectorsapi"
-	"github.com/kube-connectors/connectors-csi/features"
 	"github.com/kube-connectors/connectors-csi/identity"
 	"github.com/kube-connectors/connectors-csi/node"
 	"github.com/kube-connectors/connectors-csi/node/mount"
@@ -91,14 +90,13 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 		return err
 	}
 	caStore := &ca.Store{Secrets: p.kube.CoreV1().Secrets(o.SystemNamespace)}
-	// In the all role this process is also the one that reports invalid flags.
-	flags := features.Watch(ctx, p.kube, o.SystemNamespace, o.runsController())
+	flags := p.flags
 	regoEngine, err := o.regoEngine("rego_node")
 	if err != nil {
 		return err
 	}
 	connectorsProxy, err := proxy.New(objects, proxyReviewer, flags, p.kube, caStore, proxy.Config{
-		Rego:      regoEngine,
+		Rego: regoEngine, GlobalCA: p.globalCA,
 		SecretTTL: o.SecretCacheTTL, Egress: p.destinations,
 		Permissions: permissions, PermissionAllowTTL: o.ProxyPermissionTTL, PermissionDenyTTL: o.AuthzDenyTTL,
 		PermissionCacheSize: o.PermissionCacheSize,

@@ -1,24 +1,21 @@
-// Package features reads the feature flags of the connectors-config ConfigMap (SPEC §7) live:
-// one informer on that single ConfigMap, so a change takes effect without a restart.
+// Package features reads the feature flags of the connectors-config ConfigMap (SPEC §7) live,
+// so that a change takes effect without a restart.
 package features
 
 import (
 	"context"
 	"strconv"
 	"sync/atomic"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
-	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
+
+	"github.com/kube-connectors/connectors-csi/configwatch"
 )
 
 // ConfigMapName is the name of the flags ConfigMap in the system namespace.
@@ -31,6 +28,7 @@ const (
 	keyAPIsWritePassthrough = "enable-connector-apis-write-passthrough"
 	keyApproval             = "enable-connectors-approval"
 	KeyMultiConnector       = "enable-multi-connector"
+	KeyCustomCACerts        = "enable-custom-ca-certs"
 )
 
 // ReasonInvalidFeatureFlag is the reason of the Event on the ConfigMap for a value that is not
@@ -45,6 +43,9 @@ type Flags struct {
 	// Approval is effective only together with ProxyPermissions.
 	Approval       bool
 	MultiConnector bool
+	// CustomCACerts adds the global CA bundle (labelled Secrets of the system namespace) to
+	// every Connector's trust, and the CACertReady condition to every Connector's status.
+	CustomCACerts bool
 }
 
 // ApprovalEffective reports whether the approval flow is on.
@@ -61,6 +62,7 @@ var flags = []struct {
 	{keyAPIsWritePassthrough, func(f *Flags) *bool { return &f.APIsWritePassthrough }, false},
 	{keyApproval, func(f *Flags) *bool { return &f.Approval }, false},
 	{KeyMultiConnector, func(f *Flags) *bool { return &f.MultiConnector }, false},
+	{KeyCustomCACerts, func(f *Flags) *bool { return &f.CustomCACerts }, false},
 }
 
 // Values are the flags by ConfigMap key, as the ConfigMap writes them ("true" or "false"): the
@@ -148,38 +150,22 @@ func Watch(ctx context.Context, kube kubernetes.Interface, namespace string, rec
 		context.AfterFunc(ctx, broadcaster.Shutdown)
 		s.events = broadcaster.NewRecorder(clientgoscheme.Scheme, corev1.EventSource{Component: "connectors-csi"})
 	}
-	factory := informers.NewSharedInformerFactoryWithOptions(kube, 10*time.Minute,
-		informers.WithNamespace(namespace),
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
-			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", ConfigMapName).String()
-		}))
-	inf := factory.Core().V1().ConfigMaps().Informer()
 	log := klog.FromContext(ctx)
-	_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc: func(obj any) { s.update(log, obj) },
-		UpdateFunc: func(old, obj any) {
-			if o, n := old.(*corev1.ConfigMap), obj.(*corev1.ConfigMap); o.ResourceVersion != n.ResourceVersion {
-				s.update(log, obj) // not a resync: reports are made once per change
-			}
-		},
-		DeleteFunc: func(any) {
-			f := defaults
-			s.flags.Store(&f)
-			clearInvalid()
-			log.Info("The feature flags ConfigMap was deleted; every flag is back to its default", "flags", f)
-		},
+	configwatch.Watch(ctx, kube, namespace, ConfigMapName, func(cm *corev1.ConfigMap) {
+		if cm != nil {
+			s.update(log, cm)
+			return
+		}
+		f := defaults
+		s.flags.Store(&f)
+		clearInvalid()
+		log.Info("The feature flags ConfigMap was deleted; every flag is back to its default", "flags", f)
 	})
-	factory.Start(ctx.Done())
-	factory.WaitForCacheSync(ctx.Done())
 	return s
 }
 
 // update applies the ConfigMap's flags over the current ones and reports invalid values.
-func (s *Source) update(log klog.Logger, obj any) {
-	cm, ok := obj.(*corev1.ConfigMap)
-	if !ok {
-		return
-	}
+func (s *Source) update(log klog.Logger, cm *corev1.ConfigMap) {
 	f, invalid := Parse(cm.Data, s.Flags())
 	s.flags.Store(&f)
 	log.Info("Feature flags", "flags", f)

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
@@ -11,13 +10,12 @@ import (
 	"net/http"
 	"time"
 
-	lru "github.com/hashicorp/golang-lru/v2"
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
-	"github.com/kube-connectors/connectors-csi/cachemetrics"
 	"github.com/kube-connectors/connectors-csi/proxy/egress"
 	"github.com/kube-connectors/connectors-csi/regoeval"
+	"github.com/kube-connectors/connectors-csi/trust"
 )
 
 // credential is what the proxy adds to a Connector's upstream requests.
@@ -111,21 +109,6 @@ func AuthorizationHeader(secretType string, sec *corev1.Secret) string {
 	return ""
 }
 
-// transports keeps one pooled upstream transport per CA bundle, so that keep-alive
-// connections are reused across requests and Pods. Bundles come from tenants' Secrets, so the
-// set is bounded: the least recently used transport is dropped (its idle connections closed).
-type transports struct {
-	egress *egress.Policy
-	system *http.Transport // no caCertSecretRef: the system roots
-	byCA   *lru.Cache[[32]byte, *http.Transport]
-}
-
-func newTransports(policy *egress.Policy, size int) *transports {
-	byCA, _ := lru.NewWithEvict(size, func(_ [32]byte, tr *http.Transport) { tr.CloseIdleConnections() })
-	cachemetrics.Register("transports", byCA.Len)
-	return &transports{egress: policy, system: newUpstreamTransport(policy, nil), byCA: byCA}
-}
-
 func newUpstreamTransport(policy *egress.Policy, roots *x509.CertPool) *http.Transport {
 	return &http.Transport{
 		// Never through another proxy: the environment's proxy settings are for clients.
@@ -145,36 +128,12 @@ func newUpstreamTransport(policy *egress.Policy, roots *x509.CertPool) *http.Tra
 	}
 }
 
-// transportFor returns the transport trusting the Connector's caCertSecretRef (plus the system
-// roots), or the default one, and the CA bundle itself.
+// transportFor returns the transport trusting what the Connector's tool is trusted with (see
+// trust.Bundle), and that bundle (nil: the system roots alone).
 func (p *Proxy) transportFor(ctx context.Context, c *v1alpha1.Connector) (*http.Transport, []byte, error) {
-	if c.Spec.CACertSecretRef == nil {
-		return p.transports.system, nil, nil
-	}
-	sec, err := p.secrets.Get(ctx, c.Namespace, c.Spec.CACertSecretRef.Name)
+	bundle, err := trust.Bundle(ctx, p.cfg.GlobalCA, p.flags.Flags().CustomCACerts, c, p.secrets.Get)
 	if err != nil {
-		return nil, nil, fmt.Errorf("CA secret %s/%s of Connector %s: %w", c.Namespace, c.Spec.CACertSecretRef.Name, c.Name, err)
+		return nil, nil, fmt.Errorf("connector %s/%s: %w", c.Namespace, c.Name, err)
 	}
-	pem := sec.Data["ca.crt"]
-	if len(pem) == 0 {
-		return nil, nil, fmt.Errorf("CA secret %s/%s of Connector %s lacks key ca.crt", c.Namespace, c.Spec.CACertSecretRef.Name, c.Name)
-	}
-	return p.transports.get(pem), pem, nil
-}
-
-func (t *transports) get(caPEM []byte) *http.Transport {
-	key := sha256.Sum256(caPEM)
-	if tr, ok := t.byCA.Get(key); ok {
-		return tr
-	}
-	roots, _ := x509.SystemCertPool()
-	if roots == nil {
-		roots = x509.NewCertPool()
-	}
-	roots.AppendCertsFromPEM(caPEM)
-	tr := newUpstreamTransport(t.egress, roots)
-	// Two requests may build the same transport at once; the second Add replaces the first,
-	// which then serves only the request that built it.
-	t.byCA.Add(key, tr)
-	return tr
+	return p.transports.For(bundle), bundle, nil
 }

@@ -8,6 +8,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/http"
@@ -32,6 +33,7 @@ import (
 	"github.com/kube-connectors/connectors-csi/proxy/egress"
 	"github.com/kube-connectors/connectors-csi/regoeval"
 	"github.com/kube-connectors/connectors-csi/secretcache"
+	"github.com/kube-connectors/connectors-csi/trust"
 )
 
 // Reviewer authenticates tokens and authorizes users (access.Reviewer).
@@ -56,6 +58,9 @@ type Config struct {
 	TunnelLifetime time.Duration
 	// MaxHeaderBytes bounds the request headers inside a CONNECT tunnel.
 	MaxHeaderBytes int
+	// GlobalCA is the global CA bundle, trusted for every Connector with the feature flag
+	// enable-custom-ca-certs; nil: none.
+	GlobalCA *trust.Global
 	// Rego evaluates the classes' generator and authExtractor modules.
 	Rego *regoeval.Engine
 	// Sizes of the bounded caches: Secrets, registry tokens (and realms), leaf certificates
@@ -96,7 +101,7 @@ type Proxy struct {
 	flags      *features.Source
 	secrets    *secretcache.Cache
 	rego       *regoeval.Engine
-	transports *transports
+	transports *trust.Transports
 	leaves     *leaves
 	registry   *registryTokens
 	reverse    *httputil.ReverseProxy
@@ -119,10 +124,12 @@ func New(objects client.Reader, reviewer Reviewer, flags *features.Source, kube 
 		secrets: secretcache.New(func(ctx context.Context, ns, name string) (*corev1.Secret, error) {
 			return kube.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
 		}, cfg.SecretTTL, cfg.SecretCacheSize, "secrets"),
-		rego:       cfg.Rego,
-		transports: newTransports(cfg.Egress, cfg.TransportCacheSize),
-		leaves:     l,
-		registry:   newRegistryTokens(cfg.RegistryTokenCacheSize),
+		rego: cfg.Rego,
+		transports: trust.NewTransports(cfg.TransportCacheSize, "transports", func(roots *x509.CertPool) *http.Transport {
+			return newUpstreamTransport(cfg.Egress, roots)
+		}),
+		leaves:   l,
+		registry: newRegistryTokens(cfg.RegistryTokenCacheSize),
 	}
 	if cfg.Permissions == nil {
 		cfg.Permissions = reviewer

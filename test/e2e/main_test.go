@@ -91,6 +91,9 @@ func TestMain(m *testing.M) {
 		fmt.Fprintf(os.Stderr, "--- driver log (last 100 lines) ---\n%s\n", lastLines(logs.String(), 100))
 	}
 	_ = cp.Stop()
+	if binary != "" {
+		_ = os.RemoveAll(filepath.Dir(binary)) // 120 MiB per run otherwise left in /tmp
+	}
 	os.Exit(code)
 }
 

@@ -74,7 +74,10 @@ type ConnectorSpec struct {
 	Params []Param `json:"params,omitempty"`
 	// +optional
 	Auth *ConnectorAuth `json:"auth,omitempty"`
-	// CACertSecretRef names a Secret with key ca.crt: the CA bundle of a tool with a private CA.
+	// CACertSecretRef names a Secret of the Connector's namespace with the PEM certificates of
+	// a tool's private CA: keys ending in .crt or .pem, or values with a PEM header. They are
+	// trusted in addition to the system roots (and the global bundle, with the feature flag
+	// enable-custom-ca-certs).
 	// +optional
 	CACertSecretRef *LocalSecretRef `json:"caCertSecretRef,omitempty"`
 }
@@ -100,6 +103,10 @@ const (
 	ConditionAuthReady           = "AuthReady"
 	ConditionProxyServiceReady   = "ProxyServiceReady"
 	ConditionReady               = "Ready"
+	// ConditionCACertReady is informational (it does not count towards Ready): the
+	// Connector's spec.caCertSecretRef, present only with the feature flag
+	// enable-custom-ca-certs.
+	ConditionCACertReady = "CACertReady"
 )
 
 // ConnectorStatus is the observed state of a Connector.
