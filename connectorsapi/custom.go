@@ -82,7 +82,7 @@ var builtins = map[string]func(*Server, *http.Request, *v1alpha1.Connector, *v1a
 
 // custom serves an x-provider-type: api request: the class's API service, or a built-in API.
 func (s *Server) custom(w http.ResponseWriter, r *http.Request, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, apiPath string) error {
-	if addr := apiAddress(class); addr != "" {
+	if addr := APIAddress(class); addr != "" {
 		return s.plugin(w, r, c, class, addr, apiPath)
 	}
 	list := builtins[apiPath]
@@ -101,9 +101,9 @@ func (s *Server) custom(w http.ResponseWriter, r *http.Request, c *v1alpha1.Conn
 	return json.NewEncoder(w).Encode(out)
 }
 
-// apiAddress is the class's API service address: status.api.address.url once resolved, or an
+// APIAddress is the class's API service address: status.api.address.url once resolved, or an
 // absolute spec.api.uri; "" when it has none.
-func apiAddress(class *v1alpha1.ConnectorClass) string {
+func APIAddress(class *v1alpha1.ConnectorClass) string {
 	if st := class.Status.API; st != nil && st.Address != nil && st.Address.URL != "" {
 		return st.Address.URL
 	}
@@ -136,7 +136,7 @@ func (s *Server) plugin(w http.ResponseWriter, r *http.Request, c *v1alpha1.Conn
 		out.Header.Del(h) // the caller's, never the plugin's to see or to be fooled by
 	}
 	out.Header.Set(egress.HopHeader, "1")
-	setPluginHeaders(out.Header, c.Spec.Address, up.SecretType, up.SecretData)
+	SetPluginHeaders(out.Header, c.Spec.Address, up.SecretType, up.SecretData)
 	res, err := pluginTransport.RoundTrip(out)
 	if err != nil {
 		return errorf(http.StatusBadGateway, "BadGateway", "API service of ConnectorClass %q unreachable: %v", class.Name, err)
@@ -150,10 +150,10 @@ func (s *Server) plugin(w http.ResponseWriter, r *http.Request, c *v1alpha1.Conn
 	return nil
 }
 
-// setPluginHeaders sets X-Plugin-Meta to base64 {"baseURL":address} and, for a Connector with a
+// SetPluginHeaders sets X-Plugin-Meta to base64 {"baseURL":address} and, for a Connector with a
 // Secret, X-Plugin-Auth to base64 of its type and X-Plugin-Secret to base64 of its data as
 // JSON (encoding/json writes the []byte values base64, as the spec asks).
-func setPluginHeaders(h http.Header, address, secretType string, data map[string][]byte) {
+func SetPluginHeaders(h http.Header, address, secretType string, data map[string][]byte) {
 	b64 := base64.StdEncoding.EncodeToString
 	meta, _ := json.Marshal(map[string]string{"baseURL": address})
 	h.Set(HeaderPluginMeta, b64(meta))

@@ -66,7 +66,7 @@ func TestRoute(t *testing.T) {
 // TestPluginHeaders checks the headers against the values connectorclass_api_spec publishes.
 func TestPluginHeaders(t *testing.T) {
 	h := http.Header{}
-	setPluginHeaders(h, "https://github.com", "kubernetes.io/basic-auth",
+	SetPluginHeaders(h, "https://github.com", "kubernetes.io/basic-auth",
 		map[string][]byte{"username": []byte("admin"), "password": []byte("pass123")})
 	for key, want := range map[string]string{
 		HeaderPluginMeta:   "eyJiYXNlVVJMIjoiaHR0cHM6Ly9naXRodWIuY29tIn0=",
@@ -78,7 +78,7 @@ func TestPluginHeaders(t *testing.T) {
 		}
 	}
 	h = http.Header{}
-	setPluginHeaders(h, "https://github.com", "", nil)
+	SetPluginHeaders(h, "https://github.com", "", nil)
 	if h.Get(HeaderPluginAuth) != "" || h.Get(HeaderPluginSecret) != "" || h.Get(HeaderPluginMeta) == "" {
 		t.Errorf("a Connector without a Secret: %v", h)
 	}

@@ -225,15 +225,13 @@ const (
 	// ReasonInvalidProbe (LivenessReady/AuthReady=False): the class's probe does not render or
 	// its response.cel does not compile or yield a bool.
 	ReasonInvalidProbe = "InvalidProbe"
-	// ReasonAPIProbe (Unknown): the probe goes through the class's API, which this controller
-	// does not call yet.
-	ReasonAPIProbe = "APIProbeNotSupported"
 )
 
 // credential is what secretCondition found: the Secret and the Authorization value its type
 // gives (empty for types the proxy does not inject itself).
 type credential struct {
 	secret     *corev1.Secret
+	secretType string // as the class reads it (proxy.AuthSecretType)
 	authHeader string
 }
 
@@ -270,7 +268,7 @@ func (r *Reconciler) secretCondition(ctx context.Context, c *v1alpha1.Connector,
 		}
 	}
 	set(v1alpha1.ConditionSecretReady, true, "Found", "Secret %s/%s holds a %s credential", ns, name, secretType)
-	return &credential{secret: sec, authHeader: proxy.AuthorizationHeader(secretType, sec)}
+	return &credential{secret: sec, secretType: secretType, authHeader: proxy.AuthorizationHeader(secretType, sec)}
 }
 
 // authTypeOf is the class's auth type the Connector selects (its first when the Connector
@@ -288,42 +286,37 @@ func authTypeOf(c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, classKnow
 
 // probeConditions sets LivenessReady (the tool answers) and AuthReady (the credential works).
 func (r *Reconciler) probeConditions(ctx context.Context, probes *http.Client, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, cred *credential, set setFunc) {
-	r.livenessCondition(ctx, probes, c, class.Spec.LivenessProbe, set)
+	r.livenessCondition(ctx, probes, c, class, set)
 	var authProbe *v1alpha1.AuthProbe
 	if t := authTypeOf(c, class, true); t != nil && cred != nil {
 		authProbe = class.AuthProbe(t.Name)
 	}
-	switch {
-	case authProbe == nil || (authProbe.Probe.HTTP == nil && authProbe.Probe.API == nil):
+	if authProbe == nil || (authProbe.Probe.HTTP == nil && authProbe.Probe.API == nil) {
 		set(v1alpha1.ConditionAuthReady, true, ReasonNonAuthProbe, "no auth probe applies to this Connector")
 		return
-	case authProbe.Probe.HTTP == nil:
-		r.setUnknown(c, v1alpha1.ConditionAuthReady, ReasonAPIProbe, "the class probes credentials through its API, which is not called yet")
-		return
 	}
-	res, err := r.probeHTTP(ctx, probes, c, authProbe.Probe.HTTP, cred.secret, cred.authHeader)
+	res, err := r.probe(ctx, probes, c, class, &authProbe.Probe, cred)
 	switch {
 	case err != nil:
 		reason, msg := probeFailure(err)
 		set(v1alpha1.ConditionAuthReady, false, reason, "%s", msg)
 	case res.ok:
 		set(v1alpha1.ConditionAuthReady, true, "Accepted", "the tool accepted the credential (%d)", res.code)
+	case res.notAuth:
+		set(v1alpha1.ConditionAuthReady, false, "UnexpectedResponse", "%s", res.why)
 	default:
 		set(v1alpha1.ConditionAuthReady, false, "Rejected", "%s", res.why)
 	}
 }
 
 // livenessCondition probes the tool without a credential.
-func (r *Reconciler) livenessCondition(ctx context.Context, probes *http.Client, c *v1alpha1.Connector, p *v1alpha1.Probe, set setFunc) {
-	switch {
-	case p == nil || (p.HTTP == nil && p.API == nil):
+func (r *Reconciler) livenessCondition(ctx context.Context, probes *http.Client, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, set setFunc) {
+	p := class.Spec.LivenessProbe
+	if p == nil || (p.HTTP == nil && p.API == nil) {
 		set(v1alpha1.ConditionLivenessReady, true, ReasonNonLivenessProbe, "the ConnectorClass declares no liveness probe")
 		return
-	case p.HTTP == nil:
-		r.setUnknown(c, v1alpha1.ConditionLivenessReady, ReasonAPIProbe, "the class probes liveness through its API, which is not called yet")
-		return
 	}
-	res, err := r.probeHTTP(ctx, probes, c, p.HTTP, nil, "")
+	res, err := r.probe(ctx, probes, c, class, p, nil)
 	switch {
 	case err != nil:
 		reason, msg := probeFailure(err)
@@ -335,9 +328,18 @@ func (r *Reconciler) livenessCondition(ctx context.Context, probes *http.Client,
 	}
 }
 
-func (r *Reconciler) setUnknown(c *v1alpha1.Connector, typ, reason, msg string) {
-	v1alpha1.SetConditionStatus(&c.Status.Conditions, c.Generation, typ, metav1.ConditionUnknown, reason, "%s", msg)
+// probe sends the probe's HTTP request to the tool, or its request through the class's API
+// when it has no http form; cred is the credential of an auth probe, nil for liveness.
+func (r *Reconciler) probe(ctx context.Context, probes *http.Client, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, p *v1alpha1.Probe, cred *credential) (probeResult, error) {
+	if p.HTTP == nil {
+		return r.probeAPI(ctx, probes, c, class, p.API, cred)
+	}
+	if cred == nil {
+		return r.probeHTTP(ctx, probes, c, p.HTTP, nil, "")
+	}
+	return r.probeHTTP(ctx, probes, c, p.HTTP, cred.secret, cred.authHeader)
 }
+
 
 // probeFailure is the reason and message of a probe that got no answer to judge: a probe the
 // class got wrong says so; a dial or transport error is a fixed text (see unreachableMessage).
@@ -345,6 +347,10 @@ func probeFailure(err error) (string, string) {
 	var invalid *invalidProbeError
 	if errors.As(err, &invalid) {
 		return ReasonInvalidProbe, invalid.Error()
+	}
+	var unresolved apiNotResolvedError
+	if errors.As(err, &unresolved) {
+		return ReasonAPINotResolved, unresolved.Error()
 	}
 	return unreachableReason(err), unreachableMessage(err)
 }

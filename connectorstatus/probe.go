@@ -32,6 +32,9 @@ type probeResult struct {
 	ok   bool
 	code int
 	why  string // for a failure: what did not match, never a header or the body
+	// notAuth marks an auth probe's failure that says nothing about the credential (a class
+	// API's answer other than 401 or 403).
+	notAuth bool
 }
 
 // templateData is what probe templates see, with the names Alauda's templates use:

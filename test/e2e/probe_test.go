@@ -1,8 +1,11 @@
 package e2e
 
 import (
+	"encoding/base64"
 	"encoding/json"
+	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 
@@ -10,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/connectorsapi"
 	"github.com/kube-connectors/connectors-csi/connectorstatus"
 )
 
@@ -35,8 +39,8 @@ func sonarLike(status string) http.HandlerFunc {
 // response.cel over the status, headers and JSON body (Alauda's documented names and its
 // design notes' short ones); templates over .Connector (auth params as .Value.StringVal) and
 // .Secret.StringData; the path on the tool's host (the address's path left out); host and
-// disableRedirect; Alauda's reasons (NonLivenessProbe, NonAuthProbe, SecretOptional); a probe
-// through the class API reads Unknown; a template that fails names the field, not the Secret.
+// disableRedirect; Alauda's reasons (NonLivenessProbe, NonAuthProbe, SecretOptional); probes
+// through the class API (X-Plugin-* headers, 2xx passes, 401 rejects) or APINotResolved; a template that fails names the field, not the Secret.
 func TestProbesAsAlaudaDocumentsThem(t *testing.T) {
 	startDeployedDrivers(t, nil)
 	ns := newNamespace(t)
@@ -113,13 +117,57 @@ func TestProbesAsAlaudaDocumentsThem(t *testing.T) {
 	})
 
 	t.Run("probes through the class API and broken probes", func(t *testing.T) {
-		viaAPI := classWith(t, "via-api", func(c *v1alpha1.ConnectorClass) {
-			c.Spec.AuthProbes = nil
-			c.Spec.LivenessProbe = &v1alpha1.Probe{API: &v1alpha1.APIProbe{Path: "/health"}}
+		// A class API service as connectorclass_api_spec describes one: it learns the tool's
+		// address and the credential from the X-Plugin-* headers, and answers its own paths.
+		plugin := startRecorder(t, func(w http.ResponseWriter, r *http.Request) {
+			meta, _ := base64.StdEncoding.DecodeString(r.Header.Get(connectorsapi.HeaderPluginMeta))
+			secret, _ := base64.StdEncoding.DecodeString(r.Header.Get(connectorsapi.HeaderPluginSecret))
+			var data map[string][]byte
+			_ = json.Unmarshal(secret, &data)
+			switch {
+			case string(meta) != `{"baseURL":"`+up.URL+`"}`:
+				http.Error(w, "no tool address", http.StatusBadRequest)
+			case r.URL.Path == "/api/health":
+				_, _ = io.WriteString(w, "up")
+			case r.URL.Path == "/api/auth/check" && string(data["token"]) == "good-token":
+				_, _ = io.WriteString(w, "valid")
+			case r.URL.Path == "/api/auth/check":
+				http.Error(w, "invalid", http.StatusUnauthorized)
+			default:
+				http.NotFound(w, r)
+			}
 		})
-		newConnector(t, ns, "via-api", viaAPI, up.URL)
-		waitCondition(t, ns, "via-api", v1alpha1.ConditionLivenessReady, metav1.ConditionUnknown, connectorstatus.ReasonAPIProbe)
-		waitCondition(t, ns, "via-api", v1alpha1.ConditionReady, metav1.ConditionUnknown, connectorstatus.ReasonAPIProbe)
+		apiClass := func(prefix string, api *v1alpha1.APISpec) string {
+			return classWith(t, prefix, func(c *v1alpha1.ConnectorClass) {
+				c.Spec.API = api
+				c.Spec.Auth = &v1alpha1.AuthSpec{Types: []v1alpha1.AuthType{{Name: "tokenAuth", SecretType: v1alpha1.SecretTypeBearerToken}}}
+				c.Spec.LivenessProbe = &v1alpha1.Probe{API: &v1alpha1.APIProbe{Path: "/health"}}
+				c.Spec.AuthProbes = []v1alpha1.AuthProbe{{AuthName: "tokenAuth", Probe: v1alpha1.Probe{API: &v1alpha1.APIProbe{Path: "/auth/check"}}}}
+			})
+		}
+		viaAPI := apiClass("via-api", &v1alpha1.APISpec{Destination: v1alpha1.Destination{URI: plugin.URL + "/api"}})
+		newConnectorWithSecret(t, ns, "via-api-good", viaAPI, up.URL, "tokenAuth", "good")
+		newConnectorWithSecret(t, ns, "via-api-bad", viaAPI, up.URL, "tokenAuth", "bad")
+		waitCondition(t, ns, "via-api-good", v1alpha1.ConditionLivenessReady, metav1.ConditionTrue, "Reachable")
+		waitCondition(t, ns, "via-api-good", v1alpha1.ConditionAuthReady, metav1.ConditionTrue, "Accepted")
+		waitCondition(t, ns, "via-api-good", v1alpha1.ConditionReady, metav1.ConditionTrue, "Ready")
+		c := waitCondition(t, ns, "via-api-bad", v1alpha1.ConditionAuthReady, metav1.ConditionFalse, "Rejected")
+		assertNoSecretInStatus(t, c, "bad-token-5150")
+		var paths []string
+		for _, r := range plugin.requests() {
+			if r.UserAgent != connectorstatus.ProbeUserAgent || r.Authorization != "" {
+				t.Errorf("the class API got %+v: not a probe, or the credential outside X-Plugin-Secret", r)
+			}
+			paths = append(paths, r.RequestURI)
+		}
+		if !slices.Contains(paths, "/api/health") || !slices.Contains(paths, "/api/auth/check") {
+			t.Errorf("the class API was asked %v, want its address's path + the probe paths", paths)
+		}
+		// A class whose API address is not resolved (its Service does not exist) says so.
+		unresolved := apiClass("no-api", &v1alpha1.APISpec{Destination: v1alpha1.Destination{
+			Ref: &v1alpha1.Reference{Kind: "Service", APIVersion: "v1", Name: "absent", Namespace: ns}}})
+		newConnector(t, ns, "via-no-api", unresolved, up.URL)
+		waitCondition(t, ns, "via-no-api", v1alpha1.ConditionLivenessReady, metav1.ConditionFalse, connectorstatus.ReasonAPINotResolved)
 
 		broken := classWith(t, "broken", func(c *v1alpha1.ConnectorClass) {
 			c.Spec.Auth = &v1alpha1.AuthSpec{Types: []v1alpha1.AuthType{{Name: "tokenAuth", SecretType: v1alpha1.SecretTypeBearerToken}}}
@@ -128,7 +176,7 @@ func TestProbesAsAlaudaDocumentsThem(t *testing.T) {
 				HTTPHeaders: []v1alpha1.HTTPHeader{{Name: "Authorization", Value: `{{ fail .Secret.StringData.token }}`}}}}}}
 		})
 		newConnectorWithSecret(t, ns, "broken", broken, up.URL, "tokenAuth", "bad")
-		c := waitCondition(t, ns, "broken", v1alpha1.ConditionAuthReady, metav1.ConditionFalse, connectorstatus.ReasonInvalidProbe)
+		c = waitCondition(t, ns, "broken", v1alpha1.ConditionAuthReady, metav1.ConditionFalse, connectorstatus.ReasonInvalidProbe)
 		assertNoSecretInStatus(t, c, "bad-token-5150")
 		if msg := condMessage(c, v1alpha1.ConditionAuthReady); !strings.Contains(msg, "probe header Authorization") {
 			t.Errorf("the message does not name the header whose template failed: %q", msg)
