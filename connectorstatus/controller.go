@@ -340,7 +340,6 @@ func (r *Reconciler) probe(ctx context.Context, probes *http.Client, c *v1alpha1
 	return r.probeHTTP(ctx, probes, c, p.HTTP, cred.secret, cred.authHeader)
 }
 
-
 // probeFailure is the reason and message of a probe that got no answer to judge: a probe the
 // class got wrong says so; a dial or transport error is a fixed text (see unreachableMessage).
 func probeFailure(err error) (string, string) {
