@@ -24,6 +24,7 @@ import (
 	"github.com/kube-connectors/connectors-csi/admission"
 	"github.com/kube-connectors/connectors-csi/approval"
 	"github.com/kube-connectors/connectors-csi/connectorstatus"
+	"github.com/kube-connectors/connectors-csi/scopes"
 	"github.com/kube-connectors/connectors-csi/secretcache"
 	"github.com/kube-connectors/connectors-csi/trust"
 )
@@ -84,6 +85,11 @@ func startController(ctx context.Context, g *errgroup.Group, p *process, ready *
 		States:          states,
 	}).SetupWithManager(mgr); err != nil {
 		return err
+	}
+	if !o.DisableScopedConnectors {
+		if err := (&scopes.Reconciler{Client: mgr.GetClient()}).SetupWithManager(mgr); err != nil {
+			return err
+		}
 	}
 	if o.WebhookListen != "" {
 		// Served by every replica, leader or not: the Service spreads reviews over them.

@@ -74,8 +74,11 @@ type Options struct {
 	ApprovalWait         time.Duration
 	ProxyPermissionTTL   time.Duration
 	RequestRetention     time.Duration
-	PodRecheck           time.Duration
-	RepublishRecheck     time.Duration
+	// DisableScopedConnectors turns off kube-public and project-level Connectors (see
+	// package scopes); the flag is --scoped-connectors, default true.
+	DisableScopedConnectors bool
+	PodRecheck              time.Duration
+	RepublishRecheck        time.Duration
 
 	AllowLoopbackDestinations bool
 	TunnelLifetime            time.Duration
@@ -168,6 +171,11 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.IntVar(&o.RegoMaxBodyBytes, "rego-max-body-bytes", defaultRegoMaxBodyBytes, "largest JSON request body given to a Rego module as input.request.body (larger ones are null) and rewritten by a generator that injects into the body (larger ones are refused with 413)")
 	fs.DurationVar(&o.ProxyPermissionTTL, "proxy-permission-ttl", 10*time.Second, "how long an allowed connectors/proxy decision is cached; the node drops a Pod's decisions as soon as it sees one of the Pod's AccessRequests change (granted, revoked), so this bounds only grants made or removed by hand")
 	fs.DurationVar(&o.ApprovalWait, "approval-wait", 10*time.Second, "how long a publish waits for a pending AccessRequest before answering Unavailable (kubelet retries)")
+	fs.BoolFunc("scoped-connectors", "share Connectors of kube-public with every namespace's workloads and those of a project's namespace (cpaas.io/inner-namespace) with its members (cpaas.io/project), through RoleBindings the controller keeps (default true; false where tenants may label namespaces)", func(v string) error {
+		on, err := strconv.ParseBool(v)
+		o.DisableScopedConnectors = !on
+		return err
+	})
 	fs.DurationVar(&o.RequestRetention, "accessrequest-retention", 24*time.Hour, "how long a revoked AccessRequest is kept before it is deleted")
 	fs.DurationVar(&o.RepublishRecheck, "republish-recheck-interval", 5*time.Minute, "an unchanged republish within this interval of the last authorization makes no API call (and no write unless the token changed); 0 authorizes every republish")
 	fs.DurationVar(&o.PodRecheck, "accessrequest-pod-recheck-interval", 5*time.Minute, "how often the controller reads the Pod of a live AccessRequest again (Pods are not watched; unpublish and the Pod's token revoke at once)")
