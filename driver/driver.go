@@ -19,6 +19,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/configwatch"
 	"github.com/kube-connectors/connectors-csi/features"
 	"github.com/kube-connectors/connectors-csi/proxy/egress"
 	"github.com/kube-connectors/connectors-csi/trust"
@@ -60,8 +61,11 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	g, ctx := errgroup.WithContext(ctx)
 	// The controller (or the all role) is the one process that reports invalid flags.
-	p.flags = features.Watch(ctx, p.kube, o.SystemNamespace, o.runsController())
-	p.globalCA = trust.WatchGlobal(ctx, p.kube, o.SystemNamespace)
+	// One watch of the system namespace's ConfigMaps serves both.
+	cms := configwatch.New(p.kube, o.SystemNamespace)
+	p.flags = features.Watch(ctx, cms, p.kube, o.runsController())
+	p.globalCA = trust.WatchGlobal(ctx, cms)
+	cms.Start(ctx)
 	var nodeReady, controllerReady atomic.Bool
 	var csiSocket string
 	if o.runsNode() {

@@ -137,12 +137,12 @@ func (s *Source) Flags() Flags {
 	return defaults
 }
 
-// Watch keeps a Source current from the ConfigMap until ctx is done; it returns once the first
-// list is in. Invalid values are logged and counted in connectors_feature_flag_invalid, and,
+// Watch keeps a Source current from the ConfigMap as cms sees it (register before cms
+// starts). Invalid values are logged and counted in connectors_feature_flag_invalid, and,
 // with recordEvents, recorded as Events on the ConfigMap: one process of the cluster (the
 // controller) records them, not every node. Deleting the ConfigMap returns every flag to its
 // default.
-func Watch(ctx context.Context, kube kubernetes.Interface, namespace string, recordEvents bool) *Source {
+func Watch(ctx context.Context, cms *configwatch.Watcher, kube kubernetes.Interface, recordEvents bool) *Source {
 	s := &Source{}
 	if recordEvents {
 		broadcaster := record.NewBroadcaster(record.WithContext(ctx))
@@ -151,7 +151,7 @@ func Watch(ctx context.Context, kube kubernetes.Interface, namespace string, rec
 		s.events = broadcaster.NewRecorder(clientgoscheme.Scheme, corev1.EventSource{Component: "connectors-csi"})
 	}
 	log := klog.FromContext(ctx)
-	configwatch.Watch(ctx, kube, namespace, ConfigMapName, func(cm *corev1.ConfigMap) {
+	cms.Handle(ConfigMapName, func(cm *corev1.ConfigMap) {
 		if cm != nil {
 			s.update(log, cm)
 			return

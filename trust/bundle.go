@@ -8,7 +8,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
@@ -31,12 +30,12 @@ type Global struct {
 	pem atomic.Pointer[[]byte]
 }
 
-// WatchGlobal keeps a Global current from BundleConfigMap until ctx is done; it returns once
-// the first list is in.
-func WatchGlobal(ctx context.Context, kube kubernetes.Interface, namespace string) *Global {
+// WatchGlobal keeps a Global current from BundleConfigMap as cms sees it (register before cms
+// starts).
+func WatchGlobal(ctx context.Context, cms *configwatch.Watcher) *Global {
 	g := &Global{}
 	log := klog.FromContext(ctx)
-	configwatch.Watch(ctx, kube, namespace, BundleConfigMap, func(cm *corev1.ConfigMap) {
+	cms.Handle(BundleConfigMap, func(cm *corev1.ConfigMap) {
 		var pem []byte
 		if cm != nil {
 			pem = []byte(cm.Data[BundleKey])
