@@ -48,8 +48,10 @@ type Reconciler struct {
 	// Secrets reads Secrets by name, through a short cache: the driver never watches Secrets,
 	// and a Secret several Connectors share, or a burst of events, costs one read.
 	Secrets *secretcache.Cache
-	// ProxyURL is the built-in proxy's base URL.
-	ProxyURL string
+	// ProxyURL is the built-in proxy's base URL (its host is the target of Connectors' own
+	// hosts) and ClusterDomain the cluster's DNS domain.
+	ProxyURL      string
+	ClusterDomain string
 	// Transports probe tools (liveness and auth probes), one per CA bundle.
 	Transports *trust.Transports
 	// Flags are the feature flags (enable-custom-ca-certs) and GlobalCA the global CA bundle.
@@ -168,8 +170,12 @@ func (r *Reconciler) computeStatus(ctx context.Context, c *v1alpha1.Connector) {
 		set(v1alpha1.ConditionConnectorClassReady, true, "Found", "ConnectorClass %q exists", class.Name)
 	}
 	c.Status.API = &v1alpha1.ConnectorAPIStatus{Path: connectorsapi.ConnectorPath(c.Namespace, c.Name)}
-	c.Status.Proxy = &v1alpha1.ProxyStatus{HTTPAddress: &v1alpha1.Addressable{URL: render.ConnectorProxyURL(r.ProxyURL, &class, c)}}
-	proxyCondition(&class, classErr == nil, set)
+	c.Status.Proxy = &v1alpha1.ProxyStatus{HTTPAddress: &v1alpha1.Addressable{URL: render.ConnectorProxyURL(r.ProxyURL, r.ClusterDomain, &class, c)}}
+	if classErr == nil && class.BuiltInProxyResolvesByHost() {
+		r.hostServiceCondition(ctx, c, set)
+	} else {
+		proxyCondition(&class, classErr == nil, set)
+	}
 	cred := r.secretCondition(ctx, c, &class, classErr == nil, set)
 	probes := egress.Client(r.Transports.For(r.caBundle(ctx, c)), probeTimeout)
 	r.probeConditions(ctx, probes, c, &class, cred, set)

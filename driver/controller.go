@@ -12,6 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -43,7 +44,7 @@ func startController(ctx context.Context, g *errgroup.Group, p *process, ready *
 		Secrets: secretcache.New(func(ctx context.Context, ns, name string) (*corev1.Secret, error) {
 			return p.kube.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
 		}, o.StatusRecheck, o.SecretCacheSize, "status_secrets"),
-		ProxyURL: o.ProxyURL,
+		ProxyURL: o.ProxyURL, ClusterDomain: o.ClusterDomain,
 		Transports: trust.NewTransports(o.TransportCacheSize, "probe_transports", func(roots *x509.CertPool) *http.Transport {
 			return &http.Transport{Proxy: nil, DialContext: p.destinations.DialContext, DisableCompression: true,
 				TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}}
@@ -131,6 +132,8 @@ func newManager(ctx context.Context, p *process) (ctrl.Manager, error) {
 			// Role and check templates, read at every evaluation, from the system namespace only.
 			ByObject: map[client.Object]cache.ByObject{
 				&corev1.ConfigMap{}: {Namespaces: map[string]cache.Config{o.SystemNamespace: {}}},
+				// Only the Services kept for Connectors' own hosts on the built-in proxy.
+				&corev1.Service{}: {Label: labels.SelectorFromSet(labels.Set{connectorstatus.LabelHostService: "true"})},
 			},
 		},
 		Client: client.Options{Cache: &client.CacheOptions{DisableFor: []client.Object{

@@ -125,6 +125,8 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 	}); err != nil {
 		return err
 	}
+	renderer := render.NewRenderer(o.ProxyURL, o.NoProxy)
+	renderer.ClusterDomain = o.ClusterDomain
 	nodeServer := node.NewServer(node.Server{
 		Config: node.Config{NodeID: o.NodeID, Audience: o.TokenAudience, VolumeSizeLimit: o.volumeSizeBytes,
 			RepublishRecheck: o.RepublishRecheck},
@@ -132,7 +134,7 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 		Authorizer: &approval.SubjectAccessReviewer{Authz: reviewer},
 		Approval: &approval.Gate{Authz: reviewer, Client: watcher, Requests: informers, Changes: requestChanges,
 			Flags: flags, Wait: o.ApprovalWait, NodeID: o.NodeID},
-		Renderer: render.NewRenderer(o.ProxyURL, o.NoProxy),
+		Renderer: renderer,
 		CA:       caStore,
 		Mounter:  newMounter(o),
 		Records:  store,

@@ -166,11 +166,14 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if loopDetected(w, r) {
 		return
 	}
+	byHost, isHost := connectorOfHost(r.Host)
 	switch {
 	case r.Method == http.MethodConnect:
 		p.serveConnect(w, r)
 	case r.URL.IsAbs():
 		p.serveForward(w, r)
+	case isHost:
+		p.serveReverseTo(w, r, byHost, r.URL.EscapedPath())
 	case strings.HasPrefix(r.URL.Path, reversePrefix):
 		p.serveReverse(w, r)
 	case p.API != nil && (strings.HasPrefix(r.URL.Path, APIPrefix) || strings.HasPrefix(r.URL.Path, OperatorPrefix)):

@@ -88,3 +88,26 @@ func TestRegistryScopes(t *testing.T) {
 		t.Errorf("challenge = %+v", ch)
 	}
 }
+
+func TestConnectorOfHost(t *testing.T) {
+	for host, want := range map[string]string{
+		"c-git.team.svc.cluster.local:3128": "team/git",
+		"c-git.team.svc":                    "team/git",
+		"C-Git.Team.svc.example.org.":       "team/git",
+		"connectors-proxy.sys.svc:3128":     "",
+		"c-git.team.example.com":            "",
+		"c-.team.svc":                       "",
+		"c-git..svc":                        "",
+		"127.0.0.1:3128":                    "",
+		"c-git_x.team.svc":                  "",
+	} {
+		nn, ok := connectorOfHost(host)
+		got := ""
+		if ok {
+			got = nn.String()
+		}
+		if got != want {
+			t.Errorf("%s: %q, want %q", host, got, want)
+		}
+	}
+}

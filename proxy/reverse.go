@@ -1,24 +1,34 @@
 package proxy
 
 import (
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
 
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/apiserver/pkg/authentication/user"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 )
 
 const reversePrefix = "/namespaces/"
 
 // serveReverse proxies /namespaces/<ns>/connectors/<name>/<path> to <address>/<path>.
 func (p *Proxy) serveReverse(w http.ResponseWriter, r *http.Request) {
-	ctx := r.Context()
 	nn, rest, ok := parseReversePath(r.URL.EscapedPath())
 	if !ok {
 		refuse(w, http.StatusNotFound, "path must be /namespaces/<namespace>/connectors/<name>/...")
 		return
 	}
+	p.serveReverseTo(w, r, nn, rest)
+}
+
+// serveReverseTo serves a reverse-proxy request for the Connector nn, rest being the path
+// under its address.
+func (p *Proxy) serveReverseTo(w http.ResponseWriter, r *http.Request, nn types.NamespacedName, rest string) {
+	ctx := r.Context()
 	token, foundBy := p.callerToken(r)
 	u, err := p.authenticate(ctx, token, http.StatusUnauthorized)
 	if err != nil {
@@ -90,13 +100,37 @@ func parseReversePath(p string) (types.NamespacedName, string, bool) {
 	return types.NamespacedName{Namespace: parts[0], Name: parts[2]}, rest, true
 }
 
-// reverseBase is the Connector's reverse-proxy URL as this client reached it.
+// reverseBase is the Connector's reverse-proxy URL as this client reached it: its own host,
+// or the path form.
 func reverseBase(r *http.Request, nn types.NamespacedName) string {
 	scheme := "http"
 	if r.TLS != nil {
 		scheme = "https"
 	}
+	if byHost, ok := connectorOfHost(r.Host); ok && byHost == nn {
+		return scheme + "://" + r.Host
+	}
 	return scheme + "://" + r.Host + reversePrefix + nn.Namespace + "/connectors/" + nn.Name
+}
+
+// connectorOfHost reads a Connector's own host on the built-in proxy,
+// c-<name>.<namespace>.svc[.<cluster domain>][:port] (the controller keeps a Service of that
+// name leading here). Which Connector a request names grants nothing: it is authorized as the
+// path form is.
+func connectorOfHost(hostport string) (types.NamespacedName, bool) {
+	host := hostport
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		host = h
+	}
+	parts := strings.Split(strings.ToLower(strings.TrimSuffix(host, ".")), ".")
+	if len(parts) < 3 || parts[2] != "svc" || !strings.HasPrefix(parts[0], v1alpha1.HostServicePrefix) {
+		return types.NamespacedName{}, false
+	}
+	nn := types.NamespacedName{Namespace: parts[1], Name: strings.TrimPrefix(parts[0], v1alpha1.HostServicePrefix)}
+	if len(validation.IsDNS1123Label(nn.Name)) > 0 || len(validation.IsDNS1123Label(nn.Namespace)) > 0 {
+		return types.NamespacedName{}, false
+	}
+	return nn, true
 }
 
 func nsName(ns, name string) types.NamespacedName {

@@ -6,6 +6,7 @@ package render
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/url"
 	"slices"
 	"strings"
@@ -45,8 +46,11 @@ type Renderer struct {
 	// ProxyURL is the base URL of the built-in proxy, e.g. http://connectors-proxy.ns.svc:3128.
 	ProxyURL string
 	// NoProxy is the no_proxy value written into .env.
-	NoProxy   string
-	templates *templates.Cache
+	NoProxy string
+	// ClusterDomain is the cluster's DNS domain, for Connectors' own hosts on the built-in
+	// proxy (cluster.local when empty).
+	ClusterDomain string
+	templates     *templates.Cache
 }
 
 // NewRenderer returns a Renderer for the given built-in proxy URL.
@@ -193,7 +197,7 @@ func (r *Renderer) classProxyURL(class *v1alpha1.ConnectorClass) string {
 
 // ConnectorProxyURL is the reverse-proxy address of a Connector.
 func (r *Renderer) ConnectorProxyURL(class *v1alpha1.ConnectorClass, c *v1alpha1.Connector) string {
-	return ConnectorProxyURL(r.ProxyURL, class, c)
+	return ConnectorProxyURL(r.ProxyURL, r.ClusterDomain, class, c)
 }
 
 // ClassProxyURL is the proxy serving a class: its own (as the controller resolved spec.proxy
@@ -206,12 +210,25 @@ func ClassProxyURL(builtIn string, class *v1alpha1.ConnectorClass) string {
 }
 
 // ConnectorProxyURL is the reverse-proxy address of a Connector (SPEC §4.3), the value of its
-// status.proxy.httpAddress.url: /namespaces/<ns>/connectors/<name> under the built-in proxy;
-// under a class's own proxy, the same when the class resolves by path, else the class's proxy
-// address itself (Alauda's host resolver).
-func ConnectorProxyURL(builtIn string, class *v1alpha1.ConnectorClass, c *v1alpha1.Connector) string {
+// status.proxy.httpAddress.url: /namespaces/<ns>/connectors/<name> under the built-in proxy,
+// or its own host there (c-<name>.<ns>.svc.<domain>, same scheme and port) when the class's
+// resolver annotation says host; under a class's own proxy, the path form when the class
+// resolves by path, else the class's proxy address itself (Alauda's host resolver).
+func ConnectorProxyURL(builtIn, clusterDomain string, class *v1alpha1.ConnectorClass, c *v1alpha1.Connector) string {
 	if own := class.OwnProxyURL(); own != "" && !class.ProxyResolvesByPath() {
 		return own
+	}
+	if class.BuiltInProxyResolvesByHost() {
+		if u, err := url.Parse(builtIn); err == nil && u.Host != "" {
+			if clusterDomain == "" {
+				clusterDomain = "cluster.local"
+			}
+			host := fmt.Sprintf("%s%s.%s.svc.%s", v1alpha1.HostServicePrefix, c.Name, c.Namespace, clusterDomain)
+			if port := u.Port(); port != "" {
+				host = net.JoinHostPort(host, port)
+			}
+			return u.Scheme + "://" + host
+		}
 	}
 	return fmt.Sprintf("%s/namespaces/%s/connectors/%s", ClassProxyURL(builtIn, class), c.Namespace, c.Name)
 }

@@ -364,3 +364,19 @@ func (c *ConnectorClass) OwnProxyURL() string {
 func (c *ConnectorClass) ProxyResolvesByPath() bool {
 	return c.Annotations[AnnotationProxyResolver] == "path"
 }
+
+// BuiltInProxyResolvesByHost tells whether the built-in proxy, serving this class, gives each
+// Connector a host of its own (c-<name>.<namespace>.svc...) instead of a path: only when the
+// class asks for it with the annotation's "host".
+func (c *ConnectorClass) BuiltInProxyResolvesByHost() bool {
+	if c.Annotations[AnnotationProxyResolver] != "host" || c.OwnProxyURL() != "" {
+		return false
+	}
+	// Not while the class's own proxy is unresolved: that is not the built-in one.
+	cond := meta.FindStatusCondition(c.Status.Conditions, ConditionProxyReady)
+	return cond == nil || cond.Reason == ReasonBuiltIn
+}
+
+// HostServicePrefix starts the name of the Service that gives a Connector its own host on the
+// built-in proxy: c-<Connector name>.
+const HostServicePrefix = "c-"
