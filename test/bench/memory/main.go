@@ -101,6 +101,10 @@ func run(ctx context.Context) error {
 	if os.Geteuid() != 0 {
 		args = append(args, "--unprivileged-mounts")
 	}
+	// BENCH_ROLE=node measures the DaemonSet's process alone (the default runs both roles).
+	if role := os.Getenv("BENCH_ROLE"); role != "" {
+		args = append(args, "--role="+role)
+	}
 	cmd := exec.Command(filepath.Join(root, "bin", "connectors-csi"), args...)
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start bin/connectors-csi (make build first): %w", err)
