@@ -13,6 +13,7 @@ import (
 
 	"github.com/kube-connectors/connectors-csi/admission"
 	"github.com/kube-connectors/connectors-csi/node/mount"
+	"github.com/kube-connectors/connectors-csi/proxy"
 	"github.com/kube-connectors/connectors-csi/proxy/egress"
 	"github.com/kube-connectors/connectors-csi/regoeval"
 )
@@ -81,18 +82,20 @@ type Options struct {
 	RepublishRecheck        time.Duration
 
 	AllowLoopbackDestinations bool
-	TunnelLifetime            time.Duration
-	ProxyMaxConnections       int
-	ProxyMaxHeaderBytes       int
-	ProxyAuthQPS              float64
-	ProxyAuthBurst            int
-	SecretCacheSize           int
-	RegistryTokenCacheSize    int
-	LeafCacheSize             int
-	TransportCacheSize        int
-	PermissionCacheSize       int
-	ConnectorCacheSize        int
-	ConnectorIdle             time.Duration
+	// ForwardPassthrough is --forward-passthrough: none, public (when empty) or all.
+	ForwardPassthrough     string
+	TunnelLifetime         time.Duration
+	ProxyMaxConnections    int
+	ProxyMaxHeaderBytes    int
+	ProxyAuthQPS           float64
+	ProxyAuthBurst         int
+	SecretCacheSize        int
+	RegistryTokenCacheSize int
+	LeafCacheSize          int
+	TransportCacheSize     int
+	PermissionCacheSize    int
+	ConnectorCacheSize     int
+	ConnectorIdle          time.Duration
 
 	// The Connector admission webhook of the controller role (off when WebhookListen is empty).
 	WebhookListen        string
@@ -179,6 +182,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.RequestRetention, "accessrequest-retention", 24*time.Hour, "how long a revoked AccessRequest is kept before it is deleted")
 	fs.DurationVar(&o.RepublishRecheck, "republish-recheck-interval", 5*time.Minute, "an unchanged republish within this interval of the last authorization makes no API call (and no write unless the token changed); 0 authorizes every republish")
 	fs.DurationVar(&o.PodRecheck, "accessrequest-pod-recheck-interval", 5*time.Minute, "how often the controller reads the Pod of a live AccessRequest again (Pods are not watched; unpublish and the Pod's token revoke at once)")
+	fs.StringVar(&o.ForwardPassthrough, "forward-passthrough", proxy.PassthroughPublic, "what the forward proxy does with a destination no named Connector covers: none (403), public (forward it without any credential when it resolves to public addresses only; CONNECT becomes a plain tunnel) or all (any destination the rules allow)")
 	fs.BoolVar(&o.AllowLoopbackDestinations, "allow-loopback-destinations", false, "allow Connector addresses and forwarded destinations on loopback (tests, single-node setups); link-local, unspecified and multicast destinations and the driver's own listeners are always refused")
 	fs.DurationVar(&o.TunnelLifetime, "proxy-tunnel-max-lifetime", defaultTunnelLifetime, "how long a CONNECT tunnel may stay open before the proxy closes it")
 	fs.IntVar(&o.ProxyMaxConnections, "proxy-max-connections", defaultMaxConnections, "open client connections the proxy listener accepts; more are answered 503 and closed")
@@ -276,6 +280,13 @@ func (o *Options) validate() (*validated, error) {
 	}
 	if o.BuiltInProxyServices == nil {
 		v.BuiltInProxyServices = defaultBuiltInProxyServices
+	}
+	switch o.ForwardPassthrough {
+	case "":
+		v.ForwardPassthrough = proxy.PassthroughPublic
+	case proxy.PassthroughNone, proxy.PassthroughPublic, proxy.PassthroughAll:
+	default:
+		return nil, fmt.Errorf("--forward-passthrough %q: not one of none, public, all", o.ForwardPassthrough)
 	}
 	if o.ApprovalWait <= 0 || o.RequestRetention <= 0 {
 		return nil, fmt.Errorf("--approval-wait and --accessrequest-retention must be positive")

@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/url"
@@ -54,7 +56,16 @@ func (p *Proxy) serveForward(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	p.forwardTo(w, r, fc, r.URL)
+	rt, err := p.forwardRoute(r, fc, r.URL)
+	var notCovered *notCoveredError
+	switch {
+	case errors.As(err, &notCovered) && p.passthrough.on():
+		p.passthrough.serveHTTP(w, r, r.URL)
+	case err != nil:
+		refuseErr(r.Context(), w, err)
+	default:
+		p.send(w, r, rt)
+	}
 }
 
 // forwardTo sends r to target through the named Connector whose address covers target.
@@ -106,7 +117,8 @@ func (p *Proxy) matchConnector(ctx context.Context, fc *forwardClient, match fun
 		}
 		names = append(names, nn.String())
 	}
-	return nil, nil, refusef(http.StatusForbidden, "destination is not an address of the named Connectors (%s)", strings.Join(names, ", "))
+	return nil, nil, &notCoveredError{refusal: &refusal{status: http.StatusForbidden,
+		msg: fmt.Sprintf("destination is not an address of the named Connectors (%s)", strings.Join(names, ", "))}}
 }
 
 // addresses are a Connector's address and address extensions.
@@ -170,9 +182,15 @@ func (p *Proxy) serveConnect(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	dest := &url.URL{Scheme: "https", Host: r.Host}
-	if _, _, err := p.matchConnector(ctx, fc, func(addr *url.URL) bool {
+	_, _, err := p.matchConnector(ctx, fc, func(addr *url.URL) bool {
 		return addr.Scheme == "https" && hostPort(addr) == hostPort(dest)
-	}); err != nil {
+	})
+	var notCovered *notCoveredError
+	switch {
+	case errors.As(err, &notCovered) && p.passthrough.on():
+		p.passthrough.tunnel(w, r, hostPort(dest))
+		return
+	case err != nil:
 		refuseErr(ctx, w, err)
 		return
 	}

@@ -58,6 +58,9 @@ type Config struct {
 	TunnelLifetime time.Duration
 	// MaxHeaderBytes bounds the request headers inside a CONNECT tunnel.
 	MaxHeaderBytes int
+	// Passthrough is what the forward proxy does with a destination no named Connector
+	// covers: PassthroughNone (also when empty), PassthroughPublic or PassthroughAll.
+	Passthrough string
 	// GlobalCA is the global CA bundle, trusted for every Connector with the feature flag
 	// enable-custom-ca-certs; nil: none.
 	GlobalCA *trust.Global
@@ -75,6 +78,11 @@ func (c Config) check() error {
 		"PermissionCacheSize": c.PermissionCacheSize} {
 		if v <= 0 {
 			return fmt.Errorf("proxy config: %s must be positive", name)
+		}
+	}
+	if c.Passthrough != "" {
+		if err := checkPassthroughMode(c.Passthrough); err != nil {
+			return err
 		}
 	}
 	if c.TunnelLifetime <= 0 || c.Egress == nil || c.Rego == nil {
@@ -105,6 +113,8 @@ type Proxy struct {
 	leaves     *leaves
 	registry   *registryTokens
 	reverse    *httputil.ReverseProxy
+	// passthrough takes forward-proxy destinations no named Connector covers.
+	passthrough *passthrough
 }
 
 // New returns a Proxy.
@@ -128,8 +138,9 @@ func New(objects client.Reader, reviewer Reviewer, flags *features.Source, kube 
 		transports: trust.NewTransports(cfg.TransportCacheSize, "transports", func(roots *x509.CertPool) *http.Transport {
 			return newUpstreamTransport(cfg.Egress, roots)
 		}),
-		leaves:   l,
-		registry: newRegistryTokens(cfg.RegistryTokenCacheSize),
+		leaves:      l,
+		passthrough: newPassthrough(cfg.Passthrough, cfg.Egress, cfg.TunnelLifetime),
+		registry:    newRegistryTokens(cfg.RegistryTokenCacheSize),
 	}
 	if cfg.Permissions == nil {
 		cfg.Permissions = reviewer

@@ -133,12 +133,18 @@ func applyInjection(out *http.Request, inj *regoeval.Injection) {
 // Proxy-* header, Authorization, and any header whose value holds the token an authExtractor
 // found (token "" when none did). The tool never sees the caller's token.
 func dropClientCredentials(h http.Header, token string) {
+	dropProxyHeaders(h, token)
+	h.Del("Authorization")
+}
+
+// dropProxyHeaders removes every Proxy-* header (the Pod token travels in
+// Proxy-Authorization) and any header holding token (none when "").
+func dropProxyHeaders(h http.Header, token string) {
 	for name, values := range h {
 		if strings.HasPrefix(name, "Proxy-") || (token != "" && anyContains(values, token)) {
 			delete(h, name)
 		}
 	}
-	h.Del("Authorization")
 }
 
 // dropParamsWith removes the query parameters whose value holds token (none when "").

@@ -129,6 +129,41 @@ func isLocalAddress(addr netip.Addr) bool {
 // ones, by IP, so that a second lookup cannot swap in another answer (DNS rebinding). A name
 // that resolves to any refused address is refused as a whole.
 func (p *Policy) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	return p.dialChecked(ctx, network, address, nil)
+}
+
+// PublicDialContext is DialContext that also refuses every address that is not public (see
+// NotPublic): for traffic that no Connector vouches for.
+func (p *Policy) PublicDialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	return p.dialChecked(ctx, network, address, NotPublic)
+}
+
+// privateRanges are the ranges NotPublic refuses besides loopback, link-local, unspecified
+// and multicast: RFC 1918 and unique-local (netip's IsPrivate), shared address space (RFC 6598,
+// often cluster networks), and IPv4-mapped forms of them (addresses are unmapped first).
+var privateRanges = []netip.Prefix{netip.MustParsePrefix("100.64.0.0/10")}
+
+// NotPublic says why addr is not on the public internet, or "" when it is.
+func NotPublic(addr netip.Addr) string {
+	addr = addr.Unmap()
+	switch {
+	case addr.IsLoopback():
+		return "a loopback address"
+	case addr.IsPrivate():
+		return "a private address"
+	case addr.IsLinkLocalUnicast() || addr.IsUnspecified() || addr.IsMulticast():
+		return "not a unicast public address"
+	}
+	for _, r := range privateRanges {
+		if r.Contains(addr) {
+			return "a shared (carrier-grade NAT) address"
+		}
+	}
+	return ""
+}
+
+// dialChecked is DialContext with an extra refusal (nil: none).
+func (p *Policy) dialChecked(ctx context.Context, network, address string, extra func(netip.Addr) string) (net.Conn, error) {
 	host, portText, err := net.SplitHostPort(address)
 	if err != nil {
 		return nil, err
@@ -144,6 +179,12 @@ func (p *Policy) DialContext(ctx context.Context, network, address string) (net.
 	for _, a := range addrs {
 		if err := p.Check(host, a, uint16(port)); err != nil {
 			return nil, err
+		}
+		if extra == nil {
+			continue
+		}
+		if why := extra(a); why != "" {
+			return nil, &RefusedError{Host: host, Why: why}
 		}
 	}
 	var firstErr error

@@ -1,0 +1,145 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/kube-connectors/connectors-csi/proxy/egress"
+)
+
+// Modes of --forward-passthrough: what the forward proxy does with a destination that no
+// named Connector covers.
+const (
+	// PassthroughNone refuses it (403).
+	PassthroughNone = "none"
+	// PassthroughPublic forwards it, without any credential, when every address it resolves to
+	// is public (not private, shared, loopback or link-local).
+	PassthroughPublic = "public"
+	// PassthroughAll forwards it wherever the destination rules allow a Connector to go.
+	PassthroughAll = "all"
+)
+
+// notCoveredError is the refusal of a destination no named Connector covers; pass-through may
+// still take the request.
+type notCoveredError struct{ refusal *refusal }
+
+func (e *notCoveredError) Error() string { return e.refusal.Error() }
+func (e *notCoveredError) Unwrap() error { return e.refusal }
+
+// passthrough forwards a forward-proxy client's traffic to hosts of no Connector, as the
+// published system does for a build step that sources .env and then fetches dependencies or
+// base images: plain HTTP requests go on with the client's own headers but without any
+// Proxy-* header (the Pod token), and a CONNECT becomes a plain TCP tunnel, never intercepted.
+// Nothing of a Connector is added. Every connection passes the destination rules, and in the
+// public mode reaches public addresses only.
+type passthrough struct {
+	mode     string
+	dial     egress.DialFunc
+	lifetime time.Duration
+	reverse  *httputil.ReverseProxy
+}
+
+type passthroughTarget struct{}
+
+func newPassthrough(mode string, policy *egress.Policy, lifetime time.Duration) *passthrough {
+	pt := &passthrough{mode: mode, lifetime: lifetime, dial: policy.DialContext}
+	if mode == PassthroughPublic {
+		pt.dial = policy.PublicDialContext
+	}
+	pt.reverse = &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			target := pr.In.Context().Value(passthroughTarget{}).(*url.URL)
+			pr.Out.URL, pr.Out.Host = target, target.Host
+			dropProxyHeaders(pr.Out.Header, "")
+			pr.Out.Header[egress.HopHeader] = hopValue
+		},
+		Transport: &http.Transport{Proxy: nil, DialContext: pt.dial, DisableCompression: true,
+			MaxIdleConnsPerHost: 32, IdleConnTimeout: 90 * time.Second, TLSHandshakeTimeout: 10 * time.Second},
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			refuseErr(r.Context(), w, passthroughError(r.URL.Host, err))
+		},
+	}
+	return pt
+}
+
+// on reports whether pass-through takes destinations no Connector covers.
+func (pt *passthrough) on() bool { return pt != nil && pt.mode != PassthroughNone && pt.mode != "" }
+
+// passthroughError turns a failed pass-through into a refusal: 403 for a refused destination
+// (with the rule), else 502.
+func passthroughError(host string, err error) error {
+	var refused *egress.RefusedError
+	if errors.As(err, &refused) {
+		return refusef(http.StatusForbidden, "destination %s is not an address of the named Connectors, and pass-through refuses it: %s", host, refused.Why)
+	}
+	return refusef(http.StatusBadGateway, "pass-through to %s: %v", host, err)
+}
+
+// serveHTTP forwards a plain-HTTP request to target.
+func (pt *passthrough) serveHTTP(w http.ResponseWriter, r *http.Request, target *url.URL) {
+	klog.FromContext(r.Context()).V(4).Info("Pass-through", "host", target.Host)
+	pt.reverse.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), passthroughTarget{}, target)))
+}
+
+// tunnel answers a CONNECT to hostport with a plain TCP tunnel, after the destination rules
+// allowed the connection; it lasts until either side closes or the tunnel lifetime ends.
+func (pt *passthrough) tunnel(w http.ResponseWriter, r *http.Request, hostport string) {
+	ctx := r.Context()
+	upstream, err := pt.dial(ctx, "tcp", hostport)
+	if err != nil {
+		refuseErr(ctx, w, passthroughError(hostport, err))
+		return
+	}
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		_ = upstream.Close()
+		refuse(w, http.StatusInternalServerError, "connection cannot be hijacked")
+		return
+	}
+	client, buf, err := hj.Hijack()
+	if err != nil {
+		_ = upstream.Close()
+		return
+	}
+	if _, err := client.Write([]byte("HTTP/1.1 200 Connection Established\r\n\r\n")); err != nil {
+		_ = client.Close()
+		_ = upstream.Close()
+		return
+	}
+	expire := time.AfterFunc(pt.lifetime, func() { _ = client.Close(); _ = upstream.Close() })
+	defer expire.Stop()
+	splice(&bufferedConn{Conn: client, r: buf.Reader}, upstream)
+}
+
+// splice copies both ways until one side is done, then closes both.
+func splice(a, b net.Conn) {
+	done := make(chan struct{}, 2)
+	cp := func(dst, src net.Conn) {
+		_, _ = io.Copy(dst, src)
+		done <- struct{}{}
+	}
+	go cp(a, b)
+	go cp(b, a)
+	<-done
+	_ = a.Close()
+	_ = b.Close()
+	<-done
+}
+
+// checkPassthroughMode validates a --forward-passthrough value.
+func checkPassthroughMode(mode string) error {
+	switch mode {
+	case PassthroughNone, PassthroughPublic, PassthroughAll:
+		return nil
+	}
+	return fmt.Errorf("proxy config: pass-through mode %q is not one of none, public, all", mode)
+}

@@ -1,0 +1,154 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/kube-connectors/connectors-csi/driver"
+	"github.com/kube-connectors/connectors-csi/proxy"
+)
+
+// TestForwardPassthrough: a build step that sources .env and then fetches from a host of no
+// Connector. The names resolve, through the driver's test resolver, to a public address
+// (203.0.113.10, documentation range) and a private one (10.1.2.3); the dial hook leads the
+// public one to loopback servers and fails the test if anything else non-loopback is dialed,
+// so no packet leaves the machine. Under public (the default) the public host is reached over
+// plain HTTP without any credential or Proxy-* header (the client's own Authorization kept) and
+// over a CONNECT that is a plain tunnel (the client sees the server's own certificate, not a
+// leaf of the proxy CA); the private one is refused before any dial. Under none both are
+// refused; under all the private one is reached too.
+func TestForwardPassthrough(t *testing.T) {
+	var mu sync.Mutex
+	var seen []http.Header
+	record := func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		seen = append(seen, r.Header.Clone())
+		mu.Unlock()
+		fmt.Fprintf(w, "hello from %s", r.Host)
+	}
+	plain := httptest.NewServer(http.HandlerFunc(record))
+	t.Cleanup(plain.Close)
+	secure := httptest.NewTLSServer(http.HandlerFunc(record))
+	t.Cleanup(secure.Close)
+	public, private := netip.MustParseAddr("203.0.113.10"), netip.MustParseAddr("10.1.2.3")
+	resolve := func(_ context.Context, host string) ([]netip.Addr, error) {
+		switch host {
+		case "localhost":
+			return []netip.Addr{netip.MustParseAddr("127.0.0.1")}, nil
+		case "public.example":
+			return []netip.Addr{public}, nil
+		case "private.example":
+			return []netip.Addr{private}, nil
+		}
+		return nil, fmt.Errorf("test: %s is not looked up", host)
+	}
+	dial := func(ctx context.Context, network, address string) (net.Conn, error) {
+		ap := netip.MustParseAddrPort(address)
+		var d net.Dialer
+		switch {
+		case ap.Addr().IsLoopback():
+			return d.DialContext(ctx, network, address)
+		case ap.Port() == 80 && (ap.Addr() == public || ap.Addr() == private):
+			return d.DialContext(ctx, network, plain.Listener.Addr().String())
+		case ap.Port() == 443 && ap.Addr() == public:
+			return d.DialContext(ctx, network, secure.Listener.Addr().String())
+		}
+		t.Errorf("dialed %s: no test connection may leave loopback", address)
+		return nil, fmt.Errorf("test: %s is not dialed", address)
+	}
+	tool := startGitServer(t, false)
+
+	run := func(mode string) (client *http.Client, token string) {
+		env := startProxyDriver(t, func(o *driver.Options) {
+			o.ForwardPassthrough, o.Resolve, o.Dial = mode, resolve, dial
+		})
+		ns := newNamespace(t)
+		gitConnector(t, ns, "tool", gitClass(t), tool)
+		allowConnectors(t, ns, "builder", "tool")
+		pod := podWithVolume(t, env.kubelet, ns, "build", map[string]string{"connectors": "tool"}, nil)
+		if err := env.kubelet.Publish(context.Background(), pod, "connectors"); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = env.kubelet.Unpublish(context.Background(), pod, "connectors") })
+		files := visibleFiles(t, env.kubelet.TargetPath(pod, "connectors"))
+		forward, err := url.Parse(files["http.proxy"])
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The test client trusts anything: what it checks is which certificate it was shown.
+		return &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(forward),
+			TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}, files["context.token"] //nolint:gosec
+	}
+	get := func(client *http.Client, target string) (*http.Response, string) {
+		t.Helper()
+		req, _ := http.NewRequest("GET", target, nil)
+		req.Header.Set("Authorization", "Bearer the-client-s-own")
+		res, err := client.Do(req)
+		if err != nil {
+			return nil, err.Error()
+		}
+		defer res.Body.Close()
+		body, _ := io.ReadAll(res.Body)
+		return res, string(body)
+	}
+
+	t.Run("public: a public host is reached, without credentials", func(t *testing.T) {
+		client, token := run(proxy.PassthroughPublic)
+		res, body := get(client, "http://public.example/dependency.tar.gz")
+		if res == nil || res.StatusCode != 200 || body != "hello from public.example" {
+			t.Fatalf("plain HTTP pass-through: %v %s", res, body)
+		}
+		res, body = get(client, "https://public.example/base-image")
+		if res == nil || res.StatusCode != 200 {
+			t.Fatalf("CONNECT pass-through: %v %s", res, body)
+		}
+		if got := res.TLS.PeerCertificates[0]; !bytes.Equal(got.Raw, secure.Certificate().Raw) {
+			t.Errorf("the tunnel showed %s, not the server's own certificate: it was intercepted", got.Subject)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		for _, h := range seen {
+			for name, values := range h {
+				if strings.HasPrefix(name, "Proxy-") || strings.Contains(strings.Join(values, " "), token) {
+					t.Errorf("the public host got %s: %v", name, values)
+				}
+			}
+			if h.Get("Authorization") != "Bearer the-client-s-own" {
+				t.Errorf("the client's own Authorization did not pass: %q", h.Get("Authorization"))
+			}
+		}
+		for _, target := range []string{"http://private.example/", "https://private.example/"} {
+			// A refused CONNECT reaches Go's client as the error "Forbidden".
+			res, body := get(client, target)
+			switch {
+			case res == nil && !strings.Contains(body, http.StatusText(http.StatusForbidden)):
+				t.Errorf("%s under public: %s, want 403", target, body)
+			case res != nil && (res.StatusCode != http.StatusForbidden || !strings.Contains(body, "private address")):
+				t.Errorf("%s under public: %d %s, want 403 saying why", target, res.StatusCode, body)
+			}
+		}
+	})
+	t.Run("none: no pass-through", func(t *testing.T) {
+		client, _ := run(proxy.PassthroughNone)
+		if res, body := get(client, "http://public.example/"); res == nil || res.StatusCode != http.StatusForbidden {
+			t.Errorf("under none: %v %s, want 403", res, body)
+		}
+	})
+	t.Run("all: a private host too", func(t *testing.T) {
+		client, _ := run(proxy.PassthroughAll)
+		if res, body := get(client, "http://private.example/"); res == nil || res.StatusCode != 200 {
+			t.Errorf("under all: %v %s", res, body)
+		}
+	})
+}
