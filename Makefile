@@ -36,6 +36,7 @@ lint: ## gofmt, go vet, staticcheck
 	$(STATICCHECK) -tags realnode,scale ./...
 
 test: verify-generated lint build ## every test, against a real API server (tmpfs mounts when root), then each fuzzer briefly
+	hack/tools.sh
 	KUBEBUILDER_ASSETS=$(TESTBIN) go test -count=1 ./...
 	@# A count, not a duration: a duration that ends while Go is still replaying the corpus
 	@# (seeds plus what earlier runs cached in GOCACHE) fails with "context deadline exceeded".
