@@ -96,7 +96,7 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 		return err
 	}
 	connectorsProxy, err := proxy.New(objects, proxyReviewer, flags, p.kube, caStore, proxy.Config{
-		Rego: regoEngine, GlobalCA: p.globalCA, Passthrough: o.ForwardPassthrough,
+		Rego: regoEngine, GlobalCA: p.globalCA, Passthrough: o.ForwardPassthrough, PassthroughConnectPorts: o.PassthroughConnectPorts,
 		SecretTTL: o.SecretCacheTTL, Egress: p.destinations,
 		Permissions: permissions, PermissionAllowTTL: o.ProxyPermissionTTL, PermissionDenyTTL: o.AuthzDenyTTL,
 		PermissionCacheSize: o.PermissionCacheSize,

@@ -82,20 +82,22 @@ type Options struct {
 	RepublishRecheck        time.Duration
 
 	AllowLoopbackDestinations bool
-	// ForwardPassthrough is --forward-passthrough: none, public (when empty) or all.
-	ForwardPassthrough     string
-	TunnelLifetime         time.Duration
-	ProxyMaxConnections    int
-	ProxyMaxHeaderBytes    int
-	ProxyAuthQPS           float64
-	ProxyAuthBurst         int
-	SecretCacheSize        int
-	RegistryTokenCacheSize int
-	LeafCacheSize          int
-	TransportCacheSize     int
-	PermissionCacheSize    int
-	ConnectorCacheSize     int
-	ConnectorIdle          time.Duration
+	// ForwardPassthrough is --forward-passthrough: none, public (when empty) or all, and
+	// PassthroughConnectPorts --forward-passthrough-connect-ports (443 when empty).
+	ForwardPassthrough      string
+	PassthroughConnectPorts []string
+	TunnelLifetime          time.Duration
+	ProxyMaxConnections     int
+	ProxyMaxHeaderBytes     int
+	ProxyAuthQPS            float64
+	ProxyAuthBurst          int
+	SecretCacheSize         int
+	RegistryTokenCacheSize  int
+	LeafCacheSize           int
+	TransportCacheSize      int
+	PermissionCacheSize     int
+	ConnectorCacheSize      int
+	ConnectorIdle           time.Duration
 
 	// The Connector admission webhook of the controller role (off when WebhookListen is empty).
 	WebhookListen        string
@@ -183,6 +185,17 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.RepublishRecheck, "republish-recheck-interval", 5*time.Minute, "an unchanged republish within this interval of the last authorization makes no API call (and no write unless the token changed); 0 authorizes every republish")
 	fs.DurationVar(&o.PodRecheck, "accessrequest-pod-recheck-interval", 5*time.Minute, "how often the controller reads the Pod of a live AccessRequest again (Pods are not watched; unpublish and the Pod's token revoke at once)")
 	fs.StringVar(&o.ForwardPassthrough, "forward-passthrough", proxy.PassthroughPublic, "what the forward proxy does with a destination no named Connector covers: none (403), public (forward it without any credential when it resolves to public addresses only; CONNECT becomes a plain tunnel) or all (any destination the rules allow)")
+	fs.Func("forward-passthrough-connect-ports", "comma-separated ports a pass-through CONNECT may reach (default 443: a tunnel is opaque, so other ports would make the proxy a relay for any TCP service)", func(v string) error {
+		o.PassthroughConnectPorts = nil
+		for _, port := range strings.Split(v, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(port))
+			if err != nil || n < 1 || n > 65535 {
+				return fmt.Errorf("%q is not a port", port)
+			}
+			o.PassthroughConnectPorts = append(o.PassthroughConnectPorts, strconv.Itoa(n))
+		}
+		return nil
+	})
 	fs.BoolVar(&o.AllowLoopbackDestinations, "allow-loopback-destinations", false, "allow Connector addresses and forwarded destinations on loopback (tests, single-node setups); link-local, unspecified and multicast destinations and the driver's own listeners are always refused")
 	fs.DurationVar(&o.TunnelLifetime, "proxy-tunnel-max-lifetime", defaultTunnelLifetime, "how long a CONNECT tunnel may stay open before the proxy closes it")
 	fs.IntVar(&o.ProxyMaxConnections, "proxy-max-connections", defaultMaxConnections, "open client connections the proxy listener accepts; more are answered 503 and closed")

@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"sort"
+	"strings"
 	"time"
 
 	"k8s.io/klog/v2"
@@ -42,16 +44,26 @@ func (e *notCoveredError) Unwrap() error { return e.refusal }
 // Nothing of a Connector is added. Every connection passes the destination rules, and in the
 // public mode reaches public addresses only.
 type passthrough struct {
-	mode     string
-	dial     egress.DialFunc
-	lifetime time.Duration
-	reverse  *httputil.ReverseProxy
+	mode string
+	// connectPorts are the ports a pass-through CONNECT may reach (443 by default): a tunnel
+	// is opaque, and without this the proxy would relay any TCP service (mail, SSH) of the
+	// internet for every Pod.
+	connectPorts map[string]bool
+	dial         egress.DialFunc
+	lifetime     time.Duration
+	reverse      *httputil.ReverseProxy
 }
 
 type passthroughTarget struct{}
 
-func newPassthrough(mode string, policy *egress.Policy, lifetime time.Duration) *passthrough {
-	pt := &passthrough{mode: mode, lifetime: lifetime, dial: policy.DialContext}
+func newPassthrough(mode string, connectPorts []string, policy *egress.Policy, lifetime time.Duration) *passthrough {
+	if len(connectPorts) == 0 {
+		connectPorts = []string{"443"}
+	}
+	pt := &passthrough{mode: mode, lifetime: lifetime, dial: policy.DialContext, connectPorts: map[string]bool{}}
+	for _, port := range connectPorts {
+		pt.connectPorts[port] = true
+	}
 	if mode == PassthroughPublic {
 		pt.dial = policy.PublicDialContext
 	}
@@ -94,6 +106,10 @@ func (pt *passthrough) serveHTTP(w http.ResponseWriter, r *http.Request, target 
 // allowed the connection; it lasts until either side closes or the tunnel lifetime ends.
 func (pt *passthrough) tunnel(w http.ResponseWriter, r *http.Request, hostport string) {
 	ctx := r.Context()
+	if _, port, _ := net.SplitHostPort(hostport); !pt.connectPorts[port] {
+		refuse(w, http.StatusForbidden, fmt.Sprintf("destination %s is not an address of the named Connectors, and pass-through tunnels only to ports %s", hostport, pt.portList()))
+		return
+	}
 	upstream, err := pt.dial(ctx, "tcp", hostport)
 	if err != nil {
 		refuseErr(ctx, w, passthroughError(hostport, err))
@@ -133,6 +149,15 @@ func splice(a, b net.Conn) {
 	_ = a.Close()
 	_ = b.Close()
 	<-done
+}
+
+func (pt *passthrough) portList() string {
+	ports := make([]string, 0, len(pt.connectPorts))
+	for p := range pt.connectPorts {
+		ports = append(ports, p)
+	}
+	sort.Strings(ports)
+	return strings.Join(ports, ", ")
 }
 
 // checkPassthroughMode validates a --forward-passthrough value.

@@ -61,6 +61,8 @@ type Config struct {
 	// Passthrough is what the forward proxy does with a destination no named Connector
 	// covers: PassthroughNone (also when empty), PassthroughPublic or PassthroughAll.
 	Passthrough string
+	// PassthroughConnectPorts are the ports a pass-through CONNECT may reach (443 when empty).
+	PassthroughConnectPorts []string
 	// GlobalCA is the global CA bundle, trusted for every Connector with the feature flag
 	// enable-custom-ca-certs; nil: none.
 	GlobalCA *trust.Global
@@ -139,7 +141,7 @@ func New(objects client.Reader, reviewer Reviewer, flags *features.Source, kube 
 			return newUpstreamTransport(cfg.Egress, roots)
 		}),
 		leaves:      l,
-		passthrough: newPassthrough(cfg.Passthrough, cfg.Egress, cfg.TunnelLifetime),
+		passthrough: newPassthrough(cfg.Passthrough, cfg.PassthroughConnectPorts, cfg.Egress, cfg.TunnelLifetime),
 		registry:    newRegistryTokens(cfg.RegistryTokenCacheSize),
 	}
 	if cfg.Permissions == nil {

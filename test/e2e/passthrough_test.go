@@ -27,7 +27,7 @@ import (
 // plain HTTP without any credential or Proxy-* header (the client's own Authorization kept) and
 // over a CONNECT that is a plain tunnel (the client sees the server's own certificate, not a
 // leaf of the proxy CA); the private one is refused before any dial. Under none both are
-// refused; under all the private one is reached too.
+// refused, and a CONNECT to a port other than 443 too; under all the private one is reached.
 func TestForwardPassthrough(t *testing.T) {
 	var mu sync.Mutex
 	var seen []http.Header
@@ -127,6 +127,11 @@ func TestForwardPassthrough(t *testing.T) {
 			if h.Get("Authorization") != "Bearer the-client-s-own" {
 				t.Errorf("the client's own Authorization did not pass: %q", h.Get("Authorization"))
 			}
+		}
+		// A tunnel is opaque: pass-through opens one to port 443 only (the dial hook fails the
+		// test if 8443 is dialed).
+		if res, body := get(client, "https://public.example:8443/"); res != nil || !strings.Contains(body, http.StatusText(http.StatusForbidden)) {
+			t.Errorf("CONNECT pass-through to port 8443: %v %s, want 403", res, body)
 		}
 		for _, target := range []string{"http://private.example/", "https://private.example/"} {
 			// A refused CONNECT reaches Go's client as the error "Forbidden".
