@@ -378,6 +378,26 @@ const (
 // AccessPolicy with one check: a Pod may use it once the check's ApprovalTask is approved.
 func gateByApproval(t *testing.T, ns, connector, check string) {
 	t.Helper()
+	enableApproval(t)
+	policy := fmt.Sprintf(`apiVersion: connectors.alauda.io/v1alpha1
+kind: AccessPolicy
+metadata: {name: promote, namespace: %s}
+spec:
+  connector: {names: [%s]}
+  checkGrantedPermission:
+    spec:
+      checks: [%s]
+      roleTemplate: {ref: {configMap: {name: connectors-use-connectors-proxy-in-pod}}}
+`, ns, connector, check)
+	if _, err := node.CP.Kubectl([]byte(policy), "apply", "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// enableApproval installs what AccessPolicies need (the ApprovalTask CRD, the role and check
+// templates) and turns the approval flags on until t ends.
+func enableApproval(t *testing.T) {
+	t.Helper()
 	root := controlplane.RepoRoot()
 	if _, err := node.CP.Kubectl(nil, "apply", "-f", filepath.Join(root, "test", "e2e", "testdata", "approvaltask-crd.yaml")); err != nil {
 		t.Fatal(err)
@@ -396,19 +416,6 @@ data: {enable-connector-proxy-permissions: "true", enable-connectors-approval: "
 	t.Cleanup(func() {
 		_, _ = node.CP.Kubectl(nil, "delete", "configmap", "-n", "connectors-system", "connectors-config")
 	})
-	policy := fmt.Sprintf(`apiVersion: connectors.alauda.io/v1alpha1
-kind: AccessPolicy
-metadata: {name: promote, namespace: %s}
-spec:
-  connector: {names: [%s]}
-  checkGrantedPermission:
-    spec:
-      checks: [%s]
-      roleTemplate: {ref: {configMap: {name: connectors-use-connectors-proxy-in-pod}}}
-`, ns, connector, check)
-	if _, err := node.CP.Kubectl([]byte(policy), "apply", "-f", "-"); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // approve creates the approved ApprovalTask approve-<value> labelled label=value.

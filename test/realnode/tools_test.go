@@ -27,7 +27,13 @@ func startGitTool(t *testing.T, secure bool) *gitserver.Server {
 // startRegistryTool starts a registry in the tools' network namespace, stopped when t ends.
 func startRegistryTool(t *testing.T) *registry.Server {
 	t.Helper()
-	lis, err := ListenTools()
+	return startRegistryToolOn(t, ToolsIP)
+}
+
+// startRegistryToolOn is startRegistryTool on ip, an address of the tools' namespace.
+func startRegistryToolOn(t *testing.T, ip string) *registry.Server {
+	t.Helper()
+	lis, err := ListenToolsOn(ip)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,10 +17,16 @@ import (
 // something the lane made, and the driver runs without --allow-loopback-destinations, as in a
 // cluster. Pods do not reach the tools directly (the namespace has no route to the Pod network):
 // only the proxy on the host does.
+//
+// ToolsPublicIP stands for a host on the internet (a registry of no Connector that
+// pass-through reaches): an address of the documentation range TEST-NET-3, given to the
+// namespace's loopback and routed from the host through the veth, so that its packets, too,
+// never leave the machine.
 const (
 	ToolsNetns    = "connectors-e2e-tools"
 	ToolsIP       = "10.89.0.1" // the tools' end of the veth, inside ToolsNetns
 	ToolsHostIP   = "10.89.0.2" // the host's end: what the tools' namespace sees of the host
+	ToolsPublicIP = "203.0.113.10"
 	toolsPrefix   = "/30"
 	toolsHostLink = "ce2e-tools"
 	toolsNsLink   = "ce2e-tools-ns"
@@ -38,6 +44,8 @@ func createToolsNetwork() error {
 		{"ip", "-n", ToolsNetns, "addr", "add", ToolsIP + toolsPrefix, "dev", toolsNsLink},
 		{"ip", "-n", ToolsNetns, "link", "set", toolsNsLink, "up"},
 		{"ip", "-n", ToolsNetns, "link", "set", "lo", "up"},
+		{"ip", "-n", ToolsNetns, "addr", "add", ToolsPublicIP + "/32", "dev", "lo"},
+		{"ip", "route", "add", ToolsPublicIP + "/32", "via", ToolsIP, "dev", toolsHostLink},
 	} {
 		if out, err := run(args...); err != nil {
 			return fmt.Errorf("%s: %v: %s", strings.Join(args, " "), err, out)
@@ -46,17 +54,22 @@ func createToolsNetwork() error {
 	return nil
 }
 
-// deleteToolsNetwork removes ToolsNetns; the veth pair goes with it.
+// deleteToolsNetwork removes ToolsNetns; the veth pair and the route to ToolsPublicIP go
+// with it.
 func deleteToolsNetwork() {
 	_, _ = run("ip", "netns", "delete", ToolsNetns)
 	_, _ = run("ip", "link", "delete", toolsHostLink)
 }
 
-// ListenTools opens a TCP listener on ToolsIP inside ToolsNetns. A socket keeps the network
+// ListenTools opens a TCP listener on ToolsIP inside ToolsNetns (ListenToolsOn another of its
+// addresses). A socket keeps the network
 // namespace it was created in, so the test process serves it like any other listener. Only
 // the creating thread enters the namespace; it is locked for that and, should it fail to
 // return to the host's namespace, left locked so that Go discards it with its goroutine.
-func ListenTools() (net.Listener, error) {
+func ListenTools() (net.Listener, error) { return ListenToolsOn(ToolsIP) }
+
+// ListenToolsOn is ListenTools on ip, an address of ToolsNetns.
+func ListenToolsOn(ip string) (net.Listener, error) {
 	type result struct {
 		lis net.Listener
 		err error
@@ -64,7 +77,7 @@ func ListenTools() (net.Listener, error) {
 	done := make(chan result, 1)
 	go func() {
 		runtime.LockOSThread()
-		lis, back, err := listenInNetns("/var/run/netns/"+ToolsNetns, ToolsIP+":0")
+		lis, back, err := listenInNetns("/var/run/netns/"+ToolsNetns, net.JoinHostPort(ip, "0"))
 		if back {
 			runtime.UnlockOSThread()
 		}

@@ -45,6 +45,9 @@ const (
 type Server struct {
 	URL, TokenURL      string // http://host:port; TokenURL is URL + "/token"
 	Username, Password string
+	// AnonymousPull lets token requests without credentials have pull access, as public
+	// registries do; set it before the first request.
+	AnonymousPull bool
 
 	key *ecdsa.PrivateKey
 	kid string
@@ -144,16 +147,22 @@ func (s *Server) writeSignerCert(path string) error {
 // serveToken issues a token for the requested scopes to the one known user.
 func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 	user, pass, ok := r.BasicAuth()
-	if !ok || user != s.Username || pass != s.Password {
+	anonymous := !ok && r.Header.Get("Authorization") == "" && s.AnonymousPull
+	if !anonymous && (!ok || user != s.Username || pass != s.Password) {
 		http.Error(w, "bad credentials", http.StatusUnauthorized)
 		return
 	}
 	var access []*token.ResourceActions
 	for _, scope := range r.URL.Query()["scope"] {
 		parts := strings.SplitN(scope, ":", 3)
-		if len(parts) == 3 {
-			access = append(access, &token.ResourceActions{Type: parts[0], Name: parts[1], Actions: strings.Split(parts[2], ",")})
+		if len(parts) != 3 {
+			continue
 		}
+		actions := strings.Split(parts[2], ",")
+		if anonymous {
+			actions = []string{"pull"}
+		}
+		access = append(access, &token.ResourceActions{Type: parts[0], Name: parts[1], Actions: actions})
 	}
 	now := time.Now()
 	claims := token.ClaimSet{Issuer: issuer, Subject: user, Audience: token.AudienceList{service},
