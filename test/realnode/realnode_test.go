@@ -510,13 +510,7 @@ func TestPodPushesAndPullsImage(t *testing.T) {
 	reg := startRegistryTool(t)
 	ns := "registry"
 	setupNamespace(t, ns)
-	var oci v1alpha1.ConnectorClass
-	if err := controlplane.ReadYAML(filepath.Join(controlplane.RepoRoot(), "deploy", "classes", "oci.yaml"), &oci); err != nil {
-		t.Fatal(err)
-	}
-	if err := node.CP.Client.Create(ctx, &oci); err != nil {
-		t.Fatal(err)
-	}
+	applyOCIClass(t)
 	if _, err := kube.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "registry-auth"},
 		Type: v1alpha1.SecretTypeDistributionRegistryAuth, StringData: map[string]string{"username": reg.Username, "password": reg.Password}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
