@@ -4,11 +4,16 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
@@ -124,6 +129,18 @@ func k8sClass(t *testing.T) string {
 	return c.Name
 }
 
+// publishVolume creates a Pod of builder with a connectors volume of attrs, publishes it until
+// the test ends, and returns the volume's path.
+func publishVolume(t *testing.T, env *proxyEnv, ns, name string, attrs map[string]string) string {
+	t.Helper()
+	pod := podWithVolume(t, env.kubelet, ns, name, attrs, nil)
+	if err := env.kubelet.Publish(context.Background(), pod, "connectors"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = env.kubelet.Unpublish(context.Background(), pod, "connectors") })
+	return env.kubelet.TargetPath(pod, "connectors")
+}
+
 // volumeKubectl runs the kubectl of the test binaries with only the volume's kubeconfig: no
 // proxy variables, a fresh HOME (kubectl's discovery cache), nothing else of this process.
 func volumeKubectl(t *testing.T, vol string) func(stdin string, args ...string) (string, error) {
@@ -157,12 +174,7 @@ func TestToolK8sKubectlThroughProxy(t *testing.T) {
 	waitCondition(t, ns, "k8s-connector", v1alpha1.ConditionReady, metav1.ConditionTrue, "Ready")
 	allowConnectors(t, ns, "builder", "k8s-connector")
 	// The volume attributes of the docs' Job, unchanged.
-	pod := podWithVolume(t, env.kubelet, ns, "k8s-access", map[string]string{"connector.name": "k8s-connector", "configuration.names": "kubeconfig"}, nil)
-	if err := env.kubelet.Publish(ctx, pod, "connectors"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = env.kubelet.Unpublish(context.Background(), pod, "connectors") })
-	vol := env.kubelet.TargetPath(pod, "connectors")
+	vol := publishVolume(t, env, ns, "k8s-access", map[string]string{"connector.name": "k8s-connector", "configuration.names": "kubeconfig"})
 	files := visibleFiles(t, vol)
 	podToken := files["context.token"]
 
@@ -214,12 +226,8 @@ func TestToolK8sKubectlThroughProxy(t *testing.T) {
 		readerToken := remoteAccount(t, remote, "reader", "get", "list")
 		k8sConnector(t, ns, "reader", class, remote, readerToken)
 		allowConnectorsAs(t, ns, "builder", "use-reader", "reader")
-		pod := podWithVolume(t, env.kubelet, ns, "k8s-two", map[string]string{"connectors": "k8s-connector,reader", "configuration.names": "kubeconfig"}, nil)
-		if err := env.kubelet.Publish(ctx, pod, "connectors"); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = env.kubelet.Unpublish(context.Background(), pod, "connectors") })
-		kubectl := volumeKubectl(t, env.kubelet.TargetPath(pod, "connectors"))
+		vol := publishVolume(t, env, ns, "k8s-two", map[string]string{"connectors": "k8s-connector,reader", "configuration.names": "kubeconfig"})
+		kubectl := volumeKubectl(t, vol)
 		if out, err := kubectl("", "config", "current-context"); err != nil || strings.TrimSpace(out) != ns+"/k8s-connector" {
 			t.Errorf("current context %q (%v), want the first Connector's", out, err)
 		}
@@ -236,12 +244,35 @@ func TestToolK8sKubectlThroughProxy(t *testing.T) {
 			t.Errorf("the reader deleted a ConfigMap: %q (%v)", out, err)
 		}
 		for _, secret := range []string{readerToken, remoteToken} {
-			for name, content := range visibleFiles(t, env.kubelet.TargetPath(pod, "connectors")) {
+			for name, content := range visibleFiles(t, vol) {
 				if strings.Contains(content, secret) {
 					t.Errorf("the volume's %s holds a Connector's token", name)
 				}
 			}
 		}
+	})
+
+	t.Run("an address with a path: an API server behind a platform proxy", func(t *testing.T) {
+		front := startPathFront(t, remote, "/kubernetes/remote")
+		createSecret(t, ns, "front-ca", corev1.SecretTypeOpaque, map[string]string{"ca.crt": front.caPEM})
+		create(t, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: "behind-proxy", Namespace: ns},
+			Spec: v1alpha1.ConnectorSpec{ConnectorClassName: class, Address: front.url + "/kubernetes/remote",
+				Auth:            &v1alpha1.ConnectorAuth{Name: "bearerTokenAuth", SecretRef: &v1alpha1.SecretRef{Name: "k8s-connector"}},
+				CACertSecretRef: &v1alpha1.LocalSecretRef{Name: "front-ca"}}})
+		waitCondition(t, ns, "behind-proxy", v1alpha1.ConditionReady, metav1.ConditionTrue, "Ready")
+		allowConnectorsAs(t, ns, "builder", "use-behind-proxy", "behind-proxy")
+		kubectl := volumeKubectl(t, publishVolume(t, env, ns, "k8s-path", map[string]string{"connector.name": "behind-proxy", "configuration.names": "kubeconfig"}))
+		if out, err := kubectl("", "get", "configmap", "settings", "-n", remoteNS, "-o", "jsonpath={.data.revision}"); err != nil || out != "2" {
+			t.Fatalf("kubectl get through the path = %q (%v)", out, err)
+		}
+		if front.outside.Load() != 0 {
+			t.Errorf("%d requests reached the front outside /kubernetes/remote", front.outside.Load())
+		}
+	})
+
+	t.Run("a token the cluster refuses: AuthReady=False/Rejected", func(t *testing.T) {
+		k8sConnector(t, ns, "bad-token", class, remote, "not-a-token-of-that-cluster")
+		waitCondition(t, ns, "bad-token", v1alpha1.ConditionAuthReady, metav1.ConditionFalse, "Rejected")
 	})
 
 	for _, secret := range []string{remoteToken, podToken} {
@@ -350,4 +381,41 @@ func directRequest(t *testing.T, remote *controlplane.ControlPlane, token string
 	}
 	resp.Body.Close()
 	return resp.StatusCode
+}
+
+// pathFront is an HTTPS reverse proxy in front of the remote API server that serves it only
+// under a path prefix (as a platform exposes clusters at https://platform/kubernetes/<name>),
+// passing the client's Authorization on.
+type pathFront struct {
+	url, caPEM string
+	outside    atomic.Int32 // requests outside the prefix (answered 404)
+}
+
+func startPathFront(t *testing.T, remote *controlplane.ControlPlane, prefix string) *pathFront {
+	t.Helper()
+	target, err := url.Parse(remoteAddress(remote))
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(remote.Config.CAData)
+	rp := &httputil.ReverseProxy{
+		Rewrite:   func(r *httputil.ProxyRequest) { r.SetURL(target) },
+		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}},
+	}
+	front := &pathFront{}
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rest, ok := strings.CutPrefix(r.URL.Path, prefix)
+		if !ok || (rest != "" && !strings.HasPrefix(rest, "/")) {
+			front.outside.Add(1)
+			http.NotFound(w, r)
+			return
+		}
+		r.URL.Path, r.URL.RawPath = rest, ""
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	front.url = srv.URL
+	front.caPEM = string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}))
+	return front
 }
