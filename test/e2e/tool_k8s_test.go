@@ -261,7 +261,8 @@ func TestToolK8sKubectlThroughProxy(t *testing.T) {
 				CACertSecretRef: &v1alpha1.LocalSecretRef{Name: "front-ca"}}})
 		waitCondition(t, ns, "behind-proxy", v1alpha1.ConditionReady, metav1.ConditionTrue, "Ready")
 		allowConnectorsAs(t, ns, "builder", "use-behind-proxy", "behind-proxy")
-		kubectl := volumeKubectl(t, publishVolume(t, env, ns, "k8s-path", map[string]string{"connector.name": "behind-proxy", "configuration.names": "kubeconfig"}))
+		kubectl := volumeKubectl(t, publishVolume(t, env, ns, "k8s-path", // the attributes of the docs' TaskRun workspace
+			map[string]string{"connector.name": "behind-proxy", "connector.namespace": "", "configuration.names": "kubeconfig"}))
 		if out, err := kubectl("", "get", "configmap", "settings", "-n", remoteNS, "-o", "jsonpath={.data.revision}"); err != nil || out != "2" {
 			t.Fatalf("kubectl get through the path = %q (%v)", out, err)
 		}
