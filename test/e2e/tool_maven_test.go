@@ -1,0 +1,190 @@
+package e2e
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/rand"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/driver"
+	"github.com/kube-connectors/connectors-csi/proxy"
+	"github.com/kube-connectors/connectors-csi/test/controlplane"
+	"github.com/kube-connectors/connectors-csi/test/mavenrepo"
+)
+
+// Plugins the Maven test runs by full coordinates, in the versions Debian packages (hack/tools/maven.sh).
+const (
+	mavenDeployPlugin     = "org.apache.maven.plugins:maven-deploy-plugin:3.0.0"
+	mavenDependencyPlugin = "org.apache.maven.plugins:maven-dependency-plugin:3.5.0"
+)
+
+// TestToolMaven drives Debian's mvn with only the maven class's settings.xml and the Pod token
+// against a real Maven repository (nginx WebDAV behind Basic auth): deploy:deploy-file to the
+// Connector's own address through the forward proxy of <proxies> (the documented form) and to
+// its reverse-proxy address with the <server> of the Connector, and dependency:get through the
+// useAsMirror mirror at the reverse proxy, each with an empty local
+// repository, so that mvn's plugins come through the Connector too. The driver's pass-through
+// is off and the JVM's proxies lead nowhere: a request for any other host fails the run.
+func TestToolMaven(t *testing.T) {
+	mvn := requireMaven(t)
+	repo, err := mavenrepo.Start(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(repo.Close)
+	env := startProxyDriver(t, func(o *driver.Options) { o.ForwardPassthrough = proxy.PassthroughNone })
+	ctx := context.Background()
+	ns := newNamespace(t)
+	class := deployedClass(t, "maven.yaml")
+	createSecret(t, ns, "maven-auth", corev1.SecretTypeBasicAuth, map[string]string{"username": repo.Username, "password": repo.Password})
+	create(t, &v1alpha1.Connector{
+		ObjectMeta: metav1.ObjectMeta{Name: "maven", Namespace: ns},
+		Spec: v1alpha1.ConnectorSpec{ConnectorClassName: class, Address: repo.URL,
+			Params: []v1alpha1.Param{{Name: "useAsMirror", Value: *jsonValue("true")}},
+			Auth:   &v1alpha1.ConnectorAuth{Name: "basicAuth", SecretRef: &v1alpha1.SecretRef{Name: "maven-auth"}}},
+	})
+	allowConnectors(t, ns, "builder", "maven")
+	// The volume exactly as the documentation's Pods ask for it.
+	pod := podWithVolume(t, env.kubelet, ns, "mvn", map[string]string{"connector.name": "maven", "configuration.names": "settings"}, nil)
+	if err := env.kubelet.Publish(ctx, pod, "connectors"); err != nil {
+		t.Fatal(err)
+	}
+	vol := env.kubelet.TargetPath(pod, "connectors")
+	files := visibleFiles(t, vol)
+	token := files["context.token"]
+	checkMavenVolume(t, files, repo, token)
+	settings := filepath.Join(vol, "settings.xml")
+
+	jar := filepath.Join(t.TempDir(), "hello.jar")
+	content := "built by the pod " + rand.String(8)
+	if err := os.WriteFile(jar, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	deploy := func(t *testing.T, version, repositoryID, url string) {
+		runMaven(t, mvn, settings, mavenDeployPlugin+":deploy-file", "-Dfile="+jar, "-DgroupId=com.example",
+			"-DartifactId=hello", "-Dversion="+version, "-Dpackaging=jar", "-DrepositoryId="+repositoryID, "-Durl="+url)
+		got, err := os.ReadFile(filepath.Join(repo.Root, "com/example/hello", version, "hello-"+version+".jar"))
+		if err != nil || string(got) != content {
+			t.Fatalf("the repository holds %q (%v), want the deployed jar", got, err)
+		}
+	}
+	// "releases" has no <server>: only the forward proxy of <proxies> can have added the
+	// credential nginx requires.
+	t.Run("deploy to the Connector's address through the forward proxy", func(t *testing.T) {
+		deploy(t, "1.0", "releases", repo.URL)
+	})
+	// The <server> named after the Connector answers the reverse proxy's Basic challenge with
+	// the Pod token.
+	t.Run("deploy to the reverse-proxy address with the Connector's server", func(t *testing.T) {
+		deploy(t, "1.1", "maven", env.proxyURL+"/namespaces/"+ns+"/connectors/maven")
+	})
+	t.Run("dependency:get through the mirror", func(t *testing.T) {
+		local := runMaven(t, mvn, settings, mavenDependencyPlugin+":get", "-Dartifact=com.example:hello:1.0", "-Dtransitive=false")
+		got, err := os.ReadFile(filepath.Join(local, "com/example/hello/1.0/hello-1.0.jar"))
+		if err != nil || string(got) != content {
+			t.Fatalf("the local repository holds %q (%v), want the deployed jar", got, err)
+		}
+	})
+	checkMavenRepoRequests(t, repo, token)
+	if strings.Contains(logs.String(), repo.Password) || strings.Contains(logs.String(), token) {
+		t.Error("the driver log holds the repository's password or the Pod token")
+	}
+	if err := env.kubelet.Unpublish(ctx, pod, "connectors"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// requireMaven fails the test, naming the install step, when mvn or the repository's parts are missing.
+func requireMaven(t *testing.T) string {
+	t.Helper()
+	mvn, err := exec.LookPath("mvn")
+	if err != nil {
+		t.Fatal("mvn is not installed: run hack/tools.sh (hack/tools/maven.sh)")
+	}
+	if missing := mavenrepo.Missing(); missing != "" {
+		t.Fatalf("%s is not installed: run hack/tools.sh (hack/tools/maven.sh)", missing)
+	}
+	return mvn
+}
+
+// deployedClass creates the class of deploy/classes/<file> under a unique name.
+func deployedClass(t testing.TB, file string) string {
+	t.Helper()
+	var c v1alpha1.ConnectorClass
+	if err := controlplane.ReadYAML(filepath.Join(controlplane.RepoRoot(), "deploy", "classes", file), &c); err != nil {
+		t.Fatal(err)
+	}
+	c.Name += "-" + rand.String(6)
+	create(t, &c)
+	return c.Name
+}
+
+// checkMavenVolume asserts the volume holds settings.xml and ca.cert, the Pod token, and never
+// the repository's credential.
+func checkMavenVolume(t *testing.T, files map[string]string, repo *mavenrepo.Server, token string) {
+	t.Helper()
+	for _, name := range []string{"settings.xml", "ca.cert"} {
+		if files[name] == "" {
+			t.Errorf("the volume has no %s", name)
+		}
+	}
+	if !strings.Contains(files["settings.xml"], token) {
+		t.Error("settings.xml does not carry the Pod token")
+	}
+	for name, data := range files {
+		if strings.Contains(data, repo.Password) || strings.Contains(data, basic(repo.Username, repo.Password)) {
+			t.Errorf("the volume's %s holds the repository's credential", name)
+		}
+	}
+}
+
+// runMaven runs mvn in batch mode with settings and a new, empty local repository, which it
+// returns. HOME is empty, and the JVM's own proxies point at a closed port, so that only
+// settings.xml leads anywhere.
+func runMaven(t *testing.T, mvn, settings string, args ...string) string {
+	t.Helper()
+	local := filepath.Join(t.TempDir(), "m2")
+	nowhere := freeLoopbackAddr(t)
+	host, port, _ := strings.Cut(nowhere, ":")
+	cmd := exec.Command(mvn, append([]string{"-B", "-s", settings, "-Dmaven.repo.local=" + local}, args...)...)
+	cmd.Dir = t.TempDir()
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir(),
+		"MAVEN_OPTS=-Dmaven.resolver.transport=wagon -Dhttp.proxyHost=" + host + " -Dhttp.proxyPort=" + port +
+			" -Dhttps.proxyHost=" + host + " -Dhttps.proxyPort=" + port + " -Dhttp.nonProxyHosts=none"}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("mvn %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return local
+}
+
+// checkMavenRepoRequests asserts the repository was reached, for the jar and for mvn's plugins,
+// only with the Connector's credential, never with the Pod token or a proxy header.
+func checkMavenRepoRequests(t *testing.T, repo *mavenrepo.Server, token string) {
+	t.Helper()
+	reqs, err := repo.Requests()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "Basic " + basic(repo.Username, repo.Password)
+	var put, plugin bool
+	for _, r := range reqs {
+		if r.Authorization != want {
+			t.Errorf("%s %s reached the repository with Authorization %q, want the Connector's", r.Method, r.URI, r.Authorization)
+		}
+		if r.ProxyAuthorization != "" || r.Contains(token) {
+			t.Errorf("%s %s reached the repository with the Pod token or a proxy header", r.Method, r.URI)
+		}
+		put = put || r.Method == "PUT" && strings.HasSuffix(r.URI, "/hello-1.0.jar")
+		plugin = plugin || strings.Contains(r.URI, "/maven-dependency-plugin-3.5.0.jar")
+	}
+	if !put || !plugin {
+		t.Errorf("the repository saw no PUT of the jar (%v) or no download of a plugin (%v): %d requests", put, plugin, len(reqs))
+	}
+}
