@@ -140,7 +140,7 @@ func mavenMirrorThroughProxy(t *testing.T, settingsXML, wantMirror string) *http
 // xmlElement is the text of the one element <name> of a rendered XML file.
 func xmlElement(t *testing.T, doc, name string) string {
 	t.Helper()
-	m := regexp.MustCompile(`<` + name + `>([^<]*)</` + name + `>`).FindAllStringSubmatch(doc, -1)
+	m := regexp.MustCompile(`<`+name+`>([^<]*)</`+name+`>`).FindAllStringSubmatch(doc, -1)
 	if len(m) != 1 {
 		t.Fatalf("want one <%s> in\n%s", name, doc)
 	}

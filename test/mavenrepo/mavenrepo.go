@@ -10,9 +10,11 @@ import (
 	"bufio"
 	"crypto/rand"
 	"crypto/sha1"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"net"
 	"os"
@@ -20,6 +22,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/kube-connectors/connectors-csi/test/testca"
 )
 
 // Host is the loopback address the repository listens on: not 127.0.0.1, so that a client's
@@ -36,8 +40,10 @@ type Server struct {
 	Username, Password string
 	// Root is the directory holding what was deployed.
 	Root string
-	dir  string
-	cmd  *exec.Cmd
+	// CA issued the server's certificate, for a Server of StartTLS.
+	CA  *testca.CA
+	dir string
+	cmd *exec.Cmd
 }
 
 // Request is one request as the repository logged it.
@@ -62,8 +68,17 @@ func Missing() string {
 	return ""
 }
 
-// Start runs nginx in dir (which must exist) until Close.
+// Start runs nginx over http in dir (which must exist) until Close.
 func Start(dir string) (*Server, error) {
+	return start(dir, false)
+}
+
+// StartTLS is Start over https, with a certificate for Host from a new CA (Server.CA).
+func StartTLS(dir string) (*Server, error) {
+	return start(dir, true)
+}
+
+func start(dir string, secure bool) (*Server, error) {
 	s := &Server{Username: "deployer", Password: randomHex(), Root: filepath.Join(dir, "repo"), dir: dir}
 	for _, d := range []string{s.Root, filepath.Join(dir, "tmp")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -79,8 +94,15 @@ func Start(dir string) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	listen, scheme := addr, "http"
+	if secure {
+		if err := s.writeCertificate(); err != nil {
+			return nil, err
+		}
+		listen, scheme = addr+" ssl;\n    ssl_certificate "+dir+"/tls.crt;\n    ssl_certificate_key "+dir+"/tls.key", "https"
+	}
 	conf := filepath.Join(dir, "nginx.conf")
-	if err := os.WriteFile(conf, []byte(s.config(addr)), 0o600); err != nil {
+	if err := os.WriteFile(conf, []byte(s.config(listen)), 0o600); err != nil {
 		return nil, err
 	}
 	s.cmd = exec.Command("nginx", "-p", dir, "-c", conf)
@@ -93,13 +115,35 @@ func Start(dir string) (*Server, error) {
 		log, _ := os.ReadFile(filepath.Join(dir, "error.log"))
 		return nil, fmt.Errorf("%w\nnginx error.log:\n%s", err, log)
 	}
-	s.URL = "http://" + addr + "/maven"
+	s.URL = scheme + "://" + addr + "/maven"
 	return s, nil
+}
+
+// writeCertificate issues the server's certificate from a new CA into dir/tls.crt and tls.key.
+func (s *Server) writeCertificate() error {
+	ca, err := testca.New()
+	if err != nil {
+		return err
+	}
+	cert, err := ca.ServerCert([]net.IP{net.ParseIP(Host)})
+	if err != nil {
+		return err
+	}
+	key, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
+	if err != nil {
+		return err
+	}
+	s.CA = ca
+	crt := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]})
+	if err := os.WriteFile(filepath.Join(s.dir, "tls.crt"), crt, 0o600); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(s.dir, "tls.key"), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: key}), 0o600)
 }
 
 // config is nginx's configuration: one process in the foreground (so Close stops all of it),
 // every path under dir, PUT allowed under /maven/, misses served from Debian's repository.
-func (s *Server) config(addr string) string {
+func (s *Server) config(listen string) string {
 	return fmt.Sprintf(`daemon off;
 master_process off;
 pid %[1]s/nginx.pid;
@@ -134,7 +178,7 @@ http {
     location / { return 404; }
   }
 }
-`, s.dir, addr, DebianRepo)
+`, s.dir, listen, DebianRepo)
 }
 
 // Requests are the requests the repository logged so far.
