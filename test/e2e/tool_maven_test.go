@@ -47,7 +47,8 @@ func TestToolMaven(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Cleanup(repo.Close)
-			m := mavenVolume(t, env, repo)
+			m := mavenVolume(t, env, repo, mavenConnector{class: "maven.yaml", address: repo.URL,
+				params: []v1alpha1.Param{{Name: "useAsMirror", Value: *jsonValue("true")}}})
 			m.mvn = mvn
 			jar := filepath.Join(t.TempDir(), "hello.jar")
 			content := "built by the pod " + rand.String(8)
@@ -80,7 +81,7 @@ func TestToolMaven(t *testing.T) {
 					t.Fatalf("the local repository holds %q (%v), want the deployed jar", got, err)
 				}
 			})
-			checkMavenRepoRequests(t, repo, m.token)
+			checkMavenRepoRequests(t, repo, m.token, "PUT /hello-1.0.jar", "PUT /hello-1.1.jar", "GET /hello-1.0.jar")
 			if strings.Contains(logs.String(), repo.Password) || strings.Contains(logs.String(), m.token) {
 				t.Error("the driver log holds the repository's password or the Pod token")
 			}
@@ -95,19 +96,25 @@ type mavenPod struct {
 	javaOpts string
 }
 
-// mavenVolume creates a maven Connector (useAsMirror) for repo, with its credential and CA,
-// and publishes its settings volume for a Pod exactly as the documentation's Pods ask for it.
-func mavenVolume(t *testing.T, env *proxyEnv, repo *mavenrepo.Server) *mavenPod {
+// mavenConnector is the Connector mavenVolume creates: its class's file in deploy/classes, its
+// address and params, and the volume's configuration.params.
+type mavenConnector struct {
+	class, address, configurationParams string
+	params                              []v1alpha1.Param
+}
+
+// mavenVolume creates a Connector named maven for repo, with its credential and CA, and
+// publishes its settings volume for a Pod exactly as the documentation's Pods ask for it.
+func mavenVolume(t *testing.T, env *proxyEnv, repo *mavenrepo.Server, mc mavenConnector) *mavenPod {
 	t.Helper()
 	ctx := context.Background()
 	ns := newNamespace(t)
-	class := deployedClass(t, "maven.yaml")
+	class := deployedClass(t, mc.class)
 	createSecret(t, ns, "maven-auth", corev1.SecretTypeBasicAuth, map[string]string{"username": repo.Username, "password": repo.Password})
 	c := &v1alpha1.Connector{
 		ObjectMeta: metav1.ObjectMeta{Name: "maven", Namespace: ns},
-		Spec: v1alpha1.ConnectorSpec{ConnectorClassName: class, Address: repo.URL,
-			Params: []v1alpha1.Param{{Name: "useAsMirror", Value: *jsonValue("true")}},
-			Auth:   &v1alpha1.ConnectorAuth{Name: "basicAuth", SecretRef: &v1alpha1.SecretRef{Name: "maven-auth"}}},
+		Spec: v1alpha1.ConnectorSpec{ConnectorClassName: class, Address: mc.address, Params: mc.params,
+			Auth: &v1alpha1.ConnectorAuth{Name: "basicAuth", SecretRef: &v1alpha1.SecretRef{Name: "maven-auth"}}},
 	}
 	if repo.CA != nil {
 		createSecret(t, ns, "maven-ca", corev1.SecretTypeOpaque, map[string]string{"ca.crt": string(repo.CA.PEM)})
@@ -115,7 +122,11 @@ func mavenVolume(t *testing.T, env *proxyEnv, repo *mavenrepo.Server) *mavenPod 
 	}
 	create(t, c)
 	allowConnectors(t, ns, "builder", "maven")
-	pod := podWithVolume(t, env.kubelet, ns, "mvn", map[string]string{"connector.name": "maven", "configuration.names": "settings"}, nil)
+	attrs := map[string]string{"connector.name": "maven", "configuration.names": "settings"}
+	if mc.configurationParams != "" {
+		attrs["configuration.params"] = mc.configurationParams
+	}
+	pod := podWithVolume(t, env.kubelet, ns, "mvn", attrs, nil)
 	if err := env.kubelet.Publish(ctx, pod, "connectors"); err != nil {
 		t.Fatal(err)
 	}
@@ -200,27 +211,35 @@ func (m *mavenPod) run(t *testing.T, args ...string) string {
 	return local
 }
 
-// checkMavenRepoRequests asserts the repository was reached, for the jar and for mvn's plugins,
-// only with the Connector's credential, never with the Pod token or a proxy header.
-func checkMavenRepoRequests(t *testing.T, repo *mavenrepo.Server, token string) {
+// checkMavenRepoRequests asserts the repository was reached, for mvn's plugins and for each of
+// want ("<method> <path suffix>"), only with the Connector's credential, never with the Pod
+// token or a proxy header.
+func checkMavenRepoRequests(t *testing.T, repo *mavenrepo.Server, token string, want ...string) {
 	t.Helper()
 	reqs, err := repo.Requests()
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := "Basic " + basic(repo.Username, repo.Password)
-	var put, plugin bool
+	credential := "Basic " + basic(repo.Username, repo.Password)
+	missing := map[string]bool{"GET /maven-dependency-plugin-3.5.0.jar": true}
+	for _, w := range want {
+		missing[w] = true
+	}
 	for _, r := range reqs {
-		if r.Authorization != want {
+		if r.Authorization != credential {
 			t.Errorf("%s %s reached the repository with Authorization %q, want the Connector's", r.Method, r.URI, r.Authorization)
 		}
 		if r.ProxyAuthorization != "" || r.Contains(token) {
 			t.Errorf("%s %s reached the repository with the Pod token or a proxy header", r.Method, r.URI)
 		}
-		put = put || r.Method == "PUT" && strings.HasSuffix(r.URI, "/hello-1.0.jar")
-		plugin = plugin || strings.Contains(r.URI, "/maven-dependency-plugin-3.5.0.jar")
+		for w := range missing {
+			method, suffix, _ := strings.Cut(w, " ")
+			if r.Method == method && strings.HasSuffix(r.URI, suffix) {
+				delete(missing, w)
+			}
+		}
 	}
-	if !put || !plugin {
-		t.Errorf("the repository saw no PUT of the jar (%v) or no download of a plugin (%v): %d requests", put, plugin, len(reqs))
+	for w := range missing {
+		t.Errorf("the repository saw no %s among %d requests", w, len(reqs))
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"encoding/xml"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -15,6 +17,7 @@ import (
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/driver"
 	"github.com/kube-connectors/connectors-csi/proxy"
+	"github.com/kube-connectors/connectors-csi/test/mavenrepo"
 )
 
 // TestToolRepositoryManagersStandIn renders every configuration of the nexus and jfrog classes
@@ -111,6 +114,43 @@ func TestToolRepositoryManagersStandIn(t *testing.T) {
 					t.Errorf("%s %s reached the stand-in with Authorization %q, want only the Connector's Basic", r.Method, r.RequestURI, r.Authorization)
 				}
 			}
+		})
+	}
+}
+
+// TestToolRepositoryManagersMaven runs Debian's mvn with the settings.xml of the nexus and
+// jfrog classes (mirrorRepository set) against a real Maven repository at the path each product
+// serves one under (nginx WebDAV behind Basic auth, a Connector at the server's root): the
+// mirror goes through the forward proxy of <proxies>, as documented, and fetches a jar that is
+// in the repository, and mvn's plugins, with the Connector's credential only.
+func TestToolRepositoryManagersMaven(t *testing.T) {
+	mvn := requireMaven(t)
+	env := startProxyDriver(t, func(o *driver.Options) { o.ForwardPassthrough = proxy.PassthroughNone })
+	for _, tc := range []struct{ file, path string }{
+		{"nexus.yaml", "/repository/maven-public"},
+		{"jfrog.yaml", "/artifactory/maven-public"},
+	} {
+		t.Run(strings.TrimSuffix(tc.file, ".yaml"), func(t *testing.T) {
+			repo, err := mavenrepo.StartAt(t.TempDir(), tc.path, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(repo.Close)
+			jar := filepath.Join(repo.Root, "com/example/lib/2.0/lib-2.0.jar")
+			if err := os.MkdirAll(filepath.Dir(jar), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(jar, []byte("in "+tc.path), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			m := mavenVolume(t, env, repo, mavenConnector{class: tc.file, address: strings.TrimSuffix(repo.URL, tc.path),
+				configurationParams: `{"settings": {"mirrorRepository": "maven-public"}}`})
+			m.mvn = mvn
+			local := m.run(t, mavenDependencyPlugin+":get", "-Dartifact=com.example:lib:2.0", "-Dtransitive=false")
+			if got, err := os.ReadFile(filepath.Join(local, "com/example/lib/2.0/lib-2.0.jar")); err != nil || string(got) != "in "+tc.path {
+				t.Fatalf("the local repository holds %q (%v), want the repository's jar", got, err)
+			}
+			checkMavenRepoRequests(t, repo, m.token, "GET /lib-2.0.jar")
 		})
 	}
 }

@@ -35,7 +35,7 @@ const DebianRepo = "/usr/share/maven-repo"
 
 // Server is a running nginx serving one Maven repository.
 type Server struct {
-	// URL is the repository's address, http://<Host>:<port>/maven.
+	// URL is the repository's address, http(s)://<Host>:<port><path>.
 	URL                string
 	Username, Password string
 	// Root is the directory holding what was deployed.
@@ -68,17 +68,20 @@ func Missing() string {
 	return ""
 }
 
-// Start runs nginx over http in dir (which must exist) until Close.
+// Start runs nginx over http in dir (which must exist) until Close, the repository at /maven.
 func Start(dir string) (*Server, error) {
-	return start(dir, false)
+	return StartAt(dir, "/maven", false)
 }
 
 // StartTLS is Start over https, with a certificate for Host from a new CA (Server.CA).
 func StartTLS(dir string) (*Server, error) {
-	return start(dir, true)
+	return StartAt(dir, "/maven", true)
 }
 
-func start(dir string, secure bool) (*Server, error) {
+// StartAt runs the repository at path (e.g. /repository/maven-public, as Nexus serves one),
+// over https when secure.
+func StartAt(dir, path string, secure bool) (*Server, error) {
+	path = "/" + strings.Trim(path, "/")
 	s := &Server{Username: "deployer", Password: randomHex(), Root: filepath.Join(dir, "repo"), dir: dir}
 	for _, d := range []string{s.Root, filepath.Join(dir, "tmp")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -102,7 +105,7 @@ func start(dir string, secure bool) (*Server, error) {
 		listen, scheme = addr+" ssl;\n    ssl_certificate "+dir+"/tls.crt;\n    ssl_certificate_key "+dir+"/tls.key", "https"
 	}
 	conf := filepath.Join(dir, "nginx.conf")
-	if err := os.WriteFile(conf, []byte(s.config(listen)), 0o600); err != nil {
+	if err := os.WriteFile(conf, []byte(s.config(listen, path)), 0o600); err != nil {
 		return nil, err
 	}
 	s.cmd = exec.Command("nginx", "-p", dir, "-c", conf)
@@ -115,7 +118,7 @@ func start(dir string, secure bool) (*Server, error) {
 		log, _ := os.ReadFile(filepath.Join(dir, "error.log"))
 		return nil, fmt.Errorf("%w\nnginx error.log:\n%s", err, log)
 	}
-	s.URL = scheme + "://" + addr + "/maven"
+	s.URL = scheme + "://" + addr + path
 	return s, nil
 }
 
@@ -142,8 +145,8 @@ func (s *Server) writeCertificate() error {
 }
 
 // config is nginx's configuration: one process in the foreground (so Close stops all of it),
-// every path under dir, PUT allowed under /maven/, misses served from Debian's repository.
-func (s *Server) config(listen string) string {
+// every path under dir, PUT allowed under path, misses served from Debian's repository.
+func (s *Server) config(listen, path string) string {
 	return fmt.Sprintf(`daemon off;
 master_process off;
 pid %[1]s/nginx.pid;
@@ -161,7 +164,7 @@ http {
   access_log %[1]s/access.log requests;
   server {
     listen %[2]s;
-    location /maven/ {
+    location %[4]s/ {
       alias %[1]s/repo/;
       auth_basic "maven";
       auth_basic_user_file %[1]s/htpasswd;
@@ -173,12 +176,12 @@ http {
     }
     location @debian {
       root %[3]s;
-      rewrite ^/maven/(.*)$ /$1 break;
+      rewrite ^%[4]s/(.*)$ /$1 break;
     }
     location / { return 404; }
   }
 }
-`, s.dir, listen, DebianRepo)
+`, s.dir, listen, DebianRepo, path)
 }
 
 // Requests are the requests the repository logged so far.
