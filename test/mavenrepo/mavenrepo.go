@@ -10,6 +10,7 @@ import (
 	"bufio"
 	"crypto/rand"
 	"crypto/sha1"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
@@ -17,6 +18,8 @@ import (
 	"encoding/pem"
 	"fmt"
 	"net"
+	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -184,24 +187,57 @@ http {
 `, s.dir, listen, DebianRepo, path)
 }
 
-// Requests are the requests the repository logged so far.
+// flushPath is requested by Requests to know the log is complete: nginx logs a request when
+// it is finalized, which for a request whose body it discards can be after the client read the
+// answer. nginx here is one process: once this later request is logged, so is every earlier one.
+const flushPath = "/connectors-test-log-flush"
+
+// Requests are the requests the repository logged so far (its own flush requests left out).
 func (s *Server) Requests() ([]Request, error) {
-	f, err := os.Open(filepath.Join(s.dir, "access.log"))
+	u, err := url.Parse(s.URL)
 	if err != nil {
 		return nil, err
 	}
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{Proxy: nil,
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}} //nolint:gosec // a flush of the test's own server
+	res, err := client.Get(u.Scheme + "://" + u.Host + flushPath)
+	if err != nil {
+		return nil, fmt.Errorf("flushing the access log: %w", err)
+	}
+	res.Body.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		reqs, flushed, err := s.readLog()
+		if err != nil || flushed || time.Now().After(deadline) {
+			return reqs, err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// readLog parses the access log, and tells whether a flush request is in it.
+func (s *Server) readLog() ([]Request, bool, error) {
+	f, err := os.Open(filepath.Join(s.dir, "access.log"))
+	if err != nil {
+		return nil, false, err
+	}
 	defer f.Close()
 	var out []Request
+	flushed := false
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		var r Request
 		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
-			return nil, fmt.Errorf("access.log: %w", err)
+			return nil, false, fmt.Errorf("access.log: %w", err)
+		}
+		if r.URI == flushPath {
+			flushed = true
+			continue
 		}
 		out = append(out, r)
 	}
-	return out, sc.Err()
+	return out, flushed, sc.Err()
 }
 
 // Close stops nginx.
