@@ -1,0 +1,186 @@
+package e2e
+
+// The github class of deploy/classes, driven by its real clients: git (Debian's) clones and
+// pushes through the reverse proxy with the rendered .gitconfig against the real Git server,
+// which takes the PAT the way GitHub does for git over HTTPS (Basic, the PAT as the password);
+// and the REST API, reached as gh reaches it (the forward proxy of .env, hosts.yml's placeholder
+// token), is a stand-in that takes only GitHub's scheme (Authorization: Bearer or token <PAT>).
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/url"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/rand"
+	"sigs.k8s.io/yaml"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/connectorstatus"
+	"github.com/kube-connectors/connectors-csi/test/controlplane"
+)
+
+// mustHaveTool fails the test when a tool the test drives is not installed.
+func mustHaveTool(t *testing.T, name string) {
+	t.Helper()
+	if _, err := exec.LookPath(name); err != nil {
+		t.Fatalf("%s is not installed: run hack/tools.sh (%v)", name, err)
+	}
+}
+
+// deployedClassCopy creates the class of deploy/classes/<file> under a unique name.
+func deployedClassCopy(t *testing.T, file string) *v1alpha1.ConnectorClass {
+	t.Helper()
+	var c v1alpha1.ConnectorClass
+	if err := controlplane.ReadYAML(filepath.Join(controlplane.RepoRoot(), "deploy", "classes", file), &c); err != nil {
+		t.Fatal(err)
+	}
+	c.Name = c.Name + "-" + rand.String(6)
+	create(t, &c)
+	return &c
+}
+
+// startSchemeStandIn starts a recording stand-in for a tool's REST API that answers 200 (a
+// small JSON user) only to requests accept takes, and 401 to any other, as the tool would.
+// Requests from the proxy are kept in the returned headerRecorder, the probes' left out.
+func startSchemeStandIn(t *testing.T, accept func(http.Header) bool) (*recorder, *headerRecorder) {
+	t.Helper()
+	seen := &headerRecorder{}
+	rec := startRecorder(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.UserAgent() != connectorstatus.ProbeUserAgent {
+			seen.mu.Lock()
+			seen.got = append(seen.got, r.Clone(context.Background()))
+			seen.mu.Unlock()
+		}
+		w.Header().Set("Content-Type", "application/json")
+		if !accept(r.Header) {
+			w.WriteHeader(http.StatusUnauthorized)
+			_, _ = io.WriteString(w, `{"message":"401 Unauthorized"}`)
+			return
+		}
+		_, _ = io.WriteString(w, `{"login":"connectors-bot","username":"connectors-bot"}`)
+	})
+	return rec, seen
+}
+
+// checkAPISawOnlyPAT asserts the stand-in saw requests, none of them with the Pod's token or
+// a proxy credential, each accepted.
+func checkAPISawOnlyPAT(t *testing.T, seen *headerRecorder, accept func(http.Header) bool, token string) {
+	t.Helper()
+	seen.mu.Lock()
+	defer seen.mu.Unlock()
+	if len(seen.got) == 0 {
+		t.Fatal("no request reached the API stand-in")
+	}
+	for _, r := range seen.got {
+		if !accept(r.Header) || carries(r, token) || r.Header.Get("Proxy-Authorization") != "" {
+			t.Errorf("%s %s reached the API without the PAT in its scheme, or with the Pod token or a proxy credential", r.Method, r.URL.Path)
+		}
+	}
+}
+
+// checkVolumeHoldsNo asserts no file of the volume holds secret.
+func checkVolumeHoldsNo(t *testing.T, vol, secret string) {
+	t.Helper()
+	for name, content := range visibleFiles(t, vol) {
+		if strings.Contains(content, secret) {
+			t.Errorf("the volume's %s holds the Connector's credential", name)
+		}
+	}
+}
+
+// getJSON sends GET url with header through c and decodes a 200 answer's JSON.
+func getJSON(t *testing.T, c *http.Client, url string, header map[string]string) map[string]any {
+	t.Helper()
+	code, body := do(t, c, newRequest(t, http.MethodGet, url, header))
+	if code != http.StatusOK {
+		t.Fatalf("GET %s: status %d %q", url, code, body)
+	}
+	var out map[string]any
+	if err := json.Unmarshal([]byte(body), &out); err != nil {
+		t.Fatalf("GET %s: %v in %q", url, err, body)
+	}
+	return out
+}
+
+// githubAccepts is GitHub's REST scheme for a PAT: Authorization: Bearer <PAT> or token <PAT>.
+func githubAccepts(pat string) func(http.Header) bool {
+	return func(h http.Header) bool {
+		a := h.Values("Authorization")
+		return len(a) == 1 && (a[0] == "Bearer "+pat || a[0] == "token "+pat)
+	}
+}
+
+func TestToolGitHubGitAndRESTThroughTheProxy(t *testing.T) {
+	mustHaveTool(t, "git")
+	pat := "ghp_" + rand.String(36)
+	tool := startGitServer(t, false)
+	tool.SetCredential("x-access-token", pat) // GitHub: any user, the PAT as the password
+	accept := githubAccepts(pat)
+	api, seen := startSchemeStandIn(t, accept)
+	env := startProxyDriver(t, nil)
+	ctx := context.Background()
+	ns := newNamespace(t)
+	class := deployedClassCopy(t, "github.yaml")
+
+	createSecret(t, ns, "github-secret", corev1.SecretTypeOpaque, map[string]string{"token": pat})
+	create(t, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: "github", Namespace: ns},
+		Spec: v1alpha1.ConnectorSpec{ConnectorClassName: class.Name, Address: tool.URL,
+			AddressExtensions: []v1alpha1.NamedAddress{{Name: "api", Value: api.URL}},
+			Auth:              &v1alpha1.ConnectorAuth{Name: "patAuth", SecretRef: &v1alpha1.SecretRef{Name: "github-secret"}}}})
+	allowConnectors(t, ns, "builder", "github")
+	pod := podWithVolume(t, env.kubelet, ns, "gh", map[string]string{"connector.name": "github", "configuration.names": "gitconfig,githubconfig"}, nil)
+	if err := env.kubelet.Publish(ctx, pod, "connectors"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = env.kubelet.Unpublish(context.Background(), pod, "connectors") })
+	vol := env.kubelet.TargetPath(pod, "connectors")
+	files := visibleFiles(t, vol)
+	token := files["context.token"]
+	checkVolumeHoldsNo(t, vol, pat)
+
+	t.Run("git clone and push with .gitconfig", func(t *testing.T) {
+		cloneAndPush(t, tool.URL, []string{"GIT_CONFIG_GLOBAL=" + filepath.Join(vol, ".gitconfig")})
+		checkToolSawOnlyConnectorCredential(t, tool, token)
+	})
+
+	t.Run("REST API as gh calls it: forward proxy, hosts.yml", func(t *testing.T) {
+		var hosts map[string]struct {
+			OAuthToken string `json:"oauth_token"`
+		}
+		if err := yaml.Unmarshal([]byte(files["hosts.yml"]), &hosts); err != nil {
+			t.Fatalf("hosts.yml: %v\n%s", err, files["hosts.yml"])
+		}
+		toolURL, _ := url.Parse(tool.URL)
+		placeholder := hosts[toolURL.Host].OAuthToken
+		if placeholder == "" || strings.Contains(files["config.yml"]+files["hosts.yml"], token) {
+			t.Fatalf("hosts.yml has no placeholder token for %s, or gh's files hold the Pod token:\n%s", toolURL.Host, files["hosts.yml"])
+		}
+		proxy, err := url.Parse(strings.TrimSpace(files["http.proxy"]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		client := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{Proxy: http.ProxyURL(proxy)}}
+		user := getJSON(t, client, api.URL+"/user", map[string]string{"Authorization": "token " + placeholder, "Accept": "application/vnd.github+json"})
+		if user["login"] != "connectors-bot" {
+			t.Errorf("GET /user: %v", user)
+		}
+		checkAPISawOnlyPAT(t, seen, accept, token)
+		// The stand-in takes nothing but the PAT: the Pod's token sent straight to it is refused.
+		if code, _ := do(t, noRedirects, newRequest(t, http.MethodGet, api.URL+"/user", map[string]string{"Authorization": "Bearer " + token})); code != http.StatusUnauthorized {
+			t.Errorf("the stand-in answered the Pod token with %d, want 401", code)
+		}
+	})
+
+	if strings.Contains(logs.String(), pat) || strings.Contains(logs.String(), token) {
+		t.Error("the driver log holds the PAT or the Pod token")
+	}
+}
