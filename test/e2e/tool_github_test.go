@@ -48,13 +48,22 @@ func deployedClassCopy(t *testing.T, file string) *v1alpha1.ConnectorClass {
 	return &c
 }
 
-// startSchemeStandIn starts a recording stand-in for a tool's REST API that answers 200 (a
-// small JSON user) only to requests accept takes, and 401 to any other, as the tool would.
-// Requests from the proxy are kept in the returned headerRecorder, the probes' left out.
-func startSchemeStandIn(t *testing.T, accept func(http.Header) bool) (*recorder, *headerRecorder) {
+// startSchemeStandIn starts a recording stand-in for a tool's REST API under apiPrefix that
+// answers 200 (a small JSON user) only to requests accept takes, and 401 to any other, as the
+// tool would; other paths go to rest (a real server behind the same address), or get 404.
+// Requests from the proxy to the API are kept in the returned headerRecorder.
+func startSchemeStandIn(t *testing.T, apiPrefix string, accept func(http.Header) bool, rest http.Handler) (*recorder, *headerRecorder) {
 	t.Helper()
 	seen := &headerRecorder{}
 	rec := startRecorder(t, func(w http.ResponseWriter, r *http.Request) {
+		if !strings.HasPrefix(r.URL.Path, apiPrefix) {
+			if rest == nil {
+				http.NotFound(w, r)
+				return
+			}
+			rest.ServeHTTP(w, r)
+			return
+		}
 		if r.UserAgent() != connectorstatus.ProbeUserAgent {
 			seen.mu.Lock()
 			seen.got = append(seen.got, r.Clone(context.Background()))
@@ -125,7 +134,7 @@ func TestToolGitHubGitAndRESTThroughTheProxy(t *testing.T) {
 	tool := startGitServer(t, false)
 	tool.SetCredential("x-access-token", pat) // GitHub: any user, the PAT as the password
 	accept := githubAccepts(pat)
-	api, seen := startSchemeStandIn(t, accept)
+	api, seen := startSchemeStandIn(t, "/", accept, nil)
 	env := startProxyDriver(t, nil)
 	ctx := context.Background()
 	ns := newNamespace(t)
