@@ -160,6 +160,10 @@ func TestToolGitHubGitAndRESTThroughTheProxy(t *testing.T) {
 		cloneAndPush(t, tool.URL, []string{"GIT_CONFIG_GLOBAL=" + filepath.Join(vol, ".gitconfig")})
 		checkToolSawOnlyConnectorCredential(t, tool, token)
 	})
+	t.Run("git clone and push through the forward proxy of .env", func(t *testing.T) {
+		cloneAndPush(t, tool.URL, envFile(t, filepath.Join(vol, ".env")))
+		checkToolSawOnlyConnectorCredential(t, tool, token)
+	})
 
 	t.Run("REST API as gh calls it: forward proxy, hosts.yml", func(t *testing.T) {
 		var hosts map[string]struct {

@@ -73,6 +73,7 @@ func TestToolGitLabGitAndRESTThroughTheProxy(t *testing.T) {
 		Spec: v1alpha1.ConnectorSpec{ConnectorClassName: class.Name, Address: front.URL,
 			Auth: &v1alpha1.ConnectorAuth{Name: "patAuth", SecretRef: &v1alpha1.SecretRef{Name: "gitlab-secret"}}}})
 	allowConnectors(t, ns, "builder", "gitlab")
+	waitCondition(t, ns, "gitlab", v1alpha1.ConditionAuthReady, metav1.ConditionTrue, "Accepted")
 	pod := podWithVolume(t, env.kubelet, ns, "glab", map[string]string{"connector.name": "gitlab", "configuration.names": "gitlabconfig,gitconfig"}, nil)
 	if err := env.kubelet.Publish(ctx, pod, "connectors"); err != nil {
 		t.Fatal(err)
@@ -95,6 +96,10 @@ func TestToolGitLabGitAndRESTThroughTheProxy(t *testing.T) {
 		cloneAndPush(t, front.URL, []string{"GIT_CONFIG_GLOBAL=" + filepath.Join(vol, ".gitconfig"),
 			// What cluster DNS would do: the Connector's host leads to the proxy.
 			"GIT_CONFIG_COUNT=1", "GIT_CONFIG_KEY_0=http.curloptResolve", "GIT_CONFIG_VALUE_0=" + hostname + ":" + proxyPort + ":127.0.0.1"})
+		checkToolSawOnlyConnectorCredential(t, git, token)
+	})
+	t.Run("git clone and push through the forward proxy of .env", func(t *testing.T) {
+		cloneAndPush(t, front.URL, envFile(t, filepath.Join(vol, ".env")))
 		checkToolSawOnlyConnectorCredential(t, git, token)
 	})
 
