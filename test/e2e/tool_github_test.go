@@ -36,13 +36,19 @@ func mustHaveTool(t *testing.T, name string) {
 	}
 }
 
+// readDeployedClass reads the class of deploy/classes/<file>.
+func readDeployedClass(t *testing.T, file string, c *v1alpha1.ConnectorClass) {
+	t.Helper()
+	if err := controlplane.ReadYAML(filepath.Join(controlplane.RepoRoot(), "deploy", "classes", file), c); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // deployedClassCopy creates the class of deploy/classes/<file> under a unique name.
 func deployedClassCopy(t *testing.T, file string) *v1alpha1.ConnectorClass {
 	t.Helper()
 	var c v1alpha1.ConnectorClass
-	if err := controlplane.ReadYAML(filepath.Join(controlplane.RepoRoot(), "deploy", "classes", file), &c); err != nil {
-		t.Fatal(err)
-	}
+	readDeployedClass(t, file, &c)
 	c.Name = c.Name + "-" + rand.String(6)
 	create(t, &c)
 	return &c

@@ -82,6 +82,7 @@ func TestToolHarborConfigurationsAndAPI(t *testing.T) {
 		Spec: v1alpha1.ConnectorSpec{ConnectorClassName: class.Name, Address: harbor.URL,
 			Auth: &v1alpha1.ConnectorAuth{Name: "basicAuth", SecretRef: &v1alpha1.SecretRef{Name: "harbor-robot"}}}})
 	allowConnectors(t, ns, "builder", "harbor")
+	waitCondition(t, ns, "harbor", v1alpha1.ConditionAuthReady, metav1.ConditionTrue, "Accepted")
 	pod := podWithVolume(t, env.kubelet, ns, "build", map[string]string{"connector.name": "harbor",
 		"configuration.names": "registry-config,buildkitd,harbor-cli-config"}, nil)
 	if err := env.kubelet.Publish(ctx, pod, "connectors"); err != nil {
