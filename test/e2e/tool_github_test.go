@@ -102,12 +102,66 @@ func checkAPISawOnlyPAT(t *testing.T, seen *headerRecorder, accept func(http.Hea
 	}
 }
 
-// checkVolumeHoldsNo asserts no file of the volume holds secret.
-func checkVolumeHoldsNo(t *testing.T, vol, secret string) {
+// toolConnector is a tool's Connector (in the test's namespace, with its Secret) and the
+// configurations a Pod's volume of it renders.
+type toolConnector struct {
+	name, class, address, auth string
+	extensions                 []v1alpha1.NamedAddress
+	secretType                 corev1.SecretType
+	secret                     map[string]string
+	configurations             string
+}
+
+// toolVolume is a published volume: its directory, its files by name and the Pod's token.
+type toolVolume struct {
+	dir   string
+	files map[string]string
+	token string
+}
+
+// publishToolVolume creates the Connector, lets ServiceAccount builder get it, and publishes a
+// Pod's volume of it (unpublished at cleanup). The test fails if a file of the volume holds a
+// value of the Connector's Secret.
+func publishToolVolume(t *testing.T, env *proxyEnv, ns string, c toolConnector) toolVolume {
 	t.Helper()
-	for name, content := range visibleFiles(t, vol) {
-		if strings.Contains(content, secret) {
-			t.Errorf("the volume's %s holds the Connector's credential", name)
+	createSecret(t, ns, c.name+"-secret", c.secretType, c.secret)
+	create(t, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: c.name, Namespace: ns},
+		Spec: v1alpha1.ConnectorSpec{ConnectorClassName: c.class, Address: c.address, AddressExtensions: c.extensions,
+			Auth: &v1alpha1.ConnectorAuth{Name: c.auth, SecretRef: &v1alpha1.SecretRef{Name: c.name + "-secret"}}}})
+	allowConnectors(t, ns, "builder", c.name)
+	pod := podWithVolume(t, env.kubelet, ns, c.name+"-pod", map[string]string{"connector.name": c.name, "configuration.names": c.configurations}, nil)
+	if err := env.kubelet.Publish(context.Background(), pod, "connectors"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = env.kubelet.Unpublish(context.Background(), pod, "connectors") })
+	v := toolVolume{dir: env.kubelet.TargetPath(pod, "connectors")}
+	v.files = visibleFiles(t, v.dir)
+	v.token = v.files["context.token"]
+	for _, secret := range c.secret {
+		for name, content := range v.files {
+			if strings.Contains(content, secret) {
+				t.Errorf("the volume's %s holds the Connector's credential", name)
+			}
+		}
+	}
+	return v
+}
+
+// checkStandInRefuses asserts the stand-in answers 401 to a request with header sent straight
+// to it (the Pod's token, or a credential in another scheme than the tool's).
+func checkStandInRefuses(t *testing.T, url string, header map[string]string) {
+	t.Helper()
+	if code, _ := do(t, noRedirects, newRequest(t, http.MethodGet, url, header)); code != http.StatusUnauthorized {
+		t.Errorf("the stand-in answered a request without the tool's credential in its scheme with %d, want 401", code)
+	}
+}
+
+// checkLogHoldsNone asserts the driver log holds none of the secrets.
+func checkLogHoldsNone(t *testing.T, secrets ...string) {
+	t.Helper()
+	for _, s := range secrets {
+		if strings.Contains(logs.String(), s) {
+			t.Error("the driver log holds a credential or the Pod token")
 		}
 	}
 }
@@ -142,32 +196,17 @@ func TestToolGitHubGitAndRESTThroughTheProxy(t *testing.T) {
 	accept := githubAccepts(pat)
 	api, seen := startSchemeStandIn(t, "/", accept, nil)
 	env := startProxyDriver(t, nil)
-	ctx := context.Background()
-	ns := newNamespace(t)
-	class := deployedClassCopy(t, "github.yaml")
-
-	createSecret(t, ns, "github-secret", corev1.SecretTypeOpaque, map[string]string{"token": pat})
-	create(t, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: "github", Namespace: ns},
-		Spec: v1alpha1.ConnectorSpec{ConnectorClassName: class.Name, Address: tool.URL,
-			AddressExtensions: []v1alpha1.NamedAddress{{Name: "api", Value: api.URL}},
-			Auth:              &v1alpha1.ConnectorAuth{Name: "patAuth", SecretRef: &v1alpha1.SecretRef{Name: "github-secret"}}}})
-	allowConnectors(t, ns, "builder", "github")
-	pod := podWithVolume(t, env.kubelet, ns, "gh", map[string]string{"connector.name": "github", "configuration.names": "gitconfig,githubconfig"}, nil)
-	if err := env.kubelet.Publish(ctx, pod, "connectors"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = env.kubelet.Unpublish(context.Background(), pod, "connectors") })
-	vol := env.kubelet.TargetPath(pod, "connectors")
-	files := visibleFiles(t, vol)
-	token := files["context.token"]
-	checkVolumeHoldsNo(t, vol, pat)
+	vol := publishToolVolume(t, env, newNamespace(t), toolConnector{name: "github", class: deployedClassCopy(t, "github.yaml").Name,
+		address: tool.URL, extensions: []v1alpha1.NamedAddress{{Name: "api", Value: api.URL}}, auth: "patAuth",
+		secretType: corev1.SecretTypeOpaque, secret: map[string]string{"token": pat}, configurations: "gitconfig,githubconfig"})
+	files, token := vol.files, vol.token
 
 	t.Run("git clone and push with .gitconfig", func(t *testing.T) {
-		cloneAndPush(t, tool.URL, []string{"GIT_CONFIG_GLOBAL=" + filepath.Join(vol, ".gitconfig")})
+		cloneAndPush(t, tool.URL, []string{"GIT_CONFIG_GLOBAL=" + filepath.Join(vol.dir, ".gitconfig")})
 		checkToolSawOnlyConnectorCredential(t, tool, token)
 	})
 	t.Run("git clone and push through the forward proxy of .env", func(t *testing.T) {
-		cloneAndPush(t, tool.URL, envFile(t, filepath.Join(vol, ".env")))
+		cloneAndPush(t, tool.URL, envFile(t, filepath.Join(vol.dir, ".env")))
 		checkToolSawOnlyConnectorCredential(t, tool, token)
 	})
 
@@ -193,13 +232,8 @@ func TestToolGitHubGitAndRESTThroughTheProxy(t *testing.T) {
 			t.Errorf("GET /user: %v", user)
 		}
 		checkAPISawOnlyPAT(t, seen, accept, token)
-		// The stand-in takes nothing but the PAT: the Pod's token sent straight to it is refused.
-		if code, _ := do(t, noRedirects, newRequest(t, http.MethodGet, api.URL+"/user", map[string]string{"Authorization": "Bearer " + token})); code != http.StatusUnauthorized {
-			t.Errorf("the stand-in answered the Pod token with %d, want 401", code)
-		}
+		checkStandInRefuses(t, api.URL+"/user", map[string]string{"Authorization": "Bearer " + token})
 	})
 
-	if strings.Contains(logs.String(), pat) || strings.Contains(logs.String(), token) {
-		t.Error("the driver log holds the PAT or the Pod token")
-	}
+	checkLogHoldsNone(t, pat, token)
 }

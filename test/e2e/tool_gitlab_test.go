@@ -64,25 +64,12 @@ func TestToolGitLabGitAndRESTThroughTheProxy(t *testing.T) {
 	accept := gitlabAccepts(pat)
 	front, seen := startSchemeStandIn(t, "/api/v4/", accept, httputil.NewSingleHostReverseProxy(gitURL))
 	env := startProxyDriver(t, nil)
-	ctx := context.Background()
 	ns := newNamespace(t)
-	class := deployedClassCopy(t, "gitlab.yaml")
-
-	createSecret(t, ns, "gitlab-secret", "connectors.cpaas.io/gitlab-pat-auth", map[string]string{"token": pat})
-	create(t, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: "gitlab", Namespace: ns},
-		Spec: v1alpha1.ConnectorSpec{ConnectorClassName: class.Name, Address: front.URL,
-			Auth: &v1alpha1.ConnectorAuth{Name: "patAuth", SecretRef: &v1alpha1.SecretRef{Name: "gitlab-secret"}}}})
-	allowConnectors(t, ns, "builder", "gitlab")
+	vol := publishToolVolume(t, env, ns, toolConnector{name: "gitlab", class: deployedClassCopy(t, "gitlab.yaml").Name,
+		address: front.URL, auth: "patAuth", secretType: "connectors.cpaas.io/gitlab-pat-auth", secret: map[string]string{"token": pat},
+		configurations: "gitlabconfig,gitconfig"})
+	files, token := vol.files, vol.token
 	waitCondition(t, ns, "gitlab", v1alpha1.ConditionAuthReady, metav1.ConditionTrue, "Accepted")
-	pod := podWithVolume(t, env.kubelet, ns, "glab", map[string]string{"connector.name": "gitlab", "configuration.names": "gitlabconfig,gitconfig"}, nil)
-	if err := env.kubelet.Publish(ctx, pod, "connectors"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = env.kubelet.Unpublish(context.Background(), pod, "connectors") })
-	vol := env.kubelet.TargetPath(pod, "connectors")
-	files := visibleFiles(t, vol)
-	token := files["context.token"]
-	checkVolumeHoldsNo(t, vol, pat)
 
 	proxyAddr := strings.TrimPrefix(env.proxyURL, "http://")
 	_, proxyPort, _ := net.SplitHostPort(proxyAddr)
@@ -93,13 +80,13 @@ func TestToolGitLabGitAndRESTThroughTheProxy(t *testing.T) {
 
 	t.Run("git clone and push with .gitconfig", func(t *testing.T) {
 		hostname, _, _ := net.SplitHostPort(host)
-		cloneAndPush(t, front.URL, []string{"GIT_CONFIG_GLOBAL=" + filepath.Join(vol, ".gitconfig"),
+		cloneAndPush(t, front.URL, []string{"GIT_CONFIG_GLOBAL=" + filepath.Join(vol.dir, ".gitconfig"),
 			// What cluster DNS would do: the Connector's host leads to the proxy.
 			"GIT_CONFIG_COUNT=1", "GIT_CONFIG_KEY_0=http.curloptResolve", "GIT_CONFIG_VALUE_0=" + hostname + ":" + proxyPort + ":127.0.0.1"})
 		checkToolSawOnlyConnectorCredential(t, git, token)
 	})
 	t.Run("git clone and push through the forward proxy of .env", func(t *testing.T) {
-		cloneAndPush(t, front.URL, envFile(t, filepath.Join(vol, ".env")))
+		cloneAndPush(t, front.URL, envFile(t, filepath.Join(vol.dir, ".env")))
 		checkToolSawOnlyConnectorCredential(t, git, token)
 	})
 
@@ -120,14 +107,9 @@ func TestToolGitLabGitAndRESTThroughTheProxy(t *testing.T) {
 		checkAPISawOnlyPAT(t, seen, accept, token)
 		// The stand-in takes nothing but the PAT in PRIVATE-TOKEN: the Pod's token sent
 		// straight to it, or the PAT as a Bearer token, is refused.
-		for _, header := range []map[string]string{{"PRIVATE-TOKEN": token}, {"Authorization": "Bearer " + pat}} {
-			if code, _ := do(t, noRedirects, newRequest(t, http.MethodGet, front.URL+"/api/v4/user", header)); code != http.StatusUnauthorized {
-				t.Errorf("the stand-in answered a request without PRIVATE-TOKEN <PAT> with %d, want 401", code)
-			}
-		}
+		checkStandInRefuses(t, front.URL+"/api/v4/user", map[string]string{"PRIVATE-TOKEN": token})
+		checkStandInRefuses(t, front.URL+"/api/v4/user", map[string]string{"Authorization": "Bearer " + pat})
 	})
 
-	if strings.Contains(logs.String(), pat) || strings.Contains(logs.String(), token) {
-		t.Error("the driver log holds the PAT or the Pod token")
-	}
+	checkLogHoldsNone(t, pat, token)
 }

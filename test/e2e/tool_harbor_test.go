@@ -7,7 +7,6 @@ package e2e
 // sends it), and as harbor-cli does (the forward proxy, config.yaml's context and password).
 
 import (
-	"context"
 	"crypto/aes"
 	"crypto/cipher"
 	"encoding/base64"
@@ -73,26 +72,12 @@ func TestToolHarborConfigurationsAndAPI(t *testing.T) {
 	accept := basicAccepts(robot, password)
 	harbor, seen := startSchemeStandIn(t, "/api/", accept, nil)
 	env := startProxyDriver(t, nil)
-	ctx := context.Background()
 	ns := newNamespace(t)
-	class := deployedClassCopy(t, "harbor.yaml")
-
-	createSecret(t, ns, "harbor-robot", corev1.SecretTypeBasicAuth, map[string]string{"username": robot, "password": password})
-	create(t, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: "harbor", Namespace: ns},
-		Spec: v1alpha1.ConnectorSpec{ConnectorClassName: class.Name, Address: harbor.URL,
-			Auth: &v1alpha1.ConnectorAuth{Name: "basicAuth", SecretRef: &v1alpha1.SecretRef{Name: "harbor-robot"}}}})
-	allowConnectors(t, ns, "builder", "harbor")
+	vol := publishToolVolume(t, env, ns, toolConnector{name: "harbor", class: deployedClassCopy(t, "harbor.yaml").Name,
+		address: harbor.URL, auth: "basicAuth", secretType: corev1.SecretTypeBasicAuth,
+		secret: map[string]string{"username": robot, "password": password}, configurations: "registry-config,buildkitd,harbor-cli-config"})
+	files, token := vol.files, vol.token
 	waitCondition(t, ns, "harbor", v1alpha1.ConditionAuthReady, metav1.ConditionTrue, "Accepted")
-	pod := podWithVolume(t, env.kubelet, ns, "build", map[string]string{"connector.name": "harbor",
-		"configuration.names": "registry-config,buildkitd,harbor-cli-config"}, nil)
-	if err := env.kubelet.Publish(ctx, pod, "connectors"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = env.kubelet.Unpublish(context.Background(), pod, "connectors") })
-	vol := env.kubelet.TargetPath(pod, "connectors")
-	files := visibleFiles(t, vol)
-	token := files["context.token"]
-	checkVolumeHoldsNo(t, vol, password)
 
 	proxyAddr := strings.TrimPrefix(env.proxyURL, "http://")
 	_, proxyPort, _ := net.SplitHostPort(proxyAddr)
@@ -154,11 +139,6 @@ func TestToolHarborConfigurationsAndAPI(t *testing.T) {
 	})
 
 	checkAPISawOnlyPAT(t, seen, accept, token)
-	// The stand-in takes nothing but the robot's Basic credential.
-	if code, _ := do(t, noRedirects, newRequest(t, http.MethodGet, harbor.URL+"/api/v2.0/projects", map[string]string{"Authorization": "Bearer " + token})); code != http.StatusUnauthorized {
-		t.Errorf("the stand-in answered the Pod token with %d, want 401", code)
-	}
-	if strings.Contains(logs.String(), password) || strings.Contains(logs.String(), token) {
-		t.Error("the driver log holds the robot's password or the Pod token")
-	}
+	checkStandInRefuses(t, harbor.URL+"/api/v2.0/projects", map[string]string{"Authorization": "Bearer " + token})
+	checkLogHoldsNone(t, password, token)
 }
