@@ -95,6 +95,14 @@ func startOn(lis net.Listener, dir string, secure bool) (*Server, error) {
 	return s, nil
 }
 
+// SetCredential makes the server accept Basic user:pass instead: the scheme a forge takes for
+// git over HTTPS with a token (any user name, the token as the password).
+func (s *Server) SetCredential(user, pass string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.Username, s.Password = user, pass
+}
+
 // Close stops the server.
 func (s *Server) Close() { s.srv.Close() }
 
@@ -109,13 +117,14 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	s.seen = append(s.seen, Request{Method: r.Method, Path: r.URL.Path, Authorization: r.Header.Get("Authorization"),
 		ProxyAuthorization: r.Header.Get("Proxy-Authorization"), Header: r.Header.Clone()})
+	username, password := s.Username, s.Password
 	s.mu.Unlock()
 	if r.URL.Path == "/redirect" {
 		http.Redirect(w, r, r.URL.Query().Get("to"), http.StatusFound)
 		return
 	}
 	user, pass, ok := r.BasicAuth()
-	if !ok || user != s.Username || pass != s.Password {
+	if !ok || user != username || pass != password {
 		w.Header().Set("WWW-Authenticate", `Basic realm="git"`)
 		http.Error(w, "bad credentials", http.StatusUnauthorized)
 		return
