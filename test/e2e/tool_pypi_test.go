@@ -20,6 +20,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/rand"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
@@ -105,6 +106,14 @@ func TestToolPypiPipAndTwine(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(target, "connectors_upload.py")); err != nil {
 			t.Errorf("the uploaded package did not install: %v", err)
 		}
+	})
+
+	t.Run("status probes the simple index", func(t *testing.T) {
+		waitCondition(t, ns, "pypi", "LivenessReady", metav1.ConditionTrue, "Reachable")
+		waitCondition(t, ns, "pypi", "AuthReady", metav1.ConditionTrue, "Accepted")
+		createSecret(t, ns, "pypi-wrong", corev1.SecretTypeBasicAuth, map[string]string{"username": index.username, "password": "wrong"})
+		newConnectorWithSecret(t, ns, "pypi-wrong", class, index.url, "basicAuth", "pypi-wrong")
+		waitCondition(t, ns, "pypi-wrong", "AuthReady", metav1.ConditionFalse, "Rejected")
 	})
 
 	index.checkSawOnlyConnectorCredential(t, token)
