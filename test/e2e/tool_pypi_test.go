@@ -77,15 +77,15 @@ func TestToolPypiPipAndTwine(t *testing.T) {
 
 	t.Run("pip install", func(t *testing.T) {
 		target := t.TempDir()
-		pypiRun(t, pipConf, pypiPython, "-m", "pip", "install", "--no-cache-dir", "--no-deps", "--target", target, "connectors-hello==1.0")
-		out := pypiRun(t, "", pypiPython, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import connectors_hello; print(connectors_hello.GREETING)", target)
+		pypiRun(t, pypiConfig(t, pipConf), pypiPython, "-m", "pip", "install", "--no-cache-dir", "--no-deps", "--target", target, "connectors-hello==1.0")
+		out := pypiRun(t, pypiConfig(t, ""), pypiPython, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import connectors_hello; print(connectors_hello.GREETING)", target)
 		if !strings.Contains(out, "connectors-hello 1.0") {
 			t.Errorf("the installed package says %q", out)
 		}
 	})
 	t.Run("pip download", func(t *testing.T) {
 		dest := t.TempDir()
-		pypiRun(t, pipConf, pypiPython, "-m", "pip", "download", "--no-cache-dir", "--no-deps", "-d", dest, "connectors-hello")
+		pypiRun(t, pypiConfig(t, pipConf), pypiPython, "-m", "pip", "download", "--no-cache-dir", "--no-deps", "-d", dest, "connectors-hello")
 		got, err := os.ReadFile(filepath.Join(dest, filepath.Base(hello)))
 		if err != nil {
 			t.Fatal(err)
@@ -96,18 +96,56 @@ func TestToolPypiPipAndTwine(t *testing.T) {
 	})
 	t.Run("twine upload, then pip install", func(t *testing.T) {
 		wheel := pypiWheel(t, "connectors-upload", "2.0")
-		pypiRun(t, "", pypiTwine, "upload", "--non-interactive", "--disable-progress-bar",
+		pypiRun(t, pypiConfig(t, ""), pypiTwine, "upload", "--non-interactive", "--disable-progress-bar",
 			"--config-file", pypirc, "--repository", "connectors-pypi", wheel)
 		if n := index.uploads.count(); n != 1 {
 			t.Fatalf("the upload API stored %d files, want 1", n)
 		}
 		target := t.TempDir()
-		pypiRun(t, pipConf, pypiPython, "-m", "pip", "install", "--no-cache-dir", "--no-deps", "--target", target, "connectors-upload==2.0")
+		pypiRun(t, pypiConfig(t, pipConf), pypiPython, "-m", "pip", "install", "--no-cache-dir", "--no-deps", "--target", target, "connectors-upload==2.0")
 		if _, err := os.Stat(filepath.Join(target, "connectors_upload.py")); err != nil {
 			t.Errorf("the uploaded package did not install: %v", err)
 		}
 	})
 
+	t.Run("the documented Jobs: ~/.pip/pip.conf and ~/.pypirc", func(t *testing.T) {
+		// The documentation's Jobs mount the files with subPath as ~/.pip/pip.conf and
+		// ~/.pypirc and run its commands unchanged; links stand in for those bind mounts.
+		home := t.TempDir()
+		if err := os.Mkdir(filepath.Join(home, ".pip"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for link, file := range map[string]string{".pip/pip.conf": pipConf, ".pypirc": pypirc} {
+			if err := os.Symlink(file, filepath.Join(home, link)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		env := pypiEnv(t, home)
+		dist := filepath.Dir(pypiWheel(t, "connectors-documented", "1.0"))
+		pypiRun(t, env, pypiPython, "-m", "twine", "upload", "--non-interactive", "--disable-progress-bar",
+			"--repository", "connectors-pypi", filepath.Join(dist, "*"))
+		target := t.TempDir()
+		pypiRun(t, env, pypiPython, "-m", "pip", "install", "--no-cache-dir", "--target", target, "--upgrade", "connectors-documented", "--no-deps")
+		if _, err := os.Stat(filepath.Join(target, "connectors_documented.py")); err != nil {
+			t.Errorf("the uploaded package did not install: %v", err)
+		}
+	})
+	t.Run("without the Pod token the proxy refuses", func(t *testing.T) {
+		b, err := os.ReadFile(pipConf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conf := filepath.Join(t.TempDir(), "pip.conf")
+		if err := os.WriteFile(conf, []byte(strings.ReplaceAll(string(b), token, "not-a-token")), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(pypiPython, "-m", "pip", "download", "-vv", "--no-cache-dir", "--no-deps", "-d", t.TempDir(), "connectors-hello")
+		cmd.Env = pypiConfig(t, conf)
+		out, err := cmd.CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "401 Client Error") {
+			t.Errorf("pip without the Pod token: %v, want a 401 from the proxy\n%s", err, lastLines(string(out), 20))
+		}
+	})
 	t.Run("status probes the simple index", func(t *testing.T) {
 		waitCondition(t, ns, "pypi", "LivenessReady", metav1.ConditionTrue, "Reachable")
 		waitCondition(t, ns, "pypi", "AuthReady", metav1.ConditionTrue, "Accepted")
@@ -139,26 +177,56 @@ func TestToolPypiRendersTheDocumentedFiles(t *testing.T) {
 	ns := newNamespace(t)
 	class := pypiClass(t)
 	newConnector(t, ns, "pypi", class, "https://pypi.example.com/repository/pypi/")
-	allowConnectors(t, ns, "builder", "pypi")
-	pod := podWithVolume(t, env.kubelet, ns, "render", map[string]string{"connectors": "pypi", "configuration.names": "pipconf,pypirc"}, nil)
-	ctx := context.Background()
-	if err := env.kubelet.Publish(ctx, pod, "connectors"); err != nil {
-		t.Fatal(err)
-	}
-	files := visibleFiles(t, env.kubelet.TargetPath(pod, "connectors"))
-	if err := env.kubelet.Unpublish(ctx, pod, "connectors"); err != nil {
-		t.Fatal(err)
-	}
-	token := files["context.token"]
+	newConnector(t, ns, "mirror", class, "https://mirror.example.com")
+	allowConnectors(t, ns, "builder", "pypi", "mirror")
 	proxyHost := strings.TrimPrefix(env.proxyURL, "http://")
-	address := fmt.Sprintf("%s/namespaces/%s/connectors/pypi", proxyHost, ns)
-	wantPip := fmt.Sprintf("[global]\nindex-url = http://%s-pypi:%s@%s/simple/\ntimeout = 30\n\n[install]\ntrusted-host = %s\n",
-		ns, token, address, proxyHost)
-	wantPypirc := fmt.Sprintf("[distutils]\nindex-servers = connectors-pypi\n\n[connectors-pypi]\nrepository = http://%s/\nusername = %s-pypi\npassword = %s\n",
-		address, ns, token)
-	for name, want := range map[string]string{"pip.conf": wantPip, ".pypirc": wantPypirc} {
-		if got := files[name]; got != want {
-			t.Errorf("%s:\n%s\nwant:\n%s", name, redactToken(got, token), redactToken(want, token))
+	pypi := fmt.Sprintf("%s/namespaces/%s/connectors/pypi", proxyHost, ns)
+	mirror := fmt.Sprintf("%s/namespaces/%s/connectors/mirror", proxyHost, ns)
+
+	t.Run("one Connector", func(t *testing.T) {
+		files, token := pypiRender(t, env, ns, "one", "pypi")
+		pypiCompare(t, files, token, map[string]string{
+			"pip.conf": fmt.Sprintf("[global]\nindex-url = http://%s-pypi:%s@%s/simple/\ntimeout = 30\n\n[install]\ntrusted-host = %s\n",
+				ns, token, pypi, proxyHost),
+			".pypirc": fmt.Sprintf("[distutils]\nindex-servers = connectors-pypi\n\n[connectors-pypi]\nrepository = http://%s/\nusername = %s-pypi\npassword = %s\n",
+				pypi, ns, token),
+		})
+	})
+	t.Run("more Connectors: extra indexes and repositories", func(t *testing.T) {
+		enableMultiConnector(t)
+		files, token := pypiRender(t, env, ns, "two", "pypi,mirror")
+		pypiCompare(t, files, token, map[string]string{
+			"pip.conf": fmt.Sprintf("[global]\nindex-url = http://%[1]s-pypi:%[2]s@%[3]s/simple/\nextra-index-url = http://%[1]s-mirror:%[2]s@%[4]s/simple/\n"+
+				"timeout = 30\n\n[install]\ntrusted-host = %[5]s\n", ns, token, pypi, mirror, proxyHost),
+			".pypirc": fmt.Sprintf("[distutils]\nindex-servers = connectors-pypi connectors-pypi-%[1]s-mirror\n\n"+
+				"[connectors-pypi]\nrepository = http://%[3]s/\nusername = %[1]s-pypi\npassword = %[2]s\n\n"+
+				"[connectors-pypi-%[1]s-mirror]\nrepository = http://%[4]s/\nusername = %[1]s-mirror\npassword = %[2]s\n", ns, token, pypi, mirror),
+		})
+	})
+}
+
+// pypiRender publishes a volume of the pypi configurations for the Connectors and returns its
+// files and the Pod token in it.
+func pypiRender(t *testing.T, env *proxyEnv, ns, pod, connectors string) (map[string]string, string) {
+	t.Helper()
+	p := podWithVolume(t, env.kubelet, ns, pod, map[string]string{"connectors": connectors, "configuration.names": "pipconf,pypirc"}, nil)
+	ctx := context.Background()
+	if err := env.kubelet.Publish(ctx, p, "connectors"); err != nil {
+		t.Fatal(err)
+	}
+	files := visibleFiles(t, env.kubelet.TargetPath(p, "connectors"))
+	if err := env.kubelet.Unpublish(ctx, p, "connectors"); err != nil {
+		t.Fatal(err)
+	}
+	return files, files["context.token"]
+}
+
+// pypiCompare compares rendered files with the wanted text, keeping the token out of the output.
+func pypiCompare(t *testing.T, files map[string]string, token string, want map[string]string) {
+	t.Helper()
+	for name, w := range want {
+		if got := files[name]; got != w {
+			t.Errorf("%s:\n%s\nwant:\n%s", name, redactToken(got, token), redactToken(w, token))
 		}
 	}
 }
@@ -205,23 +273,30 @@ func pypiSecondVolume(configuration string) func(*corev1.Pod) {
 }
 
 // pypiEnv is a clean environment for python, pip and twine: no PIP_* or proxy variable of the
-// machine, a HOME of its own, no keyring; pip reads only pipConf (if any) besides /etc/pip.conf.
-func pypiEnv(t *testing.T, pipConf string) []string {
-	env := []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=" + t.TempDir(), "LANG=C.UTF-8",
-		"PIP_NO_INPUT=1", "PIP_DISABLE_PIP_VERSION_CHECK=1", "PYTHON_KEYRING_BACKEND=keyring.backends.null.Keyring"}
-	if pipConf != "" {
-		env = append(env, "PIP_CONFIG_FILE="+pipConf)
-	} else {
-		env = append(env, "PIP_NO_INDEX=1")
+// machine, no keyring, HOME home (a new directory if ""), and the variables in extra (pip's
+// PIP_CONFIG_FILE, or PIP_NO_INDEX where no index may be asked).
+func pypiEnv(t *testing.T, home string, extra ...string) []string {
+	if home == "" {
+		home = t.TempDir()
 	}
-	return env
+	env := []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=" + home, "LANG=C.UTF-8",
+		"PIP_NO_INPUT=1", "PIP_DISABLE_PIP_VERSION_CHECK=1", "PYTHON_KEYRING_BACKEND=keyring.backends.null.Keyring"}
+	return append(env, extra...)
 }
 
-// pypiRun runs a client and returns its output; pip never sees an index but pipConf's.
-func pypiRun(t *testing.T, pipConf string, name string, args ...string) string {
+// pypiConfig is pypiEnv with pip reading pipConf (if "", no index at all).
+func pypiConfig(t *testing.T, pipConf string) []string {
+	if pipConf == "" {
+		return pypiEnv(t, "", "PIP_NO_INDEX=1")
+	}
+	return pypiEnv(t, "", "PIP_CONFIG_FILE="+pipConf)
+}
+
+// pypiRun runs a client in env and returns its output.
+func pypiRun(t *testing.T, env []string, name string, args ...string) string {
 	t.Helper()
 	cmd := exec.Command(name, args...)
-	cmd.Env = pypiEnv(t, pipConf)
+	cmd.Env = env
 	cmd.Dir = t.TempDir()
 	out, err := cmd.CombinedOutput()
 	if err != nil {
@@ -246,7 +321,7 @@ func pypiWheel(t *testing.T, project, version string) string {
 		}
 	}
 	dist := t.TempDir()
-	pypiRun(t, "", pypiPython, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-cache-dir", "-w", dist, src)
+	pypiRun(t, pypiConfig(t, ""), pypiPython, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-cache-dir", "-w", dist, src)
 	wheel := filepath.Join(dist, fmt.Sprintf("%s-%s-py3-none-any.whl", module, version))
 	if _, err := os.Stat(wheel); err != nil {
 		t.Fatalf("pip wheel built no %s: %v", filepath.Base(wheel), err)
