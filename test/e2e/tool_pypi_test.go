@@ -46,7 +46,7 @@ func TestToolPypiPipAndTwine(t *testing.T) {
 	pypiRequireTools(t)
 	index := startPypiIndex(t)
 	hello := pypiWheel(t, "connectors-hello", "1.0")
-	index.add(t, "connectors-hello", hello)
+	index.addWithPage(t, "connectors-hello", "1.0", hello)
 
 	env := startProxyDriver(t, nil)
 	ctx := context.Background()
@@ -329,11 +329,14 @@ func pypiWheel(t *testing.T, project, version string) string {
 	return wheel
 }
 
-// pypiIndex is a PEP 503 index: Debian's nginx with autoindex over <root>/simple/<project>/,
-// behind Basic auth, logging every request's credentials; POST / goes to the upload stand-in.
+// pypiIndex is a PEP 503 index laid out as a Nexus PyPI repository: the address
+// http://<loopback>/repository/pypi, the index under <address>/simple/ — Debian's nginx, with
+// autoindex over <root>/simple/<project>/ or a project's own page linking to
+// ../../packages/<project>/<version>/<file>#sha256=… as Nexus writes them — behind Basic auth,
+// logging every request's credentials; POST <address>/ goes to the upload stand-in.
 type pypiIndex struct {
 	url                string
-	root               string // nginx's root: the index is root/simple
+	root               string // what nginx serves under /repository/pypi/
 	username, password string
 	accessLog          string
 	uploads            *pypiUploads
@@ -362,8 +365,9 @@ http {
     absolute_redirect off;
     auth_basic "pypi";
     auth_basic_user_file {{dir}}/htpasswd;
-    location /simple/ { root {{dir}}/www; autoindex on; }
-    location = / { limit_except POST { deny all; } proxy_pass {{upload}}; }
+    location /repository/pypi/simple/ { alias {{dir}}/www/simple/; autoindex on; }
+    location /repository/pypi/packages/ { alias {{dir}}/www/packages/; }
+    location = /repository/pypi/ { limit_except POST { deny all; } proxy_pass {{upload}}; }
   }
 }
 `
@@ -407,7 +411,7 @@ func startPypiIndex(t *testing.T) *pypiIndex {
 		_ = cmd.Process.Kill()
 		<-exited
 	})
-	ix.url = "http://" + listen
+	ix.url = "http://" + listen + "/repository/pypi"
 	pypiWaitListening(t, listen, exited, func() string {
 		b, _ := os.ReadFile(filepath.Join(dir, "error.log"))
 		return stderr.String() + string(b)
@@ -446,23 +450,42 @@ func pypiWaitListening(t *testing.T, addr string, exited <-chan error, output fu
 	}
 }
 
-// add puts a distribution file into the index under its project's PEP 503 name.
-func (ix *pypiIndex) add(t testing.TB, project, file string) {
+// addWithPage puts a distribution file under packages/ and writes its project's page as
+// Nexus does: a link that leaves simple/ (../../packages/…) with the file's sha256, which pip
+// resolves against the proxy address and checks.
+func (ix *pypiIndex) addWithPage(t testing.TB, project, version, file string) {
 	t.Helper()
 	b, err := os.ReadFile(file)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := ix.store(project, filepath.Base(file), b); err != nil {
-		t.Fatal(err)
+	name, base := pypiNormalize(project), filepath.Base(file)
+	sum := sha256.Sum256(b)
+	page := fmt.Sprintf("<!DOCTYPE html>\n<html><body>\n<a href=\"../../packages/%s/%s/%s#sha256=%s\">%s</a>\n</body></html>\n",
+		name, version, base, hex.EncodeToString(sum[:]), base)
+	for path, content := range map[string][]byte{
+		filepath.Join("packages", name, version, base): b,
+		filepath.Join("simple", name, "index.html"):    []byte(page),
+	} {
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(ix.root, path)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(ix.root, path), content, 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 
 var pypiNameSeparators = regexp.MustCompile(`[-_.]+`)
 
-// store writes a distribution file as <root>/simple/<normalized project>/<file>.
+// pypiNormalize is a project's name as PEP 503 normalizes it.
+func pypiNormalize(project string) string {
+	return strings.ToLower(pypiNameSeparators.ReplaceAllString(project, "-"))
+}
+
+// store writes an uploaded file as <root>/simple/<normalized project>/<file>, for autoindex.
 func (ix *pypiIndex) store(project, file string, content []byte) error {
-	dir := filepath.Join(ix.root, "simple", strings.ToLower(pypiNameSeparators.ReplaceAllString(project, "-")))
+	dir := filepath.Join(ix.root, "simple", pypiNormalize(project))
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
@@ -478,7 +501,7 @@ func (ix *pypiIndex) checkSawOnlyConnectorCredential(t *testing.T, token string)
 		t.Fatal(err)
 	}
 	want := "Basic " + basic(ix.username, ix.password)
-	seen := map[string]bool{}
+	seen := map[string]bool{} // "<method> <pypiArea>" of successful requests
 	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
 		f := strings.Split(line, "\t")
 		if len(f) != 6 {
@@ -496,12 +519,27 @@ func (ix *pypiIndex) checkSawOnlyConnectorCredential(t *testing.T, token string)
 		if f[5] != "-" {
 			t.Errorf("%s %s reached the index with a Proxy-Authorization header", f[0], f[1])
 		}
-		seen[f[0]+" "+f[2]] = true
+		if f[2] == "200" {
+			seen[f[0]+" "+pypiArea(f[1])] = true
+		}
 	}
-	if !seen["GET 200"] || !seen["POST 200"] {
-		t.Errorf("the index saw no successful download or upload through the proxy: %v", seen)
+	for _, want := range []string{"GET simple", "GET packages", "POST upload"} {
+		if !seen[want] {
+			t.Errorf("no %s reached the index through the proxy; it saw %v", want, seen)
+		}
 	}
 	ix.uploads.checkNoToken(t, token)
+}
+
+// pypiArea names the part of the index a path is in: simple (pages and autoindexed files),
+// packages (files by Nexus-style links), upload (the repository's root).
+func pypiArea(path string) string {
+	rest := strings.TrimPrefix(path, "/repository/pypi/")
+	if rest == "" {
+		return "upload"
+	}
+	area, _, _ := strings.Cut(rest, "/")
+	return area
 }
 
 // pypiUploads stands in for the legacy upload API (PyPI's and Nexus's `POST /` with a
