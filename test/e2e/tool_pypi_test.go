@@ -63,6 +63,11 @@ func TestToolPypiPipAndTwine(t *testing.T) {
 		if err := env.kubelet.Publish(ctx, pod, v); err != nil {
 			t.Fatalf("publish %s: %v", v, err)
 		}
+		t.Cleanup(func() { // also when a check below stops the test: the mount must not outlive it
+			if err := env.kubelet.Unpublish(ctx, pod, v); err != nil {
+				t.Errorf("unpublish %s: %v", v, err)
+			}
+		})
 		vols[v] = visibleFiles(t, env.kubelet.TargetPath(pod, v))
 	}
 	pipConf := filepath.Join(env.kubelet.TargetPath(pod, "connectors"), "pip.conf")
@@ -160,11 +165,6 @@ func TestToolPypiPipAndTwine(t *testing.T) {
 	}
 	if strings.Contains(logs.String(), token) {
 		t.Error("the driver log holds the Pod token")
-	}
-	for _, v := range []string{"connectors", "pypirc"} {
-		if err := env.kubelet.Unpublish(ctx, pod, v); err != nil {
-			t.Fatal(err)
-		}
 	}
 }
 
