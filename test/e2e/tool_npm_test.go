@@ -53,6 +53,16 @@ func npmClass(t testing.TB) string {
 	return c.Name
 }
 
+// npmToolsDir is where hack/tools/npm.sh installs Verdaccio and Yarn.
+func npmToolsDir(t testing.TB) string {
+	t.Helper()
+	home, err := os.UserHomeDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Join(home, ".cache", "connectors-csi", "tools", "verdaccio", "node_modules")
+}
+
 // npmTools returns node and the Verdaccio entry point, failing when hack/tools.sh has not run.
 func npmTools(t testing.TB) (node, verdaccioMain string) {
 	t.Helper()
@@ -63,11 +73,7 @@ func npmTools(t testing.TB) (node, verdaccioMain string) {
 	if _, err := exec.LookPath("npm"); err != nil {
 		t.Fatal("npm is missing: run hack/tools.sh")
 	}
-	home, err := os.UserHomeDir()
-	if err != nil {
-		t.Fatal(err)
-	}
-	main := filepath.Join(home, ".cache", "connectors-csi", "tools", "verdaccio", "node_modules", "verdaccio", "bin", "verdaccio")
+	main := filepath.Join(npmToolsDir(t), "verdaccio", "bin", "verdaccio")
 	if _, err := os.Stat(main); err != nil {
 		t.Fatalf("Verdaccio is missing (%v): run hack/tools.sh", err)
 	}
@@ -264,6 +270,39 @@ func checkNoTokenInLogs(t *testing.T, token string, users []npmUser) {
 	}
 }
 
+// yarn runs the real Yarn (4, the .yarnrc.yml form) in dir with HOME holding only the volume's
+// .yarnrc.yml (as a Pod mounts it at ~/.yarnrc.yml), fresh cache and global folders, and
+// node_modules linking.
+func yarn(t *testing.T, dir, yarnrc string, args ...string) string {
+	t.Helper()
+	main := filepath.Join(npmToolsDir(t), "@yarnpkg", "cli-dist", "bin", "yarn.js")
+	if _, err := os.Stat(main); err != nil {
+		t.Fatalf("Yarn is missing (%v): run hack/tools.sh", err)
+	}
+	home := t.TempDir()
+	if err := os.Symlink(yarnrc, filepath.Join(home, ".yarnrc.yml")); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("node", append([]string{main}, args...)...)
+	cmd.Dir = dir
+	cmd.Env = []string{
+		"PATH=" + os.Getenv("PATH"),
+		"HOME=" + home,
+		"YARN_CACHE_FOLDER=" + t.TempDir(),
+		"YARN_GLOBAL_FOLDER=" + t.TempDir(),
+		"YARN_ENABLE_GLOBAL_CACHE=false",
+		"YARN_ENABLE_TELEMETRY=false",
+		"YARN_ENABLE_IMMUTABLE_INSTALLS=false",
+		"YARN_NODE_LINKER=node-modules",
+		"YARN_NPM_MINIMAL_AGE_GATE=0", // the test installs what it published a moment ago
+	}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("yarn %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
 // TestToolNpmPublishAndInstall: `npm publish` and `npm install` with only the npm class's
 // rendered .npmrc and the Pod token reach a real Verdaccio through the Connectors proxy; the
 // registry sees the Connector's Basic credential on every request and never the Pod token, and
@@ -286,6 +325,20 @@ func TestToolNpmPublishAndInstall(t *testing.T) {
 	pkg := "connectors-npm-demo-" + rand.String(5)
 	npm(t, npmPackage(t, pkg), npmrc, cache, "publish")
 	npmInstall(t, npmrc, cache, pkg)
+
+	// Yarn 4 with the rendered .yarnrc.yml: publish another package, add both.
+	yarnrc, yarnPkg := filepath.Join(vol, ".yarnrc.yml"), pkg+"-yarn"
+	src := npmPackage(t, yarnPkg)
+	yarn(t, src, yarnrc, "install")
+	yarn(t, src, yarnrc, "npm", "publish")
+	app := t.TempDir()
+	writeFile(t, filepath.Join(app, "package.json"), `{"name": "app", "version": "1.0.0", "private": true}`)
+	yarn(t, app, yarnrc, "add", pkg+"@1.0.0", yarnPkg+"@1.0.0")
+	for _, p := range []string{pkg, yarnPkg} {
+		if _, err := os.Stat(filepath.Join(app, "node_modules", p, "index.js")); err != nil {
+			t.Errorf("yarn add did not install %s: %v", p, err)
+		}
+	}
 
 	// The package is there for the Connector's credential only: not for none, nor for the Pod
 	// token in either scheme.
