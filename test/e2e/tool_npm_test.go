@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha1"
+	"crypto/tls"
 	"encoding/base64"
 	"fmt"
 	"maps"
+	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
 	"os"
@@ -26,6 +29,8 @@ import (
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/connectorstatus"
 	"github.com/kube-connectors/connectors-csi/test/controlplane"
+	"github.com/kube-connectors/connectors-csi/test/gitserver"
+	"github.com/kube-connectors/connectors-csi/test/testca"
 )
 
 // verdaccio is a real npm registry (Verdaccio, installed by hack/tools/npm.sh) on loopback,
@@ -143,15 +148,20 @@ func waitHTTP(t testing.TB, url string, log *syncBuffer) {
 }
 
 // headerTap is a transparent reverse proxy in front of a server that records the headers of
-// every request, so that a test can tell what reached the server. It keeps the request's Host,
-// so that URLs the server builds from it (Verdaccio's tarball URLs) lead back through the tap.
+// every request, so that a test can tell what reached the server. It keeps the request's Host
+// and says the scheme in X-Forwarded-Proto, so that URLs the server builds from them
+// (Verdaccio's tarball URLs) lead back through the tap.
 type headerTap struct {
 	URL string
+	CA  *testca.CA // for an https tap
 	mu  sync.Mutex
 	got []http.Header
 }
 
-func startHeaderTap(t *testing.T, target string) *headerTap {
+// startHeaderTap starts a tap to target on the tools' loopback address, or, when secure, as
+// https://localhost:<port> with a fresh test CA (npm checks a tunnelled server's certificate
+// against a host name, never an IP address).
+func startHeaderTap(t *testing.T, target string, secure bool) *headerTap {
 	t.Helper()
 	u, err := url.Parse(target)
 	if err != nil {
@@ -160,15 +170,40 @@ func startHeaderTap(t *testing.T, target string) *headerTap {
 	tap := &headerTap{}
 	rp := &httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) {
 		r.SetURL(u)
+		r.SetXForwarded()
 		r.Out.Host = r.In.Host
 	}}
-	rec := startRecorder(t, func(w http.ResponseWriter, r *http.Request) {
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		tap.mu.Lock()
 		tap.got = append(tap.got, r.Header.Clone())
 		tap.mu.Unlock()
 		rp.ServeHTTP(w, r)
-	})
-	tap.URL = rec.URL
+	}))
+	host := gitserver.Host
+	if secure {
+		host = "127.0.0.1" // where the tests' resolver puts localhost
+	}
+	lis, err := net.Listen("tcp", host+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Listener = lis
+	t.Cleanup(srv.Close)
+	if !secure {
+		srv.Start()
+		tap.URL = srv.URL
+		return tap
+	}
+	if tap.CA, err = testca.New(); err != nil {
+		t.Fatal(err)
+	}
+	cert, err := tap.CA.ServerCert(nil, "localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	srv.StartTLS()
+	tap.URL = fmt.Sprintf("https://localhost:%d", lis.Addr().(*net.TCPAddr).Port)
 	return tap
 }
 
@@ -182,6 +217,12 @@ func (tap *headerTap) headers() []http.Header {
 // global or user config of this machine, no proxy variables) and a fresh cache.
 func npm(t *testing.T, dir, npmrc, cache string, args ...string) string {
 	t.Helper()
+	return npmWith(t, nil, dir, npmrc, cache, args...)
+}
+
+// npmWith is npm with more environment variables.
+func npmWith(t *testing.T, env []string, dir, npmrc, cache string, args ...string) string {
+	t.Helper()
 	empty := filepath.Join(t.TempDir(), "npmrc")
 	writeFile(t, empty, "")
 	cmd := exec.Command("npm", args...)
@@ -194,6 +235,7 @@ func npm(t *testing.T, dir, npmrc, cache string, args ...string) string {
 		"npm_config_cache=" + cache,
 		"npm_config_update_notifier=false",
 	}
+	cmd.Env = append(cmd.Env, env...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("npm %s: %v\n%s", strings.Join(args, " "), err, out)
@@ -202,7 +244,7 @@ func npm(t *testing.T, dir, npmrc, cache string, args ...string) string {
 }
 
 // npmConnector creates an npm Connector at address with user's credential and params.
-func npmConnector(t *testing.T, ns, name, class, address string, user npmUser, params map[string]string) {
+func npmConnector(t *testing.T, ns, name, class, address string, user npmUser, params map[string]string, caPEM ...[]byte) {
 	t.Helper()
 	createSecret(t, ns, name+"-auth", corev1.SecretTypeBasicAuth, map[string]string{"username": user.Name, "password": user.Password})
 	c := &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
@@ -210,6 +252,10 @@ func npmConnector(t *testing.T, ns, name, class, address string, user npmUser, p
 			Auth: &v1alpha1.ConnectorAuth{Name: "basicAuth", SecretRef: &v1alpha1.SecretRef{Name: name + "-auth"}}}}
 	for _, k := range slices.Sorted(maps.Keys(params)) {
 		c.Spec.Params = append(c.Spec.Params, v1alpha1.Param{Name: k, Value: *jsonValue(params[k])})
+	}
+	for _, pem := range caPEM {
+		createSecret(t, ns, name+"-ca", corev1.SecretTypeOpaque, map[string]string{"ca.crt": string(pem)})
+		c.Spec.CACertSecretRef = &v1alpha1.LocalSecretRef{Name: name + "-ca"}
 	}
 	create(t, c)
 }
@@ -246,11 +292,11 @@ func npmPackage(t *testing.T, name string) string {
 }
 
 // npmInstall installs pkg@1.0.0 into a new project with npmrc and checks it arrived.
-func npmInstall(t *testing.T, npmrc, cache, pkg string) {
+func npmInstall(t *testing.T, env []string, npmrc, cache, pkg string) {
 	t.Helper()
 	app := t.TempDir()
 	writeFile(t, filepath.Join(app, "package.json"), `{"name": "app", "version": "1.0.0", "private": true}`)
-	npm(t, app, npmrc, cache, "install", pkg+"@1.0.0")
+	npmWith(t, env, app, npmrc, cache, "install", pkg+"@1.0.0")
 	got, err := os.ReadFile(filepath.Join(app, "node_modules", pkg, "index.js"))
 	if err != nil || !bytes.Contains(got, []byte("through the Connectors proxy")) {
 		t.Fatalf("npm install did not install %s from Verdaccio: %v", pkg, err)
@@ -310,7 +356,7 @@ func yarn(t *testing.T, dir, yarnrc string, args ...string) string {
 func TestToolNpmPublishAndInstall(t *testing.T) {
 	v := startVerdaccio(t, 1)
 	user := v.Users[0]
-	tap := startHeaderTap(t, v.URL)
+	tap := startHeaderTap(t, v.URL, false)
 	env := startProxyDriver(t, nil)
 	ns := newNamespace(t)
 	npmConnector(t, ns, "npm", npmClass(t), tap.URL, user, nil)
@@ -324,7 +370,7 @@ func TestToolNpmPublishAndInstall(t *testing.T) {
 	npmrc, cache := filepath.Join(vol, ".npmrc"), t.TempDir()
 	pkg := "connectors-npm-demo-" + rand.String(5)
 	npm(t, npmPackage(t, pkg), npmrc, cache, "publish")
-	npmInstall(t, npmrc, cache, pkg)
+	npmInstall(t, nil, npmrc, cache, pkg)
 
 	// Yarn 4 with the rendered .yarnrc.yml: publish another package, add both.
 	yarnrc, yarnPkg := filepath.Join(vol, ".yarnrc.yml"), pkg+"-yarn"
@@ -361,7 +407,7 @@ func TestToolNpmPublishAndInstall(t *testing.T) {
 func TestToolNpmMirrorAndPublishConnectors(t *testing.T) {
 	v := startVerdaccio(t, 2)
 	mirrorUser, publishUser := v.Users[0], v.Users[1]
-	mirror, publish := startHeaderTap(t, v.URL), startHeaderTap(t, v.URL)
+	mirror, publish := startHeaderTap(t, v.URL, false), startHeaderTap(t, v.URL, false)
 	enableMultiConnector(t)
 	env := startProxyDriver(t, nil)
 	ns := newNamespace(t)
@@ -385,7 +431,7 @@ func TestToolNpmMirrorAndPublishConnectors(t *testing.T) {
 	npmrc, cache := filepath.Join(vol, ".npmrc"), t.TempDir()
 	pkg := "connectors-npm-two-" + rand.String(5)
 	npm(t, npmPackage(t, pkg), npmrc, cache, "publish", "--registry="+publish.URL+"/")
-	npmInstall(t, npmrc, cache, pkg)
+	npmInstall(t, nil, npmrc, cache, pkg)
 
 	checkRegistrySawOnlyConnectorCredential(t, publish.headers(), publishUser.auth(), token)
 	checkRegistrySawOnlyConnectorCredential(t, mirror.headers(), mirrorUser.auth(), token)
@@ -437,4 +483,29 @@ func checkRegistrySawOnlyConnectorCredential(t *testing.T, seen []http.Header, w
 	if proxied == 0 {
 		t.Fatal("no request reached the registry")
 	}
+}
+
+// TestToolNpmHTTPSRegistry: with an https:// registry, npm goes through a CONNECT tunnel that
+// the proxy terminates with its CA; the client trusts the volume's ca.crt through
+// NODE_EXTRA_CA_CERTS (as the class documents), and the proxy trusts the registry through the
+// Connector's caCertSecretRef.
+func TestToolNpmHTTPSRegistry(t *testing.T) {
+	v := startVerdaccio(t, 1)
+	user := v.Users[0]
+	tap := startHeaderTap(t, v.URL, true)
+	env := startProxyDriver(t, nil)
+	ns := newNamespace(t)
+	npmConnector(t, ns, "npm", npmClass(t), tap.URL, user, nil, tap.CA.PEM)
+	allowConnectors(t, ns, "builder", "npm")
+	vol, files := npmVolume(t, env, ns, "npm", v.Users)
+	token := files["context.token"]
+
+	npmrc, cache := filepath.Join(vol, ".npmrc"), t.TempDir()
+	trust := []string{"NODE_EXTRA_CA_CERTS=" + filepath.Join(vol, "ca.crt")}
+	pkg := "connectors-npm-tls-" + rand.String(5)
+	npmWith(t, trust, npmPackage(t, pkg), npmrc, cache, "publish")
+	npmInstall(t, trust, npmrc, cache, pkg)
+
+	checkRegistrySawOnlyConnectorCredential(t, tap.headers(), user.auth(), token)
+	checkNoTokenInLogs(t, token, v.Users)
 }
