@@ -175,29 +175,30 @@ func under(base, path string) bool {
 // serveConnect opens a tunnel to a Connector host: TLS is terminated here with a leaf from the
 // proxy CA, and each request inside is authenticated and authorized like a forward-proxy
 // request. The client must be allowed to get the Connectors it named before a leaf is minted.
+// A tunnel to the host:port of a Connector's http:// address (and no https:// one) carries
+// plain HTTP: clients such as Yarn tunnel every request, http ones too.
 func (p *Proxy) serveConnect(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	fc, ok := p.forwardAuth(w, r)
 	if !ok {
 		return
 	}
-	dest := &url.URL{Scheme: "https", Host: r.Host}
-	_, _, err := p.matchConnector(ctx, fc, func(addr *url.URL) bool {
-		return addr.Scheme == "https" && hostPort(addr) == hostPort(dest)
-	})
+	dest, err := p.tunnelDestination(ctx, fc, r.Host)
 	var notCovered *notCoveredError
 	switch {
 	case errors.As(err, &notCovered) && p.passthrough.on():
-		p.passthrough.tunnel(w, r, hostPort(dest))
+		p.passthrough.tunnel(w, r, hostPort(&url.URL{Scheme: "https", Host: r.Host}))
 		return
 	case err != nil:
 		refuseErr(ctx, w, err)
 		return
 	}
-	leaf, err := p.leaves.get(ctx, dest.Hostname())
-	if err != nil {
-		refuseErr(ctx, w, err)
-		return
+	var leaf *tls.Certificate
+	if dest.Scheme == "https" {
+		if leaf, err = p.leaves.get(ctx, dest.Hostname()); err != nil {
+			refuseErr(ctx, w, err)
+			return
+		}
 	}
 	hj, ok := w.(http.Hijacker)
 	if !ok {
@@ -213,20 +214,40 @@ func (p *Proxy) serveConnect(w http.ResponseWriter, r *http.Request) {
 		_ = conn.Close()
 		return
 	}
-	tlsConn := tls.Server(&bufferedConn{Conn: conn, r: buf.Reader}, &tls.Config{
-		Certificates: []tls.Certificate{*leaf},
-		NextProtos:   []string{"http/1.1"},
-		MinVersion:   tls.VersionTLS12,
-	})
+	var tunnel net.Conn = &bufferedConn{Conn: conn, r: buf.Reader}
+	if leaf != nil {
+		tunnel = tls.Server(tunnel, &tls.Config{
+			Certificates: []tls.Certificate{*leaf},
+			NextProtos:   []string{"http/1.1"},
+			MinVersion:   tls.VersionTLS12,
+		})
+	}
 	// A hijacked request's context is canceled by net/http; the tunnel lives until the client
 	// closes it or its lifetime ends.
-	p.serveTunnel(context.WithoutCancel(ctx), tlsConn, fc, dest.Host)
+	p.serveTunnel(context.WithoutCancel(ctx), tunnel, fc, dest)
+}
+
+// tunnelDestination is the scheme and host:port a CONNECT reaches: https when a named
+// Connector has an https:// address at that host:port, else http when one has an http:// one.
+func (p *Proxy) tunnelDestination(ctx context.Context, fc *forwardClient, host string) (*url.URL, error) {
+	var err error
+	for _, scheme := range []string{"https", "http"} {
+		dest := &url.URL{Scheme: scheme, Host: host}
+		_, _, err = p.matchConnector(ctx, fc, func(addr *url.URL) bool {
+			return addr.Scheme == scheme && hostPort(addr) == hostPort(dest)
+		})
+		var notCovered *notCoveredError
+		if !errors.As(err, &notCovered) {
+			return dest, err
+		}
+	}
+	return nil, err
 }
 
 // serveTunnel serves the HTTP/1.1 requests inside a CONNECT tunnel until the client closes it
 // or the tunnel's lifetime ends. Every request is authenticated again (from the token cache):
 // a token that stopped being valid (its Pod deleted) stops working inside an open tunnel too.
-func (p *Proxy) serveTunnel(ctx context.Context, conn net.Conn, fc *forwardClient, host string) {
+func (p *Proxy) serveTunnel(ctx context.Context, conn net.Conn, fc *forwardClient, dest *url.URL) {
 	inner := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if loopDetected(w, r) {
 			return
@@ -238,7 +259,7 @@ func (p *Proxy) serveTunnel(ctx context.Context, conn net.Conn, fc *forwardClien
 			return
 		}
 		target := *r.URL
-		target.Scheme, target.Host = "https", host
+		target.Scheme, target.Host = dest.Scheme, dest.Host
 		p.forwardTo(w, r, &forwardClient{user: u, token: fc.token, connectors: fc.connectors}, &target)
 	})
 	srv := &http.Server{
