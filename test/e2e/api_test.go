@@ -104,7 +104,7 @@ func TestConnectorsAPI(t *testing.T) {
 
 	env := startProxyDriver(t, func(o *driver.Options) { o.RegistryPageSize = 2 })
 	ns := newNamespace(t)
-	git, oci := gitClass(t), ociClass(t)
+	git, oci := gitClass(t), deployedClass(t, "oci.yaml")
 	gitConnector(t, ns, "git", git, tool)
 	ociConnector(t, ns, "registry", oci, reg, reg.Password)
 	newConnector(t, ns, "down", git, "http://127.0.0.2:9")
@@ -556,7 +556,7 @@ func TestConnectorsAPITagsAcrossPages(t *testing.T) {
 	tagImage(t, reg, "team/many", tags)
 	env := startProxyDriver(t, func(o *driver.Options) { o.RegistryPageSize = pageSize })
 	ns := newNamespace(t)
-	ociConnector(t, ns, "registry", ociClass(t), reg, reg.Password)
+	ociConnector(t, ns, "registry", deployedClass(t, "oci.yaml"), reg, reg.Password)
 	viewer := apiToken(t, ns, "viewer")
 	allowConnectors(t, ns, "viewer", "registry")
 

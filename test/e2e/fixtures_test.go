@@ -53,16 +53,29 @@ func paramsClass(t testing.TB) string {
 }
 
 // gitClass creates the built-in git class of deploy/classes under a unique name.
-func gitClass(t testing.TB) string {
+func gitClass(t testing.TB) string { return deployedClass(t, "git.yaml") }
+
+// readDeployedClass reads the class of deploy/classes/<file>.
+func readDeployedClass(t testing.TB, file string, c *v1alpha1.ConnectorClass) {
 	t.Helper()
-	var c v1alpha1.ConnectorClass
-	if err := controlplane.ReadYAML(filepath.Join(controlplane.RepoRoot(), "deploy", "classes", "git.yaml"), &c); err != nil {
+	if err := controlplane.ReadYAML(filepath.Join(controlplane.RepoRoot(), "deploy", "classes", file), c); err != nil {
 		t.Fatal(err)
 	}
-	c.Name = "git-" + rand.String(6)
-	create(t, &c)
-	return c.Name
 }
+
+// deployedClassCopy creates the class of deploy/classes/<file> under a unique name,
+// <name>-<random>: tests share one API server and each changes its own copy.
+func deployedClassCopy(t testing.TB, file string) *v1alpha1.ConnectorClass {
+	t.Helper()
+	var c v1alpha1.ConnectorClass
+	readDeployedClass(t, file, &c)
+	c.Name += "-" + rand.String(6)
+	create(t, &c)
+	return &c
+}
+
+// deployedClass is the name of deployedClassCopy's class.
+func deployedClass(t testing.TB, file string) string { return deployedClassCopy(t, file).Name }
 
 func jsonValue(v any) *apiextensionsv1.JSON {
 	b, _ := json.Marshal(v)

@@ -16,25 +16,11 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/rand"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
-	"github.com/kube-connectors/connectors-csi/test/controlplane"
 	"github.com/kube-connectors/connectors-csi/test/gitserver"
 	"github.com/kube-connectors/connectors-csi/test/registry"
 )
-
-// ociClass creates the built-in oci class of deploy/classes under a unique name.
-func ociClass(t testing.TB) string {
-	t.Helper()
-	var c v1alpha1.ConnectorClass
-	if err := controlplane.ReadYAML(filepath.Join(controlplane.RepoRoot(), "deploy", "classes", "oci.yaml"), &c); err != nil {
-		t.Fatal(err)
-	}
-	c.Name = "oci-" + rand.String(6)
-	create(t, &c)
-	return c.Name
-}
 
 // volumeTransport is an HTTP transport configured only from a volume's files: the forward
 // proxy of http.proxy and the proxy CA of ca.crt.
@@ -86,9 +72,9 @@ func TestImagePushPullThroughProxy(t *testing.T) {
 	env := startProxyDriver(t, nil)
 	ctx := context.Background()
 	ns := newNamespace(t)
-	ociConnector(t, ns, "registry", ociClass(t), reg, reg.Password)
+	ociConnector(t, ns, "registry", deployedClass(t, "oci.yaml"), reg, reg.Password)
 	allowConnectors(t, ns, "builder", "registry")
-	pod := podWithVolume(t, env.kubelet, ns, "push", map[string]string{"connectors": "registry", "configuration.names": "docker,buildkit"}, nil)
+	pod := podWithVolume(t, env.kubelet, ns, "push", map[string]string{"connectors": "registry", "configuration.names": "registry-config,buildkitd"}, nil)
 	if err := env.kubelet.Publish(ctx, pod, "connectors"); err != nil {
 		t.Fatal(err)
 	}

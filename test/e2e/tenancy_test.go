@@ -18,7 +18,6 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -40,7 +39,6 @@ import (
 	"github.com/kube-connectors/connectors-csi/connectorsapi"
 	"github.com/kube-connectors/connectors-csi/connectorstatus"
 	"github.com/kube-connectors/connectors-csi/driver"
-	"github.com/kube-connectors/connectors-csi/test/controlplane"
 	"github.com/kube-connectors/connectors-csi/test/gitserver"
 	"github.com/kube-connectors/connectors-csi/test/kubelet"
 )
@@ -172,9 +170,7 @@ func publishedToken(t *testing.T, env *proxyEnv, ns, podName, connectors string)
 func classWith(t *testing.T, prefix string, change func(*v1alpha1.ConnectorClass)) string {
 	t.Helper()
 	var c v1alpha1.ConnectorClass
-	if err := controlplane.ReadYAML(filepath.Join(controlplane.RepoRoot(), "deploy", "classes", "git.yaml"), &c); err != nil {
-		t.Fatal(err)
-	}
+	readDeployedClass(t, "git.yaml", &c)
 	c.Name = prefix + "-" + rand.String(6)
 	change(&c)
 	create(t, &c)
@@ -285,7 +281,7 @@ func TestTenancyRegistryTokensArePerConnectorAndCredential(t *testing.T) {
 	reg := startRegistry(t)
 	env := startProxyDriver(t, nil)
 	ctx := context.Background()
-	oci := ociClass(t)
+	oci := deployedClass(t, "oci.yaml")
 	owner, other := newNamespace(t), newNamespace(t)
 	ociConnector(t, owner, "registry", oci, reg, reg.Password)
 	ociConnector(t, other, "registry", oci, reg, "not-the-password") // the same username, a wrong password
@@ -368,7 +364,7 @@ func TestTenancyNoCredentialFollowsARedirect(t *testing.T) {
 	evil := startRecorder(t, nil)
 	env := startProxyDriver(t, nil)
 	ns := newNamespace(t)
-	oci := ociClass(t)
+	oci := deployedClass(t, "oci.yaml")
 	registryConnector := func(name, address string) {
 		createSecret(t, ns, name, v1alpha1.SecretTypeDistributionRegistryAuth, map[string]string{"username": "bot", "password": "registry-secret-" + name})
 		create(t, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
@@ -772,7 +768,7 @@ func TestTenancyCachesAreBounded(t *testing.T) {
 	enableMultiConnector(t)
 	env := startProxyDriver(t, func(o *driver.Options) { o.RegistryTokenCacheSize, o.LeafCacheSize = 3, 2 })
 	ns := newNamespace(t)
-	ociConnector(t, ns, "registry", ociClass(t), reg, reg.Password)
+	ociConnector(t, ns, "registry", deployedClass(t, "oci.yaml"), reg, reg.Password)
 	newConnector(t, ns, "named", gitClass(t), "https://localhost:9")
 	allowConnectors(t, ns, "builder", "registry", "named")
 	pod, token := publishedToken(t, env, ns, "scopes", "registry,named")

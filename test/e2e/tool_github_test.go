@@ -25,7 +25,6 @@ import (
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/connectorstatus"
-	"github.com/kube-connectors/connectors-csi/test/controlplane"
 )
 
 // mustHaveTool fails the test when a tool the test drives is not installed.
@@ -34,24 +33,6 @@ func mustHaveTool(t *testing.T, name string) {
 	if _, err := exec.LookPath(name); err != nil {
 		t.Fatalf("%s is not installed: run hack/tools.sh (%v)", name, err)
 	}
-}
-
-// readDeployedClass reads the class of deploy/classes/<file>.
-func readDeployedClass(t *testing.T, file string, c *v1alpha1.ConnectorClass) {
-	t.Helper()
-	if err := controlplane.ReadYAML(filepath.Join(controlplane.RepoRoot(), "deploy", "classes", file), c); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// deployedClassCopy creates the class of deploy/classes/<file> under a unique name.
-func deployedClassCopy(t *testing.T, file string) *v1alpha1.ConnectorClass {
-	t.Helper()
-	var c v1alpha1.ConnectorClass
-	readDeployedClass(t, file, &c)
-	c.Name = c.Name + "-" + rand.String(6)
-	create(t, &c)
-	return &c
 }
 
 // startSchemeStandIn starts a recording stand-in for a tool's REST API under apiPrefix that

@@ -20,7 +20,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/rand"
 	auditv1 "k8s.io/apiserver/pkg/apis/audit/v1"
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
@@ -117,18 +116,6 @@ func remoteAddress(remote *controlplane.ControlPlane) string {
 	return host
 }
 
-// k8sClass creates the built-in k8s class of deploy/classes under a unique name.
-func k8sClass(t *testing.T) string {
-	t.Helper()
-	var c v1alpha1.ConnectorClass
-	if err := controlplane.ReadYAML(filepath.Join(controlplane.RepoRoot(), "deploy", "classes", "k8s.yaml"), &c); err != nil {
-		t.Fatal(err)
-	}
-	c.Name = "k8s-" + rand.String(6)
-	create(t, &c)
-	return c.Name
-}
-
 // publishVolume creates a Pod of builder with a connectors volume of attrs, publishes it until
 // the test ends, and returns the volume's path.
 func publishVolume(t *testing.T, env *proxyEnv, ns, name string, attrs map[string]string) string {
@@ -168,7 +155,7 @@ func TestToolK8sKubectlThroughProxy(t *testing.T) {
 	env := startDeployedDrivers(t, nil)
 	ctx := context.Background()
 	ns := newNamespace(t)
-	class := k8sClass(t)
+	class := deployedClass(t, "k8s.yaml")
 	k8sConnector(t, ns, "k8s-connector", class, remote, remoteToken)
 	// The class's probes: /version without a credential, /api with it, both through the CA.
 	waitCondition(t, ns, "k8s-connector", v1alpha1.ConditionReady, metav1.ConditionTrue, "Ready")

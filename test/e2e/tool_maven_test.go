@@ -15,7 +15,6 @@ import (
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/driver"
 	"github.com/kube-connectors/connectors-csi/proxy"
-	"github.com/kube-connectors/connectors-csi/test/controlplane"
 	"github.com/kube-connectors/connectors-csi/test/mavenrepo"
 )
 
@@ -159,18 +158,6 @@ func requireMaven(t *testing.T) string {
 		t.Fatalf("%s is not installed: run hack/tools.sh (hack/tools/maven.sh)", missing)
 	}
 	return mvn
-}
-
-// deployedClass creates the class of deploy/classes/<file> under a unique name.
-func deployedClass(t testing.TB, file string) string {
-	t.Helper()
-	var c v1alpha1.ConnectorClass
-	if err := controlplane.ReadYAML(filepath.Join(controlplane.RepoRoot(), "deploy", "classes", file), &c); err != nil {
-		t.Fatal(err)
-	}
-	c.Name += "-" + rand.String(6)
-	create(t, &c)
-	return c.Name
 }
 
 // checkMavenVolume asserts the volume holds settings.xml and ca.cert, the Pod token, and never

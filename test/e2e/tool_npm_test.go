@@ -28,7 +28,6 @@ import (
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/connectorstatus"
-	"github.com/kube-connectors/connectors-csi/test/controlplane"
 	"github.com/kube-connectors/connectors-csi/test/gitserver"
 	"github.com/kube-connectors/connectors-csi/test/testca"
 )
@@ -45,18 +44,6 @@ type npmUser struct{ Name, Password string }
 
 // auth is the user's Basic Authorization header value.
 func (u npmUser) auth() string { return "Basic " + basic(u.Name, u.Password) }
-
-// npmClass creates deploy/classes/npm.yaml under a unique name.
-func npmClass(t testing.TB) string {
-	t.Helper()
-	var c v1alpha1.ConnectorClass
-	if err := controlplane.ReadYAML(filepath.Join(controlplane.RepoRoot(), "deploy", "classes", "npm.yaml"), &c); err != nil {
-		t.Fatal(err)
-	}
-	c.Name = "npm-" + rand.String(6)
-	create(t, &c)
-	return c.Name
-}
 
 // npmToolsDir is where hack/tools/npm.sh installs Verdaccio and Yarn.
 func npmToolsDir(t testing.TB) string {
@@ -359,7 +346,7 @@ func TestToolNpmPublishAndInstall(t *testing.T) {
 	tap := startHeaderTap(t, v.URL, false)
 	env := startProxyDriver(t, nil)
 	ns := newNamespace(t)
-	npmConnector(t, ns, "npm", npmClass(t), tap.URL, user, nil)
+	npmConnector(t, ns, "npm", deployedClass(t, "npm.yaml"), tap.URL, user, nil)
 	allowConnectors(t, ns, "builder", "npm")
 	vol, files := npmVolume(t, env, ns, "npm", v.Users)
 	token := files["context.token"]
@@ -411,7 +398,7 @@ func TestToolNpmMirrorAndPublishConnectors(t *testing.T) {
 	enableMultiConnector(t)
 	env := startProxyDriver(t, nil)
 	ns := newNamespace(t)
-	class := npmClass(t)
+	class := deployedClass(t, "npm.yaml")
 	npmConnector(t, ns, "publish", class, publish.URL, publishUser, map[string]string{"registryType": "publish"})
 	npmConnector(t, ns, "mirror", class, mirror.URL, mirrorUser, map[string]string{"registryType": "mirror", "strict-ssl": "false"})
 	allowConnectors(t, ns, "builder", "publish", "mirror")
@@ -495,7 +482,7 @@ func TestToolNpmHTTPSRegistry(t *testing.T) {
 	tap := startHeaderTap(t, v.URL, true)
 	env := startProxyDriver(t, nil)
 	ns := newNamespace(t)
-	npmConnector(t, ns, "npm", npmClass(t), tap.URL, user, nil, tap.CA.PEM)
+	npmConnector(t, ns, "npm", deployedClass(t, "npm.yaml"), tap.URL, user, nil, tap.CA.PEM)
 	allowConnectors(t, ns, "builder", "npm")
 	vol, files := npmVolume(t, env, ns, "npm", v.Users)
 	token := files["context.token"]

@@ -23,9 +23,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/rand"
 
-	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/connectorstatus"
-	"github.com/kube-connectors/connectors-csi/test/controlplane"
 )
 
 // The pypi class's clients: Debian's python3 (with pip, setuptools and wheel) and twine, which
@@ -51,7 +49,7 @@ func TestToolPypiPipAndTwine(t *testing.T) {
 	env := startProxyDriver(t, nil)
 	ctx := context.Background()
 	ns := newNamespace(t)
-	class := pypiClass(t)
+	class := deployedClass(t, "pypi.yaml")
 	createSecret(t, ns, "pypi-auth", corev1.SecretTypeBasicAuth, map[string]string{"username": index.username, "password": index.password})
 	newConnectorWithSecret(t, ns, "pypi", class, index.url, "basicAuth", "pypi-auth")
 	allowConnectors(t, ns, "builder", "pypi")
@@ -175,7 +173,7 @@ func TestToolPypiPipAndTwine(t *testing.T) {
 func TestToolPypiRendersTheDocumentedFiles(t *testing.T) {
 	env := startProxyDriver(t, nil)
 	ns := newNamespace(t)
-	class := pypiClass(t)
+	class := deployedClass(t, "pypi.yaml")
 	newConnector(t, ns, "pypi", class, "https://pypi.example.com/repository/pypi/")
 	newConnector(t, ns, "mirror", class, "https://mirror.example.com")
 	allowConnectors(t, ns, "builder", "pypi", "mirror")
@@ -247,18 +245,6 @@ func pypiRequireTools(t *testing.T) {
 			t.Fatalf("%s: %v\n%s\nrun hack/tools.sh (hack/tools/pypi.sh) to install the pypi class's tools", strings.Join(check, " "), err, out)
 		}
 	}
-}
-
-// pypiClass creates the pypi class of deploy/classes under a unique name.
-func pypiClass(t testing.TB) string {
-	t.Helper()
-	var c v1alpha1.ConnectorClass
-	if err := controlplane.ReadYAML(filepath.Join(controlplane.RepoRoot(), "deploy", "classes", "pypi.yaml"), &c); err != nil {
-		t.Fatal(err)
-	}
-	c.Name = "pypi-" + rand.String(6)
-	create(t, &c)
-	return c.Name
 }
 
 // pypiSecondVolume adds a volume of the same Connector with one configuration, as the

@@ -232,7 +232,7 @@ func scriptPod(ns, name, results, script string) *corev1.Pod {
 
 // configurationOf is the configuration a test's volume of each Connector renders (without
 // configuration.names a volume holds only the built-in files).
-var configurationOf = map[string]string{"git": "gitconfig", "secure": "gitconfig", "registry": "docker"}
+var configurationOf = map[string]string{"git": "gitconfig", "secure": "gitconfig", "registry": "registry-config"}
 
 // imagePod is scriptPod with another image and Connector.
 func imagePod(ns, name, results, script, image, connector string) *corev1.Pod {
