@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync/atomic"
 
+	lru "github.com/hashicorp/golang-lru/v2"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/klog/v2"
@@ -121,9 +122,29 @@ func ConnectorPEM(ctx context.Context, c *v1alpha1.Connector, get SecretGetter) 
 		}
 		return nil, &ConnectorCAError{Reason: reason, Namespace: c.Namespace, Secret: ref.Name, Err: err}
 	}
-	pem, err := CertificatesPEM(sec.Data)
+	pem, err := parsedCertificates(sec)
 	if err != nil {
 		return nil, &ConnectorCAError{Reason: ReasonInvalidPEM, Namespace: c.Namespace, Secret: ref.Name, Err: err}
 	}
 	return pem, nil
+}
+
+// parsed keeps CertificatesPEM's answer per Secret version (UID and resourceVersion): the
+// proxy resolves a Connector's trust on every request, and parsing certificates there each
+// time would be work for nothing. Bounded; an entry is never stale, a new version has a new key.
+var parsed, _ = lru.New[string, []byte](1024)
+
+func parsedCertificates(sec *corev1.Secret) ([]byte, error) {
+	key := string(sec.UID) + "/" + sec.ResourceVersion
+	if sec.UID == "" || sec.ResourceVersion == "" {
+		return CertificatesPEM(sec.Data) // not from the API server: nothing to key on
+	}
+	if pem, ok := parsed.Get(key); ok {
+		return pem, nil
+	}
+	pem, err := CertificatesPEM(sec.Data)
+	if err == nil {
+		parsed.Add(key, pem)
+	}
+	return pem, err
 }

@@ -154,3 +154,20 @@ func TestTransportsSharedPerBundle(t *testing.T) {
 		t.Fatalf("one transport per bundle expected, %d made", made)
 	}
 }
+
+func TestCertificatesParsedOncePerSecretVersion(t *testing.T) {
+	a, b := testCert(t, "a"), testCert(t, "b")
+	sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{UID: "u-1", ResourceVersion: "7"}, Data: map[string][]byte{"ca.crt": a}}
+	first, err := parsedCertificates(sec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sec.Data["ca.crt"] = b // the same version cannot change: the kept answer is returned
+	if again, _ := parsedCertificates(sec); !bytes.Equal(again, first) {
+		t.Fatal("the same Secret version was parsed again")
+	}
+	sec.ResourceVersion = "8"
+	if next, _ := parsedCertificates(sec); strings.Join(commonNames(t, next), ",") != "b" {
+		t.Fatal("a new Secret version was not parsed")
+	}
+}
