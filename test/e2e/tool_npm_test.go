@@ -3,9 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"crypto/sha1"
 	"crypto/tls"
-	"encoding/base64"
 	"fmt"
 	"maps"
 	"net"
@@ -20,7 +18,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -30,88 +27,30 @@ import (
 	"github.com/kube-connectors/connectors-csi/connectorstatus"
 	"github.com/kube-connectors/connectors-csi/test/gitserver"
 	"github.com/kube-connectors/connectors-csi/test/testca"
+	"github.com/kube-connectors/connectors-csi/test/verdaccio"
 )
 
-// verdaccio is a real npm registry (Verdaccio, installed by hack/tools/npm.sh) on loopback,
-// without uplinks, that lets only its htpasswd users read or publish.
-type verdaccio struct {
-	URL   string
-	Users []npmUser
-	log   *syncBuffer
-}
-
-type npmUser struct{ Name, Password string }
-
-// auth is the user's Basic Authorization header value.
-func (u npmUser) auth() string { return "Basic " + basic(u.Name, u.Password) }
+type npmUser = verdaccio.User
 
 // npmToolsDir is where hack/tools/npm.sh installs Verdaccio and Yarn.
 func npmToolsDir(t testing.TB) string {
 	t.Helper()
-	home, err := os.UserHomeDir()
+	dir, err := verdaccio.ToolsDir()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return filepath.Join(home, ".cache", "connectors-csi", "tools", "verdaccio", "node_modules")
+	return dir
 }
 
-// npmTools returns node and the Verdaccio entry point, failing when hack/tools.sh has not run.
-func npmTools(t testing.TB) (node, verdaccioMain string) {
+// startVerdaccio runs a Verdaccio on loopback with users users (test/verdaccio), stopped when
+// t ends.
+func startVerdaccio(t *testing.T, users int) *verdaccio.Server {
 	t.Helper()
-	node, err := exec.LookPath("node")
+	v, err := verdaccio.Start(t.TempDir(), users, verdaccio.Options{})
 	if err != nil {
-		t.Fatal("node is missing: run hack/tools.sh")
-	}
-	if _, err := exec.LookPath("npm"); err != nil {
-		t.Fatal("npm is missing: run hack/tools.sh")
-	}
-	main := filepath.Join(npmToolsDir(t), "verdaccio", "bin", "verdaccio")
-	if _, err := os.Stat(main); err != nil {
-		t.Fatalf("Verdaccio is missing (%v): run hack/tools.sh", err)
-	}
-	return node, main
-}
-
-// startVerdaccio runs Verdaccio on 127.0.0.1 with a config that has no uplinks (it never asks
-// the public registry) and requires an authenticated user for access and publish.
-func startVerdaccio(t *testing.T, users int) *verdaccio {
-	t.Helper()
-	node, main := npmTools(t)
-	dir := t.TempDir()
-	v := &verdaccio{log: &syncBuffer{}}
-	var htpasswd strings.Builder
-	for range users {
-		u := npmUser{Name: "ci-" + rand.String(6), Password: rand.String(24)}
-		sum := sha1.Sum([]byte(u.Password)) // the {SHA} scheme of Verdaccio's htpasswd
-		fmt.Fprintf(&htpasswd, "%s:{SHA}%s:autocreated 2026-01-01T00:00:00.000Z\n", u.Name, base64.StdEncoding.EncodeToString(sum[:]))
-		v.Users = append(v.Users, u)
-	}
-	writeFile(t, filepath.Join(dir, "htpasswd"), htpasswd.String())
-	addr := freeLoopbackAddr(t)
-	v.URL = "http://" + addr
-	writeFile(t, filepath.Join(dir, "config.yaml"), fmt.Sprintf(`storage: %s
-auth:
-  htpasswd:
-    file: %s
-    max_users: -1
-uplinks: {}
-packages:
-  '**':
-    access: $authenticated
-    publish: $authenticated
-    unpublish: $authenticated
-web:
-  enable: false
-log: {type: stdout, format: json, level: http}
-`, filepath.Join(dir, "storage"), filepath.Join(dir, "htpasswd")))
-	cmd := exec.Command(node, main, "--config", filepath.Join(dir, "config.yaml"), "--listen", addr)
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir}
-	cmd.Stdout, cmd.Stderr = v.log, v.log
-	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	waitHTTP(t, v.URL+"/-/ping", v.log)
+	t.Cleanup(v.Close)
 	return v
 }
 
@@ -120,18 +59,6 @@ func writeFile(t testing.TB, path, content string) {
 	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// waitHTTP waits (at most a minute) until url answers at all.
-func waitHTTP(t testing.TB, url string, log *syncBuffer) {
-	t.Helper()
-	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		if resp, err := http.Get(url); err == nil {
-			resp.Body.Close()
-			return
-		}
-	}
-	t.Fatalf("%s did not answer within a minute:\n%s", url, lastLines(log.String(), 20))
 }
 
 // headerTap is a transparent reverse proxy in front of a server that records the headers of
@@ -375,13 +302,13 @@ func TestToolNpmPublishAndInstall(t *testing.T) {
 
 	// The package is there for the Connector's credential only: not for none, nor for the Pod
 	// token in either scheme.
-	for _, auth := range []string{user.auth(), "", "Bearer " + token, "Basic " + basic(user.Name, token)} {
-		if got, want := directGet(t, v.URL+"/"+pkg, auth), auth == user.auth(); got != want {
+	for _, auth := range []string{user.Auth(), "", "Bearer " + token, "Basic " + basic(user.Name, token)} {
+		if got, want := directGet(t, v.URL+"/"+pkg, auth), auth == user.Auth(); got != want {
 			t.Errorf("Verdaccio served the package directly with Authorization %q: %v, want %v", strings.SplitN(auth, " ", 2)[0], got, want)
 		}
 	}
-	checkRegistrySawOnlyConnectorCredential(t, tap.headers(), user.auth(), token)
-	if log := v.log.String(); !strings.Contains(log, `"user":"`+user.Name+`"`) {
+	checkRegistrySawOnlyConnectorCredential(t, tap.headers(), user.Auth(), token)
+	if log := v.Log(); !strings.Contains(log, `"user":"`+user.Name+`"`) {
 		t.Errorf("Verdaccio's log names no request of user %s:\n%s", user.Name, lastLines(log, 20))
 	}
 	checkNoTokenInLogs(t, token, v.Users)
@@ -420,8 +347,8 @@ func TestToolNpmMirrorAndPublishConnectors(t *testing.T) {
 	npm(t, npmPackage(t, pkg), npmrc, cache, "publish", "--registry="+publish.URL+"/")
 	npmInstall(t, nil, npmrc, cache, pkg)
 
-	checkRegistrySawOnlyConnectorCredential(t, publish.headers(), publishUser.auth(), token)
-	checkRegistrySawOnlyConnectorCredential(t, mirror.headers(), mirrorUser.auth(), token)
+	checkRegistrySawOnlyConnectorCredential(t, publish.headers(), publishUser.Auth(), token)
+	checkRegistrySawOnlyConnectorCredential(t, mirror.headers(), mirrorUser.Auth(), token)
 	checkNoTokenInLogs(t, token, v.Users)
 }
 
@@ -493,6 +420,6 @@ func TestToolNpmHTTPSRegistry(t *testing.T) {
 	npmWith(t, trust, npmPackage(t, pkg), npmrc, cache, "publish")
 	npmInstall(t, trust, npmrc, cache, pkg)
 
-	checkRegistrySawOnlyConnectorCredential(t, tap.headers(), user.auth(), token)
+	checkRegistrySawOnlyConnectorCredential(t, tap.headers(), user.Auth(), token)
 	checkNoTokenInLogs(t, token, v.Users)
 }

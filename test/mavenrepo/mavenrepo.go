@@ -8,6 +8,7 @@ package mavenrepo
 
 import (
 	"bufio"
+	"cmp"
 	"crypto/rand"
 	"crypto/sha1"
 	"crypto/tls"
@@ -23,6 +24,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -73,18 +75,37 @@ func Missing() string {
 
 // Start runs nginx over http in dir (which must exist) until Close, the repository at /maven.
 func Start(dir string) (*Server, error) {
-	return StartAt(dir, "/maven", false)
+	return StartWith(dir, Options{})
 }
 
 // StartTLS is Start over https, with a certificate for Host from a new CA (Server.CA).
 func StartTLS(dir string) (*Server, error) {
-	return StartAt(dir, "/maven", true)
+	return StartWith(dir, Options{Secure: true})
 }
 
 // StartAt runs the repository at path (e.g. /repository/maven-public, as Nexus serves one),
 // over https when secure.
 func StartAt(dir, path string, secure bool) (*Server, error) {
-	path = "/" + strings.Trim(path, "/")
+	return StartWith(dir, Options{Path: path, Secure: secure})
+}
+
+// Options say where and how a repository runs; the zero value is Start's.
+type Options struct {
+	// Path is where the repository is served (default /maven).
+	Path string
+	// Secure serves https with a certificate for Addr's host from a new CA.
+	Secure bool
+	// Addr is the host:port nginx listens on (default a free port of Host). It must be
+	// reachable from this process, which waits for it to answer.
+	Addr string
+	// Wrap is a command nginx runs under, e.g. {"ip", "netns", "exec", "<name>"} to listen
+	// inside a network namespace; it must exec nginx in place (so that Close stops it).
+	Wrap []string
+}
+
+// StartWith runs a repository as o says, in dir (which must exist), until Close.
+func StartWith(dir string, o Options) (*Server, error) {
+	path := "/" + strings.Trim(cmp.Or(o.Path, "/maven"), "/")
 	s := &Server{Username: "deployer", Password: randomHex(), Root: filepath.Join(dir, "repo"), dir: dir}
 	for _, d := range []string{s.Root, filepath.Join(dir, "tmp")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -96,13 +117,20 @@ func StartAt(dir, path string, secure bool) (*Server, error) {
 	if err := os.WriteFile(filepath.Join(dir, "htpasswd"), []byte(htpasswd), 0o600); err != nil {
 		return nil, err
 	}
-	addr, err := freeAddr()
+	addr := o.Addr
+	if addr == "" {
+		var err error
+		if addr, err = freeAddr(); err != nil {
+			return nil, err
+		}
+	}
+	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("listen address %q: %w", addr, err)
 	}
 	listen, scheme := addr, "http"
-	if secure {
-		if err := s.writeCertificate(); err != nil {
+	if o.Secure {
+		if err := s.writeCertificate(net.ParseIP(host)); err != nil {
 			return nil, err
 		}
 		listen, scheme = addr+" ssl;\n    ssl_certificate "+dir+"/tls.crt;\n    ssl_certificate_key "+dir+"/tls.key", "https"
@@ -111,7 +139,8 @@ func StartAt(dir, path string, secure bool) (*Server, error) {
 	if err := os.WriteFile(conf, []byte(s.config(listen, path)), 0o600); err != nil {
 		return nil, err
 	}
-	s.cmd = exec.Command("nginx", "-p", dir, "-c", conf)
+	argv := append(slices.Clone(o.Wrap), "nginx", "-p", dir, "-c", conf)
+	s.cmd = exec.Command(argv[0], argv[1:]...)
 	s.cmd.Stderr = os.Stderr
 	if err := s.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start nginx: %w", err)
@@ -125,13 +154,13 @@ func StartAt(dir, path string, secure bool) (*Server, error) {
 	return s, nil
 }
 
-// writeCertificate issues the server's certificate from a new CA into dir/tls.crt and tls.key.
-func (s *Server) writeCertificate() error {
+// writeCertificate issues the server's certificate for ip from a new CA into dir/tls.crt and tls.key.
+func (s *Server) writeCertificate(ip net.IP) error {
 	ca, err := testca.New()
 	if err != nil {
 		return err
 	}
-	cert, err := ca.ServerCert([]net.IP{net.ParseIP(Host)})
+	cert, err := ca.ServerCert([]net.IP{ip})
 	if err != nil {
 		return err
 	}
