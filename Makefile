@@ -51,6 +51,7 @@ fuzz: ## each fuzzer for FUZZTIME (1m, or a count such as 500x); a failing input
 
 e2e: ## the real-node lane: kubelet + containerd + the driver + Tekton, real Pods (root)
 	hack/e2e-deps.sh
+	hack/tools.sh
 	TESTBIN_KUBELET=1 hack/testbin.sh >/dev/null
 	TEKTON_DIR=$$(hack/tekton.sh | tail -n1) KUBEBUILDER_ASSETS=$(TESTBIN) go test -tags realnode -count=1 -timeout 25m ./test/realnode/
 

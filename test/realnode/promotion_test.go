@@ -41,7 +41,7 @@ func TestApprovalGatedPromotionExample(t *testing.T) {
 
 	ns := "promotion"
 	createNamespace(t, ns)
-	applyOCIClass(t)
+	applyClass(t, "oci.yaml")
 	example := exampleWith(t, filepath.Join(controlplane.RepoRoot(), "deploy", "examples", "tekton", "approval-gated-promotion.yaml"),
 		"namespace: team", "namespace: "+ns,
 		"https://registry.prod.example.com", prod.URL,
@@ -94,10 +94,10 @@ func TestApprovalGatedPromotionExample(t *testing.T) {
 	}
 }
 
-// applyOCIClass applies the built-in oci class (tests share it).
-func applyOCIClass(t *testing.T) {
+// applyClass applies a built-in class of deploy/classes by its file name (tests share them).
+func applyClass(t *testing.T, file string) {
 	t.Helper()
-	if _, err := node.CP.Kubectl(nil, "apply", "-f", filepath.Join(controlplane.RepoRoot(), "deploy", "classes", "oci.yaml")); err != nil {
+	if _, err := node.CP.Kubectl(nil, "apply", "-f", filepath.Join(controlplane.RepoRoot(), "deploy", "classes", file)); err != nil {
 		t.Fatal(err)
 	}
 }

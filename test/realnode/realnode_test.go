@@ -22,6 +22,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	storagev1 "k8s.io/api/storage/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
@@ -63,23 +64,6 @@ func runLane(m *testing.M) (int, error) {
 			return 1, fmt.Errorf("go build %s: %v: %s", pkg, err, b)
 		}
 	}
-	images := map[string]string{
-		"localhost/pause:e2e":          filepath.Join(work, "pause.tar"),
-		"localhost/busybox:e2e":        filepath.Join(work, "busybox.tar"),
-		"localhost/crane:e2e":          filepath.Join(work, "crane.tar"),
-		"localhost/connectors-csi:e2e": filepath.Join(work, "driver.tar"),
-	}
-	gitFiles, err := gitImage()
-	if err != nil {
-		return 1, err
-	}
-	images["localhost/git:e2e"] = filepath.Join(work, "git.tar")
-	if err := buildImage(gitFiles, "localhost/git:e2e", images["localhost/git:e2e"], "/bin/sh"); err != nil {
-		return 1, err
-	}
-	if err := buildImage(files{"connectors-csi": bin, "tmp": ""}, "localhost/connectors-csi:e2e", images["localhost/connectors-csi:e2e"], "/connectors-csi"); err != nil {
-		return 1, err
-	}
 	// The crane image carries crane and an image to push.
 	payload := filepath.Join(work, "payload.tar")
 	if err := randomImage(payload); err != nil {
@@ -87,14 +71,28 @@ func runLane(m *testing.M) (int, error) {
 	}
 	craneFiles := busybox()
 	craneFiles["bin/crane"], craneFiles["payload.tar"] = crane, payload
-	if err := buildImage(craneFiles, "localhost/crane:e2e", images["localhost/crane:e2e"], "/bin/sh"); err != nil {
-		return 1, err
-	}
-	if err := buildImage(files{"pause": pause}, "localhost/pause:e2e", images["localhost/pause:e2e"], "/pause"); err != nil {
-		return 1, err
-	}
-	if err := buildImage(busybox(), "localhost/busybox:e2e", images["localhost/busybox:e2e"], "/bin/sh"); err != nil {
-		return 1, err
+	images := map[string]string{}
+	for _, im := range []struct {
+		ref        string
+		files      func() (files, error)
+		entrypoint string
+	}{
+		{"localhost/pause:e2e", fixed(files{"pause": pause}), "/pause"},
+		{"localhost/busybox:e2e", fixed(busybox()), "/bin/sh"},
+		{"localhost/crane:e2e", fixed(craneFiles), "/bin/sh"},
+		{"localhost/connectors-csi:e2e", fixed(files{"connectors-csi": bin, "tmp": ""}), "/connectors-csi"},
+		{"localhost/git:e2e", gitImage, "/bin/sh"},
+		{"localhost/maven:e2e", mavenImage, "/bin/sh"},
+		{"localhost/node:e2e", nodeImage, "/bin/sh"},
+	} {
+		fs, err := im.files()
+		if err != nil {
+			return 1, fmt.Errorf("image %s: %w", im.ref, err)
+		}
+		images[im.ref] = filepath.Join(work, strings.NewReplacer("localhost/", "", ":e2e", ".tar").Replace(im.ref))
+		if err := buildImage(fs, im.ref, images[im.ref], im.entrypoint); err != nil {
+			return 1, fmt.Errorf("image %s: %w", im.ref, err)
+		}
 	}
 	node, err = Up(context.Background(), bin, images)
 	defer func() {
@@ -232,7 +230,7 @@ func scriptPod(ns, name, results, script string) *corev1.Pod {
 
 // configurationOf is the configuration a test's volume of each Connector renders (without
 // configuration.names a volume holds only the built-in files).
-var configurationOf = map[string]string{"git": "gitconfig", "secure": "gitconfig", "registry": "registry-config"}
+var configurationOf = map[string]string{"git": "gitconfig", "secure": "gitconfig", "registry": "registry-config", "npm": "npmrc"}
 
 // imagePod is scriptPod with another image and Connector.
 func imagePod(ns, name, results, script, image, connector string) *corev1.Pod {
@@ -288,24 +286,30 @@ func allowGet(t *testing.T, ns, connector string) {
 // ServiceAccount builder that may get it.
 func setupNamespace(t *testing.T, ns string) *gitserver.Server {
 	t.Helper()
-	ctx := context.Background()
-	kube := node.CP.Kube
 	tool := startGitTool(t, false)
 	createNamespace(t, ns)
-	if _, err := kube.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "git-auth"},
-		Type: corev1.SecretTypeBasicAuth, StringData: map[string]string{"username": tool.Username, "password": tool.Password}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if err := node.CP.Client.Create(ctx, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: "git", Namespace: ns},
-		Spec: v1alpha1.ConnectorSpec{ConnectorClassName: "git", Address: tool.URL,
-			Auth: &v1alpha1.ConnectorAuth{Name: "basicAuth", SecretRef: &v1alpha1.SecretRef{Name: "git-auth"}}}}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := kube.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "builder"}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	allowGet(t, ns, "git")
+	createConnector(t, ns, "git", "git", tool.URL, tool.Username, tool.Password)
 	return tool
+}
+
+// createConnector creates, in ns, a Connector of class at address with a Basic credential
+// (Secret <name>-auth), and ServiceAccount builder that may get it.
+func createConnector(t *testing.T, ns, name, class, address, username, password string) {
+	t.Helper()
+	ctx, kube := context.Background(), node.CP.Kube
+	if _, err := kube.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name + "-auth"},
+		Type: corev1.SecretTypeBasicAuth, StringData: map[string]string{"username": username, "password": password}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := node.CP.Client.Create(ctx, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Spec: v1alpha1.ConnectorSpec{ConnectorClassName: class, Address: address,
+			Auth: &v1alpha1.ConnectorAuth{Name: "basicAuth", SecretRef: &v1alpha1.SecretRef{Name: name + "-auth"}}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kube.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "builder"}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	allowGet(t, ns, name)
 }
 
 // TestRestartsKeepVolumes restarts the driver, then kubelet, under a running Pod: the
@@ -510,7 +514,7 @@ func TestPodPushesAndPullsImage(t *testing.T) {
 	reg := startRegistryTool(t)
 	ns := "registry"
 	setupNamespace(t, ns)
-	applyOCIClass(t)
+	applyClass(t, "oci.yaml")
 	if _, err := kube.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "registry-auth"},
 		Type: v1alpha1.SecretTypeDistributionRegistryAuth, StringData: map[string]string{"username": reg.Username, "password": reg.Password}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)

@@ -4,7 +4,6 @@
 package verdaccio
 
 import (
-	"bytes"
 	"cmp"
 	"crypto/rand"
 	"crypto/sha1"
@@ -18,7 +17,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 )
 
@@ -30,7 +28,7 @@ type Server struct {
 	// URL is the registry's address, http://<addr>.
 	URL   string
 	Users []User
-	log   syncBuffer
+	dir   string
 	cmd   *exec.Cmd
 }
 
@@ -80,7 +78,7 @@ func Start(dir string, users int, o Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{}
+	s := &Server{dir: dir}
 	var htpasswd strings.Builder
 	for range users {
 		u := User{Name: "ci-" + randomHex(3), Password: randomHex(12)}
@@ -118,7 +116,12 @@ log: {type: stdout, format: json, level: http}
 	argv := append(slices.Clone(o.Wrap), node, main, "--config", filepath.Join(dir, "config.yaml"), "--listen", addr)
 	s.cmd = exec.Command(argv[0], argv[1:]...)
 	s.cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir}
-	s.cmd.Stdout, s.cmd.Stderr = &s.log, &s.log
+	log, err := os.Create(filepath.Join(dir, "verdaccio.log"))
+	if err != nil {
+		return nil, err
+	}
+	defer log.Close() // the child has its own descriptor
+	s.cmd.Stdout, s.cmd.Stderr = log, log
 	if err := s.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start verdaccio: %w", err)
 	}
@@ -144,7 +147,10 @@ func (s *Server) waitReady() error {
 
 // Log is what Verdaccio printed so far (one JSON object per line, a request's user among its
 // fields).
-func (s *Server) Log() string { return s.log.String() }
+func (s *Server) Log() string {
+	b, _ := os.ReadFile(filepath.Join(s.dir, "verdaccio.log"))
+	return string(b)
+}
 
 // Close stops Verdaccio.
 func (s *Server) Close() {
@@ -157,23 +163,6 @@ func (s *Server) Close() {
 // Auth is u's Basic Authorization header value.
 func (u User) Auth() string {
 	return "Basic " + base64.StdEncoding.EncodeToString([]byte(u.Name+":"+u.Password))
-}
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 func freeLoopbackAddr() (string, error) {
