@@ -7,13 +7,13 @@ package access
 import (
 	"context"
 	"errors"
-	"maps"
 	"net"
 	"net/url"
 	"slices"
 	"strings"
 	"time"
 
+	"github.com/hashicorp/golang-lru/v2/expirable"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"golang.org/x/sync/singleflight"
@@ -28,6 +28,8 @@ import (
 	authzwebhook "k8s.io/apiserver/plugin/pkg/authorizer/webhook"
 	authzmetrics "k8s.io/apiserver/plugin/pkg/authorizer/webhook/metrics"
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/kube-connectors/connectors-csi/cachemetrics"
 )
 
 var (
@@ -51,7 +53,14 @@ type Config struct {
 	TokenTTL  time.Duration // authenticated tokens
 	AllowTTL  time.Duration // allowed SubjectAccessReviews
 	DenyTTL   time.Duration // denied SubjectAccessReviews and rejected tokens
+	// CacheName reports the decision cache's size as connectors_cache_entries{cache=<name>}
+	// (empty: not reported).
+	CacheName string
 }
+
+// decisionCacheSize bounds the decisions a Reviewer keeps: a node's Pods times the Connectors
+// each uses is far below it; past it the least recently used go first.
+const decisionCacheSize = 8192
 
 // Reviewer answers who and may-they questions with cached API server reviews. Only tokens
 // that are well-formed, unexpired JWTs for the audiences are sent for review.
@@ -63,6 +72,18 @@ type Reviewer struct {
 	// has no request coalescing, so when an entry expires under load every waiting request
 	// would send its own SubjectAccessReview.
 	inflight singleflight.Group
+	// decisions answers repeated questions before the webhook authorizer, whose own cache
+	// builds its key with json.Marshal and records metrics on every lookup: that was a tenth
+	// of a proxied request's CPU and allocations (docs/benchmarks.md). Its TTLs are the
+	// webhook cache's, so a decision lives no longer than it did.
+	decisions         *expirable.LRU[string, decision]
+	allowTTL, denyTTL time.Duration
+}
+
+type decision struct {
+	decision authorizer.Decision
+	reason   string
+	expires  time.Time
 }
 
 // A failed review is not retried here: the client (kubelet, git) retries.
@@ -83,12 +104,19 @@ func New(kube kubernetes.Interface, cfg Config) (*Reviewer, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Reviewer{
+	r := &Reviewer{
 		audiences: cfg.Audiences,
 		tokens: cache.New(jwtPrecheck{audiences: cfg.Audiences, next: rejectionsAreAnswers{tokenAuth}, now: time.Now},
 			false, cfg.TokenTTL, cfg.DenyTTL),
-		authz: authz,
-	}, nil
+		authz:     authz,
+		decisions: expirable.NewLRU[string, decision](decisionCacheSize, nil, max(cfg.AllowTTL, cfg.DenyTTL, time.Second)),
+		allowTTL:  cfg.AllowTTL,
+		denyTTL:   cfg.DenyTTL,
+	}
+	if cfg.CacheName != "" {
+		cachemetrics.Register(cfg.CacheName, r.decisions.Len)
+	}
+	return r, nil
 }
 
 // AuthenticateToken returns the user a token belongs to, or ok=false when the API server does
@@ -110,32 +138,66 @@ func (r *Reviewer) AuthenticateToken(ctx context.Context, token string) (user.In
 
 // Authorize asks whether attrs are allowed.
 func (r *Reviewer) Authorize(ctx context.Context, attrs authorizer.Attributes) (authorizer.Decision, string, error) {
-	type answer struct {
-		decision authorizer.Decision
-		reason   string
+	key := attributesKey(attrs)
+	if d, ok := r.decisions.Get(key); ok && time.Now().Before(d.expires) {
+		return d.decision, d.reason, nil
 	}
-	v, err, _ := r.inflight.Do(attributesKey(attrs), func() (any, error) {
+	v, err, _ := r.inflight.Do(key, func() (any, error) {
 		d, reason, err := r.authz.Authorize(ctx, attrs)
-		return answer{d, reason}, err
+		ttl := r.denyTTL
+		if d == authorizer.DecisionAllow {
+			ttl = r.allowTTL
+		}
+		if err == nil && ttl > 0 {
+			r.decisions.Add(key, decision{decision: d, reason: reason, expires: time.Now().Add(ttl)})
+		}
+		return decision{decision: d, reason: reason}, err
 	})
-	a, _ := v.(answer)
-	return a.decision, a.reason, err
+	d, _ := v.(decision)
+	return d.decision, d.reason, err
 }
 
-// attributesKey identifies a resource authorization question.
+// attributesKey identifies a resource authorization question: every attribute the webhook
+// authorizer sends, NUL-separated, the user's extra sorted by key. One allocation.
 func attributesKey(a authorizer.Attributes) string {
 	u := a.GetUser()
+	fields := [...]string{u.GetName(), u.GetUID(), a.GetVerb(), a.GetNamespace(), a.GetAPIGroup(), a.GetAPIVersion(),
+		a.GetResource(), a.GetSubresource(), a.GetName(), a.GetPath()}
+	groups, extra := u.GetGroups(), u.GetExtra()
+	keys := make([]string, 0, 8) // on the stack for the few keys of a token's extra
+	size := 0
+	for _, f := range fields {
+		size += len(f) + 1
+	}
+	for _, g := range groups {
+		size += len(g) + 1
+	}
+	for k, vs := range extra {
+		keys = append(keys, k)
+		size += len(k) + 2
+		for _, v := range vs {
+			size += len(v) + 1
+		}
+	}
+	slices.Sort(keys)
 	var b strings.Builder
-	for _, s := range []string{u.GetName(), u.GetUID(), strings.Join(u.GetGroups(), ","), a.GetVerb(), a.GetNamespace(),
-		a.GetAPIGroup(), a.GetResource(), a.GetSubresource(), a.GetName(), a.GetPath()} {
-		b.WriteString(s)
+	b.Grow(size + 1)
+	for _, f := range fields {
+		b.WriteString(f)
 		b.WriteByte(0)
 	}
-	extra := u.GetExtra()
-	for _, k := range slices.Sorted(maps.Keys(extra)) {
+	for _, g := range groups {
+		b.WriteString(g)
+		b.WriteByte(1) // groups and extra values are lists: their own separator
+	}
+	b.WriteByte(0)
+	for _, k := range keys {
 		b.WriteString(k)
 		b.WriteByte('=')
-		b.WriteString(strings.Join(extra[k], ","))
+		for _, v := range extra[k] {
+			b.WriteString(v)
+			b.WriteByte(1)
+		}
 		b.WriteByte(0)
 	}
 	return b.String()

@@ -85,7 +85,7 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	if metrics != nil {
 		ready := func() bool { return nodeReady.Load() && controllerReady.Load() }
-		g.Go(func() error { return serveMetrics(ctx, metrics, ready, csiSocket) })
+		g.Go(func() error { return serveMetrics(ctx, metrics, ready, csiSocket, o.Profiling) })
 	}
 	klog.FromContext(ctx).Info("Driver started", "version", Version, "role", o.Role, "driver", o.DriverName, "node", o.NodeID,
 		"endpoint", o.Endpoint, "proxyURL", o.ProxyURL)

@@ -37,18 +37,20 @@ const (
 // Options are the driver's settings, one flag each (SPEC §3.6).
 type Options struct {
 	// Role is what the process runs: RoleNode, RoleController or RoleAll.
-	Role               string
-	Endpoint           string
-	NodeID             string
-	DriverName         string
-	Kubeconfig         string
-	SystemNamespace    string
-	StateDir           string
-	ProxyListen        string
-	ProxyURL           string
-	NoProxy            string
-	TokenAudience      string
-	MetricsListen      string
+	Role            string
+	Endpoint        string
+	NodeID          string
+	DriverName      string
+	Kubeconfig      string
+	SystemNamespace string
+	StateDir        string
+	ProxyListen     string
+	ProxyURL        string
+	NoProxy         string
+	TokenAudience   string
+	MetricsListen   string
+	// Profiling serves net/http/pprof under /debug/pprof/ on the metrics listener.
+	Profiling          bool
 	LeaderElect        bool
 	VolumeSizeLimit    string
 	KubeletRegDir      string
@@ -145,6 +147,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.NoProxy, "no-proxy", "localhost,127.0.0.1,::1", "no_proxy value written into each volume's .env")
 	fs.StringVar(&o.TokenAudience, "token-audience", "connectors-csi", "audience of the projected token the driver expects and the proxy accepts")
 	fs.StringVar(&o.MetricsListen, "metrics-listen", ":9090", "listener of /metrics, /healthz and /readyz (empty: off)")
+	fs.BoolVar(&o.Profiling, "profiling", false, "also serve Go's profiles (/debug/pprof/) on --metrics-listen, which has no authentication: keep that listener off the network when on")
 	fs.BoolVar(&o.LeaderElect, "leader-elect", true, "run the controllers (controller and all roles) under a Lease")
 	fs.StringVar(&o.VolumeSizeLimit, "volume-size-limit", "4Mi", "tmpfs size of each volume")
 	fs.StringVar(&o.KubeletRegDir, "kubelet-registration-dir", "", "serve kubelet's plugin-registration API from a socket here (empty: off)")

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"time"
@@ -117,11 +118,18 @@ func serveHTTP(ctx context.Context, lis net.Listener, srv *http.Server, what str
 	return nil
 }
 
-// serveMetrics serves /metrics, /healthz and /readyz until ctx is done. /healthz is what the
-// livenessprobe sidecar would check: that the CSI socket answers a Probe.
-func serveMetrics(ctx context.Context, lis net.Listener, ready func() bool, csiSocket string) error {
+// serveMetrics serves /metrics, /healthz and /readyz (and, with profiling, /debug/pprof/)
+// until ctx is done. /healthz is what the livenessprobe sidecar would check: that the CSI
+// socket answers a Probe.
+func serveMetrics(ctx context.Context, lis net.Listener, ready func() bool, csiSocket string, profiling bool) error {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.Handler())
+	if profiling {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		if csiSocket == "" { // the controller role serves no CSI socket: alive is healthy
 			_, _ = w.Write([]byte("ok"))

@@ -115,6 +115,7 @@ type Proxy struct {
 	leaves     *leaves
 	registry   *registryTokens
 	reverse    *httputil.ReverseProxy
+	direct     *directTransport
 	// passthrough takes forward-proxy destinations no named Connector covers.
 	passthrough *passthrough
 }
@@ -147,6 +148,7 @@ func New(objects client.Reader, reviewer Reviewer, flags *features.Source, kube 
 	if cfg.Permissions == nil {
 		cfg.Permissions = reviewer
 	}
+	p.direct = newDirectTransport(directMaxIdlePerHost, directIdleTimeout)
 	p.perms = newPermissions(cfg.Permissions, cfg.PermissionAllowTTL, cfg.PermissionDenyTTL, cfg.PermissionCacheSize)
 	p.reverse = &httputil.ReverseProxy{
 		Rewrite:        rewrite,
@@ -320,6 +322,9 @@ func (t routeTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	rt := r.Context().Value(routeKey{}).(*route)
 	if rt.cred.registry != nil {
 		return t.p.registry.roundTrip(rt.transport, rt.cred.registry, r)
+	}
+	if tr, ok := rt.transport.(*http.Transport); ok && t.p.direct.takes(tr, r) {
+		return t.p.direct.RoundTrip(tr, r)
 	}
 	return rt.transport.RoundTrip(r)
 }

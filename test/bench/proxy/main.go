@@ -1,50 +1,45 @@
-// Command proxy benchmarks the Connectors proxy on loopback, side by side in one run: direct
-// to the upstream, through the proxy as a reverse proxy and as a forward proxy, and through
-// nginx configured to inject the same credential header, for 1 KiB and 1 MiB responses with
-// keep-alive at a fixed concurrency. It prints a Markdown table: requests/s, p50/p99 latency,
-// allocations per proxied request, and TokenReview/SubjectAccessReview round trips per 1000
-// requests. Every request loop is bounded in count and time, and all traffic stays on loopback.
+// Command proxy benchmarks the Connectors proxy on loopback, side by side in one run, against
+// nginx configured to inject the same credential header. The driver runs as its own process
+// (bin/connectors-csi, node role: what the DaemonSet runs), so that its CPU time per request
+// can be read from /proc and set against nginx's workers'. Each case is driven by two load
+// generators, Debian's wrk (C, one thread) and a Go client, at the same keep-alive
+// concurrency, for 1 KiB and 1 MiB responses: directly, through the proxy as a reverse and as
+// a forward proxy, with Rego generators, through CONNECT (TLS terminated by the proxy) against
+// nginx terminating TLS, and with enable-connector-proxy-permissions on. It prints a Markdown
+// table. Every request loop is bounded in count and time, and all traffic stays on loopback.
 package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"runtime"
-	"runtime/pprof"
-	"slices"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
-	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/klog/v2"
 
-	"github.com/kube-connectors/connectors-csi/access"
-	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
-	"github.com/kube-connectors/connectors-csi/driver"
+	"github.com/kube-connectors/connectors-csi/features"
 	"github.com/kube-connectors/connectors-csi/test/controlplane"
 )
 
 var (
 	concurrency = flag.Int("c", 32, "concurrent keep-alive connections")
-	duration    = flag.Duration("d", 4*time.Second, "time per case (bounded)")
-	maxRequests = flag.Int("n", 200000, "request cap per case")
-	cpuProfile  = flag.String("cpuprofile", "", "write a CPU profile of the run (driver included) to this file")
-	memProfile  = flag.String("memprofile", "", "write an allocation profile of the run to this file")
+	duration    = flag.Duration("d", 4*time.Second, "time per case (bounded; whole seconds for wrk)")
+	maxRequests = flag.Int("n", 400000, "request cap per case (Go generator)")
+	cpuProfile  = flag.String("cpuprofile", "", "write a CPU profile of the driver process, over every case, to this file")
+	memProfile  = flag.String("memprofile", "", "write the driver process's allocation profile (since it started) to this file at the end")
 	sizes       = flag.String("sizes", "1k,1m", "response sizes to measure (1k, 1m), comma-separated")
+	generators  = flag.String("generators", "wrk,go", "load generators (wrk, go), comma-separated")
+	only        = flag.String("only", "", "measure only the paths whose name contains this")
 )
 
 const (
@@ -56,37 +51,44 @@ const (
 
 func main() {
 	flag.Parse()
-	if *cpuProfile != "" {
-		f, err := os.Create(*cpuProfile)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
-		}
-		_ = pprof.StartCPUProfile(f)
-		defer pprof.StopCPUProfile()
-	}
-	klog.SetOutput(io.Discard)
-	klog.LogToStderr(false)
-	if *memProfile != "" {
-		runtime.MemProfileRate = 64 << 10
-		defer func() {
-			if f, err := os.Create(*memProfile); err == nil {
-				_ = pprof.Lookup("allocs").WriteTo(f, 0)
-				f.Close()
-			}
-		}()
-	}
 	if err := run(); err != nil {
-		pprof.StopCPUProfile()
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
 }
 
+// target is one path to the tool: how each generator reaches it, and whose CPU it costs.
+type target struct {
+	name string
+	// goClient and goURL drive the Go generator; wrk is nil when wrk cannot take this path
+	// (a CONNECT tunnel).
+	goClient *http.Client
+	goURL    func(size string) string
+	header   http.Header
+	wrk      func(size string) *request
+	// baseline names the nginx path this one is compared with.
+	baseline string
+	// pids are the processes doing the proxying (nil: none, the direct path); driver says
+	// they are the driver's, whose counters are read from its metrics.
+	pids   func() []int
+	driver bool
+	// permissions: measured with enable-connector-proxy-permissions on.
+	permissions bool
+}
+
+type row struct {
+	size, path, generator string
+	res                   result
+	cpuPerReq             time.Duration
+	driver                bool
+	allocs, trs, sars     float64
+	baseline              string
+}
+
 func run() error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	upstream, err := startUpstream()
+	up, err := startUpstream()
 	if err != nil {
 		return err
 	}
@@ -95,339 +97,273 @@ func run() error {
 		return err
 	}
 	defer cp.Stop()
-	token, proxyAddr, err := startDriver(ctx, cp, upstream)
+	token, err := createObjects(ctx, cp, up)
 	if err != nil {
 		return err
 	}
-	cred := "Basic " + base64.StdEncoding.EncodeToString([]byte(toolUser+":"+toolPass))
-	type target struct {
-		name   string
-		client *http.Client
-		url    func(size string) string
-		header http.Header
-		proxy  bool
+	drv, err := startDriverProcess(cp)
+	if err != nil {
+		return err
 	}
-	direct := func(p func(*http.Request) (*url.URL, error)) *http.Client {
-		return &http.Client{Transport: &http.Transport{Proxy: p, MaxIdleConnsPerHost: *concurrency, DisableCompression: true}}
+	defer drv.stop()
+	ngx, err := startNginx(up)
+	if err != nil {
+		return err
 	}
-	fwd, _ := url.Parse("http://" + proxyAddr)
-	fwd.User = url.UserPassword(ns+"/tool", token)
-	targets := []target{
-		{"direct", direct(nil), func(s string) string { return upstream + "/" + s }, http.Header{"Authorization": {cred}}, false},
-		{"connectors proxy (reverse)", direct(nil), func(s string) string {
-			return "http://" + proxyAddr + "/namespaces/" + ns + "/connectors/tool/" + s
-		}, http.Header{"Authorization": {"Bearer " + token}}, true},
-		{"connectors proxy (forward)", direct(http.ProxyURL(fwd)), func(s string) string { return upstream + "/" + s }, nil, true},
-		// The same Basic credential, computed by Alauda's generator.rego example over an Opaque
-		// Secret instead of the built-in injection of a basic-auth Secret.
-		{"connectors proxy (reverse, Rego generator of the Secret)", direct(nil), func(s string) string {
-			return "http://" + proxyAddr + "/namespaces/" + ns + "/connectors/tool-rego/" + s
-		}, http.Header{"Authorization": {"Bearer " + token}}, true},
-		{"connectors proxy (reverse, Rego generator reading the request)", direct(nil), func(s string) string {
-			return "http://" + proxyAddr + "/namespaces/" + ns + "/connectors/tool-rego-request/" + s
-		}, http.Header{"Authorization": {"Bearer " + token}}, true},
+	defer ngx.stop()
+	targets, err := makeTargets(ctx, cp, up, drv, ngx, token)
+	if err != nil {
+		return err
 	}
-	if nginxAddr, stop, err := startNginx(upstream, cred); err == nil {
+	work, err := os.MkdirTemp("", "bench-proxy-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+	if *cpuProfile != "" {
+		stop := profile(drv.metricsAddr, *cpuProfile, cases(targets))
 		defer stop()
-		targets = append(targets, target{"nginx (header-injecting reverse proxy)", direct(nil),
-			func(s string) string { return "http://" + nginxAddr + "/" + s }, nil, false})
-	} else {
-		fmt.Fprintln(os.Stderr, "nginx not measured:", err)
 	}
-
-	fmt.Printf("Concurrency %d, keep-alive, %s per case, %d CPUs.\n\n", *concurrency, *duration, runtime.NumCPU())
-	fmt.Println("| size | path | req/s | × direct | p50 | p99 | allocs/req | TokenReviews /1000 | SARs /1000 |")
-	fmt.Println("|---|---|---|---|---|---|---|---|---|")
-	for _, size := range strings.Split(*sizes, ",") {
-		var directRate float64
-		for _, tg := range targets {
-			tr0, sar0 := access.Reviews()
-			var m0, m1 runtime.MemStats
-			runtime.ReadMemStats(&m0)
-			res, err := load(tg.client, tg.url(size), tg.header)
-			if err != nil {
-				return fmt.Errorf("%s %s: %w", tg.name, size, err)
+	var rows []row
+	for _, permissions := range []bool{false, true} {
+		if permissions {
+			if err := setProxyPermissions(ctx, cp); err != nil {
+				return err
 			}
-			runtime.ReadMemStats(&m1)
-			tr1, sar1 := access.Reviews()
-			if tg.name == "direct" {
-				directRate = res.rate
+		}
+		for _, size := range strings.Split(*sizes, ",") {
+			for _, tg := range targets {
+				if tg.permissions != permissions || !strings.Contains(tg.name, *only) {
+					continue
+				}
+				for _, gen := range strings.Split(*generators, ",") {
+					r, ok, err := measure(work, tg, size, gen, drv)
+					if err != nil {
+						return fmt.Errorf("%s %s %s: %w", tg.name, size, gen, err)
+					}
+					if ok {
+						rows = append(rows, r)
+					}
+				}
 			}
-			allocs, reviews, sars := "—", "—", "—"
-			if tg.proxy {
-				// The load generator allocates too; this is an upper bound for the proxy.
-				allocs = fmt.Sprintf("%.0f", float64(m1.Mallocs-m0.Mallocs)/float64(res.n))
-				reviews = fmt.Sprintf("%.2f", (tr1-tr0)*1000/float64(res.n))
-				sars = fmt.Sprintf("%.2f", (sar1-sar0)*1000/float64(res.n))
-			}
-			fmt.Printf("| %s | %s | %.0f | %.2f | %s | %s | %s | %s | %s |\n", "1"+sizeName(size), tg.name,
-				res.rate, res.rate/directRate, res.p50, res.p99, allocs, reviews, sars)
 		}
 	}
+	printTable(rows)
+	if *memProfile != "" {
+		return fetch("http://"+drv.metricsAddr+"/debug/pprof/allocs", *memProfile)
+	}
 	return nil
+}
+
+// fetch writes what url answers to file.
+func fetch(url, file string) error {
+	res, err := http.Get(url)
+	if err != nil {
+		return err
+	}
+	defer res.Body.Close()
+	f, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = io.Copy(f, res.Body)
+	return err
+}
+
+// makeTargets is every path measured. The proxy's paths wait until the driver serves them.
+func makeTargets(ctx context.Context, cp *controlplane.ControlPlane, up *upstream, drv *driverProcess, ngx *nginxServer, token string) ([]target, error) {
+	plain := func(p func(*http.Request) (*url.URL, error), roots *tls.Config) *http.Client {
+		return &http.Client{Transport: &http.Transport{Proxy: p, MaxIdleConnsPerHost: *concurrency, DisableCompression: true, TLSClientConfig: roots}}
+	}
+	fwd, _ := url.Parse("http://" + drv.proxyAddr)
+	fwd.User = url.UserPassword(ns+"/tool", token)
+	fwdTLS, _ := url.Parse("http://" + drv.proxyAddr)
+	fwdTLS.User = url.UserPassword(ns+"/tool-tls", token)
+	bearer := http.Header{"Authorization": {"Bearer " + token}}
+	reverse := func(connector string) func(string) string {
+		return func(s string) string {
+			return "http://" + drv.proxyAddr + "/namespaces/" + ns + "/connectors/" + connector + "/" + s
+		}
+	}
+	reverseWrk := func(connector string) func(string) *request {
+		return func(s string) *request {
+			return &request{connect: "http://" + drv.proxyAddr, path: "/namespaces/" + ns + "/connectors/" + connector + "/" + s, header: bearer}
+		}
+	}
+	// The first CONNECT makes the proxy's CA; trust it from then on.
+	insecure := plain(http.ProxyURL(fwdTLS), &tls.Config{InsecureSkipVerify: true}) //nolint:gosec // only to make the CA
+	if err := waitReady(insecure, []string{up.tlsURL + "/1k"}, nil); err != nil {
+		return nil, err
+	}
+	roots, err := proxyCA(ctx, cp)
+	if err != nil {
+		return nil, err
+	}
+	nginxRoots := tlsRoots(ngx.caPEM)
+	targets := []target{
+		// direct's CPU is this process's: the Go upstream serving it, a Go HTTP server's own
+		// cost per request (with the Go generator, the generator's too).
+		{name: "direct", goClient: plain(nil, nil), goURL: func(s string) string { return up.url + "/" + s },
+			header: http.Header{"Authorization": {basicCredential()}}, pids: func() []int { return []int{os.Getpid()} },
+			wrk: func(s string) *request {
+				return &request{connect: up.url, path: "/" + s, header: http.Header{"Authorization": {basicCredential()}}}
+			}},
+		{name: "nginx (header-injecting reverse proxy)", goClient: plain(nil, nil), goURL: func(s string) string { return "http://" + ngx.addr + "/" + s },
+			wrk:  func(s string) *request { return &request{connect: "http://" + ngx.addr, path: "/" + s} },
+			pids: ngx.pids},
+		{name: "connectors proxy (reverse)", goClient: plain(nil, nil), goURL: reverse("tool"), header: bearer, wrk: reverseWrk("tool"),
+			baseline: "nginx (header-injecting reverse proxy)", pids: drv.pids, driver: true},
+		{name: "connectors proxy (forward)", goClient: plain(http.ProxyURL(fwd), nil), goURL: func(s string) string { return up.url + "/" + s },
+			wrk: func(s string) *request {
+				return &request{connect: "http://" + drv.proxyAddr, path: up.url + "/" + s,
+					header: http.Header{"Proxy-Authorization": {basicOf(ns+"/tool", token)}}}
+			},
+			baseline: "nginx (header-injecting reverse proxy)", pids: drv.pids, driver: true},
+		{name: "connectors proxy (reverse, Rego generator of the Secret)", goClient: plain(nil, nil), goURL: reverse("tool-rego"), header: bearer,
+			wrk: reverseWrk("tool-rego"), baseline: "nginx (header-injecting reverse proxy)", pids: drv.pids, driver: true},
+		{name: "connectors proxy (reverse, Rego generator reading the request)", goClient: plain(nil, nil), goURL: reverse("tool-rego-request"), header: bearer,
+			wrk: reverseWrk("tool-rego-request"), baseline: "nginx (header-injecting reverse proxy)", pids: drv.pids, driver: true},
+		{name: "nginx (TLS in, proxy_pass https://)", goClient: plain(nil, nginxRoots), goURL: func(s string) string { return "https://" + ngx.tlsAddr + "/" + s },
+			wrk:  func(s string) *request { return &request{connect: "https://" + ngx.tlsAddr, path: "/" + s} },
+			pids: ngx.pids},
+		{name: "connectors proxy (CONNECT, TLS terminated by the proxy)", goClient: plain(http.ProxyURL(fwdTLS), &tls.Config{RootCAs: roots}),
+			goURL: func(s string) string { return up.tlsURL + "/" + s }, baseline: "nginx (TLS in, proxy_pass https://)", pids: drv.pids, driver: true},
+		{name: "connectors proxy (reverse, enable-connector-proxy-permissions)", goClient: plain(nil, nil), goURL: reverse("tool"), header: bearer,
+			wrk: reverseWrk("tool"), baseline: "nginx (header-injecting reverse proxy)", pids: drv.pids, driver: true, permissions: true},
+	}
+	for _, tg := range targets {
+		if err := waitReady(tg.goClient, []string{tg.goURL("1k")}, tg.header); err != nil {
+			return nil, fmt.Errorf("%s: %w", tg.name, err)
+		}
+	}
+	return targets, nil
+}
+
+// measure runs one case with one generator and reads the proxying processes' CPU time and,
+// for the driver, its allocations and review round trips around it. ok is false when the
+// generator cannot take the path.
+func measure(work string, tg target, size, gen string, drv *driverProcess) (r row, ok bool, err error) {
+	r = row{size: size, path: tg.name, generator: gen, driver: tg.driver, baseline: tg.baseline}
+	if gen == "wrk" && tg.wrk == nil {
+		return r, false, nil
+	}
+	var pids []int
+	if tg.pids != nil {
+		pids = tg.pids()
+	}
+	var c0, c1 counters
+	if tg.driver {
+		if c0, err = scrape(drv.metricsAddr); err != nil {
+			return r, false, err
+		}
+	}
+	cpu0, err := cpuTime(pids...)
+	if err != nil {
+		return r, false, err
+	}
+	switch gen {
+	case "wrk":
+		r.res, err = wrkLoad(work, *tg.wrk(size))
+	case "go":
+		r.res, err = goLoad(tg.goClient, tg.goURL(size), tg.header)
+	default:
+		return r, false, fmt.Errorf("unknown generator %q", gen)
+	}
+	if err != nil {
+		return r, false, err
+	}
+	cpu1, err := cpuTime(pids...)
+	if err != nil {
+		return r, false, err
+	}
+	r.cpuPerReq = (cpu1 - cpu0) / time.Duration(r.res.n)
+	if tg.driver {
+		if c1, err = scrape(drv.metricsAddr); err != nil {
+			return r, false, err
+		}
+		n := float64(r.res.n)
+		r.allocs, r.trs, r.sars = (c1.mallocs-c0.mallocs)/n, (c1.tokenReviews-c0.tokenReviews)*1000/n, (c1.accessReviews-c0.accessReviews)*1000/n
+	}
+	return r, true, nil
+}
+
+func printTable(rows []row) {
+	fmt.Printf("Concurrency %d, keep-alive, %s per case, %d CPUs. CPU is the proxying processes' user+system time per request (nginx: master and workers).\n\n",
+		*concurrency, *duration, runtime.NumCPU())
+	fmt.Println("| size | path | generator | req/s | × nginx | p50 | p99 | CPU/req | allocs/req | TokenReviews /1000 | SARs /1000 |")
+	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|")
+	for _, r := range rows {
+		ratio, cpu, allocs, trs, sars := "—", "—", "—", "—", "—"
+		for _, b := range rows {
+			if r.baseline != "" && b.path == r.baseline && b.size == r.size && b.generator == r.generator {
+				ratio = fmt.Sprintf("%.2f", r.res.rate/b.res.rate)
+			}
+		}
+		if r.path != "direct" || r.generator == "wrk" {
+			cpu = fmt.Sprintf("%.1f µs", float64(r.cpuPerReq.Nanoseconds())/1000)
+		}
+		if r.driver {
+			allocs, trs, sars = fmt.Sprintf("%.0f", r.allocs), fmt.Sprintf("%.2f", r.trs), fmt.Sprintf("%.2f", r.sars)
+		}
+		fmt.Printf("| 1 %s | %s | %s | %.0f | %s | %s | %s | %s | %s | %s | %s |\n", sizeName(r.size), r.path, r.generator,
+			r.res.rate, ratio, r.res.p50, r.res.p99, cpu, allocs, trs, sars)
+	}
 }
 
 func sizeName(s string) string {
 	if s == "1k" {
-		return " KiB"
+		return "KiB"
 	}
-	return " MiB"
+	return "MiB"
 }
 
-type result struct {
-	n        int
-	rate     float64
-	p50, p99 time.Duration
-}
-
-// load runs GETs at fixed concurrency until the duration or the request cap is reached.
-func load(c *http.Client, u string, h http.Header) (result, error) {
-	deadline := time.Now().Add(*duration)
-	var count atomic.Int64
-	var firstErr atomic.Value
-	lats := make([][]time.Duration, *concurrency)
-	var wg sync.WaitGroup
-	start := time.Now()
-	for w := 0; w < *concurrency; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for time.Now().Before(deadline) && count.Add(1) <= int64(*maxRequests) {
-				req, _ := http.NewRequest(http.MethodGet, u, nil)
-				for k, v := range h {
-					req.Header[k] = v
-				}
-				t0 := time.Now()
-				res, err := c.Do(req)
-				if err == nil {
-					_, err = io.Copy(io.Discard, res.Body)
-					res.Body.Close()
-					if err == nil && res.StatusCode != http.StatusOK {
-						err = fmt.Errorf("status %d", res.StatusCode)
-					}
-				}
-				if err != nil {
-					firstErr.CompareAndSwap(nil, err)
-					return
-				}
-				lats[w] = append(lats[w], time.Since(t0))
-			}
-		}()
-	}
-	wg.Wait()
-	elapsed := time.Since(start)
-	if err, _ := firstErr.Load().(error); err != nil {
-		return result{}, err
-	}
-	var all []time.Duration
-	for _, l := range lats {
-		all = append(all, l...)
-	}
-	slices.Sort(all)
-	if len(all) == 0 {
-		return result{}, fmt.Errorf("no request completed")
-	}
-	q := func(p float64) time.Duration { return all[int(p*float64(len(all)-1))].Round(10 * time.Microsecond) }
-	return result{n: len(all), rate: float64(len(all)) / elapsed.Seconds(), p50: q(0.5), p99: q(0.99)}, nil
-}
-
-// startUpstream serves 1 KiB and 1 MiB bodies to requests carrying the tool's credential.
-func startUpstream() (string, error) {
-	bodies := map[string][]byte{"/1k": make([]byte, 1<<10), "/1m": make([]byte, 1<<20)}
-	want := "Basic " + base64.StdEncoding.EncodeToString([]byte(toolUser+":"+toolPass))
-	lis, err := net.Listen("tcp", "127.0.0.2:0")
+// setProxyPermissions turns enable-connector-proxy-permissions on and waits for the driver to
+// see it (its configuration watch; two seconds are plenty on loopback).
+func setProxyPermissions(ctx context.Context, cp *controlplane.ControlPlane) error {
+	_, err := cp.Kube.CoreV1().ConfigMaps(namespace).Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: features.ConfigMapName},
+		Data: map[string]string{"enable-connector-proxy-permissions": "true"}}, metav1.CreateOptions{})
 	if err != nil {
-		return "", err
-	}
-	go http.Serve(lis, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("Authorization") != want {
-			http.Error(w, "bad credentials", http.StatusUnauthorized)
-			return
-		}
-		body, ok := bodies[r.URL.Path]
-		if !ok {
-			http.NotFound(w, r)
-			return
-		}
-		w.Header().Set("Content-Type", "application/octet-stream")
-		_, _ = w.Write(body)
-	}))
-	return "http://" + lis.Addr().String(), nil
-}
-
-// startNginx runs Debian's nginx as a keep-alive reverse proxy that sets the credential header.
-func startNginx(upstream, cred string) (string, func(), error) {
-	bin, err := exec.LookPath("nginx")
-	if err != nil {
-		return "", nil, fmt.Errorf("nginx not installed (apt-get install nginx): %w", err)
-	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", nil, err
-	}
-	addr := lis.Addr().String()
-	lis.Close()
-	dir, err := os.MkdirTemp("", "bench-nginx-")
-	if err != nil {
-		return "", nil, err
-	}
-	conf := fmt.Sprintf(`worker_processes %d;
-pid %[2]s/nginx.pid;
-error_log %[2]s/error.log;
-daemon off;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path %[2]s; proxy_temp_path %[2]s; fastcgi_temp_path %[2]s; uwsgi_temp_path %[2]s; scgi_temp_path %[2]s;
-  upstream tool { server %[3]s; keepalive 128; }
-  server {
-    listen %[4]s;
-    location / {
-      proxy_pass http://tool;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Authorization "%[5]s";
-      proxy_buffering off;
-    }
-  }
-}
-`, runtime.NumCPU(), dir, strings.TrimPrefix(upstream, "http://"), addr, cred)
-	if err := os.WriteFile(filepath.Join(dir, "nginx.conf"), []byte(conf), 0o600); err != nil {
-		return "", nil, err
-	}
-	cmd := exec.Command(bin, "-c", filepath.Join(dir, "nginx.conf"), "-p", dir)
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		return "", nil, err
-	}
-	stop := func() { _ = cmd.Process.Kill(); _ = cmd.Wait(); _ = os.RemoveAll(dir) }
-	for i := 0; i < 100; i++ {
-		if c, err := net.Dial("tcp", addr); err == nil {
-			c.Close()
-			return addr, stop, nil
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	stop()
-	return "", nil, fmt.Errorf("nginx did not start")
-}
-
-// startDriver runs the driver in this process (so its review counters are readable) with a
-// Connector for the upstream and a Pod token allowed to use it.
-func startDriver(ctx context.Context, cp *controlplane.ControlPlane, upstream string) (token, proxyAddr string, err error) {
-	kube := cp.Kube
-	for _, n := range []string{namespace, ns} {
-		if _, err := kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: n}}, metav1.CreateOptions{}); err != nil {
-			return "", "", err
-		}
-	}
-	if _, err := kube.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "tool"},
-		Type: corev1.SecretTypeBasicAuth, StringData: map[string]string{"username": toolUser, "password": toolPass}}, metav1.CreateOptions{}); err != nil {
-		return "", "", err
-	}
-	if err := cp.Client.Create(ctx, &v1alpha1.ConnectorClass{ObjectMeta: metav1.ObjectMeta{Name: "bench"},
-		Spec: v1alpha1.ConnectorClassSpec{Auth: &v1alpha1.AuthSpec{Types: []v1alpha1.AuthType{{Name: "basicAuth", SecretType: v1alpha1.SecretTypeBasicAuth}}}}}); err != nil {
-		return "", "", err
-	}
-	if err := cp.Client.Create(ctx, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: "tool", Namespace: ns},
-		Spec: v1alpha1.ConnectorSpec{ConnectorClassName: "bench", Address: upstream,
-			Auth: &v1alpha1.ConnectorAuth{Name: "basicAuth", SecretRef: &v1alpha1.SecretRef{Name: "tool"}}}}); err != nil {
-		return "", "", err
-	}
-	if err := regoConnectors(ctx, cp, upstream); err != nil {
-		return "", "", err
-	}
-	if err := cp.Client.Create(ctx, &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "bench-view"},
-		RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "bench-connectors"},
-		Subjects: []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: "default", Namespace: ns}}}); err != nil {
-		return "", "", err
-	}
-	if err := cp.Client.Create(ctx, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "bench-connectors"},
-		Rules: []rbacv1.PolicyRule{{APIGroups: []string{v1alpha1.GroupVersion.Group}, Resources: []string{"connectors"}, Verbs: []string{"get"}}}}); err != nil {
-		return "", "", err
-	}
-	if _, err := kube.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}}, metav1.CreateOptions{}); err != nil {
-		return "", "", err
-	}
-	tr, err := kube.CoreV1().ServiceAccounts(ns).CreateToken(ctx, "default", &authenticationv1.TokenRequest{
-		Spec: authenticationv1.TokenRequestSpec{Audiences: []string{"connectors-csi"}}}, metav1.CreateOptions{})
-	if err != nil {
-		return "", "", err
-	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", "", err
-	}
-	proxyAddr = lis.Addr().String()
-	lis.Close()
-	dir, err := os.MkdirTemp("", "bench-driver-")
-	if err != nil {
-		return "", "", err
-	}
-	ready := make(chan struct{})
-	go func() {
-		err := driver.Run(ctx, driver.Options{
-			Endpoint: "unix://" + filepath.Join(dir, "csi.sock"), NodeID: "bench", DriverName: "connectors-csi",
-			Kubeconfig: cp.Kubeconfig, SystemNamespace: namespace, StateDir: dir, ProxyListen: proxyAddr,
-			ProxyURL: "http://" + proxyAddr, TokenAudience: "connectors-csi", VolumeSizeLimit: "4Mi",
-			KubeAPIQPS: 50, KubeAPIBurst: 100, AuthzAllowTTL: 10 * time.Second, AuthzDenyTTL: 2 * time.Second,
-			TokenCacheTTL: 10 * time.Second, SecretCacheTTL: 10 * time.Second, StatusRecheck: time.Hour,
-			ApprovalWait: 10 * time.Second, RequestRetention: time.Hour,
-			Mounter: nil, UnprivilegedMounts: true, AllowLoopbackDestinations: true,
-			ProxyListening: func(string) { close(ready) },
-		})
-		if err != nil && ctx.Err() == nil {
-			fmt.Fprintln(os.Stderr, "driver:", err)
-			os.Exit(1)
-		}
-	}()
-	<-ready
-	// Wait until the Connector is in the driver's cache and RBAC has settled.
-	probe := &http.Client{Timeout: 5 * time.Second}
-	var ok [3]bool
-	for i := 0; i < 600; i++ {
-		req, _ := http.NewRequest(http.MethodGet, "http://"+proxyAddr+"/namespaces/"+ns+"/connectors/"+[]string{"tool", "tool-rego", "tool-rego-request"}[i%3]+"/1k", nil)
-		req.Header.Set("Authorization", "Bearer "+tr.Status.Token)
-		if res, err := probe.Do(req); err == nil {
-			_, _ = io.Copy(io.Discard, res.Body)
-			res.Body.Close()
-			if ok[i%3] = ok[i%3] || res.StatusCode == http.StatusOK; ok[0] && ok[1] && ok[2] {
-				return tr.Status.Token, proxyAddr, nil
-			}
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	return "", "", fmt.Errorf("the proxy never served the benchmark Connector")
-}
-
-// The generators measured: Alauda's Basic example, which reads only the Secret (its answer is
-// kept per Secret version), and the same one made to read the request (evaluated per request).
-const (
-	basicGenerator = `package proxy
-auth = {"position": "header", "auth": {"Authorization": concat(" ", ["Basic", base64.encode(concat(":", [input.data.username, input.data.password]))])}}`
-	basicGeneratorPerRequest = `package proxy
-auth := {"position": "header", "auth": {"Authorization": concat(" ", ["Basic", base64.encode(concat(":", [input.data.username, input.data.password]))])}} if input.request.method != "TRACE"`
-)
-
-// regoConnectors are the benchmark Connector again, their Basic credential computed by a
-// generator.rego over an Opaque Secret: tool-rego with basicGenerator, tool-rego-request with
-// basicGeneratorPerRequest.
-func regoConnectors(ctx context.Context, cp *controlplane.ControlPlane, upstream string) error {
-	if _, err := cp.Kube.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "tool-rego"},
-		Type: corev1.SecretTypeOpaque, StringData: map[string]string{"username": toolUser, "password": toolPass}}, metav1.CreateOptions{}); err != nil {
 		return err
 	}
-	for name, generator := range map[string]string{"tool-rego": basicGenerator, "tool-rego-request": basicGeneratorPerRequest} {
-		if err := cp.Client.Create(ctx, &v1alpha1.ConnectorClass{ObjectMeta: metav1.ObjectMeta{Name: "bench-" + name},
-			Spec: v1alpha1.ConnectorClassSpec{Auth: &v1alpha1.AuthSpec{Types: []v1alpha1.AuthType{{Name: "basicRego", SecretType: "Opaque",
-				Generator: &v1alpha1.RegoPolicy{Rego: generator}}}}}}); err != nil {
-			return err
-		}
-		if err := cp.Client.Create(ctx, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
-			Spec: v1alpha1.ConnectorSpec{ConnectorClassName: "bench-" + name, Address: upstream,
-				Auth: &v1alpha1.ConnectorAuth{Name: "basicRego", SecretRef: &v1alpha1.SecretRef{Name: "tool-rego"}}}}); err != nil {
-			return err
+	time.Sleep(2 * time.Second)
+	return nil
+}
+
+// cases counts the cases the run will measure.
+func cases(targets []target) int {
+	n := 0
+	for _, tg := range targets {
+		for _, gen := range strings.Split(*generators, ",") {
+			if strings.Contains(tg.name, *only) && (gen != "wrk" || tg.wrk != nil) {
+				n += len(strings.Split(*sizes, ","))
+			}
 		}
 	}
-	return nil
+	return n
+}
+
+// profile fetches a CPU profile of the driver over about the time n cases take; stop waits
+// for it.
+func profile(metricsAddr, file string, n int) (stop func()) {
+	done := make(chan struct{})
+	seconds := max(int(float64(n)*(duration.Seconds()+0.3)), 1)
+	go func() {
+		defer close(done)
+		if err := fetch(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", metricsAddr, seconds), file); err != nil {
+			fmt.Fprintln(os.Stderr, "profile:", err)
+		}
+	}()
+	return func() { <-done }
+}
+
+func basicOf(user, pass string) string {
+	return "Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+pass))
+}
+
+// tlsRoots trusts only the PEM certificates given.
+func tlsRoots(pemCerts []byte) *tls.Config {
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pemCerts)
+	return &tls.Config{RootCAs: pool}
 }

@@ -1,0 +1,52 @@
+package access
+
+import (
+	"testing"
+
+	"k8s.io/apiserver/pkg/authentication/user"
+	"k8s.io/apiserver/pkg/authorization/authorizer"
+)
+
+// TestAttributesKeyTellsQuestionsApart: the decision cache's key differs whenever any attribute
+// the webhook authorizer sends differs, including where list values could run together.
+func TestAttributesKeyTellsQuestionsApart(t *testing.T) {
+	base := func() (*user.DefaultInfo, authorizer.AttributesRecord) {
+		u := &user.DefaultInfo{Name: "system:serviceaccount:a:b", UID: "u1", Groups: []string{"g1", "g2"},
+			Extra: map[string][]string{"pod-name": {"p"}, "node-name": {"n"}}}
+		return u, authorizer.AttributesRecord{User: u, Verb: "get", Namespace: "a", APIGroup: "connectors.alauda.io",
+			APIVersion: "v1alpha1", Resource: "connectors", Subresource: "proxy", Name: "git", ResourceRequest: true}
+	}
+	u0, a0 := base()
+	key := attributesKey(a0)
+	if again := attributesKey(a0); again != key {
+		t.Fatal("the same question gave two keys")
+	}
+	// The same extra in another map order is the same question.
+	u0.Extra = map[string][]string{"node-name": {"n"}, "pod-name": {"p"}}
+	if attributesKey(a0) != key {
+		t.Error("the key depends on the order of the user's extra")
+	}
+	for name, change := range map[string]func(*user.DefaultInfo, *authorizer.AttributesRecord){
+		"user":        func(u *user.DefaultInfo, _ *authorizer.AttributesRecord) { u.Name += "x" },
+		"uid":         func(u *user.DefaultInfo, _ *authorizer.AttributesRecord) { u.UID = "u2" },
+		"groups":      func(u *user.DefaultInfo, _ *authorizer.AttributesRecord) { u.Groups = []string{"g1g2"} },
+		"group split": func(u *user.DefaultInfo, _ *authorizer.AttributesRecord) { u.Groups = []string{"g1", "g2", ""} },
+		"extra":       func(u *user.DefaultInfo, _ *authorizer.AttributesRecord) { u.Extra["pod-name"] = []string{"q"} },
+		"extra key":   func(u *user.DefaultInfo, _ *authorizer.AttributesRecord) { u.Extra["pod-uid"] = []string{"1"} },
+		"extra split": func(u *user.DefaultInfo, _ *authorizer.AttributesRecord) { u.Extra["pod-name"] = []string{"", "p"} },
+		"verb":        func(_ *user.DefaultInfo, a *authorizer.AttributesRecord) { a.Verb = "create" },
+		"namespace":   func(_ *user.DefaultInfo, a *authorizer.AttributesRecord) { a.Namespace = "b" },
+		"group":       func(_ *user.DefaultInfo, a *authorizer.AttributesRecord) { a.APIGroup = "" },
+		"version":     func(_ *user.DefaultInfo, a *authorizer.AttributesRecord) { a.APIVersion = "v1" },
+		"resource":    func(_ *user.DefaultInfo, a *authorizer.AttributesRecord) { a.Resource = "secrets" },
+		"subresource": func(_ *user.DefaultInfo, a *authorizer.AttributesRecord) { a.Subresource = "" },
+		"name":        func(_ *user.DefaultInfo, a *authorizer.AttributesRecord) { a.Name = "gi" },
+		"shifted":     func(_ *user.DefaultInfo, a *authorizer.AttributesRecord) { a.Namespace, a.Name = "ag", "it" },
+	} {
+		u, a := base()
+		change(u, &a)
+		if attributesKey(a) == key {
+			t.Errorf("changing the %s left the key as it was", name)
+		}
+	}
+}

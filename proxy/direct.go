@@ -1,0 +1,248 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// directTransport sends GET and HEAD requests without a body to plain-http tools on
+// connections it pools itself, one request at a time per connection, writing the request and
+// reading the answer on the calling goroutine. http.Transport hands every request to two
+// goroutines of its connection (a writer and a reader) and back, through channels and
+// selects; for small answers those hand-offs cost more than the proxying itself
+// (docs/benchmarks.md). Everything else (request bodies, https with its HTTP/2, upgrades)
+// goes through the Connector's http.Transport, whose dialer, with the destination policy,
+// this one also dials with. Written here because no library offers a pooled HTTP/1.1 client
+// without those goroutines.
+type directTransport struct {
+	maxIdlePerHost int
+	idleTimeout    time.Duration
+
+	mu      sync.Mutex
+	idle    map[directKey][]*directConn
+	sweeper *time.Timer
+}
+
+// directKey is a pool: the Connector transport whose dialer made the connections, and the
+// tool's host:port.
+type directKey struct {
+	transport *http.Transport
+	addr      string
+}
+
+type directConn struct {
+	key       directKey
+	conn      net.Conn
+	br        *bufio.Reader
+	bw        *bufio.Writer
+	idleSince time.Time
+}
+
+// The direct transport's pool, as http.Transport's is set for the Connectors' tools.
+const (
+	directMaxIdlePerHost = 256
+	directIdleTimeout    = 90 * time.Second
+)
+
+func newDirectTransport(maxIdlePerHost int, idleTimeout time.Duration) *directTransport {
+	return &directTransport{maxIdlePerHost: maxIdlePerHost, idleTimeout: idleTimeout, idle: map[directKey][]*directConn{}}
+}
+
+// takes reports whether r is one directTransport sends.
+func (d *directTransport) takes(tr *http.Transport, r *http.Request) bool {
+	return (r.Method == http.MethodGet || r.Method == http.MethodHead) && r.URL.Scheme == "http" &&
+		(r.Body == nil || r.Body == http.NoBody) && r.ContentLength == 0 && len(r.TransferEncoding) == 0 &&
+		r.Header.Get("Upgrade") == "" && tr.Proxy == nil && tr.DialContext != nil
+}
+
+// RoundTrip sends r on a pooled connection of tr's dialer, or a new one. A pooled connection
+// the tool closed while it was idle fails before any answer arrives: r, being GET or HEAD, is
+// then sent once more on a new connection, as http.Transport does.
+func (d *directTransport) RoundTrip(tr *http.Transport, r *http.Request) (*http.Response, error) {
+	key := directKey{transport: tr, addr: hostPort(r.URL)}
+	for {
+		pc, reused, err := d.get(r.Context(), key)
+		if err != nil {
+			return nil, err
+		}
+		res, err := pc.roundTrip(d, r)
+		if err == nil {
+			return res, nil
+		}
+		pc.conn.Close()
+		if !reused || !errors.Is(err, errNothingRead) {
+			return nil, err
+		}
+	}
+}
+
+// errNothingRead marks a failure before the first byte of an answer.
+var errNothingRead = errors.New("the connection closed before an answer")
+
+// get takes the most recently used idle connection of key (closing those idle too long), or
+// dials a new one; reused tells which.
+func (d *directTransport) get(ctx context.Context, key directKey) (pc *directConn, reused bool, err error) {
+	d.mu.Lock()
+	for conns := d.idle[key]; len(conns) > 0; conns = d.idle[key] {
+		pc = conns[len(conns)-1]
+		d.idle[key] = conns[:len(conns)-1]
+		if time.Since(pc.idleSince) < d.idleTimeout {
+			d.mu.Unlock()
+			return pc, true, nil
+		}
+		pc.conn.Close()
+	}
+	delete(d.idle, key)
+	d.mu.Unlock()
+	conn, err := key.transport.DialContext(ctx, "tcp", key.addr)
+	if err != nil {
+		return nil, false, err
+	}
+	return &directConn{key: key, conn: conn, br: bufio.NewReaderSize(conn, 4<<10), bw: bufio.NewWriterSize(conn, 4<<10)}, false, nil
+}
+
+// put returns a connection whose last answer was read to its end.
+func (d *directTransport) put(pc *directConn) {
+	if pc.br.Buffered() > 0 { // the tool sent more than its answer: nothing after it can be trusted
+		pc.conn.Close()
+		return
+	}
+	pc.idleSince = time.Now()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(d.idle[pc.key]) >= d.maxIdlePerHost {
+		pc.conn.Close()
+		return
+	}
+	d.idle[pc.key] = append(d.idle[pc.key], pc)
+	if d.sweeper == nil {
+		d.sweeper = time.AfterFunc(d.idleTimeout, d.sweep)
+	}
+}
+
+// sweep closes the connections idle for idleTimeout, and runs again while any are left.
+func (d *directTransport) sweep() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for key, conns := range d.idle {
+		kept := conns[:0]
+		for _, pc := range conns {
+			if time.Since(pc.idleSince) >= d.idleTimeout {
+				pc.conn.Close()
+			} else {
+				kept = append(kept, pc)
+			}
+		}
+		if len(kept) == 0 {
+			delete(d.idle, key)
+		} else {
+			d.idle[key] = kept
+		}
+	}
+	d.sweeper = nil
+	if len(d.idle) > 0 {
+		d.sweeper = time.AfterFunc(d.idleTimeout, d.sweep)
+	}
+}
+
+// aLongTimeAgo is a deadline that has passed: setting it wakes a blocked read or write.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// roundTrip writes r and reads its answer's head. Until the body is read to its end or
+// closed, the request's context ending (the client went away) breaks the connection.
+func (pc *directConn) roundTrip(d *directTransport, r *http.Request) (*http.Response, error) {
+	stop := context.AfterFunc(r.Context(), func() { _ = pc.conn.SetDeadline(aLongTimeAgo) })
+	res, err := pc.readAnswer(r)
+	if err != nil {
+		stop()
+		if ctxErr := r.Context().Err(); ctxErr != nil {
+			return nil, ctxErr
+		}
+		return nil, err
+	}
+	reusable := !res.Close && !r.Close
+	if res.Body == http.NoBody {
+		pc.release(d, stop, reusable)
+		return res, nil
+	}
+	res.Body = &directBody{body: res.Body, pc: pc, d: d, stop: stop, reusable: reusable}
+	return res, nil
+}
+
+// readAnswer writes r and reads the head of its answer, skipping informational (1xx) ones.
+func (pc *directConn) readAnswer(r *http.Request) (*http.Response, error) {
+	if err := r.Write(pc.bw); err != nil {
+		return nil, fmt.Errorf("%w: %v", errNothingRead, err)
+	}
+	if err := pc.bw.Flush(); err != nil {
+		return nil, fmt.Errorf("%w: %v", errNothingRead, err)
+	}
+	if _, err := pc.br.Peek(1); err != nil {
+		return nil, fmt.Errorf("%w: %v", errNothingRead, err)
+	}
+	for {
+		res, err := http.ReadResponse(pc.br, r)
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case res.StatusCode == http.StatusSwitchingProtocols:
+			return nil, errors.New("the tool switched protocols on a request that asked for no upgrade")
+		case res.StatusCode >= 100 && res.StatusCode < 200:
+			continue
+		}
+		return res, nil
+	}
+}
+
+// release ends a round trip whose answer was read to its end: the connection goes back to
+// the pool if the context did not break it meanwhile and neither side asked to close it.
+func (pc *directConn) release(d *directTransport, stop func() bool, reusable bool) {
+	if stop() && reusable {
+		d.put(pc)
+		return
+	}
+	pc.conn.Close()
+}
+
+// directBody is an answer's body on a directConn: read to its end, it returns the connection
+// to the pool; closed before that, it closes the connection (the rest is never read: it may
+// be a large download the client gave up on).
+type directBody struct {
+	body     io.ReadCloser
+	pc       *directConn
+	d        *directTransport
+	stop     func() bool
+	reusable bool
+	done     bool
+}
+
+func (b *directBody) Read(p []byte) (int, error) {
+	if b.done {
+		return 0, io.EOF
+	}
+	n, err := b.body.Read(p)
+	if err == io.EOF {
+		b.done = true
+		b.pc.release(b.d, b.stop, b.reusable)
+	}
+	return n, err
+}
+
+func (b *directBody) Close() error {
+	if b.done {
+		return nil
+	}
+	b.done = true
+	b.stop()
+	b.pc.conn.Close()
+	_ = b.body.Close()
+	return nil
+}

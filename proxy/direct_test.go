@@ -1,0 +1,254 @@
+package proxy
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// connCounter counts the connections a test server accepted and those it saw closed.
+type connCounter struct {
+	opened, closed atomic.Int64
+	mu             sync.Mutex
+	requests       []string
+}
+
+func startCounted(t *testing.T, h http.HandlerFunc) (*httptest.Server, *connCounter) {
+	t.Helper()
+	cc := &connCounter{}
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		cc.mu.Lock()
+		cc.requests = append(cc.requests, r.Method+" "+r.URL.RequestURI())
+		cc.mu.Unlock()
+		h(w, r)
+	}))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		switch s {
+		case http.StateNew:
+			cc.opened.Add(1)
+		case http.StateClosed, http.StateHijacked:
+			cc.closed.Add(1)
+		}
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	return srv, cc
+}
+
+func (cc *connCounter) seen() []string {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	return append([]string(nil), cc.requests...)
+}
+
+func directGet(t *testing.T, d *directTransport, tr *http.Transport, ctx context.Context, method, url string) (*http.Response, error) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx, method, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !d.takes(tr, req) {
+		t.Fatalf("the direct transport does not take %s %s", method, url)
+	}
+	return d.RoundTrip(tr, req)
+}
+
+func readAll(t *testing.T, res *http.Response) string {
+	t.Helper()
+	b, err := io.ReadAll(res.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	return string(b)
+}
+
+func newTestTransport() *http.Transport {
+	return &http.Transport{DialContext: (&net.Dialer{}).DialContext}
+}
+
+// TestDirectTransportKeepsOneConnection: sequential GETs, HEADs and body-less answers (204,
+// 304) all go over one connection, each answer whole.
+func TestDirectTransportKeepsOneConnection(t *testing.T) {
+	srv, cc := startCounted(t, func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/204":
+			w.WriteHeader(http.StatusNoContent)
+		case "/304":
+			w.WriteHeader(http.StatusNotModified)
+		case "/chunked":
+			w.Write([]byte("part one, "))
+			w.(http.Flusher).Flush()
+			w.Write([]byte("part two"))
+		default:
+			w.Write([]byte("body of " + r.URL.Path))
+		}
+	})
+	d, tr := newDirectTransport(4, time.Minute), newTestTransport()
+	for i := 0; i < 5; i++ {
+		for _, tc := range []struct{ method, path, want string }{
+			{"GET", "/a", "body of /a"}, {"HEAD", "/a", ""}, {"GET", "/204", ""}, {"GET", "/304", ""},
+			{"GET", "/chunked", "part one, part two"},
+		} {
+			res, err := directGet(t, d, tr, context.Background(), tc.method, srv.URL+tc.path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := readAll(t, res); got != tc.want {
+				t.Fatalf("%s %s: %q, want %q", tc.method, tc.path, got, tc.want)
+			}
+		}
+	}
+	if n := cc.opened.Load(); n != 1 {
+		t.Errorf("%d connections for 25 sequential requests, want 1", n)
+	}
+}
+
+// TestDirectTransportResendsOnAConnectionTheToolClosed: a pooled connection the tool closed
+// while idle fails before any answer; the GET goes once more on a new connection, and the
+// tool sees it once.
+func TestDirectTransportResendsOnAConnectionTheToolClosed(t *testing.T) {
+	srv, cc := startCounted(t, func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok")) })
+	d, tr := newDirectTransport(4, time.Minute), newTestTransport()
+	res, err := directGet(t, d, tr, context.Background(), "GET", srv.URL+"/first")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readAll(t, res)
+	srv.CloseClientConnections()
+	for cc.closed.Load() < 1 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	res, err = directGet(t, d, tr, context.Background(), "GET", srv.URL+"/second")
+	if err != nil {
+		t.Fatalf("the GET after the tool closed the idle connection: %v", err)
+	}
+	if got := readAll(t, res); got != "ok" {
+		t.Fatalf("answer %q", got)
+	}
+	if got := strings.Join(cc.seen(), ","); got != "GET /first,GET /second" {
+		t.Errorf("the tool saw %s", got)
+	}
+}
+
+// TestDirectTransportDropsWhatItCannotReuse: a body closed before its end closes the
+// connection (the rest is never read), as does an answer with Connection: close; the next
+// request dials anew.
+func TestDirectTransportDropsWhatItCannotReuse(t *testing.T) {
+	big := strings.Repeat("x", 1<<20)
+	srv, cc := startCounted(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/close" {
+			w.Header().Set("Connection", "close")
+		}
+		w.Write([]byte(big))
+	})
+	d, tr := newDirectTransport(4, time.Minute), newTestTransport()
+	for i, path := range []string{"/abandoned", "/close", "/last"} {
+		res, err := directGet(t, d, tr, context.Background(), "GET", srv.URL+path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if path == "/abandoned" {
+			buf := make([]byte, 1024)
+			if _, err := io.ReadFull(res.Body, buf); err != nil {
+				t.Fatal(err)
+			}
+			res.Body.Close()
+		} else if got := readAll(t, res); len(got) != len(big) {
+			t.Fatalf("%s: %d bytes", path, len(got))
+		}
+		if n := cc.opened.Load(); n != int64(i+1) {
+			t.Fatalf("after %s: %d connections, want %d", path, n, i+1)
+		}
+	}
+}
+
+// TestDirectTransportStopsWhenTheClientLeaves: the request's context ending breaks a stalled
+// answer (its head, or its body) instead of leaving the read blocked.
+func TestDirectTransportStopsWhenTheClientLeaves(t *testing.T) {
+	release := make(chan struct{})
+	srv, _ := startCounted(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/body" {
+			w.Header().Set("Content-Length", "100")
+			w.Write([]byte("the first bytes"))
+			w.(http.Flusher).Flush()
+		}
+		<-release
+	})
+	t.Cleanup(func() { close(release) }) // before the server's Close, which waits for handlers
+	d, tr := newDirectTransport(4, time.Minute), newTestTransport()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	errs := make(chan error, 1)
+	go func() { _, err := directGet(t, d, tr, ctx, "GET", srv.URL+"/head"); errs <- err }()
+	time.Sleep(50 * time.Millisecond)
+	cancel()
+	select {
+	case err := <-errs:
+		if err == nil {
+			t.Fatal("a stalled answer's head returned no error after the client left")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the round trip still waits for the stalled tool after the client left")
+	}
+
+	ctx, cancel = context.WithCancel(context.Background())
+	defer cancel()
+	res, err := directGet(t, d, tr, ctx, "GET", srv.URL+"/body")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	go func() { _, err := io.ReadAll(res.Body); errs <- err }()
+	time.Sleep(50 * time.Millisecond)
+	cancel()
+	select {
+	case err := <-errs:
+		if err == nil {
+			t.Fatal("a stalled body read to an end after the client left")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the body read still waits for the stalled tool after the client left")
+	}
+}
+
+// TestDirectTransportTakesOnlyBodylessGetAndHeadOverHTTP: the rest goes to http.Transport.
+func TestDirectTransportTakesOnlyBodylessGetAndHeadOverHTTP(t *testing.T) {
+	d, tr := newDirectTransport(4, time.Minute), newTestTransport()
+	req := func(method, url string, body io.Reader, header ...string) *http.Request {
+		r, err := http.NewRequest(method, url, body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i+1 < len(header); i += 2 {
+			r.Header.Set(header[i], header[i+1])
+		}
+		return r
+	}
+	for _, tc := range []struct {
+		r    *http.Request
+		want bool
+	}{
+		{req("GET", "http://tool/x", nil), true},
+		{req("HEAD", "http://tool/x", nil), true},
+		{req("POST", "http://tool/x", nil), false},
+		{req("PUT", "http://tool/x", strings.NewReader("data")), false},
+		{req("GET", "http://tool/x", strings.NewReader("data")), false},
+		{req("GET", "https://tool/x", nil), false},
+		{req("GET", "http://tool/ws", nil, "Upgrade", "websocket", "Connection", "Upgrade"), false},
+	} {
+		if got := d.takes(tr, tc.r); got != tc.want {
+			t.Errorf("%s %s (body %v, upgrade %q): takes = %v, want %v", tc.r.Method, tc.r.URL, tc.r.Body != nil, tc.r.Header.Get("Upgrade"), got, tc.want)
+		}
+	}
+	if d.takes(&http.Transport{}, req("GET", "http://tool/x", nil)) {
+		t.Error("taken for a transport without a dialer (no destination policy to dial with)")
+	}
+}

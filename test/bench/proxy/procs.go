@@ -1,0 +1,93 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// clockTicks is USER_HZ, the unit of /proc/<pid>/stat's CPU times (100 on Linux).
+const clockTicks = 100
+
+// cpuTime is the user + system CPU time the processes used so far, read from
+// /proc/<pid>/stat (fields 14 and 15, after the parenthesised command name).
+func cpuTime(pids ...int) (time.Duration, error) {
+	var ticks int64
+	for _, pid := range pids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return 0, err
+		}
+		s := string(b)
+		fields := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+		// fields[0] is the state (field 3); utime and stime are fields 14 and 15.
+		for _, f := range fields[11:13] {
+			v, err := strconv.ParseInt(f, 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+			}
+			ticks += v
+		}
+	}
+	return time.Duration(ticks) * time.Second / clockTicks, nil
+}
+
+// family is a process and its children (nginx's master and its workers).
+func family(pid int) []int {
+	out := []int{pid}
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		child, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		fields := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+		if len(fields) > 1 && fields[1] == strconv.Itoa(pid) {
+			out = append(out, child)
+		}
+	}
+	return out
+}
+
+// counters are the driver's own figures from its /metrics: allocations and the reviews it
+// sent to the API server.
+type counters struct{ mallocs, tokenReviews, accessReviews float64 }
+
+// scrape reads counters from the driver's metrics listener.
+func scrape(metricsAddr string) (counters, error) {
+	res, err := http.Get("http://" + metricsAddr + "/metrics")
+	if err != nil {
+		return counters{}, err
+	}
+	defer res.Body.Close()
+	var c counters
+	for sc := bufio.NewScanner(res.Body); sc.Scan(); {
+		name, value, ok := strings.Cut(sc.Text(), " ")
+		if !ok || strings.HasPrefix(name, "#") {
+			continue
+		}
+		v, err := strconv.ParseFloat(value, 64)
+		if err != nil {
+			continue
+		}
+		switch {
+		case name == "go_memstats_mallocs_total":
+			c.mallocs = v
+		case strings.HasPrefix(name, "connectors_tokenreviews_total"):
+			c.tokenReviews += v
+		case strings.HasPrefix(name, "connectors_subjectaccessreviews_total"):
+			c.accessReviews += v
+		}
+	}
+	return c, nil
+}
