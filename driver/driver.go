@@ -8,9 +8,11 @@ import (
 	"context"
 	"net"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
@@ -19,6 +21,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/binpages"
 	"github.com/kube-connectors/connectors-csi/configwatch"
 	"github.com/kube-connectors/connectors-csi/features"
 	"github.com/kube-connectors/connectors-csi/proxy/egress"
@@ -83,9 +86,12 @@ func Run(ctx context.Context, opts Options) error {
 	} else {
 		controllerReady.Store(true)
 	}
+	ready := func() bool { return nodeReady.Load() && controllerReady.Load() }
 	if metrics != nil {
-		ready := func() bool { return nodeReady.Load() && controllerReady.Load() }
 		g.Go(func() error { return serveMetrics(ctx, metrics, ready, csiSocket, o.Profiling) })
+	}
+	if o.ReleaseStartupPages {
+		go releaseStartupPages(ctx, ready)
 	}
 	klog.FromContext(ctx).Info("Driver started", "version", Version, "role", o.Role, "driver", o.DriverName, "node", o.NodeID,
 		"endpoint", o.Endpoint, "proxyURL", o.ProxyURL)
@@ -128,4 +134,18 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 		return rest.InClusterConfig()
 	}
 	return clientcmd.BuildConfigFromFlags("", kubeconfig)
+}
+
+// releaseStartupPages waits until the process is ready (its caches synced: start-up is over)
+// and gives back the executable's pages only start-up used (see binpages).
+func releaseStartupPages(ctx context.Context, ready func() bool) {
+	if err := wait.PollUntilContextCancel(ctx, 500*time.Millisecond, false, func(context.Context) (bool, error) { return ready(), nil }); err != nil {
+		return
+	}
+	released, err := binpages.Release()
+	if err != nil {
+		klog.FromContext(ctx).Error(err, "Could not give back the start-up pages of the executable")
+		return
+	}
+	klog.FromContext(ctx).V(2).Info("Gave back the start-up pages of the executable", "mappedMiB", released>>20)
 }

@@ -9,6 +9,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -113,6 +114,19 @@ func run(ctx context.Context) error {
 	if !kubelet.WaitUntil(30*time.Second, func() bool { _, err := os.Stat(socket); return err == nil }) {
 		return fmt.Errorf("driver did not start")
 	}
+	// Idle is after the caches synced (ready) and the start-up pages were given back
+	// (--release-startup-pages, once ready).
+	if !kubelet.WaitUntil(60*time.Second, func() bool {
+		res, err := http.Get("http://127.0.0.1:19099/readyz")
+		if err != nil {
+			return false
+		}
+		res.Body.Close()
+		return res.StatusCode == http.StatusOK
+	}) {
+		return fmt.Errorf("driver never became ready")
+	}
+	time.Sleep(2 * time.Second)
 	k, err := kubelet.New(cp.Kube, socket, "connectors-csi", filepath.Join(work, "kubelet"))
 	if err != nil {
 		return err
@@ -144,6 +158,9 @@ func run(ctx context.Context) error {
 				fmt.Println(l)
 			}
 		}
+	}
+	if fi, err := os.Stat(cmd.Path); err == nil {
+		fmt.Printf("Binary %s: %.1f MiB (stripped: make build).\n\n", cmd.Path, float64(fi.Size())/(1<<20))
 	}
 	fmt.Printf("| state | RSS | anonymous | file-backed |\n|---|---|---|---|\n")
 	fmt.Printf("| %d Connectors cached, driver idle | %s |\n| + %d volumes published | %s |\n", *connectors, idle, *volumes, loaded)
