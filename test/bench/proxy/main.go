@@ -28,6 +28,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kube-connectors/connectors-csi/features"
+	"github.com/kube-connectors/connectors-csi/test/bench/benchenv"
 	"github.com/kube-connectors/connectors-csi/test/controlplane"
 )
 
@@ -42,12 +43,7 @@ var (
 	only        = flag.String("only", "", "measure only the paths whose name contains this")
 )
 
-const (
-	ns        = "bench"
-	toolUser  = "bench-bot"
-	toolPass  = "bench-password"
-	namespace = "connectors-system"
-)
+const ns = benchenv.Namespace
 
 func main() {
 	flag.Parse()
@@ -88,7 +84,7 @@ type row struct {
 func run() error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	up, err := startUpstream()
+	up, err := benchenv.StartUpstream()
 	if err != nil {
 		return err
 	}
@@ -97,15 +93,15 @@ func run() error {
 		return err
 	}
 	defer cp.Stop()
-	token, err := createObjects(ctx, cp, up)
+	token, err := benchenv.CreateObjects(ctx, cp, up)
 	if err != nil {
 		return err
 	}
-	drv, err := startDriverProcess(cp)
+	drv, err := benchenv.StartDriverProcess(cp)
 	if err != nil {
 		return err
 	}
-	defer drv.stop()
+	defer drv.Stop()
 	ngx, err := startNginx(up)
 	if err != nil {
 		return err
@@ -121,7 +117,7 @@ func run() error {
 	}
 	defer os.RemoveAll(work)
 	if *cpuProfile != "" {
-		stop := profile(drv.metricsAddr, *cpuProfile, cases(targets))
+		stop := profile(drv.MetricsAddr, *cpuProfile, cases(targets))
 		defer stop()
 	}
 	var rows []row
@@ -150,7 +146,7 @@ func run() error {
 	}
 	printTable(rows)
 	if *memProfile != "" {
-		return fetch("http://"+drv.metricsAddr+"/debug/pprof/allocs", *memProfile)
+		return fetch("http://"+drv.MetricsAddr+"/debug/pprof/allocs", *memProfile)
 	}
 	return nil
 }
@@ -172,31 +168,31 @@ func fetch(url, file string) error {
 }
 
 // makeTargets is every path measured. The proxy's paths wait until the driver serves them.
-func makeTargets(ctx context.Context, cp *controlplane.ControlPlane, up *upstream, drv *driverProcess, ngx *nginxServer, token string) ([]target, error) {
+func makeTargets(ctx context.Context, cp *controlplane.ControlPlane, up *benchenv.Upstream, drv *benchenv.DriverProcess, ngx *nginxServer, token string) ([]target, error) {
 	plain := func(p func(*http.Request) (*url.URL, error), roots *tls.Config) *http.Client {
 		return &http.Client{Transport: &http.Transport{Proxy: p, MaxIdleConnsPerHost: *concurrency, DisableCompression: true, TLSClientConfig: roots}}
 	}
-	fwd, _ := url.Parse("http://" + drv.proxyAddr)
+	fwd, _ := url.Parse("http://" + drv.ProxyAddr)
 	fwd.User = url.UserPassword(ns+"/tool", token)
-	fwdTLS, _ := url.Parse("http://" + drv.proxyAddr)
+	fwdTLS, _ := url.Parse("http://" + drv.ProxyAddr)
 	fwdTLS.User = url.UserPassword(ns+"/tool-tls", token)
 	bearer := http.Header{"Authorization": {"Bearer " + token}}
 	reverse := func(connector string) func(string) string {
 		return func(s string) string {
-			return "http://" + drv.proxyAddr + "/namespaces/" + ns + "/connectors/" + connector + "/" + s
+			return "http://" + drv.ProxyAddr + "/namespaces/" + ns + "/connectors/" + connector + "/" + s
 		}
 	}
 	reverseWrk := func(connector string) func(string) *request {
 		return func(s string) *request {
-			return &request{connect: "http://" + drv.proxyAddr, path: "/namespaces/" + ns + "/connectors/" + connector + "/" + s, header: bearer}
+			return &request{connect: "http://" + drv.ProxyAddr, path: "/namespaces/" + ns + "/connectors/" + connector + "/" + s, header: bearer}
 		}
 	}
 	// The first CONNECT makes the proxy's CA; trust it from then on.
 	insecure := plain(http.ProxyURL(fwdTLS), &tls.Config{InsecureSkipVerify: true}) //nolint:gosec // only to make the CA
-	if err := waitReady(insecure, []string{up.tlsURL + "/1k"}, nil); err != nil {
+	if err := benchenv.WaitReady(insecure, []string{up.TLSURL + "/1k"}, nil); err != nil {
 		return nil, err
 	}
-	roots, err := proxyCA(ctx, cp)
+	roots, err := benchenv.ProxyCA(ctx, cp)
 	if err != nil {
 		return nil, err
 	}
@@ -204,36 +200,36 @@ func makeTargets(ctx context.Context, cp *controlplane.ControlPlane, up *upstrea
 	targets := []target{
 		// direct's CPU is this process's: the Go upstream serving it, a Go HTTP server's own
 		// cost per request (with the Go generator, the generator's too).
-		{name: "direct", goClient: plain(nil, nil), goURL: func(s string) string { return up.url + "/" + s },
-			header: http.Header{"Authorization": {basicCredential()}}, pids: func() []int { return []int{os.Getpid()} },
+		{name: "direct", goClient: plain(nil, nil), goURL: func(s string) string { return up.URL + "/" + s },
+			header: http.Header{"Authorization": {benchenv.BasicCredential()}}, pids: func() []int { return []int{os.Getpid()} },
 			wrk: func(s string) *request {
-				return &request{connect: up.url, path: "/" + s, header: http.Header{"Authorization": {basicCredential()}}}
+				return &request{connect: up.URL, path: "/" + s, header: http.Header{"Authorization": {benchenv.BasicCredential()}}}
 			}},
 		{name: "nginx (header-injecting reverse proxy)", goClient: plain(nil, nil), goURL: func(s string) string { return "http://" + ngx.addr + "/" + s },
 			wrk:  func(s string) *request { return &request{connect: "http://" + ngx.addr, path: "/" + s} },
 			pids: ngx.pids},
 		{name: "connectors proxy (reverse)", goClient: plain(nil, nil), goURL: reverse("tool"), header: bearer, wrk: reverseWrk("tool"),
-			baseline: "nginx (header-injecting reverse proxy)", pids: drv.pids, driver: true},
-		{name: "connectors proxy (forward)", goClient: plain(http.ProxyURL(fwd), nil), goURL: func(s string) string { return up.url + "/" + s },
+			baseline: "nginx (header-injecting reverse proxy)", pids: drv.PIDs, driver: true},
+		{name: "connectors proxy (forward)", goClient: plain(http.ProxyURL(fwd), nil), goURL: func(s string) string { return up.URL + "/" + s },
 			wrk: func(s string) *request {
-				return &request{connect: "http://" + drv.proxyAddr, path: up.url + "/" + s,
+				return &request{connect: "http://" + drv.ProxyAddr, path: up.URL + "/" + s,
 					header: http.Header{"Proxy-Authorization": {basicOf(ns+"/tool", token)}}}
 			},
-			baseline: "nginx (header-injecting reverse proxy)", pids: drv.pids, driver: true},
+			baseline: "nginx (header-injecting reverse proxy)", pids: drv.PIDs, driver: true},
 		{name: "connectors proxy (reverse, Rego generator of the Secret)", goClient: plain(nil, nil), goURL: reverse("tool-rego"), header: bearer,
-			wrk: reverseWrk("tool-rego"), baseline: "nginx (header-injecting reverse proxy)", pids: drv.pids, driver: true},
+			wrk: reverseWrk("tool-rego"), baseline: "nginx (header-injecting reverse proxy)", pids: drv.PIDs, driver: true},
 		{name: "connectors proxy (reverse, Rego generator reading the request)", goClient: plain(nil, nil), goURL: reverse("tool-rego-request"), header: bearer,
-			wrk: reverseWrk("tool-rego-request"), baseline: "nginx (header-injecting reverse proxy)", pids: drv.pids, driver: true},
+			wrk: reverseWrk("tool-rego-request"), baseline: "nginx (header-injecting reverse proxy)", pids: drv.PIDs, driver: true},
 		{name: "nginx (TLS in, proxy_pass https://)", goClient: plain(nil, nginxRoots), goURL: func(s string) string { return "https://" + ngx.tlsAddr + "/" + s },
 			wrk:  func(s string) *request { return &request{connect: "https://" + ngx.tlsAddr, path: "/" + s} },
 			pids: ngx.pids},
 		{name: "connectors proxy (CONNECT, TLS terminated by the proxy)", goClient: plain(http.ProxyURL(fwdTLS), &tls.Config{RootCAs: roots}),
-			goURL: func(s string) string { return up.tlsURL + "/" + s }, baseline: "nginx (TLS in, proxy_pass https://)", pids: drv.pids, driver: true},
+			goURL: func(s string) string { return up.TLSURL + "/" + s }, baseline: "nginx (TLS in, proxy_pass https://)", pids: drv.PIDs, driver: true},
 		{name: "connectors proxy (reverse, enable-connector-proxy-permissions)", goClient: plain(nil, nil), goURL: reverse("tool"), header: bearer,
-			wrk: reverseWrk("tool"), baseline: "nginx (header-injecting reverse proxy)", pids: drv.pids, driver: true, permissions: true},
+			wrk: reverseWrk("tool"), baseline: "nginx (header-injecting reverse proxy)", pids: drv.PIDs, driver: true, permissions: true},
 	}
 	for _, tg := range targets {
-		if err := waitReady(tg.goClient, []string{tg.goURL("1k")}, tg.header); err != nil {
+		if err := benchenv.WaitReady(tg.goClient, []string{tg.goURL("1k")}, tg.header); err != nil {
 			return nil, fmt.Errorf("%s: %w", tg.name, err)
 		}
 	}
@@ -243,7 +239,7 @@ func makeTargets(ctx context.Context, cp *controlplane.ControlPlane, up *upstrea
 // measure runs one case with one generator and reads the proxying processes' CPU time and,
 // for the driver, its allocations and review round trips around it. ok is false when the
 // generator cannot take the path.
-func measure(work string, tg target, size, gen string, drv *driverProcess) (r row, ok bool, err error) {
+func measure(work string, tg target, size, gen string, drv *benchenv.DriverProcess) (r row, ok bool, err error) {
 	r = row{size: size, path: tg.name, generator: gen, driver: tg.driver, baseline: tg.baseline}
 	if gen == "wrk" && tg.wrk == nil {
 		return r, false, nil
@@ -252,13 +248,13 @@ func measure(work string, tg target, size, gen string, drv *driverProcess) (r ro
 	if tg.pids != nil {
 		pids = tg.pids()
 	}
-	var c0, c1 counters
+	var c0, c1 benchenv.Counters
 	if tg.driver {
-		if c0, err = scrape(drv.metricsAddr); err != nil {
+		if c0, err = benchenv.Scrape(drv.MetricsAddr); err != nil {
 			return r, false, err
 		}
 	}
-	cpu0, err := cpuTime(pids...)
+	cpu0, err := benchenv.CPUTime(pids...)
 	if err != nil {
 		return r, false, err
 	}
@@ -273,17 +269,17 @@ func measure(work string, tg target, size, gen string, drv *driverProcess) (r ro
 	if err != nil {
 		return r, false, err
 	}
-	cpu1, err := cpuTime(pids...)
+	cpu1, err := benchenv.CPUTime(pids...)
 	if err != nil {
 		return r, false, err
 	}
 	r.cpuPerReq = (cpu1 - cpu0) / time.Duration(r.res.n)
 	if tg.driver {
-		if c1, err = scrape(drv.metricsAddr); err != nil {
+		if c1, err = benchenv.Scrape(drv.MetricsAddr); err != nil {
 			return r, false, err
 		}
 		n := float64(r.res.n)
-		r.allocs, r.trs, r.sars = (c1.mallocs-c0.mallocs)/n, (c1.tokenReviews-c0.tokenReviews)*1000/n, (c1.accessReviews-c0.accessReviews)*1000/n
+		r.allocs, r.trs, r.sars = (c1.Mallocs-c0.Mallocs)/n, (c1.TokenReviews-c0.TokenReviews)*1000/n, (c1.AccessReviews-c0.AccessReviews)*1000/n
 	}
 	return r, true, nil
 }
@@ -321,7 +317,7 @@ func sizeName(s string) string {
 // setProxyPermissions turns enable-connector-proxy-permissions on and waits for the driver to
 // see it (its configuration watch; two seconds are plenty on loopback).
 func setProxyPermissions(ctx context.Context, cp *controlplane.ControlPlane) error {
-	_, err := cp.Kube.CoreV1().ConfigMaps(namespace).Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: features.ConfigMapName},
+	_, err := cp.Kube.CoreV1().ConfigMaps(benchenv.SystemNamespace).Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: features.ConfigMapName},
 		Data: map[string]string{"enable-connector-proxy-permissions": "true"}}, metav1.CreateOptions{})
 	if err != nil {
 		return err

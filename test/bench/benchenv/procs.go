@@ -1,4 +1,4 @@
-package main
+package benchenv
 
 import (
 	"bufio"
@@ -14,9 +14,9 @@ import (
 // clockTicks is USER_HZ, the unit of /proc/<pid>/stat's CPU times (100 on Linux).
 const clockTicks = 100
 
-// cpuTime is the user + system CPU time the processes used so far, read from
+// CPUTime is the user + system CPU time the processes used so far, read from
 // /proc/<pid>/stat (fields 14 and 15, after the parenthesised command name).
-func cpuTime(pids ...int) (time.Duration, error) {
+func CPUTime(pids ...int) (time.Duration, error) {
 	var ticks int64
 	for _, pid := range pids {
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
@@ -37,8 +37,8 @@ func cpuTime(pids ...int) (time.Duration, error) {
 	return time.Duration(ticks) * time.Second / clockTicks, nil
 }
 
-// family is a process and its children (nginx's master and its workers).
-func family(pid int) []int {
+// Family is a process and its children (nginx's master and its workers).
+func Family(pid int) []int {
 	out := []int{pid}
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
@@ -59,18 +59,18 @@ func family(pid int) []int {
 	return out
 }
 
-// counters are the driver's own figures from its /metrics: allocations and the reviews it
+// Counters are the driver's own figures from its /metrics: allocations and the reviews it
 // sent to the API server.
-type counters struct{ mallocs, tokenReviews, accessReviews float64 }
+type Counters struct{ Mallocs, TokenReviews, AccessReviews float64 }
 
-// scrape reads counters from the driver's metrics listener.
-func scrape(metricsAddr string) (counters, error) {
+// Scrape reads Counters from the driver's metrics listener.
+func Scrape(metricsAddr string) (Counters, error) {
 	res, err := http.Get("http://" + metricsAddr + "/metrics")
 	if err != nil {
-		return counters{}, err
+		return Counters{}, err
 	}
 	defer res.Body.Close()
-	var c counters
+	var c Counters
 	for sc := bufio.NewScanner(res.Body); sc.Scan(); {
 		name, value, ok := strings.Cut(sc.Text(), " ")
 		if !ok || strings.HasPrefix(name, "#") {
@@ -82,11 +82,11 @@ func scrape(metricsAddr string) (counters, error) {
 		}
 		switch {
 		case name == "go_memstats_mallocs_total":
-			c.mallocs = v
+			c.Mallocs = v
 		case strings.HasPrefix(name, "connectors_tokenreviews_total"):
-			c.tokenReviews += v
+			c.TokenReviews += v
 		case strings.HasPrefix(name, "connectors_subjectaccessreviews_total"):
-			c.accessReviews += v
+			c.AccessReviews += v
 		}
 	}
 	return c, nil

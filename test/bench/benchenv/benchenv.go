@@ -1,0 +1,295 @@
+// Package benchenv sets up what the proxy benchmarks run against: a Go upstream that demands
+// a credential, envtest, the benchmark Connectors with their RBAC, and the driver as a process
+// of its own, whose CPU time, allocations and reviews it reads.
+package benchenv
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"time"
+
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/proxy/ca"
+	"github.com/kube-connectors/connectors-csi/test/controlplane"
+	"github.com/kube-connectors/connectors-csi/test/testca"
+)
+
+// Upstream is the tool: it serves 1 KiB and 1 MiB bodies to requests carrying its credential,
+// over http and over https (a certificate for 127.0.0.2 from its own CA).
+type Upstream struct {
+	URL, TLSURL string
+	CA          *testca.CA
+}
+
+func StartUpstream() (*Upstream, error) {
+	bodies := map[string][]byte{"/1k": make([]byte, 1<<10), "/1m": make([]byte, 1<<20)}
+	want := BasicCredential()
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != want {
+			http.Error(w, "bad credentials", http.StatusUnauthorized)
+			return
+		}
+		body, ok := bodies[r.URL.Path]
+		if !ok {
+			http.NotFound(w, r)
+			return
+		}
+		w.Header().Set("Content-Type", "application/octet-stream")
+		_, _ = w.Write(body)
+	})
+	authority, err := testca.New()
+	if err != nil {
+		return nil, err
+	}
+	cert, err := authority.ServerCert([]net.IP{net.ParseIP("127.0.0.2")})
+	if err != nil {
+		return nil, err
+	}
+	plain, err := net.Listen("tcp", "127.0.0.2:0")
+	if err != nil {
+		return nil, err
+	}
+	secure, err := net.Listen("tcp", "127.0.0.2:0")
+	if err != nil {
+		return nil, err
+	}
+	go http.Serve(plain, handler)
+	go http.Serve(tls.NewListener(secure, &tls.Config{Certificates: []tls.Certificate{cert}}), handler)
+	return &Upstream{URL: "http://" + plain.Addr().String(), TLSURL: "https://" + secure.Addr().String(), CA: authority}, nil
+}
+
+func BasicCredential() string {
+	return "Basic " + base64.StdEncoding.EncodeToString([]byte(ToolUser+":"+ToolPass))
+}
+
+// DriverProcess is bin/connectors-csi in the node role (the DaemonSet's process: CSI, proxy,
+// Connectors API), in a process of its own so that its CPU time is its own.
+type DriverProcess struct {
+	ProxyAddr, MetricsAddr string
+	cmd                    *exec.Cmd
+	dir                    string
+}
+
+func (d *DriverProcess) PIDs() []int { return []int{d.cmd.Process.Pid} }
+
+func (d *DriverProcess) Stop() {
+	_ = d.cmd.Process.Signal(os.Interrupt)
+	_ = d.cmd.Wait()
+	_ = os.RemoveAll(d.dir)
+}
+
+func StartDriverProcess(cp *controlplane.ControlPlane, extraArgs ...string) (*DriverProcess, error) {
+	d := &DriverProcess{}
+	var err error
+	if d.ProxyAddr, err = FreeAddr(); err != nil {
+		return nil, err
+	}
+	if d.MetricsAddr, err = FreeAddr(); err != nil {
+		return nil, err
+	}
+	if d.dir, err = os.MkdirTemp("", "bench-driver-"); err != nil {
+		return nil, err
+	}
+	bin := filepath.Join(controlplane.RepoRoot(), "bin", "connectors-csi")
+	d.cmd = exec.Command(bin, "--role=node", "--endpoint=unix://"+filepath.Join(d.dir, "csi.sock"), "--node-id=bench",
+		"--kubeconfig="+cp.Kubeconfig, "--system-namespace="+SystemNamespace, "--state-dir="+filepath.Join(d.dir, "state"),
+		"--proxy-listen="+d.ProxyAddr, "--proxy-url=http://"+d.ProxyAddr, "--metrics-listen="+d.MetricsAddr,
+		"--profiling", "--unprivileged-mounts", "--allow-loopback-destinations", "--leader-elect=false")
+	d.cmd.Args = append(d.cmd.Args, extraArgs...)
+	log, err := os.Create(filepath.Join(d.dir, "driver.log"))
+	if err != nil {
+		return nil, err
+	}
+	defer log.Close()
+	d.cmd.Stdout, d.cmd.Stderr = log, log
+	if err := d.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s (make build first): %w", bin, err)
+	}
+	if err := WaitListening(d.ProxyAddr, d.MetricsAddr); err != nil {
+		b, _ := os.ReadFile(filepath.Join(d.dir, "driver.log"))
+		d.Stop()
+		return nil, fmt.Errorf("driver: %w\n%s", err, b)
+	}
+	return d, nil
+}
+
+// CreateObjects makes the benchmark's Connectors (tool over http, tool-tls over https with
+// the upstream's CA, and the two Rego ones), the RBAC that lets ServiceAccount default of Namespace
+// get and use them through the proxy, and returns that ServiceAccount's token.
+func CreateObjects(ctx context.Context, cp *controlplane.ControlPlane, up *Upstream) (string, error) {
+	kube := cp.Kube
+	for _, n := range []string{SystemNamespace, Namespace} {
+		if _, err := kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: n}}, metav1.CreateOptions{}); err != nil {
+			return "", err
+		}
+	}
+	secrets := []*corev1.Secret{
+		{ObjectMeta: metav1.ObjectMeta{Name: "tool"}, Type: corev1.SecretTypeBasicAuth, StringData: map[string]string{"username": ToolUser, "password": ToolPass}},
+		{ObjectMeta: metav1.ObjectMeta{Name: "tool-ca"}, StringData: map[string]string{"ca.crt": string(up.CA.PEM)}},
+	}
+	for _, s := range secrets {
+		if _, err := kube.CoreV1().Secrets(Namespace).Create(ctx, s, metav1.CreateOptions{}); err != nil {
+			return "", err
+		}
+	}
+	if err := cp.Client.Create(ctx, &v1alpha1.ConnectorClass{ObjectMeta: metav1.ObjectMeta{Name: "bench"},
+		Spec: v1alpha1.ConnectorClassSpec{Auth: &v1alpha1.AuthSpec{Types: []v1alpha1.AuthType{{Name: "basicAuth", SecretType: v1alpha1.SecretTypeBasicAuth}}}}}); err != nil {
+		return "", err
+	}
+	auth := &v1alpha1.ConnectorAuth{Name: "basicAuth", SecretRef: &v1alpha1.SecretRef{Name: "tool"}}
+	for _, c := range []*v1alpha1.Connector{
+		{ObjectMeta: metav1.ObjectMeta{Name: "tool", Namespace: Namespace}, Spec: v1alpha1.ConnectorSpec{ConnectorClassName: "bench", Address: up.URL, Auth: auth}},
+		{ObjectMeta: metav1.ObjectMeta{Name: "tool-tls", Namespace: Namespace}, Spec: v1alpha1.ConnectorSpec{ConnectorClassName: "bench", Address: up.TLSURL, Auth: auth,
+			CACertSecretRef: &v1alpha1.LocalSecretRef{Name: "tool-ca"}}},
+	} {
+		if err := cp.Client.Create(ctx, c); err != nil {
+			return "", err
+		}
+	}
+	if err := regoConnectors(ctx, cp, up.URL); err != nil {
+		return "", err
+	}
+	if err := cp.Client.Create(ctx, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "bench-connectors"},
+		Rules: []rbacv1.PolicyRule{{APIGroups: []string{v1alpha1.GroupVersion.Group}, Resources: []string{"connectors", "connectors/proxy"}, Verbs: []string{"get"}}}}); err != nil {
+		return "", err
+	}
+	if err := cp.Client.Create(ctx, &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "bench-view"},
+		RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "bench-connectors"},
+		Subjects: []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: "default", Namespace: Namespace}}}); err != nil {
+		return "", err
+	}
+	if _, err := kube.CoreV1().ServiceAccounts(Namespace).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}}, metav1.CreateOptions{}); err != nil {
+		return "", err
+	}
+	tr, err := kube.CoreV1().ServiceAccounts(Namespace).CreateToken(ctx, "default", &authenticationv1.TokenRequest{
+		Spec: authenticationv1.TokenRequestSpec{Audiences: []string{"connectors-csi"}}}, metav1.CreateOptions{})
+	if err != nil {
+		return "", err
+	}
+	return tr.Status.Token, nil
+}
+
+// The generators measured: Alauda's Basic example, which reads only the Secret (its answer is
+// kept per Secret version), and the same one made to read the request (evaluated per request).
+const (
+	basicGenerator = `package proxy
+auth = {"position": "header", "auth": {"Authorization": concat(" ", ["Basic", base64.encode(concat(":", [input.data.username, input.data.password]))])}}`
+	basicGeneratorPerRequest = `package proxy
+auth := {"position": "header", "auth": {"Authorization": concat(" ", ["Basic", base64.encode(concat(":", [input.data.username, input.data.password]))])}} if input.request.method != "TRACE"`
+)
+
+// regoConnectors are the benchmark Connector again, their Basic credential computed by a
+// generator.rego over an Opaque Secret: tool-rego with basicGenerator, tool-rego-request with
+// basicGeneratorPerRequest.
+func regoConnectors(ctx context.Context, cp *controlplane.ControlPlane, address string) error {
+	if _, err := cp.Kube.CoreV1().Secrets(Namespace).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "tool-rego"},
+		Type: corev1.SecretTypeOpaque, StringData: map[string]string{"username": ToolUser, "password": ToolPass}}, metav1.CreateOptions{}); err != nil {
+		return err
+	}
+	for name, generator := range map[string]string{"tool-rego": basicGenerator, "tool-rego-request": basicGeneratorPerRequest} {
+		if err := cp.Client.Create(ctx, &v1alpha1.ConnectorClass{ObjectMeta: metav1.ObjectMeta{Name: "bench-" + name},
+			Spec: v1alpha1.ConnectorClassSpec{Auth: &v1alpha1.AuthSpec{Types: []v1alpha1.AuthType{{Name: "basicRego", SecretType: "Opaque",
+				Generator: &v1alpha1.RegoPolicy{Rego: generator}}}}}}); err != nil {
+			return err
+		}
+		if err := cp.Client.Create(ctx, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: Namespace},
+			Spec: v1alpha1.ConnectorSpec{ConnectorClassName: "bench-" + name, Address: address,
+				Auth: &v1alpha1.ConnectorAuth{Name: "basicRego", SecretRef: &v1alpha1.SecretRef{Name: "tool-rego"}}}}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ProxyCA is the proxy's CA certificate, which the driver keeps in the system namespace
+// (made on first use: a CONNECT through the proxy makes it).
+func ProxyCA(ctx context.Context, cp *controlplane.ControlPlane) (*x509.CertPool, error) {
+	sec, err := cp.Kube.CoreV1().Secrets(SystemNamespace).Get(ctx, ca.SecretName, metav1.GetOptions{})
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(sec.Data[corev1.TLSCertKey]) {
+		return nil, fmt.Errorf("secret %s has no certificate", ca.SecretName)
+	}
+	return pool, nil
+}
+
+// WaitReady sends GETs until each answers 200 (the driver's caches have the Connectors, RBAC
+// has settled), at most a minute.
+func WaitReady(client *http.Client, urls []string, header http.Header) error {
+	for _, u := range urls {
+		var last string
+		ok := false
+		for deadline := time.Now().Add(time.Minute); !ok && time.Now().Before(deadline); {
+			req, _ := http.NewRequest(http.MethodGet, u, nil)
+			for k, v := range header {
+				req.Header[k] = v
+			}
+			res, err := client.Do(req)
+			if err == nil {
+				_, _ = io.Copy(io.Discard, res.Body)
+				res.Body.Close()
+				ok, last = res.StatusCode == http.StatusOK, res.Status
+			} else {
+				last = err.Error()
+			}
+			if !ok {
+				time.Sleep(100 * time.Millisecond)
+			}
+		}
+		if !ok {
+			return fmt.Errorf("%s never answered 200 (last: %s)", u, last)
+		}
+	}
+	return nil
+}
+
+func FreeAddr() (string, error) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer lis.Close()
+	return lis.Addr().String(), nil
+}
+
+func WaitListening(addrs ...string) error {
+	for _, addr := range addrs {
+		up := false
+		for i := 0; i < 300 && !up; i++ {
+			if c, err := net.Dial("tcp", addr); err == nil {
+				c.Close()
+				up = true
+			} else {
+				time.Sleep(50 * time.Millisecond)
+			}
+		}
+		if !up {
+			return fmt.Errorf("nothing listens on %s", addr)
+		}
+	}
+	return nil
+}
+
+// Names the benchmark objects use.
+const (
+	Namespace       = "bench"
+	SystemNamespace = "connectors-system"
+	ToolUser        = "bench-bot"
+	ToolPass        = "bench-password"
+)
