@@ -14,7 +14,7 @@ FUZZ_TARGETS := proxy:FuzzProxyCredentials proxy:FuzzCoverage render:FuzzValidat
   approval:FuzzCheckState
 FUZZTIME ?= 1m
 
-.PHONY: all build generate verify-generated lint test fuzz e2e e2e-down bench scale demo clean
+.PHONY: all build generate verify-generated lint test fuzz e2e e2e-down bench soak scale demo clean
 
 all: build
 
@@ -58,12 +58,15 @@ e2e: ## the real-node lane: kubelet + containerd + the driver + Tekton, real Pod
 e2e-down: ## clean up after a real-node run that was killed
 	hack/e2e-down.sh
 
-bench: ## benchmarks: publish, gitrefs, approval latency (50 runs), the proxy against nginx (installs Debian's nginx)
+bench: build ## benchmarks: publish, gitrefs, approval latency (50 runs), the proxy against nginx with wrk and a Go generator (installs Debian's nginx and wrk)
 	KUBEBUILDER_ASSETS=$(TESTBIN) go test -run '^$$' -bench 'Publish|GitRefs' -benchmem ./test/e2e/ ./connectorsapi/
 	KUBEBUILDER_ASSETS=$(TESTBIN) go test -run '^$$' -bench Approval -benchtime 50x ./test/e2e/
-	command -v nginx >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx)
+	command -v nginx >/dev/null && command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx wrk)
 	KUBEBUILDER_ASSETS=$(TESTBIN) go run ./test/bench/proxy
 	KUBEBUILDER_ASSETS=$(TESTBIN) go run ./test/bench/memory
+
+soak: build ## the proxy under 2,000 keep-alive clients, 500 CONNECT tunnels and misbehaving clients for 10 minutes (SOAK_ARGS="-d 2m" shortens it)
+	KUBEBUILDER_ASSETS=$(TESTBIN) go run ./test/bench/soak $(SOAK_ARGS)
 
 scale: ## the scale lane: 20 node processes and a controller against an API server with 10,000 Connectors, 5,000 Nodes, 50,000 Pods (about 25 minutes; SCALE_* variables shrink it)
 	KUBEBUILDER_ASSETS=$(TESTBIN) go test -tags scale -count=1 -timeout 90m -run '^TestScale$$' -v ./test/e2e/ 2>&1 | grep -E '^(=== RUN|--- |ok|FAIL|PASS)|RESULT|_test.go:'

@@ -28,7 +28,8 @@ import (
 	"github.com/kube-connectors/connectors-csi/test/testca"
 )
 
-// Upstream is the tool: it serves 1 KiB and 1 MiB bodies to requests carrying its credential,
+// Upstream is the tool: it serves 1 KiB and 1 MiB bodies (and /stall, which stops after 1 KiB
+// of 2) to requests carrying its credential,
 // over http and over https (a certificate for 127.0.0.2 from its own CA).
 type Upstream struct {
 	URL, TLSURL string
@@ -41,6 +42,13 @@ func StartUpstream() (*Upstream, error) {
 	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("Authorization") != want {
 			http.Error(w, "bad credentials", http.StatusUnauthorized)
+			return
+		}
+		if r.URL.Path == "/stall" { // a tool that stops answering mid-body, until the client leaves
+			w.Header().Set("Content-Length", "2048")
+			_, _ = w.Write(bodies["/1k"])
+			w.(http.Flusher).Flush()
+			<-r.Context().Done()
 			return
 		}
 		body, ok := bodies[r.URL.Path]

@@ -65,29 +65,37 @@ type Counters struct{ Mallocs, TokenReviews, AccessReviews float64 }
 
 // Scrape reads Counters from the driver's metrics listener.
 func Scrape(metricsAddr string) (Counters, error) {
-	res, err := http.Get("http://" + metricsAddr + "/metrics")
+	m, err := ScrapeAll(metricsAddr)
 	if err != nil {
 		return Counters{}, err
 	}
+	return Counters{Mallocs: m["go_memstats_mallocs_total"], TokenReviews: m["connectors_tokenreviews_total"],
+		AccessReviews: m["connectors_subjectaccessreviews_total"]}, nil
+}
+
+// ScrapeAll reads every sample of the driver's /metrics, the series of one name summed.
+func ScrapeAll(metricsAddr string) (map[string]float64, error) {
+	res, err := http.Get("http://" + metricsAddr + "/metrics")
+	if err != nil {
+		return nil, err
+	}
 	defer res.Body.Close()
-	var c Counters
+	out := map[string]float64{}
 	for sc := bufio.NewScanner(res.Body); sc.Scan(); {
-		name, value, ok := strings.Cut(sc.Text(), " ")
-		if !ok || strings.HasPrefix(name, "#") {
+		line := sc.Text()
+		if strings.HasPrefix(line, "#") {
+			continue
+		}
+		series, value, ok := strings.Cut(line, " ")
+		if !ok {
 			continue
 		}
 		v, err := strconv.ParseFloat(value, 64)
 		if err != nil {
 			continue
 		}
-		switch {
-		case name == "go_memstats_mallocs_total":
-			c.Mallocs = v
-		case strings.HasPrefix(name, "connectors_tokenreviews_total"):
-			c.TokenReviews += v
-		case strings.HasPrefix(name, "connectors_subjectaccessreviews_total"):
-			c.AccessReviews += v
-		}
+		name, _, _ := strings.Cut(series, "{")
+		out[name] += v
 	}
-	return c, nil
+	return out, nil
 }
