@@ -110,4 +110,3 @@ func writeKeyPair(authority *testca.CA, dir string) error {
 	}
 	return os.WriteFile(filepath.Join(dir, "tls.key"), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: key}), 0o600)
 }
-
