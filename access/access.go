@@ -41,9 +41,19 @@ var (
 		Name: "connectors_subjectaccessreviews_total",
 		Help: "SubjectAccessReviews sent to the API server (cache misses), by HTTP code.",
 	}, []string{"code"})
+	authorizationDecisions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "connectors_authorization_decisions_total",
+		Help: "Authorization questions answered, by reviewer (publish, proxy, proxy_permissions, connectorsapi), decision (allow, deny, error) and cache (hit, miss).",
+	}, []string{"reviewer", "decision", "cache"})
+	tokenAuthentications = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "connectors_token_authentications_total",
+		Help: "Tokens checked, by reviewer and result (accepted, rejected, malformed, error); the TokenReviews sent for them (cache misses) are connectors_tokenreviews_total.",
+	}, []string{"reviewer", "result"})
 )
 
-func init() { prometheus.MustRegister(tokenReviews, subjectAccessReviews) }
+func init() {
+	prometheus.MustRegister(tokenReviews, subjectAccessReviews, authorizationDecisions, tokenAuthentications)
+}
 
 // Config sets the audiences tokens must carry and how long answers are cached.
 type Config struct {
@@ -53,9 +63,9 @@ type Config struct {
 	TokenTTL  time.Duration // authenticated tokens
 	AllowTTL  time.Duration // allowed SubjectAccessReviews
 	DenyTTL   time.Duration // denied SubjectAccessReviews and rejected tokens
-	// CacheName reports the decision cache's size as connectors_cache_entries{cache=<name>}
-	// (empty: not reported).
-	CacheName string
+	// Name is the Reviewer's in metrics: the reviewer label of its answers, and its decision
+	// cache's size as connectors_cache_entries{cache="authorization_<name>"}.
+	Name string
 }
 
 // decisionCacheSize bounds the decisions a Reviewer keeps: a node's Pods times the Connectors
@@ -78,6 +88,7 @@ type Reviewer struct {
 	// webhook cache's, so a decision lives no longer than it did.
 	decisions         *expirable.LRU[string, decision]
 	allowTTL, denyTTL time.Duration
+	name              string
 }
 
 type decision struct {
@@ -111,10 +122,11 @@ func New(kube kubernetes.Interface, cfg Config) (*Reviewer, error) {
 		authz:     authz,
 		decisions: expirable.NewLRU[string, decision](decisionCacheSize, nil, max(cfg.AllowTTL, cfg.DenyTTL, time.Second)),
 		allowTTL:  cfg.AllowTTL,
+		name:      cfg.Name,
 		denyTTL:   cfg.DenyTTL,
 	}
-	if cfg.CacheName != "" {
-		cachemetrics.Register(cfg.CacheName, r.decisions.Len)
+	if cfg.Name != "" {
+		cachemetrics.Register("authorization_"+cfg.Name, r.decisions.Len)
 	}
 	return r, nil
 }
@@ -124,15 +136,22 @@ func New(kube kubernetes.Interface, cfg Config) (*Reviewer, error) {
 func (r *Reviewer) AuthenticateToken(ctx context.Context, token string) (user.Info, bool, error) {
 	if !jwtShaped(token) {
 		refusedLocally.WithLabelValues("malformed").Inc()
+		tokenAuthentications.WithLabelValues(r.name, "malformed").Inc()
 		return nil, false, nil
 	}
 	if len(r.audiences) > 0 {
 		ctx = authenticator.WithAudiences(ctx, r.audiences)
 	}
 	res, ok, err := r.tokens.AuthenticateToken(ctx, token)
-	if err != nil || !ok {
+	switch {
+	case err != nil:
+		tokenAuthentications.WithLabelValues(r.name, "error").Inc()
 		return nil, false, err
+	case !ok:
+		tokenAuthentications.WithLabelValues(r.name, "rejected").Inc()
+		return nil, false, nil
 	}
+	tokenAuthentications.WithLabelValues(r.name, "accepted").Inc()
 	return res.User, true, nil
 }
 
@@ -140,6 +159,7 @@ func (r *Reviewer) AuthenticateToken(ctx context.Context, token string) (user.In
 func (r *Reviewer) Authorize(ctx context.Context, attrs authorizer.Attributes) (authorizer.Decision, string, error) {
 	key := attributesKey(attrs)
 	if d, ok := r.decisions.Get(key); ok && time.Now().Before(d.expires) {
+		authorizationDecisions.WithLabelValues(r.name, decisionLabel(d.decision, nil), "hit").Inc()
 		return d.decision, d.reason, nil
 	}
 	v, err, _ := r.inflight.Do(key, func() (any, error) {
@@ -154,7 +174,19 @@ func (r *Reviewer) Authorize(ctx context.Context, attrs authorizer.Attributes) (
 		return decision{decision: d, reason: reason}, err
 	})
 	d, _ := v.(decision)
+	authorizationDecisions.WithLabelValues(r.name, decisionLabel(d.decision, err), "miss").Inc()
 	return d.decision, d.reason, err
+}
+
+// decisionLabel is a decision's value of the decision label.
+func decisionLabel(d authorizer.Decision, err error) string {
+	switch {
+	case err != nil:
+		return "error"
+	case d == authorizer.DecisionAllow:
+		return "allow"
+	}
+	return "deny" // denied, or no opinion: both refuse
 }
 
 // attributesKey identifies a resource authorization question: every attribute the webhook

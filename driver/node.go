@@ -63,7 +63,7 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 	// client on the network can call, with their own client and rate limit, so that a flood of
 	// requests cannot starve publishes.
 	reviewer, err := access.New(p.kube, access.Config{Audiences: []string{o.TokenAudience}, TokenTTL: o.TokenCacheTTL,
-		AllowTTL: o.AuthzAllowTTL, DenyTTL: o.AuthzDenyTTL, CacheName: "authorization_publish"})
+		AllowTTL: o.AuthzAllowTTL, DenyTTL: o.AuthzDenyTTL, Name: "publish"})
 	if err != nil {
 		return err
 	}
@@ -75,18 +75,18 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 		return err
 	}
 	proxyReviewer, err := access.New(proxyKube, access.Config{Audiences: []string{o.TokenAudience}, TokenTTL: o.TokenCacheTTL,
-		AllowTTL: o.AuthzAllowTTL, DenyTTL: o.AuthzDenyTTL, CacheName: "authorization_proxy"})
+		AllowTTL: o.AuthzAllowTTL, DenyTTL: o.AuthzDenyTTL, Name: "proxy"})
 	if err != nil {
 		return err
 	}
 	// Uncached: the proxy caches these decisions per Pod and drops them on AccessRequest events.
-	permissions, err := access.New(proxyKube, access.Config{Audiences: []string{o.TokenAudience}, TokenTTL: o.TokenCacheTTL})
+	permissions, err := access.New(proxyKube, access.Config{Audiences: []string{o.TokenAudience}, TokenTTL: o.TokenCacheTTL, Name: "proxy_permissions"})
 	if err != nil {
 		return err
 	}
 	// The Connectors API accepts any token the cluster accepts (the API server's audiences).
 	apiReviewer, err := access.New(proxyKube, access.Config{TokenTTL: o.TokenCacheTTL, AllowTTL: o.AuthzAllowTTL, DenyTTL: o.AuthzDenyTTL,
-		CacheName: "authorization_connectorsapi"})
+		Name: "connectorsapi"})
 	if err != nil {
 		return err
 	}

@@ -77,6 +77,7 @@ func (s *Server) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	sources, err := s.resolveAll(ctx, vr)
 	if err == nil && mounted {
 		if done, err := s.republishUnchanged(ctx, req.GetVolumeId(), target, vr, sources, gid); done {
+			republishesUnchanged.Inc()
 			return s.answer(ctx, req.GetVolumeId(), vr, mounted, err)
 		}
 	}

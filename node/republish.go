@@ -7,10 +7,19 @@ import (
 	"encoding/json"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kube-connectors/connectors-csi/render"
 )
+
+// republishesUnchanged counts the republishes republishUnchanged served.
+var republishesUnchanged = prometheus.NewCounter(prometheus.CounterOpts{
+	Name: "connectors_republishes_unchanged_total",
+	Help: "Republishes (kubelet's periodic NodePublishVolume) served without authorizing again, their inputs unchanged.",
+})
+
+func init() { prometheus.MustRegister(republishesUnchanged) }
 
 // republishUnchanged serves kubelet's periodic republish of a volume whose inputs have not
 // changed since it was last authorized, within Config.RepublishRecheck: no API request (the

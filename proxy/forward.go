@@ -60,6 +60,7 @@ func (p *Proxy) serveForward(w http.ResponseWriter, r *http.Request) {
 	var notCovered *notCoveredError
 	switch {
 	case errors.As(err, &notCovered) && p.passthrough.on():
+		setMode(w, modePassthrough)
 		p.passthrough.serveHTTP(w, r, r.URL)
 	case err != nil:
 		refuseErr(r.Context(), w, err)
@@ -187,6 +188,7 @@ func (p *Proxy) serveConnect(w http.ResponseWriter, r *http.Request) {
 	var notCovered *notCoveredError
 	switch {
 	case errors.As(err, &notCovered) && p.passthrough.on():
+		setMode(w, modePassthrough)
 		p.passthrough.tunnel(w, r, hostPort(&url.URL{Scheme: "https", Host: r.Host}))
 		return
 	case err != nil:
@@ -248,7 +250,9 @@ func (p *Proxy) tunnelDestination(ctx context.Context, fc *forwardClient, host s
 // or the tunnel's lifetime ends. Every request is authenticated again (from the token cache):
 // a token that stopped being valid (its Pod deleted) stops working inside an open tunnel too.
 func (p *Proxy) serveTunnel(ctx context.Context, conn net.Conn, fc *forwardClient, dest *url.URL) {
-	inner := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	inner := http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		w, record := metered(rw, modeTunnelled)
+		defer record()
 		if loopDetected(w, r) {
 			return
 		}

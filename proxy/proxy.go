@@ -176,25 +176,37 @@ var bufferPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &
 func (copyBuffers) Get() []byte  { return *(bufferPool.Get().(*[]byte)) }
 func (copyBuffers) Put(b []byte) { bufferPool.Put(&b) }
 
-// ServeHTTP dispatches by request form.
+// ServeHTTP dispatches by request form, and records each request in the proxy's metrics.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if loopDetected(w, r) {
-		return
-	}
 	byHost, isHost := connectorOfHost(r.Host)
+	isAPI := p.API != nil && (strings.HasPrefix(r.URL.Path, APIPrefix) || strings.HasPrefix(r.URL.Path, OperatorPrefix))
+	mode := modeReverse
 	switch {
 	case r.Method == http.MethodConnect:
-		p.serveConnect(w, r)
+		mode = modeTunnel
 	case r.URL.IsAbs():
-		p.serveForward(w, r)
+		mode = modeForward
+	case isAPI && !isHost:
+		mode = modeAPI
+	}
+	m, record := metered(w, mode)
+	defer record()
+	if loopDetected(m, r) {
+		return
+	}
+	switch {
+	case r.Method == http.MethodConnect:
+		p.serveConnect(m, r)
+	case r.URL.IsAbs():
+		p.serveForward(m, r)
 	case isHost:
-		p.serveReverseTo(w, r, byHost, r.URL.EscapedPath())
+		p.serveReverseTo(m, r, byHost, r.URL.EscapedPath())
 	case strings.HasPrefix(r.URL.Path, reversePrefix):
-		p.serveReverse(w, r)
-	case p.API != nil && (strings.HasPrefix(r.URL.Path, APIPrefix) || strings.HasPrefix(r.URL.Path, OperatorPrefix)):
-		p.API.ServeHTTP(w, r)
+		p.serveReverse(m, r)
+	case isAPI:
+		p.API.ServeHTTP(m, r)
 	default:
-		refuse(w, http.StatusNotFound, "no such path: use /namespaces/<ns>/connectors/<name>/... or this address as an HTTP proxy")
+		refuse(m, http.StatusNotFound, "no such path: use /namespaces/<ns>/connectors/<name>/... or this address as an HTTP proxy")
 	}
 }
 
@@ -263,6 +275,7 @@ type routeKey struct{}
 // send forwards r along rt through the shared ReverseProxy, after the class's generator, if
 // any, has computed the credential.
 func (p *Proxy) send(w http.ResponseWriter, r *http.Request, rt *route) {
+	routed(w, rt)
 	if rt.cred.generator != nil {
 		if err := p.generate(r, rt); err != nil {
 			p.fail(w, r, rt, err)

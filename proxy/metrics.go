@@ -1,0 +1,134 @@
+package proxy
+
+import (
+	"bufio"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// The proxy's request metrics. A request is labelled with its Connector only once the caller
+// was authorized for it and it exists: refusals before that carry empty Connector labels, so a
+// client cannot add series by naming Connectors. The series are therefore bounded by the
+// Connectors used through this node times the modes and status codes.
+var (
+	proxyRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "connectors_proxy_requests_total",
+		Help: "Requests the proxy answered, by Connector (empty when refused before one was authorized), class, mode and HTTP status code.",
+	}, []string{"namespace", "connector", "class", "mode", "code"})
+	proxyDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "connectors_proxy_request_duration_seconds",
+		Help:    "Time from a request's arrival to the end of its answer, by mode (for mode tunnel: the CONNECT tunnel's life).",
+		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300},
+	}, []string{"mode"})
+	proxyBytes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "connectors_proxy_response_bytes_total",
+		Help: "Bytes of answer bodies the proxy sent to clients, by Connector and mode.",
+	}, []string{"namespace", "connector", "mode"})
+)
+
+func init() { prometheus.MustRegister(proxyRequests, proxyDuration, proxyBytes) }
+
+// Modes of connectors_proxy_*.
+const (
+	modeReverse     = "reverse"     // /namespaces/<ns>/connectors/<name>/… or a Connector's own host
+	modeForward     = "forward"     // absolute-form http:// request
+	modeTunnel      = "tunnel"      // the CONNECT request itself (200: the tunnel opened)
+	modeTunnelled   = "tunnelled"   // a request inside an intercepted CONNECT tunnel
+	modePassthrough = "passthrough" // forwarded or tunnelled to a host of no Connector
+	modeAPI         = "api"         // the Connectors API
+)
+
+// statusLabels are the code label's values, made once: strconv allocates above 99.
+var statusLabels = func() (out [600]string) {
+	for i := range out {
+		out[i] = strconv.Itoa(i)
+	}
+	return out
+}()
+
+func codeLabel(code int) string {
+	if code >= 0 && code < len(statusLabels) {
+		return statusLabels[code]
+	}
+	return strconv.Itoa(code)
+}
+
+// meteredWriter records a request's final status, the body bytes sent and, once send has it,
+// its route. It passes Flush and friends on through Unwrap (http.ResponseController, which
+// ReverseProxy uses) and implements Hijack for the CONNECT handlers.
+type meteredWriter struct {
+	http.ResponseWriter
+	mode  string
+	code  int
+	bytes int64
+	rt    *route
+}
+
+func (m *meteredWriter) WriteHeader(code int) {
+	if m.code == 0 && (code >= 200 || code == http.StatusSwitchingProtocols) {
+		m.code = code
+	}
+	m.ResponseWriter.WriteHeader(code)
+}
+
+func (m *meteredWriter) Write(b []byte) (int, error) {
+	if m.code == 0 {
+		m.code = http.StatusOK
+	}
+	n, err := m.ResponseWriter.Write(b)
+	m.bytes += int64(n)
+	return n, err
+}
+
+func (m *meteredWriter) Unwrap() http.ResponseWriter { return m.ResponseWriter }
+
+// Hijack hands the connection over (a CONNECT tunnel opening: its 200 is written on it).
+func (m *meteredWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, rw, err := http.NewResponseController(m.ResponseWriter).Hijack()
+	if err == nil && m.code == 0 {
+		m.code = http.StatusOK
+	}
+	return conn, rw, err
+}
+
+// metered wraps w for a request of mode, and returns the function that records it.
+func metered(w http.ResponseWriter, mode string) (*meteredWriter, func()) {
+	m := &meteredWriter{ResponseWriter: w, mode: mode}
+	start := time.Now()
+	return m, func() { m.record(time.Since(start)) }
+}
+
+func (m *meteredWriter) record(elapsed time.Duration) {
+	code := m.code
+	if code == 0 { // nothing written: net/http answers 200 with an empty body
+		code = http.StatusOK
+	}
+	var ns, name, class string
+	if m.rt != nil {
+		ns, name, class = m.rt.connector.Namespace, m.rt.connector.Name, m.rt.connector.Spec.ConnectorClassName
+	}
+	proxyRequests.WithLabelValues(ns, name, class, m.mode, codeLabel(code)).Inc()
+	proxyDuration.WithLabelValues(m.mode).Observe(elapsed.Seconds())
+	if m.bytes > 0 {
+		proxyBytes.WithLabelValues(ns, name, m.mode).Add(float64(m.bytes))
+	}
+}
+
+// routed tells w's meter the route its request took (once authorized).
+func routed(w http.ResponseWriter, rt *route) {
+	if m, ok := w.(*meteredWriter); ok {
+		m.rt = rt
+	}
+}
+
+// setMode changes the mode w's request is recorded under (a forward request that went
+// through pass-through).
+func setMode(w http.ResponseWriter, mode string) {
+	if m, ok := w.(*meteredWriter); ok {
+		m.mode = mode
+	}
+}

@@ -1,0 +1,120 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"maps"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/kube-connectors/connectors-csi/driver"
+)
+
+// series names one Prometheus series as the exposition format writes it: the labels sorted.
+func series(name string, labels map[string]string) string {
+	var parts []string
+	for _, k := range slices.Sorted(maps.Keys(labels)) {
+		parts = append(parts, fmt.Sprintf("%s=%q", k, labels[k]))
+	}
+	return name + "{" + strings.Join(parts, ",") + "}"
+}
+
+// scrape reads the driver's /metrics over HTTP, as Prometheus would: series → value.
+func scrape(t *testing.T, addr string) map[string]float64 {
+	t.Helper()
+	res, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	out := map[string]float64{}
+	for sc := bufio.NewScanner(res.Body); sc.Scan(); {
+		line := sc.Text()
+		if strings.HasPrefix(line, "#") {
+			continue
+		}
+		if i := strings.LastIndexByte(line, ' '); i > 0 {
+			if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
+				out[line[:i]] = v
+			}
+		}
+	}
+	return out
+}
+
+// TestProxyMetrics drives the real proxy and reads its /metrics: a request through the reverse
+// and the forward proxy counts under its Connector, class, mode and status, with the body bytes;
+// a refused request counts with empty Connector labels (a client naming Connectors it may not
+// use adds no series); the proxy's reviewer counts its token checks and authorization answers.
+func TestProxyMetrics(t *testing.T) {
+	tool := startGitServer(t, false)
+	metricsAddr := freeLoopbackAddr(t)
+	env := startProxyDriver(t, func(o *driver.Options) { o.MetricsListen = metricsAddr })
+	ctx := context.Background()
+	ns := newNamespace(t)
+	class := gitClass(t)
+	gitConnector(t, ns, "tool", class, tool)
+	allowConnectors(t, ns, "builder", "tool")
+	pod := podWithVolume(t, env.kubelet, ns, "client", map[string]string{"connectors": "tool"}, nil)
+	if err := env.kubelet.Publish(ctx, pod, "connectors"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = env.kubelet.Unpublish(ctx, pod, "connectors") })
+	token := visibleFiles(t, env.kubelet.TargetPath(pod, "connectors"))["context.token"]
+	refs := "/repo.git/info/refs?service=git-upload-pack"
+	connectorLabels := func(mode, code string) map[string]string {
+		return map[string]string{"namespace": ns, "connector": "tool", "class": class, "mode": mode, "code": code}
+	}
+	refused := series("connectors_proxy_requests_total", map[string]string{"namespace": "", "connector": "", "class": "", "mode": "reverse", "code": "401"})
+	malformed := series("connectors_token_authentications_total", map[string]string{"reviewer": "proxy", "result": "malformed"})
+	before := scrape(t, metricsAddr)
+
+	for range 3 {
+		if code, body := do(t, noRedirects, newRequest(t, "GET", env.proxyURL+"/namespaces/"+ns+"/connectors/tool"+refs,
+			map[string]string{"Authorization": "Bearer " + token})); code != http.StatusOK {
+			t.Fatalf("reverse: status %d %s", code, body)
+		}
+	}
+	if code, body := do(t, forwardClient(env.proxyURL, ns+"/tool", token), newRequest(t, "GET", tool.URL+refs, nil)); code != http.StatusOK {
+		t.Fatalf("forward: status %d %s", code, body)
+	}
+	const bogus = "no-such-connector-for-metrics"
+	if code, _ := do(t, noRedirects, newRequest(t, "GET", env.proxyURL+"/namespaces/"+ns+"/connectors/"+bogus+refs,
+		map[string]string{"Authorization": "Bearer not-a-token"})); code != http.StatusUnauthorized {
+		t.Fatalf("a bad token: status %d, want 401", code)
+	}
+
+	after := scrape(t, metricsAddr)
+	for s, want := range map[string]float64{
+		series("connectors_proxy_requests_total", connectorLabels("reverse", "200")): 3,
+		series("connectors_proxy_requests_total", connectorLabels("forward", "200")): 1,
+		refused:   1,
+		malformed: 1,
+	} {
+		if got := after[s] - before[s]; got != want {
+			t.Errorf("%s grew by %v, want %v", s, got, want)
+		}
+	}
+	if got := after[series("connectors_proxy_response_bytes_total", map[string]string{"namespace": ns, "connector": "tool", "mode": "reverse"})]; got <= 0 {
+		t.Errorf("no response bytes counted for the reverse requests (%v)", got)
+	}
+	if got := after[`connectors_proxy_request_duration_seconds_count{mode="reverse"}`] - before[`connectors_proxy_request_duration_seconds_count{mode="reverse"}`]; got != 4 {
+		t.Errorf("the reverse duration histogram counted %v requests, want 4", got)
+	}
+	var answered float64
+	for s, v := range after {
+		if strings.HasPrefix(s, "connectors_authorization_decisions_total{") && strings.Contains(s, `reviewer="proxy"`) && strings.Contains(s, `decision="allow"`) {
+			answered += v - before[s]
+		}
+		if strings.Contains(s, bogus) {
+			t.Errorf("a refused request added the series %s", s)
+		}
+	}
+	if answered < 4 {
+		t.Errorf("the proxy's reviewer counted %v allowed authorization answers, want at least 4 (one per proxied request)", answered)
+	}
+}
