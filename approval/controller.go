@@ -255,6 +255,7 @@ func (c *Controller) evaluate(ctx context.Context, ar *v1alpha1.AccessRequest) (
 		return reconcile.Result{}, err
 	}
 	outcome, msg := c.evaluateChecks(ctx, ar, rctx)
+	observeDecision(ar, outcome)
 	switch outcome {
 	case v1alpha1.ReasonPassed:
 		c.setCondition(ar, v1alpha1.ConditionAccessCheckReady, metav1.ConditionTrue, v1alpha1.ReasonPassed, "%s", msg)

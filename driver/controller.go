@@ -19,6 +19,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/config"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
@@ -27,6 +28,7 @@ import (
 	"github.com/kube-connectors/connectors-csi/connectorstatus"
 	"github.com/kube-connectors/connectors-csi/scopes"
 	"github.com/kube-connectors/connectors-csi/secretcache"
+	"github.com/kube-connectors/connectors-csi/statusmetrics"
 	"github.com/kube-connectors/connectors-csi/trust"
 )
 
@@ -36,6 +38,15 @@ func startController(ctx context.Context, g *errgroup.Group, p *process, ready *
 	o := p.o
 	mgr, err := newManager(ctx, p)
 	if err != nil {
+		return err
+	}
+	// The status metrics read the leader's caches only: a standby starts no informer for them.
+	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
+		statusmetrics.Register(mgr.GetClient())
+		<-ctx.Done()
+		statusmetrics.Register(nil)
+		return nil
+	})); err != nil {
 		return err
 	}
 	if err := (&connectorstatus.Reconciler{

@@ -150,10 +150,24 @@ func TestApprovalGatedPromotion(t *testing.T) {
 	if err := env.kubelet.Publish(ctx, pod, "connectors"); status.Code(err) != codes.Unavailable {
 		t.Fatalf("publish with a pending ApprovalTask: %v", err)
 	}
+	// The controller's metrics show the request waiting (other tests' requests may be counted too).
+	pending := map[string]string{"check": v1alpha1.ReasonPending}
+	if !kubelet.WaitUntil(10*time.Second, func() bool {
+		return gathered(t, "connectors_accessrequests", pending) >= 1 &&
+			gathered(t, "connectors_accessrequest_oldest_pending_seconds", nil) > 0
+	}) {
+		t.Errorf("connectors_accessrequests{check=Pending} is %v, the oldest pending %v s: want the pending request counted",
+			gathered(t, "connectors_accessrequests", pending), gathered(t, "connectors_accessrequest_oldest_pending_seconds", nil))
+	}
+	passed := map[string]string{"outcome": v1alpha1.ReasonPassed}
+	decided := gathered(t, "connectors_accessrequest_decision_seconds", passed)
 	approvalTask(t, ns, "run-1", "approved")
 	start := time.Now()
 	if err := env.kubelet.Publish(ctx, pod, "connectors"); err != nil {
 		t.Fatalf("publish after approval: %v", err)
+	}
+	if got := gathered(t, "connectors_accessrequest_decision_seconds", passed) - decided; got < 1 {
+		t.Errorf("connectors_accessrequest_decision_seconds{outcome=Passed} counted %v decisions after the approval, want 1", got)
 	}
 	t.Logf("publish succeeded %s after the approval", time.Since(start).Round(time.Millisecond))
 	vol := env.kubelet.TargetPath(pod, "connectors")

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/kube-connectors/connectors-csi/driver"
 )
 
@@ -117,4 +119,41 @@ func TestProxyMetrics(t *testing.T) {
 	if answered < 4 {
 		t.Errorf("the proxy's reviewer counted %v allowed authorization answers, want at least 4 (one per proxied request)", answered)
 	}
+}
+
+// gathered sums the samples of the in-process driver's metric name whose labels include want
+// (a histogram's: its sample count), from the default registry /metrics serves.
+func gathered(t *testing.T, name string, want map[string]string) float64 {
+	t.Helper()
+	families, err := prometheus.DefaultGatherer.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+	metrics:
+		for _, m := range f.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			for k, v := range want {
+				if labels[k] != v {
+					continue metrics
+				}
+			}
+			switch {
+			case m.GetHistogram() != nil:
+				sum += float64(m.GetHistogram().GetSampleCount())
+			case m.GetGauge() != nil:
+				sum += m.GetGauge().GetValue()
+			case m.GetCounter() != nil:
+				sum += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return sum
 }
