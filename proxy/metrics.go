@@ -18,7 +18,7 @@ var (
 	proxyRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "connectors_proxy_requests_total",
 		Help: "Requests the proxy answered, by Connector (empty when refused before one was authorized), class, mode and HTTP status code.",
-	}, []string{"namespace", "connector", "class", "mode", "code"})
+	}, []string{"connector_namespace", "connector", "class", "mode", "code"})
 	proxyDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "connectors_proxy_request_duration_seconds",
 		Help:    "Time from a request's arrival to the end of its answer, by mode (for mode tunnel: the CONNECT tunnel's life).",
@@ -27,7 +27,7 @@ var (
 	proxyBytes = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "connectors_proxy_response_bytes_total",
 		Help: "Bytes of answer bodies the proxy sent to clients, by Connector and mode.",
-	}, []string{"namespace", "connector", "mode"})
+	}, []string{"connector_namespace", "connector", "mode"})
 )
 
 func init() { prometheus.MustRegister(proxyRequests, proxyDuration, proxyBytes) }

@@ -69,9 +69,9 @@ func TestProxyMetrics(t *testing.T) {
 	token := visibleFiles(t, env.kubelet.TargetPath(pod, "connectors"))["context.token"]
 	refs := "/repo.git/info/refs?service=git-upload-pack"
 	connectorLabels := func(mode, code string) map[string]string {
-		return map[string]string{"namespace": ns, "connector": "tool", "class": class, "mode": mode, "code": code}
+		return map[string]string{"connector_namespace": ns, "connector": "tool", "class": class, "mode": mode, "code": code}
 	}
-	refused := series("connectors_proxy_requests_total", map[string]string{"namespace": "", "connector": "", "class": "", "mode": "reverse", "code": "401"})
+	refused := series("connectors_proxy_requests_total", map[string]string{"connector_namespace": "", "connector": "", "class": "", "mode": "reverse", "code": "401"})
 	malformed := series("connectors_token_authentications_total", map[string]string{"reviewer": "proxy", "result": "malformed"})
 	before := scrape(t, metricsAddr)
 
@@ -101,7 +101,7 @@ func TestProxyMetrics(t *testing.T) {
 			t.Errorf("%s grew by %v, want %v", s, got, want)
 		}
 	}
-	if got := after[series("connectors_proxy_response_bytes_total", map[string]string{"namespace": ns, "connector": "tool", "mode": "reverse"})]; got <= 0 {
+	if got := after[series("connectors_proxy_response_bytes_total", map[string]string{"connector_namespace": ns, "connector": "tool", "mode": "reverse"})]; got <= 0 {
 		t.Errorf("no response bytes counted for the reverse requests (%v)", got)
 	}
 	if got := after[`connectors_proxy_request_duration_seconds_count{mode="reverse"}`] - before[`connectors_proxy_request_duration_seconds_count{mode="reverse"}`]; got != 4 {
