@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	"github.com/kube-connectors/connectors-csi/proxy/egress"
 )
@@ -123,7 +124,10 @@ func serveHTTP(ctx context.Context, lis net.Listener, srv *http.Server, what str
 // socket answers a Probe.
 func serveMetrics(ctx context.Context, lis net.Listener, ready func() bool, csiSocket string, profiling bool) error {
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.Handler())
+	// Ours and client-go's (in the default registry), and controller-runtime's own registry:
+	// API requests by verb and code (rest_client_requests_total), reconciles, work queues.
+	mux.Handle("/metrics", promhttp.HandlerFor(prometheus.Gatherers{prometheus.DefaultGatherer, ctrlmetrics.Registry},
+		promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}))
 	if profiling {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
 		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)

@@ -116,6 +116,16 @@ func TestProxyMetrics(t *testing.T) {
 			t.Errorf("a refused request added the series %s", s)
 		}
 	}
+	// controller-runtime's registry is served too: the API requests by verb and code.
+	var apiRequests float64
+	for s, v := range after {
+		if strings.HasPrefix(s, "rest_client_requests_total{") && strings.Contains(s, `method="POST"`) && strings.Contains(s, `code="201"`) {
+			apiRequests += v
+		}
+	}
+	if apiRequests == 0 {
+		t.Error("no rest_client_requests_total{method=POST,code=201} (the reviews the driver created)")
+	}
 	if answered < 4 {
 		t.Errorf("the proxy's reviewer counted %v allowed authorization answers, want at least 4 (one per proxied request)", answered)
 	}
