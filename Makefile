@@ -14,12 +14,20 @@ FUZZ_TARGETS := proxy:FuzzProxyCredentials proxy:FuzzCoverage render:FuzzValidat
   approval:FuzzCheckState
 FUZZTIME ?= 1m
 
-.PHONY: all build generate verify-generated lint test fuzz e2e e2e-down bench soak scale demo clean
+.PHONY: all build image release generate verify-generated lint test fuzz e2e e2e-down bench soak scale demo clean
 
 all: build
 
 build: ## bin/connectors-csi
 	go build -trimpath -ldflags "$(LDFLAGS)" -o bin/connectors-csi ./cmd/connectors-csi
+
+image: ## the image (linux/amd64, linux/arm64) as an OCI layout in dist/image, its digest in dist/image.digest; pushed as $(IMAGE_REPO):$(VERSION) when IMAGE_REPO is set
+	mkdir -p dist
+	go run ./hack/image -out dist/image -version $(VERSION) $(if $(IMAGE_REPO),-repo $(IMAGE_REPO)) > dist/image.digest
+	@echo "image $$(cat dist/image.digest)"
+
+release: image ## dist/install.yaml: deploy/base with that image pinned by digest (IMAGE_REPO, default connectors-csi)
+	hack/release.sh
 
 generate: ## CRDs and deepcopy from apis/ with controller-gen
 	$(CONTROLLER_GEN) object paths=./apis/...

@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -46,6 +48,24 @@ func TestDeployAppliesServerSide(t *testing.T) {
 		}
 	}
 	if _, err := cp.Kubectl(nil, "apply", "--server-side", "--dry-run=server", "-f", filepath.Join(root, "deploy", "examples")); err != nil {
+		t.Fatal(err)
+	}
+	// make release's rendering: the same base with the image pinned by digest, in one file.
+	digest := "sha256:" + strings.Repeat("ab", 32)
+	release := filepath.Join(t.TempDir(), "install.yaml")
+	cmd := exec.Command(filepath.Join(root, "hack", "release.sh"))
+	cmd.Env = append(os.Environ(), "DIGEST="+digest, "IMAGE_REPO=registry.example.com/connectors-csi", "OUT="+release)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("hack/release.sh: %v\n%s", err, out)
+	}
+	installYAML, err := os.ReadFile(release)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(installYAML), "image: registry.example.com/connectors-csi@"+digest); n != 2 || strings.Contains(string(installYAML), "connectors-csi:latest") {
+		t.Errorf("the release pins %d workloads to the digest (want the DaemonSet and the controller), or still names :latest", n)
+	}
+	if _, err := cp.Kubectl(nil, "apply", "--server-side", "--dry-run=server", "-f", release); err != nil {
 		t.Fatal(err)
 	}
 	single, err := cp.Kubectl(nil, "kustomize", filepath.Join(root, "deploy", "base"))

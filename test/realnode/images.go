@@ -22,6 +22,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"github.com/kube-connectors/connectors-csi/test/controlplane"
 )
 
 // files is an image's content: path in the image → path on the host ("" for a directory,
@@ -317,4 +319,33 @@ func (fs files) addLibraries(elfs ...string) error {
 		}
 	}
 	return nil
+}
+
+// driverImage builds the driver's image with make image's builder (hack/image) for this
+// platform, named for containerd's import, and tars its OCI layout to out; it returns the
+// image index's digest, which make release pins.
+func driverImage(work, out string) (string, error) {
+	dir := filepath.Join(work, "driver-layout")
+	cmd := exec.Command("go", "run", "./hack/image", "-platforms", "linux/"+runtime.GOARCH, "-out", dir,
+		"-version", "e2e", "-name", "localhost/connectors-csi:e2e")
+	cmd.Dir = controlplane.RepoRoot()
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	digest, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("hack/image: %v\n%s", err, stderr.String())
+	}
+	f, err := os.Create(out)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	tw := tar.NewWriter(f)
+	if err := tw.AddFS(os.DirFS(dir)); err != nil {
+		return "", err
+	}
+	if err := tw.Close(); err != nil {
+		return "", err
+	}
+	return strings.TrimSpace(string(digest)), nil
 }

@@ -24,6 +24,7 @@ import (
 	storagev1 "k8s.io/api/storage/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/yaml"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/test/controlplane"
@@ -32,6 +33,10 @@ import (
 )
 
 var node *Node
+
+// driverDigest is the digest of the driver's image (make image's builder), as dist/install.yaml
+// pins it.
+var driverDigest string
 
 func TestMain(m *testing.M) {
 	if os.Geteuid() != 0 {
@@ -80,7 +85,6 @@ func runLane(m *testing.M) (int, error) {
 		{"localhost/pause:e2e", fixed(files{"pause": pause}), "/pause"},
 		{"localhost/busybox:e2e", fixed(busybox()), "/bin/sh"},
 		{"localhost/crane:e2e", fixed(craneFiles), "/bin/sh"},
-		{"localhost/connectors-csi:e2e", fixed(files{"connectors-csi": bin, "tmp": ""}), "/connectors-csi"},
 		{"localhost/git:e2e", gitImage, "/bin/sh"},
 		{"localhost/maven:e2e", mavenImage, "/bin/sh"},
 		{"localhost/node:e2e", nodeImage, "/bin/sh"},
@@ -94,6 +98,11 @@ func runLane(m *testing.M) (int, error) {
 			return 1, fmt.Errorf("image %s: %w", im.ref, err)
 		}
 	}
+	// The driver's image is make image's, for this machine's platform.
+	images["localhost/connectors-csi:e2e"] = filepath.Join(work, "driver.tar")
+	if driverDigest, err = driverImage(work, images["localhost/connectors-csi:e2e"]); err != nil {
+		return 1, err
+	}
 	node, err = Up(context.Background(), bin, images)
 	defer func() {
 		if node != nil {
@@ -102,6 +111,12 @@ func runLane(m *testing.M) (int, error) {
 	}()
 	if err != nil {
 		return 1, err
+	}
+	// A pull by digest would also name the image by its digest; an import names it by tag only,
+	// so name it as make release's install file refers to it.
+	if out, err := run("ctr", "-a", node.Containerd, "-n", "k8s.io", "images", "tag", "localhost/connectors-csi:e2e",
+		"localhost/connectors-csi@"+driverDigest); err != nil {
+		return 1, fmt.Errorf("name the driver image by its digest: %v: %s", err, out)
 	}
 	if err := setupCluster(); err != nil {
 		return 1, err
@@ -727,17 +742,41 @@ done`
 	deleteAndCheckUnmounted(t, pod)
 }
 
-// TestDriverAsDaemonSetPod runs the driver the way deploy/ does — deploy/'s DaemonSet, whose
-// Pod kube-controller-manager's DaemonSet controller makes: privileged, kubelet's pods directory
-// mounted Bidirectional, registering itself with kubelet — and has a Pod use its volume and
-// proxy. It replaces the host-process driver while it runs.
+// releasedDaemonSet is the DaemonSet of the install file make release renders (hack/release.sh),
+// its image pinned to the lane's driver image by digest.
+func releasedDaemonSet(t *testing.T, root string) appsv1.DaemonSet {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "install.yaml")
+	cmd := exec.Command(filepath.Join(root, "hack", "release.sh"))
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "DIGEST="+driverDigest, "IMAGE_REPO=localhost/connectors-csi", "OUT="+out)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("hack/release.sh: %v\n%s", err, b)
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, doc := range strings.Split(string(b), "\n---\n") {
+		var ds appsv1.DaemonSet
+		if err := yaml.Unmarshal([]byte(doc), &ds); err == nil && ds.Kind == "DaemonSet" {
+			return ds
+		}
+	}
+	t.Fatalf("%s has no DaemonSet", out)
+	return appsv1.DaemonSet{}
+}
+
+// TestDriverAsDaemonSetPod runs the driver the way a release installs it — the DaemonSet of
+// make release's install file with make image's image (this platform's, imported into
+// containerd), whose Pod kube-controller-manager's DaemonSet controller makes: privileged, as
+// root though the image's default user is not, kubelet's pods directory mounted Bidirectional,
+// registering itself with kubelet — and has a Pod use its volume and proxy. It replaces the
+// host-process driver while it runs.
 func TestDriverAsDaemonSetPod(t *testing.T) {
 	ctx, kube := context.Background(), node.CP.Kube
 	root := controlplane.RepoRoot()
-	var ds appsv1.DaemonSet
-	if err := controlplane.ReadYAML(filepath.Join(root, "deploy", "base", "daemonset.yaml"), &ds); err != nil {
-		t.Fatal(err)
-	}
+	ds := releasedDaemonSet(t, root)
 	node.Stop("driver")
 	port, err := freePort()
 	if err != nil {
@@ -745,7 +784,10 @@ func TestDriverAsDaemonSetPod(t *testing.T) {
 	}
 	spec := ds.Spec.Template.Spec.DeepCopy()
 	driverCtr := &spec.Containers[0]
-	driverCtr.Image, driverCtr.ImagePullPolicy = "localhost/connectors-csi:e2e", corev1.PullNever
+	if want := "localhost/connectors-csi@" + driverDigest; driverCtr.Image != want {
+		t.Fatalf("the released DaemonSet runs %q, want make image's %s", driverCtr.Image, want)
+	}
+	driverCtr.ImagePullPolicy = corev1.PullNever // imported into containerd: there is no registry
 	// The same paths as the host, so the targets kubelet names are the driver's too.
 	kroot := node.KubeletRoot
 	var args []string
