@@ -110,6 +110,22 @@ func controllerRef(obj *unstructured.Unstructured) metav1.OwnerReference {
 	return *metav1.NewControllerRef(obj, obj.GroupVersionKind())
 }
 
+// gateByApprovalTask creates AccessPolicy policy holding the Connector until its PipelineRun's
+// ApprovalTask is approved (the built-in check and role template).
+func gateByApprovalTask(t *testing.T, ns, policy, connector string) {
+	t.Helper()
+	create(t, &v1alpha1.AccessPolicy{ObjectMeta: metav1.ObjectMeta{Name: policy, Namespace: ns},
+		Spec: v1alpha1.AccessPolicySpec{
+			Connector: v1alpha1.ConnectorSelector{Names: []string{connector}},
+			CheckGrantedPermission: &v1alpha1.CheckGrantedPermission{Spec: v1alpha1.CheckGrantedPermissionSpec{
+				Checks: []v1alpha1.Check{{Name: "approval", Ref: &v1alpha1.TemplateRef{
+					ConfigMap: &v1alpha1.ConfigMapRef{Name: "connectors-approvals-in-pipeline"}}}},
+				RoleTemplate: v1alpha1.RoleTemplate{Ref: v1alpha1.TemplateRef{
+					ConfigMap: &v1alpha1.ConfigMapRef{Name: "connectors-use-connectors-proxy-in-pod"}}},
+			}},
+		}})
+}
+
 // TestApprovalGatedPromotion runs the driver with the deployed RBAC only.
 func TestApprovalGatedPromotion(t *testing.T) {
 	tool := startGitServer(t, false)
@@ -119,16 +135,7 @@ func TestApprovalGatedPromotion(t *testing.T) {
 	ns := newNamespace(t)
 	gitConnector(t, ns, "prod", gitClass(t), tool)
 	allowConnectors(t, ns, "builder", "prod")
-	create(t, &v1alpha1.AccessPolicy{ObjectMeta: metav1.ObjectMeta{Name: "promote", Namespace: ns},
-		Spec: v1alpha1.AccessPolicySpec{
-			Connector: v1alpha1.ConnectorSelector{Names: []string{"prod"}},
-			CheckGrantedPermission: &v1alpha1.CheckGrantedPermission{Spec: v1alpha1.CheckGrantedPermissionSpec{
-				Checks: []v1alpha1.Check{{Name: "approval", Ref: &v1alpha1.TemplateRef{
-					ConfigMap: &v1alpha1.ConfigMapRef{Name: "connectors-approvals-in-pipeline"}}}},
-				RoleTemplate: v1alpha1.RoleTemplate{Ref: v1alpha1.TemplateRef{
-					ConfigMap: &v1alpha1.ConfigMapRef{Name: "connectors-use-connectors-proxy-in-pod"}}},
-			}},
-		}})
+	gateByApprovalTask(t, ns, "promote", "prod")
 	pod := pipelineRunPod(t, env.kubelet, ns, "run-1", "promote", map[string]string{"connectors": "prod"})
 	arName := approval.RequestName("prod", records.Pod{Namespace: ns, Name: pod.Name, UID: string(pod.UID)})
 	var publishErr error

@@ -16,10 +16,8 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 
-	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/driver"
 	"github.com/kube-connectors/connectors-csi/test/controlplane"
 	"github.com/kube-connectors/connectors-csi/test/kubelet"
@@ -104,16 +102,7 @@ func TestMonitoringRules(t *testing.T) {
 	gitConnector(t, ns, "forbidden", class, tool)
 	down.Close()
 	allowConnectors(t, ns, "builder", "gated", "down")
-	create(t, &v1alpha1.AccessPolicy{ObjectMeta: metav1.ObjectMeta{Name: "gate", Namespace: ns},
-		Spec: v1alpha1.AccessPolicySpec{
-			Connector: v1alpha1.ConnectorSelector{Names: []string{"gated"}},
-			CheckGrantedPermission: &v1alpha1.CheckGrantedPermission{Spec: v1alpha1.CheckGrantedPermissionSpec{
-				Checks: []v1alpha1.Check{{Name: "approval", Ref: &v1alpha1.TemplateRef{
-					ConfigMap: &v1alpha1.ConfigMapRef{Name: "connectors-approvals-in-pipeline"}}}},
-				RoleTemplate: v1alpha1.RoleTemplate{Ref: v1alpha1.TemplateRef{
-					ConfigMap: &v1alpha1.ConfigMapRef{Name: "connectors-use-connectors-proxy-in-pod"}}},
-			}},
-		}})
+	gateByApprovalTask(t, ns, "gate", "gated")
 	gated := pipelineRunPod(t, env.kubelet, ns, "run-1", "promote", map[string]string{"connectors": "gated"})
 	if !kubelet.WaitUntil(20*time.Second, func() bool {
 		return status.Code(env.kubelet.Publish(ctx, gated, "connectors")) == codes.Unavailable

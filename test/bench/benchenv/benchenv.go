@@ -301,3 +301,64 @@ const (
 	ToolUser        = "bench-bot"
 	ToolPass        = "bench-password"
 )
+
+// Env is a running benchmark setup: the upstream, envtest with the benchmark's objects, the
+// driver process, and the token of ServiceAccount default of Namespace.
+type Env struct {
+	Up     *Upstream
+	CP     *controlplane.ControlPlane
+	Driver *DriverProcess
+	Token  string
+}
+
+// Start starts the whole setup; Stop ends it.
+func Start(ctx context.Context) (*Env, error) {
+	up, err := StartUpstream()
+	if err != nil {
+		return nil, err
+	}
+	cp, err := controlplane.Start()
+	if err != nil {
+		return nil, err
+	}
+	e := &Env{Up: up, CP: cp}
+	if e.Token, err = CreateObjects(ctx, cp, up); err != nil {
+		e.Stop()
+		return nil, err
+	}
+	if e.Driver, err = StartDriverProcess(cp); err != nil {
+		e.Stop()
+		return nil, err
+	}
+	return e, nil
+}
+
+// Stop stops the driver and envtest.
+func (e *Env) Stop() {
+	if e.Driver != nil {
+		e.Driver.Stop()
+	}
+	e.CP.Stop()
+}
+
+// Get sends one GET with the headers and reads the answer whole; an answer other than 200 is an
+// error.
+func Get(ctx context.Context, c *http.Client, u string, h http.Header) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return err
+	}
+	for k, v := range h {
+		req.Header[k] = v
+	}
+	res, err := c.Do(req)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(io.Discard, res.Body)
+	res.Body.Close()
+	if err == nil && res.StatusCode != http.StatusOK {
+		err = fmt.Errorf("status %d", res.StatusCode)
+	}
+	return err
+}

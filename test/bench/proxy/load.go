@@ -3,8 +3,8 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -16,6 +16,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/kube-connectors/connectors-csi/test/bench/benchenv"
 )
 
 // result is one case's load: requests completed, their rate and latency quantiles.
@@ -46,20 +48,8 @@ func goLoad(c *http.Client, u string, h http.Header) (result, error) {
 		go func() {
 			defer wg.Done()
 			for time.Now().Before(deadline) && count.Add(1) <= int64(*maxRequests) {
-				req, _ := http.NewRequest(http.MethodGet, u, nil)
-				for k, v := range h {
-					req.Header[k] = v
-				}
 				t0 := time.Now()
-				res, err := c.Do(req)
-				if err == nil {
-					_, err = io.Copy(io.Discard, res.Body)
-					res.Body.Close()
-					if err == nil && res.StatusCode != http.StatusOK {
-						err = fmt.Errorf("status %d", res.StatusCode)
-					}
-				}
-				if err != nil {
+				if err := benchenv.Get(context.Background(), c, u, h); err != nil {
 					firstErr.CompareAndSwap(nil, err)
 					return
 				}

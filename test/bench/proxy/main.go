@@ -84,24 +84,12 @@ type row struct {
 func run() error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	up, err := benchenv.StartUpstream()
+	env, err := benchenv.Start(ctx)
 	if err != nil {
 		return err
 	}
-	cp, err := controlplane.Start()
-	if err != nil {
-		return err
-	}
-	defer cp.Stop()
-	token, err := benchenv.CreateObjects(ctx, cp, up)
-	if err != nil {
-		return err
-	}
-	drv, err := benchenv.StartDriverProcess(cp)
-	if err != nil {
-		return err
-	}
-	defer drv.Stop()
+	defer env.Stop()
+	up, cp, drv, token := env.Up, env.CP, env.Driver, env.Token
 	ngx, err := startNginx(up)
 	if err != nil {
 		return err

@@ -63,26 +63,14 @@ type sample struct {
 func run() error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	up, err := benchenv.StartUpstream()
+	env, err := benchenv.Start(ctx)
 	if err != nil {
 		return err
 	}
-	cp, err := controlplane.Start()
-	if err != nil {
-		return err
-	}
-	defer cp.Stop()
-	token, err := benchenv.CreateObjects(ctx, cp, up)
-	if err != nil {
-		return err
-	}
-	drv, err := benchenv.StartDriverProcess(cp)
-	if err != nil {
-		return err
-	}
-	defer drv.Stop()
-	l := &load{proxy: drv.ProxyAddr, token: token, up: up}
-	if err := l.prepare(ctx, cp); err != nil {
+	defer env.Stop()
+	drv := env.Driver
+	l := &load{proxy: drv.ProxyAddr, token: env.Token, up: env.Up}
+	if err := l.prepare(ctx, env.CP); err != nil {
 		return err
 	}
 	// The load outlasts the last reading by half an interval, so that no reading sees the
@@ -185,19 +173,8 @@ func pause(ctx context.Context, mean time.Duration) bool {
 
 // get sends one GET and reads the answer whole; the latency counts toward the interval's p99.
 func (l *load) get(ctx context.Context, c *http.Client, u string, h http.Header) {
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-	for k, v := range h {
-		req.Header[k] = v
-	}
 	t0 := time.Now()
-	res, err := c.Do(req)
-	if err == nil {
-		_, err = io.Copy(io.Discard, res.Body)
-		res.Body.Close()
-		if err == nil && res.StatusCode != http.StatusOK {
-			err = fmt.Errorf("status %d", res.StatusCode)
-		}
-	}
+	err := benchenv.Get(ctx, c, u, h)
 	if ctx.Err() != nil {
 		return // the soak ended mid-request
 	}
