@@ -42,9 +42,9 @@ const caBundle = "etc/ssl/certs/ca-certificates.crt"
 
 type options struct {
 	pkg, out, version, repo, name string
-	platforms               []string
-	epoch                   time.Time
-	caFile                  string
+	platforms                     []string
+	epoch                         time.Time
+	caFile                        string
 }
 
 func main() {
