@@ -2,14 +2,23 @@ package main
 
 import (
 	"archive/tar"
+	"encoding/base64"
 	"io"
+	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
+
+	"github.com/kube-connectors/connectors-csi/test/registry"
 )
 
 // TestImageIsReproducibleAndMultiPlatform builds a small program's image twice for two
@@ -98,5 +107,41 @@ func layerFiles(t *testing.T, img v1.Image) map[string]string {
 			}
 			out[h.Name] = string(b)
 		}
+	}
+}
+
+// TestImagePushesToARegistry pushes the index to a real registry (the distribution registry
+// with token auth, on loopback) with the credentials of a Docker config, as make image does
+// with IMAGE_REPO, and reads it back there by its tag: the printed digest.
+func TestImagePushesToARegistry(t *testing.T) {
+	reg, err := registry.Start(t.TempDir(), "127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(reg.Close)
+	host := strings.TrimPrefix(reg.URL, "http://")
+	config := t.TempDir()
+	auth := base64.StdEncoding.EncodeToString([]byte(reg.Username + ":" + reg.Password))
+	if err := os.WriteFile(filepath.Join(config, "config.json"), []byte(`{"auths": {"`+host+`": {"auth": "`+auth+`"}}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("DOCKER_CONFIG", config)
+	o := options{pkg: "github.com/kube-connectors/connectors-csi/test/realnode/pause", version: "v9.9.9-push",
+		platforms: []string{"linux/amd64", "linux/arm64"}, epoch: time.Unix(1700000000, 0).UTC(), caFile: "testdata/ca.crt",
+		out: filepath.Join(t.TempDir(), "layout"), repo: host + "/connectors-csi"}
+	digest, err := build(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := name.NewTag(o.repo + ":" + o.version)
+	if err != nil {
+		t.Fatal(err)
+	}
+	desc, err := remote.Head(ref, remote.WithAuthFromKeychain(authn.DefaultKeychain))
+	if err != nil {
+		t.Fatalf("the pushed tag: %v", err)
+	}
+	if desc.Digest.String() != digest {
+		t.Errorf("the registry has %s at %s, make image printed %s", desc.Digest, ref, digest)
 	}
 }
