@@ -86,19 +86,22 @@ func parallel(t *testing.T, n int, f func(i int) error) {
 }
 
 // rssMiB is a process's resident set (all of it, file-backed pages included).
-func rssMiB(t *testing.T, pid int) float64 {
+func rssMiB(t *testing.T, pid int) float64 { return statusMiB(t, pid, "VmRSS:") }
+
+// statusMiB reads one kB field of /proc/<pid>/status in MiB.
+func statusMiB(t *testing.T, pid int, field string) float64 {
 	t.Helper()
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+		if v, ok := strings.CutPrefix(line, field); ok {
 			kb, _ := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")))
 			return float64(kb) / 1024
 		}
 	}
-	t.Fatalf("no VmRSS for %d", pid)
+	t.Fatalf("no %s for %d", field, pid)
 	return 0
 }
 
@@ -120,12 +123,22 @@ func heapMiB(t *testing.T, addr string) float64 {
 	return 0
 }
 
-func meanRSS(t *testing.T, drivers []*runningDriver) float64 {
-	var sum float64
+// rss is a process's resident set and its anonymous part (the rest: the binary's file pages).
+type rss struct{ total, anon float64 }
+
+func (r rss) String() string {
+	return fmt.Sprintf("%.1f MiB (%.1f anonymous, %.1f file-backed)", r.total, r.anon, r.total-r.anon)
+}
+
+// meanRSS is the drivers' mean resident set.
+func meanRSS(t *testing.T, drivers []*runningDriver) rss {
+	var sum rss
 	for _, d := range drivers {
-		sum += rssMiB(t, d.pid)
+		sum.total += rssMiB(t, d.pid)
+		sum.anon += statusMiB(t, d.pid, "RssAnon:")
 	}
-	return sum / float64(len(drivers))
+	n := float64(len(drivers))
+	return rss{sum.total / n, sum.anon / n}
 }
 
 func TestScale(t *testing.T) {
@@ -333,7 +346,7 @@ func TestScale(t *testing.T) {
 	t.Logf("RESULT nodes=%d volumes/node=%d republish-period=%s steady-state=%s", size.nodes, size.volumesPerNode, size.period, elapsed.Round(time.Second))
 	t.Logf("RESULT API requests per node per minute (steady state): min %.2f, max %.2f; watch streams per node: min %.0f, max %.0f; watches (re)opened in the steady state: %d",
 		perMinute[0], perMinute[len(perMinute)-1], streamsPerNode[0], streamsPerNode[len(streamsPerNode)-1], sumValues(watches))
-	t.Logf("RESULT node RSS (mean of %d): %.1f MiB with %d Connectors, %.1f MiB with %d", size.nodes, nodeRSSSmall, size.connectors/10, nodeRSSLarge, size.connectors)
+	t.Logf("RESULT node RSS (mean of %d): %s with %d Connectors, %s with %d", size.nodes, nodeRSSSmall, size.connectors/10, nodeRSSLarge, size.connectors)
 	t.Logf("RESULT controller RSS (heap in use): %.1f MiB (%.1f) with %d Pods, %.1f MiB (%.1f) with %d Pods (and %d Connectors, %d AccessRequests)",
 		controllerRSSSmall, controllerHeapSmall, size.pods/10, controllerRSSLarge, controllerHeapLarge, size.pods, size.connectors, size.requests)
 	t.Logf("RESULT controller requests at rest: %.1f per minute (target: at most %d Connectors per --connector-recheck-interval, 5m: %.0f per minute); by verb and resource: %v",
