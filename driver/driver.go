@@ -91,7 +91,7 @@ func Run(ctx context.Context, opts Options) error {
 		g.Go(func() error { return serveMetrics(ctx, metrics, ready, csiSocket, o.Profiling) })
 	}
 	if o.ReleaseStartupPages {
-		go releaseStartupPages(ctx, ready)
+		go releaseStartupPages(ctx, ready, o.ReleasePagesInterval)
 	}
 	klog.FromContext(ctx).Info("Driver started", "version", Version, "role", o.Role, "driver", o.DriverName, "node", o.NodeID,
 		"endpoint", o.Endpoint, "proxyURL", o.ProxyURL)
@@ -137,15 +137,26 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 }
 
 // releaseStartupPages waits until the process is ready (its caches synced: start-up is over)
-// and gives back the executable's pages only start-up used (see binpages).
-func releaseStartupPages(ctx context.Context, ready func() bool) {
+// and gives back the executable's pages only start-up used (see binpages); then, every
+// interval (0: never), those the last interval used, which fault back as they are needed.
+func releaseStartupPages(ctx context.Context, ready func() bool, interval time.Duration) {
 	if err := wait.PollUntilContextCancel(ctx, 500*time.Millisecond, false, func(context.Context) (bool, error) { return ready(), nil }); err != nil {
 		return
 	}
-	released, err := binpages.Release()
-	if err != nil {
-		klog.FromContext(ctx).Error(err, "Could not give back the start-up pages of the executable")
-		return
+	for {
+		released, err := binpages.Release()
+		if err != nil {
+			klog.FromContext(ctx).Error(err, "Could not give back the pages of the executable")
+			return
+		}
+		klog.FromContext(ctx).V(4).Info("Gave back the pages of the executable", "mappedMiB", released>>20)
+		if interval <= 0 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(interval):
+		}
 	}
-	klog.FromContext(ctx).V(2).Info("Gave back the start-up pages of the executable", "mappedMiB", released>>20)
 }

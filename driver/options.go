@@ -51,22 +51,24 @@ type Options struct {
 	MetricsListen   string
 	// Profiling serves net/http/pprof under /debug/pprof/ on the metrics listener.
 	Profiling bool
-	// ReleaseStartupPages drops the executable's pages touched while starting, once ready.
-	ReleaseStartupPages bool
-	LeaderElect         bool
-	VolumeSizeLimit     string
-	KubeletRegDir       string
-	KubeletPluginSock   string
-	UnprivilegedMounts  bool
-	KubeAPIQPS          float64
-	KubeAPIBurst        int
-	AuthzAllowTTL       time.Duration
-	TokenCacheTTL       time.Duration
-	AuthzDenyTTL        time.Duration
-	SecretCacheTTL      time.Duration
-	StatusRecheck       time.Duration
-	StatusWorkers       int
-	ClusterDomain       string
+	// ReleaseStartupPages drops the executable's pages touched while starting, once ready, and
+	// then every ReleasePagesInterval (0: once).
+	ReleaseStartupPages  bool
+	ReleasePagesInterval time.Duration
+	LeaderElect          bool
+	VolumeSizeLimit      string
+	KubeletRegDir        string
+	KubeletPluginSock    string
+	UnprivilegedMounts   bool
+	KubeAPIQPS           float64
+	KubeAPIBurst         int
+	AuthzAllowTTL        time.Duration
+	TokenCacheTTL        time.Duration
+	AuthzDenyTTL         time.Duration
+	SecretCacheTTL       time.Duration
+	StatusRecheck        time.Duration
+	StatusWorkers        int
+	ClusterDomain        string
 	// BuiltInProxyServices are the Service names under which a ConnectorClass's spec.proxy.ref
 	// means the built-in proxy.
 	BuiltInProxyServices []string
@@ -150,6 +152,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.TokenAudience, "token-audience", "connectors-csi", "audience of the projected token the driver expects and the proxy accepts")
 	fs.StringVar(&o.MetricsListen, "metrics-listen", ":9090", "listener of /metrics, /healthz and /readyz (empty: off)")
 	fs.BoolVar(&o.ReleaseStartupPages, "release-startup-pages", true, "once ready, give back the pages of the executable that only start-up touched (its package initializers): they leave RSS and stay in the page cache")
+	fs.DurationVar(&o.ReleasePagesInterval, "release-pages-interval", 5*time.Minute, "with --release-startup-pages, give the executable's pages back again this often, so that RSS holds only what the last interval used (0: once, after start-up)")
 	fs.BoolVar(&o.Profiling, "profiling", false, "also serve Go's profiles (/debug/pprof/) on --metrics-listen, which has no authentication: keep that listener off the network when on")
 	fs.BoolVar(&o.LeaderElect, "leader-elect", true, "run the controllers (controller and all roles) under a Lease")
 	fs.StringVar(&o.VolumeSizeLimit, "volume-size-limit", "4Mi", "tmpfs size of each volume")
