@@ -125,7 +125,7 @@ func New(kube kubernetes.Interface, cfg Config) (*Reviewer, error) {
 		name:      cfg.Name,
 		denyTTL:   cfg.DenyTTL,
 	}
-	if cfg.Name != "" {
+	if cfg.Name != "" && max(cfg.AllowTTL, cfg.DenyTTL) > 0 { // an uncached Reviewer has no cache to report
 		cachemetrics.Register("authorization_"+cfg.Name, r.decisions.Len)
 	}
 	return r, nil
