@@ -26,8 +26,8 @@ image: ## the image (linux/amd64, linux/arm64) as an OCI layout in dist/image, i
 	go run ./hack/image -out dist/image -version $(VERSION) $(if $(IMAGE_REPO),-repo $(IMAGE_REPO)) > dist/image.digest
 	@echo "image $$(cat dist/image.digest)"
 
-release: image ## dist/install.yaml: deploy/base with that image pinned by digest (IMAGE_REPO, default connectors-csi)
-	hack/release.sh
+release: image ## dist/install.yaml (deploy/base) and dist/connectors-csi-<chart version>.tgz (deploy/chart) with that image pinned by digest (IMAGE_REPO, default connectors-csi)
+	VERSION=$(VERSION) hack/release.sh
 
 generate: ## CRDs and deepcopy from apis/ with controller-gen
 	$(CONTROLLER_GEN) object paths=./apis/...

@@ -68,6 +68,18 @@ func TestDeployAppliesServerSide(t *testing.T) {
 	if _, err := cp.Kubectl(nil, "apply", "--server-side", "--dry-run=server", "-f", release); err != nil {
 		t.Fatal(err)
 	}
+	// And the chart it packages beside it, with the same image as its default.
+	packaged, err := filepath.Glob(filepath.Join(filepath.Dir(release), "connectors-csi-*.tgz"))
+	if err != nil || len(packaged) != 1 {
+		t.Fatalf("hack/release.sh packaged %v (%v), want one chart", packaged, err)
+	}
+	chart, err := helmTemplate(t, packaged[0], systemNS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(chart, "image: registry.example.com/connectors-csi@"+digest); n != 2 {
+		t.Errorf("the packaged chart pins %d workloads to the digest, want 2", n)
+	}
 	single, err := cp.Kubectl(nil, "kustomize", filepath.Join(root, "deploy", "base"))
 	if err != nil {
 		t.Fatal(err)
