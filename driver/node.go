@@ -58,6 +58,7 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 	events := record.NewBroadcaster(record.WithContext(ctx))
 	go func() { <-ctx.Done(); events.Shutdown() }()
 	events.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: p.kube.CoreV1().Events("")})
+	recorder := events.NewRecorder(clientgoscheme.Scheme, corev1.EventSource{Component: o.DriverName, Host: o.NodeID})
 
 	// Publishes review with the process's client; the proxy and the Connectors API, which any
 	// client on the network can call, with their own client and rate limit, so that a flood of
@@ -104,6 +105,7 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 		TunnelLifetime:      o.TunnelLifetime, MaxHeaderBytes: o.ProxyMaxHeaderBytes,
 		SecretCacheSize: o.SecretCacheSize, RegistryTokenCacheSize: o.RegistryTokenCacheSize,
 		LeafCacheSize: o.LeafCacheSize, TransportCacheSize: o.TransportCacheSize,
+		Refusals: &proxy.RefusalEvents{Recorder: recorder, Interval: o.RefusalEventInterval, QPS: o.RefusalEventQPS},
 	})
 	if err != nil {
 		return err
@@ -139,7 +141,7 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 		CA:       caStore,
 		Mounter:  newMounter(o),
 		Records:  store,
-		Events:   events.NewRecorder(clientgoscheme.Scheme, corev1.EventSource{Component: o.DriverName, Host: o.NodeID}),
+		Events:   recorder,
 		Flags:    flags,
 	})
 	identityServer := &identity.Server{Name: o.DriverName, Version: Version, Ready: ready.Load}

@@ -23,6 +23,7 @@ const (
 	defaultMaxConnections         = 8192
 	defaultMaxHeaderBytes         = 64 << 10
 	defaultProxyAuthQPS           = 50
+	defaultRefusalEventInterval   = time.Minute
 	defaultProxyAuthBurst         = 100
 	defaultSecretCacheSize        = 1000
 	defaultRegistryTokenCacheSize = 10000
@@ -80,6 +81,8 @@ type Options struct {
 	RegoMaxBodyBytes     int
 	ApprovalWait         time.Duration
 	ProxyPermissionTTL   time.Duration
+	RefusalEventInterval time.Duration
+	RefusalEventQPS      float64
 	RequestRetention     time.Duration
 	// DisableScopedConnectors turns off kube-public and project-level Connectors (see
 	// package scopes); the flag is --scoped-connectors, default true.
@@ -184,6 +187,8 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.RegoTimeout, "rego-eval-timeout", defaultRegoTimeout, "how long one evaluation of a Rego module may run before it fails")
 	fs.IntVar(&o.RegoMaxBodyBytes, "rego-max-body-bytes", defaultRegoMaxBodyBytes, "largest JSON request body given to a Rego module as input.request.body (larger ones are null) and rewritten by a generator that injects into the body (larger ones are refused with 413)")
 	fs.DurationVar(&o.ProxyPermissionTTL, "proxy-permission-ttl", 10*time.Second, "how long an allowed connectors/proxy decision is cached; the node drops a Pod's decisions as soon as it sees one of the Pod's AccessRequests change (granted, revoked), so this bounds only grants made or removed by hand")
+	fs.DurationVar(&o.RefusalEventInterval, "proxy-refusal-event-interval", defaultRefusalEventInterval, "a proxy refusal (403) of a Pod's request is recorded as a Warning Event (reason ProxyRefused) on the Pod; the same refusal of the same Pod at most once per this interval")
+	fs.Float64Var(&o.RefusalEventQPS, "proxy-refusal-event-qps", 1, "sustained ProxyRefused Events per second a node writes (burst 10; beyond it refusals are counted in connectors_proxy_refusal_events_dropped_total, not recorded); 0 records none")
 	fs.DurationVar(&o.ApprovalWait, "approval-wait", 10*time.Second, "how long a publish waits for a pending AccessRequest before answering Unavailable (kubelet retries)")
 	fs.BoolFunc("scoped-connectors", "share Connectors of kube-public with every namespace's workloads and those of a project's namespace (cpaas.io/inner-namespace) with its members (cpaas.io/project), through RoleBindings the controller keeps (default true; false where tenants may label namespaces)", func(v string) error {
 		on, err := strconv.ParseBool(v)
@@ -397,6 +402,12 @@ func (v *validated) proxyLimits() error {
 	}
 	if v.TunnelLifetime < 0 || v.ProxyAuthQPS < 0 {
 		return fmt.Errorf("--proxy-tunnel-max-lifetime and --proxy-auth-qps must not be negative")
+	}
+	if v.RefusalEventInterval < 0 || v.RefusalEventQPS < 0 {
+		return fmt.Errorf("--proxy-refusal-event-interval and --proxy-refusal-event-qps must not be negative")
+	}
+	if v.RefusalEventInterval == 0 {
+		v.RefusalEventInterval = defaultRefusalEventInterval
 	}
 	switch {
 	case v.RegoTimeout < 0:

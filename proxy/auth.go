@@ -17,9 +17,9 @@ import (
 // Extras of a Pod-bound ServiceAccount token, as TokenReview returns them.
 const extraPodName = "authentication.kubernetes.io/pod-name"
 
-// authenticate turns a token into a user; unauthorized is the status for "who are you"
-// (401 for the reverse proxy, 407 for the forward proxy).
-func (p *Proxy) authenticate(ctx context.Context, token string, unauthorized int) (user.Info, error) {
+// authenticate turns a token into a user, and tells w's meter whose it is; unauthorized is
+// the status for "who are you" (401 for the reverse proxy, 407 for the forward proxy).
+func (p *Proxy) authenticate(ctx context.Context, w http.ResponseWriter, token string, unauthorized int) (user.Info, error) {
 	if token == "" {
 		return nil, refusef(unauthorized, "no token: send the Pod's projected token (context.token) as the password or a Bearer token")
 	}
@@ -30,6 +30,7 @@ func (p *Proxy) authenticate(ctx context.Context, token string, unauthorized int
 	if !ok {
 		return nil, refusef(unauthorized, "token not accepted: invalid, expired, for another audience, or its Pod is gone")
 	}
+	identified(w, u)
 	return u, nil
 }
 
@@ -105,12 +106,10 @@ func (p *Proxy) allowed(ctx context.Context, r Reviewer, u user.Info, nn types.N
 
 // podOf returns "<namespace>/<pod>" for a Pod-bound ServiceAccount token's user, else "".
 func podOf(u user.Info) string {
-	pods := u.GetExtra()[extraPodName]
-	parts := strings.Split(u.GetName(), ":") // system:serviceaccount:<ns>:<name>
-	if len(pods) != 1 || len(parts) != 4 || parts[0] != "system" || parts[1] != "serviceaccount" {
-		return ""
+	if pod, ok := podOfUser(u); ok {
+		return pod.namespace + "/" + pod.name
 	}
-	return parts[2] + "/" + pods[0]
+	return ""
 }
 
 // clientToken takes the token from Authorization: Bearer, or the password of Basic.

@@ -40,7 +40,7 @@ func (p *Proxy) forwardAuth(w http.ResponseWriter, r *http.Request) (*forwardCli
 	}
 	var u user.Info
 	if err == nil {
-		u, err = p.authenticate(ctx, token, http.StatusProxyAuthRequired)
+		u, err = p.authenticate(ctx, w, token, http.StatusProxyAuthRequired)
 	}
 	if err != nil {
 		w.Header().Set("Proxy-Authenticate", `Basic realm="connectors-proxy"`)
@@ -251,12 +251,12 @@ func (p *Proxy) tunnelDestination(ctx context.Context, fc *forwardClient, host s
 // a token that stopped being valid (its Pod deleted) stops working inside an open tunnel too.
 func (p *Proxy) serveTunnel(ctx context.Context, conn net.Conn, fc *forwardClient, dest *url.URL) {
 	inner := http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
-		w, record := metered(rw, modeTunnelled)
+		w, record := p.metered(rw, r, modeTunnelled)
 		defer record()
 		if loopDetected(w, r) {
 			return
 		}
-		u, err := p.authenticate(r.Context(), fc.token, http.StatusProxyAuthRequired)
+		u, err := p.authenticate(r.Context(), w, fc.token, http.StatusProxyAuthRequired)
 		if err != nil {
 			w.Header().Set("Connection", "close")
 			refuseErr(r.Context(), w, err)

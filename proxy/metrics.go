@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/apiserver/pkg/authentication/user"
 )
 
 // The proxy's request metrics. A request is labelled with its Connector only once the caller
@@ -66,6 +67,14 @@ type meteredWriter struct {
 	code  int
 	bytes int64
 	rt    *route
+
+	// For RefusalEvents: the request, the Pod its token is bound to (once authenticated) and
+	// the refusal it got, if any.
+	r        *http.Request
+	pod      podRef
+	hasPod   bool
+	refusal  string
+	refusals *RefusalEvents
 }
 
 func (m *meteredWriter) WriteHeader(code int) {
@@ -95,9 +104,9 @@ func (m *meteredWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	return conn, rw, err
 }
 
-// metered wraps w for a request of mode, and returns the function that records it.
-func metered(w http.ResponseWriter, mode string) (*meteredWriter, func()) {
-	m := &meteredWriter{ResponseWriter: w, mode: mode}
+// metered wraps w for the request r of mode, and returns the function that records it.
+func (p *Proxy) metered(w http.ResponseWriter, r *http.Request, mode string) (*meteredWriter, func()) {
+	m := &meteredWriter{ResponseWriter: w, mode: mode, r: r, refusals: p.cfg.Refusals}
 	start := time.Now()
 	return m, func() { m.record(time.Since(start)) }
 }
@@ -115,6 +124,23 @@ func (m *meteredWriter) record(elapsed time.Duration) {
 	proxyDuration.WithLabelValues(m.mode).Observe(elapsed.Seconds())
 	if m.bytes > 0 {
 		proxyBytes.WithLabelValues(ns, name, m.mode).Add(float64(m.bytes))
+	}
+	if code == http.StatusForbidden && m.refusal != "" && m.hasPod {
+		m.refusals.record(m.r.Context(), m.pod, m.mode, m.r.Method, code, m.refusal)
+	}
+}
+
+// identified tells w's meter who the authenticated caller is.
+func identified(w http.ResponseWriter, u user.Info) {
+	if m, ok := w.(*meteredWriter); ok {
+		m.pod, m.hasPod = podOfUser(u)
+	}
+}
+
+// refused tells w's meter the refusal its request got.
+func refused(w http.ResponseWriter, msg string) {
+	if m, ok := w.(*meteredWriter); ok {
+		m.refusal = msg
 	}
 }
 

@@ -71,6 +71,8 @@ type Config struct {
 	// Sizes of the bounded caches: Secrets, registry tokens (and realms), leaf certificates
 	// (per host), upstream transports (per CA bundle), connectors/proxy decisions.
 	SecretCacheSize, RegistryTokenCacheSize, LeafCacheSize, TransportCacheSize, PermissionCacheSize int
+	// Refusals records 403 answers to Pods as Events on the Pod; nil records none.
+	Refusals *RefusalEvents
 }
 
 // check refuses a Config whose limits are unset: an unbounded cache is what they prevent.
@@ -189,7 +191,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case isAPI && !isHost:
 		mode = modeAPI
 	}
-	m, record := metered(w, mode)
+	m, record := p.metered(w, r, mode)
 	defer record()
 	if loopDetected(m, r) {
 		return
@@ -235,6 +237,7 @@ func refusef(status int, format string, args ...any) error {
 
 // refuse writes a plain-text refusal a person can read in git's or curl's output.
 func refuse(w http.ResponseWriter, status int, msg string) {
+	refused(w, msg)
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(status)

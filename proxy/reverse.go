@@ -30,7 +30,7 @@ func (p *Proxy) serveReverse(w http.ResponseWriter, r *http.Request) {
 func (p *Proxy) serveReverseTo(w http.ResponseWriter, r *http.Request, nn types.NamespacedName, rest string) {
 	ctx := r.Context()
 	token, foundBy := p.callerToken(r)
-	u, err := p.authenticate(ctx, token, http.StatusUnauthorized)
+	u, err := p.authenticate(ctx, w, token, http.StatusUnauthorized)
 	if err != nil {
 		w.Header().Set("WWW-Authenticate", `Basic realm="connectors-proxy"`)
 		refuseErr(ctx, w, err)

@@ -19,6 +19,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/driver"
 	"github.com/kube-connectors/connectors-csi/features"
 	"github.com/kube-connectors/connectors-csi/test/kubelet"
 )
@@ -314,4 +315,94 @@ func grantPodProxy(t *testing.T, ns, pod, connector string) {
 	create(t, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
 		RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: name},
 		Subjects: []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: "builder", Namespace: ns}}})
+}
+
+// TestProxyRefusalsAreEventsOnThePod: a 403 of the proxy to a Pod's request is a Warning Event
+// (ProxyRefused) on that Pod, found with one kubectl command by the Pod's name; the same refusal
+// again within --proxy-refusal-event-interval adds nothing; a request without a valid Pod token
+// (401/407) names no Pod and makes no Event; no Event carries the token.
+func TestProxyRefusalsAreEventsOnThePod(t *testing.T) {
+	tool, other := startGitServer(t, false), startGitServer(t, false)
+	env := startProxyDriver(t, func(o *driver.Options) { o.RefusalEventQPS = 1 }) // the flag's default
+	ctx := context.Background()
+	ns := newNamespace(t)
+	git := gitClass(t)
+	gitConnector(t, ns, "tool", git, tool)
+	gitConnector(t, ns, "forbidden", git, other)
+	allowConnectors(t, ns, "builder", "tool")
+	pod := podWithVolume(t, env.kubelet, ns, "refused", map[string]string{"connectors": "tool"}, nil)
+	if err := env.kubelet.Publish(ctx, pod, "connectors"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = env.kubelet.Unpublish(ctx, pod, "connectors") })
+	token := visibleFiles(t, env.kubelet.TargetPath(pod, "connectors"))["context.token"]
+	refs := "/repo.git/info/refs?service=git-upload-pack"
+	forbidden := newRequest(t, "GET", fmt.Sprintf("%s/namespaces/%s/connectors/forbidden%s", env.proxyURL, ns, refs),
+		map[string]string{"Authorization": "Bearer " + token})
+	refusalEvents := func() []corev1.Event {
+		evs, err := cp.Kube.CoreV1().Events(ns).List(ctx, metav1.ListOptions{
+			FieldSelector: "involvedObject.kind=Pod,involvedObject.name=" + pod.Name + ",reason=ProxyRefused"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return evs.Items
+	}
+	withMessage := func(part string) func() bool {
+		return func() bool {
+			return slices.ContainsFunc(refusalEvents(), func(ev corev1.Event) bool { return strings.Contains(ev.Message, part) })
+		}
+	}
+
+	if code, body := do(t, noRedirects, forbidden); code != http.StatusForbidden {
+		t.Fatalf("status %d: %s", code, body)
+	}
+	reverseRefusal := "connectors proxy answered 403 to GET (reverse): system:serviceaccount:" + ns + ":builder may not get Connector " + ns + "/forbidden"
+	if !kubelet.WaitUntil(20*time.Second, withMessage(reverseRefusal)) {
+		t.Fatalf("no ProxyRefused Event %q on the Pod: %+v", reverseRefusal, refusalEvents())
+	}
+	// The same refusal again, and refusals that name no Pod (bad tokens).
+	for range 5 {
+		do(t, noRedirects, forbidden)
+	}
+	for _, bad := range []string{"not-a-token", ""} {
+		if code, _ := do(t, noRedirects, newRequest(t, "GET", fmt.Sprintf("%s/namespaces/%s/connectors/tool%s", env.proxyURL, ns, refs),
+			map[string]string{"Authorization": "Bearer " + bad})); code != http.StatusUnauthorized {
+			t.Fatalf("bad token: status %d", code)
+		}
+	}
+	if code, _ := do(t, forwardClient(env.proxyURL, ns+"/tool", "not-a-token"), newRequest(t, "GET", tool.URL+refs, nil)); code != http.StatusProxyAuthRequired {
+		t.Fatalf("forward, bad token: status %d", code)
+	}
+	// A different refusal (forward, a host of no named Connector) is recorded; the Event sink
+	// writes in order, so once it is there the repeats above were handled too.
+	if code, _ := do(t, forwardClient(env.proxyURL, ns+"/tool", token), newRequest(t, "GET", other.URL+refs, nil)); code != http.StatusForbidden {
+		t.Fatalf("forward to another host: status %d", code)
+	}
+	if !kubelet.WaitUntil(20*time.Second, withMessage("to GET (passthrough): destination "+strings.TrimPrefix(other.URL, "http://")+" is not an address of the named Connectors")) {
+		t.Fatalf("no ProxyRefused Event for the forward refusal: %+v", refusalEvents())
+	}
+	evs := refusalEvents()
+	if len(evs) != 2 {
+		t.Errorf("%d ProxyRefused Events, want 2 (one per refusal): %+v", len(evs), evs)
+	}
+	for _, ev := range evs {
+		if ev.Type != corev1.EventTypeWarning || ev.Count > 1 || ev.InvolvedObject.UID != pod.UID {
+			t.Errorf("Event %s: type %s, count %d, UID %s; want one Warning on Pod UID %s", ev.Name, ev.Type, ev.Count, ev.InvolvedObject.UID, pod.UID)
+		}
+	}
+	all, err := cp.Kube.CoreV1().Events(ns).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ev := range all.Items {
+		if strings.Contains(ev.Message, token) {
+			t.Errorf("Event %s carries the Pod's token", ev.Name)
+		}
+	}
+	// What an operator types: the Pod's name, one command.
+	out, err := cp.Kubectl(nil, "get", "events", "-n", ns, "--field-selector", "involvedObject.name="+pod.Name)
+	if err != nil || !strings.Contains(out, "ProxyRefused") || !strings.Contains(out, "may not get Connector "+ns+"/forbidden") {
+		t.Errorf("kubectl get events by the Pod's name: %v\n%s", err, out)
+	}
+	t.Logf("kubectl get events -n %s --field-selector involvedObject.name=%s\n%s", ns, pod.Name, out)
 }
