@@ -64,15 +64,16 @@ func (d *directTransport) takes(tr *http.Transport, r *http.Request) bool {
 
 // RoundTrip sends r on a pooled connection of tr's dialer, or a new one. A pooled connection
 // the tool closed while it was idle fails before any answer arrives: r, being GET or HEAD, is
-// then sent once more on a new connection, as http.Transport does.
-func (d *directTransport) RoundTrip(tr *http.Transport, r *http.Request) (*http.Response, error) {
+// then sent once more on a new connection, as http.Transport does. client, when not nil, is
+// where the answer's body will be copied to (see directBody.splice).
+func (d *directTransport) RoundTrip(tr *http.Transport, r *http.Request, client io.Writer) (*http.Response, error) {
 	key := directKey{transport: tr, addr: hostPort(r.URL)}
 	for {
 		pc, reused, err := d.get(r.Context(), key)
 		if err != nil {
 			return nil, err
 		}
-		res, err := pc.roundTrip(d, r)
+		res, err := pc.roundTrip(d, r, client)
 		if err == nil {
 			return res, nil
 		}
@@ -157,7 +158,7 @@ var aLongTimeAgo = time.Unix(1, 0)
 
 // roundTrip writes r and reads its answer's head. Until the body is read to its end or
 // closed, the request's context ending (the client went away) breaks the connection.
-func (pc *directConn) roundTrip(d *directTransport, r *http.Request) (*http.Response, error) {
+func (pc *directConn) roundTrip(d *directTransport, r *http.Request, client io.Writer) (*http.Response, error) {
 	stop := context.AfterFunc(r.Context(), func() { _ = pc.conn.SetDeadline(aLongTimeAgo) })
 	res, err := pc.readAnswer(r)
 	if err != nil {
@@ -172,7 +173,10 @@ func (pc *directConn) roundTrip(d *directTransport, r *http.Request) (*http.Resp
 		pc.release(d, stop, reusable)
 		return res, nil
 	}
-	res.Body = &directBody{body: res.Body, pc: pc, d: d, stop: stop, reusable: reusable}
+	res.Body = &directBody{body: res.Body, pc: pc, d: d, stop: stop, reusable: reusable, client: client}
+	if len(res.TransferEncoding) == 0 && res.ContentLength >= spliceMinBytes {
+		res.Body.(*directBody).length = res.ContentLength
+	}
 	return res, nil
 }
 
@@ -212,6 +216,10 @@ func (pc *directConn) release(d *directTransport, stop func() bool, reusable boo
 	pc.conn.Close()
 }
 
+// spliceMinBytes is the smallest body directBody splices to the client: below it, the pipe
+// and the extra system calls cost more than the copy they save.
+const spliceMinBytes = 64 << 10
+
 // directBody is an answer's body on a directConn: read to its end, it returns the connection
 // to the pool; closed before that, it closes the connection (the rest is never read: it may
 // be a large download the client gave up on).
@@ -222,11 +230,22 @@ type directBody struct {
 	stop     func() bool
 	reusable bool
 	done     bool
+	// client and length: a body of known length (at least spliceMinBytes) that goes to
+	// client as it is (see splice); length is 0 otherwise.
+	client  io.Writer
+	length  int64
+	started bool
 }
 
 func (b *directBody) Read(p []byte) (int, error) {
 	if b.done {
 		return 0, io.EOF
+	}
+	if !b.started {
+		b.started = true
+		if b.client != nil && b.length > 0 {
+			return 0, b.splice()
+		}
 	}
 	n, err := b.body.Read(p)
 	if err == io.EOF {
@@ -245,4 +264,36 @@ func (b *directBody) Close() error {
 	b.pc.conn.Close()
 	_ = b.body.Close()
 	return nil
+}
+
+// splice copies the whole body to the client itself, instead of handing it out through Read,
+// and then reports the end of the body: ReverseProxy copies through a buffer, twice across
+// the kernel boundary, while io.Copy into net/http's response writer ends in the client TCP
+// connection's ReadFrom, which moves the bytes from the tool's TCP connection with splice(2)
+// on Linux (a tunnelled, TLS client gets the plain copy). The head of the answer is already
+// out (ReverseProxy wrote it before copying); what the head's read buffered of the body goes
+// first.
+func (b *directBody) splice() error {
+	remaining := b.length
+	if k := min(int64(b.pc.br.Buffered()), remaining); k > 0 {
+		head, _ := b.pc.br.Peek(int(k))
+		n, err := b.client.Write(head)
+		_, _ = b.pc.br.Discard(n)
+		remaining -= int64(n)
+		if err != nil {
+			b.Close()
+			return err
+		}
+	}
+	n, err := io.Copy(b.client, io.LimitReader(b.pc.conn, remaining))
+	if err == nil && n < remaining {
+		err = io.ErrUnexpectedEOF
+	}
+	if err != nil {
+		b.Close()
+		return err
+	}
+	b.done = true
+	b.pc.release(b.d, b.stop, b.reusable)
+	return io.EOF
 }

@@ -1,11 +1,16 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"io"
+	"log"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -57,7 +62,7 @@ func directGet(t *testing.T, d *directTransport, tr *http.Transport, ctx context
 	if !d.takes(tr, req) {
 		t.Fatalf("the direct transport does not take %s %s", method, url)
 	}
-	return d.RoundTrip(tr, req)
+	return d.RoundTrip(tr, req, nil)
 }
 
 func readAll(t *testing.T, res *http.Response) string {
@@ -250,5 +255,92 @@ func TestDirectTransportTakesOnlyBodylessGetAndHeadOverHTTP(t *testing.T) {
 	}
 	if d.takes(&http.Transport{}, req("GET", "http://tool/x", nil)) {
 		t.Error("taken for a transport without a dialer (no destination policy to dial with)")
+	}
+}
+
+// spliceFront is a ReverseProxy over d, as the proxy's: the body of a direct answer goes to
+// the metered client writer.
+func spliceFront(t *testing.T, d *directTransport, tr *http.Transport, upstream string) (*httptest.Server, *atomic.Int64) {
+	t.Helper()
+	target, err := url.Parse(upstream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type clientKey struct{}
+	var sent atomic.Int64
+	rp := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) { pr.SetURL(target) },
+		Transport: roundTripFunc(func(r *http.Request) (*http.Response, error) {
+			return d.RoundTrip(tr, r, r.Context().Value(clientKey{}).(io.Writer))
+		}),
+		ErrorLog: log.New(io.Discard, "", 0),
+	}
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		m := &meteredWriter{ResponseWriter: w, mode: modeReverse, r: r}
+		defer func() { sent.Add(m.bytes) }()
+		rp.ServeHTTP(m, r.WithContext(context.WithValue(r.Context(), clientKey{}, io.Writer(m))))
+	}))
+	t.Cleanup(front.Close)
+	return front, &sent
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// TestDirectTransportSplicesLargeBodies: answers of known length from spliceMinBytes up reach
+// the client whole, byte for byte, over one pooled connection to the tool, and count in the
+// client's bytes; one the tool cuts short reaches the client as an error, and its connection
+// is not reused.
+func TestDirectTransportSplicesLargeBodies(t *testing.T) {
+	payload := make([]byte, 3<<20+7)
+	for i := range payload {
+		payload[i] = byte(i*7 + i>>11)
+	}
+	srv, cc := startCounted(t, func(w http.ResponseWriter, r *http.Request) {
+		n, _ := strconv.Atoi(r.URL.Query().Get("n"))
+		if r.URL.Query().Get("cut") != "" {
+			w.Header().Set("Content-Length", strconv.Itoa(n))
+			_, _ = w.Write(payload[:n/10])
+			panic(http.ErrAbortHandler) // the tool dies mid-answer
+		}
+		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(payload[:n]))
+	})
+	d := newDirectTransport(4, time.Minute)
+	front, sent := spliceFront(t, d, newTestTransport(), srv.URL)
+	var total int64
+	for _, n := range []int{spliceMinBytes, 1<<20 + 3, len(payload), 1000} {
+		res, err := http.Get(front.URL + "/blob?n=" + strconv.Itoa(n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := readAll(t, res); got != string(payload[:n]) {
+			t.Fatalf("%d bytes asked: %d received, or not the tool's", n, len(got))
+		}
+		total += int64(n)
+	}
+	if o := cc.opened.Load(); o != 1 {
+		t.Errorf("%d connections to the tool for four answers, want 1", o)
+	}
+	if s := sent.Load(); s != total {
+		t.Errorf("the client's writer counted %d bytes, want %d", s, total)
+	}
+	res, err := http.Get(front.URL + "/blob?cut=1&n=" + strconv.Itoa(1<<20))
+	if err == nil {
+		_, err = io.ReadAll(res.Body)
+		res.Body.Close()
+	}
+	if err == nil {
+		t.Fatal("an answer the tool cut short reached the client as complete")
+	}
+	res, err = http.Get(front.URL + "/blob?n=" + strconv.Itoa(spliceMinBytes))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := readAll(t, res); got != string(payload[:spliceMinBytes]) {
+		t.Fatal("the answer after a cut one is wrong")
+	}
+	if o := cc.opened.Load(); o != 2 {
+		t.Errorf("%d connections to the tool, want 2 (the pooled one carried the cut answer and was not reused)", o)
 	}
 }

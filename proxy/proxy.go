@@ -271,6 +271,8 @@ type route struct {
 	callerToken string
 	// injection is the generator's answer, when the credential has a generator.
 	injection *regoeval.Injection
+	// client is the writer the answer goes to (set by send).
+	client http.ResponseWriter
 }
 
 type routeKey struct{}
@@ -279,6 +281,7 @@ type routeKey struct{}
 // any, has computed the credential.
 func (p *Proxy) send(w http.ResponseWriter, r *http.Request, rt *route) {
 	routed(w, rt)
+	rt.client = w
 	if rt.cred.generator != nil {
 		if err := p.generate(r, rt); err != nil {
 			p.fail(w, r, rt, err)
@@ -340,7 +343,7 @@ func (t routeTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 		return t.p.registry.roundTrip(rt.transport, rt.cred.registry, r)
 	}
 	if tr, ok := rt.transport.(*http.Transport); ok && t.p.direct.takes(tr, r) {
-		return t.p.direct.RoundTrip(tr, r)
+		return t.p.direct.RoundTrip(tr, r, rt.client)
 	}
 	return rt.transport.RoundTrip(r)
 }

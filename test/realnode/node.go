@@ -368,6 +368,9 @@ func (n *Node) startController(bin string) error {
 		"--leader-elect=true", "--metrics-listen=127.0.0.1:0", "-v=2")
 }
 
+// StartController starts the controller process again (after Stop).
+func (n *Node) StartController() error { return n.startController(n.driverBin) }
+
 func (n *Node) StartDriver() error {
 	return n.startDriver(n.driverBin)
 }

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -23,7 +24,9 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	storagev1 "k8s.io/api/storage/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/yaml"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
@@ -742,9 +745,9 @@ done`
 	deleteAndCheckUnmounted(t, pod)
 }
 
-// releasedDaemonSet is the DaemonSet of the install file make release renders (hack/release.sh),
-// its image pinned to the lane's driver image by digest.
-func releasedDaemonSet(t *testing.T, root string) appsv1.DaemonSet {
+// releasedWorkloads are the DaemonSet and the controller Deployment of the install file make
+// release renders (hack/release.sh), their image pinned to the lane's driver image by digest.
+func releasedWorkloads(t *testing.T, root string) (appsv1.DaemonSet, appsv1.Deployment) {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "install.yaml")
 	cmd := exec.Command(filepath.Join(root, "hack", "release.sh"))
@@ -757,55 +760,99 @@ func releasedDaemonSet(t *testing.T, root string) appsv1.DaemonSet {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var ds appsv1.DaemonSet
+	var deployment appsv1.Deployment
 	for _, doc := range strings.Split(string(b), "\n---\n") {
-		var ds appsv1.DaemonSet
-		if err := yaml.Unmarshal([]byte(doc), &ds); err == nil && ds.Kind == "DaemonSet" {
-			return ds
+		var typeMeta metav1.TypeMeta
+		if err := yaml.Unmarshal([]byte(doc), &typeMeta); err != nil {
+			t.Fatal(err)
+		}
+		switch typeMeta.Kind {
+		case "DaemonSet":
+			err = yaml.Unmarshal([]byte(doc), &ds)
+		case "Deployment":
+			err = yaml.Unmarshal([]byte(doc), &deployment)
+		}
+		if err != nil {
+			t.Fatal(err)
 		}
 	}
-	t.Fatalf("%s has no DaemonSet", out)
-	return appsv1.DaemonSet{}
+	if ds.Name == "" || deployment.Name == "" {
+		t.Fatalf("%s lacks the DaemonSet or the Deployment", out)
+	}
+	return ds, deployment
 }
 
-// TestDriverAsDaemonSetPod runs the driver the way a release installs it — the DaemonSet of
-// make release's install file with make image's image (this platform's, imported into
-// containerd), whose Pod kube-controller-manager's DaemonSet controller makes: privileged, as
-// root though the image's default user is not, kubelet's pods directory mounted Bidirectional,
-// registering itself with kubelet — and has a Pod use its volume and proxy. It replaces the
-// host-process driver while it runs.
+// hostKubeconfig mounts, in place of the in-cluster client (the control plane has no Service
+// network), a copy of a system ServiceAccount's kubeconfig at /etc/connectors/kubeconfig, readable
+// by the container's user.
+func hostKubeconfig(t *testing.T, spec *corev1.PodSpec, ctr *corev1.Container, sa string) {
+	t.Helper()
+	dir := filepath.Join(node.Dir, sa+"-kubeconfig")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	kc, err := os.ReadFile(node.kubeconfigOf(sa))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "kubeconfig"), kc, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	hostDir := corev1.HostPathDirectory
+	spec.Volumes = append(spec.Volumes, corev1.Volume{Name: "kubeconfig", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: dir, Type: &hostDir}}})
+	ctr.VolumeMounts = append(ctr.VolumeMounts, corev1.VolumeMount{Name: "kubeconfig", MountPath: "/etc/connectors", ReadOnly: true})
+	ctr.Args = append(ctr.Args, "--kubeconfig=/etc/connectors/kubeconfig")
+	spec.HostNetwork, spec.PriorityClassName = true, ""
+	spec.AutomountServiceAccountToken = new(bool)
+	ctr.ImagePullPolicy = corev1.PullNever // imported into containerd: there is no registry
+	ctr.LivenessProbe, ctr.ReadinessProbe, ctr.Ports = nil, nil, nil
+}
+
+// withoutArgs drops the arguments with these flag prefixes.
+func withoutArgs(args []string, prefixes ...string) []string {
+	var kept []string
+	for _, a := range args {
+		if !slices.ContainsFunc(prefixes, func(p string) bool { return strings.HasPrefix(a, p) }) {
+			kept = append(kept, a)
+		}
+	}
+	return kept
+}
+
+// TestDriverAsDaemonSetPod runs the driver the way a release installs it — the DaemonSet and
+// the controller Deployment of make release's install file with make image's image (this
+// platform's, imported into containerd), whose Pods kube-controller-manager makes. The node
+// Pod: privileged, as root though the image's default user is not, kubelet's pods directory
+// mounted Bidirectional, registering itself with kubelet. The controller Pod: non-root, a
+// read-only root filesystem, no capability. A Pod uses the node's volume and proxy, and its
+// Connector's status comes from the controller Pod. They replace the host processes while
+// they run.
 func TestDriverAsDaemonSetPod(t *testing.T) {
 	ctx, kube := context.Background(), node.CP.Kube
 	root := controlplane.RepoRoot()
-	ds := releasedDaemonSet(t, root)
+	ds, deployment := releasedWorkloads(t, root)
 	node.Stop("driver")
+	node.Stop("controller")
 	port, err := freePort()
 	if err != nil {
 		t.Fatal(err)
 	}
 	spec := ds.Spec.Template.Spec.DeepCopy()
 	driverCtr := &spec.Containers[0]
-	if want := "localhost/connectors-csi@" + driverDigest; driverCtr.Image != want {
-		t.Fatalf("the released DaemonSet runs %q, want make image's %s", driverCtr.Image, want)
+	if want := "localhost/connectors-csi@" + driverDigest; driverCtr.Image != want || deployment.Spec.Template.Spec.Containers[0].Image != want {
+		t.Fatalf("the released DaemonSet runs %q and the Deployment %q, want make image's %s", driverCtr.Image, deployment.Spec.Template.Spec.Containers[0].Image, want)
 	}
-	driverCtr.ImagePullPolicy = corev1.PullNever // imported into containerd: there is no registry
 	// The same paths as the host, so the targets kubelet names are the driver's too.
 	kroot := node.KubeletRoot
-	var args []string
-	for _, a := range driverCtr.Args {
-		if !strings.HasPrefix(a, "--kubelet-plugin-endpoint=") && !strings.HasPrefix(a, "--proxy-listen=") {
-			args = append(args, a)
-		}
-	}
-	driverCtr.Args = append(args, "--kubeconfig=/etc/connectors/kubeconfig",
+	driverCtr.Args = append(withoutArgs(driverCtr.Args, "--kubelet-plugin-endpoint=", "--proxy-listen=", "--metrics-listen="),
 		"--kubelet-plugin-endpoint="+filepath.Join(kroot, "plugins", "connectors-csi", "csi.sock"),
 		fmt.Sprintf("--proxy-listen=:%d", port), fmt.Sprintf("--proxy-url=http://10.88.0.1:%d", port), "--metrics-listen=127.0.0.1:0")
-	driverCtr.LivenessProbe, driverCtr.ReadinessProbe, driverCtr.Ports = nil, nil, nil
 	for i := range driverCtr.VolumeMounts {
 		if driverCtr.VolumeMounts[i].Name == "pods-dir" {
 			driverCtr.VolumeMounts[i].MountPath = filepath.Join(kroot, "pods")
 		}
 	}
-	driverCtr.VolumeMounts = append(driverCtr.VolumeMounts, corev1.VolumeMount{Name: "kubeconfig", MountPath: "/etc/connectors"})
 	hostPaths := map[string]string{
 		"plugin-dir": filepath.Join(kroot, "plugins", "connectors-csi"), "state-dir": filepath.Join(kroot, "plugins", "connectors-csi", "state"),
 		"registration-dir": filepath.Join(kroot, "plugins_registry"), "pods-dir": filepath.Join(kroot, "pods"),
@@ -815,24 +862,20 @@ func TestDriverAsDaemonSetPod(t *testing.T) {
 			spec.Volumes[i].HostPath.Path = p
 		}
 	}
-	// The DaemonSet's own ServiceAccount, through a kubeconfig (no Service network here).
-	kcDir := filepath.Join(node.Dir, "driver-kubeconfig")
-	if err := os.MkdirAll(kcDir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	kc, err := os.ReadFile(node.kubeconfigOf(NodeServiceAccount))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(kcDir, "kubeconfig"), kc, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	dir := corev1.HostPathDirectory
-	spec.Volumes = append(spec.Volumes, corev1.Volume{Name: "kubeconfig", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: kcDir, Type: &dir}}})
-	spec.HostNetwork, spec.PriorityClassName = true, ""
-	spec.AutomountServiceAccountToken = new(bool)
+	hostKubeconfig(t, spec, driverCtr, NodeServiceAccount)
 	ds.Spec.Template.Spec = *spec
-	ds.Namespace = "connectors-system" // kustomize's namespace
+
+	// The controller: one replica (one node), no webhook (the lane registers none: the
+	// webhook is tested against envtest), metrics on loopback (host network).
+	ctlSpec := deployment.Spec.Template.Spec.DeepCopy()
+	ctlCtr := &ctlSpec.Containers[0]
+	ctlCtr.Args = append(withoutArgs(ctlCtr.Args, "--webhook-listen=", "--metrics-listen="), "--metrics-listen=127.0.0.1:0", "-v=2")
+	hostKubeconfig(t, ctlSpec, ctlCtr, ControllerServiceAccount)
+	deployment.Spec.Template.Spec = *ctlSpec
+	deployment.Spec.Replicas = ptrInt32(1)
+	if _, err := kube.AppsV1().Deployments(deployment.Namespace).Create(ctx, &deployment, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := kube.AppsV1().DaemonSets(ds.Namespace).Create(ctx, &ds, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -844,12 +887,24 @@ func TestDriverAsDaemonSetPod(t *testing.T) {
 		}
 		return pods.Items
 	}
-	// Back to the host-process driver for the tests that follow.
+	controllerPods := func() []corev1.Pod {
+		pods, err := kube.CoreV1().Pods(deployment.Namespace).List(ctx, metav1.ListOptions{
+			LabelSelector: metav1.FormatLabelSelector(deployment.Spec.Selector)})
+		if err != nil {
+			return nil
+		}
+		return pods.Items
+	}
+	// Back to the host processes for the tests that follow.
 	t.Cleanup(func() {
+		_ = kube.AppsV1().Deployments(deployment.Namespace).Delete(ctx, deployment.Name, metav1.DeleteOptions{})
 		_ = kube.AppsV1().DaemonSets(ds.Namespace).Delete(ctx, ds.Name, metav1.DeleteOptions{})
-		kubelet.WaitUntil(60*time.Second, func() bool { return len(driverPods()) == 0 })
+		kubelet.WaitUntil(60*time.Second, func() bool { return len(driverPods()) == 0 && len(controllerPods()) == 0 })
 		if err := node.StartDriver(); err != nil {
 			t.Errorf("restart the host-process driver: %v", err)
+		}
+		if err := node.StartController(); err != nil {
+			t.Errorf("restart the host-process controller: %v", err)
 		}
 	})
 	if !kubelet.WaitUntil(90*time.Second, func() bool {
@@ -860,8 +915,23 @@ func TestDriverAsDaemonSetPod(t *testing.T) {
 			len(driverPods()), node.tail("kubelet"), node.tail("controller-manager"))
 	}
 
+	if !kubelet.WaitUntil(90*time.Second, func() bool {
+		pods := controllerPods()
+		return len(pods) == 1 && pods[0].Status.Phase == corev1.PodRunning
+	}) {
+		t.Fatalf("the Deployment's controller Pod is not running: %d Pods\n--- kubelet ---\n%s", len(controllerPods()), node.tail("kubelet"))
+	}
+
 	ns := "daemonset"
 	setupNamespace(t, ns)
+	// Only the controller Pod runs the status controller now: Ready comes from it.
+	if !kubelet.WaitUntil(60*time.Second, func() bool {
+		var c v1alpha1.Connector
+		return node.CP.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "git"}, &c) == nil &&
+			meta.IsStatusConditionTrue(c.Status.Conditions, v1alpha1.ConditionReady)
+	}) {
+		t.Fatalf("the Connector never became Ready under the controller Pod\n--- kubelet ---\n%s", node.tail("kubelet"))
+	}
 	pod := runReader(t, ns, "ds-reader")
 	// Unpublish while the driver still runs, then the driver.
 	deleteAndCheckUnmounted(t, pod)
