@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
@@ -56,7 +57,10 @@ func StartUpstream() (*Upstream, error) {
 			http.NotFound(w, r)
 			return
 		}
+		// With its length, as artifact stores answer (registry blobs, jars, tarballs): without
+		// it net/http would send the 1 MiB body chunked.
 		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 		_, _ = w.Write(body)
 	})
 	authority, err := testca.New()
