@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/kube-connectors/connectors-csi/test/bench/benchenv"
@@ -27,7 +28,23 @@ type nginxServer struct {
 
 func (n *nginxServer) pids() []int { return benchenv.Family(n.cmd.Process.Pid) }
 
-func (n *nginxServer) stop() { _ = n.cmd.Process.Kill(); _ = n.cmd.Wait(); _ = os.RemoveAll(n.dir) }
+// stop ends nginx and its workers: SIGTERM is nginx's fast shutdown, in which the master stops
+// its workers; a killed master would leave them running (and listening).
+func (n *nginxServer) stop() {
+	family := n.pids()
+	_ = n.cmd.Process.Signal(syscall.SIGTERM)
+	exited := make(chan struct{})
+	go func() { _ = n.cmd.Wait(); close(exited) }()
+	select {
+	case <-exited:
+	case <-time.After(10 * time.Second):
+	}
+	for _, pid := range family {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	<-exited
+	_ = os.RemoveAll(n.dir)
+}
 
 func startNginx(up *benchenv.Upstream) (*nginxServer, error) {
 	bin, err := exec.LookPath("nginx")
