@@ -879,22 +879,16 @@ func TestDriverAsDaemonSetPod(t *testing.T) {
 	if _, err := kube.AppsV1().DaemonSets(ds.Namespace).Create(ctx, &ds, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	driverPods := func() []corev1.Pod {
-		pods, err := kube.CoreV1().Pods(ds.Namespace).List(ctx, metav1.ListOptions{
-			LabelSelector: metav1.FormatLabelSelector(ds.Spec.Selector)})
-		if err != nil {
-			return nil
+	podsOf := func(ns string, selector *metav1.LabelSelector) func() []corev1.Pod {
+		return func() []corev1.Pod {
+			pods, err := kube.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: metav1.FormatLabelSelector(selector)})
+			if err != nil {
+				return nil
+			}
+			return pods.Items
 		}
-		return pods.Items
 	}
-	controllerPods := func() []corev1.Pod {
-		pods, err := kube.CoreV1().Pods(deployment.Namespace).List(ctx, metav1.ListOptions{
-			LabelSelector: metav1.FormatLabelSelector(deployment.Spec.Selector)})
-		if err != nil {
-			return nil
-		}
-		return pods.Items
-	}
+	driverPods, controllerPods := podsOf(ds.Namespace, ds.Spec.Selector), podsOf(deployment.Namespace, deployment.Spec.Selector)
 	// Back to the host processes for the tests that follow.
 	t.Cleanup(func() {
 		_ = kube.AppsV1().Deployments(deployment.Namespace).Delete(ctx, deployment.Name, metav1.DeleteOptions{})
