@@ -27,6 +27,8 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/klog/v2"
+	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/yaml"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
@@ -46,6 +48,9 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "the real-node lane needs root (kubelet, containerd, mounts)")
 		os.Exit(1)
 	}
+	// envtest and the client logs through controller-runtime's logger: to klog (stderr) like
+	// the rest of the lane, instead of its warning that no logger was set.
+	ctrl.SetLogger(klog.Background())
 	code, err := runLane(m)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "realnode:", err)
