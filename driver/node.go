@@ -49,6 +49,7 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 		return err
 	}
 	connectors := objectcache.NewConnectors(watcher, o.ConnectorIdle, o.ConnectorCacheSize)
+	connectors.OnDelete = proxy.ForgetConnector
 	objects := objectcache.Reader{Connectors: connectors, Rest: informers}
 	requestChanges := approval.NewChanges()
 	store, err := records.NewStore(o.StateDir)

@@ -36,6 +36,10 @@ type Connectors struct {
 	max  int
 	now  func() time.Time
 
+	// OnDelete, set before the first Get, is told of each watched Connector that is deleted
+	// (the proxy drops its metric series).
+	OnDelete func(types.NamespacedName)
+
 	mu      sync.Mutex
 	watched map[types.NamespacedName]*watched
 }
@@ -114,8 +118,12 @@ func (c *Connectors) start(nn types.NamespacedName) *watched {
 	store, informer := cache.NewInformerWithOptions(cache.InformerOptions{
 		ListerWatcher: lw,
 		ObjectType:    &v1alpha1.Connector{},
-		Handler:       cache.ResourceEventHandlerFuncs{},
-		Transform:     stripManagedFields,
+		Handler: cache.ResourceEventHandlerFuncs{DeleteFunc: func(any) {
+			if c.OnDelete != nil {
+				c.OnDelete(nn)
+			}
+		}},
+		Transform: stripManagedFields,
 	})
 	w := &watched{store: store, stop: make(chan struct{}), synced: informer.HasSynced}
 	go informer.Run(w.stop)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apiserver/pkg/authentication/user"
 )
 
@@ -140,6 +141,14 @@ func (m *meteredWriter) record(elapsed time.Duration) {
 	if code == http.StatusForbidden && m.refusal != "" && m.hasPod {
 		m.refusals.record(m.r.Context(), m.pod, m.mode, m.r.Method, code, m.refusal)
 	}
+}
+
+// ForgetConnector drops a deleted Connector's request and byte series: without it they would
+// stay until the process restarts, one set per Connector ever used through this node.
+func ForgetConnector(nn types.NamespacedName) {
+	labels := prometheus.Labels{"connector_namespace": nn.Namespace, "connector": nn.Name}
+	proxyRequests.DeletePartialMatch(labels)
+	proxyBytes.DeletePartialMatch(labels)
 }
 
 // identified tells w's meter who the authenticated caller is.

@@ -10,10 +10,14 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/driver"
+	"github.com/kube-connectors/connectors-csi/test/kubelet"
 )
 
 // series names one Prometheus series as the exposition format writes it: the labels sorted.
@@ -128,6 +132,22 @@ func TestProxyMetrics(t *testing.T) {
 	}
 	if answered < 4 {
 		t.Errorf("the proxy's reviewer counted %v allowed authorization answers, want at least 4 (one per proxied request)", answered)
+	}
+
+	// The Connector deleted: its series leave /metrics (the node watches it, so it sees that).
+	if err := cp.Client.Delete(ctx, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "tool"}}); err != nil {
+		t.Fatal(err)
+	}
+	hasSeries := func() bool {
+		for s := range scrape(t, metricsAddr) {
+			if strings.Contains(s, `connector_namespace="`+ns+`"`) {
+				return true
+			}
+		}
+		return false
+	}
+	if !kubelet.WaitUntil(20*time.Second, func() bool { return !hasSeries() }) {
+		t.Error("the deleted Connector's series are still served")
 	}
 }
 
