@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
@@ -30,6 +31,18 @@ var rpcDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 }, []string{"method", "code"})
 
 func init() { prometheus.MustRegister(rpcDuration) }
+
+// publishCodes are the codes NodePublishVolume answers with (README, "What a publish does").
+// Their series exist from the start, at 0, so that rate() sees a node's first failure of a
+// kind too: a series born at 1 has no earlier sample to rise from.
+var publishCodes = []codes.Code{codes.OK, codes.InvalidArgument, codes.NotFound, codes.PermissionDenied,
+	codes.FailedPrecondition, codes.Unavailable, codes.Internal}
+
+func initPublishSeries() {
+	for _, c := range publishCodes {
+		rpcDuration.WithLabelValues(csi.Node_NodePublishVolume_FullMethodName, c.String())
+	}
+}
 
 // observe logs and measures every RPC by method and result code. Requests are never logged:
 // they carry the Pod's token.
@@ -59,6 +72,7 @@ func serveCSI(ctx context.Context, socketPath string, ids csi.IdentityServer, ns
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", socketPath, err)
 	}
+	initPublishSeries()
 	srv := grpc.NewServer(grpc.UnaryInterceptor(observe))
 	csi.RegisterIdentityServer(srv, ids)
 	csi.RegisterNodeServer(srv, ns)

@@ -78,6 +78,11 @@ func TestProxyMetrics(t *testing.T) {
 	refused := series("connectors_proxy_requests_total", map[string]string{"connector_namespace": "", "connector": "", "class": "", "mode": "reverse", "code": "401"})
 	malformed := series("connectors_token_authentications_total", map[string]string{"reviewer": "proxy", "result": "malformed"})
 	before := scrape(t, metricsAddr)
+	// Publish failures' series exist at 0 before any failure, so that rate() sees the first.
+	internal := series("connectors_csi_rpc_duration_seconds_count", map[string]string{"method": "/csi.v1.Node/NodePublishVolume", "code": "Internal"})
+	if _, ok := before[internal]; !ok {
+		t.Errorf("%s is not served before any such failure", internal)
+	}
 
 	for range 3 {
 		if code, body := do(t, noRedirects, newRequest(t, "GET", env.proxyURL+"/namespaces/"+ns+"/connectors/tool"+refs,
