@@ -89,15 +89,19 @@ func (p *Proxy) reverseRoute(r *http.Request, u user.Info, nn types.NamespacedNa
 
 // parseReversePath splits "/namespaces/<ns>/connectors/<name><rest>"; rest keeps its escaping.
 func parseReversePath(p string) (types.NamespacedName, string, bool) {
-	parts := strings.SplitN(strings.TrimPrefix(p, reversePrefix), "/", 4)
-	if len(parts) < 3 || parts[0] == "" || parts[1] != "connectors" || parts[2] == "" {
+	ns, after, found := strings.Cut(strings.TrimPrefix(p, reversePrefix), "/")
+	kind, after, foundName := strings.Cut(after, "/")
+	if !found || !foundName || ns == "" || kind != "connectors" {
 		return types.NamespacedName{}, "", false
 	}
-	rest := ""
-	if len(parts) == 4 {
-		rest = "/" + parts[3]
+	name, rest := after, ""
+	if i := strings.IndexByte(after, '/'); i >= 0 {
+		name, rest = after[:i], after[i:] // rest keeps its slash: no copy per request
 	}
-	return types.NamespacedName{Namespace: parts[0], Name: parts[2]}, rest, true
+	if name == "" {
+		return types.NamespacedName{}, "", false
+	}
+	return types.NamespacedName{Namespace: ns, Name: name}, rest, true
 }
 
 // reverseBase is the Connector's reverse-proxy URL as this client reached it: its own host,
@@ -121,6 +125,10 @@ func connectorOfHost(hostport string) (types.NamespacedName, bool) {
 	host := hostport
 	if h, _, err := net.SplitHostPort(hostport); err == nil {
 		host = h
+	}
+	// Most requests name the proxy itself (an address, the Service): nothing to split.
+	if len(host) < len(v1alpha1.HostServicePrefix) || !strings.EqualFold(host[:len(v1alpha1.HostServicePrefix)], v1alpha1.HostServicePrefix) {
+		return types.NamespacedName{}, false
 	}
 	parts := strings.Split(strings.ToLower(strings.TrimSuffix(host, ".")), ".")
 	if len(parts) < 3 || parts[2] != "svc" || !strings.HasPrefix(parts[0], v1alpha1.HostServicePrefix) {

@@ -10,6 +10,7 @@ import (
 	"github.com/hashicorp/golang-lru/v2/expirable"
 	"golang.org/x/sync/singleflight"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/kube-connectors/connectors-csi/cachemetrics"
 )
@@ -20,7 +21,7 @@ type GetFunc func(ctx context.Context, namespace, name string) (*corev1.Secret, 
 // Cache is a bounded, expiring cache of Secrets in front of a GetFunc.
 type Cache struct {
 	get   GetFunc
-	cache *expirable.LRU[string, *corev1.Secret] // nil when the TTL is 0: nothing is kept
+	cache *expirable.LRU[types.NamespacedName, *corev1.Secret] // nil when the TTL is 0: nothing is kept
 	group singleflight.Group
 }
 
@@ -29,7 +30,7 @@ type Cache struct {
 func New(get GetFunc, ttl time.Duration, size int, name string) *Cache {
 	c := &Cache{get: get}
 	if ttl > 0 {
-		c.cache = expirable.NewLRU[string, *corev1.Secret](size, nil, ttl)
+		c.cache = expirable.NewLRU[types.NamespacedName, *corev1.Secret](size, nil, ttl)
 		cachemetrics.Register(name, c.cache.Len)
 	}
 	return c
@@ -38,13 +39,13 @@ func New(get GetFunc, ttl time.Duration, size int, name string) *Cache {
 // Get returns the Secret, from the cache or the API server. The Secret is shared: do not
 // change it.
 func (c *Cache) Get(ctx context.Context, namespace, name string) (*corev1.Secret, error) {
-	key := namespace + "/" + name
+	key := types.NamespacedName{Namespace: namespace, Name: name} // no string built per hit
 	if c.cache != nil {
 		if sec, ok := c.cache.Get(key); ok {
 			return sec, nil
 		}
 	}
-	v, err, _ := c.group.Do(key, func() (any, error) {
+	v, err, _ := c.group.Do(key.String(), func() (any, error) {
 		sec, err := c.get(ctx, namespace, name)
 		if err != nil {
 			return nil, err
