@@ -73,6 +73,11 @@ func WithServiceAccountAdmission() Option {
 	}
 }
 
+// WithoutCRDs starts the API server without deploy/crds, for a test of what installs them.
+func WithoutCRDs() Option {
+	return func(env *envtest.Environment) { env.CRDDirectoryPaths = nil }
+}
+
 // NodeUser and ControllerUser are the users of deploy/'s ServiceAccounts, whose every request
 // the audit log records.
 const (

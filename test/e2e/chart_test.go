@@ -18,9 +18,11 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
 
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/test/controlplane"
 )
 
@@ -241,5 +243,70 @@ func TestHelmChartValues(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), bad.want) {
 			t.Errorf("--set %s: %v; want an error naming %q", bad.set, err, bad.want)
 		}
+	}
+}
+
+// TestHelmInstallUpgradeUninstall installs the chart for real with helm on an API server of its
+// own (no CRDs installed beforehand, nothing of this project there): helm creates the CRDs from
+// crds/ and every object; an upgrade switches a feature flag and drops a class; an uninstall
+// removes the objects and keeps the CRDs (and so every Connector).
+func TestHelmInstallUpgradeUninstall(t *testing.T) {
+	fresh, err := controlplane.Start(controlplane.WithoutCRDs())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = fresh.Stop() })
+	ctx := context.Background()
+	chart := filepath.Join(controlplane.RepoRoot(), "deploy", "chart")
+	release := []string{"connectors", chart, "--kubeconfig", fresh.Kubeconfig, "--namespace", systemNS}
+	if out, err := helm(t, append([]string{"install"}, append(release, "--create-namespace")...)...); err != nil {
+		t.Fatal(err)
+	} else if !strings.Contains(out, "STATUS: deployed") || !strings.Contains(out, "rollout status daemonset/connectors-csi") {
+		t.Errorf("helm install's output lacks the status or the chart's notes:\n%s", out)
+	}
+	kube := fresh.Kube
+	if _, err := kube.AppsV1().DaemonSets(systemNS).Get(ctx, "connectors-csi", metav1.GetOptions{}); err != nil {
+		t.Error(err)
+	}
+	if d, err := kube.AppsV1().Deployments(systemNS).Get(ctx, "connectors-csi-controller", metav1.GetOptions{}); err != nil || *d.Spec.Replicas != 2 {
+		t.Errorf("controller Deployment: %v", err)
+	}
+	if _, err := kube.StorageV1().CSIDrivers().Get(ctx, "connectors-csi", metav1.GetOptions{}); err != nil {
+		t.Error(err)
+	}
+	flag := func() string {
+		cm, err := kube.CoreV1().ConfigMaps(systemNS).Get(ctx, "connectors-config", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cm.Data["enable-connectors-approval"]
+	}
+	class := func(name string) error {
+		return fresh.Client.Get(ctx, types.NamespacedName{Name: name}, &v1alpha1.ConnectorClass{})
+	}
+	if flag() != "false" || class("sonarqube") != nil || class("git") != nil {
+		t.Fatalf("after install: approval flag %q, sonarqube class %v, git class %v", flag(), class("sonarqube"), class("git"))
+	}
+
+	if _, err := helm(t, append([]string{"upgrade"}, append(release,
+		"--set", "features.enable-connectors-approval=true", "--set", "classes.sonarqube=false")...)...); err != nil {
+		t.Fatal(err)
+	}
+	if flag() != "true" || !apierrors.IsNotFound(class("sonarqube")) || class("git") != nil {
+		t.Errorf("after upgrade: approval flag %q, sonarqube class %v (want gone), git class %v", flag(), class("sonarqube"), class("git"))
+	}
+
+	if _, err := helm(t, "uninstall", "connectors", "--kubeconfig", fresh.Kubeconfig, "--namespace", systemNS); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kube.AppsV1().DaemonSets(systemNS).Get(ctx, "connectors-csi", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("the DaemonSet after uninstall: %v, want NotFound", err)
+	}
+	if !apierrors.IsNotFound(class("git")) {
+		t.Error("the git class is still there after uninstall")
+	}
+	crds, err := fresh.Kubectl(nil, "get", "crd", "connectors.connectors.alauda.io", "-o", "name")
+	if err != nil || !strings.Contains(crds, "connectors.connectors.alauda.io") {
+		t.Errorf("the Connector CRD did not stay after uninstall: %v %s", err, crds)
 	}
 }
