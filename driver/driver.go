@@ -6,7 +6,9 @@ package driver
 
 import (
 	"context"
+	"math"
 	"net"
+	"runtime/debug"
 	"sync/atomic"
 	"time"
 
@@ -94,7 +96,7 @@ func Run(ctx context.Context, opts Options) error {
 		go releaseStartupPages(ctx, ready, o.ReleasePagesInterval)
 	}
 	klog.FromContext(ctx).Info("Driver started", "version", Version, "role", o.Role, "driver", o.DriverName, "node", o.NodeID,
-		"endpoint", o.Endpoint, "proxyURL", o.ProxyURL)
+		"endpoint", o.Endpoint, "proxyURL", o.ProxyURL, "goMemoryLimitMiB", goMemoryLimitMiB())
 	return g.Wait()
 }
 
@@ -159,4 +161,13 @@ func releaseStartupPages(ctx context.Context, ready func() bool, interval time.D
 		case <-time.After(interval):
 		}
 	}
+}
+
+// goMemoryLimitMiB is the Go runtime's soft memory limit (GOMEMLIMIT, which deploy/ sets to
+// the container's memory limit), or -1 when there is none.
+func goMemoryLimitMiB() int64 {
+	if limit := debug.SetMemoryLimit(-1); limit != math.MaxInt64 {
+		return limit >> 20
+	}
+	return -1
 }

@@ -178,6 +178,7 @@ func TestHelmChartValues(t *testing.T) {
 		`"hostPath":{"path":"/var/lib/k0s/kubelet/pods","type":"Directory"}`,
 		`"mountPath":"/var/lib/k0s/kubelet/pods","mountPropagation":"Bidirectional"`,
 		`"limits":{"memory":"128Mi"}`, `"tolerations":[{"operator":"Exists"}]`, `"imagePullSecrets":[{"name":"pull"}]`,
+		`{"name":"GOMEMLIMIT","valueFrom":{"resourceFieldRef":{"resource":"limits.memory"}}}`,
 	} {
 		if !strings.Contains(string(dsJSON), want) {
 			t.Errorf("the DaemonSet lacks %s:\n%s", want, dsJSON)
