@@ -8,6 +8,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -843,6 +844,10 @@ func TestDriverAsDaemonSetPod(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	metricsPort, err := freePort()
+	if err != nil {
+		t.Fatal(err)
+	}
 	spec := ds.Spec.Template.Spec.DeepCopy()
 	driverCtr := &spec.Containers[0]
 	if want := "localhost/connectors-csi@" + driverDigest; driverCtr.Image != want || deployment.Spec.Template.Spec.Containers[0].Image != want {
@@ -852,7 +857,7 @@ func TestDriverAsDaemonSetPod(t *testing.T) {
 	kroot := node.KubeletRoot
 	driverCtr.Args = append(withoutArgs(driverCtr.Args, "--kubelet-plugin-endpoint=", "--proxy-listen=", "--metrics-listen="),
 		"--kubelet-plugin-endpoint="+filepath.Join(kroot, "plugins", "connectors-csi", "csi.sock"),
-		fmt.Sprintf("--proxy-listen=:%d", port), fmt.Sprintf("--proxy-url=http://10.88.0.1:%d", port), "--metrics-listen=127.0.0.1:0")
+		fmt.Sprintf("--proxy-listen=:%d", port), fmt.Sprintf("--proxy-url=http://10.88.0.1:%d", port), fmt.Sprintf("--metrics-listen=127.0.0.1:%d", metricsPort))
 	for i := range driverCtr.VolumeMounts {
 		if driverCtr.VolumeMounts[i].Name == "pods-dir" {
 			driverCtr.VolumeMounts[i].MountPath = filepath.Join(kroot, "pods")
@@ -919,6 +924,24 @@ func TestDriverAsDaemonSetPod(t *testing.T) {
 		return len(pods) == 1 && pods[0].Status.Phase == corev1.PodRunning
 	}) {
 		t.Fatalf("the Deployment's controller Pod is not running: %d Pods\n--- kubelet ---\n%s", len(controllerPods()), node.tail("kubelet"))
+	}
+
+	// kubelet resolved the release's GOMEMLIMIT (the container's memory limit, Downward API) and
+	// the Go runtime took it: the DaemonSet's 256Mi.
+	limit := ds.Spec.Template.Spec.Containers[0].Resources.Limits.Memory().Value()
+	want := fmt.Sprintf("go_gc_gomemlimit_bytes %g", float64(limit))
+	var metrics string
+	if !kubelet.WaitUntil(30*time.Second, func() bool {
+		res, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort))
+		if err != nil {
+			return false
+		}
+		defer res.Body.Close()
+		b, _ := io.ReadAll(res.Body)
+		metrics = string(b)
+		return strings.Contains(metrics, "go_gc_gomemlimit_bytes")
+	}) || limit <= 0 || !strings.Contains(metrics, want) {
+		t.Errorf("the node Pod's metrics lack %q (limit %d)", want, limit)
 	}
 
 	ns := "daemonset"
