@@ -173,10 +173,11 @@ func (pc *directConn) roundTrip(d *directTransport, r *http.Request, client io.W
 		pc.release(d, stop, reusable)
 		return res, nil
 	}
-	res.Body = &directBody{body: res.Body, pc: pc, d: d, stop: stop, reusable: reusable, client: client}
+	body := &directBody{body: res.Body, pc: pc, d: d, stop: stop, reusable: reusable, client: client}
 	if len(res.TransferEncoding) == 0 && res.ContentLength >= spliceMinBytes {
-		res.Body.(*directBody).length = res.ContentLength
+		body.length = res.ContentLength
 	}
+	res.Body = body
 	return res, nil
 }
 

@@ -70,11 +70,10 @@ type meteredWriter struct {
 	bytes int64
 	rt    *route
 
-	// For RefusalEvents: the request, the Pod its token is bound to (once authenticated) and
-	// the refusal it got, if any.
+	// For RefusalEvents: the request, its authenticated caller (whose Pod is looked up only
+	// for a refusal, off the path of requests that pass) and the refusal it got, if any.
 	r        *http.Request
-	pod      podRef
-	hasPod   bool
+	caller   user.Info
 	refusal  string
 	refusals *RefusalEvents
 }
@@ -138,8 +137,10 @@ func (m *meteredWriter) record(elapsed time.Duration) {
 	if m.bytes > 0 {
 		proxyBytes.WithLabelValues(ns, name, m.mode).Add(float64(m.bytes))
 	}
-	if code == http.StatusForbidden && m.refusal != "" && m.hasPod {
-		m.refusals.record(m.r.Context(), m.pod, m.mode, m.r.Method, code, m.refusal)
+	if code == http.StatusForbidden && m.refusal != "" && m.caller != nil {
+		if pod, ok := podOfUser(m.caller); ok {
+			m.refusals.record(m.r.Context(), pod, m.mode, m.r.Method, code, m.refusal)
+		}
 	}
 }
 
@@ -154,7 +155,7 @@ func ForgetConnector(nn types.NamespacedName) {
 // identified tells w's meter who the authenticated caller is.
 func identified(w http.ResponseWriter, u user.Info) {
 	if m, ok := w.(*meteredWriter); ok {
-		m.pod, m.hasPod = podOfUser(u)
+		m.caller = u
 	}
 }
 

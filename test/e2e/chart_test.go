@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -26,14 +27,24 @@ import (
 	"github.com/kube-connectors/connectors-csi/test/controlplane"
 )
 
+// helmBinary is the helm CLI's path, which hack/tools/helm.sh builds once and prints last.
+var helmBinary = sync.OnceValues(func() (string, error) {
+	out, err := exec.Command(filepath.Join(controlplane.RepoRoot(), "hack", "tools", "helm.sh")).Output()
+	if err != nil {
+		return "", fmt.Errorf("hack/tools/helm.sh: %w", err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	return lines[len(lines)-1], nil
+})
+
 // helm runs the real helm CLI (built from helm's Go module by hack/tools/helm.sh).
 func helm(t *testing.T, args ...string) (string, error) {
 	t.Helper()
-	out, err := exec.Command(filepath.Join(controlplane.RepoRoot(), "hack", "tools", "helm.sh")).Output()
+	bin, err := helmBinary()
 	if err != nil {
-		t.Fatalf("hack/tools/helm.sh: %v", err)
+		t.Fatal(err)
 	}
-	cmd := exec.Command(lastLine(string(out)), args...)
+	cmd := exec.Command(bin, args...)
 	var stdout, stderr strings.Builder
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
@@ -54,11 +65,6 @@ func helmTemplate(t *testing.T, chart, ns string, set ...string) (string, error)
 		args = append(args, "--set", s)
 	}
 	return helm(t, args...)
-}
-
-func lastLine(s string) string {
-	lines := strings.Split(strings.TrimSpace(s), "\n")
-	return lines[len(lines)-1]
 }
 
 // renderedObjects decodes a multi-document YAML stream into its objects, keyed by

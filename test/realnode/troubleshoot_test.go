@@ -24,10 +24,11 @@ import (
 func TestRefusalsFindableByPodName(t *testing.T) {
 	ctx, kube := context.Background(), node.CP.Kube
 	ns := "troubleshoot"
-	setupNamespace(t, ns) // Connector git, which builder may get
-	// Connector other, which builder may not get.
+	tool := setupNamespace(t, ns) // Connector git, which builder may get
+	// Connector other, which builder may not get: the same tool, in the tools' network namespace
+	// (the controller probes every Connector's address; no name that resolves off this machine).
 	if err := node.CP.Client.Create(ctx, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: "other", Namespace: ns},
-		Spec: v1alpha1.ConnectorSpec{ConnectorClassName: "git", Address: "http://git.example.com"}}); err != nil {
+		Spec: v1alpha1.ConnectorSpec{ConnectorClassName: "git", Address: tool.URL}}); err != nil {
 		t.Fatal(err)
 	}
 	kubectl := func(args ...string) string {
