@@ -21,6 +21,7 @@ import (
 	"k8s.io/klog/v2"
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
+	"github.com/kube-connectors/connectors-csi/proxy"
 	"github.com/kube-connectors/connectors-csi/proxy/egress"
 )
 
@@ -100,15 +101,19 @@ func probeCSI(ctx context.Context, socket string) error {
 // serveProxy serves the proxy listener until ctx is done. The listener is one of the driver's
 // own destinations that no Connector may reach; it holds at most --proxy-max-connections
 // clients, and headers are bounded by --proxy-max-header-bytes.
-func serveProxy(ctx context.Context, o *validated, h http.Handler, destinations *egress.Policy) error {
+func serveProxy(ctx context.Context, o *validated, p *proxy.Proxy, destinations *egress.Policy) error {
 	lis, err := net.Listen("tcp", o.ProxyListen)
 	if err != nil {
 		return fmt.Errorf("proxy listen on %s: %w", o.ProxyListen, err)
 	}
 	destinations.AddListener(lis.Addr())
-	srv := newHTTPServer(h)
+	srv := newHTTPServer(p)
 	srv.MaxHeaderBytes = o.ProxyMaxHeaderBytes
-	return serveHTTP(ctx, limitConnections(lis, o.ProxyMaxConnections), srv, "Serving the Connectors proxy", o.ProxyListening)
+	clients := limitConnections(lis, o.ProxyMaxConnections)
+	if !o.ProxyWithoutFastLane {
+		clients = p.FastLane(clients, srv.ReadHeaderTimeout, srv.IdleTimeout)
+	}
+	return serveHTTP(ctx, clients, srv, "Serving the Connectors proxy", o.ProxyListening)
 }
 
 func newHTTPServer(h http.Handler) *http.Server {

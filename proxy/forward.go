@@ -142,6 +142,16 @@ func parsedAddresses(c *v1alpha1.Connector) []*url.URL {
 	return out
 }
 
+// coveredBy reports whether one of c's addresses covers target.
+func coveredBy(c *v1alpha1.Connector, target *url.URL) bool {
+	for _, addr := range parsedAddresses(c) {
+		if covers(addr, target) {
+			return true
+		}
+	}
+	return false
+}
+
 // hostPort is u's host with the scheme's default port made explicit.
 func hostPort(u *url.URL) string {
 	if u.Port() != "" {

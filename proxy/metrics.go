@@ -33,7 +33,15 @@ var (
 	}, []string{"connector_namespace", "connector", "mode"})
 )
 
-func init() { prometheus.MustRegister(proxyRequests, proxyDuration, proxyBytes) }
+// fastLaneRequests counts the fast lane's work (see FastLane).
+var fastLaneRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+	Name: "connectors_proxy_fast_lane_total",
+	Help: "Requests the proxy's fast lane served (outcome served), and client connections it handed to the full HTTP server (outcome handed_over) with their first request it does not take.",
+}, []string{"outcome"})
+
+var laneServed = fastLaneRequests.WithLabelValues("served")
+
+func init() { prometheus.MustRegister(proxyRequests, proxyDuration, proxyBytes, fastLaneRequests) }
 
 // Modes of connectors_proxy_*.
 const (
@@ -76,6 +84,8 @@ type meteredWriter struct {
 	caller   user.Info
 	refusal  string
 	refusals *RefusalEvents
+	// handedOver: the fast lane gave the request to the full path, which records it.
+	handedOver bool
 }
 
 func (m *meteredWriter) WriteHeader(code int) {
@@ -124,23 +134,31 @@ func (p *Proxy) metered(w http.ResponseWriter, r *http.Request, mode string) (*m
 }
 
 func (m *meteredWriter) record(elapsed time.Duration) {
+	if m.handedOver {
+		return
+	}
 	code := m.code
 	if code == 0 { // nothing written: net/http answers 200 with an empty body
 		code = http.StatusOK
 	}
-	var ns, name, class string
-	if m.rt != nil {
-		ns, name, class = m.rt.connector.Namespace, m.rt.connector.Name, m.rt.connector.Spec.ConnectorClassName
-	}
-	proxyRequests.WithLabelValues(ns, name, class, m.mode, codeLabel(code)).Inc()
-	proxyDuration.WithLabelValues(m.mode).Observe(elapsed.Seconds())
-	if m.bytes > 0 {
-		proxyBytes.WithLabelValues(ns, name, m.mode).Add(float64(m.bytes))
-	}
+	recordRequest(m.rt, m.mode, code, m.bytes, elapsed)
 	if code == http.StatusForbidden && m.refusal != "" && m.caller != nil {
 		if pod, ok := podOfUser(m.caller); ok {
 			m.refusals.record(m.r.Context(), pod, m.mode, m.r.Method, code, m.refusal)
 		}
+	}
+}
+
+// recordRequest counts an answered request of mode along rt (nil: refused before one).
+func recordRequest(rt *route, mode string, code int, bytes int64, elapsed time.Duration) {
+	var ns, name, class string
+	if rt != nil {
+		ns, name, class = rt.connector.Namespace, rt.connector.Name, rt.connector.Spec.ConnectorClassName
+	}
+	proxyRequests.WithLabelValues(ns, name, class, mode, codeLabel(code)).Inc()
+	proxyDuration.WithLabelValues(mode).Observe(elapsed.Seconds())
+	if bytes > 0 {
+		proxyBytes.WithLabelValues(ns, name, mode).Add(float64(bytes))
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -120,6 +121,9 @@ type Proxy struct {
 	direct     *directTransport
 	// passthrough takes forward-proxy destinations no named Connector covers.
 	passthrough *passthrough
+	// routeEpoch changes when a Pod's decisions are dropped (ForgetPod): the fast lane's
+	// remembered routes of before are not used again.
+	routeEpoch atomic.Uint64
 }
 
 // New returns a Proxy.
@@ -168,7 +172,10 @@ func New(objects client.Reader, reviewer Reviewer, flags *features.Source, kube 
 
 // ForgetPod drops the cached connectors/proxy decisions of a Pod's tokens: the node saw one of
 // the Pod's AccessRequests change (granted, revoked), so the next request asks again.
-func (p *Proxy) ForgetPod(namespace, name string) { p.perms.forgetPod(namespace, name) }
+func (p *Proxy) ForgetPod(namespace, name string) {
+	p.perms.forgetPod(namespace, name)
+	p.routeEpoch.Add(1) // and the fast lane's remembered routes (laneMemo)
+}
 
 // copyBuffers pools the buffers ReverseProxy copies response bodies with.
 type copyBuffers struct{}
@@ -273,6 +280,8 @@ type route struct {
 	injection *regoeval.Injection
 	// client is the writer the answer goes to (set by send).
 	client http.ResponseWriter
+	// forwardAmong: a forward route chosen among several Connectors the client named.
+	forwardAmong bool
 }
 
 type routeKey struct{}
@@ -314,23 +323,27 @@ var hopValue = []string{"1"}
 // including any the client listed in Connection, so nothing the client sends can remove the
 // credential set here; the client's own Authorization and every Proxy-* header are dropped.
 func rewrite(pr *httputil.ProxyRequest) {
-	rt := pr.In.Context().Value(routeKey{}).(*route)
-	pr.Out.URL = rt.target
-	pr.Out.Host = rt.target.Host
-	dropClientCredentials(pr.Out.Header, rt.callerToken)
+	applyRoute(pr.Out, pr.In.Context().Value(routeKey{}).(*route))
+}
+
+// applyRoute points out at the route's target with its credential (rewrite; the fast lane).
+func applyRoute(out *http.Request, rt *route) {
+	out.URL = rt.target
+	out.Host = rt.target.Host
+	dropClientCredentials(out.Header, rt.callerToken)
 	if rt.callerToken != "" {
-		if q := pr.Out.URL.Query(); dropParamsWith(q, rt.callerToken) {
-			u := *pr.Out.URL
+		if q := out.URL.Query(); dropParamsWith(q, rt.callerToken) {
+			u := *out.URL
 			u.RawQuery = q.Encode()
-			pr.Out.URL = &u
+			out.URL = &u
 		}
 	}
-	pr.Out.Header[egress.HopHeader] = hopValue
+	out.Header[egress.HopHeader] = hopValue
 	if rt.cred.authorization != "" {
-		pr.Out.Header.Set("Authorization", rt.cred.authorization)
+		out.Header.Set("Authorization", rt.cred.authorization)
 	}
 	if rt.injection != nil {
-		applyInjection(pr.Out, rt.injection)
+		applyInjection(out, rt.injection)
 	}
 }
 
@@ -350,8 +363,12 @@ func (t routeTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 
 // upstreamError answers a failed upstream round trip.
 func upstreamError(w http.ResponseWriter, r *http.Request, err error) {
-	rt := r.Context().Value(routeKey{}).(*route)
-	klog.FromContext(r.Context()).Info("Upstream request failed", "connector", klog.KObj(rt.connector), "host", rt.target.Host, "err", err)
+	upstreamErrorFor(w, r.Context().Value(routeKey{}).(*route), err)
+}
+
+// upstreamErrorFor answers a failed round trip along rt.
+func upstreamErrorFor(w http.ResponseWriter, rt *route, err error) {
+	klog.Background().Info("Upstream request failed", "connector", klog.KObj(rt.connector), "host", rt.target.Host, "err", err)
 	code, reason := http.StatusBadGateway, metav1.StatusReason("BadGateway")
 	msg := fmt.Sprintf("Connector %s/%s: %s unreachable: %v", rt.connector.Namespace, rt.connector.Name, rt.target.Host, err)
 	var refused *egress.RefusedError
@@ -370,20 +387,23 @@ func upstreamError(w http.ResponseWriter, r *http.Request, err error) {
 // the Connector's address. Redirects elsewhere pass unchanged: the client follows them itself,
 // and no credential goes with it.
 func rewriteLocation(res *http.Response) error {
-	rt := res.Request.Context().Value(routeKey{}).(*route)
+	rewriteLocationFor(res, res.Request.Context().Value(routeKey{}).(*route))
+	return nil
+}
+
+func rewriteLocationFor(res *http.Response, rt *route) {
 	loc := res.Header.Get("Location")
 	if rt.proxyBase == "" || loc == "" {
-		return nil
+		return
 	}
 	u, err := res.Request.URL.Parse(loc)
 	if err != nil {
-		return nil
+		return
 	}
 	base := strings.TrimSuffix(rt.connector.Spec.Address, "/")
 	if s := u.String(); strings.HasPrefix(s, base+"/") || s == base {
 		res.Header.Set("Location", rt.proxyBase+strings.TrimPrefix(s, base))
 	}
-	return nil
 }
 
 // connector reads a Connector and its class from the informer caches.

@@ -28,20 +28,28 @@ func (p *Proxy) serveReverse(w http.ResponseWriter, r *http.Request) {
 // serveReverseTo serves a reverse-proxy request for the Connector nn, rest being the path
 // under its address.
 func (p *Proxy) serveReverseTo(w http.ResponseWriter, r *http.Request, nn types.NamespacedName, rest string) {
+	if rt := p.routeReverse(w, r, nn, rest); rt != nil {
+		p.send(w, r, rt)
+	}
+}
+
+// routeReverse authenticates r's caller and routes r to the Connector nn, rest being the path
+// under its address; or writes the refusal to w and returns nil.
+func (p *Proxy) routeReverse(w http.ResponseWriter, r *http.Request, nn types.NamespacedName, rest string) *route {
 	ctx := r.Context()
 	token, foundBy := p.callerToken(r)
 	u, err := p.authenticate(ctx, w, token, http.StatusUnauthorized)
 	if err != nil {
 		w.Header().Set("WWW-Authenticate", `Basic realm="connectors-proxy"`)
 		refuseErr(ctx, w, err)
-		return
+		return nil
 	}
 	rt, err := p.reverseRoute(r, u, nn, rest, extracted{token: token, foundBy: foundBy})
 	if err != nil {
 		refuseErr(ctx, w, err)
-		return
+		return nil
 	}
-	p.send(w, r, rt)
+	return rt
 }
 
 // extracted is the caller's token when an authExtractor found it, and the classes whose
@@ -71,11 +79,10 @@ func (p *Proxy) reverseRoute(r *http.Request, u user.Info, nn types.NamespacedNa
 	if err := p.checkExtracted(r, class, ex.token, ex.foundBy); err != nil {
 		return nil, err
 	}
-	target, err := url.Parse(strings.TrimSuffix(c.Spec.Address, "/") + rest)
+	target, err := reverseTarget(c, rest, r.URL.RawQuery)
 	if err != nil {
-		return nil, refusef(http.StatusBadRequest, "bad path: %v", err)
+		return nil, err
 	}
-	target.RawQuery = r.URL.RawQuery
 	rt, err := p.newRoute(ctx, c, class, target)
 	if err != nil {
 		return nil, err
@@ -85,6 +92,16 @@ func (p *Proxy) reverseRoute(r *http.Request, u user.Info, nn types.NamespacedNa
 		rt.callerToken = ex.token
 	}
 	return rt, nil
+}
+
+// reverseTarget is the tool's URL for rest (already checked by CheckPath) under c's address.
+func reverseTarget(c *v1alpha1.Connector, rest, rawQuery string) (*url.URL, error) {
+	target, err := url.Parse(strings.TrimSuffix(c.Spec.Address, "/") + rest)
+	if err != nil {
+		return nil, refusef(http.StatusBadRequest, "bad path: %v", err)
+	}
+	target.RawQuery = rawQuery
+	return target, nil
 }
 
 // parseReversePath splits "/namespaces/<ns>/connectors/<name><rest>"; rest keeps its escaping.

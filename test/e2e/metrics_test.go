@@ -135,8 +135,10 @@ func TestProxyMetrics(t *testing.T) {
 	if apiRequests == 0 {
 		t.Error("no rest_client_requests_total{method=POST,code=201} (the reviews the driver created)")
 	}
-	if answered < 4 {
-		t.Errorf("the proxy's reviewer counted %v allowed authorization answers, want at least 4 (one per proxied request)", answered)
+	// The three reverse requests share one keep-alive connection, whose route the fast lane
+	// keeps for a second (laneMemo): one answer for them, one for the forward request.
+	if answered < 2 {
+		t.Errorf("the proxy's reviewer counted %v allowed authorization answers, want at least 2 (one per connection's route)", answered)
 	}
 
 	// The Connector deleted: its series leave /metrics (the node watches it, so it sees that).

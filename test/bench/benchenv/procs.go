@@ -14,28 +14,40 @@ import (
 // clockTicks is USER_HZ, the unit of /proc/<pid>/stat's CPU times (100 on Linux).
 const clockTicks = 100
 
-// CPUTime is the user + system CPU time the processes used so far, read from
+// CPU is CPU time spent in user space and in the kernel on the processes' behalf.
+type CPU struct{ User, System time.Duration }
+
+// Sub is the CPU time spent between b and c.
+func (c CPU) Sub(b CPU) CPU { return CPU{User: c.User - b.User, System: c.System - b.System} }
+
+// Per divides c among n requests.
+func (c CPU) Per(n int) CPU {
+	return CPU{User: c.User / time.Duration(n), System: c.System / time.Duration(n)}
+}
+
+// CPUTime is the user and system CPU time the processes used so far, read from
 // /proc/<pid>/stat (fields 14 and 15, after the parenthesised command name).
-func CPUTime(pids ...int) (time.Duration, error) {
-	var ticks int64
+func CPUTime(pids ...int) (CPU, error) {
+	var user, system int64
 	for _, pid := range pids {
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 		if err != nil {
-			return 0, err
+			return CPU{}, err
 		}
 		s := string(b)
 		fields := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
 		// fields[0] is the state (field 3); utime and stime are fields 14 and 15.
-		for _, f := range fields[11:13] {
-			v, err := strconv.ParseInt(f, 10, 64)
-			if err != nil {
-				return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
-			}
-			ticks += v
+		u, errU := strconv.ParseInt(fields[11], 10, 64)
+		k, errK := strconv.ParseInt(fields[12], 10, 64)
+		if errU != nil || errK != nil {
+			return CPU{}, fmt.Errorf("/proc/%d/stat: utime %q, stime %q are not numbers", pid, fields[11], fields[12])
 		}
+		user, system = user+u, system+k
 	}
-	return time.Duration(ticks) * time.Second / clockTicks, nil
+	return CPU{User: ticksToDuration(user), System: ticksToDuration(system)}, nil
 }
+
+func ticksToDuration(ticks int64) time.Duration { return time.Duration(ticks) * time.Second / clockTicks }
 
 // Family is a process and its children (nginx's master and its workers).
 func Family(pid int) []int {

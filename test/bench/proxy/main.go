@@ -75,7 +75,7 @@ type target struct {
 type row struct {
 	size, path, generator string
 	res                   result
-	cpuPerReq             time.Duration
+	cpuPerReq             benchenv.CPU
 	driver                bool
 	allocs, trs, sars     float64
 	baseline              string
@@ -261,7 +261,7 @@ func measure(work string, tg target, size, gen string, drv *benchenv.DriverProce
 	if err != nil {
 		return r, false, err
 	}
-	r.cpuPerReq = (cpu1 - cpu0) / time.Duration(r.res.n)
+	r.cpuPerReq = cpu1.Sub(cpu0).Per(r.res.n)
 	if tg.driver {
 		if c1, err = benchenv.Scrape(drv.MetricsAddr); err != nil {
 			return r, false, err
@@ -273,7 +273,7 @@ func measure(work string, tg target, size, gen string, drv *benchenv.DriverProce
 }
 
 func printTable(rows []row) {
-	fmt.Printf("Concurrency %d, keep-alive, %s per case, %d CPUs. CPU is the proxying processes' user+system time per request (nginx: master and workers).\n\n",
+	fmt.Printf("Concurrency %d, keep-alive, %s per case, %d CPUs. CPU/req is the proxying processes' CPU time per request: total (user + system); nginx's counts its master and workers.\n\n",
 		*concurrency, *duration, runtime.NumCPU())
 	fmt.Println("| size | path | generator | req/s | × nginx | p50 | p99 | CPU/req | allocs/req | TokenReviews /1000 | SARs /1000 |")
 	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -285,7 +285,7 @@ func printTable(rows []row) {
 			}
 		}
 		if r.path != "direct" || r.generator == "wrk" {
-			cpu = fmt.Sprintf("%.1f µs", float64(r.cpuPerReq.Nanoseconds())/1000)
+			cpu = fmt.Sprintf("%.1f µs (%.1f + %.1f)", micros(r.cpuPerReq.User+r.cpuPerReq.System), micros(r.cpuPerReq.User), micros(r.cpuPerReq.System))
 		}
 		if r.driver {
 			allocs, trs, sars = fmt.Sprintf("%.0f", r.allocs), fmt.Sprintf("%.2f", r.trs), fmt.Sprintf("%.2f", r.sars)
@@ -294,6 +294,8 @@ func printTable(rows []row) {
 			r.res.rate, ratio, r.res.p50, r.res.p99, cpu, allocs, trs, sars)
 	}
 }
+
+func micros(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1000 }
 
 func sizeName(s string) string {
 	if s == "1k" {

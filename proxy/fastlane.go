@@ -1,0 +1,722 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/klog/v2"
+
+	"github.com/kube-connectors/connectors-csi/proxy/egress"
+)
+
+// FastLane serves the proxy listener's most common requests, keep-alive HTTP/1.1 GET and HEAD
+// of the reverse proxy to a plain-http tool whose credential is a basic or bearer header,
+// on the client connection's own goroutine: it reads the request, checks the caller and
+// the Connector exactly as the full path does, writes the request to a pooled tool connection
+// (directTransport) and writes the answer back. Every other request, and any request it
+// cannot take before it has consumed a byte, goes with its connection, unread, to net/http's
+// server (Accept hands such connections over), which serves the rest of that connection.
+//
+// Why it exists: net/http's server spends more CPU per small request than the proxying itself
+// (a goroutine and a read for each request to notice a client leaving, a context, a response
+// writer, ReverseProxy's copies of the request); docs/benchmarks.md measures it. Parsing stays
+// net/http's (http.ReadRequest and http.ReadResponse); what is written here is the loop and
+// the answer's framing, which no library offers outside a server.
+type FastLane struct {
+	p                          *Proxy
+	lis                        net.Listener
+	headerTimeout, idleTimeout time.Duration
+
+	handed  chan net.Conn
+	done    chan struct{}
+	closing atomic.Bool
+
+	mu    sync.Mutex
+	conns map[*laneConn]struct{}
+}
+
+// laneBufferSize bounds the request heads the fast lane reads: a larger one goes to net/http,
+// which applies --proxy-max-header-bytes.
+const laneBufferSize = 4 << 10
+
+// laneWatchDelay is how long the fast lane waits for a tool's answer before it starts
+// watching the client connection, so that a client that leaves while a slow tool thinks
+// releases the tool's connection, as net/http's server does for every request.
+const laneWatchDelay = 50 * time.Millisecond
+
+// FastLane serves lis; the listener it returns yields the connections the fast lane hands to
+// net/http's server. headerTimeout and idleTimeout are the server's ReadHeaderTimeout and
+// IdleTimeout.
+func (p *Proxy) FastLane(lis net.Listener, headerTimeout, idleTimeout time.Duration) *FastLane {
+	l := &FastLane{p: p, lis: lis, headerTimeout: headerTimeout, idleTimeout: idleTimeout,
+		handed: make(chan net.Conn), done: make(chan struct{}), conns: map[*laneConn]struct{}{}}
+	go l.acceptLoop()
+	return l
+}
+
+// Accept returns the next connection handed over to net/http.
+func (l *FastLane) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.handed:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+// Addr is the listener's address.
+func (l *FastLane) Addr() net.Addr { return l.lis.Addr() }
+
+// Close stops accepting and wakes the fast lane's idle connections, which then close; a
+// request being served finishes first.
+func (l *FastLane) Close() error {
+	if !l.closing.CompareAndSwap(false, true) {
+		return nil
+	}
+	close(l.done)
+	l.mu.Lock()
+	for c := range l.conns {
+		_ = c.conn.SetReadDeadline(aLongTimeAgo)
+	}
+	l.mu.Unlock()
+	return l.lis.Close()
+}
+
+func (l *FastLane) acceptLoop() {
+	for {
+		conn, err := l.lis.Accept()
+		if err != nil {
+			if l.closing.Load() || errors.Is(err, net.ErrClosed) {
+				_ = l.Close()
+				return
+			}
+			// Out of file descriptors and the like: net/http's server backs off too.
+			klog.Background().Error(err, "Proxy accept failed; retrying")
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
+		c := &laneConn{lane: l, conn: conn}
+		c.br = bufio.NewReaderSize(c, laneBufferSize)
+		c.cw = bufio.NewWriterSize(conn, laneBufferSize)
+		go c.serve()
+	}
+}
+
+func (l *FastLane) track(c *laneConn, on bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if on {
+		l.conns[c] = struct{}{}
+	} else {
+		delete(l.conns, c)
+	}
+}
+
+// laneConn is one client connection in the fast lane.
+type laneConn struct {
+	lane *FastLane
+	conn net.Conn
+	br   *bufio.Reader // over the connection (through Read, for the watcher's byte)
+	cw   *bufio.Writer
+	// head parses a request head already in br without consuming it.
+	head    bytes.Reader
+	headBuf *bufio.Reader
+	// The watcher (see watch): the byte it read, if any, is the next request's first.
+	watching sync.WaitGroup
+	pending  byte
+	held     bool
+	left     atomic.Bool
+	// sent counts the answer's body bytes (metrics).
+	sent int64
+	// closeAfter: the client asked to close the connection after this answer.
+	closeAfter bool
+	memo       laneMemo
+}
+
+// laneMemoTTL is how long a connection's last route is used again for the same token,
+// Connector and method without asking the caches: its decisions are then at most that much
+// older than the token and decision caches' own; a Pod's dropped decisions (ForgetPod) end
+// it at once.
+const laneMemoTTL = time.Second
+
+// laneMemo is a connection's last route: clients send request after request with the same
+// token to the same Connector (a clone's fetches, a build's downloads), and authenticating,
+// authorizing and resolving the Connector and its credential again costs more than the
+// proxying (docs/benchmarks.md).
+type laneMemo struct {
+	key   laneKey
+	rt    *route
+	epoch uint64
+	until time.Time
+}
+
+// route returns the remembered route for r, pointed at r's own path, if it is still good. A
+// forward route is used again only when the client named one Connector and it covers the new
+// destination: among several, another may be the first to cover this path.
+func (m *laneMemo) route(p *Proxy, r *http.Request, key laneKey) (*route, bool) {
+	if m.rt == nil || !m.key.sameRoute(key) || m.epoch != p.routeEpoch.Load() || !time.Now().Before(m.until) {
+		return nil, false
+	}
+	var target *url.URL
+	if key.forward {
+		u := *r.URL
+		if m.rt.forwardAmong || CheckPath(u.EscapedPath()) != nil || !coveredBy(m.rt.connector, &u) {
+			return nil, false
+		}
+		target = &u
+	} else {
+		var err error
+		if CheckPath(key.rest) != nil {
+			return nil, false
+		}
+		if target, err = reverseTarget(m.rt.connector, key.rest, r.URL.RawQuery); err != nil {
+			return nil, false
+		}
+	}
+	rt := *m.rt
+	rt.target = target
+	return &rt, true
+}
+
+// Read reads the client connection, the watcher's byte first.
+func (c *laneConn) Read(p []byte) (int, error) {
+	if c.held && len(p) > 0 {
+		c.held = false
+		p[0] = c.pending
+		return 1, nil
+	}
+	return c.conn.Read(p)
+}
+
+// serve serves requests until the connection closes, fails, or goes to net/http.
+func (c *laneConn) serve() {
+	c.lane.track(c, true)
+	handedOver := false
+	defer func() {
+		c.lane.track(c, false)
+		if !handedOver {
+			_ = c.conn.Close()
+		}
+	}()
+	for {
+		head, ok := c.nextHead()
+		if !ok {
+			return
+		}
+		req := c.parse(head)
+		if req == nil {
+			handedOver = c.handOver()
+			return
+		}
+		c.closeAfter = req.Close
+		taken, ok := c.serveRequest(req, len(head))
+		if !taken {
+			handedOver = c.handOver()
+			return
+		}
+		if !ok || c.closeAfter {
+			return
+		}
+	}
+}
+
+// nextHead waits (up to the idle timeout) for the next request and returns its head, still
+// unread in br, or the start of one too large for br. ok is false when the connection ended.
+func (c *laneConn) nextHead() (head []byte, ok bool) {
+	if c.conn.SetReadDeadline(time.Now().Add(c.lane.idleTimeout)) != nil || c.lane.closing.Load() {
+		return nil, false
+	}
+	if _, err := c.br.Peek(1); err != nil {
+		return nil, false
+	}
+	_ = c.conn.SetReadDeadline(time.Now().Add(c.lane.headerTimeout))
+	defer func() { _ = c.conn.SetReadDeadline(time.Time{}) }()
+	for {
+		buf, _ := c.br.Peek(c.br.Buffered())
+		if i := bytes.Index(buf, []byte("\r\n\r\n")); i >= 0 {
+			return buf[:i+4], true
+		}
+		if len(buf) == c.br.Size() {
+			return buf, true // too large for the fast lane
+		}
+		if _, err := c.br.Peek(len(buf) + 1); err != nil {
+			return nil, false
+		}
+	}
+}
+
+// parse reads head as net/http does, without consuming it, and returns the request if it is
+// one the fast lane takes, else nil.
+func (c *laneConn) parse(head []byte) *http.Request {
+	if !hasAnyPrefix(head, "GET "+reversePrefix, "HEAD "+reversePrefix, "GET http://", "HEAD http://") ||
+		!bytes.HasSuffix(head, []byte("\r\n\r\n")) {
+		return nil
+	}
+	c.head.Reset(head)
+	if c.headBuf == nil {
+		c.headBuf = bufio.NewReaderSize(&c.head, laneBufferSize)
+	} else {
+		c.headBuf.Reset(&c.head)
+	}
+	req, err := http.ReadRequest(c.headBuf)
+	if err != nil || !laneRequest(req) {
+		return nil
+	}
+	return req
+}
+
+func hasAnyPrefix(b []byte, prefixes ...string) bool {
+	for _, p := range prefixes {
+		if bytes.HasPrefix(b, []byte(p)) {
+			return true
+		}
+	}
+	return false
+}
+
+// laneRequest tells whether the fast lane takes r: anything with a body, an upgrade, an
+// expectation, trailers, headers the Connection header names, a Connector's own host, a
+// host net/http's server would refuse, or another proxy's hop marker goes to net/http, which
+// answers it as it always has.
+func laneRequest(r *http.Request) bool {
+	// http.ReadRequest refuses a second Host header and moves the one to r.Host; the checks
+	// net/http's server adds to it are these.
+	if r.ProtoMajor != 1 || r.ProtoMinor != 1 || r.Host == "" || !httpguts.ValidHostHeader(r.Host) ||
+		r.ContentLength != 0 || len(r.TransferEncoding) != 0 {
+		return false
+	}
+	if r.URL.IsAbs() { // the forward proxy; a Connector's own host does not apply
+		return r.URL.Scheme == "http" && noneOf(r.Header, laneRefusedHeaders)
+	}
+	for name, values := range r.Header {
+		if !httpguts.ValidHeaderFieldName(name) {
+			return false
+		}
+		for _, v := range values {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				return false
+			}
+		}
+	}
+	if !noneOf(r.Header, laneRefusedHeaders) {
+		return false
+	}
+	_, isHost := connectorOfHost(r.Host)
+	return !isHost
+}
+
+// laneRefusedHeaders are headers whose requests the fast lane leaves to the full path.
+var laneRefusedHeaders = []string{"Expect", "Upgrade", "Te", "Trailer", egress.HopHeader}
+
+// noneOf tells whether h has none of names, and names only keep-alive or close in Connection.
+func noneOf(h http.Header, names []string) bool {
+	for _, name := range names {
+		if _, ok := h[name]; ok {
+			return false
+		}
+	}
+	for _, v := range h["Connection"] {
+		for token := range strings.SplitSeq(v, ",") {
+			if t := strings.TrimSpace(token); !strings.EqualFold(t, "keep-alive") && !strings.EqualFold(t, "close") {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// serveRequest serves r, or refuses it as the full path would, unless its route is one the
+// fast lane does not send (a credential it does not inject, a pass-through destination):
+// then taken is false and nothing was consumed (the full path checks the caller again). ok is
+// false when the connection cannot go on. headLen is r's head's size in br.
+func (c *laneConn) serveRequest(r *http.Request, headLen int) (taken, ok bool) {
+	p := c.lane.p
+	key, isLane := laneKeyOf(r)
+	if !isLane {
+		return false, false // net/http's path answers, or asks the classes' authExtractors
+	}
+	epoch := p.routeEpoch.Load() // before the decisions: one dropped meanwhile is not remembered
+	answer := &bufferedAnswer{header: http.Header{}}
+	m, record := p.metered(answer, r, key.mode())
+	defer record()
+	rt, remembered := c.memo.route(p, r, key)
+	if !remembered {
+		var handOver bool
+		if rt, handOver = c.resolve(m, r, key); handOver {
+			m.handedOver = true // answered, and recorded, by the full path
+			return false, false
+		}
+		if rt == nil {
+			_, _ = c.br.Discard(headLen)
+			return true, c.answer(answer)
+		}
+	}
+	tr, isHTTP := rt.transport.(*http.Transport)
+	if !isHTTP || rt.cred.registry != nil || rt.cred.generator != nil || rt.callerToken != "" {
+		m.handedOver = true
+		return false, false
+	}
+	if !remembered {
+		c.memo = laneMemo{key: key, rt: rt, epoch: epoch, until: time.Now().Add(laneMemoTTL)}
+	}
+	out := outgoing(r, rt)
+	if !p.direct.takes(tr, out) {
+		m.handedOver = true
+		return false, false
+	}
+	_, _ = c.br.Discard(headLen)
+	laneServed.Inc()
+	routed(m, rt)
+	ok = c.forward(tr, out, rt, m)
+	m.bytes = c.sent
+	return true, ok
+}
+
+// laneKey is what a fast-lane request's route depends on, besides its path.
+type laneKey struct {
+	// forward: an absolute-form request, its credential the Proxy-Authorization value and its
+	// destination the URL's host; else a reverse one, the token and the Connector.
+	forward    bool
+	credential string
+	method     string
+	connector  types.NamespacedName
+	host       string
+	rest       string // the reverse path under the Connector's address (not part of the identity)
+}
+
+func (k laneKey) mode() string {
+	if k.forward {
+		return modeForward
+	}
+	return modeReverse
+}
+
+func (k laneKey) sameRoute(o laneKey) bool {
+	return k.forward == o.forward && k.credential == o.credential && k.method == o.method && k.connector == o.connector && k.host == o.host
+}
+
+// laneKeyOf reads r's key; ok is false for a request the fast lane leaves to the full path: no
+// credential where the fast lane looks (the classes' authExtractors are the full path's), or
+// not a reverse-proxy path.
+func laneKeyOf(r *http.Request) (laneKey, bool) {
+	if r.URL.IsAbs() {
+		auth := r.Header.Get("Proxy-Authorization")
+		return laneKey{forward: true, credential: auth, method: r.Method, host: r.URL.Host}, auth != ""
+	}
+	nn, rest, isReverse := parseReversePath(r.URL.EscapedPath())
+	token := clientToken(r.Header)
+	return laneKey{credential: token, method: r.Method, connector: nn, rest: rest}, isReverse && token != ""
+}
+
+// resolve routes r as the full path does, writing a refusal into m (rt nil); handOver is true
+// for a forward request to a destination no named Connector covers, which pass-through takes.
+func (c *laneConn) resolve(m *meteredWriter, r *http.Request, key laneKey) (rt *route, handOver bool) {
+	p := c.lane.p
+	if !key.forward {
+		return p.routeReverse(m, r, key.connector, key.rest), false
+	}
+	fc, ok := p.forwardAuth(m, r)
+	if !ok {
+		return nil, false
+	}
+	rt, err := p.forwardRoute(r, fc, r.URL)
+	var notCovered *notCoveredError
+	switch {
+	case errors.As(err, &notCovered) && p.passthrough.on():
+		return nil, true
+	case err != nil:
+		refuseErr(r.Context(), m, err)
+		return nil, false
+	}
+	if len(fc.connectors) > 1 {
+		rt.forwardAmong = true
+	}
+	return rt, false
+}
+
+// answer writes a buffered answer (a refusal) to the client.
+func (c *laneConn) answer(a *bufferedAnswer) bool {
+	if c.closeAfter {
+		a.header["Connection"] = closeConnection
+	}
+	return a.writeTo(c.cw) == nil && c.cw.Flush() == nil
+}
+
+// outgoing turns r, which the fast lane owns, into the tool's request, as ReverseProxy and
+// rewrite do: hop-by-hop and X-Forwarded headers out, no Go User-Agent, then the route.
+func outgoing(r *http.Request, rt *route) *http.Request {
+	h := r.Header
+	for _, name := range hopByHopHeaders {
+		delete(h, name)
+	}
+	for _, name := range []string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"} {
+		delete(h, name)
+	}
+	if _, ok := h["User-Agent"]; !ok {
+		h["User-Agent"] = noUserAgent
+	}
+	r.Close, r.RequestURI = false, ""
+	applyRoute(r, rt)
+	return r
+}
+
+// hopByHopHeaders are the headers ReverseProxy removes in both directions (its list is not
+// exported); the fast lane never takes a request whose Connection header names others.
+var hopByHopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
+
+// noUserAgent keeps net/http from sending its own User-Agent, as ReverseProxy does.
+var noUserAgent = []string{""}
+
+// forward sends out and writes the tool's answer to the client, its status into m; it
+// returns false when the connection must close (the client left, or the answer broke off).
+func (c *laneConn) forward(tr *http.Transport, out *http.Request, rt *route, m *meteredWriter) bool {
+	c.sent = 0
+	c.left.Store(false)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c.watching.Add(1)
+	watch := time.AfterFunc(laneWatchDelay, func() { c.watch(cancel) })
+	res, err := c.lane.p.direct.RoundTrip(tr, out.WithContext(ctx), laneSplice{c})
+	c.stopWatching(watch)
+	if err != nil {
+		upstreamErrorFor(m, rt, err)
+		return !c.left.Load() && c.answer(m.ResponseWriter.(*bufferedAnswer))
+	}
+	defer res.Body.Close()
+	for _, name := range hopByHopHeaders {
+		delete(res.Header, name)
+	}
+	for _, f := range res.Header["Connection"] {
+		for name := range strings.SplitSeq(f, ",") {
+			res.Header.Del(strings.TrimSpace(name))
+		}
+	}
+	rewriteLocationFor(res, rt)
+	m.code = res.StatusCode
+	return c.writeAnswer(out, res) == nil
+}
+
+// writeAnswer writes res's head and body to the client, framed as net/http's server frames a
+// ReverseProxy's answer: the tool's Content-Length when it sent one, chunked otherwise
+// (flushed as it comes, for git's streamed packs), no body for HEAD, 1xx, 204 and 304.
+func (c *laneConn) writeAnswer(out *http.Request, res *http.Response) error {
+	h := res.Header
+	bodyless := out.Method == http.MethodHead || res.StatusCode < 200 || res.StatusCode == http.StatusNoContent || res.StatusCode == http.StatusNotModified
+	chunked := !bodyless && (res.ContentLength < 0 || len(res.TransferEncoding) > 0)
+	switch {
+	case chunked:
+		delete(h, "Content-Length")
+		h["Transfer-Encoding"] = chunkedEncoding
+	case !bodyless:
+		h["Content-Length"] = []string{strconv.FormatInt(res.ContentLength, 10)}
+	}
+	if len(res.Trailer) > 0 {
+		keys := make([]string, 0, len(res.Trailer))
+		for k := range res.Trailer {
+			keys = append(keys, k)
+		}
+		h["Trailer"] = []string{strings.Join(keys, ", ")}
+	}
+	if _, ok := h["Date"]; !ok {
+		h["Date"] = []string{time.Now().UTC().Format(http.TimeFormat)}
+	}
+	if c.closeAfter {
+		h["Connection"] = closeConnection
+	}
+	writeStatusLine(c.cw, res.StatusCode)
+	if err := h.Write(c.cw); err != nil {
+		return err
+	}
+	_, _ = c.cw.WriteString("\r\n")
+	if bodyless {
+		return c.cw.Flush()
+	}
+	buf := bufferPool.Get().(*[]byte)
+	defer bufferPool.Put(buf)
+	if !chunked {
+		_, err := io.CopyBuffer(laneBody{c, nil}, res.Body, *buf)
+		if err == nil && c.sent != res.ContentLength {
+			err = io.ErrUnexpectedEOF
+		}
+		if err != nil {
+			return err
+		}
+		return c.cw.Flush()
+	}
+	if _, err := io.CopyBuffer(laneBody{c, httputil.NewChunkedWriter(c.cw)}, res.Body, *buf); err != nil {
+		return err
+	}
+	_, _ = c.cw.WriteString("0\r\n")
+	if err := res.Trailer.Write(c.cw); err != nil {
+		return err
+	}
+	_, _ = c.cw.WriteString("\r\n")
+	return c.cw.Flush()
+}
+
+var chunkedEncoding, closeConnection = []string{"chunked"}, []string{"close"}
+
+// writeStatusLine writes "HTTP/1.1 <code> <text>", the text being net/http's for the code.
+func writeStatusLine(w *bufio.Writer, code int) {
+	text := http.StatusText(code)
+	if text == "" {
+		text = "status code " + strconv.Itoa(code)
+	}
+	_, _ = w.WriteString("HTTP/1.1 ")
+	_, _ = w.WriteString(codeLabel(code))
+	_ = w.WriteByte(' ')
+	_, _ = w.WriteString(text)
+	_, _ = w.WriteString("\r\n")
+}
+
+// laneBody writes an answer's body into the client's buffer, counting it; through chunked
+// (an answer of unknown length), each chunk goes out at once.
+type laneBody struct {
+	c       *laneConn
+	chunked io.Writer
+}
+
+func (b laneBody) Write(p []byte) (int, error) {
+	if b.chunked == nil {
+		n, err := b.c.cw.Write(p)
+		b.c.sent += int64(n)
+		return n, err
+	}
+	n, err := b.chunked.Write(p)
+	b.c.sent += int64(n)
+	if err == nil {
+		err = b.c.cw.Flush()
+	}
+	return n, err
+}
+
+// laneSplice is where the direct transport splices a large body (directBody.splice): the
+// head, still in the client's buffer, goes first.
+type laneSplice struct{ c *laneConn }
+
+func (s laneSplice) Write(p []byte) (int, error) {
+	if err := s.c.cw.Flush(); err != nil {
+		return 0, err
+	}
+	n, err := s.c.conn.Write(p)
+	s.c.sent += int64(n)
+	return n, err
+}
+
+func (s laneSplice) ReadFrom(r io.Reader) (int64, error) {
+	if err := s.c.cw.Flush(); err != nil {
+		return 0, err
+	}
+	n, err := io.Copy(s.c.conn, r) // the TCP connection's ReadFrom: splice(2)
+	s.c.sent += n
+	return n, err
+}
+
+// watch runs when the tool has not answered within laneWatchDelay: it reads the client
+// connection until stopWatching wakes it. A client that closes or resets its connection
+// meanwhile cancels the round trip; a byte it sends (its next request) is kept.
+func (c *laneConn) watch(cancel context.CancelFunc) {
+	defer c.watching.Done()
+	var b [1]byte
+	n, err := c.conn.Read(b[:])
+	if n == 1 {
+		c.pending, c.held = b[0], true
+	}
+	var timeout net.Error
+	if err != nil && !(errors.As(err, &timeout) && timeout.Timeout()) {
+		c.left.Store(true)
+		cancel()
+	}
+}
+
+// stopWatching ends the watch (if it started) once the tool has answered.
+func (c *laneConn) stopWatching(t *time.Timer) {
+	if t.Stop() {
+		c.watching.Done()
+		return
+	}
+	_ = c.conn.SetReadDeadline(aLongTimeAgo)
+	c.watching.Wait()
+	_ = c.conn.SetReadDeadline(time.Time{})
+}
+
+// handOver gives the connection, with everything it sent still unread, to net/http's server.
+func (c *laneConn) handOver() bool {
+	fastLaneRequests.WithLabelValues("handed_over").Inc()
+	select {
+	case c.lane.handed <- &handedConn{Conn: c.conn, br: c.br}:
+		return true
+	case <-c.lane.done:
+		return false
+	}
+}
+
+// handedConn is a connection the fast lane read ahead of net/http: its reads drain what the
+// fast lane buffered first, then read the connection itself.
+type handedConn struct {
+	net.Conn
+	br *bufio.Reader
+}
+
+func (c *handedConn) Read(p []byte) (int, error) {
+	if c.br != nil {
+		if c.br.Buffered() > 0 {
+			return c.br.Read(p)
+		}
+		c.br = nil
+	}
+	return c.Conn.Read(p)
+}
+
+// ReadFrom keeps net/http's copies into the connection on its ReadFrom (splice; see
+// directBody.splice).
+func (c *handedConn) ReadFrom(r io.Reader) (int64, error) { return io.Copy(c.Conn, r) }
+
+// bufferedAnswer is a small answer written whole, with its length: the fast lane's refusals
+// of a failed round trip, through the handlers the full path uses.
+type bufferedAnswer struct {
+	header http.Header
+	code   int
+	body   bytes.Buffer
+}
+
+func (a *bufferedAnswer) Header() http.Header { return a.header }
+
+func (a *bufferedAnswer) WriteHeader(code int) {
+	if a.code == 0 {
+		a.code = code
+	}
+}
+
+func (a *bufferedAnswer) Write(p []byte) (int, error) {
+	a.WriteHeader(http.StatusOK)
+	return a.body.Write(p)
+}
+
+func (a *bufferedAnswer) writeTo(w *bufio.Writer) error {
+	a.WriteHeader(http.StatusOK)
+	a.header.Set("Content-Length", strconv.Itoa(a.body.Len()))
+	a.header.Set("Date", time.Now().UTC().Format(http.TimeFormat))
+	writeStatusLine(w, a.code)
+	if err := a.header.Write(w); err != nil {
+		return err
+	}
+	_, _ = w.WriteString("\r\n")
+	_, err := w.Write(a.body.Bytes())
+	return err
+}

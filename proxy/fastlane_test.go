@@ -1,0 +1,123 @@
+package proxy
+
+import (
+	"net/http"
+	"net/url"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+)
+
+// TestLaneMemo: a connection's remembered route serves only the same credential, Connector (or
+// forwarded host) and method, within laneMemoTTL and before any Pod's decisions were dropped,
+// and is pointed at each request's own path and query; a forwarded route only while its one
+// named Connector covers the new destination.
+func TestLaneMemo(t *testing.T) {
+	p := &Proxy{perms: newPermissions(nil, time.Second, time.Second, 10)}
+	nn := types.NamespacedName{Namespace: "team", Name: "tool"}
+	c := &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Namespace: "team", Name: "tool"},
+		Spec: v1alpha1.ConnectorSpec{Address: "http://tool.example/base/"}}
+	reverseKey := laneKey{credential: "pod-token", method: http.MethodGet, connector: nn}
+	forwardKey := laneKey{forward: true, credential: "Basic eA==", method: http.MethodGet, host: "tool.example"}
+	remembered := func(key laneKey) laneMemo {
+		return laneMemo{key: key, epoch: p.routeEpoch.Load(), until: time.Now().Add(laneMemoTTL),
+			rt: &route{connector: c, cred: credential{authorization: "Basic x"}}}
+	}
+	reverse := func(method, rest, query string) laneRequestOf {
+		k := reverseKey
+		k.method, k.rest = method, rest
+		return laneRequestOf{&http.Request{Method: method, URL: &url.URL{RawQuery: query}}, k}
+	}
+	forward := func(target string) laneRequestOf {
+		u, err := url.Parse(target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		k := forwardKey
+		k.host = u.Host
+		return laneRequestOf{&http.Request{Method: http.MethodGet, URL: u}, k}
+	}
+	use := func(m laneMemo, q laneRequestOf) (*route, bool) { return m.route(p, q.r, q.k) }
+
+	m := remembered(reverseKey)
+	rt, ok := use(m, reverse(http.MethodGet, "/repo.git/info/refs", "a=1"))
+	if !ok || rt.target.String() != "http://tool.example/base/repo.git/info/refs?a=1" || rt.cred.authorization != "Basic x" {
+		t.Fatalf("the same token, Connector and method: %v %+v", ok, rt)
+	}
+	if rt == m.rt {
+		t.Fatal("the remembered route itself was handed out: its target would change under another request")
+	}
+	m = remembered(forwardKey)
+	if rt, ok := use(m, forward("http://tool.example/base/pkg/a.tgz")); !ok || rt.target.String() != "http://tool.example/base/pkg/a.tgz" {
+		t.Fatalf("a forwarded request under the Connector's address: %v %+v", ok, rt)
+	}
+
+	for name, miss := range map[string]func() bool{
+		"another token": func() bool {
+			q := reverse("GET", "/x", "")
+			q.k.credential = "other"
+			_, ok := use(remembered(reverseKey), q)
+			return ok
+		},
+		"another method": func() bool { m := remembered(reverseKey); _, ok := use(m, reverse("HEAD", "/x", "")); return ok },
+		"another Connector": func() bool {
+			q := reverse("GET", "/x", "")
+			q.k.connector.Name = "other"
+			_, ok := use(remembered(reverseKey), q)
+			return ok
+		},
+		"expired": func() bool {
+			m := remembered(reverseKey)
+			m.until = time.Now().Add(-time.Millisecond)
+			_, ok := use(m, reverse("GET", "/x", ""))
+			return ok
+		},
+		"a Pod's decisions dropped since": func() bool {
+			m := remembered(reverseKey)
+			p.ForgetPod("team", "client")
+			_, ok := use(m, reverse("GET", "/x", ""))
+			return ok
+		},
+		"a path the full path refuses": func() bool {
+			m := remembered(reverseKey)
+			_, ok := use(m, reverse("GET", "/a/../../etc", ""))
+			return ok
+		},
+		"nothing remembered": func() bool { var m laneMemo; _, ok := use(m, reverse("GET", "/x", "")); return ok },
+		"a reverse route for a forwarded request": func() bool {
+			m := remembered(reverseKey)
+			_, ok := use(m, forward("http://tool.example/base/x"))
+			return ok
+		},
+		"a forwarded destination outside the address": func() bool {
+			m := remembered(forwardKey)
+			_, ok := use(m, forward("http://tool.example/other/x"))
+			return ok
+		},
+		"another forwarded host": func() bool {
+			m := remembered(forwardKey)
+			_, ok := use(m, forward("http://elsewhere.example/base/x"))
+			return ok
+		},
+		"a forward route chosen among several Connectors": func() bool {
+			m := remembered(forwardKey)
+			m.rt.forwardAmong = true
+			_, ok := use(m, forward("http://tool.example/base/x"))
+			return ok
+		},
+	} {
+		if miss() {
+			t.Errorf("%s: the remembered route was used", name)
+		}
+	}
+}
+
+// laneRequestOf is a request and its key, as serveRequest has them.
+type laneRequestOf struct {
+	r *http.Request
+	k laneKey
+}
