@@ -100,16 +100,16 @@ type Options struct {
 	ProxyMaxHeaderBytes     int
 	// ProxyWithoutFastLane serves every proxy request through net/http's server (the flag
 	// --proxy-fast-lane=false); the zero value keeps the fast lane, as the flag's default does.
-	ProxyWithoutFastLane bool
-	ProxyAuthQPS            float64
-	ProxyAuthBurst          int
-	SecretCacheSize         int
-	RegistryTokenCacheSize  int
-	LeafCacheSize           int
-	TransportCacheSize      int
-	PermissionCacheSize     int
-	ConnectorCacheSize      int
-	ConnectorIdle           time.Duration
+	ProxyWithoutFastLane   bool
+	ProxyAuthQPS           float64
+	ProxyAuthBurst         int
+	SecretCacheSize        int
+	RegistryTokenCacheSize int
+	LeafCacheSize          int
+	TransportCacheSize     int
+	PermissionCacheSize    int
+	ConnectorCacheSize     int
+	ConnectorIdle          time.Duration
 
 	// The Connector admission webhook of the controller role (off when WebhookListen is empty).
 	WebhookListen        string

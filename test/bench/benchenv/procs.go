@@ -47,7 +47,9 @@ func CPUTime(pids ...int) (CPU, error) {
 	return CPU{User: ticksToDuration(user), System: ticksToDuration(system)}, nil
 }
 
-func ticksToDuration(ticks int64) time.Duration { return time.Duration(ticks) * time.Second / clockTicks }
+func ticksToDuration(ticks int64) time.Duration {
+	return time.Duration(ticks) * time.Second / clockTicks
+}
 
 // Family is a process and its children (nginx's master and its workers).
 func Family(pid int) []int {
