@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bytes"
-	"context"
 	"crypto/sha256"
 	"fmt"
 	"io"
@@ -14,11 +13,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
-	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 )
 
 // received is what an upstream saw of one request, as compared between a direct request and
@@ -69,23 +63,11 @@ func TestProxyDifferential(t *testing.T) {
 	srv := httptest.NewServer(upstream)
 	t.Cleanup(srv.Close)
 	env := startProxyDriver(t, nil)
-	ns := newNamespace(t)
-	createSecret(t, ns, "cred", corev1.SecretTypeBasicAuth, map[string]string{"username": "bot", "password": "diff-secret-7"})
-	class := newClass(t, "diff")
-	create(t, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: "tool", Namespace: ns},
-		Spec: v1alpha1.ConnectorSpec{ConnectorClassName: class, Address: srv.URL,
-			Auth: &v1alpha1.ConnectorAuth{SecretRef: &v1alpha1.SecretRef{Name: "cred"}}}})
-	allowConnectors(t, ns, "builder", "tool")
-	pod := podWithVolume(t, env.kubelet, ns, "client", map[string]string{"connectors": "tool"}, nil)
-	if err := env.kubelet.Publish(context.Background(), pod, "connectors"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = env.kubelet.Unpublish(context.Background(), pod, "connectors") })
-	token := visibleFiles(t, env.kubelet.TargetPath(pod, "connectors"))["context.token"]
+	ns, _, files := basicTool(t, env, srv.URL, "diff-secret-7")
+	token := files["context.token"]
 	proxyBase := fmt.Sprintf("%s/namespaces/%s/connectors/tool", env.proxyURL, ns)
 	credential := "Basic " + basic("bot", "diff-secret-7")
 
-	files := visibleFiles(t, env.kubelet.TargetPath(pod, "connectors"))
 	forward, err := url.Parse(files["http.proxy"])
 	if err != nil {
 		t.Fatal(err)

@@ -62,6 +62,26 @@ func laneTool(t *testing.T) (srv *httptest.Server, stalled, left <-chan struct{}
 	return srv, stalledCh, leftCh
 }
 
+// basicTool makes the Connector "tool" at address in a new namespace, with a basic-auth
+// Secret (user bot), lets ServiceAccount builder use it, and publishes a volume of it to the Pod
+// "client"; it returns the namespace, the class and the volume's files.
+func basicTool(t *testing.T, env *proxyEnv, address, password string) (ns, class string, files map[string]string) {
+	t.Helper()
+	ns = newNamespace(t)
+	createSecret(t, ns, "cred", corev1.SecretTypeBasicAuth, map[string]string{"username": "bot", "password": password})
+	class = newClass(t, "basic")
+	create(t, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: "tool", Namespace: ns},
+		Spec: v1alpha1.ConnectorSpec{ConnectorClassName: class, Address: address,
+			Auth: &v1alpha1.ConnectorAuth{SecretRef: &v1alpha1.SecretRef{Name: "cred"}}}})
+	allowConnectors(t, ns, "builder", "tool")
+	pod := podWithVolume(t, env.kubelet, ns, "client", map[string]string{"connectors": "tool"}, nil)
+	if err := env.kubelet.Publish(context.Background(), pod, "connectors"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = env.kubelet.Unpublish(context.Background(), pod, "connectors") })
+	return ns, class, visibleFiles(t, env.kubelet.TargetPath(pod, "connectors"))
+}
+
 // dialProxy opens a raw client connection to the proxy listener.
 func dialProxy(t *testing.T, addr string) net.Conn {
 	t.Helper()
@@ -93,19 +113,8 @@ func TestFastLane(t *testing.T) {
 	tool, stalled, left := laneTool(t)
 	metricsAddr := freeLoopbackAddr(t)
 	env := startProxyDriver(t, func(o *driver.Options) { o.MetricsListen = metricsAddr })
-	ns := newNamespace(t)
-	createSecret(t, ns, "cred", corev1.SecretTypeBasicAuth, map[string]string{"username": "bot", "password": "lane-secret"})
-	class := newClass(t, "lane")
-	create(t, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: "tool", Namespace: ns},
-		Spec: v1alpha1.ConnectorSpec{ConnectorClassName: class, Address: tool.URL,
-			Auth: &v1alpha1.ConnectorAuth{SecretRef: &v1alpha1.SecretRef{Name: "cred"}}}})
-	allowConnectors(t, ns, "builder", "tool")
-	pod := podWithVolume(t, env.kubelet, ns, "client", map[string]string{"connectors": "tool"}, nil)
-	if err := env.kubelet.Publish(context.Background(), pod, "connectors"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = env.kubelet.Unpublish(context.Background(), pod, "connectors") })
-	token := visibleFiles(t, env.kubelet.TargetPath(pod, "connectors"))["context.token"]
+	ns, class, files := basicTool(t, env, tool.URL, "lane-secret")
+	token := files["context.token"]
 	host := strings.TrimPrefix(env.proxyURL, "http://")
 	base := "/namespaces/" + ns + "/connectors/tool"
 	get := func(method, path, auth string) string {
