@@ -53,9 +53,9 @@ type FastLane struct {
 // which applies --proxy-max-header-bytes.
 const laneBufferSize = 4 << 10
 
-// laneWatchDelay is how long the fast lane waits for a tool's answer before it starts
-// watching the client connection, so that a client that leaves while a slow tool thinks
-// releases the tool's connection, as net/http's server does for every request.
+// laneWatchDelay is how long the fast lane serves a request before it starts watching the
+// client connection, so that a client that leaves while a slow tool thinks, or stalls
+// mid-answer, releases the tool's connection, as net/http's server does for every request.
 const laneWatchDelay = 50 * time.Millisecond
 
 // FastLane serves lis; the listener it returns yields the connections the fast lane hands to
@@ -489,10 +489,11 @@ func (c *laneConn) forward(tr *http.Transport, out *http.Request, rt *route, m *
 	c.left.Store(false)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	// Watched until the answer's end: a tool that stalls mid-answer is let go with its client.
 	c.watching.Add(1)
 	watch := time.AfterFunc(laneWatchDelay, func() { c.watch(cancel) })
+	defer c.stopWatching(watch)
 	res, err := c.lane.p.direct.RoundTrip(tr, out.WithContext(ctx), laneSplice{c})
-	c.stopWatching(watch)
 	if err != nil {
 		upstreamErrorFor(m, rt, err)
 		return !c.left.Load() && c.answer(m.ResponseWriter.(*bufferedAnswer))
@@ -627,7 +628,7 @@ func (s laneSplice) ReadFrom(r io.Reader) (int64, error) {
 	return n, err
 }
 
-// watch runs when the tool has not answered within laneWatchDelay: it reads the client
+// watch runs when the answer has not ended within laneWatchDelay: it reads the client
 // connection until stopWatching wakes it. A client that closes or resets its connection
 // meanwhile cancels the round trip; a byte it sends (its next request) is kept.
 func (c *laneConn) watch(cancel context.CancelFunc) {
@@ -644,7 +645,7 @@ func (c *laneConn) watch(cancel context.CancelFunc) {
 	}
 }
 
-// stopWatching ends the watch (if it started) once the tool has answered.
+// stopWatching ends the watch (if it started) once the answer has ended.
 func (c *laneConn) stopWatching(t *time.Timer) {
 	if t.Stop() {
 		c.watching.Done()

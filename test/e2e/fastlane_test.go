@@ -26,7 +26,7 @@ import (
 func laneTool(t *testing.T) (srv *httptest.Server, stalled, left <-chan struct{}) {
 	large := bytes.Repeat([]byte("0123456789abcdef"), (3<<20)/16)
 	large = append(large, "tail..."...)
-	stalledCh, leftCh := make(chan struct{}, 1), make(chan struct{}, 1)
+	stalledCh, leftCh, testEnded := make(chan struct{}, 1), make(chan struct{}, 1), make(chan struct{})
 	srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("Authorization") != "Basic "+basic("bot", "lane-secret") {
 			w.WriteHeader(http.StatusUnauthorized)
@@ -50,15 +50,24 @@ func laneTool(t *testing.T) (srv *httptest.Server, stalled, left <-chan struct{}
 			http.Redirect(w, r, "http://"+r.Host+"/small", http.StatusFound)
 		case "/echo":
 			_, _ = io.Copy(w, r.Body)
-		case "/stall":
+		case "/stall", "/stall-mid-answer":
+			if r.URL.Path == "/stall-mid-answer" {
+				w.Header().Set("Content-Length", "1000")
+				_, _ = w.Write([]byte("the first of 1000 bytes"))
+				w.(http.Flusher).Flush()
+			}
 			stalledCh <- struct{}{}
-			<-r.Context().Done()
-			leftCh <- struct{}{}
+			select {
+			case <-r.Context().Done():
+				leftCh <- struct{}{}
+			case <-testEnded:
+			}
 		default:
 			http.NotFound(w, r)
 		}
 	}))
 	t.Cleanup(srv.Close)
+	t.Cleanup(func() { close(testEnded) }) // first: a handler still stalled lets srv.Close end
 	return srv, stalledCh, leftCh
 }
 
@@ -242,6 +251,14 @@ func TestFastLane(t *testing.T) {
 	within(t, stalled, "the stalled request reaching the tool")
 	gone.Close()
 	within(t, left, "the tool's request ending after its client left")
+	// ... also when the tool stalls mid-answer.
+	gone = dialProxy(t, host)
+	if _, err := io.WriteString(gone, get("GET", "/stall-mid-answer", bearer)); err != nil {
+		t.Fatal(err)
+	}
+	within(t, stalled, "the request stalled mid-answer reaching the tool")
+	gone.Close()
+	within(t, left, "the tool's request ending after its client left mid-answer")
 
 	off := startProxyDriver(t, func(o *driver.Options) { o.MetricsListen = freeLoopbackAddr(t); o.ProxyWithoutFastLane = true })
 	offBefore := scrape(t, metricsAddr)
