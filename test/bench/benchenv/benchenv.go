@@ -315,8 +315,8 @@ type Env struct {
 	Token  string
 }
 
-// Start starts the whole setup; Stop ends it.
-func Start(ctx context.Context) (*Env, error) {
+// Start starts the whole setup, the driver with driverArgs added; Stop ends it.
+func Start(ctx context.Context, driverArgs ...string) (*Env, error) {
 	up, err := StartUpstream()
 	if err != nil {
 		return nil, err
@@ -330,7 +330,7 @@ func Start(ctx context.Context) (*Env, error) {
 		e.Stop()
 		return nil, err
 	}
-	if e.Driver, err = StartDriverProcess(cp); err != nil {
+	if e.Driver, err = StartDriverProcess(cp, driverArgs...); err != nil {
 		e.Stop()
 		return nil, err
 	}

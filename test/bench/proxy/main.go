@@ -41,6 +41,7 @@ var (
 	sizes       = flag.String("sizes", "1k,1m", "response sizes to measure (1k, 1m), comma-separated")
 	generators  = flag.String("generators", "wrk,go", "load generators (wrk, go), comma-separated")
 	only        = flag.String("only", "", "measure only the paths whose name contains this")
+	driverArgs  = flag.String("driver-args", "", "flags added to the driver's, space-separated (e.g. --proxy-fast-lane=false)")
 )
 
 const ns = benchenv.Namespace
@@ -84,7 +85,7 @@ type row struct {
 func run() error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	env, err := benchenv.Start(ctx)
+	env, err := benchenv.Start(ctx, strings.Fields(*driverArgs)...)
 	if err != nil {
 		return err
 	}
