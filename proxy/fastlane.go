@@ -389,7 +389,8 @@ func (c *laneConn) serveRequest(r *http.Request, headLen int) (taken, ok bool) {
 // laneKey is what a fast-lane request's route depends on, besides its path.
 type laneKey struct {
 	// forward: an absolute-form request, its credential the Proxy-Authorization value and its
-	// destination the URL's host; else a reverse one, the token and the Connector.
+	// destination the URL's host; else a reverse one, the token, the Connector and the host
+	// the client reached the proxy by.
 	forward    bool
 	credential string
 	method     string
@@ -419,7 +420,8 @@ func laneKeyOf(r *http.Request) (laneKey, bool) {
 	}
 	nn, rest, isReverse := parseReversePath(r.URL.EscapedPath())
 	token := clientToken(r.Header)
-	return laneKey{credential: token, method: r.Method, connector: nn, rest: rest}, isReverse && token != ""
+	// The host the client named is in the route too: redirects are rewritten to it.
+	return laneKey{credential: token, method: r.Method, connector: nn, host: r.Host, rest: rest}, isReverse && token != ""
 }
 
 // resolve routes r as the full path does, writing a refusal into m (rt nil); handOver is true

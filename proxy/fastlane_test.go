@@ -64,6 +64,12 @@ func TestLaneMemo(t *testing.T) {
 			return ok
 		},
 		"another method": func() bool { m := remembered(reverseKey); _, ok := use(m, reverse("HEAD", "/x", "")); return ok },
+		"another proxy host (redirects go to it)": func() bool {
+			q := reverse("GET", "/x", "")
+			q.k.host = "c-tool.team.svc:3128"
+			_, ok := use(remembered(reverseKey), q)
+			return ok
+		},
 		"another Connector": func() bool {
 			q := reverse("GET", "/x", "")
 			q.k.connector.Name = "other"
