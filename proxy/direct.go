@@ -87,26 +87,33 @@ func (d *directTransport) RoundTrip(tr *http.Transport, r *http.Request, client 
 // errNothingRead marks a failure before the first byte of an answer.
 var errNothingRead = errors.New("the connection closed before an answer")
 
-// get takes the most recently used idle connection of key (closing those idle too long), or
-// dials a new one; reused tells which.
+// get takes an idle connection of key (idleConn), or dials a new one; reused tells which.
 func (d *directTransport) get(ctx context.Context, key directKey) (pc *directConn, reused bool, err error) {
-	d.mu.Lock()
-	for conns := d.idle[key]; len(conns) > 0; conns = d.idle[key] {
-		pc = conns[len(conns)-1]
-		d.idle[key] = conns[:len(conns)-1]
-		if time.Since(pc.idleSince) < d.idleTimeout {
-			d.mu.Unlock()
-			return pc, true, nil
-		}
-		pc.conn.Close()
+	if pc := d.idleConn(key); pc != nil {
+		return pc, true, nil
 	}
-	delete(d.idle, key)
-	d.mu.Unlock()
 	conn, err := key.transport.DialContext(ctx, "tcp", key.addr)
 	if err != nil {
 		return nil, false, err
 	}
 	return &directConn{key: key, conn: conn, br: bufio.NewReaderSize(conn, 4<<10), bw: bufio.NewWriterSize(conn, 4<<10)}, false, nil
+}
+
+// idleConn takes the most recently used idle connection of key, closing those idle too
+// long; nil if there is none.
+func (d *directTransport) idleConn(key directKey) *directConn {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for conns := d.idle[key]; len(conns) > 0; conns = d.idle[key] {
+		pc := conns[len(conns)-1]
+		d.idle[key] = conns[:len(conns)-1]
+		if time.Since(pc.idleSince) < d.idleTimeout {
+			return pc
+		}
+		pc.conn.Close()
+	}
+	delete(d.idle, key)
+	return nil
 }
 
 // put returns a connection whose last answer was read to its end.
@@ -168,30 +175,49 @@ func (pc *directConn) roundTrip(d *directTransport, r *http.Request, client io.W
 		}
 		return nil, err
 	}
-	reusable := !res.Close && !r.Close
+	return pc.withBody(d, res, stop, !res.Close && !r.Close, client), nil
+}
+
+// withBody gives res, read on pc, its body: read to its end, the connection goes back to the
+// pool if stop, which ends the watch on the round trip, says it was not broken and reusable
+// says neither side asked to close it.
+func (pc *directConn) withBody(d *directTransport, res *http.Response, stop func() bool, reusable bool, client io.Writer) *http.Response {
 	if res.Body == http.NoBody {
 		pc.release(d, stop, reusable)
-		return res, nil
+		return res
 	}
 	body := &directBody{body: res.Body, pc: pc, d: d, stop: stop, reusable: reusable, client: client}
 	if len(res.TransferEncoding) == 0 && res.ContentLength >= spliceMinBytes {
 		body.length = res.ContentLength
 	}
 	res.Body = body
-	return res, nil
+	return res
 }
 
-// readAnswer writes r and reads the head of its answer, skipping informational (1xx) ones.
+// readAnswer writes r and reads the head of its answer.
 func (pc *directConn) readAnswer(r *http.Request) (*http.Response, error) {
 	if err := r.Write(pc.bw); err != nil {
 		return nil, fmt.Errorf("%w: %v", errNothingRead, err)
 	}
+	if err := pc.awaitAnswer(); err != nil {
+		return nil, err
+	}
+	return pc.readHead(r)
+}
+
+// awaitAnswer sends the request written into bw and waits for its answer's first byte.
+func (pc *directConn) awaitAnswer() error {
 	if err := pc.bw.Flush(); err != nil {
-		return nil, fmt.Errorf("%w: %v", errNothingRead, err)
+		return fmt.Errorf("%w: %v", errNothingRead, err)
 	}
 	if _, err := pc.br.Peek(1); err != nil {
-		return nil, fmt.Errorf("%w: %v", errNothingRead, err)
+		return fmt.Errorf("%w: %v", errNothingRead, err)
 	}
+	return nil
+}
+
+// readHead reads the head of the answer to r, skipping informational (1xx) ones.
+func (pc *directConn) readHead(r *http.Request) (*http.Response, error) {
 	for {
 		res, err := http.ReadResponse(pc.br, r)
 		if err != nil {
@@ -275,26 +301,32 @@ func (b *directBody) Close() error {
 // out (ReverseProxy wrote it before copying); what the head's read buffered of the body goes
 // first.
 func (b *directBody) splice() error {
-	remaining := b.length
-	if k := min(int64(b.pc.br.Buffered()), remaining); k > 0 {
-		head, _ := b.pc.br.Peek(int(k))
-		n, err := b.client.Write(head)
-		_, _ = b.pc.br.Discard(n)
-		remaining -= int64(n)
-		if err != nil {
-			b.Close()
-			return err
-		}
-	}
-	n, err := io.Copy(b.client, io.LimitReader(b.pc.conn, remaining))
-	if err == nil && n < remaining {
-		err = io.ErrUnexpectedEOF
-	}
-	if err != nil {
+	if err := b.pc.spliceTo(b.client, b.length); err != nil {
 		b.Close()
 		return err
 	}
 	b.done = true
 	b.pc.release(b.d, b.stop, b.reusable)
 	return io.EOF
+}
+
+// spliceTo copies the next length bytes the tool sent to client: what the head's read
+// buffered first, then the rest from the connection itself (splice(2) when client's
+// ReadFrom is a TCP connection's).
+func (pc *directConn) spliceTo(client io.Writer, length int64) error {
+	remaining := length
+	if k := min(int64(pc.br.Buffered()), remaining); k > 0 {
+		head, _ := pc.br.Peek(int(k))
+		n, err := client.Write(head)
+		_, _ = pc.br.Discard(n)
+		remaining -= int64(n)
+		if err != nil {
+			return err
+		}
+	}
+	n, err := io.Copy(client, io.LimitReader(pc.conn, remaining))
+	if err == nil && n < remaining {
+		err = io.ErrUnexpectedEOF
+	}
+	return err
 }

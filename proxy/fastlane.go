@@ -112,6 +112,7 @@ func (l *FastLane) acceptLoop() {
 		c := &laneConn{lane: l, conn: conn}
 		c.br = bufio.NewReaderSize(c, laneBufferSize)
 		c.cw = bufio.NewWriterSize(conn, laneBufferSize)
+		c.stopWatch = c.stopWatching
 		go c.serve()
 	}
 }
@@ -135,11 +136,21 @@ type laneConn struct {
 	// head parses a request head already in br without consuming it.
 	head    bytes.Reader
 	headBuf *bufio.Reader
-	// The watcher (see watch): the byte it read, if any, is the next request's first.
-	watching sync.WaitGroup
-	pending  byte
-	held     bool
-	left     atomic.Bool
+	// The watcher (see watchRoundTrip): the byte it read, if any, is the next request's
+	// first; left, that the client left meanwhile.
+	watching   sync.WaitGroup
+	watchTimer *time.Timer
+	watchArmed bool
+	cancel     context.CancelFunc
+	tool       net.Conn
+	stopWatch  func() bool // stopWatching, for the direct transport's bodies
+	pending    byte
+	held       bool
+	left       atomic.Bool
+	// The heads the fast lane reads itself (lanewire.go), and room for a Date.
+	raw     laneHead
+	ans     answerHead
+	scratch [64]byte
 	// sent counts the answer's body bytes (metrics).
 	sent int64
 	// closeAfter: the client asked to close the connection after this answer.
@@ -167,13 +178,13 @@ type laneMemo struct {
 // route returns the remembered route for r, pointed at r's own path, if it is still good. A
 // forward route is used again only when the client named one Connector and it covers the new
 // destination: among several, another may be the first to cover this path.
-func (m *laneMemo) route(p *Proxy, r *http.Request, key laneKey) (*route, bool) {
+func (m *laneMemo) route(p *Proxy, u *url.URL, key laneKey) (*route, bool) {
 	if m.rt == nil || !m.key.sameRoute(key) || m.epoch != p.routeEpoch.Load() || !time.Now().Before(m.until) {
 		return nil, false
 	}
 	var target *url.URL
 	if key.forward {
-		u := *r.URL
+		u := *u
 		if m.rt.forwardAmong || CheckPath(u.EscapedPath()) != nil || !coveredBy(m.rt.connector, &u) {
 			return nil, false
 		}
@@ -183,7 +194,7 @@ func (m *laneMemo) route(p *Proxy, r *http.Request, key laneKey) (*route, bool) 
 		if CheckPath(key.rest) != nil {
 			return nil, false
 		}
-		if target, err = reverseTarget(m.rt.connector, key.rest, r.URL.RawQuery); err != nil {
+		if target, err = reverseTarget(m.rt.connector, key.rest, u.RawQuery); err != nil {
 			return nil, false
 		}
 	}
@@ -217,6 +228,12 @@ func (c *laneConn) serve() {
 		if !ok {
 			return
 		}
+		if taken, ok := c.serveRemembered(head); taken {
+			if !ok || c.closeAfter {
+				return
+			}
+			continue
+		}
 		req := c.parse(head)
 		if req == nil {
 			handedOver = c.handOver()
@@ -245,16 +262,23 @@ func (c *laneConn) nextHead() (head []byte, ok bool) {
 	}
 	_ = c.conn.SetReadDeadline(time.Now().Add(c.lane.headerTimeout))
 	defer func() { _ = c.conn.SetReadDeadline(time.Time{}) }()
+	head, _, err := peekHead(c.br) // one too large for br is handed over
+	return head, err == nil
+}
+
+// peekHead returns the head at the start of br, through its empty line, without consuming
+// it; whole is false when br filled up before the head's end.
+func peekHead(br *bufio.Reader) (head []byte, whole bool, err error) {
 	for {
-		buf, _ := c.br.Peek(c.br.Buffered())
+		buf, _ := br.Peek(br.Buffered())
 		if i := bytes.Index(buf, []byte("\r\n\r\n")); i >= 0 {
-			return buf[:i+4], true
+			return buf[:i+4], true, nil
 		}
-		if len(buf) == c.br.Size() {
-			return buf, true // too large for the fast lane
+		if len(buf) == br.Size() {
+			return buf, false, nil
 		}
-		if _, err := c.br.Peek(len(buf) + 1); err != nil {
-			return nil, false
+		if _, err := br.Peek(len(buf) + 1); err != nil {
+			return nil, false, err
 		}
 	}
 }
@@ -353,7 +377,7 @@ func (c *laneConn) serveRequest(r *http.Request, headLen int) (taken, ok bool) {
 	answer := &bufferedAnswer{header: http.Header{}}
 	m, record := p.metered(answer, r, key.mode())
 	defer record()
-	rt, remembered := c.memo.route(p, r, key)
+	rt, remembered := c.memo.route(p, r.URL, key)
 	if !remembered {
 		var handOver bool
 		if rt, handOver = c.resolve(m, r, key); handOver {
@@ -370,13 +394,13 @@ func (c *laneConn) serveRequest(r *http.Request, headLen int) (taken, ok bool) {
 		m.handedOver = true
 		return false, false
 	}
-	if !remembered {
-		c.memo = laneMemo{key: key, rt: rt, epoch: epoch, until: time.Now().Add(laneMemoTTL)}
-	}
 	out := outgoing(r, rt)
 	if !p.direct.takes(tr, out) {
 		m.handedOver = true
 		return false, false
+	}
+	if !remembered {
+		c.memo = laneMemo{key: key, rt: rt, epoch: epoch, until: time.Now().Add(laneMemoTTL)}
 	}
 	_, _ = c.br.Discard(headLen)
 	laneServed.Inc()
@@ -414,14 +438,18 @@ func (k laneKey) sameRoute(o laneKey) bool {
 // credential where the fast lane looks (the classes' authExtractors are the full path's), or
 // not a reverse-proxy path.
 func laneKeyOf(r *http.Request) (laneKey, bool) {
-	if r.URL.IsAbs() {
-		auth := r.Header.Get("Proxy-Authorization")
-		return laneKey{forward: true, credential: auth, method: r.Method, host: r.URL.Host}, auth != ""
+	return laneKeyFrom(r.Method, r.URL, r.Host, r.Header.Get("Authorization"), r.Header.Get("Proxy-Authorization"))
+}
+
+// laneKeyFrom is laneKeyOf of a request's method, URL, Host and credential headers.
+func laneKeyFrom(method string, u *url.URL, host, auth, proxyAuth string) (laneKey, bool) {
+	if u.IsAbs() {
+		return laneKey{forward: true, credential: proxyAuth, method: method, host: u.Host}, proxyAuth != ""
 	}
-	nn, rest, isReverse := parseReversePath(r.URL.EscapedPath())
-	token := clientToken(r.Header)
+	nn, rest, isReverse := parseReversePath(u.EscapedPath())
+	token := tokenOf(auth)
 	// The host the client named is in the route too: redirects are rewritten to it.
-	return laneKey{credential: token, method: r.Method, connector: nn, host: r.Host, rest: rest}, isReverse && token != ""
+	return laneKey{credential: token, method: method, connector: nn, host: host, rest: rest}, isReverse && token != ""
 }
 
 // resolve routes r as the full path does, writing a refusal into m (rt nil); handOver is true
@@ -462,10 +490,8 @@ func (c *laneConn) answer(a *bufferedAnswer) bool {
 // rewrite do: hop-by-hop and X-Forwarded headers out, no Go User-Agent, then the route.
 func outgoing(r *http.Request, rt *route) *http.Request {
 	h := r.Header
-	for _, name := range hopByHopHeaders {
-		delete(h, name)
-	}
-	for _, name := range []string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"} {
+	removeHopByHop(h)
+	for _, name := range forwardedHeaders {
 		delete(h, name)
 	}
 	if _, ok := h["User-Agent"]; !ok {
@@ -477,9 +503,22 @@ func outgoing(r *http.Request, rt *route) *http.Request {
 }
 
 // hopByHopHeaders are the headers ReverseProxy removes in both directions (its list is not
-// exported); the fast lane never takes a request whose Connection header names others.
+// exported), besides those the Connection header names.
 var hopByHopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
 	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
+
+// removeHopByHop removes h's hop-by-hop headers: those its Connection header names, and
+// hopByHopHeaders.
+func removeHopByHop(h http.Header) {
+	for _, f := range h["Connection"] {
+		for name := range strings.SplitSeq(f, ",") {
+			h.Del(strings.TrimSpace(name))
+		}
+	}
+	for _, name := range hopByHopHeaders {
+		delete(h, name)
+	}
+}
 
 // noUserAgent keeps net/http from sending its own User-Agent, as ReverseProxy does.
 var noUserAgent = []string{""}
@@ -488,38 +527,146 @@ var noUserAgent = []string{""}
 // returns false when the connection must close (the client left, or the answer broke off).
 func (c *laneConn) forward(tr *http.Transport, out *http.Request, rt *route, m *meteredWriter) bool {
 	c.sent = 0
-	c.left.Store(false)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	// Watched until the answer's end: a tool that stalls mid-answer is let go with its client.
-	c.watching.Add(1)
-	watch := time.AfterFunc(laneWatchDelay, func() { c.watch(cancel) })
-	defer c.stopWatching(watch)
+	c.watchRoundTrip(cancel, nil)
+	defer c.stopWatching()
 	res, err := c.lane.p.direct.RoundTrip(tr, out.WithContext(ctx), laneSplice{c})
 	if err != nil {
 		upstreamErrorFor(m, rt, err)
 		return !c.left.Load() && c.answer(m.ResponseWriter.(*bufferedAnswer))
 	}
+	var ok bool
+	m.code, ok = c.relayAnswer(out.Method, res, rt)
+	return ok
+}
+
+// relayAnswer writes res, the tool's answer along rt to a request of method, to the client as
+// ReverseProxy does (hop-by-hop headers out, redirects within the Connector's address into
+// the proxy's) and returns its status; ok is false when the answer broke off.
+func (c *laneConn) relayAnswer(method string, res *http.Response, rt *route) (code int, ok bool) {
 	defer res.Body.Close()
-	for _, name := range hopByHopHeaders {
-		delete(res.Header, name)
+	removeHopByHop(res.Header)
+	rewriteLocationFor(res, rt)
+	return res.StatusCode, c.writeAnswer(method, res) == nil
+}
+
+// serveRemembered serves a request whose head the fast lane reads itself (readLaneHead)
+// along the connection's remembered route (laneMemo), on an idle connection to the tool: the
+// common case of a keep-alive client. taken is false, with nothing consumed, for any other
+// request (no route remembered for it, no idle connection, a pooled connection the tool had
+// closed meanwhile), which serveRequest then takes. ok is false when the connection cannot
+// go on.
+func (c *laneConn) serveRemembered(head []byte) (taken, ok bool) {
+	h := &c.raw
+	if !readLaneHead(head, h) {
+		return false, false
 	}
-	for _, f := range res.Header["Connection"] {
-		for name := range strings.SplitSeq(f, ",") {
-			res.Header.Del(strings.TrimSpace(name))
+	u, err := url.ParseRequestURI(string(h.target))
+	if err != nil {
+		return false, false
+	}
+	key, isLane := laneKeyFrom(h.method, u, string(h.host), string(h.auth), string(h.proxyAuth))
+	if !isLane {
+		return false, false
+	}
+	rt, remembered := c.memo.route(c.lane.p, u, key)
+	if !remembered {
+		return false, false
+	}
+	// A remembered route is one serveRequest sent with the direct transport.
+	pc := c.lane.p.direct.idleConn(directKey{transport: rt.transport.(*http.Transport), addr: hostPort(rt.target)})
+	if pc == nil {
+		return false, false
+	}
+	start := time.Now()
+	c.closeAfter, c.sent = h.close, 0
+	c.watchRoundTrip(nil, pc.conn)
+	writeToolHead(pc.bw, h, rt)
+	var code int
+	if err := pc.awaitAnswer(); err != nil {
+		pc.conn.Close()
+		if c.stopWatching() {
+			return false, false // the tool had closed it: serveRequest dials a new one
+		}
+		code, ok = c.upstreamFailed(rt, err) // the client left
+	} else {
+		_, _ = c.br.Discard(len(head))
+		code, ok = c.relayRemembered(pc, h.method, rt)
+	}
+	laneServed.Inc()
+	recordRequest(rt, key.mode(), code, c.sent, time.Since(start))
+	return true, ok
+}
+
+// relayRemembered writes the answer on pc, to a request of method along rt, to the client:
+// itself when readAnswerHead reads its head, else as the general path does (relayAnswer).
+func (c *laneConn) relayRemembered(pc *directConn, method string, rt *route) (code int, ok bool) {
+	d := c.lane.p.direct
+	head, whole, err := peekHead(pc.br)
+	a := &c.ans
+	if err != nil || !whole || !readAnswerHead(head, method, a) {
+		res, err := pc.readHead(&http.Request{Method: method, URL: rt.target})
+		if err != nil {
+			pc.conn.Close()
+			c.stopWatching()
+			return c.upstreamFailed(rt, err)
+		}
+		return c.relayAnswer(method, pc.withBody(d, res, c.stopWatch, !res.Close, laneSplice{c}), rt)
+	}
+	_, _ = pc.br.Discard(len(head))
+	writeClientHead(c.cw, a, c.closeAfter, c.scratch[:0])
+	err = c.copyBody(pc, a, method)
+	pc.release(d, c.stopWatch, err == nil && !a.close)
+	return a.code, err == nil && !c.left.Load()
+}
+
+// copyBody copies a's body from pc to the client: through the buffers when small, spliced
+// when large (see directBody.splice).
+func (c *laneConn) copyBody(pc *directConn, a *answerHead, method string) error {
+	if noBody(method, a.code) {
+		return c.cw.Flush()
+	}
+	if a.length >= spliceMinBytes {
+		return pc.spliceTo(laneSplice{c}, a.length)
+	}
+	for c.sent < a.length {
+		chunk, err := pc.br.Peek(int(min(a.length-c.sent, int64(pc.br.Size()))))
+		n, werr := c.cw.Write(chunk)
+		_, _ = pc.br.Discard(n)
+		c.sent += int64(n)
+		switch {
+		case werr != nil:
+			return werr
+		case err == io.EOF:
+			return io.ErrUnexpectedEOF
+		case err != nil:
+			return err
 		}
 	}
-	rewriteLocationFor(res, rt)
-	m.code = res.StatusCode
-	return c.writeAnswer(out, res) == nil
+	return c.cw.Flush()
+}
+
+// noBody tells whether an answer with code to a request of method has no body.
+func noBody(method string, code int) bool {
+	return method == http.MethodHead || code < 200 || code == http.StatusNoContent || code == http.StatusNotModified
+}
+
+// upstreamFailed answers a round trip along rt that failed before its answer (unless the
+// client left) and returns the answer's status.
+func (c *laneConn) upstreamFailed(rt *route, err error) (code int, ok bool) {
+	a := &bufferedAnswer{header: http.Header{}}
+	upstreamErrorFor(a, rt, err)
+	return a.code, !c.left.Load() && c.answer(a)
 }
 
 // writeAnswer writes res's head and body to the client, framed as net/http's server frames a
 // ReverseProxy's answer: the tool's Content-Length when it sent one, chunked otherwise
 // (flushed as it comes, for git's streamed packs), no body for HEAD, 1xx, 204 and 304.
-func (c *laneConn) writeAnswer(out *http.Request, res *http.Response) error {
+func (c *laneConn) writeAnswer(method string, res *http.Response) error {
 	h := res.Header
-	bodyless := out.Method == http.MethodHead || res.StatusCode < 200 || res.StatusCode == http.StatusNoContent || res.StatusCode == http.StatusNotModified
+	bodyless := noBody(method, res.StatusCode)
 	chunked := !bodyless && (res.ContentLength < 0 || len(res.TransferEncoding) > 0)
 	switch {
 	case chunked:
@@ -536,7 +683,7 @@ func (c *laneConn) writeAnswer(out *http.Request, res *http.Response) error {
 		h["Trailer"] = []string{strings.Join(keys, ", ")}
 	}
 	if _, ok := h["Date"]; !ok {
-		h["Date"] = []string{time.Now().UTC().Format(http.TimeFormat)}
+		h["Date"] = []string{string(appendDate(c.scratch[:0]))}
 	}
 	if c.closeAfter {
 		h["Connection"] = closeConnection
@@ -630,10 +777,25 @@ func (s laneSplice) ReadFrom(r io.Reader) (int64, error) {
 	return n, err
 }
 
-// watch runs when the answer has not ended within laneWatchDelay: it reads the client
-// connection until stopWatching wakes it. A client that closes or resets its connection
-// meanwhile cancels the round trip; a byte it sends (its next request) is kept.
-func (c *laneConn) watch(cancel context.CancelFunc) {
+// watchRoundTrip starts watching the client for the round trip about to start: when it has
+// not ended within laneWatchDelay, watch reads the client connection until stopWatching. A
+// client that closes or resets its connection meanwhile cancels the round trip (cancel, the
+// general path's context) or breaks the tool connection (tool). One timer per connection.
+func (c *laneConn) watchRoundTrip(cancel context.CancelFunc, tool net.Conn) {
+	c.cancel, c.tool = cancel, tool
+	c.left.Store(false)
+	c.watching.Add(1)
+	c.watchArmed = true
+	if c.watchTimer == nil {
+		c.watchTimer = time.AfterFunc(laneWatchDelay, c.watch)
+	} else {
+		c.watchTimer.Reset(laneWatchDelay)
+	}
+}
+
+// watch reads the client connection until stopWatching wakes it; a byte it reads (the next
+// request's first) is kept.
+func (c *laneConn) watch() {
 	defer c.watching.Done()
 	var b [1]byte
 	n, err := c.conn.Read(b[:])
@@ -643,19 +805,30 @@ func (c *laneConn) watch(cancel context.CancelFunc) {
 	var timeout net.Error
 	if err != nil && !(errors.As(err, &timeout) && timeout.Timeout()) {
 		c.left.Store(true)
-		cancel()
+		if c.cancel != nil {
+			c.cancel()
+		}
+		if c.tool != nil {
+			_ = c.tool.SetDeadline(aLongTimeAgo)
+		}
 	}
 }
 
-// stopWatching ends the watch (if it started) once the answer has ended.
-func (c *laneConn) stopWatching(t *time.Timer) {
-	if t.Stop() {
-		c.watching.Done()
-		return
+// stopWatching ends the watch, if any, and tells whether the client stayed; once it returns,
+// the watcher touches nothing (a pooled tool connection may go back to the pool).
+func (c *laneConn) stopWatching() bool {
+	if c.watchArmed {
+		c.watchArmed = false
+		if c.watchTimer.Stop() {
+			c.watching.Done()
+		} else {
+			_ = c.conn.SetReadDeadline(aLongTimeAgo)
+			c.watching.Wait()
+			_ = c.conn.SetReadDeadline(time.Time{})
+		}
+		c.cancel, c.tool = nil, nil
 	}
-	_ = c.conn.SetReadDeadline(aLongTimeAgo)
-	c.watching.Wait()
-	_ = c.conn.SetReadDeadline(time.Time{})
+	return !c.left.Load()
 }
 
 // handOver gives the connection, with everything it sent still unread, to net/http's server.

@@ -41,7 +41,7 @@ func TestLaneMemo(t *testing.T) {
 		k.host = u.Host
 		return laneRequestOf{&http.Request{Method: http.MethodGet, URL: u}, k}
 	}
-	use := func(m laneMemo, q laneRequestOf) (*route, bool) { return m.route(p, q.r, q.k) }
+	use := func(m laneMemo, q laneRequestOf) (*route, bool) { return m.route(p, q.r.URL, q.k) }
 
 	m := remembered(reverseKey)
 	rt, ok := use(m, reverse(http.MethodGet, "/repo.git/info/refs", "a=1"))

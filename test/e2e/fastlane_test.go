@@ -243,22 +243,32 @@ func TestFastLane(t *testing.T) {
 		}
 	}
 
-	// A client that leaves while the tool thinks: the tool's request ends.
-	gone := dialProxy(t, host)
-	if _, err := io.WriteString(gone, get("GET", "/stall", bearer)); err != nil {
-		t.Fatal(err)
+	// A client that leaves while the tool thinks, or while the tool stalls mid-answer: the
+	// tool's request ends. Each on a new connection, and after a first request on it (its
+	// route remembered, the tool connection pooled: the lane's own heads).
+	for _, path := range []string{"/stall", "/stall-mid-answer"} {
+		for _, first := range []bool{false, true} {
+			gone := dialProxy(t, host)
+			if first {
+				if _, err := io.WriteString(gone, get("GET", "/small", bearer)); err != nil {
+					t.Fatal(err)
+				}
+				res, err := http.ReadResponse(bufio.NewReader(gone), &http.Request{Method: "GET"})
+				if err != nil || res.StatusCode != 200 {
+					t.Fatalf("GET /small before %s: %v %v", path, res, err)
+				}
+				if _, err := io.Copy(io.Discard, res.Body); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if _, err := io.WriteString(gone, get("GET", path, bearer)); err != nil {
+				t.Fatal(err)
+			}
+			within(t, stalled, "GET "+path+" reaching the tool")
+			gone.Close()
+			within(t, left, "the tool's request for "+path+" ending after its client left")
+		}
 	}
-	within(t, stalled, "the stalled request reaching the tool")
-	gone.Close()
-	within(t, left, "the tool's request ending after its client left")
-	// ... also when the tool stalls mid-answer.
-	gone = dialProxy(t, host)
-	if _, err := io.WriteString(gone, get("GET", "/stall-mid-answer", bearer)); err != nil {
-		t.Fatal(err)
-	}
-	within(t, stalled, "the request stalled mid-answer reaching the tool")
-	gone.Close()
-	within(t, left, "the tool's request ending after its client left mid-answer")
 
 	off := startProxyDriver(t, func(o *driver.Options) { o.MetricsListen = freeLoopbackAddr(t); o.ProxyWithoutFastLane = true })
 	offBefore := scrape(t, metricsAddr)

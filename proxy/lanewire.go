@@ -1,0 +1,463 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/kube-connectors/connectors-csi/proxy/egress"
+)
+
+// The fast lane's own reading and writing of the heads it meets most: the request head of a
+// connection whose route is remembered (laneMemo), the tool request written from it, and a
+// tool answer of known length. Each reader takes a strict subset of HTTP/1.1, one that
+// net/http reads to the same request or answer, and says no to anything else, which then
+// takes the general path (http.ReadRequest, http.ReadResponse) as before; FuzzLaneHead and
+// FuzzAnswerHead hold the subset to net/http's own parsers, TestToolHead and TestClientHead
+// the heads written to what the general path writes. Written by hand because net/http's
+// parsers build a map, strings and slices for every head, which cost the fast lane more CPU
+// than the proxying itself (docs/benchmarks.md), and no library parses a head in place with
+// net/http's rules of acceptance.
+
+// laneField is one header line: slices of the head it was read from.
+type laneField struct{ name, value []byte }
+
+// laneHead is a request head read by readLaneHead, its slices into the head's bytes.
+type laneHead struct {
+	method string // GET or HEAD
+	target []byte
+	host   []byte
+	// auth, proxyAuth and userAgent are those headers' values (nil: absent).
+	auth, proxyAuth, userAgent []byte
+	close                      bool // the client asked to close the connection after the answer
+	fields                     []laneField
+}
+
+// laneMaxFields bounds the header lines of a head the fast lane reads itself.
+const laneMaxFields = 64
+
+// readLaneHead reads head, a whole request head (its last line empty), into h, or returns
+// false if it is not a GET or HEAD the fast lane reads itself: HTTP/1.1 only; an origin-form
+// target under the reverse proxy's prefix, or an absolute http:// one of a plain host name;
+// header names of token characters right before their colon; values of visible ASCII,
+// spaces and tabs; one Host, one Authorization, one Proxy-Authorization, one User-Agent; no
+// header that says there is a body, an upgrade, an expectation or trailers, names another
+// hop-by-hop header in Connection, carries a proxy's hop marker, or that net/http's reader
+// would change (Pragma); no folded lines.
+func readLaneHead(head []byte, h *laneHead) bool {
+	*h = laneHead{fields: h.fields[:0]}
+	line, rest, ok := cutLine(head)
+	if !ok {
+		return false
+	}
+	if line, ok = cutRequestLine(line, h); !ok || string(line) != "HTTP/1.1" {
+		return false
+	}
+	for {
+		if line, rest, ok = cutLine(rest); !ok {
+			return false
+		}
+		if len(line) == 0 {
+			return len(rest) == 0 && h.host != nil
+		}
+		f, ok := cutField(line)
+		if !ok || !h.take(f) {
+			return false
+		}
+	}
+}
+
+// cutRequestLine reads the method and target of line into h and returns the protocol.
+func cutRequestLine(line []byte, h *laneHead) ([]byte, bool) {
+	switch {
+	case bytes.HasPrefix(line, []byte("GET ")):
+		h.method, line = http.MethodGet, line[4:]
+	case bytes.HasPrefix(line, []byte("HEAD ")):
+		h.method, line = http.MethodHead, line[5:]
+	default:
+		return nil, false
+	}
+	sp := bytes.IndexByte(line, ' ')
+	if sp < 0 || !laneTarget(line[:sp]) {
+		return nil, false
+	}
+	h.target = line[:sp]
+	return line[sp+1:], true
+}
+
+// take files one header line of a request; false for one the fast lane does not read itself.
+func (h *laneHead) take(f laneField) bool {
+	only := func(into *[]byte) bool {
+		if *into != nil {
+			return false
+		}
+		*into = f.value
+		return true
+	}
+	switch name := f.name; {
+	case asciiEqual(name, "Host"):
+		return only(&h.host) && laneHost(f.value)
+	case asciiEqual(name, "Authorization"):
+		return only(&h.auth)
+	case asciiEqual(name, "Proxy-Authorization"):
+		return only(&h.proxyAuth)
+	case asciiEqual(name, "User-Agent"):
+		return only(&h.userAgent)
+	case asciiEqual(name, "Connection"):
+		closes, ok := connectionTokens(f.value)
+		h.close = h.close || closes
+		return ok
+	case laneRefused(name):
+		return false
+	}
+	if len(h.fields) == laneMaxFields {
+		return false
+	}
+	h.fields = append(h.fields, f)
+	return true
+}
+
+// laneRefused names the request headers whose requests the fast lane does not read itself:
+// they mean a body, an upgrade, an expectation or trailers, carry another proxy's hop marker,
+// make net/http's reader add a header (Pragma), or may be named by Connection (Close).
+func laneRefused(name []byte) bool {
+	for _, refused := range laneRefusedNames {
+		if asciiEqual(name, refused) {
+			return true
+		}
+	}
+	return false
+}
+
+var laneRefusedNames = []string{"Content-Length", "Transfer-Encoding", "Expect", "Upgrade", "Te", "Trailer",
+	"Pragma", "Close", egress.HopHeader}
+
+// connectionTokens reads a Connection value; ok is false unless it names only keep-alive and
+// close (any other would name a hop-by-hop header to remove).
+func connectionTokens(v []byte) (closes, ok bool) {
+	for token := range bytes.SplitSeq(v, []byte(",")) {
+		token = bytes.Trim(token, " \t")
+		switch {
+		case asciiEqual(token, "close"):
+			closes = true
+		case !asciiEqual(token, "keep-alive"):
+			return false, false
+		}
+	}
+	return closes, true
+}
+
+// cutLine returns head's first line, without its CRLF, and the rest; false without a CRLF.
+func cutLine(head []byte) (line, rest []byte, ok bool) {
+	i := bytes.IndexByte(head, '\n')
+	if i < 1 || head[i-1] != '\r' {
+		return nil, nil, false
+	}
+	return head[:i-1], head[i+1:], true
+}
+
+// cutField splits a header line at its colon, the value's surrounding spaces and tabs
+// trimmed; false unless the name is token characters and the value visible ASCII, spaces and
+// tabs.
+func cutField(line []byte) (laneField, bool) {
+	colon := bytes.IndexByte(line, ':')
+	if colon < 1 {
+		return laneField{}, false
+	}
+	name, value := line[:colon], bytes.Trim(line[colon+1:], " \t")
+	if value == nil {
+		value = line[len(line):] // present, empty: never nil, which means absent
+	}
+	for _, b := range name {
+		if !isTokenByte(b) {
+			return laneField{}, false
+		}
+	}
+	for _, b := range value {
+		if b != '\t' && (b < ' ' || b > '~') {
+			return laneField{}, false
+		}
+	}
+	return laneField{name: name, value: value}, true
+}
+
+// isTokenByte: RFC 9110's tchar.
+func isTokenByte(b byte) bool {
+	return isAlnum(b) || strings.IndexByte("!#$%&'*+-.^_`|~", b) >= 0
+}
+
+func isAlnum(b byte) bool {
+	return b >= 'a' && b <= 'z' || b >= 'A' && b <= 'Z' || b >= '0' && b <= '9'
+}
+
+// laneTarget: an origin-form target under the reverse proxy's prefix, or an absolute
+// http:// one whose authority is a plain host name or address and port, both of unreserved
+// and sub-delimiter characters, ':', '@', '/', one '?' and well-formed percent escapes.
+func laneTarget(t []byte) bool {
+	rest, absolute := bytes.CutPrefix(t, []byte("http://"))
+	if absolute {
+		end := bytes.IndexAny(rest, "/?")
+		if end < 0 {
+			end = len(rest)
+		}
+		if !laneHost(rest[:end]) {
+			return false
+		}
+		rest = rest[end:]
+	} else if !bytes.HasPrefix(t, []byte(reversePrefix)) {
+		return false
+	}
+	query := false
+	for i := 0; i < len(rest); i++ {
+		switch b := rest[i]; {
+		case isAlnum(b) || strings.IndexByte("-._~!$&'()*+,;=:@/", b) >= 0:
+		case b == '?' && !query:
+			query = true
+		case b == '%' && i+2 < len(rest) && isHex(rest[i+1]) && isHex(rest[i+2]):
+			i += 2
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+func isHex(b byte) bool {
+	return b >= '0' && b <= '9' || b >= 'a' && b <= 'f' || b >= 'A' && b <= 'F'
+}
+
+// laneHost: a host name or IPv4 address, and a port, as net/http takes them unchanged.
+func laneHost(h []byte) bool {
+	name, port, hasPort := bytes.Cut(h, []byte(":"))
+	if len(name) == 0 || hasPort && len(port) == 0 {
+		return false
+	}
+	for _, b := range name {
+		if !isAlnum(b) && b != '-' && b != '.' {
+			return false
+		}
+	}
+	for _, b := range port {
+		if b < '0' || b > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// asciiEqual compares a header name with a canonical one, ignoring ASCII case.
+func asciiEqual(b []byte, s string) bool {
+	if len(b) != len(s) {
+		return false
+	}
+	for i := range len(b) {
+		if lower(b[i]) != lower(s[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+func lower(b byte) byte {
+	if b >= 'A' && b <= 'Z' {
+		return b + 'a' - 'A'
+	}
+	return b
+}
+
+// writeToolHead writes the tool's request for h along rt, as the general path sends it
+// (outgoing, then Request.Write): the target's request URI and host, the client's User-Agent
+// if any, the client's headers without hop-by-hop, X-Forwarded, Authorization and Proxy-*
+// ones, then the route's credential and the hop marker.
+func writeToolHead(w *bufio.Writer, h *laneHead, rt *route) {
+	_, _ = w.WriteString(h.method)
+	_ = w.WriteByte(' ')
+	_, _ = w.WriteString(rt.target.RequestURI())
+	_, _ = w.WriteString(" HTTP/1.1\r\nHost: ")
+	_, _ = w.WriteString(rt.target.Host)
+	_, _ = w.WriteString("\r\n")
+	if len(h.userAgent) > 0 {
+		writeField(w, "User-Agent", h.userAgent)
+	}
+	for _, f := range h.fields {
+		if !droppedOnTheWay(f.name) {
+			writeFieldBytes(w, f.name, f.value)
+		}
+	}
+	if rt.cred.authorization != "" {
+		_, _ = w.WriteString("Authorization: ")
+		_, _ = w.WriteString(sanitizedValue(rt.cred.authorization))
+		_, _ = w.WriteString("\r\n")
+	}
+	_, _ = w.WriteString(egress.HopHeader + ": " + hopMarker + "\r\n\r\n")
+}
+
+// hopMarker is the hop marker's value (hopValue's).
+const hopMarker = "1"
+
+// droppedOnTheWay names the client headers the tool never sees: the hop-by-hop ones, every
+// Proxy-* one (the Pod token may travel there) and the X-Forwarded ones.
+func droppedOnTheWay(name []byte) bool {
+	if len(name) >= len("Proxy-") && asciiEqual(name[:len("Proxy-")], "Proxy-") {
+		return true
+	}
+	for _, dropped := range hopByHopHeaders {
+		if asciiEqual(name, dropped) {
+			return true
+		}
+	}
+	for _, dropped := range forwardedHeaders {
+		if asciiEqual(name, dropped) {
+			return true
+		}
+	}
+	return false
+}
+
+// forwardedHeaders are the headers ReverseProxy removes so that the tool does not trust a
+// client's claims of where the request came from.
+var forwardedHeaders = []string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"}
+
+// sanitizedValue is v as net/http's Header.Write writes it: newlines as spaces, trimmed.
+func sanitizedValue(v string) string {
+	return strings.Trim(headerNewlineToSpace.Replace(v), " \t")
+}
+
+var headerNewlineToSpace = strings.NewReplacer("\n", " ", "\r", " ")
+
+func writeField(w *bufio.Writer, name string, value []byte) {
+	_, _ = w.WriteString(name)
+	_, _ = w.WriteString(": ")
+	_, _ = w.Write(value)
+	_, _ = w.WriteString("\r\n")
+}
+
+func writeFieldBytes(w *bufio.Writer, name, value []byte) {
+	_, _ = w.Write(name)
+	_, _ = w.WriteString(": ")
+	_, _ = w.Write(value)
+	_, _ = w.WriteString("\r\n")
+}
+
+// answerHead is a tool's answer head read by readAnswerHead.
+type answerHead struct {
+	code int
+	// length is the Content-Length (-1: none, for an answer without a body).
+	length  int64
+	close   bool // the tool closes the connection after this answer
+	hasDate bool
+	fields  []laneField // without the hop-by-hop ones
+}
+
+// readAnswerHead reads head, a whole answer head to a request of method, into a, or returns
+// false if it is not one the fast lane reads itself: HTTP/1.1, a final status (200 to 599)
+// whose text is visible ASCII, spaces and tabs; header lines as readLaneHead takes them; a
+// body of one plain Content-Length, or none (HEAD, 204, 304); no Transfer-Encoding, trailers,
+// Location (the general path rewrites redirects) or Connection naming other headers.
+func readAnswerHead(head []byte, method string, a *answerHead) bool {
+	*a = answerHead{fields: a.fields[:0], length: -1}
+	line, rest, ok := cutLine(head)
+	if !ok || !a.readStatus(line) {
+		return false
+	}
+	for {
+		if line, rest, ok = cutLine(rest); !ok {
+			return false
+		}
+		if len(line) == 0 {
+			break
+		}
+		f, ok := cutField(line)
+		if !ok || !a.take(f) {
+			return false
+		}
+	}
+	bodyless := method == http.MethodHead || a.code == http.StatusNoContent || a.code == http.StatusNotModified
+	return len(rest) == 0 && (bodyless || a.length >= 0)
+}
+
+func (a *answerHead) readStatus(line []byte) bool {
+	rest, ok := bytes.CutPrefix(line, []byte("HTTP/1.1 "))
+	if !ok || len(rest) < 3 || len(rest) > 3 && rest[3] != ' ' {
+		return false
+	}
+	for _, b := range rest[:3] {
+		if b < '0' || b > '9' {
+			return false
+		}
+		a.code = a.code*10 + int(b-'0')
+	}
+	for _, b := range rest[3:] {
+		if b != '\t' && (b < ' ' || b > '~') {
+			return false
+		}
+	}
+	return a.code >= 200 && a.code < 600
+}
+
+// take files one header line of an answer; false for one the fast lane does not read itself.
+func (a *answerHead) take(f laneField) bool {
+	switch name := f.name; {
+	case asciiEqual(name, "Content-Length"):
+		n, ok := plainLength(f.value)
+		if !ok || a.length >= 0 {
+			return false
+		}
+		a.length = n
+	case asciiEqual(name, "Connection"):
+		closes, ok := connectionTokens(f.value)
+		a.close = a.close || closes
+		return ok
+	case asciiEqual(name, "Transfer-Encoding"), asciiEqual(name, "Trailer"), asciiEqual(name, "Location"):
+		return false
+	case asciiEqual(name, "Date"):
+		a.hasDate = true
+	}
+	for _, hop := range hopByHopHeaders {
+		if asciiEqual(f.name, hop) {
+			return true // not passed on
+		}
+	}
+	if len(a.fields) == laneMaxFields {
+		return false
+	}
+	a.fields = append(a.fields, f)
+	return true
+}
+
+// plainLength reads a Content-Length of digits without leading zeros, below 10^18.
+func plainLength(v []byte) (int64, bool) {
+	if len(v) == 0 || len(v) > 18 || len(v) > 1 && v[0] == '0' {
+		return 0, false
+	}
+	var n int64
+	for _, b := range v {
+		if b < '0' || b > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(b-'0')
+	}
+	return n, true
+}
+
+// writeClientHead writes a's head to the client as the general path does (writeAnswer): the
+// status with net/http's text, the tool's headers but the hop-by-hop ones, a Date if the tool
+// sent none, and Connection: close when the connection ends after it.
+func writeClientHead(w *bufio.Writer, a *answerHead, closing bool, scratch []byte) {
+	writeStatusLine(w, a.code)
+	for _, f := range a.fields {
+		writeFieldBytes(w, f.name, f.value)
+	}
+	if !a.hasDate {
+		writeField(w, "Date", appendDate(scratch[:0]))
+	}
+	if closing {
+		_, _ = w.WriteString("Connection: close\r\n")
+	}
+	_, _ = w.WriteString("\r\n")
+}
+
+// appendDate appends the time now as an HTTP Date header's value.
+func appendDate(b []byte) []byte { return time.Now().UTC().AppendFormat(b, http.TimeFormat) }

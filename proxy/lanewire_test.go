@@ -1,0 +1,226 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"net/http"
+	"net/textproto"
+	"net/url"
+	"reflect"
+	"strings"
+	"testing"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+)
+
+// laneHeadSeeds are request heads the fast lane reads itself, and near misses it must not.
+var laneHeadSeeds = []string{
+	"GET /namespaces/team/connectors/git/repo.git/info/refs?service=git-upload-pack HTTP/1.1\r\nHost: proxy:8080\r\nAuthorization: Bearer tok\r\nUser-Agent: git/2.39\r\nAccept: */*\r\nGit-Protocol: version=2\r\n\r\n",
+	"HEAD /namespaces/team/connectors/git/a%2Fb HTTP/1.1\r\nhost: proxy\r\nauthorization: Basic eDp0b2s=\r\nX-Forwarded-For: 1.2.3.4\r\nProxy-Foo: bar\r\nConnection: keep-alive, close\r\nKeep-Alive: 5\r\n\r\n",
+	"GET http://tool.example:8080/base/pkg/a.tgz HTTP/1.1\r\nHost: tool.example:8080\r\nProxy-Authorization: Basic dGVhbS9ucG06dG9r\r\nAccept-Encoding: gzip\r\nCookie: a=1\r\nCookie: b=2\r\n\r\n",
+	"GET http://tool.example HTTP/1.1\r\nHost: x\r\nProxy-Authorization: Basic dGVhbS9ucG06dG9r\r\nUser-Agent:\r\n\r\n",
+	"GET /namespaces/team/connectors/git/x HTTP/1.1\r\nHost: proxy\r\nAuthorization: Bearer tok\r\nPragma: no-cache\r\n\r\n",
+	"GET /namespaces/team/connectors/git/x HTTP/1.1\r\nHost: proxy\r\nHost: other\r\n\r\n",
+	"GET /namespaces/team/connectors/git/x HTTP/1.1\r\nHost: proxy\r\n Folded: x\r\n\r\n",
+	"GET /namespaces/team/connectors/git/x HTTP/1.1\r\nHost: proxy\r\nBad Name: x\r\n\r\n",
+	"GET /namespaces/team/connectors/git/x HTTP/1.1\r\nHost: proxy\r\nX: a\x00b\r\n\r\n",
+	"GET /namespaces/team/connectors/git/x HTTP/1.1\r\nHost: proxy\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+	"GET /namespaces/team/connectors/git/x HTTP/1.0\r\nHost: proxy\r\n\r\n",
+	"GET /namespaces/team/connectors/git/x#frag HTTP/1.1\r\nHost: proxy\r\n\r\n",
+	"GET http://user@tool.example/ HTTP/1.1\r\nHost: proxy\r\n\r\n",
+	"GET /namespaces/team/connectors/git/x HTTP/1.1\r\nHost: proxy\r\nContent-Length: 0\r\n\r\n",
+	"GET /namespaces/team/connectors/git/x HTTP/1.1\nHost: proxy\r\n\r\n",
+	"GET /namespaces/team/connectors/git/x HTTP/1.1\r\nHost: proxy\r\nX-Long: " + strings.Repeat("v", 300) + "\r\n\r\n",
+}
+
+// FuzzLaneHead holds readLaneHead to net/http: a head it reads must be one http.ReadRequest
+// reads to the same method, target, host, Connection: close and headers, that net/http's
+// server and the fast lane's own checks take; and the tool request writeToolHead writes for
+// it must read, at the tool, as the one the general path writes (outgoing, Request.Write).
+func FuzzLaneHead(f *testing.F) {
+	for _, s := range laneHeadSeeds {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, head []byte) {
+		if i := bytes.Index(head, []byte("\r\n\r\n")); i >= 0 {
+			head = head[:i+4]
+		}
+		var h laneHead
+		if !readLaneHead(head, &h) {
+			return
+		}
+		req, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(head)))
+		if err != nil {
+			t.Fatalf("read by the fast lane, refused by net/http (%v): %q", err, head)
+		}
+		if _, isHost := connectorOfHost(req.Host); !laneRequest(req) && !isHost {
+			t.Fatalf("read by the fast lane, left to net/http by its general path: %q", head)
+		}
+		wantHost := string(h.host)
+		if req.URL.IsAbs() {
+			wantHost = req.URL.Host
+		}
+		if req.Method != h.method || req.RequestURI != string(h.target) || req.Host != wantHost || req.Close != h.close {
+			t.Fatalf("read differently: %q %q %q %v, net/http %q %q %q %v", h.method, h.target, wantHost, h.close,
+				req.Method, req.RequestURI, req.Host, req.Close)
+		}
+		if got, want := rawHeader(&h), withoutHostAndConnection(req.Header); !reflect.DeepEqual(got, want) {
+			t.Fatalf("headers read differently:\n%v\nnet/http:\n%v", got, want)
+		}
+		rt, ok := laneTestRoute(req)
+		if !ok {
+			return
+		}
+		var general, raw bytes.Buffer
+		if err := outgoing(req, rt).Write(&general); err != nil {
+			t.Fatal(err)
+		}
+		w := bufio.NewWriter(&raw)
+		writeToolHead(w, &h, rt)
+		_ = w.Flush()
+		g, r := readBack(t, general.Bytes()), readBack(t, raw.Bytes())
+		if g.Method != r.Method || g.RequestURI != r.RequestURI || g.Host != r.Host || !reflect.DeepEqual(g.Header, r.Header) {
+			t.Fatalf("the tool would read another request:\n%s\ngeneral path:\n%s", raw.Bytes(), general.Bytes())
+		}
+	})
+}
+
+// rawHeader is what readLaneHead read of the headers, as net/http keeps them.
+func rawHeader(h *laneHead) http.Header {
+	out := http.Header{}
+	for name, v := range map[string][]byte{"Authorization": h.auth, "Proxy-Authorization": h.proxyAuth, "User-Agent": h.userAgent} {
+		if v != nil {
+			out.Add(name, string(v))
+		}
+	}
+	for _, f := range h.fields {
+		out.Add(textproto.CanonicalMIMEHeaderKey(string(f.name)), string(f.value))
+	}
+	return out
+}
+
+func withoutHostAndConnection(h http.Header) http.Header {
+	out := h.Clone()
+	delete(out, "Host")
+	delete(out, "Connection")
+	return out
+}
+
+// laneTestRoute is the route a remembered Connector at http://tool.example:8080/base/ gives req.
+func laneTestRoute(req *http.Request) (*route, bool) {
+	c := &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Namespace: "team", Name: "git"},
+		Spec: v1alpha1.ConnectorSpec{Address: "http://tool.example:8080/base/"}}
+	rt := &route{connector: c, cred: credential{authorization: "Basic dXNlcjpzZWNyZXQ="}}
+	if req.URL.IsAbs() {
+		u := *req.URL
+		rt.target = &u
+		return rt, true
+	}
+	_, rest, ok := parseReversePath(req.URL.EscapedPath())
+	if !ok {
+		return nil, false
+	}
+	target, err := reverseTarget(c, rest, req.URL.RawQuery)
+	rt.target = target
+	return rt, err == nil
+}
+
+func readBack(t *testing.T, head []byte) *http.Request {
+	t.Helper()
+	r, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(head)))
+	if err != nil {
+		t.Fatalf("%v: %q", err, head)
+	}
+	return r
+}
+
+// answerHeadSeeds are tool answer heads the fast lane reads itself, and near misses.
+var answerHeadSeeds = []string{
+	"HTTP/1.1 200 OK\r\nContent-Type: application/x-git-upload-pack-advertisement\r\nContent-Length: 5\r\nCache-Control: no-cache\r\n\r\n",
+	"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nDate: Wed, 02 Dec 2026 10:00:00 GMT\r\nConnection: close\r\n\r\n",
+	"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\nKeep-Alive: timeout=5\r\n\r\n",
+	"HTTP/1.1 204\r\nProxy-Connection: keep-alive\r\n\r\n",
+	"HTTP/1.1 200 whatever text\r\nContent-Length: 3\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\r\n",
+	"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+	"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
+	"HTTP/1.1 200 OK\r\nContent-Length: 03\r\n\r\n",
+	"HTTP/1.1 302 Found\r\nLocation: http://tool.example:8080/base/x\r\nContent-Length: 0\r\n\r\n",
+	"HTTP/1.1 100 Continue\r\n\r\n",
+	"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n",
+	"HTTP/1.1 200 OK\r\n\r\n",
+	"HTTP/1.1 200 OK\r\nConnection: X-Secret\r\nX-Secret: 1\r\nContent-Length: 0\r\n\r\n",
+}
+
+// FuzzAnswerHead holds readAnswerHead to net/http: an answer head it reads must be one
+// http.ReadResponse reads to the same status, length and Connection: close, and what
+// writeClientHead and the copied body give the client must read as what the general path
+// (relayAnswer) gives it.
+func FuzzAnswerHead(f *testing.F) {
+	for _, s := range answerHeadSeeds {
+		f.Add([]byte(s), false)
+		f.Add([]byte(s), true)
+	}
+	f.Fuzz(func(t *testing.T, head []byte, isHead bool) {
+		if i := bytes.Index(head, []byte("\r\n\r\n")); i >= 0 {
+			head = head[:i+4]
+		}
+		method := http.MethodGet
+		if isHead {
+			method = http.MethodHead
+		}
+		var a answerHead
+		if !readAnswerHead(head, method, &a) || a.length > 4096 {
+			return
+		}
+		body := strings.Repeat("b", int(max(a.length, 0)))
+		answer := append(append([]byte(nil), head...), body...)
+		target, _ := url.Parse("http://tool.example:8080/base/x")
+		res, err := http.ReadResponse(bufio.NewReader(bytes.NewReader(answer)), &http.Request{Method: method, URL: target})
+		if err != nil {
+			t.Fatalf("read by the fast lane, refused by net/http (%v): %q", err, head)
+		}
+		if res.StatusCode != a.code || res.Close != a.close || len(res.TransferEncoding) != 0 ||
+			!noBody(method, a.code) && res.ContentLength != a.length {
+			t.Fatalf("read differently: %d %d %v, net/http %d %d %v", a.code, a.length, a.close, res.StatusCode, res.ContentLength, res.Close)
+		}
+		rt := &route{connector: &v1alpha1.Connector{Spec: v1alpha1.ConnectorSpec{Address: "http://tool.example:8080/base/"}},
+			target: target, proxyBase: "http://proxy/namespaces/team/connectors/git"}
+		var general, raw bytes.Buffer
+		gc := &laneConn{cw: bufio.NewWriter(&general)}
+		if _, ok := gc.relayAnswer(method, res, rt); !ok {
+			t.Fatal("the general path failed")
+		}
+		rc := &laneConn{cw: bufio.NewWriter(&raw)}
+		writeClientHead(rc.cw, &a, false, rc.scratch[:0])
+		if !noBody(method, a.code) {
+			_, _ = rc.cw.WriteString(body)
+		}
+		_ = rc.cw.Flush()
+		g, r := answerBack(t, general.Bytes(), method), answerBack(t, raw.Bytes(), method)
+		if g.StatusCode != r.StatusCode || g.Status != r.Status || !reflect.DeepEqual(g.Header, r.Header) || g.body != r.body {
+			t.Fatalf("the client would read another answer:\n%q\ngeneral path:\n%q", raw.Bytes(), general.Bytes())
+		}
+	})
+}
+
+type answerRead struct {
+	*http.Response
+	body string
+}
+
+// answerBack reads an answer as a client would, its Date header's value left out (the time).
+func answerBack(t *testing.T, b []byte, method string) answerRead {
+	t.Helper()
+	res, err := http.ReadResponse(bufio.NewReader(bytes.NewReader(b)), &http.Request{Method: method})
+	if err != nil {
+		t.Fatalf("%v: %q", err, b)
+	}
+	var body bytes.Buffer
+	_, _ = body.ReadFrom(res.Body)
+	if _, ok := res.Header["Date"]; ok {
+		res.Header["Date"] = []string{"(the time)"}
+	}
+	return answerRead{res, body.String()}
+}
