@@ -10,6 +10,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -21,6 +22,7 @@ import (
 	"net/url"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
@@ -42,6 +44,7 @@ var (
 	generators  = flag.String("generators", "wrk,go", "load generators (wrk, go), comma-separated")
 	only        = flag.String("only", "", "measure only the paths whose name contains this")
 	driverArgs  = flag.String("driver-args", "", "flags added to the driver's, space-separated (e.g. --proxy-fast-lane=false)")
+	rounds      = flag.Int("rounds", 3, "rounds of every case, each round in the other order; the table shows medians (a shared machine drifts)")
 )
 
 const ns = benchenv.Namespace
@@ -80,6 +83,8 @@ type row struct {
 	driver                bool
 	allocs, trs, sars     float64
 	baseline              string
+	// ratio is req/s against the baseline's in the same round (0: no baseline).
+	ratio float64
 }
 
 func run() error {
@@ -106,34 +111,34 @@ func run() error {
 	}
 	defer os.RemoveAll(work)
 	if *cpuProfile != "" {
-		stop := profile(drv.MetricsAddr, *cpuProfile, cases(targets))
+		stop := profile(drv.MetricsAddr, *cpuProfile, cases(targets)*max(*rounds, 1))
 		defer stop()
 	}
-	var rows []row
+	byRound := make([][]row, max(*rounds, 1))
 	for _, permissions := range []bool{false, true} {
 		if permissions {
 			if err := setProxyPermissions(ctx, cp); err != nil {
 				return err
 			}
 		}
-		for _, size := range strings.Split(*sizes, ",") {
-			for _, tg := range targets {
-				if tg.permissions != permissions || !strings.Contains(tg.name, *only) {
-					continue
+		for i := range byRound {
+			runs := casesOf(targets, permissions)
+			if i%2 == 1 {
+				slices.Reverse(runs)
+			}
+			for _, c := range runs {
+				r, ok, err := measure(work, c.tg, c.size, c.gen, drv)
+				if err != nil {
+					return fmt.Errorf("%s %s %s: %w", c.tg.name, c.size, c.gen, err)
 				}
-				for _, gen := range strings.Split(*generators, ",") {
-					r, ok, err := measure(work, tg, size, gen, drv)
-					if err != nil {
-						return fmt.Errorf("%s %s %s: %w", tg.name, size, gen, err)
-					}
-					if ok {
-						rows = append(rows, r)
-					}
+				if ok {
+					byRound[i] = append(byRound[i], r)
 				}
 			}
 		}
 	}
-	printTable(rows)
+	rows := medians(byRound)
+	printTable(rows, len(byRound))
 	if *memProfile != "" {
 		return fetch("http://"+drv.MetricsAddr+"/debug/pprof/allocs", *memProfile)
 	}
@@ -273,17 +278,15 @@ func measure(work string, tg target, size, gen string, drv *benchenv.DriverProce
 	return r, true, nil
 }
 
-func printTable(rows []row) {
-	fmt.Printf("Concurrency %d, keep-alive, %s per case, %d CPUs. CPU/req is the proxying processes' CPU time per request: total (user + system); nginx's counts its master and workers.\n\n",
-		*concurrency, *duration, runtime.NumCPU())
+func printTable(rows []row, rounds int) {
+	fmt.Printf("Concurrency %d, keep-alive, %s per case, %d CPUs, medians of %d rounds. CPU/req is the proxying processes' CPU time per request: total (user + system); nginx's counts its master and workers.\n\n",
+		*concurrency, *duration, runtime.NumCPU(), rounds)
 	fmt.Println("| size | path | generator | req/s | × nginx | p50 | p99 | CPU/req | allocs/req | TokenReviews /1000 | SARs /1000 |")
 	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, r := range rows {
 		ratio, cpu, allocs, trs, sars := "—", "—", "—", "—", "—"
-		for _, b := range rows {
-			if r.baseline != "" && b.path == r.baseline && b.size == r.size && b.generator == r.generator {
-				ratio = fmt.Sprintf("%.2f", r.res.rate/b.res.rate)
-			}
+		if r.ratio > 0 {
+			ratio = fmt.Sprintf("%.2f", r.ratio)
 		}
 		if r.path != "direct" || r.generator == "wrk" {
 			cpu = fmt.Sprintf("%.1f µs (%.1f + %.1f)", micros(r.cpuPerReq.User+r.cpuPerReq.System), micros(r.cpuPerReq.User), micros(r.cpuPerReq.System))
@@ -318,16 +321,70 @@ func setProxyPermissions(ctx context.Context, cp *controlplane.ControlPlane) err
 }
 
 // cases counts the cases the run will measure.
-func cases(targets []target) int {
-	n := 0
-	for _, tg := range targets {
-		for _, gen := range strings.Split(*generators, ",") {
-			if strings.Contains(tg.name, *only) && (gen != "wrk" || tg.wrk != nil) {
-				n += len(strings.Split(*sizes, ","))
+// aCase is one measurement of a round.
+type aCase struct {
+	tg        target
+	size, gen string
+}
+
+// casesOf lists a round's cases measured with enable-connector-proxy-permissions as given.
+func casesOf(targets []target, permissions bool) []aCase {
+	var out []aCase
+	for _, size := range strings.Split(*sizes, ",") {
+		for _, tg := range targets {
+			if tg.permissions != permissions || !strings.Contains(tg.name, *only) {
+				continue
+			}
+			for _, gen := range strings.Split(*generators, ",") {
+				if gen != "wrk" || tg.wrk != nil {
+					out = append(out, aCase{tg, size, gen})
+				}
 			}
 		}
 	}
-	return n
+	return out
+}
+
+// medians folds the rounds into one row per case, in the first round's order: the row of the
+// median req/s, with the median CPU/req and the median of the rounds' ratios to their own
+// round's baseline.
+func medians(byRound [][]row) []row {
+	for _, rows := range byRound {
+		for i := range rows {
+			for _, b := range rows {
+				if r := &rows[i]; r.baseline != "" && b.path == r.baseline && b.size == r.size && b.generator == r.generator {
+					r.ratio = r.res.rate / b.res.rate
+				}
+			}
+		}
+	}
+	var out []row
+	for _, first := range byRound[0] {
+		var same []row
+		for _, rows := range byRound {
+			for _, r := range rows {
+				if r.size == first.size && r.path == first.path && r.generator == first.generator {
+					same = append(same, r)
+				}
+			}
+		}
+		med := medianBy(same, func(r row) float64 { return r.res.rate })
+		med.cpuPerReq = medianBy(same, func(r row) float64 { return float64(r.cpuPerReq.User + r.cpuPerReq.System) }).cpuPerReq
+		med.ratio = medianBy(same, func(r row) float64 { return r.ratio }).ratio
+		out = append(out, med)
+	}
+	return out
+}
+
+// medianBy is the row of rows whose key is the median (the upper one of an even count).
+func medianBy(rows []row, key func(row) float64) row {
+	sorted := slices.Clone(rows)
+	slices.SortFunc(sorted, func(a, b row) int { return cmp.Compare(key(a), key(b)) })
+	return sorted[len(sorted)/2]
+}
+
+func cases(targets []target) int {
+	return len(casesOf(targets, false)) + len(casesOf(targets, true))
 }
 
 // profile fetches a CPU profile of the driver over about the time n cases take; stop waits
