@@ -113,10 +113,8 @@ func podOf(u user.Info) string {
 }
 
 // clientToken takes the token from Authorization: Bearer, or the password of Basic.
-func clientToken(h http.Header) string { return tokenOf(h.Get("Authorization")) }
-
-// tokenOf takes the token from an Authorization value: Bearer's, or Basic's password.
-func tokenOf(auth string) string {
+func clientToken(h http.Header) string {
+	auth := h.Get("Authorization")
 	if t, ok := strings.CutPrefix(auth, "Bearer "); ok {
 		return strings.TrimSpace(t)
 	}

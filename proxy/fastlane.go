@@ -169,38 +169,99 @@ const laneMemoTTL = time.Second
 // authorizing and resolving the Connector and its credential again costs more than the
 // proxying (docs/benchmarks.md).
 type laneMemo struct {
-	key   laneKey
-	rt    *route
-	epoch uint64
-	until time.Time
+	key laneKey
+	// auth (reverse) is the Authorization value the route was resolved for, and prefix the
+	// Connector's reverse path: what a head read in place is compared with (routeForHead).
+	auth, prefix string
+	rt           *route
+	epoch        uint64
+	until        time.Time
 }
 
-// route returns the remembered route for r, pointed at r's own path, if it is still good. A
-// forward route is used again only when the client named one Connector and it covers the new
-// destination: among several, another may be the first to cover this path.
+// remember makes rt, resolved at epoch for key, the connection's remembered route; auth is the
+// request's Authorization value as the client sent it.
+func (m *laneMemo) remember(key laneKey, auth string, rt *route, epoch uint64) {
+	*m = laneMemo{key: key, rt: rt, epoch: epoch, until: time.Now().Add(laneMemoTTL)}
+	if !key.forward {
+		m.auth = auth
+		m.prefix = reversePrefix + key.connector.Namespace + "/connectors/" + key.connector.Name
+	}
+}
+
+// route returns the remembered route for a request of key to u, pointed at u, if it is still
+// good. A forward route is used again only when the client named one Connector and it covers
+// the new destination: among several, another may be the first to cover this path.
 func (m *laneMemo) route(p *Proxy, u *url.URL, key laneKey) (*route, bool) {
-	if m.rt == nil || !m.key.sameRoute(key) || m.epoch != p.routeEpoch.Load() || !time.Now().Before(m.until) {
+	if !m.live(p) || !m.key.sameRoute(key) {
 		return nil, false
 	}
-	var target *url.URL
 	if key.forward {
-		u := *u
-		if m.rt.forwardAmong || CheckPath(u.EscapedPath()) != nil || !coveredBy(m.rt.connector, &u) {
-			return nil, false
-		}
-		target = &u
-	} else {
-		var err error
-		if CheckPath(key.rest) != nil {
-			return nil, false
-		}
-		if target, err = reverseTarget(m.rt.connector, key.rest, u.RawQuery); err != nil {
-			return nil, false
-		}
+		return m.forwardTo(u)
 	}
+	return m.reverseTo(key.rest, u.RawQuery)
+}
+
+// routeForHead is route for a head read in place (readLaneHead): the same comparisons, on the
+// head's bytes; a reverse target is split as url.ParseRequestURI and parseReversePath split
+// the strict targets readLaneHead takes, without building a URL.
+func (m *laneMemo) routeForHead(p *Proxy, h *laneHead) (*route, bool) {
+	if !m.live(p) || h.method != m.key.method {
+		return nil, false
+	}
+	if m.key.forward {
+		if h.proxyAuth == nil || string(h.proxyAuth) != m.key.credential {
+			return nil, false
+		}
+		u, err := url.ParseRequestURI(string(h.target))
+		if err != nil || !u.IsAbs() || u.Host != m.key.host {
+			return nil, false
+		}
+		return m.forwardTo(u)
+	}
+	if h.auth == nil || string(h.auth) != m.auth || string(h.host) != m.key.host {
+		return nil, false
+	}
+	path, query, _ := bytes.Cut(h.target, []byte("?"))
+	if len(path) < len(m.prefix) || string(path[:len(m.prefix)]) != m.prefix {
+		return nil, false
+	}
+	rest := path[len(m.prefix):]
+	if len(rest) > 0 && rest[0] != '/' {
+		return nil, false // another Connector whose name starts with this one's
+	}
+	return m.reverseTo(string(rest), string(query))
+}
+
+// live tells whether the memo holds a route within its time and from before any Pod's
+// decisions were dropped.
+func (m *laneMemo) live(p *Proxy) bool {
+	return m.rt != nil && m.epoch == p.routeEpoch.Load() && time.Now().Before(m.until)
+}
+
+func (m *laneMemo) forwardTo(u *url.URL) (*route, bool) {
+	target := *u
+	if m.rt.forwardAmong || CheckPath(target.EscapedPath()) != nil || !coveredBy(m.rt.connector, &target) {
+		return nil, false
+	}
+	return m.along(&target), true
+}
+
+func (m *laneMemo) reverseTo(rest, rawQuery string) (*route, bool) {
+	if CheckPath(rest) != nil {
+		return nil, false
+	}
+	target, err := reverseTarget(m.rt.connector, rest, rawQuery)
+	if err != nil {
+		return nil, false
+	}
+	return m.along(target), true
+}
+
+// along is the remembered route pointed at target (a copy: the memo's own is shared).
+func (m *laneMemo) along(target *url.URL) *route {
 	rt := *m.rt
 	rt.target = target
-	return &rt, true
+	return &rt
 }
 
 // Read reads the client connection, the watcher's byte first.
@@ -394,13 +455,14 @@ func (c *laneConn) serveRequest(r *http.Request, headLen int) (taken, ok bool) {
 		m.handedOver = true
 		return false, false
 	}
+	auth := r.Header.Get("Authorization") // before outgoing replaces it with the tool's
 	out := outgoing(r, rt)
 	if !p.direct.takes(tr, out) {
 		m.handedOver = true
 		return false, false
 	}
 	if !remembered {
-		c.memo = laneMemo{key: key, rt: rt, epoch: epoch, until: time.Now().Add(laneMemoTTL)}
+		c.memo.remember(key, auth, rt, epoch)
 	}
 	_, _ = c.br.Discard(headLen)
 	laneServed.Inc()
@@ -438,18 +500,14 @@ func (k laneKey) sameRoute(o laneKey) bool {
 // credential where the fast lane looks (the classes' authExtractors are the full path's), or
 // not a reverse-proxy path.
 func laneKeyOf(r *http.Request) (laneKey, bool) {
-	return laneKeyFrom(r.Method, r.URL, r.Host, r.Header.Get("Authorization"), r.Header.Get("Proxy-Authorization"))
-}
-
-// laneKeyFrom is laneKeyOf of a request's method, URL, Host and credential headers.
-func laneKeyFrom(method string, u *url.URL, host, auth, proxyAuth string) (laneKey, bool) {
-	if u.IsAbs() {
-		return laneKey{forward: true, credential: proxyAuth, method: method, host: u.Host}, proxyAuth != ""
+	if r.URL.IsAbs() {
+		auth := r.Header.Get("Proxy-Authorization")
+		return laneKey{forward: true, credential: auth, method: r.Method, host: r.URL.Host}, auth != ""
 	}
-	nn, rest, isReverse := parseReversePath(u.EscapedPath())
-	token := tokenOf(auth)
+	nn, rest, isReverse := parseReversePath(r.URL.EscapedPath())
+	token := clientToken(r.Header)
 	// The host the client named is in the route too: redirects are rewritten to it.
-	return laneKey{credential: token, method: method, connector: nn, host: host, rest: rest}, isReverse && token != ""
+	return laneKey{credential: token, method: r.Method, connector: nn, host: r.Host, rest: rest}, isReverse && token != ""
 }
 
 // resolve routes r as the full path does, writing a refusal into m (rt nil); handOver is true
@@ -563,15 +621,7 @@ func (c *laneConn) serveRemembered(head []byte) (taken, ok bool) {
 	if !readLaneHead(head, h) {
 		return false, false
 	}
-	u, err := url.ParseRequestURI(string(h.target))
-	if err != nil {
-		return false, false
-	}
-	key, isLane := laneKeyFrom(h.method, u, string(h.host), string(h.auth), string(h.proxyAuth))
-	if !isLane {
-		return false, false
-	}
-	rt, remembered := c.memo.route(c.lane.p, u, key)
+	rt, remembered := c.memo.routeForHead(c.lane.p, h)
 	if !remembered {
 		return false, false
 	}
@@ -595,8 +645,8 @@ func (c *laneConn) serveRemembered(head []byte) (taken, ok bool) {
 		_, _ = c.br.Discard(len(head))
 		code, ok = c.relayRemembered(pc, h.method, rt)
 	}
-	laneServed.Inc()
-	recordRequest(rt, key.mode(), code, c.sent, time.Since(start))
+	laneServedInPlace.Inc()
+	recordRequest(rt, c.memo.key.mode(), code, c.sent, time.Since(start))
 	return true, ok
 }
 
@@ -723,16 +773,22 @@ var chunkedEncoding, closeConnection = []string{"chunked"}, []string{"close"}
 
 // writeStatusLine writes "HTTP/1.1 <code> <text>", the text being net/http's for the code.
 func writeStatusLine(w *bufio.Writer, code int) {
-	text := http.StatusText(code)
-	if text == "" {
-		text = "status code " + strconv.Itoa(code)
+	if code >= 0 && code < len(statusLines) && statusLines[code] != "" {
+		_, _ = w.WriteString(statusLines[code])
+		return
 	}
-	_, _ = w.WriteString("HTTP/1.1 ")
-	_, _ = w.WriteString(codeLabel(code))
-	_ = w.WriteByte(' ')
-	_, _ = w.WriteString(text)
-	_, _ = w.WriteString("\r\n")
+	_, _ = w.WriteString("HTTP/1.1 " + codeLabel(code) + " status code " + strconv.Itoa(code) + "\r\n")
 }
+
+// statusLines are the status lines of the codes net/http has a text for.
+var statusLines = func() (lines [600]string) {
+	for code := range lines {
+		if text := http.StatusText(code); text != "" {
+			lines[code] = "HTTP/1.1 " + strconv.Itoa(code) + " " + text + "\r\n"
+		}
+	}
+	return lines
+}()
 
 // laneBody writes an answer's body into the client's buffer, counting it; through chunked
 // (an answer of unknown length), each chunk goes out at once.

@@ -21,6 +21,10 @@ var laneHeadSeeds = []string{
 	"HEAD /namespaces/team/connectors/git/a%2Fb HTTP/1.1\r\nhost: proxy\r\nauthorization: Basic eDp0b2s=\r\nX-Forwarded-For: 1.2.3.4\r\nProxy-Foo: bar\r\nConnection: keep-alive, close\r\nKeep-Alive: 5\r\n\r\n",
 	"GET http://tool.example:8080/base/pkg/a.tgz HTTP/1.1\r\nHost: tool.example:8080\r\nProxy-Authorization: Basic dGVhbS9ucG06dG9r\r\nAccept-Encoding: gzip\r\nCookie: a=1\r\nCookie: b=2\r\n\r\n",
 	"GET http://tool.example HTTP/1.1\r\nHost: x\r\nProxy-Authorization: Basic dGVhbS9ucG06dG9r\r\nUser-Agent:\r\n\r\n",
+	"GET /namespaces/team/connectors/gitlab/x HTTP/1.1\r\nHost: proxy:8080\r\nAuthorization: Bearer tok\r\n\r\n",
+	"GET /namespaces/team/connectors/git?x=1 HTTP/1.1\r\nHost: proxy:8080\r\nAuthorization: Bearer tok\r\n\r\n",
+	"HEAD /namespaces/team/connectors/git/%2e%2e/y? HTTP/1.1\r\nHost: proxy:8080\r\nAuthorization: Bearer tok\r\n\r\n",
+	"GET http://tool.example:8080/base/y?z HTTP/1.1\r\nHost: tool.example:8080\r\nProxy-Authorization: Basic dGVhbS9naXQ6dG9r\r\n\r\n",
 	"GET /namespaces/team/connectors/git/x HTTP/1.1\r\nHost: proxy\r\nAuthorization: Bearer tok\r\nPragma: no-cache\r\n\r\n",
 	"GET /namespaces/team/connectors/git/x HTTP/1.1\r\nHost: proxy\r\nHost: other\r\n\r\n",
 	"GET /namespaces/team/connectors/git/x HTTP/1.1\r\nHost: proxy\r\n Folded: x\r\n\r\n",
@@ -69,6 +73,7 @@ func FuzzLaneHead(f *testing.F) {
 		if got, want := rawHeader(&h), withoutHostAndConnection(req.Header); !reflect.DeepEqual(got, want) {
 			t.Fatalf("headers read differently:\n%v\nnet/http:\n%v", got, want)
 		}
+		sameRoutes(t, &h, req)
 		rt, ok := laneTestRoute(req)
 		if !ok {
 			return
@@ -85,6 +90,43 @@ func FuzzLaneHead(f *testing.F) {
 			t.Fatalf("the tool would read another request:\n%s\ngeneral path:\n%s", raw.Bytes(), general.Bytes())
 		}
 	})
+}
+
+// sameRoutes checks that a remembered route serves a head read in place (routeForHead) as it
+// serves the request net/http read from it (route): remembered from a fixed request, and from
+// this one.
+func sameRoutes(t *testing.T, h *laneHead, req *http.Request) {
+	t.Helper()
+	p := &Proxy{}
+	key, isLane := laneKeyOf(req)
+	var memos []laneMemo
+	for _, from := range []string{
+		"GET /namespaces/team/connectors/git/x HTTP/1.1\r\nHost: proxy:8080\r\nAuthorization: Bearer tok\r\n\r\n",
+		"GET http://tool.example:8080/base/x HTTP/1.1\r\nHost: tool.example:8080\r\nProxy-Authorization: Basic dGVhbS9naXQ6dG9r\r\n\r\n",
+	} {
+		r := readBack(t, []byte(from))
+		k, _ := laneKeyOf(r)
+		rt, _ := laneTestRoute(r)
+		var m laneMemo
+		m.remember(k, r.Header.Get("Authorization"), rt, 0)
+		memos = append(memos, m)
+	}
+	if rt, ok := laneTestRoute(req); ok && isLane {
+		var m laneMemo
+		m.remember(key, req.Header.Get("Authorization"), rt, 0)
+		memos = append(memos, m)
+	}
+	for _, m := range memos {
+		fromHead, okHead := m.routeForHead(p, h)
+		var fromReq *route
+		okReq := false
+		if isLane {
+			fromReq, okReq = m.route(p, req.URL, key)
+		}
+		if okHead != okReq || okHead && fromHead.target.String() != fromReq.target.String() {
+			t.Fatalf("remembered %+v: in place %v %v, read by net/http %v %v", m.key, okHead, fromHead, okReq, fromReq)
+		}
+	}
 }
 
 // rawHeader is what readLaneHead read of the headers, as net/http keeps them.
