@@ -5,7 +5,8 @@
 // generators, Debian's wrk (C, one thread) and a Go client, at the same keep-alive
 // concurrency, for 1 KiB and 1 MiB responses: directly, through the proxy as a reverse and as
 // a forward proxy, with Rego generators, through CONNECT (TLS terminated by the proxy) against
-// nginx terminating TLS, and with enable-connector-proxy-permissions on. It prints a Markdown
+// nginx terminating TLS, with enable-connector-proxy-permissions on, and through a bare Go relay
+// that checks nothing (relay.go: the floor a Go proxy reaches here). It prints a Markdown
 // table. Every request loop is bounded in count and time, and all traffic stays on loopback.
 package main
 
@@ -51,6 +52,10 @@ const ns = benchenv.Namespace
 
 func main() {
 	flag.Parse()
+	if *relayListen != "" {
+		fmt.Fprintln(os.Stderr, "relay:", runRelay(*relayListen, *relayUpstream))
+		os.Exit(1)
+	}
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
@@ -101,7 +106,12 @@ func run() error {
 		return err
 	}
 	defer ngx.stop()
-	targets, err := makeTargets(ctx, cp, up, drv, ngx, token)
+	floor, err := startRelay(up)
+	if err != nil {
+		return err
+	}
+	defer floor.stop()
+	targets, err := makeTargets(ctx, cp, up, drv, ngx, floor, token)
 	if err != nil {
 		return err
 	}
@@ -162,7 +172,7 @@ func fetch(url, file string) error {
 }
 
 // makeTargets is every path measured. The proxy's paths wait until the driver serves them.
-func makeTargets(ctx context.Context, cp *controlplane.ControlPlane, up *benchenv.Upstream, drv *benchenv.DriverProcess, ngx *nginxServer, token string) ([]target, error) {
+func makeTargets(ctx context.Context, cp *controlplane.ControlPlane, up *benchenv.Upstream, drv *benchenv.DriverProcess, ngx *nginxServer, floor *relayServer, token string) ([]target, error) {
 	plain := func(p func(*http.Request) (*url.URL, error), roots *tls.Config) *http.Client {
 		return &http.Client{Transport: &http.Transport{Proxy: p, MaxIdleConnsPerHost: *concurrency, DisableCompression: true, TLSClientConfig: roots}}
 	}
@@ -202,6 +212,9 @@ func makeTargets(ctx context.Context, cp *controlplane.ControlPlane, up *benchen
 		{name: "nginx (header-injecting reverse proxy)", goClient: plain(nil, nil), goURL: func(s string) string { return "http://" + ngx.addr + "/" + s },
 			wrk:  func(s string) *request { return &request{connect: "http://" + ngx.addr, path: "/" + s} },
 			pids: ngx.pids},
+		{name: "Go relay (no checks: the floor)", goClient: plain(nil, nil), goURL: func(s string) string { return "http://" + floor.addr + "/" + s },
+			wrk:      func(s string) *request { return &request{connect: "http://" + floor.addr, path: "/" + s} },
+			baseline: "nginx (header-injecting reverse proxy)", pids: floor.pids},
 		{name: "connectors proxy (reverse)", goClient: plain(nil, nil), goURL: reverse("tool"), header: bearer, wrk: reverseWrk("tool"),
 			baseline: "nginx (header-injecting reverse proxy)", pids: drv.PIDs, driver: true},
 		{name: "connectors proxy (forward)", goClient: plain(http.ProxyURL(fwd), nil), goURL: func(s string) string { return up.URL + "/" + s },
