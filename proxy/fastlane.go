@@ -141,12 +141,16 @@ type laneConn struct {
 	watching   sync.WaitGroup
 	watchTimer *time.Timer
 	watchArmed bool
-	cancel     context.CancelFunc
-	tool       net.Conn
-	stopWatch  func() bool // stopWatching, for the direct transport's bodies
-	pending    byte
-	held       bool
-	left       atomic.Bool
+	// watchMu orders a started watcher's clearing of the read deadline before stopWatching's
+	// waking deadline (watchStopping).
+	watchMu       sync.Mutex
+	watchStopping bool
+	cancel        context.CancelFunc
+	tool          net.Conn
+	stopWatch     func() bool // stopWatching, for the direct transport's bodies
+	pending       byte
+	held          bool
+	left          atomic.Bool
 	// The heads the fast lane reads itself (lanewire.go), and room for a Date.
 	raw     laneHead
 	ans     answerHead
@@ -173,19 +177,45 @@ type laneMemo struct {
 	// auth (reverse) is the Authorization value the route was resolved for, and prefix the
 	// Connector's reverse path: what a head read in place is compared with (routeForHead).
 	auth, prefix string
-	rt           *route
-	epoch        uint64
-	until        time.Time
+	// toolPath (reverse) is the escaped path of the Connector's address, which the request
+	// URIs of heads read in place continue; inPlace is false when the address is not in a form
+	// url.Parse keeps as written, and then no head is served in place along this route.
+	toolPath string
+	inPlace  bool
+	// pool is the tool connections' key in the direct transport; meter records the
+	// requests served in place along the route.
+	pool  directKey
+	meter routeMeter
+	rt    *route
+	epoch uint64
+	until time.Time
 }
 
 // remember makes rt, resolved at epoch for key, the connection's remembered route; auth is the
 // request's Authorization value as the client sent it.
 func (m *laneMemo) remember(key laneKey, auth string, rt *route, epoch uint64) {
-	*m = laneMemo{key: key, rt: rt, epoch: epoch, until: time.Now().Add(laneMemoTTL)}
+	*m = laneMemo{key: key, rt: rt, epoch: epoch, until: time.Now().Add(laneMemoTTL), inPlace: true}
+	if tr, ok := rt.transport.(*http.Transport); ok {
+		m.pool = directKey{transport: tr, addr: hostPort(rt.target)}
+	}
 	if !key.forward {
 		m.auth = auth
 		m.prefix = reversePrefix + key.connector.Namespace + "/connectors/" + key.connector.Name
+		m.toolPath, m.inPlace = addressPath(rt.connector.Spec.Address)
 	}
+}
+
+// addressPath is the escaped path of a Connector's address as reverseTarget joins request
+// paths to it; ok is false unless joining a path readLaneHead takes to it gives, through
+// url.Parse, the two strings joined: the address has no query or fragment, and its path is
+// one url.Parse keeps as written (EscapedPath is then the address's own text).
+func addressPath(address string) (path string, ok bool) {
+	base, err := url.Parse(strings.TrimSuffix(address, "/"))
+	if err != nil || base.Opaque != "" || base.RawQuery != "" || base.ForceQuery || base.Fragment != "" || base.RawFragment != "" {
+		return "", false
+	}
+	path = base.EscapedPath()
+	return path, base.RawPath == "" || base.RawPath == path
 }
 
 // route returns the remembered route for a request of key to u, pointed at u, if it is still
@@ -202,34 +232,71 @@ func (m *laneMemo) route(p *Proxy, u *url.URL, key laneKey) (*route, bool) {
 }
 
 // routeForHead is route for a head read in place (readLaneHead): the same comparisons, on the
-// head's bytes; a reverse target is split as url.ParseRequestURI and parseReversePath split
-// the strict targets readLaneHead takes, without building a URL.
-func (m *laneMemo) routeForHead(p *Proxy, h *laneHead) (*route, bool) {
-	if !m.live(p) || h.method != m.key.method {
-		return nil, false
+// head's bytes, and the request URI the tool gets. It returns the memo's own route, not one
+// pointed at the request's target: the in-place path needs only the route's credential and
+// host (targetAt builds the rest where needed). A reverse target is split as
+// url.ParseRequestURI and parseReversePath split the strict targets readLaneHead takes, and
+// its request URI joined as reverseTarget's url.Parse would give it (addressPath), without
+// building a URL.
+func (m *laneMemo) routeForHead(p *Proxy, h *laneHead) (rt *route, uri string, ok bool) {
+	if !m.live(p) || !m.inPlace || h.method != m.key.method {
+		return nil, "", false
 	}
 	if m.key.forward {
 		if h.proxyAuth == nil || string(h.proxyAuth) != m.key.credential {
-			return nil, false
+			return nil, "", false
 		}
 		u, err := url.ParseRequestURI(string(h.target))
-		if err != nil || !u.IsAbs() || u.Host != m.key.host {
-			return nil, false
+		if err != nil || !u.IsAbs() || u.Host != m.key.host || !m.forwards(u) {
+			return nil, "", false
 		}
-		return m.forwardTo(u)
+		return m.rt, u.RequestURI(), true
 	}
 	if h.auth == nil || string(h.auth) != m.auth || string(h.host) != m.key.host {
-		return nil, false
+		return nil, "", false
 	}
 	path, query, _ := bytes.Cut(h.target, []byte("?"))
 	if len(path) < len(m.prefix) || string(path[:len(m.prefix)]) != m.prefix {
-		return nil, false
+		return nil, "", false
 	}
 	rest := path[len(m.prefix):]
 	if len(rest) > 0 && rest[0] != '/' {
-		return nil, false // another Connector whose name starts with this one's
+		return nil, "", false // another Connector whose name starts with this one's
 	}
-	return m.reverseTo(string(rest), string(query))
+	if CheckPath(string(rest)) != nil {
+		return nil, "", false
+	}
+	return m.rt, toolRequestURI(m.toolPath, rest, query), true
+}
+
+// toolRequestURI is the request URI of the tool path toolPath followed by rest, and query.
+func toolRequestURI(toolPath string, rest, query []byte) string {
+	n := len(toolPath) + len(rest)
+	if n == 0 {
+		n = 1
+	}
+	if len(query) > 0 {
+		n += 1 + len(query)
+	}
+	b := make([]byte, 0, n)
+	b = append(append(b, toolPath...), rest...)
+	if len(b) == 0 {
+		b = append(b, '/')
+	}
+	if len(query) > 0 {
+		b = append(append(b, '?'), query...)
+	}
+	return string(b)
+}
+
+// targetAt is rt's target at uri, a request URI along it: for what needs the whole URL (a
+// redirect's relative Location is resolved against it).
+func targetAt(rt *route, uri string) *url.URL {
+	t := *rt.target
+	if u, err := url.ParseRequestURI(uri); err == nil {
+		t.Path, t.RawPath, t.RawQuery, t.ForceQuery = u.Path, u.RawPath, u.RawQuery, u.ForceQuery
+	}
+	return &t
 }
 
 // live tells whether the memo holds a route within its time and from before any Pod's
@@ -239,11 +306,16 @@ func (m *laneMemo) live(p *Proxy) bool {
 }
 
 func (m *laneMemo) forwardTo(u *url.URL) (*route, bool) {
-	target := *u
-	if m.rt.forwardAmong || CheckPath(target.EscapedPath()) != nil || !coveredBy(m.rt.connector, &target) {
+	if !m.forwards(u) {
 		return nil, false
 	}
+	target := *u
 	return m.along(&target), true
+}
+
+// forwards tells whether the remembered forward route goes on to u.
+func (m *laneMemo) forwards(u *url.URL) bool {
+	return !m.rt.forwardAmong && CheckPath(u.EscapedPath()) == nil && coveredBy(m.rt.connector, u)
 }
 
 func (m *laneMemo) reverseTo(rest, rawQuery string) (*route, bool) {
@@ -321,24 +393,39 @@ func (c *laneConn) nextHead() (head []byte, ok bool) {
 	if _, err := c.br.Peek(1); err != nil {
 		return nil, false
 	}
+	// A head that came whole with its first byte, the common case, is read under the idle
+	// deadline; else the rest must come within the header timeout. Either deadline stays until
+	// the next one: nothing else reads the client before the next head but the watcher, which
+	// clears it (watch), and net/http's server, which sets its own.
+	if head, whole := bufferedHead(c.br); whole {
+		return head, true
+	}
 	_ = c.conn.SetReadDeadline(time.Now().Add(c.lane.headerTimeout))
-	defer func() { _ = c.conn.SetReadDeadline(time.Time{}) }()
 	head, _, err := peekHead(c.br) // one too large for br is handed over
 	return head, err == nil
+}
+
+// bufferedHead returns the head at the start of br if br holds it whole.
+func bufferedHead(br *bufio.Reader) (head []byte, whole bool) {
+	buf, _ := br.Peek(br.Buffered())
+	if i := bytes.Index(buf, []byte("\r\n\r\n")); i >= 0 {
+		return buf[:i+4], true
+	}
+	return nil, false
 }
 
 // peekHead returns the head at the start of br, through its empty line, without consuming
 // it; whole is false when br filled up before the head's end.
 func peekHead(br *bufio.Reader) (head []byte, whole bool, err error) {
 	for {
-		buf, _ := br.Peek(br.Buffered())
-		if i := bytes.Index(buf, []byte("\r\n\r\n")); i >= 0 {
-			return buf[:i+4], true, nil
+		if head, whole := bufferedHead(br); whole {
+			return head, true, nil
 		}
-		if len(buf) == br.Size() {
-			return buf, false, nil
+		if br.Buffered() == br.Size() {
+			head, _ := br.Peek(br.Size())
+			return head, false, nil
 		}
-		if _, err := br.Peek(len(buf) + 1); err != nil {
+		if _, err := br.Peek(br.Buffered() + 1); err != nil {
 			return nil, false, err
 		}
 	}
@@ -621,19 +708,19 @@ func (c *laneConn) serveRemembered(head []byte) (taken, ok bool) {
 	if !readLaneHead(head, h) {
 		return false, false
 	}
-	rt, remembered := c.memo.routeForHead(c.lane.p, h)
+	rt, uri, remembered := c.memo.routeForHead(c.lane.p, h)
 	if !remembered {
 		return false, false
 	}
 	// A remembered route is one serveRequest sent with the direct transport.
-	pc := c.lane.p.direct.idleConn(directKey{transport: rt.transport.(*http.Transport), addr: hostPort(rt.target)})
+	pc := c.lane.p.direct.idleConn(c.memo.pool)
 	if pc == nil {
 		return false, false
 	}
 	start := time.Now()
 	c.closeAfter, c.sent = h.close, 0
 	c.watchRoundTrip(nil, pc.conn)
-	writeToolHead(pc.bw, h, rt)
+	writeToolHead(pc.bw, h, rt, uri)
 	var code int
 	if err := pc.awaitAnswer(); err != nil {
 		pc.conn.Close()
@@ -643,20 +730,22 @@ func (c *laneConn) serveRemembered(head []byte) (taken, ok bool) {
 		code, ok = c.upstreamFailed(rt, err) // the client left
 	} else {
 		_, _ = c.br.Discard(len(head))
-		code, ok = c.relayRemembered(pc, h.method, rt)
+		code, ok = c.relayRemembered(pc, h.method, rt, uri)
 	}
 	laneServedInPlace.Inc()
-	recordRequest(rt, c.memo.key.mode(), code, c.sent, time.Since(start))
+	c.memo.meter.record(rt, c.memo.key.mode(), code, c.sent, time.Since(start))
 	return true, ok
 }
 
-// relayRemembered writes the answer on pc, to a request of method along rt, to the client:
-// itself when readAnswerHead reads its head, else as the general path does (relayAnswer).
-func (c *laneConn) relayRemembered(pc *directConn, method string, rt *route) (code int, ok bool) {
+// relayRemembered writes the answer on pc, to a request of method along rt to uri, to the
+// client: itself when readAnswerHead reads its head, else as the general path does
+// (relayAnswer).
+func (c *laneConn) relayRemembered(pc *directConn, method string, rt *route, uri string) (code int, ok bool) {
 	d := c.lane.p.direct
 	head, whole, err := peekHead(pc.br)
 	a := &c.ans
 	if err != nil || !whole || !readAnswerHead(head, method, a) {
+		rt = c.memo.along(targetAt(rt, uri))
 		res, err := pc.readHead(&http.Request{Method: method, URL: rt.target})
 		if err != nil {
 			pc.conn.Close()
@@ -853,6 +942,11 @@ func (c *laneConn) watchRoundTrip(cancel context.CancelFunc, tool net.Conn) {
 // request's first) is kept.
 func (c *laneConn) watch() {
 	defer c.watching.Done()
+	c.watchMu.Lock()
+	if !c.watchStopping {
+		_ = c.conn.SetReadDeadline(time.Time{}) // the one the head was read under (nextHead)
+	}
+	c.watchMu.Unlock()
 	var b [1]byte
 	n, err := c.conn.Read(b[:])
 	if n == 1 {
@@ -878,8 +972,13 @@ func (c *laneConn) stopWatching() bool {
 		if c.watchTimer.Stop() {
 			c.watching.Done()
 		} else {
+			// Under watchMu: a watcher just started must not clear this deadline after it is set.
+			c.watchMu.Lock()
+			c.watchStopping = true
 			_ = c.conn.SetReadDeadline(aLongTimeAgo)
+			c.watchMu.Unlock()
 			c.watching.Wait()
+			c.watchStopping = false
 			_ = c.conn.SetReadDeadline(time.Time{})
 		}
 		c.cancel, c.tool = nil, nil

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"net"
 	"net/http"
 	"net/url"
 	"testing"
@@ -126,4 +127,40 @@ func TestLaneMemo(t *testing.T) {
 type laneRequestOf struct {
 	r *http.Request
 	k laneKey
+}
+
+// TestWatcherOutlivesHeadDeadline: the deadline a head was read under stays set while its
+// request is served (nextHead), so the watcher must clear it, or a client that leaves after it
+// expired would go unnoticed. Here it has expired before the watch starts: the watcher must
+// still see the client leave.
+func TestWatcherOutlivesHeadDeadline(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	client, err := net.Dial("tcp", lis.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err := lis.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	c := &laneConn{conn: server}
+	if err := server.SetReadDeadline(aLongTimeAgo); err != nil {
+		t.Fatal(err)
+	}
+	cancelled := make(chan struct{})
+	c.watchRoundTrip(func() { close(cancelled) }, nil)
+	_ = client.Close()
+	select {
+	case <-cancelled:
+	case <-time.After(time.Minute):
+		t.Fatal("the watcher did not see the client leave")
+	}
+	if c.stopWatching() {
+		t.Error("stopWatching says the client stayed")
+	}
 }

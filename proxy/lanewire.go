@@ -166,12 +166,9 @@ func cutField(line []byte) (laneField, bool) {
 	if colon < 1 {
 		return laneField{}, false
 	}
-	name, value := line[:colon], bytes.Trim(line[colon+1:], " \t")
-	if value == nil {
-		value = line[len(line):] // present, empty: never nil, which means absent
-	}
+	name, value := line[:colon], trimSpaceTab(line[colon+1:])
 	for _, b := range name {
-		if !isTokenByte(b) {
+		if !tokenBytes[b] {
 			return laneField{}, false
 		}
 	}
@@ -183,10 +180,25 @@ func cutField(line []byte) (laneField, bool) {
 	return laneField{name: name, value: value}, true
 }
 
-// isTokenByte: RFC 9110's tchar.
-func isTokenByte(b byte) bool {
-	return isAlnum(b) || strings.IndexByte("!#$%&'*+-.^_`|~", b) >= 0
+// trimSpaceTab is v without its leading and trailing spaces and tabs; an empty value stays
+// non-nil (nil means absent).
+func trimSpaceTab(v []byte) []byte {
+	for len(v) > 0 && (v[0] == ' ' || v[0] == '\t') {
+		v = v[1:]
+	}
+	for len(v) > 0 && (v[len(v)-1] == ' ' || v[len(v)-1] == '\t') {
+		v = v[:len(v)-1]
+	}
+	return v
 }
+
+// tokenBytes are RFC 9110's tchar, looked up per byte of every header name.
+var tokenBytes = func() (t [256]bool) {
+	for b := range 256 {
+		t[b] = isAlnum(byte(b)) || strings.IndexByte("!#$%&'*+-.^_`|~", byte(b)) >= 0
+	}
+	return t
+}()
 
 func isAlnum(b byte) bool {
 	return b >= 'a' && b <= 'z' || b >= 'A' && b <= 'Z' || b >= '0' && b <= '9'
@@ -267,14 +279,14 @@ func lower(b byte) byte {
 	return b
 }
 
-// writeToolHead writes the tool's request for h along rt, as the general path sends it
-// (outgoing, then Request.Write): the target's request URI and host, the client's User-Agent
+// writeToolHead writes the tool's request for h along rt to uri, as the general path sends it
+// (outgoing, then Request.Write): the request URI and the target's host, the client's User-Agent
 // if any, the client's headers without hop-by-hop, X-Forwarded, Authorization and Proxy-*
 // ones, then the route's credential and the hop marker.
-func writeToolHead(w *bufio.Writer, h *laneHead, rt *route) {
+func writeToolHead(w *bufio.Writer, h *laneHead, rt *route, uri string) {
 	_, _ = w.WriteString(h.method)
 	_ = w.WriteByte(' ')
-	_, _ = w.WriteString(rt.target.RequestURI())
+	_, _ = w.WriteString(uri)
 	_, _ = w.WriteString(" HTTP/1.1\r\nHost: ")
 	_, _ = w.WriteString(rt.target.Host)
 	_, _ = w.WriteString("\r\n")

@@ -151,14 +151,38 @@ func (m *meteredWriter) record(elapsed time.Duration) {
 
 // recordRequest counts an answered request of mode along rt (nil: refused before one).
 func recordRequest(rt *route, mode string, code int, bytes int64, elapsed time.Duration) {
+	var m routeMeter
+	m.record(rt, mode, code, bytes, elapsed)
+}
+
+// routeMeter records the requests of one route and mode: it keeps the series it looked up, so
+// that the requests of a remembered route (laneMemo) do not hash the same labels again each
+// time. A route is remembered for at most laneMemoTTL: a deleted Connector's requests
+// counted meanwhile go to series ForgetConnector already dropped, and are not exported.
+type routeMeter struct {
+	code            int
+	requests, bytes prometheus.Counter
+	duration        prometheus.Observer
+}
+
+func (m *routeMeter) record(rt *route, mode string, code int, bytes int64, elapsed time.Duration) {
 	var ns, name, class string
 	if rt != nil {
 		ns, name, class = rt.connector.Namespace, rt.connector.Name, rt.connector.Spec.ConnectorClassName
 	}
-	proxyRequests.WithLabelValues(ns, name, class, mode, codeLabel(code)).Inc()
-	proxyDuration.WithLabelValues(mode).Observe(elapsed.Seconds())
+	if m.requests == nil || m.code != code {
+		m.code, m.requests = code, proxyRequests.WithLabelValues(ns, name, class, mode, codeLabel(code))
+	}
+	if m.duration == nil {
+		m.duration = proxyDuration.WithLabelValues(mode)
+	}
+	m.duration.Observe(elapsed.Seconds())
+	m.requests.Inc()
 	if bytes > 0 {
-		proxyBytes.WithLabelValues(ns, name, mode).Add(float64(bytes))
+		if m.bytes == nil {
+			m.bytes = proxyBytes.WithLabelValues(ns, name, mode)
+		}
+		m.bytes.Add(float64(bytes))
 	}
 }
 
