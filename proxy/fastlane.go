@@ -182,6 +182,10 @@ type laneMemo struct {
 	// url.Parse keeps as written, and then no head is served in place along this route.
 	toolPath string
 	inPlace  bool
+	// forwardPaths (forward) are the paths, decoded and escaped, of the Connector's addresses
+	// at the remembered destination's scheme and host: those the destinations of heads read in
+	// place must be under (covers).
+	forwardPaths [][2]string
 	// pool is the tool connections' key in the direct transport; meter records the
 	// requests served in place along the route.
 	pool  directKey
@@ -202,6 +206,13 @@ func (m *laneMemo) remember(key laneKey, auth string, rt *route, epoch uint64) {
 		m.auth = auth
 		m.prefix = reversePrefix + key.connector.Namespace + "/connectors/" + key.connector.Name
 		m.toolPath, m.inPlace = addressPath(rt.connector.Spec.Address)
+		return
+	}
+	m.inPlace = !rt.forwardAmong
+	for _, addr := range parsedAddresses(rt.connector) {
+		if strings.EqualFold(addr.Scheme, rt.target.Scheme) && hostPort(addr) == hostPort(rt.target) {
+			m.forwardPaths = append(m.forwardPaths, [2]string{addr.Path, addr.EscapedPath()})
+		}
 	}
 }
 
@@ -246,11 +257,7 @@ func (m *laneMemo) routeForHead(p *Proxy, h *laneHead) (rt *route, uri string, o
 		if h.proxyAuth == nil || string(h.proxyAuth) != m.key.credential {
 			return nil, "", false
 		}
-		u, err := url.ParseRequestURI(string(h.target))
-		if err != nil || !u.IsAbs() || u.Host != m.key.host || !m.forwards(u) {
-			return nil, "", false
-		}
-		return m.rt, u.RequestURI(), true
+		return m.forwardHead(h.target)
 	}
 	if h.auth == nil || string(h.auth) != m.auth || string(h.host) != m.key.host {
 		return nil, "", false
@@ -266,16 +273,44 @@ func (m *laneMemo) routeForHead(p *Proxy, h *laneHead) (rt *route, uri string, o
 	if CheckPath(string(rest)) != nil {
 		return nil, "", false
 	}
-	return m.rt, toolRequestURI(m.toolPath, rest, query), true
+	return m.rt, toolRequestURI(m.toolPath, rest, query, len(query) > 0), true
 }
 
-// toolRequestURI is the request URI of the tool path toolPath followed by rest, and query.
-func toolRequestURI(toolPath string, rest, query []byte) string {
-	n := len(toolPath) + len(rest)
-	if n == 0 {
-		n = 1
+// forwardHead is routeForHead's forward half: target is an absolute http:// one readLaneHead
+// took. Its authority must be the remembered one, and its path one of no escapes (its decoded
+// and escaped forms are then its bytes, as url.ParseRequestURI would give them) that covers
+// takes under one of the Connector's addresses there.
+func (m *laneMemo) forwardHead(target []byte) (rt *route, uri string, ok bool) {
+	rest := target[len("http://"):]
+	end := bytes.IndexAny(rest, "/?")
+	if end < 0 {
+		end = len(rest)
 	}
-	if len(query) > 0 {
+	if string(rest[:end]) != m.key.host {
+		return nil, "", false
+	}
+	path, query, hasQuery := bytes.Cut(rest[end:], []byte("?"))
+	if bytes.IndexByte(path, '%') >= 0 || CheckPath(string(path)) != nil || !m.forwardsTo(string(path)) {
+		return nil, "", false
+	}
+	return m.rt, toolRequestURI("", path, query, hasQuery), true
+}
+
+// forwardsTo tells whether path, unescaped, is under one of forwardPaths (covers' test).
+func (m *laneMemo) forwardsTo(path string) bool {
+	for _, p := range m.forwardPaths {
+		if under(p[0], path) && under(p[1], path) {
+			return true
+		}
+	}
+	return false
+}
+
+// toolRequestURI is the request URI of the tool path toolPath followed by rest ("/" when
+// both are empty), and "?" and query when withQuery.
+func toolRequestURI(toolPath string, rest, query []byte, withQuery bool) string {
+	n := max(len(toolPath)+len(rest), 1)
+	if withQuery {
 		n += 1 + len(query)
 	}
 	b := make([]byte, 0, n)
@@ -283,7 +318,7 @@ func toolRequestURI(toolPath string, rest, query []byte) string {
 	if len(b) == 0 {
 		b = append(b, '/')
 	}
-	if len(query) > 0 {
+	if withQuery {
 		b = append(append(b, '?'), query...)
 	}
 	return string(b)

@@ -180,7 +180,7 @@ func covers(addr, target *url.URL) bool {
 // under reports whether path lies at or below base, on a segment boundary.
 func under(base, path string) bool {
 	base = strings.TrimSuffix(base, "/")
-	return base == "" || path == base || strings.HasPrefix(path, base+"/")
+	return base == "" || path == base || len(path) > len(base) && path[len(base)] == '/' && strings.HasPrefix(path, base)
 }
 
 // serveConnect opens a tunnel to a Connector host: TLS is terminated here with a leaf from the
