@@ -190,15 +190,17 @@ type laneMemo struct {
 	// requests served in place along the route.
 	pool  directKey
 	meter routeMeter
-	rt    *route
-	epoch uint64
-	until time.Time
+	// toolTail ends the tool request heads written in place (toolHeadTail).
+	toolTail string
+	rt       *route
+	epoch    uint64
+	until    time.Time
 }
 
 // remember makes rt, resolved at epoch for key, the connection's remembered route; auth is the
 // request's Authorization value as the client sent it.
 func (m *laneMemo) remember(key laneKey, auth string, rt *route, epoch uint64) {
-	*m = laneMemo{key: key, rt: rt, epoch: epoch, until: time.Now().Add(laneMemoTTL), inPlace: true}
+	*m = laneMemo{key: key, rt: rt, epoch: epoch, until: time.Now().Add(laneMemoTTL), inPlace: true, toolTail: toolHeadTail(rt)}
 	if tr, ok := rt.transport.(*http.Transport); ok {
 		m.pool = directKey{transport: tr, addr: hostPort(rt.target)}
 	}
@@ -755,7 +757,7 @@ func (c *laneConn) serveRemembered(head []byte) (taken, ok bool) {
 	start := time.Now()
 	c.closeAfter, c.sent = h.close, 0
 	c.watchRoundTrip(nil, pc.conn)
-	writeToolHead(pc.bw, h, rt, uri)
+	writeToolHead(pc.bw, h, rt.target.Host, uri, c.memo.toolTail)
 	var code int
 	if err := pc.awaitAnswer(); err != nil {
 		pc.conn.Close()

@@ -279,16 +279,16 @@ func lower(b byte) byte {
 	return b
 }
 
-// writeToolHead writes the tool's request for h along rt to uri, as the general path sends it
-// (outgoing, then Request.Write): the request URI and the target's host, the client's User-Agent
-// if any, the client's headers without hop-by-hop, X-Forwarded, Authorization and Proxy-*
-// ones, then the route's credential and the hop marker.
-func writeToolHead(w *bufio.Writer, h *laneHead, rt *route, uri string) {
+// writeToolHead writes the tool's request for h to host and uri, as the general path sends it
+// (outgoing, then Request.Write): the request URI and host, the client's User-Agent if any,
+// the client's headers without hop-by-hop, X-Forwarded, Authorization and Proxy-* ones, then
+// tail, the route's toolHeadTail.
+func writeToolHead(w *bufio.Writer, h *laneHead, host, uri, tail string) {
 	_, _ = w.WriteString(h.method)
 	_ = w.WriteByte(' ')
 	_, _ = w.WriteString(uri)
 	_, _ = w.WriteString(" HTTP/1.1\r\nHost: ")
-	_, _ = w.WriteString(rt.target.Host)
+	_, _ = w.WriteString(host)
 	_, _ = w.WriteString("\r\n")
 	if len(h.userAgent) > 0 {
 		writeField(w, "User-Agent", h.userAgent)
@@ -298,12 +298,17 @@ func writeToolHead(w *bufio.Writer, h *laneHead, rt *route, uri string) {
 			writeFieldBytes(w, f.name, f.value)
 		}
 	}
+	_, _ = w.WriteString(tail)
+}
+
+// toolHeadTail is what ends a tool request head along rt: its credential, if any, the hop
+// marker and the empty line; made once per remembered route.
+func toolHeadTail(rt *route) string {
+	tail := ""
 	if rt.cred.authorization != "" {
-		_, _ = w.WriteString("Authorization: ")
-		_, _ = w.WriteString(sanitizedValue(rt.cred.authorization))
-		_, _ = w.WriteString("\r\n")
+		tail = "Authorization: " + sanitizedValue(rt.cred.authorization) + "\r\n"
 	}
-	_, _ = w.WriteString(egress.HopHeader + ": " + hopMarker + "\r\n\r\n")
+	return tail + egress.HopHeader + ": " + hopMarker + "\r\n\r\n"
 }
 
 // hopMarker is the hop marker's value (hopValue's).

@@ -83,7 +83,9 @@ func FuzzLaneHead(f *testing.F) {
 			t.Fatal(err)
 		}
 		w := bufio.NewWriter(&raw)
-		writeToolHead(w, &h, rt, rt.target.RequestURI())
+		var m laneMemo
+		m.remember(laneKey{}, "", rt, 0)
+		writeToolHead(w, &h, rt.target.Host, rt.target.RequestURI(), m.toolTail)
 		_ = w.Flush()
 		g, r := readBack(t, general.Bytes()), readBack(t, raw.Bytes())
 		if g.Method != r.Method || g.RequestURI != r.RequestURI || g.Host != r.Host || !reflect.DeepEqual(g.Header, r.Header) {
