@@ -53,19 +53,30 @@ func (r *Reconciler) caBundle(ctx context.Context, c *v1alpha1.Connector) []byte
 	return slices.Concat(global, own) // global is shared: never append to it
 }
 
-// caFailed sets CACertReady=False and records the Warning Event when the failure is new.
+// caFailed sets CACertReady=False; recordCAFailure records its Event once the status is
+// written.
 func (r *Reconciler) caFailed(c *v1alpha1.Connector, err *trust.ConnectorCAError) {
-	before := meta.FindStatusCondition(c.Status.Conditions, v1alpha1.ConditionCACertReady)
-	isNew := before == nil || before.Status != metav1.ConditionFalse || before.Reason != err.Reason
 	v1alpha1.SetCondition(&c.Status.Conditions, c.Generation, v1alpha1.ConditionCACertReady, false, err.Reason, "%v", err)
-	if !isNew || r.Recorder == nil {
+}
+
+// recordCAFailure records the Warning Event of a CACertReady that the status just written
+// (c's) turned False, or False for another reason, than before. Only after the write: a write
+// that fails is retried from a newer object, and an Event recorded before it would be recorded
+// again, as a second Event (an Event names the object's resourceVersion).
+func (r *Reconciler) recordCAFailure(c *v1alpha1.Connector, before *v1alpha1.ConnectorStatus) {
+	now := meta.FindStatusCondition(c.Status.Conditions, v1alpha1.ConditionCACertReady)
+	if r.Recorder == nil || now == nil || now.Status != metav1.ConditionFalse {
+		return
+	}
+	if was := meta.FindStatusCondition(before.Conditions, v1alpha1.ConditionCACertReady); was != nil &&
+		was.Status == metav1.ConditionFalse && was.Reason == now.Reason {
 		return
 	}
 	reason := ReasonInvalidCACert
-	if err.Reason == trust.ReasonSecretNotFound {
+	if now.Reason == trust.ReasonSecretNotFound {
 		reason = ReasonCACertSecretNotFound
 	}
-	r.Recorder.Eventf(c, nil, corev1.EventTypeWarning, reason, "CheckCACert", "%v", err)
+	r.Recorder.Eventf(c, nil, corev1.EventTypeWarning, reason, "CheckCACert", "%s", now.Message)
 }
 
 // trustState is what every Connector's CA outcome depends on beyond the Connector itself.

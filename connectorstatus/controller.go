@@ -145,6 +145,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 		if err := r.Client.Status().Update(ctx, &c); err != nil {
 			return reconcile.Result{}, err
 		}
+		r.recordCAFailure(&c, before)
 	}
 	return reconcile.Result{RequeueAfter: wait.Jitter(r.Recheck, 0.2)}, nil
 }

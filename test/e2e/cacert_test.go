@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -106,12 +107,17 @@ func TestCustomCACertificates(t *testing.T) {
 			if strings.Contains(msg, "not PEM") || strings.Contains(msg, "password") {
 				t.Errorf("CACertReady message shows the Secret's contents: %q", msg)
 			}
+			var seen []string
 			if !kubelet.WaitUntil(20*time.Second, func() bool {
 				evs, err := cp.Kube.CoreV1().Events(ns).List(ctx, metav1.ListOptions{
 					FieldSelector: "involvedObject.name=" + tc.connector + ",reason=" + tc.event})
+				seen = nil
+				for _, ev := range evs.Items {
+					seen = append(seen, fmt.Sprintf("%s %q (object version %s)", ev.Type, ev.Message, ev.InvolvedObject.ResourceVersion))
+				}
 				return err == nil && len(evs.Items) == 1 && evs.Items[0].Type == corev1.EventTypeWarning
 			}) {
-				t.Errorf("%s: no single Warning Event %s", tc.connector, tc.event)
+				t.Errorf("%s: no single Warning Event %s; found %q", tc.connector, tc.event, seen)
 			}
 		}
 	})
