@@ -182,10 +182,9 @@ type laneMemo struct {
 	// url.Parse keeps as written, and then no head is served in place along this route.
 	toolPath string
 	inPlace  bool
-	// forwardPaths (forward) are the paths, decoded and escaped, of the Connector's addresses
-	// at the remembered destination's scheme and host: those the destinations of heads read in
-	// place must be under (covers).
-	forwardPaths [][2]string
+	// forwardAddrs (forward) are the Connector's addresses at the remembered destination's
+	// scheme and host: one must cover the destination of a head read in place (coversPath).
+	forwardAddrs []*url.URL
 	// pool is the tool connections' key in the direct transport; meter records the
 	// requests served in place along the route.
 	pool  directKey
@@ -212,8 +211,8 @@ func (m *laneMemo) remember(key laneKey, auth string, rt *route, epoch uint64) {
 	}
 	m.inPlace = !rt.forwardAmong
 	for _, addr := range parsedAddresses(rt.connector) {
-		if strings.EqualFold(addr.Scheme, rt.target.Scheme) && hostPort(addr) == hostPort(rt.target) {
-			m.forwardPaths = append(m.forwardPaths, [2]string{addr.Path, addr.EscapedPath()})
+		if sameOrigin(addr, rt.target) {
+			m.forwardAddrs = append(m.forwardAddrs, addr)
 		}
 	}
 }
@@ -292,16 +291,17 @@ func (m *laneMemo) forwardHead(target []byte) (rt *route, uri string, ok bool) {
 		return nil, "", false
 	}
 	path, query, hasQuery := bytes.Cut(rest[end:], []byte("?"))
-	if bytes.IndexByte(path, '%') >= 0 || CheckPath(string(path)) != nil || !m.forwardsTo(string(path)) {
+	if bytes.IndexByte(path, '%') >= 0 || !m.forwardsTo(string(path)) {
 		return nil, "", false
 	}
 	return m.rt, toolRequestURI("", path, query, hasQuery), true
 }
 
-// forwardsTo tells whether path, unescaped, is under one of forwardPaths (covers' test).
+// forwardsTo tells whether one of forwardAddrs covers path, which has no escapes (it is then
+// its own decoded form).
 func (m *laneMemo) forwardsTo(path string) bool {
-	for _, p := range m.forwardPaths {
-		if under(p[0], path) && under(p[1], path) {
+	for _, addr := range m.forwardAddrs {
+		if coversPath(addr, path, path) {
 			return true
 		}
 	}
@@ -343,16 +343,11 @@ func (m *laneMemo) live(p *Proxy) bool {
 }
 
 func (m *laneMemo) forwardTo(u *url.URL) (*route, bool) {
-	if !m.forwards(u) {
+	if m.rt.forwardAmong || !coveredBy(m.rt.connector, u) {
 		return nil, false
 	}
 	target := *u
 	return m.along(&target), true
-}
-
-// forwards tells whether the remembered forward route goes on to u.
-func (m *laneMemo) forwards(u *url.URL) bool {
-	return !m.rt.forwardAmong && CheckPath(u.EscapedPath()) == nil && coveredBy(m.rt.connector, u)
 }
 
 func (m *laneMemo) reverseTo(rest, rawQuery string) (*route, bool) {

@@ -168,13 +168,17 @@ func hostPort(u *url.URL) string {
 // addr's path on a segment boundary, both decoded and as sent. A path a tool could resolve
 // elsewhere (see CheckPath) is covered by nothing.
 func covers(addr, target *url.URL) bool {
-	if !strings.EqualFold(addr.Scheme, target.Scheme) || hostPort(addr) != hostPort(target) {
-		return false
-	}
-	if CheckPath(target.EscapedPath()) != nil {
-		return false
-	}
-	return under(addr.Path, target.Path) && under(addr.EscapedPath(), target.EscapedPath())
+	return sameOrigin(addr, target) && coversPath(addr, target.Path, target.EscapedPath())
+}
+
+// sameOrigin tells whether a and b have the same scheme and host:port.
+func sameOrigin(a, b *url.URL) bool {
+	return strings.EqualFold(a.Scheme, b.Scheme) && hostPort(a) == hostPort(b)
+}
+
+// coversPath is covers' test of a path, given decoded and escaped, at addr's origin.
+func coversPath(addr *url.URL, path, escaped string) bool {
+	return CheckPath(escaped) == nil && under(addr.Path, path) && under(addr.EscapedPath(), escaped)
 }
 
 // under reports whether path lies at or below base, on a segment boundary.
