@@ -217,7 +217,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.TunnelLifetime, "proxy-tunnel-max-lifetime", defaultTunnelLifetime, "how long a CONNECT tunnel may stay open before the proxy closes it")
 	fs.IntVar(&o.ProxyMaxConnections, "proxy-max-connections", defaultMaxConnections, "open client connections the proxy listener accepts; more are answered 503 and closed")
 	fs.IntVar(&o.ProxyMaxHeaderBytes, "proxy-max-header-bytes", defaultMaxHeaderBytes, "largest request header the proxy reads (431 beyond)")
-	fs.Var(negatedBool{&o.ProxyWithoutFastLane}, "proxy-fast-lane", "serve the reverse proxy's plain GET and HEAD requests to http tools on each client connection's own goroutine, outside net/http's server (same checks, less CPU); off: every request through net/http (default true)")
+	fs.Var(negatedBool{&o.ProxyWithoutFastLane}, "proxy-fast-lane", "serve the reverse and forward proxies' plain GET and HEAD requests to http and https tools on each client connection's own goroutine, outside net/http's server (same checks, less CPU); off: every request through net/http (default true)")
 	fs.Float64Var(&o.ProxyAuthQPS, "proxy-auth-qps", defaultProxyAuthQPS, "sustained TokenReviews and SubjectAccessReviews per second for proxy and Connectors API clients (their own limit, apart from publishes)")
 	fs.IntVar(&o.ProxyAuthBurst, "proxy-auth-burst", defaultProxyAuthBurst, "burst of --proxy-auth-qps")
 	fs.IntVar(&o.SecretCacheSize, "secret-cache-size", defaultSecretCacheSize, "Secrets the proxy keeps at most (each for --secret-cache-ttl)")

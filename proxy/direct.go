@@ -3,24 +3,26 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"sync"
 	"time"
 )
 
-// directTransport sends GET and HEAD requests without a body to plain-http tools on
-// connections it pools itself, one request at a time per connection, writing the request and
-// reading the answer on the calling goroutine. http.Transport hands every request to two
-// goroutines of its connection (a writer and a reader) and back, through channels and
-// selects; for small answers those hand-offs cost more than the proxying itself
-// (docs/benchmarks.md). Everything else (request bodies, https with its HTTP/2, upgrades)
-// goes through the Connector's http.Transport, whose dialer, with the destination policy,
-// this one also dials with. Written here because no library offers a pooled HTTP/1.1 client
-// without those goroutines.
+// directTransport sends GET and HEAD requests without a body to tools on connections it
+// pools itself (HTTP/1.1, over TLS for https tools), one request at a time per connection,
+// writing the request and reading the answer on the calling goroutine. http.Transport hands
+// every request to two goroutines of its connection (a writer and a reader) and back, through
+// channels and selects; for small answers those hand-offs cost more than the proxying itself
+// (docs/benchmarks.md). Everything else (request bodies, upgrades) goes through the
+// Connector's http.Transport, whose dialer, with the destination policy, and TLS settings this
+// one also uses. Written here because no library offers a pooled HTTP/1.1 client without
+// those goroutines.
 type directTransport struct {
 	maxIdlePerHost int
 	idleTimeout    time.Duration
@@ -30,11 +32,17 @@ type directTransport struct {
 	sweeper *time.Timer
 }
 
-// directKey is a pool: the Connector transport whose dialer made the connections, and the
-// tool's host:port.
+// directKey is a pool: the Connector transport whose dialer and TLS settings made the
+// connections, the tool's host:port, and whether they speak TLS (an https tool): a request
+// never goes out in clear on a connection made for https.
 type directKey struct {
 	transport *http.Transport
 	addr      string
+	tls       bool
+}
+
+func directKeyOf(tr *http.Transport, u *url.URL) directKey {
+	return directKey{transport: tr, addr: hostPort(u), tls: u.Scheme == "https"}
 }
 
 type directConn struct {
@@ -57,7 +65,8 @@ func newDirectTransport(maxIdlePerHost int, idleTimeout time.Duration) *directTr
 
 // takes reports whether r is one directTransport sends.
 func (d *directTransport) takes(tr *http.Transport, r *http.Request) bool {
-	return (r.Method == http.MethodGet || r.Method == http.MethodHead) && r.URL.Scheme == "http" &&
+	return (r.Method == http.MethodGet || r.Method == http.MethodHead) &&
+		(r.URL.Scheme == "http" || r.URL.Scheme == "https" && tr.DialTLSContext == nil) &&
 		(r.Body == nil || r.Body == http.NoBody) && r.ContentLength == 0 && len(r.TransferEncoding) == 0 &&
 		r.Header.Get("Upgrade") == "" && tr.Proxy == nil && tr.DialContext != nil
 }
@@ -67,7 +76,7 @@ func (d *directTransport) takes(tr *http.Transport, r *http.Request) bool {
 // then sent once more on a new connection, as http.Transport does. client, when not nil, is
 // where the answer's body will be copied to (see directBody.splice).
 func (d *directTransport) RoundTrip(tr *http.Transport, r *http.Request, client io.Writer) (*http.Response, error) {
-	key := directKey{transport: tr, addr: hostPort(r.URL)}
+	key := directKeyOf(tr, r.URL)
 	for {
 		pc, reused, err := d.get(r.Context(), key)
 		if err != nil {
@@ -92,11 +101,40 @@ func (d *directTransport) get(ctx context.Context, key directKey) (pc *directCon
 	if pc := d.idleConn(key); pc != nil {
 		return pc, true, nil
 	}
-	conn, err := key.transport.DialContext(ctx, "tcp", key.addr)
+	conn, err := key.dial(ctx)
 	if err != nil {
 		return nil, false, err
 	}
 	return &directConn{key: key, conn: conn, br: bufio.NewReaderSize(conn, 4<<10), bw: bufio.NewWriterSize(conn, 4<<10)}, false, nil
+}
+
+// dial connects to the tool with the transport's dialer (the destination policy), and for an
+// https tool starts TLS as http.Transport would (its TLS settings, the tool's host as server
+// name, its handshake timeout), offering HTTP/1.1 alone: the only protocol spoken here.
+func (key directKey) dial(ctx context.Context) (net.Conn, error) {
+	conn, err := key.transport.DialContext(ctx, "tcp", key.addr)
+	if err != nil || !key.tls {
+		return conn, err
+	}
+	cfg := &tls.Config{}
+	if key.transport.TLSClientConfig != nil {
+		cfg = key.transport.TLSClientConfig.Clone()
+	}
+	if cfg.ServerName == "" {
+		cfg.ServerName, _, _ = net.SplitHostPort(key.addr)
+	}
+	cfg.NextProtos = []string{"http/1.1"}
+	if timeout := key.transport.TLSHandshakeTimeout; timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	tc := tls.Client(conn, cfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return tc, nil
 }
 
 // idleConn takes the most recently used idle connection of key, closing those idle too
@@ -312,7 +350,8 @@ func (b *directBody) splice() error {
 
 // spliceTo copies the next length bytes the tool sent to client: what the head's read
 // buffered first, then the rest from the connection itself (splice(2) when client's
-// ReadFrom is a TCP connection's).
+// ReadFrom is a TCP connection's and the tool's connection a plain one; a TLS one's bytes
+// are decrypted in the process, and go through a pooled buffer).
 func (pc *directConn) spliceTo(client io.Writer, length int64) error {
 	remaining := length
 	if k := min(int64(pc.br.Buffered()), remaining); k > 0 {
@@ -324,9 +363,21 @@ func (pc *directConn) spliceTo(client io.Writer, length int64) error {
 			return err
 		}
 	}
-	n, err := io.Copy(client, io.LimitReader(pc.conn, remaining))
+	n, err := pc.copyTo(client, io.LimitReader(pc.conn, remaining))
 	if err == nil && n < remaining {
 		err = io.ErrUnexpectedEOF
 	}
 	return err
+}
+
+// copyTo copies body, read from pc's connection, to client.
+func (pc *directConn) copyTo(client io.Writer, body io.Reader) (int64, error) {
+	if !pc.key.tls {
+		return io.Copy(client, body)
+	}
+	buf := bufferPool.Get().(*[]byte)
+	defer bufferPool.Put(buf)
+	// Not client's ReadFrom: it would end in the TCP connection's generic copy, which
+	// allocates a buffer of its own.
+	return io.CopyBuffer(struct{ io.Writer }{client}, body, *buf)
 }

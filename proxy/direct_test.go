@@ -3,6 +3,8 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"io"
 	"log"
 	"net"
@@ -225,7 +227,7 @@ func TestDirectTransportStopsWhenTheClientLeaves(t *testing.T) {
 }
 
 // TestDirectTransportTakesOnlyBodylessGetAndHeadOverHTTP: the rest goes to http.Transport.
-func TestDirectTransportTakesOnlyBodylessGetAndHeadOverHTTP(t *testing.T) {
+func TestDirectTransportTakesOnlyBodylessGetAndHead(t *testing.T) {
 	d, tr := newDirectTransport(4, time.Minute), newTestTransport()
 	req := func(method, url string, body io.Reader, header ...string) *http.Request {
 		r, err := http.NewRequest(method, url, body)
@@ -246,7 +248,9 @@ func TestDirectTransportTakesOnlyBodylessGetAndHeadOverHTTP(t *testing.T) {
 		{req("POST", "http://tool/x", nil), false},
 		{req("PUT", "http://tool/x", strings.NewReader("data")), false},
 		{req("GET", "http://tool/x", strings.NewReader("data")), false},
-		{req("GET", "https://tool/x", nil), false},
+		{req("GET", "https://tool/x", nil), true},
+		{req("HEAD", "https://tool/x", nil), true},
+		{req("POST", "https://tool/x", strings.NewReader("data")), false},
 		{req("GET", "http://tool/ws", nil, "Upgrade", "websocket", "Connection", "Upgrade"), false},
 	} {
 		if got := d.takes(tr, tc.r); got != tc.want {
@@ -255,6 +259,11 @@ func TestDirectTransportTakesOnlyBodylessGetAndHeadOverHTTP(t *testing.T) {
 	}
 	if d.takes(&http.Transport{}, req("GET", "http://tool/x", nil)) {
 		t.Error("taken for a transport without a dialer (no destination policy to dial with)")
+	}
+	customTLS := newTestTransport()
+	customTLS.DialTLSContext = customTLS.DialContext
+	if d.takes(customTLS, req("GET", "https://tool/x", nil)) {
+		t.Error("an https request taken for a transport with a TLS dialer of its own")
 	}
 }
 
@@ -342,5 +351,102 @@ func TestDirectTransportSplicesLargeBodies(t *testing.T) {
 	}
 	if o := cc.opened.Load(); o != 2 {
 		t.Errorf("%d connections to the tool, want 2 (the pooled one carried the cut answer and was not reused)", o)
+	}
+}
+
+// startTLSTool is an https tool that speaks HTTP/2 to clients offering it, answering with
+// the protocol, the server name the client asked for and n bytes of payload; its transport
+// trusts its certificate and dials it whatever address it is given (tool.example.com is one
+// of the certificate's names), and counts the tool's connections.
+func startTLSTool(t *testing.T, payload []byte) (*http.Transport, *connCounter) {
+	t.Helper()
+	cc := &connCounter{}
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		cc.mu.Lock()
+		cc.requests = append(cc.requests, r.Proto+" "+r.TLS.ServerName+" "+r.URL.RequestURI())
+		cc.mu.Unlock()
+		n, _ := strconv.Atoi(r.URL.Query().Get("n"))
+		w.Header().Set("Content-Length", strconv.Itoa(n))
+		_, _ = w.Write(payload[:n])
+	}))
+	srv.EnableHTTP2 = true
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			cc.opened.Add(1)
+		}
+	}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	roots := x509.NewCertPool()
+	roots.AddCert(srv.Certificate())
+	dialer := &net.Dialer{}
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return dialer.DialContext(ctx, "tcp", srv.Listener.Addr().String())
+		},
+		TLSClientConfig:   &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12},
+		ForceAttemptHTTP2: true, // as the Connectors' transports
+	}
+	return tr, cc
+}
+
+// TestDirectTransportSpeaksHTTP1OverTLS: to an https tool that would speak HTTP/2, the direct
+// transport offers HTTP/1.1 alone, names the tool's host to it, verifies its certificate
+// against the transport's roots, keeps one connection for sequential requests, and copies
+// large answers (no splice through TLS) byte for byte. A tool whose certificate the roots do
+// not vouch for gets no request.
+func TestDirectTransportSpeaksHTTP1OverTLS(t *testing.T) {
+	payload := make([]byte, 1<<20+5)
+	for i := range payload {
+		payload[i] = byte(i*13 + i>>9)
+	}
+	tr, cc := startTLSTool(t, payload)
+	// A request with a body goes through the transport itself, over HTTP/2; from then on its
+	// TLS settings offer h2 (http.Transport adds it), which the direct transport must not.
+	res, err := (&http.Client{Transport: tr}).Post("https://tool.example.com/post?n=3", "text/plain", strings.NewReader("data"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if readAll(t, res); res.Proto != "HTTP/2.0" {
+		t.Fatalf("the transport's own request went over %s, want HTTP/2.0 (the test's tool must offer it)", res.Proto)
+	}
+	opened := cc.opened.Load()
+	d := newDirectTransport(4, time.Minute)
+	for _, n := range []int{1000, 0, 1000} {
+		res, err := directGet(t, d, tr, context.Background(), "GET", "https://tool.example.com/x?n="+strconv.Itoa(n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := readAll(t, res); got != string(payload[:n]) {
+			t.Fatalf("%d bytes asked: %d received, or not the tool's", n, len(got))
+		}
+	}
+	front, sent := spliceFront(t, d, tr, "https://tool.example.com")
+	res, err = http.Get(front.URL + "/blob?n=" + strconv.Itoa(len(payload)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := readAll(t, res); got != string(payload) || sent.Load() != int64(len(payload)) {
+		t.Fatalf("a large answer over TLS: %d bytes received (%d counted), want %d, the tool's", len(got), sent.Load(), len(payload))
+	}
+	if o := cc.opened.Load() - opened; o != 1 {
+		t.Errorf("%d connections to the tool for four sequential answers, want 1", o)
+	}
+	for _, seen := range cc.seen()[1:] {
+		if !strings.HasPrefix(seen, "HTTP/1.1 tool.example.com /") {
+			t.Errorf("the tool saw %q, want HTTP/1.1 with the server name tool.example.com", seen)
+		}
+	}
+
+	untrusting := tr.Clone()
+	untrusting.TLSClientConfig = &tls.Config{RootCAs: x509.NewCertPool()}
+	before := len(cc.seen())
+	req, _ := http.NewRequest("GET", "https://tool.example.com/x?n=1", nil)
+	req.Header.Set("Authorization", "Basic c2VjcmV0")
+	if _, err := d.RoundTrip(untrusting, req, nil); err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Fatalf("a tool the roots do not vouch for: err = %v, want a certificate error", err)
+	}
+	if len(cc.seen()) != before {
+		t.Error("a request reached a tool whose certificate was not verified")
 	}
 }

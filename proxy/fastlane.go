@@ -24,7 +24,7 @@ import (
 )
 
 // FastLane serves the proxy listener's most common requests, keep-alive HTTP/1.1 GET and HEAD
-// of the reverse proxy to a plain-http tool whose credential is a basic or bearer header,
+// of the reverse and forward proxies to a tool whose credential is a basic or bearer header,
 // on the client connection's own goroutine: it reads the request, checks the caller and
 // the Connector exactly as the full path does, writes the request to a pooled tool connection
 // (directTransport) and writes the answer back. Every other request, and any request it
@@ -201,7 +201,7 @@ type laneMemo struct {
 func (m *laneMemo) remember(key laneKey, auth string, rt *route, epoch uint64) {
 	*m = laneMemo{key: key, rt: rt, epoch: epoch, until: time.Now().Add(laneMemoTTL), inPlace: true, toolTail: toolHeadTail(rt)}
 	if tr, ok := rt.transport.(*http.Transport); ok {
-		m.pool = directKey{transport: tr, addr: hostPort(rt.target)}
+		m.pool = directKeyOf(tr, rt.target)
 	}
 	if !key.forward {
 		m.auth = auth

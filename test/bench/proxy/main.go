@@ -232,6 +232,11 @@ func makeTargets(ctx context.Context, cp *controlplane.ControlPlane, up *benchen
 			pids: ngx.pids},
 		{name: "connectors proxy (CONNECT, TLS terminated by the proxy)", goClient: plain(http.ProxyURL(fwdTLS), &tls.Config{RootCAs: roots}),
 			goURL: func(s string) string { return up.TLSURL + "/" + s }, baseline: "nginx (TLS in, proxy_pass https://)", pids: drv.PIDs, driver: true},
+		{name: "nginx (proxy_pass https://)", goClient: plain(nil, nil), goURL: func(s string) string { return "http://" + ngx.toTLSAddr + "/" + s },
+			wrk:  func(s string) *request { return &request{connect: "http://" + ngx.toTLSAddr, path: "/" + s} },
+			pids: ngx.pids},
+		{name: "connectors proxy (reverse, https tool)", goClient: plain(nil, nil), goURL: reverse("tool-tls"), header: bearer,
+			wrk: reverseWrk("tool-tls"), baseline: "nginx (proxy_pass https://)", pids: drv.PIDs, driver: true},
 		{name: "connectors proxy (reverse, enable-connector-proxy-permissions)", goClient: plain(nil, nil), goURL: reverse("tool"), header: bearer,
 			wrk: reverseWrk("tool"), baseline: "nginx (header-injecting reverse proxy)", pids: drv.PIDs, driver: true, permissions: true},
 	}

@@ -18,12 +18,13 @@ import (
 )
 
 // nginxServer is Debian's nginx as a keep-alive reverse proxy that sets the credential
-// header: over http on addr, and terminating TLS on tlsAddr in front of the https upstream.
+// header: over http on addr, over http in front of the https upstream on toTLSAddr, and
+// terminating TLS on tlsAddr in front of the https upstream.
 type nginxServer struct {
-	addr, tlsAddr string
-	caPEM         []byte
-	cmd           *exec.Cmd
-	dir           string
+	addr, toTLSAddr, tlsAddr string
+	caPEM                    []byte
+	cmd                      *exec.Cmd
+	dir                      string
 }
 
 func (n *nginxServer) pids() []int { return benchenv.Family(n.cmd.Process.Pid) }
@@ -58,6 +59,9 @@ func startNginx(up *benchenv.Upstream) (*nginxServer, error) {
 	if n.tlsAddr, err = benchenv.FreeAddr(); err != nil {
 		return nil, err
 	}
+	if n.toTLSAddr, err = benchenv.FreeAddr(); err != nil {
+		return nil, err
+	}
 	if n.dir, err = os.MkdirTemp("", "bench-nginx-"); err != nil {
 		return nil, err
 	}
@@ -88,6 +92,10 @@ http {
     location / { proxy_pass http://tool; }
   }
   server {
+    listen %[8]s;
+    location / { proxy_pass https://tool_tls; proxy_ssl_session_reuse on; }
+  }
+  server {
     listen %[7]s ssl;
     ssl_certificate %[2]s/tls.crt;
     ssl_certificate_key %[2]s/tls.key;
@@ -95,7 +103,7 @@ http {
   }
 }
 `, runtime.NumCPU(), n.dir, strings.TrimPrefix(up.URL, "http://"), n.addr, benchenv.BasicCredential(),
-		strings.TrimPrefix(up.TLSURL, "https://"), n.tlsAddr)
+		strings.TrimPrefix(up.TLSURL, "https://"), n.tlsAddr, n.toTLSAddr)
 	if err := os.WriteFile(filepath.Join(n.dir, "nginx.conf"), []byte(conf), 0o600); err != nil {
 		return nil, err
 	}
@@ -104,7 +112,7 @@ http {
 	if err := n.cmd.Start(); err != nil {
 		return nil, err
 	}
-	if err := benchenv.WaitListening(n.addr, n.tlsAddr); err != nil {
+	if err := benchenv.WaitListening(n.addr, n.tlsAddr, n.toTLSAddr); err != nil {
 		n.stop()
 		return nil, fmt.Errorf("nginx: %w", err)
 	}
