@@ -4,12 +4,16 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -18,6 +22,7 @@ import (
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/driver"
+	"github.com/kube-connectors/connectors-csi/test/testca"
 )
 
 // laneTool is the tool behind the fast lane's tests: answers of known length, small and large,
@@ -73,15 +78,20 @@ func laneTool(t *testing.T) (srv *httptest.Server, stalled, left <-chan struct{}
 
 // basicTool makes the Connector "tool" at address in a new namespace, with a basic-auth
 // Secret (user bot), lets ServiceAccount builder use it, and publishes a volume of it to the Pod
-// "client"; it returns the namespace, the class and the volume's files.
-func basicTool(t *testing.T, env *proxyEnv, address, password string) (ns, class string, files map[string]string) {
+// "client"; it returns the namespace, the class and the volume's files. with, if given,
+// completes the Connector before it is created, in its namespace.
+func basicTool(t *testing.T, env *proxyEnv, address, password string, with ...func(ns string, c *v1alpha1.Connector)) (ns, class string, files map[string]string) {
 	t.Helper()
 	ns = newNamespace(t)
 	createSecret(t, ns, "cred", corev1.SecretTypeBasicAuth, map[string]string{"username": "bot", "password": password})
 	class = newClass(t, "basic")
-	create(t, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: "tool", Namespace: ns},
+	c := &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: "tool", Namespace: ns},
 		Spec: v1alpha1.ConnectorSpec{ConnectorClassName: class, Address: address,
-			Auth: &v1alpha1.ConnectorAuth{SecretRef: &v1alpha1.SecretRef{Name: "cred"}}}})
+			Auth: &v1alpha1.ConnectorAuth{SecretRef: &v1alpha1.SecretRef{Name: "cred"}}}}
+	for _, complete := range with {
+		complete(ns, c)
+	}
+	create(t, c)
 	allowConnectors(t, ns, "builder", "tool")
 	pod := podWithVolume(t, env.kubelet, ns, "client", map[string]string{"connectors": "tool"}, nil)
 	if err := env.kubelet.Publish(context.Background(), pod, "connectors"); err != nil {
@@ -284,5 +294,94 @@ func TestFastLane(t *testing.T) {
 	offAfter := scrape(t, metricsAddr)
 	if got := offAfter[served] + offAfter[inPlace] - offBefore[served] - offBefore[inPlace]; got != 0 {
 		t.Errorf("the fast lane served %v requests with --proxy-fast-lane=false", got)
+	}
+}
+
+// TestFastLaneToAnHTTPSTool: GET and HEAD of the reverse proxy to an https tool that offers
+// HTTP/2 (its CA in the Connector's CA Secret) go through the fast lane, in place from the
+// second request on, over one TLS connection of the proxy's own in HTTP/1.1; a POST on the
+// same client connection goes to net/http's server and http.Transport, over HTTP/2.
+func TestFastLaneToAnHTTPSTool(t *testing.T) {
+	authority, err := testca.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := authority.ServerCert([]net.IP{net.ParseIP("127.0.0.1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var seen []string
+	var conns atomic.Int64
+	tool := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		seen = append(seen, r.Method+" "+r.Proto)
+		mu.Unlock()
+		if r.Header.Get("Authorization") != "Basic "+basic("bot", "tls-secret") {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		if r.Method == http.MethodPost {
+			_, _ = io.Copy(w, r.Body)
+			return
+		}
+		w.Header().Set("Content-Length", "1024")
+		_, _ = w.Write(bytes.Repeat([]byte("t"), 1024))
+	}))
+	tool.EnableHTTP2 = true
+	tool.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2", "http/1.1"}}
+	tool.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	tool.StartTLS()
+	t.Cleanup(tool.Close)
+
+	metricsAddr := freeLoopbackAddr(t)
+	env := startProxyDriver(t, func(o *driver.Options) { o.MetricsListen = metricsAddr })
+	ns, _, files := basicTool(t, env, tool.URL, "tls-secret", func(ns string, c *v1alpha1.Connector) {
+		createSecret(t, ns, "tool-ca", corev1.SecretTypeOpaque, map[string]string{"ca.crt": string(authority.PEM)})
+		c.Spec.CACertSecretRef = &v1alpha1.LocalSecretRef{Name: "tool-ca"}
+	})
+	host := strings.TrimPrefix(env.proxyURL, "http://")
+	head := func(method, extra string) string {
+		return method + " /namespaces/" + ns + "/connectors/tool/x HTTP/1.1\r\nHost: " + host +
+			"\r\nAuthorization: Bearer " + files["context.token"] + "\r\n" + extra + "\r\n"
+	}
+	served := series("connectors_proxy_fast_lane_total", map[string]string{"outcome": "served"})
+	inPlace := series("connectors_proxy_fast_lane_total", map[string]string{"outcome": "served_in_place"})
+	before := scrape(t, metricsAddr)
+
+	conn := dialProxy(t, host)
+	br := bufio.NewReader(conn)
+	for i, method := range []string{"GET", "GET", "GET", "POST"} {
+		raw, want := head(method, ""), strings.Repeat("t", 1024)
+		if method == "POST" {
+			raw, want = head(method, "Content-Length: 5\r\n")+"hello", "hello"
+		}
+		if _, err := io.WriteString(conn, raw); err != nil {
+			t.Fatal(err)
+		}
+		res, err := http.ReadResponse(br, &http.Request{Method: method})
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, err := io.ReadAll(res.Body)
+		if err != nil || res.StatusCode != 200 || string(body) != want {
+			t.Fatalf("request %d (%s) to the https tool: %d, %d bytes, %v", i, method, res.StatusCode, len(body), err)
+		}
+	}
+	after := scrape(t, metricsAddr)
+	if got := [2]float64{after[served] - before[served], after[inPlace] - before[inPlace]}; got != [2]float64{1, 2} {
+		t.Errorf("the fast lane served %v through net/http's parsers and %v in place, want 1 and 2", got[0], got[1])
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if want := []string{"GET HTTP/1.1", "GET HTTP/1.1", "GET HTTP/1.1", "POST HTTP/2.0"}; !slices.Equal(seen, want) {
+		t.Errorf("the tool saw %q, want %q", seen, want)
+	}
+	if n := conns.Load(); n != 2 {
+		t.Errorf("%d connections to the tool, want 2 (one pooled HTTP/1.1, one HTTP/2 of http.Transport)", n)
 	}
 }
