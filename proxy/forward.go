@@ -69,17 +69,6 @@ func (p *Proxy) serveForward(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// forwardTo sends r to target through the named Connector whose address covers target.
-func (p *Proxy) forwardTo(w http.ResponseWriter, r *http.Request, fc *forwardClient, target *url.URL) {
-	ctx := r.Context()
-	rt, err := p.forwardRoute(r, fc, target)
-	if err != nil {
-		refuseErr(ctx, w, err)
-		return
-	}
-	p.send(w, r, rt)
-}
-
 func (p *Proxy) forwardRoute(r *http.Request, fc *forwardClient, target *url.URL) (*route, error) {
 	ctx := r.Context()
 	if err := CheckPath(target.EscapedPath()); err != nil {
@@ -264,21 +253,26 @@ func (p *Proxy) tunnelDestination(ctx context.Context, fc *forwardClient, host s
 // or the tunnel's lifetime ends. Every request is authenticated again (from the token cache):
 // a token that stopped being valid (its Pod deleted) stops working inside an open tunnel too.
 func (p *Proxy) serveTunnel(ctx context.Context, conn net.Conn, fc *forwardClient, dest *url.URL) {
+	// The tunnel's last route, as the fast lane remembers a connection's (laneMemo): the
+	// tunnel's requests come one at a time (HTTP/1.1 only), with its one token, to its one
+	// destination.
+	var memo laneMemo
 	inner := http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 		w, record := p.metered(rw, r, modeTunnelled)
 		defer record()
 		if loopDetected(w, r) {
 			return
 		}
-		u, err := p.authenticate(r.Context(), w, fc.token, http.StatusProxyAuthRequired)
-		if err != nil {
-			w.Header().Set("Connection", "close")
-			refuseErr(r.Context(), w, err)
-			return
-		}
 		target := *r.URL
 		target.Scheme, target.Host = dest.Scheme, dest.Host
-		p.forwardTo(w, r, &forwardClient{user: u, token: fc.token, connectors: fc.connectors}, &target)
+		key := laneKey{forward: true, method: r.Method, host: dest.Host}
+		if rt, ok := memo.route(p, &target, key); ok {
+			p.send(w, r, rt)
+			return
+		}
+		if rt := p.tunnelRoute(w, r, fc, &target, &memo, key); rt != nil {
+			p.send(w, r, rt)
+		}
 	})
 	srv := &http.Server{
 		Handler:           inner,
@@ -291,6 +285,26 @@ func (p *Proxy) serveTunnel(ctx context.Context, conn net.Conn, fc *forwardClien
 	expire := time.AfterFunc(p.cfg.TunnelLifetime, func() { _ = conn.Close() })
 	defer expire.Stop()
 	_ = srv.Serve(newOneConnListener(conn))
+}
+
+// tunnelRoute authenticates and routes a request inside fc's tunnel to target and remembers
+// the route in memo, or writes the refusal into w and returns nil.
+func (p *Proxy) tunnelRoute(w http.ResponseWriter, r *http.Request, fc *forwardClient, target *url.URL, memo *laneMemo, key laneKey) *route {
+	epoch := p.routeEpoch.Load() // before the decisions: one dropped meanwhile is not remembered
+	u, err := p.authenticate(r.Context(), w, fc.token, http.StatusProxyAuthRequired)
+	if err != nil {
+		w.Header().Set("Connection", "close")
+		refuseErr(r.Context(), w, err)
+		return nil
+	}
+	rt, err := p.forwardRoute(r, &forwardClient{user: u, token: fc.token, connectors: fc.connectors}, target)
+	if err != nil {
+		refuseErr(r.Context(), w, err)
+		return nil
+	}
+	rt.forwardAmong = len(fc.connectors) > 1
+	memo.remember(key, "", rt, epoch)
+	return rt
 }
 
 // bufferedConn reads first what the HTTP server had already buffered from the client.
