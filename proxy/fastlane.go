@@ -21,11 +21,13 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/kube-connectors/connectors-csi/proxy/egress"
+	"github.com/kube-connectors/connectors-csi/regoeval"
 )
 
 // FastLane serves the proxy listener's most common requests, keep-alive HTTP/1.1 GET and HEAD
-// of the reverse and forward proxies to a tool whose credential is a basic or bearer header,
-// on the client connection's own goroutine: it reads the request, checks the caller and
+// of the reverse and forward proxies to a tool whose credential is a basic or bearer header
+// or headers its class's generator computes from the Secret alone, on the client connection's
+// own goroutine: it reads the request, checks the caller and
 // the Connector exactly as the full path does, writes the request to a pooled tool connection
 // (directTransport) and writes the answer back. Every other request, and any request it
 // cannot take before it has consumed a byte, goes with its connection, unread, to net/http's
@@ -207,14 +209,17 @@ func (m *laneMemo) remember(key laneKey, auth string, rt *route, epoch uint64) {
 		m.auth = auth
 		m.prefix = reversePrefix + key.connector.Namespace + "/connectors/" + key.connector.Name
 		m.toolPath, m.inPlace = addressPath(rt.connector.Spec.Address)
-		return
-	}
-	m.inPlace = !rt.forwardAmong
-	for _, addr := range parsedAddresses(rt.connector) {
-		if sameOrigin(addr, rt.target) {
-			m.forwardAddrs = append(m.forwardAddrs, addr)
+	} else {
+		m.inPlace = !rt.forwardAmong
+		for _, addr := range parsedAddresses(rt.connector) {
+			if sameOrigin(addr, rt.target) {
+				m.forwardAddrs = append(m.forwardAddrs, addr)
+			}
 		}
 	}
+	// A generator's headers replace the client's of the same names, which heads written in
+	// place would keep: such routes take the parsed path (applyRoute).
+	m.inPlace = m.inPlace && rt.injection == nil
 }
 
 // addressPath is the escaped path of a Connector's address as reverseTarget joins request
@@ -570,7 +575,7 @@ func (c *laneConn) serveRequest(r *http.Request, headLen int) (taken, ok bool) {
 		}
 	}
 	tr, isHTTP := rt.transport.(*http.Transport)
-	if !isHTTP || rt.cred.registry != nil || rt.cred.generator != nil || rt.callerToken != "" {
+	if !isHTTP || rt.cred.registry != nil || rt.callerToken != "" || !remembered && !p.headerCredential(r, rt) {
 		m.handedOver = true
 		return false, false
 	}
@@ -589,6 +594,25 @@ func (c *laneConn) serveRequest(r *http.Request, headLen int) (taken, ok bool) {
 	ok = c.forward(tr, out, rt, m)
 	m.bytes = c.sent
 	return true, ok
+}
+
+// headerCredential tells whether the fast lane sets rt's credential: a basic or bearer
+// Authorization, or the headers of a generator that reads only the Secret, computed here into
+// rt (a remembered route keeps them: they change only with the Secret). Every other generator
+// is the full path's, which evaluates it per request.
+func (p *Proxy) headerCredential(r *http.Request, rt *route) bool {
+	if rt.cred.generator == nil {
+		return true
+	}
+	if !p.rego.ReadsOnlyData(rt.cred.generator) {
+		return false
+	}
+	inj, err := p.injection(r, rt)
+	if err != nil || inj.Position != regoeval.PositionHeader {
+		return false // the full path answers the error, or injects elsewhere
+	}
+	rt.injection = inj
+	return true
 }
 
 // laneKey is what a fast-lane request's route depends on, besides its path.

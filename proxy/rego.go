@@ -25,6 +25,19 @@ import (
 // answer in the route: headers and query parameters are set in rewrite, a body is rewritten
 // here. Errors name the class and auth type, never a value.
 func (p *Proxy) generate(r *http.Request, rt *route) error {
+	inj, err := p.injection(r, rt)
+	if err != nil {
+		return err
+	}
+	rt.injection = inj
+	if inj.Position == regoeval.PositionBody {
+		return p.injectBody(r, inj)
+	}
+	return nil
+}
+
+// injection is the route's generator's answer for r.
+func (p *Proxy) injection(r *http.Request, rt *route) (*regoeval.Injection, error) {
 	request := func() *regoeval.Request {
 		header := r.Header.Clone()
 		dropClientCredentials(header, rt.callerToken)
@@ -38,15 +51,7 @@ func (p *Proxy) generate(r *http.Request, rt *route) error {
 	if sec.UID != "" && sec.ResourceVersion != "" {
 		version = string(sec.UID) + "/" + sec.ResourceVersion
 	}
-	inj, err := p.rego.Generate(r.Context(), rt.cred.class, rt.cred.generator, sec.Data, version, request)
-	if err != nil {
-		return err
-	}
-	rt.injection = inj
-	if inj.Position == regoeval.PositionBody {
-		return p.injectBody(r, inj)
-	}
-	return nil
+	return p.rego.Generate(r.Context(), rt.cred.class, rt.cred.generator, sec.Data, version, request)
 }
 
 // injectBody sets the generator's fields at the top level of the request's JSON or form body

@@ -84,6 +84,13 @@ func (e *Engine) Generate(ctx context.Context, class *v1alpha1.ConnectorClass, t
 	return inj, nil
 }
 
+// ReadsOnlyData tells whether an auth type's generator compiles and reads only input.data:
+// its answer is then the same for every request along one version of the Secret.
+func (e *Engine) ReadsOnlyData(t *v1alpha1.AuthType) bool {
+	c := e.compile(GeneratorHook, Generator(t))
+	return c.err == nil && c.dataOnly
+}
+
 // injection reads an `auth` answer; its errors name fields, never values.
 func injection(ans any) (*Injection, error) {
 	m, ok := ans.(map[string]any)

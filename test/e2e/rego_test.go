@@ -6,15 +6,22 @@ package e2e
 // theirs. A recording server stands in for the tool.
 
 import (
+	"bufio"
+	"context"
+	"io"
 	"net/http"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/connectorstatus"
+	"github.com/kube-connectors/connectors-csi/driver"
+	"github.com/kube-connectors/connectors-csi/test/kubelet"
 )
 
 // headerRecorder keeps the headers and query of every proxied request.
@@ -164,5 +171,97 @@ auth := {"position": input.data.token, "auth": {}}`}}}
 	if code != http.StatusBadGateway || !strings.Contains(body, "ConnectorClass "+class+", auth type pat, generator.rego: auth.position must be") ||
 		strings.Contains(body, secret) || tool.count() != 0 {
 		t.Errorf("status %d %q, %d requests reached the tool", code, body, tool.count())
+	}
+}
+
+// TestRegoGeneratorInTheFastLane: the headers of a generator that reads only the Secret are
+// set by the fast lane (first request through net/http's parsers, the next from the
+// connection's remembered route, never in place), replacing a client header of the same
+// name, the Pod token kept from the tool; a changed Secret reaches the next route. A
+// generator that reads the request is the full path's: its connection is handed over, and
+// each request gets its own answer.
+func TestRegoGeneratorInTheFastLane(t *testing.T) {
+	tool := &headerRecorder{}
+	rec := startRecorder(t, tool.handle)
+	metricsAddr := freeLoopbackAddr(t)
+	env := startProxyDriver(t, func(o *driver.Options) { o.MetricsListen = metricsAddr })
+	ns := newNamespace(t)
+	class := classWith(t, "generated", func(c *v1alpha1.ConnectorClass) {
+		c.Spec.Auth.Types = []v1alpha1.AuthType{
+			{Name: "pat", SecretType: "Opaque", Generator: &v1alpha1.RegoPolicy{Rego: `package proxy
+auth := {"position": "header", "auth": {"PRIVATE-TOKEN": input.data.token}}`}},
+			{Name: "signed", SecretType: "Opaque", Generator: &v1alpha1.RegoPolicy{Rego: `package proxy
+auth := {"position": "header", "auth": {"X-Signed": concat(":", [input.data.token, input.request.path])}}`}},
+		}
+	})
+	const pat = "glpat-fastlane-0123"
+	createSecret(t, ns, "pat", corev1.SecretTypeOpaque, map[string]string{"token": pat})
+	newConnectorWithSecret(t, ns, "pat", class, rec.URL, "pat", "pat")
+	newConnectorWithSecret(t, ns, "signed", class, rec.URL, "signed", "pat")
+	allowConnectors(t, ns, "builder", "pat", "signed")
+	token := proxyToken(t, ns, "builder")
+	host := strings.TrimPrefix(env.proxyURL, "http://")
+	lane := func(outcome string) string {
+		return series("connectors_proxy_fast_lane_total", map[string]string{"outcome": outcome})
+	}
+	// get sends GETs of paths on one new connection and returns what the tool got for each.
+	get := func(connector string, extra string, paths ...string) []*http.Request {
+		t.Helper()
+		conn := dialProxy(t, host)
+		br := bufio.NewReader(conn)
+		var got []*http.Request
+		for _, path := range paths {
+			raw := "GET /namespaces/" + ns + "/connectors/" + connector + path + " HTTP/1.1\r\nHost: " + host +
+				"\r\nAuthorization: Bearer " + token + "\r\n" + extra + "\r\n"
+			if _, err := io.WriteString(conn, raw); err != nil {
+				t.Fatal(err)
+			}
+			res, err := http.ReadResponse(br, &http.Request{Method: "GET"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(res.Body)
+			if res.StatusCode != http.StatusOK || string(body) != "ok" {
+				t.Fatalf("GET %s of %s: %d %q", path, connector, res.StatusCode, body)
+			}
+			got = append(got, tool.last(t))
+		}
+		return got
+	}
+
+	before := scrape(t, metricsAddr)
+	for i, got := range get("pat", "PRIVATE-TOKEN: forged\r\n", "/api/v4/user", "/api/v4/projects") {
+		if v := got.Header.Values("Private-Token"); len(v) != 1 || v[0] != pat || got.Header.Get("Authorization") != "" || carries(got, token) {
+			t.Errorf("request %d: the tool got PRIVATE-TOKEN %q, Authorization %q (want the PAT alone, no Pod token)", i, v, got.Header.Get("Authorization"))
+		}
+	}
+	after := scrape(t, metricsAddr)
+	if got := [3]float64{after[lane("served")] - before[lane("served")], after[lane("served_in_place")] - before[lane("served_in_place")],
+		after[lane("handed_over")] - before[lane("handed_over")]}; got != [3]float64{2, 0, 0} {
+		t.Errorf("a generator of the Secret alone: the fast lane served %v, in place %v, handed over %v; want 2, 0, 0", got[0], got[1], got[2])
+	}
+
+	const rotated = "glpat-rotated-4567"
+	sec, err := cp.Kube.CoreV1().Secrets(ns).Get(context.Background(), "pat", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sec.Data["token"] = []byte(rotated)
+	if _, err := cp.Kube.CoreV1().Secrets(ns).Update(context.Background(), sec, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if !kubelet.WaitUntil(20*time.Second, func() bool { return get("pat", "", "/api/v4/user")[0].Header.Get("Private-Token") == rotated }) {
+		t.Fatal("the rotated Secret never reached the generator's headers")
+	}
+
+	before = scrape(t, metricsAddr)
+	got := get("signed", "", "/a", "/b")
+	after = scrape(t, metricsAddr)
+	if got[0].Header.Get("X-Signed") != rotated+":/a" || got[1].Header.Get("X-Signed") != rotated+":/b" {
+		t.Errorf("a generator reading the request: X-Signed %q, %q", got[0].Header.Get("X-Signed"), got[1].Header.Get("X-Signed"))
+	}
+	if d := after[lane("handed_over")] - before[lane("handed_over")]; d != 1 || after[lane("served")] != before[lane("served")] {
+		t.Errorf("a generator reading the request: %v connections handed over (want 1), %v served by the fast lane (want 0)",
+			d, after[lane("served")]-before[lane("served")])
 	}
 }
