@@ -51,7 +51,8 @@ func (p *Proxy) injection(r *http.Request, rt *route) (*regoeval.Injection, erro
 	if sec.UID != "" && sec.ResourceVersion != "" {
 		version = string(sec.UID) + "/" + sec.ResourceVersion
 	}
-	return p.rego.Generate(r.Context(), rt.cred.class, rt.cred.generator, sec.Data, version, request)
+	head := regoeval.RequestHead{Method: r.Method, Path: rt.target.Path, Host: rt.target.Host}
+	return p.rego.Generate(r.Context(), rt.cred.class, rt.cred.generator, sec.Data, version, head, request)
 }
 
 // injectBody sets the generator's fields at the top level of the request's JSON or form body

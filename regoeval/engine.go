@@ -19,6 +19,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -44,8 +45,10 @@ type Engine struct {
 	cfg   Config
 	caps  *ast.Capabilities
 	cache *lru.Cache[[32]byte, *compiled]
-	// answers keeps the answers of modules that read only input.data, by module and Secret
-	// version (see dataOnly): a PAT generator then runs once per Secret change, not per request.
+	// answers keeps the answers of generators that read only input.data and the request's
+	// keyed fields, by module, Secret version and those fields' values (see readsOf): a PAT
+	// generator then runs once per Secret change, one that picks Basic or Bearer by path once
+	// per path, not per request.
 	answers *lru.Cache[[32]byte, any]
 }
 
@@ -55,8 +58,8 @@ type compiled struct {
 	key   [32]byte
 	query rego.PreparedEvalQuery
 	err   error
-	// dataOnly: the answer depends on input.data alone.
-	dataOnly bool
+	// reads: what the answer depends on besides input.data.
+	reads reads
 }
 
 // New returns an Engine whose cache is reported as cacheName in connectors_cache_entries.
@@ -149,8 +152,8 @@ func (e *Engine) compile(h Hook, module string) *compiled {
 	if c, ok := e.cache.Get(key); ok {
 		return c
 	}
-	q, dataOnly, err := e.prepare(h, module)
-	c := &compiled{key: key, query: q, err: err, dataOnly: dataOnly}
+	q, reads, err := e.prepare(h, module)
+	c := &compiled{key: key, query: q, err: err, reads: reads}
 	// Two requests may compile the same module at once; the second Add replaces the first.
 	e.cache.Add(key, c)
 	return c
@@ -159,21 +162,20 @@ func (e *Engine) compile(h Hook, module string) *compiled {
 // prepare parses the module as Rego v1 and, when that fails, as v0 — the syntax of most of
 // Alauda's published examples (`auth = {...} { cond }`) — and reports the v1 error when
 // neither parses.
-func (e *Engine) prepare(h Hook, module string) (rego.PreparedEvalQuery, bool, error) {
+func (e *Engine) prepare(h Hook, module string) (rego.PreparedEvalQuery, reads, error) {
 	version := ast.RegoV1
 	mod, err := ast.ParseModuleWithOpts("policy.rego", module, ast.ParserOptions{RegoVersion: version, Capabilities: e.caps})
 	if err != nil {
 		v0, err0 := ast.ParseModuleWithOpts("policy.rego", module, ast.ParserOptions{RegoVersion: ast.RegoV0, Capabilities: e.caps})
 		if err0 != nil {
-			return rego.PreparedEvalQuery{}, false, fmt.Errorf("does not parse: %v", err)
+			return rego.PreparedEvalQuery{}, reads{}, fmt.Errorf("does not parse: %v", err)
 		}
 		mod, version = v0, ast.RegoV0
 	}
 	want := ast.Ref{ast.DefaultRootDocument, ast.StringTerm(h.Package)}
 	if !mod.Package.Path.Equal(want) {
-		return rego.PreparedEvalQuery{}, false, fmt.Errorf("declares package %s; it must be package %s", mod.Package.Path, h.Package)
+		return rego.PreparedEvalQuery{}, reads{}, fmt.Errorf("declares package %s; it must be package %s", mod.Package.Path, h.Package)
 	}
-	dataOnly := dataOnly(mod)
 	q, err := rego.New(
 		rego.Query("data."+h.Package+"."+h.Rule),
 		rego.ParsedModule(mod),
@@ -181,23 +183,44 @@ func (e *Engine) prepare(h Hook, module string) (rego.PreparedEvalQuery, bool, e
 		rego.Capabilities(e.caps),
 	).PrepareForEval(context.Background())
 	if err != nil {
-		return rego.PreparedEvalQuery{}, false, fmt.Errorf("does not compile: %v (network and process builtins such as http.send, net.lookup_ip_addr and opa.runtime are not available)", err)
+		return rego.PreparedEvalQuery{}, reads{}, fmt.Errorf("does not compile: %v (network and process builtins such as http.send, net.lookup_ip_addr and opa.runtime are not available)", err)
 	}
-	return q, dataOnly, nil
+	return q, readsOf(mod), nil
 }
 
-// dataOnly reports whether a module reads nothing of its input but input.data and calls no
-// builtin whose answer changes from call to call (the clock, randomness): its answer is then a
-// function of the Secret alone. A bare `input`, or input[x], counts as reading everything.
-func dataOnly(mod *ast.Module) bool {
-	only, refs, vars := true, 0, 0
-	data := ast.StringTerm("data")
+// keyedFields are the request fields by whose values alone an answer may be kept: strings of
+// the request line, few per client (git's paths, an API's).
+var keyedFields = map[string]bool{"method": true, "path": true, "host": true}
+
+// reads are what of its input a module's answer depends on, besides input.data: the request's
+// keyed fields it names (sorted), or all, for a module that may read more (a bare `input`,
+// input[x], another field of input.request) or calls a builtin whose answer changes from call
+// to call (the clock, randomness). A module of no fields answers as a function of the Secret
+// alone.
+type reads struct {
+	fields []string
+	all    bool
+}
+
+func (r reads) dataOnly() bool { return !r.all && len(r.fields) == 0 }
+
+func readsOf(mod *ast.Module) reads {
+	var r reads
+	refs, vars := 0, 0
+	data, request := ast.StringTerm("data"), ast.StringTerm("request")
+	named := map[string]bool{}
 	ast.WalkRefs(mod, func(ref ast.Ref) bool {
 		if ref[0].Equal(ast.InputRootDocument) {
 			refs++
-			only = only && len(ref) > 1 && ref[1].Equal(data)
+			switch field, isString := fieldOf(ref, 2); {
+			case len(ref) > 1 && ref[1].Equal(data):
+			case len(ref) > 2 && ref[1].Equal(request) && isString && keyedFields[field]:
+				named[field] = true
+			default:
+				r.all = true
+			}
 		}
-		only = only && !allowedNondeterministic[ref.String()]
+		r.all = r.all || allowedNondeterministic[ref.String()]
 		return false
 	})
 	ast.WalkVars(mod, func(v ast.Var) bool {
@@ -206,7 +229,21 @@ func dataOnly(mod *ast.Module) bool {
 		}
 		return false
 	})
-	return only && refs == vars
+	r.all = r.all || refs != vars
+	for field := range named {
+		r.fields = append(r.fields, field)
+	}
+	slices.Sort(r.fields)
+	return r
+}
+
+// fieldOf is ref's i-th term when it is a constant string.
+func fieldOf(ref ast.Ref, i int) (string, bool) {
+	if len(ref) <= i {
+		return "", false
+	}
+	s, ok := ref[i].Value.(ast.String)
+	return string(s), ok
 }
 
 // evalProblem says why an evaluation failed: the code and line of OPA's error, without its

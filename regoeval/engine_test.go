@@ -5,6 +5,10 @@ import (
 	"context"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
+	"sigs.k8s.io/yaml"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -33,6 +37,9 @@ func classWith(generator, extractor, permissions string) (*v1alpha1.ConnectorCla
 	c.Spec.API = &v1alpha1.APISpec{Permissions: &v1alpha1.RegoPolicy{Rego: permissions}}
 	return c, &c.Spec.Auth.Types[0]
 }
+
+// getHead is getRequest's request line.
+var getHead = RequestHead{Method: http.MethodGet, Path: "/api/v4/projects", Host: "gitlab.example.com"}
 
 func getRequest(header http.Header) *Request {
 	return &Request{Method: http.MethodGet, Path: "/api/v4/projects", Host: "gitlab.example.com", Headers: header, Query: url.Values{"page": {"2"}}}
@@ -67,7 +74,7 @@ auth := {"position": "header", "auth": {"X-Timestamp": sprintf("%d", [time.now_n
 			func(i *Injection) bool { return i.Headers["X-Timestamp"] != "" }},
 	} {
 		class, at := classWith(tc.module, "", "")
-		inj, err := e.Generate(context.Background(), class, at, data, "", func() *Request { return getRequest(http.Header{}) })
+		inj, err := e.Generate(context.Background(), class, at, data, "", getHead, func() *Request { return getRequest(http.Header{}) })
 		if err != nil || !tc.check(inj) {
 			t.Errorf("%s: %+v %v", name, inj, err)
 		}
@@ -111,7 +118,7 @@ loop(n) if { numbers.range(0, 100000000)[_] == -1 }`: "ran longer than",
 			}
 		}
 		class, at := classWith(module, "", "")
-		_, err := e.Generate(context.Background(), class, at, data, "", func() *Request { return getRequest(http.Header{}) })
+		_, err := e.Generate(context.Background(), class, at, data, "", getHead, func() *Request { return getRequest(http.Header{}) })
 		if err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), secretValue1) ||
 			!strings.Contains(err.Error(), "ConnectorClass gitlab, auth type pat, generator.rego") {
 			t.Errorf("%.70q: %v, want %q, the class named and no value", module, err, want)
@@ -242,36 +249,53 @@ func TestBodyIsSentInFull(t *testing.T) {
 	}
 }
 
-// A generator that reads only input.data runs once per Secret version; one that reads the
-// request or the clock runs every time.
-func TestDataOnlyAnswersAreKept(t *testing.T) {
+// A generator that reads only input.data and the request line's fields runs once per Secret
+// version and those fields' values; one that reads more of the request, or the clock, runs
+// every time. The rest of the request is described only for a module that reads it.
+func TestAnswersAreKeptByWhatTheyRead(t *testing.T) {
 	e := newEngine(t, 16)
 	data := map[string][]byte{"token": []byte(secretValue1)}
-	built := 0
-	req := func() *Request { built++; return getRequest(http.Header{}) }
-	for module, kept := range map[string]bool{
-		`package proxy
-auth = {"position": "header", "auth": {"PRIVATE-TOKEN": input.data.token}}`: true,
-		`package proxy
-auth := {"position": "header", "auth": {"X": input.request.method}}`: false,
-		`package proxy
-auth := {"position": "header", "auth": {"X": sprintf("%d", [time.now_ns()])}}`: false,
-		`package proxy
-auth := {"position": "header", "auth": {"X": object.get(input, "data", {}).token}}`: false,
+	post := RequestHead{Method: http.MethodPost, Path: getHead.Path, Host: getHead.Host}
+	for _, tc := range []struct {
+		module string
+		kept   int // answers kept after GET, GET, POST
+		built  int // requests described
+	}{
+		{`package proxy
+auth = {"position": "header", "auth": {"PRIVATE-TOKEN": input.data.token}}`, 1, 0},
+		{`package proxy
+auth := {"position": "header", "auth": {"X": concat(" ", [input.request.method, input.request.path, input.data.token])}}`, 2, 2},
+		{`package proxy
+auth := {"position": "header", "auth": {"X": input.request.host}}`, 1, 1},
+		{`package proxy
+auth := {"position": "header", "auth": {"X": input.request.headers["X-Y"][0]}} if input.request.method == "GET"
+default auth := {"position": "header", "auth": {}}`, 0, 3},
+		{`package proxy
+auth := {"position": "header", "auth": {"X": sprintf("%d", [time.now_ns()])}}`, 0, 3},
+		{`package proxy
+auth := {"position": "header", "auth": {"X": object.get(input, "data", {}).token}}`, 0, 3},
+		{`package proxy
+auth := {"position": "header", "auth": {"X": input.request[k]}} if k := "method"`, 0, 3},
 	} {
 		e.answers.Purge()
-		built = 0
-		class, at := classWith(module, "", "")
-		for range 2 {
-			if _, err := e.Generate(context.Background(), class, at, data, "uid/1", req); err != nil {
+		built := 0
+		req := func(method string) func() *Request {
+			return func() *Request { built++; r := getRequest(http.Header{"X-Y": {"y"}}); r.Method = method; return r }
+		}
+		class, at := classWith(tc.module, "", "")
+		var answers []*Injection
+		for _, head := range []RequestHead{getHead, getHead, post} {
+			inj, err := e.Generate(context.Background(), class, at, data, "uid/1", head, req(head.Method))
+			if err != nil {
 				t.Fatal(err)
 			}
+			answers = append(answers, inj)
 		}
-		if got := e.answers.Len() == 1; got != kept {
-			t.Errorf("%.60q: kept %v, want %v", module, got, kept)
+		if e.answers.Len() != tc.kept || built != tc.built {
+			t.Errorf("%.80q: %d answers kept, %d requests described; want %d and %d", tc.module, e.answers.Len(), built, tc.kept, tc.built)
 		}
-		if kept && built != 0 {
-			t.Errorf("%.60q: the request was described %d times for a module that does not read it", module, built)
+		if tc.kept == 2 && (answers[2].Headers["X"] != "POST /api/v4/projects "+secretValue1 || answers[0].Headers["X"] != "GET /api/v4/projects "+secretValue1) {
+			t.Errorf("answers kept by method: %v, %v", answers[0].Headers, answers[2].Headers)
 		}
 	}
 }
@@ -302,5 +326,37 @@ result := {"verb": "read"} if {
 	}
 	if got := APIPath("/connectors/v1alpha1/team/git/path"); got != "/" {
 		t.Errorf("APIPath of the API root = %q", got)
+	}
+}
+
+// The shipped classes' generators are kept by what they read: GitHub's and GitLab's pick Basic
+// or Bearer by path (one evaluation per path and Secret version), SonarQube's reads the Secret
+// alone.
+func TestShippedGeneratorsAreKept(t *testing.T) {
+	e := newEngine(t, 16)
+	for file, want := range map[string][]string{"github.yaml": {"path"}, "gitlab.yaml": {"path"}, "sonarqube.yaml": nil} {
+		raw, err := os.ReadFile(filepath.Join("..", "deploy", "classes", file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var class v1alpha1.ConnectorClass
+		if err := yaml.Unmarshal(raw, &class); err != nil {
+			t.Fatal(err)
+		}
+		generators := 0
+		for i := range class.Spec.Auth.Types {
+			at := &class.Spec.Auth.Types[i]
+			if Generator(at) == "" {
+				continue
+			}
+			generators++
+			c := e.compile(GeneratorHook, Generator(at))
+			if c.err != nil || c.reads.all || !slices.Equal(c.reads.fields, want) {
+				t.Errorf("%s, auth type %s: reads %+v (%v), want the fields %q", file, at.Name, c.reads, c.err, want)
+			}
+		}
+		if generators == 0 {
+			t.Errorf("%s has no generator", file)
+		}
 	}
 }

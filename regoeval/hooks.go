@@ -3,6 +3,7 @@ package regoeval
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 
@@ -43,27 +44,42 @@ func Generator(t *v1alpha1.AuthType) string {
 	return t.Generator.Rego
 }
 
+// RequestHead is the request line's part of a generator's input.request: a module that reads
+// no more of the request than these answers the same for the same values.
+type RequestHead struct{ Method, Path, Host string }
+
+func (h RequestHead) field(name string) string {
+	switch name {
+	case "method":
+		return h.Method
+	case "path":
+		return h.Path
+	}
+	return h.Host
+}
+
 // Generate evaluates an auth type's generator with the Secret's data (input.data, a string per
-// key) and the request being sent (input.request, built by req only when the module reads it).
-// dataVersion identifies the Secret's content (UID and resourceVersion): the answer of a
-// module that reads only input.data is kept under it and shared by later requests, which must
-// not change it. Errors name the class and auth type, never a value of the Secret or the
-// request.
-func (e *Engine) Generate(ctx context.Context, class *v1alpha1.ConnectorClass, t *v1alpha1.AuthType, data map[string][]byte, dataVersion string, req func() *Request) (*Injection, error) {
+// key) and the request being sent (input.request: head's fields, and the rest built by req only
+// when the module reads it). dataVersion identifies the Secret's content (UID and
+// resourceVersion): the answer of a module that reads only input.data and head's fields is
+// kept under it and those fields' values, and shared by later requests, which must not change
+// it. Errors name the class and auth type, never a value of the Secret or the request.
+func (e *Engine) Generate(ctx context.Context, class *v1alpha1.ConnectorClass, t *v1alpha1.AuthType, data map[string][]byte, dataVersion string, head RequestHead, req func() *Request) (*Injection, error) {
 	field := "auth type " + t.Name + ", " + GeneratorHook.Field
 	c := e.compile(GeneratorHook, Generator(t))
 	if c.err != nil {
 		return nil, classError(class, field, c.err)
 	}
+	keep := !c.reads.all && dataVersion != ""
 	var answerKey [32]byte
-	if c.dataOnly && dataVersion != "" {
-		answerKey = sha256.Sum256(append(c.key[:], dataVersion...))
+	if keep {
+		answerKey = c.answerKey(dataVersion, head)
 		if inj, ok := e.answers.Get(answerKey); ok {
 			return inj.(*Injection), nil
 		}
 	}
 	request := ast.Value(ast.NullValue)
-	if !c.dataOnly {
+	if !c.reads.dataOnly() {
 		var err error
 		if request, err = req().value(); err != nil {
 			return nil, classError(class, field, err)
@@ -78,17 +94,42 @@ func (e *Engine) Generate(ctx context.Context, class *v1alpha1.ConnectorClass, t
 	if err != nil {
 		return nil, classError(class, field, err)
 	}
-	if c.dataOnly && dataVersion != "" {
+	if keep {
 		e.answers.Add(answerKey, inj)
 	}
 	return inj, nil
+}
+
+// answerKey is where an answer of c is kept: the module, the Secret's version and the values
+// of the request fields c reads, each length-prefixed (no two inputs share a key).
+func (c *compiled) answerKey(dataVersion string, head RequestHead) [32]byte {
+	h := sha256.New()
+	h.Write(c.key[:])
+	for _, part := range append([]string{dataVersion}, c.fieldValues(head)...) {
+		var n [8]byte
+		binary.BigEndian.PutUint64(n[:], uint64(len(part)))
+		h.Write(n[:])
+		h.Write([]byte(part))
+	}
+	var key [32]byte
+	h.Sum(key[:0])
+	return key
+}
+
+// fieldValues are the names and values of the request fields c reads, from head.
+func (c *compiled) fieldValues(head RequestHead) []string {
+	var out []string
+	for _, name := range c.reads.fields {
+		out = append(out, name, head.field(name))
+	}
+	return out
 }
 
 // ReadsOnlyData tells whether an auth type's generator compiles and reads only input.data:
 // its answer is then the same for every request along one version of the Secret.
 func (e *Engine) ReadsOnlyData(t *v1alpha1.AuthType) bool {
 	c := e.compile(GeneratorHook, Generator(t))
-	return c.err == nil && c.dataOnly
+	return c.err == nil && c.reads.dataOnly()
 }
 
 // injection reads an `auth` answer; its errors name fields, never values.
