@@ -575,7 +575,7 @@ func (c *laneConn) serveRequest(r *http.Request, headLen int) (taken, ok bool) {
 		}
 	}
 	tr, isHTTP := rt.transport.(*http.Transport)
-	if !isHTTP || rt.cred.registry != nil || rt.callerToken != "" || !remembered && !p.headerCredential(r, rt) {
+	if !isHTTP || rt.cred.registry != nil || rt.callerToken != "" || !p.headerCredential(r, rt) {
 		m.handedOver = true
 		return false, false
 	}
@@ -596,15 +596,15 @@ func (c *laneConn) serveRequest(r *http.Request, headLen int) (taken, ok bool) {
 	return true, ok
 }
 
-// headerCredential tells whether the fast lane sets rt's credential: a basic or bearer
-// Authorization, or the headers of a generator that reads only the Secret, computed here into
-// rt (a remembered route keeps them: they change only with the Secret). Every other generator
-// is the full path's, which evaluates it per request.
+// headerCredential tells whether the fast lane sets rt's credential for r: a basic or bearer
+// Authorization, or the headers of a generator whose answers are kept (it reads only the
+// Secret and the request line), set into rt here for each request (a kept answer costs a
+// lookup). Every other generator is the full path's, which evaluates it per request.
 func (p *Proxy) headerCredential(r *http.Request, rt *route) bool {
 	if rt.cred.generator == nil {
 		return true
 	}
-	if !p.rego.ReadsOnlyData(rt.cred.generator) {
+	if !p.rego.KeepsAnswers(rt.cred.generator) {
 		return false
 	}
 	inj, err := p.injection(r, rt)

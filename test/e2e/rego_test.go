@@ -174,12 +174,12 @@ auth := {"position": input.data.token, "auth": {}}`}}}
 	}
 }
 
-// TestRegoGeneratorInTheFastLane: the headers of a generator that reads only the Secret are
-// set by the fast lane (first request through net/http's parsers, the next from the
-// connection's remembered route, never in place), replacing a client header of the same
-// name, the Pod token kept from the tool; a changed Secret reaches the next route. A
-// generator that reads the request is the full path's: its connection is handed over, and
-// each request gets its own answer.
+// TestRegoGeneratorInTheFastLane: the headers of a generator that reads only the Secret, or
+// also the request's path, are set by the fast lane (first request through net/http's parsers,
+// the next from the connection's remembered route, never in place), replacing a client header
+// of the same name, the Pod token kept from the tool, each path its own answer; a changed
+// Secret reaches the next route. A generator that reads a header is the full path's: its
+// connection is handed over, and each request gets its own answer.
 func TestRegoGeneratorInTheFastLane(t *testing.T) {
 	tool := &headerRecorder{}
 	rec := startRecorder(t, tool.handle)
@@ -190,19 +190,27 @@ func TestRegoGeneratorInTheFastLane(t *testing.T) {
 		c.Spec.Auth.Types = []v1alpha1.AuthType{
 			{Name: "pat", SecretType: "Opaque", Generator: &v1alpha1.RegoPolicy{Rego: `package proxy
 auth := {"position": "header", "auth": {"PRIVATE-TOKEN": input.data.token}}`}},
-			{Name: "signed", SecretType: "Opaque", Generator: &v1alpha1.RegoPolicy{Rego: `package proxy
+			{Name: "by-path", SecretType: "Opaque", Generator: &v1alpha1.RegoPolicy{Rego: `package proxy
 auth := {"position": "header", "auth": {"X-Signed": concat(":", [input.data.token, input.request.path])}}`}},
+			{Name: "by-header", SecretType: "Opaque", Generator: &v1alpha1.RegoPolicy{Rego: `package proxy
+auth := {"position": "header", "auth": {"X-Signed": concat(":", [input.data.token, input.request.headers["X-Part"][0]])}}`}},
 		}
 	})
 	const pat = "glpat-fastlane-0123"
 	createSecret(t, ns, "pat", corev1.SecretTypeOpaque, map[string]string{"token": pat})
 	newConnectorWithSecret(t, ns, "pat", class, rec.URL, "pat", "pat")
-	newConnectorWithSecret(t, ns, "signed", class, rec.URL, "signed", "pat")
-	allowConnectors(t, ns, "builder", "pat", "signed")
+	newConnectorWithSecret(t, ns, "by-path", class, rec.URL, "by-path", "pat")
+	newConnectorWithSecret(t, ns, "by-header", class, rec.URL, "by-header", "pat")
+	allowConnectors(t, ns, "builder", "pat", "by-path", "by-header")
 	token := proxyToken(t, ns, "builder")
 	host := strings.TrimPrefix(env.proxyURL, "http://")
 	lane := func(outcome string) string {
 		return series("connectors_proxy_fast_lane_total", map[string]string{"outcome": outcome})
+	}
+	// counts are the fast lane's served, served in place and handed over, after less before.
+	counts := func(before, after map[string]float64) [3]float64 {
+		return [3]float64{after[lane("served")] - before[lane("served")], after[lane("served_in_place")] - before[lane("served_in_place")],
+			after[lane("handed_over")] - before[lane("handed_over")]}
 	}
 	// get sends GETs of paths on one new connection and returns what the tool got for each.
 	get := func(connector string, extra string, paths ...string) []*http.Request {
@@ -236,9 +244,8 @@ auth := {"position": "header", "auth": {"X-Signed": concat(":", [input.data.toke
 		}
 	}
 	after := scrape(t, metricsAddr)
-	if got := [3]float64{after[lane("served")] - before[lane("served")], after[lane("served_in_place")] - before[lane("served_in_place")],
-		after[lane("handed_over")] - before[lane("handed_over")]}; got != [3]float64{2, 0, 0} {
-		t.Errorf("a generator of the Secret alone: the fast lane served %v, in place %v, handed over %v; want 2, 0, 0", got[0], got[1], got[2])
+	if c := counts(before, after); c != [3]float64{2, 0, 0} {
+		t.Errorf("a generator of the Secret alone: the fast lane served %v, in place %v, handed over %v; want 2, 0, 0", c[0], c[1], c[2])
 	}
 
 	const rotated = "glpat-rotated-4567"
@@ -255,13 +262,24 @@ auth := {"position": "header", "auth": {"X-Signed": concat(":", [input.data.toke
 	}
 
 	before = scrape(t, metricsAddr)
-	got := get("signed", "", "/a", "/b")
+	got := get("by-path", "", "/a", "/b", "/a")
 	after = scrape(t, metricsAddr)
-	if got[0].Header.Get("X-Signed") != rotated+":/a" || got[1].Header.Get("X-Signed") != rotated+":/b" {
-		t.Errorf("a generator reading the request: X-Signed %q, %q", got[0].Header.Get("X-Signed"), got[1].Header.Get("X-Signed"))
+	for i, want := range []string{rotated + ":/a", rotated + ":/b", rotated + ":/a"} {
+		if v := got[i].Header.Get("X-Signed"); v != want {
+			t.Errorf("a generator reading the path, request %d: X-Signed %q, want %q", i, v, want)
+		}
 	}
-	if d := after[lane("handed_over")] - before[lane("handed_over")]; d != 1 || after[lane("served")] != before[lane("served")] {
-		t.Errorf("a generator reading the request: %v connections handed over (want 1), %v served by the fast lane (want 0)",
-			d, after[lane("served")]-before[lane("served")])
+	if c := counts(before, after); c != [3]float64{3, 0, 0} {
+		t.Errorf("a generator reading the path: the fast lane served %v, in place %v, handed over %v; want 3, 0, 0", c[0], c[1], c[2])
+	}
+
+	before = scrape(t, metricsAddr)
+	got = get("by-header", "X-Part: one\r\n", "/a", "/b")
+	after = scrape(t, metricsAddr)
+	if got[0].Header.Get("X-Signed") != rotated+":one" || got[1].Header.Get("X-Signed") != rotated+":one" {
+		t.Errorf("a generator reading a header: X-Signed %q, %q", got[0].Header.Get("X-Signed"), got[1].Header.Get("X-Signed"))
+	}
+	if c := counts(before, after); c != [3]float64{0, 0, 1} {
+		t.Errorf("a generator reading a header: the fast lane served %v, in place %v, handed over %v; want 0, 0, 1", c[0], c[1], c[2])
 	}
 }

@@ -196,23 +196,29 @@ func CreateObjects(ctx context.Context, cp *controlplane.ControlPlane, up *Upstr
 }
 
 // The generators measured: Alauda's Basic example, which reads only the Secret (its answer is
-// kept per Secret version), and the same one made to read the request (evaluated per request).
+// kept per Secret version), and the same one made to read the request's path (kept per path)
+// or a header (evaluated per request).
 const (
 	basicGenerator = `package proxy
 auth = {"position": "header", "auth": {"Authorization": concat(" ", ["Basic", base64.encode(concat(":", [input.data.username, input.data.password]))])}}`
+	// basicGeneratorByPath reads the request's path, as GitHub's and GitLab's classes do to pick
+	// Basic or Bearer: its answers are kept per path.
+	basicGeneratorByPath = `package proxy
+auth := {"position": "header", "auth": {"Authorization": concat(" ", ["Basic", base64.encode(concat(":", [input.data.username, input.data.password]))])}} if not startswith(input.request.path, "/never/")`
+	// basicGeneratorPerRequest reads a header: it is evaluated for every request.
 	basicGeneratorPerRequest = `package proxy
-auth := {"position": "header", "auth": {"Authorization": concat(" ", ["Basic", base64.encode(concat(":", [input.data.username, input.data.password]))])}} if input.request.method != "TRACE"`
+auth := {"position": "header", "auth": {"Authorization": concat(" ", ["Basic", base64.encode(concat(":", [input.data.username, input.data.password]))])}} if not input.request.headers["X-Never"]`
 )
 
 // regoConnectors are the benchmark Connector again, their Basic credential computed by a
-// generator.rego over an Opaque Secret: tool-rego with basicGenerator, tool-rego-request with
-// basicGeneratorPerRequest.
+// generator.rego over an Opaque Secret: tool-rego with basicGenerator, tool-rego-path with
+// basicGeneratorByPath, tool-rego-request with basicGeneratorPerRequest.
 func regoConnectors(ctx context.Context, cp *controlplane.ControlPlane, address string) error {
 	if _, err := cp.Kube.CoreV1().Secrets(Namespace).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "tool-rego"},
 		Type: corev1.SecretTypeOpaque, StringData: map[string]string{"username": ToolUser, "password": ToolPass}}, metav1.CreateOptions{}); err != nil {
 		return err
 	}
-	for name, generator := range map[string]string{"tool-rego": basicGenerator, "tool-rego-request": basicGeneratorPerRequest} {
+	for name, generator := range map[string]string{"tool-rego": basicGenerator, "tool-rego-path": basicGeneratorByPath, "tool-rego-request": basicGeneratorPerRequest} {
 		if err := cp.Client.Create(ctx, &v1alpha1.ConnectorClass{ObjectMeta: metav1.ObjectMeta{Name: "bench-" + name},
 			Spec: v1alpha1.ConnectorClassSpec{Auth: &v1alpha1.AuthSpec{Types: []v1alpha1.AuthType{{Name: "basicRego", SecretType: "Opaque",
 				Generator: &v1alpha1.RegoPolicy{Rego: generator}}}}}}); err != nil {

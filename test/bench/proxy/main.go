@@ -225,6 +225,8 @@ func makeTargets(ctx context.Context, cp *controlplane.ControlPlane, up *benchen
 			baseline: "nginx (header-injecting reverse proxy)", pids: drv.PIDs, driver: true},
 		{name: "connectors proxy (reverse, Rego generator of the Secret)", goClient: plain(nil, nil), goURL: reverse("tool-rego"), header: bearer,
 			wrk: reverseWrk("tool-rego"), baseline: "nginx (header-injecting reverse proxy)", pids: drv.PIDs, driver: true},
+		{name: "connectors proxy (reverse, Rego generator by path, as GitHub's)", goClient: plain(nil, nil), goURL: reverse("tool-rego-path"), header: bearer,
+			wrk: reverseWrk("tool-rego-path"), baseline: "nginx (header-injecting reverse proxy)", pids: drv.PIDs, driver: true},
 		{name: "connectors proxy (reverse, Rego generator reading the request)", goClient: plain(nil, nil), goURL: reverse("tool-rego-request"), header: bearer,
 			wrk: reverseWrk("tool-rego-request"), baseline: "nginx (header-injecting reverse proxy)", pids: drv.PIDs, driver: true},
 		{name: "nginx (TLS in, proxy_pass https://)", goClient: plain(nil, nginxRoots), goURL: func(s string) string { return "https://" + ngx.tlsAddr + "/" + s },
