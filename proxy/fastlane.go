@@ -217,9 +217,6 @@ func (m *laneMemo) remember(key laneKey, auth string, rt *route, epoch uint64) {
 			}
 		}
 	}
-	// A generator's headers replace the client's of the same names, which heads written in
-	// place would keep: such routes take the parsed path (applyRoute).
-	m.inPlace = m.inPlace && rt.injection == nil
 }
 
 // addressPath is the escaped path of a Connector's address as reverseTarget joins request
@@ -769,6 +766,12 @@ func (c *laneConn) serveRemembered(head []byte) (taken, ok bool) {
 		return false, false
 	}
 	// A remembered route is one serveRequest sent with the direct transport.
+	var inj *regoeval.Injection
+	if rt.cred.generator != nil {
+		if inj = c.inPlaceInjection(rt, h.method, uri); inj == nil {
+			return false, false
+		}
+	}
 	pc := c.lane.p.direct.idleConn(c.memo.pool)
 	if pc == nil {
 		return false, false
@@ -776,7 +779,7 @@ func (c *laneConn) serveRemembered(head []byte) (taken, ok bool) {
 	start := time.Now()
 	c.closeAfter, c.sent = h.close, 0
 	c.watchRoundTrip(nil, pc.conn)
-	writeToolHead(pc.bw, h, rt.target.Host, uri, c.memo.toolTail)
+	writeToolHead(pc.bw, h, rt.target.Host, uri, c.memo.toolTail, inj)
 	var code int
 	if err := pc.awaitAnswer(); err != nil {
 		pc.conn.Close()
@@ -791,6 +794,29 @@ func (c *laneConn) serveRemembered(head []byte) (taken, ok bool) {
 	laneServedInPlace.Inc()
 	c.memo.meter.record(rt, c.memo.key.mode(), code, c.sent, time.Since(start))
 	return true, ok
+}
+
+// inPlaceInjection is the answer of rt's generator (one whose answers are kept: a remembered
+// route's) to a head of method to uri read in place, or nil when the head takes the parsed
+// path: its path has escapes (the generator reads the decoded path), the generator fails or
+// injects elsewhere than in headers, or it sets a header a head written in place carries
+// otherwise (Host, User-Agent, hop-by-hop ones, the route's own Authorization).
+func (c *laneConn) inPlaceInjection(rt *route, method, uri string) *regoeval.Injection {
+	path, _, _ := strings.Cut(uri, "?")
+	if strings.IndexByte(path, '%') >= 0 {
+		return nil
+	}
+	head := regoeval.RequestHead{Method: method, Path: path, Host: rt.target.Host}
+	inj, err := c.lane.p.generatorAnswer(context.Background(), rt, head, nil)
+	if err != nil || inj.Position != regoeval.PositionHeader {
+		return nil
+	}
+	for name := range inj.Headers {
+		if !injectableInPlace(name) || rt.cred.authorization != "" && strings.EqualFold(name, "Authorization") {
+			return nil
+		}
+	}
+	return inj
 }
 
 // relayRemembered writes the answer on pc, to a request of method along rt to uri, to the

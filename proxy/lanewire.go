@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/kube-connectors/connectors-csi/proxy/egress"
+	"github.com/kube-connectors/connectors-csi/regoeval"
 )
 
 // The fast lane's own reading and writing of the heads it meets most: the request head of a
@@ -283,7 +284,7 @@ func lower(b byte) byte {
 // (outgoing, then Request.Write): the request URI and host, the client's User-Agent if any,
 // the client's headers without hop-by-hop, X-Forwarded, Authorization and Proxy-* ones, then
 // tail, the route's toolHeadTail.
-func writeToolHead(w *bufio.Writer, h *laneHead, host, uri, tail string) {
+func writeToolHead(w *bufio.Writer, h *laneHead, host, uri, tail string, inj *regoeval.Injection) {
 	_, _ = w.WriteString(h.method)
 	_ = w.WriteByte(' ')
 	_, _ = w.WriteString(uri)
@@ -294,11 +295,41 @@ func writeToolHead(w *bufio.Writer, h *laneHead, host, uri, tail string) {
 		writeField(w, "User-Agent", h.userAgent)
 	}
 	for _, f := range h.fields {
-		if !droppedOnTheWay(f.name) {
+		if !droppedOnTheWay(f.name) && !injected(inj, f.name) {
 			writeFieldBytes(w, f.name, f.value)
 		}
 	}
+	if inj != nil {
+		for name, value := range inj.Headers {
+			_, _ = w.WriteString(name)
+			_, _ = w.WriteString(": ")
+			_, _ = w.WriteString(sanitizedValue(value))
+			_, _ = w.WriteString("\r\n")
+		}
+	}
 	_, _ = w.WriteString(tail)
+}
+
+// injected tells whether inj sets the header name, which then replaces the client's.
+func injected(inj *regoeval.Injection, name []byte) bool {
+	if inj == nil {
+		return false
+	}
+	for set := range inj.Headers {
+		if asciiEqual(name, set) {
+			return true
+		}
+	}
+	return false
+}
+
+// injectableInPlace tells whether a generator's header name is one writeToolHead writes as
+// applyInjection sets it: not one written apart (Host, User-Agent), framed (Content-Length),
+// or dropped on the way (hop-by-hop, Proxy-*, X-Forwarded-*), nor the hop marker.
+func injectableInPlace(name string) bool {
+	b := []byte(name)
+	return !droppedOnTheWay(b) && !asciiEqual(b, "Host") && !asciiEqual(b, "User-Agent") &&
+		!asciiEqual(b, "Content-Length") && !asciiEqual(b, egress.HopHeader)
 }
 
 // toolHeadTail is what ends a tool request head along rt: its credential, if any, the hop

@@ -13,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/regoeval"
 )
 
 // laneHeadSeeds are request heads the fast lane reads itself, and near misses it must not.
@@ -22,6 +23,7 @@ var laneHeadSeeds = []string{
 	"GET http://tool.example:8080/base/pkg/a.tgz HTTP/1.1\r\nHost: tool.example:8080\r\nProxy-Authorization: Basic dGVhbS9ucG06dG9r\r\nAccept-Encoding: gzip\r\nCookie: a=1\r\nCookie: b=2\r\n\r\n",
 	"GET http://tool.example HTTP/1.1\r\nHost: x\r\nProxy-Authorization: Basic dGVhbS9ucG06dG9r\r\nUser-Agent:\r\n\r\n",
 	"GET /namespaces/team/connectors/gitlab/x HTTP/1.1\r\nHost: proxy:8080\r\nAuthorization: Bearer tok\r\n\r\n",
+	"GET /namespaces/team/connectors/gitlab/api/v4/user HTTP/1.1\r\nHost: proxy:8080\r\nAuthorization: Bearer tok\r\nprivate-token: forged\r\nX-Api-Key: a\r\nX-Api-Key: b\r\n\r\n",
 	"GET /namespaces/team/connectors/git?x=1 HTTP/1.1\r\nHost: proxy:8080\r\nAuthorization: Bearer tok\r\n\r\n",
 	"HEAD /namespaces/team/connectors/git/%2e%2e/y? HTTP/1.1\r\nHost: proxy:8080\r\nAuthorization: Bearer tok\r\n\r\n",
 	"GET http://tool.example:8080/base/y?z HTTP/1.1\r\nHost: tool.example:8080\r\nProxy-Authorization: Basic dGVhbS9naXQ6dG9r\r\n\r\n",
@@ -74,24 +76,44 @@ func FuzzLaneHead(f *testing.F) {
 			t.Fatalf("headers read differently:\n%v\nnet/http:\n%v", got, want)
 		}
 		sameRoutes(t, &h, req)
-		rt, ok := laneTestRoute(req, laneAddresses[0])
-		if !ok {
-			return
-		}
-		var general, raw bytes.Buffer
-		if err := outgoing(req, rt).Write(&general); err != nil {
-			t.Fatal(err)
-		}
-		w := bufio.NewWriter(&raw)
-		var m laneMemo
-		m.remember(laneKey{}, "", rt, 0)
-		writeToolHead(w, &h, rt.target.Host, rt.target.RequestURI(), m.toolTail)
-		_ = w.Flush()
-		g, r := readBack(t, general.Bytes()), readBack(t, raw.Bytes())
-		if g.Method != r.Method || g.RequestURI != r.RequestURI || g.Host != r.Host || !reflect.DeepEqual(g.Header, r.Header) {
-			t.Fatalf("the tool would read another request:\n%s\ngeneral path:\n%s", raw.Bytes(), general.Bytes())
+		// The route's Basic credential, then a generator's headers instead (one of them
+		// a header the client may send too).
+		for _, inj := range []*regoeval.Injection{nil, laneTestInjection} {
+			req, _ := http.ReadRequest(bufio.NewReader(bytes.NewReader(head)))
+			sameToolHead(t, &h, req, inj)
 		}
 	})
+}
+
+// laneTestInjection is a generator's answer: headers, with a value net/http trims.
+var laneTestInjection = &regoeval.Injection{Position: regoeval.PositionHeader,
+	Headers: map[string]string{"PRIVATE-TOKEN": "glpat-x", "X-Api-Key": " key\t"}}
+
+// sameToolHead checks that the tool request writeToolHead writes for h reads, at the tool, as
+// the one the general path writes for req (outgoing, Request.Write), along a route with the
+// Basic credential or, when inj is not nil, that generator's answer.
+func sameToolHead(t *testing.T, h *laneHead, req *http.Request, inj *regoeval.Injection) {
+	t.Helper()
+	rt, ok := laneTestRoute(req, laneAddresses[0])
+	if !ok {
+		return
+	}
+	if inj != nil {
+		rt.cred.authorization, rt.injection = "", inj
+	}
+	var m laneMemo
+	m.remember(laneKey{}, "", rt, 0)
+	var general, raw bytes.Buffer
+	if err := outgoing(req, rt).Write(&general); err != nil {
+		t.Fatal(err)
+	}
+	w := bufio.NewWriter(&raw)
+	writeToolHead(w, h, rt.target.Host, rt.target.RequestURI(), m.toolTail, inj)
+	_ = w.Flush()
+	g, r := readBack(t, general.Bytes()), readBack(t, raw.Bytes())
+	if g.Method != r.Method || g.RequestURI != r.RequestURI || g.Host != r.Host || !reflect.DeepEqual(g.Header, r.Header) {
+		t.Fatalf("the tool would read another request:\n%s\ngeneral path:\n%s", raw.Bytes(), general.Bytes())
+	}
 }
 
 // sameRoutes checks that a remembered route serves a head read in place (routeForHead) as it

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -38,7 +39,8 @@ func (p *Proxy) generate(r *http.Request, rt *route) error {
 
 // injection is the route's generator's answer for r.
 func (p *Proxy) injection(r *http.Request, rt *route) (*regoeval.Injection, error) {
-	request := func() *regoeval.Request {
+	head := regoeval.RequestHead{Method: r.Method, Path: rt.target.Path, Host: rt.target.Host}
+	return p.generatorAnswer(r.Context(), rt, head, func() *regoeval.Request {
 		header := r.Header.Clone()
 		dropClientCredentials(header, rt.callerToken)
 		query := rt.target.Query()
@@ -46,13 +48,17 @@ func (p *Proxy) injection(r *http.Request, rt *route) (*regoeval.Injection, erro
 		in := p.rego.NewRequest(r, rt.target.Host, rt.target.Path, query)
 		in.Headers = header
 		return in
-	}
+	})
+}
+
+// generatorAnswer is the answer of rt's generator to a request of head, the rest of which
+// request describes (nil: a generator whose answers are kept reads none of it).
+func (p *Proxy) generatorAnswer(ctx context.Context, rt *route, head regoeval.RequestHead, request func() *regoeval.Request) (*regoeval.Injection, error) {
 	sec, version := rt.cred.secret, ""
 	if sec.UID != "" && sec.ResourceVersion != "" {
 		version = string(sec.UID) + "/" + sec.ResourceVersion
 	}
-	head := regoeval.RequestHead{Method: r.Method, Path: rt.target.Path, Host: rt.target.Host}
-	return p.rego.Generate(r.Context(), rt.cred.class, rt.cred.generator, sec.Data, version, head, request)
+	return p.rego.Generate(ctx, rt.cred.class, rt.cred.generator, sec.Data, version, head, request)
 }
 
 // injectBody sets the generator's fields at the top level of the request's JSON or form body

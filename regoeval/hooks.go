@@ -60,7 +60,7 @@ func (h RequestHead) field(name string) string {
 
 // Generate evaluates an auth type's generator with the Secret's data (input.data, a string per
 // key) and the request being sent (input.request: head's fields, and the rest built by req only
-// when the module reads it). dataVersion identifies the Secret's content (UID and
+// when the module reads more than those; req may be nil for a module whose answers are kept). dataVersion identifies the Secret's content (UID and
 // resourceVersion): the answer of a module that reads only input.data and head's fields is
 // kept under it and those fields' values, and shared by later requests, which must not change
 // it. Errors name the class and auth type, never a value of the Secret or the request.
@@ -78,12 +78,9 @@ func (e *Engine) Generate(ctx context.Context, class *v1alpha1.ConnectorClass, t
 			return inj.(*Injection), nil
 		}
 	}
-	request := ast.Value(ast.NullValue)
-	if !c.reads.dataOnly() {
-		var err error
-		if request, err = req().value(); err != nil {
-			return nil, classError(class, field, err)
-		}
+	request, err := c.requestValue(head, req)
+	if err != nil {
+		return nil, classError(class, field, err)
 	}
 	input := ast.NewObject(ast.Item(ast.StringTerm("data"), ast.NewTerm(secretValue(data))), ast.Item(ast.StringTerm("request"), ast.NewTerm(request)))
 	ans, err := e.Eval(ctx, GeneratorHook, Generator(t), input)
@@ -98,6 +95,21 @@ func (e *Engine) Generate(ctx context.Context, class *v1alpha1.ConnectorClass, t
 		e.answers.Add(answerKey, inj)
 	}
 	return inj, nil
+}
+
+// requestValue is input.request for c: nothing for a module of the Secret alone, head's
+// fields for one that reads no more of the request (the rest is then never looked at), else
+// the whole request req describes.
+func (c *compiled) requestValue(head RequestHead, req func() *Request) (ast.Value, error) {
+	switch {
+	case c.reads.dataOnly():
+		return ast.NullValue, nil
+	case !c.reads.all:
+		return (&Request{Method: head.Method, Path: head.Path, Host: head.Host}).value()
+	case req == nil:
+		return nil, errors.New("the module reads the request, which was not given")
+	}
+	return req().value()
 }
 
 // answerKey is where an answer of c is kept: the module, the Secret's version and the values
