@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -30,6 +31,11 @@ type directTransport struct {
 	mu      sync.Mutex
 	idle    map[directKey][]*directConn
 	sweeper *time.Timer
+	// http2Only are the https tools that refused HTTP/1.1 in the TLS handshake (ALPN): their
+	// requests go through http.Transport and its HTTP/2. Counted, so that takes looks them up
+	// only once there is one.
+	http2Only      sync.Map // directKey → struct{}
+	http2OnlyCount atomic.Int32
 }
 
 // directKey is a pool: the Connector transport whose dialer and TLS settings made the
@@ -68,7 +74,28 @@ func (d *directTransport) takes(tr *http.Transport, r *http.Request) bool {
 	return (r.Method == http.MethodGet || r.Method == http.MethodHead) &&
 		(r.URL.Scheme == "http" || r.URL.Scheme == "https" && tr.DialTLSContext == nil) &&
 		(r.Body == nil || r.Body == http.NoBody) && r.ContentLength == 0 && len(r.TransferEncoding) == 0 &&
-		r.Header.Get("Upgrade") == "" && tr.Proxy == nil && tr.DialContext != nil
+		r.Header.Get("Upgrade") == "" && tr.Proxy == nil && tr.DialContext != nil && !d.speaksOnlyHTTP2(tr, r.URL)
+}
+
+// errHTTP1Refused: an https tool refused HTTP/1.1 in the TLS handshake; the request, not yet
+// sent, goes through http.Transport instead (see http2Only).
+var errHTTP1Refused = errors.New("the tool refuses HTTP/1.1 (ALPN)")
+
+// refusedHTTP1 tells whether a handshake failed on the tool's no_application_protocol alert:
+// it speaks none of the protocols offered (HTTP/1.1). crypto/tls wraps a received alert in
+// its exported AlertError only for QUIC; over TCP it is a "remote error" of an unexported
+// type, known by its text.
+func refusedHTTP1(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "remote error" && op.Err != nil && op.Err.Error() == "tls: no application protocol"
+}
+
+func (d *directTransport) speaksOnlyHTTP2(tr *http.Transport, u *url.URL) bool {
+	if d.http2OnlyCount.Load() == 0 || u.Scheme != "https" {
+		return false
+	}
+	_, only := d.http2Only.Load(directKeyOf(tr, u))
+	return only
 }
 
 // RoundTrip sends r on a pooled connection of tr's dialer, or a new one. A pooled connection
@@ -79,6 +106,11 @@ func (d *directTransport) RoundTrip(tr *http.Transport, r *http.Request, client 
 	key := directKeyOf(tr, r.URL)
 	for {
 		pc, reused, err := d.get(r.Context(), key)
+		if errors.Is(err, errHTTP1Refused) {
+			if _, known := d.http2Only.LoadOrStore(key, struct{}{}); !known {
+				d.http2OnlyCount.Add(1)
+			}
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -132,6 +164,9 @@ func (key directKey) dial(ctx context.Context) (net.Conn, error) {
 	tc := tls.Client(conn, cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		conn.Close()
+		if refusedHTTP1(err) {
+			return nil, fmt.Errorf("%w: %v", errHTTP1Refused, err)
+		}
 		return nil, err
 	}
 	return tc, nil

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"io"
 	"log"
 	"net"
@@ -12,6 +13,7 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -448,5 +450,52 @@ func TestDirectTransportSpeaksHTTP1OverTLS(t *testing.T) {
 	}
 	if len(cc.seen()) != before {
 		t.Error("a request reached a tool whose certificate was not verified")
+	}
+}
+
+// TestDirectTransportLeavesHTTP2OnlyToolsToTheTransport: an https tool that refuses HTTP/1.1
+// in the TLS handshake fails the direct transport with errHTTP1Refused, which the proxy takes
+// to send the request through http.Transport (HTTP/2), and the direct transport no longer
+// takes that tool's requests.
+func TestDirectTransportLeavesHTTP2OnlyToolsToTheTransport(t *testing.T) {
+	var protos []string
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		protos = append(protos, r.Proto)
+		_, _ = w.Write([]byte("h2 only"))
+	}))
+	srv.EnableHTTP2 = true
+	srv.TLS = &tls.Config{NextProtos: []string{"h2", "http/1.1"}}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	// Go's server would fall back to HTTP/1.1; this one, as some others, refuses a client
+	// that does not offer h2.
+	certs := srv.TLS.Certificates
+	srv.TLS.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+		if !slices.Contains(hello.SupportedProtos, "h2") {
+			return &tls.Config{Certificates: certs, NextProtos: []string{"h2-only"}}, nil
+		}
+		return nil, nil
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(srv.Certificate())
+	tr := &http.Transport{DialContext: (&net.Dialer{}).DialContext, ForceAttemptHTTP2: true,
+		TLSClientConfig: &tls.Config{RootCAs: roots}}
+	d := newDirectTransport(4, time.Minute)
+	req, _ := http.NewRequest("GET", srv.URL+"/x", nil)
+	if !d.takes(tr, req) {
+		t.Fatal("the direct transport does not take a GET to an https tool")
+	}
+	if _, err := d.RoundTrip(tr, req, nil); !errors.Is(err, errHTTP1Refused) {
+		t.Fatalf("a tool of HTTP/2 only: err = %v, want errHTTP1Refused", err)
+	}
+	if d.takes(tr, req) {
+		t.Error("the direct transport still takes the requests of a tool that refused HTTP/1.1")
+	}
+	res, err := tr.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body := readAll(t, res); body != "h2 only" || !slices.Equal(protos, []string{"HTTP/2.0"}) {
+		t.Errorf("through the transport: %q, the tool saw %q", body, protos)
 	}
 }

@@ -730,7 +730,11 @@ func (c *laneConn) forward(tr *http.Transport, out *http.Request, rt *route, m *
 	// Watched until the answer's end: a tool that stalls mid-answer is let go with its client.
 	c.watchRoundTrip(cancel, nil)
 	defer c.stopWatching()
-	res, err := c.lane.p.direct.RoundTrip(tr, out.WithContext(ctx), laneSplice{c})
+	out = out.WithContext(ctx)
+	res, err := c.lane.p.direct.RoundTrip(tr, out, laneSplice{c})
+	if errors.Is(err, errHTTP1Refused) {
+		res, err = tr.RoundTrip(out) // a tool of HTTP/2 only: from now on the full path's
+	}
 	if err != nil {
 		upstreamErrorFor(m, rt, err)
 		return !c.left.Load() && c.answer(m.ResponseWriter.(*bufferedAnswer))

@@ -356,7 +356,11 @@ func (t routeTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 		return t.p.registry.roundTrip(rt.transport, rt.cred.registry, r)
 	}
 	if tr, ok := rt.transport.(*http.Transport); ok && t.p.direct.takes(tr, r) {
-		return t.p.direct.RoundTrip(tr, r, rt.client)
+		res, err := t.p.direct.RoundTrip(tr, r, rt.client)
+		if errors.Is(err, errHTTP1Refused) {
+			return tr.RoundTrip(r)
+		}
+		return res, err
 	}
 	return rt.transport.RoundTrip(r)
 }

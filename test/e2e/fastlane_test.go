@@ -302,14 +302,7 @@ func TestFastLane(t *testing.T) {
 // second request on, over one TLS connection of the proxy's own in HTTP/1.1; a POST on the
 // same client connection goes to net/http's server and http.Transport, over HTTP/2.
 func TestFastLaneToAnHTTPSTool(t *testing.T) {
-	authority, err := testca.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := authority.ServerCert([]net.IP{net.ParseIP("127.0.0.1")})
-	if err != nil {
-		t.Fatal(err)
-	}
+	authority, cert := loopbackCert(t)
 	var mu sync.Mutex
 	var seen []string
 	var conns atomic.Int64
@@ -340,10 +333,7 @@ func TestFastLaneToAnHTTPSTool(t *testing.T) {
 
 	metricsAddr := freeLoopbackAddr(t)
 	env := startProxyDriver(t, func(o *driver.Options) { o.MetricsListen = metricsAddr })
-	ns, _, files := basicTool(t, env, tool.URL, "tls-secret", func(ns string, c *v1alpha1.Connector) {
-		createSecret(t, ns, "tool-ca", corev1.SecretTypeOpaque, map[string]string{"ca.crt": string(authority.PEM)})
-		c.Spec.CACertSecretRef = &v1alpha1.LocalSecretRef{Name: "tool-ca"}
-	})
+	ns, _, files := basicTool(t, env, tool.URL, "tls-secret", withCA(t, authority))
 	host := strings.TrimPrefix(env.proxyURL, "http://")
 	head := func(method, extra string) string {
 		return method + " /namespaces/" + ns + "/connectors/tool/x HTTP/1.1\r\nHost: " + host +
@@ -383,5 +373,78 @@ func TestFastLaneToAnHTTPSTool(t *testing.T) {
 	}
 	if n := conns.Load(); n != 2 {
 		t.Errorf("%d connections to the tool, want 2 (one pooled HTTP/1.1, one HTTP/2 of http.Transport)", n)
+	}
+}
+
+// TestFastLaneToAnHTTP2OnlyTool: an https tool that refuses HTTP/1.1 in the TLS handshake
+// gets the fast lane's GET through http.Transport over HTTP/2 instead, and so every request
+// after it (the proxy remembers the tool).
+func TestFastLaneToAnHTTP2OnlyTool(t *testing.T) {
+	authority, cert := loopbackCert(t)
+	var mu sync.Mutex
+	var seen []string
+	tool := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		seen = append(seen, r.Proto)
+		mu.Unlock()
+		_, _ = w.Write([]byte("h2 only"))
+	}))
+	tool.EnableHTTP2 = true
+	only := &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2-only"}}
+	tool.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2", "http/1.1"},
+		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+			if !slices.Contains(hello.SupportedProtos, "h2") {
+				return only, nil // no HTTP/1.1 fallback, as some servers
+			}
+			return nil, nil
+		}}
+	tool.StartTLS()
+	t.Cleanup(tool.Close)
+
+	env := startProxyDriver(t, nil)
+	ns, _, files := basicTool(t, env, tool.URL, "h2-secret", withCA(t, authority))
+	host := strings.TrimPrefix(env.proxyURL, "http://")
+	conn := dialProxy(t, host)
+	br := bufio.NewReader(conn)
+	for i := range 2 {
+		if _, err := io.WriteString(conn, "GET /namespaces/"+ns+"/connectors/tool/x HTTP/1.1\r\nHost: "+host+
+			"\r\nAuthorization: Bearer "+files["context.token"]+"\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		res, err := http.ReadResponse(br, &http.Request{Method: "GET"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, err := io.ReadAll(res.Body)
+		if err != nil || res.StatusCode != 200 || string(body) != "h2 only" {
+			t.Fatalf("GET %d to a tool of HTTP/2 only: %d %q %v", i, res.StatusCode, body, err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Equal(seen, []string{"HTTP/2.0", "HTTP/2.0"}) {
+		t.Errorf("the tool saw %q, want two HTTP/2 requests", seen)
+	}
+}
+
+// loopbackCert is a new CA and a serving certificate of it for 127.0.0.1.
+func loopbackCert(t *testing.T) (*testca.CA, tls.Certificate) {
+	t.Helper()
+	authority, err := testca.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := authority.ServerCert([]net.IP{net.ParseIP("127.0.0.1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return authority, cert
+}
+
+// withCA completes a Connector (basicTool) with a CA Secret of authority.
+func withCA(t *testing.T, authority *testca.CA) func(ns string, c *v1alpha1.Connector) {
+	return func(ns string, c *v1alpha1.Connector) {
+		createSecret(t, ns, "tool-ca", corev1.SecretTypeOpaque, map[string]string{"ca.crt": string(authority.PEM)})
+		c.Spec.CACertSecretRef = &v1alpha1.LocalSecretRef{Name: "tool-ca"}
 	}
 }
