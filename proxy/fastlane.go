@@ -66,6 +66,7 @@ const laneWatchDelay = 50 * time.Millisecond
 func (p *Proxy) FastLane(lis net.Listener, headerTimeout, idleTimeout time.Duration) *FastLane {
 	l := &FastLane{p: p, lis: lis, headerTimeout: headerTimeout, idleTimeout: idleTimeout,
 		handed: make(chan net.Conn), done: make(chan struct{}), conns: map[*laneConn]struct{}{}}
+	p.lane.Store(l)
 	go l.acceptLoop()
 	return l
 }
@@ -111,12 +112,24 @@ func (l *FastLane) acceptLoop() {
 			time.Sleep(50 * time.Millisecond)
 			continue
 		}
-		c := &laneConn{lane: l, conn: conn}
-		c.br = bufio.NewReaderSize(c, laneBufferSize)
-		c.cw = bufio.NewWriterSize(conn, laneBufferSize)
-		c.stopWatch = c.stopWatching
-		go c.serve()
+		go l.newConn(conn, nil).serve()
 	}
+}
+
+// newConn is a fast-lane connection over conn, inside t when it is a tunnel's.
+func (l *FastLane) newConn(conn net.Conn, t *tunnel) *laneConn {
+	c := &laneConn{lane: l, conn: conn, tunnel: t}
+	c.br = bufio.NewReaderSize(c, laneBufferSize)
+	c.cw = bufio.NewWriterSize(conn, laneBufferSize)
+	c.stopWatch = c.stopWatching
+	return c
+}
+
+// serveTunnel serves a CONNECT tunnel's requests (origin-form, to its one destination, with
+// the token of its CONNECT) as a client connection's; those it does not take go, with the rest
+// of the tunnel, to the tunnel's own net/http server. Heads are not read in place in a tunnel.
+func (l *FastLane) serveTunnel(conn net.Conn, t *tunnel) {
+	l.newConn(conn, t).serve()
 }
 
 func (l *FastLane) track(c *laneConn, on bool) {
@@ -133,8 +146,10 @@ func (l *FastLane) track(c *laneConn, on bool) {
 type laneConn struct {
 	lane *FastLane
 	conn net.Conn
-	br   *bufio.Reader // over the connection (through Read, for the watcher's byte)
-	cw   *bufio.Writer
+	// tunnel is the CONNECT tunnel the connection is, or nil for a client connection.
+	tunnel *tunnel
+	br     *bufio.Reader // over the connection (through Read, for the watcher's byte)
+	cw     *bufio.Writer
 	// head parses a request head already in br without consuming it.
 	head    bytes.Reader
 	headBuf *bufio.Reader
@@ -468,8 +483,11 @@ func peekHead(br *bufio.Reader) (head []byte, whole bool, err error) {
 // parse reads head as net/http does, without consuming it, and returns the request if it is
 // one the fast lane takes, else nil.
 func (c *laneConn) parse(head []byte) *http.Request {
-	if !hasAnyPrefix(head, "GET "+reversePrefix, "HEAD "+reversePrefix, "GET http://", "HEAD http://") ||
-		!bytes.HasSuffix(head, []byte("\r\n\r\n")) {
+	taken := hasAnyPrefix(head, "GET "+reversePrefix, "HEAD "+reversePrefix, "GET http://", "HEAD http://")
+	if c.tunnel != nil {
+		taken = hasAnyPrefix(head, "GET /", "HEAD /") // origin-form only
+	}
+	if !taken || !bytes.HasSuffix(head, []byte("\r\n\r\n")) {
 		return nil
 	}
 	c.head.Reset(head)
@@ -551,7 +569,7 @@ func noneOf(h http.Header, names []string) bool {
 // false when the connection cannot go on. headLen is r's head's size in br.
 func (c *laneConn) serveRequest(r *http.Request, headLen int) (taken, ok bool) {
 	p := c.lane.p
-	key, isLane := laneKeyOf(r)
+	key, target, isLane := c.keyOf(r)
 	if !isLane {
 		return false, false // net/http's path answers, or asks the classes' authExtractors
 	}
@@ -559,15 +577,16 @@ func (c *laneConn) serveRequest(r *http.Request, headLen int) (taken, ok bool) {
 	answer := &bufferedAnswer{header: http.Header{}}
 	m, record := p.metered(answer, r, key.mode())
 	defer record()
-	rt, remembered := c.memo.route(p, r.URL, key)
+	rt, remembered := c.memo.route(p, target, key)
 	if !remembered {
 		var handOver bool
-		if rt, handOver = c.resolve(m, r, key); handOver {
+		if rt, handOver = c.resolve(m, r, key, target); handOver {
 			m.handedOver = true // answered, and recorded, by the full path
 			return false, false
 		}
 		if rt == nil {
 			_, _ = c.br.Discard(headLen)
+			c.closeAfter = c.closeAfter || answer.header.Get("Connection") == "close"
 			return true, c.answer(answer)
 		}
 	}
@@ -612,12 +631,23 @@ func (p *Proxy) headerCredential(r *http.Request, rt *route) bool {
 	return true
 }
 
+// keyOf is r's key and target (in a tunnel, the tunnel's destination at r's path); ok is
+// false for a request the fast lane leaves to the full path (laneKeyOf).
+func (c *laneConn) keyOf(r *http.Request) (key laneKey, target *url.URL, ok bool) {
+	if c.tunnel != nil {
+		return c.tunnel.key(r.Method), c.tunnel.target(r.URL), true
+	}
+	key, ok = laneKeyOf(r)
+	return key, r.URL, ok
+}
+
 // laneKey is what a fast-lane request's route depends on, besides its path.
 type laneKey struct {
 	// forward: an absolute-form request, its credential the Proxy-Authorization value and its
 	// destination the URL's host; else a reverse one, the token, the Connector and the host
 	// the client reached the proxy by.
 	forward    bool
+	tunnel     bool // forward, inside a CONNECT tunnel (its credential that of the CONNECT)
 	credential string
 	method     string
 	connector  types.NamespacedName
@@ -626,6 +656,9 @@ type laneKey struct {
 }
 
 func (k laneKey) mode() string {
+	if k.tunnel {
+		return modeTunnelled
+	}
 	if k.forward {
 		return modeForward
 	}
@@ -633,7 +666,7 @@ func (k laneKey) mode() string {
 }
 
 func (k laneKey) sameRoute(o laneKey) bool {
-	return k.forward == o.forward && k.credential == o.credential && k.method == o.method && k.connector == o.connector && k.host == o.host
+	return k.forward == o.forward && k.tunnel == o.tunnel && k.credential == o.credential && k.method == o.method && k.connector == o.connector && k.host == o.host
 }
 
 // laneKeyOf reads r's key; ok is false for a request the fast lane leaves to the full path: no
@@ -652,8 +685,11 @@ func laneKeyOf(r *http.Request) (laneKey, bool) {
 
 // resolve routes r as the full path does, writing a refusal into m (rt nil); handOver is true
 // for a forward request to a destination no named Connector covers, which pass-through takes.
-func (c *laneConn) resolve(m *meteredWriter, r *http.Request, key laneKey) (rt *route, handOver bool) {
+func (c *laneConn) resolve(m *meteredWriter, r *http.Request, key laneKey, target *url.URL) (rt *route, handOver bool) {
 	p := c.lane.p
+	if c.tunnel != nil {
+		return c.tunnel.route(m, r, target), false
+	}
 	if !key.forward {
 		return p.routeReverse(m, r, key.connector, key.rest), false
 	}
@@ -762,6 +798,9 @@ func (c *laneConn) relayAnswer(method string, res *http.Response, rt *route) (co
 // go on.
 func (c *laneConn) serveRemembered(head []byte) (taken, ok bool) {
 	h := &c.raw
+	if c.tunnel != nil {
+		return false, false
+	}
 	if !readLaneHead(head, h) {
 		return false, false
 	}
@@ -1075,6 +1114,10 @@ func (c *laneConn) stopWatching() bool {
 // handOver gives the connection, with everything it sent still unread, to net/http's server.
 func (c *laneConn) handOver() bool {
 	fastLaneRequests.WithLabelValues("handed_over").Inc()
+	if c.tunnel != nil {
+		c.tunnel.serveHTTP(&handedConn{Conn: c.conn, br: c.br})
+		return true
+	}
 	select {
 	case c.lane.handed <- &handedConn{Conn: c.conn, br: c.br}:
 		return true

@@ -253,57 +253,87 @@ func (p *Proxy) tunnelDestination(ctx context.Context, fc *forwardClient, host s
 // or the tunnel's lifetime ends. Every request is authenticated again (from the token cache):
 // a token that stopped being valid (its Pod deleted) stops working inside an open tunnel too.
 func (p *Proxy) serveTunnel(ctx context.Context, conn net.Conn, fc *forwardClient, dest *url.URL) {
-	// The tunnel's last route, as the fast lane remembers a connection's (laneMemo): the
-	// tunnel's requests come one at a time (HTTP/1.1 only), with its one token, to its one
-	// destination.
-	var memo laneMemo
-	inner := http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
-		w, record := p.metered(rw, r, modeTunnelled)
-		defer record()
-		if loopDetected(w, r) {
-			return
-		}
-		target := *r.URL
-		target.Scheme, target.Host = dest.Scheme, dest.Host
-		key := laneKey{forward: true, method: r.Method, host: dest.Host}
-		if rt, ok := memo.route(p, &target, key); ok {
-			p.send(w, r, rt)
-			return
-		}
-		if rt := p.tunnelRoute(w, r, fc, &target, &memo, key); rt != nil {
-			p.send(w, r, rt)
-		}
-	})
-	srv := &http.Server{
-		Handler:           inner,
-		ReadHeaderTimeout: 30 * time.Second,
-		IdleTimeout:       90 * time.Second,
-		MaxHeaderBytes:    p.cfg.MaxHeaderBytes,
-		BaseContext:       func(net.Listener) context.Context { return ctx },
-	}
 	// The lifetime is a hard cap: the connection is closed, whatever it is doing.
 	expire := time.AfterFunc(p.cfg.TunnelLifetime, func() { _ = conn.Close() })
 	defer expire.Stop()
+	t := &tunnel{p: p, ctx: ctx, fc: fc, dest: dest}
+	if l := p.lane.Load(); l != nil {
+		l.serveTunnel(conn, t)
+		return
+	}
+	t.serveHTTP(conn)
+}
+
+// tunnel is a CONNECT tunnel's requests: one client token, one destination.
+type tunnel struct {
+	p    *Proxy
+	ctx  context.Context
+	fc   *forwardClient
+	dest *url.URL
+	// memo is the tunnel's last route on net/http's path, as the fast lane remembers a
+	// connection's (laneMemo): the tunnel's requests come one at a time (HTTP/1.1 only).
+	memo laneMemo
+}
+
+// serveHTTP serves the tunnel's requests on conn with net/http's server until conn closes.
+func (t *tunnel) serveHTTP(conn net.Conn) {
+	srv := &http.Server{
+		Handler:           http.HandlerFunc(t.serve),
+		ReadHeaderTimeout: 30 * time.Second,
+		IdleTimeout:       90 * time.Second,
+		MaxHeaderBytes:    t.p.cfg.MaxHeaderBytes,
+		BaseContext:       func(net.Listener) context.Context { return t.ctx },
+	}
 	_ = srv.Serve(newOneConnListener(conn))
 }
 
-// tunnelRoute authenticates and routes a request inside fc's tunnel to target and remembers
-// the route in memo, or writes the refusal into w and returns nil.
-func (p *Proxy) tunnelRoute(w http.ResponseWriter, r *http.Request, fc *forwardClient, target *url.URL, memo *laneMemo, key laneKey) *route {
+func (t *tunnel) serve(rw http.ResponseWriter, r *http.Request) {
+	p := t.p
+	w, record := p.metered(rw, r, modeTunnelled)
+	defer record()
+	if loopDetected(w, r) {
+		return
+	}
+	target, key := t.target(r.URL), t.key(r.Method)
+	if rt, ok := t.memo.route(p, target, key); ok {
+		p.send(w, r, rt)
+		return
+	}
 	epoch := p.routeEpoch.Load() // before the decisions: one dropped meanwhile is not remembered
-	u, err := p.authenticate(r.Context(), w, fc.token, http.StatusProxyAuthRequired)
+	if rt := t.route(w, r, target); rt != nil {
+		t.memo.remember(key, "", rt, epoch)
+		p.send(w, r, rt)
+	}
+}
+
+// target is the tunnel's destination at the path and query of u, a request's origin-form URL.
+func (t *tunnel) target(u *url.URL) *url.URL {
+	target := *u
+	target.Scheme, target.Host = t.dest.Scheme, t.dest.Host
+	return &target
+}
+
+// key is a remembered route's key for the tunnel's requests of method.
+func (t *tunnel) key(method string) laneKey {
+	return laneKey{forward: true, tunnel: true, method: method, host: t.dest.Host}
+}
+
+// route authenticates and routes a request inside the tunnel to target, or writes the refusal
+// into w (closing the connection when the token is refused) and returns nil.
+func (t *tunnel) route(w http.ResponseWriter, r *http.Request, target *url.URL) *route {
+	p := t.p
+	u, err := p.authenticate(r.Context(), w, t.fc.token, http.StatusProxyAuthRequired)
 	if err != nil {
 		w.Header().Set("Connection", "close")
 		refuseErr(r.Context(), w, err)
 		return nil
 	}
-	rt, err := p.forwardRoute(r, &forwardClient{user: u, token: fc.token, connectors: fc.connectors}, target)
+	rt, err := p.forwardRoute(r, &forwardClient{user: u, token: t.fc.token, connectors: t.fc.connectors}, target)
 	if err != nil {
 		refuseErr(r.Context(), w, err)
 		return nil
 	}
-	rt.forwardAmong = len(fc.connectors) > 1
-	memo.remember(key, "", rt, epoch)
+	rt.forwardAmong = len(t.fc.connectors) > 1
 	return rt
 }
 

@@ -124,6 +124,9 @@ type Proxy struct {
 	// routeEpoch changes when a Pod's decisions are dropped (ForgetPod): the fast lane's
 	// remembered routes of before are not used again.
 	routeEpoch atomic.Uint64
+	// lane is the fast lane serving the proxy's listener, if any: CONNECT tunnels are served
+	// by it too.
+	lane atomic.Pointer[FastLane]
 }
 
 // New returns a Proxy.

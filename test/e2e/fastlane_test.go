@@ -333,7 +333,7 @@ func TestFastLaneToAnHTTPSTool(t *testing.T) {
 
 	metricsAddr := freeLoopbackAddr(t)
 	env := startProxyDriver(t, func(o *driver.Options) { o.MetricsListen = metricsAddr })
-	ns, _, files := basicTool(t, env, tool.URL, "tls-secret", withCA(t, authority))
+	ns, class, files := basicTool(t, env, tool.URL, "tls-secret", withCA(t, authority))
 	host := strings.TrimPrefix(env.proxyURL, "http://")
 	head := func(method, extra string) string {
 		return method + " /namespaces/" + ns + "/connectors/tool/x HTTP/1.1\r\nHost: " + host +
@@ -341,6 +341,7 @@ func TestFastLaneToAnHTTPSTool(t *testing.T) {
 	}
 	served := series("connectors_proxy_fast_lane_total", map[string]string{"outcome": "served"})
 	inPlace := series("connectors_proxy_fast_lane_total", map[string]string{"outcome": "served_in_place"})
+	handed := series("connectors_proxy_fast_lane_total", map[string]string{"outcome": "handed_over"})
 	before := scrape(t, metricsAddr)
 
 	conn := dialProxy(t, host)
@@ -367,12 +368,56 @@ func TestFastLaneToAnHTTPSTool(t *testing.T) {
 		t.Errorf("the fast lane served %v through net/http's parsers and %v in place, want 1 and 2", got[0], got[1])
 	}
 	mu.Lock()
-	defer mu.Unlock()
 	if want := []string{"GET HTTP/1.1", "GET HTTP/1.1", "GET HTTP/1.1", "POST HTTP/2.0"}; !slices.Equal(seen, want) {
 		t.Errorf("the tool saw %q, want %q", seen, want)
 	}
+	seen = nil
+	mu.Unlock()
 	if n := conns.Load(); n != 2 {
 		t.Errorf("%d connections to the tool, want 2 (one pooled HTTP/1.1, one HTTP/2 of http.Transport)", n)
+	}
+
+	// Through a CONNECT tunnel: its GETs are the fast lane's (through net/http's parsers: heads
+	// are not read in place in a tunnel), over the same pooled connection; a POST goes, with
+	// the rest of the tunnel, to the tunnel's net/http server.
+	tunnelled := series("connectors_proxy_requests_total", map[string]string{"connector_namespace": ns, "connector": "tool", "class": class, "mode": "tunnelled", "code": "200"})
+	before = scrape(t, metricsAddr)
+	tn, status := openTunnel(t, host, strings.TrimPrefix(tool.URL, "https://"), ns+"/tool", files["context.token"], []byte(files["ca.crt"]))
+	if tn == nil {
+		t.Fatalf("CONNECT: %s", status)
+	}
+	for _, step := range []string{"GET", "GET", "POST", "GET"} {
+		raw := "GET /x HTTP/1.1\r\nHost: " + tn.host + "\r\n\r\n"
+		if step == "POST" {
+			raw = "POST /x HTTP/1.1\r\nHost: " + tn.host + "\r\nContent-Length: 5\r\n\r\nhello"
+		}
+		if _, err := io.WriteString(tn.conn, raw); err != nil {
+			t.Fatal(err)
+		}
+		res, err := http.ReadResponse(tn.r, &http.Request{Method: step})
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		if res.StatusCode != 200 || len(body) == 0 {
+			t.Fatalf("%s in the tunnel: %d %q", step, res.StatusCode, body)
+		}
+	}
+	after = scrape(t, metricsAddr)
+	// Handed over: the connection of the CONNECT itself, and the tunnel at its POST.
+	if got := [3]float64{after[served] - before[served], after[inPlace] - before[inPlace], after[handed] - before[handed]}; got != [3]float64{2, 0, 2} {
+		t.Errorf("in the tunnel the fast lane served %v, in place %v, handed over %v; want 2, 0, 2", got[0], got[1], got[2])
+	}
+	if got := after[tunnelled] - before[tunnelled]; got != 4 {
+		t.Errorf("%v tunnelled requests counted, want 4", got)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if want := []string{"GET HTTP/1.1", "GET HTTP/1.1", "POST HTTP/2.0", "GET HTTP/1.1"}; !slices.Equal(seen, want) {
+		t.Errorf("through the tunnel the tool saw %q, want %q", seen, want)
+	}
+	if n := conns.Load(); n != 2 {
+		t.Errorf("%d connections to the tool after the tunnel, want still 2", n)
 	}
 }
 
