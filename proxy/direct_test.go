@@ -458,9 +458,9 @@ func TestDirectTransportSpeaksHTTP1OverTLS(t *testing.T) {
 // to send the request through http.Transport (HTTP/2), and the direct transport no longer
 // takes that tool's requests.
 func TestDirectTransportLeavesHTTP2OnlyToolsToTheTransport(t *testing.T) {
-	var protos []string
+	protos := make(chan string, 1)
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		protos = append(protos, r.Proto)
+		protos <- r.Proto
 		_, _ = w.Write([]byte("h2 only"))
 	}))
 	srv.EnableHTTP2 = true
@@ -495,7 +495,7 @@ func TestDirectTransportLeavesHTTP2OnlyToolsToTheTransport(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if body := readAll(t, res); body != "h2 only" || !slices.Equal(protos, []string{"HTTP/2.0"}) {
-		t.Errorf("through the transport: %q, the tool saw %q", body, protos)
+	if body, proto := readAll(t, res), <-protos; body != "h2 only" || proto != "HTTP/2.0" {
+		t.Errorf("through the transport: %q, the tool saw %s", body, proto)
 	}
 }

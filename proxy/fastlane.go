@@ -613,22 +613,27 @@ func (c *laneConn) serveRequest(r *http.Request, headLen int) (taken, ok bool) {
 }
 
 // headerCredential tells whether the fast lane sets rt's credential for r: a basic or bearer
-// Authorization, or the headers of a generator whose answers are kept (it reads only the
-// Secret and the request line), set into rt here for each request (a kept answer costs a
-// lookup). Every other generator is the full path's, which evaluates it per request.
+// Authorization, or the headers of a generator whose answers are kept, set into rt here for
+// each request (keptHeaders). Every other generator is the full path's.
 func (p *Proxy) headerCredential(r *http.Request, rt *route) bool {
 	if rt.cred.generator == nil {
 		return true
 	}
-	if !p.rego.KeepsAnswers(rt.cred.generator) {
-		return false
-	}
-	inj, err := p.injection(r, rt)
+	rt.injection = p.keptHeaders(rt, r.Method, rt.target.Path)
+	return rt.injection != nil
+}
+
+// keptHeaders is the answer of rt's generator to a request of method to path at rt's tool
+// when the generator reads only the Secret and the request line (its answers are kept: a
+// lookup) and answers with headers; nil otherwise: one that reads more of the request is
+// evaluated per request, and an error is answered, by the full path.
+func (p *Proxy) keptHeaders(rt *route, method, path string) *regoeval.Injection {
+	head := regoeval.RequestHead{Method: method, Path: path, Host: rt.target.Host}
+	inj, err := p.generatorAnswer(context.Background(), rt, head, nil)
 	if err != nil || inj.Position != regoeval.PositionHeader {
-		return false // the full path answers the error, or injects elsewhere
+		return nil
 	}
-	rt.injection = inj
-	return true
+	return inj
 }
 
 // keyOf is r's key and target (in a tunnel, the tunnel's destination at r's path); ok is
@@ -849,9 +854,8 @@ func (c *laneConn) inPlaceInjection(rt *route, method, uri string) *regoeval.Inj
 	if strings.IndexByte(path, '%') >= 0 {
 		return nil
 	}
-	head := regoeval.RequestHead{Method: method, Path: path, Host: rt.target.Host}
-	inj, err := c.lane.p.generatorAnswer(context.Background(), rt, head, nil)
-	if err != nil || inj.Position != regoeval.PositionHeader {
+	inj := c.lane.p.keptHeaders(rt, method, path)
+	if inj == nil {
 		return nil
 	}
 	for name := range inj.Headers {

@@ -287,6 +287,8 @@ func (t *tunnel) serveHTTP(conn net.Conn) {
 	_ = srv.Serve(newOneConnListener(conn))
 }
 
+// serve is the tunnel's net/http handler: each request along the remembered route, or routed
+// and remembered.
 func (t *tunnel) serve(rw http.ResponseWriter, r *http.Request) {
 	p := t.p
 	w, record := p.metered(rw, r, modeTunnelled)

@@ -137,14 +137,6 @@ func (c *compiled) fieldValues(head RequestHead) []string {
 	return out
 }
 
-// KeepsAnswers tells whether an auth type's generator compiles and reads only input.data and
-// the request line's fields (RequestHead): Generate then keeps its answers, and evaluates it
-// once per Secret version and those fields' values.
-func (e *Engine) KeepsAnswers(t *v1alpha1.AuthType) bool {
-	c := e.compile(GeneratorHook, Generator(t))
-	return c.err == nil && !c.reads.all
-}
-
 // injection reads an `auth` answer; its errors name fields, never values.
 func injection(ans any) (*Injection, error) {
 	m, ok := ans.(map[string]any)
