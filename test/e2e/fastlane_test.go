@@ -244,15 +244,16 @@ func TestFastLane(t *testing.T) {
 	if _, err := cbr.ReadByte(); err != io.EOF {
 		t.Fatalf("the connection stayed open after Connection: close (%v)", err)
 	}
-	after := scrape(t, metricsAddr)
 	// In place: the GETs of /streamed and /moved after the GET of /large (the HEAD before it
 	// changed the remembered method), and the forward proxy's second GET; the other five
 	// through net/http's parsers (each first of its method on its connection; the refusal is
 	// counted by its code).
-	for s, want := range map[string]float64{served: 5, inPlace: 3, handed: 2, unauthorized: 1,
+	wants := map[string]float64{served: 5, inPlace: 3, handed: 2, unauthorized: 1,
 		series("connectors_proxy_requests_total", map[string]string{"connector_namespace": ns, "connector": "tool", "class": class, "mode": "forward", "code": "200"}): 2,
 		series("connectors_proxy_requests_total", map[string]string{"connector_namespace": ns, "connector": "tool", "class": class, "mode": "reverse", "code": "200"}): 7,
-	} {
+	}
+	after := scrapeUntil(t, metricsAddr, before, wants)
+	for s, want := range wants {
 		if got := after[s] - before[s]; got != want {
 			t.Errorf("%s grew by %v, want %v", s, got, want)
 		}
@@ -363,7 +364,7 @@ func TestFastLaneToAnHTTPSTool(t *testing.T) {
 			t.Fatalf("request %d (%s) to the https tool: %d, %d bytes, %v", i, method, res.StatusCode, len(body), err)
 		}
 	}
-	after := scrape(t, metricsAddr)
+	after := scrapeUntil(t, metricsAddr, before, map[string]float64{served: 1, inPlace: 2})
 	if got := [2]float64{after[served] - before[served], after[inPlace] - before[inPlace]}; got != [2]float64{1, 2} {
 		t.Errorf("the fast lane served %v through net/http's parsers and %v in place, want 1 and 2", got[0], got[1])
 	}
@@ -403,7 +404,7 @@ func TestFastLaneToAnHTTPSTool(t *testing.T) {
 			t.Fatalf("%s in the tunnel: %d %q", step, res.StatusCode, body)
 		}
 	}
-	after = scrape(t, metricsAddr)
+	after = scrapeUntil(t, metricsAddr, before, map[string]float64{served: 2, inPlace: 0, handed: 2, tunnelled: 4})
 	// Handed over: the connection of the CONNECT itself, and the tunnel at its POST.
 	if got := [3]float64{after[served] - before[served], after[inPlace] - before[inPlace], after[handed] - before[handed]}; got != [3]float64{2, 0, 2} {
 		t.Errorf("in the tunnel the fast lane served %v, in place %v, handed over %v; want 2, 0, 2", got[0], got[1], got[2])

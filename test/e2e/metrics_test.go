@@ -29,6 +29,24 @@ func series(name string, labels map[string]string) string {
 	return name + "{" + strings.Join(parts, ",") + "}"
 }
 
+// scrapeUntil scrapes addr until every series of want grew by its value since before (a
+// request's metrics are recorded after its answer is written, which the client may read
+// first), for at most 10 s, and returns the last scrape: the caller asserts on it.
+func scrapeUntil(t *testing.T, addr string, before, want map[string]float64) map[string]float64 {
+	t.Helper()
+	var after map[string]float64
+	kubelet.WaitUntil(10*time.Second, func() bool {
+		after = scrape(t, addr)
+		for s, w := range want {
+			if after[s]-before[s] != w {
+				return false
+			}
+		}
+		return true
+	})
+	return after
+}
+
 // scrape reads the driver's /metrics over HTTP, as Prometheus would: series → value.
 func scrape(t *testing.T, addr string) map[string]float64 {
 	t.Helper()

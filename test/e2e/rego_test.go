@@ -207,6 +207,9 @@ auth := {"position": "header", "auth": {"X-Signed": concat(":", [input.data.toke
 	lane := func(outcome string) string {
 		return series("connectors_proxy_fast_lane_total", map[string]string{"outcome": outcome})
 	}
+	wantCounts := func(served, inPlace, handed float64) map[string]float64 {
+		return map[string]float64{lane("served"): served, lane("served_in_place"): inPlace, lane("handed_over"): handed}
+	}
 	// counts are the fast lane's served, served in place and handed over, after less before.
 	counts := func(before, after map[string]float64) [3]float64 {
 		return [3]float64{after[lane("served")] - before[lane("served")], after[lane("served_in_place")] - before[lane("served_in_place")],
@@ -243,7 +246,7 @@ auth := {"position": "header", "auth": {"X-Signed": concat(":", [input.data.toke
 			t.Errorf("request %d: the tool got PRIVATE-TOKEN %q, Authorization %q (want the PAT alone, no Pod token)", i, v, got.Header.Get("Authorization"))
 		}
 	}
-	after := scrape(t, metricsAddr)
+	after := scrapeUntil(t, metricsAddr, before, wantCounts(1, 1, 0))
 	if c := counts(before, after); c != [3]float64{1, 1, 0} {
 		t.Errorf("a generator of the Secret alone: the fast lane served %v, in place %v, handed over %v; want 1, 1, 0", c[0], c[1], c[2])
 	}
@@ -263,7 +266,7 @@ auth := {"position": "header", "auth": {"X-Signed": concat(":", [input.data.toke
 
 	before = scrape(t, metricsAddr)
 	got := get("by-path", "", "/a", "/b", "/a")
-	after = scrape(t, metricsAddr)
+	after = scrapeUntil(t, metricsAddr, before, wantCounts(1, 2, 0))
 	for i, want := range []string{rotated + ":/a", rotated + ":/b", rotated + ":/a"} {
 		if v := got[i].Header.Get("X-Signed"); v != want {
 			t.Errorf("a generator reading the path, request %d: X-Signed %q, want %q", i, v, want)
@@ -275,7 +278,7 @@ auth := {"position": "header", "auth": {"X-Signed": concat(":", [input.data.toke
 
 	before = scrape(t, metricsAddr)
 	got = get("by-header", "X-Part: one\r\n", "/a", "/b")
-	after = scrape(t, metricsAddr)
+	after = scrapeUntil(t, metricsAddr, before, wantCounts(0, 0, 1))
 	if got[0].Header.Get("X-Signed") != rotated+":one" || got[1].Header.Get("X-Signed") != rotated+":one" {
 		t.Errorf("a generator reading a header: X-Signed %q, %q", got[0].Header.Get("X-Signed"), got[1].Header.Get("X-Signed"))
 	}
