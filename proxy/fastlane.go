@@ -122,6 +122,7 @@ func (l *FastLane) newConn(conn net.Conn, t *tunnel) *laneConn {
 	c.br = bufio.NewReaderSize(c, laneBufferSize)
 	c.cw = bufio.NewWriterSize(conn, laneBufferSize)
 	c.stopWatch = c.stopWatching
+	c.rawSeen.head = &c.raw
 	return c
 }
 
@@ -169,7 +170,10 @@ type laneConn struct {
 	held          bool
 	left          atomic.Bool
 	// The heads the fast lane reads itself (lanewire.go), and room for a Date.
-	raw     laneHead
+	raw laneHead
+	// rawSeen is raw's headers as a generator sees them (a remembered route has no caller
+	// token an extractor found).
+	rawSeen generatorHeaders
 	ans     answerHead
 	scratch [64]byte
 	// sent counts the answer's body bytes (metrics).
@@ -619,16 +623,15 @@ func (p *Proxy) headerCredential(r *http.Request, rt *route) bool {
 	if rt.cred.generator == nil {
 		return true
 	}
-	rt.injection = p.keptHeaders(rt, r.Method, rt.target.Path)
+	rt.injection = p.keptHeaders(rt, generatorHead(r, rt, rt.target.Path))
 	return rt.injection != nil
 }
 
-// keptHeaders is the answer of rt's generator to a request of method to path at rt's tool
-// when the generator reads only the Secret and the request line (its answers are kept: a
-// lookup) and answers with headers; nil otherwise: one that reads more of the request is
-// evaluated per request, and an error is answered, by the full path.
-func (p *Proxy) keptHeaders(rt *route, method, path string) *regoeval.Injection {
-	head := regoeval.RequestHead{Method: method, Path: path, Host: rt.target.Host}
+// keptHeaders is the answer of rt's generator to a request of head when the generator reads
+// only the Secret and what head has (its answers are kept: a lookup) and answers with
+// headers; nil otherwise: one that reads more of the request is evaluated per request, and
+// an error is answered, by the full path.
+func (p *Proxy) keptHeaders(rt *route, head regoeval.RequestHead) *regoeval.Injection {
 	inj, err := p.generatorAnswer(context.Background(), rt, head, nil)
 	if err != nil || inj.Position != regoeval.PositionHeader {
 		return nil
@@ -854,7 +857,8 @@ func (c *laneConn) inPlaceInjection(rt *route, method, uri string) *regoeval.Inj
 	if strings.IndexByte(path, '%') >= 0 {
 		return nil
 	}
-	inj := c.lane.p.keptHeaders(rt, method, path)
+	head := regoeval.RequestHead{Method: method, Path: path, Host: rt.target.Host, Header: &c.rawSeen}
+	inj := c.lane.p.keptHeaders(rt, head)
 	if inj == nil {
 		return nil
 	}

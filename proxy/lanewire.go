@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"net/http"
+	"net/textproto"
 	"strings"
 	"time"
 
@@ -33,7 +34,9 @@ type laneHead struct {
 	// auth, proxyAuth and userAgent are those headers' values (nil: absent).
 	auth, proxyAuth, userAgent []byte
 	close                      bool // the client asked to close the connection after the answer
-	fields                     []laneField
+	// connection are the Connection lines' values (net/http keeps them in the header).
+	connection [][]byte
+	fields     []laneField
 }
 
 // laneMaxFields bounds the header lines of a head the fast lane reads itself.
@@ -48,7 +51,7 @@ const laneMaxFields = 64
 // hop-by-hop header in Connection, carries a proxy's hop marker, or that net/http's reader
 // would change (Pragma); no folded lines.
 func readLaneHead(head []byte, h *laneHead) bool {
-	*h = laneHead{fields: h.fields[:0]}
+	*h = laneHead{fields: h.fields[:0], connection: h.connection[:0]}
 	line, rest, ok := cutLine(head)
 	if !ok {
 		return false
@@ -109,6 +112,7 @@ func (h *laneHead) take(f laneField) bool {
 	case asciiEqual(name, "Connection"):
 		closes, ok := connectionTokens(f.value)
 		h.close = h.close || closes
+		h.connection = append(h.connection, f.value)
 		return ok
 	case laneRefused(name):
 		return false
@@ -118,6 +122,43 @@ func (h *laneHead) take(f laneField) bool {
 	}
 	h.fields = append(h.fields, f)
 	return true
+}
+
+// header is r.Header[name] of the request net/http's reader reads from the head h was read
+// from (FuzzLaneHead holds the two to each other): the values of the lines of that name, in
+// order, for a name in canonical form (the reader files every name so); ok is false for
+// none. It serves generators that read headers by name.
+func (h *laneHead) header(name string) (values []string, ok bool) {
+	if textproto.CanonicalMIMEHeaderKey(name) != name {
+		return nil, false
+	}
+	single := func(v []byte) ([]string, bool) {
+		if v == nil {
+			return nil, false
+		}
+		return []string{string(v)}, true
+	}
+	switch name {
+	case "Host":
+		return nil, false // the reader moves it to r.Host
+	case "Authorization":
+		return single(h.auth)
+	case "Proxy-Authorization":
+		return single(h.proxyAuth)
+	case "User-Agent":
+		return single(h.userAgent)
+	case "Connection":
+		for _, v := range h.connection {
+			values = append(values, string(v))
+		}
+		return values, values != nil
+	}
+	for _, f := range h.fields {
+		if asciiEqual(f.name, name) {
+			values = append(values, string(f.value))
+		}
+	}
+	return values, values != nil
 }
 
 // laneRefused names the request headers whose requests the fast lane does not read itself:

@@ -7,6 +7,7 @@ import (
 	"net/textproto"
 	"net/url"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -75,6 +76,7 @@ func FuzzLaneHead(f *testing.F) {
 		if got, want := rawHeader(&h), withoutHostAndConnection(req.Header); !reflect.DeepEqual(got, want) {
 			t.Fatalf("headers read differently:\n%v\nnet/http:\n%v", got, want)
 		}
+		sameHeaderView(t, &h, req.Header)
 		sameRoutes(t, &h, req)
 		// The route's Basic credential, then a generator's headers instead (one of them
 		// a header the client may send too).
@@ -83,6 +85,23 @@ func FuzzLaneHead(f *testing.F) {
 			sameToolHead(t, &h, req, inj)
 		}
 	})
+}
+
+// sameHeaderView checks that h.header gives, for every name, what net/http's reader put in
+// header: its names, those in another case, and names it has not.
+func sameHeaderView(t *testing.T, h *laneHead, header http.Header) {
+	t.Helper()
+	names := []string{"Host", "Connection", "Authorization", "User-Agent", "X-Absent", "x-absent"}
+	for name := range header {
+		names = append(names, name, strings.ToLower(name), strings.ToUpper(name))
+	}
+	for _, name := range names {
+		got, ok := h.header(name)
+		want, has := header[name]
+		if ok != has || !slices.Equal(got, want) {
+			t.Fatalf("header %q read in place as %q (%v), by net/http as %q (%v)", name, got, ok, want, has)
+		}
+	}
 }
 
 // laneTestInjection is a generator's answer: headers, with a value net/http trims.

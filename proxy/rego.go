@@ -39,7 +39,7 @@ func (p *Proxy) generate(r *http.Request, rt *route) error {
 
 // injection is the route's generator's answer for r.
 func (p *Proxy) injection(r *http.Request, rt *route) (*regoeval.Injection, error) {
-	head := regoeval.RequestHead{Method: r.Method, Path: rt.target.Path, Host: rt.target.Host}
+	head := generatorHead(r, rt, rt.target.Path)
 	return p.generatorAnswer(r.Context(), rt, head, func() *regoeval.Request {
 		header := r.Header.Clone()
 		dropClientCredentials(header, rt.callerToken)
@@ -49,6 +49,35 @@ func (p *Proxy) injection(r *http.Request, rt *route) (*regoeval.Injection, erro
 		in.Headers = header
 		return in
 	})
+}
+
+// generatorHead is the head of r, sent along rt to path, as rt's generator sees it.
+func generatorHead(r *http.Request, rt *route, path string) regoeval.RequestHead {
+	return regoeval.RequestHead{Method: r.Method, Path: path, Host: rt.target.Host,
+		Header: &generatorHeaders{header: r.Header, callerToken: rt.callerToken}}
+}
+
+// generatorHeaders is a generator's view of a request's headers (regoeval.Headers): the
+// parsed request's header, or a head's read in place, less those that carried the client's
+// credential (as injection's request has them).
+type generatorHeaders struct {
+	header      http.Header
+	head        *laneHead // when not nil, instead of header
+	callerToken string
+}
+
+func (g *generatorHeaders) Lookup(name string) ([]string, bool) {
+	var values []string
+	var ok bool
+	if g.head != nil {
+		values, ok = g.head.header(name)
+	} else {
+		values, ok = g.header[name]
+	}
+	if !ok || carriesClientCredential(name, values, g.callerToken) {
+		return nil, false
+	}
+	return values, true
 }
 
 // generatorAnswer is the answer of rt's generator to a request of head, the rest of which
@@ -145,18 +174,31 @@ func applyInjection(out *http.Request, inj *regoeval.Injection) {
 // Proxy-* header, Authorization, and any header whose value holds the token an authExtractor
 // found (token "" when none did). The tool never sees the caller's token.
 func dropClientCredentials(h http.Header, token string) {
-	dropProxyHeaders(h, token)
-	h.Del("Authorization")
+	for name, values := range h {
+		if carriesClientCredential(name, values, token) {
+			delete(h, name)
+		}
+	}
+}
+
+// carriesClientCredential tells whether a header of the client's carried its credential:
+// Authorization, or one dropProxyHeaders drops.
+func carriesClientCredential(name string, values []string, token string) bool {
+	return name == "Authorization" || carriesProxyCredential(name, values, token)
 }
 
 // dropProxyHeaders removes every Proxy-* header (the Pod token travels in
 // Proxy-Authorization) and any header holding token (none when "").
 func dropProxyHeaders(h http.Header, token string) {
 	for name, values := range h {
-		if strings.HasPrefix(name, "Proxy-") || (token != "" && anyContains(values, token)) {
+		if carriesProxyCredential(name, values, token) {
 			delete(h, name)
 		}
 	}
+}
+
+func carriesProxyCredential(name string, values []string, token string) bool {
+	return strings.HasPrefix(name, "Proxy-") || token != "" && anyContains(values, token)
 }
 
 // dropParamsWith removes the query parameters whose value holds token (none when "").

@@ -19,6 +19,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"time"
 
@@ -45,10 +46,10 @@ type Engine struct {
 	cfg   Config
 	caps  *ast.Capabilities
 	cache *lru.Cache[[32]byte, *compiled]
-	// answers keeps the answers of generators that read only input.data and the request's
-	// keyed fields, by module, Secret version and those fields' values (see readsOf): a PAT
-	// generator then runs once per Secret change, one that picks Basic or Bearer by path once
-	// per path, not per request.
+	// answers keeps the answers of generators that read only input.data, the request's keyed
+	// fields and headers by name, by module, Secret version and those values (see readsOf): a
+	// PAT generator then runs once per Secret change, one that picks Basic or Bearer by path
+	// once per path, one that reads a header once per value of it, not per request.
 	answers *lru.Cache[[32]byte, any]
 }
 
@@ -193,29 +194,34 @@ func (e *Engine) prepare(h Hook, module string) (rego.PreparedEvalQuery, reads, 
 var keyedFields = map[string]bool{"method": true, "path": true, "host": true}
 
 // reads are what of its input a module's answer depends on, besides input.data: the request's
-// keyed fields it names (sorted), or all, for a module that may read more (a bare `input`,
-// input[x], another field of input.request) or calls a builtin whose answer changes from call
-// to call (the clock, randomness). A module of no fields answers as a function of the Secret
-// alone.
+// keyed fields and the headers it names by constant names (each sorted), or all, for a module
+// that may read more (a bare `input`, input[x], input.request.headers[x], another field of
+// input.request) or calls a builtin whose answer changes from call to call (the clock,
+// randomness). A module of no fields and no headers answers as a function of the Secret alone.
 type reads struct {
-	fields []string
-	all    bool
+	fields  []string
+	headers []string
+	all     bool
 }
 
-func (r reads) dataOnly() bool { return !r.all && len(r.fields) == 0 }
+func (r reads) dataOnly() bool { return !r.all && len(r.fields) == 0 && len(r.headers) == 0 }
 
 func readsOf(mod *ast.Module) reads {
 	var r reads
 	refs, vars := 0, 0
 	data, request := ast.StringTerm("data"), ast.StringTerm("request")
-	named := map[string]bool{}
+	fields, headers := map[string]bool{}, map[string]bool{}
 	ast.WalkRefs(mod, func(ref ast.Ref) bool {
 		if ref[0].Equal(ast.InputRootDocument) {
 			refs++
-			switch field, isString := fieldOf(ref, 2); {
+			field, isString := fieldOf(ref, 2)
+			header, isHeader := fieldOf(ref, 3)
+			switch fromRequest := len(ref) > 2 && ref[1].Equal(request) && isString; {
 			case len(ref) > 1 && ref[1].Equal(data):
-			case len(ref) > 2 && ref[1].Equal(request) && isString && keyedFields[field]:
-				named[field] = true
+			case fromRequest && keyedFields[field]:
+				fields[field] = true
+			case fromRequest && field == "headers" && isHeader:
+				headers[header] = true
 			default:
 				r.all = true
 			}
@@ -230,10 +236,7 @@ func readsOf(mod *ast.Module) reads {
 		return false
 	})
 	r.all = r.all || refs != vars
-	for field := range named {
-		r.fields = append(r.fields, field)
-	}
-	slices.Sort(r.fields)
+	r.fields, r.headers = slices.Sorted(maps.Keys(fields)), slices.Sorted(maps.Keys(headers))
 	return r
 }
 

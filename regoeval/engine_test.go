@@ -3,6 +3,7 @@ package regoeval
 import (
 	"bytes"
 	"context"
+	"errors"
 	"net/http"
 	"net/url"
 	"os"
@@ -300,6 +301,72 @@ auth := {"position": "header", "auth": {"X": input.request[k]}} if k := "method"
 		}
 	}
 }
+
+// A generator that reads headers by constant names is kept by their values as the head gives
+// them (absent, and each value list, apart), and evaluated once per such value; one that
+// reads headers by a variable name, or the headers object whole, reads the whole request. A
+// head without headers leaves a module that reads one to the whole request, or, given none,
+// to ErrNeedsRequest.
+func TestAnswersAreKeptByHeadersRead(t *testing.T) {
+	e := newEngine(t, 16)
+	data := map[string][]byte{"token": []byte(secretValue1)}
+	headed := func(h http.Header) RequestHead {
+		head := getHead
+		head.Header = testHeaders(h)
+		return head
+	}
+	heads := []RequestHead{headed(http.Header{"X-Y": {"a"}}), headed(http.Header{"X-Y": {"a"}, "X-Z": {"z"}}),
+		headed(http.Header{"X-Y": {"b"}}), headed(http.Header{"X-Y": {"a", "b"}}), headed(http.Header{"X-Y": {"a,b"}}),
+		headed(http.Header{}), headed(http.Header{"X-Y": {}})}
+	for _, tc := range []struct {
+		module string
+		kept   int    // answers kept after heads
+		built  int    // requests described
+		want   string // the answers' X, joined by |
+	}{
+		{`package proxy
+auth := {"position": "header", "auth": {"X": concat(",", input.request.headers["X-Y"])}}
+default auth := {"position": "header", "auth": {"X": "none"}}`, 6, 0, "a|a|b|a,b|a,b|none|"},
+		{`package proxy
+auth := {"position": "header", "auth": {"X": sprintf("%d", [count(input.request.headers)])}}`, 0, 7, "1|2|1|1|1|0|1"},
+		{`package proxy
+auth := {"position": "header", "auth": {"X": input.request.headers[k][0]}} if k := "X-Y"
+default auth := {"position": "header", "auth": {"X": "none"}}`, 0, 7, "a|a|b|a|a,b|none|none"},
+	} {
+		e.answers.Purge()
+		var built int
+		var got []string
+		class, at := classWith(tc.module, "", "")
+		for _, head := range heads {
+			inj, err := e.Generate(context.Background(), class, at, data, "uid/1", head, func() *Request {
+				built++
+				r := getRequest(http.Header{})
+				for _, name := range []string{"X-Y", "X-Z"} {
+					if v, ok := head.Header.Lookup(name); ok {
+						r.Headers[name] = v
+					}
+				}
+				return r
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, inj.Headers["X"])
+		}
+		if e.answers.Len() != tc.kept || built != tc.built || strings.Join(got, "|") != tc.want {
+			t.Errorf("%.80q: %d answers kept, %d requests described, answers %q; want %d, %d, %q", tc.module, e.answers.Len(), built, strings.Join(got, "|"), tc.kept, tc.built, tc.want)
+		}
+	}
+	class, at := classWith(`package proxy
+auth := {"position": "header", "auth": {"X": input.request.headers["X-Y"][0]}}`, "", "")
+	if _, err := e.Generate(context.Background(), class, at, data, "uid/1", getHead, nil); !errors.Is(err, ErrNeedsRequest) {
+		t.Errorf("a header-reading module given a head without headers and no request: %v", err)
+	}
+}
+
+type testHeaders http.Header
+
+func (h testHeaders) Lookup(name string) ([]string, bool) { v, ok := h[name]; return v, ok }
 
 type methodVerbs struct{}
 

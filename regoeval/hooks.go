@@ -6,6 +6,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net/http"
+	"strconv"
 
 	"github.com/open-policy-agent/opa/v1/ast"
 	"golang.org/x/net/http/httpguts"
@@ -44,9 +46,19 @@ func Generator(t *v1alpha1.AuthType) string {
 	return t.Generator.Rego
 }
 
-// RequestHead is the request line's part of a generator's input.request: a module that reads
-// no more of the request than these answers the same for the same values.
-type RequestHead struct{ Method, Path, Host string }
+// RequestHead is what of a request a module whose answers are kept may read: the request
+// line's fields and, by their names, headers. Header is nil when the caller has no headers at
+// hand, which leaves a module that reads one to the whole request (Generate's req).
+type RequestHead struct {
+	Method, Path, Host string
+	Header             Headers
+}
+
+// Headers gives a request's headers by name as a module sees them: the values, and whether
+// the header is there at all.
+type Headers interface {
+	Lookup(name string) (values []string, ok bool)
+}
 
 func (h RequestHead) field(name string) string {
 	switch name {
@@ -58,19 +70,35 @@ func (h RequestHead) field(name string) string {
 	return h.Host
 }
 
+// request is the input.request of a module that reads head's fields and the headers named
+// (none of the rest: its other fields are left empty).
+func (h RequestHead) request(headers []string) *Request {
+	r := &Request{Method: h.Method, Path: h.Path, Host: h.Host}
+	for _, name := range headers {
+		if values, ok := h.Header.Lookup(name); ok {
+			if r.Headers == nil {
+				r.Headers = http.Header{}
+			}
+			r.Headers[name] = values
+		}
+	}
+	return r
+}
+
 // Generate evaluates an auth type's generator with the Secret's data (input.data, a string per
-// key) and the request being sent (input.request: head's fields, and the rest built by req only
-// when the module reads more than those; req may be nil for a module whose answers are kept). dataVersion identifies the Secret's content (UID and
-// resourceVersion): the answer of a module that reads only input.data and head's fields is
-// kept under it and those fields' values, and shared by later requests, which must not change
-// it. Errors name the class and auth type, never a value of the Secret or the request.
+// key) and the request being sent (input.request: head's fields and headers, and the rest built
+// by req only when the module reads more than those; req may be nil, and the answer is then an
+// error for such a module). dataVersion identifies the Secret's content (UID and
+// resourceVersion): the answer of a module that reads only input.data and what head has is
+// kept under it and the values read, and shared by later requests, which must not change it.
+// Errors name the class and auth type, never a value of the Secret or the request.
 func (e *Engine) Generate(ctx context.Context, class *v1alpha1.ConnectorClass, t *v1alpha1.AuthType, data map[string][]byte, dataVersion string, head RequestHead, req func() *Request) (*Injection, error) {
 	field := "auth type " + t.Name + ", " + GeneratorHook.Field
 	c := e.compile(GeneratorHook, Generator(t))
 	if c.err != nil {
 		return nil, classError(class, field, c.err)
 	}
-	keep := !c.reads.all && dataVersion != ""
+	keep := c.answersFrom(head) && dataVersion != ""
 	var answerKey [32]byte
 	if keep {
 		answerKey = c.answerKey(dataVersion, head)
@@ -97,44 +125,60 @@ func (e *Engine) Generate(ctx context.Context, class *v1alpha1.ConnectorClass, t
 	return inj, nil
 }
 
-// requestValue is input.request for c: nothing for a module of the Secret alone, head's
-// fields for one that reads no more of the request (the rest is then never looked at), else
-// the whole request req describes.
+// ErrNeedsRequest is Generate's answer, given no request, for a module that reads more of it
+// than the head given has.
+var ErrNeedsRequest = errors.New("the module reads more of the request than was given")
+
+// answersFrom tells whether c's answer depends on nothing of the request but what head has.
+func (c *compiled) answersFrom(head RequestHead) bool {
+	return !c.reads.all && (len(c.reads.headers) == 0 || head.Header != nil)
+}
+
+// requestValue is input.request for c: nothing for a module of the Secret alone, what head
+// has for one that reads no more of the request (the rest is then never looked at), else the
+// whole request req describes.
 func (c *compiled) requestValue(head RequestHead, req func() *Request) (ast.Value, error) {
 	switch {
 	case c.reads.dataOnly():
 		return ast.NullValue, nil
-	case !c.reads.all:
-		return (&Request{Method: head.Method, Path: head.Path, Host: head.Host}).value()
+	case c.answersFrom(head):
+		return head.request(c.reads.headers).value()
 	case req == nil:
-		return nil, errors.New("the module reads the request, which was not given")
+		return nil, ErrNeedsRequest
 	}
 	return req().value()
 }
 
 // answerKey is where an answer of c is kept: the module, the Secret's version and the values
-// of the request fields c reads, each length-prefixed (no two inputs share a key).
+// c reads, each length-prefixed (no two inputs share a key: the names read are c's, in one
+// order, and a header's parts say whether it is there and how many values follow).
 func (c *compiled) answerKey(dataVersion string, head RequestHead) [32]byte {
 	h := sha256.New()
 	h.Write(c.key[:])
-	for _, part := range append([]string{dataVersion}, c.fieldValues(head)...) {
+	part := func(s string) {
 		var n [8]byte
-		binary.BigEndian.PutUint64(n[:], uint64(len(part)))
+		binary.BigEndian.PutUint64(n[:], uint64(len(s)))
 		h.Write(n[:])
-		h.Write([]byte(part))
+		h.Write([]byte(s))
+	}
+	part(dataVersion)
+	for _, name := range c.reads.fields {
+		part(head.field(name))
+	}
+	for _, name := range c.reads.headers {
+		values, ok := head.Header.Lookup(name)
+		if !ok {
+			part("absent")
+			continue
+		}
+		part(strconv.Itoa(len(values)))
+		for _, v := range values {
+			part(v)
+		}
 	}
 	var key [32]byte
 	h.Sum(key[:0])
 	return key
-}
-
-// fieldValues are the names and values of the request fields c reads, from head.
-func (c *compiled) fieldValues(head RequestHead) []string {
-	var out []string
-	for _, name := range c.reads.fields {
-		out = append(out, name, head.field(name))
-	}
-	return out
 }
 
 // injection reads an `auth` answer; its errors name fields, never values.
