@@ -266,27 +266,25 @@ default bearer := "no bearer"`}},
 		t.Fatal("the rotated Secret never reached the generator's headers")
 	}
 
-	before = scrape(t, metricsAddr)
-	got := get("by-path", "", "/a", "/b", "/a")
-	after = scrapeUntil(t, metricsAddr, before, wantCounts(1, 2, 0))
-	for i, want := range []string{rotated + ":/a", rotated + ":/b", rotated + ":/a"} {
-		if v := got[i].Header.Get("X-Signed"); v != want {
-			t.Errorf("a generator reading the path, request %d: X-Signed %q, want %q", i, v, want)
+	// signed checks what send's requests gave the tool in X-Signed, and how the fast lane took
+	// them: served, in place, handed over.
+	signed := func(what string, send func() []*http.Request, want []string, served, inPlace, handed float64) {
+		t.Helper()
+		before := scrape(t, metricsAddr)
+		got := send()
+		after := scrapeUntil(t, metricsAddr, before, wantCounts(served, inPlace, handed))
+		for i := range want {
+			if v := got[i].Header.Get("X-Signed"); v != want[i] {
+				t.Errorf("a generator reading %s, request %d: X-Signed %q, want %q", what, i, v, want[i])
+			}
+		}
+		if c := counts(before, after); c != [3]float64{served, inPlace, handed} {
+			t.Errorf("a generator reading %s: the fast lane served %v, in place %v, handed over %v; want %v, %v, %v", what, c[0], c[1], c[2], served, inPlace, handed)
 		}
 	}
-	if c := counts(before, after); c != [3]float64{1, 2, 0} {
-		t.Errorf("a generator reading the path: the fast lane served %v, in place %v, handed over %v; want 1, 2, 0", c[0], c[1], c[2])
-	}
-
-	before = scrape(t, metricsAddr)
-	got = append(get("by-header", "X-Part: one\r\n", "/a", "/b"), get("by-header", "X-Part: two\r\n", "/a")...)
-	after = scrapeUntil(t, metricsAddr, before, wantCounts(2, 1, 0))
-	for i, want := range []string{rotated + ":one:no bearer", rotated + ":one:no bearer", rotated + ":two:no bearer"} {
-		if v := got[i].Header.Get("X-Signed"); v != want {
-			t.Errorf("a generator reading headers, request %d: X-Signed %q, want %q", i, v, want)
-		}
-	}
-	if c := counts(before, after); c != [3]float64{2, 1, 0} {
-		t.Errorf("a generator reading headers: the fast lane served %v, in place %v, handed over %v; want 2, 1, 0", c[0], c[1], c[2])
-	}
+	signed("the path", func() []*http.Request { return get("by-path", "", "/a", "/b", "/a") },
+		[]string{rotated + ":/a", rotated + ":/b", rotated + ":/a"}, 1, 2, 0)
+	signed("headers", func() []*http.Request {
+		return append(get("by-header", "X-Part: one\r\n", "/a", "/b"), get("by-header", "X-Part: two\r\n", "/a")...)
+	}, []string{rotated + ":one:no bearer", rotated + ":one:no bearer", rotated + ":two:no bearer"}, 2, 1, 0)
 }

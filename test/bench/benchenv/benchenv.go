@@ -196,8 +196,8 @@ func CreateObjects(ctx context.Context, cp *controlplane.ControlPlane, up *Upstr
 }
 
 // The generators measured: Alauda's Basic example, which reads only the Secret (its answer is
-// kept per Secret version), and the same one made to read the request's path (kept per path)
-// or a header (evaluated per request).
+// kept per Secret version), and the same one made to read the request's path (kept per path),
+// a header (kept per value of it) or the query (evaluated per request).
 const (
 	basicGenerator = `package proxy
 auth = {"position": "header", "auth": {"Authorization": concat(" ", ["Basic", base64.encode(concat(":", [input.data.username, input.data.password]))])}}`
@@ -205,20 +205,25 @@ auth = {"position": "header", "auth": {"Authorization": concat(" ", ["Basic", ba
 	// Basic or Bearer: its answers are kept per path.
 	basicGeneratorByPath = `package proxy
 auth := {"position": "header", "auth": {"Authorization": concat(" ", ["Basic", base64.encode(concat(":", [input.data.username, input.data.password]))])}} if not startswith(input.request.path, "/never/")`
-	// basicGeneratorPerRequest reads a header: it is evaluated for every request.
-	basicGeneratorPerRequest = `package proxy
+	// basicGeneratorByHeader reads a header by name: its answers are kept per value of it.
+	basicGeneratorByHeader = `package proxy
 auth := {"position": "header", "auth": {"Authorization": concat(" ", ["Basic", base64.encode(concat(":", [input.data.username, input.data.password]))])}} if not input.request.headers["X-Never"]`
+	// basicGeneratorPerRequest reads the query: it is evaluated for every request.
+	basicGeneratorPerRequest = `package proxy
+auth := {"position": "header", "auth": {"Authorization": concat(" ", ["Basic", base64.encode(concat(":", [input.data.username, input.data.password]))])}} if not input.request.query["never"]`
 )
 
 // regoConnectors are the benchmark Connector again, their Basic credential computed by a
 // generator.rego over an Opaque Secret: tool-rego with basicGenerator, tool-rego-path with
-// basicGeneratorByPath, tool-rego-request with basicGeneratorPerRequest.
+// basicGeneratorByPath, tool-rego-header with basicGeneratorByHeader, tool-rego-request with
+// basicGeneratorPerRequest.
 func regoConnectors(ctx context.Context, cp *controlplane.ControlPlane, address string) error {
 	if _, err := cp.Kube.CoreV1().Secrets(Namespace).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "tool-rego"},
 		Type: corev1.SecretTypeOpaque, StringData: map[string]string{"username": ToolUser, "password": ToolPass}}, metav1.CreateOptions{}); err != nil {
 		return err
 	}
-	for name, generator := range map[string]string{"tool-rego": basicGenerator, "tool-rego-path": basicGeneratorByPath, "tool-rego-request": basicGeneratorPerRequest} {
+	for name, generator := range map[string]string{"tool-rego": basicGenerator, "tool-rego-path": basicGeneratorByPath,
+		"tool-rego-header": basicGeneratorByHeader, "tool-rego-request": basicGeneratorPerRequest} {
 		if err := cp.Client.Create(ctx, &v1alpha1.ConnectorClass{ObjectMeta: metav1.ObjectMeta{Name: "bench-" + name},
 			Spec: v1alpha1.ConnectorClassSpec{Auth: &v1alpha1.AuthSpec{Types: []v1alpha1.AuthType{{Name: "basicRego", SecretType: "Opaque",
 				Generator: &v1alpha1.RegoPolicy{Rego: generator}}}}}}); err != nil {
