@@ -128,7 +128,7 @@ func (l *FastLane) newConn(conn net.Conn, t *tunnel) *laneConn {
 
 // serveTunnel serves a CONNECT tunnel's requests (origin-form, to its one destination, with
 // the token of its CONNECT) as a client connection's; those it does not take go, with the rest
-// of the tunnel, to the tunnel's own net/http server. Heads are not read in place in a tunnel.
+// of the tunnel, to the tunnel's own net/http server.
 func (l *FastLane) serveTunnel(conn net.Conn, t *tunnel) {
 	l.newConn(conn, t).serve()
 }
@@ -275,8 +275,11 @@ func (m *laneMemo) routeForHead(p *Proxy, h *laneHead) (rt *route, uri string, o
 	if !m.live(p) || !m.inPlace || h.method != m.key.method {
 		return nil, "", false
 	}
-	if m.key.forward {
-		if h.proxyAuth == nil || string(h.proxyAuth) != m.key.credential {
+	if m.key.tunnel { // the tunnel's token and destination are its CONNECT's
+		return m.forwardPath(h.target)
+	}
+	if m.key.forward { // an origin-form head on a connection of forward requests is not one
+		if h.proxyAuth == nil || string(h.proxyAuth) != m.key.credential || !bytes.HasPrefix(h.target, []byte("http://")) {
 			return nil, "", false
 		}
 		return m.forwardHead(h.target)
@@ -311,7 +314,13 @@ func (m *laneMemo) forwardHead(target []byte) (rt *route, uri string, ok bool) {
 	if string(rest[:end]) != m.key.host {
 		return nil, "", false
 	}
-	path, query, hasQuery := bytes.Cut(rest[end:], []byte("?"))
+	return m.forwardPath(rest[end:])
+}
+
+// forwardPath is forwardHead's check of an origin-form target at the remembered destination
+// (a forward target's path and query, or a tunnel's target).
+func (m *laneMemo) forwardPath(target []byte) (rt *route, uri string, ok bool) {
+	path, query, hasQuery := bytes.Cut(target, []byte("?"))
 	if bytes.IndexByte(path, '%') >= 0 || !m.forwardsTo(string(path)) {
 		return nil, "", false
 	}
@@ -806,10 +815,7 @@ func (c *laneConn) relayAnswer(method string, res *http.Response, rt *route) (co
 // go on.
 func (c *laneConn) serveRemembered(head []byte) (taken, ok bool) {
 	h := &c.raw
-	if c.tunnel != nil {
-		return false, false
-	}
-	if !readLaneHead(head, h) {
+	if !readLaneHead(head, h, c.tunnel != nil) {
 		return false, false
 	}
 	rt, uri, remembered := c.memo.routeForHead(c.lane.p, h)

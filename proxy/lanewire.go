@@ -44,19 +44,20 @@ const laneMaxFields = 64
 
 // readLaneHead reads head, a whole request head (its last line empty), into h, or returns
 // false if it is not a GET or HEAD the fast lane reads itself: HTTP/1.1 only; an origin-form
-// target under the reverse proxy's prefix, or an absolute http:// one of a plain host name;
+// target under the reverse proxy's prefix, or an absolute http:// one of a plain host name
+// (in a tunnel: any origin-form target);
 // header names of token characters right before their colon; values of visible ASCII,
 // spaces and tabs; one Host, one Authorization, one Proxy-Authorization, one User-Agent; no
 // header that says there is a body, an upgrade, an expectation or trailers, names another
 // hop-by-hop header in Connection, carries a proxy's hop marker, or that net/http's reader
 // would change (Pragma); no folded lines.
-func readLaneHead(head []byte, h *laneHead) bool {
+func readLaneHead(head []byte, h *laneHead, inTunnel bool) bool {
 	*h = laneHead{fields: h.fields[:0], connection: h.connection[:0]}
 	line, rest, ok := cutLine(head)
 	if !ok {
 		return false
 	}
-	if line, ok = cutRequestLine(line, h); !ok || string(line) != "HTTP/1.1" {
+	if line, ok = cutRequestLine(line, h, inTunnel); !ok || string(line) != "HTTP/1.1" {
 		return false
 	}
 	for {
@@ -74,7 +75,7 @@ func readLaneHead(head []byte, h *laneHead) bool {
 }
 
 // cutRequestLine reads the method and target of line into h and returns the protocol.
-func cutRequestLine(line []byte, h *laneHead) ([]byte, bool) {
+func cutRequestLine(line []byte, h *laneHead, inTunnel bool) ([]byte, bool) {
 	switch {
 	case bytes.HasPrefix(line, []byte("GET ")):
 		h.method, line = http.MethodGet, line[4:]
@@ -84,7 +85,7 @@ func cutRequestLine(line []byte, h *laneHead) ([]byte, bool) {
 		return nil, false
 	}
 	sp := bytes.IndexByte(line, ' ')
-	if sp < 0 || !laneTarget(line[:sp]) {
+	if sp < 0 || !laneTarget(line[:sp], inTunnel) {
 		return nil, false
 	}
 	h.target = line[:sp]
@@ -246,12 +247,18 @@ func isAlnum(b byte) bool {
 	return b >= 'a' && b <= 'z' || b >= 'A' && b <= 'Z' || b >= '0' && b <= '9'
 }
 
-// laneTarget: an origin-form target under the reverse proxy's prefix, or an absolute
-// http:// one whose authority is a plain host name or address and port, both of unreserved
-// and sub-delimiter characters, ':', '@', '/', one '?' and well-formed percent escapes.
-func laneTarget(t []byte) bool {
+// laneTarget: an origin-form target under the reverse proxy's prefix (in a tunnel: any
+// origin-form target), or, outside tunnels, an absolute http:// one whose authority is a
+// plain host name or address and port, both of unreserved and sub-delimiter characters, ':',
+// '@', '/', one '?' and well-formed percent escapes.
+func laneTarget(t []byte, inTunnel bool) bool {
 	rest, absolute := bytes.CutPrefix(t, []byte("http://"))
-	if absolute {
+	switch {
+	case inTunnel:
+		if rest = t; !bytes.HasPrefix(t, []byte("/")) {
+			return false
+		}
+	case absolute:
 		end := bytes.IndexAny(rest, "/?")
 		if end < 0 {
 			end = len(rest)
@@ -260,7 +267,7 @@ func laneTarget(t []byte) bool {
 			return false
 		}
 		rest = rest[end:]
-	} else if !bytes.HasPrefix(t, []byte(reversePrefix)) {
+	case !bytes.HasPrefix(t, []byte(reversePrefix)):
 		return false
 	}
 	query := false

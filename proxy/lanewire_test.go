@@ -40,6 +40,10 @@ var laneHeadSeeds = []string{
 	"GET /namespaces/team/connectors/git/x HTTP/1.1\r\nHost: proxy\r\nContent-Length: 0\r\n\r\n",
 	"GET /namespaces/team/connectors/git/x HTTP/1.1\nHost: proxy\r\n\r\n",
 	"GET /namespaces/team/connectors/git/x HTTP/1.1\r\nHost: proxy\r\nX-Long: " + strings.Repeat("v", 300) + "\r\n\r\n",
+	// A tunnel's: origin-form, any path.
+	"GET /base/repo.git/info/refs?service=git-upload-pack HTTP/1.1\r\nHost: tool.example:8080\r\nUser-Agent: git/2.39\r\nAuthorization: Basic eDp0b2s=\r\n\r\n",
+	"HEAD /other/x HTTP/1.1\r\nHost: tool.example:8080\r\nProxy-Authorization: Basic eDp0b2s=\r\n\r\n",
+	"GET /base/a%2Fb?x HTTP/1.1\r\nHost: elsewhere\r\n\r\n",
 }
 
 // FuzzLaneHead holds readLaneHead to net/http: a head it reads must be one http.ReadRequest
@@ -54,37 +58,48 @@ func FuzzLaneHead(f *testing.F) {
 		if i := bytes.Index(head, []byte("\r\n\r\n")); i >= 0 {
 			head = head[:i+4]
 		}
-		var h laneHead
-		if !readLaneHead(head, &h) {
-			return
-		}
-		req, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(head)))
-		if err != nil {
-			t.Fatalf("read by the fast lane, refused by net/http (%v): %q", err, head)
-		}
-		if _, isHost := connectorOfHost(req.Host); !laneRequest(req) && !isHost {
-			t.Fatalf("read by the fast lane, left to net/http by its general path: %q", head)
-		}
-		wantHost := string(h.host)
-		if req.URL.IsAbs() {
-			wantHost = req.URL.Host
-		}
-		if req.Method != h.method || req.RequestURI != string(h.target) || req.Host != wantHost || req.Close != h.close {
-			t.Fatalf("read differently: %q %q %q %v, net/http %q %q %q %v", h.method, h.target, wantHost, h.close,
-				req.Method, req.RequestURI, req.Host, req.Close)
-		}
-		if got, want := rawHeader(&h), withoutHostAndConnection(req.Header); !reflect.DeepEqual(got, want) {
-			t.Fatalf("headers read differently:\n%v\nnet/http:\n%v", got, want)
-		}
-		sameHeaderView(t, &h, req.Header)
-		sameRoutes(t, &h, req)
-		// The route's Basic credential, then a generator's headers instead (one of them
-		// a header the client may send too).
-		for _, inj := range []*regoeval.Injection{nil, laneTestInjection} {
-			req, _ := http.ReadRequest(bufio.NewReader(bytes.NewReader(head)))
-			sameToolHead(t, &h, req, inj)
+		for _, c := range []*laneConn{{}, {tunnel: laneTestTunnel}} {
+			sameAsNetHTTP(t, c, head)
 		}
 	})
+}
+
+// laneTestTunnel is a tunnel to the host of laneAddresses.
+var laneTestTunnel = &tunnel{dest: &url.URL{Scheme: "http", Host: "tool.example:8080"}}
+
+// sameAsNetHTTP is FuzzLaneHead's check of head as c reads it (outside tunnels, or in c's).
+func sameAsNetHTTP(t *testing.T, c *laneConn, head []byte) {
+	t.Helper()
+	var h laneHead
+	if !readLaneHead(head, &h, c.tunnel != nil) {
+		return
+	}
+	req, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(head)))
+	if err != nil {
+		t.Fatalf("read by the fast lane, refused by net/http (%v): %q", err, head)
+	}
+	if _, isHost := connectorOfHost(req.Host); !laneRequest(req) && !isHost {
+		t.Fatalf("read by the fast lane, left to net/http by its general path: %q", head)
+	}
+	wantHost := string(h.host)
+	if req.URL.IsAbs() {
+		wantHost = req.URL.Host
+	}
+	if req.Method != h.method || req.RequestURI != string(h.target) || req.Host != wantHost || req.Close != h.close {
+		t.Fatalf("read differently: %q %q %q %v, net/http %q %q %q %v", h.method, h.target, wantHost, h.close,
+			req.Method, req.RequestURI, req.Host, req.Close)
+	}
+	if got, want := rawHeader(&h), withoutHostAndConnection(req.Header); !reflect.DeepEqual(got, want) {
+		t.Fatalf("headers read differently:\n%v\nnet/http:\n%v", got, want)
+	}
+	sameHeaderView(t, &h, req.Header)
+	sameRoutes(t, c, &h, req)
+	// The route's Basic credential, then a generator's headers instead (one of them a header
+	// the client may send too).
+	for _, inj := range []*regoeval.Injection{nil, laneTestInjection} {
+		req, _ := http.ReadRequest(bufio.NewReader(bytes.NewReader(head)))
+		sameToolHead(t, c, &h, req, inj)
+	}
 }
 
 // sameHeaderView checks that h.header gives, for every name, what net/http's reader put in
@@ -111,9 +126,9 @@ var laneTestInjection = &regoeval.Injection{Position: regoeval.PositionHeader,
 // sameToolHead checks that the tool request writeToolHead writes for h reads, at the tool, as
 // the one the general path writes for req (outgoing, Request.Write), along a route with the
 // Basic credential or, when inj is not nil, that generator's answer.
-func sameToolHead(t *testing.T, h *laneHead, req *http.Request, inj *regoeval.Injection) {
+func sameToolHead(t *testing.T, c *laneConn, h *laneHead, req *http.Request, inj *regoeval.Injection) {
 	t.Helper()
-	rt, ok := laneTestRoute(req, laneAddresses[0])
+	rt, ok := laneTestRoute(c, req, laneAddresses[0])
 	if !ok {
 		return
 	}
@@ -138,31 +153,36 @@ func sameToolHead(t *testing.T, h *laneHead, req *http.Request, inj *regoeval.In
 // sameRoutes checks that a remembered route serves a head read in place (routeForHead) as it
 // serves the request net/http read from it (route): remembered from fixed requests, to
 // Connectors at addresses of several forms, and from this one. A route to an address whose
-// path url.Parse does not keep as written (laneAddresses' last) may leave a head to the
-// general path, but never route it elsewhere.
-func sameRoutes(t *testing.T, h *laneHead, req *http.Request) {
+// path url.Parse does not keep as written (laneAddresses' last), and a forward or tunnel
+// head whose path has escapes, may leave a head to the general path, but never route it
+// elsewhere.
+func sameRoutes(t *testing.T, c *laneConn, h *laneHead, req *http.Request) {
 	t.Helper()
 	p := &Proxy{}
-	key, isLane := laneKeyOf(req)
+	key, target, isLane := c.keyOf(req)
 	type memo struct {
 		laneMemo
 		address string
 	}
 	var memos []memo
+	from := []string{
+		"GET /namespaces/team/connectors/git/x HTTP/1.1\r\nHost: proxy:8080\r\nAuthorization: Bearer tok\r\n\r\n",
+		"GET http://tool.example:8080/base/x HTTP/1.1\r\nHost: tool.example:8080\r\nProxy-Authorization: Basic dGVhbS9naXQ6dG9r\r\n\r\n",
+	}
+	if c.tunnel != nil {
+		from = []string{"GET /base/x HTTP/1.1\r\nHost: tool.example:8080\r\n\r\n"}
+	}
 	for _, address := range laneAddresses {
-		for _, from := range []string{
-			"GET /namespaces/team/connectors/git/x HTTP/1.1\r\nHost: proxy:8080\r\nAuthorization: Bearer tok\r\n\r\n",
-			"GET http://tool.example:8080/base/x HTTP/1.1\r\nHost: tool.example:8080\r\nProxy-Authorization: Basic dGVhbS9naXQ6dG9r\r\n\r\n",
-		} {
-			r := readBack(t, []byte(from))
-			k, _ := laneKeyOf(r)
-			rt, _ := laneTestRoute(r, address)
+		for _, head := range from {
+			r := readBack(t, []byte(head))
+			k, _, _ := c.keyOf(r)
+			rt, _ := laneTestRoute(c, r, address)
 			var m laneMemo
 			m.remember(k, r.Header.Get("Authorization"), rt, 0)
 			memos = append(memos, memo{m, address})
 		}
 	}
-	if rt, ok := laneTestRoute(req, laneAddresses[0]); ok && isLane {
+	if rt, ok := laneTestRoute(c, req, laneAddresses[0]); ok && isLane {
 		var m laneMemo
 		m.remember(key, req.Header.Get("Authorization"), rt, 0)
 		memos = append(memos, memo{m, laneAddresses[0]})
@@ -172,9 +192,10 @@ func sameRoutes(t *testing.T, h *laneHead, req *http.Request) {
 		var fromReq *route
 		okReq := false
 		if isLane {
-			fromReq, okReq = m.route(p, req.URL, key)
+			fromReq, okReq = m.route(p, target, key)
 		}
-		mayLeave := m.address == laneAddresses[len(laneAddresses)-1] && !okHead
+		escapedForward := key.forward && bytes.IndexByte(bytes.SplitN(h.target, []byte("?"), 2)[0], '%') >= 0
+		mayLeave := (m.address == laneAddresses[len(laneAddresses)-1] || escapedForward) && !okHead
 		if okHead != okReq && !mayLeave || okHead && (fromHead != m.rt || uri != fromReq.target.RequestURI() ||
 			!sameTarget(targetAt(fromHead, uri), fromReq.target)) {
 			t.Fatalf("remembered %+v at %s: in place %v %q, read by net/http %v %v", m.key, m.address, okHead, uri, okReq, fromReq)
@@ -220,13 +241,13 @@ func withoutHostAndConnection(h http.Header) http.Header {
 	return out
 }
 
-// laneTestRoute is the route a remembered Connector at address gives req.
-func laneTestRoute(req *http.Request, address string) (*route, bool) {
-	c := &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Namespace: "team", Name: "git"},
+// laneTestRoute is the route a remembered Connector at address gives req on c.
+func laneTestRoute(c *laneConn, req *http.Request, address string) (*route, bool) {
+	conn := &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Namespace: "team", Name: "git"},
 		Spec: v1alpha1.ConnectorSpec{Address: address}}
-	rt := &route{connector: c, cred: credential{authorization: "Basic dXNlcjpzZWNyZXQ="}}
-	if req.URL.IsAbs() {
-		u := *req.URL
+	rt := &route{connector: conn, cred: credential{authorization: "Basic dXNlcjpzZWNyZXQ="}}
+	if _, target, _ := c.keyOf(req); target.IsAbs() {
+		u := *target
 		rt.target = &u
 		return rt, true
 	}
@@ -234,7 +255,7 @@ func laneTestRoute(req *http.Request, address string) (*route, bool) {
 	if !ok {
 		return nil, false
 	}
-	target, err := reverseTarget(c, rest, req.URL.RawQuery)
+	target, err := reverseTarget(conn, rest, req.URL.RawQuery)
 	rt.target = target
 	return rt, err == nil
 }
@@ -355,5 +376,25 @@ func TestAddressPath(t *testing.T) {
 		if ok != want.ok || ok && path != want.path {
 			t.Errorf("addressPath(%q) = %q, %v; want %q, %v", address, path, ok, want.path, want.ok)
 		}
+	}
+}
+
+// A forward connection's remembered route takes no origin-form head, whatever its
+// Proxy-Authorization: its target names no destination (here, cut where an absolute one's
+// authority starts, its bytes would name the remembered host).
+func TestForwardMemoTakesNoOriginFormHead(t *testing.T) {
+	c := &laneConn{}
+	r := readBack(t, []byte("GET http://aces/x HTTP/1.1\r\nHost: aces\r\nProxy-Authorization: Basic dGVhbS9naXQ6dG9r\r\n\r\n"))
+	key, _, _ := c.keyOf(r)
+	rt, _ := laneTestRoute(c, r, "http://aces/")
+	var m laneMemo
+	m.remember(key, "", rt, 0)
+	var h laneHead
+	head := "GET /namespaces/team/connectors/git/x HTTP/1.1\r\nHost: proxy\r\nProxy-Authorization: Basic dGVhbS9naXQ6dG9r\r\n\r\n"
+	if !readLaneHead([]byte(head), &h, false) {
+		t.Fatal("the head is not read in place")
+	}
+	if _, uri, ok := m.routeForHead(&Proxy{}, &h); ok {
+		t.Errorf("a reverse head along a forward route, to %q", uri)
 	}
 }
