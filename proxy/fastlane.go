@@ -181,6 +181,8 @@ type laneConn struct {
 	// closeAfter: the client asked to close the connection after this answer.
 	closeAfter bool
 	memo       laneMemo
+	// caller is the current reverse request's token and who found it (keyOf).
+	caller extracted
 }
 
 // laneMemoTTL is how long a connection's last route is used again for the same token,
@@ -228,6 +230,9 @@ func (m *laneMemo) remember(key laneKey, auth string, rt *route, epoch uint64) {
 		m.auth = auth
 		m.prefix = reversePrefix + key.connector.Namespace + "/connectors/" + key.connector.Name
 		m.toolPath, m.inPlace = addressPath(rt.connector.Spec.Address)
+		// A head read in place is matched on its Authorization, which does not hold a token an
+		// authExtractor found: such a route serves parsed requests only.
+		m.inPlace = m.inPlace && rt.callerToken == ""
 	} else {
 		m.inPlace = !rt.forwardAmong
 		for _, addr := range parsedAddresses(rt.connector) {
@@ -604,7 +609,7 @@ func (c *laneConn) serveRequest(r *http.Request, headLen int) (taken, ok bool) {
 		}
 	}
 	tr, isHTTP := rt.transport.(*http.Transport)
-	if !isHTTP || rt.cred.registry != nil || rt.callerToken != "" || !p.headerCredential(r, rt) {
+	if !isHTTP || rt.cred.registry != nil || !p.headerCredential(r, rt) {
 		m.handedOver = true
 		return false, false
 	}
@@ -649,13 +654,35 @@ func (p *Proxy) keptHeaders(rt *route, head regoeval.RequestHead) *regoeval.Inje
 }
 
 // keyOf is r's key and target (in a tunnel, the tunnel's destination at r's path); ok is
-// false for a request the fast lane leaves to the full path (laneKeyOf).
+// false for a request the fast lane leaves to the full path (laneKeyOf), and for a reverse
+// one in which neither Authorization nor a class's authExtractor has a token. A reverse
+// request's caller (its token, and the classes whose extractor found it) is kept in c for
+// resolve.
 func (c *laneConn) keyOf(r *http.Request) (key laneKey, target *url.URL, ok bool) {
 	if c.tunnel != nil {
 		return c.tunnel.key(r.Method), c.tunnel.target(r.URL), true
 	}
 	key, ok = laneKeyOf(r)
+	if ok && !key.forward {
+		c.caller = extracted{token: key.credential}
+		if key.credential == "" {
+			c.caller = c.lane.p.callerToken(r)
+			key.credential = extractedCredential(c.caller)
+		}
+		ok = c.caller.token != ""
+	}
 	return key, r.URL, ok
+}
+
+// extractedCredential is a laneKey's credential for a token authExtractors found: the token
+// and the classes that found it, which a route is remembered for together (reverseRoute
+// checks the Connector's class against them). It starts with a NUL, which no Authorization
+// value has, so no token sent in Authorization shares it.
+func extractedCredential(caller extracted) string {
+	if caller.token == "" {
+		return ""
+	}
+	return "\x00" + caller.token + "\x00" + strings.Join(caller.foundBy, "\x00")
 }
 
 // laneKey is what a fast-lane request's route depends on, besides its path.
@@ -686,18 +713,18 @@ func (k laneKey) sameRoute(o laneKey) bool {
 	return k.forward == o.forward && k.tunnel == o.tunnel && k.credential == o.credential && k.method == o.method && k.connector == o.connector && k.host == o.host
 }
 
-// laneKeyOf reads r's key; ok is false for a request the fast lane leaves to the full path: no
-// credential where the fast lane looks (the classes' authExtractors are the full path's), or
-// not a reverse-proxy path.
+// laneKeyOf reads r's key, its credential the Proxy-Authorization value (forward) or the token
+// in Authorization (reverse; "" when there is none there); ok is false for a request the
+// fast lane leaves to the full path: a forward one without Proxy-Authorization, or neither
+// forward nor of a reverse-proxy path.
 func laneKeyOf(r *http.Request) (laneKey, bool) {
 	if r.URL.IsAbs() {
 		auth := r.Header.Get("Proxy-Authorization")
 		return laneKey{forward: true, credential: auth, method: r.Method, host: r.URL.Host}, auth != ""
 	}
 	nn, rest, isReverse := parseReversePath(r.URL.EscapedPath())
-	token := clientToken(r.Header)
 	// The host the client named is in the route too: redirects are rewritten to it.
-	return laneKey{credential: token, method: r.Method, connector: nn, host: r.Host, rest: rest}, isReverse && token != ""
+	return laneKey{credential: clientToken(r.Header), method: r.Method, connector: nn, host: r.Host, rest: rest}, isReverse
 }
 
 // resolve routes r as the full path does, writing a refusal into m (rt nil); handOver is true
@@ -708,7 +735,7 @@ func (c *laneConn) resolve(m *meteredWriter, r *http.Request, key laneKey, targe
 		return c.tunnel.route(m, r, target), false
 	}
 	if !key.forward {
-		return p.routeReverse(m, r, key.connector, key.rest), false
+		return p.routeReverse(m, r, key.connector, key.rest, c.caller), false
 	}
 	fc, ok := p.forwardAuth(m, r)
 	if !ok {

@@ -12,6 +12,8 @@ import (
 	"testing"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/regoeval"
@@ -58,11 +60,19 @@ func FuzzLaneHead(f *testing.F) {
 		if i := bytes.Index(head, []byte("\r\n\r\n")); i >= 0 {
 			head = head[:i+4]
 		}
-		for _, c := range []*laneConn{{}, {tunnel: laneTestTunnel}} {
+		for _, c := range []*laneConn{{lane: laneTestLane}, {lane: laneTestLane, tunnel: laneTestTunnel}} {
 			sameAsNetHTTP(t, c, head)
 		}
 	})
 }
+
+// laneTestLane is the fast lane of a proxy in a cluster of no ConnectorClass: no authExtractor
+// finds a token where Authorization has none.
+var laneTestLane = &FastLane{p: &Proxy{objects: fake.NewClientBuilder().WithScheme(func() *runtime.Scheme {
+	scheme := runtime.NewScheme()
+	_ = v1alpha1.AddToScheme(scheme)
+	return scheme
+}()).Build()}}
 
 // laneTestTunnel is a tunnel to the host of laneAddresses.
 var laneTestTunnel = &tunnel{dest: &url.URL{Scheme: "http", Host: "tool.example:8080"}}
@@ -383,7 +393,7 @@ func TestAddressPath(t *testing.T) {
 // Proxy-Authorization: its target names no destination (here, cut where an absolute one's
 // authority starts, its bytes would name the remembered host).
 func TestForwardMemoTakesNoOriginFormHead(t *testing.T) {
-	c := &laneConn{}
+	c := &laneConn{lane: laneTestLane}
 	r := readBack(t, []byte("GET http://aces/x HTTP/1.1\r\nHost: aces\r\nProxy-Authorization: Basic dGVhbS9naXQ6dG9r\r\n\r\n"))
 	key, _, _ := c.keyOf(r)
 	rt, _ := laneTestRoute(c, r, "http://aces/")

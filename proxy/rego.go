@@ -57,6 +57,14 @@ func generatorHead(r *http.Request, rt *route, path string) regoeval.RequestHead
 		Header: &generatorHeaders{header: r.Header, callerToken: rt.callerToken}}
 }
 
+// headerLookup is a request's headers as a module sees them all (an authExtractor's input).
+type headerLookup http.Header
+
+func (h headerLookup) Lookup(name string) ([]string, bool) {
+	values, ok := h[name]
+	return values, ok
+}
+
 // generatorHeaders is a generator's view of a request's headers (regoeval.Headers): the
 // parsed request's header, or a head's read in place, less those that carried the client's
 // credential (as injection's request has them).
@@ -229,41 +237,46 @@ func anyContains(values []string, token string) bool {
 // classes whose extractor found the token, and reverseRoute then requires the Connector's
 // class to be one of them. An extractor that fails is logged and skipped: the client is told
 // only that no token was found, as for any request without one.
-func (p *Proxy) callerToken(r *http.Request) (token string, foundBy []string) {
+func (p *Proxy) callerToken(r *http.Request) extracted {
 	if t := clientToken(r.Header); t != "" {
-		return t, nil
+		return extracted{token: t}
 	}
 	ctx := r.Context()
 	var classes v1alpha1.ConnectorClassList
 	if err := p.objects.List(ctx, &classes); err != nil {
 		klog.FromContext(ctx).Error(err, "List ConnectorClasses for their authExtractors")
-		return "", nil
+		return extracted{}
 	}
 	slices.SortFunc(classes.Items, func(a, b v1alpha1.ConnectorClass) int { return strings.Compare(a.Name, b.Name) })
+	head := regoeval.RequestHead{Method: r.Method, Path: r.URL.Path, Host: r.Host, Header: headerLookup(r.Header)}
 	var in *regoeval.Request
+	request := func() *regoeval.Request {
+		if in == nil {
+			in = p.rego.NewRequest(r, r.Host, r.URL.Path, r.URL.Query())
+		}
+		return in
+	}
 	byModule := map[string]string{}
+	var found extracted
 	for i := range classes.Items {
 		class := &classes.Items[i]
 		module := regoeval.Extractor(class)
 		if module == "" {
 			continue
 		}
-		if in == nil {
-			in = p.rego.NewRequest(r, r.Host, r.URL.Path, r.URL.Query())
-		}
 		t, done := byModule[module]
 		if !done {
 			var err error
-			if t, err = p.rego.ExtractToken(ctx, class, in); err != nil {
+			if t, err = p.rego.ExtractToken(ctx, class, head, request); err != nil {
 				klog.FromContext(ctx).Info("An authExtractor failed", "err", err)
 			}
 			byModule[module] = t
 		}
-		if t != "" && (token == "" || t == token) {
-			token, foundBy = t, append(foundBy, class.Name)
+		if t != "" && (found.token == "" || t == found.token) {
+			found.token, found.foundBy = t, append(found.foundBy, class.Name)
 		}
 	}
-	return token, foundBy
+	return found
 }
 
 // checkExtracted refuses a token that an authExtractor of another class than the Connector's

@@ -28,23 +28,23 @@ func (p *Proxy) serveReverse(w http.ResponseWriter, r *http.Request) {
 // serveReverseTo serves a reverse-proxy request for the Connector nn, rest being the path
 // under its address.
 func (p *Proxy) serveReverseTo(w http.ResponseWriter, r *http.Request, nn types.NamespacedName, rest string) {
-	if rt := p.routeReverse(w, r, nn, rest); rt != nil {
+	if rt := p.routeReverse(w, r, nn, rest, p.callerToken(r)); rt != nil {
 		p.send(w, r, rt)
 	}
 }
 
-// routeReverse authenticates r's caller and routes r to the Connector nn, rest being the path
-// under its address; or writes the refusal to w and returns nil.
-func (p *Proxy) routeReverse(w http.ResponseWriter, r *http.Request, nn types.NamespacedName, rest string) *route {
+// routeReverse authenticates r's caller, whose token is the one given, and routes r to the
+// Connector nn, rest being the path under its address; or writes the refusal to w and
+// returns nil.
+func (p *Proxy) routeReverse(w http.ResponseWriter, r *http.Request, nn types.NamespacedName, rest string, caller extracted) *route {
 	ctx := r.Context()
-	token, foundBy := p.callerToken(r)
-	u, err := p.authenticate(ctx, w, token, http.StatusUnauthorized)
+	u, err := p.authenticate(ctx, w, caller.token, http.StatusUnauthorized)
 	if err != nil {
 		w.Header().Set("WWW-Authenticate", `Basic realm="connectors-proxy"`)
 		refuseErr(ctx, w, err)
 		return nil
 	}
-	rt, err := p.reverseRoute(r, u, nn, rest, extracted{token: token, foundBy: foundBy})
+	rt, err := p.reverseRoute(r, u, nn, rest, caller)
 	if err != nil {
 		refuseErr(ctx, w, err)
 		return nil
@@ -52,8 +52,8 @@ func (p *Proxy) routeReverse(w http.ResponseWriter, r *http.Request, nn types.Na
 	return rt
 }
 
-// extracted is the caller's token when an authExtractor found it, and the classes whose
-// extractor did (see callerToken); zero when the client sent it in Authorization.
+// extracted is the caller's token, and the classes whose authExtractor found it (see
+// callerToken); foundBy is nil when the client sent it in Authorization.
 type extracted struct {
 	token   string
 	foundBy []string

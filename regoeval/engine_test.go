@@ -127,6 +127,46 @@ loop(n) if { numbers.range(0, 100000000)[_] == -1 }`: "ran longer than",
 	}
 }
 
+// extract is ExtractToken of a request r describes, its head given with its headers.
+func extract(e *Engine, class *v1alpha1.ConnectorClass, r *Request) (string, error) {
+	head := RequestHead{Method: r.Method, Path: r.Path, Host: r.Host, Header: testHeaders(r.Headers)}
+	return e.ExtractToken(context.Background(), class, head, func() *Request { return r })
+}
+
+// An extractor that reads headers by name runs once per value of them, from the head; one
+// that reads the body runs every time, over the whole request.
+func TestExtractorAnswersAreKept(t *testing.T) {
+	e := newEngine(t, 16)
+	for _, tc := range []struct {
+		module      string
+		kept, built int
+	}{
+		{`package proxy
+default auth := {"token": ""}
+auth := {"token": input.request.headers["Private-Token"][0]} if count(input.request.headers["Private-Token"]) > 0`, 2, 0},
+		{`package proxy
+auth := {"token": input.request.body.token}`, 0, 3},
+	} {
+		e.answers.Purge()
+		class, _ := classWith("", tc.module, "")
+		built := 0
+		var got []string
+		for _, token := range []string{"a", "a", "b"} {
+			r := getRequest(http.Header{"Private-Token": {token}})
+			r.Body = map[string]any{"token": token}
+			head := RequestHead{Method: r.Method, Path: r.Path, Host: r.Host, Header: testHeaders(r.Headers)}
+			found, err := e.ExtractToken(context.Background(), class, head, func() *Request { built++; return r })
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, found)
+		}
+		if e.answers.Len() != tc.kept || built != tc.built || strings.Join(got, ",") != "a,a,b" {
+			t.Errorf("%.60q: %d kept, %d requests described, tokens %q; want %d, %d, a,a,b", tc.module, e.answers.Len(), built, got, tc.kept, tc.built)
+		}
+	}
+}
+
 func TestExtractToken(t *testing.T) {
 	e := newEngine(t, 16)
 	// Alauda's robust example, in v1 syntax.
@@ -138,14 +178,14 @@ auth := {"token": input.request.headers["Private-Token"][0]} if {
 	for header, want := range map[string]string{"Private-Token": "sa-token", "X-Other": ""} {
 		h := http.Header{}
 		h.Set(header, "sa-token")
-		if got, err := e.ExtractToken(context.Background(), class, getRequest(h)); err != nil || got != want {
+		if got, err := extract(e, class, getRequest(h)); err != nil || got != want {
 			t.Errorf("%s: %q %v, want %q", header, got, err, want)
 		}
 	}
 	// The short example is undefined without the header: no token, no error.
 	class, _ = classWith("", `package proxy
 auth = {"token": input.request.headers["Private-Token"][0]}`, "")
-	if got, err := e.ExtractToken(context.Background(), class, getRequest(http.Header{})); err != nil || got != "" {
+	if got, err := extract(e, class, getRequest(http.Header{})); err != nil || got != "" {
 		t.Errorf("undefined: %q %v", got, err)
 	}
 	// A token in the JSON body.
@@ -153,12 +193,12 @@ auth = {"token": input.request.headers["Private-Token"][0]}`, "")
 auth := {"token": input.request.body.token}`, "")
 	r, _ := http.NewRequest(http.MethodPost, "http://proxy/x", strings.NewReader(`{"token":"from-body"}`))
 	r.Header.Set("Content-Type", "application/json")
-	if got, err := e.ExtractToken(context.Background(), class, e.NewRequest(r, "proxy", "/x", nil)); err != nil || got != "from-body" {
+	if got, err := extract(e, class, e.NewRequest(r, "proxy", "/x", nil)); err != nil || got != "from-body" {
 		t.Errorf("body: %q %v", got, err)
 	}
 	class, _ = classWith("", `package proxy
 auth := {"token": 42}`, "")
-	if _, err := e.ExtractToken(context.Background(), class, getRequest(http.Header{})); err == nil || !strings.Contains(err.Error(), "proxy.authExtractor.rego: auth must be an object whose token is a string") {
+	if _, err := extract(e, class, getRequest(http.Header{})); err == nil || !strings.Contains(err.Error(), "proxy.authExtractor.rego: auth must be an object whose token is a string") {
 		t.Errorf("number: %v", err)
 	}
 }

@@ -101,7 +101,7 @@ func (e *Engine) Generate(ctx context.Context, class *v1alpha1.ConnectorClass, t
 	keep := c.answersFrom(head) && dataVersion != ""
 	var answerKey [32]byte
 	if keep {
-		answerKey = c.answerKey(dataVersion, head)
+		answerKey = c.answerKey(GeneratorHook, dataVersion, head)
 		if inj, ok := e.answers.Get(answerKey); ok {
 			return inj.(*Injection), nil
 		}
@@ -149,10 +149,11 @@ func (c *compiled) requestValue(head RequestHead, req func() *Request) (ast.Valu
 	return req().value()
 }
 
-// answerKey is where an answer of c is kept: the module, the Secret's version and the values
-// c reads, each length-prefixed (no two inputs share a key: the names read are c's, in one
-// order, and a header's parts say whether it is there and how many values follow).
-func (c *compiled) answerKey(dataVersion string, head RequestHead) [32]byte {
+// answerKey is where an answer of c is kept: the hook, the scope (a generator's Secret
+// version), the module and the values c reads, each length-prefixed (no two inputs share a
+// key: the names read are c's, in one order, and a header's parts say whether it is there and
+// how many values follow).
+func (c *compiled) answerKey(hook Hook, scope string, head RequestHead) [32]byte {
 	h := sha256.New()
 	h.Write(c.key[:])
 	part := func(s string) {
@@ -161,7 +162,8 @@ func (c *compiled) answerKey(dataVersion string, head RequestHead) [32]byte {
 		h.Write(n[:])
 		h.Write([]byte(s))
 	}
-	part(dataVersion)
+	part(hook.Field)
+	part(scope)
 	for _, name := range c.reads.fields {
 		part(head.field(name))
 	}
@@ -235,11 +237,32 @@ func Extractor(class *v1alpha1.ConnectorClass) string {
 
 // ExtractToken evaluates a class's authExtractor over the request a client sent to the proxy
 // and returns the token it finds ({"token": "..."}), or "" when it finds none (an empty token
-// or an undefined answer).
-func (e *Engine) ExtractToken(ctx context.Context, class *v1alpha1.ConnectorClass, req *Request) (string, error) {
-	token, err := e.stringField(ctx, ExtractorHook, Extractor(class), req, "token")
+// or an undefined answer). As a generator's, the answer of an extractor that reads only what
+// head has (GitLab's reads PRIVATE-TOKEN) is kept by those values, and req, which describes
+// the whole request, is called only for one that reads more.
+func (e *Engine) ExtractToken(ctx context.Context, class *v1alpha1.ConnectorClass, head RequestHead, req func() *Request) (string, error) {
+	c := e.compile(ExtractorHook, Extractor(class))
+	if c.err != nil {
+		return "", classError(class, ExtractorHook.Field, c.err)
+	}
+	keep := c.answersFrom(head)
+	var answerKey [32]byte
+	if keep {
+		answerKey = c.answerKey(ExtractorHook, "", head)
+		if token, ok := e.answers.Get(answerKey); ok {
+			return token.(string), nil
+		}
+	}
+	in, err := c.requestValue(head, req)
 	if err != nil {
 		return "", classError(class, ExtractorHook.Field, err)
+	}
+	token, err := e.stringField(ctx, ExtractorHook, Extractor(class), in, "token")
+	if err != nil {
+		return "", classError(class, ExtractorHook.Field, err)
+	}
+	if keep {
+		e.answers.Add(answerKey, token)
 	}
 	return token, nil
 }
@@ -259,7 +282,11 @@ func (e *Engine) Verb(ctx context.Context, class *v1alpha1.ConnectorClass, req *
 	if class.Spec.API == nil || class.Spec.API.Permissions == nil || class.Spec.API.Permissions.Rego == "" {
 		return "", nil
 	}
-	verb, err := e.stringField(ctx, PermissionsHook, class.Spec.API.Permissions.Rego, req, "verb")
+	in, err := req.value()
+	if err != nil {
+		return "", classError(class, PermissionsHook.Field, err)
+	}
+	verb, err := e.stringField(ctx, PermissionsHook, class.Spec.API.Permissions.Rego, in, "verb")
 	if err != nil {
 		return "", classError(class, PermissionsHook.Field, err)
 	}
@@ -311,13 +338,9 @@ func (e *Engine) State(ctx context.Context, module string, object map[string]any
 	return state, nil
 }
 
-// stringField evaluates a module over {request} and reads one string field of its answer; an
-// undefined answer or field is "".
-func (e *Engine) stringField(ctx context.Context, h Hook, module string, req *Request, field string) (string, error) {
-	in, err := req.value()
-	if err != nil {
-		return "", err
-	}
+// stringField evaluates a module over {request: in} and reads one string field of its
+// answer; an undefined answer or field is "".
+func (e *Engine) stringField(ctx context.Context, h Hook, module string, in ast.Value, field string) (string, error) {
 	ans, err := e.Eval(ctx, h, module, ast.NewObject(ast.Item(ast.StringTerm("request"), ast.NewTerm(in))))
 	if errors.Is(err, ErrUndefined) {
 		return "", nil

@@ -10,6 +10,7 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -53,6 +54,13 @@ func (h *headerRecorder) count() int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return len(h.got)
+}
+
+// since is what reached the tool after its first n requests.
+func (h *headerRecorder) since(n int) []*http.Request {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Clone(h.got[min(n, len(h.got)):])
 }
 
 // carries reports whether any header or the query of r holds s.
@@ -134,6 +142,54 @@ func TestRegoGeneratorAndExtractor(t *testing.T) {
 	}
 }
 
+// TestRegoExtractorInTheFastLane: a token GitLab's authExtractor finds in PRIVATE-TOKEN is the
+// fast lane's too: checked, its route remembered for the connection with the classes that
+// found it, kept from the tool (the header and a query parameter that carried it). Its
+// requests are never read in place, which matches heads on Authorization: after a request
+// whose Authorization holds no token, one with the same Authorization and a wrong
+// PRIVATE-TOKEN is refused.
+func TestRegoExtractorInTheFastLane(t *testing.T) {
+	tool, rec, env, metricsAddr, ns := laneTestSetup(t)
+	class := regoClass(t)
+	const pat = "glpat-extracted-0123"
+	createSecret(t, ns, "gitlab-pat", corev1.SecretTypeOpaque, map[string]string{"token": pat})
+	newConnectorWithSecret(t, ns, "gitlab", class, rec.URL, "pat", "gitlab-pat")
+	allowConnectors(t, ns, "builder", "gitlab")
+	token := proxyToken(t, ns, "builder")
+	host := strings.TrimPrefix(env.proxyURL, "http://")
+	head := func(path, headers string) string {
+		return "GET /namespaces/" + ns + "/connectors/gitlab" + path + " HTTP/1.1\r\nHost: " + host + "\r\n" + headers + "\r\n"
+	}
+
+	before, reached := scrape(t, metricsAddr), tool.count()
+	codes := exchange(t, host, head("/api/v4/projects?private_token="+token+"&page=2", "PRIVATE-TOKEN: "+token+"\r\n"),
+		head("/api/v4/user", "PRIVATE-TOKEN: "+token+"\r\n"))
+	after := scrapeUntil(t, metricsAddr, before, laneWants(2, 0, 0))
+	got := tool.since(reached)
+	if !slices.Equal(codes, []int{200, 200}) || len(got) != 2 {
+		t.Fatalf("PRIVATE-TOKEN <pod token> twice: %v, %d requests reached the tool", codes, len(got))
+	}
+	for i, r := range got {
+		if r.Header.Get("Private-Token") != pat || carries(r, token) {
+			t.Errorf("request %d: the tool got %v %q, want PRIVATE-TOKEN the PAT and no Pod token", i, r.Header, r.URL.RawQuery)
+		}
+	}
+	if got[0].URL.RawQuery != "page=2" {
+		t.Errorf("the tool got the query %q, want page=2", got[0].URL.RawQuery)
+	}
+	if c := laneCounts(before, after); c != [3]float64{2, 0, 0} {
+		t.Errorf("the fast lane served %v, in place %v, handed over %v; want 2, 0, 0", c[0], c[1], c[2])
+	}
+
+	reached = tool.count()
+	noToken := "Authorization: Basic " + basic("x", "") + "\r\n"
+	codes = exchange(t, host, head("/api/v4/user", noToken+"PRIVATE-TOKEN: "+token+"\r\n"),
+		head("/api/v4/user", noToken+"PRIVATE-TOKEN: "+token+"x\r\n"))
+	if !slices.Equal(codes, []int{200, 401}) || tool.count() != reached+1 {
+		t.Errorf("the same Authorization, the right then a wrong PRIVATE-TOKEN: %v, %d requests reached the tool; want 200, 401 and 1", codes, tool.count()-reached)
+	}
+}
+
 // A class without an authExtractor does not take a token from PRIVATE-TOKEN, even though
 // another class's extractor finds one there.
 func TestRegoExtractorIsTheConnectorsClass(t *testing.T) {
@@ -181,11 +237,7 @@ auth := {"position": input.data.token, "auth": {}}`}}}
 // reaches the next route. A generator that reads headers by name is kept by their values
 // too, in place as well, and does not see the client's Authorization.
 func TestRegoGeneratorInTheFastLane(t *testing.T) {
-	tool := &headerRecorder{}
-	rec := startRecorder(t, tool.handle)
-	metricsAddr := freeLoopbackAddr(t)
-	env := startProxyDriver(t, func(o *driver.Options) { o.MetricsListen = metricsAddr })
-	ns := newNamespace(t)
+	tool, rec, env, metricsAddr, ns := laneTestSetup(t)
 	class := classWith(t, "generated", func(c *v1alpha1.ConnectorClass) {
 		c.Spec.Auth.Types = []v1alpha1.AuthType{
 			{Name: "pat", SecretType: "Opaque", Generator: &v1alpha1.RegoPolicy{Rego: `package proxy
@@ -206,38 +258,23 @@ default bearer := "no bearer"`}},
 	allowConnectors(t, ns, "builder", "pat", "by-path", "by-header")
 	token := proxyToken(t, ns, "builder")
 	host := strings.TrimPrefix(env.proxyURL, "http://")
-	lane := func(outcome string) string {
-		return series("connectors_proxy_fast_lane_total", map[string]string{"outcome": outcome})
-	}
-	wantCounts := func(served, inPlace, handed float64) map[string]float64 {
-		return map[string]float64{lane("served"): served, lane("served_in_place"): inPlace, lane("handed_over"): handed}
-	}
-	// counts are the fast lane's served, served in place and handed over, after less before.
-	counts := func(before, after map[string]float64) [3]float64 {
-		return [3]float64{after[lane("served")] - before[lane("served")], after[lane("served_in_place")] - before[lane("served_in_place")],
-			after[lane("handed_over")] - before[lane("handed_over")]}
-	}
 	// get sends GETs of paths on one new connection and returns what the tool got for each.
 	get := func(connector string, extra string, paths ...string) []*http.Request {
 		t.Helper()
-		conn := dialProxy(t, host)
-		br := bufio.NewReader(conn)
-		var got []*http.Request
+		var heads []string
 		for _, path := range paths {
-			raw := "GET /namespaces/" + ns + "/connectors/" + connector + path + " HTTP/1.1\r\nHost: " + host +
-				"\r\nAuthorization: Bearer " + token + "\r\n" + extra + "\r\n"
-			if _, err := io.WriteString(conn, raw); err != nil {
-				t.Fatal(err)
+			heads = append(heads, "GET /namespaces/"+ns+"/connectors/"+connector+path+" HTTP/1.1\r\nHost: "+host+
+				"\r\nAuthorization: Bearer "+token+"\r\n"+extra+"\r\n")
+		}
+		reached := tool.count()
+		for i, code := range exchange(t, host, heads...) {
+			if code != http.StatusOK {
+				t.Fatalf("GET %s of %s: %d", paths[i], connector, code)
 			}
-			res, err := http.ReadResponse(br, &http.Request{Method: "GET"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			body, _ := io.ReadAll(res.Body)
-			if res.StatusCode != http.StatusOK || string(body) != "ok" {
-				t.Fatalf("GET %s of %s: %d %q", path, connector, res.StatusCode, body)
-			}
-			got = append(got, tool.last(t))
+		}
+		got := tool.since(reached)
+		if len(got) != len(paths) {
+			t.Fatalf("%d of %d GETs of %s reached the tool", len(got), len(paths), connector)
 		}
 		return got
 	}
@@ -248,8 +285,8 @@ default bearer := "no bearer"`}},
 			t.Errorf("request %d: the tool got PRIVATE-TOKEN %q, Authorization %q (want the PAT alone, no Pod token)", i, v, got.Header.Get("Authorization"))
 		}
 	}
-	after := scrapeUntil(t, metricsAddr, before, wantCounts(1, 1, 0))
-	if c := counts(before, after); c != [3]float64{1, 1, 0} {
+	after := scrapeUntil(t, metricsAddr, before, laneWants(1, 1, 0))
+	if c := laneCounts(before, after); c != [3]float64{1, 1, 0} {
 		t.Errorf("a generator of the Secret alone: the fast lane served %v, in place %v, handed over %v; want 1, 1, 0", c[0], c[1], c[2])
 	}
 
@@ -272,13 +309,13 @@ default bearer := "no bearer"`}},
 		t.Helper()
 		before := scrape(t, metricsAddr)
 		got := send()
-		after := scrapeUntil(t, metricsAddr, before, wantCounts(served, inPlace, handed))
+		after := scrapeUntil(t, metricsAddr, before, laneWants(served, inPlace, handed))
 		for i := range want {
 			if v := got[i].Header.Get("X-Signed"); v != want[i] {
 				t.Errorf("a generator reading %s, request %d: X-Signed %q, want %q", what, i, v, want[i])
 			}
 		}
-		if c := counts(before, after); c != [3]float64{served, inPlace, handed} {
+		if c := laneCounts(before, after); c != [3]float64{served, inPlace, handed} {
 			t.Errorf("a generator reading %s: the fast lane served %v, in place %v, handed over %v; want %v, %v, %v", what, c[0], c[1], c[2], served, inPlace, handed)
 		}
 	}
@@ -287,4 +324,55 @@ default bearer := "no bearer"`}},
 	signed("headers", func() []*http.Request {
 		return append(get("by-header", "X-Part: one\r\n", "/a", "/b"), get("by-header", "X-Part: two\r\n", "/a")...)
 	}, []string{rotated + ":one:no bearer", rotated + ":one:no bearer", rotated + ":two:no bearer"}, 2, 1, 0)
+}
+
+// laneTestSetup is a tool that records what reaches it, a proxy driver whose metrics are at
+// metricsAddr, and a new namespace.
+func laneTestSetup(t *testing.T) (tool *headerRecorder, rec *recorder, env *proxyEnv, metricsAddr, ns string) {
+	tool = &headerRecorder{}
+	rec = startRecorder(t, tool.handle)
+	metricsAddr = freeLoopbackAddr(t)
+	env = startProxyDriver(t, func(o *driver.Options) { o.MetricsListen = metricsAddr })
+	return tool, rec, env, metricsAddr, newNamespace(t)
+}
+
+// laneSeries is the fast lane's counter of outcome.
+func laneSeries(outcome string) string {
+	return series("connectors_proxy_fast_lane_total", map[string]string{"outcome": outcome})
+}
+
+// laneWants are the fast lane's counters scrapeUntil waits for: served, served in place,
+// handed over (increments).
+func laneWants(served, inPlace, handed float64) map[string]float64 {
+	return map[string]float64{laneSeries("served"): served, laneSeries("served_in_place"): inPlace, laneSeries("handed_over"): handed}
+}
+
+// laneCounts are the fast lane's served, served in place and handed over, after less before.
+func laneCounts(before, after map[string]float64) [3]float64 {
+	var c [3]float64
+	for i, outcome := range []string{"served", "served_in_place", "handed_over"} {
+		c[i] = after[laneSeries(outcome)] - before[laneSeries(outcome)]
+	}
+	return c
+}
+
+// exchange sends raw request heads, one after the other, on one new connection to the proxy
+// at host and returns the answers' status codes (each answer's body read).
+func exchange(t *testing.T, host string, heads ...string) []int {
+	t.Helper()
+	conn := dialProxy(t, host)
+	br := bufio.NewReader(conn)
+	var codes []int
+	for _, head := range heads {
+		if _, err := io.WriteString(conn, head); err != nil {
+			t.Fatal(err)
+		}
+		res, err := http.ReadResponse(br, &http.Request{Method: "GET"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, res.Body)
+		codes = append(codes, res.StatusCode)
+	}
+	return codes
 }

@@ -175,6 +175,9 @@ func CreateObjects(ctx context.Context, cp *controlplane.ControlPlane, up *Upstr
 	if err := regoConnectors(ctx, cp, up.URL); err != nil {
 		return "", err
 	}
+	if err := extractorConnector(ctx, cp, up.URL, auth); err != nil {
+		return "", err
+	}
 	if err := cp.Client.Create(ctx, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "bench-connectors"},
 		Rules: []rbacv1.PolicyRule{{APIGroups: []string{v1alpha1.GroupVersion.Group}, Resources: []string{"connectors", "connectors/proxy"}, Verbs: []string{"get"}}}}); err != nil {
 		return "", err
@@ -237,6 +240,24 @@ func regoConnectors(ctx context.Context, cp *controlplane.ControlPlane, address 
 	}
 	return nil
 }
+
+// extractorConnector is tool-pt: the benchmark Connector again, of a class whose
+// authExtractor finds the caller's token in PRIVATE-TOKEN, as GitLab's does for glab and
+// GitLab's API clients.
+func extractorConnector(ctx context.Context, cp *controlplane.ControlPlane, address string, auth *v1alpha1.ConnectorAuth) error {
+	if err := cp.Client.Create(ctx, &v1alpha1.ConnectorClass{ObjectMeta: metav1.ObjectMeta{Name: "bench-extractor"},
+		Spec: v1alpha1.ConnectorClassSpec{Auth: &v1alpha1.AuthSpec{Types: []v1alpha1.AuthType{{Name: "basicAuth", SecretType: v1alpha1.SecretTypeBasicAuth}}},
+			Proxy: &v1alpha1.ProxySpec{AuthExtractor: &v1alpha1.RegoPolicy{Rego: privateTokenExtractor}}}}); err != nil {
+		return err
+	}
+	return cp.Client.Create(ctx, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: "tool-pt", Namespace: Namespace},
+		Spec: v1alpha1.ConnectorSpec{ConnectorClassName: "bench-extractor", Address: address, Auth: auth}})
+}
+
+// privateTokenExtractor is the shipped GitLab class's authExtractor.
+const privateTokenExtractor = `package proxy
+default auth := {"token": ""}
+auth := {"token": input.request.headers["Private-Token"][0]} if count(input.request.headers["Private-Token"]) > 0`
 
 // ProxyCA is the proxy's CA certificate, which the driver keeps in the system namespace
 // (made on first use: a CONNECT through the proxy makes it).

@@ -181,14 +181,15 @@ func makeTargets(ctx context.Context, cp *controlplane.ControlPlane, up *benchen
 	fwdTLS, _ := url.Parse("http://" + drv.ProxyAddr)
 	fwdTLS.User = url.UserPassword(ns+"/tool-tls", token)
 	bearer := http.Header{"Authorization": {"Bearer " + token}}
+	privateToken := http.Header{"Private-Token": {token}}
 	reverse := func(connector string) func(string) string {
 		return func(s string) string {
 			return "http://" + drv.ProxyAddr + "/namespaces/" + ns + "/connectors/" + connector + "/" + s
 		}
 	}
-	reverseWrk := func(connector string) func(string) *request {
+	reverseWrk := func(connector string, header http.Header) func(string) *request {
 		return func(s string) *request {
-			return &request{connect: "http://" + drv.ProxyAddr, path: "/namespaces/" + ns + "/connectors/" + connector + "/" + s, header: bearer}
+			return &request{connect: "http://" + drv.ProxyAddr, path: "/namespaces/" + ns + "/connectors/" + connector + "/" + s, header: header}
 		}
 	}
 	// The first CONNECT makes the proxy's CA; trust it from then on.
@@ -215,7 +216,7 @@ func makeTargets(ctx context.Context, cp *controlplane.ControlPlane, up *benchen
 		{name: "Go relay (no checks: the floor)", goClient: plain(nil, nil), goURL: func(s string) string { return "http://" + floor.addr + "/" + s },
 			wrk:      func(s string) *request { return &request{connect: "http://" + floor.addr, path: "/" + s} },
 			baseline: "nginx (header-injecting reverse proxy)", pids: floor.pids},
-		{name: "connectors proxy (reverse)", goClient: plain(nil, nil), goURL: reverse("tool"), header: bearer, wrk: reverseWrk("tool"),
+		{name: "connectors proxy (reverse)", goClient: plain(nil, nil), goURL: reverse("tool"), header: bearer, wrk: reverseWrk("tool", bearer),
 			baseline: "nginx (header-injecting reverse proxy)", pids: drv.PIDs, driver: true},
 		{name: "connectors proxy (forward)", goClient: plain(http.ProxyURL(fwd), nil), goURL: func(s string) string { return up.URL + "/" + s },
 			wrk: func(s string) *request {
@@ -224,13 +225,15 @@ func makeTargets(ctx context.Context, cp *controlplane.ControlPlane, up *benchen
 			},
 			baseline: "nginx (header-injecting reverse proxy)", pids: drv.PIDs, driver: true},
 		{name: "connectors proxy (reverse, Rego generator of the Secret)", goClient: plain(nil, nil), goURL: reverse("tool-rego"), header: bearer,
-			wrk: reverseWrk("tool-rego"), baseline: "nginx (header-injecting reverse proxy)", pids: drv.PIDs, driver: true},
+			wrk: reverseWrk("tool-rego", bearer), baseline: "nginx (header-injecting reverse proxy)", pids: drv.PIDs, driver: true},
 		{name: "connectors proxy (reverse, Rego generator by path, as GitHub's)", goClient: plain(nil, nil), goURL: reverse("tool-rego-path"), header: bearer,
-			wrk: reverseWrk("tool-rego-path"), baseline: "nginx (header-injecting reverse proxy)", pids: drv.PIDs, driver: true},
+			wrk: reverseWrk("tool-rego-path", bearer), baseline: "nginx (header-injecting reverse proxy)", pids: drv.PIDs, driver: true},
 		{name: "connectors proxy (reverse, Rego generator reading a header)", goClient: plain(nil, nil), goURL: reverse("tool-rego-header"), header: bearer,
-			wrk: reverseWrk("tool-rego-header"), baseline: "nginx (header-injecting reverse proxy)", pids: drv.PIDs, driver: true},
+			wrk: reverseWrk("tool-rego-header", bearer), baseline: "nginx (header-injecting reverse proxy)", pids: drv.PIDs, driver: true},
 		{name: "connectors proxy (reverse, Rego generator reading the query: per request)", goClient: plain(nil, nil), goURL: reverse("tool-rego-request"), header: bearer,
-			wrk: reverseWrk("tool-rego-request"), baseline: "nginx (header-injecting reverse proxy)", pids: drv.PIDs, driver: true},
+			wrk: reverseWrk("tool-rego-request", bearer), baseline: "nginx (header-injecting reverse proxy)", pids: drv.PIDs, driver: true},
+		{name: "connectors proxy (reverse, token in PRIVATE-TOKEN: GitLab's authExtractor)", goClient: plain(nil, nil), goURL: reverse("tool-pt"), header: privateToken,
+			wrk: reverseWrk("tool-pt", privateToken), baseline: "nginx (header-injecting reverse proxy)", pids: drv.PIDs, driver: true},
 		{name: "nginx (TLS in, proxy_pass https://)", goClient: plain(nil, nginxRoots), goURL: func(s string) string { return "https://" + ngx.tlsAddr + "/" + s },
 			wrk:  func(s string) *request { return &request{connect: "https://" + ngx.tlsAddr, path: "/" + s} },
 			pids: ngx.pids},
@@ -240,9 +243,9 @@ func makeTargets(ctx context.Context, cp *controlplane.ControlPlane, up *benchen
 			wrk:  func(s string) *request { return &request{connect: "http://" + ngx.toTLSAddr, path: "/" + s} },
 			pids: ngx.pids},
 		{name: "connectors proxy (reverse, https tool)", goClient: plain(nil, nil), goURL: reverse("tool-tls"), header: bearer,
-			wrk: reverseWrk("tool-tls"), baseline: "nginx (proxy_pass https://)", pids: drv.PIDs, driver: true},
+			wrk: reverseWrk("tool-tls", bearer), baseline: "nginx (proxy_pass https://)", pids: drv.PIDs, driver: true},
 		{name: "connectors proxy (reverse, enable-connector-proxy-permissions)", goClient: plain(nil, nil), goURL: reverse("tool"), header: bearer,
-			wrk: reverseWrk("tool"), baseline: "nginx (header-injecting reverse proxy)", pids: drv.PIDs, driver: true, permissions: true},
+			wrk: reverseWrk("tool", bearer), baseline: "nginx (header-injecting reverse proxy)", pids: drv.PIDs, driver: true, permissions: true},
 	}
 	for _, tg := range targets {
 		if err := benchenv.WaitReady(tg.goClient, []string{tg.goURL("1k")}, tg.header); err != nil {
