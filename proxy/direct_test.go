@@ -271,14 +271,16 @@ func TestDirectTransportTakesOnlyBodylessGetAndHead(t *testing.T) {
 
 // spliceFront is a ReverseProxy over d, as the proxy's: the body of a direct answer goes to
 // the metered client writer.
-func spliceFront(t *testing.T, d *directTransport, tr *http.Transport, upstream string) (*httptest.Server, *atomic.Int64) {
+func spliceFront(t *testing.T, d *directTransport, tr *http.Transport, upstream string) (front *httptest.Server, counted func() int64) {
 	t.Helper()
 	target, err := url.Parse(upstream)
 	if err != nil {
 		t.Fatal(err)
 	}
 	type clientKey struct{}
-	var sent atomic.Int64
+	// Each request's bytes as the client's writer counted them, once its handler is done,
+	// which may be after the client has read the answer.
+	sent := make(chan int64, 64)
 	rp := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) { pr.SetURL(target) },
 		Transport: roundTripFunc(func(r *http.Request) (*http.Response, error) {
@@ -286,13 +288,22 @@ func spliceFront(t *testing.T, d *directTransport, tr *http.Transport, upstream 
 		}),
 		ErrorLog: log.New(io.Discard, "", 0),
 	}
-	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	front = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		m := &meteredWriter{ResponseWriter: w, mode: modeReverse, r: r}
-		defer func() { sent.Add(m.bytes) }()
+		defer func() { sent <- m.bytes }()
 		rp.ServeHTTP(m, r.WithContext(context.WithValue(r.Context(), clientKey{}, io.Writer(m))))
 	}))
 	t.Cleanup(front.Close)
-	return front, &sent
+	return front, func() int64 {
+		t.Helper()
+		select {
+		case n := <-sent:
+			return n
+		case <-time.After(10 * time.Second):
+			t.Fatal("no request ended at the front in 10s")
+			return 0
+		}
+	}
 }
 
 type roundTripFunc func(*http.Request) (*http.Response, error)
@@ -318,8 +329,8 @@ func TestDirectTransportSplicesLargeBodies(t *testing.T) {
 		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(payload[:n]))
 	})
 	d := newDirectTransport(4, time.Minute)
-	front, sent := spliceFront(t, d, newTestTransport(), srv.URL)
-	var total int64
+	front, counted := spliceFront(t, d, newTestTransport(), srv.URL)
+	var total, sent int64
 	for _, n := range []int{spliceMinBytes, 1<<20 + 3, len(payload), 1000} {
 		res, err := http.Get(front.URL + "/blob?n=" + strconv.Itoa(n))
 		if err != nil {
@@ -328,13 +339,13 @@ func TestDirectTransportSplicesLargeBodies(t *testing.T) {
 		if got := readAll(t, res); got != string(payload[:n]) {
 			t.Fatalf("%d bytes asked: %d received, or not the tool's", n, len(got))
 		}
-		total += int64(n)
+		total, sent = total+int64(n), sent+counted()
 	}
 	if o := cc.opened.Load(); o != 1 {
 		t.Errorf("%d connections to the tool for four answers, want 1", o)
 	}
-	if s := sent.Load(); s != total {
-		t.Errorf("the client's writer counted %d bytes, want %d", s, total)
+	if sent != total {
+		t.Errorf("the client's writer counted %d bytes, want %d", sent, total)
 	}
 	res, err := http.Get(front.URL + "/blob?cut=1&n=" + strconv.Itoa(1<<20))
 	if err == nil {
@@ -423,13 +434,13 @@ func TestDirectTransportSpeaksHTTP1OverTLS(t *testing.T) {
 			t.Fatalf("%d bytes asked: %d received, or not the tool's", n, len(got))
 		}
 	}
-	front, sent := spliceFront(t, d, tr, "https://tool.example.com")
+	front, counted := spliceFront(t, d, tr, "https://tool.example.com")
 	res, err = http.Get(front.URL + "/blob?n=" + strconv.Itoa(len(payload)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := readAll(t, res); got != string(payload) || sent.Load() != int64(len(payload)) {
-		t.Fatalf("a large answer over TLS: %d bytes received (%d counted), want %d, the tool's", len(got), sent.Load(), len(payload))
+	if got, sent := readAll(t, res), counted(); got != string(payload) || sent != int64(len(payload)) {
+		t.Fatalf("a large answer over TLS: %d bytes received (%d counted), want %d, the tool's", len(got), sent, len(payload))
 	}
 	if o := cc.opened.Load() - opened; o != 1 {
 		t.Errorf("%d connections to the tool for four sequential answers, want 1", o)

@@ -228,7 +228,9 @@ func (m *laneMemo) remember(key laneKey, auth string, rt *route, epoch uint64) {
 	}
 	if !key.forward {
 		m.auth = auth
-		m.prefix = reversePrefix + key.connector.Namespace + "/connectors/" + key.connector.Name
+		if !key.byHost {
+			m.prefix = reversePrefix + key.connector.Namespace + "/connectors/" + key.connector.Name
+		}
 		m.toolPath, m.inPlace = addressPath(rt.connector.Spec.Address)
 		// A head read in place is matched on its Authorization, which does not hold a token an
 		// authExtractor found: such a route serves parsed requests only.
@@ -501,10 +503,9 @@ func peekHead(br *bufio.Reader) (head []byte, whole bool, err error) {
 // parse reads head as net/http does, without consuming it, and returns the request if it is
 // one the fast lane takes, else nil.
 func (c *laneConn) parse(head []byte) *http.Request {
-	taken := hasAnyPrefix(head, "GET "+reversePrefix, "HEAD "+reversePrefix, "GET http://", "HEAD http://")
-	if c.tunnel != nil {
-		taken = hasAnyPrefix(head, "GET /", "HEAD /") // origin-form only
-	}
+	// Origin-form (the reverse proxy's paths, a Connector's own host, a tunnel's requests) or,
+	// outside tunnels, absolute-form.
+	taken := hasAnyPrefix(head, "GET /", "HEAD /") || c.tunnel == nil && hasAnyPrefix(head, "GET http://", "HEAD http://")
 	if !taken || !bytes.HasSuffix(head, []byte("\r\n\r\n")) {
 		return nil
 	}
@@ -531,9 +532,8 @@ func hasAnyPrefix(b []byte, prefixes ...string) bool {
 }
 
 // laneRequest tells whether the fast lane takes r: anything with a body, an upgrade, an
-// expectation, trailers, headers the Connection header names, a Connector's own host, a
-// host net/http's server would refuse, or another proxy's hop marker goes to net/http, which
-// answers it as it always has.
+// expectation, trailers, headers the Connection header names, a host net/http's server would
+// refuse, or another proxy's hop marker goes to net/http, which answers it as it always has.
 func laneRequest(r *http.Request) bool {
 	// http.ReadRequest refuses a second Host header and moves the one to r.Host; the checks
 	// net/http's server adds to it are these.
@@ -554,11 +554,7 @@ func laneRequest(r *http.Request) bool {
 			}
 		}
 	}
-	if !noneOf(r.Header, laneRefusedHeaders) {
-		return false
-	}
-	_, isHost := connectorOfHost(r.Host)
-	return !isHost
+	return noneOf(r.Header, laneRefusedHeaders)
 }
 
 // laneRefusedHeaders are headers whose requests the fast lane leaves to the full path.
@@ -696,7 +692,10 @@ type laneKey struct {
 	method     string
 	connector  types.NamespacedName
 	host       string
-	rest       string // the reverse path under the Connector's address (not part of the identity)
+	// byHost (reverse): the host is the Connector's own, and so the whole path is under its
+	// address (it follows from host).
+	byHost bool
+	rest   string // the reverse path under the Connector's address (not part of the identity)
 }
 
 func (k laneKey) mode() string {
@@ -715,16 +714,21 @@ func (k laneKey) sameRoute(o laneKey) bool {
 
 // laneKeyOf reads r's key, its credential the Proxy-Authorization value (forward) or the token
 // in Authorization (reverse; "" when there is none there); ok is false for a request the
-// fast lane leaves to the full path: a forward one without Proxy-Authorization, or neither
-// forward nor of a reverse-proxy path.
+// fast lane leaves to the full path: a forward one without Proxy-Authorization, or one
+// neither forward, nor to a Connector's own host, nor of a reverse-proxy path. A Connector's
+// own host comes first, as in Proxy.ServeHTTP: the whole path is then under its address.
 func laneKeyOf(r *http.Request) (laneKey, bool) {
 	if r.URL.IsAbs() {
 		auth := r.Header.Get("Proxy-Authorization")
 		return laneKey{forward: true, credential: auth, method: r.Method, host: r.URL.Host}, auth != ""
 	}
-	nn, rest, isReverse := parseReversePath(r.URL.EscapedPath())
+	nn, byHost := connectorOfHost(r.Host)
+	rest, isReverse := r.URL.EscapedPath(), byHost
+	if !byHost {
+		nn, rest, isReverse = parseReversePath(rest)
+	}
 	// The host the client named is in the route too: redirects are rewritten to it.
-	return laneKey{credential: clientToken(r.Header), method: r.Method, connector: nn, host: r.Host, rest: rest}, isReverse
+	return laneKey{credential: clientToken(r.Header), method: r.Method, connector: nn, host: r.Host, byHost: byHost, rest: rest}, isReverse
 }
 
 // resolve routes r as the full path does, writing a refusal into m (rt nil); handOver is true

@@ -44,8 +44,7 @@ const laneMaxFields = 64
 
 // readLaneHead reads head, a whole request head (its last line empty), into h, or returns
 // false if it is not a GET or HEAD the fast lane reads itself: HTTP/1.1 only; an origin-form
-// target under the reverse proxy's prefix, or an absolute http:// one of a plain host name
-// (in a tunnel: any origin-form target);
+// target, or, outside tunnels, an absolute http:// one of a plain host name;
 // header names of token characters right before their colon; values of visible ASCII,
 // spaces and tabs; one Host, one Authorization, one Proxy-Authorization, one User-Agent; no
 // header that says there is a body, an upgrade, an expectation or trailers, names another
@@ -247,18 +246,13 @@ func isAlnum(b byte) bool {
 	return b >= 'a' && b <= 'z' || b >= 'A' && b <= 'Z' || b >= '0' && b <= '9'
 }
 
-// laneTarget: an origin-form target under the reverse proxy's prefix (in a tunnel: any
-// origin-form target), or, outside tunnels, an absolute http:// one whose authority is a
-// plain host name or address and port, both of unreserved and sub-delimiter characters, ':',
-// '@', '/', one '?' and well-formed percent escapes.
+// laneTarget: an origin-form target or, outside tunnels, an absolute http:// one whose
+// authority is a plain host name or address and port, both of unreserved and sub-delimiter
+// characters, ':', '@', '/', one '?' and well-formed percent escapes.
 func laneTarget(t []byte, inTunnel bool) bool {
 	rest, absolute := bytes.CutPrefix(t, []byte("http://"))
 	switch {
-	case inTunnel:
-		if rest = t; !bytes.HasPrefix(t, []byte("/")) {
-			return false
-		}
-	case absolute:
+	case absolute && !inTunnel:
 		end := bytes.IndexAny(rest, "/?")
 		if end < 0 {
 			end = len(rest)
@@ -267,7 +261,7 @@ func laneTarget(t []byte, inTunnel bool) bool {
 			return false
 		}
 		rest = rest[end:]
-	case !bytes.HasPrefix(t, []byte(reversePrefix)):
+	case !bytes.HasPrefix(t, []byte("/")):
 		return false
 	}
 	query := false

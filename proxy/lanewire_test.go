@@ -42,6 +42,9 @@ var laneHeadSeeds = []string{
 	"GET /namespaces/team/connectors/git/x HTTP/1.1\r\nHost: proxy\r\nContent-Length: 0\r\n\r\n",
 	"GET /namespaces/team/connectors/git/x HTTP/1.1\nHost: proxy\r\n\r\n",
 	"GET /namespaces/team/connectors/git/x HTTP/1.1\r\nHost: proxy\r\nX-Long: " + strings.Repeat("v", 300) + "\r\n\r\n",
+	// A Connector's own host: any path is under its address.
+	"GET /api/v4/user?x=1 HTTP/1.1\r\nHost: c-git.team.svc.cluster.local:8080\r\nAuthorization: Bearer tok\r\n\r\n",
+	"GET /namespaces/team/connectors/git/x HTTP/1.1\r\nHost: C-Git.Team.svc:80\r\nAuthorization: Bearer tok\r\n\r\n",
 	// A tunnel's: origin-form, any path.
 	"GET /base/repo.git/info/refs?service=git-upload-pack HTTP/1.1\r\nHost: tool.example:8080\r\nUser-Agent: git/2.39\r\nAuthorization: Basic eDp0b2s=\r\n\r\n",
 	"HEAD /other/x HTTP/1.1\r\nHost: tool.example:8080\r\nProxy-Authorization: Basic eDp0b2s=\r\n\r\n",
@@ -88,7 +91,7 @@ func sameAsNetHTTP(t *testing.T, c *laneConn, head []byte) {
 	if err != nil {
 		t.Fatalf("read by the fast lane, refused by net/http (%v): %q", err, head)
 	}
-	if _, isHost := connectorOfHost(req.Host); !laneRequest(req) && !isHost {
+	if !laneRequest(req) {
 		t.Fatalf("read by the fast lane, left to net/http by its general path: %q", head)
 	}
 	wantHost := string(h.host)
@@ -178,6 +181,7 @@ func sameRoutes(t *testing.T, c *laneConn, h *laneHead, req *http.Request) {
 	from := []string{
 		"GET /namespaces/team/connectors/git/x HTTP/1.1\r\nHost: proxy:8080\r\nAuthorization: Bearer tok\r\n\r\n",
 		"GET http://tool.example:8080/base/x HTTP/1.1\r\nHost: tool.example:8080\r\nProxy-Authorization: Basic dGVhbS9naXQ6dG9r\r\n\r\n",
+		"GET /x HTTP/1.1\r\nHost: c-git.team.svc.cluster.local:8080\r\nAuthorization: Bearer tok\r\n\r\n",
 	}
 	if c.tunnel != nil {
 		from = []string{"GET /base/x HTTP/1.1\r\nHost: tool.example:8080\r\n\r\n"}
@@ -256,16 +260,16 @@ func laneTestRoute(c *laneConn, req *http.Request, address string) (*route, bool
 	conn := &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Namespace: "team", Name: "git"},
 		Spec: v1alpha1.ConnectorSpec{Address: address}}
 	rt := &route{connector: conn, cred: credential{authorization: "Basic dXNlcjpzZWNyZXQ="}}
-	if _, target, _ := c.keyOf(req); target.IsAbs() {
+	key, target, ok := c.keyOf(req)
+	if target.IsAbs() {
 		u := *target
 		rt.target = &u
 		return rt, true
 	}
-	_, rest, ok := parseReversePath(req.URL.EscapedPath())
 	if !ok {
 		return nil, false
 	}
-	target, err := reverseTarget(conn, rest, req.URL.RawQuery)
+	target, err := reverseTarget(conn, key.rest, req.URL.RawQuery)
 	rt.target = target
 	return rt, err == nil
 }

@@ -495,3 +495,111 @@ func withCA(t *testing.T, authority *testca.CA) func(ns string, c *v1alpha1.Conn
 		c.Spec.CACertSecretRef = &v1alpha1.LocalSecretRef{Name: "tool-ca"}
 	}
 }
+
+// laneTestSetup is a tool that records what reaches it, a proxy driver whose metrics are at
+// metricsAddr, and a new namespace.
+func laneTestSetup(t *testing.T) (tool *headerRecorder, rec *recorder, env *proxyEnv, metricsAddr, ns string) {
+	tool = &headerRecorder{}
+	rec = startRecorder(t, tool.handle)
+	metricsAddr = freeLoopbackAddr(t)
+	env = startProxyDriver(t, func(o *driver.Options) { o.MetricsListen = metricsAddr })
+	return tool, rec, env, metricsAddr, newNamespace(t)
+}
+
+// laneSeries is the fast lane's counter of outcome.
+func laneSeries(outcome string) string {
+	return series("connectors_proxy_fast_lane_total", map[string]string{"outcome": outcome})
+}
+
+// laneWants are the fast lane's counters scrapeUntil waits for: served, served in place,
+// handed over (increments).
+func laneWants(served, inPlace, handed float64) map[string]float64 {
+	return map[string]float64{laneSeries("served"): served, laneSeries("served_in_place"): inPlace, laneSeries("handed_over"): handed}
+}
+
+// laneCounts are the fast lane's served, served in place and handed over, after less before.
+func laneCounts(before, after map[string]float64) [3]float64 {
+	var c [3]float64
+	for i, outcome := range []string{"served", "served_in_place", "handed_over"} {
+		c[i] = after[laneSeries(outcome)] - before[laneSeries(outcome)]
+	}
+	return c
+}
+
+// exchange sends raw GET heads, one after the other, on one new connection to the proxy at
+// host and returns the answers (their bodies read).
+func exchange(t *testing.T, host string, heads ...string) []*http.Response {
+	t.Helper()
+	conn := dialProxy(t, host)
+	br := bufio.NewReader(conn)
+	var answers []*http.Response
+	for _, head := range heads {
+		if _, err := io.WriteString(conn, head); err != nil {
+			t.Fatal(err)
+		}
+		res, err := http.ReadResponse(br, &http.Request{Method: "GET"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, res.Body)
+		answers = append(answers, res)
+	}
+	return answers
+}
+
+func statusCodes(answers []*http.Response) []int {
+	var codes []int
+	for _, res := range answers {
+		codes = append(codes, res.StatusCode)
+	}
+	return codes
+}
+
+// TestFastLaneByAConnectorsOwnHost: requests to a Connector's own host (the host resolver's
+// c-<name>.<ns>.svc.<domain>) are the fast lane's, the whole path under the Connector's address
+// (also one that looks like the reverse proxy's), in place from the second on, a redirect
+// rewritten to that host; another Connector's host on the same connection does not ride the
+// remembered route (the caller may not use it: refused before the tool).
+func TestFastLaneByAConnectorsOwnHost(t *testing.T) {
+	tool := &headerRecorder{}
+	rec := startRecorder(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/base/moved" {
+			http.Redirect(w, r, "http://"+r.Host+"/base/new", http.StatusFound)
+			return
+		}
+		tool.handle(w, r)
+	})
+	metricsAddr := freeLoopbackAddr(t)
+	env := startProxyDriver(t, func(o *driver.Options) { o.MetricsListen = metricsAddr })
+	ns, _, files := basicTool(t, env, rec.URL+"/base", "own-host-secret")
+	proxyAddr := strings.TrimPrefix(env.proxyURL, "http://")
+	_, port, _ := net.SplitHostPort(proxyAddr)
+	own := "c-tool." + ns + ".svc.cluster.local:" + port
+	head := func(host, path string) string {
+		return "GET " + path + " HTTP/1.1\r\nHost: " + host + "\r\nAuthorization: Bearer " + files["context.token"] + "\r\n\r\n"
+	}
+	before, reached := scrape(t, metricsAddr), tool.count()
+	answers := exchange(t, proxyAddr, head(own, "/x?y=1"), head(own, "/namespaces/other/connectors/z/q"), head(own, "/moved"),
+		head("c-other."+ns+".svc.cluster.local:"+port, "/x"))
+	after := scrapeUntil(t, metricsAddr, before, laneWants(1, 2, 0))
+	if codes := statusCodes(answers); !slices.Equal(codes, []int{200, 200, 302, 403}) {
+		t.Fatalf("answers %v, want 200, 200, 302, 403", codes)
+	}
+	if loc := answers[2].Header.Get("Location"); loc != "http://"+own+"/new" {
+		t.Errorf("the redirect's Location %q, want it on the Connector's own host", loc)
+	}
+	got := tool.since(reached)
+	if len(got) != 2 || got[0].URL.RequestURI() != "/base/x?y=1" || got[1].URL.RequestURI() != "/base/namespaces/other/connectors/z/q" {
+		t.Fatalf("the tool got %d requests: %v", len(got), got)
+	}
+	for i, r := range got {
+		if r.Header.Get("Authorization") != "Basic "+basic("bot", "own-host-secret") || carries(r, files["context.token"]) {
+			t.Errorf("request %d: the tool got Authorization %q, or the Pod token", i, r.Header.Get("Authorization"))
+		}
+	}
+	// Served: the first (through net/http's parsers); in place: the next two; the other host's
+	// refusal is answered, not served.
+	if c := laneCounts(before, after); c != [3]float64{1, 2, 0} {
+		t.Errorf("the fast lane served %v, in place %v, handed over %v; want 1, 2, 0", c[0], c[1], c[2])
+	}
+}

@@ -6,9 +6,7 @@ package e2e
 // theirs. A recording server stands in for the tool.
 
 import (
-	"bufio"
 	"context"
-	"io"
 	"net/http"
 	"slices"
 	"strings"
@@ -21,7 +19,6 @@ import (
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/connectorstatus"
-	"github.com/kube-connectors/connectors-csi/driver"
 	"github.com/kube-connectors/connectors-csi/test/kubelet"
 )
 
@@ -162,8 +159,8 @@ func TestRegoExtractorInTheFastLane(t *testing.T) {
 	}
 
 	before, reached := scrape(t, metricsAddr), tool.count()
-	codes := exchange(t, host, head("/api/v4/projects?private_token="+token+"&page=2", "PRIVATE-TOKEN: "+token+"\r\n"),
-		head("/api/v4/user", "PRIVATE-TOKEN: "+token+"\r\n"))
+	codes := statusCodes(exchange(t, host, head("/api/v4/projects?private_token="+token+"&page=2", "PRIVATE-TOKEN: "+token+"\r\n"),
+		head("/api/v4/user", "PRIVATE-TOKEN: "+token+"\r\n")))
 	after := scrapeUntil(t, metricsAddr, before, laneWants(2, 0, 0))
 	got := tool.since(reached)
 	if !slices.Equal(codes, []int{200, 200}) || len(got) != 2 {
@@ -183,8 +180,8 @@ func TestRegoExtractorInTheFastLane(t *testing.T) {
 
 	reached = tool.count()
 	noToken := "Authorization: Basic " + basic("x", "") + "\r\n"
-	codes = exchange(t, host, head("/api/v4/user", noToken+"PRIVATE-TOKEN: "+token+"\r\n"),
-		head("/api/v4/user", noToken+"PRIVATE-TOKEN: "+token+"x\r\n"))
+	codes = statusCodes(exchange(t, host, head("/api/v4/user", noToken+"PRIVATE-TOKEN: "+token+"\r\n"),
+		head("/api/v4/user", noToken+"PRIVATE-TOKEN: "+token+"x\r\n")))
 	if !slices.Equal(codes, []int{200, 401}) || tool.count() != reached+1 {
 		t.Errorf("the same Authorization, the right then a wrong PRIVATE-TOKEN: %v, %d requests reached the tool; want 200, 401 and 1", codes, tool.count()-reached)
 	}
@@ -267,7 +264,7 @@ default bearer := "no bearer"`}},
 				"\r\nAuthorization: Bearer "+token+"\r\n"+extra+"\r\n")
 		}
 		reached := tool.count()
-		for i, code := range exchange(t, host, heads...) {
+		for i, code := range statusCodes(exchange(t, host, heads...)) {
 			if code != http.StatusOK {
 				t.Fatalf("GET %s of %s: %d", paths[i], connector, code)
 			}
@@ -324,55 +321,4 @@ default bearer := "no bearer"`}},
 	signed("headers", func() []*http.Request {
 		return append(get("by-header", "X-Part: one\r\n", "/a", "/b"), get("by-header", "X-Part: two\r\n", "/a")...)
 	}, []string{rotated + ":one:no bearer", rotated + ":one:no bearer", rotated + ":two:no bearer"}, 2, 1, 0)
-}
-
-// laneTestSetup is a tool that records what reaches it, a proxy driver whose metrics are at
-// metricsAddr, and a new namespace.
-func laneTestSetup(t *testing.T) (tool *headerRecorder, rec *recorder, env *proxyEnv, metricsAddr, ns string) {
-	tool = &headerRecorder{}
-	rec = startRecorder(t, tool.handle)
-	metricsAddr = freeLoopbackAddr(t)
-	env = startProxyDriver(t, func(o *driver.Options) { o.MetricsListen = metricsAddr })
-	return tool, rec, env, metricsAddr, newNamespace(t)
-}
-
-// laneSeries is the fast lane's counter of outcome.
-func laneSeries(outcome string) string {
-	return series("connectors_proxy_fast_lane_total", map[string]string{"outcome": outcome})
-}
-
-// laneWants are the fast lane's counters scrapeUntil waits for: served, served in place,
-// handed over (increments).
-func laneWants(served, inPlace, handed float64) map[string]float64 {
-	return map[string]float64{laneSeries("served"): served, laneSeries("served_in_place"): inPlace, laneSeries("handed_over"): handed}
-}
-
-// laneCounts are the fast lane's served, served in place and handed over, after less before.
-func laneCounts(before, after map[string]float64) [3]float64 {
-	var c [3]float64
-	for i, outcome := range []string{"served", "served_in_place", "handed_over"} {
-		c[i] = after[laneSeries(outcome)] - before[laneSeries(outcome)]
-	}
-	return c
-}
-
-// exchange sends raw request heads, one after the other, on one new connection to the proxy
-// at host and returns the answers' status codes (each answer's body read).
-func exchange(t *testing.T, host string, heads ...string) []int {
-	t.Helper()
-	conn := dialProxy(t, host)
-	br := bufio.NewReader(conn)
-	var codes []int
-	for _, head := range heads {
-		if _, err := io.WriteString(conn, head); err != nil {
-			t.Fatal(err)
-		}
-		res, err := http.ReadResponse(br, &http.Request{Method: "GET"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, _ = io.Copy(io.Discard, res.Body)
-		codes = append(codes, res.StatusCode)
-	}
-	return codes
 }
