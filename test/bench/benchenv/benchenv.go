@@ -280,16 +280,8 @@ func WaitReady(client *http.Client, urls []string, header http.Header) error {
 		var last string
 		ok := false
 		for deadline := time.Now().Add(time.Minute); !ok && time.Now().Before(deadline); {
-			req, _ := http.NewRequest(http.MethodGet, u, nil)
-			for k, v := range header {
-				req.Header[k] = v
-			}
-			res, err := client.Do(req)
-			if err == nil {
-				_, _ = io.Copy(io.Discard, res.Body)
-				res.Body.Close()
-				ok, last = res.StatusCode == http.StatusOK, res.Status
-			} else {
+			err := Get(context.Background(), client, u, header)
+			if ok, last = err == nil, "200 OK"; err != nil {
 				last = err.Error()
 			}
 			if !ok {
@@ -386,6 +378,9 @@ func Get(ctx context.Context, c *http.Client, u string, h http.Header) error {
 	}
 	for k, v := range h {
 		req.Header[k] = v
+	}
+	if host := h.Get("Host"); host != "" { // net/http sends req.Host, not a Host header
+		req.Host = host
 	}
 	res, err := c.Do(req)
 	if err != nil {

@@ -19,6 +19,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -182,6 +183,8 @@ func makeTargets(ctx context.Context, cp *controlplane.ControlPlane, up *benchen
 	fwdTLS.User = url.UserPassword(ns+"/tool-tls", token)
 	bearer := http.Header{"Authorization": {"Bearer " + token}}
 	privateToken := http.Header{"Private-Token": {token}}
+	_, proxyPort, _ := net.SplitHostPort(drv.ProxyAddr)
+	ownHost := http.Header{"Authorization": bearer["Authorization"], "Host": {"c-tool." + ns + ".svc.cluster.local:" + proxyPort}}
 	reverse := func(connector string) func(string) string {
 		return func(s string) string {
 			return "http://" + drv.ProxyAddr + "/namespaces/" + ns + "/connectors/" + connector + "/" + s
@@ -232,6 +235,11 @@ func makeTargets(ctx context.Context, cp *controlplane.ControlPlane, up *benchen
 			wrk: reverseWrk("tool-rego-header", bearer), baseline: "nginx (header-injecting reverse proxy)", pids: drv.PIDs, driver: true},
 		{name: "connectors proxy (reverse, Rego generator reading the query: per request)", goClient: plain(nil, nil), goURL: reverse("tool-rego-request"), header: bearer,
 			wrk: reverseWrk("tool-rego-request", bearer), baseline: "nginx (header-injecting reverse proxy)", pids: drv.PIDs, driver: true},
+		{name: "connectors proxy (reverse, by the Connector's own host)", goClient: plain(nil, nil), goURL: func(s string) string { return "http://" + drv.ProxyAddr + "/" + s },
+			header: ownHost, wrk: func(s string) *request {
+				return &request{connect: "http://" + drv.ProxyAddr, path: "/" + s, header: ownHost}
+			},
+			baseline: "nginx (header-injecting reverse proxy)", pids: drv.PIDs, driver: true},
 		{name: "connectors proxy (reverse, token in PRIVATE-TOKEN: GitLab's authExtractor)", goClient: plain(nil, nil), goURL: reverse("tool-pt"), header: privateToken,
 			wrk: reverseWrk("tool-pt", privateToken), baseline: "nginx (header-injecting reverse proxy)", pids: drv.PIDs, driver: true},
 		{name: "nginx (TLS in, proxy_pass https://)", goClient: plain(nil, nginxRoots), goURL: func(s string) string { return "https://" + ngx.tlsAddr + "/" + s },
