@@ -673,12 +673,13 @@ func (c *laneConn) keyOf(r *http.Request) (key laneKey, target *url.URL, ok bool
 // extractedCredential is a laneKey's credential for a token authExtractors found: the token
 // and the classes that found it, which a route is remembered for together (reverseRoute
 // checks the Connector's class against them). It starts with a NUL, which no Authorization
-// value has, so no token sent in Authorization shares it.
+// value has, so no token sent in Authorization shares it; the token is length-prefixed (an
+// extractor may find one with a NUL in a query), and class names have none.
 func extractedCredential(caller extracted) string {
 	if caller.token == "" {
 		return ""
 	}
-	return "\x00" + caller.token + "\x00" + strings.Join(caller.foundBy, "\x00")
+	return "\x00" + strconv.Itoa(len(caller.token)) + "\x00" + caller.token + "\x00" + strings.Join(caller.foundBy, "\x00")
 }
 
 // laneKey is what a fast-lane request's route depends on, besides its path.

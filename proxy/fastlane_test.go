@@ -164,3 +164,18 @@ func TestWatcherOutlivesHeadDeadline(t *testing.T) {
 		t.Error("stopWatching says the client stayed")
 	}
 }
+
+// Two callers whose tokens and finding classes differ never share a remembered route's key,
+// whatever bytes a token found in a query holds.
+func TestExtractedCredentialsAreDistinct(t *testing.T) {
+	callers := []extracted{{token: "a", foundBy: []string{"b", "c"}}, {token: "a\x00b", foundBy: []string{"c"}},
+		{token: "a\x00b\x00c"}, {token: "a", foundBy: []string{"b"}}, {token: "2\x00a"}}
+	seen := map[string]extracted{}
+	for _, c := range callers {
+		key := extractedCredential(c)
+		if other, dup := seen[key]; dup {
+			t.Errorf("%q and %q share the key %q", c, other, key)
+		}
+		seen[key] = c
+	}
+}
