@@ -113,8 +113,10 @@ func podOf(u user.Info) string {
 }
 
 // clientToken takes the token from Authorization: Bearer, or the password of Basic.
-func clientToken(h http.Header) string {
-	auth := h.Get("Authorization")
+func clientToken(h http.Header) string { return authorizationToken(h.Get("Authorization")) }
+
+// authorizationToken is the token of an Authorization value: Bearer, or the Basic password.
+func authorizationToken(auth string) string {
 	if t, ok := strings.CutPrefix(auth, "Bearer "); ok {
 		return strings.TrimSpace(t)
 	}

@@ -20,6 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
 
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/proxy/egress"
 	"github.com/kube-connectors/connectors-csi/regoeval"
 )
@@ -122,7 +123,7 @@ func (l *FastLane) newConn(conn net.Conn, t *tunnel) *laneConn {
 	c.br = bufio.NewReaderSize(c, laneBufferSize)
 	c.cw = bufio.NewWriterSize(conn, laneBufferSize)
 	c.stopWatch = c.stopWatching
-	c.rawSeen.head = &c.raw
+	c.rawSeen.all = headHeaders{&c.raw}
 	return c
 }
 
@@ -171,8 +172,7 @@ type laneConn struct {
 	left          atomic.Bool
 	// The heads the fast lane reads itself (lanewire.go), and room for a Date.
 	raw laneHead
-	// rawSeen is raw's headers as a generator sees them (a remembered route has no caller
-	// token an extractor found).
+	// rawSeen is raw's headers as a generator sees them (its callerToken set per route).
 	rawSeen generatorHeaders
 	ans     answerHead
 	scratch [64]byte
@@ -181,8 +181,10 @@ type laneConn struct {
 	// closeAfter: the client asked to close the connection after this answer.
 	closeAfter bool
 	memo       laneMemo
-	// caller is the current reverse request's token and who found it (keyOf).
-	caller extracted
+	// caller is the current reverse request's token and who found it, and extractors the
+	// classes with an authExtractor then (keyOf).
+	caller     extracted
+	extractors []*v1alpha1.ConnectorClass
 }
 
 // laneMemoTTL is how long a connection's last route is used again for the same token,
@@ -205,6 +207,10 @@ type laneMemo struct {
 	// url.Parse keeps as written, and then no head is served in place along this route.
 	toolPath string
 	inPlace  bool
+	// extractors (reverse, a token an authExtractor found) are the classes with an extractor
+	// when the route was resolved, which heads read in place are given to (as the route
+	// itself, they are at most laneMemoTTL old).
+	extractors []*v1alpha1.ConnectorClass
 	// forwardAddrs (forward) are the Connector's addresses at the remembered destination's
 	// scheme and host: one must cover the destination of a head read in place (coversPath).
 	forwardAddrs []*url.URL
@@ -232,9 +238,6 @@ func (m *laneMemo) remember(key laneKey, auth string, rt *route, epoch uint64) {
 			m.prefix = reversePrefix + key.connector.Namespace + "/connectors/" + key.connector.Name
 		}
 		m.toolPath, m.inPlace = addressPath(rt.connector.Spec.Address)
-		// A head read in place is matched on its Authorization, which does not hold a token an
-		// authExtractor found: such a route serves parsed requests only.
-		m.inPlace = m.inPlace && rt.callerToken == ""
 	} else {
 		m.inPlace = !rt.forwardAmong
 		for _, addr := range parsedAddresses(rt.connector) {
@@ -291,7 +294,7 @@ func (m *laneMemo) routeForHead(p *Proxy, h *laneHead) (rt *route, uri string, o
 		}
 		return m.forwardHead(h.target)
 	}
-	if h.auth == nil || string(h.auth) != m.auth || string(h.host) != m.key.host {
+	if !m.sameCaller(p, h) || string(h.host) != m.key.host {
 		return nil, "", false
 	}
 	path, query, _ := bytes.Cut(h.target, []byte("?"))
@@ -302,10 +305,44 @@ func (m *laneMemo) routeForHead(p *Proxy, h *laneHead) (rt *route, uri string, o
 	if len(rest) > 0 && rest[0] != '/' {
 		return nil, "", false // another Connector whose name starts with this one's
 	}
-	if CheckPath(string(rest)) != nil {
+	if CheckPath(string(rest)) != nil || m.rt.callerToken != "" && !tokenFreeInPlace(h, query, m.rt.callerToken) {
 		return nil, "", false
 	}
 	return m.rt, toolRequestURI(m.toolPath, rest, query, len(query) > 0), true
+}
+
+// sameCaller tells whether a reverse head read in place has the caller m's route was resolved
+// for: the same Authorization value or, for a token authExtractors found, none in
+// Authorization and the same token found by the same classes (their kept answers to the
+// head's request line and headers; a head whose path has escapes, or that an extractor would
+// need more of, is not compared).
+func (m *laneMemo) sameCaller(p *Proxy, h *laneHead) bool {
+	if m.rt.callerToken == "" {
+		return h.auth != nil && string(h.auth) == m.auth
+	}
+	path, _, _ := bytes.Cut(h.target, []byte("?"))
+	if h.auth != nil && authorizationToken(string(h.auth)) != "" || bytes.IndexByte(path, '%') >= 0 {
+		return false
+	}
+	head := regoeval.RequestHead{Method: h.method, Path: string(path), Host: string(h.host), Header: headHeaders{h}}
+	found, ok := p.extractFrom(context.Background(), m.extractors, head, nil)
+	return ok && extractedCredential(found) == m.key.credential
+}
+
+// tokenFreeInPlace tells whether the tool request of a head read in place, along a route whose
+// caller's token an extractor found, needs nothing of what the general path does to keep the
+// token from the tool beyond leaving out the header lines that hold it (writeToolHead): no
+// query parameter holds it (the general path re-encodes a query it drops one from), nor the
+// User-Agent (dropping it, the general path sends Go's own).
+func tokenFreeInPlace(h *laneHead, query []byte, token string) bool {
+	if bytes.Contains(h.userAgent, []byte(token)) {
+		return false
+	}
+	if len(query) == 0 {
+		return true
+	}
+	q, _ := url.ParseQuery(string(query))
+	return !dropParamsWith(q, token)
 }
 
 // forwardHead is routeForHead's forward half: target is an absolute http:// one readLaneHead
@@ -617,6 +654,7 @@ func (c *laneConn) serveRequest(r *http.Request, headLen int) (taken, ok bool) {
 	}
 	if !remembered {
 		c.memo.remember(key, auth, rt, epoch)
+		c.memo.extractors = c.extractors
 	}
 	_, _ = c.br.Discard(headLen)
 	laneServed.Inc()
@@ -660,9 +698,11 @@ func (c *laneConn) keyOf(r *http.Request) (key laneKey, target *url.URL, ok bool
 	}
 	key, ok = laneKeyOf(r)
 	if ok && !key.forward {
-		c.caller = extracted{token: key.credential}
+		c.caller, c.extractors = extracted{token: key.credential}, nil
 		if key.credential == "" {
-			c.caller = c.lane.p.callerToken(r)
+			p := c.lane.p
+			c.extractors = p.extractors(r.Context())
+			c.caller, _ = p.extract(r.Context(), c.extractors, r)
 			key.credential = extractedCredential(c.caller)
 		}
 		ok = c.caller.token != ""
@@ -857,6 +897,7 @@ func (c *laneConn) serveRemembered(head []byte) (taken, ok bool) {
 	// A remembered route is one serveRequest sent with the direct transport.
 	var inj *regoeval.Injection
 	if rt.cred.generator != nil {
+		c.rawSeen.callerToken = rt.callerToken
 		if inj = c.inPlaceInjection(rt, h.method, uri); inj == nil {
 			return false, false
 		}
@@ -868,7 +909,7 @@ func (c *laneConn) serveRemembered(head []byte) (taken, ok bool) {
 	start := time.Now()
 	c.closeAfter, c.sent = h.close, 0
 	c.watchRoundTrip(nil, pc.conn)
-	writeToolHead(pc.bw, h, rt.target.Host, uri, c.memo.toolTail, inj)
+	writeToolHead(pc.bw, h, rt.target.Host, uri, c.memo.toolTail, inj, rt.callerToken)
 	var code int
 	if err := pc.awaitAnswer(); err != nil {
 		pc.conn.Close()

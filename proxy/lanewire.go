@@ -161,6 +161,11 @@ func (h *laneHead) header(name string) (values []string, ok bool) {
 	return values, values != nil
 }
 
+// headHeaders is a head read in place as a module sees its headers (regoeval.Headers).
+type headHeaders struct{ h *laneHead }
+
+func (v headHeaders) Lookup(name string) ([]string, bool) { return v.h.header(name) }
+
 // laneRefused names the request headers whose requests the fast lane does not read itself:
 // they mean a body, an upgrade, an expectation or trailers, carry another proxy's hop marker,
 // make net/http's reader add a header (Pragma), or may be named by Connection (Close).
@@ -324,9 +329,11 @@ func lower(b byte) byte {
 
 // writeToolHead writes the tool's request for h to host and uri, as the general path sends it
 // (outgoing, then Request.Write): the request URI and host, the client's User-Agent if any,
-// the client's headers without hop-by-hop, X-Forwarded, Authorization and Proxy-* ones, then
-// tail, the route's toolHeadTail.
-func writeToolHead(w *bufio.Writer, h *laneHead, host, uri, tail string, inj *regoeval.Injection) {
+// the client's headers without hop-by-hop, X-Forwarded, Authorization and Proxy-* ones and,
+// when the caller's token is one an extractor found, every header of a name one of whose lines
+// holds it (tokenFreeInPlace keeps the rest of such a head from here), then tail, the route's
+// toolHeadTail.
+func writeToolHead(w *bufio.Writer, h *laneHead, host, uri, tail string, inj *regoeval.Injection, callerToken string) {
 	_, _ = w.WriteString(h.method)
 	_ = w.WriteByte(' ')
 	_, _ = w.WriteString(uri)
@@ -337,7 +344,7 @@ func writeToolHead(w *bufio.Writer, h *laneHead, host, uri, tail string, inj *re
 		writeField(w, "User-Agent", h.userAgent)
 	}
 	for _, f := range h.fields {
-		if !droppedOnTheWay(f.name) && !injected(inj, f.name) {
+		if !droppedOnTheWay(f.name) && !injected(inj, f.name) && !h.nameHolds(f.name, callerToken) {
 			writeFieldBytes(w, f.name, f.value)
 		}
 	}
@@ -350,6 +357,19 @@ func writeToolHead(w *bufio.Writer, h *laneHead, host, uri, tail string, inj *re
 		}
 	}
 	_, _ = w.WriteString(tail)
+}
+
+// nameHolds tells whether a line of h's fields of name (in any case) holds token ("": none).
+func (h *laneHead) nameHolds(name []byte, token string) bool {
+	if token == "" {
+		return false
+	}
+	for _, f := range h.fields {
+		if bytes.EqualFold(f.name, name) && bytes.Contains(f.value, []byte(token)) {
+			return true
+		}
+	}
+	return false
 }
 
 // injected tells whether inj sets the header name, which then replaces the client's.

@@ -42,6 +42,8 @@ var laneHeadSeeds = []string{
 	"GET /namespaces/team/connectors/git/x HTTP/1.1\r\nHost: proxy\r\nContent-Length: 0\r\n\r\n",
 	"GET /namespaces/team/connectors/git/x HTTP/1.1\nHost: proxy\r\n\r\n",
 	"GET /namespaces/team/connectors/git/x HTTP/1.1\r\nHost: proxy\r\nX-Long: " + strings.Repeat("v", 300) + "\r\n\r\n",
+	// A token an extractor found in a header, and copies of it in other lines.
+	"GET /namespaces/team/connectors/git/x?page=2 HTTP/1.1\r\nHost: proxy\r\nX-Copy: tok\r\nx-copy: other\r\nPrivate-Token: tok\r\nAccept: */*\r\n\r\n",
 	// A Connector's own host: any path is under its address.
 	"GET /api/v4/user?x=1 HTTP/1.1\r\nHost: c-git.team.svc.cluster.local:8080\r\nAuthorization: Bearer tok\r\n\r\n",
 	"GET /namespaces/team/connectors/git/x HTTP/1.1\r\nHost: C-Git.Team.svc:80\r\nAuthorization: Bearer tok\r\n\r\n",
@@ -108,10 +110,13 @@ func sameAsNetHTTP(t *testing.T, c *laneConn, head []byte) {
 	sameHeaderView(t, &h, req.Header)
 	sameRoutes(t, c, &h, req)
 	// The route's Basic credential, then a generator's headers instead (one of them a header
-	// the client may send too).
+	// the client may send too); the caller's token in Authorization, then one an extractor
+	// found ("tok", which the seeds' heads hold here and there).
 	for _, inj := range []*regoeval.Injection{nil, laneTestInjection} {
-		req, _ := http.ReadRequest(bufio.NewReader(bytes.NewReader(head)))
-		sameToolHead(t, c, &h, req, inj)
+		for _, token := range []string{"", "tok"} {
+			req, _ := http.ReadRequest(bufio.NewReader(bytes.NewReader(head)))
+			sameToolHead(t, c, &h, req, inj, token)
+		}
 	}
 }
 
@@ -138,8 +143,9 @@ var laneTestInjection = &regoeval.Injection{Position: regoeval.PositionHeader,
 
 // sameToolHead checks that the tool request writeToolHead writes for h reads, at the tool, as
 // the one the general path writes for req (outgoing, Request.Write), along a route with the
-// Basic credential or, when inj is not nil, that generator's answer.
-func sameToolHead(t *testing.T, c *laneConn, h *laneHead, req *http.Request, inj *regoeval.Injection) {
+// Basic credential or, when inj is not nil, that generator's answer, for a caller whose token
+// an extractor found (callerToken; "": none) when the in-place path takes such a head.
+func sameToolHead(t *testing.T, c *laneConn, h *laneHead, req *http.Request, inj *regoeval.Injection, callerToken string) {
 	t.Helper()
 	rt, ok := laneTestRoute(c, req, laneAddresses[0])
 	if !ok {
@@ -148,6 +154,10 @@ func sameToolHead(t *testing.T, c *laneConn, h *laneHead, req *http.Request, inj
 	if inj != nil {
 		rt.cred.authorization, rt.injection = "", inj
 	}
+	if _, query, _ := bytes.Cut(h.target, []byte("?")); callerToken != "" && !tokenFreeInPlace(h, query, callerToken) {
+		return
+	}
+	rt.callerToken = callerToken
 	var m laneMemo
 	m.remember(laneKey{}, "", rt, 0)
 	var general, raw bytes.Buffer
@@ -155,7 +165,7 @@ func sameToolHead(t *testing.T, c *laneConn, h *laneHead, req *http.Request, inj
 		t.Fatal(err)
 	}
 	w := bufio.NewWriter(&raw)
-	writeToolHead(w, h, rt.target.Host, rt.target.RequestURI(), m.toolTail, inj)
+	writeToolHead(w, h, rt.target.Host, rt.target.RequestURI(), m.toolTail, inj, callerToken)
 	_ = w.Flush()
 	g, r := readBack(t, general.Bytes()), readBack(t, raw.Bytes())
 	if g.Method != r.Method || g.RequestURI != r.RequestURI || g.Host != r.Host || !reflect.DeepEqual(g.Header, r.Header) {

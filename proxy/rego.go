@@ -54,7 +54,7 @@ func (p *Proxy) injection(r *http.Request, rt *route) (*regoeval.Injection, erro
 // generatorHead is the head of r, sent along rt to path, as rt's generator sees it.
 func generatorHead(r *http.Request, rt *route, path string) regoeval.RequestHead {
 	return regoeval.RequestHead{Method: r.Method, Path: path, Host: rt.target.Host,
-		Header: &generatorHeaders{header: r.Header, callerToken: rt.callerToken}}
+		Header: &generatorHeaders{all: headerLookup(r.Header), callerToken: rt.callerToken}}
 }
 
 // headerLookup is a request's headers as a module sees them all (an authExtractor's input).
@@ -65,23 +65,15 @@ func (h headerLookup) Lookup(name string) ([]string, bool) {
 	return values, ok
 }
 
-// generatorHeaders is a generator's view of a request's headers (regoeval.Headers): the
-// parsed request's header, or a head's read in place, less those that carried the client's
-// credential (as injection's request has them).
+// generatorHeaders is a generator's view of a request's headers (regoeval.Headers): all of
+// them less those that carried the client's credential (as injection's request has them).
 type generatorHeaders struct {
-	header      http.Header
-	head        *laneHead // when not nil, instead of header
+	all         regoeval.Headers
 	callerToken string
 }
 
 func (g *generatorHeaders) Lookup(name string) ([]string, bool) {
-	var values []string
-	var ok bool
-	if g.head != nil {
-		values, ok = g.head.header(name)
-	} else {
-		values, ok = g.header[name]
-	}
+	values, ok := g.all.Lookup(name)
 	if !ok || carriesClientCredential(name, values, g.callerToken) {
 		return nil, false
 	}
@@ -241,34 +233,56 @@ func (p *Proxy) callerToken(r *http.Request) extracted {
 	if t := clientToken(r.Header); t != "" {
 		return extracted{token: t}
 	}
-	ctx := r.Context()
-	var classes v1alpha1.ConnectorClassList
-	if err := p.objects.List(ctx, &classes); err != nil {
-		klog.FromContext(ctx).Error(err, "List ConnectorClasses for their authExtractors")
-		return extracted{}
-	}
-	slices.SortFunc(classes.Items, func(a, b v1alpha1.ConnectorClass) int { return strings.Compare(a.Name, b.Name) })
+	found, _ := p.extract(r.Context(), p.extractors(r.Context()), r)
+	return found
+}
+
+// extract is what the extractors of classes find in r.
+func (p *Proxy) extract(ctx context.Context, classes []*v1alpha1.ConnectorClass, r *http.Request) (extracted, bool) {
 	head := regoeval.RequestHead{Method: r.Method, Path: r.URL.Path, Host: r.Host, Header: headerLookup(r.Header)}
 	var in *regoeval.Request
-	request := func() *regoeval.Request {
+	return p.extractFrom(ctx, classes, head, func() *regoeval.Request {
 		if in == nil {
 			in = p.rego.NewRequest(r, r.Host, r.URL.Path, r.URL.Query())
 		}
 		return in
+	})
+}
+
+// extractors are the classes that have an authExtractor, by name.
+func (p *Proxy) extractors(ctx context.Context) []*v1alpha1.ConnectorClass {
+	var classes v1alpha1.ConnectorClassList
+	if err := p.objects.List(ctx, &classes); err != nil {
+		klog.FromContext(ctx).Error(err, "List ConnectorClasses for their authExtractors")
+		return nil
 	}
-	byModule := map[string]string{}
-	var found extracted
+	var out []*v1alpha1.ConnectorClass
 	for i := range classes.Items {
-		class := &classes.Items[i]
-		module := regoeval.Extractor(class)
-		if module == "" {
-			continue
+		if regoeval.Extractor(&classes.Items[i]) != "" {
+			out = append(out, &classes.Items[i])
 		}
+	}
+	slices.SortFunc(out, func(a, b *v1alpha1.ConnectorClass) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// extractFrom is what the extractors of classes find in a request of head, request describing
+// the rest of it, or nil when that is not at hand (a head read in place). ok is false when an
+// extractor failed, or needed more of the request than head has and request was nil: its
+// answer is then not known, and taken as none. Failures are logged when request is given.
+func (p *Proxy) extractFrom(ctx context.Context, classes []*v1alpha1.ConnectorClass, head regoeval.RequestHead, request func() *regoeval.Request) (found extracted, ok bool) {
+	byModule := map[string]string{}
+	ok = true
+	for _, class := range classes {
+		module := regoeval.Extractor(class)
 		t, done := byModule[module]
 		if !done {
 			var err error
 			if t, err = p.rego.ExtractToken(ctx, class, head, request); err != nil {
-				klog.FromContext(ctx).Info("An authExtractor failed", "err", err)
+				ok = false
+				if request != nil {
+					klog.FromContext(ctx).Info("An authExtractor failed", "err", err)
+				}
 			}
 			byModule[module] = t
 		}
@@ -276,7 +290,7 @@ func (p *Proxy) callerToken(r *http.Request) extracted {
 			found.token, found.foundBy = t, append(found.foundBy, class.Name)
 		}
 	}
-	return found
+	return found, ok
 }
 
 // checkExtracted refuses a token that an authExtractor of another class than the Connector's
