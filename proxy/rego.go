@@ -174,11 +174,8 @@ func applyInjection(out *http.Request, inj *regoeval.Injection) {
 // Proxy-* header, Authorization, and any header whose value holds the token an authExtractor
 // found (token "" when none did). The tool never sees the caller's token.
 func dropClientCredentials(h http.Header, token string) {
-	for name, values := range h {
-		if carriesClientCredential(name, values, token) {
-			delete(h, name)
-		}
-	}
+	dropProxyHeaders(h, token)
+	delete(h, "Authorization")
 }
 
 // carriesClientCredential tells whether a header of the client's carried its credential:

@@ -98,31 +98,41 @@ func (e *Engine) Generate(ctx context.Context, class *v1alpha1.ConnectorClass, t
 	if c.err != nil {
 		return nil, classError(class, field, c.err)
 	}
-	keep := c.answersFrom(head) && dataVersion != ""
-	var answerKey [32]byte
+	ans, err := e.keptOrEval(c, GeneratorHook, dataVersion, head, dataVersion != "", func() (any, error) {
+		request, err := c.requestValue(head, req)
+		if err != nil {
+			return nil, err
+		}
+		input := ast.NewObject(ast.Item(ast.StringTerm("data"), ast.NewTerm(secretValue(data))), ast.Item(ast.StringTerm("request"), ast.NewTerm(request)))
+		ans, err := e.Eval(ctx, GeneratorHook, Generator(t), input)
+		if err != nil {
+			return nil, err
+		}
+		return injection(ans)
+	})
+	if err != nil {
+		return nil, classError(class, field, err)
+	}
+	return ans.(*Injection), nil
+}
+
+// keptOrEval is c's answer to a request of head: the one kept under hook and scope for the
+// values c reads, else what eval gives, which is kept when c's answer depends on nothing of
+// the request but what head has and may (the caller's condition) be kept.
+func (e *Engine) keptOrEval(c *compiled, hook Hook, scope string, head RequestHead, may bool, eval func() (any, error)) (any, error) {
+	keep := may && c.answersFrom(head)
+	var key [32]byte
 	if keep {
-		answerKey = c.answerKey(GeneratorHook, dataVersion, head)
-		if inj, ok := e.answers.Get(answerKey); ok {
-			return inj.(*Injection), nil
+		key = c.answerKey(hook, scope, head)
+		if ans, ok := e.answers.Get(key); ok {
+			return ans, nil
 		}
 	}
-	request, err := c.requestValue(head, req)
-	if err != nil {
-		return nil, classError(class, field, err)
+	ans, err := eval()
+	if err == nil && keep {
+		e.answers.Add(key, ans)
 	}
-	input := ast.NewObject(ast.Item(ast.StringTerm("data"), ast.NewTerm(secretValue(data))), ast.Item(ast.StringTerm("request"), ast.NewTerm(request)))
-	ans, err := e.Eval(ctx, GeneratorHook, Generator(t), input)
-	if err != nil {
-		return nil, classError(class, field, err)
-	}
-	inj, err := injection(ans)
-	if err != nil {
-		return nil, classError(class, field, err)
-	}
-	if keep {
-		e.answers.Add(answerKey, inj)
-	}
-	return inj, nil
+	return ans, err
 }
 
 // ErrNeedsRequest is Generate's answer, given no request, for a module that reads more of it
@@ -245,26 +255,17 @@ func (e *Engine) ExtractToken(ctx context.Context, class *v1alpha1.ConnectorClas
 	if c.err != nil {
 		return "", classError(class, ExtractorHook.Field, c.err)
 	}
-	keep := c.answersFrom(head)
-	var answerKey [32]byte
-	if keep {
-		answerKey = c.answerKey(ExtractorHook, "", head)
-		if token, ok := e.answers.Get(answerKey); ok {
-			return token.(string), nil
+	token, err := e.keptOrEval(c, ExtractorHook, "", head, true, func() (any, error) {
+		in, err := c.requestValue(head, req)
+		if err != nil {
+			return nil, err
 		}
-	}
-	in, err := c.requestValue(head, req)
+		return e.stringField(ctx, ExtractorHook, Extractor(class), in, "token")
+	})
 	if err != nil {
 		return "", classError(class, ExtractorHook.Field, err)
 	}
-	token, err := e.stringField(ctx, ExtractorHook, Extractor(class), in, "token")
-	if err != nil {
-		return "", classError(class, ExtractorHook.Field, err)
-	}
-	if keep {
-		e.answers.Add(answerKey, token)
-	}
-	return token, nil
+	return token.(string), nil
 }
 
 // Permission verbs of api.permissions.rego.
