@@ -314,17 +314,21 @@ func (m *laneMemo) routeForHead(p *Proxy, h *laneHead) (rt *route, uri string, o
 // sameCaller tells whether a reverse head read in place has the caller m's route was resolved
 // for: the same Authorization value or, for a token authExtractors found, none in
 // Authorization and the same token found by the same classes (their kept answers to the
-// head's request line and headers; a head whose path has escapes, or that an extractor would
-// need more of, is not compared).
+// head's request line and headers, the path decoded as r.URL.Path; a head an extractor would
+// need more of is not compared).
 func (m *laneMemo) sameCaller(p *Proxy, h *laneHead) bool {
 	if m.rt.callerToken == "" {
 		return h.auth != nil && string(h.auth) == m.auth
 	}
-	path, _, _ := bytes.Cut(h.target, []byte("?"))
-	if h.auth != nil && authorizationToken(string(h.auth)) != "" || bytes.IndexByte(path, '%') >= 0 {
+	if h.auth != nil && authorizationToken(string(h.auth)) != "" {
 		return false
 	}
-	head := regoeval.RequestHead{Method: h.method, Path: string(path), Host: string(h.host), Header: headHeaders{h}}
+	escaped, _, _ := bytes.Cut(h.target, []byte("?"))
+	path, ok := decodedPath(string(escaped))
+	if !ok {
+		return false
+	}
+	head := regoeval.RequestHead{Method: h.method, Path: path, Host: string(h.host), Header: headHeaders{h}}
 	found, ok := p.extractFrom(context.Background(), m.extractors, head, nil)
 	return ok && extractedCredential(found) == m.key.credential
 }
@@ -365,21 +369,37 @@ func (m *laneMemo) forwardHead(target []byte) (rt *route, uri string, ok bool) {
 // (a forward target's path and query, or a tunnel's target).
 func (m *laneMemo) forwardPath(target []byte) (rt *route, uri string, ok bool) {
 	path, query, hasQuery := bytes.Cut(target, []byte("?"))
-	if bytes.IndexByte(path, '%') >= 0 || !m.forwardsTo(string(path)) {
+	if !m.forwardsTo(path) {
 		return nil, "", false
 	}
 	return m.rt, toolRequestURI("", path, query, hasQuery), true
 }
 
-// forwardsTo tells whether one of forwardAddrs covers path, which has no escapes (it is then
-// its own decoded form).
-func (m *laneMemo) forwardsTo(path string) bool {
+// forwardsTo tells whether one of forwardAddrs covers escaped, a path readLaneHead took: as
+// covers does a URL's, given its decoded form and, as its EscapedPath, its own bytes (the
+// URL url.ParseRequestURI makes of such a path keeps them as written).
+func (m *laneMemo) forwardsTo(escaped []byte) bool {
+	raw := string(escaped)
+	path, ok := decodedPath(raw)
+	if !ok {
+		return false
+	}
 	for _, addr := range m.forwardAddrs {
-		if coversPath(addr, path, path) {
+		if coversPath(addr, path, raw) {
 			return true
 		}
 	}
 	return false
+}
+
+// decodedPath is escaped decoded as url.ParseRequestURI decodes a path into Path; ok is false
+// for an escape that is not well formed (readLaneHead takes none).
+func decodedPath(escaped string) (path string, ok bool) {
+	if strings.IndexByte(escaped, '%') < 0 {
+		return escaped, true
+	}
+	path, err := url.PathUnescape(escaped)
+	return path, err == nil
 }
 
 // toolRequestURI is the request URI of the tool path toolPath followed by rest ("/" when
@@ -928,12 +948,13 @@ func (c *laneConn) serveRemembered(head []byte) (taken, ok bool) {
 
 // inPlaceInjection is the answer of rt's generator (one whose answers are kept: a remembered
 // route's) to a head of method to uri read in place, or nil when the head takes the parsed
-// path: its path has escapes (the generator reads the decoded path), the generator fails or
-// injects elsewhere than in headers, or it sets a header a head written in place carries
-// otherwise (Host, User-Agent, hop-by-hop ones, the route's own Authorization).
+// path: the generator fails or injects elsewhere than in headers, or it sets a header a head
+// written in place carries otherwise (Host, User-Agent, hop-by-hop ones, the route's own
+// Authorization). The generator gets uri's path decoded, as the general path's rt.target.Path.
 func (c *laneConn) inPlaceInjection(rt *route, method, uri string) *regoeval.Injection {
-	path, _, _ := strings.Cut(uri, "?")
-	if strings.IndexByte(path, '%') >= 0 {
+	escaped, _, _ := strings.Cut(uri, "?")
+	path, ok := decodedPath(escaped)
+	if !ok {
 		return nil
 	}
 	head := regoeval.RequestHead{Method: method, Path: path, Host: rt.target.Host, Header: &c.rawSeen}

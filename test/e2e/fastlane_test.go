@@ -201,14 +201,15 @@ func TestFastLane(t *testing.T) {
 	if res, body := read("GET"); res.StatusCode != 200 || len(body) != 1024 {
 		t.Fatalf("GET behind the POST: %d, %d bytes", res.StatusCode, len(body))
 	}
-	// The forward proxy's absolute-form GET, twice on one connection (the second from the
-	// remembered route), and one to a host no named Connector covers: pass-through's, handed
-	// over (refused here: the tool's loopback address is not public).
+	// The forward proxy's absolute-form GET, three times on one connection (the second and
+	// third from the remembered route, the third's path with an escape), and one to a host no
+	// named Connector covers: pass-through's, handed over (refused here: the tool's loopback
+	// address is not public).
 	fwd := dialProxy(t, host)
 	fbr := bufio.NewReader(fwd)
 	toolHost := strings.TrimPrefix(tool.URL, "http://")
 	proxyAuth := "Basic " + basic(ns+"/tool", token)
-	for _, target := range []string{tool.URL + "/small", tool.URL + "/small?again=1"} {
+	for _, target := range []string{tool.URL + "/small", tool.URL + "/small?again=1", tool.URL + "/sm%61ll"} {
 		if _, err := io.WriteString(fwd, "GET "+target+" HTTP/1.1\r\nHost: "+toolHost+"\r\nProxy-Authorization: "+proxyAuth+"\r\n\r\n"); err != nil {
 			t.Fatal(err)
 		}
@@ -245,11 +246,11 @@ func TestFastLane(t *testing.T) {
 		t.Fatalf("the connection stayed open after Connection: close (%v)", err)
 	}
 	// In place: the GETs of /streamed and /moved after the GET of /large (the HEAD before it
-	// changed the remembered method), and the forward proxy's second GET; the other five
-	// through net/http's parsers (each first of its method on its connection; the refusal is
-	// counted by its code).
-	wants := map[string]float64{served: 5, inPlace: 3, handed: 2, unauthorized: 1,
-		series("connectors_proxy_requests_total", map[string]string{"connector_namespace": ns, "connector": "tool", "class": class, "mode": "forward", "code": "200"}): 2,
+	// changed the remembered method), and the forward proxy's second and third GETs; the
+	// other five through net/http's parsers (each first of its method on its connection; the
+	// refusal is counted by its code).
+	wants := map[string]float64{served: 5, inPlace: 4, handed: 2, unauthorized: 1,
+		series("connectors_proxy_requests_total", map[string]string{"connector_namespace": ns, "connector": "tool", "class": class, "mode": "forward", "code": "200"}): 3,
 		series("connectors_proxy_requests_total", map[string]string{"connector_namespace": ns, "connector": "tool", "class": class, "mode": "reverse", "code": "200"}): 7,
 	}
 	after := scrapeUntil(t, metricsAddr, before, wants)

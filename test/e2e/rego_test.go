@@ -163,7 +163,7 @@ func TestRegoExtractorInTheFastLane(t *testing.T) {
 	before, reached := scrape(t, metricsAddr), tool.count()
 	codes := statusCodes(exchange(t, host, head("/api/v4/projects?private_token="+token+"&page=2", privateToken),
 		head("/api/v4/user", privateToken+"X-Copy: "+token+"\r\nx-copy: kept-out-too\r\n"),
-		head("/api/v4/projects?page=3", privateToken), head("/api/v4/projects?private_token="+token, privateToken)))
+		head("/api/v4/projects/group%2Fproject?page=3", privateToken), head("/api/v4/projects?private_token="+token, privateToken)))
 	after := scrapeUntil(t, metricsAddr, before, laneWants(2, 2, 0))
 	got := tool.since(reached)
 	if !slices.Equal(codes, []int{200, 200, 200, 200}) || len(got) != 4 {
@@ -177,7 +177,12 @@ func TestRegoExtractorInTheFastLane(t *testing.T) {
 	if q := []string{got[0].URL.RawQuery, got[2].URL.RawQuery, got[3].URL.RawQuery}; !slices.Equal(q, []string{"page=2", "page=3", ""}) {
 		t.Errorf("the tool got the queries %q, want page=2, page=3 and none", q)
 	}
-	// Through net/http's parsers: the first, and the one whose query carries the token.
+	if p := got[2].URL.EscapedPath(); p != "/api/v4/projects/group%2Fproject" {
+		t.Errorf("the tool got the path %q, want /api/v4/projects/group%%2Fproject (GitLab's project id, as sent)", p)
+	}
+	// Through net/http's parsers: the first, and the one whose query carries the token; in
+	// place the second and the third (its path escaped, as GitLab's API clients send a
+	// project's path).
 	if c := laneCounts(before, after); c != [3]float64{2, 2, 0} {
 		t.Errorf("the fast lane served %v, in place %v, handed over %v; want 2, 2, 0", c[0], c[1], c[2])
 	}
@@ -320,8 +325,9 @@ default bearer := "no bearer"`}},
 			t.Errorf("a generator reading %s: the fast lane served %v, in place %v, handed over %v; want %v, %v, %v", what, c[0], c[1], c[2], served, inPlace, handed)
 		}
 	}
-	signed("the path", func() []*http.Request { return get("by-path", "", "/a", "/b", "/a") },
-		[]string{rotated + ":/a", rotated + ":/b", rotated + ":/a"}, 1, 2, 0)
+	// The decoded path, as for a request through net/http's parsers, also when it has escapes.
+	signed("the path", func() []*http.Request { return get("by-path", "", "/a", "/b", "/a", "/g%2Fp%41") },
+		[]string{rotated + ":/a", rotated + ":/b", rotated + ":/a", rotated + ":/g/pA"}, 1, 3, 0)
 	signed("headers", func() []*http.Request {
 		return append(get("by-header", "X-Part: one\r\n", "/a", "/b"), get("by-header", "X-Part: two\r\n", "/a")...)
 	}, []string{rotated + ":one:no bearer", rotated + ":one:no bearer", rotated + ":two:no bearer"}, 2, 1, 0)

@@ -195,6 +195,12 @@ func makeTargets(ctx context.Context, cp *controlplane.ControlPlane, up *benchen
 			return &request{connect: "http://" + drv.ProxyAddr, path: "/namespaces/" + ns + "/connectors/" + connector + "/" + s, header: header}
 		}
 	}
+	forwardWrk := func(path func(string) string) func(string) *request {
+		return func(s string) *request {
+			return &request{connect: "http://" + drv.ProxyAddr, path: up.URL + "/" + path(s),
+				header: http.Header{"Proxy-Authorization": {basicOf(ns+"/tool", token)}}}
+		}
+	}
 	// The first CONNECT makes the proxy's CA; trust it from then on.
 	insecure := plain(http.ProxyURL(fwdTLS), &tls.Config{InsecureSkipVerify: true}) //nolint:gosec // only to make the CA
 	if err := benchenv.WaitReady(insecure, []string{up.TLSURL + "/1k"}, nil); err != nil {
@@ -222,11 +228,11 @@ func makeTargets(ctx context.Context, cp *controlplane.ControlPlane, up *benchen
 		{name: "connectors proxy (reverse)", goClient: plain(nil, nil), goURL: reverse("tool"), header: bearer, wrk: reverseWrk("tool", bearer),
 			baseline: "nginx (header-injecting reverse proxy)", pids: drv.PIDs, driver: true},
 		{name: "connectors proxy (forward)", goClient: plain(http.ProxyURL(fwd), nil), goURL: func(s string) string { return up.URL + "/" + s },
-			wrk: func(s string) *request {
-				return &request{connect: "http://" + drv.ProxyAddr, path: up.URL + "/" + s,
-					header: http.Header{"Proxy-Authorization": {basicOf(ns+"/tool", token)}}}
-			},
-			baseline: "nginx (header-injecting reverse proxy)", pids: drv.PIDs, driver: true},
+			wrk: forwardWrk(func(s string) string { return s }), baseline: "nginx (header-injecting reverse proxy)", pids: drv.PIDs, driver: true},
+		// The path of an npm scoped package (@scope%2fname) or a GitLab project (group%2Fproject):
+		// one with an escape ("/%31k" is the upstream's "/1k").
+		{name: "connectors proxy (forward, a path with an escape)", goClient: plain(http.ProxyURL(fwd), nil), goURL: func(s string) string { return up.URL + "/" + escapeFirst(s) },
+			wrk: forwardWrk(escapeFirst), baseline: "nginx (header-injecting reverse proxy)", pids: drv.PIDs, driver: true},
 		{name: "connectors proxy (reverse, Rego generator of the Secret)", goClient: plain(nil, nil), goURL: reverse("tool-rego"), header: bearer,
 			wrk: reverseWrk("tool-rego", bearer), baseline: "nginx (header-injecting reverse proxy)", pids: drv.PIDs, driver: true},
 		{name: "connectors proxy (reverse, Rego generator by path, as GitHub's)", goClient: plain(nil, nil), goURL: reverse("tool-rego-path"), header: bearer,
@@ -333,6 +339,9 @@ func printTable(rows []row, rounds int) {
 }
 
 func micros(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1000 }
+
+// escapeFirst is s with its first byte percent-encoded.
+func escapeFirst(s string) string { return fmt.Sprintf("%%%02X", s[0]) + s[1:] }
 
 func sizeName(s string) string {
 	if s == "1k" {
