@@ -30,6 +30,9 @@ type credential struct {
 	// (see generate.go), of class; it replaces the built-in injection of its secretType.
 	generator *v1alpha1.AuthType
 	class     *v1alpha1.ConnectorClass
+	// secretVersion is the generator's scope: its answers are kept per version of the Secret
+	// ("" when the Secret has none: then they are not told apart by it).
+	secretVersion string
 }
 
 // authSecret reads the Connector's credential Secret, or returns nil when it has none. A
@@ -59,7 +62,11 @@ func (p *Proxy) credentialFor(ctx context.Context, c *v1alpha1.Connector, class 
 	}
 	// A generator takes any Secret type: which keys it needs is the module's business.
 	if t := class.AuthType(c.Spec.Auth.Name); regoeval.Generator(t) != "" {
-		return credential{secret: sec, generator: t, class: class}, nil
+		cred := credential{secret: sec, generator: t, class: class}
+		if sec.UID != "" && sec.ResourceVersion != "" {
+			cred.secretVersion = string(sec.UID) + "/" + sec.ResourceVersion
+		}
+		return cred, nil
 	}
 	secretType := AuthSecretType(c, class, sec)
 	for _, k := range RequiredKeys(secretType) {

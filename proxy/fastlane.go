@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -209,8 +210,11 @@ type laneMemo struct {
 	inPlace  bool
 	// extractors (reverse, a token an authExtractor found) are the classes with an extractor
 	// when the route was resolved, which heads read in place are given to (as the route
-	// itself, they are at most laneMemoTTL old).
+	// itself, they are at most laneMemoTTL old); caller is what they found then, and foundBy
+	// holds what they find in a head (sameCaller's buffer).
 	extractors []*v1alpha1.ConnectorClass
+	caller     extracted
+	foundBy    []string
 	// forwardAddrs (forward) are the Connector's addresses at the remembered destination's
 	// scheme and host: one must cover the destination of a head read in place (coversPath).
 	forwardAddrs []*url.URL
@@ -294,7 +298,7 @@ func (m *laneMemo) routeForHead(p *Proxy, h *laneHead) (rt *route, uri string, o
 		}
 		return m.forwardHead(h.target)
 	}
-	if !m.sameCaller(p, h) || string(h.host) != m.key.host {
+	if string(h.host) != m.key.host || !m.sameCaller(p, h) {
 		return nil, "", false
 	}
 	path, query, _ := bytes.Cut(h.target, []byte("?"))
@@ -328,9 +332,10 @@ func (m *laneMemo) sameCaller(p *Proxy, h *laneHead) bool {
 	if !ok {
 		return false
 	}
-	head := regoeval.RequestHead{Method: h.method, Path: path, Host: string(h.host), Header: headHeaders{h}}
-	found, ok := p.extractFrom(context.Background(), m.extractors, head, nil)
-	return ok && extractedCredential(found) == m.key.credential
+	head := regoeval.RequestHead{Method: h.method, Path: path, Host: m.key.host, Header: headHeaders{h}} // the head's host is key's (routeForHead)
+	found, ok := p.extractFrom(context.Background(), m.extractors, head, nil, m.foundBy)
+	m.foundBy = found.foundBy
+	return ok && found.token == m.caller.token && slices.Equal(found.foundBy, m.caller.foundBy)
 }
 
 // tokenFreeInPlace tells whether the tool request of a head read in place, along a route whose
@@ -339,7 +344,7 @@ func (m *laneMemo) sameCaller(p *Proxy, h *laneHead) bool {
 // query parameter holds it (the general path re-encodes a query it drops one from), nor the
 // User-Agent (dropping it, the general path sends Go's own).
 func tokenFreeInPlace(h *laneHead, query []byte, token string) bool {
-	if bytes.Contains(h.userAgent, []byte(token)) {
+	if holds(h.userAgent, token) {
 		return false
 	}
 	if len(query) == 0 {
@@ -674,7 +679,7 @@ func (c *laneConn) serveRequest(r *http.Request, headLen int) (taken, ok bool) {
 	}
 	if !remembered {
 		c.memo.remember(key, auth, rt, epoch)
-		c.memo.extractors = c.extractors
+		c.memo.extractors, c.memo.caller = c.extractors, c.caller
 	}
 	_, _ = c.br.Discard(headLen)
 	laneServed.Inc()

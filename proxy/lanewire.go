@@ -127,20 +127,26 @@ func (h *laneHead) take(f laneField) bool {
 // header is r.Header[name] of the request net/http's reader reads from the head h was read
 // from (FuzzLaneHead holds the two to each other): the values of the lines of that name, in
 // order, for a name in canonical form (the reader files every name so); ok is false for
-// none. It serves generators that read headers by name.
+// none. It serves generators and authExtractors that read headers by name.
 func (h *laneHead) header(name string) (values []string, ok bool) {
+	ok = h.eachValue(name, func(v []byte) { values = append(values, string(v)) })
+	return values, ok
+}
+
+// eachValue calls each with the values header gives, in order, and tells whether there are any.
+func (h *laneHead) eachValue(name string, each func(value []byte)) (ok bool) {
 	if textproto.CanonicalMIMEHeaderKey(name) != name {
-		return nil, false
+		return false
 	}
-	single := func(v []byte) ([]string, bool) {
-		if v == nil {
-			return nil, false
+	single := func(v []byte) bool {
+		if v != nil {
+			each(v)
 		}
-		return []string{string(v)}, true
+		return v != nil
 	}
 	switch name {
 	case "Host":
-		return nil, false // the reader moves it to r.Host
+		return false // the reader moves it to r.Host
 	case "Authorization":
 		return single(h.auth)
 	case "Proxy-Authorization":
@@ -149,22 +155,30 @@ func (h *laneHead) header(name string) (values []string, ok bool) {
 		return single(h.userAgent)
 	case "Connection":
 		for _, v := range h.connection {
-			values = append(values, string(v))
+			each(v)
 		}
-		return values, values != nil
+		return len(h.connection) > 0
 	}
 	for _, f := range h.fields {
 		if asciiEqual(f.name, name) {
-			values = append(values, string(f.value))
+			each(f.value)
+			ok = true
 		}
 	}
-	return values, values != nil
+	return ok
 }
 
-// headHeaders is a head read in place as a module sees its headers (regoeval.Headers).
+// headHeaders is a head read in place as a module sees its headers (regoeval.Headers), and
+// the parts of an answer key they give (regoeval.HeaderKeys: without copies of the values,
+// a token among them).
 type headHeaders struct{ h *laneHead }
 
 func (v headHeaders) Lookup(name string) ([]string, bool) { return v.h.header(name) }
+
+func (v headHeaders) AppendKey(key []byte, name string) ([]byte, bool) {
+	ok := v.h.eachValue(name, func(value []byte) { key = regoeval.AppendKeyPart(key, value) })
+	return key, ok
+}
 
 // laneRefused names the request headers whose requests the fast lane does not read itself:
 // they mean a body, an upgrade, an expectation or trailers, carry another proxy's hop marker,
@@ -365,9 +379,28 @@ func (h *laneHead) nameHolds(name []byte, token string) bool {
 		return false
 	}
 	for _, f := range h.fields {
-		if bytes.EqualFold(f.name, name) && bytes.Contains(f.value, []byte(token)) {
+		if bytes.EqualFold(f.name, name) && holds(f.value, token) {
 			return true
 		}
+	}
+	return false
+}
+
+// holds is bytes.Contains(b, []byte(s)) without the copy of s (a token, often a kilobyte,
+// looked for in every head read in place along its route).
+func holds(b []byte, s string) bool {
+	if s == "" {
+		return true
+	}
+	for len(b) >= len(s) {
+		i := bytes.IndexByte(b[:len(b)-len(s)+1], s[0])
+		if i < 0 {
+			return false
+		}
+		if string(b[i:i+len(s)]) == s {
+			return true
+		}
+		b = b[i+1:]
 	}
 	return false
 }

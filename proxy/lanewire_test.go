@@ -138,6 +138,13 @@ func sameHeaderView(t *testing.T, h *laneHead, header http.Header) {
 		if ok != has || !slices.Equal(got, want) {
 			t.Fatalf("header %q read in place as %q (%v), by net/http as %q (%v)", name, got, ok, want, has)
 		}
+		var wantKey []byte
+		for _, v := range want {
+			wantKey = regoeval.AppendKeyPart(wantKey, v)
+		}
+		if key, ok := (headHeaders{h}).AppendKey([]byte("k"), name); ok != has || string(key) != "k"+string(wantKey) {
+			t.Fatalf("header %q keyed in place as %q (%v), its values %q (%v)", name, key, ok, want, has)
+		}
 	}
 }
 
@@ -422,5 +429,15 @@ func TestForwardMemoTakesNoOriginFormHead(t *testing.T) {
 	}
 	if _, uri, ok := m.routeForHead(&Proxy{}, &h); ok {
 		t.Errorf("a reverse head along a forward route, to %q", uri)
+	}
+}
+
+func TestHolds(t *testing.T) {
+	for _, b := range []string{"", "a", "tok", "xtokx", "to", "tto", "ttok", "tokentok", "ab\x00tok"} {
+		for _, s := range []string{"", "t", "tok", "ok", "x", "\x00t", "tokentokx"} {
+			if got, want := holds([]byte(b), s), strings.Contains(b, s); got != want {
+				t.Errorf("holds(%q, %q) = %v, want %v", b, s, got, want)
+			}
+		}
 	}
 }

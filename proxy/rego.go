@@ -83,11 +83,7 @@ func (g *generatorHeaders) Lookup(name string) ([]string, bool) {
 // generatorAnswer is the answer of rt's generator to a request of head, the rest of which
 // request describes (nil: a generator whose answers are kept reads none of it).
 func (p *Proxy) generatorAnswer(ctx context.Context, rt *route, head regoeval.RequestHead, request func() *regoeval.Request) (*regoeval.Injection, error) {
-	sec, version := rt.cred.secret, ""
-	if sec.UID != "" && sec.ResourceVersion != "" {
-		version = string(sec.UID) + "/" + sec.ResourceVersion
-	}
-	return p.rego.Generate(ctx, rt.cred.class, rt.cred.generator, sec.Data, version, head, request)
+	return p.rego.Generate(ctx, rt.cred.class, rt.cred.generator, rt.cred.secret.Data, rt.cred.secretVersion, head, request)
 }
 
 // injectBody sets the generator's fields at the top level of the request's JSON or form body
@@ -243,7 +239,7 @@ func (p *Proxy) extract(ctx context.Context, classes []*v1alpha1.ConnectorClass,
 			in = p.rego.NewRequest(r, r.Host, r.URL.Path, r.URL.Query())
 		}
 		return in
-	})
+	}, nil)
 }
 
 // extractors are the classes that have an authExtractor, by name.
@@ -267,25 +263,35 @@ func (p *Proxy) extractors(ctx context.Context) []*v1alpha1.ConnectorClass {
 // the rest of it, or nil when that is not at hand (a head read in place). ok is false when an
 // extractor failed, or needed more of the request than head has and request was nil: its
 // answer is then not known, and taken as none. Failures are logged when request is given.
-func (p *Proxy) extractFrom(ctx context.Context, classes []*v1alpha1.ConnectorClass, head regoeval.RequestHead, request func() *regoeval.Request) (found extracted, ok bool) {
-	byModule := map[string]string{}
+// The names of the classes that found the token are appended to foundBy (nil, or a buffer
+// of the caller's: a head read in place is compared without allocating).
+func (p *Proxy) extractFrom(ctx context.Context, classes []*v1alpha1.ConnectorClass, head regoeval.RequestHead, request func() *regoeval.Request, foundBy []string) (found extracted, ok bool) {
+	// Classes often share a module (copies of one class); each module runs once. A few
+	// classes have extractors, so a list on the stack, not a map.
+	type answer struct{ module, token string }
+	var answers [4]answer
+	done := answers[:0]
+	found.foundBy = foundBy[:0]
 	ok = true
 	for _, class := range classes {
 		module := regoeval.Extractor(class)
-		t, done := byModule[module]
-		if !done {
-			var err error
-			if t, err = p.rego.ExtractToken(ctx, class, head, request); err != nil {
+		i := slices.IndexFunc(done, func(a answer) bool { return a.module == module })
+		if i < 0 {
+			t, err := p.rego.ExtractToken(ctx, class, head, request)
+			if err != nil {
 				ok = false
 				if request != nil {
 					klog.FromContext(ctx).Info("An authExtractor failed", "err", err)
 				}
 			}
-			byModule[module] = t
+			i, done = len(done), append(done, answer{module, t})
 		}
-		if t != "" && (found.token == "" || t == found.token) {
+		if t := done[i].token; t != "" && (found.token == "" || t == found.token) {
 			found.token, found.foundBy = t, append(found.foundBy, class.Name)
 		}
+	}
+	if len(found.foundBy) == 0 {
+		found.foundBy = nil // no class found one (checkExtracted: nil is Authorization's token)
 	}
 	return found, ok
 }

@@ -2,7 +2,7 @@
 // AccessPolicy carry (SPEC §1): the credential generator (auth.types[].generator.rego), the
 // proxy's token extractor (proxy.authExtractor.rego), the Connectors API's permission mapping
 // (api.permissions.rego) and a check's state (state.rego). A module is compiled once into a
-// prepared query and kept in a bounded cache keyed by its hook and a hash of its text, so a
+// prepared query and kept in a bounded cache keyed by its hook and its text, so a
 // class generation that leaves a module unchanged reuses it and two classes with one module
 // share it. Every evaluation runs under a time limit.
 //
@@ -45,7 +45,7 @@ type Config struct {
 type Engine struct {
 	cfg   Config
 	caps  *ast.Capabilities
-	cache *lru.Cache[[32]byte, *compiled]
+	cache *lru.Cache[moduleKey, *compiled]
 	// answers keeps the answers of generators that read only input.data, the request's keyed
 	// fields and headers by name, by module, Secret version and those values (see readsOf): a
 	// PAT generator then runs once per Secret change, one that picks Basic or Bearer by path
@@ -53,10 +53,15 @@ type Engine struct {
 	answers *lru.Cache[[32]byte, any]
 }
 
+// moduleKey is a module's place in the cache: its hook's package and rule, and its text (a
+// map key of the text itself, not of a hash of it: a module is looked up for every request
+// its class serves, and a hash of the text cost more than the rest of a kept answer).
+type moduleKey struct{ pkg, rule, module string }
+
 // compiled is a module's prepared query, or why it does not compile (kept too, so that a
 // broken class costs one compilation, not one per request).
 type compiled struct {
-	key   [32]byte
+	key   [32]byte // the sum of the hook's package and rule and the module: its answers' keys start with it
 	query rego.PreparedEvalQuery
 	err   error
 	// reads: what the answer depends on besides input.data.
@@ -68,7 +73,7 @@ func New(cacheName string, cfg Config) (*Engine, error) {
 	if cfg.CacheSize <= 0 || cfg.Timeout <= 0 || cfg.MaxBodyBytes <= 0 {
 		return nil, fmt.Errorf("rego: cache size, timeout and body limit must be positive")
 	}
-	cache, err := lru.New[[32]byte, *compiled](cfg.CacheSize)
+	cache, err := lru.New[moduleKey, *compiled](cfg.CacheSize)
 	if err != nil {
 		return nil, err
 	}
@@ -149,14 +154,15 @@ func (e *Engine) MaxBodyBytes() int64 { return e.cfg.MaxBodyBytes }
 func (e *Engine) Check(h Hook, module string) error { return e.compile(h, module).err }
 
 func (e *Engine) compile(h Hook, module string) *compiled {
-	key := sha256.Sum256([]byte(h.Package + "\x00" + h.Rule + "\x00" + module))
-	if c, ok := e.cache.Get(key); ok {
+	mk := moduleKey{h.Package, h.Rule, module}
+	if c, ok := e.cache.Get(mk); ok {
 		return c
 	}
 	q, reads, err := e.prepare(h, module)
+	key := sha256.Sum256([]byte(h.Package + "\x00" + h.Rule + "\x00" + module))
 	c := &compiled{key: key, query: q, err: err, reads: reads}
 	// Two requests may compile the same module at once; the second Add replaces the first.
-	e.cache.Add(key, c)
+	e.cache.Add(mk, c)
 	return c
 }
 

@@ -404,6 +404,41 @@ auth := {"position": "header", "auth": {"X": input.request.headers["X-Y"][0]}}`,
 	}
 }
 
+// An answer's key is the same whether the headers give it their parts (HeaderKeys) or their
+// values (Lookup), and differs for every head that reads differently.
+func TestHeaderKeysKeyAsLookup(t *testing.T) {
+	c := newEngine(t, 16).compile(GeneratorHook, `package proxy
+auth := {"position": "header", "auth": {"X": concat(",", input.request.headers["X-Y"])}}`)
+	keys := map[[32]byte]http.Header{}
+	for _, h := range []http.Header{{"X-Y": {"a"}}, {"X-Y": {"b"}}, {"X-Y": {"a", "b"}}, {"X-Y": {"a,b"}}, {"X-Y": {"ab"}},
+		{"X-Y": {"", "ab"}}, {"X-Y": {"ab", ""}}, {}, {"X-Y": {}}, {"X-Y": {""}}, {"X-Y": {strings.Repeat("t", 40<<10)}}} {
+		head := getHead
+		head.Header = testHeaders(h)
+		byValues := c.answerKey(GeneratorHook, "uid/1", head)
+		head.Header = keyedTestHeaders(h)
+		if byParts := c.answerKey(GeneratorHook, "uid/1", head); byParts != byValues {
+			t.Errorf("headers %q: keyed %x by their parts, %x by their values", h, byParts, byValues)
+		}
+		if other, ok := keys[byValues]; ok {
+			t.Errorf("headers %q and %q have one key", h, other)
+		}
+		keys[byValues] = h
+	}
+}
+
+// keyedTestHeaders gives an answer key its parts itself.
+type keyedTestHeaders http.Header
+
+func (h keyedTestHeaders) Lookup(name string) ([]string, bool) { v, ok := h[name]; return v, ok }
+
+func (h keyedTestHeaders) AppendKey(key []byte, name string) ([]byte, bool) {
+	values, ok := h[name]
+	for _, v := range values {
+		key = AppendKeyPart(key, []byte(v))
+	}
+	return key, ok
+}
+
 type testHeaders http.Header
 
 func (h testHeaders) Lookup(name string) ([]string, bool) { v, ok := h[name]; return v, ok }

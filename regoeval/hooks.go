@@ -7,7 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strconv"
+	"sync"
 
 	"github.com/open-policy-agent/opa/v1/ast"
 	"golang.org/x/net/http/httpguts"
@@ -159,38 +159,65 @@ func (c *compiled) requestValue(head RequestHead, req func() *Request) (ast.Valu
 	return req().value()
 }
 
-// answerKey is where an answer of c is kept: the hook, the scope (a generator's Secret
-// version), the module and the values c reads, each length-prefixed (no two inputs share a
-// key: the names read are c's, in one order, and a header's parts say whether it is there and
-// how many values follow).
+// answerKey is where an answer of c is kept: the sum of the hook, the scope (a generator's
+// Secret version), the module and the values c reads, each a tagged, length-prefixed part
+// (no two inputs share a key: the names read are c's, in one order, and a header's parts
+// end with a mark of its end, or are one that it is absent).
 func (c *compiled) answerKey(hook Hook, scope string, head RequestHead) [32]byte {
-	h := sha256.New()
-	h.Write(c.key[:])
-	part := func(s string) {
-		var n [8]byte
-		binary.BigEndian.PutUint64(n[:], uint64(len(s)))
-		h.Write(n[:])
-		h.Write([]byte(s))
-	}
-	part(hook.Field)
-	part(scope)
+	buf := keyBuffers.Get().(*[]byte)
+	b := append((*buf)[:0], c.key[:]...)
+	b = AppendKeyPart(AppendKeyPart(b, hook.Field), scope)
 	for _, name := range c.reads.fields {
-		part(head.field(name))
+		b = AppendKeyPart(b, head.field(name))
 	}
 	for _, name := range c.reads.headers {
-		values, ok := head.Header.Lookup(name)
-		if !ok {
-			part("absent")
-			continue
-		}
-		part(strconv.Itoa(len(values)))
+		b = appendHeaderKey(b, head.Header, name)
+	}
+	key := sha256.Sum256(b)
+	if cap(b) <= maxKeyBuffer {
+		*buf = b
+		keyBuffers.Put(buf)
+	}
+	return key
+}
+
+// keyBuffers hold answer keys' inputs while they are summed: a key is made for every request
+// a kept module serves, of values (a token, a header) that may be a kilobyte or more.
+var keyBuffers = sync.Pool{New: func() any { return new([]byte) }}
+
+// maxKeyBuffer bounds the buffers kept in keyBuffers: a rare large header is not held on to.
+const maxKeyBuffer = 16 << 10
+
+// AppendKeyPart appends s to an answer key's input as one value: tagged and length-prefixed.
+// It is for HeaderKeys implementations.
+func AppendKeyPart[S string | []byte](key []byte, s S) []byte {
+	key = binary.BigEndian.AppendUint64(append(key, 'v'), uint64(len(s)))
+	return append(key, s...)
+}
+
+// HeaderKeys is what a Headers may also do: append a header's values to an answer key's
+// input itself (AppendKeyPart for each, in order; ok false, and nothing appended, when the
+// header is absent), without the strings Lookup makes. Its values must be Lookup's.
+type HeaderKeys interface {
+	AppendKey(key []byte, name string) (out []byte, ok bool)
+}
+
+// appendHeaderKey appends header name of h to an answer key's input.
+func appendHeaderKey(key []byte, h Headers, name string) []byte {
+	var ok bool
+	if hk, has := h.(HeaderKeys); has {
+		key, ok = hk.AppendKey(key, name)
+	} else {
+		var values []string
+		values, ok = h.Lookup(name)
 		for _, v := range values {
-			part(v)
+			key = AppendKeyPart(key, v)
 		}
 	}
-	var key [32]byte
-	h.Sum(key[:0])
-	return key
+	if !ok {
+		return append(key, 'a')
+	}
+	return append(key, 'e')
 }
 
 // injection reads an `auth` answer; its errors name fields, never values.
