@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"net/http"
 	"net/textproto"
 	"strings"
@@ -233,12 +234,32 @@ func cutField(line []byte) (laneField, bool) {
 			return laneField{}, false
 		}
 	}
-	for _, b := range value {
-		if b != '\t' && (b < ' ' || b > '~') {
-			return laneField{}, false
-		}
+	if !visibleOrBlank(value) {
+		return laneField{}, false
 	}
 	return laneField{name: name, value: value}, true
+}
+
+// visibleOrBlank tells whether v is all visible ASCII, spaces and tabs. It looks at eight
+// bytes at a time where none is below a space or above '~' (a header value is mostly a token
+// of a kilobyte, and this check was the largest part of reading a head).
+func visibleOrBlank(v []byte) bool {
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	for len(v) >= 8 {
+		x := binary.LittleEndian.Uint64(v)
+		below := (x - ones*' ') & ^x & highs // a byte < 0x20 (Hacker's Delight's hasless)
+		above := (x + ones*(127-'~') | x) & highs
+		if below|above != 0 {
+			break // a tab, or a byte to refuse: byte by byte from here
+		}
+		v = v[8:]
+	}
+	for _, b := range v {
+		if b != '\t' && (b < ' ' || b > '~') {
+			return false
+		}
+	}
+	return true
 }
 
 // trimSpaceTab is v without its leading and trailing spaces and tabs; an empty value stays
@@ -532,12 +553,7 @@ func (a *answerHead) readStatus(line []byte) bool {
 		}
 		a.code = a.code*10 + int(b-'0')
 	}
-	for _, b := range rest[3:] {
-		if b != '\t' && (b < ' ' || b > '~') {
-			return false
-		}
-	}
-	return a.code >= 200 && a.code < 600
+	return visibleOrBlank(rest[3:]) && a.code >= 200 && a.code < 600
 }
 
 // take files one header line of an answer; false for one the fast lane does not read itself.
