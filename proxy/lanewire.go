@@ -38,7 +38,15 @@ type laneHead struct {
 	// connection are the Connection lines' values (net/http keeps them in the header).
 	connection [][]byte
 	fields     []laneField
+	// pragma is the first Pragma line's value (nil: none), and cacheControl tells whether a
+	// Cache-Control line was seen: net/http's reader adds Cache-Control: no-cache to a
+	// Pragma: no-cache without one (for HTTP/1.0 caches; Java's clients send it).
+	pragma       []byte
+	cacheControl bool
 }
+
+// addedCacheControl is the header line net/http's reader adds for a Pragma: no-cache.
+var addedCacheControl = laneField{name: []byte("Cache-Control"), value: []byte("no-cache")}
 
 // laneMaxFields bounds the header lines of a head the fast lane reads itself.
 const laneMaxFields = 64
@@ -49,8 +57,9 @@ const laneMaxFields = 64
 // header names of token characters right before their colon; values of visible ASCII,
 // spaces and tabs; one Host, one Authorization, one Proxy-Authorization, one User-Agent; no
 // header that says there is a body, an upgrade, an expectation or trailers, names another
-// hop-by-hop header in Connection, carries a proxy's hop marker, or that net/http's reader
-// would change (Pragma); no folded lines.
+// hop-by-hop header in Connection or carries a proxy's hop marker; no folded lines. The
+// fields end, as net/http's reader would add it, with a Cache-Control: no-cache for a
+// Pragma: no-cache.
 func readLaneHead(head []byte, h *laneHead, inTunnel bool) bool {
 	*h = laneHead{fields: h.fields[:0], connection: h.connection[:0]}
 	line, rest, ok := cutLine(head)
@@ -65,6 +74,9 @@ func readLaneHead(head []byte, h *laneHead, inTunnel bool) bool {
 			return false
 		}
 		if len(line) == 0 {
+			if string(h.pragma) == "no-cache" && !h.cacheControl {
+				h.fields = append(h.fields, addedCacheControl)
+			}
 			return len(rest) == 0 && h.host != nil
 		}
 		f, ok := cutField(line)
@@ -117,6 +129,12 @@ func (h *laneHead) take(f laneField) bool {
 		return ok
 	case laneRefused(name):
 		return false
+	case asciiEqual(name, "Pragma"):
+		if h.pragma == nil {
+			h.pragma = f.value
+		}
+	case asciiEqual(name, "Cache-Control"):
+		h.cacheControl = true
 	}
 	if len(h.fields) == laneMaxFields {
 		return false
@@ -183,7 +201,7 @@ func (v headHeaders) AppendKey(key []byte, name string) ([]byte, bool) {
 
 // laneRefused names the request headers whose requests the fast lane does not read itself:
 // they mean a body, an upgrade, an expectation or trailers, carry another proxy's hop marker,
-// make net/http's reader add a header (Pragma), or may be named by Connection (Close).
+// or may be named by Connection (Close).
 func laneRefused(name []byte) bool {
 	for _, refused := range laneRefusedNames {
 		if asciiEqual(name, refused) {
@@ -194,7 +212,7 @@ func laneRefused(name []byte) bool {
 }
 
 var laneRefusedNames = []string{"Content-Length", "Transfer-Encoding", "Expect", "Upgrade", "Te", "Trailer",
-	"Pragma", "Close", egress.HopHeader}
+	"Close", egress.HopHeader}
 
 // connectionTokens reads a Connection value; ok is false unless it names only keep-alive and
 // close (any other would name a hop-by-hop header to remove).

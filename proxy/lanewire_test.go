@@ -30,7 +30,12 @@ var laneHeadSeeds = []string{
 	"GET /namespaces/team/connectors/git?x=1 HTTP/1.1\r\nHost: proxy:8080\r\nAuthorization: Bearer tok\r\n\r\n",
 	"HEAD /namespaces/team/connectors/git/%2e%2e/y? HTTP/1.1\r\nHost: proxy:8080\r\nAuthorization: Bearer tok\r\n\r\n",
 	"GET http://tool.example:8080/base/y?z HTTP/1.1\r\nHost: tool.example:8080\r\nProxy-Authorization: Basic dGVhbS9naXQ6dG9r\r\n\r\n",
+	// Pragma: no-cache, to which net/http's reader adds Cache-Control: no-cache unless the head
+	// has one; only the first Pragma line counts.
 	"GET /namespaces/team/connectors/git/x HTTP/1.1\r\nHost: proxy\r\nAuthorization: Bearer tok\r\nPragma: no-cache\r\n\r\n",
+	"GET /namespaces/team/connectors/git/x HTTP/1.1\r\nHost: proxy\r\nAuthorization: Bearer tok\r\npragma:  no-cache \r\ncache-control: max-age=0\r\n\r\n",
+	"GET /namespaces/team/connectors/git/x HTTP/1.1\r\nHost: proxy\r\nAuthorization: Bearer tok\r\nPragma: x\r\nPragma: no-cache\r\n\r\n",
+	"GET http://tool.example:8080/base/a.jar HTTP/1.1\r\nHost: tool.example:8080\r\nProxy-Authorization: Basic dGVhbS9naXQ6dG9r\r\nPragma: no-cache\r\nUser-Agent: Apache-Maven/3.9.9 (Java 21)\r\n\r\n",
 	"GET /namespaces/team/connectors/git/x HTTP/1.1\r\nHost: proxy\r\nHost: other\r\n\r\n",
 	"GET /namespaces/team/connectors/git/x HTTP/1.1\r\nHost: proxy\r\n Folded: x\r\n\r\n",
 	"GET /namespaces/team/connectors/git/x HTTP/1.1\r\nHost: proxy\r\nBad Name: x\r\n\r\n",

@@ -604,3 +604,38 @@ func TestFastLaneByAConnectorsOwnHost(t *testing.T) {
 		t.Errorf("the fast lane served %v, in place %v, handed over %v; want 1, 2, 0", c[0], c[1], c[2])
 	}
 }
+
+// TestFastLaneTakesPragma: Java's clients (Maven's) send Pragma: no-cache; such requests are
+// the fast lane's, in place from the second on, and the tool gets them as through net/http's
+// parsers: with the Cache-Control: no-cache net/http's reader adds when the head has none.
+func TestFastLaneTakesPragma(t *testing.T) {
+	tool, rec, env, metricsAddr, ns := laneTestSetup(t)
+	createSecret(t, ns, "maven-auth", corev1.SecretTypeBasicAuth, map[string]string{"username": "bot", "password": "maven-secret"})
+	newConnectorWithSecret(t, ns, "maven", gitClass(t), rec.URL, "basicAuth", "maven-auth")
+	allowConnectors(t, ns, "builder", "maven")
+	token := proxyToken(t, ns, "builder")
+	host := strings.TrimPrefix(env.proxyURL, "http://")
+	head := func(path, headers string) string {
+		return "GET /namespaces/" + ns + "/connectors/maven" + path + " HTTP/1.1\r\nHost: " + host + "\r\nAuthorization: Bearer " + token +
+			"\r\nUser-Agent: Apache-Maven/3.9.9 (Java 21.0.5; Linux)\r\n" + headers + "\r\n"
+	}
+	before, reached := scrape(t, metricsAddr), tool.count()
+	codes := statusCodes(exchange(t, host, head("/a.pom", "Pragma: no-cache\r\n"), head("/a.jar", "Pragma: no-cache\r\n"),
+		head("/a.jar.sha1", "Pragma: no-cache\r\nCache-Control: max-age=0\r\n")))
+	after := scrapeUntil(t, metricsAddr, before, laneWants(1, 2, 0))
+	got := tool.since(reached)
+	if !slices.Equal(codes, []int{200, 200, 200}) || len(got) != 3 {
+		t.Fatalf("three GETs with Pragma: %v, %d reached the tool", codes, len(got))
+	}
+	for i, want := range []string{"no-cache", "no-cache", "max-age=0"} {
+		if cc := got[i].Header.Values("Cache-Control"); len(cc) != 1 || cc[0] != want || got[i].Header.Get("Pragma") != "no-cache" {
+			t.Errorf("request %d: the tool got Cache-Control %q and Pragma %q, want %q and no-cache", i, cc, got[i].Header.Get("Pragma"), want)
+		}
+		if got[i].Header.Get("Authorization") != "Basic "+basic("bot", "maven-secret") || carries(got[i], token) {
+			t.Errorf("request %d: the tool got Authorization %q, or the Pod token", i, got[i].Header.Get("Authorization"))
+		}
+	}
+	if c := laneCounts(before, after); c != [3]float64{1, 2, 0} {
+		t.Errorf("the fast lane served %v, in place %v, handed over %v; want 1, 2, 0", c[0], c[1], c[2])
+	}
+}
