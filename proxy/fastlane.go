@@ -955,11 +955,13 @@ func (c *laneConn) serveRemembered(head []byte) (taken, ok bool) {
 // route's) to a head of method to uri read in place, or nil when the head takes the parsed
 // path: the generator fails or injects elsewhere than in headers, or it sets a header a head
 // written in place carries otherwise (Host, User-Agent, hop-by-hop ones, the route's own
-// Authorization). The generator gets uri's path decoded, as the general path's rt.target.Path.
+// Authorization). The generator gets uri's path decoded, as the general path's rt.target.Path;
+// for the path "/", that is "" when the tool URL's path is empty (its request URI says "/"),
+// which uri does not tell: such a head takes the parsed path.
 func (c *laneConn) inPlaceInjection(rt *route, method, uri string) *regoeval.Injection {
 	escaped, _, _ := strings.Cut(uri, "?")
 	path, ok := decodedPath(escaped)
-	if !ok {
+	if !ok || path == "/" {
 		return nil
 	}
 	head := regoeval.RequestHead{Method: method, Path: path, Host: rt.target.Host, Header: &c.rawSeen}

@@ -238,6 +238,13 @@ func sameRoutes(t *testing.T, c *laneConn, h *laneHead, req *http.Request) {
 			!sameTarget(targetAt(fromHead, uri), fromReq.target)) {
 			t.Fatalf("remembered %+v at %s: in place %v %q, read by net/http %v %v", m.key, m.address, okHead, uri, okReq, fromReq)
 		}
+		// A generator reads the tool path decoded (inPlaceInjection), as the general path's
+		// ("/" is left to the general path: it may be an empty one).
+		if escaped, _, _ := strings.Cut(uri, "?"); okHead && escaped != "/" {
+			if path, ok := decodedPath(escaped); !ok || path != fromReq.target.Path {
+				t.Fatalf("remembered %+v at %s: the tool path %q decoded in place as %q, by net/http %q", m.key, m.address, uri, path, fromReq.target.Path)
+			}
+		}
 	}
 }
 
