@@ -316,6 +316,14 @@ func (pc *directConn) release(d *directTransport, stop func() bool, reusable boo
 	pc.conn.Close()
 }
 
+// spliceTo has res's body, when it is a directBody not yet read, spliced to client (nil:
+// read as any body) as its first Read is made.
+func spliceTo(res *http.Response, client io.Writer) {
+	if b, ok := res.Body.(*directBody); ok && !b.started {
+		b.client = client
+	}
+}
+
 // spliceMinBytes is the smallest body directBody splices to the client: below it, the pipe
 // and the extra system calls cost more than the copy they save.
 const spliceMinBytes = 64 << 10

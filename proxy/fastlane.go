@@ -250,6 +250,9 @@ func (m *laneMemo) remember(key laneKey, auth string, rt *route, epoch uint64) {
 			}
 		}
 	}
+	// A registry's token is per request (its scope, and a challenge may need a new one): the
+	// heads along such a route are each sent through sendAlong, never written in place.
+	m.inPlace = m.inPlace && rt.cred.registry == nil
 }
 
 // addressPath is the escaped path of a Connector's address as reverseTarget joins request
@@ -667,7 +670,7 @@ func (c *laneConn) serveRequest(r *http.Request, headLen int) (taken, ok bool) {
 		}
 	}
 	tr, isHTTP := rt.transport.(*http.Transport)
-	if !isHTTP || rt.cred.registry != nil || !p.headerCredential(r, rt) {
+	if !isHTTP || !p.headerCredential(r, rt) {
 		m.handedOver = true
 		return false, false
 	}
@@ -684,7 +687,7 @@ func (c *laneConn) serveRequest(r *http.Request, headLen int) (taken, ok bool) {
 	_, _ = c.br.Discard(headLen)
 	laneServed.Inc()
 	routed(m, rt)
-	ok = c.forward(tr, out, rt, m)
+	ok = c.forward(out, rt, m)
 	m.bytes = c.sent
 	return true, ok
 }
@@ -871,9 +874,10 @@ func removeHopByHop(h http.Header) {
 // noUserAgent keeps net/http from sending its own User-Agent, as ReverseProxy does.
 var noUserAgent = []string{""}
 
-// forward sends out and writes the tool's answer to the client, its status into m; it
-// returns false when the connection must close (the client left, or the answer broke off).
-func (c *laneConn) forward(tr *http.Transport, out *http.Request, rt *route, m *meteredWriter) bool {
+// forward sends out along rt (sendAlong) and writes the tool's answer to the client, its
+// status into m; it returns false when the connection must close (the client left, or the
+// answer broke off).
+func (c *laneConn) forward(out *http.Request, rt *route, m *meteredWriter) bool {
 	c.sent = 0
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -881,10 +885,7 @@ func (c *laneConn) forward(tr *http.Transport, out *http.Request, rt *route, m *
 	c.watchRoundTrip(cancel, nil)
 	defer c.stopWatching()
 	out = out.WithContext(ctx)
-	res, err := c.lane.p.direct.RoundTrip(tr, out, laneSplice{c})
-	if errors.Is(err, errHTTP1Refused) {
-		res, err = tr.RoundTrip(out) // a tool of HTTP/2 only: from now on the full path's
-	}
+	res, err := c.lane.p.sendAlong(rt, out, laneSplice{c})
 	if err != nil {
 		upstreamErrorFor(m, rt, err)
 		return !c.left.Load() && c.answer(m.ResponseWriter.(*bufferedAnswer))

@@ -11,6 +11,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
@@ -350,22 +351,48 @@ func applyRoute(out *http.Request, rt *route) {
 	}
 }
 
-// routeTransport sends each request with its route's transport.
+// routeTransport sends each request along its route (sendAlong).
 type routeTransport struct{ p *Proxy }
 
 func (t routeTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	rt := r.Context().Value(routeKey{}).(*route)
-	if rt.cred.registry != nil {
-		return t.p.registry.roundTrip(rt.transport, rt.cred.registry, r)
+	return t.p.sendAlong(rt, r, rt.client)
+}
+
+// sendAlong sends r along rt: with a registry token for its scope when rt's credential is a
+// registry login (registryTokens: a challenge answered and the request sent again), over the
+// proxy's own pooled connections when they take it. A large answer of known length is
+// spliced to client as its body is read (directBody), once it is the answer the client gets:
+// not a challenge the registry flow reads and drops, nor the token service's answer.
+func (p *Proxy) sendAlong(rt *route, r *http.Request, client io.Writer) (*http.Response, error) {
+	if rt.cred.registry == nil {
+		return toolTransport{p, rt, client}.RoundTrip(r)
 	}
-	if tr, ok := rt.transport.(*http.Transport); ok && t.p.direct.takes(tr, r) {
-		res, err := t.p.direct.RoundTrip(tr, r, rt.client)
+	res, err := p.registry.roundTrip(toolTransport{p: p, rt: rt}, rt.cred.registry, r)
+	if err == nil {
+		spliceTo(res, client)
+	}
+	return res, err
+}
+
+// toolTransport sends requests with rt's transport, or over the proxy's own pooled
+// connections when they take the request (directTransport), their large answers spliced to
+// client (nil: read as any body).
+type toolTransport struct {
+	p      *Proxy
+	rt     *route
+	client io.Writer
+}
+
+func (t toolTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if tr, ok := t.rt.transport.(*http.Transport); ok && t.p.direct.takes(tr, r) {
+		res, err := t.p.direct.RoundTrip(tr, r, t.client)
 		if errors.Is(err, errHTTP1Refused) {
 			return tr.RoundTrip(r)
 		}
 		return res, err
 	}
-	return rt.transport.RoundTrip(r)
+	return t.rt.transport.RoundTrip(r)
 }
 
 // upstreamError answers a failed upstream round trip.

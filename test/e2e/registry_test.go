@@ -1,14 +1,18 @@
 package e2e
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -18,6 +22,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/driver"
 	"github.com/kube-connectors/connectors-csi/test/gitserver"
 	"github.com/kube-connectors/connectors-csi/test/registry"
 )
@@ -147,5 +152,148 @@ func TestImagePushPullThroughProxy(t *testing.T) {
 	}
 	if err := env.kubelet.Unpublish(ctx, pod, "connectors"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestRegistryPullsInTheFastLane: an image's GETs through the forward proxy to a registry of
+// token auth are the fast lane's, a challenge among them answered there (the puller's
+// Connector has no token yet: the registry's 401 is read and dropped, a token fetched with the
+// Connector's credential, the GET sent again), its layers of more than 64 KiB spliced to the
+// client byte for byte; the push (POST, PATCH, PUT) goes to net/http's server as before.
+func TestRegistryPullsInTheFastLane(t *testing.T) {
+	reg := startRegistry(t)
+	metricsAddr := freeLoopbackAddr(t)
+	env := startProxyDriver(t, func(o *driver.Options) { o.MetricsListen = metricsAddr })
+	ns := newNamespace(t)
+	class := deployedClass(t, "oci.yaml")
+	ociConnector(t, ns, "pusher", class, reg, reg.Password)
+	ociConnector(t, ns, "puller", class, reg, reg.Password)
+	allowConnectors(t, ns, "builder", "pusher", "puller")
+	token := proxyToken(t, ns, "builder")
+	through := func(connector string) remote.Option {
+		forward, _ := url.Parse(env.proxyURL)
+		forward.User = url.UserPassword(ns+"/"+connector, token)
+		return remote.WithTransport(&http.Transport{Proxy: http.ProxyURL(forward)})
+	}
+	ref, err := name.ParseReference(strings.TrimPrefix(reg.URL, "http://")+"/team/app:v1", name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := random.Image(96<<10, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(ref, img, through("pusher")); err != nil {
+		t.Fatalf("push through the proxy: %v", err)
+	}
+
+	before, seen := scrape(t, metricsAddr), len(reg.Requests())
+	pulled, err := remote.Image(ref, through("puller"))
+	if err != nil {
+		t.Fatalf("pull through the proxy: %v", err)
+	}
+	layers, err := pulled.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, l := range layers {
+		rc, err := l.Compressed() // read whole: go-containerregistry checks each blob's digest
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, err := io.Copy(io.Discard, rc)
+		if err != nil || rc.Close() != nil {
+			t.Fatalf("layer %d: %v", i, err)
+		}
+		if n < 64<<10 {
+			t.Fatalf("layer %d is %d bytes, below what is spliced", i, n)
+		}
+	}
+	want, _ := img.Digest()
+	if got, err := pulled.Digest(); err != nil || got != want {
+		t.Fatalf("pulled digest %v (%v), want %v", got, err, want)
+	}
+	// Served by the fast lane: the manifest's GET and the config's and the three layers'.
+	after := scrapeUntil(t, metricsAddr, before, map[string]float64{laneSeries("served"): 5})
+	if c := laneCounts(before, after); c[0] < 5 {
+		t.Errorf("the fast lane served %v of the pull's GETs, want at least the 5 of the manifest and blobs", c[0])
+	}
+	var challenged, tokens int
+	for _, s := range reg.Requests()[seen:] {
+		switch {
+		case s.Server == "registry" && s.Authorization == "" && strings.Contains(s.Path, "/manifests/"):
+			challenged++
+		case s.Server == "token":
+			tokens++
+		}
+		if s.ProxyAuthorization != "" || strings.Contains(s.Authorization, token) || s.Server == "registry" && strings.HasPrefix(s.Authorization, "Basic") {
+			t.Errorf("%s %s %s received %q (Proxy-Authorization %q)", s.Server, s.Method, s.Path, s.Authorization, s.ProxyAuthorization)
+		}
+	}
+	if challenged == 0 || tokens == 0 {
+		t.Errorf("the puller's first GET of the manifest was challenged %d times, %d tokens fetched; want both", challenged, tokens)
+	}
+}
+
+// TestRegistryChallengeIsNotSplicedToTheClient: a registry's 401 challenge of more than 64
+// KiB, read and dropped by the proxy before it fetches a token and sends the GET again, never
+// reaches the client (large answers are spliced to the client only once they are the one it
+// gets); the client gets the retried GET's answer, whole, and the next on the same connection.
+func TestRegistryChallengeIsNotSplicedToTheClient(t *testing.T) {
+	const size = 100 << 10
+	var rec *recorder
+	rec = startRecorder(t, func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.URL.Path == "/token":
+			_, _ = io.WriteString(w, `{"token":"registry-token-1","expires_in":300}`)
+		case r.Header.Get("Authorization") != "Bearer registry-token-1":
+			w.Header().Set("WWW-Authenticate", `Bearer realm="`+rec.URL+`/token",service="fake",scope="repository:team/app:pull"`)
+			w.Header().Set("Content-Length", strconv.Itoa(size))
+			w.WriteHeader(http.StatusUnauthorized)
+			_, _ = w.Write(bytes.Repeat([]byte("c"), size))
+		default:
+			w.Header().Set("Content-Length", strconv.Itoa(size))
+			_, _ = w.Write(bytes.Repeat([]byte("b"), size))
+		}
+	})
+	env := startProxyDriver(t, nil)
+	ns := newNamespace(t)
+	createSecret(t, ns, "fake", v1alpha1.SecretTypeDistributionRegistryAuth, map[string]string{"username": "puller", "password": "registry-password"})
+	create(t, &v1alpha1.Connector{
+		ObjectMeta: metav1.ObjectMeta{Name: "fake", Namespace: ns},
+		Spec: v1alpha1.ConnectorSpec{ConnectorClassName: deployedClass(t, "oci.yaml"), Address: rec.URL,
+			AddressExtensions: []v1alpha1.NamedAddress{{Name: "token", Value: rec.URL + "/token"}},
+			Auth:              &v1alpha1.ConnectorAuth{Name: "registryToken", SecretRef: &v1alpha1.SecretRef{Name: "fake"}}},
+	})
+	allowConnectors(t, ns, "builder", "fake")
+	token := proxyToken(t, ns, "builder")
+	get := "GET " + rec.URL + "/v2/team/app/blobs/sha256:0123 HTTP/1.1\r\nHost: " + strings.TrimPrefix(rec.URL, "http://") +
+		"\r\nProxy-Authorization: Basic " + basic(ns+"/fake", token) + "\r\n\r\n"
+	conn := dialProxy(t, strings.TrimPrefix(env.proxyURL, "http://"))
+	br := bufio.NewReader(conn)
+	for i := range 2 {
+		if _, err := io.WriteString(conn, get); err != nil {
+			t.Fatal(err)
+		}
+		res, err := http.ReadResponse(br, &http.Request{Method: http.MethodGet})
+		if err != nil {
+			t.Fatalf("GET %d: %v", i, err)
+		}
+		body, err := io.ReadAll(res.Body)
+		if err != nil || res.StatusCode != http.StatusOK || string(body) != strings.Repeat("b", size) {
+			t.Fatalf("GET %d: %d, %d bytes (%d of the challenge's), %v", i, res.StatusCode, len(body), bytes.Count(body, []byte("c")), err)
+		}
+	}
+	var tokens int
+	for _, r := range rec.requests() {
+		if r.RequestURI == "/token" || strings.HasPrefix(r.RequestURI, "/token?") {
+			tokens++
+			if r.Authorization != "Basic "+basic("puller", "registry-password") {
+				t.Errorf("the token service got %q, want the Connector's credential", r.Authorization)
+			}
+		}
+	}
+	if tokens != 1 {
+		t.Errorf("%d token requests, want 1", tokens)
 	}
 }
