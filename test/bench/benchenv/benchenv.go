@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
@@ -31,7 +32,9 @@ import (
 
 // Upstream is the tool: it serves 1 KiB and 1 MiB bodies (and /stall, which stops after 1 KiB
 // of 2) to requests carrying its credential,
-// over http and over https (a certificate for 127.0.0.2 from its own CA).
+// over http and over https (a certificate for 127.0.0.2 from its own CA). As a registry of
+// token auth, it serves the same bodies as /v2/team/app/blobs/1k and 1m to requests with the
+// token its /token hands out for its credential, and challenges the others.
 type Upstream struct {
 	URL, TLSURL string
 	CA          *testca.CA
@@ -41,18 +44,25 @@ func StartUpstream() (*Upstream, error) {
 	bodies := map[string][]byte{"/1k": make([]byte, 1<<10), "/1m": make([]byte, 1<<20)}
 	want := BasicCredential()
 	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("Authorization") != want {
+		path, authorized := r.URL.Path, r.Header.Get("Authorization") == want
+		if path == "/token" || strings.HasPrefix(path, registryBlobs) {
+			if !asRegistry(w, r) {
+				return
+			}
+			path, authorized = "/"+strings.TrimPrefix(path, registryBlobs), true
+		}
+		if !authorized {
 			http.Error(w, "bad credentials", http.StatusUnauthorized)
 			return
 		}
-		if r.URL.Path == "/stall" { // a tool that stops answering mid-body, until the client leaves
+		if path == "/stall" { // a tool that stops answering mid-body, until the client leaves
 			w.Header().Set("Content-Length", "2048")
 			_, _ = w.Write(bodies["/1k"])
 			w.(http.Flusher).Flush()
 			<-r.Context().Done()
 			return
 		}
-		body, ok := bodies[r.URL.Path]
+		body, ok := bodies[path]
 		if !ok {
 			http.NotFound(w, r)
 			return
@@ -82,6 +92,32 @@ func StartUpstream() (*Upstream, error) {
 	go http.Serve(plain, handler)
 	go http.Serve(tls.NewListener(secure, &tls.Config{Certificates: []tls.Certificate{cert}}), handler)
 	return &Upstream{URL: "http://" + plain.Addr().String(), TLSURL: "https://" + secure.Addr().String(), CA: authority}, nil
+}
+
+// registryBlobs is where the upstream serves its bodies as a registry's blobs, and
+// registryToken the token its /token hands out.
+const (
+	registryBlobs = "/v2/team/app/blobs/"
+	registryToken = "bench-registry-token"
+)
+
+// asRegistry answers /token, and challenges a request to a blob without registryToken;
+// true when it is a blob's request with it, for the caller to serve.
+func asRegistry(w http.ResponseWriter, r *http.Request) bool {
+	if r.URL.Path == "/token" {
+		if r.Header.Get("Authorization") != BasicCredential() {
+			http.Error(w, "bad credentials", http.StatusUnauthorized)
+			return false
+		}
+		_, _ = io.WriteString(w, `{"token":"`+registryToken+`","expires_in":3600}`)
+		return false
+	}
+	if r.Header.Get("Authorization") != "Bearer "+registryToken {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="http://`+r.Host+`/token",service="bench",scope="repository:team/app:pull"`)
+		http.Error(w, "token needed", http.StatusUnauthorized)
+		return false
+	}
+	return true
 }
 
 func BasicCredential() string {
@@ -178,6 +214,9 @@ func CreateObjects(ctx context.Context, cp *controlplane.ControlPlane, up *Upstr
 	if err := extractorConnector(ctx, cp, up.URL, auth); err != nil {
 		return "", err
 	}
+	if err := registryConnector(ctx, cp, up.URL); err != nil {
+		return "", err
+	}
 	if err := cp.Client.Create(ctx, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "bench-connectors"},
 		Rules: []rbacv1.PolicyRule{{APIGroups: []string{v1alpha1.GroupVersion.Group}, Resources: []string{"connectors", "connectors/proxy"}, Verbs: []string{"get"}}}}); err != nil {
 		return "", err
@@ -252,6 +291,22 @@ func extractorConnector(ctx context.Context, cp *controlplane.ControlPlane, addr
 	}
 	return cp.Client.Create(ctx, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: "tool-pt", Namespace: Namespace},
 		Spec: v1alpha1.ConnectorSpec{ConnectorClassName: "bench-extractor", Address: address, Auth: auth}})
+}
+
+// registryConnector is tool-oci: the upstream as a registry of token auth (its blobs), the
+// proxy fetching the token with the benchmark's credential from a registry login Secret.
+func registryConnector(ctx context.Context, cp *controlplane.ControlPlane, address string) error {
+	if _, err := cp.Kube.CoreV1().Secrets(Namespace).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "tool-oci"},
+		Type: v1alpha1.SecretTypeDistributionRegistryAuth, StringData: map[string]string{"username": ToolUser, "password": ToolPass}}, metav1.CreateOptions{}); err != nil {
+		return err
+	}
+	if err := cp.Client.Create(ctx, &v1alpha1.ConnectorClass{ObjectMeta: metav1.ObjectMeta{Name: "bench-oci"},
+		Spec: v1alpha1.ConnectorClassSpec{Auth: &v1alpha1.AuthSpec{Types: []v1alpha1.AuthType{{Name: "registryToken", SecretType: v1alpha1.SecretTypeDistributionRegistryAuth}}}}}); err != nil {
+		return err
+	}
+	return cp.Client.Create(ctx, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: "tool-oci", Namespace: Namespace},
+		Spec: v1alpha1.ConnectorSpec{ConnectorClassName: "bench-oci", Address: address,
+			Auth: &v1alpha1.ConnectorAuth{Name: "registryToken", SecretRef: &v1alpha1.SecretRef{Name: "tool-oci"}}}})
 }
 
 // privateTokenExtractor is the shipped GitLab class's authExtractor.

@@ -195,12 +195,15 @@ func makeTargets(ctx context.Context, cp *controlplane.ControlPlane, up *benchen
 			return &request{connect: "http://" + drv.ProxyAddr, path: "/namespaces/" + ns + "/connectors/" + connector + "/" + s, header: header}
 		}
 	}
-	forwardWrk := func(path func(string) string) func(string) *request {
+	fwdOCI, _ := url.Parse("http://" + drv.ProxyAddr)
+	fwdOCI.User = url.UserPassword(ns+"/tool-oci", token)
+	forwardWrk := func(connector string, path func(string) string) func(string) *request {
 		return func(s string) *request {
 			return &request{connect: "http://" + drv.ProxyAddr, path: up.URL + "/" + path(s),
-				header: http.Header{"Proxy-Authorization": {basicOf(ns+"/tool", token)}}}
+				header: http.Header{"Proxy-Authorization": {basicOf(ns+"/"+connector, token)}}}
 		}
 	}
+	blob := func(s string) string { return "v2/team/app/blobs/" + s }
 	// The first CONNECT makes the proxy's CA; trust it from then on.
 	insecure := plain(http.ProxyURL(fwdTLS), &tls.Config{InsecureSkipVerify: true}) //nolint:gosec // only to make the CA
 	if err := benchenv.WaitReady(insecure, []string{up.TLSURL + "/1k"}, nil); err != nil {
@@ -228,11 +231,14 @@ func makeTargets(ctx context.Context, cp *controlplane.ControlPlane, up *benchen
 		{name: "connectors proxy (reverse)", goClient: plain(nil, nil), goURL: reverse("tool"), header: bearer, wrk: reverseWrk("tool", bearer),
 			baseline: "nginx (header-injecting reverse proxy)", pids: drv.PIDs, driver: true},
 		{name: "connectors proxy (forward)", goClient: plain(http.ProxyURL(fwd), nil), goURL: func(s string) string { return up.URL + "/" + s },
-			wrk: forwardWrk(func(s string) string { return s }), baseline: "nginx (header-injecting reverse proxy)", pids: drv.PIDs, driver: true},
+			wrk: forwardWrk("tool", func(s string) string { return s }), baseline: "nginx (header-injecting reverse proxy)", pids: drv.PIDs, driver: true},
 		// The path of an npm scoped package (@scope%2fname) or a GitLab project (group%2Fproject):
 		// one with an escape ("/%31k" is the upstream's "/1k").
 		{name: "connectors proxy (forward, a path with an escape)", goClient: plain(http.ProxyURL(fwd), nil), goURL: func(s string) string { return up.URL + "/" + escapeFirst(s) },
-			wrk: forwardWrk(escapeFirst), baseline: "nginx (header-injecting reverse proxy)", pids: drv.PIDs, driver: true},
+			wrk: forwardWrk("tool", escapeFirst), baseline: "nginx (header-injecting reverse proxy)", pids: drv.PIDs, driver: true},
+		// An image's blobs, the token of the registry's token service (fetched once, kept).
+		{name: "connectors proxy (forward, registry token flow)", goClient: plain(http.ProxyURL(fwdOCI), nil), goURL: func(s string) string { return up.URL + "/" + blob(s) },
+			wrk: forwardWrk("tool-oci", blob), baseline: "nginx (header-injecting reverse proxy)", pids: drv.PIDs, driver: true},
 		{name: "connectors proxy (reverse, Rego generator of the Secret)", goClient: plain(nil, nil), goURL: reverse("tool-rego"), header: bearer,
 			wrk: reverseWrk("tool-rego", bearer), baseline: "nginx (header-injecting reverse proxy)", pids: drv.PIDs, driver: true},
 		{name: "connectors proxy (reverse, Rego generator by path, as GitHub's)", goClient: plain(nil, nil), goURL: reverse("tool-rego-path"), header: bearer,
