@@ -72,8 +72,11 @@ func TestPodOf(t *testing.T) {
 }
 
 func TestRegistryScopes(t *testing.T) {
-	if got := normalizeScope("repository:a/b:push,pull"); got != "repository:a/b:pull,push" {
-		t.Errorf("normalizeScope = %q", got)
+	for scope, want := range map[string]string{"repository:a/b:push,pull": "repository:a/b:pull,push", "repository:a/b:pull": "repository:a/b:pull",
+		"repository:a/b:*,pull": "repository:a/b:*,pull", "registry:catalog:*": "registry:catalog:*", "odd": "odd"} {
+		if got := normalizeScope(scope); got != want {
+			t.Errorf("normalizeScope(%q) = %q, want %q", scope, got, want)
+		}
 	}
 	r, _ := http.NewRequest(http.MethodPatch, "http://r/v2/team/app/blobs/uploads/123", nil)
 	if got := scopeOf(r); got != "repository:team/app:pull,push" {

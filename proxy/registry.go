@@ -146,8 +146,8 @@ func (t *registryTokens) prefetch(base http.RoundTripper, login *registryLogin, 
 // normalizeScope sorts a scope's actions, so "push,pull" and "pull,push" share a token.
 func normalizeScope(scope string) string {
 	i := strings.LastIndexByte(scope, ':')
-	if i < 0 {
-		return scope
+	if i < 0 || strings.IndexByte(scope[i+1:], ',') < 0 {
+		return scope // one action (a pull's): nothing to sort
 	}
 	actions := strings.Split(scope[i+1:], ",")
 	slices.Sort(actions)
