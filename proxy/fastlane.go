@@ -210,11 +210,11 @@ type laneMemo struct {
 	inPlace  bool
 	// extractors (reverse, a token an authExtractor found) are the classes with an extractor
 	// when the route was resolved, which heads read in place are given to (as the route
-	// itself, they are at most laneMemoTTL old); caller is what they found then, and foundBy
-	// holds what they find in a head (sameCaller's buffer).
-	extractors []*v1alpha1.ConnectorClass
-	caller     extracted
-	foundBy    []string
+	// itself, they are at most laneMemoTTL old); foundBy are those that found the route's
+	// caller token (rt.callerToken) then, and found holds what they find in a head
+	// (sameCaller's buffer).
+	extractors     []*v1alpha1.ConnectorClass
+	foundBy, found []string
 	// forwardAddrs (forward) are the Connector's addresses at the remembered destination's
 	// scheme and host: one must cover the destination of a head read in place (coversPath).
 	forwardAddrs []*url.URL
@@ -336,9 +336,9 @@ func (m *laneMemo) sameCaller(p *Proxy, h *laneHead) bool {
 		return false
 	}
 	head := regoeval.RequestHead{Method: h.method, Path: path, Host: m.key.host, Header: headHeaders{h}} // the head's host is key's (routeForHead)
-	found, ok := p.extractFrom(context.Background(), m.extractors, head, nil, m.foundBy)
-	m.foundBy = found.foundBy
-	return ok && found.token == m.caller.token && slices.Equal(found.foundBy, m.caller.foundBy)
+	found, ok := p.extractFrom(context.Background(), m.extractors, head, nil, m.found)
+	m.found = found.foundBy
+	return ok && found.token == m.rt.callerToken && slices.Equal(found.foundBy, m.foundBy)
 }
 
 // tokenFreeInPlace tells whether the tool request of a head read in place, along a route whose
@@ -682,7 +682,7 @@ func (c *laneConn) serveRequest(r *http.Request, headLen int) (taken, ok bool) {
 	}
 	if !remembered {
 		c.memo.remember(key, auth, rt, epoch)
-		c.memo.extractors, c.memo.caller = c.extractors, c.caller
+		c.memo.extractors, c.memo.foundBy = c.extractors, c.caller.foundBy
 	}
 	_, _ = c.br.Discard(headLen)
 	laneServed.Inc()
