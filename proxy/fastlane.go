@@ -218,6 +218,10 @@ type laneMemo struct {
 	// forwardAddrs (forward) are the Connector's addresses at the remembered destination's
 	// scheme and host: one must cover the destination of a head read in place (coversPath).
 	forwardAddrs []*url.URL
+	// registryName and registryToken (a registry's route) are the repository of the last head
+	// read in place and the cached token for pulls from it (registryAuthorization).
+	registryName  string
+	registryToken registryToken
 	// pool is the tool connections' key in the direct transport; meter records the
 	// requests served in place along the route.
 	pool  directKey
@@ -250,9 +254,6 @@ func (m *laneMemo) remember(key laneKey, auth string, rt *route, epoch uint64) {
 			}
 		}
 	}
-	// A registry's token is per request (its scope, and a challenge may need a new one): the
-	// heads along such a route are each sent through sendAlong, never written in place.
-	m.inPlace = m.inPlace && rt.cred.registry == nil
 }
 
 // addressPath is the escaped path of a Connector's address as reverseTarget joins request
@@ -928,6 +929,12 @@ func (c *laneConn) serveRemembered(head []byte) (taken, ok bool) {
 			return false, false
 		}
 	}
+	var registryAuth string
+	if rt.cred.registry != nil {
+		if registryAuth = c.registryAuthorization(rt, h.method, uri); registryAuth == "" {
+			return false, false
+		}
+	}
 	pc := c.lane.p.direct.idleConn(c.memo.pool)
 	if pc == nil {
 		return false, false
@@ -935,7 +942,11 @@ func (c *laneConn) serveRemembered(head []byte) (taken, ok bool) {
 	start := time.Now()
 	c.closeAfter, c.sent = h.close, 0
 	c.watchRoundTrip(nil, pc.conn)
-	writeToolHead(pc.bw, h, rt.target.Host, uri, c.memo.toolTail, inj, rt.callerToken)
+	writeToolHead(pc.bw, h, rt.target.Host, uri, inj, rt.callerToken)
+	if registryAuth != "" {
+		writeFieldString(pc.bw, "Authorization", registryAuth)
+	}
+	_, _ = pc.bw.WriteString(c.memo.toolTail)
 	var code int
 	if err := pc.awaitAnswer(); err != nil {
 		pc.conn.Close()
@@ -943,6 +954,13 @@ func (c *laneConn) serveRemembered(head []byte) (taken, ok bool) {
 			return false, false // the tool had closed it: serveRequest dials a new one
 		}
 		code, ok = c.upstreamFailed(rt, err) // the client left
+	} else if registryAuth != "" && challenged(pc.br) {
+		// The registry refused the kept token (revoked, or the token service's clock runs
+		// ahead): the general path, which answers challenges, sends the head again. A GET or
+		// HEAD, it may be; nothing of the answer has reached the client.
+		pc.conn.Close()
+		c.memo.registryName = ""
+		return !c.stopWatching(), false
 	} else {
 		_, _ = c.br.Discard(len(head))
 		code, ok = c.relayRemembered(pc, h.method, rt, uri)
@@ -976,6 +994,43 @@ func (c *laneConn) inPlaceInjection(rt *route, method, uri string) *regoeval.Inj
 		}
 	}
 	return inj
+}
+
+// registryAuthorization is the Authorization value of a registry's token for a head of method
+// to uri along rt, a registry's route, read in place, or "" when the head takes the parsed
+// path: it is not a GET or HEAD of a repository's manifest, blob or tags (whose scope is a
+// pull of it), or no token for that is cached (the general path fetches one, answering the
+// registry's challenge). The token of the last head's repository is kept in the memo, so a
+// pull's heads, all of one repository, look the cache up once.
+func (c *laneConn) registryAuthorization(rt *route, method, uri string) string {
+	if method != http.MethodGet && method != http.MethodHead {
+		return ""
+	}
+	escaped, _, _ := strings.Cut(uri, "?")
+	path, ok := decodedPath(escaped)
+	if !ok {
+		return ""
+	}
+	name, ok := repositoryOf(path)
+	if !ok {
+		return ""
+	}
+	m := &c.memo
+	if name != m.registryName || time.Now().After(m.registryToken.expires) {
+		tok, ok := c.lane.p.registry.cached(rt.cred.registry, rt.target.Host, pullScope(name))
+		if !ok {
+			return ""
+		}
+		m.registryName, m.registryToken = name, tok
+	}
+	return m.registryToken.authorization
+}
+
+// challenged tells whether the answer whose first byte br holds is a 401 (the registry's
+// challenge), from its status line.
+func challenged(br *bufio.Reader) bool {
+	line, err := br.Peek(len("HTTP/1.1 401"))
+	return err == nil && string(line[len("HTTP/1.1 "):]) == "401"
 }
 
 // relayRemembered writes the answer on pc, to a request of method along rt to uri, to the

@@ -384,9 +384,9 @@ func lower(b byte) byte {
 // (outgoing, then Request.Write): the request URI and host, the client's User-Agent if any,
 // the client's headers without hop-by-hop, X-Forwarded, Authorization and Proxy-* ones and,
 // when the caller's token is one an extractor found, every header of a name one of whose lines
-// holds it (tokenFreeInPlace keeps the rest of such a head from here), then tail, the route's
-// toolHeadTail.
-func writeToolHead(w *bufio.Writer, h *laneHead, host, uri, tail string, inj *regoeval.Injection, callerToken string) {
+// holds it (tokenFreeInPlace keeps the rest of such a head from here), then inj's headers. The
+// caller ends it: with a registry token's Authorization if any, then the route's toolHeadTail.
+func writeToolHead(w *bufio.Writer, h *laneHead, host, uri string, inj *regoeval.Injection, callerToken string) {
 	_, _ = w.WriteString(h.method)
 	_ = w.WriteByte(' ')
 	_, _ = w.WriteString(uri)
@@ -403,13 +403,9 @@ func writeToolHead(w *bufio.Writer, h *laneHead, host, uri, tail string, inj *re
 	}
 	if inj != nil {
 		for name, value := range inj.Headers {
-			_, _ = w.WriteString(name)
-			_, _ = w.WriteString(": ")
-			_, _ = w.WriteString(sanitizedValue(value))
-			_, _ = w.WriteString("\r\n")
+			writeFieldString(w, name, sanitizedValue(value))
 		}
 	}
-	_, _ = w.WriteString(tail)
 }
 
 // nameHolds tells whether a line of h's fields of name (in any case) holds token ("": none).
@@ -513,6 +509,13 @@ func writeField(w *bufio.Writer, name string, value []byte) {
 	_, _ = w.WriteString(name)
 	_, _ = w.WriteString(": ")
 	_, _ = w.Write(value)
+	_, _ = w.WriteString("\r\n")
+}
+
+func writeFieldString(w *bufio.Writer, name, value string) {
+	_, _ = w.WriteString(name)
+	_, _ = w.WriteString(": ")
+	_, _ = w.WriteString(value)
 	_, _ = w.WriteString("\r\n")
 }
 

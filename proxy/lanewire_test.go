@@ -181,7 +181,8 @@ func sameToolHead(t *testing.T, c *laneConn, h *laneHead, req *http.Request, inj
 		t.Fatal(err)
 	}
 	w := bufio.NewWriter(&raw)
-	writeToolHead(w, h, rt.target.Host, rt.target.RequestURI(), m.toolTail, inj, callerToken)
+	writeToolHead(w, h, rt.target.Host, rt.target.RequestURI(), inj, callerToken)
+	_, _ = w.WriteString(m.toolTail)
 	_ = w.Flush()
 	g, r := readBack(t, general.Bytes()), readBack(t, raw.Bytes())
 	if g.Method != r.Method || g.RequestURI != r.RequestURI || g.Host != r.Host || !reflect.DeepEqual(g.Header, r.Header) {

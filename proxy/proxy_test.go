@@ -78,13 +78,14 @@ func TestRegistryScopes(t *testing.T) {
 			t.Errorf("normalizeScope(%q) = %q, want %q", scope, got, want)
 		}
 	}
-	r, _ := http.NewRequest(http.MethodPatch, "http://r/v2/team/app/blobs/uploads/123", nil)
-	if got := scopeOf(r); got != "repository:team/app:pull,push" {
+	if got := scopeOf(http.MethodPatch, "/v2/team/app/blobs/uploads/123"); got != "repository:team/app:pull,push" {
 		t.Errorf("scopeOf(PATCH) = %q", got)
 	}
-	r, _ = http.NewRequest(http.MethodGet, "http://r/v2/team/app/manifests/v1", nil)
-	if got := scopeOf(r); got != "repository:team/app:pull" {
+	if got := scopeOf(http.MethodGet, "/v2/team/app/manifests/v1"); got != "repository:team/app:pull" {
 		t.Errorf("scopeOf(GET) = %q", got)
+	}
+	if got := scopeOf(http.MethodGet, "/v2/"); got != "" {
+		t.Errorf("scopeOf(GET /v2/) = %q, want none", got)
 	}
 	ch, ok := parseBearerChallenge(`Bearer realm="https://auth.example.com/token",service="registry",scope="repository:a:pull,push"`)
 	if !ok || ch.realm != "https://auth.example.com/token" || ch.service != "registry" || ch.scope != "repository:a:pull,push" {

@@ -70,9 +70,11 @@ type registryTokens struct {
 // maxTokenLife caps how long a registry token is kept; realms are remembered as long.
 const maxTokenLife = time.Hour
 
+// registryToken is a token service's token as a request carries it: its Authorization value
+// ("Bearer " and the token, made once per token, not per request).
 type registryToken struct {
-	value   string
-	expires time.Time
+	authorization string
+	expires       time.Time
 }
 
 func newRegistryTokens(size int) *registryTokens {
@@ -88,13 +90,13 @@ func newRegistryTokens(size int) *registryTokens {
 // roundTrip sends r with a cached token for its scope; on a Bearer challenge it fetches one and
 // retries once when the body can be replayed.
 func (t *registryTokens) roundTrip(base http.RoundTripper, login *registryLogin, r *http.Request) (*http.Response, error) {
-	scope := scopeOf(r)
-	tok, ok := t.cached(login, r.URL.Host, scope)
+	scope := scopeOf(r.Method, r.URL.Path)
+	auth, ok := t.cached(login, r.URL.Host, scope)
 	if !ok && scope != "" && !replayable(r) {
-		tok, ok = t.prefetch(base, login, r.URL.Host, scope)
+		auth, ok = t.prefetch(base, login, r.URL.Host, scope)
 	}
 	if ok {
-		r.Header.Set("Authorization", "Bearer "+tok)
+		r.Header.Set("Authorization", auth.authorization)
 	}
 	res, err := base.RoundTrip(r)
 	if err != nil || res.StatusCode != http.StatusUnauthorized {
@@ -111,7 +113,7 @@ func (t *registryTokens) roundTrip(base http.RoundTripper, login *registryLogin,
 	if ch.scope == "" {
 		ch.scope = scope
 	}
-	tok, err = t.fetch(base, login, r.URL.Host, ch)
+	auth, err = t.fetch(base, login, r.URL.Host, ch)
 	if err != nil {
 		return res, nil // the client sees the registry's own 401
 	}
@@ -123,7 +125,7 @@ func (t *registryTokens) roundTrip(base http.RoundTripper, login *registryLogin,
 	}
 	_, _ = io.Copy(io.Discard, res.Body)
 	_ = res.Body.Close()
-	retry.Header.Set("Authorization", "Bearer "+tok)
+	retry.Header.Set("Authorization", auth.authorization)
 	return base.RoundTrip(retry)
 }
 
@@ -133,10 +135,10 @@ func replayable(r *http.Request) bool {
 }
 
 // prefetch gets a token for scope from the realm this registry challenged with before.
-func (t *registryTokens) prefetch(base http.RoundTripper, login *registryLogin, host, scope string) (string, bool) {
+func (t *registryTokens) prefetch(base http.RoundTripper, login *registryLogin, host, scope string) (registryToken, bool) {
 	ch, known := t.realms.Get(t.key(login, host, ""))
 	if !known {
-		return "", false
+		return registryToken{}, false
 	}
 	ch.scope = scope
 	tok, err := t.fetch(base, login, host, ch)
@@ -154,36 +156,49 @@ func normalizeScope(scope string) string {
 	return scope[:i+1] + strings.Join(actions, ",")
 }
 
-// scopeOf guesses the token scope of a registry request from its path, so that a cached token
-// is sent up front: /v2/<name>/(manifests|blobs|tags)/... → repository:<name>:pull[,push].
-func scopeOf(r *http.Request) string {
-	p := strings.TrimPrefix(r.URL.Path, "/v2/")
+// scopeOf guesses the token scope of a registry request of method to path (decoded), so that a
+// cached token is sent up front: /v2/<name>/(manifests|blobs|tags)/... →
+// repository:<name>:pull[,push].
+func scopeOf(method, path string) string {
+	name, ok := repositoryOf(path)
+	if !ok {
+		return ""
+	}
+	if method != http.MethodGet && method != http.MethodHead {
+		return "repository:" + name + ":pull,push"
+	}
+	return pullScope(name)
+}
+
+// repositoryOf is the repository a registry request to path (decoded) is about:
+// /v2/<name>/(manifests|blobs|tags)/...; ok is false for the others (the /v2/ ping, the
+// catalog).
+func repositoryOf(path string) (name string, ok bool) {
+	p := strings.TrimPrefix(path, "/v2/")
 	for _, marker := range []string{"/manifests/", "/blobs/", "/tags/"} {
 		if i := strings.Index(p, marker); i > 0 {
-			actions := "pull"
-			if r.Method != http.MethodGet && r.Method != http.MethodHead {
-				actions = "pull,push"
-			}
-			return "repository:" + p[:i] + ":" + actions
+			return p[:i], true
 		}
 	}
-	return ""
+	return "", false
 }
+
+func pullScope(name string) string { return "repository:" + name + ":pull" }
 
 func (t *registryTokens) key(login *registryLogin, host, scope string) string {
 	return login.owner + "\x00" + host + "\x00" + normalizeScope(scope)
 }
 
-func (t *registryTokens) cached(login *registryLogin, host, scope string) (string, bool) {
+func (t *registryTokens) cached(login *registryLogin, host, scope string) (registryToken, bool) {
 	tok, ok := t.tokens.Get(t.key(login, host, scope))
 	if !ok && strings.HasSuffix(scope, ":pull") {
 		// A push token also allows pulls.
 		tok, ok = t.tokens.Get(t.key(login, host, scope+",push"))
 	}
 	if !ok || time.Now().After(tok.expires) {
-		return "", false
+		return registryToken{}, false
 	}
-	return tok.value, true
+	return tok, true
 }
 
 // challenge is a parsed Bearer challenge.
@@ -227,7 +242,7 @@ func splitParams(s string) []string {
 }
 
 // fetch gets a token from the realm with the Connector's credential and caches it.
-func (t *registryTokens) fetch(base http.RoundTripper, login *registryLogin, host string, ch challenge) (string, error) {
+func (t *registryTokens) fetch(base http.RoundTripper, login *registryLogin, host string, ch challenge) (registryToken, error) {
 	key := t.key(login, host, ch.scope)
 	v, err, _ := t.group.Do(key, func() (any, error) {
 		u, err := url.Parse(ch.realm)
@@ -281,11 +296,13 @@ func (t *registryTokens) fetch(base http.RoundTripper, login *registryLogin, hos
 			life = 60 * time.Second // the protocol's default
 		}
 		// Renew a little early so a request never carries a token about to expire.
-		t.tokens.Add(key, registryToken{value: tok, expires: time.Now().Add(min(life*9/10, maxTokenLife))})
-		return tok, nil
+		// Sanitized as net/http writes a header value: the fast lane writes it as it is.
+		kept := registryToken{authorization: sanitizedValue("Bearer " + tok), expires: time.Now().Add(min(life*9/10, maxTokenLife))}
+		t.tokens.Add(key, kept)
+		return kept, nil
 	})
 	if err != nil {
-		return "", err
+		return registryToken{}, err
 	}
-	return v.(string), nil
+	return v.(registryToken), nil
 }

@@ -12,9 +12,12 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/random"
@@ -24,6 +27,7 @@ import (
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/driver"
 	"github.com/kube-connectors/connectors-csi/test/gitserver"
+	"github.com/kube-connectors/connectors-csi/test/kubelet"
 	"github.com/kube-connectors/connectors-csi/test/registry"
 )
 
@@ -213,10 +217,15 @@ func TestRegistryPullsInTheFastLane(t *testing.T) {
 	if got, err := pulled.Digest(); err != nil || got != want {
 		t.Fatalf("pulled digest %v (%v), want %v", got, err, want)
 	}
-	// Served by the fast lane: the manifest's GET and the config's and the three layers'.
-	after := scrapeUntil(t, metricsAddr, before, map[string]float64{laneSeries("served"): 5})
-	if c := laneCounts(before, after); c[0] < 5 {
-		t.Errorf("the fast lane served %v of the pull's GETs, want at least the 5 of the manifest and blobs", c[0])
+	// Served by the fast lane: the manifest's GET and the config's and the three layers', parsed
+	// or, with the token kept, read in place.
+	var c [3]float64
+	kubelet.WaitUntil(10*time.Second, func() bool {
+		c = laneCounts(before, scrape(t, metricsAddr))
+		return c[0]+c[1] >= 5
+	})
+	if c[0]+c[1] < 5 {
+		t.Errorf("the fast lane served %v of the pull's GETs (%v in place), want at least the 5 of the manifest and blobs", c[0]+c[1], c[1])
 	}
 	var challenged, tokens int
 	for _, s := range reg.Requests()[seen:] {
@@ -295,5 +304,106 @@ func TestRegistryChallengeIsNotSplicedToTheClient(t *testing.T) {
 	}
 	if tokens != 1 {
 		t.Errorf("%d token requests, want 1", tokens)
+	}
+}
+
+// TestRegistryTokenInPlaceFallsBackOnAChallenge: along a connection's remembered route to a
+// registry, a GET is written in place with the token the proxy keeps for its repository (the
+// client's own Authorization dropped); when the registry refuses that token (revoked), its 401
+// challenge never reaches the client: the GET goes the general way, which fetches a new token
+// and sends it again, and the next GET is in place with the new token.
+func TestRegistryTokenInPlaceFallsBackOnAChallenge(t *testing.T) {
+	const size = 100 << 10
+	var (
+		rec          *recorder
+		mu           sync.Mutex
+		issued       int
+		valid        string
+		answered     = strings.Repeat("b", size)
+		refusalBytes = bytes.Repeat([]byte("c"), size)
+	)
+	rec = startRecorder(t, func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch {
+		case r.URL.Path == "/token":
+			issued++
+			valid = "registry-token-" + strconv.Itoa(issued)
+			_, _ = io.WriteString(w, `{"token":"`+valid+`","expires_in":300}`)
+		case r.Header.Get("Authorization") != "Bearer "+valid:
+			w.Header().Set("WWW-Authenticate", `Bearer realm="`+rec.URL+`/token",service="fake",scope="repository:team/app:pull"`)
+			w.Header().Set("Content-Length", strconv.Itoa(size))
+			w.WriteHeader(http.StatusUnauthorized)
+			_, _ = w.Write(refusalBytes)
+		default:
+			w.Header().Set("Content-Length", strconv.Itoa(size))
+			_, _ = io.WriteString(w, answered)
+		}
+	})
+	metricsAddr := freeLoopbackAddr(t)
+	env := startProxyDriver(t, func(o *driver.Options) { o.MetricsListen = metricsAddr })
+	ns := newNamespace(t)
+	createSecret(t, ns, "fake", v1alpha1.SecretTypeDistributionRegistryAuth, map[string]string{"username": "puller", "password": "registry-password"})
+	create(t, &v1alpha1.Connector{
+		ObjectMeta: metav1.ObjectMeta{Name: "fake", Namespace: ns},
+		Spec: v1alpha1.ConnectorSpec{ConnectorClassName: deployedClass(t, "oci.yaml"), Address: rec.URL,
+			AddressExtensions: []v1alpha1.NamedAddress{{Name: "token", Value: rec.URL + "/token"}},
+			Auth:              &v1alpha1.ConnectorAuth{Name: "registryToken", SecretRef: &v1alpha1.SecretRef{Name: "fake"}}},
+	})
+	allowConnectors(t, ns, "builder", "fake")
+	token := proxyToken(t, ns, "builder")
+	get := "GET " + rec.URL + "/v2/team/app/blobs/sha256:0123 HTTP/1.1\r\nHost: " + strings.TrimPrefix(rec.URL, "http://") +
+		"\r\nAuthorization: Bearer the-clients-own\r\nProxy-Authorization: Basic " + basic(ns+"/fake", token) + "\r\n\r\n"
+	conn := dialProxy(t, strings.TrimPrefix(env.proxyURL, "http://"))
+	br := bufio.NewReader(conn)
+	send := func(i int) {
+		t.Helper()
+		if _, err := io.WriteString(conn, get); err != nil {
+			t.Fatal(err)
+		}
+		res, err := http.ReadResponse(br, &http.Request{Method: http.MethodGet})
+		if err != nil {
+			t.Fatalf("GET %d: %v", i, err)
+		}
+		body, err := io.ReadAll(res.Body)
+		if err != nil || res.StatusCode != http.StatusOK || string(body) != answered {
+			t.Fatalf("GET %d: %d, %d bytes (%d of the challenge's), %v", i, res.StatusCode, len(body), bytes.Count(body, []byte("c")), err)
+		}
+	}
+	before := scrape(t, metricsAddr)
+	send(1) // challenged, a token fetched, sent again: the route is remembered
+	send(2) // in place, with the kept token
+	mu.Lock()
+	valid = "revoked"
+	mu.Unlock()
+	send(3) // in place, refused: the general path fetches a new token
+	send(4) // in place, with the new token
+	after := scrapeUntil(t, metricsAddr, before, laneWants(2, 2, 0))
+	if c := laneCounts(before, after); c != [3]float64{2, 2, 0} {
+		t.Errorf("the fast lane served %v GETs parsed, %v in place, handed %v over; want 2, 2, 0", c[0], c[1], c[2])
+	}
+
+	var tokens int
+	var sent []string
+	for _, r := range rec.requests() {
+		if strings.HasPrefix(r.RequestURI, "/token") {
+			tokens++
+		}
+		if r.RequestURI == "/v2/team/app/blobs/sha256:0123" {
+			sent = append(sent, r.Authorization)
+		}
+		if r.ProxyAuthorization != "" || strings.Contains(r.Authorization, token) {
+			t.Errorf("the registry received the Pod token or a proxy credential: %+v", r)
+		}
+	}
+	if tokens != 2 {
+		t.Errorf("%d token requests, want 2 (the first GET's and the revoked token's)", tokens)
+	}
+	// GET 1 without a token, then with token 1; GET 2 with token 1; GET 3 in place with token 1,
+	// again on the general path with it, then with token 2; GET 4 with token 2.
+	want := []string{"", "Bearer registry-token-1", "Bearer registry-token-1", "Bearer registry-token-1",
+		"Bearer registry-token-1", "Bearer registry-token-2", "Bearer registry-token-2"}
+	if !slices.Equal(sent, want) {
+		t.Errorf("the registry received Authorization %q, want %q", sent, want)
 	}
 }
