@@ -44,7 +44,7 @@ var (
 	memProfile  = flag.String("memprofile", "", "write the driver process's allocation profile (since it started) to this file at the end")
 	sizes       = flag.String("sizes", "1k,1m", "response sizes to measure (1k, 1m), comma-separated")
 	generators  = flag.String("generators", "wrk,go", "load generators (wrk, go), comma-separated")
-	only        = flag.String("only", "", "measure only the paths whose name contains this")
+	only        = flag.String("only", "", "measure only the paths whose name contains one of these, comma-separated (e.g. nginx,registry)")
 	driverArgs  = flag.String("driver-args", "", "flags added to the driver's, space-separated (e.g. --proxy-fast-lane=false)")
 	rounds      = flag.Int("rounds", 3, "rounds of every case, each round in the other order; the table shows medians (a shared machine drifts)")
 )
@@ -375,12 +375,22 @@ type aCase struct {
 	size, gen string
 }
 
+// chosen tells whether -only lets the path of name be measured.
+func chosen(name string) bool {
+	for part := range strings.SplitSeq(*only, ",") {
+		if strings.Contains(name, part) {
+			return true
+		}
+	}
+	return false
+}
+
 // casesOf lists a round's cases measured with enable-connector-proxy-permissions as given.
 func casesOf(targets []target, permissions bool) []aCase {
 	var out []aCase
 	for _, size := range strings.Split(*sizes, ",") {
 		for _, tg := range targets {
-			if tg.permissions != permissions || !strings.Contains(tg.name, *only) {
+			if tg.permissions != permissions || !chosen(tg.name) {
 				continue
 			}
 			for _, gen := range strings.Split(*generators, ",") {
