@@ -694,14 +694,20 @@ func (c *laneConn) serveRequest(r *http.Request, headLen int) (taken, ok bool) {
 }
 
 // headerCredential tells whether the fast lane sets rt's credential for r: a basic or bearer
-// Authorization, or the headers of a generator whose answers are kept, set into rt here for
-// each request (keptHeaders). Every other generator is the full path's.
+// Authorization, or a generator's headers or query parameters, set into rt here for each
+// request: a lookup for a generator whose answers are kept, an evaluation over r (as the full
+// path's generate) for one that reads more of it. A generator that fails, or injects into the
+// body, is the full path's (which answers the failure, or rewrites the body).
 func (p *Proxy) headerCredential(r *http.Request, rt *route) bool {
 	if rt.cred.generator == nil {
 		return true
 	}
-	rt.injection = p.keptHeaders(rt, generatorHead(r, rt, rt.target.Path))
-	return rt.injection != nil
+	inj, err := p.injection(r, rt)
+	if err != nil || inj.Position == regoeval.PositionBody {
+		return false
+	}
+	rt.injection = inj
+	return true
 }
 
 // keptHeaders is the answer of rt's generator to a request of head when the generator reads

@@ -503,3 +503,25 @@ func TestShippedGeneratorsAreKept(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkGeneratePerRequest: a generator that reads the query, so evaluated for every request
+// (the proxy bench's `Rego generator reading the query: per request` row), over a git client's
+// headers.
+func BenchmarkGeneratePerRequest(b *testing.B) {
+	e, err := New("rego_bench", Config{CacheSize: 16, Timeout: time.Second, MaxBodyBytes: 1 << 10})
+	if err != nil {
+		b.Fatal(err)
+	}
+	class, auth := classWith(`package proxy
+auth := {"position": "header", "auth": {"Authorization": concat(" ", ["Basic", base64.encode(concat(":", [input.data.username, input.data.password]))])}} if not input.request.query["never"]`, "", "")
+	data := map[string][]byte{"username": []byte("u"), "password": []byte("p")}
+	header := http.Header{"User-Agent": {"git/2.39.5"}, "Accept": {"*/*"}, "Accept-Encoding": {"deflate, gzip"}, "Git-Protocol": {"version=2"}, "Pragma": {"no-cache"}}
+	request := func() *Request { return getRequest(header) }
+	b.ReportAllocs()
+	for b.Loop() {
+		inj, err := e.Generate(context.Background(), class, auth, data, "1", getHead, request)
+		if err != nil || inj.Headers["Authorization"] == "" {
+			b.Fatalf("%v %v", inj, err)
+		}
+	}
+}

@@ -254,6 +254,10 @@ auth := {"position": "header", "auth": {"X-Signed": concat(":", [input.data.toke
 auth := {"position": "header", "auth": {"X-Signed": concat(":", [input.data.token, input.request.headers["X-Part"][0], bearer])}}
 bearer := "bearer seen" if input.request.headers.Authorization
 default bearer := "no bearer"`}},
+			{Name: "by-query", SecretType: "Opaque", Generator: &v1alpha1.RegoPolicy{Rego: `package proxy
+auth := {"position": "header", "auth": {"X-Signed": concat(":", [input.data.token, input.request.query.page[0]])}}`}},
+			{Name: "in-query", SecretType: "Opaque", Generator: &v1alpha1.RegoPolicy{Rego: `package proxy
+auth := {"position": "query", "auth": {"private_token": input.data.token}}`}},
 		}
 	})
 	const pat = "glpat-fastlane-0123"
@@ -261,7 +265,9 @@ default bearer := "no bearer"`}},
 	newConnectorWithSecret(t, ns, "pat", class, rec.URL, "pat", "pat")
 	newConnectorWithSecret(t, ns, "by-path", class, rec.URL, "by-path", "pat")
 	newConnectorWithSecret(t, ns, "by-header", class, rec.URL, "by-header", "pat")
-	allowConnectors(t, ns, "builder", "pat", "by-path", "by-header")
+	newConnectorWithSecret(t, ns, "by-query", class, rec.URL, "by-query", "pat")
+	newConnectorWithSecret(t, ns, "in-query", class, rec.URL, "in-query", "pat")
+	allowConnectors(t, ns, "builder", "pat", "by-path", "by-header", "by-query", "in-query")
 	token := proxyToken(t, ns, "builder")
 	host := strings.TrimPrefix(env.proxyURL, "http://")
 	// get sends GETs of paths on one new connection and returns what the tool got for each.
@@ -331,4 +337,21 @@ default bearer := "no bearer"`}},
 	signed("headers", func() []*http.Request {
 		return append(get("by-header", "X-Part: one\r\n", "/a", "/b"), get("by-header", "X-Part: two\r\n", "/a")...)
 	}, []string{rotated + ":one:no bearer", rotated + ":one:no bearer", rotated + ":two:no bearer"}, 2, 1, 0)
+	// A generator that reads the query is evaluated for every request, on the fast lane's
+	// parsed path (never in place), as the full path would.
+	signed("the query", func() []*http.Request { return get("by-query", "", "/a?page=1", "/a?page=2", "/b?page=1") },
+		[]string{rotated + ":1", rotated + ":2", rotated + ":1"}, 3, 0, 0)
+
+	// A generator that answers in the query: the fast lane sets the parameter, replacing the
+	// client's of that name and keeping the rest.
+	before = scrape(t, metricsAddr)
+	for i, got := range get("in-query", "", "/api/v4/projects?private_token=forged&page=3", "/api/v4/user") {
+		if q := got.URL.Query(); len(q["private_token"]) != 1 || q.Get("private_token") != rotated || i == 0 && q.Get("page") != "3" || carries(got, token) {
+			t.Errorf("a generator answering in the query, request %d: the tool got %q", i, got.URL.RawQuery)
+		}
+	}
+	after = scrapeUntil(t, metricsAddr, before, laneWants(2, 0, 0))
+	if c := laneCounts(before, after); c != [3]float64{2, 0, 0} {
+		t.Errorf("a generator answering in the query: the fast lane served %v, in place %v, handed over %v; want 2, 0, 0", c[0], c[1], c[2])
+	}
 }
