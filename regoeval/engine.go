@@ -206,10 +206,54 @@ var keyedFields = map[string]bool{"method": true, "path": true, "host": true}
 // that may read more (a bare `input`, input[x], input.request.headers[x], another field of
 // input.request) or calls a builtin whose answer changes from call to call (the clock,
 // randomness). A module of no fields and no headers answers as a function of the Secret alone.
+// parts are the parts of input.request beyond the request line's fields that the module can
+// see (partsOf), so that an input built for every request holds only those.
 type reads struct {
 	fields  []string
 	headers []string
 	all     bool
+	parts   requestParts
+}
+
+// requestParts are parts of input.request: the headers, the query and the body, each built
+// into a module's input only when the module refers to it.
+type requestParts uint8
+
+const (
+	partHeaders requestParts = 1 << iota
+	partQuery
+	partBody
+	allParts = partHeaders | partQuery | partBody
+)
+
+// requestParts are the parts of input.request the module's input needs: those it refers to,
+// and the headers when it names any.
+func (r reads) requestParts() requestParts {
+	if len(r.headers) > 0 {
+		return r.parts | partHeaders
+	}
+	return r.parts
+}
+
+// partsOf is what of input.request a reference to input other than to input.data or a keyed
+// field may see: the part it names (input.request.query...), or every part for one that names
+// none or names it by a variable (input, input[x], input.request, input.request[x]), which
+// the module may then read whole (walk, json.marshal, object.get).
+func partsOf(ref ast.Ref) requestParts {
+	if len(ref) <= 2 || !ref[1].Equal(ast.StringTerm("request")) {
+		return allParts
+	}
+	switch field, _ := fieldOf(ref, 2); field {
+	case "headers":
+		return partHeaders
+	case "query":
+		return partQuery
+	case "body":
+		return partBody
+	case "method", "path", "host":
+		return 0
+	}
+	return allParts // input.request[x], or a field Request has none of (nothing is lost)
 }
 
 func (r reads) dataOnly() bool { return !r.all && len(r.fields) == 0 && len(r.headers) == 0 }
@@ -232,6 +276,7 @@ func readsOf(mod *ast.Module) reads {
 				headers[header] = true
 			default:
 				r.all = true
+				r.parts |= partsOf(ref)
 			}
 		}
 		r.all = r.all || allowedNondeterministic[ref.String()]
@@ -243,7 +288,9 @@ func readsOf(mod *ast.Module) reads {
 		}
 		return false
 	})
-	r.all = r.all || refs != vars
+	if refs != vars { // input itself, not in a reference (x := input): it may be read whole
+		r.all, r.parts = true, allParts
+	}
 	r.fields, r.headers = slices.Sorted(maps.Keys(fields)), slices.Sorted(maps.Keys(headers))
 	return r
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net/http"
 	"net/url"
 	"os"
@@ -15,6 +16,8 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/open-policy-agent/opa/v1/ast"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/cachemetrics"
@@ -280,12 +283,13 @@ func TestBodyIsSentInFull(t *testing.T) {
 		r.Header.Set("Content-Type", "application/json")
 		r.ContentLength = -1
 		req := e.NewRequest(r, "h", "/x", nil)
+		parsed := req.body()
 		rest := new(bytes.Buffer)
 		if _, err := rest.ReadFrom(r.Body); err != nil || rest.String() != body {
 			t.Errorf("body after reading: %d bytes %v", rest.Len(), err)
 		}
-		if (req.Body != nil) != (body != long) {
-			t.Errorf("parsed %v for a %d-byte body", req.Body != nil, len(body))
+		if (parsed != nil) != (body != long) {
+			t.Errorf("parsed %v for a %d-byte body", parsed != nil, len(body))
 		}
 	}
 }
@@ -522,6 +526,82 @@ auth := {"position": "header", "auth": {"Authorization": concat(" ", ["Basic", b
 		inj, err := e.Generate(context.Background(), class, auth, data, "1", getHead, request)
 		if err != nil || inj.Headers["Authorization"] == "" {
 			b.Fatalf("%v %v", inj, err)
+		}
+	}
+}
+
+// untouchable is a request body that fails the test when read.
+type untouchable struct{ t *testing.T }
+
+func (u untouchable) Read([]byte) (int, error) {
+	u.t.Error("the request body was read for a module that does not refer to it")
+	return 0, io.EOF
+}
+
+func (untouchable) Close() error { return nil }
+
+// A module evaluated per request gets in input.request the request line's fields and only the
+// parts it refers to: a part it never names is not built, the body not even read; one that
+// refers to input.request or input whole, or by a variable name, gets every part.
+func TestInputHoldsThePartsAModuleReads(t *testing.T) {
+	e := newEngine(t, 16)
+	data := map[string][]byte{"token": []byte(secretValue1)}
+	for _, tc := range []struct {
+		rule string
+		want requestParts
+	}{
+		{`x := input.request.query.page[0]`, partQuery},
+		{`x := [v | some k; v := input.request.headers[k]]`, partHeaders},
+		{`x := count(input.request.query) + count(input.request.headers["X-Y"])`, partQuery | partHeaders},
+		{`x := input.request.body.a`, partBody},
+		{`x := input.request.method`, 0},
+		{`x := input.request.headers.Accept`, partHeaders},
+		{`x := object.get(input, "data", {}).token`, allParts},
+		{`x := json.marshal(input.request)`, allParts},
+		{`x := input.request[k] if k := "query"`, allParts},
+		{`y := input
+x := y.request.query`, allParts},
+	} {
+		module := "package proxy\n" + tc.rule + "\n" + `auth := {"position": "header", "auth": {"X": sprintf("%v", [x])}}`
+		class, at := classWith(module, "", "")
+		c := e.compile(GeneratorHook, Generator(at))
+		if c.err != nil {
+			t.Fatalf("%q: %v", tc.rule, c.err)
+		}
+		if got := c.reads.requestParts(); got != tc.want {
+			t.Errorf("%q: parts %03b, want %03b", tc.rule, got, tc.want)
+		}
+		_, err := e.Generate(context.Background(), class, at, data, "", getHead, func() *Request {
+			r, _ := http.NewRequest(http.MethodGet, "http://proxy/api/v4/projects?page=2", strings.NewReader(`{"a":"b"}`))
+			r.Header = http.Header{"X-Y": {"y"}, "Accept": {"*/*"}, "Content-Type": {"application/json"}}
+			if tc.want&partBody == 0 {
+				r.Body = untouchable{t}
+			}
+			return e.NewRequest(r, getHead.Host, getHead.Path, r.URL.Query())
+		})
+		if err != nil {
+			t.Errorf("%q: %v", tc.rule, err)
+		}
+	}
+
+	// The input holds what the parts say, the request line always.
+	r := getRequest(http.Header{"X-Y": {"y"}})
+	r.Body = map[string]any{"a": "b"}
+	for parts, want := range map[requestParts][]string{
+		0: {"host", "method", "path"}, partQuery: {"host", "method", "path", "query"},
+		partHeaders | partBody: {"body", "headers", "host", "method", "path"},
+		allParts:               {"body", "headers", "host", "method", "path", "query"},
+	} {
+		v, err := r.value(parts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var keys []string
+		for _, k := range v.(ast.Object).Keys() {
+			keys = append(keys, string(k.Value.(ast.String)))
+		}
+		if slices.Sort(keys); !slices.Equal(keys, want) {
+			t.Errorf("parts %03b: input.request has %q, want %q", parts, keys, want)
 		}
 	}
 }

@@ -152,11 +152,11 @@ func (c *compiled) requestValue(head RequestHead, req func() *Request) (ast.Valu
 	case c.reads.dataOnly():
 		return ast.NullValue, nil
 	case c.answersFrom(head):
-		return head.request(c.reads.headers).value()
+		return head.request(c.reads.headers).value(c.reads.requestParts())
 	case req == nil:
 		return nil, ErrNeedsRequest
 	}
-	return req().value()
+	return req().value(c.reads.requestParts())
 }
 
 // answerKey is where an answer of c is kept: the sum of the hook, the scope (a generator's
@@ -310,7 +310,7 @@ func (e *Engine) Verb(ctx context.Context, class *v1alpha1.ConnectorClass, req *
 	if class.Spec.API == nil || class.Spec.API.Permissions == nil || class.Spec.API.Permissions.Rego == "" {
 		return "", nil
 	}
-	in, err := req.value()
+	in, err := req.value(allParts) // the module's input is the request itself
 	if err != nil {
 		return "", classError(class, PermissionsHook.Field, err)
 	}

@@ -21,13 +21,26 @@ type Request struct {
 	Query              url.Values
 	// Body is the parsed JSON body, or nil (no body, not JSON, or larger than MaxBodyBytes).
 	Body any
+	// readBody, when set, gives Body the first time a module's input needs it (NewRequest's:
+	// a request's body is read only for a module that refers to input.request.body).
+	readBody func() any
 }
 
 // NewRequest describes r for a module; path and host are given because the proxy describes
 // the request it sends on, not the one it received. r.Body is read, when it is JSON of at most
-// MaxBodyBytes, and put back so that it is still sent in full.
+// MaxBodyBytes and a module given the request refers to it, and put back so that it is still
+// sent in full.
 func (e *Engine) NewRequest(r *http.Request, host, path string, query url.Values) *Request {
-	return &Request{Method: r.Method, Path: path, Host: host, Headers: r.Header, Query: query, Body: e.ReadJSONBody(r)}
+	return &Request{Method: r.Method, Path: path, Host: host, Headers: r.Header, Query: query,
+		readBody: func() any { return e.ReadJSONBody(r) }}
+}
+
+// body is the request's parsed body, read at the first call when readBody is set.
+func (r *Request) body() any {
+	if r.readBody != nil {
+		r.Body, r.readBody = r.readBody(), nil
+	}
+	return r.Body
 }
 
 // ReadJSONBody returns r's body parsed, when it is JSON of at most MaxBodyBytes, else nil; in
@@ -73,20 +86,29 @@ func isJSON(contentType string) bool {
 	return err == nil && (mt == "application/json" || strings.HasSuffix(mt, "+json"))
 }
 
-// value is the request as a Rego object.
-func (r *Request) value() (ast.Value, error) {
-	body, err := ast.InterfaceToValue(r.Body)
-	if err != nil {
-		return nil, err
+// value is the request as a Rego object: the request line's fields and, of the headers, the
+// query and the body, those in parts (a module that refers to none of a part cannot tell it
+// is missing; building the headers and query of every request, and reading its body, is most
+// of what a module evaluated per request costs besides its own evaluation).
+func (r *Request) value(parts requestParts) (ast.Value, error) {
+	obj := ast.NewObjectWithCapacity(6)
+	obj.Insert(ast.StringTerm("method"), ast.StringTerm(r.Method))
+	obj.Insert(ast.StringTerm("path"), ast.StringTerm(r.Path))
+	obj.Insert(ast.StringTerm("host"), ast.StringTerm(r.Host))
+	if parts&partHeaders != 0 {
+		obj.Insert(ast.StringTerm("headers"), ast.NewTerm(listsValue(r.Headers)))
 	}
-	return ast.NewObject(
-		ast.Item(ast.StringTerm("method"), ast.StringTerm(r.Method)),
-		ast.Item(ast.StringTerm("path"), ast.StringTerm(r.Path)),
-		ast.Item(ast.StringTerm("host"), ast.StringTerm(r.Host)),
-		ast.Item(ast.StringTerm("headers"), ast.NewTerm(listsValue(r.Headers))),
-		ast.Item(ast.StringTerm("query"), ast.NewTerm(listsValue(r.Query))),
-		ast.Item(ast.StringTerm("body"), ast.NewTerm(body)),
-	), nil
+	if parts&partQuery != 0 {
+		obj.Insert(ast.StringTerm("query"), ast.NewTerm(listsValue(r.Query)))
+	}
+	if parts&partBody != 0 {
+		body, err := ast.InterfaceToValue(r.body())
+		if err != nil {
+			return nil, err
+		}
+		obj.Insert(ast.StringTerm("body"), ast.NewTerm(body))
+	}
+	return obj, nil
 }
 
 // listsValue converts headers or query parameters without a JSON round trip.

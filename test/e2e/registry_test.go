@@ -266,32 +266,9 @@ func TestRegistryChallengeIsNotSplicedToTheClient(t *testing.T) {
 		}
 	})
 	env := startProxyDriver(t, nil)
-	ns := newNamespace(t)
-	createSecret(t, ns, "fake", v1alpha1.SecretTypeDistributionRegistryAuth, map[string]string{"username": "puller", "password": "registry-password"})
-	create(t, &v1alpha1.Connector{
-		ObjectMeta: metav1.ObjectMeta{Name: "fake", Namespace: ns},
-		Spec: v1alpha1.ConnectorSpec{ConnectorClassName: deployedClass(t, "oci.yaml"), Address: rec.URL,
-			AddressExtensions: []v1alpha1.NamedAddress{{Name: "token", Value: rec.URL + "/token"}},
-			Auth:              &v1alpha1.ConnectorAuth{Name: "registryToken", SecretRef: &v1alpha1.SecretRef{Name: "fake"}}},
-	})
-	allowConnectors(t, ns, "builder", "fake")
-	token := proxyToken(t, ns, "builder")
-	get := "GET " + rec.URL + "/v2/team/app/blobs/sha256:0123 HTTP/1.1\r\nHost: " + strings.TrimPrefix(rec.URL, "http://") +
-		"\r\nProxy-Authorization: Basic " + basic(ns+"/fake", token) + "\r\n\r\n"
-	conn := dialProxy(t, strings.TrimPrefix(env.proxyURL, "http://"))
-	br := bufio.NewReader(conn)
+	get := blobGetter(t, env, rec.URL, "")
 	for i := range 2 {
-		if _, err := io.WriteString(conn, get); err != nil {
-			t.Fatal(err)
-		}
-		res, err := http.ReadResponse(br, &http.Request{Method: http.MethodGet})
-		if err != nil {
-			t.Fatalf("GET %d: %v", i, err)
-		}
-		body, err := io.ReadAll(res.Body)
-		if err != nil || res.StatusCode != http.StatusOK || string(body) != strings.Repeat("b", size) {
-			t.Fatalf("GET %d: %d, %d bytes (%d of the challenge's), %v", i, res.StatusCode, len(body), bytes.Count(body, []byte("c")), err)
-		}
+		get(i, strings.Repeat("b", size))
 	}
 	var tokens int
 	for _, r := range rec.requests() {
@@ -342,42 +319,15 @@ func TestRegistryTokenInPlaceFallsBackOnAChallenge(t *testing.T) {
 	})
 	metricsAddr := freeLoopbackAddr(t)
 	env := startProxyDriver(t, func(o *driver.Options) { o.MetricsListen = metricsAddr })
-	ns := newNamespace(t)
-	createSecret(t, ns, "fake", v1alpha1.SecretTypeDistributionRegistryAuth, map[string]string{"username": "puller", "password": "registry-password"})
-	create(t, &v1alpha1.Connector{
-		ObjectMeta: metav1.ObjectMeta{Name: "fake", Namespace: ns},
-		Spec: v1alpha1.ConnectorSpec{ConnectorClassName: deployedClass(t, "oci.yaml"), Address: rec.URL,
-			AddressExtensions: []v1alpha1.NamedAddress{{Name: "token", Value: rec.URL + "/token"}},
-			Auth:              &v1alpha1.ConnectorAuth{Name: "registryToken", SecretRef: &v1alpha1.SecretRef{Name: "fake"}}},
-	})
-	allowConnectors(t, ns, "builder", "fake")
-	token := proxyToken(t, ns, "builder")
-	get := "GET " + rec.URL + "/v2/team/app/blobs/sha256:0123 HTTP/1.1\r\nHost: " + strings.TrimPrefix(rec.URL, "http://") +
-		"\r\nAuthorization: Bearer the-clients-own\r\nProxy-Authorization: Basic " + basic(ns+"/fake", token) + "\r\n\r\n"
-	conn := dialProxy(t, strings.TrimPrefix(env.proxyURL, "http://"))
-	br := bufio.NewReader(conn)
-	send := func(i int) {
-		t.Helper()
-		if _, err := io.WriteString(conn, get); err != nil {
-			t.Fatal(err)
-		}
-		res, err := http.ReadResponse(br, &http.Request{Method: http.MethodGet})
-		if err != nil {
-			t.Fatalf("GET %d: %v", i, err)
-		}
-		body, err := io.ReadAll(res.Body)
-		if err != nil || res.StatusCode != http.StatusOK || string(body) != answered {
-			t.Fatalf("GET %d: %d, %d bytes (%d of the challenge's), %v", i, res.StatusCode, len(body), bytes.Count(body, []byte("c")), err)
-		}
-	}
+	get := blobGetter(t, env, rec.URL, "Authorization: Bearer the-clients-own\r\n")
 	before := scrape(t, metricsAddr)
-	send(1) // challenged, a token fetched, sent again: the route is remembered
-	send(2) // in place, with the kept token
+	get(1, answered) // challenged, a token fetched, sent again: the route is remembered
+	get(2, answered) // in place, with the kept token
 	mu.Lock()
 	valid = "revoked"
 	mu.Unlock()
-	send(3) // in place, refused: the general path fetches a new token
-	send(4) // in place, with the new token
+	get(3, answered) // in place, refused: the general path fetches a new token
+	get(4, answered) // in place, with the new token
 	after := scrapeUntil(t, metricsAddr, before, laneWants(2, 2, 0))
 	if c := laneCounts(before, after); c != [3]float64{2, 2, 0} {
 		t.Errorf("the fast lane served %v GETs parsed, %v in place, handed %v over; want 2, 2, 0", c[0], c[1], c[2])
@@ -392,8 +342,8 @@ func TestRegistryTokenInPlaceFallsBackOnAChallenge(t *testing.T) {
 		if r.RequestURI == "/v2/team/app/blobs/sha256:0123" {
 			sent = append(sent, r.Authorization)
 		}
-		if r.ProxyAuthorization != "" || strings.Contains(r.Authorization, token) {
-			t.Errorf("the registry received the Pod token or a proxy credential: %+v", r)
+		if r.ProxyAuthorization != "" || strings.Contains(r.Authorization, "the-clients-own") {
+			t.Errorf("the registry received a proxy credential or the client's Authorization: %+v", r)
 		}
 	}
 	if tokens != 2 {
@@ -405,5 +355,42 @@ func TestRegistryTokenInPlaceFallsBackOnAChallenge(t *testing.T) {
 		"Bearer registry-token-1", "Bearer registry-token-2", "Bearer registry-token-2"}
 	if !slices.Equal(sent, want) {
 		t.Errorf("the registry received Authorization %q, want %q", sent, want)
+	}
+}
+
+// blobGetter creates the Connector "fake" of the oci class for the registry stand-in at url
+// (its token service at url/token; the Secret's user "puller", password "registry-password"),
+// lets builder use it, and returns a function that sends builder's GET of a blob through the
+// forward proxy on one connection, with extra header lines, and checks that the answer is a
+// 200 with body want (i numbers the GET in failures).
+func blobGetter(t *testing.T, env *proxyEnv, url, extra string) func(i int, want string) {
+	t.Helper()
+	ns := newNamespace(t)
+	createSecret(t, ns, "fake", v1alpha1.SecretTypeDistributionRegistryAuth, map[string]string{"username": "puller", "password": "registry-password"})
+	create(t, &v1alpha1.Connector{
+		ObjectMeta: metav1.ObjectMeta{Name: "fake", Namespace: ns},
+		Spec: v1alpha1.ConnectorSpec{ConnectorClassName: deployedClass(t, "oci.yaml"), Address: url,
+			AddressExtensions: []v1alpha1.NamedAddress{{Name: "token", Value: url + "/token"}},
+			Auth:              &v1alpha1.ConnectorAuth{Name: "registryToken", SecretRef: &v1alpha1.SecretRef{Name: "fake"}}},
+	})
+	allowConnectors(t, ns, "builder", "fake")
+	token := proxyToken(t, ns, "builder")
+	head := "GET " + url + "/v2/team/app/blobs/sha256:0123 HTTP/1.1\r\nHost: " + strings.TrimPrefix(url, "http://") +
+		"\r\n" + extra + "Proxy-Authorization: Basic " + basic(ns+"/fake", token) + "\r\n\r\n"
+	conn := dialProxy(t, strings.TrimPrefix(env.proxyURL, "http://"))
+	br := bufio.NewReader(conn)
+	return func(i int, want string) {
+		t.Helper()
+		if _, err := io.WriteString(conn, head); err != nil {
+			t.Fatal(err)
+		}
+		res, err := http.ReadResponse(br, &http.Request{Method: http.MethodGet})
+		if err != nil {
+			t.Fatalf("GET %d: %v", i, err)
+		}
+		body, err := io.ReadAll(res.Body)
+		if err != nil || res.StatusCode != http.StatusOK || string(body) != want {
+			t.Fatalf("GET %d: %d, %d bytes (%d of the challenge's), %v", i, res.StatusCode, len(body), bytes.Count(body, []byte("c")), err)
+		}
 	}
 }
