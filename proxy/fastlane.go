@@ -411,6 +411,13 @@ func decodedPath(escaped string) (path string, ok bool) {
 	return path, err == nil
 }
 
+// toolPathOf is the path of uri, a tool request URI written in place, decoded as the general
+// path's rt.target.Path (decodedPath).
+func toolPathOf(uri string) (path string, ok bool) {
+	escaped, _, _ := strings.Cut(uri, "?")
+	return decodedPath(escaped)
+}
+
 // toolRequestURI is the request URI of the tool path toolPath followed by rest ("/" when
 // both are empty), and "?" and query when withQuery.
 func toolRequestURI(toolPath string, rest, query []byte, withQuery bool) string {
@@ -671,7 +678,7 @@ func (c *laneConn) serveRequest(r *http.Request, headLen int) (taken, ok bool) {
 		}
 	}
 	tr, isHTTP := rt.transport.(*http.Transport)
-	if !isHTTP || !p.headerCredential(r, rt) {
+	if !isHTTP || !p.laneCredential(r, rt) {
 		m.handedOver = true
 		return false, false
 	}
@@ -693,12 +700,12 @@ func (c *laneConn) serveRequest(r *http.Request, headLen int) (taken, ok bool) {
 	return true, ok
 }
 
-// headerCredential tells whether the fast lane sets rt's credential for r: a basic or bearer
+// laneCredential tells whether the fast lane sets rt's credential for r: a basic or bearer
 // Authorization, or a generator's headers or query parameters, set into rt here for each
 // request: a lookup for a generator whose answers are kept, an evaluation over r (as the full
 // path's generate) for one that reads more of it. A generator that fails, or injects into the
 // body, is the full path's (which answers the failure, or rewrites the body).
-func (p *Proxy) headerCredential(r *http.Request, rt *route) bool {
+func (p *Proxy) laneCredential(r *http.Request, rt *route) bool {
 	if rt.cred.generator == nil {
 		return true
 	}
@@ -984,8 +991,7 @@ func (c *laneConn) serveRemembered(head []byte) (taken, ok bool) {
 // for the path "/", that is "" when the tool URL's path is empty (its request URI says "/"),
 // which uri does not tell: such a head takes the parsed path.
 func (c *laneConn) inPlaceInjection(rt *route, method, uri string) *regoeval.Injection {
-	escaped, _, _ := strings.Cut(uri, "?")
-	path, ok := decodedPath(escaped)
+	path, ok := toolPathOf(uri)
 	if !ok || path == "/" {
 		return nil
 	}
@@ -1012,8 +1018,7 @@ func (c *laneConn) registryAuthorization(rt *route, method, uri string) string {
 	if method != http.MethodGet && method != http.MethodHead {
 		return ""
 	}
-	escaped, _, _ := strings.Cut(uri, "?")
-	path, ok := decodedPath(escaped)
+	path, ok := toolPathOf(uri)
 	if !ok {
 		return ""
 	}
