@@ -12,15 +12,19 @@ import (
 	"net/url"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
-// directTransport sends GET and HEAD requests without a body to tools on connections it
-// pools itself (HTTP/1.1, over TLS for https tools), one request at a time per connection,
+// directTransport sends GET and HEAD requests without a body, and requests of other methods
+// whose body is in memory (the fast lane's small bodies), to tools on connections it pools
+// itself (HTTP/1.1, over TLS for https tools), one request at a time per connection,
 // writing the request and reading the answer on the calling goroutine. http.Transport hands
 // every request to two goroutines of its connection (a writer and a reader) and back, through
 // channels and selects; for small answers those hand-offs cost more than the proxying itself
-// (docs/benchmarks.md). Everything else (request bodies, upgrades) goes through the
+// (docs/benchmarks.md). Everything else (streamed request bodies, upgrades) goes through the
 // Connector's http.Transport, whose dialer, with the destination policy, and TLS settings this
 // one also uses. Written here because no library offers a pooled HTTP/1.1 client without
 // those goroutines.
@@ -71,10 +75,31 @@ func newDirectTransport(maxIdlePerHost int, idleTimeout time.Duration) *directTr
 
 // takes reports whether r is one directTransport sends.
 func (d *directTransport) takes(tr *http.Transport, r *http.Request) bool {
-	return (r.Method == http.MethodGet || r.Method == http.MethodHead) &&
-		(r.URL.Scheme == "http" || r.URL.Scheme == "https" && tr.DialTLSContext == nil) &&
-		(r.Body == nil || r.Body == http.NoBody) && r.ContentLength == 0 && len(r.TransferEncoding) == 0 &&
+	return directSends(r) && (r.URL.Scheme == "http" || r.URL.Scheme == "https" && tr.DialTLSContext == nil) &&
 		r.Header.Get("Upgrade") == "" && tr.Proxy == nil && tr.DialContext != nil && !d.speaksOnlyHTTP2(tr, r.URL)
+}
+
+// directSends tells whether r's method and body are ones directTransport sends: GET and HEAD
+// without a body; POST, PUT, PATCH and DELETE without one or with one of known length that
+// can be written again (GetBody).
+func directSends(r *http.Request) bool {
+	none := (r.Body == nil || r.Body == http.NoBody) && r.ContentLength == 0
+	switch {
+	case len(r.TransferEncoding) != 0:
+		return false
+	case r.Method == http.MethodGet || r.Method == http.MethodHead:
+		return none
+	case r.Method == http.MethodPost || r.Method == http.MethodPut || r.Method == http.MethodPatch || r.Method == http.MethodDelete:
+		return none || r.ContentLength > 0 && r.GetBody != nil
+	}
+	return false
+}
+
+// idempotent tells whether r may be sent again after a pooled connection failed before an
+// answer: GET and HEAD, as http.Transport has it. Another request may have reached the tool
+// before the connection broke; it is sent only on a connection that proved open (live).
+func idempotent(r *http.Request) bool {
+	return r.Method == http.MethodGet || r.Method == http.MethodHead
 }
 
 // errHTTP1Refused: an https tool refused HTTP/1.1 in the TLS handshake; the request, not yet
@@ -99,13 +124,15 @@ func (d *directTransport) speaksOnlyHTTP2(tr *http.Transport, u *url.URL) bool {
 }
 
 // RoundTrip sends r on a pooled connection of tr's dialer, or a new one. A pooled connection
-// the tool closed while it was idle fails before any answer arrives: r, being GET or HEAD, is
-// then sent once more on a new connection, as http.Transport does. client, when not nil, is
-// where the answer's body will be copied to (see directBody.splice).
+// the tool closed while it was idle fails before any answer arrives: a GET or HEAD is then
+// sent once more on a new connection, as http.Transport does; another method is sent only on
+// a pooled connection that proved open just before (live), and never twice. client, when not
+// nil, is where the answer's body will be copied to (see directBody.splice).
 func (d *directTransport) RoundTrip(tr *http.Transport, r *http.Request, client io.Writer) (*http.Response, error) {
 	key := directKeyOf(tr, r.URL)
+	retry := idempotent(r)
 	for {
-		pc, reused, err := d.get(r.Context(), key)
+		pc, reused, err := d.get(r.Context(), key, !retry)
 		if errors.Is(err, errHTTP1Refused) {
 			if _, known := d.http2Only.LoadOrStore(key, struct{}{}); !known {
 				d.http2OnlyCount.Add(1)
@@ -119,7 +146,7 @@ func (d *directTransport) RoundTrip(tr *http.Transport, r *http.Request, client 
 			return res, nil
 		}
 		pc.conn.Close()
-		if !reused || !errors.Is(err, errNothingRead) {
+		if !retry || !reused || !errors.Is(err, errNothingRead) {
 			return nil, err
 		}
 	}
@@ -128,10 +155,14 @@ func (d *directTransport) RoundTrip(tr *http.Transport, r *http.Request, client 
 // errNothingRead marks a failure before the first byte of an answer.
 var errNothingRead = errors.New("the connection closed before an answer")
 
-// get takes an idle connection of key (idleConn), or dials a new one; reused tells which.
-func (d *directTransport) get(ctx context.Context, key directKey) (pc *directConn, reused bool, err error) {
-	if pc := d.idleConn(key); pc != nil {
-		return pc, true, nil
+// get takes an idle connection of key (idleConn), one that proves open if checked, or dials a
+// new one; reused tells which.
+func (d *directTransport) get(ctx context.Context, key directKey, checked bool) (pc *directConn, reused bool, err error) {
+	for pc := d.idleConn(key); pc != nil; pc = d.idleConn(key) {
+		if !checked || pc.live() {
+			return pc, true, nil
+		}
+		pc.conn.Close()
 	}
 	conn, err := key.dial(ctx)
 	if err != nil {
@@ -187,6 +218,37 @@ func (d *directTransport) idleConn(key directKey) *directConn {
 	}
 	delete(d.idle, key)
 	return nil
+}
+
+// live tells whether an idle connection is still open: the tool has neither sent anything on
+// it (an idle HTTP/1.1 connection carries nothing; a TLS close_notify is something) nor
+// closed it. http.Transport learns that from the reader goroutine each of its connections
+// has; these have none, so the socket is peeked at without waiting (MSG_PEEK|MSG_DONTWAIT).
+// A connection that is no socket (tests' pipes) counts as open.
+func (pc *directConn) live() bool {
+	if pc.br.Buffered() > 0 {
+		return false
+	}
+	conn := pc.conn
+	if tc, ok := conn.(*tls.Conn); ok {
+		conn = tc.NetConn()
+	}
+	sc, ok := conn.(syscall.Conn)
+	if !ok {
+		return true
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	open := false
+	err = raw.Read(func(fd uintptr) bool {
+		var b [1]byte
+		_, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		open = errors.Is(err, unix.EAGAIN)
+		return true
+	})
+	return err == nil && open
 }
 
 // put returns a connection whose last answer was read to its end.

@@ -147,6 +147,62 @@ func TestDirectTransportResendsOnAConnectionTheToolClosed(t *testing.T) {
 	}
 }
 
+// TestDirectTransportSendsABodyOnce: a POST goes on a pooled connection only once it proved
+// open (the tool closed the idle one: a new connection instead, the POST sent once), and is
+// never sent twice: a tool that drops the connection after reading it gets it once, and the
+// caller the error.
+func TestDirectTransportSendsABodyOnce(t *testing.T) {
+	var bodies []string
+	srv, cc := startCounted(t, func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		bodies = append(bodies, string(b)) // one request at a time
+		if r.URL.Path == "/drop" {
+			conn, _, _ := w.(http.Hijacker).Hijack()
+			conn.Close()
+			return
+		}
+		w.Write([]byte("got " + string(b)))
+	})
+	d, tr := newDirectTransport(4, time.Minute), newTestTransport()
+	post := func(path, body string) (string, error) {
+		t.Helper()
+		req, err := http.NewRequest("POST", srv.URL+path, strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !d.takes(tr, req) {
+			t.Fatalf("the direct transport does not take POST %s", path)
+		}
+		res, err := d.RoundTrip(tr, req, nil)
+		if err != nil {
+			return "", err
+		}
+		return readAll(t, res), nil
+	}
+	if got, err := post("/first", "one"); err != nil || got != "got one" {
+		t.Fatalf("the first POST: %q %v", got, err)
+	}
+	srv.CloseClientConnections()
+	for cc.closed.Load() < 1 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if got, err := post("/second", "two"); err != nil || got != "got two" {
+		t.Fatalf("the POST after the tool closed the idle connection: %q %v", got, err)
+	}
+	if _, err := post("/drop", "three"); err == nil {
+		t.Fatal("a POST whose connection the tool dropped unanswered succeeded")
+	}
+	if got := strings.Join(cc.seen(), ","); got != "POST /first,POST /second,POST /drop" {
+		t.Errorf("the tool saw %s", got)
+	}
+	if got := strings.Join(bodies, ","); got != "one,two,three" {
+		t.Errorf("the tool read the bodies %s", got)
+	}
+	if n := cc.opened.Load(); n != 2 {
+		t.Errorf("%d connections, want 2 (the closed one replaced once)", n)
+	}
+}
+
 // TestDirectTransportDropsWhatItCannotReuse: a body closed before its end closes the
 // connection (the rest is never read), as does an answer with Connection: close; the next
 // request dials anew.
@@ -228,8 +284,11 @@ func TestDirectTransportStopsWhenTheClientLeaves(t *testing.T) {
 	}
 }
 
-// TestDirectTransportTakesOnlyBodylessGetAndHeadOverHTTP: the rest goes to http.Transport.
-func TestDirectTransportTakesOnlyBodylessGetAndHead(t *testing.T) {
+// TestDirectTransportTakesWhatItCanSendAgain: GET and HEAD without a body, and POST, PUT,
+// PATCH and DELETE without one or with one of known length it can write again (GetBody); the
+// rest (a body it could not send twice, a chunked one, a GET's, other methods, upgrades) goes
+// to http.Transport.
+func TestDirectTransportTakesWhatItCanSendAgain(t *testing.T) {
 	d, tr := newDirectTransport(4, time.Minute), newTestTransport()
 	req := func(method, url string, body io.Reader, header ...string) *http.Request {
 		r, err := http.NewRequest(method, url, body)
@@ -247,12 +306,17 @@ func TestDirectTransportTakesOnlyBodylessGetAndHead(t *testing.T) {
 	}{
 		{req("GET", "http://tool/x", nil), true},
 		{req("HEAD", "http://tool/x", nil), true},
-		{req("POST", "http://tool/x", nil), false},
-		{req("PUT", "http://tool/x", strings.NewReader("data")), false},
+		{req("POST", "http://tool/x", nil), true},
+		{req("DELETE", "http://tool/x", nil), true},
+		{req("PUT", "http://tool/x", strings.NewReader("data")), true},
+		{req("PATCH", "http://tool/x", strings.NewReader("data")), true},
+		{req("POST", "http://tool/x", io.NopCloser(strings.NewReader("data"))), false},   // no GetBody
+		{req("POST", "http://tool/x", io.MultiReader(strings.NewReader("data"))), false}, // chunked
+		{req("OPTIONS", "http://tool/x", nil), false},
 		{req("GET", "http://tool/x", strings.NewReader("data")), false},
 		{req("GET", "https://tool/x", nil), true},
 		{req("HEAD", "https://tool/x", nil), true},
-		{req("POST", "https://tool/x", strings.NewReader("data")), false},
+		{req("POST", "https://tool/x", strings.NewReader("data")), true},
 		{req("GET", "http://tool/ws", nil, "Upgrade", "websocket", "Connection", "Upgrade"), false},
 	} {
 		if got := d.takes(tr, tc.r); got != tc.want {

@@ -181,7 +181,11 @@ type laneConn struct {
 	sent int64
 	// closeAfter: the client asked to close the connection after this answer.
 	closeAfter bool
-	memo       laneMemo
+	// memo is the route of the connection's last GET or HEAD, which heads read in place
+	// follow; bodyMemo that of its last request of another method (memoFor).
+	memo, bodyMemo laneMemo
+	// body holds the current request's body (laneBody).
+	body []byte
 	// caller is the current reverse request's token and who found it, and extractors the
 	// classes with an authExtractor then (keyOf).
 	caller     extracted
@@ -509,13 +513,13 @@ func (c *laneConn) serve() {
 			}
 			continue
 		}
-		req := c.parse(head)
+		req, size := c.parse(head)
 		if req == nil {
 			handedOver = c.handOver()
 			return
 		}
 		c.closeAfter = req.Close
-		taken, ok := c.serveRequest(req, len(head))
+		taken, ok := c.serveRequest(req, size)
 		if !taken {
 			handedOver = c.handOver()
 			return
@@ -574,13 +578,11 @@ func peekHead(br *bufio.Reader) (head []byte, whole bool, err error) {
 }
 
 // parse reads head as net/http does, without consuming it, and returns the request if it is
-// one the fast lane takes, else nil.
-func (c *laneConn) parse(head []byte) *http.Request {
-	// Origin-form (the reverse proxy's paths, a Connector's own host, a tunnel's requests) or,
-	// outside tunnels, absolute-form.
-	taken := hasAnyPrefix(head, "GET /", "HEAD /") || c.tunnel == nil && hasAnyPrefix(head, "GET http://", "HEAD http://")
-	if !taken || !bytes.HasSuffix(head, []byte("\r\n\r\n")) {
-		return nil
+// one the fast lane takes, else nil; size is the request's in br: its head and its body, which
+// must fit in br whole (laneBody).
+func (c *laneConn) parse(head []byte) (r *http.Request, size int) {
+	if !laneRequestLine(head, c.tunnel != nil) || !bytes.HasSuffix(head, []byte("\r\n\r\n")) {
+		return nil, 0
 	}
 	c.head.Reset(head)
 	if c.headBuf == nil {
@@ -589,29 +591,66 @@ func (c *laneConn) parse(head []byte) *http.Request {
 		c.headBuf.Reset(&c.head)
 	}
 	req, err := http.ReadRequest(c.headBuf)
-	if err != nil || !laneRequest(req) {
-		return nil
+	if err != nil || !laneRequest(req) || !c.laneBody(req, len(head)) {
+		return nil, 0
 	}
-	return req
+	return req, len(head) + int(req.ContentLength)
 }
 
-func hasAnyPrefix(b []byte, prefixes ...string) bool {
-	for _, p := range prefixes {
-		if bytes.HasPrefix(b, []byte(p)) {
-			return true
+// laneMethods are the methods whose requests the fast lane reads: GET and HEAD, and those
+// that may carry a body it takes when the body is small (laneBody).
+var laneMethods = []string{"GET ", "HEAD ", "POST ", "PUT ", "PATCH ", "DELETE "}
+
+// laneRequestLine tells whether head starts with a lane method and a target in origin-form
+// (the reverse proxy's paths, a Connector's own host, a tunnel's requests) or, outside
+// tunnels, in absolute-form.
+func laneRequestLine(head []byte, inTunnel bool) bool {
+	for _, m := range laneMethods {
+		if target, ok := bytes.CutPrefix(head, []byte(m)); ok {
+			return bytes.HasPrefix(target, []byte("/")) || !inTunnel && bytes.HasPrefix(target, []byte("http://"))
 		}
 	}
 	return false
 }
 
-// laneRequest tells whether the fast lane takes r: anything with a body, an upgrade, an
-// expectation, trailers, headers the Connection header names, a host net/http's server would
-// refuse, or another proxy's hop marker goes to net/http, which answers it as it always has.
+// laneBody gives r, whose head of headLen bytes is at the start of br, its body when it has
+// one of a Content-Length that fits in br behind the head: waited for under the header
+// timeout, copied out of br (still unconsumed: a request handed over is read again whole),
+// and able to be written again (GetBody: the direct transport sends it once more on a new
+// connection only when a pooled one proved closed before anything was written). A larger
+// body goes to net/http's server, which streams it.
+func (c *laneConn) laneBody(r *http.Request, headLen int) bool {
+	n := r.ContentLength
+	if n == 0 {
+		return true
+	}
+	if n > int64(c.br.Size()-headLen) {
+		return false
+	}
+	size := headLen + int(n)
+	if c.br.Buffered() < size {
+		_ = c.conn.SetReadDeadline(time.Now().Add(c.lane.headerTimeout))
+		if _, err := c.br.Peek(size); err != nil {
+			return false // net/http's server reads on, under its own deadlines
+		}
+	}
+	buf, _ := c.br.Peek(size)
+	c.body = append(c.body[:0], buf[headLen:]...)
+	body := c.body
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+	return true
+}
+
+// laneRequest tells whether the fast lane takes r: a body of a GET or HEAD or a chunked one,
+// an upgrade, an expectation, trailers, headers the Connection header names, a host net/http's
+// server would refuse, or another proxy's hop marker goes to net/http, which answers it as it
+// always has.
 func laneRequest(r *http.Request) bool {
 	// http.ReadRequest refuses a second Host header and moves the one to r.Host; the checks
 	// net/http's server adds to it are these.
 	if r.ProtoMajor != 1 || r.ProtoMinor != 1 || r.Host == "" || !httpguts.ValidHostHeader(r.Host) ||
-		r.ContentLength != 0 || len(r.TransferEncoding) != 0 {
+		len(r.TransferEncoding) != 0 || r.ContentLength != 0 && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
 		return false
 	}
 	if r.URL.IsAbs() { // the forward proxy; a Connector's own host does not apply
@@ -653,8 +692,8 @@ func noneOf(h http.Header, names []string) bool {
 // serveRequest serves r, or refuses it as the full path would, unless its route is one the
 // fast lane does not send (a credential it does not inject, a pass-through destination):
 // then taken is false and nothing was consumed (the full path checks the caller again). ok is
-// false when the connection cannot go on. headLen is r's head's size in br.
-func (c *laneConn) serveRequest(r *http.Request, headLen int) (taken, ok bool) {
+// false when the connection cannot go on. size is r's size in br, its head and body.
+func (c *laneConn) serveRequest(r *http.Request, size int) (taken, ok bool) {
 	p := c.lane.p
 	key, target, isLane := c.keyOf(r)
 	if !isLane {
@@ -664,7 +703,8 @@ func (c *laneConn) serveRequest(r *http.Request, headLen int) (taken, ok bool) {
 	answer := &bufferedAnswer{header: http.Header{}}
 	m, record := p.metered(answer, r, key.mode())
 	defer record()
-	rt, remembered := c.memo.route(p, target, key)
+	memo := c.memoFor(r.Method)
+	rt, remembered := memo.route(p, target, key)
 	if !remembered {
 		var handOver bool
 		if rt, handOver = c.resolve(m, r, key, target); handOver {
@@ -672,7 +712,7 @@ func (c *laneConn) serveRequest(r *http.Request, headLen int) (taken, ok bool) {
 			return false, false
 		}
 		if rt == nil {
-			_, _ = c.br.Discard(headLen)
+			_, _ = c.br.Discard(size)
 			c.closeAfter = c.closeAfter || answer.header.Get("Connection") == "close"
 			return true, c.answer(answer)
 		}
@@ -689,10 +729,10 @@ func (c *laneConn) serveRequest(r *http.Request, headLen int) (taken, ok bool) {
 		return false, false
 	}
 	if !remembered {
-		c.memo.remember(key, auth, rt, epoch)
-		c.memo.extractors, c.memo.foundBy = c.extractors, c.caller.foundBy
+		memo.remember(key, auth, rt, epoch)
+		memo.extractors, memo.foundBy = c.extractors, c.caller.foundBy
 	}
-	_, _ = c.br.Discard(headLen)
+	_, _ = c.br.Discard(size)
 	laneServed.Inc()
 	routed(m, rt)
 	ok = c.forward(out, rt, m)
@@ -795,15 +835,15 @@ func (k laneKey) sameRoute(o laneKey) bool {
 	return k.forward == o.forward && k.tunnel == o.tunnel && k.credential == o.credential && k.method == o.method && k.connector == o.connector && k.host == o.host
 }
 
-// laneKeyOf reads r's key, its credential the Proxy-Authorization value (forward) or the token
-// in Authorization (reverse; "" when there is none there); ok is false for a request the
-// fast lane leaves to the full path: a forward one without Proxy-Authorization, or one
-// neither forward, nor to a Connector's own host, nor of a reverse-proxy path. A Connector's
-// own host comes first, as in Proxy.ServeHTTP: the whole path is then under its address.
+// laneKeyOf reads r's key, its credential the Proxy-Authorization value (forward; "" when
+// there is none: resolve answers 407, as the full path does, to the client's first try) or
+// the token in Authorization (reverse; "" when there is none there); ok is false for a request
+// the fast lane leaves to the full path: one neither forward, nor to a Connector's own host,
+// nor of a reverse-proxy path. A Connector's own host comes first, as in Proxy.ServeHTTP: the
+// whole path is then under its address.
 func laneKeyOf(r *http.Request) (laneKey, bool) {
 	if r.URL.IsAbs() {
-		auth := r.Header.Get("Proxy-Authorization")
-		return laneKey{forward: true, credential: auth, method: r.Method, host: r.URL.Host}, auth != ""
+		return laneKey{forward: true, credential: r.Header.Get("Proxy-Authorization"), method: r.Method, host: r.URL.Host}, true
 	}
 	nn, byHost := connectorOfHost(r.Host)
 	rest, isReverse := r.URL.EscapedPath(), byHost
@@ -841,6 +881,16 @@ func (c *laneConn) resolve(m *meteredWriter, r *http.Request, key laneKey, targe
 		rt.forwardAmong = true
 	}
 	return rt, false
+}
+
+// memoFor is the remembered route for requests of method: GET's and HEAD's, or another
+// method's, apart, so that a clone's POSTs among its GETs, or a push's PUTs among its HEADs,
+// leave the GETs' route in place.
+func (c *laneConn) memoFor(method string) *laneMemo {
+	if method == http.MethodGet || method == http.MethodHead {
+		return &c.memo
+	}
+	return &c.bodyMemo
 }
 
 // answer writes a buffered answer (a refusal) to the client.

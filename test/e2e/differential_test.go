@@ -13,6 +13,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/kube-connectors/connectors-csi/driver"
 )
 
 // received is what an upstream saw of one request, as compared between a direct request and
@@ -53,7 +55,8 @@ func (u *diffUpstream) last() received {
 }
 
 // TestProxyDifferential sends 200 generated requests (methods, escaped paths, repeated and odd
-// query parameters, repeated and custom headers, bodies up to 64 KiB) directly to an upstream
+// query parameters, repeated and custom headers, bodies up to 64 KiB, half of them small enough
+// for the fast lane) directly to an upstream
 // with the Connector's credential, through the reverse proxy with the Pod token, and through the
 // forward proxy configured only from http.proxy, and compares what the upstream received: the
 // proxy may only swap the credential and add its hop marker. It is the safety net for work on
@@ -62,7 +65,8 @@ func TestProxyDifferential(t *testing.T) {
 	upstream := &diffUpstream{}
 	srv := httptest.NewServer(upstream)
 	t.Cleanup(srv.Close)
-	env := startProxyDriver(t, nil)
+	metricsAddr := freeLoopbackAddr(t)
+	env := startProxyDriver(t, func(o *driver.Options) { o.MetricsListen = metricsAddr })
 	ns, _, files := basicTool(t, env, srv.URL, "diff-secret-7")
 	token := files["context.token"]
 	proxyBase := fmt.Sprintf("%s/namespaces/%s/connectors/tool", env.proxyURL, ns)
@@ -73,8 +77,14 @@ func TestProxyDifferential(t *testing.T) {
 		t.Fatal(err)
 	}
 	noRedirects := func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
-	client := &http.Client{Transport: &http.Transport{Proxy: nil, DisableCompression: true}, CheckRedirect: noRedirects}
-	viaForward := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(forward), DisableCompression: true}, CheckRedirect: noRedirects}
+	var client, viaForward *http.Client
+	newClients := func() {
+		client = &http.Client{Transport: &http.Transport{Proxy: nil, DisableCompression: true}, CheckRedirect: noRedirects}
+		viaForward = &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(forward), DisableCompression: true}, CheckRedirect: noRedirects}
+	}
+	newClients()
+	before := scrape(t, metricsAddr)
+	var lane, notLane float64 // requests through the proxies the fast lane takes, and not
 	rnd := rand.New(rand.NewPCG(42, 7))
 	for i := range 200 {
 		method, path, query, headers, body := generatedRequest(rnd, i)
@@ -106,6 +116,17 @@ func TestProxyDifferential(t *testing.T) {
 		reverse := upstream.last()
 		send(viaForward, srv.URL, "") // the forward proxy: Proxy-Authorization from http.proxy
 		forwarded := upstream.last()
+		if method == "OPTIONS" || len(body) > 1<<10 {
+			// Handed over with its connection to net/http's server: the next request on a
+			// new client's connection, in the fast lane again (an old client's connection
+			// may go back to its pool after CloseIdleConnections returns).
+			notLane += 2
+			client.CloseIdleConnections()
+			viaForward.CloseIdleConnections()
+			newClients()
+		} else {
+			lane += 2
+		}
 		for mode, got := range map[string]received{"reverse": reverse, "forward": forwarded} {
 			// The proxy adds its hop marker; nothing else may differ.
 			got.Headers = without(got.Headers, "Connectors-Proxy-Hop: 1")
@@ -113,6 +134,9 @@ func TestProxyDifferential(t *testing.T) {
 				t.Errorf("request %d differs through the %s proxy\n direct:  %s\n proxied: %s", i, mode, d, p)
 			}
 		}
+	}
+	if c := laneCountsWhen(t, metricsAddr, before, lane, notLane); c[0]+c[1] != lane || c[2] != notLane {
+		t.Errorf("the fast lane served %v requests and handed over %v connections, want %v and %v", c[0]+c[1], c[2], lane, notLane)
 	}
 }
 
@@ -145,7 +169,13 @@ func generatedRequest(rnd *rand.Rand, i int) (method, path, query string, header
 		}
 	}
 	if method != "GET" && method != "HEAD" && method != "OPTIONS" && rnd.IntN(4) != 0 {
-		body = make([]byte, rnd.IntN(64<<10))
+		size := 8<<10 + rnd.IntN(56<<10) // net/http's: larger than the fast lane's buffer
+		if rnd.IntN(2) == 0 {
+			// The fast lane's: head and body within its 4 KiB (the forward proxy's head
+			// carries the Pod token).
+			size = rnd.IntN(1 << 10)
+		}
+		body = make([]byte, size)
 		for j := range body {
 			body[j] = byte(rnd.IntN(256))
 		}

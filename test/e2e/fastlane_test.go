@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/driver"
+	"github.com/kube-connectors/connectors-csi/test/kubelet"
 	"github.com/kube-connectors/connectors-csi/test/testca"
 )
 
@@ -124,8 +126,10 @@ func within(t *testing.T, ch <-chan struct{}, what string) {
 
 // TestFastLane drives the proxy listener over raw keep-alive connections: GET and HEAD of
 // the reverse proxy are served by the fast lane (known length, spliced large body, chunked
-// with a trailer, a redirect rewritten, a refusal with its metrics counted once), a request it
-// does not take on the same connection goes, with what followed it, to net/http's server, and a
+// with a trailer, a redirect rewritten, a refusal with its metrics counted once), as are POSTs
+// with small bodies (one whose body comes late; one refused, its body never read as a
+// request), a request it does not take on the same connection goes, with what followed it, to
+// net/http's server, and a
 // client that leaves while the tool has not answered releases the tool's request. With
 // --proxy-fast-lane=false nothing goes through the fast lane.
 func TestFastLane(t *testing.T) {
@@ -192,14 +196,41 @@ func TestFastLane(t *testing.T) {
 		!strings.Contains(body, "connectors proxy: token not accepted") || strings.Contains(body, token) {
 		t.Fatalf("a bad token: %d, headers %v, body %q", res.StatusCode, res.Header, body)
 	}
-	// A POST (not the fast lane's) and a GET sent behind it in one write: both go to
-	// net/http's server with the connection, in order.
-	send("POST " + base + "/echo HTTP/1.1\r\nHost: " + host + "\r\nAuthorization: " + bearer + "\r\nContent-Length: 5\r\n\r\nhello" + get("GET", "/small", bearer))
+	// A POST with a small body and a GET sent behind it in one write: both the fast lane's
+	// (the POST through net/http's parser, its body whole in the lane's buffer; the GET in
+	// place, along the route the GETs before it left). Then a POST whose body comes after its
+	// head, and a refused one whose body is a request: that is the POST's body, never served.
+	post := func(auth, headers, body string) string {
+		return "POST " + base + "/echo HTTP/1.1\r\nHost: " + host + "\r\nAuthorization: " + auth + "\r\n" + headers + "\r\n" + body
+	}
+	send(post(bearer, "Content-Length: 5\r\n", "hello") + get("GET", "/small", bearer))
 	if res, body := read("POST"); res.StatusCode != 200 || body != "hello" {
-		t.Fatalf("POST /echo after the fast lane: %d %q", res.StatusCode, body)
+		t.Fatalf("POST /echo in the fast lane: %d %q", res.StatusCode, body)
 	}
 	if res, body := read("GET"); res.StatusCode != 200 || len(body) != 1024 {
 		t.Fatalf("GET behind the POST: %d, %d bytes", res.StatusCode, len(body))
+	}
+	send(post(bearer, "Content-Length: 11\r\n", ""))
+	send("hello again")
+	if res, body := read("POST"); res.StatusCode != 200 || body != "hello again" {
+		t.Fatalf("POST /echo, its body sent after its head: %d %q", res.StatusCode, body)
+	}
+	smuggled := get("GET", "/moved", bearer)
+	send(post("Bearer not-a-token", fmt.Sprintf("Content-Length: %d\r\n", len(smuggled)), smuggled) + get("GET", "/small", bearer))
+	if res, _ := read("POST"); res.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("a POST with a bad token: %d", res.StatusCode)
+	}
+	if res, body := read("GET"); res.StatusCode != 200 || len(body) != 1024 {
+		t.Fatalf("the GET after a refused POST whose body is a request: %d, %d bytes (the body served as a request?)", res.StatusCode, len(body))
+	}
+	// A chunked POST (not the fast lane's) and a GET sent behind it in one write: both go to
+	// net/http's server with the connection, in order.
+	send(post(bearer, "Transfer-Encoding: chunked\r\n", "5\r\nhello\r\n0\r\n\r\n") + get("GET", "/small", bearer))
+	if res, body := read("POST"); res.StatusCode != 200 || body != "hello" {
+		t.Fatalf("a chunked POST /echo after the fast lane: %d %q", res.StatusCode, body)
+	}
+	if res, body := read("GET"); res.StatusCode != 200 || len(body) != 1024 {
+		t.Fatalf("GET behind the chunked POST: %d, %d bytes", res.StatusCode, len(body))
 	}
 	// The forward proxy's absolute-form GET, three times on one connection (the second and
 	// third from the remembered route, the third's path with an escape), and one to a host no
@@ -246,12 +277,13 @@ func TestFastLane(t *testing.T) {
 		t.Fatalf("the connection stayed open after Connection: close (%v)", err)
 	}
 	// In place: the GETs of /streamed and /moved after the GET of /large (the HEAD before it
-	// changed the remembered method), and the forward proxy's second and third GETs; the
-	// other five through net/http's parsers (each first of its method on its connection; the
-	// refusal is counted by its code).
-	wants := map[string]float64{served: 5, inPlace: 4, handed: 2, unauthorized: 1,
+	// changed the remembered method), the two GETs behind the POSTs (a POST's route is not
+	// remembered), and the forward proxy's second and third GETs; the other seven through
+	// net/http's parsers (each first of its method on its connection, and the two POSTs
+	// answered; the refusals are counted by their code).
+	wants := map[string]float64{served: 7, inPlace: 6, handed: 2, unauthorized: 2,
 		series("connectors_proxy_requests_total", map[string]string{"connector_namespace": ns, "connector": "tool", "class": class, "mode": "forward", "code": "200"}): 3,
-		series("connectors_proxy_requests_total", map[string]string{"connector_namespace": ns, "connector": "tool", "class": class, "mode": "reverse", "code": "200"}): 7,
+		series("connectors_proxy_requests_total", map[string]string{"connector_namespace": ns, "connector": "tool", "class": class, "mode": "reverse", "code": "200"}): 11,
 	}
 	after := scrapeUntil(t, metricsAddr, before, wants)
 	for s, want := range wants {
@@ -301,8 +333,9 @@ func TestFastLane(t *testing.T) {
 
 // TestFastLaneToAnHTTPSTool: GET and HEAD of the reverse proxy to an https tool that offers
 // HTTP/2 (its CA in the Connector's CA Secret) go through the fast lane, in place from the
-// second request on, over one TLS connection of the proxy's own in HTTP/1.1; a POST on the
-// same client connection goes to net/http's server and http.Transport, over HTTP/2.
+// second request on, over one TLS connection of the proxy's own in HTTP/1.1, as does a POST
+// with a small body; a chunked POST on the same client connection goes to net/http's server
+// and http.Transport, over HTTP/2.
 func TestFastLaneToAnHTTPSTool(t *testing.T) {
 	authority, cert := loopbackCert(t)
 	var mu sync.Mutex
@@ -348,10 +381,13 @@ func TestFastLaneToAnHTTPSTool(t *testing.T) {
 
 	conn := dialProxy(t, host)
 	br := bufio.NewReader(conn)
-	for i, method := range []string{"GET", "GET", "GET", "POST"} {
+	for i, method := range []string{"GET", "GET", "GET", "POST", "POST chunked"} {
 		raw, want := head(method, ""), strings.Repeat("t", 1024)
-		if method == "POST" {
+		switch method {
+		case "POST":
 			raw, want = head(method, "Content-Length: 5\r\n")+"hello", "hello"
+		case "POST chunked":
+			method, raw, want = "POST", head("POST", "Transfer-Encoding: chunked\r\n")+"5\r\nhello\r\n0\r\n\r\n", "hello"
 		}
 		if _, err := io.WriteString(conn, raw); err != nil {
 			t.Fatal(err)
@@ -365,12 +401,12 @@ func TestFastLaneToAnHTTPSTool(t *testing.T) {
 			t.Fatalf("request %d (%s) to the https tool: %d, %d bytes, %v", i, method, res.StatusCode, len(body), err)
 		}
 	}
-	after := scrapeUntil(t, metricsAddr, before, map[string]float64{served: 1, inPlace: 2})
-	if got := [2]float64{after[served] - before[served], after[inPlace] - before[inPlace]}; got != [2]float64{1, 2} {
-		t.Errorf("the fast lane served %v through net/http's parsers and %v in place, want 1 and 2", got[0], got[1])
+	after := scrapeUntil(t, metricsAddr, before, map[string]float64{served: 2, inPlace: 2})
+	if got := [2]float64{after[served] - before[served], after[inPlace] - before[inPlace]}; got != [2]float64{2, 2} {
+		t.Errorf("the fast lane served %v through net/http's parsers and %v in place, want 2 and 2", got[0], got[1])
 	}
 	mu.Lock()
-	if want := []string{"GET HTTP/1.1", "GET HTTP/1.1", "GET HTTP/1.1", "POST HTTP/2.0"}; !slices.Equal(seen, want) {
+	if want := []string{"GET HTTP/1.1", "GET HTTP/1.1", "GET HTTP/1.1", "POST HTTP/1.1", "POST HTTP/2.0"}; !slices.Equal(seen, want) {
 		t.Errorf("the tool saw %q, want %q", seen, want)
 	}
 	seen = nil
@@ -380,24 +416,27 @@ func TestFastLaneToAnHTTPSTool(t *testing.T) {
 	}
 
 	// Through a CONNECT tunnel: its GETs are the fast lane's (the first through net/http's
-	// parsers, the next in place), over the same pooled connection, the client's own
-	// Authorization replaced by the tool's credential; a POST goes, with the rest of the
-	// tunnel, to the tunnel's net/http server.
+	// parsers, the next in place), as is a POST with a small body, over the same pooled
+	// connection, the client's own Authorization replaced by the tool's credential; a chunked
+	// POST goes, with the rest of the tunnel, to the tunnel's net/http server.
 	tunnelled := series("connectors_proxy_requests_total", map[string]string{"connector_namespace": ns, "connector": "tool", "class": class, "mode": "tunnelled", "code": "200"})
 	before = scrape(t, metricsAddr)
 	tn, status := openTunnel(t, host, strings.TrimPrefix(tool.URL, "https://"), ns+"/tool", files["context.token"], []byte(files["ca.crt"]))
 	if tn == nil {
 		t.Fatalf("CONNECT: %s", status)
 	}
-	for _, step := range []string{"GET", "GET", "POST", "GET"} {
+	for _, step := range []string{"GET", "GET", "POST", "GET", "POST chunked"} {
 		raw := "GET /x HTTP/1.1\r\nHost: " + tn.host + "\r\nAuthorization: Bearer " + files["context.token"] + "\r\n\r\n"
-		if step == "POST" {
+		switch step {
+		case "POST":
 			raw = "POST /x HTTP/1.1\r\nHost: " + tn.host + "\r\nContent-Length: 5\r\n\r\nhello"
+		case "POST chunked":
+			raw = "POST /x HTTP/1.1\r\nHost: " + tn.host + "\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
 		}
 		if _, err := io.WriteString(tn.conn, raw); err != nil {
 			t.Fatal(err)
 		}
-		res, err := http.ReadResponse(tn.r, &http.Request{Method: step})
+		res, err := http.ReadResponse(tn.r, &http.Request{Method: strings.Fields(step)[0]})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -406,17 +445,17 @@ func TestFastLaneToAnHTTPSTool(t *testing.T) {
 			t.Fatalf("%s in the tunnel: %d %q", step, res.StatusCode, body)
 		}
 	}
-	after = scrapeUntil(t, metricsAddr, before, map[string]float64{served: 1, inPlace: 1, handed: 2, tunnelled: 4})
-	// Handed over: the connection of the CONNECT itself, and the tunnel at its POST.
-	if got := [3]float64{after[served] - before[served], after[inPlace] - before[inPlace], after[handed] - before[handed]}; got != [3]float64{1, 1, 2} {
-		t.Errorf("in the tunnel the fast lane served %v, in place %v, handed over %v; want 1, 1, 2", got[0], got[1], got[2])
+	after = scrapeUntil(t, metricsAddr, before, map[string]float64{served: 2, inPlace: 2, handed: 2, tunnelled: 5})
+	// Handed over: the connection of the CONNECT itself, and the tunnel at its chunked POST.
+	if got := [3]float64{after[served] - before[served], after[inPlace] - before[inPlace], after[handed] - before[handed]}; got != [3]float64{2, 2, 2} {
+		t.Errorf("in the tunnel the fast lane served %v, in place %v, handed over %v; want 2, 2, 2", got[0], got[1], got[2])
 	}
-	if got := after[tunnelled] - before[tunnelled]; got != 4 {
-		t.Errorf("%v tunnelled requests counted, want 4", got)
+	if got := after[tunnelled] - before[tunnelled]; got != 5 {
+		t.Errorf("%v tunnelled requests counted, want 5", got)
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	if want := []string{"GET HTTP/1.1", "GET HTTP/1.1", "POST HTTP/2.0", "GET HTTP/1.1"}; !slices.Equal(seen, want) {
+	if want := []string{"GET HTTP/1.1", "GET HTTP/1.1", "POST HTTP/1.1", "GET HTTP/1.1", "POST HTTP/2.0"}; !slices.Equal(seen, want) {
 		t.Errorf("through the tunnel the tool saw %q, want %q", seen, want)
 	}
 	if n := conns.Load(); n != 2 {
@@ -638,4 +677,55 @@ func TestFastLaneTakesPragma(t *testing.T) {
 	if c := laneCounts(before, after); c != [3]float64{1, 2, 0} {
 		t.Errorf("the fast lane served %v, in place %v, handed over %v; want 1, 2, 0", c[0], c[1], c[2])
 	}
+}
+
+// TestGitInTheFastLane: a real git clone and push through the reverse proxy (.gitconfig) and
+// the forward proxy (.env), on a real Git server: every request, the POSTs of git-upload-pack
+// and git-receive-pack with their bodies included, is served by the fast lane, and so is the
+// 407 to curl's first try at the forward proxy without Proxy-Authorization; no connection
+// goes to net/http's server.
+func TestGitInTheFastLane(t *testing.T) {
+	s := startGitServer(t, false)
+	metricsAddr := freeLoopbackAddr(t)
+	env := startProxyDriver(t, func(o *driver.Options) { o.MetricsListen = metricsAddr })
+	ns := newNamespace(t)
+	gitConnector(t, ns, "repo", gitClass(t), s)
+	allowConnectors(t, ns, "builder", "repo")
+	pod := podWithVolume(t, env.kubelet, ns, "git", map[string]string{"connectors": "repo", "configuration.names": "gitconfig"}, nil)
+	if err := env.kubelet.Publish(context.Background(), pod, "connectors"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = env.kubelet.Unpublish(context.Background(), pod, "connectors") })
+	vol := env.kubelet.TargetPath(pod, "connectors")
+	before, from := scrape(t, metricsAddr), len(s.Requests())
+
+	cloneAndPush(t, s.URL, []string{"GIT_CONFIG_GLOBAL=" + filepath.Join(vol, ".gitconfig")})
+	cloneAndPush(t, s.URL, envFile(t, filepath.Join(vol, ".env")))
+
+	reqs := proxiedRequests(s, from)
+	var posts []string
+	for _, r := range reqs {
+		if r.Method == http.MethodPost {
+			posts = append(posts, r.Path)
+		}
+	}
+	if !slices.Contains(posts, "/repo.git/git-upload-pack") || !slices.Contains(posts, "/repo.git/git-receive-pack") {
+		t.Fatalf("the Git server saw the POSTs %q, want git-upload-pack's and git-receive-pack's", posts)
+	}
+	if c := laneCountsWhen(t, metricsAddr, before, float64(len(reqs)), 0); c[0]+c[1] != float64(len(reqs)) || c[2] != 0 {
+		t.Errorf("the fast lane served %v requests and handed %v connections over to net/http's server; the Git server saw %d requests", c[0]+c[1], c[2], len(reqs))
+	}
+}
+
+// laneCountsWhen waits (a while) for the fast lane to have served lane requests, through
+// net/http's parsers or in place (counted once the answer is out), and handed handed
+// connections over since before, and returns the counts it saw last (laneCounts).
+func laneCountsWhen(t *testing.T, metricsAddr string, before map[string]float64, lane, handed float64) [3]float64 {
+	t.Helper()
+	var c [3]float64
+	kubelet.WaitUntil(10*time.Second, func() bool {
+		c = laneCounts(before, scrape(t, metricsAddr))
+		return c[0]+c[1] == lane && c[2] == handed
+	})
+	return c
 }

@@ -4,6 +4,7 @@
 package benchenv
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -427,7 +428,16 @@ func (e *Env) Stop() {
 // Get sends one GET with the headers and reads the answer whole; an answer other than 200 is an
 // error.
 func Get(ctx context.Context, c *http.Client, u string, h http.Header) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	return Send(ctx, c, u, h, nil)
+}
+
+// Send is Get, or a POST of body when it is not nil.
+func Send(ctx context.Context, c *http.Client, u string, h http.Header, body []byte) error {
+	method, reader := http.MethodGet, io.Reader(nil)
+	if body != nil {
+		method, reader = http.MethodPost, bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, reader)
 	if err != nil {
 		return err
 	}

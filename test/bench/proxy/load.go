@@ -28,15 +28,17 @@ type result struct {
 }
 
 // request is what a generator sends: to connect (http://host:port of the first hop), path
-// (the request line's target: a path, or an absolute URL for a forward proxy) and headers.
+// (the request line's target: a path, or an absolute URL for a forward proxy), headers, and
+// a body to POST (nil: a GET).
 type request struct {
 	connect, path string
 	header        http.Header
+	body          []byte
 }
 
-// goLoad runs GETs with client at fixed concurrency until the duration or the request cap
-// is reached (the client's proxy, if any, decides the first hop).
-func goLoad(c *http.Client, u string, h http.Header) (result, error) {
+// goLoad runs GETs, or POSTs of body, with client at fixed concurrency until the duration or
+// the request cap is reached (the client's proxy, if any, decides the first hop).
+func goLoad(c *http.Client, u string, h http.Header, body []byte) (result, error) {
 	deadline := time.Now().Add(*duration)
 	var count atomic.Int64
 	var firstErr atomic.Value
@@ -49,7 +51,7 @@ func goLoad(c *http.Client, u string, h http.Header) (result, error) {
 			defer wg.Done()
 			for time.Now().Before(deadline) && count.Add(1) <= int64(*maxRequests) {
 				t0 := time.Now()
-				if err := benchenv.Get(context.Background(), c, u, h); err != nil {
+				if err := benchenv.Send(context.Background(), c, u, h, body); err != nil {
 					firstErr.CompareAndSwap(nil, err)
 					return
 				}
@@ -79,7 +81,12 @@ func goLoad(c *http.Client, u string, h http.Header) (result, error) {
 // cores to the servers than the Go generator does.
 func wrkLoad(dir string, r request) (result, error) {
 	var script strings.Builder
-	fmt.Fprintf(&script, "wrk.method = \"GET\"\nwrk.path = %q\n", r.path)
+	if r.body != nil {
+		fmt.Fprintf(&script, "wrk.method = \"POST\"\nwrk.body = %q\n", r.body)
+	} else {
+		fmt.Fprintf(&script, "wrk.method = \"GET\"\n")
+	}
+	fmt.Fprintf(&script, "wrk.path = %q\n", r.path)
 	for k, v := range r.header {
 		fmt.Fprintf(&script, "wrk.headers[%q] = %q\n", k, v[0])
 	}

@@ -11,6 +11,7 @@
 package main
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"crypto/tls"
@@ -80,6 +81,8 @@ type target struct {
 	driver bool
 	// permissions: measured with enable-connector-proxy-permissions on.
 	permissions bool
+	// body, when not nil, is POSTed (both generators) instead of a GET.
+	body []byte
 }
 
 type row struct {
@@ -171,6 +174,9 @@ func fetch(url, file string) error {
 	_, err = io.Copy(f, res.Body)
 	return err
 }
+
+// postBody is what the POST rows send.
+var postBody = bytes.Repeat([]byte("0032want 0123456789abcdef0123456789abcdef01234567\n"), 512/50+1)[:512]
 
 // makeTargets is every path measured. The proxy's paths wait until the driver serves them.
 func makeTargets(ctx context.Context, cp *controlplane.ControlPlane, up *benchenv.Upstream, drv *benchenv.DriverProcess, ngx *nginxServer, floor *relayServer, token string) ([]target, error) {
@@ -266,6 +272,15 @@ func makeTargets(ctx context.Context, cp *controlplane.ControlPlane, up *benchen
 			wrk: reverseWrk("tool-tls", bearer), baseline: "nginx (proxy_pass https://)", pids: drv.PIDs, driver: true},
 		{name: "connectors proxy (reverse, enable-connector-proxy-permissions)", goClient: plain(nil, nil), goURL: reverse("tool"), header: bearer,
 			wrk: reverseWrk("tool", bearer), baseline: "nginx (header-injecting reverse proxy)", pids: drv.PIDs, driver: true, permissions: true},
+		// POSTs of a small body, as git's upload-pack and receive-pack requests or a registry's
+		// manifest PUTs are, answered with the size's body.
+		{name: "nginx (header-injecting reverse proxy): POST of 512 B", goClient: plain(nil, nil), goURL: func(s string) string { return "http://" + ngx.addr + "/" + s },
+			wrk:  func(s string) *request { return &request{connect: "http://" + ngx.addr, path: "/" + s} },
+			pids: ngx.pids, body: postBody},
+		{name: "connectors proxy (reverse): POST of 512 B", goClient: plain(nil, nil), goURL: reverse("tool"), header: bearer, wrk: reverseWrk("tool", bearer),
+			baseline: "nginx (header-injecting reverse proxy): POST of 512 B", pids: drv.PIDs, driver: true, body: postBody},
+		{name: "connectors proxy (forward): POST of 512 B", goClient: plain(http.ProxyURL(fwd), nil), goURL: func(s string) string { return up.URL + "/" + s },
+			wrk: forwardWrk("tool", func(s string) string { return s }), baseline: "nginx (header-injecting reverse proxy): POST of 512 B", pids: drv.PIDs, driver: true, body: postBody},
 	}
 	for _, tg := range targets {
 		if err := benchenv.WaitReady(tg.goClient, []string{tg.goURL("1k")}, tg.header); err != nil {
@@ -299,9 +314,11 @@ func measure(work string, tg target, size, gen string, drv *benchenv.DriverProce
 	}
 	switch gen {
 	case "wrk":
-		r.res, err = wrkLoad(work, *tg.wrk(size))
+		req := *tg.wrk(size)
+		req.body = tg.body
+		r.res, err = wrkLoad(work, req)
 	case "go":
-		r.res, err = goLoad(tg.goClient, tg.goURL(size), tg.header)
+		r.res, err = goLoad(tg.goClient, tg.goURL(size), tg.header, tg.body)
 	default:
 		return r, false, fmt.Errorf("unknown generator %q", gen)
 	}
