@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -61,6 +62,11 @@ type directConn struct {
 	br        *bufio.Reader
 	bw        *bufio.Writer
 	idleSince time.Time
+	// live's peek at the socket, made on its first use (preparePeek).
+	raw        syscall.RawConn
+	peek       func(fd uintptr) bool
+	peekBuf    [1]byte
+	peekedIdle bool
 }
 
 // The direct transport's pool, as http.Transport's is set for the Connectors' tools.
@@ -229,26 +235,40 @@ func (pc *directConn) live() bool {
 	if pc.br.Buffered() > 0 {
 		return false
 	}
+	if pc.peek == nil {
+		if socket, ok := pc.preparePeek(); !socket || !ok {
+			return !socket
+		}
+	}
+	return pc.raw.Read(pc.peek) == nil && pc.peekedIdle
+}
+
+// preparePeek makes live's peek at pc's socket, once per connection: its raw connection, and
+// a function that peeks with recvfrom(2) into pc's own byte. unix.Recvfrom would allocate a
+// socket address and the byte, and a closure made per call another, for every request with a
+// body. socket is false for a connection that is no socket (tests' pipes); ok is false when
+// the socket's raw connection is not to be had (it is closed).
+func (pc *directConn) preparePeek() (socket, ok bool) {
 	conn := pc.conn
-	if tc, ok := conn.(*tls.Conn); ok {
+	if tc, isTLS := conn.(*tls.Conn); isTLS {
 		conn = tc.NetConn()
 	}
-	sc, ok := conn.(syscall.Conn)
-	if !ok {
-		return true
+	sc, isSocket := conn.(syscall.Conn)
+	if !isSocket {
+		return false, false
 	}
 	raw, err := sc.SyscallConn()
 	if err != nil {
-		return false
+		return true, false
 	}
-	open := false
-	err = raw.Read(func(fd uintptr) bool {
-		var b [1]byte
-		_, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-		open = errors.Is(err, unix.EAGAIN)
+	pc.raw = raw
+	pc.peek = func(fd uintptr) bool {
+		_, _, errno := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&pc.peekBuf[0])), 1,
+			unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+		pc.peekedIdle = errno == unix.EAGAIN
 		return true
-	})
-	return err == nil && open
+	}
+	return true, true
 }
 
 // put returns a connection whose last answer was read to its end.

@@ -620,26 +620,39 @@ func laneRequestLine(head []byte, inTunnel bool) bool {
 // connection only when a pooled one proved closed before anything was written). A larger
 // body goes to net/http's server, which streams it.
 func (c *laneConn) laneBody(r *http.Request, headLen int) bool {
-	n := r.ContentLength
-	if n == 0 {
+	if r.ContentLength == 0 {
 		return true
 	}
-	if n > int64(c.br.Size()-headLen) {
+	body, ok := c.wholeBody(headLen, r.ContentLength, true)
+	if !ok {
 		return false
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+	return true
+}
+
+// wholeBody is the body of n bytes behind a head of headLen at the start of br, copied out of
+// br (still unconsumed), if wait, waited for under the header timeout; ok is false when it
+// does not fit in br behind the head, or is not there (not waited for), or does not come (the
+// head is then net/http's server's, which reads on under its own deadlines).
+func (c *laneConn) wholeBody(headLen int, n int64, wait bool) (body []byte, ok bool) {
+	if n > int64(c.br.Size()-headLen) {
+		return nil, false
 	}
 	size := headLen + int(n)
 	if c.br.Buffered() < size {
+		if !wait {
+			return nil, false
+		}
 		_ = c.conn.SetReadDeadline(time.Now().Add(c.lane.headerTimeout))
 		if _, err := c.br.Peek(size); err != nil {
-			return false // net/http's server reads on, under its own deadlines
+			return nil, false
 		}
 	}
 	buf, _ := c.br.Peek(size)
 	c.body = append(c.body[:0], buf[headLen:]...)
-	body := c.body
-	r.Body = io.NopCloser(bytes.NewReader(body))
-	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
-	return true
+	return c.body, true
 }
 
 // laneRequest tells whether the fast lane takes r: a body of a GET or HEAD or a chunked one,
@@ -980,8 +993,13 @@ func (c *laneConn) serveRemembered(head []byte) (taken, ok bool) {
 	if !readLaneHead(head, h, c.tunnel != nil) {
 		return false, false
 	}
-	rt, uri, remembered := c.memo.routeForHead(c.lane.p, h)
+	memo := c.memoFor(h.method)
+	rt, uri, remembered := memo.routeForHead(c.lane.p, h)
 	if !remembered {
+		return false, false
+	}
+	body, ok := c.inPlaceBody(h, len(head), rt)
+	if !ok {
 		return false, false
 	}
 	// A remembered route is one serveRequest sent with the direct transport.
@@ -998,8 +1016,12 @@ func (c *laneConn) serveRemembered(head []byte) (taken, ok bool) {
 			return false, false
 		}
 	}
-	pc := c.lane.p.direct.idleConn(c.memo.pool)
-	if pc == nil {
+	retry := bodiless(h.method)
+	pc := c.lane.p.direct.idleConn(memo.pool)
+	if pc == nil || !retry && !pc.live() {
+		if pc != nil {
+			pc.conn.Close() // the tool closed it: the parsed path dials anew
+		}
 		return false, false
 	}
 	start := time.Now()
@@ -1009,28 +1031,43 @@ func (c *laneConn) serveRemembered(head []byte) (taken, ok bool) {
 	if registryAuth != "" {
 		writeFieldString(pc.bw, "Authorization", registryAuth)
 	}
-	_, _ = pc.bw.WriteString(c.memo.toolTail)
+	_, _ = pc.bw.WriteString(memo.toolTail)
+	_, _ = pc.bw.Write(body)
 	var code int
 	if err := pc.awaitAnswer(); err != nil {
 		pc.conn.Close()
-		if c.stopWatching() {
+		if c.stopWatching() && retry {
 			return false, false // the tool had closed it: serveRequest dials a new one
 		}
-		code, ok = c.upstreamFailed(rt, err) // the client left
+		// The client left, or a request with a body (sent once: directTransport.RoundTrip).
+		_, _ = c.br.Discard(len(head) + len(body))
+		code, ok = c.upstreamFailed(rt, err)
 	} else if registryAuth != "" && challenged(pc.br) {
 		// The registry refused the kept token (revoked, or the token service's clock runs
 		// ahead): the general path, which answers challenges, sends the head again. A GET or
 		// HEAD, it may be; nothing of the answer has reached the client.
 		pc.conn.Close()
-		c.memo.registryName = ""
+		memo.registryName = ""
 		return !c.stopWatching(), false
 	} else {
-		_, _ = c.br.Discard(len(head))
-		code, ok = c.relayRemembered(pc, h.method, rt, uri)
+		_, _ = c.br.Discard(len(head) + len(body))
+		code, ok = c.relayRemembered(memo, pc, h.method, rt, uri)
 	}
 	laneServedInPlace.Inc()
-	c.memo.meter.record(rt, c.memo.key.mode(), code, c.sent, time.Since(start))
+	memo.meter.record(rt, memo.key.mode(), code, c.sent, time.Since(start))
 	return true, ok
+}
+
+// inPlaceBody is the body of a head h of headLen read in place along rt (none for a request
+// without one); ok is false when the head takes the parsed path: the body is not whole in br
+// yet (the parsed path waits for it), or it holds the caller's token an extractor found (the
+// general path refuses it: checkExtracted).
+func (c *laneConn) inPlaceBody(h *laneHead, headLen int, rt *route) (body []byte, ok bool) {
+	if h.contentLength <= 0 {
+		return nil, true
+	}
+	body, ok = c.wholeBody(headLen, h.contentLength, false)
+	return body, ok && (rt.callerToken == "" || !bytes.Contains(body, []byte(rt.callerToken)))
 }
 
 // inPlaceInjection is the answer of rt's generator (one whose answers are kept: a remembered
@@ -1097,12 +1134,12 @@ func challenged(br *bufio.Reader) bool {
 // relayRemembered writes the answer on pc, to a request of method along rt to uri, to the
 // client: itself when readAnswerHead reads its head, else as the general path does
 // (relayAnswer).
-func (c *laneConn) relayRemembered(pc *directConn, method string, rt *route, uri string) (code int, ok bool) {
+func (c *laneConn) relayRemembered(memo *laneMemo, pc *directConn, method string, rt *route, uri string) (code int, ok bool) {
 	d := c.lane.p.direct
 	head, whole, err := peekHead(pc.br)
 	a := &c.ans
 	if err != nil || !whole || !readAnswerHead(head, method, a) {
-		rt = c.memo.along(targetAt(rt, uri))
+		rt = memo.along(targetAt(rt, uri))
 		res, err := pc.readHead(&http.Request{Method: method, URL: rt.target})
 		if err != nil {
 			pc.conn.Close()

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"net/http"
 	"net/textproto"
+	"strconv"
 	"strings"
 	"time"
 
@@ -29,9 +30,11 @@ type laneField struct{ name, value []byte }
 
 // laneHead is a request head read by readLaneHead, its slices into the head's bytes.
 type laneHead struct {
-	method string // GET or HEAD
+	method string // one of laneMethods
 	target []byte
-	host   []byte
+	// contentLength is the Content-Length value (-1: none): a GET or HEAD has none, or 0.
+	contentLength int64
+	host          []byte
 	// auth, proxyAuth and userAgent are those headers' values (nil: absent).
 	auth, proxyAuth, userAgent []byte
 	close                      bool // the client asked to close the connection after the answer
@@ -52,16 +55,18 @@ var addedCacheControl = laneField{name: []byte("Cache-Control"), value: []byte("
 const laneMaxFields = 64
 
 // readLaneHead reads head, a whole request head (its last line empty), into h, or returns
-// false if it is not a GET or HEAD the fast lane reads itself: HTTP/1.1 only; an origin-form
+// false if it is not a request the fast lane reads itself: a GET or HEAD without a body, or a
+// POST, PUT, PATCH or DELETE with none or one of a Content-Length; HTTP/1.1 only; an origin-form
 // target, or, outside tunnels, an absolute http:// one of a plain host name;
 // header names of token characters right before their colon; values of visible ASCII,
-// spaces and tabs; one Host, one Authorization, one Proxy-Authorization, one User-Agent; no
-// header that says there is a body, an upgrade, an expectation or trailers, names another
+// spaces and tabs; one Host, one Authorization, one Proxy-Authorization, one User-Agent, one
+// Content-Length of digits; no Transfer-Encoding, no header that says there is an upgrade, an
+// expectation or trailers, names another
 // hop-by-hop header in Connection or carries a proxy's hop marker; no folded lines. The
 // fields end, as net/http's reader would add it, with a Cache-Control: no-cache for a
 // Pragma: no-cache.
 func readLaneHead(head []byte, h *laneHead, inTunnel bool) bool {
-	*h = laneHead{fields: h.fields[:0], connection: h.connection[:0]}
+	*h = laneHead{fields: h.fields[:0], connection: h.connection[:0], contentLength: -1}
 	line, rest, ok := cutLine(head)
 	if !ok {
 		return false
@@ -77,7 +82,7 @@ func readLaneHead(head []byte, h *laneHead, inTunnel bool) bool {
 			if string(h.pragma) == "no-cache" && !h.cacheControl {
 				h.fields = append(h.fields, addedCacheControl)
 			}
-			return len(rest) == 0 && h.host != nil
+			return len(rest) == 0 && h.host != nil && (h.contentLength <= 0 || !bodiless(h.method))
 		}
 		f, ok := cutField(line)
 		if !ok || !h.take(f) {
@@ -88,12 +93,14 @@ func readLaneHead(head []byte, h *laneHead, inTunnel bool) bool {
 
 // cutRequestLine reads the method and target of line into h and returns the protocol.
 func cutRequestLine(line []byte, h *laneHead, inTunnel bool) ([]byte, bool) {
-	switch {
-	case bytes.HasPrefix(line, []byte("GET ")):
-		h.method, line = http.MethodGet, line[4:]
-	case bytes.HasPrefix(line, []byte("HEAD ")):
-		h.method, line = http.MethodHead, line[5:]
-	default:
+	h.method = ""
+	for _, m := range laneMethods {
+		if rest, ok := bytes.CutPrefix(line, []byte(m)); ok {
+			h.method, line = m[:len(m)-1], rest
+			break
+		}
+	}
+	if h.method == "" {
 		return nil, false
 	}
 	sp := bytes.IndexByte(line, ' ')
@@ -122,6 +129,12 @@ func (h *laneHead) take(f laneField) bool {
 		return only(&h.proxyAuth)
 	case asciiEqual(name, "User-Agent"):
 		return only(&h.userAgent)
+	case asciiEqual(name, "Content-Length"):
+		// One line of digits (net/http takes repeated equal ones too; the general path takes
+		// those), kept among the fields as net/http's reader keeps it in the header.
+		if h.contentLength >= 0 || !contentLength(f.value, &h.contentLength) {
+			return false
+		}
 	case asciiEqual(name, "Connection"):
 		closes, ok := connectionTokens(f.value)
 		h.close = h.close || closes
@@ -211,8 +224,30 @@ func laneRefused(name []byte) bool {
 	return false
 }
 
-var laneRefusedNames = []string{"Content-Length", "Transfer-Encoding", "Expect", "Upgrade", "Te", "Trailer",
+var laneRefusedNames = []string{"Transfer-Encoding", "Expect", "Upgrade", "Te", "Trailer",
 	"Close", egress.HopHeader}
+
+// contentLength reads a Content-Length value of 1 to 18 digits (well within int64, and more
+// than any body the fast lane takes) into n.
+func contentLength(v []byte, n *int64) bool {
+	if len(v) == 0 || len(v) > 18 {
+		return false
+	}
+	var x int64
+	for _, b := range v {
+		if b < '0' || b > '9' {
+			return false
+		}
+		x = x*10 + int64(b-'0')
+	}
+	*n = x
+	return true
+}
+
+// bodiless tells whether requests of method carry no body (the fast lane's GET and HEAD).
+func bodiless(method string) bool {
+	return method == http.MethodGet || method == http.MethodHead
+}
 
 // connectionTokens reads a Connection value; ok is false unless it names only keep-alive and
 // close (any other would name a hop-by-hop header to remove).
@@ -382,10 +417,12 @@ func lower(b byte) byte {
 
 // writeToolHead writes the tool's request for h to host and uri, as the general path sends it
 // (outgoing, then Request.Write): the request URI and host, the client's User-Agent if any,
-// the client's headers without hop-by-hop, X-Forwarded, Authorization and Proxy-* ones and,
-// when the caller's token is one an extractor found, every header of a name one of whose lines
-// holds it (tokenFreeInPlace keeps the rest of such a head from here), then inj's headers. The
-// caller ends it: with a registry token's Authorization if any, then the route's toolHeadTail.
+// the body's Content-Length (as Request.Write: for a body, and 0 for a POST, PUT or PATCH
+// without one), the client's headers without hop-by-hop, X-Forwarded, Authorization and
+// Proxy-* ones and, when the caller's token is one an extractor found, every header of a name
+// one of whose lines holds it (tokenFreeInPlace keeps the rest of such a head from here), then
+// inj's headers. The caller ends it: with a registry token's Authorization if any, then the
+// route's toolHeadTail, then the body.
 func writeToolHead(w *bufio.Writer, h *laneHead, host, uri string, inj *regoeval.Injection, callerToken string) {
 	_, _ = w.WriteString(h.method)
 	_ = w.WriteByte(' ')
@@ -396,8 +433,13 @@ func writeToolHead(w *bufio.Writer, h *laneHead, host, uri string, inj *regoeval
 	if len(h.userAgent) > 0 {
 		writeField(w, "User-Agent", h.userAgent)
 	}
+	if h.contentLength > 0 || h.method == http.MethodPost || h.method == http.MethodPut || h.method == http.MethodPatch {
+		_, _ = w.WriteString("Content-Length: ")
+		_, _ = w.Write(strconv.AppendInt(w.AvailableBuffer(), max(h.contentLength, 0), 10))
+		_, _ = w.WriteString("\r\n")
+	}
 	for _, f := range h.fields {
-		if !droppedOnTheWay(f.name) && !injected(inj, f.name) && !h.nameHolds(f.name, callerToken) {
+		if !droppedOnTheWay(f.name) && !asciiEqual(f.name, "Content-Length") && !injected(inj, f.name) && !h.nameHolds(f.name, callerToken) {
 			writeFieldBytes(w, f.name, f.value)
 		}
 	}

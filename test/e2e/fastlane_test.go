@@ -198,11 +198,14 @@ func TestFastLane(t *testing.T) {
 	}
 	// A POST with a small body and a GET sent behind it in one write: both the fast lane's
 	// (the POST through net/http's parser, its body whole in the lane's buffer; the GET in
-	// place, along the route the GETs before it left). Then a POST whose body comes after its
-	// head, and a refused one whose body is a request: that is the POST's body, never served.
-	post := func(auth, headers, body string) string {
-		return "POST " + base + "/echo HTTP/1.1\r\nHost: " + host + "\r\nAuthorization: " + auth + "\r\n" + headers + "\r\n" + body
+	// place, along the route the GETs before it left). Then a POST in place along the first
+	// one's route, a PUT whose body comes after its head (the first PUT: parsed, its body
+	// waited for), and a refused POST whose body is a request: that is the POST's body, never
+	// served.
+	withBody := func(method, auth, headers, body string) string {
+		return method + " " + base + "/echo HTTP/1.1\r\nHost: " + host + "\r\nAuthorization: " + auth + "\r\n" + headers + "\r\n" + body
 	}
+	post := func(auth, headers, body string) string { return withBody("POST", auth, headers, body) }
 	send(post(bearer, "Content-Length: 5\r\n", "hello") + get("GET", "/small", bearer))
 	if res, body := read("POST"); res.StatusCode != 200 || body != "hello" {
 		t.Fatalf("POST /echo in the fast lane: %d %q", res.StatusCode, body)
@@ -210,10 +213,14 @@ func TestFastLane(t *testing.T) {
 	if res, body := read("GET"); res.StatusCode != 200 || len(body) != 1024 {
 		t.Fatalf("GET behind the POST: %d, %d bytes", res.StatusCode, len(body))
 	}
-	send(post(bearer, "Content-Length: 11\r\n", ""))
+	send(post(bearer, "Content-Length: 14\r\n", "hello in place"))
+	if res, body := read("POST"); res.StatusCode != 200 || body != "hello in place" {
+		t.Fatalf("POST /echo in place: %d %q", res.StatusCode, body)
+	}
+	send(withBody("PUT", bearer, "Content-Length: 11\r\n", ""))
 	send("hello again")
-	if res, body := read("POST"); res.StatusCode != 200 || body != "hello again" {
-		t.Fatalf("POST /echo, its body sent after its head: %d %q", res.StatusCode, body)
+	if res, body := read("PUT"); res.StatusCode != 200 || body != "hello again" {
+		t.Fatalf("PUT /echo, its body sent after its head: %d %q", res.StatusCode, body)
 	}
 	smuggled := get("GET", "/moved", bearer)
 	send(post("Bearer not-a-token", fmt.Sprintf("Content-Length: %d\r\n", len(smuggled)), smuggled) + get("GET", "/small", bearer))
@@ -277,13 +284,13 @@ func TestFastLane(t *testing.T) {
 		t.Fatalf("the connection stayed open after Connection: close (%v)", err)
 	}
 	// In place: the GETs of /streamed and /moved after the GET of /large (the HEAD before it
-	// changed the remembered method), the two GETs behind the POSTs (a POST's route is not
-	// remembered), and the forward proxy's second and third GETs; the other seven through
-	// net/http's parsers (each first of its method on its connection, and the two POSTs
-	// answered; the refusals are counted by their code).
-	wants := map[string]float64{served: 7, inPlace: 6, handed: 2, unauthorized: 2,
+	// changed the remembered method), the two GETs behind POSTs (the GETs' route remembered
+	// apart from the POSTs'), the second POST, and the forward proxy's second and third GETs;
+	// the other seven through net/http's parsers (each first of its method on its connection;
+	// the refusals are counted by their code).
+	wants := map[string]float64{served: 7, inPlace: 7, handed: 2, unauthorized: 2,
 		series("connectors_proxy_requests_total", map[string]string{"connector_namespace": ns, "connector": "tool", "class": class, "mode": "forward", "code": "200"}): 3,
-		series("connectors_proxy_requests_total", map[string]string{"connector_namespace": ns, "connector": "tool", "class": class, "mode": "reverse", "code": "200"}): 11,
+		series("connectors_proxy_requests_total", map[string]string{"connector_namespace": ns, "connector": "tool", "class": class, "mode": "reverse", "code": "200"}): 12,
 	}
 	after := scrapeUntil(t, metricsAddr, before, wants)
 	for s, want := range wants {
@@ -728,4 +735,56 @@ func laneCountsWhen(t *testing.T, metricsAddr string, before map[string]float64,
 		return c[0]+c[1] == lane && c[2] == handed
 	})
 	return c
+}
+
+// TestFastLaneSendsABodyOnce: a POST along a remembered route whose pooled tool connection
+// the tool closed while it was idle goes on a new connection (the closed one found so before
+// anything is written), and reaches the tool once.
+func TestFastLaneSendsABodyOnce(t *testing.T) {
+	var mu sync.Mutex
+	var bodies []string
+	var closed atomic.Int64
+	tool := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		bodies = append(bodies, r.Method+" "+string(b))
+		mu.Unlock()
+		_, _ = w.Write(b)
+	}))
+	tool.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateClosed {
+			closed.Add(1)
+		}
+	}
+	tool.Start()
+	t.Cleanup(tool.Close)
+	env := startProxyDriver(t, nil)
+	ns, _, files := basicTool(t, env, tool.URL, "once-secret")
+	host := strings.TrimPrefix(env.proxyURL, "http://")
+	conn := dialProxy(t, host)
+	br := bufio.NewReader(conn)
+	for i, body := range []string{"first", "second", "third"} {
+		if i == 2 {
+			tool.CloseClientConnections()
+			kubelet.WaitUntil(10*time.Second, func() bool { return closed.Load() >= 1 })
+		}
+		raw := "POST /namespaces/" + ns + "/connectors/tool/x HTTP/1.1\r\nHost: " + host + "\r\nAuthorization: Bearer " + files["context.token"] +
+			"\r\nContent-Length: " + fmt.Sprint(len(body)) + "\r\n\r\n" + body
+		if _, err := io.WriteString(conn, raw); err != nil {
+			t.Fatal(err)
+		}
+		res, err := http.ReadResponse(br, &http.Request{Method: "POST"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ := io.ReadAll(res.Body)
+		if res.StatusCode != 200 || string(got) != body {
+			t.Fatalf("POST %d: %d %q", i, res.StatusCode, got)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if want := []string{"POST first", "POST second", "POST third"}; !slices.Equal(bodies, want) {
+		t.Errorf("the tool read %q, want %q", bodies, want)
+	}
 }
