@@ -184,7 +184,7 @@ type laneConn struct {
 	// memo is the route of the connection's last GET or HEAD, which heads read in place
 	// follow; bodyMemo that of its last request of another method (memoFor).
 	memo, bodyMemo laneMemo
-	// body holds the current request's body (laneBody).
+	// body holds the current request's body, empty for none (laneBody, inPlaceBody).
 	body []byte
 	// caller is the current reverse request's token and who found it, and extractors the
 	// classes with an authExtractor then (keyOf).
@@ -621,6 +621,7 @@ func laneRequestLine(head []byte, inTunnel bool) bool {
 // body goes to net/http's server, which streams it.
 func (c *laneConn) laneBody(r *http.Request, headLen int) bool {
 	if r.ContentLength == 0 {
+		c.body = c.body[:0]
 		return true
 	}
 	body, ok := c.wholeBody(headLen, r.ContentLength, true)
@@ -718,6 +719,9 @@ func (c *laneConn) serveRequest(r *http.Request, size int) (taken, ok bool) {
 	defer record()
 	memo := c.memoFor(r.Method)
 	rt, remembered := memo.route(p, target, key)
+	if remembered && holdsCallerToken(rt, c.body) {
+		remembered = false // resolve refuses it (checkExtracted), as the full path does
+	}
 	if !remembered {
 		var handOver bool
 		if rt, handOver = c.resolve(m, r, key, target); handOver {
@@ -1058,6 +1062,13 @@ func (c *laneConn) serveRemembered(head []byte) (taken, ok bool) {
 	return true, ok
 }
 
+// holdsCallerToken tells whether a request's body holds the caller's token an extractor found
+// along rt: the general path refuses such a request (checkExtracted), for it sends bodies on
+// unchanged.
+func holdsCallerToken(rt *route, body []byte) bool {
+	return rt.callerToken != "" && bytes.Contains(body, []byte(rt.callerToken))
+}
+
 // inPlaceBody is the body of a head h of headLen read in place along rt (none for a request
 // without one); ok is false when the head takes the parsed path: the body is not whole in br
 // yet (the parsed path waits for it), or it holds the caller's token an extractor found (the
@@ -1067,7 +1078,7 @@ func (c *laneConn) inPlaceBody(h *laneHead, headLen int, rt *route) (body []byte
 		return nil, true
 	}
 	body, ok = c.wholeBody(headLen, h.contentLength, false)
-	return body, ok && (rt.callerToken == "" || !bytes.Contains(body, []byte(rt.callerToken)))
+	return body, ok && !holdsCallerToken(rt, body)
 }
 
 // inPlaceInjection is the answer of rt's generator (one whose answers are kept: a remembered

@@ -9,6 +9,7 @@ import (
 	"context"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -145,7 +146,8 @@ func TestRegoGeneratorAndExtractor(t *testing.T) {
 // them, and kept from the tool (every header, and a query parameter, that carried it; a
 // request whose query carries it takes the parsed path, which drops that parameter). After a
 // request whose Authorization holds no token, one with the same Authorization and a wrong
-// PRIVATE-TOKEN is refused.
+// PRIVATE-TOKEN is refused. A POST whose body carries the token is refused, also along a
+// remembered route.
 func TestRegoExtractorInTheFastLane(t *testing.T) {
 	tool, rec, env, metricsAddr, ns := laneTestSetup(t)
 	class := regoClass(t)
@@ -185,6 +187,20 @@ func TestRegoExtractorInTheFastLane(t *testing.T) {
 	// project's path).
 	if c := laneCounts(before, after); c != [3]float64{2, 2, 0} {
 		t.Errorf("the fast lane served %v, in place %v, handed over %v; want 2, 2, 0", c[0], c[1], c[2])
+	}
+
+	// POSTs with PRIVATE-TOKEN on one connection (the first through net/http's parsers, the
+	// next along its remembered route): one whose body carries the token is refused, as on
+	// the full path (the proxy sends bodies on unchanged), however it is read; it never
+	// reaches the tool, and the connection goes on.
+	post := func(body string) string {
+		return "POST /namespaces/" + ns + "/connectors/gitlab/api/v4/projects HTTP/1.1\r\nHost: " + host + "\r\n" + privateToken +
+			"Content-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body
+	}
+	reached = tool.count()
+	codes = statusCodes(exchange(t, host, post("a=1"), post("a=2"), post("token="+token), post("a=3")))
+	if !slices.Equal(codes, []int{200, 200, http.StatusBadRequest, 200}) || tool.count() != reached+3 {
+		t.Errorf("four POSTs, the third's body carrying the token: %v, %d reached the tool; want 200, 200, 400, 200 and 3", codes, tool.count()-reached)
 	}
 
 	reached = tool.count()
