@@ -2,7 +2,8 @@
 // SubjectAccessReview path against envtest) under load for a bounded time, on loopback:
 // thousands of keep-alive clients of the reverse proxy, hundreds of CONNECT tunnels to an https
 // tool, and the clients a proxy meets on a bad day — slowloris connections that never finish
-// their headers, clients that vanish mid-body, and a tool that stalls mid-answer. Every
+// their headers, clients that vanish mid-body (an answer's, or their own request's), and a
+// tool that stalls mid-answer. Every
 // interval it prints throughput, p99 and the driver's goroutines, open file descriptors, heap
 // and RSS; at the end it fits a line through each after warm-up and reports its slope: a leak
 // shows as a slope.
@@ -21,6 +22,7 @@ import (
 	"net/url"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -39,6 +41,7 @@ var (
 	loris    = flag.Int("slowloris", 50, "connections that send their headers a byte at a time")
 	vanish   = flag.Int("vanishing", 20, "clients that ask for 1 MiB and leave after 10 KiB")
 	stalled  = flag.Int("stalled", 20, "clients of a tool that stops mid-answer, who give up after 2 s")
+	halfBody = flag.Int("half-body", 20, "clients that send a POST's head and half its 1 KiB body, and leave")
 )
 
 const ns = benchenv.Namespace
@@ -79,8 +82,8 @@ func run() error {
 	defer stop()
 	var wg sync.WaitGroup
 	l.start(loadCtx, &wg)
-	fmt.Printf("Soak: %d keep-alive clients (one request per ~%s each), %d CONNECT tunnels, %d slowloris, %d vanishing, %d stalled-tool clients, %s.\n\n",
-		*clients, *think, *tunnels, *loris, *vanish, *stalled, *duration)
+	fmt.Printf("Soak: %d keep-alive clients (one request per ~%s each), %d CONNECT tunnels, %d slowloris, %d vanishing, %d stalled-tool, %d half-body clients, %s.\n\n",
+		*clients, *think, *tunnels, *loris, *vanish, *stalled, *halfBody, *duration)
 	fmt.Println("| time | req/s | errors | p99 | goroutines | open fds | heap in use | RSS |")
 	fmt.Println("|---|---|---|---|---|---|---|---|")
 	start := time.Now()
@@ -157,6 +160,7 @@ func (l *load) start(ctx context.Context, wg *sync.WaitGroup) {
 	spawn(*loris, l.slowloris)
 	spawn(*vanish, l.vanishingClient)
 	spawn(*stalled, l.stalledToolClient)
+	spawn(*halfBody, l.halfBodyClient)
 }
 
 // pause sleeps about think (uniformly 0.5–1.5×), or until ctx ends; false when it ended.
@@ -241,6 +245,23 @@ func (l *load) vanishingClient(ctx context.Context) {
 			res.Body.Close()
 		}
 		c.CloseIdleConnections()
+	}
+}
+
+// halfBodyClient sends a POST's head and half of its 1 KiB body, waits, and closes its
+// connection: the fast lane waits for such a body (under the header timeout) before it reads
+// the request.
+func (l *load) halfBodyClient(ctx context.Context) {
+	request := "POST /namespaces/" + ns + "/connectors/tool/1k HTTP/1.1\r\nHost: proxy\r\nAuthorization: Bearer " + l.token +
+		"\r\nContent-Length: 1024\r\n\r\n" + strings.Repeat("x", 512)
+	for pause(ctx, *think) {
+		conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", l.proxy)
+		if err != nil {
+			continue
+		}
+		_, _ = conn.Write([]byte(request))
+		pause(ctx, *think)
+		conn.Close()
 	}
 }
 
