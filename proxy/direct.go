@@ -93,7 +93,7 @@ func directSends(r *http.Request) bool {
 	switch {
 	case len(r.TransferEncoding) != 0:
 		return false
-	case r.Method == http.MethodGet || r.Method == http.MethodHead:
+	case getOrHead(r.Method):
 		return none
 	case r.Method == http.MethodPost || r.Method == http.MethodPut || r.Method == http.MethodPatch || r.Method == http.MethodDelete:
 		return none || r.ContentLength > 0 && r.GetBody != nil
@@ -101,11 +101,12 @@ func directSends(r *http.Request) bool {
 	return false
 }
 
-// idempotent tells whether r may be sent again after a pooled connection failed before an
-// answer: GET and HEAD, as http.Transport has it. Another request may have reached the tool
-// before the connection broke; it is sent only on a connection that proved open (live).
-func idempotent(r *http.Request) bool {
-	return r.Method == http.MethodGet || r.Method == http.MethodHead
+// getOrHead tells whether method is GET or HEAD: the requests without a body, and those sent
+// again after a pooled connection failed before an answer (as http.Transport has it; another
+// request may have reached the tool before the connection broke, and is sent only on a
+// connection that proved open: live).
+func getOrHead(method string) bool {
+	return method == http.MethodGet || method == http.MethodHead
 }
 
 // errHTTP1Refused: an https tool refused HTTP/1.1 in the TLS handshake; the request, not yet
@@ -136,7 +137,7 @@ func (d *directTransport) speaksOnlyHTTP2(tr *http.Transport, u *url.URL) bool {
 // nil, is where the answer's body will be copied to (see directBody.splice).
 func (d *directTransport) RoundTrip(tr *http.Transport, r *http.Request, client io.Writer) (*http.Response, error) {
 	key := directKeyOf(tr, r.URL)
-	retry := idempotent(r)
+	retry := getOrHead(r.Method)
 	for {
 		pc, reused, err := d.get(r.Context(), key, !retry)
 		if errors.Is(err, errHTTP1Refused) {

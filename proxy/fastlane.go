@@ -664,7 +664,7 @@ func laneRequest(r *http.Request) bool {
 	// http.ReadRequest refuses a second Host header and moves the one to r.Host; the checks
 	// net/http's server adds to it are these.
 	if r.ProtoMajor != 1 || r.ProtoMinor != 1 || r.Host == "" || !httpguts.ValidHostHeader(r.Host) ||
-		len(r.TransferEncoding) != 0 || r.ContentLength != 0 && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
+		len(r.TransferEncoding) != 0 || r.ContentLength != 0 && getOrHead(r.Method) {
 		return false
 	}
 	if r.URL.IsAbs() { // the forward proxy; a Connector's own host does not apply
@@ -904,7 +904,7 @@ func (c *laneConn) resolve(m *meteredWriter, r *http.Request, key laneKey, targe
 // method's, apart, so that a clone's POSTs among its GETs, or a push's PUTs among its HEADs,
 // leave the GETs' route in place.
 func (c *laneConn) memoFor(method string) *laneMemo {
-	if method == http.MethodGet || method == http.MethodHead {
+	if getOrHead(method) {
 		return &c.memo
 	}
 	return &c.bodyMemo
@@ -1020,7 +1020,7 @@ func (c *laneConn) serveRemembered(head []byte) (taken, ok bool) {
 			return false, false
 		}
 	}
-	retry := bodiless(h.method)
+	retry := getOrHead(h.method)
 	pc := c.lane.p.direct.idleConn(memo.pool)
 	if pc == nil || !retry && !pc.live() {
 		if pc != nil {
@@ -1113,7 +1113,7 @@ func (c *laneConn) inPlaceInjection(rt *route, method, uri string) *regoeval.Inj
 // registry's challenge). The token of the last head's repository is kept in the memo, so a
 // pull's heads, all of one repository, look the cache up once.
 func (c *laneConn) registryAuthorization(rt *route, method, uri string) string {
-	if method != http.MethodGet && method != http.MethodHead {
+	if !getOrHead(method) {
 		return ""
 	}
 	path, ok := toolPathOf(uri)

@@ -61,10 +61,9 @@ const laneMaxFields = 64
 // header names of token characters right before their colon; values of visible ASCII,
 // spaces and tabs; one Host, one Authorization, one Proxy-Authorization, one User-Agent, one
 // Content-Length of digits; no Transfer-Encoding, no header that says there is an upgrade, an
-// expectation or trailers, names another
-// hop-by-hop header in Connection or carries a proxy's hop marker; no folded lines. The
-// fields end, as net/http's reader would add it, with a Cache-Control: no-cache for a
-// Pragma: no-cache.
+// expectation or trailers, names another hop-by-hop header in Connection or carries a proxy's
+// hop marker; no folded lines. The fields end, as net/http's reader would add it, with a
+// Cache-Control: no-cache for a Pragma: no-cache.
 func readLaneHead(head []byte, h *laneHead, inTunnel bool) bool {
 	*h = laneHead{fields: h.fields[:0], connection: h.connection[:0], contentLength: -1}
 	line, rest, ok := cutLine(head)
@@ -82,7 +81,7 @@ func readLaneHead(head []byte, h *laneHead, inTunnel bool) bool {
 			if string(h.pragma) == "no-cache" && !h.cacheControl {
 				h.fields = append(h.fields, addedCacheControl)
 			}
-			return len(rest) == 0 && h.host != nil && (h.contentLength <= 0 || !bodiless(h.method))
+			return len(rest) == 0 && h.host != nil && (h.contentLength <= 0 || !getOrHead(h.method))
 		}
 		f, ok := cutField(line)
 		if !ok || !h.take(f) {
@@ -242,11 +241,6 @@ func contentLength(v []byte, n *int64) bool {
 	}
 	*n = x
 	return true
-}
-
-// bodiless tells whether requests of method carry no body (the fast lane's GET and HEAD).
-func bodiless(method string) bool {
-	return method == http.MethodGet || method == http.MethodHead
 }
 
 // connectionTokens reads a Connection value; ok is false unless it names only keep-alive and

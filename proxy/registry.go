@@ -164,7 +164,7 @@ func scopeOf(method, path string) string {
 	if !ok {
 		return ""
 	}
-	if method != http.MethodGet && method != http.MethodHead {
+	if !getOrHead(method) {
 		return "repository:" + name + ":pull,push"
 	}
 	return pullScope(name)
