@@ -165,11 +165,8 @@ var errNothingRead = errors.New("the connection closed before an answer")
 // get takes an idle connection of key (idleConn), one that proves open if checked, or dials a
 // new one; reused tells which.
 func (d *directTransport) get(ctx context.Context, key directKey, checked bool) (pc *directConn, reused bool, err error) {
-	for pc := d.idleConn(key); pc != nil; pc = d.idleConn(key) {
-		if !checked || pc.live() {
-			return pc, true, nil
-		}
-		pc.conn.Close()
+	if pc := d.openIdleConn(key, checked); pc != nil {
+		return pc, true, nil
 	}
 	conn, err := key.dial(ctx)
 	if err != nil {
@@ -224,6 +221,17 @@ func (d *directTransport) idleConn(key directKey) *directConn {
 		pc.conn.Close()
 	}
 	delete(d.idle, key)
+	return nil
+}
+
+// openIdleConn is idleConn, passing over (closing) those that prove closed if checked (live).
+func (d *directTransport) openIdleConn(key directKey, checked bool) *directConn {
+	for pc := d.idleConn(key); pc != nil; pc = d.idleConn(key) {
+		if !checked || pc.live() {
+			return pc
+		}
+		pc.conn.Close()
+	}
 	return nil
 }
 

@@ -647,11 +647,11 @@ func (c *laneConn) wholeBody(headLen int, n int64, wait bool) (body []byte, ok b
 			return nil, false
 		}
 		_ = c.conn.SetReadDeadline(time.Now().Add(c.lane.headerTimeout))
-		if _, err := c.br.Peek(size); err != nil {
-			return nil, false
-		}
 	}
-	buf, _ := c.br.Peek(size)
+	buf, err := c.br.Peek(size) // reads only what br does not hold yet
+	if err != nil {
+		return nil, false
+	}
 	c.body = append(c.body[:0], buf[headLen:]...)
 	return c.body, true
 }
@@ -1021,11 +1021,8 @@ func (c *laneConn) serveRemembered(head []byte) (taken, ok bool) {
 		}
 	}
 	retry := getOrHead(h.method)
-	pc := c.lane.p.direct.idleConn(memo.pool)
-	if pc == nil || !retry && !pc.live() {
-		if pc != nil {
-			pc.conn.Close() // the tool closed it: the parsed path dials anew
-		}
+	pc := c.lane.p.direct.openIdleConn(memo.pool, !retry)
+	if pc == nil {
 		return false, false
 	}
 	start := time.Now()
