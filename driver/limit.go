@@ -1,7 +1,6 @@
 package driver
 
 import (
-	"io"
 	"net"
 	"sync/atomic"
 	"time"
@@ -50,11 +49,6 @@ type countedConn struct {
 	open   *atomic.Int64
 	closed atomic.Bool
 }
-
-// ReadFrom is the TCP connection's: net/http's response writer copies a body through its
-// connection's ReadFrom when it has one, which splices from a TCP source (the proxy's large
-// answers, proxy/direct.go).
-func (c *countedConn) ReadFrom(r io.Reader) (int64, error) { return io.Copy(c.Conn, r) }
 
 func (c *countedConn) Close() error {
 	if c.closed.CompareAndSwap(false, true) {

@@ -134,7 +134,7 @@ func (d *directTransport) speaksOnlyHTTP2(tr *http.Transport, u *url.URL) bool {
 // the tool closed while it was idle fails before any answer arrives: a GET or HEAD is then
 // sent once more on a new connection, as http.Transport does; another method is sent only on
 // a pooled connection that proved open just before (live), and never twice. client, when not
-// nil, is where the answer's body will be copied to (see directBody.splice).
+// nil, is where the answer's body will be copied to (see directBody.stream).
 func (d *directTransport) RoundTrip(tr *http.Transport, r *http.Request, client io.Writer) (*http.Response, error) {
 	key := directKeyOf(tr, r.URL)
 	retry := getOrHead(r.Method)
@@ -351,7 +351,7 @@ func (pc *directConn) withBody(d *directTransport, res *http.Response, stop func
 		return res
 	}
 	body := &directBody{body: res.Body, pc: pc, d: d, stop: stop, reusable: reusable, client: client}
-	if len(res.TransferEncoding) == 0 && res.ContentLength >= spliceMinBytes {
+	if len(res.TransferEncoding) == 0 && res.ContentLength >= streamMinBytes {
 		body.length = res.ContentLength
 	}
 	res.Body = body
@@ -407,17 +407,17 @@ func (pc *directConn) release(d *directTransport, stop func() bool, reusable boo
 	pc.conn.Close()
 }
 
-// spliceTo has res's body, when it is a directBody not yet read, spliced to client (nil:
+// streamBodyTo has res's body, when it is a directBody not yet read, streamed to client (nil:
 // read as any body) as its first Read is made.
-func spliceTo(res *http.Response, client io.Writer) {
+func streamBodyTo(res *http.Response, client io.Writer) {
 	if b, ok := res.Body.(*directBody); ok && !b.started {
 		b.client = client
 	}
 }
 
-// spliceMinBytes is the smallest body directBody splices to the client: below it, the pipe
-// and the extra system calls cost more than the copy they save.
-const spliceMinBytes = 64 << 10
+// streamMinBytes is the smallest body directBody streams to the client: a smaller one goes
+// through the client's buffered writer with its head, in one write when they fit.
+const streamMinBytes = 64 << 10
 
 // directBody is an answer's body on a directConn: read to its end, it returns the connection
 // to the pool; closed before that, it closes the connection (the rest is never read: it may
@@ -429,8 +429,8 @@ type directBody struct {
 	stop     func() bool
 	reusable bool
 	done     bool
-	// client and length: a body of known length (at least spliceMinBytes) that goes to
-	// client as it is (see splice); length is 0 otherwise.
+	// client and length: a body of known length (at least streamMinBytes) that goes to
+	// client as it is (see stream); length is 0 otherwise.
 	client  io.Writer
 	length  int64
 	started bool
@@ -443,7 +443,7 @@ func (b *directBody) Read(p []byte) (int, error) {
 	if !b.started {
 		b.started = true
 		if b.client != nil && b.length > 0 {
-			return 0, b.splice()
+			return 0, b.stream()
 		}
 	}
 	n, err := b.body.Read(p)
@@ -465,15 +465,14 @@ func (b *directBody) Close() error {
 	return nil
 }
 
-// splice copies the whole body to the client itself, instead of handing it out through Read,
-// and then reports the end of the body: ReverseProxy copies through a buffer, twice across
-// the kernel boundary, while io.Copy into net/http's response writer ends in the client TCP
-// connection's ReadFrom, which moves the bytes from the tool's TCP connection with splice(2)
-// on Linux (a tunnelled, TLS client gets the plain copy). The head of the answer is already
-// out (ReverseProxy wrote it before copying); what the head's read buffered of the body goes
-// first.
-func (b *directBody) splice() error {
-	if err := b.pc.spliceTo(b.client, b.length); err != nil {
+// stream copies the whole body to the client itself, instead of handing it out through Read,
+// and then reports the end of the body: straight from the tool's connection to the client's
+// through one pooled buffer (copyThrough), where ReverseProxy's copy would pass each piece
+// through the answer's body reader, its own loop and the response writer's buffers. The head
+// of the answer is already out (ReverseProxy wrote it before copying); what the head's read
+// buffered of the body goes first.
+func (b *directBody) stream() error {
+	if err := b.pc.streamTo(b.client, b.length); err != nil {
 		b.Close()
 		return err
 	}
@@ -482,11 +481,9 @@ func (b *directBody) splice() error {
 	return io.EOF
 }
 
-// spliceTo copies the next length bytes the tool sent to client: what the head's read
-// buffered first, then the rest from the connection itself (splice(2) when client's
-// ReadFrom is a TCP connection's and the tool's connection a plain one; a TLS one's bytes
-// are decrypted in the process, and go through a pooled buffer).
-func (pc *directConn) spliceTo(client io.Writer, length int64) error {
+// streamTo copies the next length bytes the tool sent to client: what the head's read
+// buffered first, then the rest from the connection itself.
+func (pc *directConn) streamTo(client io.Writer, length int64) error {
 	remaining := length
 	if k := min(int64(pc.br.Buffered()), remaining); k > 0 {
 		head, _ := pc.br.Peek(int(k))
@@ -497,21 +494,23 @@ func (pc *directConn) spliceTo(client io.Writer, length int64) error {
 			return err
 		}
 	}
-	n, err := pc.copyTo(client, io.LimitReader(pc.conn, remaining))
+	n, err := copyThrough(client, io.LimitReader(pc.conn, remaining))
 	if err == nil && n < remaining {
 		err = io.ErrUnexpectedEOF
 	}
 	return err
 }
 
-// copyTo copies body, read from pc's connection, to client.
-func (pc *directConn) copyTo(client io.Writer, body io.Reader) (int64, error) {
-	if !pc.key.tls {
-		return io.Copy(client, body)
-	}
+// copyThrough copies body, read from a tool's connection, to client through one pooled
+// 32 KiB buffer: never client's ReadFrom, which for a plain tool connection and a TCP client
+// would end in splice(2), and else in a generic copy that allocates its own buffer. Spliced,
+// an answer reaches the client's socket as the tool's own pages, and the client's reads of
+// them cost it well over twice the kernel time of bytes the proxy wrote: with wrk reading
+// 1 MiB answers, 400–500 µs of wrk's CPU per answer against 165–210, where the proxy's copy
+// adds about 60 (docs/benchmarks.md). The client is a Pod on the proxy's node, so its CPU is
+// the node's too.
+func copyThrough(client io.Writer, body io.Reader) (int64, error) {
 	buf := bufferPool.Get().(*[]byte)
 	defer bufferPool.Put(buf)
-	// Not client's ReadFrom: it would end in the TCP connection's generic copy, which
-	// allocates a buffer of its own.
 	return io.CopyBuffer(struct{ io.Writer }{client}, body, *buf)
 }

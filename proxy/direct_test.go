@@ -333,9 +333,9 @@ func TestDirectTransportTakesWhatItCanSendAgain(t *testing.T) {
 	}
 }
 
-// spliceFront is a ReverseProxy over d, as the proxy's: the body of a direct answer goes to
+// streamFront is a ReverseProxy over d, as the proxy's: the body of a direct answer goes to
 // the metered client writer.
-func spliceFront(t *testing.T, d *directTransport, tr *http.Transport, upstream string) (front *httptest.Server, counted func() int64) {
+func streamFront(t *testing.T, d *directTransport, tr *http.Transport, upstream string) (front *httptest.Server, counted func() int64) {
 	t.Helper()
 	target, err := url.Parse(upstream)
 	if err != nil {
@@ -370,15 +370,59 @@ func spliceFront(t *testing.T, d *directTransport, tr *http.Transport, upstream 
 	}
 }
 
+// readFromRefused is a client writer whose ReadFrom fails the test: copyThrough must never
+// hand a tool connection to it (a TCP client's would splice, which costs the client more than
+// the copy saves: see copyThrough).
+type readFromRefused struct {
+	t   *testing.T
+	got bytes.Buffer
+}
+
+func (w *readFromRefused) Write(p []byte) (int, error) { return w.got.Write(p) }
+
+func (w *readFromRefused) ReadFrom(io.Reader) (int64, error) {
+	w.t.Error("copyThrough used the client's ReadFrom")
+	return 0, errors.New("refused")
+}
+
+// TestCopyThroughCopiesInTheProcess: a large body from a tool's TCP connection reaches a
+// client that could splice it (it has ReadFrom) through the process's own buffer, whole.
+func TestCopyThroughCopiesInTheProcess(t *testing.T) {
+	payload := bytes.Repeat([]byte("0123456789abcdef"), 1<<16) // 1 MiB
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		_, _ = c.Write(payload)
+	}()
+	tool, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tool.Close()
+	client := &readFromRefused{t: t}
+	n, err := copyThrough(client, io.LimitReader(tool, int64(len(payload))))
+	if err != nil || n != int64(len(payload)) || !bytes.Equal(client.got.Bytes(), payload) {
+		t.Fatalf("copied %d bytes (err %v), want the tool's %d", n, err, len(payload))
+	}
+}
+
 type roundTripFunc func(*http.Request) (*http.Response, error)
 
 func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
-// TestDirectTransportSplicesLargeBodies: answers of known length from spliceMinBytes up reach
+// TestDirectTransportStreamsLargeBodies: answers of known length from streamMinBytes up reach
 // the client whole, byte for byte, over one pooled connection to the tool, and count in the
 // client's bytes; one the tool cuts short reaches the client as an error, and its connection
 // is not reused.
-func TestDirectTransportSplicesLargeBodies(t *testing.T) {
+func TestDirectTransportStreamsLargeBodies(t *testing.T) {
 	payload := make([]byte, 3<<20+7)
 	for i := range payload {
 		payload[i] = byte(i*7 + i>>11)
@@ -393,9 +437,9 @@ func TestDirectTransportSplicesLargeBodies(t *testing.T) {
 		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(payload[:n]))
 	})
 	d := newDirectTransport(4, time.Minute)
-	front, counted := spliceFront(t, d, newTestTransport(), srv.URL)
+	front, counted := streamFront(t, d, newTestTransport(), srv.URL)
 	var total, sent int64
-	for _, n := range []int{spliceMinBytes, 1<<20 + 3, len(payload), 1000} {
+	for _, n := range []int{streamMinBytes, 1<<20 + 3, len(payload), 1000} {
 		res, err := http.Get(front.URL + "/blob?n=" + strconv.Itoa(n))
 		if err != nil {
 			t.Fatal(err)
@@ -419,11 +463,11 @@ func TestDirectTransportSplicesLargeBodies(t *testing.T) {
 	if err == nil {
 		t.Fatal("an answer the tool cut short reached the client as complete")
 	}
-	res, err = http.Get(front.URL + "/blob?n=" + strconv.Itoa(spliceMinBytes))
+	res, err = http.Get(front.URL + "/blob?n=" + strconv.Itoa(streamMinBytes))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := readAll(t, res); got != string(payload[:spliceMinBytes]) {
+	if got := readAll(t, res); got != string(payload[:streamMinBytes]) {
 		t.Fatal("the answer after a cut one is wrong")
 	}
 	if o := cc.opened.Load(); o != 2 {
@@ -470,8 +514,8 @@ func startTLSTool(t *testing.T, payload []byte) (*http.Transport, *connCounter) 
 // TestDirectTransportSpeaksHTTP1OverTLS: to an https tool that would speak HTTP/2, the direct
 // transport offers HTTP/1.1 alone, names the tool's host to it, verifies its certificate
 // against the transport's roots, keeps one connection for sequential requests, and copies
-// large answers (no splice through TLS) byte for byte. A tool whose certificate the roots do
-// not vouch for gets no request.
+// large answers byte for byte. A tool whose certificate the roots do not vouch for gets no
+// request.
 func TestDirectTransportSpeaksHTTP1OverTLS(t *testing.T) {
 	payload := make([]byte, 1<<20+5)
 	for i := range payload {
@@ -498,7 +542,7 @@ func TestDirectTransportSpeaksHTTP1OverTLS(t *testing.T) {
 			t.Fatalf("%d bytes asked: %d received, or not the tool's", n, len(got))
 		}
 	}
-	front, counted := spliceFront(t, d, tr, "https://tool.example.com")
+	front, counted := streamFront(t, d, tr, "https://tool.example.com")
 	res, err = http.Get(front.URL + "/blob?n=" + strconv.Itoa(len(payload)))
 	if err != nil {
 		t.Fatal(err)

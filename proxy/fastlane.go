@@ -966,7 +966,7 @@ func (c *laneConn) forward(out *http.Request, rt *route, m *meteredWriter) bool 
 	c.watchRoundTrip(cancel, nil)
 	defer c.stopWatching()
 	out = out.WithContext(ctx)
-	res, err := c.lane.p.sendAlong(rt, out, laneSplice{c})
+	res, err := c.lane.p.sendAlong(rt, out, laneStream{c})
 	if err != nil {
 		upstreamErrorFor(m, rt, err)
 		return !c.left.Load() && c.answer(m.ResponseWriter.(*bufferedAnswer))
@@ -1154,7 +1154,7 @@ func (c *laneConn) relayRemembered(memo *laneMemo, pc *directConn, method string
 			c.stopWatching()
 			return c.upstreamFailed(rt, err)
 		}
-		return c.relayAnswer(method, pc.withBody(d, res, c.stopWatch, !res.Close, laneSplice{c}), rt)
+		return c.relayAnswer(method, pc.withBody(d, res, c.stopWatch, !res.Close, laneStream{c}), rt)
 	}
 	_, _ = pc.br.Discard(len(head))
 	writeClientHead(c.cw, a, c.closeAfter, c.scratch[:0])
@@ -1163,14 +1163,14 @@ func (c *laneConn) relayRemembered(memo *laneMemo, pc *directConn, method string
 	return a.code, err == nil && !c.left.Load()
 }
 
-// copyBody copies a's body from pc to the client: through the buffers when small, spliced
-// when large (see directBody.splice).
+// copyBody copies a's body from pc to the client: through the buffers when small, streamed
+// when large (see directBody.stream).
 func (c *laneConn) copyBody(pc *directConn, a *answerHead, method string) error {
 	if noBody(method, a.code) {
 		return c.cw.Flush()
 	}
-	if a.length >= spliceMinBytes {
-		return pc.spliceTo(laneSplice{c}, a.length)
+	if a.length >= streamMinBytes {
+		return pc.streamTo(laneStream{c}, a.length)
 	}
 	for c.sent < a.length {
 		chunk, err := pc.br.Peek(int(min(a.length-c.sent, int64(pc.br.Size()))))
@@ -1302,25 +1302,16 @@ func (b laneBody) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// laneSplice is where the direct transport splices a large body (directBody.splice): the
+// laneStream is where the direct transport streams a large body (directBody.stream): the
 // head, still in the client's buffer, goes first.
-type laneSplice struct{ c *laneConn }
+type laneStream struct{ c *laneConn }
 
-func (s laneSplice) Write(p []byte) (int, error) {
+func (s laneStream) Write(p []byte) (int, error) {
 	if err := s.c.cw.Flush(); err != nil {
 		return 0, err
 	}
 	n, err := s.c.conn.Write(p)
 	s.c.sent += int64(n)
-	return n, err
-}
-
-func (s laneSplice) ReadFrom(r io.Reader) (int64, error) {
-	if err := s.c.cw.Flush(); err != nil {
-		return 0, err
-	}
-	n, err := io.Copy(s.c.conn, r) // the TCP connection's ReadFrom: splice(2)
-	s.c.sent += n
 	return n, err
 }
 
@@ -1419,10 +1410,6 @@ func (c *handedConn) Read(p []byte) (int, error) {
 	}
 	return c.Conn.Read(p)
 }
-
-// ReadFrom keeps net/http's copies into the connection on its ReadFrom (splice; see
-// directBody.splice).
-func (c *handedConn) ReadFrom(r io.Reader) (int64, error) { return io.Copy(c.Conn, r) }
 
 // bufferedAnswer is a small answer written whole, with its length: the fast lane's refusals
 // of a failed round trip, through the handlers the full path uses.

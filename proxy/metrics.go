@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bufio"
-	"io"
 	"net"
 	"net/http"
 	"strconv"
@@ -101,17 +100,6 @@ func (m *meteredWriter) Write(b []byte) (int, error) {
 	}
 	n, err := m.ResponseWriter.Write(b)
 	m.bytes += int64(n)
-	return n, err
-}
-
-// ReadFrom copies src to the client through net/http's own ReadFrom, which hands a TCP
-// source to the client connection's (splice(2) on Linux; see directBody.splice).
-func (m *meteredWriter) ReadFrom(src io.Reader) (int64, error) {
-	if m.code == 0 {
-		m.code = http.StatusOK
-	}
-	n, err := io.Copy(m.ResponseWriter, src)
-	m.bytes += n
 	return n, err
 }
 

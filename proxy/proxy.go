@@ -362,7 +362,7 @@ func (t routeTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 // sendAlong sends r along rt: with a registry token for its scope when rt's credential is a
 // registry login (registryTokens: a challenge answered and the request sent again), over the
 // proxy's own pooled connections when they take it. A large answer of known length is
-// spliced to client as its body is read (directBody), once it is the answer the client gets:
+// streamed to client as its body is read (directBody), once it is the answer the client gets:
 // not a challenge the registry flow reads and drops, nor the token service's answer.
 func (p *Proxy) sendAlong(rt *route, r *http.Request, client io.Writer) (*http.Response, error) {
 	if rt.cred.registry == nil {
@@ -370,13 +370,13 @@ func (p *Proxy) sendAlong(rt *route, r *http.Request, client io.Writer) (*http.R
 	}
 	res, err := p.registry.roundTrip(toolTransport{p: p, rt: rt}, rt.cred.registry, r)
 	if err == nil {
-		spliceTo(res, client)
+		streamBodyTo(res, client)
 	}
 	return res, err
 }
 
 // toolTransport sends requests with rt's transport, or over the proxy's own pooled
-// connections when they take the request (directTransport), their large answers spliced to
+// connections when they take the request (directTransport), their large answers streamed to
 // client (nil: read as any body).
 type toolTransport struct {
 	p      *Proxy

@@ -125,7 +125,7 @@ func within(t *testing.T, ch <-chan struct{}, what string) {
 }
 
 // TestFastLane drives the proxy listener over raw keep-alive connections: GET and HEAD of
-// the reverse proxy are served by the fast lane (known length, spliced large body, chunked
+// the reverse proxy are served by the fast lane (known length, streamed large body, chunked
 // with a trailer, a redirect rewritten, a refusal with its metrics counted once), as are POSTs
 // with small bodies (one whose body comes late; one refused, its body never read as a
 // request), a request it does not take on the same connection goes, with what followed it, to

@@ -162,7 +162,7 @@ func TestImagePushPullThroughProxy(t *testing.T) {
 // TestRegistryPullsInTheFastLane: an image's GETs through the forward proxy to a registry of
 // token auth are the fast lane's, a challenge among them answered there (the puller's
 // Connector has no token yet: the registry's 401 is read and dropped, a token fetched with the
-// Connector's credential, the GET sent again), its layers of more than 64 KiB spliced to the
+// Connector's credential, the GET sent again), its layers of more than 64 KiB streamed to the
 // client byte for byte; the push (POST, PATCH, PUT) goes to net/http's server as before.
 func TestRegistryPullsInTheFastLane(t *testing.T) {
 	reg := startRegistry(t)
@@ -210,7 +210,7 @@ func TestRegistryPullsInTheFastLane(t *testing.T) {
 			t.Fatalf("layer %d: %v", i, err)
 		}
 		if n < 64<<10 {
-			t.Fatalf("layer %d is %d bytes, below what is spliced", i, n)
+			t.Fatalf("layer %d is %d bytes, below what is streamed", i, n)
 		}
 	}
 	want, _ := img.Digest()
@@ -244,11 +244,11 @@ func TestRegistryPullsInTheFastLane(t *testing.T) {
 	}
 }
 
-// TestRegistryChallengeIsNotSplicedToTheClient: a registry's 401 challenge of more than 64
+// TestRegistryChallengeIsNotStreamedToTheClient: a registry's 401 challenge of more than 64
 // KiB, read and dropped by the proxy before it fetches a token and sends the GET again, never
-// reaches the client (large answers are spliced to the client only once they are the one it
+// reaches the client (large answers are streamed to the client only once they are the one it
 // gets); the client gets the retried GET's answer, whole, and the next on the same connection.
-func TestRegistryChallengeIsNotSplicedToTheClient(t *testing.T) {
+func TestRegistryChallengeIsNotStreamedToTheClient(t *testing.T) {
 	const size = 100 << 10
 	var rec *recorder
 	rec = startRecorder(t, func(w http.ResponseWriter, r *http.Request) {
