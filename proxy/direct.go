@@ -507,7 +507,7 @@ func (pc *directConn) streamTo(client io.Writer, length int64) error {
 // an answer reaches the client's socket as the tool's own pages, and the client's reads of
 // them cost it well over twice the kernel time of bytes the proxy wrote: with wrk reading
 // 1 MiB answers, 400–500 µs of wrk's CPU per answer against 165–210, where the proxy's copy
-// adds about 60 (docs/benchmarks.md). The client is a Pod on the proxy's node, so its CPU is
+// adds about 100 (docs/benchmarks.md). The client is a Pod on the proxy's node, so its CPU is
 // the node's too.
 func copyThrough(client io.Writer, body io.Reader) (int64, error) {
 	buf := bufferPool.Get().(*[]byte)
