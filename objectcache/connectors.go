@@ -10,17 +10,22 @@ package objectcache
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/tools/cache"
+	watchtools "k8s.io/client-go/tools/watch"
+	"k8s.io/klog/v2"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
@@ -46,9 +51,10 @@ type Connectors struct {
 
 // watched is one Connector's watch and what it holds.
 type watched struct {
-	store    cache.Store
-	stop     chan struct{}
-	synced   func() bool
+	// obj is the Connector, nil when there is none, once synced is closed (the first list).
+	obj      atomic.Pointer[v1alpha1.Connector]
+	synced   chan struct{}
+	stop     context.CancelFunc
 	lastRead time.Time
 }
 
@@ -70,17 +76,16 @@ func (c *Connectors) len() int {
 // NotFound error, and stays watched, so that its creation is seen.
 func (c *Connectors) Get(ctx context.Context, nn types.NamespacedName) (*v1alpha1.Connector, error) {
 	w := c.watch(nn)
-	if !cache.WaitForCacheSync(ctx.Done(), w.synced) {
+	select {
+	case <-w.synced:
+	case <-ctx.Done():
 		return nil, fmt.Errorf("watch of Connector %s did not sync: %w", nn, ctx.Err())
 	}
-	obj, ok, err := w.store.GetByKey(nn.Namespace + "/" + nn.Name)
-	if err != nil {
-		return nil, err
-	}
-	if !ok {
+	obj := w.obj.Load()
+	if obj == nil {
 		return nil, apierrors.NewNotFound(v1alpha1.GroupVersion.WithResource(v1alpha1.ResourceConnectors).GroupResource(), nn.Name)
 	}
-	return obj.(*v1alpha1.Connector), nil
+	return obj, nil
 }
 
 // watch returns the Connector's watch, starting it when there is none, and marks it read.
@@ -100,34 +105,122 @@ func (c *Connectors) watch(nn types.NamespacedName) *watched {
 	return w
 }
 
-// start runs a reflector of one Connector into a store of its own.
+// start follows one Connector on a goroutine of its own.
 func (c *Connectors) start(nn types.NamespacedName) *watched {
-	selector := fields.OneTermEqualSelector("metadata.name", nn.Name).String()
-	lw := &cache.ListWatch{
-		ListWithContextFunc: func(ctx context.Context, opts metav1.ListOptions) (runtime.Object, error) {
-			opts.FieldSelector = selector
-			list := &v1alpha1.ConnectorList{}
-			err := c.client.List(ctx, list, client.InNamespace(nn.Namespace), &client.ListOptions{Raw: &opts})
-			return list, err
-		},
-		WatchFuncWithContext: func(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
-			opts.FieldSelector = selector
-			return c.client.Watch(ctx, &v1alpha1.ConnectorList{}, client.InNamespace(nn.Namespace), &client.ListOptions{Raw: &opts})
-		},
-	}
-	store, informer := cache.NewInformerWithOptions(cache.InformerOptions{
-		ListerWatcher: lw,
-		ObjectType:    &v1alpha1.Connector{},
-		Handler: cache.ResourceEventHandlerFuncs{DeleteFunc: func(any) {
-			if c.OnDelete != nil {
-				c.OnDelete(nn)
-			}
-		}},
-		Transform: stripManagedFields,
-	})
-	w := &watched{store: store, stop: make(chan struct{}), synced: informer.HasSynced}
-	go informer.Run(w.stop)
+	ctx, stop := context.WithCancel(context.Background())
+	w := &watched{synced: make(chan struct{}), stop: stop}
+	go c.follow(ctx, nn, w)
 	return w
+}
+
+// follow keeps w's Connector until ctx ends: it lists it (a field selector on its name) and
+// watches on from the list's resource version; when the watch cannot go on (the version is
+// gone from the API server, a refusal) it lists again, after a backoff when that happens
+// again soon.
+//
+// Written here rather than with an informer (client-go's reflector, queue and controller),
+// which for one object has nothing to queue, index or resync: an informer's watch runs seven
+// goroutines (reflector, resync, controller loop, queue closer, a context's propagation and
+// the watch stream's two), this loop with client-go's RetryWatcher, which carries the watch
+// across its ends and restarts, four. A node has a watch per Connector its volumes use: with
+// 200, that is 600 goroutines and about 4 MiB of memory less (docs/benchmarks.md).
+func (c *Connectors) follow(ctx context.Context, nn types.NamespacedName, w *watched) {
+	backoff := followBackoff
+	for ctx.Err() == nil {
+		began := time.Now()
+		rv, err := c.list(ctx, nn, w)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			klog.FromContext(ctx).Error(err, "Could not list a Connector; trying again", "connector", nn)
+		case err == nil:
+			err = c.watchFrom(ctx, nn, w, rv)
+			if ctx.Err() == nil {
+				klog.FromContext(ctx).V(2).Info("The watch of a Connector ended; listing it again", "connector", nn, "err", err)
+			}
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		if time.Since(began) > followHealthy {
+			backoff = followBackoff
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(backoff.Step()):
+		}
+	}
+}
+
+// followBackoff spaces the lists of a Connector whose watch keeps ending, as client-go's
+// reflector spaces its own (0.8 s doubling up to 30 s, jittered); followHealthy is how long a
+// list and watch must have lasted for the next to start without waiting.
+var followBackoff = wait.Backoff{Duration: 800 * time.Millisecond, Factor: 2, Jitter: 1, Steps: math.MaxInt32, Cap: 30 * time.Second}
+
+const followHealthy = 2 * time.Minute
+
+// list reads the Connector into w (none: nil), marks w synced and returns the list's
+// resource version.
+func (c *Connectors) list(ctx context.Context, nn types.NamespacedName, w *watched) (resourceVersion string, err error) {
+	list := &v1alpha1.ConnectorList{}
+	opts := metav1.ListOptions{FieldSelector: nameSelector(nn)}
+	if err := c.client.List(ctx, list, client.InNamespace(nn.Namespace), &client.ListOptions{Raw: &opts}); err != nil {
+		return "", err
+	}
+	var found *v1alpha1.Connector
+	for i := range list.Items {
+		if list.Items[i].Name == nn.Name {
+			found = &list.Items[i]
+		}
+	}
+	c.set(nn, w, found)
+	select {
+	case <-w.synced:
+	default:
+		close(w.synced)
+	}
+	return list.ResourceVersion, nil
+}
+
+// watchFrom follows the Connector's changes from resourceVersion into w until ctx ends or
+// the watch cannot go on (its error).
+func (c *Connectors) watchFrom(ctx context.Context, nn types.NamespacedName, w *watched, resourceVersion string) error {
+	lw := &cache.ListWatch{WatchFuncWithContext: func(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
+		opts.FieldSelector = nameSelector(nn)
+		return c.client.Watch(ctx, &v1alpha1.ConnectorList{}, client.InNamespace(nn.Namespace), &client.ListOptions{Raw: &opts})
+	}}
+	rw, err := watchtools.NewRetryWatcherWithContext(ctx, resourceVersion, lw)
+	if err != nil {
+		return err
+	}
+	defer rw.Stop()
+	for event := range rw.ResultChan() {
+		switch event.Type {
+		case watch.Added, watch.Modified:
+			if obj, ok := event.Object.(*v1alpha1.Connector); ok && obj.Name == nn.Name {
+				c.set(nn, w, obj)
+			}
+		case watch.Deleted:
+			c.set(nn, w, nil)
+		case watch.Error:
+			return apierrors.FromObject(event.Object)
+		}
+	}
+	return errors.New("the watch stopped")
+}
+
+// set makes obj (nil: none) the Connector w holds, without what a node never reads; one it
+// held that is gone is told to OnDelete.
+func (c *Connectors) set(nn types.NamespacedName, w *watched, obj *v1alpha1.Connector) {
+	if obj != nil {
+		obj.ManagedFields = nil
+	}
+	if held := w.obj.Swap(obj); held != nil && obj == nil && c.OnDelete != nil {
+		c.OnDelete(nn)
+	}
+}
+
+func nameSelector(nn types.NamespacedName) string {
+	return fields.OneTermEqualSelector("metadata.name", nn.Name).String()
 }
 
 func (c *Connectors) dropOldestLocked() {
@@ -143,7 +236,7 @@ func (c *Connectors) dropOldestLocked() {
 
 func (c *Connectors) dropLocked(nn types.NamespacedName) {
 	if w, ok := c.watched[nn]; ok {
-		close(w.stop)
+		w.stop()
 		delete(c.watched, nn)
 	}
 }
@@ -176,14 +269,6 @@ func (c *Connectors) expire() {
 			c.dropLocked(nn)
 		}
 	}
-}
-
-// stripManagedFields drops what a node never reads and would keep for each Connector.
-func stripManagedFields(obj any) (any, error) {
-	if o, ok := obj.(metav1.Object); ok {
-		o.SetManagedFields(nil)
-	}
-	return obj, nil
 }
 
 // Reader serves Connectors from a Connectors cache and every other kind from Rest (the node's

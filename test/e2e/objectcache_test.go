@@ -1,0 +1,204 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/watch"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/objectcache"
+	"github.com/kube-connectors/connectors-csi/test/kubelet"
+)
+
+// TestConnectorCacheFollowsAConnector: a node's cache of one Connector, against the API
+// server. A Connector missing at the first read is seen once created, and a change of it; a
+// watch the API server ends with 410 Gone (a resource version it no longer keeps) is followed
+// by a new list, which finds the deletion made while nothing watched and tells OnDelete; the
+// watch after that list sees the Connector created again.
+func TestConnectorCacheFollowsAConnector(t *testing.T) {
+	ctx := context.Background()
+	ns := newNamespace(t)
+	git := gitClass(t)
+	gone := &goneOnce{WithWatch: watchingClient(t), held: make(chan struct{})}
+	cache := objectcache.NewConnectors(gone, time.Minute, 10)
+	deleted := make(chan types.NamespacedName, 4)
+	cache.OnDelete = func(nn types.NamespacedName) { deleted <- nn }
+	nn := types.NamespacedName{Namespace: ns, Name: "later"}
+	address := func() string {
+		c, err := cache.Get(ctx, nn)
+		if err != nil {
+			return err.Error()
+		}
+		return c.Spec.Address
+	}
+
+	if _, err := cache.Get(ctx, nn); !apierrors.IsNotFound(err) {
+		t.Fatalf("a Connector that does not exist: %v, want NotFound", err)
+	}
+	newConnector(t, ns, "later", git, "https://a.example.com")
+	if !kubelet.WaitUntil(10*time.Second, func() bool { return address() == "https://a.example.com" }) {
+		t.Fatalf("the created Connector was never seen: %s", address())
+	}
+	patchAddress(t, nn, "https://b.example.com")
+	if !kubelet.WaitUntil(10*time.Second, func() bool { return address() == "https://b.example.com" }) {
+		t.Fatalf("the changed Connector was never seen: %s", address())
+	}
+	if c, _ := cache.Get(ctx, nn); len(c.ManagedFields) != 0 {
+		t.Errorf("the cache keeps managedFields: %v", c.ManagedFields)
+	}
+
+	// The watch ends; the next one shows nothing while the Connector is deleted, then ends
+	// with 410 Gone.
+	gone.endWatchThenGone()
+	if err := cp.Client.Delete(ctx, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "later"}}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-deleted:
+		t.Fatal("the deletion reached the cache by a watch that had ended")
+	default:
+	}
+	lists := gone.lists.Load()
+	close(gone.held)
+	select {
+	case got := <-deleted:
+		if got != nn {
+			t.Fatalf("OnDelete told of %s, want %s", got, nn)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the deletion made while the watch was gone was never told to OnDelete")
+	}
+	if gone.lists.Load() == lists {
+		t.Error("OnDelete was told of the deletion without a new list")
+	}
+	if _, err := cache.Get(ctx, nn); !apierrors.IsNotFound(err) {
+		t.Fatalf("after the list found it deleted: %v, want NotFound", err)
+	}
+	newConnector(t, ns, "later", git, "https://c.example.com")
+	if !kubelet.WaitUntil(10*time.Second, func() bool { return address() == "https://c.example.com" }) {
+		t.Fatalf("the Connector created again was never seen: %s", address())
+	}
+}
+
+// TestConnectorCacheGoroutinesPerConnector: each watched Connector costs a few goroutines
+// (the cache's loop, client-go's RetryWatcher, the watch stream's decoder and its HTTP/2
+// request: a node with 200 volumes holds 200 such watches), and dropping the watches ends
+// them all.
+func TestConnectorCacheGoroutinesPerConnector(t *testing.T) {
+	const connectors, perWatch = 50, 4
+	ns := newNamespace(t)
+	git := gitClass(t)
+	for i := range connectors {
+		newConnector(t, ns, fmt.Sprintf("c%02d", i), git, "https://example.com")
+	}
+	cache := objectcache.NewConnectors(watchingClient(t), time.Minute, connectors)
+	ctx, stop := context.WithCancel(context.Background())
+	ran := make(chan struct{})
+	go func() { cache.Run(ctx); close(ran) }()
+	// One Connector first: the client's HTTP/2 connection and its goroutines exist before the count.
+	if _, err := cache.Get(ctx, types.NamespacedName{Namespace: ns, Name: "c00"}); err != nil {
+		t.Fatal(err)
+	}
+	before := runtime.NumGoroutine()
+	for i := 1; i < connectors; i++ {
+		if _, err := cache.Get(ctx, types.NamespacedName{Namespace: ns, Name: fmt.Sprintf("c%02d", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Some watches may still be starting their streams: count when the count settles.
+	var grown int
+	kubelet.WaitUntil(5*time.Second, func() bool {
+		grown = runtime.NumGoroutine() - before
+		return grown >= (connectors-1)*perWatch
+	})
+	t.Logf("%d more watched Connectors: %d more goroutines", connectors-1, grown)
+	if limit := (connectors-1)*perWatch + 10; grown > limit {
+		t.Errorf("%d more watched Connectors started %d goroutines, want at most %d (%d each)", connectors-1, grown, limit, perWatch)
+	}
+	stop()
+	<-ran
+	if !kubelet.WaitUntil(10*time.Second, func() bool { return runtime.NumGoroutine() < before }) {
+		t.Errorf("%d goroutines after every watch was dropped, %d with one watch", runtime.NumGoroutine(), before)
+	}
+}
+
+// watchingClient is a client of the test API server that can watch, with a connection of its own.
+func watchingClient(t *testing.T) client.WithWatch {
+	c, err := client.NewWithWatch(cp.Config, client.Options{Scheme: cp.Client.Scheme()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func patchAddress(t *testing.T, nn types.NamespacedName, address string) {
+	t.Helper()
+	patch := client.RawPatch(types.MergePatchType, []byte(`{"spec":{"address":"`+address+`"}}`))
+	if err := cp.Client.Patch(context.Background(), &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Namespace: nn.Namespace, Name: nn.Name}}, patch); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// goneOnce is the API server's client, counting lists, except that endWatchThenGone ends the
+// watch open and has the next one show nothing until held is closed, then end with 410 Gone,
+// as the API server ends a watch from a resource version it no longer keeps.
+type goneOnce struct {
+	client.WithWatch
+	held  chan struct{}
+	lists atomic.Int32
+
+	mu      sync.Mutex
+	armed   bool
+	current watch.Interface
+}
+
+func (g *goneOnce) List(ctx context.Context, list client.ObjectList, opts ...client.ListOption) error {
+	g.lists.Add(1)
+	return g.WithWatch.List(ctx, list, opts...)
+}
+
+func (g *goneOnce) Watch(ctx context.Context, list client.ObjectList, opts ...client.ListOption) (watch.Interface, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !g.armed {
+		w, err := g.WithWatch.Watch(ctx, list, opts...)
+		g.current = w
+		return w, err
+	}
+	g.armed = false
+	events := make(chan watch.Event)
+	w := watch.NewProxyWatcher(events)
+	go func() {
+		defer close(events)
+		select {
+		case <-g.held:
+		case <-w.StopChan():
+			return
+		}
+		status := apierrors.NewResourceExpired("too old resource version").Status()
+		status.Code = http.StatusGone
+		select {
+		case events <- watch.Event{Type: watch.Error, Object: &status}:
+		case <-w.StopChan():
+		}
+	}()
+	return w, nil
+}
+
+func (g *goneOnce) endWatchThenGone() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.armed = true
+	g.current.Stop()
+}
