@@ -202,3 +202,27 @@ func (g *goneOnce) endWatchThenGone() {
 	g.armed = true
 	g.current.Stop()
 }
+
+// BenchmarkConnectorCacheFirstRead: the first read of a Connector a node does not watch yet
+// (the first publish of a volume that names it): a list, and the watch started behind it.
+func BenchmarkConnectorCacheFirstRead(b *testing.B) {
+	ns := newNamespace(b)
+	git := gitClass(b)
+	for i := range b.N {
+		newConnector(b, ns, fmt.Sprintf("c%d", i), git, "https://example.com")
+	}
+	c, err := client.NewWithWatch(cp.Config, client.Options{Scheme: cp.Client.Scheme()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	cache := objectcache.NewConnectors(c, time.Minute, b.N+1)
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	go cache.Run(ctx)
+	b.ResetTimer()
+	for i := range b.N {
+		if _, err := cache.Get(ctx, types.NamespacedName{Namespace: ns, Name: fmt.Sprintf("c%d", i)}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
