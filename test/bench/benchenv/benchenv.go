@@ -45,6 +45,11 @@ func StartUpstream() (*Upstream, error) {
 	bodies := map[string][]byte{"/1k": make([]byte, 1<<10), "/1m": make([]byte, 1<<20)}
 	want := BasicCredential()
 	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// A body is read whole (net/http's server would close the connection after an
+		// upload's first 256 KiB left unread).
+		if _, err := io.Copy(io.Discard, r.Body); err != nil {
+			return
+		}
 		path, authorized := r.URL.Path, r.Header.Get("Authorization") == want
 		if path == "/token" || strings.HasPrefix(path, registryBlobs) {
 			if !asRegistry(w, r) {

@@ -178,6 +178,9 @@ func fetch(url, file string) error {
 // postBody is what the POST rows send.
 var postBody = bytes.Repeat([]byte("0032want 0123456789abcdef0123456789abcdef01234567\n"), 512/50+1)[:512]
 
+// uploadBody is what the upload rows POST: a pack of a small push, or a layer's chunk.
+var uploadBody = bytes.Repeat([]byte("0123456789abcdef"), (1<<20)/16)
+
 // makeTargets is every path measured. The proxy's paths wait until the driver serves them.
 func makeTargets(ctx context.Context, cp *controlplane.ControlPlane, up *benchenv.Upstream, drv *benchenv.DriverProcess, ngx *nginxServer, floor *relayServer, token string) ([]target, error) {
 	plain := func(p func(*http.Request) (*url.URL, error), roots *tls.Config) *http.Client {
@@ -281,6 +284,16 @@ func makeTargets(ctx context.Context, cp *controlplane.ControlPlane, up *benchen
 			baseline: "nginx (header-injecting reverse proxy): POST of 512 B", pids: drv.PIDs, driver: true, body: postBody},
 		{name: "connectors proxy (forward): POST of 512 B", goClient: plain(http.ProxyURL(fwd), nil), goURL: func(s string) string { return up.URL + "/" + s },
 			wrk: forwardWrk("tool", func(s string) string { return s }), baseline: "nginx (header-injecting reverse proxy): POST of 512 B", pids: drv.PIDs, driver: true, body: postBody},
+		// Uploads (a push's pack, a layer): bodies larger than the fast lane's buffer, which
+		// net/http's server and ReverseProxy stream; nginx streams them too here
+		// (proxy_request_buffering off, as in front of a registry).
+		{name: "nginx (header-injecting reverse proxy): POST of 1 MiB", goClient: plain(nil, nil), goURL: func(s string) string { return "http://" + ngx.addr + "/upload/" + s },
+			wrk:  func(s string) *request { return &request{connect: "http://" + ngx.addr, path: "/upload/" + s} },
+			pids: ngx.pids, body: uploadBody},
+		{name: "connectors proxy (reverse): POST of 1 MiB", goClient: plain(nil, nil), goURL: reverse("tool"), header: bearer, wrk: reverseWrk("tool", bearer),
+			baseline: "nginx (header-injecting reverse proxy): POST of 1 MiB", pids: drv.PIDs, driver: true, body: uploadBody},
+		{name: "connectors proxy (forward): POST of 1 MiB", goClient: plain(http.ProxyURL(fwd), nil), goURL: func(s string) string { return up.URL + "/" + s },
+			wrk: forwardWrk("tool", func(s string) string { return s }), baseline: "nginx (header-injecting reverse proxy): POST of 1 MiB", pids: drv.PIDs, driver: true, body: uploadBody},
 	}
 	for _, tg := range targets {
 		if err := benchenv.WaitReady(tg.goClient, []string{tg.goURL("1k")}, tg.header); err != nil {

@@ -90,6 +90,7 @@ http {
   server {
     listen %[4]s;
     location / { proxy_pass http://tool; }
+    location /upload/ { proxy_pass http://tool/; proxy_request_buffering off; client_max_body_size 0; }
   }
   server {
     listen %[8]s;
