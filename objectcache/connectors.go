@@ -159,7 +159,9 @@ var followBackoff = wait.Backoff{Duration: 800 * time.Millisecond, Factor: 2, Ji
 const followHealthy = 2 * time.Minute
 
 // list reads the Connector into w (none: nil), marks w synced and returns the list's
-// resource version.
+// resource version. The list is a consistent one (no resource version): a volume published
+// right after its Connector was created finds it, and the API server serves it from its watch
+// cache (consistent reads from cache, on by default since Kubernetes 1.31), not from etcd.
 func (c *Connectors) list(ctx context.Context, nn types.NamespacedName, w *watched) (resourceVersion string, err error) {
 	list := &v1alpha1.ConnectorList{}
 	opts := metav1.ListOptions{FieldSelector: nameSelector(nn)}
