@@ -134,7 +134,7 @@ func TestConnectorCacheGoroutinesPerConnector(t *testing.T) {
 }
 
 // watchingClient is a client of the test API server that can watch, with a connection of its own.
-func watchingClient(t *testing.T) client.WithWatch {
+func watchingClient(t testing.TB) client.WithWatch {
 	c, err := client.NewWithWatch(cp.Config, client.Options{Scheme: cp.Client.Scheme()})
 	if err != nil {
 		t.Fatal(err)
@@ -211,11 +211,7 @@ func BenchmarkConnectorCacheFirstRead(b *testing.B) {
 	for i := range b.N {
 		newConnector(b, ns, fmt.Sprintf("c%d", i), git, "https://example.com")
 	}
-	c, err := client.NewWithWatch(cp.Config, client.Options{Scheme: cp.Client.Scheme()})
-	if err != nil {
-		b.Fatal(err)
-	}
-	cache := objectcache.NewConnectors(c, time.Minute, b.N+1)
+	cache := objectcache.NewConnectors(watchingClient(b), time.Minute, b.N+1)
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
 	go cache.Run(ctx)
