@@ -165,7 +165,7 @@ var errNothingRead = errors.New("the connection closed before an answer")
 // get takes an idle connection of key (idleConn), one that proves open if checked, or dials a
 // new one; reused tells which.
 func (d *directTransport) get(ctx context.Context, key directKey, checked bool) (pc *directConn, reused bool, err error) {
-	if pc := d.openIdleConn(key, checked); pc != nil {
+	if pc := d.openIdleConn(key, checked, time.Now()); pc != nil {
 		return pc, true, nil
 	}
 	conn, err := key.dial(ctx)
@@ -209,13 +209,13 @@ func (key directKey) dial(ctx context.Context) (net.Conn, error) {
 
 // idleConn takes the most recently used idle connection of key, closing those idle too
 // long; nil if there is none.
-func (d *directTransport) idleConn(key directKey) *directConn {
+func (d *directTransport) idleConn(key directKey, now time.Time) *directConn {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for conns := d.idle[key]; len(conns) > 0; conns = d.idle[key] {
 		pc := conns[len(conns)-1]
 		d.idle[key] = conns[:len(conns)-1]
-		if time.Since(pc.idleSince) < d.idleTimeout {
+		if now.Sub(pc.idleSince) < d.idleTimeout {
 			return pc
 		}
 		pc.conn.Close()
@@ -225,8 +225,8 @@ func (d *directTransport) idleConn(key directKey) *directConn {
 }
 
 // openIdleConn is idleConn, passing over (closing) those that prove closed if checked (live).
-func (d *directTransport) openIdleConn(key directKey, checked bool) *directConn {
-	for pc := d.idleConn(key); pc != nil; pc = d.idleConn(key) {
+func (d *directTransport) openIdleConn(key directKey, checked bool, now time.Time) *directConn {
+	for pc := d.idleConn(key, now); pc != nil; pc = d.idleConn(key, now) {
 		if !checked || pc.live() {
 			return pc
 		}

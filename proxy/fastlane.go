@@ -179,6 +179,10 @@ type laneConn struct {
 	scratch [64]byte
 	// sent counts the answer's body bytes (metrics).
 	sent int64
+	// headAt is when the current head's first byte was there (nextHead): the one clock
+	// reading of a request read in place, for its memo's age, its pooled connection's idle
+	// time and its duration. idleUntil is when nextHead next sets the idle deadline.
+	headAt, idleUntil time.Time
 	// closeAfter: the client asked to close the connection after this answer.
 	closeAfter bool
 	// memo is the route of the connection's last GET or HEAD, which heads read in place
@@ -277,7 +281,7 @@ func addressPath(address string) (path string, ok bool) {
 // good. A forward route is used again only when the client named one Connector and it covers
 // the new destination: among several, another may be the first to cover this path.
 func (m *laneMemo) route(p *Proxy, u *url.URL, key laneKey) (*route, bool) {
-	if !m.live(p) || !m.key.sameRoute(key) {
+	if !m.live(p, time.Now()) || !m.key.sameRoute(key) {
 		return nil, false
 	}
 	if key.forward {
@@ -293,8 +297,8 @@ func (m *laneMemo) route(p *Proxy, u *url.URL, key laneKey) (*route, bool) {
 // url.ParseRequestURI and parseReversePath split the strict targets readLaneHead takes, and
 // its request URI joined as reverseTarget's url.Parse would give it (addressPath), without
 // building a URL.
-func (m *laneMemo) routeForHead(p *Proxy, h *laneHead) (rt *route, uri string, ok bool) {
-	if !m.live(p) || !m.inPlace || h.method != m.key.method {
+func (m *laneMemo) routeForHead(p *Proxy, h *laneHead, now time.Time) (rt *route, uri string, ok bool) {
+	if !m.live(p, now) || !m.inPlace || h.method != m.key.method {
 		return nil, "", false
 	}
 	if m.key.tunnel { // the tunnel's token and destination are its CONNECT's
@@ -452,8 +456,8 @@ func targetAt(rt *route, uri string) *url.URL {
 
 // live tells whether the memo holds a route within its time and from before any Pod's
 // decisions were dropped.
-func (m *laneMemo) live(p *Proxy) bool {
-	return m.rt != nil && m.epoch == p.routeEpoch.Load() && time.Now().Before(m.until)
+func (m *laneMemo) live(p *Proxy, now time.Time) bool {
+	return m.rt != nil && m.epoch == p.routeEpoch.Load() && now.Before(m.until)
 }
 
 func (m *laneMemo) forwardTo(u *url.URL) (*route, bool) {
@@ -533,12 +537,13 @@ func (c *laneConn) serve() {
 // nextHead waits (up to the idle timeout) for the next request and returns its head, still
 // unread in br, or the start of one too large for br. ok is false when the connection ended.
 func (c *laneConn) nextHead() (head []byte, ok bool) {
-	if c.conn.SetReadDeadline(time.Now().Add(c.lane.idleTimeout)) != nil || c.lane.closing.Load() {
+	if !c.idleDeadlineSet() || c.lane.closing.Load() {
 		return nil, false
 	}
 	if _, err := c.br.Peek(1); err != nil {
 		return nil, false
 	}
+	c.headAt = time.Now()
 	// A head that came whole with its first byte, the common case, is read under the idle
 	// deadline; else the rest must come within the header timeout. Either deadline stays until
 	// the next one: nothing else reads the client before the next head but the watcher, which
@@ -546,9 +551,36 @@ func (c *laneConn) nextHead() (head []byte, ok bool) {
 	if head, whole := bufferedHead(c.br); whole {
 		return head, true
 	}
-	_ = c.conn.SetReadDeadline(time.Now().Add(c.lane.headerTimeout))
+	c.setReadDeadline(c.lane.headerTimeout)
 	head, _, err := peekHead(c.br) // one too large for br is handed over
 	return head, err == nil
+}
+
+// idleDeadlineSet sets the idle deadline for the next head unless the one set for an earlier
+// head still has at least idleTimeout·15/16 to run (idleUntil): setting a deadline reads the
+// clock three times and moves a runtime timer, for every request of a keep-alive client.
+// false when the connection is closed.
+func (c *laneConn) idleDeadlineSet() bool {
+	if !c.idleUntil.IsZero() && c.headAt.Before(c.idleUntil) {
+		return true
+	}
+	now := time.Now()
+	if c.conn.SetReadDeadline(now.Add(c.lane.idleTimeout)) != nil {
+		return false
+	}
+	c.idleUntil = now.Add(c.lane.idleTimeout / 16)
+	return true
+}
+
+// setReadDeadline sets the client connection's read deadline d from now, or none (0), in
+// place of the idle deadline (which nextHead then sets again).
+func (c *laneConn) setReadDeadline(d time.Duration) {
+	c.idleUntil = time.Time{}
+	if d == 0 {
+		_ = c.conn.SetReadDeadline(time.Time{})
+		return
+	}
+	_ = c.conn.SetReadDeadline(time.Now().Add(d))
 }
 
 // bufferedHead returns the head at the start of br if br holds it whole.
@@ -646,7 +678,7 @@ func (c *laneConn) wholeBody(headLen int, n int64, wait bool) (body []byte, ok b
 		if !wait {
 			return nil, false
 		}
-		_ = c.conn.SetReadDeadline(time.Now().Add(c.lane.headerTimeout))
+		c.setReadDeadline(c.lane.headerTimeout)
 	}
 	buf, err := c.br.Peek(size) // reads only what br does not hold yet
 	if err != nil {
@@ -998,7 +1030,7 @@ func (c *laneConn) serveRemembered(head []byte) (taken, ok bool) {
 		return false, false
 	}
 	memo := c.memoFor(h.method)
-	rt, uri, remembered := memo.routeForHead(c.lane.p, h)
+	rt, uri, remembered := memo.routeForHead(c.lane.p, h, c.headAt)
 	if !remembered {
 		return false, false
 	}
@@ -1021,11 +1053,10 @@ func (c *laneConn) serveRemembered(head []byte) (taken, ok bool) {
 		}
 	}
 	retry := getOrHead(h.method)
-	pc := c.lane.p.direct.openIdleConn(memo.pool, !retry)
+	pc := c.lane.p.direct.openIdleConn(memo.pool, !retry, c.headAt)
 	if pc == nil {
 		return false, false
 	}
-	start := time.Now()
 	c.closeAfter, c.sent = h.close, 0
 	c.watchRoundTrip(nil, pc.conn)
 	writeToolHead(pc.bw, h, rt.target.Host, uri, inj, rt.callerToken)
@@ -1055,7 +1086,7 @@ func (c *laneConn) serveRemembered(head []byte) (taken, ok bool) {
 		code, ok = c.relayRemembered(memo, pc, h.method, rt, uri)
 	}
 	laneServedInPlace.Inc()
-	memo.meter.record(rt, memo.key.mode(), code, c.sent, time.Since(start))
+	memo.meter.record(rt, memo.key.mode(), code, c.sent, time.Since(c.headAt))
 	return true, ok
 }
 
@@ -1372,7 +1403,7 @@ func (c *laneConn) stopWatching() bool {
 			c.watchMu.Unlock()
 			c.watching.Wait()
 			c.watchStopping = false
-			_ = c.conn.SetReadDeadline(time.Time{})
+			c.setReadDeadline(0)
 		}
 		c.cancel, c.tool = nil, nil
 	}

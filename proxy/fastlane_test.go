@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"bufio"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -177,5 +179,43 @@ func TestExtractedCredentialsAreDistinct(t *testing.T) {
 			t.Errorf("%q and %q share the key %q", c, other, key)
 		}
 		seen[key] = c
+	}
+}
+
+// TestLaneIdleDeadline: nextHead waits for a keep-alive client's next head up to the idle
+// timeout, which it sets again only every idleTimeout/16 (idleDeadlineSet): a client that
+// sends a head more often than that keeps its connection over several idle timeouts, and one
+// that then stops is let go, never before idleTimeout·15/16 after its last head.
+func TestLaneIdleDeadline(t *testing.T) {
+	const idle = time.Second
+	server, client := net.Pipe()
+	defer client.Close()
+	c := &laneConn{lane: &FastLane{idleTimeout: idle, headerTimeout: idle}, conn: server}
+	c.br = bufio.NewReaderSize(c, laneBufferSize)
+	const head = "GET / HTTP/1.1\r\nHost: tool\r\n\r\n"
+	go func() {
+		for end := time.Now().Add(3 * idle); time.Now().Before(end); time.Sleep(idle / 10) {
+			if _, err := io.WriteString(client, head); err != nil {
+				return
+			}
+		}
+	}()
+	var last time.Time
+	for served := 0; ; served++ {
+		h, ok := c.nextHead()
+		if !ok {
+			if served < 20 {
+				t.Fatalf("the connection was let go after %d heads, sent every %v, while the idle timeout is %v", served, idle/10, idle)
+			}
+			if waited := time.Since(last); waited < idle*15/16 {
+				t.Fatalf("let go %v after the last head, before idleTimeout·15/16 (%v)", waited, idle*15/16)
+			}
+			return
+		}
+		if string(h) != head {
+			t.Fatalf("head %q", h)
+		}
+		last = time.Now()
+		_, _ = c.br.Discard(len(h))
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -249,7 +250,7 @@ func sameRoutes(t *testing.T, c *laneConn, h *laneHead, req *http.Request) {
 		memos = append(memos, memo{m, laneAddresses[0]})
 	}
 	for _, m := range memos {
-		fromHead, uri, okHead := m.routeForHead(p, h)
+		fromHead, uri, okHead := m.routeForHead(p, h, time.Now())
 		var fromReq *route
 		okReq := false
 		if isLane {
@@ -461,7 +462,7 @@ func TestForwardMemoTakesNoOriginFormHead(t *testing.T) {
 	if !readLaneHead([]byte(head), &h, false) {
 		t.Fatal("the head is not read in place")
 	}
-	if _, uri, ok := m.routeForHead(&Proxy{}, &h); ok {
+	if _, uri, ok := m.routeForHead(&Proxy{}, &h, time.Now()); ok {
 		t.Errorf("a reverse head along a forward route, to %q", uri)
 	}
 }

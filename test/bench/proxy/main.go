@@ -45,7 +45,7 @@ var (
 	memProfile  = flag.String("memprofile", "", "write the driver process's allocation profile (since it started) to this file at the end")
 	sizes       = flag.String("sizes", "1k,1m", "response sizes to measure (1k, 1m), comma-separated")
 	generators  = flag.String("generators", "wrk,go", "load generators (wrk, go), comma-separated")
-	only        = flag.String("only", "", "measure only the paths whose name contains one of these, comma-separated (e.g. nginx,registry)")
+	only        = flag.String("only", "", "measure only the paths whose name contains one of these, comma-separated (e.g. nginx,registry); one that starts with = names a path whole")
 	driverArgs  = flag.String("driver-args", "", "flags added to the driver's, space-separated (e.g. --proxy-fast-lane=false)")
 	rounds      = flag.Int("rounds", 3, "rounds of every case, each round in the other order; the table shows medians (a shared machine drifts)")
 )
@@ -408,7 +408,7 @@ type aCase struct {
 // chosen tells whether -only lets the path of name be measured.
 func chosen(name string) bool {
 	for part := range strings.SplitSeq(*only, ",") {
-		if strings.Contains(name, part) {
+		if whole, exact := strings.CutPrefix(part, "="); exact && name == whole || !exact && strings.Contains(name, part) {
 			return true
 		}
 	}
