@@ -152,10 +152,15 @@ func TestDirectTransportResendsOnAConnectionTheToolClosed(t *testing.T) {
 // never sent twice: a tool that drops the connection after reading it gets it once, and the
 // caller the error.
 func TestDirectTransportSendsABodyOnce(t *testing.T) {
-	var bodies []string
+	var (
+		mu     sync.Mutex // the test reads them after the tool's goroutine, which a dropped connection does not order
+		bodies []string
+	)
 	srv, cc := startCounted(t, func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
-		bodies = append(bodies, string(b)) // one request at a time
+		mu.Lock()
+		bodies = append(bodies, string(b))
+		mu.Unlock()
 		if r.URL.Path == "/drop" {
 			conn, _, _ := w.(http.Hijacker).Hijack()
 			conn.Close()
@@ -195,6 +200,8 @@ func TestDirectTransportSendsABodyOnce(t *testing.T) {
 	if got := strings.Join(cc.seen(), ","); got != "POST /first,POST /second,POST /drop" {
 		t.Errorf("the tool saw %s", got)
 	}
+	mu.Lock()
+	defer mu.Unlock()
 	if got := strings.Join(bodies, ","); got != "one,two,three" {
 		t.Errorf("the tool read the bodies %s", got)
 	}
