@@ -21,6 +21,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/util/flowcontrol"
 	"k8s.io/klog/v2"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/binpages"
@@ -54,6 +55,10 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 	klog.SetLogFilter(redactBodies{})
+	// controller-runtime's logger, and what logs through it (the caches' reflectors in the
+	// node role too), writes to klog's; unset, it prints a warning with a stack once and drops
+	// everything after.
+	ctrllog.SetLogger(klog.Background())
 	p, err := newProcess(o)
 	if err != nil {
 		return err

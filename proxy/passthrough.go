@@ -73,12 +73,14 @@ func newPassthrough(mode string, connectPorts []string, policy *egress.Policy, l
 			pr.Out.URL, pr.Out.Host = target, target.Host
 			dropProxyHeaders(pr.Out.Header, "")
 			pr.Out.Header[egress.HopHeader] = hopValue
+			endAtLength(pr.Out)
 		},
 		Transport: &http.Transport{Proxy: nil, DialContext: pt.dial, DisableCompression: true,
 			MaxIdleConnsPerHost: 32, IdleConnTimeout: 90 * time.Second, TLSHandshakeTimeout: 10 * time.Second},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			refuseErr(r.Context(), w, passthroughError(r.URL.Host, err))
 		},
+		ErrorLog: proxyErrorLog,
 	}
 	return pt
 }
