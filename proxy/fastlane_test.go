@@ -1,8 +1,6 @@
 package proxy
 
 import (
-	"bufio"
-	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -182,40 +180,49 @@ func TestExtractedCredentialsAreDistinct(t *testing.T) {
 	}
 }
 
-// TestLaneIdleDeadline: nextHead waits for a keep-alive client's next head up to the idle
-// timeout, which it sets again only every idleTimeout/16 (idleDeadlineSet): a client that
-// sends a head more often than that keeps its connection over several idle timeouts, and one
-// that then stops is let go, never before idleTimeout·15/16 after its last head.
+// TestLaneIdleDeadline: nextHead's idle deadline (idleDeadlineSet) is set for the first head,
+// not again for a head that came before idleTimeout/16 had passed since, again for one that
+// came after, and again after another deadline replaced it (setReadDeadline), each time
+// idleTimeout from when it is set.
 func TestLaneIdleDeadline(t *testing.T) {
-	const idle = time.Second
+	const idle = 16 * time.Second
 	server, client := net.Pipe()
 	defer client.Close()
-	c := &laneConn{lane: &FastLane{idleTimeout: idle, headerTimeout: idle}, conn: server}
-	c.br = bufio.NewReaderSize(c, laneBufferSize)
-	const head = "GET / HTTP/1.1\r\nHost: tool\r\n\r\n"
-	go func() {
-		for end := time.Now().Add(3 * idle); time.Now().Before(end); time.Sleep(idle / 10) {
-			if _, err := io.WriteString(client, head); err != nil {
-				return
-			}
+	conn := &deadlineRecorder{Conn: server}
+	c := &laneConn{lane: &FastLane{idleTimeout: idle, headerTimeout: idle}, conn: conn}
+	set := func(what string, want bool) {
+		t.Helper()
+		before, n := time.Now(), len(conn.set)
+		if !c.idleDeadlineSet() {
+			t.Fatalf("%s: the connection counts as closed", what)
 		}
-	}()
-	var last time.Time
-	for served := 0; ; served++ {
-		h, ok := c.nextHead()
-		if !ok {
-			if served < 20 {
-				t.Fatalf("the connection was let go after %d heads, sent every %v, while the idle timeout is %v", served, idle/10, idle)
-			}
-			if waited := time.Since(last); waited < idle*15/16 {
-				t.Fatalf("let go %v after the last head, before idleTimeout·15/16 (%v)", waited, idle*15/16)
-			}
-			return
+		after := time.Now()
+		switch {
+		case !want && len(conn.set) != n:
+			t.Fatalf("%s: the deadline was set again", what)
+		case want && len(conn.set) != n+1:
+			t.Fatalf("%s: the deadline was not set", what)
+		case want && (conn.set[n].Before(before.Add(idle)) || conn.set[n].After(after.Add(idle))):
+			t.Fatalf("%s: deadline %v, not idleTimeout from when it was set", what, conn.set[n])
 		}
-		if string(h) != head {
-			t.Fatalf("head %q", h)
-		}
-		last = time.Now()
-		_, _ = c.br.Discard(len(h))
 	}
+	set("the first head", true)
+	c.headAt = c.idleUntil.Add(-time.Nanosecond)
+	set("a head before idleTimeout/16 passed", false)
+	c.headAt = c.idleUntil
+	set("a head once idleTimeout/16 passed", true)
+	c.setReadDeadline(c.lane.headerTimeout)
+	c.headAt = time.Now()
+	set("a head after the header deadline replaced it", true)
+}
+
+// deadlineRecorder records the read deadlines set on its connection.
+type deadlineRecorder struct {
+	net.Conn
+	set []time.Time
+}
+
+func (d *deadlineRecorder) SetReadDeadline(t time.Time) error {
+	d.set = append(d.set, t)
+	return d.Conn.SetReadDeadline(t)
 }

@@ -348,29 +348,11 @@ var proxyErrorLog = klog.NewStandardLogger("WARNING")
 // (golang/go#40747): the bench's uploads of 1 MiB answered with 1 MiB lost about one in 300.
 func endAtLength(out *http.Request) {
 	if out.Body != nil && out.Body != http.NoBody && out.ContentLength > 0 {
-		out.Body = &lengthBody{ReadCloser: out.Body, left: out.ContentLength}
+		out.Body = struct {
+			io.Reader
+			io.Closer
+		}{io.LimitReader(out.Body, out.ContentLength), out.Body}
 	}
-}
-
-// lengthBody reads at most left bytes of its body, and then reports its end.
-type lengthBody struct {
-	io.ReadCloser
-	left int64
-}
-
-func (b *lengthBody) Read(p []byte) (int, error) {
-	if b.left <= 0 {
-		return 0, io.EOF
-	}
-	if int64(len(p)) > b.left {
-		p = p[:b.left]
-	}
-	n, err := b.ReadCloser.Read(p)
-	b.left -= int64(n)
-	if err == nil && b.left == 0 {
-		err = io.EOF
-	}
-	return n, err
 }
 
 // applyRoute points out at the route's target with its credential (rewrite; the fast lane).
