@@ -104,6 +104,7 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 		Permissions: permissions, PermissionAllowTTL: o.ProxyPermissionTTL, PermissionDenyTTL: o.AuthzDenyTTL,
 		PermissionCacheSize: o.PermissionCacheSize,
 		TunnelLifetime:      o.TunnelLifetime, MaxHeaderBytes: o.ProxyMaxHeaderBytes,
+		ReadHeaderTimeout: o.ProxyReadHeaderTimeout, IdleTimeout: o.ProxyIdleTimeout, UpstreamIdleTimeout: o.ProxyUpstreamIdleTimeout,
 		SecretCacheSize: o.SecretCacheSize, RegistryTokenCacheSize: o.RegistryTokenCacheSize,
 		LeafCacheSize: o.LeafCacheSize, TransportCacheSize: o.TransportCacheSize,
 		Refusals: &proxy.RefusalEvents{Recorder: recorder, Interval: o.RefusalEventInterval, QPS: o.RefusalEventQPS},

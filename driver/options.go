@@ -33,6 +33,9 @@ const (
 	defaultConnectorCacheSize     = 1000
 	defaultConnectorIdle          = 10 * time.Minute
 	defaultTunnelLifetime         = time.Hour
+	defaultReadHeaderTimeout      = 30 * time.Second
+	defaultClientIdleTimeout      = 120 * time.Second
+	defaultUpstreamIdleTimeout    = 90 * time.Second
 )
 
 // Options are the driver's settings, one flag each (SPEC §3.6).
@@ -96,8 +99,14 @@ type Options struct {
 	ForwardPassthrough      string
 	PassthroughConnectPorts []string
 	TunnelLifetime          time.Duration
-	ProxyMaxConnections     int
-	ProxyMaxHeaderBytes     int
+	// The proxy's client connections: how long a request's head may take to arrive, and how
+	// long a kept-alive connection may wait for its next request; and how long a connection
+	// to a tool may wait idle in the proxy's pools.
+	ProxyReadHeaderTimeout   time.Duration
+	ProxyIdleTimeout         time.Duration
+	ProxyUpstreamIdleTimeout time.Duration
+	ProxyMaxConnections      int
+	ProxyMaxHeaderBytes      int
 	// ProxyWithoutFastLane serves every proxy request through net/http's server (the flag
 	// --proxy-fast-lane=false); the zero value keeps the fast lane, as the flag's default does.
 	ProxyWithoutFastLane   bool
@@ -215,6 +224,9 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	})
 	fs.BoolVar(&o.AllowLoopbackDestinations, "allow-loopback-destinations", false, "allow Connector addresses and forwarded destinations on loopback (tests, single-node setups); link-local, unspecified and multicast destinations and the driver's own listeners are always refused")
 	fs.DurationVar(&o.TunnelLifetime, "proxy-tunnel-max-lifetime", defaultTunnelLifetime, "how long a CONNECT tunnel may stay open before the proxy closes it")
+	fs.DurationVar(&o.ProxyReadHeaderTimeout, "proxy-read-header-timeout", defaultReadHeaderTimeout, "how long the proxy waits for a request's head once its first byte came (also inside CONNECT tunnels); a slower client is disconnected")
+	fs.DurationVar(&o.ProxyIdleTimeout, "proxy-idle-timeout", defaultClientIdleTimeout, "how long a kept-alive client connection (also a CONNECT tunnel's requests) may wait for its next request before the proxy closes it")
+	fs.DurationVar(&o.ProxyUpstreamIdleTimeout, "proxy-upstream-idle-timeout", defaultUpstreamIdleTimeout, "how long a connection to a tool may wait idle in the proxy's pools before it is closed")
 	fs.IntVar(&o.ProxyMaxConnections, "proxy-max-connections", defaultMaxConnections, "open client connections the proxy listener accepts; more are answered 503 and closed")
 	fs.IntVar(&o.ProxyMaxHeaderBytes, "proxy-max-header-bytes", defaultMaxHeaderBytes, "largest request header the proxy reads (431 beyond)")
 	fs.Var(negatedBool{&o.ProxyWithoutFastLane}, "proxy-fast-lane", "serve the reverse and forward proxies' plain GET and HEAD requests to http and https tools on each client connection's own goroutine, outside net/http's server (same checks, less CPU); off: every request through net/http (default true)")
@@ -404,8 +416,8 @@ func (v *validated) proxyLimits() error {
 			*l.v = l.def
 		}
 	}
-	if v.TunnelLifetime < 0 || v.ProxyAuthQPS < 0 {
-		return fmt.Errorf("--proxy-tunnel-max-lifetime and --proxy-auth-qps must not be negative")
+	if v.ProxyAuthQPS < 0 {
+		return fmt.Errorf("--proxy-auth-qps must not be negative")
 	}
 	if v.RefusalEventInterval < 0 || v.RefusalEventQPS < 0 {
 		return fmt.Errorf("--proxy-refusal-event-interval and --proxy-refusal-event-qps must not be negative")
@@ -419,8 +431,22 @@ func (v *validated) proxyLimits() error {
 	case v.RegoTimeout == 0:
 		v.RegoTimeout = defaultRegoTimeout
 	}
-	if v.TunnelLifetime == 0 {
-		v.TunnelLifetime = defaultTunnelLifetime
+	for _, d := range []struct {
+		name string
+		v    *time.Duration
+		def  time.Duration
+	}{
+		{"--proxy-tunnel-max-lifetime", &v.TunnelLifetime, defaultTunnelLifetime},
+		{"--proxy-read-header-timeout", &v.ProxyReadHeaderTimeout, defaultReadHeaderTimeout},
+		{"--proxy-idle-timeout", &v.ProxyIdleTimeout, defaultClientIdleTimeout},
+		{"--proxy-upstream-idle-timeout", &v.ProxyUpstreamIdleTimeout, defaultUpstreamIdleTimeout},
+	} {
+		if *d.v < 0 {
+			return fmt.Errorf("%s must not be negative", d.name)
+		}
+		if *d.v == 0 {
+			*d.v = d.def
+		}
 	}
 	if v.ConnectorIdle <= 0 {
 		v.ConnectorIdle = defaultConnectorIdle

@@ -20,3 +20,28 @@ func TestWebhookListenIsHostPort(t *testing.T) {
 		}
 	}
 }
+
+// TestProxyTimeoutFlags: the proxy's timeouts default when unset and are refused, by flag
+// name, when negative.
+func TestProxyTimeoutFlags(t *testing.T) {
+	v := &validated{}
+	if err := v.proxyLimits(); err != nil {
+		t.Fatal(err)
+	}
+	if v.ProxyReadHeaderTimeout != defaultReadHeaderTimeout || v.ProxyIdleTimeout != defaultClientIdleTimeout ||
+		v.ProxyUpstreamIdleTimeout != defaultUpstreamIdleTimeout || v.TunnelLifetime != defaultTunnelLifetime {
+		t.Errorf("unset timeouts not defaulted: %+v", v.Options)
+	}
+	for flag, set := range map[string]func(*Options){
+		"--proxy-read-header-timeout":   func(o *Options) { o.ProxyReadHeaderTimeout = -1 },
+		"--proxy-idle-timeout":          func(o *Options) { o.ProxyIdleTimeout = -1 },
+		"--proxy-upstream-idle-timeout": func(o *Options) { o.ProxyUpstreamIdleTimeout = -1 },
+		"--proxy-tunnel-max-lifetime":   func(o *Options) { o.TunnelLifetime = -1 },
+	} {
+		v := &validated{}
+		set(&v.Options)
+		if err := v.proxyLimits(); err == nil || err.Error() != flag+" must not be negative" {
+			t.Errorf("%s=-1: %v", flag, err)
+		}
+	}
+}

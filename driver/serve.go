@@ -109,6 +109,7 @@ func serveProxy(ctx context.Context, o *validated, p *proxy.Proxy, destinations 
 	destinations.AddListener(lis.Addr())
 	srv := newHTTPServer(p)
 	srv.MaxHeaderBytes = o.ProxyMaxHeaderBytes
+	srv.ReadHeaderTimeout, srv.IdleTimeout = o.ProxyReadHeaderTimeout, o.ProxyIdleTimeout
 	clients := limitConnections(lis, o.ProxyMaxConnections)
 	if !o.ProxyWithoutFastLane {
 		clients = p.FastLane(clients, srv.ReadHeaderTimeout, srv.IdleTimeout)

@@ -116,7 +116,7 @@ func AuthorizationHeader(secretType string, sec *corev1.Secret) string {
 	return ""
 }
 
-func newUpstreamTransport(policy *egress.Policy, roots *x509.CertPool) *http.Transport {
+func newUpstreamTransport(policy *egress.Policy, roots *x509.CertPool, idle time.Duration) *http.Transport {
 	return &http.Transport{
 		// Never through another proxy: the environment's proxy settings are for clients.
 		Proxy: nil,
@@ -129,7 +129,7 @@ func newUpstreamTransport(policy *egress.Policy, roots *x509.CertPool) *http.Tra
 		DisableCompression:    true,
 		MaxIdleConns:          1000,
 		MaxIdleConnsPerHost:   256,
-		IdleConnTimeout:       90 * time.Second,
+		IdleConnTimeout:       idle,
 		TLSHandshakeTimeout:   10 * time.Second,
 		ExpectContinueTimeout: time.Second,
 	}

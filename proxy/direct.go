@@ -69,11 +69,9 @@ type directConn struct {
 	peekedIdle bool
 }
 
-// The direct transport's pool, as http.Transport's is set for the Connectors' tools.
-const (
-	directMaxIdlePerHost = 256
-	directIdleTimeout    = 90 * time.Second
-)
+// directMaxIdlePerHost bounds the direct transport's pool, as http.Transport's is set for the
+// Connectors' tools.
+const directMaxIdlePerHost = 256
 
 func newDirectTransport(maxIdlePerHost int, idleTimeout time.Duration) *directTransport {
 	return &directTransport{maxIdlePerHost: maxIdlePerHost, idleTimeout: idleTimeout, idle: map[directKey][]*directConn{}}

@@ -279,8 +279,8 @@ type tunnel struct {
 func (t *tunnel) serveHTTP(conn net.Conn) {
 	srv := &http.Server{
 		Handler:           http.HandlerFunc(t.serve),
-		ReadHeaderTimeout: 30 * time.Second,
-		IdleTimeout:       90 * time.Second,
+		ReadHeaderTimeout: t.p.cfg.ReadHeaderTimeout,
+		IdleTimeout:       t.p.cfg.IdleTimeout,
 		MaxHeaderBytes:    t.p.cfg.MaxHeaderBytes,
 		BaseContext:       func(net.Listener) context.Context { return t.ctx },
 	}

@@ -56,16 +56,17 @@ type passthrough struct {
 
 type passthroughTarget struct{}
 
-func newPassthrough(mode string, connectPorts []string, policy *egress.Policy, lifetime time.Duration) *passthrough {
+func newPassthrough(cfg Config) *passthrough {
+	connectPorts := cfg.PassthroughConnectPorts
 	if len(connectPorts) == 0 {
 		connectPorts = []string{"443"}
 	}
-	pt := &passthrough{mode: mode, lifetime: lifetime, dial: policy.DialContext, connectPorts: map[string]bool{}}
+	pt := &passthrough{mode: cfg.Passthrough, lifetime: cfg.TunnelLifetime, dial: cfg.Egress.DialContext, connectPorts: map[string]bool{}}
 	for _, port := range connectPorts {
 		pt.connectPorts[port] = true
 	}
-	if mode == PassthroughPublic {
-		pt.dial = policy.PublicDialContext
+	if pt.mode == PassthroughPublic {
+		pt.dial = cfg.Egress.PublicDialContext
 	}
 	pt.reverse = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
@@ -76,7 +77,7 @@ func newPassthrough(mode string, connectPorts []string, policy *egress.Policy, l
 			endAtLength(pr.Out)
 		},
 		Transport: &http.Transport{Proxy: nil, DialContext: pt.dial, DisableCompression: true,
-			MaxIdleConnsPerHost: 32, IdleConnTimeout: 90 * time.Second, TLSHandshakeTimeout: 10 * time.Second},
+			MaxIdleConnsPerHost: 32, IdleConnTimeout: cfg.UpstreamIdleTimeout, TLSHandshakeTimeout: 10 * time.Second},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			refuseErr(r.Context(), w, passthroughError(r.URL.Host, err))
 		},

@@ -58,6 +58,10 @@ type Config struct {
 	Egress *egress.Policy
 	// TunnelLifetime caps how long a CONNECT tunnel stays open.
 	TunnelLifetime time.Duration
+	// ReadHeaderTimeout and IdleTimeout are a CONNECT tunnel's server's (the proxy listener's
+	// own are its http.Server's and FastLane's); UpstreamIdleTimeout is how long a connection
+	// to a tool waits idle in a pool.
+	ReadHeaderTimeout, IdleTimeout, UpstreamIdleTimeout time.Duration
 	// MaxHeaderBytes bounds the request headers inside a CONNECT tunnel.
 	MaxHeaderBytes int
 	// Passthrough is what the forward proxy does with a destination no named Connector
@@ -91,8 +95,8 @@ func (c Config) check() error {
 			return err
 		}
 	}
-	if c.TunnelLifetime <= 0 || c.Egress == nil || c.Rego == nil {
-		return fmt.Errorf("proxy config: TunnelLifetime, Egress and Rego must be set")
+	if c.TunnelLifetime <= 0 || c.ReadHeaderTimeout <= 0 || c.IdleTimeout <= 0 || c.UpstreamIdleTimeout <= 0 || c.Egress == nil || c.Rego == nil {
+		return fmt.Errorf("proxy config: TunnelLifetime, ReadHeaderTimeout, IdleTimeout, UpstreamIdleTimeout, Egress and Rego must be set")
 	}
 	return nil
 }
@@ -149,16 +153,16 @@ func New(objects client.Reader, reviewer Reviewer, flags *features.Source, kube 
 		}, cfg.SecretTTL, cfg.SecretCacheSize, "secrets"),
 		rego: cfg.Rego,
 		transports: trust.NewTransports(cfg.TransportCacheSize, "transports", func(roots *x509.CertPool) *http.Transport {
-			return newUpstreamTransport(cfg.Egress, roots)
+			return newUpstreamTransport(cfg.Egress, roots, cfg.UpstreamIdleTimeout)
 		}),
 		leaves:      l,
-		passthrough: newPassthrough(cfg.Passthrough, cfg.PassthroughConnectPorts, cfg.Egress, cfg.TunnelLifetime),
+		passthrough: newPassthrough(cfg),
 		registry:    newRegistryTokens(cfg.RegistryTokenCacheSize),
 	}
 	if cfg.Permissions == nil {
 		cfg.Permissions = reviewer
 	}
-	p.direct = newDirectTransport(directMaxIdlePerHost, directIdleTimeout)
+	p.direct = newDirectTransport(directMaxIdlePerHost, cfg.UpstreamIdleTimeout)
 	p.perms = newPermissions(cfg.Permissions, cfg.PermissionAllowTTL, cfg.PermissionDenyTTL, cfg.PermissionCacheSize)
 	p.reverse = &httputil.ReverseProxy{
 		Rewrite:        rewrite,
