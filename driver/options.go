@@ -36,6 +36,7 @@ const (
 	defaultReadHeaderTimeout      = 30 * time.Second
 	defaultClientIdleTimeout      = 120 * time.Second
 	defaultUpstreamIdleTimeout    = 90 * time.Second
+	defaultLaneMaxBodyBytes       = 64 << 10
 )
 
 // Options are the driver's settings, one flag each (SPEC §3.6).
@@ -109,7 +110,10 @@ type Options struct {
 	ProxyMaxHeaderBytes      int
 	// ProxyWithoutFastLane serves every proxy request through net/http's server (the flag
 	// --proxy-fast-lane=false); the zero value keeps the fast lane, as the flag's default does.
-	ProxyWithoutFastLane   bool
+	ProxyWithoutFastLane bool
+	// ProxyLaneMaxBodyBytes is the largest request body the fast lane reads whole when it does
+	// not fit in a connection's buffer (--proxy-fast-lane-max-body-bytes).
+	ProxyLaneMaxBodyBytes  int
 	ProxyAuthQPS           float64
 	ProxyAuthBurst         int
 	SecretCacheSize        int
@@ -230,6 +234,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.IntVar(&o.ProxyMaxConnections, "proxy-max-connections", defaultMaxConnections, "open client connections the proxy listener accepts; more are answered 503 and closed")
 	fs.IntVar(&o.ProxyMaxHeaderBytes, "proxy-max-header-bytes", defaultMaxHeaderBytes, "largest request header the proxy reads (431 beyond)")
 	fs.Var(negatedBool{&o.ProxyWithoutFastLane}, "proxy-fast-lane", "serve the reverse and forward proxies' plain GET and HEAD requests to http and https tools on each client connection's own goroutine, outside net/http's server (same checks, less CPU); off: every request through net/http (default true)")
+	fs.IntVar(&o.ProxyLaneMaxBodyBytes, "proxy-fast-lane-max-body-bytes", defaultLaneMaxBodyBytes, "largest request body (of known length) the fast lane reads whole and sends itself; larger ones, and any while 128 times this is held by such bodies, go through net/http's server, which streams them, as does the rest of their connection")
 	fs.Float64Var(&o.ProxyAuthQPS, "proxy-auth-qps", defaultProxyAuthQPS, "sustained TokenReviews and SubjectAccessReviews per second for proxy and Connectors API clients (their own limit, apart from publishes)")
 	fs.IntVar(&o.ProxyAuthBurst, "proxy-auth-burst", defaultProxyAuthBurst, "burst of --proxy-auth-qps")
 	fs.IntVar(&o.SecretCacheSize, "secret-cache-size", defaultSecretCacheSize, "Secrets the proxy keeps at most (each for --secret-cache-ttl)")
@@ -401,6 +406,7 @@ func (v *validated) proxyLimits() error {
 		def  int
 	}{
 		{"--proxy-max-connections", &v.ProxyMaxConnections, defaultMaxConnections}, {"--proxy-max-header-bytes", &v.ProxyMaxHeaderBytes, defaultMaxHeaderBytes},
+		{"--proxy-fast-lane-max-body-bytes", &v.ProxyLaneMaxBodyBytes, defaultLaneMaxBodyBytes},
 		{"--proxy-auth-burst", &v.ProxyAuthBurst, defaultProxyAuthBurst}, {"--secret-cache-size", &v.SecretCacheSize, defaultSecretCacheSize},
 		{"--registry-token-cache-size", &v.RegistryTokenCacheSize, defaultRegistryTokenCacheSize}, {"--leaf-cache-size", &v.LeafCacheSize, defaultLeafCacheSize},
 		{"--transport-cache-size", &v.TransportCacheSize, defaultTransportCacheSize},

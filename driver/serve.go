@@ -112,7 +112,8 @@ func serveProxy(ctx context.Context, o *validated, p *proxy.Proxy, destinations 
 	srv.ReadHeaderTimeout, srv.IdleTimeout = o.ProxyReadHeaderTimeout, o.ProxyIdleTimeout
 	clients := limitConnections(lis, o.ProxyMaxConnections)
 	if !o.ProxyWithoutFastLane {
-		clients = p.FastLane(clients, srv.ReadHeaderTimeout, srv.IdleTimeout)
+		clients = p.FastLane(clients, proxy.LaneLimits{HeaderTimeout: srv.ReadHeaderTimeout, IdleTimeout: srv.IdleTimeout,
+			MaxBodyBytes: int64(o.ProxyLaneMaxBodyBytes)})
 	}
 	return serveHTTP(ctx, clients, srv, "Serving the Connectors proxy", o.ProxyListening)
 }

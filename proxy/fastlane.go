@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"math/bits"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -44,6 +45,11 @@ type FastLane struct {
 	p                          *Proxy
 	lis                        net.Listener
 	headerTimeout, idleTimeout time.Duration
+	// maxBody is the largest request body read whole off a connection when it does not fit in
+	// the connection's buffer (LaneLimits.MaxBodyBytes), and bodies the bytes such bodies may
+	// hold at once over all connections.
+	maxBody int64
+	bodies  atomic.Int64
 
 	handed  chan net.Conn
 	done    chan struct{}
@@ -62,11 +68,25 @@ const laneBufferSize = 4 << 10
 // mid-answer, releases the tool's connection, as net/http's server does for every request.
 const laneWatchDelay = 50 * time.Millisecond
 
+// LaneLimits are the fast lane's bounds: HeaderTimeout and IdleTimeout are net/http's
+// server's ReadHeaderTimeout and IdleTimeout; MaxBodyBytes is the largest request body the
+// fast lane reads whole when it does not fit in a connection's buffer behind its head (larger
+// ones, and any while laneBodyShare·MaxBodyBytes are held by others, go to net/http's server,
+// which streams them).
+type LaneLimits struct {
+	HeaderTimeout, IdleTimeout time.Duration
+	MaxBodyBytes               int64
+}
+
+// laneBodyShare bounds what request bodies read whole may hold at once, in MaxBodyBytes: a
+// client that sends most of a body and stalls holds its bytes, and without a bound as many
+// clients as --proxy-max-connections would hold that many.
+const laneBodyShare = 128
+
 // FastLane serves lis; the listener it returns yields the connections the fast lane hands to
-// net/http's server. headerTimeout and idleTimeout are the server's ReadHeaderTimeout and
-// IdleTimeout.
-func (p *Proxy) FastLane(lis net.Listener, headerTimeout, idleTimeout time.Duration) *FastLane {
-	l := &FastLane{p: p, lis: lis, headerTimeout: headerTimeout, idleTimeout: idleTimeout,
+// net/http's server.
+func (p *Proxy) FastLane(lis net.Listener, limits LaneLimits) *FastLane {
+	l := &FastLane{p: p, lis: lis, headerTimeout: limits.HeaderTimeout, idleTimeout: limits.IdleTimeout, maxBody: limits.MaxBodyBytes,
 		handed: make(chan net.Conn), done: make(chan struct{}), conns: map[*laneConn]struct{}{}}
 	p.lane.Store(l)
 	go l.acceptLoop()
@@ -190,6 +210,11 @@ type laneConn struct {
 	memo, bodyMemo laneMemo
 	// body holds the current request's body, empty for none (laneBody, inPlaceBody).
 	body []byte
+	// large is the current request, head and body, when its body did not fit in br behind
+	// the head and was read out of br whole (readLarge), nil otherwise; largeHeld is what it
+	// counts against the lane's share.
+	large     *[]byte
+	largeHeld int64
 	// caller is the current reverse request's token and who found it, and extractors the
 	// classes with an authExtractor then (keyOf).
 	caller     extracted
@@ -528,6 +553,7 @@ func (c *laneConn) serve() {
 			handedOver = c.handOver()
 			return
 		}
+		c.releaseLarge()
 		if !ok || c.closeAfter {
 			return
 		}
@@ -668,10 +694,14 @@ func (c *laneConn) laneBody(r *http.Request, headLen int) bool {
 // wholeBody is the body of n bytes behind a head of headLen at the start of br, copied out of
 // br (still unconsumed), if wait, waited for under the header timeout; ok is false when it
 // does not fit in br behind the head, or is not there (not waited for), or does not come (the
-// head is then net/http's server's, which reads on under its own deadlines).
+// head is then net/http's server's, which reads on under its own deadlines). If wait, a body
+// that does not fit is read out of br with its head (readLarge).
 func (c *laneConn) wholeBody(headLen int, n int64, wait bool) (body []byte, ok bool) {
 	if n > int64(c.br.Size()-headLen) {
-		return nil, false
+		if !wait {
+			return nil, false
+		}
+		return c.readLarge(headLen, n)
 	}
 	size := headLen + int(n)
 	if c.br.Buffered() < size {
@@ -686,6 +716,90 @@ func (c *laneConn) wholeBody(headLen int, n int64, wait bool) (body []byte, ok b
 	}
 	c.body = append(c.body[:0], buf[headLen:]...)
 	return c.body, true
+}
+
+// largeBuffers hold requests whose bodies did not fit in a connection's buffer (readLarge),
+// only while such a request is served; by size class, 8 KiB doubling up to 1 MiB (larger ones,
+// which the flag may allow, are not pooled).
+var largeBuffers [8]sync.Pool
+
+// largeCap is the capacity of the buffer for a request of size bytes: its size class's.
+func largeCap(size int64) int64 {
+	if class := bits.Len64(uint64(size-1) >> 13); class < len(largeBuffers) {
+		return 8 << 10 << class
+	}
+	return size
+}
+
+func getLarge(size int64) *[]byte {
+	capacity := largeCap(size)
+	if class := bits.Len64(uint64(capacity-1) >> 13); class < len(largeBuffers) {
+		if b, _ := largeBuffers[class].Get().(*[]byte); b != nil {
+			return b
+		}
+	}
+	b := make([]byte, 0, capacity)
+	return &b
+}
+
+func putLarge(b *[]byte) {
+	capacity := int64(cap(*b))
+	if class := bits.Len64(uint64(capacity-1) >> 13); class < len(largeBuffers) && capacity == largeCap(capacity) {
+		largeBuffers[class].Put(b)
+	}
+}
+
+// readLarge reads the request of a head of headLen and a body of n bytes that does not fit in
+// br behind it out of br, whole, into c.large, under the header timeout, as wholeBody does
+// with a body that fits: a small upload (a manifest, a pom, a small push) then stays in the
+// fast lane, and so does the rest of its connection. ok is false, with nothing read, for a
+// body over the lane's maxBody or while other such requests' buffers hold the lane's share;
+// and, with what was read kept in c.large for net/http's server (handOver), when the body
+// does not come.
+func (c *laneConn) readLarge(headLen int, n int64) (body []byte, ok bool) {
+	l := c.lane
+	size := int64(headLen) + n
+	if n > l.maxBody {
+		return nil, false
+	}
+	held := largeCap(size)
+	if l.bodies.Add(held) > laneBodyShare*l.maxBody {
+		l.bodies.Add(-held)
+		return nil, false
+	}
+	buf := getLarge(size)
+	c.large, c.largeHeld = buf, held
+	buffered, _ := c.br.Peek(c.br.Buffered()) // the head and the body's start: less than size
+	*buf = append((*buf)[:0], buffered...)
+	_, _ = c.br.Discard(len(buffered))
+	c.setReadDeadline(c.lane.headerTimeout)
+	k, err := io.ReadFull(c.br, (*buf)[len(buffered):size])
+	*buf = (*buf)[:len(buffered)+k]
+	if err != nil {
+		return nil, false
+	}
+	c.body = (*buf)[headLen:size]
+	return c.body, true
+}
+
+// consume takes a request of size bytes off the connection: out of br, unless readLarge read
+// it out already.
+func (c *laneConn) consume(size int) {
+	if c.large == nil {
+		_, _ = c.br.Discard(size)
+	}
+}
+
+// releaseLarge returns the buffer of a request readLarge read, served now, to its pool (the
+// body, which c.body and GetBody held, is no longer read).
+func (c *laneConn) releaseLarge() {
+	if c.large == nil {
+		return
+	}
+	c.lane.bodies.Add(-c.largeHeld)
+	c.body = nil
+	putLarge(c.large)
+	c.large = nil
 }
 
 // laneRequest tells whether the fast lane takes r: a body of a GET or HEAD or a chunked one,
@@ -761,7 +875,7 @@ func (c *laneConn) serveRequest(r *http.Request, size int) (taken, ok bool) {
 			return false, false
 		}
 		if rt == nil {
-			_, _ = c.br.Discard(size)
+			c.consume(size)
 			c.closeAfter = c.closeAfter || answer.header.Get("Connection") == "close"
 			return true, c.answer(answer)
 		}
@@ -781,7 +895,7 @@ func (c *laneConn) serveRequest(r *http.Request, size int) (taken, ok bool) {
 		memo.remember(key, auth, rt, epoch)
 		memo.extractors, memo.foundBy = c.extractors, c.caller.foundBy
 	}
-	_, _ = c.br.Discard(size)
+	c.consume(size)
 	laneServed.Inc()
 	routed(m, rt)
 	ok = c.forward(out, rt, m)
@@ -1410,15 +1524,22 @@ func (c *laneConn) stopWatching() bool {
 	return !c.left.Load()
 }
 
-// handOver gives the connection, with everything it sent still unread, to net/http's server.
+// handOver gives the connection, with everything it sent still unread, to net/http's server:
+// a request readLarge read out of br first.
 func (c *laneConn) handOver() bool {
 	fastLaneRequests.WithLabelValues("handed_over").Inc()
+	handed := &handedConn{Conn: c.conn, br: c.br}
+	if c.large != nil {
+		handed.replay = *c.large
+		c.lane.bodies.Add(-c.largeHeld)
+		c.large, c.body = nil, nil
+	}
 	if c.tunnel != nil {
-		c.tunnel.serveHTTP(&handedConn{Conn: c.conn, br: c.br})
+		c.tunnel.serveHTTP(handed)
 		return true
 	}
 	select {
-	case c.lane.handed <- &handedConn{Conn: c.conn, br: c.br}:
+	case c.lane.handed <- handed:
 		return true
 	case <-c.lane.done:
 		return false
@@ -1426,13 +1547,20 @@ func (c *laneConn) handOver() bool {
 }
 
 // handedConn is a connection the fast lane read ahead of net/http: its reads drain what the
-// fast lane buffered first, then read the connection itself.
+// fast lane read out of its buffer (replay) and what it buffered first, then read the
+// connection itself.
 type handedConn struct {
 	net.Conn
-	br *bufio.Reader
+	replay []byte
+	br     *bufio.Reader
 }
 
 func (c *handedConn) Read(p []byte) (int, error) {
+	if len(c.replay) > 0 {
+		n := copy(p, c.replay)
+		c.replay = c.replay[n:]
+		return n, nil
+	}
 	if c.br != nil {
 		if c.br.Buffered() > 0 {
 			return c.br.Read(p)

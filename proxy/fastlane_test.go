@@ -1,9 +1,12 @@
 package proxy
 
 import (
+	"bufio"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
+	"strings"
 	"testing"
 	"time"
 
@@ -225,4 +228,59 @@ type deadlineRecorder struct {
 func (d *deadlineRecorder) SetReadDeadline(t time.Time) error {
 	d.set = append(d.set, t)
 	return d.Conn.SetReadDeadline(t)
+}
+
+// TestReadLargeShare: readLarge reads a body that does not fit in the connection's buffer
+// out of it whole, counting its buffer against the lane's share until releaseLarge; with the
+// share taken by others, or a body over maxBody, it reads nothing (the request stays in br for
+// net/http's server).
+func TestReadLargeShare(t *testing.T) {
+	const maxBody = 16 << 10
+	head := "POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 10000\r\n\r\n"
+	body := strings.Repeat("b", 10000)
+	read := func(lane *FastLane, n int64) (*laneConn, []byte, bool) {
+		server, client := net.Pipe()
+		t.Cleanup(func() { client.Close(); server.Close() })
+		go func() { _, _ = io.WriteString(client, head+body) }()
+		c := &laneConn{lane: lane, conn: server}
+		c.br = bufio.NewReaderSize(c, laneBufferSize)
+		if _, err := c.br.Peek(len(head)); err != nil {
+			t.Fatal(err)
+		}
+		got, ok := c.wholeBody(len(head), n, true)
+		return c, got, ok
+	}
+
+	lane := &FastLane{maxBody: maxBody, headerTimeout: time.Minute}
+	c, got, ok := read(lane, 10000)
+	if !ok || string(got) != body {
+		t.Fatalf("a body of 10000 bytes with the share free: ok %v, %d bytes", ok, len(got))
+	}
+	if held := lane.bodies.Load(); held != 16<<10 {
+		t.Errorf("while served, %d bytes counted against the share, want its buffer's 16 KiB", held)
+	}
+	c.releaseLarge()
+	if held := lane.bodies.Load(); held != 0 || c.large != nil || c.body != nil {
+		t.Errorf("after releaseLarge: %d bytes counted, buffer kept %v", held, c.large != nil)
+	}
+
+	lane.bodies.Store(laneBodyShare*maxBody - 8<<10)
+	if c, _, ok := read(lane, 10000); ok || c.large != nil || c.br.Buffered() < len(head) {
+		t.Errorf("with the share taken: read %v, nothing consumed %v", ok, c.large == nil)
+	}
+	if held := lane.bodies.Load(); held != laneBodyShare*maxBody-8<<10 {
+		t.Errorf("a refused read left %d bytes counted", held)
+	}
+	if c, _, ok := read(&FastLane{maxBody: 9999, headerTimeout: time.Minute}, 10000); ok || c.large != nil {
+		t.Error("a body over maxBody was read")
+	}
+}
+
+// Buffers come in size classes of 8 KiB doubling up to 1 MiB; larger sizes are their own.
+func TestLargeCap(t *testing.T) {
+	for size, want := range map[int64]int64{1: 8 << 10, 8 << 10: 8 << 10, 8<<10 + 1: 16 << 10, 68 << 10: 128 << 10, 1 << 20: 1 << 20, 1<<20 + 1: 1<<20 + 1} {
+		if got := largeCap(size); got != want {
+			t.Errorf("largeCap(%d) = %d, want %d", size, got, want)
+		}
+	}
 }

@@ -55,8 +55,8 @@ func (u *diffUpstream) last() received {
 }
 
 // TestProxyDifferential sends 200 generated requests (methods, escaped paths, repeated and odd
-// query parameters, repeated and custom headers, bodies up to 64 KiB, half of them small enough
-// for the fast lane) directly to an upstream
+// query parameters, repeated and custom headers, bodies up to 128 KiB, two thirds of them small
+// enough for the fast lane) directly to an upstream
 // with the Connector's credential, through the reverse proxy with the Pod token, and through the
 // forward proxy configured only from http.proxy, and compares what the upstream received: the
 // proxy may only swap the credential and add its hop marker. It is the safety net for work on
@@ -116,7 +116,7 @@ func TestProxyDifferential(t *testing.T) {
 		reverse := upstream.last()
 		send(viaForward, srv.URL, "") // the forward proxy: Proxy-Authorization from http.proxy
 		forwarded := upstream.last()
-		if method == "OPTIONS" || len(body) > 1<<10 {
+		if method == "OPTIONS" || len(body) > laneMaxBody {
 			// Handed over with its connection to net/http's server: the next request on a
 			// new client's connection, in the fast lane again (an old client's connection
 			// may go back to its pool after CloseIdleConnections returns).
@@ -139,6 +139,9 @@ func TestProxyDifferential(t *testing.T) {
 		t.Errorf("the fast lane served %v requests and handed over %v connections, want %v and %v", c[0]+c[1], c[2], lane, notLane)
 	}
 }
+
+// laneMaxBody is --proxy-fast-lane-max-body-bytes's default.
+const laneMaxBody = 64 << 10
 
 // generatedRequest is request i of the differential test: varied but reproducible.
 func generatedRequest(rnd *rand.Rand, i int) (method, path, query string, headers [][2]string, body []byte) {
@@ -169,11 +172,14 @@ func generatedRequest(rnd *rand.Rand, i int) (method, path, query string, header
 		}
 	}
 	if method != "GET" && method != "HEAD" && method != "OPTIONS" && rnd.IntN(4) != 0 {
-		size := 8<<10 + rnd.IntN(56<<10) // net/http's: larger than the fast lane's buffer
-		if rnd.IntN(2) == 0 {
-			// The fast lane's: head and body within its 4 KiB (the forward proxy's head
-			// carries the Pod token).
+		var size int
+		switch rnd.IntN(3) {
+		case 0: // in the fast lane's 4 KiB buffer with the head (the forward proxy's carries the Pod token)
 			size = rnd.IntN(1 << 10)
+		case 1: // larger than the buffer: the fast lane reads it out whole
+			size = 8<<10 + rnd.IntN(laneMaxBody-8<<10)
+		default: // net/http's: over --proxy-fast-lane-max-body-bytes
+			size = laneMaxBody + 1 + rnd.IntN(64<<10)
 		}
 		body = make([]byte, size)
 		for j := range body {

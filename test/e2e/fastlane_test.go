@@ -114,6 +114,14 @@ func dialProxy(t *testing.T, addr string) net.Conn {
 	return conn
 }
 
+// writeRaw writes raw bytes of HTTP to the proxy on conn.
+func writeRaw(t *testing.T, conn net.Conn, raw string) {
+	t.Helper()
+	if _, err := io.WriteString(conn, raw); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // within waits for ch, failing the test after a minute.
 func within(t *testing.T, ch <-chan struct{}, what string) {
 	t.Helper()
@@ -154,9 +162,7 @@ func TestFastLane(t *testing.T) {
 	br := bufio.NewReader(conn)
 	send := func(raw string) {
 		t.Helper()
-		if _, err := io.WriteString(conn, raw); err != nil {
-			t.Fatal(err)
-		}
+		writeRaw(t, conn, raw)
 	}
 	read := func(method string) (*http.Response, string) {
 		t.Helper()

@@ -178,6 +178,10 @@ func fetch(url, file string) error {
 // postBody is what the POST rows send.
 var postBody = bytes.Repeat([]byte("0032want 0123456789abcdef0123456789abcdef01234567\n"), 512/50+1)[:512]
 
+// mediumBody is what the middle POST rows send: larger than the fast lane's buffer, within
+// what it reads out whole.
+var mediumBody = bytes.Repeat([]byte("0123456789abcdef"), (32<<10)/16)
+
 // uploadBody is what the upload rows POST: a pack of a small push, or a layer's chunk.
 var uploadBody = bytes.Repeat([]byte("0123456789abcdef"), (1<<20)/16)
 
@@ -275,25 +279,27 @@ func makeTargets(ctx context.Context, cp *controlplane.ControlPlane, up *benchen
 			wrk: reverseWrk("tool-tls", bearer), baseline: "nginx (proxy_pass https://)", pids: drv.PIDs, driver: true},
 		{name: "connectors proxy (reverse, enable-connector-proxy-permissions)", goClient: plain(nil, nil), goURL: reverse("tool"), header: bearer,
 			wrk: reverseWrk("tool", bearer), baseline: "nginx (header-injecting reverse proxy)", pids: drv.PIDs, driver: true, permissions: true},
-		// POSTs of a small body, as git's upload-pack and receive-pack requests or a registry's
-		// manifest PUTs are, answered with the size's body.
-		{name: "nginx (header-injecting reverse proxy): POST of 512 B", goClient: plain(nil, nil), goURL: func(s string) string { return "http://" + ngx.addr + "/" + s },
-			wrk:  func(s string) *request { return &request{connect: "http://" + ngx.addr, path: "/" + s} },
-			pids: ngx.pids, body: postBody},
-		{name: "connectors proxy (reverse): POST of 512 B", goClient: plain(nil, nil), goURL: reverse("tool"), header: bearer, wrk: reverseWrk("tool", bearer),
-			baseline: "nginx (header-injecting reverse proxy): POST of 512 B", pids: drv.PIDs, driver: true, body: postBody},
-		{name: "connectors proxy (forward): POST of 512 B", goClient: plain(http.ProxyURL(fwd), nil), goURL: func(s string) string { return up.URL + "/" + s },
-			wrk: forwardWrk("tool", func(s string) string { return s }), baseline: "nginx (header-injecting reverse proxy): POST of 512 B", pids: drv.PIDs, driver: true, body: postBody},
-		// Uploads (a push's pack, a layer): bodies larger than the fast lane's buffer, which
-		// net/http's server and ReverseProxy stream; nginx streams them too here
-		// (proxy_request_buffering off, as in front of a registry).
-		{name: "nginx (header-injecting reverse proxy): POST of 1 MiB", goClient: plain(nil, nil), goURL: func(s string) string { return "http://" + ngx.addr + "/upload/" + s },
-			wrk:  func(s string) *request { return &request{connect: "http://" + ngx.addr, path: "/upload/" + s} },
-			pids: ngx.pids, body: uploadBody},
-		{name: "connectors proxy (reverse): POST of 1 MiB", goClient: plain(nil, nil), goURL: reverse("tool"), header: bearer, wrk: reverseWrk("tool", bearer),
-			baseline: "nginx (header-injecting reverse proxy): POST of 1 MiB", pids: drv.PIDs, driver: true, body: uploadBody},
-		{name: "connectors proxy (forward): POST of 1 MiB", goClient: plain(http.ProxyURL(fwd), nil), goURL: func(s string) string { return up.URL + "/" + s },
-			wrk: forwardWrk("tool", func(s string) string { return s }), baseline: "nginx (header-injecting reverse proxy): POST of 1 MiB", pids: drv.PIDs, driver: true, body: uploadBody},
+	}
+	// POSTs of a small body, as git's upload-pack and receive-pack requests or a registry's
+	// manifest PUTs are, answered with the size's body; of one larger than the fast lane's
+	// 4 KiB buffer that it reads out whole (a manifest list, a pom, a small push); and uploads
+	// (a push's pack, a layer) over --proxy-fast-lane-max-body-bytes, which net/http's server
+	// and ReverseProxy stream. nginx streams the larger two (proxy_request_buffering off, as in
+	// front of a registry).
+	for _, post := range []struct {
+		label, nginxPath string
+		body             []byte
+	}{{"512 B", "/", postBody}, {"32 KiB", "/upload/", mediumBody}, {"1 MiB", "/upload/", uploadBody}} {
+		baseline := "nginx (header-injecting reverse proxy): POST of " + post.label
+		nginxURL := "http://" + ngx.addr + post.nginxPath
+		targets = append(targets,
+			target{name: baseline, goClient: plain(nil, nil), goURL: func(s string) string { return nginxURL + s },
+				wrk:  func(s string) *request { return &request{connect: "http://" + ngx.addr, path: post.nginxPath + s} },
+				pids: ngx.pids, body: post.body},
+			target{name: "connectors proxy (reverse): POST of " + post.label, goClient: plain(nil, nil), goURL: reverse("tool"), header: bearer,
+				wrk: reverseWrk("tool", bearer), baseline: baseline, pids: drv.PIDs, driver: true, body: post.body},
+			target{name: "connectors proxy (forward): POST of " + post.label, goClient: plain(http.ProxyURL(fwd), nil), goURL: func(s string) string { return up.URL + "/" + s },
+				wrk: forwardWrk("tool", func(s string) string { return s }), baseline: baseline, pids: drv.PIDs, driver: true, body: post.body})
 	}
 	for _, tg := range targets {
 		if err := benchenv.WaitReady(tg.goClient, []string{tg.goURL("1k")}, tg.header); err != nil {
