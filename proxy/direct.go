@@ -170,7 +170,24 @@ func (d *directTransport) get(ctx context.Context, key directKey, checked bool) 
 	if err != nil {
 		return nil, false, err
 	}
-	return &directConn{key: key, conn: conn, br: bufio.NewReaderSize(conn, 4<<10), bw: bufio.NewWriterSize(conn, 4<<10)}, false, nil
+	return &directConn{key: key, conn: conn, br: bufio.NewReaderSize(conn, 4<<10), bw: bufioWriterFor(conn)}, false, nil
+}
+
+// bufioWriterFor is the buffered writer of a tool connection (toolWriter).
+func bufioWriterFor(conn net.Conn) *bufio.Writer {
+	return bufio.NewWriterSize(toolWriter{conn}, 4<<10)
+}
+
+// toolWriter is a tool connection under its bufio.Writer, which hands a body larger than its
+// buffer (one the fast lane read out whole) to the connection's ReadFrom: net.TCPConn's
+// splices or sends a file only from a socket or a file, and for any other reader allocates a
+// 32 KiB buffer per call, for every such request; this one copies through a pooled buffer.
+type toolWriter struct{ net.Conn }
+
+func (w toolWriter) ReadFrom(r io.Reader) (int64, error) {
+	buf := bufferPool.Get().(*[]byte)
+	defer bufferPool.Put(buf)
+	return io.CopyBuffer(struct{ io.Writer }{w.Conn}, r, *buf)
 }
 
 // dial connects to the tool with the transport's dialer (the destination policy), and for an

@@ -13,6 +13,7 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -623,5 +624,59 @@ func TestDirectTransportLeavesHTTP2OnlyToolsToTheTransport(t *testing.T) {
 	}
 	if body, proto := readAll(t, res), <-protos; body != "h2 only" || proto != "HTTP/2.0" {
 		t.Errorf("through the transport: %q, the tool saw %s", body, proto)
+	}
+}
+
+// TestToolWriterSendsLargeBodiesWithoutAllocating: a request with a body larger than a tool
+// connection's write buffer (one the fast lane read out whole) reaches the tool whole, and its
+// copy allocates no buffer of its own per request (net.TCPConn's ReadFrom, which bufio.Writer
+// hands such a body to, would allocate 32 KiB each time).
+func TestToolWriterSendsLargeBodiesWithoutAllocating(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	const body, runs = 32 << 10, 50
+	received := make(chan int64, 1)
+	go func() {
+		conn, err := lis.Accept()
+		if err != nil {
+			received <- -1
+			return
+		}
+		defer conn.Close()
+		n, _ := io.Copy(io.Discard, conn)
+		received <- n
+	}()
+	conn, err := net.Dial("tcp", lis.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc := &directConn{conn: conn, bw: bufioWriterFor(conn)}
+	payload := bytes.Repeat([]byte("b"), body)
+	send := func() {
+		r, _ := http.NewRequest(http.MethodPost, "http://tool/x", io.NopCloser(bytes.NewReader(payload)))
+		r.ContentLength = body
+		if err := r.Write(pc.bw); err != nil {
+			t.Fatal(err)
+		}
+		if err := pc.bw.Flush(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send() // the pool's first buffer
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for range runs {
+		send()
+	}
+	runtime.ReadMemStats(&after)
+	_ = conn.Close()
+	if n := <-received; n < (runs+1)*body {
+		t.Fatalf("the tool received %d bytes, want at least %d", n, (runs+1)*body)
+	}
+	if perRequest := (after.TotalAlloc - before.TotalAlloc) / runs; perRequest > 8<<10 && !raceEnabled {
+		t.Errorf("%d bytes allocated per request of a 32 KiB body", perRequest)
 	}
 }
