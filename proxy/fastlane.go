@@ -763,8 +763,7 @@ func (c *laneConn) readLarge(headLen int, n int64) (body []byte, ok bool) {
 		return nil, false
 	}
 	held := largeCap(size)
-	if l.bodies.Add(held) > laneBodyShare*l.maxBody {
-		l.bodies.Add(-held)
+	if !l.holdBody(held) {
 		return nil, false
 	}
 	buf := getLarge(size)
@@ -782,6 +781,23 @@ func (c *laneConn) readLarge(headLen int, n int64) (body []byte, ok bool) {
 	return c.body, true
 }
 
+// holdBody counts a buffer of n bytes for a request body against the lane's share; false,
+// with nothing counted, when the share has no room for it.
+func (l *FastLane) holdBody(n int64) bool {
+	if l.bodies.Add(n) > laneBodyShare*l.maxBody {
+		l.bodies.Add(-n)
+		return false
+	}
+	laneBodyBytes.Add(float64(n))
+	return true
+}
+
+// releaseBody gives back what holdBody counted.
+func (l *FastLane) releaseBody(n int64) {
+	l.bodies.Add(-n)
+	laneBodyBytes.Sub(float64(n))
+}
+
 // consume takes a request of size bytes off the connection: out of br, unless readLarge read
 // it out already.
 func (c *laneConn) consume(size int) {
@@ -796,7 +812,7 @@ func (c *laneConn) releaseLarge() {
 	if c.large == nil {
 		return
 	}
-	c.lane.bodies.Add(-c.largeHeld)
+	c.lane.releaseBody(c.largeHeld)
 	c.body = nil
 	putLarge(c.large)
 	c.large = nil
@@ -1531,7 +1547,7 @@ func (c *laneConn) handOver() bool {
 	handed := &handedConn{Conn: c.conn, br: c.br}
 	if c.large != nil {
 		handed.replay = *c.large
-		c.lane.bodies.Add(-c.largeHeld)
+		c.lane.releaseBody(c.largeHeld)
 		c.large, c.body = nil, nil
 	}
 	if c.tunnel != nil {

@@ -40,7 +40,15 @@ var fastLaneRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
 
 var laneServed, laneServedInPlace = fastLaneRequests.WithLabelValues("served"), fastLaneRequests.WithLabelValues("served_in_place")
 
-func init() { prometheus.MustRegister(proxyRequests, proxyDuration, proxyBytes, fastLaneRequests) }
+// laneBodyBytes is what the fast lane's buffers for bodies read out whole hold (readLarge).
+var laneBodyBytes = prometheus.NewGauge(prometheus.GaugeOpts{
+	Name: "connectors_proxy_fast_lane_body_bytes",
+	Help: "Bytes of the buffers the proxy's fast lane holds request bodies in that did not fit in a connection's buffer (at most 128 times --proxy-fast-lane-max-body-bytes; beyond, such requests go to the full HTTP server).",
+})
+
+func init() {
+	prometheus.MustRegister(proxyRequests, proxyDuration, proxyBytes, fastLaneRequests, laneBodyBytes)
+}
 
 // Modes of connectors_proxy_*.
 const (

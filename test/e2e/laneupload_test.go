@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/kube-connectors/connectors-csi/driver"
+	"github.com/kube-connectors/connectors-csi/test/kubelet"
 )
 
 // bodyRecorder is a tool that keeps the bodies it is sent and answers each with its length.
@@ -131,6 +132,7 @@ func TestFastLaneReadsSmallUploadsWhole(t *testing.T) {
 		t.Errorf("a request read whole and not taken: %v connections handed over, want 2", c[2])
 	}
 
+	checkLaneBodiesReleased(t, metricsAddr)
 	if got := tool.got(); len(got) != len(sent) {
 		t.Fatalf("the tool got %d bodies, want %d", len(got), len(sent))
 	} else {
@@ -175,5 +177,21 @@ func TestFastLaneHandsOverAStalledUpload(t *testing.T) {
 	}
 	if got := tool.got(); len(got) != 1 || !bytes.Equal(got[0], body) {
 		t.Fatalf("the tool got %d bodies, want one, the %d bytes sent", len(got), len(body))
+	}
+	checkLaneBodiesReleased(t, metricsAddr)
+}
+
+// checkLaneBodiesReleased checks that the fast lane holds no body buffer once its requests
+// are answered (connectors_proxy_fast_lane_body_bytes back at 0; tests run one at a time).
+func checkLaneBodiesReleased(t *testing.T, metricsAddr string) {
+	t.Helper()
+	held := "connectors_proxy_fast_lane_body_bytes"
+	var m map[string]float64
+	kubelet.WaitUntil(10*time.Second, func() bool {
+		m = scrape(t, metricsAddr)
+		return m[held] == 0
+	})
+	if v, ok := m[held]; !ok || v != 0 {
+		t.Errorf("%s is %v (served: %v), want 0 once every request is answered", held, v, ok)
 	}
 }

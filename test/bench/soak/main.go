@@ -22,6 +22,7 @@ import (
 	"net/url"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -248,18 +249,21 @@ func (l *load) vanishingClient(ctx context.Context) {
 	}
 }
 
-// halfBodyClient sends a POST's head and half of its 1 KiB body, waits, and closes its
-// connection: the fast lane waits for such a body (under the header timeout) before it reads
-// the request.
+// halfBodyClient sends a POST's head and half of its body, of 1 KiB and of 32 KiB by turns,
+// waits, and closes its connection: the fast lane waits for such a body (under the header
+// timeout) before it reads the request, the larger in a buffer of its own (readLarge).
 func (l *load) halfBodyClient(ctx context.Context) {
-	request := "POST /namespaces/" + ns + "/connectors/tool/1k HTTP/1.1\r\nHost: proxy\r\nAuthorization: Bearer " + l.token +
-		"\r\nContent-Length: 1024\r\n\r\n" + strings.Repeat("x", 512)
-	for pause(ctx, *think) {
+	var requests []string
+	for _, size := range []int{1 << 10, 32 << 10} {
+		requests = append(requests, "POST /namespaces/"+ns+"/connectors/tool/1k HTTP/1.1\r\nHost: proxy\r\nAuthorization: Bearer "+l.token+
+			"\r\nContent-Length: "+strconv.Itoa(size)+"\r\n\r\n"+strings.Repeat("x", size/2))
+	}
+	for i := 0; pause(ctx, *think); i++ {
 		conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", l.proxy)
 		if err != nil {
 			continue
 		}
-		_, _ = conn.Write([]byte(request))
+		_, _ = conn.Write([]byte(requests[i%2]))
 		pause(ctx, *think)
 		conn.Close()
 	}
