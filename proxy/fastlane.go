@@ -46,8 +46,8 @@ type FastLane struct {
 	lis                        net.Listener
 	headerTimeout, idleTimeout time.Duration
 	// maxBody is the largest request body read whole off a connection when it does not fit in
-	// the connection's buffer (LaneLimits.MaxBodyBytes), and bodies the bytes such bodies may
-	// hold at once over all connections.
+	// the connection's buffer (LaneLimits.MaxBodyBytes); bodies is what the buffers of such
+	// bodies hold now, over all connections (at most laneBodyShare·maxBody: holdBody).
 	maxBody int64
 	bodies  atomic.Int64
 
