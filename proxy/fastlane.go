@@ -537,10 +537,14 @@ func (c *laneConn) serve() {
 			return
 		}
 		if taken, ok := c.serveRemembered(head); taken {
+			c.releaseLarge()
 			if !ok || c.closeAfter {
 				return
 			}
 			continue
+		}
+		if c.large != nil { // inPlaceBody read the request out of br
+			head = (*c.large)[:len(head)]
 		}
 		req, size := c.parse(head)
 		if req == nil {
@@ -759,6 +763,13 @@ func putLarge(b *[]byte) {
 func (c *laneConn) readLarge(headLen int, n int64) (body []byte, ok bool) {
 	l := c.lane
 	size := int64(headLen) + n
+	if c.large != nil { // read out already, for a head read in place that then took this path
+		if int64(len(*c.large)) != size {
+			return nil, false
+		}
+		c.body = (*c.large)[headLen:size]
+		return c.body, true
+	}
 	if n > l.maxBody {
 		return nil, false
 	}
@@ -1202,7 +1213,7 @@ func (c *laneConn) serveRemembered(head []byte) (taken, ok bool) {
 			return false, false // the tool had closed it: serveRequest dials a new one
 		}
 		// The client left, or a request with a body (sent once: directTransport.RoundTrip).
-		_, _ = c.br.Discard(len(head) + len(body))
+		c.consume(len(head) + len(body))
 		code, ok = c.upstreamFailed(rt, err)
 	} else if registryAuth != "" && challenged(pc.br) {
 		// The registry refused the kept token (revoked, or the token service's clock runs
@@ -1212,7 +1223,7 @@ func (c *laneConn) serveRemembered(head []byte) (taken, ok bool) {
 		memo.registryName = ""
 		return !c.stopWatching(), false
 	} else {
-		_, _ = c.br.Discard(len(head) + len(body))
+		c.consume(len(head) + len(body))
 		code, ok = c.relayRemembered(memo, pc, h.method, rt, uri)
 	}
 	laneServedInPlace.Inc()
@@ -1235,7 +1246,13 @@ func (c *laneConn) inPlaceBody(h *laneHead, headLen int, rt *route) (body []byte
 	if h.contentLength <= 0 {
 		return nil, true
 	}
-	body, ok = c.wholeBody(headLen, h.contentLength, false)
+	if h.contentLength <= int64(c.br.Size()-headLen) {
+		body, ok = c.wholeBody(headLen, h.contentLength, false)
+	} else if body, ok = c.readLarge(headLen, h.contentLength); ok {
+		// h's fields are slices of br's buffer, which reading the body may have reused: read
+		// the head again where it is now.
+		readLaneHead((*c.large)[:headLen], h, c.tunnel != nil)
+	}
 	return body, ok && !holdsCallerToken(rt, body)
 }
 

@@ -94,21 +94,24 @@ func TestFastLaneReadsSmallUploadsWhole(t *testing.T) {
 		}
 	}
 
-	// In the fast lane: 1 KiB, 10 KiB, the maximum, and 20 KiB sent in two parts.
-	sent := [][]byte{random(1 << 10), random(10 << 10), random(maxBody), random(20 << 10)}
+	// In the fast lane: 1 KiB, 10 KiB, just over the buffer (the rest of the body is read
+	// through the buffer the head was in), the maximum, and 20 KiB sent in two parts.
+	sent := [][]byte{random(1 << 10), random(10 << 10), random(4<<10 + 300), random(maxBody), random(20 << 10)}
 	before := scrape(t, metricsAddr)
-	for _, body := range sent[:3] {
+	for _, body := range sent[:4] {
 		send(post(body, true))
 		answer("POST", "200 "+strconv.Itoa(len(body)))
 	}
-	split := post(sent[3], true)
+	split := post(sent[4], true)
 	send(split[:len(split)-15<<10])
 	send(split[len(split)-15<<10:])
 	answer("POST", "200 20480")
 	send(get)
 	answer("GET", "200 0")
-	if c := laneCountsWhen(t, metricsAddr, before, 5, 0); c[0]+c[1] != 5 || c[2] != 0 {
-		t.Errorf("the fast lane served %v requests and handed %v connections over; want 5 and 0", c[0]+c[1], c[2])
+	// Through net/http's parsers: the first POST and the GET (another method's route); in
+	// place, along the POST's remembered route: the next four, their bodies read out whole.
+	if c := laneCountsWhen(t, metricsAddr, before, 6, 0); c != [3]float64{2, 4, 0} {
+		t.Errorf("the fast lane served %v, in place %v, handed over %v; want 2, 4, 0", c[0], c[1], c[2])
 	}
 
 	// Over the maximum: to net/http's server, which serves the connection from then on.
@@ -117,7 +120,7 @@ func TestFastLaneReadsSmallUploadsWhole(t *testing.T) {
 	send(post(over, true) + get)
 	answer("POST", "200 "+strconv.Itoa(len(over)))
 	answer("GET", "200 0")
-	if c := laneCountsWhen(t, metricsAddr, before, 5, 1); c[2] != 1 {
+	if c := laneCountsWhen(t, metricsAddr, before, 6, 1); c[2] != 1 {
 		t.Errorf("a body over the maximum: %v connections handed over, want 1", c[2])
 	}
 
@@ -128,7 +131,7 @@ func TestFastLaneReadsSmallUploadsWhole(t *testing.T) {
 	send(post(random(8<<10), false) + get)
 	answer("POST", "401")
 	answer("GET", "200 0")
-	if c := laneCountsWhen(t, metricsAddr, before, 5, 2); c[2] != 2 {
+	if c := laneCountsWhen(t, metricsAddr, before, 6, 2); c[2] != 2 {
 		t.Errorf("a request read whole and not taken: %v connections handed over, want 2", c[2])
 	}
 
@@ -146,8 +149,19 @@ func TestFastLaneReadsSmallUploadsWhole(t *testing.T) {
 
 // TestFastLaneHandsOverAStalledUpload: a body larger than the fast lane's buffer that stops
 // coming for longer than --proxy-read-header-timeout goes, with what came of it, to net/http's
-// server, which reads the rest when it comes: the tool gets it whole.
+// server, which reads the rest when it comes: the tool gets it whole. Both on a new connection
+// (net/http's parsers) and after a POST whose route the connection remembers (in place).
 func TestFastLaneHandsOverAStalledUpload(t *testing.T) {
+	for _, remembered := range []bool{false, true} {
+		name := "new connection"
+		if remembered {
+			name = "remembered route"
+		}
+		t.Run(name, func(t *testing.T) { checkStalledUpload(t, remembered) })
+	}
+}
+
+func checkStalledUpload(t *testing.T, remembered bool) {
 	tool := &bodyRecorder{}
 	srv := httptest.NewServer(http.HandlerFunc(tool.handle))
 	t.Cleanup(srv.Close)
@@ -161,13 +175,26 @@ func TestFastLaneHandsOverAStalledUpload(t *testing.T) {
 	raw := "POST /namespaces/" + ns + "/connectors/tool/upload HTTP/1.1\r\nHost: " + host + "\r\nContent-Length: " + strconv.Itoa(len(body)) +
 		"\r\nAuthorization: Bearer " + files["context.token"] + "\r\n\r\n" + string(body)
 
-	before := scrape(t, metricsAddr)
 	conn := dialProxy(t, host)
+	br := bufio.NewReader(conn)
+	var sent int
+	if remembered {
+		small := "POST /namespaces/" + ns + "/connectors/tool/upload HTTP/1.1\r\nHost: " + host + "\r\nContent-Length: 5" +
+			"\r\nAuthorization: Bearer " + files["context.token"] + "\r\n\r\nhello"
+		writeRaw(t, conn, small)
+		if res, err := http.ReadResponse(br, &http.Request{Method: "POST"}); err != nil || res.StatusCode != http.StatusOK {
+			t.Fatalf("the first POST: %v %v", res, err)
+		} else {
+			_, _ = io.Copy(io.Discard, res.Body)
+		}
+		sent = 1
+	}
+	before := scrape(t, metricsAddr)
 	writeRaw(t, conn, raw[:len(raw)-5000])
 	// The rest only once the fast lane gave up waiting and handed the connection over.
 	laneCountsWhen(t, metricsAddr, before, 0, 1)
 	writeRaw(t, conn, raw[len(raw)-5000:])
-	res, err := http.ReadResponse(bufio.NewReader(conn), &http.Request{Method: "POST"})
+	res, err := http.ReadResponse(br, &http.Request{Method: "POST"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,8 +202,8 @@ func TestFastLaneHandsOverAStalledUpload(t *testing.T) {
 	if res.StatusCode != http.StatusOK || string(answered) != strconv.Itoa(len(body)) {
 		t.Fatalf("answered %d %q", res.StatusCode, answered)
 	}
-	if got := tool.got(); len(got) != 1 || !bytes.Equal(got[0], body) {
-		t.Fatalf("the tool got %d bodies, want one, the %d bytes sent", len(got), len(body))
+	if got := tool.got(); len(got) != sent+1 || !bytes.Equal(got[sent], body) {
+		t.Fatalf("the tool got %d bodies, want %d, the last the %d bytes sent", len(got), sent+1, len(body))
 	}
 	checkLaneBodiesReleased(t, metricsAddr)
 }
