@@ -301,12 +301,40 @@ func makeTargets(ctx context.Context, cp *controlplane.ControlPlane, up *benchen
 			target{name: "connectors proxy (forward): POST of " + post.label, goClient: plain(http.ProxyURL(fwd), nil), goURL: func(s string) string { return up.URL + "/" + s },
 				wrk: forwardWrk("tool", func(s string) string { return s }), baseline: baseline, pids: drv.PIDs, driver: true, body: post.body})
 	}
+	// One request per connection (Connection: close), as one-shot clients send them (curl in a
+	// pipeline's step, a webhook): each request is its connection's first.
+	for _, name := range []string{"nginx (header-injecting reverse proxy)", "connectors proxy (reverse)", "connectors proxy (forward)"} {
+		targets = append(targets, oneShot(targets[slices.IndexFunc(targets, func(tg target) bool { return tg.name == name })]))
+	}
 	for _, tg := range targets {
 		if err := benchenv.WaitReady(tg.goClient, []string{tg.goURL("1k")}, tg.header); err != nil {
 			return nil, fmt.Errorf("%s: %w", tg.name, err)
 		}
 	}
 	return targets, nil
+}
+
+// oneShot is tg with a new connection for each request.
+func oneShot(tg target) target {
+	const suffix = ": a new connection per request"
+	tg.name += suffix
+	if tg.baseline != "" {
+		tg.baseline += suffix
+	}
+	tr := tg.goClient.Transport.(*http.Transport).Clone()
+	tr.DisableKeepAlives = true
+	tg.goClient = &http.Client{Transport: tr}
+	wrk := tg.wrk
+	tg.wrk = func(size string) *request {
+		r := *wrk(size)
+		r.header = r.header.Clone()
+		if r.header == nil {
+			r.header = http.Header{}
+		}
+		r.header.Set("Connection", "close")
+		return &r
+	}
+	return tg
 }
 
 // measure runs one case with one generator and reads the proxying processes' CPU time and,
