@@ -57,6 +57,9 @@ type FastLane struct {
 
 	mu    sync.Mutex
 	conns map[*laneConn]struct{}
+
+	// shared are the routes connections remembered lately, for new connections' first heads.
+	shared sharedMemos
 }
 
 // laneBufferSize bounds the request heads the fast lane reads: a larger one goes to net/http,
@@ -141,11 +144,37 @@ func (l *FastLane) acceptLoop() {
 // newConn is a fast-lane connection over conn, inside t when it is a tunnel's.
 func (l *FastLane) newConn(conn net.Conn, t *tunnel) *laneConn {
 	c := &laneConn{lane: l, conn: conn, tunnel: t}
-	c.br = bufio.NewReaderSize(c, laneBufferSize)
-	c.cw = bufio.NewWriterSize(conn, laneBufferSize)
+	c.br = laneReaders.Get().(*bufio.Reader)
+	c.br.Reset(c)
+	c.cw = laneWriters.Get().(*bufio.Writer)
+	c.cw.Reset(conn)
 	c.stopWatch = c.stopWatching
 	c.rawSeen.all = headHeaders{&c.raw}
 	return c
+}
+
+// laneReaders and laneWriters are the connections' buffers, pooled: a client that sends one
+// request per connection (curl in a pipeline's step) would otherwise have the proxy allocate
+// three buffers of laneBufferSize for each request (docs/benchmarks.md).
+var (
+	laneReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, laneBufferSize) }}
+	laneWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, laneBufferSize) }}
+)
+
+// releaseBuffers gives the connection's buffers back to their pools once it is served; its
+// reader stays with it when handedOver (handedConn drains it).
+func (c *laneConn) releaseBuffers(handedOver bool) {
+	c.cw.Reset(nil)
+	laneWriters.Put(c.cw)
+	if c.headBuf != nil {
+		c.headBuf.Reset(nil)
+		laneReaders.Put(c.headBuf)
+	}
+	if !handedOver {
+		c.br.Reset(nil)
+		laneReaders.Put(c.br)
+	}
+	c.br, c.cw, c.headBuf = nil, nil, nil
 }
 
 // serveTunnel serves a CONNECT tunnel's requests (origin-form, to its one destination, with
@@ -530,6 +559,7 @@ func (c *laneConn) serve() {
 		if !handedOver {
 			_ = c.conn.Close()
 		}
+		c.releaseBuffers(handedOver)
 	}()
 	for {
 		head, ok := c.nextHead()
@@ -648,10 +678,9 @@ func (c *laneConn) parse(head []byte) (r *http.Request, size int) {
 	}
 	c.head.Reset(head)
 	if c.headBuf == nil {
-		c.headBuf = bufio.NewReaderSize(&c.head, laneBufferSize)
-	} else {
-		c.headBuf.Reset(&c.head)
+		c.headBuf = laneReaders.Get().(*bufio.Reader)
 	}
+	c.headBuf.Reset(&c.head)
 	req, err := http.ReadRequest(c.headBuf)
 	if err != nil || !laneRequest(req) || !c.laneBody(req, len(head)) {
 		return nil, 0
@@ -921,6 +950,9 @@ func (c *laneConn) serveRequest(r *http.Request, size int) (taken, ok bool) {
 	if !remembered {
 		memo.remember(key, auth, rt, epoch)
 		memo.extractors, memo.foundBy = c.extractors, c.caller.foundBy
+		if c.tunnel == nil {
+			c.lane.shared.share(p, memo)
+		}
 	}
 	c.consume(size)
 	laneServed.Inc()
@@ -1172,6 +1204,9 @@ func (c *laneConn) serveRemembered(head []byte) (taken, ok bool) {
 	}
 	memo := c.memoFor(h.method)
 	rt, uri, remembered := memo.routeForHead(c.lane.p, h, c.headAt)
+	if !remembered && c.tunnel == nil && c.lane.shared.adopt(c.lane.p, memo, h, c.headAt) {
+		rt, uri, remembered = memo.routeForHead(c.lane.p, h, c.headAt)
+	}
 	if !remembered {
 		return false, false
 	}

@@ -261,6 +261,7 @@ func sameRoutes(t *testing.T, c *laneConn, h *laneHead, req *http.Request) {
 			!sameTarget(targetAt(fromHead, uri), fromReq.target)) {
 			t.Fatalf("remembered %+v at %s: in place %v %q, read by net/http %v %v", m.key, m.address, okHead, uri, okReq, fromReq)
 		}
+		sameAdopted(t, p, c, h, &m.laneMemo, okHead, fromHead, uri)
 		// A generator reads the tool path decoded (inPlaceInjection), as the general path's
 		// ("/" is left to the general path: it may be an empty one).
 		if escaped, _, _ := strings.Cut(uri, "?"); okHead && escaped != "/" {
@@ -268,6 +269,30 @@ func sameRoutes(t *testing.T, c *laneConn, h *laneHead, req *http.Request) {
 				t.Fatalf("remembered %+v at %s: the tool path %q decoded in place as %q, by net/http %q", m.key, m.address, uri, path, fromReq.target.Path)
 			}
 		}
+	}
+}
+
+// sameAdopted checks that a new connection's head h finds m, a memo its route would serve h
+// along (ok: as fromHead to uri), once m is shared, and that whatever memo h finds among the
+// shared ones serves it as m does: a shared memo never routes a head elsewhere.
+func sameAdopted(t *testing.T, p *Proxy, c *laneConn, h *laneHead, m *laneMemo, ok bool, fromHead *route, uri string) {
+	t.Helper()
+	if c.tunnel != nil {
+		return // a tunnel's heads follow its CONNECT's route alone
+	}
+	var s sharedMemos
+	s.share(p, m)
+	var adopted laneMemo
+	found := s.adopt(p, &adopted, h, time.Now())
+	if ok && !found {
+		t.Fatalf("remembered %+v: a new connection's head did not find it shared", m.key)
+	}
+	if !found {
+		return
+	}
+	rt, u, served := adopted.routeForHead(p, h, time.Now())
+	if served != ok || served && (rt != fromHead || u != uri) {
+		t.Fatalf("remembered %+v: adopted, it serves the head %v (%q), the connection's own %v (%q)", m.key, served, u, ok, uri)
 	}
 }
 

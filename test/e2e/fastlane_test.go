@@ -289,12 +289,14 @@ func TestFastLane(t *testing.T) {
 	if _, err := cbr.ReadByte(); err != io.EOF {
 		t.Fatalf("the connection stayed open after Connection: close (%v)", err)
 	}
-	// In place: the GETs of /streamed and /moved after the GET of /large (the HEAD before it
-	// changed the remembered method), the two GETs behind POSTs (the GETs' route remembered
-	// apart from the POSTs'), the second POST, and the forward proxy's second and third GETs;
-	// the other seven through net/http's parsers (each first of its method on its connection;
-	// the refusals are counted by their code).
-	wants := map[string]float64{served: 7, inPlace: 7, handed: 2, unauthorized: 2,
+	// In place: the GET of /large after the HEAD (which changed the remembered method: along
+	// the route the first GET shared, sharedMemos), those of /streamed and /moved after it, the
+	// two GETs behind POSTs (the GETs' route remembered apart from the POSTs'), the second
+	// POST, the forward proxy's second and third GETs, and the GET with Connection: close, its
+	// connection's first (along the shared route too); the other five through net/http's
+	// parsers (each first of its method on its connection; the refusals are counted by their
+	// code).
+	wants := map[string]float64{served: 5, inPlace: 9, handed: 2, unauthorized: 2,
 		series("connectors_proxy_requests_total", map[string]string{"connector_namespace": ns, "connector": "tool", "class": class, "mode": "forward", "code": "200"}): 3,
 		series("connectors_proxy_requests_total", map[string]string{"connector_namespace": ns, "connector": "tool", "class": class, "mode": "reverse", "code": "200"}): 12,
 	}
@@ -792,5 +794,63 @@ func TestFastLaneSendsABodyOnce(t *testing.T) {
 	defer mu.Unlock()
 	if want := []string{"POST first", "POST second", "POST third"}; !slices.Equal(bodies, want) {
 		t.Errorf("the tool read %q, want %q", bodies, want)
+	}
+}
+
+// TestFastLaneServesANewConnectionInPlace: a client that opens a connection per request (curl
+// in a pipeline's step) has its requests served in place along the route another connection
+// resolved for the same token, Connector (or destination) and method moments before: reverse,
+// forward and by a Connector's own host. Another token, or another Connector, on a new
+// connection is not: it is checked as ever (a bad token refused).
+func TestFastLaneServesANewConnectionInPlace(t *testing.T) {
+	tool, rec, env, metricsAddr, _ := laneTestSetup(t)
+	ns, _, files := basicTool(t, env, rec.URL+"/base", "one-shot-secret")
+	token := files["context.token"]
+	proxyAddr := strings.TrimPrefix(env.proxyURL, "http://")
+	_, port, _ := net.SplitHostPort(proxyAddr)
+	toolHost := strings.TrimPrefix(rec.URL, "http://")
+	reverse := func(auth string) string {
+		return "GET /namespaces/" + ns + "/connectors/tool/x HTTP/1.1\r\nHost: " + proxyAddr + "\r\nAuthorization: " + auth + "\r\nConnection: close\r\n\r\n"
+	}
+	forward := "GET " + rec.URL + "/base/x HTTP/1.1\r\nHost: " + toolHost + "\r\nProxy-Authorization: Basic " + basic(ns+"/tool", token) + "\r\nConnection: close\r\n\r\n"
+	own := "GET /x HTTP/1.1\r\nHost: c-tool." + ns + ".svc.cluster.local:" + port + "\r\nAuthorization: Bearer " + token + "\r\nConnection: close\r\n\r\n"
+	for name, head := range map[string]string{"reverse": reverse("Bearer " + token), "forward": forward, "by the Connector's own host": own} {
+		t.Run(name, func(t *testing.T) {
+			reached := tool.count()
+			// The second connection's request is in place unless over a second passed
+			// between the two (laneMemoTTL: the first's route ended); then try again.
+			var c [3]float64
+			for try := 0; try < 5 && c[1] != 1; try++ {
+				before := scrape(t, metricsAddr)
+				for i := 0; i < 2; i++ {
+					if codes := statusCodes(exchange(t, proxyAddr, head)); !slices.Equal(codes, []int{200}) {
+						t.Fatalf("answers %v, want 200", codes)
+					}
+				}
+				c = laneCountsWhen(t, metricsAddr, before, 2, 0)
+			}
+			if c[1] != 1 {
+				t.Fatalf("the fast lane served %v, in place %v: the second connection's request not in place", c[0], c[1])
+			}
+			for i, r := range tool.since(reached) {
+				if r.URL.RequestURI() != "/base/x" || r.Header.Get("Authorization") != "Basic "+basic("bot", "one-shot-secret") || carries(r, token) {
+					t.Errorf("request %d: the tool got %s with Authorization %q, or the Pod token", i, r.URL.RequestURI(), r.Header.Get("Authorization"))
+				}
+			}
+		})
+	}
+	// Right after a route was resolved for the token: a bad token, and the same token to a
+	// Connector that does not exist (which the Pod may not use), each on a new connection.
+	if codes := statusCodes(exchange(t, proxyAddr, reverse("Bearer "+token))); !slices.Equal(codes, []int{200}) {
+		t.Fatalf("answers %v, want 200", codes)
+	}
+	reached := tool.count()
+	bad := exchange(t, proxyAddr, reverse("Bearer not-a-token"))
+	other := exchange(t, proxyAddr, strings.Replace(reverse("Bearer "+token), "/connectors/tool/", "/connectors/none/", 1))
+	if bad[0].StatusCode != http.StatusUnauthorized || other[0].StatusCode != http.StatusForbidden {
+		t.Fatalf("a bad token: %d, want 401; another Connector: %d, want 403", bad[0].StatusCode, other[0].StatusCode)
+	}
+	if got := tool.since(reached); len(got) != 0 {
+		t.Fatalf("the tool got %d refused requests", len(got))
 	}
 }
