@@ -273,7 +273,25 @@ func TestFastLane(t *testing.T) {
 		t.Fatalf("forward GET to a host of no Connector: %v %v", res, err)
 	}
 
-	// Connection: close is answered, then the connection closed.
+	// In place: the GET of /large after the HEAD (which changed the remembered method: along
+	// the route the first GET shared, sharedMemos), those of /streamed and /moved after it, the
+	// two GETs behind POSTs (the GETs' route remembered apart from the POSTs'), the second
+	// POST, and the forward proxy's second and third GETs; the other five through net/http's
+	// parsers (each first of its method on its connection; the refusals are counted by their
+	// code).
+	wants := map[string]float64{served: 5, inPlace: 8, handed: 2, unauthorized: 2,
+		series("connectors_proxy_requests_total", map[string]string{"connector_namespace": ns, "connector": "tool", "class": class, "mode": "forward", "code": "200"}): 3,
+		series("connectors_proxy_requests_total", map[string]string{"connector_namespace": ns, "connector": "tool", "class": class, "mode": "reverse", "code": "200"}): 11,
+	}
+	after := scrapeUntil(t, metricsAddr, before, wants)
+	for s, want := range wants {
+		if got := after[s] - before[s]; got != want {
+			t.Errorf("%s grew by %v, want %v", s, got, want)
+		}
+	}
+
+	// Connection: close is answered, then the connection closed (on a new connection: in place
+	// or not, as the shared routes' second allows).
 	closing := dialProxy(t, host)
 	if _, err := io.WriteString(closing, strings.Replace(get("GET", "/small", bearer), "\r\n\r\n", "\r\nConnection: close\r\n\r\n", 1)); err != nil {
 		t.Fatal(err)
@@ -289,29 +307,16 @@ func TestFastLane(t *testing.T) {
 	if _, err := cbr.ReadByte(); err != io.EOF {
 		t.Fatalf("the connection stayed open after Connection: close (%v)", err)
 	}
-	// In place: the GET of /large after the HEAD (which changed the remembered method: along
-	// the route the first GET shared, sharedMemos), those of /streamed and /moved after it, the
-	// two GETs behind POSTs (the GETs' route remembered apart from the POSTs'), the second
-	// POST, the forward proxy's second and third GETs, and the GET with Connection: close, its
-	// connection's first (along the shared route too); the other five through net/http's
-	// parsers (each first of its method on its connection; the refusals are counted by their
-	// code).
-	wants := map[string]float64{served: 5, inPlace: 9, handed: 2, unauthorized: 2,
-		series("connectors_proxy_requests_total", map[string]string{"connector_namespace": ns, "connector": "tool", "class": class, "mode": "forward", "code": "200"}): 3,
-		series("connectors_proxy_requests_total", map[string]string{"connector_namespace": ns, "connector": "tool", "class": class, "mode": "reverse", "code": "200"}): 12,
-	}
-	after := scrapeUntil(t, metricsAddr, before, wants)
-	for s, want := range wants {
-		if got := after[s] - before[s]; got != want {
-			t.Errorf("%s grew by %v, want %v", s, got, want)
-		}
-	}
-
 	// A client that leaves while the tool thinks, or while the tool stalls mid-answer: the
-	// tool's request ends. Each on a new connection, and after a first request on it (its
-	// route remembered, the tool connection pooled: the lane's own heads).
+	// tool's request ends. Each on a new connection, through net/http's parsers (an
+	// Authorization value of its own, which no shared route has), and after a first request on
+	// it (its route remembered, the tool connection pooled: the lane's own heads).
 	for _, path := range []string{"/stall", "/stall-mid-answer"} {
 		for _, first := range []bool{false, true} {
+			auth := bearer
+			if !first {
+				auth = "Basic " + basic("leaving"+path, token)
+			}
 			gone := dialProxy(t, host)
 			if first {
 				if _, err := io.WriteString(gone, get("GET", "/small", bearer)); err != nil {
@@ -325,7 +330,7 @@ func TestFastLane(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			if _, err := io.WriteString(gone, get("GET", path, bearer)); err != nil {
+			if _, err := io.WriteString(gone, get("GET", path, auth)); err != nil {
 				t.Fatal(err)
 			}
 			within(t, stalled, "GET "+path+" reaching the tool")
