@@ -425,15 +425,11 @@ func tokenFreeInPlace(h *laneHead, query []byte, token string) bool {
 // and escaped forms are then its bytes, as url.ParseRequestURI would give them) that covers
 // takes under one of the Connector's addresses there.
 func (m *laneMemo) forwardHead(target []byte) (rt *route, uri string, ok bool) {
-	rest := target[len("http://"):]
-	end := bytes.IndexAny(rest, "/?")
-	if end < 0 {
-		end = len(rest)
-	}
-	if string(rest[:end]) != m.key.host {
+	authority, _ := forwardAuthority(target)
+	if string(authority) != m.key.host {
 		return nil, "", false
 	}
-	return m.forwardPath(rest[end:])
+	return m.forwardPath(target[len("http://")+len(authority):])
 }
 
 // forwardPath is forwardHead's check of an origin-form target at the remembered destination
