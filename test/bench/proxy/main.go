@@ -5,9 +5,10 @@
 // generators, Debian's wrk (C, one thread) and a Go client, at the same keep-alive
 // concurrency, for 1 KiB and 1 MiB responses: directly, through the proxy as a reverse and as
 // a forward proxy, with Rego generators, through CONNECT (TLS terminated by the proxy) against
-// nginx terminating TLS, with enable-connector-proxy-permissions on, and through a bare Go relay
-// that checks nothing (relay.go: the floor a Go proxy reaches here). It prints a Markdown
-// table. Every request loop is bounded in count and time, and all traffic stays on loopback.
+// nginx terminating TLS, with enable-connector-proxy-permissions on, and through two bare Go
+// relays that check nothing: one with a goroutine per connection (relay.go: the floor a Go
+// proxy built on net reaches here) and one of event loops, as nginx is built (epollrelay.go).
+// -syscalls adds their system calls per request (syscalls.go). It prints a Markdown table. Every request loop is bounded in count and time, and all traffic stays on loopback.
 package main
 
 import (
@@ -91,6 +92,7 @@ type row struct {
 	cpuPerReq             benchenv.CPU
 	driver                bool
 	allocs, trs, sars     float64
+	syscalls              syscallCounts
 	baseline              string
 	// ratio is req/s against the baseline's in the same round (0: no baseline).
 	ratio float64
@@ -110,12 +112,17 @@ func run() error {
 		return err
 	}
 	defer ngx.stop()
-	floor, err := startRelay(up)
+	floor, err := startRelay(up, false)
 	if err != nil {
 		return err
 	}
 	defer floor.stop()
-	targets, err := makeTargets(ctx, cp, up, drv, ngx, floor, token)
+	loopFloor, err := startRelay(up, true)
+	if err != nil {
+		return err
+	}
+	defer loopFloor.stop()
+	targets, err := makeTargets(ctx, cp, up, drv, ngx, floors{floor, loopFloor}, token)
 	if err != nil {
 		return err
 	}
@@ -186,7 +193,7 @@ var mediumBody = bytes.Repeat([]byte("0123456789abcdef"), (32<<10)/16)
 var uploadBody = bytes.Repeat([]byte("0123456789abcdef"), (1<<20)/16)
 
 // makeTargets is every path measured. The proxy's paths wait until the driver serves them.
-func makeTargets(ctx context.Context, cp *controlplane.ControlPlane, up *benchenv.Upstream, drv *benchenv.DriverProcess, ngx *nginxServer, floor *relayServer, token string) ([]target, error) {
+func makeTargets(ctx context.Context, cp *controlplane.ControlPlane, up *benchenv.Upstream, drv *benchenv.DriverProcess, ngx *nginxServer, floor floors, token string) ([]target, error) {
 	plain := func(p func(*http.Request) (*url.URL, error), roots *tls.Config) *http.Client {
 		return &http.Client{Transport: &http.Transport{Proxy: p, MaxIdleConnsPerHost: *concurrency, DisableCompression: true, TLSClientConfig: roots}}
 	}
@@ -238,9 +245,8 @@ func makeTargets(ctx context.Context, cp *controlplane.ControlPlane, up *benchen
 		{name: "nginx (header-injecting reverse proxy)", goClient: plain(nil, nil), goURL: func(s string) string { return "http://" + ngx.addr + "/" + s },
 			wrk:  func(s string) *request { return &request{connect: "http://" + ngx.addr, path: "/" + s} },
 			pids: ngx.pids},
-		{name: "Go relay (no checks: the floor)", goClient: plain(nil, nil), goURL: func(s string) string { return "http://" + floor.addr + "/" + s },
-			wrk:      func(s string) *request { return &request{connect: "http://" + floor.addr, path: "/" + s} },
-			baseline: "nginx (header-injecting reverse proxy)", pids: floor.pids},
+		floor.goroutines.target("Go relay (no checks: the floor)", plain(nil, nil)),
+		floor.eventLoop.target("Go relay, event loops (no checks: nginx's model)", plain(nil, nil)),
 		{name: "connectors proxy (reverse)", goClient: plain(nil, nil), goURL: reverse("tool"), header: bearer, wrk: reverseWrk("tool", bearer),
 			baseline: "nginx (header-injecting reverse proxy)", pids: drv.PIDs, driver: true},
 		{name: "connectors proxy (forward)", goClient: plain(http.ProxyURL(fwd), nil), goURL: func(s string) string { return up.URL + "/" + s },
@@ -359,6 +365,10 @@ func measure(work string, tg target, size, gen string, drv *benchenv.DriverProce
 	if err != nil {
 		return r, false, err
 	}
+	perf, err := startSyscallCount(work, pids)
+	if err != nil {
+		return r, false, err
+	}
 	switch gen {
 	case "wrk":
 		req := *tg.wrk(size)
@@ -377,6 +387,9 @@ func measure(work string, tg target, size, gen string, drv *benchenv.DriverProce
 		return r, false, err
 	}
 	r.cpuPerReq = cpu1.Sub(cpu0).Per(r.res.n)
+	if r.syscalls, err = perf.stop(r.res.n); err != nil {
+		return r, false, err
+	}
 	if tg.driver {
 		if c1, err = benchenv.Scrape(drv.MetricsAddr); err != nil {
 			return r, false, err
@@ -390,8 +403,12 @@ func measure(work string, tg target, size, gen string, drv *benchenv.DriverProce
 func printTable(rows []row, rounds int) {
 	fmt.Printf("Concurrency %d, keep-alive, %s per case, %d CPUs, medians of %d rounds. CPU/req is the proxying processes' CPU time per request: total (user + system); nginx's counts its master and workers.\n\n",
 		*concurrency, *duration, runtime.NumCPU(), rounds)
-	fmt.Println("| size | path | generator | req/s | × nginx | p50 | p99 | CPU/req | allocs/req | TokenReviews /1000 | SARs /1000 |")
-	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|")
+	header, rule := "| size | path | generator | req/s | × nginx | p50 | p99 | CPU/req | allocs/req | TokenReviews /1000 | SARs /1000 |", "|---|---|---|---|---|---|---|---|---|---|---|"
+	if *countSyscalls {
+		header, rule = header+" "+syscallsHeader()+" |", rule+"---|"
+	}
+	fmt.Println(header)
+	fmt.Println(rule)
 	for _, r := range rows {
 		ratio, cpu, allocs, trs, sars := "—", "—", "—", "—", "—"
 		if r.ratio > 0 {
@@ -403,8 +420,12 @@ func printTable(rows []row, rounds int) {
 		if r.driver {
 			allocs, trs, sars = fmt.Sprintf("%.0f", r.allocs), fmt.Sprintf("%.2f", r.trs), fmt.Sprintf("%.2f", r.sars)
 		}
-		fmt.Printf("| 1 %s | %s | %s | %.0f | %s | %s | %s | %s | %s | %s | %s |\n", sizeName(r.size), r.path, r.generator,
+		line := fmt.Sprintf("| 1 %s | %s | %s | %.0f | %s | %s | %s | %s | %s | %s | %s |", sizeName(r.size), r.path, r.generator,
 			r.res.rate, ratio, r.res.p50, r.res.p99, cpu, allocs, trs, sars)
+		if *countSyscalls {
+			line += " " + r.syscalls.String() + " |"
+		}
+		fmt.Println(line)
 	}
 }
 
@@ -492,6 +513,7 @@ func medians(byRound [][]row) []row {
 		}
 		med := medianBy(same, func(r row) float64 { return r.res.rate })
 		med.cpuPerReq = medianBy(same, func(r row) float64 { return float64(r.cpuPerReq.User + r.cpuPerReq.System) }).cpuPerReq
+		med.syscalls = medianBy(same, func(r row) float64 { return r.syscalls.total }).syscalls
 		med.ratio = medianBy(same, func(r row) float64 { return r.ratio }).ratio
 		out = append(out, med)
 	}

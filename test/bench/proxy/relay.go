@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"strconv"
@@ -27,11 +28,22 @@ import (
 var (
 	relayListen   = flag.String("relay", "", "internal: serve as the floor relay on this address (the bench starts it)")
 	relayUpstream = flag.String("relay-upstream", "", "internal: the floor relay's upstream host:port")
+	relayLoops    = flag.Bool("relay-event-loop", false, "internal: serve as the event-loop floor relay (epollrelay.go)")
 )
 
 type relayServer struct {
 	addr string
 	cmd  *exec.Cmd
+}
+
+// floors are the two floor relays: a goroutine per connection (Go's net) and event loops.
+type floors struct{ goroutines, eventLoop *relayServer }
+
+// target is r's row, named name, client the Go generator's.
+func (r *relayServer) target(name string, client *http.Client) target {
+	return target{name: name, goClient: client, goURL: func(s string) string { return "http://" + r.addr + "/" + s },
+		wrk:      func(s string) *request { return &request{connect: "http://" + r.addr, path: "/" + s} },
+		baseline: "nginx (header-injecting reverse proxy)", pids: r.pids}
 }
 
 func (r *relayServer) pids() []int { return []int{r.cmd.Process.Pid} }
@@ -41,13 +53,14 @@ func (r *relayServer) stop() {
 	_ = r.cmd.Wait()
 }
 
-// startRelay starts the floor relay in front of up and waits until it accepts connections.
-func startRelay(up *benchenv.Upstream) (*relayServer, error) {
+// startRelay starts the floor relay in front of up (the event-loop one when eventLoop) and
+// waits until it accepts connections.
+func startRelay(up *benchenv.Upstream, eventLoop bool) (*relayServer, error) {
 	addr, err := benchenv.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(os.Args[0], "-relay", addr, "-relay-upstream", strings.TrimPrefix(up.URL, "http://"))
+	cmd := exec.Command(os.Args[0], "-relay", addr, "-relay-upstream", strings.TrimPrefix(up.URL, "http://"), "-relay-event-loop="+strconv.FormatBool(eventLoop))
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		return nil, err
@@ -65,11 +78,14 @@ func startRelay(up *benchenv.Upstream) (*relayServer, error) {
 
 // runRelay serves the floor relay until the process is killed.
 func runRelay(listen, upstream string) error {
+	credential := "Authorization: " + benchenv.BasicCredential() + "\r\n\r\n"
+	if *relayLoops {
+		return runEpollRelay(listen, upstream, credential)
+	}
 	ln, err := net.Listen("tcp", listen)
 	if err != nil {
 		return err
 	}
-	credential := "Authorization: " + benchenv.BasicCredential() + "\r\n\r\n"
 	for {
 		c, err := ln.Accept()
 		if err != nil {
