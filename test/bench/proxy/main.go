@@ -8,7 +8,8 @@
 // nginx terminating TLS, with enable-connector-proxy-permissions on, and through two bare Go
 // relays that check nothing: one with a goroutine per connection (relay.go: the floor a Go
 // proxy built on net reaches here) and one of event loops, as nginx is built (epollrelay.go).
-// -syscalls adds their system calls per request (syscalls.go). It prints a Markdown table. Every request loop is bounded in count and time, and all traffic stays on loopback.
+// -syscalls adds their system calls per request (syscalls.go). It prints a Markdown table.
+// Every request loop is bounded in count and time, and all traffic stays on loopback.
 package main
 
 import (
