@@ -102,7 +102,7 @@ func probeCSI(ctx context.Context, socket string) error {
 // own destinations that no Connector may reach; it holds at most --proxy-max-connections
 // clients, and headers are bounded by --proxy-max-header-bytes.
 func serveProxy(ctx context.Context, o *validated, p *proxy.Proxy, destinations *egress.Policy) error {
-	lis, err := net.Listen("tcp", o.ProxyListen)
+	lis, err := listenProxy(o.ProxyListen)
 	if err != nil {
 		return fmt.Errorf("proxy listen on %s: %w", o.ProxyListen, err)
 	}
