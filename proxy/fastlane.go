@@ -55,6 +55,11 @@ type FastLane struct {
 	done    chan struct{}
 	closing atomic.Bool
 
+	// idle takes a connection to a goroutine that has served one and waits for the next
+	// (dispatch); idleWorkers counts those waiting.
+	idle        chan *laneConn
+	idleWorkers atomic.Int64
+
 	mu    sync.Mutex
 	conns map[*laneConn]struct{}
 
@@ -90,7 +95,7 @@ const laneBodyShare = 128
 // net/http's server.
 func (p *Proxy) FastLane(lis net.Listener, limits LaneLimits) *FastLane {
 	l := &FastLane{p: p, lis: lis, headerTimeout: limits.HeaderTimeout, idleTimeout: limits.IdleTimeout, maxBody: limits.MaxBodyBytes,
-		handed: make(chan net.Conn), done: make(chan struct{}), conns: map[*laneConn]struct{}{}}
+		handed: make(chan net.Conn), done: make(chan struct{}), idle: make(chan *laneConn), conns: map[*laneConn]struct{}{}}
 	p.lane.Store(l)
 	go l.acceptLoop()
 	return l
@@ -137,7 +142,43 @@ func (l *FastLane) acceptLoop() {
 			time.Sleep(50 * time.Millisecond)
 			continue
 		}
-		go l.newConn(conn, nil).serve()
+		l.dispatch(l.newConn(conn, nil))
+	}
+}
+
+// laneIdleWorkers bounds the goroutines that wait for a connection to serve (dispatch): a
+// burst of connections leaves at most this many behind, each with its stack.
+const laneIdleWorkers = 256
+
+// dispatch serves c on a goroutine that has served a connection before when one is waiting,
+// else on a new one. A new goroutine starts with the runtime's smallest stack and grows it,
+// copying it, during its first request: with newproc and goexit, 6% of the driver's CPU time
+// when every request comes on a connection of its own (docs/benchmarks.md). A goroutine kept
+// keeps its stack (until the collector finds it idle and shrinks it).
+func (l *FastLane) dispatch(c *laneConn) {
+	select {
+	case l.idle <- c:
+	default:
+		go l.work(c)
+	}
+}
+
+// work serves c, then the connections dispatch gives it, while at most laneIdleWorkers wait
+// and the fast lane is open.
+func (l *FastLane) work(c *laneConn) {
+	for {
+		c.serve()
+		if l.idleWorkers.Add(1) > laneIdleWorkers {
+			l.idleWorkers.Add(-1)
+			return
+		}
+		select {
+		case c = <-l.idle:
+			l.idleWorkers.Add(-1)
+		case <-l.done:
+			l.idleWorkers.Add(-1)
+			return
+		}
 	}
 }
 

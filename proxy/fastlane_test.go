@@ -284,3 +284,50 @@ func TestLargeCap(t *testing.T) {
 		}
 	}
 }
+
+// TestLaneWorkers: goroutines that served a connection wait for the next one (dispatch), at
+// most laneIdleWorkers of them, the rest end; a new connection is served by a waiting one, and
+// closing the fast lane ends those waiting.
+func TestLaneWorkers(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := (&Proxy{}).FastLane(lis, LaneLimits{HeaderTimeout: time.Minute, IdleTimeout: time.Minute, MaxBodyBytes: 1})
+	defer l.Close()
+	served := func() int {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		return len(l.conns)
+	}
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(30 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: never (%d served, %d waiting)", what, served(), l.idleWorkers.Load())
+			}
+		}
+	}
+	const n = laneIdleWorkers + 44
+	clients := make([]net.Conn, n)
+	for i := range clients {
+		if clients[i], err = net.Dial("tcp", lis.Addr().String()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor("every connection served at once", func() bool { return served() == n })
+	for _, c := range clients {
+		_ = c.Close()
+	}
+	waitFor("laneIdleWorkers waiting once they are done", func() bool { return served() == 0 && l.idleWorkers.Load() == laneIdleWorkers })
+	c, err := net.Dial("tcp", lis.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	waitFor("a new connection served by one of them", func() bool { return served() == 1 && l.idleWorkers.Load() == laneIdleWorkers-1 })
+	_ = c.Close()
+	waitFor("it waits again", func() bool { return served() == 0 && l.idleWorkers.Load() == laneIdleWorkers })
+	_ = l.Close()
+	waitFor("none waiting once the fast lane is closed", func() bool { return l.idleWorkers.Load() == 0 })
+}
