@@ -166,19 +166,25 @@ func (l *FastLane) dispatch(c *laneConn) {
 // work serves c, then the connections dispatch gives it, while at most laneIdleWorkers wait
 // and the fast lane is open.
 func (l *FastLane) work(c *laneConn) {
-	for {
+	for c != nil {
 		c.serve()
-		if l.idleWorkers.Add(1) > laneIdleWorkers {
-			l.idleWorkers.Add(-1)
-			return
-		}
-		select {
-		case c = <-l.idle:
-			l.idleWorkers.Add(-1)
-		case <-l.done:
-			l.idleWorkers.Add(-1)
-			return
-		}
+		c = l.nextConn()
+	}
+}
+
+// nextConn waits for a connection to serve: nil when laneIdleWorkers wait already or the fast
+// lane closes. The connection served before is not referenced while waiting: its memo holds
+// the caller's Authorization, which must not outlive the connection.
+func (l *FastLane) nextConn() *laneConn {
+	defer l.idleWorkers.Add(-1)
+	if l.idleWorkers.Add(1) > laneIdleWorkers {
+		return nil
+	}
+	select {
+	case c := <-l.idle:
+		return c
+	case <-l.done:
+		return nil
 	}
 }
 

@@ -320,14 +320,22 @@ func TestLaneWorkers(t *testing.T) {
 		_ = c.Close()
 	}
 	waitFor("laneIdleWorkers waiting once they are done", func() bool { return served() == 0 && l.idleWorkers.Load() == laneIdleWorkers })
-	c, err := net.Dial("tcp", lis.Addr().String())
-	if err != nil {
-		t.Fatal(err)
+	// A goroutine counted as waiting may not have reached its receive yet, and then dispatch
+	// starts a new one (which ends after, laneIdleWorkers waiting already): try a few times.
+	takenByOne := false
+	for attempt := 0; attempt < 10 && !takenByOne; attempt++ {
+		c, err := net.Dial("tcp", lis.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitFor("a new connection served", func() bool { return served() == 1 })
+		takenByOne = l.idleWorkers.Load() == laneIdleWorkers-1
+		_ = c.Close()
+		waitFor("it waits again", func() bool { return served() == 0 && l.idleWorkers.Load() == laneIdleWorkers })
 	}
-	defer c.Close()
-	waitFor("a new connection served by one of them", func() bool { return served() == 1 && l.idleWorkers.Load() == laneIdleWorkers-1 })
-	_ = c.Close()
-	waitFor("it waits again", func() bool { return served() == 0 && l.idleWorkers.Load() == laneIdleWorkers })
+	if !takenByOne {
+		t.Fatal("no new connection was served by a waiting goroutine")
+	}
 	_ = l.Close()
 	waitFor("none waiting once the fast lane is closed", func() bool { return l.idleWorkers.Load() == 0 })
 }
