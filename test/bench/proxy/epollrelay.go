@@ -179,9 +179,9 @@ func (l *epollLoop) close(p *relayPair) {
 func (l *epollLoop) serve(p *relayPair, fd int, events uint32) bool {
 	switch {
 	case events&unix.EPOLLOUT != 0 && fd == p.client:
-		return l.flush(p, p.client, &p.toClient, p.upstream)
+		return l.flush(p.client, &p.toClient, p.upstream)
 	case events&unix.EPOLLOUT != 0:
-		return l.flush(p, p.upstream, &p.toUpstream, p.client)
+		return l.flush(p.upstream, &p.toUpstream, p.client)
 	case fd == p.client:
 		return l.fromClient(p)
 	}
@@ -213,7 +213,7 @@ func (l *epollLoop) fromClient(p *relayPair) bool {
 	if len(out) == 0 {
 		return true
 	}
-	return l.send(p, p.upstream, &p.toUpstream, out, p.client)
+	return l.send(p.upstream, &p.toUpstream, out, p.client)
 }
 
 // fromUpstream copies what the upstream answered to the client.
@@ -222,12 +222,12 @@ func (l *epollLoop) fromUpstream(p *relayPair) bool {
 	if n <= 0 {
 		return errors.Is(err, unix.EAGAIN)
 	}
-	return l.send(p, p.client, &p.toClient, l.buf[:n], p.upstream)
+	return l.send(p.client, &p.toClient, l.buf[:n], p.upstream)
 }
 
 // send writes data to fd; what does not fit waits in pending, fd is watched for room and the
 // other side, from, is not read meanwhile (its bytes would have nowhere to go).
-func (l *epollLoop) send(p *relayPair, fd int, pending *[]byte, data []byte, from int) bool {
+func (l *epollLoop) send(fd int, pending *[]byte, data []byte, from int) bool {
 	n, err := unix.Write(fd, data)
 	if err != nil && !errors.Is(err, unix.EAGAIN) {
 		return false
@@ -241,7 +241,7 @@ func (l *epollLoop) send(p *relayPair, fd int, pending *[]byte, data []byte, fro
 }
 
 // flush writes what waits for fd; once it is all out, from is read again.
-func (l *epollLoop) flush(p *relayPair, fd int, pending *[]byte, from int) bool {
+func (l *epollLoop) flush(fd int, pending *[]byte, from int) bool {
 	n, err := unix.Write(fd, *pending)
 	if err != nil && !errors.Is(err, unix.EAGAIN) {
 		return false
