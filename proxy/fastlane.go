@@ -338,8 +338,10 @@ type laneMemo struct {
 	// toolTail ends the tool request heads written in place (toolHeadTail).
 	toolTail string
 	rt       *route
-	epoch    uint64
-	until    time.Time
+	// epoch is the tick of routeEpochs the route was resolved at, for its Pod's group
+	// (rt.epochShard).
+	epoch uint64
+	until time.Time
 }
 
 // remember makes rt, resolved at epoch for key, the connection's remembered route; auth is the
@@ -551,10 +553,10 @@ func targetAt(rt *route, uri string) *url.URL {
 	return &t
 }
 
-// live tells whether the memo holds a route within its time and from before any Pod's
-// decisions were dropped.
+// live tells whether the memo holds a route within its time and from before any decisions of
+// its Pod's group were dropped.
 func (m *laneMemo) live(p *Proxy, now time.Time) bool {
-	return m.rt != nil && m.epoch == p.routeEpoch.Load() && now.Before(m.until)
+	return m.rt != nil && p.routeEpochs.unchanged(m.rt.epochShard, m.epoch) && now.Before(m.until)
 }
 
 func (m *laneMemo) forwardTo(u *url.URL) (*route, bool) {
@@ -958,7 +960,7 @@ func (c *laneConn) serveRequest(r *http.Request, size int) (taken, ok bool) {
 	if !isLane {
 		return false, false // net/http's path answers, or asks the classes' authExtractors
 	}
-	epoch := p.routeEpoch.Load() // before the decisions: one dropped meanwhile is not remembered
+	epoch := p.routeEpochs.now() // before the decisions: one dropped meanwhile is not remembered
 	answer := &bufferedAnswer{header: http.Header{}}
 	m, record := p.metered(answer, r, key.mode())
 	defer record()

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -17,9 +18,9 @@ import (
 )
 
 // TestLaneMemo: a connection's remembered route serves only the same credential, Connector (or
-// forwarded host) and method, within laneMemoTTL and before any Pod's decisions were dropped,
-// and is pointed at each request's own path and query; a forwarded route only while its one
-// named Connector covers the new destination.
+// forwarded host) and method, within laneMemoTTL and before its Pod's decisions were dropped
+// (another group's Pods' leave it in place), and is pointed at each request's own path and
+// query; a forwarded route only while its one named Connector covers the new destination.
 func TestLaneMemo(t *testing.T) {
 	p := &Proxy{perms: newPermissions(nil, time.Second, time.Second, 10)}
 	nn := types.NamespacedName{Namespace: "team", Name: "tool"}
@@ -28,8 +29,8 @@ func TestLaneMemo(t *testing.T) {
 	reverseKey := laneKey{credential: "pod-token", method: http.MethodGet, connector: nn}
 	forwardKey := laneKey{forward: true, credential: "Basic eA==", method: http.MethodGet, host: "tool.example"}
 	remembered := func(key laneKey) laneMemo {
-		return laneMemo{key: key, epoch: p.routeEpoch.Load(), until: time.Now().Add(laneMemoTTL),
-			rt: &route{connector: c, cred: credential{authorization: "Basic x"}}}
+		return laneMemo{key: key, epoch: p.routeEpochs.now(), until: time.Now().Add(laneMemoTTL),
+			rt: &route{connector: c, cred: credential{authorization: "Basic x"}, epochShard: p.routeEpochs.shard("team", "client")}}
 	}
 	reverse := func(method, rest, query string) laneRequestOf {
 		k := reverseKey
@@ -54,6 +55,11 @@ func TestLaneMemo(t *testing.T) {
 	}
 	if rt == m.rt {
 		t.Fatal("the remembered route itself was handed out: its target would change under another request")
+	}
+	m = remembered(reverseKey)
+	p.ForgetPod("team", podOfAnotherGroup(p, "team", "client"))
+	if _, ok := use(m, reverse(http.MethodGet, "/x", "")); !ok {
+		t.Fatal("another group's Pod's decisions dropped ended the route")
 	}
 	m = remembered(forwardKey)
 	if rt, ok := use(m, forward("http://tool.example/base/pkg/a.tgz")); !ok || rt.target.String() != "http://tool.example/base/pkg/a.tgz" {
@@ -122,6 +128,15 @@ func TestLaneMemo(t *testing.T) {
 	} {
 		if miss() {
 			t.Errorf("%s: the remembered route was used", name)
+		}
+	}
+}
+
+// podOfAnotherGroup is the name of a Pod of namespace whose routeEpochs group is not pod's.
+func podOfAnotherGroup(p *Proxy, namespace, pod string) string {
+	for i := 0; ; i++ {
+		if other := "other-" + strconv.Itoa(i); p.routeEpochs.shard(namespace, other) != p.routeEpochs.shard(namespace, pod) {
+			return other
 		}
 	}
 }

@@ -82,7 +82,12 @@ func (p *Proxy) forwardRoute(r *http.Request, fc *forwardClient, target *url.URL
 		return nil, err
 	}
 	out := *target
-	return p.newRoute(ctx, c, class, &out)
+	rt, err := p.newRoute(ctx, c, class, &out)
+	if err != nil {
+		return nil, err
+	}
+	rt.epochShard = p.routeEpochs.shardOf(fc.user)
+	return rt, nil
 }
 
 // matchConnector returns the first named Connector one of whose addresses satisfies match.
@@ -301,7 +306,7 @@ func (t *tunnel) serve(rw http.ResponseWriter, r *http.Request) {
 		p.send(w, r, rt)
 		return
 	}
-	epoch := p.routeEpoch.Load() // before the decisions: one dropped meanwhile is not remembered
+	epoch := p.routeEpochs.now() // before the decisions: one dropped meanwhile is not remembered
 	if rt := t.route(w, r, target); rt != nil {
 		t.memo.remember(key, "", rt, epoch)
 		p.send(w, r, rt)

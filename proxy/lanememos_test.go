@@ -18,8 +18,9 @@ func sharedTestMemo(t *testing.T, p *Proxy, auth string) (*laneMemo, *laneHead) 
 	if !ok {
 		t.Fatal("no route")
 	}
+	rt.epochShard = p.routeEpochs.shard("team", "pod")
 	m := &laneMemo{}
-	m.remember(key, auth, rt, p.routeEpoch.Load())
+	m.remember(key, auth, rt, p.routeEpochs.now())
 	h := &laneHead{}
 	if !readLaneHead([]byte(head), h, false) {
 		t.Fatal("the head is not read in place")
@@ -68,7 +69,7 @@ func TestSharedMemosEnd(t *testing.T) {
 		t.Fatalf("%d memos kept, past sharedMemosMax", len(s.memos))
 	}
 	p.ForgetPod("team", "pod")
-	extra.epoch = p.routeEpoch.Load()
+	extra.epoch = p.routeEpochs.now()
 	s.share(p, extra)
 	if !adopts(h) || len(s.memos) != 1 {
 		t.Fatalf("%d memos kept once the others ended; the new one found: %v", len(s.memos), adopts(h))

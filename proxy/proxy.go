@@ -126,9 +126,9 @@ type Proxy struct {
 	direct     *directTransport
 	// passthrough takes forward-proxy destinations no named Connector covers.
 	passthrough *passthrough
-	// routeEpoch changes when a Pod's decisions are dropped (ForgetPod): the fast lane's
-	// remembered routes of before are not used again.
-	routeEpoch atomic.Uint64
+	// routeEpochs end the fast lane's remembered routes of a Pod's group when the Pod's
+	// decisions are dropped (ForgetPod).
+	routeEpochs routeEpochs
 	// lane is the fast lane serving the proxy's listener, if any: CONNECT tunnels are served
 	// by it too.
 	lane atomic.Pointer[FastLane]
@@ -185,7 +185,7 @@ func New(objects client.Reader, reviewer Reviewer, flags *features.Source, kube 
 // the Pod's AccessRequests change (granted, revoked), so the next request asks again.
 func (p *Proxy) ForgetPod(namespace, name string) {
 	p.perms.forgetPod(namespace, name)
-	p.routeEpoch.Add(1) // and the fast lane's remembered routes (laneMemo)
+	p.routeEpochs.forget(namespace, name) // and the fast lane's remembered routes (laneMemo)
 }
 
 // copyBuffers pools the buffers ReverseProxy copies response bodies with.
@@ -293,6 +293,8 @@ type route struct {
 	client http.ResponseWriter
 	// forwardAmong: a forward route chosen among several Connectors the client named.
 	forwardAmong bool
+	// epochShard is the caller's Pod's group in routeEpochs.
+	epochShard uint8
 }
 
 type routeKey struct{}
