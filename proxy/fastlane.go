@@ -442,12 +442,13 @@ func (m *laneMemo) sameCaller(p *Proxy, h *laneHead) bool {
 	if h.auth != nil && authorizationToken(string(h.auth)) != "" {
 		return false
 	}
-	escaped, _, _ := bytes.Cut(h.target, []byte("?"))
+	escaped, query, _ := bytes.Cut(h.target, []byte("?"))
 	path, ok := decodedPath(string(escaped))
 	if !ok {
 		return false
 	}
-	head := regoeval.RequestHead{Method: h.method, Path: path, Host: m.key.host, Header: headHeaders{h}} // the head's host is key's (routeForHead)
+	// The head's host is key's (routeForHead); the query is the client's, as r.URL.RawQuery.
+	head := regoeval.RequestHead{Method: h.method, Path: path, Host: m.key.host, RawQuery: string(query), HasQuery: true, Header: headHeaders{h}}
 	found, ok := p.extractFrom(context.Background(), m.extractors, head, nil, m.found)
 	m.found = found.foundBy
 	return ok && found.token == m.rt.callerToken && slices.Equal(found.foundBy, m.foundBy)
@@ -1348,7 +1349,10 @@ func (c *laneConn) inPlaceInjection(rt *route, method, uri string) *regoeval.Inj
 	if !ok || path == "/" {
 		return nil
 	}
-	head := regoeval.RequestHead{Method: method, Path: path, Host: rt.target.Host, Header: &c.rawSeen}
+	// No query parameter holds the caller's token along a route read in place
+	// (tokenFreeInPlace): the generator's query is uri's.
+	_, query, _ := strings.Cut(uri, "?")
+	head := regoeval.RequestHead{Method: method, Path: path, Host: rt.target.Host, RawQuery: query, HasQuery: true, Header: &c.rawSeen}
 	inj := c.lane.p.keptHeaders(rt, head)
 	if inj == nil {
 		return nil

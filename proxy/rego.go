@@ -51,9 +51,17 @@ func (p *Proxy) injection(r *http.Request, rt *route) (*regoeval.Injection, erro
 	})
 }
 
-// generatorHead is the head of r, sent along rt to path, as rt's generator sees it.
+// generatorHead is the head of r, sent along rt to path, as rt's generator sees it: its query
+// is rt.target's less the parameters that carried the client's token (as injection's request
+// has it).
 func generatorHead(r *http.Request, rt *route, path string) regoeval.RequestHead {
-	return regoeval.RequestHead{Method: r.Method, Path: path, Host: rt.target.Host,
+	query := rt.target.RawQuery
+	if rt.callerToken != "" && query != "" {
+		if q := rt.target.Query(); dropParamsWith(q, rt.callerToken) {
+			query = q.Encode()
+		}
+	}
+	return regoeval.RequestHead{Method: r.Method, Path: path, Host: rt.target.Host, RawQuery: query, HasQuery: true,
 		Header: &generatorHeaders{all: headerLookup(r.Header), callerToken: rt.callerToken}}
 }
 
@@ -232,7 +240,8 @@ func (p *Proxy) callerToken(r *http.Request) extracted {
 
 // extract is what the extractors of classes find in r.
 func (p *Proxy) extract(ctx context.Context, classes []*v1alpha1.ConnectorClass, r *http.Request) (extracted, bool) {
-	head := regoeval.RequestHead{Method: r.Method, Path: r.URL.Path, Host: r.Host, Header: headerLookup(r.Header)}
+	head := regoeval.RequestHead{Method: r.Method, Path: r.URL.Path, Host: r.Host, RawQuery: r.URL.RawQuery, HasQuery: true,
+		Header: headerLookup(r.Header)}
 	var in *regoeval.Request
 	return p.extractFrom(ctx, classes, head, func() *regoeval.Request {
 		if in == nil {

@@ -197,9 +197,10 @@ func (e *Engine) prepare(h Hook, module string) (rego.PreparedEvalQuery, reads, 
 	return q, readsOf(mod), nil
 }
 
-// keyedFields are the request fields by whose values alone an answer may be kept: strings of
-// the request line, few per client (git's paths, an API's).
-var keyedFields = map[string]bool{"method": true, "path": true, "host": true}
+// keyedFields are the request fields by whose values alone an answer may be kept: the request
+// line's, few per client (git's paths, an API's); the query by its raw form, however much of
+// it a module reads (input.request.query, .query.page, .query[x]: all of them functions of it).
+var keyedFields = map[string]bool{"method": true, "path": true, "host": true, "query": true}
 
 // reads are what of its input a module's answer depends on, besides input.data: the request's
 // keyed fields and the headers it names by constant names (each sorted), or all, for a module
@@ -227,13 +228,21 @@ const (
 )
 
 // requestParts are the parts of input.request the module's input needs: those it refers to,
-// and the headers when it names any.
+// the headers when it names any, and the query when it is keyed by it.
 func (r reads) requestParts() requestParts {
+	parts := r.parts
 	if len(r.headers) > 0 {
-		return r.parts | partHeaders
+		parts |= partHeaders
 	}
-	return r.parts
+	if r.query() {
+		parts |= partQuery
+	}
+	return parts
 }
+
+// query tells whether the module's answer is kept by the query (it reads it, and nothing that
+// makes its answer per request).
+func (r reads) query() bool { return slices.Contains(r.fields, "query") }
 
 // partsOf is what of input.request a reference to input other than to input.data or a keyed
 // field may see: the part it names (input.request.query...), or every part for one that names

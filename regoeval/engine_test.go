@@ -346,6 +346,66 @@ auth := {"position": "header", "auth": {"X": input.request[k]}} if k := "method"
 	}
 }
 
+// A generator that reads the query, whole or by name, is kept by the query's raw form as the
+// head gives it (each form apart, an empty one too) and answers as over the parsed query; one
+// that also reads what makes it per request is evaluated every time; a head without the query
+// leaves such a module to the whole request, or, given none, to ErrNeedsRequest.
+func TestAnswersAreKeptByQuery(t *testing.T) {
+	e := newEngine(t, 16)
+	data := map[string][]byte{"token": []byte(secretValue1)}
+	queried := func(raw string) RequestHead {
+		head := getHead
+		head.RawQuery, head.HasQuery = raw, true
+		return head
+	}
+	heads := []RequestHead{queried("page=1"), queried("page=1"), queried("page=2"), queried("page=%32"),
+		queried("page=1&page=2"), queried(""), queried("a=%zz&page=3")}
+	for _, tc := range []struct {
+		module string
+		kept   int    // answers kept after heads
+		want   string // the answers' X, joined by |
+	}{
+		{`package proxy
+auth := {"position": "header", "auth": {"X": concat(",", input.request.query.page)}}
+default auth := {"position": "header", "auth": {"X": "none"}}`, 6, "1|1|2|2|1,2|none|3"},
+		{`package proxy
+auth := {"position": "header", "auth": {"X": sprintf("%d", [count(input.request.query)])}}`, 6, "1|1|1|1|1|0|1"},
+		{`package proxy
+auth := {"position": "header", "auth": {"X": concat(",", input.request.query.page)}} if time.now_ns() > 0
+default auth := {"position": "header", "auth": {"X": "none"}}`, 0, "1|1|2|2|1,2|none|3"},
+	} {
+		e.answers.Purge()
+		var got []string
+		class, at := classWith(tc.module, "", "")
+		for _, head := range heads {
+			inj, err := e.Generate(context.Background(), class, at, data, "uid/1", head, func() *Request {
+				r := getRequest(http.Header{})
+				r.Query, _ = url.ParseQuery(head.RawQuery)
+				return r
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, inj.Headers["X"])
+		}
+		if e.answers.Len() != tc.kept || strings.Join(got, "|") != tc.want {
+			t.Errorf("%.80q: %d answers kept, answered %s; want %d and %s", tc.module, e.answers.Len(), strings.Join(got, "|"), tc.kept, tc.want)
+		}
+	}
+
+	class, at := classWith(`package proxy
+auth := {"position": "header", "auth": {"X": input.request.query.page[0]}}`, "", "")
+	e.answers.Purge()
+	built := 0
+	inj, err := e.Generate(context.Background(), class, at, data, "uid/1", getHead, func() *Request { built++; return getRequest(nil) })
+	if err != nil || inj.Headers["X"] != "2" || built != 1 || e.answers.Len() != 0 {
+		t.Errorf("a head without the query: X %v (%v), %d requests described, %d answers kept; want getRequest's page 2, 1, 0", inj, err, built, e.answers.Len())
+	}
+	if _, err := e.Generate(context.Background(), class, at, data, "uid/1", getHead, nil); !errors.Is(err, ErrNeedsRequest) {
+		t.Errorf("a head without the query, and no request: %v, want ErrNeedsRequest", err)
+	}
+}
+
 // A generator that reads headers by constant names is kept by their values as the head gives
 // them (absent, and each value list, apart), and evaluated once per such value; one that
 // reads headers by a variable name, or the headers object whole, reads the whole request. A
@@ -508,16 +568,16 @@ func TestShippedGeneratorsAreKept(t *testing.T) {
 	}
 }
 
-// BenchmarkGeneratePerRequest: a generator that reads the query, so evaluated for every request
-// (the proxy bench's `Rego generator reading the query: per request` row), over a git client's
-// headers.
+// BenchmarkGeneratePerRequest: a generator that reads the headers whole, so evaluated for every
+// request (the proxy bench's `Rego generator reading the headers whole: per request` row), over
+// a git client's headers.
 func BenchmarkGeneratePerRequest(b *testing.B) {
 	e, err := New("rego_bench", Config{CacheSize: 16, Timeout: time.Second, MaxBodyBytes: 1 << 10})
 	if err != nil {
 		b.Fatal(err)
 	}
 	class, auth := classWith(`package proxy
-auth := {"position": "header", "auth": {"Authorization": concat(" ", ["Basic", base64.encode(concat(":", [input.data.username, input.data.password]))])}} if not input.request.query["never"]`, "", "")
+auth := {"position": "header", "auth": {"Authorization": concat(" ", ["Basic", base64.encode(concat(":", [input.data.username, input.data.password]))])}} if not object.get(input.request.headers, "X-Never", false)`, "", "")
 	data := map[string][]byte{"username": []byte("u"), "password": []byte("p")}
 	header := http.Header{"User-Agent": {"git/2.39.5"}, "Accept": {"*/*"}, "Accept-Encoding": {"deflate, gzip"}, "Git-Protocol": {"version=2"}, "Pragma": {"no-cache"}}
 	request := func() *Request { return getRequest(header) }

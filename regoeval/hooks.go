@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"sync"
 
 	"github.com/open-policy-agent/opa/v1/ast"
@@ -47,11 +48,16 @@ func Generator(t *v1alpha1.AuthType) string {
 }
 
 // RequestHead is what of a request a module whose answers are kept may read: the request
-// line's fields and, by their names, headers. Header is nil when the caller has no headers at
-// hand, which leaves a module that reads one to the whole request (Generate's req).
+// line's fields, its query and, by their names, headers. Header is nil when the caller has no
+// headers at hand, and HasQuery false when it has not the query as the module sees it: either
+// leaves a module that reads them to the whole request (Generate's req).
 type RequestHead struct {
 	Method, Path, Host string
-	Header             Headers
+	// RawQuery is the query as the module's input.request.query holds it (url.ParseQuery's),
+	// when HasQuery.
+	RawQuery string
+	HasQuery bool
+	Header   Headers
 }
 
 // Headers gives a request's headers by name as a module sees them: the values, and whether
@@ -66,14 +72,19 @@ func (h RequestHead) field(name string) string {
 		return h.Method
 	case "path":
 		return h.Path
+	case "query":
+		return h.RawQuery
 	}
 	return h.Host
 }
 
-// request is the input.request of a module that reads head's fields and the headers named
-// (none of the rest: its other fields are left empty).
-func (h RequestHead) request(headers []string) *Request {
+// request is the input.request of a module that reads head's fields, the headers named and,
+// when query, the query (none of the rest: its other fields are left empty).
+func (h RequestHead) request(headers []string, query bool) *Request {
 	r := &Request{Method: h.Method, Path: h.Path, Host: h.Host}
+	if query {
+		r.Query, _ = url.ParseQuery(h.RawQuery) // as url.URL.Query: what parses, of a bad one
+	}
 	for _, name := range headers {
 		if values, ok := h.Header.Lookup(name); ok {
 			if r.Headers == nil {
@@ -141,7 +152,7 @@ var ErrNeedsRequest = errors.New("the module reads more of the request than was 
 
 // answersFrom tells whether c's answer depends on nothing of the request but what head has.
 func (c *compiled) answersFrom(head RequestHead) bool {
-	return !c.reads.all && (len(c.reads.headers) == 0 || head.Header != nil)
+	return !c.reads.all && (len(c.reads.headers) == 0 || head.Header != nil) && (!c.reads.query() || head.HasQuery)
 }
 
 // requestValue is input.request for c: nothing for a module of the Secret alone, what head
@@ -152,7 +163,7 @@ func (c *compiled) requestValue(head RequestHead, req func() *Request) (ast.Valu
 	case c.reads.dataOnly():
 		return ast.NullValue, nil
 	case c.answersFrom(head):
-		return head.request(c.reads.headers).value(c.reads.requestParts())
+		return head.request(c.reads.headers, c.reads.query()).value(c.reads.requestParts())
 	case req == nil:
 		return nil, ErrNeedsRequest
 	}

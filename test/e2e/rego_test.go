@@ -256,8 +256,9 @@ auth := {"position": input.data.token, "auth": {}}`}}}
 // also the request's path, are set by the fast lane (first request through net/http's parsers,
 // the next from the connection's remembered route, in place), replacing a client header of
 // the same name, the Pod token kept from the tool, each path its own answer; a changed Secret
-// reaches the next route. A generator that reads headers by name is kept by their values
-// too, in place as well, and does not see the client's Authorization.
+// reaches the next route. A generator that reads headers by name, or the query, is kept by
+// their values too, in place as well, and does not see the client's Authorization; one that
+// reads the headers whole is evaluated per request.
 func TestRegoGeneratorInTheFastLane(t *testing.T) {
 	tool, rec, env, metricsAddr, ns := laneTestSetup(t)
 	class := classWith(t, "generated", func(c *v1alpha1.ConnectorClass) {
@@ -272,6 +273,8 @@ bearer := "bearer seen" if input.request.headers.Authorization
 default bearer := "no bearer"`}},
 			{Name: "by-query", SecretType: "Opaque", Generator: &v1alpha1.RegoPolicy{Rego: `package proxy
 auth := {"position": "header", "auth": {"X-Signed": concat(":", [input.data.token, input.request.query.page[0]])}}`}},
+			{Name: "per-request", SecretType: "Opaque", Generator: &v1alpha1.RegoPolicy{Rego: `package proxy
+auth := {"position": "header", "auth": {"X-Signed": concat(":", [input.data.token, object.get(input.request.headers, "X-Part", ["none"])[0]])}}`}},
 			{Name: "in-query", SecretType: "Opaque", Generator: &v1alpha1.RegoPolicy{Rego: `package proxy
 auth := {"position": "query", "auth": {"private_token": input.data.token}}`}},
 		}
@@ -282,8 +285,9 @@ auth := {"position": "query", "auth": {"private_token": input.data.token}}`}},
 	newConnectorWithSecret(t, ns, "by-path", class, rec.URL, "by-path", "pat")
 	newConnectorWithSecret(t, ns, "by-header", class, rec.URL, "by-header", "pat")
 	newConnectorWithSecret(t, ns, "by-query", class, rec.URL, "by-query", "pat")
+	newConnectorWithSecret(t, ns, "per-request", class, rec.URL, "per-request", "pat")
 	newConnectorWithSecret(t, ns, "in-query", class, rec.URL, "in-query", "pat")
-	allowConnectors(t, ns, "builder", "pat", "by-path", "by-header", "by-query", "in-query")
+	allowConnectors(t, ns, "builder", "pat", "by-path", "by-header", "by-query", "per-request", "in-query")
 	token := proxyToken(t, ns, "builder")
 	host := strings.TrimPrefix(env.proxyURL, "http://")
 	// get sends GETs of paths on one new connection and returns what the tool got for each.
@@ -362,10 +366,16 @@ auth := {"position": "query", "auth": {"private_token": input.data.token}}`}},
 	signed("headers", func() []*http.Request {
 		return append(get("by-header", "X-Part: one\r\n", "/a", "/b"), get("by-header", "X-Part: two\r\n", "/a")...)
 	}, []string{rotated + ":one:no bearer", rotated + ":one:no bearer", rotated + ":two:no bearer"}, 1, 2, 0)
-	// A generator that reads the query is evaluated for every request, on the fast lane's
-	// parsed path (never in place), as the full path would.
-	signed("the query", func() []*http.Request { return get("by-query", "", "/a?page=1", "/a?page=2", "/b?page=1") },
-		[]string{rotated + ":1", rotated + ":2", rotated + ":1"}, 3, 0, 0)
+	// A generator that reads the query is kept by it, in place too, over the query parsed
+	// (escapes decoded) as for a request through net/http's parsers.
+	signed("the query", func() []*http.Request {
+		return get("by-query", "", "/a?page=1", "/a?page=2", "/b?page=1", "/b?page=%33")
+	},
+		[]string{rotated + ":1", rotated + ":2", rotated + ":1", rotated + ":3"}, 1, 3, 0)
+	// A generator that reads the headers whole is evaluated for every request, on the fast
+	// lane's parsed path (never in place), as the full path would.
+	signed("the headers whole", func() []*http.Request { return get("per-request", "X-Part: p\r\n", "/a", "/a", "/b") },
+		[]string{rotated + ":p", rotated + ":p", rotated + ":p"}, 3, 0, 0)
 
 	// A generator that answers in the query: the fast lane sets the parameter, replacing the
 	// client's of that name and keeping the rest.

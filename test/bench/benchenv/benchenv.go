@@ -256,22 +256,25 @@ auth := {"position": "header", "auth": {"Authorization": concat(" ", ["Basic", b
 	// basicGeneratorByHeader reads a header by name: its answers are kept per value of it.
 	basicGeneratorByHeader = `package proxy
 auth := {"position": "header", "auth": {"Authorization": concat(" ", ["Basic", base64.encode(concat(":", [input.data.username, input.data.password]))])}} if not input.request.headers["X-Never"]`
-	// basicGeneratorPerRequest reads the query: it is evaluated for every request.
-	basicGeneratorPerRequest = `package proxy
+	// basicGeneratorByQuery reads the query: its answers are kept per query.
+	basicGeneratorByQuery = `package proxy
 auth := {"position": "header", "auth": {"Authorization": concat(" ", ["Basic", base64.encode(concat(":", [input.data.username, input.data.password]))])}} if not input.request.query["never"]`
+	// basicGeneratorPerRequest reads the headers whole: it is evaluated for every request.
+	basicGeneratorPerRequest = `package proxy
+auth := {"position": "header", "auth": {"Authorization": concat(" ", ["Basic", base64.encode(concat(":", [input.data.username, input.data.password]))])}} if not object.get(input.request.headers, "X-Never", false)`
 )
 
 // regoConnectors are the benchmark Connector again, their Basic credential computed by a
 // generator.rego over an Opaque Secret: tool-rego with basicGenerator, tool-rego-path with
-// basicGeneratorByPath, tool-rego-header with basicGeneratorByHeader, tool-rego-request with
-// basicGeneratorPerRequest.
+// basicGeneratorByPath, tool-rego-header with basicGeneratorByHeader, tool-rego-query with
+// basicGeneratorByQuery, tool-rego-request with basicGeneratorPerRequest.
 func regoConnectors(ctx context.Context, cp *controlplane.ControlPlane, address string) error {
 	if _, err := cp.Kube.CoreV1().Secrets(Namespace).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "tool-rego"},
 		Type: corev1.SecretTypeOpaque, StringData: map[string]string{"username": ToolUser, "password": ToolPass}}, metav1.CreateOptions{}); err != nil {
 		return err
 	}
 	for name, generator := range map[string]string{"tool-rego": basicGenerator, "tool-rego-path": basicGeneratorByPath,
-		"tool-rego-header": basicGeneratorByHeader, "tool-rego-request": basicGeneratorPerRequest} {
+		"tool-rego-header": basicGeneratorByHeader, "tool-rego-query": basicGeneratorByQuery, "tool-rego-request": basicGeneratorPerRequest} {
 		if err := cp.Client.Create(ctx, &v1alpha1.ConnectorClass{ObjectMeta: metav1.ObjectMeta{Name: "bench-" + name},
 			Spec: v1alpha1.ConnectorClassSpec{Auth: &v1alpha1.AuthSpec{Types: []v1alpha1.AuthType{{Name: "basicRego", SecretType: "Opaque",
 				Generator: &v1alpha1.RegoPolicy{Rego: generator}}}}}}); err != nil {

@@ -265,7 +265,9 @@ func makeTargets(ctx context.Context, cp *controlplane.ControlPlane, up *benchen
 			wrk: reverseWrk("tool-rego-path", bearer), baseline: "nginx (header-injecting reverse proxy)", pids: drv.PIDs, driver: true},
 		{name: "connectors proxy (reverse, Rego generator reading a header)", goClient: plain(nil, nil), goURL: reverse("tool-rego-header"), header: bearer,
 			wrk: reverseWrk("tool-rego-header", bearer), baseline: "nginx (header-injecting reverse proxy)", pids: drv.PIDs, driver: true},
-		{name: "connectors proxy (reverse, Rego generator reading the query: per request)", goClient: plain(nil, nil), goURL: reverse("tool-rego-request"), header: bearer,
+		{name: "connectors proxy (reverse, Rego generator reading the query)", goClient: plain(nil, nil), goURL: reverse("tool-rego-query"), header: bearer,
+			wrk: reverseWrk("tool-rego-query", bearer), baseline: "nginx (header-injecting reverse proxy)", pids: drv.PIDs, driver: true},
+		{name: "connectors proxy (reverse, Rego generator reading the headers whole: per request)", goClient: plain(nil, nil), goURL: reverse("tool-rego-request"), header: bearer,
 			wrk: reverseWrk("tool-rego-request", bearer), baseline: "nginx (header-injecting reverse proxy)", pids: drv.PIDs, driver: true},
 		{name: "connectors proxy (reverse, by the Connector's own host)", goClient: plain(nil, nil), goURL: func(s string) string { return "http://" + drv.ProxyAddr + "/" + s },
 			header: ownHost, wrk: func(s string) *request {
