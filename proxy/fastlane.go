@@ -1025,12 +1025,12 @@ func (p *Proxy) laneCredential(r *http.Request, rt *route) bool {
 	return true
 }
 
-// keptHeaders is the answer of rt's generator to a request of head when the generator reads
-// only the Secret and what head has (its answers are kept: a lookup) and answers with
-// headers; nil otherwise: one that reads more of the request is evaluated per request, and
-// an error is answered, by the full path.
-func (p *Proxy) keptHeaders(rt *route, head regoeval.RequestHead) *regoeval.Injection {
-	inj, err := p.generatorAnswer(context.Background(), rt, head, nil)
+// headerInjection is the answer of rt's generator to a request of head, the rest of which
+// request describes (nil: none at hand), when it answers with headers; nil otherwise: one that
+// needs more of the request than is at hand is evaluated, and an error is answered, by the
+// full path.
+func (p *Proxy) headerInjection(rt *route, head regoeval.RequestHead, request func() *regoeval.Request) *regoeval.Injection {
+	inj, err := p.generatorAnswer(context.Background(), rt, head, request)
 	if err != nil || inj.Position != regoeval.PositionHeader {
 		return nil
 	}
@@ -1337,13 +1337,14 @@ func (c *laneConn) inPlaceBody(h *laneHead, headLen int, rt *route) (body []byte
 	return body, ok && !holdsCallerToken(rt, body)
 }
 
-// inPlaceInjection is the answer of rt's generator (one whose answers are kept: a remembered
-// route's) to a head of method to uri read in place, or nil when the head takes the parsed
-// path: the generator fails or injects elsewhere than in headers, or it sets a header a head
-// written in place carries otherwise (Host, User-Agent, hop-by-hop ones, the route's own
-// Authorization). The generator gets uri's path decoded, as the general path's rt.target.Path;
-// for the path "/", that is "" when the tool URL's path is empty (its request URI says "/"),
-// which uri does not tell: such a head takes the parsed path.
+// inPlaceInjection is the answer of rt's generator (a remembered route's) to the head c.raw,
+// of method to uri, read in place, or nil when the head takes the parsed path: the generator
+// fails or injects elsewhere than in headers, or it sets a header a head written in place
+// carries otherwise (Host, User-Agent, hop-by-hop ones, the route's own Authorization), or it
+// is evaluated per request and the head has a body (which a module may read, parsed). The
+// generator gets uri's path decoded, as the general path's rt.target.Path; for the path "/",
+// that is "" when the tool URL's path is empty (its request URI says "/"), which uri does not
+// tell: such a head takes the parsed path.
 func (c *laneConn) inPlaceInjection(rt *route, method, uri string) *regoeval.Injection {
 	path, ok := toolPathOf(uri)
 	if !ok || path == "/" {
@@ -1353,7 +1354,11 @@ func (c *laneConn) inPlaceInjection(rt *route, method, uri string) *regoeval.Inj
 	// (tokenFreeInPlace): the generator's query is uri's.
 	_, query, _ := strings.Cut(uri, "?")
 	head := regoeval.RequestHead{Method: method, Path: path, Host: rt.target.Host, RawQuery: query, HasQuery: true, Header: &c.rawSeen}
-	inj := c.lane.p.keptHeaders(rt, head)
+	var request func() *regoeval.Request
+	if c.raw.contentLength <= 0 {
+		request = func() *regoeval.Request { return c.inPlaceRequest(rt, head) }
+	}
+	inj := c.lane.p.headerInjection(rt, head, request)
 	if inj == nil {
 		return nil
 	}
@@ -1363,6 +1368,17 @@ func (c *laneConn) inPlaceInjection(rt *route, method, uri string) *regoeval.Inj
 		}
 	}
 	return inj
+}
+
+// inPlaceRequest is the request of c.raw, a head of no body read in place, along rt as a
+// generator evaluated per request sees it, as injection's request has it on the general path:
+// the headers less those that carried the client's credential, the query parsed (none of its
+// parameters holds the caller's token: tokenFreeInPlace), no body.
+func (c *laneConn) inPlaceRequest(rt *route, head regoeval.RequestHead) *regoeval.Request {
+	header := c.raw.httpHeader()
+	dropClientCredentials(header, rt.callerToken)
+	query, _ := url.ParseQuery(head.RawQuery) // as url.URL.Query: what parses, of a bad one
+	return &regoeval.Request{Method: head.Method, Path: head.Path, Host: head.Host, Headers: header, Query: query}
 }
 
 // registryAuthorization is the Authorization value of a registry's token for a head of method

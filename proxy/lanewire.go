@@ -199,6 +199,29 @@ func (h *laneHead) eachValue(name string, each func(value []byte)) (ok bool) {
 	return ok
 }
 
+// httpHeader is r.Header of the request net/http's reader reads from the head h was read from
+// (FuzzLaneHead holds the two to each other): every line but Host's, by canonical name, each
+// name's values in order. It serves generators that read the headers whole, in place.
+func (h *laneHead) httpHeader() http.Header {
+	out := make(http.Header, len(h.fields)+4)
+	for _, single := range [...]struct {
+		name  string
+		value []byte
+	}{{"Authorization", h.auth}, {"Proxy-Authorization", h.proxyAuth}, {"User-Agent", h.userAgent}} {
+		if single.value != nil {
+			out[single.name] = []string{string(single.value)}
+		}
+	}
+	for _, v := range h.connection {
+		out["Connection"] = append(out["Connection"], string(v))
+	}
+	for _, f := range h.fields {
+		name := textproto.CanonicalMIMEHeaderKey(string(f.name))
+		out[name] = append(out[name], string(f.value))
+	}
+	return out
+}
+
 // headHeaders is a head read in place as a module sees its headers (regoeval.Headers), and
 // the parts of an answer key they give (regoeval.HeaderKeys: without copies of the values,
 // a token among them).

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"io"
 	"net/http"
-	"net/textproto"
 	"net/url"
 	"reflect"
 	"slices"
@@ -127,7 +126,7 @@ func sameAsNetHTTP(t *testing.T, c *laneConn, head []byte) {
 		t.Fatalf("read differently: %q %q %q %v %d, net/http %q %q %q %v %d", h.method, h.target, wantHost, h.close, h.contentLength,
 			req.Method, req.RequestURI, req.Host, req.Close, req.ContentLength)
 	}
-	if got, want := rawHeader(&h), withoutHostAndConnection(req.Header); !reflect.DeepEqual(got, want) {
+	if got, want := h.httpHeader(), withoutHost(req.Header); !reflect.DeepEqual(got, want) {
 		t.Fatalf("headers read differently:\n%v\nnet/http:\n%v", got, want)
 	}
 	sameHeaderView(t, &h, req.Header)
@@ -313,24 +312,9 @@ var laneAddresses = []string{
 	"http://tool.example:8080/a b/%zz",
 }
 
-// rawHeader is what readLaneHead read of the headers, as net/http keeps them.
-func rawHeader(h *laneHead) http.Header {
-	out := http.Header{}
-	for name, v := range map[string][]byte{"Authorization": h.auth, "Proxy-Authorization": h.proxyAuth, "User-Agent": h.userAgent} {
-		if v != nil {
-			out.Add(name, string(v))
-		}
-	}
-	for _, f := range h.fields {
-		out.Add(textproto.CanonicalMIMEHeaderKey(string(f.name)), string(f.value))
-	}
-	return out
-}
-
-func withoutHostAndConnection(h http.Header) http.Header {
+func withoutHost(h http.Header) http.Header {
 	out := h.Clone()
 	delete(out, "Host")
-	delete(out, "Connection")
 	return out
 }
 

@@ -258,7 +258,7 @@ auth := {"position": input.data.token, "auth": {}}`}}}
 // the same name, the Pod token kept from the tool, each path its own answer; a changed Secret
 // reaches the next route. A generator that reads headers by name, or the query, is kept by
 // their values too, in place as well, and does not see the client's Authorization; one that
-// reads the headers whole is evaluated per request.
+// reads the headers whole is evaluated per request, in place as well.
 func TestRegoGeneratorInTheFastLane(t *testing.T) {
 	tool, rec, env, metricsAddr, ns := laneTestSetup(t)
 	class := classWith(t, "generated", func(c *v1alpha1.ConnectorClass) {
@@ -274,7 +274,8 @@ default bearer := "no bearer"`}},
 			{Name: "by-query", SecretType: "Opaque", Generator: &v1alpha1.RegoPolicy{Rego: `package proxy
 auth := {"position": "header", "auth": {"X-Signed": concat(":", [input.data.token, input.request.query.page[0]])}}`}},
 			{Name: "per-request", SecretType: "Opaque", Generator: &v1alpha1.RegoPolicy{Rego: `package proxy
-auth := {"position": "header", "auth": {"X-Signed": concat(":", [input.data.token, object.get(input.request.headers, "X-Part", ["none"])[0]])}}`}},
+auth := {"position": "header", "auth": {"X-Signed": concat(":", [input.data.token, seen("X-Part"), seen("Authorization")])}}
+seen(name) := object.get(input.request.headers, name, ["none"])[0]`}},
 			{Name: "in-query", SecretType: "Opaque", Generator: &v1alpha1.RegoPolicy{Rego: `package proxy
 auth := {"position": "query", "auth": {"private_token": input.data.token}}`}},
 		}
@@ -372,10 +373,12 @@ auth := {"position": "query", "auth": {"private_token": input.data.token}}`}},
 		return get("by-query", "", "/a?page=1", "/a?page=2", "/b?page=1", "/b?page=%33")
 	},
 		[]string{rotated + ":1", rotated + ":2", rotated + ":1", rotated + ":3"}, 1, 3, 0)
-	// A generator that reads the headers whole is evaluated for every request, on the fast
-	// lane's parsed path (never in place), as the full path would.
-	signed("the headers whole", func() []*http.Request { return get("per-request", "X-Part: p\r\n", "/a", "/a", "/b") },
-		[]string{rotated + ":p", rotated + ":p", rotated + ":p"}, 3, 0, 0)
+	// A generator that reads the headers whole is evaluated for every request, in place too
+	// (a second connection's along the route the first one's shared), over each request's own
+	// headers, never the client's Authorization.
+	signed("the headers whole", func() []*http.Request {
+		return append(get("per-request", "X-Part: p\r\n", "/a", "/b"), get("per-request", "X-Part: q\r\n", "/a")...)
+	}, []string{rotated + ":p:none", rotated + ":p:none", rotated + ":q:none"}, 1, 2, 0)
 
 	// A generator that answers in the query: the fast lane sets the parameter, replacing the
 	// client's of that name and keeping the rest.
