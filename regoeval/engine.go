@@ -240,8 +240,8 @@ func (r reads) requestParts() requestParts {
 	return parts
 }
 
-// query tells whether the module's answer is kept by the query (it reads it, and nothing that
-// makes its answer per request).
+// query tells whether the module reads the query (and, unless it reads more, has its answers
+// kept by it).
 func (r reads) query() bool { return slices.Contains(r.fields, "query") }
 
 // partsOf is what of input.request a reference to input other than to input.data or a keyed
