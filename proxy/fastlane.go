@@ -1377,8 +1377,7 @@ func (c *laneConn) inPlaceInjection(rt *route, method, uri string) *regoeval.Inj
 func (c *laneConn) inPlaceRequest(rt *route, head regoeval.RequestHead) *regoeval.Request {
 	header := c.raw.httpHeader()
 	dropClientCredentials(header, rt.callerToken)
-	query, _ := url.ParseQuery(head.RawQuery) // as url.URL.Query: what parses, of a bad one
-	return &regoeval.Request{Method: head.Method, Path: head.Path, Host: head.Host, Headers: header, Query: query}
+	return &regoeval.Request{Method: head.Method, Path: head.Path, Host: head.Host, Headers: header, Query: head.Query()}
 }
 
 // registryAuthorization is the Authorization value of a registry's token for a head of method

@@ -43,9 +43,7 @@ func (p *Proxy) injection(r *http.Request, rt *route) (*regoeval.Injection, erro
 	return p.generatorAnswer(r.Context(), rt, head, func() *regoeval.Request {
 		header := r.Header.Clone()
 		dropClientCredentials(header, rt.callerToken)
-		query := rt.target.Query()
-		dropParamsWith(query, rt.callerToken)
-		in := p.rego.NewRequest(r, rt.target.Host, rt.target.Path, query)
+		in := p.rego.NewRequest(r, head.Host, head.Path, head.Query()) // the query less the caller's token (generatorHead)
 		in.Headers = header
 		return in
 	})

@@ -78,12 +78,19 @@ func (h RequestHead) field(name string) string {
 	return h.Host
 }
 
+// Query is RawQuery parsed as url.URL.Query does (what parses, of a bad one): the module's
+// input.request.query.
+func (h RequestHead) Query() url.Values {
+	q, _ := url.ParseQuery(h.RawQuery)
+	return q
+}
+
 // request is the input.request of a module that reads head's fields, the headers named and,
 // when query, the query (none of the rest: its other fields are left empty).
 func (h RequestHead) request(headers []string, query bool) *Request {
 	r := &Request{Method: h.Method, Path: h.Path, Host: h.Host}
 	if query {
-		r.Query, _ = url.ParseQuery(h.RawQuery) // as url.URL.Query: what parses, of a bad one
+		r.Query = h.Query()
 	}
 	for _, name := range headers {
 		if values, ok := h.Header.Lookup(name); ok {
