@@ -338,7 +338,7 @@ type laneMemo struct {
 	// toolTail ends the tool request heads written in place (toolHeadTail).
 	toolTail string
 	rt       *route
-	// epoch is the tick of routeEpochs the route was resolved at, for its Pod's group
+	// epoch is the tick of podEpochs the route was resolved at, for its Pod's group
 	// (rt.epochShard).
 	epoch uint64
 	until time.Time
@@ -557,7 +557,7 @@ func targetAt(rt *route, uri string) *url.URL {
 // live tells whether the memo holds a route within its time and from before any decisions of
 // its Pod's group were dropped.
 func (m *laneMemo) live(p *Proxy, now time.Time) bool {
-	return m.rt != nil && p.routeEpochs.unchanged(m.rt.epochShard, m.epoch) && now.Before(m.until)
+	return m.rt != nil && p.podEpochs.unchanged(m.rt.epochShard, m.epoch) && now.Before(m.until)
 }
 
 func (m *laneMemo) forwardTo(u *url.URL) (*route, bool) {
@@ -961,7 +961,7 @@ func (c *laneConn) serveRequest(r *http.Request, size int) (taken, ok bool) {
 	if !isLane {
 		return false, false // net/http's path answers, or asks the classes' authExtractors
 	}
-	epoch := p.routeEpochs.now() // before the decisions: one dropped meanwhile is not remembered
+	epoch := p.podEpochs.now() // before the decisions: one dropped meanwhile is not remembered
 	answer := &bufferedAnswer{header: http.Header{}}
 	m, record := p.metered(answer, r, key.mode())
 	defer record()

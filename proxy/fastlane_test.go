@@ -22,15 +22,15 @@ import (
 // (another group's Pods' leave it in place), and is pointed at each request's own path and
 // query; a forwarded route only while its one named Connector covers the new destination.
 func TestLaneMemo(t *testing.T) {
-	p := &Proxy{perms: newPermissions(nil, time.Second, time.Second, 10)}
+	p := &Proxy{}
 	nn := types.NamespacedName{Namespace: "team", Name: "tool"}
 	c := &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Namespace: "team", Name: "tool"},
 		Spec: v1alpha1.ConnectorSpec{Address: "http://tool.example/base/"}}
 	reverseKey := laneKey{credential: "pod-token", method: http.MethodGet, connector: nn}
 	forwardKey := laneKey{forward: true, credential: "Basic eA==", method: http.MethodGet, host: "tool.example"}
 	remembered := func(key laneKey) laneMemo {
-		return laneMemo{key: key, epoch: p.routeEpochs.now(), until: time.Now().Add(laneMemoTTL),
-			rt: &route{connector: c, cred: credential{authorization: "Basic x"}, epochShard: p.routeEpochs.shard("team", "client")}}
+		return laneMemo{key: key, epoch: p.podEpochs.now(), until: time.Now().Add(laneMemoTTL),
+			rt: &route{connector: c, cred: credential{authorization: "Basic x"}, epochShard: p.podEpochs.shard("team", "client")}}
 	}
 	reverse := func(method, rest, query string) laneRequestOf {
 		k := reverseKey
@@ -132,10 +132,10 @@ func TestLaneMemo(t *testing.T) {
 	}
 }
 
-// podOfAnotherGroup is the name of a Pod of namespace whose routeEpochs group is not pod's.
+// podOfAnotherGroup is the name of a Pod of namespace whose podEpochs group is not pod's.
 func podOfAnotherGroup(p *Proxy, namespace, pod string) string {
 	for i := 0; ; i++ {
-		if other := "other-" + strconv.Itoa(i); p.routeEpochs.shard(namespace, other) != p.routeEpochs.shard(namespace, pod) {
+		if other := "other-" + strconv.Itoa(i); p.podEpochs.shard(namespace, other) != p.podEpochs.shard(namespace, pod) {
 			return other
 		}
 	}

@@ -86,7 +86,7 @@ func (p *Proxy) forwardRoute(r *http.Request, fc *forwardClient, target *url.URL
 	if err != nil {
 		return nil, err
 	}
-	rt.epochShard = p.routeEpochs.shardOf(fc.user)
+	rt.epochShard = p.podEpochs.shardOf(fc.user)
 	return rt, nil
 }
 
@@ -306,7 +306,7 @@ func (t *tunnel) serve(rw http.ResponseWriter, r *http.Request) {
 		p.send(w, r, rt)
 		return
 	}
-	epoch := p.routeEpochs.now() // before the decisions: one dropped meanwhile is not remembered
+	epoch := p.podEpochs.now() // before the decisions: one dropped meanwhile is not remembered
 	if rt := t.route(w, r, target); rt != nil {
 		t.memo.remember(key, "", rt, epoch)
 		p.send(w, r, rt)

@@ -18,9 +18,9 @@ func sharedTestMemo(t *testing.T, p *Proxy, auth string) (*laneMemo, *laneHead) 
 	if !ok {
 		t.Fatal("no route")
 	}
-	rt.epochShard = p.routeEpochs.shard("team", "pod")
+	rt.epochShard = p.podEpochs.shard("team", "pod")
 	m := &laneMemo{}
-	m.remember(key, auth, rt, p.routeEpochs.now())
+	m.remember(key, auth, rt, p.podEpochs.now())
 	h := &laneHead{}
 	if !readLaneHead([]byte(head), h, false) {
 		t.Fatal("the head is not read in place")
@@ -32,7 +32,7 @@ func sharedTestMemo(t *testing.T, p *Proxy, auth string) (*laneMemo, *laneHead) 
 // dropped (ForgetPod) or its time is up, and is then swept; memos past sharedMemosMax wait
 // until earlier ones end; routes of extracted tokens and tunnels are not shared.
 func TestSharedMemosEnd(t *testing.T) {
-	p := &Proxy{perms: newPermissions(nil, time.Second, time.Second, 10)}
+	p := &Proxy{}
 	var s sharedMemos
 	adopts := func(h *laneHead) bool {
 		var m laneMemo
@@ -69,7 +69,7 @@ func TestSharedMemosEnd(t *testing.T) {
 		t.Fatalf("%d memos kept, past sharedMemosMax", len(s.memos))
 	}
 	p.ForgetPod("team", "pod")
-	extra.epoch = p.routeEpochs.now()
+	extra.epoch = p.podEpochs.now()
 	s.share(p, extra)
 	if !adopts(h) || len(s.memos) != 1 {
 		t.Fatalf("%d memos kept once the others ended; the new one found: %v", len(s.memos), adopts(h))

@@ -10,10 +10,12 @@ import (
 	"k8s.io/apiserver/pkg/authorization/authorizer"
 )
 
-// countingReviewer allows while allow is true and counts the questions it was asked.
+// countingReviewer allows while allow is true and counts the questions it was asked; during,
+// if set, runs after a question's answer is decided and before it is returned.
 type countingReviewer struct {
-	allow bool
-	asked int
+	allow  bool
+	asked  int
+	during func()
 }
 
 func (r *countingReviewer) AuthenticateToken(context.Context, string) (user.Info, bool, error) {
@@ -22,7 +24,11 @@ func (r *countingReviewer) AuthenticateToken(context.Context, string) (user.Info
 
 func (r *countingReviewer) Authorize(context.Context, authorizer.Attributes) (authorizer.Decision, string, error) {
 	r.asked++
-	if r.allow {
+	allow := r.allow // answered as of the question: during changes only later ones
+	if r.during != nil {
+		r.during()
+	}
+	if allow {
 		return authorizer.DecisionAllow, "", nil
 	}
 	return authorizer.DecisionNoOpinion, "", nil
@@ -30,10 +36,10 @@ func (r *countingReviewer) Authorize(context.Context, authorizer.Attributes) (au
 
 func TestPermissionsAreCachedPerPodAndForgotten(t *testing.T) {
 	r := &countingReviewer{}
-	perms := newPermissions(r, time.Hour, time.Hour, 100)
 	p := &Proxy{}
+	perms := newPermissions(r, time.Hour, time.Hour, 100, &p.podEpochs)
 	pod := &user.DefaultInfo{Name: "system:serviceaccount:ns:sa", Extra: map[string][]string{extraPodName: {"p1"}}}
-	other := &user.DefaultInfo{Name: "system:serviceaccount:ns:sa", Extra: map[string][]string{extraPodName: {"p2"}}}
+	other := &user.DefaultInfo{Name: "system:serviceaccount:ns:sa", Extra: map[string][]string{extraPodName: {podOfAnotherGroup(p, "ns", "p1")}}}
 	nn := types.NamespacedName{Namespace: "ns", Name: "git"}
 	ask := func(u user.Info) bool {
 		ok, err := perms.allowed(context.Background(), p, u, nn, "get", "proxy")
@@ -50,7 +56,7 @@ func TestPermissionsAreCachedPerPodAndForgotten(t *testing.T) {
 	if ask(pod) {
 		t.Fatal("the cached denial was not used")
 	}
-	perms.forgetPod("ns", "p1")
+	p.ForgetPod("ns", "p1")
 	first, second = ask(pod), ask(pod)
 	if !first || !second || r.asked != 2 {
 		t.Fatalf("after ForgetPod the grant was not seen at once (asked %d times)", r.asked)
@@ -59,11 +65,33 @@ func TestPermissionsAreCachedPerPodAndForgotten(t *testing.T) {
 		t.Fatalf("another Pod shares the first Pod's decisions (asked %d times)", r.asked)
 	}
 	r.allow = false // revoked
-	perms.forgetPod("ns", "p1")
+	p.ForgetPod("ns", "p1")
 	if ask(pod) {
 		t.Fatal("after ForgetPod a revoked grant still worked")
 	}
-	if !ask(other) {
-		t.Fatal("forgetting one Pod dropped another's decisions")
+	if asked := r.asked; !ask(other) || r.asked != asked {
+		t.Fatalf("forgetting one Pod dropped another's decisions, of a Pod of another group (asked %d times)", r.asked)
+	}
+}
+
+// TestPermissionsChangedInFlight: a Pod's AccessRequest that changes while its question is
+// being answered ends that answer: the next request asks again rather than using a grant that
+// may have just been revoked.
+func TestPermissionsChangedInFlight(t *testing.T) {
+	p := &Proxy{}
+	r := &countingReviewer{allow: true}
+	perms := newPermissions(r, time.Hour, time.Hour, 100, &p.podEpochs)
+	pod := &user.DefaultInfo{Name: "system:serviceaccount:ns:sa", Extra: map[string][]string{extraPodName: {"p1"}}}
+	nn := types.NamespacedName{Namespace: "ns", Name: "git"}
+	r.during = func() {
+		r.during = nil
+		r.allow = false // revoked while the allowing answer is on its way
+		p.ForgetPod("ns", "p1")
+	}
+	if ok, err := perms.allowed(context.Background(), p, pod, nn, "get", "proxy"); err != nil || !ok {
+		t.Fatalf("the answer in flight: %v, %v; want the allowing one", ok, err)
+	}
+	if ok, err := perms.allowed(context.Background(), p, pod, nn, "get", "proxy"); err != nil || ok || r.asked != 2 {
+		t.Fatalf("after a change in flight: allowed %v (%v), asked %d times; want asked again and denied", ok, err, r.asked)
 	}
 }

@@ -126,9 +126,9 @@ type Proxy struct {
 	direct     *directTransport
 	// passthrough takes forward-proxy destinations no named Connector covers.
 	passthrough *passthrough
-	// routeEpochs end the fast lane's remembered routes of a Pod's group when the Pod's
-	// decisions are dropped (ForgetPod).
-	routeEpochs routeEpochs
+	// podEpochs end the remembered decisions (perms) and routes (the fast lane's) of a Pod's
+	// group when the Pod's AccessRequests change (ForgetPod).
+	podEpochs podEpochs
 	// lane is the fast lane serving the proxy's listener, if any: CONNECT tunnels are served
 	// by it too.
 	lane atomic.Pointer[FastLane]
@@ -163,7 +163,7 @@ func New(objects client.Reader, reviewer Reviewer, flags *features.Source, kube 
 		cfg.Permissions = reviewer
 	}
 	p.direct = newDirectTransport(directMaxIdlePerHost, cfg.UpstreamIdleTimeout)
-	p.perms = newPermissions(cfg.Permissions, cfg.PermissionAllowTTL, cfg.PermissionDenyTTL, cfg.PermissionCacheSize)
+	p.perms = newPermissions(cfg.Permissions, cfg.PermissionAllowTTL, cfg.PermissionDenyTTL, cfg.PermissionCacheSize, &p.podEpochs)
 	p.reverse = &httputil.ReverseProxy{
 		Rewrite:        rewrite,
 		Transport:      routeTransport{p},
@@ -184,8 +184,9 @@ func New(objects client.Reader, reviewer Reviewer, flags *features.Source, kube 
 // ForgetPod drops the cached connectors/proxy decisions of a Pod's tokens: the node saw one of
 // the Pod's AccessRequests change (granted, revoked), so the next request asks again.
 func (p *Proxy) ForgetPod(namespace, name string) {
-	p.perms.forgetPod(namespace, name)
-	p.routeEpochs.forget(namespace, name) // and the fast lane's remembered routes (laneMemo)
+	// Both caches, the decisions' and the fast lane's routes (laneMemo), check the Pod's group
+	// on use: ForgetPod costs the same whatever they hold.
+	p.podEpochs.forget(namespace, name)
 }
 
 // copyBuffers pools the buffers ReverseProxy copies response bodies with.
@@ -293,7 +294,7 @@ type route struct {
 	client http.ResponseWriter
 	// forwardAmong: a forward route chosen among several Connectors the client named.
 	forwardAmong bool
-	// epochShard is the caller's Pod's group in routeEpochs.
+	// epochShard is the caller's Pod's group in podEpochs.
 	epochShard uint8
 }
 

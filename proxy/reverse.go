@@ -87,7 +87,7 @@ func (p *Proxy) reverseRoute(r *http.Request, u user.Info, nn types.NamespacedNa
 	if err != nil {
 		return nil, err
 	}
-	rt.proxyBase, rt.epochShard = reverseBase(r, nn), p.routeEpochs.shardOf(u)
+	rt.proxyBase, rt.epochShard = reverseBase(r, nn), p.podEpochs.shardOf(u)
 	if ex.foundBy != nil {
 		rt.callerToken = ex.token
 	}

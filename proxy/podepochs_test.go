@@ -8,11 +8,11 @@ import (
 	"k8s.io/apiserver/pkg/authentication/user"
 )
 
-// TestRouteEpochs: a route remembered for a Pod ends when that Pod's decisions are dropped,
+// TestPodEpochs: a route remembered for a Pod ends when that Pod's decisions are dropped,
 // and not when another group's are; one remembered after the drop lives; callers not of a Pod
 // are group 0; and a group's tick only moves forward.
-func TestRouteEpochs(t *testing.T) {
-	var e routeEpochs
+func TestPodEpochs(t *testing.T) {
+	var e podEpochs
 	pod := &user.DefaultInfo{Name: "system:serviceaccount:team:builder",
 		Extra: map[string][]string{extraPodName: {"client"}, extraPodUID: {"uid-1"}}}
 	shard := e.shardOf(pod)
