@@ -101,7 +101,7 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 	connectorsProxy, err := proxy.New(objects, proxyReviewer, flags, p.kube, caStore, proxy.Config{
 		Rego: regoEngine, GlobalCA: p.globalCA, Passthrough: o.ForwardPassthrough, PassthroughConnectPorts: o.PassthroughConnectPorts,
 		SecretTTL: o.SecretCacheTTL, Egress: p.destinations,
-		Permissions: permissions, PermissionAllowTTL: o.ProxyPermissionTTL, PermissionDenyTTL: o.AuthzDenyTTL,
+		Permissions: permissions, PermissionAllowTTL: o.ProxyPermissionTTL, PermissionDenyTTL: o.AuthzDenyTTL, PermissionSettle: o.ProxyPermissionSettle,
 		PermissionCacheSize: o.PermissionCacheSize,
 		TunnelLifetime:      o.TunnelLifetime, MaxHeaderBytes: o.ProxyMaxHeaderBytes,
 		ReadHeaderTimeout: o.ProxyReadHeaderTimeout, IdleTimeout: o.ProxyIdleTimeout, UpstreamIdleTimeout: o.ProxyUpstreamIdleTimeout,

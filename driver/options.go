@@ -85,9 +85,11 @@ type Options struct {
 	RegoMaxBodyBytes     int
 	ApprovalWait         time.Duration
 	ProxyPermissionTTL   time.Duration
-	RefusalEventInterval time.Duration
-	RefusalEventQPS      float64
-	RequestRetention     time.Duration
+	// ProxyPermissionSettle bounds the decisions made just after a Pod's AccessRequest changed.
+	ProxyPermissionSettle time.Duration
+	RefusalEventInterval  time.Duration
+	RefusalEventQPS       float64
+	RequestRetention      time.Duration
 	// DisableScopedConnectors turns off kube-public and project-level Connectors (see
 	// package scopes); the flag is --scoped-connectors, default true.
 	DisableScopedConnectors bool
@@ -203,6 +205,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.RegoTimeout, "rego-eval-timeout", defaultRegoTimeout, "how long one evaluation of a Rego module may run before it fails")
 	fs.IntVar(&o.RegoMaxBodyBytes, "rego-max-body-bytes", defaultRegoMaxBodyBytes, "largest JSON request body given to a Rego module as input.request.body (larger ones are null) and rewritten by a generator that injects into the body (larger ones are refused with 413)")
 	fs.DurationVar(&o.ProxyPermissionTTL, "proxy-permission-ttl", 10*time.Second, "how long an allowed connectors/proxy decision is cached; the node drops a Pod's decisions as soon as it sees one of the Pod's AccessRequests change (granted, revoked), so this bounds only grants made or removed by hand")
+	fs.DurationVar(&o.ProxyPermissionSettle, "proxy-permission-settle", 2*time.Second, "for this long after the node sees one of a Pod's AccessRequests change, the Pod's connectors/proxy decisions are kept only until this time has passed, then asked again: the API server that answers them may not have seen the RoleBinding change yet; 0 keeps them for their whole TTL")
 	fs.DurationVar(&o.RefusalEventInterval, "proxy-refusal-event-interval", defaultRefusalEventInterval, "a proxy refusal (403) of a Pod's request is recorded as a Warning Event (reason ProxyRefused) on the Pod; the same refusal of the same Pod at most once per this interval")
 	fs.Float64Var(&o.RefusalEventQPS, "proxy-refusal-event-qps", 1, "sustained ProxyRefused Events per second a node writes (burst 10; beyond it refusals are counted in connectors_proxy_refusal_events_dropped_total, not recorded); 0 records none")
 	fs.DurationVar(&o.ApprovalWait, "approval-wait", 10*time.Second, "how long a publish waits for a pending AccessRequest before answering Unavailable (kubelet retries)")
@@ -430,6 +433,12 @@ func (v *validated) proxyLimits() error {
 	}
 	if v.RefusalEventInterval == 0 {
 		v.RefusalEventInterval = defaultRefusalEventInterval
+	}
+	// 0 is a setting of its own for these two: decisions not kept, kept for their whole TTL.
+	for name, d := range map[string]time.Duration{"--proxy-permission-ttl": v.ProxyPermissionTTL, "--proxy-permission-settle": v.ProxyPermissionSettle} {
+		if d < 0 {
+			return fmt.Errorf("%s must not be negative", name)
+		}
 	}
 	switch {
 	case v.RegoTimeout < 0:

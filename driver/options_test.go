@@ -37,6 +37,8 @@ func TestProxyTimeoutFlags(t *testing.T) {
 		"--proxy-idle-timeout":          func(o *Options) { o.ProxyIdleTimeout = -1 },
 		"--proxy-upstream-idle-timeout": func(o *Options) { o.ProxyUpstreamIdleTimeout = -1 },
 		"--proxy-tunnel-max-lifetime":   func(o *Options) { o.TunnelLifetime = -1 },
+		"--proxy-permission-ttl":        func(o *Options) { o.ProxyPermissionTTL = -1 },
+		"--proxy-permission-settle":     func(o *Options) { o.ProxyPermissionSettle = -1 },
 	} {
 		v := &validated{}
 		set(&v.Options)

@@ -18,10 +18,21 @@ import (
 // Pod are few. Written here because the webhook authorizer's cache cannot drop entries by Pod.
 type permissions struct {
 	reviewer Reviewer // uncached: this is the cache
-	allowTTL time.Duration
-	denyTTL  time.Duration
+	ttl      permissionTTLs
 	epochs   *podEpochs
 	cache    *expirable.LRU[string, decision]
+	now      func() time.Time
+}
+
+// permissionTTLs are how long the decisions are kept.
+type permissionTTLs struct {
+	allow, deny time.Duration
+	// settle is how long after a Pod's AccessRequests changed the decisions of its group are
+	// kept at most: the API server that answers may not have seen the RoleBinding the change
+	// was about yet (its authorizer reads its own cache of them, which lags, more so behind
+	// several API servers), and an allowing answer of a grant just revoked must not then be
+	// kept for the whole allow TTL.
+	settle time.Duration
 }
 
 type decision struct {
@@ -34,9 +45,9 @@ type decision struct {
 	shard uint8
 }
 
-func newPermissions(reviewer Reviewer, allowTTL, denyTTL time.Duration, size int, epochs *podEpochs) *permissions {
-	p := &permissions{reviewer: reviewer, allowTTL: allowTTL, denyTTL: denyTTL, epochs: epochs,
-		cache: expirable.NewLRU[string, decision](size, nil, max(allowTTL, denyTTL, time.Second))}
+func newPermissions(reviewer Reviewer, ttl permissionTTLs, size int, epochs *podEpochs) *permissions {
+	p := &permissions{reviewer: reviewer, ttl: ttl, epochs: epochs, now: time.Now,
+		cache: expirable.NewLRU[string, decision](size, nil, max(ttl.allow, ttl.deny, time.Second))}
 	cachemetrics.Register("proxy_permissions", p.cache.Len)
 	return p
 }
@@ -45,7 +56,7 @@ func newPermissions(reviewer Reviewer, allowTTL, denyTTL time.Duration, size int
 // decision that has not expired.
 func (p *permissions) allowed(ctx context.Context, proxy *Proxy, u user.Info, nn types.NamespacedName, verb, subresource string) (bool, error) {
 	key := permissionKey(podOf(u), u.GetName(), nn, verb, subresource)
-	if d, ok := p.cache.Get(key); ok && time.Now().Before(d.expires) && p.epochs.unchanged(d.shard, d.tick) {
+	if d, ok := p.cache.Get(key); ok && p.now().Before(d.expires) && p.epochs.unchanged(d.shard, d.tick) {
 		return d.allowed, nil
 	}
 	tick, shard := p.epochs.now(), p.epochs.shardOf(u)
@@ -53,14 +64,28 @@ func (p *permissions) allowed(ctx context.Context, proxy *Proxy, u user.Info, nn
 	if err != nil {
 		return false, err
 	}
-	ttl := p.denyTTL
-	if ok {
-		ttl = p.allowTTL
-	}
-	if ttl > 0 {
-		p.cache.Add(key, decision{allowed: ok, expires: time.Now().Add(ttl), tick: tick, shard: shard})
+	if expires, keep := p.keptUntil(ok, shard); keep {
+		p.cache.Add(key, decision{allowed: ok, expires: expires, tick: tick, shard: shard})
 	}
 	return ok, nil
+}
+
+// keptUntil is when a decision made now for a Pod of the group expires: its TTL's end, or,
+// within the group's settling after a change, the settling's end if that comes first; keep is
+// false for a decision not to be kept at all (a TTL of 0).
+func (p *permissions) keptUntil(allowed bool, shard uint8) (expires time.Time, keep bool) {
+	ttl := p.ttl.deny
+	if allowed {
+		ttl = p.ttl.allow
+	}
+	now := p.now()
+	expires = now.Add(ttl)
+	if changed, ok := p.epochs.changedAt(shard); ok {
+		if settled := changed.Add(p.ttl.settle); now.Before(settled) && settled.Before(expires) {
+			expires = settled
+		}
+	}
+	return expires, ttl > 0
 }
 
 func permissionKey(pod, userName string, nn types.NamespacedName, verb, subresource string) string {

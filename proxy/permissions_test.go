@@ -37,7 +37,7 @@ func (r *countingReviewer) Authorize(context.Context, authorizer.Attributes) (au
 func TestPermissionsAreCachedPerPodAndForgotten(t *testing.T) {
 	r := &countingReviewer{}
 	p := &Proxy{}
-	perms := newPermissions(r, time.Hour, time.Hour, 100, &p.podEpochs)
+	perms := newPermissions(r, permissionTTLs{allow: time.Hour, deny: time.Hour}, 100, &p.podEpochs)
 	pod := &user.DefaultInfo{Name: "system:serviceaccount:ns:sa", Extra: map[string][]string{extraPodName: {"p1"}}}
 	other := &user.DefaultInfo{Name: "system:serviceaccount:ns:sa", Extra: map[string][]string{extraPodName: {podOfAnotherGroup(p, "ns", "p1")}}}
 	nn := types.NamespacedName{Namespace: "ns", Name: "git"}
@@ -80,7 +80,7 @@ func TestPermissionsAreCachedPerPodAndForgotten(t *testing.T) {
 func TestPermissionsChangedInFlight(t *testing.T) {
 	p := &Proxy{}
 	r := &countingReviewer{allow: true}
-	perms := newPermissions(r, time.Hour, time.Hour, 100, &p.podEpochs)
+	perms := newPermissions(r, permissionTTLs{allow: time.Hour, deny: time.Hour}, 100, &p.podEpochs)
 	pod := &user.DefaultInfo{Name: "system:serviceaccount:ns:sa", Extra: map[string][]string{extraPodName: {"p1"}}}
 	nn := types.NamespacedName{Namespace: "ns", Name: "git"}
 	r.during = func() {
@@ -93,5 +93,38 @@ func TestPermissionsChangedInFlight(t *testing.T) {
 	}
 	if ok, err := perms.allowed(context.Background(), p, pod, nn, "get", "proxy"); err != nil || ok || r.asked != 2 {
 		t.Fatalf("after a change in flight: allowed %v (%v), asked %d times; want asked again and denied", ok, err, r.asked)
+	}
+}
+
+// TestPermissionsSettle: a decision made within the settling after a change of its Pod's
+// group is kept only until the settling ends (the API server may not have seen the RoleBinding
+// change yet), then asked again and kept for its whole TTL; a settle of 0 changes nothing.
+func TestPermissionsSettle(t *testing.T) {
+	for _, tc := range []struct {
+		settle time.Duration
+		asked  []int // after 0, 1.5 s, 3 s, 4 s from the change
+	}{
+		{settle: 2 * time.Second, asked: []int{1, 1, 2, 2}},
+		{settle: 0, asked: []int{1, 1, 1, 1}},
+	} {
+		p := &Proxy{}
+		r := &countingReviewer{allow: true}
+		perms := newPermissions(r, permissionTTLs{allow: time.Hour, deny: time.Hour, settle: tc.settle}, 100, &p.podEpochs)
+		changed := time.Now()
+		clock := changed
+		perms.now = func() time.Time { return clock }
+		pod := &user.DefaultInfo{Name: "system:serviceaccount:ns:sa", Extra: map[string][]string{extraPodName: {"p1"}}}
+		nn := types.NamespacedName{Namespace: "ns", Name: "git"}
+		p.ForgetPod("ns", "p1")
+		p.podEpochs.changed[p.podEpochs.shard("ns", "p1")].Store(changed.UnixNano()) // on this test's clock
+		for i, after := range []time.Duration{0, 1500 * time.Millisecond, 3 * time.Second, 4 * time.Second} {
+			clock = changed.Add(after)
+			if ok, err := perms.allowed(context.Background(), p, pod, nn, "get", "proxy"); err != nil || !ok {
+				t.Fatalf("settle %v, %v after the change: %v, %v", tc.settle, after, ok, err)
+			}
+			if r.asked != tc.asked[i] {
+				t.Errorf("settle %v, %v after the change: asked %d times, want %d", tc.settle, after, r.asked, tc.asked[i])
+			}
+		}
 	}
 }

@@ -3,6 +3,7 @@ package proxy
 import (
 	"hash/maphash"
 	"sync/atomic"
+	"time"
 
 	"k8s.io/apiserver/pkg/authentication/user"
 )
@@ -23,6 +24,9 @@ const podEpochShards = 256
 type podEpochs struct {
 	clock atomic.Uint64
 	last  [podEpochShards]atomic.Uint64
+	// changed is when each group last changed, in Unix nanoseconds (0: never), for the
+	// decisions made while the API servers may still be catching up (permissionTTLs.settle).
+	changed [podEpochShards]atomic.Int64
 }
 
 // podEpochSeed makes the groups unpredictable, so that no tenant can name a Pod into a
@@ -35,8 +39,9 @@ func (e *podEpochs) now() uint64 { return e.clock.Load() }
 
 // forget ends the remembered decisions of the Pod's group.
 func (e *podEpochs) forget(namespace, name string) {
-	tick := e.clock.Add(1)
-	last := &e.last[e.shard(namespace, name)]
+	tick, shard := e.clock.Add(1), e.shard(namespace, name)
+	e.changed[shard].Store(time.Now().UnixNano())
+	last := &e.last[shard]
 	for {
 		// Only ever forward: two ForgetPods of a group may store out of order.
 		old := last.Load()
@@ -49,6 +54,12 @@ func (e *podEpochs) forget(namespace, name string) {
 // unchanged tells whether no Pod of the group had its decisions dropped after tick.
 func (e *podEpochs) unchanged(shard uint8, tick uint64) bool {
 	return e.last[shard].Load() <= tick
+}
+
+// changedAt is when a Pod of the group last changed, if one ever did.
+func (e *podEpochs) changedAt(shard uint8) (time.Time, bool) {
+	ns := e.changed[shard].Load()
+	return time.Unix(0, ns), ns != 0
 }
 
 // shardOf is the group of u's Pod; callers not of a Pod share group 0 (ForgetPod drops no

@@ -49,11 +49,12 @@ type Config struct {
 	// SecretTTL is how long a Connector's Secret is kept after it was read (0: not kept).
 	SecretTTL time.Duration
 	// Permissions answers the connectors/proxy checks, uncached: the proxy caches them per Pod,
-	// allowed for PermissionAllowTTL and denied for PermissionDenyTTL, and drops a Pod's
-	// decisions when told that one of its AccessRequests changed (ForgetPod). Nil uses the
+	// allowed for PermissionAllowTTL and denied for PermissionDenyTTL, drops a Pod's
+	// decisions when told that one of its AccessRequests changed (ForgetPod), and keeps those
+	// made in the PermissionSettle after such a change only until its end. Nil uses the
 	// Reviewer.
-	Permissions                           Reviewer
-	PermissionAllowTTL, PermissionDenyTTL time.Duration
+	Permissions                                             Reviewer
+	PermissionAllowTTL, PermissionDenyTTL, PermissionSettle time.Duration
 	// Egress decides which destinations may be dialed.
 	Egress *egress.Policy
 	// TunnelLifetime caps how long a CONNECT tunnel stays open.
@@ -163,7 +164,8 @@ func New(objects client.Reader, reviewer Reviewer, flags *features.Source, kube 
 		cfg.Permissions = reviewer
 	}
 	p.direct = newDirectTransport(directMaxIdlePerHost, cfg.UpstreamIdleTimeout)
-	p.perms = newPermissions(cfg.Permissions, cfg.PermissionAllowTTL, cfg.PermissionDenyTTL, cfg.PermissionCacheSize, &p.podEpochs)
+	p.perms = newPermissions(cfg.Permissions, permissionTTLs{allow: cfg.PermissionAllowTTL, deny: cfg.PermissionDenyTTL, settle: cfg.PermissionSettle},
+		cfg.PermissionCacheSize, &p.podEpochs)
 	p.reverse = &httputil.ReverseProxy{
 		Rewrite:        rewrite,
 		Transport:      routeTransport{p},

@@ -83,12 +83,7 @@ func TestProxyMetrics(t *testing.T) {
 	class := gitClass(t)
 	gitConnector(t, ns, "tool", class, tool)
 	allowConnectors(t, ns, "builder", "tool")
-	pod := podWithVolume(t, env.kubelet, ns, "client", map[string]string{"connectors": "tool"}, nil)
-	if err := env.kubelet.Publish(ctx, pod, "connectors"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = env.kubelet.Unpublish(ctx, pod, "connectors") })
-	token := visibleFiles(t, env.kubelet.TargetPath(pod, "connectors"))["context.token"]
+	_, token := publishedToken(t, env, ns, "client", "tool")
 	refs := "/repo.git/info/refs?service=git-upload-pack"
 	connectorLabels := func(mode, code string) map[string]string {
 		return map[string]string{"connector_namespace": ns, "connector": "tool", "class": class, "mode": mode, "code": code}

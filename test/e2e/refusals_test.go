@@ -330,12 +330,7 @@ func TestProxyRefusalsAreEventsOnThePod(t *testing.T) {
 	gitConnector(t, ns, "tool", git, tool)
 	gitConnector(t, ns, "forbidden", git, other)
 	allowConnectors(t, ns, "builder", "tool")
-	pod := podWithVolume(t, env.kubelet, ns, "refused", map[string]string{"connectors": "tool"}, nil)
-	if err := env.kubelet.Publish(ctx, pod, "connectors"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = env.kubelet.Unpublish(ctx, pod, "connectors") })
-	token := visibleFiles(t, env.kubelet.TargetPath(pod, "connectors"))["context.token"]
+	pod, token := publishedToken(t, env, ns, "refused", "tool")
 	refs := "/repo.git/info/refs?service=git-upload-pack"
 	forbidden := newRequest(t, "GET", fmt.Sprintf("%s/namespaces/%s/connectors/forbidden%s", env.proxyURL, ns, refs),
 		map[string]string{"Authorization": "Bearer " + token})
