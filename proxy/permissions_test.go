@@ -116,7 +116,7 @@ func TestPermissionsSettle(t *testing.T) {
 		pod := &user.DefaultInfo{Name: "system:serviceaccount:ns:sa", Extra: map[string][]string{extraPodName: {"p1"}}}
 		nn := types.NamespacedName{Namespace: "ns", Name: "git"}
 		p.ForgetPod("ns", "p1")
-		p.podEpochs.changed[p.podEpochs.shard("ns", "p1")].Store(changed.UnixNano()) // on this test's clock
+		p.podEpochs.changed[p.podEpochs.shard("ns", "p1")].Store(int64(changed.Sub(podEpochStart))) // on this test's clock
 		for i, after := range []time.Duration{0, 1500 * time.Millisecond, 3 * time.Second, 4 * time.Second} {
 			clock = changed.Add(after)
 			if ok, err := perms.allowed(context.Background(), p, pod, nn, "get", "proxy"); err != nil || !ok {

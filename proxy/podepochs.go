@@ -24,14 +24,19 @@ const podEpochShards = 256
 type podEpochs struct {
 	clock atomic.Uint64
 	last  [podEpochShards]atomic.Uint64
-	// changed is when each group last changed, in Unix nanoseconds (0: never), for the
-	// decisions made while the API servers may still be catching up (permissionTTLs.settle).
+	// changed is when each group last changed, as nanoseconds since podEpochStart (0: never),
+	// for the decisions made while the API servers may still be catching up
+	// (permissionTTLs.settle). Monotonic: a step of the node's wall clock moves nothing.
 	changed [podEpochShards]atomic.Int64
 }
 
 // podEpochSeed makes the groups unpredictable, so that no tenant can name a Pod into a
 // victim's group.
 var podEpochSeed = maphash.MakeSeed()
+
+// podEpochStart is what podEpochs.changed counts from (a second before the process started,
+// so that no change is at 0).
+var podEpochStart = time.Now().Add(-time.Second)
 
 // now is the tick to remember a decision at, read before it is made: a change of the Pod's
 // AccessRequests meanwhile makes it ended at once.
@@ -40,7 +45,7 @@ func (e *podEpochs) now() uint64 { return e.clock.Load() }
 // forget ends the remembered decisions of the Pod's group.
 func (e *podEpochs) forget(namespace, name string) {
 	tick, shard := e.clock.Add(1), e.shard(namespace, name)
-	e.changed[shard].Store(time.Now().UnixNano())
+	e.changed[shard].Store(int64(time.Since(podEpochStart)))
 	last := &e.last[shard]
 	for {
 		// Only ever forward: two ForgetPods of a group may store out of order.
@@ -58,12 +63,12 @@ func (e *podEpochs) unchanged(shard uint8, tick uint64) bool {
 
 // changedAt is when a Pod of the group last changed, if one ever did.
 func (e *podEpochs) changedAt(shard uint8) (time.Time, bool) {
-	ns := e.changed[shard].Load()
-	return time.Unix(0, ns), ns != 0
+	since := e.changed[shard].Load()
+	return podEpochStart.Add(time.Duration(since)), since != 0
 }
 
-// shardOf is the group of u's Pod; callers not of a Pod share group 0 (ForgetPod drops no
-// decisions of theirs: theirs end with their cache entries' time).
+// shardOf is the group of u's Pod; callers not of a Pod share group 0 (theirs end with their
+// cache entries' time, and with the changes of group 0's Pods).
 func (e *podEpochs) shardOf(u user.Info) uint8 {
 	pod, ok := podOfUser(u)
 	if !ok {
