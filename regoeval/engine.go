@@ -265,43 +265,76 @@ func partsOf(ref ast.Ref) requestParts {
 	return allParts // input.request[x], or a field Request has none of (nothing is lost)
 }
 
-func (r reads) dataOnly() bool { return !r.all && len(r.fields) == 0 && len(r.headers) == 0 }
+func (r reads) dataOnly() bool {
+	return !r.all && len(r.fields) == 0 && len(r.headers) == 0 && r.parts == 0
+}
 
 func readsOf(mod *ast.Module) reads {
 	var r reads
 	refs, vars := 0, 0
 	data, request := ast.StringTerm("data"), ast.StringTerm("request")
 	fields, headers := map[string]bool{}, map[string]bool{}
-	ast.WalkRefs(mod, func(ref ast.Ref) bool {
-		if ref[0].Equal(ast.InputRootDocument) {
-			refs++
-			field, isString := fieldOf(ref, 2)
-			header, isHeader := fieldOf(ref, 3)
-			switch fromRequest := len(ref) > 2 && ref[1].Equal(request) && isString; {
-			case len(ref) > 1 && ref[1].Equal(data):
-			case fromRequest && keyedFields[field]:
-				fields[field] = true
-			case fromRequest && field == "headers" && isHeader:
-				headers[header] = true
-			default:
-				r.all = true
-				r.parts |= partsOf(ref)
+	// One walk counts the references to input and the input variables alike, so that a
+	// comparison it skips (nullChecksHeaders) counts in neither.
+	ast.NewGenericVisitor(func(x any) bool {
+		switch x := x.(type) {
+		case *ast.Expr:
+			if nullChecksHeaders(x) {
+				r.parts |= partHeaders // the headers are there, as an object: never null
+				return true
 			}
+		case ast.Var:
+			if x.Equal(ast.InputRootDocument.Value) {
+				vars++
+			}
+		case ast.Ref:
+			if x[0].Equal(ast.InputRootDocument) {
+				refs++
+				field, isString := fieldOf(x, 2)
+				header, isHeader := fieldOf(x, 3)
+				switch fromRequest := len(x) > 2 && x[1].Equal(request) && isString; {
+				case len(x) > 1 && x[1].Equal(data):
+				case fromRequest && keyedFields[field]:
+					fields[field] = true
+				case fromRequest && field == "headers" && isHeader:
+					headers[header] = true
+				default:
+					r.all = true
+					r.parts |= partsOf(x)
+				}
+			}
+			r.all = r.all || allowedNondeterministic[x.String()]
 		}
-		r.all = r.all || allowedNondeterministic[ref.String()]
 		return false
-	})
-	ast.WalkVars(mod, func(v ast.Var) bool {
-		if v.Equal(ast.InputRootDocument.Value) {
-			vars++
-		}
-		return false
-	})
+	}).Walk(mod)
 	if refs != vars { // input itself, not in a reference (x := input): it may be read whole
 		r.all, r.parts = true, allParts
 	}
 	r.fields, r.headers = slices.Sorted(maps.Keys(fields)), slices.Sorted(maps.Keys(headers))
 	return r
+}
+
+// inputHeaders is input.request.headers, whole.
+var inputHeaders = ast.MustParseRef("input.request.headers")
+
+// nullChecksHeaders tells whether e only compares input.request.headers, whole, with null
+// (`input.request.headers != null`, as Alauda's robust authExtractor example does): the input
+// always holds the headers as an object (an empty one when none are given), so the answer is
+// the same for every request and the module reads no header by it. An expression that
+// replaces input (`with`) is not one.
+func nullChecksHeaders(e *ast.Expr) bool {
+	if len(e.With) != 0 || !e.IsCall() || len(e.Operands()) != 2 {
+		return false
+	}
+	if op := e.Operator(); !op.Equal(ast.Equal.Ref()) && !op.Equal(ast.NotEqual.Ref()) {
+		return false
+	}
+	a, b := e.Operand(0), e.Operand(1)
+	if _, null := a.Value.(ast.Null); null {
+		a, b = b, a
+	}
+	_, null := b.Value.(ast.Null)
+	return null && a.Value.Compare(inputHeaders) == 0
 }
 
 // fieldOf is ref's i-th term when it is a constant string.

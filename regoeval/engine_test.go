@@ -149,6 +149,7 @@ default auth := {"token": ""}
 auth := {"token": input.request.headers["Private-Token"][0]} if count(input.request.headers["Private-Token"]) > 0`, 2, 0},
 		{`package proxy
 auth := {"token": input.request.body.token}`, 0, 3},
+		{alaudaRobustExtractor(t), 2, 0},
 	} {
 		e.answers.Purge()
 		class, _ := classWith("", tc.module, "")
@@ -166,6 +167,70 @@ auth := {"token": input.request.body.token}`, 0, 3},
 		}
 		if e.answers.Len() != tc.kept || built != tc.built || strings.Join(got, ",") != "a,a,b" {
 			t.Errorf("%.60q: %d kept, %d requests described, tokens %q; want %d, %d, a,a,b", tc.module, e.answers.Len(), built, got, tc.kept, tc.built)
+		}
+	}
+}
+
+// alaudaRobustExtractor is Alauda's robust authExtractor example as published: it checks the
+// headers against null before reading one. The e2e tests and the benchmark use it too.
+func alaudaRobustExtractor(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("testdata", "alauda-robust-extractor.rego"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// A check of the headers, whole, against null reads none of them (the input holds them as an
+// object, an empty one when the head has none): a generator that makes only that check is kept
+// by the Secret alone and answers as over the whole request; the same check under a `with`
+// that replaces the input is not such a check.
+func TestNullCheckOfTheHeadersReadsNone(t *testing.T) {
+	e := newEngine(t, 16)
+	data := map[string][]byte{"token": []byte(secretValue1)}
+	rule := func(x, otherwise, check string) string {
+		return `package proxy
+default auth := {"position": "header", "auth": {"X": "` + otherwise + `"}}
+auth := {"position": "header", "auth": {"X": "` + x + `"}} if ` + check
+	}
+	for _, tc := range []struct {
+		module, want string
+		all          bool
+	}{
+		{rule("object", "null", `input.request.headers != null`), "object", false},
+		{rule("null", "object", `null == input.request.headers`), "object", false},
+		{rule("object", "null", `input.request.headers != null with input.request.headers as null`), "null", true},
+	} {
+		class, at := classWith(tc.module, "", "")
+		c := e.compile(GeneratorHook, Generator(at))
+		if c.err != nil || c.reads.all != tc.all {
+			t.Fatalf("%q: %v, reads all %v; want %v", tc.module, c.err, c.reads.all, tc.all)
+		}
+		e.answers.Purge()
+		built := 0
+		whole := getRequest(http.Header{"X-Y": {"y"}})
+		kept, err := e.Generate(context.Background(), class, at, data, "uid/1", getHead, func() *Request { built++; return whole })
+		if err != nil {
+			t.Fatal(err)
+		}
+		request, err := whole.value(allParts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		over, err := e.Eval(context.Background(), GeneratorHook, tc.module,
+			ast.NewObject(ast.Item(ast.StringTerm("data"), ast.NewTerm(secretValue(data))), ast.Item(ast.StringTerm("request"), ast.NewTerm(request))))
+		if err != nil {
+			t.Fatal(err)
+		}
+		overX := over.(map[string]any)["auth"].(map[string]any)["X"]
+		wantBuilt, wantKept := 0, 1
+		if tc.all {
+			wantBuilt, wantKept = 1, 0
+		}
+		if kept.Headers["X"] != tc.want || overX != tc.want || built != wantBuilt || e.answers.Len() != wantKept {
+			t.Errorf("%q: X %q by Generate, %q over the whole request; %d requests described, %d kept; want %q, %d, %d",
+				tc.module, kept.Headers["X"], overX, built, e.answers.Len(), tc.want, wantBuilt, wantKept)
 		}
 	}
 }

@@ -8,6 +8,8 @@ package e2e
 import (
 	"context"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -20,6 +22,7 @@ import (
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/connectorstatus"
+	"github.com/kube-connectors/connectors-csi/test/controlplane"
 	"github.com/kube-connectors/connectors-csi/test/kubelet"
 )
 
@@ -82,9 +85,12 @@ auth = {"position": "header", "auth": {"PRIVATE-TOKEN": input.data.token}}`}},
 			{Name: "apikey", SecretType: "Opaque", Generator: &v1alpha1.RegoPolicy{Rego: `package proxy
 auth := {"position": "query", "auth": {"private_token": input.data.token}}`}},
 		}
-		c.Spec.Proxy = &v1alpha1.ProxySpec{AuthExtractor: &v1alpha1.RegoPolicy{Rego: `package proxy
-default auth := {"token": ""}
-auth := {"token": input.request.headers["Private-Token"][0]} if count(input.request.headers["Private-Token"]) > 0`}}
+		// Alauda's robust authExtractor example as published, its null checks included.
+		robust, err := os.ReadFile(filepath.Join(controlplane.RepoRoot(), "regoeval", "testdata", "alauda-robust-extractor.rego"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Spec.Proxy = &v1alpha1.ProxySpec{AuthExtractor: &v1alpha1.RegoPolicy{Rego: string(robust)}}
 	})
 }
 

@@ -293,9 +293,13 @@ func regoConnectors(ctx context.Context, cp *controlplane.ControlPlane, address 
 // authExtractor finds the caller's token in PRIVATE-TOKEN, as GitLab's does for glab and
 // GitLab's API clients.
 func extractorConnector(ctx context.Context, cp *controlplane.ControlPlane, address string, auth *v1alpha1.ConnectorAuth) error {
+	extractor, err := os.ReadFile(privateTokenExtractor)
+	if err != nil {
+		return err
+	}
 	if err := cp.Client.Create(ctx, &v1alpha1.ConnectorClass{ObjectMeta: metav1.ObjectMeta{Name: "bench-extractor"},
 		Spec: v1alpha1.ConnectorClassSpec{Auth: &v1alpha1.AuthSpec{Types: []v1alpha1.AuthType{{Name: "basicAuth", SecretType: v1alpha1.SecretTypeBasicAuth}}},
-			Proxy: &v1alpha1.ProxySpec{AuthExtractor: &v1alpha1.RegoPolicy{Rego: privateTokenExtractor}}}}); err != nil {
+			Proxy: &v1alpha1.ProxySpec{AuthExtractor: &v1alpha1.RegoPolicy{Rego: string(extractor)}}}}); err != nil {
 		return err
 	}
 	return cp.Client.Create(ctx, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: "tool-pt", Namespace: Namespace},
@@ -318,10 +322,9 @@ func registryConnector(ctx context.Context, cp *controlplane.ControlPlane, addre
 			Auth: &v1alpha1.ConnectorAuth{Name: "registryToken", SecretRef: &v1alpha1.SecretRef{Name: "tool-oci"}}}})
 }
 
-// privateTokenExtractor is the shipped GitLab class's authExtractor.
-const privateTokenExtractor = `package proxy
-default auth := {"token": ""}
-auth := {"token": input.request.headers["Private-Token"][0]} if count(input.request.headers["Private-Token"]) > 0`
+// privateTokenExtractor is Alauda's robust authExtractor example as published (its null checks
+// included), which answers as the shipped GitLab class's shorter one does.
+var privateTokenExtractor = filepath.Join(controlplane.RepoRoot(), "regoeval", "testdata", "alauda-robust-extractor.rego")
 
 // ProxyCA is the proxy's CA certificate, which the driver keeps in the system namespace
 // (made on first use: a CONNECT through the proxy makes it).
