@@ -274,39 +274,61 @@ func readsOf(mod *ast.Module) reads {
 	refs, vars := 0, 0
 	data, request := ast.StringTerm("data"), ast.StringTerm("request")
 	fields, headers := map[string]bool{}, map[string]bool{}
-	// One walk counts the references to input and the input variables alike, so that a
-	// comparison it skips (nullChecksHeaders) counts in neither.
-	ast.NewGenericVisitor(func(x any) bool {
-		switch x := x.(type) {
-		case *ast.Expr:
-			if nullChecksHeaders(x) {
-				r.parts |= partHeaders // the headers are there, as an object: never null
-				return true
+	// One walk counts the references to input and the input variables alike, so that the
+	// headers object an access it recognises names (headerAccess) counts in neither.
+	var walk func(node any, recognise bool)
+	walk = func(node any, recognise bool) {
+		ast.NewGenericVisitor(func(x any) bool {
+			var call []*ast.Term
+			switch x := x.(type) {
+			case *ast.Expr:
+				if len(x.With) != 0 && recognise { // it replaces input: nothing in it is recognised
+					walk(x, false)
+					return true
+				}
+				if terms, ok := x.Terms.([]*ast.Term); ok && x.IsCall() {
+					call = terms
+				}
+			case ast.Call:
+				call = x
+			case ast.Var:
+				if x.Equal(ast.InputRootDocument.Value) {
+					vars++
+				}
+			case ast.Ref:
+				if x[0].Equal(ast.InputRootDocument) {
+					refs++
+					field, isString := fieldOf(x, 2)
+					header, isHeader := fieldOf(x, 3)
+					switch fromRequest := len(x) > 2 && x[1].Equal(request) && isString; {
+					case len(x) > 1 && x[1].Equal(data):
+					case fromRequest && keyedFields[field]:
+						fields[field] = true
+					case fromRequest && field == "headers" && isHeader:
+						headers[header] = true
+					default:
+						r.all = true
+						r.parts |= partsOf(x)
+					}
+				}
+				r.all = r.all || allowedNondeterministic[x.String()]
 			}
-		case ast.Var:
-			if x.Equal(ast.InputRootDocument.Value) {
-				vars++
-			}
-		case ast.Ref:
-			if x[0].Equal(ast.InputRootDocument) {
-				refs++
-				field, isString := fieldOf(x, 2)
-				header, isHeader := fieldOf(x, 3)
-				switch fromRequest := len(x) > 2 && x[1].Equal(request) && isString; {
-				case len(x) > 1 && x[1].Equal(data):
-				case fromRequest && keyedFields[field]:
-					fields[field] = true
-				case fromRequest && field == "headers" && isHeader:
-					headers[header] = true
-				default:
-					r.all = true
-					r.parts |= partsOf(x)
+			if recognise && call != nil {
+				if name, rest, ok := headerAccess(call); ok {
+					r.parts |= partHeaders // the headers are there, as an object: never null
+					if name != "" {
+						headers[name] = true
+					}
+					for _, t := range rest {
+						walk(t, recognise)
+					}
+					return true
 				}
 			}
-			r.all = r.all || allowedNondeterministic[x.String()]
-		}
-		return false
-	}).Walk(mod)
+			return false
+		}).Walk(node)
+	}
+	walk(mod, true)
 	if refs != vars { // input itself, not in a reference (x := input): it may be read whole
 		r.all, r.parts = true, allParts
 	}
@@ -317,24 +339,39 @@ func readsOf(mod *ast.Module) reads {
 // inputHeaders is input.request.headers, whole.
 var inputHeaders = ast.MustParseRef("input.request.headers")
 
-// nullChecksHeaders tells whether e only compares input.request.headers, whole, with null
-// (`input.request.headers != null`, as Alauda's robust authExtractor example does): the input
-// always holds the headers as an object (an empty one when none are given), so the answer is
-// the same for every request and the module reads no header by it. An expression that
-// replaces input (`with`) is not one.
-func nullChecksHeaders(e *ast.Expr) bool {
-	if len(e.With) != 0 || !e.IsCall() || len(e.Operands()) != 2 {
-		return false
+// headerAccess tells whether a call (its operator, then its operands) reads the headers
+// object, whole, only by a constant name or not at all: object.get(input.request.headers,
+// "<name>", default), which reads that header as input.request.headers["<name>"] does, or a
+// comparison of the object with null (`input.request.headers != null`, as Alauda's robust
+// authExtractor example makes), which answers alike for every request: the input always holds
+// the headers as an object (an empty one when a head has none). name is the header read ("" for
+// none), rest the operands that remain to be walked (the default).
+func headerAccess(call []*ast.Term) (name string, rest []*ast.Term, ok bool) {
+	if len(call) == 0 {
+		return "", nil, false
 	}
-	if op := e.Operator(); !op.Equal(ast.Equal.Ref()) && !op.Equal(ast.NotEqual.Ref()) {
-		return false
+	op, isRef := call[0].Value.(ast.Ref)
+	args := call[1:]
+	switch {
+	case !isRef:
+		return "", nil, false
+	case op.Equal(ast.ObjectGet.Ref()) && len(args) == 3 && isInputHeaders(args[0]):
+		key, isString := args[1].Value.(ast.String)
+		return string(key), args[2:], isString
+	case (op.Equal(ast.Equal.Ref()) || op.Equal(ast.NotEqual.Ref())) && len(args) == 2:
+		a, b := args[0], args[1]
+		if _, null := a.Value.(ast.Null); null {
+			a, b = b, a
+		}
+		_, null := b.Value.(ast.Null)
+		return "", nil, null && isInputHeaders(a)
 	}
-	a, b := e.Operand(0), e.Operand(1)
-	if _, null := a.Value.(ast.Null); null {
-		a, b = b, a
-	}
-	_, null := b.Value.(ast.Null)
-	return null && a.Value.Compare(inputHeaders) == 0
+	return "", nil, false
+}
+
+func isInputHeaders(t *ast.Term) bool {
+	ref, ok := t.Value.(ast.Ref)
+	return ok && ref.Equal(inputHeaders)
 }
 
 // fieldOf is ref's i-th term when it is a constant string.

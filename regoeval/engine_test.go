@@ -182,55 +182,62 @@ func alaudaRobustExtractor(t *testing.T) string {
 	return string(b)
 }
 
-// A check of the headers, whole, against null reads none of them (the input holds them as an
-// object, an empty one when the head has none): a generator that makes only that check is kept
-// by the Secret alone and answers as over the whole request; the same check under a `with`
-// that replaces the input is not such a check.
-func TestNullCheckOfTheHeadersReadsNone(t *testing.T) {
+// A module that reaches the headers object whole only to compare it with null (which the
+// input never holds: the headers are an object, an empty one when a head has none) or to
+// object.get one by a constant name reads just that name: it is kept by the Secret and the
+// values of the headers it names, and answers as over the whole request. One that names a
+// header by a variable, or replaces the input (`with`), reads the headers whole.
+func TestHeaderAccessesThatReadByName(t *testing.T) {
 	e := newEngine(t, 16)
 	data := map[string][]byte{"token": []byte(secretValue1)}
-	rule := func(x, otherwise, check string) string {
-		return `package proxy
-default auth := {"position": "header", "auth": {"X": "` + otherwise + `"}}
-auth := {"position": "header", "auth": {"X": "` + x + `"}} if ` + check
-	}
 	for _, tc := range []struct {
-		module, want string
-		all          bool
+		rule string // of x
+		want string // x's values for X-Y: y, then z, joined by |
+		kept int    // answers kept for the two (0: evaluated per request)
 	}{
-		{rule("object", "null", `input.request.headers != null`), "object", false},
-		{rule("null", "object", `null == input.request.headers`), "object", false},
-		{rule("object", "null", `input.request.headers != null with input.request.headers as null`), "null", true},
+		{`x := "object" if input.request.headers != null`, "object|object", 1},
+		{`x := "null" if null == input.request.headers`, "none|none", 1},
+		{`x := input.request.headers != null`, "true|true", 1},
+		{`x := object.get(input.request.headers, "X-Y", ["none"])[0]`, "y|z", 2},
+		{`x := object.get(input.request.headers, "X-Absent", ["none"])[0]`, "none|none", 1},
+		{`x := object.get(input.request.headers, "X-Absent", [input.request.method])[0]`, "GET|GET", 1},
+		{`x := object.get(input.request.headers, k, ["none"])[0] if k := "X-Y"`, "y|z", 0},
+		{`x := "object" if input.request.headers != null with input.request.headers as null`, "none|none", 0},
+		{`x := v if v := object.get(input.request.headers, "X-Y", ["none"])[0] with input.request.headers as {"X-Y": ["w"]}`, "w|w", 0},
 	} {
-		class, at := classWith(tc.module, "", "")
-		c := e.compile(GeneratorHook, Generator(at))
-		if c.err != nil || c.reads.all != tc.all {
-			t.Fatalf("%q: %v, reads all %v; want %v", tc.module, c.err, c.reads.all, tc.all)
-		}
+		module := "package proxy\n" + tc.rule + "\n" + `default x := "none"
+auth := {"position": "header", "auth": {"X": sprintf("%v", [x])}}`
+		class, at := classWith(module, "", "")
 		e.answers.Purge()
 		built := 0
-		whole := getRequest(http.Header{"X-Y": {"y"}})
-		kept, err := e.Generate(context.Background(), class, at, data, "uid/1", getHead, func() *Request { built++; return whole })
-		if err != nil {
-			t.Fatal(err)
+		var got []string
+		for _, value := range []string{"y", "z"} {
+			whole := getRequest(http.Header{"X-Y": {value}, "Accept": {"*/*"}})
+			head := RequestHead{Method: whole.Method, Path: whole.Path, Host: whole.Host, Header: testHeaders(whole.Headers)}
+			kept, err := e.Generate(context.Background(), class, at, data, "uid/1", head, func() *Request { built++; return whole })
+			if err != nil {
+				t.Fatalf("%q: %v", tc.rule, err)
+			}
+			request, err := whole.value(allParts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			over, err := e.Eval(context.Background(), GeneratorHook, module,
+				ast.NewObject(ast.Item(ast.StringTerm("data"), ast.NewTerm(secretValue(data))), ast.Item(ast.StringTerm("request"), ast.NewTerm(request))))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if overX := over.(map[string]any)["auth"].(map[string]any)["X"]; overX != kept.Headers["X"] {
+				t.Errorf("%q, X-Y %s: X %q from Generate, %q over the whole request", tc.rule, value, kept.Headers["X"], overX)
+			}
+			got = append(got, kept.Headers["X"])
 		}
-		request, err := whole.value(allParts)
-		if err != nil {
-			t.Fatal(err)
+		wantBuilt := 0
+		if tc.kept == 0 {
+			wantBuilt = 2
 		}
-		over, err := e.Eval(context.Background(), GeneratorHook, tc.module,
-			ast.NewObject(ast.Item(ast.StringTerm("data"), ast.NewTerm(secretValue(data))), ast.Item(ast.StringTerm("request"), ast.NewTerm(request))))
-		if err != nil {
-			t.Fatal(err)
-		}
-		overX := over.(map[string]any)["auth"].(map[string]any)["X"]
-		wantBuilt, wantKept := 0, 1
-		if tc.all {
-			wantBuilt, wantKept = 1, 0
-		}
-		if kept.Headers["X"] != tc.want || overX != tc.want || built != wantBuilt || e.answers.Len() != wantKept {
-			t.Errorf("%q: X %q by Generate, %q over the whole request; %d requests described, %d kept; want %q, %d, %d",
-				tc.module, kept.Headers["X"], overX, built, e.answers.Len(), tc.want, wantBuilt, wantKept)
+		if strings.Join(got, "|") != tc.want || e.answers.Len() != tc.kept || built != wantBuilt {
+			t.Errorf("%q: X %s, %d kept, %d requests described; want %s, %d, %d", tc.rule, strings.Join(got, "|"), e.answers.Len(), built, tc.want, tc.kept, wantBuilt)
 		}
 	}
 }
@@ -642,7 +649,7 @@ func BenchmarkGeneratePerRequest(b *testing.B) {
 		b.Fatal(err)
 	}
 	class, auth := classWith(`package proxy
-auth := {"position": "header", "auth": {"Authorization": concat(" ", ["Basic", base64.encode(concat(":", [input.data.username, input.data.password]))])}} if not object.get(input.request.headers, "X-Never", false)`, "", "")
+auth := {"position": "header", "auth": {"Authorization": concat(" ", ["Basic", base64.encode(concat(":", [input.data.username, input.data.password]))])}} if count(input.request.headers) < 100`, "", "")
 	data := map[string][]byte{"username": []byte("u"), "password": []byte("p")}
 	header := http.Header{"User-Agent": {"git/2.39.5"}, "Accept": {"*/*"}, "Accept-Encoding": {"deflate, gzip"}, "Git-Protocol": {"version=2"}, "Pragma": {"no-cache"}}
 	request := func() *Request { return getRequest(header) }
@@ -682,6 +689,8 @@ func TestInputHoldsThePartsAModuleReads(t *testing.T) {
 		{`x := input.request.method`, 0},
 		{`x := input.request.headers.Accept`, partHeaders},
 		{`x := object.get(input, "data", {}).token`, allParts},
+		{`x := object.get(input.request.headers, "Accept", [])`, partHeaders},
+		{`x := object.get(input.request.headers, "Accept", input.request.query)`, partHeaders | partQuery},
 		{`x := json.marshal(input.request)`, allParts},
 		{`x := input.request[k] if k := "query"`, allParts},
 		{`y := input
