@@ -293,7 +293,7 @@ func regoConnectors(ctx context.Context, cp *controlplane.ControlPlane, address 
 // authExtractor finds the caller's token in PRIVATE-TOKEN, as GitLab's does for glab and
 // GitLab's API clients.
 func extractorConnector(ctx context.Context, cp *controlplane.ControlPlane, address string, auth *v1alpha1.ConnectorAuth) error {
-	extractor, err := os.ReadFile(privateTokenExtractor)
+	extractor, err := os.ReadFile(privateTokenExtractorFile)
 	if err != nil {
 		return err
 	}
@@ -322,9 +322,10 @@ func registryConnector(ctx context.Context, cp *controlplane.ControlPlane, addre
 			Auth: &v1alpha1.ConnectorAuth{Name: "registryToken", SecretRef: &v1alpha1.SecretRef{Name: "tool-oci"}}}})
 }
 
-// privateTokenExtractor is Alauda's robust authExtractor example as published (its null checks
-// included), which answers as the shipped GitLab class's shorter one does.
-var privateTokenExtractor = filepath.Join(controlplane.RepoRoot(), "regoeval", "testdata", "alauda-robust-extractor.rego")
+// privateTokenExtractorFile holds the extractor of tool-pt: Alauda's robust authExtractor
+// example as published (its null checks included), which answers as the shipped GitLab class's
+// shorter one does.
+var privateTokenExtractorFile = filepath.Join(controlplane.RepoRoot(), "regoeval", "testdata", "alauda-robust-extractor.rego")
 
 // ProxyCA is the proxy's CA certificate, which the driver keeps in the system namespace
 // (made on first use: a CONNECT through the proxy makes it).
