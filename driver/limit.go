@@ -1,6 +1,7 @@
 package driver
 
 import (
+	"errors"
 	"net"
 	"sync/atomic"
 	"time"
@@ -55,4 +56,15 @@ func (c *countedConn) Close() error {
 		c.open.Add(-1)
 	}
 	return c.Conn.Close()
+}
+
+// CloseWrite closes the connection's sending side when it has one (TCP): a server closes it
+// first when its client may still be sending a body it did not read, so that the close that
+// follows is no reset that costs the client the answer (net/http's server and the fast lane
+// look for this method on the connection).
+func (c *countedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return errors.ErrUnsupported
 }

@@ -114,7 +114,7 @@ type Options struct {
 	// --proxy-fast-lane=false); the zero value keeps the fast lane, as the flag's default does.
 	ProxyWithoutFastLane bool
 	// ProxyLaneMaxBodyBytes is the largest request body the fast lane reads whole when it does
-	// not fit in a connection's buffer (--proxy-fast-lane-max-body-bytes).
+	// not fit in a connection's buffer; larger ones it streams (--proxy-fast-lane-max-body-bytes).
 	ProxyLaneMaxBodyBytes  int
 	ProxyAuthQPS           float64
 	ProxyAuthBurst         int
@@ -236,8 +236,8 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.ProxyUpstreamIdleTimeout, "proxy-upstream-idle-timeout", defaultUpstreamIdleTimeout, "how long a connection to a tool may wait idle in the proxy's pools before it is closed")
 	fs.IntVar(&o.ProxyMaxConnections, "proxy-max-connections", defaultMaxConnections, "open client connections the proxy listener accepts; more are answered 503 and closed")
 	fs.IntVar(&o.ProxyMaxHeaderBytes, "proxy-max-header-bytes", defaultMaxHeaderBytes, "largest request header the proxy reads (431 beyond)")
-	fs.Var(negatedBool{&o.ProxyWithoutFastLane}, "proxy-fast-lane", "serve the reverse and forward proxies' plain GET and HEAD requests, and those with bodies of known length up to --proxy-fast-lane-max-body-bytes, to http and https tools on each client connection's own goroutine, outside net/http's server (same checks, less CPU); off: every request through net/http (default true)")
-	fs.IntVar(&o.ProxyLaneMaxBodyBytes, "proxy-fast-lane-max-body-bytes", defaultLaneMaxBodyBytes, "largest request body (of known length) the fast lane reads whole and sends itself; larger ones, and any while 128 times this is held by such bodies, go through net/http's server, which streams them, as does the rest of their connection (0: the default; 1: only bodies that fit in the lane's 4 KiB buffer with their head)")
+	fs.Var(negatedBool{&o.ProxyWithoutFastLane}, "proxy-fast-lane", "serve the reverse and forward proxies' plain GET and HEAD requests, and those with bodies of known length (read whole up to --proxy-fast-lane-max-body-bytes, streamed beyond), to http and https tools on each client connection's own goroutine, outside net/http's server (same checks, less CPU); off: every request through net/http (default true)")
+	fs.IntVar(&o.ProxyLaneMaxBodyBytes, "proxy-fast-lane-max-body-bytes", defaultLaneMaxBodyBytes, "largest request body (of known length) the fast lane reads whole before sending it; larger ones, and any while 128 times this is held by such bodies, are streamed to the tool as they come, the connection staying in the fast lane (0: the default; 1: only bodies that fit in the lane's 4 KiB buffer with their head are read whole)")
 	fs.Float64Var(&o.ProxyAuthQPS, "proxy-auth-qps", defaultProxyAuthQPS, "sustained TokenReviews and SubjectAccessReviews per second for proxy and Connectors API clients (their own limit, apart from publishes)")
 	fs.IntVar(&o.ProxyAuthBurst, "proxy-auth-burst", defaultProxyAuthBurst, "burst of --proxy-auth-qps")
 	fs.IntVar(&o.SecretCacheSize, "secret-cache-size", defaultSecretCacheSize, "Secrets the proxy keeps at most (each for --secret-cache-ttl)")

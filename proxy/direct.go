@@ -20,9 +20,10 @@ import (
 )
 
 // directTransport sends GET and HEAD requests without a body, and requests of other methods
-// whose body is in memory (the fast lane's small bodies), to tools on connections it pools
-// itself (HTTP/1.1, over TLS for https tools), one request at a time per connection,
-// writing the request and reading the answer on the calling goroutine. http.Transport hands
+// whose body is in memory (the fast lane's small bodies) or read from the client as it is
+// sent (the fast lane's uploads: streamRequest), to tools on connections it pools itself
+// (HTTP/1.1, over TLS for https tools), one request at a time per connection, writing the
+// request and reading the answer on the calling goroutine. http.Transport hands
 // every request to two goroutines of its connection (a writer and a reader) and back, through
 // channels and selects; for small answers those hand-offs cost more than the proxying itself
 // (docs/benchmarks.md). Everything else (streamed request bodies, upgrades) goes through the
@@ -67,6 +68,9 @@ type directConn struct {
 	peek       func(fd uintptr) bool
 	peekBuf    [1]byte
 	peekedIdle bool
+	// writer is the write of a request whose body is still coming (streamRequest), until its
+	// answer ends (endWrite).
+	writer *requestWriter
 }
 
 // directMaxIdlePerHost bounds the direct transport's pool, as http.Transport's is set for the
@@ -85,7 +89,7 @@ func (d *directTransport) takes(tr *http.Transport, r *http.Request) bool {
 
 // directSends tells whether r's method and body are ones directTransport sends: GET and HEAD
 // without a body; POST, PUT, PATCH and DELETE without one or with one of known length that
-// can be written again (GetBody).
+// can be written again (GetBody) or is an upload (abortableBody).
 func directSends(r *http.Request) bool {
 	none := (r.Body == nil || r.Body == http.NoBody) && r.ContentLength == 0
 	switch {
@@ -94,9 +98,18 @@ func directSends(r *http.Request) bool {
 	case getOrHead(r.Method):
 		return none
 	case r.Method == http.MethodPost || r.Method == http.MethodPut || r.Method == http.MethodPatch || r.Method == http.MethodDelete:
-		return none || r.ContentLength > 0 && r.GetBody != nil
+		_, upload := r.Body.(abortableBody)
+		return none || r.ContentLength > 0 && (r.GetBody != nil || upload)
 	}
 	return false
+}
+
+// abortableBody is a request body read from the client as the tool's connection is written
+// (the fast lane's uploadBody): Abort ends a read of it blocked on the client, and fails every
+// later one.
+type abortableBody interface {
+	io.ReadCloser
+	Abort()
 }
 
 // getOrHead tells whether method is GET or HEAD: the requests without a body, and those sent
@@ -346,7 +359,13 @@ var aLongTimeAgo = time.Unix(1, 0)
 // closed, the request's context ending (the client went away) breaks the connection.
 func (pc *directConn) roundTrip(d *directTransport, r *http.Request, client io.Writer) (*http.Response, error) {
 	stop := context.AfterFunc(r.Context(), func() { _ = pc.conn.SetDeadline(aLongTimeAgo) })
-	res, err := pc.readAnswer(r)
+	var res *http.Response
+	var err error
+	if body, ok := r.Body.(abortableBody); ok {
+		res, err = pc.streamRequest(r, body)
+	} else {
+		res, err = pc.readAnswer(r)
+	}
 	if err != nil {
 		stop()
 		if ctxErr := r.Context().Err(); ctxErr != nil {
@@ -413,13 +432,92 @@ func (pc *directConn) readHead(r *http.Request) (*http.Response, error) {
 }
 
 // release ends a round trip whose answer was read to its end: the connection goes back to
-// the pool if the context did not break it meanwhile and neither side asked to close it.
+// the pool if the context did not break it meanwhile, neither side asked to close it and the
+// whole request went out.
 func (pc *directConn) release(d *directTransport, stop func() bool, reusable bool) {
-	if stop() && reusable {
+	written := pc.endWrite()
+	if stop() && reusable && written {
 		d.put(pc)
 		return
 	}
 	pc.conn.Close()
+}
+
+// writeWait is how long endWrite waits for a write to end by itself: a tool answers a whole
+// request once it has read it, often before the writer has seen its last write return
+// (http.Transport waits as long before it pools such a connection).
+const writeWait = 50 * time.Millisecond
+
+// requestWriter writes a request whose body the client is still sending (streamRequest).
+type requestWriter struct {
+	body abortableBody
+	// readErr is the body's failure (the client's), err the write's, set before done closes.
+	readErr, err error
+	done         chan struct{}
+}
+
+func (w *requestWriter) Read(p []byte) (int, error) {
+	n, err := w.body.Read(p)
+	if err != nil && err != io.EOF {
+		w.readErr = err
+	}
+	return n, err
+}
+
+func (w *requestWriter) Close() error { return w.body.Close() }
+
+// streamRequest writes r, whose body the client is still sending, on a goroutine of its own
+// while it reads the head of the answer on this one: a tool may answer before the body's end
+// (a 401, a 413) and stop reading it, and that answer is the client's, as http.Transport,
+// which writes and reads on two goroutines of its own, would give it. The write ends with the
+// answer (endWrite). A body the client breaks off breaks the tool's connection: the tool does
+// not answer a request it did not get whole.
+func (pc *directConn) streamRequest(r *http.Request, body abortableBody) (*http.Response, error) {
+	w := &requestWriter{body: body, done: make(chan struct{})}
+	pc.writer = w
+	sent := *r
+	sent.Body = w
+	go func() {
+		defer close(w.done)
+		if w.err = sent.Write(pc.bw); w.err == nil {
+			w.err = pc.bw.Flush()
+		}
+		if w.readErr != nil {
+			_ = pc.conn.SetDeadline(aLongTimeAgo)
+		}
+	}()
+	res, err := pc.readHead(r)
+	if err != nil {
+		pc.endWrite()
+	}
+	return res, err
+}
+
+// endWrite ends the write of streamRequest, if any: once it is done, waiting for it a moment
+// (writeWait); else the tool's connection is closed and the client's body aborted, which end
+// it. true when the whole request went out.
+func (pc *directConn) endWrite() bool {
+	w := pc.writer
+	if w == nil {
+		return true
+	}
+	pc.writer = nil
+	select {
+	case <-w.done:
+		return w.err == nil
+	default:
+	}
+	wait := time.NewTimer(writeWait)
+	defer wait.Stop()
+	select {
+	case <-w.done:
+		return w.err == nil
+	case <-wait.C:
+	}
+	pc.conn.Close()
+	w.body.Abort()
+	<-w.done
+	return false
 }
 
 // streamBodyTo has res's body, when it is a directBody not yet read, streamed to client (nil:
@@ -476,6 +574,7 @@ func (b *directBody) Close() error {
 	b.done = true
 	b.stop()
 	b.pc.conn.Close()
+	b.pc.endWrite()
 	_ = b.body.Close()
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"math"
 	"math/bits"
 	"net"
 	"net/http"
@@ -79,8 +80,8 @@ const laneWatchDelay = 50 * time.Millisecond
 // LaneLimits are the fast lane's bounds: HeaderTimeout and IdleTimeout are net/http's
 // server's ReadHeaderTimeout and IdleTimeout; MaxBodyBytes is the largest request body the
 // fast lane reads whole when it does not fit in a connection's buffer behind its head (larger
-// ones, and any while laneBodyShare·MaxBodyBytes are held by others, go to net/http's server,
-// which streams them).
+// ones, and any while laneBodyShare·MaxBodyBytes are held by others, are uploads, streamed:
+// laneupload.go).
 type LaneLimits struct {
 	HeaderTimeout, IdleTimeout time.Duration
 	MaxBodyBytes               int64
@@ -291,6 +292,11 @@ type laneConn struct {
 	// counts against the lane's share.
 	large     *[]byte
 	largeHeld int64
+	// upload is the current request's body when it is read as the tool's connection is
+	// written (laneupload.go), nil otherwise; watchedUpload is the same for the watcher, which
+	// reads it while a request is served.
+	upload        *uploadBody
+	watchedUpload atomic.Pointer[uploadBody]
 	// caller is the current reverse request's token and who found it, and extractors the
 	// classes with an authExtractor then (keyOf).
 	caller     extracted
@@ -603,11 +609,12 @@ func (c *laneConn) serve() {
 	defer func() {
 		c.lane.track(c, false)
 		if !handedOver {
-			_ = c.conn.Close()
+			c.closeUnread()
 		}
 		c.releaseBuffers(handedOver)
 	}()
 	for {
+		c.setUpload(nil)
 		head, ok := c.nextHead()
 		if !ok {
 			return
@@ -751,11 +758,13 @@ func laneRequestLine(head []byte, inTunnel bool) bool {
 }
 
 // laneBody gives r, whose head of headLen bytes is at the start of br, its body when it has
-// one of a Content-Length that fits in br behind the head: waited for under the header
-// timeout, copied out of br (still unconsumed: a request handed over is read again whole),
-// and able to be written again (GetBody: the direct transport sends it once more on a new
-// connection only when a pooled one proved closed before anything was written). A larger
-// body goes to net/http's server, which streams it.
+// one of a Content-Length: one that fits in br behind the head, or that readLarge reads out,
+// waited for under the header timeout, copied out of br (still unconsumed: a request handed
+// over is read again whole), and able to be written again (GetBody: the direct transport
+// sends it once more on a new connection only when a pooled one proved closed before anything
+// was written); a larger one, or one readLarge has no room for, as an upload, read as it is
+// sent once the request is taken (startUpload). A body that does not come within the header
+// timeout goes, with what came of it, to net/http's server.
 func (c *laneConn) laneBody(r *http.Request, headLen int) bool {
 	if r.ContentLength == 0 {
 		c.body = c.body[:0]
@@ -763,7 +772,11 @@ func (c *laneConn) laneBody(r *http.Request, headLen int) bool {
 	}
 	body, ok := c.wholeBody(headLen, r.ContentLength, true)
 	if !ok {
-		return false
+		if c.large != nil || r.ContentLength <= int64(c.br.Size()-headLen) {
+			return false // it did not come
+		}
+		c.startUpload(r, headLen)
+		return true
 	}
 	r.Body = io.NopCloser(bytes.NewReader(body))
 	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
@@ -885,9 +898,12 @@ func (l *FastLane) releaseBody(n int64) {
 }
 
 // consume takes a request of size bytes off the connection: out of br, unless readLarge read
-// it out already.
+// it out already; an upload's head only, its body then read as it is sent.
 func (c *laneConn) consume(size int) {
-	if c.large == nil {
+	switch {
+	case c.upload != nil:
+		c.upload.arm()
+	case c.large == nil:
 		_, _ = c.br.Discard(size)
 	}
 }
@@ -972,18 +988,19 @@ func (c *laneConn) serveRequest(r *http.Request, size int) (taken, ok bool) {
 	}
 	if !remembered {
 		var handOver bool
-		if rt, handOver = c.resolve(m, r, key, target); handOver {
+		if rt, handOver = c.resolve(m, r, key, target); handOver || !c.uploadTaken(rt) {
 			m.handedOver = true // answered, and recorded, by the full path
 			return false, false
 		}
 		if rt == nil {
 			c.consume(size)
-			c.closeAfter = c.closeAfter || answer.header.Get("Connection") == "close"
+			// An upload's body is not read for a refusal: the connection closes after it.
+			c.closeAfter = c.closeAfter || c.upload != nil || answer.header.Get("Connection") == "close"
 			return true, c.answer(answer)
 		}
 	}
 	tr, isHTTP := rt.transport.(*http.Transport)
-	if !isHTTP || !p.laneCredential(r, rt) {
+	if !isHTTP || !p.laneCredential(r, rt) || !c.uploadTaken(rt) {
 		m.handedOver = true
 		return false, false
 	}
@@ -1005,7 +1022,7 @@ func (c *laneConn) serveRequest(r *http.Request, size int) (taken, ok bool) {
 	routed(m, rt)
 	ok = c.forward(out, rt, m)
 	m.bytes = c.sent
-	return true, ok
+	return true, c.endUpload() && ok
 }
 
 // laneCredential tells whether the fast lane sets rt's credential for r: a basic or bearer
@@ -1218,6 +1235,9 @@ func (c *laneConn) forward(out *http.Request, rt *route, m *meteredWriter) bool 
 	defer c.stopWatching()
 	out = out.WithContext(ctx)
 	res, err := c.lane.p.sendAlong(rt, out, laneStream{c})
+	// An answer before the upload's end (a refusal, a failure) ends the connection: the rest
+	// of the body is not read (endUpload).
+	c.closeAfter = c.closeAfter || c.upload != nil && !c.upload.complete()
 	if err != nil {
 		upstreamErrorFor(m, rt, err)
 		return !c.left.Load() && c.answer(m.ResponseWriter.(*bufferedAnswer))
@@ -1602,17 +1622,23 @@ func (c *laneConn) watchRoundTrip(cancel context.CancelFunc, tool net.Conn) {
 	c.watching.Add(1)
 	c.watchArmed = true
 	if c.watchTimer == nil {
-		c.watchTimer = time.AfterFunc(laneWatchDelay, c.watch)
-	} else {
-		c.watchTimer.Reset(laneWatchDelay)
+		// Set before it runs: watch may set it again (an upload's).
+		c.watchTimer = time.AfterFunc(time.Duration(math.MaxInt64), c.watch)
 	}
+	c.watchTimer.Reset(laneWatchDelay)
 }
 
 // watch reads the client connection until stopWatching wakes it; a byte it reads (the next
 // request's first) is kept.
 func (c *laneConn) watch() {
-	defer c.watching.Done()
 	c.watchMu.Lock()
+	if !c.watchStopping && c.uploading() {
+		// The client's bytes are the upload's until its end: the watch starts after it.
+		c.watchTimer.Reset(laneWatchDelay)
+		c.watchMu.Unlock()
+		return
+	}
+	defer c.watching.Done()
 	if !c.watchStopping {
 		_ = c.conn.SetReadDeadline(time.Time{}) // the one the head was read under (nextHead)
 	}

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -38,6 +39,27 @@ func (b *bodyRecorder) handle(w http.ResponseWriter, r *http.Request) {
 	_, _ = io.WriteString(w, strconv.Itoa(len(body)))
 }
 
+// uploadTool starts tool, a proxy driver whose fast lane reads bodies whole up to maxBody, and
+// a Connector "tool" to it in a new namespace: the namespace, the proxy's host:port, a Pod's
+// token for the Connector, and the driver's metrics address.
+func uploadTool(t *testing.T, tool http.Handler, maxBody int) (ns, host, token, metricsAddr string) {
+	srv := httptest.NewServer(tool)
+	t.Cleanup(srv.Close)
+	metricsAddr = freeLoopbackAddr(t)
+	env := startProxyDriver(t, func(o *driver.Options) {
+		o.MetricsListen, o.ProxyLaneMaxBodyBytes = metricsAddr, maxBody
+	})
+	ns, _, files := basicTool(t, env, srv.URL, "upload-secret")
+	return ns, strings.TrimPrefix(env.proxyURL, "http://"), files["context.token"], metricsAddr
+}
+
+// randomBytes is n random bytes.
+func randomBytes(n int) []byte {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return b
+}
+
 func (b *bodyRecorder) got() [][]byte {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -46,35 +68,23 @@ func (b *bodyRecorder) got() [][]byte {
 
 // TestFastLaneReadsSmallUploadsWhole: POSTs whose bodies do not fit in the fast lane's 4 KiB
 // buffer, up to --proxy-fast-lane-max-body-bytes, are served by the fast lane, one of them
-// sent in two parts, and the connection stays in the fast lane; a larger one goes to net/http's
-// server, as does one read whole that the fast lane then does not take (no token: net/http's
-// path answers it) and one whose body stopped coming within the header timeout, each with
-// nothing of it lost (the tool gets every body whole) and the connection's next request
-// answered after it.
+// sent in two parts, and the connection stays in the fast lane, as it does after a larger one
+// (streamed: TestFastLaneStreamsUploads); one read whole that the fast lane then does not take
+// (no token: net/http's path answers it) goes to net/http's server, as does one whose body
+// stopped coming within the header timeout, each with nothing of it lost (the tool gets every
+// body whole) and the connection's next request answered after it.
 func TestFastLaneReadsSmallUploadsWhole(t *testing.T) {
 	tool := &bodyRecorder{}
-	srv := httptest.NewServer(http.HandlerFunc(tool.handle))
-	t.Cleanup(srv.Close)
-	metricsAddr := freeLoopbackAddr(t)
 	const maxBody = 32 << 10
-	env := startProxyDriver(t, func(o *driver.Options) {
-		o.MetricsListen, o.ProxyLaneMaxBodyBytes = metricsAddr, maxBody
-	})
-	ns, _, files := basicTool(t, env, srv.URL, "upload-secret")
-	host := strings.TrimPrefix(env.proxyURL, "http://")
+	ns, host, token, metricsAddr := uploadTool(t, http.HandlerFunc(tool.handle), maxBody)
 	post := func(body []byte, auth bool) string {
 		head := "POST /namespaces/" + ns + "/connectors/tool/upload HTTP/1.1\r\nHost: " + host + "\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n"
 		if auth {
-			head += "Authorization: Bearer " + files["context.token"] + "\r\n"
+			head += "Authorization: Bearer " + token + "\r\n"
 		}
 		return head + "\r\n" + string(body)
 	}
-	get := "GET /namespaces/" + ns + "/connectors/tool/after HTTP/1.1\r\nHost: " + host + "\r\nAuthorization: Bearer " + files["context.token"] + "\r\n\r\n"
-	random := func(n int) []byte {
-		b := make([]byte, n)
-		_, _ = rand.Read(b)
-		return b
-	}
+	get := "GET /namespaces/" + ns + "/connectors/tool/after HTTP/1.1\r\nHost: " + host + "\r\nAuthorization: Bearer " + token + "\r\n\r\n"
 
 	conn := dialProxy(t, host)
 	br := bufio.NewReader(conn)
@@ -96,7 +106,7 @@ func TestFastLaneReadsSmallUploadsWhole(t *testing.T) {
 
 	// In the fast lane: 1 KiB, 10 KiB, just over the buffer (the rest of the body is read
 	// through the buffer the head was in), the maximum, and 20 KiB sent in two parts.
-	sent := [][]byte{random(1 << 10), random(10 << 10), random(4<<10 + 300), random(maxBody), random(20 << 10)}
+	sent := [][]byte{randomBytes(1 << 10), randomBytes(10 << 10), randomBytes(4<<10 + 300), randomBytes(maxBody), randomBytes(20 << 10)}
 	before := scrape(t, metricsAddr)
 	for _, body := range sent[:4] {
 		send(post(body, true))
@@ -114,25 +124,25 @@ func TestFastLaneReadsSmallUploadsWhole(t *testing.T) {
 		t.Errorf("the fast lane served %v, in place %v, handed over %v; want 2, 4, 0", c[0], c[1], c[2])
 	}
 
-	// Over the maximum: to net/http's server, which serves the connection from then on.
-	over := random(maxBody + 1)
+	// Over the maximum: streamed, and the connection stays in the fast lane.
+	over := randomBytes(maxBody + 1)
 	sent = append(sent, over)
 	send(post(over, true) + get)
 	answer("POST", "200 "+strconv.Itoa(len(over)))
 	answer("GET", "200 0")
-	if c := laneCountsWhen(t, metricsAddr, before, 6, 1); c[2] != 1 {
-		t.Errorf("a body over the maximum: %v connections handed over, want 1", c[2])
+	if c := laneCountsWhen(t, metricsAddr, before, 8, 0); c[0]+c[1] != 8 || c[2] != 0 {
+		t.Errorf("a body over the maximum: the fast lane served %v, in place %v, handed over %v; want 8 in all, 0 handed over", c[0], c[1], c[2])
 	}
 
 	// Read whole, then not taken: net/http's server gets the request again, whole.
 	other := dialProxy(t, host)
 	br = bufio.NewReader(other)
 	conn = other
-	send(post(random(8<<10), false) + get)
+	send(post(randomBytes(8<<10), false) + get)
 	answer("POST", "401")
 	answer("GET", "200 0")
-	if c := laneCountsWhen(t, metricsAddr, before, 6, 2); c[2] != 2 {
-		t.Errorf("a request read whole and not taken: %v connections handed over, want 2", c[2])
+	if c := laneCountsWhen(t, metricsAddr, before, 8, 1); c[2] != 1 {
+		t.Errorf("a request read whole and not taken: %v connections handed over, want 1", c[2])
 	}
 
 	checkLaneBodiesReleased(t, metricsAddr)
@@ -221,4 +231,139 @@ func checkLaneBodiesReleased(t *testing.T, metricsAddr string) {
 	if v, ok := m[held]; !ok || v != 0 {
 		t.Errorf("%s is %v (served: %v), want 0 once every request is answered", held, v, ok)
 	}
+}
+
+// TestFastLaneStreamsUploads: bodies over --proxy-fast-lane-max-body-bytes are read from the
+// client as the tool's connection is written, in the fast lane, and the connection stays
+// there: the tool gets each body whole and nothing is handed over. A tool that answers before
+// the body's end gets its answer to the client, and the connection then closes; a client
+// that leaves mid-body breaks the tool's connection (the tool's read of the body fails at
+// once); a refused upload is answered, and its connection closed, without its body being read.
+func TestFastLaneStreamsUploads(t *testing.T) {
+	tool := &bodyRecorder{}
+	broken := make(chan error, 1)
+	mux := http.NewServeMux()
+	mux.HandleFunc("/upload", tool.handle)
+	mux.HandleFunc("/early", func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "too large for this tool", http.StatusRequestEntityTooLarge)
+	})
+	mux.HandleFunc("/left", func(w http.ResponseWriter, r *http.Request) {
+		_, err := io.Copy(io.Discard, r.Body)
+		broken <- err
+	})
+	const maxBody = 32 << 10
+	ns, host, token, metricsAddr := uploadTool(t, mux, maxBody)
+	head := func(method, path string, n int, token string) string {
+		return method + " /namespaces/" + ns + "/connectors/tool/" + path + " HTTP/1.1\r\nHost: " + host +
+			"\r\nContent-Length: " + strconv.Itoa(n) + "\r\nAuthorization: Bearer " + token + "\r\n\r\n"
+	}
+	read := func(br *bufio.Reader, method string) (*http.Response, string) {
+		t.Helper()
+		res, err := http.ReadResponse(br, &http.Request{Method: method})
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		return res, strconv.Itoa(res.StatusCode) + " " + string(body)
+	}
+
+	t.Run("whole, the connection kept", func(t *testing.T) {
+		before := scrape(t, metricsAddr)
+		conn := dialProxy(t, host)
+		br := bufio.NewReader(conn)
+		sent := [][]byte{randomBytes(1 << 20), randomBytes(300 << 10), randomBytes(maxBody + 1)}
+		for i, body := range sent {
+			method := []string{"POST", "PUT", "POST"}[i]
+			writeRaw(t, conn, head(method, "upload", len(body), token))
+			// In pieces, so that the body is read from the connection as it comes.
+			for part := range slices.Chunk(body, 100<<10) {
+				writeRaw(t, conn, string(part))
+				time.Sleep(5 * time.Millisecond)
+			}
+			if _, got := read(br, method); got != "200 "+strconv.Itoa(len(body)) {
+				t.Fatalf("upload %d answered %q", i, got)
+			}
+		}
+		writeRaw(t, conn, "GET /namespaces/"+ns+"/connectors/tool/upload HTTP/1.1\r\nHost: "+host+"\r\nAuthorization: Bearer "+token+"\r\n\r\n")
+		if _, got := read(br, "GET"); got != "200 0" {
+			t.Fatalf("the GET after the uploads answered %q", got)
+		}
+		if c := laneCountsWhen(t, metricsAddr, before, 4, 0); c[0]+c[1] != 4 || c[2] != 0 {
+			t.Errorf("the fast lane served %v, in place %v, handed over %v; want 4 in all, none handed over", c[0], c[1], c[2])
+		}
+		got := tool.got()
+		if len(got) != 2 { // the PUT is answered, not kept
+			t.Fatalf("the tool kept %d POST bodies, want 2", len(got))
+		}
+		for i, want := range [][]byte{sent[0], sent[2]} {
+			if !bytes.Equal(got[i], want) {
+				t.Errorf("POST %d: the tool got %d bytes, not the %d sent", i, len(got[i]), len(want))
+			}
+		}
+	})
+
+	// The client sends its body on while it reads the answer; its writes fail once the
+	// proxy closes the connection.
+	sendOn := func(conn net.Conn, raw string) {
+		go func() { _, _ = io.WriteString(conn, raw) }()
+	}
+	closedAfter := func(t *testing.T, conn net.Conn, br *bufio.Reader, res *http.Response) {
+		t.Helper()
+		if !res.Close {
+			t.Error("the answer does not say the connection closes")
+		}
+		_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+		if n, err := io.Copy(io.Discard, br); err != nil || n != 0 {
+			t.Errorf("after the answer: %d bytes more, %v; want the connection closed", n, err)
+		}
+	}
+
+	t.Run("the tool answers first", func(t *testing.T) {
+		before := scrape(t, metricsAddr)
+		conn := dialProxy(t, host)
+		br := bufio.NewReader(conn)
+		body := randomBytes(8 << 20)
+		sendOn(conn, head("POST", "early", len(body), token)+string(body))
+		res, got := read(br, "POST")
+		if got != "413 too large for this tool\n" {
+			t.Fatalf("answered %q, want the tool's 413", got)
+		}
+		closedAfter(t, conn, br, res)
+		if c := laneCountsWhen(t, metricsAddr, before, 1, 0); c[2] != 0 {
+			t.Errorf("handed over %v, want 0", c[2])
+		}
+	})
+
+	t.Run("the client leaves mid-body", func(t *testing.T) {
+		conn := dialProxy(t, host)
+		body := randomBytes(1 << 20)
+		writeRaw(t, conn, head("POST", "left", len(body), token)+string(body[:len(body)/2]))
+		time.Sleep(100 * time.Millisecond) // the tool is reading the body
+		conn.Close()
+		select {
+		case err := <-broken:
+			if err == nil {
+				t.Error("the tool read the body to an end, want it broken off")
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("the tool still waits for the rest of the body after the client left")
+		}
+	})
+
+	t.Run("refused unread", func(t *testing.T) {
+		conn := dialProxy(t, host)
+		br := bufio.NewReader(conn)
+		kept := len(tool.got())
+		body := randomBytes(4 << 20)
+		sendOn(conn, head("POST", "upload", len(body), "not-a-token")+string(body))
+		res, got := read(br, "POST")
+		if res.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("answered %q, want 401", got)
+		}
+		closedAfter(t, conn, br, res)
+		if n := len(tool.got()); n != kept {
+			t.Errorf("the tool got %d bodies more", n-kept)
+		}
+	})
+	checkLaneBodiesReleased(t, metricsAddr)
 }
