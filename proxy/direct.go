@@ -88,18 +88,16 @@ func (d *directTransport) takes(tr *http.Transport, r *http.Request) bool {
 }
 
 // directSends tells whether r's method and body are ones directTransport sends: GET and HEAD
-// without a body; POST, PUT, PATCH and DELETE without one or with one of known length that
-// can be written again (GetBody) or is an upload (abortableBody).
+// without a body; POST, PUT, PATCH and DELETE without one, with one of known length that can
+// be written again (GetBody), or with an upload (abortableBody: of known length or chunked).
 func directSends(r *http.Request) bool {
-	none := (r.Body == nil || r.Body == http.NoBody) && r.ContentLength == 0
+	none := (r.Body == nil || r.Body == http.NoBody) && r.ContentLength == 0 && len(r.TransferEncoding) == 0
 	switch {
-	case len(r.TransferEncoding) != 0:
-		return false
 	case getOrHead(r.Method):
 		return none
 	case r.Method == http.MethodPost || r.Method == http.MethodPut || r.Method == http.MethodPatch || r.Method == http.MethodDelete:
 		_, upload := r.Body.(abortableBody)
-		return none || r.ContentLength > 0 && (r.GetBody != nil || upload)
+		return none || upload || r.ContentLength > 0 && r.GetBody != nil && len(r.TransferEncoding) == 0
 	}
 	return false
 }

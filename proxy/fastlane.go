@@ -738,6 +738,9 @@ func (c *laneConn) parse(head []byte) (r *http.Request, size int) {
 	if err != nil || !laneRequest(req) || !c.laneBody(req, len(head)) {
 		return nil, 0
 	}
+	if c.upload != nil {
+		return req, len(head) // its body is read as it is sent
+	}
 	return req, len(head) + int(req.ContentLength)
 }
 
@@ -766,6 +769,10 @@ func laneRequestLine(head []byte, inTunnel bool) bool {
 // sent once the request is taken (startUpload). A body that does not come within the header
 // timeout goes, with what came of it, to net/http's server.
 func (c *laneConn) laneBody(r *http.Request, headLen int) bool {
+	if len(r.TransferEncoding) != 0 { // chunked, of a method with a body (laneRequest)
+		c.startUpload(r, headLen)
+		return true
+	}
 	if r.ContentLength == 0 {
 		c.body = c.body[:0]
 		return true
@@ -920,15 +927,16 @@ func (c *laneConn) releaseLarge() {
 	c.large = nil
 }
 
-// laneRequest tells whether the fast lane takes r: a body of a GET or HEAD or a chunked one,
-// an upgrade, an expectation, trailers, headers the Connection header names, a host net/http's
-// server would refuse, or another proxy's hop marker goes to net/http, which answers it as it
-// always has.
+// laneRequest tells whether the fast lane takes r: a body of a GET or HEAD (chunked or not),
+// an upgrade, an expectation, declared trailers, headers the Connection header names, a host
+// net/http's server would refuse, or another proxy's hop marker goes to net/http, which
+// answers it as it always has. (http.ReadRequest takes no transfer coding but chunked, and
+// drops a Content-Length beside it, as net/http's server does.)
 func laneRequest(r *http.Request) bool {
 	// http.ReadRequest refuses a second Host header and moves the one to r.Host; the checks
 	// net/http's server adds to it are these.
 	if r.ProtoMajor != 1 || r.ProtoMinor != 1 || r.Host == "" || !httpguts.ValidHostHeader(r.Host) ||
-		len(r.TransferEncoding) != 0 || r.ContentLength != 0 && getOrHead(r.Method) {
+		r.ContentLength != 0 && getOrHead(r.Method) {
 		return false
 	}
 	if r.URL.IsAbs() { // the forward proxy; a Connector's own host does not apply

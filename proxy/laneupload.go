@@ -1,17 +1,22 @@
 package proxy
 
 import (
+	"bufio"
 	"errors"
 	"io"
 	"net/http"
+	"net/http/httputil"
 	"sync"
 	"sync/atomic"
 	"time"
 )
 
-// uploadBody is the body of a request the fast lane takes without reading it whole first: one
-// larger than --proxy-fast-lane-max-body-bytes, or one that does not fit in the connection's
-// buffer while other connections' bodies hold the lane's share (readLarge). The direct
+// uploadBody is the body of a request the fast lane takes without reading it whole first: a
+// chunked one, one larger than --proxy-fast-lane-max-body-bytes, or one that does not fit in
+// the connection's buffer while other connections' bodies hold the lane's share (readLarge).
+// A chunked body is decoded (httputil's reader; its trailer section read and dropped, as no
+// Trailer was declared: laneRequest) and the tool gets it chunked anew, as through net/http's
+// server and ReverseProxy. The direct
 // transport reads it from the client connection as it writes it to the tool (streamRequest),
 // so a large upload (a push's pack, an artifact, an image layer) and the rest of its
 // connection stay in the fast lane; before, such a request went, with every later request of
@@ -28,11 +33,14 @@ type uploadBody struct {
 	headLen int
 	// mu is held by a read, so that Abort returns only once no read touches the connection or
 	// its buffer; armed is set, under it, when the fast lane takes the request.
-	mu        sync.Mutex
-	armed     bool
-	touched   atomic.Bool
-	aborted   atomic.Bool
+	mu      sync.Mutex
+	armed   bool
+	touched atomic.Bool
+	aborted atomic.Bool
+	// remaining is what is left of a body of known length, or -1 until a chunked one ended
+	// (then 0); chunks decodes a chunked one once armed.
 	remaining atomic.Int64
+	chunks    io.Reader
 }
 
 // errUploadNotTaken is a read of an upload's body before the fast lane took its request.
@@ -45,7 +53,7 @@ var errUploadAborted = errors.New("the rest of the request body is not read: the
 // upload, still unread.
 func (c *laneConn) startUpload(r *http.Request, headLen int) {
 	u := &uploadBody{c: c, headLen: headLen}
-	u.remaining.Store(r.ContentLength)
+	u.remaining.Store(r.ContentLength) // -1 when chunked
 	c.setUpload(u)
 	c.body = c.body[:0]
 	r.Body, r.GetBody = u, nil
@@ -63,11 +71,16 @@ func (u *uploadBody) Read(p []byte) (int, error) {
 		return 0, io.EOF
 	}
 	c := u.c
-	if c.br.Buffered() == 0 {
-		c.setReadDeadline(c.lane.idleTimeout) // before the check: Abort's deadline comes after
+	// Before the check: Abort's deadline comes after. A read of buffered bytes of known length
+	// does not block; one of chunks may, for the rest of a chunk's size line or the trailer.
+	if c.br.Buffered() == 0 || left < 0 {
+		c.setReadDeadline(c.lane.idleTimeout)
 	}
 	if u.aborted.Load() {
 		return 0, errUploadAborted
+	}
+	if left < 0 {
+		return u.readChunks(p)
 	}
 	if int64(len(p)) > left {
 		p = p[:left]
@@ -77,6 +90,40 @@ func (u *uploadBody) Read(p []byte) (int, error) {
 		err = io.ErrUnexpectedEOF
 	}
 	return n, err
+}
+
+// readChunks reads a chunked body: its end is the last chunk and the trailer section after it.
+func (u *uploadBody) readChunks(p []byte) (int, error) {
+	n, err := u.chunks.Read(p)
+	if err == io.EOF {
+		if err = skipTrailer(u.c.br); err == nil {
+			u.remaining.Store(0)
+			err = io.EOF
+		}
+	}
+	return n, err
+}
+
+// maxTrailerBytes bounds the trailer section of a chunked upload, as the fast lane's buffer
+// bounds heads.
+const maxTrailerBytes = laneBufferSize
+
+var errTrailerTooLarge = errors.New("the chunked body's trailer section is too large")
+
+// skipTrailer reads the trailer section that ends a chunked body, through its empty line.
+func skipTrailer(br *bufio.Reader) error {
+	for read := 0; ; {
+		line, err := br.ReadSlice('\n')
+		if read += len(line); read > maxTrailerBytes || err == bufio.ErrBufferFull {
+			return errTrailerTooLarge
+		}
+		if err != nil {
+			return io.ErrUnexpectedEOF
+		}
+		if string(line) == "\r\n" {
+			return nil
+		}
+	}
 }
 
 // Close leaves the client connection as it is: the fast lane decides what becomes of it.
@@ -96,6 +143,9 @@ func (u *uploadBody) arm() {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	_, _ = u.c.br.Discard(u.headLen)
+	if u.remaining.Load() < 0 {
+		u.chunks = httputil.NewChunkedReader(u.c.br) // reads no further than the body's end
+	}
 	u.armed = true
 }
 

@@ -106,3 +106,35 @@ func TestUploadAbortAndClientLeaving(t *testing.T) {
 		t.Errorf("a client that left after 500 bytes: %d bytes, %v; want 500 and an unexpected EOF", len(got), err)
 	}
 }
+
+// A chunked upload is decoded to its last chunk and its trailer section, no further; a
+// trailer section over maxTrailerBytes fails it.
+func TestUploadReadsChunks(t *testing.T) {
+	head := "POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+	for _, tc := range []struct {
+		name, trailer string
+		whole         bool
+	}{
+		{"no trailer", "", true},
+		{"a trailer", "X-Sum: 1\r\nX-Other: 2\r\n", true},
+		{"a trailer too large", "X-Big: " + strings.Repeat("b", 300) + "\r\n" + strings.Repeat("X-Many: 1\r\n", 400), false},
+	} {
+		body := "5\r\nhello\r\n1f40\r\n" + strings.Repeat("c", 8000) + "\r\n0\r\n" + tc.trailer + "\r\nGET /next HTTP/1.1\r\n"
+		c, u, _ := uploadConn(t, head, body, len(body))
+		u.remaining.Store(-1) // uploadConn's request has a length; this one is chunked
+		u.arm()
+		got, err := io.ReadAll(u)
+		if !tc.whole {
+			if err == nil || u.complete() {
+				t.Errorf("%s: read to an end (%v)", tc.name, err)
+			}
+			continue
+		}
+		if err != nil || string(got) != "hello"+strings.Repeat("c", 8000) || !u.complete() {
+			t.Errorf("%s: %d bytes, %v, complete %v", tc.name, len(got), err, u.complete())
+		}
+		if next, err := c.br.Peek(len("GET /next")); err != nil || string(next) != "GET /next" {
+			t.Errorf("%s: after the body %q %v, want the next request", tc.name, next, err)
+		}
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -23,6 +24,7 @@ import (
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/driver"
+	"github.com/kube-connectors/connectors-csi/test/gitserver"
 	"github.com/kube-connectors/connectors-csi/test/kubelet"
 	"github.com/kube-connectors/connectors-csi/test/testca"
 )
@@ -132,6 +134,10 @@ func within(t *testing.T, ch <-chan struct{}, what string) {
 	}
 }
 
+// notLaneHeaders are a request's header lines that keep it out of the fast lane: a header the
+// Connection header names (hop-by-hop for this hop only), which net/http's path removes.
+const notLaneHeaders = "Connection: x-hop\r\nX-Hop: 1\r\n"
+
 // TestFastLane drives the proxy listener over raw keep-alive connections: GET and HEAD of
 // the reverse proxy are served by the fast lane (known length, streamed large body, chunked
 // with a trailer, a redirect rewritten, a refusal with its metrics counted once), as are POSTs
@@ -236,14 +242,14 @@ func TestFastLane(t *testing.T) {
 	if res, body := read("GET"); res.StatusCode != 200 || len(body) != 1024 {
 		t.Fatalf("the GET after a refused POST whose body is a request: %d, %d bytes (the body served as a request?)", res.StatusCode, len(body))
 	}
-	// A chunked POST (not the fast lane's) and a GET sent behind it in one write: both go to
-	// net/http's server with the connection, in order.
-	send(post(bearer, "Transfer-Encoding: chunked\r\n", "5\r\nhello\r\n0\r\n\r\n") + get("GET", "/small", bearer))
+	// A POST with a header its Connection header names (not the fast lane's) and a GET sent
+	// behind it in one write: both go to net/http's server with the connection, in order.
+	send(post(bearer, notLaneHeaders+"Content-Length: 5\r\n", "hello") + get("GET", "/small", bearer))
 	if res, body := read("POST"); res.StatusCode != 200 || body != "hello" {
-		t.Fatalf("a chunked POST /echo after the fast lane: %d %q", res.StatusCode, body)
+		t.Fatalf("a POST /echo the fast lane does not take: %d %q", res.StatusCode, body)
 	}
 	if res, body := read("GET"); res.StatusCode != 200 || len(body) != 1024 {
-		t.Fatalf("GET behind the chunked POST: %d, %d bytes", res.StatusCode, len(body))
+		t.Fatalf("GET behind the POST the fast lane does not take: %d, %d bytes", res.StatusCode, len(body))
 	}
 	// The forward proxy's absolute-form GET, three times on one connection (the second and
 	// third from the remembered route, the third's path with an escape), and one to a host no
@@ -354,8 +360,8 @@ func TestFastLane(t *testing.T) {
 // TestFastLaneToAnHTTPSTool: GET and HEAD of the reverse proxy to an https tool that offers
 // HTTP/2 (its CA in the Connector's CA Secret) go through the fast lane, in place from the
 // second request on, over one TLS connection of the proxy's own in HTTP/1.1, as does a POST
-// with a small body; a chunked POST on the same client connection goes to net/http's server
-// and http.Transport, over HTTP/2.
+// with a small body; a POST the fast lane does not take (notLaneHeaders) on the same client
+// connection goes to net/http's server and http.Transport, over HTTP/2.
 func TestFastLaneToAnHTTPSTool(t *testing.T) {
 	authority, cert := loopbackCert(t)
 	var mu sync.Mutex
@@ -401,13 +407,13 @@ func TestFastLaneToAnHTTPSTool(t *testing.T) {
 
 	conn := dialProxy(t, host)
 	br := bufio.NewReader(conn)
-	for i, method := range []string{"GET", "GET", "GET", "POST", "POST chunked"} {
+	for i, method := range []string{"GET", "GET", "GET", "POST", "POST not the lane's"} {
 		raw, want := head(method, ""), strings.Repeat("t", 1024)
 		switch method {
 		case "POST":
 			raw, want = head(method, "Content-Length: 5\r\n")+"hello", "hello"
-		case "POST chunked":
-			method, raw, want = "POST", head("POST", "Transfer-Encoding: chunked\r\n")+"5\r\nhello\r\n0\r\n\r\n", "hello"
+		case "POST not the lane's":
+			method, raw, want = "POST", head("POST", notLaneHeaders+"Content-Length: 5\r\n")+"hello", "hello"
 		}
 		if _, err := io.WriteString(conn, raw); err != nil {
 			t.Fatal(err)
@@ -437,21 +443,21 @@ func TestFastLaneToAnHTTPSTool(t *testing.T) {
 
 	// Through a CONNECT tunnel: its GETs are the fast lane's (the first through net/http's
 	// parsers, the next in place), as is a POST with a small body, over the same pooled
-	// connection, the client's own Authorization replaced by the tool's credential; a chunked
-	// POST goes, with the rest of the tunnel, to the tunnel's net/http server.
+	// connection, the client's own Authorization replaced by the tool's credential; a POST the
+	// fast lane does not take goes, with the rest of the tunnel, to the tunnel's net/http server.
 	tunnelled := series("connectors_proxy_requests_total", map[string]string{"connector_namespace": ns, "connector": "tool", "class": class, "mode": "tunnelled", "code": "200"})
 	before = scrape(t, metricsAddr)
 	tn, status := openTunnel(t, host, strings.TrimPrefix(tool.URL, "https://"), ns+"/tool", files["context.token"], []byte(files["ca.crt"]))
 	if tn == nil {
 		t.Fatalf("CONNECT: %s", status)
 	}
-	for _, step := range []string{"GET", "GET", "POST", "GET", "POST chunked"} {
+	for _, step := range []string{"GET", "GET", "POST", "GET", "POST not the lane's"} {
 		raw := "GET /x HTTP/1.1\r\nHost: " + tn.host + "\r\nAuthorization: Bearer " + files["context.token"] + "\r\n\r\n"
 		switch step {
 		case "POST":
 			raw = "POST /x HTTP/1.1\r\nHost: " + tn.host + "\r\nContent-Length: 5\r\n\r\nhello"
-		case "POST chunked":
-			raw = "POST /x HTTP/1.1\r\nHost: " + tn.host + "\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+		case "POST not the lane's":
+			raw = "POST /x HTTP/1.1\r\nHost: " + tn.host + "\r\n" + notLaneHeaders + "Content-Length: 5\r\n\r\nhello"
 		}
 		if _, err := io.WriteString(tn.conn, raw); err != nil {
 			t.Fatal(err)
@@ -466,7 +472,7 @@ func TestFastLaneToAnHTTPSTool(t *testing.T) {
 		}
 	}
 	after = scrapeUntil(t, metricsAddr, before, map[string]float64{served: 2, inPlace: 2, handed: 2, tunnelled: 5})
-	// Handed over: the connection of the CONNECT itself, and the tunnel at its chunked POST.
+	// Handed over: the connection of the CONNECT itself, and the tunnel at its last POST.
 	if got := [3]float64{after[served] - before[served], after[inPlace] - before[inPlace], after[handed] - before[handed]}; got != [3]float64{2, 2, 2} {
 		t.Errorf("in the tunnel the fast lane served %v, in place %v, handed over %v; want 2, 2, 2", got[0], got[1], got[2])
 	}
@@ -701,7 +707,8 @@ func TestFastLaneTakesPragma(t *testing.T) {
 
 // TestGitInTheFastLane: a real git clone and push through the reverse proxy (.gitconfig) and
 // the forward proxy (.env), on a real Git server: every request, the POSTs of git-upload-pack
-// and git-receive-pack with their bodies included, is served by the fast lane, and so is the
+// and git-receive-pack with their bodies included (and the chunked one of a push of 3 MiB),
+// is served by the fast lane, and so is the
 // 407 to curl's first try at the forward proxy without Proxy-Authorization; no connection
 // goes to net/http's server.
 func TestGitInTheFastLane(t *testing.T) {
@@ -721,19 +728,46 @@ func TestGitInTheFastLane(t *testing.T) {
 
 	cloneAndPush(t, s.URL, []string{"GIT_CONFIG_GLOBAL=" + filepath.Join(vol, ".gitconfig")})
 	cloneAndPush(t, s.URL, envFile(t, filepath.Join(vol, ".env")))
+	pushLarge(t, s.URL, []string{"GIT_CONFIG_GLOBAL=" + filepath.Join(vol, ".gitconfig")})
 
 	reqs := proxiedRequests(s, from)
 	var posts []string
+	chunked := 0
 	for _, r := range reqs {
 		if r.Method == http.MethodPost {
 			posts = append(posts, r.Path)
+		}
+		if r.Chunked && r.Path == "/repo.git/git-receive-pack" {
+			chunked++
 		}
 	}
 	if !slices.Contains(posts, "/repo.git/git-upload-pack") || !slices.Contains(posts, "/repo.git/git-receive-pack") {
 		t.Fatalf("the Git server saw the POSTs %q, want git-upload-pack's and git-receive-pack's", posts)
 	}
+	if chunked != 1 {
+		t.Errorf("%d chunked pushes reached the Git server, want the large one", chunked)
+	}
 	if c := laneCountsWhen(t, metricsAddr, before, float64(len(reqs)), 0); c[0]+c[1] != float64(len(reqs)) || c[2] != 0 {
 		t.Errorf("the fast lane served %v requests and handed %v connections over to net/http's server; the Git server saw %d requests", c[0]+c[1], c[2], len(reqs))
+	}
+}
+
+// pushLarge clones the repository at url and pushes a commit of 3 MiB of random bytes, a pack
+// larger than http.postBuffer, which git sends chunked.
+func pushLarge(t *testing.T, url string, env []string) {
+	t.Helper()
+	dest := filepath.Join(t.TempDir(), "clone")
+	if out, err := gitserver.Git("", env, "clone", "-q", url+"/repo.git", dest); err != nil {
+		t.Fatalf("git clone %s: %v\n%s", url, err, out)
+	}
+	if err := os.WriteFile(filepath.Join(dest, "large.bin"), randomBytes(3<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"add", "large.bin"}, {"-c", "user.name=pod", "-c", "user.email=pod@example.com", "commit", "-q", "-m", "large"},
+		{"push", "-q", "origin", "HEAD:main"}} {
+		if out, err := gitserver.Git(dest, env, args...); err != nil {
+			t.Fatalf("git %s: %v\n%s", args[len(args)-3], err, out)
+		}
 	}
 }
 

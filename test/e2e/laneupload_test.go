@@ -233,9 +233,9 @@ func checkLaneBodiesReleased(t *testing.T, metricsAddr string) {
 	}
 }
 
-// TestFastLaneStreamsUploads: bodies over --proxy-fast-lane-max-body-bytes are read from the
-// client as the tool's connection is written, in the fast lane, and the connection stays
-// there: the tool gets each body whole and nothing is handed over. A tool that answers before
+// TestFastLaneStreamsUploads: bodies over --proxy-fast-lane-max-body-bytes, and chunked ones,
+// are read from the client as the tool's connection is written, in the fast lane, and the
+// connection stays there: the tool gets each body whole and nothing is handed over. A tool that answers before
 // the body's end gets its answer to the client, and the connection then closes; a client
 // that leaves mid-body breaks the tool's connection (the tool's read of the body fails at
 // once); a refused upload is answered, and its connection closed, without its body being read.
@@ -284,18 +284,32 @@ func TestFastLaneStreamsUploads(t *testing.T) {
 				t.Fatalf("upload %d answered %q", i, got)
 			}
 		}
-		writeRaw(t, conn, "GET /namespaces/"+ns+"/connectors/tool/upload HTTP/1.1\r\nHost: "+host+"\r\nAuthorization: Bearer "+token+"\r\n\r\n")
+		// Chunked, in chunks of 100 KiB, 7 bytes and 200 KiB, with a trailer, and the GET
+		// behind it in the same write as its end.
+		chunked := randomBytes(300<<10 + 7)
+		sent = append(sent, chunked)
+		writeRaw(t, conn, "POST /namespaces/"+ns+"/connectors/tool/upload HTTP/1.1\r\nHost: "+host+
+			"\r\nTransfer-Encoding: chunked\r\nAuthorization: Bearer "+token+"\r\n\r\n")
+		for _, part := range [][]byte{chunked[:100<<10], chunked[100<<10 : 100<<10+7], chunked[100<<10+7:]} {
+			writeRaw(t, conn, strconv.FormatInt(int64(len(part)), 16)+"\r\n"+string(part)+"\r\n")
+			time.Sleep(5 * time.Millisecond)
+		}
+		writeRaw(t, conn, "0\r\nX-Checksum: none\r\n\r\n"+
+			"GET /namespaces/"+ns+"/connectors/tool/upload HTTP/1.1\r\nHost: "+host+"\r\nAuthorization: Bearer "+token+"\r\n\r\n")
+		if _, got := read(br, "POST"); got != "200 "+strconv.Itoa(len(chunked)) {
+			t.Fatalf("the chunked upload answered %q", got)
+		}
 		if _, got := read(br, "GET"); got != "200 0" {
 			t.Fatalf("the GET after the uploads answered %q", got)
 		}
-		if c := laneCountsWhen(t, metricsAddr, before, 4, 0); c[0]+c[1] != 4 || c[2] != 0 {
-			t.Errorf("the fast lane served %v, in place %v, handed over %v; want 4 in all, none handed over", c[0], c[1], c[2])
+		if c := laneCountsWhen(t, metricsAddr, before, 5, 0); c[0]+c[1] != 5 || c[2] != 0 {
+			t.Errorf("the fast lane served %v, in place %v, handed over %v; want 5 in all, none handed over", c[0], c[1], c[2])
 		}
 		got := tool.got()
-		if len(got) != 2 { // the PUT is answered, not kept
-			t.Fatalf("the tool kept %d POST bodies, want 2", len(got))
+		if len(got) != 3 { // the PUT is answered, not kept
+			t.Fatalf("the tool kept %d POST bodies, want 3", len(got))
 		}
-		for i, want := range [][]byte{sent[0], sent[2]} {
+		for i, want := range [][]byte{sent[0], sent[2], sent[3]} {
 			if !bytes.Equal(got[i], want) {
 				t.Errorf("POST %d: the tool got %d bytes, not the %d sent", i, len(got[i]), len(want))
 			}

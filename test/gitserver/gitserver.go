@@ -5,8 +5,10 @@
 package gitserver
 
 import (
+	"bytes"
 	"crypto/tls"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/cgi"
@@ -14,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 
@@ -45,6 +48,8 @@ type Request struct {
 	Authorization      string
 	ProxyAuthorization string
 	Header             http.Header
+	// Chunked: the body came chunked (git sends a push's pack so from http.postBuffer, 1 MiB).
+	Chunked bool
 }
 
 // Start starts a server on Host; secure selects https with a fresh test CA.
@@ -116,7 +121,7 @@ func (s *Server) Requests() []Request {
 func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	s.seen = append(s.seen, Request{Method: r.Method, Path: r.URL.Path, Authorization: r.Header.Get("Authorization"),
-		ProxyAuthorization: r.Header.Get("Proxy-Authorization"), Header: r.Header.Clone()})
+		ProxyAuthorization: r.Header.Get("Proxy-Authorization"), Header: r.Header.Clone(), Chunked: slices.Contains(r.TransferEncoding, "chunked")})
 	username, password := s.Username, s.Password
 	s.mu.Unlock()
 	if r.URL.Path == "/redirect" {
@@ -129,12 +134,37 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "bad credentials", http.StatusUnauthorized)
 		return
 	}
+	if err := unchunk(r); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
 	h := &cgi.Handler{
 		Path: backend,
 		Root: "/",
 		Env:  []string{"GIT_PROJECT_ROOT=" + s.root, "GIT_HTTP_EXPORT_ALL=1", "REMOTE_USER=" + user},
 	}
 	h.ServeHTTP(w, r)
+}
+
+// maxUnchunked bounds what unchunk holds in memory: well above the packs the tests push.
+const maxUnchunked = 64 << 20
+
+// unchunk reads a chunked body whole and gives r its length: net/http/cgi refuses chunked
+// bodies (a CGI script learns a body's end from CONTENT_LENGTH), while git sends a push's
+// pack chunked once it is larger than http.postBuffer.
+func unchunk(r *http.Request) error {
+	if r.ContentLength >= 0 {
+		return nil
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxUnchunked+1))
+	if err != nil {
+		return fmt.Errorf("reading the chunked body: %w", err)
+	}
+	if len(body) > maxUnchunked {
+		return fmt.Errorf("chunked body over %d bytes", maxUnchunked)
+	}
+	r.Body, r.ContentLength, r.TransferEncoding = io.NopCloser(bytes.NewReader(body)), int64(len(body)), nil
+	return nil
 }
 
 // initRepo makes repos/repo.git with one commit on main, accepting pushes.
