@@ -443,7 +443,8 @@ func Get(ctx context.Context, c *http.Client, u string, h http.Header) error {
 	return Send(ctx, c, u, h, nil)
 }
 
-// Send is Get, or a POST of body when it is not nil.
+// Send is Get, or a POST of body when it is not nil: chunked when h says Transfer-Encoding:
+// chunked.
 func Send(ctx context.Context, c *http.Client, u string, h http.Header, body []byte) error {
 	method, reader := http.MethodGet, io.Reader(nil)
 	if body != nil {
@@ -458,6 +459,9 @@ func Send(ctx context.Context, c *http.Client, u string, h http.Header, body []b
 	}
 	if host := h.Get("Host"); host != "" { // net/http sends req.Host, not a Host header
 		req.Host = host
+	}
+	if h.Get("Transfer-Encoding") == "chunked" { // nor a Transfer-Encoding header
+		req.TransferEncoding, req.ContentLength = []string{"chunked"}, -1
 	}
 	res, err := c.Do(req)
 	if err != nil {

@@ -29,11 +29,12 @@ type result struct {
 
 // request is what a generator sends: to connect (http://host:port of the first hop), path
 // (the request line's target: a path, or an absolute URL for a forward proxy), headers, and
-// a body to POST (nil: a GET).
+// a body to POST (nil: a GET), chunked or not.
 type request struct {
 	connect, path string
 	header        http.Header
 	body          []byte
+	chunked       bool
 }
 
 // goLoad runs GETs, or POSTs of body, with client at fixed concurrency until the duration or
@@ -81,14 +82,23 @@ func goLoad(c *http.Client, u string, h http.Header, body []byte) (result, error
 // cores to the servers than the Go generator does.
 func wrkLoad(dir string, r request) (result, error) {
 	var script strings.Builder
-	if r.body != nil {
+	switch {
+	case r.chunked:
+		fmt.Fprintf(&script, "wrk.method = \"POST\"\nwrk.headers[\"Transfer-Encoding\"] = \"chunked\"\n")
+	case r.body != nil:
 		fmt.Fprintf(&script, "wrk.method = \"POST\"\nwrk.body = %q\n", r.body)
-	} else {
+	default:
 		fmt.Fprintf(&script, "wrk.method = \"GET\"\n")
 	}
 	fmt.Fprintf(&script, "wrk.path = %q\n", r.path)
 	for k, v := range r.header {
 		fmt.Fprintf(&script, "wrk.headers[%q] = %q\n", k, v[0])
+	}
+	if r.chunked {
+		// wrk.format adds a Content-Length to a request with a body: the head is formatted
+		// without one, once wrk.init has set Host, and the chunks follow it.
+		fmt.Fprintf(&script, "local chunked = %q\nlocal req\n", chunk(r.body))
+		fmt.Fprintf(&script, "init = function(args) req = wrk.format() .. chunked end\nrequest = function() return req end\n")
 	}
 	file := filepath.Join(dir, "wrk.lua")
 	if err := os.WriteFile(file, []byte(script.String()), 0o600); err != nil {
@@ -100,6 +110,18 @@ func wrkLoad(dir string, r request) (result, error) {
 		return result{}, fmt.Errorf("wrk: %v\n%s", err, out)
 	}
 	return parseWrk(out)
+}
+
+// chunk is body in chunked transfer coding, in chunks of 64 KiB, without a trailer.
+func chunk(body []byte) []byte {
+	var b bytes.Buffer
+	for len(body) > 0 {
+		n := min(len(body), 64<<10)
+		fmt.Fprintf(&b, "%x\r\n%s\r\n", n, body[:n])
+		body = body[n:]
+	}
+	b.WriteString("0\r\n\r\n")
+	return b.Bytes()
 }
 
 var (

@@ -83,8 +83,9 @@ type target struct {
 	driver bool
 	// permissions: measured with enable-connector-proxy-permissions on.
 	permissions bool
-	// body, when not nil, is POSTed (both generators) instead of a GET.
-	body []byte
+	// body, when not nil, is POSTed (both generators) instead of a GET; chunked sends it so.
+	body    []byte
+	chunked bool
 }
 
 type row struct {
@@ -293,22 +294,25 @@ func makeTargets(ctx context.Context, cp *controlplane.ControlPlane, up *benchen
 	// manifest PUTs are, answered with the size's body; of one larger than the fast lane's
 	// 4 KiB buffer that it reads out whole (a manifest list, a pom, a small push); and uploads
 	// (a push's pack, a layer) over --proxy-fast-lane-max-body-bytes, which net/http's server
-	// and ReverseProxy stream. nginx streams the larger two (proxy_request_buffering off, as in
+	// and ReverseProxy stream; and uploads sent chunked (a push's pack over git's postBuffer, a
+	// layer streamed by PATCH). nginx streams the larger ones (proxy_request_buffering off, as in
 	// front of a registry).
 	for _, post := range []struct {
 		label, nginxPath string
 		body             []byte
-	}{{"512 B", "/", postBody}, {"32 KiB", "/upload/", mediumBody}, {"1 MiB", "/upload/", uploadBody}} {
+		chunked          bool
+	}{{"512 B", "/", postBody, false}, {"32 KiB", "/upload/", mediumBody, false}, {"1 MiB", "/upload/", uploadBody, false},
+		{"1 MiB, chunked", "/upload/", uploadBody, true}} {
 		baseline := "nginx (header-injecting reverse proxy): POST of " + post.label
 		nginxURL := "http://" + ngx.addr + post.nginxPath
 		targets = append(targets,
 			target{name: baseline, goClient: plain(nil, nil), goURL: func(s string) string { return nginxURL + s },
 				wrk:  func(s string) *request { return &request{connect: "http://" + ngx.addr, path: post.nginxPath + s} },
-				pids: ngx.pids, body: post.body},
+				pids: ngx.pids, body: post.body, chunked: post.chunked},
 			target{name: "connectors proxy (reverse): POST of " + post.label, goClient: plain(nil, nil), goURL: reverse("tool"), header: bearer,
-				wrk: reverseWrk("tool", bearer), baseline: baseline, pids: drv.PIDs, driver: true, body: post.body},
+				wrk: reverseWrk("tool", bearer), baseline: baseline, pids: drv.PIDs, driver: true, body: post.body, chunked: post.chunked},
 			target{name: "connectors proxy (forward): POST of " + post.label, goClient: plain(http.ProxyURL(fwd), nil), goURL: func(s string) string { return up.URL + "/" + s },
-				wrk: forwardWrk("tool", func(s string) string { return s }), baseline: baseline, pids: drv.PIDs, driver: true, body: post.body})
+				wrk: forwardWrk("tool", func(s string) string { return s }), baseline: baseline, pids: drv.PIDs, driver: true, body: post.body, chunked: post.chunked})
 	}
 	// One request per connection (Connection: close), as one-shot clients send them (curl in a
 	// pipeline's step, a webhook): each request is its connection's first.
@@ -375,10 +379,18 @@ func measure(work string, tg target, size, gen string, drv *benchenv.DriverProce
 	switch gen {
 	case "wrk":
 		req := *tg.wrk(size)
-		req.body = tg.body
+		req.body, req.chunked = tg.body, tg.chunked
 		r.res, err = wrkLoad(work, req)
 	case "go":
-		r.res, err = goLoad(tg.goClient, tg.goURL(size), tg.header, tg.body)
+		header := tg.header
+		if tg.chunked {
+			header = header.Clone()
+			if header == nil {
+				header = http.Header{}
+			}
+			header.Set("Transfer-Encoding", "chunked") // benchenv.Send sends the body so
+		}
+		r.res, err = goLoad(tg.goClient, tg.goURL(size), header, tg.body)
 	default:
 		return r, false, fmt.Errorf("unknown generator %q", gen)
 	}
