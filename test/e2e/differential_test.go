@@ -22,6 +22,10 @@ import (
 type received struct {
 	Method, EscapedPath, RawQuery, Body string
 	Headers                             []string // "Name: value", sorted
+	// ContentLength and TransferEncoding are the body's framing: -1 and "chunked" when it
+	// came chunked.
+	ContentLength    int64
+	TransferEncoding string
 }
 
 // diffUpstream records every request's method, escaped path, query, headers and body digest.
@@ -42,7 +46,8 @@ func (u *diffUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	sum := sha256.Sum256(body)
 	u.mu.Lock()
 	u.seen = append(u.seen, received{Method: r.Method, EscapedPath: r.URL.EscapedPath(), RawQuery: r.URL.RawQuery,
-		Body: fmt.Sprintf("%d:%x", len(body), sum[:8]), Headers: headers})
+		Body: fmt.Sprintf("%d:%x", len(body), sum[:8]), Headers: headers, ContentLength: r.ContentLength,
+		TransferEncoding: strings.Join(r.TransferEncoding, ",")})
 	u.mu.Unlock()
 	w.Header().Set("X-Upstream", "1")
 	_, _ = io.WriteString(w, "ok")
@@ -56,7 +61,8 @@ func (u *diffUpstream) last() received {
 
 // TestProxyDifferential sends 200 generated requests (methods, escaped paths, repeated and odd
 // query parameters, repeated and custom headers, bodies up to 128 KiB: a third in the fast
-// lane's buffer, a third read out whole, a third streamed) directly to an upstream
+// lane's buffer, a third read out whole, a third streamed; a quarter of them chunked, which the
+// fast lane streams too) directly to an upstream
 // with the Connector's credential, through the reverse proxy with the Pod token, and through the
 // forward proxy configured only from http.proxy, and compares what the upstream received: the
 // proxy may only swap the credential and add its hop marker. It is the safety net for work on
@@ -87,12 +93,15 @@ func TestProxyDifferential(t *testing.T) {
 	var lane, notLane float64 // requests through the proxies the fast lane takes, and not
 	rnd := rand.New(rand.NewPCG(42, 7))
 	for i := range 200 {
-		method, path, query, headers, body := generatedRequest(rnd, i)
+		method, path, query, headers, body, chunked := generatedRequest(rnd, i)
 		send := func(client *http.Client, base, auth string) {
 			t.Helper()
 			req, err := http.NewRequest(method, base+path+query, bytes.NewReader(body))
 			if err != nil {
 				t.Fatalf("request %d: %v", i, err)
+			}
+			if chunked {
+				req.TransferEncoding, req.ContentLength = []string{"chunked"}, -1
 			}
 			for _, h := range headers {
 				req.Header.Add(h[0], h[1])
@@ -143,8 +152,9 @@ func TestProxyDifferential(t *testing.T) {
 // laneMaxBody is --proxy-fast-lane-max-body-bytes's default.
 const laneMaxBody = 64 << 10
 
-// generatedRequest is request i of the differential test: varied but reproducible.
-func generatedRequest(rnd *rand.Rand, i int) (method, path, query string, headers [][2]string, body []byte) {
+// generatedRequest is request i of the differential test: varied but reproducible. chunked:
+// its body is sent so (a quarter of them).
+func generatedRequest(rnd *rand.Rand, i int) (method, path, query string, headers [][2]string, body []byte, chunked bool) {
 	methods := []string{"GET", "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"}
 	segments := []string{"repo.git", "info", "refs", "a%20b", "x%2Fy", "v2", "~user", "a+b", "c,d", "e=f", "@scope", "UPPER", "%C3%A9t%C3%A9", "_x-y"}
 	queries := []string{"service=git-upload-pack", "q=a+b", "q=a%20b", "k=1&k=2", "empty=", "flag", "x=%2F%3F%26", "page=2&per_page=100", "s=%E2%9C%93"}
@@ -185,8 +195,9 @@ func generatedRequest(rnd *rand.Rand, i int) (method, path, query string, header
 		for j := range body {
 			body[j] = byte(rnd.IntN(256))
 		}
+		chunked = rnd.IntN(4) == 0
 	}
-	return method, path, query, headers, body
+	return method, path, query, headers, body, chunked
 }
 
 func without(list []string, drop string) []string {

@@ -42,7 +42,7 @@ var (
 	loris    = flag.Int("slowloris", 50, "connections that send their headers a byte at a time")
 	vanish   = flag.Int("vanishing", 20, "clients that ask for 1 MiB and leave after 10 KiB")
 	stalled  = flag.Int("stalled", 20, "clients of a tool that stops mid-answer, who give up after 2 s")
-	halfBody = flag.Int("half-body", 20, "clients that send a POST's head and half its 1 KiB body, and leave")
+	halfBody = flag.Int("half-body", 20, "clients that send a POST's head and half its body (1 KiB, 32 KiB, or an upload of 1 MiB, of known length or chunked), and leave")
 )
 
 const ns = benchenv.Namespace
@@ -249,21 +249,25 @@ func (l *load) vanishingClient(ctx context.Context) {
 	}
 }
 
-// halfBodyClient sends a POST's head and half of its body, of 1 KiB and of 32 KiB by turns,
-// waits, and closes its connection: the fast lane waits for such a body (under the header
-// timeout) before it reads the request, the larger in a buffer of its own (readLarge).
+// halfBodyClient sends a POST's head and half of its body, of 1 KiB, 32 KiB and 1 MiB (of
+// known length and chunked) by turns, waits, and closes its connection: the fast lane waits
+// for a small body (under the header timeout) before it reads the request, one of 32 KiB in a
+// buffer of its own (readLarge); it streams an upload to the tool as it comes, until the
+// client leaves (or goes idle past --proxy-idle-timeout).
 func (l *load) halfBodyClient(ctx context.Context) {
+	head := "POST /namespaces/" + ns + "/connectors/tool/1k HTTP/1.1\r\nHost: proxy\r\nAuthorization: Bearer " + l.token + "\r\n"
 	var requests []string
-	for _, size := range []int{1 << 10, 32 << 10} {
-		requests = append(requests, "POST /namespaces/"+ns+"/connectors/tool/1k HTTP/1.1\r\nHost: proxy\r\nAuthorization: Bearer "+l.token+
-			"\r\nContent-Length: "+strconv.Itoa(size)+"\r\n\r\n"+strings.Repeat("x", size/2))
+	// Bodies the fast lane reads out whole, and uploads it streams to the tool as they come.
+	for _, size := range []int{1 << 10, 32 << 10, 1 << 20} {
+		requests = append(requests, head+"Content-Length: "+strconv.Itoa(size)+"\r\n\r\n"+strings.Repeat("x", size/2))
 	}
+	requests = append(requests, head+"Transfer-Encoding: chunked\r\n\r\n"+strconv.FormatInt(512<<10, 16)+"\r\n"+strings.Repeat("x", 512<<10)+"\r\n")
 	for i := 0; pause(ctx, *think); i++ {
 		conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", l.proxy)
 		if err != nil {
 			continue
 		}
-		_, _ = conn.Write([]byte(requests[i%2]))
+		_, _ = conn.Write([]byte(requests[i%len(requests)]))
 		pause(ctx, *think)
 		conn.Close()
 	}
