@@ -110,7 +110,8 @@ const maxTrailerBytes = laneBufferSize
 
 var errTrailerTooLarge = errors.New("the chunked body's trailer section is too large")
 
-// skipTrailer reads the trailer section that ends a chunked body, through its empty line.
+// skipTrailer reads the trailer section that ends a chunked body, through its empty line (a
+// bare LF ends it too, as net/http's server reads trailers with textproto).
 func skipTrailer(br *bufio.Reader) error {
 	for read := 0; ; {
 		line, err := br.ReadSlice('\n')
@@ -120,7 +121,7 @@ func skipTrailer(br *bufio.Reader) error {
 		if err != nil {
 			return io.ErrUnexpectedEOF
 		}
-		if string(line) == "\r\n" {
+		if string(line) == "\r\n" || string(line) == "\n" {
 			return nil
 		}
 	}

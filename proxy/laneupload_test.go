@@ -115,11 +115,12 @@ func TestUploadReadsChunks(t *testing.T) {
 		name, trailer string
 		whole         bool
 	}{
-		{"no trailer", "", true},
-		{"a trailer", "X-Sum: 1\r\nX-Other: 2\r\n", true},
-		{"a trailer too large", "X-Big: " + strings.Repeat("b", 300) + "\r\n" + strings.Repeat("X-Many: 1\r\n", 400), false},
+		{"no trailer", "\r\n", true},
+		{"a trailer", "X-Sum: 1\r\nX-Other: 2\r\n\r\n", true},
+		{"a trailer ended by a bare LF", "X-Sum: 1\n\n", true},
+		{"a trailer too large", "X-Big: " + strings.Repeat("b", 300) + "\r\n" + strings.Repeat("X-Many: 1\r\n", 400) + "\r\n", false},
 	} {
-		body := "5\r\nhello\r\n1f40\r\n" + strings.Repeat("c", 8000) + "\r\n0\r\n" + tc.trailer + "\r\nGET /next HTTP/1.1\r\n"
+		body := "5\r\nhello\r\n1f40\r\n" + strings.Repeat("c", 8000) + "\r\n0\r\n" + tc.trailer + "GET /next HTTP/1.1\r\n"
 		c, u, _ := uploadConn(t, head, body, len(body))
 		u.remaining.Store(-1) // uploadConn's request has a length; this one is chunked
 		u.arm()
