@@ -769,7 +769,9 @@ func laneRequestLine(head []byte, inTunnel bool) bool {
 // sent once the request is taken (startUpload). A body that does not come within the header
 // timeout goes, with what came of it, to net/http's server.
 func (c *laneConn) laneBody(r *http.Request, headLen int) bool {
-	if len(r.TransferEncoding) != 0 { // chunked, of a method with a body (laneRequest)
+	// Chunked, of a method with a body (laneRequest); or a body that does not come before
+	// its 100 (Continue).
+	if len(r.TransferEncoding) != 0 || expectsContinue(r) {
 		c.startUpload(r, headLen)
 		return true
 	}
@@ -928,7 +930,8 @@ func (c *laneConn) releaseLarge() {
 }
 
 // laneRequest tells whether the fast lane takes r: a body of a GET or HEAD (chunked or not),
-// an upgrade, an expectation, declared trailers, headers the Connection header names, a host
+// an upgrade, an expectation other than a body's 100-continue (expectsContinue), declared
+// trailers, headers the Connection header names, a host
 // net/http's server would refuse, or another proxy's hop marker goes to net/http, which
 // answers it as it always has. (http.ReadRequest takes no transfer coding but chunked, and
 // drops a Content-Length beside it, as net/http's server does.)
@@ -937,6 +940,9 @@ func laneRequest(r *http.Request) bool {
 	// net/http's server adds to it are these.
 	if r.ProtoMajor != 1 || r.ProtoMinor != 1 || r.Host == "" || !httpguts.ValidHostHeader(r.Host) ||
 		r.ContentLength != 0 && getOrHead(r.Method) {
+		return false
+	}
+	if _, expects := r.Header["Expect"]; expects && !expectsContinue(r) {
 		return false
 	}
 	if r.URL.IsAbs() { // the forward proxy; a Connector's own host does not apply
@@ -956,7 +962,17 @@ func laneRequest(r *http.Request) bool {
 }
 
 // laneRefusedHeaders are headers whose requests the fast lane leaves to the full path.
-var laneRefusedHeaders = []string{"Expect", "Upgrade", "Te", "Trailer", egress.HopHeader}
+var laneRefusedHeaders = []string{"Upgrade", "Te", "Trailer", egress.HopHeader}
+
+// expectsContinue tells whether r asks for a 100 (Continue) before it sends its body: one
+// Expect: 100-continue on a request with a body (curl sends it for bodies over 1 MiB, Maven
+// for its PUTs). net/http's server answers another expectation 417, and ignores this one
+// without a body.
+func expectsContinue(r *http.Request) bool {
+	v := r.Header["Expect"]
+	return len(v) == 1 && strings.EqualFold(v[0], "100-continue") && !getOrHead(r.Method) &&
+		(r.ContentLength > 0 || len(r.TransferEncoding) != 0)
+}
 
 // noneOf tells whether h has none of names, and names only keep-alive or close in Connection.
 func noneOf(h http.Header, names []string) bool {
@@ -1026,6 +1042,9 @@ func (c *laneConn) serveRequest(r *http.Request, size int) (taken, ok bool) {
 		}
 	}
 	c.consume(size)
+	if !c.sendContinue() {
+		return true, false
+	}
 	laneServed.Inc()
 	routed(m, rt)
 	ok = c.forward(out, rt, m)

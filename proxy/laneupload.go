@@ -41,6 +41,8 @@ type uploadBody struct {
 	// (then 0); chunks decodes a chunked one once armed.
 	remaining atomic.Int64
 	chunks    io.Reader
+	// continues: the client waits for a 100 (Continue) before it sends the body (sendContinue).
+	continues bool
 }
 
 // errUploadNotTaken is a read of an upload's body before the fast lane took its request.
@@ -52,8 +54,11 @@ var errUploadAborted = errors.New("the rest of the request body is not read: the
 // startUpload gives r, whose head of headLen bytes is at the start of br, its body as an
 // upload, still unread.
 func (c *laneConn) startUpload(r *http.Request, headLen int) {
-	u := &uploadBody{c: c, headLen: headLen}
+	u := &uploadBody{c: c, headLen: headLen, continues: expectsContinue(r)}
 	u.remaining.Store(r.ContentLength) // -1 when chunked
+	if u.continues {
+		r.Header.Del("Expect") // the fast lane answers it (sendContinue), not the tool
+	}
 	c.setUpload(u)
 	c.body = c.body[:0]
 	r.Body, r.GetBody = u, nil
@@ -148,6 +153,20 @@ func (u *uploadBody) arm() {
 		u.chunks = httputil.NewChunkedReader(u.c.br) // reads no further than the body's end
 	}
 	u.armed = true
+}
+
+// sendContinue answers the 100-continue expectation of the current request's upload, if it
+// has one, once the request is taken: the client then sends its body, which the direct
+// transport writes to the tool as it comes. The fast lane answers it itself, as nginx does,
+// rather than have the tool's 100 relayed: the tool's answer is read while the body is
+// written (streamRequest), so one it gives before the body's end still reaches the client. A
+// refused request gets its final answer alone, and its connection closes after it.
+func (c *laneConn) sendContinue() bool {
+	if u := c.upload; u == nil || !u.continues {
+		return true
+	}
+	_, _ = c.cw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
+	return c.cw.Flush() == nil
 }
 
 // complete tells whether the whole body was read.

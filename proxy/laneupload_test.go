@@ -139,3 +139,30 @@ func TestUploadReadsChunks(t *testing.T) {
 		}
 	}
 }
+
+// Only one Expect: 100-continue on a request with a body is an upload that waits for the fast
+// lane's 100; any other expectation goes to net/http's server (which answers it 417).
+func TestExpectsContinue(t *testing.T) {
+	for _, tc := range []struct {
+		head string
+		want bool
+	}{
+		{"POST /x HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n", true},
+		{"PUT /x HTTP/1.1\r\nHost: h\r\nExpect: 100-Continue\r\nTransfer-Encoding: chunked\r\n\r\n", true},
+		{"POST /x HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n", false},
+		{"POST /x HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n", false},
+		{"POST /x HTTP/1.1\r\nHost: h\r\nExpect: something-else\r\nContent-Length: 5\r\n\r\n", false},
+		{"GET /x HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n\r\n", false},
+	} {
+		r, err := http.ReadRequest(bufio.NewReader(strings.NewReader(tc.head)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := expectsContinue(r); got != tc.want {
+			t.Errorf("%q: expectsContinue %v, want %v", tc.head, got, tc.want)
+		}
+		if got := laneRequest(r); got != tc.want {
+			t.Errorf("%q: laneRequest %v, want %v", tc.head, got, tc.want)
+		}
+	}
+}

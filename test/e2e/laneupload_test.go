@@ -8,6 +8,9 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -321,16 +324,6 @@ func TestFastLaneStreamsUploads(t *testing.T) {
 	sendOn := func(conn net.Conn, raw string) {
 		go func() { _, _ = io.WriteString(conn, raw) }()
 	}
-	closedAfter := func(t *testing.T, conn net.Conn, br *bufio.Reader, res *http.Response) {
-		t.Helper()
-		if !res.Close {
-			t.Error("the answer does not say the connection closes")
-		}
-		_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
-		if n, err := io.Copy(io.Discard, br); err != nil || n != 0 {
-			t.Errorf("after the answer: %d bytes more, %v; want the connection closed", n, err)
-		}
-	}
 
 	t.Run("the tool answers first", func(t *testing.T) {
 		before := scrape(t, metricsAddr)
@@ -381,3 +374,130 @@ func TestFastLaneStreamsUploads(t *testing.T) {
 	})
 	checkLaneBodiesReleased(t, metricsAddr)
 }
+
+// TestFastLaneAnswersExpectContinue: a request that expects a 100 (Continue) before it sends
+// its body (curl's over 1 MiB, Maven's PUTs) is an upload of the fast lane, small or large,
+// of known length or chunked: the fast lane answers 100 once the request is checked and
+// taken, the tool gets the body whole and no Expect, and the connection stays in the fast
+// lane. A refused one gets its final answer without a 100, and its connection closes. Real
+// curl's upload of 2 MiB goes the same way.
+func TestFastLaneAnswersExpectContinue(t *testing.T) {
+	mux := http.NewServeMux()
+	var expects []string
+	var mu sync.Mutex
+	mux.HandleFunc("/expect", func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		mu.Lock()
+		expects = append(expects, r.Header.Get("Expect"))
+		mu.Unlock()
+		_, _ = io.WriteString(w, strconv.Itoa(len(body)))
+	})
+	ns, host, token, metricsAddr := uploadTool(t, mux, 32<<10)
+	target := "/namespaces/" + ns + "/connectors/tool/expect"
+	head := func(framing, token string) string {
+		return "POST " + target + " HTTP/1.1\r\nHost: " + host + "\r\nExpect: 100-continue\r\n" + framing +
+			"Authorization: Bearer " + token + "\r\n\r\n"
+	}
+	read := func(br *bufio.Reader) *http.Response {
+		t.Helper()
+		res, err := http.ReadResponse(br, &http.Request{Method: http.MethodPost})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	answer := func(res *http.Response) string {
+		b, _ := io.ReadAll(res.Body)
+		return strconv.Itoa(res.StatusCode) + " " + string(b)
+	}
+
+	t.Run("answered 100, the body after it", func(t *testing.T) {
+		before := scrape(t, metricsAddr)
+		conn := dialProxy(t, host)
+		br := bufio.NewReader(conn)
+		small, large := randomBytes(100), randomBytes(1<<20)
+		chunk := func(b []byte) string {
+			return strconv.FormatInt(int64(len(b)), 16) + "\r\n" + string(b) + "\r\n0\r\n\r\n"
+		}
+		for i, req := range []struct{ framing, body string }{
+			{"Content-Length: 100\r\n", string(small)},
+			{"Content-Length: " + strconv.Itoa(len(large)) + "\r\n", string(large)},
+			{"Transfer-Encoding: chunked\r\n", chunk(small)},
+		} {
+			// The head alone: the body only once the 100 came.
+			writeRaw(t, conn, head(req.framing, token))
+			if res := read(br); res.StatusCode != http.StatusContinue {
+				t.Fatalf("request %d: first answer %q, want 100 Continue", i, answer(res))
+			}
+			writeRaw(t, conn, req.body)
+			if got, want := answer(read(br)), "200 "+strconv.Itoa(len([][]byte{small, large, small}[i])); got != want {
+				t.Fatalf("request %d: answered %q, want %q", i, got, want)
+			}
+		}
+		if c := laneCountsWhen(t, metricsAddr, before, 3, 0); c[0]+c[1] != 3 || c[2] != 0 {
+			t.Errorf("the fast lane served %v, in place %v, handed over %v; want 3 in all, none handed over", c[0], c[1], c[2])
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if !slices.Equal(expects, []string{"", "", ""}) {
+			t.Errorf("the tool got Expect %q, want none", expects)
+		}
+	})
+
+	t.Run("refused without a 100", func(t *testing.T) {
+		conn := dialProxy(t, host)
+		br := bufio.NewReader(conn)
+		writeRaw(t, conn, head("Content-Length: 1048576\r\n", "not-a-token"))
+		res := read(br)
+		if res.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("answered %q, want 401 (and no 100 before it)", answer(res))
+		}
+		_, _ = io.Copy(io.Discard, res.Body)
+		closedAfter(t, conn, br, res)
+	})
+
+	t.Run("curl", func(t *testing.T) {
+		if _, err := exec.LookPath("curl"); err != nil {
+			t.Fatal("curl not found (apt-get install curl)")
+		}
+		file := filepath.Join(t.TempDir(), "artifact.bin")
+		if err := os.WriteFile(file, randomBytes(2<<20), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		before := scrape(t, metricsAddr)
+		cmd := exec.Command("curl", "-sS", "-v", "--fail", "--noproxy", "*", "-H", "Authorization: Bearer "+token,
+			"--data-binary", "@"+file, "http://"+host+target)
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		if err := cmd.Run(); err != nil || stdout.String() != strconv.Itoa(2<<20) {
+			t.Fatalf("curl: %v, answered %q\n%s", err, stdout.String(), redacted(stderr.String(), token))
+		}
+		if !strings.Contains(stderr.String(), "> Expect: 100-continue") || !strings.Contains(stderr.String(), "< HTTP/1.1 100 Continue") {
+			t.Fatalf("curl did not send Expect: 100-continue, or got no 100:\n%s", redacted(stderr.String(), token))
+		}
+		if c := laneCountsWhen(t, metricsAddr, before, 1, 0); c[0]+c[1] != 1 || c[2] != 0 {
+			t.Errorf("the fast lane served %v, in place %v, handed over %v; want curl's POST served", c[0], c[1], c[2])
+		}
+	})
+	checkLaneBodiesReleased(t, metricsAddr)
+}
+
+// closedAfter checks that res, read whole from br, says its connection closes, and that it
+// does.
+func closedAfter(t *testing.T, conn net.Conn, br *bufio.Reader, res *http.Response) {
+	t.Helper()
+	if !res.Close {
+		t.Error("the answer does not say the connection closes")
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if n, err := io.Copy(io.Discard, br); err != nil || n != 0 {
+		t.Errorf("after the answer: %d bytes more, %v; want the connection closed", n, err)
+	}
+}
+
+// redacted is s without token, for a test's failure message.
+func redacted(s, token string) string { return strings.ReplaceAll(s, token, "<token>") }
