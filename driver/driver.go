@@ -9,6 +9,7 @@ import (
 	"math"
 	"net"
 	"runtime/debug"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -48,17 +49,23 @@ type process struct {
 	globalCA *trust.Global
 }
 
+// setUpLogging sets the process's loggers, once: klog's filter is a global written without a
+// lock while every goroutine reads it, and tests run several drivers in one process.
+// controller-runtime's logger, and what logs through it (the caches' reflectors in the node
+// role too), writes to klog's; unset, it prints a warning with a stack once and drops
+// everything after.
+var setUpLogging = sync.OnceFunc(func() {
+	klog.SetLogFilter(redactBodies{})
+	ctrllog.SetLogger(klog.Background())
+})
+
 // Run runs the driver's roles until ctx is done.
 func Run(ctx context.Context, opts Options) error {
 	o, err := opts.validate()
 	if err != nil {
 		return err
 	}
-	klog.SetLogFilter(redactBodies{})
-	// controller-runtime's logger, and what logs through it (the caches' reflectors in the
-	// node role too), writes to klog's; unset, it prints a warning with a stack once and drops
-	// everything after.
-	ctrllog.SetLogger(klog.Background())
+	setUpLogging()
 	p, err := newProcess(o)
 	if err != nil {
 		return err
