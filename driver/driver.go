@@ -9,7 +9,6 @@ import (
 	"math"
 	"net"
 	"runtime/debug"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -49,23 +48,16 @@ type process struct {
 	globalCA *trust.Global
 }
 
-// setUpLogging sets the process's loggers, once: klog's filter is a global written without a
-// lock while every goroutine reads it, and tests run several drivers in one process.
-// controller-runtime's logger, and what logs through it (the caches' reflectors in the node
-// role too), writes to klog's; unset, it prints a warning with a stack once and drops
-// everything after.
-var setUpLogging = sync.OnceFunc(func() {
-	klog.SetLogFilter(redactBodies{})
-	ctrllog.SetLogger(klog.Background())
-})
-
 // Run runs the driver's roles until ctx is done.
 func Run(ctx context.Context, opts Options) error {
 	o, err := opts.validate()
 	if err != nil {
 		return err
 	}
-	setUpLogging()
+	// controller-runtime's logger, and what logs through it (the caches' reflectors in the
+	// node role too), writes to klog's; unset, it prints a warning with a stack once and drops
+	// everything after. (klog's filter is set as the package loads: logfilter.go.)
+	ctrllog.SetLogger(klog.Background())
 	p, err := newProcess(o)
 	if err != nil {
 		return err

@@ -1,6 +1,14 @@
 package driver
 
-import "fmt"
+import (
+	"fmt"
+
+	"k8s.io/klog/v2"
+)
+
+// The filter is set as the package loads, before any goroutine logs: klog keeps it in a global
+// that it reads without a lock on every log call (and tests run several drivers in one process).
+func init() { klog.SetLogFilter(redactBodies{}) }
 
 // redactBodies is a klog filter that drops the HTTP bodies client-go logs at -v=8 and above:
 // they carry Secrets (the proxy CA key), TokenReviews (Pod tokens) and SubjectAccessReviews.
