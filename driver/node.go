@@ -135,8 +135,9 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 	nodeServer := node.NewServer(node.Server{
 		Config: node.Config{NodeID: o.NodeID, Audience: o.TokenAudience, VolumeSizeLimit: o.volumeSizeBytes,
 			RepublishRecheck: o.RepublishRecheck},
-		Objects:    objects,
-		Authorizer: &approval.SubjectAccessReviewer{Authz: reviewer},
+		Objects:     objects,
+		LiveClasses: watcher,
+		Authorizer:  &approval.SubjectAccessReviewer{Authz: reviewer},
 		Approval: &approval.Gate{Authz: reviewer, Client: watcher, Requests: informers, Changes: requestChanges,
 			Flags: flags, Wait: o.ApprovalWait, NodeID: o.NodeID},
 		Renderer: renderer,

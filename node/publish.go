@@ -214,13 +214,28 @@ func (s *Server) resolve(ctx context.Context, nn types.NamespacedName) (render.S
 		return render.Source{}, status.Errorf(codes.Unavailable, "read Connector %s: %v", nn, err)
 	}
 	var class v1alpha1.ConnectorClass
-	if err := s.Objects.Get(ctx, types.NamespacedName{Name: c.Spec.ConnectorClassName}, &class); err != nil {
+	if err := s.getClass(ctx, c.Spec.ConnectorClassName, &class); err != nil {
 		if apierrors.IsNotFound(err) {
 			return render.Source{}, status.Errorf(codes.NotFound, "ConnectorClass %q of Connector %s not found", c.Spec.ConnectorClassName, nn)
 		}
 		return render.Source{}, status.Errorf(codes.Unavailable, "read ConnectorClass %q: %v", c.Spec.ConnectorClassName, err)
 	}
 	return render.Source{Connector: &c, Class: &class}, nil
+}
+
+// getClass reads the ConnectorClass name from the informer cache, and from the API server
+// when the cache has not seen it: a class applied together with its Connector and the Pod
+// may not have reached the node's watch by the Pod's first publish (the Connector, watched by
+// name, is read live the first time). The kubelet's backoff between publishes bounds these
+// reads for a class that does not exist; the proxy, which any request reaches, does not make
+// them.
+func (s *Server) getClass(ctx context.Context, name string, class *v1alpha1.ConnectorClass) error {
+	key := types.NamespacedName{Name: name}
+	err := s.Objects.Get(ctx, key, class)
+	if apierrors.IsNotFound(err) && s.LiveClasses != nil {
+		err = s.LiveClasses.Get(ctx, key, class)
+	}
+	return err
 }
 
 // write mounts the target when it is not yet mounted, writes the files and saves the record.

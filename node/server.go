@@ -70,15 +70,18 @@ type Config struct {
 type Server struct {
 	csi.UnimplementedNodeServer
 
-	Config     Config
-	Objects    client.Reader // Connectors and ConnectorClasses, from informer caches
-	Authorizer Authorizer
-	Approval   Approver
-	Renderer   *render.Renderer
-	CA         CASource
-	Mounter    mount.Mounter
-	Records    *records.Store
-	Events     record.EventRecorder
+	Config  Config
+	Objects client.Reader // Connectors and ConnectorClasses, from informer caches
+	// LiveClasses reads a ConnectorClass from the API server when Objects has not seen it yet
+	// (getClass); nil: Objects alone.
+	LiveClasses client.Reader
+	Authorizer  Authorizer
+	Approval    Approver
+	Renderer    *render.Renderer
+	CA          CASource
+	Mounter     mount.Mounter
+	Records     *records.Store
+	Events      record.EventRecorder
 	// Flags are the feature flags in force (enable-multi-connector); nil means the defaults.
 	Flags *features.Source
 	// Clock replaces time.Now; for tests only.
