@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -24,7 +23,6 @@ import (
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/driver"
-	"github.com/kube-connectors/connectors-csi/test/gitserver"
 	"github.com/kube-connectors/connectors-csi/test/kubelet"
 	"github.com/kube-connectors/connectors-csi/test/testca"
 )
@@ -728,7 +726,8 @@ func TestGitInTheFastLane(t *testing.T) {
 
 	cloneAndPush(t, s.URL, []string{"GIT_CONFIG_GLOBAL=" + filepath.Join(vol, ".gitconfig")})
 	cloneAndPush(t, s.URL, envFile(t, filepath.Join(vol, ".env")))
-	pushLarge(t, s.URL, []string{"GIT_CONFIG_GLOBAL=" + filepath.Join(vol, ".gitconfig")})
+	// A pack larger than http.postBuffer (1 MiB), which git sends chunked.
+	pushCommit(t, s.URL, []string{"GIT_CONFIG_GLOBAL=" + filepath.Join(vol, ".gitconfig")}, randomBytes(3<<20))
 
 	reqs := proxiedRequests(s, from)
 	var posts []string
@@ -749,25 +748,6 @@ func TestGitInTheFastLane(t *testing.T) {
 	}
 	if c := laneCountsWhen(t, metricsAddr, before, float64(len(reqs)), 0); c[0]+c[1] != float64(len(reqs)) || c[2] != 0 {
 		t.Errorf("the fast lane served %v requests and handed %v connections over to net/http's server; the Git server saw %d requests", c[0]+c[1], c[2], len(reqs))
-	}
-}
-
-// pushLarge clones the repository at url and pushes a commit of 3 MiB of random bytes, a pack
-// larger than http.postBuffer, which git sends chunked.
-func pushLarge(t *testing.T, url string, env []string) {
-	t.Helper()
-	dest := filepath.Join(t.TempDir(), "clone")
-	if out, err := gitserver.Git("", env, "clone", "-q", url+"/repo.git", dest); err != nil {
-		t.Fatalf("git clone %s: %v\n%s", url, err, out)
-	}
-	if err := os.WriteFile(filepath.Join(dest, "large.bin"), randomBytes(3<<20), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	for _, args := range [][]string{{"add", "large.bin"}, {"-c", "user.name=pod", "-c", "user.email=pod@example.com", "commit", "-q", "-m", "large"},
-		{"push", "-q", "origin", "HEAD:main"}} {
-		if out, err := gitserver.Git(dest, env, args...); err != nil {
-			t.Fatalf("git %s: %v\n%s", args[len(args)-3], err, out)
-		}
 	}
 }
 

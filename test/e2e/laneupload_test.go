@@ -97,12 +97,7 @@ func TestFastLaneReadsSmallUploadsWhole(t *testing.T) {
 	}
 	answer := func(method, want string) {
 		t.Helper()
-		res, err := http.ReadResponse(br, &http.Request{Method: method})
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, _ := io.ReadAll(res.Body)
-		if got := strconv.Itoa(res.StatusCode) + " " + string(body); !strings.HasPrefix(got, want) {
+		if _, got := readAnswer(t, br, method); !strings.HasPrefix(got, want) {
 			t.Fatalf("answered %q, want %q", got, want)
 		}
 	}
@@ -260,16 +255,6 @@ func TestFastLaneStreamsUploads(t *testing.T) {
 		return method + " /namespaces/" + ns + "/connectors/tool/" + path + " HTTP/1.1\r\nHost: " + host +
 			"\r\nContent-Length: " + strconv.Itoa(n) + "\r\nAuthorization: Bearer " + token + "\r\n\r\n"
 	}
-	read := func(br *bufio.Reader, method string) (*http.Response, string) {
-		t.Helper()
-		res, err := http.ReadResponse(br, &http.Request{Method: method})
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, _ := io.ReadAll(res.Body)
-		return res, strconv.Itoa(res.StatusCode) + " " + string(body)
-	}
-
 	t.Run("whole, the connection kept", func(t *testing.T) {
 		before := scrape(t, metricsAddr)
 		conn := dialProxy(t, host)
@@ -283,7 +268,7 @@ func TestFastLaneStreamsUploads(t *testing.T) {
 				writeRaw(t, conn, string(part))
 				time.Sleep(5 * time.Millisecond)
 			}
-			if _, got := read(br, method); got != "200 "+strconv.Itoa(len(body)) {
+			if _, got := readAnswer(t, br, method); got != "200 "+strconv.Itoa(len(body)) {
 				t.Fatalf("upload %d answered %q", i, got)
 			}
 		}
@@ -299,10 +284,10 @@ func TestFastLaneStreamsUploads(t *testing.T) {
 		}
 		writeRaw(t, conn, "0\r\nX-Checksum: none\r\n\r\n"+
 			"GET /namespaces/"+ns+"/connectors/tool/upload HTTP/1.1\r\nHost: "+host+"\r\nAuthorization: Bearer "+token+"\r\n\r\n")
-		if _, got := read(br, "POST"); got != "200 "+strconv.Itoa(len(chunked)) {
+		if _, got := readAnswer(t, br, "POST"); got != "200 "+strconv.Itoa(len(chunked)) {
 			t.Fatalf("the chunked upload answered %q", got)
 		}
-		if _, got := read(br, "GET"); got != "200 0" {
+		if _, got := readAnswer(t, br, "GET"); got != "200 0" {
 			t.Fatalf("the GET after the uploads answered %q", got)
 		}
 		if c := laneCountsWhen(t, metricsAddr, before, 5, 0); c[0]+c[1] != 5 || c[2] != 0 {
@@ -331,7 +316,7 @@ func TestFastLaneStreamsUploads(t *testing.T) {
 		br := bufio.NewReader(conn)
 		body := randomBytes(8 << 20)
 		sendOn(conn, head("POST", "early", len(body), token)+string(body))
-		res, got := read(br, "POST")
+		res, got := readAnswer(t, br, "POST")
 		if got != "413 too large for this tool\n" {
 			t.Fatalf("answered %q, want the tool's 413", got)
 		}
@@ -363,7 +348,7 @@ func TestFastLaneStreamsUploads(t *testing.T) {
 		kept := len(tool.got())
 		body := randomBytes(4 << 20)
 		sendOn(conn, head("POST", "upload", len(body), "not-a-token")+string(body))
-		res, got := read(br, "POST")
+		res, got := readAnswer(t, br, "POST")
 		if res.StatusCode != http.StatusUnauthorized {
 			t.Fatalf("answered %q, want 401", got)
 		}
@@ -402,18 +387,6 @@ func TestFastLaneAnswersExpectContinue(t *testing.T) {
 		return "POST " + target + " HTTP/1.1\r\nHost: " + host + "\r\nExpect: 100-continue\r\n" + framing +
 			"Authorization: Bearer " + token + "\r\n\r\n"
 	}
-	read := func(br *bufio.Reader) *http.Response {
-		t.Helper()
-		res, err := http.ReadResponse(br, &http.Request{Method: http.MethodPost})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return res
-	}
-	answer := func(res *http.Response) string {
-		b, _ := io.ReadAll(res.Body)
-		return strconv.Itoa(res.StatusCode) + " " + string(b)
-	}
 
 	t.Run("answered 100, the body after it", func(t *testing.T) {
 		before := scrape(t, metricsAddr)
@@ -430,11 +403,12 @@ func TestFastLaneAnswersExpectContinue(t *testing.T) {
 		} {
 			// The head alone: the body only once the 100 came.
 			writeRaw(t, conn, head(req.framing, token))
-			if res := read(br); res.StatusCode != http.StatusContinue {
-				t.Fatalf("request %d: first answer %q, want 100 Continue", i, answer(res))
+			if res, got := readAnswer(t, br, "POST"); res.StatusCode != http.StatusContinue {
+				t.Fatalf("request %d: first answer %q, want 100 Continue", i, got)
 			}
 			writeRaw(t, conn, req.body)
-			if got, want := answer(read(br)), "200 "+strconv.Itoa(len([][]byte{small, large, small}[i])); got != want {
+			want := "200 " + strconv.Itoa(len([][]byte{small, large, small}[i]))
+			if _, got := readAnswer(t, br, "POST"); got != want {
 				t.Fatalf("request %d: answered %q, want %q", i, got, want)
 			}
 		}
@@ -452,11 +426,10 @@ func TestFastLaneAnswersExpectContinue(t *testing.T) {
 		conn := dialProxy(t, host)
 		br := bufio.NewReader(conn)
 		writeRaw(t, conn, head("Content-Length: 1048576\r\n", "not-a-token"))
-		res := read(br)
+		res, got := readAnswer(t, br, "POST")
 		if res.StatusCode != http.StatusUnauthorized {
-			t.Fatalf("answered %q, want 401 (and no 100 before it)", answer(res))
+			t.Fatalf("answered %q, want 401 (and no 100 before it)", got)
 		}
-		_, _ = io.Copy(io.Discard, res.Body)
 		closedAfter(t, conn, br, res)
 	})
 
@@ -474,10 +447,10 @@ func TestFastLaneAnswersExpectContinue(t *testing.T) {
 		var stdout, stderr bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &stdout, &stderr
 		if err := cmd.Run(); err != nil || stdout.String() != strconv.Itoa(2<<20) {
-			t.Fatalf("curl: %v, answered %q\n%s", err, stdout.String(), redacted(stderr.String(), token))
+			t.Fatalf("curl: %v, answered %q\n%s", err, stdout.String(), redactToken(stderr.String(), token))
 		}
 		if !strings.Contains(stderr.String(), "> Expect: 100-continue") || !strings.Contains(stderr.String(), "< HTTP/1.1 100 Continue") {
-			t.Fatalf("curl did not send Expect: 100-continue, or got no 100:\n%s", redacted(stderr.String(), token))
+			t.Fatalf("curl did not send Expect: 100-continue, or got no 100:\n%s", redactToken(stderr.String(), token))
 		}
 		if c := laneCountsWhen(t, metricsAddr, before, 1, 0); c[0]+c[1] != 1 || c[2] != 0 {
 			t.Errorf("the fast lane served %v, in place %v, handed over %v; want curl's POST served", c[0], c[1], c[2])
@@ -499,5 +472,14 @@ func closedAfter(t *testing.T, conn net.Conn, br *bufio.Reader, res *http.Respon
 	}
 }
 
-// redacted is s without token, for a test's failure message.
-func redacted(s, token string) string { return strings.ReplaceAll(s, token, "<token>") }
+// readAnswer reads an answer to a request of method from br, its body whole, and gives it
+// with its status code and body as one string ("200 ok").
+func readAnswer(t *testing.T, br *bufio.Reader, method string) (*http.Response, string) {
+	t.Helper()
+	res, err := http.ReadResponse(br, &http.Request{Method: method})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(res.Body)
+	return res, strconv.Itoa(res.StatusCode) + " " + string(body)
+}

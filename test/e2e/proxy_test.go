@@ -93,11 +93,23 @@ func envFile(t testing.TB, path string) []string {
 }
 
 // cloneAndPush clones repo.git from url with env, commits, and pushes back.
-func cloneAndPush(t *testing.T, url string, env []string) {
+func cloneAndPush(t *testing.T, url string, env []string) { pushCommit(t, url, env, nil) }
+
+// pushCommit clones the repository at url and pushes a commit of a file of content (none: an
+// empty commit).
+func pushCommit(t *testing.T, url string, env []string, content []byte) {
 	t.Helper()
 	dest := filepath.Join(t.TempDir(), "clone")
 	if out, err := gitserver.Git("", env, "clone", url+"/repo.git", dest); err != nil {
 		t.Fatalf("git clone %s: %v\n%s", url, err, out)
+	}
+	if content != nil {
+		if err := os.WriteFile(filepath.Join(dest, "file.bin"), content, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := gitserver.Git(dest, env, "add", "file.bin"); err != nil {
+			t.Fatalf("git add: %v\n%s", err, out)
+		}
 	}
 	if out, err := gitserver.Git(dest, env, "-c", "user.name=pod", "-c", "user.email=pod@example.com",
 		"commit", "-q", "--allow-empty", "-m", "from the pod"); err != nil {
