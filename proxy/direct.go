@@ -71,6 +71,11 @@ type directConn struct {
 	// writer is the write of a request whose body is still coming (streamRequest), until its
 	// answer ends (endWrite).
 	writer *requestWriter
+	// in is br's reader, out bw's writer, and sendRequest bw's Flush, which awaitAnswer has in
+	// call.
+	in          *awaitingReader
+	out         *toolWriter
+	sendRequest func() error
 }
 
 // directMaxIdlePerHost bounds the direct transport's pool, as http.Transport's is set for the
@@ -181,21 +186,39 @@ func (d *directTransport) get(ctx context.Context, key directKey, checked bool) 
 	if err != nil {
 		return nil, false, err
 	}
-	return &directConn{key: key, conn: conn, br: bufio.NewReaderSize(conn, 4<<10), bw: bufioWriterFor(conn)}, false, nil
+	return newDirectConn(key, conn), false, nil
 }
 
-// bufioWriterFor is the buffered writer of a tool connection (toolWriter).
-func bufioWriterFor(conn net.Conn) *bufio.Writer {
-	return bufio.NewWriterSize(toolWriter{conn}, 4<<10)
+// newDirectConn is a new connection of key's: its answers read through an awaitingReader, so
+// that a request is sent from within the read of its answer (awaitAnswer).
+func newDirectConn(key directKey, conn net.Conn) *directConn {
+	pc := &directConn{key: key, conn: conn, out: &toolWriter{Conn: conn}, in: newAwaitingReader(conn, nil)}
+	pc.bw = bufio.NewWriterSize(pc.out, 4<<10)
+	pc.br = bufio.NewReaderSize(pc.in, 4<<10)
+	pc.sendRequest = pc.bw.Flush
+	return pc
 }
 
 // toolWriter is a tool connection under its bufio.Writer, which hands a body larger than its
 // buffer (one the fast lane read out whole) to the connection's ReadFrom: net.TCPConn's
 // splices or sends a file only from a socket or a file, and for any other reader allocates a
 // 32 KiB buffer per call, for every such request; this one copies through a pooled buffer.
-type toolWriter struct{ net.Conn }
+// wrote notes that something was sent since the last awaitAnswer: a request that outgrew bw
+// went out in part before it, and a tool may answer that part (a 401 after the head) before
+// the read that would send the rest begins, where that read would not notice the answer
+// (awaitingReader).
+type toolWriter struct {
+	net.Conn
+	wrote bool
+}
 
-func (w toolWriter) ReadFrom(r io.Reader) (int64, error) {
+func (w *toolWriter) Write(p []byte) (int, error) {
+	w.wrote = true
+	return w.Conn.Write(p)
+}
+
+func (w *toolWriter) ReadFrom(r io.Reader) (int64, error) {
+	w.wrote = true
 	buf := bufferPool.Get().(*[]byte)
 	defer bufferPool.Put(buf)
 	return io.CopyBuffer(struct{ io.Writer }{w.Conn}, r, *buf)
@@ -401,12 +424,19 @@ func (pc *directConn) readAnswer(r *http.Request) (*http.Response, error) {
 	return pc.readHead(r)
 }
 
-// awaitAnswer sends the request written into bw and waits for its answer's first byte.
+// awaitAnswer sends the request written into bw and waits for its answer's first byte: sent
+// from within the read of the answer, which then waits before it reads (awaitingReader), when
+// the connection is a plain socket and bw holds the whole request (none of it sent before).
 func (pc *directConn) awaitAnswer() error {
-	if err := pc.bw.Flush(); err != nil {
+	whole := !pc.out.wrote && pc.bw.Buffered() > 0
+	pc.out.wrote = false
+	if whole && pc.in.awaits() && pc.br.Buffered() == 0 {
+		pc.in.sendThenRead(pc.sendRequest)
+	} else if err := pc.bw.Flush(); err != nil {
 		return fmt.Errorf("%w: %v", errNothingRead, err)
 	}
 	if _, err := pc.br.Peek(1); err != nil {
+		pc.in.send = nil // not sent if br failed without reading (an error it kept)
 		return fmt.Errorf("%w: %v", errNothingRead, err)
 	}
 	return nil

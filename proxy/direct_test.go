@@ -653,7 +653,7 @@ func TestToolWriterSendsLargeBodiesWithoutAllocating(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pc := &directConn{conn: conn, bw: bufioWriterFor(conn)}
+	pc := newDirectConn(directKey{}, conn)
 	payload := bytes.Repeat([]byte("b"), body)
 	send := func() {
 		r, _ := http.NewRequest(http.MethodPost, "http://tool/x", io.NopCloser(bytes.NewReader(payload)))

@@ -301,6 +301,10 @@ type laneConn struct {
 	// classes with an authExtractor then (keyOf).
 	caller     extracted
 	extractors []*v1alpha1.ConnectorClass
+	// await reads the client once an answer read in place was written (sendWithNextRead),
+	// and sendAnswer sends it (cw's Flush); both made on the first such answer.
+	await      *awaitingReader
+	sendAnswer func() error
 }
 
 // laneMemoTTL is how long a connection's last route is used again for the same token,
@@ -599,7 +603,57 @@ func (c *laneConn) Read(p []byte) (int, error) {
 		p[0] = c.pending
 		return 1, nil
 	}
+	if c.await != nil {
+		return c.await.Read(p)
+	}
 	return c.conn.Read(p)
+}
+
+// lanePipelinedWait bounds how long a request a client pipelined before it had the answer
+// before may wait unnoticed (wakeGuard): HTTP/1.1 allows pipelining, and clients seldom do it.
+const lanePipelinedWait = 10 * time.Millisecond
+
+// sendWithNextRead leaves the answer in cw to the read of the next head, which sends it and
+// waits for that head without first reading a socket that cannot hold it yet
+// (awaitingReader). It sends it now when no head is to follow (the client asked to close) or
+// the connection is no plain socket (a tunnel's TLS); and when cw is empty (the answer outgrew
+// it and went out whole already), there is nothing to send and the next read reads first: the
+// client may have sent its next request before that read begins, where it would not notice it.
+func (c *laneConn) sendWithNextRead() error {
+	if c.closeAfter || c.cw.Buffered() == 0 {
+		return c.cw.Flush()
+	}
+	if c.await == nil {
+		c.await = newAwaitingReader(c.conn, nil)
+		if c.await.awaits() {
+			c.await.guard = newWakeGuard(c.conn, lanePipelinedWait, c.resumeIdleDeadline)
+			c.sendAnswer = c.cw.Flush
+		}
+	}
+	if !c.await.awaits() {
+		return c.cw.Flush()
+	}
+	c.await.sendThenRead(c.sendAnswer)
+	return nil
+}
+
+// sendAnswerNow sends an answer sendWithNextRead left to the next read, if any: the next head
+// is here already, or none is read.
+func (c *laneConn) sendAnswerNow() error {
+	if c.await == nil {
+		return nil
+	}
+	return c.await.sendNow()
+}
+
+// resumeIdleDeadline sets the idle deadline again after a wakeGuard's wake replaced it; it
+// fails when the fast lane is closing (whose wake the deadline may just have replaced).
+func (c *laneConn) resumeIdleDeadline() error {
+	c.setReadDeadline(c.lane.idleTimeout)
+	if c.lane.closing.Load() {
+		return net.ErrClosed
+	}
+	return nil
 }
 
 // serve serves requests until the connection closes, fails, or goes to net/http.
@@ -608,6 +662,10 @@ func (c *laneConn) serve() {
 	handedOver := false
 	defer func() {
 		c.lane.track(c, false)
+		if c.await != nil {
+			_ = c.sendAnswerNow()
+			c.await.guard.stop()
+		}
 		if !handedOver {
 			c.closeUnread()
 		}
@@ -650,6 +708,9 @@ func (c *laneConn) serve() {
 // nextHead waits (up to the idle timeout) for the next request and returns its head, still
 // unread in br, or the start of one too large for br. ok is false when the connection ended.
 func (c *laneConn) nextHead() (head []byte, ok bool) {
+	if (c.br.Buffered() > 0 || c.held) && c.sendAnswerNow() != nil { // pipelined
+		return nil, false
+	}
 	if !c.idleDeadlineSet() || c.lane.closing.Load() {
 		return nil, false
 	}
@@ -1491,7 +1552,7 @@ func (c *laneConn) relayRemembered(memo *laneMemo, pc *directConn, method string
 // when large (see directBody.stream).
 func (c *laneConn) copyBody(pc *directConn, a *answerHead, method string) error {
 	if noBody(method, a.code) {
-		return c.cw.Flush()
+		return c.sendWithNextRead()
 	}
 	if a.length >= streamMinBytes {
 		return pc.streamTo(laneStream{c}, a.length)
@@ -1510,7 +1571,7 @@ func (c *laneConn) copyBody(pc *directConn, a *answerHead, method string) error 
 			return err
 		}
 	}
-	return c.cw.Flush()
+	return c.sendWithNextRead()
 }
 
 // noBody tells whether an answer with code to a request of method has no body.
@@ -1712,6 +1773,9 @@ func (c *laneConn) stopWatching() bool {
 // handOver gives the connection, with everything it sent still unread, to net/http's server:
 // a request readLarge read out of br first.
 func (c *laneConn) handOver() bool {
+	if c.sendAnswerNow() != nil {
+		return false
+	}
 	fastLaneRequests.WithLabelValues("handed_over").Inc()
 	handed := &handedConn{Conn: c.conn, br: c.br}
 	if c.large != nil {

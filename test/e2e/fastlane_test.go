@@ -766,7 +766,9 @@ func laneCountsWhen(t *testing.T, metricsAddr string, before map[string]float64,
 
 // TestFastLaneSendsABodyOnce: a POST along a remembered route whose pooled tool connection
 // the tool closed while it was idle goes on a new connection (the closed one found so before
-// anything is written), and reaches the tool once.
+// anything is written), and reaches the tool once. A GET on such a connection (not checked
+// first: it is sent, from within the read of its answer, and the tool's reset ends that read)
+// is sent again on a new one, through net/http's parsers and in place.
 func TestFastLaneSendsABodyOnce(t *testing.T) {
 	var mu sync.Mutex
 	var bodies []string
@@ -790,29 +792,103 @@ func TestFastLaneSendsABodyOnce(t *testing.T) {
 	host := strings.TrimPrefix(env.proxyURL, "http://")
 	conn := dialProxy(t, host)
 	br := bufio.NewReader(conn)
-	for i, body := range []string{"first", "second", "third"} {
-		if i == 2 {
-			tool.CloseClientConnections()
-			kubelet.WaitUntil(10*time.Second, func() bool { return closed.Load() >= 1 })
+	closeToolConns := func() {
+		before := closed.Load()
+		tool.CloseClientConnections()
+		kubelet.WaitUntil(10*time.Second, func() bool { return closed.Load() > before })
+	}
+	steps := []struct {
+		method, body string
+		closeFirst   bool
+	}{{"POST", "first", false}, {"POST", "second", false}, {"POST", "third", true}, {"GET", "", true}, {"GET", "", true}}
+	for i, step := range steps {
+		if step.closeFirst {
+			closeToolConns()
 		}
-		raw := "POST /namespaces/" + ns + "/connectors/tool/x HTTP/1.1\r\nHost: " + host + "\r\nAuthorization: Bearer " + files["context.token"] +
-			"\r\nContent-Length: " + fmt.Sprint(len(body)) + "\r\n\r\n" + body
-		if _, err := io.WriteString(conn, raw); err != nil {
+		raw := step.method + " /namespaces/" + ns + "/connectors/tool/x HTTP/1.1\r\nHost: " + host + "\r\nAuthorization: Bearer " + files["context.token"] + "\r\n"
+		if step.body != "" {
+			raw += "Content-Length: " + fmt.Sprint(len(step.body)) + "\r\n"
+		}
+		if _, err := io.WriteString(conn, raw+"\r\n"+step.body); err != nil {
 			t.Fatal(err)
 		}
-		res, err := http.ReadResponse(br, &http.Request{Method: "POST"})
+		res, err := http.ReadResponse(br, &http.Request{Method: step.method})
 		if err != nil {
 			t.Fatal(err)
 		}
 		got, _ := io.ReadAll(res.Body)
-		if res.StatusCode != 200 || string(got) != body {
-			t.Fatalf("POST %d: %d %q", i, res.StatusCode, got)
+		if res.StatusCode != 200 || string(got) != step.body {
+			t.Fatalf("%s %d: %d %q", step.method, i, res.StatusCode, got)
 		}
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	if want := []string{"POST first", "POST second", "POST third"}; !slices.Equal(bodies, want) {
+	if want := []string{"POST first", "POST second", "POST third", "GET ", "GET "}; !slices.Equal(bodies, want) {
 		t.Errorf("the tool read %q, want %q", bodies, want)
+	}
+}
+
+// TestFastLaneAnswersPipelinedRequests: a client that sends its next request before it has the
+// answer to the one before (HTTP/1.1 pipelining) gets both answers, in order, served in place:
+// the next request came while the tool was answering, before the proxy began to wait for it
+// (where the wait does not see it: awaitingReader), and is read once wakeGuard wakes that wait,
+// not at the idle timeout (two minutes). A request pipelined with the one before in one write
+// is served from what was read with it.
+func TestFastLaneAnswersPipelinedRequests(t *testing.T) {
+	rec := startRecorder(t, func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, "/slow") {
+			time.Sleep(20 * time.Millisecond) // under laneWatchDelay: no watcher reads the client
+		}
+		_, _ = io.WriteString(w, "ok")
+	})
+	metricsAddr := freeLoopbackAddr(t)
+	env := startProxyDriver(t, func(o *driver.Options) { o.MetricsListen = metricsAddr })
+	ns, _, files := basicTool(t, env, rec.URL+"/base", "pipelined-secret")
+	host := strings.TrimPrefix(env.proxyURL, "http://")
+	get := func(path string) string {
+		return "GET /namespaces/" + ns + "/connectors/tool/" + path + " HTTP/1.1\r\nHost: " + host + "\r\nAuthorization: Bearer " + files["context.token"] + "\r\n\r\n"
+	}
+	conn := dialProxy(t, host)
+	_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second)) // well under the idle timeout
+	br := bufio.NewReader(conn)
+	read := func(what string) {
+		t.Helper()
+		res, err := http.ReadResponse(br, &http.Request{Method: "GET"})
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		if res.StatusCode != 200 || string(body) != "ok" {
+			t.Fatalf("%s: %d %q", what, res.StatusCode, body)
+		}
+	}
+	writeRaw(t, conn, get("first")) // resolves the route the others follow in place
+	read("the first answer")
+	before := scrape(t, metricsAddr)
+	const rounds = 3
+	for i := 0; i < rounds; i++ {
+		writeRaw(t, conn, get("slow"))
+		time.Sleep(10 * time.Millisecond) // the proxy reads it and waits for the tool
+		writeRaw(t, conn, get("after-slow"))
+		read(fmt.Sprintf("round %d: the slow answer", i))
+		read(fmt.Sprintf("round %d: the pipelined request's answer", i))
+	}
+	writeRaw(t, conn, get("one")+get("two"))
+	read("the first of two sent at once")
+	read("the second of two sent at once")
+	if c := laneCountsWhen(t, metricsAddr, before, 2*rounds+2, 0); c[1] != 2*rounds+2 {
+		t.Fatalf("served in place %v of %d (through the parsers %v, handed over %v)", c[1], 2*rounds+2, c[0], c[2])
+	}
+	var paths []string
+	for _, r := range rec.proxied()[1:] {
+		paths = append(paths, r.RequestURI)
+	}
+	want := []string{}
+	for i := 0; i < rounds; i++ {
+		want = append(want, "/base/slow", "/base/after-slow")
+	}
+	if want = append(want, "/base/one", "/base/two"); !slices.Equal(paths, want) {
+		t.Fatalf("the tool got %q, want %q", paths, want)
 	}
 }
 
