@@ -17,6 +17,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/kube-connectors/connectors-csi/proxy/awaitread"
 )
 
 // directTransport sends GET and HEAD requests without a body, and requests of other methods
@@ -73,7 +75,7 @@ type directConn struct {
 	writer *requestWriter
 	// in is br's reader, out bw's writer, and sendRequest bw's Flush, which awaitAnswer has in
 	// call.
-	in          *awaitingReader
+	in          *awaitread.Reader
 	out         *toolWriter
 	sendRequest func() error
 }
@@ -189,10 +191,10 @@ func (d *directTransport) get(ctx context.Context, key directKey, checked bool) 
 	return newDirectConn(key, conn), false, nil
 }
 
-// newDirectConn is a new connection of key's: its answers read through an awaitingReader, so
+// newDirectConn is a new connection of key's: its answers read through an awaitread.Reader, so
 // that a request is sent from within the read of its answer (awaitAnswer).
 func newDirectConn(key directKey, conn net.Conn) *directConn {
-	pc := &directConn{key: key, conn: conn, out: &toolWriter{Conn: conn}, in: newAwaitingReader(conn, nil)}
+	pc := &directConn{key: key, conn: conn, out: &toolWriter{Conn: conn}, in: awaitread.NewReader(conn)}
 	pc.bw = bufio.NewWriterSize(pc.out, 4<<10)
 	pc.br = bufio.NewReaderSize(pc.in, 4<<10)
 	pc.sendRequest = pc.bw.Flush
@@ -206,7 +208,7 @@ func newDirectConn(key directKey, conn net.Conn) *directConn {
 // wrote notes that something was sent since the last awaitAnswer: a request that outgrew bw
 // went out in part before it, and a tool may answer that part (a 401 after the head) before
 // the read that would send the rest begins, where that read would not notice the answer
-// (awaitingReader).
+// (awaitread.Reader).
 type toolWriter struct {
 	net.Conn
 	wrote bool
@@ -425,18 +427,18 @@ func (pc *directConn) readAnswer(r *http.Request) (*http.Response, error) {
 }
 
 // awaitAnswer sends the request written into bw and waits for its answer's first byte: sent
-// from within the read of the answer, which then waits before it reads (awaitingReader), when
+// from within the read of the answer, which then waits before it reads (awaitread.Reader), when
 // the connection is a plain socket and bw holds the whole request (none of it sent before).
 func (pc *directConn) awaitAnswer() error {
 	whole := !pc.out.wrote && pc.bw.Buffered() > 0
 	pc.out.wrote = false
-	if whole && pc.in.awaits() && pc.br.Buffered() == 0 {
-		pc.in.sendThenRead(pc.sendRequest)
+	if whole && pc.in.Awaits() && pc.br.Buffered() == 0 {
+		pc.in.SendThenRead(pc.sendRequest)
 	} else if err := pc.bw.Flush(); err != nil {
 		return fmt.Errorf("%w: %v", errNothingRead, err)
 	}
 	if _, err := pc.br.Peek(1); err != nil {
-		pc.in.send = nil // not sent if br failed without reading (an error it kept)
+		pc.in.DropSend() // not sent if br failed without reading (an error it kept)
 		return fmt.Errorf("%w: %v", errNothingRead, err)
 	}
 	return nil

@@ -1,11 +1,13 @@
 package proxy
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"net"
@@ -632,27 +634,12 @@ func TestDirectTransportLeavesHTTP2OnlyToolsToTheTransport(t *testing.T) {
 // copy allocates no buffer of its own per request (net.TCPConn's ReadFrom, which bufio.Writer
 // hands such a body to, would allocate 32 KiB each time).
 func TestToolWriterSendsLargeBodiesWithoutAllocating(t *testing.T) {
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lis.Close()
 	const body, runs = 32 << 10, 50
 	received := make(chan int64, 1)
-	go func() {
-		conn, err := lis.Accept()
-		if err != nil {
-			received <- -1
-			return
-		}
-		defer conn.Close()
+	conn := dialTool(t, func(conn net.Conn) {
 		n, _ := io.Copy(io.Discard, conn)
 		received <- n
-	}()
-	conn, err := net.Dial("tcp", lis.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	})
 	pc := newDirectConn(directKey{}, conn)
 	payload := bytes.Repeat([]byte("b"), body)
 	send := func() {
@@ -678,5 +665,64 @@ func TestToolWriterSendsLargeBodiesWithoutAllocating(t *testing.T) {
 	}
 	if perRequest := (after.TotalAlloc - before.TotalAlloc) / runs; perRequest > 8<<10 && !raceEnabled {
 		t.Errorf("%d bytes allocated per request of a 32 KiB body", perRequest)
+	}
+}
+
+// dialTool connects to a tool on loopback that serve serves (on the connection it accepted,
+// closed after).
+func dialTool(t *testing.T, serve func(net.Conn)) net.Conn {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	go func() {
+		conn, err := lis.Accept()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		serve(conn)
+	}()
+	conn, err := net.Dial("tcp", lis.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// TestAwaitAnswerToARequestSentInPart: a request that outgrew the tool connection's buffer went
+// out in part before awaitAnswer, and a tool that answers its head at once (a 401) has that
+// answer there before the read begins: awaitAnswer reads it rather than wait for more (the
+// tool keeps the connection open, reading the rest). A request bw holds whole is sent from
+// within the read, and its answer read.
+func TestAwaitAnswerToARequestSentInPart(t *testing.T) {
+	for name, size := range map[string]int{"outgrew the buffer": 32 << 10, "whole in the buffer": 100} {
+		t.Run(name, func(t *testing.T) {
+			conn := dialTool(t, func(tool net.Conn) {
+				br := bufio.NewReader(tool)
+				for line := ""; line != "\r\n"; {
+					var err error
+					if line, err = br.ReadString('\n'); err != nil {
+						return
+					}
+				}
+				_, _ = io.WriteString(tool, "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n")
+				_, _ = io.Copy(io.Discard, br)
+			})
+			pc := newDirectConn(directKey{}, conn)
+			_, _ = fmt.Fprintf(pc.bw, "POST /x HTTP/1.1\r\nHost: tool\r\nContent-Length: %d\r\n\r\n%s", size, strings.Repeat("b", size))
+			time.Sleep(20 * time.Millisecond) // an answer to what went out comes, and is seen, first
+			_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if err := pc.awaitAnswer(); err != nil {
+				t.Fatalf("awaitAnswer: %v", err)
+			}
+			res, err := pc.readHead(&http.Request{Method: http.MethodPost})
+			if err != nil || res.StatusCode != http.StatusUnauthorized {
+				t.Fatalf("answer: %v, %v", res, err)
+			}
+		})
 	}
 }

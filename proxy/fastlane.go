@@ -24,6 +24,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/proxy/awaitread"
 	"github.com/kube-connectors/connectors-csi/proxy/egress"
 	"github.com/kube-connectors/connectors-csi/regoeval"
 )
@@ -303,7 +304,7 @@ type laneConn struct {
 	extractors []*v1alpha1.ConnectorClass
 	// await reads the client once an answer read in place was written (sendWithNextRead),
 	// and sendAnswer sends it (cw's Flush); both made on the first such answer.
-	await      *awaitingReader
+	await      *awaitread.Reader
 	sendAnswer func() error
 }
 
@@ -610,12 +611,12 @@ func (c *laneConn) Read(p []byte) (int, error) {
 }
 
 // lanePipelinedWait bounds how long a request a client pipelined before it had the answer
-// before may wait unnoticed (wakeGuard): HTTP/1.1 allows pipelining, and clients seldom do it.
+// before may wait unnoticed (awaitread's Guard): HTTP/1.1 allows pipelining, and clients seldom do it.
 const lanePipelinedWait = 10 * time.Millisecond
 
 // sendWithNextRead leaves the answer in cw to the read of the next head, which sends it and
 // waits for that head without first reading a socket that cannot hold it yet
-// (awaitingReader). It sends it now when no head is to follow (the client asked to close) or
+// (awaitread.Reader). It sends it now when no head is to follow (the client asked to close) or
 // the connection is no plain socket (a tunnel's TLS); and when cw is empty (the answer outgrew
 // it and went out whole already), there is nothing to send and the next read reads first: the
 // client may have sent its next request before that read begins, where it would not notice it.
@@ -624,16 +625,16 @@ func (c *laneConn) sendWithNextRead() error {
 		return c.cw.Flush()
 	}
 	if c.await == nil {
-		c.await = newAwaitingReader(c.conn, nil)
-		if c.await.awaits() {
-			c.await.guard = newWakeGuard(c.conn, lanePipelinedWait, c.resumeIdleDeadline)
+		c.await = awaitread.NewReader(c.conn)
+		if c.await.Awaits() {
+			c.await.Guard(lanePipelinedWait, c.resumeIdleDeadline)
 			c.sendAnswer = c.cw.Flush
 		}
 	}
-	if !c.await.awaits() {
+	if !c.await.Awaits() {
 		return c.cw.Flush()
 	}
-	c.await.sendThenRead(c.sendAnswer)
+	c.await.SendThenRead(c.sendAnswer)
 	return nil
 }
 
@@ -643,10 +644,10 @@ func (c *laneConn) sendAnswerNow() error {
 	if c.await == nil {
 		return nil
 	}
-	return c.await.sendNow()
+	return c.await.SendNow()
 }
 
-// resumeIdleDeadline sets the idle deadline again after a wakeGuard's wake replaced it; it
+// resumeIdleDeadline sets the idle deadline again after the guard's wake replaced it; it
 // fails when the fast lane is closing (whose wake the deadline may just have replaced).
 func (c *laneConn) resumeIdleDeadline() error {
 	c.setReadDeadline(c.lane.idleTimeout)
@@ -664,7 +665,7 @@ func (c *laneConn) serve() {
 		c.lane.track(c, false)
 		if c.await != nil {
 			_ = c.sendAnswerNow()
-			c.await.guard.stop()
+			c.await.StopGuard()
 		}
 		if !handedOver {
 			c.closeUnread()

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kube-connectors/connectors-csi/proxy/awaitread"
 	"github.com/kube-connectors/connectors-csi/test/bench/benchenv"
 )
 
@@ -22,8 +23,11 @@ import (
 // program started again with -relay), so that the table shows beside nginx where a Go proxy's
 // cost per request bottoms out on this machine: one goroutine per client connection, one
 // upstream connection of its own, head lines copied with the credential header added, the
-// answer's head and Content-Length body copied back. It is a yardstick, not a proxy: no
-// validation, no chunked answers, nothing a client could rely on.
+// answer's head and Content-Length body copied back. Its reads are the proxy's
+// (proxy/awaitread: each request sent from within the read of its answer, each answer from
+// within the read of the next request, neither read finding nothing first), since the
+// twenty-second session. It is a yardstick, not a proxy: no validation, no chunked answers, no
+// pipelining, nothing a client could rely on.
 
 var (
 	relayListen   = flag.String("relay", "", "internal: serve as the floor relay on this address (the bench starts it)")
@@ -103,16 +107,22 @@ func relay(c net.Conn, upstream, credential string) {
 		return
 	}
 	defer u.Close()
-	cr, cw := bufio.NewReaderSize(c, 8<<10), bufio.NewWriterSize(c, 8<<10)
-	ur, uw := bufio.NewReaderSize(u, 8<<10), bufio.NewWriterSize(u, 8<<10)
-	for copyHead(cr, uw, credential) == nil && uw.Flush() == nil {
+	cin, uin := awaitread.NewReader(c), awaitread.NewReader(u)
+	cr, cw := bufio.NewReaderSize(cin, 8<<10), bufio.NewWriterSize(c, 8<<10)
+	ur, uw := bufio.NewReaderSize(uin, 8<<10), bufio.NewWriterSize(u, 8<<10)
+	for copyHead(cr, uw, credential) == nil {
+		uin.SendThenRead(uw.Flush) // the head, whole in uw
 		n, err := copyAnswerHead(ur, cw)
 		if err != nil {
 			return
 		}
-		if _, err := io.CopyN(cw, ur, n); err != nil || cw.Flush() != nil {
+		if _, err := io.CopyN(cw, ur, n); err != nil {
 			return
 		}
+		if cw.Buffered() == 0 { // nothing left to send from within the next read
+			continue
+		}
+		cin.SendThenRead(cw.Flush)
 	}
 }
 

@@ -1,4 +1,6 @@
-package proxy
+// Package awaitread reads a TCP connection after sending from within the read, so that the
+// read waits for the peer's answer instead of first finding nothing (see Reader).
+package awaitread
 
 import (
 	"io"
@@ -11,9 +13,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// awaitingReader reads a TCP connection as net's Read does, except after sendThenRead: its
-// next read then sends what a writer holds from within the read, and waits for the socket to
-// become readable before it reads. Between a request sent to a tool and its answer, and between
+// Reader reads a TCP connection as net's Read does, except after SendThenRead: its next read
+// then sends what a writer holds from within the read, and waits for the socket to become
+// readable before it reads. Between a request sent to a tool and its answer, and between
 // an answer sent to a client and the client's next request, nothing can have come yet: net's
 // Read reads at once, finds nothing (EAGAIN), parks, and reads again when woken. Those are two
 // of the six read(2)s per request of the proxy's two connections, and 2–4 µs of CPU per 1 KiB
@@ -26,15 +28,15 @@ import (
 // return is noticed. What the peer sent before the send cannot be noticed that way: a tool
 // sends nothing unasked (and a tool connection closed meanwhile is reset by the send, which is
 // noticed), but a client may pipeline its next request before it has this answer; the client's
-// side has a guard for that (wakeGuard).
+// side has a guard for that (Guard).
 //
 // Why by hand: net has no read that waits before it reads; syscall.RawConn is its hook for one.
-type awaitingReader struct {
+type Reader struct {
 	conn net.Conn
 	// raw is the socket's; nil for a connection that is no plain socket (TLS, tests' pipes),
 	// which reads and sends as it always does.
 	raw syscall.RawConn
-	// send, set by sendThenRead, sends what its writer holds; the next read calls it once.
+	// send, set by SendThenRead, sends what its writer holds; the next read calls it once.
 	send func() error
 	// guard, when not nil, wakes a wait that may be for bytes that came before it began.
 	guard *wakeGuard
@@ -46,9 +48,9 @@ type awaitingReader struct {
 	read func(fd uintptr) bool
 }
 
-// newAwaitingReader reads conn; guard may be nil (a tool's connection).
-func newAwaitingReader(conn net.Conn, guard *wakeGuard) *awaitingReader {
-	r := &awaitingReader{conn: conn, guard: guard}
+// NewReader reads conn.
+func NewReader(conn net.Conn) *Reader {
+	r := &Reader{conn: conn}
 	if sc, ok := conn.(syscall.Conn); ok {
 		if raw, err := sc.SyscallConn(); err == nil {
 			r.raw = raw
@@ -58,15 +60,17 @@ func newAwaitingReader(conn net.Conn, guard *wakeGuard) *awaitingReader {
 	return r
 }
 
-// awaits tells whether sendThenRead may be used: the connection is a plain socket.
-func (r *awaitingReader) awaits() bool { return r.raw != nil }
+// Awaits tells whether SendThenRead may be used: the connection is a plain socket.
+func (r *Reader) Awaits() bool { return r.raw != nil }
 
-// sendThenRead has the next read send what send sends before it waits; only when awaits.
-func (r *awaitingReader) sendThenRead(send func() error) { r.send = send }
+// SendThenRead has the next read send what send sends before it waits; only when Awaits.
+// send must hold the whole message: had a part of it gone out before, the peer could have
+// answered that part (a tool's 401 after the head) before the read began, unnoticed.
+func (r *Reader) SendThenRead(send func() error) { r.send = send }
 
-// sendNow sends what sendThenRead left to the next read, if anything: the next read will not
+// SendNow sends what SendThenRead left to the next read, if anything: the next read will not
 // wait for it (its bytes are there already) or there will be none.
-func (r *awaitingReader) sendNow() error {
+func (r *Reader) SendNow() error {
 	send := r.send
 	if send == nil {
 		return nil
@@ -75,7 +79,28 @@ func (r *awaitingReader) sendNow() error {
 	return send()
 }
 
-func (r *awaitingReader) Read(p []byte) (int, error) {
+// DropSend forgets what SendThenRead left unsent: its read never came.
+func (r *Reader) DropSend() { r.send = nil }
+
+// Guard has the reader's waits woken after wait, for bytes the peer may have sent before the
+// wait began (a client's pipelined request, whose arrival the wait does not notice); resume
+// then sets again the read deadline the wake replaced, or fails when the connection is to end.
+// Only when Awaits.
+func (r *Reader) Guard(wait time.Duration, resume func() error) {
+	g := &wakeGuard{conn: r.conn, wait: wait, resume: resume}
+	g.timer = time.AfterFunc(time.Duration(1<<63-1), g.wake)
+	g.timer.Stop()
+	r.guard = g
+}
+
+// StopGuard stops the guard's timer for good (the connection is done), if there is a guard.
+func (r *Reader) StopGuard() {
+	if r.guard != nil {
+		r.guard.timer.Stop()
+	}
+}
+
+func (r *Reader) Read(p []byte) (int, error) {
 	if r.send == nil {
 		return r.conn.Read(p)
 	}
@@ -86,7 +111,7 @@ func (r *awaitingReader) Read(p []byte) (int, error) {
 	err := r.raw.Read(r.read)
 	n, readErr := r.n, r.err
 	r.p, r.err = nil, nil
-	if sendErr := r.sendNow(); sendErr != nil { // the read ended before its start: a deadline passed
+	if sendErr := r.SendNow(); sendErr != nil { // the read ended before its start: a deadline passed
 		return 0, sendErr
 	}
 	if r.guard != nil && r.guard.disarm() {
@@ -108,9 +133,9 @@ func (r *awaitingReader) Read(p []byte) (int, error) {
 
 // readSocket is the raw read's function: the first call sends and waits (false), later ones
 // read what woke the wait; a read that finds nothing waits again.
-func (r *awaitingReader) readSocket(fd uintptr) bool {
+func (r *Reader) readSocket(fd uintptr) bool {
 	if r.send != nil {
-		if err := r.sendNow(); err != nil {
+		if err := r.SendNow(); err != nil {
 			r.err = err
 			return true
 		}
@@ -134,11 +159,11 @@ func (r *awaitingReader) readSocket(fd uintptr) bool {
 	}
 }
 
-// wakeGuard wakes an awaitingReader's wait that has lasted wait, by a read deadline in the
-// past, so that the reader reads once as net does: a client that pipelined its next request
-// before it had the answer just sent may have sent it before the wait began, where the wait
-// does not notice it (awaitingReader). Such a request is then served after at most wait; every
-// other wait is woken by the socket first, and the guard costs a timer's reset and stop.
+// wakeGuard wakes a Reader's wait that has lasted wait, by a read deadline in the past, so
+// that the reader reads once as net does: a client that pipelined its next request before it
+// had the answer just sent may have sent it before the wait began, where the wait does not
+// notice it (Reader). Such a request is then served after at most wait; every other wait is
+// woken by the socket first, and the guard costs a timer's reset and stop.
 type wakeGuard struct {
 	conn  net.Conn
 	wait  time.Duration
@@ -150,13 +175,6 @@ type wakeGuard struct {
 	// says a wake set its deadline during it.
 	mu            sync.Mutex
 	waiting, woke bool
-}
-
-func newWakeGuard(conn net.Conn, wait time.Duration, resume func() error) *wakeGuard {
-	g := &wakeGuard{conn: conn, wait: wait, resume: resume}
-	g.timer = time.AfterFunc(time.Duration(1<<63-1), g.wake)
-	g.timer.Stop()
-	return g
 }
 
 func (g *wakeGuard) arm() {
@@ -186,9 +204,5 @@ func (g *wakeGuard) wake() {
 	}
 }
 
-// stop stops the guard's timer for good (the connection is done); a nil guard has none.
-func (g *wakeGuard) stop() {
-	if g != nil {
-		g.timer.Stop()
-	}
-}
+// aLongTimeAgo is a deadline in the past: setting it wakes a wait at once.
+var aLongTimeAgo = time.Unix(1, 0)

@@ -1,12 +1,10 @@
-package proxy
+package awaitread
 
 import (
 	"bufio"
 	"errors"
-	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"strings"
 	"testing"
@@ -58,15 +56,15 @@ func echoLines(peer net.Conn) {
 func TestAwaitingReaderSendsFromWithinTheRead(t *testing.T) {
 	ours, peer := loopbackPair(t)
 	go echoLines(peer)
-	r := newAwaitingReader(ours, nil)
-	if !r.awaits() {
+	r := NewReader(ours)
+	if !r.Awaits() {
 		t.Fatal("a TCP connection does not await")
 	}
 	_ = ours.SetReadDeadline(time.Now().Add(time.Minute))
 	bw, br := bufio.NewWriter(ours), bufio.NewReader(r)
 	for _, line := range []string{"one\n", "two\n", "three\n"} {
 		_, _ = bw.WriteString(line)
-		r.sendThenRead(bw.Flush)
+		r.SendThenRead(bw.Flush)
 		got, err := br.ReadString('\n')
 		if err != nil || got != strings.ToUpper(line) {
 			t.Fatalf("answer to %q: %q, %v", line, got, err)
@@ -90,11 +88,11 @@ func TestAwaitingReaderSendsFromWithinTheRead(t *testing.T) {
 func TestAwaitingReaderEnds(t *testing.T) {
 	t.Run("closed by the peer", func(t *testing.T) {
 		ours, peer := loopbackPair(t)
-		r := newAwaitingReader(ours, nil)
+		r := NewReader(ours)
 		_ = ours.SetReadDeadline(time.Now().Add(time.Minute))
 		peer.Close()
 		time.Sleep(20 * time.Millisecond) // the close reaches our socket (and the runtime) first
-		r.sendThenRead(func() error { _, err := io.WriteString(ours, "late\n"); return err })
+		r.SendThenRead(func() error { _, err := io.WriteString(ours, "late\n"); return err })
 		_, err := r.Read(make([]byte, 16))
 		var timeout net.Error
 		if err == nil || errors.As(err, &timeout) && timeout.Timeout() {
@@ -103,9 +101,9 @@ func TestAwaitingReaderEnds(t *testing.T) {
 	})
 	t.Run("deadline past", func(t *testing.T) {
 		ours, peer := loopbackPair(t)
-		r := newAwaitingReader(ours, nil)
+		r := NewReader(ours)
 		_ = ours.SetReadDeadline(aLongTimeAgo)
-		r.sendThenRead(func() error { _, err := io.WriteString(ours, "answer\n"); return err })
+		r.SendThenRead(func() error { _, err := io.WriteString(ours, "answer\n"); return err })
 		if _, err := r.Read(make([]byte, 16)); !errors.Is(err, os.ErrDeadlineExceeded) {
 			t.Fatalf("read past its deadline: %v, want a timeout", err)
 		}
@@ -116,9 +114,9 @@ func TestAwaitingReaderEnds(t *testing.T) {
 	})
 	t.Run("send fails", func(t *testing.T) {
 		ours, _ := loopbackPair(t)
-		r := newAwaitingReader(ours, nil)
+		r := NewReader(ours)
 		failed := errors.New("write failed")
-		r.sendThenRead(func() error { return failed })
+		r.SendThenRead(func() error { return failed })
 		if _, err := r.Read(make([]byte, 16)); !errors.Is(err, failed) {
 			t.Fatalf("read: %v, want the send's error", err)
 		}
@@ -136,8 +134,9 @@ func TestWakeGuardReadsPipelinedBytes(t *testing.T) {
 		resumed++
 		return ours.SetReadDeadline(time.Now().Add(time.Minute))
 	}
-	r := newAwaitingReader(ours, newWakeGuard(ours, 10*time.Millisecond, resume))
-	defer r.guard.stop()
+	r := NewReader(ours)
+	r.Guard(10*time.Millisecond, resume)
+	defer r.StopGuard()
 	_ = ours.SetReadDeadline(time.Now().Add(time.Minute))
 	buf := make([]byte, 64)
 	if _, err := io.WriteString(peer, "first\n"); err != nil {
@@ -150,7 +149,7 @@ func TestWakeGuardReadsPipelinedBytes(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(20 * time.Millisecond) // seen by the runtime before the read begins
-	r.sendThenRead(func() error { return nil })
+	r.SendThenRead(func() error { return nil })
 	if n, err := r.Read(buf); err != nil || string(buf[:n]) != "pipelined\n" {
 		t.Fatalf("pipelined read: %q, %v", buf[:n], err)
 	}
@@ -161,46 +160,8 @@ func TestWakeGuardReadsPipelinedBytes(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 		_, _ = io.WriteString(peer, "later\n")
 	}()
-	r.sendThenRead(func() error { return nil })
+	r.SendThenRead(func() error { return nil })
 	if n, err := r.Read(buf); err != nil || string(buf[:n]) != "later\n" {
 		t.Fatalf("a read woken with nothing there: %q, %v", buf[:n], err)
-	}
-}
-
-// TestAwaitAnswerToARequestSentInPart: a request that outgrew the tool connection's buffer went
-// out in part before awaitAnswer, and a tool that answers its head at once (a 401) has that
-// answer there before the read begins: awaitAnswer reads it rather than wait for more (the
-// tool keeps the connection open, reading the rest). A request bw holds whole is sent from
-// within the read, and its answer read.
-func TestAwaitAnswerToARequestSentInPart(t *testing.T) {
-	for name, size := range map[string]int{"outgrew the buffer": 32 << 10, "whole in the buffer": 100} {
-		t.Run(name, func(t *testing.T) {
-			ours, tool := loopbackPair(t)
-			go func() {
-				br := bufio.NewReader(tool)
-				for {
-					line, err := br.ReadString('\n')
-					if err != nil {
-						return
-					}
-					if line == "\r\n" {
-						break
-					}
-				}
-				_, _ = io.WriteString(tool, "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n")
-				_, _ = io.Copy(io.Discard, br)
-			}()
-			pc := newDirectConn(directKey{}, ours)
-			_, _ = fmt.Fprintf(pc.bw, "POST /x HTTP/1.1\r\nHost: tool\r\nContent-Length: %d\r\n\r\n%s", size, strings.Repeat("b", size))
-			time.Sleep(20 * time.Millisecond) // an answer to what went out comes, and is seen, first
-			_ = ours.SetReadDeadline(time.Now().Add(10 * time.Second))
-			if err := pc.awaitAnswer(); err != nil {
-				t.Fatalf("awaitAnswer: %v", err)
-			}
-			res, err := pc.readHead(&http.Request{Method: http.MethodPost})
-			if err != nil || res.StatusCode != http.StatusUnauthorized {
-				t.Fatalf("answer: %v, %v", res, err)
-			}
-		})
 	}
 }
