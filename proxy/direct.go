@@ -431,13 +431,14 @@ func (pc *directConn) readAnswer(r *http.Request) (*http.Response, error) {
 // the connection is a plain socket and bw holds the whole request (none of it sent before).
 func (pc *directConn) awaitAnswer() error {
 	whole := !pc.out.wrote && pc.bw.Buffered() > 0
-	pc.out.wrote = false
 	if whole && pc.in.Awaits() && pc.br.Buffered() == 0 {
 		pc.in.SendThenRead(pc.sendRequest)
 	} else if err := pc.bw.Flush(); err != nil {
 		return fmt.Errorf("%w: %v", errNothingRead, err)
 	}
-	if _, err := pc.br.Peek(1); err != nil {
+	_, err := pc.br.Peek(1)
+	pc.out.wrote = false // the request is out: what is written next is the next one's
+	if err != nil {
 		pc.in.DropSend() // not sent if br failed without reading (an error it kept)
 		return fmt.Errorf("%w: %v", errNothingRead, err)
 	}

@@ -696,23 +696,20 @@ func dialTool(t *testing.T, serve func(net.Conn)) net.Conn {
 // TestAwaitAnswerToARequestSentInPart: a request that outgrew the tool connection's buffer went
 // out in part before awaitAnswer, and a tool that answers its head at once (a 401) has that
 // answer there before the read begins: awaitAnswer reads it rather than wait for more (the
-// tool keeps the connection open, reading the rest). A request bw holds whole is sent from
-// within the read, and its answer read.
+// tool keeps the connection open, reading the rest), and did not send from within the read.
+// A request bw holds whole is sent from within the read, and its answer read.
 func TestAwaitAnswerToARequestSentInPart(t *testing.T) {
 	for name, size := range map[string]int{"outgrew the buffer": 32 << 10, "whole in the buffer": 100} {
 		t.Run(name, func(t *testing.T) {
 			conn := dialTool(t, func(tool net.Conn) {
 				br := bufio.NewReader(tool)
-				for line := ""; line != "\r\n"; {
-					var err error
-					if line, err = br.ReadString('\n'); err != nil {
-						return
-					}
+				if readHeadLines(br) != nil {
+					return
 				}
 				_, _ = io.WriteString(tool, "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n")
 				_, _ = io.Copy(io.Discard, br)
 			})
-			pc := newDirectConn(directKey{}, conn)
+			pc, sentInRead := countSendsInRead(conn)
 			_, _ = fmt.Fprintf(pc.bw, "POST /x HTTP/1.1\r\nHost: tool\r\nContent-Length: %d\r\n\r\n%s", size, strings.Repeat("b", size))
 			time.Sleep(20 * time.Millisecond) // an answer to what went out comes, and is seen, first
 			_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -723,6 +720,63 @@ func TestAwaitAnswerToARequestSentInPart(t *testing.T) {
 			if err != nil || res.StatusCode != http.StatusUnauthorized {
 				t.Fatalf("answer: %v, %v", res, err)
 			}
+			if want := size < 4<<10; (*sentInRead == 1) != want {
+				t.Errorf("sent from within the read %d times", *sentInRead)
+			}
 		})
 	}
+}
+
+// TestAwaitAnswerSendsEveryRequestInTheRead: request after request on one tool connection, each
+// whole in bw, is sent from within the read of its answer.
+func TestAwaitAnswerSendsEveryRequestInTheRead(t *testing.T) {
+	conn := dialTool(t, func(tool net.Conn) {
+		br := bufio.NewReader(tool)
+		for readHeadLines(br) == nil {
+			if _, err := io.WriteString(tool, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"); err != nil {
+				return
+			}
+		}
+	})
+	pc, sentInRead := countSendsInRead(conn)
+	_ = conn.SetReadDeadline(time.Now().Add(time.Minute))
+	const requests = 5
+	for i := range requests {
+		_, _ = io.WriteString(pc.bw, "GET /x HTTP/1.1\r\nHost: tool\r\n\r\n")
+		if err := pc.awaitAnswer(); err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		res, err := pc.readHead(&http.Request{Method: http.MethodGet})
+		if err != nil || res.StatusCode != http.StatusOK {
+			t.Fatalf("request %d: %v, %v", i, res, err)
+		}
+		if body, err := io.ReadAll(io.LimitReader(pc.br, 2)); string(body) != "ok" {
+			t.Fatalf("request %d: body %q, %v", i, body, err)
+		}
+	}
+	if *sentInRead != requests {
+		t.Errorf("%d of %d requests sent from within the read", *sentInRead, requests)
+	}
+}
+
+// readHeadLines reads a request head's lines through its empty line.
+func readHeadLines(br *bufio.Reader) error {
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil || line == "\r\n" {
+			return err
+		}
+	}
+}
+
+// countSendsInRead is a direct connection over conn that counts the requests sent from within
+// the read of their answer (the sends awaitAnswer leaves to it).
+func countSendsInRead(conn net.Conn) (*directConn, *int) {
+	pc := newDirectConn(directKey{}, conn)
+	sent, flush := new(int), pc.sendRequest
+	pc.sendRequest = func() error {
+		*sent++
+		return flush()
+	}
+	return pc, sent
 }
