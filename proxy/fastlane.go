@@ -281,6 +281,8 @@ type laneConn struct {
 	// reading of a request read in place, for its memo's age, its pooled connection's idle
 	// time and its duration. idleUntil is when nextHead next sets the idle deadline.
 	headAt, idleUntil time.Time
+	// lastHeadAt is headAt of the request before (sendWithNextRead).
+	lastHeadAt time.Time
 	// closeAfter: the client asked to close the connection after this answer.
 	closeAfter bool
 	// memo is the route of the connection's last GET or HEAD, which heads read in place
@@ -617,11 +619,13 @@ const lanePipelinedWait = 10 * time.Millisecond
 // sendWithNextRead leaves the answer in cw to the read of the next head, which sends it and
 // waits for that head without first reading a socket that cannot hold it yet
 // (awaitread.Reader). It sends it now when no head is to follow (the client asked to close) or
-// the connection is no plain socket (a tunnel's TLS); and when cw is empty (the answer outgrew
-// it and went out whole already), there is nothing to send and the next read reads first: the
-// client may have sent its next request before that read begins, where it would not notice it.
+// the connection is no plain socket (a tunnel's TLS); when cw is empty (the answer outgrew it
+// and went out whole already: the client may have sent its next request before the next read
+// begins, where that read would not notice it); and when this request came lanePipelinedWait
+// or more after the one before (a client that pauses between requests, whose waits the guard
+// would wake, at the cost of a timer, two deadlines and the read it saves).
 func (c *laneConn) sendWithNextRead() error {
-	if c.closeAfter || c.cw.Buffered() == 0 {
+	if c.closeAfter || c.cw.Buffered() == 0 || c.headAt.Sub(c.lastHeadAt) >= lanePipelinedWait {
 		return c.cw.Flush()
 	}
 	if c.await == nil {
@@ -718,7 +722,7 @@ func (c *laneConn) nextHead() (head []byte, ok bool) {
 	if _, err := c.br.Peek(1); err != nil {
 		return nil, false
 	}
-	c.headAt = time.Now()
+	c.lastHeadAt, c.headAt = c.headAt, time.Now()
 	// A head that came whole with its first byte, the common case, is read under the idle
 	// deadline; else the rest must come within the header timeout. Either deadline stays until
 	// the next one: nothing else reads the client before the next head but the watcher, which

@@ -830,10 +830,11 @@ func TestFastLaneSendsABodyOnce(t *testing.T) {
 
 // TestFastLaneAnswersPipelinedRequests: a client that sends its next request before it has the
 // answer to the one before (HTTP/1.1 pipelining) gets both answers, in order, served in place:
-// the next request came while the tool was answering, before the proxy began to wait for it
-// (where the wait does not see it: awaitingReader), and is read once wakeGuard wakes that wait,
-// not at the idle timeout (two minutes). A request pipelined with the one before in one write
-// is served from what was read with it.
+// the next request came while the tool was answering a request that followed another closely
+// (so that its answer is sent from within the read of the next head), before the proxy began
+// to wait for it (where the wait does not see it: awaitread.Reader), and is read once the
+// reader's guard wakes that wait, not at the idle timeout (two minutes). A request pipelined
+// with the one before in one write is served from what was read with it.
 func TestFastLaneAnswersPipelinedRequests(t *testing.T) {
 	rec := startRecorder(t, func(w http.ResponseWriter, r *http.Request) {
 		if strings.HasSuffix(r.URL.Path, "/slow") {
@@ -867,6 +868,10 @@ func TestFastLaneAnswersPipelinedRequests(t *testing.T) {
 	before := scrape(t, metricsAddr)
 	const rounds = 3
 	for i := 0; i < rounds; i++ {
+		// A request right before the slow one: a client that pauses between requests has its
+		// answers sent at once, not from within the next read (sendWithNextRead).
+		writeRaw(t, conn, get("quick"))
+		read(fmt.Sprintf("round %d: the quick answer", i))
 		writeRaw(t, conn, get("slow"))
 		time.Sleep(10 * time.Millisecond) // the proxy reads it and waits for the tool
 		writeRaw(t, conn, get("after-slow"))
@@ -876,8 +881,8 @@ func TestFastLaneAnswersPipelinedRequests(t *testing.T) {
 	writeRaw(t, conn, get("one")+get("two"))
 	read("the first of two sent at once")
 	read("the second of two sent at once")
-	if c := laneCountsWhen(t, metricsAddr, before, 2*rounds+2, 0); c[1] != 2*rounds+2 {
-		t.Fatalf("served in place %v of %d (through the parsers %v, handed over %v)", c[1], 2*rounds+2, c[0], c[2])
+	if c := laneCountsWhen(t, metricsAddr, before, 3*rounds+2, 0); c[1] != 3*rounds+2 {
+		t.Fatalf("served in place %v of %d (through the parsers %v, handed over %v)", c[1], 3*rounds+2, c[0], c[2])
 	}
 	var paths []string
 	for _, r := range rec.proxied()[1:] {
@@ -885,7 +890,7 @@ func TestFastLaneAnswersPipelinedRequests(t *testing.T) {
 	}
 	want := []string{}
 	for i := 0; i < rounds; i++ {
-		want = append(want, "/base/slow", "/base/after-slow")
+		want = append(want, "/base/quick", "/base/slow", "/base/after-slow")
 	}
 	if want = append(want, "/base/one", "/base/two"); !slices.Equal(paths, want) {
 		t.Fatalf("the tool got %q, want %q", paths, want)
