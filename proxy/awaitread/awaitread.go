@@ -100,6 +100,8 @@ func (r *Reader) StopGuard() {
 	}
 }
 
+// Read reads as the connection's Read does, or, after SendThenRead, sends and then waits
+// before it reads (Reader).
 func (r *Reader) Read(p []byte) (int, error) {
 	if r.send == nil {
 		return r.conn.Read(p)
@@ -111,10 +113,11 @@ func (r *Reader) Read(p []byte) (int, error) {
 	err := r.raw.Read(r.read)
 	n, readErr := r.n, r.err
 	r.p, r.err = nil, nil
+	woke := r.guard != nil && r.guard.disarm()  // before anything returns: no wake after the wait
 	if sendErr := r.SendNow(); sendErr != nil { // the read ended before its start: a deadline passed
 		return 0, sendErr
 	}
-	if r.guard != nil && r.guard.disarm() {
+	if woke {
 		// Woken by the guard, not by the socket (or both): read as net does, under the
 		// deadline the guard's wake replaced.
 		if err := r.guard.resume(); err != nil {
