@@ -71,7 +71,7 @@ func (c *countedConn) CloseWrite() error {
 }
 
 // SyscallConn is the socket's, for the fast lane's reads that wait before they read
-// (proxy's awaitingReader), which a wrapped connection would otherwise go without.
+// (proxy/awaitread's Reader), which a wrapped connection would otherwise go without.
 func (c *countedConn) SyscallConn() (syscall.RawConn, error) {
 	if sc, ok := c.Conn.(syscall.Conn); ok {
 		return sc.SyscallConn()

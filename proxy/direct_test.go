@@ -399,24 +399,7 @@ func (w *readFromRefused) ReadFrom(io.Reader) (int64, error) {
 // client that could splice it (it has ReadFrom) through the process's own buffer, whole.
 func TestCopyThroughCopiesInTheProcess(t *testing.T) {
 	payload := bytes.Repeat([]byte("0123456789abcdef"), 1<<16) // 1 MiB
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		_, _ = c.Write(payload)
-	}()
-	tool, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tool.Close()
+	tool := dialTool(t, func(c net.Conn) { _, _ = c.Write(payload) })
 	client := &readFromRefused{t: t}
 	n, err := copyThrough(client, io.LimitReader(tool, int64(len(payload))))
 	if err != nil || n != int64(len(payload)) || !bytes.Equal(client.got.Bytes(), payload) {

@@ -667,8 +667,8 @@ func (c *laneConn) serve() {
 	handedOver := false
 	defer func() {
 		c.lane.track(c, false)
+		_ = c.sendAnswerNow()
 		if c.await != nil {
-			_ = c.sendAnswerNow()
 			c.await.StopGuard()
 		}
 		if !handedOver {
@@ -713,7 +713,7 @@ func (c *laneConn) serve() {
 // nextHead waits (up to the idle timeout) for the next request and returns its head, still
 // unread in br, or the start of one too large for br. ok is false when the connection ended.
 func (c *laneConn) nextHead() (head []byte, ok bool) {
-	if (c.br.Buffered() > 0 || c.held) && c.sendAnswerNow() != nil { // pipelined
+	if (c.br.Buffered() > 0 || c.held) && c.sendAnswerNow() != nil { // the next head is here already
 		return nil, false
 	}
 	if !c.idleDeadlineSet() || c.lane.closing.Load() {
