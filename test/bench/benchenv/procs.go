@@ -44,10 +44,11 @@ func CPUTime(pids ...int) (CPU, error) {
 		}
 		user, system = user+u, system+k
 	}
-	return CPU{User: ticksToDuration(user), System: ticksToDuration(system)}, nil
+	return CPU{User: TicksToDuration(user), System: TicksToDuration(system)}, nil
 }
 
-func ticksToDuration(ticks int64) time.Duration {
+// TicksToDuration is a count of /proc's clock ticks (USER_HZ) as a duration.
+func TicksToDuration(ticks int64) time.Duration {
 	return time.Duration(ticks) * time.Second / clockTicks
 }
 

@@ -95,6 +95,7 @@ type row struct {
 	driver                bool
 	allocs, trs, sars     float64
 	syscalls              syscallCounts
+	sched                 schedCounts
 	baseline              string
 	// ratio is req/s against the baseline's in the same round (0: no baseline).
 	ratio float64
@@ -376,6 +377,10 @@ func measure(work string, tg target, size, gen string, drv *benchenv.DriverProce
 	if err != nil {
 		return r, false, err
 	}
+	sched0, err := readSched(pids) // after perf's wait to attach: the machine idles through it
+	if err != nil {
+		return r, false, err
+	}
 	switch gen {
 	case "wrk":
 		req := *tg.wrk(size)
@@ -401,7 +406,11 @@ func measure(work string, tg target, size, gen string, drv *benchenv.DriverProce
 	if err != nil {
 		return r, false, err
 	}
-	r.cpuPerReq = cpu1.Sub(cpu0).Per(r.res.n)
+	sched1, err := readSched(pids)
+	if err != nil {
+		return r, false, err
+	}
+	r.cpuPerReq, r.sched = cpu1.Sub(cpu0).Per(r.res.n), sched1.per(sched0, r.res.n)
 	if r.syscalls, err = perf.stop(r.res.n); err != nil {
 		return r, false, err
 	}
@@ -422,6 +431,9 @@ func printTable(rows []row, rounds int) {
 	if *countSyscalls {
 		header, rule = header+" "+syscallsHeader()+" |", rule+"---|"
 	}
+	if *countSched {
+		header, rule = header+" "+schedHeader()+" |", rule+"---|"
+	}
 	fmt.Println(header)
 	fmt.Println(rule)
 	for _, r := range rows {
@@ -439,6 +451,9 @@ func printTable(rows []row, rounds int) {
 			r.res.rate, ratio, r.res.p50, r.res.p99, cpu, allocs, trs, sars)
 		if *countSyscalls {
 			line += " " + r.syscalls.String() + " |"
+		}
+		if *countSched {
+			line += " " + r.sched.String() + " |"
 		}
 		fmt.Println(line)
 	}
@@ -529,6 +544,7 @@ func medians(byRound [][]row) []row {
 		med := medianBy(same, func(r row) float64 { return r.res.rate })
 		med.cpuPerReq = medianBy(same, func(r row) float64 { return float64(r.cpuPerReq.User + r.cpuPerReq.System) }).cpuPerReq
 		med.syscalls = medianBy(same, func(r row) float64 { return r.syscalls.total }).syscalls
+		med.sched = medianBy(same, func(r row) float64 { return float64(r.sched.idle) }).sched
 		med.ratio = medianBy(same, func(r row) float64 { return r.ratio }).ratio
 		out = append(out, med)
 	}
