@@ -37,6 +37,8 @@ type ControlPlane struct {
 	Client     client.Client
 	Kubeconfig string // an admin kubeconfig file
 	Assets     string // the directory of kube-apiserver, etcd and kubectl
+	// watchdog ends kube-apiserver and etcd if the test process ends without Stop (reap.go).
+	watchdog *exec.Cmd
 }
 
 // RepoRoot is the repository's top directory.
@@ -160,13 +162,18 @@ func Start(opts ...Option) (*ControlPlane, error) {
 	for _, opt := range opts {
 		opt(env)
 	}
+	before := Children(os.Getpid())
 	cfg, err := env.Start()
 	if err != nil {
 		return nil, fmt.Errorf("start control plane: %w", err)
 	}
 	cp := &ControlPlane{Env: env, Config: cfg, Assets: dir}
-	if err := cp.connect(); err != nil {
+	if cp.watchdog, err = startWatchdog(os.Getpid(), newControlPlaneChildren(before)); err != nil {
 		_ = env.Stop()
+		return nil, err
+	}
+	if err := cp.connect(); err != nil {
+		_ = cp.Stop()
 		return nil, err
 	}
 	return cp, nil
@@ -230,8 +237,12 @@ func (cp *ControlPlane) ServiceAccountKubeconfig(ns, sa, path string) error {
 
 // Stop stops the control plane and removes its kubeconfig.
 func (cp *ControlPlane) Stop() error {
-	_ = os.Remove(cp.Kubeconfig)
-	return cp.Env.Stop()
+	if cp.Kubeconfig != "" {
+		_ = os.Remove(cp.Kubeconfig)
+	}
+	err := cp.Env.Stop()
+	stopWatchdog(cp.watchdog)
+	return err
 }
 
 // ReadYAML decodes a YAML file of the repository (strictly: unknown fields are errors).

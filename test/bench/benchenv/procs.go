@@ -4,11 +4,11 @@ import (
 	"bufio"
 	"fmt"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/kube-connectors/connectors-csi/test/controlplane"
 )
 
 // clockTicks is USER_HZ, the unit of /proc/<pid>/stat's CPU times (100 on Linux).
@@ -30,12 +30,13 @@ func (c CPU) Per(n int) CPU {
 func CPUTime(pids ...int) (CPU, error) {
 	var user, system int64
 	for _, pid := range pids {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		fields, err := controlplane.StatFields(pid)
 		if err != nil {
 			return CPU{}, err
 		}
-		s := string(b)
-		fields := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+		if len(fields) < 13 {
+			return CPU{}, fmt.Errorf("/proc/%d/stat: %d fields after the command's name; want utime and stime (fields 14 and 15)", pid, len(fields))
+		}
 		// fields[0] is the state (field 3); utime and stime are fields 14 and 15.
 		u, errU := strconv.ParseInt(fields[11], 10, 64)
 		k, errK := strconv.ParseInt(fields[12], 10, 64)
@@ -54,24 +55,7 @@ func TicksToDuration(ticks int64) time.Duration {
 
 // Family is a process and its children (nginx's master and its workers).
 func Family(pid int) []int {
-	out := []int{pid}
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		child, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		s := string(b)
-		fields := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-		if len(fields) > 1 && fields[1] == strconv.Itoa(pid) {
-			out = append(out, child)
-		}
-	}
-	return out
+	return append([]int{pid}, controlplane.Children(pid)...)
 }
 
 // Counters are the driver's own figures from its /metrics: allocations and the reviews it
