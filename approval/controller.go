@@ -26,7 +26,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
-	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/source"
@@ -367,7 +366,7 @@ func (c *Controller) requestContext(ctx context.Context, pod *corev1.Pod, connec
 	if err != nil {
 		return nil, err
 	}
-	rctx["object"], rctx["connector"] = podMap, connMap
+	rctx["object"], rctx[keyConnector] = podMap, connMap
 	return rctx, nil
 }
 
@@ -427,6 +426,9 @@ func (c *Controller) evaluateCheck(ctx context.Context, ar *v1alpha1.AccessReque
 		return fail("objectRef apiVersion %q: %v", spec.Selector.ObjectRef.APIVersion, err)
 	}
 	gvk := gv.WithKind(spec.Selector.ObjectRef.Kind)
+	if check.Ref == nil {
+		rctx = inlineView(rctx)
+	}
 	matchLabels, err := c.templates.MatchLabels(spec, rctx, check.Ref == nil)
 	var notInChain *notInOwnerChain
 	switch {
@@ -553,19 +555,7 @@ func (c *Controller) grant(ctx context.Context, ar *v1alpha1.AccessRequest, rctx
 		}
 		rules = append(rules, r...)
 	}
-	role := &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: ar.Name, Namespace: ar.Namespace}}
-	if _, err := controllerutil.CreateOrUpdate(ctx, c.Client, role, func() error {
-		role.Rules = rules
-		return controllerutil.SetControllerReference(ar, role, c.Client.Scheme())
-	}); err != nil {
-		return c.syncFailed(ar, err)
-	}
-	rb := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: ar.Name, Namespace: ar.Namespace}}
-	if _, err := controllerutil.CreateOrUpdate(ctx, c.Client, rb, func() error {
-		rb.RoleRef = rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: role.Name}
-		rb.Subjects = []rbacv1.Subject{subject}
-		return controllerutil.SetControllerReference(ar, rb, c.Client.Scheme())
-	}); err != nil {
+	if err := writeGrant(ctx, c.Client, ar, ar.Name, rules, []rbacv1.Subject{subject}); err != nil {
 		return c.syncFailed(ar, err)
 	}
 	c.setCondition(ar, v1alpha1.ConditionAccessPermissionSync, metav1.ConditionTrue, v1alpha1.ReasonSynced,
@@ -615,15 +605,7 @@ func (c *Controller) retain(ctx context.Context, ar *v1alpha1.AccessRequest) (re
 }
 
 func (c *Controller) deleteGrant(ctx context.Context, ar *v1alpha1.AccessRequest) error {
-	for _, obj := range []client.Object{
-		&rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: ar.Name, Namespace: ar.Namespace}},
-		&rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: ar.Name, Namespace: ar.Namespace}},
-	} {
-		if err := c.Client.Delete(ctx, obj); client.IgnoreNotFound(err) != nil {
-			return err
-		}
-	}
-	return nil
+	return deleteGrant(ctx, c.Client, ar, ar.Name)
 }
 
 // recordTransitions emits an Event for every condition whose status or reason changed.

@@ -15,7 +15,6 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
@@ -183,15 +182,7 @@ func (c *PolicyController) syncDefaultPermission(ctx context.Context, p *v1alpha
 	name := defaultGrantName(p.Name)
 	dp := p.Spec.DefaultPermission
 	if dp == nil || len(matched) == 0 {
-		for _, obj := range []client.Object{
-			&rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: p.Namespace}},
-			&rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: p.Namespace}},
-		} {
-			if err := c.Client.Delete(ctx, obj); client.IgnoreNotFound(err) != nil {
-				return err
-			}
-		}
-		return nil
+		return deleteGrant(ctx, c.Client, p, name)
 	}
 	if dp.RoleTemplate.Ref.ConfigMap == nil {
 		return fmt.Errorf("defaultPermission.roleTemplate names no ConfigMap")
@@ -216,20 +207,7 @@ func (c *PolicyController) syncDefaultPermission(ctx context.Context, p *v1alpha
 	if err != nil {
 		return err
 	}
-	role := &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: p.Namespace}}
-	if _, err := controllerutil.CreateOrUpdate(ctx, c.Client, role, func() error {
-		role.Rules = rules
-		return controllerutil.SetControllerReference(p, role, c.Client.Scheme())
-	}); err != nil {
-		return err
-	}
-	rb := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: p.Namespace}}
-	_, err = controllerutil.CreateOrUpdate(ctx, c.Client, rb, func() error {
-		rb.RoleRef = rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: name}
-		rb.Subjects = subjects
-		return controllerutil.SetControllerReference(p, rb, c.Client.Scheme())
-	})
-	return err
+	return writeGrant(ctx, c.Client, p, name, rules, subjects)
 }
 
 // subjects expands a binding template: named ServiceAccounts of the selected namespaces, or

@@ -101,6 +101,11 @@ func parsePod(vc map[string]string) (records.Pod, error) {
 	return p, nil
 }
 
+// maxVolumeConnectors bounds the Connectors one volume names: each is authorized, read and
+// rendered on every publish, and the list is checked before any of that (for a name given
+// twice, among others), so its length is the Pod author's to choose and the node's to pay.
+const maxVolumeConnectors = 64
+
 func parseConnectors(vc map[string]string, podNamespace string) ([]types.NamespacedName, error) {
 	list, name, ns := vc[attrConnectors], vc[attrConnectorName], vc[attrConnectorNamespace]
 	if list != "" && (name != "" || ns != "") {
@@ -115,8 +120,12 @@ func parseConnectors(vc map[string]string, podNamespace string) ([]types.Namespa
 		}
 		list = ns + "/" + name
 	}
+	items := strings.Split(list, ",")
+	if len(items) > maxVolumeConnectors {
+		return nil, fmt.Errorf("%s names %d Connectors; a volume may name at most %d", attrConnectors, len(items), maxVolumeConnectors)
+	}
 	var out []types.NamespacedName
-	for _, item := range strings.Split(list, ",") {
+	for _, item := range items {
 		item = strings.TrimSpace(item)
 		nn := types.NamespacedName{Namespace: podNamespace, Name: item}
 		if i := strings.IndexByte(item, '/'); i >= 0 {

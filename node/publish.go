@@ -74,7 +74,7 @@ func (s *Server) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "inspect target %s: %v", target, err)
 	}
-	sources, err := s.resolveAll(ctx, vr)
+	sources, err := s.resolveAll(ctx, vr, mounted)
 	if err == nil && mounted {
 		if done, err := s.republishUnchanged(ctx, req.GetVolumeId(), target, vr, sources, gid); done {
 			republishesUnchanged.Inc()
@@ -118,17 +118,40 @@ func (s *Server) answer(ctx context.Context, volumeID string, vr *volumeRequest,
 	return &csi.NodePublishVolumeResponse{}, nil
 }
 
-// resolveAll reads the volume's Connectors and their classes from the informer caches.
-func (s *Server) resolveAll(ctx context.Context, vr *volumeRequest) ([]render.Source, error) {
+// resolveAll reads the volume's Connectors and their classes from the caches. What a volume
+// names is its Pod's author's choice: for a new volume a Connector is read only once the Pod
+// may get it, as the proxy does, for a read of one it may not get would tell whether it
+// exists and of which class, and start the node's watch of it. A mounted volume's Connectors
+// were authorized by its first publish (render authorizes again when its content changes); a
+// failed read of one is answered as its authorization is, when it is refused.
+func (s *Server) resolveAll(ctx context.Context, vr *volumeRequest, mounted bool) ([]render.Source, error) {
 	sources := make([]render.Source, 0, len(vr.connectors))
 	for _, nn := range vr.connectors {
+		if !mounted {
+			if err := s.authorize(ctx, vr, nn); err != nil {
+				return nil, err
+			}
+		}
 		src, err := s.resolve(ctx, nn)
 		if err != nil {
+			if mounted {
+				if aerr := s.authorize(ctx, vr, nn); aerr != nil {
+					return nil, aerr
+				}
+			}
 			return nil, err
 		}
 		sources = append(sources, src)
 	}
 	return sources, nil
+}
+
+// authorize tells whether the volume's Pod may get the Connector nn, as a gRPC status.
+func (s *Server) authorize(ctx context.Context, vr *volumeRequest, nn types.NamespacedName) error {
+	if err := s.Authorizer.AuthorizeConnector(ctx, vr.pod, nn.Namespace, nn.Name); err != nil {
+		return authorizationError(vr, nn, err)
+	}
+	return nil
 }
 
 // render authorizes and renders a volume request, in memory, and returns the record of what
@@ -137,8 +160,8 @@ func (s *Server) render(ctx context.Context, vr *volumeRequest, sources []render
 	rec := &records.Record{}
 	for _, src := range sources {
 		nn := types.NamespacedName{Namespace: src.Connector.Namespace, Name: src.Connector.Name}
-		if err := s.Authorizer.AuthorizeConnector(ctx, vr.pod, nn.Namespace, nn.Name); err != nil {
-			return nil, nil, authorizationError(vr, nn, err)
+		if err := s.authorize(ctx, vr, nn); err != nil {
+			return nil, nil, err
 		}
 		if s.Approval == nil {
 			continue

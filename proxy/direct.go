@@ -17,6 +17,7 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/kube-connectors/connectors-csi/proxy/awaitread"
 )
@@ -47,16 +48,33 @@ type directTransport struct {
 }
 
 // directKey is a pool: the Connector transport whose dialer and TLS settings made the
-// connections, the tool's host:port, and whether they speak TLS (an https tool): a request
-// never goes out in clear on a connection made for https.
+// connections, the tool's host:port, whether they speak TLS (an https tool: a request never
+// goes out in clear on a connection made for https), and the Connector whose requests they
+// carry.
 type directKey struct {
 	transport *http.Transport
 	addr      string
 	tls       bool
+	// connector keeps one Connector's connections from another's requests. A pooled connection
+	// is taken for a GET without a look at its socket (live), and a tool that sends more than
+	// its answer (a body after a HEAD's head, bytes past its Content-Length) in a segment that
+	// arrives once the connection is idle would have them read as the next request's answer:
+	// with pools shared by Connectors (a transport serves every Connector of one CA bundle),
+	// another tenant's, and one tenant could shape the bytes (a file served so) that another
+	// gets as its answer. Per Connector, what a broken tool mixes stays among the callers of
+	// one credential.
+	connector types.UID
 }
 
-func directKeyOf(tr *http.Transport, u *url.URL) directKey {
-	return directKey{transport: tr, addr: hostPort(u), tls: u.Scheme == "https"}
+func directKeyOf(tr *http.Transport, u *url.URL, connector types.UID) directKey {
+	return directKey{transport: tr, addr: hostPort(u), tls: u.Scheme == "https", connector: connector}
+}
+
+// tool is k without its Connector: a tool's ALPN answer holds for every Connector's
+// connections to it (http2Only).
+func (k directKey) tool() directKey {
+	k.connector = ""
+	return k
 }
 
 type directConn struct {
@@ -142,7 +160,7 @@ func (d *directTransport) speaksOnlyHTTP2(tr *http.Transport, u *url.URL) bool {
 	if d.http2OnlyCount.Load() == 0 || u.Scheme != "https" {
 		return false
 	}
-	_, only := d.http2Only.Load(directKeyOf(tr, u))
+	_, only := d.http2Only.Load(directKeyOf(tr, u, ""))
 	return only
 }
 
@@ -150,14 +168,15 @@ func (d *directTransport) speaksOnlyHTTP2(tr *http.Transport, u *url.URL) bool {
 // the tool closed while it was idle fails before any answer arrives: a GET or HEAD is then
 // sent once more on a new connection, as http.Transport does; another method is sent only on
 // a pooled connection that proved open just before (live), and never twice. client, when not
-// nil, is where the answer's body will be copied to (see directBody.stream).
-func (d *directTransport) RoundTrip(tr *http.Transport, r *http.Request, client io.Writer) (*http.Response, error) {
-	key := directKeyOf(tr, r.URL)
+// nil, is where the answer's body will be copied to (see directBody.stream). connector is the
+// Connector whose credential r carries (directKey).
+func (d *directTransport) RoundTrip(tr *http.Transport, r *http.Request, connector types.UID, client io.Writer) (*http.Response, error) {
+	key := directKeyOf(tr, r.URL, connector)
 	retry := getOrHead(r.Method)
 	for {
 		pc, reused, err := d.get(r.Context(), key, !retry)
 		if errors.Is(err, errHTTP1Refused) {
-			if _, known := d.http2Only.LoadOrStore(key, struct{}{}); !known {
+			if _, known := d.http2Only.LoadOrStore(key.tool(), struct{}{}); !known {
 				d.http2OnlyCount.Add(1)
 			}
 		}

@@ -277,9 +277,9 @@ type laneConn struct {
 	scratch [64]byte
 	// sent counts the answer's body bytes (metrics).
 	sent int64
-	// headAt is when the current head's first byte was there (nextHead): the one clock
-	// reading of a request read in place, for its memo's age, its pooled connection's idle
-	// time and its duration. idleUntil is when nextHead next sets the idle deadline.
+	// headAt is when the current head was whole (nextHead; its first byte's time when it
+	// came with it): the one clock reading of a request read in place, for its memo's age,
+	// its pooled connection's idle time and its duration. idleUntil is when nextHead next sets the idle deadline.
 	headAt, idleUntil time.Time
 	// lastHeadAt is headAt of the request before (sendWithNextRead).
 	lastHeadAt time.Time
@@ -362,7 +362,7 @@ type laneMemo struct {
 func (m *laneMemo) remember(key laneKey, auth string, rt *route, epoch uint64) {
 	*m = laneMemo{key: key, rt: rt, epoch: epoch, until: time.Now().Add(laneMemoTTL), inPlace: true, toolTail: toolHeadTail(rt)}
 	if tr, ok := rt.transport.(*http.Transport); ok {
-		m.pool = directKeyOf(tr, rt.target)
+		m.pool = directKeyOf(tr, rt.target, rt.connector.UID)
 	}
 	if !key.forward {
 		m.auth = auth
@@ -732,6 +732,9 @@ func (c *laneConn) nextHead() (head []byte, ok bool) {
 	}
 	c.setReadDeadline(c.lane.headerTimeout)
 	head, _, err := peekHead(c.br) // one too large for br is handed over
+	// The head is judged when it is whole: one sent slowly (up to the header timeout) must not
+	// ride a remembered route (laneMemo.live) that expired while it came.
+	c.headAt = time.Now()
 	return head, err == nil
 }
 
@@ -801,13 +804,22 @@ func (c *laneConn) parse(head []byte) (r *http.Request, size int) {
 	}
 	c.headBuf.Reset(&c.head)
 	req, err := http.ReadRequest(c.headBuf)
-	if err != nil || !laneRequest(req) || !c.laneBody(req, len(head)) {
+	if err != nil || !wholeHeadRead(c.headBuf, &c.head) || !laneRequest(req) || !c.laneBody(req, len(head)) {
 		return nil, 0
 	}
 	if c.upload != nil {
 		return req, len(head) // its body is read as it is sent
 	}
 	return req, len(head) + int(req.ContentLength)
+}
+
+// wholeHeadRead tells whether http.ReadRequest read all of the head it was given (through br,
+// from head): where it found the head's end before the lane did (a line ended by a bare LF,
+// which net/http takes and the lane's search for CRLF CRLF does not), the lane would take its
+// body from after the lane's end of the head, not the parser's, and drop what lay between.
+// Such a request goes to net/http's server with the connection, which frames it one way.
+func wholeHeadRead(br *bufio.Reader, head *bytes.Reader) bool {
+	return br.Buffered() == 0 && head.Len() == 0
 }
 
 // laneMethods are the methods whose requests the fast lane reads: GET and HEAD, and those

@@ -420,7 +420,7 @@ type toolTransport struct {
 
 func (t toolTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	if tr, ok := t.rt.transport.(*http.Transport); ok && t.p.direct.takes(tr, r) {
-		res, err := t.p.direct.RoundTrip(tr, r, t.client)
+		res, err := t.p.direct.RoundTrip(tr, r, t.rt.connector.UID, t.client)
 		if errors.Is(err, errHTTP1Refused) {
 			return tr.RoundTrip(r)
 		}

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -36,7 +37,7 @@ func TestBadInputs(t *testing.T) {
 	newConnector(t, ns, "escape", newClass(t, "escape", v1alpha1.Configuration{
 		Name: "conf", Data: map[string]string{"../../escape.txt": "x"}}), "https://x.example.com")
 	newConnector(t, ns, "secret", constantClass(t), "https://y.example.com")
-	allowConnectors(t, ns, "builder", "params", "orphan", "broken", "failing", "escape")
+	allowConnectors(t, ns, "builder", "params", "orphan", "broken", "failing", "escape", "missing")
 
 	type mutate func(r *csi.NodePublishVolumeRequest)
 	setAttr := func(k, v string) mutate { return func(r *csi.NodePublishVolumeRequest) { r.VolumeContext[k] = v } }
@@ -67,6 +68,9 @@ func TestBadInputs(t *testing.T) {
 		}, codes.InvalidArgument, []string{`"staff"`}},
 		{"invalid connector name", map[string]string{"connectors": "Not_A_Name"}, nil, codes.InvalidArgument, []string{"Not_A_Name"}},
 		{"unknown connector", map[string]string{"connectors": "params,missing"}, nil, codes.NotFound, []string{ns + "/missing"}},
+		// Not read before it is authorized: whether it exists is not told.
+		{"unknown connector not granted", map[string]string{"connectors": "params,ghost"}, nil, codes.PermissionDenied, []string{ns + "/ghost", "get"}},
+		{"too many connectors", map[string]string{"connectors": manyConnectors(65)}, nil, codes.InvalidArgument, []string{"65 Connectors", "at most 64"}},
 		{"unknown class", map[string]string{"connectors": "orphan"}, nil, codes.NotFound, []string{`"no-such-class"`}},
 		{"template parse error", map[string]string{"connectors": "broken", "configuration.names": "conf"}, nil, codes.FailedPrecondition, []string{"broken-", `"conf"`, `"bad.txt"`, "nosuchfunc"}},
 		{"template execution error", map[string]string{"connectors": "failing", "configuration.names": "conf"}, nil, codes.FailedPrecondition, []string{"failing-", `"fail.txt"`, "configuration needs a project"}},
@@ -184,4 +188,13 @@ func TestMultiConnectorVolumesNeedTheFlag(t *testing.T) {
 	if files := visibleFiles(t, req.TargetPath); !strings.Contains(files[".gitconfig"], "/connectors/one") || !strings.Contains(files[".gitconfig"], "/connectors/two") {
 		t.Errorf(".gitconfig does not name both Connectors:\n%s", files[".gitconfig"])
 	}
+}
+
+// manyConnectors is a connectors attribute naming n Connectors.
+func manyConnectors(n int) string {
+	names := make([]string, n)
+	for i := range names {
+		names[i] = fmt.Sprintf("c%d", i)
+	}
+	return strings.Join(names, ",")
 }

@@ -954,3 +954,83 @@ func TestFastLaneServesANewConnectionInPlace(t *testing.T) {
 		t.Fatalf("the tool got %d refused requests", len(got))
 	}
 }
+
+// TestFastLaneJudgesASlowHeadWhenWhole: a head whose first byte came while its connection's
+// remembered route was live, and whose rest came after that route's time and the caller's
+// access were over, is judged when it is whole: refused, not served along the old route.
+func TestFastLaneJudgesASlowHeadWhenWhole(t *testing.T) {
+	tool, _, _ := laneTool(t)
+	const decisionTTL = time.Second
+	env := startProxyDriver(t, func(o *driver.Options) {
+		o.AuthzAllowTTL, o.TokenCacheTTL, o.ProxyPermissionTTL = decisionTTL, decisionTTL, decisionTTL
+	})
+	ns, _, files := basicTool(t, env, tool.URL, "lane-secret")
+	host := strings.TrimPrefix(env.proxyURL, "http://")
+	head := "GET /namespaces/" + ns + "/connectors/tool/small HTTP/1.1\r\nHost: " + host +
+		"\r\nAuthorization: Bearer " + files["context.token"] + "\r\n\r\n"
+	conn := dialProxy(t, host)
+	br := bufio.NewReader(conn)
+	answer := func() (int, string) {
+		t.Helper()
+		res, err := http.ReadResponse(br, &http.Request{Method: "GET"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, err := io.ReadAll(res.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res.StatusCode, string(body)
+	}
+	writeRaw(t, conn, head)
+	if code, body := answer(); code != http.StatusOK || len(body) != 1024 {
+		t.Fatalf("the first GET: %d, %d bytes", code, len(body))
+	}
+	writeRaw(t, conn, head[:1])
+	if err := cp.Kube.RbacV1().RoleBindings(ns).Delete(context.Background(), "use-connectors-builder", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitDecision(t, ns, "builder", "tool", false)
+	// Past the remembered route's second and the proxy's cached decisions: not a bound on
+	// anything measured, the time the rest of the head is held back.
+	time.Sleep(2*decisionTTL + 500*time.Millisecond)
+	writeRaw(t, conn, head[1:])
+	if code, body := answer(); code != http.StatusForbidden || strings.Contains(body, "sss") {
+		t.Fatalf("a head completed after the caller's access was removed: %d %q, want 403", code, body)
+	}
+}
+
+// TestFastLaneFramesABareLFHeadAsNetHTTPDoes: a POST whose lines end in bare LFs, sent with
+// a GET and five more bytes behind it in one write. net/http's parser ends the POST's head at
+// its blank line, where the lane's search for CRLF CRLF finds the GET's end; the lane, taking
+// the body from there, would send the last five bytes as the POST's body and drop the GET.
+// It leaves such a head to net/http's server, which frames the stream one way: the POST's
+// body is the five bytes after its blank line, and the GET is answered.
+func TestFastLaneFramesABareLFHeadAsNetHTTPDoes(t *testing.T) {
+	tool, _, _ := laneTool(t)
+	env := startProxyDriver(t, nil)
+	ns, _, files := basicTool(t, env, tool.URL, "lane-secret")
+	host := strings.TrimPrefix(env.proxyURL, "http://")
+	base := "/namespaces/" + ns + "/connectors/tool"
+	auth := "Authorization: Bearer " + files["context.token"]
+	conn := dialProxy(t, host)
+	writeRaw(t, conn, "POST "+base+"/echo HTTP/1.1\nHost: "+host+"\n"+auth+"\nContent-Length: 5\n\nhello"+
+		"GET "+base+"/small HTTP/1.1\r\nHost: "+host+"\r\n"+auth+"\r\n\r\n"+"WORLD")
+	br := bufio.NewReader(conn)
+	for _, want := range []struct {
+		method string
+		body   string
+	}{{"POST", "hello"}, {"GET", strings.Repeat("s", 1024)}} {
+		res, err := http.ReadResponse(br, &http.Request{Method: want.method})
+		if err != nil {
+			t.Fatalf("the %s's answer: %v", want.method, err)
+		}
+		body, err := io.ReadAll(res.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.StatusCode != http.StatusOK || string(body) != want.body {
+			t.Fatalf("the %s: %d %q, want 200 %q", want.method, res.StatusCode, body, want.body)
+		}
+	}
+}

@@ -352,7 +352,7 @@ func allowConnectorsAs(t testing.TB, ns, sa, roleName string, connectors ...stri
 		t.Fatal(err)
 	}
 	for _, c := range connectors {
-		waitAllowed(t, ns, sa, c)
+		waitDecision(t, ns, sa, c, true)
 	}
 }
 
@@ -364,11 +364,11 @@ func create(t testing.TB, obj client.Object) {
 	}
 }
 
-// waitAllowed waits until the API server's RBAC cache lets sa get the Connector, so that a
-// publish right after a grant does not race the authorizer's informers.
-func waitAllowed(t testing.TB, ns, sa, connector string) {
+// waitDecision waits until the API server's RBAC cache answers allowed for sa's get of the
+// Connector, so that a test's next step sees the grant (or its removal) in effect.
+func waitDecision(t testing.TB, ns, sa, connector string, allowed bool) {
 	t.Helper()
-	allowed := func() bool {
+	answers := func() bool {
 		res, err := cp.Kube.AuthorizationV1().SubjectAccessReviews().Create(context.Background(), &authorizationv1.SubjectAccessReview{
 			Spec: authorizationv1.SubjectAccessReviewSpec{
 				User:   "system:serviceaccount:" + ns + ":" + sa,
@@ -376,10 +376,10 @@ func waitAllowed(t testing.TB, ns, sa, connector string) {
 				ResourceAttributes: &authorizationv1.ResourceAttributes{Group: v1alpha1.GroupVersion.Group,
 					Resource: "connectors", Verb: "get", Namespace: ns, Name: connector},
 			}}, metav1.CreateOptions{})
-		return err == nil && res.Status.Allowed
+		return err == nil && res.Status.Allowed == allowed
 	}
-	if !kubelet.WaitUntil(10*time.Second, allowed) {
-		t.Fatalf("RBAC grant for %s/%s on Connector %s never took effect", ns, sa, connector)
+	if !kubelet.WaitUntil(10*time.Second, answers) {
+		t.Fatalf("RBAC for %s/%s on Connector %s never answered allowed=%v", ns, sa, connector, allowed)
 	}
 }
 

@@ -352,6 +352,9 @@ func TestTenantChecksAreBounded(t *testing.T) {
 			policy: "undefined function http.send", publish: "undefined function http.send"},
 		{name: "rego-value", kind: approvalTasks, labels: ofRun, rego: "package approval\nstatus := {\"state\": input.metadata.uid}",
 			publish: "not one of approved, passed, rejected, pending", withheld: string(approvalTaskObj.GetUID())},
+		// An inline check sees the Pod's identity and labels, not its spec (the image here).
+		{name: "pod-spec", kind: approvalTasks, labels: map[string]string{"tekton.dev/pipelineRun": `{{ fail (toJson .object) }}`},
+			publish: `"serviceAccountName":"builder"`, withheld: "busybox"},
 		{name: "secret", kind: v1alpha1.ObjectKindRef{APIVersion: "v1", Kind: "Secret"}, labels: map[string]string{"a": "b"},
 			policy: "Secret", publish: "Secret"},
 		{name: "unlistable", kind: v1alpha1.ObjectKindRef{APIVersion: "apps/v1", Kind: "Deployment"}, labels: map[string]string{"a": "b"},
@@ -599,5 +602,63 @@ func TestCheckSelectorsAsAlaudaDocuments(t *testing.T) {
 	pod := pipelineRunPod(t, env.kubelet, ns, "release-1", "elsewhere", map[string]string{"connectors": "elsewhere"})
 	if err := publishOutcome(t, env, pod); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "objectRef.namespace") {
 		t.Errorf("a check reading another namespace: %v, want FailedPrecondition naming objectRef.namespace", err)
+	}
+}
+
+// TestTenancyGrantsTakeOverNoRBAC: the controller, which may escalate and bind, writes and
+// deletes grants by names that come from what tenants create. A Role and RoleBinding of such
+// a name that it did not create (an administrator's) are neither deleted when an
+// AccessRequest of their name is revoked nor written over by a policy's default permission,
+// which says why it was not written.
+func TestTenancyGrantsTakeOverNoRBAC(t *testing.T) {
+	setupApproval(t)
+	startDriverWith(t, t.TempDir(), nil, func(o *driver.Options) { o.RequestRetention = time.Second })
+	ctx := context.Background()
+	ns := newNamespace(t)
+	newConnector(t, ns, "shared", gitClass(t), "https://tool.example.com")
+	adminRules := []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"configmaps"}, Verbs: []string{"get"}}}
+	admin := []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: "team-admin"}}
+	names := []string{"team-admins", "connectors-default-everyday"}
+	for _, name := range names {
+		create(t, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Rules: adminRules})
+		create(t, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+			RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: name}, Subjects: admin})
+	}
+	// An AccessRequest of the first one's name, for no Pod: revoked at once, then collected.
+	create(t, &v1alpha1.AccessRequest{ObjectMeta: metav1.ObjectMeta{Name: names[0], Namespace: ns, Labels: map[string]string{
+		v1alpha1.LabelContextObjectKind: "Pod", v1alpha1.LabelContextObjectName: "no-pod", v1alpha1.LabelContextObjectNamespace: ns}},
+		Spec: v1alpha1.AccessRequestSpec{
+			Subject:      rbacv1.Subject{Kind: rbacv1.ServiceAccountKind, Name: "builder", Namespace: ns},
+			ConnectorRef: v1alpha1.LocalObjectRef{Name: "shared"},
+			Context: v1alpha1.AccessContext{ObjectRef: v1alpha1.ContextObjectRef{
+				APIVersion: "v1", Kind: "Pod", Name: "no-pod", Namespace: ns}},
+		}})
+	if !kubelet.WaitUntil(30*time.Second, func() bool {
+		return apierrors.IsNotFound(cp.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: names[0]}, &v1alpha1.AccessRequest{}))
+	}) {
+		t.Fatal("the AccessRequest for no Pod was never revoked and collected")
+	}
+	// A policy whose default permission's grant has the second one's name.
+	create(t, &v1alpha1.AccessPolicy{ObjectMeta: metav1.ObjectMeta{Name: "everyday", Namespace: ns},
+		Spec: v1alpha1.AccessPolicySpec{
+			Connector: v1alpha1.ConnectorSelector{Names: []string{"shared"}},
+			DefaultPermission: &v1alpha1.DefaultPermission{RoleTemplate: roleRef("connectors-use-connectors-proxy"),
+				BindingTemplate: v1alpha1.BindingTemplate{ServiceAccounts: []v1alpha1.ServiceAccountSelector{{
+					NamespaceSelector: v1alpha1.NamespaceSelector{Names: []string{ns}}}}}},
+		}})
+	p := waitPolicy(t, ns, "everyday", metav1.ConditionFalse, v1alpha1.ReasonSyncFailed)
+	if c := meta.FindStatusCondition(p.Status.Conditions, v1alpha1.ConditionReady); !strings.Contains(c.Message, "Role "+ns+"/"+names[1]+" exists and is not everyday's") {
+		t.Errorf("the policy's Ready message %q does not say which Role it did not write over", c.Message)
+	}
+	for _, name := range names {
+		var role rbacv1.Role
+		var rb rbacv1.RoleBinding
+		key := types.NamespacedName{Namespace: ns, Name: name}
+		if err := cp.Client.Get(ctx, key, &role); err != nil || !slices.EqualFunc(role.Rules, adminRules, func(a, b rbacv1.PolicyRule) bool { return a.String() == b.String() }) || len(role.OwnerReferences) != 0 {
+			t.Errorf("the administrator's Role %s: %v, rules %v, owners %v", name, err, role.Rules, role.OwnerReferences)
+		}
+		if err := cp.Client.Get(ctx, key, &rb); err != nil || len(rb.Subjects) != 1 || rb.Subjects[0] != admin[0] || len(rb.OwnerReferences) != 0 {
+			t.Errorf("the administrator's RoleBinding %s: %v, subjects %v, owners %v", name, err, rb.Subjects, rb.OwnerReferences)
+		}
 	}
 }

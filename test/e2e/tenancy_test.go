@@ -26,6 +26,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -749,6 +751,17 @@ func TestTenancyForbiddenAndMissingConnectorsLookAlike(t *testing.T) {
 		_, s2 := openTunnel(t, strings.TrimPrefix(env.proxyURL, "http://"), dest, owner+"/missing", stranger, nil)
 		if !strings.HasPrefix(s1, "403") || !same(s1, s2) {
 			t.Fatalf("existing: %q; missing: %q; want both 403 alike", s1, s2)
+		}
+	})
+	t.Run("volume", func(t *testing.T) {
+		publish := func(name string) error {
+			pod := podWithVolume(t, env.kubelet, strangerNS, "names-"+name, map[string]string{"connectors": owner + "/" + name}, nil)
+			return env.kubelet.Publish(context.Background(), pod, "connectors")
+		}
+		e1, e2 := status.Convert(publish("tool")), status.Convert(publish("missing"))
+		quoted := func(m, name string) string { return strings.ReplaceAll(m, `"`+name+`"`, `"X"`) }
+		if e1.Code() != codes.PermissionDenied || e2.Code() != e1.Code() || !same(quoted(e1.Message(), "tool"), quoted(e2.Message(), "missing")) {
+			t.Fatalf("existing: %v %q; missing: %v %q; want both PermissionDenied alike", e1.Code(), e1.Message(), e2.Code(), e2.Message())
 		}
 	})
 	t.Run("Connectors API", func(t *testing.T) {
