@@ -516,6 +516,13 @@ func (w *requestWriter) Read(p []byte) (int, error) {
 
 func (w *requestWriter) Close() error { return w.body.Close() }
 
+// uploadWriters write the requests streamRequest sends. net/http writes a chunked body a piece
+// at a time (its copy's 32 KiB at most), each as a chunk flushed at once: through the
+// connection's 4 KiB writer, a chunk's size line and the start of its data fill the buffer and
+// go out, the rest of the data goes out on its own and its CRLF with the next size line, three
+// writes per piece; through one that holds a whole chunk, one.
+var uploadWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 32<<10+64) }}
+
 // streamRequest writes r, whose body the client is still sending, on a goroutine of its own
 // while it reads the head of the answer on this one: a tool may answer before the body's end
 // (a 401, a 413) and stop reading it, and that answer is the client's, as http.Transport,
@@ -529,8 +536,11 @@ func (pc *directConn) streamRequest(r *http.Request, body abortableBody) (*http.
 	sent.Body = w
 	go func() {
 		defer close(w.done)
-		if w.err = sent.Write(pc.bw); w.err == nil {
-			w.err = pc.bw.Flush()
+		bw := uploadWriters.Get().(*bufio.Writer)
+		bw.Reset(pc.out)
+		defer func() { bw.Reset(nil); uploadWriters.Put(bw) }()
+		if w.err = sent.Write(bw); w.err == nil {
+			w.err = bw.Flush()
 		}
 		if w.readErr != nil {
 			_ = pc.conn.SetDeadline(aLongTimeAgo)

@@ -827,3 +827,62 @@ func TestDirectTransportKeepsConnectorsConnectionsApart(t *testing.T) {
 		t.Errorf("the tool saw %d connections, want one per Connector", n)
 	}
 }
+
+// uploadOf is a body the client is still sending, as the fast lane's uploadBody is.
+type uploadOf struct{ io.Reader }
+
+func (uploadOf) Close() error { return nil }
+func (uploadOf) Abort()       {}
+
+// writeCounter counts the writes on a connection.
+type writeCounter struct {
+	net.Conn
+	writes *atomic.Int64
+}
+
+func (c writeCounter) Write(p []byte) (int, error) {
+	c.writes.Add(1)
+	return c.Conn.Write(p)
+}
+
+// TestDirectTransportWritesAChunkedUploadAChunkAtATime: a chunked upload reaches the tool
+// whole, each of net/http's pieces (32 KiB at most) in one write with its size line and CRLF
+// (uploadWriters), where the connection's 4 KiB writer made three.
+func TestDirectTransportWritesAChunkedUploadAChunkAtATime(t *testing.T) {
+	body := bytes.Repeat([]byte("0123456789abcdef"), 1<<16) // 1 MiB: 32 pieces
+	srv, _ := startCounted(t, func(w http.ResponseWriter, r *http.Request) {
+		got, err := io.ReadAll(r.Body)
+		if err != nil || !bytes.Equal(got, body) || len(r.TransferEncoding) != 1 {
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		w.Write([]byte("whole"))
+	})
+	var writes atomic.Int64
+	tr := &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		conn, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return writeCounter{conn, &writes}, nil
+	}}
+	req, err := http.NewRequest("POST", srv.URL+"/upload", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Body, req.ContentLength, req.TransferEncoding = uploadOf{bytes.NewReader(body)}, -1, []string{"chunked"}
+	d := newDirectTransport(4, time.Minute)
+	if !d.takes(tr, req) {
+		t.Fatal("the direct transport does not take a chunked upload")
+	}
+	res, err := d.RoundTrip(tr, req, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := readAll(t, res); res.StatusCode != http.StatusOK || got != "whole" {
+		t.Fatalf("the tool answered %d %q", res.StatusCode, got)
+	}
+	if pieces := int64(len(body) / (32 << 10)); writes.Load() > pieces+2 {
+		t.Errorf("%d writes for a body of %d pieces, want at most %d", writes.Load(), pieces, pieces+2)
+	}
+}
