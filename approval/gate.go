@@ -139,9 +139,20 @@ func (g *Gate) ensureRequest(ctx context.Context, pod records.Pod, c *v1alpha1.C
 	}
 	err := g.Client.Create(ctx, ar)
 	if apierrors.IsAlreadyExists(err) {
-		err = g.Client.Get(ctx, client.ObjectKeyFromObject(ar), ar)
+		want := ar.Spec
+		if err = g.Client.Get(ctx, client.ObjectKeyFromObject(ar), ar); err == nil && !sameRequest(ar.Spec, want) {
+			// Not one this node made: whoever else may create requests could have named it so,
+			// for another Connector, and its verdict would be taken for this one's.
+			return nil, &node.Denied{Connector: types.NamespacedName{Namespace: c.Namespace, Name: c.Name},
+				Reason: fmt.Sprintf("AccessRequest %s/%s exists and asks for another Connector, subject or Pod than this Pod's request; it is not used (delete it)", ar.Namespace, ar.Name)}
+		}
 	}
 	return ar, err
+}
+
+// sameRequest tells whether two requests ask the same: one subject, one Connector, one Pod.
+func sameRequest(a, b v1alpha1.AccessRequestSpec) bool {
+	return a.Subject == b.Subject && a.ConnectorRef == b.ConnectorRef && a.Context.ObjectRef == b.Context.ObjectRef
 }
 
 // await waits for the request's verdict, up to g.Wait, from the node's cache of its requests.
