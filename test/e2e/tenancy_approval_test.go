@@ -199,8 +199,10 @@ func TestAccessRequestSubjectComesFromThePod(t *testing.T) {
 			t.Errorf("%s: %+v, want False/SubjectMismatch naming %s/intruder and %s/builder", typ, c, ns, ns)
 		}
 	}
-	if err := publishOutcome(t, env, pod); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "is not the Pod's ServiceAccount") {
-		t.Errorf("publish with the forged request: %v, want FailedPrecondition naming the subject mismatch", err)
+	// The node does not take another's request of its name for the Pod's
+	// (TestTenancyAForeignRequestOfTheNameIsNotUsed).
+	if err := publishOutcome(t, env, pod); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), forged.Name+" exists and asks for another Connector, subject or Pod") {
+		t.Errorf("publish with the forged request: %v, want PermissionDenied naming the forged request", err)
 	}
 }
 
