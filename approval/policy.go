@@ -197,7 +197,7 @@ func (c *PolicyController) syncDefaultPermission(ctx context.Context, p *v1alpha
 		if err != nil {
 			return err
 		}
-		r, err := c.templates.Rules(&cm, map[string]any{"connector": connMap, "object": map[string]any{}})
+		r, err := c.templates.Rules(&cm, map[string]any{keyConnector: connMap, "object": map[string]any{}})
 		if err != nil {
 			return err
 		}

@@ -84,7 +84,7 @@ func (s *Server) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	var files render.Files
 	var rec *records.Record
 	if err == nil {
-		files, rec, err = s.render(ctx, vr, sources)
+		files, rec, err = s.render(ctx, vr, sources, !mounted) // a new volume's: resolveAll authorized them
 	}
 	if err == nil {
 		rec.VolumeID, rec.TargetPath, rec.Pod = req.GetVolumeId(), target, vr.pod
@@ -122,8 +122,8 @@ func (s *Server) answer(ctx context.Context, volumeID string, vr *volumeRequest,
 // names is its Pod's author's choice: for a new volume a Connector is read only once the Pod
 // may get it, as the proxy does, for a read of one it may not get would tell whether it
 // exists and of which class, and start the node's watch of it. A mounted volume's Connectors
-// were authorized by its first publish (render authorizes again when its content changes); a
-// failed read of one is answered as its authorization is, when it is refused.
+// were authorized by its first publish (render authorizes them again when the content
+// changes); a failed read of one is answered as its authorization is, when it is refused.
 func (s *Server) resolveAll(ctx context.Context, vr *volumeRequest, mounted bool) ([]render.Source, error) {
 	sources := make([]render.Source, 0, len(vr.connectors))
 	for _, nn := range vr.connectors {
@@ -154,14 +154,17 @@ func (s *Server) authorize(ctx context.Context, vr *volumeRequest, nn types.Name
 	return nil
 }
 
-// render authorizes and renders a volume request, in memory, and returns the record of what
-// the volume holds (the AccessRequests whose grants it carries; whether it was rejected).
-func (s *Server) render(ctx context.Context, vr *volumeRequest, sources []render.Source) (render.Files, *records.Record, error) {
+// render authorizes (unless authorized already) and renders a volume request, in memory, and
+// returns the record of what the volume holds (the AccessRequests whose grants it carries;
+// whether it was rejected).
+func (s *Server) render(ctx context.Context, vr *volumeRequest, sources []render.Source, authorized bool) (render.Files, *records.Record, error) {
 	rec := &records.Record{}
 	for _, src := range sources {
 		nn := types.NamespacedName{Namespace: src.Connector.Namespace, Name: src.Connector.Name}
-		if err := s.authorize(ctx, vr, nn); err != nil {
-			return nil, nil, err
+		if !authorized {
+			if err := s.authorize(ctx, vr, nn); err != nil {
+				return nil, nil, err
+			}
 		}
 		if s.Approval == nil {
 			continue
