@@ -207,6 +207,7 @@ func (s *Server) renderFiles(ctx context.Context, vr *volumeRequest, sources []r
 		Params:         vr.params,
 		Token:          vr.token,
 		CACert:         ca,
+		PodNamespace:   vr.pod.Namespace,
 	})
 	var inputErr *render.InputError
 	var classErr *render.ClassError

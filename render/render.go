@@ -11,6 +11,8 @@ import (
 	"slices"
 	"strings"
 
+	"k8s.io/apimachinery/pkg/util/validation"
+
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/templates"
 )
@@ -36,6 +38,9 @@ type Request struct {
 	Token string
 	// CACert is the proxy CA in PEM.
 	CACert string
+	// PodNamespace is the namespace of the Pod the volume is for: a Connector of another
+	// namespace never gets its own host there (see proxyURLForPod).
+	PodNamespace string
 }
 
 // Files are a volume's files by relative path.
@@ -129,7 +134,7 @@ func groupByClass(sources []Source) []*classGroup {
 func (r *Renderer) renderClass(req Request, g *classGroup, forwardURL string, files Files) error {
 	connectors := make([]any, len(g.connectors))
 	for i, c := range g.connectors {
-		obj, err := r.connectorData(g.class, c)
+		obj, err := r.connectorData(g.class, c, req.PodNamespace)
 		if err != nil {
 			return err
 		}
@@ -171,8 +176,8 @@ func (r *Renderer) renderClass(req Request, g *classGroup, forwardURL string, fi
 }
 
 // connectorData is the template view of a Connector: its JSON form (metadata, spec, status)
-// with status.proxyAddress set to its reverse-proxy address.
-func (r *Renderer) connectorData(class *v1alpha1.ConnectorClass, c *v1alpha1.Connector) (map[string]any, error) {
+// with status.proxyAddress set to its reverse-proxy address for a Pod of podNamespace.
+func (r *Renderer) connectorData(class *v1alpha1.ConnectorClass, c *v1alpha1.Connector, podNamespace string) (map[string]any, error) {
 	raw, err := json.Marshal(c)
 	if err != nil {
 		return nil, fmt.Errorf("encode Connector %s/%s: %w", c.Namespace, c.Name, err)
@@ -186,18 +191,13 @@ func (r *Renderer) connectorData(class *v1alpha1.ConnectorClass, c *v1alpha1.Con
 		status = map[string]any{}
 		obj["status"] = status
 	}
-	status["proxyAddress"] = r.ConnectorProxyURL(class, c)
+	status["proxyAddress"] = r.proxyURLForPod(class, c, podNamespace)
 	return obj, nil
 }
 
 // classProxyURL is the proxy serving a class.
 func (r *Renderer) classProxyURL(class *v1alpha1.ConnectorClass) string {
 	return ClassProxyURL(r.ProxyURL, class)
-}
-
-// ConnectorProxyURL is the reverse-proxy address of a Connector.
-func (r *Renderer) ConnectorProxyURL(class *v1alpha1.ConnectorClass, c *v1alpha1.Connector) string {
-	return ConnectorProxyURL(r.ProxyURL, r.ClusterDomain, class, c)
 }
 
 // ClassProxyURL is the proxy serving a class: its own (as the controller resolved spec.proxy
@@ -212,25 +212,53 @@ func ClassProxyURL(builtIn string, class *v1alpha1.ConnectorClass) string {
 // ConnectorProxyURL is the reverse-proxy address of a Connector (SPEC §4.3), the value of its
 // status.proxy.httpAddress.url: /namespaces/<ns>/connectors/<name> under the built-in proxy,
 // or its own host there (c-<name>.<ns>.svc.<domain>, same scheme and port) when the class's
-// resolver annotation says host; under a class's own proxy, the path form when the class
-// resolves by path, else the class's proxy address itself (Alauda's host resolver).
+// resolver annotation says host and c-<name> can be a Service's name; under a class's own
+// proxy, the path form when the class resolves by path, else the class's proxy address itself
+// (Alauda's host resolver).
 func ConnectorProxyURL(builtIn, clusterDomain string, class *v1alpha1.ConnectorClass, c *v1alpha1.Connector) string {
 	if own := class.OwnProxyURL(); own != "" && !class.ProxyResolvesByPath() {
 		return own
 	}
 	if class.BuiltInProxyResolvesByHost() {
-		if u, err := url.Parse(builtIn); err == nil && u.Host != "" {
-			if clusterDomain == "" {
-				clusterDomain = "cluster.local"
-			}
-			host := fmt.Sprintf("%s%s.%s.svc.%s", v1alpha1.HostServicePrefix, c.Name, c.Namespace, clusterDomain)
-			if port := u.Port(); port != "" {
-				host = net.JoinHostPort(host, port)
-			}
-			return u.Scheme + "://" + host
+		if own := ownHostURL(builtIn, clusterDomain, c); own != "" {
+			return own
 		}
 	}
+	return pathFormURL(builtIn, class, c)
+}
+
+// ownHostURL is the Connector's own host on the built-in proxy at builtIn, or "" when its
+// name gives no Service name (the status controller reports InvalidServiceName).
+func ownHostURL(builtIn, clusterDomain string, c *v1alpha1.Connector) string {
+	u, err := url.Parse(builtIn)
+	if err != nil || u.Host == "" || len(validation.IsDNS1035Label(v1alpha1.HostServicePrefix+c.Name)) > 0 {
+		return ""
+	}
+	if clusterDomain == "" {
+		clusterDomain = "cluster.local"
+	}
+	host := fmt.Sprintf("%s%s.%s.svc.%s", v1alpha1.HostServicePrefix, c.Name, c.Namespace, clusterDomain)
+	if port := u.Port(); port != "" {
+		host = net.JoinHostPort(host, port)
+	}
+	return u.Scheme + "://" + host
+}
+
+func pathFormURL(builtIn string, class *v1alpha1.ConnectorClass, c *v1alpha1.Connector) string {
 	return fmt.Sprintf("%s/namespaces/%s/connectors/%s", ClassProxyURL(builtIn, class), c.Namespace, c.Name)
+}
+
+// proxyURLForPod is c's reverse-proxy address in a volume of a Pod of podNamespace: its
+// ConnectorProxyURL, but the path form where that is the Connector's own host and the Pod is of
+// another namespace. That host is a Service of the Connector's namespace, which its members may
+// lead anywhere (to a listener of their own): the files would hand them the Pod's token, which
+// works for every Connector the Pod's ServiceAccount may use. The path form goes through the
+// built-in proxy's Service, which is the platform's.
+func (r *Renderer) proxyURLForPod(class *v1alpha1.ConnectorClass, c *v1alpha1.Connector, podNamespace string) string {
+	if c.Namespace != podNamespace && class.BuiltInProxyResolvesByHost() {
+		return pathFormURL(r.ProxyURL, class, c)
+	}
+	return ConnectorProxyURL(r.ProxyURL, r.ClusterDomain, class, c)
 }
 
 // builtinFiles are the files every volume gets unless excluded.
@@ -247,7 +275,7 @@ func (r *Renderer) builtinFiles(req Request) Files {
 		"context.proxy.caCert":          []byte(req.CACert),
 		"ca.crt":                        []byte(req.CACert),
 		"ca.cert":                       []byte(req.CACert),
-		"connector.status.proxyAddress": []byte(r.ConnectorProxyURL(first.Class, first.Connector)),
+		"connector.status.proxyAddress": []byte(r.proxyURLForPod(first.Class, first.Connector, req.PodNamespace)),
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -22,7 +23,8 @@ import (
 // namespace, owned by the Connector, leading to the proxy's Service; the status address and
 // the rendered .gitconfig use http://c-<name>.<ns>.svc.cluster.local:<port>, and a git clone
 // through it (that name resolved to the proxy, as cluster DNS would) reaches the tool with the
-// Pod's token. A Service of that name someone else made is never taken over, and a Connector
+// Pod's token. A Pod of another namespace gets the path form instead (that Service is the
+// Connector's namespace's to lead anywhere). A Service of that name someone else made is never taken over, and a Connector
 // name that makes no Service name says so.
 func TestBuiltInProxyHostResolver(t *testing.T) {
 	tool := startGitServer(t, false)
@@ -72,6 +74,34 @@ func TestBuiltInProxyHostResolver(t *testing.T) {
 			t.Fatalf("git clone: %v\n%s", err, out)
 		}
 		checkToolSawOnlyConnectorCredential(t, tool, visibleFiles(t, vol)["context.token"])
+	})
+
+	// The Connector's own host is a Service of its namespace, whose members may lead it to a
+	// listener of theirs: a Pod of another namespace must not send its token there.
+	t.Run("a Pod of another namespace gets the path form", func(t *testing.T) {
+		consumer := newNamespace(t)
+		shareConnector(t, ns, "repo", consumer, "builder")
+		pod := podWithVolume(t, env.kubelet, consumer, "git", map[string]string{"connectors": ns + "/repo", "configuration.names": "gitconfig"}, nil)
+		if err := env.kubelet.Publish(ctx, pod, "connectors"); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = env.kubelet.Unpublish(context.Background(), pod, "connectors") })
+		vol := env.kubelet.TargetPath(pod, "connectors")
+		files := visibleFiles(t, vol)
+		pathForm := "http://" + proxyService + ":" + port + "/namespaces/" + ns + "/connectors/repo"
+		if got := files["connector.status.proxyAddress"]; got != pathForm {
+			t.Errorf("connector.status.proxyAddress = %s, want %s", got, pathForm)
+		}
+		if strings.Contains(files[".gitconfig"], "c-repo") || !strings.Contains(files[".gitconfig"], pathForm) {
+			t.Errorf(".gitconfig names the Connector's own host, or not the path form:\n%s", files[".gitconfig"])
+		}
+		_, proxyPort, _ := net.SplitHostPort(env.proxyURL[len("http://"):])
+		gitEnv := []string{"GIT_CONFIG_GLOBAL=" + filepath.Join(vol, ".gitconfig")}
+		resolve := fmt.Sprintf("http.curloptResolve=%s:%s:127.0.0.1", proxyService, proxyPort)
+		if out, err := gitserver.Git("", gitEnv, "-c", resolve, "clone", "-q", tool.URL+"/repo.git", filepath.Join(t.TempDir(), "clone")); err != nil {
+			t.Fatalf("git clone: %v\n%s", err, out)
+		}
+		checkToolSawOnlyConnectorCredential(t, tool, files["context.token"])
 	})
 
 	t.Run("a Service someone else made is not taken over", func(t *testing.T) {

@@ -334,6 +334,19 @@ func allowConnectors(t testing.TB, ns, sa string, connectors ...string) {
 // allowConnectorsAs is allowConnectors with the Role and RoleBinding named role.
 func allowConnectorsAs(t testing.TB, ns, sa, roleName string, connectors ...string) {
 	t.Helper()
+	grantConnectors(t, ns, roleName, ns, sa, connectors...)
+}
+
+// shareConnector lets ServiceAccount sa of namespace consumer get Connector ns/connector.
+func shareConnector(t testing.TB, ns, connector, consumer, sa string) {
+	t.Helper()
+	grantConnectors(t, ns, "share-"+connector+"-with-"+consumer, consumer, sa, connector)
+}
+
+// grantConnectors writes a Role and RoleBinding named roleName in ns that let ServiceAccount
+// saNamespace/sa get the named Connectors of ns, and waits until RBAC says so.
+func grantConnectors(t testing.TB, ns, roleName, saNamespace, sa string, connectors ...string) {
+	t.Helper()
 	ctx := context.Background()
 	role := &rbacv1.Role{
 		ObjectMeta: metav1.ObjectMeta{Name: roleName, Namespace: ns},
@@ -346,13 +359,13 @@ func allowConnectorsAs(t testing.TB, ns, sa, roleName string, connectors ...stri
 	rb := &rbacv1.RoleBinding{
 		ObjectMeta: metav1.ObjectMeta{Name: role.Name, Namespace: ns},
 		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: role.Name},
-		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: sa, Namespace: ns}},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: sa, Namespace: saNamespace}},
 	}
 	if _, err := cp.Kube.RbacV1().RoleBindings(ns).Create(ctx, rb, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	for _, c := range connectors {
-		waitDecision(t, ns, sa, c, true)
+		waitDecisionOf(t, saNamespace, sa, ns, c, true)
 	}
 }
 
@@ -368,18 +381,24 @@ func create(t testing.TB, obj client.Object) {
 // Connector, so that a test's next step sees the grant (or its removal) in effect.
 func waitDecision(t testing.TB, ns, sa, connector string, allowed bool) {
 	t.Helper()
+	waitDecisionOf(t, ns, sa, ns, connector, allowed)
+}
+
+// waitDecisionOf is waitDecision for a ServiceAccount of saNamespace and a Connector of ns.
+func waitDecisionOf(t testing.TB, saNamespace, sa, ns, connector string, allowed bool) {
+	t.Helper()
 	answers := func() bool {
 		res, err := cp.Kube.AuthorizationV1().SubjectAccessReviews().Create(context.Background(), &authorizationv1.SubjectAccessReview{
 			Spec: authorizationv1.SubjectAccessReviewSpec{
-				User:   "system:serviceaccount:" + ns + ":" + sa,
-				Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + ns, "system:authenticated"},
+				User:   "system:serviceaccount:" + saNamespace + ":" + sa,
+				Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + saNamespace, "system:authenticated"},
 				ResourceAttributes: &authorizationv1.ResourceAttributes{Group: v1alpha1.GroupVersion.Group,
 					Resource: "connectors", Verb: "get", Namespace: ns, Name: connector},
 			}}, metav1.CreateOptions{})
 		return err == nil && res.Status.Allowed == allowed
 	}
 	if !kubelet.WaitUntil(10*time.Second, answers) {
-		t.Fatalf("RBAC for %s/%s on Connector %s never answered allowed=%v", ns, sa, connector, allowed)
+		t.Fatalf("RBAC for %s/%s on Connector %s/%s never answered allowed=%v", saNamespace, sa, ns, connector, allowed)
 	}
 }
 
