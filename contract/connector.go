@@ -22,7 +22,7 @@ import (
 func Connector(c *v1alpha1.Connector, class *v1alpha1.ConnectorClass) field.ErrorList {
 	spec := field.NewPath("spec")
 	owner := fmt.Sprintf("ConnectorClass %q", class.Name)
-	var errs field.ErrorList
+	errs := Addresses(c)
 	if a := class.Spec.Address; a != nil {
 		if err := Enum(spec.Child("address"), "the address", c.Spec.Address, a.Enum); err != nil {
 			errs = append(errs, err)

@@ -16,6 +16,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/contract"
 	"github.com/kube-connectors/connectors-csi/node/atomicdir"
 	"github.com/kube-connectors/connectors-csi/node/records"
 	"github.com/kube-connectors/connectors-csi/render"
@@ -239,6 +240,11 @@ func (s *Server) resolve(ctx context.Context, nn types.NamespacedName) (render.S
 			return render.Source{}, status.Errorf(codes.NotFound, "Connector %s not found", nn)
 		}
 		return render.Source{}, status.Errorf(codes.Unavailable, "read Connector %s: %v", nn, err)
+	}
+	// Admission refuses such addresses; this is for Connectors stored before it did, or
+	// without the webhook: their files would carry settings the address smuggles in.
+	if errs := contract.Addresses(&c); len(errs) > 0 {
+		return render.Source{}, status.Errorf(codes.FailedPrecondition, "Connector %s: %v", nn, errs.ToAggregate())
 	}
 	var class v1alpha1.ConnectorClass
 	if err := s.getClass(ctx, c.Spec.ConnectorClassName, &class); err != nil {

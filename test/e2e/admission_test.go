@@ -103,10 +103,24 @@ func TestAdmissionWebhookEnforcesTheClassContract(t *testing.T) {
 		{"no Secret for a required auth type", `auth: {name: basicAuth, secretRef: {name: tool-secret}}`, `auth: {name: basicAuth}`,
 			`spec.auth.secretRef: Required value: auth type "basicAuth"`},
 		{"no such class", `connectorClassName: ` + class.Name, `connectorClassName: ` + class.Name + `-gone`, `spec.connectorClassName: Not found`},
+		// Addresses that would end a value in a rendered file and add settings after it.
+		{"git's comment character", `address: https://tool.example.com`, `address: "https://;x@tool.example.com"`,
+			`spec.address: Invalid value: holds ';' at 8`},
+		{"a percent-encoded newline", `address: https://tool.example.com`, `address: "https://tool.example.com/x%0Anode-options=--require=/x"`,
+			`spec.address: Invalid value: decoded, holds byte 0x0a`},
+		{"a quote in an extension", `value: "https://api.tool.example.com"`, `value: "https://api.tool.example.com/\""`,
+			`spec.addressExtensions[0].value: Invalid value: holds '"'`},
+		{"user information", `address: https://tool.example.com`, `address: "https://me:hunter2@tool.example.com"`,
+			`spec.address: Invalid value: must not carry user information`},
+		{"an address too long", `address: https://tool.example.com`, `address: "https://tool.example.com/` + strings.Repeat("a", 2048) + `"`,
+			`spec.address: Too long: may not be more than 2048 bytes`},
 	} {
 		out, err := applyConnector(strings.Replace(connector("bad"), tc.from, tc.to, 1))
 		if err == nil || !strings.Contains(out, tc.want) {
 			t.Errorf("%s: %v, want a refusal containing %q:\n%s", tc.name, err, tc.want, out)
+		}
+		if strings.Contains(out, "hunter2") {
+			t.Errorf("%s: the refusal shows the password:\n%s", tc.name, out)
 		}
 	}
 

@@ -37,7 +37,10 @@ func TestBadInputs(t *testing.T) {
 	newConnector(t, ns, "escape", newClass(t, "escape", v1alpha1.Configuration{
 		Name: "conf", Data: map[string]string{"../../escape.txt": "x"}}), "https://x.example.com")
 	newConnector(t, ns, "secret", constantClass(t), "https://y.example.com")
-	allowConnectors(t, ns, "builder", "params", "orphan", "broken", "failing", "escape", "missing")
+	// Stored without the admission webhook (as before it refused such addresses): git reads
+	// everything after the ';' of a value rendered from it as a comment.
+	newConnector(t, ns, "smuggler", gitClass(t), "https://;x@evil.example.com")
+	allowConnectors(t, ns, "builder", "params", "orphan", "broken", "failing", "escape", "missing", "smuggler")
 
 	type mutate func(r *csi.NodePublishVolumeRequest)
 	setAttr := func(k, v string) mutate { return func(r *csi.NodePublishVolumeRequest) { r.VolumeContext[k] = v } }
@@ -77,6 +80,7 @@ func TestBadInputs(t *testing.T) {
 		{"unknown configuration name", map[string]string{"connectors": "params", "configuration.names": "setings"}, nil, codes.InvalidArgument, []string{`"setings"`}},
 		{"path traversal in a file name", map[string]string{"connectors": "escape", "configuration.names": "conf"}, nil, codes.FailedPrecondition, []string{"../../escape.txt"}},
 		{"connector not granted", map[string]string{"connectors": "params,secret"}, nil, codes.PermissionDenied, []string{ns + "/secret", "get"}},
+		{"address that adds settings", map[string]string{"connectors": "smuggler", "configuration.names": "gitconfig"}, nil, codes.FailedPrecondition, []string{ns + "/smuggler", "spec.address", "holds ';'"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -10,6 +10,7 @@ import (
 type NamedAddress struct {
 	// +kubebuilder:validation:MinLength=1
 	Name string `json:"name"`
+	// +kubebuilder:validation:MaxLength=2048
 	// +kubebuilder:validation:XValidation:rule="isURL(self)",message="must be a URL"
 	Value string `json:"value"`
 }
@@ -61,7 +62,9 @@ type ConnectorSpec struct {
 	// ConnectorClassName names the ConnectorClass of this Connector.
 	// +kubebuilder:validation:MinLength=1
 	ConnectorClassName string `json:"connectorClassName"`
-	// Address of the tool.
+	// Address of the tool: a URL of printable ASCII without user information, fragment, quote
+	// or comment characters (the admission webhook says which).
+	// +kubebuilder:validation:MaxLength=2048
 	// +kubebuilder:validation:XValidation:rule="isURL(self)",message="must be a URL"
 	Address string `json:"address"`
 	// +optional
