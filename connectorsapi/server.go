@@ -125,6 +125,12 @@ func (s *Server) serveConnector(w http.ResponseWriter, r *http.Request, ns, name
 	if err := s.methodAllowed(r.Method); err != nil {
 		return err
 	}
+	if proxy.IsUpgrade(r.Header) {
+		// An upgraded connection would carry writes whatever the method, and outlive every
+		// check; the API's callers (UIs) read JSON.
+		return errorf(http.StatusMethodNotAllowed, metav1.StatusReasonMethodNotAllowed,
+			"the Connectors API does not switch protocols (Upgrade); use the proxy")
+	}
 	// get on the Connector before it is looked up: a stranger gets the same 403 for a
 	// Connector that exists and one that does not.
 	if err := s.allow(ctx, u, ns, name, "get", ""); err != nil {

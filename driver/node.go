@@ -103,7 +103,7 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 		SecretTTL: o.SecretCacheTTL, Egress: p.destinations,
 		Permissions: permissions, PermissionAllowTTL: o.ProxyPermissionTTL, PermissionDenyTTL: o.AuthzDenyTTL, PermissionSettle: o.ProxyPermissionSettle,
 		PermissionCacheSize: o.PermissionCacheSize,
-		TunnelLifetime:      o.TunnelLifetime, MaxHeaderBytes: o.ProxyMaxHeaderBytes,
+		TunnelLifetime:      o.TunnelLifetime, UpgradeRecheck: o.UpgradeRecheck, MaxHeaderBytes: o.ProxyMaxHeaderBytes,
 		ReadHeaderTimeout: o.ProxyReadHeaderTimeout, IdleTimeout: o.ProxyIdleTimeout, UpstreamIdleTimeout: o.ProxyUpstreamIdleTimeout,
 		SecretCacheSize: o.SecretCacheSize, RegistryTokenCacheSize: o.RegistryTokenCacheSize,
 		LeafCacheSize: o.LeafCacheSize, TransportCacheSize: o.TransportCacheSize,

@@ -33,6 +33,7 @@ const (
 	defaultConnectorCacheSize     = 1000
 	defaultConnectorIdle          = 10 * time.Minute
 	defaultTunnelLifetime         = time.Hour
+	defaultUpgradeRecheck         = 5 * time.Second
 	defaultReadHeaderTimeout      = 30 * time.Second
 	defaultClientIdleTimeout      = 120 * time.Second
 	defaultUpstreamIdleTimeout    = 90 * time.Second
@@ -102,6 +103,7 @@ type Options struct {
 	ForwardPassthrough      string
 	PassthroughConnectPorts []string
 	TunnelLifetime          time.Duration
+	UpgradeRecheck          time.Duration
 	// The proxy's client connections: how long a request's head may take to arrive, and how
 	// long a kept-alive connection may wait for its next request; and how long a connection
 	// to a tool may wait idle in the proxy's pools.
@@ -230,7 +232,8 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 		return nil
 	})
 	fs.BoolVar(&o.AllowLoopbackDestinations, "allow-loopback-destinations", false, "allow Connector addresses and forwarded destinations on loopback (tests, single-node setups); link-local, unspecified and multicast destinations and the driver's own listeners are always refused")
-	fs.DurationVar(&o.TunnelLifetime, "proxy-tunnel-max-lifetime", defaultTunnelLifetime, "how long a CONNECT tunnel may stay open before the proxy closes it")
+	fs.DurationVar(&o.TunnelLifetime, "proxy-tunnel-max-lifetime", defaultTunnelLifetime, "how long a CONNECT tunnel, or a connection the tool switched to another protocol (WebSocket, SPDY), may stay open before the proxy closes it")
+	fs.DurationVar(&o.UpgradeRecheck, "proxy-upgrade-recheck-interval", defaultUpgradeRecheck, "how often the caller of a connection the tool switched to another protocol is checked again (token, get, create on connectors/proxy; from the caches): the connection is closed once one is refused")
 	fs.DurationVar(&o.ProxyReadHeaderTimeout, "proxy-read-header-timeout", defaultReadHeaderTimeout, "how long the proxy waits for a request's head once its first byte came (also inside CONNECT tunnels); a slower client is disconnected")
 	fs.DurationVar(&o.ProxyIdleTimeout, "proxy-idle-timeout", defaultClientIdleTimeout, "how long a kept-alive client connection (also a CONNECT tunnel's requests) may wait for its next request before the proxy closes it")
 	fs.DurationVar(&o.ProxyUpstreamIdleTimeout, "proxy-upstream-idle-timeout", defaultUpstreamIdleTimeout, "how long a connection to a tool may wait idle in the proxy's pools before it is closed")
@@ -452,6 +455,7 @@ func (v *validated) proxyLimits() error {
 		def  time.Duration
 	}{
 		{"--proxy-tunnel-max-lifetime", &v.TunnelLifetime, defaultTunnelLifetime},
+		{"--proxy-upgrade-recheck-interval", &v.UpgradeRecheck, defaultUpgradeRecheck},
 		{"--proxy-read-header-timeout", &v.ProxyReadHeaderTimeout, defaultReadHeaderTimeout},
 		{"--proxy-idle-timeout", &v.ProxyIdleTimeout, defaultClientIdleTimeout},
 		{"--proxy-upstream-idle-timeout", &v.ProxyUpstreamIdleTimeout, defaultUpstreamIdleTimeout},

@@ -29,16 +29,18 @@ func TestProxyTimeoutFlags(t *testing.T) {
 		t.Fatal(err)
 	}
 	if v.ProxyReadHeaderTimeout != defaultReadHeaderTimeout || v.ProxyIdleTimeout != defaultClientIdleTimeout ||
-		v.ProxyUpstreamIdleTimeout != defaultUpstreamIdleTimeout || v.TunnelLifetime != defaultTunnelLifetime {
+		v.ProxyUpstreamIdleTimeout != defaultUpstreamIdleTimeout || v.TunnelLifetime != defaultTunnelLifetime ||
+		v.UpgradeRecheck != defaultUpgradeRecheck {
 		t.Errorf("unset timeouts not defaulted: %+v", v.Options)
 	}
 	for flag, set := range map[string]func(*Options){
-		"--proxy-read-header-timeout":   func(o *Options) { o.ProxyReadHeaderTimeout = -1 },
-		"--proxy-idle-timeout":          func(o *Options) { o.ProxyIdleTimeout = -1 },
-		"--proxy-upstream-idle-timeout": func(o *Options) { o.ProxyUpstreamIdleTimeout = -1 },
-		"--proxy-tunnel-max-lifetime":   func(o *Options) { o.TunnelLifetime = -1 },
-		"--proxy-permission-ttl":        func(o *Options) { o.ProxyPermissionTTL = -1 },
-		"--proxy-permission-settle":     func(o *Options) { o.ProxyPermissionSettle = -1 },
+		"--proxy-read-header-timeout":      func(o *Options) { o.ProxyReadHeaderTimeout = -1 },
+		"--proxy-idle-timeout":             func(o *Options) { o.ProxyIdleTimeout = -1 },
+		"--proxy-upstream-idle-timeout":    func(o *Options) { o.ProxyUpstreamIdleTimeout = -1 },
+		"--proxy-tunnel-max-lifetime":      func(o *Options) { o.TunnelLifetime = -1 },
+		"--proxy-upgrade-recheck-interval": func(o *Options) { o.UpgradeRecheck = -1 },
+		"--proxy-permission-ttl":           func(o *Options) { o.ProxyPermissionTTL = -1 },
+		"--proxy-permission-settle":        func(o *Options) { o.ProxyPermissionSettle = -1 },
 	} {
 		v := &validated{}
 		set(&v.Options)

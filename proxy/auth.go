@@ -70,13 +70,18 @@ func (p *Proxy) authorizeGet(ctx context.Context, u user.Info, nn types.Namespac
 }
 
 // authorizeUse checks, with enable-connector-proxy-permissions, that u may use the Connector
-// through the proxy with the request's method (SPEC §4.4): connectors/proxy, namespace-wide or
+// through the proxy with the request's method, or to switch protocols (upgrade) (SPEC §4.4): connectors/proxy, namespace-wide or
 // scoped to the token's Pod (connectors/proxy/v1/pod/<ns>/<pod>). Without the flag, get (see
 // authorizeGet) is all it takes. Methods that are never proxied are refused either way.
-func (p *Proxy) authorizeUse(ctx context.Context, u user.Info, nn types.NamespacedName, method string) error {
+func (p *Proxy) authorizeUse(ctx context.Context, u user.Info, nn types.NamespacedName, method string, upgrade bool) error {
 	verb, ok := VerbFor(method)
 	if !ok {
 		return refusef(http.StatusMethodNotAllowed, "method %s is never proxied", method)
+	}
+	if upgrade {
+		// Whatever its method (a GET), the upgraded connection carries writes too: Kubernetes
+		// asks create of pods/exec over WebSocket for the same reason.
+		verb = "create"
 	}
 	if !p.flags.Flags().ProxyPermissions {
 		return nil

@@ -57,8 +57,12 @@ type Config struct {
 	PermissionAllowTTL, PermissionDenyTTL, PermissionSettle time.Duration
 	// Egress decides which destinations may be dialed.
 	Egress *egress.Policy
-	// TunnelLifetime caps how long a CONNECT tunnel stays open.
+	// TunnelLifetime caps how long a CONNECT tunnel, or a connection the tool switched to
+	// another protocol (an upgrade: WebSocket, SPDY), stays open.
 	TunnelLifetime time.Duration
+	// UpgradeRecheck is how often the caller of an upgraded connection is checked again (from
+	// the caches): the connection is closed once its token or permission is gone.
+	UpgradeRecheck time.Duration
 	// ReadHeaderTimeout and IdleTimeout are a CONNECT tunnel's server's (the proxy listener's
 	// own are its http.Server's and FastLane's); UpstreamIdleTimeout is how long a connection
 	// to a tool waits idle in a pool.
@@ -96,8 +100,8 @@ func (c Config) check() error {
 			return err
 		}
 	}
-	if c.TunnelLifetime <= 0 || c.ReadHeaderTimeout <= 0 || c.IdleTimeout <= 0 || c.UpstreamIdleTimeout <= 0 || c.Egress == nil || c.Rego == nil {
-		return fmt.Errorf("proxy config: TunnelLifetime, ReadHeaderTimeout, IdleTimeout, UpstreamIdleTimeout, Egress and Rego must be set")
+	if c.TunnelLifetime <= 0 || c.UpgradeRecheck <= 0 || c.ReadHeaderTimeout <= 0 || c.IdleTimeout <= 0 || c.UpstreamIdleTimeout <= 0 || c.Egress == nil || c.Rego == nil {
+		return fmt.Errorf("proxy config: TunnelLifetime, UpgradeRecheck, ReadHeaderTimeout, IdleTimeout, UpstreamIdleTimeout, Egress and Rego must be set")
 	}
 	return nil
 }
@@ -298,6 +302,9 @@ type route struct {
 	forwardAmong bool
 	// epochShard is the caller's Pod's group in podEpochs.
 	epochShard uint8
+	// token is the caller's, for checking it again while an upgraded connection lasts
+	// (upgradeGuard).
+	token string
 }
 
 type routeKey struct{}
@@ -312,6 +319,9 @@ func (p *Proxy) send(w http.ResponseWriter, r *http.Request, rt *route) {
 			p.fail(w, r, rt, err)
 			return
 		}
+	}
+	if IsUpgrade(r.Header) {
+		w = p.guardUpgrade(w, r, rt)
 	}
 	p.reverse.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), routeKey{}, rt)))
 }

@@ -16,6 +16,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"os"
 	"strings"
@@ -869,6 +870,144 @@ func TestTenancyUnauthenticatedLoadIsCheap(t *testing.T) {
 		}
 		for _, c := range held[1:] {
 			_ = c.Close()
+		}
+	})
+}
+
+// upgradingTool is a tool that switches to an echo protocol (a stand-in for WebSocket: kubectl
+// exec, a CLI's stream) when asked with the Connector's credential (bot/<password>), and
+// echoes each line it then reads.
+func upgradingTool(t *testing.T, password string) *httptest.Server {
+	t.Helper()
+	tool := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "Basic "+basic("bot", password) || r.Header.Get("Upgrade") != "echo" {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		_, _ = brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+		for brw.Flush() == nil {
+			line, err := brw.ReadString('\n')
+			if err != nil {
+				return
+			}
+			_, _ = brw.WriteString("echo: " + line)
+		}
+	}))
+	t.Cleanup(tool.Close)
+	return tool
+}
+
+// TestTenancyUpgradesNeedCreateAndAreChecked: a request that switches protocols becomes a
+// connection that carries writes whatever its method (a GET) and outlives any one check. With
+// enable-connector-proxy-permissions a read grant does not open one (403 naming create); a
+// create grant does, with the Connector's credential; the connection is closed once the grant
+// is removed (checked again every 500 ms through caches of 1 s), and at the tunnel lifetime.
+// The Connectors API never switches protocols.
+func TestTenancyUpgradesNeedCreateAndAreChecked(t *testing.T) {
+	tool := upgradingTool(t, "ws-secret")
+	const ttl = time.Second
+	env := startProxyDriver(t, func(o *driver.Options) {
+		o.AuthzAllowTTL, o.TokenCacheTTL, o.ProxyPermissionTTL, o.UpgradeRecheck = ttl, ttl, ttl, 500*time.Millisecond
+	})
+	ns, _, files := basicTool(t, env, tool.URL, "ws-secret")
+	token, host := files["context.token"], strings.TrimPrefix(env.proxyURL, "http://")
+	upgrade := func(t *testing.T, host, path, token string) (conn net.Conn, br *bufio.Reader, code int, body string) {
+		t.Helper()
+		conn = dialProxy(t, host)
+		writeRaw(t, conn, "GET "+path+" HTTP/1.1\r\nHost: "+host+"\r\nAuthorization: Bearer "+token+
+			"\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+		br = bufio.NewReader(conn)
+		res, err := http.ReadResponse(br, &http.Request{Method: "GET"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.StatusCode != http.StatusSwitchingProtocols {
+			b, _ := io.ReadAll(res.Body)
+			body = string(b)
+		}
+		return conn, br, res.StatusCode, body
+	}
+	echoes := func(t *testing.T, conn net.Conn, br *bufio.Reader) bool {
+		writeRaw(t, conn, "rm -rf /data\n")
+		line, err := br.ReadString('\n')
+		return err == nil && line == "echo: rm -rf /data\n"
+	}
+	closedWithin := func(conn net.Conn, br *bufio.Reader, d time.Duration) error {
+		_ = conn.SetReadDeadline(time.Now().Add(d))
+		for {
+			if _, err := br.ReadByte(); err != nil {
+				if errors.Is(err, os.ErrDeadlineExceeded) {
+					return err
+				}
+				return nil
+			}
+		}
+	}
+	exec := "/namespaces/" + ns + "/connectors/tool/exec"
+	// upgraded waits for an upgrade through the proxy at host, and checks that it carries the stream.
+	upgraded := func(t *testing.T, host string) (conn net.Conn, br *bufio.Reader) {
+		t.Helper()
+		if !kubelet.WaitUntil(15*time.Second, func() bool {
+			var code int
+			conn, br, code, _ = upgrade(t, host, exec, token)
+			return code == http.StatusSwitchingProtocols
+		}) {
+			t.Fatal("the upgrade was never let through")
+		}
+		if !echoes(t, conn, br) {
+			t.Fatal("the upgraded connection does not carry the stream")
+		}
+		return conn, br
+	}
+
+	grantPodProxyVerbs(t, ns, "client", "tool", "get")
+	setFlags(t, map[string]string{"enable-connector-proxy-permissions": "true"})
+	t.Cleanup(func() { setFlags(t, map[string]string{}) })
+	if !kubelet.WaitUntil(15*time.Second, func() bool {
+		_, _, code, body := upgrade(t, host, exec, token)
+		return code == http.StatusForbidden && strings.Contains(body, "may not create connectors/proxy")
+	}) {
+		t.Fatal("a read grant switched protocols (or the flag never took effect)")
+	}
+
+	role := "proxy-verbs-client"
+	r, err := cp.Kube.RbacV1().Roles(ns).Get(context.Background(), role, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Rules[0].Verbs = []string{"get", "create"}
+	if _, err := cp.Kube.RbacV1().Roles(ns).Update(context.Background(), r, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	conn, br := upgraded(t, host)
+	if err := cp.Kube.RbacV1().RoleBindings(ns).Delete(context.Background(), role, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := closedWithin(conn, br, 30*time.Second); err != nil {
+		t.Fatalf("the upgraded connection stayed open 30 s after its grant was removed (caches of %v)", ttl)
+	}
+
+	t.Run("the Connectors API does not switch protocols", func(t *testing.T) {
+		viewer := apiToken(t, ns, "ui")
+		grantAPIs(t, ns, "ui", "tool")
+		_, _, code, body := upgrade(t, host, strings.TrimPrefix(connectorAPI(env, ns, "tool", "/exec"), env.proxyURL), viewer)
+		if code != http.StatusMethodNotAllowed || !strings.Contains(body, "does not switch protocols") {
+			t.Fatalf("an upgrade through the Connectors API: %d %q, want 405", code, body)
+		}
+	})
+	t.Run("an upgraded connection ends at the tunnel lifetime", func(t *testing.T) {
+		setFlags(t, map[string]string{})
+		short := startProxyDriver(t, func(o *driver.Options) { o.TunnelLifetime = 2 * time.Second })
+		host := strings.TrimPrefix(short.proxyURL, "http://")
+		// The Pod's get grant is still there: without the flag, it is all an upgrade needs.
+		conn, br := upgraded(t, host)
+		if err := closedWithin(conn, br, 30*time.Second); err != nil {
+			t.Fatal("the upgraded connection was still open 30 s into a 2 s lifetime")
 		}
 	})
 }
