@@ -132,7 +132,7 @@ func newProcess(o *validated) (*process, error) {
 		return nil, err
 	}
 	return &process{o: o, cfg: cfg, kube: kube, scheme: scheme,
-		destinations: &egress.Policy{AllowLoopback: o.AllowLoopbackDestinations, Dial: o.Dial, Resolve: o.Resolve}}, nil
+		destinations: &egress.Policy{AllowLoopback: o.AllowLoopbackDestinations, Refused: o.RefusedDestinations, Dial: o.Dial, Resolve: o.Resolve}}, nil
 }
 
 func restConfig(kubeconfig string) (*rest.Config, error) {

@@ -4,6 +4,7 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -98,6 +99,7 @@ type Options struct {
 	RepublishRecheck        time.Duration
 
 	AllowLoopbackDestinations bool
+	RefusedDestinations       []netip.Prefix
 	// ForwardPassthrough is --forward-passthrough: none, public (when empty) or all, and
 	// PassthroughConnectPorts --forward-passthrough-connect-ports (443 when empty).
 	ForwardPassthrough      string
@@ -232,6 +234,17 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 		return nil
 	})
 	fs.BoolVar(&o.AllowLoopbackDestinations, "allow-loopback-destinations", false, "allow Connector addresses and forwarded destinations on loopback (tests, single-node setups); link-local, unspecified and multicast destinations and the driver's own listeners are always refused")
+	fs.Func("refused-destinations", "comma-separated addresses and CIDR prefixes no Connector, forwarded request or probe may reach, besides those always refused (link-local, the cloud metadata and host services outside it, unspecified, multicast, the driver's own listeners): the platform's own services Pods can reach", func(v string) error {
+		o.RefusedDestinations = nil
+		for _, item := range strings.Split(v, ",") {
+			prefix, err := parsePrefix(strings.TrimSpace(item))
+			if err != nil {
+				return err
+			}
+			o.RefusedDestinations = append(o.RefusedDestinations, prefix)
+		}
+		return nil
+	})
 	fs.DurationVar(&o.TunnelLifetime, "proxy-tunnel-max-lifetime", defaultTunnelLifetime, "how long a CONNECT tunnel, or a connection the tool switched to another protocol (WebSocket, SPDY), may stay open before the proxy closes it")
 	fs.DurationVar(&o.UpgradeRecheck, "proxy-upgrade-recheck-interval", defaultUpgradeRecheck, "how often the caller of a connection the tool switched to another protocol is checked again (token, get, create on connectors/proxy; from the caches): the connection is closed once one is refused")
 	fs.DurationVar(&o.ProxyReadHeaderTimeout, "proxy-read-header-timeout", defaultReadHeaderTimeout, "how long the proxy waits for a request's head once its first byte came (also inside CONNECT tunnels); a slower client is disconnected")
@@ -497,3 +510,15 @@ func (b negatedBool) Set(s string) error {
 }
 
 func (b negatedBool) IsBoolFlag() bool { return true }
+
+// parsePrefix reads an address (a prefix of its full length) or a CIDR prefix.
+func parsePrefix(s string) (netip.Prefix, error) {
+	if addr, err := netip.ParseAddr(s); err == nil {
+		return netip.PrefixFrom(addr.Unmap(), addr.Unmap().BitLen()), nil
+	}
+	prefix, err := netip.ParsePrefix(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q is neither an address nor a CIDR prefix", s)
+	}
+	return prefix.Masked(), nil
+}

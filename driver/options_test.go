@@ -1,6 +1,8 @@
 package driver
 
 import (
+	"flag"
+	"io"
 	"strings"
 	"testing"
 )
@@ -47,5 +49,27 @@ func TestProxyTimeoutFlags(t *testing.T) {
 		if err := v.proxyLimits(); err == nil || err.Error() != flag+" must not be negative" {
 			t.Errorf("%s=-1: %v", flag, err)
 		}
+	}
+}
+
+// TestRefusedDestinationsFlag: addresses and CIDR prefixes, the last setting wins, and anything
+// else is refused naming it.
+func TestRefusedDestinationsFlag(t *testing.T) {
+	var o Options
+	fs := flag.NewFlagSet("test", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	o.BindFlags(fs)
+	if err := fs.Parse([]string{"--refused-destinations=10.0.0.0/8", "--refused-destinations=192.0.2.7, 2001:db8::/32,::ffff:192.0.2.8"}); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, p := range o.RefusedDestinations {
+		got = append(got, p.String())
+	}
+	if strings.Join(got, " ") != "192.0.2.7/32 2001:db8::/32 192.0.2.8/32" {
+		t.Errorf("--refused-destinations read as %v", got)
+	}
+	if err := fs.Parse([]string{"--refused-destinations=metadata.internal"}); err == nil || !strings.Contains(err.Error(), `"metadata.internal" is neither an address nor a CIDR prefix`) {
+		t.Errorf("a name: %v", err)
 	}
 }

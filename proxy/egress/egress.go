@@ -1,7 +1,8 @@
 // Package egress is the one way the driver reaches tools. The proxy, the Connectors API and
 // the Connector status probes all dial through a Policy, which refuses, before any packet is
 // sent, the destinations a tenant must never reach through a Connector: link-local addresses
-// (cloud metadata at 169.254.169.254), unspecified and multicast addresses, the driver's own
+// (cloud metadata at 169.254.169.254) and the cloud host services outside it, the operator's
+// --refused-destinations, unspecified and multicast addresses, the driver's own
 // listeners, and loopback unless allowed (SPEC §4.7). Every request the driver sends carries a
 // hop marker, so that a Connector pointing back at a Connectors proxy is refused at the next
 // hop instead of looping, and no client of this package follows redirects.
@@ -14,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -56,6 +58,9 @@ type Policy struct {
 	Dial DialFunc
 	// Resolve looks names up; tests replace it so that no query leaves the machine.
 	Resolve ResolveFunc
+	// Refused are more destinations to refuse (--refused-destinations): a platform's own
+	// services that Pods may reach but tenants' Connectors must not.
+	Refused []netip.Prefix
 
 	mu   sync.RWMutex
 	self []netip.AddrPort // this process's listeners
@@ -73,10 +78,35 @@ func (p *Policy) AddListener(addr net.Addr) {
 	p.self = append(p.self, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
 }
 
+// cloudHostServices are the cloud metadata and host services Pods can often reach outside
+// link-local: Alibaba Cloud's metadata (100.100.100.200), AWS's and Google Cloud's over IPv6,
+// and Azure's WireServer (168.63.129.16). They hand out the node's credentials.
+var cloudHostServices = []netip.Addr{
+	netip.AddrFrom4([4]byte{100, 100, 100, 200}),
+	netip.MustParseAddr("fd00:ec2::254"),
+	netip.MustParseAddr("fd20:ce::254"),
+	netip.AddrFrom4([4]byte{168, 63, 129, 16}),
+}
+
+// nat64 is the well-known NAT64 prefix (RFC 6052): on a cluster with NAT64, 64:ff9b::a.b.c.d
+// reaches a.b.c.d, so it is checked as a.b.c.d.
+var nat64 = netip.MustParsePrefix("64:ff9b::/96")
+
+// reached is the address a connection to addr reaches: an IPv4-mapped or NAT64 address's IPv4
+// address, else addr.
+func reached(addr netip.Addr) netip.Addr {
+	addr = addr.Unmap()
+	if nat64.Contains(addr) {
+		b := addr.As16()
+		return netip.AddrFrom4([4]byte(b[12:]))
+	}
+	return addr
+}
+
 // Check says whether the policy allows a connection to addr:port; host names the destination
 // in the error.
 func (p *Policy) Check(host string, addr netip.Addr, port uint16) error {
-	addr = addr.Unmap()
+	addr = reached(addr)
 	refuse := func(why string) error { return &RefusedError{Host: host, Why: why} }
 	switch {
 	case !addr.IsValid():
@@ -85,6 +115,10 @@ func (p *Policy) Check(host string, addr netip.Addr, port uint16) error {
 		return refuse("an unspecified address (it reaches this node)")
 	case addr.IsLinkLocalUnicast():
 		return refuse("a link-local address (such as the cloud metadata service)")
+	case slices.Contains(cloudHostServices, addr):
+		return refuse("a cloud metadata or host service")
+	case slices.ContainsFunc(p.Refused, func(r netip.Prefix) bool { return r.Contains(addr) }):
+		return refuse("an address of --refused-destinations")
 	case addr.IsMulticast() || addr == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
 		return refuse("a multicast or broadcast address")
 	case p.isSelf(addr, port):
@@ -145,7 +179,7 @@ var privateRanges = []netip.Prefix{netip.MustParsePrefix("100.64.0.0/10")}
 
 // NotPublic says why addr is not on the public internet, or "" when it is.
 func NotPublic(addr netip.Addr) string {
-	addr = addr.Unmap()
+	addr = reached(addr)
 	switch {
 	case addr.IsLoopback():
 		return "a loopback address"

@@ -9,7 +9,7 @@ import (
 )
 
 func TestCheck(t *testing.T) {
-	p := &Policy{}
+	p := &Policy{Refused: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}}
 	p.AddListener(&net.TCPAddr{IP: net.IPv4zero, Port: 3128})
 	p.AddListener(&net.TCPAddr{IP: net.ParseIP("127.0.0.1"), Port: 9090})
 	for _, tc := range []struct {
@@ -32,6 +32,18 @@ func TestCheck(t *testing.T) {
 		{"192.168.1.10", 8080, false},
 		{"140.82.112.3", 443, false},
 		{"2606:4700::1", 443, false},
+		// Cloud metadata and host services outside link-local; NAT64 forms are the IPv4's.
+		{"100.100.100.200", 80, true},
+		{"fd00:ec2::254", 80, true},
+		{"fd20:ce::254", 80, true},
+		{"168.63.129.16", 80, true},
+		{"64:ff9b::a9fe:a9fe", 80, true},
+		{"64:ff9b::6464:64c8", 80, true},
+		{"64:ff9b::8c52:7003", 443, false},
+		{"100.100.100.201", 80, false},
+		// The operator's --refused-destinations.
+		{"192.0.2.10", 80, true},
+		{"192.0.3.10", 80, false},
 	} {
 		err := p.Check("h", netip.MustParseAddr(tc.addr), tc.port)
 		if refused := IsRefused(err); refused != tc.refused {
@@ -79,5 +91,16 @@ func TestDialContextChecksEveryResolvedAddressBeforeDialing(t *testing.T) {
 	_, _ = p.DialContext(context.Background(), "tcp", "public.test:443")
 	if len(dialed) != 1 || dialed[0] != "140.82.112.3:443" {
 		t.Fatalf("dialed %v, want the resolved IP, not the name", dialed)
+	}
+}
+
+// TestNotPublicSeesThroughNAT64: a NAT64 address is as public as the IPv4 address it reaches.
+func TestNotPublicSeesThroughNAT64(t *testing.T) {
+	for addr, public := range map[string]bool{
+		"64:ff9b::a00:7": false, "64:ff9b::7f00:1": false, "64:ff9b::8c52:7003": true, "140.82.112.3": true, "::ffff:10.0.0.7": false,
+	} {
+		if got := NotPublic(netip.MustParseAddr(addr)) == ""; got != public {
+			t.Errorf("NotPublic(%s): public=%v, want %v", addr, got, public)
+		}
 	}
 }

@@ -477,12 +477,17 @@ func TestTenancyDestinationsAreRefusedBeforeAnyDial(t *testing.T) {
 		o.AllowLoopbackDestinations = false
 		o.Dial = failingDial(t)
 		o.Resolve = resolve
+		// TEST-NET-1 (RFC 5737) stands for a platform service the operator refuses.
+		o.RefusedDestinations = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}
 	})
 	ns := newNamespace(t)
 	git := gitClass(t)
-	// Drivers of later tests probe every Connector of the cluster, with the system resolver.
+	// Drivers of later tests probe every Connector of the cluster, with the system resolver
+	// and dialer, and refuse neither this name nor the operator's range.
 	t.Cleanup(func() {
-		_ = cp.Client.Delete(context.Background(), &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: "metadata-name", Namespace: ns}})
+		for _, name := range []string{"metadata-name", "operator-refused"} {
+			_ = cp.Client.Delete(context.Background(), &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}})
+		}
 	})
 	addresses := map[string]string{
 		"metadata": "http://169.254.169.254/latest", "metadata-name": "http://metadata.test/latest",
@@ -490,6 +495,11 @@ func TestTenancyDestinationsAreRefusedBeforeAnyDial(t *testing.T) {
 		"unspecified": "http://0.0.0.0:8080/x", "unspecified-v6": "http://[::]:8080/x",
 		"multicast": "http://224.0.0.1/x", "broadcast": "http://255.255.255.255/x",
 		"loopback": "http://127.0.0.2:9/x",
+		// Cloud metadata and host services outside link-local, and the metadata service
+		// through the NAT64 prefix.
+		"alibaba-metadata": "http://100.100.100.200/latest", "aws-metadata-v6": "http://[fd00:ec2::254]/latest",
+		"gcp-metadata-v6": "http://[fd20:ce::254]/computeMetadata", "azure-wireserver": "http://168.63.129.16/machine",
+		"nat64-metadata": "http://[64:ff9b::a9fe:a9fe]/latest", "operator-refused": "http://192.0.2.10/x",
 	}
 	var names []string
 	for n, a := range addresses {
