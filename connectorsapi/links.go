@@ -62,8 +62,10 @@ func (l *linkWriter) rewrite(bracketed string) string {
 	}
 	rest := strings.TrimPrefix(strings.TrimPrefix(u.EscapedPath(), strings.TrimSuffix(l.base.EscapedPath(), "/")), "/")
 	ref := strings.Repeat("../", max(l.depth, 0)) + rest
-	if ref == "" || strings.Contains(strings.SplitN(ref, "/", 2)[0], ":") {
-		ref = "./" + ref // not empty, and no first segment that reads as a scheme
+	if ref == "" || strings.HasPrefix(ref, "/") || strings.Contains(strings.SplitN(ref, "/", 2)[0], ":") {
+		// Not empty, not a path from the root or (a tool's ///host) a reference to another
+		// host, and no first segment that reads as a scheme.
+		ref = "./" + ref
 	}
 	if u.RawQuery != "" {
 		ref += "?" + u.RawQuery

@@ -32,6 +32,9 @@ func TestLinkWriterKeepsPagingOnTheAPI(t *testing.T) {
 			`</other/x>; rel="next"`, `</other/x>; rel="next"`},
 		// a first segment with a colon stays a path
 		{"http://reg:5000", "http://reg:5000/a:b", "/a:b", `</a:b?page=2>`, `<./a:b?page=2>`},
+		// a path of the tool's that starts with empty segments stays a path, not another host
+		{"https://tool.example", "https://tool.example/projects", "/projects", `<https://tool.example///attacker.example/steal?x=1>`,
+			`<.///attacker.example/steal?x=1>`},
 	} {
 		rec := httptest.NewRecorder()
 		lw := newLinkWriter(rec, parse(tc.base), parse(tc.target), tc.apiPath)
