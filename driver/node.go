@@ -3,6 +3,7 @@ package driver
 import (
 	"context"
 	"fmt"
+	"math"
 	"sync/atomic"
 
 	"golang.org/x/sync/errgroup"
@@ -130,7 +131,7 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 	}); err != nil {
 		return err
 	}
-	renderer := render.NewRenderer(o.ProxyURL, o.NoProxy)
+	renderer := render.NewRenderer(o.ProxyURL, o.NoProxy, int(min(o.volumeSizeBytes, math.MaxInt32)))
 	renderer.ClusterDomain = o.ClusterDomain
 	nodeServer := node.NewServer(node.Server{
 		Config: node.Config{NodeID: o.NodeID, Audience: o.TokenAudience, VolumeSizeLimit: o.volumeSizeBytes,

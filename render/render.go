@@ -58,9 +58,16 @@ type Renderer struct {
 	templates     *templates.Cache
 }
 
-// NewRenderer returns a Renderer for the given built-in proxy URL.
-func NewRenderer(proxyURL, noProxy string) *Renderer {
-	return &Renderer{ProxyURL: strings.TrimSuffix(proxyURL, "/"), NoProxy: noProxy, templates: templates.NewCache()}
+// NewRenderer returns a Renderer for the given built-in proxy URL. A file whose template
+// writes more than maxFileBytes (0: unbounded) fails the render: it could not fit the volume
+// anyway, and a class looping over a tenant's params or Connectors must not make the node hold
+// more than that.
+func NewRenderer(proxyURL, noProxy string, maxFileBytes int) *Renderer {
+	var opts []templates.Option
+	if maxFileBytes > 0 {
+		opts = append(opts, templates.OutputLimit(maxFileBytes))
+	}
+	return &Renderer{ProxyURL: strings.TrimSuffix(proxyURL, "/"), NoProxy: noProxy, templates: templates.NewCache(opts...)}
 }
 
 // Render produces the files of a volume. Errors are *InputError for faults of the request and

@@ -29,7 +29,7 @@ func TestSameClassRendersOnceOverAllConnectors(t *testing.T) {
 	git := class("git", v1alpha1.Configuration{Name: "gitconfig", Data: map[string]string{
 		"list": "{{ range .connectors }}{{ .metadata.name }}={{ .status.proxyAddress }};{{ end }}first={{ .connector.metadata.name }}",
 	}})
-	r := NewRenderer("http://proxy:3128/", "localhost")
+	r := NewRenderer("http://proxy:3128/", "localhost", 0)
 	files, err := r.Render(Request{Sources: []Source{{connector("a", "one", "https://x"), git}, {connector("b", "two", "https://y"), git}},
 		Configurations: []string{"gitconfig"}, Token: "tok"})
 	if err != nil {
@@ -47,7 +47,7 @@ func TestSameClassRendersOnceOverAllConnectors(t *testing.T) {
 func TestLaterClassWinsAndExclusionsApply(t *testing.T) {
 	first := class("first", v1alpha1.Configuration{Name: "c", Data: map[string]string{"shared": "first", "only-first": "1"}})
 	second := class("second", v1alpha1.Configuration{Name: "c", Data: map[string]string{"shared": "second"}})
-	files, err := NewRenderer("http://p:1", "").Render(Request{
+	files, err := NewRenderer("http://p:1", "", 0).Render(Request{
 		Sources:        []Source{{connector("n", "a", "https://a"), first}, {connector("n", "b", "https://b"), second}},
 		Configurations: []string{"c"},
 		Excluded:       []string{"only-first", ".env", "no-such-file"},
@@ -73,7 +73,7 @@ func TestParams(t *testing.T) {
 			{Name: "obj", Type: v1alpha1.ParamTypeObject},
 		}})
 	src := []Source{{connector("n", "a", "https://a"), c}}
-	r := NewRenderer("http://p:1", "")
+	r := NewRenderer("http://p:1", "", 0)
 	files, err := r.Render(Request{Sources: src, Configurations: []string{"c"}, Params: map[string]ParamValues{"c": {"obj": json.RawMessage(`{"k":"v"}`)}}})
 	if err != nil {
 		t.Fatal(err)
@@ -96,7 +96,7 @@ func TestParams(t *testing.T) {
 
 func TestTemplateErrorNamesClassConfigurationAndFile(t *testing.T) {
 	c := class("k", v1alpha1.Configuration{Name: "c", Data: map[string]string{"f": "{{ index .connectors 5 }}"}})
-	_, err := NewRenderer("http://p:1", "").Render(Request{Sources: []Source{{connector("n", "a", "https://a"), c}}, Configurations: []string{"c"}})
+	_, err := NewRenderer("http://p:1", "", 0).Render(Request{Sources: []Source{{connector("n", "a", "https://a"), c}}, Configurations: []string{"c"}})
 	var ce *ClassError
 	if !errors.As(err, &ce) || ce.Class != "k" || ce.Configuration != "c" || ce.File != "f" {
 		t.Fatalf("err = %v, want a ClassError for k/c/f", err)
@@ -105,7 +105,7 @@ func TestTemplateErrorNamesClassConfigurationAndFile(t *testing.T) {
 
 func TestURLParseInTemplates(t *testing.T) {
 	c := class("k", v1alpha1.Configuration{Name: "c", Data: map[string]string{"host": "{{ (urlParse .connector.spec.address).hostname }}"}})
-	files, err := NewRenderer("http://p:1", "").Render(Request{Sources: []Source{{connector("n", "a", "https://reg.example.com:5000/v2"), c}},
+	files, err := NewRenderer("http://p:1", "", 0).Render(Request{Sources: []Source{{connector("n", "a", "https://reg.example.com:5000/v2"), c}},
 		Configurations: []string{"c"}})
 	if err != nil || string(files["host"]) != "reg.example.com" {
 		t.Fatalf("host = %q, %v", files["host"], err)
@@ -117,7 +117,7 @@ func TestURLParseInTemplates(t *testing.T) {
 // error that names it.
 func TestNoConfigurationNamesRendersOnlyBuiltIns(t *testing.T) {
 	c := class("k", v1alpha1.Configuration{Name: "c", Data: map[string]string{"f": "x"}})
-	r := NewRenderer("http://p:1", "")
+	r := NewRenderer("http://p:1", "", 0)
 	files, err := r.Render(Request{Sources: []Source{{connector("n", "a", "https://a"), c}}, Token: "tok"})
 	if err != nil {
 		t.Fatal(err)

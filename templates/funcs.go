@@ -60,6 +60,11 @@ func MissingKeyError() Option {
 	return func(c *Cache) { c.options = append(c.options, "missingkey=error") }
 }
 
+// OutputLimit fails an execution whose output passes n bytes (n > 0).
+func OutputLimit(n int) Option {
+	return func(c *Cache) { c.maxOutput = n }
+}
+
 // NewCache returns an empty template cache with the full function set.
 func NewCache(opts ...Option) *Cache {
 	c := &Cache{parsed: map[string]*template.Template{}, funcs: funcs}

@@ -40,7 +40,10 @@ func TestBadInputs(t *testing.T) {
 	// Stored without the admission webhook (as before it refused such addresses): git reads
 	// everything after the ';' of a value rendered from it as a comment.
 	newConnector(t, ns, "smuggler", gitClass(t), "https://;x@evil.example.com")
-	allowConnectors(t, ns, "builder", "params", "orphan", "broken", "failing", "escape", "missing", "smuggler")
+	// 5.2 MB from a loop, past the volume's 4Mi: stopped as it is written.
+	newConnector(t, ns, "huge", newClass(t, "huge", v1alpha1.Configuration{
+		Name: "conf", Data: map[string]string{"huge.txt": "{{ range until 100000 }}{{ printf \"%052d\" 0 }}{{ end }}"}}), "https://x.example.com")
+	allowConnectors(t, ns, "builder", "params", "orphan", "broken", "failing", "escape", "missing", "smuggler", "huge")
 
 	type mutate func(r *csi.NodePublishVolumeRequest)
 	setAttr := func(k, v string) mutate { return func(r *csi.NodePublishVolumeRequest) { r.VolumeContext[k] = v } }
@@ -80,6 +83,7 @@ func TestBadInputs(t *testing.T) {
 		{"unknown configuration name", map[string]string{"connectors": "params", "configuration.names": "setings"}, nil, codes.InvalidArgument, []string{`"setings"`}},
 		{"path traversal in a file name", map[string]string{"connectors": "escape", "configuration.names": "conf"}, nil, codes.FailedPrecondition, []string{"../../escape.txt"}},
 		{"connector not granted", map[string]string{"connectors": "params,secret"}, nil, codes.PermissionDenied, []string{ns + "/secret", "get"}},
+		{"file larger than the volume", map[string]string{"connectors": "huge", "configuration.names": "conf"}, nil, codes.FailedPrecondition, []string{"huge-", `"huge.txt"`, "larger than 4194304 bytes"}},
 		{"address that adds settings", map[string]string{"connectors": "smuggler", "configuration.names": "gitconfig"}, nil, codes.FailedPrecondition, []string{ns + "/smuggler", "spec.address", "holds ';'"}},
 	}
 	for _, tc := range cases {
