@@ -5,6 +5,7 @@ package admission
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 
 	admissionv1 "k8s.io/api/admission/v1"
@@ -37,22 +38,26 @@ func (v *ConnectorValidator) Webhook(scheme *runtime.Scheme) *admission.Webhook 
 	return &admission.Webhook{Handler: v}
 }
 
-// Handle allows a Connector that keeps its class's contract. An update that leaves the spec as
-// it was is allowed whatever the class says now: labels, finalizers and deletion must never
-// depend on a class that changed or went away.
+// Handle allows a Connector that keeps its class's contract and the size a node keeps. An
+// update that leaves the spec as it was is allowed whatever the class says now: labels,
+// finalizers and deletion must never depend on a class that changed or went away.
 func (v *ConnectorValidator) Handle(ctx context.Context, req admission.Request) admission.Response {
 	var c v1alpha1.Connector
 	if err := v.Decoder.Decode(req, &c); err != nil {
 		return admission.Errored(http.StatusBadRequest, err)
 	}
+	var old *v1alpha1.Connector
 	if req.Operation == admissionv1.Update {
-		var old v1alpha1.Connector
-		if err := v.Decoder.DecodeRaw(req.OldObject, &old); err != nil {
+		old = &v1alpha1.Connector{}
+		if err := v.Decoder.DecodeRaw(req.OldObject, old); err != nil {
 			return admission.Errored(http.StatusBadRequest, err)
 		}
-		if equality.Semantic.DeepEqual(old.Spec, c.Spec) {
-			return admission.Allowed("spec unchanged")
-		}
+	}
+	if err := sizeAllowed(&c, old); err != nil {
+		return invalid(&c, field.ErrorList{err})
+	}
+	if old != nil && equality.Semantic.DeepEqual(old.Spec, c.Spec) {
+		return admission.Allowed("spec unchanged")
 	}
 	var class v1alpha1.ConnectorClass
 	err := v.Reader.Get(ctx, client.ObjectKey{Name: c.Spec.ConnectorClassName}, &class)
@@ -73,4 +78,16 @@ func (v *ConnectorValidator) Handle(ctx context.Context, req admission.Request) 
 func invalid(c *v1alpha1.Connector, errs field.ErrorList) admission.Response {
 	status := apierrors.NewInvalid(v1alpha1.GroupVersion.WithKind("Connector").GroupKind(), c.Name, errs).ErrStatus
 	return admission.Response{AdmissionResponse: admissionv1.AdmissionResponse{Allowed: false, Result: &status}}
+}
+
+// sizeAllowed refuses a Connector larger than a node keeps (contract.MaxConnectorBytes), also
+// on an update of its metadata alone; an update that does not make an oversized Connector
+// stored before this rule larger (a finalizer removed, its deletion) is allowed.
+func sizeAllowed(c, old *v1alpha1.Connector) *field.Error {
+	size := contract.ConnectorBytes(c)
+	if size <= contract.MaxConnectorBytes || old != nil && size <= contract.ConnectorBytes(old) {
+		return nil
+	}
+	return field.Forbidden(field.NewPath("spec"), fmt.Sprintf("the Connector is %d bytes as JSON with its labels and annotations, more than the %d a node keeps",
+		size, contract.MaxConnectorBytes))
 }

@@ -239,6 +239,9 @@ func (s *Server) resolve(ctx context.Context, nn types.NamespacedName) (render.S
 		if apierrors.IsNotFound(err) {
 			return render.Source{}, status.Errorf(codes.NotFound, "Connector %s not found", nn)
 		}
+		if apierrors.IsRequestEntityTooLargeError(err) {
+			return render.Source{}, status.Error(codes.FailedPrecondition, err.Error())
+		}
 		return render.Source{}, status.Errorf(codes.Unavailable, "read Connector %s: %v", nn, err)
 	}
 	// Admission refuses such addresses; this is for Connectors stored before it did, or

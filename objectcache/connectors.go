@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
@@ -30,6 +31,7 @@ import (
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/cachemetrics"
+	"github.com/kube-connectors/connectors-csi/contract"
 )
 
 // Connectors is the on-demand cache of Connectors.
@@ -52,7 +54,9 @@ type Connectors struct {
 // watched is one Connector's watch and what it holds.
 type watched struct {
 	// obj is the Connector, nil when there is none, once synced is closed (the first list).
-	obj      atomic.Pointer[v1alpha1.Connector]
+	obj atomic.Pointer[v1alpha1.Connector]
+	// oversize is the size of a Connector too large to hold, 0 for none.
+	oversize atomic.Int64
 	synced   chan struct{}
 	stop     context.CancelFunc
 	lastRead time.Time
@@ -82,6 +86,10 @@ func (c *Connectors) Get(ctx context.Context, nn types.NamespacedName) (*v1alpha
 		return nil, fmt.Errorf("watch of Connector %s did not sync: %w", nn, ctx.Err())
 	}
 	obj := w.obj.Load()
+	if size := w.oversize.Load(); obj == nil && size > 0 {
+		return nil, apierrors.NewRequestEntityTooLargeError(fmt.Sprintf("Connector %s is %d bytes, more than the %d a node keeps (its spec, labels and annotations)",
+			nn, size, contract.MaxConnectorBytes))
+	}
 	if obj == nil {
 		return nil, apierrors.NewNotFound(v1alpha1.GroupVersion.WithResource(v1alpha1.ResourceConnectors).GroupResource(), nn.Name)
 	}
@@ -210,11 +218,20 @@ func (c *Connectors) watchFrom(ctx context.Context, nn types.NamespacedName, w *
 	return errors.New("the watch stopped")
 }
 
-// set makes obj (nil: none) the Connector w holds, without what a node never reads; one it
-// held that is gone is told to OnDelete.
+// set makes obj (nil: none) the Connector w holds, without what a node never reads (managed
+// fields, kubectl's copy of the last applied spec); one it held that is gone is told to
+// OnDelete. A Connector larger than contract.MaxConnectorBytes is not held: its size is, and
+// reads fail naming it, so that a tenant cannot fill a node's memory with the Connectors its
+// Pods name (the count is bounded, not each one's size).
 func (c *Connectors) set(nn types.NamespacedName, w *watched, obj *v1alpha1.Connector) {
+	w.oversize.Store(0)
 	if obj != nil {
 		obj.ManagedFields = nil
+		delete(obj.Annotations, corev1.LastAppliedConfigAnnotation)
+		if size := contract.ConnectorBytes(obj); size > contract.MaxConnectorBytes {
+			w.oversize.Store(int64(size))
+			obj = nil
+		}
 	}
 	if held := w.obj.Swap(obj); held != nil && obj == nil && c.OnDelete != nil {
 		c.OnDelete(nn)

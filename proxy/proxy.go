@@ -488,8 +488,11 @@ func rewriteLocationFor(res *http.Response, rt *route) {
 func (p *Proxy) connector(ctx context.Context, nn types.NamespacedName) (*v1alpha1.Connector, *v1alpha1.ConnectorClass, error) {
 	var c v1alpha1.Connector
 	if err := p.objects.Get(ctx, nn, &c); err != nil {
-		if apierrors.IsNotFound(err) {
+		switch {
+		case apierrors.IsNotFound(err):
 			return nil, nil, refusef(http.StatusNotFound, "Connector %s not found", nn)
+		case apierrors.IsRequestEntityTooLargeError(err): // the node keeps no Connector so large
+			return nil, nil, refusef(http.StatusPreconditionFailed, "%v", err)
 		}
 		return nil, nil, err
 	}

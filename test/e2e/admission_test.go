@@ -112,6 +112,8 @@ func TestAdmissionWebhookEnforcesTheClassContract(t *testing.T) {
 			`spec.addressExtensions[0].value: Invalid value: holds '"'`},
 		{"user information", `address: https://tool.example.com`, `address: "https://me:hunter2@tool.example.com"`,
 			`spec.address: Invalid value: must not carry user information`},
+		{"larger than a node keeps", `metadata: {name: bad, `, `metadata: {annotations: {padding: "` + strings.Repeat("x", 70<<10) + `"}, name: bad, `,
+			`spec: Forbidden: the Connector is 7`},
 		{"an address too long", `address: https://tool.example.com`, `address: "https://tool.example.com/` + strings.Repeat("a", 2048) + `"`,
 			`spec.address: Too long: may not be more than 2048 bytes`},
 	} {

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/features"
@@ -43,7 +44,10 @@ func TestBadInputs(t *testing.T) {
 	// 5.2 MB from a loop, past the volume's 4Mi: stopped as it is written.
 	newConnector(t, ns, "huge", newClass(t, "huge", v1alpha1.Configuration{
 		Name: "conf", Data: map[string]string{"huge.txt": "{{ range until 100000 }}{{ printf \"%052d\" 0 }}{{ end }}"}}), "https://x.example.com")
-	allowConnectors(t, ns, "builder", "params", "orphan", "broken", "failing", "escape", "missing", "smuggler", "huge")
+	// Stored without the admission webhook: more than a node keeps.
+	create(t, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: "bloated", Namespace: ns, Annotations: map[string]string{"padding": strings.Repeat("x", 70<<10)}},
+		Spec: v1alpha1.ConnectorSpec{ConnectorClassName: constantClass(t), Address: "https://x.example.com"}})
+	allowConnectors(t, ns, "builder", "params", "orphan", "broken", "failing", "escape", "missing", "smuggler", "huge", "bloated")
 
 	type mutate func(r *csi.NodePublishVolumeRequest)
 	setAttr := func(k, v string) mutate { return func(r *csi.NodePublishVolumeRequest) { r.VolumeContext[k] = v } }
@@ -84,6 +88,7 @@ func TestBadInputs(t *testing.T) {
 		{"path traversal in a file name", map[string]string{"connectors": "escape", "configuration.names": "conf"}, nil, codes.FailedPrecondition, []string{"../../escape.txt"}},
 		{"connector not granted", map[string]string{"connectors": "params,secret"}, nil, codes.PermissionDenied, []string{ns + "/secret", "get"}},
 		{"file larger than the volume", map[string]string{"connectors": "huge", "configuration.names": "conf"}, nil, codes.FailedPrecondition, []string{"huge-", `"huge.txt"`, "larger than 4194304 bytes"}},
+		{"connector larger than a node keeps", map[string]string{"connectors": "bloated"}, nil, codes.FailedPrecondition, []string{ns + "/bloated", "more than the 65536 a node keeps"}},
 		{"address that adds settings", map[string]string{"connectors": "smuggler", "configuration.names": "gitconfig"}, nil, codes.FailedPrecondition, []string{ns + "/smuggler", "spec.address", "holds ';'"}},
 	}
 	for _, tc := range cases {
