@@ -173,7 +173,7 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 // newObjectCache makes the informer caches the node reads besides Connectors (which it
 // watches one by one, on demand: objectcache): ConnectorClasses (few; shared read-only, as a
 // proxied request must not copy its class) and the AccessRequests of this node only (by the
-// node label). All are kept without managedFields.
+// node label). All are kept without managedFields; AccessRequests without annotations too.
 func newObjectCache(ctx context.Context, p *process) (cache.Cache, error) {
 	c, err := cache.New(p.cfg, cache.Options{
 		Scheme:                      p.scheme,
@@ -182,7 +182,7 @@ func newObjectCache(ctx context.Context, p *process) (cache.Cache, error) {
 		ByObject: map[client.Object]cache.ByObject{
 			&v1alpha1.ConnectorClass{}: {UnsafeDisableDeepCopy: ptr.To(true)},
 			&v1alpha1.AccessRequest{}: {Label: labels.SelectorFromSet(labels.Set{
-				v1alpha1.LabelNode: approval.LabelValue(p.o.NodeID)})},
+				v1alpha1.LabelNode: approval.LabelValue(p.o.NodeID)}), Transform: stripRequest},
 		},
 	})
 	if err != nil {
@@ -194,6 +194,16 @@ func newObjectCache(ctx context.Context, p *process) (cache.Cache, error) {
 		}
 	}
 	return c, nil
+}
+
+// stripRequest keeps of an AccessRequest what the node reads (labels, spec, status): not its
+// managed fields, nor its annotations, which whoever may write AccessRequests could fill up to
+// the API server's 256 KiB on every request labelled for this node.
+func stripRequest(obj any) (any, error) {
+	if ar, ok := obj.(*v1alpha1.AccessRequest); ok {
+		ar.ManagedFields, ar.Annotations = nil, nil
+	}
+	return obj, nil
 }
 
 func newMounter(o *validated) mount.Mounter {
