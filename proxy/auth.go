@@ -56,6 +56,55 @@ func VerbFor(method string) (verb string, ok bool) {
 	return "create", true
 }
 
+// methodOverrides are the headers some frameworks (Google's APIs, Rails and Express
+// middleware) take as the method to run instead of the request's.
+var methodOverrides = []string{"X-Http-Method-Override", "X-Http-Method", "X-Method-Override"}
+
+// verbBeyondMethod tells whether a request with headers h may need another verb than its
+// method's: it asks to switch protocols or to override its method.
+func verbBeyondMethod(h http.Header) bool {
+	if IsUpgrade(h) {
+		return true
+	}
+	for _, name := range methodOverrides {
+		if _, ok := h[name]; ok {
+			return true
+		}
+	}
+	return false
+}
+
+// useVerb is the connectors/proxy verb a request of method with headers h needs: create for
+// an upgrade whatever its method (a GET), as the upgraded connection carries writes too
+// (Kubernetes asks create of pods/exec over WebSocket for the same reason); else the verb of
+// the method a tool may run instead (a method-override header's), unless that is a read and
+// the request's own method is not; else its method's (VerbFor). TRACE and TRACK are refused
+// also as overrides.
+func useVerb(method string, h http.Header) (string, error) {
+	verb, ok := VerbFor(method)
+	if !ok {
+		return "", refusef(http.StatusMethodNotAllowed, "method %s is never proxied", method)
+	}
+	if !verbBeyondMethod(h) {
+		return verb, nil
+	}
+	if IsUpgrade(h) {
+		return "create", nil
+	}
+	for _, name := range methodOverrides {
+		for _, override := range h.Values(name) {
+			overridden, ok := VerbFor(strings.TrimSpace(override))
+			if !ok {
+				return "", refusef(http.StatusMethodNotAllowed, "method %s (%s) is never proxied", override, name)
+			}
+			if overridden != "get" {
+				verb = overridden
+			}
+		}
+	}
+	return verb, nil
+}
+
 // authorizeGet checks that u may get the Connector. It runs before the Connector is looked up,
 // so that a stranger cannot tell a Connector that exists from one that does not (SPEC §4.7).
 func (p *Proxy) authorizeGet(ctx context.Context, u user.Info, nn types.NamespacedName) error {
@@ -70,18 +119,14 @@ func (p *Proxy) authorizeGet(ctx context.Context, u user.Info, nn types.Namespac
 }
 
 // authorizeUse checks, with enable-connector-proxy-permissions, that u may use the Connector
-// through the proxy with the request's method, or to switch protocols (upgrade) (SPEC §4.4): connectors/proxy, namespace-wide or
-// scoped to the token's Pod (connectors/proxy/v1/pod/<ns>/<pod>). Without the flag, get (see
-// authorizeGet) is all it takes. Methods that are never proxied are refused either way.
-func (p *Proxy) authorizeUse(ctx context.Context, u user.Info, nn types.NamespacedName, method string, upgrade bool) error {
-	verb, ok := VerbFor(method)
-	if !ok {
-		return refusef(http.StatusMethodNotAllowed, "method %s is never proxied", method)
-	}
-	if upgrade {
-		// Whatever its method (a GET), the upgraded connection carries writes too: Kubernetes
-		// asks create of pods/exec over WebSocket for the same reason.
-		verb = "create"
+// through the proxy for a request of method with headers h (useVerb) (SPEC §4.4):
+// connectors/proxy, namespace-wide or scoped to the token's Pod
+// (connectors/proxy/v1/pod/<ns>/<pod>). Without the flag, get (see authorizeGet) is all it
+// takes. Methods that are never proxied are refused either way.
+func (p *Proxy) authorizeUse(ctx context.Context, u user.Info, nn types.NamespacedName, method string, h http.Header) error {
+	verb, err := useVerb(method, h)
+	if err != nil {
+		return err
 	}
 	if !p.flags.Flags().ProxyPermissions {
 		return nil

@@ -1040,7 +1040,8 @@ func laneRequest(r *http.Request) bool {
 }
 
 // laneRefusedHeaders are headers whose requests the fast lane leaves to the full path.
-var laneRefusedHeaders = []string{"Upgrade", "Te", "Trailer", egress.HopHeader}
+// Method overrides may need another verb than the method's, by which the lane remembers routes.
+var laneRefusedHeaders = append([]string{"Upgrade", "Te", "Trailer", egress.HopHeader}, methodOverrides...)
 
 // expectsContinue tells whether r asks for a 100 (Continue) before it sends its body: one
 // Expect: 100-continue on a request with a body (curl sends it for bodies over 1 MiB, Maven

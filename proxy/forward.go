@@ -78,7 +78,7 @@ func (p *Proxy) forwardRoute(r *http.Request, fc *forwardClient, target *url.URL
 	if err != nil {
 		return nil, err
 	}
-	if err := p.authorizeUse(ctx, fc.user, types.NamespacedName{Namespace: c.Namespace, Name: c.Name}, r.Method, IsUpgrade(r.Header)); err != nil {
+	if err := p.authorizeUse(ctx, fc.user, types.NamespacedName{Namespace: c.Namespace, Name: c.Name}, r.Method, r.Header); err != nil {
 		return nil, err
 	}
 	out := *target
@@ -302,16 +302,16 @@ func (t *tunnel) serve(rw http.ResponseWriter, r *http.Request) {
 		return
 	}
 	target, key := t.target(r.URL), t.key(r.Method)
-	// An upgrade needs more than its method's verb: never along a route remembered for the
-	// method, nor remembered for it.
-	upgrade := IsUpgrade(r.Header)
-	if rt, ok := t.memo.route(p, target, key); ok && !upgrade {
+	// An upgrade or a method override may need more than the method's verb: never along a
+	// route remembered for the method, nor remembered for it.
+	beyond := verbBeyondMethod(r.Header)
+	if rt, ok := t.memo.route(p, target, key); ok && !beyond {
 		p.send(w, r, rt)
 		return
 	}
 	epoch := p.podEpochs.now() // before the decisions: one dropped meanwhile is not remembered
 	if rt := t.route(w, r, target); rt != nil {
-		if !upgrade {
+		if !beyond {
 			t.memo.remember(key, "", rt, epoch)
 		}
 		p.send(w, r, rt)

@@ -236,7 +236,8 @@ func (v headHeaders) AppendKey(key []byte, name string) ([]byte, bool) {
 
 // laneRefused names the request headers whose requests the fast lane does not read itself:
 // they mean a body, an upgrade, an expectation or trailers, carry another proxy's hop marker,
-// or may be named by Connection (Close).
+// override the method (whose verb routes are remembered by), or may be named by Connection
+// (Close).
 func laneRefused(name []byte) bool {
 	for _, refused := range laneRefusedNames {
 		if asciiEqual(name, refused) {
@@ -246,8 +247,8 @@ func laneRefused(name []byte) bool {
 	return false
 }
 
-var laneRefusedNames = []string{"Transfer-Encoding", "Expect", "Upgrade", "Te", "Trailer",
-	"Close", egress.HopHeader}
+var laneRefusedNames = append([]string{"Transfer-Encoding", "Expect", "Upgrade", "Te", "Trailer",
+	"Close", egress.HopHeader}, methodOverrides...)
 
 // contentLength reads a Content-Length value of 1 to 18 digits (well within int64, and more
 // than any body the fast lane takes) into n.

@@ -711,6 +711,38 @@ func TestTenancyMethodsNeedTheirVerb(t *testing.T) {
 	if code, body := call("TRACE"); code != http.StatusMethodNotAllowed {
 		t.Errorf("TRACE: status %d %q, want 405 (it would echo the injected credential)", code, body)
 	}
+	// Some frameworks run the method a header names instead of the request's: a GET that says
+	// DELETE needs delete. Both on the fast lane's connection and on net/http's.
+	overridden := func(header, method string) (int, string) {
+		return do(t, noRedirects, newRequest(t, "GET", url, map[string]string{"Authorization": "Bearer " + token, header: method}))
+	}
+	for _, header := range []string{"X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override"} {
+		if code, body := overridden(header, "DELETE"); code != http.StatusForbidden || !strings.Contains(body, "may not delete connectors/proxy") {
+			t.Errorf("GET with %s: DELETE and a read grant: status %d %q, want 403", header, code, body)
+		}
+	}
+	if code, body := overridden("X-HTTP-Method-Override", "TRACE"); code != http.StatusMethodNotAllowed {
+		t.Errorf("GET with X-HTTP-Method-Override: TRACE: status %d %q, want 405", code, body)
+	}
+	if code, body := overridden("X-HTTP-Method-Override", "HEAD"); code != http.StatusOK {
+		t.Errorf("GET with X-HTTP-Method-Override: HEAD and a read grant: status %d %q, want 200", code, body)
+	}
+	// On one kept-alive connection, after a plain GET the fast lane remembers the route by.
+	host := strings.TrimPrefix(env.proxyURL, "http://")
+	conn := dialProxy(t, host)
+	br := bufio.NewReader(conn)
+	head := "GET " + strings.TrimPrefix(url, env.proxyURL) + " HTTP/1.1\r\nHost: " + host + "\r\nAuthorization: Bearer " + token + "\r\n"
+	for i, extra := range []string{"", "X-HTTP-Method-Override: DELETE\r\n"} {
+		writeRaw(t, conn, head+extra+"\r\n")
+		res, err := http.ReadResponse(br, &http.Request{Method: "GET"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, res.Body)
+		if want := []int{http.StatusOK, http.StatusForbidden}[i]; res.StatusCode != want {
+			t.Errorf("kept-alive request %d (%q): status %d, want %d", i, extra, res.StatusCode, want)
+		}
+	}
 }
 
 func TestTenancyConnectorsAPINeedsApisUnderApproval(t *testing.T) {
