@@ -2,6 +2,7 @@ package contract
 
 import (
 	"fmt"
+	"net/netip"
 	"net/url"
 	"strings"
 
@@ -25,7 +26,7 @@ const quoteOrComment = "\"'\\;#`<>{}|^"
 // for what the files rendered from it need, beyond the schema's "a URL": at most
 // MaxAddressBytes; printable ASCII with no quote or comment character, as written and as
 // templates see it decoded (urlParse's path); no user information (credentials belong in
-// spec.auth), hence no fragment (#). The checks are on the whole string, as classes copy it as
+// spec.auth), hence no fragment (#); a host that is a DNS name or an IP address. The checks are on the whole string, as classes copy it as
 // written. Errors name the place, never the value: one with user information holds a password.
 func Address(path *field.Path, addr string) *field.Error {
 	if len(addr) > MaxAddressBytes {
@@ -47,8 +48,19 @@ func Address(path *field.Path, addr string) *field.Error {
 		return field.Invalid(path, field.OmitValueType{}, "must be a URL")
 	case u.User != nil:
 		return field.Invalid(path, field.OmitValueType{}, "must not carry user information (credentials belong in spec.auth)")
+	case !hostName(u.Hostname()):
+		return field.Invalid(path, field.OmitValueType{}, "the host must be a DNS name (letters, digits, '-', '_', '.') or an IP address")
 	}
 	return nil
+}
+
+// hostName tells whether host is empty, an IP address or a name of letters, digits, '-', '_'
+// and '.': YAML and TOML read a key such as *x or &x as something else than a host.
+func hostName(host string) bool {
+	if _, err := netip.ParseAddr(host); err == nil {
+		return true
+	}
+	return strings.Trim(host, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.") == ""
 }
 
 // addressCharacters says what is wrong with s's characters, or "".

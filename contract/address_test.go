@@ -17,6 +17,7 @@ func TestAddress(t *testing.T) {
 	for _, ok := range []string{
 		"https://github.com", "https://gitlab.example.com/", "http://nexus.example.com:8081/repository/npm-group/",
 		"https://registry.example.com/v2", "https://host/a%2Fb/@scope", "https://xn--bcher-kva.example/x?y=1&z=2", "",
+		"http://127.0.0.1:8080", "https://[2001:db8::1]:5000/v2", "http://gitea_1:3000",
 	} {
 		if err := Address(field.NewPath("spec", "address"), ok); err != nil {
 			t.Errorf("%q: %v", ok, err)
@@ -34,6 +35,8 @@ func TestAddress(t *testing.T) {
 		{"https://h/%zz", "malformed percent-escape"},
 		{"https://user:hunter2@tool.example.com", "must not carry user information"},
 		{"https://h/" + strings.Repeat("a", MaxAddressBytes), "may not be more than 2048"},
+		{"https://*evil.example/", "the host must be a DNS name"},
+		{"https://&x:443/", "the host must be a DNS name"},
 	} {
 		err := Address(field.NewPath("spec", "address"), tc.addr)
 		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.HasPrefix(err.Error(), "spec.address: ") {
