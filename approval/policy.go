@@ -210,10 +210,17 @@ func (c *PolicyController) syncDefaultPermission(ctx context.Context, p *v1alpha
 	return writeGrant(ctx, c.Client, p, name, rules, subjects)
 }
 
+// maxGrantSubjects bounds the subjects a binding template expands to: names times namespaces
+// would otherwise be as large as a tenant makes them (256 names of 256 namespaces in each of 16
+// selectors), held in the controller's memory and written into one RoleBinding.
+const maxGrantSubjects = 1000
+
 // subjects expands a binding template: named ServiceAccounts of the selected namespaces, or
-// every ServiceAccount of them (the group system:serviceaccounts:<ns>) when no names are given.
+// every ServiceAccount of them (the group system:serviceaccounts:<ns>) when no names are given;
+// at most maxGrantSubjects.
 func (c *PolicyController) subjects(ctx context.Context, bt v1alpha1.BindingTemplate) ([]rbacv1.Subject, error) {
 	var out []rbacv1.Subject
+	tooMany := fmt.Errorf("bindingTemplate: more than %d subjects (ServiceAccount names times namespaces); name fewer, or none to bind each namespace's ServiceAccounts as a group", maxGrantSubjects)
 	for _, sel := range bt.ServiceAccounts {
 		namespaces := map[string]bool{}
 		for _, n := range sel.NamespaceSelector.Names {
@@ -238,6 +245,9 @@ func (c *PolicyController) subjects(ctx context.Context, bt v1alpha1.BindingTemp
 			nsNames = append(nsNames, n)
 		}
 		sort.Strings(nsNames)
+		if len(out)+len(nsNames)*max(len(sel.Names), 1) > maxGrantSubjects {
+			return nil, tooMany
+		}
 		for _, ns := range nsNames {
 			if len(sel.Names) == 0 {
 				out = append(out, rbacv1.Subject{Kind: rbacv1.GroupKind, APIGroup: rbacv1.GroupName, Name: "system:serviceaccounts:" + ns})

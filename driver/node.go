@@ -196,12 +196,14 @@ func newObjectCache(ctx context.Context, p *process) (cache.Cache, error) {
 	return c, nil
 }
 
-// stripRequest keeps of an AccessRequest what the node reads (labels, spec, status): not its
-// managed fields, nor its annotations, which whoever may write AccessRequests could fill up to
-// the API server's 256 KiB on every request labelled for this node.
+// stripRequest keeps of an AccessRequest what the node reads (labels, spec, status conditions):
+// not its managed fields; nor its annotations, which whoever may write AccessRequests could
+// fill up to the API server's 256 KiB on every request labelled for this node; nor the copies
+// of the matched AccessPolicies in its status (the controller's), as large as a tenant's
+// policy, times every request of the node's Pods that policy gates.
 func stripRequest(obj any) (any, error) {
 	if ar, ok := obj.(*v1alpha1.AccessRequest); ok {
-		ar.ManagedFields, ar.Annotations = nil, nil
+		ar.ManagedFields, ar.Annotations, ar.Status.Policies = nil, nil, nil
 	}
 	return obj, nil
 }

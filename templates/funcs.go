@@ -94,15 +94,28 @@ func (c *Cache) ExecuteUntrusted(name, text string, data any) ([]byte, error) {
 	return c.execute(t, data)
 }
 
-// ParseUntrusted is Parse for a template written by a tenant (see ExecuteUntrusted).
+// MaxUntrustedText bounds a template written by a tenant (a label value of an inline check):
+// its parse tree can be tens of times its text, and the cache keeps up to maxCached of them.
+const MaxUntrustedText = 1024
+
+// ParseUntrusted is Parse for a template written by a tenant (see ExecuteUntrusted): at most
+// MaxUntrustedText bytes, and cached only once it passed the straight-line check, so that
+// refused templates never take the cache's memory.
 func (c *Cache) ParseUntrusted(name, text string) (*template.Template, error) {
-	t, err := c.Parse(name, text)
+	if t, ok := c.cached(text); ok {
+		return t, nil
+	}
+	if len(text) > MaxUntrustedText {
+		return nil, fmt.Errorf("the template is %d bytes, more than %d", len(text), MaxUntrustedText)
+	}
+	t, err := c.parse(name, text)
 	if err != nil {
 		return nil, err
 	}
 	if err := checkStraightLine(t); err != nil {
 		return nil, err
 	}
+	c.keep(text, t)
 	return t, nil
 }
 
@@ -138,18 +151,37 @@ func (w *limitedWriter) Write(p []byte) (int, error) {
 
 // Parse parses text, or takes it from the cache.
 func (c *Cache) Parse(name, text string) (*template.Template, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if t, ok := c.parsed[text]; ok {
+	if t, ok := c.cached(text); ok {
 		return t, nil
 	}
+	t, err := c.parse(name, text)
+	if err != nil {
+		return nil, err
+	}
+	c.keep(text, t)
+	return t, nil
+}
+
+func (c *Cache) parse(name, text string) (*template.Template, error) {
 	t, err := template.New(name).Funcs(c.funcs).Option(c.options...).Parse(text)
 	if err != nil {
 		return nil, fmt.Errorf("parse: %w", err)
 	}
+	return t, nil
+}
+
+func (c *Cache) cached(text string) (*template.Template, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t, ok := c.parsed[text]
+	return t, ok
+}
+
+func (c *Cache) keep(text string, t *template.Template) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if len(c.parsed) >= maxCached {
 		clear(c.parsed)
 	}
 	c.parsed[text] = t
-	return t, nil
 }

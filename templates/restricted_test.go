@@ -89,3 +89,22 @@ func TestUntrustedTemplatesRunStraight(t *testing.T) {
 		t.Errorf("a trusted template may range: %v", err)
 	}
 }
+
+// TestUntrustedTemplatesAreBoundedAndRefusalsNotKept: a tenant's template is at most
+// MaxUntrustedText bytes, and one refused is not kept in the cache (its parse tree would stay).
+func TestUntrustedTemplatesAreBoundedAndRefusalsNotKept(t *testing.T) {
+	c := NewCache(Restricted())
+	long := strings.Repeat("{{ .a }}", MaxUntrustedText/8+1)
+	if _, err := c.ExecuteUntrusted("t", long, map[string]any{"a": "x"}); err == nil || !strings.Contains(err.Error(), "more than 1024") {
+		t.Errorf("a %d-byte template: %v", len(long), err)
+	}
+	if _, err := c.ExecuteUntrusted("t", `{{ range until 3 }}x{{ end }}`, nil); err == nil {
+		t.Fatal("range passed")
+	}
+	if len(c.parsed) != 0 {
+		t.Errorf("refused templates were kept: %d", len(c.parsed))
+	}
+	if _, err := c.ExecuteUntrusted("t", `{{ .a }}`, map[string]any{"a": "x"}); err != nil || len(c.parsed) != 1 {
+		t.Errorf("an accepted template: %v, %d kept", err, len(c.parsed))
+	}
+}

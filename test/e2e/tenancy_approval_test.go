@@ -688,3 +688,41 @@ func TestTenancyAForeignRequestOfTheNameIsNotUsed(t *testing.T) {
 		t.Fatalf("publish: %v, want PermissionDenied naming the foreign request", err)
 	}
 }
+
+// TestTenancyPoliciesAreBounded: what one tenant's AccessPolicy makes the controller hold is
+// bounded. A binding template of more than 1,000 subjects (names times namespaces) is not
+// expanded (SyncFailed saying so), and the API server refuses lists past the schema's bounds.
+func TestTenancyPoliciesAreBounded(t *testing.T) {
+	setupApproval(t)
+	startDriverWith(t, t.TempDir(), nil, nil)
+	ns := newNamespace(t)
+	newConnector(t, ns, "shared", gitClass(t), "https://tool.example.com")
+	var namespaces, accounts []string
+	for i := range 256 {
+		namespaces = append(namespaces, fmt.Sprintf("n%d", i))
+	}
+	for i := range 4 {
+		accounts = append(accounts, fmt.Sprintf("sa%d", i))
+	}
+	create(t, &v1alpha1.AccessPolicy{ObjectMeta: metav1.ObjectMeta{Name: "wide", Namespace: ns},
+		Spec: v1alpha1.AccessPolicySpec{
+			Connector: v1alpha1.ConnectorSelector{Names: []string{"shared"}},
+			DefaultPermission: &v1alpha1.DefaultPermission{RoleTemplate: roleRef("connectors-use-connectors-proxy"),
+				BindingTemplate: v1alpha1.BindingTemplate{ServiceAccounts: []v1alpha1.ServiceAccountSelector{{
+					Names: accounts, NamespaceSelector: v1alpha1.NamespaceSelector{Names: namespaces}}}}},
+		}})
+	p := waitPolicy(t, ns, "wide", metav1.ConditionFalse, v1alpha1.ReasonSyncFailed)
+	if c := meta.FindStatusCondition(p.Status.Conditions, v1alpha1.ConditionReady); !strings.Contains(c.Message, "more than 1000 subjects") {
+		t.Errorf("the policy's Ready message %q does not say the binding template is too wide", c.Message)
+	}
+	var bindings rbacv1.RoleBindingList
+	if err := cp.Client.List(context.Background(), &bindings, client.InNamespace(ns)); err != nil || len(bindings.Items) != 0 {
+		t.Errorf("RoleBindings written for the too-wide policy: %v %+v", err, bindings.Items)
+	}
+
+	tooMany := &v1alpha1.AccessPolicy{ObjectMeta: metav1.ObjectMeta{Name: "long", Namespace: ns},
+		Spec: v1alpha1.AccessPolicySpec{Connector: v1alpha1.ConnectorSelector{Names: append(namespaces, "one-more")}}}
+	if err := cp.Client.Create(context.Background(), tooMany); !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), "spec.connector.names: Too many: 257") {
+		t.Errorf("a policy naming 257 Connectors: %v, want Invalid", err)
+	}
+}

@@ -7,10 +7,14 @@ import (
 // ConnectorSelector selects Connectors of the policy's namespace; empty selects every one.
 type ConnectorSelector struct {
 	// +optional
+	// +kubebuilder:validation:MaxItems=256
+	// +kubebuilder:validation:items:MaxLength=253
 	Names []string `json:"names,omitempty"`
 	// +optional
+	// +kubebuilder:validation:MaxProperties=32
 	MatchLabels map[string]string `json:"matchLabels,omitempty"`
 	// +optional
+	// +kubebuilder:validation:MaxItems=16
 	MatchExpressions []metav1.LabelSelectorRequirement `json:"matchExpressions,omitempty"`
 }
 
@@ -35,10 +39,14 @@ type RoleTemplate struct {
 // NamespaceSelector selects namespaces by name or labels.
 type NamespaceSelector struct {
 	// +optional
+	// +kubebuilder:validation:MaxItems=256
+	// +kubebuilder:validation:items:MaxLength=63
 	Names []string `json:"names,omitempty"`
 	// +optional
+	// +kubebuilder:validation:MaxProperties=32
 	MatchLabels map[string]string `json:"matchLabels,omitempty"`
 	// +optional
+	// +kubebuilder:validation:MaxItems=16
 	MatchExpressions []metav1.LabelSelectorRequirement `json:"matchExpressions,omitempty"`
 }
 
@@ -46,6 +54,8 @@ type NamespaceSelector struct {
 // the selected namespaces.
 type ServiceAccountSelector struct {
 	// +optional
+	// +kubebuilder:validation:MaxItems=256
+	// +kubebuilder:validation:items:MaxLength=253
 	Names []string `json:"names,omitempty"`
 	// +optional
 	NamespaceSelector NamespaceSelector `json:"namespaceSelector,omitempty"`
@@ -54,6 +64,7 @@ type ServiceAccountSelector struct {
 // BindingTemplate says who a role is bound to.
 type BindingTemplate struct {
 	// +optional
+	// +kubebuilder:validation:MaxItems=16
 	ServiceAccounts []ServiceAccountSelector `json:"serviceAccounts,omitempty"`
 }
 
@@ -89,10 +100,12 @@ type ObjectKindRef struct {
 type CheckSelector struct {
 	ObjectRef ObjectKindRef `json:"objectRef"`
 	// +optional
+	// +kubebuilder:validation:MaxProperties=32
 	MatchLabels map[string]string `json:"matchLabels,omitempty"`
 	// MatchExpressions are label requirements (values are templates, as in MatchLabels).
 	// +optional
 	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=16
 	MatchExpressions []metav1.LabelSelectorRequirement `json:"matchExpressions,omitempty"`
 }
 
@@ -101,10 +114,12 @@ type CheckState struct {
 	// CEL is an expression over `object` (the matched object) yielding one of approved, passed,
 	// rejected or pending. Without it the object's status.state is read.
 	// +optional
+	// +kubebuilder:validation:MaxLength=8192
 	CEL string `json:"cel,omitempty"`
 	// Rego is a module of package approval over `input` (the matched object) whose
 	// `status.state` is one of approved, passed, rejected or pending.
 	// +optional
+	// +kubebuilder:validation:MaxLength=16384
 	Rego string `json:"rego,omitempty"`
 }
 
@@ -130,6 +145,7 @@ type Check struct {
 // CheckGrantedPermissionSpec lists the checks and the role granted once all pass.
 type CheckGrantedPermissionSpec struct {
 	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:MaxItems=32
 	Checks       []Check      `json:"checks"`
 	RoleTemplate RoleTemplate `json:"roleTemplate"`
 }
