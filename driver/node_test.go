@@ -17,7 +17,7 @@ func TestStripRequestKeepsWhatTheNodeReads(t *testing.T) {
 		ObjectMeta: metav1.ObjectMeta{Name: "r", Labels: map[string]string{v1alpha1.LabelNode: "n"},
 			Annotations:   map[string]string{"padding": strings.Repeat("x", 200<<10)},
 			ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "m"}}},
-		Spec:   v1alpha1.AccessRequestSpec{ConnectorRef: v1alpha1.LocalObjectRef{Name: "c"}},
+		Spec: v1alpha1.AccessRequestSpec{ConnectorRef: v1alpha1.LocalObjectRef{Name: "c"}},
 		Status: v1alpha1.AccessRequestStatus{Conditions: []metav1.Condition{{Type: "Ready"}},
 			Policies: []v1alpha1.PolicyStatus{{Name: "p", PolicySpec: &v1alpha1.AccessPolicySpec{}}}},
 	}
