@@ -34,12 +34,13 @@ var ownerChainKeys = map[string]string{
 
 // tektonOwners returns the Pod's TaskRun and that TaskRun's PipelineRun as template context
 // entries: each the controller ownerReference of the one before, read from the API server
-// (uncached) and kept only when its UID is the one the reference names. An entry is missing
-// when its link does not verify.
+// (uncached) and kept only when its UID is the one the reference names, and the TaskRun only
+// when it records no other Pod as its own (recordsPod). An entry is missing when its link does
+// not verify.
 func tektonOwners(ctx context.Context, r client.Reader, pod *corev1.Pod) (map[string]any, error) {
 	out := map[string]any{}
 	taskRun, err := verifiedOwner(ctx, r, pod.Namespace, pod, "TaskRun")
-	if err != nil || taskRun == nil {
+	if err != nil || taskRun == nil || !recordsPod(taskRun, pod.Name) {
 		return out, err
 	}
 	out[keyTaskRun] = taskRun.Object
@@ -74,6 +75,15 @@ func verifiedOwner(ctx context.Context, r client.Reader, namespace string, obj m
 		return nil, nil
 	}
 	return owner, nil
+}
+
+// recordsPod tells whether taskRun's own record of its Pod (status.podName, which Tekton writes
+// through the status subresource once it made the Pod) is pod, or not written yet. The Pod's
+// ownerReference alone proves nothing: whoever may create Pods and read the TaskRun (its UID)
+// could give a bare Pod of theirs that reference, and borrow the run's approval.
+func recordsPod(taskRun *unstructured.Unstructured, pod string) bool {
+	recorded, _, _ := unstructured.NestedString(taskRun.Object, "status", "podName")
+	return recorded == "" || recorded == pod
 }
 
 // notInOwnerChain is the error of a template that reads an owner the Pod does not have.

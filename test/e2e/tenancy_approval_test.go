@@ -122,6 +122,17 @@ func TestApprovalsCannotBeBorrowed(t *testing.T) {
 	if err := publishOutcome(t, env, legit); err != nil {
 		t.Fatalf("the Pod of the approved PipelineRun: %v", err)
 	}
+	// The TaskRun records its Pod, as Tekton does once it made it.
+	taskRun := tektonRun("TaskRun", ns, "release-1-promote", nil)
+	if err := cp.Client.Get(context.Background(), client.ObjectKeyFromObject(taskRun), taskRun); err != nil {
+		t.Fatal(err)
+	}
+	if err := unstructured.SetNestedField(taskRun.Object, legit.Name, "status", "podName"); err != nil {
+		t.Fatal(err)
+	}
+	if err := cp.Client.Update(context.Background(), taskRun); err != nil {
+		t.Fatal(err)
+	}
 
 	yes := true
 	borrowers := []struct {
@@ -135,6 +146,11 @@ func TestApprovalsCannotBeBorrowed(t *testing.T) {
 			p.Labels = map[string]string{"tekton.dev/pipelineRun": "release-1"}
 			p.OwnerReferences = []metav1.OwnerReference{{APIVersion: "tekton.dev/v1", Kind: "TaskRun",
 				Name: "release-1-promote", UID: types.UID("00000000-0000-0000-0000-000000000001"), Controller: &yes}}
+		}},
+		// Its UID is readable by whoever may get TaskRuns; the TaskRun's record is not theirs.
+		{"a bare Pod naming the approved run's TaskRun by its UID", "borrowed-owner", func(p *corev1.Pod) {
+			p.Labels = map[string]string{"tekton.dev/pipelineRun": "release-1"}
+			p.OwnerReferences = []metav1.OwnerReference{controllerRef(taskRun)}
 		}},
 	}
 	for _, b := range borrowers {
