@@ -153,10 +153,13 @@ func (c *Controller) watchKind(ctx context.Context, gvk schema.GroupVersionKind)
 	}
 	u := &unstructured.Unstructured{}
 	u.SetGroupVersionKind(gvk)
-	if err := c.ctrl.Watch(source.Kind(c.Cache, client.Object(u), handler.EnqueueRequestsFromMapFunc(c.requestsOfCheckObject))); err != nil {
+	// The informer first: for a kind the API server does not serve it fails at once, while a
+	// watch started first would keep a goroutine asking for that informer, one more at every
+	// evaluation of a check of that kind.
+	if _, err := c.Cache.GetInformer(ctx, u); err != nil {
 		return err
 	}
-	if _, err := c.Cache.GetInformer(ctx, u); err != nil {
+	if err := c.ctrl.Watch(source.Kind(c.Cache, client.Object(u), handler.EnqueueRequestsFromMapFunc(c.requestsOfCheckObject))); err != nil {
 		return err
 	}
 	c.watched.Store(gvk, struct{}{})
