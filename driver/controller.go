@@ -54,7 +54,7 @@ func startController(ctx context.Context, g *errgroup.Group, p *process, ready *
 		// A Secret is read at most once per recheck interval, whatever the events.
 		Secrets: secretcache.New(func(ctx context.Context, ns, name string) (*corev1.Secret, error) {
 			return p.kube.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
-		}, o.StatusRecheck, o.SecretCacheSize, "status_secrets"),
+		}, o.StatusRecheck, o.SecretCacheSize, o.SecretCacheBytes, "status_secrets"),
 		ProxyURL: o.ProxyURL, ClusterDomain: o.ClusterDomain,
 		Transports: trust.NewTransports(o.TransportCacheSize, "probe_transports", func(roots *x509.CertPool) *http.Transport {
 			return &http.Transport{Proxy: nil, DialContext: p.destinations.DialContext, DisableCompression: true,

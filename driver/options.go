@@ -27,6 +27,7 @@ const (
 	defaultRefusalEventInterval   = time.Minute
 	defaultProxyAuthBurst         = 100
 	defaultSecretCacheSize        = 1000
+	defaultSecretCacheBytes       = 32 << 20
 	defaultRegistryTokenCacheSize = 10000
 	defaultLeafCacheSize          = 1000
 	defaultTransportCacheSize     = 64
@@ -123,6 +124,7 @@ type Options struct {
 	ProxyAuthQPS           float64
 	ProxyAuthBurst         int
 	SecretCacheSize        int
+	SecretCacheBytes       int64
 	RegistryTokenCacheSize int
 	LeafCacheSize          int
 	TransportCacheSize     int
@@ -257,6 +259,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.Float64Var(&o.ProxyAuthQPS, "proxy-auth-qps", defaultProxyAuthQPS, "sustained TokenReviews and SubjectAccessReviews per second for proxy and Connectors API clients (their own limit, apart from publishes)")
 	fs.IntVar(&o.ProxyAuthBurst, "proxy-auth-burst", defaultProxyAuthBurst, "burst of --proxy-auth-qps")
 	fs.IntVar(&o.SecretCacheSize, "secret-cache-size", defaultSecretCacheSize, "Secrets the proxy keeps at most (each for --secret-cache-ttl)")
+	fs.Int64Var(&o.SecretCacheBytes, "secret-cache-max-bytes", defaultSecretCacheBytes, "bytes of Secret data the proxy (and the status controller) keep at most together; the least recently read go first, and a larger Secret is read each time")
 	fs.IntVar(&o.RegistryTokenCacheSize, "registry-token-cache-size", defaultRegistryTokenCacheSize, "registry tokens (by Connector, credential, registry and scope) the proxy keeps at most")
 	fs.IntVar(&o.LeafCacheSize, "leaf-cache-size", defaultLeafCacheSize, "TLS leaf certificates (one per CONNECT host) the proxy keeps at most")
 	fs.IntVar(&o.TransportCacheSize, "transport-cache-size", defaultTransportCacheSize, "upstream connection pools (one per Connector CA bundle) the proxy keeps at most")
@@ -419,6 +422,12 @@ func (v *validated) webhook() error {
 // proxyLimits fills unset proxy limits and cache sizes with their flags' defaults (the driver
 // is also started from Go, by tests and tools) and refuses negative ones.
 func (v *validated) proxyLimits() error {
+	switch {
+	case v.SecretCacheBytes < 0:
+		return fmt.Errorf("--secret-cache-max-bytes must not be negative")
+	case v.SecretCacheBytes == 0:
+		v.SecretCacheBytes = defaultSecretCacheBytes
+	}
 	for _, l := range []struct {
 		name string
 		v    *int

@@ -82,12 +82,17 @@ type Config struct {
 	// Sizes of the bounded caches: Secrets, registry tokens (and realms), leaf certificates
 	// (per host), upstream transports (per CA bundle), connectors/proxy decisions.
 	SecretCacheSize, RegistryTokenCacheSize, LeafCacheSize, TransportCacheSize, PermissionCacheSize int
+	// SecretCacheBytes bounds the data of the Secrets kept together.
+	SecretCacheBytes int64
 	// Refusals records 403 answers to Pods as Events on the Pod; nil records none.
 	Refusals *RefusalEvents
 }
 
 // check refuses a Config whose limits are unset: an unbounded cache is what they prevent.
 func (c Config) check() error {
+	if c.SecretCacheBytes <= 0 {
+		return fmt.Errorf("proxy config: SecretCacheBytes must be positive")
+	}
 	for name, v := range map[string]int{"MaxHeaderBytes": c.MaxHeaderBytes, "SecretCacheSize": c.SecretCacheSize,
 		"RegistryTokenCacheSize": c.RegistryTokenCacheSize, "LeafCacheSize": c.LeafCacheSize, "TransportCacheSize": c.TransportCacheSize,
 		"PermissionCacheSize": c.PermissionCacheSize} {
@@ -155,7 +160,7 @@ func New(objects client.Reader, reviewer Reviewer, flags *features.Source, kube 
 		flags:    flags,
 		secrets: secretcache.New(func(ctx context.Context, ns, name string) (*corev1.Secret, error) {
 			return kube.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
-		}, cfg.SecretTTL, cfg.SecretCacheSize, "secrets"),
+		}, cfg.SecretTTL, cfg.SecretCacheSize, cfg.SecretCacheBytes, "secrets"),
 		rego: cfg.Rego,
 		transports: trust.NewTransports(cfg.TransportCacheSize, "transports", func(roots *x509.CertPool) *http.Transport {
 			return newUpstreamTransport(cfg.Egress, roots, cfg.UpstreamIdleTimeout)

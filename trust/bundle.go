@@ -131,8 +131,14 @@ func ConnectorPEM(ctx context.Context, c *v1alpha1.Connector, get SecretGetter) 
 
 // parsed keeps CertificatesPEM's answer per Secret version (UID and resourceVersion): the
 // proxy resolves a Connector's trust on every request, and parsing certificates there each
-// time would be work for nothing. Bounded; an entry is never stale, a new version has a new key.
-var parsed, _ = lru.New[string, []byte](1024)
+// time would be work for nothing. An entry is never stale, a new version has a new key.
+// Bounded in count and in bytes (parsedMaxBytes, parsedHeld): a tenant makes each bundle as
+// large as a Secret can be, and a new version of it (a changed annotation) is a new entry.
+var parsed, _ = lru.NewWithEvict[string, []byte](1024, func(_ string, pem []byte) { parsedHeld.Add(-int64(len(pem))) })
+
+var parsedHeld atomic.Int64
+
+const parsedMaxBytes = 16 << 20
 
 func parsedCertificates(sec *corev1.Secret) ([]byte, error) {
 	key := string(sec.UID) + "/" + sec.ResourceVersion
@@ -143,8 +149,15 @@ func parsedCertificates(sec *corev1.Secret) ([]byte, error) {
 		return pem, nil
 	}
 	pem, err := CertificatesPEM(sec.Data)
-	if err == nil {
+	if err == nil && len(pem) <= parsedMaxBytes {
+		parsed.Remove(key) // another reader's copy: Add would replace it uncounted
 		parsed.Add(key, pem)
+		parsedHeld.Add(int64(len(pem)))
+		for parsedHeld.Load() > parsedMaxBytes {
+			if _, _, ok := parsed.RemoveOldest(); !ok {
+				break
+			}
+		}
 	}
 	return pem, err
 }

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"math/big"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -169,5 +170,22 @@ func TestCertificatesParsedOncePerSecretVersion(t *testing.T) {
 	sec.ResourceVersion = "8"
 	if next, _ := parsedCertificates(sec); strings.Join(commonNames(t, next), ",") != "b" {
 		t.Fatal("a new Secret version was not parsed")
+	}
+}
+
+// TestParsedBundlesAreBoundedInBytes: new versions of a large CA Secret (a changed annotation
+// is enough) do not pile up parsed copies past parsedMaxBytes.
+func TestParsedBundlesAreBoundedInBytes(t *testing.T) {
+	one := testCert(t, "ca")
+	bundle := bytes.Repeat(one, (2<<20)/len(one)) // about 2 MiB of certificates
+	for v := range 20 {
+		sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{UID: "uid", ResourceVersion: strconv.Itoa(v)},
+			Data: map[string][]byte{"ca.crt": bundle}}
+		if _, err := parsedCertificates(sec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if held := parsedHeld.Load(); held > parsedMaxBytes {
+		t.Errorf("%d bytes of parsed bundles held, more than %d", held, parsedMaxBytes)
 	}
 }

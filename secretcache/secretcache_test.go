@@ -1,0 +1,45 @@
+package secretcache
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// TestCacheKeepsAtMostMaxBytes: Secrets are kept while their data fits maxBytes together (the
+// least recently read go first), and a Secret larger than maxBytes alone is read each time,
+// never kept.
+func TestCacheKeepsAtMostMaxBytes(t *testing.T) {
+	reads := map[string]int{}
+	sizes := map[string]int{"a": 400, "b": 400, "c": 400, "huge": 2000}
+	c := New(func(_ context.Context, ns, name string) (*corev1.Secret, error) {
+		reads[name]++
+		return &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+			Data: map[string][]byte{"k": []byte(strings.Repeat("x", sizes[name]-1))}}, nil
+	}, time.Hour, 100, 1000, "test_secrets")
+	get := func(name string) {
+		t.Helper()
+		if _, err := c.Get(context.Background(), "ns", name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, name := range []string{"a", "b", "a", "c", "a", "huge", "huge"} {
+		get(name)
+	}
+	// a, b kept (800); c pushed b out (a was read since); huge never kept.
+	if reads["a"] != 1 || reads["b"] != 1 || reads["c"] != 1 || reads["huge"] != 2 {
+		t.Errorf("reads %v, want a, b and c once, huge each time", reads)
+	}
+	if held := c.held.Load(); held != 800 || c.cache.Len() != 2 {
+		t.Errorf("%d bytes in %d Secrets held, want 800 in 2", held, c.cache.Len())
+	}
+	get("b")
+	if reads["b"] != 2 {
+		t.Errorf("b was read %d times, want twice (dropped for c)", reads["b"])
+	}
+
+}
