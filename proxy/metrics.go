@@ -60,10 +60,19 @@ const (
 	modeAPI         = "api"         // the Connectors API
 )
 
-// statusLabels are the code label's values, made once: strconv allocates above 99.
+// statusLabels are the code label's values, made once (strconv allocates above 99): a status
+// code net/http knows is its number, another its class (4xx): a tool chooses the codes, and
+// every new value would be one more series of each Connector's metrics.
 var statusLabels = func() (out [600]string) {
 	for i := range out {
-		out[i] = strconv.Itoa(i)
+		switch {
+		case http.StatusText(i) != "":
+			out[i] = strconv.Itoa(i)
+		case i >= 100:
+			out[i] = strconv.Itoa(i/100) + "xx"
+		default:
+			out[i] = "other"
+		}
 	}
 	return out
 }()
@@ -72,7 +81,7 @@ func codeLabel(code int) string {
 	if code >= 0 && code < len(statusLabels) {
 		return statusLabels[code]
 	}
-	return strconv.Itoa(code)
+	return "other"
 }
 
 // meteredWriter records a request's final status, the body bytes sent and, once send has it,
