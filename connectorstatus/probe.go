@@ -172,7 +172,8 @@ func probeURL(address string, p *v1alpha1.HTTPProbe, path string) (*url.URL, err
 	}
 	rel, err := url.Parse("/" + strings.TrimPrefix(path, "/"))
 	if err != nil {
-		return nil, fmt.Errorf("the probe's path: %w", err)
+		// url.Parse's error quotes the path, which a class may render from the Secret.
+		return nil, errors.New("the probe's path, as rendered, is not a URL path")
 	}
 	u.Path, u.RawPath, u.RawQuery = rel.Path, rel.RawPath, rel.RawQuery
 	return u, nil
