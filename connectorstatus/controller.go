@@ -293,13 +293,18 @@ func authTypeOf(c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, classKnow
 
 // probeConditions sets LivenessReady (the tool answers) and AuthReady (the credential works).
 func (r *Reconciler) probeConditions(ctx context.Context, probes *http.Client, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, cred *credential, set setFunc) {
-	r.livenessCondition(ctx, probes, c, class, set)
+	unanswered := r.livenessCondition(ctx, probes, c, class, set)
 	var authProbe *v1alpha1.AuthProbe
 	if t := authTypeOf(c, class, true); t != nil && cred != nil {
 		authProbe = class.AuthProbe(t.Name)
 	}
 	if authProbe == nil || (authProbe.Probe.HTTP == nil && authProbe.Probe.API == nil) {
 		set(v1alpha1.ConditionAuthReady, true, ReasonNonAuthProbe, "no auth probe applies to this Connector")
+		return
+	}
+	if unanswered && sameDestination(class.Spec.LivenessProbe, &authProbe.Probe) {
+		// A tool that never answers would hold the worker for a second timeout.
+		set(v1alpha1.ConditionAuthReady, false, "Unreachable", "not probed: the tool did not answer the liveness probe")
 		return
 	}
 	res, err := r.probe(ctx, probes, c, class, &authProbe.Probe, cred)
@@ -316,23 +321,32 @@ func (r *Reconciler) probeConditions(ctx context.Context, probes *http.Client, c
 	}
 }
 
-// livenessCondition probes the tool without a credential.
-func (r *Reconciler) livenessCondition(ctx context.Context, probes *http.Client, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, set setFunc) {
+// livenessCondition probes the tool without a credential; unanswered tells that the probe got
+// no answer from the tool (Unreachable: a timeout, a refused or reset connection).
+func (r *Reconciler) livenessCondition(ctx context.Context, probes *http.Client, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, set setFunc) (unanswered bool) {
 	p := class.Spec.LivenessProbe
 	if p == nil || (p.HTTP == nil && p.API == nil) {
 		set(v1alpha1.ConditionLivenessReady, true, ReasonNonLivenessProbe, "the ConnectorClass declares no liveness probe")
-		return
+		return false
 	}
 	res, err := r.probe(ctx, probes, c, class, p, nil)
 	switch {
 	case err != nil:
 		reason, msg := probeFailure(err)
 		set(v1alpha1.ConditionLivenessReady, false, reason, "%s", msg)
+		return reason == "Unreachable"
 	case res.ok:
 		set(v1alpha1.ConditionLivenessReady, true, "Reachable", "the tool answered %d", res.code)
 	default:
 		set(v1alpha1.ConditionLivenessReady, false, "UnexpectedResponse", "%s", res.why)
 	}
+	return false
+}
+
+// sameDestination tells whether two probes go to the same host: both over HTTP to the
+// Connector's address, with the same scheme and host overrides.
+func sameDestination(a, b *v1alpha1.Probe) bool {
+	return a != nil && a.HTTP != nil && b.HTTP != nil && a.HTTP.Host == b.HTTP.Host && a.HTTP.Scheme == b.HTTP.Scheme
 }
 
 // probe sends the probe's HTTP request to the tool, or its request through the class's API

@@ -1,15 +1,19 @@
 package e2e
 
 import (
+	"bufio"
 	"encoding/base64"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
@@ -85,6 +89,23 @@ func TestProbesAsAlaudaDocumentsThem(t *testing.T) {
 		}
 		if !sawPath || sawPrefix {
 			t.Errorf("the auth probe's rendered path on the tool's host was not requested alone (path seen %v, prefix seen %v): %+v", sawPath, sawPrefix, up.requests())
+		}
+	})
+
+	// A tool that accepts connections and never answers holds a worker for a probe's timeout:
+	// once, not once more for the auth probe.
+	t.Run("a tool that never answers gets no auth probe", func(t *testing.T) {
+		silent, seen := silentTool(t)
+		withToken("silent", silent, "good")
+		waitCondition(t, ns, "silent", v1alpha1.ConditionLivenessReady, metav1.ConditionFalse, "Unreachable")
+		c := waitCondition(t, ns, "silent", v1alpha1.ConditionAuthReady, metav1.ConditionFalse, "Unreachable")
+		if cond := meta.FindStatusCondition(c.Status.Conditions, v1alpha1.ConditionAuthReady); !strings.Contains(cond.Message, "not probed") {
+			t.Errorf("AuthReady message %q", cond.Message)
+		}
+		for _, line := range seen() {
+			if strings.Contains(line, "info/refs") {
+				t.Errorf("the auth probe was sent to a tool that never answered: %q", line)
+			}
 		}
 	})
 
@@ -211,5 +232,48 @@ func assertNoSecretInStatus(t *testing.T, c *v1alpha1.Connector, secret string) 
 		if strings.Contains(cond.Message, secret) {
 			t.Errorf("condition %s quotes the credential: %q", cond.Type, cond.Message)
 		}
+	}
+}
+
+// silentTool listens on loopback, reads each request's first line and never answers; seen
+// returns the lines read.
+func silentTool(t *testing.T) (url string, seen func() []string) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var lines []string
+	var held []net.Conn
+	go func() {
+		for {
+			conn, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, conn)
+			mu.Unlock()
+			go func() {
+				line, _ := bufio.NewReader(conn).ReadString('\n')
+				mu.Lock()
+				lines = append(lines, line)
+				mu.Unlock()
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		l.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range held {
+			c.Close()
+		}
+	})
+	return "http://" + l.Addr().String(), func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(lines)
 	}
 }
