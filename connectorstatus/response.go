@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"strings"
 
 	"github.com/google/cel-go/cel"
 
@@ -36,20 +37,23 @@ func newResponseRules(cacheSize int) (*responseRules, error) {
 	return &responseRules{programs: p}, nil
 }
 
-// accepts runs expr over a response; it must yield a bool.
+// accepts runs expr over a response; it must yield a bool. The body is decoded as JSON only
+// for an expression that may read it so (body, bodyJSON): decoded, a 1 MiB body takes tens of
+// MiB, for each of the status workers.
 func (r *responseRules) accepts(ctx context.Context, expr string, res *http.Response, body []byte) (bool, error) {
 	var parsed any
-	if json.Unmarshal(body, &parsed) != nil {
+	if strings.Contains(strings.ReplaceAll(expr, "bodyString", ""), "body") && json.Unmarshal(body, &parsed) != nil {
 		parsed = nil
 	}
+	text := string(body)
 	headers := make(map[string][]string, len(res.Header))
 	for k, v := range res.Header {
 		headers[k] = v
 	}
 	code := int64(res.StatusCode)
 	vars := map[string]any{
-		"response":   map[string]any{"statusCode": code, "headers": headers, "bodyString": string(body), "body": parsed},
-		"statusCode": code, "headers": headers, "bodyString": string(body), "body": parsed, "bodyJSON": parsed,
+		"response":   map[string]any{"statusCode": code, "headers": headers, "bodyString": text, "body": parsed},
+		"statusCode": code, "headers": headers, "bodyString": text, "body": parsed, "bodyJSON": parsed,
 	}
 	out, err := r.programs.Eval(ctx, expr, vars)
 	if err != nil {
