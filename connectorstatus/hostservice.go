@@ -11,7 +11,6 @@ import (
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/validation"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
@@ -42,8 +41,8 @@ func (e *hostServiceError) Error() string { return e.err.Error() }
 // the Connector by that host. The Service is owned by the Connector (deleted with it) and
 // never replaces a Service someone else made.
 func (r *Reconciler) hostService(ctx context.Context, c *v1alpha1.Connector) error {
-	name := v1alpha1.HostServicePrefix + c.Name
-	if errs := validation.IsDNS1035Label(name); len(errs) > 0 {
+	name, errs := v1alpha1.HostServiceName(c.Name)
+	if len(errs) > 0 {
 		return &hostServiceError{ReasonInvalidName, fmt.Errorf("the Connector's name gives no Service name for its own host (%s): %s; use the path resolver or a shorter name without dots", name, errs[0])}
 	}
 	want, err := r.hostServiceFor(c, name)

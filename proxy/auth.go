@@ -85,9 +85,6 @@ func useVerb(method string, h http.Header) (string, error) {
 	if !ok {
 		return "", refusef(http.StatusMethodNotAllowed, "method %s is never proxied", method)
 	}
-	if !verbBeyondMethod(h) {
-		return verb, nil
-	}
 	if IsUpgrade(h) {
 		return "create", nil
 	}

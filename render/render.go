@@ -11,8 +11,6 @@ import (
 	"slices"
 	"strings"
 
-	"k8s.io/apimachinery/pkg/util/validation"
-
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/templates"
 )
@@ -238,13 +236,14 @@ func ConnectorProxyURL(builtIn, clusterDomain string, class *v1alpha1.ConnectorC
 // name gives no Service name (the status controller reports InvalidServiceName).
 func ownHostURL(builtIn, clusterDomain string, c *v1alpha1.Connector) string {
 	u, err := url.Parse(builtIn)
-	if err != nil || u.Host == "" || len(validation.IsDNS1035Label(v1alpha1.HostServicePrefix+c.Name)) > 0 {
+	service, problems := v1alpha1.HostServiceName(c.Name)
+	if err != nil || u.Host == "" || len(problems) > 0 {
 		return ""
 	}
 	if clusterDomain == "" {
 		clusterDomain = "cluster.local"
 	}
-	host := fmt.Sprintf("%s%s.%s.svc.%s", v1alpha1.HostServicePrefix, c.Name, c.Namespace, clusterDomain)
+	host := fmt.Sprintf("%s.%s.svc.%s", service, c.Namespace, clusterDomain)
 	if port := u.Port(); port != "" {
 		host = net.JoinHostPort(host, port)
 	}

@@ -5,7 +5,6 @@ package secretcache
 
 import (
 	"context"
-	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/golang-lru/v2/expirable"
@@ -13,6 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/kube-connectors/connectors-csi/cachebudget"
 	"github.com/kube-connectors/connectors-csi/cachemetrics"
 )
 
@@ -24,20 +24,19 @@ type Cache struct {
 	get   GetFunc
 	cache *expirable.LRU[types.NamespacedName, *corev1.Secret] // nil when the TTL is 0: nothing is kept
 	group singleflight.Group
-	// held is the bytes of the Secrets kept, at most maxBytes: their count is bounded, but a
-	// tenant makes each as large as the API server takes (about 1 MiB).
-	held     atomic.Int64
-	maxBytes int64
+	// bytes bounds the data of the Secrets kept: their count is bounded, but a tenant makes
+	// each as large as the API server takes (about 1 MiB).
+	bytes *cachebudget.Budget
 }
 
 // New returns a Cache keeping up to size Secrets, of at most maxBytes of data together, for
 // ttl each, whose size is reported as connectors_cache_entries{cache=name}. Concurrent reads of
 // one Secret share one request.
 func New(get GetFunc, ttl time.Duration, size int, maxBytes int64, name string) *Cache {
-	c := &Cache{get: get, maxBytes: maxBytes}
+	c := &Cache{get: get, bytes: &cachebudget.Budget{Max: maxBytes}}
 	if ttl > 0 {
 		c.cache = expirable.NewLRU[types.NamespacedName, *corev1.Secret](size, func(_ types.NamespacedName, sec *corev1.Secret) {
-			c.held.Add(-secretBytes(sec))
+			c.bytes.Evicted(secretBytes(sec))
 		}, ttl)
 		cachemetrics.Register(name, c.cache.Len)
 	}
@@ -51,23 +50,6 @@ func secretBytes(sec *corev1.Secret) int64 {
 		n += int64(len(k) + len(v))
 	}
 	return n
-}
-
-// keep adds sec, then drops the least recently read Secrets while more than maxBytes are
-// held; a Secret larger than maxBytes alone is not kept.
-func (c *Cache) keep(key types.NamespacedName, sec *corev1.Secret) {
-	size := secretBytes(sec)
-	if size > c.maxBytes {
-		return
-	}
-	c.cache.Remove(key) // Add would replace it, expired or not, without evicting it: its bytes would stay counted
-	c.cache.Add(key, sec)
-	c.held.Add(size)
-	for c.held.Load() > c.maxBytes {
-		if _, _, ok := c.cache.RemoveOldest(); !ok {
-			return
-		}
-	}
 }
 
 // Get returns the Secret, from the cache or the API server. The Secret is shared: do not
@@ -85,7 +67,7 @@ func (c *Cache) Get(ctx context.Context, namespace, name string) (*corev1.Secret
 			return nil, err
 		}
 		if c.cache != nil {
-			c.keep(key, sec)
+			cachebudget.Add(c.bytes, c.cache, key, sec, secretBytes(sec))
 		}
 		return sec, nil
 	})

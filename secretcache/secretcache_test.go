@@ -34,7 +34,7 @@ func TestCacheKeepsAtMostMaxBytes(t *testing.T) {
 	if reads["a"] != 1 || reads["b"] != 1 || reads["c"] != 1 || reads["huge"] != 2 {
 		t.Errorf("reads %v, want a, b and c once, huge each time", reads)
 	}
-	if held := c.held.Load(); held != 800 || c.cache.Len() != 2 {
+	if held := c.bytes.Held(); held != 800 || c.cache.Len() != 2 {
 		t.Errorf("%d bytes in %d Secrets held, want 800 in 2", held, c.cache.Len())
 	}
 	get("b")

@@ -12,6 +12,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/cachebudget"
 	"github.com/kube-connectors/connectors-csi/configwatch"
 )
 
@@ -132,13 +133,11 @@ func ConnectorPEM(ctx context.Context, c *v1alpha1.Connector, get SecretGetter) 
 // parsed keeps CertificatesPEM's answer per Secret version (UID and resourceVersion): the
 // proxy resolves a Connector's trust on every request, and parsing certificates there each
 // time would be work for nothing. An entry is never stale, a new version has a new key.
-// Bounded in count and in bytes (parsedMaxBytes, parsedHeld): a tenant makes each bundle as
-// large as a Secret can be, and a new version of it (a changed annotation) is a new entry.
-var parsed, _ = lru.NewWithEvict[string, []byte](1024, func(_ string, pem []byte) { parsedHeld.Add(-int64(len(pem))) })
+// Bounded in count and in bytes (parsedBytes): a tenant makes each bundle as large as a Secret
+// can be, and a new version of it (a changed annotation) is a new entry.
+var parsed, _ = lru.NewWithEvict[string, []byte](1024, func(_ string, pem []byte) { parsedBytes.Evicted(int64(len(pem))) })
 
-var parsedHeld atomic.Int64
-
-const parsedMaxBytes = 16 << 20
+var parsedBytes = &cachebudget.Budget{Max: 16 << 20}
 
 func parsedCertificates(sec *corev1.Secret) ([]byte, error) {
 	key := string(sec.UID) + "/" + sec.ResourceVersion
@@ -149,15 +148,8 @@ func parsedCertificates(sec *corev1.Secret) ([]byte, error) {
 		return pem, nil
 	}
 	pem, err := CertificatesPEM(sec.Data)
-	if err == nil && len(pem) <= parsedMaxBytes {
-		parsed.Remove(key) // another reader's copy: Add would replace it uncounted
-		parsed.Add(key, pem)
-		parsedHeld.Add(int64(len(pem)))
-		for parsedHeld.Load() > parsedMaxBytes {
-			if _, _, ok := parsed.RemoveOldest(); !ok {
-				break
-			}
-		}
+	if err == nil {
+		cachebudget.Add(parsedBytes, parsed, key, pem, int64(len(pem)))
 	}
 	return pem, err
 }

@@ -174,7 +174,7 @@ func TestCertificatesParsedOncePerSecretVersion(t *testing.T) {
 }
 
 // TestParsedBundlesAreBoundedInBytes: new versions of a large CA Secret (a changed annotation
-// is enough) do not pile up parsed copies past parsedMaxBytes.
+// is enough) do not pile up parsed copies past parsedBytes.Max.
 func TestParsedBundlesAreBoundedInBytes(t *testing.T) {
 	one := testCert(t, "ca")
 	bundle := bytes.Repeat(one, (2<<20)/len(one)) // about 2 MiB of certificates
@@ -185,7 +185,7 @@ func TestParsedBundlesAreBoundedInBytes(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if held := parsedHeld.Load(); held > parsedMaxBytes {
-		t.Errorf("%d bytes of parsed bundles held, more than %d", held, parsedMaxBytes)
+	if held := parsedBytes.Held(); held > parsedBytes.Max {
+		t.Errorf("%d bytes of parsed bundles held, more than %d", held, parsedBytes.Max)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
 )
 
 // AddressSpec declares the address parameter of a ConnectorClass (a parameter declaration, as
@@ -380,3 +381,10 @@ func (c *ConnectorClass) BuiltInProxyResolvesByHost() bool {
 // HostServicePrefix starts the name of the Service that gives a Connector its own host on the
 // built-in proxy: c-<Connector name>.
 const HostServicePrefix = "c-"
+
+// HostServiceName is the name of the Service that gives the Connector named connector its own
+// host, and what keeps that from being a Service's name (a dot, too long), if anything.
+func HostServiceName(connector string) (name string, problems []string) {
+	name = HostServicePrefix + connector
+	return name, validation.IsDNS1035Label(name)
+}
