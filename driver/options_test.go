@@ -59,7 +59,7 @@ func TestRefusedDestinationsFlag(t *testing.T) {
 	fs := flag.NewFlagSet("test", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	o.BindFlags(fs)
-	if err := fs.Parse([]string{"--refused-destinations=10.0.0.0/8", "--refused-destinations=192.0.2.7, 2001:db8::/32,::ffff:192.0.2.8"}); err != nil {
+	if err := fs.Parse([]string{"--refused-destinations=198.51.100.0/24", "--refused-destinations=192.0.2.7, 2001:db8::/32,::ffff:192.0.2.8"}); err != nil {
 		t.Fatal(err)
 	}
 	var got []string

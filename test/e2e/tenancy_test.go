@@ -477,18 +477,9 @@ func TestTenancyDestinationsAreRefusedBeforeAnyDial(t *testing.T) {
 		o.AllowLoopbackDestinations = false
 		o.Dial = failingDial(t)
 		o.Resolve = resolve
-		// TEST-NET-1 (RFC 5737) stands for a platform service the operator refuses.
-		o.RefusedDestinations = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}
 	})
 	ns := newNamespace(t)
 	git := gitClass(t)
-	// Drivers of later tests probe every Connector of the cluster, with the system resolver
-	// and dialer, and refuse neither this name nor the operator's range.
-	t.Cleanup(func() {
-		for _, name := range []string{"metadata-name", "operator-refused"} {
-			_ = cp.Client.Delete(context.Background(), &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}})
-		}
-	})
 	addresses := map[string]string{
 		"metadata": "http://169.254.169.254/latest", "metadata-name": "http://metadata.test/latest",
 		"metadata-mapped": "http://[::ffff:169.254.169.254]/latest", "link-local-v6": "http://[fe80::1]/x",
@@ -499,26 +490,57 @@ func TestTenancyDestinationsAreRefusedBeforeAnyDial(t *testing.T) {
 		// through the NAT64 prefix.
 		"alibaba-metadata": "http://100.100.100.200/latest", "aws-metadata-v6": "http://[fd00:ec2::254]/latest",
 		"gcp-metadata-v6": "http://[fd20:ce::254]/computeMetadata", "azure-wireserver": "http://168.63.129.16/machine",
-		"nat64-metadata": "http://[64:ff9b::a9fe:a9fe]/latest", "operator-refused": "http://192.0.2.10/x",
+		"nat64-metadata": "http://[64:ff9b::a9fe:a9fe]/latest",
 	}
+	// The operator's --refused-destinations, on loopback (which a second driver allows).
+	const operatorRefused = "http://127.0.0.77:9/x"
 	var names []string
 	for n, a := range addresses {
 		newConnector(t, ns, n, git, a)
 		names = append(names, n)
 	}
+	newConnector(t, ns, "operator-refused", git, operatorRefused)
+	names = append(names, "operator-refused")
+	// Drivers of later tests probe every Connector of the cluster with the real dialer: none
+	// of these is left for them.
+	t.Cleanup(func() {
+		for _, name := range names {
+			_ = cp.Client.Delete(context.Background(), &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}})
+		}
+	})
 	allowConnectors(t, ns, "builder", names...)
 	_, token := publishedToken(t, env, ns, "ssrf", strings.Join(names, ","))
+	// refusedBy checks that the proxy at proxyURL refuses the Connector n at address a, reverse
+	// and forward, saying why.
+	refusedBy := func(t *testing.T, proxyURL, n, a, why string) {
+		t.Helper()
+		code, body := do(t, noRedirects, newRequest(t, "GET", proxyURL+"/namespaces/"+ns+"/connectors/"+n+"/y",
+			map[string]string{"Authorization": "Bearer " + token}))
+		if code != http.StatusForbidden || !strings.Contains(body, why) {
+			t.Errorf("reverse: status %d %q, want 403 saying %q", code, body, why)
+		}
+		code, body = do(t, forwardClient(proxyURL, ns+"/"+n, token), newRequest(t, "GET", a, nil))
+		if code != http.StatusForbidden || !strings.Contains(body, why) {
+			t.Errorf("forward: status %d %q, want 403 saying %q", code, body, why)
+		}
+	}
+	t.Run("operator-refused", func(t *testing.T) {
+		platform := startProxyDriver(t, func(o *driver.Options) {
+			// Its status controller probes the other Connectors too (127.0.0.2 is loopback,
+			// which this driver allows): no dial is made, and only the operator's is a fault.
+			o.Dial = func(_ context.Context, network, addr string) (net.Conn, error) {
+				if addr == "127.0.0.77:9" {
+					t.Errorf("the driver dialed %s %s", network, addr)
+				}
+				return nil, errors.New("test: dialing is not allowed here")
+			}
+			o.RefusedDestinations = []netip.Prefix{netip.MustParsePrefix("127.0.0.77/32")}
+		})
+		refusedBy(t, platform.proxyURL, "operator-refused", operatorRefused, "--refused-destinations")
+	})
 	for n, a := range addresses {
 		t.Run(n, func(t *testing.T) {
-			code, body := do(t, noRedirects, newRequest(t, "GET", env.proxyURL+"/namespaces/"+ns+"/connectors/"+n+"/y",
-				map[string]string{"Authorization": "Bearer " + token}))
-			if code != http.StatusForbidden || !strings.Contains(body, "is not allowed") {
-				t.Errorf("reverse: status %d %q, want 403", code, body)
-			}
-			code, body = do(t, forwardClient(env.proxyURL, ns+"/"+n, token), newRequest(t, "GET", a, nil))
-			if code != http.StatusForbidden || !strings.Contains(body, "is not allowed") {
-				t.Errorf("forward: status %d %q, want 403", code, body)
-			}
+			refusedBy(t, env.proxyURL, n, a, "is not allowed")
 			c := waitCondition(t, ns, n, v1alpha1.ConditionLivenessReady, metav1.ConditionFalse, "DestinationRefused")
 			for _, cond := range c.Status.Conditions {
 				if cond.Type == v1alpha1.ConditionLivenessReady && strings.Contains(cond.Message, "dial") {
