@@ -79,6 +79,7 @@ func (c *Controller) SetupWithManager(mgr ctrl.Manager) error {
 	c.ctrl, err = ctrl.NewControllerManagedBy(mgr).
 		Named("accessrequest").
 		For(&v1alpha1.AccessRequest{}).
+		Watches(&v1alpha1.AccessRequest{}, handler.EnqueueRequestsFromMapFunc(c.requestsOfEarlierPods)).
 		Watches(&v1alpha1.Connector{}, handler.EnqueueRequestsFromMapFunc(c.requestsOfConnector)).
 		Watches(&v1alpha1.AccessPolicy{}, handler.EnqueueRequestsFromMapFunc(c.requestsInNamespace)).
 		WithOptions(controller.Options{MaxConcurrentReconciles: 4}).
@@ -122,6 +123,32 @@ func (c *Controller) requestsOfConnector(ctx context.Context, o client.Object) [
 
 func (c *Controller) requestsInNamespace(ctx context.Context, o client.Object) []reconcile.Request {
 	return c.requests(ctx, client.InNamespace(o.GetNamespace()))
+}
+
+// requestsOfEarlierPods wakes, on a request's event, the live requests of other Pods of its
+// Pod's name (another UID): a Pod of that name exists now, so the earlier one is gone, and its
+// grants, which RBAC names by the Pod's name (SPEC §4.4), are revoked at once rather than at
+// its next PodRecheck.
+func (c *Controller) requestsOfEarlierPods(ctx context.Context, o client.Object) []reconcile.Request {
+	ar, ok := o.(*v1alpha1.AccessRequest)
+	if !ok || ar.Spec.Context.ObjectRef.UID == "" || revoked(ar) {
+		return nil
+	}
+	ref := ar.Spec.Context.ObjectRef
+	var list v1alpha1.AccessRequestList
+	if err := c.Client.List(ctx, &list, client.MatchingFields{indexPodNamespace: ref.Namespace},
+		client.MatchingLabels(podLabels(ref.Namespace, ref.Name))); err != nil {
+		return nil
+	}
+	var out []reconcile.Request
+	for i := range list.Items {
+		other := &list.Items[i]
+		if o := other.Spec.Context.ObjectRef; o.Name != ref.Name || o.UID == ref.UID || revoked(other) {
+			continue
+		}
+		out = append(out, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: other.Namespace, Name: other.Name}})
+	}
+	return out
 }
 
 // requestsOfCheckObject wakes the live requests of Pods in a check object's namespace; revoked

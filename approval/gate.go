@@ -81,22 +81,31 @@ func (g *Gate) Admit(ctx context.Context, pod records.Pod, c *v1alpha1.Connector
 	return g.await(ctx, ar)
 }
 
-// hasProxyPermission asks for connectors/proxy, namespace-wide or scoped to the Pod.
+// hasProxyPermission asks for connectors/proxy, namespace-wide or scoped to the Pod; a
+// Pod-scoped one counts only if it is not an earlier Pod's of the same name (PodGrants): then
+// the Pod asks for its own approval.
 func (g *Gate) hasProxyPermission(ctx context.Context, pod records.Pod, c *v1alpha1.Connector) (bool, error) {
 	u := &user.DefaultInfo{
 		Name:   fmt.Sprintf("system:serviceaccount:%s:%s", pod.Namespace, pod.ServiceAccount),
 		Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + pod.Namespace, user.AllAuthenticated},
 	}
-	for _, sub := range []string{"proxy", fmt.Sprintf("proxy/v1/pod/%s/%s", pod.Namespace, pod.Name)} {
+	podScoped := fmt.Sprintf("proxy/v1/pod/%s/%s", pod.Namespace, pod.Name)
+	for _, sub := range []string{"proxy", podScoped} {
 		d, _, err := g.Authz.Authorize(ctx, authorizer.AttributesRecord{User: u, Verb: "get", Namespace: c.Namespace, Name: c.Name,
 			APIGroup: v1alpha1.GroupVersion.Group, APIVersion: v1alpha1.GroupVersion.Version,
 			Resource: v1alpha1.ResourceConnectors, Subresource: sub, ResourceRequest: true})
 		if err != nil {
 			return false, err
 		}
-		if d == authorizer.DecisionAllow {
+		if d != authorizer.DecisionAllow {
+			continue
+		}
+		if sub != podScoped {
 			return true, nil
 		}
+		grants := PodGrants{Local: g.Requests, Live: g.Client}
+		foreign, err := grants.OfAnotherPod(ctx, types.NamespacedName{Namespace: c.Namespace, Name: c.Name}, pod.Namespace, pod.Name, pod.UID)
+		return err == nil && !foreign, err
 	}
 	return false, nil
 }

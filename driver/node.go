@@ -82,6 +82,12 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 	if err != nil {
 		return err
 	}
+	// With the proxy's client and rate limit too: a Pod-scoped grant's owner is read from the
+	// API server when the node's cache of its own requests does not settle it.
+	proxyClient, err := client.New(authCfg, client.Options{Scheme: p.scheme})
+	if err != nil {
+		return err
+	}
 	// Uncached: the proxy caches these decisions per Pod and drops them on AccessRequest events.
 	permissions, err := access.New(proxyKube, access.Config{Audiences: []string{o.TokenAudience}, TokenTTL: o.TokenCacheTTL, Name: "proxy_permissions"})
 	if err != nil {
@@ -108,7 +114,8 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 		ReadHeaderTimeout: o.ProxyReadHeaderTimeout, IdleTimeout: o.ProxyIdleTimeout, UpstreamIdleTimeout: o.ProxyUpstreamIdleTimeout,
 		SecretCacheSize: o.SecretCacheSize, SecretCacheBytes: o.SecretCacheBytes, RegistryTokenCacheSize: o.RegistryTokenCacheSize,
 		LeafCacheSize: o.LeafCacheSize, TransportCacheSize: o.TransportCacheSize,
-		Refusals: &proxy.RefusalEvents{Recorder: recorder, Interval: o.RefusalEventInterval, QPS: o.RefusalEventQPS},
+		Refusals:  &proxy.RefusalEvents{Recorder: recorder, Interval: o.RefusalEventInterval, QPS: o.RefusalEventQPS},
+		PodGrants: &approval.PodGrants{Local: informers, Live: proxyClient},
 	})
 	if err != nil {
 		return err

@@ -132,11 +132,30 @@ func (p *Proxy) authorizeUse(ctx context.Context, u user.Info, nn types.Namespac
 		return err
 	}
 	if pod := podOf(u); pod != "" {
-		if ok, err := p.perms.allowed(ctx, p, u, nn, verb, "proxy/v1/pod/"+pod); err != nil || ok {
+		if ok, err := p.perms.allowed(ctx, p, u, nn, verb, podScopedPrefix+pod); err != nil || ok {
 			return err
 		}
 	}
 	return refusef(http.StatusForbidden, "%s may not %s connectors/proxy of Connector %s", u.GetName(), verb, nn)
+}
+
+// podScopedPrefix begins the connectors subresource that grants connectors/proxy to one Pod.
+const podScopedPrefix = "proxy/v1/pod/"
+
+// allowedToUse answers one connectors/proxy question for the permissions cache: the reviewer's
+// answer, and for a Pod-scoped grant that it is not an earlier Pod's of the same name
+// (Config.PodGrants): RBAC names the Pod by name, an approval is for one Pod.
+func (p *Proxy) allowedToUse(ctx context.Context, r Reviewer, u user.Info, nn types.NamespacedName, verb, subresource string) (bool, error) {
+	ok, err := p.allowed(ctx, r, u, nn, verb, subresource)
+	if err != nil || !ok || !strings.HasPrefix(subresource, podScopedPrefix) {
+		return ok, err
+	}
+	pod, _ := podOfUser(u)
+	foreign, err := p.cfg.PodGrants.OfAnotherPod(ctx, nn, pod.namespace, pod.name, pod.uid)
+	if err != nil {
+		return false, refusef(http.StatusServiceUnavailable, "cannot authorize now: %v", err)
+	}
+	return !foreign, nil
 }
 
 func (p *Proxy) allowed(ctx context.Context, r Reviewer, u user.Info, nn types.NamespacedName, verb, subresource string) (bool, error) {
@@ -157,6 +176,19 @@ func podOf(u user.Info) string {
 		return pod.namespace + "/" + pod.name
 	}
 	return ""
+}
+
+// podKey is what tells u's Pod from any other: its UID, or "<namespace>/<pod>" for a token that
+// carries none; "" when u is no Pod's.
+func podKey(u user.Info) string {
+	pod, ok := podOfUser(u)
+	switch {
+	case !ok:
+		return ""
+	case pod.uid != "":
+		return pod.uid
+	}
+	return pod.namespace + "/" + pod.name
 }
 
 // clientToken takes the token from Authorization: Bearer, or the password of Basic.

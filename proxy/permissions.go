@@ -55,12 +55,12 @@ func newPermissions(reviewer Reviewer, ttl permissionTTLs, size int, epochs *pod
 // allowed answers one connectors/proxy question for u, from the cache when it holds a
 // decision that has not expired.
 func (p *permissions) allowed(ctx context.Context, proxy *Proxy, u user.Info, nn types.NamespacedName, verb, subresource string) (bool, error) {
-	key := permissionKey(podOf(u), u.GetName(), nn, verb, subresource)
+	key := permissionKey(podKey(u), u.GetName(), nn, verb, subresource)
 	if d, ok := p.cache.Get(key); ok && p.now().Before(d.expires) && p.epochs.unchanged(d.shard, d.tick) {
 		return d.allowed, nil
 	}
 	tick, shard := p.epochs.now(), p.epochs.shardOf(u)
-	ok, err := proxy.allowed(ctx, p.reviewer, u, nn, verb, subresource)
+	ok, err := proxy.allowedToUse(ctx, p.reviewer, u, nn, verb, subresource)
 	if err != nil {
 		return false, err
 	}
@@ -88,6 +88,8 @@ func (p *permissions) keptUntil(allowed bool, shard uint8) (expires time.Time, k
 	return expires, ttl > 0
 }
 
+// permissionKey keys a decision by the Pod's UID, not its name: an answer for a Pod is not
+// one for a later Pod of the same name (Config.PodGrants).
 func permissionKey(pod, userName string, nn types.NamespacedName, verb, subresource string) string {
 	return pod + "\x00" + userName + "\x00" + nn.String() + "\x00" + verb + "\x00" + subresource
 }

@@ -86,6 +86,14 @@ type Config struct {
 	SecretCacheBytes int64
 	// Refusals records 403 answers to Pods as Events on the Pod; nil records none.
 	Refusals *RefusalEvents
+	// PodGrants tells whether a Pod-scoped connectors/proxy grant that allows a Pod may be an
+	// earlier Pod's of the same name (approval.PodGrants); such a grant then counts for none.
+	PodGrants PodGrants
+}
+
+// PodGrants is approval.PodGrants, as the proxy asks it.
+type PodGrants interface {
+	OfAnotherPod(ctx context.Context, connector types.NamespacedName, podNamespace, podName, podUID string) (bool, error)
 }
 
 // check refuses a Config whose limits are unset: an unbounded cache is what they prevent.
@@ -105,8 +113,9 @@ func (c Config) check() error {
 			return err
 		}
 	}
-	if c.TunnelLifetime <= 0 || c.UpgradeRecheck <= 0 || c.ReadHeaderTimeout <= 0 || c.IdleTimeout <= 0 || c.UpstreamIdleTimeout <= 0 || c.Egress == nil || c.Rego == nil {
-		return fmt.Errorf("proxy config: TunnelLifetime, UpgradeRecheck, ReadHeaderTimeout, IdleTimeout, UpstreamIdleTimeout, Egress and Rego must be set")
+	if c.TunnelLifetime <= 0 || c.UpgradeRecheck <= 0 || c.ReadHeaderTimeout <= 0 || c.IdleTimeout <= 0 || c.UpstreamIdleTimeout <= 0 ||
+		c.Egress == nil || c.Rego == nil || c.PodGrants == nil {
+		return fmt.Errorf("proxy config: TunnelLifetime, UpgradeRecheck, ReadHeaderTimeout, IdleTimeout, UpstreamIdleTimeout, Egress, Rego and PodGrants must be set")
 	}
 	return nil
 }

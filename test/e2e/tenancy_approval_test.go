@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"slices"
 	"strconv"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -388,7 +390,6 @@ func TestTenantChecksAreBounded(t *testing.T) {
 			gatedConnector(t, ns, tc.name, git, tool, check, podRole)
 			pod := pipelineRunPod(t, env.kubelet, ns, "release-1", tc.name, map[string]string{"connectors": tc.name})
 			err := publishOutcome(t, env, pod)
-			t.Logf("publish: %v", err)
 			if tc.publish == "" {
 				if err != nil {
 					t.Errorf("publish: %v, want success", err)
@@ -741,4 +742,65 @@ func TestTenancyPoliciesAreBounded(t *testing.T) {
 	if err := cp.Client.Create(context.Background(), tooMany); !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), "spec.connector.names: Too many: 257") {
 		t.Errorf("a policy naming 257 Connectors: %v, want Invalid", err)
 	}
+}
+
+// TestApprovalsAreForOnePodNotItsName: the built-in role template grants connectors/proxy to
+// a Pod by name (SPEC §4.4), an approval is for one Pod. After a forced delete that no unpublish
+// followed (a lost node), a new Pod of the same name and ServiceAccount must not use the earlier
+// Pod's grant: not through the proxy with a token of its own, not by a publish; and its request
+// makes the controller revoke the earlier grant at once, not at its next look at the Pod.
+func TestApprovalsAreForOnePodNotItsName(t *testing.T) {
+	setupApproval(t)
+	// The controller does not read the Pod again by itself within the test; no denial is
+	// cached (the first Pod's, from before its approval, would answer for the second).
+	env := startProxyDriver(t, func(o *driver.Options) { o.PodRecheck, o.AuthzDenyTTL = time.Hour, 0 })
+	ns := newNamespace(t)
+	ctx := context.Background()
+	pipelineGate(t, ns)
+	approvalTask(t, ns, "release-1", "approved")
+	first := pipelineRunPod(t, env.kubelet, ns, "release-1", "promote", map[string]string{"connectors": "prod"})
+	if err := publishOutcome(t, env, first); err != nil {
+		t.Fatalf("the Pod of the approved PipelineRun: %v", err)
+	}
+	grant := types.NamespacedName{Namespace: ns, Name: approval.RequestName("prod", records.Pod{Namespace: ns, Name: first.Name, UID: string(first.UID)})}
+	refs := env.proxyURL + "/namespaces/" + ns + "/connectors/prod/repo.git/info/refs?service=git-upload-pack"
+	get := func(token string) (int, string) {
+		return do(t, noRedirects, newRequest(t, "GET", refs, map[string]string{"Authorization": "Bearer " + token}))
+	}
+	firstToken := visibleFiles(t, env.kubelet.TargetPath(first, "connectors"))["context.token"]
+	if !kubelet.WaitUntil(10*time.Second, func() bool { code, _ := get(firstToken); return code == http.StatusOK }) {
+		t.Fatal("the proxy does not let the approved Pod's token through")
+	}
+
+	// The node is lost: the Pod is deleted at once and its volume never unpublished.
+	if err := cp.Kube.CoreV1().Pods(ns).Delete(ctx, first.Name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
+		t.Fatal(err)
+	}
+	second := podOf(t, env.kubelet, ns, first.Name, "builder", map[string]string{"connectors": "prod"}, nil)
+	if second.UID == first.UID {
+		t.Fatal("the second Pod has the first one's UID")
+	}
+	// Any Pod may project a token of its own for the proxy's audience; it needs no volume.
+	tr, err := cp.Kube.CoreV1().ServiceAccounts(ns).CreateToken(ctx, "builder", &authenticationv1.TokenRequest{
+		Spec: authenticationv1.TokenRequestSpec{Audiences: []string{driverName},
+			BoundObjectRef: &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: second.Name, UID: second.UID}}},
+		metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cp.Client.Get(ctx, grant, &rbacv1.RoleBinding{}); err != nil {
+		t.Fatalf("the earlier Pod's grant should still be there for this check: %v", err)
+	}
+	want := "may not get connectors/proxy of Connector " + ns + "/prod"
+	if code, body := get(tr.Status.Token); code != http.StatusForbidden || !strings.Contains(body, want) {
+		t.Fatalf("the new Pod of the same name through the proxy: %d %q, want 403 saying %q", code, body, want)
+	}
+
+	// Its publish asks for its own approval, which a bare Pod does not get.
+	err = publishOutcome(t, env, second)
+	if want := "is not run by a TaskRun"; status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), want) {
+		t.Fatalf("publish of the new Pod of the same name: %v, want FailedPrecondition saying %q", err, want)
+	}
+	// Its request shows the controller that the earlier Pod is gone.
+	waitRevoked(t, grant)
 }

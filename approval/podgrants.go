@@ -1,0 +1,82 @@
+package approval
+
+import (
+	"context"
+
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+)
+
+// PodGrants tells whether a grant scoped to a Pod (connectors/proxy/v1/pod/<ns>/<name>) may be
+// the grant of an earlier Pod of the same name. RBAC names the Pod by name only (the form is
+// SPEC §4.4's), while an approval is for one Pod, by UID: after a forced delete that the node
+// never unpublished, a new Pod of the same name and ServiceAccount would be allowed by the old
+// Pod's grant until the controller's next look at that Pod (--accessrequest-pod-recheck-interval).
+// So a Pod-scoped allow counts for a Pod only while no live request of another Pod of its
+// name may hold a grant, unless its own request holds one. A grant an administrator wrote by
+// hand, with no request behind it, names the Pod by name and keeps meaning that.
+type PodGrants struct {
+	// Local is this node's cache of its own requests: the usual answer, a Pod's own granted
+	// request, comes from it without a call.
+	Local client.Reader
+	// Live reads the requests of every node, from the API server's watch cache
+	// (resourceVersion 0), when the local cache does not settle it.
+	Live client.Reader
+}
+
+// OfAnotherPod tells whether a Pod-scoped grant of Connector connector that allows the Pod
+// podNamespace/podName (UID podUID) may be another Pod's of that name.
+func (g *PodGrants) OfAnotherPod(ctx context.Context, connector types.NamespacedName, podNamespace, podName, podUID string) (bool, error) {
+	opts := []client.ListOption{client.InNamespace(connector.Namespace), client.MatchingLabels(podLabels(podNamespace, podName))}
+	var local v1alpha1.AccessRequestList
+	if err := g.Local.List(ctx, &local, opts...); err != nil {
+		return false, err
+	}
+	if foreign, settled := grantOwner(local.Items, connector.Name, podNamespace, podName, podUID); settled && !foreign {
+		return false, nil
+	}
+	var live v1alpha1.AccessRequestList
+	if err := g.Live.List(ctx, &live, append(opts, &client.ListOptions{Raw: &metav1.ListOptions{ResourceVersion: "0"}})...); err != nil {
+		return false, err
+	}
+	foreign, _ := grantOwner(live.Items, connector.Name, podNamespace, podName, podUID)
+	return foreign, nil
+}
+
+// grantOwner reads the requests of one Pod name for a Connector: settled when the Pod's own
+// request (by UID) holds a grant, which then is the Pod's whatever else there is (foreign
+// false); otherwise foreign tells whether a live request of another Pod may hold one. Labels
+// select the requests, the spec decides: labels are whoever created the request's to write.
+func grantOwner(requests []v1alpha1.AccessRequest, connector, podNamespace, podName, podUID string) (foreign, settled bool) {
+	for i := range requests {
+		ar := &requests[i]
+		ref := ar.Spec.Context.ObjectRef
+		if ar.Spec.ConnectorRef.Name != connector || ref.Kind != "Pod" || ref.Namespace != podNamespace || ref.Name != podName {
+			continue
+		}
+		switch {
+		case string(ref.UID) == podUID && holdsGrant(ar):
+			return false, true
+		case string(ref.UID) != podUID && mayHoldGrant(ar):
+			foreign = true
+		}
+	}
+	return foreign, false
+}
+
+// holdsGrant tells whether the controller wrote the request's grant and has not revoked it.
+func holdsGrant(ar *v1alpha1.AccessRequest) bool {
+	sync := meta.FindStatusCondition(ar.Status.Conditions, v1alpha1.ConditionAccessPermissionSync)
+	return sync != nil && sync.Reason == v1alpha1.ReasonSynced
+}
+
+// mayHoldGrant tells whether some of the request's grant may exist: written, or written in
+// part (a failed write); a revoked request's is deleted first.
+func mayHoldGrant(ar *v1alpha1.AccessRequest) bool {
+	sync := meta.FindStatusCondition(ar.Status.Conditions, v1alpha1.ConditionAccessPermissionSync)
+	return sync != nil && (sync.Reason == v1alpha1.ReasonSynced || sync.Reason == v1alpha1.ReasonSyncFailed)
+}

@@ -1,0 +1,47 @@
+package approval
+
+import (
+	"testing"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+)
+
+func TestGrantOwner(t *testing.T) {
+	request := func(connector, pod, uid, sync string) v1alpha1.AccessRequest {
+		ar := v1alpha1.AccessRequest{Spec: v1alpha1.AccessRequestSpec{ConnectorRef: v1alpha1.LocalObjectRef{Name: connector},
+			Context: v1alpha1.AccessContext{ObjectRef: v1alpha1.ContextObjectRef{Kind: "Pod", Namespace: "team", Name: pod, UID: types.UID(uid)}}}}
+		if sync != "" {
+			ar.Status.Conditions = []metav1.Condition{{Type: v1alpha1.ConditionAccessPermissionSync, Status: metav1.ConditionTrue, Reason: sync}}
+		}
+		return ar
+	}
+	cases := []struct {
+		name             string
+		requests         []v1alpha1.AccessRequest
+		foreign, settled bool
+	}{
+		{"no request: a grant by hand", nil, false, false},
+		{"the Pod's own granted request", []v1alpha1.AccessRequest{request("git", "build", "new", v1alpha1.ReasonSynced)}, false, true},
+		{"an earlier Pod's granted request", []v1alpha1.AccessRequest{request("git", "build", "old", v1alpha1.ReasonSynced)}, true, false},
+		{"an earlier Pod's grant written in part", []v1alpha1.AccessRequest{request("git", "build", "old", v1alpha1.ReasonSyncFailed)}, true, false},
+		{"an earlier Pod's revoked request", []v1alpha1.AccessRequest{request("git", "build", "old", v1alpha1.ReasonPermissionCleanUp)}, false, false},
+		{"an earlier Pod's request never granted", []v1alpha1.AccessRequest{request("git", "build", "old", "")}, false, false},
+		{"the own grant wins over an earlier one", []v1alpha1.AccessRequest{
+			request("git", "build", "old", v1alpha1.ReasonSynced), request("git", "build", "new", v1alpha1.ReasonSynced)}, false, true},
+		{"the own request still pending", []v1alpha1.AccessRequest{
+			request("git", "build", "old", v1alpha1.ReasonSynced), request("git", "build", "new", "")}, true, false},
+		{"another Connector's request", []v1alpha1.AccessRequest{request("registry", "build", "old", v1alpha1.ReasonSynced)}, false, false},
+		{"a request labelled for the Pod but of another", []v1alpha1.AccessRequest{request("git", "other", "old", v1alpha1.ReasonSynced)}, false, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			foreign, settled := grantOwner(tc.requests, "git", "team", "build", "new")
+			if foreign != tc.foreign || settled != tc.settled {
+				t.Fatalf("grantOwner = foreign %v, settled %v; want %v, %v", foreign, settled, tc.foreign, tc.settled)
+			}
+		})
+	}
+}
