@@ -112,9 +112,12 @@ func indexRequests(ctx context.Context, indexer client.FieldIndexer) error {
 	}); err != nil {
 		return err
 	}
-	return indexer.IndexField(ctx, &v1alpha1.AccessRequest{}, indexPodNamespace, func(o client.Object) []string {
-		return []string{o.(*v1alpha1.AccessRequest).Spec.Context.ObjectRef.Namespace}
-	})
+	return indexer.IndexField(ctx, &v1alpha1.AccessRequest{}, indexPodNamespace, podNamespaceOf)
+}
+
+// podNamespaceOf is the value of a request in the indexPodNamespace index.
+func podNamespaceOf(o client.Object) []string {
+	return []string{o.(*v1alpha1.AccessRequest).Spec.Context.ObjectRef.Namespace}
 }
 
 func (c *Controller) requestsOfConnector(ctx context.Context, o client.Object) []reconcile.Request {

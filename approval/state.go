@@ -23,12 +23,19 @@ const celProgramsCache = "cel_programs"
 // controllers.
 type States struct {
 	cel  *celexpr.Programs
-	rego *regoeval.Engine
+	rego StateModules
+}
+
+// StateModules compiles and evaluates state.rego modules: a regoeval.Sandbox in the
+// controller (tenants write them), an Engine in unit tests.
+type StateModules interface {
+	Check(h regoeval.Hook, module string) error
+	State(ctx context.Context, module string, object map[string]any) (string, error)
 }
 
 // NewStates returns a States that keeps up to cacheSize compiled expressions and evaluates
-// Rego modules with rego (which bounds its own cache and time).
-func NewStates(cacheSize int, rego *regoeval.Engine) (*States, error) {
+// Rego modules with rego (which bounds its own cache, time and memory).
+func NewStates(cacheSize int, rego StateModules) (*States, error) {
 	programs, err := celexpr.New(celProgramsCache, cacheSize, cel.Variable("object", cel.DynType))
 	if err != nil {
 		return nil, err

@@ -73,11 +73,11 @@ func startController(ctx context.Context, g *errgroup.Group, p *process, ready *
 	}).SetupWithManager(mgr); err != nil {
 		return err
 	}
-	regoEngine, err := o.regoEngine("rego_controller")
+	stateModules, err := o.regoStates()
 	if err != nil {
 		return err
 	}
-	states, err := approval.NewStates(o.CELCacheSize, regoEngine)
+	states, err := approval.NewStates(o.CELCacheSize, stateModules)
 	if err != nil {
 		return err
 	}

@@ -86,6 +86,10 @@ type Options struct {
 	RegoCacheSize        int
 	RegoTimeout          time.Duration
 	RegoMaxBodyBytes     int
+	// RegoStateMemoryLimit and RegoStateProcesses bound the child processes that evaluate
+	// check states (state.rego): each one's memory, and how many run at once.
+	RegoStateMemoryLimit string
+	RegoStateProcesses   int
 	ApprovalWait         time.Duration
 	ProxyPermissionTTL   time.Duration
 	// ProxyPermissionSettle bounds the decisions made just after a Pod's AccessRequest changed.
@@ -209,6 +213,8 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.IntVar(&o.CELCacheSize, "cel-cache-size", defaultCELCacheSize, "how many compiled CEL expressions the controller keeps, for check states and for probes' response.cel each (the least recently used go first)")
 	fs.IntVar(&o.RegoCacheSize, "rego-cache-size", defaultRegoCacheSize, "how many compiled Rego modules (generators, authExtractors, api.permissions, check states) each process keeps (the least recently used go first)")
 	fs.DurationVar(&o.RegoTimeout, "rego-eval-timeout", defaultRegoTimeout, "how long one evaluation of a Rego module may run before it fails")
+	fs.StringVar(&o.RegoStateMemoryLimit, "rego-state-memory-limit", defaultRegoStateMemoryLimit, "memory one evaluation of a check's state.rego may take: tenants write them, so each runs in a child process of the controller that ends when it takes more (the check fails, naming this flag)")
+	fs.IntVar(&o.RegoStateProcesses, "rego-state-processes", defaultRegoStateProcesses, "how many child processes evaluating check states (state.rego) the controller runs at once (each ends after a minute without work)")
 	fs.IntVar(&o.RegoMaxBodyBytes, "rego-max-body-bytes", defaultRegoMaxBodyBytes, "largest JSON request body given to a Rego module as input.request.body (larger ones are null) and rewritten by a generator that injects into the body (larger ones are refused with 413)")
 	fs.DurationVar(&o.ProxyPermissionTTL, "proxy-permission-ttl", 10*time.Second, "how long an allowed connectors/proxy decision is cached; the node drops a Pod's decisions as soon as it sees one of the Pod's AccessRequests change (granted, revoked), so this bounds only grants made or removed by hand")
 	fs.DurationVar(&o.ProxyPermissionSettle, "proxy-permission-settle", 2*time.Second, "for this long after the node sees one of a Pod's AccessRequests change, the Pod's connectors/proxy decisions are kept only until this time has passed, then asked again: the API server that answers them may not have seen the RoleBinding change yet; 0 keeps them for their whole TTL")
@@ -299,11 +305,24 @@ const (
 	defaultRegoCacheSize    = 1024
 	defaultRegoTimeout      = 250 * time.Millisecond
 	defaultRegoMaxBodyBytes = 64 << 10
+	// A state.rego reads one object: a few MiB is plenty; four children fit beside the
+	// controller in its 512Mi.
+	defaultRegoStateMemoryLimit = "64Mi"
+	defaultRegoStateProcesses   = 4
 )
 
 // regoEngine is the process's evaluator of Rego modules, its cache reported as cacheName.
 func (o *validated) regoEngine(cacheName string) (*regoeval.Engine, error) {
-	return regoeval.New(cacheName, regoeval.Config{CacheSize: o.RegoCacheSize, Timeout: o.RegoTimeout, MaxBodyBytes: int64(o.RegoMaxBodyBytes)})
+	return regoeval.New(cacheName, o.regoConfig())
+}
+
+func (o *validated) regoConfig() regoeval.Config {
+	return regoeval.Config{CacheSize: o.RegoCacheSize, Timeout: o.RegoTimeout, MaxBodyBytes: int64(o.RegoMaxBodyBytes)}
+}
+
+// regoStates evaluates check states in child processes (regoeval.Sandbox).
+func (o *validated) regoStates() (*regoeval.Sandbox, error) {
+	return regoeval.NewSandbox(regoeval.SandboxConfig{Engine: o.regoConfig(), MemoryLimit: o.regoStateMemoryBytes, Processes: o.RegoStateProcesses})
 }
 
 // validated are the options in the form the driver uses.
@@ -311,8 +330,10 @@ type validated struct {
 	Options
 	socketPath      string
 	volumeSizeBytes int64
-	webhookHost     string
-	webhookPort     int
+	// regoStateMemoryBytes is RegoStateMemoryLimit in bytes.
+	regoStateMemoryBytes int64
+	webhookHost          string
+	webhookPort          int
 }
 
 func (o *Options) validate() (*validated, error) {
@@ -342,6 +363,19 @@ func (o *Options) validate() (*validated, error) {
 		return nil, fmt.Errorf("--volume-size-limit %q: not a positive quantity such as 4Mi", o.VolumeSizeLimit)
 	}
 	v.volumeSizeBytes = q.Value()
+	if o.RegoStateMemoryLimit == "" { // Options built in code without it (tests, benchmarks)
+		v.RegoStateMemoryLimit = defaultRegoStateMemoryLimit
+	}
+	if o.RegoStateProcesses == 0 {
+		v.RegoStateProcesses = defaultRegoStateProcesses
+	}
+	if q, err = resource.ParseQuantity(v.RegoStateMemoryLimit); err != nil || q.Value() <= 0 {
+		return nil, fmt.Errorf("--rego-state-memory-limit %q: not a positive quantity such as 64Mi", v.RegoStateMemoryLimit)
+	}
+	v.regoStateMemoryBytes = q.Value()
+	if v.RegoStateProcesses < 0 {
+		return nil, fmt.Errorf("--rego-state-processes %d: must be positive", v.RegoStateProcesses)
+	}
 	if o.ClusterDomain == "" { // Options built in code without it (tests, benchmarks)
 		v.ClusterDomain = defaultClusterDomain
 	}

@@ -17,6 +17,7 @@ package scopes
 
 import (
 	"context"
+	"errors"
 	"slices"
 
 	corev1 "k8s.io/api/core/v1"
@@ -26,6 +27,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/workqueue"
+	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/event"
@@ -160,32 +162,64 @@ func (r *Reconciler) apply(ctx context.Context, namespace string, subjects []rba
 		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: ConnectorUserRole},
 		Subjects:   subjects,
 	}
-	var got rbacv1.RoleBinding
-	err := r.Client.Get(ctx, client.ObjectKeyFromObject(want), &got)
+	got, err := r.managed(ctx, namespace)
 	switch {
+	case errors.Is(err, errNotManaged):
+		return nil
 	case apierrors.IsNotFound(err):
 		return r.Client.Create(ctx, want)
 	case err != nil:
 		return err
 	case got.RoleRef != want.RoleRef:
 		// roleRef cannot change: replace the binding.
-		if err := r.Client.Delete(ctx, &got); err != nil && !apierrors.IsNotFound(err) {
+		if err := r.delete(ctx, got); err != nil {
 			return err
 		}
 		return r.Client.Create(ctx, want)
-	case equality.Semantic.DeepEqual(got.Subjects, want.Subjects) && got.Labels[LabelManaged] == "true":
+	case equality.Semantic.DeepEqual(got.Subjects, want.Subjects):
 		return nil
 	}
 	got.Subjects = want.Subjects
-	if got.Labels == nil {
-		got.Labels = map[string]string{}
-	}
-	got.Labels[LabelManaged] = "true"
-	return r.Client.Update(ctx, &got)
+	return r.Client.Update(ctx, got)
 }
 
-// remove deletes the namespace's scope RoleBinding, if any.
+// remove deletes the namespace's scope RoleBinding, if it has one the controller made.
 func (r *Reconciler) remove(ctx context.Context, namespace string) error {
-	rb := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: BindingName, Namespace: namespace}}
-	return client.IgnoreNotFound(r.Client.Delete(ctx, rb))
+	got, err := r.managed(ctx, namespace)
+	if errors.Is(err, errNotManaged) {
+		return nil
+	}
+	if err != nil {
+		return client.IgnoreNotFound(err)
+	}
+	return r.delete(ctx, got)
+}
+
+// errNotManaged is managed's answer for a RoleBinding of the name that the controller did not
+// make: neither apply nor remove touches it.
+var errNotManaged = errors.New("the RoleBinding was not made by the scope controller")
+
+// managed reads the namespace's RoleBinding BindingName: NotFound when there is none, and
+// errNotManaged, logged, when there is one the controller did not make (without LabelManaged). Such a
+// binding belongs to whoever may write RoleBindings there, so it is neither changed nor
+// deleted: a namespace's labels are written by others than its owner (a member names its
+// project, cpaas.io/project=<any namespace>), and would otherwise let them have the controller
+// delete a binding of that name in any namespace. The namespace's Connectors are not shared
+// until that binding is renamed.
+func (r *Reconciler) managed(ctx context.Context, namespace string) (*rbacv1.RoleBinding, error) {
+	var got rbacv1.RoleBinding
+	if err := r.Client.Get(ctx, types.NamespacedName{Namespace: namespace, Name: BindingName}, &got); err != nil {
+		return nil, err
+	}
+	if got.Labels[LabelManaged] != "true" {
+		klog.FromContext(ctx).Info("RoleBinding not made by the scope controller is left alone; the namespace's Connectors are not shared while it has this name",
+			"roleBinding", klog.KObj(&got), "label", LabelManaged)
+		return nil, errNotManaged
+	}
+	return &got, nil
+}
+
+// delete deletes the RoleBinding read, not one made in its place since.
+func (r *Reconciler) delete(ctx context.Context, rb *rbacv1.RoleBinding) error {
+	return client.IgnoreNotFound(r.Client.Delete(ctx, rb, client.Preconditions{UID: &rb.UID}))
 }

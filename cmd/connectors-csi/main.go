@@ -12,9 +12,12 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/kube-connectors/connectors-csi/driver"
+	"github.com/kube-connectors/connectors-csi/regoeval"
 )
 
 func main() {
+	// A child the controller started to evaluate a tenant's state.rego: it serves and exits.
+	regoeval.ServeSandboxIfChild()
 	fs := flag.NewFlagSet("connectors-csi", flag.ExitOnError)
 	klog.InitFlags(fs)
 	var opts driver.Options

@@ -34,6 +34,7 @@ import (
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/driver"
 	"github.com/kube-connectors/connectors-csi/node/mount"
+	"github.com/kube-connectors/connectors-csi/regoeval"
 	"github.com/kube-connectors/connectors-csi/test/controlplane"
 	"github.com/kube-connectors/connectors-csi/test/kubelet"
 )
@@ -68,6 +69,8 @@ func (b *syncBuffer) String() string {
 }
 
 func TestMain(m *testing.M) {
+	// The controllers' state.rego children are this test binary.
+	regoeval.ServeSandboxIfChild()
 	fs := flag.NewFlagSet("klog", flag.ExitOnError)
 	klog.InitFlags(fs)
 	// Highest verbosity, all into the buffer: the secret tests search it.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -101,6 +102,30 @@ func TestScopedConnectors(t *testing.T) {
 		refused(impostorMember, impostor+"/loot")
 		if err := cp.Client.Get(ctx, types.NamespacedName{Namespace: impostor, Name: scopes.BindingName}, &rbacv1.RoleBinding{}); err == nil {
 			t.Error("the controller bound a namespace whose inner-namespace label names another")
+		}
+	})
+
+	// A member names its project by a label whose value nothing checks, and the controller
+	// then looks at the namespace it names: it must not delete (nor take over) a RoleBinding of
+	// its binding's name that it did not make there.
+	t.Run("a RoleBinding of the name the controller did not make is left alone", func(t *testing.T) {
+		victim, claimant := newNamespace(t), newNamespace(t)
+		own := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: scopes.BindingName, Namespace: victim},
+			RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "view"},
+			Subjects: []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: "alice"}}}
+		create(t, own)
+		labelNamespace(t, claimant, scopes.LabelProject, victim)
+		key := types.NamespacedName{Namespace: victim, Name: scopes.BindingName}
+		seen := `"RoleBinding not made by the scope controller is left alone`
+		var got rbacv1.RoleBinding
+		kubelet.WaitUntil(20*time.Second, func() bool {
+			return cp.Client.Get(ctx, key, &got) != nil || strings.Contains(logs.String(), victim+"/"+scopes.BindingName)
+		})
+		if err := cp.Client.Get(ctx, key, &got); err != nil || got.UID != own.UID || got.RoleRef.Name != "view" || len(got.Subjects) != 1 {
+			t.Fatalf("the namespace's own RoleBinding %s after the controller looked: %+v, %v", key, got, err)
+		}
+		if !strings.Contains(logs.String(), seen) {
+			t.Errorf("the controller did not say it left %s alone", key)
 		}
 	})
 

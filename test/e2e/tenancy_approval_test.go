@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"runtime/metrics"
 	"slices"
 	"strconv"
 	"strings"
@@ -372,6 +373,13 @@ func TestTenantChecksAreBounded(t *testing.T) {
 			policy: "undefined function http.send", publish: "undefined function http.send"},
 		{name: "rego-value", kind: approvalTasks, labels: ofRun, rego: "package approval\nstatus := {\"state\": input.metadata.uid}",
 			publish: "not one of approved, passed, rejected, pending", withheld: string(approvalTaskObj.GetUID())},
+		// A comprehension of one-megabyte strings: the evaluation's time (250 ms) ends it only
+		// after several hundred megabytes, when it runs in the controller; in a child it ends
+		// the child, not the controller (this test process).
+		{name: "rego-memory", kind: approvalTasks, labels: ofRun,
+			rego: "package approval\nx := [sprintf(\"%0999999d\", [i]) | some i in numbers.range(1, 1000)]\n" +
+				"status := {\"state\": \"approved\"} if count(x) > 0",
+			publish: "state.rego needed more than the 64 MiB of memory an evaluation may take (--rego-state-memory-limit)"},
 		// An inline check sees the Pod's identity and labels, not its spec (the image here).
 		{name: "pod-spec", kind: approvalTasks, labels: map[string]string{"tekton.dev/pipelineRun": `{{ fail (toJson .object) }}`},
 			publish: `"serviceAccountName":"builder"`, withheld: "busybox"},
@@ -389,7 +397,11 @@ func TestTenantChecksAreBounded(t *testing.T) {
 			}
 			gatedConnector(t, ns, tc.name, git, tool, check, podRole)
 			pod := pipelineRunPod(t, env.kubelet, ns, "release-1", tc.name, map[string]string{"connectors": tc.name})
+			allocated := heapAllocated()
 			err := publishOutcome(t, env, pod)
+			if allocated = heapAllocated() - allocated; tc.name == "rego-memory" && allocated > 100<<20 {
+				t.Errorf("this process (the controller) allocated %d MiB while the check was evaluated", allocated>>20)
+			}
 			if tc.publish == "" {
 				if err != nil {
 					t.Errorf("publish: %v, want success", err)
@@ -408,6 +420,13 @@ func TestTenantChecksAreBounded(t *testing.T) {
 			}
 		})
 	}
+}
+
+// heapAllocated is how many bytes this process has allocated on its heap so far.
+func heapAllocated() uint64 {
+	sample := []metrics.Sample{{Name: "/gc/heap/allocs:bytes"}}
+	metrics.Read(sample)
+	return sample[0].Value.Uint64()
 }
 
 // gauge reads metric{label=value} from the default Prometheus registry (the one
@@ -747,13 +766,20 @@ func TestTenancyPoliciesAreBounded(t *testing.T) {
 // TestApprovalsAreForOnePodNotItsName: the built-in role template grants connectors/proxy to
 // a Pod by name (SPEC §4.4), an approval is for one Pod. After a forced delete that no unpublish
 // followed (a lost node), a new Pod of the same name and ServiceAccount must not use the earlier
-// Pod's grant: not through the proxy with a token of its own, not by a publish; and its request
-// makes the controller revoke the earlier grant at once, not at its next look at the Pod.
+// Pod's grant: not through the proxy with a token of its own, not by a publish. The controller
+// is stopped meanwhile, so that nothing revokes the earlier grant before these are checked.
 func TestApprovalsAreForOnePodNotItsName(t *testing.T) {
 	setupApproval(t)
-	// The controller does not read the Pod again by itself within the test; no denial is
-	// cached (the first Pod's, from before its approval, would answer for the second).
-	env := startProxyDriver(t, func(o *driver.Options) { o.PodRecheck, o.AuthzDenyTTL = time.Hour, 0 })
+	// No denial is cached: the first Pod's, from before its approval, would answer for the
+	// second.
+	env := startProxyDriver(t, func(o *driver.Options) { o.Role, o.AuthzDenyTTL = driver.RoleNode, 0 })
+	startController := func() (stop func()) {
+		opts := testOptions()
+		opts.Role, opts.ProxyURL, opts.AuthzDenyTTL = driver.RoleController, env.proxyURL, 0
+		stop, _ = runDriver(t, opts)
+		return stop
+	}
+	stopController := startController()
 	ns := newNamespace(t)
 	ctx := context.Background()
 	pipelineGate(t, ns)
@@ -773,12 +799,16 @@ func TestApprovalsAreForOnePodNotItsName(t *testing.T) {
 	}
 
 	// The node is lost: the Pod is deleted at once and its volume never unpublished.
+	stopController()
 	if err := cp.Kube.CoreV1().Pods(ns).Delete(ctx, first.Name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
 		t.Fatal(err)
 	}
 	second := podOf(t, env.kubelet, ns, first.Name, "builder", map[string]string{"connectors": "prod"}, nil)
 	if second.UID == first.UID {
 		t.Fatal("the second Pod has the first one's UID")
+	}
+	if err := cp.Client.Get(ctx, grant, &rbacv1.RoleBinding{}); err != nil {
+		t.Fatalf("the earlier Pod's grant is gone, with no controller running: %v", err)
 	}
 	// Any Pod may project a token of its own for the proxy's audience; it needs no volume.
 	tr, err := cp.Kube.CoreV1().ServiceAccounts(ns).CreateToken(ctx, "builder", &authenticationv1.TokenRequest{
@@ -788,19 +818,21 @@ func TestApprovalsAreForOnePodNotItsName(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := cp.Client.Get(ctx, grant, &rbacv1.RoleBinding{}); err != nil {
-		t.Fatalf("the earlier Pod's grant should still be there for this check: %v", err)
-	}
 	want := "may not get connectors/proxy of Connector " + ns + "/prod"
 	if code, body := get(tr.Status.Token); code != http.StatusForbidden || !strings.Contains(body, want) {
 		t.Fatalf("the new Pod of the same name through the proxy: %d %q, want 403 saying %q", code, body, want)
 	}
+	// Its publish asks for its own approval, and waits for it.
+	t.Cleanup(func() { _ = env.kubelet.Unpublish(context.Background(), second, "connectors") })
+	if err := env.kubelet.Publish(ctx, second, "connectors"); status.Code(err) != codes.Unavailable {
+		t.Fatalf("publish of the new Pod of the same name with no controller running: %v, want Unavailable (waiting for its own request)", err)
+	}
 
-	// Its publish asks for its own approval, which a bare Pod does not get.
-	err = publishOutcome(t, env, second)
-	if want := "is not run by a TaskRun"; status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), want) {
+	// The controller sees the earlier Pod gone and revokes its grant; the new Pod's own request
+	// is refused (a bare Pod is not run by the approved PipelineRun).
+	startController()
+	waitRevoked(t, grant)
+	if err, want := publishOutcome(t, env, second), "is not run by a TaskRun"; status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), want) {
 		t.Fatalf("publish of the new Pod of the same name: %v, want FailedPrecondition saying %q", err, want)
 	}
-	// Its request shows the controller that the earlier Pod is gone.
-	waitRevoked(t, grant)
 }

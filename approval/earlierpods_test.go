@@ -1,0 +1,58 @@
+package approval
+
+import (
+	"context"
+	"slices"
+	"testing"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/node/records"
+)
+
+// TestARequestWakesTheEarlierPodsOfItsName: a request of a Pod wakes the live requests of other
+// Pods of its name (any Connector, any namespace of Connectors), not its own, not revoked ones,
+// not those of other Pods.
+func TestARequestWakesTheEarlierPodsOfItsName(t *testing.T) {
+	scheme := runtime.NewScheme()
+	if err := v1alpha1.AddToScheme(scheme); err != nil {
+		t.Fatal(err)
+	}
+	request := func(ns, connector, pod, uid string, revokedToo bool) *v1alpha1.AccessRequest {
+		p := records.Pod{Namespace: "team", Name: pod, UID: uid}
+		ar := &v1alpha1.AccessRequest{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: RequestName(connector, p), Labels: requestLabels(connector, "node-1", p)},
+			Spec: v1alpha1.AccessRequestSpec{ConnectorRef: v1alpha1.LocalObjectRef{Name: connector},
+				Context: v1alpha1.AccessContext{ObjectRef: v1alpha1.ContextObjectRef{Kind: "Pod", Namespace: "team", Name: pod, UID: types.UID(uid)}}}}
+		if revokedToo {
+			ar.Status.Conditions = []metav1.Condition{{Type: v1alpha1.ConditionAccessPermissionSync, Status: metav1.ConditionTrue, Reason: v1alpha1.ReasonPermissionCleanUp}}
+		}
+		return ar
+	}
+	current := request("team", "git", "build", "new", false)
+	earlier := request("team", "git", "build", "old", false)
+	earlierElsewhere := request("shared", "registry", "build", "old", false)
+	objs := []client.Object{current, earlier, earlierElsewhere,
+		request("team", "git", "build", "older", true), // revoked: done
+		request("team", "git", "test", "other", false)} // another Pod
+	b := fake.NewClientBuilder().WithScheme(scheme).WithObjects(objs...)
+	c := &Controller{Client: b.WithIndex(&v1alpha1.AccessRequest{}, indexPodNamespace, podNamespaceOf).Build()}
+	var woken []string
+	for _, r := range c.requestsOfEarlierPods(context.Background(), current) {
+		woken = append(woken, r.String())
+	}
+	slices.Sort(woken)
+	want := []string{client.ObjectKeyFromObject(earlierElsewhere).String(), client.ObjectKeyFromObject(earlier).String()}
+	slices.Sort(want)
+	if !slices.Equal(woken, want) {
+		t.Fatalf("the request of the current Pod woke %v, want %v", woken, want)
+	}
+	if got := c.requestsOfEarlierPods(context.Background(), request("team", "git", "build", "older", true)); len(got) != 0 {
+		t.Errorf("a revoked request woke %v", got)
+	}
+}

@@ -1,0 +1,84 @@
+package regoeval
+
+import (
+	"context"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestMain serves as a Sandbox's child when started as one: the tests' children are this
+// test binary.
+func TestMain(m *testing.M) {
+	ServeSandboxIfChild()
+	os.Exit(m.Run())
+}
+
+func testSandbox(t *testing.T, change func(*SandboxConfig)) *Sandbox {
+	t.Helper()
+	cfg := SandboxConfig{Engine: Config{CacheSize: 8, Timeout: 5 * time.Second, MaxBodyBytes: 1 << 10}, MemoryLimit: 64 << 20, Processes: 2}
+	if change != nil {
+		change(&cfg)
+	}
+	s, err := NewSandbox(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+const approvedState = `package approval
+status := {"state": input.status.state}`
+
+func TestSandboxEvaluatesStates(t *testing.T) {
+	s := testSandbox(t, nil)
+	ctx := context.Background()
+	object := map[string]any{"status": map[string]any{"state": "approved"}, "spec": map[string]any{"n": int64(1) << 60}}
+	for range 3 { // the second and third reuse the child
+		state, err := s.State(ctx, approvedState, object)
+		if err != nil || state != "approved" {
+			t.Fatalf("State = %q, %v; want approved", state, err)
+		}
+	}
+	exact := `package approval
+status := {"state": "approved"} if input.spec.n == 1152921504606846976`
+	if state, err := s.State(ctx, exact, object); err != nil || state != "approved" {
+		t.Errorf("an integer beyond 2^53 reaches the child as it is: %q, %v", state, err)
+	}
+	if err := s.Check(StateHook, "package other\nstatus := {}"); err == nil || !strings.Contains(err.Error(), "must be package approval") {
+		t.Errorf("Check of a module of another package: %v", err)
+	}
+	if err := s.Check(StateHook, approvedState); err != nil {
+		t.Errorf("Check of a good module: %v", err)
+	}
+}
+
+// TestSandboxBoundsMemory: one builtin call that asks for gigabytes ends the child, not this
+// process; the error names the bound; the next evaluation gets a new child.
+func TestSandboxBoundsMemory(t *testing.T) {
+	s := testSandbox(t, nil)
+	ctx := context.Background()
+	hungry := `package approval
+status := {"state": "approved"} if count(numbers.range(1, 300000000)) > 0`
+	_, err := s.State(ctx, hungry, map[string]any{})
+	if err == nil || !strings.Contains(err.Error(), "more than the 64 MiB of memory an evaluation may take (--rego-state-memory-limit)") {
+		t.Fatalf("State of a module that asks for gigabytes: %v", err)
+	}
+	if state, err := s.State(ctx, approvedState, map[string]any{"status": map[string]any{"state": "approved"}}); err != nil || state != "approved" {
+		t.Fatalf("the evaluation after: %q, %v", state, err)
+	}
+}
+
+// TestSandboxStopsAChildThatDoesNotAnswer: a child that neither answers nor ends (here a
+// process that never reads) is killed after the evaluation's time.
+func TestSandboxStopsAChildThatDoesNotAnswer(t *testing.T) {
+	s := testSandbox(t, func(c *SandboxConfig) {
+		c.Command = []string{"sleep", "600"}
+		c.Engine.Timeout, c.StartTimeout = 10*time.Millisecond, 10*time.Millisecond
+	})
+	_, err := s.State(context.Background(), approvedState, map[string]any{})
+	if err == nil || !strings.Contains(err.Error(), "state.rego did not finish within 10ms; it was stopped") {
+		t.Fatalf("State with a child that does not answer: %v", err)
+	}
+}
