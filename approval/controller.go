@@ -57,6 +57,12 @@ type Controller struct {
 	PodRecheck time.Duration
 	// States evaluates CEL states; shared with the PolicyController.
 	States *States
+	// EvaluationBudget bounds the time the checks of one request take together (0: no bound):
+	// checks × matched objects × a state's time would otherwise let one tenant's policy hold
+	// the controller's workers, and every tenant's approvals, for minutes.
+	EvaluationBudget time.Duration
+	// MaxCheckObjects bounds the objects one check reads (0: no bound).
+	MaxCheckObjects int
 
 	templates *Templates
 	kinds     *kindChecker
@@ -409,6 +415,11 @@ func (c *Controller) requestContext(ctx context.Context, pod *corev1.Pod, connec
 func (c *Controller) evaluateChecks(ctx context.Context, ar *v1alpha1.AccessRequest, rctx map[string]any) (string, string) {
 	rank := map[string]int{v1alpha1.ReasonPassed: 0, v1alpha1.ReasonPending: 1, v1alpha1.ReasonRejected: 2, v1alpha1.ReasonFailed: 3}
 	outcome, msgs := v1alpha1.ReasonPassed, []string{}
+	if c.EvaluationBudget > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.EvaluationBudget)
+		defer cancel()
+	}
 	for i := range ar.Status.Policies {
 		p := &ar.Status.Policies[i]
 		p.MatchedChecks = nil
@@ -433,6 +444,9 @@ func (c *Controller) evaluateCheck(ctx context.Context, ar *v1alpha1.AccessReque
 	fail := func(format string, args ...any) (v1alpha1.MatchedCheck, string) {
 		mc.State, mc.Message = "", fmt.Sprintf(format, args...)
 		return mc, v1alpha1.ReasonFailed
+	}
+	if c.overBudget(ctx) {
+		return fail("%s", c.budgetSpent())
 	}
 	spec := check.Spec
 	if check.Ref != nil {
@@ -498,6 +512,10 @@ func (c *Controller) evaluateCheck(ctx context.Context, ar *v1alpha1.AccessReque
 	if name != "" {
 		list.Items = slices.DeleteFunc(list.Items, func(o unstructured.Unstructured) bool { return o.GetName() != name })
 	}
+	if n := len(list.Items); c.MaxCheckObjects > 0 && n > c.MaxCheckObjects {
+		return fail("%d %s objects in namespace %s match %s; a check reads at most %d (--accessrequest-check-max-objects): narrow its selector",
+			n, gvk.Kind, podNS, describeSelector(selector, name), c.MaxCheckObjects)
+	}
 	if len(list.Items) == 0 {
 		mc.State = v1alpha1.StatePending
 		mc.Message = fmt.Sprintf("waiting: no %s in namespace %s matches %s yet", gvk.Kind, podNS, describeSelector(selector, name))
@@ -507,6 +525,9 @@ func (c *Controller) evaluateCheck(ctx context.Context, ar *v1alpha1.AccessReque
 	var details []string
 	for i := range list.Items {
 		obj := &list.Items[i]
+		if c.overBudget(ctx) {
+			return fail("%s", c.budgetSpent())
+		}
 		state, err := c.States.state(ctx, obj, spec)
 		if err != nil {
 			return fail("%v", err)
@@ -524,8 +545,29 @@ func (c *Controller) evaluateCheck(ctx context.Context, ar *v1alpha1.AccessReque
 	if result == v1alpha1.ReasonPassed {
 		mc.State = v1alpha1.StateApproved
 	}
-	mc.Message = strings.Join(details, ", ")
+	mc.Message = joinDetails(details)
 	return mc, result
+}
+
+// maxDetails is how many matched objects a check's message names; the rest are counted.
+const maxDetails = 10
+
+// joinDetails joins what a check says of its objects, naming the first maxDetails.
+func joinDetails(details []string) string {
+	if len(details) <= maxDetails {
+		return strings.Join(details, ", ")
+	}
+	return fmt.Sprintf("%s and %d more", strings.Join(details[:maxDetails], ", "), len(details)-maxDetails)
+}
+
+// overBudget tells whether the request's EvaluationBudget is spent.
+func (c *Controller) overBudget(ctx context.Context) bool {
+	return c.EvaluationBudget > 0 && errors.Is(ctx.Err(), context.DeadlineExceeded)
+}
+
+// budgetSpent is why a check was not read (or not to its end): the budget is spent.
+func (c *Controller) budgetSpent() string {
+	return fmt.Sprintf("not evaluated: this request's checks took longer than %s together (--accessrequest-evaluation-budget)", c.EvaluationBudget)
 }
 
 // describeSelector is a check's selector as people read it.

@@ -74,9 +74,17 @@ func holdsGrant(ar *v1alpha1.AccessRequest) bool {
 	return sync != nil && sync.Reason == v1alpha1.ReasonSynced
 }
 
-// mayHoldGrant tells whether some of the request's grant may exist: written, or written in
-// part (a failed write); a revoked request's is deleted first.
+// mayHoldGrant tells whether some of the request's grant may exist: written, written in part (a
+// failed write), or written and kept while a check went back to pending. The controller deletes
+// the grant before it records any of the other reasons.
 func mayHoldGrant(ar *v1alpha1.AccessRequest) bool {
 	sync := meta.FindStatusCondition(ar.Status.Conditions, v1alpha1.ConditionAccessPermissionSync)
-	return sync != nil && (sync.Reason == v1alpha1.ReasonSynced || sync.Reason == v1alpha1.ReasonSyncFailed)
+	if sync == nil {
+		return false
+	}
+	switch sync.Reason {
+	case v1alpha1.ReasonPermissionCleanUp, v1alpha1.ReasonNoPermissionRequired, v1alpha1.ReasonInvalidRoleTemplate, v1alpha1.ReasonSubjectMismatch:
+		return false
+	}
+	return true
 }

@@ -28,7 +28,9 @@ func TestGrantOwner(t *testing.T) {
 		{"an earlier Pod's granted request", []v1alpha1.AccessRequest{request("git", "build", "old", v1alpha1.ReasonSynced)}, true, false},
 		{"an earlier Pod's grant written in part", []v1alpha1.AccessRequest{request("git", "build", "old", v1alpha1.ReasonSyncFailed)}, true, false},
 		{"an earlier Pod's revoked request", []v1alpha1.AccessRequest{request("git", "build", "old", v1alpha1.ReasonPermissionCleanUp)}, false, false},
-		{"an earlier Pod's request never granted", []v1alpha1.AccessRequest{request("git", "build", "old", "")}, false, false},
+		{"an earlier Pod's request never evaluated", []v1alpha1.AccessRequest{request("git", "build", "old", "")}, false, false},
+		{"an earlier Pod's request rejected", []v1alpha1.AccessRequest{request("git", "build", "old", v1alpha1.ReasonNoPermissionRequired)}, false, false},
+		{"an earlier Pod's grant kept while a check is pending again", []v1alpha1.AccessRequest{request("git", "build", "old", v1alpha1.ReasonPending)}, true, false},
 		{"the own grant wins over an earlier one", []v1alpha1.AccessRequest{
 			request("git", "build", "old", v1alpha1.ReasonSynced), request("git", "build", "new", v1alpha1.ReasonSynced)}, false, true},
 		{"the own request still pending", []v1alpha1.AccessRequest{

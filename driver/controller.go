@@ -87,14 +87,16 @@ func startController(ctx context.Context, g *errgroup.Group, p *process, ready *
 		return err
 	}
 	if err := (&approval.Controller{
-		Client:          mgr.GetClient(),
-		Reader:          mgr.GetAPIReader(),
-		Cache:           mgr.GetCache(),
-		SystemNamespace: o.SystemNamespace,
-		Recorder:        mgr.GetEventRecorder(o.DriverName),
-		Retention:       o.RequestRetention,
-		PodRecheck:      o.PodRecheck,
-		States:          states,
+		Client:           mgr.GetClient(),
+		Reader:           mgr.GetAPIReader(),
+		Cache:            mgr.GetCache(),
+		SystemNamespace:  o.SystemNamespace,
+		Recorder:         mgr.GetEventRecorder(o.DriverName),
+		Retention:        o.RequestRetention,
+		PodRecheck:       o.PodRecheck,
+		States:           states,
+		EvaluationBudget: o.EvaluationBudget,
+		MaxCheckObjects:  o.MaxCheckObjects,
 	}).SetupWithManager(mgr); err != nil {
 		return err
 	}

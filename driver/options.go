@@ -101,7 +101,11 @@ type Options struct {
 	// package scopes); the flag is --scoped-connectors, default true.
 	DisableScopedConnectors bool
 	PodRecheck              time.Duration
-	RepublishRecheck        time.Duration
+	// EvaluationBudget and MaxCheckObjects bound one AccessRequest's evaluation: its checks'
+	// time together, and the objects one check reads.
+	EvaluationBudget time.Duration
+	MaxCheckObjects  int
+	RepublishRecheck time.Duration
 
 	AllowLoopbackDestinations bool
 	RefusedDestinations       []netip.Prefix
@@ -228,6 +232,8 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	})
 	fs.DurationVar(&o.RequestRetention, "accessrequest-retention", 24*time.Hour, "how long a revoked AccessRequest is kept before it is deleted")
 	fs.DurationVar(&o.RepublishRecheck, "republish-recheck-interval", 5*time.Minute, "an unchanged republish within this interval of the last authorization makes no API call (and no write unless the token changed); 0 authorizes every republish")
+	fs.DurationVar(&o.EvaluationBudget, "accessrequest-evaluation-budget", 10*time.Second, "how long the checks of one AccessRequest may take together; the checks not read by then fail (the request is Failed, naming this flag), so that no tenant's policy holds the controller's workers")
+	fs.IntVar(&o.MaxCheckObjects, "accessrequest-check-max-objects", 100, "how many objects one check of an AccessPolicy may match; more fail the check (naming this flag)")
 	fs.DurationVar(&o.PodRecheck, "accessrequest-pod-recheck-interval", 5*time.Minute, "how often the controller reads the Pod of a live AccessRequest again (Pods are not watched; unpublish and the Pod's token revoke at once)")
 	fs.StringVar(&o.ForwardPassthrough, "forward-passthrough", proxy.PassthroughPublic, "what the forward proxy does with a destination no named Connector covers: none (403), public (forward it without any credential when it resolves to public addresses only; CONNECT becomes a plain tunnel) or all (any destination the rules allow)")
 	fs.Func("forward-passthrough-connect-ports", "comma-separated ports a pass-through CONNECT may reach (default 443: a tunnel is opaque, so other ports would make the proxy a relay for any TCP service)", func(v string) error {
@@ -412,6 +418,9 @@ func (o *Options) validate() (*validated, error) {
 	}
 	if o.AuthzAllowTTL < 0 || o.AuthzDenyTTL < 0 || o.TokenCacheTTL < 0 {
 		return nil, fmt.Errorf("--authorization-allow-ttl, --authorization-deny-ttl and --token-cache-ttl must not be negative")
+	}
+	if o.EvaluationBudget < 0 || o.MaxCheckObjects < 0 {
+		return nil, fmt.Errorf("--accessrequest-evaluation-budget and --accessrequest-check-max-objects must not be negative")
 	}
 	if err := v.proxyLimits(); err != nil {
 		return nil, err

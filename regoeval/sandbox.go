@@ -54,7 +54,6 @@ const sandboxEnv = "CONNECTORS_CSI_REGO_SANDBOX"
 // sandboxIdle is how long a child waits for its next evaluation before it is ended.
 const sandboxIdle = time.Minute
 
-
 type sandboxSpec struct {
 	Engine      Config `json:"engine"`
 	MemoryLimit int64  `json:"memoryLimit"`

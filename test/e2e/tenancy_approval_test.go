@@ -836,3 +836,58 @@ func TestApprovalsAreForOnePodNotItsName(t *testing.T) {
 		t.Fatalf("publish of the new Pod of the same name: %v, want FailedPrecondition saying %q", err, want)
 	}
 }
+
+// TestTenantEvaluationsAreBudgeted: one request's checks read a bounded number of objects each
+// (--accessrequest-check-max-objects) and take a bounded time together
+// (--accessrequest-evaluation-budget); past either the request fails, naming the flag, rather
+// than holding one of the controller's workers (four serve every tenant) for minutes.
+func TestTenantEvaluationsAreBudgeted(t *testing.T) {
+	setupApproval(t)
+	env := startProxyDriver(t, func(o *driver.Options) { o.EvaluationBudget, o.MaxCheckObjects = 2*time.Second, 5 })
+	ns := newNamespace(t)
+	tool, git := startGitServer(t, false), gitClass(t)
+	approvalTasks := v1alpha1.ObjectKindRef{APIVersion: "openshift-pipelines.org/v1alpha1", Kind: "ApprovalTask"}
+	ofRun := map[string]string{"tekton.dev/pipelineRun": "{{ .pipelineRun.metadata.name }}"}
+	approvalTask(t, ns, "release-1", "approved")
+	publishFails := func(t *testing.T, connector, want string) {
+		t.Helper()
+		pod := pipelineRunPod(t, env.kubelet, ns, "release-1", connector, map[string]string{"connectors": connector})
+		if err := publishOutcome(t, env, pod); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), want) {
+			t.Fatalf("publish: %v, want FailedPrecondition naming %q", err, want)
+		}
+	}
+
+	t.Run("a check matching more objects than it may read", func(t *testing.T) {
+		for i := range 6 {
+			create(t, &unstructured.Unstructured{Object: map[string]any{
+				"apiVersion": "openshift-pipelines.org/v1alpha1", "kind": "ApprovalTask",
+				"metadata": map[string]any{"name": fmt.Sprintf("vote-%d", i), "namespace": ns, "labels": map[string]any{"vote": "release"}},
+			}})
+		}
+		gatedConnector(t, ns, "many", git, tool, v1alpha1.Check{Name: "votes", Spec: &v1alpha1.CheckSpec{
+			Selector: v1alpha1.CheckSelector{ObjectRef: approvalTasks, MatchLabels: map[string]string{"vote": "release"}}}}, podRole)
+		publishFails(t, "many", "6 ApprovalTask objects in namespace "+ns+" match labels vote=release; a check reads at most 5 (--accessrequest-check-max-objects)")
+	})
+
+	t.Run("checks that together take longer than the budget", func(t *testing.T) {
+		// Each state runs until the evaluation's time (250 ms) ends it: twelve take 3 s.
+		slow := v1alpha1.Check{Name: "slow-0", Spec: &v1alpha1.CheckSpec{
+			Selector: v1alpha1.CheckSelector{ObjectRef: approvalTasks, MatchLabels: ofRun},
+			State: &v1alpha1.CheckState{Rego: "package approval\nstatus := {\"state\": \"approved\"} if {\n" +
+				"r := numbers.range(1, 3000)\nevery i in r { every j in r { i + j > 0 } }\n}"}}}
+		gatedConnector(t, ns, "slow", git, tool, slow, podRole)
+		var policy v1alpha1.AccessPolicy
+		if err := cp.Client.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: "slow"}, &policy); err != nil {
+			t.Fatal(err)
+		}
+		for i := 1; i < 12; i++ {
+			more := slow
+			more.Name = fmt.Sprintf("slow-%d", i)
+			policy.Spec.CheckGrantedPermission.Spec.Checks = append(policy.Spec.CheckGrantedPermission.Spec.Checks, more)
+		}
+		if err := cp.Client.Update(context.Background(), &policy); err != nil {
+			t.Fatal(err)
+		}
+		publishFails(t, "slow", "this request's checks took longer than 2s together (--accessrequest-evaluation-budget)")
+	})
+}
