@@ -148,6 +148,19 @@ func (s *Sandbox) ended(c *child) error {
 	return fmt.Errorf("%s: the process evaluating it ended (%v)", StateHook.Field, c.waitErr)
 }
 
+// Close ends the idle children (a busy one ends after its evaluation, when it is idle long
+// enough, or with this process).
+func (s *Sandbox) Close() {
+	s.mu.Lock()
+	idle := s.idle
+	s.idle = nil
+	s.mu.Unlock()
+	for _, c := range idle {
+		c.idleTimer.Stop()
+		_ = c.in.Close()
+	}
+}
+
 // take returns an idle child, or starts one (fresh).
 func (s *Sandbox) take() (c *child, fresh bool, err error) {
 	s.mu.Lock()

@@ -3,6 +3,7 @@ package regoeval
 import (
 	"context"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -80,5 +81,58 @@ func TestSandboxStopsAChildThatDoesNotAnswer(t *testing.T) {
 	_, err := s.State(context.Background(), approvedState, map[string]any{})
 	if err == nil || !strings.Contains(err.Error(), "state.rego did not finish within 10ms; it was stopped") {
 		t.Fatalf("State with a child that does not answer: %v", err)
+	}
+}
+
+// BenchmarkStateInProcess and BenchmarkStateInSandbox compare one check state's evaluation in
+// the controller's process (as before the Sandbox) and in a warm child.
+func BenchmarkStateInProcess(b *testing.B) {
+	e, err := New("bench_state", Config{CacheSize: 8, Timeout: time.Second, MaxBodyBytes: 1 << 10})
+	if err != nil {
+		b.Fatal(err)
+	}
+	benchmarkState(b, e)
+}
+
+func BenchmarkStateInSandbox(b *testing.B) {
+	s, err := NewSandbox(SandboxConfig{Engine: Config{CacheSize: 8, Timeout: time.Second, MaxBodyBytes: 1 << 10}, MemoryLimit: 64 << 20, Processes: 1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	benchmarkState(b, s)
+}
+
+// BenchmarkSandboxChildStart is a child's start and first answer, with the driver's own binary
+// (bin/connectors-csi, built by make build) as the child, as in the controller.
+func BenchmarkSandboxChildStart(b *testing.B) {
+	binary, err := filepath.Abs("../bin/connectors-csi")
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := os.Stat(binary); err != nil {
+		b.Skipf("no driver binary to start (make build): %v", err)
+	}
+	for b.Loop() {
+		s, err := NewSandbox(SandboxConfig{Engine: Config{CacheSize: 8, Timeout: time.Second, MaxBodyBytes: 1 << 10},
+			MemoryLimit: 64 << 20, Processes: 1, Command: []string{binary}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := s.Check(StateHook, approvedState); err != nil {
+			b.Fatal(err)
+		}
+		s.Close()
+	}
+}
+
+func benchmarkState(b *testing.B, s interface {
+	State(context.Context, string, map[string]any) (string, error)
+}) {
+	object := map[string]any{"metadata": map[string]any{"name": "approve-run-1", "labels": map[string]any{"tekton.dev/pipelineRun": "run-1"}},
+		"status": map[string]any{"state": "approved", "approvers": []any{"alice", "bob"}}}
+	for b.Loop() {
+		if state, err := s.State(context.Background(), approvedState, object); err != nil || state != "approved" {
+			b.Fatalf("%q, %v", state, err)
+		}
 	}
 }
