@@ -110,6 +110,8 @@ func (c *Controller) requests(ctx context.Context, opts ...client.ListOption) []
 const (
 	indexConnector    = "spec.connectorRef.name"
 	indexPodNamespace = "spec.context.objectRef.namespace"
+	// indexPod is "<namespace>/<name>" of the request's Pod.
+	indexPod = "spec.context.objectRef"
 )
 
 func indexRequests(ctx context.Context, indexer client.FieldIndexer) error {
@@ -118,7 +120,16 @@ func indexRequests(ctx context.Context, indexer client.FieldIndexer) error {
 	}); err != nil {
 		return err
 	}
-	return indexer.IndexField(ctx, &v1alpha1.AccessRequest{}, indexPodNamespace, podNamespaceOf)
+	if err := indexer.IndexField(ctx, &v1alpha1.AccessRequest{}, indexPodNamespace, podNamespaceOf); err != nil {
+		return err
+	}
+	return indexer.IndexField(ctx, &v1alpha1.AccessRequest{}, indexPod, podOf)
+}
+
+// podOf is the value of a request in the indexPod index.
+func podOf(o client.Object) []string {
+	ref := o.(*v1alpha1.AccessRequest).Spec.Context.ObjectRef
+	return []string{ref.Namespace + "/" + ref.Name}
 }
 
 // podNamespaceOf is the value of a request in the indexPodNamespace index.
@@ -145,14 +156,13 @@ func (c *Controller) requestsOfEarlierPods(ctx context.Context, o client.Object)
 	}
 	ref := ar.Spec.Context.ObjectRef
 	var list v1alpha1.AccessRequestList
-	if err := c.Client.List(ctx, &list, client.MatchingFields{indexPodNamespace: ref.Namespace},
-		client.MatchingLabels(podLabels(ref.Namespace, ref.Name))); err != nil {
+	if err := c.Client.List(ctx, &list, client.MatchingFields{indexPod: ref.Namespace + "/" + ref.Name}); err != nil {
 		return nil
 	}
 	var out []reconcile.Request
 	for i := range list.Items {
 		other := &list.Items[i]
-		if o := other.Spec.Context.ObjectRef; o.Name != ref.Name || o.UID == ref.UID || revoked(other) {
+		if other.Spec.Context.ObjectRef.UID == ref.UID || revoked(other) {
 			continue
 		}
 		out = append(out, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: other.Namespace, Name: other.Name}})
@@ -300,6 +310,14 @@ func (c *Controller) evaluate(ctx context.Context, ar *v1alpha1.AccessRequest) (
 		return c.grant(ctx, ar, rctx, subject)
 	case v1alpha1.ReasonPending:
 		c.setCondition(ar, v1alpha1.ConditionAccessCheckReady, metav1.ConditionUnknown, v1alpha1.ReasonPending, "%s", msg)
+		if holdsGrant(ar) {
+			// Access ends with the Pod, the Connector, the volume or a rejection (SPEC §6.5), not
+			// when a check that passed is pending again (its object deleted, its state reset):
+			// the grant stays, and the status says that it does.
+			c.setCondition(ar, v1alpha1.ConditionReady, metav1.ConditionTrue, "Granted",
+				"access granted to Pod %s/%s, and kept while a check is pending again: %s", ar.Spec.Context.ObjectRef.Namespace, ar.Spec.Context.ObjectRef.Name, msg)
+			break
+		}
 		c.setCondition(ar, v1alpha1.ConditionAccessPermissionSync, metav1.ConditionUnknown, v1alpha1.ReasonPending, "access is granted once every check passes")
 		c.setCondition(ar, v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonPending, "%s", msg)
 	default: // Rejected or Failed: never grant

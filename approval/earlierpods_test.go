@@ -41,7 +41,7 @@ func TestARequestWakesTheEarlierPodsOfItsName(t *testing.T) {
 		request("team", "git", "build", "older", true), // revoked: done
 		request("team", "git", "test", "other", false)} // another Pod
 	b := fake.NewClientBuilder().WithScheme(scheme).WithObjects(objs...)
-	c := &Controller{Client: b.WithIndex(&v1alpha1.AccessRequest{}, indexPodNamespace, podNamespaceOf).Build()}
+	c := &Controller{Client: b.WithIndex(&v1alpha1.AccessRequest{}, indexPod, podOf).Build()}
 	var woken []string
 	for _, r := range c.requestsOfEarlierPods(context.Background(), current) {
 		woken = append(woken, r.String())

@@ -891,3 +891,51 @@ func TestTenantEvaluationsAreBudgeted(t *testing.T) {
 		publishFails(t, "slow", "this request's checks took longer than 2s together (--accessrequest-evaluation-budget)")
 	})
 }
+
+// TestApprovalKeptWhileACheckIsPendingAgain: access ends with the Pod, the Connector, the
+// volume or a rejection (SPEC §6.5); a check that passed and is pending again (its
+// ApprovalTask reset) keeps the grant, and the request says so rather than "waiting" while
+// access works. A rejection then revokes it.
+func TestApprovalKeptWhileACheckIsPendingAgain(t *testing.T) {
+	env, ns := approvalEnv(t)
+	ctx := context.Background()
+	pipelineGate(t, ns)
+	approvalTask(t, ns, "release-1", "approved")
+	pod := pipelineRunPod(t, env.kubelet, ns, "release-1", "promote", map[string]string{"connectors": "prod"})
+	if err := publishOutcome(t, env, pod); err != nil {
+		t.Fatalf("the Pod of the approved PipelineRun: %v", err)
+	}
+	key := types.NamespacedName{Namespace: ns, Name: approval.RequestName("prod", records.Pod{Namespace: ns, Name: pod.Name, UID: string(pod.UID)})}
+	conditionReason := func(ar *v1alpha1.AccessRequest, typ string) string {
+		if c := meta.FindStatusCondition(ar.Status.Conditions, typ); c != nil {
+			return c.Reason
+		}
+		return ""
+	}
+	var ar v1alpha1.AccessRequest
+	waitFor := func(what string, done func() bool) {
+		t.Helper()
+		if !kubelet.WaitUntil(10*time.Second, func() bool { return cp.Client.Get(ctx, key, &ar) == nil && done() }) {
+			t.Fatalf("AccessRequest %s never %s: %+v", key, what, ar.Status.Conditions)
+		}
+	}
+	waitFor("was granted", func() bool { return conditionReason(&ar, v1alpha1.ConditionReady) == "Granted" })
+
+	approvalTask(t, ns, "release-1", "pending")
+	waitFor("saw the check pending", func() bool { return conditionReason(&ar, v1alpha1.ConditionAccessCheckReady) == v1alpha1.ReasonPending })
+	ready := meta.FindStatusCondition(ar.Status.Conditions, v1alpha1.ConditionReady)
+	if ready.Status != metav1.ConditionTrue || !strings.Contains(ready.Message, "kept while a check is pending again") {
+		t.Errorf("Ready while the grant is kept: %s %s %q", ready.Status, ready.Reason, ready.Message)
+	}
+	if got := conditionReason(&ar, v1alpha1.ConditionAccessPermissionSync); got != v1alpha1.ReasonSynced {
+		t.Errorf("AccessPermissionSync while the grant is kept: %s, want %s", got, v1alpha1.ReasonSynced)
+	}
+	if err := cp.Client.Get(ctx, key, &rbacv1.RoleBinding{}); err != nil {
+		t.Errorf("the grant's RoleBinding: %v", err)
+	}
+
+	approvalTask(t, ns, "release-1", "rejected")
+	if !kubelet.WaitUntil(10*time.Second, func() bool { return apierrors.IsNotFound(cp.Client.Get(ctx, key, &rbacv1.RoleBinding{})) }) {
+		t.Fatal("a rejection did not revoke the grant")
+	}
+}
