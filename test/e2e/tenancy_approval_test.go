@@ -763,6 +763,20 @@ func TestTenancyPoliciesAreBounded(t *testing.T) {
 	}
 }
 
+// approvedPod gates Connector prod of ns by its PipelineRun's approval (pipelineGate), approves
+// PipelineRun release-1 and publishes the volume of its Pod; it returns the Pod and its
+// AccessRequest, which is the name of its grant too.
+func approvedPod(t *testing.T, env *proxyEnv, ns string) (*corev1.Pod, types.NamespacedName) {
+	t.Helper()
+	pipelineGate(t, ns)
+	approvalTask(t, ns, "release-1", "approved")
+	pod := pipelineRunPod(t, env.kubelet, ns, "release-1", "promote", map[string]string{"connectors": "prod"})
+	if err := publishOutcome(t, env, pod); err != nil {
+		t.Fatalf("the Pod of the approved PipelineRun: %v", err)
+	}
+	return pod, types.NamespacedName{Namespace: ns, Name: approval.RequestName("prod", records.Pod{Namespace: ns, Name: pod.Name, UID: string(pod.UID)})}
+}
+
 // TestApprovalsAreForOnePodNotItsName: the built-in role template grants connectors/proxy to
 // a Pod by name (SPEC §4.4), an approval is for one Pod. After a forced delete that no unpublish
 // followed (a lost node), a new Pod of the same name and ServiceAccount must not use the earlier
@@ -782,13 +796,7 @@ func TestApprovalsAreForOnePodNotItsName(t *testing.T) {
 	stopController := startController()
 	ns := newNamespace(t)
 	ctx := context.Background()
-	pipelineGate(t, ns)
-	approvalTask(t, ns, "release-1", "approved")
-	first := pipelineRunPod(t, env.kubelet, ns, "release-1", "promote", map[string]string{"connectors": "prod"})
-	if err := publishOutcome(t, env, first); err != nil {
-		t.Fatalf("the Pod of the approved PipelineRun: %v", err)
-	}
-	grant := types.NamespacedName{Namespace: ns, Name: approval.RequestName("prod", records.Pod{Namespace: ns, Name: first.Name, UID: string(first.UID)})}
+	first, grant := approvedPod(t, env, ns)
 	refs := env.proxyURL + "/namespaces/" + ns + "/connectors/prod/repo.git/info/refs?service=git-upload-pack"
 	get := func(token string) (int, string) {
 		return do(t, noRedirects, newRequest(t, "GET", refs, map[string]string{"Authorization": "Bearer " + token}))
@@ -899,13 +907,7 @@ func TestTenantEvaluationsAreBudgeted(t *testing.T) {
 func TestApprovalKeptWhileACheckIsPendingAgain(t *testing.T) {
 	env, ns := approvalEnv(t)
 	ctx := context.Background()
-	pipelineGate(t, ns)
-	approvalTask(t, ns, "release-1", "approved")
-	pod := pipelineRunPod(t, env.kubelet, ns, "release-1", "promote", map[string]string{"connectors": "prod"})
-	if err := publishOutcome(t, env, pod); err != nil {
-		t.Fatalf("the Pod of the approved PipelineRun: %v", err)
-	}
-	key := types.NamespacedName{Namespace: ns, Name: approval.RequestName("prod", records.Pod{Namespace: ns, Name: pod.Name, UID: string(pod.UID)})}
+	_, key := approvedPod(t, env, ns)
 	conditionReason := func(ar *v1alpha1.AccessRequest, typ string) string {
 		if c := meta.FindStatusCondition(ar.Status.Conditions, typ); c != nil {
 			return c.Reason
