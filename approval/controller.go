@@ -31,6 +31,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/regoeval"
 )
 
 // AnnotationRevoked on an AccessRequest asks the controller to revoke its grant: the node sets
@@ -151,7 +152,10 @@ func (c *Controller) requestsInNamespace(ctx context.Context, o client.Object) [
 // its next PodRecheck.
 func (c *Controller) requestsOfEarlierPods(ctx context.Context, o client.Object) []reconcile.Request {
 	ar, ok := o.(*v1alpha1.AccessRequest)
-	if !ok || ar.Spec.Context.ObjectRef.UID == "" || revoked(ar) {
+	// Only a request whose Pod the controller found (by UID) says that the Pod exists: any
+	// tenant may create requests naming any Pod, and must not wake other tenants' requests.
+	if !ok || ar.Spec.Context.ObjectRef.UID == "" || revoked(ar) ||
+		!meta.IsStatusConditionTrue(ar.Status.Conditions, v1alpha1.ConditionContextObjectValid) {
 		return nil
 	}
 	ref := ar.Spec.Context.ObjectRef
@@ -304,11 +308,15 @@ func (c *Controller) evaluate(ctx context.Context, ar *v1alpha1.AccessRequest) (
 	}
 	outcome, msg := c.evaluateChecks(ctx, ar, rctx)
 	observeDecision(ar, outcome)
+	var result reconcile.Result
 	switch outcome {
 	case v1alpha1.ReasonPassed:
 		c.setCondition(ar, v1alpha1.ConditionAccessCheckReady, metav1.ConditionTrue, v1alpha1.ReasonPassed, "%s", msg)
 		return c.grant(ctx, ar, rctx, subject)
-	case v1alpha1.ReasonPending:
+	case v1alpha1.ReasonPending, outcomeRetry:
+		if outcome == outcomeRetry {
+			result = reconcile.Result{RequeueAfter: retryAfter}
+		}
 		c.setCondition(ar, v1alpha1.ConditionAccessCheckReady, metav1.ConditionUnknown, v1alpha1.ReasonPending, "%s", msg)
 		if holdsGrant(ar) {
 			// Access ends with the Pod, the Connector, the volume or a rejection (SPEC §6.5), not
@@ -328,7 +336,7 @@ func (c *Controller) evaluate(ctx context.Context, ar *v1alpha1.AccessRequest) (
 			return reconcile.Result{}, err
 		}
 	}
-	return reconcile.Result{}, nil
+	return result, nil
 }
 
 // podSubject is whom a request for the Pod may grant: the Pod's ServiceAccount. The request's
@@ -431,7 +439,7 @@ func (c *Controller) requestContext(ctx context.Context, pod *corev1.Pod, connec
 // cannot be evaluated), Rejected (any object rejected), Pending, or Passed (all passed), with a
 // message that names what it waits for or what decided.
 func (c *Controller) evaluateChecks(ctx context.Context, ar *v1alpha1.AccessRequest, rctx map[string]any) (string, string) {
-	rank := map[string]int{v1alpha1.ReasonPassed: 0, v1alpha1.ReasonPending: 1, v1alpha1.ReasonRejected: 2, v1alpha1.ReasonFailed: 3}
+	rank := map[string]int{v1alpha1.ReasonPassed: 0, v1alpha1.ReasonPending: 1, outcomeRetry: 2, v1alpha1.ReasonRejected: 3, v1alpha1.ReasonFailed: 4}
 	outcome, msgs := v1alpha1.ReasonPassed, []string{}
 	if c.EvaluationBudget > 0 {
 		var cancel context.CancelFunc
@@ -453,7 +461,28 @@ func (c *Controller) evaluateChecks(ctx context.Context, ar *v1alpha1.AccessRequ
 			}
 		}
 	}
-	return outcome, strings.Join(msgs, "; ")
+	return outcome, truncateMessage(strings.Join(msgs, "; "))
+}
+
+// outcomeRetry is a check that could not be read for a reason of the controller's, not the
+// policy's: the evaluation's budget ran out, or the API server or the sandbox did not answer.
+// The request is evaluated again after retryAfter, and a grant it holds is kept meanwhile: a
+// Failed check revokes, and a controller under load, or another tenant's policy, must not
+// revoke a running Pod's access.
+const outcomeRetry = "Retry"
+
+// retryAfter is when a request whose checks could not all be read is evaluated again.
+const retryAfter = 10 * time.Second
+
+// maxMessage bounds a request's check message (a condition message may have 32768 characters;
+// checks × objects × names would pass that, and the status could then never be written).
+const maxMessage = 8 << 10
+
+func truncateMessage(msg string) string {
+	if len(msg) <= maxMessage {
+		return msg
+	}
+	return msg[:maxMessage] + "…"
 }
 
 // evaluateCheck reads one check: its spec, the objects it matches and their states.
@@ -463,8 +492,12 @@ func (c *Controller) evaluateCheck(ctx context.Context, ar *v1alpha1.AccessReque
 		mc.State, mc.Message = "", fmt.Sprintf(format, args...)
 		return mc, v1alpha1.ReasonFailed
 	}
+	retry := func(format string, args ...any) (v1alpha1.MatchedCheck, string) {
+		mc.State, mc.Message = "", fmt.Sprintf(format, args...)
+		return mc, outcomeRetry
+	}
 	if c.overBudget(ctx) {
-		return fail("%s", c.budgetSpent())
+		return retry("%s", c.budgetSpent())
 	}
 	spec := check.Spec
 	if check.Ref != nil {
@@ -473,6 +506,9 @@ func (c *Controller) evaluateCheck(ctx context.Context, ar *v1alpha1.AccessReque
 		}
 		var cm corev1.ConfigMap
 		if err := readTemplate(ctx, c.Client, c.Reader, types.NamespacedName{Namespace: c.SystemNamespace, Name: check.Ref.ConfigMap.Name}, &cm); err != nil {
+			if !apierrors.IsNotFound(err) {
+				return retry("check template ConfigMap %s/%s: %v", c.SystemNamespace, check.Ref.ConfigMap.Name, err)
+			}
 			return fail("check template ConfigMap %s/%s: %v", c.SystemNamespace, check.Ref.ConfigMap.Name, err)
 		}
 		var err error
@@ -504,6 +540,9 @@ func (c *Controller) evaluateCheck(ctx context.Context, ar *v1alpha1.AccessReque
 		return fail("%v", err)
 	}
 	if err := c.watchKind(ctx, gvk); err != nil {
+		if ctx.Err() != nil {
+			return retry("cannot watch %s yet: %v", gvk.Kind, err)
+		}
 		return fail("cannot watch %s: %v", gvk.Kind, unknownKind(err))
 	}
 	podNS := ar.Spec.Context.ObjectRef.Namespace
@@ -525,7 +564,7 @@ func (c *Controller) evaluateCheck(ctx context.Context, ar *v1alpha1.AccessReque
 	list := &unstructured.UnstructuredList{}
 	list.SetGroupVersionKind(gvk.GroupVersion().WithKind(gvk.Kind + "List"))
 	if err := c.Client.List(ctx, list, client.InNamespace(podNS), client.MatchingLabelsSelector{Selector: selector}); err != nil {
-		return fail("list %s: %v", gvk.Kind, err)
+		return retry("list %s: %v", gvk.Kind, err)
 	}
 	if name != "" {
 		list.Items = slices.DeleteFunc(list.Items, func(o unstructured.Unstructured) bool { return o.GetName() != name })
@@ -544,10 +583,13 @@ func (c *Controller) evaluateCheck(ctx context.Context, ar *v1alpha1.AccessReque
 	for i := range list.Items {
 		obj := &list.Items[i]
 		if c.overBudget(ctx) {
-			return fail("%s", c.budgetSpent())
+			return retry("%s", c.budgetSpent())
 		}
 		state, err := c.States.state(ctx, obj, spec)
-		if err != nil {
+		switch {
+		case errors.Is(err, regoeval.ErrUnavailable) || (err != nil && ctx.Err() != nil):
+			return retry("%v", err)
+		case err != nil:
 			return fail("%v", err)
 		}
 		mc.ObjectRef = &v1alpha1.CheckObjectRef{APIVersion: obj.GetAPIVersion(), Kind: obj.GetKind(), Name: obj.GetName(), Namespace: obj.GetNamespace()}
@@ -585,7 +627,7 @@ func (c *Controller) overBudget(ctx context.Context) bool {
 
 // budgetSpent is why a check was not read (or not to its end): the budget is spent.
 func (c *Controller) budgetSpent() string {
-	return fmt.Sprintf("not evaluated: this request's checks took longer than %s together (--accessrequest-evaluation-budget)", c.EvaluationBudget)
+	return fmt.Sprintf("not evaluated: this request's checks took longer than %s together (--accessrequest-evaluation-budget); they are read again in %s", c.EvaluationBudget, retryAfter)
 }
 
 // describeSelector is a check's selector as people read it.

@@ -29,8 +29,9 @@ func TestARequestWakesTheEarlierPodsOfItsName(t *testing.T) {
 			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: RequestName(connector, p), Labels: requestLabels(connector, "node-1", p)},
 			Spec: v1alpha1.AccessRequestSpec{ConnectorRef: v1alpha1.LocalObjectRef{Name: connector},
 				Context: v1alpha1.AccessContext{ObjectRef: v1alpha1.ContextObjectRef{Kind: "Pod", Namespace: "team", Name: pod, UID: types.UID(uid)}}}}
+		ar.Status.Conditions = []metav1.Condition{{Type: v1alpha1.ConditionContextObjectValid, Status: metav1.ConditionTrue, Reason: "Found"}}
 		if revokedToo {
-			ar.Status.Conditions = []metav1.Condition{{Type: v1alpha1.ConditionAccessPermissionSync, Status: metav1.ConditionTrue, Reason: v1alpha1.ReasonPermissionCleanUp}}
+			ar.Status.Conditions = append(ar.Status.Conditions, metav1.Condition{Type: v1alpha1.ConditionAccessPermissionSync, Status: metav1.ConditionTrue, Reason: v1alpha1.ReasonPermissionCleanUp})
 		}
 		return ar
 	}
@@ -54,5 +55,12 @@ func TestARequestWakesTheEarlierPodsOfItsName(t *testing.T) {
 	}
 	if got := c.requestsOfEarlierPods(context.Background(), request("team", "git", "build", "older", true)); len(got) != 0 {
 		t.Errorf("a revoked request woke %v", got)
+	}
+	// Anyone may create a request naming any Pod; until the controller found that Pod, the
+	// request wakes nothing.
+	unchecked := request("elsewhere", "git", "build", "made-up", false)
+	unchecked.Status.Conditions = nil
+	if got := c.requestsOfEarlierPods(context.Background(), unchecked); len(got) != 0 {
+		t.Errorf("a request whose Pod was not found woke %v", got)
 	}
 }

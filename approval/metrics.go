@@ -21,7 +21,7 @@ func init() { prometheus.MustRegister(decisionSeconds) }
 // checks were pending or not evaluated yet. (A status write that fails and is retried may record
 // one decision twice.)
 func observeDecision(ar *v1alpha1.AccessRequest, outcome string) {
-	if outcome == v1alpha1.ReasonPending {
+	if outcome == v1alpha1.ReasonPending || outcome == outcomeRetry {
 		return
 	}
 	if prev := meta.FindStatusCondition(ar.Status.Conditions, v1alpha1.ConditionAccessCheckReady); prev != nil && prev.Reason != v1alpha1.ReasonPending {

@@ -3,12 +3,14 @@ package approval
 import (
 	"context"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/node/records"
 )
 
 // PodGrants tells whether a grant scoped to a Pod (connectors/proxy/v1/pod/<ns>/<name>) may be
@@ -21,7 +23,7 @@ import (
 // hand, with no request behind it, names the Pod by name and keeps meaning that.
 type PodGrants struct {
 	// Local is this node's cache of its own requests: the usual answer, a Pod's own granted
-	// request, comes from it without a call.
+	// request, comes from it by name, without a call.
 	Local client.Reader
 	// Live reads the requests of every node, from the API server's watch cache
 	// (resourceVersion 0), when the local cache does not settle it.
@@ -31,14 +33,18 @@ type PodGrants struct {
 // OfAnotherPod tells whether a Pod-scoped grant of Connector connector that allows the Pod
 // podNamespace/podName (UID podUID) may be another Pod's of that name.
 func (g *PodGrants) OfAnotherPod(ctx context.Context, connector types.NamespacedName, podNamespace, podName, podUID string) (bool, error) {
-	opts := []client.ListOption{client.InNamespace(connector.Namespace), client.MatchingLabels(podLabels(podNamespace, podName))}
-	var local v1alpha1.AccessRequestList
-	if err := g.Local.List(ctx, &local, opts...); err != nil {
+	var own v1alpha1.AccessRequest
+	pod := records.Pod{Namespace: podNamespace, Name: podName, UID: podUID}
+	err := g.Local.Get(ctx, types.NamespacedName{Namespace: connector.Namespace, Name: RequestName(connector.Name, pod)}, &own)
+	switch {
+	case err == nil:
+		if _, settled := grantOwner([]v1alpha1.AccessRequest{own}, connector.Name, podNamespace, podName, podUID); settled {
+			return false, nil
+		}
+	case !apierrors.IsNotFound(err):
 		return false, err
 	}
-	if foreign, settled := grantOwner(local.Items, connector.Name, podNamespace, podName, podUID); settled && !foreign {
-		return false, nil
-	}
+	opts := []client.ListOption{client.InNamespace(connector.Namespace), client.MatchingLabels(podLabels(podNamespace, podName))}
 	var live v1alpha1.AccessRequestList
 	if err := g.Live.List(ctx, &live, append(opts, &client.ListOptions{Raw: &metav1.ListOptions{ResourceVersion: "0"}})...); err != nil {
 		return false, err
@@ -47,19 +53,21 @@ func (g *PodGrants) OfAnotherPod(ctx context.Context, connector types.Namespaced
 	return foreign, nil
 }
 
-// grantOwner reads the requests of one Pod name for a Connector: settled when the Pod's own
-// request (by UID) holds a grant, which then is the Pod's whatever else there is (foreign
-// false); otherwise foreign tells whether a live request of another Pod may hold one. Labels
-// select the requests, the spec decides: labels are whoever created the request's to write.
+// grantOwner reads the requests of one Pod name in a Connector's namespace: settled when the
+// Pod's own request (by UID) for the Connector holds a grant, which then is the Pod's whatever
+// else there is (foreign false); otherwise foreign tells whether a live request of another Pod
+// of the name, for any Connector of the namespace, may hold one (a role template may grant the
+// Pod-scoped subresource on every Connector there). Labels select the requests, the spec
+// decides: labels are whoever created the request's to write.
 func grantOwner(requests []v1alpha1.AccessRequest, connector, podNamespace, podName, podUID string) (foreign, settled bool) {
 	for i := range requests {
 		ar := &requests[i]
 		ref := ar.Spec.Context.ObjectRef
-		if ar.Spec.ConnectorRef.Name != connector || ref.Kind != "Pod" || ref.Namespace != podNamespace || ref.Name != podName {
+		if ref.Kind != "Pod" || ref.Namespace != podNamespace || ref.Name != podName {
 			continue
 		}
 		switch {
-		case string(ref.UID) == podUID && holdsGrant(ar):
+		case string(ref.UID) == podUID && ar.Spec.ConnectorRef.Name == connector && holdsGrant(ar):
 			return false, true
 		case string(ref.UID) != podUID && mayHoldGrant(ar):
 			foreign = true

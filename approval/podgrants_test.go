@@ -35,7 +35,8 @@ func TestGrantOwner(t *testing.T) {
 			request("git", "build", "old", v1alpha1.ReasonSynced), request("git", "build", "new", v1alpha1.ReasonSynced)}, false, true},
 		{"the own request still pending", []v1alpha1.AccessRequest{
 			request("git", "build", "old", v1alpha1.ReasonSynced), request("git", "build", "new", "")}, true, false},
-		{"another Connector's request", []v1alpha1.AccessRequest{request("registry", "build", "old", v1alpha1.ReasonSynced)}, false, false},
+		{"an earlier Pod's grant for another Connector", []v1alpha1.AccessRequest{request("registry", "build", "old", v1alpha1.ReasonSynced)}, true, false},
+		{"the Pod's own grant for another Connector", []v1alpha1.AccessRequest{request("registry", "build", "new", v1alpha1.ReasonSynced)}, false, false},
 		{"a request labelled for the Pod but of another", []v1alpha1.AccessRequest{request("git", "other", "old", v1alpha1.ReasonSynced)}, false, false},
 	}
 	for _, tc := range cases {

@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	lru "github.com/hashicorp/golang-lru/v2"
 )
 
 // Sandbox evaluates check states (state.rego), which tenants write in their AccessPolicies, in
@@ -28,6 +30,8 @@ type Sandbox struct {
 	slots chan struct{} // one per process that may run
 	mu    sync.Mutex
 	idle  []*child
+	// compiled are the modules a child compiled, by text (Engine's cache size).
+	compiled *lru.Cache[string, struct{}]
 }
 
 // SandboxConfig tunes a Sandbox.
@@ -69,6 +73,8 @@ type sandboxRequest struct {
 type sandboxResponse struct {
 	State string `json:"state"`
 	Error string `json:"error,omitempty"`
+	// Retire: the child ends after this answer (it holds half its bound).
+	Retire bool `json:"retire,omitempty"`
 }
 
 // NewSandbox returns a Sandbox; children start when evaluations need them.
@@ -86,16 +92,33 @@ func NewSandbox(cfg SandboxConfig) (*Sandbox, error) {
 	if cfg.StartTimeout <= 0 {
 		cfg.StartTimeout = 10 * time.Second
 	}
-	return &Sandbox{cfg: cfg, slots: make(chan struct{}, cfg.Processes)}, nil
+	compiled, err := lru.New[string, struct{}](cfg.Engine.CacheSize)
+	if err != nil {
+		return nil, err
+	}
+	return &Sandbox{cfg: cfg, slots: make(chan struct{}, cfg.Processes), compiled: compiled}, nil
 }
 
-// Check compiles a module in a child and returns what is wrong with it, or nil. Only the
-// state hook is evaluated in a sandbox.
+// ErrUnavailable marks a failure of the sandbox, not of the module: no child could be had in
+// time, or one ended for a reason of its own. The evaluation may succeed when tried again.
+var ErrUnavailable = errors.New("the rego sandbox is unavailable")
+
+// Check compiles a module in a child and returns what is wrong with it, or nil; a module that
+// compiled is remembered, so that its evaluations need no second round trip. Only the state
+// hook is evaluated in a sandbox.
 func (s *Sandbox) Check(h Hook, module string) error {
 	if h != StateHook {
 		return fmt.Errorf("the rego sandbox evaluates only %s", StateHook.Field)
 	}
-	_, err := s.call(context.Background(), sandboxRequest{Check: true, Module: module})
+	if _, ok := s.compiled.Get(module); ok {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Engine.Timeout+s.cfg.StartTimeout)
+	defer cancel()
+	_, err := s.call(ctx, sandboxRequest{Check: true, Module: module})
+	if err == nil {
+		s.compiled.Add(module, struct{}{})
+	}
 	return err
 }
 
@@ -112,40 +135,52 @@ func (s *Sandbox) call(ctx context.Context, req sandboxRequest) (string, error) 
 	select {
 	case s.slots <- struct{}{}:
 	case <-ctx.Done():
-		return "", ctx.Err()
+		return "", fmt.Errorf("%w: no process was free: %w", ErrUnavailable, context.Cause(ctx))
 	}
 	defer func() { <-s.slots }()
 	c, fresh, err := s.take()
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	limit := s.cfg.Engine.Timeout + time.Second
 	if fresh {
 		limit += s.cfg.StartTimeout
 	}
+	// The caller's end ends the child: an evaluation is not waited for once nobody wants it.
+	stop := context.AfterFunc(ctx, c.kill)
 	resp, err := c.roundTrip(req, limit)
+	stop()
 	if err != nil {
 		c.kill()
-		return "", s.ended(c)
+		return "", s.ended(ctx, c)
 	}
-	s.put(c)
+	if resp.Retire {
+		_ = c.in.Close()
+	} else {
+		s.put(c)
+	}
 	if resp.Error != "" {
 		return "", errors.New(resp.Error)
 	}
 	return resp.State, nil
 }
 
-// ended says why a child gave no answer: killed after its time, out of memory, or otherwise.
-func (s *Sandbox) ended(c *child) error {
+// ended says why a child gave no answer: its module took too long or too much memory (the
+// module's failure), or the caller gave up or the child ended otherwise (ErrUnavailable).
+func (s *Sandbox) ended(ctx context.Context, c *child) error {
 	<-c.exited
+	var exit *exec.ExitError
 	switch {
+	case ctx.Err() != nil && !c.timedOut.Load():
+		return fmt.Errorf("%w: %w", ErrUnavailable, context.Cause(ctx))
 	case c.timedOut.Load():
 		return fmt.Errorf("%s did not finish within %s; it was stopped", StateHook.Field, s.cfg.Engine.Timeout)
-	case bytes.Contains(c.stderr.Bytes(), []byte("out of memory")):
+	case errors.As(c.waitErr, &exit) && exit.ExitCode() == exitOverMemory,
+		bytes.Contains(c.stderr.Bytes(), []byte("out of memory")):
 		return fmt.Errorf("%s needed more than the %d MiB of memory an evaluation may take (--rego-state-memory-limit); it was stopped",
 			StateHook.Field, s.cfg.MemoryLimit>>20)
 	}
-	return fmt.Errorf("%s: the process evaluating it ended (%v)", StateHook.Field, c.waitErr)
+	return fmt.Errorf("%w: the process evaluating %s ended (%v)", ErrUnavailable, StateHook.Field, c.waitErr)
 }
 
 // Close ends the idle children (a busy one ends after its evaluation, when it is idle long

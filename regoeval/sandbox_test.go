@@ -2,6 +2,8 @@ package regoeval
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -60,14 +62,48 @@ status := {"state": "approved"} if input.spec.n == 1152921504606846976`
 func TestSandboxBoundsMemory(t *testing.T) {
 	s := testSandbox(t, nil)
 	ctx := context.Background()
-	hungry := `package approval
-status := {"state": "approved"} if count(numbers.range(1, 300000000)) > 0`
-	_, err := s.State(ctx, hungry, map[string]any{})
-	if err == nil || !strings.Contains(err.Error(), "more than the 64 MiB of memory an evaluation may take (--rego-state-memory-limit)") {
-		t.Fatalf("State of a module that asks for gigabytes: %v", err)
+	for name, hungry := range map[string]string{
+		"one call": `package approval
+x := concat("", ["aaaaaaaaaa" | some _ in numbers.range(1, 2000)])
+status := {"state": "approved"} if count(replace(x, "", x)) > 0`,
+		"many calls": `package approval
+x := [sprintf("%0999999d", [i]) | some i in numbers.range(1, 1000)]
+status := {"state": "approved"} if count(x) > 0`,
+	} {
+		_, err := s.State(ctx, hungry, map[string]any{})
+		if err == nil || !strings.Contains(err.Error(), "more than the 64 MiB of memory an evaluation may take (--rego-state-memory-limit)") {
+			t.Fatalf("State of a module that asks for hundreds of megabytes in %s: %v", name, err)
+		}
 	}
 	if state, err := s.State(ctx, approvedState, map[string]any{"status": map[string]any{"state": "approved"}}); err != nil || state != "approved" {
 		t.Fatalf("the evaluation after: %q, %v", state, err)
+	}
+}
+
+// TestSandboxTakesLargeObjects: an object of a few megabytes, evaluated again and again, fits
+// in the bound whatever the children did before (an address-space limit failed at random here).
+func TestSandboxTakesLargeObjects(t *testing.T) {
+	s := testSandbox(t, nil)
+	items := make([]any, 20000)
+	for i := range items {
+		items[i] = map[string]any{"name": fmt.Sprintf("approver-%d", i), "input": strings.Repeat("x", 60)}
+	}
+	object := map[string]any{"status": map[string]any{"state": "approved", "approvers": items}}
+	for i := range 10 {
+		if state, err := s.State(context.Background(), approvedState, object); err != nil || state != "approved" {
+			t.Fatalf("evaluation %d of a %d-item object: %q, %v", i, len(items), state, err)
+		}
+	}
+}
+
+// TestSandboxGivesUpWithItsCaller: an evaluation whose caller ends is stopped, and the error
+// says that the sandbox, not the module, failed.
+func TestSandboxGivesUpWithItsCaller(t *testing.T) {
+	s := testSandbox(t, func(c *SandboxConfig) { c.Command = []string{"sleep", "600"} })
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := s.State(ctx, approvedState, map[string]any{}); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("State whose caller gave up: %v, want ErrUnavailable", err)
 	}
 }
 

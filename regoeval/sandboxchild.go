@@ -10,9 +10,11 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+	"runtime/metrics"
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // ServeSandboxIfChild serves evaluations and exits when this process was started as a Sandbox's
@@ -36,10 +38,14 @@ func serveSandbox(specJSON string, in io.Reader, out io.Writer) error {
 	if err := json.Unmarshal([]byte(specJSON), &spec); err != nil {
 		return err
 	}
-	if err := boundThisProcess(spec.MemoryLimit); err != nil {
+	// A child keeps few modules: each tenant's evaluation must find the memory the flag
+	// promises, not what earlier tenants' modules left.
+	spec.Engine.CacheSize = min(spec.Engine.CacheSize, sandboxCacheSize)
+	engine, err := New("rego_sandbox", spec.Engine)
+	if err != nil {
 		return err
 	}
-	engine, err := New("rego_sandbox", spec.Engine)
+	bound, err := boundThisProcess(spec.MemoryLimit)
 	if err != nil {
 		return err
 	}
@@ -54,12 +60,33 @@ func serveSandbox(specJSON string, in io.Reader, out io.Writer) error {
 		}
 		var resp sandboxResponse
 		if err := answer(engine, req, &resp); err != nil {
-			resp.Error = err.Error()
+			resp.Error = truncate(err.Error(), maxSandboxError)
 		}
+		// Half the bound held after an answer: the next evaluation gets a fresh child.
+		resp.Retire = heapObjects() > bound.start+bound.limit/2
 		if err := enc.Encode(resp); err != nil {
 			return err
 		}
+		if resp.Retire {
+			return nil
+		}
 	}
+}
+
+// sandboxCacheSize bounds the compiled modules a child keeps.
+const sandboxCacheSize = 32
+
+// maxSandboxError and maxSandboxState bound what a child answers: the controller reads it.
+const (
+	maxSandboxError = 1 << 10
+	maxSandboxState = 64
+)
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
 }
 
 func answer(e *Engine, req sandboxRequest, resp *sandboxResponse) error {
@@ -73,24 +100,52 @@ func answer(e *Engine, req sandboxRequest, resp *sandboxResponse) error {
 		return fmt.Errorf("%s: the object cannot be a Rego input", StateHook.Field)
 	}
 	state, err := e.State(context.Background(), req.Module, object)
-	resp.State = state
+	resp.State = truncate(state, maxSandboxState)
 	return err
 }
 
-// boundThisProcess limits the address space to what the process holds now plus limit (the Go
-// runtime ends with "out of memory" past it, however large the one allocation that asks), runs
-// Go code on one CPU, and makes this process the one the kernel's OOM killer ends first, should
-// the container run out before the limit is reached.
-func boundThisProcess(limit int64) error {
+// heapBound is the heap a child may hold: what it held when it was ready, and the limit
+// beyond that.
+type heapBound struct{ start, limit uint64 }
+
+// exitOverMemory is a child's exit status when its heap passed the bound.
+const exitOverMemory = 3
+
+// boundThisProcess runs Go code on one CPU, makes this process the one the kernel's OOM killer
+// ends first, and starts the watch that ends the process once its heap holds limit more than
+// now. The heap is watched, not the address space: Go reserves address space by 64 MiB arenas,
+// so an address-space limit near a small bound failed at random on ordinary objects. One
+// allocation far larger than the bound is counted when made, before its pages are touched, and
+// the address space is still limited, far above the bound, so that no reservation runs away.
+func boundThisProcess(limit int64) (heapBound, error) {
 	runtime.GOMAXPROCS(1)
 	debug.SetMemoryLimit(limit)
 	_ = os.WriteFile("/proc/self/oom_score_adj", []byte("1000"), 0)
 	held, err := addressSpace()
 	if err != nil {
-		return err
+		return heapBound{}, err
 	}
-	bound := uint64(held + limit)
-	return syscall.Setrlimit(syscall.RLIMIT_AS, &syscall.Rlimit{Cur: bound, Max: bound})
+	ceiling := uint64(held + 2*limit + 1<<30)
+	if err := syscall.Setrlimit(syscall.RLIMIT_AS, &syscall.Rlimit{Cur: ceiling, Max: ceiling}); err != nil {
+		return heapBound{}, err
+	}
+	b := heapBound{start: heapObjects(), limit: uint64(limit)}
+	go func() {
+		for range time.Tick(time.Millisecond) {
+			if heapObjects() > b.start+b.limit {
+				fmt.Fprintln(os.Stderr, "rego sandbox: the heap passed the memory limit")
+				os.Exit(exitOverMemory)
+			}
+		}
+	}()
+	return b, nil
+}
+
+// heapObjects is the memory the heap's objects hold now, live or not yet swept.
+func heapObjects() uint64 {
+	sample := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
+	metrics.Read(sample)
+	return sample[0].Value.Uint64()
 }
 
 // addressSpace is the process's virtual memory size (VmSize of /proc/self/status), in bytes.
