@@ -311,10 +311,11 @@ const (
 	defaultRegoCacheSize    = 1024
 	defaultRegoTimeout      = 250 * time.Millisecond
 	defaultRegoMaxBodyBytes = 64 << 10
-	// A state.rego reads one object: a few MiB is plenty; four children fit beside the
-	// controller in its 512Mi.
+	// A state.rego reads one object: a few MiB is plenty. A child holds about 70 MB when it
+	// starts (the binary's packages); two, each at its bound, fit beside the controller in its
+	// 512Mi, and an evaluation takes at most 250 ms, so four workers seldom wait for one.
 	defaultRegoStateMemoryLimit = "64Mi"
-	defaultRegoStateProcesses   = 4
+	defaultRegoStateProcesses   = 2
 )
 
 // regoEngine is the process's evaluator of Rego modules, its cache reported as cacheName.
