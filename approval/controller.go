@@ -461,7 +461,7 @@ func (c *Controller) evaluateChecks(ctx context.Context, ar *v1alpha1.AccessRequ
 			}
 		}
 	}
-	return outcome, truncateMessage(strings.Join(msgs, "; "))
+	return outcome, strings.Join(msgs, "; ")
 }
 
 // outcomeRetry is a check that could not be read for a reason of the controller's, not the
@@ -473,17 +473,6 @@ const outcomeRetry = "Retry"
 
 // retryAfter is when a request whose checks could not all be read is evaluated again.
 const retryAfter = 10 * time.Second
-
-// maxMessage bounds a request's check message (a condition message may have 32768 characters;
-// checks × objects × names would pass that, and the status could then never be written).
-const maxMessage = 8 << 10
-
-func truncateMessage(msg string) string {
-	if len(msg) <= maxMessage {
-		return msg
-	}
-	return msg[:maxMessage] + "…"
-}
 
 // evaluateCheck reads one check: its spec, the objects it matches and their states.
 func (c *Controller) evaluateCheck(ctx context.Context, ar *v1alpha1.AccessRequest, check v1alpha1.Check, rctx map[string]any) (v1alpha1.MatchedCheck, string) {

@@ -2,6 +2,7 @@ package v1alpha1
 
 import (
 	"fmt"
+	"unicode/utf8"
 
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -17,10 +18,27 @@ func SetCondition(conds *[]metav1.Condition, generation int64, typ string, ok bo
 	SetConditionStatus(conds, generation, typ, status, reason, format, args...)
 }
 
-// SetConditionStatus is SetCondition for any status, Unknown included.
+// SetConditionStatus is SetCondition for any status, Unknown included. The message is cut to
+// MaxConditionMessage bytes: messages name tenants' objects (checks × objects × names), and a
+// status with one longer than the schema's 32768 characters could never be written.
 func SetConditionStatus(conds *[]metav1.Condition, generation int64, typ string, status metav1.ConditionStatus, reason, format string, args ...any) {
 	meta.SetStatusCondition(conds, metav1.Condition{Type: typ, Status: status, Reason: reason,
-		Message: fmt.Sprintf(format, args...), ObservedGeneration: generation})
+		Message: cutMessage(fmt.Sprintf(format, args...)), ObservedGeneration: generation})
+}
+
+// MaxConditionMessage is the longest condition message written, in bytes.
+const MaxConditionMessage = 8 << 10
+
+// cutMessage cuts msg to MaxConditionMessage bytes at a character's start, marking the cut.
+func cutMessage(msg string) string {
+	if len(msg) <= MaxConditionMessage {
+		return msg
+	}
+	n := MaxConditionMessage
+	for n > 0 && !utf8.RuneStart(msg[n]) {
+		n--
+	}
+	return msg[:n] + "…"
 }
 
 // ConditionsEqual compares conditions by type, status, reason and message, ignoring transition
