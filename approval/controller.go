@@ -268,7 +268,7 @@ func (c *Controller) evaluate(ctx context.Context, ar *v1alpha1.AccessRequest) (
 		c.setCondition(ar, v1alpha1.ConditionContextObjectValid, metav1.ConditionFalse, "UIDMissing",
 			"spec.context.objectRef.uid is empty: a request is bound to one Pod by its UID")
 	case podErr != nil || pod.UID != ref.UID:
-		c.setCondition(ar, v1alpha1.ConditionContextObjectValid, metav1.ConditionFalse, "NotFound", "Pod %s/%s (uid %s) no longer exists", ref.Namespace, ref.Name, ref.UID)
+		c.podGone(ar)
 	default:
 		c.setCondition(ar, v1alpha1.ConditionContextObjectValid, metav1.ConditionTrue, "Found", "Pod %s/%s, ServiceAccount %s", ref.Namespace, ref.Name, subject.Name)
 	}
@@ -337,6 +337,12 @@ func (c *Controller) evaluate(ctx context.Context, ar *v1alpha1.AccessRequest) (
 		}
 	}
 	return result, nil
+}
+
+// podGone records that the request's Pod, by UID, does not exist.
+func (c *Controller) podGone(ar *v1alpha1.AccessRequest) {
+	ref := ar.Spec.Context.ObjectRef
+	c.setCondition(ar, v1alpha1.ConditionContextObjectValid, metav1.ConditionFalse, "NotFound", "Pod %s/%s (uid %s) no longer exists", ref.Namespace, ref.Name, ref.UID)
 }
 
 // podSubject is whom a request for the Pod may grant: the Pod's ServiceAccount. The request's
@@ -679,6 +685,14 @@ func (c *Controller) grant(ctx context.Context, ar *v1alpha1.AccessRequest, rctx
 		}
 		rules = append(rules, r...)
 	}
+	if !mayHoldGrant(ar) {
+		if replaced, err := c.recordGranting(ctx, ar); err != nil || replaced != "" {
+			if err != nil {
+				return reconcile.Result{}, err
+			}
+			return c.revoke(ctx, ar, replaced)
+		}
+	}
 	if err := writeGrant(ctx, c.Client, ar, ar.Name, rules, []rbacv1.Subject{subject}); err != nil {
 		return c.syncFailed(ar, err)
 	}
@@ -686,6 +700,34 @@ func (c *Controller) grant(ctx context.Context, ar *v1alpha1.AccessRequest, rctx
 		"Role and RoleBinding %s grant %s %s/%s access to Connector %s", ar.Name, subject.Kind, subject.Namespace, subject.Name, ar.Spec.ConnectorRef.Name)
 	c.setCondition(ar, v1alpha1.ConditionReady, metav1.ConditionTrue, "Granted", "access granted to Pod %s/%s", ar.Spec.Context.ObjectRef.Namespace, ar.Spec.Context.ObjectRef.Name)
 	return reconcile.Result{}, nil
+}
+
+// recordGranting writes, before a request's first grant, that it is being granted, and then
+// reads its Pod again. PodGrants tells whose a Pod-scoped grant is by the requests' statuses:
+// were the grant written first, a new Pod of the earlier Pod's name could use it until the
+// status said so. And the Pod was read before the checks, up to the evaluation budget ago: had
+// it been replaced since (a forced delete), the grant would be the earlier Pod's, written after
+// the new Pod's own look at the requests of its name. Read after the status is written, a Pod
+// still there was there before any Pod of its name that could see the request without it.
+// replaced says why the request is revoked instead, or is empty.
+func (c *Controller) recordGranting(ctx context.Context, ar *v1alpha1.AccessRequest) (replaced string, err error) {
+	c.setCondition(ar, v1alpha1.ConditionAccessPermissionSync, metav1.ConditionUnknown, v1alpha1.ReasonGranting,
+		"writing Role and RoleBinding %s", ar.Name)
+	c.setCondition(ar, v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonGranting, "every check passed; the grant is being written")
+	if err := c.Client.Status().Update(ctx, ar); err != nil {
+		return "", err
+	}
+	ref := ar.Spec.Context.ObjectRef
+	var pod corev1.Pod
+	err = c.Reader.Get(ctx, types.NamespacedName{Namespace: ref.Namespace, Name: ref.Name}, &pod)
+	switch {
+	case apierrors.IsNotFound(err) || err == nil && pod.UID != ref.UID:
+		c.podGone(ar)
+		return fmt.Sprintf("Pod %s/%s (uid %s) was deleted before its grant was written", ref.Namespace, ref.Name, ref.UID), nil
+	case err != nil:
+		return "", err
+	}
+	return "", nil
 }
 
 // refuseRoleTemplate fails a request whose role template cannot give a grant (it does not

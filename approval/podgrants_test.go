@@ -1,10 +1,16 @@
 package approval
 
 import (
+	"context"
 	"testing"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/lru"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 )
@@ -30,6 +36,7 @@ func TestGrantOwner(t *testing.T) {
 		{"an earlier Pod's revoked request", []v1alpha1.AccessRequest{request("git", "build", "old", v1alpha1.ReasonPermissionCleanUp)}, false, false},
 		{"an earlier Pod's request never evaluated", []v1alpha1.AccessRequest{request("git", "build", "old", "")}, false, false},
 		{"an earlier Pod's request rejected", []v1alpha1.AccessRequest{request("git", "build", "old", v1alpha1.ReasonNoPermissionRequired)}, false, false},
+		{"an earlier Pod's request being granted", []v1alpha1.AccessRequest{request("git", "build", "old", v1alpha1.ReasonGranting)}, true, false},
 		{"an earlier Pod's grant kept while a check is pending again", []v1alpha1.AccessRequest{request("git", "build", "old", v1alpha1.ReasonPending)}, true, false},
 		{"the own grant wins over an earlier one", []v1alpha1.AccessRequest{
 			request("git", "build", "old", v1alpha1.ReasonSynced), request("git", "build", "new", v1alpha1.ReasonSynced)}, false, true},
@@ -46,5 +53,53 @@ func TestGrantOwner(t *testing.T) {
 				t.Fatalf("grantOwner = foreign %v, settled %v; want %v, %v", foreign, settled, tc.foreign, tc.settled)
 			}
 		})
+	}
+}
+
+// TestPodGrantsKeepsWhatDoesNotChange: a Pod for which no earlier Pod's request of its name may
+// hold a grant is looked up once per Connector namespace (that answer does not change for the
+// Pod); a foreign answer, which changes when the controller revokes, is asked again.
+func TestPodGrantsKeepsWhatDoesNotChange(t *testing.T) {
+	scheme := runtime.NewScheme()
+	if err := v1alpha1.AddToScheme(scheme); err != nil {
+		t.Fatal(err)
+	}
+	earlier := v1alpha1.AccessRequest{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "shared", Name: "git-build-old", Labels: podLabels("team", "build")},
+		Spec: v1alpha1.AccessRequestSpec{ConnectorRef: v1alpha1.LocalObjectRef{Name: "git"},
+			Context: v1alpha1.AccessContext{ObjectRef: v1alpha1.ContextObjectRef{Kind: "Pod", Namespace: "team", Name: "build", UID: "old"}}},
+		Status: v1alpha1.AccessRequestStatus{Conditions: []metav1.Condition{{Type: v1alpha1.ConditionAccessPermissionSync, Status: metav1.ConditionTrue, Reason: v1alpha1.ReasonSynced}}},
+	}
+	lists := 0
+	live := interceptor.NewClient(fake.NewClientBuilder().WithScheme(scheme).WithObjects(&earlier).Build(), interceptor.Funcs{
+		List: func(ctx context.Context, c client.WithWatch, list client.ObjectList, opts ...client.ListOption) error {
+			lists++
+			return c.List(ctx, list, opts...)
+		},
+	})
+	g := &PodGrants{Local: fake.NewClientBuilder().WithScheme(scheme).Build(), Live: live, Ours: lru.New(10)}
+	ask := func(ns string) bool {
+		t.Helper()
+		foreign, err := g.OfAnotherPod(context.Background(), types.NamespacedName{Namespace: ns, Name: "git"}, "team", "build", "new")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return foreign
+	}
+	for range 3 {
+		if ask("team") {
+			t.Fatal("a Pod with no earlier Pod's request in the Connector's namespace: foreign")
+		}
+	}
+	if lists != 1 {
+		t.Fatalf("three questions for the same Pod and namespace listed %d times, want once", lists)
+	}
+	for range 2 {
+		if !ask("shared") {
+			t.Fatal("an earlier Pod's granted request in the Connector's namespace: not foreign")
+		}
+	}
+	if lists != 3 {
+		t.Fatalf("two questions answered foreign listed %d times in all, want 3 (a foreign answer is not kept)", lists)
 	}
 }

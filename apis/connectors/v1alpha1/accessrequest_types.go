@@ -39,6 +39,10 @@ const (
 	// ReasonInvalidRoleTemplate (AccessPermissionSync, Ready; an AccessPolicy's PermissionSync
 	// and Ready): the role template does not render, or renders a rule outside the allow-list.
 	ReasonInvalidRoleTemplate = "InvalidRoleTemplate"
+	// ReasonGranting (AccessPermissionSync, Unknown): the grant is being written. It is
+	// recorded before the grant exists, so that a request's status never says it holds no
+	// grant while it may hold one (the proxy relies on that to tell whose a Pod-scoped grant is).
+	ReasonGranting = "Granting"
 )
 
 // Check states.

@@ -1,0 +1,219 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
+	"sigs.k8s.io/controller-runtime/pkg/config"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/approval"
+	"github.com/kube-connectors/connectors-csi/driver"
+	"github.com/kube-connectors/connectors-csi/node/records"
+)
+
+// TestAGrantIsRecordedBeforeItIsWritten: the proxy tells whose a Pod-scoped grant is by the
+// requests' statuses (approval.PodGrants), so the controller records that a request is being
+// granted before its grant exists, and reads the Pod again after that: a Pod replaced by another
+// of its name while its checks were read (a forced delete) gets no grant, which the new Pod
+// could otherwise use until the controller's next look. The real controller against the real
+// API server; its client is wrapped to see the order of its writes and to replace the Pod at
+// the one moment that matters.
+func TestAGrantIsRecordedBeforeItIsWritten(t *testing.T) {
+	setupApproval(t)
+	env := startProxyDriver(t, func(o *driver.Options) { o.Role = driver.RoleNode })
+	ns := newNamespace(t)
+	pipelineGate(t, ns)
+	attrs := map[string]string{"connectors": "prod"}
+
+	var mu sync.Mutex
+	var failures []error
+	// reasonAtGrant: a request's AccessPermissionSync reason, as the API server has it, when its
+	// grant's first object was first written.
+	reasonAtGrant := map[string]string{}
+	// replace: Pods (by name) replaced by a new Pod of the name once their request records that
+	// it is being granted.
+	replace := map[string]bool{}
+	grantWritten := func(ctx context.Context, obj client.Object) {
+		if _, ok := obj.(*rbacv1.Role); !ok {
+			return
+		}
+		var ar v1alpha1.AccessRequest
+		reason := "the request could not be read"
+		if err := cp.Client.Get(ctx, client.ObjectKeyFromObject(obj), &ar); err == nil {
+			reason = syncReason(&ar)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if _, seen := reasonAtGrant[obj.GetName()]; !seen {
+			reasonAtGrant[obj.GetName()] = reason
+		}
+	}
+	replaceOnGranting := func(ctx context.Context, obj client.Object) {
+		ar, ok := obj.(*v1alpha1.AccessRequest)
+		if !ok || syncReason(ar) != v1alpha1.ReasonGranting {
+			return
+		}
+		ref := ar.Spec.Context.ObjectRef
+		mu.Lock()
+		due := replace[ref.Name]
+		delete(replace, ref.Name)
+		mu.Unlock()
+		if !due {
+			return
+		}
+		err := replacePod(ctx, env, ref.Namespace, ref.Name)
+		mu.Lock()
+		failures = append(failures, err)
+		mu.Unlock()
+	}
+	startApprovalController(t, interceptor.Funcs{
+		Create: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.CreateOption) error {
+			grantWritten(ctx, obj)
+			return c.Create(ctx, obj, opts...)
+		},
+		Update: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.UpdateOption) error {
+			grantWritten(ctx, obj)
+			return c.Update(ctx, obj, opts...)
+		},
+		SubResourceUpdate: func(ctx context.Context, c client.Client, sub string, obj client.Object, opts ...client.SubResourceUpdateOption) error {
+			if err := c.SubResource(sub).Update(ctx, obj, opts...); err != nil {
+				return err
+			}
+			replaceOnGranting(ctx, obj)
+			return nil
+		},
+	})
+	requestOf := func(pod *corev1.Pod) types.NamespacedName {
+		return types.NamespacedName{Namespace: ns, Name: approval.RequestName("prod", records.Pod{Namespace: ns, Name: pod.Name, UID: string(pod.UID)})}
+	}
+
+	t.Run("the status says so before the grant exists", func(t *testing.T) {
+		approvalTask(t, ns, "release-1", "approved")
+		pod := pipelineRunPod(t, env.kubelet, ns, "release-1", "promote", attrs)
+		if err := publishOutcome(t, env, pod); err != nil {
+			t.Fatalf("the Pod of the approved PipelineRun: %v", err)
+		}
+		mu.Lock()
+		got, written := reasonAtGrant[requestOf(pod).Name]
+		mu.Unlock()
+		if !written || got != v1alpha1.ReasonGranting {
+			t.Fatalf("when the grant was written its request said AccessPermissionSync reason %q (written %v), want %q", got, written, v1alpha1.ReasonGranting)
+		}
+	})
+
+	t.Run("a Pod replaced while its checks were read gets no grant", func(t *testing.T) {
+		approvalTask(t, ns, "release-2", "approved")
+		pod := pipelineRunPod(t, env.kubelet, ns, "release-2", "promote", attrs)
+		mu.Lock()
+		replace[pod.Name] = true
+		mu.Unlock()
+		// The publish creates the request and waits for it; it is refused or times out, which
+		// is not what this looks at.
+		_ = publishOutcome(t, env, pod)
+		key := requestOf(pod)
+		waitRevoked(t, key)
+		mu.Lock()
+		defer mu.Unlock()
+		if err := errors.Join(failures...); err != nil || len(failures) != 1 {
+			t.Fatalf("the Pod was replaced %d times (want once): %v", len(failures), err)
+		}
+		if reason, written := reasonAtGrant[key.Name]; written {
+			t.Fatalf("a grant was written for the replaced Pod (its request said %q then)", reason)
+		}
+		var ar v1alpha1.AccessRequest
+		if err := cp.Client.Get(context.Background(), key, &ar); err != nil {
+			t.Fatal(err)
+		}
+		want := "was deleted before its grant was written"
+		if ready := meta.FindStatusCondition(ar.Status.Conditions, v1alpha1.ConditionReady); ready == nil || !strings.Contains(ready.Message, want) {
+			t.Fatalf("the revoked request's Ready: %+v, want a message saying %q", ready, want)
+		}
+	})
+}
+
+// syncReason is a request's AccessPermissionSync reason ("" before its first evaluation).
+func syncReason(ar *v1alpha1.AccessRequest) string {
+	if c := meta.FindStatusCondition(ar.Status.Conditions, v1alpha1.ConditionAccessPermissionSync); c != nil {
+		return c.Reason
+	}
+	return ""
+}
+
+// replacePod deletes a Pod at once (a lost node) and creates another of its name and
+// ServiceAccount.
+func replacePod(ctx context.Context, env *proxyEnv, ns, name string) error {
+	var old corev1.Pod
+	if err := cp.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, &old); err != nil {
+		return err
+	}
+	if err := cp.Client.Delete(ctx, &old, client.GracePeriodSeconds(0)); err != nil {
+		return err
+	}
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Spec: corev1.PodSpec{
+		ServiceAccountName: old.Spec.ServiceAccountName, NodeName: old.Spec.NodeName,
+		Containers: []corev1.Container{{Name: "main", Image: "busybox"}}}}
+	_, err := env.kubelet.CreatePod(ctx, pod)
+	return err
+}
+
+// startApprovalController runs the AccessRequest controller alone, as the driver's controller
+// role wires it, with its client's calls going through funcs; it stops when the test ends.
+func startApprovalController(t *testing.T, funcs interceptor.Funcs) {
+	t.Helper()
+	mgr, err := ctrl.NewManager(cp.Config, ctrl.Options{
+		Scheme: cp.Client.Scheme(),
+		Client: client.Options{Cache: &client.CacheOptions{DisableFor: []client.Object{
+			&corev1.Secret{}, &rbacv1.Role{}, &rbacv1.RoleBinding{}}}},
+		Metrics:                metricsserver.Options{BindAddress: "0"},
+		HealthProbeBindAddress: "0",
+		Controller:             config.Controller{SkipNameValidation: ptr.To(true)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	states, err := approval.NewStates(100, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := testOptions()
+	c := &approval.Controller{
+		Client: interceptor.NewClient(withoutWatch{mgr.GetClient()}, funcs),
+		Reader: mgr.GetAPIReader(), Cache: mgr.GetCache(), SystemNamespace: systemNS,
+		Retention: opts.RequestRetention, PodRecheck: opts.PodRecheck, States: states,
+	}
+	if err := c.SetupWithManager(mgr); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- mgr.Start(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("the approval controller: %v", err)
+		}
+	})
+}
+
+// withoutWatch makes the manager's client one interceptor.NewClient takes; the controller never
+// watches through its client (its informers come from the manager's cache).
+type withoutWatch struct{ client.Client }
+
+func (withoutWatch) Watch(context.Context, client.ObjectList, ...client.ListOption) (watch.Interface, error) {
+	return nil, errors.New("the approval controller does not watch through its client")
+}
