@@ -31,6 +31,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/fairqueue"
 	"github.com/kube-connectors/connectors-csi/regoeval"
 )
 
@@ -89,9 +90,18 @@ func (c *Controller) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&v1alpha1.AccessRequest{}, handler.EnqueueRequestsFromMapFunc(c.requestsOfEarlierPods)).
 		Watches(&v1alpha1.Connector{}, handler.EnqueueRequestsFromMapFunc(c.requestsOfConnector)).
 		Watches(&v1alpha1.AccessPolicy{}, handler.EnqueueRequestsFromMapFunc(c.requestsInNamespace)).
-		WithOptions(controller.Options{MaxConcurrentReconciles: 4}).
+		// In turns by namespace: one tenant's backlog (every request of its namespace wakes on
+		// each change of a check object there) does not hold another's approval behind it. A
+		// request never evaluated goes first: a publish waits on it.
+		WithOptions(controller.Options{MaxConcurrentReconciles: 4, NewQueue: fairqueue.New(c.neverEvaluated)}).
 		Build(c)
 	return err
+}
+
+// neverEvaluated tells whether the request, as cached, has no status yet.
+func (c *Controller) neverEvaluated(r reconcile.Request) bool {
+	var ar v1alpha1.AccessRequest
+	return c.Client.Get(context.Background(), r.NamespacedName, &ar) == nil && len(ar.Status.Conditions) == 0
 }
 
 func (c *Controller) requests(ctx context.Context, opts ...client.ListOption) []reconcile.Request {

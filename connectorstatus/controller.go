@@ -31,6 +31,7 @@ import (
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/connectorsapi"
+	"github.com/kube-connectors/connectors-csi/fairqueue"
 	"github.com/kube-connectors/connectors-csi/features"
 	"github.com/kube-connectors/connectors-csi/proxy"
 	"github.com/kube-connectors/connectors-csi/proxy/egress"
@@ -93,8 +94,16 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		For(&v1alpha1.Connector{}, builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, predicate.LabelChangedPredicate{}))).
 		Watches(&v1alpha1.ConnectorClass{}, handler.EnqueueRequestsFromMapFunc(r.connectorsOfClass),
 			builder.WithPredicates(predicate.Or[client.Object](predicate.GenerationChangedPredicate{}, classProxyChanged))).
-		WithOptions(controller.Options{MaxConcurrentReconciles: max(r.Workers, 1)}).
+		// In turns by namespace: a tenant's many Connectors, whose probes may wait on silent
+		// tools, do not hold another's status behind them. One never probed goes first.
+		WithOptions(controller.Options{MaxConcurrentReconciles: max(r.Workers, 1), NewQueue: fairqueue.New(r.neverProbed)}).
 		Complete(r)
+}
+
+// neverProbed tells whether the Connector, as cached, has no status yet.
+func (r *Reconciler) neverProbed(req reconcile.Request) bool {
+	var c v1alpha1.Connector
+	return r.Client.Get(context.Background(), req.NamespacedName, &c) == nil && len(c.Status.Conditions) == 0
 }
 
 // classProxyChanged passes a class whose resolved proxy changed: its Connectors' proxy

@@ -3,9 +3,12 @@ package e2e
 import (
 	"context"
 	"errors"
+	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -24,6 +27,7 @@ import (
 	"github.com/kube-connectors/connectors-csi/approval"
 	"github.com/kube-connectors/connectors-csi/driver"
 	"github.com/kube-connectors/connectors-csi/node/records"
+	"github.com/kube-connectors/connectors-csi/test/kubelet"
 )
 
 // TestAGrantIsRecordedBeforeItIsWritten: the proxy tells whose a Pod-scoped grant is by the
@@ -144,6 +148,66 @@ func TestAGrantIsRecordedBeforeItIsWritten(t *testing.T) {
 			t.Fatalf("the revoked request's Ready: %+v, want a message saying %q", ready, want)
 		}
 	})
+}
+
+// TestApprovalsTakeTurnsByNamespace: the controller's four workers serve every tenant, and every
+// request of a namespace wakes on each change of a check object there: a tenant whose many
+// requests are slow to evaluate must not hold another tenant's approval behind its backlog. The
+// real controller against the real API server; its client makes the busy namespace's
+// evaluations slow (reading its Connector), as a costly policy would.
+func TestApprovalsTakeTurnsByNamespace(t *testing.T) {
+	setupApproval(t)
+	busy, quiet := newNamespace(t), newNamespace(t)
+	var mu sync.Mutex
+	var evaluated []string // the namespaces of requests, in the order of their first status
+	seen := map[types.NamespacedName]bool{}
+	startApprovalController(t, interceptor.Funcs{
+		Get: func(ctx context.Context, c client.WithWatch, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+			if _, ok := obj.(*v1alpha1.Connector); ok && key.Namespace == busy {
+				time.Sleep(300 * time.Millisecond)
+			}
+			return c.Get(ctx, key, obj, opts...)
+		},
+		SubResourceUpdate: func(ctx context.Context, c client.Client, sub string, obj client.Object, opts ...client.SubResourceUpdateOption) error {
+			mu.Lock()
+			if key := client.ObjectKeyFromObject(obj); !seen[key] {
+				seen[key] = true
+				evaluated = append(evaluated, key.Namespace)
+			}
+			mu.Unlock()
+			return c.SubResource(sub).Update(ctx, obj, opts...)
+		},
+	})
+	request := func(ns, name string) *v1alpha1.AccessRequest {
+		return &v1alpha1.AccessRequest{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+			Spec: v1alpha1.AccessRequestSpec{
+				Subject:      rbacv1.Subject{Kind: rbacv1.ServiceAccountKind, Name: "builder", Namespace: ns},
+				ConnectorRef: v1alpha1.LocalObjectRef{Name: "tool"},
+				Context: v1alpha1.AccessContext{ObjectRef: v1alpha1.ContextObjectRef{
+					APIVersion: "v1", Kind: "Pod", Name: name + "-pod", Namespace: ns, UID: types.UID(name + "-uid")}},
+			}}
+	}
+	const backlog = 40
+	for i := range backlog {
+		create(t, request(busy, fmt.Sprintf("build-%d", i)))
+	}
+	create(t, request(quiet, "release"))
+	var before int
+	if !kubelet.WaitUntil(30*time.Second, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		before = slices.Index(evaluated, quiet)
+		return before >= 0
+	}) {
+		t.Fatal("the quiet namespace's request was never evaluated")
+	}
+	// Those the four workers had begun, and a turn or two more; first come first served would
+	// have the whole backlog first.
+	if before >= backlog/2 {
+		t.Fatalf("%d of the busy namespace's %d requests were evaluated before the quiet namespace's one", before, backlog)
+	}
+	t.Logf("%d of the busy namespace's requests were evaluated before the quiet namespace's one", before)
 }
 
 // syncReason is a request's AccessPermissionSync reason ("" before its first evaluation).

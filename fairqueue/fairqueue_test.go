@@ -1,0 +1,83 @@
+package fairqueue
+
+import (
+	"slices"
+	"testing"
+
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/workqueue"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+)
+
+func request(ns, name string) reconcile.Request {
+	return reconcile.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: name}}
+}
+
+// drain takes every waiting item, marking each done, and names them in the order given out.
+func drain(t *testing.T, q workqueue.TypedRateLimitingInterface[reconcile.Request]) []string {
+	t.Helper()
+	var out []string
+	for q.Len() > 0 {
+		r, shutdown := q.Get()
+		if shutdown {
+			t.Fatal("the queue shut down")
+		}
+		out = append(out, r.String())
+		q.Done(r)
+	}
+	return out
+}
+
+// TestTurnsByNamespace: a namespace with a backlog and namespaces with one item each: each gets
+// a turn in the order it came, then the backlog goes on; within a namespace first come first
+// served; an item added again while it waits keeps its place.
+func TestTurnsByNamespace(t *testing.T) {
+	q := New(nil)("test", workqueue.DefaultTypedControllerRateLimiter[reconcile.Request]())
+	defer q.ShutDown()
+	for _, name := range []string{"a1", "a2", "a3", "a4"} {
+		q.Add(request("busy", name))
+	}
+	q.Add(request("quiet", "q1"))
+	q.Add(request("busy", "a1")) // again, while it waits
+	q.Add(request("other", "o1"))
+	q.Add(request("quiet", "q2"))
+	got := drain(t, q)
+	want := []string{"busy/a1", "quiet/q1", "other/o1", "busy/a2", "quiet/q2", "busy/a3", "busy/a4"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("given out %v, want %v", got, want)
+	}
+}
+
+// TestUrgentFirst: urgent items go before the rest, in turns among themselves too.
+func TestUrgentFirst(t *testing.T) {
+	urgent := func(r reconcile.Request) bool { return r.Name[0] == 'u' }
+	q := New(urgent)("test", workqueue.DefaultTypedControllerRateLimiter[reconcile.Request]())
+	defer q.ShutDown()
+	for _, r := range []reconcile.Request{request("busy", "a1"), request("busy", "u1"), request("busy", "u2"), request("busy", "a2"),
+		request("quiet", "q1"), request("quiet", "u3")} {
+		q.Add(r)
+	}
+	got := drain(t, q)
+	want := []string{"busy/u1", "quiet/u3", "busy/u2", "busy/a1", "quiet/q1", "busy/a2"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("given out %v, want %v", got, want)
+	}
+}
+
+// TestOneWorkerPerItem: the work queue's own guarantees hold with this order: an item added
+// while a worker has it waits until it is done, and is then given out once.
+func TestOneWorkerPerItem(t *testing.T) {
+	q := New(nil)("test", workqueue.DefaultTypedControllerRateLimiter[reconcile.Request]())
+	defer q.ShutDown()
+	q.Add(request("busy", "a1"))
+	r, _ := q.Get()
+	q.Add(r)
+	q.Add(r)
+	if n := q.Len(); n != 0 {
+		t.Fatalf("an item being worked on, added again, waits beside it: %d waiting", n)
+	}
+	q.Done(r)
+	if got := drain(t, q); !slices.Equal(got, []string{"busy/a1"}) {
+		t.Fatalf("after it was done, given out %v, want it once", got)
+	}
+}
