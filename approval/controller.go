@@ -568,15 +568,23 @@ func (c *Controller) evaluateCheck(ctx context.Context, ar *v1alpha1.AccessReque
 	}
 	list := &unstructured.UnstructuredList{}
 	list.SetGroupVersionKind(gvk.GroupVersion().WithKind(gvk.Kind + "List"))
-	if err := c.Client.List(ctx, list, client.InNamespace(podNS), client.MatchingLabelsSelector{Selector: selector}); err != nil {
+	// From the informer watchKind started, not the API server: every live request of a
+	// namespace is evaluated again at each change of a check object there. Not copied (the
+	// states only read the objects), and one past the bound at most: a tenant's thousands of
+	// matching objects cost no more than that.
+	opts := []client.ListOption{client.InNamespace(podNS), client.MatchingLabelsSelector{Selector: selector}, client.UnsafeDisableDeepCopy}
+	if name == "" && c.MaxCheckObjects > 0 {
+		opts = append(opts, client.Limit(int64(c.MaxCheckObjects)+1))
+	}
+	if err := c.Cache.List(ctx, list, opts...); err != nil {
 		return retry("list %s: %v", gvk.Kind, err)
 	}
 	if name != "" {
 		list.Items = slices.DeleteFunc(list.Items, func(o unstructured.Unstructured) bool { return o.GetName() != name })
 	}
 	if n := len(list.Items); c.MaxCheckObjects > 0 && n > c.MaxCheckObjects {
-		return fail("%d %s objects in namespace %s match %s; a check reads at most %d (--accessrequest-check-max-objects): narrow its selector",
-			n, gvk.Kind, podNS, describeSelector(selector, name), c.MaxCheckObjects)
+		return fail("more than %d %s objects in namespace %s match %s; a check reads at most %d (--accessrequest-check-max-objects): narrow its selector",
+			c.MaxCheckObjects, gvk.Kind, podNS, describeSelector(selector, name), c.MaxCheckObjects)
 	}
 	if len(list.Items) == 0 {
 		mc.State = v1alpha1.StatePending

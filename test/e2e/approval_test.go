@@ -17,6 +17,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
+	auditv1 "k8s.io/apiserver/pkg/apis/audit/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
@@ -307,4 +308,41 @@ func TestApprovalGatedPromotion(t *testing.T) {
 		}
 		_ = env.kubelet.Unpublish(ctx, fourth, "connectors")
 	})
+}
+
+// TestChecksAreReadFromTheInformer: every live request of a namespace is evaluated again at each
+// change of a check object there; the controller reads the check's objects from the informer it
+// started for the kind, not from the API server, so that those evaluations cost the API server
+// nothing (the controller as deployed, its requests from the audit log).
+func TestChecksAreReadFromTheInformer(t *testing.T) {
+	setupApproval(t)
+	env := startDeployedDrivers(t, nil)
+	ns := newNamespace(t)
+	pipelineGate(t, ns)
+	approvalTask(t, ns, "release-1", "approved")
+	pod := pipelineRunPod(t, env.kubelet, ns, "release-1", "promote", map[string]string{"connectors": "prod"})
+	if err := publishOutcome(t, env, pod); err != nil {
+		t.Fatalf("the Pod of the approved PipelineRun: %v", err)
+	}
+	request := &v1alpha1.AccessRequest{ObjectMeta: metav1.ObjectMeta{Namespace: ns,
+		Name: approval.RequestName("prod", records.Pod{Namespace: ns, Name: pod.Name, UID: string(pod.UID)})}}
+	conditions := func(ar *v1alpha1.AccessRequest) []metav1.Condition { return ar.Status.Conditions }
+	since := time.Now()
+	// Each change is evaluated: the check goes pending and passes again (the grant is kept).
+	for range 3 {
+		approvalTask(t, ns, "release-1", "pending")
+		waitObjectCondition(t, request, conditions, v1alpha1.ConditionAccessCheckReady, metav1.ConditionUnknown, v1alpha1.ReasonPending)
+		approvalTask(t, ns, "release-1", "approved")
+		waitObjectCondition(t, request, conditions, v1alpha1.ConditionAccessCheckReady, metav1.ConditionTrue, v1alpha1.ReasonPassed)
+	}
+	lists, err := cp.AuditEvents(func(ev *auditv1.Event) bool {
+		return ev.User.Username == controlplane.ControllerUser && ev.Verb == "list" && ev.ObjectRef != nil &&
+			ev.ObjectRef.Resource == "approvaltasks" && !ev.RequestReceivedTimestamp.Time.Before(since)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(lists) != 0 {
+		t.Fatalf("six evaluations of the check listed ApprovalTasks from the API server %d times, want none (the informer has them)", len(lists))
+	}
 }
