@@ -92,7 +92,7 @@ func (c *Controller) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&v1alpha1.AccessPolicy{}, handler.EnqueueRequestsFromMapFunc(c.requestsInNamespace)).
 		// In turns by namespace: one tenant's backlog (every request of its namespace wakes on
 		// each change of a check object there) does not hold another's approval behind it. A
-		// request never evaluated goes first: a publish waits on it.
+		// request never evaluated goes first within its namespace: a publish waits on it.
 		WithOptions(controller.Options{MaxConcurrentReconciles: 4, NewQueue: fairqueue.New(c.neverEvaluated)}).
 		Build(c)
 	return err

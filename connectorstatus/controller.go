@@ -95,7 +95,8 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&v1alpha1.ConnectorClass{}, handler.EnqueueRequestsFromMapFunc(r.connectorsOfClass),
 			builder.WithPredicates(predicate.Or[client.Object](predicate.GenerationChangedPredicate{}, classProxyChanged))).
 		// In turns by namespace: a tenant's many Connectors, whose probes may wait on silent
-		// tools, do not hold another's status behind them. One never probed goes first.
+		// tools, do not hold another's status behind them. One never probed goes first within its
+		// namespace.
 		WithOptions(controller.Options{MaxConcurrentReconciles: max(r.Workers, 1), NewQueue: fairqueue.New(r.neverProbed)}).
 		Complete(r)
 }

@@ -14,8 +14,10 @@ import (
 )
 
 // New is a controller-runtime NewQueue (controller.Options) whose items wait in turns by
-// namespace. urgent, when not nil, tells the items that go before every other (something waits
-// on them, such as a publish on a request never evaluated); the turns are kept among them too.
+// namespace. urgent, when not nil, tells the items that go first within their namespace's turns
+// (something waits on them, such as a publish on a request never evaluated). Urgency never
+// takes a turn from another namespace: were urgent items served before all others, a tenant
+// creating objects faster than they are reconciled would hold every other tenant's work back.
 func New(urgent func(reconcile.Request) bool) func(string, workqueue.TypedRateLimiter[reconcile.Request]) workqueue.TypedRateLimitingInterface[reconcile.Request] {
 	return func(name string, limiter workqueue.TypedRateLimiter[reconcile.Request]) workqueue.TypedRateLimitingInterface[reconcile.Request] {
 		order := newTurns(func(r reconcile.Request) string { return r.Namespace }, urgent)
@@ -25,75 +27,75 @@ func New(urgent func(reconcile.Request) bool) func(string, workqueue.TypedRateLi
 	}
 }
 
-// turns orders waiting items: the urgent ones first, and within each of the two levels one item
-// of each key in turn, first in first out within a key. The work queue calls it under its lock.
+// turns orders waiting items: one item of each key in turn, and within a key the urgent ones
+// first, each kind first in first out. The work queue calls it under its lock.
 type turns[T comparable] struct {
 	keyOf  func(T) string
 	urgent func(T) bool
-	levels [2]level[T]
+	// waiting holds the items of each key that has some; ring the keys in the order of their
+	// turns.
+	waiting map[string]*keyItems[T]
+	ring    []string
+	len     int
+}
+
+// keyItems are one key's waiting items: the urgent ones, then the rest.
+type keyItems[T comparable] struct {
+	urgent, rest []T
 }
 
 var _ workqueue.Queue[reconcile.Request] = (*turns[reconcile.Request])(nil)
 
 func newTurns[T comparable](keyOf func(T) string, urgent func(T) bool) *turns[T] {
-	t := &turns[T]{keyOf: keyOf, urgent: urgent}
-	for i := range t.levels {
-		t.levels[i].waiting = map[string][]T{}
-	}
-	return t
+	return &turns[T]{keyOf: keyOf, urgent: urgent, waiting: map[string]*keyItems[T]{}}
 }
 
 // Touch: an item added again while it waits keeps its place.
 func (t *turns[T]) Touch(T) {}
 
 func (t *turns[T]) Push(item T) {
-	l := &t.levels[1]
-	if t.urgent != nil && t.urgent(item) {
-		l = &t.levels[0]
+	key := t.keyOf(item)
+	k, ok := t.waiting[key]
+	if !ok {
+		k = &keyItems[T]{}
+		t.waiting[key] = k
+		t.ring = append(t.ring, key)
 	}
-	l.push(t.keyOf(item), item)
+	if t.urgent != nil && t.urgent(item) {
+		k.urgent = append(k.urgent, item)
+	} else {
+		k.rest = append(k.rest, item)
+	}
+	t.len++
 }
 
-func (t *turns[T]) Len() int { return t.levels[0].len + t.levels[1].len }
+func (t *turns[T]) Len() int { return t.len }
 
 // Pop takes the next item; the work queue calls it only when Len is not 0.
 func (t *turns[T]) Pop() T {
-	if t.levels[0].len > 0 {
-		return t.levels[0].pop()
+	key := t.ring[0]
+	t.ring[0] = ""
+	t.ring = t.ring[1:]
+	k := t.waiting[key]
+	var item T
+	if len(k.urgent) > 0 {
+		item, k.urgent = first(k.urgent)
+	} else {
+		item, k.rest = first(k.rest)
 	}
-	return t.levels[1].pop()
-}
-
-// level holds waiting items by key, and the keys with items in the order of their turns.
-type level[T comparable] struct {
-	waiting map[string][]T
-	ring    []string
-	len     int
-}
-
-func (l *level[T]) push(key string, item T) {
-	items, ok := l.waiting[key]
-	if !ok {
-		l.ring = append(l.ring, key)
+	if len(k.urgent)+len(k.rest) == 0 {
+		delete(t.waiting, key)
+	} else {
+		t.ring = append(t.ring, key)
 	}
-	l.waiting[key] = append(items, item)
-	l.len++
+	t.len--
+	return item
 }
 
-func (l *level[T]) pop() T {
-	key := l.ring[0]
-	l.ring[0] = ""
-	l.ring = l.ring[1:]
-	items := l.waiting[key]
+// first takes a slice's first item, letting go of its slot.
+func first[T any](items []T) (T, []T) {
 	item := items[0]
 	var zero T
-	items[0] = zero // let the popped item go
-	if len(items) == 1 {
-		delete(l.waiting, key)
-	} else {
-		l.waiting[key] = items[1:]
-		l.ring = append(l.ring, key)
-	}
-	l.len--
-	return item
+	items[0] = zero
+	return item, items[1:]
 }

@@ -48,17 +48,19 @@ func TestTurnsByNamespace(t *testing.T) {
 	}
 }
 
-// TestUrgentFirst: urgent items go before the rest, in turns among themselves too.
-func TestUrgentFirst(t *testing.T) {
+// TestUrgentFirstWithinItsNamespace: urgent items go first among their namespace's, and take no
+// turn from another namespace: a namespace with a flood of urgent items gets one turn in each
+// round like the rest.
+func TestUrgentFirstWithinItsNamespace(t *testing.T) {
 	urgent := func(r reconcile.Request) bool { return r.Name[0] == 'u' }
 	q := New(urgent)("test", workqueue.DefaultTypedControllerRateLimiter[reconcile.Request]())
 	defer q.ShutDown()
 	for _, r := range []reconcile.Request{request("busy", "a1"), request("busy", "u1"), request("busy", "u2"), request("busy", "a2"),
-		request("quiet", "q1"), request("quiet", "u3")} {
+		request("quiet", "q1"), request("busy", "u3"), request("quiet", "u4")} {
 		q.Add(r)
 	}
 	got := drain(t, q)
-	want := []string{"busy/u1", "quiet/u3", "busy/u2", "busy/a1", "quiet/q1", "busy/a2"}
+	want := []string{"busy/u1", "quiet/u4", "busy/u2", "quiet/q1", "busy/u3", "busy/a1", "busy/a2"}
 	if !slices.Equal(got, want) {
 		t.Fatalf("given out %v, want %v", got, want)
 	}
