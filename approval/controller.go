@@ -90,18 +90,23 @@ func (c *Controller) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&v1alpha1.AccessRequest{}, handler.EnqueueRequestsFromMapFunc(c.requestsOfEarlierPods)).
 		Watches(&v1alpha1.Connector{}, handler.EnqueueRequestsFromMapFunc(c.requestsOfConnector)).
 		Watches(&v1alpha1.AccessPolicy{}, handler.EnqueueRequestsFromMapFunc(c.requestsInNamespace)).
-		// In turns by namespace: one tenant's backlog (every request of its namespace wakes on
-		// each change of a check object there) does not hold another's approval behind it. A
-		// request never evaluated goes first within its namespace: a publish waits on it.
-		WithOptions(controller.Options{MaxConcurrentReconciles: 4, NewQueue: fairqueue.New(c.neverEvaluated)}).
+		// In turns by namespace, and within a Connector's namespace by the Pods' (tenants sharing
+		// a Connector): one tenant's backlog (every request of its Pods wakes on each change of
+		// a check object of their namespace) does not hold another's approval behind it.
+		WithOptions(controller.Options{MaxConcurrentReconciles: 4, NewQueue: fairqueue.New(c.placeInQueue)}).
 		Build(c)
 	return err
 }
 
-// neverEvaluated tells whether the request, as cached, has no status yet.
-func (c *Controller) neverEvaluated(r reconcile.Request) bool {
+// placeInQueue puts a request in its Pod's namespace's turn within its own namespace's; one never
+// evaluated goes first there (a publish waits on it). Read from the cache, uncopied: the work
+// queue asks under its lock.
+func (c *Controller) placeInQueue(r reconcile.Request) fairqueue.Placement {
 	var ar v1alpha1.AccessRequest
-	return c.Client.Get(context.Background(), r.NamespacedName, &ar) == nil && len(ar.Status.Conditions) == 0
+	if err := c.Client.Get(context.Background(), r.NamespacedName, &ar, client.UnsafeDisableDeepCopy); err != nil {
+		return fairqueue.Placement{}
+	}
+	return fairqueue.Placement{Within: ar.Spec.Context.ObjectRef.Namespace, Urgent: len(ar.Status.Conditions) == 0}
 }
 
 func (c *Controller) requests(ctx context.Context, opts ...client.ListOption) []reconcile.Request {
@@ -340,11 +345,12 @@ func (c *Controller) evaluate(ctx context.Context, ar *v1alpha1.AccessRequest) (
 		c.setCondition(ar, v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonPending, "%s", msg)
 	default: // Rejected or Failed: never grant
 		c.setCondition(ar, v1alpha1.ConditionAccessCheckReady, metav1.ConditionFalse, outcome, "%s", msg)
-		c.setCondition(ar, v1alpha1.ConditionAccessPermissionSync, metav1.ConditionFalse, v1alpha1.ReasonNoPermissionRequired, "no access is granted: %s", strings.ToLower(outcome))
-		c.setCondition(ar, v1alpha1.ConditionReady, metav1.ConditionFalse, outcome, "%s", msg)
+		// The grant goes before the status says there is none (PodGrants reads the status).
 		if err := c.deleteGrant(ctx, ar); err != nil {
 			return reconcile.Result{}, err
 		}
+		c.setCondition(ar, v1alpha1.ConditionAccessPermissionSync, metav1.ConditionFalse, v1alpha1.ReasonNoPermissionRequired, "no access is granted: %s", strings.ToLower(outcome))
+		c.setCondition(ar, v1alpha1.ConditionReady, metav1.ConditionFalse, outcome, "%s", msg)
 	}
 	return result, nil
 }
@@ -371,9 +377,13 @@ func (c *Controller) refuseSubject(ctx context.Context, ar *v1alpha1.AccessReque
 	s := ar.Spec.Subject
 	msg := fmt.Sprintf("the request's subject %s %s/%s is not the Pod's ServiceAccount %s/%s: nothing is granted",
 		s.Kind, s.Namespace, s.Name, subject.Namespace, subject.Name)
+	// The grant goes before the status says there is none (PodGrants reads the status).
+	if err := c.deleteGrant(ctx, ar); err != nil {
+		return err
+	}
 	c.setCondition(ar, v1alpha1.ConditionAccessPermissionSync, metav1.ConditionFalse, v1alpha1.ReasonSubjectMismatch, "%s", msg)
 	c.setCondition(ar, v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonSubjectMismatch, "%s", msg)
-	return c.deleteGrant(ctx, ar)
+	return nil
 }
 
 // revocation says why a request's access must end, or "".
@@ -703,15 +713,32 @@ func (c *Controller) grant(ctx context.Context, ar *v1alpha1.AccessRequest, rctx
 		}
 		rules = append(rules, r...)
 	}
-	if !mayHoldGrant(ar) {
-		if replaced, err := c.recordGranting(ctx, ar); err != nil || replaced != "" {
-			if err != nil {
-				return reconcile.Result{}, err
-			}
-			return c.revoke(ctx, ar, replaced)
+	// Recorded before the grant is first written, and before any of its objects is created
+	// again: a status read from a cache that lags (a revoked request still Synced there) then
+	// fails its write, rather than bring back a revoked grant.
+	var recordErr error
+	recorded := false
+	record := func() error {
+		if !recorded {
+			recorded = true
+			recordErr = c.recordGranting(ctx, ar)
 		}
+		return recordErr
 	}
-	if err := writeGrant(ctx, c.Client, ar, ar.Name, rules, []rbacv1.Subject{subject}); err != nil {
+	var err error
+	if !holdsGrant(ar) {
+		err = record()
+	}
+	if err == nil {
+		err = writeGrant(ctx, c.Client, ar, ar.Name, rules, []rbacv1.Subject{subject}, record)
+	}
+	var replaced *podReplacedError
+	switch {
+	case errors.As(err, &replaced):
+		return c.revoke(ctx, ar, replaced.Error())
+	case err != nil && recordErr != nil && errors.Is(err, recordErr):
+		return reconcile.Result{}, err // nothing was written: the status read was not the stored one
+	case err != nil:
 		return c.syncFailed(ar, err)
 	}
 	c.setCondition(ar, v1alpha1.ConditionAccessPermissionSync, metav1.ConditionTrue, v1alpha1.ReasonSynced,
@@ -720,40 +747,51 @@ func (c *Controller) grant(ctx context.Context, ar *v1alpha1.AccessRequest, rctx
 	return reconcile.Result{}, nil
 }
 
-// recordGranting writes, before a request's first grant, that it is being granted, and then
+// recordGranting writes that a request is being granted, before its grant is written, and then
 // reads its Pod again. PodGrants tells whose a Pod-scoped grant is by the requests' statuses:
 // were the grant written first, a new Pod of the earlier Pod's name could use it until the
 // status said so. And the Pod was read before the checks, up to the evaluation budget ago: had
 // it been replaced since (a forced delete), the grant would be the earlier Pod's, written after
 // the new Pod's own look at the requests of its name. Read after the status is written, a Pod
-// still there was there before any Pod of its name that could see the request without it.
-// replaced says why the request is revoked instead, or is empty.
-func (c *Controller) recordGranting(ctx context.Context, ar *v1alpha1.AccessRequest) (replaced string, err error) {
+// still there was there before any Pod of its name that could see the request without it. The
+// write is checked against the status read (resourceVersion): one from a cache that lags fails.
+func (c *Controller) recordGranting(ctx context.Context, ar *v1alpha1.AccessRequest) error {
 	c.setCondition(ar, v1alpha1.ConditionAccessPermissionSync, metav1.ConditionUnknown, v1alpha1.ReasonGranting,
 		"writing Role and RoleBinding %s", ar.Name)
 	c.setCondition(ar, v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonGranting, "every check passed; the grant is being written")
 	if err := c.Client.Status().Update(ctx, ar); err != nil {
-		return "", err
+		return err
 	}
 	ref := ar.Spec.Context.ObjectRef
 	var pod corev1.Pod
-	err = c.Reader.Get(ctx, types.NamespacedName{Namespace: ref.Namespace, Name: ref.Name}, &pod)
+	err := c.Reader.Get(ctx, types.NamespacedName{Namespace: ref.Namespace, Name: ref.Name}, &pod)
 	switch {
 	case apierrors.IsNotFound(err) || err == nil && pod.UID != ref.UID:
 		c.podGone(ar)
-		return fmt.Sprintf("Pod %s/%s (uid %s) was deleted before its grant was written", ref.Namespace, ref.Name, ref.UID), nil
+		return &podReplacedError{namespace: ref.Namespace, name: ref.Name, uid: string(ref.UID)}
 	case err != nil:
-		return "", err
+		return err
 	}
-	return "", nil
+	return nil
+}
+
+// podReplacedError: the request's Pod was gone when its grant was about to be written.
+type podReplacedError struct{ namespace, name, uid string }
+
+func (e *podReplacedError) Error() string {
+	return fmt.Sprintf("Pod %s/%s (uid %s) was deleted before its grant was written", e.namespace, e.name, e.uid)
 }
 
 // refuseRoleTemplate fails a request whose role template cannot give a grant (it does not
 // render, or renders a rule outside the allow-list): nothing is granted until it is fixed.
 func (c *Controller) refuseRoleTemplate(ctx context.Context, ar *v1alpha1.AccessRequest, policy string, err error) error {
+	// The grant goes before the status says there is none (PodGrants reads the status).
+	if err := c.deleteGrant(ctx, ar); err != nil {
+		return err
+	}
 	c.setCondition(ar, v1alpha1.ConditionAccessPermissionSync, metav1.ConditionFalse, v1alpha1.ReasonInvalidRoleTemplate, "policy %s: %v", policy, err)
 	c.setCondition(ar, v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonInvalidRoleTemplate, "nothing is granted: policy %s: %v", policy, err)
-	return c.deleteGrant(ctx, ar)
+	return nil
 }
 
 func (c *Controller) syncFailed(ar *v1alpha1.AccessRequest, err error) (reconcile.Result, error) {

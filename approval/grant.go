@@ -30,24 +30,31 @@ func (e *notOwnedError) Error() string {
 }
 
 // writeGrant creates or updates owner's grant name: a Role of rules, bound to subjects.
-func writeGrant(ctx context.Context, c client.Client, owner client.Object, name string, rules []rbacv1.PolicyRule, subjects []rbacv1.Subject) error {
+// beforeCreate, when not nil, runs before either object is created; its error stops the write.
+func writeGrant(ctx context.Context, c client.Client, owner client.Object, name string, rules []rbacv1.PolicyRule, subjects []rbacv1.Subject, beforeCreate func() error) error {
 	meta := metav1.ObjectMeta{Name: name, Namespace: owner.GetNamespace()}
 	role := &rbacv1.Role{ObjectMeta: meta}
-	if err := writeOwned(ctx, c, owner, role, "Role", func() { role.Rules = rules }); err != nil {
+	if err := writeOwned(ctx, c, owner, role, "Role", beforeCreate, func() { role.Rules = rules }); err != nil {
 		return err
 	}
 	rb := &rbacv1.RoleBinding{ObjectMeta: meta}
-	return writeOwned(ctx, c, owner, rb, "RoleBinding", func() {
+	return writeOwned(ctx, c, owner, rb, "RoleBinding", beforeCreate, func() {
 		rb.RoleRef = rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: name}
 		rb.Subjects = subjects
 	})
 }
 
-// writeOwned creates obj, or updates it with set if owner controls it.
-func writeOwned(ctx context.Context, c client.Client, owner, obj client.Object, kind string, set func()) error {
+// writeOwned creates obj (after beforeCreate, when not nil), or updates it with set if owner
+// controls it.
+func writeOwned(ctx context.Context, c client.Client, owner, obj client.Object, kind string, beforeCreate func() error, set func()) error {
 	_, err := controllerutil.CreateOrUpdate(ctx, c, obj, func() error {
-		if obj.GetUID() != "" && !metav1.IsControlledBy(obj, owner) {
+		switch {
+		case obj.GetUID() != "" && !metav1.IsControlledBy(obj, owner):
 			return &notOwnedError{kind: kind, namespace: obj.GetNamespace(), name: obj.GetName(), owner: owner}
+		case obj.GetUID() == "" && beforeCreate != nil:
+			if err := beforeCreate(); err != nil {
+				return err
+			}
 		}
 		set()
 		return controllerutil.SetControllerReference(owner, obj, c.Scheme())

@@ -6,7 +6,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/utils/lru"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
@@ -31,12 +30,6 @@ type PodGrants struct {
 	// grant), which a read of the watch cache as it happens to be (resourceVersion 0) may not.
 	// API servers from 1.31 serve it from their watch cache once that has caught up.
 	Live client.Reader
-	// Ours keeps, by Connector namespace and Pod UID, the Pods for which Live found no request
-	// of an earlier Pod of their name in that namespace that may hold a grant (nil: none kept). That answer does not change for the Pod: an
-	// earlier Pod was gone before this one existed, and the controller grants an earlier Pod's
-	// request only after it has recorded so and read its Pod again (recordGranting). So a Pod
-	// with a grant written by hand costs one List, not one per permission-cache miss.
-	Ours *lru.Cache
 }
 
 // OfAnotherPod tells whether a Pod-scoped grant of Connector connector that allows the Pod
@@ -53,20 +46,11 @@ func (g *PodGrants) OfAnotherPod(ctx context.Context, connector types.Namespaced
 	case !apierrors.IsNotFound(err):
 		return false, err
 	}
-	ours := connector.Namespace + "/" + podUID
-	if g.Ours != nil {
-		if _, ok := g.Ours.Get(ours); ok {
-			return false, nil
-		}
-	}
 	var live v1alpha1.AccessRequestList
 	if err := g.Live.List(ctx, &live, client.InNamespace(connector.Namespace), client.MatchingLabels(podLabels(podNamespace, podName))); err != nil {
 		return false, err
 	}
 	foreign, _ := grantOwner(live.Items, connector.Name, podNamespace, podName, podUID)
-	if !foreign && g.Ours != nil {
-		g.Ours.Add(ours, struct{}{})
-	}
 	return foreign, nil
 }
 

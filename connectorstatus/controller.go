@@ -97,14 +97,16 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		// In turns by namespace: a tenant's many Connectors, whose probes may wait on silent
 		// tools, do not hold another's status behind them. One never probed goes first within its
 		// namespace.
-		WithOptions(controller.Options{MaxConcurrentReconciles: max(r.Workers, 1), NewQueue: fairqueue.New(r.neverProbed)}).
+		WithOptions(controller.Options{MaxConcurrentReconciles: max(r.Workers, 1), NewQueue: fairqueue.New(r.placeInQueue)}).
 		Complete(r)
 }
 
-// neverProbed tells whether the Connector, as cached, has no status yet.
-func (r *Reconciler) neverProbed(req reconcile.Request) bool {
+// placeInQueue puts a Connector never probed first in its namespace's turn. Read from the cache,
+// uncopied: the work queue asks under its lock.
+func (r *Reconciler) placeInQueue(req reconcile.Request) fairqueue.Placement {
 	var c v1alpha1.Connector
-	return r.Client.Get(context.Background(), req.NamespacedName, &c) == nil && len(c.Status.Conditions) == 0
+	err := r.Client.Get(context.Background(), req.NamespacedName, &c, client.UnsafeDisableDeepCopy)
+	return fairqueue.Placement{Urgent: err == nil && len(c.Status.Conditions) == 0}
 }
 
 // classProxyChanged passes a class whose resolved proxy changed: its Connectors' proxy

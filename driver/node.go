@@ -17,7 +17,6 @@ import (
 	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/flowcontrol"
 	"k8s.io/klog/v2"
-	"k8s.io/utils/lru"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -116,7 +115,7 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 		SecretCacheSize: o.SecretCacheSize, SecretCacheBytes: o.SecretCacheBytes, RegistryTokenCacheSize: o.RegistryTokenCacheSize,
 		LeafCacheSize: o.LeafCacheSize, TransportCacheSize: o.TransportCacheSize,
 		Refusals:  &proxy.RefusalEvents{Recorder: recorder, Interval: o.RefusalEventInterval, QPS: o.RefusalEventQPS},
-		PodGrants: &approval.PodGrants{Local: informers, Live: proxyClient, Ours: lru.New(o.PermissionCacheSize)},
+		PodGrants: &approval.PodGrants{Local: informers, Live: proxyClient},
 	})
 	if err != nil {
 		return err

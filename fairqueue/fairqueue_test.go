@@ -52,7 +52,7 @@ func TestTurnsByNamespace(t *testing.T) {
 // turn from another namespace: a namespace with a flood of urgent items gets one turn in each
 // round like the rest.
 func TestUrgentFirstWithinItsNamespace(t *testing.T) {
-	urgent := func(r reconcile.Request) bool { return r.Name[0] == 'u' }
+	urgent := func(r reconcile.Request) Placement { return Placement{Urgent: r.Name[0] == 'u'} }
 	q := New(urgent)("test", workqueue.DefaultTypedControllerRateLimiter[reconcile.Request]())
 	defer q.ShutDown()
 	for _, r := range []reconcile.Request{request("busy", "a1"), request("busy", "u1"), request("busy", "u2"), request("busy", "a2"),
@@ -61,6 +61,23 @@ func TestUrgentFirstWithinItsNamespace(t *testing.T) {
 	}
 	got := drain(t, q)
 	want := []string{"busy/u1", "quiet/u4", "busy/u2", "quiet/q1", "busy/u3", "busy/a1", "busy/a2"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("given out %v, want %v", got, want)
+	}
+}
+
+// TestTurnsWithinANamespace: a shared namespace's items take turns by Within (the requests of
+// a shared Connector by their Pods' namespaces), while the namespaces themselves take turns.
+func TestTurnsWithinANamespace(t *testing.T) {
+	tenant := func(r reconcile.Request) Placement { return Placement{Within: r.Name[:1]} }
+	q := New(tenant)("test", workqueue.DefaultTypedControllerRateLimiter[reconcile.Request]())
+	defer q.ShutDown()
+	for _, r := range []reconcile.Request{request("shared", "a1"), request("shared", "a2"), request("shared", "a3"),
+		request("shared", "b1"), request("own", "c1"), request("own", "c2"), request("shared", "b2")} {
+		q.Add(r)
+	}
+	got := drain(t, q)
+	want := []string{"shared/a1", "own/c1", "shared/b1", "own/c2", "shared/a2", "shared/b2", "shared/a3"}
 	if !slices.Equal(got, want) {
 		t.Fatalf("given out %v, want %v", got, want)
 	}

@@ -10,8 +10,11 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -52,9 +55,21 @@ func TestAGrantIsRecordedBeforeItIsWritten(t *testing.T) {
 	// replace: Pods (by name) replaced by a new Pod of the name once their request records that
 	// it is being granted.
 	replace := map[string]bool{}
+	// stale: requests the controller's cache is made to lag on (it reads these copies);
+	// roleCreates: the Roles it created, by name; conflicts: its status writes refused for a stale
+	// resourceVersion, by request name.
+	stale := map[types.NamespacedName]*v1alpha1.AccessRequest{}
+	roleCreates, conflicts := map[string]int{}, map[string]int{}
+	// undeletable: grants (by name) whose deletion fails, and how often it was tried.
+	undeletable := map[string]int{}
 	grantWritten := func(ctx context.Context, obj client.Object) {
 		if _, ok := obj.(*rbacv1.Role); !ok {
 			return
+		}
+		if obj.GetUID() == "" {
+			mu.Lock()
+			roleCreates[obj.GetName()]++
+			mu.Unlock()
 		}
 		var ar v1alpha1.AccessRequest
 		reason := "the request could not be read"
@@ -86,6 +101,28 @@ func TestAGrantIsRecordedBeforeItIsWritten(t *testing.T) {
 		mu.Unlock()
 	}
 	startApprovalController(t, interceptor.Funcs{
+		Get: func(ctx context.Context, c client.WithWatch, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+			mu.Lock()
+			old, lags := stale[key]
+			mu.Unlock()
+			if ar, ok := obj.(*v1alpha1.AccessRequest); ok && lags {
+				old.DeepCopyInto(ar)
+				return nil
+			}
+			return c.Get(ctx, key, obj, opts...)
+		},
+		Delete: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.DeleteOption) error {
+			mu.Lock()
+			tries, refused := undeletable[obj.GetName()]
+			if refused {
+				undeletable[obj.GetName()] = tries + 1
+			}
+			mu.Unlock()
+			if refused {
+				return apierrors.NewServiceUnavailable("the test refuses this delete")
+			}
+			return c.Delete(ctx, obj, opts...)
+		},
 		Create: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.CreateOption) error {
 			grantWritten(ctx, obj)
 			return c.Create(ctx, obj, opts...)
@@ -96,27 +133,132 @@ func TestAGrantIsRecordedBeforeItIsWritten(t *testing.T) {
 		},
 		SubResourceUpdate: func(ctx context.Context, c client.Client, sub string, obj client.Object, opts ...client.SubResourceUpdateOption) error {
 			if err := c.SubResource(sub).Update(ctx, obj, opts...); err != nil {
+				if apierrors.IsConflict(err) {
+					mu.Lock()
+					conflicts[obj.GetName()]++
+					mu.Unlock()
+				}
 				return err
 			}
 			replaceOnGranting(ctx, obj)
 			return nil
 		},
-	})
+	}, nil)
 	requestOf := func(pod *corev1.Pod) types.NamespacedName {
 		return types.NamespacedName{Namespace: ns, Name: approval.RequestName("prod", records.Pod{Namespace: ns, Name: pod.Name, UID: string(pod.UID)})}
 	}
 
-	t.Run("the status says so before the grant exists", func(t *testing.T) {
-		approvalTask(t, ns, "release-1", "approved")
-		pod := pipelineRunPod(t, env.kubelet, ns, "release-1", "promote", attrs)
+	// grantedPod makes a Pod of an approved PipelineRun and publishes its volume.
+	grantedPod := func(t *testing.T, run string) *corev1.Pod {
+		t.Helper()
+		approvalTask(t, ns, run, "approved")
+		pod := pipelineRunPod(t, env.kubelet, ns, run, "promote", attrs)
 		if err := publishOutcome(t, env, pod); err != nil {
 			t.Fatalf("the Pod of the approved PipelineRun: %v", err)
 		}
+		return pod
+	}
+	wantRecordedFirst := func(t *testing.T, request string) {
+		t.Helper()
 		mu.Lock()
-		got, written := reasonAtGrant[requestOf(pod).Name]
+		got, written := reasonAtGrant[request]
 		mu.Unlock()
 		if !written || got != v1alpha1.ReasonGranting {
 			t.Fatalf("when the grant was written its request said AccessPermissionSync reason %q (written %v), want %q", got, written, v1alpha1.ReasonGranting)
+		}
+	}
+
+	t.Run("the status says so before the grant exists", func(t *testing.T) {
+		wantRecordedFirst(t, requestOf(grantedPod(t, "release-1")).Name)
+	})
+
+	t.Run("so it does when a pending request is approved", func(t *testing.T) {
+		approvalTask(t, ns, "release-3", "pending")
+		pod := pipelineRunPod(t, env.kubelet, ns, "release-3", "promote", attrs)
+		t.Cleanup(func() { _ = env.kubelet.Unpublish(context.Background(), pod, "connectors") })
+		// The publish makes the request and waits for it, in vain while the task is pending.
+		if err := env.kubelet.Publish(context.Background(), pod, "connectors"); status.Code(err) != codes.Unavailable {
+			t.Fatalf("publish while the ApprovalTask is pending: %v, want Unavailable", err)
+		}
+		request := &v1alpha1.AccessRequest{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: requestOf(pod).Name}}
+		conditions := func(ar *v1alpha1.AccessRequest) []metav1.Condition { return ar.Status.Conditions }
+		waitObjectCondition(t, request, conditions, v1alpha1.ConditionAccessPermissionSync, metav1.ConditionUnknown, v1alpha1.ReasonPending)
+		approvalTask(t, ns, "release-3", "approved")
+		waitObjectCondition(t, request, conditions, v1alpha1.ConditionAccessPermissionSync, metav1.ConditionTrue, v1alpha1.ReasonSynced)
+		wantRecordedFirst(t, request.Name)
+	})
+
+	t.Run("a cache that lags does not bring a revoked grant back", func(t *testing.T) {
+		pod := grantedPod(t, "release-4")
+		key := requestOf(pod)
+		var granted v1alpha1.AccessRequest
+		if err := cp.Client.Get(context.Background(), key, &granted); err != nil {
+			t.Fatal(err)
+		}
+		// The volume goes (the Pod stays): the grant is revoked.
+		if err := env.kubelet.Unpublish(context.Background(), pod, "connectors"); err != nil {
+			t.Fatal(err)
+		}
+		waitRevoked(t, key)
+		// The controller's cache still has the request as granted, before its annotation and
+		// revocation, when the request is next evaluated.
+		mu.Lock()
+		stale[key], roleCreates[key.Name], conflicts[key.Name] = &granted, 0, 0
+		mu.Unlock()
+		patch := client.RawPatch(types.MergePatchType, []byte(`{"metadata":{"labels":{"e2e-touched":"true"}}}`))
+		if err := cp.Client.Patch(context.Background(), &v1alpha1.AccessRequest{ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: key.Name}}, patch); err != nil {
+			t.Fatal(err)
+		}
+		if !kubelet.WaitUntil(20*time.Second, func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return conflicts[key.Name] > 0 || roleCreates[key.Name] > 0
+		}) {
+			t.Fatal("the controller never evaluated the stale copy (neither was a status write refused nor a Role created)")
+		}
+		mu.Lock()
+		delete(stale, key)
+		created := roleCreates[key.Name]
+		mu.Unlock()
+		if created != 0 {
+			t.Errorf("the controller created the revoked request's Role again %d times from a stale copy", created)
+		}
+		for _, obj := range []client.Object{&rbacv1.Role{}, &rbacv1.RoleBinding{}} {
+			if err := cp.Client.Get(context.Background(), key, obj); !apierrors.IsNotFound(err) {
+				t.Errorf("the %T of revoked AccessRequest %s is back: %v", obj, key, err)
+			}
+		}
+	})
+
+	t.Run("a rejection says the grant is gone only once it is", func(t *testing.T) {
+		pod := grantedPod(t, "release-5")
+		key := requestOf(pod)
+		mu.Lock()
+		undeletable[key.Name] = 0
+		mu.Unlock()
+		approvalTask(t, ns, "release-5", "rejected")
+		if !kubelet.WaitUntil(20*time.Second, func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return undeletable[key.Name] >= 2 // the first try, and one after it was requeued
+		}) {
+			t.Fatal("the controller never tried to delete the rejected request's grant")
+		}
+		var ar v1alpha1.AccessRequest
+		if err := cp.Client.Get(context.Background(), key, &ar); err != nil {
+			t.Fatal(err)
+		}
+		if got := syncReason(&ar); got != v1alpha1.ReasonSynced {
+			t.Fatalf("with its grant still there, the rejected request says AccessPermissionSync reason %q, want %q until it is deleted", got, v1alpha1.ReasonSynced)
+		}
+		mu.Lock()
+		delete(undeletable, key.Name)
+		mu.Unlock()
+		request := &v1alpha1.AccessRequest{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: key.Name}}
+		waitObjectCondition(t, request, func(ar *v1alpha1.AccessRequest) []metav1.Condition { return ar.Status.Conditions },
+			v1alpha1.ConditionAccessPermissionSync, metav1.ConditionFalse, v1alpha1.ReasonNoPermissionRequired)
+		if err := cp.Client.Get(context.Background(), key, &rbacv1.RoleBinding{}); !apierrors.IsNotFound(err) {
+			t.Fatalf("the rejected request's RoleBinding: %v, want it deleted", err)
 		}
 	})
 
@@ -151,63 +293,95 @@ func TestAGrantIsRecordedBeforeItIsWritten(t *testing.T) {
 }
 
 // TestApprovalsTakeTurnsByNamespace: the controller's four workers serve every tenant, and every
-// request of a namespace wakes on each change of a check object there: a tenant whose many
-// requests are slow to evaluate must not hold another tenant's approval behind its backlog. The
-// real controller against the real API server; its client makes the busy namespace's
-// evaluations slow (reading its Connector), as a costly policy would.
+// request of a tenant's Pods wakes on each change of a check object of their namespace: a tenant
+// whose many requests are slow to evaluate must not hold another tenant's approval behind its
+// backlog — neither when each has its own Connectors, nor when both use one shared Connector
+// (whose namespace holds both tenants' requests). The real controller against the real API
+// server; reading the busy tenant's Pods is made slow, as a costly policy would make its
+// evaluations.
 func TestApprovalsTakeTurnsByNamespace(t *testing.T) {
 	setupApproval(t)
-	busy, quiet := newNamespace(t), newNamespace(t)
+	busy, quiet, shared := newNamespace(t), newNamespace(t), newNamespace(t)
 	var mu sync.Mutex
-	var evaluated []string // the namespaces of requests, in the order of their first status
+	var evaluated []string // the Pod namespaces of requests, in the order of their first status
 	seen := map[types.NamespacedName]bool{}
 	startApprovalController(t, interceptor.Funcs{
-		Get: func(ctx context.Context, c client.WithWatch, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
-			if _, ok := obj.(*v1alpha1.Connector); ok && key.Namespace == busy {
-				time.Sleep(300 * time.Millisecond)
-			}
-			return c.Get(ctx, key, obj, opts...)
-		},
 		SubResourceUpdate: func(ctx context.Context, c client.Client, sub string, obj client.Object, opts ...client.SubResourceUpdateOption) error {
 			mu.Lock()
 			if key := client.ObjectKeyFromObject(obj); !seen[key] {
 				seen[key] = true
-				evaluated = append(evaluated, key.Namespace)
+				evaluated = append(evaluated, obj.(*v1alpha1.AccessRequest).Spec.Context.ObjectRef.Namespace)
 			}
 			mu.Unlock()
 			return c.SubResource(sub).Update(ctx, obj, opts...)
 		},
+	}, func(r client.Reader) client.Reader {
+		return slowReader{Reader: r, slow: func(key client.ObjectKey, obj client.Object) bool {
+			_, pod := obj.(*corev1.Pod)
+			return pod && key.Namespace == busy
+		}}
 	})
-	request := func(ns, name string) *v1alpha1.AccessRequest {
+	request := func(ns, podNamespace, name string) *v1alpha1.AccessRequest {
 		return &v1alpha1.AccessRequest{
 			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
 			Spec: v1alpha1.AccessRequestSpec{
-				Subject:      rbacv1.Subject{Kind: rbacv1.ServiceAccountKind, Name: "builder", Namespace: ns},
+				Subject:      rbacv1.Subject{Kind: rbacv1.ServiceAccountKind, Name: "builder", Namespace: podNamespace},
 				ConnectorRef: v1alpha1.LocalObjectRef{Name: "tool"},
 				Context: v1alpha1.AccessContext{ObjectRef: v1alpha1.ContextObjectRef{
-					APIVersion: "v1", Kind: "Pod", Name: name + "-pod", Namespace: ns, UID: types.UID(name + "-uid")}},
+					APIVersion: "v1", Kind: "Pod", Name: name + "-pod", Namespace: podNamespace, UID: types.UID(name + "-uid")}},
 			}}
 	}
 	const backlog = 40
-	for i := range backlog {
-		create(t, request(busy, fmt.Sprintf("build-%d", i)))
+	for _, tc := range []struct{ name, busyRequests, quietRequest string }{
+		{"Connectors of their own", busy, quiet},
+		{"one shared Connector", shared, shared},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mu.Lock()
+			evaluated = nil
+			mu.Unlock()
+			for i := range backlog {
+				create(t, request(tc.busyRequests, busy, fmt.Sprintf("%s-build-%d", tc.busyRequests, i)))
+			}
+			create(t, request(tc.quietRequest, quiet, tc.quietRequest+"-release"))
+			var before int
+			if !kubelet.WaitUntil(30*time.Second, func() bool {
+				mu.Lock()
+				defer mu.Unlock()
+				before = slices.Index(evaluated, quiet)
+				return before >= 0
+			}) {
+				t.Fatal("the quiet tenant's request was never evaluated")
+			}
+			// Those the four workers had begun, and a turn or two more; first come first served
+			// would have the whole backlog first.
+			if before >= backlog/2 {
+				t.Fatalf("%d of the busy tenant's %d requests were evaluated before the quiet tenant's one", before, backlog)
+			}
+			t.Logf("%d of the busy tenant's requests were evaluated before the quiet tenant's one", before)
+			// The rest of the backlog drains before the next case.
+			if !kubelet.WaitUntil(60*time.Second, func() bool {
+				mu.Lock()
+				defer mu.Unlock()
+				return len(evaluated) == backlog+1
+			}) {
+				t.Fatalf("the backlog did not drain: %d of %d requests evaluated", len(evaluated), backlog+1)
+			}
+		})
 	}
-	create(t, request(quiet, "release"))
-	var before int
-	if !kubelet.WaitUntil(30*time.Second, func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		before = slices.Index(evaluated, quiet)
-		return before >= 0
-	}) {
-		t.Fatal("the quiet namespace's request was never evaluated")
+}
+
+// slowReader makes the reads that slow picks take 300 ms longer, as a costly evaluation would.
+type slowReader struct {
+	client.Reader
+	slow func(client.ObjectKey, client.Object) bool
+}
+
+func (r slowReader) Get(ctx context.Context, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+	if r.slow(key, obj) {
+		time.Sleep(300 * time.Millisecond)
 	}
-	// Those the four workers had begun, and a turn or two more; first come first served would
-	// have the whole backlog first.
-	if before >= backlog/2 {
-		t.Fatalf("%d of the busy namespace's %d requests were evaluated before the quiet namespace's one", before, backlog)
-	}
-	t.Logf("%d of the busy namespace's requests were evaluated before the quiet namespace's one", before)
+	return r.Reader.Get(ctx, key, obj, opts...)
 }
 
 // syncReason is a request's AccessPermissionSync reason ("" before its first evaluation).
@@ -236,8 +410,9 @@ func replacePod(ctx context.Context, env *proxyEnv, ns, name string) error {
 }
 
 // startApprovalController runs the AccessRequest controller alone, as the driver's controller
-// role wires it, with its client's calls going through funcs; it stops when the test ends.
-func startApprovalController(t *testing.T, funcs interceptor.Funcs) {
+// role wires it, with its client's calls going through funcs and its uncached reads through
+// reader(the API reader) (nil: the API reader); it stops when the test ends.
+func startApprovalController(t *testing.T, funcs interceptor.Funcs, reader func(client.Reader) client.Reader) {
 	t.Helper()
 	mgr, err := ctrl.NewManager(cp.Config, ctrl.Options{
 		Scheme: cp.Client.Scheme(),
@@ -255,9 +430,13 @@ func startApprovalController(t *testing.T, funcs interceptor.Funcs) {
 		t.Fatal(err)
 	}
 	opts := testOptions()
+	uncached := mgr.GetAPIReader()
+	if reader != nil {
+		uncached = reader(uncached)
+	}
 	c := &approval.Controller{
 		Client: interceptor.NewClient(withoutWatch{mgr.GetClient()}, funcs),
-		Reader: mgr.GetAPIReader(), Cache: mgr.GetCache(), SystemNamespace: systemNS,
+		Reader: uncached, Cache: mgr.GetCache(), SystemNamespace: systemNS,
 		Retention: opts.RequestRetention, PodRecheck: opts.PodRecheck, States: states,
 	}
 	if err := c.SetupWithManager(mgr); err != nil {
