@@ -49,7 +49,9 @@ type Controller struct {
 	Client client.Client
 	// Reader reads uncached: Pods and their Tekton owners, by name (they are not watched), and
 	// a template ConfigMap that Client's cache (the system namespace only) does not have yet.
-	Reader          client.Reader
+	Reader client.Reader
+	// Cache holds the check kinds' informers, started on demand, and the grants' Roles and
+	// RoleBindings (LabelGrant; the driver's cache holds only those of them).
 	Cache           cache.Cache
 	SystemNamespace string
 	Recorder        events.EventRecorder
@@ -730,7 +732,7 @@ func (c *Controller) grant(ctx context.Context, ar *v1alpha1.AccessRequest, rctx
 		err = record()
 	}
 	if err == nil {
-		err = writeGrant(ctx, c.Client, ar, ar.Name, rules, []rbacv1.Subject{subject}, record)
+		err = writeGrant(ctx, c.Client, c.Cache, ar, ar.Name, rules, []rbacv1.Subject{subject}, record)
 	}
 	var replaced *podReplacedError
 	switch {

@@ -5,8 +5,10 @@ import (
 	"fmt"
 
 	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
@@ -29,10 +31,21 @@ func (e *notOwnedError) Error() string {
 		e.kind, e.namespace, e.name, e.owner.GetName())
 }
 
+// LabelGrant marks the Roles and RoleBindings of grants, so that the controller's cache holds
+// them and no other.
+const LabelGrant = "connectors.cpaas.io/grant"
+
 // writeGrant creates or updates owner's grant name: a Role of rules, bound to subjects.
 // beforeCreate, when not nil, runs before either object is created; its error stops the write.
-func writeGrant(ctx context.Context, c client.Client, owner client.Object, name string, rules []rbacv1.PolicyRule, subjects []rbacv1.Subject, beforeCreate func() error) error {
+// cached, when not nil, holds the labelled grants: a grant found there as it would be written
+// is not read from the API server again (each live request is evaluated now and then, and at
+// each change of a check object of its Pod's namespace). Skipping writes nothing, so a cache
+// that lags can only delay a repair to the next evaluation.
+func writeGrant(ctx context.Context, c client.Client, cached client.Reader, owner client.Object, name string, rules []rbacv1.PolicyRule, subjects []rbacv1.Subject, beforeCreate func() error) error {
 	meta := metav1.ObjectMeta{Name: name, Namespace: owner.GetNamespace()}
+	if cached != nil && grantUpToDate(ctx, cached, owner, meta, rules, subjects) {
+		return nil
+	}
 	role := &rbacv1.Role{ObjectMeta: meta}
 	if err := writeOwned(ctx, c, owner, role, "Role", beforeCreate, func() { role.Rules = rules }); err != nil {
 		return err
@@ -57,9 +70,27 @@ func writeOwned(ctx context.Context, c client.Client, owner, obj client.Object, 
 			}
 		}
 		set()
+		obj.SetLabels(labels.Merge(obj.GetLabels(), labels.Set{LabelGrant: "true"}))
 		return controllerutil.SetControllerReference(owner, obj, c.Scheme())
 	})
 	return err
+}
+
+// grantUpToDate tells whether cached has owner's grant as writeGrant would write it.
+func grantUpToDate(ctx context.Context, cached client.Reader, owner client.Object, meta metav1.ObjectMeta, rules []rbacv1.PolicyRule, subjects []rbacv1.Subject) bool {
+	key := types.NamespacedName{Namespace: meta.Namespace, Name: meta.Name}
+	var role rbacv1.Role
+	var rb rbacv1.RoleBinding
+	// Both read, whatever the first finds: each read of a kind starts its informer, which the
+	// first evaluation, not a later one, should wait for.
+	roleErr := cached.Get(ctx, key, &role, client.UnsafeDisableDeepCopy)
+	rbErr := cached.Get(ctx, key, &rb, client.UnsafeDisableDeepCopy)
+	if roleErr != nil || rbErr != nil {
+		return false
+	}
+	roleRef := rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: meta.Name}
+	return metav1.IsControlledBy(&role, owner) && metav1.IsControlledBy(&rb, owner) &&
+		equality.Semantic.DeepEqual(role.Rules, rules) && rb.RoleRef == roleRef && equality.Semantic.DeepEqual(rb.Subjects, subjects)
 }
 
 // deleteGrant deletes owner's grant name: the RoleBinding and the Role that owner controls,

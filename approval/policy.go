@@ -207,7 +207,7 @@ func (c *PolicyController) syncDefaultPermission(ctx context.Context, p *v1alpha
 	if err != nil {
 		return err
 	}
-	return writeGrant(ctx, c.Client, p, name, rules, subjects, nil)
+	return writeGrant(ctx, c.Client, nil, p, name, rules, subjects, nil)
 }
 
 // maxGrantSubjects bounds the subjects a binding template expands to: names times namespaces

@@ -147,6 +147,10 @@ func newManager(ctx context.Context, p *process) (ctrl.Manager, error) {
 				&corev1.ConfigMap{}: {Namespaces: map[string]cache.Config{o.SystemNamespace: {}}},
 				// Only the Services kept for Connectors' own hosts on the built-in proxy.
 				&corev1.Service{}: {Label: labels.SelectorFromSet(labels.Set{connectorstatus.LabelHostService: "true"})},
+				// Only the grants' Roles and RoleBindings, read by the AccessRequest controller
+				// through the cache (the client reads them live, as the scopes controller must).
+				&rbacv1.Role{}:        {Label: grantSelector},
+				&rbacv1.RoleBinding{}: {Label: grantSelector},
 			},
 		},
 		Client: client.Options{Cache: &client.CacheOptions{DisableFor: []client.Object{
@@ -165,6 +169,9 @@ func newManager(ctx context.Context, p *process) (ctrl.Manager, error) {
 	}
 	return mgr, nil
 }
+
+// grantSelector selects the Roles and RoleBindings of approvals' grants.
+var grantSelector = labels.SelectorFromSet(labels.Set{approval.LabelGrant: "true"})
 
 // webhookServer is the admission webhook's HTTPS server (nil: none, when --webhook-listen is
 // empty). Its certificate comes from --webhook-cert-dir, or else is the self-signed one the

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -310,11 +311,13 @@ func TestApprovalGatedPromotion(t *testing.T) {
 	})
 }
 
-// TestChecksAreReadFromTheInformer: every live request of a namespace is evaluated again at each
-// change of a check object there; the controller reads the check's objects from the informer it
-// started for the kind, not from the API server, so that those evaluations cost the API server
-// nothing (the controller as deployed, its requests from the audit log).
-func TestChecksAreReadFromTheInformer(t *testing.T) {
+// TestEvaluationsReadInformers: every live request of a namespace is evaluated again at each
+// change of a check object there (and every --accessrequest-pod-recheck-interval); the
+// controller reads the check's objects from the informer it started for the kind, and the
+// grant it holds from its cache of grants, not from the API server, so that those evaluations
+// cost the API server only the Pod's read and what it finds changed (the controller as
+// deployed, its requests from the audit log).
+func TestEvaluationsReadInformers(t *testing.T) {
 	setupApproval(t)
 	env := startDeployedDrivers(t, nil)
 	ns := newNamespace(t)
@@ -335,14 +338,19 @@ func TestChecksAreReadFromTheInformer(t *testing.T) {
 		approvalTask(t, ns, "release-1", "approved")
 		waitObjectCondition(t, request, conditions, v1alpha1.ConditionAccessCheckReady, metav1.ConditionTrue, v1alpha1.ReasonPassed)
 	}
-	lists, err := cp.AuditEvents(func(ev *auditv1.Event) bool {
+	reads, err := cp.AuditEvents(func(ev *auditv1.Event) bool {
 		return ev.User.Username == controlplane.ControllerUser && (ev.Verb == "list" || ev.Verb == "get") && ev.ObjectRef != nil &&
-			ev.ObjectRef.Resource == "approvaltasks" && !ev.RequestReceivedTimestamp.Time.Before(since)
+			slices.Contains([]string{"approvaltasks", "roles", "rolebindings"}, ev.ObjectRef.Resource) &&
+			!ev.RequestReceivedTimestamp.Time.Before(since)
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(lists) != 0 {
-		t.Fatalf("six evaluations of the check read ApprovalTasks from the API server %d times, want none (the informer has them)", len(lists))
+	var got []string
+	for _, ev := range reads {
+		got = append(got, ev.Verb+" "+ev.ObjectRef.Resource+" "+ev.ObjectRef.Name)
+	}
+	if len(got) != 0 {
+		t.Fatalf("six evaluations of a granted request read from the API server %q, want nothing (its informers have them)", got)
 	}
 }
