@@ -79,6 +79,14 @@ func (c *Controller) SetupWithManager(mgr ctrl.Manager) error {
 	var err error
 	c.templates = NewTemplates()
 	c.kinds = newKindChecker(c.Client)
+	// The grants' informers join the manager's start: without list and watch on Roles and
+	// RoleBindings the controller does not start (its cache never syncs, the reflector says
+	// why), rather than block a worker for good at its first grant.
+	for _, obj := range []client.Object{&rbacv1.Role{}, &rbacv1.RoleBinding{}} {
+		if _, err := c.Cache.GetInformer(context.Background(), obj); err != nil {
+			return err
+		}
+	}
 	if err := indexRequests(context.Background(), mgr.GetFieldIndexer()); err != nil {
 		return err
 	}
@@ -739,7 +747,7 @@ func (c *Controller) grant(ctx context.Context, ar *v1alpha1.AccessRequest, rctx
 	case errors.As(err, &replaced):
 		return c.revoke(ctx, ar, replaced.Error())
 	case err != nil && recordErr != nil && errors.Is(err, recordErr):
-		return reconcile.Result{}, err // nothing was written: the status read was not the stored one
+		return reconcile.Result{}, err // no grant object was created: the status read was not the stored one
 	case err != nil:
 		return c.syncFailed(ar, err)
 	}
@@ -758,9 +766,15 @@ func (c *Controller) grant(ctx context.Context, ar *v1alpha1.AccessRequest, rctx
 // still there was there before any Pod of its name that could see the request without it. The
 // write is checked against the status read (resourceVersion): one from a cache that lags fails.
 func (c *Controller) recordGranting(ctx context.Context, ar *v1alpha1.AccessRequest) error {
-	c.setCondition(ar, v1alpha1.ConditionAccessPermissionSync, metav1.ConditionUnknown, v1alpha1.ReasonGranting,
-		"writing Role and RoleBinding %s", ar.Name)
-	c.setCondition(ar, v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonGranting, "every check passed; the grant is being written")
+	// A status that already says the request may hold a grant (pending, or a write that
+	// failed) is written as it is: the write still fails on a stale resourceVersion, and,
+	// changing nothing, wakes no one (a reason changed on each try would requeue the request
+	// at once, past its backoff, while its grant cannot be written).
+	if !mayHoldGrant(ar) {
+		c.setCondition(ar, v1alpha1.ConditionAccessPermissionSync, metav1.ConditionUnknown, v1alpha1.ReasonGranting,
+			"writing Role and RoleBinding %s", ar.Name)
+		c.setCondition(ar, v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonGranting, "every check passed; the grant is being written")
+	}
 	if err := c.Client.Status().Update(ctx, ar); err != nil {
 		return err
 	}

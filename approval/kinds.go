@@ -7,6 +7,7 @@ import (
 	"time"
 
 	authorizationv1 "k8s.io/api/authorization/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/cache"
@@ -52,8 +53,13 @@ func (k *kindChecker) check(ctx context.Context, gvk schema.GroupVersionKind) er
 }
 
 func (k *kindChecker) ask(ctx context.Context, gvk schema.GroupVersionKind) error {
-	if gvk.Group == "" && gvk.Kind == "Secret" {
+	switch {
+	case gvk.Group == "" && gvk.Kind == "Secret":
 		return &refusedKind{"checks may not read Secrets"}
+	case gvk.Group == rbacv1.GroupName:
+		// The controller may list RBAC objects (it caches the grants it writes); a check may not
+		// read other tenants' grants through it.
+		return &refusedKind{"checks may not read RBAC objects"}
 	}
 	mapping, err := k.client.RESTMapper().RESTMapping(gvk.GroupKind(), gvk.Version)
 	if meta.IsNoMatchError(err) {

@@ -127,9 +127,10 @@ func startController(ctx context.Context, g *errgroup.Group, p *process, ready *
 
 // newManager makes the controller-runtime manager of the controllers: its caches keep no
 // managedFields, Secrets are never cached (the driver watches no tenant's Secrets, SPEC §4.5;
-// the CA collector's label-selected informer of the system namespace is its own), the
-// RBAC objects of grants are written, not watched, and ConfigMaps are watched in the system
-// namespace only.
+// the CA collector's label-selected informer of the system namespace is its own), Roles and
+// RoleBindings are read live by the client and cached only when labelled as grants (the
+// AccessRequest controller reads them through the cache), and ConfigMaps are watched in the
+// system namespace only.
 func newManager(ctx context.Context, p *process) (ctrl.Manager, error) {
 	o := p.o
 	hooks, err := webhookServer(ctx, p)

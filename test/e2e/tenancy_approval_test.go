@@ -387,6 +387,9 @@ func TestTenantChecksAreBounded(t *testing.T) {
 			publish: `"serviceAccountName":"builder"`, withheld: "busybox"},
 		{name: "secret", kind: v1alpha1.ObjectKindRef{APIVersion: "v1", Kind: "Secret"}, labels: map[string]string{"a": "b"},
 			policy: "Secret", publish: "Secret"},
+		// The controller lists RBAC objects to cache its grants; a check may not read them.
+		{name: "rbac", kind: v1alpha1.ObjectKindRef{APIVersion: "rbac.authorization.k8s.io/v1", Kind: "RoleBinding"}, labels: map[string]string{"a": "b"},
+			policy: "RBAC objects", publish: "RBAC objects"},
 		{name: "unlistable", kind: v1alpha1.ObjectKindRef{APIVersion: "apps/v1", Kind: "Deployment"}, labels: map[string]string{"a": "b"},
 			policy: "deployments.apps", publish: "deployments.apps"},
 	}

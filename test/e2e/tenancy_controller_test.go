@@ -62,6 +62,9 @@ func TestAGrantIsRecordedBeforeItIsWritten(t *testing.T) {
 	roleCreates, conflicts := map[string]int{}, map[string]int{}
 	// undeletable: grants (by name) whose deletion fails, and how often it was tried.
 	undeletable := map[string]int{}
+	// statusWrites: the AccessPermissionSync reasons of each request's status writes that the
+	// API server took, in order.
+	statusWrites := map[string][]string{}
 	grantWritten := func(ctx context.Context, obj client.Object) {
 		if _, ok := obj.(*rbacv1.Role); !ok {
 			return
@@ -82,9 +85,12 @@ func TestAGrantIsRecordedBeforeItIsWritten(t *testing.T) {
 			reasonAtGrant[obj.GetName()] = reason
 		}
 	}
-	replaceOnGranting := func(ctx context.Context, obj client.Object) {
+	// replaceOnRecord replaces a due Pod when its request's status is written with every check
+	// passed and no grant yet: the write the controller makes just before granting.
+	replaceOnRecord := func(ctx context.Context, obj client.Object) {
 		ar, ok := obj.(*v1alpha1.AccessRequest)
-		if !ok || syncReason(ar) != v1alpha1.ReasonGranting {
+		if !ok || syncReason(ar) == v1alpha1.ReasonSynced ||
+			!meta.IsStatusConditionTrue(ar.Status.Conditions, v1alpha1.ConditionAccessCheckReady) {
 			return
 		}
 		ref := ar.Spec.Context.ObjectRef
@@ -132,7 +138,13 @@ func TestAGrantIsRecordedBeforeItIsWritten(t *testing.T) {
 			return c.Update(ctx, obj, opts...)
 		},
 		SubResourceUpdate: func(ctx context.Context, c client.Client, sub string, obj client.Object, opts ...client.SubResourceUpdateOption) error {
-			if err := c.SubResource(sub).Update(ctx, obj, opts...); err != nil {
+			err := c.SubResource(sub).Update(ctx, obj, opts...)
+			if ar, ok := obj.(*v1alpha1.AccessRequest); ok && err == nil {
+				mu.Lock()
+				statusWrites[ar.Name] = append(statusWrites[ar.Name], syncReason(ar))
+				mu.Unlock()
+			}
+			if err != nil {
 				if apierrors.IsConflict(err) {
 					mu.Lock()
 					conflicts[obj.GetName()]++
@@ -140,7 +152,7 @@ func TestAGrantIsRecordedBeforeItIsWritten(t *testing.T) {
 				}
 				return err
 			}
-			replaceOnGranting(ctx, obj)
+			replaceOnRecord(ctx, obj)
 			return nil
 		},
 	}, nil)
@@ -168,11 +180,35 @@ func TestAGrantIsRecordedBeforeItIsWritten(t *testing.T) {
 		}
 	}
 
+	// wantNoGrantForTheReplaced: the request, whose Pod was replaced as it was about to be
+	// granted, is revoked, saying why, and was never granted.
+	wantNoGrantForTheReplaced := func(t *testing.T, key types.NamespacedName) {
+		t.Helper()
+		waitRevoked(t, key)
+		mu.Lock()
+		defer mu.Unlock()
+		if err := errors.Join(failures...); err != nil || len(failures) != 1 {
+			t.Fatalf("the Pod was replaced %d times (want once): %v", len(failures), err)
+		}
+		failures = nil
+		if reason, written := reasonAtGrant[key.Name]; written {
+			t.Fatalf("a grant was written for the replaced Pod (its request said %q then)", reason)
+		}
+		var ar v1alpha1.AccessRequest
+		if err := cp.Client.Get(context.Background(), key, &ar); err != nil {
+			t.Fatal(err)
+		}
+		want := "was deleted before its grant was written"
+		if ready := meta.FindStatusCondition(ar.Status.Conditions, v1alpha1.ConditionReady); ready == nil || !strings.Contains(ready.Message, want) {
+			t.Fatalf("the revoked request's Ready: %+v, want a message saying %q", ready, want)
+		}
+	}
+
 	t.Run("the status says so before the grant exists", func(t *testing.T) {
 		wantRecordedFirst(t, requestOf(grantedPod(t, "release-1")).Name)
 	})
 
-	t.Run("so it does when a pending request is approved", func(t *testing.T) {
+	t.Run("a pending request approved after its Pod was replaced gets no grant", func(t *testing.T) {
 		approvalTask(t, ns, "release-3", "pending")
 		pod := pipelineRunPod(t, env.kubelet, ns, "release-3", "promote", attrs)
 		t.Cleanup(func() { _ = env.kubelet.Unpublish(context.Background(), pod, "connectors") })
@@ -180,12 +216,15 @@ func TestAGrantIsRecordedBeforeItIsWritten(t *testing.T) {
 		if err := env.kubelet.Publish(context.Background(), pod, "connectors"); status.Code(err) != codes.Unavailable {
 			t.Fatalf("publish while the ApprovalTask is pending: %v, want Unavailable", err)
 		}
-		request := &v1alpha1.AccessRequest{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: requestOf(pod).Name}}
-		conditions := func(ar *v1alpha1.AccessRequest) []metav1.Condition { return ar.Status.Conditions }
-		waitObjectCondition(t, request, conditions, v1alpha1.ConditionAccessPermissionSync, metav1.ConditionUnknown, v1alpha1.ReasonPending)
+		key := requestOf(pod)
+		request := &v1alpha1.AccessRequest{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: key.Name}}
+		waitObjectCondition(t, request, func(ar *v1alpha1.AccessRequest) []metav1.Condition { return ar.Status.Conditions },
+			v1alpha1.ConditionAccessPermissionSync, metav1.ConditionUnknown, v1alpha1.ReasonPending)
+		mu.Lock()
+		replace[pod.Name] = true
+		mu.Unlock()
 		approvalTask(t, ns, "release-3", "approved")
-		waitObjectCondition(t, request, conditions, v1alpha1.ConditionAccessPermissionSync, metav1.ConditionTrue, v1alpha1.ReasonSynced)
-		wantRecordedFirst(t, request.Name)
+		wantNoGrantForTheReplaced(t, key)
 	})
 
 	t.Run("a cache that lags does not bring a revoked grant back", func(t *testing.T) {
@@ -262,6 +301,32 @@ func TestAGrantIsRecordedBeforeItIsWritten(t *testing.T) {
 		}
 	})
 
+	t.Run("a grant that cannot be written is tried again at the backoff's pace", func(t *testing.T) {
+		approvalTask(t, ns, "release-6", "approved")
+		pod := pipelineRunPod(t, env.kubelet, ns, "release-6", "promote", attrs)
+		key := requestOf(pod)
+		// An administrator's Role of the request's name: never written over (SyncFailed).
+		create(t, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: key.Name}})
+		t.Cleanup(func() { _ = env.kubelet.Unpublish(context.Background(), pod, "connectors") })
+		go func() { _ = env.kubelet.Publish(context.Background(), pod, "connectors") }()
+		var writes []string
+		if !kubelet.WaitUntil(20*time.Second, func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			writes = slices.Clone(statusWrites[key.Name])
+			failed := slices.Index(writes, v1alpha1.ReasonSyncFailed)
+			return failed >= 0 && len(writes)-failed > 3 // tried again, three times
+		}) {
+			t.Fatalf("the request's grant was not tried again after it failed: status writes %q", writes)
+		}
+		// Each try writes the status it read (checked against its resourceVersion, changing
+		// nothing); one that said Granting would change it, and each change would requeue
+		// the request at once, past its backoff.
+		if after := writes[slices.Index(writes, v1alpha1.ReasonSyncFailed):]; slices.Contains(after, v1alpha1.ReasonGranting) {
+			t.Fatalf("a request whose grant cannot be written went back to Granting: status writes %q", writes)
+		}
+	})
+
 	t.Run("a Pod replaced while its checks were read gets no grant", func(t *testing.T) {
 		approvalTask(t, ns, "release-2", "approved")
 		pod := pipelineRunPod(t, env.kubelet, ns, "release-2", "promote", attrs)
@@ -271,24 +336,7 @@ func TestAGrantIsRecordedBeforeItIsWritten(t *testing.T) {
 		// The publish creates the request and waits for it; it is refused or times out, which
 		// is not what this looks at.
 		_ = publishOutcome(t, env, pod)
-		key := requestOf(pod)
-		waitRevoked(t, key)
-		mu.Lock()
-		defer mu.Unlock()
-		if err := errors.Join(failures...); err != nil || len(failures) != 1 {
-			t.Fatalf("the Pod was replaced %d times (want once): %v", len(failures), err)
-		}
-		if reason, written := reasonAtGrant[key.Name]; written {
-			t.Fatalf("a grant was written for the replaced Pod (its request said %q then)", reason)
-		}
-		var ar v1alpha1.AccessRequest
-		if err := cp.Client.Get(context.Background(), key, &ar); err != nil {
-			t.Fatal(err)
-		}
-		want := "was deleted before its grant was written"
-		if ready := meta.FindStatusCondition(ar.Status.Conditions, v1alpha1.ConditionReady); ready == nil || !strings.Contains(ready.Message, want) {
-			t.Fatalf("the revoked request's Ready: %+v, want a message saying %q", ready, want)
-		}
+		wantNoGrantForTheReplaced(t, requestOf(pod))
 	})
 }
 
@@ -307,10 +355,13 @@ func TestApprovalsTakeTurnsByNamespace(t *testing.T) {
 	seen := map[types.NamespacedName]bool{}
 	startApprovalController(t, interceptor.Funcs{
 		SubResourceUpdate: func(ctx context.Context, c client.Client, sub string, obj client.Object, opts ...client.SubResourceUpdateOption) error {
+			// Only this test's requests: the controller serves the whole cluster, other tests'
+			// requests too.
+			podNamespace := obj.(*v1alpha1.AccessRequest).Spec.Context.ObjectRef.Namespace
 			mu.Lock()
-			if key := client.ObjectKeyFromObject(obj); !seen[key] {
+			if key := client.ObjectKeyFromObject(obj); !seen[key] && (podNamespace == busy || podNamespace == quiet) {
 				seen[key] = true
-				evaluated = append(evaluated, obj.(*v1alpha1.AccessRequest).Spec.Context.ObjectRef.Namespace)
+				evaluated = append(evaluated, podNamespace)
 			}
 			mu.Unlock()
 			return c.SubResource(sub).Update(ctx, obj, opts...)
