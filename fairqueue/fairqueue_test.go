@@ -28,20 +28,26 @@ func drain(t *testing.T, q workqueue.TypedRateLimitingInterface[reconcile.Reques
 	return out
 }
 
+// givenOut adds items, in order, to a queue placing them with place, and names them in the
+// order the queue gives them out.
+func givenOut(t *testing.T, place func(reconcile.Request) Placement, items ...reconcile.Request) []string {
+	t.Helper()
+	q := New(place)("test", workqueue.DefaultTypedControllerRateLimiter[reconcile.Request]())
+	defer q.ShutDown()
+	for _, r := range items {
+		q.Add(r)
+	}
+	return drain(t, q)
+}
+
 // TestTurnsByNamespace: a namespace with a backlog and namespaces with one item each: each gets
 // a turn in the order it came, then the backlog goes on; within a namespace first come first
 // served; an item added again while it waits keeps its place.
 func TestTurnsByNamespace(t *testing.T) {
-	q := New(nil)("test", workqueue.DefaultTypedControllerRateLimiter[reconcile.Request]())
-	defer q.ShutDown()
-	for _, name := range []string{"a1", "a2", "a3", "a4"} {
-		q.Add(request("busy", name))
-	}
-	q.Add(request("quiet", "q1"))
-	q.Add(request("busy", "a1")) // again, while it waits
-	q.Add(request("other", "o1"))
-	q.Add(request("quiet", "q2"))
-	got := drain(t, q)
+	got := givenOut(t, nil, request("busy", "a1"), request("busy", "a2"), request("busy", "a3"), request("busy", "a4"),
+		request("quiet", "q1"),
+		request("busy", "a1"), // again, while it waits
+		request("other", "o1"), request("quiet", "q2"))
 	want := []string{"busy/a1", "quiet/q1", "other/o1", "busy/a2", "quiet/q2", "busy/a3", "busy/a4"}
 	if !slices.Equal(got, want) {
 		t.Fatalf("given out %v, want %v", got, want)
@@ -53,13 +59,8 @@ func TestTurnsByNamespace(t *testing.T) {
 // round like the rest.
 func TestUrgentFirstWithinItsNamespace(t *testing.T) {
 	urgent := func(r reconcile.Request) Placement { return Placement{Urgent: r.Name[0] == 'u'} }
-	q := New(urgent)("test", workqueue.DefaultTypedControllerRateLimiter[reconcile.Request]())
-	defer q.ShutDown()
-	for _, r := range []reconcile.Request{request("busy", "a1"), request("busy", "u1"), request("busy", "u2"), request("busy", "a2"),
-		request("quiet", "q1"), request("busy", "u3"), request("quiet", "u4")} {
-		q.Add(r)
-	}
-	got := drain(t, q)
+	got := givenOut(t, urgent, request("busy", "a1"), request("busy", "u1"), request("busy", "u2"), request("busy", "a2"),
+		request("quiet", "q1"), request("busy", "u3"), request("quiet", "u4"))
 	want := []string{"busy/u1", "quiet/u4", "busy/u2", "quiet/q1", "busy/u3", "busy/a1", "busy/a2"}
 	if !slices.Equal(got, want) {
 		t.Fatalf("given out %v, want %v", got, want)
@@ -70,13 +71,8 @@ func TestUrgentFirstWithinItsNamespace(t *testing.T) {
 // a shared Connector by their Pods' namespaces), while the namespaces themselves take turns.
 func TestTurnsWithinANamespace(t *testing.T) {
 	tenant := func(r reconcile.Request) Placement { return Placement{Within: r.Name[:1]} }
-	q := New(tenant)("test", workqueue.DefaultTypedControllerRateLimiter[reconcile.Request]())
-	defer q.ShutDown()
-	for _, r := range []reconcile.Request{request("shared", "a1"), request("shared", "a2"), request("shared", "a3"),
-		request("shared", "b1"), request("own", "c1"), request("own", "c2"), request("shared", "b2")} {
-		q.Add(r)
-	}
-	got := drain(t, q)
+	got := givenOut(t, tenant, request("shared", "a1"), request("shared", "a2"), request("shared", "a3"),
+		request("shared", "b1"), request("own", "c1"), request("own", "c2"), request("shared", "b2"))
 	want := []string{"shared/a1", "own/c1", "shared/b1", "own/c2", "shared/a2", "shared/b2", "shared/a3"}
 	if !slices.Equal(got, want) {
 		t.Fatalf("given out %v, want %v", got, want)
