@@ -12,6 +12,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 )
 
 // A grant is a Role and a RoleBinding of one name, in its owner's namespace, that the owner
@@ -114,4 +116,11 @@ func deleteGrant(ctx context.Context, c client.Client, owner client.Object, name
 		}
 	}
 	return nil
+}
+
+// IsRequestGrant tells whether obj, a labelled Role or RoleBinding, may be an AccessRequest's
+// grant: controlled by an AccessRequest of its own name. The controller's cache keeps only these
+// whole (the label is anyone's who may create Roles to set).
+func IsRequestGrant(obj metav1.Object) bool {
+	return v1alpha1.ControlledBy(obj, "AccessRequest", obj.GetName())
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/url"
 	"strconv"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -26,6 +27,14 @@ const (
 	ReasonInvalidName      = "InvalidServiceName"
 	ReasonServiceNameTaken = "ServiceNameTaken"
 )
+
+// IsHostService tells whether obj, a labelled Service, may be one this controller keeps:
+// controlled by the Connector its name gives (c-<name>). The controller's cache keeps only
+// these whole (the label is anyone's who may create Services to set).
+func IsHostService(obj metav1.Object) bool {
+	connector, ok := strings.CutPrefix(obj.GetName(), v1alpha1.HostServicePrefix)
+	return ok && v1alpha1.ControlledBy(obj, "Connector", connector)
+}
 
 // hostServiceError is why a Connector's own host could not be given; Reason is
 // ProxyServiceReady's.

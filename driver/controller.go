@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"net/http"
+	"reflect"
 	"sync/atomic"
 
 	"golang.org/x/sync/errgroup"
@@ -13,6 +14,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -129,8 +131,9 @@ func startController(ctx context.Context, g *errgroup.Group, p *process, ready *
 // managedFields, Secrets are never cached (the driver watches no tenant's Secrets, SPEC §4.5;
 // the CA collector's label-selected informer of the system namespace is its own), Roles and
 // RoleBindings are read live by the client and cached only when labelled as grants (the
-// AccessRequest controller reads them through the cache), and ConfigMaps are watched in the
-// system namespace only.
+// AccessRequest controller reads them through the cache), labelled objects that are not the
+// controller's are cached as stubs (wholeOnlyIf), and ConfigMaps are watched in the system
+// namespace only.
 func newManager(ctx context.Context, p *process) (ctrl.Manager, error) {
 	o := p.o
 	hooks, err := webhookServer(ctx, p)
@@ -141,19 +144,7 @@ func newManager(ctx context.Context, p *process) (ctrl.Manager, error) {
 		WebhookServer: hooks,
 		Scheme:        p.scheme,
 		Logger:        klog.FromContext(ctx),
-		Cache: cache.Options{
-			DefaultTransform: cache.TransformStripManagedFields(),
-			// Role and check templates, read at every evaluation, from the system namespace only.
-			ByObject: map[client.Object]cache.ByObject{
-				&corev1.ConfigMap{}: {Namespaces: map[string]cache.Config{o.SystemNamespace: {}}},
-				// Only the Services kept for Connectors' own hosts on the built-in proxy.
-				&corev1.Service{}: {Label: labels.SelectorFromSet(labels.Set{connectorstatus.LabelHostService: "true"})},
-				// Only the grants' Roles and RoleBindings, read by the AccessRequest controller
-				// through the cache (the client reads them live, as the scopes controller must).
-				&rbacv1.Role{}:        {Label: grantSelector},
-				&rbacv1.RoleBinding{}: {Label: grantSelector},
-			},
-		},
+		Cache:         cacheOptions(o.SystemNamespace),
 		Client: client.Options{Cache: &client.CacheOptions{DisableFor: []client.Object{
 			&corev1.Secret{}, &rbacv1.Role{}, &rbacv1.RoleBinding{}}}},
 		Metrics:                       metricsserver.Options{BindAddress: "0"}, // served on --metrics-listen
@@ -171,8 +162,52 @@ func newManager(ctx context.Context, p *process) (ctrl.Manager, error) {
 	return mgr, nil
 }
 
+// cacheOptions are the controllers' cache's: see newManager.
+func cacheOptions(systemNamespace string) cache.Options {
+	return cache.Options{
+		DefaultTransform: cache.TransformStripManagedFields(),
+		// Role and check templates, read at every evaluation, from the system namespace only.
+		ByObject: map[client.Object]cache.ByObject{
+			&corev1.ConfigMap{}: {Namespaces: map[string]cache.Config{systemNamespace: {}}},
+			// Only the Services kept for Connectors' own hosts on the built-in proxy.
+			&corev1.Service{}: {Label: labels.SelectorFromSet(labels.Set{connectorstatus.LabelHostService: "true"}),
+				Transform: wholeOnlyIf(connectorstatus.IsHostService)},
+			// Only the grants' Roles and RoleBindings, read by the AccessRequest controller
+			// through the cache (the client reads them live, as the scopes controller must).
+			&rbacv1.Role{}:        {Label: grantSelector, Transform: wholeOnlyIf(approval.IsRequestGrant)},
+			&rbacv1.RoleBinding{}: {Label: grantSelector, Transform: wholeOnlyIf(approval.IsRequestGrant)},
+		},
+	}
+}
+
 // grantSelector selects the Roles and RoleBindings of approvals' grants.
 var grantSelector = labels.SelectorFromSet(labels.Set{approval.LabelGrant: "true"})
+
+// wholeOnlyIf is the cache's transform for a kind selected by a label that tenants may set too
+// (Roles, RoleBindings and Services of their own namespaces): an object whole tells may be one
+// of the controller's is kept as it is (less its managed fields); any other is kept as a stub of
+// its name, namespace, UID and resourceVersion, which reads as "exists, not ours". So labelled
+// objects of a tenant's cost the controller a few hundred bytes each, not up to the API server's
+// object size (1.5 MiB of rules or annotations). The stub is a new object of obj's type rather
+// than obj cleared field by field, so that a field added to the type is dropped too.
+func wholeOnlyIf(whole func(metav1.Object) bool) toolscache.TransformFunc {
+	return func(in any) (any, error) {
+		obj, ok := in.(client.Object)
+		if !ok {
+			return in, nil
+		}
+		if whole(obj) {
+			obj.SetManagedFields(nil)
+			return obj, nil
+		}
+		stub := reflect.New(reflect.TypeOf(obj).Elem()).Interface().(client.Object)
+		stub.SetName(obj.GetName())
+		stub.SetNamespace(obj.GetNamespace())
+		stub.SetUID(obj.GetUID())
+		stub.SetResourceVersion(obj.GetResourceVersion())
+		return stub, nil
+	}
+}
 
 // webhookServer is the admission webhook's HTTPS server (nil: none, when --webhook-listen is
 // empty). Its certificate comes from --webhook-cert-dir, or else is the self-signed one the

@@ -1,0 +1,165 @@
+package driver
+
+import (
+	"context"
+	"maps"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/approval"
+	"github.com/kube-connectors/connectors-csi/connectorstatus"
+	"github.com/kube-connectors/connectors-csi/test/controlplane"
+)
+
+// TestControllerCacheKeepsOnlyItsOwnWhole: the labels that select the controller's cache of
+// Roles, RoleBindings and Services are anyone's who may create those to set. Through a real API
+// server and the controller's cache options, an object is kept whole only when it may be the
+// controller's (an AccessRequest's grant, named as the request; a Connector's host Service,
+// c-<name>); a tenant's labelled objects, padded with rules and annotations or claiming an owner
+// under another name or API group, are kept as stubs that say only that they exist.
+func TestControllerCacheKeepsOnlyItsOwnWhole(t *testing.T) {
+	cp, err := controlplane.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cp.Stop() })
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	const ns = "tenant"
+	if err := cp.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
+		t.Fatal(err)
+	}
+
+	names := make([]string, 2000)
+	for i := range names {
+		names[i] = strings.Repeat("n", 40)
+	}
+	rules := []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"configmaps"}, Verbs: []string{"get"}, ResourceNames: names}}
+	subjects := []rbacv1.Subject{{Kind: "ServiceAccount", Name: "default", Namespace: ns}}
+	roleRef := func(name string) rbacv1.RoleRef {
+		return rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: name}
+	}
+	grant, host := map[string]string{approval.LabelGrant: "true"}, map[string]string{connectorstatus.LabelHostService: "true"}
+	padding := map[string]string{"padding": strings.Repeat("x", 200<<10)}
+	meta := func(name string, labels map[string]string, owner *metav1.OwnerReference) metav1.ObjectMeta {
+		m := metav1.ObjectMeta{Name: name, Namespace: ns, Labels: labels, Annotations: padding}
+		if owner != nil {
+			m.OwnerReferences = []metav1.OwnerReference{*owner}
+		}
+		return m
+	}
+	owner := func(apiVersion, kind, name string) *metav1.OwnerReference {
+		return &metav1.OwnerReference{APIVersion: apiVersion, Kind: kind, Name: name, UID: types.UID("uid-" + name), Controller: ptr.To(true)}
+	}
+	request := func(name string) *metav1.OwnerReference {
+		return owner(v1alpha1.GroupVersion.String(), "AccessRequest", name)
+	}
+	service := func(m metav1.ObjectMeta) *corev1.Service {
+		return &corev1.Service{ObjectMeta: m, Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeExternalName, ExternalName: "proxy.example"}}
+	}
+	cases := []struct {
+		obj   client.Object
+		whole bool
+	}{
+		{&rbacv1.Role{ObjectMeta: meta("req-1", grant, request("req-1")), Rules: rules}, true},
+		{&rbacv1.RoleBinding{ObjectMeta: meta("req-1", grant, request("req-1")), RoleRef: roleRef("req-1"), Subjects: subjects}, true},
+		{&rbacv1.Role{ObjectMeta: meta("padded", grant, nil), Rules: rules}, false},
+		{&rbacv1.Role{ObjectMeta: meta("claims-req-1", grant, request("req-1")), Rules: rules}, false},
+		{&rbacv1.Role{ObjectMeta: meta("another-group", grant, owner("example.com/v1", "AccessRequest", "another-group")), Rules: rules}, false},
+		{&rbacv1.RoleBinding{ObjectMeta: meta("policy", grant, owner(v1alpha1.GroupVersion.String(), "AccessPolicy", "policy")), RoleRef: roleRef("policy"), Subjects: subjects}, false},
+		{service(meta("c-git", host, owner(v1alpha1.GroupVersion.String(), "Connector", "git"))), true},
+		{service(meta("c-other", host, owner(v1alpha1.GroupVersion.String(), "Connector", "git"))), false},
+		{service(meta("padded", host, nil)), false},
+	}
+	for _, c := range cases {
+		if err := cp.Client.Create(ctx, c.obj); err != nil {
+			t.Fatalf("create %T %s: %v", c.obj, c.obj.GetName(), err)
+		}
+	}
+	unlabelled := &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "unlabelled", Namespace: ns}, Rules: rules}
+	if err := cp.Client.Create(ctx, unlabelled); err != nil {
+		t.Fatal(err)
+	}
+
+	opts := cacheOptions("connectors-system")
+	opts.Scheme = cp.Client.Scheme()
+	objects, err := cache.New(cp.Config, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = objects.Start(ctx) }()
+	for _, kind := range []client.Object{&rbacv1.Role{}, &rbacv1.RoleBinding{}, &corev1.Service{}} {
+		if _, err := objects.GetInformer(ctx, kind); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !objects.WaitForCacheSync(ctx) {
+		t.Fatal("the cache did not sync")
+	}
+
+	for _, c := range cases {
+		got := c.obj.DeepCopyObject().(client.Object)
+		if err := objects.Get(ctx, client.ObjectKeyFromObject(c.obj), got); err != nil {
+			t.Fatalf("%T %s not in the cache: %v", c.obj, c.obj.GetName(), err)
+		}
+		if got.GetUID() != c.obj.GetUID() || got.GetResourceVersion() != c.obj.GetResourceVersion() {
+			t.Errorf("%T %s: cached as UID %s at %s, is %s at %s", c.obj, c.obj.GetName(), got.GetUID(), got.GetResourceVersion(), c.obj.GetUID(), c.obj.GetResourceVersion())
+		}
+		if c.whole {
+			if len(got.GetManagedFields()) != 0 || !sameContent(got, c.obj) {
+				t.Errorf("%T %s may be the controller's and was not kept whole (less managed fields)", c.obj, c.obj.GetName())
+			}
+			continue
+		}
+		if got.GetLabels() != nil || got.GetAnnotations() != nil || got.GetOwnerReferences() != nil || len(got.GetManagedFields()) != 0 || !isStub(got) {
+			t.Errorf("%T %s is not the controller's and was kept with more than its name (%d labels, %d annotations, %d owners)",
+				c.obj, c.obj.GetName(), len(got.GetLabels()), len(got.GetAnnotations()), len(got.GetOwnerReferences()))
+		}
+	}
+	err = objects.Get(ctx, client.ObjectKeyFromObject(unlabelled), &rbacv1.Role{})
+	if !apierrors.IsNotFound(err) {
+		t.Errorf("an unlabelled Role: %v, want not found", err)
+	}
+}
+
+// sameContent tells whether got has want's labels, annotations, owners and content.
+func sameContent(got, want client.Object) bool {
+	if !maps.Equal(got.GetLabels(), want.GetLabels()) || !maps.Equal(got.GetAnnotations(), want.GetAnnotations()) ||
+		len(got.GetOwnerReferences()) != len(want.GetOwnerReferences()) {
+		return false
+	}
+	switch g := got.(type) {
+	case *rbacv1.Role:
+		return len(g.Rules) == 1 && len(g.Rules[0].ResourceNames) == len(want.(*rbacv1.Role).Rules[0].ResourceNames)
+	case *rbacv1.RoleBinding:
+		w := want.(*rbacv1.RoleBinding)
+		return g.RoleRef == w.RoleRef && len(g.Subjects) == len(w.Subjects)
+	case *corev1.Service:
+		return g.Spec.ExternalName == want.(*corev1.Service).Spec.ExternalName
+	}
+	return false
+}
+
+// isStub tells whether obj keeps no content of its kind.
+func isStub(obj client.Object) bool {
+	switch o := obj.(type) {
+	case *rbacv1.Role:
+		return o.Rules == nil
+	case *rbacv1.RoleBinding:
+		return o.Subjects == nil && o.RoleRef == rbacv1.RoleRef{}
+	case *corev1.Service:
+		return o.Spec.ExternalName == "" && o.Spec.Type == ""
+	}
+	return false
+}
