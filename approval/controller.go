@@ -72,6 +72,7 @@ type Controller struct {
 	kinds     *kindChecker
 	ctrl      controller.Controller
 	watched   sync.Map // schema.GroupVersionKind → struct{}
+	reads     checkReads
 }
 
 // SetupWithManager registers the controller.
@@ -101,8 +102,8 @@ func (c *Controller) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&v1alpha1.Connector{}, handler.EnqueueRequestsFromMapFunc(c.requestsOfConnector)).
 		Watches(&v1alpha1.AccessPolicy{}, handler.EnqueueRequestsFromMapFunc(c.requestsInNamespace)).
 		// In turns by namespace, and within a Connector's namespace by the Pods' (tenants sharing
-		// a Connector): one tenant's backlog (every request of its Pods wakes on each change of
-		// a check object of their namespace) does not hold another's approval behind it.
+		// a Connector): one tenant's backlog (many requests, or requests slow to evaluate) does
+		// not hold another's approval behind it.
 		WithOptions(controller.Options{MaxConcurrentReconciles: 4, NewQueue: fairqueue.New(c.placeInQueue)}).
 		Build(c)
 	return err
@@ -199,8 +200,11 @@ func (c *Controller) requestsOfEarlierPods(ctx context.Context, o client.Object)
 	return out
 }
 
-// requestsOfCheckObject wakes the live requests of Pods in a check object's namespace; revoked
-// ones are done and stay asleep, so a busy namespace's history does not slow an approval.
+// requestsOfCheckObject wakes the live requests of Pods in a check object's namespace whose
+// checks select it (see checkReads); revoked ones are done and stay asleep, so a busy
+// namespace's history does not slow an approval. An update calls it with the object as it was
+// and as it is: a request whose check selected the object before a change of its labels wakes
+// too.
 func (c *Controller) requestsOfCheckObject(ctx context.Context, o client.Object) []reconcile.Request {
 	var list v1alpha1.AccessRequestList
 	if err := c.Client.List(ctx, &list, client.MatchingFields{indexPodNamespace: o.GetNamespace()}); err != nil {
@@ -209,10 +213,11 @@ func (c *Controller) requestsOfCheckObject(ctx context.Context, o client.Object)
 	var out []reconcile.Request
 	for i := range list.Items {
 		ar := &list.Items[i]
-		if revoked(ar) {
+		key := types.NamespacedName{Namespace: ar.Namespace, Name: ar.Name}
+		if revoked(ar) || !c.reads.wakes(key, o) {
 			continue
 		}
-		out = append(out, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: ar.Namespace, Name: ar.Name}})
+		out = append(out, reconcile.Request{NamespacedName: key})
 	}
 	return out
 }
@@ -243,6 +248,9 @@ func (c *Controller) watchKind(ctx context.Context, gvk schema.GroupVersionKind)
 
 // Reconcile evaluates one AccessRequest.
 func (c *Controller) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
+	// Any change of a check object of its Pod's namespace wakes the request until this
+	// evaluation has read its checks (see checkReads).
+	c.reads.forget(req.NamespacedName)
 	var cached v1alpha1.AccessRequest
 	if err := c.Client.Get(ctx, req.NamespacedName, &cached); err != nil {
 		return reconcile.Result{}, client.IgnoreNotFound(err)
@@ -331,7 +339,10 @@ func (c *Controller) evaluate(ctx context.Context, ar *v1alpha1.AccessRequest) (
 	if err != nil {
 		return reconcile.Result{}, err
 	}
-	outcome, msg := c.evaluateChecks(ctx, ar, rctx)
+	outcome, msg, reads := c.evaluateChecks(ctx, ar, rctx)
+	if reads != nil {
+		c.reads.remember(types.NamespacedName{Namespace: ar.Namespace, Name: ar.Name}, reads)
+	}
 	observeDecision(ar, outcome)
 	var result reconcile.Result
 	switch outcome {
@@ -473,8 +484,9 @@ func (c *Controller) requestContext(ctx context.Context, pod *corev1.Pod, connec
 
 // evaluateChecks reads every check of every snapshotted policy. The outcome is Failed (a check
 // cannot be evaluated), Rejected (any object rejected), Pending, or Passed (all passed), with a
-// message that names what it waits for or what decided.
-func (c *Controller) evaluateChecks(ctx context.Context, ar *v1alpha1.AccessRequest, rctx map[string]any) (string, string) {
+// message that names what it waits for or what decided, and what the checks read when every
+// one got as far as reading its objects (nil otherwise).
+func (c *Controller) evaluateChecks(ctx context.Context, ar *v1alpha1.AccessRequest, rctx map[string]any) (string, string, []checkRead) {
 	rank := map[string]int{v1alpha1.ReasonPassed: 0, v1alpha1.ReasonPending: 1, outcomeRetry: 2, v1alpha1.ReasonRejected: 3, v1alpha1.ReasonFailed: 4}
 	outcome, msgs := v1alpha1.ReasonPassed, []string{}
 	if c.EvaluationBudget > 0 {
@@ -482,11 +494,13 @@ func (c *Controller) evaluateChecks(ctx context.Context, ar *v1alpha1.AccessRequ
 		ctx, cancel = context.WithTimeout(ctx, c.EvaluationBudget)
 		defer cancel()
 	}
+	reads, checks := []checkRead{}, 0
 	for i := range ar.Status.Policies {
 		p := &ar.Status.Policies[i]
 		p.MatchedChecks = nil
 		for _, check := range p.PolicySpec.CheckGrantedPermission.Spec.Checks {
-			mc, result := c.evaluateCheck(ctx, ar, check, rctx)
+			checks++
+			mc, result := c.evaluateCheck(ctx, ar, check, rctx, &reads)
 			mc = withAlaudaFields(mc)
 			p.MatchedChecks = append(p.MatchedChecks, mc)
 			if rank[result] > rank[outcome] {
@@ -497,7 +511,10 @@ func (c *Controller) evaluateChecks(ctx context.Context, ar *v1alpha1.AccessRequ
 			}
 		}
 	}
-	return outcome, strings.Join(msgs, "; ")
+	if len(reads) != checks {
+		reads = nil
+	}
+	return outcome, strings.Join(msgs, "; "), reads
 }
 
 // outcomeRetry is a check that could not be read for a reason of the controller's, not the
@@ -510,8 +527,9 @@ const outcomeRetry = "Retry"
 // retryAfter is when a request whose checks could not all be read is evaluated again.
 const retryAfter = 10 * time.Second
 
-// evaluateCheck reads one check: its spec, the objects it matches and their states.
-func (c *Controller) evaluateCheck(ctx context.Context, ar *v1alpha1.AccessRequest, check v1alpha1.Check, rctx map[string]any) (v1alpha1.MatchedCheck, string) {
+// evaluateCheck reads one check: its spec, the objects it matches and their states. It adds to
+// reads what it reads once it knows.
+func (c *Controller) evaluateCheck(ctx context.Context, ar *v1alpha1.AccessRequest, check v1alpha1.Check, rctx map[string]any, reads *[]checkRead) (v1alpha1.MatchedCheck, string) {
 	mc := v1alpha1.MatchedCheck{Name: check.Name}
 	fail := func(format string, args ...any) (v1alpha1.MatchedCheck, string) {
 		mc.State, mc.Message = "", fmt.Sprintf(format, args...)
@@ -586,10 +604,11 @@ func (c *Controller) evaluateCheck(ctx context.Context, ar *v1alpha1.AccessReque
 	if err != nil {
 		return fail("matchExpressions: %v", err)
 	}
+	*reads = append(*reads, checkRead{kind: gvk.GroupKind(), name: name, selector: selector})
 	list := &unstructured.UnstructuredList{}
 	list.SetGroupVersionKind(gvk.GroupVersion().WithKind(gvk.Kind + "List"))
-	// From the informer watchKind started, not the API server: every live request of a
-	// namespace is evaluated again at each change of a check object there. Not copied (the
+	// From the informer watchKind started, not the API server: a request is evaluated again at
+	// each change of an object its checks select, and now and then. Not copied (the
 	// states only read the objects), and one past the bound at most: a tenant's thousands of
 	// matching objects cost no more than that.
 	opts := []client.ListOption{client.InNamespace(podNS), client.MatchingLabelsSelector{Selector: selector}, client.UnsafeDisableDeepCopy}

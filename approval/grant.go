@@ -41,7 +41,7 @@ const LabelGrant = "connectors.cpaas.io/grant"
 // beforeCreate, when not nil, runs before either object is created; its error stops the write.
 // cached, when not nil, holds the labelled grants: a grant found there as it would be written
 // is not read from the API server again (each live request is evaluated now and then, and at
-// each change of a check object of its Pod's namespace). Skipping writes nothing, so a cache
+// each change of an object its checks select). Skipping writes nothing, so a cache
 // that lags can only delay a repair to the next evaluation.
 func writeGrant(ctx context.Context, c client.Client, cached client.Reader, owner client.Object, name string, rules []rbacv1.PolicyRule, subjects []rbacv1.Subject, beforeCreate func() error) error {
 	meta := metav1.ObjectMeta{Name: name, Namespace: owner.GetNamespace()}

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"maps"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -17,12 +18,14 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	auditv1 "k8s.io/apiserver/pkg/apis/audit/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/approval"
+	"github.com/kube-connectors/connectors-csi/driver"
 	"github.com/kube-connectors/connectors-csi/features"
 	"github.com/kube-connectors/connectors-csi/node/records"
 	"github.com/kube-connectors/connectors-csi/test/controlplane"
@@ -353,4 +356,107 @@ func TestEvaluationsReadInformers(t *testing.T) {
 	if len(got) != 0 {
 		t.Fatalf("six evaluations of a granted request read from the API server %q, want nothing (its informers have them)", got)
 	}
+}
+
+// TestCheckChangesWakeOnlyTheirRequests: a change of a check object wakes the live requests
+// whose checks select it, not every live request of Pods of its namespace (each evaluation reads
+// the Pod and its Tekton owners from the API server, and runs every state). Six PipelineRuns'
+// Pods wait on their own ApprovalTasks; approving two of them reads no other request's Pod
+// (the controller as deployed, its reads from the audit log; the Pod recheck is out of the way),
+// and a task relabelled away from its request's selector is still seen by that request.
+func TestCheckChangesWakeOnlyTheirRequests(t *testing.T) {
+	setupApproval(t)
+	env := startDeployedDrivers(t, func(o *driver.Options) { o.PodRecheck = time.Hour })
+	ns := newNamespace(t)
+	pipelineGate(t, ns)
+	const runs = 6
+	requests := make([]*v1alpha1.AccessRequest, runs)
+	pods := make([]*corev1.Pod, runs)
+	for i := range runs {
+		run := fmt.Sprintf("run-%d", i)
+		approvalTask(t, ns, run, "pending")
+		pods[i] = pipelineRunPod(t, env.kubelet, ns, run, "build", map[string]string{"connectors": "prod"})
+	}
+	start := time.Now()
+	for i, pod := range pods {
+		requests[i] = &v1alpha1.AccessRequest{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: approval.RequestName("prod", records.Pod{Namespace: ns, Name: pod.Name, UID: string(pod.UID)})},
+			Spec: v1alpha1.AccessRequestSpec{
+				Subject:      rbacv1.Subject{Kind: rbacv1.ServiceAccountKind, Name: "builder", Namespace: ns},
+				ConnectorRef: v1alpha1.LocalObjectRef{Name: "prod"},
+				Context: v1alpha1.AccessContext{ObjectRef: v1alpha1.ContextObjectRef{
+					APIVersion: "v1", Kind: "Pod", Name: pod.Name, Namespace: ns, UID: pod.UID}},
+			}}
+		create(t, requests[i])
+	}
+	conditions := func(ar *v1alpha1.AccessRequest) []metav1.Condition { return ar.Status.Conditions }
+	for _, r := range requests {
+		waitObjectCondition(t, r, conditions, v1alpha1.ConditionAccessCheckReady, metav1.ConditionUnknown, v1alpha1.ReasonPending)
+	}
+	// Each request is evaluated when created and again after its first status write; the
+	// count is taken once those are done and nothing more comes.
+	var settled map[string]int
+	if !kubelet.WaitUntil(20*time.Second, func() bool {
+		before := controllerPodReads(t, ns, start)
+		time.Sleep(500 * time.Millisecond)
+		settled = controllerPodReads(t, ns, start)
+		return maps.Equal(before, settled) && len(settled) == runs
+	}) {
+		t.Fatalf("the requests' evaluations did not settle: %v", settled)
+	}
+
+	for _, i := range []int{0, runs - 1} {
+		approvalTask(t, ns, fmt.Sprintf("run-%d", i), "approved")
+		waitObjectCondition(t, requests[i], conditions, v1alpha1.ConditionAccessCheckReady, metav1.ConditionTrue, v1alpha1.ReasonPassed)
+	}
+	after := controllerPodReads(t, ns, start)
+	for i, pod := range pods {
+		read := after[pod.Name] - settled[pod.Name]
+		switch approved := i == 0 || i == runs-1; {
+		case approved && read == 0:
+			t.Errorf("the Pod of approved %s was not read: its request was not evaluated", pod.Name)
+		case !approved && read != 0:
+			t.Errorf("the Pod %s, whose task did not change, was read %d times: other requests' tasks woke its request", pod.Name, read)
+		}
+	}
+
+	// The task of run-2 leaves the request's selector: the request, woken by the task as it was,
+	// finds none.
+	relabel := &unstructured.Unstructured{}
+	relabel.SetGroupVersionKind(schema.GroupVersionKind{Group: "openshift-pipelines.org", Version: "v1alpha1", Kind: "ApprovalTask"})
+	if err := cp.Client.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: "approve-run-2"}, relabel); err != nil {
+		t.Fatal(err)
+	}
+	relabel.SetLabels(map[string]string{"tekton.dev/pipelineRun": "another-run"})
+	if err := cp.Client.Update(context.Background(), relabel); err != nil {
+		t.Fatal(err)
+	}
+	if !kubelet.WaitUntil(20*time.Second, func() bool {
+		var ar v1alpha1.AccessRequest
+		if err := cp.Client.Get(context.Background(), client.ObjectKeyFromObject(requests[2]), &ar); err != nil {
+			return false
+		}
+		c := meta.FindStatusCondition(ar.Status.Conditions, v1alpha1.ConditionAccessCheckReady)
+		return c != nil && strings.Contains(c.Message, "no ApprovalTask")
+	}) {
+		t.Fatal("the request of run-2 did not see its task leave its selector")
+	}
+}
+
+// controllerPodReads counts the controller's reads of each Pod of namespace ns since a time,
+// from the audit log.
+func controllerPodReads(t *testing.T, ns string, since time.Time) map[string]int {
+	t.Helper()
+	reads, err := cp.AuditEvents(func(ev *auditv1.Event) bool {
+		return ev.User.Username == controlplane.ControllerUser && ev.Verb == "get" && ev.ObjectRef != nil &&
+			ev.ObjectRef.Resource == "pods" && ev.ObjectRef.Namespace == ns && !ev.RequestReceivedTimestamp.Time.Before(since)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	count := map[string]int{}
+	for _, ev := range reads {
+		count[ev.ObjectRef.Name]++
+	}
+	return count
 }

@@ -340,8 +340,8 @@ func TestAGrantIsRecordedBeforeItIsWritten(t *testing.T) {
 	})
 }
 
-// TestApprovalsTakeTurnsByNamespace: the controller's four workers serve every tenant, and every
-// request of a tenant's Pods wakes on each change of a check object of their namespace: a tenant
+// TestApprovalsTakeTurnsByNamespace: the controller's four workers serve every tenant, and a
+// tenant may have many requests, each woken by changes of its checks' objects: a tenant
 // whose many requests are slow to evaluate must not hold another tenant's approval behind its
 // backlog — neither when each has its own Connectors, nor when both use one shared Connector
 // (whose namespace holds both tenants' requests). The real controller against the real API

@@ -1,0 +1,79 @@
+package approval
+
+import (
+	"sync"
+
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+)
+
+// checkReads remembers what each live request's checks read at its last evaluation (each
+// check's kind, the name it names if any, and its label selector), so that a change of a check
+// object wakes only the requests whose checks select the object, not every live request of
+// Pods of its namespace: in a namespace of many Pods (a CI tenant's), each change of one
+// approval task would otherwise cost every request an evaluation, three reads of the API server
+// (the Pod and its Tekton owners) and its checks' states.
+//
+// A request with nothing remembered wakes at every change, as every request did before: one
+// not evaluated since this controller started (after a leader change too), one being evaluated
+// (an evaluation forgets the request's reads when it starts and remembers them when it ends, so
+// a change its own list did not see wakes it either way), and one whose evaluation stopped
+// before a check's selector was known (a template that does not render, the budget spent).
+// What an evaluation renders a selector from (the Pod, its owners, the Connector, a check
+// template) is read again at each evaluation; a change of those is seen at the request's next
+// one, which a change of an object its checks select, the Connector or a policy, or the Pod's
+// recheck interval starts.
+type checkReads struct {
+	mu        sync.Mutex
+	byRequest map[types.NamespacedName][]checkRead
+}
+
+// checkRead is what one check read: objects of kind in the Pod's namespace, of name (any when
+// empty), that selector matches.
+type checkRead struct {
+	kind     schema.GroupKind
+	name     string
+	selector labels.Selector
+}
+
+// selects tells whether obj is one the check read, or would read now.
+func (r checkRead) selects(obj client.Object) bool {
+	kind := obj.GetObjectKind().GroupVersionKind().GroupKind()
+	return (kind.Empty() || kind == r.kind) && (r.name == "" || r.name == obj.GetName()) &&
+		r.selector.Matches(labels.Set(obj.GetLabels()))
+}
+
+// forget makes request wake at every change again.
+func (c *checkReads) forget(request types.NamespacedName) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.byRequest, request)
+}
+
+// remember records what an evaluation of request that read every check read.
+func (c *checkReads) remember(request types.NamespacedName, reads []checkRead) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.byRequest == nil {
+		c.byRequest = map[types.NamespacedName][]checkRead{}
+	}
+	c.byRequest[request] = reads
+}
+
+// wakes tells whether a change of obj (as it was, or as it is) should wake request.
+func (c *checkReads) wakes(request types.NamespacedName, obj client.Object) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	reads, known := c.byRequest[request]
+	if !known {
+		return true
+	}
+	for _, r := range reads {
+		if r.selects(obj) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,49 @@
+package approval
+
+import (
+	"testing"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+)
+
+// TestCheckReadsWakeWhatTheChecksSelect: a request whose checks' reads are remembered wakes
+// only for an object of a kind, name and labels one of them selects; one with none remembered
+// (never evaluated, or forgotten when an evaluation starts) wakes for every object.
+func TestCheckReadsWakeWhatTheChecksSelect(t *testing.T) {
+	task := schema.GroupKind{Group: "openshift-pipelines.org", Kind: "ApprovalTask"}
+	object := func(kind schema.GroupKind, name string, labels map[string]string) *unstructured.Unstructured {
+		u := &unstructured.Unstructured{}
+		u.SetGroupVersionKind(kind.WithVersion("v1alpha1"))
+		u.SetName(name)
+		u.SetLabels(labels)
+		return u
+	}
+	ofRun := labels.SelectorFromSet(labels.Set{"tekton.dev/pipelineRun": "run-1"})
+	request := types.NamespacedName{Namespace: "ns", Name: "r"}
+	var reads checkReads
+	if !reads.wakes(request, object(task, "anything", nil)) {
+		t.Fatal("a request never evaluated did not wake")
+	}
+	reads.remember(request, []checkRead{{kind: task, selector: ofRun}, {kind: task, name: "gate", selector: labels.Everything()}})
+	for _, tc := range []struct {
+		obj  *unstructured.Unstructured
+		want bool
+	}{
+		{object(task, "approve-run-1", map[string]string{"tekton.dev/pipelineRun": "run-1"}), true},
+		{object(task, "approve-run-2", map[string]string{"tekton.dev/pipelineRun": "run-2"}), false},
+		{object(schema.GroupKind{Group: "example.com", Kind: "ApprovalTask"}, "approve-run-1", map[string]string{"tekton.dev/pipelineRun": "run-1"}), false},
+		{object(task, "gate", nil), true},
+		{object(task, "another-gate", nil), false},
+	} {
+		if got := reads.wakes(request, tc.obj); got != tc.want {
+			t.Errorf("%s %s %v: wakes %v, want %v", tc.obj.GroupVersionKind().Group, tc.obj.GetName(), tc.obj.GetLabels(), got, tc.want)
+		}
+	}
+	reads.forget(request)
+	if !reads.wakes(request, object(task, "approve-run-2", nil)) {
+		t.Error("a request being evaluated again did not wake")
+	}
+}
