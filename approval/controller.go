@@ -23,10 +23,12 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
@@ -99,8 +101,12 @@ func (c *Controller) SetupWithManager(mgr ctrl.Manager) error {
 		Named("accessrequest").
 		For(&v1alpha1.AccessRequest{}).
 		Watches(&v1alpha1.AccessRequest{}, handler.EnqueueRequestsFromMapFunc(c.requestsOfEarlierPods)).
-		Watches(&v1alpha1.Connector{}, handler.EnqueueRequestsFromMapFunc(c.requestsOfConnector)).
-		Watches(&v1alpha1.AccessPolicy{}, handler.EnqueueRequestsFromMapFunc(c.requestsInNamespace)).
+		// A Connector's or a policy's status, which their controllers write at each probe or
+		// match that changes it, wakes no request: an evaluation reads their spec and metadata,
+		// and a shared Connector's tool that flaps would otherwise evaluate all its requests
+		// again at each flap.
+		Watches(&v1alpha1.Connector{}, handler.EnqueueRequestsFromMapFunc(c.requestsOfConnector), notStatusOnly).
+		Watches(&v1alpha1.AccessPolicy{}, handler.EnqueueRequestsFromMapFunc(c.requestsInNamespace), notStatusOnly).
 		// In turns by namespace, and within a Connector's namespace by the Pods' (tenants sharing
 		// a Connector): one tenant's backlog (many requests, or requests slow to evaluate) does
 		// not hold another's approval behind it.
@@ -108,6 +114,11 @@ func (c *Controller) SetupWithManager(mgr ctrl.Manager) error {
 		Build(c)
 	return err
 }
+
+// notStatusOnly passes every event but an update of the status alone (spec changes move the
+// generation; labels and annotations are metadata of their own).
+var notStatusOnly = builder.WithPredicates(predicate.Or[client.Object](predicate.GenerationChangedPredicate{},
+	predicate.LabelChangedPredicate{}, predicate.AnnotationChangedPredicate{}))
 
 // placeInQueue puts a request in its Pod's namespace's turn within its own namespace's; one never
 // evaluated goes first there (a publish waits on it). Read from the cache, uncopied: the work

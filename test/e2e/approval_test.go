@@ -21,6 +21,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	auditv1 "k8s.io/apiserver/pkg/apis/audit/v1"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
@@ -361,9 +362,11 @@ func TestEvaluationsReadInformers(t *testing.T) {
 // TestCheckChangesWakeOnlyTheirRequests: a change of a check object wakes the live requests
 // whose checks select it, not every live request of Pods of its namespace (each evaluation reads
 // the Pod and its Tekton owners from the API server, and runs every state). Six PipelineRuns'
-// Pods wait on their own ApprovalTasks; approving two of them reads no other request's Pod
-// (the controller as deployed, its reads from the audit log; the Pod recheck is out of the way),
-// and a task relabelled away from its request's selector is still seen by that request.
+// Pods wait on their own ApprovalTasks; approving two of them, and writing the status of the
+// Connector and of its policy (as their controllers do at a probe or match that changes it),
+// reads no other request's Pod (the controller as deployed, its reads from the audit log; the
+// Pod recheck is out of the way), and a task relabelled away from its request's selector is
+// still seen by that request.
 func TestCheckChangesWakeOnlyTheirRequests(t *testing.T) {
 	setupApproval(t)
 	env := startDeployedDrivers(t, func(o *driver.Options) { o.PodRecheck = time.Hour })
@@ -405,6 +408,24 @@ func TestCheckChangesWakeOnlyTheirRequests(t *testing.T) {
 		t.Fatalf("the requests' evaluations did not settle: %v", settled)
 	}
 
+	// A status write of the Connector or of its policy (their controllers' at each probe or
+	// match that changes them) wakes no request either.
+	key := types.NamespacedName{Namespace: ns, Name: "prod"}
+	noise := metav1.Condition{Type: "E2EStatusOnly", Status: metav1.ConditionTrue, Reason: "Test", Message: "a change of the status alone"}
+	statusOnly := func(obj client.Object, conditions func() *[]metav1.Condition) {
+		if err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			if err := cp.Client.Get(context.Background(), key, obj); err != nil {
+				return err
+			}
+			meta.SetStatusCondition(conditions(), noise)
+			return cp.Client.Status().Update(context.Background(), obj)
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	connector, policy := &v1alpha1.Connector{}, &v1alpha1.AccessPolicy{}
+	statusOnly(connector, func() *[]metav1.Condition { return &connector.Status.Conditions })
+	statusOnly(policy, func() *[]metav1.Condition { return &policy.Status.Conditions })
 	for _, i := range []int{0, runs - 1} {
 		approvalTask(t, ns, fmt.Sprintf("run-%d", i), "approved")
 		waitObjectCondition(t, requests[i], conditions, v1alpha1.ConditionAccessCheckReady, metav1.ConditionTrue, v1alpha1.ReasonPassed)
@@ -416,7 +437,7 @@ func TestCheckChangesWakeOnlyTheirRequests(t *testing.T) {
 		case approved && read == 0:
 			t.Errorf("the Pod of approved %s was not read: its request was not evaluated", pod.Name)
 		case !approved && read != 0:
-			t.Errorf("the Pod %s, whose task did not change, was read %d times: other requests' tasks woke its request", pod.Name, read)
+			t.Errorf("the Pod %s, whose task did not change, was read %d times: other requests' tasks, or status writes, woke its request", pod.Name, read)
 		}
 	}
 
