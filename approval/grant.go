@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/templates"
 )
 
 // A grant is a Role and a RoleBinding of one name, in its owner's namespace, that the owner
@@ -118,9 +119,39 @@ func deleteGrant(ctx context.Context, c client.Client, owner client.Object, name
 	return nil
 }
 
-// IsRequestGrant tells whether obj, a labelled Role or RoleBinding, may be an AccessRequest's
-// grant: controlled by an AccessRequest of its own name. The controller's cache keeps only these
-// whole (the label is anyone's who may create Roles to set).
-func IsRequestGrant(obj metav1.Object) bool {
-	return v1alpha1.ControlledBy(obj, "AccessRequest", obj.GetName())
+// GrantCacheView is what the controller's cache keeps of a labelled Role or RoleBinding: of one
+// that may be a request's grant (controlled by an AccessRequest of its name), what
+// grantUpToDate reads, when no larger than what the controller writes (the rules of a role
+// template's output, one subject); nil for any other, which the cache keeps as a stub. The label
+// and the owner reference are anyone's who may create Roles to write (a tenant can read its
+// requests' names and UIDs), so what is kept is bounded by its size, not by whose the object
+// claims to be.
+func GrantCacheView(obj client.Object) client.Object {
+	if !v1alpha1.ControlledBy(obj, "AccessRequest", obj.GetName()) {
+		return nil
+	}
+	switch o := obj.(type) {
+	case *rbacv1.Role:
+		if rulesWeight(o.Rules) <= templates.MaxOutput {
+			return &rbacv1.Role{ObjectMeta: v1alpha1.ControllerMeta(o), Rules: o.Rules}
+		}
+	case *rbacv1.RoleBinding:
+		if len(o.Subjects) <= 1 {
+			return &rbacv1.RoleBinding{ObjectMeta: v1alpha1.ControllerMeta(o), RoleRef: o.RoleRef, Subjects: o.Subjects}
+		}
+	}
+	return nil
+}
+
+// rulesWeight is about what rules take in memory: their strings, and a word or two for each.
+func rulesWeight(rules []rbacv1.PolicyRule) int {
+	weight := 0
+	for _, r := range rules {
+		for _, list := range [][]string{r.Verbs, r.APIGroups, r.Resources, r.ResourceNames, r.NonResourceURLs} {
+			for _, s := range list {
+				weight += len(s) + 16
+			}
+		}
+	}
+	return weight
 }

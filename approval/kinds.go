@@ -60,6 +60,10 @@ func (k *kindChecker) ask(ctx context.Context, gvk schema.GroupVersionKind) erro
 		// The controller may list RBAC objects (it caches the grants it writes); a check may not
 		// read other tenants' grants through it.
 		return &refusedKind{"checks may not read RBAC objects"}
+	case gvk.Group == "" && (gvk.Kind == "Service" || gvk.Kind == "ConfigMap"):
+		// The controller's cache holds of these only its own (the host Services, the templates
+		// of the system namespace: driver/controller.go), and a check would read that cache.
+		return &refusedKind{"checks may not read " + gvk.Kind + "s: the controller caches only its own"}
 	}
 	mapping, err := k.client.RESTMapper().RESTMapping(gvk.GroupKind(), gvk.Version)
 	if meta.IsNoMatchError(err) {

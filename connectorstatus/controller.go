@@ -92,6 +92,10 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Named("connectorstatus").
 		WatchesRawSource(source.Channel(trustChanges, &handler.EnqueueRequestForObject{})).
 		For(&v1alpha1.Connector{}, builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, predicate.LabelChangedPredicate{}))).
+		// A host Service changed by someone else (led elsewhere) is led back at once, not at the
+		// Connector's recheck. Only its own: the cache keeps other labelled Services as stubs,
+		// with no owner.
+		Owns(&corev1.Service{}).
 		Watches(&v1alpha1.ConnectorClass{}, handler.EnqueueRequestsFromMapFunc(r.connectorsOfClass),
 			builder.WithPredicates(predicate.Or[client.Object](predicate.GenerationChangedPredicate{}, classProxyChanged))).
 		// In turns by namespace: a tenant's many Connectors, whose probes may wait on silent

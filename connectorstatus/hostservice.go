@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
@@ -28,12 +29,22 @@ const (
 	ReasonServiceNameTaken = "ServiceNameTaken"
 )
 
-// IsHostService tells whether obj, a labelled Service, may be one this controller keeps:
-// controlled by the Connector its name gives (c-<name>). The controller's cache keeps only
-// these whole (the label is anyone's who may create Services to set).
-func IsHostService(obj metav1.Object) bool {
-	connector, ok := strings.CutPrefix(obj.GetName(), v1alpha1.HostServicePrefix)
-	return ok && v1alpha1.ControlledBy(obj, "Connector", connector)
+// HostServiceCacheView is what the controller's cache keeps of a labelled Service: of one that
+// may be a Connector's host Service (c-<name>, controlled by Connector <name>) with at most the
+// one port the controller writes, what hostService reads; nil for any other, which the cache
+// keeps as a stub. The label and the owner reference are anyone's who may create Services to
+// write, so what is kept is bounded by its size, not by whose the object claims to be.
+func HostServiceCacheView(obj client.Object) client.Object {
+	svc, ok := obj.(*corev1.Service)
+	if !ok || len(svc.Spec.Ports) > 1 {
+		return nil
+	}
+	connector, ok := strings.CutPrefix(svc.Name, v1alpha1.HostServicePrefix)
+	if !ok || !v1alpha1.ControlledBy(svc, "Connector", connector) {
+		return nil
+	}
+	return &corev1.Service{ObjectMeta: v1alpha1.ControllerMeta(svc),
+		Spec: corev1.ServiceSpec{Type: svc.Spec.Type, ExternalName: svc.Spec.ExternalName, Ports: svc.Spec.Ports}}
 }
 
 // hostServiceError is why a Connector's own host could not be given; Reason is
@@ -74,8 +85,11 @@ func (r *Reconciler) hostService(ctx context.Context, c *v1alpha1.Connector) err
 	case got.Spec.ExternalName == want.Spec.ExternalName && equality.Semantic.DeepEqual(got.Spec.Ports, want.Spec.Ports):
 		return nil
 	}
+	// A patch of what changed: the cache keeps only what is compared above (HostServiceCacheView),
+	// and an update of that copy would drop the rest.
+	patch := client.MergeFromWithOptions(got.DeepCopy(), client.MergeFromWithOptimisticLock{})
 	got.Spec.ExternalName, got.Spec.Ports = want.Spec.ExternalName, want.Spec.Ports
-	return r.Client.Update(ctx, &got)
+	return r.Client.Patch(ctx, &got, patch)
 }
 
 // hostServiceFor is the Service giving c its own host.
@@ -97,7 +111,9 @@ func (r *Reconciler) hostServiceFor(c *v1alpha1.Connector, name string) (*corev1
 			OwnerReferences: []metav1.OwnerReference{{APIVersion: v1alpha1.GroupVersion.String(), Kind: "Connector",
 				Name: c.Name, UID: c.UID, Controller: &yes}}},
 		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeExternalName, ExternalName: u.Hostname(),
-			Ports: []corev1.ServicePort{{Name: u.Scheme, Port: int32(port), Protocol: corev1.ProtocolTCP}}},
+			// As the API server defaults it (targetPort: the port), so that the comparison with
+			// what it stored finds nothing to write.
+			Ports: []corev1.ServicePort{{Name: u.Scheme, Port: int32(port), Protocol: corev1.ProtocolTCP, TargetPort: intstr.FromInt32(int32(port))}}},
 	}, nil
 }
 

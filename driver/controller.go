@@ -131,8 +131,8 @@ func startController(ctx context.Context, g *errgroup.Group, p *process, ready *
 // managedFields, Secrets are never cached (the driver watches no tenant's Secrets, SPEC §4.5;
 // the CA collector's label-selected informer of the system namespace is its own), Roles and
 // RoleBindings are read live by the client and cached only when labelled as grants (the
-// AccessRequest controller reads them through the cache), labelled objects that are not the
-// controller's are cached as stubs (wholeOnlyIf), and ConfigMaps are watched in the system
+// AccessRequest controller reads them through the cache), labelled objects are cached as what
+// the controller reads of its own or as stubs (viewOrStub), and ConfigMaps are watched in the system
 // namespace only.
 func newManager(ctx context.Context, p *process) (ctrl.Manager, error) {
 	o := p.o
@@ -171,11 +171,11 @@ func cacheOptions(systemNamespace string) cache.Options {
 			&corev1.ConfigMap{}: {Namespaces: map[string]cache.Config{systemNamespace: {}}},
 			// Only the Services kept for Connectors' own hosts on the built-in proxy.
 			&corev1.Service{}: {Label: labels.SelectorFromSet(labels.Set{connectorstatus.LabelHostService: "true"}),
-				Transform: wholeOnlyIf(connectorstatus.IsHostService)},
+				Transform: viewOrStub(connectorstatus.HostServiceCacheView)},
 			// Only the grants' Roles and RoleBindings, read by the AccessRequest controller
 			// through the cache (the client reads them live, as the scopes controller must).
-			&rbacv1.Role{}:        {Label: grantSelector, Transform: wholeOnlyIf(approval.IsRequestGrant)},
-			&rbacv1.RoleBinding{}: {Label: grantSelector, Transform: wholeOnlyIf(approval.IsRequestGrant)},
+			&rbacv1.Role{}:        {Label: grantSelector, Transform: viewOrStub(approval.GrantCacheView)},
+			&rbacv1.RoleBinding{}: {Label: grantSelector, Transform: viewOrStub(approval.GrantCacheView)},
 		},
 	}
 }
@@ -183,22 +183,21 @@ func cacheOptions(systemNamespace string) cache.Options {
 // grantSelector selects the Roles and RoleBindings of approvals' grants.
 var grantSelector = labels.SelectorFromSet(labels.Set{approval.LabelGrant: "true"})
 
-// wholeOnlyIf is the cache's transform for a kind selected by a label that tenants may set too
-// (Roles, RoleBindings and Services of their own namespaces): an object whole tells may be one
-// of the controller's is kept as it is (less its managed fields); any other is kept as a stub of
-// its name, namespace, UID and resourceVersion, which reads as "exists, not ours". So labelled
-// objects of a tenant's cost the controller a few hundred bytes each, not up to the API server's
-// object size (1.5 MiB of rules or annotations). The stub is a new object of obj's type rather
-// than obj cleared field by field, so that a field added to the type is dropped too.
-func wholeOnlyIf(whole func(metav1.Object) bool) toolscache.TransformFunc {
+// viewOrStub is the cache's transform for a kind selected by a label that tenants may set too
+// (Roles, RoleBindings and Services of their own namespaces): view gives what the controller
+// reads of an object that may be its own, bounded in size; any other object is kept as a stub
+// of its name, namespace, UID and resourceVersion, which reads as "exists, not ours". So a
+// tenant's labelled objects cost the controller a few hundred bytes each, not up to the API
+// server's object size (1.5 MiB of rules, subjects, ports or annotations). The stub is a new
+// object of obj's type, so that a field added to the type is dropped too.
+func viewOrStub(view func(client.Object) client.Object) toolscache.TransformFunc {
 	return func(in any) (any, error) {
 		obj, ok := in.(client.Object)
 		if !ok {
 			return in, nil
 		}
-		if whole(obj) {
-			obj.SetManagedFields(nil)
-			return obj, nil
+		if kept := view(obj); kept != nil {
+			return kept, nil
 		}
 		stub := reflect.New(reflect.TypeOf(obj).Elem()).Interface().(client.Object)
 		stub.SetName(obj.GetName())

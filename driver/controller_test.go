@@ -2,7 +2,8 @@ package driver
 
 import (
 	"context"
-	"maps"
+	"fmt"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -22,13 +23,16 @@ import (
 	"github.com/kube-connectors/connectors-csi/test/controlplane"
 )
 
-// TestControllerCacheKeepsOnlyItsOwnWhole: the labels that select the controller's cache of
-// Roles, RoleBindings and Services are anyone's who may create those to set. Through a real API
-// server and the controller's cache options, an object is kept whole only when it may be the
-// controller's (an AccessRequest's grant, named as the request; a Connector's host Service,
-// c-<name>); a tenant's labelled objects, padded with rules and annotations or claiming an owner
-// under another name or API group, are kept as stubs that say only that they exist.
-func TestControllerCacheKeepsOnlyItsOwnWhole(t *testing.T) {
+// TestControllerCacheKeepsOnlyWhatItReads: the labels that select the controller's cache of
+// Roles, RoleBindings and Services, and the owner references, are anyone's who may create those
+// to write. Through a real API server and the controller's cache options, of an object that may
+// be the controller's (an AccessRequest's grant, named as the request; a Connector's host
+// Service, c-<name>) and is no larger than what the controller writes, the cache keeps what the
+// controller reads (content and controller, not labels nor annotations); any other labelled
+// object — padded with rules, subjects, ports and annotations, claiming an owner under another
+// name or API group, or named and owned as a grant but larger — is kept as a stub that says
+// only that it exists.
+func TestControllerCacheKeepsOnlyWhatItReads(t *testing.T) {
 	cp, err := controlplane.Start()
 	if err != nil {
 		t.Fatal(err)
@@ -41,11 +45,15 @@ func TestControllerCacheKeepsOnlyItsOwnWhole(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	names := make([]string, 2000)
-	for i := range names {
-		names[i] = strings.Repeat("n", 40)
+	rulesOf := func(n int) []rbacv1.PolicyRule {
+		names := make([]string, n)
+		for i := range names {
+			names[i] = strings.Repeat("n", 40)
+		}
+		return []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"configmaps"}, Verbs: []string{"get"}, ResourceNames: names}}
 	}
-	rules := []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"configmaps"}, Verbs: []string{"get"}, ResourceNames: names}}
+	// What a role template writes at most (64 KiB), and more.
+	rules, padded := rulesOf(10), rulesOf(2000)
 	subjects := []rbacv1.Subject{{Kind: "ServiceAccount", Name: "default", Namespace: ns}}
 	roleRef := func(name string) rbacv1.RoleRef {
 		return rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: name}
@@ -65,8 +73,12 @@ func TestControllerCacheKeepsOnlyItsOwnWhole(t *testing.T) {
 	request := func(name string) *metav1.OwnerReference {
 		return owner(v1alpha1.GroupVersion.String(), "AccessRequest", name)
 	}
-	service := func(m metav1.ObjectMeta) *corev1.Service {
-		return &corev1.Service{ObjectMeta: m, Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeExternalName, ExternalName: "proxy.example"}}
+	service := func(m metav1.ObjectMeta, ports int) *corev1.Service {
+		svc := &corev1.Service{ObjectMeta: m, Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeExternalName, ExternalName: "proxy.example"}}
+		for i := range ports {
+			svc.Spec.Ports = append(svc.Spec.Ports, corev1.ServicePort{Name: fmt.Sprintf("p%d", i), Port: int32(80 + i), Protocol: corev1.ProtocolTCP})
+		}
+		return svc
 	}
 	cases := []struct {
 		obj   client.Object
@@ -74,13 +86,18 @@ func TestControllerCacheKeepsOnlyItsOwnWhole(t *testing.T) {
 	}{
 		{&rbacv1.Role{ObjectMeta: meta("req-1", grant, request("req-1")), Rules: rules}, true},
 		{&rbacv1.RoleBinding{ObjectMeta: meta("req-1", grant, request("req-1")), RoleRef: roleRef("req-1"), Subjects: subjects}, true},
-		{&rbacv1.Role{ObjectMeta: meta("padded", grant, nil), Rules: rules}, false},
+		{&rbacv1.Role{ObjectMeta: meta("padded", grant, nil), Rules: padded}, false},
 		{&rbacv1.Role{ObjectMeta: meta("claims-req-1", grant, request("req-1")), Rules: rules}, false},
 		{&rbacv1.Role{ObjectMeta: meta("another-group", grant, owner("example.com/v1", "AccessRequest", "another-group")), Rules: rules}, false},
 		{&rbacv1.RoleBinding{ObjectMeta: meta("policy", grant, owner(v1alpha1.GroupVersion.String(), "AccessPolicy", "policy")), RoleRef: roleRef("policy"), Subjects: subjects}, false},
-		{service(meta("c-git", host, owner(v1alpha1.GroupVersion.String(), "Connector", "git"))), true},
-		{service(meta("c-other", host, owner(v1alpha1.GroupVersion.String(), "Connector", "git"))), false},
-		{service(meta("padded", host, nil)), false},
+		// Named and owned as a request's grant (a tenant can read its requests' names and UIDs),
+		// and larger than any the controller writes.
+		{&rbacv1.Role{ObjectMeta: meta("req-2", grant, request("req-2")), Rules: padded}, false},
+		{&rbacv1.RoleBinding{ObjectMeta: meta("req-2", grant, request("req-2")), RoleRef: roleRef("req-2"), Subjects: append(subjects, subjects...)}, false},
+		{service(meta("c-git", host, owner(v1alpha1.GroupVersion.String(), "Connector", "git")), 1), true},
+		{service(meta("c-other", host, owner(v1alpha1.GroupVersion.String(), "Connector", "git")), 1), false},
+		{service(meta("c-padded", host, owner(v1alpha1.GroupVersion.String(), "Connector", "padded")), 100), false},
+		{service(meta("padded", host, nil), 1), false},
 	}
 	for _, c := range cases {
 		if err := cp.Client.Create(ctx, c.obj); err != nil {
@@ -117,8 +134,8 @@ func TestControllerCacheKeepsOnlyItsOwnWhole(t *testing.T) {
 			t.Errorf("%T %s: cached as UID %s at %s, is %s at %s", c.obj, c.obj.GetName(), got.GetUID(), got.GetResourceVersion(), c.obj.GetUID(), c.obj.GetResourceVersion())
 		}
 		if c.whole {
-			if len(got.GetManagedFields()) != 0 || !sameContent(got, c.obj) {
-				t.Errorf("%T %s may be the controller's and was not kept whole (less managed fields)", c.obj, c.obj.GetName())
+			if got.GetLabels() != nil || got.GetAnnotations() != nil || len(got.GetManagedFields()) != 0 || !sameContent(got, c.obj) {
+				t.Errorf("%T %s may be the controller's: want what the controller reads of it (content, controller), and no labels, annotations or managed fields", c.obj, c.obj.GetName())
 			}
 			continue
 		}
@@ -133,10 +150,9 @@ func TestControllerCacheKeepsOnlyItsOwnWhole(t *testing.T) {
 	}
 }
 
-// sameContent tells whether got has want's labels, annotations, owners and content.
+// sameContent tells whether got has want's controller and content.
 func sameContent(got, want client.Object) bool {
-	if !maps.Equal(got.GetLabels(), want.GetLabels()) || !maps.Equal(got.GetAnnotations(), want.GetAnnotations()) ||
-		len(got.GetOwnerReferences()) != len(want.GetOwnerReferences()) {
+	if !reflect.DeepEqual(got.GetOwnerReferences(), want.GetOwnerReferences()) {
 		return false
 	}
 	switch g := got.(type) {
@@ -146,7 +162,8 @@ func sameContent(got, want client.Object) bool {
 		w := want.(*rbacv1.RoleBinding)
 		return g.RoleRef == w.RoleRef && len(g.Subjects) == len(w.Subjects)
 	case *corev1.Service:
-		return g.Spec.ExternalName == want.(*corev1.Service).Spec.ExternalName
+		w := want.(*corev1.Service)
+		return g.Spec.ExternalName == w.Spec.ExternalName && g.Spec.Type == w.Spec.Type && reflect.DeepEqual(g.Spec.Ports, w.Spec.Ports)
 	}
 	return false
 }

@@ -7,14 +7,19 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	auditv1 "k8s.io/apiserver/pkg/apis/audit/v1"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/connectorstatus"
 	"github.com/kube-connectors/connectors-csi/driver"
+	"github.com/kube-connectors/connectors-csi/test/controlplane"
 	"github.com/kube-connectors/connectors-csi/test/gitserver"
+	"github.com/kube-connectors/connectors-csi/test/kubelet"
 )
 
 // TestBuiltInProxyHostResolver: a class annotated connectors.cpaas.io/proxy-resolver: host
@@ -58,6 +63,38 @@ func TestBuiltInProxyHostResolver(t *testing.T) {
 	if svc.Spec.Type != corev1.ServiceTypeExternalName || svc.Spec.ExternalName != proxyService || !metav1.IsControlledBy(svc, c) {
 		t.Errorf("Service c-repo: type %s, externalName %s, owners %+v", svc.Spec.Type, svc.Spec.ExternalName, svc.OwnerReferences)
 	}
+
+	// The controller sees the change at once (it watches the Services it owns), and its cache
+	// keeps of the Service only what it compares, so the repair patches what changed and keeps
+	// what others added.
+	t.Run("a Service led elsewhere is led back, keeping what others added", func(t *testing.T) {
+		patch := []byte(`{"metadata":{"annotations":{"team.example/owner":"platform"}},"spec":{"externalName":"elsewhere.example"}}`)
+		if _, err := cp.Kube.CoreV1().Services(ns).Patch(ctx, "c-repo", types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		var got *corev1.Service
+		if !kubelet.WaitUntil(20*time.Second, func() bool {
+			got, err = cp.Kube.CoreV1().Services(ns).Get(ctx, "c-repo", metav1.GetOptions{})
+			return err == nil && got.Spec.ExternalName == proxyService
+		}) {
+			t.Fatalf("Service c-repo was not led back to the proxy: %v %+v", err, got)
+		}
+		if got.Annotations["team.example/owner"] != "platform" || len(got.Spec.Ports) != 1 || !metav1.IsControlledBy(got, c) {
+			t.Errorf("the repair dropped what it does not compare: annotations %v, ports %v, owners %v", got.Annotations, got.Spec.Ports, got.OwnerReferences)
+		}
+		// The repair is the controller's one write of the Service since it created it: a Service
+		// as it wants it is not written again at each reconcile.
+		writes, err := cp.AuditEvents(func(ev *auditv1.Event) bool {
+			return ev.User.Username == controlplane.ControllerUser && (ev.Verb == "update" || ev.Verb == "patch") &&
+				ev.ObjectRef != nil && ev.ObjectRef.Resource == "services" && ev.ObjectRef.Namespace == ns
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(writes) != 1 {
+			t.Errorf("the controller wrote Service c-repo %d times after creating it, want once (the repair)", len(writes))
+		}
+	})
 
 	t.Run("git clone through the Connector's own host", func(t *testing.T) {
 		pod := podWithVolume(t, env.kubelet, ns, "git", map[string]string{"connectors": "repo", "configuration.names": "gitconfig"}, nil)

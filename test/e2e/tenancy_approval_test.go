@@ -390,6 +390,12 @@ func TestTenantChecksAreBounded(t *testing.T) {
 		// The controller lists RBAC objects to cache its grants; a check may not read them.
 		{name: "rbac", kind: v1alpha1.ObjectKindRef{APIVersion: "rbac.authorization.k8s.io/v1", Kind: "RoleBinding"}, labels: map[string]string{"a": "b"},
 			policy: "RBAC objects", publish: "RBAC objects"},
+		// The controller caches only its own Services and the system namespace's ConfigMaps: a
+		// check of those kinds would read stubs, or nothing.
+		{name: "service", kind: v1alpha1.ObjectKindRef{APIVersion: "v1", Kind: "Service"}, labels: map[string]string{"a": "b"},
+			policy: "Services: the controller caches only its own", publish: "Services: the controller caches only its own"},
+		{name: "configmap", kind: v1alpha1.ObjectKindRef{APIVersion: "v1", Kind: "ConfigMap"}, labels: map[string]string{"a": "b"},
+			policy: "ConfigMaps: the controller caches only its own", publish: "ConfigMaps: the controller caches only its own"},
 		{name: "unlistable", kind: v1alpha1.ObjectKindRef{APIVersion: "apps/v1", Kind: "Deployment"}, labels: map[string]string{"a": "b"},
 			policy: "deployments.apps", publish: "deployments.apps"},
 	}

@@ -16,3 +16,13 @@ func ControlledBy(obj metav1.Object, kind, name string) bool {
 	gv, err := schema.ParseGroupVersion(ref.APIVersion)
 	return err == nil && gv.Group == GroupVersion.Group
 }
+
+// ControllerMeta is obj's name, namespace, UID and resourceVersion, and its controller reference
+// alone: what a cache that bounds what it keeps keeps of an object's metadata.
+func ControllerMeta(obj metav1.Object) metav1.ObjectMeta {
+	m := metav1.ObjectMeta{Name: obj.GetName(), Namespace: obj.GetNamespace(), UID: obj.GetUID(), ResourceVersion: obj.GetResourceVersion()}
+	if ref := metav1.GetControllerOfNoCopy(obj); ref != nil {
+		m.OwnerReferences = []metav1.OwnerReference{*ref}
+	}
+	return m
+}
