@@ -17,10 +17,13 @@ import (
 // (the Pod and its Tekton owners) and its checks' states.
 //
 // A request with nothing remembered wakes at every change, as every request did before: one
-// not evaluated since this controller started (after a leader change too), one being evaluated
-// (an evaluation forgets the request's reads when it starts and remembers them when it ends, so
-// a change its own list did not see wakes it either way), and one whose evaluation stopped
-// before a check's selector was known (a template that does not render, the budget spent).
+// not evaluated since this controller started (after a leader change too), and one whose last
+// evaluation stopped before a check's selector was known (a template that does not render, the
+// budget spent). While a request is evaluated, what its checks read is added to what it read
+// before as each check comes to read, and replaces it when the evaluation ends: a change that
+// the evaluation's own list did not see (the informer updates its store before it tells the
+// handlers) wakes it by either, and changes of objects it reads neither before nor now do not
+// (a tenant touching unrelated objects of its namespace does not keep its requests busy).
 // What an evaluation renders a selector from (the Pod, its owners, the Connector, a check
 // template) is read again at each evaluation; a change of those is seen at the request's next
 // one, which a change of an object its checks select, the Connector or a policy, or the Pod's
@@ -43,6 +46,16 @@ func (r checkRead) selects(obj client.Object) bool {
 	kind := obj.GetObjectKind().GroupVersionKind().GroupKind()
 	return (kind.Empty() || kind == r.kind) && (r.name == "" || r.name == obj.GetName()) &&
 		r.selector.Matches(labels.Set(obj.GetLabels()))
+}
+
+// add adds read to what request is known to read, while it is evaluated; a request not known
+// stays so (it wakes at every change until an evaluation is remembered).
+func (c *checkReads) add(request types.NamespacedName, read checkRead) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if reads, known := c.byRequest[request]; known {
+		c.byRequest[request] = append(reads[:len(reads):len(reads)], read)
+	}
 }
 
 // forget makes request wake at every change again.

@@ -10,8 +10,9 @@ import (
 )
 
 // TestCheckReadsWakeWhatTheChecksSelect: a request whose checks' reads are remembered wakes
-// only for an object of a kind, name and labels one of them selects; one with none remembered
-// (never evaluated, or forgotten when an evaluation starts) wakes for every object.
+// only for an object of a kind, name and labels one of them selects, or that a check of the
+// evaluation under way came to select; one with none remembered (never evaluated, or whose
+// evaluation stopped before every check's selector was known) wakes for every object.
 func TestCheckReadsWakeWhatTheChecksSelect(t *testing.T) {
 	task := schema.GroupKind{Group: "openshift-pipelines.org", Kind: "ApprovalTask"}
 	object := func(kind schema.GroupKind, name string, labels map[string]string) *unstructured.Unstructured {
@@ -42,8 +43,19 @@ func TestCheckReadsWakeWhatTheChecksSelect(t *testing.T) {
 			t.Errorf("%s %s %v: wakes %v, want %v", tc.obj.GroupVersionKind().Group, tc.obj.GetName(), tc.obj.GetLabels(), got, tc.want)
 		}
 	}
+	// Evaluated again: what a check comes to read is added to what was read before, until the
+	// evaluation ends.
+	run2 := object(task, "approve-run-2", map[string]string{"tekton.dev/pipelineRun": "run-2"})
+	reads.add(request, checkRead{kind: task, selector: labels.SelectorFromSet(labels.Set{"tekton.dev/pipelineRun": "run-2"})})
+	if !reads.wakes(request, run2) || !reads.wakes(request, object(task, "gate", nil)) {
+		t.Error("during an evaluation, a request did not wake for what it reads now and what it read before")
+	}
 	reads.forget(request)
-	if !reads.wakes(request, object(task, "approve-run-2", nil)) {
-		t.Error("a request being evaluated again did not wake")
+	if !reads.wakes(request, object(task, "anything", nil)) {
+		t.Error("a request whose evaluation did not read every check did not wake")
+	}
+	reads.add(request, checkRead{kind: task, name: "gate", selector: labels.Everything()})
+	if !reads.wakes(request, object(task, "anything", nil)) {
+		t.Error("a read added to a request not known made it known")
 	}
 }

@@ -133,7 +133,9 @@ func (c *Controller) placeInQueue(r reconcile.Request) fairqueue.Placement {
 
 func (c *Controller) requests(ctx context.Context, opts ...client.ListOption) []reconcile.Request {
 	var list v1alpha1.AccessRequestList
-	if err := c.Client.List(ctx, &list, opts...); err != nil {
+	// Uncopied: only names are read, of every request of a namespace or Connector (a day's
+	// revoked ones too, with their policy snapshots).
+	if err := c.Client.List(ctx, &list, append(opts, client.UnsafeDisableDeepCopy)...); err != nil {
 		return nil
 	}
 	out := make([]reconcile.Request, len(list.Items))
@@ -218,7 +220,7 @@ func (c *Controller) requestsOfEarlierPods(ctx context.Context, o client.Object)
 // too.
 func (c *Controller) requestsOfCheckObject(ctx context.Context, o client.Object) []reconcile.Request {
 	var list v1alpha1.AccessRequestList
-	if err := c.Client.List(ctx, &list, client.MatchingFields{indexPodNamespace: o.GetNamespace()}); err != nil {
+	if err := c.Client.List(ctx, &list, client.MatchingFields{indexPodNamespace: o.GetNamespace()}, client.UnsafeDisableDeepCopy); err != nil {
 		return nil
 	}
 	var out []reconcile.Request
@@ -259,11 +261,11 @@ func (c *Controller) watchKind(ctx context.Context, gvk schema.GroupVersionKind)
 
 // Reconcile evaluates one AccessRequest.
 func (c *Controller) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
-	// Any change of a check object of its Pod's namespace wakes the request until this
-	// evaluation has read its checks (see checkReads).
-	c.reads.forget(req.NamespacedName)
 	var cached v1alpha1.AccessRequest
 	if err := c.Client.Get(ctx, req.NamespacedName, &cached); err != nil {
+		if apierrors.IsNotFound(err) {
+			c.reads.forget(req.NamespacedName)
+		}
 		return reconcile.Result{}, client.IgnoreNotFound(err)
 	}
 	ar := cached.DeepCopy()
@@ -350,10 +352,7 @@ func (c *Controller) evaluate(ctx context.Context, ar *v1alpha1.AccessRequest) (
 	if err != nil {
 		return reconcile.Result{}, err
 	}
-	outcome, msg, reads := c.evaluateChecks(ctx, ar, rctx)
-	if reads != nil {
-		c.reads.remember(types.NamespacedName{Namespace: ar.Namespace, Name: ar.Name}, reads)
-	}
+	outcome, msg := c.evaluateChecks(ctx, ar, rctx)
 	observeDecision(ar, outcome)
 	var result reconcile.Result
 	switch outcome {
@@ -474,8 +473,9 @@ func contains(list []string, s string) bool {
 	return false
 }
 
-// requestContext is the template context: .object is the Pod, .connector the Connector, and
-// .taskRun and .pipelineRun the Pod's Tekton owners when they verify (see tektonOwners).
+// requestContext is the template context: .object is the Pod, .connector the Connector (less
+// its status), and .taskRun and .pipelineRun the Pod's Tekton owners when they verify (see
+// tektonOwners).
 func (c *Controller) requestContext(ctx context.Context, pod *corev1.Pod, connector *v1alpha1.Connector) (map[string]any, error) {
 	podMap, err := runtime.DefaultUnstructuredConverter.ToUnstructured(pod)
 	if err != nil {
@@ -489,15 +489,18 @@ func (c *Controller) requestContext(ctx context.Context, pod *corev1.Pod, connec
 	if err != nil {
 		return nil, err
 	}
+	// Without its status: a write of the status alone wakes no request (notStatusOnly), so a
+	// template must not depend on it.
+	delete(connMap, "status")
 	rctx["object"], rctx[keyConnector] = podMap, connMap
 	return rctx, nil
 }
 
 // evaluateChecks reads every check of every snapshotted policy. The outcome is Failed (a check
 // cannot be evaluated), Rejected (any object rejected), Pending, or Passed (all passed), with a
-// message that names what it waits for or what decided, and what the checks read when every
-// one got as far as reading its objects (nil otherwise).
-func (c *Controller) evaluateChecks(ctx context.Context, ar *v1alpha1.AccessRequest, rctx map[string]any) (string, string, []checkRead) {
+// message that names what it waits for or what decided. What the checks read is remembered
+// when every one got as far as reading its objects, and forgotten otherwise (checkReads).
+func (c *Controller) evaluateChecks(ctx context.Context, ar *v1alpha1.AccessRequest, rctx map[string]any) (string, string) {
 	rank := map[string]int{v1alpha1.ReasonPassed: 0, v1alpha1.ReasonPending: 1, outcomeRetry: 2, v1alpha1.ReasonRejected: 3, v1alpha1.ReasonFailed: 4}
 	outcome, msgs := v1alpha1.ReasonPassed, []string{}
 	if c.EvaluationBudget > 0 {
@@ -522,10 +525,12 @@ func (c *Controller) evaluateChecks(ctx context.Context, ar *v1alpha1.AccessRequ
 			}
 		}
 	}
-	if len(reads) != checks {
-		reads = nil
+	if key := client.ObjectKeyFromObject(ar); len(reads) == checks {
+		c.reads.remember(key, reads)
+	} else {
+		c.reads.forget(key)
 	}
-	return outcome, strings.Join(msgs, "; "), reads
+	return outcome, strings.Join(msgs, "; ")
 }
 
 // outcomeRetry is a check that could not be read for a reason of the controller's, not the
@@ -615,7 +620,9 @@ func (c *Controller) evaluateCheck(ctx context.Context, ar *v1alpha1.AccessReque
 	if err != nil {
 		return fail("matchExpressions: %v", err)
 	}
-	*reads = append(*reads, checkRead{kind: gvk.GroupKind(), name: name, selector: selector})
+	read := checkRead{kind: gvk.GroupKind(), name: name, selector: selector}
+	*reads = append(*reads, read)
+	c.reads.add(client.ObjectKeyFromObject(ar), read)
 	list := &unstructured.UnstructuredList{}
 	list.SetGroupVersionKind(gvk.GroupVersion().WithKind(gvk.Kind + "List"))
 	// From the informer watchKind started, not the API server: a request is evaluated again at
@@ -864,6 +871,8 @@ func revoked(ar *v1alpha1.AccessRequest) bool {
 
 // retain deletes a finished request once its retention has passed, or comes back then.
 func (c *Controller) retain(ctx context.Context, ar *v1alpha1.AccessRequest) (reconcile.Result, error) {
+	// Done: its checks wake it no more (checkReads).
+	c.reads.forget(client.ObjectKeyFromObject(ar))
 	cond := meta.FindStatusCondition(ar.Status.Conditions, v1alpha1.ConditionAccessPermissionSync)
 	left := time.Until(cond.LastTransitionTime.Add(c.Retention))
 	if left <= 0 {

@@ -14,8 +14,10 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
@@ -43,14 +45,18 @@ func (c *PolicyController) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("accesspolicy").
 		For(&v1alpha1.AccessPolicy{}).
-		Watches(&v1alpha1.Connector{}, handler.EnqueueRequestsFromMapFunc(c.policiesIn)).
-		Watches(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(c.allPolicies)).
+		Watches(&v1alpha1.Connector{}, handler.EnqueueRequestsFromMapFunc(c.policiesIn), notStatusOnly).
+		// A namespace created, deleted or relabelled changes the subjects of a defaultPermission
+		// that selects namespaces by label, and of no other policy: each policy reconciled reads
+		// its grant from the API server.
+		Watches(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(c.policiesSelectingNamespaces),
+			builder.WithPredicates(predicate.LabelChangedPredicate{})).
 		Complete(c)
 }
 
 func (c *PolicyController) list(ctx context.Context, opts ...client.ListOption) []reconcile.Request {
 	var list v1alpha1.AccessPolicyList
-	if err := c.Client.List(ctx, &list, opts...); err != nil {
+	if err := c.Client.List(ctx, &list, append(opts, client.UnsafeDisableDeepCopy)...); err != nil {
 		return nil
 	}
 	out := make([]reconcile.Request, len(list.Items))
@@ -64,8 +70,34 @@ func (c *PolicyController) policiesIn(ctx context.Context, o client.Object) []re
 	return c.list(ctx, client.InNamespace(o.GetNamespace()))
 }
 
-func (c *PolicyController) allPolicies(ctx context.Context, _ client.Object) []reconcile.Request {
-	return c.list(ctx)
+// policiesSelectingNamespaces lists the policies whose defaultPermission binds the
+// ServiceAccounts of namespaces selected by labels.
+func (c *PolicyController) policiesSelectingNamespaces(ctx context.Context, _ client.Object) []reconcile.Request {
+	var list v1alpha1.AccessPolicyList
+	if err := c.Client.List(ctx, &list, client.UnsafeDisableDeepCopy); err != nil {
+		return nil
+	}
+	var out []reconcile.Request
+	for i := range list.Items {
+		if p := &list.Items[i]; selectsNamespacesByLabel(p.Spec.DefaultPermission) {
+			out = append(out, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: p.Namespace, Name: p.Name}})
+		}
+	}
+	return out
+}
+
+// selectsNamespacesByLabel tells whether a defaultPermission's subjects depend on which
+// namespaces have which labels.
+func selectsNamespacesByLabel(dp *v1alpha1.DefaultPermission) bool {
+	if dp == nil {
+		return false
+	}
+	for _, sel := range dp.BindingTemplate.ServiceAccounts {
+		if len(sel.NamespaceSelector.MatchLabels) > 0 || len(sel.NamespaceSelector.MatchExpressions) > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // defaultGrantName names the Role and RoleBinding of a policy's defaultPermission.
@@ -197,6 +229,7 @@ func (c *PolicyController) syncDefaultPermission(ctx context.Context, p *v1alpha
 		if err != nil {
 			return err
 		}
+		delete(connMap, "status") // as for a request's grant: a status write alone wakes no policy
 		r, err := c.templates.Rules(&cm, map[string]any{keyConnector: connMap, "object": map[string]any{}})
 		if err != nil {
 			return err

@@ -3,16 +3,23 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/rand"
+	auditv1 "k8s.io/apiserver/pkg/apis/audit/v1"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/test/controlplane"
 	"github.com/kube-connectors/connectors-csi/test/kubelet"
 )
 
@@ -118,5 +125,70 @@ func TestDefaultPermissionAndBadPolicies(t *testing.T) {
 				t.Fatalf("publish error %q does not name the AccessRequest and %q", err, want)
 			}
 		})
+	}
+}
+
+// TestNamespaceChangesReachOnlyPoliciesSelectingThem: a namespace created with a label that a
+// defaultPermission's bindingTemplate selects joins that policy's RoleBinding, and reconciles no
+// policy whose subjects do not depend on namespace labels (each policy reconciled reads its
+// grant from the API server: every namespace created in a cluster of a thousand policies would
+// cost two thousand reads). The controller as deployed, its reads from the audit log.
+func TestNamespaceChangesReachOnlyPoliciesSelectingThem(t *testing.T) {
+	setupApproval(t)
+	startDeployedDrivers(t, nil)
+	ns := newNamespace(t)
+	gitConnector(t, ns, "shared", gitClass(t), startGitServer(t, false))
+	team := "team-" + rand.String(6)
+	create(t, &v1alpha1.AccessPolicy{ObjectMeta: metav1.ObjectMeta{Name: "by-label", Namespace: ns},
+		Spec: v1alpha1.AccessPolicySpec{
+			Connector: v1alpha1.ConnectorSelector{Names: []string{"shared"}},
+			DefaultPermission: &v1alpha1.DefaultPermission{RoleTemplate: roleRef("connectors-use-connectors-proxy"),
+				BindingTemplate: v1alpha1.BindingTemplate{ServiceAccounts: []v1alpha1.ServiceAccountSelector{{
+					Names: []string{"builder"}, NamespaceSelector: v1alpha1.NamespaceSelector{MatchLabels: map[string]string{"e2e.example/team": team}}}}}},
+		}})
+	gate := gatingPolicy("gate", "shared", pipelineCheck)
+	gate.Namespace = ns
+	create(t, gate)
+	waitPolicy(t, ns, "by-label", metav1.ConditionTrue, "Ready")
+	waitPolicy(t, ns, "gate", metav1.ConditionTrue, "Ready")
+
+	start := time.Now()
+	gateReads := func() int {
+		events, err := cp.AuditEvents(func(ev *auditv1.Event) bool {
+			return ev.User.Username == controlplane.ControllerUser && ev.ObjectRef != nil && ev.ObjectRef.Namespace == ns &&
+				ev.ObjectRef.Name == "connectors-default-gate" && !ev.RequestReceivedTimestamp.Time.Before(start)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(events)
+	}
+	// The policies' own status writes reconcile them once more; the count starts after.
+	var settled int
+	if !kubelet.WaitUntil(20*time.Second, func() bool {
+		before := gateReads()
+		time.Sleep(500 * time.Millisecond)
+		settled = gateReads()
+		return before == settled
+	}) {
+		t.Fatal("the policies' reconciles did not settle")
+	}
+
+	joined := "t-" + rand.String(8)
+	create(t, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: joined, Labels: map[string]string{"e2e.example/team": team}}})
+	t.Cleanup(func() {
+		_ = cp.Client.Delete(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: joined}})
+	})
+	var rb rbacv1.RoleBinding
+	if !kubelet.WaitUntil(20*time.Second, func() bool {
+		if err := cp.Client.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: "connectors-default-by-label"}, &rb); err != nil {
+			return false
+		}
+		return slices.ContainsFunc(rb.Subjects, func(s rbacv1.Subject) bool { return s.Namespace == joined && s.Name == "builder" })
+	}) {
+		t.Fatalf("the labelled namespace %s did not join the policy's RoleBinding: %v", joined, rb.Subjects)
+	}
+	if n := gateReads() - settled; n != 0 {
+		t.Errorf("a namespace created had the policy gate, which selects no namespace by label, reconciled: %d reads of its grant", n)
 	}
 }
