@@ -1,12 +1,15 @@
 package approval
 
 import (
+	"slices"
 	"sync"
 
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 )
 
 // checkReads remembers what each live request's checks read at its last evaluation (each
@@ -89,4 +92,53 @@ func (c *checkReads) wakes(request types.NamespacedName, obj client.Object) bool
 		}
 	}
 	return false
+}
+
+// ownWrites holds, by request, the statuses the controller is writing or wrote whose watch
+// events have not come yet. A status is added before its write, since the event may come before
+// the write returns, and one evaluation may write twice (the record before a grant, then the
+// grant's status).
+type ownWrites struct {
+	mu        sync.Mutex
+	byRequest map[types.NamespacedName][]*v1alpha1.AccessRequestStatus
+}
+
+// maxOwnWrites bounds the statuses kept per request: a write that failed, or an event lost to a
+// relist, leaves its own.
+const maxOwnWrites = 4
+
+// add records a status about to be written for request.
+func (w *ownWrites) add(request types.NamespacedName, status *v1alpha1.AccessRequestStatus) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.byRequest == nil {
+		w.byRequest = map[types.NamespacedName][]*v1alpha1.AccessRequestStatus{}
+	}
+	statuses := append(w.byRequest[request], status)
+	w.byRequest[request] = statuses[max(0, len(statuses)-maxOwnWrites):]
+}
+
+// seen tells whether status is one the controller wrote for request, and forgets it with those
+// written before it.
+func (w *ownWrites) seen(request types.NamespacedName, status *v1alpha1.AccessRequestStatus) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	statuses := w.byRequest[request]
+	i := slices.IndexFunc(statuses, func(s *v1alpha1.AccessRequestStatus) bool { return apiequalityStatus(s, status) })
+	switch {
+	case i < 0:
+		return false
+	case i == len(statuses)-1:
+		delete(w.byRequest, request)
+	default:
+		w.byRequest[request] = statuses[i+1:]
+	}
+	return true
+}
+
+// forget drops what is kept of request.
+func (w *ownWrites) forget(request types.NamespacedName) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	delete(w.byRequest, request)
 }

@@ -3,10 +3,13 @@ package approval
 import (
 	"testing"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 )
 
 // TestCheckReadsWakeWhatTheChecksSelect: a request whose checks' reads are remembered wakes
@@ -57,5 +60,27 @@ func TestCheckReadsWakeWhatTheChecksSelect(t *testing.T) {
 	reads.add(request, checkRead{kind: task, name: "gate", selector: labels.Everything()})
 	if !reads.wakes(request, object(task, "anything", nil)) {
 		t.Error("a read added to a request not known made it known")
+	}
+}
+
+// TestOwnWritesTellTheControllersStatuses: a status the controller wrote is seen once, with
+// those written before it; a status anyone else wrote is not the controller's.
+func TestOwnWritesTellTheControllersStatuses(t *testing.T) {
+	status := func(reason string) *v1alpha1.AccessRequestStatus {
+		return &v1alpha1.AccessRequestStatus{Conditions: []metav1.Condition{{Type: v1alpha1.ConditionReady, Status: metav1.ConditionFalse, Reason: reason}}}
+	}
+	request := types.NamespacedName{Namespace: "ns", Name: "r"}
+	var w ownWrites
+	w.add(request, status(v1alpha1.ReasonGranting))
+	w.add(request, status("Granted"))
+	if w.seen(request, status("Forged")) {
+		t.Error("a status the controller did not write was taken for its own")
+	}
+	// The second write's event first: the first's is then no longer expected.
+	if !w.seen(request, status("Granted")) || w.seen(request, status(v1alpha1.ReasonGranting)) {
+		t.Error("the later of two writes was not seen, or the earlier one was kept after it")
+	}
+	if w.seen(request, status("Granted")) {
+		t.Error("one write was seen twice")
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -27,6 +28,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
@@ -73,8 +75,9 @@ type Controller struct {
 	templates *Templates
 	kinds     *kindChecker
 	ctrl      controller.Controller
-	watched   sync.Map // schema.GroupVersionKind → struct{}
+	watched   sync.Map // schema.GroupVersionKind → *kindWatch
 	reads     checkReads
+	written   ownWrites
 }
 
 // SetupWithManager registers the controller.
@@ -99,7 +102,9 @@ func (c *Controller) SetupWithManager(mgr ctrl.Manager) error {
 	// bound token, which dies with the Pod.
 	c.ctrl, err = ctrl.NewControllerManagedBy(mgr).
 		Named("accessrequest").
-		For(&v1alpha1.AccessRequest{}).
+		// Not on the event of its own status write: that evaluation would read the Pod and its
+		// owners again to find what it just wrote.
+		For(&v1alpha1.AccessRequest{}, builder.WithPredicates(predicate.Funcs{UpdateFunc: c.notOwnWrite})).
 		Watches(&v1alpha1.AccessRequest{}, handler.EnqueueRequestsFromMapFunc(c.requestsOfEarlierPods)).
 		// A Connector's or a policy's status, which their controllers write at each probe or
 		// match that changes it, wakes no request: an evaluation reads their spec and metadata,
@@ -235,10 +240,22 @@ func (c *Controller) requestsOfCheckObject(ctx context.Context, o client.Object)
 	return out
 }
 
+// kindWatch is whether a check kind's watch is started; its lock is held while it is started.
+type kindWatch struct {
+	mu      sync.Mutex
+	started bool
+}
+
 // watchKind starts, once, an informer for a check kind and wakes requests on its changes; a
-// kind the kindChecker refuses gets none.
+// kind the kindChecker refuses gets none. Once: the four workers evaluating requests of a new
+// kind at the same time would each start a watch, and every change of an object of that kind
+// would then be mapped to requests, and wake them, four times.
 func (c *Controller) watchKind(ctx context.Context, gvk schema.GroupVersionKind) error {
-	if _, done := c.watched.Load(gvk); done {
+	entry, _ := c.watched.LoadOrStore(gvk, &kindWatch{})
+	w := entry.(*kindWatch)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.started {
 		return nil
 	}
 	if err := c.kinds.check(ctx, gvk); err != nil {
@@ -255,7 +272,7 @@ func (c *Controller) watchKind(ctx context.Context, gvk schema.GroupVersionKind)
 	if err := c.ctrl.Watch(source.Kind(c.Cache, client.Object(u), handler.EnqueueRequestsFromMapFunc(c.requestsOfCheckObject))); err != nil {
 		return err
 	}
-	c.watched.Store(gvk, struct{}{})
+	w.started = true
 	return nil
 }
 
@@ -265,6 +282,7 @@ func (c *Controller) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	if err := c.Client.Get(ctx, req.NamespacedName, &cached); err != nil {
 		if apierrors.IsNotFound(err) {
 			c.reads.forget(req.NamespacedName)
+			c.written.forget(req.NamespacedName)
 		}
 		return reconcile.Result{}, client.IgnoreNotFound(err)
 	}
@@ -273,7 +291,7 @@ func (c *Controller) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	result, err := c.evaluate(ctx, ar)
 	if !apiequalityStatus(before, &ar.Status) {
 		c.recordTransitions(ar, before)
-		if uerr := c.Client.Status().Update(ctx, ar); uerr != nil {
+		if uerr := c.writeStatus(ctx, ar); uerr != nil {
 			return reconcile.Result{}, uerr
 		}
 	}
@@ -282,6 +300,25 @@ func (c *Controller) Reconcile(ctx context.Context, req reconcile.Request) (reco
 		result.RequeueAfter = c.PodRecheck
 	}
 	return result, err
+}
+
+// writeStatus writes the request's status, remembered first as its own (notOwnWrite).
+func (c *Controller) writeStatus(ctx context.Context, ar *v1alpha1.AccessRequest) error {
+	c.written.add(client.ObjectKeyFromObject(ar), ar.Status.DeepCopy())
+	return c.Client.Status().Update(ctx, ar)
+}
+
+// notOwnWrite passes an update of a request unless it changed the status alone, to one this
+// controller wrote: an evaluation of it would read the Pod and its owners again to find what it
+// just wrote (a write succeeds only on the resourceVersion the evaluation read, so nothing else
+// changed meanwhile). A status anyone else wrote is evaluated, and written over.
+func (c *Controller) notOwnWrite(e event.UpdateEvent) bool {
+	old, okOld := e.ObjectOld.(*v1alpha1.AccessRequest)
+	ar, okNew := e.ObjectNew.(*v1alpha1.AccessRequest)
+	if !okOld || !okNew || old.Generation != ar.Generation || !maps.Equal(old.Labels, ar.Labels) || !maps.Equal(old.Annotations, ar.Annotations) {
+		return true
+	}
+	return !c.written.seen(client.ObjectKeyFromObject(ar), &ar.Status)
 }
 
 func (c *Controller) setCondition(ar *v1alpha1.AccessRequest, typ string, status metav1.ConditionStatus, reason, format string, args ...any) {
@@ -812,7 +849,7 @@ func (c *Controller) recordGranting(ctx context.Context, ar *v1alpha1.AccessRequ
 			"writing Role and RoleBinding %s", ar.Name)
 		c.setCondition(ar, v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonGranting, "every check passed; the grant is being written")
 	}
-	if err := c.Client.Status().Update(ctx, ar); err != nil {
+	if err := c.writeStatus(ctx, ar); err != nil {
 		return err
 	}
 	ref := ar.Spec.Context.ObjectRef
