@@ -136,6 +136,18 @@ func (w *ownWrites) seen(request types.NamespacedName, status *v1alpha1.AccessRe
 	return true
 }
 
+// drop forgets status, added for request, whose write failed.
+func (w *ownWrites) drop(request types.NamespacedName, status *v1alpha1.AccessRequestStatus) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	statuses := slices.DeleteFunc(w.byRequest[request], func(s *v1alpha1.AccessRequestStatus) bool { return s == status })
+	if len(statuses) == 0 {
+		delete(w.byRequest, request)
+		return
+	}
+	w.byRequest[request] = statuses
+}
+
 // forget drops what is kept of request.
 func (w *ownWrites) forget(request types.NamespacedName) {
 	w.mu.Lock()

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sync/singleflight"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -75,7 +76,8 @@ type Controller struct {
 	templates *Templates
 	kinds     *kindChecker
 	ctrl      controller.Controller
-	watched   sync.Map // schema.GroupVersionKind → *kindWatch
+	watched   sync.Map // schema.GroupVersionKind → struct{}: the kinds whose watch started
+	starting  singleflight.Group
 	reads     checkReads
 	written   ownWrites
 }
@@ -112,6 +114,8 @@ func (c *Controller) SetupWithManager(mgr ctrl.Manager) error {
 		// again at each flap.
 		Watches(&v1alpha1.Connector{}, handler.EnqueueRequestsFromMapFunc(c.requestsOfConnector), notStatusOnly).
 		Watches(&v1alpha1.AccessPolicy{}, handler.EnqueueRequestsFromMapFunc(c.requestsInNamespace), notStatusOnly).
+		// A check or role template changed: its checks' selectors may have (see checkReads).
+		Watches(&corev1.ConfigMap{}, handler.EnqueueRequestsFromMapFunc(c.requestsUsingTemplate)).
 		// In turns by namespace, and within a Connector's namespace by the Pods' (tenants sharing
 		// a Connector): one tenant's backlog (many requests, or requests slow to evaluate) does
 		// not hold another's approval behind it.
@@ -190,6 +194,28 @@ func (c *Controller) requestsInNamespace(ctx context.Context, o client.Object) [
 	return c.requests(ctx, client.InNamespace(o.GetNamespace()))
 }
 
+// requestsUsingTemplate wakes the live requests whose snapshotted policies name the template
+// ConfigMap o (the cache holds the system namespace's only).
+func (c *Controller) requestsUsingTemplate(ctx context.Context, o client.Object) []reconcile.Request {
+	if o.GetNamespace() != c.SystemNamespace {
+		return nil
+	}
+	var list v1alpha1.AccessRequestList
+	if err := c.Client.List(ctx, &list, client.UnsafeDisableDeepCopy); err != nil {
+		return nil
+	}
+	var out []reconcile.Request
+	for i := range list.Items {
+		ar := &list.Items[i]
+		if !revoked(ar) && slices.ContainsFunc(ar.Status.Policies, func(p v1alpha1.PolicyStatus) bool {
+			return p.PolicySpec != nil && usesTemplate(p.PolicySpec, o.GetName())
+		}) {
+			out = append(out, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(ar)})
+		}
+	}
+	return out
+}
+
 // requestsOfEarlierPods wakes, on a request's event, the live requests of other Pods of its
 // Pod's name (another UID): a Pod of that name exists now, so the earlier one is gone, and its
 // grants, which RBAC names by the Pod's name (SPEC §4.4), are revoked at once rather than at
@@ -240,24 +266,26 @@ func (c *Controller) requestsOfCheckObject(ctx context.Context, o client.Object)
 	return out
 }
 
-// kindWatch is whether a check kind's watch is started; its lock is held while it is started.
-type kindWatch struct {
-	mu      sync.Mutex
-	started bool
-}
-
 // watchKind starts, once, an informer for a check kind and wakes requests on its changes; a
 // kind the kindChecker refuses gets none. Once: the four workers evaluating requests of a new
 // kind at the same time would each start a watch, and every change of an object of that kind
 // would then be mapped to requests, and wake them, four times.
+// Only kinds whose watch started are kept: a tenant's policy may name any number of kinds.
 func (c *Controller) watchKind(ctx context.Context, gvk schema.GroupVersionKind) error {
-	entry, _ := c.watched.LoadOrStore(gvk, &kindWatch{})
-	w := entry.(*kindWatch)
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.started {
+	if _, started := c.watched.Load(gvk); started {
 		return nil
 	}
+	_, err, _ := c.starting.Do(gvk.String(), func() (any, error) {
+		if _, started := c.watched.Load(gvk); started {
+			return nil, nil
+		}
+		return nil, c.startWatch(ctx, gvk)
+	})
+	return err
+}
+
+// startWatch checks a kind and starts its informer and watch.
+func (c *Controller) startWatch(ctx context.Context, gvk schema.GroupVersionKind) error {
 	if err := c.kinds.check(ctx, gvk); err != nil {
 		return err
 	}
@@ -272,7 +300,7 @@ func (c *Controller) watchKind(ctx context.Context, gvk schema.GroupVersionKind)
 	if err := c.ctrl.Watch(source.Kind(c.Cache, client.Object(u), handler.EnqueueRequestsFromMapFunc(c.requestsOfCheckObject))); err != nil {
 		return err
 	}
-	w.started = true
+	c.watched.Store(gvk, struct{}{})
 	return nil
 }
 
@@ -302,10 +330,16 @@ func (c *Controller) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	return result, err
 }
 
-// writeStatus writes the request's status, remembered first as its own (notOwnWrite).
+// writeStatus writes the request's status, remembered first as its own (notOwnWrite), and
+// forgotten if the write fails (it has no event).
 func (c *Controller) writeStatus(ctx context.Context, ar *v1alpha1.AccessRequest) error {
-	c.written.add(client.ObjectKeyFromObject(ar), ar.Status.DeepCopy())
-	return c.Client.Status().Update(ctx, ar)
+	key, status := client.ObjectKeyFromObject(ar), ar.Status.DeepCopy()
+	c.written.add(key, status)
+	err := c.Client.Status().Update(ctx, ar)
+	if err != nil {
+		c.written.drop(key, status)
+	}
+	return err
 }
 
 // notOwnWrite passes an update of a request unless it changed the status alone, to one this

@@ -121,8 +121,9 @@ func deleteGrant(ctx context.Context, c client.Client, owner client.Object, name
 
 // GrantCacheView is what the controller's cache keeps of a labelled Role or RoleBinding: of one
 // that may be a request's grant (controlled by an AccessRequest of its name), what
-// grantUpToDate reads, when no larger than what the controller writes (the rules of a role
-// template's output, one subject); nil for any other, which the cache keeps as a stub. The label
+// grantUpToDate reads, when no larger than what the controller writes (rules of about a few
+// role templates' output, one subject); nil for any other, which the cache keeps as a stub (a
+// grant kept so is read and repaired through the API server). The label
 // and the owner reference are anyone's who may create Roles to write (a tenant can read its
 // requests' names and UIDs), so what is kept is bounded by its size, not by whose the object
 // claims to be.
@@ -132,7 +133,7 @@ func GrantCacheView(obj client.Object) client.Object {
 	}
 	switch o := obj.(type) {
 	case *rbacv1.Role:
-		if rulesWeight(o.Rules) <= templates.MaxOutput {
+		if rulesWeight(o.Rules) <= maxCachedRulesWeight {
 			return &rbacv1.Role{ObjectMeta: v1alpha1.ControllerMeta(o), Rules: o.Rules}
 		}
 	case *rbacv1.RoleBinding:
@@ -142,6 +143,10 @@ func GrantCacheView(obj client.Object) client.Object {
 	}
 	return nil
 }
+
+// maxCachedRulesWeight bounds the rules a grant kept in the cache may have: four role
+// templates' largest output (a request's rules join those of every policy gating it).
+const maxCachedRulesWeight = 4 * templates.MaxOutput
 
 // rulesWeight is about what rules take in memory: their strings, and a word or two for each.
 func rulesWeight(rules []rbacv1.PolicyRule) int {

@@ -7,8 +7,8 @@ package approval
 // only what a check selects by — each one's identity, labels and owners, and the Pod's
 // ServiceAccount — never a spec, a status or the annotations (kubectl's
 // last-applied-configuration holds a whole spec). The Connector is the policy's own
-// namespace's, whole. Check and role templates of the system namespace, written by the
-// platform's administrators, see the context whole.
+// namespace's, whole but for its status (see requestContext). Check and role templates of the
+// system namespace, written by the platform's administrators, see the context whole.
 func inlineView(rctx map[string]any) map[string]any {
 	out := make(map[string]any, len(rctx))
 	for key, v := range rctx {

@@ -3,6 +3,7 @@ package approval
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 
@@ -51,6 +52,8 @@ func (c *PolicyController) SetupWithManager(mgr ctrl.Manager) error {
 		// its grant from the API server.
 		Watches(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(c.policiesSelectingNamespaces),
 			builder.WithPredicates(predicate.LabelChangedPredicate{})).
+		// A role or check template changed (the cache holds the system namespace's ConfigMaps).
+		Watches(&corev1.ConfigMap{}, handler.EnqueueRequestsFromMapFunc(c.policiesUsingTemplate)).
 		Complete(c)
 }
 
@@ -84,6 +87,40 @@ func (c *PolicyController) policiesSelectingNamespaces(ctx context.Context, _ cl
 		}
 	}
 	return out
+}
+
+// policiesUsingTemplate lists the policies that name the template ConfigMap o.
+func (c *PolicyController) policiesUsingTemplate(ctx context.Context, o client.Object) []reconcile.Request {
+	if o.GetNamespace() != c.SystemNamespace {
+		return nil
+	}
+	var list v1alpha1.AccessPolicyList
+	if err := c.Client.List(ctx, &list, client.UnsafeDisableDeepCopy); err != nil {
+		return nil
+	}
+	var out []reconcile.Request
+	for i := range list.Items {
+		if p := &list.Items[i]; usesTemplate(&p.Spec, o.GetName()) {
+			out = append(out, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: p.Namespace, Name: p.Name}})
+		}
+	}
+	return out
+}
+
+// usesTemplate tells whether a policy names the template ConfigMap name, as a role template or
+// a check's.
+func usesTemplate(spec *v1alpha1.AccessPolicySpec, name string) bool {
+	names := func(ref v1alpha1.TemplateRef) bool { return ref.ConfigMap != nil && ref.ConfigMap.Name == name }
+	if dp := spec.DefaultPermission; dp != nil && names(dp.RoleTemplate.Ref) {
+		return true
+	}
+	cgp := spec.CheckGrantedPermission
+	if cgp == nil {
+		return false
+	}
+	return names(cgp.Spec.RoleTemplate.Ref) || slices.ContainsFunc(cgp.Spec.Checks, func(ch v1alpha1.Check) bool {
+		return ch.Ref != nil && names(*ch.Ref)
+	})
 }
 
 // selectsNamespacesByLabel tells whether a defaultPermission's subjects depend on which
@@ -160,6 +197,11 @@ func (c *PolicyController) Reconcile(ctx context.Context, req reconcile.Request)
 		if err := c.Client.Status().Update(ctx, p); err != nil {
 			return reconcile.Result{}, err
 		}
+	}
+	if syncErr == nil && checkProblem != "" {
+		// A kind served or allowed later (a CRD installed, RBAC given) makes the check valid:
+		// asked again once the kind checker's answer expires.
+		return reconcile.Result{RequeueAfter: kindAnswerTTL}, nil
 	}
 	return reconcile.Result{}, syncErr
 }

@@ -94,8 +94,8 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		For(&v1alpha1.Connector{}, builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, predicate.LabelChangedPredicate{}))).
 		// A host Service changed by someone else (led elsewhere) is led back at once, not at the
 		// Connector's recheck. Only its own: the cache keeps other labelled Services as stubs,
-		// with no owner.
-		Owns(&corev1.Service{}).
+		// with no owner; and not on a resync, which would probe every such Connector at once.
+		Owns(&corev1.Service{}, builder.WithPredicates(predicate.ResourceVersionChangedPredicate{})).
 		Watches(&v1alpha1.ConnectorClass{}, handler.EnqueueRequestsFromMapFunc(r.connectorsOfClass),
 			builder.WithPredicates(predicate.Or[client.Object](predicate.GenerationChangedPredicate{}, classProxyChanged))).
 		// In turns by namespace: a tenant's many Connectors, whose probes may wait on silent

@@ -30,13 +30,14 @@ const (
 )
 
 // HostServiceCacheView is what the controller's cache keeps of a labelled Service: of one that
-// may be a Connector's host Service (c-<name>, controlled by Connector <name>) with at most the
-// one port the controller writes, what hostService reads; nil for any other, which the cache
-// keeps as a stub. The label and the owner reference are anyone's who may create Services to
-// write, so what is kept is bounded by its size, not by whose the object claims to be.
+// may be a Connector's host Service (c-<name>, controlled by Connector <name>), what hostService
+// reads, with at most two ports (the controller writes one: more compare unequal, and are
+// patched back to it); nil for any other, which the cache keeps as a stub. The label and the
+// owner reference are anyone's who may create Services to write, so what is kept is bounded by
+// its size, not by whose the object claims to be.
 func HostServiceCacheView(obj client.Object) client.Object {
 	svc, ok := obj.(*corev1.Service)
-	if !ok || len(svc.Spec.Ports) > 1 {
+	if !ok {
 		return nil
 	}
 	connector, ok := strings.CutPrefix(svc.Name, v1alpha1.HostServicePrefix)
@@ -44,7 +45,7 @@ func HostServiceCacheView(obj client.Object) client.Object {
 		return nil
 	}
 	return &corev1.Service{ObjectMeta: v1alpha1.ControllerMeta(svc),
-		Spec: corev1.ServiceSpec{Type: svc.Spec.Type, ExternalName: svc.Spec.ExternalName, Ports: svc.Spec.Ports}}
+		Spec: corev1.ServiceSpec{Type: svc.Spec.Type, ExternalName: svc.Spec.ExternalName, Ports: svc.Spec.Ports[:min(len(svc.Spec.Ports), 2)]}}
 }
 
 // hostServiceError is why a Connector's own host could not be given; Reason is

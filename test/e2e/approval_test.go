@@ -485,3 +485,42 @@ func controllerPodReads(t *testing.T, ns string, since time.Time) map[string]int
 	}
 	return count
 }
+
+// TestATemplateChangeWakesItsRequests: a request's checks are read again when a check template
+// its policy names changes (a change of an object its checks select wakes it, and the template
+// decides which objects those are): a waiting request whose template is corrected to select the
+// approved ApprovalTask passes with no other event (the Pod recheck is out of the way).
+func TestATemplateChangeWakesItsRequests(t *testing.T) {
+	setupApproval(t)
+	env := startDeployedDrivers(t, func(o *driver.Options) { o.PodRecheck = time.Hour })
+	ns := newNamespace(t)
+	template := func(label string) map[string]string {
+		return map[string]string{"check": "selector:\n  objectRef:\n    apiVersion: openshift-pipelines.org/v1alpha1\n    kind: ApprovalTask\n" +
+			"  matchLabels:\n    " + label + ": '{{ .pipelineRun.metadata.name }}'\n"}
+	}
+	name := "e2e-check-" + strings.ToLower(t.Name()[4:12])
+	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: systemNS}, Data: template("e2e.example/not-set")}
+	create(t, cm)
+	t.Cleanup(func() { _ = cp.Client.Delete(context.Background(), cm) })
+	check := v1alpha1.Check{Name: "approval", Ref: &v1alpha1.TemplateRef{ConfigMap: &v1alpha1.ConfigMapRef{Name: name}}}
+	gatedConnector(t, ns, "prod", gitClass(t), startGitServer(t, false), check, podRole)
+	approvalTask(t, ns, "run-1", "approved")
+	pod := pipelineRunPod(t, env.kubelet, ns, "run-1", "build", map[string]string{"connectors": "prod"})
+	request := &v1alpha1.AccessRequest{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: approval.RequestName("prod", records.Pod{Namespace: ns, Name: pod.Name, UID: string(pod.UID)})},
+		Spec: v1alpha1.AccessRequestSpec{
+			Subject:      rbacv1.Subject{Kind: rbacv1.ServiceAccountKind, Name: "builder", Namespace: ns},
+			ConnectorRef: v1alpha1.LocalObjectRef{Name: "prod"},
+			Context: v1alpha1.AccessContext{ObjectRef: v1alpha1.ContextObjectRef{
+				APIVersion: "v1", Kind: "Pod", Name: pod.Name, Namespace: ns, UID: pod.UID}},
+		}}
+	create(t, request)
+	conditions := func(ar *v1alpha1.AccessRequest) []metav1.Condition { return ar.Status.Conditions }
+	waitObjectCondition(t, request, conditions, v1alpha1.ConditionAccessCheckReady, metav1.ConditionUnknown, v1alpha1.ReasonPending)
+
+	cm.Data = template("tekton.dev/pipelineRun")
+	if err := cp.Client.Update(context.Background(), cm); err != nil {
+		t.Fatal(err)
+	}
+	waitObjectCondition(t, request, conditions, v1alpha1.ConditionAccessCheckReady, metav1.ConditionTrue, v1alpha1.ReasonPassed)
+}

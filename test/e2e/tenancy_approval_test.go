@@ -396,6 +396,9 @@ func TestTenantChecksAreBounded(t *testing.T) {
 			policy: "Services: the controller caches only its own", publish: "Services: the controller caches only its own"},
 		{name: "configmap", kind: v1alpha1.ObjectKindRef{APIVersion: "v1", Kind: "ConfigMap"}, labels: map[string]string{"a": "b"},
 			policy: "ConfigMaps: the controller caches only its own", publish: "ConfigMaps: the controller caches only its own"},
+		// Cached whole already: a check's informer would be a second cluster-wide copy.
+		{name: "accessrequest", kind: v1alpha1.ObjectKindRef{APIVersion: v1alpha1.GroupVersion.String(), Kind: "AccessRequest"}, labels: map[string]string{"a": "b"},
+			policy: "AccessRequest objects: the controller caches them already", publish: "AccessRequest objects: the controller caches them already"},
 		{name: "unlistable", kind: v1alpha1.ObjectKindRef{APIVersion: "apps/v1", Kind: "Deployment"}, labels: map[string]string{"a": "b"},
 			policy: "deployments.apps", publish: "deployments.apps"},
 	}
