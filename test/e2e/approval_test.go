@@ -384,14 +384,7 @@ func TestCheckChangesWakeOnlyTheirRequests(t *testing.T) {
 	}
 	start := time.Now()
 	for i, pod := range pods {
-		requests[i] = &v1alpha1.AccessRequest{
-			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: approval.RequestName("prod", records.Pod{Namespace: ns, Name: pod.Name, UID: string(pod.UID)})},
-			Spec: v1alpha1.AccessRequestSpec{
-				Subject:      rbacv1.Subject{Kind: rbacv1.ServiceAccountKind, Name: "builder", Namespace: ns},
-				ConnectorRef: v1alpha1.LocalObjectRef{Name: "prod"},
-				Context: v1alpha1.AccessContext{ObjectRef: v1alpha1.ContextObjectRef{
-					APIVersion: "v1", Kind: "Pod", Name: pod.Name, Namespace: ns, UID: pod.UID}},
-			}}
+		requests[i] = podRequest("prod", pod, "builder")
 		create(t, requests[i])
 	}
 	conditions := func(ar *v1alpha1.AccessRequest) []metav1.Condition { return ar.Status.Conditions }
@@ -506,14 +499,7 @@ func TestATemplateChangeWakesItsRequests(t *testing.T) {
 	gatedConnector(t, ns, "prod", gitClass(t), startGitServer(t, false), check, podRole)
 	approvalTask(t, ns, "run-1", "approved")
 	pod := pipelineRunPod(t, env.kubelet, ns, "run-1", "build", map[string]string{"connectors": "prod"})
-	request := &v1alpha1.AccessRequest{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: approval.RequestName("prod", records.Pod{Namespace: ns, Name: pod.Name, UID: string(pod.UID)})},
-		Spec: v1alpha1.AccessRequestSpec{
-			Subject:      rbacv1.Subject{Kind: rbacv1.ServiceAccountKind, Name: "builder", Namespace: ns},
-			ConnectorRef: v1alpha1.LocalObjectRef{Name: "prod"},
-			Context: v1alpha1.AccessContext{ObjectRef: v1alpha1.ContextObjectRef{
-				APIVersion: "v1", Kind: "Pod", Name: pod.Name, Namespace: ns, UID: pod.UID}},
-		}}
+	request := podRequest("prod", pod, "builder")
 	create(t, request)
 	conditions := func(ar *v1alpha1.AccessRequest) []metav1.Condition { return ar.Status.Conditions }
 	waitObjectCondition(t, request, conditions, v1alpha1.ConditionAccessCheckReady, metav1.ConditionUnknown, v1alpha1.ReasonPending)
@@ -523,4 +509,18 @@ func TestATemplateChangeWakesItsRequests(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitObjectCondition(t, request, conditions, v1alpha1.ConditionAccessCheckReady, metav1.ConditionTrue, v1alpha1.ReasonPassed)
+}
+
+// podRequest is the AccessRequest a node makes for pod to use the Connector of its namespace,
+// for ServiceAccount sa (the Pod's, unless the request is forged).
+func podRequest(connector string, pod *corev1.Pod, sa string) *v1alpha1.AccessRequest {
+	return &v1alpha1.AccessRequest{
+		ObjectMeta: metav1.ObjectMeta{Namespace: pod.Namespace,
+			Name: approval.RequestName(connector, records.Pod{Namespace: pod.Namespace, Name: pod.Name, UID: string(pod.UID)})},
+		Spec: v1alpha1.AccessRequestSpec{
+			Subject:      rbacv1.Subject{Kind: rbacv1.ServiceAccountKind, Name: sa, Namespace: pod.Namespace},
+			ConnectorRef: v1alpha1.LocalObjectRef{Name: connector},
+			Context: v1alpha1.AccessContext{ObjectRef: v1alpha1.ContextObjectRef{
+				APIVersion: "v1", Kind: "Pod", Name: pod.Name, Namespace: pod.Namespace, UID: pod.UID}},
+		}}
 }

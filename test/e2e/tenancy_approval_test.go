@@ -193,18 +193,10 @@ func TestAccessRequestSubjectComesFromThePod(t *testing.T) {
 	pipelineGate(t, ns)
 	approvalTask(t, ns, "release-1", "approved")
 	pod := pipelineRunPod(t, env.kubelet, ns, "release-1", "promote", map[string]string{"connectors": "prod"})
-	forged := &v1alpha1.AccessRequest{
-		ObjectMeta: metav1.ObjectMeta{Name: approval.RequestName("prod", records.Pod{Namespace: ns, Name: pod.Name, UID: string(pod.UID)}),
-			Namespace: ns, Labels: map[string]string{
-				v1alpha1.LabelAccessRequestConnector: "prod", v1alpha1.LabelContextObjectKind: "Pod",
-				v1alpha1.LabelContextObjectName: pod.Name, v1alpha1.LabelContextObjectNamespace: ns}},
-		Spec: v1alpha1.AccessRequestSpec{
-			Subject:      rbacv1.Subject{Kind: rbacv1.ServiceAccountKind, Name: "intruder", Namespace: ns},
-			ConnectorRef: v1alpha1.LocalObjectRef{Name: "prod"},
-			Context: v1alpha1.AccessContext{ObjectRef: v1alpha1.ContextObjectRef{
-				APIVersion: "v1", Kind: "Pod", Name: pod.Name, Namespace: ns, UID: pod.UID}},
-		},
-	}
+	forged := podRequest("prod", pod, "intruder")
+	forged.Labels = map[string]string{
+		v1alpha1.LabelAccessRequestConnector: "prod", v1alpha1.LabelContextObjectKind: "Pod",
+		v1alpha1.LabelContextObjectName: pod.Name, v1alpha1.LabelContextObjectNamespace: ns}
 	create(t, forged)
 	ar := waitRequest(t, client.ObjectKeyFromObject(forged), v1alpha1.ConditionAccessPermissionSync)
 	var rb rbacv1.RoleBinding
