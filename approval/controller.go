@@ -23,6 +23,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
+	utilcache "k8s.io/apimachinery/pkg/util/cache"
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
@@ -78,8 +79,12 @@ type Controller struct {
 	ctrl      controller.Controller
 	watched   sync.Map // schema.GroupVersionKind → struct{}: the kinds whose watch started
 	starting  singleflight.Group
-	reads     checkReads
-	written   ownWrites
+	// unserved holds, for a minute, the kinds the API server did not serve when a watch was to
+	// start: each try asks the RESTMapper, which fetches discovery again for an unknown group,
+	// and a tenant's policy may name any kind.
+	unserved *utilcache.LRUExpireCache
+	reads    checkReads
+	written  ownWrites
 }
 
 // SetupWithManager registers the controller.
@@ -87,6 +92,7 @@ func (c *Controller) SetupWithManager(mgr ctrl.Manager) error {
 	var err error
 	c.templates = NewTemplates()
 	c.kinds = newKindChecker(c.Client)
+	c.unserved = utilcache.NewLRUExpireCache(maxUnservedKinds)
 	// The grants' informers join the manager's start: without list and watch on Roles and
 	// RoleBindings the controller does not start (its cache never syncs, the reflector says
 	// why), rather than block a worker for good at its first grant.
@@ -284,8 +290,14 @@ func (c *Controller) watchKind(ctx context.Context, gvk schema.GroupVersionKind)
 	return err
 }
 
+// maxUnservedKinds bounds the kinds remembered as not served.
+const maxUnservedKinds = 1024
+
 // startWatch checks a kind and starts its informer and watch.
 func (c *Controller) startWatch(ctx context.Context, gvk schema.GroupVersionKind) error {
+	if err, ok := c.unserved.Get(gvk); ok {
+		return err.(error)
+	}
 	if err := c.kinds.check(ctx, gvk); err != nil {
 		return err
 	}
@@ -295,6 +307,9 @@ func (c *Controller) startWatch(ctx context.Context, gvk schema.GroupVersionKind
 	// watch started first would keep a goroutine asking for that informer, one more at every
 	// evaluation of a check of that kind.
 	if _, err := c.Cache.GetInformer(ctx, u); err != nil {
+		if meta.IsNoMatchError(err) {
+			c.unserved.Add(gvk, err, kindAnswerTTL)
+		}
 		return err
 	}
 	if err := c.ctrl.Watch(source.Kind(c.Cache, client.Object(u), handler.EnqueueRequestsFromMapFunc(c.requestsOfCheckObject))); err != nil {

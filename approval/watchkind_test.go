@@ -6,6 +6,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	utilcache "k8s.io/apimachinery/pkg/util/cache"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
@@ -22,20 +23,27 @@ type watchCounter struct {
 
 func (w *watchCounter) Watch(source.TypedSource[reconcile.Request]) error { w.started++; return nil }
 
-// unservedKinds is a cache whose every kind is one the API server does not serve.
-type unservedKinds struct{ cache.Cache }
+// unservedKinds is a cache whose every kind is one the API server does not serve; it counts
+// the informers asked of it (each a RESTMapper lookup, which fetches discovery again for an
+// unknown group).
+type unservedKinds struct {
+	cache.Cache
+	asked int
+}
 
-func (unservedKinds) GetInformer(_ context.Context, obj client.Object, _ ...cache.InformerGetOption) (cache.Informer, error) {
+func (u *unservedKinds) GetInformer(_ context.Context, obj client.Object, _ ...cache.InformerGetOption) (cache.Informer, error) {
+	u.asked++
 	gvk := obj.GetObjectKind().GroupVersionKind()
 	return nil, &meta.NoKindMatchError{GroupKind: gvk.GroupKind(), SearchedVersions: []string{gvk.Version}}
 }
 
 // TestAnUnservedCheckKindStartsNoWatch: a check of a kind the API server does not serve fails
 // at every evaluation without starting a watch (each would be a goroutine for the life of the
-// process, asking for an informer that never comes).
+// process, asking for an informer that never comes), and asks for its informer once a minute,
+// not at each evaluation.
 func TestAnUnservedCheckKindStartsNoWatch(t *testing.T) {
-	counter := &watchCounter{}
-	c := &Controller{Cache: unservedKinds{}, ctrl: counter,
+	counter, informers := &watchCounter{}, &unservedKinds{}
+	c := &Controller{Cache: informers, ctrl: counter, unserved: utilcache.NewLRUExpireCache(maxUnservedKinds),
 		kinds: newKindChecker(fake.NewClientBuilder().WithRESTMapper(meta.NewDefaultRESTMapper(nil)).Build())}
 	gvk := schema.GroupVersionKind{Group: "nothing.example", Version: "v1", Kind: "Nothing"}
 	for range 10 {
@@ -43,7 +51,7 @@ func TestAnUnservedCheckKindStartsNoWatch(t *testing.T) {
 			t.Fatalf("watchKind: %v, want the kind's no-match error", err)
 		}
 	}
-	if counter.started != 0 {
-		t.Errorf("10 evaluations started %d watches", counter.started)
+	if counter.started != 0 || informers.asked != 1 {
+		t.Errorf("10 evaluations started %d watches and asked for the kind's informer %d times, want none and once", counter.started, informers.asked)
 	}
 }
