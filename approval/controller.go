@@ -146,16 +146,19 @@ func (c *Controller) placeInQueue(r reconcile.Request) fairqueue.Placement {
 	return fairqueue.Placement{Within: ar.Spec.Context.ObjectRef.Namespace, Urgent: len(ar.Status.Conditions) == 0}
 }
 
-func (c *Controller) requests(ctx context.Context, opts ...client.ListOption) []reconcile.Request {
+// requests lists the requests opts select that keep (nil: all).
+func (c *Controller) requests(ctx context.Context, keep func(*v1alpha1.AccessRequest) bool, opts ...client.ListOption) []reconcile.Request {
 	var list v1alpha1.AccessRequestList
 	// Uncopied: only names are read, of every request of a namespace or Connector (a day's
 	// revoked ones too, with their policy snapshots).
 	if err := c.Client.List(ctx, &list, append(opts, client.UnsafeDisableDeepCopy)...); err != nil {
 		return nil
 	}
-	out := make([]reconcile.Request, len(list.Items))
-	for i, ar := range list.Items {
-		out[i] = reconcile.Request{NamespacedName: types.NamespacedName{Namespace: ar.Namespace, Name: ar.Name}}
+	var out []reconcile.Request
+	for i := range list.Items {
+		if ar := &list.Items[i]; keep == nil || keep(ar) {
+			out = append(out, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(ar)})
+		}
 	}
 	return out
 }
@@ -193,11 +196,11 @@ func podNamespaceOf(o client.Object) []string {
 }
 
 func (c *Controller) requestsOfConnector(ctx context.Context, o client.Object) []reconcile.Request {
-	return c.requests(ctx, client.InNamespace(o.GetNamespace()), client.MatchingFields{indexConnector: o.GetName()})
+	return c.requests(ctx, nil, client.InNamespace(o.GetNamespace()), client.MatchingFields{indexConnector: o.GetName()})
 }
 
 func (c *Controller) requestsInNamespace(ctx context.Context, o client.Object) []reconcile.Request {
-	return c.requests(ctx, client.InNamespace(o.GetNamespace()))
+	return c.requests(ctx, nil, client.InNamespace(o.GetNamespace()))
 }
 
 // requestsUsingTemplate wakes the live requests whose snapshotted policies name the template
@@ -206,20 +209,11 @@ func (c *Controller) requestsUsingTemplate(ctx context.Context, o client.Object)
 	if o.GetNamespace() != c.SystemNamespace {
 		return nil
 	}
-	var list v1alpha1.AccessRequestList
-	if err := c.Client.List(ctx, &list, client.UnsafeDisableDeepCopy); err != nil {
-		return nil
-	}
-	var out []reconcile.Request
-	for i := range list.Items {
-		ar := &list.Items[i]
-		if !revoked(ar) && slices.ContainsFunc(ar.Status.Policies, func(p v1alpha1.PolicyStatus) bool {
+	return c.requests(ctx, func(ar *v1alpha1.AccessRequest) bool {
+		return !revoked(ar) && slices.ContainsFunc(ar.Status.Policies, func(p v1alpha1.PolicyStatus) bool {
 			return p.PolicySpec != nil && usesTemplate(p.PolicySpec, o.GetName())
-		}) {
-			out = append(out, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(ar)})
-		}
-	}
-	return out
+		})
+	})
 }
 
 // requestsOfEarlierPods wakes, on a request's event, the live requests of other Pods of its
@@ -256,20 +250,9 @@ func (c *Controller) requestsOfEarlierPods(ctx context.Context, o client.Object)
 // and as it is: a request whose check selected the object before a change of its labels wakes
 // too.
 func (c *Controller) requestsOfCheckObject(ctx context.Context, o client.Object) []reconcile.Request {
-	var list v1alpha1.AccessRequestList
-	if err := c.Client.List(ctx, &list, client.MatchingFields{indexPodNamespace: o.GetNamespace()}, client.UnsafeDisableDeepCopy); err != nil {
-		return nil
-	}
-	var out []reconcile.Request
-	for i := range list.Items {
-		ar := &list.Items[i]
-		key := types.NamespacedName{Namespace: ar.Namespace, Name: ar.Name}
-		if revoked(ar) || !c.reads.wakes(key, o) {
-			continue
-		}
-		out = append(out, reconcile.Request{NamespacedName: key})
-	}
-	return out
+	return c.requests(ctx, func(ar *v1alpha1.AccessRequest) bool {
+		return !revoked(ar) && c.reads.wakes(client.ObjectKeyFromObject(ar), o)
+	}, client.MatchingFields{indexPodNamespace: o.GetNamespace()})
 }
 
 // watchKind starts, once, an informer for a check kind and wakes requests on its changes; a

@@ -57,36 +57,29 @@ func (c *PolicyController) SetupWithManager(mgr ctrl.Manager) error {
 		Complete(c)
 }
 
-func (c *PolicyController) list(ctx context.Context, opts ...client.ListOption) []reconcile.Request {
+// list lists the policies opts select that keep (nil: all), uncopied (only names are read).
+func (c *PolicyController) list(ctx context.Context, keep func(*v1alpha1.AccessPolicy) bool, opts ...client.ListOption) []reconcile.Request {
 	var list v1alpha1.AccessPolicyList
 	if err := c.Client.List(ctx, &list, append(opts, client.UnsafeDisableDeepCopy)...); err != nil {
 		return nil
 	}
-	out := make([]reconcile.Request, len(list.Items))
-	for i, p := range list.Items {
-		out[i] = reconcile.Request{NamespacedName: types.NamespacedName{Namespace: p.Namespace, Name: p.Name}}
+	var out []reconcile.Request
+	for i := range list.Items {
+		if p := &list.Items[i]; keep == nil || keep(p) {
+			out = append(out, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(p)})
+		}
 	}
 	return out
 }
 
 func (c *PolicyController) policiesIn(ctx context.Context, o client.Object) []reconcile.Request {
-	return c.list(ctx, client.InNamespace(o.GetNamespace()))
+	return c.list(ctx, nil, client.InNamespace(o.GetNamespace()))
 }
 
 // policiesSelectingNamespaces lists the policies whose defaultPermission binds the
 // ServiceAccounts of namespaces selected by labels.
 func (c *PolicyController) policiesSelectingNamespaces(ctx context.Context, _ client.Object) []reconcile.Request {
-	var list v1alpha1.AccessPolicyList
-	if err := c.Client.List(ctx, &list, client.UnsafeDisableDeepCopy); err != nil {
-		return nil
-	}
-	var out []reconcile.Request
-	for i := range list.Items {
-		if p := &list.Items[i]; selectsNamespacesByLabel(p.Spec.DefaultPermission) {
-			out = append(out, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: p.Namespace, Name: p.Name}})
-		}
-	}
-	return out
+	return c.list(ctx, func(p *v1alpha1.AccessPolicy) bool { return selectsNamespacesByLabel(p.Spec.DefaultPermission) })
 }
 
 // policiesUsingTemplate lists the policies that name the template ConfigMap o.
@@ -94,17 +87,7 @@ func (c *PolicyController) policiesUsingTemplate(ctx context.Context, o client.O
 	if o.GetNamespace() != c.SystemNamespace {
 		return nil
 	}
-	var list v1alpha1.AccessPolicyList
-	if err := c.Client.List(ctx, &list, client.UnsafeDisableDeepCopy); err != nil {
-		return nil
-	}
-	var out []reconcile.Request
-	for i := range list.Items {
-		if p := &list.Items[i]; usesTemplate(&p.Spec, o.GetName()) {
-			out = append(out, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: p.Namespace, Name: p.Name}})
-		}
-	}
-	return out
+	return c.list(ctx, func(p *v1alpha1.AccessPolicy) bool { return usesTemplate(&p.Spec, o.GetName()) })
 }
 
 // usesTemplate tells whether a policy names the template ConfigMap name, as a role template or
