@@ -260,17 +260,39 @@ func (c *Controller) requestsOfCheckObject(ctx context.Context, o client.Object)
 // kind at the same time would each start a watch, and every change of an object of that kind
 // would then be mapped to requests, and wake them, four times.
 // Only kinds whose watch started are kept: a tenant's policy may name any number of kinds.
+// The start runs under the context of the worker that began it; the others wait only as long
+// as their own allows (each evaluation has its budget, which waiting on another's would
+// overrun), and begin it again when the first ran out of time: its timeout is not theirs, and
+// reported as theirs it would fail their checks, which revokes a running Pod's grant.
 func (c *Controller) watchKind(ctx context.Context, gvk schema.GroupVersionKind) error {
-	if _, started := c.watched.Load(gvk); started {
-		return nil
-	}
-	_, err, _ := c.starting.Do(gvk.String(), func() (any, error) {
+	for {
 		if _, started := c.watched.Load(gvk); started {
-			return nil, nil
+			return nil
 		}
-		return nil, c.startWatch(ctx, gvk)
-	})
-	return err
+		began := false
+		start := c.starting.DoChan(gvk.String(), func() (any, error) {
+			began = true
+			if _, started := c.watched.Load(gvk); started {
+				return nil, nil
+			}
+			return nil, c.startWatch(ctx, gvk)
+		})
+		select {
+		case r := <-start:
+			if r.Err != nil && !began && ctx.Err() == nil && interrupted(r.Err) {
+				continue
+			}
+			return r.Err
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for the watch of check kind %s to start: %w", gvk.Kind, ctx.Err())
+		}
+	}
+}
+
+// interrupted tells whether err says that time ran out (a context's, or an informer's wait for
+// its sync), rather than anything about the kind.
+func interrupted(err error) bool {
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) || apierrors.IsTimeout(err)
 }
 
 // maxUnservedKinds bounds the kinds remembered as not served.

@@ -2,8 +2,13 @@ package approval
 
 import (
 	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	utilcache "k8s.io/apimachinery/pkg/util/cache"
@@ -54,4 +59,117 @@ func TestAnUnservedCheckKindStartsNoWatch(t *testing.T) {
 	if counter.started != 0 || informers.asked != 1 {
 		t.Errorf("10 evaluations started %d watches and asked for the kind's informer %d times, want none and once", counter.started, informers.asked)
 	}
+}
+
+// slowInformers is a cache whose informers sync only when released: GetInformer waits, and
+// gives up as controller-runtime's does (a Timeout) when its context ends first.
+type slowInformers struct {
+	cache.Cache
+	asked   atomic.Int32
+	waiting chan struct{} // a call is waiting
+	release chan struct{} // the informers have synced
+}
+
+func (s *slowInformers) GetInformer(ctx context.Context, _ client.Object, _ ...cache.InformerGetOption) (cache.Informer, error) {
+	s.asked.Add(1)
+	s.waiting <- struct{}{}
+	select {
+	case <-s.release:
+		return nil, nil
+	case <-ctx.Done():
+		return nil, apierrors.NewTimeoutError("failed waiting for *unstructured.Unstructured Informer to sync", 0)
+	}
+}
+
+// joined is a context that says when it is first waited on: watchKind waits on its caller's
+// context only after joining the start already under way.
+type joined struct {
+	context.Context
+	once  sync.Once
+	asked chan struct{}
+}
+
+func (j *joined) Done() <-chan struct{} {
+	j.once.Do(func() { close(j.asked) })
+	return j.Context.Done()
+}
+
+// TestAWatchStartIsWaitedForWithinEachBudget: the workers evaluating requests of a new check
+// kind wait for the one starting its watch only as long as their own budget allows, and one
+// whose budget outlasts the starter's starts the watch itself rather than take the starter's
+// timeout for its own (a failed check revokes a running Pod's grant).
+func TestAWatchStartIsWaitedForWithinEachBudget(t *testing.T) {
+	allowed := fake.NewClientBuilder().WithRESTMapper(meta.NewDefaultRESTMapper(nil)).Build()
+	gvk := schema.GroupVersionKind{Group: "tekton.dev", Version: "v1", Kind: "PipelineRun"}
+	newController := func(informers cache.Cache, counter *watchCounter) *Controller {
+		return &Controller{Cache: informers, ctrl: counter, unserved: utilcache.NewLRUExpireCache(maxUnservedKinds), kinds: newKindChecker(allowed)}
+	}
+	result := func(c *Controller, ctx context.Context) <-chan error {
+		out := make(chan error, 1)
+		go func() { out <- c.watchKind(ctx, gvk) }()
+		return out
+	}
+	hang := func(t *testing.T, what string) {
+		t.Helper()
+		t.Fatalf("%s: watchKind did not return", what)
+	}
+
+	t.Run("a worker whose budget is spent stops waiting", func(t *testing.T) {
+		informers := &slowInformers{waiting: make(chan struct{}, 2), release: make(chan struct{})}
+		counter := &watchCounter{}
+		c := newController(informers, counter)
+		starter := result(c, context.Background())
+		<-informers.waiting
+		spent, cancel := context.WithCancel(context.Background())
+		cancel()
+		select {
+		case err := <-result(c, spent):
+			if !errors.Is(err, context.Canceled) {
+				t.Errorf("the waiting worker got %v, want its own context's end", err)
+			}
+		case <-time.After(30 * time.Second):
+			hang(t, "the waiting worker, its budget spent")
+		}
+		close(informers.release)
+		if err := <-starter; err != nil || counter.started != 1 {
+			t.Errorf("the starter: %v and %d watches, want the watch started once", err, counter.started)
+		}
+	})
+
+	t.Run("a worker outlasting the starter starts the watch", func(t *testing.T) {
+		informers := &slowInformers{waiting: make(chan struct{}, 2), release: make(chan struct{})}
+		counter := &watchCounter{}
+		c := newController(informers, counter)
+		short, cancel := context.WithCancel(context.Background())
+		starter := result(c, short)
+		<-informers.waiting
+		waiter := &joined{Context: context.Background(), asked: make(chan struct{})}
+		waited := result(c, waiter)
+		select {
+		case <-waiter.asked:
+		case <-time.After(30 * time.Second):
+			hang(t, "the worker with time left never waited on its own context")
+		}
+		cancel()
+		if err := <-starter; !interrupted(err) {
+			t.Errorf("the starter got %v, want its own time run out", err)
+		}
+		select {
+		case <-informers.waiting:
+		case err := <-waited:
+			t.Fatalf("the worker with time left got %v without starting the watch itself", err)
+		}
+		close(informers.release)
+		select {
+		case err := <-waited:
+			if err != nil {
+				t.Errorf("the worker with time left got %v, want the watch started", err)
+			}
+		case <-time.After(30 * time.Second):
+			hang(t, "the worker with time left")
+		}
+		if n := informers.asked.Load(); n != 2 || counter.started != 1 {
+			t.Errorf("informer asked %d times, %d watches started; want 2 and 1", n, counter.started)
+		}
+	})
 }
