@@ -59,8 +59,10 @@ func startController(ctx context.Context, g *errgroup.Group, p *process, ready *
 		}, o.StatusRecheck, o.SecretCacheSize, o.SecretCacheBytes, "status_secrets"),
 		ProxyURL: o.ProxyURL, ClusterDomain: o.ClusterDomain,
 		Transports: trust.NewTransports(o.TransportCacheSize, "probe_transports", func(roots *x509.CertPool) *http.Transport {
+			// A probed tool is whoever the Connector's owner points it at: its answer head is
+			// bounded as the proxy's are (10 MiB when unset, per probe in flight).
 			return &http.Transport{Proxy: nil, DialContext: p.destinations.DialContext, DisableCompression: true,
-				TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}}
+				TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}, MaxResponseHeaderBytes: int64(o.ProxyMaxHeaderBytes)}
 		}),
 		Flags: p.flags, GlobalCA: p.globalCA, Recorder: mgr.GetEventRecorder(o.DriverName),
 		Recheck:      o.StatusRecheck,

@@ -116,7 +116,7 @@ func AuthorizationHeader(secretType string, sec *corev1.Secret) string {
 	return ""
 }
 
-func newUpstreamTransport(policy *egress.Policy, roots *x509.CertPool, idle time.Duration) *http.Transport {
+func newUpstreamTransport(policy *egress.Policy, roots *x509.CertPool, idle time.Duration, maxHead int) *http.Transport {
 	return &http.Transport{
 		// Never through another proxy: the environment's proxy settings are for clients.
 		Proxy: nil,
@@ -132,6 +132,8 @@ func newUpstreamTransport(policy *egress.Policy, roots *x509.CertPool, idle time
 		IdleConnTimeout:       idle,
 		TLSHandshakeTimeout:   10 * time.Second,
 		ExpectContinueTimeout: time.Second,
+		// A tool's answer head, as the direct transport's (headBudget); 10 MiB when unset.
+		MaxResponseHeaderBytes: int64(maxHead),
 	}
 }
 

@@ -36,6 +36,8 @@ import (
 type directTransport struct {
 	maxIdlePerHost int
 	idleTimeout    time.Duration
+	// maxHead bounds an answer's head (its 1xx heads with it), as a client's is bounded.
+	maxHead int
 
 	mu      sync.Mutex
 	idle    map[directKey][]*directConn
@@ -96,14 +98,49 @@ type directConn struct {
 	in          *awaitread.Reader
 	out         *toolWriter
 	sendRequest func() error
+	// head is between in and br: it bounds what an answer's head may take.
+	head headBudget
+}
+
+// headBudget bounds what an answer's head may read of the connection. A tool is whoever a
+// Connector's owner points it at, and http.ReadResponse reads a head to its end however long
+// it is (http.Transport bounds it the same way, from under its reader): one tool sending
+// endless header lines, or endless 1xx heads, would grow the node's memory, or hold a
+// goroutine, without end.
+type headBudget struct {
+	r   io.Reader
+	max int64
+	// left is what the head being read may still take; < 0 while none is (a body, or the
+	// first byte awaitAnswer peeks).
+	left int64
+}
+
+// spent is the error of a head that took the whole budget.
+func (h *headBudget) spent() error {
+	return fmt.Errorf("the tool's answer head is larger than %d bytes (--proxy-max-header-bytes)", h.max)
+}
+
+func (h *headBudget) Read(p []byte) (int, error) {
+	if h.left < 0 {
+		return h.r.Read(p)
+	}
+	if h.left == 0 {
+		return 0, h.spent()
+	}
+	if int64(len(p)) > h.left {
+		p = p[:h.left]
+	}
+	n, err := h.r.Read(p)
+	h.left -= int64(n)
+	return n, err
 }
 
 // directMaxIdlePerHost bounds the direct transport's pool, as http.Transport's is set for the
 // Connectors' tools.
 const directMaxIdlePerHost = 256
 
-func newDirectTransport(maxIdlePerHost int, idleTimeout time.Duration) *directTransport {
-	return &directTransport{maxIdlePerHost: maxIdlePerHost, idleTimeout: idleTimeout, idle: map[directKey][]*directConn{}}
+func newDirectTransport(maxIdlePerHost int, idleTimeout time.Duration, maxHead int) *directTransport {
+	return &directTransport{maxIdlePerHost: maxIdlePerHost, idleTimeout: idleTimeout, maxHead: maxHead, idle: map[directKey][]*directConn{}}
 }
 
 // takes reports whether r is one directTransport sends.
@@ -207,15 +244,17 @@ func (d *directTransport) get(ctx context.Context, key directKey, checked bool) 
 	if err != nil {
 		return nil, false, err
 	}
-	return newDirectConn(key, conn), false, nil
+	return newDirectConn(key, conn, d.maxHead), false, nil
 }
 
 // newDirectConn is a new connection of key's: its answers read through an awaitread.Reader, so
-// that a request is sent from within the read of its answer (awaitAnswer).
-func newDirectConn(key directKey, conn net.Conn) *directConn {
+// that a request is sent from within the read of its answer (awaitAnswer), and their heads
+// within maxHead bytes.
+func newDirectConn(key directKey, conn net.Conn, maxHead int) *directConn {
 	pc := &directConn{key: key, conn: conn, out: &toolWriter{Conn: conn}, in: awaitread.NewReader(conn)}
+	pc.head = headBudget{r: pc.in, max: int64(maxHead), left: -1}
 	pc.bw = bufio.NewWriterSize(pc.out, 4<<10)
-	pc.br = bufio.NewReaderSize(pc.in, 4<<10)
+	pc.br = bufio.NewReaderSize(&pc.head, 4<<10)
 	pc.sendRequest = pc.bw.Flush
 	return pc
 }
@@ -466,8 +505,13 @@ func (pc *directConn) awaitAnswer() error {
 
 // readHead reads the head of the answer to r, skipping informational (1xx) ones.
 func (pc *directConn) readHead(r *http.Request) (*http.Response, error) {
+	pc.head.left = pc.head.max
+	defer func() { pc.head.left = -1 }()
 	for {
 		res, err := http.ReadResponse(pc.br, r)
+		if err != nil && pc.head.left == 0 {
+			return nil, pc.head.spent() // whatever the parser made of the cut
+		}
 		if err != nil {
 			return nil, err
 		}

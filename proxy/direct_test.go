@@ -105,7 +105,7 @@ func TestDirectTransportKeepsOneConnection(t *testing.T) {
 			w.Write([]byte("body of " + r.URL.Path))
 		}
 	})
-	d, tr := newDirectTransport(4, time.Minute), newTestTransport()
+	d, tr := newDirectTransport(4, time.Minute, 64<<10), newTestTransport()
 	for i := 0; i < 5; i++ {
 		for _, tc := range []struct{ method, path, want string }{
 			{"GET", "/a", "body of /a"}, {"HEAD", "/a", ""}, {"GET", "/204", ""}, {"GET", "/304", ""},
@@ -130,7 +130,7 @@ func TestDirectTransportKeepsOneConnection(t *testing.T) {
 // tool sees it once.
 func TestDirectTransportResendsOnAConnectionTheToolClosed(t *testing.T) {
 	srv, cc := startCounted(t, func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok")) })
-	d, tr := newDirectTransport(4, time.Minute), newTestTransport()
+	d, tr := newDirectTransport(4, time.Minute, 64<<10), newTestTransport()
 	res, err := directGet(t, d, tr, context.Background(), "GET", srv.URL+"/first")
 	if err != nil {
 		t.Fatal(err)
@@ -173,7 +173,7 @@ func TestDirectTransportSendsABodyOnce(t *testing.T) {
 		}
 		w.Write([]byte("got " + string(b)))
 	})
-	d, tr := newDirectTransport(4, time.Minute), newTestTransport()
+	d, tr := newDirectTransport(4, time.Minute, 64<<10), newTestTransport()
 	post := func(path, body string) (string, error) {
 		t.Helper()
 		req, err := http.NewRequest("POST", srv.URL+path, strings.NewReader(body))
@@ -226,7 +226,7 @@ func TestDirectTransportDropsWhatItCannotReuse(t *testing.T) {
 		}
 		w.Write([]byte(big))
 	})
-	d, tr := newDirectTransport(4, time.Minute), newTestTransport()
+	d, tr := newDirectTransport(4, time.Minute, 64<<10), newTestTransport()
 	for i, path := range []string{"/abandoned", "/close", "/last"} {
 		res, err := directGet(t, d, tr, context.Background(), "GET", srv.URL+path)
 		if err != nil {
@@ -260,7 +260,7 @@ func TestDirectTransportStopsWhenTheClientLeaves(t *testing.T) {
 		<-release
 	})
 	t.Cleanup(func() { close(release) }) // before the server's Close, which waits for handlers
-	d, tr := newDirectTransport(4, time.Minute), newTestTransport()
+	d, tr := newDirectTransport(4, time.Minute, 64<<10), newTestTransport()
 
 	ctx, cancel := context.WithCancel(context.Background())
 	errs := make(chan error, 1)
@@ -301,7 +301,7 @@ func TestDirectTransportStopsWhenTheClientLeaves(t *testing.T) {
 // rest (a body it could not send twice, a chunked one, a GET's, other methods, upgrades) goes
 // to http.Transport.
 func TestDirectTransportTakesWhatItCanSendAgain(t *testing.T) {
-	d, tr := newDirectTransport(4, time.Minute), newTestTransport()
+	d, tr := newDirectTransport(4, time.Minute, 64<<10), newTestTransport()
 	req := func(method, url string, body io.Reader, header ...string) *http.Request {
 		r, err := http.NewRequest(method, url, body)
 		if err != nil {
@@ -431,7 +431,7 @@ func TestDirectTransportStreamsLargeBodies(t *testing.T) {
 		}
 		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(payload[:n]))
 	})
-	d := newDirectTransport(4, time.Minute)
+	d := newDirectTransport(4, time.Minute, 64<<10)
 	front, counted := streamFront(t, d, newTestTransport(), srv.URL)
 	var total, sent int64
 	for _, n := range []int{streamMinBytes, 1<<20 + 3, len(payload), 1000} {
@@ -527,7 +527,7 @@ func TestDirectTransportSpeaksHTTP1OverTLS(t *testing.T) {
 		t.Fatalf("the transport's own request went over %s, want HTTP/2.0 (the test's tool must offer it)", res.Proto)
 	}
 	opened := cc.opened.Load()
-	d := newDirectTransport(4, time.Minute)
+	d := newDirectTransport(4, time.Minute, 64<<10)
 	for _, n := range []int{1000, 0, 1000} {
 		res, err := directGet(t, d, tr, context.Background(), "GET", "https://tool.example.com/x?n="+strconv.Itoa(n))
 		if err != nil {
@@ -594,7 +594,7 @@ func TestDirectTransportLeavesHTTP2OnlyToolsToTheTransport(t *testing.T) {
 	roots.AddCert(srv.Certificate())
 	tr := &http.Transport{DialContext: (&net.Dialer{}).DialContext, ForceAttemptHTTP2: true,
 		TLSClientConfig: &tls.Config{RootCAs: roots}}
-	d := newDirectTransport(4, time.Minute)
+	d := newDirectTransport(4, time.Minute, 64<<10)
 	req, _ := http.NewRequest("GET", srv.URL+"/x", nil)
 	if !d.takes(tr, req) {
 		t.Fatal("the direct transport does not take a GET to an https tool")
@@ -625,7 +625,7 @@ func TestToolWriterSendsLargeBodiesWithoutAllocating(t *testing.T) {
 		n, _ := io.Copy(io.Discard, conn)
 		received <- n
 	})
-	pc := newDirectConn(directKey{}, conn)
+	pc := newDirectConn(directKey{}, conn, 64<<10)
 	payload := bytes.Repeat([]byte("b"), body)
 	send := func() {
 		r, _ := http.NewRequest(http.MethodPost, "http://tool/x", io.NopCloser(bytes.NewReader(payload)))
@@ -757,7 +757,7 @@ func readHeadLines(br *bufio.Reader) error {
 // countSendsInRead is a direct connection over conn that counts the requests sent from within
 // the read of their answer (the sends awaitAnswer leaves to it).
 func countSendsInRead(conn net.Conn) (*directConn, *int) {
-	pc := newDirectConn(directKey{}, conn)
+	pc := newDirectConn(directKey{}, conn, 64<<10)
 	sent, flush := new(int), pc.sendRequest
 	pc.sendRequest = func() error {
 		*sent++
@@ -805,7 +805,7 @@ func TestDirectTransportKeepsConnectorsConnectionsApart(t *testing.T) {
 			}()
 		}
 	}()
-	d, tr := newDirectTransport(4, time.Minute), newTestTransport()
+	d, tr := newDirectTransport(4, time.Minute, 64<<10), newTestTransport()
 	send := func(connector types.UID, method string) string {
 		req, err := http.NewRequest(method, "http://"+lis.Addr().String()+"/x", nil)
 		if err != nil {
@@ -871,7 +871,7 @@ func TestDirectTransportWritesAChunkedUploadAChunkAtATime(t *testing.T) {
 		t.Fatal(err)
 	}
 	req.Body, req.ContentLength, req.TransferEncoding = uploadOf{bytes.NewReader(body)}, -1, []string{"chunked"}
-	d := newDirectTransport(4, time.Minute)
+	d := newDirectTransport(4, time.Minute, 64<<10)
 	if !d.takes(tr, req) {
 		t.Fatal("the direct transport does not take a chunked upload")
 	}
@@ -884,5 +884,75 @@ func TestDirectTransportWritesAChunkedUploadAChunkAtATime(t *testing.T) {
 	}
 	if pieces := int64(len(body) / (32 << 10)); writes.Load() > pieces+2 {
 		t.Errorf("%d writes for a body of %d pieces, want at most %d", writes.Load(), pieces, pieces+2)
+	}
+}
+
+// rawTool is a tool on loopback that answers every connection's first request with answer.
+func rawTool(t *testing.T, answer func(w *bufio.Writer)) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lis.Close() })
+	go func() {
+		for {
+			conn, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer conn.Close()
+				if readHeadLines(bufio.NewReader(conn)) != nil {
+					return
+				}
+				w := bufio.NewWriter(conn)
+				answer(w)
+				_ = w.Flush()
+			}()
+		}
+	}()
+	return "http://" + lis.Addr().String()
+}
+
+// TestDirectTransportBoundsAnswerHeads: an answer's head, its informational heads counted
+// with it, is read within the transport's bound; a tool sending more (a tenant's own server)
+// gets an error naming the bound, not the node's memory.
+func TestDirectTransportBoundsAnswerHeads(t *testing.T) {
+	const bound = 64 << 10
+	padded := func(w *bufio.Writer) {
+		w.WriteString("HTTP/1.1 200 OK\r\n")
+		for range 4 << 10 { // 4 MiB of header lines
+			w.WriteString("X-Pad: " + strings.Repeat("a", 1017) + "\r\n")
+		}
+		w.WriteString("Content-Length: 2\r\n\r\nok")
+	}
+	informational := func(w *bufio.Writer) {
+		for range 100_000 {
+			w.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
+		}
+		w.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+	}
+	within := func(w *bufio.Writer) {
+		w.WriteString("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nX-Pad: " + strings.Repeat("a", bound/2) + "\r\nContent-Length: 2\r\n\r\nok")
+	}
+	for name, tc := range map[string]struct {
+		answer func(*bufio.Writer)
+		fails  bool
+	}{"header lines past the bound": {padded, true}, "informational heads past the bound": {informational, true}, "within the bound": {within, false}} {
+		t.Run(name, func(t *testing.T) {
+			d, tr := newDirectTransport(4, time.Minute, bound), newTestTransport()
+			res, err := directGet(t, d, tr, context.Background(), "GET", rawTool(t, tc.answer)+"/x")
+			switch {
+			case tc.fails && (err == nil || !strings.Contains(err.Error(), "larger than 65536 bytes")):
+				t.Fatalf("got %v, %v; want the bound's error", res, err)
+			case !tc.fails && err != nil:
+				t.Fatal(err)
+			case !tc.fails:
+				if got := readAll(t, res); got != "ok" {
+					t.Fatalf("body %q", got)
+				}
+			}
+		})
 	}
 }

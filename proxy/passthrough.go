@@ -77,7 +77,8 @@ func newPassthrough(cfg Config) *passthrough {
 			endAtLength(pr.Out)
 		},
 		Transport: &http.Transport{Proxy: nil, DialContext: pt.dial, DisableCompression: true,
-			MaxIdleConnsPerHost: 32, IdleConnTimeout: cfg.UpstreamIdleTimeout, TLSHandshakeTimeout: 10 * time.Second},
+			MaxIdleConnsPerHost: 32, IdleConnTimeout: cfg.UpstreamIdleTimeout, TLSHandshakeTimeout: 10 * time.Second,
+			MaxResponseHeaderBytes: int64(cfg.MaxHeaderBytes)},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			refuseErr(r.Context(), w, passthroughError(r.URL.Host, err))
 		},

@@ -67,7 +67,8 @@ type Config struct {
 	// own are its http.Server's and FastLane's); UpstreamIdleTimeout is how long a connection
 	// to a tool waits idle in a pool.
 	ReadHeaderTimeout, IdleTimeout, UpstreamIdleTimeout time.Duration
-	// MaxHeaderBytes bounds the request headers inside a CONNECT tunnel.
+	// MaxHeaderBytes bounds the request headers inside a CONNECT tunnel, and every answer's
+	// head from a tool (each tool is whoever a Connector's owner points it at).
 	MaxHeaderBytes int
 	// Passthrough is what the forward proxy does with a destination no named Connector
 	// covers: PassthroughNone (also when empty), PassthroughPublic or PassthroughAll.
@@ -172,7 +173,7 @@ func New(objects client.Reader, reviewer Reviewer, flags *features.Source, kube 
 		}, cfg.SecretTTL, cfg.SecretCacheSize, cfg.SecretCacheBytes, "secrets"),
 		rego: cfg.Rego,
 		transports: trust.NewTransports(cfg.TransportCacheSize, "transports", func(roots *x509.CertPool) *http.Transport {
-			return newUpstreamTransport(cfg.Egress, roots, cfg.UpstreamIdleTimeout)
+			return newUpstreamTransport(cfg.Egress, roots, cfg.UpstreamIdleTimeout, cfg.MaxHeaderBytes)
 		}),
 		leaves:      l,
 		passthrough: newPassthrough(cfg),
@@ -181,7 +182,7 @@ func New(objects client.Reader, reviewer Reviewer, flags *features.Source, kube 
 	if cfg.Permissions == nil {
 		cfg.Permissions = reviewer
 	}
-	p.direct = newDirectTransport(directMaxIdlePerHost, cfg.UpstreamIdleTimeout)
+	p.direct = newDirectTransport(directMaxIdlePerHost, cfg.UpstreamIdleTimeout, cfg.MaxHeaderBytes)
 	p.perms = newPermissions(cfg.Permissions, permissionTTLs{allow: cfg.PermissionAllowTTL, deny: cfg.PermissionDenyTTL, settle: cfg.PermissionSettle},
 		cfg.PermissionCacheSize, &p.podEpochs)
 	p.reverse = &httputil.ReverseProxy{

@@ -1075,3 +1075,39 @@ func TestTenancyUpgradesNeedCreateAndAreChecked(t *testing.T) {
 		}
 	})
 }
+
+// TestTenancyToolAnswerHeadsAreBounded: a Connector's tool is whatever server its owner runs,
+// and one answering with a head of endless header lines would have the node's proxy hold it
+// all (every tenant's proxy, API and publishes on that node go with the process): the proxy
+// reads at most --proxy-max-header-bytes of it and answers 502 naming the bound.
+func TestTenancyToolAnswerHeadsAreBounded(t *testing.T) {
+	tool := startRecorder(t, func(w http.ResponseWriter, r *http.Request) {
+		conn, bw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		_, _ = bw.WriteString("HTTP/1.1 200 OK\r\n")
+		for range 16 << 10 { // 16 MiB of header lines, then an answer
+			_, _ = bw.WriteString("X-Pad: " + strings.Repeat("a", 1017) + "\r\n")
+		}
+		_, _ = bw.WriteString("Content-Length: 2\r\n\r\nok")
+		_ = bw.Flush()
+	})
+	env := startProxyDriver(t, nil)
+	ns := newNamespace(t)
+	createSecret(t, ns, "padded", corev1.SecretTypeBasicAuth, map[string]string{"username": "bot", "password": "padded-secret"})
+	newConnectorWithSecret(t, ns, "padded", gitClass(t), tool.URL, "basicAuth", "padded")
+	allowConnectors(t, ns, "builder", "padded")
+	_, token := publishedToken(t, env, ns, "client", "padded")
+	for _, path := range []string{"/first", "/second"} {
+		code, body := do(t, noRedirects, newRequest(t, "GET", env.proxyURL+"/namespaces/"+ns+"/connectors/padded"+path,
+			map[string]string{"Authorization": "Bearer " + token}))
+		if code != http.StatusBadGateway || !strings.Contains(body, "larger than 65536 bytes") {
+			t.Errorf("GET %s: status %d %.200q, want 502 naming the bound", path, code, body)
+		}
+	}
+	if n := len(tool.proxied()); n != 2 {
+		t.Errorf("the tool saw %d requests through the proxy, want 2", n)
+	}
+}
