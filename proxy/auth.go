@@ -63,15 +63,17 @@ var methodOverrides = []string{"X-Http-Method-Override", "X-Http-Method", "X-Met
 // verbBeyondMethod tells whether a request with headers h may need another verb than its
 // method's: it asks to switch protocols or to override its method.
 func verbBeyondMethod(h http.Header) bool {
-	if IsUpgrade(h) {
-		return true
-	}
+	return IsUpgrade(h) || MethodOverride(h) != ""
+}
+
+// MethodOverride is the name of the first method-override header h carries, or "".
+func MethodOverride(h http.Header) string {
 	for _, name := range methodOverrides {
 		if _, ok := h[name]; ok {
-			return true
+			return name
 		}
 	}
-	return false
+	return ""
 }
 
 // useVerb is the connectors/proxy verb a request of method with headers h needs: create for

@@ -205,6 +205,16 @@ func TestConnectorsAPI(t *testing.T) {
 			}
 		})
 	}
+	t.Run("a method override is refused", func(t *testing.T) {
+		// A tool may run the method the header names: a read grant would delete.
+		for _, header := range []string{"X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override"} {
+			code, body := do(t, noRedirects, newRequest(t, "GET", api("registry", "/v2/_catalog"),
+				map[string]string{"Authorization": "Bearer " + viewer, header: "DELETE"}))
+			if code != http.StatusMethodNotAllowed || !strings.Contains(body, http.CanonicalHeaderKey(header)) {
+				t.Errorf("GET with %s: DELETE: status %d %q, want 405 naming the header", header, code, body)
+			}
+		}
+	})
 	plugin, seen := startPlugin(t)
 	pluginClass := newClass(t, "plugin")
 	setClassAPI(t, pluginClass, &v1alpha1.APISpec{Destination: v1alpha1.Destination{URI: plugin + "/prefix"},
