@@ -28,6 +28,7 @@ const (
 	defaultProxyAuthBurst         = 100
 	defaultSecretCacheSize        = 1000
 	defaultSecretCacheBytes       = 32 << 20
+	defaultRegistryTokenBytes     = 8 << 20
 	defaultRegistryTokenCacheSize = 10000
 	defaultLeafCacheSize          = 1000
 	defaultTransportCacheSize     = 64
@@ -133,6 +134,7 @@ type Options struct {
 	ProxyAuthBurst         int
 	SecretCacheSize        int
 	SecretCacheBytes       int64
+	RegistryTokenBytes     int64
 	RegistryTokenCacheSize int
 	LeafCacheSize          int
 	TransportCacheSize     int
@@ -273,6 +275,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.IntVar(&o.SecretCacheSize, "secret-cache-size", defaultSecretCacheSize, "Secrets the proxy keeps at most (each for --secret-cache-ttl)")
 	fs.Int64Var(&o.SecretCacheBytes, "secret-cache-max-bytes", defaultSecretCacheBytes, "bytes of Secret data the proxy (and the status controller) keep at most together; the least recently read go first, and a larger Secret is read each time")
 	fs.IntVar(&o.RegistryTokenCacheSize, "registry-token-cache-size", defaultRegistryTokenCacheSize, "registry tokens (by Connector, credential, registry and scope) the proxy keeps at most")
+	fs.Int64Var(&o.RegistryTokenBytes, "registry-token-cache-max-bytes", defaultRegistryTokenBytes, "bytes of registry tokens the proxy keeps at most together (an eighth more for the registries' challenges); the least recently used go first")
 	fs.IntVar(&o.LeafCacheSize, "leaf-cache-size", defaultLeafCacheSize, "TLS leaf certificates (one per CONNECT host) the proxy keeps at most")
 	fs.IntVar(&o.TransportCacheSize, "transport-cache-size", defaultTransportCacheSize, "upstream connection pools (one per Connector CA bundle) the proxy keeps at most")
 	fs.IntVar(&o.PermissionCacheSize, "proxy-permission-cache-size", defaultPermissionCacheSize, "connectors/proxy decisions (by Pod, Connector and verb) the proxy keeps at most")
@@ -467,11 +470,17 @@ func (v *validated) webhook() error {
 // proxyLimits fills unset proxy limits and cache sizes with their flags' defaults (the driver
 // is also started from Go, by tests and tools) and refuses negative ones.
 func (v *validated) proxyLimits() error {
-	switch {
-	case v.SecretCacheBytes < 0:
-		return fmt.Errorf("--secret-cache-max-bytes must not be negative")
-	case v.SecretCacheBytes == 0:
-		v.SecretCacheBytes = defaultSecretCacheBytes
+	for _, l := range []struct {
+		name string
+		v    *int64
+		def  int64
+	}{{"--secret-cache-max-bytes", &v.SecretCacheBytes, defaultSecretCacheBytes}, {"--registry-token-cache-max-bytes", &v.RegistryTokenBytes, defaultRegistryTokenBytes}} {
+		if *l.v < 0 {
+			return fmt.Errorf("%s must not be negative", l.name)
+		}
+		if *l.v == 0 {
+			*l.v = l.def
+		}
 	}
 	for _, l := range []struct {
 		name string

@@ -83,8 +83,9 @@ type Config struct {
 	// Sizes of the bounded caches: Secrets, registry tokens (and realms), leaf certificates
 	// (per host), upstream transports (per CA bundle), connectors/proxy decisions.
 	SecretCacheSize, RegistryTokenCacheSize, LeafCacheSize, TransportCacheSize, PermissionCacheSize int
-	// SecretCacheBytes bounds the data of the Secrets kept together.
-	SecretCacheBytes int64
+	// SecretCacheBytes bounds the data of the Secrets kept together, RegistryTokenBytes the
+	// registry tokens (and an eighth more their challenges).
+	SecretCacheBytes, RegistryTokenBytes int64
 	// Refusals records 403 answers to Pods as Events on the Pod; nil records none.
 	Refusals *RefusalEvents
 	// PodGrants tells whether a Pod-scoped connectors/proxy grant that allows a Pod may be an
@@ -99,8 +100,8 @@ type PodGrants interface {
 
 // check refuses a Config whose limits are unset: an unbounded cache is what they prevent.
 func (c Config) check() error {
-	if c.SecretCacheBytes <= 0 {
-		return fmt.Errorf("proxy config: SecretCacheBytes must be positive")
+	if c.SecretCacheBytes <= 0 || c.RegistryTokenBytes <= 0 {
+		return fmt.Errorf("proxy config: SecretCacheBytes and RegistryTokenBytes must be positive")
 	}
 	for name, v := range map[string]int{"MaxHeaderBytes": c.MaxHeaderBytes, "SecretCacheSize": c.SecretCacheSize,
 		"RegistryTokenCacheSize": c.RegistryTokenCacheSize, "LeafCacheSize": c.LeafCacheSize, "TransportCacheSize": c.TransportCacheSize,
@@ -177,7 +178,7 @@ func New(objects client.Reader, reviewer Reviewer, flags *features.Source, kube 
 		}),
 		leaves:      l,
 		passthrough: newPassthrough(cfg),
-		registry:    newRegistryTokens(cfg.RegistryTokenCacheSize),
+		registry:    newRegistryTokens(cfg.RegistryTokenCacheSize, cfg.RegistryTokenBytes),
 	}
 	if cfg.Permissions == nil {
 		cfg.Permissions = reviewer

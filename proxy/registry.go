@@ -17,6 +17,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/cachebudget"
 	"github.com/kube-connectors/connectors-csi/cachemetrics"
 	"github.com/kube-connectors/connectors-csi/proxy/egress"
 )
@@ -64,8 +65,22 @@ type registryTokens struct {
 	// realms remembers each registry's challenge (by owner and host), so that a request whose
 	// body cannot be replayed gets its token before it is sent.
 	realms *expirable.LRU[string, challenge]
-	group  singleflight.Group
+	// The token service and the challenges are the registry's, which is whatever server a
+	// Connector's owner runs, and scopes come from request paths: what both caches hold is
+	// bounded in bytes too (a tenant's registry answering 1 MiB tokens for 10,000 scopes would
+	// otherwise have the node keep 10 GiB).
+	tokenBytes, realmBytes *cachebudget.Budget
+	group                  singleflight.Group
 }
+
+// maxRegistryTokenBytes bounds a token service's token (Docker Hub's, Harbor's, the clouds'
+// are a few KiB at most); maxChallengeBytes a challenge's realm, service and scope together,
+// and a request's scope (registries cap repository names at a few hundred bytes). Beyond
+// either, the client gets the registry's own 401.
+const (
+	maxRegistryTokenBytes = 16 << 10
+	maxChallengeBytes     = 4 << 10
+)
 
 // maxTokenLife caps how long a registry token is kept; realms are remembered as long.
 const maxTokenLife = time.Hour
@@ -77,11 +92,15 @@ type registryToken struct {
 	expires       time.Time
 }
 
-func newRegistryTokens(size int) *registryTokens {
-	t := &registryTokens{
-		tokens: expirable.NewLRU[string, registryToken](size, nil, maxTokenLife),
-		realms: expirable.NewLRU[string, challenge](size, nil, maxTokenLife),
-	}
+// bytes is what a token kept under key takes, about.
+func (tok registryToken) bytes(key string) int64 {
+	return int64(len(key) + len(tok.authorization) + 64)
+}
+
+func newRegistryTokens(size int, maxBytes int64) *registryTokens {
+	t := &registryTokens{tokenBytes: &cachebudget.Budget{Max: maxBytes}, realmBytes: &cachebudget.Budget{Max: max(maxBytes/8, 1)}}
+	t.tokens = expirable.NewLRU(size, func(key string, tok registryToken) { t.tokenBytes.Evicted(tok.bytes(key)) }, maxTokenLife)
+	t.realms = expirable.NewLRU(size, func(key string, ch challenge) { t.realmBytes.Evicted(ch.bytes(key)) }, maxTokenLife)
 	cachemetrics.Register("registry_tokens", t.tokens.Len)
 	cachemetrics.Register("registry_realms", t.realms.Len)
 	return t
@@ -91,6 +110,9 @@ func newRegistryTokens(size int) *registryTokens {
 // retries once when the body can be replayed.
 func (t *registryTokens) roundTrip(base http.RoundTripper, login *registryLogin, r *http.Request) (*http.Response, error) {
 	scope := scopeOf(r.Method, r.URL.Path)
+	if len(scope) > maxChallengeBytes {
+		return base.RoundTrip(r) // no registry names a repository so: its own answer
+	}
 	auth, ok := t.cached(login, r.URL.Host, scope)
 	if !ok && scope != "" && !replayable(r) {
 		auth, ok = t.prefetch(base, login, r.URL.Host, scope)
@@ -103,10 +125,11 @@ func (t *registryTokens) roundTrip(base http.RoundTripper, login *registryLogin,
 		return res, err
 	}
 	ch, ok := parseBearerChallenge(res.Header.Get("WWW-Authenticate"))
-	if !ok {
+	if !ok || len(ch.realm)+len(ch.service)+len(ch.scope) > maxChallengeBytes {
 		return res, nil
 	}
-	t.realms.Add(t.key(login, r.URL.Host, ""), challenge{realm: ch.realm, service: ch.service})
+	realmKey, realm := t.key(login, r.URL.Host, ""), challenge{realm: ch.realm, service: ch.service}
+	cachebudget.Add(t.realmBytes, t.realms, realmKey, realm, realm.bytes(realmKey))
 	if !replayable(r) {
 		return res, nil
 	}
@@ -204,6 +227,11 @@ func (t *registryTokens) cached(login *registryLogin, host, scope string) (regis
 // challenge is a parsed Bearer challenge.
 type challenge struct{ realm, service, scope string }
 
+// bytes is what a challenge kept under key takes, about.
+func (ch challenge) bytes(key string) int64 {
+	return int64(len(key) + len(ch.realm) + len(ch.service) + len(ch.scope) + 64)
+}
+
 func parseBearerChallenge(h string) (challenge, bool) {
 	rest, ok := strings.CutPrefix(h, "Bearer ")
 	if !ok {
@@ -291,6 +319,9 @@ func (t *registryTokens) fetch(base http.RoundTripper, login *registryLogin, hos
 		if tok == "" {
 			return nil, fmt.Errorf("token service %s returned no token", u.Host)
 		}
+		if len(tok) > maxRegistryTokenBytes {
+			return nil, fmt.Errorf("token service %s returned a token of %d bytes, more than %d", u.Host, len(tok), maxRegistryTokenBytes)
+		}
 		life := time.Duration(body.ExpiresIn) * time.Second
 		if life <= 0 {
 			life = 60 * time.Second // the protocol's default
@@ -298,7 +329,7 @@ func (t *registryTokens) fetch(base http.RoundTripper, login *registryLogin, hos
 		// Renew a little early so a request never carries a token about to expire.
 		// Sanitized as net/http writes a header value: the fast lane writes it as it is.
 		kept := registryToken{authorization: sanitizedValue("Bearer " + tok), expires: time.Now().Add(min(life*9/10, maxTokenLife))}
-		t.tokens.Add(key, kept)
+		cachebudget.Add(t.tokenBytes, t.tokens, key, kept, kept.bytes(key))
 		return kept, nil
 	})
 	if err != nil {
