@@ -950,6 +950,10 @@ func (c *Controller) revoke(ctx context.Context, ar *v1alpha1.AccessRequest, why
 		return reconcile.Result{}, err
 	}
 	c.setCondition(ar, v1alpha1.ConditionAccessPermissionSync, metav1.ConditionTrue, v1alpha1.ReasonPermissionCleanUp, "access revoked: %s", why)
+	// The condition stays True (Synced before), so it would keep the time of the grant, and
+	// retention counts from the revocation: a request granted longer ago than the retention
+	// would go as it is revoked, and its record with it.
+	meta.FindStatusCondition(ar.Status.Conditions, v1alpha1.ConditionAccessPermissionSync).LastTransitionTime = metav1.Now()
 	c.setCondition(ar, v1alpha1.ConditionReady, metav1.ConditionFalse, "Revoked", "access revoked: %s", why)
 	return c.retain(ctx, ar)
 }

@@ -20,16 +20,7 @@ import (
 func TestFinishedAccessRequestsAreCollected(t *testing.T) {
 	startDriverWith(t, t.TempDir(), nil, func(o *driver.Options) { o.RequestRetention = 2 * time.Second })
 	ns := newNamespace(t)
-	ar := &v1alpha1.AccessRequest{
-		ObjectMeta: metav1.ObjectMeta{Name: "gone", Namespace: ns, Labels: map[string]string{
-			v1alpha1.LabelContextObjectKind: "Pod", v1alpha1.LabelContextObjectName: "gone-pod", v1alpha1.LabelContextObjectNamespace: ns}},
-		Spec: v1alpha1.AccessRequestSpec{
-			Subject:      rbacv1.Subject{Kind: rbacv1.ServiceAccountKind, Name: "builder", Namespace: ns},
-			ConnectorRef: v1alpha1.LocalObjectRef{Name: "whatever"},
-			Context: v1alpha1.AccessContext{ObjectRef: v1alpha1.ContextObjectRef{
-				APIVersion: "v1", Kind: "Pod", Name: "gone-pod", Namespace: ns, UID: "no-such-uid"}},
-		},
-	}
+	ar := goneRequest(ns)
 	create(t, ar)
 	key := types.NamespacedName{Namespace: ns, Name: ar.Name}
 	if !kubelet.WaitUntil(30*time.Second, func() bool {
@@ -39,4 +30,35 @@ func TestFinishedAccessRequestsAreCollected(t *testing.T) {
 		_ = cp.Client.Get(context.Background(), key, &got)
 		t.Fatalf("the finished AccessRequest was not collected: %+v", got.Status.Conditions)
 	}
+}
+
+// goneRequest is an AccessRequest of a Pod that does not exist.
+func goneRequest(ns string) *v1alpha1.AccessRequest {
+	return &v1alpha1.AccessRequest{
+		ObjectMeta: metav1.ObjectMeta{Name: "gone", Namespace: ns, Labels: map[string]string{
+			v1alpha1.LabelContextObjectKind: "Pod", v1alpha1.LabelContextObjectName: "gone-pod", v1alpha1.LabelContextObjectNamespace: ns}},
+		Spec: v1alpha1.AccessRequestSpec{
+			Subject:      rbacv1.Subject{Kind: rbacv1.ServiceAccountKind, Name: "builder", Namespace: ns},
+			ConnectorRef: v1alpha1.LocalObjectRef{Name: "whatever"},
+			Context: v1alpha1.AccessContext{ObjectRef: v1alpha1.ContextObjectRef{
+				APIVersion: "v1", Kind: "Pod", Name: "gone-pod", Namespace: ns, UID: "no-such-uid"}},
+		},
+	}
+}
+
+// TestRetentionCountsFromTheRevocation: a request granted longer ago than the retention is
+// kept for the retention after its revocation, not deleted as it is revoked: its granted and
+// revoked record is what kubectl describe shows of who used what.
+func TestRetentionCountsFromTheRevocation(t *testing.T) {
+	ns := newNamespace(t)
+	ar := goneRequest(ns)
+	create(t, ar)
+	// Granted two hours ago (written before the controller starts, which would revoke it).
+	ar.Status.Conditions = []metav1.Condition{{Type: v1alpha1.ConditionAccessPermissionSync, Status: metav1.ConditionTrue,
+		Reason: v1alpha1.ReasonSynced, Message: "granted", LastTransitionTime: metav1.NewTime(time.Now().Add(-2 * time.Hour))}}
+	if err := cp.Client.Status().Update(context.Background(), ar); err != nil {
+		t.Fatal(err)
+	}
+	startDriverWith(t, t.TempDir(), nil, func(o *driver.Options) { o.RequestRetention = time.Hour })
+	waitRevoked(t, types.NamespacedName{Namespace: ns, Name: ar.Name}) // and not deleted
 }
