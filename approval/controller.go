@@ -122,12 +122,31 @@ func (c *Controller) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&v1alpha1.AccessPolicy{}, handler.EnqueueRequestsFromMapFunc(c.requestsInNamespace), notStatusOnly).
 		// A check or role template changed: its checks' selectors may have (see checkReads).
 		Watches(&corev1.ConfigMap{}, handler.EnqueueRequestsFromMapFunc(c.requestsUsingTemplate)).
+		// A grant that appears, or changes, after its request was revoked: written by a leader
+		// that lost its lease between its check and its write while the new one revoked.
+		Watches(&rbacv1.Role{}, handler.EnqueueRequestsFromMapFunc(c.revokedOwner), notDeleted).
+		Watches(&rbacv1.RoleBinding{}, handler.EnqueueRequestsFromMapFunc(c.revokedOwner), notDeleted).
 		// In turns by namespace, and within a Connector's namespace by the Pods' (tenants sharing
 		// a Connector): one tenant's backlog (many requests, or requests slow to evaluate) does
 		// not hold another's approval behind it.
 		WithOptions(controller.Options{MaxConcurrentReconciles: 4, NewQueue: fairqueue.New(c.placeInQueue)}).
 		Build(c)
 	return err
+}
+
+// notDeleted passes every event but a delete.
+var notDeleted = builder.WithPredicates(predicate.Funcs{DeleteFunc: func(event.DeleteEvent) bool { return false }})
+
+// revokedOwner wakes the revoked request a grant's object is named as, which deletes it
+// (deleteLateGrant); a live request's grant wakes nothing (its evaluation keeps it as it should
+// be).
+func (c *Controller) revokedOwner(ctx context.Context, o client.Object) []reconcile.Request {
+	key := client.ObjectKeyFromObject(o)
+	var ar v1alpha1.AccessRequest
+	if err := c.Client.Get(ctx, key, &ar, client.UnsafeDisableDeepCopy); err != nil || !revoked(&ar) {
+		return nil
+	}
+	return []reconcile.Request{{NamespacedName: key}}
 }
 
 // notStatusOnly passes every event but an update of the status alone (spec changes move the
@@ -382,7 +401,10 @@ func (c *Controller) setCondition(ar *v1alpha1.AccessRequest, typ string, status
 // evaluate computes the request's status and grants or revokes its permission.
 func (c *Controller) evaluate(ctx context.Context, ar *v1alpha1.AccessRequest) (reconcile.Result, error) {
 	if revoked(ar) {
-		// Done: no Pod to read, no grant to delete again; only its retention runs out.
+		// Done: no Pod to read; only its retention runs out, and a grant written late goes.
+		if err := c.deleteLateGrant(ctx, ar); err != nil {
+			return reconcile.Result{}, err
+		}
 		return c.retain(ctx, ar)
 	}
 	ref := ar.Spec.Context.ObjectRef
@@ -978,6 +1000,21 @@ func (c *Controller) retain(ctx context.Context, ar *v1alpha1.AccessRequest) (re
 
 func (c *Controller) deleteGrant(ctx context.Context, ar *v1alpha1.AccessRequest) error {
 	return deleteGrant(ctx, c.Client, ar, ar.Name)
+}
+
+// deleteLateGrant deletes a revoked request's grant that was written after its revocation:
+// by a leader that lost its lease after its last check of the request and before its write,
+// while the new leader revoked (the write is checked once, before; see record). The cache tells
+// whether an object of the grant's name is there (kept as a stub when not the request's, or
+// too large to keep); only then is it read and deleted as deleteGrant does, if the request's.
+func (c *Controller) deleteLateGrant(ctx context.Context, ar *v1alpha1.AccessRequest) error {
+	key := client.ObjectKeyFromObject(ar)
+	for _, obj := range []client.Object{&rbacv1.Role{}, &rbacv1.RoleBinding{}} {
+		if err := c.Cache.Get(ctx, key, obj, client.UnsafeDisableDeepCopy); err == nil {
+			return c.deleteGrant(ctx, ar)
+		}
+	}
+	return nil
 }
 
 // recordTransitions emits an Event for every condition whose status or reason changed.

@@ -9,8 +9,10 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/approval"
 	"github.com/kube-connectors/connectors-csi/driver"
 	"github.com/kube-connectors/connectors-csi/test/kubelet"
 )
@@ -61,4 +63,34 @@ func TestRetentionCountsFromTheRevocation(t *testing.T) {
 	}
 	startDriverWith(t, t.TempDir(), nil, func(o *driver.Options) { o.RequestRetention = time.Hour })
 	waitRevoked(t, types.NamespacedName{Namespace: ns, Name: ar.Name}) // and not deleted
+}
+
+// TestAGrantWrittenAfterItsRevocationGoes: a leader that lost its lease between its check of
+// a request and its grant's write (its calls queued by an overloaded API server while the new
+// leader revoked the request) writes the grant of a revoked request. The controller deletes it
+// when it appears, rather than leave it to the request's retention.
+func TestAGrantWrittenAfterItsRevocationGoes(t *testing.T) {
+	ctx := context.Background()
+	startDriverWith(t, t.TempDir(), nil, nil)
+	ns := newNamespace(t)
+	ar := goneRequest(ns)
+	create(t, ar)
+	key := types.NamespacedName{Namespace: ns, Name: ar.Name}
+	waitRevoked(t, key)
+	if err := cp.Client.Get(ctx, key, ar); err != nil {
+		t.Fatal(err)
+	}
+	late := metav1.ObjectMeta{Name: ar.Name, Namespace: ns, Labels: map[string]string{approval.LabelGrant: "true"},
+		OwnerReferences: []metav1.OwnerReference{*metav1.NewControllerRef(ar, v1alpha1.GroupVersion.WithKind("AccessRequest"))}}
+	role := &rbacv1.Role{ObjectMeta: late, Rules: []rbacv1.PolicyRule{{APIGroups: []string{v1alpha1.GroupVersion.Group},
+		Resources: []string{"connectors"}, ResourceNames: []string{"whatever"}, Verbs: []string{"get"}}}}
+	binding := &rbacv1.RoleBinding{ObjectMeta: late, RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: ar.Name},
+		Subjects: []rbacv1.Subject{ar.Spec.Subject}}
+	create(t, role)
+	create(t, binding)
+	for _, obj := range []client.Object{role, binding} {
+		if !kubelet.WaitUntil(30*time.Second, func() bool { return apierrors.IsNotFound(cp.Client.Get(ctx, key, obj)) }) {
+			t.Errorf("the %T written after the revocation is still there", obj)
+		}
+	}
 }
