@@ -2,11 +2,14 @@ package node
 
 import (
 	"context"
+	"errors"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
+
+	"github.com/kube-connectors/connectors-csi/node/records"
 )
 
 // NodeUnpublishVolume unmounts and removes the target and forgets the volume. An absent or
@@ -42,6 +45,13 @@ func (s *Server) revoke(ctx context.Context, volumeID string) error {
 		return nil
 	}
 	rec, err := s.Records.Load(volumeID)
+	if errors.Is(err, records.ErrUnreadable) {
+		// Failing would fail every retry, and the Pod would never end. The controller revokes
+		// the Pod's requests once the Pod is gone (its Pod recheck); a republish of a live
+		// volume writes the record anew.
+		klog.FromContext(ctx).Error(err, "Unpublishing a volume whose record cannot be read: its AccessRequests are revoked by the controller once the Pod is gone", "volumeID", volumeID)
+		return nil
+	}
 	if err != nil {
 		return status.Errorf(codes.Internal, "read volume record: %v", err)
 	}

@@ -15,6 +15,10 @@ import (
 	"time"
 )
 
+// ErrUnreadable is a record whose file is there and not JSON: written in part before the node
+// lost power (a rename can reach the disk before the data it names), or by another version.
+var ErrUnreadable = errors.New("unreadable")
+
 // Pod identifies the Pod a volume belongs to.
 type Pod struct {
 	Namespace      string `json:"namespace"`
@@ -123,7 +127,7 @@ func (s *Store) read(volumeID string) (*Record, error) {
 	}
 	var r Record
 	if err := json.Unmarshal(b, &r); err != nil {
-		return nil, fmt.Errorf("volume record %s: %w", s.path(volumeID), err)
+		return nil, fmt.Errorf("volume record %s: %w: %v", s.path(volumeID), ErrUnreadable, err)
 	}
 	return &r, nil
 }

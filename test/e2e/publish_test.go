@@ -371,6 +371,48 @@ func TestNewDriverUnpublishesPreviousDriversVolume(t *testing.T) {
 	}
 }
 
+// TestAnUnreadableVolumeRecordIsUnpublished: a node that lost power just after a publish may
+// come back with the volume's record empty (the rename reached the disk, its data not yet).
+// The new driver still unpublishes the volume when kubelet tears it down (failing would fail
+// every retry, and the Pod would never end) and forgets the record.
+func TestAnUnreadableVolumeRecordIsUnpublished(t *testing.T) {
+	state := t.TempDir()
+	first := startDriver(t, state, nil)
+	k := newKubelet(t, first)
+	ctx := context.Background()
+	ns := newNamespace(t)
+	newConnector(t, ns, "constant", constantClass(t), "https://git.example.com")
+	allowConnectors(t, ns, "builder", "constant")
+	pod := podWithVolume(t, k, ns, "power-loss", map[string]string{"connectors": "constant"}, nil)
+	if err := k.Publish(ctx, pod, "connectors"); err != nil {
+		t.Fatal(err)
+	}
+	target := k.TargetPath(pod, "connectors")
+	first.stop()
+	records, err := filepath.Glob(filepath.Join(state, "volumes", "*.json"))
+	if err != nil || len(records) != 1 {
+		t.Fatalf("volume records %v (%v), want one", records, err)
+	}
+	if err := os.Truncate(records[0], 0); err != nil {
+		t.Fatal(err)
+	}
+	second := startDriverProcess(t, state)
+	if !isRoot() {
+		second = startDriver(t, state, first.mounter)
+	}
+	k2 := newKubelet(t, second)
+	k2.Root = k.Root
+	if err := k2.Unpublish(ctx, pod, "connectors"); err != nil {
+		t.Fatalf("unpublish with the record unreadable: %v", err)
+	}
+	if n := mountCount(t, second, target); n != 0 {
+		t.Fatalf("%d mounts left, want 0", n)
+	}
+	if entries, _ := os.ReadDir(filepath.Join(state, "volumes")); len(entries) != 0 {
+		t.Fatalf("volume records left behind: %v", entries)
+	}
+}
+
 // TestUnchangedRepublishSendsNoAPIRequest runs the node role with its deployed RBAC and counts,
 // in the API server's audit log, what it sends while kubelet republishes unchanged volumes:
 // nothing, also when the token is new (it is written without authorizing again). A change of a
