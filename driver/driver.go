@@ -69,19 +69,31 @@ func Run(ctx context.Context, opts Options) error {
 		}
 	}
 	g, ctx := errgroup.WithContext(ctx)
+	var nodeReady, controllerReady, started atomic.Bool
+	ready := func() bool { return nodeReady.Load() && controllerReady.Load() }
+	if metrics != nil {
+		// Served before the flags are known, which waits for the API server: a driver
+		// (re)started while the API server does not answer would fail its liveness probe,
+		// be restarted in a loop, and leave the node without CSI and proxy for kubelet's
+		// back-off after the API server is back. Until then it is alive, and not ready.
+		csiSocket := ""
+		if o.runsNode() {
+			csiSocket = o.socketPath
+		}
+		g.Go(func() error { return serveMetrics(ctx, metrics, ready, started.Load, csiSocket, o.Profiling) })
+	}
 	// The controller (or the all role) is the one process that reports invalid flags.
-	// One watch of the system namespace's ConfigMaps serves both.
+	// One watch of the system namespace's ConfigMaps serves both. Nothing is served before
+	// the flags are known: one that restricts (enable-connector-proxy-permissions) would be
+	// missed meanwhile.
 	cms := configwatch.New(p.kube, o.SystemNamespace)
 	p.flags = features.Watch(ctx, cms, p.kube, o.runsController())
 	p.globalCA = trust.WatchGlobal(ctx, cms)
 	cms.Start(ctx)
-	var nodeReady, controllerReady atomic.Bool
-	var csiSocket string
 	if o.runsNode() {
 		if err := startNode(ctx, g, p, &nodeReady); err != nil {
 			return err
 		}
-		csiSocket = o.socketPath
 	} else {
 		nodeReady.Store(true)
 	}
@@ -92,10 +104,7 @@ func Run(ctx context.Context, opts Options) error {
 	} else {
 		controllerReady.Store(true)
 	}
-	ready := func() bool { return nodeReady.Load() && controllerReady.Load() }
-	if metrics != nil {
-		g.Go(func() error { return serveMetrics(ctx, metrics, ready, csiSocket, o.Profiling) })
-	}
+	started.Store(true)
 	if o.ReleaseStartupPages {
 		go releaseStartupPages(ctx, ready, o.ReleasePagesInterval)
 	}

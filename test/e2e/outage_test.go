@@ -2,7 +2,10 @@ package e2e
 
 import (
 	"context"
+	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -10,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/kube-connectors/connectors-csi/driver"
+	"github.com/kube-connectors/connectors-csi/node/mount"
 	"github.com/kube-connectors/connectors-csi/test/kubelet"
 	"github.com/kube-connectors/connectors-csi/test/netfault"
 )
@@ -90,5 +94,59 @@ func TestRepublishSurvivesAPIServerOutage(t *testing.T) {
 	}
 	if err := k.Unpublish(ctx, mounted, "connectors"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestADriverStartedInAnOutageStaysAlive: a node driver (re)started while the API server does
+// not answer waits for it and says meanwhile that it is alive and not ready (/healthz 200,
+// /readyz 503): a failing liveness probe would restart it in a loop, and kubelet's back-off
+// would keep the node without CSI and proxy for minutes after the API server is back. Once it
+// answers, the driver serves.
+func TestADriverStartedInAnOutageStaysAlive(t *testing.T) {
+	apiURL, err := url.Parse(cp.Config.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	link, err := netfault.New(apiURL.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer link.Close()
+	if err := link.Cut(); err != nil {
+		t.Fatal(err)
+	}
+	socketDir, err := os.MkdirTemp("", "csi-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(socketDir)
+	socket, metrics := filepath.Join(socketDir, "csi.sock"), freeLoopbackAddr(t)
+	opts := testOptions()
+	opts.Role, opts.Kubeconfig, opts.MetricsListen = driver.RoleNode, kubeconfigVia(t, link.Addr()), metrics
+	opts.Endpoint, opts.StateDir, opts.Mounter = "unix://"+socket, t.TempDir(), mount.NewDirectories()
+	runDriver(t, opts)
+	probes := &http.Client{Timeout: 2 * time.Second}
+	status := func(path string) int {
+		res, err := probes.Get("http://" + metrics + path)
+		if err != nil {
+			return 0
+		}
+		res.Body.Close()
+		return res.StatusCode
+	}
+	if !kubelet.WaitUntil(15*time.Second, func() bool { return status("/healthz") == http.StatusOK }) {
+		t.Fatalf("/healthz during the outage: %d, want 200", status("/healthz"))
+	}
+	if code := status("/readyz"); code != http.StatusServiceUnavailable {
+		t.Errorf("/readyz during the outage: %d, want 503", code)
+	}
+	if err := link.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	if !kubelet.WaitUntil(60*time.Second, func() bool { return status("/readyz") == http.StatusOK }) {
+		t.Fatalf("/readyz after the outage: %d, want 200", status("/readyz"))
+	}
+	if code := status("/healthz"); code != http.StatusOK {
+		t.Errorf("/healthz after the outage (the CSI socket probed): %d, want 200", code)
 	}
 }
