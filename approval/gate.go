@@ -199,6 +199,10 @@ func verdict(ar *v1alpha1.AccessRequest) *node.Admission {
 	check := meta.FindStatusCondition(ar.Status.Conditions, v1alpha1.ConditionAccessCheckReady)
 	name := ar.Namespace + "/" + ar.Name
 	switch {
+	case revoked(ar):
+		// Final: the controller grants a revoked request nothing again (a Connector deleted and
+		// made again finds its Pods' requests so).
+		return &node.Admission{AccessRequest: name, Failed: true, Message: "it was revoked, for good for this Pod (a new Pod asks anew): " + revokedWhy(ar)}
 	case ready != nil && ready.Status == metav1.ConditionTrue:
 		return &node.Admission{Granted: true, AccessRequest: name}
 	case ready != nil && (ready.Reason == v1alpha1.ReasonSubjectMismatch || ready.Reason == v1alpha1.ReasonInvalidRoleTemplate):
@@ -208,6 +212,11 @@ func verdict(ar *v1alpha1.AccessRequest) *node.Admission {
 			Failed: check.Reason == v1alpha1.ReasonFailed, Message: check.Message}
 	}
 	return nil
+}
+
+// revokedWhy is what a revoked request says of its revocation.
+func revokedWhy(ar *v1alpha1.AccessRequest) string {
+	return meta.FindStatusCondition(ar.Status.Conditions, v1alpha1.ConditionAccessPermissionSync).Message
 }
 
 // pending is the admission of a request still waiting: the message names what it waits for.

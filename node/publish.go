@@ -186,7 +186,7 @@ func (s *Server) render(ctx context.Context, vr *volumeRequest, sources []render
 			rec.AccessRequests, rec.Rejected = append(rec.AccessRequests, adm.AccessRequest), true
 			return files, rec, err
 		case adm.Failed:
-			return nil, nil, status.Errorf(codes.FailedPrecondition, "AccessRequest %s cannot be evaluated: %s", adm.AccessRequest, adm.Message)
+			return nil, nil, status.Errorf(codes.FailedPrecondition, "AccessRequest %s grants nothing: %s", adm.AccessRequest, adm.Message)
 		default:
 			return nil, nil, status.Errorf(codes.Unavailable, "waiting for AccessRequest %s: %s", adm.AccessRequest, adm.Message)
 		}

@@ -35,7 +35,8 @@ type Admission struct {
 	AccessRequest string
 	// Rejected: a check rejected the request; the volume holds only .error.json.
 	Rejected bool
-	// Failed: the request's checks cannot be evaluated (a broken policy); access is never granted.
+	// Failed: the request never grants (its checks cannot be evaluated, a broken policy, or it
+	// was revoked).
 	Failed bool
 	// Message says what the request waits for, or what decided it.
 	Message string

@@ -303,13 +303,27 @@ func TestApprovalGatedPromotion(t *testing.T) {
 			t.Fatal("publish of an approved request failed")
 		}
 		name := approval.RequestName("staging", records.Pod{Namespace: ns, Name: fourth.Name, UID: string(fourth.UID)})
-		if err := cp.Client.Delete(ctx, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: "staging", Namespace: ns}}); err != nil {
+		var staging v1alpha1.Connector
+		if err := cp.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "staging"}, &staging); err != nil {
+			t.Fatal(err)
+		}
+		if err := cp.Client.Delete(ctx, &staging); err != nil {
 			t.Fatal(err)
 		}
 		if !kubelet.WaitUntil(10*time.Second, func() bool {
 			return apierrors.IsNotFound(cp.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, &rbacv1.RoleBinding{}))
 		}) {
 			t.Fatal("deleting the Connector did not delete the grant")
+		}
+		// The Connector made again (a GitOps replace): the Pod's revoked request is final, and
+		// its republish says so rather than wait for an approval that never comes.
+		create(t, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: staging.Name, Namespace: ns}, Spec: staging.Spec})
+		var err error
+		if !kubelet.WaitUntil(20*time.Second, func() bool {
+			err = env.kubelet.Publish(ctx, fourth, "connectors")
+			return status.Code(err) == codes.FailedPrecondition
+		}) || !strings.Contains(err.Error(), "revoked") || !strings.Contains(err.Error(), name) {
+			t.Fatalf("republish after the Connector was made again: %v, want FailedPrecondition naming the revoked request", err)
 		}
 		_ = env.kubelet.Unpublish(ctx, fourth, "connectors")
 	})
