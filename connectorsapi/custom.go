@@ -10,6 +10,7 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apiserver/pkg/authentication/user"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/proxy/egress"
@@ -31,7 +32,7 @@ var pluginTransport = &http.Transport{Proxy: nil, DisableCompression: true, MaxI
 
 // passthrough forwards to the tool's own API under the operation's address, with the
 // Connector's credential injected as the proxy does, and its paging links kept on the API.
-func (s *Server) passthrough(w http.ResponseWriter, r *http.Request, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, op operation, apiPath string) error {
+func (s *Server) passthrough(w http.ResponseWriter, r *http.Request, u user.Info, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, op operation, apiPath string) error {
 	base, err := toolAddress(c, class, op.Address)
 	if err != nil {
 		return err
@@ -45,7 +46,7 @@ func (s *Server) passthrough(w http.ResponseWriter, r *http.Request, c *v1alpha1
 		return errorf(http.StatusBadRequest, metav1.StatusReasonBadRequest, "bad path: %v", err)
 	}
 	target.RawQuery = r.URL.RawQuery
-	return s.Proxy.Forward(newLinkWriter(w, baseURL, target, apiPath), r, c, class, target)
+	return s.Proxy.Forward(newLinkWriter(w, baseURL, target, apiPath), r, u, c, class, target)
 }
 
 // toolAddress resolves an x-openapi-address: empty is the Connector's address, an http(s) URL

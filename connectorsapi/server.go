@@ -161,7 +161,7 @@ func (s *Server) serveConnector(w http.ResponseWriter, r *http.Request, ns, name
 	if op.Provider == providerAPI {
 		return s.custom(w, r, c, class, apiPath)
 	}
-	return s.passthrough(w, r, c, class, op, apiPath)
+	return s.passthrough(w, r, u, c, class, op, apiPath)
 }
 
 // parsePath splits the API path; apiPath keeps its escaping and its leading slash.

@@ -51,31 +51,36 @@ type directTransport struct {
 
 // directKey is a pool: the Connector transport whose dialer and TLS settings made the
 // connections, the tool's host:port, whether they speak TLS (an https tool: a request never
-// goes out in clear on a connection made for https), and the Connector whose requests they
-// carry.
+// goes out in clear on a connection made for https), and whose requests they carry.
 type directKey struct {
 	transport *http.Transport
 	addr      string
 	tls       bool
-	// connector keeps one Connector's connections from another's requests. A pooled connection
-	// is taken for a GET without a look at its socket (live), and a tool that sends more than
-	// its answer (a body after a HEAD's head, bytes past its Content-Length) in a segment that
-	// arrives once the connection is idle would have them read as the next request's answer:
-	// with pools shared by Connectors (a transport serves every Connector of one CA bundle),
-	// another tenant's, and one tenant could shape the bytes (a file served so) that another
-	// gets as its answer. Per Connector, what a broken tool mixes stays among the callers of
-	// one credential.
+	owner     poolOwner
+}
+
+// poolOwner keeps one Connector's connections from another's requests, and one namespace's
+// callers' from another's. A pooled connection is taken for a GET without a look at its
+// socket (live), and a tool that sends more than its answer (a body after a HEAD's head, bytes
+// past its Content-Length) in a segment that arrives once the connection is idle would have
+// them read as the next request's answer: with pools shared by Connectors (a transport serves
+// every Connector of one CA bundle), or by the tenants that share a Connector (kube-public's,
+// a project's), another tenant's, and one tenant could shape the bytes (a file served so, an
+// upload) that another gets as its answer. Per Connector and caller namespace, what a broken
+// tool mixes stays within one tenant's use of one credential.
+type poolOwner struct {
 	connector types.UID
+	caller    string
 }
 
-func directKeyOf(tr *http.Transport, u *url.URL, connector types.UID) directKey {
-	return directKey{transport: tr, addr: hostPort(u), tls: u.Scheme == "https", connector: connector}
+func directKeyOf(tr *http.Transport, u *url.URL, owner poolOwner) directKey {
+	return directKey{transport: tr, addr: hostPort(u), tls: u.Scheme == "https", owner: owner}
 }
 
-// tool is k without its Connector: a tool's ALPN answer holds for every Connector's
-// connections to it (http2Only).
+// tool is k without its owner: a tool's ALPN answer holds for every connection to it
+// (http2Only).
 func (k directKey) tool() directKey {
-	k.connector = ""
+	k.owner = poolOwner{}
 	return k
 }
 
@@ -197,7 +202,7 @@ func (d *directTransport) speaksOnlyHTTP2(tr *http.Transport, u *url.URL) bool {
 	if d.http2OnlyCount.Load() == 0 || u.Scheme != "https" {
 		return false
 	}
-	_, only := d.http2Only.Load(directKeyOf(tr, u, ""))
+	_, only := d.http2Only.Load(directKeyOf(tr, u, poolOwner{}))
 	return only
 }
 
@@ -205,10 +210,10 @@ func (d *directTransport) speaksOnlyHTTP2(tr *http.Transport, u *url.URL) bool {
 // the tool closed while it was idle fails before any answer arrives: a GET or HEAD is then
 // sent once more on a new connection, as http.Transport does; another method is sent only on
 // a pooled connection that proved open just before (live), and never twice. client, when not
-// nil, is where the answer's body will be copied to (see directBody.stream). connector is the
-// Connector whose credential r carries (directKey).
-func (d *directTransport) RoundTrip(tr *http.Transport, r *http.Request, connector types.UID, client io.Writer) (*http.Response, error) {
-	key := directKeyOf(tr, r.URL, connector)
+// nil, is where the answer's body will be copied to (see directBody.stream). owner is the
+// Connector whose credential r carries and its caller's namespace (poolOwner).
+func (d *directTransport) RoundTrip(tr *http.Transport, r *http.Request, owner poolOwner, client io.Writer) (*http.Response, error) {
+	key := directKeyOf(tr, r.URL, owner)
 	retry := getOrHead(r.Method)
 	for {
 		pc, reused, err := d.get(r.Context(), key, !retry)

@@ -24,7 +24,7 @@ import (
 	"testing"
 	"time"
 
-	"k8s.io/apimachinery/pkg/types"
+	"github.com/kube-connectors/connectors-csi/test/forgingtool"
 )
 
 // connCounter counts the connections a test server accepted and those it saw closed.
@@ -71,7 +71,7 @@ func directGet(t *testing.T, d *directTransport, tr *http.Transport, ctx context
 	if !d.takes(tr, req) {
 		t.Fatalf("the direct transport does not take %s %s", method, url)
 	}
-	return d.RoundTrip(tr, req, "", nil)
+	return d.RoundTrip(tr, req, poolOwner{}, nil)
 }
 
 func readAll(t *testing.T, res *http.Response) string {
@@ -183,7 +183,7 @@ func TestDirectTransportSendsABodyOnce(t *testing.T) {
 		if !d.takes(tr, req) {
 			t.Fatalf("the direct transport does not take POST %s", path)
 		}
-		res, err := d.RoundTrip(tr, req, "", nil)
+		res, err := d.RoundTrip(tr, req, poolOwner{}, nil)
 		if err != nil {
 			return "", err
 		}
@@ -360,7 +360,7 @@ func streamFront(t *testing.T, d *directTransport, tr *http.Transport, upstream 
 	rp := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) { pr.SetURL(target) },
 		Transport: roundTripFunc(func(r *http.Request) (*http.Response, error) {
-			return d.RoundTrip(tr, r, "", r.Context().Value(clientKey{}).(io.Writer))
+			return d.RoundTrip(tr, r, poolOwner{}, r.Context().Value(clientKey{}).(io.Writer))
 		}),
 		ErrorLog: log.New(io.Discard, "", 0),
 	}
@@ -559,7 +559,7 @@ func TestDirectTransportSpeaksHTTP1OverTLS(t *testing.T) {
 	before := len(cc.seen())
 	req, _ := http.NewRequest("GET", "https://tool.example.com/x?n=1", nil)
 	req.Header.Set("Authorization", "Basic c2VjcmV0")
-	if _, err := d.RoundTrip(untrusting, req, "", nil); err == nil || !strings.Contains(err.Error(), "certificate") {
+	if _, err := d.RoundTrip(untrusting, req, poolOwner{}, nil); err == nil || !strings.Contains(err.Error(), "certificate") {
 		t.Fatalf("a tool the roots do not vouch for: err = %v, want a certificate error", err)
 	}
 	if len(cc.seen()) != before {
@@ -599,7 +599,7 @@ func TestDirectTransportLeavesHTTP2OnlyToolsToTheTransport(t *testing.T) {
 	if !d.takes(tr, req) {
 		t.Fatal("the direct transport does not take a GET to an https tool")
 	}
-	if _, err := d.RoundTrip(tr, req, "", nil); !errors.Is(err, errHTTP1Refused) {
+	if _, err := d.RoundTrip(tr, req, poolOwner{}, nil); !errors.Is(err, errHTTP1Refused) {
 		t.Fatalf("a tool of HTTP/2 only: err = %v, want errHTTP1Refused", err)
 	}
 	if d.takes(tr, req) {
@@ -769,62 +769,37 @@ func countSendsInRead(conn net.Conn) (*directConn, *int) {
 // TestDirectTransportKeepsConnectorsConnectionsApart: a tool that sends bytes after an answer
 // (here a forged answer after a HEAD's head, once the connection is back in the pool) has
 // them read by the next request on that connection. That request is never another
-// Connector's: its GET goes on a connection of its own and gets the tool's own answer.
+// Connector's, nor another namespace's caller's of the same Connector (a shared one): its GET
+// goes on a connection of its own and gets the tool's own answer.
 func TestDirectTransportKeepsConnectorsConnectionsApart(t *testing.T) {
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { lis.Close() })
-	forge, forged := make(chan struct{}), make(chan struct{})
-	var conns atomic.Int64
-	go func() {
-		for {
-			conn, err := lis.Accept()
-			if err != nil {
-				return
-			}
-			conns.Add(1)
-			go func() {
-				defer conn.Close()
-				br := bufio.NewReader(conn)
-				for {
-					line, err := br.ReadString('\n')
-					if err != nil || readHeadLines(br) != nil {
-						return
-					}
-					if strings.HasPrefix(line, "HEAD ") {
-						io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n")
-						<-forge // the connection is idle in the pool now
-						io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged")
-						close(forged)
-						continue
-					}
-					io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nreal")
+	for name, other := range map[string]poolOwner{
+		"another Connector":                          {connector: "uid-of-tenant-b", caller: "tenant-b"},
+		"another namespace's caller, same Connector": {connector: "uid-shared", caller: "tenant-b"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			tool := forgingtool.Start(t, "127.0.0.1")
+			d, tr := newDirectTransport(4, time.Minute, 64<<10), newTestTransport()
+			send := func(owner poolOwner, method string) string {
+				req, err := http.NewRequest(method, "http://"+tool.Addr+"/x", nil)
+				if err != nil {
+					t.Fatal(err)
 				}
-			}()
-		}
-	}()
-	d, tr := newDirectTransport(4, time.Minute, 64<<10), newTestTransport()
-	send := func(connector types.UID, method string) string {
-		req, err := http.NewRequest(method, "http://"+lis.Addr().String()+"/x", nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		res, err := d.RoundTrip(tr, req, connector, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return readAll(t, res)
-	}
-	send("uid-of-tenant-a", http.MethodHead)
-	close(forge)
-	<-forged
-	if got := send("uid-of-tenant-b", http.MethodGet); got != "real" {
-		t.Fatalf("another Connector's GET was answered %q: it was sent on the first Connector's connection", got)
-	}
-	if n := conns.Load(); n != 2 {
-		t.Errorf("the tool saw %d connections, want one per Connector", n)
+				res, err := d.RoundTrip(tr, req, owner, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return readAll(t, res)
+			}
+			send(poolOwner{connector: "uid-shared", caller: "tenant-a"}, http.MethodHead)
+			close(tool.Forge)
+			<-tool.Forged
+			if got := send(other, http.MethodGet); got != "real" {
+				t.Fatalf("%+v's GET was answered %q: it was sent on the first owner's connection", other, got)
+			}
+			if n := tool.Connections(); n != 2 {
+				t.Errorf("the tool saw %d connections, want one per owner", n)
+			}
+		})
 	}
 }
 
@@ -875,7 +850,7 @@ func TestDirectTransportWritesAChunkedUploadAChunkAtATime(t *testing.T) {
 	if !d.takes(tr, req) {
 		t.Fatal("the direct transport does not take a chunked upload")
 	}
-	res, err := d.RoundTrip(tr, req, "", nil)
+	res, err := d.RoundTrip(tr, req, poolOwner{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apiserver/pkg/authentication/user"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/proxy/egress"
@@ -73,14 +74,14 @@ func (o onlyAddresses) RoundTrip(r *http.Request) (*http.Response, error) {
 	return nil, &egress.RefusedError{Host: r.URL.Host, Why: "not an address of the Connector (add it as an address extension)"}
 }
 
-// Forward streams r to target through c with c's credential injected, like the reverse proxy.
-// It returns an error, without writing, when the credential cannot be resolved.
-func (p *Proxy) Forward(w http.ResponseWriter, r *http.Request, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, target *url.URL) error {
+// Forward streams r of caller to target through c with c's credential injected, like the
+// reverse proxy. It returns an error, without writing, when the credential cannot be resolved.
+func (p *Proxy) Forward(w http.ResponseWriter, r *http.Request, caller user.Info, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, target *url.URL) error {
 	rt, err := p.newRoute(r.Context(), c, class, target)
 	if err != nil {
 		return err
 	}
-	rt.statusErrors = true
+	rt.statusErrors, rt.caller = true, callerOf(caller)
 	p.send(w, r, rt)
 	return nil
 }

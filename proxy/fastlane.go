@@ -362,7 +362,7 @@ type laneMemo struct {
 func (m *laneMemo) remember(key laneKey, auth string, rt *route, epoch uint64) {
 	*m = laneMemo{key: key, rt: rt, epoch: epoch, until: time.Now().Add(laneMemoTTL), inPlace: true, toolTail: toolHeadTail(rt)}
 	if tr, ok := rt.transport.(*http.Transport); ok {
-		m.pool = directKeyOf(tr, rt.target, rt.connector.UID)
+		m.pool = directKeyOf(tr, rt.target, rt.pool())
 	}
 	if !key.forward {
 		m.auth = auth

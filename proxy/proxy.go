@@ -24,6 +24,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apiserver/pkg/authentication/serviceaccount"
 	"k8s.io/apiserver/pkg/authentication/user"
 	"k8s.io/apiserver/pkg/authorization/authorizer"
 	"k8s.io/client-go/kubernetes"
@@ -321,6 +322,20 @@ type route struct {
 	// token is the caller's, for checking it again while an upgraded connection lasts
 	// (upgradeGuard).
 	token string
+	// caller is the caller's namespace (its ServiceAccount's; a user's name for another
+	// user), whose requests alone share tool connections (poolOwner).
+	caller string
+}
+
+// pool is whose tool connections rt's requests go on.
+func (rt *route) pool() poolOwner { return poolOwner{connector: rt.connector.UID, caller: rt.caller} }
+
+// callerOf is the namespace of u's ServiceAccount, or "user:" and u's name for anyone else.
+func callerOf(u user.Info) string {
+	if ns, _, err := serviceaccount.SplitUsername(u.GetName()); err == nil {
+		return ns
+	}
+	return "user:" + u.GetName()
 }
 
 type routeKey struct{}
@@ -446,7 +461,7 @@ type toolTransport struct {
 
 func (t toolTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	if tr, ok := t.rt.transport.(*http.Transport); ok && t.p.direct.takes(tr, r) {
-		res, err := t.p.direct.RoundTrip(tr, r, t.rt.connector.UID, t.client)
+		res, err := t.p.direct.RoundTrip(tr, r, t.rt.pool(), t.client)
 		if errors.Is(err, errHTTP1Refused) {
 			return tr.RoundTrip(r)
 		}

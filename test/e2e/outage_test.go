@@ -18,9 +18,9 @@ import (
 	"github.com/kube-connectors/connectors-csi/test/netfault"
 )
 
-// TestRepublishSurvivesAPIServerOutage cuts the driver off from the API server (every
-// connection closed, new ones refused) between publish and republish.
-func TestRepublishSurvivesAPIServerOutage(t *testing.T) {
+// apiServerLink is a link to the test API server that the test can cut and restore.
+func apiServerLink(t *testing.T) *netfault.Forwarder {
+	t.Helper()
 	apiURL, err := url.Parse(cp.Config.Host)
 	if err != nil {
 		t.Fatal(err)
@@ -29,7 +29,14 @@ func TestRepublishSurvivesAPIServerOutage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer link.Close()
+	t.Cleanup(func() { link.Close() })
+	return link
+}
+
+// TestRepublishSurvivesAPIServerOutage cuts the driver off from the API server (every
+// connection closed, new ones refused) between publish and republish.
+func TestRepublishSurvivesAPIServerOutage(t *testing.T) {
+	link := apiServerLink(t)
 	d := startDriverWith(t, t.TempDir(), nil, func(o *driver.Options) {
 		o.Kubeconfig = kubeconfigVia(t, link.Addr())
 		o.AuthzAllowTTL = 0    // every republish asks the API server, so the outage is felt
@@ -103,15 +110,7 @@ func TestRepublishSurvivesAPIServerOutage(t *testing.T) {
 // would keep the node without CSI and proxy for minutes after the API server is back. Once it
 // answers, the driver serves.
 func TestADriverStartedInAnOutageStaysAlive(t *testing.T) {
-	apiURL, err := url.Parse(cp.Config.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	link, err := netfault.New(apiURL.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer link.Close()
+	link := apiServerLink(t)
 	if err := link.Cut(); err != nil {
 		t.Fatal(err)
 	}

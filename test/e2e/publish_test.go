@@ -324,30 +324,43 @@ func TestRepublish(t *testing.T) {
 	}
 }
 
-func TestNewDriverUnpublishesPreviousDriversVolume(t *testing.T) {
-	state := t.TempDir()
+// publishedBeforeRestart publishes a volume of a Pod through a driver with state directory
+// state, stops that driver, and returns the Pod, its volume's target and the first driver.
+func publishedBeforeRestart(t *testing.T, state, podName string) (*corev1.Pod, string, *runningDriver, *kubelet.Kubelet) {
+	t.Helper()
 	first := startDriver(t, state, nil)
 	k := newKubelet(t, first)
-	ctx := context.Background()
 	ns := newNamespace(t)
 	newConnector(t, ns, "constant", constantClass(t), "https://git.example.com")
 	allowConnectors(t, ns, "builder", "constant")
-	pod := podWithVolume(t, k, ns, "restart", map[string]string{"connectors": "constant"}, nil)
-	if err := k.Publish(ctx, pod, "connectors"); err != nil {
+	pod := podWithVolume(t, k, ns, podName, map[string]string{"connectors": "constant"}, nil)
+	if err := k.Publish(context.Background(), pod, "connectors"); err != nil {
 		t.Fatal(err)
 	}
-	target := k.TargetPath(pod, "connectors")
 	first.stop()
+	return pod, k.TargetPath(pod, "connectors"), first, k
+}
 
-	// As root the second driver is a separate process of the real binary: the tmpfs stays in
-	// the kernel's mount table across it. Without root the directory mounter stands in for the
-	// mount table, so the second driver runs in this process and shares it.
+// restartedDriver starts the driver again on state after first stopped, with a kubelet of the
+// same root as k. As root the second driver is a separate process of the real binary: the
+// tmpfs stays in the kernel's mount table across it. Without root the directory mounter
+// stands in for the mount table, so the second driver runs in this process and shares it.
+func restartedDriver(t *testing.T, state string, first *runningDriver, k *kubelet.Kubelet) (*runningDriver, *kubelet.Kubelet) {
+	t.Helper()
 	second := startDriverProcess(t, state)
 	if !isRoot() {
 		second = startDriver(t, state, first.mounter)
 	}
 	k2 := newKubelet(t, second)
 	k2.Root = k.Root
+	return second, k2
+}
+
+func TestNewDriverUnpublishesPreviousDriversVolume(t *testing.T) {
+	state := t.TempDir()
+	ctx := context.Background()
+	pod, target, first, k := publishedBeforeRestart(t, state, "restart")
+	second, k2 := restartedDriver(t, state, first, k)
 	if err := k2.Publish(ctx, pod, "connectors"); err != nil {
 		t.Fatalf("republish through the new driver: %v", err)
 	}
@@ -377,18 +390,8 @@ func TestNewDriverUnpublishesPreviousDriversVolume(t *testing.T) {
 // every retry, and the Pod would never end) and forgets the record.
 func TestAnUnreadableVolumeRecordIsUnpublished(t *testing.T) {
 	state := t.TempDir()
-	first := startDriver(t, state, nil)
-	k := newKubelet(t, first)
 	ctx := context.Background()
-	ns := newNamespace(t)
-	newConnector(t, ns, "constant", constantClass(t), "https://git.example.com")
-	allowConnectors(t, ns, "builder", "constant")
-	pod := podWithVolume(t, k, ns, "power-loss", map[string]string{"connectors": "constant"}, nil)
-	if err := k.Publish(ctx, pod, "connectors"); err != nil {
-		t.Fatal(err)
-	}
-	target := k.TargetPath(pod, "connectors")
-	first.stop()
+	pod, target, first, k := publishedBeforeRestart(t, state, "power-loss")
 	records, err := filepath.Glob(filepath.Join(state, "volumes", "*.json"))
 	if err != nil || len(records) != 1 {
 		t.Fatalf("volume records %v (%v), want one", records, err)
@@ -396,12 +399,7 @@ func TestAnUnreadableVolumeRecordIsUnpublished(t *testing.T) {
 	if err := os.Truncate(records[0], 0); err != nil {
 		t.Fatal(err)
 	}
-	second := startDriverProcess(t, state)
-	if !isRoot() {
-		second = startDriver(t, state, first.mounter)
-	}
-	k2 := newKubelet(t, second)
-	k2.Root = k.Root
+	second, k2 := restartedDriver(t, state, first, k)
 	if err := k2.Unpublish(ctx, pod, "connectors"); err != nil {
 		t.Fatalf("unpublish with the record unreadable: %v", err)
 	}

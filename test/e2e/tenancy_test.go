@@ -42,6 +42,7 @@ import (
 	"github.com/kube-connectors/connectors-csi/connectorsapi"
 	"github.com/kube-connectors/connectors-csi/connectorstatus"
 	"github.com/kube-connectors/connectors-csi/driver"
+	"github.com/kube-connectors/connectors-csi/test/forgingtool"
 	"github.com/kube-connectors/connectors-csi/test/gitserver"
 	"github.com/kube-connectors/connectors-csi/test/kubelet"
 )
@@ -1109,5 +1110,32 @@ func TestTenancyToolAnswerHeadsAreBounded(t *testing.T) {
 	}
 	if n := len(tool.proxied()); n != 2 {
 		t.Errorf("the tool saw %d requests through the proxy, want 2", n)
+	}
+}
+
+// TestTenancySharedConnectorsKeepTenantsConnectionsApart: tenants that share a Connector
+// (kube-public's, a project's, one granted across namespaces) share its credential, never the
+// proxy's connections to its tool. A tool that sends bytes past an answer (a body after a
+// HEAD's head) once the connection is idle would otherwise have them read as the answer to
+// another tenant's next request: what one tenant can make the tool send (a file it uploaded)
+// another would get for its own.
+func TestTenancySharedConnectorsKeepTenantsConnectionsApart(t *testing.T) {
+	tool := forgingtool.Start(t, gitserver.Host)
+	env := startProxyDriver(t, nil)
+	owner, other := newNamespace(t), newNamespace(t)
+	createSecret(t, owner, "shared", corev1.SecretTypeBasicAuth, map[string]string{"username": "bot", "password": "shared-secret"})
+	newConnectorWithSecret(t, owner, "shared", gitClass(t), "http://"+tool.Addr, "basicAuth", "shared")
+	allowConnectors(t, owner, "builder", "shared")
+	shareConnector(t, owner, "shared", other, "builder")
+	_, ownerToken := publishedToken(t, env, owner, "a", "shared")
+	_, otherToken := publishedToken(t, env, other, "b", owner+"/shared")
+	url := env.proxyURL + "/namespaces/" + owner + "/connectors/shared/file"
+	if code, _ := do(t, noRedirects, newRequest(t, "HEAD", url, map[string]string{"Authorization": "Bearer " + ownerToken})); code != http.StatusOK {
+		t.Fatalf("HEAD of the owner: status %d", code)
+	}
+	close(tool.Forge)
+	<-tool.Forged
+	if code, body := do(t, noRedirects, newRequest(t, "GET", url, map[string]string{"Authorization": "Bearer " + otherToken})); code != http.StatusOK || body != "real" {
+		t.Fatalf("GET of the other tenant: status %d %q, want the tool's own answer", code, body)
 	}
 }
