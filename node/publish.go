@@ -67,8 +67,7 @@ func (s *Server) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	}
 
 	target := req.GetTargetPath()
-	s.targets.LockKey(target)
-	defer func() { _ = s.targets.UnlockKey(target) }()
+	defer s.targets.lock(target)()
 	log := klog.FromContext(ctx).WithValues("volumeID", req.GetVolumeId(), "pod", klog.KRef(vr.pod.Namespace, vr.pod.Name))
 
 	mounted, err := s.Mounter.IsMountPoint(target)

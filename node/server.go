@@ -10,7 +10,6 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"k8s.io/client-go/tools/record"
-	"k8s.io/utils/keymutex"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
@@ -88,19 +87,15 @@ type Server struct {
 	// Clock replaces time.Now; for tests only.
 	Clock func() time.Time
 
-	targets keymutex.KeyMutex
+	targets *targetLocks
 	// kept holds the volumes whose last republish kept old content, so that an outage is
 	// reported to the Pod once, not at every republish.
 	kept *sync.Map // volume ID → struct{}
 }
 
-// targetLocks is the number of hashed per-target locks.
-const targetLocks = 256
-
 // NewServer returns a Server; every field of s but Clock must be set.
 func NewServer(s Server) *Server {
-	// Hashed locks: two targets rarely share one, and there is nothing to clean up.
-	s.targets = keymutex.NewHashed(targetLocks)
+	s.targets = &targetLocks{}
 	s.kept = &sync.Map{}
 	return &s
 }

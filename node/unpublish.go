@@ -22,8 +22,7 @@ func (s *Server) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 		return nil, status.Error(codes.InvalidArgument, "target_path is required")
 	}
 	target := req.GetTargetPath()
-	s.targets.LockKey(target)
-	defer func() { _ = s.targets.UnlockKey(target) }()
+	defer s.targets.lock(target)()
 
 	if err := s.revoke(ctx, req.GetVolumeId()); err != nil {
 		return nil, err
