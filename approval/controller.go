@@ -289,8 +289,15 @@ func (c *Controller) watchKind(ctx context.Context, gvk schema.GroupVersionKind)
 			return nil
 		}
 		began := false
-		start := c.starting.DoChan(gvk.String(), func() (any, error) {
+		start := c.starting.DoChan(gvk.String(), func() (_ any, err error) {
 			began = true
+			// DoChan runs this in a goroutine of its own and panics again in another, where
+			// nothing recovers: the controller would end, not the one reconcile.
+			defer func() {
+				if r := recover(); r != nil {
+					err = fmt.Errorf("starting the watch of check kind %s: panic: %v", gvk.Kind, r)
+				}
+			}()
 			if _, started := c.watched.Load(gvk); started {
 				return nil, nil
 			}
@@ -977,8 +984,20 @@ func (c *Controller) revoke(ctx context.Context, ar *v1alpha1.AccessRequest, why
 	// would go as it is revoked, and its record with it.
 	meta.FindStatusCondition(ar.Status.Conditions, v1alpha1.ConditionAccessPermissionSync).LastTransitionTime = metav1.Now()
 	c.setCondition(ar, v1alpha1.ConditionReady, metav1.ConditionFalse, "Revoked", "access revoked: %s", why)
-	return c.retain(ctx, ar)
+	res, err := c.retain(ctx, ar)
+	// Looked at again soon, once: a grant a former leader writes between the delete above and
+	// this status (its event finds the request not yet revoked, and this status's own event
+	// wakes nothing) goes then (deleteLateGrant), not after the retention.
+	if res.RequeueAfter > lateGrantSweep {
+		res.RequeueAfter = lateGrantSweep
+	}
+	return res, err
 }
+
+// lateGrantSweep is when a revoked request is looked at again for a late grant: past a former
+// leader's writes still queued at the API server (a minute, its request timeout) and the
+// informers' lag.
+const lateGrantSweep = 2 * time.Minute
 
 // revoked reports whether a request's grant has been cleaned up: it is finished.
 func revoked(ar *v1alpha1.AccessRequest) bool {
@@ -1004,14 +1023,19 @@ func (c *Controller) deleteGrant(ctx context.Context, ar *v1alpha1.AccessRequest
 
 // deleteLateGrant deletes a revoked request's grant that was written after its revocation:
 // by a leader that lost its lease after its last check of the request and before its write,
-// while the new leader revoked (the write is checked once, before; see record). The cache tells
-// whether an object of the grant's name is there (kept as a stub when not the request's, or
-// too large to keep); only then is it read and deleted as deleteGrant does, if the request's.
+// while the new leader revoked (the write is checked once, before; see record). Such a grant
+// is the controller's own writing, which the cache keeps with its owner (GrantCacheView); an
+// object the cache keeps as a stub is someone else's, and is neither read nor deleted (a
+// tenant's Role named as its request would otherwise cost a read at each of its changes).
 func (c *Controller) deleteLateGrant(ctx context.Context, ar *v1alpha1.AccessRequest) error {
 	key := client.ObjectKeyFromObject(ar)
-	for _, obj := range []client.Object{&rbacv1.Role{}, &rbacv1.RoleBinding{}} {
-		if err := c.Cache.Get(ctx, key, obj, client.UnsafeDisableDeepCopy); err == nil {
-			return c.deleteGrant(ctx, ar)
+	for _, obj := range []client.Object{&rbacv1.RoleBinding{}, &rbacv1.Role{}} {
+		if err := c.Cache.Get(ctx, key, obj, client.UnsafeDisableDeepCopy); err != nil || !metav1.IsControlledBy(obj, ar) {
+			continue
+		}
+		uid := obj.GetUID()
+		if err := c.Client.Delete(ctx, obj, client.Preconditions{UID: &uid}); client.IgnoreNotFound(err) != nil {
+			return err
 		}
 	}
 	return nil

@@ -3,6 +3,7 @@ package approval
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -172,4 +173,23 @@ func TestAWatchStartIsWaitedForWithinEachBudget(t *testing.T) {
 			t.Errorf("informer asked %d times, %d watches started; want 2 and 1", n, counter.started)
 		}
 	})
+}
+
+// panickingInformers is a cache whose informers panic as they are asked for.
+type panickingInformers struct{ cache.Cache }
+
+func (panickingInformers) GetInformer(context.Context, client.Object, ...cache.InformerGetOption) (cache.Informer, error) {
+	panic("an informer that cannot be made")
+}
+
+// TestAWatchStartThatPanicsFailsItsCheck: a panic while a check kind's watch starts (which
+// runs apart from the reconcile that asked, where controller-runtime would recover it) is that
+// reconcile's error, not the controller's end.
+func TestAWatchStartThatPanicsFailsItsCheck(t *testing.T) {
+	c := &Controller{Cache: panickingInformers{}, ctrl: &watchCounter{}, unserved: utilcache.NewLRUExpireCache(maxUnservedKinds),
+		kinds: newKindChecker(fake.NewClientBuilder().WithRESTMapper(meta.NewDefaultRESTMapper(nil)).Build())}
+	err := c.watchKind(context.Background(), schema.GroupVersionKind{Group: "tekton.dev", Version: "v1", Kind: "PipelineRun"})
+	if err == nil || !strings.Contains(err.Error(), "panic") {
+		t.Fatalf("watchKind: %v, want the panic as an error", err)
+	}
 }

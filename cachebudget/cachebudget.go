@@ -3,7 +3,10 @@
 // server takes. hashicorp's LRUs, which the caches are, bound the count only.
 package cachebudget
 
-import "sync/atomic"
+import (
+	"sync"
+	"sync/atomic"
+)
 
 // LRU is what a budget needs of a cache: hashicorp's lru.Cache and expirable.LRU both have it.
 type LRU[K comparable, V any] interface {
@@ -17,6 +20,10 @@ type LRU[K comparable, V any] interface {
 type Budget struct {
 	Max  int64
 	held atomic.Int64
+	// adding makes Add's steps one: two Adds of one key at once would each count their bytes,
+	// of which the cache keeps one entry (the second replaces the first, unevicted), and the
+	// bytes counted and never held would make the budget smaller for good.
+	adding sync.Mutex
 }
 
 // Evicted counts out an entry of size bytes that left the cache.
@@ -31,6 +38,8 @@ func Add[K comparable, V any](b *Budget, c LRU[K, V], key K, value V, size int64
 	if size > b.Max {
 		return
 	}
+	b.adding.Lock()
+	defer b.adding.Unlock()
 	// Add would replace an entry of key, expired or not, without evicting it: its bytes would
 	// stay counted.
 	c.Remove(key)

@@ -68,9 +68,14 @@ func Run(ctx context.Context, opts Options) error {
 			return err
 		}
 	}
+	// Ended on every return: the metrics server starts before the roles, which may fail.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	g, ctx := errgroup.WithContext(ctx)
 	var nodeReady, controllerReady, started atomic.Bool
 	ready := func() bool { return nodeReady.Load() && controllerReady.Load() }
+	startedAt := time.Now()
+	starting := func() bool { return !started.Load() && time.Since(startedAt) < o.StartupGrace }
 	if metrics != nil {
 		// Served before the flags are known, which waits for the API server: a driver
 		// (re)started while the API server does not answer would fail its liveness probe,
@@ -80,7 +85,7 @@ func Run(ctx context.Context, opts Options) error {
 		if o.runsNode() {
 			csiSocket = o.socketPath
 		}
-		g.Go(func() error { return serveMetrics(ctx, metrics, ready, started.Load, csiSocket, o.Profiling) })
+		g.Go(func() error { return serveMetrics(ctx, metrics, ready, starting, csiSocket, o.Profiling) })
 	}
 	// The controller (or the all role) is the one process that reports invalid flags.
 	// One watch of the system namespace's ConfigMaps serves both. Nothing is served before

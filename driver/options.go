@@ -64,20 +64,24 @@ type Options struct {
 	// then every ReleasePagesInterval (0: once).
 	ReleaseStartupPages  bool
 	ReleasePagesInterval time.Duration
-	LeaderElect          bool
-	VolumeSizeLimit      string
-	KubeletRegDir        string
-	KubeletPluginSock    string
-	UnprivilegedMounts   bool
-	KubeAPIQPS           float64
-	KubeAPIBurst         int
-	AuthzAllowTTL        time.Duration
-	TokenCacheTTL        time.Duration
-	AuthzDenyTTL         time.Duration
-	SecretCacheTTL       time.Duration
-	StatusRecheck        time.Duration
-	StatusWorkers        int
-	ClusterDomain        string
+	// StartupGrace is how long /healthz says a driver waiting for the API server at its start
+	// is alive; past it, a start that hangs (a list forbidden, a credential refused) is
+	// restarted by the liveness probe.
+	StartupGrace       time.Duration
+	LeaderElect        bool
+	VolumeSizeLimit    string
+	KubeletRegDir      string
+	KubeletPluginSock  string
+	UnprivilegedMounts bool
+	KubeAPIQPS         float64
+	KubeAPIBurst       int
+	AuthzAllowTTL      time.Duration
+	TokenCacheTTL      time.Duration
+	AuthzDenyTTL       time.Duration
+	SecretCacheTTL     time.Duration
+	StatusRecheck      time.Duration
+	StatusWorkers      int
+	ClusterDomain      string
 	// BuiltInProxyServices are the Service names under which a ConnectorClass's spec.proxy.ref
 	// means the built-in proxy.
 	BuiltInProxyServices []string
@@ -190,6 +194,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.MetricsListen, "metrics-listen", ":9090", "listener of /metrics, /healthz and /readyz (empty: off)")
 	fs.BoolVar(&o.ReleaseStartupPages, "release-startup-pages", true, "once ready, give back the pages of the executable that only start-up touched (its package initializers): they leave RSS and stay in the page cache")
 	fs.DurationVar(&o.ReleasePagesInterval, "release-pages-interval", 5*time.Minute, "with --release-startup-pages, give the executable's pages back again this often, so that RSS holds only what the last interval used (0: once, after start-up)")
+	fs.DurationVar(&o.StartupGrace, "startup-grace", defaultStartupGrace, "how long /healthz answers ok while the driver waits at its start for the API server (its feature flags); past it, 503, so that the liveness probe restarts a start that hangs")
 	fs.BoolVar(&o.Profiling, "profiling", false, "also serve Go's profiles (/debug/pprof/) on --metrics-listen, which has no authentication: keep that listener off the network when on")
 	fs.BoolVar(&o.LeaderElect, "leader-elect", true, "run the controllers (controller and all roles) under a Lease")
 	fs.StringVar(&o.VolumeSizeLimit, "volume-size-limit", "4Mi", "tmpfs size of each volume")
@@ -303,6 +308,7 @@ const (
 	defaultWebhookService       = "connectors-csi-webhook"
 	defaultWebhookConfiguration = "connectors-csi"
 	defaultWebhookCARecheck     = 5 * time.Minute
+	defaultStartupGrace         = 5 * time.Minute
 )
 
 // defaultCELCacheSize is --cel-cache-size's default: policies are few, their expressions fewer.
@@ -432,6 +438,12 @@ func (o *Options) validate() (*validated, error) {
 	}
 	if o.TokenAudience == "" {
 		return nil, fmt.Errorf("--token-audience must not be empty")
+	}
+	if v.StartupGrace < 0 {
+		return nil, fmt.Errorf("--startup-grace must not be negative")
+	}
+	if v.StartupGrace == 0 {
+		v.StartupGrace = defaultStartupGrace
 	}
 	if err := v.webhook(); err != nil {
 		return nil, err

@@ -142,9 +142,8 @@ func serveHTTP(ctx context.Context, lis net.Listener, srv *http.Server, what str
 
 // serveMetrics serves /metrics, /healthz and /readyz (and, with profiling, /debug/pprof/)
 // until ctx is done. /healthz is what the livenessprobe sidecar would check: that the CSI
-// socket answers a Probe, once the roles have started (before, that the process is waiting
-// for the API server to answer).
-func serveMetrics(ctx context.Context, lis net.Listener, ready, started func() bool, csiSocket string, profiling bool) error {
+// socket answers a Probe; while starting (waiting for the API server, within its grace), ok.
+func serveMetrics(ctx context.Context, lis net.Listener, ready, starting func() bool, csiSocket string, profiling bool) error {
 	mux := http.NewServeMux()
 	// Ours and client-go's (in the default registry), and controller-runtime's own registry:
 	// API requests by verb and code (rest_client_requests_total), reconciles, work queues.
@@ -161,7 +160,7 @@ func serveMetrics(ctx context.Context, lis net.Listener, ready, started func() b
 			_, _ = w.Write([]byte("ok"))
 			return
 		}
-		if !started() {
+		if starting() {
 			_, _ = w.Write([]byte("ok: starting, waiting for the API server"))
 			return
 		}

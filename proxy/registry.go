@@ -79,7 +79,7 @@ type registryTokens struct {
 // either, the client gets the registry's own 401.
 const (
 	maxRegistryTokenBytes = 16 << 10
-	maxChallengeBytes     = 4 << 10
+	maxChallengeBytes     = 1 << 10
 )
 
 // maxTokenLife caps how long a registry token is kept; realms are remembered as long.
@@ -129,7 +129,9 @@ func (t *registryTokens) roundTrip(base http.RoundTripper, login *registryLogin,
 		return res, nil
 	}
 	realmKey, realm := t.key(login, r.URL.Host, ""), challenge{realm: ch.realm, service: ch.service}
-	cachebudget.Add(t.realmBytes, t.realms, realmKey, realm, realm.bytes(realmKey))
+	if known, ok := t.realms.Peek(realmKey); !ok || known != realm { // every 401 brings it again
+		cachebudget.Add(t.realmBytes, t.realms, realmKey, realm, realm.bytes(realmKey))
+	}
 	if !replayable(r) {
 		return res, nil
 	}

@@ -114,30 +114,17 @@ func TestADriverStartedInAnOutageStaysAlive(t *testing.T) {
 	if err := link.Cut(); err != nil {
 		t.Fatal(err)
 	}
-	socketDir, err := os.MkdirTemp("", "csi-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(socketDir)
-	socket, metrics := filepath.Join(socketDir, "csi.sock"), freeLoopbackAddr(t)
-	opts := testOptions()
-	opts.Role, opts.Kubeconfig, opts.MetricsListen = driver.RoleNode, kubeconfigVia(t, link.Addr()), metrics
-	opts.Endpoint, opts.StateDir, opts.Mounter = "unix://"+socket, t.TempDir(), mount.NewDirectories()
-	runDriver(t, opts)
-	probes := &http.Client{Timeout: 2 * time.Second}
-	status := func(path string) int {
-		res, err := probes.Get("http://" + metrics + path)
-		if err != nil {
-			return 0
-		}
-		res.Body.Close()
-		return res.StatusCode
-	}
+	status := startNodeDriverBehind(t, link.Addr(), 0)
+	// Past its grace a start that still hangs is not alive: the liveness probe restarts it.
+	stuck := startNodeDriverBehind(t, link.Addr(), time.Nanosecond)
 	if !kubelet.WaitUntil(15*time.Second, func() bool { return status("/healthz") == http.StatusOK }) {
 		t.Fatalf("/healthz during the outage: %d, want 200", status("/healthz"))
 	}
 	if code := status("/readyz"); code != http.StatusServiceUnavailable {
 		t.Errorf("/readyz during the outage: %d, want 503", code)
+	}
+	if !kubelet.WaitUntil(15*time.Second, func() bool { return stuck("/healthz") == http.StatusServiceUnavailable }) {
+		t.Errorf("/healthz past --startup-grace during the outage: %d, want 503", stuck("/healthz"))
 	}
 	if err := link.Restore(); err != nil {
 		t.Fatal(err)
@@ -147,5 +134,31 @@ func TestADriverStartedInAnOutageStaysAlive(t *testing.T) {
 	}
 	if code := status("/healthz"); code != http.StatusOK {
 		t.Errorf("/healthz after the outage (the CSI socket probed): %d, want 200", code)
+	}
+}
+
+// startNodeDriverBehind runs a node driver whose API server is behind apiAddr, with
+// --startup-grace grace (0: the default), and returns the status its metrics listener answers
+// for a path (0: no answer).
+func startNodeDriverBehind(t *testing.T, apiAddr string, grace time.Duration) func(path string) int {
+	t.Helper()
+	socketDir, err := os.MkdirTemp("", "csi-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(socketDir) })
+	metrics := freeLoopbackAddr(t)
+	opts := testOptions()
+	opts.Role, opts.Kubeconfig, opts.MetricsListen, opts.StartupGrace = driver.RoleNode, kubeconfigVia(t, apiAddr), metrics, grace
+	opts.Endpoint, opts.StateDir, opts.Mounter = "unix://"+filepath.Join(socketDir, "csi.sock"), t.TempDir(), mount.NewDirectories()
+	runDriver(t, opts)
+	probes := &http.Client{Timeout: 2 * time.Second}
+	return func(path string) int {
+		res, err := probes.Get("http://" + metrics + path)
+		if err != nil {
+			return 0
+		}
+		res.Body.Close()
+		return res.StatusCode
 	}
 }
