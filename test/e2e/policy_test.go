@@ -151,6 +151,9 @@ func TestNamespaceChangesReachOnlyPoliciesSelectingThem(t *testing.T) {
 	create(t, gate)
 	waitPolicy(t, ns, "by-label", metav1.ConditionTrue, "Ready")
 	waitPolicy(t, ns, "gate", metav1.ConditionTrue, "Ready")
+	// The status controller labels the Connector with its class (before its status), which
+	// reconciles the policies selecting it: done before the count settles.
+	waitCondition(t, ns, "shared", v1alpha1.ConditionConnectorClassReady, metav1.ConditionTrue, "Found")
 
 	start := time.Now()
 	gateReads := func() int {

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -47,6 +48,16 @@ func startProxyDriver(t testing.TB, adjust func(*driver.Options)) *proxyEnv {
 			adjust(o)
 		}
 	})
+	// The CSI socket is up; the proxy's listener is bound by a goroutine of its own.
+	if !kubelet.WaitUntil(15*time.Second, func() bool {
+		conn, err := net.Dial("tcp", addr)
+		if err == nil {
+			conn.Close()
+		}
+		return err == nil
+	}) {
+		t.Fatalf("the proxy does not listen on %s", addr)
+	}
 	return &proxyEnv{driver: d, kubelet: newKubelet(t, d), proxyURL: "http://" + addr}
 }
 
