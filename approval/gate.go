@@ -53,8 +53,9 @@ func (g *Gate) Admit(ctx context.Context, pod records.Pod, c *v1alpha1.Connector
 	// volume and revoked when the volume goes.
 	var existing v1alpha1.AccessRequest
 	err := g.Requests.Get(ctx, types.NamespacedName{Namespace: c.Namespace, Name: RequestName(c.Name, pod)}, &existing)
+	ownRequest := err == nil && existing.Spec.Context.ObjectRef.UID == types.UID(pod.UID)
 	switch {
-	case err == nil && existing.Spec.Context.ObjectRef.UID == types.UID(pod.UID):
+	case ownRequest && !revoked(&existing):
 		return g.await(ctx, &existing)
 	case err != nil && !apierrors.IsNotFound(err):
 		return nil, err
@@ -65,6 +66,9 @@ func (g *Gate) Admit(ctx context.Context, pod records.Pod, c *v1alpha1.Connector
 	}
 	if allowed {
 		return &node.Admission{Granted: true}, nil
+	}
+	if ownRequest { // revoked: final, unless the Pod may use the Connector without approval now
+		return verdict(&existing), nil
 	}
 	gated, err := g.gated(ctx, c)
 	if err != nil {
@@ -202,7 +206,7 @@ func verdict(ar *v1alpha1.AccessRequest) *node.Admission {
 	case revoked(ar):
 		// Final: the controller grants a revoked request nothing again (a Connector deleted and
 		// made again finds its Pods' requests so).
-		return &node.Admission{AccessRequest: name, Failed: true, Message: "it was revoked, for good for this Pod (a new Pod asks anew): " + revokedWhy(ar)}
+		return &node.Admission{AccessRequest: name, Revoked: true, Message: "it was revoked, for good for this Pod (a new Pod asks anew): " + revokedWhy(ar)}
 	case ready != nil && ready.Status == metav1.ConditionTrue:
 		return &node.Admission{Granted: true, AccessRequest: name}
 	case ready != nil && (ready.Reason == v1alpha1.ReasonSubjectMismatch || ready.Reason == v1alpha1.ReasonInvalidRoleTemplate):

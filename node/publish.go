@@ -107,7 +107,7 @@ func (s *Server) answer(ctx context.Context, volumeID string, vr *volumeRequest,
 	switch {
 	case err == nil:
 		s.kept.Delete(volumeID)
-	case mounted && isTransient(err):
+	case mounted && (isTransient(err) || errors.As(err, new(*revokedError))):
 		klog.FromContext(ctx).Info("Republish failed; keeping the mounted content", "volumeID", volumeID, "err", err)
 		if _, already := s.kept.LoadOrStore(volumeID, struct{}{}); !already {
 			s.podEvent(vr.pod, corev1.EventTypeWarning, reasonRepublishKept, "Connectors volume kept its previous content: %v", err)
@@ -184,8 +184,10 @@ func (s *Server) render(ctx context.Context, vr *volumeRequest, sources []render
 			files, err := errorFile(adm)
 			rec.AccessRequests, rec.Rejected = append(rec.AccessRequests, adm.AccessRequest), true
 			return files, rec, err
+		case adm.Revoked:
+			return nil, nil, &revokedError{status.Newf(codes.FailedPrecondition, "AccessRequest %s grants nothing: %s", adm.AccessRequest, adm.Message)}
 		case adm.Failed:
-			return nil, nil, status.Errorf(codes.FailedPrecondition, "AccessRequest %s grants nothing: %s", adm.AccessRequest, adm.Message)
+			return nil, nil, status.Errorf(codes.FailedPrecondition, "AccessRequest %s cannot be evaluated: %s", adm.AccessRequest, adm.Message)
 		default:
 			return nil, nil, status.Errorf(codes.Unavailable, "waiting for AccessRequest %s: %s", adm.AccessRequest, adm.Message)
 		}
@@ -318,6 +320,14 @@ func parseMountGroup(v string) (*int64, error) {
 
 // isTransient tells errors worth retrying (the API server or the node misbehaving) from faults
 // of the request or its objects.
+// revokedError refuses a publish whose Pod's request was revoked (FailedPrecondition). A
+// mounted volume keeps its content (the proxy refuses its token already) and its Pod gets one
+// Event, rather than a failed republish every minute for every Pod of a Connector made again.
+type revokedError struct{ st *status.Status }
+
+func (e *revokedError) Error() string              { return e.st.Err().Error() }
+func (e *revokedError) GRPCStatus() *status.Status { return e.st }
+
 func isTransient(err error) bool {
 	switch status.Code(err) {
 	case codes.Unavailable, codes.Internal, codes.DeadlineExceeded, codes.Unknown:

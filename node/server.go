@@ -34,9 +34,11 @@ type Admission struct {
 	AccessRequest string
 	// Rejected: a check rejected the request; the volume holds only .error.json.
 	Rejected bool
-	// Failed: the request never grants (its checks cannot be evaluated, a broken policy, or it
-	// was revoked).
+	// Failed: the request's checks cannot be evaluated (a broken policy); access is never granted.
 	Failed bool
+	// Revoked: the Pod's request was revoked, for good (its Connector deleted and made again);
+	// a mounted volume keeps its content, as in an outage, and the Pod is told once.
+	Revoked bool
 	// Message says what the request waits for, or what decided it.
 	Message string
 }

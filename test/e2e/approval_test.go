@@ -315,15 +315,33 @@ func TestApprovalGatedPromotion(t *testing.T) {
 		}) {
 			t.Fatal("deleting the Connector did not delete the grant")
 		}
-		// The Connector made again (a GitOps replace): the Pod's revoked request is final, and
-		// its republish says so rather than wait for an approval that never comes.
+		// The Connector made again (a GitOps replace): the Pod's revoked request is final. Its
+		// mounted volume keeps its content and the Pod is told why, once, rather than wait for
+		// an approval that never comes.
+		waitRevoked(t, types.NamespacedName{Namespace: ns, Name: name})
 		create(t, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: staging.Name, Namespace: ns}, Spec: staging.Spec})
 		var err error
+		for range 2 {
+			if err = env.kubelet.Publish(ctx, fourth, "connectors"); err != nil {
+				t.Fatalf("republish after the Connector was made again: %v, want the volume kept", err)
+			}
+		}
+		var kept *corev1.EventList
+		if !kubelet.WaitUntil(10*time.Second, func() bool {
+			kept, err = cp.Kube.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + fourth.Name + ",reason=ConnectorsVolumeKept"})
+			return err == nil && len(kept.Items) == 1 && strings.Contains(kept.Items[0].Message, "revoked") && strings.Contains(kept.Items[0].Message, name)
+		}) {
+			t.Fatalf("Events of the kept volume: %v %+v, want one naming the revoked request", err, kept)
+		}
+		// Final unless the Pod may use the Connector without approval: given that, its volume
+		// is written again (a new token).
+		vol := env.kubelet.TargetPath(fourth, "connectors")
+		before := visibleFiles(t, vol)["context.token"]
+		grantPodProxyVerbs(t, ns, fourth.Name, "staging", "get")
 		if !kubelet.WaitUntil(20*time.Second, func() bool {
-			err = env.kubelet.Publish(ctx, fourth, "connectors")
-			return status.Code(err) == codes.FailedPrecondition
-		}) || !strings.Contains(err.Error(), "revoked") || !strings.Contains(err.Error(), name) {
-			t.Fatalf("republish after the Connector was made again: %v, want FailedPrecondition naming the revoked request", err)
+			return env.kubelet.Publish(ctx, fourth, "connectors") == nil && visibleFiles(t, vol)["context.token"] != before
+		}) {
+			t.Fatal("a Pod given connectors/proxy after its request was revoked still has its volume kept")
 		}
 		_ = env.kubelet.Unpublish(ctx, fourth, "connectors")
 	})
