@@ -232,6 +232,22 @@ func pending(ar *v1alpha1.AccessRequest) *node.Admission {
 	return &node.Admission{AccessRequest: ar.Namespace + "/" + ar.Name, Message: msg}
 }
 
+// RevokePod revokes the requests this node made for the Pod of uid (from the node's cache of
+// its own requests): what a volume whose record is lost held.
+func (g *Gate) RevokePod(ctx context.Context, uid string) error {
+	var list v1alpha1.AccessRequestList
+	if err := g.Requests.List(ctx, &list); err != nil {
+		return err
+	}
+	var names []string
+	for _, ar := range list.Items {
+		if ar.Spec.Context.ObjectRef.UID == types.UID(uid) && !revoked(&ar) {
+			names = append(names, ar.Namespace+"/"+ar.Name)
+		}
+	}
+	return g.Revoke(ctx, names)
+}
+
 // Revoke marks the requests a volume held as revoked, with the time; the controller deletes
 // their grants.
 func (g *Gate) Revoke(ctx context.Context, requests []string) error {

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -10,6 +11,7 @@ import (
 	"google.golang.org/grpc/status"
 	"k8s.io/client-go/tools/record"
 
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/node/mount"
 	"github.com/kube-connectors/connectors-csi/node/records"
 )
@@ -52,5 +54,45 @@ func TestUnpublishForgetsAKeptVolume(t *testing.T) {
 	}
 	if _, kept := s.kept.Load("vol"); kept {
 		t.Error("the unpublished volume is still remembered as kept")
+	}
+}
+
+// revocations records what an Approver was asked to revoke.
+type revocations struct{ pods []string }
+
+func (*revocations) Admit(context.Context, records.Pod, *v1alpha1.Connector) (*Admission, error) {
+	return &Admission{Granted: true}, nil
+}
+func (*revocations) Revoke(context.Context, []string) error { return nil }
+func (r *revocations) RevokePod(_ context.Context, uid string) error {
+	r.pods = append(r.pods, uid)
+	return nil
+}
+
+// TestAnUnreadableRecordRevokesItsPodsRequests: a volume whose record came back unreadable (a
+// power loss) is unpublished, and what it held is found by its Pod, whose UID kubelet's target
+// path names: this node's requests of that Pod are revoked.
+func TestAnUnreadableRecordRevokesItsPodsRequests(t *testing.T) {
+	state := t.TempDir()
+	store, err := records.NewStore(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := store.Save(&records.Record{VolumeID: "vol"}); err != nil {
+		t.Fatal(err)
+	}
+	files, _ := filepath.Glob(filepath.Join(state, "volumes", "*.json"))
+	if len(files) != 1 || os.Truncate(files[0], 0) != nil {
+		t.Fatalf("record files %v", files)
+	}
+	store, _ = records.NewStore(state) // a new driver's: nothing in memory
+	approver := &revocations{}
+	s := NewServer(Server{Events: record.NewFakeRecorder(10), Mounter: mount.NewDirectories(), Records: store, Approval: approver})
+	target := filepath.Join(t.TempDir(), "pods", "6b1f0c1e-uid", "volumes", "kubernetes.io~csi", "connectors", "mount")
+	if _, err := s.NodeUnpublishVolume(context.Background(), &csi.NodeUnpublishVolumeRequest{VolumeId: "vol", TargetPath: target}); err != nil {
+		t.Fatal(err)
+	}
+	if len(approver.pods) != 1 || approver.pods[0] != "6b1f0c1e-uid" {
+		t.Errorf("revoked the requests of Pods %v, want the target's", approver.pods)
 	}
 }

@@ -49,6 +49,8 @@ type Approver interface {
 	Admit(ctx context.Context, pod records.Pod, c *v1alpha1.Connector) (*Admission, error)
 	// Revoke ends the grants of the given AccessRequests ("namespace/name").
 	Revoke(ctx context.Context, accessRequests []string) error
+	// RevokePod ends the grants of every AccessRequest this node made for the Pod of uid.
+	RevokePod(ctx context.Context, uid string) error
 }
 
 // CASource returns the proxy CA certificate (PEM) that volumes carry.

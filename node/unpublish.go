@@ -3,6 +3,8 @@ package node
 import (
 	"context"
 	"errors"
+	"path/filepath"
+	"strings"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
@@ -24,7 +26,7 @@ func (s *Server) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 	target := req.GetTargetPath()
 	defer s.targets.lock(target)()
 
-	if err := s.revoke(ctx, req.GetVolumeId()); err != nil {
+	if err := s.revoke(ctx, req.GetVolumeId(), target); err != nil {
 		return nil, err
 	}
 	if err := s.Mounter.Unmount(target); err != nil {
@@ -40,16 +42,22 @@ func (s *Server) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 
 // revoke ends the grants the volume's AccessRequests hold, before its files go away, so that a
 // failure leaves the volume for kubelet to retry.
-func (s *Server) revoke(ctx context.Context, volumeID string) error {
+func (s *Server) revoke(ctx context.Context, volumeID, target string) error {
 	if s.Approval == nil {
 		return nil
 	}
 	rec, err := s.Records.Load(volumeID)
 	if errors.Is(err, records.ErrUnreadable) {
-		// Failing would fail every retry, and the Pod would never end. The controller revokes
-		// the Pod's requests once the Pod is gone (its Pod recheck); a republish of a live
-		// volume writes the record anew.
-		klog.FromContext(ctx).Error(err, "Unpublishing a volume whose record cannot be read: its AccessRequests are revoked by the controller once the Pod is gone", "volumeID", volumeID)
+		// Failing would fail every retry, and the Pod would never end: what the volume held is
+		// found by its Pod, whose UID kubelet's target path names.
+		klog.FromContext(ctx).Error(err, "Unpublishing a volume whose record cannot be read: revoking its Pod's AccessRequests", "volumeID", volumeID)
+		uid, ok := podUIDOf(target)
+		if !ok {
+			return nil // not kubelet's layout: the controller revokes once the Pod is gone
+		}
+		if err := s.Approval.RevokePod(ctx, uid); err != nil {
+			return status.Errorf(codes.Unavailable, "%v", err)
+		}
 		return nil
 	}
 	if err != nil {
@@ -62,4 +70,16 @@ func (s *Server) revoke(ctx context.Context, volumeID string) error {
 		return status.Errorf(codes.Unavailable, "%v", err)
 	}
 	return nil
+}
+
+// podUIDOf is the Pod UID in a target path of kubelet's layout,
+// <kubelet root>/pods/<uid>/volumes/kubernetes.io~csi/<volume>/mount.
+func podUIDOf(target string) (string, bool) {
+	parts := strings.Split(filepath.Clean(target), string(filepath.Separator))
+	for i := len(parts) - 3; i >= 0; i-- {
+		if parts[i] == "pods" && parts[i+2] == "volumes" && parts[i+1] != "" {
+			return parts[i+1], true
+		}
+	}
+	return "", false
 }
