@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -16,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/apiserver/pkg/authentication/user"
 	"k8s.io/apiserver/pkg/authorization/authorizer"
+	"k8s.io/klog/v2"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
@@ -53,9 +55,10 @@ func (g *Gate) Admit(ctx context.Context, pod records.Pod, c *v1alpha1.Connector
 	// volume and revoked when the volume goes.
 	var existing v1alpha1.AccessRequest
 	err := g.Requests.Get(ctx, types.NamespacedName{Namespace: c.Namespace, Name: RequestName(c.Name, pod)}, &existing)
-	ownRequest := err == nil && existing.Spec.Context.ObjectRef.UID == types.UID(pod.UID)
+	// A revoked one decides too, for good (see verdict): asking for connectors/proxy first would
+	// cost two reviews at each republish for the rest of the Pod's life.
 	switch {
-	case ownRequest && !revoked(&existing):
+	case err == nil && existing.Spec.Context.ObjectRef.UID == types.UID(pod.UID):
 		return g.await(ctx, &existing)
 	case err != nil && !apierrors.IsNotFound(err):
 		return nil, err
@@ -66,9 +69,6 @@ func (g *Gate) Admit(ctx context.Context, pod records.Pod, c *v1alpha1.Connector
 	}
 	if allowed {
 		return &node.Admission{Granted: true}, nil
-	}
-	if ownRequest { // revoked: final, unless the Pod may use the Connector without approval now
-		return verdict(&existing), nil
 	}
 	gated, err := g.gated(ctx, c)
 	if err != nil {
@@ -239,13 +239,22 @@ func (g *Gate) RevokePod(ctx context.Context, uid string) error {
 	if err := g.Requests.List(ctx, &list); err != nil {
 		return err
 	}
-	var names []string
+	var errs []error
 	for _, ar := range list.Items {
-		if ar.Spec.Context.ObjectRef.UID == types.UID(uid) && !revoked(&ar) {
-			names = append(names, ar.Namespace+"/"+ar.Name)
+		if ar.Spec.Context.ObjectRef.UID != types.UID(uid) || revoked(&ar) {
+			continue
 		}
+		// Anyone who may create AccessRequests can label one for this node and name any UID
+		// in it: one that cannot be patched (invalid, forbidden) is logged, not retried, or
+		// it would hold the Pod's unpublish for good.
+		err := g.Revoke(ctx, []string{ar.Namespace + "/" + ar.Name})
+		if apierrors.IsInvalid(err) || apierrors.IsForbidden(err) || apierrors.IsRequestEntityTooLargeError(err) {
+			klog.FromContext(ctx).Error(err, "Not revoking an AccessRequest that names the Pod", "accessRequest", klog.KObj(&ar), "uid", uid)
+			continue
+		}
+		errs = append(errs, err)
 	}
-	return g.Revoke(ctx, names)
+	return errors.Join(errs...)
 }
 
 // Revoke marks the requests a volume held as revoked, with the time; the controller deletes

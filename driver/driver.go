@@ -75,7 +75,9 @@ func Run(ctx context.Context, opts Options) error {
 	var nodeReady, controllerReady, started atomic.Bool
 	ready := func() bool { return nodeReady.Load() && controllerReady.Load() }
 	startedAt := time.Now()
-	starting := func() bool { return !started.Load() && time.Since(startedAt) < o.StartupGrace }
+	starting := func() bool {
+		return !started.Load() && (o.StartupGrace == 0 || time.Since(startedAt) < o.StartupGrace)
+	}
 	if metrics != nil {
 		// Served before the flags are known, which waits for the API server: a driver
 		// (re)started while the API server does not answer would fail its liveness probe,

@@ -64,9 +64,10 @@ type Options struct {
 	// then every ReleasePagesInterval (0: once).
 	ReleaseStartupPages  bool
 	ReleasePagesInterval time.Duration
-	// StartupGrace is how long /healthz says a driver waiting for the API server at its start
-	// is alive; past it, a start that hangs (a list forbidden, a credential refused) is
-	// restarted by the liveness probe.
+	// StartupGrace, when positive, is how long /healthz says a driver waiting for the API
+	// server at its start is alive; past it, the liveness probe restarts it. Off by default: a
+	// restart mends none of what holds a start (an outage, a list forbidden, a credential
+	// refused), and one during an outage costs kubelet's back-off after it.
 	StartupGrace       time.Duration
 	LeaderElect        bool
 	VolumeSizeLimit    string
@@ -194,7 +195,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.MetricsListen, "metrics-listen", ":9090", "listener of /metrics, /healthz and /readyz (empty: off)")
 	fs.BoolVar(&o.ReleaseStartupPages, "release-startup-pages", true, "once ready, give back the pages of the executable that only start-up touched (its package initializers): they leave RSS and stay in the page cache")
 	fs.DurationVar(&o.ReleasePagesInterval, "release-pages-interval", 5*time.Minute, "with --release-startup-pages, give the executable's pages back again this often, so that RSS holds only what the last interval used (0: once, after start-up)")
-	fs.DurationVar(&o.StartupGrace, "startup-grace", defaultStartupGrace, "how long /healthz answers ok while the driver waits at its start for the API server (its feature flags); past it, 503, so that the liveness probe restarts a start that hangs")
+	fs.DurationVar(&o.StartupGrace, "startup-grace", 0, "how long /healthz answers ok while the driver waits at its start for the API server (its feature flags); past it, 503, so that the liveness probe restarts it (0: as long as it waits)")
 	fs.BoolVar(&o.Profiling, "profiling", false, "also serve Go's profiles (/debug/pprof/) on --metrics-listen, which has no authentication: keep that listener off the network when on")
 	fs.BoolVar(&o.LeaderElect, "leader-elect", true, "run the controllers (controller and all roles) under a Lease")
 	fs.StringVar(&o.VolumeSizeLimit, "volume-size-limit", "4Mi", "tmpfs size of each volume")
@@ -308,7 +309,6 @@ const (
 	defaultWebhookService       = "connectors-csi-webhook"
 	defaultWebhookConfiguration = "connectors-csi"
 	defaultWebhookCARecheck     = 5 * time.Minute
-	defaultStartupGrace         = 5 * time.Minute
 )
 
 // defaultCELCacheSize is --cel-cache-size's default: policies are few, their expressions fewer.
@@ -441,9 +441,6 @@ func (o *Options) validate() (*validated, error) {
 	}
 	if v.StartupGrace < 0 {
 		return nil, fmt.Errorf("--startup-grace must not be negative")
-	}
-	if v.StartupGrace == 0 {
-		v.StartupGrace = defaultStartupGrace
 	}
 	if err := v.webhook(); err != nil {
 		return nil, err

@@ -100,16 +100,17 @@ func (s *Server) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	return s.answer(ctx, req.GetVolumeId(), vr, mounted, err)
 }
 
-// answer ends a publish. A republish that failed for a transient reason keeps the mounted
-// content and succeeds; the Pod gets one Event per outage (the first failure), not one per
-// republish.
+// answer ends a publish. A republish that failed for a transient reason, or because the Pod's
+// request was revoked, keeps the mounted content and succeeds; the Pod gets one Event per
+// outage (the first failure) and one when its request is found revoked, not one per republish.
 func (s *Server) answer(ctx context.Context, volumeID string, vr *volumeRequest, mounted bool, err error) (*csi.NodePublishVolumeResponse, error) {
+	revoked := errors.As(err, new(*revokedError))
 	switch {
 	case err == nil:
 		s.kept.Delete(volumeID)
-	case mounted && (isTransient(err) || errors.As(err, new(*revokedError))):
+	case mounted && (isTransient(err) || revoked):
 		klog.FromContext(ctx).Info("Republish failed; keeping the mounted content", "volumeID", volumeID, "err", err)
-		if _, already := s.kept.LoadOrStore(volumeID, struct{}{}); !already {
+		if why, before := s.kept.Swap(volumeID, revoked); !before || why != revoked {
 			s.podEvent(vr.pod, corev1.EventTypeWarning, reasonRepublishKept, "Connectors volume kept its previous content: %v", err)
 		}
 	default:
@@ -318,8 +319,6 @@ func parseMountGroup(v string) (*int64, error) {
 	return &gid, nil
 }
 
-// isTransient tells errors worth retrying (the API server or the node misbehaving) from faults
-// of the request or its objects.
 // revokedError refuses a publish whose Pod's request was revoked (FailedPrecondition). A
 // mounted volume keeps its content (the proxy refuses its token already) and its Pod gets one
 // Event, rather than a failed republish every minute for every Pod of a Connector made again.
@@ -328,6 +327,8 @@ type revokedError struct{ st *status.Status }
 func (e *revokedError) Error() string              { return e.st.Err().Error() }
 func (e *revokedError) GRPCStatus() *status.Status { return e.st }
 
+// isTransient tells errors worth retrying (the API server or the node misbehaving) from faults
+// of the request or its objects.
 func isTransient(err error) bool {
 	switch status.Code(err) {
 	case codes.Unavailable, codes.Internal, codes.DeadlineExceeded, codes.Unknown:

@@ -35,6 +35,19 @@ func TestKeptRepublishIsReportedOncePerOutage(t *testing.T) {
 	if _, err := s.answer(context.Background(), "fresh", vr, false, outage); status.Code(err) != codes.Unavailable {
 		t.Fatalf("a first publish during an outage: %v, want Unavailable", err)
 	}
+	// A request found revoked during the outage going on is told, once; so is the outage after.
+	revoked := &revokedError{status.New(codes.FailedPrecondition, "AccessRequest team/r grants nothing: it was revoked")}
+	for _, err := range []error{outage, revoked, revoked, outage} {
+		if _, got := s.answer(context.Background(), "vol", vr, true, err); got != nil {
+			t.Fatalf("a republish that keeps its content failed: %v", got)
+		}
+	}
+	if n := len(events.Events); n != 4 {
+		t.Fatalf("%d Events after a revocation and an outage again, want 4 in all", n)
+	}
+	if _, err := s.answer(context.Background(), "fresh", vr, false, revoked); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("a first publish of a revoked request: %v, want FailedPrecondition", err)
+	}
 }
 
 // TestUnpublishForgetsAKeptVolume: a volume whose republishes kept old content and that then
@@ -69,9 +82,9 @@ func (r *revocations) RevokePod(_ context.Context, uid string) error {
 	return nil
 }
 
-// TestAnUnreadableRecordRevokesItsPodsRequests: a volume whose record came back unreadable (a
-// power loss) is unpublished, and what it held is found by its Pod, whose UID kubelet's target
-// path names: this node's requests of that Pod are revoked.
+// TestAnUnreadableRecordRevokesItsPodsRequests: a volume whose record came back unreadable, or
+// did not come back at all (a power loss), is unpublished, and what it held is found by its
+// Pod, whose UID kubelet's target path names: this node's requests of that Pod are revoked.
 func TestAnUnreadableRecordRevokesItsPodsRequests(t *testing.T) {
 	state := t.TempDir()
 	store, err := records.NewStore(state)
@@ -88,11 +101,17 @@ func TestAnUnreadableRecordRevokesItsPodsRequests(t *testing.T) {
 	store, _ = records.NewStore(state) // a new driver's: nothing in memory
 	approver := &revocations{}
 	s := NewServer(Server{Events: record.NewFakeRecorder(10), Mounter: mount.NewDirectories(), Records: store, Approval: approver})
-	target := filepath.Join(t.TempDir(), "pods", "6b1f0c1e-uid", "volumes", "kubernetes.io~csi", "connectors", "mount")
-	if _, err := s.NodeUnpublishVolume(context.Background(), &csi.NodeUnpublishVolumeRequest{VolumeId: "vol", TargetPath: target}); err != nil {
+	target := func(uid string) string {
+		return filepath.Join(t.TempDir(), "pods", uid, "volumes", "kubernetes.io~csi", "connectors", "mount")
+	}
+	if _, err := s.NodeUnpublishVolume(context.Background(), &csi.NodeUnpublishVolumeRequest{VolumeId: "vol", TargetPath: target("6b1f0c1e-uid")}); err != nil {
 		t.Fatal(err)
 	}
-	if len(approver.pods) != 1 || approver.pods[0] != "6b1f0c1e-uid" {
-		t.Errorf("revoked the requests of Pods %v, want the target's", approver.pods)
+	// A record that did not reach the disk at all: the same.
+	if _, err := s.NodeUnpublishVolume(context.Background(), &csi.NodeUnpublishVolumeRequest{VolumeId: "lost", TargetPath: target("9d0e2a44-uid")}); err != nil {
+		t.Fatal(err)
+	}
+	if len(approver.pods) != 2 || approver.pods[0] != "6b1f0c1e-uid" || approver.pods[1] != "9d0e2a44-uid" {
+		t.Errorf("revoked the requests of Pods %v, want the targets'", approver.pods)
 	}
 }

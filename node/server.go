@@ -94,7 +94,7 @@ type Server struct {
 	targets *targetLocks
 	// kept holds the volumes whose last republish kept old content, so that an outage is
 	// reported to the Pod once, not at every republish.
-	kept *sync.Map // volume ID → struct{}
+	kept *sync.Map // volume ID → whether it was kept for a revoked request (else an outage)
 }
 
 // NewServer returns a Server; every field of s but Clock must be set.

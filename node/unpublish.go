@@ -47,26 +47,34 @@ func (s *Server) revoke(ctx context.Context, volumeID, target string) error {
 		return nil
 	}
 	rec, err := s.Records.Load(volumeID)
-	if errors.Is(err, records.ErrUnreadable) {
-		// Failing would fail every retry, and the Pod would never end: what the volume held is
-		// found by its Pod, whose UID kubelet's target path names.
-		klog.FromContext(ctx).Error(err, "Unpublishing a volume whose record cannot be read: revoking its Pod's AccessRequests", "volumeID", volumeID)
-		uid, ok := podUIDOf(target)
-		if !ok {
-			return nil // not kubelet's layout: the controller revokes once the Pod is gone
-		}
-		if err := s.Approval.RevokePod(ctx, uid); err != nil {
-			return status.Errorf(codes.Unavailable, "%v", err)
-		}
-		return nil
-	}
-	if err != nil {
+	unreadable := errors.Is(err, records.ErrUnreadable)
+	switch {
+	case err != nil && !unreadable:
 		return status.Errorf(codes.Internal, "read volume record: %v", err)
-	}
-	if rec == nil || len(rec.AccessRequests) == 0 {
+	case unreadable || rec == nil:
+		// Lost (a power loss before the record reached the disk) or never written. Failing
+		// would fail every retry, and the Pod would never end: what the volume held is found
+		// by its Pod, whose UID kubelet's target path names.
+		if unreadable {
+			klog.FromContext(ctx).Error(err, "Unpublishing a volume whose record cannot be read: revoking its Pod's AccessRequests", "volumeID", volumeID)
+		}
+		return s.revokePodOf(ctx, target)
+	case len(rec.AccessRequests) == 0:
 		return nil
 	}
 	if err := s.Approval.Revoke(ctx, rec.AccessRequests); err != nil {
+		return status.Errorf(codes.Unavailable, "%v", err)
+	}
+	return nil
+}
+
+// revokePodOf revokes this node's AccessRequests of the Pod whose volume target is.
+func (s *Server) revokePodOf(ctx context.Context, target string) error {
+	uid, ok := podUIDOf(target)
+	if !ok {
+		return nil // not kubelet's layout: the controller revokes once the Pod is gone
+	}
+	if err := s.Approval.RevokePod(ctx, uid); err != nil {
 		return status.Errorf(codes.Unavailable, "%v", err)
 	}
 	return nil

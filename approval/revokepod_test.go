@@ -1,0 +1,54 @@
+package approval
+
+import (
+	"context"
+	"testing"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+)
+
+// TestRevokePodRevokesThatPodsRequests: the requests this node made for a Pod (by UID) are
+// marked revoked, not another Pod's nor one revoked already; one that cannot be patched (a
+// request anyone labelled for this node naming the Pod, made unpatchable) is logged and
+// skipped, not retried for good.
+func TestRevokePodRevokesThatPodsRequests(t *testing.T) {
+	scheme := runtime.NewScheme()
+	if err := v1alpha1.AddToScheme(scheme); err != nil {
+		t.Fatal(err)
+	}
+	request := func(name, uid string, revokedAlready bool) *v1alpha1.AccessRequest {
+		ar := &v1alpha1.AccessRequest{ObjectMeta: metav1.ObjectMeta{Namespace: "team", Name: name},
+			Spec: v1alpha1.AccessRequestSpec{Context: v1alpha1.AccessContext{ObjectRef: v1alpha1.ContextObjectRef{Kind: "Pod", UID: types.UID(uid)}}}}
+		if revokedAlready {
+			ar.Status.Conditions = []metav1.Condition{{Type: v1alpha1.ConditionAccessPermissionSync, Status: metav1.ConditionTrue, Reason: v1alpha1.ReasonPermissionCleanUp}}
+		}
+		return ar
+	}
+	objs := []client.Object{request("mine", "pod-uid", false), request("mine-too", "pod-uid", false), request("done", "pod-uid", true),
+		request("other", "other-uid", false), request("forged", "pod-uid", false)}
+	cached := fake.NewClientBuilder().WithScheme(scheme).WithObjects(objs...).Build()
+	var patched []string
+	live := interceptor.NewClient(cached, interceptor.Funcs{Patch: func(ctx context.Context, c client.WithWatch, obj client.Object, patch client.Patch, opts ...client.PatchOption) error {
+		if obj.GetName() == "forged" {
+			return apierrors.NewInvalid(schema.GroupKind{Group: v1alpha1.GroupVersion.Group, Kind: "AccessRequest"}, "forged", nil)
+		}
+		patched = append(patched, obj.GetName())
+		return c.Patch(ctx, obj, patch, opts...)
+	}})
+	g := &Gate{Requests: cached, Client: live}
+	if err := g.RevokePod(context.Background(), "pod-uid"); err != nil {
+		t.Fatal(err)
+	}
+	if len(patched) != 2 || patched[0] != "mine" || patched[1] != "mine-too" {
+		t.Errorf("revoked %v, want mine and mine-too", patched)
+	}
+}
