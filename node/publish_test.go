@@ -24,11 +24,14 @@ func TestKeptRepublishIsReportedOncePerOutage(t *testing.T) {
 	s := NewServer(Server{Events: events})
 	vr := &volumeRequest{pod: records.Pod{Namespace: "ns", Name: "p", UID: "u"}}
 	outage := status.Error(codes.Unavailable, "the API server is away")
-	for _, err := range []error{outage, outage, outage, nil, outage, outage} {
-		if _, got := s.answer(context.Background(), "vol", vr, true, err); got != nil {
-			t.Fatalf("a republish that keeps its content failed: %v", got)
+	republish := func(errs ...error) {
+		for _, err := range errs {
+			if _, got := s.answer(context.Background(), "vol", vr, true, err); got != nil {
+				t.Fatalf("a republish that keeps its content failed: %v", got)
+			}
 		}
 	}
+	republish(outage, outage, outage, nil, outage, outage)
 	if n := len(events.Events); n != 2 {
 		t.Fatalf("%d Events for two outages, want 2", n)
 	}
@@ -37,11 +40,7 @@ func TestKeptRepublishIsReportedOncePerOutage(t *testing.T) {
 	}
 	// A request found revoked during the outage going on is told, once; so is the outage after.
 	revoked := &revokedError{status.New(codes.FailedPrecondition, "AccessRequest team/r grants nothing: it was revoked")}
-	for _, err := range []error{outage, revoked, revoked, outage} {
-		if _, got := s.answer(context.Background(), "vol", vr, true, err); got != nil {
-			t.Fatalf("a republish that keeps its content failed: %v", got)
-		}
-	}
+	republish(outage, revoked, revoked, outage)
 	if n := len(events.Events); n != 4 {
 		t.Fatalf("%d Events after a revocation and an outage again, want 4 in all", n)
 	}
