@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
@@ -103,42 +104,18 @@ type directConn struct {
 	in          *awaitread.Reader
 	out         *toolWriter
 	sendRequest func() error
-	// head is between in and br: it bounds what an answer's head may take.
-	head headBudget
+	// head is between in and br, and bounds what an answer's head may read of the connection:
+	// its N is maxHead while readHead reads one, unbounded otherwise. A tool is whoever a
+	// Connector's owner points it at, and http.ReadResponse reads a head to its end however
+	// long it is (http.Transport bounds it the same way, from under its reader): one tool
+	// sending endless header lines, or endless 1xx heads, would grow the node's memory, or hold
+	// a goroutine, without end.
+	head    io.LimitedReader
+	maxHead int64
 }
 
-// headBudget bounds what an answer's head may read of the connection. A tool is whoever a
-// Connector's owner points it at, and http.ReadResponse reads a head to its end however long
-// it is (http.Transport bounds it the same way, from under its reader): one tool sending
-// endless header lines, or endless 1xx heads, would grow the node's memory, or hold a
-// goroutine, without end.
-type headBudget struct {
-	r   io.Reader
-	max int64
-	// left is what the head being read may still take; < 0 while none is (a body, or the
-	// first byte awaitAnswer peeks).
-	left int64
-}
-
-// spent is the error of a head that took the whole budget.
-func (h *headBudget) spent() error {
-	return fmt.Errorf("the tool's answer head is larger than %d bytes (--proxy-max-header-bytes)", h.max)
-}
-
-func (h *headBudget) Read(p []byte) (int, error) {
-	if h.left < 0 {
-		return h.r.Read(p)
-	}
-	if h.left == 0 {
-		return 0, h.spent()
-	}
-	if int64(len(p)) > h.left {
-		p = p[:h.left]
-	}
-	n, err := h.r.Read(p)
-	h.left -= int64(n)
-	return n, err
-}
+// unbounded is head's N while no answer head is read.
+const unbounded = math.MaxInt64
 
 // directMaxIdlePerHost bounds the direct transport's pool, as http.Transport's is set for the
 // Connectors' tools.
@@ -257,7 +234,7 @@ func (d *directTransport) get(ctx context.Context, key directKey, checked bool) 
 // within maxHead bytes.
 func newDirectConn(key directKey, conn net.Conn, maxHead int) *directConn {
 	pc := &directConn{key: key, conn: conn, out: &toolWriter{Conn: conn}, in: awaitread.NewReader(conn)}
-	pc.head = headBudget{r: pc.in, max: int64(maxHead), left: -1}
+	pc.head, pc.maxHead = io.LimitedReader{R: pc.in, N: unbounded}, int64(maxHead)
 	pc.bw = bufio.NewWriterSize(pc.out, 4<<10)
 	pc.br = bufio.NewReaderSize(&pc.head, 4<<10)
 	pc.sendRequest = pc.bw.Flush
@@ -510,12 +487,12 @@ func (pc *directConn) awaitAnswer() error {
 
 // readHead reads the head of the answer to r, skipping informational (1xx) ones.
 func (pc *directConn) readHead(r *http.Request) (*http.Response, error) {
-	pc.head.left = pc.head.max
-	defer func() { pc.head.left = -1 }()
+	pc.head.N = pc.maxHead
+	defer func() { pc.head.N = unbounded }()
 	for {
 		res, err := http.ReadResponse(pc.br, r)
-		if err != nil && pc.head.left == 0 {
-			return nil, pc.head.spent() // whatever the parser made of the cut
+		if err != nil && pc.head.N <= 0 { // whatever the parser made of the cut
+			return nil, fmt.Errorf("the tool's answer head is larger than %d bytes (--proxy-max-header-bytes)", pc.maxHead)
 		}
 		if err != nil {
 			return nil, err
