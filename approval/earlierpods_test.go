@@ -6,7 +6,6 @@ import (
 	"testing"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
@@ -19,10 +18,7 @@ import (
 // Pods of its name (any Connector, any namespace of Connectors), not its own, not revoked ones,
 // not those of other Pods.
 func TestARequestWakesTheEarlierPodsOfItsName(t *testing.T) {
-	scheme := runtime.NewScheme()
-	if err := v1alpha1.AddToScheme(scheme); err != nil {
-		t.Fatal(err)
-	}
+	scheme := testScheme(t)
 	request := func(ns, connector, pod, uid string, revokedToo bool) *v1alpha1.AccessRequest {
 		p := records.Pod{Namespace: "team", Name: pod, UID: uid}
 		ar := &v1alpha1.AccessRequest{

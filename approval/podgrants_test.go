@@ -5,7 +5,6 @@ import (
 	"testing"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
@@ -60,10 +59,7 @@ func TestGrantOwner(t *testing.T) {
 // grant the proxy was just allowed by must be seen, which the watch cache as it happens to be
 // (resourceVersion 0) does not promise.
 func TestPodGrantsReadsConsistently(t *testing.T) {
-	scheme := runtime.NewScheme()
-	if err := v1alpha1.AddToScheme(scheme); err != nil {
-		t.Fatal(err)
-	}
+	scheme := testScheme(t)
 	earlier := v1alpha1.AccessRequest{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "team", Name: "git-build-old", Labels: podLabels("team", "build")},
 		Spec: v1alpha1.AccessRequestSpec{ConnectorRef: v1alpha1.LocalObjectRef{Name: "git"},

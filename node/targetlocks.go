@@ -40,20 +40,3 @@ func (l *targetLocks) lock(target string) (unlock func()) {
 		l.mu.Unlock()
 	}
 }
-
-// users is how many operations hold or wait for target.
-func (l *targetLocks) users(target string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if tl := l.locks[target]; tl != nil {
-		return tl.users
-	}
-	return 0
-}
-
-// held is how many targets are locked or waited for.
-func (l *targetLocks) held() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.locks)
-}
