@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 	"net/http"
 	"net/url"
 	"strings"
@@ -56,54 +57,6 @@ func VerbFor(method string) (verb string, ok bool) {
 	return "create", true
 }
 
-// methodOverrides are the headers some frameworks (Google's APIs, Rails and Express
-// middleware) take as the method to run instead of the request's.
-var methodOverrides = []string{"X-Http-Method-Override", "X-Http-Method", "X-Method-Override"}
-
-// verbBeyondMethod tells whether a request with headers h may need another verb than its
-// method's: it asks to switch protocols or to override its method.
-func verbBeyondMethod(h http.Header) bool {
-	return IsUpgrade(h) || MethodOverride(h) != ""
-}
-
-// MethodOverride is the name of the first method-override header h carries, or "".
-func MethodOverride(h http.Header) string {
-	for _, name := range methodOverrides {
-		if _, ok := h[name]; ok {
-			return name
-		}
-	}
-	return ""
-}
-
-// useVerb is the connectors/proxy verb a request of method with headers h needs: create for
-// an upgrade whatever its method (a GET), as the upgraded connection carries writes too
-// (Kubernetes asks create of pods/exec over WebSocket for the same reason); else the verb of
-// the method a tool may run instead (a method-override header's), unless that is a read and
-// the request's own method is not; else its method's (VerbFor). TRACE and TRACK are refused
-// also as overrides.
-func useVerb(method string, h http.Header) (string, error) {
-	verb, ok := VerbFor(method)
-	if !ok {
-		return "", refusef(http.StatusMethodNotAllowed, "method %s is never proxied", method)
-	}
-	if IsUpgrade(h) {
-		return "create", nil
-	}
-	for _, name := range methodOverrides {
-		for _, override := range h.Values(name) {
-			overridden, ok := VerbFor(strings.TrimSpace(override))
-			if !ok {
-				return "", refusef(http.StatusMethodNotAllowed, "method %s (%s) is never proxied", override, name)
-			}
-			if overridden != "get" {
-				verb = overridden
-			}
-		}
-	}
-	return verb, nil
-}
-
 // authorizeGet checks that u may get the Connector. It runs before the Connector is looked up,
 // so that a stranger cannot tell a Connector that exists from one that does not (SPEC §4.7).
 func (p *Proxy) authorizeGet(ctx context.Context, u user.Info, nn types.NamespacedName) error {
@@ -118,18 +71,30 @@ func (p *Proxy) authorizeGet(ctx context.Context, u user.Info, nn types.Namespac
 }
 
 // authorizeUse checks, with enable-connector-proxy-permissions, that u may use the Connector
-// through the proxy for a request of method with headers h (useVerb) (SPEC §4.4):
-// connectors/proxy, namespace-wide or scoped to the token's Pod
-// (connectors/proxy/v1/pod/<ns>/<pod>). Without the flag, get (see authorizeGet) is all it
-// takes. Methods that are never proxied are refused either way.
-func (p *Proxy) authorizeUse(ctx context.Context, u user.Info, nn types.NamespacedName, method string, h http.Header) error {
-	verb, err := useVerb(method, h)
-	if err != nil {
+// through the proxy for r, with each verb it needs (useVerbs) (SPEC §4.4): connectors/proxy,
+// namespace-wide or scoped to the token's Pod (connectors/proxy/v1/pod/<ns>/<pod>). Without
+// the flag, get (see authorizeGet) is all it takes. Methods that are never proxied are
+// refused either way.
+func (p *Proxy) authorizeUse(ctx context.Context, u user.Info, nn types.NamespacedName, r *http.Request) error {
+	verbs, err := useVerbs(r)
+	if err != nil || !p.flags.Flags().ProxyPermissions {
 		return err
 	}
-	if !p.flags.Flags().ProxyPermissions {
-		return nil
+	for _, v := range verbs {
+		err := p.mayUse(ctx, u, nn, v.verb)
+		var rf *refusal
+		if errors.As(err, &rf) && rf.status == http.StatusForbidden && v.why != "" {
+			return refusef(rf.status, "%s: %s asks for it", rf.msg, v.why)
+		}
+		if err != nil {
+			return err
+		}
 	}
+	return nil
+}
+
+// mayUse checks that u may verb connectors/proxy of nn, namespace-wide or for its Pod.
+func (p *Proxy) mayUse(ctx context.Context, u user.Info, nn types.NamespacedName, verb string) error {
 	if ok, err := p.perms.allowed(ctx, p, u, nn, verb, "proxy"); err != nil || ok {
 		return err
 	}

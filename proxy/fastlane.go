@@ -1024,7 +1024,7 @@ func laneRequest(r *http.Request) bool {
 		return false
 	}
 	if r.URL.IsAbs() { // the forward proxy; a Connector's own host does not apply
-		return r.URL.Scheme == "http" && noneOf(r.Header, laneRefusedHeaders)
+		return r.URL.Scheme == "http" && noneOf(r.Header, laneRefusedHeaders) && MethodOverride(r) == ""
 	}
 	for name, values := range r.Header {
 		if !httpguts.ValidHeaderFieldName(name) {
@@ -1036,12 +1036,13 @@ func laneRequest(r *http.Request) bool {
 			}
 		}
 	}
-	return noneOf(r.Header, laneRefusedHeaders)
+	return noneOf(r.Header, laneRefusedHeaders) && MethodOverride(r) == ""
 }
 
-// laneRefusedHeaders are headers whose requests the fast lane leaves to the full path.
-// Method overrides may need another verb than the method's, by which the lane remembers routes.
-var laneRefusedHeaders = append([]string{"Upgrade", "Te", "Trailer", egress.HopHeader}, methodOverrides...)
+// laneRefusedHeaders are headers whose requests the fast lane leaves to the full path, as
+// are those that may override their method (MethodOverride), which may need another verb than
+// the method's, by which the lane remembers routes.
+var laneRefusedHeaders = []string{"Upgrade", "Te", "Trailer", egress.HopHeader}
 
 // expectsContinue tells whether r asks for a 100 (Continue) before it sends its body: one
 // Expect: 100-continue on a request with a body (curl sends it for bodies over 1 MiB, Maven

@@ -78,7 +78,7 @@ func (p *Proxy) forwardRoute(r *http.Request, fc *forwardClient, target *url.URL
 	if err != nil {
 		return nil, err
 	}
-	if err := p.authorizeUse(ctx, fc.user, types.NamespacedName{Namespace: c.Namespace, Name: c.Name}, r.Method, r.Header); err != nil {
+	if err := p.authorizeUse(ctx, fc.user, types.NamespacedName{Namespace: c.Namespace, Name: c.Name}, r); err != nil {
 		return nil, err
 	}
 	out := *target
@@ -304,7 +304,7 @@ func (t *tunnel) serve(rw http.ResponseWriter, r *http.Request) {
 	target, key := t.target(r.URL), t.key(r.Method)
 	// An upgrade or a method override may need more than the method's verb: never along a
 	// route remembered for the method, nor remembered for it.
-	beyond := verbBeyondMethod(r.Header)
+	beyond := verbBeyondMethod(r)
 	if rt, ok := t.memo.route(p, target, key); ok && !beyond {
 		p.send(w, r, rt)
 		return

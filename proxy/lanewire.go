@@ -46,6 +46,9 @@ type laneHead struct {
 	// Pragma: no-cache without one (for HTTP/1.0 caches; Java's clients send it).
 	pragma       []byte
 	cacheControl bool
+	// typed and formTyped tell whether a Content-Type line was seen, and one of a form's
+	// media type (formMediaType).
+	typed, formTyped bool
 }
 
 // addedCacheControl is the header line net/http's reader adds for a Pragma: no-cache.
@@ -62,8 +65,9 @@ const laneMaxFields = 64
 // spaces and tabs; one Host, one Authorization, one Proxy-Authorization, one User-Agent, one
 // Content-Length of digits; no Transfer-Encoding, no header that says there is an upgrade, an
 // expectation or trailers, names another hop-by-hop header in Connection or carries a proxy's
-// hop marker; no folded lines. The fields end, as net/http's reader would add it, with a
-// Cache-Control: no-cache for a Pragma: no-cache.
+// hop marker; nothing that may override the method (mayOverride); no folded lines. The
+// fields end, as net/http's reader would add it, with a Cache-Control: no-cache for a
+// Pragma: no-cache.
 func readLaneHead(head []byte, h *laneHead, inTunnel bool) bool {
 	*h = laneHead{fields: h.fields[:0], connection: h.connection[:0], contentLength: -1}
 	line, rest, ok := cutLine(head)
@@ -81,7 +85,7 @@ func readLaneHead(head []byte, h *laneHead, inTunnel bool) bool {
 			if string(h.pragma) == "no-cache" && !h.cacheControl {
 				h.fields = append(h.fields, addedCacheControl)
 			}
-			return len(rest) == 0 && h.host != nil && (h.contentLength <= 0 || !getOrHead(h.method))
+			return len(rest) == 0 && h.host != nil && (h.contentLength <= 0 || !getOrHead(h.method)) && !h.mayOverride()
 		}
 		f, ok := cutField(line)
 		if !ok || !h.take(f) {
@@ -108,6 +112,14 @@ func cutRequestLine(line []byte, h *laneHead, inTunnel bool) ([]byte, bool) {
 	}
 	h.target = line[:sp]
 	return line[sp+1:], true
+}
+
+// mayOverride tells whether the request may ask a tool to run another method than its own in
+// its query or a form body (MethodOverride; the headers that may are refused as they are
+// read): routes are remembered by the method's verb.
+func (h *laneHead) mayOverride() bool {
+	_, query, _ := bytes.Cut(h.target, []byte("?"))
+	return hasMethodParam(query) || formPost(h.method, h.contentLength > 0, h.typed, h.formTyped)
 }
 
 // take files one header line of a request; false for one the fast lane does not read itself.
@@ -141,6 +153,8 @@ func (h *laneHead) take(f laneField) bool {
 		return ok
 	case laneRefused(name):
 		return false
+	case asciiEqual(name, "Content-Type"):
+		h.typed, h.formTyped = true, h.formTyped || formMediaType(f.value)
 	case asciiEqual(name, "Pragma"):
 		if h.pragma == nil {
 			h.pragma = f.value
@@ -236,19 +250,18 @@ func (v headHeaders) AppendKey(key []byte, name string) ([]byte, bool) {
 
 // laneRefused names the request headers whose requests the fast lane does not read itself:
 // they mean a body, an upgrade, an expectation or trailers, carry another proxy's hop marker,
-// override the method (whose verb routes are remembered by), or may be named by Connection
-// (Close).
+// override the method (overrideHeader: routes are remembered by the method's verb), or may
+// be named by Connection (Close).
 func laneRefused(name []byte) bool {
 	for _, refused := range laneRefusedNames {
 		if asciiEqual(name, refused) {
 			return true
 		}
 	}
-	return false
+	return overrideHeader(name)
 }
 
-var laneRefusedNames = append([]string{"Transfer-Encoding", "Expect", "Upgrade", "Te", "Trailer",
-	"Close", egress.HopHeader}, methodOverrides...)
+var laneRefusedNames = []string{"Transfer-Encoding", "Expect", "Upgrade", "Te", "Trailer", "Close", egress.HopHeader}
 
 // contentLength reads a Content-Length value of 1 to 18 digits (well within int64, and more
 // than any body the fast lane takes) into n.
@@ -414,7 +427,7 @@ func laneHost(h []byte) bool {
 }
 
 // asciiEqual compares a header name with a canonical one, ignoring ASCII case.
-func asciiEqual(b []byte, s string) bool {
+func asciiEqual[T ~string | ~[]byte](b T, s string) bool {
 	if len(b) != len(s) {
 		return false
 	}

@@ -69,7 +69,7 @@ func (p *Proxy) reverseRoute(r *http.Request, u user.Info, nn types.NamespacedNa
 	if err := p.authorizeGet(ctx, u, nn); err != nil {
 		return nil, err
 	}
-	if err := p.authorizeUse(ctx, u, nn, r.Method, r.Header); err != nil {
+	if err := p.authorizeUse(ctx, u, nn, r); err != nil {
 		return nil, err
 	}
 	c, class, err := p.connector(ctx, nn)

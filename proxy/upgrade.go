@@ -30,17 +30,16 @@ func IsUpgrade(h http.Header) bool {
 // one asks again.
 type upgradeGuard struct {
 	http.ResponseWriter
-	p      *Proxy
-	ctx    context.Context
-	token  string
-	nn     types.NamespacedName
-	method string
-	header http.Header
+	p       *Proxy
+	ctx     context.Context
+	token   string
+	nn      types.NamespacedName
+	request *http.Request // the upgrade request, whose verbs are asked again
 }
 
 // guardUpgrade wraps w for r, an upgrade request along rt.
 func (p *Proxy) guardUpgrade(w http.ResponseWriter, r *http.Request, rt *route) http.ResponseWriter {
-	return &upgradeGuard{ResponseWriter: w, p: p, ctx: r.Context(), token: rt.token, method: r.Method, header: r.Header,
+	return &upgradeGuard{ResponseWriter: w, p: p, ctx: r.Context(), token: rt.token, request: r,
 		nn: types.NamespacedName{Namespace: rt.connector.Namespace, Name: rt.connector.Name}}
 }
 
@@ -76,7 +75,7 @@ func (g *upgradeGuard) guard(conn net.Conn, closed <-chan struct{}) {
 			_ = conn.Close()
 			return
 		case <-recheck.C:
-			if err := g.p.stillAllowed(g.ctx, g.token, g.nn, g.method, g.header); err != nil {
+			if err := g.p.stillAllowed(g.ctx, g.token, g.nn, g.request); err != nil {
 				klog.FromContext(g.ctx).V(2).Info("Proxy closed an upgraded connection", "connector", g.nn, "reason", err.Error())
 				_ = conn.Close()
 				return
@@ -88,7 +87,7 @@ func (g *upgradeGuard) guard(conn net.Conn, closed <-chan struct{}) {
 // stillAllowed checks again, through the caches, what an upgrade request along nn needed: the
 // token, get on the Connector and create on connectors/proxy (with the flag). It returns an
 // error only for a refusal, never for a failure to ask.
-func (p *Proxy) stillAllowed(ctx context.Context, token string, nn types.NamespacedName, method string, h http.Header) error {
+func (p *Proxy) stillAllowed(ctx context.Context, token string, nn types.NamespacedName, r *http.Request) error {
 	u, ok, err := p.reviewer.AuthenticateToken(ctx, token)
 	switch {
 	case err != nil:
@@ -98,7 +97,7 @@ func (p *Proxy) stillAllowed(ctx context.Context, token string, nn types.Namespa
 	}
 	for _, check := range []func() error{
 		func() error { return p.authorizeGet(ctx, u, nn) },
-		func() error { return p.authorizeUse(ctx, u, nn, method, h) },
+		func() error { return p.authorizeUse(ctx, u, nn, r) },
 	} {
 		var rf *refusal
 		if err := check(); errors.As(err, &rf) && rf.status == http.StatusForbidden {

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -207,12 +208,17 @@ func TestConnectorsAPI(t *testing.T) {
 	}
 	t.Run("a method override is refused", func(t *testing.T) {
 		// A tool may run the method the header names: a read grant would delete.
-		for _, header := range []string{"X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override"} {
+		for _, header := range []string{"X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override", "X_HTTP_METHOD_OVERRIDE"} {
 			code, body := do(t, noRedirects, newRequest(t, "GET", api("registry", "/v2/_catalog"),
 				map[string]string{"Authorization": "Bearer " + viewer, header: "DELETE"}))
 			if code != http.StatusMethodNotAllowed || !strings.Contains(body, http.CanonicalHeaderKey(header)) {
 				t.Errorf("GET with %s: DELETE: status %d %q, want 405 naming the header", header, code, body)
 			}
+		}
+		code, body := do(t, noRedirects, newRequest(t, "GET", api("registry", "/v2/_catalog?n=1&_method=DELETE"),
+			map[string]string{"Authorization": "Bearer " + viewer}))
+		if code != http.StatusMethodNotAllowed || !strings.Contains(body, "_method query parameter") {
+			t.Errorf("GET with _method=DELETE: status %d %q, want 405 naming the parameter", code, body)
 		}
 	})
 	plugin, seen := startPlugin(t)
@@ -380,6 +386,18 @@ result := {"verb": "read"} if {
 		}
 		if code, _ := post("/repo.git/git-receive-pack"); code != http.StatusForbidden {
 			t.Errorf("POST git-receive-pack (not mapped): %d, want 403", code)
+		}
+		// A form's _method may turn the mapped POST into a DELETE at the tool (Rack reads one
+		// from a body without a type too): refused whatever the class maps the POST to.
+		for _, contentType := range []string{"application/x-www-form-urlencoded", ""} {
+			form := newRequest(t, "POST", api("git", "/repo.git/git-upload-pack"), map[string]string{"Authorization": "Bearer " + viewer})
+			if contentType != "" {
+				form.Header.Set("Content-Type", contentType)
+			}
+			form.Body, form.ContentLength = io.NopCloser(strings.NewReader("_method=DELETE")), int64(len("_method=DELETE"))
+			if code, body := do(t, noRedirects, form); code != http.StatusMethodNotAllowed || !strings.Contains(body, "form body") {
+				t.Errorf("POST of %q: status %d %q, want 405 naming the form", contentType, code, body)
+			}
 		}
 	})
 	t.Run("featureflags", func(t *testing.T) {

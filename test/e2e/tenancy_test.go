@@ -735,13 +735,14 @@ func TestTenancyMethodsNeedTheirVerb(t *testing.T) {
 		t.Errorf("TRACE: status %d %q, want 405 (it would echo the injected credential)", code, body)
 	}
 	// Some frameworks run the method a header names instead of the request's: a GET that says
-	// DELETE needs delete. Both on the fast lane's connection and on net/http's.
+	// DELETE needs delete. Both on the fast lane's connection and on net/http's. CGI, WSGI and
+	// Rack servers read a header with '_' for '-' as the same, and Rack upper-cases the method.
 	overridden := func(header, method string) (int, string) {
 		return do(t, noRedirects, newRequest(t, "GET", url, map[string]string{"Authorization": "Bearer " + token, header: method}))
 	}
-	for _, header := range []string{"X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override"} {
-		if code, body := overridden(header, "DELETE"); code != http.StatusForbidden || !strings.Contains(body, "may not delete connectors/proxy") {
-			t.Errorf("GET with %s: DELETE and a read grant: status %d %q, want 403", header, code, body)
+	for _, header := range []string{"X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override", "X_HTTP_METHOD_OVERRIDE", "x-http_method"} {
+		if code, body := overridden(header, "delete"); code != http.StatusForbidden || !strings.Contains(body, "may not delete connectors/proxy") {
+			t.Errorf("GET with %s: delete and a read grant: status %d %q, want 403", header, code, body)
 		}
 	}
 	if code, body := overridden("X-HTTP-Method-Override", "TRACE"); code != http.StatusMethodNotAllowed {
@@ -750,20 +751,61 @@ func TestTenancyMethodsNeedTheirVerb(t *testing.T) {
 	if code, body := overridden("X-HTTP-Method-Override", "HEAD"); code != http.StatusOK {
 		t.Errorf("GET with X-HTTP-Method-Override: HEAD and a read grant: status %d %q, want 200", code, body)
 	}
+	// Others take it from a _method query parameter (Express's method-override, Symfony,
+	// Laravel), read as loosely as PHP reads names.
+	for _, query := range []string{"&_method=DELETE", "&%5Fmethod=delete", "&.method=DELETE"} {
+		code, body := do(t, noRedirects, newRequest(t, "GET", url+query, map[string]string{"Authorization": "Bearer " + token}))
+		if code != http.StatusForbidden || !strings.Contains(body, "may not delete connectors/proxy") || !strings.Contains(body, "_method query parameter") {
+			t.Errorf("GET with %s and a read grant: status %d %q, want 403 naming the parameter", query, code, body)
+		}
+	}
 	// On one kept-alive connection, after a plain GET the fast lane remembers the route by.
 	host := strings.TrimPrefix(env.proxyURL, "http://")
 	conn := dialProxy(t, host)
 	br := bufio.NewReader(conn)
-	head := "GET " + strings.TrimPrefix(url, env.proxyURL) + " HTTP/1.1\r\nHost: " + host + "\r\nAuthorization: Bearer " + token + "\r\n"
-	for i, extra := range []string{"", "X-HTTP-Method-Override: DELETE\r\n"} {
-		writeRaw(t, conn, head+extra+"\r\n")
+	for i, extra := range []struct{ query, header string }{{"", ""}, {"", "X-HTTP-Method-Override: DELETE\r\n"},
+		{"", "X_HTTP_METHOD_OVERRIDE: DELETE\r\n"}, {"&_method=DELETE", ""}} {
+		writeRaw(t, conn, "GET "+strings.TrimPrefix(url, env.proxyURL)+extra.query+" HTTP/1.1\r\nHost: "+host+
+			"\r\nAuthorization: Bearer "+token+"\r\n"+extra.header+"\r\n")
 		res, err := http.ReadResponse(br, &http.Request{Method: "GET"})
 		if err != nil {
 			t.Fatal(err)
 		}
 		_, _ = io.Copy(io.Discard, res.Body)
-		if want := []int{http.StatusOK, http.StatusForbidden}[i]; res.StatusCode != want {
+		want := http.StatusForbidden
+		if i == 0 {
+			want = http.StatusOK
+		}
+		if res.StatusCode != want {
 			t.Errorf("kept-alive request %d (%q): status %d, want %d", i, extra, res.StatusCode, want)
+		}
+	}
+	// And from a POST's form body (Rack, so Rails and GitLab; Symfony; Laravel), which the
+	// proxy does not read: a POST of a form, or of a body without a type (Rack reads it as a
+	// form), needs every write verb; a typed body needs create.
+	writer, writerToken := publishedToken(t, env, ns, "writer", "tool")
+	grantPodProxyVerbs(t, ns, writer.Name, "tool", "get", "create")
+	post := func(contentType string) (int, string) {
+		req, err := http.NewRequest("POST", env.proxyURL+"/namespaces/"+ns+"/connectors/tool/repo.git/git-upload-pack", strings.NewReader("_method=DELETE"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+writerToken)
+		if contentType != "" {
+			req.Header.Set("Content-Type", contentType)
+		}
+		return do(t, noRedirects, req)
+	}
+	if !kubelet.WaitUntil(15*time.Second, func() bool {
+		code, body := post("application/x-git-upload-pack-request")
+		return code != http.StatusForbidden && !strings.Contains(body, "connectors/proxy")
+	}) {
+		t.Fatal("a create grant does not let a typed POST through")
+	}
+	for _, contentType := range []string{"application/x-www-form-urlencoded", "multipart/form-data; boundary=x", ""} {
+		if code, body := post(contentType); code != http.StatusForbidden || !strings.Contains(body, "may not update connectors/proxy") ||
+			!strings.Contains(body, "form body") {
+			t.Errorf("POST of %q with a create grant: status %d %q, want 403 naming the form", contentType, code, body)
 		}
 	}
 }

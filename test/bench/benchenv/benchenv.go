@@ -443,8 +443,11 @@ func Get(ctx context.Context, c *http.Client, u string, h http.Header) error {
 	return Send(ctx, c, u, h, nil)
 }
 
-// Send is Get, or a POST of body when it is not nil: chunked when h says Transfer-Encoding:
-// chunked.
+// UploadType is the media type of the bodies the benchmarks POST, as a registry's blob upload.
+const UploadType = "application/octet-stream"
+
+// Send is Get, or a POST of body (of UploadType unless h says otherwise) when it is not nil:
+// chunked when h says Transfer-Encoding: chunked.
 func Send(ctx context.Context, c *http.Client, u string, h http.Header, body []byte) error {
 	method, reader := http.MethodGet, io.Reader(nil)
 	if body != nil {
@@ -453,6 +456,11 @@ func Send(ctx context.Context, c *http.Client, u string, h http.Header, body []b
 	req, err := http.NewRequestWithContext(ctx, method, u, reader)
 	if err != nil {
 		return err
+	}
+	if body != nil {
+		// As git's and a registry's uploads are typed: a POST without a type, or a form's,
+		// may carry a _method override, which the proxy leaves to its full path.
+		req.Header.Set("Content-Type", UploadType)
 	}
 	for k, v := range h {
 		req.Header[k] = v

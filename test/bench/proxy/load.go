@@ -90,6 +90,9 @@ func wrkLoad(dir string, r request) (result, error) {
 	default:
 		fmt.Fprintf(&script, "wrk.method = \"GET\"\n")
 	}
+	if r.chunked || r.body != nil {
+		fmt.Fprintf(&script, "wrk.headers[\"Content-Type\"] = %q\n", benchenv.UploadType)
+	}
 	fmt.Fprintf(&script, "wrk.path = %q\n", r.path)
 	for k, v := range r.header {
 		fmt.Fprintf(&script, "wrk.headers[%q] = %q\n", k, v[0])
