@@ -155,17 +155,30 @@ func listRefs(ctx context.Context, repo string, up *proxy.Upstream) ([]Item, err
 	return items, nil
 }
 
-// withUpstream runs call with the Connector's credential and transport, bounded by toolTimeout.
-// A failure to resolve the credential comes back as an *apiError, untouched by the callers'
-// tool-error mapping.
+// withUpstream runs call with the Connector's credential and transport, bounded by toolTimeout
+// and in what it reads (AnswerLimits). A failure to resolve the credential, and a read past
+// a bound, come back as an *apiError, untouched by the callers' tool-error mapping.
 func (s *Server) withUpstream(r *http.Request, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, call func(context.Context, *proxy.Upstream) error) error {
 	up, err := s.Proxy.Upstream(r.Context(), c, class)
 	if err != nil {
 		return credentialError(err)
 	}
+	budget := s.answerLimits().newCall()
+	up.Transport = budget.transport(up.Transport)
 	ctx, cancel := context.WithTimeout(r.Context(), toolTimeout)
 	defer cancel()
-	return call(ctx, up)
+	err = call(ctx, up)
+	if over := budget.release(); over != nil {
+		return over
+	}
+	return err
+}
+
+func (s *Server) answerLimits() *AnswerLimits {
+	if s.Answers == nil {
+		return defaultAnswerLimits
+	}
+	return s.Answers
 }
 
 // credentialError names a Connector whose credential cannot be resolved.

@@ -50,6 +50,8 @@ type Server struct {
 	Routes *Routes
 	// RegistryPageSize is the page size asked of registries (catalog and tag lists).
 	RegistryPageSize int
+	// Answers bound what the list calls read from tools; nil takes the defaults.
+	Answers *AnswerLimits
 }
 
 // apiError is an error with its Status code and reason.

@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 
 	"github.com/kube-connectors/connectors-csi/admission"
+	"github.com/kube-connectors/connectors-csi/connectorsapi"
 	"github.com/kube-connectors/connectors-csi/node/mount"
 	"github.com/kube-connectors/connectors-csi/proxy"
 	"github.com/kube-connectors/connectors-csi/proxy/egress"
@@ -87,11 +88,14 @@ type Options struct {
 	// means the built-in proxy.
 	BuiltInProxyServices []string
 	RegistryPageSize     int
-	OpenAPICacheSize     int
-	CELCacheSize         int
-	RegoCacheSize        int
-	RegoTimeout          time.Duration
-	RegoMaxBodyBytes     int
+	// APIAnswerBytes and APIAnswersBytes bound what the Connectors API's list calls read from
+	// tools: one call, and all in flight on the node.
+	APIAnswerBytes, APIAnswersBytes int64
+	OpenAPICacheSize                int
+	CELCacheSize                    int
+	RegoCacheSize                   int
+	RegoTimeout                     time.Duration
+	RegoMaxBodyBytes                int
 	// RegoStateMemoryLimit and RegoStateProcesses bound the child processes that evaluate
 	// check states (state.rego): each one's memory, and how many run at once.
 	RegoStateMemoryLimit string
@@ -221,6 +225,8 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 		return nil
 	})
 	fs.IntVar(&o.RegistryPageSize, "api-registry-page-size", 100, "page size the Connectors API asks registries for (catalog, tag lists)")
+	fs.Int64Var(&o.APIAnswerBytes, "api-max-answer-bytes", connectorsapi.DefaultCallAnswerBytes, "bytes one Connectors API list call (gitrefs, a registry's repositories or tags) reads from the tool over all its answers, each counting 1 KiB besides its body (502 beyond)")
+	fs.Int64Var(&o.APIAnswersBytes, "api-answers-max-bytes", connectorsapi.DefaultNodeAnswerBytes, "bytes the Connectors API's list calls in flight on the node read from tools together (503 beyond: the driver serves every tenant on the node)")
 	fs.IntVar(&o.OpenAPICacheSize, "api-openapi-cache-size", defaultOpenAPICacheSize, "ConnectorClass OpenAPI route tables (one per class generation) the Connectors API keeps (the least recently used go first)")
 	fs.IntVar(&o.CELCacheSize, "cel-cache-size", defaultCELCacheSize, "how many compiled CEL expressions the controller keeps, for check states and for probes' response.cel each (the least recently used go first)")
 	fs.IntVar(&o.RegoCacheSize, "rego-cache-size", defaultRegoCacheSize, "how many compiled Rego modules (generators, authExtractors, api.permissions, check states) each process keeps (the least recently used go first)")
@@ -483,7 +489,8 @@ func (v *validated) proxyLimits() error {
 		name string
 		v    *int64
 		def  int64
-	}{{"--secret-cache-max-bytes", &v.SecretCacheBytes, defaultSecretCacheBytes}, {"--registry-token-cache-max-bytes", &v.RegistryTokenBytes, defaultRegistryTokenBytes}} {
+	}{{"--secret-cache-max-bytes", &v.SecretCacheBytes, defaultSecretCacheBytes}, {"--registry-token-cache-max-bytes", &v.RegistryTokenBytes, defaultRegistryTokenBytes},
+		{"--api-max-answer-bytes", &v.APIAnswerBytes, connectorsapi.DefaultCallAnswerBytes}, {"--api-answers-max-bytes", &v.APIAnswersBytes, connectorsapi.DefaultNodeAnswerBytes}} {
 		if *l.v < 0 {
 			return fmt.Errorf("%s must not be negative", l.name)
 		}

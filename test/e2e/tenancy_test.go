@@ -1181,3 +1181,88 @@ func TestTenancySharedConnectorsKeepTenantsConnectionsApart(t *testing.T) {
 		t.Fatalf("GET of the other tenant: status %d %q, want the tool's own answer", code, body)
 	}
 }
+
+// TestTenancyAPIListsReadBoundedAnswers: the Connectors API's list calls hand a tool's
+// answers to libraries that read them whole (go-git a ref advertisement, go-containerregistry
+// every next page). A tenant's Connector may name a tool that never ends either: the call
+// stops at --api-max-answer-bytes, with a 502 naming it, where the driver every tenant on the
+// node shares would otherwise grow until it is killed.
+func TestTenancyAPIListsReadBoundedAnswers(t *testing.T) {
+	endless := startEndlessTool(t)
+	env := startProxyDriver(t, func(o *driver.Options) { o.APIAnswerBytes, o.RegistryPageSize = 1<<20, 2 })
+	ns := newNamespace(t)
+	newConnector(t, ns, "refs", gitClass(t), endless)
+	newConnector(t, ns, "pages", deployedClass(t, "oci.yaml"), endless)
+	caller := apiToken(t, ns, "ui")
+	allowConnectors(t, ns, "ui", "refs", "pages")
+	for _, call := range []struct{ connector, rest string }{
+		{"refs", "/git/gitrefs?repositoryUrl=" + endless + "/r.git"},
+		{"pages", "/oci/repositories"},
+		{"pages", "/oci/tags?repository=team/app"},
+	} {
+		url, path := connectorAPI(env, ns, call.connector, call.rest), call.rest
+		var code int
+		var st metav1.Status
+		if !kubelet.WaitUntil(15*time.Second, func() bool {
+			code, _, st = apiCall(t, "GET", url, caller)
+			return code != http.StatusForbidden && code != http.StatusNotFound
+		}) {
+			t.Fatalf("%s: status %d %q", path, code, st.Message)
+		}
+		if code != http.StatusBadGateway || !strings.Contains(st.Message, "--api-max-answer-bytes") {
+			t.Errorf("%s: status %d %q, want 502 naming --api-max-answer-bytes", path, code, st.Message)
+		}
+	}
+}
+
+// startEndlessTool serves a Git ref advertisement that never ends, and registry catalogs and
+// tag lists whose every page links to another.
+func startEndlessTool(t *testing.T) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", gitserver.Host+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hash := strings.Repeat("a", 40)
+	pkt := func(w io.Writer, line string) error {
+		_, err := fmt.Fprintf(w, "%04x%s", len(line)+4, line)
+		return err
+	}
+	page := func(w http.ResponseWriter, r *http.Request, key string) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Link", fmt.Sprintf("<%s?n=2&last=%s>; rel=\"next\"", r.URL.Path, rand.String(8)))
+		names := make([]string, 2)
+		for i := range names {
+			names[i] = fmt.Sprintf("%q", "team/"+strings.Repeat("x", 20000)+rand.String(8))
+		}
+		fmt.Fprintf(w, `{"name":"team/app",%q:[%s]}`, key, strings.Join(names, ","))
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/r.git/info/refs", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/x-git-upload-pack-advertisement")
+		_ = pkt(w, "# service=git-upload-pack\n")
+		_, _ = io.WriteString(w, "0000")
+		_ = pkt(w, hash+" HEAD\x00side-band-64k\n")
+		for i := 0; r.Context().Err() == nil; i++ {
+			if pkt(w, fmt.Sprintf("%s refs/heads/b%d-%s\n", hash, i, strings.Repeat("x", 60000))) != nil {
+				return
+			}
+		}
+	})
+	mux.HandleFunc("/v2/", func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.URL.Path == "/v2/":
+			_, _ = io.WriteString(w, "{}")
+		case r.URL.Path == "/v2/_catalog":
+			page(w, r, "repositories")
+		case strings.HasSuffix(r.URL.Path, "/tags/list"):
+			page(w, r, "tags")
+		default:
+			http.NotFound(w, r)
+		}
+	})
+	srv := &http.Server{Handler: mux}
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	return "http://" + lis.Addr().String()
+}
