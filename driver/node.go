@@ -3,7 +3,9 @@ package driver
 import (
 	"context"
 	"fmt"
+	"maps"
 	"math"
+	"slices"
 	"sync/atomic"
 
 	"golang.org/x/sync/errgroup"
@@ -203,17 +205,23 @@ func newObjectCache(ctx context.Context, p *process) (cache.Cache, error) {
 	return c, nil
 }
 
-// stripRequest keeps of an AccessRequest what the node reads (labels, spec, status conditions):
-// not its managed fields; nor its annotations, which whoever may write AccessRequests could
-// fill up to the API server's 256 KiB on every request labelled for this node; nor the copies
+// stripRequest keeps of an AccessRequest what the node reads (spec, status conditions) and the
+// labels a node gives its requests: not its managed fields; nor its annotations or other
+// labels, which whoever may write AccessRequests could fill up to the API server's 256 KiB
+// of annotations and more of labels on every request labelled for this node; nor the copies
 // of the matched AccessPolicies in its status (the controller's), as large as a tenant's
 // policy, times every request of the node's Pods that policy gates.
 func stripRequest(obj any) (any, error) {
 	if ar, ok := obj.(*v1alpha1.AccessRequest); ok {
 		ar.ManagedFields, ar.Annotations, ar.Status.Policies = nil, nil, nil
+		maps.DeleteFunc(ar.Labels, func(key, _ string) bool { return !slices.Contains(requestLabelKeys, key) })
 	}
 	return obj, nil
 }
+
+// requestLabelKeys are the labels a node gives the requests it makes (approval.Gate).
+var requestLabelKeys = []string{v1alpha1.LabelNode, v1alpha1.LabelAccessRequestConnector,
+	v1alpha1.LabelContextObjectKind, v1alpha1.LabelContextObjectNamespace, v1alpha1.LabelContextObjectName}
 
 func newMounter(o *validated) mount.Mounter {
 	if o.Mounter != nil {
