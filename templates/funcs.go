@@ -45,7 +45,7 @@ const maxCached = 1024
 // Cache keeps parsed templates by their text, so that a publish from warm caches does not parse.
 type Cache struct {
 	mu        sync.Mutex
-	parsed    map[string]*template.Template
+	parsed    map[parsedKey]*template.Template
 	options   []string // text/template options, e.g. missingkey=error
 	funcs     template.FuncMap
 	maxOutput int // 0: unbounded
@@ -67,7 +67,7 @@ func OutputLimit(n int) Option {
 
 // NewCache returns an empty template cache with the full function set.
 func NewCache(opts ...Option) *Cache {
-	c := &Cache{parsed: map[string]*template.Template{}, funcs: funcs}
+	c := &Cache{parsed: map[parsedKey]*template.Template{}, funcs: funcs}
 	for _, o := range opts {
 		o(c)
 	}
@@ -102,7 +102,8 @@ const MaxUntrustedText = 1024
 // MaxUntrustedText bytes, and cached only once it passed the straight-line check, so that
 // refused templates never take the cache's memory.
 func (c *Cache) ParseUntrusted(name, text string) (*template.Template, error) {
-	if t, ok := c.cached(text); ok {
+	key := parsedKey{text: text, untrusted: true}
+	if t, ok := c.cached(key); ok {
 		return t, nil
 	}
 	if len(text) > MaxUntrustedText {
@@ -115,7 +116,7 @@ func (c *Cache) ParseUntrusted(name, text string) (*template.Template, error) {
 	if err := checkStraightLine(t); err != nil {
 		return nil, err
 	}
-	c.keep(text, t)
+	c.keep(key, t)
 	return t, nil
 }
 
@@ -151,15 +152,23 @@ func (w *limitedWriter) Write(p []byte) (int, error) {
 
 // Parse parses text, or takes it from the cache.
 func (c *Cache) Parse(name, text string) (*template.Template, error) {
-	if t, ok := c.cached(text); ok {
+	key := parsedKey{text: text}
+	if t, ok := c.cached(key); ok {
 		return t, nil
 	}
 	t, err := c.parse(name, text)
 	if err != nil {
 		return nil, err
 	}
-	c.keep(text, t)
+	c.keep(key, t)
 	return t, nil
+}
+
+// parsedKey keys a parsed template by its text and whether it passed ParseUntrusted's checks:
+// a tenant writing an administrator's template text must not get it without them.
+type parsedKey struct {
+	text      string
+	untrusted bool
 }
 
 func (c *Cache) parse(name, text string) (*template.Template, error) {
@@ -170,18 +179,18 @@ func (c *Cache) parse(name, text string) (*template.Template, error) {
 	return t, nil
 }
 
-func (c *Cache) cached(text string) (*template.Template, bool) {
+func (c *Cache) cached(key parsedKey) (*template.Template, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	t, ok := c.parsed[text]
+	t, ok := c.parsed[key]
 	return t, ok
 }
 
-func (c *Cache) keep(text string, t *template.Template) {
+func (c *Cache) keep(key parsedKey, t *template.Template) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if len(c.parsed) >= maxCached {
 		clear(c.parsed)
 	}
-	c.parsed[text] = t
+	c.parsed[key] = t
 }

@@ -88,6 +88,18 @@ func TestUntrustedTemplatesRunStraight(t *testing.T) {
 	if _, err := c.Execute("t", `{{ range until 3 }}x{{ end }}`, nil); err != nil {
 		t.Errorf("a trusted template may range: %v", err)
 	}
+	// One cache serves both: a tenant writing the text an administrator's template was parsed
+	// from gets the checks all the same.
+	if _, err := c.ExecuteUntrusted("t", `{{ range until 3 }}x{{ end }}`, nil); err == nil || !strings.Contains(err.Error(), "range is not allowed") {
+		t.Errorf("the text of a trusted template parsed before: %v, want range refused", err)
+	}
+	long := "{{ .a }}" + strings.Repeat(" ", MaxUntrustedText)
+	if _, err := c.Execute("t", long, map[string]any{"a": "x"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.ExecuteUntrusted("t", long, map[string]any{"a": "x"}); err == nil || !strings.Contains(err.Error(), "more than 1024") {
+		t.Errorf("the long text of a trusted template parsed before: %v, want it refused", err)
+	}
 }
 
 // TestUntrustedTemplatesAreBoundedAndRefusalsNotKept: a tenant's template is at most
