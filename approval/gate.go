@@ -9,11 +9,13 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sync/singleflight"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	utilcache "k8s.io/apimachinery/pkg/util/cache"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/apiserver/pkg/authentication/user"
 	"k8s.io/apiserver/pkg/authorization/authorizer"
@@ -44,6 +46,8 @@ type Gate struct {
 	Wait time.Duration
 	// NodeID labels the requests this node makes, so that it watches only its own.
 	NodeID string
+	// Gating remembers whether AccessPolicies gate a Connector; nil lists them at each ask.
+	Gating *GatingMemo
 }
 
 // Admit decides whether the Pod may use the Connector now.
@@ -114,9 +118,19 @@ func (g *Gate) hasProxyPermission(ctx context.Context, pod records.Pod, c *v1alp
 	return false, nil
 }
 
+// gated tells whether an AccessPolicy of c's namespace offers approval for c.
 func (g *Gate) gated(ctx context.Context, c *v1alpha1.Connector) (bool, error) {
+	if g.Gating == nil {
+		return listGated(ctx, g.Client, c)
+	}
+	return g.Gating.gated(ctx, g.Client, c)
+}
+
+// listGated reads the AccessPolicies of c's namespace, from the API server's watch cache, and
+// tells whether one offers approval for c.
+func listGated(ctx context.Context, r client.Reader, c *v1alpha1.Connector) (bool, error) {
 	var policies v1alpha1.AccessPolicyList
-	if err := g.Client.List(ctx, &policies, client.InNamespace(c.Namespace)); err != nil {
+	if err := r.List(ctx, &policies, client.InNamespace(c.Namespace), &client.ListOptions{Raw: &metav1.ListOptions{ResourceVersion: "0"}}); err != nil {
 		return false, err
 	}
 	for _, p := range policies.Items {
@@ -125,6 +139,54 @@ func (g *Gate) gated(ctx context.Context, c *v1alpha1.Connector) (bool, error) {
 		}
 	}
 	return false, nil
+}
+
+// GatingMemo remembers, for a while, whether AccessPolicies gate a Connector (by its UID and
+// resourceVersion: its name and labels decide). A publish the gate denies (no connectors/proxy,
+// no policy) is retried by kubelet, for every Pod that mounts the Connector, on every node:
+// each asked for every policy of the namespace, whole, and a tenant's policies may be many and
+// large. Concurrent asks of one Connector share one list.
+type GatingMemo struct {
+	ttl     time.Duration
+	answers *utilcache.LRUExpireCache
+	lists   singleflight.Group
+}
+
+// gatingListTimeout bounds a list of the AccessPolicies a GatingMemo makes.
+const gatingListTimeout = 30 * time.Second
+
+// NewGatingMemo remembers size answers for ttl each; nil for a ttl of 0 (remember nothing).
+func NewGatingMemo(size int, ttl time.Duration) *GatingMemo {
+	if ttl <= 0 {
+		return nil
+	}
+	return &GatingMemo{ttl: ttl, answers: utilcache.NewLRUExpireCache(size)}
+}
+
+func (m *GatingMemo) gated(ctx context.Context, r client.Reader, c *v1alpha1.Connector) (bool, error) {
+	key := string(c.UID) + "/" + c.ResourceVersion
+	if gated, ok := m.answers.Get(key); ok {
+		return gated.(bool), nil
+	}
+	answer := m.lists.DoChan(key, func() (any, error) {
+		// Not the first asker's context: another waiting on this list may have longer.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), gatingListTimeout)
+		defer cancel()
+		gated, err := listGated(ctx, r, c)
+		if err == nil {
+			m.answers.Add(key, gated, m.ttl)
+		}
+		return gated, err
+	})
+	select {
+	case res := <-answer:
+		if res.Err != nil {
+			return false, res.Err
+		}
+		return res.Val.(bool), nil
+	case <-ctx.Done():
+		return false, ctx.Err()
+	}
 }
 
 // RequestName is the AccessRequest of a Pod for a Connector: readable, unique by the Pod's UID,

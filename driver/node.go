@@ -149,7 +149,7 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 		LiveClasses: watcher,
 		Authorizer:  &approval.SubjectAccessReviewer{Authz: reviewer},
 		Approval: &approval.Gate{Authz: reviewer, Client: watcher, Requests: informers, Changes: requestChanges,
-			Flags: flags, Wait: o.ApprovalWait, NodeID: o.NodeID},
+			Flags: flags, Wait: o.ApprovalWait, NodeID: o.NodeID, Gating: approval.NewGatingMemo(o.GatingCacheSize, o.GatingCacheTTL)},
 		Renderer: renderer,
 		CA:       caStore,
 		Mounter:  newMounter(o),

@@ -30,6 +30,8 @@ const (
 	defaultSecretCacheSize        = 1000
 	defaultSecretCacheBytes       = 32 << 20
 	defaultRegistryTokenBytes     = 8 << 20
+	defaultGatingCacheTTL         = 10 * time.Second
+	defaultGatingCacheSize        = 1000
 	defaultRegistryTokenCacheSize = 10000
 	defaultLeafCacheSize          = 1000
 	defaultTransportCacheSize     = 64
@@ -101,7 +103,11 @@ type Options struct {
 	RegoStateMemoryLimit string
 	RegoStateProcesses   int
 	ApprovalWait         time.Duration
-	ProxyPermissionTTL   time.Duration
+	// GatingCacheTTL and GatingCacheSize bound the node's memory of whether policies gate a
+	// Connector (approval.GatingMemo).
+	GatingCacheTTL     time.Duration
+	GatingCacheSize    int
+	ProxyPermissionTTL time.Duration
 	// ProxyPermissionSettle bounds the decisions made just after a Pod's AccessRequest changed.
 	ProxyPermissionSettle time.Duration
 	RefusalEventInterval  time.Duration
@@ -239,6 +245,8 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.RefusalEventInterval, "proxy-refusal-event-interval", defaultRefusalEventInterval, "a proxy refusal (403) of a Pod's request is recorded as a Warning Event (reason ProxyRefused) on the Pod; the same refusal of the same Pod at most once per this interval")
 	fs.Float64Var(&o.RefusalEventQPS, "proxy-refusal-event-qps", 1, "sustained ProxyRefused Events per second a node writes (burst 10; beyond it refusals are counted in connectors_proxy_refusal_events_dropped_total, not recorded); 0 records none")
 	fs.DurationVar(&o.ApprovalWait, "approval-wait", 10*time.Second, "how long a publish waits for a pending AccessRequest before answering Unavailable (kubelet retries)")
+	fs.DurationVar(&o.GatingCacheTTL, "approval-gating-cache-ttl", defaultGatingCacheTTL, "how long a node remembers whether AccessPolicies offer approval for a Connector (a publish of a Pod without connectors/proxy asks; a policy created meanwhile is seen after this; 0: ask each time)")
+	fs.IntVar(&o.GatingCacheSize, "approval-gating-cache-size", defaultGatingCacheSize, "how many Connectors' answers of --approval-gating-cache-ttl a node keeps (the least recently used go first)")
 	fs.BoolFunc("scoped-connectors", "share Connectors of kube-public with every namespace's workloads and those of a project's namespace (cpaas.io/inner-namespace) with its members (cpaas.io/project), through RoleBindings the controller keeps (default true; false where tenants may label namespaces)", func(v string) error {
 		on, err := strconv.ParseBool(v)
 		o.DisableScopedConnectors = !on
@@ -415,6 +423,9 @@ func (o *Options) validate() (*validated, error) {
 	default:
 		return nil, fmt.Errorf("--forward-passthrough %q: not one of none, public, all", o.ForwardPassthrough)
 	}
+	if o.GatingCacheTTL < 0 {
+		return nil, fmt.Errorf("--approval-gating-cache-ttl must not be negative")
+	}
 	if o.ApprovalWait <= 0 || o.RequestRetention <= 0 {
 		return nil, fmt.Errorf("--approval-wait and --accessrequest-retention must be positive")
 	}
@@ -512,6 +523,7 @@ func (v *validated) proxyLimits() error {
 		{"--connector-cache-size", &v.ConnectorCacheSize, defaultConnectorCacheSize},
 		{"--api-openapi-cache-size", &v.OpenAPICacheSize, defaultOpenAPICacheSize},
 		{"--rego-cache-size", &v.RegoCacheSize, defaultRegoCacheSize}, {"--rego-max-body-bytes", &v.RegoMaxBodyBytes, defaultRegoMaxBodyBytes},
+		{"--approval-gating-cache-size", &v.GatingCacheSize, defaultGatingCacheSize},
 	} {
 		if *l.v < 0 {
 			return fmt.Errorf("%s must not be negative", l.name)

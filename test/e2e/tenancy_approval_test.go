@@ -22,6 +22,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
+	auditv1 "k8s.io/apiserver/pkg/apis/audit/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
@@ -29,6 +30,7 @@ import (
 	"github.com/kube-connectors/connectors-csi/driver"
 	"github.com/kube-connectors/connectors-csi/features"
 	"github.com/kube-connectors/connectors-csi/node/records"
+	"github.com/kube-connectors/connectors-csi/test/controlplane"
 	"github.com/kube-connectors/connectors-csi/test/gitserver"
 	"github.com/kube-connectors/connectors-csi/test/kubelet"
 )
@@ -936,5 +938,58 @@ func TestApprovalKeptWhileACheckIsPendingAgain(t *testing.T) {
 	approvalTask(t, ns, "release-1", "rejected")
 	if !kubelet.WaitUntil(10*time.Second, func() bool { return apierrors.IsNotFound(cp.Client.Get(ctx, key, &rbacv1.RoleBinding{})) }) {
 		t.Fatal("a rejection did not revoke the grant")
+	}
+}
+
+// TestTenancyDeniedPublishesAskForPoliciesOnce: a publish the gate denies (the Pod lacks
+// connectors/proxy and no AccessPolicy offers approval) is retried by kubelet, for each Pod
+// that mounts the Connector, on each node: the node asks the API server for the namespace's
+// policies once per Connector version and --approval-gating-cache-ttl, however many Pods
+// ask (the node as deployed, its lists from the audit log). A policy made since is seen once
+// the Connector changes (or the time has passed): the publish makes its AccessRequest.
+func TestTenancyDeniedPublishesAskForPoliciesOnce(t *testing.T) {
+	setupApproval(t)
+	env := startDeployedDrivers(t, func(o *driver.Options) { o.GatingCacheTTL, o.ApprovalWait = time.Hour, time.Second })
+	ns := newNamespace(t)
+	gitConnector(t, ns, "tool", gitClass(t), startGitServer(t, false))
+	allowConnectorsAs(t, ns, "builder", "use-tool", "tool")
+	since := time.Now()
+	for i := range 3 {
+		pod := podWithVolume(t, env.kubelet, ns, fmt.Sprintf("denied-%d", i), map[string]string{"connectors": "tool"}, nil)
+		if err := publishOutcome(t, env, pod); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "no AccessPolicy offers approval") {
+			t.Fatalf("publish %d: %v, want denied for want of a policy", i, err)
+		}
+	}
+	lists, err := cp.AuditEvents(func(ev *auditv1.Event) bool {
+		return ev.User.Username == controlplane.NodeUser && ev.Verb == "list" && ev.ObjectRef != nil &&
+			ev.ObjectRef.Resource == "accesspolicies" && ev.ObjectRef.Namespace == ns && !ev.RequestReceivedTimestamp.Time.Before(since)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(lists) != 1 {
+		t.Errorf("three denied publishes listed the namespace's AccessPolicies %d times, want once", len(lists))
+	}
+	policy := gatingPolicy("tool", "tool", pipelineCheck)
+	policy.Namespace = ns
+	policy.Spec.CheckGrantedPermission.Spec.RoleTemplate = roleRef(podRole)
+	create(t, policy)
+	var c v1alpha1.Connector
+	if err := cp.Client.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: "tool"}, &c); err != nil {
+		t.Fatal(err)
+	}
+	patch := client.MergeFrom(c.DeepCopy())
+	c.Labels = map[string]string{"team": "a"}
+	if err := cp.Client.Patch(context.Background(), &c, patch); err != nil {
+		t.Fatal(err)
+	}
+	pod := podWithVolume(t, env.kubelet, ns, "gated", map[string]string{"connectors": "tool"}, nil)
+	t.Cleanup(func() { _ = env.kubelet.Unpublish(context.Background(), pod, "connectors") })
+	var perr error
+	if !kubelet.WaitUntil(20*time.Second, func() bool {
+		perr = env.kubelet.Publish(context.Background(), pod, "connectors")
+		return perr != nil && strings.Contains(perr.Error(), "AccessRequest "+ns+"/tool-gated-")
+	}) {
+		t.Fatalf("after a gating policy and a change of the Connector: %v, want the publish to have made its request", perr)
 	}
 }
