@@ -1,6 +1,11 @@
 package render
 
-import "fmt"
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+)
 
 // InputError is a fault of the volume request (its attributes or parameters).
 type InputError struct{ msg string }
@@ -23,3 +28,21 @@ func (e *ClassError) Error() string {
 }
 
 func (e *ClassError) Unwrap() error { return e.Err }
+
+// withoutToken is err with the Pod's token, as it is and as a URL's userinfo escapes it, left
+// out of its message: a template's failure goes to kubelet's FailedMount Event, and functions
+// quote what they fail on (urlParse its URL, whose userinfo is the token).
+func withoutToken(err error, token string) error {
+	if token == "" {
+		return err
+	}
+	msg := err.Error()
+	escaped := url.UserPassword("", token).String()[1:] // ":" and the password, escaped
+	if !strings.Contains(msg, token) && !strings.Contains(msg, escaped) {
+		return err
+	}
+	for _, s := range []string{token, escaped} {
+		msg = strings.ReplaceAll(msg, s, "[the Pod's token]")
+	}
+	return errors.New(msg)
+}

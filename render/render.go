@@ -172,7 +172,7 @@ func (r *Renderer) renderClass(req Request, g *classGroup, forwardURL string, fi
 			}
 			out, err := r.templates.Execute(file, conf.Data[file], data)
 			if err != nil {
-				return classErr(err)
+				return classErr(withoutToken(err, req.Token))
 			}
 			files[file] = out
 		}

@@ -103,6 +103,22 @@ func TestTemplateErrorNamesClassConfigurationAndFile(t *testing.T) {
 	}
 }
 
+// TestTemplateErrorsLeaveTheTokenOut: a template's failure goes to kubelet's FailedMount Event;
+// a function that quotes what it failed on (fail, urlParse of the forward proxy's URL, whose
+// userinfo is the token) must not put the Pod's token there.
+func TestTemplateErrorsLeaveTheTokenOut(t *testing.T) {
+	const token = "eyJhbGciOi.secret-part_of~the/token"
+	for _, text := range []string{`{{ fail .context.token }}`, `{{ fail .context.proxy.httpProxy }}`} {
+		c := class("k", v1alpha1.Configuration{Name: "c", Data: map[string]string{"f": text}})
+		_, err := NewRenderer("http://p:1", "", 0).Render(Request{Sources: []Source{{connector("n", "a", "https://a"), c}},
+			Configurations: []string{"c"}, Token: token})
+		var ce *ClassError
+		if !errors.As(err, &ce) || strings.Contains(err.Error(), "secret-part") || !strings.Contains(err.Error(), "[the Pod's token]") {
+			t.Errorf("%s: %v, want a ClassError without the token", text, err)
+		}
+	}
+}
+
 func TestURLParseInTemplates(t *testing.T) {
 	c := class("k", v1alpha1.Configuration{Name: "c", Data: map[string]string{"host": "{{ (urlParse .connector.spec.address).hostname }}"}})
 	files, err := NewRenderer("http://p:1", "", 0).Render(Request{Sources: []Source{{connector("n", "a", "https://reg.example.com:5000/v2"), c}},
