@@ -3,6 +3,7 @@ package connectorsapi
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 
@@ -69,13 +70,19 @@ func (s *Server) authorizeAPIs(r *http.Request, u user.Info, c *v1alpha1.Connect
 		// Fail closed, without the evaluator's detail (it may quote the request).
 		return errorf(http.StatusForbidden, metav1.StatusReasonForbidden, "the verb of this request on ConnectorClass %q cannot be computed", class.Name)
 	}
-	subs := apisSubresources(class.Name, op.Path)
+	path, why := op.Path, ""
+	if op.EscapedSlash && !class.APIEscapedSlashesInSegment() {
+		path = ""
+		why = fmt.Sprintf(" (a grant of path %s does not cover a segment with an escaped '/' or '\\', which a tool may read as more segments: ConnectorClass %q does not say its tool reads them within one, annotation %s)",
+			op.Path, class.Name, v1alpha1.AnnotationAPIEscapedSlashes)
+	}
+	subs := apisSubresources(class.Name, path)
 	for _, sub := range subs {
 		ok, err := s.allowed(r.Context(), u, c.Namespace, c.Name, verb, sub)
 		if err != nil || ok {
 			return err
 		}
 	}
-	return errorf(http.StatusForbidden, metav1.StatusReasonForbidden, "%s may not %s connectors/%s of Connector %s/%s",
-		u.GetName(), verb, strings.Join(subs, " nor connectors/"), c.Namespace, c.Name)
+	return errorf(http.StatusForbidden, metav1.StatusReasonForbidden, "%s may not %s connectors/%s of Connector %s/%s%s",
+		u.GetName(), verb, strings.Join(subs, " nor connectors/"), c.Namespace, c.Name, why)
 }

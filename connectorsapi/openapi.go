@@ -29,6 +29,9 @@ type operation struct {
 	// Address is the operation's x-openapi-address: "" (the Connector's address), the name of
 	// an address extension, or an http(s) URL.
 	Address string
+	// EscapedSlash tells that a {template} of Path matched a segment holding an escaped '/' or
+	// '\' (%2F, %5C), which a tool that decodes them before it routes reads as more segments.
+	EscapedSlash bool
 }
 
 // routeTable is a class's OpenAPI document as routing needs it: by path, by operation key, the
@@ -87,10 +90,29 @@ func (rs *Routes) route(class *v1alpha1.ConnectorClass, apiPath, method string) 
 		return operation{}, t.err
 	}
 	path := matchPath(t.paths, apiPath)
+	op, err := operation{Path: path, Provider: providerProxy}, error(nil)
 	if e, ok := t.paths[path][operationKey(method)]; ok {
-		return e.op, e.err
+		op, err = e.op, e.err
 	}
-	return operation{Path: path, Provider: providerProxy}, nil
+	op.EscapedSlash = templateHoldsEscapedSlash(path, apiPath)
+	return op, err
+}
+
+// templateHoldsEscapedSlash tells whether a {template} segment of tmpl matches a segment of
+// apiPath (escaped) holding an escaped '/' or '\'.
+func templateHoldsEscapedSlash(tmpl, apiPath string) bool {
+	if tmpl == "" {
+		return false
+	}
+	segs := strings.Split(apiPath, "/")
+	for i, t := range strings.Split(tmpl, "/") {
+		if i < len(segs) && strings.HasPrefix(t, "{") && strings.HasSuffix(t, "}") {
+			if dec, err := url.PathUnescape(segs[i]); err == nil && strings.ContainsAny(dec, "/\\") {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // operationKeys are the operations of an OpenAPI path item.

@@ -345,6 +345,19 @@ func TestConnectorsAPI(t *testing.T) {
 		if code != http.StatusForbidden || !strings.Contains(st.Message, "connectors/apis/"+pluginClass+"/plugin/projects of") {
 			t.Errorf("another path: %d %q, want 403 naming connectors/apis/<class>/plugin/projects", code, st.Message)
 		}
+		// A {template} segment with an escaped slash is more segments to a tool that decodes it
+		// before it routes: the path's grant covers it only where the class says its tool reads
+		// it within one segment (as GitLab reads group%2Fproject).
+		code, _, st = apiCall(t, "GET", api("plugged", "/plugin/projects/7%2Fsecrets"), scoped)
+		if code != http.StatusForbidden || !strings.Contains(st.Message, v1alpha1.AnnotationAPIEscapedSlashes) {
+			t.Errorf("a template segment with %%2F: %d %q, want 403 naming %s", code, st.Message, v1alpha1.AnnotationAPIEscapedSlashes)
+		}
+		updateClass(t, pluginClass, func(c *v1alpha1.ConnectorClass) {
+			c.Annotations = map[string]string{v1alpha1.AnnotationAPIEscapedSlashes: "segment"}
+		})
+		if !kubelet.WaitUntil(15*time.Second, func() bool { return ok(scoped, "/plugin/projects/7%2Fsecrets") }) {
+			t.Error("a class whose tool reads %2F within a segment: the path's grant did not cover it")
+		}
 		// connectors/apis/<class>: every path of the class.
 		classwide := apiToken(t, ns, "classwide")
 		allowConnectors(t, ns, "classwide", "plugged")

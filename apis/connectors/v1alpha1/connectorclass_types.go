@@ -350,6 +350,19 @@ const (
 // under it). Alauda's default is host.
 const AnnotationProxyResolver = "connectors.cpaas.io/proxy-resolver"
 
+// AnnotationAPIEscapedSlashes, "segment" on a class, says that its tool reads an escaped '/'
+// or '\' (%2F, %5C) within one path segment (GitLab's group%2Fproject ids): then a Connectors
+// API grant of a templated path (connectors/apis/<class>/api/v4/projects/{id}) covers such a
+// segment. Without it, such a request needs a grant of the class's every path: a tool that
+// decodes them before it routes (or an nginx in front of it) would run another path.
+const AnnotationAPIEscapedSlashes = "connectors.cpaas.io/api-escaped-slashes"
+
+// APIEscapedSlashesInSegment tells whether the class says its tool reads escaped slashes
+// within one segment (AnnotationAPIEscapedSlashes).
+func (c *ConnectorClass) APIEscapedSlashesInSegment() bool {
+	return c.Annotations[AnnotationAPIEscapedSlashes] == "segment"
+}
+
 // OwnProxyURL is the address of the class's own proxy as the controller resolved it, or ""
 // when the built-in proxy serves the class (or its proxy is not resolved).
 func (c *ConnectorClass) OwnProxyURL() string {
