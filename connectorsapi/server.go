@@ -137,9 +137,9 @@ func (s *Server) serveConnector(w http.ResponseWriter, r *http.Request, ns, name
 		// A tool may run the method an override names instead of the request's: a GET that
 		// says DELETE would pass a read grant, the write gate and a class's permissions module
 		// (which judge the request's method) and delete with the Connector's credential. The
-		// API's callers (UIs) send the method itself, and JSON bodies.
+		// API's callers (UIs) send the method itself.
 		return errorf(http.StatusMethodNotAllowed, metav1.StatusReasonMethodNotAllowed,
-			"the Connectors API does not take method overrides (%s): send the method itself, and a POST's body as JSON", where)
+			"the Connectors API does not take method overrides (%s): send the method itself", where)
 	}
 	// get on the Connector before it is looked up: a stranger gets the same 403 for a
 	// Connector that exists and one that does not.

@@ -46,9 +46,6 @@ type laneHead struct {
 	// Pragma: no-cache without one (for HTTP/1.0 caches; Java's clients send it).
 	pragma       []byte
 	cacheControl bool
-	// typed and formTyped tell whether a Content-Type line was seen, and one of a form's
-	// media type (formMediaType).
-	typed, formTyped bool
 }
 
 // addedCacheControl is the header line net/http's reader adds for a Pragma: no-cache.
@@ -115,11 +112,11 @@ func cutRequestLine(line []byte, h *laneHead, inTunnel bool) ([]byte, bool) {
 }
 
 // mayOverride tells whether the request may ask a tool to run another method than its own in
-// its query or a form body (MethodOverride; the headers that may are refused as they are
-// read): routes are remembered by the method's verb.
+// its query (MethodOverride; the headers that may are refused as they are read): routes are
+// remembered by the method's verb.
 func (h *laneHead) mayOverride() bool {
 	_, query, _ := bytes.Cut(h.target, []byte("?"))
-	return hasMethodParam(query) || formPost(h.method, h.contentLength > 0, h.typed, h.formTyped)
+	return hasMethodParam(query)
 }
 
 // take files one header line of a request; false for one the fast lane does not read itself.
@@ -153,8 +150,6 @@ func (h *laneHead) take(f laneField) bool {
 		return ok
 	case laneRefused(name):
 		return false
-	case asciiEqual(name, "Content-Type"):
-		h.typed, h.formTyped = true, h.formTyped || formMediaType(f.value)
 	case asciiEqual(name, "Pragma"):
 		if h.pragma == nil {
 			h.pragma = f.value

@@ -10,12 +10,16 @@ import (
 
 // Method overrides: where a request may ask a tool to run another method than its own.
 // Frameworks take one from a header (Google's APIs, Rack, Symfony, Express's method-override,
-// OData), from a _method query parameter (Express's method-override, Symfony, Laravel) or
-// from a _method field of a POST's form body (Rack, so Rails and GitLab; Symfony, Laravel).
-// The proxy asks the verb of every method a request may be run as (useVerbs); the Connectors
+// OData) or from a _method query parameter (Express's method-override, Symfony, Laravel). The
+// proxy asks the verb of every method a request may be run as (useVerbs); the Connectors
 // API, whose callers (UIs) send the method itself, refuses them (MethodOverride). Each is
-// read as loosely as any framework reads it: a reading stricter than the tool's would let a
-// read grant delete.
+// read as loosely as the frameworks read it: a reading stricter than the tool's would let a
+// read grant write.
+//
+// A POST's body may name a method too (a form's _method field: Rack, so Rails and GitLab;
+// Symfony; Laravel, from a JSON body as well), and a tool may do any write from a POST anyway
+// (GitHub's GraphQL deletes through one): the write verbs are no boundary between each other,
+// and the proxy does not read bodies for them. A read grant stays a read grant.
 
 // methodOverrideHeaders are the headers frameworks take a method from, canonical.
 var methodOverrideHeaders = []string{"X-Http-Method-Override", "X-Http-Method", "X-Method-Override"}
@@ -68,8 +72,8 @@ func overrideHeaders(h http.Header) iter.Seq2[string, string] {
 
 // methodParams yields the values, still escaped, of query's parameters whose names a
 // framework reads as _method: pairs split at '&' and ';' (Rack splits at both), the name
-// unescaped (%XX, '+' for a space), its leading spaces dropped and a first ' ', '.' or '['
-// read as '_' (as PHP names its variables), in any case.
+// unescaped (%XX, '+' for a space), its leading spaces dropped, a first '.' or '[' read as '_'
+// and a NUL ending it (as PHP names its variables), in any case.
 func methodParams[T ~string | ~[]byte](query T) iter.Seq[T] {
 	return func(yield func(T) bool) {
 		start := 0
@@ -102,6 +106,11 @@ func methodPair[T ~string | ~[]byte](pair T) (value T, ok bool) {
 		switch {
 		case n == 0 && b == ' ':
 			continue
+		case b == 0 && n == len(methodParam):
+			if eq := indexByte(pair[i:], '='); eq >= 0 {
+				return pair[i+eq+1:], true
+			}
+			return value, true
 		case n == len(methodParam):
 			return value, false
 		case n == 0 && (b == '.' || b == '['):
@@ -121,6 +130,15 @@ func methodPair[T ~string | ~[]byte](pair T) (value T, ok bool) {
 	return value, true
 }
 
+func indexByte[T ~string | ~[]byte](s T, c byte) int {
+	for i := range len(s) {
+		if s[i] == c {
+			return i
+		}
+	}
+	return -1
+}
+
 func ishex(b byte) bool {
 	return '0' <= b && b <= '9' || 'a' <= b && b <= 'f' || 'A' <= b && b <= 'F'
 }
@@ -135,41 +153,6 @@ func unhex(b byte) byte {
 	return b - 'a' + 10
 }
 
-// formPost tells whether a request of method, with or without a body, may carry a _method
-// form field a framework reads: a POST with a body whose media type is a form's or multipart
-// (formMediaType), or absent (typed false: Rack reads a POST without one as a form).
-func formPost(method string, body, typed, formTyped bool) bool {
-	return method == http.MethodPost && body && (!typed || formTyped)
-}
-
-// formMediaType tells whether a Content-Type value's media type (before any ';' or ',', as
-// Rack cuts it) is a form's, multipart, or empty.
-func formMediaType[T ~string | ~[]byte](ct T) bool {
-	const form, multipart = "application/x-www-form-urlencoded", "multipart/"
-	start, end := 0, len(ct)
-	for i := range len(ct) {
-		if ct[i] == ';' || ct[i] == ',' {
-			end = i
-			break
-		}
-	}
-	for start < end && (ct[start] == ' ' || ct[start] == '\t') {
-		start++
-	}
-	for end > start && (ct[end-1] == ' ' || ct[end-1] == '\t') {
-		end--
-	}
-	mt := ct[start:end]
-	return len(mt) == 0 || asciiEqual(mt, form) ||
-		len(mt) >= len(multipart) && asciiEqual(mt[:len(multipart)], multipart)
-}
-
-// requestFormPost tells whether r may carry a _method form field (formPost).
-func requestFormPost(r *http.Request) bool {
-	types := r.Header.Values("Content-Type")
-	return formPost(r.Method, r.ContentLength != 0, len(types) != 0, slices.ContainsFunc(types, formMediaType))
-}
-
 // hasMethodParam tells whether query has a parameter a framework reads as _method.
 func hasMethodParam[T ~string | ~[]byte](query T) bool {
 	for range methodParams(query) {
@@ -179,17 +162,13 @@ func hasMethodParam[T ~string | ~[]byte](query T) bool {
 }
 
 // MethodOverride names where r may ask a tool to run another method than r.Method, or is ""
-// if nowhere: a method-override header (any case, '_' for '-'), a _method query parameter,
-// a POST's form body.
+// if nowhere: a method-override header (any case, '_' for '-') or a _method query parameter.
 func MethodOverride(r *http.Request) string {
 	for name := range overrideHeaders(r.Header) {
 		return "the " + name + " header"
 	}
 	if hasMethodParam(r.URL.RawQuery) {
 		return "the " + methodParam + " query parameter"
-	}
-	if requestFormPost(r) {
-		return "a POST's form body, which may hold " + methodParam
 	}
 	return ""
 }
@@ -200,27 +179,23 @@ func verbBeyondMethod(r *http.Request) bool {
 	return IsUpgrade(r.Header) || MethodOverride(r) != ""
 }
 
-// writeVerbs are the verbs of the methods a form's _method may name, which the proxy cannot
-// see without reading the body.
-var writeVerbs = []string{"create", "update", "patch", "delete"}
-
 // neededVerb is a connectors/proxy verb a request needs, and what in it asked for one beyond
 // its method's ("" for the method's own).
 type neededVerb struct{ verb, why string }
 
-// useVerbs are the connectors/proxy verbs a request needs: create for an upgrade whatever its
-// method (a GET), as the upgraded connection carries writes too (Kubernetes asks create of
-// pods/exec over WebSocket for the same reason); else its method's (VerbFor) and each of the
-// verbs of the methods it may be run as instead: those its override headers and _method
-// query parameters name (upper-cased, as Rack does), a read among them adding nothing, and
-// every write verb for a POST's form body. TRACE and TRACK are refused, also as overrides.
+// useVerbs are the connectors/proxy verbs a request needs: its method's (VerbFor), or create for
+// an upgrade whatever its method (a GET), as the upgraded connection carries writes too
+// (Kubernetes asks create of pods/exec over WebSocket for the same reason); and the verb of
+// each method it may be run as instead: those its override headers and _method query
+// parameters name, each comma-separated one (Express takes the first), upper-cased as Rack
+// does, a read among them adding nothing. TRACE and TRACK are refused, also as overrides.
 func useVerbs(r *http.Request) ([]neededVerb, error) {
 	verb, ok := VerbFor(r.Method)
 	if !ok {
 		return nil, refusef(http.StatusMethodNotAllowed, "method %s is never proxied", r.Method)
 	}
 	if IsUpgrade(r.Header) {
-		return []neededVerb{{verb: "create"}}, nil
+		verb = "create"
 	}
 	verbs := []neededVerb{{verb: verb}}
 	add := func(verb, why string) {
@@ -228,12 +203,14 @@ func useVerbs(r *http.Request) ([]neededVerb, error) {
 			verbs = append(verbs, neededVerb{verb, why})
 		}
 	}
-	override := func(method, where string) error {
-		overridden, ok := VerbFor(strings.ToUpper(strings.TrimSpace(method)))
-		if !ok {
-			return refusef(http.StatusMethodNotAllowed, "method %s (%s) is never proxied", method, where)
+	override := func(value, where string) error {
+		for method := range strings.SplitSeq(value, ",") {
+			overridden, ok := VerbFor(strings.ToUpper(strings.TrimSpace(method)))
+			if !ok {
+				return refusef(http.StatusMethodNotAllowed, "method %s (%s) is never proxied", method, where)
+			}
+			add(overridden, where)
 		}
-		add(overridden, where)
 		return nil
 	}
 	for name, value := range overrideHeaders(r.Header) {
@@ -248,11 +225,6 @@ func useVerbs(r *http.Request) ([]neededVerb, error) {
 		}
 		if err := override(unescaped, "the "+methodParam+" query parameter"); err != nil {
 			return nil, err
-		}
-	}
-	if requestFormPost(r) {
-		for _, v := range writeVerbs {
-			add(v, "a POST's form body, which may hold "+methodParam)
 		}
 	}
 	return verbs, nil

@@ -5,7 +5,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -399,18 +398,6 @@ result := {"verb": "read"} if {
 		}
 		if code, _ := post("/repo.git/git-receive-pack"); code != http.StatusForbidden {
 			t.Errorf("POST git-receive-pack (not mapped): %d, want 403", code)
-		}
-		// A form's _method may turn the mapped POST into a DELETE at the tool (Rack reads one
-		// from a body without a type too): refused whatever the class maps the POST to.
-		for _, contentType := range []string{"application/x-www-form-urlencoded", ""} {
-			form := newRequest(t, "POST", api("git", "/repo.git/git-upload-pack"), map[string]string{"Authorization": "Bearer " + viewer})
-			if contentType != "" {
-				form.Header.Set("Content-Type", contentType)
-			}
-			form.Body, form.ContentLength = io.NopCloser(strings.NewReader("_method=DELETE")), int64(len("_method=DELETE"))
-			if code, body := do(t, noRedirects, form); code != http.StatusMethodNotAllowed || !strings.Contains(body, "form body") {
-				t.Errorf("POST of %q: status %d %q, want 405 naming the form", contentType, code, body)
-			}
 		}
 	})
 	t.Run("featureflags", func(t *testing.T) {
