@@ -141,8 +141,8 @@ func listGated(ctx context.Context, r client.Reader, c *v1alpha1.Connector) (boo
 	return false, nil
 }
 
-// GatingMemo remembers, for a while, whether AccessPolicies gate a Connector (by its UID and
-// resourceVersion: its name and labels decide). A publish the gate denies (no connectors/proxy,
+// GatingMemo remembers, for a while, whether AccessPolicies gate a Connector (by its name, UID
+// and resourceVersion: its name and labels decide). A publish the gate denies (no connectors/proxy,
 // no policy) is retried by kubelet, for every Pod that mounts the Connector, on every node:
 // each asked for every policy of the namespace, whole, and a tenant's policies may be many and
 // large. Concurrent asks of one Connector share one list.
@@ -164,7 +164,7 @@ func NewGatingMemo(size int, ttl time.Duration) *GatingMemo {
 }
 
 func (m *GatingMemo) gated(ctx context.Context, r client.Reader, c *v1alpha1.Connector) (bool, error) {
-	key := string(c.UID) + "/" + c.ResourceVersion
+	key := c.Namespace + "/" + c.Name + "/" + string(c.UID) + "/" + c.ResourceVersion
 	if gated, ok := m.answers.Get(key); ok {
 		return gated.(bool), nil
 	}

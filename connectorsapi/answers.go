@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"sync"
 
-	"golang.org/x/sync/semaphore"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -26,10 +25,16 @@ const (
 // empty, each with a next link.
 const answerHeadCharge = 1 << 10
 
-// AnswerLimits bound the bytes the Connectors API's list calls read from tools.
+// AnswerLimits bound the bytes the Connectors API's list calls read from tools: per call, per
+// namespace (the Connector's: a tenant's calls together may hold a quarter of the node's
+// bound, or one call's, whichever is more, so that one tenant stalling its tool's answers
+// does not refuse every other's calls) and for the node.
 type AnswerLimits struct {
-	perCall, node int64
-	inFlight      *semaphore.Weighted
+	perCall, perNamespace, node int64
+
+	mu          sync.Mutex
+	total       int64            // bytes held by the calls in flight
+	byNamespace map[string]int64 // of those, by Connector namespace
 }
 
 // NewAnswerLimits bounds one call's answers to perCall bytes (with answerHeadCharge for each
@@ -41,22 +46,25 @@ func NewAnswerLimits(perCall, node int64) *AnswerLimits {
 	if node <= 0 {
 		node = DefaultNodeAnswerBytes
 	}
-	return &AnswerLimits{perCall: perCall, node: node, inFlight: semaphore.NewWeighted(node)}
+	return &AnswerLimits{perCall: perCall, perNamespace: max(node/4, perCall), node: node, byNamespace: map[string]int64{}}
 }
 
 // errAnswersRefused fails a read past a bound; the call's budget says which (callBudget.err).
 var errAnswersRefused = errors.New("the tool's answers are over the Connectors API's bound")
 
-// callBudget is one call's count of the bytes it read, held against the node's bound until
-// the call ends (release).
+// callBudget is one call's count of the bytes it read, held against its namespace's and the
+// node's bounds until the call ends (release).
 type callBudget struct {
-	limits *AnswerLimits
-	mu     sync.Mutex
-	read   int64
-	err    error // the bound a read went past, as a Status
+	limits    *AnswerLimits
+	namespace string
+	mu        sync.Mutex
+	read      int64
+	err       error // the bound a read went past, as a Status
 }
 
-func (l *AnswerLimits) newCall() *callBudget { return &callBudget{limits: l} }
+func (l *AnswerLimits) newCall(namespace string) *callBudget {
+	return &callBudget{limits: l, namespace: namespace}
+}
 
 // defaultAnswerLimits serve a Server built without its own.
 var defaultAnswerLimits = NewAnswerLimits(0, 0)
@@ -65,14 +73,15 @@ var defaultAnswerLimits = NewAnswerLimits(0, 0)
 func (b *callBudget) take(n int64) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	l := b.limits
 	switch {
 	case b.err != nil:
-	case b.read+n > b.limits.perCall:
+	case b.read+n > l.perCall:
 		b.err = errorf(http.StatusBadGateway, "BadGateway",
-			"the tool's answers are larger than the Connectors API reads for one call (--api-max-answer-bytes, %d bytes)", b.limits.perCall)
-	case !b.limits.inFlight.TryAcquire(n):
+			"the tool's answers are larger than the Connectors API reads for one call (--api-call-max-answer-bytes, %d bytes)", l.perCall)
+	case !l.hold(b.namespace, n):
 		b.err = errorf(http.StatusServiceUnavailable, metav1.StatusReasonServiceUnavailable,
-			"the Connectors API on this node is reading as much of tools' answers as it may (--api-answers-max-bytes, %d bytes); try again", b.limits.node)
+			"the Connectors API on this node is reading as much of tools' answers as it may, for namespace %s or for the node (--api-node-max-answer-bytes, %d bytes); try again", b.namespace, l.node)
 	default:
 		b.read += n
 		return nil
@@ -80,12 +89,34 @@ func (b *callBudget) take(n int64) error {
 	return errAnswersRefused
 }
 
-// release gives the call's bytes back to the node's bound, and refuses any later read; err is
-// the bound a read went past, if any.
+// hold counts n more bytes held by a call of namespace, unless that passes a bound.
+func (l *AnswerLimits) hold(namespace string, n int64) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.total+n > l.node || l.byNamespace[namespace]+n > l.perNamespace {
+		return false
+	}
+	l.total += n
+	l.byNamespace[namespace] += n
+	return true
+}
+
+// drop gives back n bytes a call of namespace held.
+func (l *AnswerLimits) drop(namespace string, n int64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.total -= n
+	if l.byNamespace[namespace] -= n; l.byNamespace[namespace] == 0 {
+		delete(l.byNamespace, namespace)
+	}
+}
+
+// release gives the call's bytes back, and refuses any later read; err is the bound a read
+// went past, if any.
 func (b *callBudget) release() (err error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.limits.inFlight.Release(b.read)
+	b.limits.drop(b.namespace, b.read)
 	b.read, err = 0, b.err
 	if b.err == nil {
 		b.err = errAnswersRefused

@@ -9,14 +9,14 @@ import (
 	"testing"
 )
 
-// TestAnswersAreBoundedPerCallAndForTheNode reads real answers through the counted transport:
-// one call stops at its bound; calls in flight together stop at the node's, and a call that
-// ended gives its bytes back.
-func TestAnswersAreBoundedPerCallAndForTheNode(t *testing.T) {
-	body := strings.Repeat("x", 10_000)
+// TestAnswersAreBoundedPerCallNamespaceAndNode reads real answers through the counted
+// transport: one call stops at its bound; a namespace's calls together at their share of the
+// node's bound, which another namespace's still get; calls in flight together at the node's;
+// a call that ended gives its bytes back.
+func TestAnswersAreBoundedPerCallNamespaceAndNode(t *testing.T) {
+	body := strings.Repeat("x", 10_000) // an answer counts 11,024 bytes
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, body) }))
 	t.Cleanup(srv.Close)
-	limits := NewAnswerLimits(25_000, 30_000)
 	read := func(b *callBudget) error {
 		res, err := (&http.Client{Transport: b.transport(http.DefaultTransport)}).Get(srv.URL)
 		if err != nil {
@@ -26,44 +26,46 @@ func TestAnswersAreBoundedPerCallAndForTheNode(t *testing.T) {
 		_, err = io.ReadAll(res.Body)
 		return err
 	}
-	status := func(err error) int {
-		var ae *apiError
-		if !errors.As(err, &ae) {
-			return 0
+	refused := func(t *testing.T, b *callBudget, code int, names string) {
+		t.Helper()
+		if err := read(b); !errors.Is(err, errAnswersRefused) {
+			t.Fatalf("read: %v, want it refused", err)
 		}
-		return ae.code
+		var ae *apiError
+		if over := b.release(); !errors.As(over, &ae) || ae.code != code || !strings.Contains(ae.msg, names) {
+			t.Fatalf("%v, want a %d naming %s", over, code, names)
+		}
 	}
 
-	first := limits.newCall()
-	for i := range 2 { // 2 × (10,000 + 1 KiB): within 25,000
-		if err := read(first); err != nil {
-			t.Fatalf("answer %d of the first call: %v", i, err)
-		}
+	limits := NewAnswerLimits(12_000, 60_000) // a namespace's share: 15,000
+	first := limits.newCall("a")
+	if err := read(first); err != nil {
+		t.Fatal(err)
 	}
-	if err := read(first); !errors.Is(err, errAnswersRefused) {
-		t.Fatalf("a third answer of the first call: %v, want it refused", err)
+	second := limits.newCall("a")
+	refused(t, second, http.StatusServiceUnavailable, "namespace a")
+	other := limits.newCall("b")
+	if err := read(other); err != nil {
+		t.Fatalf("another namespace's call while namespace a holds its share: %v", err)
 	}
-	second := limits.newCall()
-	if err := read(second); !errors.Is(err, errAnswersRefused) {
-		t.Fatalf("a second call while the first holds about 24,000 of 30,000: %v, want it refused", err)
+	refused(t, first, http.StatusBadGateway, "--api-call-max-answer-bytes")
+	if err := other.release(); err != nil {
+		t.Fatal(err)
 	}
-	if over := second.release(); status(over) != http.StatusServiceUnavailable || !strings.Contains(over.Error(), "--api-answers-max-bytes") {
-		t.Errorf("second call: %v, want a 503 naming --api-answers-max-bytes", over)
-	}
-	if over := first.release(); status(over) != http.StatusBadGateway || !strings.Contains(over.Error(), "--api-max-answer-bytes") {
-		t.Errorf("first call: %v, want a 502 naming --api-max-answer-bytes", over)
-	}
-	third := limits.newCall()
-	if err := read(third); err != nil {
-		t.Fatalf("a call after the others ended: %v", err)
-	}
-	if over := third.release(); over != nil {
-		t.Errorf("third call: %v", over)
-	}
-	if err := read(third); !errors.Is(err, errAnswersRefused) {
+	if err := read(other); !errors.Is(err, errAnswersRefused) {
 		t.Errorf("a read after its call ended: %v, want it refused (its bytes would never be given back)", err)
 	}
-	if !limits.inFlight.TryAcquire(30_000) {
-		t.Error("the node's bound was not given back whole")
+	if limits.total != 0 || len(limits.byNamespace) != 0 {
+		t.Errorf("after every call ended: %d bytes held, %v", limits.total, limits.byNamespace)
+	}
+
+	small := NewAnswerLimits(12_000, 20_000) // a namespace's share: 12,000, one call's
+	held := small.newCall("x")
+	if err := read(held); err != nil {
+		t.Fatal(err)
+	}
+	refused(t, small.newCall("y"), http.StatusServiceUnavailable, "--api-node-max-answer-bytes")
+	if err := held.release(); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -163,7 +163,7 @@ func (s *Server) withUpstream(r *http.Request, c *v1alpha1.Connector, class *v1a
 	if err != nil {
 		return credentialError(err)
 	}
-	budget := s.answerLimits().newCall()
+	budget := s.answerLimits().newCall(c.Namespace)
 	up.Transport = budget.transport(up.Transport)
 	ctx, cancel := context.WithTimeout(r.Context(), toolTimeout)
 	defer cancel()

@@ -127,7 +127,7 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 		return err
 	}
 	connectorsProxy.API = &connectorsapi.Server{Proxy: connectorsProxy, Reviewer: apiReviewer, Flags: flags, Routes: routes,
-		RegistryPageSize: o.RegistryPageSize, Answers: connectorsapi.NewAnswerLimits(o.APIAnswerBytes, o.APIAnswersBytes),
+		RegistryPageSize: o.RegistryPageSize, Answers: connectorsapi.NewAnswerLimits(o.APICallAnswerBytes, o.APINodeAnswerBytes),
 		// A class's spec.api.permissions.rego names the verb; the method's otherwise.
 		Verbs: regoeval.APIVerbs{Engine: regoEngine, Methods: connectorsapi.MethodVerbs{}}}
 	// The node learns grants and revocations of its own AccessRequests from its watch of them:

@@ -90,14 +90,14 @@ type Options struct {
 	// means the built-in proxy.
 	BuiltInProxyServices []string
 	RegistryPageSize     int
-	// APIAnswerBytes and APIAnswersBytes bound what the Connectors API's list calls read from
+	// APICallAnswerBytes and APINodeAnswerBytes bound what the Connectors API's list calls read from
 	// tools: one call, and all in flight on the node.
-	APIAnswerBytes, APIAnswersBytes int64
-	OpenAPICacheSize                int
-	CELCacheSize                    int
-	RegoCacheSize                   int
-	RegoTimeout                     time.Duration
-	RegoMaxBodyBytes                int
+	APICallAnswerBytes, APINodeAnswerBytes int64
+	OpenAPICacheSize                       int
+	CELCacheSize                           int
+	RegoCacheSize                          int
+	RegoTimeout                            time.Duration
+	RegoMaxBodyBytes                       int
 	// RegoStateMemoryLimit and RegoStateProcesses bound the child processes that evaluate
 	// check states (state.rego): each one's memory, and how many run at once.
 	RegoStateMemoryLimit string
@@ -231,8 +231,8 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 		return nil
 	})
 	fs.IntVar(&o.RegistryPageSize, "api-registry-page-size", 100, "page size the Connectors API asks registries for (catalog, tag lists)")
-	fs.Int64Var(&o.APIAnswerBytes, "api-max-answer-bytes", connectorsapi.DefaultCallAnswerBytes, "bytes one Connectors API list call (gitrefs, a registry's repositories or tags) reads from the tool over all its answers, each counting 1 KiB besides its body (502 beyond)")
-	fs.Int64Var(&o.APIAnswersBytes, "api-answers-max-bytes", connectorsapi.DefaultNodeAnswerBytes, "bytes the Connectors API's list calls in flight on the node read from tools together (503 beyond: the driver serves every tenant on the node)")
+	fs.Int64Var(&o.APICallAnswerBytes, "api-call-max-answer-bytes", connectorsapi.DefaultCallAnswerBytes, "bytes one Connectors API list call (gitrefs, a registry's repositories or tags) reads from the tool over all its answers, each counting 1 KiB besides its body (502 beyond)")
+	fs.Int64Var(&o.APINodeAnswerBytes, "api-node-max-answer-bytes", connectorsapi.DefaultNodeAnswerBytes, "bytes the Connectors API's list calls in flight on the node read from tools together, those of one namespace a quarter of it or one call's bound, whichever is more (503 beyond: the driver serves every tenant on the node)")
 	fs.IntVar(&o.OpenAPICacheSize, "api-openapi-cache-size", defaultOpenAPICacheSize, "ConnectorClass OpenAPI route tables (one per class generation) the Connectors API keeps (the least recently used go first)")
 	fs.IntVar(&o.CELCacheSize, "cel-cache-size", defaultCELCacheSize, "how many compiled CEL expressions the controller keeps, for check states and for probes' response.cel each (the least recently used go first)")
 	fs.IntVar(&o.RegoCacheSize, "rego-cache-size", defaultRegoCacheSize, "how many compiled Rego modules (generators, authExtractors, api.permissions, check states) each process keeps (the least recently used go first)")
@@ -501,13 +501,16 @@ func (v *validated) proxyLimits() error {
 		v    *int64
 		def  int64
 	}{{"--secret-cache-max-bytes", &v.SecretCacheBytes, defaultSecretCacheBytes}, {"--registry-token-cache-max-bytes", &v.RegistryTokenBytes, defaultRegistryTokenBytes},
-		{"--api-max-answer-bytes", &v.APIAnswerBytes, connectorsapi.DefaultCallAnswerBytes}, {"--api-answers-max-bytes", &v.APIAnswersBytes, connectorsapi.DefaultNodeAnswerBytes}} {
+		{"--api-call-max-answer-bytes", &v.APICallAnswerBytes, connectorsapi.DefaultCallAnswerBytes}, {"--api-node-max-answer-bytes", &v.APINodeAnswerBytes, connectorsapi.DefaultNodeAnswerBytes}} {
 		if *l.v < 0 {
 			return fmt.Errorf("%s must not be negative", l.name)
 		}
 		if *l.v == 0 {
 			*l.v = l.def
 		}
+	}
+	if v.APICallAnswerBytes > v.APINodeAnswerBytes {
+		return fmt.Errorf("--api-call-max-answer-bytes (%d) must not be more than --api-node-max-answer-bytes (%d): such a call could never be served", v.APICallAnswerBytes, v.APINodeAnswerBytes)
 	}
 	for _, l := range []struct {
 		name string

@@ -50,6 +50,10 @@ func TestProxyTimeoutFlags(t *testing.T) {
 			t.Errorf("%s=-1: %v", flag, err)
 		}
 	}
+	v = &validated{Options: Options{APICallAnswerBytes: 2 << 20, APINodeAnswerBytes: 1 << 20}}
+	if err := v.proxyLimits(); err == nil || !strings.Contains(err.Error(), "--api-call-max-answer-bytes (2097152) must not be more than --api-node-max-answer-bytes") {
+		t.Errorf("a call's answer bound over the node's: %v", err)
+	}
 }
 
 // TestRefusedDestinationsFlag: addresses and CIDR prefixes, the last setting wins, and anything

@@ -3,7 +3,6 @@ package render
 import (
 	"errors"
 	"fmt"
-	"net/url"
 	"strings"
 )
 
@@ -29,20 +28,12 @@ func (e *ClassError) Error() string {
 
 func (e *ClassError) Unwrap() error { return e.Err }
 
-// withoutToken is err with the Pod's token, as it is and as a URL's userinfo escapes it, left
-// out of its message: a template's failure goes to kubelet's FailedMount Event, and functions
-// quote what they fail on (urlParse its URL, whose userinfo is the token).
+// withoutToken is err with the Pod's token left out of its message: a template's failure goes
+// to kubelet's FailedMount Event, and functions quote what they fail on (urlParse its URL,
+// whose userinfo is the token: a JWT, whose characters a URL's userinfo keeps as they are).
 func withoutToken(err error, token string) error {
-	if token == "" {
+	if token == "" || !strings.Contains(err.Error(), token) {
 		return err
 	}
-	msg := err.Error()
-	escaped := url.UserPassword("", token).String()[1:] // ":" and the password, escaped
-	if !strings.Contains(msg, token) && !strings.Contains(msg, escaped) {
-		return err
-	}
-	for _, s := range []string{token, escaped} {
-		msg = strings.ReplaceAll(msg, s, "[the Pod's token]")
-	}
-	return errors.New(msg)
+	return errors.New(strings.ReplaceAll(err.Error(), token, "[the Pod's token]"))
 }

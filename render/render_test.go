@@ -107,7 +107,7 @@ func TestTemplateErrorNamesClassConfigurationAndFile(t *testing.T) {
 // a function that quotes what it failed on (fail, urlParse of the forward proxy's URL, whose
 // userinfo is the token) must not put the Pod's token there.
 func TestTemplateErrorsLeaveTheTokenOut(t *testing.T) {
-	const token = "eyJhbGciOi.secret-part_of~the/token"
+	const token = "eyJhbGciOi.secret-part_of-the.token"
 	for _, text := range []string{`{{ fail .context.token }}`, `{{ fail .context.proxy.httpProxy }}`} {
 		c := class("k", v1alpha1.Configuration{Name: "c", Data: map[string]string{"f": text}})
 		_, err := NewRenderer("http://p:1", "", 0).Render(Request{Sources: []Source{{connector("n", "a", "https://a"), c}},

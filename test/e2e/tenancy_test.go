@@ -1183,11 +1183,11 @@ func TestTenancySharedConnectorsKeepTenantsConnectionsApart(t *testing.T) {
 // TestTenancyAPIListsReadBoundedAnswers: the Connectors API's list calls hand a tool's
 // answers to libraries that read them whole (go-git a ref advertisement, go-containerregistry
 // every next page). A tenant's Connector may name a tool that never ends either: the call
-// stops at --api-max-answer-bytes, with a 502 naming it, where the driver every tenant on the
+// stops at --api-call-max-answer-bytes, with a 502 naming it, where the driver every tenant on the
 // node shares would otherwise grow until it is killed.
 func TestTenancyAPIListsReadBoundedAnswers(t *testing.T) {
 	endless := startEndlessTool(t)
-	env := startProxyDriver(t, func(o *driver.Options) { o.APIAnswerBytes, o.RegistryPageSize = 1<<20, 2 })
+	env := startProxyDriver(t, func(o *driver.Options) { o.APICallAnswerBytes, o.RegistryPageSize = 1<<20, 2 })
 	ns := newNamespace(t)
 	newConnector(t, ns, "refs", gitClass(t), endless)
 	newConnector(t, ns, "pages", deployedClass(t, "oci.yaml"), endless)
@@ -1207,8 +1207,8 @@ func TestTenancyAPIListsReadBoundedAnswers(t *testing.T) {
 		}) {
 			t.Fatalf("%s: status %d %q", path, code, st.Message)
 		}
-		if code != http.StatusBadGateway || !strings.Contains(st.Message, "--api-max-answer-bytes") {
-			t.Errorf("%s: status %d %q, want 502 naming --api-max-answer-bytes", path, code, st.Message)
+		if code != http.StatusBadGateway || !strings.Contains(st.Message, "--api-call-max-answer-bytes") {
+			t.Errorf("%s: status %d %q, want 502 naming --api-call-max-answer-bytes", path, code, st.Message)
 		}
 	}
 }
