@@ -107,7 +107,8 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 	if err != nil {
 		return err
 	}
-	connectorsProxy, err := proxy.New(objects, proxyReviewer, flags, p.kube, caStore, proxy.Config{
+	// Secrets are read for proxied requests, which any client may send: with the proxy's client.
+	connectorsProxy, err := proxy.New(objects, proxyReviewer, flags, proxyKube, caStore, proxy.Config{
 		Rego: regoEngine, GlobalCA: p.globalCA, Passthrough: o.ForwardPassthrough, PassthroughConnectPorts: o.PassthroughConnectPorts,
 		SecretTTL: o.SecretCacheTTL, Egress: p.destinations,
 		Permissions: permissions, PermissionAllowTTL: o.ProxyPermissionTTL, PermissionDenyTTL: o.AuthzDenyTTL, PermissionSettle: o.ProxyPermissionSettle,

@@ -171,8 +171,8 @@ func New(objects client.Reader, reviewer Reviewer, flags *features.Source, kube 
 		reviewer: reviewer,
 		flags:    flags,
 		secrets: secretcache.New(func(ctx context.Context, ns, name string) (*corev1.Secret, error) {
-			return kube.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
-		}, cfg.SecretTTL, cfg.SecretCacheSize, cfg.SecretCacheBytes, "secrets"),
+			return kube.CoreV1().Secrets(ns).Get(ctx, name, secretcache.FromWatchCache)
+		}, cfg.SecretTTL, cfg.SecretCacheSize, cfg.SecretCacheBytes, "secrets").RememberMissing(),
 		rego: cfg.Rego,
 		transports: trust.NewTransports(cfg.TransportCacheSize, "transports", func(roots *x509.CertPool) *http.Transport {
 			return newUpstreamTransport(cfg.Egress, roots, cfg.UpstreamIdleTimeout, cfg.MaxHeaderBytes)

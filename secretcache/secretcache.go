@@ -10,6 +10,8 @@ import (
 	"github.com/hashicorp/golang-lru/v2/expirable"
 	"golang.org/x/sync/singleflight"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/kube-connectors/connectors-csi/cachebudget"
@@ -19,11 +21,21 @@ import (
 // GetFunc reads one Secret from the API server.
 type GetFunc func(ctx context.Context, namespace, name string) (*corev1.Secret, error)
 
+// FromWatchCache are the options of a Secret's read: from the API server's watch cache, not
+// etcd (a GET without a resource version is read from etcd). A Secret changed a moment ago may
+// be read as it was; the cache keeps it for its TTL anyway.
+var FromWatchCache = metav1.GetOptions{ResourceVersion: "0"}
+
 // Cache is a bounded, expiring cache of Secrets in front of a GetFunc.
 type Cache struct {
 	get   GetFunc
 	cache *expirable.LRU[types.NamespacedName, *corev1.Secret] // nil when the TTL is 0: nothing is kept
-	group singleflight.Group
+	// missing remembers, for the TTL too, Secrets the API server said do not exist, once
+	// RememberMissing was called; nil otherwise.
+	missing *expirable.LRU[types.NamespacedName, error]
+	size    int
+	ttl     time.Duration
+	group   singleflight.Group
 	// bytes bounds the data of the Secrets kept: their count is bounded, but a tenant makes
 	// each as large as the API server takes (about 1 MiB).
 	bytes *cachebudget.Budget
@@ -39,6 +51,18 @@ func New(get GetFunc, ttl time.Duration, size int, maxBytes int64, name string) 
 			c.bytes.Evicted(secretBytes(sec))
 		}, ttl)
 		cachemetrics.Register(name, c.cache.Len)
+	}
+	c.size, c.ttl = size, ttl
+	return c
+}
+
+// RememberMissing makes c remember, for its TTL, a Secret the API server said does not exist,
+// for a reader whose reads anyone may cause (the proxy: a Connector naming a Secret its owner
+// has not made would read it at each request). A reader that is not told of a Secret's
+// creation otherwise (the status controller) would report it missing for the TTL.
+func (c *Cache) RememberMissing() *Cache {
+	if c.ttl > 0 {
+		c.missing = expirable.NewLRU[types.NamespacedName, error](c.size, nil, c.ttl)
 	}
 	return c
 }
@@ -61,8 +85,16 @@ func (c *Cache) Get(ctx context.Context, namespace, name string) (*corev1.Secret
 			return sec, nil
 		}
 	}
+	if c.missing != nil {
+		if err, ok := c.missing.Get(key); ok {
+			return nil, err
+		}
+	}
 	v, err, _ := c.group.Do(key.String(), func() (any, error) {
 		sec, err := c.get(ctx, namespace, name)
+		if apierrors.IsNotFound(err) && c.missing != nil {
+			c.missing.Add(key, err)
+		}
 		if err != nil {
 			return nil, err
 		}

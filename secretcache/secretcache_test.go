@@ -7,6 +7,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -42,4 +43,29 @@ func TestCacheKeepsAtMostMaxBytes(t *testing.T) {
 		t.Errorf("b was read %d times, want twice (dropped for c)", reads["b"])
 	}
 
+}
+
+// TestAMissingSecretIsRememberedMissing: a Secret the API server says does not exist is not
+// asked for again within the TTL (a Connector naming one is its owner's to make, and every
+// request through it would read it); another failure is not remembered.
+func TestAMissingSecretIsRememberedMissing(t *testing.T) {
+	reads := map[string]int{}
+	c := New(func(_ context.Context, _, name string) (*corev1.Secret, error) {
+		reads[name]++
+		if name == "flaky" {
+			return nil, apierrors.NewServiceUnavailable("try again")
+		}
+		return nil, apierrors.NewNotFound(corev1.Resource("secrets"), name)
+	}, time.Hour, 100, 1000, "test_missing_secrets").RememberMissing()
+	for range 3 {
+		if _, err := c.Get(context.Background(), "ns", "absent"); !apierrors.IsNotFound(err) {
+			t.Fatalf("absent: %v, want NotFound", err)
+		}
+		if _, err := c.Get(context.Background(), "ns", "flaky"); !apierrors.IsServiceUnavailable(err) {
+			t.Fatalf("flaky: %v", err)
+		}
+	}
+	if reads["absent"] != 1 || reads["flaky"] != 3 {
+		t.Errorf("reads %v, want the missing Secret once, the failing one each time", reads)
+	}
 }

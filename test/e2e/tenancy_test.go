@@ -42,6 +42,7 @@ import (
 	"github.com/kube-connectors/connectors-csi/connectorsapi"
 	"github.com/kube-connectors/connectors-csi/connectorstatus"
 	"github.com/kube-connectors/connectors-csi/driver"
+	"github.com/kube-connectors/connectors-csi/test/controlplane"
 	"github.com/kube-connectors/connectors-csi/test/forgingtool"
 	"github.com/kube-connectors/connectors-csi/test/gitserver"
 	"github.com/kube-connectors/connectors-csi/test/kubelet"
@@ -1263,4 +1264,39 @@ func startEndlessTool(t *testing.T) string {
 	go func() { _ = srv.Serve(lis) }()
 	t.Cleanup(func() { _ = srv.Close() })
 	return "http://" + lis.Addr().String()
+}
+
+// TestTenancyAMissingSecretIsReadOnce: a Connector naming a Secret its owner has not made
+// costs the API server one read per --secret-cache-ttl however many requests go through it
+// (each read it before), and the read is served from the API server's watch cache, not etcd
+// (the node as deployed, its reads from the audit log).
+func TestTenancyAMissingSecretIsReadOnce(t *testing.T) {
+	tool := startGitServer(t, false)
+	env := startDeployedDrivers(t, func(o *driver.Options) { o.SecretCacheTTL = time.Hour })
+	ns := newNamespace(t)
+	newConnectorWithSecret(t, ns, "tool", gitClass(t), tool.URL, "basicAuth", "not-made")
+	allowConnectors(t, ns, "builder", "tool")
+	token := proxyToken(t, ns, "builder")
+	since := time.Now()
+	url := env.proxyURL + "/namespaces/" + ns + "/connectors/tool/repo.git/info/refs?service=git-upload-pack"
+	for i := range 20 {
+		code, body := do(t, noRedirects, newRequest(t, "GET", url, map[string]string{"Authorization": "Bearer " + token}))
+		if code == http.StatusOK || !strings.Contains(body, "not-made") {
+			t.Fatalf("request %d: %d %q, want a failure naming the Secret", i, code, body)
+		}
+	}
+	reads, err := cp.AuditEvents(func(ev *auditv1.Event) bool {
+		return ev.User.Username == controlplane.NodeUser && ev.Verb == "get" && ev.ObjectRef != nil &&
+			ev.ObjectRef.Resource == "secrets" && ev.ObjectRef.Namespace == ns && !ev.RequestReceivedTimestamp.Time.Before(since)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(reads) != 1 || !strings.Contains(reads[0].RequestURI, "resourceVersion=0") {
+		var uris []string
+		for _, ev := range reads {
+			uris = append(uris, ev.RequestURI)
+		}
+		t.Errorf("20 requests read the missing Secret %q, want once, from the watch cache (resourceVersion=0)", uris)
+	}
 }
