@@ -51,9 +51,12 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 	if err != nil {
 		return err
 	}
-	connectors := objectcache.NewConnectors(watcher, o.ConnectorIdle, o.ConnectorCacheSize)
+	connectors := objectcache.NewConnectors(watcher, o.ConnectorIdle, o.ConnectorCacheSize, o.ConnectorMissingTTL)
 	connectors.OnDelete = proxy.ForgetConnector
 	objects := objectcache.Reader{Connectors: connectors, Rest: informers}
+	// The proxy and the Connectors API are asked for whatever names their callers make up: a
+	// Connector is watched for them only if it exists (Connectors.Lookup).
+	lookups := objectcache.Reader{Connectors: connectors, Rest: informers, Lookup: true}
 	requestChanges := approval.NewChanges()
 	store, err := records.NewStore(o.StateDir)
 	if err != nil {
@@ -108,7 +111,8 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 		return err
 	}
 	// Secrets are read for proxied requests, which any client may send: with the proxy's client.
-	connectorsProxy, err := proxy.New(objects, proxyReviewer, flags, proxyKube, caStore, proxy.Config{
+	connectors.Lookups = proxyClient
+	connectorsProxy, err := proxy.New(lookups, proxyReviewer, flags, proxyKube, caStore, proxy.Config{
 		Rego: regoEngine, GlobalCA: p.globalCA, Passthrough: o.ForwardPassthrough, PassthroughConnectPorts: o.PassthroughConnectPorts,
 		SecretTTL: o.SecretCacheTTL, Egress: p.destinations,
 		Permissions: permissions, PermissionAllowTTL: o.ProxyPermissionTTL, PermissionDenyTTL: o.AuthzDenyTTL, PermissionSettle: o.ProxyPermissionSettle,

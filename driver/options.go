@@ -38,6 +38,7 @@ const (
 	defaultPermissionCacheSize    = 10000
 	defaultConnectorCacheSize     = 1000
 	defaultConnectorIdle          = 10 * time.Minute
+	defaultConnectorMissingTTL    = 5 * time.Second
 	defaultTunnelLifetime         = time.Hour
 	defaultUpgradeRecheck         = 5 * time.Second
 	defaultReadHeaderTimeout      = 30 * time.Second
@@ -156,6 +157,7 @@ type Options struct {
 	PermissionCacheSize    int
 	ConnectorCacheSize     int
 	ConnectorIdle          time.Duration
+	ConnectorMissingTTL    time.Duration
 
 	// The Connector admission webhook of the controller role (off when WebhookListen is empty).
 	WebhookListen        string
@@ -301,6 +303,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.IntVar(&o.PermissionCacheSize, "proxy-permission-cache-size", defaultPermissionCacheSize, "connectors/proxy decisions (by Pod, Connector and verb) the proxy keeps at most")
 	fs.IntVar(&o.ConnectorCacheSize, "connector-cache-size", defaultConnectorCacheSize, "Connectors a node watches at most (the ones its volumes and proxy requests use)")
 	fs.DurationVar(&o.ConnectorIdle, "connector-idle-timeout", defaultConnectorIdle, "a node stops watching a Connector nothing read for this long")
+	fs.DurationVar(&o.ConnectorMissingTTL, "connector-missing-ttl", defaultConnectorMissingTTL, "how long a node remembers that a Connector the proxy or the Connectors API was asked for does not exist (they list it once and watch it only if it does; 0: not remembered)")
 	fs.StringVar(&o.WebhookListen, "webhook-listen", "", "controller role: host:port of the Connector admission webhook (HTTPS; deploy/ uses :9443); empty: no webhook")
 	fs.StringVar(&o.WebhookCertDir, "webhook-cert-dir", "", "directory with the webhook's tls.crt and tls.key, reloaded when they change, when another tool keeps them and the caBundle; empty: the controller keeps a self-signed certificate in the Secret "+admission.CertSecretName+" and writes its CA into the caBundle of --webhook-configuration")
 	fs.StringVar(&o.WebhookService, "webhook-service", defaultWebhookService, "the webhook's Service in the system namespace: the names of the self-signed certificate")
@@ -544,8 +547,10 @@ func (v *validated) proxyLimits() error {
 	if v.RefusalEventInterval == 0 {
 		v.RefusalEventInterval = defaultRefusalEventInterval
 	}
-	// 0 is a setting of its own for these two: decisions not kept, kept for their whole TTL.
-	for name, d := range map[string]time.Duration{"--proxy-permission-ttl": v.ProxyPermissionTTL, "--proxy-permission-settle": v.ProxyPermissionSettle} {
+	// 0 is a setting of its own for these: decisions not kept, kept for their whole TTL; a
+	// missing Connector not remembered.
+	for name, d := range map[string]time.Duration{"--proxy-permission-ttl": v.ProxyPermissionTTL, "--proxy-permission-settle": v.ProxyPermissionSettle,
+		"--connector-missing-ttl": v.ConnectorMissingTTL} {
 		if d < 0 {
 			return fmt.Errorf("%s must not be negative", name)
 		}

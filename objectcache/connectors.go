@@ -17,6 +17,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hashicorp/golang-lru/v2/expirable"
+	"golang.org/x/sync/singleflight"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -46,9 +48,15 @@ type Connectors struct {
 	// OnDelete, set before the first Get, is told of each watched Connector that is deleted
 	// (the proxy drops its metric series).
 	OnDelete func(types.NamespacedName)
+	// Lookups, set before the first Lookup, is the client Lookup lists with (nil: the
+	// watching client): the proxy's, whose rate limit publishes do not share.
+	Lookups client.Reader
 
 	mu      sync.Mutex
 	watched map[types.NamespacedName]*watched
+	// missing remembers the Connectors Lookup found do not exist, for missingTTL.
+	missing *expirable.LRU[types.NamespacedName, struct{}]
+	lookups singleflight.Group
 }
 
 // watched is one Connector's watch and what it holds.
@@ -62,9 +70,13 @@ type watched struct {
 	lastRead time.Time
 }
 
-// NewConnectors returns a cache reading through c; Run must run for entries to expire.
-func NewConnectors(c client.WithWatch, idle time.Duration, max int) *Connectors {
+// NewConnectors returns a cache reading through c; Run must run for entries to expire. Lookup
+// remembers a missing Connector for missingTTL (0: it does not).
+func NewConnectors(c client.WithWatch, idle time.Duration, max int, missingTTL time.Duration) *Connectors {
 	cc := &Connectors{client: c, idle: idle, max: max, now: time.Now, watched: map[types.NamespacedName]*watched{}}
+	if missingTTL > 0 {
+		cc.missing = expirable.NewLRU[types.NamespacedName, struct{}](max, nil, missingTTL)
+	}
 	cachemetrics.Register("connectors", cc.len)
 	return cc
 }
@@ -79,7 +91,75 @@ func (c *Connectors) len() int {
 // sync). The object is shared with other readers: do not change it. A missing Connector is a
 // NotFound error, and stays watched, so that its creation is seen.
 func (c *Connectors) Get(ctx context.Context, nn types.NamespacedName) (*v1alpha1.Connector, error) {
-	w := c.watch(nn)
+	return c.read(ctx, nn, c.watch(nn, nil, ""))
+}
+
+// Lookup is Get for readers any client of the network may drive with names it makes up (the
+// proxy, the Connectors API): a Connector not watched yet is listed once, and watched from
+// that list only if it exists; that it does not is remembered for the missing TTL, and
+// concurrent lookups of one name share the list. Get keeps a missing Connector watched, for
+// a Pod's volume waits for its creation; a watch per made-up name would cost every node a
+// list and a watch each, and push out the Connectors its volumes use.
+func (c *Connectors) Lookup(ctx context.Context, nn types.NamespacedName) (*v1alpha1.Connector, error) {
+	if w := c.watching(nn); w != nil {
+		return c.read(ctx, nn, w)
+	}
+	if c.missing != nil {
+		if _, ok := c.missing.Get(nn); ok {
+			return nil, notFound(nn)
+		}
+	}
+	listed := c.lookups.DoChan(nn.String(), func() (any, error) {
+		// A lookup that looked before a list of the name ended, and comes after it, finds it.
+		if w := c.watching(nn); w != nil {
+			return w, nil
+		}
+		if c.missing != nil {
+			if _, ok := c.missing.Get(nn); ok {
+				return nil, nil
+			}
+		}
+		// Not the first caller's context: another waiting on this list may have longer.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lookupTimeout)
+		defer cancel()
+		found, rv, err := c.listOne(ctx, c.lookupReader(), nn)
+		switch {
+		case err != nil:
+			return nil, err
+		case found == nil:
+			if c.missing != nil {
+				c.missing.Add(nn, struct{}{})
+			}
+			return nil, nil
+		}
+		return c.watch(nn, found, rv), nil
+	})
+	select {
+	case res := <-listed:
+		if res.Err != nil {
+			return nil, res.Err
+		}
+		if w, ok := res.Val.(*watched); ok {
+			return c.read(ctx, nn, w)
+		}
+		return nil, notFound(nn)
+	case <-ctx.Done():
+		return nil, fmt.Errorf("lookup of Connector %s: %w", nn, ctx.Err())
+	}
+}
+
+// lookupTimeout bounds the list of a Lookup.
+const lookupTimeout = 30 * time.Second
+
+func (c *Connectors) lookupReader() client.Reader {
+	if c.Lookups != nil {
+		return c.Lookups
+	}
+	return c.client
+}
+
+// read returns w's Connector once its watch synced.
+func (c *Connectors) read(ctx context.Context, nn types.NamespacedName, w *watched) (*v1alpha1.Connector, error) {
 	select {
 	case <-w.synced:
 	case <-ctx.Done():
@@ -91,13 +171,29 @@ func (c *Connectors) Get(ctx context.Context, nn types.NamespacedName) (*v1alpha
 			nn, size, contract.MaxConnectorBytes))
 	}
 	if obj == nil {
-		return nil, apierrors.NewNotFound(v1alpha1.GroupVersion.WithResource(v1alpha1.ResourceConnectors).GroupResource(), nn.Name)
+		return nil, notFound(nn)
 	}
 	return obj, nil
 }
 
-// watch returns the Connector's watch, starting it when there is none, and marks it read.
-func (c *Connectors) watch(nn types.NamespacedName) *watched {
+func notFound(nn types.NamespacedName) error {
+	return apierrors.NewNotFound(v1alpha1.GroupVersion.WithResource(v1alpha1.ResourceConnectors).GroupResource(), nn.Name)
+}
+
+// watching returns the Connector's watch, marked read, or nil when there is none.
+func (c *Connectors) watching(nn types.NamespacedName) *watched {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	w, ok := c.watched[nn]
+	if ok {
+		w.lastRead = c.now()
+	}
+	return w
+}
+
+// watch returns the Connector's watch, marked read, starting it when there is none: from a
+// list of it at listedAt that held listed, when listedAt is set (Lookup), else with a list.
+func (c *Connectors) watch(nn types.NamespacedName, listed *v1alpha1.Connector, listedAt string) *watched {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if w, ok := c.watched[nn]; ok {
@@ -107,22 +203,19 @@ func (c *Connectors) watch(nn types.NamespacedName) *watched {
 	if len(c.watched) >= c.max {
 		c.dropOldestLocked()
 	}
-	w := c.start(nn)
-	w.lastRead = c.now()
+	ctx, stop := context.WithCancel(context.Background())
+	w := &watched{synced: make(chan struct{}), stop: stop, lastRead: c.now()}
+	if listedAt != "" {
+		c.set(nn, w, listed)
+		close(w.synced)
+	}
+	go c.follow(ctx, nn, w, listedAt)
 	c.watched[nn] = w
 	return w
 }
 
-// start follows one Connector on a goroutine of its own.
-func (c *Connectors) start(nn types.NamespacedName) *watched {
-	ctx, stop := context.WithCancel(context.Background())
-	w := &watched{synced: make(chan struct{}), stop: stop}
-	go c.follow(ctx, nn, w)
-	return w
-}
-
-// follow keeps w's Connector until ctx ends: it lists it (a field selector on its name) and
-// watches on from the list's resource version; when the watch cannot go on (the version is
+// follow keeps w's Connector until ctx ends: it lists it (a field selector on its name), unless
+// it was listed at listedAt, and watches on from the list's resource version; when the watch cannot go on (the version is
 // gone from the API server, a refusal) it lists again, after a backoff when that happens
 // again soon.
 //
@@ -132,11 +225,15 @@ func (c *Connectors) start(nn types.NamespacedName) *watched {
 // the watch stream's two), this loop with client-go's RetryWatcher, which carries the watch
 // across its ends and restarts, four. A node has a watch per Connector its volumes use: with
 // 200, that is 600 goroutines and about 4 MiB of memory less (docs/benchmarks.md).
-func (c *Connectors) follow(ctx context.Context, nn types.NamespacedName, w *watched) {
+func (c *Connectors) follow(ctx context.Context, nn types.NamespacedName, w *watched, listedAt string) {
 	backoff := followBackoff
 	for ctx.Err() == nil {
 		began := time.Now()
-		rv, err := c.list(ctx, nn, w)
+		rv, err := listedAt, error(nil)
+		if rv == "" {
+			rv, err = c.list(ctx, nn, w)
+		}
+		listedAt = ""
 		switch {
 		case err != nil && ctx.Err() == nil:
 			klog.FromContext(ctx).Error(err, "Could not list a Connector; trying again", "connector", nn)
@@ -171,16 +268,9 @@ const followHealthy = 2 * time.Minute
 // right after its Connector was created finds it, and the API server serves it from its watch
 // cache (consistent reads from cache, on by default since Kubernetes 1.31), not from etcd.
 func (c *Connectors) list(ctx context.Context, nn types.NamespacedName, w *watched) (resourceVersion string, err error) {
-	list := &v1alpha1.ConnectorList{}
-	opts := metav1.ListOptions{FieldSelector: nameSelector(nn)}
-	if err := c.client.List(ctx, list, client.InNamespace(nn.Namespace), &client.ListOptions{Raw: &opts}); err != nil {
+	found, resourceVersion, err := c.listOne(ctx, c.client, nn)
+	if err != nil {
 		return "", err
-	}
-	var found *v1alpha1.Connector
-	for i := range list.Items {
-		if list.Items[i].Name == nn.Name {
-			found = &list.Items[i]
-		}
 	}
 	c.set(nn, w, found)
 	select {
@@ -188,7 +278,22 @@ func (c *Connectors) list(ctx context.Context, nn types.NamespacedName, w *watch
 	default:
 		close(w.synced)
 	}
-	return list.ResourceVersion, nil
+	return resourceVersion, nil
+}
+
+// listOne lists the Connector nn (a field selector on its name) with r: nil when there is none.
+func (c *Connectors) listOne(ctx context.Context, r client.Reader, nn types.NamespacedName) (*v1alpha1.Connector, string, error) {
+	list := &v1alpha1.ConnectorList{}
+	opts := metav1.ListOptions{FieldSelector: nameSelector(nn)}
+	if err := r.List(ctx, list, client.InNamespace(nn.Namespace), &client.ListOptions{Raw: &opts}); err != nil {
+		return nil, "", err
+	}
+	for i := range list.Items {
+		if list.Items[i].Name == nn.Name {
+			return &list.Items[i], list.ResourceVersion, nil
+		}
+	}
+	return nil, list.ResourceVersion, nil
 }
 
 // watchFrom follows the Connector's changes from resourceVersion into w until ctx ends or
@@ -292,9 +397,12 @@ func (c *Connectors) expire() {
 
 // Reader serves Connectors from a Connectors cache and every other kind from Rest (the node's
 // informer caches of ConnectorClasses and of its own AccessRequests), as one client.Reader.
+// With Lookup, Connectors are read with Connectors.Lookup (for the proxy and the Connectors
+// API), else with Connectors.Get (for volumes).
 type Reader struct {
 	Connectors *Connectors
 	Rest       client.Reader
+	Lookup     bool
 }
 
 // Get reads one object. A Connector is copied shallowly: its maps and slices are shared with
@@ -304,7 +412,11 @@ func (r Reader) Get(ctx context.Context, key client.ObjectKey, obj client.Object
 	if !ok {
 		return r.Rest.Get(ctx, key, obj, opts...)
 	}
-	cached, err := r.Connectors.Get(ctx, key)
+	read := r.Connectors.Get
+	if r.Lookup {
+		read = r.Connectors.Lookup
+	}
+	cached, err := read(ctx, key)
 	if err != nil {
 		return err
 	}

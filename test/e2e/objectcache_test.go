@@ -31,17 +31,11 @@ func TestConnectorCacheFollowsAConnector(t *testing.T) {
 	ns := newNamespace(t)
 	git := gitClass(t)
 	gone := &goneOnce{WithWatch: watchingClient(t), held: make(chan struct{})}
-	cache := objectcache.NewConnectors(gone, time.Minute, 10)
+	cache := objectcache.NewConnectors(gone, time.Minute, 10, 0)
 	deleted := make(chan types.NamespacedName, 4)
 	cache.OnDelete = func(nn types.NamespacedName) { deleted <- nn }
 	nn := types.NamespacedName{Namespace: ns, Name: "later"}
-	address := func() string {
-		c, err := cache.Get(ctx, nn)
-		if err != nil {
-			return err.Error()
-		}
-		return c.Spec.Address
-	}
+	address := addressOf(ctx, cache.Get, nn)
 
 	if _, err := cache.Get(ctx, nn); !apierrors.IsNotFound(err) {
 		t.Fatalf("a Connector that does not exist: %v, want NotFound", err)
@@ -102,7 +96,7 @@ func TestConnectorCacheGoroutinesPerConnector(t *testing.T) {
 	for i := range connectors {
 		newConnector(t, ns, fmt.Sprintf("c%02d", i), git, "https://example.com")
 	}
-	cache := objectcache.NewConnectors(watchingClient(t), time.Minute, connectors)
+	cache := objectcache.NewConnectors(watchingClient(t), time.Minute, connectors, 0)
 	ctx, stop := context.WithCancel(context.Background())
 	ran := make(chan struct{})
 	go func() { cache.Run(ctx); close(ran) }()
@@ -211,7 +205,7 @@ func BenchmarkConnectorCacheFirstRead(b *testing.B) {
 	for i := range b.N {
 		newConnector(b, ns, fmt.Sprintf("c%d", i), git, "https://example.com")
 	}
-	cache := objectcache.NewConnectors(watchingClient(b), time.Minute, b.N+1)
+	cache := objectcache.NewConnectors(watchingClient(b), time.Minute, b.N+1, 0)
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
 	go cache.Run(ctx)
@@ -221,4 +215,74 @@ func BenchmarkConnectorCacheFirstRead(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// TestConnectorLookupsWatchOnlyWhatExists: the proxy and the Connectors API look Connectors up
+// by whatever names their callers make up. A name not watched yet costs one list (concurrent
+// lookups of it share it); a Connector that exists is watched from that list, and its changes
+// seen; one that does not is remembered missing, and never watched (a watch per made-up name
+// would cost every node a list and a watch each, and push out its volumes' Connectors).
+func TestConnectorLookupsWatchOnlyWhatExists(t *testing.T) {
+	ctx := context.Background()
+	ns := newNamespace(t)
+	newConnector(t, ns, "real", gitClass(t), "https://a.example.com")
+	counted := &countingClient{WithWatch: watchingClient(t)}
+	cache := objectcache.NewConnectors(counted, time.Minute, 10, time.Hour)
+	var wg sync.WaitGroup
+	for i := range 30 {
+		for range 3 { // at once: one list
+			wg.Go(func() {
+				if _, err := cache.Lookup(ctx, types.NamespacedName{Namespace: ns, Name: fmt.Sprintf("made-up-%d", i)}); !apierrors.IsNotFound(err) {
+					t.Errorf("a made-up name: %v, want NotFound", err)
+				}
+			})
+		}
+		wg.Wait()
+	}
+	// The last one again (the cache remembers as many missing names as it watches, 10).
+	if _, err := cache.Lookup(ctx, types.NamespacedName{Namespace: ns, Name: "made-up-29"}); !apierrors.IsNotFound(err) {
+		t.Fatalf("a made-up name again: %v, want NotFound", err)
+	}
+	if lists, watches := counted.lists.Load(), counted.watches.Load(); lists != 30 || watches != 0 {
+		t.Fatalf("30 made-up names looked up 91 times: %d lists and %d watches, want 30 and none", lists, watches)
+	}
+	real := types.NamespacedName{Namespace: ns, Name: "real"}
+	address := addressOf(ctx, cache.Lookup, real)
+	if got := address(); got != "https://a.example.com" {
+		t.Fatalf("an existing Connector: %s", got)
+	}
+	patchAddress(t, real, "https://b.example.com")
+	if !kubelet.WaitUntil(10*time.Second, func() bool { return address() == "https://b.example.com" }) {
+		t.Fatalf("the change of a looked-up Connector was never seen: %s", address())
+	}
+	if lists, watches := counted.lists.Load(), counted.watches.Load(); lists != 31 || watches != 1 {
+		t.Errorf("an existing Connector looked up and changed: %d lists and %d watches in all, want 31 and 1 (watched from its lookup's list)", lists, watches)
+	}
+}
+
+// addressOf reads the address of Connector nn with read, or the error it gives.
+func addressOf(ctx context.Context, read func(context.Context, types.NamespacedName) (*v1alpha1.Connector, error), nn types.NamespacedName) func() string {
+	return func() string {
+		c, err := read(ctx, nn)
+		if err != nil {
+			return err.Error()
+		}
+		return c.Spec.Address
+	}
+}
+
+// countingClient counts the lists and watches of Connectors made through it.
+type countingClient struct {
+	client.WithWatch
+	lists, watches atomic.Int64
+}
+
+func (c *countingClient) List(ctx context.Context, list client.ObjectList, opts ...client.ListOption) error {
+	c.lists.Add(1)
+	return c.WithWatch.List(ctx, list, opts...)
+}
+
+func (c *countingClient) Watch(ctx context.Context, list client.ObjectList, opts ...client.ListOption) (watch.Interface, error) {
+	c.watches.Add(1)
+	return c.WithWatch.Watch(ctx, list, opts...)
 }

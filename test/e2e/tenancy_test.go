@@ -1300,3 +1300,42 @@ func TestTenancyAMissingSecretIsReadOnce(t *testing.T) {
 		t.Errorf("20 requests read the missing Secret %q, want once, from the watch cache (resourceVersion=0)", uris)
 	}
 }
+
+// TestTenancyMadeUpConnectorNamesAreNotWatched: the proxy and the Connectors API are asked for
+// whatever names their callers make up (any ServiceAccount may get kube-public's); a node
+// lists such a name once and watches it only if the Connector exists (the node as deployed,
+// its requests from the audit log).
+func TestTenancyMadeUpConnectorNamesAreNotWatched(t *testing.T) {
+	env := startDeployedDrivers(t, func(o *driver.Options) { o.ConnectorMissingTTL = time.Hour })
+	ns := newNamespace(t)
+	allowConnectors(t, ns, "builder")
+	allowConnectors(t, ns, "ui")
+	token, ui := proxyToken(t, ns, "builder"), apiToken(t, ns, "ui")
+	since := time.Now()
+	for i := range 20 {
+		for range 2 {
+			code, body := do(t, noRedirects, newRequest(t, "GET", fmt.Sprintf("%s/namespaces/%s/connectors/made-up-%d/x", env.proxyURL, ns, i),
+				map[string]string{"Authorization": "Bearer " + token}))
+			if code != http.StatusNotFound {
+				t.Fatalf("the proxy, a made-up name: %d %q, want 404", code, body)
+			}
+			if code, _, st := apiCall(t, "GET", connectorAPI(env, ns, fmt.Sprintf("api-made-up-%d", i), "/git/gitrefs?repositoryUrl=x"), ui); code != http.StatusNotFound {
+				t.Fatalf("the Connectors API, a made-up name: %d %q, want 404", code, st.Message)
+			}
+		}
+	}
+	reads, err := cp.AuditEvents(func(ev *auditv1.Event) bool {
+		return ev.User.Username == controlplane.NodeUser && ev.ObjectRef != nil && ev.ObjectRef.Resource == "connectors" &&
+			ev.ObjectRef.Namespace == ns && !ev.RequestReceivedTimestamp.Time.Before(since)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	verbs := map[string]int{}
+	for _, ev := range reads {
+		verbs[ev.Verb]++
+	}
+	if verbs["watch"] != 0 || verbs["list"] != 40 {
+		t.Errorf("40 made-up names asked for twice each: %v, want 40 lists and no watch", verbs)
+	}
+}
