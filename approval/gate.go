@@ -26,6 +26,7 @@ import (
 	"github.com/kube-connectors/connectors-csi/features"
 	"github.com/kube-connectors/connectors-csi/node"
 	"github.com/kube-connectors/connectors-csi/node/records"
+	"github.com/kube-connectors/connectors-csi/singlecall"
 )
 
 // Gate is the publish side of the approval flow (SPEC §6.3–6.4). With enable-connectors-approval
@@ -168,25 +169,13 @@ func (m *GatingMemo) gated(ctx context.Context, r client.Reader, c *v1alpha1.Con
 	if gated, ok := m.answers.Get(key); ok {
 		return gated.(bool), nil
 	}
-	answer := m.lists.DoChan(key, func() (any, error) {
-		// Not the first asker's context: another waiting on this list may have longer.
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), gatingListTimeout)
-		defer cancel()
+	return singlecall.Do(ctx, &m.lists, key, gatingListTimeout, func(ctx context.Context) (bool, error) {
 		gated, err := listGated(ctx, r, c)
 		if err == nil {
 			m.answers.Add(key, gated, m.ttl)
 		}
 		return gated, err
 	})
-	select {
-	case res := <-answer:
-		if res.Err != nil {
-			return false, res.Err
-		}
-		return res.Val.(bool), nil
-	case <-ctx.Done():
-		return false, ctx.Err()
-	}
 }
 
 // RequestName is the AccessRequest of a Pod for a Connector: readable, unique by the Pod's UID,

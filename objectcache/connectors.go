@@ -34,6 +34,7 @@ import (
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/cachemetrics"
 	"github.com/kube-connectors/connectors-csi/contract"
+	"github.com/kube-connectors/connectors-csi/singlecall"
 )
 
 // Connectors is the on-demand cache of Connectors.
@@ -109,7 +110,7 @@ func (c *Connectors) Lookup(ctx context.Context, nn types.NamespacedName) (*v1al
 			return nil, notFound(nn)
 		}
 	}
-	listed := c.lookups.DoChan(nn.String(), func() (any, error) {
+	w, err := singlecall.Do(ctx, &c.lookups, nn.String(), lookupTimeout, func(ctx context.Context) (*watched, error) {
 		// A lookup that looked before a list of the name ended, and comes after it, finds it.
 		if w := c.watching(nn); w != nil {
 			return w, nil
@@ -119,9 +120,6 @@ func (c *Connectors) Lookup(ctx context.Context, nn types.NamespacedName) (*v1al
 				return nil, nil
 			}
 		}
-		// Not the first caller's context: another waiting on this list may have longer.
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lookupTimeout)
-		defer cancel()
 		found, rv, err := c.listOne(ctx, c.lookupReader(), nn)
 		switch {
 		case err != nil:
@@ -134,18 +132,13 @@ func (c *Connectors) Lookup(ctx context.Context, nn types.NamespacedName) (*v1al
 		}
 		return c.watch(nn, found, rv), nil
 	})
-	select {
-	case res := <-listed:
-		if res.Err != nil {
-			return nil, res.Err
-		}
-		if w, ok := res.Val.(*watched); ok {
-			return c.read(ctx, nn, w)
-		}
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("lookup of Connector %s: %w", nn, err)
+	case w == nil:
 		return nil, notFound(nn)
-	case <-ctx.Done():
-		return nil, fmt.Errorf("lookup of Connector %s: %w", nn, ctx.Err())
 	}
+	return c.read(ctx, nn, w)
 }
 
 // lookupTimeout bounds the list of a Lookup.
