@@ -115,7 +115,11 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 	connectorsProxy, err := proxy.New(lookups, proxyReviewer, flags, proxyKube, caStore, proxy.Config{
 		Rego: regoEngine, GlobalCA: p.globalCA, Passthrough: o.ForwardPassthrough, PassthroughConnectPorts: o.PassthroughConnectPorts,
 		SecretTTL: o.SecretCacheTTL, Egress: p.destinations,
-		Permissions: permissions, PermissionAllowTTL: o.ProxyPermissionTTL, PermissionDenyTTL: o.AuthzDenyTTL, PermissionSettle: o.ProxyPermissionSettle,
+		Permissions: permissions, PermissionAllowTTL: o.ProxyPermissionTTL,
+		// Denials as long as grants: a Pod gated by approval is denied connectors/proxy
+		// namespace-wide before its Pod-scoped grant is asked for, at every expiry; a grant of
+		// its AccessRequest ends the denial at once.
+		PermissionDenyTTL: o.ProxyPermissionTTL, PermissionSettle: o.ProxyPermissionSettle,
 		PermissionCacheSize: o.PermissionCacheSize,
 		TunnelLifetime:      o.TunnelLifetime, UpgradeRecheck: o.UpgradeRecheck, MaxHeaderBytes: o.ProxyMaxHeaderBytes,
 		ReadHeaderTimeout: o.ProxyReadHeaderTimeout, IdleTimeout: o.ProxyIdleTimeout, UpstreamIdleTimeout: o.ProxyUpstreamIdleTimeout,
