@@ -6,10 +6,13 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -37,7 +40,16 @@ type PolicyController struct {
 
 	templates *Templates
 	kinds     *kindChecker
+	// invalid is when each policy with an invalid check was first found so (since its last
+	// change): it is looked at again after as long as it has been invalid, from a minute up to
+	// invalidRecheckMax.
+	invalid sync.Map // types.NamespacedName → time.Time
 }
+
+// invalidRecheckMax bounds how long a policy with an invalid check waits to be looked at
+// again: each look costs the API server reviews of the kinds it names and reads of its
+// grant and templates, and a tenant can make a thousand such policies.
+const invalidRecheckMax = 30 * time.Minute
 
 // SetupWithManager registers the controller.
 func (c *PolicyController) SetupWithManager(mgr ctrl.Manager) error {
@@ -127,6 +139,9 @@ func defaultGrantName(policy string) string { return "connectors-default-" + pol
 func (c *PolicyController) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
 	var cached v1alpha1.AccessPolicy
 	if err := c.Client.Get(ctx, req.NamespacedName, &cached); err != nil {
+		if apierrors.IsNotFound(err) {
+			c.invalid.Delete(req.NamespacedName)
+		}
 		return reconcile.Result{}, client.IgnoreNotFound(err)
 	}
 	p := cached.DeepCopy()
@@ -183,10 +198,31 @@ func (c *PolicyController) Reconcile(ctx context.Context, req reconcile.Request)
 	}
 	if syncErr == nil && checkProblem != "" {
 		// A kind served or allowed later (a CRD installed, RBAC given) makes the check valid:
-		// asked again once the kind checker's answer expires.
-		return reconcile.Result{RequeueAfter: kindAnswerTTL}, nil
+		// asked again once the kind checker's answer expires, then less and less often.
+		return reconcile.Result{RequeueAfter: c.invalidRecheck(req.NamespacedName, p.Generation)}, nil
 	}
+	c.invalid.Delete(req.NamespacedName)
 	return reconcile.Result{}, syncErr
+}
+
+// invalidSince is when a policy (of a generation) was first found with an invalid check.
+type invalidSince struct {
+	generation int64
+	at         time.Time
+}
+
+// invalidRecheck is when to look again at a policy found with an invalid check: after as long
+// as it has been invalid since its last change, at least kindAnswerTTL, at most
+// invalidRecheckMax.
+func (c *PolicyController) invalidRecheck(nn types.NamespacedName, generation int64) time.Duration {
+	now := time.Now()
+	v, _ := c.invalid.LoadOrStore(nn, invalidSince{generation: generation, at: now})
+	since := v.(invalidSince)
+	if since.generation != generation {
+		since = invalidSince{generation: generation, at: now}
+		c.invalid.Store(nn, since)
+	}
+	return min(max(now.Sub(since.at), kindAnswerTTL), invalidRecheckMax)
 }
 
 // validateChecks says what is wrong with the policy's checks, or "".
