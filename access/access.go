@@ -66,6 +66,9 @@ type Config struct {
 	// Name is the Reviewer's in metrics: the reviewer label of its answers, and its decision
 	// cache's size as connectors_cache_entries{cache="authorization_<name>"}.
 	Name string
+	// Keys, for a Reviewer of ServiceAccount tokens only (Audiences set to theirs), refuse a
+	// token none of the issuer's keys signed without a TokenReview; nil: not checked.
+	Keys *IssuerKeys
 }
 
 // decisionCacheSize bounds the decisions a Reviewer keeps: a node's Pods times the Connectors
@@ -117,7 +120,7 @@ func New(kube kubernetes.Interface, cfg Config) (*Reviewer, error) {
 	}
 	r := &Reviewer{
 		audiences: cfg.Audiences,
-		tokens: cache.New(jwtPrecheck{audiences: cfg.Audiences, next: rejectionsAreAnswers{tokenAuth}, now: time.Now},
+		tokens: cache.New(jwtPrecheck{audiences: cfg.Audiences, keys: cfg.Keys, next: rejectionsAreAnswers{tokenAuth}, now: time.Now},
 			false, cfg.TokenTTL, cfg.DenyTTL),
 		authz:     authz,
 		decisions: expirable.NewLRU[string, decision](decisionCacheSize, nil, max(cfg.AllowTTL, cfg.DenyTTL, time.Second)),

@@ -15,7 +15,7 @@ import (
 
 var refusedLocally = prometheus.NewCounterVec(prometheus.CounterOpts{
 	Name: "connectors_tokens_refused_locally_total",
-	Help: "Tokens refused without a TokenReview: not a JWT, expired, or for another audience.",
+	Help: "Tokens refused without a TokenReview: not a JWT, expired, for another audience, or not signed by a key of the API server's ServiceAccount issuer.",
 }, []string{"reason"})
 
 func init() { prometheus.MustRegister(refusedLocally) }
@@ -31,10 +31,12 @@ const clockSkew = time.Minute
 // token that is not a well-formed JWT, has expired, or names none of the expected audiences.
 // Without it every random bearer token an unauthenticated client sends costs a TokenReview,
 // through the same client rate limiter as the driver's other API calls. It only reads the
-// claims: the signature is the API server's to check. It sits behind the token cache, so a
-// valid token pays for it once per cache period.
+// claims, and, with keys, refuses a token that none of the ServiceAccount issuer's keys
+// signed (IssuerKeys); who the token is stays the API server's to say. It sits behind the
+// token cache, so a valid token pays for it once per cache period.
 type jwtPrecheck struct {
 	audiences []string // empty: any audience
+	keys      *IssuerKeys
 	next      authenticator.Token
 	now       func() time.Time
 }
@@ -45,7 +47,7 @@ type claims struct {
 }
 
 func (j jwtPrecheck) AuthenticateToken(ctx context.Context, token string) (*authenticator.Response, bool, error) {
-	if reason := j.refusal(token); reason != "" {
+	if reason := j.refusal(ctx, token); reason != "" {
 		refusedLocally.WithLabelValues(reason).Inc()
 		return nil, false, nil
 	}
@@ -59,7 +61,7 @@ func jwtShaped(token string) bool {
 }
 
 // refusal says why a token is refused locally, or "".
-func (j jwtPrecheck) refusal(token string) string {
+func (j jwtPrecheck) refusal(ctx context.Context, token string) string {
 	parts := strings.Split(token, ".")
 	if !jwtShaped(token) {
 		return "malformed"
@@ -77,6 +79,9 @@ func (j jwtPrecheck) refusal(token string) string {
 	}
 	if len(j.audiences) > 0 && !slices.ContainsFunc(audiences(c.Aud), func(a string) bool { return slices.Contains(j.audiences, a) }) {
 		return "audience"
+	}
+	if j.keys != nil && j.keys.check(ctx, token) == notSignedByIssuer {
+		return "signature"
 	}
 	return ""
 }

@@ -1,6 +1,7 @@
 package access
 
 import (
+	"context"
 	"encoding/base64"
 	"fmt"
 	"testing"
@@ -30,12 +31,12 @@ func TestJWTPrecheck(t *testing.T) {
 		"a.b.c.d":                                                                "malformed",
 		token(`{"exp":`+exp(time.Hour)+`,"aud":["connectors-csi"]}`) + "." + "x": "malformed",
 	} {
-		if got := j.refusal(tok); got != want {
+		if got := j.refusal(context.Background(), tok); got != want {
 			t.Errorf("refusal(%q) = %q, want %q", tok, got, want)
 		}
 	}
 	anyAudience := jwtPrecheck{now: func() time.Time { return now }}
-	if got := anyAudience.refusal(token(`{"exp":` + exp(time.Hour) + `,"aud":["kubernetes"]}`)); got != "" {
+	if got := anyAudience.refusal(context.Background(), token(`{"exp":`+exp(time.Hour)+`,"aud":["kubernetes"]}`)); got != "" {
 		t.Errorf("without audiences: %q", got)
 	}
 }

@@ -70,8 +70,11 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 	// Publishes review with the process's client; the proxy and the Connectors API, which any
 	// client on the network can call, with their own client and rate limit, so that a flood of
 	// requests cannot starve publishes.
+	// Pod tokens are for the driver's audience: a token none of the ServiceAccount issuer's
+	// keys signed is refused before any TokenReview.
+	keys := access.NewIssuerKeys(p.kube)
 	reviewer, err := access.New(p.kube, access.Config{Audiences: []string{o.TokenAudience}, TokenTTL: o.TokenCacheTTL,
-		AllowTTL: o.AuthzAllowTTL, DenyTTL: o.AuthzDenyTTL, Name: "publish"})
+		AllowTTL: o.AuthzAllowTTL, DenyTTL: o.AuthzDenyTTL, Name: "publish", Keys: keys})
 	if err != nil {
 		return err
 	}
@@ -83,7 +86,7 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 		return err
 	}
 	proxyReviewer, err := access.New(proxyKube, access.Config{Audiences: []string{o.TokenAudience}, TokenTTL: o.TokenCacheTTL,
-		AllowTTL: o.AuthzAllowTTL, DenyTTL: o.AuthzDenyTTL, Name: "proxy"})
+		AllowTTL: o.AuthzAllowTTL, DenyTTL: o.AuthzDenyTTL, Name: "proxy", Keys: keys})
 	if err != nil {
 		return err
 	}
@@ -94,7 +97,7 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 		return err
 	}
 	// Uncached: the proxy caches these decisions per Pod and drops them on AccessRequest events.
-	permissions, err := access.New(proxyKube, access.Config{Audiences: []string{o.TokenAudience}, TokenTTL: o.TokenCacheTTL, Name: "proxy_permissions"})
+	permissions, err := access.New(proxyKube, access.Config{Audiences: []string{o.TokenAudience}, TokenTTL: o.TokenCacheTTL, Name: "proxy_permissions", Keys: keys})
 	if err != nil {
 		return err
 	}

@@ -8,6 +8,8 @@ package e2e
 import (
 	"bufio"
 	"context"
+	cryptorand "crypto/rand"
+	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
@@ -19,11 +21,14 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -1337,5 +1342,54 @@ func TestTenancyMadeUpConnectorNamesAreNotWatched(t *testing.T) {
 	}
 	if verbs["watch"] != 0 || verbs["list"] != 40 {
 		t.Errorf("40 made-up names asked for twice each: %v, want 40 lists and no watch", verbs)
+	}
+}
+
+// TestTenancyForgedTokensCostNoReview: a token for the driver's audience, not expired and well
+// formed, is anyone's to make; one that none of the ServiceAccount issuer's keys signed is
+// refused by the node before any TokenReview (the node as deployed, its keys read from the
+// API server's /openid/v1/jwks, its reviews from the audit log), and a real one still passes.
+func TestTenancyForgedTokensCostNoReview(t *testing.T) {
+	tool := startGitServer(t, false)
+	env := startDeployedDrivers(t, nil)
+	ns := newNamespace(t)
+	gitConnector(t, ns, "tool", gitClass(t), tool)
+	allowConnectors(t, ns, "builder", "tool")
+	url := env.proxyURL + "/namespaces/" + ns + "/connectors/tool/repo.git/info/refs?service=git-upload-pack"
+	get := func(token string) (int, string) {
+		return do(t, noRedirects, newRequest(t, "GET", url, map[string]string{"Authorization": "Bearer " + token}))
+	}
+	if code, body := get(proxyToken(t, ns, "builder")); code != http.StatusOK {
+		t.Fatalf("a real token: %d %q", code, body)
+	}
+	forger, err := rsa.GenerateKey(cryptorand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.RS256, Key: jose.JSONWebKey{Key: forger, KeyID: "forged"}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	since := time.Now()
+	for i := range 30 {
+		token, err := jwt.Signed(signer).Claims(map[string]any{"iss": "https://kubernetes.default.svc.cluster.local",
+			"sub": "system:serviceaccount:" + ns + ":builder", "aud": []string{driverName}, "exp": time.Now().Add(time.Hour).Unix(),
+			"jti": strconv.Itoa(i)}).Serialize()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if code, body := get(token); code != http.StatusUnauthorized {
+			t.Fatalf("forged token %d: %d %q, want 401", i, code, body)
+		}
+	}
+	reviews, err := cp.AuditEvents(func(ev *auditv1.Event) bool {
+		return ev.User.Username == controlplane.NodeUser && ev.Verb == "create" && ev.ObjectRef != nil &&
+			ev.ObjectRef.Resource == "tokenreviews" && !ev.RequestReceivedTimestamp.Time.Before(since)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(reviews) != 0 {
+		t.Errorf("30 forged tokens cost %d TokenReviews, want none", len(reviews))
 	}
 }
