@@ -3,11 +3,16 @@ package access
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
+	"golang.org/x/sync/singleflight"
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/kube-connectors/connectors-csi/singlecall"
 )
 
 // IssuerKeys are the keys the API server's ServiceAccount tokens are signed with, as it
@@ -19,21 +24,33 @@ import (
 //
 // Written here, on go-jose's signature check: k8s.io/apiserver's OIDC authenticator finds its
 // keys through the issuer's URL, which a node may not reach, and answers who a token is,
-// which is the TokenReview's to say; this only rules tokens out.
+// which is the TokenReview's to say; this only rules tokens out, and only while the keys it
+// holds are the issuer's as last read.
 type IssuerKeys struct {
 	fetch func(context.Context) ([]byte, error)
 	now   func() time.Time
 
-	mu        sync.Mutex
-	keys      *jose.JSONWebKeySet // nil until a fetch succeeded
-	fetchedAt time.Time           // of the last fetch, successful or not
+	// current are the keys of the last successful read; nil before one.
+	current atomic.Pointer[heldKeys]
+	// lastTry is when a read was last started; lastFailed whether the last one failed (then
+	// a token naming a key the keys lack goes to the TokenReview: the issuer may have rotated).
+	mu         sync.Mutex
+	lastTry    time.Time
+	lastFailed bool
+	reads      singleflight.Group
 }
 
-// Keys are fetched again when older than keysMaxAge, and when a token names a key they do not
-// hold and the last fetch is older than keysRefetch (a rotation); keysFetchTimeout bounds one.
+type heldKeys struct {
+	set  jose.JSONWebKeySet
+	read time.Time
+}
+
+// Keys are read again in the background once older than keysMaxAge, and at once for a token
+// naming a key they lack, unless a read started within keysRefetch (a made-up key ID costs
+// the API server one read per keysRefetch at most); keysFetchTimeout bounds one read.
 const (
 	keysMaxAge       = 5 * time.Minute
-	keysRefetch      = 30 * time.Second
+	keysRefetch      = 5 * time.Second
 	keysFetchTimeout = 10 * time.Second
 )
 
@@ -52,7 +69,7 @@ const (
 	signedByIssuer signatureVerdict = iota
 	// notSignedByIssuer: the keys are known, and none of them verifies it.
 	notSignedByIssuer
-	// keysUnknown: the keys could not be read; the TokenReview decides.
+	// keysUnknown: the keys could not be read (or not lately); the TokenReview decides.
 	keysUnknown
 )
 
@@ -60,49 +77,83 @@ const (
 var tokenAlgorithms = []jose.SignatureAlgorithm{jose.RS256, jose.RS384, jose.RS512, jose.ES256, jose.ES384, jose.ES512,
 	jose.PS256, jose.PS384, jose.PS512, jose.EdDSA}
 
-// check says whether token is signed by one of the issuer's keys.
+// check says whether token is signed by one of the issuer's keys: the key its header names, or,
+// naming none, any (as the API server tries them).
 func (k *IssuerKeys) check(ctx context.Context, token string) signatureVerdict {
 	sig, err := jose.ParseSignedCompact(token, tokenAlgorithms)
 	if err != nil || len(sig.Signatures) != 1 {
 		return notSignedByIssuer
 	}
 	kid := sig.Signatures[0].Header.KeyID
-	keys := k.keysFor(ctx, kid)
-	if keys == nil {
+	held := k.keysFor(ctx, kid)
+	if held == nil {
 		return keysUnknown
 	}
-	for _, key := range keys.Key(kid) {
+	candidates := held.set.Keys
+	if kid != "" {
+		candidates = held.set.Key(kid)
+	}
+	for _, key := range candidates {
 		if _, err := sig.Verify(key); err == nil {
 			return signedByIssuer
 		}
 	}
+	if len(candidates) == 0 && k.failedLately() {
+		return keysUnknown
+	}
 	return notSignedByIssuer
 }
 
-// keysFor returns the keys, fetched again when they are old, or hold no key kid and were not
-// fetched just now; nil when they could never be read.
-func (k *IssuerKeys) keysFor(ctx context.Context, kid string) *jose.JSONWebKeySet {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	age := k.now().Sub(k.fetchedAt)
-	stale := k.keys == nil || age > keysMaxAge || len(k.keys.Key(kid)) == 0
-	if stale && (k.fetchedAt.IsZero() || age > keysRefetch) {
-		k.refetch(ctx)
+// keysFor returns the keys to check a token naming kid with: read at once when there are none
+// yet, or they lack kid and no read started within keysRefetch (callers wait for one read
+// together); read again in the background when old. nil when they could not be read.
+func (k *IssuerKeys) keysFor(ctx context.Context, kid string) *heldKeys {
+	held := k.current.Load()
+	lacks := held == nil || kid != "" && len(held.set.Key(kid)) == 0
+	switch {
+	case lacks && k.startRead():
+		_, _ = singlecall.Do(ctx, &k.reads, "", keysFetchTimeout, func(ctx context.Context) (struct{}, error) {
+			return struct{}{}, k.read(ctx)
+		})
+		return k.current.Load()
+	case held != nil && k.now().Sub(held.read) > keysMaxAge && k.startRead():
+		go func() { _ = k.read(context.Background()) }()
 	}
-	return k.keys
+	return held
 }
 
-// refetch reads the keys; a failure keeps those read before.
-func (k *IssuerKeys) refetch(ctx context.Context) {
-	k.fetchedAt = k.now()
+// startRead tells whether a read may start now (none started within keysRefetch), and marks
+// one started.
+func (k *IssuerKeys) startRead() bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if !k.lastTry.IsZero() && k.now().Sub(k.lastTry) < keysRefetch {
+		return false
+	}
+	k.lastTry = k.now()
+	return true
+}
+
+func (k *IssuerKeys) failedLately() bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.lastFailed
+}
+
+// read reads the keys; a failure keeps those read before, and says so (failedLately).
+func (k *IssuerKeys) read(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, keysFetchTimeout)
 	defer cancel()
 	raw, err := k.fetch(ctx)
-	if err != nil {
-		return
-	}
 	var set jose.JSONWebKeySet
-	if json.Unmarshal(raw, &set) == nil && len(set.Keys) > 0 {
-		k.keys = &set
+	if err == nil && (json.Unmarshal(raw, &set) != nil || len(set.Keys) == 0) {
+		err = errors.New("the issuer's keys are not a JSON Web Key Set")
 	}
+	k.mu.Lock()
+	k.lastFailed = err != nil
+	k.mu.Unlock()
+	if err == nil {
+		k.current.Store(&heldKeys{set: set, read: k.now()})
+	}
+	return err
 }

@@ -8,6 +8,7 @@ import (
 	"crypto/rsa"
 	"encoding/json"
 	"errors"
+	"sync"
 	"testing"
 	"time"
 
@@ -32,11 +33,12 @@ func signedToken(t *testing.T, key any, alg jose.SignatureAlgorithm, kid string,
 	return token
 }
 
-// TestIssuerKeysRuleOutTokensTheIssuerDidNotSign: a token signed by a published key passes; one
-// signed by another key, under a published kid or another, does not (the keys are fetched
-// again for an unknown kid, at most every keysRefetch, so that a rotation is seen and a flood
-// of made-up kids is not a flood of fetches); while the keys cannot be read, the TokenReview
-// decides.
+// TestIssuerKeysRuleOutTokensTheIssuerDidNotSign: a token signed by a published key passes,
+// naming it or no key (the API server then tries them all); one signed by another key, under a
+// published key ID or a made-up one, does not, and made-up IDs at once cost one read of the
+// keys; a key published since is found once keysRefetch has passed (a rotation); a key the
+// keys lack while they cannot be read goes to the TokenReview, as does every token before the
+// keys were ever read.
 func TestIssuerKeysRuleOutTokensTheIssuerDidNotSign(t *testing.T) {
 	issuer, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
@@ -50,17 +52,22 @@ func TestIssuerKeysRuleOutTokensTheIssuerDidNotSign(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var mu sync.Mutex // guards published, unreachable, fetches and now
 	published := []jose.JSONWebKey{{Key: issuer.Public(), KeyID: "a", Algorithm: "RS256", Use: "sig"}}
 	now := time.Unix(1_000_000, 0)
-	fetches := 0
-	var unreachable bool
-	keys := &IssuerKeys{now: func() time.Time { return now }, fetch: func(context.Context) ([]byte, error) {
-		fetches++
-		if unreachable {
-			return nil, errors.New("forbidden")
-		}
-		return json.Marshal(jose.JSONWebKeySet{Keys: published})
-	}}
+	fetches, unreachable := 0, false
+	keys := &IssuerKeys{
+		now: func() time.Time { mu.Lock(); defer mu.Unlock(); return now },
+		fetch: func(context.Context) ([]byte, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			fetches++
+			if unreachable {
+				return nil, errors.New("forbidden")
+			}
+			return json.Marshal(jose.JSONWebKeySet{Keys: published})
+		}}
+	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
 	ctx := context.Background()
 	claims := `{"aud":["connectors"],"exp":2000000000}`
 	check := func(token string, want signatureVerdict, what string) {
@@ -70,26 +77,41 @@ func TestIssuerKeysRuleOutTokensTheIssuerDidNotSign(t *testing.T) {
 		}
 	}
 	check(signedToken(t, issuer, jose.RS256, "a", claims), signedByIssuer, "signed by the issuer")
-	check(signedToken(t, forger, jose.RS256, "a", claims), notSignedByIssuer, "forged under the issuer's kid")
+	check(signedToken(t, issuer, jose.RS256, "", claims), signedByIssuer, "signed by the issuer, naming no key")
+	check(signedToken(t, forger, jose.RS256, "a", claims), notSignedByIssuer, "forged under the issuer's key ID")
+	check(signedToken(t, forger, jose.RS256, "", claims), notSignedByIssuer, "forged, naming no key")
 	check("eyJhbGciOiJub25lIn0.eyJleHAiOjJ9.", notSignedByIssuer, "unsigned")
-	fetchesBefore := fetches
-	for range 100 {
-		check(signedToken(t, forger, jose.RS256, "made-up", claims), notSignedByIssuer, "forged under a made-up kid")
-	}
-	if fetches-fetchesBefore > 1 {
-		t.Errorf("100 made-up kids at once fetched the keys %d times, want at most once", fetches-fetchesBefore)
-	}
-	// A rotation: the new key is published; a token signed with it is seen once the keys are
-	// fetched again (an unknown kid, past keysRefetch).
-	published = append(published, jose.JSONWebKey{Key: rotated.Public(), KeyID: "b", Algorithm: "ES256", Use: "sig"})
-	now = now.Add(keysRefetch + time.Second)
-	check(signedToken(t, rotated, jose.ES256, "b", claims), signedByIssuer, "signed by a key published since")
 
-	unknown := &IssuerKeys{now: time.Now, fetch: func(context.Context) ([]byte, error) { return nil, errors.New("forbidden") }}
-	if got := unknown.check(ctx, signedToken(t, forger, jose.RS256, "a", claims)); got != keysUnknown {
-		t.Errorf("keys that cannot be read: %v, want the TokenReview to decide", got)
+	advance(keysRefetch + time.Second)
+	mu.Lock()
+	fetchesBefore := fetches
+	mu.Unlock()
+	forged := signedToken(t, forger, jose.RS256, "made-up", claims)
+	var wg sync.WaitGroup
+	for range 100 {
+		wg.Go(func() { check(forged, notSignedByIssuer, "forged under a made-up key ID") })
 	}
+	wg.Wait()
+	mu.Lock()
+	if fetches-fetchesBefore != 1 {
+		t.Errorf("100 made-up key IDs at once read the keys %d times, want once", fetches-fetchesBefore)
+	}
+	published = append(published, jose.JSONWebKey{Key: rotated.Public(), KeyID: "b", Algorithm: "ES256", Use: "sig"})
+	mu.Unlock()
+	newKey := signedToken(t, rotated, jose.ES256, "b", claims)
+	check(newKey, notSignedByIssuer, "signed by a key published within keysRefetch of the last read")
+	advance(keysRefetch + time.Second)
+	check(newKey, signedByIssuer, "signed by a key published since, keysRefetch later")
+
+	mu.Lock()
 	unreachable = true
-	now = now.Add(keysMaxAge + time.Second)
-	check(signedToken(t, issuer, jose.RS256, "a", claims), signedByIssuer, "keys read before, not again now")
+	mu.Unlock()
+	advance(keysRefetch + time.Second)
+	check(signedToken(t, forger, jose.RS256, "c", claims), keysUnknown, "a key the keys lack while they cannot be read")
+	check(newKey, signedByIssuer, "a key read before, while the keys cannot be read")
+
+	never := &IssuerKeys{now: time.Now, fetch: func(context.Context) ([]byte, error) { return nil, errors.New("forbidden") }}
+	if got := never.check(ctx, signedToken(t, forger, jose.RS256, "a", claims)); got != keysUnknown {
+		t.Errorf("keys never read: %v, want the TokenReview to decide", got)
+	}
 }

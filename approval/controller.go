@@ -414,19 +414,19 @@ func (c *Controller) evaluate(ctx context.Context, ar *v1alpha1.AccessRequest) (
 		}
 		return c.retain(ctx, ar)
 	}
+	ref := ar.Spec.Context.ObjectRef
+	var pod corev1.Pod
+	podErr := c.Reader.Get(ctx, types.NamespacedName{Namespace: ref.Namespace, Name: ref.Name}, &pod)
 	var connector v1alpha1.Connector
 	connErr := c.Client.Get(ctx, types.NamespacedName{Namespace: ar.Namespace, Name: ar.Spec.ConnectorRef.Name}, &connector)
-	if connErr != nil && !apierrors.IsNotFound(connErr) {
-		return reconcile.Result{}, connErr
-	}
-	ref := ar.Spec.Context.ObjectRef
-	pod, podErr := c.readPod(ctx, ar, connErr)
-	if podErr != nil && !apierrors.IsNotFound(podErr) {
-		return reconcile.Result{}, podErr
+	for _, err := range []error{podErr, connErr} {
+		if err != nil && !apierrors.IsNotFound(err) {
+			return reconcile.Result{}, err
+		}
 	}
 
-	why := revocation(ar, pod, podErr, connErr)
-	subject := podSubject(pod)
+	why := revocation(ar, &pod, podErr, connErr)
+	subject := podSubject(&pod)
 	switch {
 	case ref.UID == "":
 		// Alauda's schema lets the UID out; binding by name alone would let a later Pod of the
@@ -468,7 +468,7 @@ func (c *Controller) evaluate(ctx context.Context, ar *v1alpha1.AccessRequest) (
 	}
 	c.setCondition(ar, v1alpha1.ConditionAccessPolicyMatched, metav1.ConditionTrue, "Matched", "AccessPolicy %s", strings.Join(names, ", "))
 
-	rctx, err := c.requestContext(ctx, pod, &connector)
+	rctx, err := c.requestContext(ctx, &pod, &connector)
 	if err != nil {
 		return reconcile.Result{}, err
 	}
@@ -538,22 +538,6 @@ func (c *Controller) refuseSubject(ctx context.Context, ar *v1alpha1.AccessReque
 }
 
 // revocation says why a request's access must end, or "".
-// readPod reads the request's Pod from the API server's watch cache (a GET without a resource
-// version is read from etcd, and every live request's Pod is read at each recheck), and again
-// from etcd when what the cache says would revoke the request (the cache may lag: a Pod not
-// seen yet, or seen as it was, must not revoke a running Pod's grant).
-func (c *Controller) readPod(ctx context.Context, ar *v1alpha1.AccessRequest, connErr error) (*corev1.Pod, error) {
-	ref := ar.Spec.Context.ObjectRef
-	nn := types.NamespacedName{Namespace: ref.Namespace, Name: ref.Name}
-	pod := &corev1.Pod{}
-	err := c.Reader.Get(ctx, nn, pod, &client.GetOptions{Raw: &metav1.GetOptions{ResourceVersion: "0"}})
-	if err != nil && !apierrors.IsNotFound(err) || revocation(ar, pod, err, connErr) == "" {
-		return pod, err
-	}
-	pod = &corev1.Pod{}
-	return pod, c.Reader.Get(ctx, nn, pod)
-}
-
 func revocation(ar *v1alpha1.AccessRequest, pod *corev1.Pod, podErr, connErr error) string {
 	switch {
 	case ar.Annotations[AnnotationRevoked] != "":

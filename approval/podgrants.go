@@ -2,9 +2,7 @@ package approval
 
 import (
 	"context"
-	"time"
 
-	"golang.org/x/sync/singleflight"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/types"
@@ -12,7 +10,6 @@ import (
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/node/records"
-	"github.com/kube-connectors/connectors-csi/singlecall"
 )
 
 // PodGrants tells whether a grant scoped to a Pod (connectors/proxy/v1/pod/<ns>/<name>) may be
@@ -33,10 +30,6 @@ type PodGrants struct {
 	// grant), which a read of the watch cache as it happens to be (resourceVersion 0) may not.
 	// API servers from 1.31 serve it from their watch cache once that has caught up.
 	Live client.Reader
-
-	// lists shares a list among the concurrent askers of one Pod name (the proxy's answers
-	// expire together for all the requests of a Pod in flight).
-	lists singleflight.Group
 }
 
 // OfAnotherPod tells whether a Pod-scoped grant of Connector connector that allows the Pod
@@ -53,21 +46,15 @@ func (g *PodGrants) OfAnotherPod(ctx context.Context, connector types.Namespaced
 	case !apierrors.IsNotFound(err):
 		return false, err
 	}
-	key := connector.Namespace + "/" + podNamespace + "/" + podName
-	live, err := singlecall.Do(ctx, &g.lists, key, liveListTimeout, func(ctx context.Context) ([]v1alpha1.AccessRequest, error) {
-		var live v1alpha1.AccessRequestList
-		err := g.Live.List(ctx, &live, client.InNamespace(connector.Namespace), client.MatchingLabels(podLabels(podNamespace, podName)))
-		return live.Items, err
-	})
-	if err != nil {
+	// Not shared with a list already in flight: one that started before this caller's review
+	// may not see a status written before the grant the review allowed it by.
+	var live v1alpha1.AccessRequestList
+	if err := g.Live.List(ctx, &live, client.InNamespace(connector.Namespace), client.MatchingLabels(podLabels(podNamespace, podName))); err != nil {
 		return false, err
 	}
-	foreign, _ := grantOwner(live, connector.Name, podNamespace, podName, podUID)
+	foreign, _ := grantOwner(live.Items, connector.Name, podNamespace, podName, podUID)
 	return foreign, nil
 }
-
-// liveListTimeout bounds a list of PodGrants.Live.
-const liveListTimeout = 30 * time.Second
 
 // grantOwner reads the requests of one Pod name in a Connector's namespace: settled when the
 // Pod's own request (by UID) for the Connector holds a grant, which then is the Pod's whatever

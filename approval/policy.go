@@ -199,14 +199,16 @@ func (c *PolicyController) Reconcile(ctx context.Context, req reconcile.Request)
 	if syncErr == nil && checkProblem != "" {
 		// A kind served or allowed later (a CRD installed, RBAC given) makes the check valid:
 		// asked again once the kind checker's answer expires, then less and less often.
-		return reconcile.Result{RequeueAfter: c.invalidRecheck(req.NamespacedName, p.Generation)}, nil
+		return reconcile.Result{RequeueAfter: c.invalidRecheck(req.NamespacedName, p.UID, p.Generation)}, nil
 	}
 	c.invalid.Delete(req.NamespacedName)
 	return reconcile.Result{}, syncErr
 }
 
-// invalidSince is when a policy (of a generation) was first found with an invalid check.
+// invalidSince is when a policy (by UID and generation: one made again under the name is
+// another) was first found with an invalid check.
 type invalidSince struct {
+	uid        types.UID
 	generation int64
 	at         time.Time
 }
@@ -214,12 +216,12 @@ type invalidSince struct {
 // invalidRecheck is when to look again at a policy found with an invalid check: after as long
 // as it has been invalid since its last change, at least kindAnswerTTL, at most
 // invalidRecheckMax.
-func (c *PolicyController) invalidRecheck(nn types.NamespacedName, generation int64) time.Duration {
+func (c *PolicyController) invalidRecheck(nn types.NamespacedName, uid types.UID, generation int64) time.Duration {
 	now := time.Now()
-	v, _ := c.invalid.LoadOrStore(nn, invalidSince{generation: generation, at: now})
+	v, _ := c.invalid.LoadOrStore(nn, invalidSince{uid: uid, generation: generation, at: now})
 	since := v.(invalidSince)
-	if since.generation != generation {
-		since = invalidSince{generation: generation, at: now}
+	if since.uid != uid || since.generation != generation {
+		since = invalidSince{uid: uid, generation: generation, at: now}
 		c.invalid.Store(nn, since)
 	}
 	return min(max(now.Sub(since.at), kindAnswerTTL), invalidRecheckMax)

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
@@ -53,9 +54,9 @@ func startController(ctx context.Context, g *errgroup.Group, p *process, ready *
 	if err := (&connectorstatus.Reconciler{
 		Client: mgr.GetClient(),
 		// A Secret is read at most once per recheck interval, whatever the events.
-		Secrets: secretcache.New(func(ctx context.Context, ns, name string) (*corev1.Secret, error) {
-			return p.kube.CoreV1().Secrets(ns).Get(ctx, name, secretcache.FromWatchCache)
-		}, o.StatusRecheck, o.SecretCacheSize, o.SecretCacheBytes, "status_secrets"),
+		Secrets: secretcache.New(secretcache.FromWatchCache(func(ctx context.Context, ns, name string, opts metav1.GetOptions) (*corev1.Secret, error) {
+			return p.kube.CoreV1().Secrets(ns).Get(ctx, name, opts)
+		}), o.StatusRecheck, o.SecretCacheSize, o.SecretCacheBytes, "status_secrets"),
 		ProxyURL: o.ProxyURL, ClusterDomain: o.ClusterDomain,
 		Transports: trust.NewTransports(o.TransportCacheSize, "probe_transports", func(roots *x509.CertPool) *http.Transport {
 			// A probed tool is whoever the Connector's owner points it at: its answer head is

@@ -70,18 +70,19 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 	// Publishes review with the process's client; the proxy and the Connectors API, which any
 	// client on the network can call, with their own client and rate limit, so that a flood of
 	// requests cannot starve publishes.
-	// Pod tokens are for the driver's audience: a token none of the ServiceAccount issuer's
-	// keys signed is refused before any TokenReview.
-	keys := access.NewIssuerKeys(p.kube)
-	reviewer, err := access.New(p.kube, access.Config{Audiences: []string{o.TokenAudience}, TokenTTL: o.TokenCacheTTL,
-		AllowTTL: o.AuthzAllowTTL, DenyTTL: o.AuthzDenyTTL, Name: "publish", Keys: keys})
-	if err != nil {
-		return err
-	}
 	authCfg := rest.CopyConfig(p.cfg)
 	authCfg.QPS, authCfg.Burst = float32(o.ProxyAuthQPS), o.ProxyAuthBurst
 	authCfg.RateLimiter = flowcontrol.NewTokenBucketRateLimiter(authCfg.QPS, authCfg.Burst)
 	proxyKube, err := kubernetes.NewForConfig(authCfg)
+	if err != nil {
+		return err
+	}
+	// Pod tokens are for the driver's audience: a token none of the ServiceAccount issuer's
+	// keys signed is refused before any TokenReview. The keys are read again when a token
+	// names one they lack, which any client may cause: with the proxy's client.
+	keys := access.NewIssuerKeys(proxyKube)
+	reviewer, err := access.New(p.kube, access.Config{Audiences: []string{o.TokenAudience}, TokenTTL: o.TokenCacheTTL,
+		AllowTTL: o.AuthzAllowTTL, DenyTTL: o.AuthzDenyTTL, Name: "publish", Keys: keys})
 	if err != nil {
 		return err
 	}

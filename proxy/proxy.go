@@ -170,9 +170,9 @@ func New(objects client.Reader, reviewer Reviewer, flags *features.Source, kube 
 		objects:  objects,
 		reviewer: reviewer,
 		flags:    flags,
-		secrets: secretcache.New(func(ctx context.Context, ns, name string) (*corev1.Secret, error) {
-			return kube.CoreV1().Secrets(ns).Get(ctx, name, secretcache.FromWatchCache)
-		}, cfg.SecretTTL, cfg.SecretCacheSize, cfg.SecretCacheBytes, "secrets").RememberMissing(),
+		secrets: secretcache.New(secretcache.FromWatchCache(func(ctx context.Context, ns, name string, opts metav1.GetOptions) (*corev1.Secret, error) {
+			return kube.CoreV1().Secrets(ns).Get(ctx, name, opts)
+		}), cfg.SecretTTL, cfg.SecretCacheSize, cfg.SecretCacheBytes, "secrets").RememberMissing(),
 		rego: cfg.Rego,
 		transports: trust.NewTransports(cfg.TransportCacheSize, "transports", func(roots *x509.CertPool) *http.Transport {
 			return newUpstreamTransport(cfg.Egress, roots, cfg.UpstreamIdleTimeout, cfg.MaxHeaderBytes)
@@ -525,7 +525,9 @@ func (p *Proxy) connector(ctx context.Context, nn types.NamespacedName) (*v1alph
 		case apierrors.IsRequestEntityTooLargeError(err): // the node keeps no Connector so large
 			return nil, nil, refusef(http.StatusPreconditionFailed, "%v", err)
 		}
-		return nil, nil, err
+		// The API server did not answer (a list refused, throttled or timed out): the
+		// client may try again, and it is no fault of the tool's.
+		return nil, nil, refusef(http.StatusServiceUnavailable, "cannot read Connector %s now: %v", nn, err)
 	}
 	var class v1alpha1.ConnectorClass
 	if err := p.objects.Get(ctx, types.NamespacedName{Name: c.Spec.ConnectorClassName}, &class); err != nil {

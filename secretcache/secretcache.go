@@ -21,10 +21,20 @@ import (
 // GetFunc reads one Secret from the API server.
 type GetFunc func(ctx context.Context, namespace, name string) (*corev1.Secret, error)
 
-// FromWatchCache are the options of a Secret's read: from the API server's watch cache, not
-// etcd (a GET without a resource version is read from etcd). A Secret changed a moment ago may
+// FromWatchCache is a GetFunc over get that reads from the API server's watch cache, not etcd
+// (a GET without a resource version is read from etcd), and, when the watch cache says the
+// Secret does not exist, again from etcd: the cache may lag a Secret created a moment ago, and
+// its absence is remembered (RememberMissing) or reported. A Secret changed a moment ago may
 // be read as it was; the cache keeps it for its TTL anyway.
-var FromWatchCache = metav1.GetOptions{ResourceVersion: "0"}
+func FromWatchCache(get func(ctx context.Context, namespace, name string, opts metav1.GetOptions) (*corev1.Secret, error)) GetFunc {
+	return func(ctx context.Context, namespace, name string) (*corev1.Secret, error) {
+		sec, err := get(ctx, namespace, name, metav1.GetOptions{ResourceVersion: "0"})
+		if apierrors.IsNotFound(err) {
+			return get(ctx, namespace, name, metav1.GetOptions{})
+		}
+		return sec, err
+	}
+}
 
 // Cache is a bounded, expiring cache of Secrets in front of a GetFunc.
 type Cache struct {
