@@ -32,7 +32,7 @@ const answerHeadCharge = 1 << 10
 type AnswerLimits struct {
 	perCall, perNamespace, node int64
 
-	mu          sync.Mutex
+	mu          sync.Mutex       // also guards each callBudget's fields
 	total       int64            // bytes held by the calls in flight
 	byNamespace map[string]int64 // of those, by Connector namespace
 }
@@ -53,11 +53,10 @@ func NewAnswerLimits(perCall, node int64) *AnswerLimits {
 var errAnswersRefused = errors.New("the tool's answers are over the Connectors API's bound")
 
 // callBudget is one call's count of the bytes it read, held against its namespace's and the
-// node's bounds until the call ends (release).
+// node's bounds until the call ends (release). Its fields are guarded by its limits' mu.
 type callBudget struct {
 	limits    *AnswerLimits
 	namespace string
-	mu        sync.Mutex
 	read      int64
 	err       error // the bound a read went past, as a Status
 }
@@ -71,52 +70,36 @@ var defaultAnswerLimits = NewAnswerLimits(0, 0)
 
 // take counts n more bytes read, or refuses them past a bound.
 func (b *callBudget) take(n int64) error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
 	l := b.limits
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	switch {
 	case b.err != nil:
 	case b.read+n > l.perCall:
 		b.err = errorf(http.StatusBadGateway, "BadGateway",
 			"the tool's answers are larger than the Connectors API reads for one call (--api-call-max-answer-bytes, %d bytes)", l.perCall)
-	case !l.hold(b.namespace, n):
+	case l.total+n > l.node || l.byNamespace[b.namespace]+n > l.perNamespace:
 		b.err = errorf(http.StatusServiceUnavailable, metav1.StatusReasonServiceUnavailable,
 			"the Connectors API on this node is reading as much of tools' answers as it may, for namespace %s or for the node (--api-node-max-answer-bytes, %d bytes); try again", b.namespace, l.node)
 	default:
 		b.read += n
+		l.total += n
+		l.byNamespace[b.namespace] += n
 		return nil
 	}
 	return errAnswersRefused
 }
 
-// hold counts n more bytes held by a call of namespace, unless that passes a bound.
-func (l *AnswerLimits) hold(namespace string, n int64) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.total+n > l.node || l.byNamespace[namespace]+n > l.perNamespace {
-		return false
-	}
-	l.total += n
-	l.byNamespace[namespace] += n
-	return true
-}
-
-// drop gives back n bytes a call of namespace held.
-func (l *AnswerLimits) drop(namespace string, n int64) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.total -= n
-	if l.byNamespace[namespace] -= n; l.byNamespace[namespace] == 0 {
-		delete(l.byNamespace, namespace)
-	}
-}
-
 // release gives the call's bytes back, and refuses any later read; err is the bound a read
 // went past, if any.
 func (b *callBudget) release() (err error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.limits.drop(b.namespace, b.read)
+	l := b.limits
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.total -= b.read
+	if l.byNamespace[b.namespace] -= b.read; l.byNamespace[b.namespace] == 0 {
+		delete(l.byNamespace, b.namespace)
+	}
 	b.read, err = 0, b.err
 	if b.err == nil {
 		b.err = errAnswersRefused

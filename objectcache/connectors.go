@@ -102,43 +102,45 @@ func (c *Connectors) Get(ctx context.Context, nn types.NamespacedName) (*v1alpha
 // a Pod's volume waits for its creation; a watch per made-up name would cost every node a
 // list and a watch each, and push out the Connectors its volumes use.
 func (c *Connectors) Lookup(ctx context.Context, nn types.NamespacedName) (*v1alpha1.Connector, error) {
-	if w := c.watching(nn); w != nil {
-		return c.read(ctx, nn, w)
-	}
-	if c.missing != nil {
-		if _, ok := c.missing.Get(nn); ok {
-			return nil, notFound(nn)
-		}
-	}
-	w, err := singlecall.Do(ctx, &c.lookups, nn.String(), lookupTimeout, func(ctx context.Context) (*watched, error) {
-		// A lookup that looked before a list of the name ended, and comes after it, finds it.
-		if w := c.watching(nn); w != nil {
-			return w, nil
-		}
-		if c.missing != nil {
-			if _, ok := c.missing.Get(nn); ok {
+	w, missing := c.known(nn)
+	if w == nil && !missing {
+		var err error
+		w, err = singlecall.Do(ctx, &c.lookups, nn.String(), lookupTimeout, func(ctx context.Context) (*watched, error) {
+			// A lookup that looked before a list of the name ended, and comes after it, finds it.
+			if w, missing := c.known(nn); w != nil || missing {
+				return w, nil
+			}
+			found, rv, err := c.listOne(ctx, c.lookupReader(), nn)
+			switch {
+			case err != nil:
+				return nil, err
+			case found == nil:
+				if c.missing != nil {
+					c.missing.Add(nn, struct{}{})
+				}
 				return nil, nil
 			}
+			return c.watch(nn, found, rv), nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("lookup of Connector %s: %w", nn, err)
 		}
-		found, rv, err := c.listOne(ctx, c.lookupReader(), nn)
-		switch {
-		case err != nil:
-			return nil, err
-		case found == nil:
-			if c.missing != nil {
-				c.missing.Add(nn, struct{}{})
-			}
-			return nil, nil
-		}
-		return c.watch(nn, found, rv), nil
-	})
-	switch {
-	case err != nil:
-		return nil, fmt.Errorf("lookup of Connector %s: %w", nn, err)
-	case w == nil:
+	}
+	if w == nil {
 		return nil, notFound(nn)
 	}
 	return c.read(ctx, nn, w)
+}
+
+// known returns the Connector's watch, marked read, or whether it is remembered missing.
+func (c *Connectors) known(nn types.NamespacedName) (w *watched, missing bool) {
+	if w := c.watching(nn); w != nil {
+		return w, false
+	}
+	if c.missing != nil {
+		_, missing = c.missing.Get(nn)
+	}
+	return nil, missing
 }
 
 // lookupTimeout bounds the list of a Lookup.

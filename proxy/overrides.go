@@ -99,7 +99,7 @@ func methodPair[T ~string | ~[]byte](pair T) (value T, ok bool) {
 		switch {
 		case b == '+':
 			b = ' '
-		case b == '%' && i+2 < len(pair) && ishex(pair[i+1]) && ishex(pair[i+2]):
+		case b == '%' && i+2 < len(pair) && isHex(pair[i+1]) && isHex(pair[i+2]):
 			b = unhex(pair[i+1])<<4 | unhex(pair[i+2])
 			i += 2
 		}
@@ -139,10 +139,7 @@ func indexByte[T ~string | ~[]byte](s T, c byte) int {
 	return -1
 }
 
-func ishex(b byte) bool {
-	return '0' <= b && b <= '9' || 'a' <= b && b <= 'f' || 'A' <= b && b <= 'F'
-}
-
+// unhex is the value of a hex digit (isHex).
 func unhex(b byte) byte {
 	switch {
 	case b <= '9':
