@@ -2,6 +2,7 @@ package approval
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -73,6 +74,11 @@ type Controller struct {
 	EvaluationBudget time.Duration
 	// MaxCheckObjects bounds the objects one check reads (0: no bound).
 	MaxCheckObjects int
+	// MaxPolicyBytes bounds the policy specs one request records, their JSON together (0: no
+	// bound). A request keeps its policies' specs as they matched (Alauda's policySpec) and is
+	// kept for Retention after its Pod: without a bound, a tenant's policy of a megabyte would
+	// be copied into etcd once per gated Pod it ever started.
+	MaxPolicyBytes int
 
 	templates *Templates
 	kinds     *kindChecker
@@ -451,8 +457,13 @@ func (c *Controller) evaluate(ctx context.Context, ar *v1alpha1.AccessRequest) (
 	}
 
 	if len(ar.Status.Policies) == 0 {
-		if err := c.snapshotPolicies(ctx, ar, &connector); err != nil {
+		tooLarge, err := c.snapshotPolicies(ctx, ar, &connector)
+		if err != nil {
 			return reconcile.Result{}, err
+		}
+		if tooLarge != "" {
+			c.refusePolicies(ar, tooLarge)
+			return reconcile.Result{}, nil
 		}
 	}
 	if len(ar.Status.Policies) == 0 {
@@ -556,20 +567,45 @@ func revocation(ar *v1alpha1.AccessRequest, pod *corev1.Pod, podErr, connErr err
 	return ""
 }
 
-// snapshotPolicies records every gating policy that selects the Connector, as it is now.
-func (c *Controller) snapshotPolicies(ctx context.Context, ar *v1alpha1.AccessRequest, connector *v1alpha1.Connector) error {
+// snapshotPolicies records every gating policy that selects the Connector, as it is now. When
+// their specs together are larger than MaxPolicyBytes it records none and says so instead: a
+// policy edit wakes the request, which then snapshots again.
+func (c *Controller) snapshotPolicies(ctx context.Context, ar *v1alpha1.AccessRequest, connector *v1alpha1.Connector) (tooLarge string, err error) {
 	var policies v1alpha1.AccessPolicyList
 	if err := c.Client.List(ctx, &policies, client.InNamespace(ar.Namespace)); err != nil {
-		return err
+		return "", err
 	}
 	sort.Slice(policies.Items, func(i, j int) bool { return policies.Items[i].Name < policies.Items[j].Name })
+	var matched []v1alpha1.PolicyStatus
+	var sizes []string
+	total := 0
 	for _, p := range policies.Items {
 		if p.Spec.CheckGrantedPermission == nil || !Selects(&p.Spec.Connector, connector) {
 			continue
 		}
-		ar.Status.Policies = append(ar.Status.Policies, v1alpha1.PolicyStatus{Name: p.Name, PolicySpec: p.Spec.DeepCopy()})
+		spec, err := json.Marshal(&p.Spec)
+		if err != nil {
+			return "", err
+		}
+		total += len(spec)
+		sizes = append(sizes, fmt.Sprintf("%s (%d bytes)", p.Name, len(spec)))
+		matched = append(matched, v1alpha1.PolicyStatus{Name: p.Name, PolicySpec: p.Spec.DeepCopy()})
 	}
-	return nil
+	if c.MaxPolicyBytes > 0 && total > c.MaxPolicyBytes {
+		return fmt.Sprintf("the AccessPolicies selecting Connector %s are %d bytes together, more than the %d a request records (--accessrequest-max-policy-bytes): %s",
+			connector.Name, total, c.MaxPolicyBytes, strings.Join(sizes, ", ")), nil
+	}
+	ar.Status.Policies = matched
+	return "", nil
+}
+
+// refusePolicies fails a request whose policies are too large to record: nothing is granted
+// (nothing was: a grant needs the snapshot) until they are made smaller.
+func (c *Controller) refusePolicies(ar *v1alpha1.AccessRequest, why string) {
+	c.setCondition(ar, v1alpha1.ConditionAccessPolicyMatched, metav1.ConditionFalse, v1alpha1.ReasonPoliciesTooLarge, "%s", why)
+	c.setCondition(ar, v1alpha1.ConditionAccessCheckReady, metav1.ConditionFalse, v1alpha1.ReasonFailed, "%s", why)
+	c.setCondition(ar, v1alpha1.ConditionAccessPermissionSync, metav1.ConditionFalse, v1alpha1.ReasonNoPermissionRequired, "no access is granted: failed")
+	c.setCondition(ar, v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonPoliciesTooLarge, "%s", why)
 }
 
 // Selects reports whether a policy's connector selector selects the Connector.

@@ -101,6 +101,7 @@ func startController(ctx context.Context, g *errgroup.Group, p *process, ready *
 		States:           states,
 		EvaluationBudget: o.EvaluationBudget,
 		MaxCheckObjects:  o.MaxCheckObjects,
+		MaxPolicyBytes:   o.MaxPolicyBytes,
 	}).SetupWithManager(mgr); err != nil {
 		return err
 	}

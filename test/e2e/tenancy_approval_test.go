@@ -877,6 +877,57 @@ func TestTenantChecksReadBoundedObjects(t *testing.T) {
 	}
 }
 
+// TestTenancyLargePoliciesAreNotCopiedIntoRequests: a request records the specs of the
+// policies that select its Connector (status.policies[].policySpec) and is kept for
+// --accessrequest-retention after its Pod. A tenant's policy near the schema's size, copied
+// into every gated Pod's request, would fill etcd; past --accessrequest-max-policy-bytes
+// together (64 KiB by default) the request records none and fails, naming the flag and the
+// policies' sizes. Once the policy is gone the request records the rest and is approved.
+func TestTenancyLargePoliciesAreNotCopiedIntoRequests(t *testing.T) {
+	env, ns := approvalEnv(t)
+	ctx := context.Background()
+	pipelineGate(t, ns)
+	approvalTask(t, ns, "release-1", "approved")
+	bulky := gatingPolicy("bulky", "prod", pipelineCheck)
+	bulky.Namespace = ns
+	for i := range 9 {
+		bulky.Spec.CheckGrantedPermission.Spec.Checks = append(bulky.Spec.CheckGrantedPermission.Spec.Checks, v1alpha1.Check{
+			Name: fmt.Sprintf("filler-%d", i), Spec: &v1alpha1.CheckSpec{
+				Selector: v1alpha1.CheckSelector{ObjectRef: v1alpha1.ObjectKindRef{APIVersion: "v1", Kind: "ConfigMap"}},
+				State:    &v1alpha1.CheckState{CEL: `"` + strings.Repeat("x", 8000) + `" != ""`}}})
+	}
+	create(t, bulky)
+
+	pod := pipelineRunPod(t, env.kubelet, ns, "release-1", "promote", map[string]string{"connectors": "prod"})
+	want := "more than the 65536 a request records (--accessrequest-max-policy-bytes): bulky ("
+	if err := publishOutcome(t, env, pod); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), want) {
+		t.Fatalf("publish with a bulky policy: %v, want FailedPrecondition naming %q", err, want)
+	}
+	key := types.NamespacedName{Namespace: ns, Name: approval.RequestName("prod", records.Pod{Namespace: ns, Name: pod.Name, UID: string(pod.UID)})}
+	var ar v1alpha1.AccessRequest
+	if err := cp.Client.Get(ctx, key, &ar); err != nil {
+		t.Fatal(err)
+	}
+	if len(ar.Status.Policies) != 0 {
+		t.Errorf("the failed request recorded %d policies", len(ar.Status.Policies))
+	}
+	if c := meta.FindStatusCondition(ar.Status.Conditions, v1alpha1.ConditionAccessPolicyMatched); c == nil || c.Reason != v1alpha1.ReasonPoliciesTooLarge {
+		t.Errorf("AccessPolicyMatched: %+v, want reason %s", c, v1alpha1.ReasonPoliciesTooLarge)
+	}
+
+	if err := cp.Client.Delete(ctx, bulky); err != nil {
+		t.Fatal(err)
+	}
+	// kubelet retries the failed publish; the policy's delete wakes the request.
+	var err error
+	if !kubelet.WaitUntil(20*time.Second, func() bool { err = env.kubelet.Publish(ctx, pod, "connectors"); return err == nil }) {
+		t.Fatalf("publish once the bulky policy is gone: %v", err)
+	}
+	if err := cp.Client.Get(ctx, key, &ar); err != nil || len(ar.Status.Policies) != 1 || ar.Status.Policies[0].PolicySpec == nil {
+		t.Errorf("the approved request's policies: %v %+v, want prod's, with its spec", err, ar.Status.Policies)
+	}
+}
+
 // TestTenantEvaluationsAreBudgeted: one request's checks take at most
 // --accessrequest-evaluation-budget together. The budget is the controller's, not the
 // policy's: past it the request is not failed (which would revoke a grant it holds) but waits,

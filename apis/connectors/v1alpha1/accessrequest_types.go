@@ -43,6 +43,9 @@ const (
 	// recorded before the grant exists, so that a request's status never says it holds no
 	// grant while it may hold one (the proxy relies on that to tell whose a Pod-scoped grant is).
 	ReasonGranting = "Granting"
+	// ReasonPoliciesTooLarge (AccessPolicyMatched, Ready): the policies that select the
+	// Connector are larger together than a request records; nothing is granted.
+	ReasonPoliciesTooLarge = "PoliciesTooLarge"
 )
 
 // Check states.
