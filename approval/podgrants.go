@@ -35,15 +35,7 @@ type PodGrants struct {
 // OfAnotherPod tells whether a Pod-scoped grant of Connector connector that allows the Pod
 // podNamespace/podName (UID podUID) may be another Pod's of that name.
 func (g *PodGrants) OfAnotherPod(ctx context.Context, connector types.NamespacedName, podNamespace, podName, podUID string) (bool, error) {
-	var own v1alpha1.AccessRequest
-	pod := records.Pod{Namespace: podNamespace, Name: podName, UID: podUID}
-	err := g.Local.Get(ctx, types.NamespacedName{Namespace: connector.Namespace, Name: RequestName(connector.Name, pod)}, &own)
-	switch {
-	case err == nil:
-		if _, settled := grantOwner([]v1alpha1.AccessRequest{own}, connector.Name, podNamespace, podName, podUID); settled {
-			return false, nil
-		}
-	case !apierrors.IsNotFound(err):
+	if own, err := g.HoldsOwn(ctx, connector, podNamespace, podName, podUID); err != nil || own {
 		return false, err
 	}
 	// Not shared with a list already in flight: one that started before this caller's review
@@ -54,6 +46,25 @@ func (g *PodGrants) OfAnotherPod(ctx context.Context, connector types.Namespaced
 	}
 	foreign, _ := grantOwner(live.Items, connector.Name, podNamespace, podName, podUID)
 	return foreign, nil
+}
+
+// HoldsOwn tells, from this node's cache of its own requests and without a call, whether the
+// Pod's own request (by UID) for the Connector holds a grant. The proxy then asks the
+// Pod-scoped question first: an approved Pod's namespace-wide question is denied, and would
+// cost a review of its own at every expiry of its answer.
+func (g *PodGrants) HoldsOwn(ctx context.Context, connector types.NamespacedName, podNamespace, podName, podUID string) (bool, error) {
+	var own v1alpha1.AccessRequest
+	pod := records.Pod{Namespace: podNamespace, Name: podName, UID: podUID}
+	// Read only: the proxy asks for each question its cache does not hold.
+	err := g.Local.Get(ctx, types.NamespacedName{Namespace: connector.Namespace, Name: RequestName(connector.Name, pod)}, &own, client.UnsafeDisableDeepCopy)
+	if apierrors.IsNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	_, settled := grantOwner([]v1alpha1.AccessRequest{own}, connector.Name, podNamespace, podName, podUID)
+	return settled, nil
 }
 
 // grantOwner reads the requests of one Pod name in a Connector's namespace: settled when the

@@ -93,13 +93,28 @@ func (p *Proxy) authorizeUse(ctx context.Context, u user.Info, nn types.Namespac
 	return nil
 }
 
-// mayUse checks that u may verb connectors/proxy of nn, namespace-wide or for its Pod.
+// mayUse checks that u may verb connectors/proxy of nn, namespace-wide or for its Pod. The
+// namespace-wide question goes first, unless the node holds the Pod's own granted request for
+// the Connector: an approved Pod is usually denied namespace-wide, and that denial would cost a
+// review of its own each time its answer expires. Either order gives the same answer.
 func (p *Proxy) mayUse(ctx context.Context, u user.Info, nn types.NamespacedName, verb string) error {
-	if ok, err := p.perms.allowed(ctx, p, u, nn, verb, "proxy"); err != nil || ok {
-		return err
+	scopes, n := [2]string{"proxy"}, 1
+	pod, isPod := podOfUser(u)
+	if isPod {
+		scopes[1], n = podScopedPrefix+pod.namespace+"/"+pod.name, 2
 	}
-	if pod := podOf(u); pod != "" {
-		if ok, err := p.perms.allowed(ctx, p, u, nn, verb, podScopedPrefix+pod); err != nil || ok {
+	for _, sub := range scopes[:n] {
+		if allowed, ok := p.perms.cached(u, nn, verb, sub); ok && allowed {
+			return nil
+		}
+	}
+	if isPod {
+		if own, err := p.cfg.PodGrants.HoldsOwn(ctx, nn, pod.namespace, pod.name, pod.uid); err == nil && own {
+			scopes[0], scopes[1] = scopes[1], scopes[0]
+		}
+	}
+	for _, sub := range scopes[:n] {
+		if ok, err := p.perms.allowed(ctx, p, u, nn, verb, sub); err != nil || ok {
 			return err
 		}
 	}

@@ -52,12 +52,21 @@ func newPermissions(reviewer Reviewer, ttl permissionTTLs, size int, epochs *pod
 	return p
 }
 
+// cached is the decision the cache holds for one connectors/proxy question for u, if it
+// holds one that has not expired.
+func (p *permissions) cached(u user.Info, nn types.NamespacedName, verb, subresource string) (allowed, ok bool) {
+	d, ok := p.cache.Get(permissionKey(podKey(u), u.GetName(), nn, verb, subresource))
+	if !ok || !p.now().Before(d.expires) || !p.epochs.unchanged(d.shard, d.tick) {
+		return false, false
+	}
+	return d.allowed, true
+}
+
 // allowed answers one connectors/proxy question for u, from the cache when it holds a
 // decision that has not expired.
 func (p *permissions) allowed(ctx context.Context, proxy *Proxy, u user.Info, nn types.NamespacedName, verb, subresource string) (bool, error) {
-	key := permissionKey(podKey(u), u.GetName(), nn, verb, subresource)
-	if d, ok := p.cache.Get(key); ok && p.now().Before(d.expires) && p.epochs.unchanged(d.shard, d.tick) {
-		return d.allowed, nil
+	if allowed, ok := p.cached(u, nn, verb, subresource); ok {
+		return allowed, nil
 	}
 	tick, shard := p.epochs.now(), p.epochs.shardOf(u)
 	ok, err := proxy.allowedToUse(ctx, p.reviewer, u, nn, verb, subresource)
@@ -65,7 +74,7 @@ func (p *permissions) allowed(ctx context.Context, proxy *Proxy, u user.Info, nn
 		return false, err
 	}
 	if expires, keep := p.keptUntil(ok, shard); keep {
-		p.cache.Add(key, decision{allowed: ok, expires: expires, tick: tick, shard: shard})
+		p.cache.Add(permissionKey(podKey(u), u.GetName(), nn, verb, subresource), decision{allowed: ok, expires: expires, tick: tick, shard: shard})
 	}
 	return ok, nil
 }

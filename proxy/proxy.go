@@ -97,6 +97,8 @@ type Config struct {
 // PodGrants is approval.PodGrants, as the proxy asks it.
 type PodGrants interface {
 	OfAnotherPod(ctx context.Context, connector types.NamespacedName, podNamespace, podName, podUID string) (bool, error)
+	// HoldsOwn answers from the node's cache, without a call.
+	HoldsOwn(ctx context.Context, connector types.NamespacedName, podNamespace, podName, podUID string) (bool, error)
 }
 
 // check refuses a Config whose limits are unset: an unbounded cache is what they prevent.

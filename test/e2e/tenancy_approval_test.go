@@ -853,6 +853,38 @@ func TestApprovalsAreForOnePodNotItsName(t *testing.T) {
 	}
 }
 
+// TestApprovedPodsCostOneReviewPerAnswer: with enable-connector-proxy-permissions, an
+// approved Pod is allowed by its Pod-scoped grant and denied namespace-wide. A node that holds
+// the Pod's granted request asks the Pod-scoped question first, so each expiry of the Pod's
+// answer costs one SubjectAccessReview, not a denial first and then the grant (the node as
+// deployed; its reviews from the audit log; answers not kept, and the requests a second
+// apart, past the fast lane's memo of a route, so that each request asks).
+func TestApprovedPodsCostOneReviewPerAnswer(t *testing.T) {
+	setupApproval(t)
+	env := startDeployedDrivers(t, func(o *driver.Options) { o.ProxyPermissionTTL = 0 })
+	ns := newNamespace(t)
+	pod, _ := approvedPod(t, env, ns)
+	token := visibleFiles(t, env.kubelet.TargetPath(pod, "connectors"))["context.token"]
+	refs := env.proxyURL + "/namespaces/" + ns + "/connectors/prod/repo.git/info/refs?service=git-upload-pack"
+	get := func() (int, string) {
+		return do(t, noRedirects, newRequest(t, "GET", refs, map[string]string{"Authorization": "Bearer " + token}))
+	}
+	if !kubelet.WaitUntil(10*time.Second, func() bool { code, _ := get(); return code == http.StatusOK }) {
+		t.Fatal("the proxy does not let the approved Pod's token through")
+	}
+	since := time.Now()
+	const uses = 3
+	for range uses {
+		time.Sleep(1100 * time.Millisecond)
+		if code, body := get(); code != http.StatusOK {
+			t.Fatalf("the approved Pod through the proxy: %d %q", code, body)
+		}
+	}
+	if reviews := nodeCreates(t, "subjectaccessreviews", since); len(reviews) != uses {
+		t.Errorf("%d uses of the approved Pod, each asking again, cost %d SubjectAccessReviews, want %d", uses, len(reviews), uses)
+	}
+}
+
 // TestTenantChecksReadBoundedObjects: a check reads at most --accessrequest-check-max-objects
 // objects; one matching more fails, naming the flag, rather than holding one of the
 // controller's workers (four serve every tenant) for minutes and growing the status.

@@ -1387,14 +1387,21 @@ func TestTenancyForgedTokensCostNoReview(t *testing.T) {
 	if code, body := get(proxyToken(t, ns, "control")); code != http.StatusOK {
 		t.Fatalf("a real token after the forged ones: %d %q", code, body)
 	}
-	reviews, err := cp.AuditEvents(func(ev *auditv1.Event) bool {
+	if reviews := nodeCreates(t, "tokenreviews", since); len(reviews) != 1 {
+		t.Errorf("30 forged tokens and a real one cost %d TokenReviews, want one (the real one's)", len(reviews))
+	}
+}
+
+// nodeCreates is what the node, as deployed, created of a resource since a time, from the
+// audit log.
+func nodeCreates(t *testing.T, resource string, since time.Time) []auditv1.Event {
+	t.Helper()
+	events, err := cp.AuditEvents(func(ev *auditv1.Event) bool {
 		return ev.User.Username == controlplane.NodeUser && ev.Verb == "create" && ev.ObjectRef != nil &&
-			ev.ObjectRef.Resource == "tokenreviews" && !ev.RequestReceivedTimestamp.Time.Before(since)
+			ev.ObjectRef.Resource == resource && !ev.RequestReceivedTimestamp.Time.Before(since)
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(reviews) != 1 {
-		t.Errorf("30 forged tokens and a real one cost %d TokenReviews, want one (the real one's)", len(reviews))
-	}
+	return events
 }
