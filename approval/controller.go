@@ -795,6 +795,9 @@ func (c *Controller) evaluateCheck(ctx context.Context, ar *v1alpha1.AccessReque
 	if name != "" {
 		list.Items = slices.DeleteFunc(list.Items, func(o unstructured.Unstructured) bool { return o.GetName() != name })
 	}
+	// The informer lists in no particular order, and the check's message and objectRef follow
+	// it: unsorted, a recheck that finds what the last one found would write a status anew.
+	slices.SortFunc(list.Items, func(a, b unstructured.Unstructured) int { return strings.Compare(a.GetName(), b.GetName()) })
 	if n := len(list.Items); c.MaxCheckObjects > 0 && n > c.MaxCheckObjects {
 		return fail("more than %d %s objects in namespace %s match %s; a check reads at most %d (--accessrequest-check-max-objects): narrow its selector",
 			c.MaxCheckObjects, gvk.Kind, podNS, describeSelector(selector, name), c.MaxCheckObjects)

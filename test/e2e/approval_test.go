@@ -381,6 +381,46 @@ func TestEvaluationsReadInformers(t *testing.T) {
 	}
 }
 
+// TestUnchangedChecksWriteNothing: a check that matches several objects reads them from an
+// informer, in no particular order; a recheck that finds what the last one found writes no
+// status (each write goes to etcd and to the Pod's node, which drops the Pod's connectors/proxy
+// answers and asks again). Four approved ApprovalTasks, a request granted by them, and a
+// dozen rechecks: no write (the controller as deployed, its writes from the audit log).
+func TestUnchangedChecksWriteNothing(t *testing.T) {
+	setupApproval(t)
+	env := startDeployedDrivers(t, func(o *driver.Options) { o.PodRecheck = 250 * time.Millisecond })
+	ns := newNamespace(t)
+	for i := range 4 {
+		u := &unstructured.Unstructured{Object: map[string]any{
+			"apiVersion": "openshift-pipelines.org/v1alpha1", "kind": "ApprovalTask",
+			"metadata": map[string]any{"name": fmt.Sprintf("vote-%d", i), "namespace": ns, "labels": map[string]any{"vote": "release"}},
+			"status":   map[string]any{"state": "approved"},
+		}}
+		if err := cp.Client.Apply(context.Background(), client.ApplyConfigurationFromUnstructured(u), client.FieldOwner("e2e")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	approvalTasks := v1alpha1.ObjectKindRef{APIVersion: "openshift-pipelines.org/v1alpha1", Kind: "ApprovalTask"}
+	gatedConnector(t, ns, "votes", gitClass(t), startGitServer(t, false), v1alpha1.Check{Name: "votes", Spec: &v1alpha1.CheckSpec{
+		Selector: v1alpha1.CheckSelector{ObjectRef: approvalTasks, MatchLabels: map[string]string{"vote": "release"}}}}, podRole)
+	pod := pipelineRunPod(t, env.kubelet, ns, "release-1", "promote", map[string]string{"connectors": "votes"})
+	if err := publishOutcome(t, env, pod); err != nil {
+		t.Fatalf("publish, four approvals: %v", err)
+	}
+	since := time.Now()
+	time.Sleep(3 * time.Second)
+	writes, err := cp.AuditEvents(func(ev *auditv1.Event) bool {
+		return ev.User.Username == controlplane.ControllerUser && (ev.Verb == "update" || ev.Verb == "patch") && ev.ObjectRef != nil &&
+			ev.ObjectRef.Resource == "accessrequests" && !ev.RequestReceivedTimestamp.Time.Before(since)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(writes) != 0 {
+		t.Errorf("rechecks of an unchanged request wrote it %d times", len(writes))
+	}
+}
+
 // TestCheckChangesWakeOnlyTheirRequests: a change of a check object wakes the live requests
 // whose checks select it, not every live request of Pods of its namespace (each evaluation reads
 // the Pod and its Tekton owners from the API server, and runs every state). Six PipelineRuns'
