@@ -46,7 +46,9 @@ func (s *Server) passthrough(w http.ResponseWriter, r *http.Request, u user.Info
 		return errorf(http.StatusBadRequest, metav1.StatusReasonBadRequest, "bad path: %v", err)
 	}
 	target.RawQuery = r.URL.RawQuery
-	return s.Proxy.Forward(newLinkWriter(w, baseURL, target, apiPath), r, u, c, class, target)
+	in := r.WithContext(r.Context())
+	in.Header = withoutCaller(r.Header)
+	return s.Proxy.Forward(newLinkWriter(w, baseURL, target, apiPath), in, u, c, class, target)
 }
 
 // toolAddress resolves an x-openapi-address: empty is the Connector's address, an http(s) URL
@@ -133,8 +135,9 @@ func (s *Server) plugin(w http.ResponseWriter, r *http.Request, c *v1alpha1.Conn
 	out.RequestURI = ""
 	out.URL = target
 	out.Host = target.Host
-	for _, h := range []string{"Authorization", "Proxy-Authorization", "Cookie", HeaderPluginMeta, HeaderPluginAuth, HeaderPluginSecret} {
-		out.Header.Del(h) // the caller's, never the plugin's to see or to be fooled by
+	out.Header = withoutCaller(r.Header)
+	for _, h := range []string{HeaderPluginMeta, HeaderPluginAuth, HeaderPluginSecret} {
+		out.Header.Del(h) // the caller's, never the plugin's to be fooled by
 	}
 	out.Header.Set(egress.HopHeader, "1")
 	SetPluginHeaders(out.Header, c.Spec.Address, up.SecretType, up.SecretData)
@@ -146,6 +149,7 @@ func (s *Server) plugin(w http.ResponseWriter, r *http.Request, c *v1alpha1.Conn
 	for k, v := range res.Header {
 		w.Header()[k] = v
 	}
+	confineAnswer(w.Header())
 	w.WriteHeader(res.StatusCode)
 	_, _ = io.Copy(w, res.Body)
 	return nil

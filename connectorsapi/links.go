@@ -30,10 +30,12 @@ func newLinkWriter(w http.ResponseWriter, base, target *url.URL, apiPath string)
 	return &linkWriter{ResponseWriter: w, base: base, target: target, depth: strings.Count(apiPath, "/") - 1}
 }
 
-// WriteHeader rewrites the final answer's Link header; 1xx answers (Early Hints) pass as they are.
+// WriteHeader rewrites the final answer's Link header and confines it (confineAnswer); 1xx
+// answers (Early Hints) pass as they are.
 func (l *linkWriter) WriteHeader(code int) {
 	if !l.written && code >= http.StatusOK {
 		l.written = true
+		confineAnswer(l.Header())
 		if links := l.Header().Values("Link"); len(links) > 0 {
 			l.Header().Del("Link")
 			for _, v := range links {

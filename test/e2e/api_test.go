@@ -5,6 +5,8 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"io"
+	"maps"
 	"net"
 	"net/http"
 	"strings"
@@ -25,6 +27,7 @@ import (
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/connectorsapi"
+	"github.com/kube-connectors/connectors-csi/connectorstatus"
 	"github.com/kube-connectors/connectors-csi/driver"
 	"github.com/kube-connectors/connectors-csi/test/gitserver"
 	"github.com/kube-connectors/connectors-csi/test/kubelet"
@@ -303,6 +306,55 @@ func TestConnectorsAPI(t *testing.T) {
 		code, _, st := apiCall(t, "GET", api("plugged", "/nowhere"), viewer)
 		if code != http.StatusBadRequest || !strings.Contains(st.Message, `no address extension "absent"`) {
 			t.Errorf("missing extension: %d %q", code, st.Message)
+		}
+	})
+	t.Run("the caller's session stays with the caller and the tool's answer stays confined", func(t *testing.T) {
+		// The Connector's author chose the address: it may be a server of theirs, called by a
+		// console user who may get the Connector.
+		seenBySpy := make(chan http.Header, 16)
+		spy := startRecorder(t, func(w http.ResponseWriter, r *http.Request) {
+			if r.UserAgent() != connectorstatus.ProbeUserAgent {
+				seenBySpy <- r.Header.Clone()
+			}
+			w.Header().Set("Set-Cookie", "console-session=chosen-by-the-tool; Path=/")
+			w.Header().Set("Content-Type", "text/html")
+			_, _ = io.WriteString(w, "<script>document.cookie</script>")
+		})
+		create(t, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: "spied", Namespace: ns},
+			Spec: v1alpha1.ConnectorSpec{ConnectorClassName: pluginClass, Address: tool.URL,
+				AddressExtensions: []v1alpha1.NamedAddress{{Name: "mirror", Value: spy.URL}},
+				Auth:              &v1alpha1.ConnectorAuth{Name: "basicAuth", SecretRef: &v1alpha1.SecretRef{Name: "git-auth"}}}})
+		allowConnectorsAs(t, ns, "viewer", "use-spied", "spied")
+		caller := map[string]string{"Cookie": "console-session=secret", "X-Forwarded-Access-Token": "gateway-token",
+			"X-Remote-User": "admin", "X-Remote-Extra-Scopes": "all", "X-Auth-Request-Email": "admin@example.com", "Impersonate-User": "admin"}
+		var res *http.Response
+		if !kubelet.WaitUntil(10*time.Second, func() bool {
+			headers := map[string]string{"Authorization": "Bearer " + viewer}
+			maps.Copy(headers, caller)
+			var err error
+			if res, err = noRedirects.Do(newRequest(t, "GET", api("spied", "/mirror/page"), headers)); err != nil {
+				t.Fatal(err)
+			}
+			res.Body.Close()
+			return res.StatusCode == http.StatusOK
+		}) {
+			t.Fatalf("the spy was not reached: %d", res.StatusCode)
+		}
+		got := <-seenBySpy
+		for name := range caller {
+			if v := got.Get(name); v != "" {
+				t.Errorf("the tool received the caller's %s: %q", name, v)
+			}
+		}
+		if !strings.HasPrefix(got.Get("Authorization"), "Basic ") {
+			t.Errorf("the tool's credential was not injected: Authorization %q", got.Get("Authorization"))
+		}
+		if v := res.Header.Values("Set-Cookie"); len(v) != 0 {
+			t.Errorf("the tool set a cookie on the API's origin: %q", v)
+		}
+		if res.Header.Get("Content-Security-Policy") != "sandbox" || res.Header.Get("X-Content-Type-Options") != "nosniff" {
+			t.Errorf("the tool's page is not sandboxed: CSP %q, X-Content-Type-Options %q",
+				res.Header.Get("Content-Security-Policy"), res.Header.Get("X-Content-Type-Options"))
 		}
 	})
 	t.Run("an api operation without an API service or a built-in", func(t *testing.T) {

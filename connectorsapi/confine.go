@@ -1,0 +1,46 @@
+package connectorsapi
+
+import (
+	"net/http"
+	"net/textproto"
+	"strings"
+)
+
+// The Connectors API is called by people, through a console and its gateway, about Connectors
+// that anyone with get may read, and whose address the Connector's author chose: a tenant's
+// Connector may point at a server of the tenant's. So what identifies the caller to the console
+// never reaches the tool, and what the tool answers cannot act on the console's origin.
+
+// callerHeaders identify the caller to the console or its gateway: its session, and what
+// authenticating gateways add (oauth2-proxy, Kubernetes' front proxy, impersonation).
+var callerHeaders = []string{"Authorization", "Proxy-Authorization", "Cookie",
+	"X-Forwarded-Access-Token", "X-Forwarded-User", "X-Forwarded-Email", "X-Forwarded-Groups", "X-Forwarded-Preferred-Username",
+	"X-Remote-User", "X-Remote-Group", "Impersonate-User", "Impersonate-Group", "Impersonate-Uid"}
+
+// callerHeaderPrefixes begin further such headers (extras, and oauth2-proxy's set).
+var callerHeaderPrefixes = []string{"X-Remote-Extra-", "Impersonate-Extra-", "X-Auth-Request-"}
+
+// withoutCaller returns a copy of h without the headers that identify the caller.
+func withoutCaller(h http.Header) http.Header {
+	out := h.Clone()
+	for _, name := range callerHeaders {
+		delete(out, textproto.CanonicalMIMEHeaderKey(name))
+	}
+	for name := range out {
+		for _, prefix := range callerHeaderPrefixes {
+			if strings.HasPrefix(name, prefix) {
+				delete(out, name)
+			}
+		}
+	}
+	return out
+}
+
+// confineAnswer keeps a tool's answer from acting on the API's origin: no cookie is set there,
+// and no page it serves runs as the console's (a sandbox, and no guessing at types).
+func confineAnswer(h http.Header) {
+	h.Del("Set-Cookie")
+	h.Del("Set-Cookie2")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Content-Security-Policy", "sandbox")
+}
