@@ -128,7 +128,7 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 		TunnelLifetime:      o.TunnelLifetime, UpgradeRecheck: o.UpgradeRecheck, MaxHeaderBytes: o.ProxyMaxHeaderBytes,
 		ReadHeaderTimeout: o.ProxyReadHeaderTimeout, IdleTimeout: o.ProxyIdleTimeout, UpstreamIdleTimeout: o.ProxyUpstreamIdleTimeout,
 		SecretCacheSize: o.SecretCacheSize, SecretCacheBytes: o.SecretCacheBytes, RegistryTokenCacheSize: o.RegistryTokenCacheSize, RegistryTokenBytes: o.RegistryTokenBytes,
-		LeafCacheSize: o.LeafCacheSize, TransportCacheSize: o.TransportCacheSize,
+		LeafCacheSize: o.LeafCacheSize, TransportCacheSize: o.TransportCacheSize, OwnerTransportCacheSize: o.OwnerTransportSize,
 		Refusals:  &proxy.RefusalEvents{Recorder: recorder, Interval: o.RefusalEventInterval, QPS: o.RefusalEventQPS},
 		PodGrants: &approval.PodGrants{Local: informers, Live: proxyClient},
 	})

@@ -84,6 +84,9 @@ type Config struct {
 	// Sizes of the bounded caches: Secrets, registry tokens (and realms), leaf certificates
 	// (per host), upstream transports (per CA bundle), connectors/proxy decisions.
 	SecretCacheSize, RegistryTokenCacheSize, LeafCacheSize, TransportCacheSize, PermissionCacheSize int
+	// OwnerTransportCacheSize bounds the pools of requests the direct transport does not take,
+	// one per Connector and caller namespace (ownerTransports).
+	OwnerTransportCacheSize int
 	// SecretCacheBytes bounds the data of the Secrets kept together, RegistryTokenBytes the
 	// registry tokens (and an eighth more their challenges).
 	SecretCacheBytes, RegistryTokenBytes int64
@@ -108,7 +111,8 @@ func (c Config) check() error {
 	}
 	for name, v := range map[string]int{"MaxHeaderBytes": c.MaxHeaderBytes, "SecretCacheSize": c.SecretCacheSize,
 		"RegistryTokenCacheSize": c.RegistryTokenCacheSize, "LeafCacheSize": c.LeafCacheSize, "TransportCacheSize": c.TransportCacheSize,
-		"PermissionCacheSize": c.PermissionCacheSize} {
+		"OwnerTransportCacheSize": c.OwnerTransportCacheSize,
+		"PermissionCacheSize":     c.PermissionCacheSize} {
 		if v <= 0 {
 			return fmt.Errorf("proxy config: %s must be positive", name)
 		}
@@ -148,6 +152,8 @@ type Proxy struct {
 	registry   *registryTokens
 	reverse    *httputil.ReverseProxy
 	direct     *directTransport
+	// owned carry what direct does not take, in pools split as direct's are.
+	owned *ownerTransports
 	// passthrough takes forward-proxy destinations no named Connector covers.
 	passthrough *passthrough
 	// podEpochs end the remembered decisions (perms) and routes (the fast lane's) of a Pod's
@@ -187,6 +193,7 @@ func New(objects client.Reader, reviewer Reviewer, flags *features.Source, kube 
 		cfg.Permissions = reviewer
 	}
 	p.direct = newDirectTransport(directMaxIdlePerHost, cfg.UpstreamIdleTimeout, cfg.MaxHeaderBytes)
+	p.owned = newOwnerTransports(cfg.OwnerTransportCacheSize)
 	p.perms = newPermissions(cfg.Permissions, permissionTTLs{allow: cfg.PermissionAllowTTL, deny: cfg.PermissionDenyTTL, settle: cfg.PermissionSettle},
 		cfg.PermissionCacheSize, &p.podEpochs)
 	p.reverse = &httputil.ReverseProxy{
@@ -462,14 +469,17 @@ type toolTransport struct {
 }
 
 func (t toolTransport) RoundTrip(r *http.Request) (*http.Response, error) {
-	if tr, ok := t.rt.transport.(*http.Transport); ok && t.p.direct.takes(tr, r) {
-		res, err := t.p.direct.RoundTrip(tr, r, t.rt.pool(), t.client)
-		if errors.Is(err, errHTTP1Refused) {
-			return tr.RoundTrip(r)
-		}
-		return res, err
+	tr, ok := t.rt.transport.(*http.Transport)
+	if !ok {
+		return t.rt.transport.RoundTrip(r)
 	}
-	return t.rt.transport.RoundTrip(r)
+	if t.p.direct.takes(tr, r) {
+		res, err := t.p.direct.RoundTrip(tr, r, t.rt.pool(), t.client)
+		if !errors.Is(err, errHTTP1Refused) {
+			return res, err
+		}
+	}
+	return t.p.owned.For(tr, t.rt.pool()).RoundTrip(r)
 }
 
 // upstreamError answers a failed upstream round trip.

@@ -1186,6 +1186,51 @@ func TestTenancySharedConnectorsKeepTenantsConnectionsApart(t *testing.T) {
 	}
 }
 
+// TestTenancyOtherMethodsKeepTenantsConnectionsApart: what the proxy's own pools do not take
+// (OPTIONS and WebDAV methods, a body it cannot send again, an upgrade, a tool that speaks
+// only HTTP/2) goes through an http.Transport, whose pools are by host alone. Those too are
+// kept per Connector and caller namespace: a tool that reads an OPTIONS request's body as the
+// next request would otherwise join one tenant's request head to another's credential on one
+// connection. Each tenant's requests reuse a connection of their own (the control), never the
+// other's.
+func TestTenancyOtherMethodsKeepTenantsConnectionsApart(t *testing.T) {
+	var mu sync.Mutex
+	var peers []string
+	tool := startRecorder(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodOptions {
+			mu.Lock()
+			peers = append(peers, r.RemoteAddr)
+			mu.Unlock()
+		}
+		w.Header().Set("Allow", "GET, OPTIONS")
+	})
+	env := startProxyDriver(t, nil)
+	owner, other := newNamespace(t), newNamespace(t)
+	createSecret(t, owner, "shared", corev1.SecretTypeBasicAuth, map[string]string{"username": "bot", "password": "shared-secret"})
+	newConnectorWithSecret(t, owner, "shared", gitClass(t), tool.URL, "basicAuth", "shared")
+	allowConnectors(t, owner, "builder", "shared")
+	shareConnector(t, owner, "shared", other, "builder")
+	_, ownerToken := publishedToken(t, env, owner, "a", "shared")
+	_, otherToken := publishedToken(t, env, other, "b", owner+"/shared")
+	url := env.proxyURL + "/namespaces/" + owner + "/connectors/shared/repo"
+	for i, token := range []string{ownerToken, ownerToken, otherToken, otherToken} {
+		if code, body := do(t, noRedirects, newRequest(t, "OPTIONS", url, map[string]string{"Authorization": "Bearer " + token})); code != http.StatusOK {
+			t.Fatalf("OPTIONS %d: status %d %q", i, code, body)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(peers) != 4 {
+		t.Fatalf("the tool saw %d OPTIONS, want 4", len(peers))
+	}
+	if peers[0] != peers[1] || peers[2] != peers[3] {
+		t.Errorf("a tenant's requests did not reuse its connection (the control): %q", peers)
+	}
+	if peers[0] == peers[2] {
+		t.Errorf("two tenants' OPTIONS went over one tool connection: %q", peers)
+	}
+}
+
 // TestTenancyAPIListsReadBoundedAnswers: the Connectors API's list calls hand a tool's
 // answers to libraries that read them whole (go-git a ref advertisement, go-containerregistry
 // every next page). A tenant's Connector may name a tool that never ends either: the call
