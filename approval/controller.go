@@ -74,6 +74,9 @@ type Controller struct {
 	EvaluationBudget time.Duration
 	// MaxCheckObjects bounds the objects one check reads (0: no bound).
 	MaxCheckObjects int
+	// MaxCheckObjectBytes is the bound the cache keeps check objects whole within
+	// (BoundCheckObjects), for the message of a check that matches a larger one.
+	MaxCheckObjectBytes int
 	// MaxPolicyBytes bounds the policy specs one request records, their JSON together (0: no
 	// bound). A request keeps its policies' specs as they matched (Alauda's policySpec) and is
 	// kept for Retention after its Pod: without a bound, a tenant's policy of a megabyte would
@@ -813,6 +816,10 @@ func (c *Controller) evaluateCheck(ctx context.Context, ar *v1alpha1.AccessReque
 		obj := &list.Items[i]
 		if c.overBudget(ctx) {
 			return retry("%s", c.budgetSpent())
+		}
+		if size := obj.GetAnnotations()[AnnotationTooLarge]; size != "" {
+			return fail("%s %s/%s is larger than %d bytes (--check-object-max-bytes): the controller keeps no larger check object",
+				obj.GetKind(), obj.GetNamespace(), obj.GetName(), c.MaxCheckObjectBytes)
 		}
 		state, err := c.States.state(ctx, obj, spec)
 		switch {

@@ -91,17 +91,18 @@ func startController(ctx context.Context, g *errgroup.Group, p *process, ready *
 		return err
 	}
 	if err := (&approval.Controller{
-		Client:           mgr.GetClient(),
-		Reader:           mgr.GetAPIReader(),
-		Cache:            mgr.GetCache(),
-		SystemNamespace:  o.SystemNamespace,
-		Recorder:         mgr.GetEventRecorder(o.DriverName),
-		Retention:        o.RequestRetention,
-		PodRecheck:       o.PodRecheck,
-		States:           states,
-		EvaluationBudget: o.EvaluationBudget,
-		MaxCheckObjects:  o.MaxCheckObjects,
-		MaxPolicyBytes:   o.MaxPolicyBytes,
+		Client:              mgr.GetClient(),
+		Reader:              mgr.GetAPIReader(),
+		Cache:               mgr.GetCache(),
+		SystemNamespace:     o.SystemNamespace,
+		Recorder:            mgr.GetEventRecorder(o.DriverName),
+		Retention:           o.RequestRetention,
+		PodRecheck:          o.PodRecheck,
+		States:              states,
+		EvaluationBudget:    o.EvaluationBudget,
+		MaxCheckObjects:     o.MaxCheckObjects,
+		MaxPolicyBytes:      o.MaxPolicyBytes,
+		MaxCheckObjectBytes: o.MaxCheckObjectBytes,
 	}).SetupWithManager(mgr); err != nil {
 		return err
 	}
@@ -147,7 +148,7 @@ func newManager(ctx context.Context, p *process) (ctrl.Manager, error) {
 		WebhookServer: hooks,
 		Scheme:        p.scheme,
 		Logger:        klog.FromContext(ctx),
-		Cache:         cacheOptions(o.SystemNamespace),
+		Cache:         cacheOptions(o.SystemNamespace, o.MaxCheckObjectBytes),
 		Client: client.Options{Cache: &client.CacheOptions{DisableFor: []client.Object{
 			&corev1.Secret{}, &rbacv1.Role{}, &rbacv1.RoleBinding{}}}},
 		Metrics:                       metricsserver.Options{BindAddress: "0"}, // served on --metrics-listen
@@ -165,10 +166,18 @@ func newManager(ctx context.Context, p *process) (ctrl.Manager, error) {
 	return mgr, nil
 }
 
-// cacheOptions are the controllers' cache's: see newManager.
-func cacheOptions(systemNamespace string) cache.Options {
+// cacheOptions are the controllers' cache's: see newManager. Check kinds' objects larger than
+// maxCheckObjectBytes are kept as stubs (approval.BoundCheckObjects).
+func cacheOptions(systemNamespace string, maxCheckObjectBytes int) cache.Options {
+	stripManagedFields, boundCheckObjects := cache.TransformStripManagedFields(), approval.BoundCheckObjects(maxCheckObjectBytes)
 	return cache.Options{
-		DefaultTransform: cache.TransformStripManagedFields(),
+		DefaultTransform: func(in any) (any, error) {
+			out, err := stripManagedFields(in)
+			if err != nil {
+				return nil, err
+			}
+			return boundCheckObjects(out)
+		},
 		// Role and check templates, read at every evaluation, from the system namespace only.
 		ByObject: map[client.Object]cache.ByObject{
 			&corev1.ConfigMap{}: {Namespaces: map[string]cache.Config{systemNamespace: {}}},

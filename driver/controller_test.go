@@ -110,7 +110,7 @@ func TestControllerCacheKeepsOnlyWhatItReads(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	opts := cacheOptions("connectors-system")
+	opts := cacheOptions("connectors-system", 1<<20)
 	opts.Scheme = cp.Client.Scheme()
 	objects, err := cache.New(cp.Config, opts)
 	if err != nil {

@@ -33,6 +33,7 @@ const (
 	defaultGatingCacheTTL         = 10 * time.Second
 	defaultGatingCacheSize        = 1000
 	defaultMaxPolicyBytes         = 64 << 10
+	defaultMaxCheckObjectBytes    = 256 << 10
 	defaultRegistryTokenCacheSize = 10000
 	defaultLeafCacheSize          = 1000
 	defaultTransportCacheSize     = 64
@@ -124,9 +125,11 @@ type Options struct {
 	// time together, and the objects one check reads.
 	EvaluationBudget time.Duration
 	MaxCheckObjects  int
-	// MaxPolicyBytes bounds the policy specs one AccessRequest records (approval.Controller).
-	MaxPolicyBytes   int
-	RepublishRecheck time.Duration
+	// MaxPolicyBytes bounds the policy specs one AccessRequest records (approval.Controller),
+	// MaxCheckObjectBytes the check objects the controller's cache keeps whole.
+	MaxPolicyBytes      int
+	MaxCheckObjectBytes int
+	RepublishRecheck    time.Duration
 
 	AllowLoopbackDestinations bool
 	RefusedDestinations       []netip.Prefix
@@ -263,6 +266,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.RepublishRecheck, "republish-recheck-interval", 5*time.Minute, "an unchanged republish within this interval of the last authorization makes no API call (and no write unless the token changed); 0 authorizes every republish")
 	fs.DurationVar(&o.EvaluationBudget, "accessrequest-evaluation-budget", 10*time.Second, "how long the checks of one AccessRequest may take together, so that no tenant's policy holds the controller's workers; the checks not read by then are read again 10s later (the request waits, naming this flag, and keeps a grant it holds)")
 	fs.IntVar(&o.MaxPolicyBytes, "accessrequest-max-policy-bytes", defaultMaxPolicyBytes, "how large the AccessPolicies that select a request's Connector may be together (their specs' JSON), as the request records them (status.policies[].policySpec, kept --accessrequest-retention after its Pod); larger ones fail the request, naming this flag")
+	fs.IntVar(&o.MaxCheckObjectBytes, "check-object-max-bytes", defaultMaxCheckObjectBytes, "how large, about as JSON, an object of a check kind (an ApprovalTask, a PipelineRun) the controller keeps whole: its checks' kinds are watched cluster-wide and tenants write their objects, so a larger one is kept as a stub of its name and labels, and a check that matches it fails, naming this flag")
 	fs.IntVar(&o.MaxCheckObjects, "accessrequest-check-max-objects", 100, "how many objects one check of an AccessPolicy may match; more fail the check (naming this flag)")
 	fs.DurationVar(&o.PodRecheck, "accessrequest-pod-recheck-interval", 5*time.Minute, "how often the controller reads the Pod of a live AccessRequest again (Pods are not watched; unpublish and the Pod's token revoke at once)")
 	fs.StringVar(&o.ForwardPassthrough, "forward-passthrough", proxy.PassthroughPublic, "what the forward proxy does with a destination no named Connector covers: none (403), public (forward it without any credential when it resolves to public addresses only; CONNECT becomes a plain tunnel) or all (any destination the rules allow)")
@@ -539,6 +543,7 @@ func (v *validated) proxyLimits() error {
 		{"--rego-cache-size", &v.RegoCacheSize, defaultRegoCacheSize}, {"--rego-max-body-bytes", &v.RegoMaxBodyBytes, defaultRegoMaxBodyBytes},
 		{"--approval-gating-cache-size", &v.GatingCacheSize, defaultGatingCacheSize},
 		{"--accessrequest-max-policy-bytes", &v.MaxPolicyBytes, defaultMaxPolicyBytes},
+		{"--check-object-max-bytes", &v.MaxCheckObjectBytes, defaultMaxCheckObjectBytes},
 	} {
 		if *l.v < 0 {
 			return fmt.Errorf("%s must not be negative", l.name)

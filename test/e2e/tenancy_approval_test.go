@@ -960,6 +960,35 @@ func TestTenancyLargePoliciesAreNotCopiedIntoRequests(t *testing.T) {
 	}
 }
 
+// TestTenancyLargeCheckObjectsAreNotKept: check kinds are watched cluster-wide and their
+// objects are whoever runs a pipeline's to write. The controller keeps one larger than
+// --check-object-max-bytes as a stub of its name and labels, so that a tenant's large
+// ApprovalTasks cannot fill its memory, and a check that matches one fails, naming the flag
+// and the object; a small approval beside it is read as ever.
+func TestTenancyLargeCheckObjectsAreNotKept(t *testing.T) {
+	setupApproval(t)
+	env := startProxyDriver(t, func(o *driver.Options) { o.MaxCheckObjectBytes = 4096 })
+	ns := newNamespace(t)
+	pipelineGate(t, ns)
+	approvalTask(t, ns, "release-1", "approved")
+	large := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "openshift-pipelines.org/v1alpha1", "kind": "ApprovalTask",
+		"metadata": map[string]any{"name": "approve-release-2", "namespace": ns, "labels": map[string]any{"tekton.dev/pipelineRun": "release-2"}},
+		"status":   map[string]any{"state": "approved", "comment": strings.Repeat("x", 8000)},
+	}}
+	if err := cp.Client.Apply(context.Background(), client.ApplyConfigurationFromUnstructured(large), client.FieldOwner("e2e")); err != nil {
+		t.Fatal(err)
+	}
+	if err := publishOutcome(t, env, pipelineRunPod(t, env.kubelet, ns, "release-1", "promote", map[string]string{"connectors": "prod"})); err != nil {
+		t.Fatalf("publish with a small approval: %v", err)
+	}
+	want := "ApprovalTask " + ns + "/approve-release-2 is larger than 4096 bytes (--check-object-max-bytes)"
+	err := publishOutcome(t, env, pipelineRunPod(t, env.kubelet, ns, "release-2", "promote", map[string]string{"connectors": "prod"}))
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), want) {
+		t.Fatalf("publish with a large approval: %v, want FailedPrecondition naming %q", err, want)
+	}
+}
+
 // TestTenantEvaluationsAreBudgeted: one request's checks take at most
 // --accessrequest-evaluation-budget together. The budget is the controller's, not the
 // policy's: past it the request is not failed (which would revoke a grant it holds) but waits,
