@@ -177,8 +177,8 @@ func (c *Controller) placeInQueue(r reconcile.Request) fairqueue.Placement {
 // requests lists the requests opts select that keep (nil: all).
 func (c *Controller) requests(ctx context.Context, keep func(*v1alpha1.AccessRequest) bool, opts ...client.ListOption) []reconcile.Request {
 	var list v1alpha1.AccessRequestList
-	// Uncopied: only names are read, of every request of a namespace or Connector (a day's
-	// revoked ones too, with their policy snapshots).
+	// Uncopied: only names are read, of every live request of a namespace, Connector or
+	// template.
 	if err := c.Client.List(ctx, &list, append(opts, client.UnsafeDisableDeepCopy)...); err != nil {
 		return nil
 	}
@@ -192,35 +192,55 @@ func (c *Controller) requests(ctx context.Context, keep func(*v1alpha1.AccessReq
 }
 
 // Field indexes of the AccessRequest cache, so that an event finds its requests without a scan
-// of every request of the cluster.
+// of every request of the cluster. All but indexPod hold live requests only: a revoked one is
+// done, and is kept --accessrequest-retention, so the wakes they serve would otherwise walk a
+// day of a busy namespace's history at each policy, Connector, template or check object event.
 const (
-	indexConnector    = "spec.connectorRef.name"
-	indexPodNamespace = "spec.context.objectRef.namespace"
-	// indexPod is "<namespace>/<name>" of the request's Pod.
+	indexConnector    = "live.spec.connectorRef.name"
+	indexLive         = "live"
+	indexPodNamespace = "live.spec.context.objectRef.namespace"
+	indexTemplate     = "live.status.policies.templates"
+	// indexPod is "<namespace>/<name>" of the request's Pod, revoked requests too.
 	indexPod = "spec.context.objectRef"
 )
 
+// requestIndexes are the fields indexRequests indexes, and how.
+var requestIndexes = map[string]client.IndexerFunc{
+	indexConnector:    liveOnly(func(ar *v1alpha1.AccessRequest) []string { return []string{ar.Spec.ConnectorRef.Name} }),
+	indexLive:         liveOnly(func(*v1alpha1.AccessRequest) []string { return []string{"true"} }),
+	indexPodNamespace: liveOnly(func(ar *v1alpha1.AccessRequest) []string { return []string{ar.Spec.Context.ObjectRef.Namespace} }),
+	indexTemplate: liveOnly(func(ar *v1alpha1.AccessRequest) []string {
+		var names []string
+		for _, p := range ar.Status.Policies {
+			if p.PolicySpec != nil {
+				names = append(names, templatesOf(p.PolicySpec)...)
+			}
+		}
+		return names
+	}),
+	indexPod: func(o client.Object) []string {
+		ref := o.(*v1alpha1.AccessRequest).Spec.Context.ObjectRef
+		return []string{ref.Namespace + "/" + ref.Name}
+	},
+}
+
 func indexRequests(ctx context.Context, indexer client.FieldIndexer) error {
-	if err := indexer.IndexField(ctx, &v1alpha1.AccessRequest{}, indexConnector, func(o client.Object) []string {
-		return []string{o.(*v1alpha1.AccessRequest).Spec.ConnectorRef.Name}
-	}); err != nil {
-		return err
+	for field, extract := range requestIndexes {
+		if err := indexer.IndexField(ctx, &v1alpha1.AccessRequest{}, field, extract); err != nil {
+			return err
+		}
 	}
-	if err := indexer.IndexField(ctx, &v1alpha1.AccessRequest{}, indexPodNamespace, podNamespaceOf); err != nil {
-		return err
-	}
-	return indexer.IndexField(ctx, &v1alpha1.AccessRequest{}, indexPod, podOf)
+	return nil
 }
 
-// podOf is the value of a request in the indexPod index.
-func podOf(o client.Object) []string {
-	ref := o.(*v1alpha1.AccessRequest).Spec.Context.ObjectRef
-	return []string{ref.Namespace + "/" + ref.Name}
-}
-
-// podNamespaceOf is the value of a request in the indexPodNamespace index.
-func podNamespaceOf(o client.Object) []string {
-	return []string{o.(*v1alpha1.AccessRequest).Spec.Context.ObjectRef.Namespace}
+// liveOnly indexes what values gives of a request that is not revoked, and nothing of one that is.
+func liveOnly(values func(*v1alpha1.AccessRequest) []string) client.IndexerFunc {
+	return func(o client.Object) []string {
+		if ar := o.(*v1alpha1.AccessRequest); !revoked(ar) {
+			return values(ar)
+		}
+		return nil
+	}
 }
 
 func (c *Controller) requestsOfConnector(ctx context.Context, o client.Object) []reconcile.Request {
@@ -228,7 +248,7 @@ func (c *Controller) requestsOfConnector(ctx context.Context, o client.Object) [
 }
 
 func (c *Controller) requestsInNamespace(ctx context.Context, o client.Object) []reconcile.Request {
-	return c.requests(ctx, nil, client.InNamespace(o.GetNamespace()))
+	return c.requests(ctx, nil, client.InNamespace(o.GetNamespace()), client.MatchingFields{indexLive: "true"})
 }
 
 // requestsUsingTemplate wakes the live requests whose snapshotted policies name the template
@@ -237,11 +257,7 @@ func (c *Controller) requestsUsingTemplate(ctx context.Context, o client.Object)
 	if o.GetNamespace() != c.SystemNamespace {
 		return nil
 	}
-	return c.requests(ctx, func(ar *v1alpha1.AccessRequest) bool {
-		return !revoked(ar) && slices.ContainsFunc(ar.Status.Policies, func(p v1alpha1.PolicyStatus) bool {
-			return p.PolicySpec != nil && usesTemplate(p.PolicySpec, o.GetName())
-		})
-	})
+	return c.requests(ctx, nil, client.MatchingFields{indexTemplate: o.GetName()})
 }
 
 // requestsOfEarlierPods wakes, on a request's event, the live requests of other Pods of its
@@ -279,7 +295,7 @@ func (c *Controller) requestsOfEarlierPods(ctx context.Context, o client.Object)
 // too.
 func (c *Controller) requestsOfCheckObject(ctx context.Context, o client.Object) []reconcile.Request {
 	return c.requests(ctx, func(ar *v1alpha1.AccessRequest) bool {
-		return !revoked(ar) && c.reads.wakes(client.ObjectKeyFromObject(ar), o)
+		return c.reads.wakes(client.ObjectKeyFromObject(ar), o)
 	}, client.MatchingFields{indexPodNamespace: o.GetNamespace()})
 }
 
@@ -1023,6 +1039,11 @@ func (c *Controller) syncFailed(ar *v1alpha1.AccessRequest, err error) (reconcil
 func (c *Controller) revoke(ctx context.Context, ar *v1alpha1.AccessRequest, why string) (reconcile.Result, error) {
 	if err := c.deleteGrant(ctx, ar); err != nil {
 		return reconcile.Result{}, err
+	}
+	// Its policies' specs go with the grant: they served its evaluations, and it is kept for
+	// the retention as a record, which their names, the checks' states and its Events make.
+	for i := range ar.Status.Policies {
+		ar.Status.Policies[i].PolicySpec = nil
 	}
 	c.setCondition(ar, v1alpha1.ConditionAccessPermissionSync, metav1.ConditionTrue, v1alpha1.ReasonPermissionCleanUp, "access revoked: %s", why)
 	// The condition stays True (Synced before), so it would keep the time of the grant, and

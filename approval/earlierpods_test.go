@@ -5,10 +5,12 @@ import (
 	"slices"
 	"testing"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/node/records"
@@ -38,7 +40,7 @@ func TestARequestWakesTheEarlierPodsOfItsName(t *testing.T) {
 		request("team", "git", "build", "older", true), // revoked: done
 		request("team", "git", "test", "other", false)} // another Pod
 	b := fake.NewClientBuilder().WithScheme(scheme).WithObjects(objs...)
-	c := &Controller{Client: b.WithIndex(&v1alpha1.AccessRequest{}, indexPod, podOf).Build()}
+	c := &Controller{Client: withRequestIndexes(b).Build()}
 	var woken []string
 	for _, r := range c.requestsOfEarlierPods(context.Background(), current) {
 		woken = append(woken, r.String())
@@ -58,5 +60,45 @@ func TestARequestWakesTheEarlierPodsOfItsName(t *testing.T) {
 	unchecked.Status.Conditions = nil
 	if got := c.requestsOfEarlierPods(context.Background(), unchecked); len(got) != 0 {
 		t.Errorf("a request whose Pod was not found woke %v", got)
+	}
+}
+
+// withRequestIndexes registers the AccessRequest cache's indexes (indexRequests) with b.
+func withRequestIndexes(b *fake.ClientBuilder) *fake.ClientBuilder {
+	for field, extract := range requestIndexes {
+		b = b.WithIndex(&v1alpha1.AccessRequest{}, field, extract)
+	}
+	return b
+}
+
+// TestRevokedRequestsAreNotWoken: a revoked request is done; a policy, Connector, template or
+// check object event wakes the live requests it concerns, and finds them by indexes that hold
+// live requests alone, so that a day of a busy namespace's revoked requests is not walked.
+func TestRevokedRequestsAreNotWoken(t *testing.T) {
+	scheme := testScheme(t)
+	request := func(name string, revokedToo bool) *v1alpha1.AccessRequest {
+		ar := &v1alpha1.AccessRequest{ObjectMeta: metav1.ObjectMeta{Namespace: "team", Name: name},
+			Spec: v1alpha1.AccessRequestSpec{ConnectorRef: v1alpha1.LocalObjectRef{Name: "git"},
+				Context: v1alpha1.AccessContext{ObjectRef: v1alpha1.ContextObjectRef{Kind: "Pod", Namespace: "team", Name: name, UID: "u-" + types.UID(name)}}},
+			Status: v1alpha1.AccessRequestStatus{Policies: []v1alpha1.PolicyStatus{{Name: "gate", PolicySpec: &v1alpha1.AccessPolicySpec{
+				CheckGrantedPermission: &v1alpha1.CheckGrantedPermission{Spec: v1alpha1.CheckGrantedPermissionSpec{
+					Checks: []v1alpha1.Check{{Name: "c", Ref: &v1alpha1.TemplateRef{ConfigMap: &v1alpha1.ConfigMapRef{Name: "check-template"}}}}}}}}}}}
+		if revokedToo {
+			ar.Status.Conditions = []metav1.Condition{{Type: v1alpha1.ConditionAccessPermissionSync, Status: metav1.ConditionTrue, Reason: v1alpha1.ReasonPermissionCleanUp}}
+		}
+		return ar
+	}
+	c := &Controller{SystemNamespace: "connectors-system",
+		Client: withRequestIndexes(fake.NewClientBuilder().WithScheme(scheme).WithObjects(request("live", false), request("done", true))).Build()}
+	ctx := context.Background()
+	want := []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: "team", Name: "live"}}}
+	for what, got := range map[string][]reconcile.Request{
+		"a policy":    c.requestsInNamespace(ctx, &v1alpha1.AccessPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "team", Name: "gate"}}),
+		"a Connector": c.requestsOfConnector(ctx, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Namespace: "team", Name: "git"}}),
+		"a template":  c.requestsUsingTemplate(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "connectors-system", Name: "check-template"}}),
+	} {
+		if !slices.Equal(got, want) {
+			t.Errorf("%s woke %v, want the live request alone", what, got)
+		}
 	}
 }

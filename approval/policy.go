@@ -105,17 +105,27 @@ func (c *PolicyController) policiesUsingTemplate(ctx context.Context, o client.O
 // usesTemplate tells whether a policy names the template ConfigMap name, as a role template or
 // a check's.
 func usesTemplate(spec *v1alpha1.AccessPolicySpec, name string) bool {
-	names := func(ref v1alpha1.TemplateRef) bool { return ref.ConfigMap != nil && ref.ConfigMap.Name == name }
-	if dp := spec.DefaultPermission; dp != nil && names(dp.RoleTemplate.Ref) {
-		return true
+	return slices.Contains(templatesOf(spec), name)
+}
+
+// templatesOf are the template ConfigMaps a policy names: role templates and checks'.
+func templatesOf(spec *v1alpha1.AccessPolicySpec) []string {
+	var names []string
+	add := func(ref *v1alpha1.TemplateRef) {
+		if ref != nil && ref.ConfigMap != nil {
+			names = append(names, ref.ConfigMap.Name)
+		}
 	}
-	cgp := spec.CheckGrantedPermission
-	if cgp == nil {
-		return false
+	if dp := spec.DefaultPermission; dp != nil {
+		add(&dp.RoleTemplate.Ref)
 	}
-	return names(cgp.Spec.RoleTemplate.Ref) || slices.ContainsFunc(cgp.Spec.Checks, func(ch v1alpha1.Check) bool {
-		return ch.Ref != nil && names(*ch.Ref)
-	})
+	if cgp := spec.CheckGrantedPermission; cgp != nil {
+		add(&cgp.Spec.RoleTemplate.Ref)
+		for _, ch := range cgp.Spec.Checks {
+			add(ch.Ref)
+		}
+	}
+	return names
 }
 
 // selectsNamespacesByLabel tells whether a defaultPermission's subjects depend on which

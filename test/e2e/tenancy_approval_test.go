@@ -95,6 +95,11 @@ func waitRevoked(t *testing.T, key types.NamespacedName) {
 	}) {
 		t.Fatalf("AccessRequest %s was not revoked: %+v", key, ar.Status.Conditions)
 	}
+	for _, p := range ar.Status.Policies {
+		if p.PolicySpec != nil {
+			t.Errorf("revoked AccessRequest %s keeps the spec of policy %s", key, p.Name)
+		}
+	}
 	for _, obj := range []client.Object{&rbacv1.Role{}, &rbacv1.RoleBinding{}} {
 		if err := cp.Client.Get(context.Background(), key, obj); !apierrors.IsNotFound(err) {
 			t.Errorf("the %T of revoked AccessRequest %s is still there: %v", obj, key, err)
