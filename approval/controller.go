@@ -25,6 +25,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	utilcache "k8s.io/apimachinery/pkg/util/cache"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
@@ -395,8 +396,9 @@ func (c *Controller) Reconcile(ctx context.Context, req reconcile.Request) (reco
 		}
 	}
 	if err == nil && result.IsZero() && !revoked(ar) && c.PodRecheck > 0 {
-		// A live request looks at its Pod again now and then: it is not watched.
-		result.RequeueAfter = c.PodRecheck
+		// A live request looks at its Pod again now and then: it is not watched. Spread, so that
+		// the requests a new leader evaluates at once are not read again all at once.
+		result.RequeueAfter = wait.Jitter(c.PodRecheck, 0.2)
 	}
 	return result, err
 }
