@@ -14,7 +14,10 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	toolscache "k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/flowcontrol"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -51,11 +54,15 @@ func startController(ctx context.Context, g *errgroup.Group, p *process, ready *
 	})); err != nil {
 		return err
 	}
+	statusClient, statusKube, err := statusClients(p, mgr)
+	if err != nil {
+		return err
+	}
 	if err := (&connectorstatus.Reconciler{
-		Client: mgr.GetClient(),
+		Client: statusClient,
 		// A Secret is read at most once per recheck interval, whatever the events.
 		Secrets: secretcache.New(secretcache.FromWatchCache(func(ctx context.Context, ns, name string, opts metav1.GetOptions) (*corev1.Secret, error) {
-			return p.kube.CoreV1().Secrets(ns).Get(ctx, name, opts)
+			return statusKube.CoreV1().Secrets(ns).Get(ctx, name, opts)
 		}), o.StatusRecheck, o.SecretCacheSize, o.SecretCacheBytes, "status_secrets"),
 		ProxyURL: o.ProxyURL, ClusterDomain: o.ClusterDomain,
 		Transports: trust.NewTransports(o.TransportCacheSize, "probe_transports", func(roots *x509.CertPool) *http.Transport {
@@ -131,6 +138,29 @@ func startController(ctx context.Context, g *errgroup.Group, p *process, ready *
 	return nil
 }
 
+// statusClients are the Connector status controller's clients, reading through the manager's
+// cache as its client does, with a rate limiter of their own (--connector-status-api-qps):
+// probing every Connector again each --connector-recheck-interval costs calls in proportion to
+// their number, and sharing --kube-api-qps, 20,000 Connectors' rechecks would hold every
+// approval behind them.
+func statusClients(p *process, mgr ctrl.Manager) (client.Client, kubernetes.Interface, error) {
+	cfg := rest.CopyConfig(p.cfg)
+	cfg.QPS, cfg.Burst = float32(p.o.StatusAPIQPS), p.o.StatusAPIBurst
+	cfg.RateLimiter = flowcontrol.NewTokenBucketRateLimiter(cfg.QPS, cfg.Burst)
+	kube, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	c, err := client.New(cfg, client.Options{Scheme: p.scheme, Mapper: mgr.GetRESTMapper(),
+		Cache: &client.CacheOptions{Reader: mgr.GetCache(), DisableFor: uncachedKinds()}})
+	return c, kube, err
+}
+
+// uncachedKinds are read live by the controllers' clients: see newManager.
+func uncachedKinds() []client.Object {
+	return []client.Object{&corev1.Secret{}, &rbacv1.Role{}, &rbacv1.RoleBinding{}}
+}
+
 // newManager makes the controller-runtime manager of the controllers: its caches keep no
 // managedFields, Secrets are never cached (the driver watches no tenant's Secrets, SPEC §4.5;
 // the CA collector's label-selected informer of the system namespace is its own), Roles and
@@ -145,12 +175,11 @@ func newManager(ctx context.Context, p *process) (ctrl.Manager, error) {
 		return nil, err
 	}
 	mgr, err := ctrl.NewManager(p.cfg, ctrl.Options{
-		WebhookServer: hooks,
-		Scheme:        p.scheme,
-		Logger:        klog.FromContext(ctx),
-		Cache:         cacheOptions(o.SystemNamespace, o.MaxCheckObjectBytes),
-		Client: client.Options{Cache: &client.CacheOptions{DisableFor: []client.Object{
-			&corev1.Secret{}, &rbacv1.Role{}, &rbacv1.RoleBinding{}}}},
+		WebhookServer:                 hooks,
+		Scheme:                        p.scheme,
+		Logger:                        klog.FromContext(ctx),
+		Cache:                         cacheOptions(o.SystemNamespace, o.MaxCheckObjectBytes),
+		Client:                        client.Options{Cache: &client.CacheOptions{DisableFor: uncachedKinds()}},
 		Metrics:                       metricsserver.Options{BindAddress: "0"}, // served on --metrics-listen
 		HealthProbeBindAddress:        "0",
 		LeaderElection:                o.LeaderElect,

@@ -133,7 +133,8 @@ func newProcess(o *validated) (*process, error) {
 	}
 	// One limiter for every client of the process (informers, reviews, writes), so that
 	// --kube-api-qps is what the process may send, whatever it runs. The proxy's reviews have
-	// their own (see startNode).
+	// their own (see startNode), and so does the Connector status controller's background
+	// probing (statusClients).
 	cfg.QPS, cfg.Burst = float32(o.KubeAPIQPS), o.KubeAPIBurst
 	cfg.RateLimiter = flowcontrol.NewTokenBucketRateLimiter(cfg.QPS, cfg.Burst)
 	kube, err := kubernetes.NewForConfig(cfg)

@@ -33,6 +33,8 @@ const (
 	defaultGatingCacheTTL         = 10 * time.Second
 	defaultGatingCacheSize        = 1000
 	defaultMaxPolicyBytes         = 64 << 10
+	defaultStatusAPIQPS           = 20
+	defaultStatusAPIBurst         = 40
 	defaultMaxCheckObjectBytes    = 256 << 10
 	defaultRegistryTokenCacheSize = 10000
 	defaultLeafCacheSize          = 1000
@@ -89,7 +91,10 @@ type Options struct {
 	SecretCacheTTL     time.Duration
 	StatusRecheck      time.Duration
 	StatusWorkers      int
-	ClusterDomain      string
+	// StatusAPIQPS and StatusAPIBurst are the Connector status controller's own rate limit.
+	StatusAPIQPS   float64
+	StatusAPIBurst int
+	ClusterDomain  string
 	// BuiltInProxyServices are the Service names under which a ConnectorClass's spec.proxy.ref
 	// means the built-in proxy.
 	BuiltInProxyServices []string
@@ -229,6 +234,8 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.SecretCacheTTL, "secret-cache-ttl", 10*time.Second, "how long the proxy keeps a Connector's Secret after reading it")
 	fs.DurationVar(&o.StatusRecheck, "connector-recheck-interval", 5*time.Minute, "how often the leader probes each Connector's tool again for its status")
 	fs.IntVar(&o.StatusWorkers, "connector-status-workers", 4, "Connectors the status controller checks at once")
+	fs.Float64Var(&o.StatusAPIQPS, "connector-status-api-qps", defaultStatusAPIQPS, "sustained requests per second of the Connector status controller (a Secret read per probe, a status write per change), apart from --kube-api-qps: probing every Connector is background work that grows with their number, and never holds an approval behind it")
+	fs.IntVar(&o.StatusAPIBurst, "connector-status-api-burst", defaultStatusAPIBurst, "burst of the Connector status controller's requests")
 	fs.StringVar(&o.ClusterDomain, "cluster-domain", defaultClusterDomain, "the cluster's DNS domain, for the addresses of Services a ConnectorClass's proxy or api refers to")
 	o.BuiltInProxyServices = defaultBuiltInProxyServices
 	fs.Func("builtin-proxy-services", "comma-separated names of Services in the system namespace that are the built-in proxy: a ConnectorClass whose spec.proxy.ref names one is served by it (default connectors-proxy,connectors-proxy-service: this project's and Alauda's)", func(v string) error {
@@ -445,6 +452,15 @@ func (o *Options) validate() (*validated, error) {
 	}
 	if o.StatusRecheck <= 0 {
 		return nil, fmt.Errorf("--connector-recheck-interval must be positive")
+	}
+	switch {
+	case o.StatusAPIQPS < 0 || o.StatusAPIBurst < 0:
+		return nil, fmt.Errorf("--connector-status-api-qps and --connector-status-api-burst must not be negative")
+	case o.StatusAPIQPS == 0:
+		v.StatusAPIQPS = defaultStatusAPIQPS
+	}
+	if o.StatusAPIBurst == 0 {
+		v.StatusAPIBurst = defaultStatusAPIBurst
 	}
 	switch {
 	case o.CELCacheSize < 0:

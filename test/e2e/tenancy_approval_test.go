@@ -890,6 +890,29 @@ func TestApprovedPodsCostOneReviewPerAnswer(t *testing.T) {
 	}
 }
 
+// TestApprovalsAreNotBehindConnectorProbes: the Connector status controller probes every
+// Connector again each --connector-recheck-interval, a Secret read and a status write each,
+// which grows with the cluster's Connectors; it has a rate limit of its own
+// (--connector-status-api-qps), so that approvals never wait behind it. Here it may send one
+// request and then none: the Connector's status is never written, and an approval goes through.
+func TestApprovalsAreNotBehindConnectorProbes(t *testing.T) {
+	setupApproval(t)
+	env := startDeployedDrivers(t, func(o *driver.Options) { o.StatusAPIQPS, o.StatusAPIBurst = 1e-6, 1 })
+	ns := newNamespace(t)
+	_, key := approvedPod(t, env, ns)
+	var ar v1alpha1.AccessRequest
+	if err := cp.Client.Get(context.Background(), key, &ar); err != nil || !meta.IsStatusConditionTrue(ar.Status.Conditions, v1alpha1.ConditionReady) {
+		t.Fatalf("the approved Pod's request: %v %+v", err, ar.Status.Conditions)
+	}
+	var c v1alpha1.Connector
+	if err := cp.Client.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: "prod"}, &c); err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Status.Conditions) != 0 {
+		t.Errorf("the status controller wrote the Connector's status past its own rate limit: %+v", c.Status.Conditions)
+	}
+}
+
 // TestTenantChecksReadBoundedObjects: a check reads at most --accessrequest-check-max-objects
 // objects; one matching more fails, naming the flag, rather than holding one of the
 // controller's workers (four serve every tenant) for minutes and growing the status.
