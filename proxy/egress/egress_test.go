@@ -98,7 +98,7 @@ func TestDialContextChecksEveryResolvedAddressBeforeDialing(t *testing.T) {
 // not public, clusters' own among them (shared space, 240/4, 198.18/15), in every form.
 func TestNotPublicRefusesWhatIsNotGlobal(t *testing.T) {
 	for _, addr := range []string{"100.64.0.1", "0.1.2.3", "192.0.0.8", "198.18.0.1", "198.19.255.254", "240.0.0.1",
-		"255.255.255.255", "203.0.113.9", "::ffff:240.0.0.1", "64:ff9b::f000:1", "64:ff9b:1::a", "2001:db8::1", "2001:2::1", "fec0::1"} {
+		"255.255.255.255", "::ffff:240.0.0.1", "64:ff9b::f000:1", "64:ff9b:1::a", "2001:2::1", "fec0::1"} {
 		if why := NotPublic(netip.MustParseAddr(addr)); why == "" {
 			t.Errorf("NotPublic(%s): public, want refused", addr)
 		}

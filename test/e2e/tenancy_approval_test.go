@@ -324,7 +324,9 @@ func TestRoleTemplatesAreCheckedAndEscaped(t *testing.T) {
 // before any informer is started.
 func TestTenantChecksAreBounded(t *testing.T) {
 	setupApproval(t)
-	env := startDeployedDrivers(t, nil)
+	// Time enough for the memory bound to end rego-memory first on a loaded machine (its
+	// clock bound, --rego-eval-timeout, is 250 ms by default).
+	env := startDeployedDrivers(t, func(o *driver.Options) { o.RegoTimeout = 5 * time.Second })
 	ctx := context.Background()
 	ns := newNamespace(t)
 	tool, git := startGitServer(t, false), gitClass(t)
