@@ -161,7 +161,9 @@ func (c *PolicyController) Reconcile(ctx context.Context, req reconcile.Request)
 	}
 
 	var connectors v1alpha1.ConnectorList
-	if err := c.Client.List(ctx, &connectors, client.InNamespace(p.Namespace)); err != nil {
+	// Uncopied: every Connector event of the namespace reconciles each of its policies, and
+	// they only read the Connectors (kube-public's may be many).
+	if err := c.Client.List(ctx, &connectors, client.InNamespace(p.Namespace), client.UnsafeDisableDeepCopy); err != nil {
 		return reconcile.Result{}, err
 	}
 	var matched []*v1alpha1.Connector
