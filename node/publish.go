@@ -88,7 +88,8 @@ func (s *Server) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	}
 	if err == nil {
 		rec.VolumeID, rec.TargetPath, rec.Pod = req.GetVolumeId(), target, vr.pod
-		rec.Fingerprint, rec.TokenSHA256, rec.AuthorizedAt = fingerprint(vr, sources, gid, s.caFingerprint(ctx)), tokenHash(vr.token), s.now()
+		rec.Fingerprint, rec.AuthFingerprint = fingerprints(vr, sources, gid, s.caFingerprint(ctx))
+		rec.TokenSHA256, rec.AuthorizedAt = tokenHash(vr.token), s.now()
 		for _, c := range vr.connectors {
 			rec.Connectors = append(rec.Connectors, c.String())
 		}

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kube-connectors/connectors-csi/render"
 )
@@ -25,44 +24,53 @@ func init() { prometheus.MustRegister(republishesUnchanged) }
 // changed since it was last authorized, within Config.RepublishRecheck: no API request (the
 // Connectors and classes come from the caches, the CA from memory, the record from the
 // store's memory) and, when the token is the same too, no write at all. A new token is written
-// without authorizing again. done is false when the full publish must run.
+// without authorizing again, and so is content whose class or CA changed alone: what is
+// authorized (the Pod may get the Connector, its AccessRequest holds) does not depend on them,
+// and an edit of a class every volume of a cluster renders would otherwise authorize all of
+// them again at their next republish. done is false when the full publish must run.
 func (s *Server) republishUnchanged(ctx context.Context, volumeID, target string, vr *volumeRequest, sources []render.Source, gid *int64) (done bool, err error) {
 	rec, err := s.Records.Load(volumeID)
 	if err != nil || rec == nil || rec.TargetPath != target || s.Config.RepublishRecheck <= 0 ||
-		s.now().Sub(rec.AuthorizedAt) >= s.Config.RepublishRecheck ||
-		rec.Fingerprint != fingerprint(vr, sources, gid, s.caFingerprint(ctx)) {
+		s.now().Sub(rec.AuthorizedAt) >= s.Config.RepublishRecheck {
 		return false, nil
 	}
+	content, auth := fingerprints(vr, sources, gid, s.caFingerprint(ctx))
 	token := tokenHash(vr.token)
-	if rec.TokenSHA256 == token || rec.Rejected { // a rejected volume holds no token
+	switch {
+	case rec.Fingerprint == content && (rec.TokenSHA256 == token || rec.Rejected): // a rejected volume holds no token
 		return true, nil
+	case rec.Fingerprint != content && (rec.AuthFingerprint != auth || rec.Rejected):
+		return false, nil
 	}
 	files, err := s.renderFiles(ctx, vr, sources)
 	if err != nil {
 		return true, err
 	}
 	updated := *rec
-	updated.TokenSHA256 = token
+	updated.Fingerprint, updated.TokenSHA256 = content, token
 	return true, s.fill(target, files, gid, &updated)
 }
 
-// fingerprint identifies everything a volume's content and authorization depend on but the
-// token: the request's attributes, the Pod, the fsGroup, the Connectors' and classes' identity,
-// generation (their spec), labels and annotations, and the proxy CA. Not their status: the
-// status controller rewrites it at every recheck, and a republish would authorize again for
-// nothing; a template that renders status fields sees them change at the next recheck.
-func fingerprint(vr *volumeRequest, sources []render.Source, gid *int64, ca string) string {
-	var versions []any
+// fingerprints identify everything a volume's content depends on but the token (content: the
+// request's attributes, the Pod, the fsGroup, the Connectors' and classes' identity, generation
+// (their spec), labels and annotations, and the proxy CA), and what its authorization depends
+// on (auth: the same but the classes and the CA). Not the status of either: the status
+// controller rewrites it at every recheck, and a republish would authorize again for nothing;
+// a template that renders status fields sees them change at the next recheck.
+func fingerprints(vr *volumeRequest, sources []render.Source, gid *int64, ca string) (content, auth string) {
+	var connectors, classes []any
 	for _, src := range sources {
-		for _, o := range []metav1.Object{src.Connector, src.Class} {
-			versions = append(versions, o.GetUID(), o.GetGeneration(), o.GetLabels(), o.GetAnnotations())
-		}
+		connectors = append(connectors, src.Connector.GetUID(), src.Connector.GetGeneration(), src.Connector.GetLabels(), src.Connector.GetAnnotations())
 		// The one part of a class's status a volume renders: its own proxy's address.
-		versions = append(versions, src.Class.OwnProxyURL())
+		classes = append(classes, src.Class.GetUID(), src.Class.GetGeneration(), src.Class.GetLabels(), src.Class.GetAnnotations(), src.Class.OwnProxyURL())
 	}
-	b, _ := json.Marshal([]any{vr.pod, vr.connectors, vr.configurations, vr.excluded, vr.params, gid, versions, ca})
-	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:])
+	request := []any{vr.pod, vr.connectors, vr.configurations, vr.excluded, vr.params, gid, connectors}
+	return hashJSON(append(request, classes, ca)), hashJSON(request)
+}
+
+func hashJSON(v any) string {
+	b, _ := json.Marshal(v)
+	return sha256Hex(string(b))
 }
 
 // tokenHash is what the record keeps of a token: its SHA-256, never the token.

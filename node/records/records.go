@@ -37,12 +37,15 @@ type Record struct {
 	AccessRequests []string `json:"accessRequests,omitempty"`
 	// Rejected: the volume holds only the .error.json of a rejected AccessRequest.
 	Rejected bool `json:"rejected,omitempty"`
-	// Fingerprint identifies the inputs the volume was last authorized and rendered with (the
-	// attributes, the Connectors' and classes' versions, the CA), TokenSHA256 the token's hash,
-	// AuthorizedAt when: an unchanged republish within the recheck interval needs no API call.
-	Fingerprint  string    `json:"fingerprint,omitempty"`
-	TokenSHA256  string    `json:"tokenSHA256,omitempty"`
-	AuthorizedAt time.Time `json:"authorizedAt,omitzero"`
+	// Fingerprint identifies the inputs the volume was last rendered with (the attributes, the
+	// Connectors' and classes' versions, the CA), AuthFingerprint those it was last authorized
+	// with (the same but the classes and the CA), TokenSHA256 the token's hash, AuthorizedAt
+	// when: an unchanged republish within the recheck interval needs no API call, and one whose
+	// class or CA changed alone is rendered again without one.
+	Fingerprint     string    `json:"fingerprint,omitempty"`
+	AuthFingerprint string    `json:"authFingerprint,omitempty"`
+	TokenSHA256     string    `json:"tokenSHA256,omitempty"`
+	AuthorizedAt    time.Time `json:"authorizedAt,omitzero"`
 }
 
 // Store keeps records as one JSON file per volume, and in memory once read or written, so that

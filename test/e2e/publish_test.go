@@ -413,14 +413,16 @@ func TestAnUnreadableVolumeRecordIsUnpublished(t *testing.T) {
 
 // TestUnchangedRepublishSendsNoAPIRequest runs the node role with its deployed RBAC and counts,
 // in the API server's audit log, what it sends while kubelet republishes unchanged volumes:
-// nothing, also when the token is new (it is written without authorizing again). A change of a
+// nothing, also when the token is new (it is written without authorizing again), and when the
+// class's template changed (rendered again: what is authorized does not depend on the class,
+// and a class every volume renders would otherwise authorize them all again). A change of a
 // Connector makes the next republish authorize again.
 func TestUnchangedRepublishSendsNoAPIRequest(t *testing.T) {
 	// Every authorization asks the API server (no cached answer), so that the count shows it.
 	env := startDeployedDrivers(t, func(o *driver.Options) { o.AuthzAllowTTL = 0 })
 	ctx := context.Background()
 	ns := newNamespace(t)
-	git := gitClass(t)
+	git := deployedClassCopy(t, "git.yaml").Name
 	newConnector(t, ns, "git", git, "https://github.com")
 	allowConnectors(t, ns, "builder", "git")
 	// The controller labels the Connector with its class once: a change the volumes would see.
@@ -461,6 +463,31 @@ func TestUnchangedRepublishSendsNoAPIRequest(t *testing.T) {
 	}
 	if sent := nodeRequests(start); len(sent) != 0 {
 		t.Fatalf("15 unchanged republishes sent %d API requests: %q", len(sent), sent)
+	}
+	// The class's controller writes its status meanwhile: read again on a conflict.
+	if err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		var c v1alpha1.ConnectorClass
+		if err := cp.Client.Get(ctx, types.NamespacedName{Name: git}, &c); err != nil {
+			return err
+		}
+		c.Configuration("gitconfig").Data[".gitconfig"] += "\n# edited\n"
+		return cp.Client.Update(ctx, &c)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	classChanged := time.Now()
+	for _, pod := range pods {
+		if !kubelet.WaitUntil(10*time.Second, func() bool {
+			if err := env.kubelet.Publish(ctx, pod, "connectors"); err != nil {
+				t.Fatal(err)
+			}
+			return strings.Contains(visibleFiles(t, env.kubelet.TargetPath(pod, "connectors"))[".gitconfig"], "# edited")
+		}) {
+			t.Fatal("a changed class never reached the volume")
+		}
+	}
+	if sent := nodeRequests(classChanged); len(sent) != 0 {
+		t.Errorf("republishes after a change of the class sent %d API requests: %q", len(sent), sent)
 	}
 	// The status controller writes the Connector's status meanwhile: read again on a conflict.
 	if err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
