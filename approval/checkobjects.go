@@ -17,7 +17,9 @@ const AnnotationTooLarge = "connectors.cpaas.io/check-object-too-large"
 // check that matches it fails, naming the bound. Check kinds are watched cluster-wide, and
 // their objects are anyone's to write who may run a pipeline: without it, a tenant's thousand
 // ApprovalTasks of 1.5 MiB each would hold the controller's memory, and every tenant's
-// approvals with it. Other objects pass as they are; maxBytes ≤ 0 keeps every object whole.
+// approvals with it. A check that matches a stub fails, or, for a request that holds a grant,
+// waits and keeps it. Other objects pass as they are; maxBytes ≤ 0 keeps every object whole
+// (the flag's 0 is its default).
 func BoundCheckObjects(maxBytes int) toolscache.TransformFunc {
 	return func(in any) (any, error) {
 		u, ok := in.(*unstructured.Unstructured)
@@ -26,6 +28,13 @@ func BoundCheckObjects(maxBytes int) toolscache.TransformFunc {
 		}
 		size := jsonSize(u.Object, maxBytes)
 		if size <= maxBytes {
+			// The mark is the transform's to set: one written by hand would fail a check with a
+			// false reason.
+			if _, marked := u.GetAnnotations()[AnnotationTooLarge]; marked {
+				annotations := u.GetAnnotations()
+				delete(annotations, AnnotationTooLarge)
+				u.SetAnnotations(annotations)
+			}
 			return in, nil
 		}
 		stub := &unstructured.Unstructured{}

@@ -35,6 +35,12 @@ func TestBoundCheckObjectsKeepsStubsOfLargeObjects(t *testing.T) {
 	if stub := out.(*unstructured.Unstructured); len(stub.GetLabels()) != 0 || stub.GetAnnotations()[AnnotationTooLarge] == "" {
 		t.Errorf("labels over the bound were kept: %v", stub.Object)
 	}
+	marked := object(map[string]any{"run": "r1"}, 10)
+	marked.SetAnnotations(map[string]string{AnnotationTooLarge: "1", "kept": "yes"})
+	if out, _ := bound(marked); out.(*unstructured.Unstructured).GetAnnotations()[AnnotationTooLarge] != "" ||
+		out.(*unstructured.Unstructured).GetAnnotations()["kept"] != "yes" {
+		t.Errorf("a small object keeps a mark written by hand: %v", out)
+	}
 	pod := &corev1.Pod{}
 	if out, _ := bound(pod); out != pod {
 		t.Error("a typed object was changed")

@@ -79,7 +79,7 @@ type Controller struct {
 	// (BoundCheckObjects), for the message of a check that matches a larger one.
 	MaxCheckObjectBytes int
 	// MaxPolicyBytes bounds the policy specs one request records, their JSON together (0: no
-	// bound). A request keeps its policies' specs as they matched (Alauda's policySpec) and is
+	// bound; the flag's 0 is its default). A request keeps its policies' specs as they matched (Alauda's policySpec) and is
 	// kept for Retention after its Pod: without a bound, a tenant's policy of a megabyte would
 	// be copied into etcd once per gated Pod it ever started.
 	MaxPolicyBytes int
@@ -483,8 +483,7 @@ func (c *Controller) evaluate(ctx context.Context, ar *v1alpha1.AccessRequest) (
 			return reconcile.Result{}, err
 		}
 		if tooLarge != "" {
-			c.refusePolicies(ar, tooLarge)
-			return reconcile.Result{}, nil
+			return reconcile.Result{}, c.refusePolicies(ctx, ar, tooLarge)
 		}
 	}
 	if len(ar.Status.Policies) == 0 {
@@ -621,12 +620,18 @@ func (c *Controller) snapshotPolicies(ctx context.Context, ar *v1alpha1.AccessRe
 }
 
 // refusePolicies fails a request whose policies are too large to record: nothing is granted
-// (nothing was: a grant needs the snapshot) until they are made smaller.
-func (c *Controller) refusePolicies(ar *v1alpha1.AccessRequest, why string) {
+// until they are made smaller.
+func (c *Controller) refusePolicies(ctx context.Context, ar *v1alpha1.AccessRequest, why string) error {
+	// A grant needs the snapshot, so there is none but one written while the status was lost
+	// to another's write; it goes before the status says there is none (PodGrants reads it).
+	if err := c.deleteGrant(ctx, ar); err != nil {
+		return err
+	}
 	c.setCondition(ar, v1alpha1.ConditionAccessPolicyMatched, metav1.ConditionFalse, v1alpha1.ReasonPoliciesTooLarge, "%s", why)
 	c.setCondition(ar, v1alpha1.ConditionAccessCheckReady, metav1.ConditionFalse, v1alpha1.ReasonFailed, "%s", why)
 	c.setCondition(ar, v1alpha1.ConditionAccessPermissionSync, metav1.ConditionFalse, v1alpha1.ReasonNoPermissionRequired, "no access is granted: failed")
 	c.setCondition(ar, v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonPoliciesTooLarge, "%s", why)
+	return nil
 }
 
 // Selects reports whether a policy's connector selector selects the Connector.
@@ -836,8 +841,16 @@ func (c *Controller) evaluateCheck(ctx context.Context, ar *v1alpha1.AccessReque
 			return retry("%s", c.budgetSpent())
 		}
 		if size := obj.GetAnnotations()[AnnotationTooLarge]; size != "" {
-			return fail("%s %s/%s is larger than %d bytes (--check-object-max-bytes): the controller keeps no larger check object",
+			why := fmt.Sprintf("%s %s/%s is larger than %d bytes (--check-object-max-bytes): the controller keeps no larger check object",
 				obj.GetKind(), obj.GetNamespace(), obj.GetName(), c.MaxCheckObjectBytes)
+			if holdsGrant(ar) {
+				// A bound of the controller's, not the policy's: a running Pod keeps the access its
+				// checks gave it (an object that grew past it, a PipelineRun's status), as for a
+				// check pending again.
+				mc.State, mc.Message = v1alpha1.StatePending, why
+				return mc, v1alpha1.ReasonPending
+			}
+			return fail("%s", why)
 		}
 		state, err := c.States.state(ctx, obj, spec)
 		switch {

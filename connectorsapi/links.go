@@ -31,8 +31,12 @@ func newLinkWriter(w http.ResponseWriter, base, target *url.URL, apiPath string)
 }
 
 // WriteHeader rewrites the final answer's Link header and confines it (confineAnswer); 1xx
-// answers (Early Hints) pass as they are.
+// answers (Early Hints) pass as they are, but for the cookies they may carry.
 func (l *linkWriter) WriteHeader(code int) {
+	if code < http.StatusOK {
+		l.Header().Del("Set-Cookie")
+		l.Header().Del("Set-Cookie2")
+	}
 	if !l.written && code >= http.StatusOK {
 		l.written = true
 		confineAnswer(l.Header())

@@ -39,9 +39,10 @@ func (o *ownerTransports) For(tr *http.Transport, owner poolOwner) *http.Transpo
 	if own, ok := o.byOwner.Get(key); ok {
 		return own
 	}
-	// Two requests may clone at once; the second Add replaces the first, which then serves
-	// only the request that made it.
 	own := tr.Clone()
-	o.byOwner.Add(key, own)
+	// Two requests may clone at once: the first kept serves both.
+	if kept, found, _ := o.byOwner.PeekOrAdd(key, own); found {
+		return kept
+	}
 	return own
 }

@@ -1009,13 +1009,36 @@ func TestTenancyLargeCheckObjectsAreNotKept(t *testing.T) {
 	if err := cp.Client.Apply(context.Background(), client.ApplyConfigurationFromUnstructured(large), client.FieldOwner("e2e")); err != nil {
 		t.Fatal(err)
 	}
-	if err := publishOutcome(t, env, pipelineRunPod(t, env.kubelet, ns, "release-1", "promote", map[string]string{"connectors": "prod"})); err != nil {
+	small := pipelineRunPod(t, env.kubelet, ns, "release-1", "promote", map[string]string{"connectors": "prod"})
+	if err := publishOutcome(t, env, small); err != nil {
 		t.Fatalf("publish with a small approval: %v", err)
 	}
 	want := "ApprovalTask " + ns + "/approve-release-2 is larger than 4096 bytes (--check-object-max-bytes)"
 	err := publishOutcome(t, env, pipelineRunPod(t, env.kubelet, ns, "release-2", "promote", map[string]string{"connectors": "prod"}))
 	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), want) {
 		t.Fatalf("publish with a large approval: %v, want FailedPrecondition naming %q", err, want)
+	}
+
+	// An approval that grows past the bound while its Pod runs: the bound is the controller's,
+	// so the running Pod keeps its access, as while a check is pending again.
+	grown := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "openshift-pipelines.org/v1alpha1", "kind": "ApprovalTask",
+		"metadata": map[string]any{"name": "approve-release-1", "namespace": ns, "labels": map[string]any{"tekton.dev/pipelineRun": "release-1"}},
+		"status":   map[string]any{"state": "approved", "comment": strings.Repeat("x", 8000)},
+	}}
+	if err := cp.Client.Apply(context.Background(), client.ApplyConfigurationFromUnstructured(grown), client.FieldOwner("e2e"), client.ForceOwnership); err != nil {
+		t.Fatal(err)
+	}
+	key := types.NamespacedName{Namespace: ns, Name: approval.RequestName("prod", records.Pod{Namespace: ns, Name: small.Name, UID: string(small.UID)})}
+	var ar v1alpha1.AccessRequest
+	if !kubelet.WaitUntil(10*time.Second, func() bool {
+		check := meta.FindStatusCondition(ar.Status.Conditions, v1alpha1.ConditionAccessCheckReady)
+		return cp.Client.Get(context.Background(), key, &ar) == nil && check != nil && strings.Contains(check.Message, "--check-object-max-bytes")
+	}) {
+		t.Fatalf("the grown approval was not seen: %+v", ar.Status.Conditions)
+	}
+	if !meta.IsStatusConditionTrue(ar.Status.Conditions, v1alpha1.ConditionReady) {
+		t.Errorf("the running Pod lost its grant to the controller's bound: %+v", ar.Status.Conditions)
 	}
 }
 
