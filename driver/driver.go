@@ -98,6 +98,7 @@ func Run(ctx context.Context, opts Options) error {
 	p.globalCA = trust.WatchGlobal(ctx, cms)
 	cms.Start(ctx)
 	if o.runsNode() {
+		debug.SetMemoryLimit(memoryLimitBesideVolumes(debug.SetMemoryLimit(-1), o.volumesMaxBytes))
 		if err := startNode(ctx, g, p, &nodeReady); err != nil {
 			return err
 		}
@@ -182,6 +183,17 @@ func releaseStartupPages(ctx context.Context, ready func() bool, interval time.D
 		case <-time.After(interval):
 		}
 	}
+}
+
+// memoryLimitBesideVolumes is the Go runtime's soft memory limit for a node whose volumes may
+// hold volumes bytes: their tmpfs pages count against the container's memory limit, which
+// deploy/ gives as GOMEMLIMIT, and Go does not see them. A limit not more than twice the
+// volumes', or none, is left as it is.
+func memoryLimitBesideVolumes(limit, volumes int64) int64 {
+	if limit == math.MaxInt64 || volumes <= 0 || limit <= 2*volumes {
+		return limit
+	}
+	return limit - volumes
 }
 
 // goMemoryLimitMiB is the Go runtime's soft memory limit (GOMEMLIMIT, which deploy/ sets to

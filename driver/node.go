@@ -156,7 +156,7 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 	renderer := render.NewRenderer(o.ProxyURL, o.NoProxy, int(min(o.volumeSizeBytes, math.MaxInt32)))
 	renderer.ClusterDomain = o.ClusterDomain
 	nodeServer := node.NewServer(node.Server{
-		Config: node.Config{NodeID: o.NodeID, Audience: o.TokenAudience, VolumeSizeLimit: o.volumeSizeBytes,
+		Config: node.Config{NodeID: o.NodeID, Audience: o.TokenAudience, VolumeSizeLimit: o.volumeSizeBytes, VolumesMaxBytes: o.volumesMaxBytes,
 			RepublishRecheck: o.RepublishRecheck},
 		Objects:     objects,
 		LiveClasses: watcher,

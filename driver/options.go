@@ -33,6 +33,7 @@ const (
 	defaultGatingCacheTTL         = 10 * time.Second
 	defaultGatingCacheSize        = 1000
 	defaultMaxPolicyBytes         = 64 << 10
+	defaultVolumesMaxBytes        = "64Mi"
 	defaultStatusAPIQPS           = 20
 	defaultStatusAPIBurst         = 40
 	defaultMaxCheckObjectBytes    = 256 << 10
@@ -77,9 +78,11 @@ type Options struct {
 	// server at its start is alive; past it, the liveness probe restarts it. Off by default: a
 	// restart mends none of what holds a start (an outage, a list forbidden, a credential
 	// refused), and one during an outage costs kubelet's back-off after it.
-	StartupGrace       time.Duration
-	LeaderElect        bool
-	VolumeSizeLimit    string
+	StartupGrace    time.Duration
+	LeaderElect     bool
+	VolumeSizeLimit string
+	// VolumesMaxBytes bounds the memory of the node's volumes together (quantity; "" is 64Mi).
+	VolumesMaxBytes    string
 	KubeletRegDir      string
 	KubeletPluginSock  string
 	UnprivilegedMounts bool
@@ -224,6 +227,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&o.Profiling, "profiling", false, "also serve Go's profiles (/debug/pprof/) on --metrics-listen, which has no authentication: keep that listener off the network when on")
 	fs.BoolVar(&o.LeaderElect, "leader-elect", true, "run the controllers (controller and all roles) under a Lease")
 	fs.StringVar(&o.VolumeSizeLimit, "volume-size-limit", "4Mi", "tmpfs size of each volume")
+	fs.StringVar(&o.VolumesMaxBytes, "node-volumes-max-bytes", defaultVolumesMaxBytes, "memory the node's volumes may hold together (their tmpfs pages count against the driver's memory limit, not the Pods'), a namespace's volumes a quarter of it; a publish past it fails with ResourceExhausted, naming this flag (0: no bound)")
 	fs.StringVar(&o.KubeletRegDir, "kubelet-registration-dir", "", "serve kubelet's plugin-registration API from a socket here (empty: off)")
 	fs.StringVar(&o.KubeletPluginSock, "kubelet-plugin-endpoint", "", "the CSI socket path as kubelet sees it (default: derived from --endpoint)")
 	fs.Float64Var(&o.KubeAPIQPS, "kube-api-qps", 50, "sustained requests per second to the API server (SubjectAccessReviews, events)")
@@ -382,6 +386,7 @@ type validated struct {
 	Options
 	socketPath      string
 	volumeSizeBytes int64
+	volumesMaxBytes int64
 	// regoStateMemoryBytes is RegoStateMemoryLimit in bytes.
 	regoStateMemoryBytes int64
 	webhookHost          string
@@ -415,6 +420,15 @@ func (o *Options) validate() (*validated, error) {
 		return nil, fmt.Errorf("--volume-size-limit %q: not a positive quantity such as 4Mi", o.VolumeSizeLimit)
 	}
 	v.volumeSizeBytes = q.Value()
+	if v.VolumesMaxBytes == "" { // Options built in code without it (tests, benchmarks)
+		v.VolumesMaxBytes = defaultVolumesMaxBytes
+	}
+	if q, err = resource.ParseQuantity(v.VolumesMaxBytes); err != nil || q.Value() < 0 {
+		return nil, fmt.Errorf("--node-volumes-max-bytes %q: not a quantity such as 64Mi", v.VolumesMaxBytes)
+	}
+	if v.volumesMaxBytes = q.Value(); v.volumesMaxBytes > 0 && v.volumesMaxBytes/4 < v.volumeSizeBytes {
+		return nil, fmt.Errorf("--node-volumes-max-bytes %s: a namespace's share, a quarter of it, is less than one volume (--volume-size-limit %s)", v.VolumesMaxBytes, o.VolumeSizeLimit)
+	}
 	if o.RegoStateMemoryLimit == "" { // Options built in code without it (tests, benchmarks)
 		v.RegoStateMemoryLimit = defaultRegoStateMemoryLimit
 	}

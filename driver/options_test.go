@@ -3,6 +3,7 @@ package driver
 import (
 	"flag"
 	"io"
+	"math"
 	"strings"
 	"testing"
 )
@@ -75,5 +76,20 @@ func TestRefusedDestinationsFlag(t *testing.T) {
 	}
 	if err := fs.Parse([]string{"--refused-destinations=metadata.internal"}); err == nil || !strings.Contains(err.Error(), `"metadata.internal" is neither an address nor a CIDR prefix`) {
 		t.Errorf("a name: %v", err)
+	}
+}
+
+// TestMemoryLimitLeavesRoomForVolumes: the node's volumes' tmpfs pages share the container's
+// memory limit with the Go heap; GOMEMLIMIT (the container's limit) is lowered by their bound.
+func TestMemoryLimitLeavesRoomForVolumes(t *testing.T) {
+	for _, tc := range []struct{ limit, volumes, want int64 }{
+		{256 << 20, 64 << 20, 192 << 20},
+		{math.MaxInt64, 64 << 20, math.MaxInt64}, // no limit set
+		{100 << 20, 64 << 20, 100 << 20},         // too small to share
+		{256 << 20, 0, 256 << 20},                // volumes unbounded
+	} {
+		if got := memoryLimitBesideVolumes(tc.limit, tc.volumes); got != tc.want {
+			t.Errorf("limit %d, volumes %d: %d, want %d", tc.limit, tc.volumes, got, tc.want)
+		}
 	}
 }

@@ -61,6 +61,15 @@ func parseAttributes(vc, secrets map[string]string, audience string) (*volumeReq
 	}
 	if len(unknown) > 0 {
 		slices.Sort(unknown)
+		// Named in the error, which kubelet logs and records at every retry: a few, each short.
+		if len(unknown) > 5 {
+			unknown = append(unknown[:5], fmt.Sprintf("and %d more", len(unknown)-5))
+		}
+		for i, k := range unknown {
+			if len(k) > 64 {
+				unknown[i] = strings.ToValidUTF8(k[:64], "") + "…"
+			}
+		}
 		return nil, fmt.Errorf("unknown volume attributes %s (known: %s, %s, %s, %s, %s, %s)",
 			strings.Join(unknown, ", "), attrConnectors, attrConnectorName, attrConnectorNamespace,
 			attrConfigurationNames, attrConfigurationParams, attrTokenExpiration)
@@ -161,9 +170,16 @@ func parseConfigurationNames(v string) (names, excluded []string) {
 	return names, excluded
 }
 
+// maxParamsBytes bounds configuration.params: a template may repeat or escape a value (html
+// escaping multiplies a quote by five), and the rendered volume is held in the node's memory.
+const maxParamsBytes = 64 << 10
+
 func parseParams(v string) (map[string]render.ParamValues, error) {
 	if v == "" {
 		return nil, nil
+	}
+	if len(v) > maxParamsBytes {
+		return nil, fmt.Errorf("%s is %d bytes, more than the %d a volume may pass to its templates", attrConfigurationParams, len(v), maxParamsBytes)
 	}
 	var out map[string]render.ParamValues
 	if err := json.Unmarshal([]byte(v), &out); err != nil {

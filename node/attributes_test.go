@@ -1,8 +1,10 @@
 package node
 
 import (
+	"fmt"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 func podContext(extra map[string]string) map[string]string {
@@ -66,5 +68,24 @@ func TestNonEphemeralRejected(t *testing.T) {
 	_, err := parseAttributes(podContext(map[string]string{attrConnectors: "a", keyEphemeral: "false"}), nil, "aud")
 	if err == nil || !strings.Contains(err.Error(), "inline") {
 		t.Fatalf("err %v", err)
+	}
+}
+
+// TestAttributesAreBoundedInSizeAndInErrors: configuration.params is at most 64 KiB (a
+// template may multiply it into the node's memory), and an error names a few unknown
+// attributes, each shortened, not all of them whole (kubelet logs and records it at each retry).
+func TestAttributesAreBoundedInSizeAndInErrors(t *testing.T) {
+	params := `{"gitconfig": {"depth": "` + strings.Repeat("1", 64<<10) + `"}}`
+	_, err := parseAttributes(podContext(map[string]string{attrConnectors: "a", attrConfigurationParams: params}), nil, "aud")
+	if err == nil || !strings.Contains(err.Error(), "more than the 65536 a volume may pass") {
+		t.Errorf("params of %d bytes: %v", len(params), err)
+	}
+	vc := podContext(map[string]string{attrConnectors: "a"})
+	for i := range 20 {
+		vc[fmt.Sprintf("%02d-%s", i, strings.Repeat("é", 100))] = "x"
+	}
+	_, err = parseAttributes(vc, nil, "aud")
+	if err == nil || len(err.Error()) > 1000 || !strings.Contains(err.Error(), "and 15 more") || !utf8.ValidString(err.Error()) {
+		t.Errorf("20 long unknown attributes: %d bytes %q", len(err.Error()), err)
 	}
 }

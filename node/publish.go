@@ -294,12 +294,22 @@ func (s *Server) write(target string, mounted bool, files render.Files, gid *int
 		if uerr := s.Mounter.Unmount(target); uerr != nil {
 			klog.ErrorS(uerr, "Unmount after a failed publish", "target", target)
 		}
+		s.budget.release(rec.VolumeID)
 	}
 	return err
 }
 
+// fill writes the files into the mounted target and saves the record, once the node's volume
+// budget takes them (volumeBudget); a volume whose files cannot be written keeps its earlier
+// use.
 func (s *Server) fill(target string, files render.Files, gid *int64, rec *records.Record) error {
+	rec.Bytes = footprint(files)
+	undo, err := s.budget.take(rec.VolumeID, rec.Pod.Namespace, rec.Bytes)
+	if err != nil {
+		return err
+	}
 	if _, err := atomicdir.Write(target, files, atomicdir.Ownership{GID: gid}); err != nil {
+		undo()
 		return status.Errorf(codes.Internal, "write files into %s: %v", target, err)
 	}
 	if err := s.Records.Save(rec); err != nil {

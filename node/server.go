@@ -10,6 +10,7 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"k8s.io/client-go/tools/record"
+	"k8s.io/klog/v2"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
@@ -68,6 +69,9 @@ type Config struct {
 	// RepublishRecheck is how long an authorization holds for a republish whose inputs did not
 	// change: within it such a republish sends no API request (0: every republish authorizes).
 	RepublishRecheck time.Duration
+	// VolumesMaxBytes bounds the memory the node's volumes hold together, a namespace's a
+	// quarter of it (volumeBudget; 0: no bound).
+	VolumesMaxBytes int64
 }
 
 // Server implements the CSI Node service.
@@ -94,13 +98,23 @@ type Server struct {
 	targets *targetLocks
 	// kept holds the volumes whose last republish kept old content, so that an outage is
 	// reported to the Pod once, not at every republish.
-	kept *sync.Map // volume ID → whether it was kept for a revoked request (else an outage)
+	kept   *sync.Map // volume ID → whether it was kept for a revoked request (else an outage)
+	budget *volumeBudget
 }
 
-// NewServer returns a Server; every field of s but Clock must be set.
+// NewServer returns a Server; every field of s but Clock must be set. The volumes its records
+// name count against Config.VolumesMaxBytes from the start.
 func NewServer(s Server) *Server {
 	s.targets = &targetLocks{}
 	s.kept = &sync.Map{}
+	var held []*records.Record
+	if s.Records != nil { // tests of a single RPC may go without
+		var err error
+		if held, err = s.Records.All(); err != nil {
+			klog.ErrorS(err, "Reading the volume records at start: the memory of the volumes they name is not counted until their next publish")
+		}
+	}
+	s.budget = newVolumeBudget(s.Config.VolumesMaxBytes, held)
 	return &s
 }
 

@@ -35,6 +35,7 @@ func (s *Server) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 	if err := s.Records.Delete(req.GetVolumeId()); err != nil {
 		return nil, status.Errorf(codes.Internal, "delete volume record: %v", err)
 	}
+	s.budget.release(req.GetVolumeId())
 	s.kept.Delete(req.GetVolumeId()) // a volume that went during an outage: nothing to report of it again
 	klog.FromContext(ctx).V(2).Info("Unpublished volume", "volumeID", req.GetVolumeId(), "target", target)
 	return &csi.NodeUnpublishVolumeResponse{}, nil

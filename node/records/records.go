@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 )
@@ -46,6 +47,8 @@ type Record struct {
 	AuthFingerprint string    `json:"authFingerprint,omitempty"`
 	TokenSHA256     string    `json:"tokenSHA256,omitempty"`
 	AuthorizedAt    time.Time `json:"authorizedAt,omitzero"`
+	// Bytes is about the memory the volume's files hold (node's volumeBudget).
+	Bytes int64 `json:"bytes,omitempty"`
 }
 
 // Store keeps records as one JSON file per volume, and in memory once read or written, so that
@@ -121,7 +124,12 @@ func (s *Store) Load(volumeID string) (*Record, error) {
 }
 
 func (s *Store) read(volumeID string) (*Record, error) {
-	b, err := os.ReadFile(s.path(volumeID))
+	return readFile(s.path(volumeID))
+}
+
+// readFile reads the record in path, nil when there is none.
+func readFile(path string) (*Record, error) {
+	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
@@ -130,9 +138,33 @@ func (s *Store) read(volumeID string) (*Record, error) {
 	}
 	var r Record
 	if err := json.Unmarshal(b, &r); err != nil {
-		return nil, fmt.Errorf("volume record %s: %w: %v", s.path(volumeID), ErrUnreadable, err)
+		return nil, fmt.Errorf("volume record %s: %w: %v", path, ErrUnreadable, err)
 	}
 	return &r, nil
+}
+
+// All reads every record the store holds on disk: the volumes a restarted driver finds
+// mounted. A record that cannot be read is left out, and named in the error.
+func (s *Store) All() ([]*Record, error) {
+	entries, err := os.ReadDir(s.dir)
+	if err != nil {
+		return nil, err
+	}
+	var out []*Record
+	var errs []error
+	for _, e := range entries {
+		if e.IsDir() || !strings.HasSuffix(e.Name(), ".json") {
+			continue
+		}
+		r, err := readFile(filepath.Join(s.dir, e.Name()))
+		switch {
+		case err != nil:
+			errs = append(errs, err)
+		case r != nil: // nil: removed meanwhile
+			out = append(out, r)
+		}
+	}
+	return out, errors.Join(errs...)
 }
 
 // Delete removes a volume's record; a missing record is not an error.

@@ -1231,6 +1231,51 @@ func TestTenancyOtherMethodsKeepTenantsConnectionsApart(t *testing.T) {
 	}
 }
 
+// TestTenancyNodeVolumesAreBounded: a volume's files are tmpfs pages the driver writes, which
+// count against the driver's memory limit, not the Pod's nor its namespace's quota. A tenant's
+// many volumes would take the driver, and every Pod of the node with it, past its limit: the
+// node's volumes hold at most --node-volumes-max-bytes together, a namespace's a quarter of
+// it. A tenant past its share gets ResourceExhausted naming the flag (kubelet retries); its
+// neighbour still publishes; an unpublish frees the share.
+func TestTenancyNodeVolumesAreBounded(t *testing.T) {
+	d := startDriverWith(t, t.TempDir(), nil, func(o *driver.Options) { o.VolumeSizeLimit, o.VolumesMaxBytes = "64Ki", "384Ki" })
+	k := newKubelet(t, d)
+	ctx := context.Background()
+	tenant, neighbour := newNamespace(t), newNamespace(t)
+	git := gitClass(t)
+	for _, ns := range []string{tenant, neighbour} {
+		newConnector(t, ns, "git", git, "https://github.com")
+		allowConnectors(t, ns, "builder", "git")
+	}
+	publish := func(pod *corev1.Pod) error {
+		err := k.Publish(ctx, pod, "connectors")
+		if err == nil {
+			t.Cleanup(func() { _ = k.Unpublish(context.Background(), pod, "connectors") })
+		}
+		return err
+	}
+	attrs := map[string]string{"connectors": "git"}
+	first := podWithVolume(t, k, tenant, "first", attrs, nil)
+	if err := publish(first); err != nil {
+		t.Fatal(err)
+	}
+	second := podWithVolume(t, k, tenant, "second", attrs, nil)
+	want := "the Connectors volumes of namespace " + tenant + " on this node would hold"
+	if err := publish(second); status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), want) ||
+		!strings.Contains(err.Error(), "--node-volumes-max-bytes") {
+		t.Fatalf("a second volume past the namespace's share: %v, want ResourceExhausted naming %q and the flag", err, want)
+	}
+	if err := publish(podWithVolume(t, k, neighbour, "neighbour", attrs, nil)); err != nil {
+		t.Fatalf("the neighbour's volume: %v", err)
+	}
+	if err := k.Unpublish(ctx, first, "connectors"); err != nil {
+		t.Fatal(err)
+	}
+	if err := publish(second); err != nil {
+		t.Fatalf("the second volume once the first is gone: %v", err)
+	}
+}
+
 // TestTenancyAPIListsReadBoundedAnswers: the Connectors API's list calls hand a tool's
 // answers to libraries that read them whole (go-git a ref advertisement, go-containerregistry
 // every next page). A tenant's Connector may name a tool that never ends either: the call
