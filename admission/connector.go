@@ -26,9 +26,14 @@ const ConnectorPath = "/validate-connectors"
 
 // ConnectorValidator reviews Connector creates and updates.
 type ConnectorValidator struct {
-	// Reader reads the class from the API server, not a cache: a class created just before its
-	// first Connector (one kubectl apply) must be found.
-	Reader  client.Reader
+	// Reader reads the class from the controller's cache: every review reads one, and anyone
+	// who may create a Connector may have them sent (a server-side dry run writes nothing and
+	// still calls the webhook), so a live read each would spend the controller's API budget
+	// on one tenant's loop.
+	Reader client.Reader
+	// Live reads a class the cache has not seen, with a rate limit of its own: one created
+	// just before its first Connector (one kubectl apply) must be found.
+	Live    client.Reader
 	Decoder admission.Decoder
 }
 
@@ -60,7 +65,11 @@ func (v *ConnectorValidator) Handle(ctx context.Context, req admission.Request) 
 		return admission.Allowed("spec unchanged")
 	}
 	var class v1alpha1.ConnectorClass
-	err := v.Reader.Get(ctx, client.ObjectKey{Name: c.Spec.ConnectorClassName}, &class)
+	key := client.ObjectKey{Name: c.Spec.ConnectorClassName}
+	err := v.Reader.Get(ctx, key, &class)
+	if apierrors.IsNotFound(err) && v.Live != nil {
+		err = v.Live.Get(ctx, key, &class)
+	}
 	if apierrors.IsNotFound(err) {
 		return invalid(&c, field.ErrorList{field.NotFound(field.NewPath("spec", "connectorClassName"), c.Spec.ConnectorClassName)})
 	}

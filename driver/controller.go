@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"math"
 	"net/http"
 	"reflect"
 	"sync/atomic"
@@ -120,8 +121,12 @@ func startController(ctx context.Context, g *errgroup.Group, p *process, ready *
 	}
 	if o.WebhookListen != "" {
 		// Served by every replica, leader or not: the Service spreads reviews over them.
+		live, err := limitedClient(p, mgr, o.WebhookLiveQPS)
+		if err != nil {
+			return err
+		}
 		mgr.GetWebhookServer().Register(admission.ConnectorPath,
-			(&admission.ConnectorValidator{Reader: mgr.GetAPIReader()}).Webhook(p.scheme))
+			(&admission.ConnectorValidator{Reader: mgr.GetClient(), Live: live}).Webhook(p.scheme))
 	}
 	if err := mgr.Add(&trust.Collector{Kube: p.kube, Namespace: o.SystemNamespace,
 		Recorder: mgr.GetEventRecorder(o.DriverName), Resync: o.StatusRecheck}); err != nil {
@@ -144,9 +149,7 @@ func startController(ctx context.Context, g *errgroup.Group, p *process, ready *
 // their number, and sharing --kube-api-qps, 20,000 Connectors' rechecks would hold every
 // approval behind them.
 func statusClients(p *process, mgr ctrl.Manager) (client.Client, kubernetes.Interface, error) {
-	cfg := rest.CopyConfig(p.cfg)
-	cfg.QPS, cfg.Burst = float32(p.o.StatusAPIQPS), p.o.StatusAPIBurst
-	cfg.RateLimiter = flowcontrol.NewTokenBucketRateLimiter(cfg.QPS, cfg.Burst)
+	cfg := limitedConfig(p, p.o.StatusAPIQPS, p.o.StatusAPIBurst)
 	kube, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return nil, nil, err
@@ -154,6 +157,19 @@ func statusClients(p *process, mgr ctrl.Manager) (client.Client, kubernetes.Inte
 	c, err := client.New(cfg, client.Options{Scheme: p.scheme, Mapper: mgr.GetRESTMapper(),
 		Cache: &client.CacheOptions{Reader: mgr.GetCache(), DisableFor: uncachedKinds()}})
 	return c, kube, err
+}
+
+// limitedClient reads live, with a rate limit of its own of qps (burst twice that).
+func limitedClient(p *process, mgr ctrl.Manager, qps float64) (client.Client, error) {
+	return client.New(limitedConfig(p, qps, int(math.Ceil(2*qps))), client.Options{Scheme: p.scheme, Mapper: mgr.GetRESTMapper()})
+}
+
+// limitedConfig is the process's client config with a rate limiter of its own.
+func limitedConfig(p *process, qps float64, burst int) *rest.Config {
+	cfg := rest.CopyConfig(p.cfg)
+	cfg.QPS, cfg.Burst = float32(qps), burst
+	cfg.RateLimiter = flowcontrol.NewTokenBucketRateLimiter(cfg.QPS, cfg.Burst)
+	return cfg
 }
 
 // uncachedKinds are read live by the controllers' clients: see newManager.

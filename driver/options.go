@@ -36,6 +36,7 @@ const (
 	defaultVolumesMaxBytes        = "64Mi"
 	defaultStatusAPIQPS           = 20
 	defaultStatusAPIBurst         = 40
+	defaultWebhookLiveQPS         = 5
 	defaultMaxCheckObjectBytes    = 256 << 10
 	defaultRegistryTokenCacheSize = 10000
 	defaultLeafCacheSize          = 1000
@@ -97,6 +98,8 @@ type Options struct {
 	// StatusAPIQPS and StatusAPIBurst are the Connector status controller's own rate limit.
 	StatusAPIQPS   float64
 	StatusAPIBurst int
+	// WebhookLiveQPS limits the webhook's live reads of classes its cache has not seen.
+	WebhookLiveQPS float64
 	ClusterDomain  string
 	// BuiltInProxyServices are the Service names under which a ConnectorClass's spec.proxy.ref
 	// means the built-in proxy.
@@ -239,6 +242,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.StatusRecheck, "connector-recheck-interval", 5*time.Minute, "how often the leader probes each Connector's tool again for its status")
 	fs.IntVar(&o.StatusWorkers, "connector-status-workers", 4, "Connectors the status controller checks at once")
 	fs.Float64Var(&o.StatusAPIQPS, "connector-status-api-qps", defaultStatusAPIQPS, "sustained requests per second of the Connector status controller (a Secret read per probe, a status write per change), apart from --kube-api-qps: probing every Connector is background work that grows with their number, and never holds an approval behind it")
+	fs.Float64Var(&o.WebhookLiveQPS, "webhook-live-read-qps", defaultWebhookLiveQPS, "reads per second (burst twice that) of ConnectorClasses the admission webhook's cache has not seen, from the API server: anyone who may create a Connector may have reviews sent, and a class the cache holds costs none")
 	fs.IntVar(&o.StatusAPIBurst, "connector-status-api-burst", defaultStatusAPIBurst, "burst of the Connector status controller's requests")
 	fs.StringVar(&o.ClusterDomain, "cluster-domain", defaultClusterDomain, "the cluster's DNS domain, for the addresses of Services a ConnectorClass's proxy or api refers to")
 	o.BuiltInProxyServices = defaultBuiltInProxyServices
@@ -475,6 +479,12 @@ func (o *Options) validate() (*validated, error) {
 	}
 	if o.StatusAPIBurst == 0 {
 		v.StatusAPIBurst = defaultStatusAPIBurst
+	}
+	switch {
+	case o.WebhookLiveQPS < 0:
+		return nil, fmt.Errorf("--webhook-live-read-qps must not be negative")
+	case o.WebhookLiveQPS == 0:
+		v.WebhookLiveQPS = defaultWebhookLiveQPS
 	}
 	switch {
 	case o.CELCacheSize < 0:

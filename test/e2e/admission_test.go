@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -17,6 +18,7 @@ import (
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	auditv1 "k8s.io/apiserver/pkg/apis/audit/v1"
 	"k8s.io/client-go/util/cert"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -153,10 +155,34 @@ func TestAdmissionWebhookEnforcesTheClassContract(t *testing.T) {
 	if err := cp.Client.Patch(ctx, &stored, patch); err != nil {
 		t.Fatalf("a label change of a Connector whose class now requires more was refused: %v", err)
 	}
-	patch = client.MergeFrom(stored.DeepCopy())
-	stored.Spec.Address = "https://tool2.example.com"
-	if err := cp.Client.Patch(ctx, &stored, patch); err == nil || !strings.Contains(err.Error(), `requires param "region"`) {
+	// The webhook reads the class from its cache, which sees the change within moments.
+	changed := stored.DeepCopy()
+	changed.Spec.Address = "https://tool2.example.com"
+	if !kubelet.WaitUntil(10*time.Second, func() bool {
+		err = cp.Client.Patch(ctx, changed.DeepCopy(), client.MergeFrom(&stored))
+		return err != nil && strings.Contains(err.Error(), `requires param "region"`)
+	}) {
 		t.Fatalf("a spec change of a Connector that no longer keeps its class's contract: %v", err)
+	}
+
+	// Anyone who may create a Connector may have reviews sent, dry runs too (nothing is
+	// written): a class the webhook's cache holds costs no read of the API server.
+	since := time.Now()
+	for i := range 5 {
+		manifest := strings.Replace(connector(fmt.Sprintf("dry-%d", i)), "{name: org, value: acme}", "{name: org, value: acme}, {name: region, value: eu}", 1)
+		if out, err := cp.Kubectl([]byte(manifest), "apply", "--server-side", "--dry-run=server", "-f", "-"); err != nil {
+			t.Fatalf("a dry run of a good Connector: %v\n%s", err, out)
+		}
+	}
+	reads, err := cp.AuditEvents(func(ev *auditv1.Event) bool {
+		return ev.User.Username == controlplane.ControllerUser && ev.Verb == "get" && ev.ObjectRef != nil &&
+			ev.ObjectRef.Resource == "connectorclasses" && !ev.RequestReceivedTimestamp.Time.Before(since)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(reads) != 0 {
+		t.Errorf("5 reviews of a cached class read it %d times from the API server", len(reads))
 	}
 }
 
