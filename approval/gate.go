@@ -58,14 +58,18 @@ func (g *Gate) Admit(ctx context.Context, pod records.Pod, c *v1alpha1.Connector
 	}
 	// A request already made for this Pod decides, so that its grant is recorded with the
 	// volume and revoked when the volume goes.
+	want := g.requestFor(pod, c)
 	var existing v1alpha1.AccessRequest
-	err := g.Requests.Get(ctx, types.NamespacedName{Namespace: c.Namespace, Name: RequestName(c.Name, pod)}, &existing)
+	err := g.Requests.Get(ctx, client.ObjectKeyFromObject(want), &existing)
 	// A revoked one decides too, for good (see verdict): asking for connectors/proxy first would
 	// cost two reviews at each republish for the rest of the Pod's life.
 	switch {
-	case err == nil && existing.Spec.Context.ObjectRef.UID == types.UID(pod.UID):
+	case err == nil && sameRequest(existing.Spec, want.Spec):
 		return g.await(ctx, &existing)
-	case err != nil && !apierrors.IsNotFound(err):
+	case err == nil:
+		// Labelled for this node by whoever else may create requests: its verdict is not this
+		// Pod's (ensureRequest says so).
+	case !apierrors.IsNotFound(err):
 		return nil, err
 	}
 	allowed, err := g.hasProxyPermission(ctx, pod, c)
@@ -83,7 +87,7 @@ func (g *Gate) Admit(ctx context.Context, pod records.Pod, c *v1alpha1.Connector
 		return nil, &node.Denied{Connector: types.NamespacedName{Namespace: c.Namespace, Name: c.Name},
 			Reason: fmt.Sprintf("ServiceAccount %s/%s lacks connectors/proxy on it and no AccessPolicy offers approval", pod.Namespace, pod.ServiceAccount)}
 	}
-	ar, err := g.ensureRequest(ctx, pod, c)
+	ar, err := g.ensureRequest(ctx, want)
 	if err != nil {
 		return nil, err
 	}
@@ -191,8 +195,9 @@ func RequestName(connector string, pod records.Pod) string {
 	return name + "-" + suffix
 }
 
-func (g *Gate) ensureRequest(ctx context.Context, pod records.Pod, c *v1alpha1.Connector) (*v1alpha1.AccessRequest, error) {
-	ar := &v1alpha1.AccessRequest{
+// requestFor is the request this node makes for the Pod to use the Connector.
+func (g *Gate) requestFor(pod records.Pod, c *v1alpha1.Connector) *v1alpha1.AccessRequest {
+	return &v1alpha1.AccessRequest{
 		ObjectMeta: metav1.ObjectMeta{Name: RequestName(c.Name, pod), Namespace: c.Namespace, Labels: requestLabels(c.Name, g.NodeID, pod)},
 		Spec: v1alpha1.AccessRequestSpec{
 			Subject:      rbacv1.Subject{Kind: rbacv1.ServiceAccountKind, Name: pod.ServiceAccount, Namespace: pod.Namespace},
@@ -201,13 +206,19 @@ func (g *Gate) ensureRequest(ctx context.Context, pod records.Pod, c *v1alpha1.C
 				APIVersion: "v1", Kind: "Pod", Name: pod.Name, Namespace: pod.Namespace, UID: types.UID(pod.UID)}},
 		},
 	}
+}
+
+// ensureRequest creates want, or finds it made already; one of its name that asks for anything
+// else is refused.
+func (g *Gate) ensureRequest(ctx context.Context, want *v1alpha1.AccessRequest) (*v1alpha1.AccessRequest, error) {
+	ar := want.DeepCopy()
+	c := types.NamespacedName{Namespace: ar.Namespace, Name: ar.Spec.ConnectorRef.Name}
 	err := g.Client.Create(ctx, ar)
 	if apierrors.IsAlreadyExists(err) {
-		want := ar.Spec
-		if err = g.Client.Get(ctx, client.ObjectKeyFromObject(ar), ar); err == nil && !sameRequest(ar.Spec, want) {
+		if err = g.Client.Get(ctx, client.ObjectKeyFromObject(ar), ar); err == nil && !sameRequest(ar.Spec, want.Spec) {
 			// Not one this node made: whoever else may create requests could have named it so,
 			// for another Connector, and its verdict would be taken for this one's.
-			return nil, &node.Denied{Connector: types.NamespacedName{Namespace: c.Namespace, Name: c.Name},
+			return nil, &node.Denied{Connector: c,
 				Reason: fmt.Sprintf("AccessRequest %s/%s exists and asks for another Connector, subject or Pod than this Pod's request; it is not used (delete it)", ar.Namespace, ar.Name)}
 		}
 	}

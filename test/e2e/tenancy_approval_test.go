@@ -722,21 +722,24 @@ func TestTenancyGrantsTakeOverNoRBAC(t *testing.T) {
 func TestTenancyAForeignRequestOfTheNameIsNotUsed(t *testing.T) {
 	env, ns := approvalEnv(t)
 	pipelineGate(t, ns)
-	pod := pipelineRunPod(t, env.kubelet, ns, "release-1", "promote", map[string]string{"connectors": "prod"})
-	if pod.UID == "" {
-		t.Fatal("the Pod has no UID")
-	}
-	name := approval.RequestName("prod", records.Pod{Namespace: ns, Name: pod.Name, UID: string(pod.UID), ServiceAccount: pod.Spec.ServiceAccountName})
-	create(t, &v1alpha1.AccessRequest{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
-		Spec: v1alpha1.AccessRequestSpec{
-			Subject:      rbacv1.Subject{Kind: rbacv1.ServiceAccountKind, Name: pod.Spec.ServiceAccountName, Namespace: ns},
-			ConnectorRef: v1alpha1.LocalObjectRef{Name: "staging"},
-			Context: v1alpha1.AccessContext{ObjectRef: v1alpha1.ContextObjectRef{
-				APIVersion: "v1", Kind: "Pod", Name: pod.Name, Namespace: ns, UID: pod.UID}},
-		}})
-	err := publishOutcome(t, env, pod)
-	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), name+" exists and asks for another Connector") {
-		t.Fatalf("publish: %v, want PermissionDenied naming the foreign request", err)
+	// Labelled for the node too (anyone may): it is then in the node's cache of its own.
+	for i, labels := range []map[string]string{nil, {v1alpha1.LabelNode: "node-1"}} {
+		pod := pipelineRunPod(t, env.kubelet, ns, fmt.Sprintf("release-%d", i), "promote", map[string]string{"connectors": "prod"})
+		if pod.UID == "" {
+			t.Fatal("the Pod has no UID")
+		}
+		name := approval.RequestName("prod", records.Pod{Namespace: ns, Name: pod.Name, UID: string(pod.UID), ServiceAccount: pod.Spec.ServiceAccountName})
+		create(t, &v1alpha1.AccessRequest{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: labels},
+			Spec: v1alpha1.AccessRequestSpec{
+				Subject:      rbacv1.Subject{Kind: rbacv1.ServiceAccountKind, Name: pod.Spec.ServiceAccountName, Namespace: ns},
+				ConnectorRef: v1alpha1.LocalObjectRef{Name: "staging"},
+				Context: v1alpha1.AccessContext{ObjectRef: v1alpha1.ContextObjectRef{
+					APIVersion: "v1", Kind: "Pod", Name: pod.Name, Namespace: ns, UID: pod.UID}},
+			}})
+		err := publishOutcome(t, env, pod)
+		if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), name+" exists and asks for another Connector") {
+			t.Errorf("publish (the foreign request labelled %v): %v, want PermissionDenied naming the foreign request", labels, err)
+		}
 	}
 }
 
