@@ -54,8 +54,8 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 	connectors := objectcache.NewConnectors(watcher, o.ConnectorIdle, o.ConnectorCacheSize, o.ConnectorMissingTTL)
 	connectors.OnDelete = proxy.ForgetConnector
 	objects := objectcache.Reader{Connectors: connectors, Rest: informers}
-	// The proxy and the Connectors API are asked for whatever names their callers make up: a
-	// Connector is watched for them only if it exists (Connectors.Lookup).
+	// The proxy, the Connectors API and new volumes are asked for whatever names their callers
+	// make up: a Connector is watched for them only if it exists (Connectors.Lookup).
 	lookups := objectcache.Reader{Connectors: connectors, Rest: informers, Lookup: true}
 	requestChanges := approval.NewChanges()
 	store, err := records.NewStore(o.StateDir)
@@ -159,6 +159,7 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 		Config: node.Config{NodeID: o.NodeID, Audience: o.TokenAudience, VolumeSizeLimit: o.volumeSizeBytes, VolumesMaxBytes: o.volumesMaxBytes,
 			RepublishRecheck: o.RepublishRecheck},
 		Objects:     objects,
+		Lookups:     lookups,
 		LiveClasses: watcher,
 		Authorizer:  &approval.SubjectAccessReviewer{Authz: reviewer},
 		Approval: &approval.Gate{Authz: reviewer, Client: watcher, Requests: informers, Changes: requestChanges,

@@ -134,7 +134,7 @@ func (s *Server) resolveAll(ctx context.Context, vr *volumeRequest, mounted bool
 				return nil, err
 			}
 		}
-		src, err := s.resolve(ctx, nn)
+		src, err := s.resolve(ctx, nn, mounted)
 		if err != nil {
 			if mounted {
 				if aerr := s.authorize(ctx, vr, nn); aerr != nil {
@@ -235,10 +235,19 @@ func authorizationError(vr *volumeRequest, nn types.NamespacedName, err error) e
 	return status.Errorf(codes.Unavailable, "authorize Pod %s/%s for Connector %s: %v", vr.pod.Namespace, vr.pod.Name, nn, err)
 }
 
-// resolve reads a Connector and its class from the informer caches.
-func (s *Server) resolve(ctx context.Context, nn types.NamespacedName) (render.Source, error) {
+// resolve reads a Connector and its class from the informer caches: for a mounted volume,
+// from the Connector's watch, kept while it is missing, so that the volume sees it made again;
+// for a new one, with a lookup (Lookups), which watches only a Connector that exists. A Pod's
+// author names a new volume's Connectors, and may name made-up ones by the thousand (kubelet
+// retries each): a watch of each would cost the API server, and push out of the node's cache
+// the Connectors other Pods use.
+func (s *Server) resolve(ctx context.Context, nn types.NamespacedName, mounted bool) (render.Source, error) {
+	read := s.Objects
+	if !mounted && s.Lookups != nil {
+		read = s.Lookups
+	}
 	var c v1alpha1.Connector
-	if err := s.Objects.Get(ctx, nn, &c); err != nil {
+	if err := read.Get(ctx, nn, &c); err != nil {
 		if apierrors.IsNotFound(err) {
 			return render.Source{}, status.Errorf(codes.NotFound, "Connector %s not found", nn)
 		}

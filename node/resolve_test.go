@@ -40,7 +40,7 @@ func TestResolveReadsAClassTheCacheHasNotSeen(t *testing.T) {
 		{"nowhere", reader(connector), codes.NotFound},
 	} {
 		s := NewServer(Server{Objects: reader(connector), LiveClasses: tc.live})
-		src, err := s.resolve(context.Background(), nn)
+		src, err := s.resolve(context.Background(), nn, false)
 		if status.Code(err) != tc.want {
 			t.Errorf("%s: %v, want %v", tc.name, err, tc.want)
 			continue

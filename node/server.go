@@ -80,6 +80,9 @@ type Server struct {
 
 	Config  Config
 	Objects client.Reader // Connectors and ConnectorClasses, from informer caches
+	// Lookups reads the Connectors of a new volume, watching only those that exist (resolve);
+	// nil: Objects.
+	Lookups client.Reader
 	// LiveClasses reads a ConnectorClass from the API server when Objects has not seen it yet
 	// (getClass); nil: Objects alone.
 	LiveClasses client.Reader

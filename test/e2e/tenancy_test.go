@@ -1419,19 +1419,39 @@ func TestTenancyMadeUpConnectorNamesAreNotWatched(t *testing.T) {
 			}
 		}
 	}
-	reads, err := cp.AuditEvents(func(ev *auditv1.Event) bool {
-		return ev.User.Username == controlplane.NodeUser && ev.ObjectRef != nil && ev.ObjectRef.Resource == "connectors" &&
-			ev.ObjectRef.Namespace == ns && !ev.RequestReceivedTimestamp.Time.Before(since)
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	verbs := map[string]int{}
-	for _, ev := range reads {
-		verbs[ev.Verb]++
-	}
+	verbs := nodeConnectorVerbs(t, ns, since)
 	if verbs["watch"] != 0 || verbs["list"] != 40 {
 		t.Errorf("40 made-up names asked for twice each: %v, want 40 lists and no watch", verbs)
+	}
+}
+
+// TestTenancyMadeUpConnectorNamesOfVolumesAreNotWatched: a Pod's author names its volumes'
+// Connectors, made-up ones too, by the thousand (kubelet retries each publish). A new volume's
+// Connector is listed once and watched only if it exists, a missing one remembered for
+// --connector-missing-ttl, as for the proxy (the node as deployed, its reads from the audit
+// log); an existing one is watched, as ever.
+func TestTenancyMadeUpConnectorNamesOfVolumesAreNotWatched(t *testing.T) {
+	env := startDeployedDrivers(t, func(o *driver.Options) { o.ConnectorMissingTTL = time.Hour })
+	ns := newNamespace(t)
+	allowConnectors(t, ns, "builder")
+	newConnector(t, ns, "real", gitClass(t), "https://github.com")
+	since := time.Now()
+	for i := range 10 {
+		pod := podWithVolume(t, env.kubelet, ns, fmt.Sprintf("made-up-%d", i), map[string]string{"connectors": fmt.Sprintf("made-up-%d", i)}, nil)
+		for range 2 {
+			if err := env.kubelet.Publish(context.Background(), pod, "connectors"); status.Code(err) != codes.NotFound {
+				t.Fatalf("a volume of a made-up Connector: %v, want NotFound", err)
+			}
+		}
+	}
+	real := podWithVolume(t, env.kubelet, ns, "real", map[string]string{"connectors": "real"}, nil)
+	if err := env.kubelet.Publish(context.Background(), real, "connectors"); err != nil {
+		t.Fatalf("a volume of a real Connector: %v", err)
+	}
+	t.Cleanup(func() { _ = env.kubelet.Unpublish(context.Background(), real, "connectors") })
+	verbs := nodeConnectorVerbs(t, ns, since)
+	if verbs["watch"] != 1 || verbs["list"] != 11 {
+		t.Errorf("10 made-up names published twice each and a real one: %v, want 11 lists and the real one's watch", verbs)
 	}
 }
 
@@ -1494,4 +1514,22 @@ func nodeCreates(t *testing.T, resource string, since time.Time) []auditv1.Event
 		t.Fatal(err)
 	}
 	return events
+}
+
+// nodeConnectorVerbs counts, by verb, what the node as deployed asked of the Connectors of ns
+// since a time, from the audit log.
+func nodeConnectorVerbs(t *testing.T, ns string, since time.Time) map[string]int {
+	t.Helper()
+	reads, err := cp.AuditEvents(func(ev *auditv1.Event) bool {
+		return ev.User.Username == controlplane.NodeUser && ev.ObjectRef != nil && ev.ObjectRef.Resource == "connectors" &&
+			ev.ObjectRef.Namespace == ns && !ev.RequestReceivedTimestamp.Time.Before(since)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	verbs := map[string]int{}
+	for _, ev := range reads {
+		verbs[ev.Verb]++
+	}
+	return verbs
 }
