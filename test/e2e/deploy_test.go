@@ -7,14 +7,20 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	authorizationv1 "k8s.io/api/authorization/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/test/controlplane"
+	"github.com/kube-connectors/connectors-csi/test/kubelet"
 )
 
 // TestDeployAppliesServerSide applies the kustomize base and the examples to the real API
@@ -263,6 +269,60 @@ func TestDeployedRolesHoldLeastPrivilege(t *testing.T) {
 		}
 		if res.Status.Allowed != c.allowed {
 			t.Errorf("%s may %s %s.%s %s/%s: %v, want %v", c.sa, c.verb, c.resource, c.group, c.namespace, c.name, res.Status.Allowed, c.allowed)
+		}
+	}
+}
+
+// TestAStolenControllerTokenIsNotClusterAdmin: the controller holds escalate and bind on Roles
+// and writes Services, so deploy/base/rbac.yaml's admission policy holds what its token writes
+// to what the controller writes (the controller's own writes go through it in every test that
+// runs it as deployed): a Role of any other rule, a RoleBinding of another role or subject, a
+// Service other than an ExternalName c-<name>, are refused; a grant's Role passes.
+func TestAStolenControllerTokenIsNotClusterAdmin(t *testing.T) {
+	_, kubeconfig := deployedKubeconfigs(t)
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stolen, err := client.New(cfg, client.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := newNamespace(t)
+	ctx := context.Background()
+	meta := func(name string) metav1.ObjectMeta { return metav1.ObjectMeta{Name: name, Namespace: ns} }
+	connectorsUse := []rbacv1.PolicyRule{{APIGroups: []string{"connectors.alauda.io"}, Resources: []string{"connectors/proxy/v1/pod/" + ns + "/p"}, Verbs: []string{"get"}}}
+	sa := []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: "builder", Namespace: ns}}
+	for _, tc := range []struct {
+		name string
+		obj  client.Object
+		want string
+	}{
+		{"a Role to read Secrets", &rbacv1.Role{ObjectMeta: meta("steal"), Rules: []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"list"}}}},
+			"writes Roles of Connector-use rules only"},
+		{"a Role to write Connectors", &rbacv1.Role{ObjectMeta: meta("redirect"), Rules: []rbacv1.PolicyRule{{APIGroups: []string{"connectors.alauda.io"}, Resources: []string{"connectors"}, Verbs: []string{"update"}}}},
+			"writes Roles of Connector-use rules only"},
+		{"a binding of admin", &rbacv1.RoleBinding{ObjectMeta: meta("grant"), RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "admin"}, Subjects: sa},
+			"binds only the Role of a RoleBinding's own name"},
+		{"a binding to a user", &rbacv1.RoleBinding{ObjectMeta: meta("use"), RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "use"},
+			Subjects: []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: "mallory"}}}, "binds ServiceAccounts and their groups only"},
+		{"a ClusterIP Service", &corev1.Service{ObjectMeta: meta("c-tool"), Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Port: 80}}}},
+			"writes only the ExternalName Services"},
+		{"a grant", &rbacv1.Role{ObjectMeta: meta("grant-ok"), Rules: connectorsUse}, ""},
+	} {
+		var err error
+		// The policy applies once the API server has loaded it: what was written before goes.
+		kubelet.WaitUntil(10*time.Second, func() bool {
+			if err = stolen.Create(ctx, tc.obj.DeepCopyObject().(client.Object)); err == nil && tc.want != "" {
+				_ = cp.Client.Delete(ctx, tc.obj.DeepCopyObject().(client.Object))
+			}
+			return (tc.want == "") == (err == nil)
+		})
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%s: %v, want it written", tc.name, err)
+		case tc.want != "" && (!apierrors.IsInvalid(err) || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("%s: %v, want Invalid saying %q", tc.name, err, tc.want)
 		}
 	}
 }

@@ -28,7 +28,7 @@ Arguments: a dict with "ctx" (the root context) and "file" (a path under files/)
 {{- $ctx := .ctx -}}
 {{- $text := $ctx.Files.Get .file -}}
 {{- if not $text }}{{ fail (printf "chart file %s is missing or empty" .file) }}{{ end -}}
-{{- $clusterScoped := list "Namespace" "ClusterRole" "ClusterRoleBinding" "CustomResourceDefinition" "CSIDriver" "ValidatingWebhookConfiguration" "FlowSchema" "PriorityLevelConfiguration" "ConnectorClass" "ResourceInterface" -}}
+{{- $clusterScoped := list "Namespace" "ClusterRole" "ClusterRoleBinding" "CustomResourceDefinition" "CSIDriver" "ValidatingWebhookConfiguration" "ValidatingAdmissionPolicy" "ValidatingAdmissionPolicyBinding" "FlowSchema" "PriorityLevelConfiguration" "ConnectorClass" "ResourceInterface" -}}
 {{- $labels := include "connectors.labels" $ctx | fromYaml -}}
 {{- range $doc := regexSplit "(?m)^---[ \t]*$" ($text | replace "connectors-system" $ctx.Release.Namespace) -1 }}
 {{- $obj := fromYaml $doc }}
