@@ -57,7 +57,9 @@ func (c *PolicyController) SetupWithManager(mgr ctrl.Manager) error {
 	c.kinds = newKindChecker(c.Client)
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("accesspolicy").
-		For(&v1alpha1.AccessPolicy{}).
+		// Not on a write of its status alone (its own, after each reconcile that changed it):
+		// a reconcile reads the policy's default grant from the API server.
+		For(&v1alpha1.AccessPolicy{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Watches(&v1alpha1.Connector{}, handler.EnqueueRequestsFromMapFunc(c.policiesIn), notStatusOnly).
 		// A namespace created, deleted or relabelled changes the subjects of a defaultPermission
 		// that selects namespaces by label, and of no other policy: each policy reconciled reads

@@ -195,3 +195,34 @@ func TestNamespaceChangesReachOnlyPoliciesSelectingThem(t *testing.T) {
 		t.Errorf("a namespace created had the policy gate, which selects no namespace by label, reconciled: %d reads of its grant", n)
 	}
 }
+
+// TestAPolicyIsNotReconciledForItsOwnStatus: the policy controller writes a policy's status;
+// that write, nor anyone's to the status alone, reconciles it again (each reconcile reads its
+// default grant from the API server, and one for each policy changed is enough). Its spec
+// changes do. The controller as deployed, its reads of the gating policy's grant name from
+// the audit log: one reconcile, two reads.
+func TestAPolicyIsNotReconciledForItsOwnStatus(t *testing.T) {
+	setupApproval(t)
+	startDeployedDrivers(t, nil)
+	ns := newNamespace(t)
+	gitConnector(t, ns, "shared", gitClass(t), startGitServer(t, false))
+	// The status controller labels the Connector with its class, which reconciles the policies
+	// selecting it: done before the count starts.
+	waitCondition(t, ns, "shared", v1alpha1.ConditionConnectorClassReady, metav1.ConditionTrue, "Found")
+	start := time.Now()
+	gate := gatingPolicy("gate", "shared", pipelineCheck)
+	gate.Namespace = ns
+	create(t, gate)
+	waitPolicy(t, ns, "gate", metav1.ConditionTrue, "Ready")
+	time.Sleep(time.Second) // a reconcile of its own status write would come within it
+	reads, err := cp.AuditEvents(func(ev *auditv1.Event) bool {
+		return ev.User.Username == controlplane.ControllerUser && ev.ObjectRef != nil && ev.ObjectRef.Namespace == ns &&
+			ev.ObjectRef.Name == "connectors-default-gate" && !ev.RequestReceivedTimestamp.Time.Before(start)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(reads) != 2 {
+		t.Errorf("a new gating policy's grant was read %d times, want 2 (its Role and RoleBinding, once)", len(reads))
+	}
+}
