@@ -20,6 +20,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
@@ -58,8 +59,9 @@ func (c *PolicyController) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("accesspolicy").
 		// Not on a write of its status alone (its own, after each reconcile that changed it):
-		// a reconcile reads the policy's default grant from the API server.
-		For(&v1alpha1.AccessPolicy{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		// a reconcile reads the policy's default grant from the API server. The informer's
+		// periodic resync (no new version) still reconciles, repairing a grant removed by hand.
+		For(&v1alpha1.AccessPolicy{}, builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, resync))).
 		Watches(&v1alpha1.Connector{}, handler.EnqueueRequestsFromMapFunc(c.policiesIn), notStatusOnly).
 		// A namespace created, deleted or relabelled changes the subjects of a defaultPermission
 		// that selects namespaces by label, and of no other policy: each policy reconciled reads
@@ -70,6 +72,11 @@ func (c *PolicyController) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&corev1.ConfigMap{}, handler.EnqueueRequestsFromMapFunc(c.policiesUsingTemplate)).
 		Complete(c)
 }
+
+// resync passes the informer's periodic resync of an object, whose version is the one it had.
+var resync = predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
+	return e.ObjectOld.GetResourceVersion() == e.ObjectNew.GetResourceVersion()
+}}
 
 // list lists the policies opts select that keep (nil: all), uncopied (only names are read).
 func (c *PolicyController) list(ctx context.Context, keep func(*v1alpha1.AccessPolicy) bool, opts ...client.ListOption) []reconcile.Request {

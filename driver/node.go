@@ -158,8 +158,9 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 	nodeServer := node.NewServer(node.Server{
 		Config: node.Config{NodeID: o.NodeID, Audience: o.TokenAudience, VolumeSizeLimit: o.volumeSizeBytes, VolumesMaxBytes: o.volumesMaxBytes,
 			RepublishRecheck: o.RepublishRecheck},
-		Objects:     objects,
-		Lookups:     lookups,
+		Objects: objects,
+		// Listed with the publishes' client: proxy load never delays a Pod's start.
+		Lookups:     objectcache.Reader{Connectors: connectors, Rest: informers, Lookup: true, Lists: watcher},
 		LiveClasses: watcher,
 		Authorizer:  &approval.SubjectAccessReviewer{Authz: reviewer},
 		Approval: &approval.Gate{Authz: reviewer, Client: watcher, Requests: informers, Changes: requestChanges,

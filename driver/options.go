@@ -230,7 +230,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&o.Profiling, "profiling", false, "also serve Go's profiles (/debug/pprof/) on --metrics-listen, which has no authentication: keep that listener off the network when on")
 	fs.BoolVar(&o.LeaderElect, "leader-elect", true, "run the controllers (controller and all roles) under a Lease")
 	fs.StringVar(&o.VolumeSizeLimit, "volume-size-limit", "4Mi", "tmpfs size of each volume")
-	fs.StringVar(&o.VolumesMaxBytes, "node-volumes-max-bytes", defaultVolumesMaxBytes, "memory the node's volumes may hold together (their tmpfs pages count against the driver's memory limit, not the Pods'), a namespace's volumes a quarter of it; a publish past it fails with ResourceExhausted, naming this flag (0: no bound)")
+	fs.StringVar(&o.VolumesMaxBytes, "node-volumes-max-bytes", defaultVolumesMaxBytes, "memory the node's volumes may hold together (their tmpfs pages count against the driver's memory limit, not the Pods'), a namespace's volumes half of it; a new volume past it fails with ResourceExhausted, naming this flag (a mounted one's republish is counted, never refused; 0: no bound)")
 	fs.StringVar(&o.KubeletRegDir, "kubelet-registration-dir", "", "serve kubelet's plugin-registration API from a socket here (empty: off)")
 	fs.StringVar(&o.KubeletPluginSock, "kubelet-plugin-endpoint", "", "the CSI socket path as kubelet sees it (default: derived from --endpoint)")
 	fs.Float64Var(&o.KubeAPIQPS, "kube-api-qps", 50, "sustained requests per second to the API server (SubjectAccessReviews, events)")
@@ -430,8 +430,8 @@ func (o *Options) validate() (*validated, error) {
 	if q, err = resource.ParseQuantity(v.VolumesMaxBytes); err != nil || q.Value() < 0 {
 		return nil, fmt.Errorf("--node-volumes-max-bytes %q: not a quantity such as 64Mi", v.VolumesMaxBytes)
 	}
-	if v.volumesMaxBytes = q.Value(); v.volumesMaxBytes > 0 && v.volumesMaxBytes/4 < v.volumeSizeBytes {
-		return nil, fmt.Errorf("--node-volumes-max-bytes %s: a namespace's share, a quarter of it, is less than one volume (--volume-size-limit %s)", v.VolumesMaxBytes, o.VolumeSizeLimit)
+	if v.volumesMaxBytes = q.Value(); v.volumesMaxBytes > 0 && v.volumesMaxBytes/2 < v.volumeSizeBytes {
+		return nil, fmt.Errorf("--node-volumes-max-bytes %s: a namespace's share, half of it, is less than one volume (--volume-size-limit %s)", v.VolumesMaxBytes, o.VolumeSizeLimit)
 	}
 	if o.RegoStateMemoryLimit == "" { // Options built in code without it (tests, benchmarks)
 		v.RegoStateMemoryLimit = defaultRegoStateMemoryLimit

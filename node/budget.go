@@ -15,9 +15,9 @@ import (
 // the driver's container, not the Pod whose volume it is, nor its namespace's quota. Without a
 // bound, one tenant's Pods (thousands of small volumes, or parameters a template multiplies
 // into megabytes) would take the driver past its memory limit, and every Pod of the node its
-// volumes and its proxy with it. So the volumes of the node may hold MaxBytes together, and
-// those of one namespace a quarter of that, so that one tenant that reaches its share leaves
-// room for the others. Written here because no library counts tmpfs pages by tenant.
+// volumes and its proxy with it. So the new volumes of the node may take it to MaxBytes
+// together, and those of one namespace to half of that, so that one tenant that reaches its
+// share leaves room for the others. Written here because no library counts tmpfs pages by tenant.
 type volumeBudget struct {
 	max, namespaceMax int64
 
@@ -35,7 +35,7 @@ type volumeUse struct {
 // newVolumeBudget bounds the volumes at max bytes together (0: no bound), counting those the
 // records say the node holds already (a restart keeps their pages).
 func newVolumeBudget(max int64, held []*records.Record) *volumeBudget {
-	b := &volumeBudget{max: max, namespaceMax: max / 4, byNamespace: map[string]int64{}, byVolume: map[string]volumeUse{}}
+	b := &volumeBudget{max: max, namespaceMax: max / 2, byNamespace: map[string]int64{}, byVolume: map[string]volumeUse{}}
 	for _, rec := range held {
 		b.set(rec.VolumeID, rec.Pod.Namespace, rec.Bytes)
 	}
@@ -43,21 +43,22 @@ func newVolumeBudget(max int64, held []*records.Record) *volumeBudget {
 }
 
 // take makes bytes the volume's use, unless that would put the node's volumes, or its
-// namespace's, over the bound: ResourceExhausted then, naming which (kubelet retries). undo
-// gives the volume its use before, for files that could not be written.
-func (b *volumeBudget) take(volumeID, namespace string, bytes int64) (undo func(), err error) {
+// namespace's, over the bound: ResourceExhausted then, naming which (kubelet retries). Over
+// counts it whatever it takes (a mounted volume's). undo gives the volume its use before, for
+// files that could not be written.
+func (b *volumeBudget) take(volumeID, namespace string, bytes int64, over bool) (undo func(), err error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	was := b.byVolume[volumeID]
 	before := was.bytes
-	if b.max > 0 && bytes > before {
+	if b.max > 0 && bytes > before && !over {
 		more := bytes - before
 		if b.total+more > b.max {
 			return nil, status.Errorf(codes.ResourceExhausted, "the Connectors volumes of this node would hold %d bytes of memory, more than the %d they may (--node-volumes-max-bytes)",
 				b.total+more, b.max)
 		}
 		if b.byNamespace[namespace]+more > b.namespaceMax {
-			return nil, status.Errorf(codes.ResourceExhausted, "the Connectors volumes of namespace %s on this node would hold %d bytes of memory, more than its share, %d (a quarter of --node-volumes-max-bytes)",
+			return nil, status.Errorf(codes.ResourceExhausted, "the Connectors volumes of namespace %s on this node would hold %d bytes of memory, more than its share, %d (half of --node-volumes-max-bytes)",
 				namespace, b.byNamespace[namespace]+more, b.namespaceMax)
 		}
 	}
@@ -97,12 +98,12 @@ func (b *volumeBudget) set(volumeID, namespace string, bytes int64) {
 const tmpfsPage = 4096
 
 // footprint estimates the memory a volume of these files holds: each file's content in whole
-// pages, and for each file and the volume the inodes and directory entries of the file, its
-// link and the data directory (atomicdir), about 2 KiB each, 8 KiB for the volume.
+// pages, and the inodes and directory entries of each file and its link (atomicdir), about
+// 1 KiB, and of the volume's directories, 4 KiB (8 built-in files measured 36 KiB).
 func footprint(files render.Files) int64 {
-	n := int64(8 << 10)
+	n := int64(4 << 10)
 	for _, content := range files {
-		n += (int64(len(content))+tmpfsPage-1)/tmpfsPage*tmpfsPage + 2<<10
+		n += (int64(len(content))+tmpfsPage-1)/tmpfsPage*tmpfsPage + 1<<10
 	}
 	return n
 }

@@ -11,10 +11,10 @@ import (
 	"github.com/kube-connectors/connectors-csi/render"
 )
 
-// TestVolumeBudgetBoundsTheNodeAndEachNamespace: the node's volumes hold at most the bound
-// together and one namespace's a quarter of it; a volume's new content replaces its old use,
-// undo gives it back, a release frees it, and the records of a restarted driver count from
-// the start.
+// TestVolumeBudgetBoundsTheNodeAndEachNamespace: the node's new volumes take it to at most
+// the bound together and one namespace's to half of it; a volume's new content replaces its
+// old use, undo gives it back, a release frees it, a mounted volume is counted whatever it
+// takes, and the records of a restarted driver count from the start.
 func TestVolumeBudgetBoundsTheNodeAndEachNamespace(t *testing.T) {
 	b := newVolumeBudget(400, []*records.Record{{VolumeID: "held", Pod: records.Pod{Namespace: "c"}, Bytes: 90}})
 	exhausted := func(err error, want string) {
@@ -23,34 +23,40 @@ func TestVolumeBudgetBoundsTheNodeAndEachNamespace(t *testing.T) {
 			t.Errorf("got %v, want ResourceExhausted naming %q", err, want)
 		}
 	}
-	if _, err := b.take("a1", "a", 100); err != nil {
+	take := func(volume, namespace string, bytes int64) error {
+		_, err := b.take(volume, namespace, bytes, false)
+		return err
+	}
+	if err := take("a1", "a", 150); err != nil {
 		t.Fatal(err)
 	}
-	_, err := b.take("a2", "a", 1)
-	exhausted(err, "namespace a on this node would hold 101 bytes of memory, more than its share, 100")
-	undo, err := b.take("a1", "a", 60) // smaller content of the same volume
+	exhausted(take("a2", "a", 51), "namespace a on this node would hold 201 bytes of memory, more than its share, 200")
+	undo, err := b.take("a1", "a", 100, false) // smaller content of the same volume
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.take("a2", "a", 40); err != nil {
+	if err := take("a2", "a", 50); err != nil {
 		t.Errorf("the share a volume's smaller content left: %v", err)
 	}
 	undo()
-	if b.byNamespace["a"] != 140 {
-		t.Errorf("after undo namespace a holds %d, want 140", b.byNamespace["a"])
+	if b.byNamespace["a"] != 200 {
+		t.Errorf("after undo namespace a holds %d, want 200", b.byNamespace["a"])
 	}
-	for _, ns := range []string{"b", "d"} {
-		if _, err := b.take(ns, ns, 80); err != nil {
+	for ns, bytes := range map[string]int64{"b": 80, "d": 20} {
+		if err := take(ns, ns, bytes); err != nil {
 			t.Fatal(err)
 		}
 	}
-	_, err = b.take("c2", "c", 20) // 140 + 90 (held) + 160 + 20 = 410 > 400
-	exhausted(err, "the Connectors volumes of this node would hold 410 bytes of memory, more than the 400 they may (--node-volumes-max-bytes)")
+	exhausted(take("c2", "c", 20), // 90 (held) + 200 + 80 + 20 + 20 = 410 > 400
+		"the Connectors volumes of this node would hold 410 bytes of memory, more than the 400 they may (--node-volumes-max-bytes)")
+	if _, err := b.take("mounted", "a", 30, true); err != nil || b.byNamespace["a"] != 230 {
+		t.Errorf("a mounted volume past the share: %v, namespace a holds %d, want 230", err, b.byNamespace["a"])
+	}
 	b.release("held")
-	if _, err := b.take("c2", "c", 20); err != nil {
+	if err := take("c2", "c", 20); err != nil {
 		t.Errorf("after a release: %v", err)
 	}
-	if unbounded := newVolumeBudget(0, nil); func() error { _, err := unbounded.take("x", "x", 1<<40); return err }() != nil {
+	if unbounded := newVolumeBudget(0, nil); func() error { _, err := unbounded.take("x", "x", 1<<40, false); return err }() != nil {
 		t.Error("a budget of 0 bounded a volume")
 	}
 }
@@ -59,7 +65,7 @@ func TestVolumeBudgetBoundsTheNodeAndEachNamespace(t *testing.T) {
 // inodes besides.
 func TestFootprintCountsPages(t *testing.T) {
 	got := footprint(render.Files{"a": make([]byte, 1), "b": make([]byte, 4097), "c": nil})
-	if want := int64(8<<10 + (4096 + 2<<10) + (8192 + 2<<10) + 2<<10); got != want {
+	if want := int64(4<<10 + (4096 + 1<<10) + (8192 + 1<<10) + 1<<10); got != want {
 		t.Errorf("footprint %d, want %d", got, want)
 	}
 }

@@ -48,7 +48,7 @@ func (s *Server) republishUnchanged(ctx context.Context, volumeID, target string
 	}
 	updated := *rec
 	updated.Fingerprint, updated.TokenSHA256 = content, token
-	return true, s.fill(target, files, gid, &updated)
+	return true, s.fill(target, files, gid, &updated, true)
 }
 
 // fingerprints identify everything a volume's content depends on but the token (content: the

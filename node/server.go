@@ -69,8 +69,8 @@ type Config struct {
 	// RepublishRecheck is how long an authorization holds for a republish whose inputs did not
 	// change: within it such a republish sends no API request (0: every republish authorizes).
 	RepublishRecheck time.Duration
-	// VolumesMaxBytes bounds the memory the node's volumes hold together, a namespace's a
-	// quarter of it (volumeBudget; 0: no bound).
+	// VolumesMaxBytes bounds the memory the node's new volumes take it to, a namespace's to
+	// half of it (volumeBudget; 0: no bound).
 	VolumesMaxBytes int64
 }
 

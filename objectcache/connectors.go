@@ -102,6 +102,11 @@ func (c *Connectors) Get(ctx context.Context, nn types.NamespacedName) (*v1alpha
 // a Pod's volume waits for its creation; a watch per made-up name would cost every node a
 // list and a watch each, and push out the Connectors its volumes use.
 func (c *Connectors) Lookup(ctx context.Context, nn types.NamespacedName) (*v1alpha1.Connector, error) {
+	return c.LookupWith(ctx, nn, c.lookupReader())
+}
+
+// LookupWith is Lookup listing with lists: a caller's own client, and rate limit.
+func (c *Connectors) LookupWith(ctx context.Context, nn types.NamespacedName, lists client.Reader) (*v1alpha1.Connector, error) {
 	w, missing := c.known(nn)
 	if w == nil && !missing {
 		var err error
@@ -110,7 +115,7 @@ func (c *Connectors) Lookup(ctx context.Context, nn types.NamespacedName) (*v1al
 			if w, missing := c.known(nn); w != nil || missing {
 				return w, nil
 			}
-			found, rv, err := c.listOne(ctx, c.lookupReader(), nn)
+			found, rv, err := c.listOne(ctx, lists, nn)
 			switch {
 			case err != nil:
 				return nil, err
@@ -398,6 +403,9 @@ type Reader struct {
 	Connectors *Connectors
 	Rest       client.Reader
 	Lookup     bool
+	// Lists is the client a Lookup lists with (nil: Connectors.Lookups): volumes' lookups go
+	// with the publishes' rate limit, not the proxy's.
+	Lists client.Reader
 }
 
 // Get reads one object. A Connector is copied shallowly: its maps and slices are shared with
@@ -408,7 +416,12 @@ func (r Reader) Get(ctx context.Context, key client.ObjectKey, obj client.Object
 		return r.Rest.Get(ctx, key, obj, opts...)
 	}
 	read := r.Connectors.Get
-	if r.Lookup {
+	switch {
+	case r.Lookup && r.Lists != nil:
+		read = func(ctx context.Context, nn types.NamespacedName) (*v1alpha1.Connector, error) {
+			return r.Connectors.LookupWith(ctx, nn, r.Lists)
+		}
+	case r.Lookup:
 		read = r.Connectors.Lookup
 	}
 	cached, err := read(ctx, key)

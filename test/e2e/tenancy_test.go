@@ -1234,11 +1234,10 @@ func TestTenancyOtherMethodsKeepTenantsConnectionsApart(t *testing.T) {
 // TestTenancyNodeVolumesAreBounded: a volume's files are tmpfs pages the driver writes, which
 // count against the driver's memory limit, not the Pod's nor its namespace's quota. A tenant's
 // many volumes would take the driver, and every Pod of the node with it, past its limit: the
-// node's volumes hold at most --node-volumes-max-bytes together, a namespace's a quarter of
-// it. A tenant past its share gets ResourceExhausted naming the flag (kubelet retries); its
+// node's volumes hold at most --node-volumes-max-bytes together, a namespace's half of it. A tenant past its share gets ResourceExhausted naming the flag (kubelet retries); its
 // neighbour still publishes; an unpublish frees the share.
 func TestTenancyNodeVolumesAreBounded(t *testing.T) {
-	d := startDriverWith(t, t.TempDir(), nil, func(o *driver.Options) { o.VolumeSizeLimit, o.VolumesMaxBytes = "64Ki", "384Ki" })
+	d := startDriverWith(t, t.TempDir(), nil, func(o *driver.Options) { o.VolumeSizeLimit, o.VolumesMaxBytes = "64Ki", "128Ki" })
 	k := newKubelet(t, d)
 	ctx := context.Background()
 	tenant, neighbour := newNamespace(t), newNamespace(t)
