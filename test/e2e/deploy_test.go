@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -16,6 +17,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/util/retry"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
@@ -274,10 +277,13 @@ func TestDeployedRolesHoldLeastPrivilege(t *testing.T) {
 }
 
 // TestAStolenControllerTokenIsNotClusterAdmin: the controller holds escalate and bind on Roles
-// and writes Services, so deploy/base/rbac.yaml's admission policy holds what its token writes
-// to what the controller writes (the controller's own writes go through it in every test that
-// runs it as deployed): a Role of any other rule, a RoleBinding of another role or subject, a
-// Service other than an ExternalName c-<name>, are refused; a grant's Role passes.
+// and writes RoleBindings, Services, Connectors and its webhook's configuration, so
+// deploy/base/rbac.yaml's admission policy holds what its token writes to what the controller
+// writes (the controller's own writes go through it in every test that runs it as deployed):
+// a Role of any other rule, a binding of an existing Role or of another subject, a change or
+// delete of RBAC or Services it did not make, a Connector's spec, its webhook's URL, are
+// refused; a grant as the controller writes it, a Connector's labels and the webhook's
+// caBundle pass.
 func TestAStolenControllerTokenIsNotClusterAdmin(t *testing.T) {
 	_, kubeconfig := deployedKubeconfigs(t)
 	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
@@ -291,33 +297,96 @@ func TestAStolenControllerTokenIsNotClusterAdmin(t *testing.T) {
 	ns := newNamespace(t)
 	ctx := context.Background()
 	meta := func(name string) metav1.ObjectMeta { return metav1.ObjectMeta{Name: name, Namespace: ns} }
+	readSecrets := []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"list"}}}
+	thief := rbacv1.Subject{Kind: rbacv1.ServiceAccountKind, Name: "connectors-csi-controller", Namespace: systemNS}
+	// The policy applies once the API server has loaded it.
+	if !kubelet.WaitUntil(10*time.Second, func() bool {
+		probe := &rbacv1.Role{ObjectMeta: meta("probe"), Rules: readSecrets}
+		err := stolen.Create(ctx, probe)
+		_ = cp.Client.Delete(ctx, probe)
+		return apierrors.IsInvalid(err)
+	}) {
+		t.Fatal("the controller's writes are not held by the admission policy")
+	}
+
+	// What a tenant, or the cluster, has: a Role and RoleBinding of one name, a Service, a
+	// Connector, and the webhook's configuration.
+	create(t, &rbacv1.Role{ObjectMeta: meta("app"), Rules: readSecrets})
+	create(t, &rbacv1.RoleBinding{ObjectMeta: meta("app"), RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "app"},
+		Subjects: []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: "app", Namespace: ns}}})
+	create(t, &rbacv1.Role{ObjectMeta: meta("lonely"), Rules: readSecrets})
+	create(t, &corev1.Service{ObjectMeta: meta("c-tenant"), Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Port: 80}}}})
+	newConnector(t, ns, "git", gitClass(t), "https://github.com")
+	webhook := deployedWebhookConfiguration(t)
+	webhook.Webhooks[0].ClientConfig.Service = nil
+	webhook.Webhooks[0].ClientConfig.URL = ptr.To("https://127.0.0.1:1/never")
+	webhook.Webhooks[0].NamespaceSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": "none-" + ns}}
+	create(t, webhook)
+	t.Cleanup(func() { _ = cp.Client.Delete(context.Background(), webhook) })
+
+	grantOf := func(name string) metav1.ObjectMeta {
+		m := meta(name)
+		m.OwnerReferences = []metav1.OwnerReference{{APIVersion: v1alpha1.GroupVersion.String(), Kind: "AccessRequest", Name: name, UID: "u", Controller: ptr.To(true)}}
+		return m
+	}
 	connectorsUse := []rbacv1.PolicyRule{{APIGroups: []string{"connectors.alauda.io"}, Resources: []string{"connectors/proxy/v1/pod/" + ns + "/p"}, Verbs: []string{"get"}}}
-	sa := []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: "builder", Namespace: ns}}
+	withThief := func(rb *rbacv1.RoleBinding) { rb.Subjects = append(rb.Subjects, thief) }
 	for _, tc := range []struct {
-		name string
-		obj  client.Object
-		want string
+		name  string
+		write func() error
+		want  string
 	}{
-		{"a Role to read Secrets", &rbacv1.Role{ObjectMeta: meta("steal"), Rules: []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"list"}}}},
+		{"a Role to read Secrets", func() error {
+			return stolen.Create(ctx, &rbacv1.Role{ObjectMeta: grantOf("steal"), Rules: readSecrets})
+		},
 			"writes Roles of Connector-use rules only"},
-		{"a Role to write Connectors", &rbacv1.Role{ObjectMeta: meta("redirect"), Rules: []rbacv1.PolicyRule{{APIGroups: []string{"connectors.alauda.io"}, Resources: []string{"connectors"}, Verbs: []string{"update"}}}},
-			"writes Roles of Connector-use rules only"},
-		{"a binding of admin", &rbacv1.RoleBinding{ObjectMeta: meta("grant"), RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "admin"}, Subjects: sa},
-			"binds only the Role of a RoleBinding's own name"},
-		{"a binding to a user", &rbacv1.RoleBinding{ObjectMeta: meta("use"), RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "use"},
-			Subjects: []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: "mallory"}}}, "binds ServiceAccounts and their groups only"},
-		{"a ClusterIP Service", &corev1.Service{ObjectMeta: meta("c-tool"), Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Port: 80}}}},
-			"writes only the ExternalName Services"},
-		{"a grant", &rbacv1.Role{ObjectMeta: meta("grant-ok"), Rules: connectorsUse}, ""},
+		{"a Role to write Connectors", func() error {
+			return stolen.Create(ctx, &rbacv1.Role{ObjectMeta: grantOf("redirect"),
+				Rules: []rbacv1.PolicyRule{{APIGroups: []string{"connectors.alauda.io"}, Resources: []string{"connectors"}, Verbs: []string{"update"}}}})
+		}, "writes Roles of Connector-use rules only"},
+		{"a binding of admin", func() error {
+			return stolen.Create(ctx, &rbacv1.RoleBinding{ObjectMeta: grantOf("grant"), RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "admin"},
+				Subjects: []rbacv1.Subject{thief}})
+		}, "binds only the Role of a RoleBinding's own name"},
+		{"a binding of an existing Role", func() error {
+			return stolen.Create(ctx, &rbacv1.RoleBinding{ObjectMeta: meta("lonely"), RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "lonely"},
+				Subjects: []rbacv1.Subject{thief}})
+		}, "writes and deletes only the Roles, RoleBindings and Services it makes"},
+		{"a change of another's binding", func() error { return updateAs(ctx, stolen, &rbacv1.RoleBinding{ObjectMeta: meta("app")}, withThief) },
+			"writes and deletes only the Roles, RoleBindings and Services it makes"},
+		{"a binding to a user", func() error {
+			return stolen.Create(ctx, &rbacv1.RoleBinding{ObjectMeta: grantOf("use"), RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "use"},
+				Subjects: []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: "mallory"}}})
+		}, "binds ServiceAccounts and their groups only"},
+		{"a delete of another's Role", func() error { return stolen.Delete(ctx, &rbacv1.Role{ObjectMeta: meta("app")}) },
+			"writes and deletes only the Roles, RoleBindings and Services it makes"},
+		{"a change of a tenant's Service", func() error {
+			return updateAs(ctx, stolen, &corev1.Service{ObjectMeta: meta("c-tenant")}, func(s *corev1.Service) { s.Labels = map[string]string{"x": "y"} })
+		}, "writes and deletes only the Roles, RoleBindings and Services it makes"},
+		{"a Connector's address", func() error {
+			return updateAs(ctx, stolen, &v1alpha1.Connector{ObjectMeta: meta("git")}, func(c *v1alpha1.Connector) { c.Spec.Address = "https://evil.example" })
+		}, "never its spec"},
+		{"the webhook's URL", func() error {
+			return updateAs(ctx, stolen, &admissionregistrationv1.ValidatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: webhook.Name}},
+				func(w *admissionregistrationv1.ValidatingWebhookConfiguration) {
+					w.Webhooks[0].ClientConfig.URL = ptr.To("https://evil.example/")
+				})
+		}, "changes its webhook's caBundle only"},
+		// As the controller writes: passed.
+		{"a grant", func() error {
+			return stolen.Create(ctx, &rbacv1.Role{ObjectMeta: grantOf("grant-ok"), Rules: connectorsUse})
+		}, ""},
+		{"a Connector's labels", func() error {
+			return updateAs(ctx, stolen, &v1alpha1.Connector{ObjectMeta: meta("git")}, func(c *v1alpha1.Connector) { c.Labels = map[string]string{"x": "y"} })
+		}, ""},
+		{"the webhook's caBundle", func() error {
+			return updateAs(ctx, stolen, &admissionregistrationv1.ValidatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: webhook.Name}},
+				func(w *admissionregistrationv1.ValidatingWebhookConfiguration) {
+					w.Webhooks[0].ClientConfig.CABundle = []byte("x")
+				})
+		}, ""},
 	} {
-		var err error
-		// The policy applies once the API server has loaded it: what was written before goes.
-		kubelet.WaitUntil(10*time.Second, func() bool {
-			if err = stolen.Create(ctx, tc.obj.DeepCopyObject().(client.Object)); err == nil && tc.want != "" {
-				_ = cp.Client.Delete(ctx, tc.obj.DeepCopyObject().(client.Object))
-			}
-			return (tc.want == "") == (err == nil)
-		})
+		err := tc.write()
 		switch {
 		case tc.want == "" && err != nil:
 			t.Errorf("%s: %v, want it written", tc.name, err)
@@ -325,4 +394,17 @@ func TestAStolenControllerTokenIsNotClusterAdmin(t *testing.T) {
 			t.Errorf("%s: %v, want Invalid saying %q", tc.name, err, tc.want)
 		}
 	}
+}
+
+// updateAs reads obj, changes it, and patches it with c (the controller patches what it does
+// not own whole), again on a conflict.
+func updateAs[T client.Object](ctx context.Context, c client.Client, obj T, change func(T)) error {
+	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		if err := cp.Client.Get(ctx, client.ObjectKeyFromObject(obj), obj); err != nil {
+			return err
+		}
+		before := obj.DeepCopyObject().(T)
+		change(obj)
+		return c.Patch(ctx, obj, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}))
+	})
 }
