@@ -31,8 +31,8 @@ type ConnectorValidator struct {
 	// still calls the webhook), so a live read each would spend the controller's API budget
 	// on one tenant's loop.
 	Reader client.Reader
-	// Live reads a class the cache has not seen, with a rate limit of its own: one created
-	// just before its first Connector (one kubectl apply) must be found.
+	// Live reads a class the cache has not seen, or cannot answer for, with a rate limit of
+	// its own: one created just before its first Connector (one kubectl apply) must be found.
 	Live    client.Reader
 	Decoder admission.Decoder
 }
@@ -66,8 +66,10 @@ func (v *ConnectorValidator) Handle(ctx context.Context, req admission.Request) 
 	}
 	var class v1alpha1.ConnectorClass
 	key := client.ObjectKey{Name: c.Spec.ConnectorClassName}
+	// Also when the cache cannot answer yet (a replica's webhook serves before its caches
+	// have started).
 	err := v.Reader.Get(ctx, key, &class)
-	if apierrors.IsNotFound(err) && v.Live != nil {
+	if err != nil && v.Live != nil {
 		err = v.Live.Get(ctx, key, &class)
 	}
 	if apierrors.IsNotFound(err) {

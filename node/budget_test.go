@@ -7,6 +7,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/kube-connectors/connectors-csi/node/mount"
 	"github.com/kube-connectors/connectors-csi/node/records"
 	"github.com/kube-connectors/connectors-csi/render"
 )
@@ -67,5 +68,28 @@ func TestFootprintCountsPages(t *testing.T) {
 	got := footprint(render.Files{"a": make([]byte, 1), "b": make([]byte, 4097), "c": nil})
 	if want := int64(4<<10 + (4096 + 1<<10) + (8192 + 1<<10) + 1<<10); got != want {
 		t.Errorf("footprint %d, want %d", got, want)
+	}
+}
+
+// TestARestartCountsTheMountedVolumes: a restarted driver counts the volumes its records name
+// that are still mounted, not those whose targets went without an unpublish (a reboot).
+func TestARestartCountsTheMountedVolumes(t *testing.T) {
+	store, err := records.NewStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	mounter := mount.NewDirectories()
+	mounted, gone := t.TempDir(), t.TempDir()
+	if err := mounter.MountTmpfs(mounted, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	for id, target := range map[string]string{"mounted": mounted, "gone": gone} {
+		if err := store.Save(&records.Record{VolumeID: id, TargetPath: target, Pod: records.Pod{Namespace: "team"}, Bytes: 100}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := NewServer(Server{Records: store, Mounter: mounter, Config: Config{VolumesMaxBytes: 1 << 20}})
+	if got := s.budget.byNamespace["team"]; got != 100 {
+		t.Errorf("after a restart the budget counts %d bytes, want the mounted volume's 100", got)
 	}
 }

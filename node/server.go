@@ -110,15 +110,28 @@ type Server struct {
 func NewServer(s Server) *Server {
 	s.targets = &targetLocks{}
 	s.kept = &sync.Map{}
-	var held []*records.Record
-	if s.Records != nil { // tests of a single RPC may go without
-		var err error
-		if held, err = s.Records.All(); err != nil {
-			klog.ErrorS(err, "Reading the volume records at start: the memory of the volumes they name is not counted until their next publish")
+	s.budget = newVolumeBudget(s.Config.VolumesMaxBytes, s.mountedRecords())
+	return &s
+}
+
+// mountedRecords are the records of the volumes mounted at start, whose memory the budget
+// counts: a record whose target is no longer mounted (a node that rebooted, and whose kubelet
+// cleaned up without an unpublish) holds none.
+func (s *Server) mountedRecords() []*records.Record {
+	if s.Records == nil || s.Mounter == nil { // tests of a single RPC may go without
+		return nil
+	}
+	all, err := s.Records.All()
+	if err != nil {
+		klog.ErrorS(err, "Reading the volume records at start: the memory of the volumes they name is not counted until their next publish")
+	}
+	var mounted []*records.Record
+	for _, rec := range all {
+		if ok, err := s.Mounter.IsMountPoint(rec.TargetPath); err == nil && ok {
+			mounted = append(mounted, rec)
 		}
 	}
-	s.budget = newVolumeBudget(s.Config.VolumesMaxBytes, held)
-	return &s
+	return mounted
 }
 
 // NodeGetInfo reports the node ID.
