@@ -415,7 +415,10 @@ func basic(user, pass string) string {
 // deployed privileges. The test fails if either was refused an API call.
 func deployedKubeconfigs(t testing.TB) (node, controller string) {
 	t.Helper()
-	if _, err := cp.Kubectl(nil, "apply", "-n", systemNS, "-f", filepath.Join(controlplane.RepoRoot(), "deploy", "base", "rbac.yaml")); err != nil {
+	// Server-side, as kubectl's manager, as TestDeployAppliesServerSide and the chart's tests
+	// apply it again: a client-side apply would own the admission policy's atomic
+	// matchConstraints, and their apply would conflict with it.
+	if _, err := cp.Kubectl(nil, "apply", "--server-side", "--force-conflicts", "-n", systemNS, "-f", filepath.Join(controlplane.RepoRoot(), "deploy", "base", "rbac.yaml")); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
