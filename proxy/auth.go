@@ -98,17 +98,17 @@ func (p *Proxy) authorizeUse(ctx context.Context, u user.Info, nn types.Namespac
 // the Connector: an approved Pod is usually denied namespace-wide, and that denial would cost a
 // review of its own each time its answer expires. Either order gives the same answer.
 func (p *Proxy) mayUse(ctx context.Context, u user.Info, nn types.NamespacedName, verb string) error {
+	// A namespace-wide grant answered from the cache builds no Pod-scoped name: the hot path.
+	if allowed, ok := p.perms.cached(u, nn, verb, "proxy"); ok && allowed {
+		return nil
+	}
 	scopes, n := [2]string{"proxy"}, 1
 	pod, isPod := podOfUser(u)
 	if isPod {
 		scopes[1], n = podScopedPrefix+pod.namespace+"/"+pod.name, 2
-	}
-	for _, sub := range scopes[:n] {
-		if allowed, ok := p.perms.cached(u, nn, verb, sub); ok && allowed {
+		if allowed, ok := p.perms.cached(u, nn, verb, scopes[1]); ok && allowed {
 			return nil
 		}
-	}
-	if isPod {
 		if own, err := p.cfg.PodGrants.HoldsOwn(ctx, nn, pod.namespace, pod.name, pod.uid); err == nil && own {
 			scopes[0], scopes[1] = scopes[1], scopes[0]
 		}
