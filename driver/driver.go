@@ -58,6 +58,11 @@ func Run(ctx context.Context, opts Options) error {
 	// node role too), writes to klog's; unset, it prints a warning with a stack once and drops
 	// everything after. (klog's filter is set as the package loads: logfilter.go.)
 	ctrllog.SetLogger(klog.Background())
+	if o.runsNode() {
+		// Before anything is served (the metrics report the limit): the node's volumes' tmpfs
+		// pages count against the container's limit too.
+		debug.SetMemoryLimit(memoryLimitBesideVolumes(debug.SetMemoryLimit(-1), o.volumesMaxBytes))
+	}
 	p, err := newProcess(o)
 	if err != nil {
 		return err
@@ -98,7 +103,6 @@ func Run(ctx context.Context, opts Options) error {
 	p.globalCA = trust.WatchGlobal(ctx, cms)
 	cms.Start(ctx)
 	if o.runsNode() {
-		debug.SetMemoryLimit(memoryLimitBesideVolumes(debug.SetMemoryLimit(-1), o.volumesMaxBytes))
 		if err := startNode(ctx, g, p, &nodeReady); err != nil {
 			return err
 		}
