@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"golang.org/x/sync/singleflight"
+	"golang.org/x/time/rate"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -67,6 +68,11 @@ type Controller struct {
 	Retention time.Duration
 	// PodRecheck is how often a live request reads its Pod again (0: only on events).
 	PodRecheck time.Duration
+	// Rechecks paces the evaluations of live requests that nothing woke (rechecks.go): a turn
+	// each, reserved rather than waited for (nil: no pace). RecheckReader reads their Pods and
+	// owners, apart from the rate limit of Reader (nil: Reader).
+	Rechecks      *rate.Limiter
+	RecheckReader client.Reader
 	// States evaluates CEL states; shared with the PolicyController.
 	States *States
 	// EvaluationBudget bounds the time the checks of one request take together (0: no bound):
@@ -95,6 +101,7 @@ type Controller struct {
 	unserved *utilcache.LRUExpireCache
 	reads    checkReads
 	written  ownWrites
+	turns    recheckTurns
 }
 
 // SetupWithManager registers the controller.
@@ -122,20 +129,22 @@ func (c *Controller) SetupWithManager(mgr ctrl.Manager) error {
 		Named("accessrequest").
 		// Not on the event of its own status write: that evaluation would read the Pod and its
 		// owners again to find what it just wrote.
-		For(&v1alpha1.AccessRequest{}, builder.WithPredicates(predicate.Funcs{UpdateFunc: c.notOwnWrite})).
-		Watches(&v1alpha1.AccessRequest{}, handler.EnqueueRequestsFromMapFunc(c.requestsOfEarlierPods)).
+		For(&v1alpha1.AccessRequest{}, builder.WithPredicates(predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
+			return c.turns.wakeOnUpdate(e, c.notOwnWrite(e))
+		}})).
+		Watches(&v1alpha1.AccessRequest{}, handler.EnqueueRequestsFromMapFunc(c.turns.waking(c.requestsOfEarlierPods))).
 		// A Connector's or a policy's status, which their controllers write at each probe or
 		// match that changes it, wakes no request: an evaluation reads their spec and metadata,
 		// and a shared Connector's tool that flaps would otherwise evaluate all its requests
 		// again at each flap.
-		Watches(&v1alpha1.Connector{}, handler.EnqueueRequestsFromMapFunc(c.requestsOfConnector), notStatusOnly).
-		Watches(&v1alpha1.AccessPolicy{}, handler.EnqueueRequestsFromMapFunc(c.requestsInNamespace), notStatusOnly).
+		Watches(&v1alpha1.Connector{}, handler.EnqueueRequestsFromMapFunc(c.turns.waking(c.requestsOfConnector)), notStatusOnly).
+		Watches(&v1alpha1.AccessPolicy{}, handler.EnqueueRequestsFromMapFunc(c.turns.waking(c.requestsInNamespace)), notStatusOnly).
 		// A check or role template changed: its checks' selectors may have (see checkReads).
-		Watches(&corev1.ConfigMap{}, handler.EnqueueRequestsFromMapFunc(c.requestsUsingTemplate)).
+		Watches(&corev1.ConfigMap{}, handler.EnqueueRequestsFromMapFunc(c.turns.waking(c.requestsUsingTemplate))).
 		// A grant that appears, or changes, after its request was revoked: written by a leader
 		// that lost its lease between its check and its write while the new one revoked.
-		Watches(&rbacv1.Role{}, handler.EnqueueRequestsFromMapFunc(c.revokedOwner), notDeleted).
-		Watches(&rbacv1.RoleBinding{}, handler.EnqueueRequestsFromMapFunc(c.revokedOwner), notDeleted).
+		Watches(&rbacv1.Role{}, handler.EnqueueRequestsFromMapFunc(c.turns.waking(c.revokedOwner)), notDeleted).
+		Watches(&rbacv1.RoleBinding{}, handler.EnqueueRequestsFromMapFunc(c.turns.waking(c.revokedOwner)), notDeleted).
 		// In turns by namespace, and within a Connector's namespace by the Pods' (tenants sharing
 		// a Connector): one tenant's backlog (many requests, or requests slow to evaluate) does
 		// not hold another's approval behind it.
@@ -369,7 +378,7 @@ func (c *Controller) startWatch(ctx context.Context, gvk schema.GroupVersionKind
 		}
 		return err
 	}
-	if err := c.ctrl.Watch(source.Kind(c.Cache, client.Object(u), handler.EnqueueRequestsFromMapFunc(c.requestsOfCheckObject))); err != nil {
+	if err := c.ctrl.Watch(source.Kind(c.Cache, client.Object(u), handler.EnqueueRequestsFromMapFunc(c.turns.waking(c.requestsOfCheckObject)))); err != nil {
 		return err
 	}
 	c.watched.Store(gvk, struct{}{})
@@ -378,15 +387,38 @@ func (c *Controller) startWatch(ctx context.Context, gvk schema.GroupVersionKind
 
 // Reconcile evaluates one AccessRequest.
 func (c *Controller) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
-	var cached v1alpha1.AccessRequest
-	if err := c.Client.Get(ctx, req.NamespacedName, &cached); err != nil {
+	var ar v1alpha1.AccessRequest
+	if err := c.Client.Get(ctx, req.NamespacedName, &ar); err != nil {
 		if apierrors.IsNotFound(err) {
 			c.reads.forget(req.NamespacedName)
 			c.written.forget(req.NamespacedName)
+			c.turns.forget(req.NamespacedName)
 		}
 		return reconcile.Result{}, client.IgnoreNotFound(err)
 	}
-	ar := cached.DeepCopy()
+	recheck, later := c.turns.turn(c.Rechecks, &ar)
+	if later > 0 {
+		return reconcile.Result{RequeueAfter: later}, nil
+	}
+	if recheck {
+		ctx = c.asRecheck(ctx)
+	}
+	result, err := c.evaluateAndWrite(ctx, &ar)
+	if err != nil || !result.IsZero() {
+		c.turns.retry(req.NamespacedName)
+		return result, err
+	}
+	if !revoked(&ar) && c.PodRecheck > 0 {
+		// A live request looks at its Pod again now and then: it is not watched. Spread, so that
+		// the requests a new leader evaluates at once are not read again all at once.
+		result.RequeueAfter = wait.Jitter(c.PodRecheck, 0.2)
+	}
+	return result, nil
+}
+
+// evaluateAndWrite evaluates the request (the cache's copy, changed in place) and writes its
+// status if it changed, recording the transitions as Events.
+func (c *Controller) evaluateAndWrite(ctx context.Context, ar *v1alpha1.AccessRequest) (reconcile.Result, error) {
 	before := ar.Status.DeepCopy()
 	result, err := c.evaluate(ctx, ar)
 	if !apiequalityStatus(before, &ar.Status) {
@@ -394,11 +426,6 @@ func (c *Controller) Reconcile(ctx context.Context, req reconcile.Request) (reco
 		if uerr := c.writeStatus(ctx, ar); uerr != nil {
 			return reconcile.Result{}, uerr
 		}
-	}
-	if err == nil && result.IsZero() && !revoked(ar) && c.PodRecheck > 0 {
-		// A live request looks at its Pod again now and then: it is not watched. Spread, so that
-		// the requests a new leader evaluates at once are not read again all at once.
-		result.RequeueAfter = wait.Jitter(c.PodRecheck, 0.2)
 	}
 	return result, err
 }
@@ -443,7 +470,7 @@ func (c *Controller) evaluate(ctx context.Context, ar *v1alpha1.AccessRequest) (
 	}
 	ref := ar.Spec.Context.ObjectRef
 	var pod corev1.Pod
-	podErr := c.Reader.Get(ctx, types.NamespacedName{Namespace: ref.Namespace, Name: ref.Name}, &pod)
+	podErr := c.liveReader(ctx).Get(ctx, types.NamespacedName{Namespace: ref.Namespace, Name: ref.Name}, &pod)
 	var connector v1alpha1.Connector
 	connErr := c.Client.Get(ctx, types.NamespacedName{Namespace: ar.Namespace, Name: ar.Spec.ConnectorRef.Name}, &connector)
 	for _, err := range []error{podErr, connErr} {
@@ -667,7 +694,7 @@ func (c *Controller) requestContext(ctx context.Context, pod *corev1.Pod, connec
 	if err != nil {
 		return nil, err
 	}
-	rctx, err := tektonOwners(ctx, c.Reader, pod)
+	rctx, err := tektonOwners(ctx, c.liveReader(ctx), pod)
 	if err != nil {
 		return nil, err
 	}
@@ -1100,7 +1127,7 @@ func (c *Controller) retain(ctx context.Context, ar *v1alpha1.AccessRequest) (re
 }
 
 func (c *Controller) deleteGrant(ctx context.Context, ar *v1alpha1.AccessRequest) error {
-	return deleteGrant(ctx, c.Client, ar, ar.Name)
+	return deleteGrant(ctx, c.liveReader(ctx), c.Client, ar, ar.Name)
 }
 
 // deleteLateGrant deletes a revoked request's grant that was written after its revocation:

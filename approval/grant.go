@@ -96,12 +96,12 @@ func grantUpToDate(ctx context.Context, cached client.Reader, owner client.Objec
 		equality.Semantic.DeepEqual(role.Rules, rules) && rb.RoleRef == roleRef && equality.Semantic.DeepEqual(rb.Subjects, subjects)
 }
 
-// deleteGrant deletes owner's grant name: the RoleBinding and the Role that owner controls,
-// each only as the object read (a UID precondition), none of another's.
-func deleteGrant(ctx context.Context, c client.Client, owner client.Object, name string) error {
+// deleteGrant deletes owner's grant name: the RoleBinding and the Role that owner controls, read
+// through r, each only as the object read (a UID precondition), none of another's.
+func deleteGrant(ctx context.Context, r client.Reader, c client.Client, owner client.Object, name string) error {
 	key := types.NamespacedName{Namespace: owner.GetNamespace(), Name: name}
 	for _, obj := range []client.Object{&rbacv1.RoleBinding{}, &rbacv1.Role{}} {
-		err := c.Get(ctx, key, obj)
+		err := r.Get(ctx, key, obj)
 		if apierrors.IsNotFound(err) {
 			continue
 		}

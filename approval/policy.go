@@ -298,7 +298,7 @@ func (c *PolicyController) syncDefaultPermission(ctx context.Context, p *v1alpha
 	name := defaultGrantName(p.Name)
 	dp := p.Spec.DefaultPermission
 	if dp == nil || len(matched) == 0 {
-		return deleteGrant(ctx, c.Client, p, name)
+		return deleteGrant(ctx, c.Client, c.Client, p, name)
 	}
 	if dp.RoleTemplate.Ref.ConfigMap == nil {
 		return fmt.Errorf("defaultPermission.roleTemplate names no ConfigMap")

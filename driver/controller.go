@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/time/rate"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -98,7 +99,13 @@ func startController(ctx context.Context, g *errgroup.Group, p *process, ready *
 	}).SetupWithManager(mgr); err != nil {
 		return err
 	}
+	rechecks, recheckReader, err := recheckPace(p, mgr)
+	if err != nil {
+		return err
+	}
 	if err := (&approval.Controller{
+		Rechecks:            rechecks,
+		RecheckReader:       recheckReader,
 		Client:              mgr.GetClient(),
 		Reader:              mgr.GetAPIReader(),
 		Cache:               mgr.GetCache(),
@@ -158,6 +165,21 @@ func statusClients(p *process, mgr ctrl.Manager) (client.Client, kubernetes.Inte
 		Cache: &client.CacheOptions{Reader: mgr.GetCache(), DisableFor: uncachedKinds()}})
 	return c, kube, err
 }
+
+// recheckPace is the pace of the AccessRequest controller's rechecks (--accessrequest-pod-recheck-qps,
+// a burst of one second's) and the live reader of what they read (liveReadsPerRecheck), with a
+// rate limit of its own so that they never wait in --kube-api-qps's limiter before an
+// approval's reads, nor approvals in theirs.
+func recheckPace(p *process, mgr ctrl.Manager) (*rate.Limiter, client.Reader, error) {
+	qps := p.o.PodRecheckQPS
+	burst := max(1, int(math.Ceil(qps)))
+	reader, err := client.New(limitedConfig(p, liveReadsPerRecheck*qps, liveReadsPerRecheck*burst), client.Options{Scheme: p.scheme, Mapper: mgr.GetRESTMapper()})
+	return rate.NewLimiter(rate.Limit(qps), burst), reader, err
+}
+
+// liveReadsPerRecheck are the live reads of a recheck at most: the Pod, its TaskRun and
+// PipelineRun, and the Role and RoleBinding a request that holds no grant deletes if there.
+const liveReadsPerRecheck = 5
 
 // limitedClient reads live, with a rate limit of its own of qps (burst twice that).
 func limitedClient(p *process, mgr ctrl.Manager, qps float64) (client.Client, error) {

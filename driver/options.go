@@ -37,6 +37,7 @@ const (
 	defaultStatusAPIQPS           = 20
 	defaultStatusAPIBurst         = 40
 	defaultWebhookLiveQPS         = 5
+	defaultPodRecheckQPS          = 20
 	defaultMaxCheckObjectBytes    = 256 << 10
 	defaultRegistryTokenCacheSize = 10000
 	defaultLeafCacheSize          = 1000
@@ -132,6 +133,9 @@ type Options struct {
 	// package scopes); the flag is --scoped-connectors, default true.
 	DisableScopedConnectors bool
 	PodRecheck              time.Duration
+	// PodRecheckQPS paces the rechecks of live AccessRequests (evaluations nothing woke), whose
+	// reads go through a client of their own.
+	PodRecheckQPS float64
 	// EvaluationBudget and MaxCheckObjects bound one AccessRequest's evaluation: its checks'
 	// time together, and the objects one check reads.
 	EvaluationBudget time.Duration
@@ -284,6 +288,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.IntVar(&o.MaxCheckObjectBytes, "check-object-max-bytes", defaultMaxCheckObjectBytes, "how large, about as JSON, an object of a check kind (an ApprovalTask, a PipelineRun) the controller keeps whole: its checks' kinds are watched cluster-wide and tenants write their objects, so a larger one is kept as a stub of its name and labels, and a check that matches it fails, naming this flag")
 	fs.IntVar(&o.MaxCheckObjects, "accessrequest-check-max-objects", 100, "how many objects one check of an AccessPolicy may match; more fail the check (naming this flag)")
 	fs.DurationVar(&o.PodRecheck, "accessrequest-pod-recheck-interval", 5*time.Minute, "how often the controller reads the Pod of a live AccessRequest again (Pods are not watched; unpublish and the Pod's token revoke at once)")
+	fs.Float64Var(&o.PodRecheckQPS, "accessrequest-pod-recheck-qps", defaultPodRecheckQPS, "rechecks of live AccessRequests per second (each reads the Pod, up to two of its Tekton owners and, holding no grant, the Role and RoleBinding of its name, through a client of their own, apart from --kube-api-qps): with more live requests than this × --accessrequest-pod-recheck-interval, rechecks come further apart, and never hold an approval behind them")
 	fs.StringVar(&o.ForwardPassthrough, "forward-passthrough", proxy.PassthroughPublic, "what the forward proxy does with a destination no named Connector covers: none (403), public (forward it without any credential when it resolves to public addresses only; CONNECT becomes a plain tunnel) or all (any destination the rules allow)")
 	fs.Func("forward-passthrough-connect-ports", "comma-separated ports a pass-through CONNECT may reach (default 443: a tunnel is opaque, so other ports would make the proxy a relay for any TCP service)", func(v string) error {
 		o.PassthroughConnectPorts = nil
@@ -479,6 +484,12 @@ func (o *Options) validate() (*validated, error) {
 	}
 	if o.StatusAPIBurst == 0 {
 		v.StatusAPIBurst = defaultStatusAPIBurst
+	}
+	switch {
+	case o.PodRecheckQPS < 0:
+		return nil, fmt.Errorf("--accessrequest-pod-recheck-qps must not be negative")
+	case o.PodRecheckQPS == 0:
+		v.PodRecheckQPS = defaultPodRecheckQPS
 	}
 	switch {
 	case o.WebhookLiveQPS < 0:

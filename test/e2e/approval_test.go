@@ -424,6 +424,35 @@ func TestUnchangedChecksWriteNothing(t *testing.T) {
 	}
 }
 
+// TestApprovalsAreNotBehindRechecks: a live request's recheck (nothing woke it; its Pod is read
+// again, with its Tekton owners) takes a turn of --accessrequest-pod-recheck-qps, never waited
+// for by a worker, and reads through a client of its own: at 10,000 live gated Pods rechecks
+// alone would be past --kube-api-qps, with every approval behind them. Here the pace allows
+// one recheck in all (the controller as deployed, its reads from the audit log): an approved
+// Pod's request, rechecked every 200 ms, reads its Pod at most once more, while a change of its
+// check is evaluated at once and another Pod is approved.
+func TestApprovalsAreNotBehindRechecks(t *testing.T) {
+	setupApproval(t)
+	env := startDeployedDrivers(t, func(o *driver.Options) { o.PodRecheck, o.PodRecheckQPS = 200*time.Millisecond, 1e-6 })
+	ns := newNamespace(t)
+	pod, key := approvedPod(t, env, ns)
+	since := time.Now().Add(time.Second)
+	time.Sleep(4 * time.Second)
+	if reads := controllerPodReads(t, ns, since)[pod.Name]; reads > 1 {
+		t.Errorf("the approved Pod was read %d times in 3 s of rechecks past their pace, want at most once", reads)
+	}
+
+	approvalTask(t, ns, "release-2", "approved")
+	next := pipelineRunPod(t, env.kubelet, ns, "release-2", "promote", map[string]string{"connectors": "prod"})
+	if err := publishOutcome(t, env, next); err != nil {
+		t.Fatalf("another approved Pod, with rechecks past their pace: %v", err)
+	}
+	approvalTask(t, ns, "release-1", "rejected")
+	conditions := func(ar *v1alpha1.AccessRequest) []metav1.Condition { return ar.Status.Conditions }
+	waitObjectCondition(t, &v1alpha1.AccessRequest{ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: key.Name}},
+		conditions, v1alpha1.ConditionAccessCheckReady, metav1.ConditionFalse, v1alpha1.ReasonRejected)
+}
+
 // TestCheckChangesWakeOnlyTheirRequests: a change of a check object wakes the live requests
 // whose checks select it, not every live request of Pods of its namespace (each evaluation reads
 // the Pod and its Tekton owners from the API server, and runs every state). Six PipelineRuns'
