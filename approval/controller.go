@@ -470,7 +470,7 @@ func (c *Controller) evaluate(ctx context.Context, ar *v1alpha1.AccessRequest) (
 	}
 	ref := ar.Spec.Context.ObjectRef
 	var pod corev1.Pod
-	podErr := c.liveReader(ctx).Get(ctx, types.NamespacedName{Namespace: ref.Namespace, Name: ref.Name}, &pod)
+	podErr := readerFor(ctx, c.Reader).Get(ctx, types.NamespacedName{Namespace: ref.Namespace, Name: ref.Name}, &pod)
 	var connector v1alpha1.Connector
 	connErr := c.Client.Get(ctx, types.NamespacedName{Namespace: ar.Namespace, Name: ar.Spec.ConnectorRef.Name}, &connector)
 	for _, err := range []error{podErr, connErr} {
@@ -694,7 +694,7 @@ func (c *Controller) requestContext(ctx context.Context, pod *corev1.Pod, connec
 	if err != nil {
 		return nil, err
 	}
-	rctx, err := tektonOwners(ctx, c.liveReader(ctx), pod)
+	rctx, err := tektonOwners(ctx, readerFor(ctx, c.Reader), pod)
 	if err != nil {
 		return nil, err
 	}
@@ -1127,7 +1127,7 @@ func (c *Controller) retain(ctx context.Context, ar *v1alpha1.AccessRequest) (re
 }
 
 func (c *Controller) deleteGrant(ctx context.Context, ar *v1alpha1.AccessRequest) error {
-	return deleteGrant(ctx, c.liveReader(ctx), c.Client, ar, ar.Name)
+	return deleteGrant(ctx, readerFor(ctx, c.Client), c.Client, ar, ar.Name)
 }
 
 // deleteLateGrant deletes a revoked request's grant that was written after its revocation:

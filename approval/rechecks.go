@@ -123,13 +123,12 @@ func (r *recheckTurns) forget(key types.NamespacedName) {
 // Controller.RecheckReader.
 type recheckReaderKey struct{}
 
-// liveReader is the reader of what the evaluation of ctx reads live, but for the read of the
-// Pod again right before a grant is written (an approval's).
-func (c *Controller) liveReader(ctx context.Context) client.Reader {
+// readerFor is RecheckReader in a recheck's evaluation (ctx), else usual.
+func readerFor(ctx context.Context, usual client.Reader) client.Reader {
 	if r, ok := ctx.Value(recheckReaderKey{}).(client.Reader); ok {
 		return r
 	}
-	return c.Reader
+	return usual
 }
 
 // asRecheck is ctx for a recheck's evaluation.
