@@ -798,9 +798,11 @@ func (c *Controller) evaluateCheck(ctx context.Context, ar *v1alpha1.AccessReque
 	if check.Ref == nil {
 		rctx = inlineView(rctx)
 	}
-	matchLabels, err := c.templates.MatchLabels(spec, rctx, check.Ref == nil)
+	matchLabels, err := c.templates.MatchLabels(ctx, spec, rctx, check.Ref == nil)
 	var notInChain *notInOwnerChain
 	switch {
+	case c.overBudget(ctx):
+		return retry("%s", c.budgetSpent())
 	case errors.As(err, &notInChain):
 		return fail("Pod %s/%s is not run by %s (owner chain checked by UID)", ar.Spec.Context.ObjectRef.Namespace,
 			ar.Spec.Context.ObjectRef.Name, ownerChainKeys[notInChain.key])
@@ -814,8 +816,10 @@ func (c *Controller) evaluateCheck(ctx context.Context, ar *v1alpha1.AccessReque
 		return fail("cannot watch %s: %v", gvk.Kind, unknownKind(err))
 	}
 	podNS := ar.Spec.Context.ObjectRef.Namespace
-	name, namespace, err := c.templates.ObjectName(spec, rctx, check.Ref == nil)
+	name, namespace, err := c.templates.ObjectName(ctx, spec, rctx, check.Ref == nil)
 	switch {
+	case c.overBudget(ctx):
+		return retry("%s", c.budgetSpent())
 	case errors.As(err, &notInChain):
 		return fail("Pod %s/%s is not run by %s (owner chain checked by UID)", podNS, ar.Spec.Context.ObjectRef.Name, ownerChainKeys[notInChain.key])
 	case err != nil:

@@ -130,10 +130,10 @@ func (t *Templates) Check(cm *corev1.ConfigMap) (*v1alpha1.CheckSpec, error) {
 // templates.Cache.ExecuteUntrusted). A value that reads an owner the Pod's verified owner chain
 // lacks fails with a *notInOwnerChain; one that does not render a valid label value fails too,
 // so that no check matches on garbage.
-func (t *Templates) MatchLabels(spec *v1alpha1.CheckSpec, context map[string]any, untrusted bool) (map[string]string, error) {
+func (t *Templates) MatchLabels(ctx context.Context, spec *v1alpha1.CheckSpec, data map[string]any, untrusted bool) (map[string]string, error) {
 	out := make(map[string]string, len(spec.Selector.MatchLabels))
 	for k, v := range spec.Selector.MatchLabels {
-		b, err := t.renderSelector("matchLabels["+k+"]", v, context, untrusted)
+		b, err := t.renderSelector(ctx, "matchLabels["+k+"]", v, data, untrusted)
 		if err != nil {
 			return nil, err
 		}
@@ -147,15 +147,15 @@ func (t *Templates) MatchLabels(spec *v1alpha1.CheckSpec, context map[string]any
 
 // ObjectName renders a check's objectRef.name and objectRef.namespace ("" when unset): templates
 // over the request context, as matchLabels values.
-func (t *Templates) ObjectName(spec *v1alpha1.CheckSpec, context map[string]any, untrusted bool) (name, namespace string, err error) {
+func (t *Templates) ObjectName(ctx context.Context, spec *v1alpha1.CheckSpec, data map[string]any, untrusted bool) (name, namespace string, err error) {
 	ref := spec.Selector.ObjectRef
 	if ref.Name != "" {
-		if name, err = t.renderSelector("objectRef.name", ref.Name, context, untrusted); err != nil {
+		if name, err = t.renderSelector(ctx, "objectRef.name", ref.Name, data, untrusted); err != nil {
 			return "", "", err
 		}
 	}
 	if ref.Namespace != "" {
-		if namespace, err = t.renderSelector("objectRef.namespace", ref.Namespace, context, untrusted); err != nil {
+		if namespace, err = t.renderSelector(ctx, "objectRef.namespace", ref.Namespace, data, untrusted); err != nil {
 			return "", "", err
 		}
 	}
@@ -163,18 +163,23 @@ func (t *Templates) ObjectName(spec *v1alpha1.CheckSpec, context map[string]any,
 }
 
 // renderSelector renders one selector value; a value that reads .pipelineRun or .taskRun of a
-// Pod outside such an owner chain is a notInOwnerChain.
-func (t *Templates) renderSelector(field, v string, context map[string]any, untrusted bool) (string, error) {
+// Pod outside such an owner chain is a notInOwnerChain. None is rendered once ctx is done (the
+// evaluation's budget): a check renders up to 34 values, each of a few dozen calls, and a
+// template cannot be stopped while it runs.
+func (t *Templates) renderSelector(ctx context.Context, field, v string, data map[string]any, untrusted bool) (string, error) {
+	if err := ctx.Err(); err != nil {
+		return "", fmt.Errorf("%s not rendered: %w", field, err)
+	}
 	tmpl, err := t.parseLabel(field, v, untrusted)
 	if err != nil {
 		return "", err
 	}
 	for _, key := range []string{keyPipelineRun, keyTaskRun} {
-		if _, ok := context[key]; !ok && templates.UsesField(tmpl, key) {
+		if _, ok := data[key]; !ok && templates.UsesField(tmpl, key) {
 			return "", &notInOwnerChain{key: key}
 		}
 	}
-	b, err := t.cache.Execute(field, v, context) // vetted by parseLabel
+	b, err := t.cache.Execute(field, v, data) // vetted by parseLabel
 	if err != nil {
 		return "", fmt.Errorf("%s: %w", field, err)
 	}

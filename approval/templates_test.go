@@ -1,6 +1,7 @@
 package approval
 
 import (
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -70,7 +71,7 @@ func TestBuiltinCheckTemplate(t *testing.T) {
 	if spec.Selector.ObjectRef.Kind != "ApprovalTask" || spec.Selector.ObjectRef.APIVersion != "openshift-pipelines.org/v1alpha1" {
 		t.Fatalf("objectRef %+v", spec.Selector.ObjectRef)
 	}
-	labels, err := tpl.MatchLabels(spec, testContext(), false)
+	labels, err := tpl.MatchLabels(context.Background(), spec, testContext(), false)
 	if err != nil || labels["tekton.dev/pipelineRun"] != "run-1" {
 		t.Fatalf("matchLabels %v %v", labels, err)
 	}
@@ -87,7 +88,7 @@ func TestCheckOutsideAnOwnerChainSaysSo(t *testing.T) {
 		for _, k := range drop {
 			delete(ctx, k)
 		}
-		_, err := tpl.MatchLabels(spec, ctx, false)
+		_, err := tpl.MatchLabels(context.Background(), spec, ctx, false)
 		var missing *notInOwnerChain
 		if !errors.As(err, &missing) || missing.key != "pipelineRun" ||
 			err.Error() != "the Pod is not run by a TaskRun of a PipelineRun (owner chain checked by UID)" {
@@ -100,7 +101,7 @@ func TestMatchLabelsRefuseWhatIsNoLabelValue(t *testing.T) {
 	tpl := NewTemplates()
 	for _, v := range []string{`{{ .object.metadata.nope }}`, `{{ index .object.metadata.labels "nope" }}`, `a b`} {
 		spec := &v1alpha1.CheckSpec{Selector: v1alpha1.CheckSelector{MatchLabels: map[string]string{"k": v}}}
-		if labels, err := tpl.MatchLabels(spec, testContext(), true); err == nil {
+		if labels, err := tpl.MatchLabels(context.Background(), spec, testContext(), true); err == nil {
 			t.Errorf("%s rendered %v", v, labels)
 		}
 	}
@@ -181,5 +182,25 @@ func TestRuleValuesCannotInjectYAML(t *testing.T) {
 		if rules, err := tpl.Rules(cm, withAnnotation(v)); err == nil || !strings.Contains(err.Error(), "control character") {
 			t.Errorf("%q: %+v %v", v, rules, err)
 		}
+	}
+}
+
+// TestNoValueIsRenderedPastTheBudget: a template cannot be stopped while it runs, so the values
+// of a check are not rendered once the evaluation's budget is spent.
+func TestNoValueIsRenderedPastTheBudget(t *testing.T) {
+	tpl := NewTemplates()
+	spec := &v1alpha1.CheckSpec{Selector: v1alpha1.CheckSelector{
+		ObjectRef:   v1alpha1.ObjectKindRef{Name: "{{ .object.metadata.name }}"},
+		MatchLabels: map[string]string{"k": "{{ .object.metadata.name }}"}}}
+	spent, cancel := context.WithCancel(context.Background())
+	cancel()
+	if labels, err := tpl.MatchLabels(spent, spec, testContext(), true); !errors.Is(err, context.Canceled) {
+		t.Errorf("labels past the budget: %v %v", labels, err)
+	}
+	if name, _, err := tpl.ObjectName(spent, spec, testContext(), true); !errors.Is(err, context.Canceled) {
+		t.Errorf("name past the budget: %q %v", name, err)
+	}
+	if labels, err := tpl.MatchLabels(context.Background(), spec, testContext(), true); err != nil || labels["k"] == "" {
+		t.Errorf("labels within the budget: %v %v", labels, err)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"math"
 	"reflect"
 	"regexp"
+	"regexp/syntax"
 	"strings"
 	"text/template"
 	"unicode/utf8"
@@ -21,6 +22,11 @@ const (
 	MaxItems = 10000
 	// maxWidth bounds a printf width or precision: fmt pads into memory before writing.
 	maxWidth = 1000
+	// MaxWork bounds the steps of one call of a regular expression function: its compiled
+	// instructions times the bytes of its text (Go's regexp runs in time proportional to
+	// both). A few milliseconds: a straight-line template (ParseUntrusted) makes a few dozen
+	// calls at most, and nothing else bounds its time.
+	MaxWork = 1 << 18
 )
 
 // denied are the sprig functions a restricted Cache leaves out: they read the process's
@@ -37,9 +43,10 @@ var denied = []string{
 // Restricted limits a Cache for templates whose authors are not trusted with the process
 // (SPEC §4.7): sprig without the denied functions; functions that build a value larger than
 // their arguments (repeat, indent, nindent, until, untilStep, seq, replace, wrapWith, join, the
-// regexReplaceAll family, printf) check its size first; every function's arguments and result
-// must weigh at most MaxValue; one execution may write at most MaxOutput. Each is an error,
-// never a truncation.
+// regexReplaceAll family, printf) check its size first, and those whose time grows faster than
+// their arguments check their work (the regex family: MaxWork) or are made linear (uniq,
+// without); every function's arguments and result must weigh at most MaxValue; one execution
+// may write at most MaxOutput. Each is an error, never a truncation.
 func Restricted() Option {
 	return func(c *Cache) {
 		c.funcs = restrictedFuncs
@@ -101,7 +108,7 @@ func bounded() template.FuncMap {
 	}
 	regexReplace := func(name string, expands bool) func(string, string, string) (string, error) {
 		return func(expr, s, repl string) (string, error) {
-			re, err := regexp.Compile(expr)
+			re, err := boundedRegexp(name, expr, s)
 			if err != nil {
 				return "", err
 			}
@@ -115,7 +122,7 @@ func bounded() template.FuncMap {
 			return re.ReplaceAllString(s, repl), nil
 		}
 	}
-	return template.FuncMap{
+	fm := template.FuncMap{
 		"repeat": func(count int, s string) (string, error) {
 			if err := within("repeat", float64(count)*float64(len(s)), MaxValue); err != nil {
 				return "", err
@@ -183,6 +190,150 @@ func bounded() template.FuncMap {
 		"print":   fmt.Sprint,
 		"println": fmt.Sprintln,
 	}
+	for name, fn := range workBounded() {
+		fm[name] = fn
+	}
+	return fm
+}
+
+// workBounded are the functions whose time grew faster than their arguments' size: the regex
+// family checks its work (MaxWork) first (a pattern of 40,000 instructions over 20,000 bytes,
+// both well within MaxValue, ran for seconds), uniq and without compare by key in linear time
+// (sprig's took seconds for 16,000 numbers). A tenant's inline check may render dozens of them
+// in the controller, whose four workers serve every tenant.
+func workBounded() template.FuncMap {
+	match := func(name string) func(string, string) (bool, error) {
+		return func(expr, s string) (bool, error) {
+			re, err := boundedRegexp(name, expr, s)
+			if err != nil {
+				return false, err
+			}
+			return re.MatchString(s), nil
+		}
+	}
+	find := func(name string) func(string, string) (string, error) {
+		return func(expr, s string) (string, error) {
+			re, err := boundedRegexp(name, expr, s)
+			if err != nil {
+				return "", err
+			}
+			return re.FindString(s), nil
+		}
+	}
+	findAll := func(name string) func(string, string, int) ([]string, error) {
+		return func(expr, s string, n int) ([]string, error) {
+			re, err := boundedRegexp(name, expr, s)
+			if err != nil {
+				return nil, err
+			}
+			return re.FindAllString(s, n), nil
+		}
+	}
+	split := func(name string) func(string, string, int) ([]string, error) {
+		return func(expr, s string, n int) ([]string, error) {
+			re, err := boundedRegexp(name, expr, s)
+			if err != nil {
+				return nil, err
+			}
+			return re.Split(s, n), nil
+		}
+	}
+	uniq := func(name string) func(any) ([]any, error) {
+		return func(list any) ([]any, error) {
+			items, err := listItems(name, list)
+			if err != nil {
+				return nil, err
+			}
+			seen, out := map[string]bool{}, []any{}
+			for _, item := range items {
+				if k := sameKey(item); !seen[k] {
+					seen[k] = true
+					out = append(out, item)
+				}
+			}
+			return out, nil
+		}
+	}
+	without := func(name string) func(any, ...any) ([]any, error) {
+		return func(list any, omit ...any) ([]any, error) {
+			items, err := listItems(name, list)
+			if err != nil {
+				return nil, err
+			}
+			left := map[string]bool{}
+			for _, item := range omit {
+				left[sameKey(item)] = true
+			}
+			out := []any{}
+			for _, item := range items {
+				if !left[sameKey(item)] {
+					out = append(out, item)
+				}
+			}
+			return out, nil
+		}
+	}
+	return template.FuncMap{
+		"regexMatch": match("regexMatch"), "mustRegexMatch": match("mustRegexMatch"),
+		"regexFind": find("regexFind"), "mustRegexFind": find("mustRegexFind"),
+		"regexFindAll": findAll("regexFindAll"), "mustRegexFindAll": findAll("mustRegexFindAll"),
+		"regexSplit": split("regexSplit"), "mustRegexSplit": split("mustRegexSplit"),
+		"uniq": uniq("uniq"), "mustUniq": uniq("mustUniq"),
+		"without": without("without"), "mustWithout": without("mustWithout"),
+	}
+}
+
+// maxPattern bounds a regular expression's text, which is parsed and compiled before its work
+// is known.
+const maxPattern = 4 << 10
+
+// boundedRegexp compiles expr for a call of fn over text s once its work is within MaxWork:
+// the instructions of its compiled program times the bytes of s.
+func boundedRegexp(fn, expr, s string) (*regexp.Regexp, error) {
+	if len(expr) > maxPattern {
+		return nil, fmt.Errorf("%s: the pattern is %d bytes; the limit is %d", fn, len(expr), maxPattern)
+	}
+	parsed, err := syntax.Parse(expr, syntax.Perl)
+	if err != nil {
+		return nil, err
+	}
+	prog, err := syntax.Compile(parsed.Simplify())
+	if err != nil {
+		return nil, err
+	}
+	if err := withinWork(fn, float64(len(prog.Inst))*float64(len(s)+1)); err != nil {
+		return nil, err
+	}
+	return regexp.Compile(expr)
+}
+
+// withinWork checks the steps a call would take.
+func withinWork(fn string, steps float64) error {
+	if steps > MaxWork {
+		return fmt.Errorf("%s would take about %.0f steps; the limit is %d", fn, steps, MaxWork)
+	}
+	return nil
+}
+
+// listItems are a list argument's items (sprig's uniq and without compare every item with
+// every other, in time growing with the square of the list, hence these, by key).
+func listItems(fn string, list any) ([]any, error) {
+	switch v := reflect.ValueOf(list); v.Kind() {
+	case reflect.Slice, reflect.Array:
+		items := make([]any, v.Len())
+		for i := range items {
+			items[i] = v.Index(i).Interface()
+		}
+		return items, nil
+	}
+	return nil, fmt.Errorf("%s: cannot find the items of type %T", fn, list)
+}
+
+// sameKey is a key equal for values reflect.DeepEqual finds equal, as sprig compares them: the
+// type and fmt's rendering (maps in key order). A value guarded lets through is acyclic and at
+// most MaxValue, so the key costs about its size.
+func sameKey(v any) string {
+	return fmt.Sprintf("%T\x00%#v", v, v)
 }
 
 // steps is how many items untilStep(start, stop, step) makes, at most.

@@ -32,6 +32,15 @@ func TestRestrictedKeepsOrdinaryFunctions(t *testing.T) {
 		`{{ wrapWith 2 "|" "abcd" }}`:                        "ab|cd",
 		`{{ (urlParse "https://h:1/p").host }}`:              "h:1",
 		`{{ dict "a" 1 | toJson }}`:                          `{"a":1}`,
+		`{{ regexMatch "^run-[0-9]+$" "run-12" }}`:           "true",
+		`{{ regexFind "[0-9]+" "run-12" }}`:                  "12",
+		`{{ regexFindAll "[0-9]" "a1b2" -1 | join "," }}`:    "1,2",
+		`{{ regexSplit "-" "a-b" -1 | join "," }}`:           "a,b",
+		`{{ list 1 2 1 | uniq | join "," }}`:                 "1,2",
+		`{{ without (list 1 2 3) 2 | join "," }}`:            "1,3",
+		// Linear, not item by item: sprig's took seconds.
+		`{{ concat (until 8000) (untilStep 8000 16000 1) | uniq | len }}`:        "16000",
+		`{{ without (concat (until 8000) (untilStep 8000 16000 1)) 1 2 | len }}`: "15998",
 	} {
 		out, err := c.Execute("t", text, nil)
 		if err != nil || string(out) != want {
@@ -60,6 +69,15 @@ func TestRestrictedBoundsWhatCouldExplode(t *testing.T) {
 		`{{ $l := list (repeat 200000 "x") }}{{ $l = concat $l $l }}`:   "more than 262144 bytes",
 		`{{ $d := dict }}{{ $_ := set $d "a" $d }}{{ $d }}`:             "more than 262144 bytes",
 		`{{ repeat 60000 "x" }}{{ repeat 60000 "x" }}`:                  "output is larger than 65536 bytes",
+		// Small values, long work: a regular expression's instructions × its text, and lists
+		// compared item by item.
+		`{{ regexMatch (repeat 2000 "a*") (repeat 2000 "a") }}`:         "regexMatch would take about",
+		`{{ mustRegexMatch (repeat 2000 "a*") (repeat 2000 "a") }}`:     "mustRegexMatch would take about",
+		`{{ regexFind (repeat 2000 "a*") (repeat 2000 "a") }}`:          "regexFind would take about",
+		`{{ regexFindAll (repeat 2000 "a*") (repeat 2000 "a") -1 }}`:    "regexFindAll would take about",
+		`{{ regexSplit (repeat 2000 "a*") (repeat 2000 "a") -1 }}`:      "regexSplit would take about",
+		`{{ regexReplaceAll (repeat 2000 "a*") (repeat 2000 "a") "" }}`: "regexReplaceAll would take about",
+		`{{ regexMatch (repeat 3000 "a*") "a" }}`:                       "the pattern is 6000 bytes",
 	} {
 		out, err := c.Execute("t", text, nil)
 		if err == nil || !strings.Contains(err.Error(), want) {
