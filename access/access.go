@@ -257,8 +257,15 @@ func isFailureToAsk(err error) bool {
 	var netErr net.Error
 	var status apierrors.APIStatus
 	return errors.As(err, &urlErr) || errors.As(err, &netErr) || errors.As(err, &status) ||
-		errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
+		errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) ||
+		strings.Contains(err.Error(), clientRateLimited)
 }
+
+// clientRateLimited starts client-go's error for a request its rate limiter will not send
+// before the request's deadline (the limiter's own error is untyped, and so is client-go's
+// wrapping of it). Taken for an answer, a flood of reviews would have a valid token refused,
+// and the refusal kept for --authorization-deny-ttl.
+const clientRateLimited = "client rate limiter Wait returned an error"
 
 // sarMetrics counts SubjectAccessReview round trips.
 type sarMetrics struct {

@@ -14,10 +14,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
-	"k8s.io/client-go/rest"
 	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
-	"k8s.io/client-go/util/flowcontrol"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -68,12 +66,15 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 	recorder := events.NewRecorder(clientgoscheme.Scheme, corev1.EventSource{Component: o.DriverName, Host: o.NodeID})
 
 	// Publishes review with the process's client; the proxy and the Connectors API, which any
-	// client on the network can call, with their own client and rate limit, so that a flood of
-	// requests cannot starve publishes.
-	authCfg := rest.CopyConfig(p.cfg)
-	authCfg.QPS, authCfg.Burst = float32(o.ProxyAuthQPS), o.ProxyAuthBurst
-	authCfg.RateLimiter = flowcontrol.NewTokenBucketRateLimiter(authCfg.QPS, authCfg.Burst)
+	// client on the network can call, each with a client and rate limit of its own, so that a
+	// flood of requests to one starves neither publishes nor the other. The API takes any
+	// token the cluster accepts: a well-formed token with a future exp costs it a review.
+	authCfg := limitedConfig(p, o.ProxyAuthQPS, o.ProxyAuthBurst)
 	proxyKube, err := kubernetes.NewForConfig(authCfg)
+	if err != nil {
+		return err
+	}
+	apiKube, err := kubernetes.NewForConfig(limitedConfig(p, o.APIAuthQPS, o.APIAuthBurst))
 	if err != nil {
 		return err
 	}
@@ -103,7 +104,7 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 		return err
 	}
 	// The Connectors API accepts any token the cluster accepts (the API server's audiences).
-	apiReviewer, err := access.New(proxyKube, access.Config{TokenTTL: o.TokenCacheTTL, AllowTTL: o.AuthzAllowTTL, DenyTTL: o.AuthzDenyTTL,
+	apiReviewer, err := access.New(apiKube, access.Config{TokenTTL: o.TokenCacheTTL, AllowTTL: o.AuthzAllowTTL, DenyTTL: o.AuthzDenyTTL,
 		Name: "connectorsapi"})
 	if err != nil {
 		return err

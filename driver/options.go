@@ -27,6 +27,8 @@ const (
 	defaultProxyAuthQPS           = 50
 	defaultRefusalEventInterval   = time.Minute
 	defaultProxyAuthBurst         = 100
+	defaultAPIAuthQPS             = 20
+	defaultAPIAuthBurst           = 40
 	defaultSecretCacheSize        = 1000
 	defaultSecretCacheBytes       = 32 << 20
 	defaultRegistryTokenBytes     = 8 << 20
@@ -167,9 +169,12 @@ type Options struct {
 	ProxyWithoutFastLane bool
 	// ProxyLaneMaxBodyBytes is the largest request body the fast lane reads whole when it does
 	// not fit in a connection's buffer; larger ones it streams (--proxy-fast-lane-max-body-bytes).
-	ProxyLaneMaxBodyBytes  int
-	ProxyAuthQPS           float64
-	ProxyAuthBurst         int
+	ProxyLaneMaxBodyBytes int
+	ProxyAuthQPS          float64
+	ProxyAuthBurst        int
+	// APIAuthQPS and APIAuthBurst are the Connectors API's own rate limit for its reviews.
+	APIAuthQPS             float64
+	APIAuthBurst           int
 	SecretCacheSize        int
 	SecretCacheBytes       int64
 	RegistryTokenBytes     int64
@@ -322,8 +327,10 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.IntVar(&o.ProxyMaxHeaderBytes, "proxy-max-header-bytes", defaultMaxHeaderBytes, "largest request header the proxy reads (431 beyond), and answer head it reads from a tool (502 beyond; the controller's probes too)")
 	fs.Var(negatedBool{&o.ProxyWithoutFastLane}, "proxy-fast-lane", "serve the reverse and forward proxies' plain GET and HEAD requests, and those with bodies (of known length: read whole up to --proxy-fast-lane-max-body-bytes, streamed beyond; chunked, or sent after a 100 Continue: streamed), to http and https tools on each client connection's own goroutine, outside net/http's server (same checks, less CPU); off: every request through net/http (default true)")
 	fs.IntVar(&o.ProxyLaneMaxBodyBytes, "proxy-fast-lane-max-body-bytes", defaultLaneMaxBodyBytes, "largest request body (of known length) the fast lane reads whole before sending it; larger ones, chunked ones, those sent after a 100 Continue, and any while 128 times this is held by such bodies, are streamed to the tool as they come, the connection staying in the fast lane (0: the default; 1: only bodies that fit in the lane's 4 KiB buffer with their head are read whole)")
-	fs.Float64Var(&o.ProxyAuthQPS, "proxy-auth-qps", defaultProxyAuthQPS, "sustained TokenReviews and SubjectAccessReviews per second for proxy and Connectors API clients (their own limit, apart from publishes)")
+	fs.Float64Var(&o.ProxyAuthQPS, "proxy-auth-qps", defaultProxyAuthQPS, "sustained requests per second of the proxy to the API server (TokenReviews, SubjectAccessReviews, Secret and Connector reads: its own limit, apart from publishes)")
 	fs.IntVar(&o.ProxyAuthBurst, "proxy-auth-burst", defaultProxyAuthBurst, "burst of --proxy-auth-qps")
+	fs.Float64Var(&o.APIAuthQPS, "connectors-api-auth-qps", defaultAPIAuthQPS, "sustained TokenReviews and SubjectAccessReviews per second of the Connectors API (its own limit, apart from the proxy's and publishes': it takes any token the cluster accepts, so any client can make it review)")
+	fs.IntVar(&o.APIAuthBurst, "connectors-api-auth-burst", defaultAPIAuthBurst, "burst of --connectors-api-auth-qps")
 	fs.IntVar(&o.SecretCacheSize, "secret-cache-size", defaultSecretCacheSize, "Secrets the proxy keeps at most (each for --secret-cache-ttl)")
 	fs.Int64Var(&o.SecretCacheBytes, "secret-cache-max-bytes", defaultSecretCacheBytes, "bytes of Secret data the proxy (and the status controller) keep at most together; the least recently read go first, and a larger Secret is read each time")
 	fs.IntVar(&o.RegistryTokenCacheSize, "registry-token-cache-size", defaultRegistryTokenCacheSize, "registry tokens (by Connector, credential, registry and scope) the proxy keeps at most")
@@ -585,6 +592,7 @@ func (v *validated) proxyLimits() error {
 		{"--proxy-max-connections", &v.ProxyMaxConnections, defaultMaxConnections}, {"--proxy-max-header-bytes", &v.ProxyMaxHeaderBytes, defaultMaxHeaderBytes},
 		{"--proxy-fast-lane-max-body-bytes", &v.ProxyLaneMaxBodyBytes, defaultLaneMaxBodyBytes},
 		{"--proxy-auth-burst", &v.ProxyAuthBurst, defaultProxyAuthBurst}, {"--secret-cache-size", &v.SecretCacheSize, defaultSecretCacheSize},
+		{"--connectors-api-auth-burst", &v.APIAuthBurst, defaultAPIAuthBurst},
 		{"--registry-token-cache-size", &v.RegistryTokenCacheSize, defaultRegistryTokenCacheSize}, {"--leaf-cache-size", &v.LeafCacheSize, defaultLeafCacheSize},
 		{"--transport-cache-size", &v.TransportCacheSize, defaultTransportCacheSize},
 		{"--transport-owner-cache-size", &v.OwnerTransportSize, defaultOwnerTransportSize},
@@ -603,8 +611,8 @@ func (v *validated) proxyLimits() error {
 			*l.v = l.def
 		}
 	}
-	if v.ProxyAuthQPS < 0 {
-		return fmt.Errorf("--proxy-auth-qps must not be negative")
+	if v.ProxyAuthQPS < 0 || v.APIAuthQPS < 0 {
+		return fmt.Errorf("--proxy-auth-qps and --connectors-api-auth-qps must not be negative")
 	}
 	if v.RefusalEventInterval < 0 || v.RefusalEventQPS < 0 {
 		return fmt.Errorf("--proxy-refusal-event-interval and --proxy-refusal-event-qps must not be negative")
@@ -649,6 +657,9 @@ func (v *validated) proxyLimits() error {
 	}
 	if v.ProxyAuthQPS == 0 {
 		v.ProxyAuthQPS = defaultProxyAuthQPS
+	}
+	if v.APIAuthQPS == 0 {
+		v.APIAuthQPS = defaultAPIAuthQPS
 	}
 	return nil
 }

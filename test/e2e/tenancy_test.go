@@ -47,6 +47,7 @@ import (
 	"github.com/kube-connectors/connectors-csi/connectorsapi"
 	"github.com/kube-connectors/connectors-csi/connectorstatus"
 	"github.com/kube-connectors/connectors-csi/driver"
+	"github.com/kube-connectors/connectors-csi/proxy"
 	"github.com/kube-connectors/connectors-csi/test/controlplane"
 	"github.com/kube-connectors/connectors-csi/test/forgingtool"
 	"github.com/kube-connectors/connectors-csi/test/gitserver"
@@ -1520,6 +1521,37 @@ func TestTenancyForgedTokensCostNoReview(t *testing.T) {
 	}
 	if reviews := nodeCreates(t, "tokenreviews", since); len(reviews) != 1 {
 		t.Errorf("30 forged tokens and a real one cost %d TokenReviews, want one (the real one's)", len(reviews))
+	}
+}
+
+// TestTenancyConnectorsAPIReviewsHaveTheirOwnLimit: the Connectors API takes any token the
+// cluster accepts (a console user's, an OIDC issuer's: no audience, no key of its own to check
+// them with), so a well-formed token with a future exp, which anyone can make, costs it a
+// TokenReview. Its reviews have a client and rate limit of their own
+// (--connectors-api-auth-qps): here one review in all, which the first made-up token spends.
+// The next is answered 503 (the limiter would not send its review in time: a failure to ask,
+// neither a rejection nor kept as one), while a Pod's request through the proxy, which shared
+// that limit before, is reviewed and served.
+func TestTenancyConnectorsAPIReviewsHaveTheirOwnLimit(t *testing.T) {
+	tool := startGitServer(t, false)
+	env := startProxyDriver(t, func(o *driver.Options) { o.APIAuthQPS, o.APIAuthBurst = 1e-6, 1 })
+	ns := newNamespace(t)
+	gitConnector(t, ns, "tool", gitClass(t), tool)
+	allowConnectors(t, ns, "builder", "tool")
+	api := env.proxyURL + proxy.APIPrefix + ns + "/tool/path/"
+	madeUp := func(i int) string {
+		return fakeJWT(fmt.Sprintf(`{"exp":%d,"jti":"%d"}`, time.Now().Add(time.Hour).Unix(), i))
+	}
+	if code, body := do(t, noRedirects, newRequest(t, "GET", api, map[string]string{"Authorization": "Bearer " + madeUp(0)})); code != http.StatusUnauthorized {
+		t.Fatalf("the first made-up token at the API: %d %q, want 401 (reviewed)", code, body)
+	}
+	code, body := do(t, noRedirects, newRequest(t, "GET", api, map[string]string{"Authorization": "Bearer " + madeUp(1)}))
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, "cannot review the token now") {
+		t.Fatalf("the second made-up token at the API: %d %q, want 503 while its reviews' limit is spent", code, body)
+	}
+	refs := env.proxyURL + "/namespaces/" + ns + "/connectors/tool/repo.git/info/refs?service=git-upload-pack"
+	if code, body := do(t, noRedirects, newRequest(t, "GET", refs, map[string]string{"Authorization": "Bearer " + proxyToken(t, ns, "builder")})); code != http.StatusOK {
+		t.Fatalf("a Pod's request through the proxy, the API's limit spent: %d %q", code, body)
 	}
 }
 
