@@ -257,8 +257,19 @@ func isFailureToAsk(err error) bool {
 	var netErr net.Error
 	var status apierrors.APIStatus
 	return errors.As(err, &urlErr) || errors.As(err, &netErr) || errors.As(err, &status) ||
-		errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) ||
-		strings.Contains(err.Error(), clientRateLimited)
+		errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || rateLimited(err)
+}
+
+// rateLimited tells whether err wraps client-go's refusal to send (clientRateLimited starts its
+// message): by an error of the chain, not anywhere in the text, which may quote what a token
+// claims.
+func rateLimited(err error) bool {
+	for ; err != nil; err = errors.Unwrap(err) {
+		if strings.HasPrefix(err.Error(), clientRateLimited) {
+			return true
+		}
+	}
+	return false
 }
 
 // clientRateLimited starts client-go's error for a request its rate limiter will not send

@@ -1,6 +1,8 @@
 package access
 
 import (
+	"errors"
+	"fmt"
 	"testing"
 
 	"k8s.io/apiserver/pkg/authentication/user"
@@ -48,5 +50,15 @@ func TestAttributesKeyTellsQuestionsApart(t *testing.T) {
 		if attributesKey(a) == key {
 			t.Errorf("changing the %s left the key as it was", name)
 		}
+	}
+}
+
+func TestRateLimitedIsAFailureToAsk(t *testing.T) {
+	limited := fmt.Errorf("client rate limiter Wait returned an error: %w", errors.New("rate: Wait(n=1) would exceed context deadline"))
+	if !isFailureToAsk(limited) || !isFailureToAsk(fmt.Errorf("token review: %w", limited)) {
+		t.Error("client-go's rate limiter refusal is not a failure to ask")
+	}
+	if isFailureToAsk(errors.New(`invalid bearer token, issuer "client rate limiter Wait returned an error" unknown`)) {
+		t.Error("a rejection quoting the limiter's words is a failure to ask")
 	}
 }
