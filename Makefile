@@ -66,9 +66,10 @@ e2e: ## the real-node lane: kubelet + containerd + the driver + Tekton, real Pod
 e2e-down: ## clean up after a real-node run that was killed
 	hack/e2e-down.sh
 
-bench: build ## benchmarks: publish, gitrefs, approval latency (50 runs), the proxy against nginx with wrk and a Go generator (installs Debian's nginx and wrk)
+bench: build ## benchmarks: publish, gitrefs, approval latency (50 runs; 10 behind rechecks), the proxy against nginx with wrk and a Go generator (installs Debian's nginx and wrk)
 	KUBEBUILDER_ASSETS=$(TESTBIN) go test -run '^$$' -bench 'Publish|GitRefs|ConnectorCache' -benchmem ./test/e2e/ ./connectorsapi/
-	KUBEBUILDER_ASSETS=$(TESTBIN) go test -run '^$$' -bench Approval -benchtime 50x ./test/e2e/
+	KUBEBUILDER_ASSETS=$(TESTBIN) go test -run '^$$' -bench 'Approval$$' -benchtime 50x ./test/e2e/
+	KUBEBUILDER_ASSETS=$(TESTBIN) go test -run '^$$' -bench 'ApprovalBehindRechecks' -benchtime 10x ./test/e2e/
 	command -v nginx >/dev/null && command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx wrk)
 	KUBEBUILDER_ASSETS=$(TESTBIN) go run ./test/bench/proxy
 	KUBEBUILDER_ASSETS=$(TESTBIN) go run ./test/bench/memory

@@ -9,6 +9,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
@@ -16,6 +17,7 @@ import (
 	"github.com/kube-connectors/connectors-csi/approval"
 	"github.com/kube-connectors/connectors-csi/driver"
 	"github.com/kube-connectors/connectors-csi/node/records"
+	"github.com/kube-connectors/connectors-csi/test/gitserver"
 	"github.com/kube-connectors/connectors-csi/test/kubelet"
 )
 
@@ -25,7 +27,54 @@ import (
 func BenchmarkApproval(b *testing.B) {
 	setupApprovalFor(b)
 	env := startProxyDriver(b, func(o *driver.Options) { o.ApprovalWait = 20 * time.Second })
-	ns := gatedPromotion(b)
+	benchmarkApprovalCycles(b, env, gatedPromotion(b))
+}
+
+// BenchmarkApprovalBehindRechecks is BenchmarkApproval while 200 live approved requests of 50
+// other namespaces are rechecked every second (--accessrequest-pod-recheck-interval 1s): 200
+// evaluations and 600 reads a second asked of a controller at its default --kube-api-qps (50).
+// 10,000 live gated Pods at the default interval of 5 minutes ask 33 and 100, past the limit
+// too; this is that, made with a fiftieth of the objects. Run it with -benchtime=10x.
+func BenchmarkApprovalBehindRechecks(b *testing.B) {
+	setupApprovalFor(b)
+	env := startProxyDriver(b, func(o *driver.Options) {
+		o.ApprovalWait = 20 * time.Second
+		// The defaults, which testOptions raises for tests.
+		o.KubeAPIQPS, o.KubeAPIBurst, o.PodRecheckQPS = 50, 100, 20
+	})
+	liveGatedRequests(b, env, 50, 4)
+	benchmarkApprovalCycles(b, env, gatedPromotion(b))
+}
+
+// liveGatedRequests makes, in each of namespaces namespaces gated as gatedPromotion's (one Git
+// server for all), each approved requests of Pods of their own PipelineRuns, and waits until
+// every one is granted.
+func liveGatedRequests(b *testing.B, env *proxyEnv, namespaces, each int) {
+	b.Helper()
+	tool := startGitServer(b, false)
+	var keys []types.NamespacedName
+	for range namespaces {
+		ns := gatedPromotionOf(b, tool)
+		for i := range each {
+			run := fmt.Sprintf("live-%d", i)
+			approvalTaskFor(b, ns, run, "approved")
+			ar := podRequest("prod", pipelineRunPod(b, env.kubelet, ns, run, "promote", map[string]string{"connectors": "prod"}), "builder")
+			create(b, ar)
+			keys = append(keys, types.NamespacedName{Namespace: ar.Namespace, Name: ar.Name})
+		}
+	}
+	for _, key := range keys {
+		if !kubelet.WaitUntil(5*time.Minute, func() bool {
+			var ar v1alpha1.AccessRequest
+			return cp.Client.Get(context.Background(), key, &ar) == nil && meta.IsStatusConditionTrue(ar.Status.Conditions, v1alpha1.ConditionReady)
+		}) {
+			b.Fatalf("live request %s was not granted", key)
+		}
+	}
+}
+
+// benchmarkApprovalCycles runs b.N approvalCycles in ns and reports their percentiles.
+func benchmarkApprovalCycles(b *testing.B, env *proxyEnv, ns string) {
 	var toPublish, toRefuse []time.Duration
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
@@ -97,7 +146,12 @@ func approvalCycle(tb testing.TB, env *proxyEnv, ns, run string) (toPublish, toR
 // approval flags must be on (setupApprovalFor).
 func gatedPromotion(tb testing.TB) string {
 	tb.Helper()
-	tool := startGitServer(tb, false)
+	return gatedPromotionOf(tb, startGitServer(tb, false))
+}
+
+// gatedPromotionOf is gatedPromotion with the Git server tool.
+func gatedPromotionOf(tb testing.TB, tool *gitserver.Server) string {
+	tb.Helper()
 	ns := newNamespace(tb)
 	gitConnector(tb, ns, "prod", gitClass(tb), tool)
 	allowConnectors(tb, ns, "builder", "prod")

@@ -227,7 +227,10 @@ func testOptions() driver.Options {
 		ProxyPermissionTTL: time.Second,
 		RequestRetention:   time.Hour,
 		// Pods are not watched: a deleted or completed Pod is seen at the next look.
-		PodRecheck:       time.Second,
+		PodRecheck: time.Second,
+		// Every test's controller rechecks the live requests earlier tests left, at the start
+		// and every second: at 20/s those would come before a test's own for many seconds.
+		PodRecheckQPS:    1000,
 		RepublishRecheck: 5 * time.Minute,
 		// The test tools listen on loopback.
 		AllowLoopbackDestinations: true,
