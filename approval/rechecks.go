@@ -67,16 +67,17 @@ func (r *recheckTurns) wakeOnUpdate(e event.UpdateEvent, pass bool) bool {
 }
 
 // turn tells whether the evaluation of ar beginning now is a recheck (nothing woke it; it was
-// evaluated before and is live) and, for one, how long to wait for its turn of limit (0: now).
-// A recheck that comes back for its reserved turn takes it; an evaluation an event woke gives
-// back a turn its request reserved.
+// evaluated before, is live and not to be revoked: a node's unpublish that a new leader lists
+// rather than watches is no recheck) and, for one, how long to wait for its turn of limit (0:
+// now). A recheck that comes back for its reserved turn takes it; an evaluation an event woke
+// gives back a turn its request reserved.
 func (r *recheckTurns) turn(limit *rate.Limiter, ar *v1alpha1.AccessRequest) (recheck bool, wait time.Duration) {
 	key := client.ObjectKeyFromObject(ar)
 	_, woken := r.woken.LoadAndDelete(key)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	reserved := r.reserved[key]
-	if woken || len(ar.Status.Conditions) == 0 || revoked(ar) {
+	if woken || len(ar.Status.Conditions) == 0 || revoked(ar) || ar.Annotations[AnnotationRevoked] != "" {
 		if reserved != nil {
 			reserved.Cancel()
 			delete(r.reserved, key)

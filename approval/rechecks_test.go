@@ -48,4 +48,9 @@ func TestRecheckTurns(t *testing.T) {
 	if recheck, _ := turns.turn(nil, a); !recheck {
 		t.Error("without a pace, an evaluation nothing woke is not a recheck")
 	}
+	unpublished := evaluated("c")
+	unpublished.Annotations = map[string]string{AnnotationRevoked: "2026-12-06T20:00:00Z"}
+	if recheck, wait := turns.turn(limit, unpublished); recheck || wait != 0 {
+		t.Errorf("a request to revoke, listed rather than watched: recheck %v, wait %v; want an evaluation now", recheck, wait)
+	}
 }
