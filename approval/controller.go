@@ -34,7 +34,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/event"
-	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/source"
@@ -108,6 +107,7 @@ type Controller struct {
 func (c *Controller) SetupWithManager(mgr ctrl.Manager) error {
 	var err error
 	c.templates = NewTemplates()
+	c.turns.limit, c.turns.every = c.Rechecks, c.PodRecheck
 	c.kinds = newKindChecker(c.Client)
 	c.unserved = utilcache.NewLRUExpireCache(maxUnservedKinds)
 	// The grants' informers join the manager's start: without list and watch on Roles and
@@ -132,19 +132,19 @@ func (c *Controller) SetupWithManager(mgr ctrl.Manager) error {
 		For(&v1alpha1.AccessRequest{}, builder.WithPredicates(predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
 			return c.turns.wakeOnUpdate(e, c.notOwnWrite(e))
 		}})).
-		Watches(&v1alpha1.AccessRequest{}, handler.EnqueueRequestsFromMapFunc(c.turns.waking(c.requestsOfEarlierPods))).
+		Watches(&v1alpha1.AccessRequest{}, c.turns.handler(c.requestsOfEarlierPods)).
 		// A Connector's or a policy's status, which their controllers write at each probe or
 		// match that changes it, wakes no request: an evaluation reads their spec and metadata,
 		// and a shared Connector's tool that flaps would otherwise evaluate all its requests
 		// again at each flap.
-		Watches(&v1alpha1.Connector{}, handler.EnqueueRequestsFromMapFunc(c.turns.waking(c.requestsOfConnector)), notStatusOnly).
-		Watches(&v1alpha1.AccessPolicy{}, handler.EnqueueRequestsFromMapFunc(c.turns.waking(c.requestsInNamespace)), notStatusOnly).
+		Watches(&v1alpha1.Connector{}, c.turns.handler(c.requestsOfConnector), notStatusOnly).
+		Watches(&v1alpha1.AccessPolicy{}, c.turns.handler(c.requestsInNamespace), notStatusOnly).
 		// A check or role template changed: its checks' selectors may have (see checkReads).
-		Watches(&corev1.ConfigMap{}, handler.EnqueueRequestsFromMapFunc(c.turns.waking(c.requestsUsingTemplate))).
+		Watches(&corev1.ConfigMap{}, c.turns.handler(c.requestsUsingTemplate)).
 		// A grant that appears, or changes, after its request was revoked: written by a leader
 		// that lost its lease between its check and its write while the new one revoked.
-		Watches(&rbacv1.Role{}, handler.EnqueueRequestsFromMapFunc(c.turns.waking(c.revokedOwner)), notDeleted).
-		Watches(&rbacv1.RoleBinding{}, handler.EnqueueRequestsFromMapFunc(c.turns.waking(c.revokedOwner)), notDeleted).
+		Watches(&rbacv1.Role{}, c.turns.handler(c.revokedOwner), notDeleted).
+		Watches(&rbacv1.RoleBinding{}, c.turns.handler(c.revokedOwner), notDeleted).
 		// In turns by namespace, and within a Connector's namespace by the Pods' (tenants sharing
 		// a Connector): one tenant's backlog (many requests, or requests slow to evaluate) does
 		// not hold another's approval behind it.
@@ -378,7 +378,7 @@ func (c *Controller) startWatch(ctx context.Context, gvk schema.GroupVersionKind
 		}
 		return err
 	}
-	if err := c.ctrl.Watch(source.Kind(c.Cache, client.Object(u), handler.EnqueueRequestsFromMapFunc(c.turns.waking(c.requestsOfCheckObject)))); err != nil {
+	if err := c.ctrl.Watch(source.Kind(c.Cache, client.Object(u), c.turns.handler(c.requestsOfCheckObject))); err != nil {
 		return err
 	}
 	c.watched.Store(gvk, struct{}{})
@@ -387,6 +387,7 @@ func (c *Controller) startWatch(ctx context.Context, gvk schema.GroupVersionKind
 
 // Reconcile evaluates one AccessRequest.
 func (c *Controller) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
+	woken := c.turns.takeWoken(req.NamespacedName)
 	var ar v1alpha1.AccessRequest
 	if err := c.Client.Get(ctx, req.NamespacedName, &ar); err != nil {
 		if apierrors.IsNotFound(err) {
@@ -396,7 +397,7 @@ func (c *Controller) Reconcile(ctx context.Context, req reconcile.Request) (reco
 		}
 		return reconcile.Result{}, client.IgnoreNotFound(err)
 	}
-	recheck, later := c.turns.turn(c.Rechecks, &ar)
+	recheck, later := c.turns.turn(&ar, woken)
 	if later > 0 {
 		return reconcile.Result{RequeueAfter: later}, nil
 	}
@@ -803,6 +804,8 @@ func (c *Controller) evaluateCheck(ctx context.Context, ar *v1alpha1.AccessReque
 	switch {
 	case c.overBudget(ctx):
 		return retry("%s", c.budgetSpent())
+	case ctx.Err() != nil: // the controller stops, or lost its lease
+		return retry("not evaluated: %v", ctx.Err())
 	case errors.As(err, &notInChain):
 		return fail("Pod %s/%s is not run by %s (owner chain checked by UID)", ar.Spec.Context.ObjectRef.Namespace,
 			ar.Spec.Context.ObjectRef.Name, ownerChainKeys[notInChain.key])
@@ -820,6 +823,8 @@ func (c *Controller) evaluateCheck(ctx context.Context, ar *v1alpha1.AccessReque
 	switch {
 	case c.overBudget(ctx):
 		return retry("%s", c.budgetSpent())
+	case ctx.Err() != nil:
+		return retry("not evaluated: %v", ctx.Err())
 	case errors.As(err, &notInChain):
 		return fail("Pod %s/%s is not run by %s (owner chain checked by UID)", podNS, ar.Spec.Context.ObjectRef.Name, ownerChainKeys[notInChain.key])
 	case err != nil:

@@ -1,11 +1,14 @@
 package templates
 
 import (
+	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"reflect"
 	"regexp"
 	"regexp/syntax"
+	"slices"
 	"strings"
 	"text/template"
 	"unicode/utf8"
@@ -24,9 +27,10 @@ const (
 	maxWidth = 1000
 	// MaxWork bounds the steps of one call of a regular expression function: its compiled
 	// instructions times the bytes of its text (Go's regexp runs in time proportional to
-	// both). A few milliseconds: a straight-line template (ParseUntrusted) makes a few dozen
-	// calls at most, and nothing else bounds its time.
-	MaxWork = 1 << 18
+	// both), times the scans it makes (once, or again after each match for those finding
+	// every one). Tens of milliseconds at most: a straight-line template (ParseUntrusted) makes
+	// a few dozen calls, and nothing else bounds its time.
+	MaxWork = 1 << 20
 )
 
 // denied are the sprig functions a restricted Cache leaves out: they read the process's
@@ -108,7 +112,7 @@ func bounded() template.FuncMap {
 	}
 	regexReplace := func(name string, expands bool) func(string, string, string) (string, error) {
 		return func(expr, s, repl string) (string, error) {
-			re, err := boundedRegexp(name, expr, s)
+			re, err := boundedRegexp(name, expr, s, 2*scans(s, -1)) // its matches counted, then replaced
 			if err != nil {
 				return "", err
 			}
@@ -198,13 +202,19 @@ func bounded() template.FuncMap {
 
 // workBounded are the functions whose time grew faster than their arguments' size: the regex
 // family checks its work (MaxWork) first (a pattern of 40,000 instructions over 20,000 bytes,
-// both well within MaxValue, ran for seconds), uniq and without compare by key in linear time
-// (sprig's took seconds for 16,000 numbers). A tenant's inline check may render dozens of them
-// in the controller, whose four workers serve every tenant.
+// both well within MaxValue, ran for seconds; the functions that find every match scan again
+// after each, which a pattern like a*b|a makes quadratic), uniq and without compare by key in
+// about linear time (sprig's compared every pair: seconds for 16,000 numbers). A tenant's
+// inline check may render dozens of them in the controller, whose four workers serve every
+// tenant.
 func workBounded() template.FuncMap {
-	match := func(name string) func(string, string) (bool, error) {
+	match := func(name string, must bool) func(string, string) (bool, error) {
 		return func(expr, s string) (bool, error) {
-			re, err := boundedRegexp(name, expr, s)
+			re, err := boundedRegexp(name, expr, s, 1)
+			var syntaxErr *syntax.Error
+			if !must && errors.As(err, &syntaxErr) {
+				return false, nil // sprig's regexMatch: an invalid pattern matches nothing
+			}
 			if err != nil {
 				return false, err
 			}
@@ -213,41 +223,33 @@ func workBounded() template.FuncMap {
 	}
 	find := func(name string) func(string, string) (string, error) {
 		return func(expr, s string) (string, error) {
-			re, err := boundedRegexp(name, expr, s)
+			re, err := boundedRegexp(name, expr, s, 1)
 			if err != nil {
 				return "", err
 			}
 			return re.FindString(s), nil
 		}
 	}
-	findAll := func(name string) func(string, string, int) ([]string, error) {
+	every := func(name string, do func(re *regexp.Regexp, s string, n int) []string) func(string, string, int) ([]string, error) {
 		return func(expr, s string, n int) ([]string, error) {
-			re, err := boundedRegexp(name, expr, s)
+			re, err := boundedRegexp(name, expr, s, scans(s, n))
 			if err != nil {
 				return nil, err
 			}
-			return re.FindAllString(s, n), nil
+			return do(re, s, n), nil
 		}
 	}
-	split := func(name string) func(string, string, int) ([]string, error) {
-		return func(expr, s string, n int) ([]string, error) {
-			re, err := boundedRegexp(name, expr, s)
-			if err != nil {
-				return nil, err
-			}
-			return re.Split(s, n), nil
-		}
-	}
+	findAll := func(re *regexp.Regexp, s string, n int) []string { return re.FindAllString(s, n) }
+	split := func(re *regexp.Regexp, s string, n int) []string { return re.Split(s, n) }
 	uniq := func(name string) func(any) ([]any, error) {
 		return func(list any) ([]any, error) {
 			items, err := listItems(name, list)
 			if err != nil {
 				return nil, err
 			}
-			seen, out := map[string]bool{}, []any{}
+			seen, out := sameSet{}, []any{}
 			for _, item := range items {
-				if k := sameKey(item); !seen[k] {
-					seen[k] = true
+				if seen.add(item) {
 					out = append(out, item)
 				}
 			}
@@ -260,13 +262,13 @@ func workBounded() template.FuncMap {
 			if err != nil {
 				return nil, err
 			}
-			left := map[string]bool{}
+			left := sameSet{}
 			for _, item := range omit {
-				left[sameKey(item)] = true
+				left.add(item)
 			}
 			out := []any{}
 			for _, item := range items {
-				if !left[sameKey(item)] {
+				if !left.has(item) {
 					out = append(out, item)
 				}
 			}
@@ -274,22 +276,25 @@ func workBounded() template.FuncMap {
 		}
 	}
 	return template.FuncMap{
-		"regexMatch": match("regexMatch"), "mustRegexMatch": match("mustRegexMatch"),
+		"regexMatch": match("regexMatch", false), "mustRegexMatch": match("mustRegexMatch", true),
 		"regexFind": find("regexFind"), "mustRegexFind": find("mustRegexFind"),
-		"regexFindAll": findAll("regexFindAll"), "mustRegexFindAll": findAll("mustRegexFindAll"),
-		"regexSplit": split("regexSplit"), "mustRegexSplit": split("mustRegexSplit"),
+		"regexFindAll": every("regexFindAll", findAll), "mustRegexFindAll": every("mustRegexFindAll", findAll),
+		"regexSplit": every("regexSplit", split), "mustRegexSplit": every("mustRegexSplit", split),
 		"uniq": uniq("uniq"), "mustUniq": uniq("mustUniq"),
 		"without": without("without"), "mustWithout": without("mustWithout"),
 	}
 }
 
-// maxPattern bounds a regular expression's text, which is parsed and compiled before its work
-// is known.
-const maxPattern = 4 << 10
+// Bounds of a regular expression's text, and of its compiled program as estimated from its
+// parse: both are built before its work is known (a{1000} is 7 bytes and 1,000 instructions).
+const (
+	maxPattern = 4 << 10
+	maxProgram = 4 << 10
+)
 
-// boundedRegexp compiles expr for a call of fn over text s once its work is within MaxWork:
-// the instructions of its compiled program times the bytes of s.
-func boundedRegexp(fn, expr, s string) (*regexp.Regexp, error) {
+// boundedRegexp compiles expr for a call of fn that scans text s up to scans times, once its
+// work is within MaxWork: the instructions of its program times the bytes of s, each scan.
+func boundedRegexp(fn, expr, s string, scans float64) (*regexp.Regexp, error) {
 	if len(expr) > maxPattern {
 		return nil, fmt.Errorf("%s: the pattern is %d bytes; the limit is %d", fn, len(expr), maxPattern)
 	}
@@ -297,14 +302,43 @@ func boundedRegexp(fn, expr, s string) (*regexp.Regexp, error) {
 	if err != nil {
 		return nil, err
 	}
-	prog, err := syntax.Compile(parsed.Simplify())
-	if err != nil {
-		return nil, err
+	size := programSize(parsed)
+	if size > maxProgram {
+		return nil, fmt.Errorf("%s: the pattern compiles to about %.0f instructions; the limit is %d", fn, size, maxProgram)
 	}
-	if err := withinWork(fn, float64(len(prog.Inst))*float64(len(s)+1)); err != nil {
+	if err := withinWork(fn, size*float64(len(s)+1)*scans); err != nil {
 		return nil, err
 	}
 	return regexp.Compile(expr)
+}
+
+// programSize is at least the instructions re compiles to, from its parse: repeats are
+// expanded by compiling, not by parsing.
+func programSize(re *syntax.Regexp) float64 {
+	var subs float64
+	for _, sub := range re.Sub {
+		subs += programSize(sub)
+	}
+	switch re.Op {
+	case syntax.OpLiteral:
+		return float64(len(re.Rune)) + 1
+	case syntax.OpRepeat:
+		n := re.Max
+		if n < 0 {
+			n = re.Min + 1
+		}
+		return float64(n+1) * (subs + 1)
+	}
+	return subs + 2
+}
+
+// scans is how many times a function finding up to n matches (all: n < 0) may scan s: once
+// from each match's end, at most once per byte.
+func scans(s string, n int) float64 {
+	if n < 0 || n > len(s)+1 {
+		return float64(len(s) + 1)
+	}
+	return float64(max(n, 1))
 }
 
 // withinWork checks the steps a call would take.
@@ -315,8 +349,7 @@ func withinWork(fn string, steps float64) error {
 	return nil
 }
 
-// listItems are a list argument's items (sprig's uniq and without compare every item with
-// every other, in time growing with the square of the list, hence these, by key).
+// listItems are a list argument's items.
 func listItems(fn string, list any) ([]any, error) {
 	switch v := reflect.ValueOf(list); v.Kind() {
 	case reflect.Slice, reflect.Array:
@@ -329,11 +362,35 @@ func listItems(fn string, list any) ([]any, error) {
 	return nil, fmt.Errorf("%s: cannot find the items of type %T", fn, list)
 }
 
-// sameKey is a key equal for values reflect.DeepEqual finds equal, as sprig compares them: the
-// type and fmt's rendering (maps in key order). A value guarded lets through is acyclic and at
-// most MaxValue, so the key costs about its size.
+// sameSet holds values as sprig's uniq and without compare them (reflect.DeepEqual), by a key
+// that DeepEqual-equal values share (their type and JSON; the type alone for a value JSON
+// cannot write), so that each is compared only with the few of its key. A value guarded lets
+// through is acyclic and at most MaxValue, so its key costs about its size.
+type sameSet map[string][]any
+
+// add adds v unless it holds an equal value, and tells whether it did.
+func (s sameSet) add(v any) bool {
+	k := sameKey(v)
+	for _, held := range s[k] {
+		if reflect.DeepEqual(held, v) {
+			return false
+		}
+	}
+	s[k] = append(s[k], v)
+	return true
+}
+
+// has tells whether s holds a value equal to v.
+func (s sameSet) has(v any) bool {
+	return slices.ContainsFunc(s[sameKey(v)], func(held any) bool { return reflect.DeepEqual(held, v) })
+}
+
 func sameKey(v any) string {
-	return fmt.Sprintf("%T\x00%#v", v, v)
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Sprintf("%T", v)
+	}
+	return fmt.Sprintf("%T\x00%s", v, b)
 }
 
 // steps is how many items untilStep(start, stop, step) makes, at most.

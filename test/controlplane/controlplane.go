@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"time"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -126,7 +128,19 @@ func (cp *ControlPlane) AuditEvents(keep func(*auditv1.Event) bool) ([]auditv1.E
 	if len(path) == 0 {
 		return nil, fmt.Errorf("the control plane was started without WithAuditLog")
 	}
-	f, err := os.Open(path[0])
+	// The API server may be writing the last event: its line is read again once whole.
+	for tries := 1; ; tries++ {
+		out, err := readAuditLog(path[0], keep)
+		if !errors.Is(err, io.ErrUnexpectedEOF) || tries == 20 {
+			return out, err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// readAuditLog reads the events of the audit log at path that keep keeps.
+func readAuditLog(path string, keep func(*auditv1.Event) bool) ([]auditv1.Event, error) {
+	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
@@ -138,7 +152,7 @@ func (cp *ControlPlane) AuditEvents(keep func(*auditv1.Event) bool) ([]auditv1.E
 		if err := dec.Decode(&ev); err == io.EOF {
 			return out, nil
 		} else if err != nil {
-			return nil, fmt.Errorf("audit log %s: %w", path[0], err)
+			return nil, fmt.Errorf("audit log %s: %w", path, err)
 		}
 		if keep(&ev) {
 			out = append(out, ev)
