@@ -399,6 +399,7 @@ func (c *Controller) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	}
 	recheck, later := c.turns.turn(&ar, woken)
 	if later > 0 {
+		c.startWatches(ctx, &ar)
 		return reconcile.Result{RequeueAfter: later}, nil
 	}
 	if recheck {
@@ -743,6 +744,49 @@ func (c *Controller) evaluateChecks(ctx context.Context, ar *v1alpha1.AccessRequ
 	return outcome, strings.Join(msgs, "; ")
 }
 
+// checkSpec is check's spec: its own, or its template ConfigMap's, read from the cache and,
+// when live is not nil and the cache lacks it, from the API server; transient tells an error
+// that is no fault of the check.
+func (c *Controller) checkSpec(ctx context.Context, check v1alpha1.Check, live client.Reader) (spec *v1alpha1.CheckSpec, transient bool, err error) {
+	if check.Ref == nil {
+		if check.Spec == nil {
+			return nil, false, errors.New("the check has neither ref nor spec")
+		}
+		return check.Spec, false, nil
+	}
+	if check.Ref.ConfigMap == nil {
+		return nil, false, errors.New("ref names no ConfigMap")
+	}
+	var cm corev1.ConfigMap
+	nn := types.NamespacedName{Namespace: c.SystemNamespace, Name: check.Ref.ConfigMap.Name}
+	if err := readTemplate(ctx, c.Client, live, nn, &cm); err != nil {
+		return nil, !apierrors.IsNotFound(err), fmt.Errorf("check template ConfigMap %s/%s: %w", nn.Namespace, nn.Name, err)
+	}
+	spec, err = c.templates.Check(&cm)
+	return spec, false, err
+}
+
+// startWatches starts the watches of the check kinds ar's policies name, so that a change of a
+// check object wakes it before its recheck's turn: a new leader starts a kind's watch at the
+// first evaluation that reads it, and its rechecks wait for their turns. From the caches only;
+// what fails here the evaluation reports.
+func (c *Controller) startWatches(ctx context.Context, ar *v1alpha1.AccessRequest) {
+	for _, p := range ar.Status.Policies {
+		if p.PolicySpec == nil {
+			continue
+		}
+		for _, check := range p.PolicySpec.CheckGrantedPermission.Spec.Checks {
+			spec, _, err := c.checkSpec(ctx, check, nil)
+			if err != nil {
+				continue
+			}
+			if gv, err := schema.ParseGroupVersion(spec.Selector.ObjectRef.APIVersion); err == nil && spec.Selector.ObjectRef.Kind != "" {
+				_ = c.watchKind(ctx, gv.WithKind(spec.Selector.ObjectRef.Kind))
+			}
+		}
+	}
+}
+
 // outcomeRetry is a check that could not be read for a reason of the controller's, not the
 // policy's: the evaluation's budget ran out, or the API server or the sandbox did not answer.
 // The request is evaluated again after retryAfter, and a grant it holds is kept meanwhile: a
@@ -768,25 +812,12 @@ func (c *Controller) evaluateCheck(ctx context.Context, ar *v1alpha1.AccessReque
 	if c.overBudget(ctx) {
 		return retry("%s", c.budgetSpent())
 	}
-	spec := check.Spec
-	if check.Ref != nil {
-		if check.Ref.ConfigMap == nil {
-			return fail("ref names no ConfigMap")
-		}
-		var cm corev1.ConfigMap
-		if err := readTemplate(ctx, c.Client, c.Reader, types.NamespacedName{Namespace: c.SystemNamespace, Name: check.Ref.ConfigMap.Name}, &cm); err != nil {
-			if !apierrors.IsNotFound(err) {
-				return retry("check template ConfigMap %s/%s: %v", c.SystemNamespace, check.Ref.ConfigMap.Name, err)
-			}
-			return fail("check template ConfigMap %s/%s: %v", c.SystemNamespace, check.Ref.ConfigMap.Name, err)
-		}
-		var err error
-		if spec, err = c.templates.Check(&cm); err != nil {
-			return fail("%v", err)
-		}
-	}
-	if spec == nil {
-		return fail("the check has neither ref nor spec")
+	spec, transient, err := c.checkSpec(ctx, check, c.Reader)
+	switch {
+	case err != nil && transient:
+		return retry("%v", err)
+	case err != nil:
+		return fail("%v", err)
 	}
 	if err := c.States.Validate(spec.State); err != nil {
 		return fail("%v", err)

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"reflect"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/time/rate"
@@ -167,14 +168,17 @@ func statusClients(p *process, mgr ctrl.Manager) (client.Client, kubernetes.Inte
 }
 
 // recheckPace is the pace of the AccessRequest controller's rechecks (--accessrequest-pod-recheck-qps,
-// a burst of one second's) and the live reader of what they read (liveReadsPerRecheck), with a
-// rate limit of its own so that they never wait in --kube-api-qps's limiter before an
-// approval's reads, nor approvals in theirs.
+// a burst of one second's, none in hand at the start: a new leader's rechecks come at the pace
+// from its first) and the live reader of what they read (liveReadsPerRecheck), with a rate
+// limit of its own so that they never wait in --kube-api-qps's limiter before an approval's
+// reads, nor approvals in theirs.
 func recheckPace(p *process, mgr ctrl.Manager) (*rate.Limiter, client.Reader, error) {
 	qps := p.o.PodRecheckQPS
 	burst := max(1, int(math.Ceil(qps)))
 	reader, err := client.New(limitedConfig(p, liveReadsPerRecheck*qps, liveReadsPerRecheck*burst), client.Options{Scheme: p.scheme, Mapper: mgr.GetRESTMapper()})
-	return rate.NewLimiter(rate.Limit(qps), burst), reader, err
+	pace := rate.NewLimiter(rate.Limit(qps), burst)
+	pace.ReserveN(time.Now(), burst)
+	return pace, reader, err
 }
 
 // liveReadsPerRecheck are the live reads of a recheck at most: the Pod, its TaskRun and

@@ -453,6 +453,48 @@ func TestApprovalsAreNotBehindRechecks(t *testing.T) {
 		conditions, v1alpha1.ConditionAccessCheckReady, metav1.ConditionFalse, v1alpha1.ReasonRejected)
 }
 
+// TestANewLeaderRechecksAtItsPace: a controller that starts (a new leader) lists every live
+// request, and the Connectors, policies and check objects that would wake them; none of that
+// is a change, so their evaluations are rechecks, in turns of --accessrequest-pod-recheck-qps,
+// not all at once through --kube-api-qps before any approval. Here the new controller's pace
+// allows no recheck (it starts with no turn in hand, and the next comes in 11 days): three
+// approved Pods' requests read their Pods no more, while a change of a check is evaluated at
+// once: the deferred rechecks started the watch of their check kind, which a new leader
+// otherwise starts at the first evaluation that reads it.
+func TestANewLeaderRechecksAtItsPace(t *testing.T) {
+	setupApproval(t)
+	env, controllerKubeconfig := startDeployedNode(t, nil)
+	pace := func(qps float64) func(*driver.Options) {
+		return func(o *driver.Options) { o.PodRecheck, o.PodRecheckQPS = time.Hour, qps }
+	}
+	stop := startDeployedController(t, env, controllerKubeconfig, pace(0))
+	ns := newNamespace(t)
+	pipelineGate(t, ns)
+	var keys []types.NamespacedName
+	for i := range 3 {
+		run := fmt.Sprintf("release-%d", i)
+		approvalTask(t, ns, run, "approved")
+		pod := pipelineRunPod(t, env.kubelet, ns, run, "promote", map[string]string{"connectors": "prod"})
+		if err := publishOutcome(t, env, pod); err != nil {
+			t.Fatalf("approved Pod %d: %v", i, err)
+		}
+		keys = append(keys, types.NamespacedName{Namespace: ns, Name: approval.RequestName("prod", records.Pod{Namespace: ns, Name: pod.Name, UID: string(pod.UID)})})
+	}
+	stop()
+
+	since := time.Now()
+	startDeployedController(t, env, controllerKubeconfig, pace(1e-6))
+	time.Sleep(4 * time.Second)
+	reads := controllerPodReads(t, ns, since)
+	if total := reads["release-0-promote-pod"] + reads["release-1-promote-pod"] + reads["release-2-promote-pod"]; total != 0 {
+		t.Errorf("a new controller read the three approved Pods %d times (%v), want none", total, reads)
+	}
+	approvalTask(t, ns, "release-0", "rejected")
+	conditions := func(ar *v1alpha1.AccessRequest) []metav1.Condition { return ar.Status.Conditions }
+	waitObjectCondition(t, &v1alpha1.AccessRequest{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: keys[0].Name}},
+		conditions, v1alpha1.ConditionAccessCheckReady, metav1.ConditionFalse, v1alpha1.ReasonRejected)
+}
+
 // TestCheckChangesWakeOnlyTheirRequests: a change of a check object wakes the live requests
 // whose checks select it, not every live request of Pods of its namespace (each evaluation reads
 // the Pod and its Tekton owners from the API server, and runs every state). Six PipelineRuns'

@@ -270,21 +270,37 @@ func runDriver(t testing.TB, opts driver.Options) (stop func(), done chan error)
 // process (--role=controller, the controller ServiceAccount). adjust changes both.
 func startDeployedDrivers(t testing.TB, adjust func(*driver.Options)) *proxyEnv {
 	t.Helper()
+	env, controllerKubeconfig := startDeployedNode(t, adjust)
+	startDeployedController(t, env, controllerKubeconfig, adjust)
+	return env
+}
+
+// startDeployedNode is startDeployedDrivers' node, and the kubeconfig of the controller's
+// identity as deployed.
+func startDeployedNode(t testing.TB, adjust func(*driver.Options)) (env *proxyEnv, controllerKubeconfig string) {
+	t.Helper()
 	nodeKubeconfig, controllerKubeconfig := deployedKubeconfigs(t)
-	env := startProxyDriver(t, func(o *driver.Options) {
+	env = startProxyDriver(t, func(o *driver.Options) {
 		if adjust != nil {
 			adjust(o)
 		}
 		o.Role, o.Kubeconfig = driver.RoleNode, nodeKubeconfig
 	})
+	return env, controllerKubeconfig
+}
+
+// startDeployedController runs a controller with the identity of kubeconfig for env's node,
+// until stop.
+func startDeployedController(t testing.TB, env *proxyEnv, kubeconfig string, adjust func(*driver.Options)) (stop func()) {
+	t.Helper()
 	opts := testOptions()
 	if adjust != nil {
 		adjust(&opts)
 	}
 	// The controller writes the node proxy's address into each Connector's status.
-	opts.Role, opts.Kubeconfig, opts.ProxyURL = driver.RoleController, controllerKubeconfig, env.proxyURL
-	runDriver(t, opts)
-	return env
+	opts.Role, opts.Kubeconfig, opts.ProxyURL = driver.RoleController, kubeconfig, env.proxyURL
+	stop, _ = runDriver(t, opts)
+	return stop
 }
 
 // newKubelet connects a kubelet stand-in to a driver; its root is a fresh directory.
