@@ -34,6 +34,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/source"
@@ -129,9 +130,8 @@ func (c *Controller) SetupWithManager(mgr ctrl.Manager) error {
 		Named("accessrequest").
 		// Not on the event of its own status write: that evaluation would read the Pod and its
 		// owners again to find what it just wrote.
-		For(&v1alpha1.AccessRequest{}, builder.WithPredicates(predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
-			return c.turns.wakeOnUpdate(e, c.notOwnWrite(e))
-		}})).
+		Watches(&v1alpha1.AccessRequest{}, c.turns.waking(&handler.EnqueueRequestForObject{}),
+			builder.WithPredicates(predicate.Funcs{UpdateFunc: c.notOwnWrite})).
 		Watches(&v1alpha1.AccessRequest{}, c.turns.handler(c.requestsOfEarlierPods)).
 		// A Connector's or a policy's status, which their controllers write at each probe or
 		// match that changes it, wakes no request: an evaluation reads their spec and metadata,

@@ -70,10 +70,15 @@ func (r *recheckTurns) takeWoken(key types.NamespacedName) bool {
 	return woken
 }
 
-// handler is EnqueueRequestsFromMapFunc(fn) marking what it enqueues as woken, but for the
-// events that change nothing: an informer's initial list (a new leader's start) and resyncs.
+// waking is h marking what it enqueues as woken, but for the events that change nothing: an
+// informer's initial list (a new leader's start) and resyncs.
+func (r *recheckTurns) waking(h handler.EventHandler) handler.EventHandler {
+	return wakingHandler{EventHandler: h, turns: r}
+}
+
+// handler is EnqueueRequestsFromMapFunc(fn), waking.
 func (r *recheckTurns) handler(fn handler.MapFunc) handler.EventHandler {
-	return wakingHandler{EventHandler: handler.EnqueueRequestsFromMapFunc(fn), turns: r}
+	return r.waking(handler.EnqueueRequestsFromMapFunc(fn))
 }
 
 type wakingHandler struct {
@@ -116,15 +121,6 @@ type wakingQueue struct {
 func (q wakingQueue) Add(req reconcile.Request) {
 	q.turns.wake(req)
 	q.queue.Add(req)
-}
-
-// wakeOnUpdate marks a request whose update passed as woken, unless it is the informer's
-// resync (the same resourceVersion): that one is a recheck.
-func (r *recheckTurns) wakeOnUpdate(e event.UpdateEvent, pass bool) bool {
-	if pass && e.ObjectOld.GetResourceVersion() != e.ObjectNew.GetResourceVersion() {
-		r.wake(reconcile.Request{NamespacedName: client.ObjectKeyFromObject(e.ObjectNew)})
-	}
-	return pass
 }
 
 // turn tells whether the evaluation of ar beginning now is a recheck (nothing woke it; it was

@@ -18,9 +18,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 	toolscache "k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/util/flowcontrol"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -188,14 +186,6 @@ const liveReadsPerRecheck = 5
 // limitedClient reads live, with a rate limit of its own of qps (burst twice that).
 func limitedClient(p *process, mgr ctrl.Manager, qps float64) (client.Client, error) {
 	return client.New(limitedConfig(p, qps, int(math.Ceil(2*qps))), client.Options{Scheme: p.scheme, Mapper: mgr.GetRESTMapper()})
-}
-
-// limitedConfig is the process's client config with a rate limiter of its own.
-func limitedConfig(p *process, qps float64, burst int) *rest.Config {
-	cfg := rest.CopyConfig(p.cfg)
-	cfg.QPS, cfg.Burst = float32(qps), burst
-	cfg.RateLimiter = flowcontrol.NewTokenBucketRateLimiter(cfg.QPS, cfg.Burst)
-	return cfg
 }
 
 // uncachedKinds are read live by the controllers' clients: see newManager.

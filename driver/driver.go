@@ -48,6 +48,14 @@ type process struct {
 	globalCA *trust.Global
 }
 
+// limitedConfig is the process's client config with a rate limiter of its own.
+func limitedConfig(p *process, qps float64, burst int) *rest.Config {
+	cfg := rest.CopyConfig(p.cfg)
+	cfg.QPS, cfg.Burst = float32(qps), burst
+	cfg.RateLimiter = flowcontrol.NewTokenBucketRateLimiter(cfg.QPS, cfg.Burst)
+	return cfg
+}
+
 // Run runs the driver's roles until ctx is done.
 func Run(ctx context.Context, opts Options) error {
 	o, err := opts.validate()
