@@ -69,6 +69,9 @@ type Config struct {
 	// Keys, for a Reviewer of ServiceAccount tokens only (Audiences set to theirs), refuse a
 	// token none of the issuer's keys signed without a TokenReview; nil: not checked.
 	Keys *IssuerKeys
+	// Unexpiring, with Keys, also sends tokens without exp for review: those of
+	// kubernetes.io/service-account-token Secrets, which a Prometheus PodMonitor can send.
+	Unexpiring bool
 }
 
 // decisionCacheSize bounds the decisions a Reviewer keeps: a node's Pods times the Connectors
@@ -113,6 +116,9 @@ func New(kube kubernetes.Interface, cfg Config) (*Reviewer, error) {
 	if err != nil {
 		return nil, err
 	}
+	if cfg.Unexpiring && cfg.Keys == nil {
+		return nil, errors.New("tokens without exp are reviewed only with the issuer's keys to check them")
+	}
 	authz, err := authzwebhook.NewFromInterface(kube.AuthorizationV1(), cfg.AllowTTL, cfg.DenyTTL, once,
 		authorizer.DecisionNoOpinion, sarMetrics{}, authorizationcel.NewDefaultCompiler())
 	if err != nil {
@@ -120,7 +126,7 @@ func New(kube kubernetes.Interface, cfg Config) (*Reviewer, error) {
 	}
 	r := &Reviewer{
 		audiences: cfg.Audiences,
-		tokens: cache.New(jwtPrecheck{audiences: cfg.Audiences, keys: cfg.Keys, next: rejectionsAreAnswers{tokenAuth}, now: time.Now},
+		tokens: cache.New(jwtPrecheck{audiences: cfg.Audiences, keys: cfg.Keys, unexpiring: cfg.Unexpiring, next: rejectionsAreAnswers{tokenAuth}, now: time.Now},
 			false, cfg.TokenTTL, cfg.DenyTTL),
 		authz:     authz,
 		decisions: expirable.NewLRU[string, decision](decisionCacheSize, nil, max(cfg.AllowTTL, cfg.DenyTTL, time.Second)),

@@ -7,6 +7,7 @@ import (
 
 	"k8s.io/apiserver/pkg/authentication/user"
 	"k8s.io/apiserver/pkg/authorization/authorizer"
+	"k8s.io/client-go/kubernetes/fake"
 )
 
 // TestAttributesKeyTellsQuestionsApart: the decision cache's key differs whenever any attribute
@@ -60,5 +61,13 @@ func TestRateLimitedIsAFailureToAsk(t *testing.T) {
 	}
 	if isFailureToAsk(errors.New(`invalid bearer token, issuer "client rate limiter Wait returned an error" unknown`)) {
 		t.Error("a rejection quoting the limiter's words is a failure to ask")
+	}
+}
+
+// TestUnexpiringNeedsKeys: tokens without exp are reviewed only where the issuer's keys refuse
+// made-up ones first.
+func TestUnexpiringNeedsKeys(t *testing.T) {
+	if _, err := New(fake.NewClientset(), Config{Unexpiring: true}); err == nil {
+		t.Error("a Reviewer of tokens without exp and without the issuer's keys was made")
 	}
 }

@@ -37,8 +37,11 @@ const clockSkew = time.Minute
 type jwtPrecheck struct {
 	audiences []string // empty: any audience
 	keys      *IssuerKeys
-	next      authenticator.Token
-	now       func() time.Time
+	// unexpiring lets a token without exp through to the review: a ServiceAccount token of a
+	// Secret (kubernetes.io/service-account-token) carries none.
+	unexpiring bool
+	next       authenticator.Token
+	now        func() time.Time
 }
 
 type claims struct {
@@ -71,10 +74,10 @@ func (j jwtPrecheck) refusal(ctx context.Context, token string) string {
 		return "malformed"
 	}
 	var c claims
-	if err := json.Unmarshal(payload, &c); err != nil || c.Exp == nil {
+	if err := json.Unmarshal(payload, &c); err != nil || c.Exp == nil && !j.unexpiring {
 		return "malformed"
 	}
-	if time.Unix(int64(*c.Exp), 0).Add(clockSkew).Before(j.now()) {
+	if c.Exp != nil && time.Unix(int64(*c.Exp), 0).Add(clockSkew).Before(j.now()) {
 		return "expired"
 	}
 	if len(j.audiences) > 0 && !slices.ContainsFunc(audiences(c.Aud), func(a string) bool { return slices.Contains(j.audiences, a) }) {

@@ -39,4 +39,16 @@ func TestJWTPrecheck(t *testing.T) {
 	if got := anyAudience.refusal(context.Background(), token(`{"exp":`+exp(time.Hour)+`,"aud":["kubernetes"]}`)); got != "" {
 		t.Errorf("without audiences: %q", got)
 	}
+	// A Secret's ServiceAccount token has no exp: malformed unless the reviewer takes those.
+	secretToken := token(`{"iss":"kubernetes/serviceaccount","sub":"system:serviceaccount:ns:sa"}`)
+	if got := anyAudience.refusal(context.Background(), secretToken); got != "malformed" {
+		t.Errorf("a token without exp: %q, want malformed", got)
+	}
+	anyAudience.unexpiring = true
+	if got := anyAudience.refusal(context.Background(), secretToken); got != "" {
+		t.Errorf("a token without exp, taken: %q", got)
+	}
+	if got := anyAudience.refusal(context.Background(), token(`{"exp":`+exp(-time.Hour)+`}`)); got != "expired" {
+		t.Errorf("an expired token, tokens without exp taken: %q, want expired", got)
+	}
 }

@@ -100,7 +100,15 @@ func Run(ctx context.Context, opts Options) error {
 		if o.runsNode() {
 			csiSocket = o.socketPath
 		}
-		g.Go(func() error { return serveMetrics(ctx, metrics, ready, starting, csiSocket, o.Profiling) })
+		protect, err := protectMetrics(p)
+		if err != nil {
+			_ = metrics.Close()
+			return err
+		}
+		if protect.start != nil {
+			g.Go(func() error { return protect.start(ctx) })
+		}
+		g.Go(func() error { return serveMetrics(ctx, metrics, ready, starting, csiSocket, o.Profiling, protect) })
 	}
 	// The controller (or the all role) is the one process that reports invalid flags.
 	// One watch of the system namespace's ConfigMaps serves both. Nothing is served before

@@ -55,6 +55,17 @@ const (
 	defaultClientIdleTimeout      = 120 * time.Second
 	defaultUpstreamIdleTimeout    = 90 * time.Second
 	defaultLaneMaxBodyBytes       = 64 << 10
+	defaultMetricsAuthQPS         = 5
+	defaultMetricsAuthBurst       = 10
+)
+
+// What --metrics-auth may be.
+const (
+	// MetricsAuthDelegated serves the metrics listener over TLS, and /metrics (and the
+	// profiles) only to a bearer token the API server accepts whose user may get the path.
+	MetricsAuthDelegated = "delegated"
+	// MetricsAuthNone serves it over plain HTTP to anyone who reaches it.
+	MetricsAuthNone = "none"
 )
 
 // Options are the driver's settings, one flag each (SPEC §3.6).
@@ -72,6 +83,14 @@ type Options struct {
 	NoProxy         string
 	TokenAudience   string
 	MetricsListen   string
+	// MetricsAuth is MetricsAuthDelegated ("" too) or MetricsAuthNone; MetricsCertFile and
+	// MetricsKeyFile, when set, are the listener's certificate (else a self-signed one made
+	// at start); MetricsAuthQPS and MetricsAuthBurst limit its reviews.
+	MetricsAuth      string
+	MetricsCertFile  string
+	MetricsKeyFile   string
+	MetricsAuthQPS   float64
+	MetricsAuthBurst int
 	// Profiling serves net/http/pprof under /debug/pprof/ on the metrics listener.
 	Profiling bool
 	// ReleaseStartupPages drops the executable's pages touched while starting, once ready, and
@@ -236,7 +255,12 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&o.ReleaseStartupPages, "release-startup-pages", true, "once ready, give back the pages of the executable that only start-up touched (its package initializers): they leave RSS and stay in the page cache")
 	fs.DurationVar(&o.ReleasePagesInterval, "release-pages-interval", 5*time.Minute, "with --release-startup-pages, give the executable's pages back again this often, so that RSS holds only what the last interval used (0: once, after start-up)")
 	fs.DurationVar(&o.StartupGrace, "startup-grace", 0, "how long /healthz answers ok while the driver waits at its start for the API server (its feature flags); past it, 503, so that the liveness probe restarts it (0: as long as it waits)")
-	fs.BoolVar(&o.Profiling, "profiling", false, "also serve Go's profiles (/debug/pprof/) on --metrics-listen, which has no authentication: keep that listener off the network when on")
+	fs.StringVar(&o.MetricsAuth, "metrics-auth", MetricsAuthDelegated, "who may read /metrics on --metrics-listen: delegated (over TLS, a bearer token the API server accepts, of a user RBAC lets get the non-resource URL /metrics; /healthz and /readyz stay open) or none (plain HTTP, anyone who reaches the listener: the proxy's metrics name every tenant's Connectors)")
+	fs.StringVar(&o.MetricsCertFile, "metrics-tls-cert-file", "", "with --metrics-auth=delegated, the listener's certificate (PEM, read again when it changes; default: a self-signed one made at start)")
+	fs.StringVar(&o.MetricsKeyFile, "metrics-tls-key-file", "", "the key of --metrics-tls-cert-file")
+	fs.Float64Var(&o.MetricsAuthQPS, "metrics-auth-qps", defaultMetricsAuthQPS, "sustained TokenReviews and SubjectAccessReviews per second of the metrics listener (its own limit: anyone who reaches it can make it review)")
+	fs.IntVar(&o.MetricsAuthBurst, "metrics-auth-burst", defaultMetricsAuthBurst, "burst of --metrics-auth-qps")
+	fs.BoolVar(&o.Profiling, "profiling", false, "also serve Go's profiles (/debug/pprof/) on --metrics-listen; with --metrics-auth=delegated, to users RBAC lets get /debug/pprof/*")
 	fs.BoolVar(&o.LeaderElect, "leader-elect", true, "run the controllers (controller and all roles) under a Lease")
 	fs.StringVar(&o.VolumeSizeLimit, "volume-size-limit", "4Mi", "tmpfs size of each volume")
 	fs.StringVar(&o.VolumesMaxBytes, "node-volumes-max-bytes", defaultVolumesMaxBytes, "memory the node's volumes may hold together (their tmpfs pages count against the driver's memory limit, not the Pods'), a namespace's volumes half of it; a new volume past it fails with ResourceExhausted, naming this flag (a mounted one's republish is counted, never refused; 0: no bound)")
@@ -534,6 +558,9 @@ func (o *Options) validate() (*validated, error) {
 	if err := v.webhook(); err != nil {
 		return nil, err
 	}
+	if err := v.metricsAuth(); err != nil {
+		return nil, err
+	}
 	return v, nil
 }
 
@@ -567,6 +594,34 @@ func (v *validated) webhook() error {
 
 // proxyLimits fills unset proxy limits and cache sizes with their flags' defaults (the driver
 // is also started from Go, by tests and tools) and refuses negative ones.
+// metricsAuth checks the metrics listener's protection; unset values (drivers started from
+// Go) take the flags' defaults.
+func (v *validated) metricsAuth() error {
+	switch v.MetricsAuth {
+	case "":
+		v.MetricsAuth = MetricsAuthDelegated
+	case MetricsAuthDelegated, MetricsAuthNone:
+	default:
+		return fmt.Errorf("--metrics-auth %q: not one of delegated, none", v.MetricsAuth)
+	}
+	if (v.MetricsCertFile == "") != (v.MetricsKeyFile == "") {
+		return fmt.Errorf("--metrics-tls-cert-file and --metrics-tls-key-file go together: one is set, the other is not")
+	}
+	if v.MetricsCertFile != "" && v.MetricsAuth == MetricsAuthNone {
+		return fmt.Errorf("--metrics-tls-cert-file is used with --metrics-auth=delegated only (none serves plain HTTP)")
+	}
+	switch {
+	case v.MetricsAuthQPS < 0 || v.MetricsAuthBurst < 0:
+		return fmt.Errorf("--metrics-auth-qps and --metrics-auth-burst must not be negative")
+	case v.MetricsAuthQPS == 0:
+		v.MetricsAuthQPS = defaultMetricsAuthQPS
+	}
+	if v.MetricsAuthBurst == 0 {
+		v.MetricsAuthBurst = defaultMetricsAuthBurst
+	}
+	return nil
+}
+
 func (v *validated) proxyLimits() error {
 	for _, l := range []struct {
 		name string

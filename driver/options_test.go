@@ -93,3 +93,30 @@ func TestMemoryLimitLeavesRoomForVolumes(t *testing.T) {
 		}
 	}
 }
+
+// TestMetricsAuthFlags: unset, the metrics listener is guarded with the default review limit;
+// a value that is not a mode, half a certificate, or a certificate for the open listener are
+// refused, naming the flag.
+func TestMetricsAuthFlags(t *testing.T) {
+	v := &validated{}
+	if err := v.metricsAuth(); err != nil {
+		t.Fatal(err)
+	}
+	if v.MetricsAuth != MetricsAuthDelegated || v.MetricsAuthQPS != defaultMetricsAuthQPS || v.MetricsAuthBurst != defaultMetricsAuthBurst {
+		t.Errorf("unset metrics options not defaulted: %q %v %d", v.MetricsAuth, v.MetricsAuthQPS, v.MetricsAuthBurst)
+	}
+	for want, set := range map[string]func(*Options){
+		`--metrics-auth "open"`: func(o *Options) { o.MetricsAuth = "open" },
+		"go together":           func(o *Options) { o.MetricsCertFile = "tls.crt" },
+		"with --metrics-auth=delegated only": func(o *Options) {
+			o.MetricsAuth, o.MetricsCertFile, o.MetricsKeyFile = MetricsAuthNone, "tls.crt", "tls.key"
+		},
+		"--metrics-auth-qps": func(o *Options) { o.MetricsAuthQPS = -1 },
+	} {
+		v := &validated{}
+		set(&v.Options)
+		if err := v.metricsAuth(); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v", want, err)
+		}
+	}
+}

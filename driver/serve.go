@@ -2,6 +2,7 @@ package driver
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -141,19 +142,20 @@ func serveHTTP(ctx context.Context, lis net.Listener, srv *http.Server, what str
 }
 
 // serveMetrics serves /metrics, /healthz and /readyz (and, with profiling, /debug/pprof/)
-// until ctx is done. /healthz is what the livenessprobe sidecar would check: that the CSI
+// until ctx is done, /metrics and the profiles as protect guards them. /healthz is what the livenessprobe sidecar would check: that the CSI
 // socket answers a Probe; while starting (waiting for the API server, within its grace), ok.
-func serveMetrics(ctx context.Context, lis net.Listener, ready, starting func() bool, csiSocket string, profiling bool) error {
+func serveMetrics(ctx context.Context, lis net.Listener, ready, starting func() bool, csiSocket string, profiling bool,
+	protect *metricsProtection) error {
 	mux := http.NewServeMux()
 	// Ours and client-go's (in the default registry), and controller-runtime's own registry:
 	// API requests by verb and code (rest_client_requests_total), reconciles, work queues.
-	mux.Handle("/metrics", promhttp.HandlerFor(prometheus.Gatherers{prometheus.DefaultGatherer, ctrlmetrics.Registry},
-		promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}))
+	mux.Handle("/metrics", protect.guard(promhttp.HandlerFor(prometheus.Gatherers{prometheus.DefaultGatherer, ctrlmetrics.Registry},
+		promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})))
 	if profiling {
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		mux.Handle("/debug/pprof/", protect.guard(http.HandlerFunc(pprof.Index)))
+		mux.Handle("/debug/pprof/profile", protect.guard(http.HandlerFunc(pprof.Profile)))
+		mux.Handle("/debug/pprof/symbol", protect.guard(http.HandlerFunc(pprof.Symbol)))
+		mux.Handle("/debug/pprof/trace", protect.guard(http.HandlerFunc(pprof.Trace)))
 	}
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		if csiSocket == "" { // the controller role serves no CSI socket: alive is healthy
@@ -177,6 +179,9 @@ func serveMetrics(ctx context.Context, lis net.Listener, ready, starting func() 
 		}
 		_, _ = w.Write([]byte("ok"))
 	})
+	if protect.tls != nil {
+		lis = tls.NewListener(lis, protect.tls)
+	}
 	return serveHTTP(ctx, lis, newHTTPServer(mux), "Serving metrics and health", nil)
 }
 

@@ -219,7 +219,7 @@ func TestDeployedRolesHoldLeastPrivilege(t *testing.T) {
 		"connectors-csi-controller": {
 			{"", "pods", "list", false}, {"", "pods", "watch", false}, {"", "secrets", "list", false},
 			{"", "pods", "get", true}, {"rbac.authorization.k8s.io", "roles", "create", true},
-			{"coordination.k8s.io", "leases", "create", true},
+			{"coordination.k8s.io", "leases", "create", true}, {"authentication.k8s.io", "tokenreviews", "create", true},
 		},
 	} {
 		for _, c := range cases {

@@ -232,6 +232,10 @@ func testOptions() driver.Options {
 		// and every second: at 20/s those would come before a test's own for many seconds.
 		PodRecheckQPS:    1000,
 		RepublishRecheck: 5 * time.Minute,
+		// Plain HTTP, open: tests read /metrics to count what the driver sent the API server,
+		// which the scrape's own reviews would change. TestMetricsAreGuarded and
+		// TestMonitoringRules serve it as deployed (delegated).
+		MetricsAuth: driver.MetricsAuthNone,
 		// The test tools listen on loopback.
 		AllowLoopbackDestinations: true,
 		// No name is looked up for real: Connectors of tests name hosts such as github.com,

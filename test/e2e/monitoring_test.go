@@ -89,10 +89,13 @@ func TestMonitoringRules(t *testing.T) {
 	metricsAddr, first := freeLoopbackAddr(t), true
 	setupApproval(t)
 	env := startDeployedDrivers(t, func(o *driver.Options) {
-		if first { // the node role's options (the controller's come second)
-			o.MetricsListen, first = metricsAddr, false
+		if first { // the node role's options (the controller's come second), as deployed
+			o.MetricsListen, o.MetricsAuth, first = metricsAddr, driver.MetricsAuthDelegated, false
 		}
 	})
+	// Prometheus scrapes as the PodMonitor has it: over TLS, with the reader's token.
+	tokenFile := filepath.Join(dir, "reader-token")
+	writeFile(t, tokenFile, applyMetricsReader(t))
 	ctx := context.Background()
 	ns := newNamespace(t)
 	class := gitClass(t)
@@ -140,7 +143,7 @@ func TestMonitoringRules(t *testing.T) {
 		}
 	}()
 
-	prom := startPrometheus(t, dir, metricsAddr, rulesFile)
+	prom := startPrometheus(t, dir, metricsAddr, rulesFile, tokenFile)
 	want := []string{"ConnectorsProxyErrors", "ConnectorsPublishesFailing", "ConnectorNotReady", "ConnectorsAccessRequestPendingTooLong"}
 	var firing []string
 	if !kubelet.WaitUntil(90*time.Second, func() bool {
@@ -160,16 +163,20 @@ func TestMonitoringRules(t *testing.T) {
 // prometheusServer is a running Prometheus and its HTTP API's address.
 type prometheusServer struct{ url string }
 
-// startPrometheus runs Debian's prometheus, scraping target every second and evaluating
-// rulesFile every second, until the test ends.
-func startPrometheus(t *testing.T, dir, target, rulesFile string) *prometheusServer {
+// startPrometheus runs Debian's prometheus, scraping target every second (over TLS, not
+// verified, with the bearer token in tokenFile, as deploy/monitoring/podmonitor.yaml does) and
+// evaluating rulesFile every second, until the test ends.
+func startPrometheus(t *testing.T, dir, target, rulesFile, tokenFile string) *prometheusServer {
 	t.Helper()
 	config := fmt.Sprintf(`global: {scrape_interval: 1s, evaluation_interval: 1s}
 rule_files: [%q]
 scrape_configs:
   - job_name: connectors-csi
+    scheme: https
+    tls_config: {insecure_skip_verify: true}
+    authorization: {type: Bearer, credentials_file: %q}
     static_configs: [{targets: [%q]}]
-`, rulesFile, target)
+`, rulesFile, tokenFile, target)
 	writeFile(t, filepath.Join(dir, "prometheus.yml"), config)
 	addr := freeLoopbackAddr(t)
 	log := &syncBuffer{}

@@ -1494,22 +1494,8 @@ func TestTenancyForgedTokensCostNoReview(t *testing.T) {
 	if code, body := get(proxyToken(t, ns, "builder")); code != http.StatusOK {
 		t.Fatalf("a real token: %d %q", code, body)
 	}
-	forger, err := rsa.GenerateKey(cryptorand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.RS256, Key: jose.JSONWebKey{Key: forger, KeyID: "forged"}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
 	since := time.Now()
-	for i := range 30 {
-		token, err := jwt.Signed(signer).Claims(map[string]any{"iss": "https://kubernetes.default.svc.cluster.local",
-			"sub": "system:serviceaccount:" + ns + ":builder", "aud": []string{driverName}, "exp": time.Now().Add(time.Hour).Unix(),
-			"jti": strconv.Itoa(i)}).Serialize()
-		if err != nil {
-			t.Fatal(err)
-		}
+	for i, token := range forgedTokens(t, 30, "system:serviceaccount:"+ns+":builder", driverName) {
 		if code, body := get(token); code != http.StatusUnauthorized {
 			t.Fatalf("forged token %d: %d %q, want 401", i, code, body)
 		}
@@ -1522,6 +1508,28 @@ func TestTenancyForgedTokensCostNoReview(t *testing.T) {
 	if reviews := nodeCreates(t, "tokenreviews", since); len(reviews) != 1 {
 		t.Errorf("30 forged tokens and a real one cost %d TokenReviews, want one (the real one's)", len(reviews))
 	}
+}
+
+// forgedTokens makes n well-formed ServiceAccount tokens of subject for audience, unexpired and
+// each unlike the others, signed by a key no issuer holds: anyone can make them.
+func forgedTokens(t *testing.T, n int, subject, audience string) []string {
+	t.Helper()
+	forger, err := rsa.GenerateKey(cryptorand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.RS256, Key: jose.JSONWebKey{Key: forger, KeyID: "forged"}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokens := make([]string, n)
+	for i := range tokens {
+		if tokens[i], err = jwt.Signed(signer).Claims(map[string]any{"iss": "https://kubernetes.default.svc.cluster.local",
+			"sub": subject, "aud": []string{audience}, "exp": time.Now().Add(time.Hour).Unix(), "jti": strconv.Itoa(i)}).Serialize(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return tokens
 }
 
 // TestTenancyConnectorsAPIReviewsHaveTheirOwnLimit: the Connectors API takes any token the

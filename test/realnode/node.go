@@ -321,14 +321,16 @@ func (n *Node) startScheduler() error {
 }
 
 // startControllerManager runs kube-controller-manager: the node lifecycle, ServiceAccount,
-// root CA publisher, Job, garbage collector and other controllers a cluster has.
+// ServiceAccount token (with the API server's signing key, as a cluster's has it), root CA
+// publisher, Job, garbage collector and other controllers a cluster has.
 func (n *Node) startControllerManager() error {
 	ca := filepath.Join(n.Dir, "apiserver-ca.crt")
 	if err := os.WriteFile(ca, n.CP.Config.CAData, 0o644); err != nil {
 		return err
 	}
 	return n.start("controller-manager", nil, filepath.Join(n.CP.Assets, "kube-controller-manager"), "--kubeconfig="+n.CP.Kubeconfig,
-		"--leader-elect=false", "--secure-port=0", "--root-ca-file="+ca, "-v=2")
+		"--leader-elect=false", "--secure-port=0", "--root-ca-file="+ca,
+		"--service-account-private-key-file="+filepath.Join(n.CP.Env.ControlPlane.APIServer.CertDir, "sa-signer.key"), "-v=2")
 }
 
 // StartDriver starts the driver as a node process again, after Stop("driver").

@@ -931,18 +931,28 @@ func TestDriverAsDaemonSetPod(t *testing.T) {
 	// against the same limit): the DaemonSet's 256Mi less --node-volumes-max-bytes' 64Mi.
 	limit := ds.Spec.Template.Spec.Containers[0].Resources.Limits.Memory().Value()
 	want := fmt.Sprintf("go_gc_gomemlimit_bytes %g", float64(limit-64<<20))
+	// Read as deploy/monitoring's PodMonitor reads them: over TLS, with the token the cluster's
+	// token controller put in metrics-reader.yaml's Secret (one without exp).
+	reader := metricsReaderToken(t)
 	var metrics string
 	if !kubelet.WaitUntil(30*time.Second, func() bool {
-		res, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort))
+		req, _ := http.NewRequest(http.MethodGet, fmt.Sprintf("https://127.0.0.1:%d/metrics", metricsPort), nil)
+		req.Header.Set("Authorization", "Bearer "+reader)
+		res, err := selfSignedClient.Do(req)
 		if err != nil {
 			return false
 		}
 		defer res.Body.Close()
 		b, _ := io.ReadAll(res.Body)
-		metrics = string(b)
+		metrics = res.Status + "\n" + string(b)
 		return strings.Contains(metrics, want)
 	}) || limit <= 0 {
-		t.Errorf("the node Pod's metrics lack %q (limit %d)", want, limit)
+		t.Errorf("the node Pod's metrics lack %q (limit %d):\n%.300s", want, limit, metrics)
+	}
+	if res, err := selfSignedClient.Get(fmt.Sprintf("https://127.0.0.1:%d/metrics", metricsPort)); err != nil || res.StatusCode != http.StatusUnauthorized {
+		t.Errorf("the node Pod's /metrics without a token: %v %v, want 401", res, err)
+	} else {
+		res.Body.Close()
 	}
 
 	ns := "daemonset"

@@ -161,7 +161,7 @@ func StartDriverProcess(cp *controlplane.ControlPlane, extraArgs ...string) (*Dr
 	bin := filepath.Join(controlplane.RepoRoot(), "bin", "connectors-csi")
 	d.cmd = exec.Command(bin, "--role=node", "--endpoint=unix://"+filepath.Join(d.dir, "csi.sock"), "--node-id=bench",
 		"--kubeconfig="+cp.Kubeconfig, "--system-namespace="+SystemNamespace, "--state-dir="+filepath.Join(d.dir, "state"),
-		"--proxy-listen="+d.ProxyAddr, "--proxy-url=http://"+d.ProxyAddr, "--metrics-listen="+d.MetricsAddr,
+		"--proxy-listen="+d.ProxyAddr, "--proxy-url=http://"+d.ProxyAddr, "--metrics-listen="+d.MetricsAddr, "--metrics-auth=none",
 		"--profiling", "--unprivileged-mounts", "--allow-loopback-destinations", "--leader-elect=false")
 	d.cmd.Args = append(d.cmd.Args, extraArgs...)
 	log, err := os.Create(filepath.Join(d.dir, "driver.log"))

@@ -100,7 +100,7 @@ func run(ctx context.Context) error {
 	defer os.RemoveAll(work)
 	socket := filepath.Join(work, "csi.sock")
 	args := []string{"--endpoint=unix://" + socket, "--node-id=bench", "--kubeconfig=" + cp.Kubeconfig,
-		"--state-dir=" + filepath.Join(work, "state"), "--metrics-listen=127.0.0.1:19099", "--proxy-listen=127.0.0.1:0", "--leader-elect=false"}
+		"--state-dir=" + filepath.Join(work, "state"), "--metrics-listen=127.0.0.1:19099", "--metrics-auth=none", "--proxy-listen=127.0.0.1:0", "--leader-elect=false"}
 	if os.Geteuid() != 0 {
 		args = append(args, "--unprivileged-mounts")
 	}
