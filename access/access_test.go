@@ -3,6 +3,7 @@ package access
 import (
 	"errors"
 	"fmt"
+	"net/url"
 	"testing"
 
 	"k8s.io/apiserver/pkg/authentication/user"
@@ -69,5 +70,23 @@ func TestRateLimitedIsAFailureToAsk(t *testing.T) {
 func TestUnexpiringNeedsKeys(t *testing.T) {
 	if _, err := New(fake.NewClientset(), Config{Unexpiring: true}); err == nil {
 		t.Error("a Reviewer of tokens without exp and without the issuer's keys was made")
+	}
+}
+
+// TestCanonicalPath: the guard asks about the path it serves, so only clean, unescaped paths
+// pass.
+func TestCanonicalPath(t *testing.T) {
+	for raw, want := range map[string]bool{
+		"/metrics": true, "/debug/pprof/": true, "/debug/pprof/heap": true,
+		"/debug/pprof/%2e%2e/metrics": false, "/debug/pprof/../metrics": false, "//metrics": false,
+		"/metric%73": false, "/debug/pprof/./heap": false,
+	} {
+		u, err := url.Parse(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := canonicalPath(u); got != want {
+			t.Errorf("canonicalPath(%q) = %v, want %v", raw, got, want)
+		}
 	}
 }

@@ -3,8 +3,11 @@ package access
 import (
 	"fmt"
 	"net/http"
+	"net/url"
+	"path"
 	"strings"
 
+	"k8s.io/apiserver/pkg/authentication/user"
 	"k8s.io/apiserver/pkg/authorization/authorizer"
 	"k8s.io/klog/v2"
 )
@@ -21,6 +24,12 @@ import (
 // client they are given; the Reviewer refuses what the issuer did not sign without asking.
 func Guard(r *Reviewer, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if !canonicalPath(req.URL) {
+			// The access asked about is the path served: one that cleans to another, or
+			// escapes its own characters, is refused rather than asked about as written.
+			http.Error(w, "the path is not in canonical form", http.StatusBadRequest)
+			return
+		}
 		token, ok := strings.CutPrefix(req.Header.Get("Authorization"), "Bearer ")
 		if !ok || token == "" {
 			refuseGuarded(w, http.StatusUnauthorized, "no token: send a bearer token of a ServiceAccount that may get "+req.URL.Path)
@@ -37,7 +46,10 @@ func Guard(r *Reviewer, next http.Handler) http.Handler {
 			return
 		}
 		verb := strings.ToLower(req.Method) // as the API server names a non-resource request's verb
-		decision, _, err := r.Authorize(req.Context(), authorizer.AttributesRecord{User: u, Verb: verb, Path: req.URL.Path})
+		// Asked of the user's name and groups only: RBAC decides by those, and a token's extra
+		// (its credential ID) would make each new token of one user a new question.
+		who := &user.DefaultInfo{Name: u.GetName(), Groups: u.GetGroups()}
+		decision, _, err := r.Authorize(req.Context(), authorizer.AttributesRecord{User: who, Verb: verb, Path: req.URL.Path})
 		switch {
 		case err != nil:
 			klog.FromContext(req.Context()).Error(err, "Cannot review an access", "user", u.GetName(), "path", req.URL.Path)
@@ -48,6 +60,17 @@ func Guard(r *Reviewer, next http.Handler) http.Handler {
 			next.ServeHTTP(w, req)
 		}
 	})
+}
+
+// canonicalPath tells whether u's path is as the API server would match it: clean (no "//",
+// ".", "..": net/http's mux redirects most, not those under a subtree handler) and written
+// without escapes.
+func canonicalPath(u *url.URL) bool {
+	clean := path.Clean(u.Path)
+	if strings.HasSuffix(u.Path, "/") && clean != "/" {
+		clean += "/"
+	}
+	return u.RawPath == "" && clean == u.Path
 }
 
 func refuseGuarded(w http.ResponseWriter, code int, msg string) {

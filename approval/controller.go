@@ -69,7 +69,8 @@ type Controller struct {
 	// PodRecheck is how often a live request reads its Pod again (0: only on events).
 	PodRecheck time.Duration
 	// Rechecks paces the evaluations of live requests that nothing woke (rechecks.go): a turn
-	// each, reserved rather than waited for (nil: no pace). RecheckReader reads their Pods and
+	// each, given in turns by namespace and never waited for by a worker (nil: no pace).
+	// RecheckReader reads their Pods and
 	// owners, apart from the rate limit of Reader (nil: Reader).
 	Rechecks      *rate.Limiter
 	RecheckReader client.Reader
@@ -108,7 +109,7 @@ type Controller struct {
 func (c *Controller) SetupWithManager(mgr ctrl.Manager) error {
 	var err error
 	c.templates = NewTemplates()
-	c.turns.limit, c.turns.every = c.Rechecks, c.PodRecheck
+	c.turns.paced(c.Rechecks, c.PodRecheck, c.placeInQueue)
 	c.kinds = newKindChecker(c.Client)
 	c.unserved = utilcache.NewLRUExpireCache(maxUnservedKinds)
 	// The grants' informers join the manager's start: without list and watch on Roles and
@@ -145,6 +146,8 @@ func (c *Controller) SetupWithManager(mgr ctrl.Manager) error {
 		// that lost its lease between its check and its write while the new one revoked.
 		Watches(&rbacv1.Role{}, c.turns.handler(c.revokedOwner), notDeleted).
 		Watches(&rbacv1.RoleBinding{}, c.turns.handler(c.revokedOwner), notDeleted).
+		// Deferred rechecks, each in its turn (see recheckTurns).
+		WatchesRawSource(source.Func(c.turns.dispatcher)).
 		// In turns by namespace, and within a Connector's namespace by the Pods' (tenants sharing
 		// a Connector): one tenant's backlog (many requests, or requests slow to evaluate) does
 		// not hold another's approval behind it.
@@ -397,10 +400,10 @@ func (c *Controller) Reconcile(ctx context.Context, req reconcile.Request) (reco
 		}
 		return reconcile.Result{}, client.IgnoreNotFound(err)
 	}
-	recheck, later := c.turns.turn(&ar, woken)
-	if later > 0 {
+	recheck, later, deferred := c.turns.turn(&ar, woken)
+	if later > 0 || deferred {
 		c.startWatches(ctx, &ar)
-		return reconcile.Result{RequeueAfter: later}, nil
+		return reconcile.Result{RequeueAfter: later}, nil // deferred: the dispatcher brings it back
 	}
 	if recheck {
 		ctx = c.asRecheck(ctx)

@@ -15,6 +15,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/fairqueue"
 )
 
 // A recheck is an evaluation of a live request that nothing woke: its PodRecheck came due, or
@@ -22,11 +23,11 @@ import (
 // and its Tekton owners from the API server, which is nothing for one request and, at 10,000
 // live gated Pods and a 5-minute interval, about 100 reads a second: past --kube-api-qps, with
 // every approval waiting behind them in the client's rate limiter. Rechecks therefore take
-// turns of their own (Controller.Rechecks: a token each, never waited for by a worker) and
-// read through a client of their own (RecheckReader); an evaluation an event woke (a change of
+// turns of their own (Controller.Rechecks: a token each, in turns by namespace, never waited
+// for by a worker) and read through a client of their own (RecheckReader); an evaluation an event woke (a change of
 // a check object, a policy, a Connector, a template, the request itself), a request never
 // evaluated and one a node marked unpublished go as before. Past the rate, rechecks come
-// further apart, each in its reserved turn; the Pod's end is still seen at once through its
+// further apart, in turns by namespace; the Pod's end is still seen at once through its
 // unpublish and its token.
 
 // rechecksDeferred counts rechecks put off to a later turn.
@@ -38,18 +39,98 @@ var rechecksDeferred = prometheus.NewCounter(prometheus.CounterOpts{
 func init() { prometheus.MustRegister(rechecksDeferred) }
 
 // recheckTurns hands out the rechecks' turns of limit (nil: no pace), every interval, and
-// remembers which requests an event woke.
+// remembers which requests an event woke. A deferred recheck waits in waiting, in turns by
+// namespace (and within one by the same turns as the controller's queue): the dispatcher gives
+// the next in turn its turn of limit and brings it back to the controller's queue. Turns given
+// as they come (a reservation each) would put a tenant's recheck behind every other tenant's
+// already deferred, so that one tenant with many live Pods would push back every tenant's: the
+// rechecks are the backstop for a Pod that ends without its unpublish (a lost node).
 type recheckTurns struct {
 	limit *rate.Limiter
 	every time.Duration
 	now   func() time.Time
 	// woken holds the requests an event woke since their last evaluation began.
 	woken sync.Map // types.NamespacedName → struct{}
-	mu    sync.Mutex
-	// reserved holds the turn a deferred recheck reserved, taken when it comes back.
-	reserved map[types.NamespacedName]*rate.Reservation
+	// waiting is where deferred rechecks wait for their turns (fairqueue's order).
+	waiting queue
+	mu      sync.Mutex
+	// deferred holds the rechecks waiting for a turn, granted those given one and not yet
+	// evaluated: an item of waiting that is in neither was woken meanwhile, and is passed over.
+	deferred, granted map[types.NamespacedName]bool
 	// evaluated holds when each live request's last evaluation began.
 	evaluated map[types.NamespacedName]time.Time
+}
+
+// recheckQueueName names the deferred rechecks' queue in the work queue metrics
+// (workqueue_depth{name="accessrequest_rechecks"}: how many wait for a turn).
+const recheckQueueName = "accessrequest_rechecks"
+
+// paced sets the pace, and the waiting rechecks' queue in turns as place orders them.
+func (r *recheckTurns) paced(limit *rate.Limiter, every time.Duration, place func(reconcile.Request) fairqueue.Placement) {
+	r.limit, r.every = limit, every
+	if limit != nil {
+		r.waiting = fairqueue.New(place)(recheckQueueName, workqueue.DefaultTypedControllerRateLimiter[reconcile.Request]())
+	}
+}
+
+// dispatcher is the controller's source of rechecks given their turns: until ctx ends, it
+// takes the next deferred recheck in turn, waits for a turn of the pace and adds it to the
+// controller's queue.
+func (r *recheckTurns) dispatcher(ctx context.Context, to queue) error {
+	if r.waiting == nil {
+		return nil
+	}
+	go func() {
+		<-ctx.Done()
+		r.waiting.ShutDown()
+	}()
+	go func() {
+		for {
+			req, shutdown := r.waiting.Get()
+			if shutdown {
+				return
+			}
+			if r.wants(req.NamespacedName) && r.paceWait(ctx) && r.give(req.NamespacedName) {
+				to.Add(req)
+			}
+			r.waiting.Done(req)
+		}
+	}()
+	return nil
+}
+
+// paceWait waits for a turn of the pace; false only when ctx ended. A limiter that cannot give
+// one (a burst of 0) gives the turn at once rather than leave the recheck deferred for good.
+func (r *recheckTurns) paceWait(ctx context.Context) bool {
+	err := r.limit.Wait(ctx)
+	return err == nil || ctx.Err() == nil
+}
+
+// wants tells whether key still waits for a turn.
+func (r *recheckTurns) wants(key types.NamespacedName) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.deferred[key]
+}
+
+// give gives key its turn, unless it was woken while the dispatcher waited for the pace.
+func (r *recheckTurns) give(key types.NamespacedName) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.deferred[key] {
+		return false
+	}
+	delete(r.deferred, key)
+	r.granted = setKey(r.granted, key)
+	return true
+}
+
+func setKey(m map[types.NamespacedName]bool, key types.NamespacedName) map[types.NamespacedName]bool {
+	if m == nil {
+		m = map[types.NamespacedName]bool{}
+	}
+	m[key] = true
+	return m
 }
 
 // stale is the part of the interval within which a recheck after an evaluation is a timer set
@@ -125,44 +206,37 @@ func (q wakingQueue) Add(req reconcile.Request) {
 
 // turn tells whether the evaluation of ar beginning now is a recheck (nothing woke it; it was
 // evaluated before, is live and not to be revoked: a node's unpublish that a new leader lists
-// rather than watches is no recheck) and, for one, how long to wait for its turn (0: now). A
-// recheck that comes back for its reserved turn takes it; a timer set before the last
-// evaluation waits for the interval from it, reserving nothing; an evaluation an event woke
-// gives back a turn its request reserved.
-func (r *recheckTurns) turn(ar *v1alpha1.AccessRequest, woken bool) (recheck bool, wait time.Duration) {
+// rather than watches is no recheck) and, for one, whether it goes now, after wait (a timer set
+// before the last evaluation waits for the interval from it), or deferred: the dispatcher
+// brings it back in its turn. A recheck given its turn takes it; an evaluation an event woke
+// drops its request's place among the deferred.
+func (r *recheckTurns) turn(ar *v1alpha1.AccessRequest, woken bool) (recheck bool, wait time.Duration, deferred bool) {
 	key := client.ObjectKeyFromObject(ar)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	now := r.clock()
-	reserved := r.reserved[key]
 	if woken || len(ar.Status.Conditions) == 0 || revoked(ar) || ar.Annotations[AnnotationRevoked] != "" {
 		r.release(key)
 		if !revoked(ar) {
 			r.began(key, now)
 		}
-		return false, 0
+		return false, 0, false
 	}
-	if r.limit == nil {
+	if r.waiting == nil || r.granted[key] {
+		delete(r.granted, key)
 		r.began(key, now)
-		return true, 0
+		return true, 0, false
 	}
-	if last, ok := r.evaluated[key]; ok && reserved == nil && now.Sub(last) < time.Duration(stale*float64(r.every)) {
-		return true, last.Add(r.every).Sub(now)
+	if r.deferred[key] {
+		return true, 0, true // already waiting: its timer came again, or a resync
 	}
-	if reserved == nil {
-		reserved = r.limit.ReserveN(now, 1)
+	if last, ok := r.evaluated[key]; ok && now.Sub(last) < time.Duration(stale*float64(r.every)) {
+		return true, last.Add(r.every).Sub(now), false
 	}
-	if wait = reserved.DelayFrom(now); wait > 0 {
-		if r.reserved == nil {
-			r.reserved = map[types.NamespacedName]*rate.Reservation{}
-		}
-		r.reserved[key] = reserved
-		rechecksDeferred.Inc()
-		return true, wait
-	}
-	delete(r.reserved, key)
-	r.began(key, now)
-	return true, 0
+	r.deferred = setKey(r.deferred, key)
+	r.waiting.Add(reconcile.Request{NamespacedName: key})
+	rechecksDeferred.Inc()
+	return true, 0, true
 }
 
 func (r *recheckTurns) clock() time.Time {
@@ -180,12 +254,11 @@ func (r *recheckTurns) began(key types.NamespacedName, now time.Time) {
 	r.evaluated[key] = now
 }
 
-// release gives back the turn key reserved and forgets its last evaluation; r.mu is held.
+// release drops key's place among the deferred, a turn given it, and its last evaluation;
+// r.mu is held.
 func (r *recheckTurns) release(key types.NamespacedName) {
-	if reserved := r.reserved[key]; reserved != nil {
-		reserved.Cancel()
-		delete(r.reserved, key)
-	}
+	delete(r.deferred, key)
+	delete(r.granted, key)
 	delete(r.evaluated, key)
 }
 

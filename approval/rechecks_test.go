@@ -2,6 +2,7 @@ package approval
 
 import (
 	"context"
+	"slices"
 	"testing"
 	"time"
 
@@ -17,57 +18,126 @@ import (
 )
 
 func evaluatedRequest(name string) *v1alpha1.AccessRequest {
-	return &v1alpha1.AccessRequest{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name},
+	return evaluatedRequestIn("ns", name)
+}
+
+func evaluatedRequestIn(ns, name string) *v1alpha1.AccessRequest {
+	return &v1alpha1.AccessRequest{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
 		Status: v1alpha1.AccessRequestStatus{Conditions: []metav1.Condition{{Type: v1alpha1.ConditionReady, Status: metav1.ConditionTrue}}}}
+}
+
+// dispatched runs turns' dispatcher until the test ends and returns the queue it brings the
+// rechecks given their turns to.
+func dispatched(t *testing.T, turns *recheckTurns) queue {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	to := workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[reconcile.Request]())
+	t.Cleanup(func() { cancel(); to.ShutDown() })
+	if err := turns.dispatcher(ctx, to); err != nil {
+		t.Fatal(err)
+	}
+	return to
+}
+
+// given takes the next recheck the dispatcher gave a turn.
+func given(t *testing.T, to queue) string {
+	t.Helper()
+	got := make(chan reconcile.Request, 1)
+	go func() {
+		req, _ := to.Get()
+		to.Done(req)
+		got <- req
+	}()
+	select {
+	case req := <-got:
+		return req.String()
+	case <-time.After(10 * time.Second):
+		t.Fatal("no recheck was given a turn")
+		return ""
+	}
 }
 
 func TestRecheckTurns(t *testing.T) {
 	now := time.Date(2026, 12, 6, 20, 0, 0, 0, time.UTC)
-	turns := recheckTurns{limit: rate.NewLimiter(rate.Every(time.Hour), 1), every: 5 * time.Minute, now: func() time.Time { return now }}
+	var turns recheckTurns
+	turns.paced(rate.NewLimiter(rate.Every(time.Hour), 1), 5*time.Minute, nil)
+	turns.now = func() time.Time { return now }
+	to := dispatched(t, &turns)
 	key := func(ar *v1alpha1.AccessRequest) types.NamespacedName { return client.ObjectKeyFromObject(ar) }
 
-	if recheck, wait := turns.turn(&v1alpha1.AccessRequest{}, false); recheck || wait != 0 {
-		t.Errorf("a request never evaluated: recheck %v, wait %v; want an evaluation now", recheck, wait)
+	if recheck, wait, deferred := turns.turn(&v1alpha1.AccessRequest{}, false); recheck || wait != 0 || deferred {
+		t.Errorf("a request never evaluated: recheck %v, wait %v, deferred %v; want an evaluation now", recheck, wait, deferred)
 	}
 	a, b := evaluatedRequest("a"), evaluatedRequest("b")
-	if recheck, wait := turns.turn(a, false); !recheck || wait != 0 {
-		t.Errorf("the first recheck: recheck %v, wait %v; want now (the burst)", recheck, wait)
+	if recheck, wait, deferred := turns.turn(a, false); !recheck || wait != 0 || !deferred {
+		t.Errorf("a recheck: recheck %v, wait %v, deferred %v; want it deferred to its turn", recheck, wait, deferred)
 	}
-	recheck, wait := turns.turn(b, false)
-	if !recheck || wait < 59*time.Minute {
-		t.Fatalf("a recheck past the pace: recheck %v, wait %v; want about an hour", recheck, wait)
+	if got := given(t, to); got != "ns/a" {
+		t.Fatalf("the dispatcher gave %s its turn, want ns/a (the burst)", got)
 	}
-	if _, again := turns.turn(b, false); again > wait {
-		t.Errorf("a recheck that came back early reserved another turn: %v after %v", again, wait)
+	if recheck, wait, deferred := turns.turn(a, false); !recheck || wait != 0 || deferred {
+		t.Errorf("a recheck given its turn: recheck %v, wait %v, deferred %v; want it now", recheck, wait, deferred)
 	}
-	if recheck, wait := turns.turn(b, true); recheck || wait != 0 {
-		t.Errorf("a woken request: recheck %v, wait %v; want an evaluation now", recheck, wait)
+	if _, _, deferred := turns.turn(b, false); !deferred {
+		t.Fatal("a recheck past the pace was not deferred")
 	}
-	if len(turns.reserved) != 0 {
-		t.Errorf("a woken request kept its reserved turn: %v", turns.reserved)
+	if _, _, deferred := turns.turn(b, false); !deferred || turns.waiting.Len() > 1 {
+		t.Errorf("a deferred recheck that came back early: deferred %v, %d waiting; want it waiting once", deferred, turns.waiting.Len())
 	}
-	// The deferred recheck's timer, still in the work queue, comes a minute after the woken
-	// evaluation: it waits for the interval from that evaluation, reserving nothing.
+	if recheck, wait, deferred := turns.turn(b, true); recheck || wait != 0 || deferred {
+		t.Errorf("a woken request: recheck %v, wait %v, deferred %v; want an evaluation now", recheck, wait, deferred)
+	}
+	if turns.wants(key(b)) {
+		t.Error("a woken request kept its place among the deferred")
+	}
+	// The request's jittered timer, set by an evaluation before the woken one, comes a
+	// minute after it: it waits for the interval from that evaluation, deferring nothing.
 	now = now.Add(time.Minute)
-	if recheck, wait := turns.turn(b, false); !recheck || wait != 4*time.Minute || turns.reserved[key(b)] != nil {
-		t.Errorf("a timer set before the last evaluation: recheck %v, wait %v, reserved %v; want 4m, none", recheck, wait, turns.reserved[key(b)])
+	if recheck, wait, deferred := turns.turn(b, false); !recheck || wait != 4*time.Minute || deferred {
+		t.Errorf("a timer set before the last evaluation: recheck %v, wait %v, deferred %v; want 4m", recheck, wait, deferred)
 	}
 	turns.retry(key(a))
-	if recheck, _ := turns.turn(a, turns.takeWoken(key(a))); recheck {
+	if recheck, _, _ := turns.turn(a, turns.takeWoken(key(a))); recheck {
 		t.Error("a retry was taken for a recheck")
 	}
 	unpublished := evaluatedRequest("c")
 	unpublished.Annotations = map[string]string{AnnotationRevoked: "2026-12-06T20:00:00Z"}
-	if recheck, wait := turns.turn(unpublished, false); recheck || wait != 0 {
-		t.Errorf("a request to revoke, listed rather than watched: recheck %v, wait %v; want an evaluation now", recheck, wait)
+	if recheck, wait, deferred := turns.turn(unpublished, false); recheck || wait != 0 || deferred {
+		t.Errorf("a request to revoke, listed rather than watched: recheck %v, wait %v, deferred %v; want an evaluation now", recheck, wait, deferred)
+	}
+	now = now.Add(10 * time.Minute)
+	if _, _, deferred := turns.turn(b, false); !deferred {
+		t.Fatal("b's recheck was not deferred")
 	}
 	turns.forget(key(b))
-	if _, kept := turns.evaluated[key(b)]; kept || len(turns.reserved) != 0 {
-		t.Errorf("after a deletion: evaluated %v, reserved %v; want b's gone", turns.evaluated, turns.reserved)
+	if _, kept := turns.evaluated[key(b)]; kept || turns.wants(key(b)) {
+		t.Errorf("after a deletion: evaluated %v, deferred %v; want b's gone", turns.evaluated, turns.deferred)
 	}
 	unpaced := recheckTurns{}
-	if recheck, wait := unpaced.turn(a, false); !recheck || wait != 0 {
-		t.Errorf("without a pace: recheck %v, wait %v; want a recheck now", recheck, wait)
+	if recheck, wait, deferred := unpaced.turn(a, false); !recheck || wait != 0 || deferred {
+		t.Errorf("without a pace: recheck %v, wait %v, deferred %v; want a recheck now", recheck, wait, deferred)
+	}
+}
+
+// TestRecheckTurnsByNamespace: deferred rechecks are given their turns by namespace, not as
+// they came: a tenant's one recheck deferred after another tenant's many goes second, not
+// last. Within a namespace, first come first served.
+func TestRecheckTurnsByNamespace(t *testing.T) {
+	var turns recheckTurns
+	turns.paced(rate.NewLimiter(rate.Inf, 0), time.Minute, nil)
+	var names []string
+	for _, ar := range []*v1alpha1.AccessRequest{evaluatedRequestIn("many", "1"), evaluatedRequestIn("many", "2"),
+		evaluatedRequestIn("many", "3"), evaluatedRequestIn("many", "4"), evaluatedRequestIn("one", "1")} {
+		if _, _, deferred := turns.turn(ar, false); !deferred {
+			t.Fatalf("%s/%s was not deferred", ar.Namespace, ar.Name)
+		}
+	}
+	to := dispatched(t, &turns)
+	for range 5 {
+		names = append(names, given(t, to))
+	}
+	if want := []string{"many/1", "one/1", "many/2", "many/3", "many/4"}; !slices.Equal(names, want) {
+		t.Errorf("turns given to %v, want %v", names, want)
 	}
 }
 

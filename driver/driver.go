@@ -23,6 +23,7 @@ import (
 	"k8s.io/klog/v2"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
+	"github.com/kube-connectors/connectors-csi/access"
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/binpages"
 	"github.com/kube-connectors/connectors-csi/configwatch"
@@ -46,7 +47,16 @@ type process struct {
 	// by either role.
 	flags    *features.Source
 	globalCA *trust.Global
+	// issuerKeys are the ServiceAccount issuer's keys, one copy for every reviewer of the
+	// process (the proxy's, publishes', the metrics listener's), read through a client of
+	// their own: a token naming a key they lack has them read again (at most every 5 s),
+	// which any client may cause.
+	issuerKeys *access.IssuerKeys
 }
+
+// issuerKeysQPS, issuerKeysBurst: the issuer keys' own client; it reads them every 5
+// minutes, and at most every 5 s for a key a token names that they lack.
+const issuerKeysQPS, issuerKeysBurst = 1, 2
 
 // limitedConfig is the process's client config with a rate limiter of its own.
 func limitedConfig(p *process, qps float64, burst int) *rest.Config {
@@ -106,7 +116,14 @@ func Run(ctx context.Context, opts Options) error {
 			return err
 		}
 		if protect.start != nil {
-			g.Go(func() error { return protect.start(ctx) })
+			// A watch that fails keeps the certificate last read: the node's CSI and proxy,
+			// in the same group, must not end for it.
+			go func() {
+				if err := protect.start(ctx); err != nil {
+					klog.FromContext(ctx).Error(err, "Cannot watch the metrics listener's certificate files; serving the one last read",
+						"certFile", o.MetricsCertFile)
+				}
+			}()
 		}
 		g.Go(func() error { return serveMetrics(ctx, metrics, ready, starting, csiSocket, o.Profiling, protect) })
 	}
@@ -169,8 +186,14 @@ func newProcess(o *validated) (*process, error) {
 	if err := v1alpha1.AddToScheme(scheme); err != nil {
 		return nil, err
 	}
-	return &process{o: o, cfg: cfg, kube: kube, scheme: scheme,
-		destinations: &egress.Policy{AllowLoopback: o.AllowLoopbackDestinations, Refused: o.RefusedDestinations, Dial: o.Dial, Resolve: o.Resolve}}, nil
+	p := &process{o: o, cfg: cfg, kube: kube, scheme: scheme,
+		destinations: &egress.Policy{AllowLoopback: o.AllowLoopbackDestinations, Refused: o.RefusedDestinations, Dial: o.Dial, Resolve: o.Resolve}}
+	keysKube, err := kubernetes.NewForConfig(limitedConfig(p, issuerKeysQPS, issuerKeysBurst))
+	if err != nil {
+		return nil, err
+	}
+	p.issuerKeys = access.NewIssuerKeys(keysKube)
+	return p, nil
 }
 
 func restConfig(kubeconfig string) (*rest.Config, error) {

@@ -39,8 +39,10 @@ func protectMetrics(p *process) (*metricsProtection, error) {
 	if err != nil {
 		return nil, err
 	}
-	reviewer, err := access.New(kube, access.Config{TokenTTL: o.TokenCacheTTL, AllowTTL: o.AuthzAllowTTL, DenyTTL: o.AuthzDenyTTL,
-		Name: "metrics", Keys: access.NewIssuerKeys(kube), Unexpiring: true})
+	// Refusals are kept as long as acceptances: a tenant's own token sent to every node's
+	// listener would otherwise cost each node a review every --authorization-deny-ttl.
+	reviewer, err := access.New(kube, access.Config{TokenTTL: o.MetricsAuthTTL, AllowTTL: o.MetricsAuthTTL, DenyTTL: o.MetricsAuthTTL,
+		Name: "metrics", Keys: p.issuerKeys, Unexpiring: true})
 	if err != nil {
 		return nil, err
 	}

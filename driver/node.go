@@ -79,9 +79,8 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 		return err
 	}
 	// Pod tokens are for the driver's audience: a token none of the ServiceAccount issuer's
-	// keys signed is refused before any TokenReview. The keys are read again when a token
-	// names one they lack, which any client may cause: with the proxy's client.
-	keys := access.NewIssuerKeys(proxyKube)
+	// keys signed is refused before any TokenReview (the process's one copy of the keys).
+	keys := p.issuerKeys
 	reviewer, err := access.New(p.kube, access.Config{Audiences: []string{o.TokenAudience}, TokenTTL: o.TokenCacheTTL,
 		AllowTTL: o.AuthzAllowTTL, DenyTTL: o.AuthzDenyTTL, Name: "publish", Keys: keys})
 	if err != nil {

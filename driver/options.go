@@ -55,8 +55,9 @@ const (
 	defaultClientIdleTimeout      = 120 * time.Second
 	defaultUpstreamIdleTimeout    = 90 * time.Second
 	defaultLaneMaxBodyBytes       = 64 << 10
-	defaultMetricsAuthQPS         = 5
-	defaultMetricsAuthBurst       = 10
+	defaultMetricsAuthQPS         = 1
+	defaultMetricsAuthBurst       = 4
+	defaultMetricsAuthTTL         = 2 * time.Minute
 )
 
 // What --metrics-auth may be.
@@ -91,6 +92,8 @@ type Options struct {
 	MetricsKeyFile   string
 	MetricsAuthQPS   float64
 	MetricsAuthBurst int
+	// MetricsAuthTTL is how long a scraper's accepted token and allowed access are kept.
+	MetricsAuthTTL time.Duration
 	// Profiling serves net/http/pprof under /debug/pprof/ on the metrics listener.
 	Profiling bool
 	// ReleaseStartupPages drops the executable's pages touched while starting, once ready, and
@@ -260,6 +263,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.MetricsKeyFile, "metrics-tls-key-file", "", "the key of --metrics-tls-cert-file")
 	fs.Float64Var(&o.MetricsAuthQPS, "metrics-auth-qps", defaultMetricsAuthQPS, "sustained TokenReviews and SubjectAccessReviews per second of the metrics listener (its own limit: anyone who reaches it can make it review)")
 	fs.IntVar(&o.MetricsAuthBurst, "metrics-auth-burst", defaultMetricsAuthBurst, "burst of --metrics-auth-qps")
+	fs.DurationVar(&o.MetricsAuthTTL, "metrics-auth-cache-ttl", defaultMetricsAuthTTL, "how long the metrics listener keeps a token's review and an access decision, either way: every node reviews its scraper's token once per period, which at 5,000 nodes is what the API server pays for scraping (0: the default)")
 	fs.BoolVar(&o.Profiling, "profiling", false, "also serve Go's profiles (/debug/pprof/) on --metrics-listen; with --metrics-auth=delegated, to users RBAC lets get /debug/pprof/*")
 	fs.BoolVar(&o.LeaderElect, "leader-elect", true, "run the controllers (controller and all roles) under a Lease")
 	fs.StringVar(&o.VolumeSizeLimit, "volume-size-limit", "4Mi", "tmpfs size of each volume")
@@ -507,14 +511,9 @@ func (o *Options) validate() (*validated, error) {
 	if o.StatusRecheck <= 0 {
 		return nil, fmt.Errorf("--connector-recheck-interval must be positive")
 	}
-	switch {
-	case o.StatusAPIQPS < 0 || o.StatusAPIBurst < 0:
-		return nil, fmt.Errorf("--connector-status-api-qps and --connector-status-api-burst must not be negative")
-	case o.StatusAPIQPS == 0:
-		v.StatusAPIQPS = defaultStatusAPIQPS
-	}
-	if o.StatusAPIBurst == 0 {
-		v.StatusAPIBurst = defaultStatusAPIBurst
+	if err := rateOrDefault("--connector-status-api-qps and --connector-status-api-burst", &v.StatusAPIQPS, &v.StatusAPIBurst,
+		defaultStatusAPIQPS, defaultStatusAPIBurst); err != nil {
+		return nil, err
 	}
 	switch {
 	case o.PodRecheckQPS < 0:
@@ -610,14 +609,29 @@ func (v *validated) metricsAuth() error {
 	if v.MetricsCertFile != "" && v.MetricsAuth == MetricsAuthNone {
 		return fmt.Errorf("--metrics-tls-cert-file is used with --metrics-auth=delegated only (none serves plain HTTP)")
 	}
-	switch {
-	case v.MetricsAuthQPS < 0 || v.MetricsAuthBurst < 0:
-		return fmt.Errorf("--metrics-auth-qps and --metrics-auth-burst must not be negative")
-	case v.MetricsAuthQPS == 0:
-		v.MetricsAuthQPS = defaultMetricsAuthQPS
+	if err := rateOrDefault("--metrics-auth-qps and --metrics-auth-burst", &v.MetricsAuthQPS, &v.MetricsAuthBurst,
+		defaultMetricsAuthQPS, defaultMetricsAuthBurst); err != nil {
+		return err
 	}
-	if v.MetricsAuthBurst == 0 {
-		v.MetricsAuthBurst = defaultMetricsAuthBurst
+	switch {
+	case v.MetricsAuthTTL < 0:
+		return fmt.Errorf("--metrics-auth-cache-ttl must not be negative")
+	case v.MetricsAuthTTL == 0:
+		v.MetricsAuthTTL = defaultMetricsAuthTTL
+	}
+	return nil
+}
+
+// rateOrDefault checks a rate limit's pair of flags: neither negative; unset (0), the default.
+func rateOrDefault(flags string, qps *float64, burst *int, defaultQPS float64, defaultBurst int) error {
+	if *qps < 0 || *burst < 0 {
+		return fmt.Errorf("%s must not be negative", flags)
+	}
+	if *qps == 0 {
+		*qps = defaultQPS
+	}
+	if *burst == 0 {
+		*burst = defaultBurst
 	}
 	return nil
 }

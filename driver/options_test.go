@@ -102,7 +102,8 @@ func TestMetricsAuthFlags(t *testing.T) {
 	if err := v.metricsAuth(); err != nil {
 		t.Fatal(err)
 	}
-	if v.MetricsAuth != MetricsAuthDelegated || v.MetricsAuthQPS != defaultMetricsAuthQPS || v.MetricsAuthBurst != defaultMetricsAuthBurst {
+	if v.MetricsAuth != MetricsAuthDelegated || v.MetricsAuthQPS != defaultMetricsAuthQPS || v.MetricsAuthBurst != defaultMetricsAuthBurst ||
+		v.MetricsAuthTTL != defaultMetricsAuthTTL {
 		t.Errorf("unset metrics options not defaulted: %q %v %d", v.MetricsAuth, v.MetricsAuthQPS, v.MetricsAuthBurst)
 	}
 	for want, set := range map[string]func(*Options){
@@ -111,7 +112,8 @@ func TestMetricsAuthFlags(t *testing.T) {
 		"with --metrics-auth=delegated only": func(o *Options) {
 			o.MetricsAuth, o.MetricsCertFile, o.MetricsKeyFile = MetricsAuthNone, "tls.crt", "tls.key"
 		},
-		"--metrics-auth-qps": func(o *Options) { o.MetricsAuthQPS = -1 },
+		"--metrics-auth-qps":       func(o *Options) { o.MetricsAuthQPS = -1 },
+		"--metrics-auth-cache-ttl": func(o *Options) { o.MetricsAuthTTL = -1 },
 	} {
 		v := &validated{}
 		set(&v.Options)

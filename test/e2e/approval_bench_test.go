@@ -54,21 +54,35 @@ func liveGatedRequests(b *testing.B, env *proxyEnv, namespaces, each int) {
 	tool := startGitServer(b, false)
 	var keys []types.NamespacedName
 	for range namespaces {
-		ns := gatedPromotionOf(b, tool)
-		for i := range each {
-			run := fmt.Sprintf("live-%d", i)
-			approvalTaskFor(b, ns, run, "approved")
-			ar := podRequest("prod", pipelineRunPod(b, env.kubelet, ns, run, "promote", map[string]string{"connectors": "prod"}), "builder")
-			create(b, ar)
-			keys = append(keys, types.NamespacedName{Namespace: ar.Namespace, Name: ar.Name})
-		}
+		keys = append(keys, liveGatedRequestsIn(b, env, gatedPromotionOf(b, tool), each)...)
 	}
+	waitGranted(b, keys)
+}
+
+// liveGatedRequestsIn makes count approved requests of Pods of their own PipelineRuns in ns,
+// gated as gatedPromotionOf's, and returns their keys.
+func liveGatedRequestsIn(tb testing.TB, env *proxyEnv, ns string, count int) []types.NamespacedName {
+	tb.Helper()
+	var keys []types.NamespacedName
+	for i := range count {
+		run := fmt.Sprintf("live-%d", i)
+		approvalTaskFor(tb, ns, run, "approved")
+		ar := podRequest("prod", pipelineRunPod(tb, env.kubelet, ns, run, "promote", map[string]string{"connectors": "prod"}), "builder")
+		create(tb, ar)
+		keys = append(keys, types.NamespacedName{Namespace: ar.Namespace, Name: ar.Name})
+	}
+	return keys
+}
+
+// waitGranted waits until every request of keys is Ready.
+func waitGranted(tb testing.TB, keys []types.NamespacedName) {
+	tb.Helper()
 	for _, key := range keys {
 		if !kubelet.WaitUntil(5*time.Minute, func() bool {
 			var ar v1alpha1.AccessRequest
 			return cp.Client.Get(context.Background(), key, &ar) == nil && meta.IsStatusConditionTrue(ar.Status.Conditions, v1alpha1.ConditionReady)
 		}) {
-			b.Fatalf("live request %s was not granted", key)
+			tb.Fatalf("live request %s was not granted", key)
 		}
 	}
 }

@@ -495,6 +495,63 @@ func TestANewLeaderRechecksAtItsPace(t *testing.T) {
 		conditions, v1alpha1.ConditionAccessCheckReady, metav1.ConditionFalse, v1alpha1.ReasonRejected)
 }
 
+// TestRechecksTakeTurnsByNamespace: when more rechecks are due than the pace allows, they are
+// given their turns by namespace, not as they came. A tenant with twelve live Pods and one with
+// a single Pod, every request due every 200 ms, four turns a second: between two reads of the
+// single Pod the controller reads a Pod or two of the twelve (their turns alternate), not all
+// twelve (first come, first served). One tenant's many Pods do not push back another's
+// rechecks, the backstop for a Pod that ends without its unpublish. (Measured in reads between
+// reads, so that the live requests earlier tests left, which this controller rechecks too,
+// change nothing.)
+func TestRechecksTakeTurnsByNamespace(t *testing.T) {
+	setupApproval(t)
+	env := startDeployedDrivers(t, func(o *driver.Options) { o.PodRecheck, o.PodRecheckQPS = 200*time.Millisecond, 4 })
+	tool := startGitServer(t, false)
+	many, one := gatedPromotionOf(t, tool), gatedPromotionOf(t, tool)
+	waitGranted(t, append(liveGatedRequestsIn(t, env, many, 12), liveGatedRequestsIn(t, env, one, 1)...))
+	since := time.Now()
+	var reads []string
+	if !kubelet.WaitUntil(90*time.Second, func() bool {
+		reads = controllerPodReadOrder(t, since, many, one)
+		return len(slices.DeleteFunc(slices.Clone(reads), func(ns string) bool { return ns != one })) >= 4
+	}) {
+		t.Fatalf("the single Pod was not rechecked four times in 90 s: %v", reads)
+	}
+	most, run := 0, -1 // the most reads of the twelve between two reads of the single Pod
+	for _, ns := range reads {
+		switch {
+		case ns == one:
+			most, run = max(most, run), 0
+		case run >= 0:
+			run++
+		}
+	}
+	if most > 5 {
+		t.Errorf("up to %d of the twelve Pods were read between two reads of the single Pod, want at most 5 (turns by namespace)", most)
+	}
+}
+
+// controllerPodReadOrder lists, in the order the API server received them, the namespaces
+// of the controller's reads of Pods of namespaces since since.
+func controllerPodReadOrder(t *testing.T, since time.Time, namespaces ...string) []string {
+	t.Helper()
+	reads, err := cp.AuditEvents(func(ev *auditv1.Event) bool {
+		return ev.User.Username == controlplane.ControllerUser && ev.Verb == "get" && ev.ObjectRef != nil &&
+			ev.ObjectRef.Resource == "pods" && slices.Contains(namespaces, ev.ObjectRef.Namespace) && !ev.RequestReceivedTimestamp.Time.Before(since)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.SortStableFunc(reads, func(a, b auditv1.Event) int {
+		return a.RequestReceivedTimestamp.Time.Compare(b.RequestReceivedTimestamp.Time)
+	})
+	order := make([]string, len(reads))
+	for i, ev := range reads {
+		order[i] = ev.ObjectRef.Namespace
+	}
+	return order
+}
+
 // TestCheckChangesWakeOnlyTheirRequests: a change of a check object wakes the live requests
 // whose checks select it, not every live request of Pods of its namespace (each evaluation reads
 // the Pod and its Tekton owners from the API server, and runs every state). Six PipelineRuns'

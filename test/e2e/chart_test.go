@@ -247,6 +247,7 @@ func TestHelmChartValues(t *testing.T) {
 		{"node.kubeletDir=var/lib/kubelet", "/node/kubeletDir"},
 		{"controller.replicas=two", "/controller/replicas"},
 		{"metrics.auth=open", "/metrics/auth"},
+		{"metrics.auth=none,monitoring.podMonitor=true", "needs metrics.auth=delegated"},
 	} {
 		_, err := helmTemplate(t, "", ns, bad.set)
 		if err == nil || !strings.Contains(err.Error(), bad.want) {

@@ -74,7 +74,6 @@ func TestMetricsAreGuarded(t *testing.T) {
 	listeners := []string{addr, controllerAddr} // the node's options come first, then the controller's
 	startDeployedDrivers(t, func(o *driver.Options) {
 		o.MetricsListen, o.MetricsAuth, o.Profiling, listeners = listeners[0], driver.MetricsAuthDelegated, true, listeners[1:]
-		o.TokenCacheTTL = time.Minute // the counts of reviews below: the reader's token is reviewed once
 	})
 	reader := applyMetricsReader(t)
 	// The controller's listener asks as its own identity, with its own RBAC.
