@@ -13,6 +13,7 @@ import (
 	"k8s.io/apiserver/pkg/authentication/user"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/proxy"
 	"github.com/kube-connectors/connectors-csi/proxy/egress"
 )
 
@@ -77,16 +78,17 @@ func toolAddress(c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, selector
 
 // builtins are the custom APIs served here for classes without an API service of their own,
 // by the path their OpenAPI operation (x-provider-type: api) declares.
-var builtins = map[string]func(*Server, *http.Request, *v1alpha1.Connector, *v1alpha1.ConnectorClass) (*List, error){
+var builtins = map[string]func(*Server, *http.Request, user.Info, *v1alpha1.Connector, *v1alpha1.ConnectorClass) (*List, error){
 	"/git/gitrefs":      (*Server).gitRefs,
 	"/oci/repositories": (*Server).repositories,
 	"/oci/tags":         (*Server).tags,
 }
 
-// custom serves an x-provider-type: api request: the class's API service, or a built-in API.
-func (s *Server) custom(w http.ResponseWriter, r *http.Request, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, apiPath string) error {
+// custom serves an x-provider-type: api request of u: the class's API service, or a built-in
+// API.
+func (s *Server) custom(w http.ResponseWriter, r *http.Request, u user.Info, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, apiPath string) error {
 	if addr := APIAddress(class); addr != "" {
-		return s.plugin(w, r, c, class, addr, apiPath)
+		return s.plugin(w, r, u, c, class, addr, apiPath)
 	}
 	list := builtins[apiPath]
 	if list == nil {
@@ -96,7 +98,7 @@ func (s *Server) custom(w http.ResponseWriter, r *http.Request, c *v1alpha1.Conn
 	if !isRead(r.Method) {
 		return errorf(http.StatusMethodNotAllowed, metav1.StatusReasonMethodNotAllowed, "%s is read-only", apiPath)
 	}
-	out, err := list(s, r, c, class)
+	out, err := list(s, r, u, c, class)
 	if err != nil {
 		return err
 	}
@@ -119,10 +121,19 @@ func APIAddress(class *v1alpha1.ConnectorClass) string {
 	return ""
 }
 
-// plugin forwards a request to the class's API service at {address}{api-path}, with the
+// plugin forwards a request of u to the class's API service at {address}{api-path}, with the
 // Connector's address and credential in the X-Plugin-* headers (connectorclass_api_spec).
-func (s *Server) plugin(w http.ResponseWriter, r *http.Request, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, addr, apiPath string) error {
-	up, err := s.Proxy.Upstream(r.Context(), c, class)
+//
+// One service serves every tenant's Connectors of its class, each request carrying a
+// credential: a read sends no body (a service that ignores a GET's or an OPTIONS' body would
+// read it as the next request on the connection, and take that request's credential with it),
+// nothing hop-by-hop of the caller's, and its connections are the Connector's and the caller's
+// namespace's own (Proxy.OwnPool).
+func (s *Server) plugin(w http.ResponseWriter, r *http.Request, u user.Info, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, addr, apiPath string) error {
+	if isRead(r.Method) && (r.ContentLength != 0 || len(r.TransferEncoding) > 0) {
+		return errorf(http.StatusBadRequest, metav1.StatusReasonBadRequest, "a %s request to the API service of ConnectorClass %q has no body", r.Method, class.Name)
+	}
+	up, err := s.Proxy.Upstream(r.Context(), c, class, u)
 	if err != nil {
 		return credentialError(err)
 	}
@@ -136,12 +147,13 @@ func (s *Server) plugin(w http.ResponseWriter, r *http.Request, c *v1alpha1.Conn
 	out.URL = target
 	out.Host = target.Host
 	out.Header = withoutCaller(r.Header)
+	proxy.RemoveHopByHop(out.Header)
 	for _, h := range []string{HeaderPluginMeta, HeaderPluginAuth, HeaderPluginSecret} {
 		out.Header.Del(h) // the caller's, never the plugin's to be fooled by
 	}
 	out.Header.Set(egress.HopHeader, "1")
 	SetPluginHeaders(out.Header, c.Spec.Address, up.SecretType, up.SecretData)
-	res, err := pluginTransport.RoundTrip(out)
+	res, err := s.Proxy.OwnPool(pluginTransport, c, u).RoundTrip(out)
 	if err != nil {
 		return errorf(http.StatusBadGateway, "BadGateway", "API service of ConnectorClass %q unreachable: %v", class.Name, err)
 	}

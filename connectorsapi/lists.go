@@ -18,6 +18,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apiserver/pkg/authentication/user"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/proxy"
@@ -96,18 +97,18 @@ func underAddress(c *v1alpha1.Connector, raw string) (*url.URL, error) {
 }
 
 // gitRefs lists a repository's branches and tags from its smart-HTTP ref advertisement.
-func (s *Server) gitRefs(r *http.Request, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass) (*List, error) {
+func (s *Server) gitRefs(r *http.Request, u user.Info, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass) (*List, error) {
 	repo := r.URL.Query().Get("repositoryUrl")
 	if repo == "" {
 		return nil, errorf(http.StatusBadRequest, metav1.StatusReasonBadRequest, "repositoryUrl is required")
 	}
-	u, err := underAddress(c, repo)
+	repoURL, err := underAddress(c, repo)
 	if err != nil {
 		return nil, err
 	}
 	var refs []Item
-	err = s.withUpstream(r, c, class, func(ctx context.Context, up *proxy.Upstream) (err error) {
-		refs, err = listRefs(ctx, u.String(), up)
+	err = s.withUpstream(r, u, c, class, func(ctx context.Context, up *proxy.Upstream) (err error) {
+		refs, err = listRefs(ctx, repoURL.String(), up)
 		return err
 	})
 	if err != nil {
@@ -158,8 +159,8 @@ func listRefs(ctx context.Context, repo string, up *proxy.Upstream) ([]Item, err
 // withUpstream runs call with the Connector's credential and transport, bounded by toolTimeout
 // and in what it reads (AnswerLimits). A failure to resolve the credential, and a read past
 // a bound, come back as an *apiError, untouched by the callers' tool-error mapping.
-func (s *Server) withUpstream(r *http.Request, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, call func(context.Context, *proxy.Upstream) error) error {
-	up, err := s.Proxy.Upstream(r.Context(), c, class)
+func (s *Server) withUpstream(r *http.Request, u user.Info, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, call func(context.Context, *proxy.Upstream) error) error {
+	up, err := s.Proxy.Upstream(r.Context(), c, class, u)
 	if err != nil {
 		return credentialError(err)
 	}
@@ -250,13 +251,13 @@ func registryName(c *v1alpha1.Connector) (name.Registry, error) {
 }
 
 // repositories lists the registry's repositories from its v2 catalog.
-func (s *Server) repositories(r *http.Request, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass) (*List, error) {
+func (s *Server) repositories(r *http.Request, u user.Info, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass) (*List, error) {
 	reg, err := registryName(c)
 	if err != nil {
 		return nil, err
 	}
 	var repos []string
-	err = s.withUpstream(r, c, class, func(ctx context.Context, up *proxy.Upstream) (err error) {
+	err = s.withUpstream(r, u, c, class, func(ctx context.Context, up *proxy.Upstream) (err error) {
 		repos, err = remote.Catalog(ctx, reg, s.registryOptions(ctx, up)...)
 		return err
 	})
@@ -267,7 +268,7 @@ func (s *Server) repositories(r *http.Request, c *v1alpha1.Connector, class *v1a
 }
 
 // tags lists a repository's tags.
-func (s *Server) tags(r *http.Request, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass) (*List, error) {
+func (s *Server) tags(r *http.Request, u user.Info, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass) (*List, error) {
 	repoName := r.URL.Query().Get("repository")
 	if repoName == "" {
 		return nil, errorf(http.StatusBadRequest, metav1.StatusReasonBadRequest, "repository is required")
@@ -281,7 +282,7 @@ func (s *Server) tags(r *http.Request, c *v1alpha1.Connector, class *v1alpha1.Co
 		return nil, errorf(http.StatusBadRequest, metav1.StatusReasonBadRequest, "repository %q: %v", repoName, err)
 	}
 	var tags []string
-	err = s.withUpstream(r, c, class, func(ctx context.Context, up *proxy.Upstream) (err error) {
+	err = s.withUpstream(r, u, c, class, func(ctx context.Context, up *proxy.Upstream) (err error) {
 		tags, err = remote.List(repo, s.registryOptions(ctx, up)...)
 		return err
 	})

@@ -161,7 +161,7 @@ func (s *Server) serveConnector(w http.ResponseWriter, r *http.Request, ns, name
 		return err
 	}
 	if op.Provider == providerAPI {
-		return s.custom(w, r, c, class, apiPath)
+		return s.custom(w, r, u, c, class, apiPath)
 	}
 	return s.passthrough(w, r, u, c, class, op, apiPath)
 }

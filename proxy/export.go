@@ -35,9 +35,9 @@ type Upstream struct {
 	Transport http.RoundTripper
 }
 
-// Upstream resolves a Connector's credential and transport. Errors name the Connector and the
-// Secret, never a value.
-func (p *Proxy) Upstream(ctx context.Context, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass) (*Upstream, error) {
+// Upstream resolves a Connector's credential and transport for caller's requests. Errors name
+// the Connector and the Secret, never a value.
+func (p *Proxy) Upstream(ctx context.Context, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, caller user.Info) (*Upstream, error) {
 	cred, err := p.credentialFor(ctx, c, class) // also validates the Secret's type and keys
 	if err != nil {
 		return nil, err
@@ -46,7 +46,7 @@ func (p *Proxy) Upstream(ctx context.Context, c *v1alpha1.Connector, class *v1al
 	if err != nil {
 		return nil, err
 	}
-	u := &Upstream{CABundle: ca, Transport: egress.Marked(onlyAddresses{addresses: parsedAddresses(c), next: tr})}
+	u := &Upstream{CABundle: ca, Transport: egress.Marked(onlyAddresses{addresses: parsedAddresses(c), next: p.OwnPool(tr, c, caller)})}
 	if sec := cred.secret; sec != nil {
 		u.Username = string(sec.Data[corev1.BasicAuthUsernameKey])
 		u.Password = string(sec.Data[corev1.BasicAuthPasswordKey])
@@ -54,6 +54,13 @@ func (p *Proxy) Upstream(ctx context.Context, c *v1alpha1.Connector, class *v1al
 		u.SecretType, u.SecretData = AuthSecretType(c, class, sec), sec.Data
 	}
 	return u, nil
+}
+
+// OwnPool is tr with connections of c's and caller's namespace's own, as the proxy pools its
+// own (ownerTransports): no connection carries one tenant's request and then, with another
+// Connector's credential, another's.
+func (p *Proxy) OwnPool(tr *http.Transport, c *v1alpha1.Connector, caller user.Info) *http.Transport {
+	return p.owned.For(tr, poolOwner{connector: c.UID, caller: callerOf(caller)})
 }
 
 // onlyAddresses refuses requests to URLs no address of the Connector covers.

@@ -1297,7 +1297,7 @@ func (c *laneConn) answer(a *bufferedAnswer) bool {
 // rewrite do: hop-by-hop and X-Forwarded headers out, no Go User-Agent, then the route.
 func outgoing(r *http.Request, rt *route) *http.Request {
 	h := r.Header
-	removeHopByHop(h)
+	RemoveHopByHop(h)
 	for _, name := range forwardedHeaders {
 		delete(h, name)
 	}
@@ -1314,9 +1314,9 @@ func outgoing(r *http.Request, rt *route) *http.Request {
 var hopByHopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
 	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
 
-// removeHopByHop removes h's hop-by-hop headers: those its Connection header names, and
-// hopByHopHeaders.
-func removeHopByHop(h http.Header) {
+// RemoveHopByHop removes h's hop-by-hop headers: those its Connection header names, and
+// hopByHopHeaders. The Connectors API uses it too, for what it sends a class's API service.
+func RemoveHopByHop(h http.Header) {
 	for _, f := range h["Connection"] {
 		for name := range strings.SplitSeq(f, ",") {
 			h.Del(strings.TrimSpace(name))
@@ -1359,7 +1359,7 @@ func (c *laneConn) forward(out *http.Request, rt *route, m *meteredWriter) bool 
 // the proxy's) and returns its status; ok is false when the answer broke off.
 func (c *laneConn) relayAnswer(method string, res *http.Response, rt *route) (code int, ok bool) {
 	defer res.Body.Close()
-	removeHopByHop(res.Header)
+	RemoveHopByHop(res.Header)
 	rewriteLocationFor(res, rt)
 	return res.StatusCode, c.writeAnswer(method, res) == nil
 }

@@ -572,7 +572,8 @@ func updateClass(t testing.TB, name string, change func(*v1alpha1.ConnectorClass
 }
 
 // startPlugin starts a class API service that answers a List and hands over each request's
-// headers, with its path and query as X-Path.
+// headers, with its path and query as X-Path and its connection's client address as
+// X-Connection.
 func startPlugin(t *testing.T) (string, <-chan http.Header) {
 	t.Helper()
 	seen := make(chan http.Header, 16)
@@ -583,6 +584,7 @@ func startPlugin(t *testing.T) (string, <-chan http.Header) {
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h := r.Header.Clone()
 		h.Set("X-Path", r.URL.RequestURI())
+		h.Set("X-Connection", r.RemoteAddr)
 		select {
 		case seen <- h:
 		default:

@@ -1,0 +1,100 @@
+package e2e
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"maps"
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/test/kubelet"
+)
+
+// TestTenancyClassAPIServiceKeepsTenantsApart: a class's API service (plugin) serves every
+// tenant's Connectors of its class, each request carrying the Connector's credential in
+// X-Plugin-Secret. Were its connections shared, a tenant's GET or OPTIONS with a body, which a
+// service that ignores such bodies reads as the start of the next request on the connection,
+// would join the next tenant's request and credential to a request of the first tenant's
+// making. So a read with a body is refused before the service is asked, and each tenant's
+// requests come on connections of their own: two tenants alternating never share one.
+func TestTenancyClassAPIServiceKeepsTenantsApart(t *testing.T) {
+	env := startProxyDriver(t, nil)
+	plugin, seen := startPlugin(t)
+	class := newClass(t, "plugin")
+	setClassAPI(t, class, &v1alpha1.APISpec{Destination: v1alpha1.Destination{URI: plugin},
+		OpenAPI: openAPIGets(map[string]map[string]string{"/plugin/projects": {"x-provider-type": "api"}})})
+	tenants := map[string]string{} // namespace → its viewer's token
+	for _, name := range []string{"tenant-a", "tenant-b"} {
+		ns := newNamespace(t)
+		createSecret(t, ns, "cred", corev1.SecretTypeBasicAuth, map[string]string{"username": name, "password": name + "-secret"})
+		newConnectorWithSecret(t, ns, "plugged", class, "http://"+name+".example", "basicAuth", "cred")
+		tenants[ns] = apiToken(t, ns, "viewer")
+		allowConnectors(t, ns, "viewer", "plugged")
+	}
+	call := func(ns, method string, body string) (int, string) {
+		req, err := http.NewRequest(method, connectorAPI(env, ns, "plugged", "/plugin/projects"), strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if body == "" {
+			req.Body, req.ContentLength = nil, 0
+		}
+		req.Header.Set("Authorization", "Bearer "+tenants[ns])
+		return do(t, noRedirects, req)
+	}
+	namespaces := slices.Sorted(maps.Keys(tenants))
+	for _, ns := range namespaces {
+		if !kubelet.WaitUntil(10*time.Second, func() bool { code, _ := call(ns, http.MethodGet, ""); return code == http.StatusOK }) {
+			t.Fatalf("%s's Connector never reached its class's API service", ns)
+		}
+	}
+	for len(seen) > 0 {
+		<-seen
+	}
+
+	// A read with a body, as a smuggler would send it: refused, and the service never asked.
+	smuggled := "GET /plugin/projects HTTP/1.1\r\nHost: x\r\nX-Plugin-Meta: " + base64.StdEncoding.EncodeToString([]byte(`{"baseURL":"http://attacker"}`)) + "\r\nX-Pad: "
+	for _, method := range []string{http.MethodOptions, http.MethodGet} {
+		if code, body := call(namespaces[0], method, smuggled); code != http.StatusBadRequest || !strings.Contains(body, "has no body") {
+			t.Errorf("%s with a body: %d %q, want 400 naming the body", method, code, body)
+		}
+	}
+	if len(seen) != 0 {
+		t.Errorf("the API service was asked %d times for reads with a body", len(seen))
+	}
+
+	// Alternating tenants: each tenant's connections are its own.
+	connections := map[string]map[string]bool{} // the tenant's username → the connections it came on
+	for range 3 {
+		for _, ns := range namespaces {
+			if code, body := call(ns, http.MethodGet, ""); code != http.StatusOK {
+				t.Fatalf("%s: %d %q", ns, code, body)
+			}
+			h := <-seen
+			secret, _ := base64.StdEncoding.DecodeString(h.Get("X-Plugin-Secret"))
+			var data map[string][]byte
+			if err := json.Unmarshal(secret, &data); err != nil {
+				t.Fatalf("X-Plugin-Secret: %v", err)
+			}
+			who := string(data["username"])
+			if connections[who] == nil {
+				connections[who] = map[string]bool{}
+			}
+			connections[who][h.Get("X-Connection")] = true
+		}
+	}
+	for conn := range connections["tenant-a"] {
+		if connections["tenant-b"][conn] {
+			t.Errorf("connection %s carried both tenants' requests and credentials", conn)
+		}
+	}
+	if len(connections) != 2 {
+		t.Errorf("the service saw the credentials of %d tenants, want 2", len(connections))
+	}
+}
