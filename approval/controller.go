@@ -41,6 +41,7 @@ import (
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/fairqueue"
+	"github.com/kube-connectors/connectors-csi/node/volumeattrs"
 	"github.com/kube-connectors/connectors-csi/regoeval"
 )
 
@@ -63,7 +64,10 @@ type Controller struct {
 	// RoleBindings (LabelGrant; the driver's cache holds only those of them).
 	Cache           cache.Cache
 	SystemNamespace string
-	Recorder        events.EventRecorder
+	// DriverName is the CSI driver whose inline volumes name the Connectors a request may be
+	// for (empty: any driver's).
+	DriverName string
+	Recorder   events.EventRecorder
 	// Retention is how long a finished (revoked) AccessRequest is kept.
 	Retention time.Duration
 	// PodRecheck is how often a live request reads its Pod again (0: only on events).
@@ -508,6 +512,13 @@ func (c *Controller) evaluate(ctx context.Context, ar *v1alpha1.AccessRequest) (
 	if ar.Spec.Subject != subject {
 		return reconcile.Result{}, c.refuseSubject(ctx, ar, subject)
 	}
+	if connector := (types.NamespacedName{Namespace: ar.Namespace, Name: ar.Spec.ConnectorRef.Name}); !usesConnector(&pod, c.DriverName, connector) {
+		// Anyone who may create requests in the Connector's namespace may name any Pod in them:
+		// evaluated, its checks would read the Pod's namespace for the request's writer.
+		return reconcile.Result{}, c.refuse(ctx, ar, v1alpha1.ReasonConnectorNotMounted,
+			fmt.Sprintf("Pod %s/%s has no volume naming Connector %s: no node asked for this request; nothing is evaluated or granted",
+				ref.Namespace, ref.Name, connector))
+	}
 
 	if len(ar.Status.Policies) == 0 {
 		tooLarge, err := c.snapshotPolicies(ctx, ar, &connector)
@@ -589,15 +600,34 @@ func podSubject(pod *corev1.Pod) rbacv1.Subject {
 // granted to either, whatever the checks say.
 func (c *Controller) refuseSubject(ctx context.Context, ar *v1alpha1.AccessRequest, subject rbacv1.Subject) error {
 	s := ar.Spec.Subject
-	msg := fmt.Sprintf("the request's subject %s %s/%s is not the Pod's ServiceAccount %s/%s: nothing is granted",
-		s.Kind, s.Namespace, s.Name, subject.Namespace, subject.Name)
+	return c.refuse(ctx, ar, v1alpha1.ReasonSubjectMismatch, fmt.Sprintf("the request's subject %s %s/%s is not the Pod's ServiceAccount %s/%s: nothing is granted",
+		s.Kind, s.Namespace, s.Name, subject.Namespace, subject.Name))
+}
+
+// refuse grants nothing to a request that is not the Pod's: its grant, if any, goes, and
+// AccessPermissionSync and Ready say why (reason, msg).
+func (c *Controller) refuse(ctx context.Context, ar *v1alpha1.AccessRequest, reason, msg string) error {
 	// The grant goes before the status says there is none (PodGrants reads the status).
 	if err := c.deleteGrant(ctx, ar); err != nil {
 		return err
 	}
-	c.setCondition(ar, v1alpha1.ConditionAccessPermissionSync, metav1.ConditionFalse, v1alpha1.ReasonSubjectMismatch, "%s", msg)
-	c.setCondition(ar, v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonSubjectMismatch, "%s", msg)
+	c.setCondition(ar, v1alpha1.ConditionAccessPermissionSync, metav1.ConditionFalse, reason, "%s", msg)
+	c.setCondition(ar, v1alpha1.ConditionReady, metav1.ConditionFalse, reason, "%s", msg)
 	return nil
+}
+
+// usesConnector tells whether pod has an inline volume of driver (empty: any) whose
+// attributes name the Connector: the node asks for a request only for such a volume.
+func usesConnector(pod *corev1.Pod, driver string, connector types.NamespacedName) bool {
+	for _, v := range pod.Spec.Volumes {
+		if v.CSI == nil || driver != "" && v.CSI.Driver != driver {
+			continue
+		}
+		if named, err := volumeattrs.ConnectorsOf(v.CSI.VolumeAttributes, pod.Namespace); err == nil && slices.Contains(named, connector) {
+			return true
+		}
+	}
+	return false
 }
 
 // revocation says why a request's access must end, or "".

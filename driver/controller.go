@@ -109,6 +109,7 @@ func startController(ctx context.Context, g *errgroup.Group, p *process, ready *
 		Reader:              mgr.GetAPIReader(),
 		Cache:               mgr.GetCache(),
 		SystemNamespace:     o.SystemNamespace,
+		DriverName:          o.DriverName,
 		Recorder:            mgr.GetEventRecorder(o.DriverName),
 		Retention:           o.RequestRetention,
 		PodRecheck:          o.PodRecheck,

@@ -7,18 +7,18 @@ import (
 	"strings"
 
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/kube-connectors/connectors-csi/features"
 	"github.com/kube-connectors/connectors-csi/node/records"
+	"github.com/kube-connectors/connectors-csi/node/volumeattrs"
 	"github.com/kube-connectors/connectors-csi/render"
 )
 
 // Volume attributes a Pod may set (SPEC §3.2).
 const (
-	attrConnectors          = "connectors"
-	attrConnectorName       = "connector.name"
-	attrConnectorNamespace  = "connector.namespace"
+	attrConnectors          = volumeattrs.Connectors
+	attrConnectorName       = volumeattrs.ConnectorName
+	attrConnectorNamespace  = volumeattrs.ConnectorNamespace
 	attrConfigurationNames  = "configuration.names"
 	attrConfigurationParams = "configuration.params"
 	attrTokenExpiration     = "token.expiration"
@@ -79,7 +79,7 @@ func parseAttributes(vc, secrets map[string]string, audience string) (*volumeReq
 	if r.pod, err = parsePod(vc); err != nil {
 		return nil, err
 	}
-	if r.connectors, err = parseConnectors(vc, r.pod.Namespace); err != nil {
+	if r.connectors, err = volumeattrs.ConnectorsOf(vc, r.pod.Namespace); err != nil {
 		return nil, err
 	}
 	r.configurations, r.excluded = parseConfigurationNames(vc[attrConfigurationNames])
@@ -108,50 +108,6 @@ func parsePod(vc map[string]string) (records.Pod, error) {
 		return p, fmt.Errorf("volume context %s is %q: this driver serves only inline (ephemeral) volumes", keyEphemeral, e)
 	}
 	return p, nil
-}
-
-// maxVolumeConnectors bounds the Connectors one volume names: each is authorized, read and
-// rendered on every publish, and the list is checked before any of that (for a name given
-// twice, among others), so its length is the Pod author's to choose and the node's to pay.
-const maxVolumeConnectors = 64
-
-func parseConnectors(vc map[string]string, podNamespace string) ([]types.NamespacedName, error) {
-	list, name, ns := vc[attrConnectors], vc[attrConnectorName], vc[attrConnectorNamespace]
-	if list != "" && (name != "" || ns != "") {
-		return nil, fmt.Errorf("give either %s or the deprecated %s/%s, not both", attrConnectors, attrConnectorName, attrConnectorNamespace)
-	}
-	if list == "" && name == "" {
-		return nil, fmt.Errorf("volume attribute %s is required (comma-separated namespace/name or name)", attrConnectors)
-	}
-	if list == "" {
-		if ns == "" {
-			ns = podNamespace
-		}
-		list = ns + "/" + name
-	}
-	items := strings.Split(list, ",")
-	if len(items) > maxVolumeConnectors {
-		return nil, fmt.Errorf("%s names %d Connectors; a volume may name at most %d", attrConnectors, len(items), maxVolumeConnectors)
-	}
-	var out []types.NamespacedName
-	for _, item := range items {
-		item = strings.TrimSpace(item)
-		nn := types.NamespacedName{Namespace: podNamespace, Name: item}
-		if i := strings.IndexByte(item, '/'); i >= 0 {
-			nn = types.NamespacedName{Namespace: item[:i], Name: item[i+1:]}
-		}
-		if errs := validation.IsDNS1123Subdomain(nn.Name); len(errs) > 0 {
-			return nil, fmt.Errorf("%s: %q is not a valid Connector name: %s", attrConnectors, item, strings.Join(errs, "; "))
-		}
-		if errs := validation.IsDNS1123Label(nn.Namespace); len(errs) > 0 {
-			return nil, fmt.Errorf("%s: %q has an invalid namespace: %s", attrConnectors, item, strings.Join(errs, "; "))
-		}
-		if slices.Contains(out, nn) {
-			return nil, fmt.Errorf("%s: Connector %q is named twice", attrConnectors, nn)
-		}
-		out = append(out, nn)
-	}
-	return out, nil
 }
 
 // parseConfigurationNames splits configuration.names into names to render and "!file"

@@ -224,6 +224,40 @@ func TestAccessRequestSubjectComesFromThePod(t *testing.T) {
 	}
 }
 
+// TestTenancyARequestForAnotherNamespacesPodIsNotEvaluated: anyone who may create
+// AccessRequests in their own namespace could name another namespace's Pod in one (its name,
+// UID and ServiceAccount are no secret to many), for a Connector and a policy of their own:
+// evaluated, its checks would read the Pod's namespace (its ApprovalTasks, through the writer's
+// own check) and report on them in the request's status. The Pod has no volume naming that
+// Connector, so no node asked for the request: it is refused, unevaluated, and grants nothing,
+// while the Pod's own request is evaluated as ever.
+func TestTenancyARequestForAnotherNamespacesPodIsNotEvaluated(t *testing.T) {
+	env, victim := approvalEnv(t)
+	pipelineGate(t, victim)
+	approvalTask(t, victim, "release-1", "approved")
+	pod := pipelineRunPod(t, env.kubelet, victim, "release-1", "promote", map[string]string{"connectors": "prod"})
+	attacker := newNamespace(t)
+	gatedConnector(t, attacker, "tool", gitClass(t), startGitServer(t, false), pipelineCheck, podRole)
+	forged := podRequest("tool", pod, "builder")
+	forged.Namespace = attacker
+	create(t, forged)
+	ar := waitRequest(t, client.ObjectKeyFromObject(forged), v1alpha1.ConditionReady)
+	if c := meta.FindStatusCondition(ar.Status.Conditions, v1alpha1.ConditionReady); c == nil || c.Status != metav1.ConditionFalse ||
+		c.Reason != v1alpha1.ReasonConnectorNotMounted || !strings.Contains(c.Message, attacker+"/tool") {
+		t.Errorf("Ready: %+v, want False/%s naming %s/tool", c, v1alpha1.ReasonConnectorNotMounted, attacker)
+	}
+	if c := meta.FindStatusCondition(ar.Status.Conditions, v1alpha1.ConditionAccessCheckReady); c != nil && c.Status == metav1.ConditionTrue {
+		t.Errorf("the request's checks were evaluated over the other namespace's objects: %+v", c)
+	}
+	var rb rbacv1.RoleBinding
+	if err := cp.Client.Get(context.Background(), client.ObjectKeyFromObject(forged), &rb); !apierrors.IsNotFound(err) {
+		t.Errorf("a RoleBinding for the forged request exists (%v)", err)
+	}
+	if err := publishOutcome(t, env, pod); err != nil {
+		t.Errorf("the Pod's own publish, approved: %v", err)
+	}
+}
+
 // TestRoleTemplatesAreCheckedAndEscaped: a role template whose rules reach beyond Connectors
 // grants nothing (for a request and for a policy's defaultPermission) and says which rule;
 // a Pod's annotation read by a role template stays one string: it cannot add a rule or a

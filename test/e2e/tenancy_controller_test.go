@@ -487,7 +487,7 @@ func startApprovalController(t *testing.T, funcs interceptor.Funcs, reader func(
 	}
 	c := &approval.Controller{
 		Client: interceptor.NewClient(withoutWatch{mgr.GetClient()}, funcs),
-		Reader: uncached, Cache: mgr.GetCache(), SystemNamespace: systemNS,
+		Reader: uncached, Cache: mgr.GetCache(), SystemNamespace: systemNS, DriverName: driverName,
 		Retention: opts.RequestRetention, PodRecheck: opts.PodRecheck, States: states,
 	}
 	if err := c.SetupWithManager(mgr); err != nil {

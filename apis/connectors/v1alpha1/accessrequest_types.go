@@ -36,6 +36,10 @@ const (
 	// ReasonSubjectMismatch (AccessPermissionSync, Ready): spec.subject is not the Pod's
 	// ServiceAccount; nothing is granted.
 	ReasonSubjectMismatch = "SubjectMismatch"
+	// ReasonConnectorNotMounted (AccessPermissionSync, Ready): the Pod has no volume of the
+	// driver naming the request's Connector, so no node asked for it; nothing is evaluated or
+	// granted.
+	ReasonConnectorNotMounted = "ConnectorNotMounted"
 	// ReasonInvalidRoleTemplate (AccessPermissionSync, Ready; an AccessPolicy's PermissionSync
 	// and Ready): the role template does not render, or renders a rule outside the allow-list.
 	ReasonInvalidRoleTemplate = "InvalidRoleTemplate"
