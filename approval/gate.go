@@ -271,7 +271,8 @@ func verdict(ar *v1alpha1.AccessRequest) *node.Admission {
 		return &node.Admission{AccessRequest: name, Revoked: true, Message: "it was revoked, for good for this Pod (a new Pod asks anew): " + revokedWhy(ar)}
 	case ready != nil && ready.Status == metav1.ConditionTrue:
 		return &node.Admission{Granted: true, AccessRequest: name}
-	case ready != nil && (ready.Reason == v1alpha1.ReasonSubjectMismatch || ready.Reason == v1alpha1.ReasonInvalidRoleTemplate):
+	case ready != nil && (ready.Reason == v1alpha1.ReasonSubjectMismatch || ready.Reason == v1alpha1.ReasonInvalidRoleTemplate ||
+		ready.Reason == v1alpha1.ReasonConnectorNotMounted):
 		return &node.Admission{AccessRequest: name, Failed: true, Message: ready.Message}
 	case check != nil && (check.Reason == v1alpha1.ReasonRejected || check.Reason == v1alpha1.ReasonFailed):
 		return &node.Admission{AccessRequest: name, Rejected: check.Reason == v1alpha1.ReasonRejected,

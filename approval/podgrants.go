@@ -105,7 +105,8 @@ func mayHoldGrant(ar *v1alpha1.AccessRequest) bool {
 		return false
 	}
 	switch sync.Reason {
-	case v1alpha1.ReasonPermissionCleanUp, v1alpha1.ReasonNoPermissionRequired, v1alpha1.ReasonInvalidRoleTemplate, v1alpha1.ReasonSubjectMismatch:
+	case v1alpha1.ReasonPermissionCleanUp, v1alpha1.ReasonNoPermissionRequired, v1alpha1.ReasonInvalidRoleTemplate, v1alpha1.ReasonSubjectMismatch,
+		v1alpha1.ReasonConnectorNotMounted:
 		return false
 	}
 	return true

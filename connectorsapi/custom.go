@@ -125,14 +125,12 @@ func APIAddress(class *v1alpha1.ConnectorClass) string {
 // Connector's address and credential in the X-Plugin-* headers (connectorclass_api_spec).
 //
 // One service serves every tenant's Connectors of its class, each request carrying a
-// credential: a read sends no body (a service that ignores a GET's or an OPTIONS' body would
-// read it as the next request on the connection, and take that request's credential with it),
-// nothing hop-by-hop of the caller's, and its connections are the Connector's and the caller's
-// namespace's own (Proxy.OwnPool).
+// credential: a read is sent without a body (a service that ignores a GET's or an OPTIONS' body
+// would read it as the next request on the connection, and take that request's credential
+// with it), nothing hop-by-hop of the caller's goes, and the connections are the Connector's
+// and the caller's own (Proxy.OwnPool), so that what a write's body could smuggle stays with
+// its own tenant and credential.
 func (s *Server) plugin(w http.ResponseWriter, r *http.Request, u user.Info, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, addr, apiPath string) error {
-	if isRead(r.Method) && (r.ContentLength != 0 || len(r.TransferEncoding) > 0) {
-		return errorf(http.StatusBadRequest, metav1.StatusReasonBadRequest, "a %s request to the API service of ConnectorClass %q has no body", r.Method, class.Name)
-	}
 	up, err := s.Proxy.Upstream(r.Context(), c, class, u)
 	if err != nil {
 		return credentialError(err)
@@ -146,6 +144,9 @@ func (s *Server) plugin(w http.ResponseWriter, r *http.Request, u user.Info, c *
 	out.RequestURI = ""
 	out.URL = target
 	out.Host = target.Host
+	if isRead(r.Method) {
+		out.Body, out.ContentLength, out.TransferEncoding = http.NoBody, 0, nil
+	}
 	out.Header = withoutCaller(r.Header)
 	proxy.RemoveHopByHop(out.Header)
 	for _, h := range []string{HeaderPluginMeta, HeaderPluginAuth, HeaderPluginSecret} {
@@ -161,6 +162,7 @@ func (s *Server) plugin(w http.ResponseWriter, r *http.Request, u user.Info, c *
 	for k, v := range res.Header {
 		w.Header()[k] = v
 	}
+	proxy.RemoveHopByHop(w.Header())
 	confineAnswer(w.Header())
 	w.WriteHeader(res.StatusCode)
 	_, _ = io.Copy(w, res.Body)

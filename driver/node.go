@@ -129,8 +129,9 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 		ReadHeaderTimeout: o.ProxyReadHeaderTimeout, IdleTimeout: o.ProxyIdleTimeout, UpstreamIdleTimeout: o.ProxyUpstreamIdleTimeout,
 		SecretCacheSize: o.SecretCacheSize, SecretCacheBytes: o.SecretCacheBytes, RegistryTokenCacheSize: o.RegistryTokenCacheSize, RegistryTokenBytes: o.RegistryTokenBytes,
 		LeafCacheSize: o.LeafCacheSize, TransportCacheSize: o.TransportCacheSize, OwnerTransportCacheSize: o.OwnerTransportSize,
-		Refusals:  &proxy.RefusalEvents{Recorder: recorder, Interval: o.RefusalEventInterval, QPS: o.RefusalEventQPS},
-		PodGrants: &approval.PodGrants{Local: informers, Live: proxyClient},
+		APITransportCacheSize: o.APITransportSize,
+		Refusals:              &proxy.RefusalEvents{Recorder: recorder, Interval: o.RefusalEventInterval, QPS: o.RefusalEventQPS},
+		PodGrants:             &approval.PodGrants{Local: informers, Live: proxyClient},
 	})
 	if err != nil {
 		return err

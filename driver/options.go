@@ -45,6 +45,7 @@ const (
 	defaultLeafCacheSize          = 1000
 	defaultTransportCacheSize     = 64
 	defaultOwnerTransportSize     = 1024
+	defaultAPITransportSize       = 1024
 	defaultPermissionCacheSize    = 10000
 	defaultConnectorCacheSize     = 1000
 	defaultConnectorIdle          = 10 * time.Minute
@@ -204,6 +205,7 @@ type Options struct {
 	LeafCacheSize          int
 	TransportCacheSize     int
 	OwnerTransportSize     int
+	APITransportSize       int
 	PermissionCacheSize    int
 	ConnectorCacheSize     int
 	ConnectorIdle          time.Duration
@@ -366,6 +368,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.IntVar(&o.LeafCacheSize, "leaf-cache-size", defaultLeafCacheSize, "TLS leaf certificates (one per CONNECT host) the proxy keeps at most")
 	fs.IntVar(&o.TransportCacheSize, "transport-cache-size", defaultTransportCacheSize, "upstream connection pools (one per Connector CA bundle) the proxy keeps at most")
 	fs.IntVar(&o.OwnerTransportSize, "transport-owner-cache-size", defaultOwnerTransportSize, "upstream connection pools of the requests the proxy's own pools do not take (other methods, upgrades, HTTP/2-only tools), one per Connector and caller namespace, kept at most (the least recently used are closed)")
+	fs.IntVar(&o.APITransportSize, "api-transport-cache-size", defaultAPITransportSize, "upstream connection pools of the Connectors API's calls (to tools and class API services), one per Connector and caller (a ServiceAccount's namespace, else the user), kept at most apart from the proxy's (the least recently used are closed)")
 	fs.IntVar(&o.PermissionCacheSize, "proxy-permission-cache-size", defaultPermissionCacheSize, "connectors/proxy decisions (by Pod, Connector and verb) the proxy keeps at most")
 	fs.IntVar(&o.ConnectorCacheSize, "connector-cache-size", defaultConnectorCacheSize, "Connectors a node watches at most (the ones its volumes and proxy requests use)")
 	fs.DurationVar(&o.ConnectorIdle, "connector-idle-timeout", defaultConnectorIdle, "a node stops watching a Connector nothing read for this long")
@@ -665,6 +668,7 @@ func (v *validated) proxyLimits() error {
 		{"--registry-token-cache-size", &v.RegistryTokenCacheSize, defaultRegistryTokenCacheSize}, {"--leaf-cache-size", &v.LeafCacheSize, defaultLeafCacheSize},
 		{"--transport-cache-size", &v.TransportCacheSize, defaultTransportCacheSize},
 		{"--transport-owner-cache-size", &v.OwnerTransportSize, defaultOwnerTransportSize},
+		{"--api-transport-cache-size", &v.APITransportSize, defaultAPITransportSize},
 		{"--proxy-permission-cache-size", &v.PermissionCacheSize, defaultPermissionCacheSize},
 		{"--connector-cache-size", &v.ConnectorCacheSize, defaultConnectorCacheSize},
 		{"--api-openapi-cache-size", &v.OpenAPICacheSize, defaultOpenAPICacheSize},

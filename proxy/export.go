@@ -46,7 +46,8 @@ func (p *Proxy) Upstream(ctx context.Context, c *v1alpha1.Connector, class *v1al
 	if err != nil {
 		return nil, err
 	}
-	u := &Upstream{CABundle: ca, Transport: egress.Marked(onlyAddresses{addresses: parsedAddresses(c), next: p.OwnPool(tr, c, caller)})}
+	owned := ownedPool{p: p, tr: tr, owner: poolOwner{connector: c.UID, caller: callerOf(caller)}}
+	u := &Upstream{CABundle: ca, Transport: egress.Marked(onlyAddresses{addresses: parsedAddresses(c), next: owned})}
 	if sec := cred.secret; sec != nil {
 		u.Username = string(sec.Data[corev1.BasicAuthUsernameKey])
 		u.Password = string(sec.Data[corev1.BasicAuthPasswordKey])
@@ -56,11 +57,25 @@ func (p *Proxy) Upstream(ctx context.Context, c *v1alpha1.Connector, class *v1al
 	return u, nil
 }
 
-// OwnPool is tr with connections of c's and caller's namespace's own, as the proxy pools its
-// own (ownerTransports): no connection carries one tenant's request and then, with another
-// Connector's credential, another's.
+// OwnPool is tr with connections of c's and caller's own (the caller's namespace for a
+// ServiceAccount, else the user), as the proxy pools its own (ownerTransports; the API's are
+// kept apart from the proxy's, --api-transport-cache-size): no connection
+// carries one tenant's request and then, with another Connector's credential, another's.
 func (p *Proxy) OwnPool(tr *http.Transport, c *v1alpha1.Connector, caller user.Info) *http.Transport {
-	return p.owned.For(tr, poolOwner{connector: c.UID, caller: callerOf(caller)})
+	return p.apiOwned.For(tr, poolOwner{connector: c.UID, caller: callerOf(caller)})
+}
+
+// ownedPool sends through tr's clone of owner's own, taken from the owner transports when a
+// request is sent: an Upstream whose transport goes unused (a class API service's call needs
+// only the credential) takes no place among them.
+type ownedPool struct {
+	p     *Proxy
+	tr    *http.Transport
+	owner poolOwner
+}
+
+func (o ownedPool) RoundTrip(r *http.Request) (*http.Response, error) {
+	return o.p.apiOwned.For(o.tr, o.owner).RoundTrip(r)
 }
 
 // onlyAddresses refuses requests to URLs no address of the Connector covers.

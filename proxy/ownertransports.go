@@ -26,10 +26,10 @@ type ownerTransportKey struct {
 }
 
 // newOwnerTransports keeps up to size transports (the least recently used go first, their idle
-// connections closed), reported as connectors_cache_entries{cache="owner_transports"}.
-func newOwnerTransports(size int) *ownerTransports {
+// connections closed), reported as connectors_cache_entries{cache=name}.
+func newOwnerTransports(name string, size int) *ownerTransports {
 	byOwner, _ := lru.NewWithEvict(max(size, 1), func(_ ownerTransportKey, tr *http.Transport) { tr.CloseIdleConnections() })
-	cachemetrics.Register("owner_transports", byOwner.Len)
+	cachemetrics.Register(name, byOwner.Len)
 	return &ownerTransports{byOwner: byOwner}
 }
 

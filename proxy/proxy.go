@@ -85,8 +85,10 @@ type Config struct {
 	// (per host), upstream transports (per CA bundle), connectors/proxy decisions.
 	SecretCacheSize, RegistryTokenCacheSize, LeafCacheSize, TransportCacheSize, PermissionCacheSize int
 	// OwnerTransportCacheSize bounds the pools of requests the direct transport does not take,
-	// one per Connector and caller namespace (ownerTransports).
-	OwnerTransportCacheSize int
+	// one per Connector and caller namespace (ownerTransports); APITransportCacheSize those of
+	// the Connectors API's calls (OwnPool, Upstream), apart: a console's many users, each a
+	// caller of their own, do not push the proxy's pools out.
+	OwnerTransportCacheSize, APITransportCacheSize int
 	// SecretCacheBytes bounds the data of the Secrets kept together, RegistryTokenBytes the
 	// registry tokens (and an eighth more their challenges).
 	SecretCacheBytes, RegistryTokenBytes int64
@@ -111,8 +113,8 @@ func (c Config) check() error {
 	}
 	for name, v := range map[string]int{"MaxHeaderBytes": c.MaxHeaderBytes, "SecretCacheSize": c.SecretCacheSize,
 		"RegistryTokenCacheSize": c.RegistryTokenCacheSize, "LeafCacheSize": c.LeafCacheSize, "TransportCacheSize": c.TransportCacheSize,
-		"OwnerTransportCacheSize": c.OwnerTransportCacheSize,
-		"PermissionCacheSize":     c.PermissionCacheSize} {
+		"OwnerTransportCacheSize": c.OwnerTransportCacheSize, "APITransportCacheSize": c.APITransportCacheSize,
+		"PermissionCacheSize": c.PermissionCacheSize} {
 		if v <= 0 {
 			return fmt.Errorf("proxy config: %s must be positive", name)
 		}
@@ -154,6 +156,8 @@ type Proxy struct {
 	direct     *directTransport
 	// owned carry what direct does not take, in pools split as direct's are.
 	owned *ownerTransports
+	// apiOwned are the Connectors API's, split the same way.
+	apiOwned *ownerTransports
 	// passthrough takes forward-proxy destinations no named Connector covers.
 	passthrough *passthrough
 	// podEpochs end the remembered decisions (perms) and routes (the fast lane's) of a Pod's
@@ -193,7 +197,8 @@ func New(objects client.Reader, reviewer Reviewer, flags *features.Source, kube 
 		cfg.Permissions = reviewer
 	}
 	p.direct = newDirectTransport(directMaxIdlePerHost, cfg.UpstreamIdleTimeout, cfg.MaxHeaderBytes)
-	p.owned = newOwnerTransports(cfg.OwnerTransportCacheSize)
+	p.owned = newOwnerTransports("owner_transports", cfg.OwnerTransportCacheSize)
+	p.apiOwned = newOwnerTransports("api_transports", cfg.APITransportCacheSize)
 	p.perms = newPermissions(cfg.Permissions, permissionTTLs{allow: cfg.PermissionAllowTTL, deny: cfg.PermissionDenyTTL, settle: cfg.PermissionSettle},
 		cfg.PermissionCacheSize, &p.podEpochs)
 	p.reverse = &httputil.ReverseProxy{

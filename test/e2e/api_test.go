@@ -9,6 +9,7 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -572,8 +573,8 @@ func updateClass(t testing.TB, name string, change func(*v1alpha1.ConnectorClass
 }
 
 // startPlugin starts a class API service that answers a List and hands over each request's
-// headers, with its path and query as X-Path and its connection's client address as
-// X-Connection.
+// headers, with its path and query as X-Path, its connection's client address as X-Connection
+// and the size of the body it read as X-Body-Bytes.
 func startPlugin(t *testing.T) (string, <-chan http.Header) {
 	t.Helper()
 	seen := make(chan http.Header, 16)
@@ -585,6 +586,8 @@ func startPlugin(t *testing.T) (string, <-chan http.Header) {
 		h := r.Header.Clone()
 		h.Set("X-Path", r.URL.RequestURI())
 		h.Set("X-Connection", r.RemoteAddr)
+		body, _ := io.ReadAll(r.Body)
+		h.Set("X-Body-Bytes", strconv.Itoa(len(body)))
 		select {
 		case seen <- h:
 		default:

@@ -258,6 +258,28 @@ func TestTenancyARequestForAnotherNamespacesPodIsNotEvaluated(t *testing.T) {
 	}
 }
 
+// TestAPublishFailsWhenTheRolesNameAnotherDriver: the controller evaluates only requests whose
+// Pod has a volume of its --driver-name naming the Connector. Were the roles given different
+// names, every gated publish would be refused: the publish says so (FailedPrecondition, naming
+// what is wrong) rather than wait for an evaluation that never comes.
+func TestAPublishFailsWhenTheRolesNameAnotherDriver(t *testing.T) {
+	setupApproval(t)
+	node := true // the node's options come first, then the controller's
+	env := startDeployedDrivers(t, func(o *driver.Options) {
+		if !node {
+			o.DriverName = "another.csi.example"
+		}
+		node = false
+	})
+	ns := newNamespace(t)
+	pipelineGate(t, ns)
+	approvalTask(t, ns, "release-1", "approved")
+	pod := pipelineRunPod(t, env.kubelet, ns, "release-1", "promote", map[string]string{"connectors": "prod"})
+	if err := publishOutcome(t, env, pod); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "has no volume naming Connector "+ns+"/prod") {
+		t.Errorf("publish with the controller on another driver name: %v, want FailedPrecondition naming the volume", err)
+	}
+}
+
 // TestRoleTemplatesAreCheckedAndEscaped: a role template whose rules reach beyond Connectors
 // grants nothing (for a request and for a policy's defaultPermission) and says which rule;
 // a Pod's annotation read by a role template stays one string: it cannot add a rule or a
