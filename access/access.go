@@ -43,7 +43,7 @@ var (
 	}, []string{"code"})
 	authorizationDecisions = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "connectors_authorization_decisions_total",
-		Help: "Authorization questions answered, by reviewer (publish, proxy, proxy_permissions, connectorsapi), decision (allow, deny, error) and cache (hit, miss).",
+		Help: "Authorization questions answered, by reviewer (publish, proxy, proxy_permissions, connectorsapi, metrics), decision (allow, deny, error) and cache (hit, miss).",
 	}, []string{"reviewer", "decision", "cache"})
 	tokenAuthentications = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "connectors_token_authentications_total",
@@ -66,8 +66,8 @@ type Config struct {
 	// Name is the Reviewer's in metrics: the reviewer label of its answers, and its decision
 	// cache's size as connectors_cache_entries{cache="authorization_<name>"}.
 	Name string
-	// Keys, for a Reviewer of ServiceAccount tokens only (Audiences set to theirs), refuse a
-	// token none of the issuer's keys signed without a TokenReview; nil: not checked.
+	// Keys, for a Reviewer of ServiceAccount tokens only, refuse a token none of the issuer's
+	// keys signed without a TokenReview; nil: not checked.
 	Keys *IssuerKeys
 	// Unexpiring, with Keys, also sends tokens without exp for review: those of
 	// kubernetes.io/service-account-token Secrets, which a Prometheus PodMonitor can send.

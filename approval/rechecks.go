@@ -102,6 +102,9 @@ func (r *recheckTurns) dispatcher(ctx context.Context, to queue) error {
 // paceWait waits for a turn of the pace; false only when ctx ended. A limiter that cannot give
 // one (a burst of 0) gives the turn at once rather than leave the recheck deferred for good.
 func (r *recheckTurns) paceWait(ctx context.Context) bool {
+	if r.limit.Tokens() < 1 {
+		rechecksDeferred.Inc() // no turn free now: this one comes later than it was due
+	}
 	err := r.limit.Wait(ctx)
 	return err == nil || ctx.Err() == nil
 }
@@ -134,8 +137,8 @@ func setKey(m map[types.NamespacedName]bool, key types.NamespacedName) map[types
 }
 
 // stale is the part of the interval within which a recheck after an evaluation is a timer set
-// before it (a deferred turn, or the recheck of an evaluation an event then woke: the work
-// queue keeps the earlier of two delays), not yet due: rechecks are jittered by up to a fifth.
+// before it (the recheck of an evaluation an event then woke: the work queue keeps the earlier
+// of two delays), not yet due: rechecks are jittered by up to a fifth.
 const stale = 0.8
 
 // wake marks a request as woken.
@@ -235,7 +238,6 @@ func (r *recheckTurns) turn(ar *v1alpha1.AccessRequest, woken bool) (recheck boo
 	}
 	r.deferred = setKey(r.deferred, key)
 	r.waiting.Add(reconcile.Request{NamespacedName: key})
-	rechecksDeferred.Inc()
 	return true, 0, true
 }
 

@@ -27,8 +27,10 @@ const (
 	HeaderPluginSecret = "X-Plugin-Secret"
 )
 
-// pluginTransport reaches class API services directly, never through an environment proxy, and
-// leaves content encoding to the client and the service (the answer is passed on as it comes).
+// pluginTransport is the settings class API services are reached with: directly, never through
+// an environment proxy, leaving content encoding to the client and the service (the answer is
+// passed on as it comes). Its own pool is never used: each Connector and caller gets a clone
+// (Proxy.OwnPool).
 var pluginTransport = &http.Transport{Proxy: nil, DisableCompression: true, MaxIdleConnsPerHost: 32, IdleConnTimeout: 90 * time.Second}
 
 // passthrough forwards to the tool's own API under the operation's address, with the
@@ -159,10 +161,10 @@ func (s *Server) plugin(w http.ResponseWriter, r *http.Request, u user.Info, c *
 		return errorf(http.StatusBadGateway, "BadGateway", "API service of ConnectorClass %q unreachable: %v", class.Name, err)
 	}
 	defer res.Body.Close()
+	proxy.RemoveHopByHop(res.Header)
 	for k, v := range res.Header {
 		w.Header()[k] = v
 	}
-	proxy.RemoveHopByHop(w.Header())
 	confineAnswer(w.Header())
 	w.WriteHeader(res.StatusCode)
 	_, _ = io.Copy(w, res.Body)

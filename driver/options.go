@@ -594,8 +594,6 @@ func (v *validated) webhook() error {
 	return nil
 }
 
-// proxyLimits fills unset proxy limits and cache sizes with their flags' defaults (the driver
-// is also started from Go, by tests and tools) and refuses negative ones.
 // metricsAuth checks the metrics listener's protection; unset values (drivers started from
 // Go) take the flags' defaults.
 func (v *validated) metricsAuth() error {
@@ -639,6 +637,8 @@ func rateOrDefault(flags string, qps *float64, burst *int, defaultQPS float64, d
 	return nil
 }
 
+// proxyLimits fills unset proxy limits and cache sizes with their flags' defaults (the driver
+// is also started from Go, by tests and tools) and refuses negative ones.
 func (v *validated) proxyLimits() error {
 	for _, l := range []struct {
 		name string

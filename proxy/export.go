@@ -29,7 +29,7 @@ type Upstream struct {
 	// CABundle is the Connector's caCertSecretRef PEM, when set.
 	CABundle []byte
 	// Transport reaches the tool: through the destination policy, trusting the Connector's CA,
-	// with the hop marker. It refuses every URL outside the Connector's addresses, so that a
+	// with the hop marker, on connections of the Connector's and the caller's own. It refuses every URL outside the Connector's addresses, so that a
 	// library holding the credential (a registry client answering a token challenge, a
 	// redirect) cannot send it anywhere else.
 	Transport http.RoundTripper

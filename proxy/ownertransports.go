@@ -14,8 +14,9 @@ import (
 // alone, and the reason the direct pools are split by owner (poolOwner) holds for them too. A
 // tool that reads a body-less request's body as the next request (OPTIONS and WebDAV methods
 // ignore bodies in many servers) would otherwise take the start of one tenant's request and
-// the rest, with the credential injected, from another's, on one connection. Written here
-// because http.Transport has no pool key of its own to add to.
+// the rest, with the credential injected, from another's, on one connection. The Connectors
+// API's calls (Proxy.OwnPool, Upstream) are pooled the same way, in a set of their own. Written
+// here because http.Transport has no pool key of its own to add to.
 type ownerTransports struct {
 	byOwner *lru.Cache[ownerTransportKey, *http.Transport]
 }
