@@ -24,11 +24,11 @@ import (
 // live gated Pods and a 5-minute interval, about 100 reads a second: past --kube-api-qps, with
 // every approval waiting behind them in the client's rate limiter. Rechecks therefore take
 // turns of their own (Controller.Rechecks: a token each, in turns by namespace, never waited
-// for by a worker) and read through a client of their own (RecheckReader); an evaluation an event woke (a change of
-// a check object, a policy, a Connector, a template, the request itself), a request never
-// evaluated and one a node marked unpublished go as before. Past the rate, rechecks come
-// further apart, in turns by namespace; the Pod's end is still seen at once through its
-// unpublish and its token.
+// for by a worker) and read through a client of their own (RecheckReader). An evaluation an
+// event woke (a change of a check object, a policy, a Connector, a template, the request
+// itself), a request never evaluated and one a node marked unpublished go as before. Past the
+// rate, rechecks come further apart; the Pod's end is still seen at once through its unpublish
+// and its token.
 
 // rechecksDeferred counts rechecks put off to a later turn.
 var rechecksDeferred = prometheus.NewCounter(prometheus.CounterOpts{
