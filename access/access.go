@@ -49,10 +49,14 @@ var (
 		Name: "connectors_token_authentications_total",
 		Help: "Tokens checked, by reviewer and result (accepted, rejected, malformed, error); the TokenReviews sent for them (cache misses) are connectors_tokenreviews_total.",
 	}, []string{"reviewer", "result"})
+	tokensAskedAgain = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "connectors_tokenreviews_asked_again_total",
+		Help: "TokenReviews sent a second time, by reviewer, because the API server answered that the token has been invalidated, which it also answers when it could not read the token's Pod.",
+	}, []string{"reviewer"})
 )
 
 func init() {
-	prometheus.MustRegister(tokenReviews, subjectAccessReviews, authorizationDecisions, tokenAuthentications)
+	prometheus.MustRegister(tokenReviews, subjectAccessReviews, authorizationDecisions, tokenAuthentications, tokensAskedAgain)
 }
 
 // Config sets the audiences tokens must carry and how long answers are cached.
@@ -72,6 +76,9 @@ type Config struct {
 	// Unexpiring, with Keys, also sends tokens without exp for review: those of
 	// kubernetes.io/service-account-token Secrets, which a Prometheus PodMonitor can send.
 	Unexpiring bool
+	// InvalidatedRetry is how long to wait before asking once more about a token the API
+	// server answered "has been invalidated" for (see invalidated); 0: the first answer stands.
+	InvalidatedRetry time.Duration
 }
 
 // decisionCacheSize bounds the decisions a Reviewer keeps: a node's Pods times the Connectors
@@ -126,7 +133,7 @@ func New(kube kubernetes.Interface, cfg Config) (*Reviewer, error) {
 	}
 	r := &Reviewer{
 		audiences: cfg.Audiences,
-		tokens: cache.New(jwtPrecheck{audiences: cfg.Audiences, keys: cfg.Keys, unexpiring: cfg.Unexpiring, next: rejectionsAreAnswers{tokenAuth}, now: time.Now},
+		tokens: cache.New(jwtPrecheck{audiences: cfg.Audiences, keys: cfg.Keys, unexpiring: cfg.Unexpiring, next: rejectionsAreAnswers{Token: tokenAuth, retry: cfg.InvalidatedRetry, reviewer: cfg.Name}, now: time.Now},
 			false, cfg.TokenTTL, cfg.DenyTTL),
 		authz:     authz,
 		decisions: expirable.NewLRU[string, decision](decisionCacheSize, nil, max(cfg.AllowTTL, cfg.DenyTTL, time.Second)),
@@ -247,15 +254,42 @@ func attributesKey(a authorizer.Attributes) string {
 // rejectionsAreAnswers turns the webhook authenticator's "not authenticated, because ..."
 // (reported as an error carrying the TokenReview's status.error) into a plain rejection, so that
 // it is cached and told apart from a failure to ask. Failures to ask are client-go errors: API
-// statuses, URL and network errors, and context ends.
-type rejectionsAreAnswers struct{ authenticator.Token }
+// statuses, URL and network errors, and context ends. An answer that the token "has been
+// invalidated" is asked once more after retry first: the API server gives it both for a token
+// whose Pod (or Secret, or Node) is gone and for one whose Pod it failed to read, and taken at
+// once, a live Pod's request would be refused (Maven, for one, gives up at a 407) and the
+// refusal kept for --authorization-deny-ttl.
+type rejectionsAreAnswers struct {
+	authenticator.Token
+	retry    time.Duration
+	reviewer string
+}
 
 func (r rejectionsAreAnswers) AuthenticateToken(ctx context.Context, token string) (*authenticator.Response, bool, error) {
 	res, ok, err := r.Token.AuthenticateToken(ctx, token)
+	if err != nil && r.retry > 0 && invalidated(err) {
+		tokensAskedAgain.WithLabelValues(r.reviewer).Inc()
+		select {
+		case <-ctx.Done():
+			return nil, false, ctx.Err()
+		case <-time.After(r.retry):
+		}
+		res, ok, err = r.Token.AuthenticateToken(ctx, token)
+	}
 	if err != nil && !isFailureToAsk(err) {
 		return nil, false, nil
 	}
 	return res, ok, err
+}
+
+// invalidated tells whether a TokenReview's status.error is the API server's answer for a
+// token bound to an object it did not get: kube's ServiceAccount token validator answers
+// "service account token has been invalidated" (before 1.21 "Token has been invalidated") for
+// any error reading the token's Pod, Secret or Node, not only for one that is gone. The text
+// is all a TokenReview says; a union of the API server's authenticators joins their messages,
+// so it is looked for anywhere in the answer, which never quotes the token.
+func invalidated(err error) bool {
+	return !isFailureToAsk(err) && strings.Contains(strings.ToLower(err.Error()), "has been invalidated")
 }
 
 func isFailureToAsk(err error) bool {

@@ -1,11 +1,14 @@
 package access
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/url"
 	"testing"
+	"time"
 
+	"k8s.io/apiserver/pkg/authentication/authenticator"
 	"k8s.io/apiserver/pkg/authentication/user"
 	"k8s.io/apiserver/pkg/authorization/authorizer"
 	"k8s.io/client-go/kubernetes/fake"
@@ -89,4 +92,60 @@ func TestCanonicalPath(t *testing.T) {
 			t.Errorf("canonicalPath(%q) = %v, want %v", raw, got, want)
 		}
 	}
+}
+
+// answers is an authenticator.Token answering with its errors in turn (nil: accepted).
+type answers struct {
+	errs  []error
+	asked int
+}
+
+func (a *answers) AuthenticateToken(context.Context, string) (*authenticator.Response, bool, error) {
+	err := a.errs[min(a.asked, len(a.errs)-1)]
+	a.asked++
+	if err != nil {
+		return nil, false, err
+	}
+	return &authenticator.Response{User: &user.DefaultInfo{Name: "system:serviceaccount:a:b"}}, true, nil
+}
+
+// TestInvalidatedIsAskedAgain: the API server's "has been invalidated", which it also answers
+// when it failed to read the token's Pod, is asked once more; every other answer stands.
+func TestInvalidatedIsAskedAgain(t *testing.T) {
+	invalidatedAnswer := errors.New("[invalid bearer token, service account token has been invalidated]")
+	refused := errors.New("pod UID (1) does not match service account pod ref claim (2)")
+	unreachable := &url.Error{Op: "Post", URL: "https://api/tokenreviews", Err: errors.New("connection refused")}
+	for _, tc := range []struct {
+		name      string
+		retry     time.Duration
+		errs      []error
+		ok        bool
+		failed    bool // a failure to ask, not a rejection
+		wantAsked int
+	}{
+		{"invalidated, then accepted", time.Millisecond, []error{invalidatedAnswer, nil}, true, false, 2},
+		{"invalidated twice", time.Millisecond, []error{invalidatedAnswer, invalidatedAnswer}, false, false, 2},
+		{"older API servers' words", time.Millisecond, []error{errors.New("Token has been invalidated"), nil}, true, false, 2},
+		{"not asked again when off", 0, []error{invalidatedAnswer, nil}, false, false, 1},
+		{"another rejection stands", time.Millisecond, []error{refused, nil}, false, false, 1},
+		{"a failure to ask is not asked again here", time.Millisecond, []error{unreachable, nil}, false, true, 1},
+		{"invalidated, then a failure to ask", time.Millisecond, []error{invalidatedAnswer, unreachable}, false, true, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := &answers{errs: tc.errs}
+			_, ok, err := rejectionsAreAnswers{Token: a, retry: tc.retry}.AuthenticateToken(context.Background(), "t")
+			if ok != tc.ok || (err != nil) != tc.failed || a.asked != tc.wantAsked {
+				t.Fatalf("ok %v, err %v, asked %d times; want ok %v, failed %v, asked %d times", ok, err, a.asked, tc.ok, tc.failed, tc.wantAsked)
+			}
+		})
+	}
+	t.Run("the wait ends with the lookup's context", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		a := &answers{errs: []error{invalidatedAnswer, nil}}
+		_, ok, err := rejectionsAreAnswers{Token: a, retry: time.Hour}.AuthenticateToken(ctx, "t")
+		if ok || !errors.Is(err, context.Canceled) || a.asked != 1 {
+			t.Fatalf("ok %v, err %v, asked %d times; want a failure to ask, asked once", ok, err, a.asked)
+		}
+	})
 }

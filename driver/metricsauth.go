@@ -42,7 +42,7 @@ func protectMetrics(p *process) (*metricsProtection, error) {
 	// Refusals are kept as long as acceptances: a tenant's own token sent to every node's
 	// listener would otherwise cost each node a review every --authorization-deny-ttl.
 	reviewer, err := access.New(kube, access.Config{TokenTTL: o.MetricsAuthTTL, AllowTTL: o.MetricsAuthTTL, DenyTTL: o.MetricsAuthTTL,
-		Name: "metrics", Keys: p.issuerKeys, Unexpiring: true})
+		Name: "metrics", Keys: p.issuerKeys, Unexpiring: true, InvalidatedRetry: o.TokenInvalidatedRetry})
 	if err != nil {
 		return nil, err
 	}

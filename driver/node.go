@@ -82,12 +82,12 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 	// keys signed is refused before any TokenReview (the process's one copy of the keys).
 	keys := p.issuerKeys
 	reviewer, err := access.New(p.kube, access.Config{Audiences: []string{o.TokenAudience}, TokenTTL: o.TokenCacheTTL,
-		AllowTTL: o.AuthzAllowTTL, DenyTTL: o.AuthzDenyTTL, Name: "publish", Keys: keys})
+		AllowTTL: o.AuthzAllowTTL, DenyTTL: o.AuthzDenyTTL, Name: "publish", Keys: keys, InvalidatedRetry: o.TokenInvalidatedRetry})
 	if err != nil {
 		return err
 	}
 	proxyReviewer, err := access.New(proxyKube, access.Config{Audiences: []string{o.TokenAudience}, TokenTTL: o.TokenCacheTTL,
-		AllowTTL: o.AuthzAllowTTL, DenyTTL: o.AuthzDenyTTL, Name: "proxy", Keys: keys})
+		AllowTTL: o.AuthzAllowTTL, DenyTTL: o.AuthzDenyTTL, Name: "proxy", Keys: keys, InvalidatedRetry: o.TokenInvalidatedRetry})
 	if err != nil {
 		return err
 	}
@@ -98,13 +98,14 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 		return err
 	}
 	// Uncached: the proxy caches these decisions per Pod and drops them on AccessRequest events.
-	permissions, err := access.New(proxyKube, access.Config{Audiences: []string{o.TokenAudience}, TokenTTL: o.TokenCacheTTL, Name: "proxy_permissions", Keys: keys})
+	permissions, err := access.New(proxyKube, access.Config{Audiences: []string{o.TokenAudience}, TokenTTL: o.TokenCacheTTL, Name: "proxy_permissions", Keys: keys,
+		InvalidatedRetry: o.TokenInvalidatedRetry})
 	if err != nil {
 		return err
 	}
 	// The Connectors API accepts any token the cluster accepts (the API server's audiences).
 	apiReviewer, err := access.New(apiKube, access.Config{TokenTTL: o.TokenCacheTTL, AllowTTL: o.AuthzAllowTTL, DenyTTL: o.AuthzDenyTTL,
-		Name: "connectorsapi"})
+		Name: "connectorsapi", InvalidatedRetry: o.TokenInvalidatedRetry})
 	if err != nil {
 		return err
 	}

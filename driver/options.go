@@ -118,9 +118,12 @@ type Options struct {
 	AuthzAllowTTL      time.Duration
 	TokenCacheTTL      time.Duration
 	AuthzDenyTTL       time.Duration
-	SecretCacheTTL     time.Duration
-	StatusRecheck      time.Duration
-	StatusWorkers      int
+	// TokenInvalidatedRetry is how long the reviewers wait to ask again about a token the API
+	// server said has been invalidated (access.Config.InvalidatedRetry).
+	TokenInvalidatedRetry time.Duration
+	SecretCacheTTL        time.Duration
+	StatusRecheck         time.Duration
+	StatusWorkers         int
 	// StatusAPIQPS and StatusAPIBurst are the Connector status controller's own rate limit.
 	StatusAPIQPS   float64
 	StatusAPIBurst int
@@ -277,6 +280,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.AuthzAllowTTL, "authorization-allow-ttl", 10*time.Second, "how long an allowed SubjectAccessReview is cached")
 	fs.DurationVar(&o.TokenCacheTTL, "token-cache-ttl", 10*time.Second, "how long an accepted TokenReview is cached (a rejected one: --authorization-deny-ttl)")
 	fs.DurationVar(&o.AuthzDenyTTL, "authorization-deny-ttl", 2*time.Second, "how long a denied SubjectAccessReview is cached")
+	fs.DurationVar(&o.TokenInvalidatedRetry, "token-invalidated-retry-delay", 500*time.Millisecond, "how long to wait before asking the API server once more about a token it answered 'has been invalidated' for, which it answers both when the token's Pod is gone and when it failed to read the Pod (0: the first answer is a rejection)")
 	fs.DurationVar(&o.SecretCacheTTL, "secret-cache-ttl", 10*time.Second, "how long the proxy keeps a Connector's Secret after reading it")
 	fs.DurationVar(&o.StatusRecheck, "connector-recheck-interval", 5*time.Minute, "how often the leader probes each Connector's tool again for its status")
 	fs.IntVar(&o.StatusWorkers, "connector-status-workers", 4, "Connectors the status controller checks at once")
@@ -542,8 +546,8 @@ func (o *Options) validate() (*validated, error) {
 	if o.KubeAPIQPS <= 0 || o.KubeAPIBurst <= 0 {
 		return nil, fmt.Errorf("--kube-api-qps and --kube-api-burst must be positive")
 	}
-	if o.AuthzAllowTTL < 0 || o.AuthzDenyTTL < 0 || o.TokenCacheTTL < 0 {
-		return nil, fmt.Errorf("--authorization-allow-ttl, --authorization-deny-ttl and --token-cache-ttl must not be negative")
+	if o.AuthzAllowTTL < 0 || o.AuthzDenyTTL < 0 || o.TokenCacheTTL < 0 || o.TokenInvalidatedRetry < 0 {
+		return nil, fmt.Errorf("--authorization-allow-ttl, --authorization-deny-ttl, --token-cache-ttl and --token-invalidated-retry-delay must not be negative")
 	}
 	if o.EvaluationBudget < 0 || o.MaxCheckObjects < 0 {
 		return nil, fmt.Errorf("--accessrequest-evaluation-budget and --accessrequest-check-max-objects must not be negative")

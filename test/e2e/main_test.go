@@ -216,16 +216,18 @@ func testOptions() driver.Options {
 		// Every test's driver reconciles every Connector and class earlier tests left (a proxy
 		// address of its own rewrites each status): at 50/s that backlog grew past the 20 s the
 		// tests wait for a status. The envtest API server takes far more.
-		KubeAPIQPS:         1000,
-		KubeAPIBurst:       2000,
-		AuthzAllowTTL:      10 * time.Second,
-		AuthzDenyTTL:       2 * time.Second,
-		TokenCacheTTL:      time.Second,
-		SecretCacheTTL:     time.Second,
-		StatusRecheck:      time.Minute,
-		ApprovalWait:       3 * time.Second,
-		ProxyPermissionTTL: time.Second,
-		RequestRetention:   time.Hour,
+		KubeAPIQPS:    1000,
+		KubeAPIBurst:  2000,
+		AuthzAllowTTL: 10 * time.Second,
+		AuthzDenyTTL:  2 * time.Second,
+		TokenCacheTTL: time.Second,
+		// The flag's default: an answer that a token has been invalidated is asked again.
+		TokenInvalidatedRetry: 500 * time.Millisecond,
+		SecretCacheTTL:        time.Second,
+		StatusRecheck:         time.Minute,
+		ApprovalWait:          3 * time.Second,
+		ProxyPermissionTTL:    time.Second,
+		RequestRetention:      time.Hour,
 		// Pods are not watched: a deleted or completed Pod is seen at the next look.
 		PodRecheck: time.Second,
 		// Every test's controller rechecks the live requests earlier tests left, at the start
