@@ -151,9 +151,7 @@ func (s *Server) plugin(w http.ResponseWriter, r *http.Request, u user.Info, c *
 	}
 	out.Header = withoutCaller(r.Header)
 	proxy.RemoveHopByHop(out.Header)
-	for _, h := range []string{HeaderPluginMeta, HeaderPluginAuth, HeaderPluginSecret} {
-		out.Header.Del(h) // the caller's, never the plugin's to be fooled by
-	}
+	dropPluginHeaders(out.Header)
 	out.Header.Set(egress.HopHeader, "1")
 	SetPluginHeaders(out.Header, c.Spec.Address, up.SecretType, up.SecretData)
 	res, err := s.Proxy.OwnPool(pluginTransport, c, u).RoundTrip(out)
@@ -169,6 +167,19 @@ func (s *Server) plugin(w http.ResponseWriter, r *http.Request, u user.Info, c *
 	w.WriteHeader(res.StatusCode)
 	_, _ = io.Copy(w, res.Body)
 	return nil
+}
+
+// dropPluginHeaders drops the caller's X-Plugin-* headers, also under the names a service
+// behind CGI, WSGI or Rack reads as theirs (X_Plugin_Meta, X-PLUGIN_META): such a server gives
+// both one variable, and the caller's could be the one it keeps. A caller's X-Plugin-Meta
+// naming its own server as baseURL would then have the service send a Connector's credential
+// there, a shared Connector's too, whose users may use it but never read it.
+func dropPluginHeaders(h http.Header) {
+	for name := range h {
+		if proxy.ReadAsPrefixedBy(name, "X-Plugin-") {
+			delete(h, name)
+		}
+	}
 }
 
 // SetPluginHeaders sets X-Plugin-Meta to base64 {"baseURL":address} and, for a Connector with a

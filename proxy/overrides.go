@@ -39,6 +39,12 @@ func overrideHeader[T ~string | ~[]byte](name T) bool {
 	return false
 }
 
+// ReadAsPrefixedBy tells whether header name begins with prefix (canonical) as CGI, WSGI and
+// Rack servers read names: in any case and with '_' for any '-'.
+func ReadAsPrefixedBy(name, prefix string) bool {
+	return len(name) >= len(prefix) && foldsToHeader(name, prefix)
+}
+
 // foldsToHeader tells whether name, as long as canonical, is canonical in any case and with
 // '_' for '-'.
 func foldsToHeader[T ~string | ~[]byte](name T, canonical string) bool {

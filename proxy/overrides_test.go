@@ -121,3 +121,14 @@ func overrideRequest(t *testing.T, head string) *http.Request {
 	}
 	return r
 }
+
+func TestReadAsPrefixedBy(t *testing.T) {
+	for name, want := range map[string]bool{
+		"X-Plugin-Meta": true, "X_Plugin_Meta": true, "x-plugin_secret": true, "X-PLUGIN-": true,
+		"X-Plugin": false, "X-Plugins-Meta": false, "Y-Plugin-Meta": false, "": false,
+	} {
+		if got := ReadAsPrefixedBy(name, "X-Plugin-"); got != want {
+			t.Errorf("ReadAsPrefixedBy(%q) = %v, want %v", name, got, want)
+		}
+	}
+}

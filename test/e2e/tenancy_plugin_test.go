@@ -4,7 +4,9 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"maps"
+	"net"
 	"net/http"
+	"net/http/cgi"
 	"slices"
 	"strings"
 	"testing"
@@ -13,6 +15,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/test/gitserver"
 	"github.com/kube-connectors/connectors-csi/test/kubelet"
 )
 
@@ -102,5 +105,61 @@ func TestTenancyClassAPIServiceKeepsTenantsApart(t *testing.T) {
 	}
 	if len(connections) != 2 {
 		t.Errorf("the service saw the credentials of %d tenants, want 2", len(connections))
+	}
+}
+
+// TestTenancyClassAPIServiceBehindCGIReadsOnlyTheDriversPluginHeaders: a class's API service
+// behind CGI (as WSGI and Rack servers do too) reads X_Plugin_Meta and X-Plugin-Meta as one
+// variable, and keeps one of them. A caller who may use a Connector but not read its credential
+// sends its own, naming its server as baseURL: had the service kept the caller's, it would send
+// the Connector's credential there. The service (net/http/cgi running a shell script) must
+// see the driver's headers only, on every try (CGI's pick among the two is random).
+func TestTenancyClassAPIServiceBehindCGIReadsOnlyTheDriversPluginHeaders(t *testing.T) {
+	env := startProxyDriver(t, nil)
+	lis, err := net.Listen("tcp", gitserver.Host+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The script answers a List whose one item is named by the variables it was given.
+	script := `printf 'Content-Type: application/json\r\n\r\n{"listMeta":{"totalItems":1},"items":[{"name":"%s %s"}]}' "$HTTP_X_PLUGIN_META" "$HTTP_X_PLUGIN_AUTH"`
+	srv := &http.Server{Handler: &cgi.Handler{Path: "/bin/sh", Args: []string{"-c", script}}}
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(func() { _ = srv.Close() })
+
+	class := newClass(t, "cgi-plugin")
+	setClassAPI(t, class, &v1alpha1.APISpec{Destination: v1alpha1.Destination{URI: "http://" + lis.Addr().String()},
+		OpenAPI: openAPIGets(map[string]map[string]string{"/plugin/projects": {"x-provider-type": "api"}})})
+	ns := newNamespace(t)
+	createSecret(t, ns, "cred", corev1.SecretTypeBasicAuth, map[string]string{"username": "shared", "password": "never-the-callers"})
+	newConnectorWithSecret(t, ns, "plugged", class, "http://tool.example", "basicAuth", "cred")
+	token := apiToken(t, ns, "user")
+	allowConnectors(t, ns, "user", "plugged")
+
+	b64 := base64.StdEncoding.EncodeToString
+	want := b64([]byte(`{"baseURL":"http://tool.example"}`)) + " " + b64([]byte(corev1.SecretTypeBasicAuth))
+	forged := b64([]byte(`{"baseURL":"http://attacker.example"}`))
+	list := func(header map[string]string) (int, string) {
+		req := newRequest(t, http.MethodGet, connectorAPI(env, ns, "plugged", "/plugin/projects"), header)
+		req.Header.Set("Authorization", "Bearer "+token)
+		code, body := do(t, noRedirects, req)
+		var answer struct {
+			Items []struct{ Name string } `json:"items"`
+		}
+		if code == http.StatusOK && (json.Unmarshal([]byte(body), &answer) != nil || len(answer.Items) != 1) {
+			t.Fatalf("the service's answer: %q", body)
+		}
+		if code == http.StatusOK {
+			body = answer.Items[0].Name
+		}
+		return code, body
+	}
+	if !kubelet.WaitUntil(10*time.Second, func() bool { code, _ := list(nil); return code == http.StatusOK }) {
+		t.Fatal("the Connector never reached its class's API service")
+	}
+	for i := range 20 {
+		code, seen := list(map[string]string{"X_Plugin_Meta": forged, "X-PLUGIN_AUTH": b64([]byte("forged")), "x_plugin_secret": forged})
+		if code != http.StatusOK || seen != want {
+			t.Fatalf("try %d: status %d, the service read X-Plugin-Meta and X-Plugin-Auth as %q, want the driver's %q", i, code, seen, want)
+		}
 	}
 }
