@@ -193,6 +193,12 @@ func bounded() template.FuncMap {
 		},
 		"print":   fmt.Sprint,
 		"println": fmt.Sprintln,
+		// The escapers write up to 6 bytes for each they read, so chained they double and more
+		// at each step: as builtins they went unchecked (a repeat of 200,000 bytes escaped ten
+		// times took gigabytes). The same functions, now checked as every other is.
+		"js":       template.JSEscaper,
+		"html":     template.HTMLEscaper,
+		"urlquery": template.URLQueryEscaper,
 	}
 	for name, fn := range workBounded() {
 		fm[name] = fn

@@ -1,6 +1,13 @@
 package templates
 
 import (
+	"go/ast"
+	"go/parser"
+	"go/token"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -72,6 +79,10 @@ func TestRestrictedBoundsWhatCouldExplode(t *testing.T) {
 		`{{ $l := list (repeat 200000 "x") }}{{ $l = concat $l $l }}`:             "more than 262144 bytes",
 		`{{ $d := dict }}{{ $_ := set $d "a" $d }}{{ $d }}`:                       "more than 262144 bytes",
 		`{{ repeat 60000 "x" }}{{ repeat 60000 "x" }}`:                            "output is larger than 65536 bytes",
+		// text/template's escapers, chained, double and more at each step.
+		`{{ repeat 200000 "\\" | js | js | js | js | js | js | js | js | js | js | len }}`: "js made a value",
+		`{{ repeat 200000 "<" | html | html | len }}`:                                      "html made a value",
+		`{{ repeat 200000 "/" | urlquery | urlquery | len }}`:                              "urlquery made a value",
 		// Small values, long work: a regular expression's instructions × its text, and lists
 		// compared item by item.
 		`{{ regexMatch (repeat 1000 "a*") (repeat 2000 "a") }}`:         "regexMatch would take about",
@@ -92,6 +103,68 @@ func TestRestrictedBoundsWhatCouldExplode(t *testing.T) {
 			t.Errorf("%s: %d bytes, %v; want an error with %q", text, len(out), err, want)
 		}
 	}
+}
+
+// TestRestrictedChecksEveryBuiltin: text/template's own functions are not in sprig's map, so
+// nothing checks them unless the restricted set replaces them. Each either is replaced, or
+// makes nothing larger than its arguments. The builtins are read from text/template's source:
+// one a later Go adds fails here until it is placed.
+func TestRestrictedChecksEveryBuiltin(t *testing.T) {
+	noLarger := []string{"and", "or", "not", "eq", "ne", "lt", "le", "gt", "ge", "len", "index", "slice", "call"}
+	replaced := []string{"print", "printf", "println", "js", "html", "urlquery"}
+	builtins := builtinNames(t)
+	if len(builtins) == 0 {
+		t.Fatal("no builtins found in text/template's source")
+	}
+	for _, name := range builtins {
+		switch {
+		case slices.Contains(replaced, name):
+			if restrictedFuncs[name] == nil {
+				t.Errorf("the builtin %s is not replaced by a checked function", name)
+			}
+		case !slices.Contains(noLarger, name):
+			t.Errorf("the builtin %s is neither replaced nor known to make nothing larger than its arguments", name)
+		}
+	}
+	for _, name := range []string{"html", "js", "urlquery"} {
+		out, err := NewCache(Restricted()).Execute("t", `{{ "<a&b>" | `+name+` }}`, nil)
+		want := map[string]string{"html": "&lt;a&amp;b&gt;", "js": `\u003Ca\u0026b\u003E`, "urlquery": "%3Ca%26b%3E"}[name]
+		if err != nil || string(out) != want {
+			t.Errorf("%s: %q %v, want %q as the builtin writes it", name, out, err, want)
+		}
+	}
+}
+
+// builtinNames are the keys of the map text/template's builtins function returns, read from
+// the toolchain's source.
+func builtinNames(t *testing.T) []string {
+	t.Helper()
+	goroot, err := exec.Command("go", "env", "GOROOT").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(strings.TrimSpace(string(goroot)), "src", "text", "template", "funcs.go")
+	file, err := parser.ParseFile(token.NewFileSet(), path, nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, decl := range file.Decls {
+		fn, ok := decl.(*ast.FuncDecl)
+		if !ok || fn.Name.Name != "builtins" {
+			continue
+		}
+		ast.Inspect(fn.Body, func(n ast.Node) bool {
+			if kv, ok := n.(*ast.KeyValueExpr); ok {
+				if lit, ok := kv.Key.(*ast.BasicLit); ok {
+					name, _ := strconv.Unquote(lit.Value)
+					names = append(names, name)
+				}
+			}
+			return true
+		})
+	}
+	return names
 }
 
 func TestUntrustedTemplatesRunStraight(t *testing.T) {

@@ -422,6 +422,10 @@ func TestTenantChecksAreBounded(t *testing.T) {
 			publish: "state.rego needed more than the 64 MiB of memory an evaluation may take (--rego-state-memory-limit)"},
 		{name: "repeat", kind: approvalTasks, labels: map[string]string{"tekton.dev/pipelineRun": `{{ repeat 30000000 "x" | trunc 10 }}`},
 			publish: "repeat would make"},
+		// text/template's escapers double a string of backslashes at each step: unchecked, 80
+		// bytes of label took gigabytes, in the controller every tenant's approvals wait on.
+		{name: "escapers", kind: approvalTasks, labels: map[string]string{"tekton.dev/pipelineRun": `{{ repeat 200000 "\\" | js | js | js | js | js | js | js | js | js | js | len }}`},
+			publish: "js made a value"},
 		// Small values, long work: 4,000 instructions over 20,000 bytes (about a second before
 		// the bound; a dozen such calls fit a label), in the controller whose four workers
 		// serve every tenant.
