@@ -223,17 +223,36 @@ func newObjectCache(ctx context.Context, p *process) (cache.Cache, error) {
 }
 
 // stripRequest keeps of an AccessRequest what the node reads (spec, status conditions) and the
-// labels a node gives its requests: not its managed fields; nor its annotations or other
-// labels, which whoever may write AccessRequests could fill up to the API server's 256 KiB
-// of annotations and more of labels on every request labelled for this node; nor the copies
-// of the matched AccessPolicies in its status (the controller's), as large as a tenant's
-// policy, times every request of the node's Pods that policy gates.
+// labels a node gives its requests: not its managed fields; nor its annotations, owners,
+// finalizers or other labels, which whoever may write AccessRequests could fill up to the API
+// server's 256 KiB of annotations, and more of the others, on every request labelled for this
+// node; nor the copies of the matched AccessPolicies in its status (the controller's), as
+// large as a tenant's policy, times every request of the node's Pods that policy gates. The
+// schema bounds the spec's strings; a spec larger than those bounds allow (a request written
+// before them) is kept empty, which names no Pod and so is no request of the node's.
 func stripRequest(obj any) (any, error) {
 	if ar, ok := obj.(*v1alpha1.AccessRequest); ok {
 		ar.ManagedFields, ar.Annotations, ar.Status.Policies = nil, nil, nil
+		ar.OwnerReferences, ar.Finalizers, ar.GenerateName = nil, nil, ""
 		maps.DeleteFunc(ar.Labels, func(key, _ string) bool { return !slices.Contains(requestLabelKeys, key) })
+		if specBytes(&ar.Spec) > maxRequestSpecBytes {
+			ar.Spec = v1alpha1.AccessRequestSpec{}
+		}
 	}
 	return obj, nil
+}
+
+// maxRequestSpecBytes is more than the strings of a spec within the schema's bounds add up to
+// (apiVersion, uid, resourceVersion and fieldPath 256 each at most, names 253, namespaces 63,
+// kinds and groups fewer than 320).
+const maxRequestSpecBytes = 4 << 10
+
+// specBytes adds up the lengths of a request spec's strings.
+func specBytes(s *v1alpha1.AccessRequestSpec) int {
+	o := s.Context.ObjectRef
+	return len(s.Subject.Kind) + len(s.Subject.APIGroup) + len(s.Subject.Name) + len(s.Subject.Namespace) +
+		len(s.ConnectorRef.Name) + len(o.APIVersion) + len(o.Kind) + len(o.Name) + len(o.Namespace) + len(o.UID) +
+		len(o.ResourceVersion) + len(o.FieldPath)
 }
 
 // requestLabelKeys are the labels a node gives the requests it makes (approval.Gate).

@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/rand"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
@@ -407,4 +408,82 @@ func updateAs[T client.Object](ctx context.Context, c client.Client, obj T, chan
 		change(obj)
 		return c.Patch(ctx, obj, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}))
 	})
+}
+
+// TestTenancyOnlyTheNodeLabelsRequestsForANode: every node keeps the AccessRequests labelled for
+// it, so whoever may write AccessRequests could fill a node's memory with requests labelled
+// for it. With the deployed admission policy, only the node role sets or changes the label, and
+// the schema bounds a request's strings (a request of a megabyte is refused).
+func TestTenancyOnlyTheNodeLabelsRequestsForANode(t *testing.T) {
+	nodeKubeconfig, _ := deployedKubeconfigs(t)
+	ns := newNamespace(t)
+	ctx := context.Background()
+	clientOf := func(kubeconfig string) client.Client {
+		cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := client.New(cfg, client.Options{Scheme: cp.Client.Scheme()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	create(t, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "writer", Namespace: ns}})
+	create(t, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "write-requests", Namespace: ns}, Rules: []rbacv1.PolicyRule{{
+		APIGroups: []string{v1alpha1.GroupVersion.Group}, Resources: []string{"accessrequests"}, Verbs: []string{"create", "update", "patch", "get"}}}})
+	create(t, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "write-requests", Namespace: ns},
+		RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "write-requests"},
+		Subjects: []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: "writer", Namespace: ns}}})
+	tenant, node := clientOf(serviceAccountKubeconfig(t, ns, "writer")), clientOf(nodeKubeconfig)
+
+	request := func(name string, labels map[string]string) *v1alpha1.AccessRequest {
+		return &v1alpha1.AccessRequest{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: labels},
+			Spec: v1alpha1.AccessRequestSpec{Subject: rbacv1.Subject{Kind: rbacv1.ServiceAccountKind, Name: "builder", Namespace: ns},
+				ConnectorRef: v1alpha1.LocalObjectRef{Name: "git"},
+				Context:      v1alpha1.AccessContext{ObjectRef: v1alpha1.ContextObjectRef{APIVersion: "v1", Kind: "Pod", Name: "p", Namespace: ns}}}}
+	}
+	forNode := map[string]string{v1alpha1.LabelNode: "node-1"}
+	const refusal = "only the Connectors CSI node role sets or changes the label connectors.cpaas.io/node"
+	// The policy applies once the API server has loaded it (and the tenant's Role once RBAC has).
+	if !kubelet.WaitUntil(10*time.Second, func() bool {
+		err := tenant.Create(ctx, request("probe-"+rand.String(5), forNode))
+		return err != nil && strings.Contains(err.Error(), refusal)
+	}) {
+		t.Fatal("a tenant's request labelled for a node was not refused by the admission policy")
+	}
+
+	plain := request("plain", map[string]string{"team": "a"})
+	if err := tenant.Create(ctx, plain); err != nil {
+		t.Fatalf("a tenant's request without the node label: %v", err)
+	}
+	labelled := plain.DeepCopy()
+	labelled.Labels[v1alpha1.LabelNode] = "node-1"
+	if err := tenant.Update(ctx, labelled); err == nil || !strings.Contains(err.Error(), refusal) {
+		t.Errorf("a tenant labelling its request for a node: %v, want the policy's refusal", err)
+	}
+	plain.Labels["team"] = "b"
+	if err := tenant.Update(ctx, plain); err != nil {
+		t.Errorf("a tenant changing another label: %v", err)
+	}
+	mine := request("nodes", forNode)
+	if err := node.Create(ctx, mine); err != nil {
+		t.Fatalf("the node's request labelled for it: %v", err)
+	}
+	mine.Labels[v1alpha1.LabelNode] = "node-2"
+	if err := tenant.Update(ctx, mine); err == nil || !strings.Contains(err.Error(), refusal) {
+		t.Errorf("a tenant moving the node's request to another node: %v, want the policy's refusal", err)
+	}
+
+	// The schema bounds the strings, so a request the node does keep is small.
+	large := request("large", nil)
+	large.Spec.Context.ObjectRef.FieldPath = strings.Repeat("x", 1<<20)
+	if err := node.Create(ctx, large); !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), "fieldPath") {
+		t.Errorf("a request with a fieldPath of 1 MiB: %v, want invalid, naming it", err)
+	}
+	large = request("large-subject", nil)
+	large.Spec.Subject.Name = strings.Repeat("x", 300)
+	if err := node.Create(ctx, large); !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), "subject") {
+		t.Errorf("a request with a subject name of 300 characters: %v, want invalid, naming it", err)
+	}
 }

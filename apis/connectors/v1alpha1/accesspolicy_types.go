@@ -167,6 +167,7 @@ type AccessPolicySpec struct {
 
 // LocalObjectRef names an object in the same namespace.
 type LocalObjectRef struct {
+	// +kubebuilder:validation:MaxLength=253
 	Name string `json:"name"`
 }
 

@@ -60,19 +60,30 @@ const (
 	StatePending  = "pending"
 )
 
+// A request's strings are bounded (the subject's and the Connector's name too), so that a
+// request is small: every node keeps those labelled for it, and whoever may write
+// AccessRequests could otherwise fill a node's memory with a few hundred of a megabyte each.
+
 // ContextObjectRef identifies the object a request is made for: the Pod.
 type ContextObjectRef struct {
+	// +kubebuilder:validation:MaxLength=256
 	APIVersion string `json:"apiVersion"`
 	// +kubebuilder:validation:Enum=Pod
-	Kind      string `json:"kind"`
-	Name      string `json:"name"`
+	Kind string `json:"kind"`
+	// +kubebuilder:validation:MaxLength=253
+	Name string `json:"name"`
+	// +kubebuilder:validation:MaxLength=63
 	Namespace string `json:"namespace"`
 	// UID of the Pod; a request without it never grants (Alauda's schema lets it out).
 	// +optional
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:MaxLength=128
 	UID types.UID `json:"uid,omitempty"`
 	// +optional
+	// +kubebuilder:validation:MaxLength=256
 	ResourceVersion string `json:"resourceVersion,omitempty"`
 	// +optional
+	// +kubebuilder:validation:MaxLength=256
 	FieldPath string `json:"fieldPath,omitempty"`
 }
 
@@ -83,6 +94,7 @@ type AccessContext struct {
 
 // AccessRequestSpec is one workload's request to use one Connector. It never changes.
 // +kubebuilder:validation:XValidation:rule="self == oldSelf",message="spec is immutable"
+// +kubebuilder:validation:XValidation:rule="size(self.subject.kind) <= 63 && size(self.subject.name) <= 253 && (!has(self.subject.apiGroup) || size(self.subject.apiGroup) <= 253) && (!has(self.subject.__namespace__) || size(self.subject.__namespace__) <= 63)",message="subject: kind at most 63 characters, name 253, apiGroup 253, namespace 63"
 type AccessRequestSpec struct {
 	// Subject is the Pod's ServiceAccount.
 	Subject      rbacv1.Subject `json:"subject"`
