@@ -12,13 +12,21 @@ import (
 // never reaches the tool, and what the tool answers cannot act on the console's origin.
 
 // callerHeaders identify the caller to the console or its gateway: its session, and what
-// authenticating gateways add (oauth2-proxy, Kubernetes' front proxy, impersonation).
+// authenticating gateways add (oauth2-proxy, Kubernetes' front proxy, impersonation, AWS's
+// load balancers, Google's IAP, Cloudflare Access, Authelia). Some are tokens the caller's
+// identity provider would take from whoever holds them (an ALB's access token).
 var callerHeaders = []string{"Authorization", "Proxy-Authorization", "Cookie",
 	"X-Forwarded-Access-Token", "X-Forwarded-User", "X-Forwarded-Email", "X-Forwarded-Groups", "X-Forwarded-Preferred-Username",
-	"X-Remote-User", "X-Remote-Group", "Impersonate-User", "Impersonate-Group", "Impersonate-Uid"}
+	"X-Remote-User", "X-Remote-Group", "Impersonate-User", "Impersonate-Group", "Impersonate-Uid",
+	"X-Amzn-Oidc-Accesstoken", "X-Amzn-Oidc-Data", "X-Amzn-Oidc-Identity",
+	"X-Goog-Iap-Jwt-Assertion", "X-Goog-Authenticated-User-Email", "X-Goog-Authenticated-User-Id",
+	"Cf-Access-Jwt-Assertion", "Cf-Access-Authenticated-User-Email",
+	"Remote-User", "Remote-Groups", "Remote-Email", "Remote-Name", "X-Id-Token", "X-Access-Token"}
 
-// callerHeaderPrefixes begin further such headers (extras, and oauth2-proxy's set).
-var callerHeaderPrefixes = []string{"X-Remote-Extra-", "Impersonate-Extra-", "X-Auth-Request-"}
+// callerHeaderPrefixes begin further such headers (extras, oauth2-proxy's and Pomerium's sets,
+// Azure App Service's, Authentik's).
+var callerHeaderPrefixes = []string{"X-Remote-Extra-", "Impersonate-Extra-", "X-Auth-Request-", "X-Pomerium-",
+	"X-Ms-Token-", "X-Ms-Client-Principal", "X-Authentik-"}
 
 // withoutCaller returns a copy of h without the headers that identify the caller.
 func withoutCaller(h http.Header) http.Header {

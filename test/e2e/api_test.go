@@ -327,7 +327,9 @@ func TestConnectorsAPI(t *testing.T) {
 				Auth:              &v1alpha1.ConnectorAuth{Name: "basicAuth", SecretRef: &v1alpha1.SecretRef{Name: "git-auth"}}}})
 		allowConnectorsAs(t, ns, "viewer", "use-spied", "spied")
 		caller := map[string]string{"Cookie": "console-session=secret", "X-Forwarded-Access-Token": "gateway-token",
-			"X-Remote-User": "admin", "X-Remote-Extra-Scopes": "all", "X-Auth-Request-Email": "admin@example.com", "Impersonate-User": "admin"}
+			"X-Remote-User": "admin", "X-Remote-Extra-Scopes": "all", "X-Auth-Request-Email": "admin@example.com", "Impersonate-User": "admin",
+			"X-Amzn-Oidc-Accesstoken": "idp-token", "X-Goog-Iap-Jwt-Assertion": "iap-jwt", "Cf-Access-Jwt-Assertion": "access-jwt",
+			"X-Pomerium-Jwt-Assertion": "pomerium-jwt", "X-Ms-Token-Aad-Access-Token": "aad-token", "X-Ms-Client-Principal": "principal"}
 		var res *http.Response
 		if !kubelet.WaitUntil(10*time.Second, func() bool {
 			headers := map[string]string{"Authorization": "Bearer " + viewer}
