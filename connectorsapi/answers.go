@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"strings"
 	"sync"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -26,15 +27,16 @@ const (
 const answerHeadCharge = 1 << 10
 
 // AnswerLimits bound the bytes the Connectors API's list calls read from tools: per call, per
-// namespace (the Connector's: a tenant's calls together may hold a quarter of the node's
-// bound, or one call's, whichever is more, so that one tenant stalling its tool's answers
-// does not refuse every other's calls) and for the node.
+// caller (the namespace of its ServiceAccount, a user's own name: a tenant's calls together
+// may hold a quarter of the node's bound, or one call's, whichever is more, so that one tenant
+// stalling its tool's answers does not refuse every other's calls, also of Connectors they
+// share, such as kube-public's) and for the node.
 type AnswerLimits struct {
-	perCall, perNamespace, node int64
+	perCall, perCaller, node int64
 
-	mu          sync.Mutex       // also guards each callBudget's fields
-	total       int64            // bytes held by the calls in flight
-	byNamespace map[string]int64 // of those, by Connector namespace
+	mu       sync.Mutex       // also guards each callBudget's fields
+	total    int64            // bytes held by the calls in flight
+	byCaller map[string]int64 // of those, by caller (proxy.CallerOf)
 }
 
 // NewAnswerLimits bounds one call's answers to perCall bytes (with answerHeadCharge for each
@@ -46,23 +48,31 @@ func NewAnswerLimits(perCall, node int64) *AnswerLimits {
 	if node <= 0 {
 		node = DefaultNodeAnswerBytes
 	}
-	return &AnswerLimits{perCall: perCall, perNamespace: max(node/4, perCall), node: node, byNamespace: map[string]int64{}}
+	return &AnswerLimits{perCall: perCall, perCaller: max(node/4, perCall), node: node, byCaller: map[string]int64{}}
 }
 
 // errAnswersRefused fails a read past a bound; the call's budget says which (callBudget.err).
 var errAnswersRefused = errors.New("the tool's answers are over the Connectors API's bound")
 
-// callBudget is one call's count of the bytes it read, held against its namespace's and the
-// node's bounds until the call ends (release). Its fields are guarded by its limits' mu.
-type callBudget struct {
-	limits    *AnswerLimits
-	namespace string
-	read      int64
-	err       error // the bound a read went past, as a Status
+// callerName names a caller of proxy.CallerOf in a message.
+func callerName(caller string) string {
+	if name, ok := strings.CutPrefix(caller, "user:"); ok {
+		return "user " + name
+	}
+	return "namespace " + caller
 }
 
-func (l *AnswerLimits) newCall(namespace string) *callBudget {
-	return &callBudget{limits: l, namespace: namespace}
+// callBudget is one call's count of the bytes it read, held against its caller's and the
+// node's bounds until the call ends (release). Its fields are guarded by its limits' mu.
+type callBudget struct {
+	limits *AnswerLimits
+	caller string
+	read   int64
+	err    error // the bound a read went past, as a Status
+}
+
+func (l *AnswerLimits) newCall(caller string) *callBudget {
+	return &callBudget{limits: l, caller: caller}
 }
 
 // defaultAnswerLimits serve a Server built without its own.
@@ -78,13 +88,13 @@ func (b *callBudget) take(n int64) error {
 	case b.read+n > l.perCall:
 		b.err = errorf(http.StatusBadGateway, "BadGateway",
 			"the tool's answers are larger than the Connectors API reads for one call (--api-call-max-answer-bytes, %d bytes)", l.perCall)
-	case l.total+n > l.node || l.byNamespace[b.namespace]+n > l.perNamespace:
+	case l.total+n > l.node || l.byCaller[b.caller]+n > l.perCaller:
 		b.err = errorf(http.StatusServiceUnavailable, metav1.StatusReasonServiceUnavailable,
-			"the Connectors API on this node is reading as much of tools' answers as it may, for namespace %s or for the node (--api-node-max-answer-bytes, %d bytes); try again", b.namespace, l.node)
+			"the Connectors API on this node is reading as much of tools' answers as it may, for the calls of %s or for the node (--api-node-max-answer-bytes, %d bytes); try again", callerName(b.caller), l.node)
 	default:
 		b.read += n
 		l.total += n
-		l.byNamespace[b.namespace] += n
+		l.byCaller[b.caller] += n
 		return nil
 	}
 	return errAnswersRefused
@@ -97,8 +107,8 @@ func (b *callBudget) release() (err error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.total -= b.read
-	if l.byNamespace[b.namespace] -= b.read; l.byNamespace[b.namespace] == 0 {
-		delete(l.byNamespace, b.namespace)
+	if l.byCaller[b.caller] -= b.read; l.byCaller[b.caller] == 0 {
+		delete(l.byCaller, b.caller)
 	}
 	b.read, err = 0, b.err
 	if b.err == nil {

@@ -55,8 +55,8 @@ func TestAnswersAreBoundedPerCallNamespaceAndNode(t *testing.T) {
 	if err := read(other); !errors.Is(err, errAnswersRefused) {
 		t.Errorf("a read after its call ended: %v, want it refused (its bytes would never be given back)", err)
 	}
-	if limits.total != 0 || len(limits.byNamespace) != 0 {
-		t.Errorf("after every call ended: %d bytes held, %v", limits.total, limits.byNamespace)
+	if limits.total != 0 || len(limits.byCaller) != 0 {
+		t.Errorf("after every call ended: %d bytes held, %v", limits.total, limits.byCaller)
 	}
 
 	small := NewAnswerLimits(12_000, 20_000) // a namespace's share: 12,000, one call's

@@ -164,7 +164,7 @@ func (s *Server) withUpstream(r *http.Request, u user.Info, c *v1alpha1.Connecto
 	if err != nil {
 		return credentialError(err)
 	}
-	budget := s.answerLimits().newCall(c.Namespace)
+	budget := s.answerLimits().newCall(proxy.CallerOf(u))
 	up.Transport = budget.transport(up.Transport)
 	ctx, cancel := context.WithTimeout(r.Context(), toolTimeout)
 	defer cancel()

@@ -46,7 +46,7 @@ func (p *Proxy) Upstream(ctx context.Context, c *v1alpha1.Connector, class *v1al
 	if err != nil {
 		return nil, err
 	}
-	owned := ownedPool{p: p, tr: tr, owner: poolOwner{connector: c.UID, caller: callerOf(caller)}}
+	owned := ownedPool{p: p, tr: tr, owner: poolOwner{connector: c.UID, caller: CallerOf(caller)}}
 	u := &Upstream{CABundle: ca, Transport: egress.Marked(onlyAddresses{addresses: parsedAddresses(c), next: owned})}
 	if sec := cred.secret; sec != nil {
 		u.Username = string(sec.Data[corev1.BasicAuthUsernameKey])
@@ -62,7 +62,7 @@ func (p *Proxy) Upstream(ctx context.Context, c *v1alpha1.Connector, class *v1al
 // kept apart from the proxy's, --api-transport-cache-size): no connection
 // carries one tenant's request and then, with another Connector's credential, another's.
 func (p *Proxy) OwnPool(tr *http.Transport, c *v1alpha1.Connector, caller user.Info) *http.Transport {
-	return p.apiOwned.For(tr, poolOwner{connector: c.UID, caller: callerOf(caller)})
+	return p.apiOwned.For(tr, poolOwner{connector: c.UID, caller: CallerOf(caller)})
 }
 
 // ownedPool sends through tr's clone of owner's own, taken from the owner transports when a
@@ -103,7 +103,7 @@ func (p *Proxy) Forward(w http.ResponseWriter, r *http.Request, caller user.Info
 	if err != nil {
 		return err
 	}
-	rt.statusErrors, rt.caller = true, callerOf(caller)
+	rt.statusErrors, rt.caller = true, CallerOf(caller)
 	p.send(w, r, rt)
 	return nil
 }

@@ -344,8 +344,8 @@ type route struct {
 // pool is whose tool connections rt's requests go on.
 func (rt *route) pool() poolOwner { return poolOwner{connector: rt.connector.UID, caller: rt.caller} }
 
-// callerOf is the namespace of u's ServiceAccount, or "user:" and u's name for anyone else.
-func callerOf(u user.Info) string {
+// CallerOf is the namespace of u's ServiceAccount, or "user:" and u's name for anyone else.
+func CallerOf(u user.Info) string {
 	if ns, _, err := serviceaccount.SplitUsername(u.GetName()); err == nil {
 		return ns
 	}

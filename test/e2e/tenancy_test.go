@@ -16,11 +16,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -1329,6 +1331,92 @@ func TestTenancyAPIListsReadBoundedAnswers(t *testing.T) {
 			t.Errorf("%s: status %d %q, want 502 naming --api-call-max-answer-bytes", path, code, st.Message)
 		}
 	}
+}
+
+// TestTenancyAPIListsOfASharedConnectorAreBoundedByCaller: the bytes list calls hold from
+// tools are bounded per caller's namespace, not per Connector's: a tenant whose calls of a
+// shared Connector (kube-public's, a project's) hold their share, a tool stalling mid-answer,
+// does not refuse another tenant's calls of the same Connector.
+func TestTenancyAPIListsOfASharedConnectorAreBoundedByCaller(t *testing.T) {
+	tool := startStallingRefsTool(t)
+	env := startProxyDriver(t, func(o *driver.Options) { o.APICallAnswerBytes, o.APINodeAnswerBytes = 512<<10, 2<<20 })
+	shared := newNamespace(t)
+	newConnector(t, shared, "refs", gitClass(t), tool)
+	callers := map[string]string{} // namespace → its ui's token
+	for range 2 {
+		ns := newNamespace(t)
+		shareConnector(t, shared, "refs", ns, "ui")
+		callers[ns] = apiToken(t, ns, "ui")
+	}
+	namespaces := slices.Sorted(maps.Keys(callers))
+	holder, other := namespaces[0], namespaces[1]
+	refs := func(repo string) string {
+		return connectorAPI(env, shared, "refs", "/git/gitrefs?repositoryUrl="+tool+"/"+repo+".git")
+	}
+	if code, list, st := apiCall(t, "GET", refs("small"), callers[other]); code != http.StatusOK || len(list.Items) == 0 {
+		t.Fatalf("the shared Connector's refs: %d %q", code, st.Message)
+	}
+
+	// The holder's call reads 500 KiB of its share's 512 and then waits on the stalling tool
+	// until the test ends.
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go func() {
+		req := newRequest(t, "GET", refs("stall"), map[string]string{"Authorization": "Bearer " + callers[holder]})
+		if res, err := http.DefaultClient.Do(req.WithContext(ctx)); err == nil {
+			res.Body.Close()
+		}
+	}()
+	var st metav1.Status
+	if !kubelet.WaitUntil(15*time.Second, func() bool {
+		var code int
+		code, _, st = apiCall(t, "GET", refs("small"), callers[holder])
+		return code == http.StatusServiceUnavailable
+	}) {
+		t.Fatalf("the holder's calls never filled its share: %q", st.Message)
+	}
+	if !strings.Contains(st.Message, "namespace "+holder) {
+		t.Errorf("the refusal %q does not name the caller's namespace %s", st.Message, holder)
+	}
+	if code, list, st := apiCall(t, "GET", refs("small"), callers[other]); code != http.StatusOK || len(list.Items) == 0 {
+		t.Errorf("another tenant's call of the shared Connector while the first holds its share: %d %q, want its refs", code, st.Message)
+	}
+}
+
+// startStallingRefsTool serves Git ref advertisements: small.git's, of 20 KiB, and stall.git's,
+// 500 KiB of refs and then nothing until the client leaves.
+func startStallingRefsTool(t *testing.T) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", gitserver.Host+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hash := strings.Repeat("a", 40)
+	advertise := func(w http.ResponseWriter, refBytes int) {
+		w.Header().Set("Content-Type", "application/x-git-upload-pack-advertisement")
+		fmt.Fprintf(w, "%04x# service=git-upload-pack\n0000", len("# service=git-upload-pack\n")+4)
+		first := hash + " HEAD\x00side-band-64k\n"
+		fmt.Fprintf(w, "%04x%s", len(first)+4, first)
+		for i := 0; refBytes > 0; i++ {
+			line := fmt.Sprintf("%s refs/heads/b%d-%s\n", hash, i, strings.Repeat("x", 1000))
+			fmt.Fprintf(w, "%04x%s", len(line)+4, line)
+			refBytes -= len(line) + 4
+		}
+		w.(http.Flusher).Flush()
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/small.git/info/refs", func(w http.ResponseWriter, _ *http.Request) {
+		advertise(w, 20<<10)
+		_, _ = io.WriteString(w, "0000")
+	})
+	mux.HandleFunc("/stall.git/info/refs", func(w http.ResponseWriter, r *http.Request) {
+		advertise(w, 500<<10)
+		<-r.Context().Done()
+	})
+	srv := &http.Server{Handler: mux}
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	return "http://" + lis.Addr().String()
 }
 
 // startEndlessTool serves a Git ref advertisement that never ends, and registry catalogs and
