@@ -12,6 +12,7 @@ import (
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/cachemetrics"
+	"github.com/kube-connectors/connectors-csi/proxy"
 )
 
 // x-provider-type values of an OpenAPI operation in a class's spec.api.openapi.
@@ -99,18 +100,34 @@ func (rs *Routes) route(class *v1alpha1.ConnectorClass, apiPath, method string) 
 }
 
 // templateHoldsEscapedSlash tells whether a {template} segment of tmpl matches a segment of
-// apiPath (escaped) holding an escaped '/' or '\'.
+// apiPath (escaped) holding an escaped '/' or '\', under any of the layers of escaping the
+// proxy looks through: a %252F is a '/' to a tool behind a front that decodes once more (an
+// nginx proxy_pass with a path), as %2F is to one that decodes before it routes.
 func templateHoldsEscapedSlash(tmpl, apiPath string) bool {
 	if tmpl == "" {
 		return false
 	}
 	segs := strings.Split(apiPath, "/")
 	for i, t := range strings.Split(tmpl, "/") {
-		if i < len(segs) && strings.HasPrefix(t, "{") && strings.HasSuffix(t, "}") {
-			if dec, err := url.PathUnescape(segs[i]); err == nil && strings.ContainsAny(dec, "/\\") {
-				return true
-			}
+		if i < len(segs) && strings.HasPrefix(t, "{") && strings.HasSuffix(t, "}") && holdsEscapedSlash(segs[i]) {
+			return true
 		}
+	}
+	return false
+}
+
+// holdsEscapedSlash tells whether a path segment, decoded once and again up to
+// proxy.MaxDecodings times, ever holds a '/' or '\'.
+func holdsEscapedSlash(seg string) bool {
+	for range proxy.MaxDecodings {
+		dec, err := url.PathUnescape(seg)
+		if err != nil || dec == seg {
+			return false
+		}
+		if strings.ContainsAny(dec, "/\\") {
+			return true
+		}
+		seg = dec
 	}
 	return false
 }

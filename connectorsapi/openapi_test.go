@@ -131,3 +131,24 @@ func TestRoutesFollowTheClassGeneration(t *testing.T) {
 		t.Fatalf("generation 2 routed by the old document: %+v", op)
 	}
 }
+
+// TestTemplateHoldsEscapedSlash: a {template} segment holding a '/' or '\' under any layer of
+// escaping the proxy looks through is more segments to a tool (or a front) that decodes it.
+func TestTemplateHoldsEscapedSlash(t *testing.T) {
+	tmpl := "/api/v4/projects/{id}/variables"
+	for apiPath, want := range map[string]bool{
+		"/api/v4/projects/7/variables":             false,
+		"/api/v4/projects/7%2Fsecrets/variables":   true,
+		"/api/v4/projects/7%252Fsecrets/variables": true,
+		"/api/v4/projects/7%25252Fs/variables":     true,
+		"/api/v4/projects/7%5Cs/variables":         true,
+		"/api/v4/projects/7%255Cs/variables":       true,
+		"/api/v4/projects/7%2541/variables":        false,
+		"/api/v4/projects/7%zz/variables":          false,
+		"/api/v4%2Fx/projects/7/variables":         false, // a literal segment: not the template's
+	} {
+		if got := templateHoldsEscapedSlash(tmpl, apiPath); got != want {
+			t.Errorf("%s: %v, want %v", apiPath, got, want)
+		}
+	}
+}

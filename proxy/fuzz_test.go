@@ -39,7 +39,7 @@ func FuzzCoverage(f *testing.F) {
 			return
 		}
 		p := target.EscapedPath()
-		for range maxDecodings + 2 { // a tool that decodes more than once still stays under /org-a
+		for range MaxDecodings + 2 { // a tool that decodes more than once still stays under /org-a
 			cleaned := path.Clean(strings.ReplaceAll(p, `\`, "/"))
 			if cleaned != "/org-a" && !strings.HasPrefix(cleaned, "/org-a/") {
 				t.Fatalf("%q is covered by %s but resolves to %q", escaped, addr, cleaned)

@@ -7,8 +7,8 @@ import (
 	"unicode"
 )
 
-// maxDecodings bounds how many layers of percent-encoding CheckPath looks through.
-const maxDecodings = 3
+// MaxDecodings bounds how many layers of percent-encoding CheckPath looks through.
+const MaxDecodings = 3
 
 // CheckPath refuses (400) a request path a tool could resolve outside where it seems to point,
 // so that coverage decided on it holds at the tool (SPEC §4.7): a "." or ".." segment, also
@@ -34,7 +34,7 @@ func CheckPath(escaped string) error {
 		if decoded == p {
 			return nil
 		}
-		if layer == maxDecodings {
+		if layer == MaxDecodings {
 			return refusef(http.StatusBadRequest, "path %q has too many layers of percent-encoding", escaped)
 		}
 		p = decoded
