@@ -66,6 +66,20 @@ func limitedConfig(p *process, qps float64, burst int) *rest.Config {
 	return cfg
 }
 
+// reviewing is cfg for TokenReviews and SubjectAccessReviews alone, sharing its rate limiter:
+// sent as --review-as when it is set (impersonated), so that API Priority and Fairness puts the
+// reviews that anyone who reaches a node can have it send (of made-up names, of new tokens;
+// every node is one user, hence one flow) in a priority level of their own, where a flood of
+// them at many nodes does not hold up publishes'. Only reviews: the identity may do nothing else.
+func reviewing(p *process, cfg *rest.Config) *rest.Config {
+	if p.o.reviewer == "" {
+		return cfg
+	}
+	out := rest.CopyConfig(cfg)
+	out.Impersonate = rest.ImpersonationConfig{UserName: p.o.reviewer}
+	return out
+}
+
 // Run runs the driver's roles until ctx is done.
 func Run(ctx context.Context, opts Options) error {
 	o, err := opts.validate()

@@ -74,7 +74,11 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 	if err != nil {
 		return err
 	}
-	apiKube, err := kubernetes.NewForConfig(limitedConfig(p, o.APIAuthQPS, o.APIAuthBurst))
+	proxyReviews, err := kubernetes.NewForConfig(reviewing(p, authCfg))
+	if err != nil {
+		return err
+	}
+	apiKube, err := kubernetes.NewForConfig(reviewing(p, limitedConfig(p, o.APIAuthQPS, o.APIAuthBurst)))
 	if err != nil {
 		return err
 	}
@@ -86,7 +90,7 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 	if err != nil {
 		return err
 	}
-	proxyReviewer, err := access.New(proxyKube, access.Config{Audiences: []string{o.TokenAudience}, TokenTTL: o.TokenCacheTTL,
+	proxyReviewer, err := access.New(proxyReviews, access.Config{Audiences: []string{o.TokenAudience}, TokenTTL: o.TokenCacheTTL,
 		AllowTTL: o.AuthzAllowTTL, DenyTTL: o.AuthzDenyTTL, Name: "proxy", Keys: keys, InvalidatedRetry: o.TokenInvalidatedRetry})
 	if err != nil {
 		return err
@@ -98,7 +102,7 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 		return err
 	}
 	// Uncached: the proxy caches these decisions per Pod and drops them on AccessRequest events.
-	permissions, err := access.New(proxyKube, access.Config{Audiences: []string{o.TokenAudience}, TokenTTL: o.TokenCacheTTL, Name: "proxy_permissions", Keys: keys,
+	permissions, err := access.New(proxyReviews, access.Config{Audiences: []string{o.TokenAudience}, TokenTTL: o.TokenCacheTTL, Name: "proxy_permissions", Keys: keys,
 		InvalidatedRetry: o.TokenInvalidatedRetry})
 	if err != nil {
 		return err

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/apiserver/pkg/authentication/serviceaccount"
 
 	"github.com/kube-connectors/connectors-csi/admission"
 	"github.com/kube-connectors/connectors-csi/connectorsapi"
@@ -198,6 +200,10 @@ type Options struct {
 	ProxyLaneMaxBodyBytes int
 	ProxyAuthQPS          float64
 	ProxyAuthBurst        int
+	// ReviewAs is the ServiceAccount (namespace/name) the proxy's, the Connectors API's and
+	// the metrics listener's TokenReviews and SubjectAccessReviews are sent as, impersonated;
+	// empty: as the process itself.
+	ReviewAs string
 	// APIAuthQPS and APIAuthBurst are the Connectors API's own rate limit for its reviews.
 	APIAuthQPS             float64
 	APIAuthBurst           int
@@ -365,6 +371,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.IntVar(&o.ProxyAuthBurst, "proxy-auth-burst", defaultProxyAuthBurst, "burst of --proxy-auth-qps")
 	fs.Float64Var(&o.APIAuthQPS, "connectors-api-auth-qps", defaultAPIAuthQPS, "sustained TokenReviews and SubjectAccessReviews per second of the Connectors API (its own limit, apart from the proxy's and publishes': it takes any token the cluster accepts, so any client can make it review)")
 	fs.IntVar(&o.APIAuthBurst, "connectors-api-auth-burst", defaultAPIAuthBurst, "burst of --connectors-api-auth-qps")
+	fs.StringVar(&o.ReviewAs, "review-as", "", "a ServiceAccount (<namespace>/<name>) to send the TokenReviews and SubjectAccessReviews of the proxy, the Connectors API and the metrics listener as (impersonated; the process needs impersonate on it), so that API Priority and Fairness can put these reviews, which anyone who reaches a node can make it send, in a priority level apart from publishes' (deployed: connectors-csi-reviews); empty: as the process itself")
 	fs.IntVar(&o.SecretCacheSize, "secret-cache-size", defaultSecretCacheSize, "Secrets the proxy keeps at most (each for --secret-cache-ttl)")
 	fs.Int64Var(&o.SecretCacheBytes, "secret-cache-max-bytes", defaultSecretCacheBytes, "bytes of Secret data the proxy (and the status controller) keep at most together; the least recently read go first, and a larger Secret is read each time")
 	fs.IntVar(&o.RegistryTokenCacheSize, "registry-token-cache-size", defaultRegistryTokenCacheSize, "registry tokens (by Connector, credential, registry and scope) the proxy keeps at most")
@@ -442,6 +449,8 @@ type validated struct {
 	regoStateMemoryBytes int64
 	webhookHost          string
 	webhookPort          int
+	// reviewer is the user name of ReviewAs, "" without it.
+	reviewer string
 }
 
 func (o *Options) validate() (*validated, error) {
@@ -465,6 +474,13 @@ func (o *Options) validate() (*validated, error) {
 		if o.NodeID == "" {
 			return nil, fmt.Errorf("--node-id is empty and NODE_NAME is not set")
 		}
+	}
+	if o.ReviewAs != "" {
+		ns, name, ok := strings.Cut(o.ReviewAs, "/")
+		if !ok || len(validation.IsDNS1123Label(ns)) > 0 || len(validation.IsDNS1123Subdomain(name)) > 0 {
+			return nil, fmt.Errorf("--review-as %q: must be <namespace>/<name> of a ServiceAccount", o.ReviewAs)
+		}
+		v.reviewer = serviceaccount.MakeUsername(ns, name)
 	}
 	q, err := resource.ParseQuantity(o.VolumeSizeLimit)
 	if err != nil || q.Value() <= 0 {

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,11 +13,14 @@ import (
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
+	flowcontrolv1 "k8s.io/api/flowcontrol/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/rand"
+	auditv1 "k8s.io/apiserver/pkg/apis/audit/v1"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
@@ -485,5 +489,105 @@ func TestTenancyOnlyTheNodeLabelsRequestsForANode(t *testing.T) {
 	large.Spec.Subject.Name = strings.Repeat("x", 300)
 	if err := node.Create(ctx, large); !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), "subject") {
 		t.Errorf("a request with a subject name of 300 characters: %v, want invalid, naming it", err)
+	}
+}
+
+// TestTenancyReviewsAnyoneCanCauseHaveTheirOwnPriorityLevel: anyone who reaches a node can make
+// its proxy and Connectors API send reviews (a new token, a made-up name), and every node is one
+// user, so at many nodes they would fill the node role's priority level, where publishes'
+// reviews wait. As deployed (--review-as, the RBAC and flow control of deploy/base), the proxy's
+// and the API's reviews are sent as connectors-csi-reviews, which the API server puts in a
+// priority level of its own; publishes' are still the node's.
+func TestTenancyReviewsAnyoneCanCauseHaveTheirOwnPriorityLevel(t *testing.T) {
+	root := controlplane.RepoRoot()
+	if _, err := cp.Kubectl(nil, "apply", "--server-side", "--force-conflicts", "-f", filepath.Join(root, "deploy", "base", "flowcontrol.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	reviews := "system:serviceaccount:" + systemNS + ":connectors-csi-reviews"
+	tool := startGitServer(t, false)
+	since := time.Now()
+	env, _ := startDeployedNode(t, nil)
+	ns := newNamespace(t)
+	gitConnector(t, ns, "tool", gitClass(t), tool)
+	allowConnectors(t, ns, "builder", "tool")
+	allowConnectors(t, ns, "ui", "tool")
+	_, token := publishedToken(t, env, ns, "client", "tool")
+	if code, body := do(t, noRedirects, newRequest(t, "GET", env.proxyURL+"/namespaces/"+ns+"/connectors/tool/repo.git/info/refs?service=git-upload-pack",
+		map[string]string{"Authorization": "Bearer " + token})); code != http.StatusOK {
+		t.Fatalf("through the proxy: %d %q", code, body)
+	}
+	if code, _, st := apiCall(t, "GET", connectorAPI(env, ns, "tool", "/git/gitrefs?repositoryUrl="+tool.URL+"/repo.git"), apiToken(t, ns, "ui")); code != http.StatusOK {
+		t.Fatalf("through the Connectors API: %d %q", code, st.Message)
+	}
+
+	events, err := cp.AuditEvents(func(ev *auditv1.Event) bool {
+		return ev.User.Username == controlplane.NodeUser && ev.Verb == "create" && ev.ObjectRef != nil &&
+			(ev.ObjectRef.Resource == "tokenreviews" || ev.ObjectRef.Resource == "subjectaccessreviews") &&
+			!ev.RequestReceivedTimestamp.Time.Before(since)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	as := map[string]map[string]int{} // resource → the user it was sent as → reviews
+	for _, ev := range events {
+		user := controlplane.NodeUser
+		if ev.ImpersonatedUser != nil {
+			user = ev.ImpersonatedUser.Username
+		}
+		if as[ev.ObjectRef.Resource] == nil {
+			as[ev.ObjectRef.Resource] = map[string]int{}
+		}
+		as[ev.ObjectRef.Resource][user]++
+		if ev.ResponseStatus != nil && ev.ResponseStatus.Code != http.StatusCreated {
+			t.Errorf("a review as %s was answered %d: %s", user, ev.ResponseStatus.Code, ev.ResponseStatus.Message)
+		}
+	}
+	// The proxy's and the API's reviews (two tokens, two users' questions) as the reviews'
+	// identity; the publish's (a SubjectAccessReview of the Pod's ServiceAccount: kubelet
+	// vouches for the token) as the node.
+	if as["tokenreviews"][reviews] < 2 || as["tokenreviews"][controlplane.NodeUser] != 0 {
+		t.Errorf("TokenReviews sent: %v, want at least 2 as %s (the proxy's, the API's) and none as the node", as["tokenreviews"], reviews)
+	}
+	if as["subjectaccessreviews"][reviews] < 2 || as["subjectaccessreviews"][controlplane.NodeUser] < 1 {
+		t.Errorf("SubjectAccessReviews sent: %v, want at least 2 as %s (the proxy's, the API's) and 1 as the node (the publish's)",
+			as["subjectaccessreviews"], reviews)
+	}
+
+	// The API server's flow control puts each in its own level: it names the level of every
+	// answer (X-Kubernetes-PF-PriorityLevel-UID).
+	nodeKubeconfig, _ := deployedKubeconfigs(t)
+	levelOf := func(impersonate string) string {
+		cfg, err := clientcmd.BuildConfigFromFlags("", nodeKubeconfig)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Impersonate.UserName = impersonate
+		rt, err := rest.HTTPClientFor(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body := `{"apiVersion":"authentication.k8s.io/v1","kind":"TokenReview","spec":{"token":"not-a-token"}}`
+		res, err := rt.Post(strings.TrimSuffix(cfg.Host, "/")+"/apis/authentication.k8s.io/v1/tokenreviews", "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		if res.StatusCode != http.StatusCreated {
+			t.Fatalf("a TokenReview as %q: %d", impersonate, res.StatusCode)
+		}
+		return res.Header.Get(flowcontrolv1.ResponseHeaderMatchedPriorityLevelConfigurationUID)
+	}
+	uidOf := func(name string) string {
+		var level flowcontrolv1.PriorityLevelConfiguration
+		if err := cp.Client.Get(context.Background(), client.ObjectKey{Name: name}, &level); err != nil {
+			t.Fatal(err)
+		}
+		return string(level.UID)
+	}
+	if !kubelet.WaitUntil(10*time.Second, func() bool { return levelOf(reviews) == uidOf("connectors-csi-reviews") }) {
+		t.Errorf("a review as %s is not in the priority level connectors-csi-reviews", reviews)
+	}
+	if got := levelOf(""); got != uidOf("connectors-csi-node") {
+		t.Errorf("a review as the node is in the priority level of UID %s, want connectors-csi-node's", got)
 	}
 }
