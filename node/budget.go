@@ -42,16 +42,20 @@ func newVolumeBudget(max int64, held []*records.Record) *volumeBudget {
 	return b
 }
 
-// take makes bytes the volume's use, unless that would put the node's volumes, or its
-// namespace's, over the bound: ResourceExhausted then, naming which (kubelet retries). Over
-// counts it whatever it takes (a mounted volume's). undo gives the volume its use before, for
-// files that could not be written.
-func (b *volumeBudget) take(volumeID, namespace string, bytes int64, over bool) (undo func(), err error) {
+// take makes bytes the volume's use, unless its growth would put the node's volumes, or its
+// namespace's, over the bound: ResourceExhausted then, naming which (kubelet retries). A mounted
+// volume's growth is counted whatever it takes when it renews the token alone (tokenOnly: the
+// Pod needs it) or when its use before is not known (published before the budget came);
+// growth of other content is bounded as a new volume is, or a volume refused (one rejected
+// holds an error file alone) could grow past every bound once it is granted. undo gives the
+// volume its use before, for files that could not be written.
+func (b *volumeBudget) take(volumeID, namespace string, bytes int64, mounted, tokenOnly bool) (undo func(), err error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	was := b.byVolume[volumeID]
+	was, known := b.byVolume[volumeID]
 	before := was.bytes
-	if b.max > 0 && bytes > before && !over {
+	unbounded := mounted && (tokenOnly || !known)
+	if b.max > 0 && bytes > before && !unbounded {
 		more := bytes - before
 		if b.total+more > b.max {
 			return nil, status.Errorf(codes.ResourceExhausted, "the Connectors volumes of this node would hold %d bytes of memory, more than the %d they may (--node-volumes-max-bytes)",

@@ -14,8 +14,9 @@ import (
 
 // TestVolumeBudgetBoundsTheNodeAndEachNamespace: the node's new volumes take it to at most
 // the bound together and one namespace's to half of it; a volume's new content replaces its
-// old use, undo gives it back, a release frees it, a mounted volume is counted whatever it
-// takes, and the records of a restarted driver count from the start.
+// old use, undo gives it back, a release frees it, a mounted volume's new token (or one the
+// budget does not know) is counted whatever it takes and its other content only within the
+// bounds, and the records of a restarted driver count from the start.
 func TestVolumeBudgetBoundsTheNodeAndEachNamespace(t *testing.T) {
 	b := newVolumeBudget(400, []*records.Record{{VolumeID: "held", Pod: records.Pod{Namespace: "c"}, Bytes: 90}})
 	exhausted := func(err error, want string) {
@@ -25,14 +26,14 @@ func TestVolumeBudgetBoundsTheNodeAndEachNamespace(t *testing.T) {
 		}
 	}
 	take := func(volume, namespace string, bytes int64) error {
-		_, err := b.take(volume, namespace, bytes, false)
+		_, err := b.take(volume, namespace, bytes, false, false)
 		return err
 	}
 	if err := take("a1", "a", 150); err != nil {
 		t.Fatal(err)
 	}
 	exhausted(take("a2", "a", 51), "namespace a on this node would hold 201 bytes of memory, more than its share, 200")
-	undo, err := b.take("a1", "a", 100, false) // smaller content of the same volume
+	undo, err := b.take("a1", "a", 100, true, false) // smaller content of the same volume
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,14 +51,24 @@ func TestVolumeBudgetBoundsTheNodeAndEachNamespace(t *testing.T) {
 	}
 	exhausted(take("c2", "c", 20), // 90 (held) + 200 + 80 + 20 + 20 = 410 > 400
 		"the Connectors volumes of this node would hold 410 bytes of memory, more than the 400 they may (--node-volumes-max-bytes)")
-	if _, err := b.take("mounted", "a", 30, true); err != nil || b.byNamespace["a"] != 230 {
+	// A mounted volume the budget does not know (published before it came) is counted.
+	if _, err := b.take("mounted", "a", 30, true, false); err != nil || b.byNamespace["a"] != 230 {
 		t.Errorf("a mounted volume past the share: %v, namespace a holds %d, want 230", err, b.byNamespace["a"])
+	}
+	// A known one's new token is counted whatever it takes; its other content grows within
+	// the bounds only, and a refusal leaves its use as it was.
+	if _, err := b.take("mounted", "a", 34, true, true); err != nil || b.byNamespace["a"] != 234 {
+		t.Errorf("a mounted volume's new token past the share: %v, namespace a holds %d, want 234", err, b.byNamespace["a"])
+	}
+	exhausted(func() error { _, err := b.take("mounted", "a", 300, true, false); return err }(), "--node-volumes-max-bytes")
+	if b.byNamespace["a"] != 234 {
+		t.Errorf("after a refused growth namespace a holds %d, want 234", b.byNamespace["a"])
 	}
 	b.release("held")
 	if err := take("c2", "c", 20); err != nil {
 		t.Errorf("after a release: %v", err)
 	}
-	if unbounded := newVolumeBudget(0, nil); func() error { _, err := unbounded.take("x", "x", 1<<40, false); return err }() != nil {
+	if unbounded := newVolumeBudget(0, nil); func() error { _, err := unbounded.take("x", "x", 1<<40, false, false); return err }() != nil {
 		t.Error("a budget of 0 bounded a volume")
 	}
 }

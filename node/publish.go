@@ -298,7 +298,7 @@ func (s *Server) write(target string, mounted bool, files render.Files, gid *int
 			return status.Errorf(codes.Internal, "mount tmpfs at %s: %v", target, err)
 		}
 	}
-	err := s.fill(target, files, gid, rec, mounted)
+	err := s.fill(target, files, gid, rec, mounted, false)
 	if err != nil && !mounted {
 		if uerr := s.Mounter.Unmount(target); uerr != nil {
 			klog.ErrorS(uerr, "Unmount after a failed publish", "target", target)
@@ -309,13 +309,13 @@ func (s *Server) write(target string, mounted bool, files render.Files, gid *int
 }
 
 // fill writes the files into the mounted target and saves the record, once the node's volume
-// budget takes them (volumeBudget): a new volume's only within the bound; a mounted one's are
-// counted whatever they take, for its Pod runs with what it has and needs its token renewed
-// (the budget may not know it yet: one published before the budget came). A volume whose
-// files cannot be written keeps its earlier use.
-func (s *Server) fill(target string, files render.Files, gid *int64, rec *records.Record, mounted bool) error {
+// budget takes them (volumeBudget.take): a new volume's, and a mounted one's grown content,
+// only within the bound; a mounted one's new token whatever it takes, for its Pod runs with
+// what it has and needs its token renewed. A volume whose files cannot be written, or are not
+// taken, keeps its earlier files and use.
+func (s *Server) fill(target string, files render.Files, gid *int64, rec *records.Record, mounted, tokenOnly bool) error {
 	rec.Bytes = footprint(files)
-	undo, err := s.budget.take(rec.VolumeID, rec.Pod.Namespace, rec.Bytes, mounted)
+	undo, err := s.budget.take(rec.VolumeID, rec.Pod.Namespace, rec.Bytes, mounted, tokenOnly)
 	if err != nil {
 		return err
 	}

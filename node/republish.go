@@ -48,7 +48,7 @@ func (s *Server) republishUnchanged(ctx context.Context, volumeID, target string
 	}
 	updated := *rec
 	updated.Fingerprint, updated.TokenSHA256 = content, token
-	return true, s.fill(target, files, gid, &updated, true)
+	return true, s.fill(target, files, gid, &updated, true, rec.Fingerprint == content)
 }
 
 // fingerprints identify everything a volume's content depends on but the token (content: the

@@ -22,6 +22,7 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -42,6 +43,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/rand"
 	auditv1 "k8s.io/apiserver/pkg/apis/audit/v1"
+	"k8s.io/client-go/util/retry"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kube-connectors/connectors-csi/access"
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
@@ -1297,6 +1300,67 @@ func TestTenancyNodeVolumesAreBounded(t *testing.T) {
 	}
 	if err := publish(second); err != nil {
 		t.Fatalf("the second volume once the first is gone: %v", err)
+	}
+}
+
+// TestTenancyAMountedVolumeGrowsWithinTheBounds: a mounted volume's republish renews its token
+// whatever the budget says, but content grown by its Connector (or by an approval, after a
+// rejection's small error file) grows only within the namespace's share, as a new volume's:
+// otherwise a tenant mounts many small volumes and then grows them all past every bound, in
+// memory charged to the driver. A refused growth keeps the volume's files.
+func TestTenancyAMountedVolumeGrowsWithinTheBounds(t *testing.T) {
+	d := startDriverWith(t, t.TempDir(), nil, func(o *driver.Options) { o.VolumeSizeLimit, o.VolumesMaxBytes = "96Ki", "192Ki" }) // a namespace's share: 96 KiB
+	k := newKubelet(t, d)
+	ctx := context.Background()
+	ns := newNamespace(t)
+	newConnector(t, ns, "params", paramsClass(t), "https://tool.example.com")
+	allowConnectors(t, ns, "builder", "params")
+	pod := podWithVolume(t, k, ns, "grows", map[string]string{"connectors": "params", "configuration.names": "settings",
+		"configuration.params": `{"settings": {"depth": "1"}}`}, nil)
+	if err := k.Publish(ctx, pod, "connectors"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = k.Unpublish(context.Background(), pod, "connectors") })
+	settings := filepath.Join(k.TargetPath(pod, "connectors"), "settings.txt")
+	read := func() string {
+		b, err := os.ReadFile(settings)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	before := read()
+	setPad := func(bytes int) {
+		t.Helper()
+		if err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			var c v1alpha1.Connector
+			if err := cp.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: "params"}, &c); err != nil {
+				return err
+			}
+			c.Spec.Params = []v1alpha1.Param{{Name: "pad", Value: *jsonValue(strings.Repeat("x", bytes))}}
+			return cp.Client.Update(ctx, &c)
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	setPad(56 << 10)
+	var err error
+	want := "the Connectors volumes of namespace " + ns + " on this node would hold"
+	if !kubelet.WaitUntil(10*time.Second, func() bool {
+		err = k.Publish(ctx, pod, "connectors")
+		return status.Code(err) == codes.ResourceExhausted
+	}) || !strings.Contains(err.Error(), want) {
+		t.Fatalf("a republish growing the volume past its namespace's share: %v, want ResourceExhausted naming %q", err, want)
+	}
+	if read() != before {
+		t.Error("the refused republish changed the volume's files")
+	}
+	setPad(1 << 10)
+	if !kubelet.WaitUntil(10*time.Second, func() bool {
+		return k.Publish(ctx, pod, "connectors") == nil && strings.Contains(read(), "pad="+strings.Repeat("x", 1<<10))
+	}) {
+		t.Error("a republish within the share did not write the grown content")
 	}
 }
 
