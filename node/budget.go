@@ -44,17 +44,18 @@ func newVolumeBudget(max int64, held []*records.Record) *volumeBudget {
 
 // take makes bytes the volume's use, unless its growth would put the node's volumes, or its
 // namespace's, over the bound: ResourceExhausted then, naming which (kubelet retries). A mounted
-// volume's growth is counted whatever it takes when it renews the token alone (tokenOnly: the
-// Pod needs it) or when its use before is not known (published before the budget came);
-// growth of other content is bounded as a new volume is, or a volume refused (one rejected
-// holds an error file alone) could grow past every bound once it is granted. undo gives the
-// volume its use before, for files that could not be written.
-func (b *volumeBudget) take(volumeID, namespace string, bytes int64, mounted, tokenOnly bool) (undo func(), err error) {
+// volume's growth is counted whatever it takes when it is a renewal (a new token, which the
+// Pod needs, or a class or proxy CA an administrator changed) or when its use before is not
+// known (published before the budget came); growth the tenant drives (its Connector, its
+// approval: a rejected volume holds an error file alone) is bounded as a new volume is, or a
+// tenant's small volumes could all grow past every bound. undo gives the volume its use
+// before, for files that could not be written.
+func (b *volumeBudget) take(volumeID, namespace string, bytes int64, mounted, renewal bool) (undo func(), err error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	was, known := b.byVolume[volumeID]
 	before := was.bytes
-	unbounded := mounted && (tokenOnly || !known)
+	unbounded := mounted && (renewal || !known)
 	if b.max > 0 && bytes > before && !unbounded {
 		more := bytes - before
 		if b.total+more > b.max {

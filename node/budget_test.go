@@ -14,8 +14,8 @@ import (
 
 // TestVolumeBudgetBoundsTheNodeAndEachNamespace: the node's new volumes take it to at most
 // the bound together and one namespace's to half of it; a volume's new content replaces its
-// old use, undo gives it back, a release frees it, a mounted volume's new token (or one the
-// budget does not know) is counted whatever it takes and its other content only within the
+// old use, undo gives it back, a release frees it, a mounted volume's renewal (or one the
+// budget does not know) is counted whatever it takes and other growth only within the
 // bounds, and the records of a restarted driver count from the start.
 func TestVolumeBudgetBoundsTheNodeAndEachNamespace(t *testing.T) {
 	b := newVolumeBudget(400, []*records.Record{{VolumeID: "held", Pod: records.Pod{Namespace: "c"}, Bytes: 90}})
@@ -55,10 +55,10 @@ func TestVolumeBudgetBoundsTheNodeAndEachNamespace(t *testing.T) {
 	if _, err := b.take("mounted", "a", 30, true, false); err != nil || b.byNamespace["a"] != 230 {
 		t.Errorf("a mounted volume past the share: %v, namespace a holds %d, want 230", err, b.byNamespace["a"])
 	}
-	// A known one's new token is counted whatever it takes; its other content grows within
-	// the bounds only, and a refusal leaves its use as it was.
+	// A known one's renewal is counted whatever it takes; other content grows within the
+	// bounds only, and a refusal leaves its use as it was.
 	if _, err := b.take("mounted", "a", 34, true, true); err != nil || b.byNamespace["a"] != 234 {
-		t.Errorf("a mounted volume's new token past the share: %v, namespace a holds %d, want 234", err, b.byNamespace["a"])
+		t.Errorf("a mounted volume's renewal past the share: %v, namespace a holds %d, want 234", err, b.byNamespace["a"])
 	}
 	exhausted(func() error { _, err := b.take("mounted", "a", 300, true, false); return err }(), "--node-volumes-max-bytes")
 	if b.byNamespace["a"] != 234 {

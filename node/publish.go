@@ -93,7 +93,7 @@ func (s *Server) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 		for _, c := range vr.connectors {
 			rec.Connectors = append(rec.Connectors, c.String())
 		}
-		err = s.write(target, mounted, files, gid, rec)
+		err = s.write(target, mounted && s.renews(req.GetVolumeId(), rec), mounted, files, gid, rec)
 	}
 	if err == nil {
 		log.V(2).Info("Published volume", "target", target, "files", len(files), "republish", mounted)
@@ -286,9 +286,17 @@ func (s *Server) getClass(ctx context.Context, name string, class *v1alpha1.Conn
 	return err
 }
 
+// renews tells whether a mounted volume's full publish authorized what its last one did (the
+// same authorization inputs, neither of them a rejection): its content then grows only by a
+// class or the proxy CA, which an administrator changes, and its growth is a renewal (fill).
+func (s *Server) renews(volumeID string, rec *records.Record) bool {
+	prev, err := s.Records.Load(volumeID)
+	return err == nil && prev != nil && prev.AuthFingerprint == rec.AuthFingerprint && !prev.Rejected && !rec.Rejected
+}
+
 // write mounts the target when it is not yet mounted, writes the files and saves the record.
 // A failure on a first publish leaves nothing mounted.
-func (s *Server) write(target string, mounted bool, files render.Files, gid *int64, rec *records.Record) error {
+func (s *Server) write(target string, renewal, mounted bool, files render.Files, gid *int64, rec *records.Record) error {
 	if !mounted {
 		if err := os.MkdirAll(target, 0o750); err != nil {
 			return status.Errorf(codes.Internal, "create target %s: %v", target, err)
@@ -298,7 +306,7 @@ func (s *Server) write(target string, mounted bool, files render.Files, gid *int
 			return status.Errorf(codes.Internal, "mount tmpfs at %s: %v", target, err)
 		}
 	}
-	err := s.fill(target, files, gid, rec, mounted, false)
+	err := s.fill(target, files, gid, rec, mounted, renewal)
 	if err != nil && !mounted {
 		if uerr := s.Mounter.Unmount(target); uerr != nil {
 			klog.ErrorS(uerr, "Unmount after a failed publish", "target", target)
@@ -309,13 +317,14 @@ func (s *Server) write(target string, mounted bool, files render.Files, gid *int
 }
 
 // fill writes the files into the mounted target and saves the record, once the node's volume
-// budget takes them (volumeBudget.take): a new volume's, and a mounted one's grown content,
-// only within the bound; a mounted one's new token whatever it takes, for its Pod runs with
-// what it has and needs its token renewed. A volume whose files cannot be written, or are not
-// taken, keeps its earlier files and use.
-func (s *Server) fill(target string, files render.Files, gid *int64, rec *records.Record, mounted, tokenOnly bool) error {
+// budget takes them (volumeBudget.take): a new volume's, and a mounted one's content grown by
+// what the tenant changes, only within the bound; a mounted one's renewal (its new token, or
+// the content of a class or proxy CA an administrator changed) whatever it takes, for its Pod
+// runs with what it has and needs its token renewed. A volume whose files cannot be written,
+// or are not taken, keeps its earlier files and use.
+func (s *Server) fill(target string, files render.Files, gid *int64, rec *records.Record, mounted, renewal bool) error {
 	rec.Bytes = footprint(files)
-	undo, err := s.budget.take(rec.VolumeID, rec.Pod.Namespace, rec.Bytes, mounted, tokenOnly)
+	undo, err := s.budget.take(rec.VolumeID, rec.Pod.Namespace, rec.Bytes, mounted, renewal)
 	if err != nil {
 		return err
 	}

@@ -48,7 +48,9 @@ func (s *Server) republishUnchanged(ctx context.Context, volumeID, target string
 	}
 	updated := *rec
 	updated.Fingerprint, updated.TokenSHA256 = content, token
-	return true, s.fill(target, files, gid, &updated, true, rec.Fingerprint == content)
+	// A renewal: what changed is the token, a class or the proxy CA, none of them the tenant's
+	// to grow (its Connectors and approvals change what is authorized: the full publish).
+	return true, s.fill(target, files, gid, &updated, true, true)
 }
 
 // fingerprints identify everything a volume's content depends on but the token (content: the

@@ -1303,24 +1303,34 @@ func TestTenancyNodeVolumesAreBounded(t *testing.T) {
 	}
 }
 
-// TestTenancyAMountedVolumeGrowsWithinTheBounds: a mounted volume's republish renews its token
-// whatever the budget says, but content grown by its Connector (or by an approval, after a
-// rejection's small error file) grows only within the namespace's share, as a new volume's:
-// otherwise a tenant mounts many small volumes and then grows them all past every bound, in
-// memory charged to the driver. A refused growth keeps the volume's files.
+// TestTenancyAMountedVolumeGrowsWithinTheBounds: a mounted volume's renewal (its new token, a
+// class an administrator changed) is written whatever the budget says, but content its
+// Connector grows (or an approval, after a rejection's small error file) grows only within the
+// namespace's share, as a new volume's: otherwise a tenant mounts many small volumes and then
+// grows them all past every bound, in memory charged to the driver. A refused growth keeps the
+// volume's files.
 func TestTenancyAMountedVolumeGrowsWithinTheBounds(t *testing.T) {
-	d := startDriverWith(t, t.TempDir(), nil, func(o *driver.Options) { o.VolumeSizeLimit, o.VolumesMaxBytes = "96Ki", "192Ki" }) // a namespace's share: 96 KiB
+	// A namespace's share: 128 KiB, about two volumes with their built-in files (the growth of
+	// either then goes past it, while each volume's tmpfs holds its old and new files at once).
+	d := startDriverWith(t, t.TempDir(), nil, func(o *driver.Options) { o.VolumeSizeLimit, o.VolumesMaxBytes = "128Ki", "256Ki" })
 	k := newKubelet(t, d)
 	ctx := context.Background()
 	ns := newNamespace(t)
-	newConnector(t, ns, "params", paramsClass(t), "https://tool.example.com")
-	allowConnectors(t, ns, "builder", "params")
+	class := paramsClass(t)
+	newConnector(t, ns, "params", class, "https://tool.example.com")
+	newConnector(t, ns, "other", constantClass(t), "https://git.example.com")
+	allowConnectors(t, ns, "builder", "params", "other")
+	publish := func(pod *corev1.Pod) {
+		t.Helper()
+		if err := k.Publish(ctx, pod, "connectors"); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = k.Unpublish(context.Background(), pod, "connectors") })
+	}
 	pod := podWithVolume(t, k, ns, "grows", map[string]string{"connectors": "params", "configuration.names": "settings",
 		"configuration.params": `{"settings": {"depth": "1"}}`}, nil)
-	if err := k.Publish(ctx, pod, "connectors"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = k.Unpublish(context.Background(), pod, "connectors") })
+	publish(pod)
+	publish(podWithVolume(t, k, ns, "beside", map[string]string{"connectors": "other"}, nil))
 	settings := filepath.Join(k.TargetPath(pod, "connectors"), "settings.txt")
 	read := func() string {
 		b, err := os.ReadFile(settings)
@@ -1361,6 +1371,16 @@ func TestTenancyAMountedVolumeGrowsWithinTheBounds(t *testing.T) {
 		return k.Publish(ctx, pod, "connectors") == nil && strings.Contains(read(), "pad="+strings.Repeat("x", 1<<10))
 	}) {
 		t.Error("a republish within the share did not write the grown content")
+	}
+	// What an administrator's class change grows is a renewal: written past the share, as the
+	// Pod's token must be.
+	updateClass(t, class, func(c *v1alpha1.ConnectorClass) {
+		c.Spec.Configurations[0].Data["settings.txt"] = paramsTemplate + "# " + strings.Repeat("y", 40<<10) + "\n"
+	})
+	if !kubelet.WaitUntil(10*time.Second, func() bool {
+		return k.Publish(ctx, pod, "connectors") == nil && strings.Contains(read(), strings.Repeat("y", 40<<10))
+	}) {
+		t.Error("a republish of a class grown by its administrator past the share was not written")
 	}
 }
 
