@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"strings"
 	"time"
 
@@ -209,20 +210,34 @@ func (g *Gate) requestFor(pod records.Pod, c *v1alpha1.Connector) *v1alpha1.Acce
 }
 
 // ensureRequest creates want, or finds it made already; one of its name that asks for anything
-// else is refused.
+// else is refused, and one that asks the same but is not labelled for this node (made by
+// someone else, whom the admission policy lets not label it) is labelled, or the node, which
+// waits on its requests through the cache of those labelled for it, would never see its verdict.
 func (g *Gate) ensureRequest(ctx context.Context, want *v1alpha1.AccessRequest) (*v1alpha1.AccessRequest, error) {
 	ar := want.DeepCopy()
 	c := types.NamespacedName{Namespace: ar.Namespace, Name: ar.Spec.ConnectorRef.Name}
 	err := g.Client.Create(ctx, ar)
-	if apierrors.IsAlreadyExists(err) {
-		if err = g.Client.Get(ctx, client.ObjectKeyFromObject(ar), ar); err == nil && !sameRequest(ar.Spec, want.Spec) {
-			// Not one this node made: whoever else may create requests could have named it so,
-			// for another Connector, and its verdict would be taken for this one's.
-			return nil, &node.Denied{Connector: c,
-				Reason: fmt.Sprintf("AccessRequest %s/%s exists and asks for another Connector, subject or Pod than this Pod's request; it is not used (delete it)", ar.Namespace, ar.Name)}
-		}
+	if !apierrors.IsAlreadyExists(err) {
+		return ar, err
 	}
-	return ar, err
+	if err = g.Client.Get(ctx, client.ObjectKeyFromObject(ar), ar); err != nil {
+		return nil, err
+	}
+	if !sameRequest(ar.Spec, want.Spec) {
+		// Not one this node made: whoever else may create requests could have named it so,
+		// for another Connector, and its verdict would be taken for this one's.
+		return nil, &node.Denied{Connector: c,
+			Reason: fmt.Sprintf("AccessRequest %s/%s exists and asks for another Connector, subject or Pod than this Pod's request; it is not used (delete it)", ar.Namespace, ar.Name)}
+	}
+	if ar.Labels[v1alpha1.LabelNode] == want.Labels[v1alpha1.LabelNode] {
+		return ar, nil
+	}
+	before := ar.DeepCopy()
+	if ar.Labels == nil {
+		ar.Labels = map[string]string{}
+	}
+	maps.Copy(ar.Labels, want.Labels)
+	return ar, g.Client.Patch(ctx, ar, client.MergeFrom(before))
 }
 
 // sameRequest tells whether two requests ask the same: one subject, one Connector, one Pod.

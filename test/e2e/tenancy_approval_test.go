@@ -806,6 +806,26 @@ func TestTenancyAForeignRequestOfTheNameIsNotUsed(t *testing.T) {
 			t.Errorf("publish (the foreign request labelled %v): %v, want PermissionDenied naming the foreign request", labels, err)
 		}
 	}
+	// One that asks the same, made by someone else, who may not label it for the node (the
+	// admission policy): the node labels it, and waits on its verdict through its cache.
+	pod := pipelineRunPod(t, env.kubelet, ns, "release-same", "promote", map[string]string{"connectors": "prod"})
+	name := approval.RequestName("prod", records.Pod{Namespace: ns, Name: pod.Name, UID: string(pod.UID), ServiceAccount: pod.Spec.ServiceAccountName})
+	create(t, &v1alpha1.AccessRequest{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Spec: v1alpha1.AccessRequestSpec{
+			Subject:      rbacv1.Subject{Kind: rbacv1.ServiceAccountKind, Name: pod.Spec.ServiceAccountName, Namespace: ns},
+			ConnectorRef: v1alpha1.LocalObjectRef{Name: "prod"},
+			Context: v1alpha1.AccessContext{ObjectRef: v1alpha1.ContextObjectRef{
+				APIVersion: "v1", Kind: "Pod", Name: pod.Name, Namespace: ns, UID: pod.UID}},
+		}})
+	err := publishOutcome(t, env, pod)
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "waiting for AccessRequest "+ns+"/"+name) ||
+		!strings.Contains(err.Error(), "ApprovalTask") {
+		t.Errorf("publish (a request of the same ask, unlabelled): %v, want Unavailable waiting on its checks", err)
+	}
+	var ar v1alpha1.AccessRequest
+	if err := cp.Client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: name}, &ar); err != nil || ar.Labels[v1alpha1.LabelNode] == "" {
+		t.Errorf("the request of the same ask: %v, labels %v, want it labelled for the node", err, ar.Labels)
+	}
 }
 
 // TestTenancyPoliciesAreBounded: what one tenant's AccessPolicy makes the controller hold is
