@@ -68,8 +68,11 @@ func startController(ctx context.Context, g *errgroup.Group, p *process, ready *
 		ProxyURL: o.ProxyURL, ClusterDomain: o.ClusterDomain,
 		Transports: trust.NewTransports(o.TransportCacheSize, "probe_transports", func(roots *x509.CertPool) *http.Transport {
 			// A probed tool is whoever the Connector's owner points it at: its answer head is
-			// bounded as the proxy's are (10 MiB when unset, per probe in flight).
-			return &http.Transport{Proxy: nil, DialContext: p.destinations.DialContext, DisableCompression: true,
+			// bounded as the proxy's are (10 MiB when unset, per probe in flight), and no
+			// connection is kept after its probe: a tool redirecting each probe to a new host
+			// and keeping every connection open left thousands idle in the controller (a
+			// Connector is probed every few minutes; keeping connections saves nothing).
+			return &http.Transport{Proxy: nil, DialContext: p.destinations.DialContext, DisableCompression: true, DisableKeepAlives: true,
 				TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}, MaxResponseHeaderBytes: int64(o.ProxyMaxHeaderBytes)}
 		}),
 		Flags: p.flags, GlobalCA: p.globalCA, Recorder: mgr.GetEventRecorder(o.DriverName),

@@ -2,7 +2,11 @@ package e2e
 
 import (
 	"context"
+	"io"
+	"net"
+	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -88,5 +92,45 @@ func TestConnectorStatus(t *testing.T) {
 	}
 	if !found {
 		t.Fatalf("kubectl get connectors does not show good as Ready:\n%s", out)
+	}
+}
+
+// TestTenancyProbesKeepNoConnection: a Connector's tool is whoever its owner points it at. One
+// that redirects each liveness probe to another of its names and keeps every connection open
+// left them all idle in the controller, with no idle timeout: a tenant's thousands of
+// Connectors kept the leader's memory and descriptors until it was killed. Probes keep no
+// connection: the tool sees each closed once its probe is done.
+func TestTenancyProbesKeepNoConnection(t *testing.T) {
+	var open atomic.Int64
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, port, _ := net.SplitHostPort(lis.Addr().String())
+	srv := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/" { // the probe's path: on to the same server by another name
+				http.Redirect(w, r, "http://localhost:"+port+"/up", http.StatusFound)
+				return
+			}
+			_, _ = io.WriteString(w, "up")
+		}),
+		ConnState: func(_ net.Conn, state http.ConnState) {
+			switch state {
+			case http.StateNew:
+				open.Add(1)
+			case http.StateClosed, http.StateHijacked:
+				open.Add(-1)
+			}
+		},
+	}
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	startDriverWith(t, t.TempDir(), nil, nil)
+	ns := newNamespace(t)
+	newConnector(t, ns, "kept", gitClass(t), "http://127.0.0.1:"+port)
+	waitCondition(t, ns, "kept", v1alpha1.ConditionLivenessReady, metav1.ConditionTrue, "Reachable")
+	if !kubelet.WaitUntil(10*time.Second, func() bool { return open.Load() == 0 }) {
+		t.Errorf("%d of the probes' connections to the tool are still open, want every one closed after its probe", open.Load())
 	}
 }
