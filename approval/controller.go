@@ -372,6 +372,9 @@ func (c *Controller) startWatch(ctx context.Context, gvk schema.GroupVersionKind
 		return err.(error)
 	}
 	if err := c.kinds.check(ctx, gvk); err != nil {
+		if meta.IsNoMatchError(err) {
+			c.unserved.Add(gvk, err, kindAnswerTTL)
+		}
 		return err
 	}
 	u := &unstructured.Unstructured{}

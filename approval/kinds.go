@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"golang.org/x/time/rate"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -20,15 +21,26 @@ import (
 // Namespace and Connector change, and each check would cost two SelfSubjectAccessReviews.
 const kindAnswerTTL = time.Minute
 
+// Bounds of a kindChecker: the answers it keeps, and how many kinds it looks up a second (with
+// a burst): the RESTMapper fetches the API server's discovery again for a group it does not
+// know, under a lock every read of the controller's caches takes, and tenants name whatever
+// kinds they like in their policies' checks, each reconciled at every Namespace change.
+const (
+	kindAnswers          = 4096
+	kindLookupsPerSecond = 2
+	kindLookupBurst      = 16
+)
+
 // kindChecker tells whether the controller may read a check kind (see check), remembering its
 // answers for kindAnswerTTL.
 type kindChecker struct {
 	client  client.Client
-	answers *cache.LRUExpireCache // schema.GroupVersionKind → error (nil: allowed)
+	answers *cache.LRUExpireCache // schema.GroupVersionKind → error (nil: allowed; a no-match: not served)
+	lookups *rate.Limiter
 }
 
 func newKindChecker(c client.Client) *kindChecker {
-	return &kindChecker{client: c, answers: cache.NewLRUExpireCache(256)}
+	return &kindChecker{client: c, answers: cache.NewLRUExpireCache(kindAnswers), lookups: rate.NewLimiter(kindLookupsPerSecond, kindLookupBurst)}
 }
 
 // refusedKind is a check kind the controller will not read.
@@ -36,11 +48,17 @@ type refusedKind struct{ reason string }
 
 func (e *refusedKind) Error() string { return e.reason }
 
+// errLookupDeferred: the kind was not looked up, more kinds being asked than kindChecker looks
+// up a second; it is asked again later, and is not an answer.
+var errLookupDeferred = fmt.Errorf("not looked up yet: the controller looks up at most %d new check kinds a second", kindLookupsPerSecond)
+
 // check says why the controller may not read a check kind, or nil. Secrets are refused
 // outright (a check could match a tenant's policy on any Secret and report its state). A kind
 // the controller may not list and watch everywhere is refused before its informer starts: an
 // informer that cannot list never syncs, and the worker waiting for it would hang. A kind the
-// API server does not serve is left to the watch, which says so.
+// API server does not serve is the RESTMapper's no-match error, kept as an answer, so that the
+// informer is not asked for it (which would fetch discovery again). errLookupDeferred when it
+// was not looked up.
 func (k *kindChecker) check(ctx context.Context, gvk schema.GroupVersionKind) error {
 	if answer, ok := k.answers.Get(gvk); ok {
 		err, _ := answer.(error)
@@ -48,7 +66,7 @@ func (k *kindChecker) check(ctx context.Context, gvk schema.GroupVersionKind) er
 	}
 	err := k.ask(ctx, gvk)
 	var refused *refusedKind
-	if err == nil || errors.As(err, &refused) {
+	if err == nil || errors.As(err, &refused) || meta.IsNoMatchError(err) {
 		k.answers.Add(gvk, err, kindAnswerTTL)
 	}
 	return err
@@ -71,9 +89,12 @@ func (k *kindChecker) ask(ctx context.Context, gvk schema.GroupVersionKind) erro
 		// cluster-wide copy (every AccessRequest with its policy snapshots, at 5,000 nodes).
 		return &refusedKind{"checks may not read " + gvk.Kind + " objects: the controller caches them already"}
 	}
+	if !k.lookups.Allow() {
+		return fmt.Errorf("check kind %s %s: %w", gvk.GroupVersion(), gvk.Kind, errLookupDeferred)
+	}
 	mapping, err := k.client.RESTMapper().RESTMapping(gvk.GroupKind(), gvk.Version)
 	if meta.IsNoMatchError(err) {
-		return nil
+		return err
 	}
 	if err != nil {
 		return fmt.Errorf("check kind %s: %w", gvk.Kind, err)

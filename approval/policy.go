@@ -2,6 +2,7 @@ package approval
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sort"
@@ -13,6 +14,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -290,7 +292,13 @@ func (c *PolicyController) validateCheck(ctx context.Context, check v1alpha1.Che
 	if err != nil {
 		return fmt.Errorf("objectRef apiVersion %q: %w", spec.Selector.ObjectRef.APIVersion, err)
 	}
-	return c.kinds.check(ctx, gv.WithKind(spec.Selector.ObjectRef.Kind))
+	err = c.kinds.check(ctx, gv.WithKind(spec.Selector.ObjectRef.Kind))
+	if meta.IsNoMatchError(err) || errors.Is(err, errLookupDeferred) {
+		// Not served (yet: a CRD installed later), or not looked up now: an evaluation of the
+		// check says so when a Pod asks, and a policy reconcile is no reason to wait.
+		return nil
+	}
+	return err
 }
 
 // syncDefaultPermission writes (or removes) the policy's default Role and RoleBinding.

@@ -3,12 +3,14 @@ package approval
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	authorizationv1 "k8s.io/api/authorization/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -16,6 +18,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/source"
@@ -43,22 +46,83 @@ func (u *unservedKinds) GetInformer(_ context.Context, obj client.Object, _ ...c
 	return nil, &meta.NoKindMatchError{GroupKind: gvk.GroupKind(), SearchedVersions: []string{gvk.Version}}
 }
 
+// countingMapper counts the kinds looked up (for a group it does not know, controller-runtime's
+// mapper fetches the API server's discovery again).
+type countingMapper struct {
+	meta.RESTMapper
+	lookups atomic.Int32
+}
+
+func (m *countingMapper) RESTMapping(gk schema.GroupKind, versions ...string) (*meta.RESTMapping, error) {
+	m.lookups.Add(1)
+	return m.RESTMapper.RESTMapping(gk, versions...)
+}
+
+// servedKinds is a client whose mapper knows the kinds (and no other), and which allows the
+// controller's reviews.
+func servedKinds(mapper *countingMapper, kinds ...schema.GroupVersionKind) client.Client {
+	known := meta.NewDefaultRESTMapper(nil)
+	for _, gvk := range kinds {
+		known.Add(gvk, meta.RESTScopeNamespace)
+	}
+	mapper.RESTMapper = known
+	return fake.NewClientBuilder().WithRESTMapper(mapper).WithInterceptorFuncs(interceptor.Funcs{
+		Create: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.CreateOption) error {
+			if review, ok := obj.(*authorizationv1.SelfSubjectAccessReview); ok {
+				review.Status.Allowed = true
+				return nil
+			}
+			return c.Create(ctx, obj, opts...)
+		}}).Build()
+}
+
 // TestAnUnservedCheckKindStartsNoWatch: a check of a kind the API server does not serve fails
 // at every evaluation without starting a watch (each would be a goroutine for the life of the
-// process, asking for an informer that never comes), and asks for its informer once a minute,
-// not at each evaluation.
+// process, asking for an informer that never comes) and without asking for its informer; it is
+// looked up once a minute, not at each evaluation.
 func TestAnUnservedCheckKindStartsNoWatch(t *testing.T) {
-	counter, informers := &watchCounter{}, &unservedKinds{}
+	counter, informers, mapper := &watchCounter{}, &unservedKinds{}, &countingMapper{}
 	c := &Controller{Cache: informers, ctrl: counter, unserved: utilcache.NewLRUExpireCache(maxUnservedKinds),
-		kinds: newKindChecker(fake.NewClientBuilder().WithRESTMapper(meta.NewDefaultRESTMapper(nil)).Build())}
+		kinds: newKindChecker(servedKinds(mapper))}
 	gvk := schema.GroupVersionKind{Group: "nothing.example", Version: "v1", Kind: "Nothing"}
 	for range 10 {
 		if err := c.watchKind(context.Background(), gvk); !meta.IsNoMatchError(err) {
 			t.Fatalf("watchKind: %v, want the kind's no-match error", err)
 		}
 	}
-	if counter.started != 0 || informers.asked != 1 {
-		t.Errorf("10 evaluations started %d watches and asked for the kind's informer %d times, want none and once", counter.started, informers.asked)
+	if counter.started != 0 || informers.asked != 0 || mapper.lookups.Load() != 1 {
+		t.Errorf("10 evaluations started %d watches, asked for the kind's informer %d times and looked it up %d times, want none, none and once",
+			counter.started, informers.asked, mapper.lookups.Load())
+	}
+}
+
+// TestCheckKindsAreLookedUpAtTheirPace: a tenant's policies may name hundreds of kinds nobody
+// serves, each checked at every reconcile; past a burst, kinds are looked up at
+// kindLookupsPerSecond, the others deferred (not an answer, asked again later), and each
+// answer, a no-match too, is kept.
+func TestCheckKindsAreLookedUpAtTheirPace(t *testing.T) {
+	mapper := &countingMapper{}
+	served := schema.GroupVersionKind{Group: "tekton.dev", Version: "v1", Kind: "PipelineRun"}
+	k := newKindChecker(servedKinds(mapper, served))
+	deferred := 0
+	for i := range 300 {
+		err := k.check(context.Background(), schema.GroupVersionKind{Group: fmt.Sprintf("g%d.example", i), Version: "v1", Kind: "K"})
+		switch {
+		case errors.Is(err, errLookupDeferred):
+			deferred++
+		case !meta.IsNoMatchError(err):
+			t.Fatalf("kind %d: %v, want no match or deferred", i, err)
+		}
+	}
+	if looked := int(mapper.lookups.Load()); looked > kindLookupBurst+kindLookupsPerSecond || deferred != 300-looked {
+		t.Errorf("300 kinds at once: %d looked up, %d deferred; want at most the burst looked up, the rest deferred", looked, deferred)
+	}
+	before := mapper.lookups.Load()
+	for i := range 4 { // kept answers: no lookup
+		_ = k.check(context.Background(), schema.GroupVersionKind{Group: fmt.Sprintf("g%d.example", i), Version: "v1", Kind: "K"})
+	}
+	if mapper.lookups.Load() != before {
+		t.Errorf("kinds answered before were looked up again")
 	}
 }
 
@@ -100,8 +164,8 @@ func (j *joined) Done() <-chan struct{} {
 // whose budget outlasts the starter's starts the watch itself rather than take the starter's
 // timeout for its own (a failed check revokes a running Pod's grant).
 func TestAWatchStartIsWaitedForWithinEachBudget(t *testing.T) {
-	allowed := fake.NewClientBuilder().WithRESTMapper(meta.NewDefaultRESTMapper(nil)).Build()
 	gvk := schema.GroupVersionKind{Group: "tekton.dev", Version: "v1", Kind: "PipelineRun"}
+	allowed := servedKinds(&countingMapper{}, gvk)
 	newController := func(informers cache.Cache, counter *watchCounter) *Controller {
 		return &Controller{Cache: informers, ctrl: counter, unserved: utilcache.NewLRUExpireCache(maxUnservedKinds), kinds: newKindChecker(allowed)}
 	}
@@ -186,9 +250,10 @@ func (panickingInformers) GetInformer(context.Context, client.Object, ...cache.I
 // runs apart from the reconcile that asked, where controller-runtime would recover it) is that
 // reconcile's error, not the controller's end.
 func TestAWatchStartThatPanicsFailsItsCheck(t *testing.T) {
+	gvk := schema.GroupVersionKind{Group: "tekton.dev", Version: "v1", Kind: "PipelineRun"}
 	c := &Controller{Cache: panickingInformers{}, ctrl: &watchCounter{}, unserved: utilcache.NewLRUExpireCache(maxUnservedKinds),
-		kinds: newKindChecker(fake.NewClientBuilder().WithRESTMapper(meta.NewDefaultRESTMapper(nil)).Build())}
-	err := c.watchKind(context.Background(), schema.GroupVersionKind{Group: "tekton.dev", Version: "v1", Kind: "PipelineRun"})
+		kinds: newKindChecker(servedKinds(&countingMapper{}, gvk))}
+	err := c.watchKind(context.Background(), gvk)
 	if err == nil || !strings.Contains(err.Error(), "panic") {
 		t.Fatalf("watchKind: %v, want the panic as an error", err)
 	}
