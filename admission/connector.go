@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"sync"
 
 	admissionv1 "k8s.io/api/admission/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -35,6 +36,9 @@ type ConnectorValidator struct {
 	// its own: one created just before its first Connector (one kubectl apply) must be found.
 	Live    client.Reader
 	Decoder admission.Decoder
+
+	turnsOnce sync.Once
+	turns     *namespaceTurns // Live's reads, in turns by namespace
 }
 
 // Webhook is the validator as a controller-runtime webhook.
@@ -70,7 +74,7 @@ func (v *ConnectorValidator) Handle(ctx context.Context, req admission.Request) 
 	// have started).
 	err := v.Reader.Get(ctx, key, &class)
 	if err != nil && v.Live != nil {
-		err = v.Live.Get(ctx, key, &class)
+		err = v.liveGet(ctx, c.Namespace, key, &class)
 	}
 	if apierrors.IsNotFound(err) {
 		return invalid(&c, field.ErrorList{field.NotFound(field.NewPath("spec", "connectorClassName"), c.Spec.ConnectorClassName)})
@@ -82,6 +86,16 @@ func (v *ConnectorValidator) Handle(ctx context.Context, req admission.Request) 
 		return invalid(&c, errs)
 	}
 	return admission.Allowed("")
+}
+
+// liveGet reads the class from the API server in the namespace's turn (namespaceTurns).
+func (v *ConnectorValidator) liveGet(ctx context.Context, namespace string, key client.ObjectKey, class *v1alpha1.ConnectorClass) error {
+	v.turnsOnce.Do(func() { v.turns = newNamespaceTurns() })
+	if err := v.turns.wait(ctx, namespace); err != nil {
+		return fmt.Errorf("ConnectorClass %q is not in the webhook's cache yet, and the Connectors of namespace %s have had their turns "+
+			"of reading classes from the API server (%d a second); try again: %w", key.Name, namespace, liveReadsPerNamespace, err)
+	}
+	return v.Live.Get(ctx, key, class)
 }
 
 // invalid refuses with the API server's own Invalid status, so that clients see

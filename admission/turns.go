@@ -1,0 +1,43 @@
+package admission
+
+import (
+	"context"
+	"sync"
+
+	lru "github.com/hashicorp/golang-lru/v2"
+	"golang.org/x/time/rate"
+)
+
+// Live reads of each namespace: at most liveReadsPerNamespace a second, a burst of twice that,
+// for the Connectors of up to liveTurnNamespaces namespaces at once.
+const (
+	liveReadsPerNamespace = 1
+	liveTurnNamespaces    = 4096
+)
+
+// namespaceTurns paces each namespace's live class reads. Anyone who may create a Connector
+// may have reviews sent (a server-side dry run writes nothing and still calls the webhook),
+// and a loop of one tenant's naming classes the cache has not seen would otherwise spend the
+// Live rate limit that every tenant's applies share: a Connector applied with its new class
+// would then be refused. Written here: a keyed limiter is a few lines over x/time/rate.
+type namespaceTurns struct {
+	mu       sync.Mutex
+	limiters *lru.Cache[string, *rate.Limiter]
+}
+
+func newNamespaceTurns() *namespaceTurns {
+	limiters, _ := lru.New[string, *rate.Limiter](liveTurnNamespaces)
+	return &namespaceTurns{limiters: limiters}
+}
+
+// wait waits for the namespace's next turn, or says it would not come before ctx ends.
+func (t *namespaceTurns) wait(ctx context.Context, namespace string) error {
+	t.mu.Lock()
+	l, ok := t.limiters.Get(namespace)
+	if !ok {
+		l = rate.NewLimiter(liveReadsPerNamespace, 2*liveReadsPerNamespace)
+		t.limiters.Add(namespace, l)
+	}
+	t.mu.Unlock()
+	return l.Wait(ctx)
+}
