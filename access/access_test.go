@@ -139,6 +139,7 @@ func TestInvalidatedIsAskedAgain(t *testing.T) {
 			}
 		})
 	}
+	// The token cache runs the lookup on a context of its own (30 s), which ends the wait too.
 	t.Run("the wait ends with the lookup's context", func(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel()

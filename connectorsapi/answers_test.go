@@ -9,11 +9,11 @@ import (
 	"testing"
 )
 
-// TestAnswersAreBoundedPerCallNamespaceAndNode reads real answers through the counted
-// transport: one call stops at its bound; a namespace's calls together at their share of the
-// node's bound, which another namespace's still get; calls in flight together at the node's;
+// TestAnswersAreBoundedPerCallCallerAndNode reads real answers through the counted
+// transport: one call stops at its bound; a caller's calls together at their share of the
+// node's bound, which another caller's still get; calls in flight together at the node's;
 // a call that ended gives its bytes back.
-func TestAnswersAreBoundedPerCallNamespaceAndNode(t *testing.T) {
+func TestAnswersAreBoundedPerCallCallerAndNode(t *testing.T) {
 	body := strings.Repeat("x", 10_000) // an answer counts 11,024 bytes
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, body) }))
 	t.Cleanup(srv.Close)
@@ -37,7 +37,7 @@ func TestAnswersAreBoundedPerCallNamespaceAndNode(t *testing.T) {
 		}
 	}
 
-	limits := NewAnswerLimits(12_000, 60_000) // a namespace's share: 15,000
+	limits := NewAnswerLimits(12_000, 60_000) // a caller's share: 15,000
 	first := limits.newCall("a")
 	if err := read(first); err != nil {
 		t.Fatal(err)
@@ -46,7 +46,7 @@ func TestAnswersAreBoundedPerCallNamespaceAndNode(t *testing.T) {
 	refused(t, second, http.StatusServiceUnavailable, "namespace a")
 	other := limits.newCall("b")
 	if err := read(other); err != nil {
-		t.Fatalf("another namespace's call while namespace a holds its share: %v", err)
+		t.Fatalf("another caller's call while caller a holds its share: %v", err)
 	}
 	refused(t, first, http.StatusBadGateway, "--api-call-max-answer-bytes")
 	if err := other.release(); err != nil {
@@ -59,7 +59,7 @@ func TestAnswersAreBoundedPerCallNamespaceAndNode(t *testing.T) {
 		t.Errorf("after every call ended: %d bytes held, %v", limits.total, limits.byCaller)
 	}
 
-	small := NewAnswerLimits(12_000, 20_000) // a namespace's share: 12,000, one call's
+	small := NewAnswerLimits(12_000, 20_000) // a caller's share: 12,000, one call's
 	held := small.newCall("x")
 	if err := read(held); err != nil {
 		t.Fatal(err)

@@ -13,7 +13,7 @@ import (
 
 // callerHeaders identify the caller to the console or its gateway: its session, and what
 // authenticating gateways add (oauth2-proxy, Kubernetes' front proxy, impersonation, AWS's
-// load balancers, Google's IAP, Cloudflare Access, Authelia). Some are tokens the caller's
+// load balancers, Google's IAP, Cloudflare Access, Authelia, Kong). Some are tokens the caller's
 // identity provider would take from whoever holds them (an ALB's access token).
 var callerHeaders = []string{"Authorization", "Proxy-Authorization", "Cookie",
 	"X-Forwarded-Access-Token", "X-Forwarded-User", "X-Forwarded-Email", "X-Forwarded-Groups", "X-Forwarded-Preferred-Username",
@@ -21,12 +21,13 @@ var callerHeaders = []string{"Authorization", "Proxy-Authorization", "Cookie",
 	"X-Amzn-Oidc-Accesstoken", "X-Amzn-Oidc-Data", "X-Amzn-Oidc-Identity",
 	"X-Goog-Iap-Jwt-Assertion", "X-Goog-Authenticated-User-Email", "X-Goog-Authenticated-User-Id",
 	"Cf-Access-Jwt-Assertion", "Cf-Access-Authenticated-User-Email",
-	"Remote-User", "Remote-Groups", "Remote-Email", "Remote-Name", "X-Id-Token", "X-Access-Token"}
+	"Remote-User", "Remote-Groups", "Remote-Email", "Remote-Name", "X-Id-Token", "X-Access-Token",
+	"X-Userinfo", "X-Credential-Identifier", "X-Anonymous-Consumer"}
 
-// callerHeaderPrefixes begin further such headers (extras, oauth2-proxy's and Pomerium's sets,
-// Azure App Service's, Authentik's).
-var callerHeaderPrefixes = []string{"X-Remote-Extra-", "Impersonate-Extra-", "X-Auth-Request-", "X-Pomerium-",
-	"X-Ms-Token-", "X-Ms-Client-Principal", "X-Authentik-"}
+// callerHeaderPrefixes begin further such headers (extras; oauth2-proxy's and Gatekeeper's
+// X-Auth-*, Pomerium's, Azure App Service's, Authentik's, Vouch's, Kong's consumer headers).
+var callerHeaderPrefixes = []string{"X-Remote-Extra-", "Impersonate-Extra-", "X-Auth-", "X-Pomerium-",
+	"X-Ms-Token-", "X-Ms-Client-Principal", "X-Authentik-", "X-Vouch-", "X-Consumer-"}
 
 // withoutCaller returns a copy of h without the headers that identify the caller.
 func withoutCaller(h http.Header) http.Header {

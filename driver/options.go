@@ -31,6 +31,7 @@ const (
 	defaultProxyAuthBurst         = 100
 	defaultAPIAuthQPS             = 20
 	defaultAPIAuthBurst           = 40
+	maxTokenInvalidatedRetry      = 5 * time.Second
 	defaultSecretCacheSize        = 1000
 	defaultSecretCacheBytes       = 32 << 20
 	defaultRegistryTokenBytes     = 8 << 20
@@ -278,7 +279,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&o.Profiling, "profiling", false, "also serve Go's profiles (/debug/pprof/) on --metrics-listen; with --metrics-auth=delegated, to users RBAC lets get /debug/pprof/*")
 	fs.BoolVar(&o.LeaderElect, "leader-elect", true, "run the controllers (controller and all roles) under a Lease")
 	fs.StringVar(&o.VolumeSizeLimit, "volume-size-limit", "4Mi", "tmpfs size of each volume")
-	fs.StringVar(&o.VolumesMaxBytes, "node-volumes-max-bytes", defaultVolumesMaxBytes, "memory the node's volumes may hold together (their tmpfs pages count against the driver's memory limit, not the Pods'), a namespace's volumes half of it; a new volume past it fails with ResourceExhausted, naming this flag (and a mounted one's republish whose content grows past it, the volume keeping its files; a mounted one's new token is counted, never refused; 0: no bound)")
+	fs.StringVar(&o.VolumesMaxBytes, "node-volumes-max-bytes", defaultVolumesMaxBytes, "memory the node's volumes may hold together (their tmpfs pages count against the driver's memory limit, not the Pods'), a namespace's volumes half of it; a new volume past it fails with ResourceExhausted, naming this flag (and a mounted one's republish whose content its Connector or an approval grows past it, the volume keeping its files; a mounted one's renewal, a new token or a class or proxy CA changed, is counted, never refused; 0: no bound)")
 	fs.StringVar(&o.KubeletRegDir, "kubelet-registration-dir", "", "serve kubelet's plugin-registration API from a socket here (empty: off)")
 	fs.StringVar(&o.KubeletPluginSock, "kubelet-plugin-endpoint", "", "the CSI socket path as kubelet sees it (default: derived from --endpoint)")
 	fs.Float64Var(&o.KubeAPIQPS, "kube-api-qps", 50, "sustained requests per second to the API server (SubjectAccessReviews, events)")
@@ -564,6 +565,11 @@ func (o *Options) validate() (*validated, error) {
 	}
 	if o.AuthzAllowTTL < 0 || o.AuthzDenyTTL < 0 || o.TokenCacheTTL < 0 || o.TokenInvalidatedRetry < 0 {
 		return nil, fmt.Errorf("--authorization-allow-ttl, --authorization-deny-ttl, --token-cache-ttl and --token-invalidated-retry-delay must not be negative")
+	}
+	// The request waits that long; and k8s.io/apiserver's token cache gives a review and its
+	// second ask 30 s together, past which the token would be a failure to ask (503), every time.
+	if o.TokenInvalidatedRetry > maxTokenInvalidatedRetry {
+		return nil, fmt.Errorf("--token-invalidated-retry-delay %s: at most %s", o.TokenInvalidatedRetry, maxTokenInvalidatedRetry)
 	}
 	if o.EvaluationBudget < 0 || o.MaxCheckObjects < 0 {
 		return nil, fmt.Errorf("--accessrequest-evaluation-budget and --accessrequest-check-max-objects must not be negative")
