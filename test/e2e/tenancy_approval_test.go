@@ -787,20 +787,27 @@ func TestTenancyGrantsTakeOverNoRBAC(t *testing.T) {
 func TestTenancyAForeignRequestOfTheNameIsNotUsed(t *testing.T) {
 	env, ns := approvalEnv(t)
 	pipelineGate(t, ns)
-	// Labelled for the node too (anyone may): it is then in the node's cache of its own.
+	// requestOf makes, as someone else, a request of the name the node gives pod's request, for
+	// connector, with labels.
+	requestOf := func(pod *corev1.Pod, connector string, labels map[string]string) string {
+		t.Helper()
+		name := approval.RequestName("prod", records.Pod{Namespace: ns, Name: pod.Name, UID: string(pod.UID), ServiceAccount: pod.Spec.ServiceAccountName})
+		create(t, &v1alpha1.AccessRequest{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: labels},
+			Spec: v1alpha1.AccessRequestSpec{
+				Subject:      rbacv1.Subject{Kind: rbacv1.ServiceAccountKind, Name: pod.Spec.ServiceAccountName, Namespace: ns},
+				ConnectorRef: v1alpha1.LocalObjectRef{Name: connector},
+				Context: v1alpha1.AccessContext{ObjectRef: v1alpha1.ContextObjectRef{
+					APIVersion: "v1", Kind: "Pod", Name: pod.Name, Namespace: ns, UID: pod.UID}},
+			}})
+		return name
+	}
+	// Labelled for the node too (an administrator may): it is then in the node's cache of its own.
 	for i, labels := range []map[string]string{nil, {v1alpha1.LabelNode: "node-1"}} {
 		pod := pipelineRunPod(t, env.kubelet, ns, fmt.Sprintf("release-%d", i), "promote", map[string]string{"connectors": "prod"})
 		if pod.UID == "" {
 			t.Fatal("the Pod has no UID")
 		}
-		name := approval.RequestName("prod", records.Pod{Namespace: ns, Name: pod.Name, UID: string(pod.UID), ServiceAccount: pod.Spec.ServiceAccountName})
-		create(t, &v1alpha1.AccessRequest{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: labels},
-			Spec: v1alpha1.AccessRequestSpec{
-				Subject:      rbacv1.Subject{Kind: rbacv1.ServiceAccountKind, Name: pod.Spec.ServiceAccountName, Namespace: ns},
-				ConnectorRef: v1alpha1.LocalObjectRef{Name: "staging"},
-				Context: v1alpha1.AccessContext{ObjectRef: v1alpha1.ContextObjectRef{
-					APIVersion: "v1", Kind: "Pod", Name: pod.Name, Namespace: ns, UID: pod.UID}},
-			}})
+		name := requestOf(pod, "staging", labels)
 		err := publishOutcome(t, env, pod)
 		if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), name+" exists and asks for another Connector") {
 			t.Errorf("publish (the foreign request labelled %v): %v, want PermissionDenied naming the foreign request", labels, err)
@@ -809,14 +816,7 @@ func TestTenancyAForeignRequestOfTheNameIsNotUsed(t *testing.T) {
 	// One that asks the same, made by someone else, who may not label it for the node (the
 	// admission policy): the node labels it, and waits on its verdict through its cache.
 	pod := pipelineRunPod(t, env.kubelet, ns, "release-same", "promote", map[string]string{"connectors": "prod"})
-	name := approval.RequestName("prod", records.Pod{Namespace: ns, Name: pod.Name, UID: string(pod.UID), ServiceAccount: pod.Spec.ServiceAccountName})
-	create(t, &v1alpha1.AccessRequest{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
-		Spec: v1alpha1.AccessRequestSpec{
-			Subject:      rbacv1.Subject{Kind: rbacv1.ServiceAccountKind, Name: pod.Spec.ServiceAccountName, Namespace: ns},
-			ConnectorRef: v1alpha1.LocalObjectRef{Name: "prod"},
-			Context: v1alpha1.AccessContext{ObjectRef: v1alpha1.ContextObjectRef{
-				APIVersion: "v1", Kind: "Pod", Name: pod.Name, Namespace: ns, UID: pod.UID}},
-		}})
+	name := requestOf(pod, "prod", nil)
 	err := publishOutcome(t, env, pod)
 	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "waiting for AccessRequest "+ns+"/"+name) ||
 		!strings.Contains(err.Error(), "ApprovalTask") {
