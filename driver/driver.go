@@ -66,17 +66,19 @@ func limitedConfig(p *process, qps float64, burst int) *rest.Config {
 	return cfg
 }
 
-// reviewing is cfg for TokenReviews and SubjectAccessReviews alone, sharing its rate limiter:
-// sent as --review-as when it is set (impersonated), so that API Priority and Fairness puts the
-// reviews that anyone who reaches a node can have it send (of made-up names, of new tokens;
-// every node is one user, hence one flow) in a priority level of their own, where a flood of
-// them at many nodes does not hold up publishes'. Only reviews: the identity may do nothing else.
-func reviewing(p *process, cfg *rest.Config) *rest.Config {
-	if p.o.reviewer == "" {
+// forCallers is cfg for the requests the node sends for whoever calls it (the proxy's, the
+// Connectors API's and the metrics listener's TokenReviews and SubjectAccessReviews, and the
+// proxy's reads: Connectors looked up by name, Secrets, Pod-scoped grants), sharing its rate
+// limiter: sent as --callers-as when it is set (impersonated), so that API Priority and
+// Fairness puts them in a priority level of their own. Anyone who reaches a node can have it
+// send them (new tokens, made-up names), and every node is one user, hence one flow: a flood
+// at many nodes would otherwise hold up publishes' requests in the node role's level.
+func forCallers(p *process, cfg *rest.Config) *rest.Config {
+	if p.o.callers == "" {
 		return cfg
 	}
 	out := rest.CopyConfig(cfg)
-	out.Impersonate = rest.ImpersonationConfig{UserName: p.o.reviewer}
+	out.Impersonate = rest.ImpersonationConfig{UserName: p.o.callers}
 	return out
 }
 
@@ -201,7 +203,8 @@ func newProcess(o *validated) (*process, error) {
 		return nil, err
 	}
 	p := &process{o: o, cfg: cfg, kube: kube, scheme: scheme,
-		destinations: &egress.Policy{AllowLoopback: o.AllowLoopbackDestinations, Refused: o.RefusedDestinations, Dial: o.Dial, Resolve: o.Resolve}}
+		destinations: &egress.Policy{AllowLoopback: o.AllowLoopbackDestinations, Refused: o.RefusedDestinations, NAT64: o.NAT64Prefixes,
+			Dial: o.Dial, Resolve: o.Resolve}}
 	keysKube, err := kubernetes.NewForConfig(limitedConfig(p, issuerKeysQPS, issuerKeysBurst))
 	if err != nil {
 		return nil, err

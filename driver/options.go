@@ -179,6 +179,8 @@ type Options struct {
 
 	AllowLoopbackDestinations bool
 	RefusedDestinations       []netip.Prefix
+	// NAT64Prefixes are the network's own NAT64 prefixes, besides the well-known one.
+	NAT64Prefixes []netip.Prefix
 	// ForwardPassthrough is --forward-passthrough: none, public (when empty) or all, and
 	// PassthroughConnectPorts --forward-passthrough-connect-ports (443 when empty).
 	ForwardPassthrough      string
@@ -201,10 +203,9 @@ type Options struct {
 	ProxyLaneMaxBodyBytes int
 	ProxyAuthQPS          float64
 	ProxyAuthBurst        int
-	// ReviewAs is the ServiceAccount (namespace/name) the proxy's, the Connectors API's and
-	// the metrics listener's TokenReviews and SubjectAccessReviews are sent as, impersonated;
-	// empty: as the process itself.
-	ReviewAs string
+	// CallersAs is the ServiceAccount (namespace/name) the requests sent for the node's callers
+	// are sent as (forCallers), impersonated; empty: as the process itself.
+	CallersAs string
 	// APIAuthQPS and APIAuthBurst are the Connectors API's own rate limit for its reviews.
 	APIAuthQPS             float64
 	APIAuthBurst           int
@@ -359,6 +360,20 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 		}
 		return nil
 	})
+	fs.Func("nat64-prefixes", "comma-separated NAT64 prefixes of the cluster's network besides the well-known 64:ff9b::/96 (a local-use one of 64:ff9b:1::/48, RFC 8215; 32, 40, 48, 56, 64 or 96 bits): an address in one is refused or allowed as the IPv4 address it embeds, so that one cannot reach cloud metadata or --refused-destinations through it", func(v string) error {
+		o.NAT64Prefixes = nil
+		for _, item := range strings.Split(v, ",") {
+			prefix, err := netip.ParsePrefix(strings.TrimSpace(item))
+			if err == nil {
+				err = egress.NAT64Prefix(prefix)
+			}
+			if err != nil {
+				return err
+			}
+			o.NAT64Prefixes = append(o.NAT64Prefixes, prefix)
+		}
+		return nil
+	})
 	fs.DurationVar(&o.TunnelLifetime, "proxy-tunnel-max-lifetime", defaultTunnelLifetime, "how long a CONNECT tunnel, or a connection the tool switched to another protocol (WebSocket, SPDY), may stay open before the proxy closes it")
 	fs.DurationVar(&o.UpgradeRecheck, "proxy-upgrade-recheck-interval", defaultUpgradeRecheck, "how often the caller of a connection the tool switched to another protocol is checked again (token, get, create on connectors/proxy; from the caches): the connection is closed once one is refused")
 	fs.DurationVar(&o.ProxyReadHeaderTimeout, "proxy-read-header-timeout", defaultReadHeaderTimeout, "how long the proxy waits for a request's head once its first byte came (also inside CONNECT tunnels); a slower client is disconnected")
@@ -372,7 +387,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.IntVar(&o.ProxyAuthBurst, "proxy-auth-burst", defaultProxyAuthBurst, "burst of --proxy-auth-qps")
 	fs.Float64Var(&o.APIAuthQPS, "connectors-api-auth-qps", defaultAPIAuthQPS, "sustained TokenReviews and SubjectAccessReviews per second of the Connectors API (its own limit, apart from the proxy's and publishes': it takes any token the cluster accepts, so any client can make it review)")
 	fs.IntVar(&o.APIAuthBurst, "connectors-api-auth-burst", defaultAPIAuthBurst, "burst of --connectors-api-auth-qps")
-	fs.StringVar(&o.ReviewAs, "review-as", "", "a ServiceAccount (<namespace>/<name>) to send the TokenReviews and SubjectAccessReviews of the proxy, the Connectors API and the metrics listener as (impersonated; the process needs impersonate on it), so that API Priority and Fairness can put these reviews, which anyone who reaches a node can make it send, in a priority level apart from publishes' (deployed: connectors-csi-reviews); empty: as the process itself")
+	fs.StringVar(&o.CallersAs, "callers-as", "", "a ServiceAccount (<namespace>/<name>) to send the requests the node sends for its callers as (impersonated; the process needs impersonate on it): the proxy's, the Connectors API's and the metrics listener's TokenReviews and SubjectAccessReviews, and the proxy's reads of Connectors by name, Secrets and Pod-scoped grants; anyone who reaches a node can make it send them, and API Priority and Fairness can then put them in a priority level apart from publishes' (deployed: connectors-csi-callers); empty: as the process itself")
 	fs.IntVar(&o.SecretCacheSize, "secret-cache-size", defaultSecretCacheSize, "Secrets the proxy keeps at most (each for --secret-cache-ttl)")
 	fs.Int64Var(&o.SecretCacheBytes, "secret-cache-max-bytes", defaultSecretCacheBytes, "bytes of Secret data the proxy (and the status controller) keep at most together; the least recently read go first, and a larger Secret is read each time")
 	fs.IntVar(&o.RegistryTokenCacheSize, "registry-token-cache-size", defaultRegistryTokenCacheSize, "registry tokens (by Connector, credential, registry and scope) the proxy keeps at most")
@@ -450,8 +465,8 @@ type validated struct {
 	regoStateMemoryBytes int64
 	webhookHost          string
 	webhookPort          int
-	// reviewer is the user name of ReviewAs, "" without it.
-	reviewer string
+	// callers is the user name of CallersAs, "" without it.
+	callers string
 }
 
 func (o *Options) validate() (*validated, error) {
@@ -476,12 +491,17 @@ func (o *Options) validate() (*validated, error) {
 			return nil, fmt.Errorf("--node-id is empty and NODE_NAME is not set")
 		}
 	}
-	if o.ReviewAs != "" {
-		ns, name, ok := strings.Cut(o.ReviewAs, "/")
-		if !ok || len(validation.IsDNS1123Label(ns)) > 0 || len(validation.IsDNS1123Subdomain(name)) > 0 {
-			return nil, fmt.Errorf("--review-as %q: must be <namespace>/<name> of a ServiceAccount", o.ReviewAs)
+	for _, prefix := range o.NAT64Prefixes {
+		if err := egress.NAT64Prefix(prefix); err != nil {
+			return nil, fmt.Errorf("--nat64-prefixes: %w", err)
 		}
-		v.reviewer = serviceaccount.MakeUsername(ns, name)
+	}
+	if o.CallersAs != "" {
+		ns, name, ok := strings.Cut(o.CallersAs, "/")
+		if !ok || len(validation.IsDNS1123Label(ns)) > 0 || len(validation.IsDNS1123Subdomain(name)) > 0 {
+			return nil, fmt.Errorf("--callers-as %q: must be <namespace>/<name> of a ServiceAccount", o.CallersAs)
+		}
+		v.callers = serviceaccount.MakeUsername(ns, name)
 	}
 	q, err := resource.ParseQuantity(o.VolumeSizeLimit)
 	if err != nil || q.Value() <= 0 {

@@ -79,6 +79,25 @@ func TestRefusedDestinationsFlag(t *testing.T) {
 	}
 }
 
+// TestNAT64PrefixesFlag: prefixes of the lengths RFC 6052 allows; anything else refused naming it.
+func TestNAT64PrefixesFlag(t *testing.T) {
+	var o Options
+	fs := flag.NewFlagSet("test", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	o.BindFlags(fs)
+	if err := fs.Parse([]string{"--nat64-prefixes=64:ff9b:1::/48, 2001:db8::/96"}); err != nil {
+		t.Fatal(err)
+	}
+	if len(o.NAT64Prefixes) != 2 || o.NAT64Prefixes[0].String() != "64:ff9b:1::/48" || o.NAT64Prefixes[1].String() != "2001:db8::/96" {
+		t.Errorf("--nat64-prefixes read as %v", o.NAT64Prefixes)
+	}
+	for _, bad := range []string{"64:ff9b:1::/50", "10.0.0.0/8", "64:ff9b:1::"} {
+		if err := fs.Parse([]string{"--nat64-prefixes=" + bad}); err == nil || !strings.Contains(err.Error(), strings.TrimSuffix(bad, "/50")) {
+			t.Errorf("--nat64-prefixes=%s: %v, want an error naming it", bad, err)
+		}
+	}
+}
+
 // TestMemoryLimitLeavesRoomForVolumes: the node's volumes' tmpfs pages share the container's
 // memory limit with the Go heap; GOMEMLIMIT (the container's limit) is lowered by their bound.
 func TestMemoryLimitLeavesRoomForVolumes(t *testing.T) {

@@ -61,6 +61,9 @@ type Policy struct {
 	// Refused are more destinations to refuse (--refused-destinations): a platform's own
 	// services that Pods may reach but tenants' Connectors must not.
 	Refused []netip.Prefix
+	// NAT64 are the network's own NAT64 prefixes (--nat64-prefixes), besides the well-known
+	// one: an address in one is checked as the IPv4 address it embeds (see NAT64Prefix).
+	NAT64 []netip.Prefix
 
 	mu   sync.RWMutex
 	self []netip.AddrPort // this process's listeners
@@ -92,21 +95,52 @@ var cloudHostServices = []netip.Addr{
 // reaches a.b.c.d, so it is checked as a.b.c.d.
 var nat64 = netip.MustParsePrefix("64:ff9b::/96")
 
+// nat64Places are where the IPv4 address sits after a NAT64 prefix of each length RFC 6052
+// allows (§2.2: the bits 64 to 71, byte 8, are left out).
+var nat64Places = map[int][4]int{32: {4, 5, 6, 7}, 40: {5, 6, 7, 9}, 48: {6, 7, 9, 10}, 56: {7, 9, 10, 11}, 64: {9, 10, 11, 12}, 96: {12, 13, 14, 15}}
+
+// NAT64Prefix checks that a network's NAT64 prefix has a length RFC 6052 allows.
+func NAT64Prefix(prefix netip.Prefix) error {
+	if _, ok := nat64Places[prefix.Bits()]; !ok || !prefix.Addr().Is6() || prefix.Addr().Is4In6() {
+		return fmt.Errorf("NAT64 prefix %s: must be an IPv6 prefix of 32, 40, 48, 56, 64 or 96 bits (RFC 6052)", prefix)
+	}
+	return nil
+}
+
 // reached is the address a connection to addr reaches: an IPv4-mapped or NAT64 address's IPv4
-// address, else addr.
-func reached(addr netip.Addr) netip.Addr {
+// address (of the well-known prefix, or of one of prefixes), else addr.
+func reached(addr netip.Addr, prefixes ...netip.Prefix) netip.Addr {
 	addr = addr.Unmap()
 	if nat64.Contains(addr) {
-		b := addr.As16()
-		return netip.AddrFrom4([4]byte(b[12:]))
+		return embedded(addr, nat64)
+	}
+	for _, prefix := range prefixes {
+		if prefix.Contains(addr) {
+			return embedded(addr, prefix)
+		}
 	}
 	return addr
 }
 
+// embedded is the IPv4 address addr embeds after prefix; a prefix of a length RFC 6052 does not
+// allow (NAT64Prefix refuses it) embeds none.
+func embedded(addr netip.Addr, prefix netip.Prefix) netip.Addr {
+	at, ok := nat64Places[prefix.Bits()]
+	if !ok {
+		return addr
+	}
+	b := addr.As16()
+	return netip.AddrFrom4([4]byte{b[at[0]], b[at[1]], b[at[2]], b[at[3]]})
+}
+
 // Check says whether the policy allows a connection to addr:port; host names the destination
-// in the error.
+// in the error. The operator's refusals and the host services are matched against the address
+// as given and as the IPv4 address it reaches, so that naming a NAT64 range in
+// --nat64-prefixes loses no refusal of it.
 func (p *Policy) Check(host string, addr netip.Addr, port uint16) error {
-	addr = reached(addr)
+	given := addr.Unmap()
+	addr = reached(given, p.NAT64...)
+	either := func(match func(netip.Addr) bool) bool { return match(addr) || match(given) }
 	refuse := func(why string) error { return &RefusedError{Host: host, Why: why} }
 	switch {
 	case !addr.IsValid():
@@ -115,9 +149,11 @@ func (p *Policy) Check(host string, addr netip.Addr, port uint16) error {
 		return refuse("an unspecified address (it reaches this node)")
 	case addr.IsLinkLocalUnicast():
 		return refuse("a link-local address (such as the cloud metadata service)")
-	case slices.Contains(cloudHostServices, addr):
+	case either(func(a netip.Addr) bool { return slices.Contains(cloudHostServices, a) }):
 		return refuse("a cloud metadata or host service")
-	case slices.ContainsFunc(p.Refused, func(r netip.Prefix) bool { return r.Contains(addr) }):
+	case either(func(a netip.Addr) bool {
+		return slices.ContainsFunc(p.Refused, func(r netip.Prefix) bool { return r.Contains(a) })
+	}):
 		return refuse("an address of --refused-destinations")
 	case addr.IsMulticast() || addr == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
 		return refuse("a multicast or broadcast address")
@@ -169,7 +205,7 @@ func (p *Policy) DialContext(ctx context.Context, network, address string) (net.
 // PublicDialContext is DialContext that also refuses every address that is not public (see
 // NotPublic): for traffic that no Connector vouches for.
 func (p *Policy) PublicDialContext(ctx context.Context, network, address string) (net.Conn, error) {
-	return p.dialChecked(ctx, network, address, NotPublic)
+	return p.dialChecked(ctx, network, address, func(addr netip.Addr) string { return notPublic(reached(addr, p.NAT64...)) })
 }
 
 // notGlobal are the ranges NotPublic refuses besides loopback, RFC 1918 and unique-local
@@ -196,8 +232,10 @@ var notGlobal = []struct {
 }
 
 // NotPublic says why addr is not on the public internet, or "" when it is.
-func NotPublic(addr netip.Addr) string {
-	addr = reached(addr)
+func NotPublic(addr netip.Addr) string { return notPublic(reached(addr)) }
+
+// notPublic is NotPublic of the address a connection reaches.
+func notPublic(addr netip.Addr) string {
 	switch {
 	case addr.IsLoopback():
 		return "a loopback address"

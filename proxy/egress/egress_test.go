@@ -9,7 +9,8 @@ import (
 )
 
 func TestCheck(t *testing.T) {
-	p := &Policy{Refused: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}}
+	p := &Policy{Refused: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")},
+		NAT64: []netip.Prefix{netip.MustParsePrefix("64:ff9b:1::/48"), netip.MustParsePrefix("64:ff9b:2::/96")}}
 	p.AddListener(&net.TCPAddr{IP: net.IPv4zero, Port: 3128})
 	p.AddListener(&net.TCPAddr{IP: net.ParseIP("127.0.0.1"), Port: 9090})
 	for _, tc := range []struct {
@@ -40,6 +41,12 @@ func TestCheck(t *testing.T) {
 		{"64:ff9b::a9fe:a9fe", 80, true},
 		{"64:ff9b::6464:64c8", 80, true},
 		{"64:ff9b::8c52:7003", 443, false},
+		// The network's own NAT64 prefixes (a /48 and a /96 of the local-use range here): the
+		// IPv4 address where each puts it.
+		{"64:ff9b:1:a9fe:a9:fe00::", 80, true},
+		{"64:ff9b:1:8c52:70:300::", 443, false},
+		{"64:ff9b:2::a9fe:a9fe", 80, true},
+		{"64:ff9b:2::8c52:7003", 443, false},
 		{"100.100.100.201", 80, false},
 		// The operator's --refused-destinations.
 		{"192.0.2.10", 80, true},
@@ -118,5 +125,38 @@ func TestNotPublicSeesThroughNAT64(t *testing.T) {
 		if got := NotPublic(netip.MustParseAddr(addr)) == ""; got != public {
 			t.Errorf("NotPublic(%s): public=%v, want %v", addr, got, public)
 		}
+	}
+}
+
+func TestNAT64Prefix(t *testing.T) {
+	for prefix, ok := range map[string]bool{"64:ff9b:1::/48": true, "64:ff9b:1:2::/64": true, "2001:db8::/32": true, "2001:db8::/96": true,
+		"64:ff9b:1::/50": false, "2001:db8::/128": false, "10.0.0.0/8": false} {
+		if err := NAT64Prefix(netip.MustParsePrefix(prefix)); (err == nil) != ok {
+			t.Errorf("NAT64Prefix(%s) = %v, want ok %v", prefix, err, ok)
+		}
+	}
+}
+
+// TestTheNetworksNAT64Prefixes: with --nat64-prefixes, pass-through judges an address in one as
+// the IPv4 address it embeds (an operator's prefix is often public IPv6 space), and the
+// operator's refusal of the range itself still holds.
+func TestTheNetworksNAT64Prefixes(t *testing.T) {
+	var dialed []string
+	p := &Policy{NAT64: []netip.Prefix{netip.MustParsePrefix("2a01:4f8:1::/96")}, Refused: []netip.Prefix{netip.MustParsePrefix("2a01:4f8:1::c633:6400/120")},
+		Resolve: func(_ context.Context, host string) ([]netip.Addr, error) {
+			return []netip.Addr{netip.MustParseAddr(host)}, nil
+		},
+		Dial: func(_ context.Context, _, addr string) (net.Conn, error) {
+			dialed = append(dialed, addr)
+			return nil, errors.New("test: not dialed")
+		}}
+	if _, err := p.PublicDialContext(context.Background(), "tcp", "[2a01:4f8:1::a00:1]:80"); !IsRefused(err) || len(dialed) != 0 {
+		t.Errorf("pass-through to the network's NAT64 form of 10.0.0.1: %v, dialed %v; want refused before any dial", err, dialed)
+	}
+	if _, err := p.PublicDialContext(context.Background(), "tcp", "[2a01:4f8:1::8c52:7003]:443"); IsRefused(err) || len(dialed) != 1 {
+		t.Errorf("pass-through to the network's NAT64 form of a public address: %v, dialed %v; want it dialed", err, dialed)
+	}
+	if err := p.Check("h", netip.MustParseAddr("2a01:4f8:1::c633:6407"), 80); !IsRefused(err) {
+		t.Errorf("an address of a refused range that is also a NAT64 prefix: %v, want refused", err)
 	}
 }

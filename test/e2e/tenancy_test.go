@@ -490,6 +490,7 @@ func TestTenancyDestinationsAreRefusedBeforeAnyDial(t *testing.T) {
 		o.AllowLoopbackDestinations = false
 		o.Dial = failingDial(t)
 		o.Resolve = resolve
+		o.NAT64Prefixes = []netip.Prefix{netip.MustParsePrefix("64:ff9b:1:ab00::/56")} // the network's own (--nat64-prefixes)
 	})
 	ns := newNamespace(t)
 	git := gitClass(t)
@@ -503,7 +504,7 @@ func TestTenancyDestinationsAreRefusedBeforeAnyDial(t *testing.T) {
 		// through the NAT64 prefix.
 		"alibaba-metadata": "http://100.100.100.200/latest", "aws-metadata-v6": "http://[fd00:ec2::254]/latest",
 		"gcp-metadata-v6": "http://[fd20:ce::254]/computeMetadata", "azure-wireserver": "http://168.63.129.16/machine",
-		"nat64-metadata": "http://[64:ff9b::a9fe:a9fe]/latest",
+		"nat64-metadata": "http://[64:ff9b::a9fe:a9fe]/latest", "local-nat64-metadata": "http://[64:ff9b:1:aba9:fe:a9fe::]/latest",
 	}
 	// The operator's --refused-destinations, on loopback (which a second driver allows).
 	const operatorRefused = "http://127.0.0.77:9/x"
