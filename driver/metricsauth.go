@@ -35,7 +35,7 @@ func protectMetrics(p *process) (*metricsProtection, error) {
 	if o.MetricsAuth == MetricsAuthNone {
 		return &metricsProtection{guard: func(h http.Handler) http.Handler { return h }}, nil
 	}
-	kube, err := kubernetes.NewForConfig(reviewing(p, limitedConfig(p, o.MetricsAuthQPS, o.MetricsAuthBurst)))
+	kube, err := kubernetes.NewForConfig(forCallers(p, limitedConfig(p, o.MetricsAuthQPS, o.MetricsAuthBurst)))
 	if err != nil {
 		return nil, err
 	}

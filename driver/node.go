@@ -67,18 +67,15 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 
 	// Publishes review with the process's client; the proxy and the Connectors API, which any
 	// client on the network can call, each with a client and rate limit of its own, so that a
-	// flood of requests to one starves neither publishes nor the other. The API takes any
-	// token the cluster accepts: a well-formed token with a future exp costs it a review.
-	authCfg := limitedConfig(p, o.ProxyAuthQPS, o.ProxyAuthBurst)
+	// flood of requests to one starves neither publishes nor the other, and as the callers'
+	// identity (forCallers). The API takes any token the cluster accepts: a well-formed token
+	// with a future exp costs it a review.
+	authCfg := forCallers(p, limitedConfig(p, o.ProxyAuthQPS, o.ProxyAuthBurst))
 	proxyKube, err := kubernetes.NewForConfig(authCfg)
 	if err != nil {
 		return err
 	}
-	proxyReviews, err := kubernetes.NewForConfig(reviewing(p, authCfg))
-	if err != nil {
-		return err
-	}
-	apiKube, err := kubernetes.NewForConfig(reviewing(p, limitedConfig(p, o.APIAuthQPS, o.APIAuthBurst)))
+	apiKube, err := kubernetes.NewForConfig(forCallers(p, limitedConfig(p, o.APIAuthQPS, o.APIAuthBurst)))
 	if err != nil {
 		return err
 	}
@@ -90,7 +87,7 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 	if err != nil {
 		return err
 	}
-	proxyReviewer, err := access.New(proxyReviews, access.Config{Audiences: []string{o.TokenAudience}, TokenTTL: o.TokenCacheTTL,
+	proxyReviewer, err := access.New(proxyKube, access.Config{Audiences: []string{o.TokenAudience}, TokenTTL: o.TokenCacheTTL,
 		AllowTTL: o.AuthzAllowTTL, DenyTTL: o.AuthzDenyTTL, Name: "proxy", Keys: keys, InvalidatedRetry: o.TokenInvalidatedRetry})
 	if err != nil {
 		return err
@@ -102,7 +99,7 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 		return err
 	}
 	// Uncached: the proxy caches these decisions per Pod and drops them on AccessRequest events.
-	permissions, err := access.New(proxyReviews, access.Config{Audiences: []string{o.TokenAudience}, TokenTTL: o.TokenCacheTTL, Name: "proxy_permissions", Keys: keys,
+	permissions, err := access.New(proxyKube, access.Config{Audiences: []string{o.TokenAudience}, TokenTTL: o.TokenCacheTTL, Name: "proxy_permissions", Keys: keys,
 		InvalidatedRetry: o.TokenInvalidatedRetry})
 	if err != nil {
 		return err

@@ -221,6 +221,13 @@ func TestDeployedRolesHoldLeastPrivilege(t *testing.T) {
 			{"", "secrets", "get", true}, {"authentication.k8s.io", "tokenreviews", "create", true},
 			{"connectors.alauda.io", "accessrequests", "create", true}, {"connectors.alauda.io", "accessrequests", "watch", true},
 		},
+		// What the node sends for its callers: reviews and the proxy's reads, nothing else.
+		"connectors-csi-callers": {
+			{"authentication.k8s.io", "tokenreviews", "create", true}, {"authorization.k8s.io", "subjectaccessreviews", "create", true},
+			{"", "secrets", "get", true}, {"connectors.alauda.io", "connectors", "list", true}, {"connectors.alauda.io", "accessrequests", "list", true},
+			{"", "secrets", "list", false}, {"connectors.alauda.io", "connectors", "watch", false}, {"connectors.alauda.io", "accessrequests", "create", false},
+			{"", "pods", "get", false}, {"", "configmaps", "get", false}, {"", "events", "create", false},
+		},
 		"connectors-csi-controller": {
 			{"", "pods", "list", false}, {"", "pods", "watch", false}, {"", "secrets", "list", false},
 			{"", "pods", "get", true}, {"rbac.authorization.k8s.io", "roles", "create", true},
@@ -264,6 +271,12 @@ func TestDeployedRolesHoldLeastPrivilege(t *testing.T) {
 		{ctl, "", "secrets", "update", systemNS, "connectors-proxy-ca", false},
 		{ctl, "", "secrets", "create", "some-tenant", "", false},
 		{node, "", "secrets", "update", systemNS, "connectors-csi-webhook-cert", false},
+		// The node acts as its callers' identity, and as no other.
+		{node, "", "serviceaccounts", "impersonate", systemNS, "connectors-csi-callers", true},
+		{node, "", "serviceaccounts", "impersonate", systemNS, ctl, false},
+		{node, "", "serviceaccounts", "impersonate", "some-tenant", "connectors-csi-callers", false},
+		{node, "", "users", "impersonate", "", "system:admin", false},
+		{ctl, "", "serviceaccounts", "impersonate", systemNS, "connectors-csi-callers", false},
 	} {
 		res, err := cp.Kube.AuthorizationV1().SubjectAccessReviews().Create(context.Background(), &authorizationv1.SubjectAccessReview{
 			Spec: authorizationv1.SubjectAccessReviewSpec{
@@ -492,18 +505,19 @@ func TestTenancyOnlyTheNodeLabelsRequestsForANode(t *testing.T) {
 	}
 }
 
-// TestTenancyReviewsAnyoneCanCauseHaveTheirOwnPriorityLevel: anyone who reaches a node can make
-// its proxy and Connectors API send reviews (a new token, a made-up name), and every node is one
-// user, so at many nodes they would fill the node role's priority level, where publishes'
-// reviews wait. As deployed (--review-as, the RBAC and flow control of deploy/base), the proxy's
-// and the API's reviews are sent as connectors-csi-reviews, which the API server puts in a
-// priority level of its own; publishes' are still the node's.
-func TestTenancyReviewsAnyoneCanCauseHaveTheirOwnPriorityLevel(t *testing.T) {
+// TestTenancyRequestsAnyoneCanCauseHaveTheirOwnPriorityLevel: anyone who reaches a node can
+// make its proxy and Connectors API send reviews and reads (a new token, a made-up name), and
+// every node is one user, so at many nodes they would fill the node role's priority level,
+// where publishes' requests wait. As deployed (--callers-as, the RBAC and flow control of
+// deploy/base), the proxy's and the API's reviews, and the proxy's reads of Secrets, are sent
+// as connectors-csi-callers, which the API server puts in a priority level of its own;
+// publishes' reviews are still the node's.
+func TestTenancyRequestsAnyoneCanCauseHaveTheirOwnPriorityLevel(t *testing.T) {
 	root := controlplane.RepoRoot()
 	if _, err := cp.Kubectl(nil, "apply", "--server-side", "--force-conflicts", "-f", filepath.Join(root, "deploy", "base", "flowcontrol.yaml")); err != nil {
 		t.Fatal(err)
 	}
-	reviews := "system:serviceaccount:" + systemNS + ":connectors-csi-reviews"
+	callers := "system:serviceaccount:" + systemNS + ":connectors-csi-callers"
 	tool := startGitServer(t, false)
 	since := time.Now()
 	env, _ := startDeployedNode(t, nil)
@@ -521,14 +535,14 @@ func TestTenancyReviewsAnyoneCanCauseHaveTheirOwnPriorityLevel(t *testing.T) {
 	}
 
 	events, err := cp.AuditEvents(func(ev *auditv1.Event) bool {
-		return ev.User.Username == controlplane.NodeUser && ev.Verb == "create" && ev.ObjectRef != nil &&
-			(ev.ObjectRef.Resource == "tokenreviews" || ev.ObjectRef.Resource == "subjectaccessreviews") &&
-			!ev.RequestReceivedTimestamp.Time.Before(since)
+		return ev.User.Username == controlplane.NodeUser && ev.ObjectRef != nil && !ev.RequestReceivedTimestamp.Time.Before(since) &&
+			(ev.Verb == "create" && (ev.ObjectRef.Resource == "tokenreviews" || ev.ObjectRef.Resource == "subjectaccessreviews") ||
+				ev.Verb == "get" && ev.ObjectRef.Resource == "secrets" && ev.ObjectRef.Namespace == ns)
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	as := map[string]map[string]int{} // resource → the user it was sent as → reviews
+	as := map[string]map[string]int{} // resource → the user it was sent as → requests
 	for _, ev := range events {
 		user := controlplane.NodeUser
 		if ev.ImpersonatedUser != nil {
@@ -538,19 +552,22 @@ func TestTenancyReviewsAnyoneCanCauseHaveTheirOwnPriorityLevel(t *testing.T) {
 			as[ev.ObjectRef.Resource] = map[string]int{}
 		}
 		as[ev.ObjectRef.Resource][user]++
-		if ev.ResponseStatus != nil && ev.ResponseStatus.Code != http.StatusCreated {
-			t.Errorf("a review as %s was answered %d: %s", user, ev.ResponseStatus.Code, ev.ResponseStatus.Message)
+		if ev.ResponseStatus != nil && ev.ResponseStatus.Code >= 300 {
+			t.Errorf("a request as %s was answered %d: %s", user, ev.ResponseStatus.Code, ev.ResponseStatus.Message)
 		}
 	}
-	// The proxy's and the API's reviews (two tokens, two users' questions) as the reviews'
-	// identity; the publish's (a SubjectAccessReview of the Pod's ServiceAccount: kubelet
-	// vouches for the token) as the node.
-	if as["tokenreviews"][reviews] < 2 || as["tokenreviews"][controlplane.NodeUser] != 0 {
-		t.Errorf("TokenReviews sent: %v, want at least 2 as %s (the proxy's, the API's) and none as the node", as["tokenreviews"], reviews)
+	// The proxy's and the API's reviews (two tokens, two users' questions) and the proxy's read
+	// of the Connector's Secret as the callers' identity; the publish's review (a
+	// SubjectAccessReview of the Pod's ServiceAccount: kubelet vouches for the token) as the node.
+	if as["tokenreviews"][callers] < 2 || as["tokenreviews"][controlplane.NodeUser] != 0 {
+		t.Errorf("TokenReviews sent: %v, want at least 2 as %s (the proxy's, the API's) and none as the node", as["tokenreviews"], callers)
 	}
-	if as["subjectaccessreviews"][reviews] < 2 || as["subjectaccessreviews"][controlplane.NodeUser] < 1 {
+	if as["subjectaccessreviews"][callers] < 2 || as["subjectaccessreviews"][controlplane.NodeUser] < 1 {
 		t.Errorf("SubjectAccessReviews sent: %v, want at least 2 as %s (the proxy's, the API's) and 1 as the node (the publish's)",
-			as["subjectaccessreviews"], reviews)
+			as["subjectaccessreviews"], callers)
+	}
+	if as["secrets"][callers] < 1 || as["secrets"][controlplane.NodeUser] != 0 {
+		t.Errorf("Secret reads: %v, want the proxy's as %s and none as the node", as["secrets"], callers)
 	}
 
 	// The API server's flow control puts each in its own level: it names the level of every
@@ -584,8 +601,8 @@ func TestTenancyReviewsAnyoneCanCauseHaveTheirOwnPriorityLevel(t *testing.T) {
 		}
 		return string(level.UID)
 	}
-	if !kubelet.WaitUntil(10*time.Second, func() bool { return levelOf(reviews) == uidOf("connectors-csi-reviews") }) {
-		t.Errorf("a review as %s is not in the priority level connectors-csi-reviews", reviews)
+	if !kubelet.WaitUntil(10*time.Second, func() bool { return levelOf(callers) == uidOf("connectors-csi-callers") }) {
+		t.Errorf("a review as %s is not in the priority level connectors-csi-callers", callers)
 	}
 	if got := levelOf(""); got != uidOf("connectors-csi-node") {
 		t.Errorf("a review as the node is in the priority level of UID %s, want connectors-csi-node's", got)

@@ -287,7 +287,7 @@ func startDeployedNode(t testing.TB, adjust func(*driver.Options)) (env *proxyEn
 	t.Helper()
 	nodeKubeconfig, controllerKubeconfig := deployedKubeconfigs(t)
 	env = startProxyDriver(t, func(o *driver.Options) {
-		o.ReviewAs = systemNS + "/connectors-csi-reviews" // as the DaemonSet's arguments say
+		o.CallersAs = systemNS + "/connectors-csi-callers" // as the DaemonSet's arguments say
 		if adjust != nil {
 			adjust(o)
 		}
