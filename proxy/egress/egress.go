@@ -140,7 +140,6 @@ func embedded(addr netip.Addr, prefix netip.Prefix) netip.Addr {
 func (p *Policy) Check(host string, addr netip.Addr, port uint16) error {
 	given := addr.Unmap()
 	addr = reached(given, p.NAT64...)
-	either := func(match func(netip.Addr) bool) bool { return match(addr) || match(given) }
 	refuse := func(why string) error { return &RefusedError{Host: host, Why: why} }
 	switch {
 	case !addr.IsValid():
@@ -149,11 +148,9 @@ func (p *Policy) Check(host string, addr netip.Addr, port uint16) error {
 		return refuse("an unspecified address (it reaches this node)")
 	case addr.IsLinkLocalUnicast():
 		return refuse("a link-local address (such as the cloud metadata service)")
-	case either(func(a netip.Addr) bool { return slices.Contains(cloudHostServices, a) }):
+	case slices.Contains(cloudHostServices, addr) || slices.Contains(cloudHostServices, given):
 		return refuse("a cloud metadata or host service")
-	case either(func(a netip.Addr) bool {
-		return slices.ContainsFunc(p.Refused, func(r netip.Prefix) bool { return r.Contains(a) })
-	}):
+	case p.operatorRefused(addr) || p.operatorRefused(given):
 		return refuse("an address of --refused-destinations")
 	case addr.IsMulticast() || addr == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
 		return refuse("a multicast or broadcast address")
@@ -163,6 +160,11 @@ func (p *Policy) Check(host string, addr netip.Addr, port uint16) error {
 		return refuse("a loopback address (--allow-loopback-destinations is off)")
 	}
 	return nil
+}
+
+// operatorRefused tells whether addr is in --refused-destinations.
+func (p *Policy) operatorRefused(addr netip.Addr) bool {
+	return slices.ContainsFunc(p.Refused, func(r netip.Prefix) bool { return r.Contains(addr) })
 }
 
 // isSelf reports whether addr:port is one of this process's listeners. A listener on the

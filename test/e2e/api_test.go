@@ -510,19 +510,26 @@ func grantAPIs(t *testing.T, ns, sa, connector string) {
 		Subjects: []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: sa, Namespace: ns}}})
 }
 
-// startGarbageServer answers every request with 200 and text that is no protocol at all.
-func startGarbageServer(t *testing.T) string {
+// serveTool serves h on a free port of the test tools' loopback address until the test ends,
+// and returns its URL.
+func serveTool(t *testing.T, h http.Handler) string {
 	t.Helper()
 	lis, err := net.Listen("tcp", gitserver.Host+":0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		_, _ = w.Write([]byte("hello, this is not git\n"))
-	})}
+	srv := &http.Server{Handler: h}
 	go func() { _ = srv.Serve(lis) }()
 	t.Cleanup(func() { _ = srv.Close() })
 	return "http://" + lis.Addr().String()
+}
+
+// startGarbageServer answers every request with 200 and text that is no protocol at all.
+func startGarbageServer(t *testing.T) string {
+	t.Helper()
+	return serveTool(t, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte("hello, this is not git\n"))
+	}))
 }
 
 // connectorAPI is the Connectors API URL of a Connector's path rest (starting with "/").
@@ -583,11 +590,7 @@ func updateClass(t testing.TB, name string, change func(*v1alpha1.ConnectorClass
 func startPlugin(t *testing.T) (string, <-chan http.Header) {
 	t.Helper()
 	seen := make(chan http.Header, 16)
-	lis, err := net.Listen("tcp", gitserver.Host+":0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	url := serveTool(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h := r.Header.Clone()
 		h.Set("X-Path", r.URL.RequestURI())
 		h.Set("X-Connection", r.RemoteAddr)
@@ -599,10 +602,8 @@ func startPlugin(t *testing.T) (string, <-chan http.Header) {
 		}
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write([]byte(`{"listMeta":{"totalItems":1},"items":[{"name":"from-plugin"}]}`))
-	})}
-	go func() { _ = srv.Serve(lis) }()
-	t.Cleanup(func() { _ = srv.Close() })
-	return "http://" + lis.Addr().String(), seen
+	}))
+	return url, seen
 }
 
 // grantResource grants get on a Connector's (sub)resource, as written in a Role.

@@ -18,14 +18,20 @@ import (
 	"github.com/kube-connectors/connectors-csi/test/netfault"
 )
 
-// apiServerLink is a link to the test API server that the test can cut and restore.
-func apiServerLink(t *testing.T) *netfault.Forwarder {
+// apiServerURL is the test API server's URL.
+func apiServerURL(t *testing.T) *url.URL {
 	t.Helper()
-	apiURL, err := url.Parse(cp.Config.Host)
+	u, err := url.Parse(cp.Config.Host)
 	if err != nil {
 		t.Fatal(err)
 	}
-	link, err := netfault.New(apiURL.Host)
+	return u
+}
+
+// apiServerLink is a link to the test API server that the test can cut and restore.
+func apiServerLink(t *testing.T) *netfault.Forwarder {
+	t.Helper()
+	link, err := netfault.New(apiServerURL(t).Host)
 	if err != nil {
 		t.Fatal(err)
 	}

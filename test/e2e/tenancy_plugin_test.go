@@ -4,7 +4,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"maps"
-	"net"
 	"net/http"
 	"net/http/cgi"
 	"slices"
@@ -15,7 +14,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
-	"github.com/kube-connectors/connectors-csi/test/gitserver"
 	"github.com/kube-connectors/connectors-csi/test/kubelet"
 )
 
@@ -116,18 +114,12 @@ func TestTenancyClassAPIServiceKeepsTenantsApart(t *testing.T) {
 // see the driver's headers only, on every try (CGI's pick among the two is random).
 func TestTenancyClassAPIServiceBehindCGIReadsOnlyTheDriversPluginHeaders(t *testing.T) {
 	env := startProxyDriver(t, nil)
-	lis, err := net.Listen("tcp", gitserver.Host+":0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	// The script answers a List whose one item is named by the variables it was given.
 	script := `printf 'Content-Type: application/json\r\n\r\n{"listMeta":{"totalItems":1},"items":[{"name":"%s %s"}]}' "$HTTP_X_PLUGIN_META" "$HTTP_X_PLUGIN_AUTH"`
-	srv := &http.Server{Handler: &cgi.Handler{Path: "/bin/sh", Args: []string{"-c", script}}}
-	go func() { _ = srv.Serve(lis) }()
-	t.Cleanup(func() { _ = srv.Close() })
+	service := serveTool(t, &cgi.Handler{Path: "/bin/sh", Args: []string{"-c", script}})
 
 	class := newClass(t, "cgi-plugin")
-	setClassAPI(t, class, &v1alpha1.APISpec{Destination: v1alpha1.Destination{URI: "http://" + lis.Addr().String()},
+	setClassAPI(t, class, &v1alpha1.APISpec{Destination: v1alpha1.Destination{URI: service},
 		OpenAPI: openAPIGets(map[string]map[string]string{"/plugin/projects": {"x-provider-type": "api"}})})
 	ns := newNamespace(t)
 	createSecret(t, ns, "cred", corev1.SecretTypeBasicAuth, map[string]string{"username": "shared", "password": "never-the-callers"})

@@ -1472,19 +1472,12 @@ func TestTenancyAPIListsOfASharedConnectorAreBoundedByCaller(t *testing.T) {
 // 500 KiB of refs and then nothing until the client leaves.
 func startStallingRefsTool(t *testing.T) string {
 	t.Helper()
-	lis, err := net.Listen("tcp", gitserver.Host+":0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	hash := strings.Repeat("a", 40)
 	advertise := func(w http.ResponseWriter, refBytes int) {
-		w.Header().Set("Content-Type", "application/x-git-upload-pack-advertisement")
-		fmt.Fprintf(w, "%04x# service=git-upload-pack\n0000", len("# service=git-upload-pack\n")+4)
-		first := hash + " HEAD\x00side-band-64k\n"
-		fmt.Fprintf(w, "%04x%s", len(first)+4, first)
+		refsHead(w, hash)
 		for i := 0; refBytes > 0; i++ {
 			line := fmt.Sprintf("%s refs/heads/b%d-%s\n", hash, i, strings.Repeat("x", 1000))
-			fmt.Fprintf(w, "%04x%s", len(line)+4, line)
+			_ = pktLine(w, line)
 			refBytes -= len(line) + 4
 		}
 		w.(http.Flusher).Flush()
@@ -1498,25 +1491,29 @@ func startStallingRefsTool(t *testing.T) string {
 		advertise(w, 500<<10)
 		<-r.Context().Done()
 	})
-	srv := &http.Server{Handler: mux}
-	go func() { _ = srv.Serve(lis) }()
-	t.Cleanup(func() { _ = srv.Close() })
-	return "http://" + lis.Addr().String()
+	return serveTool(t, mux)
+}
+
+// refsHead starts a Git ref advertisement: the service line, a flush, HEAD at hash with
+// capabilities.
+func refsHead(w http.ResponseWriter, hash string) {
+	w.Header().Set("Content-Type", "application/x-git-upload-pack-advertisement")
+	_ = pktLine(w, "# service=git-upload-pack\n")
+	_, _ = io.WriteString(w, "0000")
+	_ = pktLine(w, hash+" HEAD\x00side-band-64k\n")
+}
+
+// pktLine writes line as one Git pkt-line (its length, with the 4 of the length, in hex first).
+func pktLine(w io.Writer, line string) error {
+	_, err := fmt.Fprintf(w, "%04x%s", len(line)+4, line)
+	return err
 }
 
 // startEndlessTool serves a Git ref advertisement that never ends, and registry catalogs and
 // tag lists whose every page links to another.
 func startEndlessTool(t *testing.T) string {
 	t.Helper()
-	lis, err := net.Listen("tcp", gitserver.Host+":0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	hash := strings.Repeat("a", 40)
-	pkt := func(w io.Writer, line string) error {
-		_, err := fmt.Fprintf(w, "%04x%s", len(line)+4, line)
-		return err
-	}
 	page := func(w http.ResponseWriter, r *http.Request, key string) {
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("Link", fmt.Sprintf("<%s?n=2&last=%s>; rel=\"next\"", r.URL.Path, rand.String(8)))
@@ -1528,12 +1525,9 @@ func startEndlessTool(t *testing.T) string {
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/r.git/info/refs", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/x-git-upload-pack-advertisement")
-		_ = pkt(w, "# service=git-upload-pack\n")
-		_, _ = io.WriteString(w, "0000")
-		_ = pkt(w, hash+" HEAD\x00side-band-64k\n")
+		refsHead(w, hash)
 		for i := 0; r.Context().Err() == nil; i++ {
-			if pkt(w, fmt.Sprintf("%s refs/heads/b%d-%s\n", hash, i, strings.Repeat("x", 60000))) != nil {
+			if pktLine(w, fmt.Sprintf("%s refs/heads/b%d-%s\n", hash, i, strings.Repeat("x", 60000))) != nil {
 				return
 			}
 		}
@@ -1550,10 +1544,7 @@ func startEndlessTool(t *testing.T) string {
 			http.NotFound(w, r)
 		}
 	})
-	srv := &http.Server{Handler: mux}
-	go func() { _ = srv.Serve(lis) }()
-	t.Cleanup(func() { _ = srv.Close() })
-	return "http://" + lis.Addr().String()
+	return serveTool(t, mux)
 }
 
 // TestTenancyAMissingSecretIsReadOnce: a Connector naming a Secret its owner has not made

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
-	"net/url"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -43,10 +42,7 @@ const tokenReviewsPath = "/apis/authentication.k8s.io/v1/tokenreviews"
 
 func startAPIFront(t *testing.T) *apiFront {
 	t.Helper()
-	target, err := url.Parse(cp.Config.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
+	target := apiServerURL(t)
 	admin, err := rest.TransportFor(cp.Config)
 	if err != nil {
 		t.Fatal(err)
