@@ -134,6 +134,7 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 		APITransportCacheSize: o.APITransportSize,
 		Refusals:              &proxy.RefusalEvents{Recorder: recorder, Interval: o.RefusalEventInterval, QPS: o.RefusalEventQPS},
 		PodGrants:             &approval.PodGrants{Local: informers, Live: proxyClient},
+		Node:                  proxyNode(o),
 	})
 	if err != nil {
 		return err
@@ -259,6 +260,15 @@ func specBytes(s *v1alpha1.AccessRequestSpec) int {
 // requestLabelKeys are the labels a node gives the requests it makes (approval.Gate).
 var requestLabelKeys = []string{v1alpha1.LabelNode, v1alpha1.LabelAccessRequestConnector,
 	v1alpha1.LabelContextObjectKind, v1alpha1.LabelContextObjectNamespace, v1alpha1.LabelContextObjectName}
+
+// proxyNode is the node whose Pods' tokens alone the proxy takes: this one, unless
+// --proxy-tokens=any.
+func proxyNode(o *validated) string {
+	if o.ProxyTokens == proxy.TokensOfAny {
+		return ""
+	}
+	return o.NodeID
+}
 
 func newMounter(o *validated) mount.Mounter {
 	if o.Mounter != nil {

@@ -185,8 +185,10 @@ type Options struct {
 	// PassthroughConnectPorts --forward-passthrough-connect-ports (443 when empty).
 	ForwardPassthrough      string
 	PassthroughConnectPorts []string
-	TunnelLifetime          time.Duration
-	UpgradeRecheck          time.Duration
+	// ProxyTokens is --proxy-tokens: node (when empty) or any.
+	ProxyTokens    string
+	TunnelLifetime time.Duration
+	UpgradeRecheck time.Duration
 	// The proxy's client connections: how long a request's head may take to arrive, and how
 	// long a kept-alive connection may wait for its next request; and how long a connection
 	// to a tool may wait idle in the proxy's pools.
@@ -336,6 +338,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.IntVar(&o.MaxCheckObjects, "accessrequest-check-max-objects", 100, "how many objects one check of an AccessPolicy may match; more fail the check (naming this flag)")
 	fs.DurationVar(&o.PodRecheck, "accessrequest-pod-recheck-interval", 5*time.Minute, "how often the controller reads the Pod of a live AccessRequest again (Pods are not watched; unpublish and the Pod's token revoke at once)")
 	fs.Float64Var(&o.PodRecheckQPS, "accessrequest-pod-recheck-qps", defaultPodRecheckQPS, "rechecks of live AccessRequests per second (each reads the Pod, up to two of its Tekton owners and, holding no grant, the Role and RoleBinding of its name, through a client of their own, apart from --kube-api-qps): with more live requests than this × --accessrequest-pod-recheck-interval, rechecks come further apart, and never hold an approval behind them")
+	fs.StringVar(&o.ProxyTokens, "proxy-tokens", proxy.TokensOfNode, "which tokens the proxy takes: node (those of Pods on this node, --node-id: a Pod's requests go to its own node's proxy, and another node's Pod, or a token of no Pod, is refused before anything is looked up) or any (any token of the proxy's audience, for a proxy run apart from the node's Pods, or an API server older than Kubernetes 1.30, whose tokens name no node)")
 	fs.StringVar(&o.ForwardPassthrough, "forward-passthrough", proxy.PassthroughPublic, "what the forward proxy does with a destination no named Connector covers: none (403), public (forward it without any credential when it resolves to public addresses only; CONNECT becomes a plain tunnel) or all (any destination the rules allow)")
 	fs.Func("forward-passthrough-connect-ports", "comma-separated ports a pass-through CONNECT may reach (default 443: a tunnel is opaque, so other ports would make the proxy a relay for any TCP service)", func(v string) error {
 		o.PassthroughConnectPorts = nil
@@ -545,6 +548,13 @@ func (o *Options) validate() (*validated, error) {
 	case proxy.PassthroughNone, proxy.PassthroughPublic, proxy.PassthroughAll:
 	default:
 		return nil, fmt.Errorf("--forward-passthrough %q: not one of none, public, all", o.ForwardPassthrough)
+	}
+	switch o.ProxyTokens {
+	case "":
+		v.ProxyTokens = proxy.TokensOfNode
+	case proxy.TokensOfNode, proxy.TokensOfAny:
+	default:
+		return nil, fmt.Errorf("--proxy-tokens %q: not one of node, any", o.ProxyTokens)
 	}
 	if o.GatingCacheTTL < 0 {
 		return nil, fmt.Errorf("--approval-gating-cache-ttl must not be negative")

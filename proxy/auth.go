@@ -15,8 +15,21 @@ import (
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 )
 
-// Extras of a Pod-bound ServiceAccount token, as TokenReview returns them.
-const extraPodName = "authentication.kubernetes.io/pod-name"
+// Extras of a Pod-bound ServiceAccount token, as TokenReview returns them: the Pod's name, and
+// the node it was scheduled to (Kubernetes 1.30 and later, ServiceAccountTokenPodNodeInfo, when
+// the Node existed as the token was issued).
+const (
+	extraPodName  = "authentication.kubernetes.io/pod-name"
+	extraNodeName = "authentication.kubernetes.io/node-name"
+)
+
+// The tokens the proxy takes (--proxy-tokens).
+const (
+	// TokensOfNode: only tokens of Pods on the proxy's own node (Config.Node).
+	TokensOfNode = "node"
+	// TokensOfAny: any token of the proxy's audience, whichever Pod or node it is bound to.
+	TokensOfAny = "any"
+)
 
 // authenticate turns a token into a user, and tells w's meter whose it is; unauthorized is
 // the status for "who are you" (401 for the reverse proxy, 407 for the forward proxy).
@@ -31,8 +44,34 @@ func (p *Proxy) authenticate(ctx context.Context, w http.ResponseWriter, token s
 	if !ok {
 		return nil, refusef(unauthorized, "token not accepted: invalid, expired, for another audience, or its Pod is gone")
 	}
+	if err := p.ofThisNode(u); err != nil {
+		return nil, err
+	}
 	identified(w, u)
 	return u, nil
+}
+
+// ofThisNode refuses, when the proxy takes only its node's Pods' tokens (Config.Node), a token
+// that is not bound to a Pod of that node. Pods reach the proxy of their own node (the
+// connectors-proxy Service routes node-locally), so a token of another node's Pod, or of no Pod,
+// at this proxy is someone reaching past that: refused before any review of a permission or
+// lookup of a Connector, it cannot make every node of a cluster watch a tenant's Connectors,
+// read their Secrets, or spend their review limits, which their own Pods' requests wait on. The
+// refusal is not recorded on the Pod: it does not run here.
+func (p *Proxy) ofThisNode(u user.Info) error {
+	if p.cfg.Node == "" {
+		return nil
+	}
+	if _, isPod := podOfUser(u); !isPod {
+		return refusef(http.StatusForbidden, "this proxy takes only the tokens of Pods on node %s, and this token is bound to no Pod: send a Pod's token (its connectors volume's, or one projected for the proxy's audience)", p.cfg.Node)
+	}
+	switch nodes := u.GetExtra()[extraNodeName]; {
+	case len(nodes) != 1 || nodes[0] == "":
+		return refusef(http.StatusForbidden, "this proxy takes only the tokens of Pods on node %s, and this token names no node (Kubernetes 1.30 and later name the Pod's node in its tokens; --proxy-tokens=any takes tokens without one)", p.cfg.Node)
+	case nodes[0] != p.cfg.Node:
+		return refusef(http.StatusForbidden, "the token's Pod runs on node %s, and this proxy serves the Pods of node %s: send the request to the proxy of the Pod's node (the connectors-proxy Service)", nodes[0], p.cfg.Node)
+	}
+	return nil
 }
 
 // methodVerbs maps HTTP methods to the RBAC verbs checked on connectors/proxy and

@@ -97,6 +97,9 @@ type Config struct {
 	// PodGrants tells whether a Pod-scoped connectors/proxy grant that allows a Pod may be an
 	// earlier Pod's of the same name (approval.PodGrants); such a grant then counts for none.
 	PodGrants PodGrants
+	// Node, when set, is the node whose Pods' tokens alone the proxy takes (TokensOfNode; see
+	// ofThisNode); empty: any token of its audience.
+	Node string
 }
 
 // PodGrants is approval.PodGrants, as the proxy asks it.

@@ -1,8 +1,10 @@
 package proxy
 
 import (
+	"errors"
 	"net/http"
 	"net/url"
+	"strings"
 	"testing"
 
 	"k8s.io/apiserver/pkg/authentication/user"
@@ -68,6 +70,34 @@ func TestPodOf(t *testing.T) {
 	}
 	if got := podOf(&user.DefaultInfo{Name: "alice", Extra: map[string][]string{extraPodName: {"p"}}}); got != "" {
 		t.Fatalf("podOf(non-SA) = %q", got)
+	}
+}
+
+func TestOnlyTokensOfThisNodesPodsAreTaken(t *testing.T) {
+	sa := "system:serviceaccount:ns:builder"
+	for _, c := range []struct {
+		name, node string
+		user       *user.DefaultInfo
+		refusal    string // "" when taken
+	}{
+		{"a Pod of this node", "n1", &user.DefaultInfo{Name: sa, Extra: map[string][]string{extraPodName: {"p"}, extraNodeName: {"n1"}}}, ""},
+		{"a Pod of another node", "n1", &user.DefaultInfo{Name: sa, Extra: map[string][]string{extraPodName: {"p"}, extraNodeName: {"n2"}}},
+			"the token's Pod runs on node n2, and this proxy serves the Pods of node n1"},
+		{"a Pod the token names no node of", "n1", &user.DefaultInfo{Name: sa, Extra: map[string][]string{extraPodName: {"p"}}}, "this token names no node"},
+		{"two nodes", "n1", &user.DefaultInfo{Name: sa, Extra: map[string][]string{extraPodName: {"p"}, extraNodeName: {"n1", "n2"}}}, "this token names no node"},
+		{"no Pod", "n1", &user.DefaultInfo{Name: sa, Extra: map[string][]string{extraNodeName: {"n1"}}}, "bound to no Pod"},
+		{"a user", "n1", &user.DefaultInfo{Name: "alice"}, "bound to no Pod"},
+		{"any token (--proxy-tokens=any)", "", &user.DefaultInfo{Name: "alice"}, ""},
+	} {
+		p := &Proxy{cfg: Config{Node: c.node}}
+		err := p.ofThisNode(c.user)
+		var rf *refusal
+		switch {
+		case c.refusal == "" && err != nil:
+			t.Errorf("%s: refused: %v", c.name, err)
+		case c.refusal != "" && (!errors.As(err, &rf) || rf.status != http.StatusForbidden || !strings.Contains(rf.msg, c.refusal)):
+			t.Errorf("%s: got %v, want a 403 saying %q", c.name, err, c.refusal)
+		}
 	}
 }
 

@@ -245,7 +245,9 @@ func createPod(ctx context.Context, cp *controlplane.ControlPlane, k *kubelet.Ku
 		ObjectMeta: metav1.ObjectMeta{Name: "git-clone", Namespace: ns},
 		Spec: corev1.PodSpec{
 			ServiceAccountName: "builder",
-			Containers:         []corev1.Container{{Name: "clone", Image: "alpine/git"}},
+			// The proxy takes only the tokens of its node's Pods (--node-id=demo-node).
+			NodeName:   "demo-node",
+			Containers: []corev1.Container{{Name: "clone", Image: "alpine/git"}},
 			Volumes: []corev1.Volume{{Name: "connectors", VolumeSource: corev1.VolumeSource{CSI: &corev1.CSIVolumeSource{
 				Driver: "connectors-csi", ReadOnly: &readOnly,
 				VolumeAttributes: map[string]string{"connectors": "git", "configuration.names": "gitconfig"},

@@ -243,17 +243,12 @@ func TestProxyRefusalsAndHostileRequests(t *testing.T) {
 		create(t, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: "api", Namespace: ns},
 			Spec: v1alpha1.ConnectorSpec{ConnectorClassName: bearerClass, Address: tool.URL,
 				Auth: &v1alpha1.ConnectorAuth{Name: "token", SecretRef: &v1alpha1.SecretRef{Name: "bearer"}}}})
-		create(t, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "api-user", Namespace: ns}})
 		allowConnectors(t, ns, "api-user", "api")
-		apiToken, err := cp.Kube.CoreV1().ServiceAccounts(ns).CreateToken(ctx, "api-user", &authenticationv1.TokenRequest{
-			Spec: authenticationv1.TokenRequestSpec{Audiences: []string{driverName}}}, metav1.CreateOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
+		apiToken := proxyToken(t, ns, "api-user")
 		before := len(tool.Requests())
 		ok := kubelet.WaitUntil(10*time.Second, func() bool {
 			code, _ := do(t, noRedirects, newRequest(t, "GET", reverse("api", "/anything"),
-				map[string]string{"Authorization": "Bearer " + apiToken.Status.Token}))
+				map[string]string{"Authorization": "Bearer " + apiToken}))
 			return code == http.StatusUnauthorized // the git server wants basic auth; what matters is what it saw
 		})
 		if !ok {

@@ -157,17 +157,21 @@ func rawStatus(t *testing.T, addr, requestLine string, header map[string]string)
 	return res.StatusCode, string(body)
 }
 
-// proxyToken is a token of a ServiceAccount (created here) for the proxy's audience.
+// proxyToken is a token for the proxy's audience of ServiceAccount sa, bound to a Pod of it on
+// the tests' node (created here with the ServiceAccount), as a token it projects itself is.
 func proxyToken(t *testing.T, ns, sa string) string {
 	t.Helper()
-	ctx := context.Background()
-	_, _ = cp.Kube.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}}, metav1.CreateOptions{})
-	tr, err := cp.Kube.CoreV1().ServiceAccounts(ns).CreateToken(ctx, sa, &authenticationv1.TokenRequest{
-		Spec: authenticationv1.TokenRequestSpec{Audiences: []string{driverName}}}, metav1.CreateOptions{})
+	return podToken(t, ns, sa, "node-1")
+}
+
+// podToken is proxyToken for a Pod on node.
+func podToken(t *testing.T, ns, sa, node string) string {
+	t.Helper()
+	token, err := kubelet.ProjectedToken(context.Background(), cp.Kube, ns, sa+"-on-"+node, sa, node, driverName)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return tr.Status.Token
+	return token
 }
 
 // publishedToken creates a Pod of ServiceAccount builder with a volume of the Connectors,
@@ -893,6 +897,65 @@ func TestTenancyForbiddenAndMissingConnectorsLookAlike(t *testing.T) {
 			t.Fatalf("existing: %d %q; missing: %d %q", c1, s1.Message, c2, s2.Message)
 		}
 	})
+}
+
+// TestTenancyAProxyTakesOnlyItsNodesPodsTokens: a Pod's requests reach its own node's proxy
+// (the connectors-proxy Service routes node-locally). A tenant reaching other nodes' proxies
+// directly, with a token of a Pod elsewhere or of no Pod, is refused before anything is looked
+// up: otherwise it could make every node of the cluster watch its Connectors, read their
+// Secrets and spend the review limits other tenants' Pods there wait on.
+func TestTenancyAProxyTakesOnlyItsNodesPodsTokens(t *testing.T) {
+	tool := startGitServer(t, false)
+	env := startProxyDriver(t, nil) // node-1
+	ns := newNamespace(t)
+	gitConnector(t, ns, "tool", gitClass(t), tool)
+	allowConnectors(t, ns, "builder", "tool")
+	refs := "/repo.git/info/refs?service=git-upload-pack"
+	reverse := func(token string) (int, string) {
+		return do(t, noRedirects, newRequest(t, "GET", env.proxyURL+"/namespaces/"+ns+"/connectors/tool"+refs,
+			map[string]string{"Authorization": "Bearer " + token}))
+	}
+	forward := func(token string) (int, string) {
+		return do(t, forwardClient(env.proxyURL, ns+"/tool", token), newRequest(t, "GET", tool.URL+refs, nil))
+	}
+	elsewhere := podToken(t, ns, "builder", "node-2")
+	unbound, err := cp.Kube.CoreV1().ServiceAccounts(ns).CreateToken(context.Background(), "builder", &authenticationv1.TokenRequest{
+		Spec: authenticationv1.TokenRequestSpec{Audiences: []string{driverName}}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	since := time.Now()
+	for _, c := range []struct{ name, token, want string }{
+		{"a Pod of another node", elsewhere, "the token's Pod runs on node node-2, and this proxy serves the Pods of node node-1"},
+		{"no Pod", unbound.Status.Token, "this proxy takes only the tokens of Pods on node node-1, and this token is bound to no Pod"},
+	} {
+		for mode, send := range map[string]func(string) (int, string){"reverse": reverse, "forward": forward} {
+			if code, body := send(c.token); code != http.StatusForbidden || !strings.Contains(body, c.want) {
+				t.Errorf("%s, %s: %d %q, want 403 saying %q", c.name, mode, code, body, c.want)
+			}
+		}
+		if status := connectStatus(t, strings.TrimPrefix(env.proxyURL, "http://"), strings.TrimPrefix(tool.URL, "http://"), ns+"/tool", c.token); !strings.Contains(status, " 403 ") {
+			t.Errorf("%s, CONNECT: %q, want 403", c.name, status)
+		}
+	}
+	reads := func() []auditv1.Event {
+		events, err := cp.AuditEvents(func(ev *auditv1.Event) bool {
+			return ev.ObjectRef != nil && ev.ObjectRef.Namespace == ns && ev.ObjectRef.Name == "tool-auth" && !ev.RequestReceivedTimestamp.Time.Before(since)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return events
+	}
+	if got := reads(); len(got) != 0 || len(tool.Requests()) != 0 {
+		t.Errorf("refused tokens made the proxy read the Connector's Secret %d times, and reach the tool %d times", len(got), len(tool.Requests()))
+	}
+	if code, body := reverse(proxyToken(t, ns, "builder")); code != http.StatusOK {
+		t.Fatalf("a Pod of the proxy's node: %d %q", code, body)
+	}
+	if len(reads()) == 0 {
+		t.Error("the audit log shows no read of the Secret a served request needed: the check above proves nothing")
+	}
 }
 
 func TestTenancyCachesAreBounded(t *testing.T) {

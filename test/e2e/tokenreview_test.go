@@ -17,13 +17,13 @@ import (
 	"time"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/kube-connectors/connectors-csi/driver"
+	"github.com/kube-connectors/connectors-csi/test/kubelet"
 )
 
 // apiFront serves the test API server to a driver through a TLS front of the test's own, which
@@ -121,21 +121,11 @@ func (f *apiFront) swapToken(r *http.Request) error {
 }
 
 // boundToken is a token of ServiceAccount sa for the proxy's audience, bound to a Pod of it
-// created here; gone deletes the Pod at once, which invalidates the token.
+// on the tests' node created here; gone deletes the Pod at once, which invalidates the token.
 func boundToken(t *testing.T, ns, sa, pod string, gone bool) string {
 	t.Helper()
 	ctx := context.Background()
-	_, _ = cp.Kube.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}}, metav1.CreateOptions{})
-	p, err := cp.Kube.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: pod},
-		Spec: corev1.PodSpec{ServiceAccountName: sa, Containers: []corev1.Container{{Name: "main", Image: "busybox"}}}},
-		metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr, err := cp.Kube.CoreV1().ServiceAccounts(ns).CreateToken(ctx, sa, &authenticationv1.TokenRequest{
-		Spec: authenticationv1.TokenRequestSpec{Audiences: []string{driverName},
-			BoundObjectRef: &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: p.Name, UID: p.UID}},
-	}, metav1.CreateOptions{})
+	token, err := kubelet.ProjectedToken(ctx, cp.Kube, ns, pod, sa, "node-1", driverName)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,7 +134,7 @@ func boundToken(t *testing.T, ns, sa, pod string, gone bool) string {
 			t.Fatal(err)
 		}
 	}
-	return tr.Status.Token
+	return token
 }
 
 // TestATokenWhosePodTheAPIServerCouldNotReadIsAskedAgain: the API server answers a TokenReview

@@ -51,17 +51,48 @@ func (k *Kubelet) Close() error { return k.conn.Close() }
 // CreatePod creates the Pod's ServiceAccount (envtest runs no ServiceAccount admission or
 // controller) when missing, and the Pod.
 func (k *Kubelet) CreatePod(ctx context.Context, pod *corev1.Pod) (*corev1.Pod, error) {
+	return createPod(ctx, k.Kube, pod)
+}
+
+// createPod creates the Pod, its ServiceAccount (default when none is named) and the Node it is
+// bound to when they are missing: a real Pod's node registered itself, and the API server puts
+// a Pod's node in its tokens only when the Node exists.
+func createPod(ctx context.Context, kube kubernetes.Interface, pod *corev1.Pod) (*corev1.Pod, error) {
 	sa := pod.Spec.ServiceAccountName
 	if sa == "" {
 		sa = "default"
 		pod.Spec.ServiceAccountName = sa
 	}
-	_, err := k.Kube.CoreV1().ServiceAccounts(pod.Namespace).Create(ctx,
+	_, err := kube.CoreV1().ServiceAccounts(pod.Namespace).Create(ctx,
 		&corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}}, metav1.CreateOptions{})
 	if err != nil && !apierrors.IsAlreadyExists(err) {
 		return nil, err
 	}
-	return k.Kube.CoreV1().Pods(pod.Namespace).Create(ctx, pod, metav1.CreateOptions{})
+	if node := pod.Spec.NodeName; node != "" {
+		if _, err := kube.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: node}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			return nil, err
+		}
+	}
+	return kube.CoreV1().Pods(pod.Namespace).Create(ctx, pod, metav1.CreateOptions{})
+}
+
+// ProjectedToken returns a token for audience bound to the Pod ns/pod of ServiceAccount sa on
+// node, as kubelet projects one (a serviceAccountToken volume), creating the Pod, its
+// ServiceAccount and its Node when they are missing.
+func ProjectedToken(ctx context.Context, kube kubernetes.Interface, ns, pod, sa, node, audience string) (string, error) {
+	p, err := createPod(ctx, kube, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: pod, Namespace: ns},
+		Spec: corev1.PodSpec{ServiceAccountName: sa, NodeName: node, Containers: []corev1.Container{{Name: "main", Image: "busybox"}}}})
+	if apierrors.IsAlreadyExists(err) {
+		p, err = kube.CoreV1().Pods(ns).Get(ctx, pod, metav1.GetOptions{})
+	}
+	if err != nil {
+		return "", err
+	}
+	res, err := podTokenRequest(ctx, kube, p, audience, nil)
+	if err != nil {
+		return "", err
+	}
+	return res.Token, nil
 }
 
 // TargetPath is where kubelet asks the driver to mount a Pod's volume.
@@ -167,19 +198,28 @@ func csiSource(pod *corev1.Pod, volume string) (*corev1.CSIVolumeSource, error) 
 func (k *Kubelet) tokens(ctx context.Context, pod *corev1.Pod, reqs []storagev1.TokenRequest) (string, error) {
 	out := map[string]authenticationv1.TokenRequestStatus{}
 	for _, r := range reqs {
-		tr := &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{
-			Audiences:         []string{r.Audience},
-			ExpirationSeconds: r.ExpirationSeconds,
-			BoundObjectRef:    &authenticationv1.BoundObjectReference{APIVersion: "v1", Kind: "Pod", Name: pod.Name, UID: pod.UID},
-		}}
-		res, err := k.Kube.CoreV1().ServiceAccounts(pod.Namespace).CreateToken(ctx, pod.Spec.ServiceAccountName, tr, metav1.CreateOptions{})
+		res, err := podTokenRequest(ctx, k.Kube, pod, r.Audience, r.ExpirationSeconds)
 		if err != nil {
-			return "", fmt.Errorf("TokenRequest for %s/%s audience %q: %w", pod.Namespace, pod.Spec.ServiceAccountName, r.Audience, err)
+			return "", err
 		}
-		out[r.Audience] = res.Status
+		out[r.Audience] = *res
 	}
 	b, err := json.Marshal(out)
 	return string(b), err
+}
+
+// podTokenRequest requests a token for audience bound to pod.
+func podTokenRequest(ctx context.Context, kube kubernetes.Interface, pod *corev1.Pod, audience string, expirationSeconds *int64) (*authenticationv1.TokenRequestStatus, error) {
+	tr := &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{
+		Audiences:         []string{audience},
+		ExpirationSeconds: expirationSeconds,
+		BoundObjectRef:    &authenticationv1.BoundObjectReference{APIVersion: "v1", Kind: "Pod", Name: pod.Name, UID: pod.UID},
+	}}
+	res, err := kube.CoreV1().ServiceAccounts(pod.Namespace).CreateToken(ctx, pod.Spec.ServiceAccountName, tr, metav1.CreateOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("TokenRequest for %s/%s audience %q: %w", pod.Namespace, pod.Spec.ServiceAccountName, audience, err)
+	}
+	return &res.Status, nil
 }
 
 // WaitUntil polls cond until it is true or the timeout passes; for tests that wait on

@@ -20,7 +20,6 @@ import (
 	"strings"
 	"time"
 
-	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -28,6 +27,7 @@ import (
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/proxy/ca"
 	"github.com/kube-connectors/connectors-csi/test/controlplane"
+	"github.com/kube-connectors/connectors-csi/test/kubelet"
 	"github.com/kube-connectors/connectors-csi/test/testca"
 )
 
@@ -235,12 +235,8 @@ func CreateObjects(ctx context.Context, cp *controlplane.ControlPlane, up *Upstr
 	if _, err := kube.CoreV1().ServiceAccounts(Namespace).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}}, metav1.CreateOptions{}); err != nil {
 		return "", err
 	}
-	tr, err := kube.CoreV1().ServiceAccounts(Namespace).CreateToken(ctx, "default", &authenticationv1.TokenRequest{
-		Spec: authenticationv1.TokenRequestSpec{Audiences: []string{"connectors-csi"}}}, metav1.CreateOptions{})
-	if err != nil {
-		return "", err
-	}
-	return tr.Status.Token, nil
+	// The driver takes only the tokens of Pods on its node (--node-id=bench), as it is deployed.
+	return kubelet.ProjectedToken(ctx, kube, Namespace, "client", "default", "bench", "connectors-csi")
 }
 
 // The generators measured: Alauda's Basic example, which reads only the Secret (its answer is
