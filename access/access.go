@@ -47,7 +47,7 @@ var (
 	}, []string{"reviewer", "decision", "cache"})
 	tokenAuthentications = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "connectors_token_authentications_total",
-		Help: "Tokens checked, by reviewer and result (accepted, rejected, malformed, error); the TokenReviews sent for them (cache misses) are connectors_tokenreviews_total.",
+		Help: "Tokens checked, by reviewer and result (accepted, rejected, malformed, other_node: of another node's Pod or of none, to the proxy of one node's Pods; error); the TokenReviews sent for them (cache misses) are connectors_tokenreviews_total.",
 	}, []string{"reviewer", "result"})
 	tokensAskedAgain = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "connectors_tokenreviews_asked_again_total",
@@ -70,6 +70,12 @@ type Config struct {
 	// Name is the Reviewer's in metrics: the reviewer label of its answers, and its decision
 	// cache's size as connectors_cache_entries{cache="authorization_<name>"}.
 	Name string
+	// Node, for a Reviewer of the Pod tokens of one node (the proxy's, --proxy-tokens=node),
+	// refuses a token whose claims bind it to no Pod, or to a Pod of another node, with an
+	// *OtherNodeError: locally, before the token cache keeps it and before any TokenReview
+	// (the claims are not verified: a token naming this node is reviewed, and the review's
+	// extras decide).
+	Node string
 	// Keys, for a Reviewer of ServiceAccount tokens only, refuse a token none of the issuer's
 	// keys signed without a TokenReview; nil: not checked.
 	Keys *IssuerKeys
@@ -133,7 +139,7 @@ func New(kube kubernetes.Interface, cfg Config) (*Reviewer, error) {
 	}
 	r := &Reviewer{
 		audiences: cfg.Audiences,
-		tokens: cache.New(jwtPrecheck{audiences: cfg.Audiences, keys: cfg.Keys, unexpiring: cfg.Unexpiring, next: rejectionsAreAnswers{Token: tokenAuth, retry: cfg.InvalidatedRetry, reviewer: cfg.Name}, now: time.Now},
+		tokens: cache.New(jwtPrecheck{audiences: cfg.Audiences, node: cfg.Node, keys: cfg.Keys, unexpiring: cfg.Unexpiring, next: rejectionsAreAnswers{Token: tokenAuth, retry: cfg.InvalidatedRetry, reviewer: cfg.Name}, now: time.Now},
 			false, cfg.TokenTTL, cfg.DenyTTL),
 		authz:     authz,
 		decisions: expirable.NewLRU[string, decision](decisionCacheSize, nil, max(cfg.AllowTTL, cfg.DenyTTL, time.Second)),
@@ -159,7 +165,11 @@ func (r *Reviewer) AuthenticateToken(ctx context.Context, token string) (user.In
 		ctx = authenticator.WithAudiences(ctx, r.audiences)
 	}
 	res, ok, err := r.tokens.AuthenticateToken(ctx, token)
+	var otherNode *OtherNodeError
 	switch {
+	case errors.As(err, &otherNode):
+		tokenAuthentications.WithLabelValues(r.name, "other_node").Inc()
+		return nil, false, err
 	case err != nil:
 		tokenAuthentications.WithLabelValues(r.name, "error").Inc()
 		return nil, false, err

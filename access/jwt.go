@@ -15,7 +15,7 @@ import (
 
 var refusedLocally = prometheus.NewCounterVec(prometheus.CounterOpts{
 	Name: "connectors_tokens_refused_locally_total",
-	Help: "Tokens refused without a TokenReview: not a JWT, expired, for another audience, or not signed by a key of the API server's ServiceAccount issuer.",
+	Help: "Tokens refused without a TokenReview, by reason: malformed (not a JWT, or not in its canonical encoding), expired, audience (for another), node (to the proxy of one node's Pods, of another node's Pod or of none), signature (not signed by a key of the API server's ServiceAccount issuer).",
 }, []string{"reason"})
 
 func init() { prometheus.MustRegister(refusedLocally) }
@@ -36,7 +36,10 @@ const clockSkew = time.Minute
 // token cache, so a valid token pays for it once per cache period.
 type jwtPrecheck struct {
 	audiences []string // empty: any audience
-	keys      *IssuerKeys
+	// node, when set, refuses a token whose claims bind it to no Pod, or to a Pod of another
+	// node (Config.Node).
+	node string
+	keys *IssuerKeys
 	// unexpiring lets a token without exp through to the review: a ServiceAccount token of a
 	// Secret (kubernetes.io/service-account-token) carries none.
 	unexpiring bool
@@ -47,12 +50,43 @@ type jwtPrecheck struct {
 type claims struct {
 	Exp *float64        `json:"exp"`
 	Aud json.RawMessage `json:"aud"`
+	// Kubernetes is what a ServiceAccount token is bound to (the API server's private claim).
+	Kubernetes *struct {
+		Pod  *struct{} `json:"pod"`
+		Node *struct {
+			Name string `json:"name"`
+		} `json:"node"`
+	} `json:"kubernetes.io"`
+}
+
+// OtherNodeError refuses a token of a Pod of another node, or of no Pod, to a Reviewer that
+// takes only the tokens of one node's Pods (Config.Node): locally, from the token's claims, or
+// from its review's extras.
+type OtherNodeError struct {
+	// Node is the node the token names, "" for none; Pod whether it is bound to a Pod.
+	Node string
+	Pod  bool
+}
+
+func (e *OtherNodeError) Error() string {
+	switch {
+	case !e.Pod:
+		return "the token is bound to no Pod"
+	case e.Node == "":
+		return "the token names no node"
+	}
+	return "the token's Pod runs on node " + e.Node
 }
 
 func (j jwtPrecheck) AuthenticateToken(ctx context.Context, token string) (*authenticator.Response, bool, error) {
-	if reason := j.refusal(ctx, token); reason != "" {
+	reason, err := j.refusal(ctx, token)
+	if reason != "" {
 		refusedLocally.WithLabelValues(reason).Inc()
-		return nil, false, nil
+	}
+	if reason != "" || err != nil {
+		// An OtherNodeError is an error, not a rejection, so that the token cache keeps no
+		// answer for it (it could not review the token anyway) and the caller can say why.
+		return nil, false, err
 	}
 	return j.next.AuthenticateToken(ctx, token)
 }
@@ -63,30 +97,75 @@ func jwtShaped(token string) bool {
 	return len(token) <= maxTokenBytes && strings.Count(token, ".") == 2
 }
 
-// refusal says why a token is refused locally, or "".
-func (j jwtPrecheck) refusal(ctx context.Context, token string) string {
-	parts := strings.Split(token, ".")
+// refusal says why a token is refused locally, or "", with the error to answer instead of a
+// rejection, if any.
+func (j jwtPrecheck) refusal(ctx context.Context, token string) (string, error) {
 	if !jwtShaped(token) {
-		return "malformed"
+		return "malformed", nil
 	}
-	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
-	if err != nil {
-		return "malformed"
+	payload, ok := payloadOf(strings.Split(token, "."))
+	if !ok {
+		return "malformed", nil
 	}
 	var c claims
 	if err := json.Unmarshal(payload, &c); err != nil || c.Exp == nil && !j.unexpiring {
-		return "malformed"
+		return "malformed", nil
 	}
 	if c.Exp != nil && time.Unix(int64(*c.Exp), 0).Add(clockSkew).Before(j.now()) {
-		return "expired"
+		return "expired", nil
 	}
 	if len(j.audiences) > 0 && !slices.ContainsFunc(audiences(c.Aud), func(a string) bool { return slices.Contains(j.audiences, a) }) {
-		return "audience"
+		return "audience", nil
 	}
 	if j.keys != nil && j.keys.check(ctx, token) == notSignedByIssuer {
-		return "signature"
+		return "signature", nil
 	}
-	return ""
+	// Claims the issuer signed when keys are checked, else unverified and trusted only to
+	// refuse: a token that names this node is reviewed.
+	if err := j.ofNode(c); err != nil {
+		return "node", err
+	}
+	return "", nil
+}
+
+// ofNode refuses, when the precheck takes one node's Pods' tokens only, claims of no Pod or of
+// another node's.
+func (j jwtPrecheck) ofNode(c claims) error {
+	if j.node == "" {
+		return nil
+	}
+	k := c.Kubernetes
+	switch {
+	case k == nil || k.Pod == nil:
+		return &OtherNodeError{}
+	case k.Node == nil || k.Node.Name == "":
+		return &OtherNodeError{Pod: true}
+	case k.Node.Name != j.node:
+		return &OtherNodeError{Pod: true, Node: k.Node.Name}
+	}
+	return nil
+}
+
+// strictBase64 is the encoding of a JWT's parts, strict: the unused bits of a part's last
+// character must be zero, as every encoder writes them. The API server's JWT library ignores
+// them, so one token could otherwise be sent as up to thousands of strings, each a token
+// cache miss and a TokenReview of its own.
+var strictBase64 = base64.RawURLEncoding.Strict()
+
+// payloadOf decodes a JWT's three parts, each in its one canonical spelling, and returns the
+// second.
+func payloadOf(parts []string) ([]byte, bool) {
+	var payload []byte
+	for i, part := range parts {
+		b, err := strictBase64.DecodeString(part)
+		if err != nil {
+			return nil, false
+		}
+		if i == 1 {
+			payload = b
+		}
+	}
+	return payload, true
 }
 
 // audiences reads aud, a string or a list of strings.

@@ -3,7 +3,9 @@ package access
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 )
@@ -11,6 +13,12 @@ import (
 func token(claims string) string {
 	enc := base64.RawURLEncoding.EncodeToString
 	return enc([]byte(`{"alg":"RS256"}`)) + "." + enc([]byte(claims)) + ".sig"
+}
+
+// reasonOf is the reason j refuses tok for locally, "" for none.
+func reasonOf(j jwtPrecheck, tok string) string {
+	reason, _ := j.refusal(context.Background(), tok)
+	return reason
 }
 
 func TestJWTPrecheck(t *testing.T) {
@@ -31,24 +39,78 @@ func TestJWTPrecheck(t *testing.T) {
 		"a.b.c.d":                                                                "malformed",
 		token(`{"exp":`+exp(time.Hour)+`,"aud":["connectors-csi"]}`) + "." + "x": "malformed",
 	} {
-		if got := j.refusal(context.Background(), tok); got != want {
+		if got := reasonOf(j, tok); got != want {
 			t.Errorf("refusal(%q) = %q, want %q", tok, got, want)
 		}
 	}
 	anyAudience := jwtPrecheck{now: func() time.Time { return now }}
-	if got := anyAudience.refusal(context.Background(), token(`{"exp":`+exp(time.Hour)+`,"aud":["kubernetes"]}`)); got != "" {
+	if got := reasonOf(anyAudience, token(`{"exp":`+exp(time.Hour)+`,"aud":["kubernetes"]}`)); got != "" {
 		t.Errorf("without audiences: %q", got)
 	}
 	// A Secret's ServiceAccount token has no exp: malformed unless the reviewer takes those.
 	secretToken := token(`{"iss":"kubernetes/serviceaccount","sub":"system:serviceaccount:ns:sa"}`)
-	if got := anyAudience.refusal(context.Background(), secretToken); got != "malformed" {
+	if got := reasonOf(anyAudience, secretToken); got != "malformed" {
 		t.Errorf("a token without exp: %q, want malformed", got)
 	}
 	anyAudience.unexpiring = true
-	if got := anyAudience.refusal(context.Background(), secretToken); got != "" {
+	if got := reasonOf(anyAudience, secretToken); got != "" {
 		t.Errorf("a token without exp, taken: %q", got)
 	}
-	if got := anyAudience.refusal(context.Background(), token(`{"exp":`+exp(-time.Hour)+`}`)); got != "expired" {
+	if got := reasonOf(anyAudience, token(`{"exp":`+exp(-time.Hour)+`}`)); got != "expired" {
 		t.Errorf("an expired token, tokens without exp taken: %q, want expired", got)
+	}
+}
+
+func TestJWTPrecheckTakesOneSpellingOfAToken(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	j := jwtPrecheck{now: func() time.Time { return now }}
+	enc := base64.RawURLEncoding.EncodeToString
+	// 2 bytes of signature: 3 characters, the last with 2 unused bits.
+	good := enc([]byte(`{"alg":"RS256"}`)) + "." + enc([]byte(fmt.Sprintf(`{"exp":%d}`, now.Add(time.Hour).Unix()))) + "." + enc([]byte{0xfa, 0xce})
+	if got := reasonOf(j, good); got != "" {
+		t.Fatalf("the canonical spelling: %q", got)
+	}
+	last := strings.IndexByte(alphabet, good[len(good)-1])
+	for unused := 1; unused < 4; unused++ {
+		variant := good[:len(good)-1] + string(alphabet[last|unused])
+		if got := reasonOf(j, variant); got != "malformed" {
+			t.Errorf("a spelling with unused bits %b set: %q, want malformed", unused, got)
+		}
+	}
+}
+
+const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+func TestJWTPrecheckOfOneNodesPods(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	j := jwtPrecheck{node: "n1", now: func() time.Time { return now }}
+	exp := fmt.Sprint(now.Add(time.Hour).Unix())
+	for _, c := range []struct {
+		name, kubernetes string
+		want             *OtherNodeError // nil: taken (to the next check)
+	}{
+		{"a Pod of this node", `{"pod":{"name":"p","uid":"u"},"node":{"name":"n1","uid":"v"}}`, nil},
+		{"a Pod of another node", `{"pod":{"name":"p","uid":"u"},"node":{"name":"n2","uid":"v"}}`, &OtherNodeError{Pod: true, Node: "n2"}},
+		{"a Pod of no node", `{"pod":{"name":"p","uid":"u"}}`, &OtherNodeError{Pod: true}},
+		{"a Secret's", `{"secret":{"name":"s","uid":"u"}}`, &OtherNodeError{}},
+		{"a node's, of this node", `{"node":{"name":"n1","uid":"v"}}`, &OtherNodeError{}},
+		{"none", ``, &OtherNodeError{}},
+	} {
+		claims := `{"exp":` + exp
+		if c.kubernetes != "" {
+			claims += `,"kubernetes.io":` + c.kubernetes
+		}
+		reason, err := j.refusal(context.Background(), token(claims+`}`))
+		var got *OtherNodeError
+		if c.want == nil && (reason != "" || err != nil) {
+			t.Errorf("%s: refused: %q %v", c.name, reason, err)
+		}
+		if c.want != nil && (reason != "node" || !errors.As(err, &got) || *got != *c.want) {
+			t.Errorf("%s: %q %v, want node %+v", c.name, reason, err, *c.want)
+		}
+	}
+	j.node = ""
+	if reason, err := j.refusal(context.Background(), token(`{"exp":`+exp+`}`)); reason != "" || err != nil {
+		t.Errorf("any token, without a node: %q %v", reason, err)
 	}
 }

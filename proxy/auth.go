@@ -12,6 +12,7 @@ import (
 	"k8s.io/apiserver/pkg/authentication/user"
 	"k8s.io/apiserver/pkg/authorization/authorizer"
 
+	"github.com/kube-connectors/connectors-csi/access"
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 )
 
@@ -38,7 +39,11 @@ func (p *Proxy) authenticate(ctx context.Context, w http.ResponseWriter, token s
 		return nil, refusef(unauthorized, "no token: send the Pod's projected token (context.token) as the password or a Bearer token")
 	}
 	u, ok, err := p.reviewer.AuthenticateToken(ctx, token)
-	if err != nil {
+	var otherNode *access.OtherNodeError
+	switch {
+	case errors.As(err, &otherNode): // refused from its claims, before any review
+		return nil, p.notOfThisNode(otherNode)
+	case err != nil:
 		return nil, refusef(http.StatusServiceUnavailable, "cannot review the token now: %v", err)
 	}
 	if !ok {
@@ -52,26 +57,41 @@ func (p *Proxy) authenticate(ctx context.Context, w http.ResponseWriter, token s
 }
 
 // ofThisNode refuses, when the proxy takes only its node's Pods' tokens (Config.Node), a token
-// that is not bound to a Pod of that node. Pods reach the proxy of their own node (the
-// connectors-proxy Service routes node-locally), so a token of another node's Pod, or of no Pod,
-// at this proxy is someone reaching past that: refused before any review of a permission or
-// lookup of a Connector, it cannot make every node of a cluster watch a tenant's Connectors,
-// read their Secrets, or spend their review limits, which their own Pods' requests wait on. The
-// refusal is not recorded on the Pod: it does not run here.
+// whose review does not bind it to a Pod of that node. Pods reach the proxy of their own node
+// (the connectors-proxy Service routes node-locally), so a token of another node's Pod, or of
+// no Pod, at this proxy is someone reaching past that: refused before any review of a
+// permission or lookup of a Connector, it cannot make every node of a cluster watch a
+// tenant's Connectors, read their Secrets, or spend their review limits, which their own Pods'
+// requests wait on. The reviewer refuses most such tokens from their claims already, before
+// reviewing them (access.Config.Node); this decides on what the review says. The refusal is
+// not recorded on the Pod: it does not run here.
 func (p *Proxy) ofThisNode(u user.Info) error {
 	if p.cfg.Node == "" {
 		return nil
 	}
-	if _, isPod := podOfUser(u); !isPod {
-		return refusef(http.StatusForbidden, "this proxy takes only the tokens of Pods on node %s, and this token is bound to no Pod: send a Pod's token (its connectors volume's, or one projected for the proxy's audience)", p.cfg.Node)
-	}
-	switch nodes := u.GetExtra()[extraNodeName]; {
+	_, isPod := podOfUser(u)
+	nodes := u.GetExtra()[extraNodeName]
+	switch {
+	case !isPod:
+		return p.notOfThisNode(&access.OtherNodeError{})
 	case len(nodes) != 1 || nodes[0] == "":
-		return refusef(http.StatusForbidden, "this proxy takes only the tokens of Pods on node %s, and this token names no node (Kubernetes 1.30 and later name the Pod's node in its tokens; --proxy-tokens=any takes tokens without one)", p.cfg.Node)
+		return p.notOfThisNode(&access.OtherNodeError{Pod: true})
 	case nodes[0] != p.cfg.Node:
-		return refusef(http.StatusForbidden, "the token's Pod runs on node %s, and this proxy serves the Pods of node %s: send the request to the proxy of the Pod's node (the connectors-proxy Service)", nodes[0], p.cfg.Node)
+		return p.notOfThisNode(&access.OtherNodeError{Pod: true, Node: nodes[0]})
 	}
 	return nil
+}
+
+// notOfThisNode is the refusal of a token e says is not of this node's Pods. It does not name
+// this node: the token's holder learns nothing of which node answers at an address.
+func (p *Proxy) notOfThisNode(e *access.OtherNodeError) error {
+	switch {
+	case !e.Pod:
+		return refusef(http.StatusForbidden, "this proxy takes only the tokens of its node's Pods, and this token is bound to no Pod: send a Pod's token (its connectors volume's, or one it projects for the proxy's audience)")
+	case e.Node == "":
+		return refusef(http.StatusForbidden, "this proxy takes only the tokens of its node's Pods, and this token names no node (Kubernetes 1.30 and later name the Pod's node in its tokens; --proxy-tokens=any takes tokens without one)")
+	}
+	return refusef(http.StatusForbidden, "the token's Pod runs on node %s, not this proxy's: send the request to the proxy of the Pod's node (the connectors-proxy Service)", e.Node)
 }
 
 // methodVerbs maps HTTP methods to the RBAC verbs checked on connectors/proxy and

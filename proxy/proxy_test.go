@@ -82,7 +82,7 @@ func TestOnlyTokensOfThisNodesPodsAreTaken(t *testing.T) {
 	}{
 		{"a Pod of this node", "n1", &user.DefaultInfo{Name: sa, Extra: map[string][]string{extraPodName: {"p"}, extraNodeName: {"n1"}}}, ""},
 		{"a Pod of another node", "n1", &user.DefaultInfo{Name: sa, Extra: map[string][]string{extraPodName: {"p"}, extraNodeName: {"n2"}}},
-			"the token's Pod runs on node n2, and this proxy serves the Pods of node n1"},
+			"the token's Pod runs on node n2, not this proxy's"},
 		{"a Pod the token names no node of", "n1", &user.DefaultInfo{Name: sa, Extra: map[string][]string{extraPodName: {"p"}}}, "this token names no node"},
 		{"two nodes", "n1", &user.DefaultInfo{Name: sa, Extra: map[string][]string{extraPodName: {"p"}, extraNodeName: {"n1", "n2"}}}, "this token names no node"},
 		{"no Pod", "n1", &user.DefaultInfo{Name: sa, Extra: map[string][]string{extraNodeName: {"n1"}}}, "bound to no Pod"},

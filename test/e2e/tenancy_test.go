@@ -901,12 +901,15 @@ func TestTenancyForbiddenAndMissingConnectorsLookAlike(t *testing.T) {
 
 // TestTenancyAProxyTakesOnlyItsNodesPodsTokens: a Pod's requests reach its own node's proxy
 // (the connectors-proxy Service routes node-locally). A tenant reaching other nodes' proxies
-// directly, with a token of a Pod elsewhere or of no Pod, is refused before anything is looked
-// up: otherwise it could make every node of the cluster watch its Connectors, read their
-// Secrets and spend the review limits other tenants' Pods there wait on.
+// directly, with a token of a Pod elsewhere or of no Pod, is refused from the token's claims,
+// before any review or lookup: otherwise it could make every node of the cluster review its
+// tokens, watch its Connectors, read their Secrets and spend the limits other tenants' Pods
+// there wait on. Nor is one token many: a spelling of it the API server's JWT library would
+// also take (the unused bits of a part's last character set) is refused without a review. The
+// node runs as deployed (its reviews and reads in the audit log).
 func TestTenancyAProxyTakesOnlyItsNodesPodsTokens(t *testing.T) {
 	tool := startGitServer(t, false)
-	env := startProxyDriver(t, nil) // node-1
+	env := startDeployedDrivers(t, nil) // node-1
 	ns := newNamespace(t)
 	gitConnector(t, ns, "tool", gitClass(t), tool)
 	allowConnectors(t, ns, "builder", "tool")
@@ -924,38 +927,69 @@ func TestTenancyAProxyTakesOnlyItsNodesPodsTokens(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	here := proxyToken(t, ns, "builder")
 	since := time.Now()
 	for _, c := range []struct{ name, token, want string }{
-		{"a Pod of another node", elsewhere, "the token's Pod runs on node node-2, and this proxy serves the Pods of node node-1"},
-		{"no Pod", unbound.Status.Token, "this proxy takes only the tokens of Pods on node node-1, and this token is bound to no Pod"},
+		{"a Pod of another node", elsewhere, "the token's Pod runs on node node-2, not this proxy's"},
+		{"no Pod", unbound.Status.Token, "this proxy takes only the tokens of its node's Pods, and this token is bound to no Pod"},
 	} {
 		for mode, send := range map[string]func(string) (int, string){"reverse": reverse, "forward": forward} {
-			if code, body := send(c.token); code != http.StatusForbidden || !strings.Contains(body, c.want) {
-				t.Errorf("%s, %s: %d %q, want 403 saying %q", c.name, mode, code, body, c.want)
+			if code, body := send(c.token); code != http.StatusForbidden || !strings.Contains(body, c.want) || strings.Contains(body, "node-1") {
+				t.Errorf("%s, %s: %d %q, want 403 saying %q, not naming this node", c.name, mode, code, body, c.want)
 			}
 		}
 		if status := connectStatus(t, strings.TrimPrefix(env.proxyURL, "http://"), strings.TrimPrefix(tool.URL, "http://"), ns+"/tool", c.token); !strings.Contains(status, " 403 ") {
 			t.Errorf("%s, CONNECT: %q, want 403", c.name, status)
 		}
 	}
+	variants := respellings(here)
+	if len(variants) == 0 {
+		t.Fatal("no other spelling of the token: its parts' lengths leave no unused bits")
+	}
+	for i, variant := range variants {
+		if code, body := reverse(variant); code != http.StatusUnauthorized {
+			t.Errorf("spelling %d of a token of this node's Pod: %d %q, want 401", i, code, body)
+		}
+	}
 	reads := func() []auditv1.Event {
 		events, err := cp.AuditEvents(func(ev *auditv1.Event) bool {
-			return ev.ObjectRef != nil && ev.ObjectRef.Namespace == ns && ev.ObjectRef.Name == "tool-auth" && !ev.RequestReceivedTimestamp.Time.Before(since)
+			return ev.User.Username == controlplane.NodeUser && ev.ObjectRef != nil && ev.ObjectRef.Namespace == ns && ev.ObjectRef.Name == "tool-auth" &&
+				!ev.RequestReceivedTimestamp.Time.Before(since)
 		})
 		if err != nil {
 			t.Fatal(err)
 		}
 		return events
 	}
-	if got := reads(); len(got) != 0 || len(tool.Requests()) != 0 {
-		t.Errorf("refused tokens made the proxy read the Connector's Secret %d times, and reach the tool %d times", len(got), len(tool.Requests()))
+	if got, reviews := reads(), nodeCreates(t, "tokenreviews", since); len(got) != 0 || len(reviews) != 0 {
+		t.Errorf("refused tokens cost %d TokenReviews and %d reads of the Connector's Secret by the node", len(reviews), len(got))
 	}
-	if code, body := reverse(proxyToken(t, ns, "builder")); code != http.StatusOK {
+	// The control: the token of a Pod of this node, in its one spelling, is reviewed and served.
+	if code, body := reverse(here); code != http.StatusOK {
 		t.Fatalf("a Pod of the proxy's node: %d %q", code, body)
 	}
-	if len(reads()) == 0 {
-		t.Error("the audit log shows no read of the Secret a served request needed: the check above proves nothing")
+	if got, reviews := reads(), nodeCreates(t, "tokenreviews", since); len(got) == 0 || len(reviews) != 1 {
+		t.Errorf("a served request cost %d TokenReviews and %d Secret reads by the node, want 1 and some: the checks above prove nothing", len(reviews), len(got))
 	}
+}
+
+// respellings are the other spellings of a JWT the API server's JWT library decodes alike: its
+// parts' last characters with their unused low bits set.
+func respellings(token string) []string {
+	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+	var out []string
+	parts := strings.Split(token, ".")
+	for i, part := range parts {
+		unused := map[int]int{2: 4, 3: 2}[len(part)%4]
+		if unused == 0 {
+			continue
+		}
+		last := strings.IndexByte(alphabet, part[len(part)-1])
+		changed := slices.Clone(parts)
+		changed[i] = part[:len(part)-1] + string(alphabet[last|1<<unused-1])
+		out = append(out, strings.Join(changed, "."))
+	}
+	return out
 }
 
 func TestTenancyCachesAreBounded(t *testing.T) {
