@@ -46,6 +46,8 @@ func startController(ctx context.Context, g *errgroup.Group, p *process, ready *
 	if err != nil {
 		return err
 	}
+	// One rate for the Events of every controller (see pacedRecorder).
+	recorder := newPacedRecorder(mgr.GetEventRecorder(o.DriverName), o.EventQPS, o.EventBurst)
 	// The status metrics read the leader's caches only: a standby starts no informer for them.
 	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
 		statusmetrics.Register(mgr.GetClient())
@@ -75,7 +77,7 @@ func startController(ctx context.Context, g *errgroup.Group, p *process, ready *
 			return &http.Transport{Proxy: nil, DialContext: p.destinations.DialContext, DisableCompression: true, DisableKeepAlives: true,
 				TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}, MaxResponseHeaderBytes: int64(o.ProxyMaxHeaderBytes)}
 		}),
-		Flags: p.flags, GlobalCA: p.globalCA, Recorder: mgr.GetEventRecorder(o.DriverName),
+		Flags: p.flags, GlobalCA: p.globalCA, Recorder: recorder,
 		Recheck:      o.StatusRecheck,
 		Workers:      o.StatusWorkers,
 		CELCacheSize: o.CELCacheSize,
@@ -113,7 +115,7 @@ func startController(ctx context.Context, g *errgroup.Group, p *process, ready *
 		Cache:               mgr.GetCache(),
 		SystemNamespace:     o.SystemNamespace,
 		DriverName:          o.DriverName,
-		Recorder:            mgr.GetEventRecorder(o.DriverName),
+		Recorder:            recorder,
 		Retention:           o.RequestRetention,
 		PodRecheck:          o.PodRecheck,
 		States:              states,
@@ -139,7 +141,7 @@ func startController(ctx context.Context, g *errgroup.Group, p *process, ready *
 			(&admission.ConnectorValidator{Reader: mgr.GetClient(), Live: live}).Webhook(p.scheme))
 	}
 	if err := mgr.Add(&trust.Collector{Kube: p.kube, Namespace: o.SystemNamespace,
-		Recorder: mgr.GetEventRecorder(o.DriverName), Resync: o.StatusRecheck}); err != nil {
+		Recorder: recorder, Resync: o.StatusRecheck}); err != nil {
 		return err
 	}
 	g.Go(func() error { return mgr.Start(ctx) })
@@ -222,6 +224,9 @@ func newManager(ctx context.Context, p *process) (ctrl.Manager, error) {
 		LeaderElectionID:              "connectors-csi-controllers",
 		LeaderElectionNamespace:       o.SystemNamespace,
 		LeaderElectionReleaseOnCancel: true,
+		// The Lease is renewed with a client and rate limit of its own: behind a backlog of the
+		// controllers' writes, a renewal past the deadline would lose the lease.
+		LeaderElectionConfig: limitedConfig(p, leaseQPS, leaseBurst),
 		// Tests run several drivers in one process; metric names stay per process either way.
 		Controller: config.Controller{SkipNameValidation: ptr.To(true)},
 	})
@@ -230,6 +235,13 @@ func newManager(ctx context.Context, p *process) (ctrl.Manager, error) {
 	}
 	return mgr, nil
 }
+
+// leaseQPS and leaseBurst are the leader election's rate limit: a renewal every 2 s at most
+// (controller-runtime's RetryPeriod), and the Events of a change of leader.
+const (
+	leaseQPS   = 5
+	leaseBurst = 10
+)
 
 // cacheOptions are the controllers' cache's: see newManager. Check kinds' objects larger than
 // maxCheckObjectBytes are kept as stubs (approval.BoundCheckObjects).

@@ -75,10 +75,18 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 	if err != nil {
 		return err
 	}
-	apiKube, err := kubernetes.NewForConfig(forCallers(p, limitedConfig(p, o.APIAuthQPS, o.APIAuthBurst)))
+	apiCfg := forCallers(p, limitedConfig(p, o.APIAuthQPS, o.APIAuthBurst))
+	apiKube, err := kubernetes.NewForConfig(apiCfg)
 	if err != nil {
 		return err
 	}
+	// The API's reads of Connectors go with its client and rate limit too, and start no watch
+	// (Connectors.ReadWith): anyone may call any node's API with a token of their own.
+	apiClient, err := client.New(apiCfg, client.Options{Scheme: p.scheme})
+	if err != nil {
+		return err
+	}
+	connectors.ReadTTL = o.APIConnectorTTL
 	// Pod tokens are for the driver's audience: a token none of the ServiceAccount issuer's
 	// keys signed is refused before any TokenReview (the process's one copy of the keys).
 	keys := p.issuerKeys
@@ -136,6 +144,7 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 		Refusals:              &proxy.RefusalEvents{Recorder: recorder, Interval: o.RefusalEventInterval, QPS: o.RefusalEventQPS},
 		PodGrants:             &approval.PodGrants{Local: informers, Live: proxyClient},
 		Node:                  proxyNode(o),
+		APIObjects:            objectcache.Reader{Connectors: connectors, Rest: informers, Lookup: true, Unwatched: true, Lists: apiClient},
 	})
 	if err != nil {
 		return err

@@ -41,6 +41,8 @@ const (
 	defaultVolumesMaxBytes        = "64Mi"
 	defaultStatusAPIQPS           = 20
 	defaultStatusAPIBurst         = 40
+	defaultEventQPS               = 10
+	defaultEventBurst             = 100
 	defaultWebhookLiveQPS         = 5
 	defaultPodRecheckQPS          = 20
 	defaultMaxCheckObjectBytes    = 256 << 10
@@ -52,6 +54,7 @@ const (
 	defaultPermissionCacheSize    = 10000
 	defaultConnectorCacheSize     = 1000
 	defaultConnectorIdle          = 10 * time.Minute
+	defaultAPIConnectorTTL        = 10 * time.Second
 	defaultConnectorMissingTTL    = 5 * time.Second
 	defaultTunnelLifetime         = time.Hour
 	defaultUpgradeRecheck         = 5 * time.Second
@@ -130,6 +133,10 @@ type Options struct {
 	// StatusAPIQPS and StatusAPIBurst are the Connector status controller's own rate limit.
 	StatusAPIQPS   float64
 	StatusAPIBurst int
+	// EventQPS and EventBurst bound the controllers' Events (what they would record past it is
+	// dropped and counted).
+	EventQPS   float64
+	EventBurst int
 	// WebhookLiveQPS limits the webhook's live reads of classes its cache has not seen.
 	WebhookLiveQPS float64
 	ClusterDomain  string
@@ -222,7 +229,10 @@ type Options struct {
 	PermissionCacheSize    int
 	ConnectorCacheSize     int
 	ConnectorIdle          time.Duration
-	ConnectorMissingTTL    time.Duration
+	// APIConnectorTTL is how long the Connectors API keeps a Connector it read that the node
+	// does not watch.
+	APIConnectorTTL     time.Duration
+	ConnectorMissingTTL time.Duration
 
 	// The Connector admission webhook of the controller role (off when WebhookListen is empty).
 	WebhookListen        string
@@ -297,6 +307,8 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.Float64Var(&o.StatusAPIQPS, "connector-status-api-qps", defaultStatusAPIQPS, "sustained requests per second of the Connector status controller (a Secret read per probe, a status write per change), apart from --kube-api-qps: probing every Connector is background work that grows with their number, and never holds an approval behind it")
 	fs.Float64Var(&o.WebhookLiveQPS, "webhook-live-read-qps", defaultWebhookLiveQPS, "reads per second (burst twice that) of ConnectorClasses the admission webhook's cache has not seen, from the API server: anyone who may create a Connector may have reviews sent, and a class the cache holds costs none")
 	fs.IntVar(&o.StatusAPIBurst, "connector-status-api-burst", defaultStatusAPIBurst, "burst of the Connector status controller's requests")
+	fs.Float64Var(&o.EventQPS, "controller-event-qps", defaultEventQPS, "sustained Events per second the controllers record (each a request within --kube-api-qps; an AccessRequest records one per condition change): past it, and its burst, an Event is dropped and counted in connectors_events_dropped_total, so that a storm of approvals or Pods leaves the controllers' status and grant writes their requests")
+	fs.IntVar(&o.EventBurst, "controller-event-burst", defaultEventBurst, "burst of the controllers' Events")
 	fs.StringVar(&o.ClusterDomain, "cluster-domain", defaultClusterDomain, "the cluster's DNS domain, for the addresses of Services a ConnectorClass's proxy or api refers to")
 	o.BuiltInProxyServices = defaultBuiltInProxyServices
 	fs.Func("builtin-proxy-services", "comma-separated names of Services in the system namespace that are the built-in proxy: a ConnectorClass whose spec.proxy.ref names one is served by it (default connectors-proxy,connectors-proxy-service: this project's and Alauda's)", func(v string) error {
@@ -402,6 +414,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.IntVar(&o.PermissionCacheSize, "proxy-permission-cache-size", defaultPermissionCacheSize, "connectors/proxy decisions (by Pod, Connector and verb) the proxy keeps at most")
 	fs.IntVar(&o.ConnectorCacheSize, "connector-cache-size", defaultConnectorCacheSize, "Connectors a node watches at most (the ones its volumes and proxy requests use)")
 	fs.DurationVar(&o.ConnectorIdle, "connector-idle-timeout", defaultConnectorIdle, "a node stops watching a Connector nothing read for this long")
+	fs.DurationVar(&o.APIConnectorTTL, "connectors-api-connector-ttl", defaultAPIConnectorTTL, "how long the Connectors API keeps a Connector it read that none of the node's volumes or proxy requests use (the API watches none: anyone may call any node's API); 0 reads it for each call")
 	fs.DurationVar(&o.ConnectorMissingTTL, "connector-missing-ttl", defaultConnectorMissingTTL, "how long a node remembers that a Connector the proxy or the Connectors API was asked for does not exist (they list it once and watch it only if it does; 0: not remembered)")
 	fs.StringVar(&o.WebhookListen, "webhook-listen", "", "controller role: host:port of the Connector admission webhook (HTTPS; deploy/ uses :9443); empty: no webhook")
 	fs.StringVar(&o.WebhookCertDir, "webhook-cert-dir", "", "directory with the webhook's tls.crt and tls.key, reloaded when they change, when another tool keeps them and the caBundle; empty: the controller keeps a self-signed certificate in the Secret "+admission.CertSecretName+" and writes its CA into the caBundle of --webhook-configuration")
@@ -556,6 +569,9 @@ func (o *Options) validate() (*validated, error) {
 	default:
 		return nil, fmt.Errorf("--proxy-tokens %q: not one of node, any", o.ProxyTokens)
 	}
+	if o.APIConnectorTTL < 0 {
+		return nil, fmt.Errorf("--connectors-api-connector-ttl must not be negative")
+	}
 	if o.GatingCacheTTL < 0 {
 		return nil, fmt.Errorf("--approval-gating-cache-ttl must not be negative")
 	}
@@ -567,6 +583,10 @@ func (o *Options) validate() (*validated, error) {
 	}
 	if err := rateOrDefault("--connector-status-api-qps and --connector-status-api-burst", &v.StatusAPIQPS, &v.StatusAPIBurst,
 		defaultStatusAPIQPS, defaultStatusAPIBurst); err != nil {
+		return nil, err
+	}
+	if err := rateOrDefault("--controller-event-qps and --controller-event-burst", &v.EventQPS, &v.EventBurst,
+		defaultEventQPS, defaultEventBurst); err != nil {
 		return nil, err
 	}
 	switch {

@@ -52,12 +52,25 @@ type Connectors struct {
 	// Lookups, set before the first Lookup, is the client Lookup lists with (nil: the
 	// watching client): the proxy's, whose rate limit publishes do not share.
 	Lookups client.Reader
+	// ReadTTL, set before the first ReadWith, is how long a Connector ReadWith listed is
+	// kept (0: not kept); at most max are.
+	ReadTTL time.Duration
 
 	mu      sync.Mutex
 	watched map[types.NamespacedName]*watched
 	// missing remembers the Connectors Lookup found do not exist, for missingTTL.
 	missing *expirable.LRU[types.NamespacedName, struct{}]
 	lookups singleflight.Group
+	// listed holds what ReadWith listed, for ReadTTL; made at its first use.
+	listedOnce sync.Once
+	listed     *expirable.LRU[types.NamespacedName, *held]
+}
+
+// held is a Connector as a node keeps it: nil when there is none, or when it is too large to
+// keep (oversize, its size, then set).
+type held struct {
+	obj      *v1alpha1.Connector
+	oversize int
 }
 
 // watched is one Connector's watch and what it holds.
@@ -137,6 +150,66 @@ func (c *Connectors) LookupWith(ctx context.Context, nn types.NamespacedName, li
 	return c.read(ctx, nn, w)
 }
 
+// ReadWith is Lookup without a watch, for readers that anyone may drive at any node with the
+// names of every Connector they may get (the Connectors API, which takes any token the
+// cluster accepts): a Connector watched already (a volume's, the proxy's) is read from its
+// watch, which the read does not keep longer; another is listed with lists (concurrent reads
+// of one name share the list) and kept for ReadTTL apart from the watches; that it does not
+// exist is remembered as by Lookup. Watched, each such Connector would be one more watch per
+// node it was read at (a tenant calling every node's API could make every node of the
+// cluster watch each of its Connectors, and fan each write out to all of them) and would push
+// out the watches of the node's volumes.
+func (c *Connectors) ReadWith(ctx context.Context, nn types.NamespacedName, lists client.Reader) (*v1alpha1.Connector, error) {
+	c.listedOnce.Do(func() {
+		if c.ReadTTL > 0 {
+			c.listed = expirable.NewLRU[types.NamespacedName, *held](c.max, nil, c.ReadTTL)
+		}
+	})
+	if w := c.peek(nn); w != nil {
+		return c.read(ctx, nn, w)
+	}
+	if c.missing != nil {
+		if _, missing := c.missing.Get(nn); missing {
+			return nil, notFound(nn)
+		}
+	}
+	var h *held
+	if c.listed != nil {
+		h, _ = c.listed.Get(nn)
+	}
+	if h == nil {
+		var err error
+		h, err = singlecall.Do(ctx, &c.lookups, "read\x00"+nn.String(), lookupTimeout, func(ctx context.Context) (*held, error) {
+			found, _, err := c.listOne(ctx, lists, nn)
+			if err != nil {
+				return nil, err
+			}
+			if found == nil {
+				if c.missing != nil {
+					c.missing.Add(nn, struct{}{})
+				}
+				return nil, nil
+			}
+			h := kept(found)
+			if c.listed != nil {
+				c.listed.Add(nn, h)
+			}
+			return h, nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("read of Connector %s: %w", nn, err)
+		}
+	}
+	return h.connector(nn)
+}
+
+// peek returns the Connector's watch, not marking it read, or nil when there is none.
+func (c *Connectors) peek(nn types.NamespacedName) *watched {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.watched[nn]
+}
+
 // known returns the Connector's watch, marked read, or whether it is remembered missing.
 func (c *Connectors) known(nn types.NamespacedName) (w *watched, missing bool) {
 	if w := c.watching(nn); w != nil {
@@ -165,15 +238,19 @@ func (c *Connectors) read(ctx context.Context, nn types.NamespacedName, w *watch
 	case <-ctx.Done():
 		return nil, fmt.Errorf("watch of Connector %s did not sync: %w", nn, ctx.Err())
 	}
-	obj := w.obj.Load()
-	if size := w.oversize.Load(); obj == nil && size > 0 {
-		return nil, apierrors.NewRequestEntityTooLargeError(fmt.Sprintf("Connector %s is %d bytes, more than the %d a node keeps (its spec, labels and annotations)",
-			nn, size, contract.MaxConnectorBytes))
-	}
-	if obj == nil {
+	return (&held{obj: w.obj.Load(), oversize: int(w.oversize.Load())}).connector(nn)
+}
+
+// connector is the Connector h holds, or the error of one too large to keep, or of none.
+func (h *held) connector(nn types.NamespacedName) (*v1alpha1.Connector, error) {
+	switch {
+	case h == nil || h.obj == nil && h.oversize == 0:
 		return nil, notFound(nn)
+	case h.obj == nil:
+		return nil, apierrors.NewRequestEntityTooLargeError(fmt.Sprintf("Connector %s is %d bytes, more than the %d a node keeps (its spec, labels and annotations)",
+			nn, h.oversize, contract.MaxConnectorBytes))
 	}
-	return obj, nil
+	return h.obj, nil
 }
 
 func notFound(nn types.NamespacedName) error {
@@ -329,18 +406,25 @@ func (c *Connectors) watchFrom(ctx context.Context, nn types.NamespacedName, w *
 // reads fail naming it, so that a tenant cannot fill a node's memory with the Connectors its
 // Pods name (the count is bounded, not each one's size).
 func (c *Connectors) set(nn types.NamespacedName, w *watched, obj *v1alpha1.Connector) {
-	w.oversize.Store(0)
-	if obj != nil {
-		obj.ManagedFields = nil
-		delete(obj.Annotations, corev1.LastAppliedConfigAnnotation)
-		if size := contract.ConnectorBytes(obj); size > contract.MaxConnectorBytes {
-			w.oversize.Store(int64(size))
-			obj = nil
-		}
-	}
-	if held := w.obj.Swap(obj); held != nil && obj == nil && c.OnDelete != nil {
+	h := kept(obj)
+	w.oversize.Store(int64(h.oversize))
+	if had := w.obj.Swap(h.obj); had != nil && h.obj == nil && c.OnDelete != nil {
 		c.OnDelete(nn)
 	}
+}
+
+// kept is obj (nil: none) as a node keeps it: without what a node never reads, or only its
+// size when it is larger than contract.MaxConnectorBytes.
+func kept(obj *v1alpha1.Connector) *held {
+	if obj == nil {
+		return &held{}
+	}
+	obj.ManagedFields = nil
+	delete(obj.Annotations, corev1.LastAppliedConfigAnnotation)
+	if size := contract.ConnectorBytes(obj); size > contract.MaxConnectorBytes {
+		return &held{oversize: size}
+	}
+	return &held{obj: obj}
 }
 
 func nameSelector(nn types.NamespacedName) string {
@@ -397,14 +481,15 @@ func (c *Connectors) expire() {
 
 // Reader serves Connectors from a Connectors cache and every other kind from Rest (the node's
 // informer caches of ConnectorClasses and of its own AccessRequests), as one client.Reader.
-// With Lookup, Connectors are read with Connectors.Lookup (for the proxy and the Connectors
-// API), else with Connectors.Get (for volumes).
+// With Lookup, Connectors are read with Connectors.Lookup (for the proxy), with Unwatched too
+// with Connectors.ReadWith (for the Connectors API), else with Connectors.Get (for volumes).
 type Reader struct {
 	Connectors *Connectors
 	Rest       client.Reader
 	Lookup     bool
+	Unwatched  bool
 	// Lists is the client a Lookup lists with (nil: Connectors.Lookups): volumes' lookups go
-	// with the publishes' rate limit, not the proxy's.
+	// with the publishes' rate limit, not the proxy's, the API's with the API's.
 	Lists client.Reader
 }
 
@@ -415,14 +500,20 @@ func (r Reader) Get(ctx context.Context, key client.ObjectKey, obj client.Object
 	if !ok {
 		return r.Rest.Get(ctx, key, obj, opts...)
 	}
+	lists := r.Lists
+	if lists == nil {
+		lists = r.Connectors.lookupReader()
+	}
 	read := r.Connectors.Get
 	switch {
-	case r.Lookup && r.Lists != nil:
+	case r.Lookup && r.Unwatched:
 		read = func(ctx context.Context, nn types.NamespacedName) (*v1alpha1.Connector, error) {
-			return r.Connectors.LookupWith(ctx, nn, r.Lists)
+			return r.Connectors.ReadWith(ctx, nn, lists)
 		}
 	case r.Lookup:
-		read = r.Connectors.Lookup
+		read = func(ctx context.Context, nn types.NamespacedName) (*v1alpha1.Connector, error) {
+			return r.Connectors.LookupWith(ctx, nn, lists)
+		}
 	}
 	cached, err := read(ctx, key)
 	if err != nil {

@@ -111,7 +111,11 @@ func (p *Proxy) Forward(w http.ResponseWriter, r *http.Request, caller user.Info
 // Connector reads a Connector and its class from the informer caches; a missing one is an error
 // with status 404 (see Status).
 func (p *Proxy) Connector(ctx context.Context, namespace, name string) (*v1alpha1.Connector, *v1alpha1.ConnectorClass, error) {
-	return p.connector(ctx, nsName(namespace, name))
+	objects := p.cfg.APIObjects
+	if objects == nil {
+		objects = p.objects
+	}
+	return p.connectorFrom(ctx, objects, nsName(namespace, name))
 }
 
 // Status returns the HTTP status and message of a proxy refusal, or 0 for another error.

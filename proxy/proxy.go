@@ -100,6 +100,9 @@ type Config struct {
 	// Node, when set, is the node whose Pods' tokens alone the proxy takes (TokensOfNode; see
 	// ofThisNode); empty: any token of its audience.
 	Node string
+	// APIObjects reads the Connectors the Connectors API is asked for (Connector); nil: as the
+	// proxy reads its own.
+	APIObjects client.Reader
 }
 
 // PodGrants is approval.PodGrants, as the proxy asks it.
@@ -537,8 +540,13 @@ func rewriteLocationFor(res *http.Response, rt *route) {
 
 // connector reads a Connector and its class from the informer caches.
 func (p *Proxy) connector(ctx context.Context, nn types.NamespacedName) (*v1alpha1.Connector, *v1alpha1.ConnectorClass, error) {
+	return p.connectorFrom(ctx, p.objects, nn)
+}
+
+// connectorFrom reads a Connector and its class from objects.
+func (p *Proxy) connectorFrom(ctx context.Context, objects client.Reader, nn types.NamespacedName) (*v1alpha1.Connector, *v1alpha1.ConnectorClass, error) {
 	var c v1alpha1.Connector
-	if err := p.objects.Get(ctx, nn, &c); err != nil {
+	if err := objects.Get(ctx, nn, &c); err != nil {
 		switch {
 		case apierrors.IsNotFound(err):
 			return nil, nil, refusef(http.StatusNotFound, "Connector %s not found", nn)
@@ -550,7 +558,7 @@ func (p *Proxy) connector(ctx context.Context, nn types.NamespacedName) (*v1alph
 		return nil, nil, refusef(http.StatusServiceUnavailable, "cannot read Connector %s now: %v", nn, err)
 	}
 	var class v1alpha1.ConnectorClass
-	if err := p.objects.Get(ctx, types.NamespacedName{Name: c.Spec.ConnectorClassName}, &class); err != nil {
+	if err := objects.Get(ctx, types.NamespacedName{Name: c.Spec.ConnectorClassName}, &class); err != nil {
 		if apierrors.IsNotFound(err) {
 			return nil, nil, refusef(http.StatusNotFound, "ConnectorClass %q of Connector %s not found", c.Spec.ConnectorClassName, nn)
 		}

@@ -132,6 +132,48 @@ func gateByApprovalTask(t *testing.T, ns, policy, connector string) {
 		}})
 }
 
+// TestApprovalEventsArePaced: the controllers' Events follow what tenants do (a request
+// records one at each condition change); past --controller-event-qps and its burst they are
+// dropped and counted, so that a storm of them leaves the controllers' status and grant
+// writes their requests. The request's conditions still tell everything.
+func TestApprovalEventsArePaced(t *testing.T) {
+	tool := startGitServer(t, false)
+	setupApproval(t)
+	const burst = 3
+	env := startDeployedDrivers(t, func(o *driver.Options) { o.EventQPS, o.EventBurst = 1e-9, burst })
+	ctx := context.Background()
+	ns := newNamespace(t)
+	gitConnector(t, ns, "prod", gitClass(t), tool)
+	allowConnectors(t, ns, "builder", "prod")
+	gateByApprovalTask(t, ns, "promote", "prod")
+	dropped := gathered(t, "connectors_events_dropped_total", nil)
+	pod := pipelineRunPod(t, env.kubelet, ns, "run-1", "promote", map[string]string{"connectors": "prod"})
+	approvalTask(t, ns, "run-1", "approved")
+	if !kubelet.WaitUntil(20*time.Second, func() bool { return env.kubelet.Publish(ctx, pod, "connectors") == nil }) {
+		t.Fatal("the approved Pod's volume was not published")
+	}
+	t.Cleanup(func() { _ = env.kubelet.Unpublish(context.Background(), pod, "connectors") })
+	recorded := func() int {
+		list, err := cp.Kube.EventsV1().Events(ns).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, ev := range list.Items {
+			if ev.Regarding.Kind == "AccessRequest" {
+				n++
+			}
+		}
+		return n
+	}
+	if !kubelet.WaitUntil(10*time.Second, func() bool { return recorded() == burst }) || recorded() > burst {
+		t.Errorf("%d Events on the request, want the burst's %d", recorded(), burst)
+	}
+	if got := gathered(t, "connectors_events_dropped_total", nil) - dropped; got < 1 {
+		t.Errorf("connectors_events_dropped_total rose by %v, want the Events past the burst counted", got)
+	}
+}
+
 // TestApprovalGatedPromotion runs the driver with the deployed RBAC only.
 func TestApprovalGatedPromotion(t *testing.T) {
 	tool := startGitServer(t, false)

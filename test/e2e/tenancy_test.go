@@ -973,6 +973,44 @@ func TestTenancyAProxyTakesOnlyItsNodesPodsTokens(t *testing.T) {
 	}
 }
 
+// TestTenancyConnectorsAPIStartsNoWatch: the Connectors API takes any token the cluster
+// accepts, at any node. A Connector it reads that the node does not watch for its volumes or
+// its proxy is listed (once per --connectors-api-connector-ttl), never watched: otherwise one
+// tenant calling every node's API could make every node of the cluster watch each Connector it
+// may get, fan each write out to all of them, and push out the watches of their volumes. A
+// Connector the node watches is read from its watch (the node as deployed, its requests in the
+// audit log).
+func TestTenancyConnectorsAPIStartsNoWatch(t *testing.T) {
+	tool := startGitServer(t, false)
+	env, _ := startDeployedNode(t, func(o *driver.Options) { o.APIConnectorTTL = time.Minute })
+	ns := newNamespace(t)
+	gitConnector(t, ns, "tool", gitClass(t), tool)
+	viewer := apiToken(t, ns, "viewer")
+	allowConnectors(t, ns, "viewer", "tool")
+	allowConnectors(t, ns, "builder", "tool")
+	call := func() {
+		t.Helper()
+		url := connectorAPI(env, ns, "tool", "/repo.git/info/refs?service=git-upload-pack")
+		if code, body := do(t, noRedirects, newRequest(t, "GET", url, map[string]string{"Authorization": "Bearer " + viewer})); code != http.StatusOK {
+			t.Fatalf("the API: %d %q", code, body)
+		}
+	}
+	since := time.Now()
+	for range 3 {
+		call()
+	}
+	if verbs := nodeConnectorVerbs(t, ns, since); verbs["watch"] != 0 || verbs["list"] != 1 {
+		t.Errorf("3 API calls within the TTL: %v, want one list and no watch", verbs)
+	}
+	// A volume of a Pod of the node uses it: the node watches it, and the API reads the watch.
+	publishedToken(t, env, ns, "user", "tool")
+	since = time.Now()
+	call()
+	if verbs := nodeConnectorVerbs(t, ns, since); len(verbs) != 0 {
+		t.Errorf("an API call for a Connector the node watches: %v, want no request", verbs)
+	}
+}
+
 // respellings are the other spellings of a JWT the API server's JWT library decodes alike: its
 // parts' last characters with their unused low bits set.
 func respellings(token string) []string {
