@@ -50,13 +50,18 @@ type jwtPrecheck struct {
 type claims struct {
 	Exp *float64        `json:"exp"`
 	Aud json.RawMessage `json:"aud"`
-	// Kubernetes is what a ServiceAccount token is bound to (the API server's private claim).
-	Kubernetes *struct {
-		Pod  *struct{} `json:"pod"`
-		Node *struct {
-			Name string `json:"name"`
-		} `json:"node"`
-	} `json:"kubernetes.io"`
+	// Kubernetes is what a ServiceAccount token is bound to (the API server's private claim),
+	// read only by a precheck of one node's Pods' tokens (boundTo): another issuer's token
+	// may carry a claim of that name of another shape.
+	Kubernetes json.RawMessage `json:"kubernetes.io"`
+}
+
+// boundTo is what a ServiceAccount token's kubernetes.io claim says it is bound to.
+type boundTo struct {
+	Pod  *struct{} `json:"pod"`
+	Node *struct {
+		Name string `json:"name"`
+	} `json:"node"`
 }
 
 // OtherNodeError refuses a token of a Pod of another node, or of no Pod, to a Reviewer that
@@ -92,9 +97,25 @@ func (j jwtPrecheck) AuthenticateToken(ctx context.Context, token string) (*auth
 }
 
 // jwtShaped is the allocation-free part of the check, done before the token cache is asked,
-// so that junk tokens neither cost a lookup nor take the place of valid tokens in the cache.
+// so that junk tokens neither cost a lookup nor take the place of valid tokens in the cache:
+// three parts of base64url's characters only. Go's base64 decoders, the API server's too,
+// skip CR and LF, which a Basic password may carry: a token with them would be another cache
+// key, and another TokenReview, for the same token.
 func jwtShaped(token string) bool {
-	return len(token) <= maxTokenBytes && strings.Count(token, ".") == 2
+	if len(token) > maxTokenBytes {
+		return false
+	}
+	dots := 0
+	for i := 0; i < len(token); i++ {
+		switch c := token[i]; {
+		case c == '.':
+			dots++
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '-', c == '_':
+		default:
+			return false
+		}
+	}
+	return dots == 2
 }
 
 // refusal says why a token is refused locally, or "", with the error to answer instead of a
@@ -117,13 +138,13 @@ func (j jwtPrecheck) refusal(ctx context.Context, token string) (string, error) 
 	if len(j.audiences) > 0 && !slices.ContainsFunc(audiences(c.Aud), func(a string) bool { return slices.Contains(j.audiences, a) }) {
 		return "audience", nil
 	}
-	if j.keys != nil && j.keys.check(ctx, token) == notSignedByIssuer {
-		return "signature", nil
-	}
-	// Claims the issuer signed when keys are checked, else unverified and trusted only to
-	// refuse: a token that names this node is reviewed.
+	// Unverified claims, trusted only to refuse (before the signature's check, which costs
+	// more and is never kept for such a token): a token that names this node is reviewed.
 	if err := j.ofNode(c); err != nil {
 		return "node", err
+	}
+	if j.keys != nil && j.keys.check(ctx, token) == notSignedByIssuer {
+		return "signature", nil
 	}
 	return "", nil
 }
@@ -134,9 +155,12 @@ func (j jwtPrecheck) ofNode(c claims) error {
 	if j.node == "" {
 		return nil
 	}
-	k := c.Kubernetes
+	var k boundTo
+	if len(c.Kubernetes) > 0 {
+		_ = json.Unmarshal(c.Kubernetes, &k) // another shape: bound to nothing known
+	}
 	switch {
-	case k == nil || k.Pod == nil:
+	case k.Pod == nil:
 		return &OtherNodeError{}
 	case k.Node == nil || k.Node.Name == "":
 		return &OtherNodeError{Pod: true}

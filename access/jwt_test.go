@@ -70,6 +70,13 @@ func TestJWTPrecheckTakesOneSpellingOfAToken(t *testing.T) {
 	if got := reasonOf(j, good); got != "" {
 		t.Fatalf("the canonical spelling: %q", got)
 	}
+	// Go's base64 decoders skip CR and LF, which a Basic password may carry.
+	for _, insert := range []string{"\n", "\r\n", "\r", " ", "="} {
+		variant := good[:10] + insert + good[10:]
+		if got := reasonOf(j, variant); got != "malformed" {
+			t.Errorf("the token with %q inserted: %q, want malformed", insert, got)
+		}
+	}
 	last := strings.IndexByte(alphabet, good[len(good)-1])
 	for unused := 1; unused < 4; unused++ {
 		variant := good[:len(good)-1] + string(alphabet[last|unused])
@@ -110,7 +117,9 @@ func TestJWTPrecheckOfOneNodesPods(t *testing.T) {
 		}
 	}
 	j.node = ""
-	if reason, err := j.refusal(context.Background(), token(`{"exp":`+exp+`}`)); reason != "" || err != nil {
-		t.Errorf("any token, without a node: %q %v", reason, err)
+	for _, claims := range []string{`{"exp":` + exp + `}`, `{"exp":` + exp + `,"kubernetes.io":"another issuer's shape"}`} {
+		if reason, err := j.refusal(context.Background(), token(claims)); reason != "" || err != nil {
+			t.Errorf("any token, without a node (%s): %q %v", claims, reason, err)
+		}
 	}
 }

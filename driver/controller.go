@@ -46,8 +46,12 @@ func startController(ctx context.Context, g *errgroup.Group, p *process, ready *
 	if err != nil {
 		return err
 	}
-	// One rate for the Events of every controller (see pacedRecorder).
-	recorder := newPacedRecorder(mgr.GetEventRecorder(o.DriverName), o.EventQPS, o.EventBurst)
+	// The Events of tenants' AccessRequests at one rate, those of Connectors' status and of the
+	// operator's CA Secrets at another (see pacedRecorder): a storm of approvals does not drop
+	// the one Warning an invalid CA Secret gets.
+	events := mgr.GetEventRecorder(o.DriverName)
+	requestEvents := newPacedRecorder(events, o.EventQPS, o.EventBurst)
+	recorder := newPacedRecorder(events, o.EventQPS, o.EventBurst)
 	// The status metrics read the leader's caches only: a standby starts no informer for them.
 	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
 		statusmetrics.Register(mgr.GetClient())
@@ -115,7 +119,7 @@ func startController(ctx context.Context, g *errgroup.Group, p *process, ready *
 		Cache:               mgr.GetCache(),
 		SystemNamespace:     o.SystemNamespace,
 		DriverName:          o.DriverName,
-		Recorder:            recorder,
+		Recorder:            requestEvents,
 		Retention:           o.RequestRetention,
 		PodRecheck:          o.PodRecheck,
 		States:              states,
@@ -212,9 +216,15 @@ func newManager(ctx context.Context, p *process) (ctrl.Manager, error) {
 	if err != nil {
 		return nil, err
 	}
+	// A scheme of the manager's own: given a leader election config, controller-runtime adds
+	// kinds to it, while the node role's informers (role all) read the process's.
+	scheme, err := newScheme()
+	if err != nil {
+		return nil, err
+	}
 	mgr, err := ctrl.NewManager(p.cfg, ctrl.Options{
 		WebhookServer:                 hooks,
-		Scheme:                        p.scheme,
+		Scheme:                        scheme,
 		Logger:                        klog.FromContext(ctx),
 		Cache:                         cacheOptions(o.SystemNamespace, o.MaxCheckObjectBytes),
 		Client:                        client.Options{Cache: &client.CacheOptions{DisableFor: uncachedKinds()}},

@@ -195,11 +195,8 @@ func newProcess(o *validated) (*process, error) {
 	if err != nil {
 		return nil, err
 	}
-	scheme := runtime.NewScheme()
-	if err := clientgoscheme.AddToScheme(scheme); err != nil {
-		return nil, err
-	}
-	if err := v1alpha1.AddToScheme(scheme); err != nil {
+	scheme, err := newScheme()
+	if err != nil {
 		return nil, err
 	}
 	p := &process{o: o, cfg: cfg, kube: kube, scheme: scheme,
@@ -211,6 +208,18 @@ func newProcess(o *validated) (*process, error) {
 	}
 	p.issuerKeys = access.NewIssuerKeys(keysKube)
 	return p, nil
+}
+
+// newScheme is a scheme of client-go's kinds and the Connectors kinds.
+func newScheme() (*runtime.Scheme, error) {
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return nil, err
+	}
+	if err := v1alpha1.AddToScheme(scheme); err != nil {
+		return nil, err
+	}
+	return scheme, nil
 }
 
 func restConfig(kubeconfig string) (*rest.Config, error) {

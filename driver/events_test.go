@@ -9,7 +9,9 @@ import (
 
 type countingRecorder struct{ n int }
 
-func (r *countingRecorder) Eventf(runtime.Object, runtime.Object, string, string, string, string, ...any) { r.n++ }
+func (r *countingRecorder) Eventf(runtime.Object, runtime.Object, string, string, string, string, ...any) {
+	r.n++
+}
 
 func TestPacedRecorderDropsPastItsBurst(t *testing.T) {
 	next := &countingRecorder{}

@@ -144,7 +144,7 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 		Refusals:              &proxy.RefusalEvents{Recorder: recorder, Interval: o.RefusalEventInterval, QPS: o.RefusalEventQPS},
 		PodGrants:             &approval.PodGrants{Local: informers, Live: proxyClient},
 		Node:                  proxyNode(o),
-		APIObjects:            objectcache.Reader{Connectors: connectors, Rest: informers, Lookup: true, Unwatched: true, Lists: apiClient},
+		APIObjects:            objectcache.Reader{Connectors: connectors, Rest: informers, Unwatched: true, Lists: apiClient},
 	})
 	if err != nil {
 		return err

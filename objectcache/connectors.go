@@ -63,7 +63,7 @@ type Connectors struct {
 	lookups singleflight.Group
 	// listed holds what ReadWith listed, for ReadTTL; made at its first use.
 	listedOnce sync.Once
-	listed     *expirable.LRU[types.NamespacedName, *held]
+	listed     atomic.Pointer[expirable.LRU[types.NamespacedName, *held]]
 }
 
 // held is a Connector as a node keeps it: nil when there is none, or when it is too large to
@@ -82,6 +82,8 @@ type watched struct {
 	synced   chan struct{}
 	stop     context.CancelFunc
 	lastRead time.Time
+	// volume: a volume read it (Get), not only lookups; see makeRoomLocked.
+	volume bool
 }
 
 // NewConnectors returns a cache reading through c; Run must run for entries to expire. Lookup
@@ -105,7 +107,7 @@ func (c *Connectors) len() int {
 // sync). The object is shared with other readers: do not change it. A missing Connector is a
 // NotFound error, and stays watched, so that its creation is seen.
 func (c *Connectors) Get(ctx context.Context, nn types.NamespacedName) (*v1alpha1.Connector, error) {
-	return c.read(ctx, nn, c.watch(nn, nil, ""))
+	return c.read(ctx, nn, c.watch(nn, nil, "", true))
 }
 
 // Lookup is Get for readers any client of the network may drive with names it makes up (the
@@ -138,7 +140,7 @@ func (c *Connectors) LookupWith(ctx context.Context, nn types.NamespacedName, li
 				}
 				return nil, nil
 			}
-			return c.watch(nn, found, rv), nil
+			return c.watch(nn, found, rv, false), nil
 		})
 		if err != nil {
 			return nil, fmt.Errorf("lookup of Connector %s: %w", nn, err)
@@ -162,7 +164,9 @@ func (c *Connectors) LookupWith(ctx context.Context, nn types.NamespacedName, li
 func (c *Connectors) ReadWith(ctx context.Context, nn types.NamespacedName, lists client.Reader) (*v1alpha1.Connector, error) {
 	c.listedOnce.Do(func() {
 		if c.ReadTTL > 0 {
-			c.listed = expirable.NewLRU[types.NamespacedName, *held](c.max, nil, c.ReadTTL)
+			listed := expirable.NewLRU[types.NamespacedName, *held](min(c.max, maxListed), nil, c.ReadTTL)
+			c.listed.Store(listed)
+			cachemetrics.Register("connectors_api", listed.Len)
 		}
 	})
 	if w := c.peek(nn); w != nil {
@@ -173,9 +177,10 @@ func (c *Connectors) ReadWith(ctx context.Context, nn types.NamespacedName, list
 			return nil, notFound(nn)
 		}
 	}
+	listed := c.listed.Load()
 	var h *held
-	if c.listed != nil {
-		h, _ = c.listed.Get(nn)
+	if listed != nil {
+		h, _ = listed.Get(nn)
 	}
 	if h == nil {
 		var err error
@@ -191,8 +196,8 @@ func (c *Connectors) ReadWith(ctx context.Context, nn types.NamespacedName, list
 				return nil, nil
 			}
 			h := kept(found)
-			if c.listed != nil {
-				c.listed.Add(nn, h)
+			if listed != nil {
+				listed.Add(nn, h)
 			}
 			return h, nil
 		})
@@ -201,6 +206,17 @@ func (c *Connectors) ReadWith(ctx context.Context, nn types.NamespacedName, list
 		}
 	}
 	return h.connector(nn)
+}
+
+// maxListed bounds the Connectors ReadWith keeps (each up to contract.MaxConnectorBytes).
+const maxListed = 256
+
+// forgetListed drops what ReadWith kept of nn, which a watch now holds: older than the watch's,
+// it could be read again once the watch is dropped.
+func (c *Connectors) forgetListed(nn types.NamespacedName) {
+	if listed := c.listed.Load(); listed != nil {
+		listed.Remove(nn)
+	}
 }
 
 // peek returns the Connector's watch, not marking it read, or nil when there is none.
@@ -268,20 +284,21 @@ func (c *Connectors) watching(nn types.NamespacedName) *watched {
 	return w
 }
 
-// watch returns the Connector's watch, marked read, starting it when there is none: from a
-// list of it at listedAt that held listed, when listedAt is set (Lookup), else with a list.
-func (c *Connectors) watch(nn types.NamespacedName, listed *v1alpha1.Connector, listedAt string) *watched {
+// watch returns the Connector's watch, marked read (by a volume, or a lookup), starting it
+// when there is none: from a list of it at listedAt that held listed, when listedAt is set
+// (Lookup), else with a list.
+func (c *Connectors) watch(nn types.NamespacedName, listed *v1alpha1.Connector, listedAt string, volume bool) *watched {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if w, ok := c.watched[nn]; ok {
 		w.lastRead = c.now()
+		w.volume = w.volume || volume
 		return w
 	}
-	if len(c.watched) >= c.max {
-		c.dropOldestLocked()
-	}
+	c.makeRoomLocked(volume)
+	c.forgetListed(nn)
 	ctx, stop := context.WithCancel(context.Background())
-	w := &watched{synced: make(chan struct{}), stop: stop, lastRead: c.now()}
+	w := &watched{synced: make(chan struct{}), stop: stop, lastRead: c.now(), volume: volume}
 	if listedAt != "" {
 		c.set(nn, w, listed)
 		close(w.synced)
@@ -406,6 +423,7 @@ func (c *Connectors) watchFrom(ctx context.Context, nn types.NamespacedName, w *
 // reads fail naming it, so that a tenant cannot fill a node's memory with the Connectors its
 // Pods name (the count is bounded, not each one's size).
 func (c *Connectors) set(nn types.NamespacedName, w *watched, obj *v1alpha1.Connector) {
+	c.forgetListed(nn)
 	h := kept(obj)
 	w.oversize.Store(int64(h.oversize))
 	if had := w.obj.Swap(h.obj); had != nil && h.obj == nil && c.OnDelete != nil {
@@ -431,11 +449,34 @@ func nameSelector(nn types.NamespacedName) string {
 	return fields.OneTermEqualSelector("metadata.name", nn.Name).String()
 }
 
-func (c *Connectors) dropOldestLocked() {
+// makeRoomLocked drops a watch, if need be, before a new one starts, for a volume or for a
+// lookup: the least recently read of those only lookups read, when they are half of max (a new
+// lookup's) or the cache is full; the least recently read volume's only when volumes fill it.
+// Lookups follow names anyone on the node may send its proxy (those of every Connector they
+// may get): so they cannot push out the watches of the node's volumes, which would then be
+// listed and watched again at their next republish.
+func (c *Connectors) makeRoomLocked(forVolume bool) {
+	lookups := 0
+	for _, w := range c.watched {
+		if !w.volume {
+			lookups++
+		}
+	}
+	switch {
+	case !forVolume && lookups >= max(c.max/2, 1), len(c.watched) >= c.max && lookups > 0:
+		c.dropOldestLocked(false)
+	case len(c.watched) >= c.max:
+		c.dropOldestLocked(true)
+	}
+}
+
+// dropOldestLocked drops the least recently read watch of volumes' (volume), or of lookups'
+// only.
+func (c *Connectors) dropOldestLocked(volume bool) {
 	var oldest types.NamespacedName
 	var at time.Time
 	for nn, w := range c.watched {
-		if at.IsZero() || w.lastRead.Before(at) {
+		if w.volume == volume && (at.IsZero() || w.lastRead.Before(at)) {
 			oldest, at = nn, w.lastRead
 		}
 	}
@@ -481,8 +522,8 @@ func (c *Connectors) expire() {
 
 // Reader serves Connectors from a Connectors cache and every other kind from Rest (the node's
 // informer caches of ConnectorClasses and of its own AccessRequests), as one client.Reader.
-// With Lookup, Connectors are read with Connectors.Lookup (for the proxy), with Unwatched too
-// with Connectors.ReadWith (for the Connectors API), else with Connectors.Get (for volumes).
+// With Lookup, Connectors are read with Connectors.Lookup (for the proxy), with Unwatched with
+// Connectors.ReadWith (for the Connectors API), else with Connectors.Get (for volumes).
 type Reader struct {
 	Connectors *Connectors
 	Rest       client.Reader
@@ -506,7 +547,7 @@ func (r Reader) Get(ctx context.Context, key client.ObjectKey, obj client.Object
 	}
 	read := r.Connectors.Get
 	switch {
-	case r.Lookup && r.Unwatched:
+	case r.Unwatched:
 		read = func(ctx context.Context, nn types.NamespacedName) (*v1alpha1.Connector, error) {
 			return r.Connectors.ReadWith(ctx, nn, lists)
 		}

@@ -160,7 +160,7 @@ func TestHelmChartValues(t *testing.T) {
 		"node.resources.limits.memory=128Mi", "node.tolerations[0].operator=Exists",
 		"controller.replicas=3", "controller.extraArgs={--connector-recheck-interval=10m}",
 		"controller.nodeSelector.node-role\\.kubernetes\\.io/control-plane=",
-		"imagePullSecrets[0].name=pull", "monitoring.dashboard.enabled=true", "metrics.auth=none")
+		"imagePullSecrets[0].name=pull", "monitoring.dashboard.enabled=true", "metrics.auth=none", "node.proxyTokens=any")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -185,7 +185,7 @@ func TestHelmChartValues(t *testing.T) {
 		`"mountPath":"/var/lib/k0s/kubelet/pods","mountPropagation":"Bidirectional"`,
 		`"limits":{"memory":"128Mi"}`, `"tolerations":[{"operator":"Exists"}]`, `"imagePullSecrets":[{"name":"pull"}]`,
 		`{"name":"GOMEMLIMIT","valueFrom":{"resourceFieldRef":{"resource":"limits.memory"}}}`,
-		`"--metrics-auth=none"`, `"readinessProbe":{"httpGet":{"path":"/readyz","port":"metrics"}}`,
+		`"--metrics-auth=none"`, `"readinessProbe":{"httpGet":{"path":"/readyz","port":"metrics"}}`, `"--proxy-tokens=any"`,
 	} {
 		if !strings.Contains(string(dsJSON), want) {
 			t.Errorf("the DaemonSet lacks %s:\n%s", want, dsJSON)
@@ -247,6 +247,7 @@ func TestHelmChartValues(t *testing.T) {
 		{"node.kubeletDir=var/lib/kubelet", "/node/kubeletDir"},
 		{"controller.replicas=two", "/controller/replicas"},
 		{"metrics.auth=open", "/metrics/auth"},
+		{"node.proxyTokens=all", "/node/proxyTokens"},
 		{"metrics.auth=none,monitoring.podMonitor=true", "needs metrics.auth=delegated"},
 	} {
 		_, err := helmTemplate(t, "", ns, bad.set)

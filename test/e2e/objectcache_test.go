@@ -286,3 +286,39 @@ func (c *countingClient) Watch(ctx context.Context, list client.ObjectList, opts
 	c.watches.Add(1)
 	return c.WithWatch.Watch(ctx, list, opts...)
 }
+
+// TestConnectorLookupsDoNotPushOutVolumes: the proxy looks up the names anyone on the node
+// sends it (every Connector they may get); those watches take at most half the cache, and
+// never a volume's place: a volume's Connector stays watched, and is not listed and watched
+// again at its next republish.
+func TestConnectorLookupsDoNotPushOutVolumes(t *testing.T) {
+	ctx := context.Background()
+	ns := newNamespace(t)
+	for i := range 8 {
+		newConnector(t, ns, fmt.Sprintf("c-%d", i), gitClass(t), "https://a.example.com")
+	}
+	counted := &countingClient{WithWatch: watchingClient(t)}
+	cache := objectcache.NewConnectors(counted, time.Minute, 4, time.Hour)
+	nn := func(i int) types.NamespacedName {
+		return types.NamespacedName{Namespace: ns, Name: fmt.Sprintf("c-%d", i)}
+	}
+	for i := range 2 { // two volumes'
+		if _, err := cache.Get(ctx, nn(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 2; i < 8; i++ { // six lookups'
+		if _, err := cache.Lookup(ctx, nn(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lists, watches := counted.lists.Load(), counted.watches.Load()
+	for i := range 2 { // the volumes' republish
+		if _, err := cache.Get(ctx, nn(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if l, w := counted.lists.Load()-lists, counted.watches.Load()-watches; l != 0 || w != 0 {
+		t.Errorf("six lookups pushed the volumes' Connectors out: their republish listed %d and watched %d, want none", l, w)
+	}
+}

@@ -1003,7 +1003,11 @@ func TestTenancyConnectorsAPIStartsNoWatch(t *testing.T) {
 		t.Errorf("3 API calls within the TTL: %v, want one list and no watch", verbs)
 	}
 	// A volume of a Pod of the node uses it: the node watches it, and the API reads the watch.
+	published := time.Now()
 	publishedToken(t, env, ns, "user", "tool")
+	if !kubelet.WaitUntil(10*time.Second, func() bool { return nodeConnectorVerbs(t, ns, published)["watch"] == 1 }) {
+		t.Fatalf("the volume's Connector is not watched: %v", nodeConnectorVerbs(t, ns, published))
+	}
 	since = time.Now()
 	call()
 	if verbs := nodeConnectorVerbs(t, ns, since); len(verbs) != 0 {
@@ -1809,8 +1813,9 @@ func TestTenancyForgedTokensCostNoReview(t *testing.T) {
 	}
 }
 
-// forgedTokens makes n well-formed ServiceAccount tokens of subject for audience, unexpired and
-// each unlike the others, signed by a key no issuer holds: anyone can make them.
+// forgedTokens makes n well-formed ServiceAccount tokens of subject for audience, unexpired,
+// each unlike the others, claiming a Pod of the tests' node, signed by a key no issuer holds:
+// anyone can make them.
 func forgedTokens(t *testing.T, n int, subject, audience string) []string {
 	t.Helper()
 	forger, err := rsa.GenerateKey(cryptorand.Reader, 2048)
@@ -1824,7 +1829,9 @@ func forgedTokens(t *testing.T, n int, subject, audience string) []string {
 	tokens := make([]string, n)
 	for i := range tokens {
 		if tokens[i], err = jwt.Signed(signer).Claims(map[string]any{"iss": "https://kubernetes.default.svc.cluster.local",
-			"sub": subject, "aud": []string{audience}, "exp": time.Now().Add(time.Hour).Unix(), "jti": strconv.Itoa(i)}).Serialize(); err != nil {
+			"sub": subject, "aud": []string{audience}, "exp": time.Now().Add(time.Hour).Unix(), "jti": strconv.Itoa(i),
+			// Bound, as it claims, to a Pod of the tests' node: only the signature gives it away.
+			"kubernetes.io": map[string]any{"pod": map[string]string{"name": "forged", "uid": "forged"}, "node": map[string]string{"name": "node-1", "uid": "forged"}}}).Serialize(); err != nil {
 			t.Fatal(err)
 		}
 	}
