@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
@@ -35,6 +36,7 @@ import (
 	"github.com/kube-connectors/connectors-csi/proxy/ca"
 	"github.com/kube-connectors/connectors-csi/regoeval"
 	"github.com/kube-connectors/connectors-csi/render"
+	"github.com/kube-connectors/connectors-csi/secretcache"
 )
 
 // startNode starts the node role: the CSI Identity and Node services, the proxy and the
@@ -76,6 +78,8 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 		return err
 	}
 	apiCfg := forCallers(p, limitedConfig(p, o.APIAuthQPS, o.APIAuthBurst))
+	// Told apart from the proxy's in the API server's audit log.
+	apiCfg.UserAgent += " connectors-api"
 	apiKube, err := kubernetes.NewForConfig(apiCfg)
 	if err != nil {
 		return err
@@ -145,6 +149,9 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 		PodGrants:             &approval.PodGrants{Local: informers, Live: proxyClient},
 		Node:                  proxyNode(o),
 		APIObjects:            objectcache.Reader{Connectors: connectors, Rest: informers, Unwatched: true, Lists: apiClient},
+		APISecretReads: secretcache.FromWatchCache(func(ctx context.Context, ns, name string, opts metav1.GetOptions) (*corev1.Secret, error) {
+			return apiKube.CoreV1().Secrets(ns).Get(ctx, name, opts)
+		}),
 	})
 	if err != nil {
 		return err

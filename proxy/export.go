@@ -12,6 +12,7 @@ import (
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/proxy/egress"
+	"github.com/kube-connectors/connectors-csi/secretcache"
 )
 
 // This file is what the Connectors API reuses of the proxy: the same credential and transport
@@ -38,6 +39,7 @@ type Upstream struct {
 // Upstream resolves a Connector's credential and transport for caller's requests. Errors name
 // the Connector and the Secret, never a value.
 func (p *Proxy) Upstream(ctx context.Context, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, caller user.Info) (*Upstream, error) {
+	ctx = p.forAPI(ctx)
 	cred, err := p.credentialFor(ctx, c, class) // also validates the Secret's type and keys
 	if err != nil {
 		return nil, err
@@ -99,13 +101,21 @@ func (o onlyAddresses) RoundTrip(r *http.Request) (*http.Response, error) {
 // Forward streams r of caller to target through c with c's credential injected, like the
 // reverse proxy. It returns an error, without writing, when the credential cannot be resolved.
 func (p *Proxy) Forward(w http.ResponseWriter, r *http.Request, caller user.Info, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, target *url.URL) error {
-	rt, err := p.newRoute(r.Context(), c, class, target)
+	rt, err := p.newRoute(p.forAPI(r.Context()), c, class, target)
 	if err != nil {
 		return err
 	}
 	rt.statusErrors, rt.caller = true, CallerOf(caller)
 	p.send(w, r, rt)
 	return nil
+}
+
+// forAPI is ctx for the Connectors API's reads of Secrets (Config.APISecretReads).
+func (p *Proxy) forAPI(ctx context.Context) context.Context {
+	if p.cfg.APISecretReads == nil {
+		return ctx
+	}
+	return secretcache.WithReads(ctx, p.cfg.APISecretReads)
 }
 
 // Connector reads a Connector and its class from the informer caches; a missing one is an error

@@ -100,9 +100,11 @@ type Config struct {
 	// Node, when set, is the node whose Pods' tokens alone the proxy takes (TokensOfNode; see
 	// ofThisNode); empty: any token of its audience.
 	Node string
-	// APIObjects reads the Connectors the Connectors API is asked for (Connector); nil: as the
-	// proxy reads its own.
-	APIObjects client.Reader
+	// APIObjects reads the Connectors the Connectors API is asked for (Connector), and
+	// APISecretReads sends its Secret reads that miss the proxy's cache (Upstream, Forward):
+	// with its own client and rate limit; nil: as the proxy's.
+	APIObjects     client.Reader
+	APISecretReads secretcache.GetFunc
 }
 
 // PodGrants is approval.PodGrants, as the proxy asks it.

@@ -86,8 +86,18 @@ func secretBytes(sec *corev1.Secret) int64 {
 	return n
 }
 
-// Get returns the Secret, from the cache or the API server. The Secret is shared: do not
-// change it.
+// readsKey keys a context's GetFunc (WithReads).
+type readsKey struct{}
+
+// WithReads returns ctx whose Secret reads that miss a Cache are sent with get: one caller's
+// own client and rate limit, reading through the same cache (the Connectors API's, which anyone
+// may call at any node, apart from the proxy's, which its node's Pods wait on).
+func WithReads(ctx context.Context, get GetFunc) context.Context {
+	return context.WithValue(ctx, readsKey{}, get)
+}
+
+// Get returns the Secret, from the cache or the API server (with ctx's GetFunc, if it has one:
+// WithReads). The Secret is shared: do not change it.
 func (c *Cache) Get(ctx context.Context, namespace, name string) (*corev1.Secret, error) {
 	key := types.NamespacedName{Namespace: namespace, Name: name} // no string built per hit
 	if c.cache != nil {
@@ -100,8 +110,12 @@ func (c *Cache) Get(ctx context.Context, namespace, name string) (*corev1.Secret
 			return nil, err
 		}
 	}
+	get := c.get
+	if g, ok := ctx.Value(readsKey{}).(GetFunc); ok {
+		get = g
+	}
 	v, err, _ := c.group.Do(key.String(), func() (any, error) {
-		sec, err := c.get(ctx, namespace, name)
+		sec, err := get(ctx, namespace, name)
 		if apierrors.IsNotFound(err) && c.missing != nil {
 			c.missing.Add(key, err)
 		}

@@ -69,3 +69,28 @@ func TestAMissingSecretIsRememberedMissing(t *testing.T) {
 		t.Errorf("reads %v, want the missing Secret once, the failing one each time", reads)
 	}
 }
+
+// TestReadsOfAContextGoWithItsGetter: a miss is read with the context's GetFunc (WithReads),
+// into the same cache, which serves every caller's hits.
+func TestReadsOfAContextGoWithItsGetter(t *testing.T) {
+	reads := map[string]int{}
+	getter := func(who string) GetFunc {
+		return func(_ context.Context, ns, name string) (*corev1.Secret, error) {
+			reads[who]++
+			return &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}, nil
+		}
+	}
+	c := New(getter("cache's"), time.Hour, 10, 1<<20, "test_secrets_reads")
+	api := WithReads(context.Background(), getter("api's"))
+	for _, read := range []struct {
+		ctx  context.Context
+		name string
+	}{{api, "a"}, {context.Background(), "a"}, {context.Background(), "b"}, {api, "b"}} {
+		if _, err := c.Get(read.ctx, "ns", read.name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if reads["api's"] != 1 || reads["cache's"] != 1 {
+		t.Errorf("reads %v, want one of each: a's miss with the API's getter, b's with the cache's, the rest hits", reads)
+	}
+}

@@ -975,7 +975,8 @@ func TestTenancyAProxyTakesOnlyItsNodesPodsTokens(t *testing.T) {
 
 // TestTenancyConnectorsAPIStartsNoWatch: the Connectors API takes any token the cluster
 // accepts, at any node. A Connector it reads that the node does not watch for its volumes or
-// its proxy is listed (once per --connectors-api-connector-ttl), never watched: otherwise one
+// its proxy is listed (once per --connectors-api-connector-ttl), with the API's own client, as
+// its Secret is read, never watched: otherwise one
 // tenant calling every node's API could make every node of the cluster watch each Connector it
 // may get, fan each write out to all of them, and push out the watches of their volumes. A
 // Connector the node watches is read from its watch (the node as deployed, its requests in the
@@ -1001,6 +1002,23 @@ func TestTenancyConnectorsAPIStartsNoWatch(t *testing.T) {
 	}
 	if verbs := nodeConnectorVerbs(t, ns, since); verbs["watch"] != 0 || verbs["list"] != 1 {
 		t.Errorf("3 API calls within the TTL: %v, want one list and no watch", verbs)
+	}
+	// Both the list and the Secret's read went with the API's client and rate limit, not the
+	// proxy's, which the node's Pods wait on.
+	reads, err := cp.AuditEvents(func(ev *auditv1.Event) bool {
+		return ev.User.Username == controlplane.NodeUser && ev.ObjectRef != nil && ev.ObjectRef.Namespace == ns &&
+			(ev.ObjectRef.Resource == "connectors" || ev.ObjectRef.Name == "tool-auth") && !ev.RequestReceivedTimestamp.Time.Before(since)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(reads) != 2 {
+		t.Errorf("the API's reads: %d, want the Connector's list and the Secret's get", len(reads))
+	}
+	for _, ev := range reads {
+		if !strings.HasSuffix(ev.UserAgent, " connectors-api") {
+			t.Errorf("the API's %s of %s went with the client %q, not the API's", ev.Verb, ev.ObjectRef.Resource, ev.UserAgent)
+		}
 	}
 	// A volume of a Pod of the node uses it: the node watches it, and the API reads the watch.
 	published := time.Now()
