@@ -68,8 +68,11 @@ type Controller struct {
 	// for (empty: any driver's).
 	DriverName string
 	Recorder   events.EventRecorder
-	// Retention is how long a finished (revoked) AccessRequest is kept.
-	Retention time.Duration
+	// Retention is how long a finished (revoked) AccessRequest is kept; RetainedPerNamespace
+	// how many finished requests of one Pod namespace are kept in a request's namespace at
+	// most (0: no bound), the oldest deleted first.
+	Retention            time.Duration
+	RetainedPerNamespace int
 	// PodRecheck is how often a live request reads its Pod again (0: only on events).
 	PodRecheck time.Duration
 	// Rechecks paces the evaluations of live requests that nothing woke (rechecks.go): a turn
@@ -1199,7 +1202,46 @@ func (c *Controller) retain(ctx context.Context, ar *v1alpha1.AccessRequest) (re
 	if left <= 0 {
 		return reconcile.Result{}, client.IgnoreNotFound(c.Client.Delete(ctx, ar))
 	}
-	return reconcile.Result{RequeueAfter: left}, nil
+	return reconcile.Result{RequeueAfter: left}, c.pruneFinished(ctx, ar)
+}
+
+// pruneFinished deletes the finished requests of ar's Pod namespace, in ar's namespace, past the
+// newest RetainedPerNamespace. A request lives in its Connector's namespace, which may be
+// shared (kube-public's, a project's): a tenant starting and ending gated Pods in a loop would
+// otherwise leave one request per Pod there for the retention, in etcd and in every cache of
+// them, and could fill that namespace's object quota for every tenant using its Connectors.
+func (c *Controller) pruneFinished(ctx context.Context, ar *v1alpha1.AccessRequest) error {
+	if c.RetainedPerNamespace <= 0 {
+		return nil
+	}
+	var list v1alpha1.AccessRequestList
+	if err := c.Cache.List(ctx, &list, client.InNamespace(ar.Namespace), client.UnsafeDisableDeepCopy,
+		client.MatchingLabels{v1alpha1.LabelContextObjectNamespace: ar.Labels[v1alpha1.LabelContextObjectNamespace]}); err != nil {
+		return err
+	}
+	var finished []*v1alpha1.AccessRequest
+	for i := range list.Items {
+		if revoked(&list.Items[i]) {
+			finished = append(finished, &list.Items[i])
+		}
+	}
+	if len(finished) <= c.RetainedPerNamespace {
+		return nil
+	}
+	slices.SortFunc(finished, func(a, b *v1alpha1.AccessRequest) int { return finishedAt(a).Compare(finishedAt(b)) })
+	for _, old := range finished[:len(finished)-c.RetainedPerNamespace] {
+		uid := old.UID // the cache's object is not handed to the client
+		gone := &v1alpha1.AccessRequest{ObjectMeta: metav1.ObjectMeta{Namespace: old.Namespace, Name: old.Name}}
+		if err := c.Client.Delete(ctx, gone, client.Preconditions{UID: &uid}); client.IgnoreNotFound(err) != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// finishedAt is when a finished request's grant was cleaned up.
+func finishedAt(ar *v1alpha1.AccessRequest) time.Time {
+	return meta.FindStatusCondition(ar.Status.Conditions, v1alpha1.ConditionAccessPermissionSync).LastTransitionTime.Time
 }
 
 func (c *Controller) deleteGrant(ctx context.Context, ar *v1alpha1.AccessRequest) error {

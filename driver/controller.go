@@ -112,21 +112,22 @@ func startController(ctx context.Context, g *errgroup.Group, p *process, ready *
 		return err
 	}
 	if err := (&approval.Controller{
-		Rechecks:            rechecks,
-		RecheckReader:       recheckReader,
-		Client:              mgr.GetClient(),
-		Reader:              mgr.GetAPIReader(),
-		Cache:               mgr.GetCache(),
-		SystemNamespace:     o.SystemNamespace,
-		DriverName:          o.DriverName,
-		Recorder:            requestEvents,
-		Retention:           o.RequestRetention,
-		PodRecheck:          o.PodRecheck,
-		States:              states,
-		EvaluationBudget:    o.EvaluationBudget,
-		MaxCheckObjects:     o.MaxCheckObjects,
-		MaxPolicyBytes:      o.MaxPolicyBytes,
-		MaxCheckObjectBytes: o.MaxCheckObjectBytes,
+		Rechecks:             rechecks,
+		RecheckReader:        recheckReader,
+		Client:               mgr.GetClient(),
+		Reader:               mgr.GetAPIReader(),
+		Cache:                mgr.GetCache(),
+		SystemNamespace:      o.SystemNamespace,
+		DriverName:           o.DriverName,
+		Recorder:             requestEvents,
+		Retention:            o.RequestRetention,
+		RetainedPerNamespace: o.RetainedPerNamespace,
+		PodRecheck:           o.PodRecheck,
+		States:               states,
+		EvaluationBudget:     o.EvaluationBudget,
+		MaxCheckObjects:      o.MaxCheckObjects,
+		MaxPolicyBytes:       o.MaxPolicyBytes,
+		MaxCheckObjectBytes:  o.MaxCheckObjectBytes,
 	}).SetupWithManager(mgr); err != nil {
 		return err
 	}

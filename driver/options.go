@@ -41,6 +41,7 @@ const (
 	defaultVolumesMaxBytes        = "64Mi"
 	defaultStatusAPIQPS           = 20
 	defaultStatusAPIBurst         = 40
+	defaultRetainedPerNamespace   = 1000
 	defaultEventQPS               = 10
 	defaultEventBurst             = 100
 	defaultWebhookLiveQPS         = 5
@@ -133,6 +134,9 @@ type Options struct {
 	// StatusAPIQPS and StatusAPIBurst are the Connector status controller's own rate limit.
 	StatusAPIQPS   float64
 	StatusAPIBurst int
+	// RetainedPerNamespace bounds the revoked AccessRequests of one Pod namespace kept in a
+	// Connector's namespace.
+	RetainedPerNamespace int
 	// EventQPS and EventBurst bound the controllers' Events (what they would record past it is
 	// dropped and counted).
 	EventQPS   float64
@@ -343,6 +347,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 		return err
 	})
 	fs.DurationVar(&o.RequestRetention, "accessrequest-retention", 24*time.Hour, "how long a revoked AccessRequest is kept before it is deleted")
+	fs.IntVar(&o.RetainedPerNamespace, "accessrequest-retained-per-namespace", defaultRetainedPerNamespace, "how many revoked AccessRequests of the Pods of one namespace a Connector's namespace keeps at most (the oldest are deleted before their retention): a tenant ending gated Pods in a loop would otherwise fill a shared Connector's namespace with them; 0: no bound")
 	fs.DurationVar(&o.RepublishRecheck, "republish-recheck-interval", 5*time.Minute, "an unchanged republish within this interval of the last authorization makes no API call (and no write unless the token changed); 0 authorizes every republish")
 	fs.DurationVar(&o.EvaluationBudget, "accessrequest-evaluation-budget", 10*time.Second, "how long the checks of one AccessRequest may take together, so that no tenant's policy holds the controller's workers; the checks not read by then are read again 10s later (the request waits, naming this flag, and keeps a grant it holds)")
 	fs.IntVar(&o.MaxPolicyBytes, "accessrequest-max-policy-bytes", defaultMaxPolicyBytes, "how large the AccessPolicies that select a request's Connector may be together (their specs' JSON), as the request records them (status.policies[].policySpec, kept --accessrequest-retention after its Pod); larger ones fail the request, naming this flag")
@@ -568,6 +573,9 @@ func (o *Options) validate() (*validated, error) {
 	case proxy.TokensOfNode, proxy.TokensOfAny:
 	default:
 		return nil, fmt.Errorf("--proxy-tokens %q: not one of node, any", o.ProxyTokens)
+	}
+	if o.RetainedPerNamespace < 0 {
+		return nil, fmt.Errorf("--accessrequest-retained-per-namespace must not be negative")
 	}
 	if o.APIConnectorTTL < 0 {
 		return nil, fmt.Errorf("--connectors-api-connector-ttl must not be negative")

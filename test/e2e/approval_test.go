@@ -174,6 +174,56 @@ func TestApprovalEventsArePaced(t *testing.T) {
 	}
 }
 
+// TestApprovalFinishedRequestsAreBoundedPerNamespace: a request lives in its Connector's
+// namespace, which may be shared; the finished requests of one Pod namespace kept there are
+// bounded (--accessrequest-retained-per-namespace), the oldest deleted before their retention,
+// so that a tenant ending gated Pods in a loop cannot fill it.
+func TestApprovalFinishedRequestsAreBoundedPerNamespace(t *testing.T) {
+	tool := startGitServer(t, false)
+	setupApproval(t)
+	env := startDeployedDrivers(t, func(o *driver.Options) { o.RetainedPerNamespace = 2 })
+	ctx := context.Background()
+	ns := newNamespace(t)
+	gitConnector(t, ns, "prod", gitClass(t), tool)
+	allowConnectors(t, ns, "builder", "prod")
+	gateByApprovalTask(t, ns, "promote", "prod")
+	finished := func() []string {
+		var list v1alpha1.AccessRequestList
+		if err := cp.Client.List(ctx, &list, client.InNamespace(ns)); err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, ar := range list.Items {
+			if ready := meta.FindStatusCondition(ar.Status.Conditions, v1alpha1.ConditionReady); ready != nil && ready.Reason == "Revoked" {
+				names = append(names, ar.Spec.Context.ObjectRef.Name)
+			}
+		}
+		slices.Sort(names)
+		return names
+	}
+	var pods []string
+	for i := range 4 {
+		run := fmt.Sprintf("run-%d", i)
+		pod := pipelineRunPod(t, env.kubelet, ns, run, "promote", map[string]string{"connectors": "prod"})
+		approvalTask(t, ns, run, "approved")
+		if !kubelet.WaitUntil(20*time.Second, func() bool { return env.kubelet.Publish(ctx, pod, "connectors") == nil }) {
+			t.Fatalf("%s was not published", pod.Name)
+		}
+		if err := env.kubelet.Unpublish(ctx, pod, "connectors"); err != nil {
+			t.Fatal(err)
+		}
+		pods = append(pods, pod.Name)
+		// One at a time: which are the oldest is then known.
+		if !kubelet.WaitUntil(20*time.Second, func() bool { return slices.Contains(finished(), pod.Name) }) {
+			t.Fatalf("%s's request was not revoked: %v", pod.Name, finished())
+		}
+	}
+	want := slices.Sorted(slices.Values(pods[2:]))
+	if !kubelet.WaitUntil(20*time.Second, func() bool { return slices.Equal(finished(), want) }) {
+		t.Errorf("finished requests kept: %v, want the newest two: %v", finished(), want)
+	}
+}
+
 // TestApprovalGatedPromotion runs the driver with the deployed RBAC only.
 func TestApprovalGatedPromotion(t *testing.T) {
 	tool := startGitServer(t, false)
