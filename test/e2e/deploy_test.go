@@ -573,7 +573,9 @@ func TestTenancyRequestsAnyoneCanCauseHaveTheirOwnPriorityLevel(t *testing.T) {
 	// The API server's flow control puts each in its own level: it names the level of every
 	// answer (X-Kubernetes-PF-PriorityLevel-UID).
 	nodeKubeconfig, _ := deployedKubeconfigs(t)
-	levelOf := func(impersonate string) string {
+	// answer sends a request as the node, impersonating impersonate (none: ""), and returns
+	// the API server's answer's headers.
+	answer := func(impersonate, method, path, body string, want int) http.Header {
 		cfg, err := clientcmd.BuildConfigFromFlags("", nodeKubeconfig)
 		if err != nil {
 			t.Fatal(err)
@@ -583,28 +585,49 @@ func TestTenancyRequestsAnyoneCanCauseHaveTheirOwnPriorityLevel(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		body := `{"apiVersion":"authentication.k8s.io/v1","kind":"TokenReview","spec":{"token":"not-a-token"}}`
-		res, err := rt.Post(strings.TrimSuffix(cfg.Host, "/")+"/apis/authentication.k8s.io/v1/tokenreviews", "application/json", strings.NewReader(body))
+		req, err := http.NewRequest(method, strings.TrimSuffix(cfg.Host, "/")+path, strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", "application/json")
+		res, err := rt.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
 		res.Body.Close()
-		if res.StatusCode != http.StatusCreated {
-			t.Fatalf("a TokenReview as %q: %d", impersonate, res.StatusCode)
+		if res.StatusCode != want {
+			t.Fatalf("%s %s as %q: %d, want %d", method, path, impersonate, res.StatusCode, want)
 		}
-		return res.Header.Get(flowcontrolv1.ResponseHeaderMatchedPriorityLevelConfigurationUID)
+		return res.Header
 	}
-	uidOf := func(name string) string {
-		var level flowcontrolv1.PriorityLevelConfiguration
-		if err := cp.Client.Get(context.Background(), client.ObjectKey{Name: name}, &level); err != nil {
+	review := `{"apiVersion":"authentication.k8s.io/v1","kind":"TokenReview","spec":{"token":"not-a-token"}}`
+	levelOf := func(impersonate string) string {
+		return answer(impersonate, "POST", "/apis/authentication.k8s.io/v1/tokenreviews", review, http.StatusCreated).
+			Get(flowcontrolv1.ResponseHeaderMatchedPriorityLevelConfigurationUID)
+	}
+	uidOf := func(obj client.Object, name string) string {
+		if err := cp.Client.Get(context.Background(), client.ObjectKey{Name: name}, obj); err != nil {
 			t.Fatal(err)
 		}
-		return string(level.UID)
+		return string(obj.GetUID())
 	}
-	if !kubelet.WaitUntil(10*time.Second, func() bool { return levelOf(callers) == uidOf("connectors-csi-callers") }) {
+	level := func(name string) string { return uidOf(&flowcontrolv1.PriorityLevelConfiguration{}, name) }
+	schema := func(name string) string { return uidOf(&flowcontrolv1.FlowSchema{}, name) }
+	if !kubelet.WaitUntil(10*time.Second, func() bool { return levelOf(callers) == level("connectors-csi-callers") }) {
 		t.Errorf("a review as %s is not in the priority level connectors-csi-callers", callers)
 	}
-	if got := levelOf(""); got != uidOf("connectors-csi-node") {
+	// Its reads of a namespace's objects are a flow per namespace (ByNamespace), its reviews
+	// one flow (ByUser): the schema of each answer (X-Kubernetes-PF-FlowSchema-UID).
+	schemaOf := func(method, path, body string, want int) string {
+		return answer(callers, method, path, body, want).Get(flowcontrolv1.ResponseHeaderMatchedFlowSchemaUID)
+	}
+	if got := schemaOf("GET", "/api/v1/namespaces/"+ns+"/secrets/any", "", http.StatusNotFound); got != schema("connectors-csi-callers-by-namespace") {
+		t.Errorf("a Secret's read as %s matched the flow schema of UID %s, want connectors-csi-callers-by-namespace's", callers, got)
+	}
+	if got := schemaOf("POST", "/apis/authentication.k8s.io/v1/tokenreviews", review, http.StatusCreated); got != schema("connectors-csi-callers") {
+		t.Errorf("a review as %s matched the flow schema of UID %s, want connectors-csi-callers'", callers, got)
+	}
+	if got := levelOf(""); got != level("connectors-csi-node") {
 		t.Errorf("a review as the node is in the priority level of UID %s, want connectors-csi-node's", got)
 	}
 }
