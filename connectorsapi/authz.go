@@ -61,6 +61,26 @@ func (s *Server) authorizeAPIs(r *http.Request, u user.Info, c *v1alpha1.Connect
 	if !flags.APIsPermissions && !flags.ApprovalEffective() {
 		return nil
 	}
+	return s.authorizeAny(r, u, c, class, op, nil)
+}
+
+// authorizePassthrough checks, with enable-connector-proxy-permissions, that a passthrough
+// request (the tool's own API with the Connector's credential: what the proxy serves) has what
+// the proxy would ask of it, connectors/proxy with the request's verb, or the API's own grant,
+// connectors/apis: get alone would open through the API what the flag closes at the proxy
+// (a shared Connector that every ServiceAccount may get, its use granted to a few). Where
+// authorizeAPIs asked connectors/apis already, that answer stands.
+func (s *Server) authorizePassthrough(r *http.Request, u user.Info, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, op operation) error {
+	flags := s.Flags.Flags()
+	if !flags.ProxyPermissions || flags.APIsPermissions || flags.ApprovalEffective() {
+		return nil
+	}
+	return s.authorizeAny(r, u, c, class, op, []string{"proxy"})
+}
+
+// authorizeAny checks that u may do the request's verb on one of the connectors subresources
+// first, then connectors/apis of the class and of op's path (apisSubresources).
+func (s *Server) authorizeAny(r *http.Request, u user.Info, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, op operation, first []string) error {
 	verb, err := s.verbs().Verb(r.Context(), class, r)
 	if err != nil {
 		var ae *apiError
@@ -76,7 +96,7 @@ func (s *Server) authorizeAPIs(r *http.Request, u user.Info, c *v1alpha1.Connect
 		why = fmt.Sprintf(" (a grant of path %s does not cover a segment with an escaped '/' or '\\', which a tool may read as more segments: ConnectorClass %q does not say its tool reads them within one, annotation %s)",
 			op.Path, class.Name, v1alpha1.AnnotationAPIEscapedSlashes)
 	}
-	subs := apisSubresources(class.Name, path)
+	subs := append(first, apisSubresources(class.Name, path)...)
 	for _, sub := range subs {
 		ok, err := s.allowed(r.Context(), u, c.Namespace, c.Name, verb, sub)
 		if err != nil || ok {

@@ -163,6 +163,9 @@ func (s *Server) serveConnector(w http.ResponseWriter, r *http.Request, ns, name
 	if op.Provider == providerAPI {
 		return s.custom(w, r, u, c, class, apiPath)
 	}
+	if err := s.authorizePassthrough(r, u, c, class, op); err != nil {
+		return err
+	}
 	return s.passthrough(w, r, u, c, class, op, apiPath)
 }
 

@@ -825,15 +825,26 @@ func TestTenancyMethodsNeedTheirVerb(t *testing.T) {
 	}
 }
 
-func TestTenancyConnectorsAPINeedsApisUnderApproval(t *testing.T) {
-	tool := startGitServer(t, false)
-	env := startProxyDriver(t, nil)
-	ns := newNamespace(t)
-	gitConnector(t, ns, "git", gitClass(t), tool)
-	viewer := apiToken(t, ns, "gated")
-	allowConnectors(t, ns, "gated", "git") // what a gated workload holds, to mount the Connector
-	setFlags(t, map[string]string{"enable-connector-proxy-permissions": "true", "enable-connectors-approval": "true"})
+// apiCallerWithFlags starts a driver, a Git server and a Connector of it, named connector, in a
+// new namespace, whose ServiceAccount sa may get it and calls the API with the token returned;
+// the feature flags are set until the test ends.
+func apiCallerWithFlags(t *testing.T, connector, sa string, flags map[string]string) (tool *gitserver.Server, env *proxyEnv, ns, token string) {
+	t.Helper()
+	tool = startGitServer(t, false)
+	env = startProxyDriver(t, nil)
+	ns = newNamespace(t)
+	gitConnector(t, ns, connector, gitClass(t), tool)
+	token = apiToken(t, ns, sa)
+	allowConnectors(t, ns, sa, connector)
+	setFlags(t, flags)
 	t.Cleanup(func() { setFlags(t, map[string]string{}) })
+	return tool, env, ns, token
+}
+
+func TestTenancyConnectorsAPINeedsApisUnderApproval(t *testing.T) {
+	// get is what a gated workload holds, to mount the Connector.
+	tool, env, ns, viewer := apiCallerWithFlags(t, "git", "gated",
+		map[string]string{"enable-connector-proxy-permissions": "true", "enable-connectors-approval": "true"})
 	gitrefs := connectorAPI(env, ns, "git", "/git/gitrefs?repositoryUrl="+tool.URL+"/repo.git")
 	if !kubelet.WaitUntil(15*time.Second, func() bool {
 		code, _, st := apiCall(t, "GET", gitrefs, viewer)
@@ -1050,6 +1061,40 @@ func respellings(token string) []string {
 		out = append(out, strings.Join(changed, "."))
 	}
 	return out
+}
+
+// TestTenancyConnectorsAPIPassthroughNeedsWhatTheProxyNeeds: with
+// enable-connector-proxy-permissions, using a Connector through the proxy needs connectors/proxy;
+// so does the Connectors API's passthrough (the tool's own API with the Connector's credential),
+// or the API's own grant, connectors/apis: get alone, which every ServiceAccount may hold on a
+// shared Connector, would open through the API what the flag closes at the proxy. The API's own
+// lists (gitrefs) need get, as before.
+func TestTenancyConnectorsAPIPassthroughNeedsWhatTheProxyNeeds(t *testing.T) {
+	tool, env, ns, viewer := apiCallerWithFlags(t, "tool", "viewer", map[string]string{"enable-connector-proxy-permissions": "true"})
+	call := func(rest string) (int, string) {
+		return do(t, noRedirects, newRequest(t, "GET", connectorAPI(env, ns, "tool", rest), map[string]string{"Authorization": "Bearer " + viewer}))
+	}
+	passthrough := "/repo.git/info/refs?service=git-upload-pack"
+	want := "may not get connectors/proxy nor connectors/apis"
+	if !kubelet.WaitUntil(15*time.Second, func() bool {
+		code, body := call(passthrough)
+		return code == http.StatusForbidden && strings.Contains(body, want)
+	}) {
+		code, body := call(passthrough)
+		t.Fatalf("the API's passthrough with get only: %d %q, want 403 saying %q", code, body, want)
+	}
+	if code, body := call("/git/gitrefs?repositoryUrl=" + tool.URL + "/repo.git"); code != http.StatusOK {
+		t.Errorf("the API's gitrefs with get: %d %q", code, body)
+	}
+	create(t, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "use-tool", Namespace: ns}, Rules: []rbacv1.PolicyRule{{
+		APIGroups: []string{v1alpha1.GroupVersion.Group}, Resources: []string{"connectors/proxy"}, ResourceNames: []string{"tool"}, Verbs: []string{"get"}}}})
+	create(t, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "use-tool", Namespace: ns},
+		RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "use-tool"},
+		Subjects: []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: "viewer", Namespace: ns}}})
+	if !kubelet.WaitUntil(15*time.Second, func() bool { code, _ := call(passthrough); return code == http.StatusOK }) {
+		code, body := call(passthrough)
+		t.Fatalf("the API's passthrough with connectors/proxy: %d %q, want 200", code, body)
+	}
 }
 
 func TestTenancyCachesAreBounded(t *testing.T) {
