@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/rand"
 	auditv1 "k8s.io/apiserver/pkg/apis/audit/v1"
 	"k8s.io/client-go/rest"
@@ -119,6 +121,30 @@ func TestDeployAppliesServerSide(t *testing.T) {
 // TestBuiltInResourceInterfacesApplyStrictly applies deploy/resourceinterfaces for real with
 // strict server-side field validation (an unknown or pruned field fails the apply) and reads
 // each interface back: every documented category is there and nothing was pruned.
+// TestDeployedWorkloadsTryHostNamesAsWritten: the node's and the controller's Pods resolve a
+// name with a dot as written before the cluster's search list (ndots 1): with the default 5, a
+// Connector's private host name gitlab.corp is first asked as gitlab.corp.svc.cluster.local,
+// the Service gitlab of a namespace corp, which a tenant may own, and would receive the
+// credential. deploy/base as kustomize renders it (the chart renders the same:
+// TestHelmChartMatchesKustomizeBase).
+func TestDeployedWorkloadsTryHostNamesAsWritten(t *testing.T) {
+	out, err := cp.Kubectl(nil, "kustomize", filepath.Join(controlplane.RepoRoot(), "deploy", "base"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	objects := renderedObjects(t, out)
+	for _, key := range []string{"DaemonSet/" + systemNS + "/connectors-csi", "Deployment/" + systemNS + "/connectors-csi-controller"} {
+		obj, ok := objects[key]
+		if !ok {
+			t.Fatalf("%s not applied", key)
+		}
+		options, _, _ := unstructured.NestedSlice(obj, "spec", "template", "spec", "dnsConfig", "options")
+		if len(options) != 1 || !reflect.DeepEqual(options[0], map[string]any{"name": "ndots", "value": "1"}) {
+			t.Errorf("%s's Pods resolve with dnsConfig options %v, want ndots 1", key, options)
+		}
+	}
+}
+
 func TestBuiltInResourceInterfacesApplyStrictly(t *testing.T) {
 	dir := filepath.Join(controlplane.RepoRoot(), "deploy", "resourceinterfaces")
 	if _, err := cp.Kubectl(nil, "apply", "--server-side", "--validate=strict", "-k", dir); err != nil {
