@@ -76,9 +76,12 @@ func newPassthrough(cfg Config) *passthrough {
 			pr.Out.Header[egress.HopHeader] = hopValue
 			endAtLength(pr.Out)
 		},
-		Transport: &http.Transport{Proxy: nil, DialContext: pt.dial, DisableCompression: true,
-			MaxIdleConnsPerHost: 32, IdleConnTimeout: cfg.UpstreamIdleTimeout, TLSHandshakeTimeout: 10 * time.Second,
-			MaxResponseHeaderBytes: int64(cfg.MaxHeaderBytes)},
+		// No connection is kept: every Pod of the node passes through here, to hosts nobody
+		// vouches for, and a server that mis-frames requests would let one tenant's smuggled
+		// request answer the next tenant's on a shared connection (or take its headers). Plain
+		// HTTP to public hosts is rare; https goes through CONNECT tunnels, one per client.
+		Transport: &http.Transport{Proxy: nil, DialContext: pt.dial, DisableCompression: true, DisableKeepAlives: true,
+			TLSHandshakeTimeout: 10 * time.Second, MaxResponseHeaderBytes: int64(cfg.MaxHeaderBytes)},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			refuseErr(r.Context(), w, passthroughError(r.URL.Host, err))
 		},

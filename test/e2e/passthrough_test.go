@@ -32,9 +32,11 @@ import (
 func TestForwardPassthrough(t *testing.T) {
 	var mu sync.Mutex
 	var seen []http.Header
+	conns := map[string]bool{} // the plain server's client connections, by remote address
 	record := func(w http.ResponseWriter, r *http.Request) {
 		mu.Lock()
 		seen = append(seen, r.Header.Clone())
+		conns[r.RemoteAddr] = true
 		mu.Unlock()
 		fmt.Fprintf(w, "hello from %s", r.Host)
 	}
@@ -109,11 +111,20 @@ func TestForwardPassthrough(t *testing.T) {
 
 	t.Run("public: a public host is reached, without credentials", func(t *testing.T) {
 		client, token := run(proxy.PassthroughPublic)
-		res, body := get(client, "http://public.example/dependency.tar.gz")
-		if res == nil || res.StatusCode != 200 || body != "hello from public.example" {
-			t.Fatalf("plain HTTP pass-through: %v %s", res, body)
+		for range 2 {
+			res, body := get(client, "http://public.example/dependency.tar.gz")
+			if res == nil || res.StatusCode != 200 || body != "hello from public.example" {
+				t.Fatalf("plain HTTP pass-through: %v %s", res, body)
+			}
 		}
-		res, body = get(client, "https://public.example/base-image")
+		// Pass-through keeps no connection to a public host: a server that mis-frames requests
+		// would otherwise let one tenant's smuggled request answer another tenant's next one.
+		mu.Lock()
+		if len(conns) != 2 {
+			t.Errorf("two plain requests passed through on %d connections, want one each", len(conns))
+		}
+		mu.Unlock()
+		res, body := get(client, "https://public.example/base-image")
 		if res == nil || res.StatusCode != 200 {
 			t.Fatalf("CONNECT pass-through: %v %s", res, body)
 		}
