@@ -668,6 +668,11 @@ func (a *answerHead) take(f laneField) bool {
 			return true // not passed on
 		}
 	}
+	for _, session := range toolSessionHeaders {
+		if asciiEqual(f.name, session) {
+			return true // not passed on (see dropToolSessions)
+		}
+	}
 	if len(a.fields) == laneMaxFields {
 		return false
 	}

@@ -521,8 +521,23 @@ func upstreamErrorFor(w http.ResponseWriter, rt *route, err error) {
 // the Connector's address. Redirects elsewhere pass unchanged: the client follows them itself,
 // and no credential goes with it.
 func rewriteLocation(res *http.Response) error {
+	dropToolSessions(res.Header)
 	rewriteLocationFor(res, res.Request.Context().Value(routeKey{}).(*route))
 	return nil
+}
+
+// toolSessionHeaders are the answer headers that hand the client a session the tool opened
+// for the injected credential (the fast lane drops them as it reads a head).
+var toolSessionHeaders = []string{"Set-Cookie", "Set-Cookie2"}
+
+// dropToolSessions removes from a tool's answer the sessions it opened for the credential the
+// proxy injected: a cookie is that credential's equivalent, which the client, who may use the
+// Connector but not hold its credential, would then hold past its grant (a JFrog or Harbor UI
+// session, a load balancer's affinity aside). Every request carries the credential anyway.
+func dropToolSessions(h http.Header) {
+	for _, name := range toolSessionHeaders {
+		h.Del(name)
+	}
 }
 
 func rewriteLocationFor(res *http.Response, rt *route) {

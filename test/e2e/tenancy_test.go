@@ -451,6 +451,49 @@ func TestTenancyNoCredentialFollowsARedirect(t *testing.T) {
 	}
 }
 
+// TestTenancyToolSessionsStayWithTheProxy: a session a tool opens for the credential the proxy
+// injects (a cookie) is that credential's equivalent; a client who may use the Connector but not
+// hold its credential would hold it past its grant. The proxy's answers carry none, through the
+// fast lane's remembered route as through net/http's, in reverse and forward.
+func TestTenancyToolSessionsStayWithTheProxy(t *testing.T) {
+	tool := startRecorder(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Add("Set-Cookie", "SESSION=derived-from-the-credential; Path=/")
+		w.Header().Add("Set-Cookie2", "OLD=derived")
+		_, _ = io.WriteString(w, "ok")
+	})
+	env := startProxyDriver(t, nil)
+	ns := newNamespace(t)
+	createSecret(t, ns, "tool", corev1.SecretTypeBasicAuth, map[string]string{"username": "bot", "password": "tool-secret"})
+	newConnectorWithSecret(t, ns, "tool", gitClass(t), tool.URL, "basicAuth", "tool")
+	allowConnectors(t, ns, "builder", "tool")
+	token := proxyToken(t, ns, "builder")
+	reverse := &http.Client{Timeout: 20 * time.Second} // one kept-alive connection: its later requests take the remembered route
+	for mode, send := range map[string]func() (*http.Response, error){
+		"reverse": func() (*http.Response, error) {
+			req := newRequest(t, "GET", env.proxyURL+"/namespaces/"+ns+"/connectors/tool/x", map[string]string{"Authorization": "Bearer " + token})
+			return reverse.Do(req)
+		},
+		"forward": func() (*http.Response, error) {
+			return forwardClient(env.proxyURL, ns+"/tool", token).Do(newRequest(t, "GET", tool.URL+"/x", nil))
+		},
+	} {
+		for i := range 3 {
+			res, err := send()
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, _ = io.Copy(io.Discard, res.Body)
+			res.Body.Close()
+			if res.StatusCode != http.StatusOK || len(res.Header.Values("Set-Cookie")) != 0 || len(res.Header.Values("Set-Cookie2")) != 0 {
+				t.Errorf("%s, request %d: %d with cookies %q %q, want 200 and none", mode, i, res.StatusCode, res.Header.Values("Set-Cookie"), res.Header.Values("Set-Cookie2"))
+			}
+		}
+	}
+	if n := len(tool.proxied()); n < 6 {
+		t.Errorf("the tool answered %d requests, want the 6 sent", n)
+	}
+}
+
 func TestTenancyProxyLoopIsDetected(t *testing.T) {
 	first, second := startProxyDriver(t, nil), startProxyDriver(t, nil)
 	ns := newNamespace(t)
