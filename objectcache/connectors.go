@@ -295,7 +295,14 @@ func (c *Connectors) watch(nn types.NamespacedName, listed *v1alpha1.Connector, 
 		w.volume = w.volume || volume
 		return w
 	}
-	c.makeRoomLocked(volume)
+	if !c.makeRoomLocked(volume) {
+		// A lookup's, with volumes' watches filling the cache: served from its list, unwatched
+		// (the next lookup lists it again).
+		w := &watched{synced: make(chan struct{}), stop: func() {}}
+		c.set(nn, w, listed)
+		close(w.synced)
+		return w
+	}
 	c.forgetListed(nn)
 	ctx, stop := context.WithCancel(context.Background())
 	w := &watched{synced: make(chan struct{}), stop: stop, lastRead: c.now(), volume: volume}
@@ -451,23 +458,28 @@ func nameSelector(nn types.NamespacedName) string {
 
 // makeRoomLocked drops a watch, if need be, before a new one starts, for a volume or for a
 // lookup: the least recently read of those only lookups read, when they are half of max (a new
-// lookup's) or the cache is full; the least recently read volume's only when volumes fill it.
-// Lookups follow names anyone on the node may send its proxy (those of every Connector they
-// may get): so they cannot push out the watches of the node's volumes, which would then be
-// listed and watched again at their next republish.
-func (c *Connectors) makeRoomLocked(forVolume bool) {
+// lookup's) or the cache is full; the least recently read volume's, for a volume, when volumes
+// fill it. false: no room for a lookup's (volumes fill the cache). Lookups follow names anyone
+// on the node may send its proxy (those of every Connector they may get): so they cannot push
+// out the watches of the node's volumes, which would then be listed and watched again at their
+// next republish.
+func (c *Connectors) makeRoomLocked(forVolume bool) bool {
 	lookups := 0
 	for _, w := range c.watched {
 		if !w.volume {
 			lookups++
 		}
 	}
+	full := len(c.watched) >= c.max
 	switch {
-	case !forVolume && lookups >= max(c.max/2, 1), len(c.watched) >= c.max && lookups > 0:
+	case !forVolume && lookups >= max(c.max/2, 1), full && lookups > 0:
 		c.dropOldestLocked(false)
-	case len(c.watched) >= c.max:
+	case full && !forVolume:
+		return false
+	case full:
 		c.dropOldestLocked(true)
 	}
+	return true
 }
 
 // dropOldestLocked drops the least recently read watch of volumes' (volume), or of lookups'

@@ -1,0 +1,93 @@
+package objectcache
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+)
+
+// fakeConnectors is a fake client holding n Connectors c-0 … c-<n-1> of namespace ns.
+func fakeConnectors(t *testing.T, n int) client.WithWatch {
+	t.Helper()
+	scheme := runtime.NewScheme()
+	if err := v1alpha1.AddToScheme(scheme); err != nil {
+		t.Fatal(err)
+	}
+	b := fake.NewClientBuilder().WithScheme(scheme)
+	for i := range n {
+		b = b.WithObjects(&v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: fmt.Sprintf("c-%d", i)}})
+	}
+	return b.Build()
+}
+
+func nameOf(i int) types.NamespacedName {
+	return types.NamespacedName{Namespace: "ns", Name: fmt.Sprintf("c-%d", i)}
+}
+
+// watchedNames reports which Connectors c watches, and whether a volume read each.
+func watchedNames(c *Connectors) map[string]bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := map[string]bool{}
+	for nn, w := range c.watched {
+		out[nn.Name] = w.volume
+	}
+	return out
+}
+
+// TestMakeRoomKeepsVolumesWatches: lookups hold at most half the cache and give way to volumes;
+// volumes push out only volumes, the least recently read first.
+func TestMakeRoomKeepsVolumesWatches(t *testing.T) {
+	ctx := context.Background()
+	c := NewConnectors(fakeConnectors(t, 10), time.Hour, 4, 0)
+	now := time.Unix(1_000, 0)
+	c.now = func() time.Time { now = now.Add(time.Second); return now }
+	for _, i := range []int{0, 1} {
+		if _, err := c.Get(ctx, nameOf(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 2; i < 8; i++ {
+		if _, err := c.Lookup(ctx, nameOf(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, want := watchedNames(c), map[string]bool{"c-0": true, "c-1": true, "c-6": false, "c-7": false}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("after 2 volumes and 6 lookups: %v, want %v", got, want)
+	}
+	// Volumes take the lookups' places, then each other's.
+	for _, i := range []int{8, 9, 2} {
+		if _, err := c.Get(ctx, nameOf(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, want := watchedNames(c), map[string]bool{"c-1": true, "c-8": true, "c-9": true, "c-2": true}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("after 3 more volumes: %v, want %v", got, want)
+	}
+	// A lookup finds no room it may take from volumes: it is served from its list, unwatched.
+	got, err := c.Lookup(ctx, nameOf(3))
+	if err != nil || got.Name != "c-3" {
+		t.Fatalf("a lookup in a cache of volumes: %v %v", got, err)
+	}
+	if got, want := watchedNames(c), map[string]bool{"c-1": true, "c-8": true, "c-9": true, "c-2": true}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("after a lookup in a cache of volumes: %v, want %v", got, want)
+	}
+	for _, cc := range []*Connectors{c} {
+		cc.Run(cancelled())
+	}
+}
+
+func cancelled() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
+}
