@@ -46,7 +46,7 @@ func (s *Server) authorizeClasses(r *http.Request) error {
 			APIGroup: v1alpha1.GroupVersion.Group, APIVersion: v1alpha1.GroupVersion.Version, Resource: v1alpha1.ResourceConnectorClasses,
 		})
 		if err != nil {
-			return errorf(http.StatusServiceUnavailable, metav1.StatusReasonServiceUnavailable, "cannot authorize now: %v", err)
+			return unavailable(r.Context(), "authorize", err)
 		}
 		if d == authorizer.DecisionAllow {
 			return nil

@@ -182,6 +182,14 @@ func parsePath(p string) (ns, name, apiPath string, ok bool) {
 	return parts[0], parts[1], apiPath, true
 }
 
+// unavailable is the error of a request the API server could not be asked about now: 503, for
+// the client to try again. What went wrong goes to the log, not to the client, which may not
+// even be authenticated yet: the error names the API server's address.
+func unavailable(ctx context.Context, what string, err error) error {
+	klog.FromContext(ctx).Error(err, "Could not ask the API server", "asking", what)
+	return errorf(http.StatusServiceUnavailable, metav1.StatusReasonServiceUnavailable, "cannot %s now (the node's log says why); try again", what)
+}
+
 // authenticate reviews the caller's Bearer token.
 func (s *Server) authenticate(r *http.Request) (user.Info, error) {
 	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
@@ -190,7 +198,7 @@ func (s *Server) authenticate(r *http.Request) (user.Info, error) {
 	}
 	u, ok, err := s.Reviewer.AuthenticateToken(r.Context(), strings.TrimSpace(token))
 	if err != nil {
-		return nil, errorf(http.StatusServiceUnavailable, metav1.StatusReasonServiceUnavailable, "cannot review the token now: %v", err)
+		return nil, unavailable(r.Context(), "review the token", err)
 	}
 	if !ok {
 		return nil, errorf(http.StatusUnauthorized, metav1.StatusReasonUnauthorized, "token not accepted")
@@ -239,7 +247,7 @@ func (s *Server) allowed(ctx context.Context, u user.Info, ns, name, verb, subre
 		Resource: v1alpha1.ResourceConnectors, Subresource: subresource,
 	})
 	if err != nil {
-		return false, errorf(http.StatusServiceUnavailable, metav1.StatusReasonServiceUnavailable, "cannot authorize now: %v", err)
+		return false, unavailable(ctx, "authorize", err)
 	}
 	return d == authorizer.DecisionAllow, nil
 }

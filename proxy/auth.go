@@ -11,6 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apiserver/pkg/authentication/user"
 	"k8s.io/apiserver/pkg/authorization/authorizer"
+	"k8s.io/klog/v2"
 
 	"github.com/kube-connectors/connectors-csi/access"
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
@@ -44,7 +45,7 @@ func (p *Proxy) authenticate(ctx context.Context, w http.ResponseWriter, token s
 	case errors.As(err, &otherNode): // refused from its claims, before any review
 		return nil, p.notOfThisNode(otherNode)
 	case err != nil:
-		return nil, refusef(http.StatusServiceUnavailable, "cannot review the token now: %v", err)
+		return nil, unavailable(ctx, "review the token", err)
 	}
 	if !ok {
 		return nil, refusef(unauthorized, "token not accepted: invalid, expired, for another audience, or its Pod is gone")
@@ -92,6 +93,14 @@ func (p *Proxy) notOfThisNode(e *access.OtherNodeError) error {
 		return refusef(http.StatusForbidden, "this proxy takes only the tokens of its node's Pods, and this token names no node (Kubernetes 1.30 and later name the Pod's node in its tokens; --proxy-tokens=any takes tokens without one)")
 	}
 	return refusef(http.StatusForbidden, "the token's Pod runs on node %s, not this proxy's: send the request to the proxy of the Pod's node (the connectors-proxy Service)", e.Node)
+}
+
+// unavailable is the refusal of a request the API server could not be asked about now: 503,
+// for the client to try again. What went wrong goes to the log, not to the client, which may
+// not even be authenticated yet: the error names the API server's address.
+func unavailable(ctx context.Context, what string, err error) error {
+	klog.FromContext(ctx).Error(err, "Could not ask the API server", "asking", what)
+	return refusef(http.StatusServiceUnavailable, "cannot %s now (the node's log says why); try again", what)
 }
 
 // methodVerbs maps HTTP methods to the RBAC verbs checked on connectors/proxy and
@@ -194,7 +203,7 @@ func (p *Proxy) allowedToUse(ctx context.Context, r Reviewer, u user.Info, nn ty
 	pod, _ := podOfUser(u)
 	foreign, err := p.cfg.PodGrants.OfAnotherPod(ctx, nn, pod.namespace, pod.name, pod.uid)
 	if err != nil {
-		return false, refusef(http.StatusServiceUnavailable, "cannot authorize now: %v", err)
+		return false, unavailable(ctx, "authorize", err)
 	}
 	return !foreign, nil
 }
@@ -206,7 +215,7 @@ func (p *Proxy) allowed(ctx context.Context, r Reviewer, u user.Info, nn types.N
 		Resource: v1alpha1.ResourceConnectors, Subresource: subresource, ResourceRequest: true,
 	})
 	if err != nil {
-		return false, refusef(http.StatusServiceUnavailable, "cannot authorize now: %v", err)
+		return false, unavailable(ctx, "authorize", err)
 	}
 	return decision == authorizer.DecisionAllow, nil
 }

@@ -1,13 +1,17 @@
 package proxy
 
 import (
+	"context"
 	"errors"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"testing"
 
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apiserver/pkg/authentication/user"
+	"k8s.io/apiserver/pkg/authorization/authorizer"
 )
 
 func mustURL(t *testing.T, s string) *url.URL {
@@ -142,6 +146,34 @@ func TestConnectorOfHost(t *testing.T) {
 		}
 		if got != want {
 			t.Errorf("%s: %q, want %q", host, got, want)
+		}
+	}
+}
+
+// failingReviewer fails every question, as client-go reports an API server it cannot reach.
+type failingReviewer struct{}
+
+var errUnreachable = errors.New(`dial tcp 10.96.0.1:443: connect: connection refused`) // as client-go wraps it, after the URL
+
+func (failingReviewer) AuthenticateToken(context.Context, string) (user.Info, bool, error) {
+	return nil, false, errUnreachable
+}
+
+func (failingReviewer) Authorize(context.Context, authorizer.Attributes) (authorizer.Decision, string, error) {
+	return authorizer.DecisionNoOpinion, "", errUnreachable
+}
+
+// TestAnAPIServerItCannotAskIsNotNamedToTheClient: a 503 the proxy answers when it cannot ask
+// the API server says so, and leaves the error, which names the API server's address, to the
+// log: the client may not even be authenticated.
+func TestAnAPIServerItCannotAskIsNotNamedToTheClient(t *testing.T) {
+	p := &Proxy{reviewer: failingReviewer{}}
+	_, err := p.authenticate(context.Background(), httptest.NewRecorder(), "a-token", http.StatusUnauthorized)
+	_, authzErr := p.allowed(context.Background(), failingReviewer{}, &user.DefaultInfo{Name: "u"}, types.NamespacedName{Namespace: "ns", Name: "c"}, "get", "")
+	for what, err := range map[string]error{"review": err, "authorization": authzErr} {
+		var rf *refusal
+		if !errors.As(err, &rf) || rf.status != http.StatusServiceUnavailable || strings.Contains(rf.msg, "10.96.0.1") || !strings.Contains(rf.msg, "try again") {
+			t.Errorf("%s: %v, want a 503 saying to try again, naming no address", what, err)
 		}
 	}
 }
