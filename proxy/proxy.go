@@ -542,7 +542,14 @@ func dropToolSessions(h http.Header) {
 
 func rewriteLocationFor(res *http.Response, rt *route) {
 	loc := res.Header.Get("Location")
-	if rt.proxyBase == "" || loc == "" {
+	if loc == "" {
+		return
+	}
+	if rt.injection != nil && len(rt.injection.Query) > 0 {
+		loc = withoutParameters(loc, rt.injection.Query)
+		res.Header.Set("Location", loc)
+	}
+	if rt.proxyBase == "" {
 		return
 	}
 	u, err := res.Request.URL.Parse(loc)
@@ -553,6 +560,28 @@ func rewriteLocationFor(res *http.Response, rt *route) {
 	if s := u.String(); strings.HasPrefix(s, base+"/") || s == base {
 		res.Header.Set("Location", rt.proxyBase+strings.TrimPrefix(s, base))
 	}
+}
+
+// withoutParameters is the URL loc without the query parameters named in injected: a generator's
+// credential, which a tool redirecting to the URL it was asked (a trailing slash added, a
+// mirror) would otherwise hand to the client. A loc that does not parse is left as it is.
+func withoutParameters(loc string, injected map[string]string) string {
+	u, err := url.Parse(loc)
+	if err != nil || u.RawQuery == "" {
+		return loc
+	}
+	q, dropped := u.Query(), false
+	for name := range injected {
+		if q.Has(name) {
+			q.Del(name)
+			dropped = true
+		}
+	}
+	if !dropped {
+		return loc
+	}
+	u.RawQuery = q.Encode()
+	return u.String()
 }
 
 // connector reads a Connector and its class from the informer caches.

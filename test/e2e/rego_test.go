@@ -38,6 +38,10 @@ func (h *headerRecorder) handle(w http.ResponseWriter, r *http.Request) {
 		h.got = append(h.got, r.Clone(r.Context()))
 		h.mu.Unlock()
 	}
+	if strings.HasSuffix(r.URL.Path, "/directory") { // as a web server adds a directory's slash
+		http.Redirect(w, r, r.URL.Path+"/?"+r.URL.RawQuery, http.StatusMovedPermanently)
+		return
+	}
 	_, _ = w.Write([]byte("ok"))
 }
 
@@ -129,6 +133,17 @@ func TestRegoGeneratorAndExtractor(t *testing.T) {
 	if got := tool.last(t); code != http.StatusOK || got.URL.Query()["private_token"][0] != pat || len(got.URL.Query()["private_token"]) != 1 ||
 		got.URL.Query().Get("page") != "3" || carries(got, token) || got.Header.Get("Private-Token") != "" {
 		t.Errorf("query: status %d, the tool got %q %v", code, got.URL.RawQuery, got.Header)
+	}
+
+	// A tool's redirect to the URL it was asked does not hand the client the injected key.
+	req := newRequest(t, "GET", base+"gitlab-query/api/v4/directory?page=4", map[string]string{"PRIVATE-TOKEN": token})
+	res, err := noRedirects.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if loc := res.Header.Get("Location"); res.StatusCode != http.StatusMovedPermanently || strings.Contains(loc, pat) || !strings.Contains(loc, "page=4") {
+		t.Errorf("a redirect with the query: %d Location %q, want 301 keeping page=4 without the key", res.StatusCode, loc)
 	}
 
 	// A wrong token in the custom header, or none at all, is refused before the tool.
