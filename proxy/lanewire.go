@@ -658,7 +658,9 @@ func (a *answerHead) take(f laneField) bool {
 		closes, ok := connectionTokens(f.value)
 		a.close = a.close || closes
 		return ok
-	case asciiEqual(name, "Transfer-Encoding"), asciiEqual(name, "Trailer"), asciiEqual(name, "Location"):
+	case asciiEqual(name, "Transfer-Encoding"), asciiEqual(name, "Trailer"), asciiEqual(name, "Location"), asciiEqual(name, "Link"):
+		// Location and Link are rewritten, and rid of a generator's query parameters, by the
+		// general path (rewriteLocationFor).
 		return false
 	case asciiEqual(name, "Date"):
 		a.hasDate = true

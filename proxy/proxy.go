@@ -541,15 +541,11 @@ func dropToolSessions(h http.Header) {
 }
 
 func rewriteLocationFor(res *http.Response, rt *route) {
-	loc := res.Header.Get("Location")
-	if loc == "" {
-		return
-	}
 	if rt.injection != nil && len(rt.injection.Query) > 0 {
-		loc = withoutParameters(loc, rt.injection.Query)
-		res.Header.Set("Location", loc)
+		dropInjectedParameters(res.Header, rt.injection.Query)
 	}
-	if rt.proxyBase == "" {
+	loc := res.Header.Get("Location")
+	if rt.proxyBase == "" || loc == "" {
 		return
 	}
 	u, err := res.Request.URL.Parse(loc)
@@ -562,12 +558,47 @@ func rewriteLocationFor(res *http.Response, rt *route) {
 	}
 }
 
-// withoutParameters is the URL loc without the query parameters named in injected: a generator's
-// credential, which a tool redirecting to the URL it was asked (a trailing slash added, a
-// mirror) would otherwise hand to the client. A loc that does not parse is left as it is.
+// dropInjectedParameters removes the query parameters named in injected (a generator's
+// credential) from the URLs of an answer's Location and Link headers: a tool redirecting to the
+// URL it was asked (a trailing slash added, a mirror) or paging with it would otherwise hand
+// the credential to the client.
+func dropInjectedParameters(h http.Header, injected map[string]string) {
+	if loc := h.Get("Location"); loc != "" {
+		h.Set("Location", withoutParameters(loc, injected))
+	}
+	links := h.Values("Link")
+	for i, link := range links {
+		links[i] = linkWithoutParameters(link, injected)
+	}
+}
+
+// linkWithoutParameters is a Link header value with withoutParameters applied to each of its
+// <URI-Reference>s (RFC 8288).
+func linkWithoutParameters(link string, injected map[string]string) string {
+	var b strings.Builder
+	for {
+		start := strings.IndexByte(link, '<')
+		end := strings.IndexByte(link[start+1:], '>')
+		if start < 0 || end < 0 {
+			b.WriteString(link)
+			return b.String()
+		}
+		end += start + 1
+		b.WriteString(link[:start+1])
+		b.WriteString(withoutParameters(link[start+1:end], injected))
+		link = link[end:]
+	}
+}
+
+// withoutParameters is the URL loc without the query parameters named in injected; a loc that
+// does not parse, without its query.
 func withoutParameters(loc string, injected map[string]string) string {
 	u, err := url.Parse(loc)
-	if err != nil || u.RawQuery == "" {
+	if err != nil {
+		before, _, _ := strings.Cut(loc, "?")
+		return before
+	}
+	if u.RawQuery == "" {
 		return loc
 	}
 	q, dropped := u.Query(), false

@@ -177,3 +177,24 @@ func TestAnAPIServerItCannotAskIsNotNamedToTheClient(t *testing.T) {
 		}
 	}
 }
+
+// TestInjectedParametersLeaveLocationAndLink: a generator's query credential is taken out of the
+// URLs a tool answers with; the rest of each URL, and of the header, stays; a URL that does not
+// parse loses its query.
+func TestInjectedParametersLeaveLocationAndLink(t *testing.T) {
+	h := http.Header{}
+	h.Set("Location", "http://tool/x/?page=2&private_token=KEY")
+	h.Add("Link", `<http://tool/x?private_token=KEY&page=3>; rel="next", <http://tool/x?page=1>; rel="first"`)
+	h.Add("Link", `<not a url %zz?private_token=KEY>; rel="odd"`)
+	dropInjectedParameters(h, map[string]string{"private_token": "KEY"})
+	if got := h.Get("Location"); got != "http://tool/x/?page=2" {
+		t.Errorf("Location %q", got)
+	}
+	links := h.Values("Link")
+	if links[0] != `<http://tool/x?page=3>; rel="next", <http://tool/x?page=1>; rel="first"` {
+		t.Errorf("Link %q", links[0])
+	}
+	if links[1] != `<not a url %zz>; rel="odd"` {
+		t.Errorf("a Link whose URL does not parse kept its query: %q", links[1])
+	}
+}

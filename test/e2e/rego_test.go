@@ -7,6 +7,7 @@ package e2e
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -41,6 +42,9 @@ func (h *headerRecorder) handle(w http.ResponseWriter, r *http.Request) {
 	if strings.HasSuffix(r.URL.Path, "/directory") { // as a web server adds a directory's slash
 		http.Redirect(w, r, r.URL.Path+"/?"+r.URL.RawQuery, http.StatusMovedPermanently)
 		return
+	}
+	if strings.HasSuffix(r.URL.Path, "/paged") { // as a tool pages with the URL it was asked
+		w.Header().Set("Link", "<http://"+r.Host+r.URL.Path+"?"+r.URL.RawQuery+"&page=5>; rel=\"next\"")
 	}
 	_, _ = w.Write([]byte("ok"))
 }
@@ -144,6 +148,20 @@ func TestRegoGeneratorAndExtractor(t *testing.T) {
 	res.Body.Close()
 	if loc := res.Header.Get("Location"); res.StatusCode != http.StatusMovedPermanently || strings.Contains(loc, pat) || !strings.Contains(loc, "page=4") {
 		t.Errorf("a redirect with the query: %d Location %q, want 301 keeping page=4 without the key", res.StatusCode, loc)
+	}
+
+	// Nor does its Link to the next page, the connection's later requests (its remembered route,
+	// the fast lane's) included.
+	for i := range 3 {
+		req = newRequest(t, "GET", base+"gitlab-query/api/v4/paged?page=4", map[string]string{"PRIVATE-TOKEN": token})
+		if res, err = noRedirects.Do(req); err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		if link := res.Header.Get("Link"); strings.Contains(link, pat) || !strings.Contains(link, "page=5") {
+			t.Errorf("request %d: a Link with the query: %q, want page=5 without the key", i, link)
+		}
 	}
 
 	// A wrong token in the custom header, or none at all, is refused before the tool.
