@@ -661,9 +661,12 @@ func dialTool(t *testing.T, serve func(net.Conn)) net.Conn {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer lis.Close()
+	// Closed once the connection is accepted, not when this returns: a listener closed with a
+	// connection still in its accept queue resets it (the client then fails to write).
+	t.Cleanup(func() { lis.Close() })
 	go func() {
 		conn, err := lis.Accept()
+		lis.Close()
 		if err != nil {
 			return
 		}
