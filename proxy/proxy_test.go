@@ -153,7 +153,7 @@ func TestConnectorOfHost(t *testing.T) {
 // failingReviewer fails every question, as client-go reports an API server it cannot reach.
 type failingReviewer struct{}
 
-var errUnreachable = errors.New(`dial tcp 10.96.0.1:443: connect: connection refused`) // as client-go wraps it, after the URL
+var errUnreachable = errors.New(`dial tcp apiserver.example:6443: connect: connection refused`) // as client-go wraps it, after the URL
 
 func (failingReviewer) AuthenticateToken(context.Context, string) (user.Info, bool, error) {
 	return nil, false, errUnreachable
@@ -172,7 +172,7 @@ func TestAnAPIServerItCannotAskIsNotNamedToTheClient(t *testing.T) {
 	_, authzErr := p.allowed(context.Background(), failingReviewer{}, &user.DefaultInfo{Name: "u"}, types.NamespacedName{Namespace: "ns", Name: "c"}, "get", "")
 	for what, err := range map[string]error{"review": err, "authorization": authzErr} {
 		var rf *refusal
-		if !errors.As(err, &rf) || rf.status != http.StatusServiceUnavailable || strings.Contains(rf.msg, "10.96.0.1") || !strings.Contains(rf.msg, "try again") {
+		if !errors.As(err, &rf) || rf.status != http.StatusServiceUnavailable || strings.Contains(rf.msg, "apiserver.example") || !strings.Contains(rf.msg, "try again") {
 			t.Errorf("%s: %v, want a 503 saying to try again, naming no address", what, err)
 		}
 	}
