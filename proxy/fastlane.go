@@ -400,10 +400,17 @@ func (m *laneMemo) route(p *Proxy, u *url.URL, key laneKey) (*route, bool) {
 	if !m.live(p, time.Now()) || !m.key.sameRoute(key) {
 		return nil, false
 	}
+	var rt *route
+	var ok bool
 	if key.forward {
-		return m.forwardTo(u)
+		rt, ok = m.forwardTo(u)
+	} else {
+		rt, ok = m.reverseTo(key.rest, u.RawQuery)
 	}
-	return m.reverseTo(key.rest, u.RawQuery)
+	if !ok || rt.denied.check(rt.target.EscapedPath()) != nil {
+		return nil, false // the general path refuses it
+	}
+	return rt, true
 }
 
 // routeForHead is route for a head read in place (readLaneHead): the same comparisons, on the
@@ -440,7 +447,19 @@ func (m *laneMemo) routeForHead(p *Proxy, h *laneHead, now time.Time) (rt *route
 	if CheckPath(string(rest)) != nil || m.rt.callerToken != "" && !tokenFreeInPlace(h, query, m.rt.callerToken) {
 		return nil, "", false
 	}
-	return m.rt, toolRequestURI(m.toolPath, rest, query, len(query) > 0), true
+	return m.allowed(toolRequestURI(m.toolPath, rest, query, len(query) > 0))
+}
+
+// allowed is the memo's route to uri, a request URI along it, unless uri's path is one of the
+// class's denied paths (which the general path refuses).
+func (m *laneMemo) allowed(uri string) (rt *route, _ string, ok bool) {
+	if m.rt.denied != nil {
+		escaped, _, _ := strings.Cut(uri, "?")
+		if m.rt.denied.check(escaped) != nil {
+			return nil, "", false
+		}
+	}
+	return m.rt, uri, true
 }
 
 // sameCaller tells whether a reverse head read in place has the caller m's route was resolved
@@ -502,7 +521,7 @@ func (m *laneMemo) forwardPath(target []byte) (rt *route, uri string, ok bool) {
 	if !m.forwardsTo(path) {
 		return nil, "", false
 	}
-	return m.rt, toolRequestURI("", path, query, hasQuery), true
+	return m.allowed(toolRequestURI("", path, query, hasQuery))
 }
 
 // forwardsTo tells whether one of forwardAddrs covers escaped, a path readLaneHead took: as
