@@ -104,14 +104,24 @@ func (d *deniedPaths) reachedIn(p string) (string, bool) {
 }
 
 // segmentsMatch tells whether segs match pattern segment by segment: "*" any one, others
-// without regard to case.
+// without regard to case or a format suffix (segmentMatches).
 func segmentsMatch(pattern, segs []string) bool {
 	for i, want := range pattern {
-		if want != "*" && !strings.EqualFold(want, segs[i]) {
+		if want != "*" && !segmentMatches(want, segs[i]) {
 			return false
 		}
 	}
 	return true
+}
+
+// segmentMatches tells whether seg is want, in any case, or want followed by "." and a format:
+// Grape (GitLab's API), Rails, SonarQube's web services and Spring's suffix matching route
+// "rotate.json" as "rotate".
+func segmentMatches(want, seg string) bool {
+	if len(seg) > len(want) && seg[len(want)] == '.' {
+		seg = seg[:len(want)]
+	}
+	return strings.EqualFold(want, seg)
 }
 
 // pathSegments appends p's segments to segs: split at "/" and at "\" (some servers take it

@@ -18,7 +18,8 @@ func classDenying(paths ...string) *v1alpha1.ConnectorClass {
 // TestDeniedPathsTakeEverySpellingOfAPath: a denied path is refused however a tool's router
 // would still take it (case, ";" parameters, doubled and trailing slashes, "\", encoded
 // slashes once or twice, under a context path), and only it: a longer or shorter segment, or
-// the entry's segments apart, is served.
+// the entry's segments apart, is served. A segment with a format suffix (".json") is the
+// segment, as Grape, Rails and SonarQube route it.
 func TestDeniedPathsTakeEverySpellingOfAPath(t *testing.T) {
 	d := deniedPathsOf(classDenying("/api/security/apiKey", "/api/v4/personal_access_tokens/*/rotate"))
 	for path, want := range map[string]bool{
@@ -35,7 +36,10 @@ func TestDeniedPathsTakeEverySpellingOfAPath(t *testing.T) {
 		"/gitlab/api/v4/personal_access_tokens/self/rotate": true,
 		"/api/v4/personal_access_tokens/42/rotate":          true,
 		"/artifactory/api/%zz":                              true, // not decodable: refused, not guessed at
+		"/api/v4/personal_access_tokens/self/rotate.json":   true,
+		"/artifactory/api/security.x/apiKey.json":           true,
 		"/artifactory/api/security/apiKeys":                 false,
+		"/artifactory/api/security/apiKeys.json":            false,
 		"/artifactory/api/security":                         false,
 		"/artifactory/api/repositories":                     false,
 		"/artifactory/api/x/security/apiKey":                false,
