@@ -148,6 +148,7 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 		Refusals:              &proxy.RefusalEvents{Recorder: recorder, Interval: o.RefusalEventInterval, QPS: o.RefusalEventQPS},
 		PodGrants:             &approval.PodGrants{Local: informers, Live: proxyClient},
 		Node:                  proxyNode(o),
+		DeniedPaths:           o.ProxyDeniedPaths,
 		APIObjects:            objectcache.Reader{Connectors: connectors, Rest: informers, Unwatched: true, Lists: apiClient},
 		APISecretReads: secretcache.FromWatchCache(func(ctx context.Context, ns, name string, opts metav1.GetOptions) (*corev1.Secret, error) {
 			return apiKube.CoreV1().Secrets(ns).Get(ctx, name, opts)

@@ -105,6 +105,9 @@ type Config struct {
 	// with its own client and rate limit; nil: as the proxy's.
 	APIObjects     client.Reader
 	APISecretReads secretcache.GetFunc
+	// DeniedPaths are the paths the proxy never sends a credential to, for every Connector
+	// (see deniedpaths.go); nil: DefaultDeniedPaths, empty: none.
+	DeniedPaths []string
 }
 
 // PodGrants is approval.PodGrants, as the proxy asks it.
@@ -116,6 +119,11 @@ type PodGrants interface {
 
 // check refuses a Config whose limits are unset: an unbounded cache is what they prevent.
 func (c Config) check() error {
+	for _, entry := range c.DeniedPaths {
+		if err := ValidDeniedPath(entry); err != nil {
+			return fmt.Errorf("proxy config: %w", err)
+		}
+	}
 	if c.SecretCacheBytes <= 0 || c.RegistryTokenBytes <= 0 {
 		return fmt.Errorf("proxy config: SecretCacheBytes and RegistryTokenBytes must be positive")
 	}
@@ -160,8 +168,10 @@ type Proxy struct {
 	transports *trust.Transports
 	leaves     *leaves
 	registry   *registryTokens
-	reverse    *httputil.ReverseProxy
-	direct     *directTransport
+	// denied are Config.DeniedPaths, compiled; a route holds them with its class's.
+	denied  *deniedPaths
+	reverse *httputil.ReverseProxy
+	direct  *directTransport
 	// owned carry what direct does not take, in pools split as direct's are.
 	owned *ownerTransports
 	// apiOwned are the Connectors API's, split the same way.
@@ -204,6 +214,10 @@ func New(objects client.Reader, reviewer Reviewer, flags *features.Source, kube 
 	if cfg.Permissions == nil {
 		cfg.Permissions = reviewer
 	}
+	if cfg.DeniedPaths == nil {
+		cfg.DeniedPaths = DefaultDeniedPaths
+	}
+	p.denied = compileDeniedPaths("", cfg.DeniedPaths)
 	p.direct = newDirectTransport(directMaxIdlePerHost, cfg.UpstreamIdleTimeout, cfg.MaxHeaderBytes)
 	p.owned = newOwnerTransports("owner_transports", cfg.OwnerTransportCacheSize)
 	p.apiOwned = newOwnerTransports("api_transports", cfg.APITransportCacheSize)
@@ -649,7 +663,7 @@ func (p *Proxy) connectorFrom(ctx context.Context, objects client.Reader, nn typ
 
 // newRoute resolves the credential and transport for a request to target through c.
 func (p *Proxy) newRoute(ctx context.Context, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, target *url.URL) (*route, error) {
-	denied := deniedPathsOf(class)
+	denied := p.denied.forClass(class)
 	if err := denied.check(target.EscapedPath()); err != nil {
 		return nil, err // before the Secret is read: nothing of the credential is needed
 	}

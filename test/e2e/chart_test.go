@@ -160,7 +160,8 @@ func TestHelmChartValues(t *testing.T) {
 		"node.resources.limits.memory=128Mi", "node.tolerations[0].operator=Exists",
 		"controller.replicas=3", "controller.extraArgs={--connector-recheck-interval=10m}",
 		"controller.nodeSelector.node-role\\.kubernetes\\.io/control-plane=",
-		"imagePullSecrets[0].name=pull", "monitoring.dashboard.enabled=true", "metrics.auth=none", "node.proxyTokens=any")
+		"imagePullSecrets[0].name=pull", "monitoring.dashboard.enabled=true", "metrics.auth=none", "node.proxyTokens=any",
+		"node.proxyDeniedPaths={/api/security/apiKey,/internal/*/credential}")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -186,6 +187,7 @@ func TestHelmChartValues(t *testing.T) {
 		`"limits":{"memory":"128Mi"}`, `"tolerations":[{"operator":"Exists"}]`, `"imagePullSecrets":[{"name":"pull"}]`,
 		`{"name":"GOMEMLIMIT","valueFrom":{"resourceFieldRef":{"resource":"limits.memory"}}}`,
 		`"--metrics-auth=none"`, `"readinessProbe":{"httpGet":{"path":"/readyz","port":"metrics"}}`, `"--proxy-tokens=any"`,
+		`"--proxy-denied-paths=/api/security/apiKey,/internal/*/credential"`,
 	} {
 		if !strings.Contains(string(dsJSON), want) {
 			t.Errorf("the DaemonSet lacks %s:\n%s", want, dsJSON)

@@ -15,27 +15,33 @@ import (
 	"k8s.io/apimachinery/pkg/util/rand"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/driver"
 )
 
-// jfrogDenied are spellings of the shipped jfrog class's denied paths a client could send:
-// each would answer with the Connector's credential (or a new one) if the proxy sent it on.
-var jfrogDenied = []string{
+// deniedSpellings are spellings of denied paths a client could send: the node's default list's
+// (each would answer with a JFrog Connector's credential, or rotate a GitLab Connector's token
+// into one the caller holds, if the proxy sent it on), and one the class denies itself.
+var deniedSpellings = []string{
 	"/artifactory/api/security/apiKey",
 	"/artifactory/api/security/encryptedPassword",
 	"/artifactory/API/Security/apikey;x=1",
 	"/artifactory/api%2Fsecurity%2FapiKey",
 	"/artifactory//api/security/apiKey/",
-	"/artifactory/api/npm/auth",
 	"/artifactory/api/npm/npm-remote/auth",
 	"/access/api/v1/tokens",
+	"/api/v4/personal_access_tokens/self/rotate.json",
+	"/api/v2.0/users/current",
+	"/artifactory/internal/credential",
 }
 
-// TestTenancyDeniedPathsKeepTheCredentialInTheProxy: a Pod allowed to use a JFrog Connector
-// (the shipped class) cannot read its credential back through JFrog's own endpoints: every
-// spelling of them is refused (403) through the reverse proxy (after the connection's route
-// is remembered: the fast lane's requests read in place), the forward proxy, a CONNECT
-// tunnel's requests and the Connectors API's pass-through, and none reaches the tool, while
-// other paths along the same routes and connections are served.
+// TestTenancyDeniedPathsKeepTheCredentialInTheProxy: a Pod allowed to use a Connector cannot
+// read its credential back through the tool's own endpoints, nor mint one, whatever the
+// Connector's class (here the generic git class, to a JFrog, a GitLab, a Harbor: the node's
+// list holds for every class), nor through a path its class denies itself: every spelling is
+// refused (403) through the reverse proxy (after the connection's route is remembered: the
+// fast lane's requests read in place), the forward proxy, a CONNECT tunnel's requests and the
+// Connectors API's pass-through, and none reaches the tool, while other paths along the same
+// routes and connections are served.
 func TestTenancyDeniedPathsKeepTheCredentialInTheProxy(t *testing.T) {
 	var mu sync.Mutex
 	var reached []string
@@ -55,7 +61,12 @@ func TestTenancyDeniedPathsKeepTheCredentialInTheProxy(t *testing.T) {
 	enableMultiConnector(t)
 	env := startProxyDriver(t, nil)
 	ns := newNamespace(t)
-	class := deployedClass(t, "jfrog.yaml")
+	git := deployedClassCopy(t, "git.yaml")
+	git.Spec.Proxy = &v1alpha1.ProxySpec{DeniedPaths: []string{"/internal/credential"}}
+	if err := cp.Client.Update(context.Background(), git); err != nil {
+		t.Fatal(err)
+	}
+	class := git.Name
 	createSecret(t, ns, "cred", corev1.SecretTypeBasicAuth, map[string]string{"username": "bot", "password": "jfrog-secret"})
 	createSecret(t, ns, "secure-ca", corev1.SecretTypeOpaque, map[string]string{"ca.crt": string(authority.PEM)})
 	for name, address := range map[string]string{"jfrog": tool.URL, "secure": secure.URL} {
@@ -76,13 +87,13 @@ func TestTenancyDeniedPathsKeepTheCredentialInTheProxy(t *testing.T) {
 	// spelling, and allowed again, with send, and checks the answers.
 	expect := func(mode string, send func(path string) (int, string)) {
 		t.Helper()
-		for i, path := range append([]string{allowed, allowed}, append(jfrogDenied, allowed)...) {
+		for i, path := range append([]string{allowed, allowed}, append(deniedSpellings, allowed)...) {
 			code, body := send(path)
 			want := http.StatusOK
 			if path != allowed {
 				want = http.StatusForbidden
 			}
-			if code != want || want == http.StatusForbidden && !strings.Contains(body, "spec.proxy.deniedPaths") {
+			if code != want || want == http.StatusForbidden && !strings.Contains(body, deniedBy(path)) {
 				t.Errorf("%s, request %d (%s): %d %q, want %d", mode, i, path, code, body, want)
 			}
 		}
@@ -104,7 +115,7 @@ func TestTenancyDeniedPathsKeepTheCredentialInTheProxy(t *testing.T) {
 		if err != nil {
 			t.Fatalf("in the tunnel, %s: %v", path, err)
 		}
-		return code, "spec.proxy.deniedPaths" // tn.get drops the body; the status tells
+		return code, deniedBy(path) // tn.get drops the body; the status tells
 	})
 	viewer := apiToken(t, ns, "viewer")
 	allowConnectors(t, ns, "viewer", "jfrog")
@@ -152,6 +163,41 @@ func TestClassDeniedPathsAreValidated(t *testing.T) {
 		}
 		if !valid && (err == nil || !strings.Contains(err.Error(), "spec.proxy.deniedPaths")) {
 			t.Errorf("%q: %v, want a refusal naming spec.proxy.deniedPaths", entry, err)
+		}
+	}
+}
+
+// deniedBy is what the refusal of a deniedSpellings path names: the class's list for the one it
+// denies, the node's for the others.
+func deniedBy(path string) string {
+	if strings.HasSuffix(path, "/internal/credential") {
+		return "spec.proxy.deniedPaths"
+	}
+	return "--proxy-denied-paths"
+}
+
+// TestTenancyAnOperatorsDeniedPathsReplaceTheDefaults: --proxy-denied-paths replaces the
+// node's list: its entries are refused, the defaults' are served (an operator who lets Pods
+// use an endpoint the defaults deny).
+func TestTenancyAnOperatorsDeniedPathsReplaceTheDefaults(t *testing.T) {
+	tool := startRecorder(t, nil)
+	env := startProxyDriver(t, func(o *driver.Options) {
+		o.ProxyDeniedPaths = []string{"/api/v1/namespaces/*/serviceaccounts/*/token", "/only/this"}
+	})
+	ns := newNamespace(t)
+	createSecret(t, ns, "cred", corev1.SecretTypeBasicAuth, map[string]string{"username": "bot", "password": "secret"})
+	newConnectorWithSecret(t, ns, "tool", gitClass(t), tool.URL, "basicAuth", "cred")
+	allowConnectors(t, ns, "builder", "tool")
+	token := proxyToken(t, ns, "builder")
+	for path, want := range map[string]int{
+		"/x/only/this": http.StatusForbidden,
+		"/api/v1/namespaces/a/serviceaccounts/b/token": http.StatusForbidden,
+		"/artifactory/api/security/apiKey":             http.StatusOK,
+		"/api/v2.0/users/current":                      http.StatusOK,
+	} {
+		code, body := do(t, noRedirects, newRequest(t, "GET", env.proxyURL+"/namespaces/"+ns+"/connectors/tool"+path, map[string]string{"Authorization": "Bearer " + token}))
+		if code != want || want == http.StatusForbidden && !strings.Contains(body, "--proxy-denied-paths") {
+			t.Errorf("%s: %d %q, want %d", path, code, body, want)
 		}
 	}
 }

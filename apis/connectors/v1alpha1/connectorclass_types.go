@@ -108,13 +108,14 @@ type ProxySpec struct {
 	// +optional
 	AuthExtractor *RegoPolicy `json:"authExtractor,omitempty"`
 	// DeniedPaths are the tool's endpoints the built-in proxy (and the Connectors API's
-	// pass-through) never sends a request to with a Connector's credential: those that would
-	// hand the caller the credential itself or a new one (a user's API key, a token's
-	// rotation), which the caller could then use outside the proxy, past its Pod's end and
-	// any approval's revocation. Each is a sequence of path segments ("/api/security/apiKey"),
-	// "*" standing for any one segment; it denies every request whose path, percent-decoded,
-	// holds those segments in a row anywhere (so a tool served under a context path is
-	// covered), compared without regard to case and to ";" parameters. The answer is 403.
+	// pass-through) never sends a request to with a Connector's credential, besides the
+	// node's --proxy-denied-paths: those that would hand the caller the credential itself or
+	// a new one (a user's API key, a token's rotation), which the caller could then use
+	// outside the proxy, past its Pod's end and any approval's revocation. Each is a sequence
+	// of path segments ("/api/security/apiKey"), "*" standing for any one segment; it denies
+	// every request whose path, percent-decoded, holds those segments in a row anywhere (so a
+	// tool served under a context path is covered), compared without regard to case, ";"
+	// parameters or a format suffix (".json"). The answer is 403.
 	// +optional
 	// +kubebuilder:validation:MaxItems=64
 	// +kubebuilder:validation:items:MaxLength=256
