@@ -1228,7 +1228,7 @@ func (c *Controller) pruneFinished(ctx context.Context, ar *v1alpha1.AccessReque
 	if len(finished) <= c.RetainedPerNamespace {
 		return nil
 	}
-	slices.SortFunc(finished, func(a, b *v1alpha1.AccessRequest) int { return finishedAt(a).Compare(finishedAt(b)) })
+	slices.SortFunc(finished, olderFirst)
 	for _, old := range finished[:len(finished)-c.RetainedPerNamespace] {
 		uid := old.UID // the cache's object is not handed to the client
 		gone := &v1alpha1.AccessRequest{ObjectMeta: metav1.ObjectMeta{Namespace: old.Namespace, Name: old.Name}}
@@ -1242,6 +1242,15 @@ func (c *Controller) pruneFinished(ctx context.Context, ar *v1alpha1.AccessReque
 // finishedAt is when a finished request's grant was cleaned up.
 func finishedAt(ar *v1alpha1.AccessRequest) time.Time {
 	return meta.FindStatusCondition(ar.Status.Conditions, v1alpha1.ConditionAccessPermissionSync).LastTransitionTime.Time
+}
+
+// olderFirst orders finished requests by when they finished, then by when they were created:
+// both times are in whole seconds, and requests of one second are ordered as created.
+func olderFirst(a, b *v1alpha1.AccessRequest) int {
+	if c := finishedAt(a).Compare(finishedAt(b)); c != 0 {
+		return c
+	}
+	return a.CreationTimestamp.Compare(b.CreationTimestamp.Time)
 }
 
 func (c *Controller) deleteGrant(ctx context.Context, ar *v1alpha1.AccessRequest) error {

@@ -2,6 +2,7 @@ package approval
 
 import (
 	"context"
+	"slices"
 	"testing"
 	"time"
 
@@ -38,4 +39,28 @@ func testScheme(t *testing.T) *runtime.Scheme {
 		}
 	}
 	return scheme
+}
+
+// TestFinishedRequestsAreOrderedAsTheyEndedThenAsCreated: the end of a request is recorded in
+// whole seconds, so requests that ended in one second are ordered by their creation.
+func TestFinishedRequestsAreOrderedAsTheyEndedThenAsCreated(t *testing.T) {
+	at := func(name string, ended, created time.Time) *v1alpha1.AccessRequest {
+		ar := &v1alpha1.AccessRequest{ObjectMeta: metav1.ObjectMeta{Name: name, CreationTimestamp: metav1.NewTime(created)}}
+		ar.Status.Conditions = []metav1.Condition{{Type: v1alpha1.ConditionAccessPermissionSync, LastTransitionTime: metav1.NewTime(ended)}}
+		return ar
+	}
+	t0 := time.Date(2026, 12, 7, 9, 0, 0, 0, time.UTC)
+	requests := []*v1alpha1.AccessRequest{
+		at("ended-last", t0.Add(2*time.Second), t0),
+		at("created-second", t0.Add(time.Second), t0.Add(time.Second)),
+		at("created-first", t0.Add(time.Second), t0),
+	}
+	slices.SortFunc(requests, olderFirst)
+	var names []string
+	for _, ar := range requests {
+		names = append(names, ar.Name)
+	}
+	if want := []string{"created-first", "created-second", "ended-last"}; !slices.Equal(names, want) {
+		t.Errorf("%v, want %v", names, want)
+	}
 }

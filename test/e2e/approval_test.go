@@ -213,10 +213,13 @@ func TestApprovalFinishedRequestsAreBoundedPerNamespace(t *testing.T) {
 			t.Fatal(err)
 		}
 		pods = append(pods, pod.Name)
-		// One at a time: which are the oldest is then known.
+		// One at a time: which are the oldest is then known. A request's end is recorded in
+		// whole seconds: the next ends in a later one.
 		if !kubelet.WaitUntil(20*time.Second, func() bool { return slices.Contains(finished(), pod.Name) }) {
 			t.Fatalf("%s's request was not revoked: %v", pod.Name, finished())
 		}
+		ended := time.Now().Truncate(time.Second).Add(time.Second)
+		kubelet.WaitUntil(2*time.Second, func() bool { return time.Now().After(ended) })
 	}
 	want := slices.Sorted(slices.Values(pods[2:]))
 	if !kubelet.WaitUntil(20*time.Second, func() bool { return slices.Equal(finished(), want) }) {
