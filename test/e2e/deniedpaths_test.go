@@ -61,11 +61,11 @@ func TestTenancyDeniedPathsKeepTheCredentialInTheProxy(t *testing.T) {
 	enableMultiConnector(t)
 	env := startProxyDriver(t, nil)
 	ns := newNamespace(t)
-	git := deployedClassCopy(t, "git.yaml")
+	var git v1alpha1.ConnectorClass
+	readDeployedClass(t, "git.yaml", &git)
+	git.Name += "-" + rand.String(6)
 	git.Spec.Proxy = &v1alpha1.ProxySpec{DeniedPaths: []string{"/internal/credential"}}
-	if err := cp.Client.Update(context.Background(), git); err != nil {
-		t.Fatal(err)
-	}
+	create(t, &git)
 	class := git.Name
 	createSecret(t, ns, "cred", corev1.SecretTypeBasicAuth, map[string]string{"username": "bot", "password": "jfrog-secret"})
 	createSecret(t, ns, "secure-ca", corev1.SecretTypeOpaque, map[string]string{"ca.crt": string(authority.PEM)})
