@@ -1244,13 +1244,17 @@ func finishedAt(ar *v1alpha1.AccessRequest) time.Time {
 	return meta.FindStatusCondition(ar.Status.Conditions, v1alpha1.ConditionAccessPermissionSync).LastTransitionTime.Time
 }
 
-// olderFirst orders finished requests by when they finished, then by when they were created:
-// both times are in whole seconds, and requests of one second are ordered as created.
+// olderFirst orders finished requests by when they finished, then by when they were created,
+// then by name: both times are in whole seconds, and the order must be the same at every
+// prune.
 func olderFirst(a, b *v1alpha1.AccessRequest) int {
 	if c := finishedAt(a).Compare(finishedAt(b)); c != 0 {
 		return c
 	}
-	return a.CreationTimestamp.Compare(b.CreationTimestamp.Time)
+	if c := a.CreationTimestamp.Compare(b.CreationTimestamp.Time); c != 0 {
+		return c
+	}
+	return strings.Compare(a.Name, b.Name)
 }
 
 func (c *Controller) deleteGrant(ctx context.Context, ar *v1alpha1.AccessRequest) error {

@@ -42,7 +42,8 @@ func testScheme(t *testing.T) *runtime.Scheme {
 }
 
 // TestFinishedRequestsAreOrderedAsTheyEndedThenAsCreated: the end of a request is recorded in
-// whole seconds, so requests that ended in one second are ordered by their creation.
+// whole seconds, so requests that ended in one second are ordered by their creation, and
+// then by name.
 func TestFinishedRequestsAreOrderedAsTheyEndedThenAsCreated(t *testing.T) {
 	at := func(name string, ended, created time.Time) *v1alpha1.AccessRequest {
 		ar := &v1alpha1.AccessRequest{ObjectMeta: metav1.ObjectMeta{Name: name, CreationTimestamp: metav1.NewTime(created)}}
@@ -54,13 +55,14 @@ func TestFinishedRequestsAreOrderedAsTheyEndedThenAsCreated(t *testing.T) {
 		at("ended-last", t0.Add(2*time.Second), t0),
 		at("created-second", t0.Add(time.Second), t0.Add(time.Second)),
 		at("created-first", t0.Add(time.Second), t0),
+		at("b-created-first", t0.Add(time.Second), t0),
 	}
 	slices.SortFunc(requests, olderFirst)
 	var names []string
 	for _, ar := range requests {
 		names = append(names, ar.Name)
 	}
-	if want := []string{"created-first", "created-second", "ended-last"}; !slices.Equal(names, want) {
+	if want := []string{"b-created-first", "created-first", "created-second", "ended-last"}; !slices.Equal(names, want) {
 		t.Errorf("%v, want %v", names, want)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"regexp"
 	"strings"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
@@ -18,13 +19,17 @@ import (
 // its class (a GitLab behind the generic git class, Alauda's classes, which have no list); a
 // class's spec.proxy.deniedPaths adds its own.
 //
+// An entry is matched where a tool's API lives: at the start of the path under the
+// Connector's address, or one segment further (a context path such as JFrog's /artifactory or
+// a GitLab under /gitlab): not deeper, where a repository's own paths are (a Maven group
+// com/acme/service/token, an image library/api/user_tokens), which are the tenants' to name.
+//
 // Why by hand: what a tool's router takes as the same path (case, ";" parameters, format
 // suffixes, encoded slashes, "\" as a separator) is no library's model; the match errs on the
 // side of refusing.
 
 // DefaultDeniedPaths are --proxy-denied-paths' default: endpoints of the tools this project
 // ships classes for that answer with the caller's credential or mint one the caller would hold.
-// Each names its API's own prefix, so that no other tool's paths are caught.
 var DefaultDeniedPaths = []string{
 	// JFrog Artifactory: the user's API key, encrypted password and tokens; npm's and RubyGems'
 	// login answers (npm's _auth is user:password; the npm package named "auth" is refused
@@ -80,31 +85,54 @@ var DefaultDeniedPaths = []string{
 	"/apis/certificates.k8s.io/*/certificatesigningrequests/*/approval",
 }
 
-// ValidDeniedPath says what is wrong with a denied path, or nil: as the CRD's pattern, a "/"
-// and segments of no "/", "\", ";", "%", "?" or "#", one at least.
+// maxDeniedPathBytes bounds an entry, as the CRD does.
+const maxDeniedPathBytes = 256
+
+// deniedPathPattern is an entry's form, as the CRD's: "/" and segments of RFC 3986's path
+// characters less escapes and ";" (a parameter, which matching drops), in ASCII.
+var deniedPathPattern = regexp.MustCompile(`^(/[A-Za-z0-9._~!$&'()*+,=:@-]+)+/?$`)
+
+// ValidDeniedPath says what is wrong with a denied path, or nil.
 func ValidDeniedPath(entry string) error {
-	if !strings.HasPrefix(entry, "/") || len(pathSegments(entry, nil)) == 0 || strings.ContainsAny(entry, `\;%?#`) || strings.Contains(entry, "//") {
-		return fmt.Errorf("%q is not a denied path: write a \"/\" and path segments, without \"\\\", \";\", \"%%\", \"?\" or \"#\"", entry)
+	switch {
+	case len(entry) > maxDeniedPathBytes || !deniedPathPattern.MatchString(entry):
+		return fmt.Errorf("%q is not a denied path: write \"/\" and path segments of letters, digits and -._~!$&'()*+,=:@ (no escapes, \";\", \"?\" or \"#\"), %d bytes at most", entry, maxDeniedPathBytes)
+	case anchorOf(pathSegments(entry, nil)) < 0:
+		return fmt.Errorf("%q is not a denied path: \"*\" segments alone would deny every path", entry)
 	}
 	return nil
 }
 
 // deniedPaths are compiled denied paths: their entries, each split into its segments, indexed
-// by one literal segment (its anchor), so that a path is looked up segment by segment rather
-// than compared with every entry.
+// by its last literal segment (its anchor, the most telling), so that a path is looked up
+// segment by segment rather than compared with every entry.
 type deniedPaths struct {
 	entries  []deniedEntry
 	byAnchor map[string][]int // the anchor in lower case, less a format suffix → entries
-	all      []int            // every entry, for a segment that is no key (long, or not ASCII)
 	// starts has, by an anchor's length, a bit for the letter (or other byte: bit 26) it
 	// starts with: most of a path's segments are of no anchor's length and letter, and are
 	// passed over without a lookup (every request of a remembered route is checked).
-	starts [maxAnchorKey + 1]uint32
+	starts [maxDeniedPathBytes + 1]uint32
+	// maxAnchor is the largest anchor index: a segment further than it past the last index an
+	// entry may start at is no anchor.
+	maxAnchor int
 }
 
-// maxAnchorKey is the longest segment looked up by key; longer ones are compared with every
-// entry.
-const maxAnchorKey = 63
+// deniedEntry is one denied path, and who denies it (a class's name, or "" for the node).
+type deniedEntry struct {
+	text, class string
+	segs        []string
+	anchor      int // the index in segs of its anchor
+}
+
+// anchorOf is the index of segs' last segment that is not "*", or -1.
+func anchorOf(segs []string) int {
+	i := len(segs) - 1
+	for i >= 0 && segs[i] == "*" {
+		i--
+	}
+	return i
+}
 
 // startBit is the bit of starts for a segment's first byte c.
 func startBit(c byte) uint32 {
@@ -117,144 +145,136 @@ func startBit(c byte) uint32 {
 	return 1 << 26
 }
 
-// deniedEntry is one denied path, and who denies it (a class's name, or "" for the node).
-type deniedEntry struct {
-	text, class string
-	segs        []string
-	anchor      int // the index in segs of its last segment that is not "*", the most telling
-}
-
-// compileDeniedPaths compiles the node's entries (class "") or a class's; nil for none.
+// compileDeniedPaths compiles the node's entries (class "") or a class's; nil for none (an
+// entry the validation would refuse is left out).
 func compileDeniedPaths(class string, entries []string) *deniedPaths {
-	return (*deniedPaths)(nil).with(class, entries)
-}
-
-// with is d and entries of class, compiled anew (d is shared: routes hold it); d itself when
-// entries add nothing.
-func (d *deniedPaths) with(class string, entries []string) *deniedPaths {
-	var add []deniedEntry
+	d := &deniedPaths{byAnchor: map[string][]int{}}
 	for _, text := range entries {
+		if ValidDeniedPath(text) != nil {
+			continue
+		}
 		segs := pathSegments(text, nil)
-		anchor := len(segs) - 1
-		for anchor >= 0 && segs[anchor] == "*" {
-			anchor--
-		}
-		if anchor >= 0 {
-			add = append(add, deniedEntry{text: text, class: class, segs: segs, anchor: anchor})
-		}
+		e := deniedEntry{text: text, class: class, segs: segs, anchor: anchorOf(segs)}
+		key, _ := lowerASCII(formatless(segs[e.anchor]), nil)
+		d.byAnchor[string(key)] = append(d.byAnchor[string(key)], len(d.entries))
+		d.starts[len(key)] |= startBit(key[0])
+		d.maxAnchor = max(d.maxAnchor, e.anchor)
+		d.entries = append(d.entries, e)
 	}
-	if len(add) == 0 {
-		return d
-	}
-	out := &deniedPaths{byAnchor: map[string][]int{}}
-	if d != nil {
-		out.entries = append(out.entries, d.entries...)
-	}
-	out.entries = append(out.entries, add...)
-	for i, e := range out.entries {
-		key := strings.ToLower(formatless(e.segs[e.anchor]))
-		out.byAnchor[key] = append(out.byAnchor[key], i)
-		out.all = append(out.all, i)
-		if len(key) <= maxAnchorKey {
-			out.starts[len(key)] |= startBit(key[0])
-		}
-	}
-	return out
-}
-
-// forClass is d with class's spec.proxy.deniedPaths added.
-func (d *deniedPaths) forClass(class *v1alpha1.ConnectorClass) *deniedPaths {
-	if class == nil || class.Spec.Proxy == nil {
-		return d
-	}
-	return d.with(class.Name, class.Spec.Proxy.DeniedPaths)
-}
-
-// check refuses (403) a request to escaped, a tool path as it will be sent, that reaches one of
-// d's entries; nil for a nil d. The error names the entry and who denies it, not the path.
-func (d *deniedPaths) check(escaped string) error {
-	if d == nil {
+	if len(d.entries) == 0 {
 		return nil
 	}
-	e, denied := d.reached(escaped)
+	return d
+}
+
+// deniedCheck is what a route's requests are checked against: the node's denied paths and its
+// class's, matched within the first within+1 segments of a path (the Connector's address's
+// own, and one more).
+type deniedCheck struct {
+	node, class *deniedPaths
+	within      int
+}
+
+// deniedCheckFor is the check of c's requests, of class.
+func (p *Proxy) deniedCheckFor(c *v1alpha1.Connector, class *v1alpha1.ConnectorClass) deniedCheck {
+	d := deniedCheck{node: p.denied}
+	if class != nil && class.Spec.Proxy != nil && len(class.Spec.Proxy.DeniedPaths) > 0 {
+		d.class = compileDeniedPaths(class.Name, class.Spec.Proxy.DeniedPaths)
+	}
+	for _, addr := range parsedAddresses(c) {
+		d.within = max(d.within, len(pathSegments(addr.EscapedPath(), nil)))
+	}
+	d.within++ // a context path
+	return d
+}
+
+// check refuses (403) a request to escaped, a tool path as it will be sent, that reaches a
+// denied path in any decoding. The error names the entry and who denies it, not the path.
+func (d deniedCheck) check(escaped string) error {
+	if d.node == nil && d.class == nil {
+		return nil
+	}
+	var found *deniedEntry
+	undecodable := eachDecoding(escaped, func(p string) bool {
+		var buf [32]string
+		segs := pathSegments(p, buf[:0])
+		if found = d.node.reachedIn(segs, d.within); found == nil {
+			found = d.class.reachedIn(segs, d.within)
+		}
+		return found == nil
+	})
 	switch {
-	case !denied:
-		return nil
-	case e == nil:
+	case found != nil:
+		return found.refusal()
+	case undecodable:
 		return refusef(http.StatusForbidden, "the proxy sends no credential to a path it cannot decode (denied paths are looked for in every decoding)")
-	case e.class == "":
+	}
+	return nil
+}
+
+// refusal is the 403 of a request that reached e.
+func (e *deniedEntry) refusal() error {
+	if e.class == "" {
 		return refusef(http.StatusForbidden, "the proxy denies %q (--proxy-denied-paths): it would hand the caller a credential of the Connector", e.text)
 	}
 	return refusef(http.StatusForbidden, "ConnectorClass %q denies %q through the proxy (spec.proxy.deniedPaths): "+
 		"it would hand the caller a credential of the Connector", e.class, e.text)
 }
 
-// reached returns the entry escaped reaches, looking through the layers of percent-encoding
-// CheckPath looks through (a tool may decode an encoded slash, or decode twice): nil and true
-// when a layer does not decode.
-func (d *deniedPaths) reached(escaped string) (entry *deniedEntry, denied bool) {
+// eachDecoding calls visit with escaped and each layer of percent-decoding CheckPath looks
+// through (a tool may decode an encoded slash, or decode twice), until visit returns false;
+// undecodable tells that a layer did not decode (visit was not given it).
+func eachDecoding(escaped string, visit func(p string) bool) (undecodable bool) {
 	p := escaped
-	for layer := 0; ; layer++ {
-		if e := d.reachedIn(p); e != nil {
-			return e, true
-		}
+	for layer := 0; visit(p); layer++ {
 		if layer == MaxDecodings || !strings.Contains(p, "%") {
-			return nil, false
+			return false
 		}
 		decoded, err := url.PathUnescape(p)
 		if err != nil {
-			return nil, true
+			return true
 		}
 		if decoded == p {
-			return nil, false
+			return false
 		}
 		p = decoded
 	}
+	return false
 }
 
-// reachedIn is reached for one layer: the entry whose segments p's hold in a row, looked up by
-// each of p's segments as an anchor.
-func (d *deniedPaths) reachedIn(p string) *deniedEntry {
-	var buf [32]string
-	segs := pathSegments(p, buf[:0])
-	var lower [maxAnchorKey]byte
+// reachedIn is the entry of d whose segments segs hold in a row from an index up to within,
+// looked up by each of segs as an anchor; nil for a nil d.
+func (d *deniedPaths) reachedIn(segs []string, within int) *deniedEntry {
+	if d == nil {
+		return nil
+	}
+	var lower [maxDeniedPathBytes]byte
 	for at, seg := range segs {
+		if at > within+d.maxAnchor {
+			break
+		}
 		seg = formatless(seg)
-		if len(seg) <= maxAnchorKey && d.starts[len(seg)]&startBit(seg[0]) == 0 {
+		if len(seg) > maxDeniedPathBytes || d.starts[len(seg)]&startBit(seg[0]) == 0 {
 			continue // no anchor of its length starts so
 		}
 		key, ok := lowerASCII(seg, lower[:0])
 		if !ok {
-			if e := d.reachedAt(segs, at, d.all); e != nil { // a long or non-ASCII segment: every entry
+			continue // entries are ASCII
+		}
+		for _, i := range d.byAnchor[string(key)] {
+			e := &d.entries[i]
+			start := at - e.anchor
+			if start >= 0 && start <= within && start+len(e.segs) <= len(segs) && segmentsMatch(e.segs, segs[start:start+len(e.segs)]) {
 				return e
 			}
-			continue
-		}
-		if e := d.reachedAt(segs, at, d.byAnchor[string(key)]); e != nil {
-			return e
 		}
 	}
 	return nil
 }
 
-// reachedAt is the entry of candidates whose anchor, at segs[at], starts a match.
-func (d *deniedPaths) reachedAt(segs []string, at int, candidates []int) *deniedEntry {
-	for _, i := range candidates {
-		e := &d.entries[i]
-		start := at - e.anchor
-		if start >= 0 && start+len(e.segs) <= len(segs) && segmentsMatch(e.segs, segs[start:start+len(e.segs)]) {
-			return e
-		}
-	}
-	return nil
-}
-
-// lowerASCII appends s in lower case to buf, if s is ASCII and fits in buf's capacity (an
-// anchor is matched without regard to ASCII case: a key of another case is looked up so).
+// lowerASCII appends s in lower case to buf, if s is ASCII (entries are: a key of another
+// case is looked up so).
 func lowerASCII(s string, buf []byte) ([]byte, bool) {
-	if len(s) > cap(buf) {
-		return nil, false
-	}
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		if c >= 0x80 {
@@ -268,27 +288,51 @@ func lowerASCII(s string, buf []byte) ([]byte, bool) {
 	return buf, true
 }
 
-// formatless is seg less a format suffix: Grape (GitLab's API), Rails, SonarQube's web
-// services and Spring's suffix matching route "rotate.json" as "rotate".
+// formats are the suffixes formatless drops: those Grape (GitLab's API), Rails, SonarQube's
+// web services and Spring's suffix matching route as the segment without them
+// ("rotate.json" as "rotate"; JFrog's RubyGems key is api_key.yaml).
+var formats = []string{"json", "xml", "yaml", "yml", "txt", "html", "protobuf"}
+
+// formatless is seg less a format suffix.
 func formatless(seg string) string {
-	if i := strings.IndexByte(seg, '.'); i > 0 {
-		return seg[:i]
+	i := strings.LastIndexByte(seg, '.')
+	if i <= 0 {
+		return seg
+	}
+	for _, f := range formats {
+		if equalFoldASCII(seg[i+1:], f) {
+			return seg[:i]
+		}
 	}
 	return seg
 }
 
-// segmentsMatch tells whether segs match pattern segment by segment: "*" any one, others
-// without regard to case or a format suffix.
+// segmentsMatch tells whether segs match pattern segment by segment: "*" any one, others in
+// any ASCII case, less a format suffix.
 func segmentsMatch(pattern, segs []string) bool {
 	for i, want := range pattern {
-		if want == "*" {
-			continue
+		if want != "*" && !equalFoldASCII(want, formatless(segs[i])) {
+			return false
 		}
-		seg := segs[i]
-		if len(seg) > len(want) && seg[len(want)] == '.' {
-			seg = seg[:len(want)]
+	}
+	return true
+}
+
+// equalFoldASCII is strings.EqualFold for ASCII letters alone: a tool's router that folds
+// case does so for them (a Kelvin sign is no "k" to it).
+func equalFoldASCII(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		x, y := a[i], b[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
 		}
-		if !strings.EqualFold(want, seg) {
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
 			return false
 		}
 	}

@@ -15,58 +15,6 @@ func classDenying(paths ...string) *v1alpha1.ConnectorClass {
 	return c
 }
 
-// TestDeniedPathsTakeEverySpellingOfAPath: a denied path is refused however a tool's router
-// would still take it (case, ";" parameters, doubled and trailing slashes, "\", encoded
-// slashes once or twice, under a context path, a format suffix as Grape, Rails and SonarQube
-// route it), and only it: a longer or shorter segment, or the entry's segments apart, is
-// served. Entries of the node and of the class both hold, each named as such.
-func TestDeniedPathsTakeEverySpellingOfAPath(t *testing.T) {
-	d := compileDeniedPaths("", []string{"/api/security/apiKey", "/api/v2.0/users/*/cli_secret"}).
-		forClass(classDenying("/api/v4/personal_access_tokens/*/rotate"))
-	long := strings.Repeat("x", 80)
-	for path, want := range map[string]string{
-		"/artifactory/api/security/apiKey":                  "node",
-		"/api/security/apiKey":                              "node",
-		"/artifactory/API/Security/APIKEY":                  "node",
-		"/artifactory/api;jsessionid=1/security/apiKey;x=y": "node",
-		"/artifactory//api/security//apiKey/":               "node",
-		"/artifactory/api/security/apiKey/extra":            "node",
-		`/artifactory\api\security\apiKey`:                  "node",
-		"/artifactory/api%2Fsecurity%2FapiKey":              "node",
-		"/artifactory/api%252Fsecurity%252FapiKey":          "node",
-		"/artifactory/api/security/%61piKey":                "node",
-		"/artifactory/api.x/security/apiKey.json":           "node",
-		"/" + long + "/api/security/apiKey":                 "node",
-		"/api/v2.0/users/current/cli_secret":                "node",
-		"/api/v2.0/users/7/CLI_SECRET.json":                 "node",
-		"/gitlab/api/v4/personal_access_tokens/self/rotate": "class",
-		"/api/v4/personal_access_tokens/42/rotate.json":     "class",
-		"/artifactory/api/%zz":                              "undecodable",
-		"/artifactory/api/security/apiKeys":                 "",
-		"/artifactory/api/security/apiKeys.json":            "",
-		"/artifactory/api/security":                         "",
-		"/artifactory/api/repositories":                     "",
-		"/artifactory/api/x/security/apiKey":                "",
-		"/api/v2.0/users/current":                           "",
-		"/api/v2.0/cli_secret":                              "",
-		"/api/v4/personal_access_tokens/self":               "",
-		"/api/v4/personal_access_tokens/rotate":             "",
-		"/" + long:                                          "",
-		"/":                                                 "",
-		"":                                                  "",
-	} {
-		err := d.check(path)
-		got := deniedBy(err)
-		if got != want {
-			t.Errorf("%q: denied by %q, want %q (%v)", path, got, want, err)
-		}
-		var r *refusal
-		if err != nil && (!errors.As(err, &r) || r.status != http.StatusForbidden) {
-			t.Errorf("%q: %v, want a 403", path, err)
-		}
-	}
-}
-
 // deniedBy says who a check's refusal names: "node", "class", "undecodable", or "".
 func deniedBy(err error) string {
 	switch {
@@ -82,10 +30,96 @@ func deniedBy(err error) string {
 	return err.Error()
 }
 
+// TestDeniedPathsTakeEverySpellingOfAPath: a denied path is refused however a tool's router
+// would still take it (ASCII case, ";" parameters, doubled and trailing slashes, "\", encoded
+// slashes once or twice, under a context path, a format suffix as Grape, Rails and SonarQube
+// route it), and only it: a longer or shorter segment, the entry's segments apart, or another
+// suffix, is served. Entries of the node and of the class both hold, each named as such.
+func TestDeniedPathsTakeEverySpellingOfAPath(t *testing.T) {
+	d := deniedCheck{node: compileDeniedPaths("", []string{"/api/security/apiKey", "/api/v2.0/users/*/cli_secret"}),
+		class: compileDeniedPaths("tool", []string{"/api/v4/personal_access_tokens/*/rotate"}), within: 1}
+	long := strings.Repeat("x", 300)
+	for path, want := range map[string]string{
+		"/artifactory/api/security/apiKey":                  "node",
+		"/api/security/apiKey":                              "node",
+		"/artifactory/API/Security/APIKEY":                  "node",
+		"/artifactory/api;jsessionid=1/security/apiKey;x=y": "node",
+		"/artifactory//api/security//apiKey/":               "node",
+		"/artifactory/api/security/apiKey/extra":            "node",
+		`/artifactory\api\security\apiKey`:                  "node",
+		"/artifactory/api%2Fsecurity%2FapiKey":              "node",
+		"/artifactory/api%252Fsecurity%252FapiKey":          "node",
+		"/artifactory/api/security/%61piKey":                "node",
+		"/artifactory/api/security/apiKey.json":             "node",
+		"/api/v2.0/users/current/cli_secret":                "node",
+		"/api/v2.0/users/7/CLI_SECRET.json":                 "node",
+		"/gitlab/api/v4/personal_access_tokens/self/rotate": "class",
+		"/api/v4/personal_access_tokens/42/rotate.json":     "class",
+		"/artifactory/api/%zz":                              "undecodable",
+		"/artifactory/api/security/apiKeys":                 "",
+		"/artifactory/api/security/apiKey.git":              "",
+		"/artifactory/api/security":                         "",
+		"/artifactory/api/repositories":                     "",
+		"/artifactory/api/x/security/apiKey":                "",
+		"/artifactory/api/security/api\u212Aey":             "", // a Kelvin sign: no router folds it to "k"
+		"/api/v2.0/users/current":                           "",
+		"/api/v2.0/cli_secret":                              "",
+		"/api/v4/personal_access_tokens/self":               "",
+		"/api/v4/personal_access_tokens/rotate":             "",
+		"/" + long + "/api":                                 "",
+		"/":                                                 "",
+		"":                                                  "",
+	} {
+		err := d.check(path)
+		if got := deniedBy(err); got != want {
+			t.Errorf("%q: denied by %q, want %q (%v)", path, got, want, err)
+		}
+		var r *refusal
+		if err != nil && (!errors.As(err, &r) || r.status != http.StatusForbidden) {
+			t.Errorf("%q: %v, want a 403", path, err)
+		}
+	}
+}
+
+// TestDeniedPathsStayAtTheToolsAPI: an entry is looked for where a tool's API is, at the start
+// of the path under the Connector's address or one segment further (a context path), not in
+// the paths of a repository's artifacts, images and modules, which the tenants name.
+func TestDeniedPathsStayAtTheToolsAPI(t *testing.T) {
+	p := &Proxy{denied: compileDeniedPaths("", DefaultDeniedPaths)}
+	at := func(address string) deniedCheck {
+		return p.deniedCheckFor(&v1alpha1.Connector{Spec: v1alpha1.ConnectorSpec{Address: address}}, nil)
+	}
+	root, under := at("https://tool.example"), at("https://tool.example/tools/jfrog/")
+	for path, want := range map[string]bool{
+		"/maven2/com/acme/service/token/1.0/token-1.0.pom":                          false,
+		"/acme/service/token.git/info/refs":                                         false,
+		"/v2/library/service/token/manifests/latest":                                false,
+		"/repository/maven-public/com/example/api/security/token/1.0/token-1.0.jar": false,
+		"/github.com/acme/api/user_tokens/@v/list":                                  false,
+		"/tools/jfrog/artifactory/api/security/apiKey":                              false,
+		"/artifactory/api/security/apiKey":                                          true,
+		"/service/token":                                                            true,
+		"/api/v4/projects/group%2Fproject/deploy_keys":                              true,
+	} {
+		if got := root.check(path) != nil; got != want {
+			t.Errorf("address at the root, %q: denied %v, want %v", path, got, want)
+		}
+	}
+	if under.within != 3 || under.check("/tools/jfrog/artifactory/api/security/apiKey") == nil {
+		t.Errorf("an address with a path of two segments: within %d, want 3, and its context path's API denied", under.within)
+	}
+	extension := p.deniedCheckFor(&v1alpha1.Connector{Spec: v1alpha1.ConnectorSpec{Address: "https://tool.example",
+		AddressExtensions: []v1alpha1.NamedAddress{{Name: "api", Value: "https://api.example/v1/deep"}}}}, nil)
+	if extension.within != 3 {
+		t.Errorf("an address extension of two segments: within %d, want 3 (the deepest address)", extension.within)
+	}
+}
+
 // TestDeniedPathsOfClassesWithoutThem: a class without spec.proxy, or without denied paths,
-// adds nothing (the node's set itself, shared, or none), nor does an entry of no segment.
+// adds nothing to the node's set, nor does an entry of no literal segment.
 func TestDeniedPathsOfClassesWithoutThem(t *testing.T) {
-	node := compileDeniedPaths("", []string{"/api/security/apiKey"})
+	p := &Proxy{denied: compileDeniedPaths("", []string{"/api/security/apiKey"})}
+	c := &v1alpha1.Connector{Spec: v1alpha1.ConnectorSpec{Address: "https://tool.example"}}
 	for name, class := range map[string]*v1alpha1.ConnectorClass{
 		"no class":       nil,
 		"no spec.proxy":  {},
@@ -94,36 +128,38 @@ func TestDeniedPathsOfClassesWithoutThem(t *testing.T) {
 		"empty segments": classDenying("//"),
 		"only stars":     classDenying("/*/*"),
 	} {
-		if d := node.forClass(class); d != node {
-			t.Errorf("%s: %+v, want the node's own set", name, d)
+		if d := p.deniedCheckFor(c, class); d.class != nil || d.node != p.denied {
+			t.Errorf("%s: %+v, want the node's set alone", name, d)
 		}
-		var none *deniedPaths
-		if d := none.forClass(class); d != nil || d.check("/api/security/apiKey") != nil {
-			t.Errorf("%s: %+v, want none", name, d)
-		}
+	}
+	if err := (deniedCheck{}).check("/api/security/apiKey"); err != nil {
+		t.Errorf("no denied paths: %v", err)
 	}
 }
 
 func TestDeniedPathsNameTheEntryNotThePath(t *testing.T) {
-	err := compileDeniedPaths("", []string{"/api/security/apiKey"}).check("/artifactory/api/security/apiKey;secret-looking")
+	err := deniedCheck{node: compileDeniedPaths("", []string{"/api/security/apiKey"}), within: 1}.check("/artifactory/api/security/apiKey;secret-looking")
 	if err == nil || !strings.Contains(err.Error(), `"/api/security/apiKey"`) || strings.Contains(err.Error(), "secret-looking") {
 		t.Errorf("%v: want the entry named, not the request's path", err)
 	}
 }
 
 // TestDefaultDeniedPathsAreValid: every default entry is one the flag and the CRD take, and
-// denies its endpoint.
+// denies its endpoint under a context path; entries of another form are refused.
 func TestDefaultDeniedPathsAreValid(t *testing.T) {
-	d := compileDeniedPaths("", DefaultDeniedPaths)
+	d := deniedCheck{node: compileDeniedPaths("", DefaultDeniedPaths), within: 1}
+	if len(d.node.entries) != len(DefaultDeniedPaths) {
+		t.Errorf("%d of %d default entries compiled", len(d.node.entries), len(DefaultDeniedPaths))
+	}
 	for _, entry := range DefaultDeniedPaths {
 		if err := ValidDeniedPath(entry); err != nil {
 			t.Error(err)
 		}
-		if d.check("/prefix"+strings.ReplaceAll(entry, "*", "x")) == nil {
+		if d.check("/context"+strings.ReplaceAll(entry, "*", "x")) == nil {
 			t.Errorf("%q does not deny its own endpoint", entry)
 		}
 	}
-	for _, bad := range []string{"", "/", "api/x", "/api//x", `/api\x`, "/api;x", "/api%2Fx", "/api?x", "/api#x"} {
+	for _, bad := range []string{"", "/", "api/x", "/api//x", `/api\x`, "/api;x", "/api%2Fx", "/api?x", "/api#x", "/api x", "/\u00e9", "/*", "/*/*", "/" + strings.Repeat("x", 256)} {
 		if ValidDeniedPath(bad) == nil {
 			t.Errorf("%q taken as a denied path", bad)
 		}
@@ -131,7 +167,7 @@ func TestDefaultDeniedPathsAreValid(t *testing.T) {
 }
 
 func BenchmarkDeniedPathsCheck(b *testing.B) {
-	d := compileDeniedPaths("", DefaultDeniedPaths)
+	d := deniedCheck{node: compileDeniedPaths("", DefaultDeniedPaths), within: 1}
 	for _, path := range []string{"/artifactory/api/npm/npm-remote/left-pad/-/left-pad-1.3.0.tgz", "/group/project.git/info/refs"} {
 		b.Run(path, func(b *testing.B) {
 			b.ReportAllocs()

@@ -453,11 +453,9 @@ func (m *laneMemo) routeForHead(p *Proxy, h *laneHead, now time.Time) (rt *route
 // allowed is the memo's route to uri, a request URI along it, unless uri's path is one of the
 // class's denied paths (which the general path refuses).
 func (m *laneMemo) allowed(uri string) (rt *route, _ string, ok bool) {
-	if m.rt.denied != nil {
-		escaped, _, _ := strings.Cut(uri, "?")
-		if m.rt.denied.check(escaped) != nil {
-			return nil, "", false
-		}
+	escaped, _, _ := strings.Cut(uri, "?")
+	if m.rt.denied.check(escaped) != nil {
+		return nil, "", false
 	}
 	return m.rt, uri, true
 }

@@ -104,6 +104,18 @@ func TestLaneMemo(t *testing.T) {
 			return ok
 		},
 		"nothing remembered": func() bool { var m laneMemo; _, ok := use(m, reverse("GET", "/x", "")); return ok },
+		"a denied path": func() bool {
+			m := remembered(reverseKey)
+			m.rt.denied = deniedCheck{node: compileDeniedPaths("", []string{"/api/security/apiKey"}), within: 2}
+			_, ok := use(m, reverse("GET", "/api/security/apiKey", ""))
+			return ok
+		},
+		"a denied path, forwarded": func() bool {
+			m := remembered(forwardKey)
+			m.rt.denied = deniedCheck{node: compileDeniedPaths("", []string{"/api/security/apiKey"}), within: 2}
+			_, ok := use(m, forward("http://tool.example/base/api/security/apiKey"))
+			return ok
+		},
 		"a reverse route for a forwarded request": func() bool {
 			m := remembered(reverseKey)
 			_, ok := use(m, forward("http://tool.example/base/x"))
@@ -128,6 +140,22 @@ func TestLaneMemo(t *testing.T) {
 	} {
 		if miss() {
 			t.Errorf("%s: the remembered route was used", name)
+		}
+	}
+}
+
+// TestLaneMemoInPlaceRefusesDeniedPaths: a head read in place along a remembered route whose
+// tool request URI holds a denied path is not served in place (the parsed path refuses it);
+// another along the same route is.
+func TestLaneMemoInPlaceRefusesDeniedPaths(t *testing.T) {
+	m := laneMemo{rt: &route{denied: deniedCheck{node: compileDeniedPaths("", []string{"/api/security/apiKey"}), within: 2}}}
+	for uri, want := range map[string]bool{
+		"/base/api/security/apiKey?x=1": false,
+		"/base/api%2Fsecurity%2FapiKey": false,
+		"/base/repo.git/info/refs?a=1":  true,
+	} {
+		if rt, got, ok := m.allowed(uri); ok != want || ok && (rt != m.rt || got != uri) {
+			t.Errorf("%q: %v %q, want %v", uri, ok, got, want)
 		}
 	}
 }

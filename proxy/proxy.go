@@ -361,9 +361,9 @@ type route struct {
 	// caller is the caller's namespace (its ServiceAccount's; a user's name for another
 	// user), whose requests alone share tool connections (poolOwner).
 	caller string
-	// denied are the class's denied paths, which every request along the route is checked
-	// against (a remembered route's too: laneMemo).
-	denied *deniedPaths
+	// denied are the node's and the class's denied paths, which every request along the route
+	// is checked against (a remembered route's too: laneMemo).
+	denied deniedCheck
 }
 
 // pool is whose tool connections rt's requests go on.
@@ -663,7 +663,7 @@ func (p *Proxy) connectorFrom(ctx context.Context, objects client.Reader, nn typ
 
 // newRoute resolves the credential and transport for a request to target through c.
 func (p *Proxy) newRoute(ctx context.Context, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, target *url.URL) (*route, error) {
-	denied := p.denied.forClass(class)
+	denied := p.deniedCheckFor(c, class)
 	if err := denied.check(target.EscapedPath()); err != nil {
 		return nil, err // before the Secret is read: nothing of the credential is needed
 	}

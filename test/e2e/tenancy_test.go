@@ -678,16 +678,22 @@ func (c *prefixConn) Read(b []byte) (int, error) { return c.r.Read(b) }
 
 // get sends one GET inside the tunnel and returns its status code.
 func (tn *tunnel) get(path string) (int, error) {
+	code, _, err := tn.getBody(path)
+	return code, err
+}
+
+// getBody is get, with the answer's body.
+func (tn *tunnel) getBody(path string) (int, string, error) {
 	if _, err := fmt.Fprintf(tn.conn, "GET %s HTTP/1.1\r\nHost: %s\r\n\r\n", path, tn.host); err != nil {
-		return 0, err
+		return 0, "", err
 	}
 	res, err := http.ReadResponse(tn.r, nil)
 	if err != nil {
-		return 0, err
+		return 0, "", err
 	}
-	_, _ = io.Copy(io.Discard, res.Body)
+	body, err := io.ReadAll(res.Body)
 	_ = res.Body.Close()
-	return res.StatusCode, nil
+	return res.StatusCode, string(body), err
 }
 
 func TestTenancyConnectTunnels(t *testing.T) {

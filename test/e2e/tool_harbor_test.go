@@ -102,8 +102,9 @@ func TestToolHarborConfigurationsAndAPI(t *testing.T) {
 		}
 		// A Docker-style client sends the auth of the registry host as Basic.
 		client := resolvingClient(host, proxyAddr)
-		if user := getJSON(t, client, "http://"+host+"/api/v2.0/projects", map[string]string{"Authorization": "Basic " + auth.Auth}); user["username"] != "connectors-bot" {
-			t.Errorf("GET /api/v2.0/projects: %v", user)
+		// The stand-in answers its API's paths with its user when the robot's credential came.
+		if answer := getJSON(t, client, "http://"+host+"/api/v2.0/projects", map[string]string{"Authorization": "Basic " + auth.Auth}); answer["username"] != "connectors-bot" {
+			t.Errorf("GET /api/v2.0/projects: %v", answer)
 		}
 		// Under OIDC, the current user's answer holds its CLI secret, the Connector's password.
 		if code, body := do(t, client, newRequest(t, "GET", "http://"+host+"/api/v2.0/users/current", map[string]string{"Authorization": "Basic " + auth.Auth})); code != http.StatusForbidden || !strings.Contains(body, "--proxy-denied-paths") {

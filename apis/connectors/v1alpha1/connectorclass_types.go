@@ -113,13 +113,15 @@ type ProxySpec struct {
 	// a new one (a user's API key, a token's rotation), which the caller could then use
 	// outside the proxy, past its Pod's end and any approval's revocation. Each is a sequence
 	// of path segments ("/api/security/apiKey"), "*" standing for any one segment; it denies
-	// every request whose path, percent-decoded, holds those segments in a row anywhere (so a
-	// tool served under a context path is covered), compared without regard to case, ";"
-	// parameters or a format suffix (".json"). The answer is 403.
+	// every request whose path, in any percent-decoding, holds those segments in a row from
+	// its start under the Connector's address, or one segment further (a context path such
+	// as /artifactory), compared without regard to ASCII case, ";" parameters or a format
+	// suffix (".json"). The answer is 403.
 	// +optional
 	// +kubebuilder:validation:MaxItems=64
 	// +kubebuilder:validation:items:MaxLength=256
-	// +kubebuilder:validation:items:Pattern=`^(/[^/\\;%?#]+)+/?$`
+	// +kubebuilder:validation:items:Pattern=`^(/[A-Za-z0-9._~!$&'()*+,=:@-]+)+/?$`
+	// +kubebuilder:validation:XValidation:rule="self.all(p, p.split('/').exists(s, s != '' && s != '*'))",message="an entry of \"*\" segments alone would deny every path"
 	// +listType=set
 	DeniedPaths []string `json:"deniedPaths,omitempty"`
 }
