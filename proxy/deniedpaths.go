@@ -42,10 +42,10 @@ var DefaultDeniedPaths = []string{
 	"/api/npm/*/auth",
 	"/api/gems/*/api/v1/api_key",
 	"/api/conan/*/*/users/authenticate",
-	// Harbor: the registry's token service (Harbor takes Basic on /v2/ itself, so Docker-style
-	// clients do not need it), robot accounts, a user's CLI secret and password, and the
-	// current user, whose answer holds its CLI secret (the Basic password) under OIDC.
-	"/service/token",
+	// Harbor: robot accounts, a user's CLI secret and password, and the current user, whose
+	// answer holds its CLI secret (the Basic password) under OIDC. (Its registry token service,
+	// /service/token, answers tokens of 30 minutes; an image named service/token is pulled at
+	// /v2/service/token, within the path's first two segments, where the entry would refuse it.)
 	"/api/v2.0/robots",
 	"/api/v2.0/projects/*/robots",
 	"/api/v2.0/users/current",
@@ -54,8 +54,8 @@ var DefaultDeniedPaths = []string{
 	// GitLab: a token's rotation (which also revokes the Connector's), personal, impersonation,
 	// service account, project, group and deploy tokens, SSH and deploy keys (git access that
 	// outlives the token), runners and their tokens (which receive jobs), pipeline trigger and
-	// cluster agent tokens. A project's or group's path in its ID (group%2Fproject) is one
-	// segment as sent.
+	// cluster agent tokens, and Conan's token. A project's or group's path in its ID
+	// (group%2Fproject) is one segment, as Grape splits the path before it decodes it.
 	"/api/v4/personal_access_tokens/*/rotate",
 	"/api/v4/user/personal_access_tokens",
 	"/api/v4/users/*/personal_access_tokens",
@@ -74,6 +74,8 @@ var DefaultDeniedPaths = []string{
 	"/api/v4/groups/*/runners/reset_registration_token",
 	"/api/v4/projects/*/triggers",
 	"/api/v4/projects/*/cluster_agents/*/tokens",
+	"/api/v4/packages/conan/v1/users/authenticate",
+	"/api/v4/projects/*/packages/conan/v1/users/authenticate",
 	// Nexus Repository: the user token (Pro) and a user's password.
 	"/service/rest/internal/current-user/user-token",
 	"/service/rest/v1/security/users/*/change-password",
@@ -154,6 +156,9 @@ func compileDeniedPaths(class string, entries []string) *deniedPaths {
 			continue
 		}
 		segs := pathSegments(text, nil)
+		for i, seg := range segs {
+			segs[i] = formatless(seg) // as a path's segments are compared
+		}
 		e := deniedEntry{text: text, class: class, segs: segs, anchor: anchorOf(segs)}
 		key, _ := lowerASCII(formatless(segs[e.anchor]), nil)
 		d.byAnchor[string(key)] = append(d.byAnchor[string(key)], len(d.entries))
@@ -197,12 +202,12 @@ func (d deniedCheck) check(escaped string) error {
 	var found *deniedEntry
 	undecodable := eachDecoding(escaped, func(p string) bool {
 		var buf [32]string
-		segs := pathSegments(p, buf[:0])
-		if found = d.node.reachedIn(segs, d.within); found == nil {
-			found = d.class.reachedIn(segs, d.within)
-		}
+		found = d.reachedIn(pathSegments(p, buf[:0]))
 		return found == nil
 	})
+	if found == nil && strings.Contains(escaped, "%") {
+		found = d.reachedIn(decodedSegments(escaped))
+	}
 	switch {
 	case found != nil:
 		return found.refusal()
@@ -210,6 +215,33 @@ func (d deniedCheck) check(escaped string) error {
 		return refusef(http.StatusForbidden, "the proxy sends no credential to a path it cannot decode (denied paths are looked for in every decoding)")
 	}
 	return nil
+}
+
+// reachedIn is the entry of the node's or the class's that segs reach.
+func (d deniedCheck) reachedIn(segs []string) *deniedEntry {
+	if e := d.node.reachedIn(segs, d.within); e != nil {
+		return e
+	}
+	return d.class.reachedIn(segs, d.within)
+}
+
+// decodedSegments are escaped's segments as a router that splits a path at its "/" before it
+// decodes each segment sees them (Grape, GitLab's API: /api/v4/projects/grp%2Fproj/access_token%73
+// is a project's access_tokens): split as sent, each decoded through the layers CheckPath
+// looks through.
+func decodedSegments(escaped string) []string {
+	segs := pathSegments(escaped, nil)
+	for i, seg := range segs {
+		for layer := 0; layer < MaxDecodings && strings.Contains(seg, "%"); layer++ {
+			decoded, err := url.PathUnescape(seg)
+			if err != nil || decoded == seg {
+				break
+			}
+			seg = decoded
+		}
+		segs[i] = seg
+	}
+	return segs
 }
 
 // refusal is the 403 of a request that reached e.

@@ -56,6 +56,8 @@ func TestDeniedPathsTakeEverySpellingOfAPath(t *testing.T) {
 		"/gitlab/api/v4/personal_access_tokens/self/rotate": "class",
 		"/api/v4/personal_access_tokens/42/rotate.json":     "class",
 		"/artifactory/api/%zz":                              "undecodable",
+		"/api/v2.0/users/grp%2Fx/cli_secre%74":              "node", // a router that splits, then decodes
+		"/api/v2.0/user%73/grp%2Fx/cli_secret%2Ejson":       "node",
 		"/artifactory/api/security/apiKeys":                 "",
 		"/artifactory/api/security/apiKey.git":              "",
 		"/artifactory/api/security":                         "",
@@ -98,7 +100,11 @@ func TestDeniedPathsStayAtTheToolsAPI(t *testing.T) {
 		"/github.com/acme/api/user_tokens/@v/list":                                  false,
 		"/tools/jfrog/artifactory/api/security/apiKey":                              false,
 		"/artifactory/api/security/apiKey":                                          true,
-		"/service/token":                                                            true,
+		"/v2/service/token/manifests/latest":                                        false,
+		"/api/v4/projects/grp%2Fproj/access_token%73":                               true,
+		"/api/v4/project%73/grp%2Fproj/deploy_keys":                                 true,
+		"/api/v4/groups/grp%2Fsub/service_accounts/5/personal_access_token%73":      true,
+		"/api/v4/projects/grp%2Fproj/access_tokens%2Ejson":                          true,
 		"/api/v4/projects/group%2Fproject/deploy_keys":                              true,
 	} {
 		if got := root.check(path) != nil; got != want {
@@ -134,6 +140,17 @@ func TestDeniedPathsOfClassesWithoutThem(t *testing.T) {
 	}
 	if err := (deniedCheck{}).check("/api/security/apiKey"); err != nil {
 		t.Errorf("no denied paths: %v", err)
+	}
+}
+
+// TestDeniedPathsWithAFormatSuffix: an entry written with a format suffix denies its
+// segment with any, or none, as a path's segments are compared.
+func TestDeniedPathsWithAFormatSuffix(t *testing.T) {
+	d := deniedCheck{class: compileDeniedPaths("tool", []string{"/api/v1/api_key.yaml"}), within: 1}
+	for path, want := range map[string]bool{"/api/v1/api_key.yaml": true, "/api/v1/api_key": true, "/x/api/v1/api_key.json": true, "/api/v1/api_key.git": false} {
+		if got := d.check(path) != nil; got != want {
+			t.Errorf("%q: denied %v, want %v", path, got, want)
+		}
 	}
 }
 
