@@ -36,6 +36,9 @@ type ConnectorValidator struct {
 	// its own: one created just before its first Connector (one kubectl apply) must be found.
 	Live    client.Reader
 	Decoder admission.Decoder
+	// Authz, when set, refuses a Connector whose writer may not get the Secret it names
+	// (secretReadable).
+	Authz Authorizer
 
 	turnsOnce sync.Once
 	turns     *namespaceTurns // Live's reads, in turns by namespace
@@ -84,6 +87,13 @@ func (v *ConnectorValidator) Handle(ctx context.Context, req admission.Request) 
 	}
 	if errs := contract.Connector(&c, &class); len(errs) > 0 {
 		return invalid(&c, errs)
+	}
+	refused, err := v.secretReadable(ctx, req.UserInfo, &c)
+	switch {
+	case err != nil:
+		return admission.Errored(http.StatusServiceUnavailable, err)
+	case refused != nil:
+		return invalid(&c, field.ErrorList{refused})
 	}
 	return admission.Allowed("")
 }

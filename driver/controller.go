@@ -29,6 +29,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
+	"github.com/kube-connectors/connectors-csi/access"
 	"github.com/kube-connectors/connectors-csi/admission"
 	"github.com/kube-connectors/connectors-csi/approval"
 	"github.com/kube-connectors/connectors-csi/connectorstatus"
@@ -142,8 +143,12 @@ func startController(ctx context.Context, g *errgroup.Group, p *process, ready *
 		if err != nil {
 			return err
 		}
+		authz, err := webhookAuthorizer(p, o)
+		if err != nil {
+			return err
+		}
 		mgr.GetWebhookServer().Register(admission.ConnectorPath,
-			(&admission.ConnectorValidator{Reader: mgr.GetClient(), Live: live}).Webhook(p.scheme))
+			(&admission.ConnectorValidator{Reader: mgr.GetClient(), Live: live, Authz: authz}).Webhook(p.scheme))
 	}
 	if err := mgr.Add(&trust.Collector{Kube: p.kube, Namespace: o.SystemNamespace,
 		Recorder: recorder, Resync: o.StatusRecheck}); err != nil {
@@ -195,6 +200,17 @@ func recheckPace(p *process, mgr ctrl.Manager) (*rate.Limiter, client.Reader, er
 const liveReadsPerRecheck = 5
 
 // limitedClient reads live, with a rate limit of its own of qps (burst twice that).
+// webhookAuthorizer answers the webhook's question whether a Connector's writer may get its
+// Secret: cached as the node's reviews are (--authorization-allow-ttl, --authorization-deny-ttl),
+// with a rate limit of its own (--webhook-live-read-qps), apart from the controllers' client.
+func webhookAuthorizer(p *process, o *validated) (*access.Reviewer, error) {
+	kube, err := kubernetes.NewForConfig(limitedConfig(p, o.WebhookLiveQPS, int(math.Ceil(2*o.WebhookLiveQPS))))
+	if err != nil {
+		return nil, err
+	}
+	return access.New(kube, access.Config{AllowTTL: o.AuthzAllowTTL, DenyTTL: o.AuthzDenyTTL, Name: "webhook"})
+}
+
 func limitedClient(p *process, mgr ctrl.Manager, qps float64) (client.Client, error) {
 	return client.New(limitedConfig(p, qps, int(math.Ceil(2*qps))), client.Options{Scheme: p.scheme, Mapper: mgr.GetRESTMapper()})
 }

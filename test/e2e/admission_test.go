@@ -16,6 +16,8 @@ import (
 	"time"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	auditv1 "k8s.io/apiserver/pkg/apis/audit/v1"
@@ -71,23 +73,7 @@ func freeLoopbackPort(t *testing.T) int {
 func TestAdmissionWebhookEnforcesTheClassContract(t *testing.T) {
 	ctx := context.Background()
 	ns := newNamespace(t)
-	_, controllerKubeconfig := deployedKubeconfigs(t)
-	port := freeLoopbackPort(t)
-	cfg := installWebhook(t, ns, port, nil)
-	t.Cleanup(func() {
-		_ = cp.Kube.CoreV1().Secrets(systemNS).Delete(ctx, admission.CertSecretName, metav1.DeleteOptions{})
-	})
-
-	opts := testOptions()
-	opts.Role, opts.Kubeconfig = driver.RoleController, controllerKubeconfig
-	opts.WebhookListen = "127.0.0.1:" + strconv.Itoa(port)
-	runDriver(t, opts)
-	if !kubelet.WaitUntil(30*time.Second, func() bool {
-		var got admissionregistrationv1.ValidatingWebhookConfiguration
-		return cp.Client.Get(ctx, client.ObjectKeyFromObject(cfg), &got) == nil && len(got.Webhooks[0].ClientConfig.CABundle) > 0
-	}) {
-		t.Fatal("the controller never wrote its CA into the webhook configuration's caBundle")
-	}
+	startWebhook(t, ns)
 	class := contractClass(t, ns)
 	connector := contractConnector(ns, class.Name)
 	out, err := firstReview(t, strings.Replace(connector("bad"), "params: [{name: org, value: acme}]", "params: [{name: colour, value: red}]", 1))
@@ -183,6 +169,75 @@ func TestAdmissionWebhookEnforcesTheClassContract(t *testing.T) {
 	}
 	if len(reads) != 0 {
 		t.Errorf("5 reviews of a cached class read it %d times from the API server", len(reads))
+	}
+}
+
+// startWebhook installs deploy/'s webhook configuration for ns (installWebhook) and runs the
+// controller role with the deployed RBAC and --webhook-listen, until the controller has given
+// its CA to the configuration.
+func startWebhook(t *testing.T, ns string) {
+	t.Helper()
+	ctx := context.Background()
+	_, controllerKubeconfig := deployedKubeconfigs(t)
+	port := freeLoopbackPort(t)
+	cfg := installWebhook(t, ns, port, nil)
+	t.Cleanup(func() {
+		_ = cp.Kube.CoreV1().Secrets(systemNS).Delete(ctx, admission.CertSecretName, metav1.DeleteOptions{})
+	})
+	opts := testOptions()
+	opts.Role, opts.Kubeconfig = driver.RoleController, controllerKubeconfig
+	opts.WebhookListen = "127.0.0.1:" + strconv.Itoa(port)
+	runDriver(t, opts)
+	if !kubelet.WaitUntil(30*time.Second, func() bool {
+		var got admissionregistrationv1.ValidatingWebhookConfiguration
+		return cp.Client.Get(ctx, client.ObjectKeyFromObject(cfg), &got) == nil && len(got.Webhooks[0].ClientConfig.CABundle) > 0
+	}) {
+		t.Fatal("the controller never wrote its CA into the webhook configuration's caBundle")
+	}
+}
+
+// TestAdmissionANamedSecretTakesTheRightToReadIt: a Connector sends its Secret's data to the
+// tool at its address, which its writer chooses, so a writer who may not get the Secret (a
+// role for Connectors alone) is refused naming it, and admitted once it may; a Connector that
+// names no Secret needs nothing of the kind.
+func TestAdmissionANamedSecretTakesTheRightToReadIt(t *testing.T) {
+	ctx := context.Background()
+	ns := newNamespace(t)
+	startWebhook(t, ns)
+	class := contractClass(t, ns)
+	connector := contractConnector(ns, class.Name)
+	create(t, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "writer", Namespace: ns}})
+	writer := "system:serviceaccount:" + ns + ":writer"
+	grant := func(name string, rule rbacv1.PolicyRule) {
+		create(t, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Rules: []rbacv1.PolicyRule{rule}})
+		create(t, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+			RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: name},
+			Subjects: []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: "writer", Namespace: ns}}})
+	}
+	grant("write-connectors", rbacv1.PolicyRule{APIGroups: []string{v1alpha1.GroupVersion.Group}, Resources: []string{"connectors"},
+		Verbs: []string{"get", "create", "patch", "update"}})
+	applyAs := func(manifest string) (string, error) {
+		return cp.Kubectl([]byte(manifest), "apply", "--server-side", "--field-manager=test", "--as="+writer, "-f", "-")
+	}
+	var out string
+	var err error
+	want := `spec.auth.secretRef.name: Forbidden: ` + writer + ` may not get Secret ` + ns + `/tool-secret`
+	if !kubelet.WaitUntil(30*time.Second, func() bool {
+		out, err = applyAs(connector("theirs"))
+		return err != nil && strings.Contains(out, want)
+	}) {
+		t.Fatalf("a writer who may not get the Secret named it: %v, want a refusal containing %q:\n%s", err, want, out)
+	}
+	if out, err := applyAs(strings.Replace(connector("public"), `auth: {name: basicAuth, secretRef: {name: tool-secret}}`, `auth: {name: anonymous}`, 1)); err != nil {
+		t.Fatalf("a Connector naming no Secret was refused to the writer: %v\n%s", err, out)
+	}
+	grant("read-tool-secret", rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"secrets"}, ResourceNames: []string{"tool-secret"}, Verbs: []string{"get"}})
+	if !kubelet.WaitUntil(30*time.Second, func() bool { out, err = applyAs(connector("theirs")); return err == nil }) {
+		t.Fatalf("a writer who may get the Secret was refused: %v\n%s", err, out)
+	}
+	var stored v1alpha1.Connector
+	if err := cp.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: "theirs"}, &stored); err != nil {
+		t.Fatal(err)
 	}
 }
 
