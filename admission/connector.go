@@ -42,6 +42,12 @@ type ConnectorValidator struct {
 
 	turnsOnce sync.Once
 	turns     *namespaceTurns // Live's reads, in turns by namespace
+	reviews   *namespaceTurns // Authz's reviews, in turns by namespace
+}
+
+func (v *ConnectorValidator) initTurns() {
+	v.turns = newNamespaceTurns(liveReadsPerNamespace, 2*liveReadsPerNamespace)
+	v.reviews = newNamespaceTurns(secretReviewsPerNamespace, secretReviewBurst)
 }
 
 // Webhook is the validator as a controller-runtime webhook.
@@ -100,7 +106,7 @@ func (v *ConnectorValidator) Handle(ctx context.Context, req admission.Request) 
 
 // liveGet reads the class from the API server in the namespace's turn (namespaceTurns).
 func (v *ConnectorValidator) liveGet(ctx context.Context, namespace string, key client.ObjectKey, class *v1alpha1.ConnectorClass) error {
-	v.turnsOnce.Do(func() { v.turns = newNamespaceTurns() })
+	v.turnsOnce.Do(v.initTurns)
 	if err := v.turns.wait(ctx, namespace); err != nil {
 		return fmt.Errorf("ConnectorClass %q is not in the webhook's cache yet, and the Connectors of namespace %s have had their turns "+
 			"of reading classes from the API server (%d a second); try again: %w", key.Name, namespace, liveReadsPerNamespace, err)

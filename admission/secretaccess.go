@@ -33,6 +33,14 @@ func (v *ConnectorValidator) secretReadable(ctx context.Context, u authenticatio
 	if ref.Namespace != "" {
 		namespace = ref.Namespace
 	}
+	// In the namespace's turn: anyone who may write a Connector may have reviews sent (dry
+	// runs too), and one tenant's loop naming Secrets that are not cached yet would otherwise
+	// spend the reviews' rate limit that every namespace's writes share.
+	v.turnsOnce.Do(v.initTurns)
+	if err := v.reviews.wait(ctx, c.Namespace); err != nil {
+		return nil, fmt.Errorf("the Connectors of namespace %s have had their turns of Secret reviews (%d a second, %d at once); try again: %w",
+			c.Namespace, secretReviewsPerNamespace, secretReviewBurst, err)
+	}
 	extra := make(map[string][]string, len(u.Extra))
 	for k, v := range u.Extra {
 		extra[k] = v

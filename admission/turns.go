@@ -8,11 +8,15 @@ import (
 	"golang.org/x/time/rate"
 )
 
-// Live reads of each namespace: at most liveReadsPerNamespace a second, a burst of twice that,
-// for the Connectors of up to liveTurnNamespaces namespaces at once.
+// Live reads of each namespace: at most liveReadsPerNamespace a second, a burst of twice that;
+// Secret reviews (secretReadable) at most secretReviewsPerNamespace a second, a burst of
+// secretReviewBurst (a kubectl apply of a namespace's Connectors at once); for the Connectors
+// of up to liveTurnNamespaces namespaces at once.
 const (
-	liveReadsPerNamespace = 1
-	liveTurnNamespaces    = 4096
+	liveReadsPerNamespace     = 1
+	secretReviewsPerNamespace = 2
+	secretReviewBurst         = 20
+	liveTurnNamespaces        = 4096
 )
 
 // namespaceTurns paces each namespace's live class reads. Anyone who may create a Connector
@@ -23,11 +27,13 @@ const (
 type namespaceTurns struct {
 	mu       sync.Mutex
 	limiters *lru.Cache[string, *rate.Limiter]
+	perSec   rate.Limit
+	burst    int
 }
 
-func newNamespaceTurns() *namespaceTurns {
+func newNamespaceTurns(perSec float64, burst int) *namespaceTurns {
 	limiters, _ := lru.New[string, *rate.Limiter](liveTurnNamespaces)
-	return &namespaceTurns{limiters: limiters}
+	return &namespaceTurns{limiters: limiters, perSec: rate.Limit(perSec), burst: burst}
 }
 
 // wait waits for the namespace's next turn, or says it would not come before ctx ends.
@@ -35,7 +41,7 @@ func (t *namespaceTurns) wait(ctx context.Context, namespace string) error {
 	t.mu.Lock()
 	l, ok := t.limiters.Get(namespace)
 	if !ok {
-		l = rate.NewLimiter(liveReadsPerNamespace, 2*liveReadsPerNamespace)
+		l = rate.NewLimiter(t.perSec, t.burst)
 		t.limiters.Add(namespace, l)
 	}
 	t.mu.Unlock()

@@ -9,7 +9,7 @@ import (
 // TestNamespaceTurns: a namespace that spent its burst waits for its next turn (or is told it
 // will not come before its deadline); another namespace's turn is its own.
 func TestNamespaceTurns(t *testing.T) {
-	turns := newNamespaceTurns()
+	turns := newNamespaceTurns(liveReadsPerNamespace, 2*liveReadsPerNamespace)
 	for range 2 * liveReadsPerNamespace {
 		if err := turns.wait(context.Background(), "busy"); err != nil {
 			t.Fatal(err)
