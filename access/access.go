@@ -43,7 +43,7 @@ var (
 	}, []string{"code"})
 	authorizationDecisions = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "connectors_authorization_decisions_total",
-		Help: "Authorization questions answered, by reviewer (publish, proxy, proxy_permissions, connectorsapi, metrics), decision (allow, deny, error) and cache (hit, miss).",
+		Help: "Authorization questions answered, by reviewer (publish, proxy, proxy_permissions, connectorsapi, metrics, webhook), decision (allow, deny, error) and cache (hit, miss).",
 	}, []string{"reviewer", "decision", "cache"})
 	tokenAuthentications = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "connectors_token_authentications_total",

@@ -42,8 +42,8 @@ func (v *ConnectorValidator) secretReadable(ctx context.Context, u authenticatio
 			c.Namespace, secretReviewsPerNamespace, secretReviewBurst, err)
 	}
 	extra := make(map[string][]string, len(u.Extra))
-	for k, v := range u.Extra {
-		extra[k] = v
+	for k, values := range u.Extra {
+		extra[k] = values
 	}
 	decision, _, err := v.Authz.Authorize(ctx, authorizer.AttributesRecord{
 		User:            &user.DefaultInfo{Name: u.Username, UID: u.UID, Groups: u.Groups, Extra: extra},

@@ -3,6 +3,7 @@ package admission
 import (
 	"context"
 	"sync"
+	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
 	"golang.org/x/time/rate"
@@ -19,7 +20,7 @@ const (
 	liveTurnNamespaces        = 4096
 )
 
-// namespaceTurns paces each namespace's live class reads. Anyone who may create a Connector
+// namespaceTurns paces each namespace's live class reads (or Secret reviews). Anyone who may create a Connector
 // may have reviews sent (a server-side dry run writes nothing and still calls the webhook),
 // and a loop of one tenant's naming classes the cache has not seen would otherwise spend the
 // Live rate limit that every tenant's applies share: a Connector applied with its new class
@@ -36,8 +37,16 @@ func newNamespaceTurns(perSec float64, burst int) *namespaceTurns {
 	return &namespaceTurns{limiters: limiters, perSec: rate.Limit(perSec), burst: burst}
 }
 
-// wait waits for the namespace's next turn, or says it would not come before ctx ends.
+// turnWait is how long a review waits for its namespace's turn: within the API server's
+// timeout of the webhook (10 s in deploy/), so that a review whose turn would come later is
+// answered that it had none, rather than the API server's timeout.
+const turnWait = 8 * time.Second
+
+// wait waits for the namespace's next turn, or says at once it would not come within turnWait
+// (or before ctx ends).
 func (t *namespaceTurns) wait(ctx context.Context, namespace string) error {
+	ctx, cancel := context.WithTimeout(ctx, turnWait)
+	defer cancel()
 	t.mu.Lock()
 	l, ok := t.limiters.Get(namespace)
 	if !ok {

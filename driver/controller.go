@@ -199,18 +199,18 @@ func recheckPace(p *process, mgr ctrl.Manager) (*rate.Limiter, client.Reader, er
 // PipelineRun, and the Role and RoleBinding a request that holds no grant deletes if there.
 const liveReadsPerRecheck = 5
 
-// limitedClient reads live, with a rate limit of its own of qps (burst twice that).
 // webhookAuthorizer answers the webhook's question whether a Connector's writer may get its
 // Secret: cached as the node's reviews are (--authorization-allow-ttl, --authorization-deny-ttl),
-// with a rate limit of its own (--webhook-live-read-qps), apart from the controllers' client.
+// with a rate limit of its own (--webhook-review-qps), apart from the controllers' client.
 func webhookAuthorizer(p *process, o *validated) (*access.Reviewer, error) {
-	kube, err := kubernetes.NewForConfig(limitedConfig(p, o.WebhookLiveQPS, int(math.Ceil(2*o.WebhookLiveQPS))))
+	kube, err := kubernetes.NewForConfig(limitedConfig(p, o.WebhookReviewQPS, int(math.Ceil(2*o.WebhookReviewQPS))))
 	if err != nil {
 		return nil, err
 	}
 	return access.New(kube, access.Config{AllowTTL: o.AuthzAllowTTL, DenyTTL: o.AuthzDenyTTL, Name: "webhook"})
 }
 
+// limitedClient reads live, with a rate limit of its own of qps (burst twice that).
 func limitedClient(p *process, mgr ctrl.Manager, qps float64) (client.Client, error) {
 	return client.New(limitedConfig(p, qps, int(math.Ceil(2*qps))), client.Options{Scheme: p.scheme, Mapper: mgr.GetRESTMapper()})
 }

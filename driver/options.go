@@ -45,6 +45,7 @@ const (
 	defaultEventQPS               = 10
 	defaultEventBurst             = 100
 	defaultWebhookLiveQPS         = 5
+	defaultWebhookReviewQPS       = 20
 	defaultPodRecheckQPS          = 20
 	defaultMaxCheckObjectBytes    = 256 << 10
 	defaultRegistryTokenCacheSize = 10000
@@ -141,9 +142,11 @@ type Options struct {
 	// dropped and counted).
 	EventQPS   float64
 	EventBurst int
-	// WebhookLiveQPS limits the webhook's live reads of classes its cache has not seen.
-	WebhookLiveQPS float64
-	ClusterDomain  string
+	// WebhookLiveQPS limits the webhook's live reads of classes its cache has not seen, and
+	// WebhookReviewQPS its SubjectAccessReviews of the Secrets writers name.
+	WebhookLiveQPS   float64
+	WebhookReviewQPS float64
+	ClusterDomain    string
 	// BuiltInProxyServices are the Service names under which a ConnectorClass's spec.proxy.ref
 	// means the built-in proxy.
 	BuiltInProxyServices []string
@@ -311,7 +314,8 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.StatusRecheck, "connector-recheck-interval", 5*time.Minute, "how often the leader probes each Connector's tool again for its status")
 	fs.IntVar(&o.StatusWorkers, "connector-status-workers", 4, "Connectors the status controller checks at once")
 	fs.Float64Var(&o.StatusAPIQPS, "connector-status-api-qps", defaultStatusAPIQPS, "sustained requests per second of the Connector status controller (a Secret read per probe, a status write per change), apart from --kube-api-qps: probing every Connector is background work that grows with their number, and never holds an approval behind it")
-	fs.Float64Var(&o.WebhookLiveQPS, "webhook-live-read-qps", defaultWebhookLiveQPS, "reads per second (burst twice that) of ConnectorClasses the admission webhook's cache has not seen, from the API server: anyone who may create a Connector may have reviews sent, and a class the cache holds costs none; the webhook's SubjectAccessReviews of writers' Secrets (cached) have a limit of the same rate of their own")
+	fs.Float64Var(&o.WebhookLiveQPS, "webhook-live-read-qps", defaultWebhookLiveQPS, "reads per second (burst twice that) of ConnectorClasses the admission webhook's cache has not seen, from the API server: anyone who may create a Connector may have reviews sent, and a class the cache holds costs none")
+	fs.Float64Var(&o.WebhookReviewQPS, "webhook-review-qps", defaultWebhookReviewQPS, "SubjectAccessReviews per second (burst twice that) the admission webhook sends to ask whether a Connector's writer may get the Secret it names (answers cached --authorization-allow-ttl and --authorization-deny-ttl; each namespace's Connectors at most 2 a second, burst 20)")
 	fs.IntVar(&o.StatusAPIBurst, "connector-status-api-burst", defaultStatusAPIBurst, "burst of the Connector status controller's requests")
 	fs.Float64Var(&o.EventQPS, "controller-event-qps", defaultEventQPS, "sustained Events per second the controllers record (each a request within --kube-api-qps; an AccessRequest records one per condition change): past it, and its burst, an Event is dropped and counted in connectors_events_dropped_total, so that a storm of approvals or Pods leaves the controllers' status and grant writes their requests")
 	fs.IntVar(&o.EventBurst, "controller-event-burst", defaultEventBurst, "burst of the controllers' Events")
@@ -623,6 +627,12 @@ func (o *Options) validate() (*validated, error) {
 		return nil, fmt.Errorf("--webhook-live-read-qps must not be negative")
 	case o.WebhookLiveQPS == 0:
 		v.WebhookLiveQPS = defaultWebhookLiveQPS
+	}
+	switch {
+	case o.WebhookReviewQPS < 0:
+		return nil, fmt.Errorf("--webhook-review-qps must not be negative")
+	case o.WebhookReviewQPS == 0:
+		v.WebhookReviewQPS = defaultWebhookReviewQPS
 	}
 	switch {
 	case o.CELCacheSize < 0:

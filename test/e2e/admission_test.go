@@ -231,13 +231,25 @@ func TestAdmissionANamedSecretTakesTheRightToReadIt(t *testing.T) {
 	if out, err := applyAs(strings.Replace(connector("public"), `auth: {name: basicAuth, secretRef: {name: tool-secret}}`, `auth: {name: anonymous}`, 1)); err != nil {
 		t.Fatalf("a Connector naming no Secret was refused to the writer: %v\n%s", err, out)
 	}
+	// An administrator's Connector naming the Secret: the writer may change its labels, not
+	// its address (which would send the Secret elsewhere).
+	if out, err := applyConnector(connector("admins")); err != nil {
+		t.Fatalf("an administrator's Connector: %v\n%s", err, out)
+	}
+	if out, err := cp.Kubectl(nil, "label", "connectors.connectors.alauda.io", "admins", "-n", ns, "team=a", "--as="+writer); err != nil {
+		t.Errorf("the writer's label change of a Connector naming a Secret it may not get: %v\n%s", err, out)
+	}
+	if out, err := cp.Kubectl(nil, "patch", "connectors.connectors.alauda.io", "admins", "-n", ns, "--type=merge",
+		"-p", `{"spec":{"address":"https://elsewhere.example.com"}}`, "--as="+writer); err == nil || !strings.Contains(out, want) {
+		t.Errorf("the writer's address change of a Connector naming a Secret it may not get: %v, want a refusal containing %q:\n%s", err, want, out)
+	}
 	grant("read-tool-secret", rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"secrets"}, ResourceNames: []string{"tool-secret"}, Verbs: []string{"get"}})
 	if !kubelet.WaitUntil(30*time.Second, func() bool { out, err = applyAs(connector("theirs")); return err == nil }) {
 		t.Fatalf("a writer who may get the Secret was refused: %v\n%s", err, out)
 	}
 	var stored v1alpha1.Connector
-	if err := cp.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: "theirs"}, &stored); err != nil {
-		t.Fatal(err)
+	if err := cp.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: "theirs"}, &stored); err != nil || stored.Spec.Auth.SecretRef.Name != "tool-secret" {
+		t.Fatalf("the writer's Connector was not stored as written: %v %+v", err, stored.Spec.Auth)
 	}
 }
 
