@@ -2,10 +2,12 @@ package proxy
 
 import (
 	"fmt"
+	"iter"
 	"net/http"
 	"net/url"
 	"regexp"
 	"strings"
+	"sync"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 )
@@ -160,7 +162,7 @@ func compileDeniedPaths(class string, entries []string) *deniedPaths {
 			segs[i] = formatless(seg) // as a path's segments are compared
 		}
 		e := deniedEntry{text: text, class: class, segs: segs, anchor: anchorOf(segs)}
-		key, _ := lowerASCII(formatless(segs[e.anchor]), nil)
+		key, _ := lowerASCII(segs[e.anchor], nil)
 		d.byAnchor[string(key)] = append(d.byAnchor[string(key)], len(d.entries))
 		d.starts[len(key)] |= startBit(key[0])
 		d.maxAnchor = max(d.maxAnchor, e.anchor)
@@ -182,15 +184,37 @@ type deniedCheck struct {
 
 // deniedCheckFor is the check of c's requests, of class.
 func (p *Proxy) deniedCheckFor(c *v1alpha1.Connector, class *v1alpha1.ConnectorClass) deniedCheck {
-	d := deniedCheck{node: p.denied}
-	if class != nil && class.Spec.Proxy != nil && len(class.Spec.Proxy.DeniedPaths) > 0 {
-		d.class = compileDeniedPaths(class.Name, class.Spec.Proxy.DeniedPaths)
-	}
+	d := deniedCheck{node: p.denied, class: p.classDenied.of(class)}
 	for _, addr := range parsedAddresses(c) {
 		d.within = max(d.within, len(pathSegments(addr.EscapedPath(), nil)))
 	}
 	d.within++ // a context path
 	return d
+}
+
+// classDeniedSets keeps each class's compiled denied paths, by its UID, for its generation: a
+// route is resolved for every request of the general path, and compiling is a map and an
+// entry's validation each. One entry per class (cluster-scoped, an administrator's).
+type classDeniedSets struct{ sets sync.Map }
+
+type classDenied struct {
+	generation int64
+	set        *deniedPaths
+}
+
+// of is class's compiled spec.proxy.deniedPaths; nil when it has none.
+func (c *classDeniedSets) of(class *v1alpha1.ConnectorClass) *deniedPaths {
+	if class == nil || class.Spec.Proxy == nil || len(class.Spec.Proxy.DeniedPaths) == 0 {
+		return nil
+	}
+	if v, ok := c.sets.Load(class.UID); ok && v.(classDenied).generation == class.Generation {
+		return v.(classDenied).set
+	}
+	set := compileDeniedPaths(class.Name, class.Spec.Proxy.DeniedPaths)
+	if class.UID != "" {
+		c.sets.Store(class.UID, classDenied{generation: class.Generation, set: set})
+	}
+	return set
 }
 
 // check refuses (403) a request to escaped, a tool path as it will be sent, that reaches a
@@ -232,14 +256,7 @@ func (d deniedCheck) reachedIn(segs []string) *deniedEntry {
 func decodedSegments(escaped string) []string {
 	segs := pathSegments(escaped, nil)
 	for i, seg := range segs {
-		for layer := 0; layer < MaxDecodings && strings.Contains(seg, "%"); layer++ {
-			decoded, err := url.PathUnescape(seg)
-			if err != nil || decoded == seg {
-				break
-			}
-			seg = decoded
-		}
-		segs[i] = seg
+		eachDecoding(seg, func(p string) bool { segs[i] = p; return true }) // its last decoding
 	}
 	return segs
 }
@@ -371,26 +388,36 @@ func equalFoldASCII(a, b string) bool {
 	return true
 }
 
-// pathSegments appends p's segments to segs: split at "/" and at "\" (some servers take it
-// as one), each less its ";" parameters (Tomcat's path parameters), empty ones left out (a
-// server that merges slashes sees none).
+// pathSegments appends p's segments (segments) to segs.
 func pathSegments(p string, segs []string) []string {
-	start, params := 0, -1
-	for i := 0; i <= len(p); i++ {
-		if i < len(p) && p[i] != '/' && p[i] != '\\' {
-			if p[i] == ';' && params < 0 {
-				params = i
-			}
-			continue
-		}
-		end := i
-		if params >= 0 {
-			end = params
-		}
-		if end > start {
-			segs = append(segs, p[start:end])
-		}
-		start, params = i+1, -1
+	for seg := range segments(p) {
+		segs = append(segs, seg)
 	}
 	return segs
+}
+
+// segments are p's segments: split at "/" and at "\" (some servers take it as one), each less
+// its ";" parameters (Tomcat's path parameters: "..;x" is ".."), empty ones left out (a
+// server that merges slashes sees none). Written here, without allocating: on every proxied
+// request's path (CheckPath, denied paths).
+func segments(p string) iter.Seq[string] {
+	return func(yield func(string) bool) {
+		start, params := 0, -1
+		for i := 0; i <= len(p); i++ {
+			if i < len(p) && p[i] != '/' && p[i] != '\\' {
+				if p[i] == ';' && params < 0 {
+					params = i
+				}
+				continue
+			}
+			end := i
+			if params >= 0 {
+				end = params
+			}
+			if end > start && !yield(p[start:end]) {
+				return
+			}
+			start, params = i+1, -1
+		}
+	}
 }

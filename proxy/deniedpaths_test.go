@@ -154,6 +154,23 @@ func TestDeniedPathsWithAFormatSuffix(t *testing.T) {
 	}
 }
 
+// TestClassDeniedPathsAreCompiledOncePerGeneration: a class's list is compiled once for its
+// generation and kept for the routes after; a new generation is compiled anew.
+func TestClassDeniedPathsAreCompiledOncePerGeneration(t *testing.T) {
+	p := &Proxy{}
+	c := &v1alpha1.Connector{Spec: v1alpha1.ConnectorSpec{Address: "https://tool.example"}}
+	class := classDenying("/internal/credential")
+	class.UID, class.Generation = "class-uid", 1
+	first := p.deniedCheckFor(c, class).class
+	if first == nil || p.deniedCheckFor(c, class).class != first {
+		t.Fatal("the same generation's list was compiled again")
+	}
+	class.Generation, class.Spec.Proxy.DeniedPaths = 2, []string{"/other"}
+	if d := p.deniedCheckFor(c, class); d.class == first || d.check("/other") == nil || d.check("/internal/credential") != nil {
+		t.Errorf("a new generation's list: %+v", d.class)
+	}
+}
+
 func TestDeniedPathsNameTheEntryNotThePath(t *testing.T) {
 	err := deniedCheck{node: compileDeniedPaths("", []string{"/api/security/apiKey"}), within: 1}.check("/artifactory/api/security/apiKey;secret-looking")
 	if err == nil || !strings.Contains(err.Error(), `"/api/security/apiKey"`) || strings.Contains(err.Error(), "secret-looking") {

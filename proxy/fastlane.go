@@ -1377,8 +1377,7 @@ func (c *laneConn) forward(out *http.Request, rt *route, m *meteredWriter) bool 
 func (c *laneConn) relayAnswer(method string, res *http.Response, rt *route) (code int, ok bool) {
 	defer res.Body.Close()
 	RemoveHopByHop(res.Header)
-	dropToolSessions(res.Header)
-	rewriteLocationFor(res, rt)
+	cleanToolAnswer(res, rt)
 	return res.StatusCode, c.writeAnswer(method, res) == nil
 }
 

@@ -43,19 +43,8 @@ func CheckPath(escaped string) error {
 
 // hasDotSegment reports whether a path has a "." or ".." segment, taking "\" as a separator
 // too (some servers do) and ignoring a segment's ";" parameters (Tomcat resolves "..;x" as "..").
-// It does not allocate: it is on every proxied request's path.
 func hasDotSegment(p string) bool {
-	for p != "" {
-		i := strings.IndexAny(p, `/\`)
-		seg := p
-		if i >= 0 {
-			seg, p = p[:i], p[i+1:]
-		} else {
-			p = ""
-		}
-		if j := strings.IndexByte(seg, ';'); j >= 0 {
-			seg = seg[:j]
-		}
+	for seg := range segments(p) {
 		if seg == "." || seg == ".." {
 			return true
 		}

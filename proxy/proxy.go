@@ -169,9 +169,10 @@ type Proxy struct {
 	leaves     *leaves
 	registry   *registryTokens
 	// denied are Config.DeniedPaths, compiled; a route holds them with its class's.
-	denied  *deniedPaths
-	reverse *httputil.ReverseProxy
-	direct  *directTransport
+	denied      *deniedPaths
+	classDenied classDeniedSets
+	reverse     *httputil.ReverseProxy
+	direct      *directTransport
 	// owned carry what direct does not take, in pools split as direct's are.
 	owned *ownerTransports
 	// apiOwned are the Connectors API's, split the same way.
@@ -538,9 +539,16 @@ func upstreamErrorFor(w http.ResponseWriter, rt *route, err error) {
 // the Connector's address. Redirects elsewhere pass unchanged: the client follows them itself,
 // and no credential goes with it.
 func rewriteLocation(res *http.Response) error {
-	dropToolSessions(res.Header)
-	rewriteLocationFor(res, res.Request.Context().Value(routeKey{}).(*route))
+	cleanToolAnswer(res, res.Request.Context().Value(routeKey{}).(*route))
 	return nil
+}
+
+// cleanToolAnswer is what both paths do to a tool's answer along rt before it reaches the
+// client: its sessions dropped (dropToolSessions), a generator's query parameters taken out of
+// Location and Link, and Location kept on the proxy (rewriteLocationFor).
+func cleanToolAnswer(res *http.Response, rt *route) {
+	dropToolSessions(res.Header)
+	rewriteLocationFor(res, rt)
 }
 
 // toolSessionHeaders are the answer headers that hand the client a session the tool opened
