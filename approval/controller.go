@@ -1173,6 +1173,9 @@ func (c *Controller) revoke(ctx context.Context, ar *v1alpha1.AccessRequest, why
 	meta.FindStatusCondition(ar.Status.Conditions, v1alpha1.ConditionAccessPermissionSync).LastTransitionTime = metav1.Now()
 	c.setCondition(ar, v1alpha1.ConditionReady, metav1.ConditionFalse, "Revoked", "access revoked: %s", why)
 	res, err := c.retain(ctx, ar)
+	if err == nil {
+		err = c.pruneFinished(ctx, ar)
+	}
 	// Looked at again soon, once: a grant a former leader writes between the delete above and
 	// this status (its event finds the request not yet revoked, and this status's own event
 	// wakes nothing) goes then (deleteLateGrant), not after the retention.
@@ -1202,7 +1205,7 @@ func (c *Controller) retain(ctx context.Context, ar *v1alpha1.AccessRequest) (re
 	if left <= 0 {
 		return reconcile.Result{}, client.IgnoreNotFound(c.Client.Delete(ctx, ar))
 	}
-	return reconcile.Result{RequeueAfter: left}, c.pruneFinished(ctx, ar)
+	return reconcile.Result{RequeueAfter: left}, nil
 }
 
 // pruneFinished deletes the finished requests of ar's Pod namespace, in ar's namespace, past the
@@ -1210,6 +1213,9 @@ func (c *Controller) retain(ctx context.Context, ar *v1alpha1.AccessRequest) (re
 // shared (kube-public's, a project's): a tenant starting and ending gated Pods in a loop would
 // otherwise leave one request per Pod there for the retention, in etcd and in every cache of
 // them, and could fill that namespace's object quota for every tenant using its Connectors.
+// It runs as ar is revoked (not at each later reconcile of a finished request, which would list
+// the namespace's requests for each of them after a restart), and counts ar, whose revocation
+// the cache does not hold yet.
 func (c *Controller) pruneFinished(ctx context.Context, ar *v1alpha1.AccessRequest) error {
 	if c.RetainedPerNamespace <= 0 {
 		return nil
@@ -1219,9 +1225,9 @@ func (c *Controller) pruneFinished(ctx context.Context, ar *v1alpha1.AccessReque
 		client.MatchingLabels{v1alpha1.LabelContextObjectNamespace: ar.Labels[v1alpha1.LabelContextObjectNamespace]}); err != nil {
 		return err
 	}
-	var finished []*v1alpha1.AccessRequest
+	finished := []*v1alpha1.AccessRequest{ar}
 	for i := range list.Items {
-		if revoked(&list.Items[i]) {
+		if list.Items[i].UID != ar.UID && revoked(&list.Items[i]) {
 			finished = append(finished, &list.Items[i])
 		}
 	}
