@@ -110,11 +110,12 @@ func (c *Cache) Get(ctx context.Context, namespace, name string) (*corev1.Secret
 			return nil, err
 		}
 	}
-	get := c.get
+	get, flight := c.get, key.String()
 	if g, ok := ctx.Value(readsKey{}).(GetFunc); ok {
-		get = g
+		// A read of its own: neither waits on the other's rate limit, nor fails with its context.
+		get, flight = g, "reads:"+flight
 	}
-	v, err, _ := c.group.Do(key.String(), func() (any, error) {
+	v, err, _ := c.group.Do(flight, func() (any, error) {
 		sec, err := get(ctx, namespace, name)
 		if apierrors.IsNotFound(err) && c.missing != nil {
 			c.missing.Add(key, err)
