@@ -3,6 +3,7 @@ package objectcache
 import (
 	"context"
 	"fmt"
+	"maps"
 	"testing"
 	"time"
 
@@ -49,6 +50,7 @@ func watchedNames(c *Connectors) map[string]bool {
 func TestMakeRoomKeepsVolumesWatches(t *testing.T) {
 	ctx := context.Background()
 	c := NewConnectors(fakeConnectors(t, 10), time.Hour, 4, 0)
+	t.Cleanup(func() { c.Run(cancelled()) }) // its watches stopped, also after a failure
 	now := time.Unix(1_000, 0)
 	c.now = func() time.Time { now = now.Add(time.Second); return now }
 	for _, i := range []int{0, 1} {
@@ -61,7 +63,7 @@ func TestMakeRoomKeepsVolumesWatches(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if got, want := watchedNames(c), map[string]bool{"c-0": true, "c-1": true, "c-6": false, "c-7": false}; fmt.Sprint(got) != fmt.Sprint(want) {
+	if got, want := watchedNames(c), map[string]bool{"c-0": true, "c-1": true, "c-6": false, "c-7": false}; !maps.Equal(got, want) {
 		t.Fatalf("after 2 volumes and 6 lookups: %v, want %v", got, want)
 	}
 	// Volumes take the lookups' places, then each other's.
@@ -70,7 +72,7 @@ func TestMakeRoomKeepsVolumesWatches(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if got, want := watchedNames(c), map[string]bool{"c-1": true, "c-8": true, "c-9": true, "c-2": true}; fmt.Sprint(got) != fmt.Sprint(want) {
+	if got, want := watchedNames(c), map[string]bool{"c-1": true, "c-8": true, "c-9": true, "c-2": true}; !maps.Equal(got, want) {
 		t.Fatalf("after 3 more volumes: %v, want %v", got, want)
 	}
 	// A lookup finds no room it may take from volumes: it is served from its list, unwatched.
@@ -78,11 +80,8 @@ func TestMakeRoomKeepsVolumesWatches(t *testing.T) {
 	if err != nil || got.Name != "c-3" {
 		t.Fatalf("a lookup in a cache of volumes: %v %v", got, err)
 	}
-	if got, want := watchedNames(c), map[string]bool{"c-1": true, "c-8": true, "c-9": true, "c-2": true}; fmt.Sprint(got) != fmt.Sprint(want) {
+	if got, want := watchedNames(c), map[string]bool{"c-1": true, "c-8": true, "c-9": true, "c-2": true}; !maps.Equal(got, want) {
 		t.Fatalf("after a lookup in a cache of volumes: %v, want %v", got, want)
-	}
-	for _, cc := range []*Connectors{c} {
-		cc.Run(cancelled())
 	}
 }
 

@@ -118,9 +118,6 @@ func TestDeployAppliesServerSide(t *testing.T) {
 	}
 }
 
-// TestBuiltInResourceInterfacesApplyStrictly applies deploy/resourceinterfaces for real with
-// strict server-side field validation (an unknown or pruned field fails the apply) and reads
-// each interface back: every documented category is there and nothing was pruned.
 // TestDeployedWorkloadsTryHostNamesAsWritten: the node's and the controller's Pods resolve a
 // name with a dot as written before the cluster's search list (ndots 1): with the default 5, a
 // Connector's private host name gitlab.corp is first asked as gitlab.corp.svc.cluster.local,
@@ -145,6 +142,9 @@ func TestDeployedWorkloadsTryHostNamesAsWritten(t *testing.T) {
 	}
 }
 
+// TestBuiltInResourceInterfacesApplyStrictly applies deploy/resourceinterfaces for real with
+// strict server-side field validation (an unknown or pruned field fails the apply) and reads
+// each interface back: every documented category is there and nothing was pruned.
 func TestBuiltInResourceInterfacesApplyStrictly(t *testing.T) {
 	dir := filepath.Join(controlplane.RepoRoot(), "deploy", "resourceinterfaces")
 	if _, err := cp.Kubectl(nil, "apply", "--server-side", "--validate=strict", "-k", dir); err != nil {

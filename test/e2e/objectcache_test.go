@@ -299,6 +299,9 @@ func TestConnectorLookupsDoNotPushOutVolumes(t *testing.T) {
 	}
 	counted := &countingClient{WithWatch: watchingClient(t)}
 	cache := objectcache.NewConnectors(counted, time.Minute, 4, time.Hour)
+	stopped, stop := context.WithCancel(ctx)
+	stop()
+	t.Cleanup(func() { cache.Run(stopped) }) // its watches stopped
 	nn := func(i int) types.NamespacedName {
 		return types.NamespacedName{Namespace: ns, Name: fmt.Sprintf("c-%d", i)}
 	}

@@ -467,14 +467,15 @@ func TestTenancyToolSessionsStayWithTheProxy(t *testing.T) {
 	newConnectorWithSecret(t, ns, "tool", gitClass(t), tool.URL, "basicAuth", "tool")
 	allowConnectors(t, ns, "builder", "tool")
 	token := proxyToken(t, ns, "builder")
-	reverse := &http.Client{Timeout: 20 * time.Second} // one kept-alive connection: its later requests take the remembered route
+	// One kept-alive connection each: its later requests take the remembered route.
+	reverse, forward := &http.Client{Timeout: 20 * time.Second}, forwardClient(env.proxyURL, ns+"/tool", token)
 	for mode, send := range map[string]func() (*http.Response, error){
 		"reverse": func() (*http.Response, error) {
 			req := newRequest(t, "GET", env.proxyURL+"/namespaces/"+ns+"/connectors/tool/x", map[string]string{"Authorization": "Bearer " + token})
 			return reverse.Do(req)
 		},
 		"forward": func() (*http.Response, error) {
-			return forwardClient(env.proxyURL, ns+"/tool", token).Do(newRequest(t, "GET", tool.URL+"/x", nil))
+			return forward.Do(newRequest(t, "GET", tool.URL+"/x", nil))
 		},
 	} {
 		for i := range 3 {
