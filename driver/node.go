@@ -149,6 +149,9 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 		PodGrants:             &approval.PodGrants{Local: informers, Live: proxyClient},
 		Node:                  proxyNode(o),
 		DeniedPaths:           o.ProxyDeniedPaths,
+		GraphQLPaths:          o.ProxyGraphQLPaths,
+		DeniedGraphQLFields:   o.ProxyDeniedGraphQLFields,
+		GraphQLBodyBytes:      o.ProxyGraphQLBodyBytes,
 		APIObjects:            objectcache.Reader{Connectors: connectors, Rest: informers, Unwatched: true, Lists: apiClient},
 		APISecretReads: secretcache.FromWatchCache(func(ctx context.Context, ns, name string, opts metav1.GetOptions) (*corev1.Secret, error) {
 			return apiKube.CoreV1().Secrets(ns).Get(ctx, name, opts)

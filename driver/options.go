@@ -203,8 +203,14 @@ type Options struct {
 	ProxyTokens string
 	// ProxyDeniedPaths is --proxy-denied-paths; nil: proxy.DefaultDeniedPaths.
 	ProxyDeniedPaths []string
-	TunnelLifetime   time.Duration
-	UpgradeRecheck   time.Duration
+	// ProxyGraphQLPaths, ProxyDeniedGraphQLFields and ProxyGraphQLBodyBytes are
+	// --proxy-graphql-paths, --proxy-denied-graphql-fields and --proxy-graphql-body-bytes; nil:
+	// proxy.DefaultGraphQLPaths, proxy.DefaultDeniedGraphQLFields.
+	ProxyGraphQLPaths        []string
+	ProxyDeniedGraphQLFields []string
+	ProxyGraphQLBodyBytes    int64
+	TunnelLifetime           time.Duration
+	UpgradeRecheck           time.Duration
 	// The proxy's client connections: how long a request's head may take to arrive, and how
 	// long a kept-alive connection may wait for its next request; and how long a connection
 	// to a tool may wait idle in the proxy's pools.
@@ -362,19 +368,13 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.PodRecheck, "accessrequest-pod-recheck-interval", 5*time.Minute, "how often the controller reads the Pod of a live AccessRequest again (Pods are not watched; unpublish and the Pod's token revoke at once)")
 	fs.Float64Var(&o.PodRecheckQPS, "accessrequest-pod-recheck-qps", defaultPodRecheckQPS, "rechecks of live AccessRequests per second (each reads the Pod, up to two of its Tekton owners and, holding no grant, the Role and RoleBinding of its name, through a client of their own, apart from --kube-api-qps): with more live requests than this × --accessrequest-pod-recheck-interval, rechecks come further apart, and never hold an approval behind them")
 	fs.StringVar(&o.ProxyTokens, "proxy-tokens", proxy.TokensOfNode, "which tokens the proxy takes: node (those of Pods on this node, --node-id: a Pod's requests go to its own node's proxy, and another node's Pod, or a token of no Pod, is refused before anything is looked up) or any (any token of the proxy's audience, for a proxy run apart from the node's Pods, or an API server older than Kubernetes 1.30, whose tokens name no node)")
-	fs.Func("proxy-denied-paths", "comma-separated paths the proxy never sends a Connector's credential to, for every Connector whatever its class (a class's spec.proxy.deniedPaths adds its own): each a \"/\" and path segments (\"*\" any one) looked for at the start of a request's path under the Connector's address or one segment further, without regard to ASCII case, \";\" parameters, a format suffix or percent-encoding; default: the tools' endpoints that answer with the credential or mint one (JFrog's API key, GitLab's token rotation, Harbor's robot accounts: the README lists them); empty: none", func(v string) error {
-		o.ProxyDeniedPaths = []string{}
-		for _, item := range strings.Split(v, ",") {
-			if item = strings.TrimSpace(item); item == "" {
-				continue
-			}
-			if err := proxy.ValidDeniedPath(item); err != nil {
-				return err
-			}
-			o.ProxyDeniedPaths = append(o.ProxyDeniedPaths, item)
-		}
-		return nil
-	})
+	listFlag(fs, "proxy-denied-paths", "comma-separated paths the proxy never sends a Connector's credential to, for every Connector whatever its class (a class's spec.proxy.deniedPaths adds its own): each a \"/\" and path segments (\"*\" any one) looked for at the start of a request's path under the Connector's address or one segment further, without regard to ASCII case, \";\" parameters, a format suffix or percent-encoding; default: the tools' endpoints that answer with the credential or mint one (JFrog's API key, GitLab's token rotation, GitHub's deploy keys, Harbor's robot accounts: the README lists them); empty: none",
+		&o.ProxyDeniedPaths, proxy.ValidDeniedPath)
+	listFlag(fs, "proxy-graphql-paths", "comma-separated paths of the tools' GraphQL endpoints, looked for as --proxy-denied-paths' are: the proxy reads each request to one (its query string and body) before it sends it with a Connector's credential, and refuses one that names a --proxy-denied-graphql-fields field, or that it cannot read (a multipart or encoded body, a body over --proxy-graphql-body-bytes); default: /api/graphql (GitLab's); empty: none read",
+		&o.ProxyGraphQLPaths, proxy.ValidDeniedPath)
+	listFlag(fs, "proxy-denied-graphql-fields", "comma-separated GraphQL field names no request to a --proxy-graphql-paths endpoint may name (as a word anywhere in its documents, under any alias): mutations that mint a credential the caller would hold, fields that answer one; default: GitLab's (runnerCreate, personalAccessTokenCreate, pipelineTriggers...: the README lists them); empty: none",
+		&o.ProxyDeniedGraphQLFields, proxy.ValidGraphQLField)
+	fs.Int64Var(&o.ProxyGraphQLBodyBytes, "proxy-graphql-body-bytes", proxy.DefaultGraphQLBodyBytes, "how much of a request's body to a --proxy-graphql-paths endpoint the proxy reads (and holds) to look for denied fields; a larger body is refused (413)")
 	fs.StringVar(&o.ForwardPassthrough, "forward-passthrough", proxy.PassthroughPublic, "what the forward proxy does with a destination no named Connector covers: none (403), public (forward it without any credential when it resolves to public addresses only; CONNECT becomes a plain tunnel) or all (any destination the rules allow)")
 	fs.Func("forward-passthrough-connect-ports", "comma-separated ports a pass-through CONNECT may reach (default 443: a tunnel is opaque, so other ports would make the proxy a relay for any TCP service)", func(v string) error {
 		o.PassthroughConnectPorts = nil
@@ -878,4 +878,22 @@ func parsePrefix(s string) (netip.Prefix, error) {
 		return netip.Prefix{}, fmt.Errorf("%q is neither an address nor a CIDR prefix", s)
 	}
 	return prefix.Masked(), nil
+}
+
+// listFlag defines a flag of comma-separated items, each checked by valid, into dst: unset,
+// dst stays nil (the default); set, it holds the items given (none for an empty value).
+func listFlag(fs *flag.FlagSet, name, usage string, dst *[]string, valid func(string) error) {
+	fs.Func(name, usage, func(v string) error {
+		*dst = []string{}
+		for item := range strings.SplitSeq(v, ",") {
+			if item = strings.TrimSpace(item); item == "" {
+				continue
+			}
+			if err := valid(item); err != nil {
+				return err
+			}
+			*dst = append(*dst, item)
+		}
+		return nil
+	})
 }

@@ -72,12 +72,50 @@ var DefaultDeniedPaths = []string{
 	"/api/v4/projects/*/deploy_keys",
 	"/api/v4/user/runners",
 	"/api/v4/runners/*/reset_authentication_token",
+	"/api/v4/runners/reset_registration_token",
 	"/api/v4/projects/*/runners/reset_registration_token",
 	"/api/v4/groups/*/runners/reset_registration_token",
 	"/api/v4/projects/*/triggers",
 	"/api/v4/projects/*/cluster_agents/*/tokens",
 	"/api/v4/packages/conan/v1/users/authenticate",
 	"/api/v4/projects/*/packages/conan/v1/users/authenticate",
+	// GitLab's ActionCable, whose channel runs GraphQL operations out of the GraphQL paths'
+	// reach (graphql.go); only the web UI's live updates use it.
+	"/-/cable",
+	// GitHub (the REST API, api.github.com or a GitHub Enterprise's /api/v3): deploy and SSH
+	// keys, Actions runners' registration, removal and just-in-time configuration (a runner
+	// receives workflow jobs and their secrets), and a GitHub App installation's tokens.
+	"/repos/*/*/keys",
+	"/user/keys",
+	"/repos/*/*/actions/runners/registration-token",
+	"/repos/*/*/actions/runners/remove-token",
+	"/repos/*/*/actions/runners/generate-jitconfig",
+	"/orgs/*/actions/runners/registration-token",
+	"/orgs/*/actions/runners/remove-token",
+	"/orgs/*/actions/runners/generate-jitconfig",
+	"/enterprises/*/actions/runners/registration-token",
+	"/enterprises/*/actions/runners/remove-token",
+	"/enterprises/*/actions/runners/generate-jitconfig",
+	"/app/installations/*/access_tokens",
+	// Gitea and Forgejo (behind the generic git class): a user's tokens (minted with Basic
+	// credentials), OAuth2 applications, SSH and deploy keys, Actions runners' registration.
+	"/api/v1/users/*/tokens",
+	"/api/v1/user/applications/oauth2",
+	"/api/v1/user/keys",
+	"/api/v1/repos/*/*/keys",
+	"/api/v1/repos/*/*/actions/runners/registration-token",
+	"/api/v1/orgs/*/actions/runners/registration-token",
+	"/api/v1/user/actions/runners/registration-token",
+	"/api/v1/admin/runners/registration-token",
+	// Bitbucket Data Center: personal, project and repository access tokens, SSH and access
+	// keys; Bitbucket Cloud: SSH and deploy keys.
+	"/rest/access-tokens",
+	"/rest/ssh/*/keys",
+	"/rest/keys/*/projects/*/ssh",
+	"/rest/keys/*/projects/*/repos/*/ssh",
+	"/2.0/users/*/ssh-keys",
+	"/2.0/repositories/*/*/deploy-keys",
+	"/2.0/workspaces/*/projects/*/deploy-keys",
 	// Nexus Repository: the user token (Pro) and a user's password.
 	"/service/rest/internal/current-user/user-token",
 	"/service/rest/v1/security/users/*/change-password",
@@ -180,11 +218,13 @@ func compileDeniedPaths(class string, entries []string) *deniedPaths {
 type deniedCheck struct {
 	node, class *deniedPaths
 	within      int
+	// graphql reads the requests to the node's GraphQL paths (graphql.go); nil: none.
+	graphql *graphqlReading
 }
 
 // deniedCheckFor is the check of c's requests, of class.
 func (p *Proxy) deniedCheckFor(c *v1alpha1.Connector, class *v1alpha1.ConnectorClass) deniedCheck {
-	d := deniedCheck{node: p.denied, class: p.classDenied.of(class)}
+	d := deniedCheck{node: p.denied, class: p.classDenied.of(class), graphql: p.graphql}
 	for _, addr := range parsedAddresses(c) {
 		d.within = max(d.within, len(pathSegments(addr.EscapedPath(), nil)))
 	}
@@ -223,15 +263,7 @@ func (d deniedCheck) check(escaped string) error {
 	if d.node == nil && d.class == nil {
 		return nil
 	}
-	var found *deniedEntry
-	undecodable := eachDecoding(escaped, func(p string) bool {
-		var buf [32]string
-		found = d.reachedIn(pathSegments(p, buf[:0]))
-		return found == nil
-	})
-	if found == nil && strings.Contains(escaped, "%") {
-		found = d.reachedIn(decodedSegments(escaped))
-	}
+	found, undecodable := reaching(escaped, d.within, d.node, d.class)
 	switch {
 	case found != nil:
 		return found.refusal()
@@ -241,12 +273,25 @@ func (d deniedCheck) check(escaped string) error {
 	return nil
 }
 
-// reachedIn is the entry of the node's or the class's that segs reach.
-func (d deniedCheck) reachedIn(segs []string) *deniedEntry {
-	if e := d.node.reachedIn(segs, d.within); e != nil {
-		return e
+// reaching is the entry of a's or b's (either may be nil) that escaped reaches within the
+// window in any of its spellings (as sent, in each decoding, each segment decoded);
+// undecodable tells that a layer did not decode.
+func reaching(escaped string, within int, a, b *deniedPaths) (found *deniedEntry, undecodable bool) {
+	in := func(segs []string) *deniedEntry {
+		if e := a.reachedIn(segs, within); e != nil {
+			return e
+		}
+		return b.reachedIn(segs, within)
 	}
-	return d.class.reachedIn(segs, d.within)
+	undecodable = eachDecoding(escaped, func(p string) bool {
+		var buf [32]string
+		found = in(pathSegments(p, buf[:0]))
+		return found == nil
+	})
+	if found == nil && strings.Contains(escaped, "%") {
+		found = in(decodedSegments(escaped))
+	}
+	return found, undecodable
 }
 
 // decodedSegments are escaped's segments as a router that splits a path at its "/" before it

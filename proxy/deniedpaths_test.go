@@ -106,10 +106,22 @@ func TestDeniedPathsStayAtTheToolsAPI(t *testing.T) {
 		"/api/v4/groups/grp%2Fsub/service_accounts/5/personal_access_token%73":      true,
 		"/api/v4/projects/grp%2Fproj/access_tokens%2Ejson":                          true,
 		"/api/v4/projects/group%2Fproject/deploy_keys":                              true,
+		"/repos/acme/tool/keys":                                                     true,
+		"/api/v3/repos/acme/tool/keys":                                              false, // GitHub Enterprise's API is an address of its own (below)
+		"/acme/keys.git/info/refs":                                                  false,
+		"/repos/tool.git/info/refs":                                                 false,
+		"/user/keys.git/git-upload-pack":                                            false,
+		"/scm/acme/access-tokens.git/info/refs":                                     false,
+		"/api/v1/repos/acme/tool/actions/runners/registration-token":                true,
+		"/bitbucket/rest/access-tokens/latest/users/bot":                            true,
 	} {
 		if got := root.check(path) != nil; got != want {
 			t.Errorf("address at the root, %q: denied %v, want %v", path, got, want)
 		}
+	}
+	enterprise := at("https://github.acme.example/api/v3")
+	if enterprise.check("/api/v3/repos/acme/tool/keys") == nil || enterprise.check("/api/v3/orgs/acme/actions/runners/registration-token") == nil {
+		t.Error("a GitHub Enterprise API address: its deploy keys and runner registration served")
 	}
 	if under.within != 3 || under.check("/tools/jfrog/artifactory/api/security/apiKey") == nil {
 		t.Errorf("an address with a path of two segments: within %d, want 3, and its context path's API denied", under.within)

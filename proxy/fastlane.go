@@ -407,8 +407,8 @@ func (m *laneMemo) route(p *Proxy, u *url.URL, key laneKey) (*route, bool) {
 	} else {
 		rt, ok = m.reverseTo(key.rest, u.RawQuery)
 	}
-	if !ok || rt.denied.check(rt.target.EscapedPath()) != nil {
-		return nil, false // the general path refuses it
+	if !ok || !rt.denied.sendsAsRemembered(rt.target.EscapedPath()) {
+		return nil, false // the general path refuses it, or reads it
 	}
 	return rt, true
 }
@@ -451,10 +451,10 @@ func (m *laneMemo) routeForHead(p *Proxy, h *laneHead, now time.Time) (rt *route
 }
 
 // allowed is the memo's route to uri, a request URI along it, unless uri's path is one of the
-// class's denied paths (which the general path refuses).
+// denied paths (which the general path refuses) or a GraphQL path (whose requests it reads).
 func (m *laneMemo) allowed(uri string) (rt *route, _ string, ok bool) {
 	escaped, _, _ := strings.Cut(uri, "?")
-	if m.rt.denied.check(escaped) != nil {
+	if !m.rt.denied.sendsAsRemembered(escaped) {
 		return nil, "", false
 	}
 	return m.rt, uri, true

@@ -7,6 +7,7 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"crypto/x509"
 	"errors"
@@ -15,6 +16,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -108,6 +110,13 @@ type Config struct {
 	// DeniedPaths are the paths the proxy never sends a credential to, for every Connector
 	// (see deniedpaths.go); nil: DefaultDeniedPaths, empty: none.
 	DeniedPaths []string
+	// GraphQLPaths are where the tools' GraphQL endpoints are, whose requests the proxy reads
+	// for DeniedGraphQLFields, up to GraphQLBodyBytes of a body (see graphql.go); nil:
+	// DefaultGraphQLPaths, DefaultDeniedGraphQLFields; empty: none read; 0:
+	// DefaultGraphQLBodyBytes.
+	GraphQLPaths        []string
+	DeniedGraphQLFields []string
+	GraphQLBodyBytes    int64
 }
 
 // PodGrants is approval.PodGrants, as the proxy asks it.
@@ -119,10 +128,18 @@ type PodGrants interface {
 
 // check refuses a Config whose limits are unset: an unbounded cache is what they prevent.
 func (c Config) check() error {
-	for _, entry := range c.DeniedPaths {
+	for _, entry := range slices.Concat(c.DeniedPaths, c.GraphQLPaths) {
 		if err := ValidDeniedPath(entry); err != nil {
 			return fmt.Errorf("proxy config: %w", err)
 		}
+	}
+	for _, field := range c.DeniedGraphQLFields {
+		if err := ValidGraphQLField(field); err != nil {
+			return fmt.Errorf("proxy config: %w", err)
+		}
+	}
+	if c.GraphQLBodyBytes < 0 {
+		return fmt.Errorf("proxy config: GraphQLBodyBytes must not be negative")
 	}
 	if c.SecretCacheBytes <= 0 || c.RegistryTokenBytes <= 0 {
 		return fmt.Errorf("proxy config: SecretCacheBytes and RegistryTokenBytes must be positive")
@@ -171,8 +188,11 @@ type Proxy struct {
 	// denied are Config.DeniedPaths, compiled; a route holds them with its class's.
 	denied      *deniedPaths
 	classDenied classDeniedSets
-	reverse     *httputil.ReverseProxy
-	direct      *directTransport
+	// graphql reads the requests to the tools' GraphQL endpoints (Config.GraphQLPaths); nil:
+	// none.
+	graphql *graphqlReading
+	reverse *httputil.ReverseProxy
+	direct  *directTransport
 	// owned carry what direct does not take, in pools split as direct's are.
 	owned *ownerTransports
 	// apiOwned are the Connectors API's, split the same way.
@@ -215,10 +235,9 @@ func New(objects client.Reader, reviewer Reviewer, flags *features.Source, kube 
 	if cfg.Permissions == nil {
 		cfg.Permissions = reviewer
 	}
-	if cfg.DeniedPaths == nil {
-		cfg.DeniedPaths = DefaultDeniedPaths
-	}
-	p.denied = compileDeniedPaths("", cfg.DeniedPaths)
+	p.denied = compileDeniedPaths("", orDefault(cfg.DeniedPaths, DefaultDeniedPaths))
+	p.graphql = newGraphQLReading(orDefault(cfg.GraphQLPaths, DefaultGraphQLPaths), orDefault(cfg.DeniedGraphQLFields, DefaultDeniedGraphQLFields),
+		cmp.Or(cfg.GraphQLBodyBytes, DefaultGraphQLBodyBytes))
 	p.direct = newDirectTransport(directMaxIdlePerHost, cfg.UpstreamIdleTimeout, cfg.MaxHeaderBytes)
 	p.owned = newOwnerTransports("owner_transports", cfg.OwnerTransportCacheSize)
 	p.apiOwned = newOwnerTransports("api_transports", cfg.APITransportCacheSize)
@@ -239,6 +258,14 @@ func New(objects client.Reader, reviewer Reviewer, flags *features.Source, kube 
 		ErrorLog: proxyErrorLog,
 	}
 	return p, nil
+}
+
+// orDefault is list, or def when list is nil (unset; an empty list is none).
+func orDefault(list, def []string) []string {
+	if list == nil {
+		return def
+	}
+	return list
 }
 
 // ForgetPod drops the cached connectors/proxy decisions of a Pod's tokens: the node saw one of
@@ -409,7 +436,7 @@ func (p *Proxy) fail(w http.ResponseWriter, r *http.Request, rt *route, err erro
 		klog.FromContext(r.Context()).Error(err, "Proxy request failed")
 		code, msg = http.StatusBadGateway, err.Error()
 	}
-	WriteStatus(w, code, metav1.StatusReason(strings.ReplaceAll(http.StatusText(code), " ", "")), msg)
+	answerRefusal(w, rt, code, msg)
 }
 
 // hopValue is the hop marker's value, shared by every outgoing request: transports only read
@@ -480,6 +507,9 @@ func (t routeTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 // streamed to client as its body is read (directBody), once it is the answer the client gets:
 // not a challenge the registry flow reads and drops, nor the token service's answer.
 func (p *Proxy) sendAlong(rt *route, r *http.Request, client io.Writer) (*http.Response, error) {
+	if err := rt.denied.checkGraphQL(r); err != nil {
+		return nil, err // before anything is sent (upstreamErrorFor answers the refusal)
+	}
 	if rt.cred.registry == nil {
 		return toolTransport{p, rt, client}.RoundTrip(r)
 	}
@@ -518,8 +548,13 @@ func upstreamError(w http.ResponseWriter, r *http.Request, err error) {
 	upstreamErrorFor(w, r.Context().Value(routeKey{}).(*route), err)
 }
 
-// upstreamErrorFor answers a failed round trip along rt.
+// upstreamErrorFor answers a failed round trip along rt, or one the proxy refused to send
+// (sendAlong).
 func upstreamErrorFor(w http.ResponseWriter, rt *route, err error) {
+	if code, msg := Status(err); code != 0 {
+		answerRefusal(w, rt, code, msg)
+		return
+	}
 	klog.Background().Info("Upstream request failed", "connector", klog.KObj(rt.connector), "host", rt.target.Host, "err", err)
 	code, reason := http.StatusBadGateway, metav1.StatusReason("BadGateway")
 	msg := fmt.Sprintf("Connector %s/%s: %s unreachable: %v", rt.connector.Namespace, rt.connector.Name, rt.target.Host, err)
@@ -530,6 +565,16 @@ func upstreamErrorFor(w http.ResponseWriter, rt *route, err error) {
 	}
 	if rt.statusErrors {
 		WriteStatus(w, code, reason, msg)
+		return
+	}
+	refuse(w, code, msg)
+}
+
+// answerRefusal writes a refusal of a request along rt: as a Kubernetes Status for the
+// Connectors API, else as plain text.
+func answerRefusal(w http.ResponseWriter, rt *route, code int, msg string) {
+	if rt.statusErrors {
+		WriteStatus(w, code, metav1.StatusReason(strings.ReplaceAll(http.StatusText(code), " ", "")), msg)
 		return
 	}
 	refuse(w, code, msg)

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"io"
@@ -17,6 +18,7 @@ import (
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/connectorstatus"
 	"github.com/kube-connectors/connectors-csi/driver"
+	"github.com/kube-connectors/connectors-csi/features"
 )
 
 // deniedSpellings are spellings of denied paths a client could send: the node's default list's
@@ -33,6 +35,8 @@ var deniedSpellings = []string{
 	"/api/v4/personal_access_tokens/self/rotate.json",
 	"/api/v2.0/users/current",
 	"/artifactory/internal/credential",
+	"/gitlab/-/cable",
+	"/repos/acme/tool/actions/runners/registration-token",
 }
 
 // TestTenancyDeniedPathsKeepTheCredentialInTheProxy: a Pod allowed to use a Connector cannot
@@ -44,14 +48,51 @@ var deniedSpellings = []string{
 // Connectors API's pass-through, and none reaches the tool, while other paths along the same
 // routes and connections are served.
 func TestTenancyDeniedPathsKeepTheCredentialInTheProxy(t *testing.T) {
-	var mu sync.Mutex
-	var reached []string
+	ways := startPodWays(t, &v1alpha1.ProxySpec{DeniedPaths: []string{"/internal/credential"}})
+	allowed := toolRequest{method: "GET", path: "/artifactory/api/repositories"}
+	var denied []toolRequest
+	for _, path := range deniedSpellings {
+		denied = append(denied, toolRequest{method: "GET", path: path, refusal: deniedBy(path)})
+	}
+	ways.expectEach(t, allowed, denied)
+}
+
+// toolRequest is a request a test's Pod sends to a Connector, and the refusal it expects ("":
+// served) with its status (0: 403).
+type toolRequest struct {
+	method, path, contentType, body string
+	refusal                         string
+	status                          int
+}
+
+// podWays are a Pod's ways to two Connectors of one class (the git class, with a proxy spec of
+// the test's), "jfrog" at a recording tool over HTTP and "secure" at one over TLS: each sends a
+// request and returns the answer's status and body. reached is what the tools received (host,
+// path and body), but for the controller's probes.
+type podWays struct {
+	ways    []podWay
+	mu      sync.Mutex
+	reached []string
+}
+
+type podWay struct {
+	name string
+	send func(toolRequest) (int, string)
+}
+
+// startPodWays starts the tools, a proxy driver (with enable-multi-connector and the test's
+// flags on) and the Connectors, and a Pod's ways to them: the reverse proxy on one kept-alive
+// connection, the forward proxy, requests inside a CONNECT tunnel (TLS terminated by the
+// proxy) and the Connectors API's pass-through.
+func startPodWays(t *testing.T, proxySpec *v1alpha1.ProxySpec, flags ...string) *podWays {
+	pw := &podWays{}
 	record := func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
+		body, _ := io.ReadAll(r.Body)
+		pw.mu.Lock()
 		if r.UserAgent() != connectorstatus.ProbeUserAgent { // the controller's probes of the address
-			reached = append(reached, r.Host+" "+r.URL.EscapedPath())
+			pw.reached = append(pw.reached, strings.TrimSpace(r.Host+" "+r.URL.EscapedPath()+" "+string(body)))
 		}
-		mu.Unlock()
+		pw.mu.Unlock()
 		_, _ = io.WriteString(w, "what a tool answers: here the user's API key")
 	}
 	tool := startRecorder(t, record)
@@ -61,20 +102,24 @@ func TestTenancyDeniedPathsKeepTheCredentialInTheProxy(t *testing.T) {
 	secure.StartTLS()
 	t.Cleanup(secure.Close)
 
-	enableMultiConnector(t)
+	on := map[string]string{features.KeyMultiConnector: "true"}
+	for _, flag := range flags {
+		on[flag] = "true"
+	}
+	setFlags(t, on)
+	t.Cleanup(func() { setFlags(t, map[string]string{}) })
 	env := startProxyDriver(t, nil)
 	ns := newNamespace(t)
 	var git v1alpha1.ConnectorClass
 	readDeployedClass(t, "git.yaml", &git)
 	git.Name += "-" + rand.String(6)
-	git.Spec.Proxy = &v1alpha1.ProxySpec{DeniedPaths: []string{"/internal/credential"}}
+	git.Spec.Proxy = proxySpec
 	create(t, &git)
-	class := git.Name
 	createSecret(t, ns, "cred", corev1.SecretTypeBasicAuth, map[string]string{"username": "bot", "password": "jfrog-secret"})
 	createSecret(t, ns, "secure-ca", corev1.SecretTypeOpaque, map[string]string{"ca.crt": string(authority.PEM)})
 	for name, address := range map[string]string{"jfrog": tool.URL, "secure": secure.URL} {
 		c := &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
-			Spec: v1alpha1.ConnectorSpec{ConnectorClassName: class, Address: address,
+			Spec: v1alpha1.ConnectorSpec{ConnectorClassName: git.Name, Address: address,
 				Auth: &v1alpha1.ConnectorAuth{Name: "basicAuth", SecretRef: &v1alpha1.SecretRef{Name: "cred"}}}}
 		if name == "secure" {
 			c.Spec.CACertSecretRef = &v1alpha1.LocalSecretRef{Name: "secure-ca"}
@@ -84,60 +129,75 @@ func TestTenancyDeniedPathsKeepTheCredentialInTheProxy(t *testing.T) {
 	allowConnectors(t, ns, "builder", "jfrog", "secure")
 	pod, token := publishedToken(t, env, ns, "client", "jfrog,secure")
 	caPEM := []byte(visibleFiles(t, env.kubelet.TargetPath(pod, "connectors"))["ca.crt"])
-	allowed := "/artifactory/api/repositories"
 
-	// expect sends allowed twice (the second along the remembered route), each denied
-	// spelling, and allowed again, with send, and checks the answers.
-	expect := func(mode string, send func(path string) (int, string)) {
-		t.Helper()
-		for i, path := range append([]string{allowed, allowed}, append(deniedSpellings, allowed)...) {
-			code, body := send(path)
-			want := http.StatusOK
-			if path != allowed {
-				want = http.StatusForbidden
-			}
-			if code != want || want == http.StatusForbidden && !strings.Contains(body, deniedBy(path)) {
-				t.Errorf("%s, request %d (%s): %d %q, want %d", mode, i, path, code, body, want)
-			}
-		}
-	}
 	reverse := &http.Client{} // one kept-alive connection
-	expect("reverse", func(path string) (int, string) {
-		return do(t, reverse, newRequest(t, "GET", env.proxyURL+"/namespaces/"+ns+"/connectors/jfrog"+path, map[string]string{"Authorization": "Bearer " + token}))
-	})
 	forward := forwardClient(env.proxyURL, ns+"/jfrog", token)
-	expect("forward", func(path string) (int, string) {
-		return do(t, forward, newRequest(t, "GET", tool.URL+path, nil))
-	})
 	tn, status := openTunnel(t, strings.TrimPrefix(env.proxyURL, "http://"), strings.TrimPrefix(secure.URL, "https://"), ns+"/secure", token, caPEM)
 	if tn == nil {
 		t.Fatalf("CONNECT: %s", status)
 	}
-	expect("tunnelled", func(path string) (int, string) {
-		code, body, err := tn.getBody(path)
-		if err != nil {
-			t.Fatalf("in the tunnel, %s: %v", path, err)
-		}
-		return code, body
-	})
 	viewer := apiToken(t, ns, "viewer")
 	allowConnectors(t, ns, "viewer", "jfrog")
-	expect("the Connectors API's pass-through", func(path string) (int, string) {
-		return do(t, noRedirects, newRequest(t, "GET", connectorAPI(env, ns, "jfrog", path), map[string]string{"Authorization": "Bearer " + viewer}))
-	})
+	send := func(c *http.Client, url, auth string) func(toolRequest) (int, string) {
+		return func(r toolRequest) (int, string) {
+			header := map[string]string{}
+			if auth != "" {
+				header["Authorization"] = auth
+			}
+			if r.contentType != "" {
+				header["Content-Type"] = r.contentType
+			}
+			req := newRequest(t, r.method, url+r.path, header)
+			if r.body != "" {
+				req.Body, req.ContentLength = io.NopCloser(strings.NewReader(r.body)), int64(len(r.body))
+			}
+			return do(t, c, req)
+		}
+	}
+	pw.ways = []podWay{
+		{"reverse", send(reverse, env.proxyURL+"/namespaces/"+ns+"/connectors/jfrog", "Bearer "+token)},
+		{"forward", send(forward, tool.URL, "")},
+		{"tunnelled", func(r toolRequest) (int, string) {
+			code, body, err := tn.send(r.method, r.path, r.contentType, r.body)
+			if err != nil {
+				t.Fatalf("in the tunnel, %s %s: %v", r.method, r.path, err)
+			}
+			return code, body
+		}},
+		{"the Connectors API's pass-through", send(noRedirects, connectorAPI(env, ns, "jfrog", ""), "Bearer "+viewer)},
+	}
+	return pw
+}
 
-	mu.Lock()
-	defer mu.Unlock()
+// expectEach sends, each way, allowed twice (the second along the remembered route), each of
+// denied, and allowed again, and checks the answers: allowed served, each denied one refused
+// (403, naming its refusal) without reaching a tool.
+func (pw *podWays) expectEach(t *testing.T, allowed toolRequest, denied []toolRequest) {
+	t.Helper()
+	for _, way := range pw.ways {
+		for i, r := range append([]toolRequest{allowed, allowed}, append(denied, allowed)...) {
+			code, body := way.send(r)
+			want := http.StatusOK
+			if r.refusal != "" {
+				want = cmp.Or(r.status, http.StatusForbidden)
+			}
+			if code != want || !strings.Contains(body, r.refusal) {
+				t.Errorf("%s, request %d (%s %s %q): %d %q, want %d", way.name, i, r.method, r.path, r.body, code, body, want)
+			}
+		}
+	}
+	pw.mu.Lock()
+	defer pw.mu.Unlock()
 	served := 0
-	for _, r := range reached {
-		if strings.HasSuffix(r, allowed) {
+	for _, r := range pw.reached {
+		if strings.HasSuffix(r, strings.TrimSpace(allowed.path+" "+allowed.body)) {
 			served++
 			continue
 		}
-		t.Errorf("a denied path reached the tool: %s", r)
+		t.Errorf("a denied request reached the tool: %s", r)
 	}
-	if served < 4*3 {
-		t.Errorf("the tool served %d requests of %s, want the 12 sent", served, allowed)
+	if want := 3 * len(pw.ways); served < want {
+		t.Errorf("the tools served %d requests of %s, want the %d sent", served, allowed.path, want)
 	}
 }
 

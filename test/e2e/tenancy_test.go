@@ -685,16 +685,29 @@ func (tn *tunnel) get(path string) (int, error) {
 
 // getBody is get, with the answer's body.
 func (tn *tunnel) getBody(path string) (int, string, error) {
-	if _, err := fmt.Fprintf(tn.conn, "GET %s HTTP/1.1\r\nHost: %s\r\n\r\n", path, tn.host); err != nil {
+	return tn.send("GET", path, "", "")
+}
+
+// send sends one request inside the tunnel, with a body of contentType when body is not
+// empty, and returns its answer's status and body.
+func (tn *tunnel) send(method, path, contentType, body string) (int, string, error) {
+	head := fmt.Sprintf("%s %s HTTP/1.1\r\nHost: %s\r\n", method, path, tn.host)
+	if contentType != "" {
+		head += "Content-Type: " + contentType + "\r\n"
+	}
+	if body != "" {
+		head += fmt.Sprintf("Content-Length: %d\r\n", len(body))
+	}
+	if _, err := io.WriteString(tn.conn, head+"\r\n"+body); err != nil {
 		return 0, "", err
 	}
 	res, err := http.ReadResponse(tn.r, nil)
 	if err != nil {
 		return 0, "", err
 	}
-	body, err := io.ReadAll(res.Body)
+	answer, err := io.ReadAll(res.Body)
 	_ = res.Body.Close()
-	return res.StatusCode, string(body), err
+	return res.StatusCode, string(answer), err
 }
 
 func TestTenancyConnectTunnels(t *testing.T) {

@@ -1,0 +1,302 @@
+package proxy
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"net/url"
+	"regexp"
+	"strings"
+)
+
+// This file reads the GraphQL requests the proxy sends with a Connector's credential. A GraphQL
+// API does through one path what a REST API does through many, so the denied paths
+// (deniedpaths.go) cannot tell GitLab's runnerCreate, which answers a new runner's token, from
+// a query of issues. A request to one of the node's GraphQL paths (--proxy-graphql-paths,
+// looked for as denied paths are) is read before it is sent on, and refused when it names a
+// denied field (--proxy-denied-graphql-fields: a mutation, or a field that answers a
+// credential) anywhere a server could take a GraphQL document from: its query string's
+// parameters, its form's, every string of its JSON body (keys too, and JSON held in a string),
+// or the whole of a body of another type.
+//
+// Why a name anywhere, and no GraphQL parser: a field's name is written whole in the document
+// (GraphQL names have no escapes, and a variable cannot name a field), so a document that
+// selects a denied field holds its name as a word, under any alias, in any operation or
+// fragment. Looking for the word, in every place a server's parameter parsing (GitLab's Rack:
+// "query", "_json", "operations", nested names, ";" as a separator) could find a document,
+// needs no model of which of them it takes, nor of how its GraphQL parser differs from ours;
+// it refuses a document that only mentions the name (in a string, a comment), which a Pod's
+// work has no need of. What cannot be read so (a multipart or encoded body, a declared JSON
+// body that is not JSON, a parameter that does not decode, a body over
+// --proxy-graphql-body-bytes) is refused.
+
+// DefaultGraphQLPaths are --proxy-graphql-paths' default: GitLab's GraphQL endpoint (and a
+// GitHub Enterprise's, whose GraphQL API has none of the default fields).
+var DefaultGraphQLPaths = []string{"/api/graphql"}
+
+// DefaultDeniedGraphQLFields are --proxy-denied-graphql-fields' default: GitLab's GraphQL
+// fields that mint a credential the caller would then hold, or answer one.
+var DefaultDeniedGraphQLFields = []string{
+	// A personal access token created, or rotated (which also revokes the Connector's own).
+	"personalAccessTokenCreate",
+	"personalAccessTokenRotate",
+	// Runners, which receive jobs and their secrets: a runner created (its token in the
+	// answer), the registration token reset, and the fields that show a runner's token or the
+	// commands that register one.
+	"runnerCreate",
+	"runnersRegistrationTokenReset",
+	"ephemeralAuthenticationToken",
+	"ephemeralRegisterCommand",
+	"runnerSetup",
+	// A cluster agent's token, and pipeline trigger tokens: created, updated or listed (a
+	// trigger's creator is shown its token whole).
+	"clusterAgentTokenCreate",
+	"pipelineTriggerCreate",
+	"pipelineTriggerUpdate",
+	"pipelineTriggers",
+}
+
+// DefaultGraphQLBodyBytes is --proxy-graphql-body-bytes' default.
+const DefaultGraphQLBodyBytes = 1 << 20
+
+// maxNestedJSON bounds how deep JSON held in a JSON string is read (each level is shorter
+// than the one holding it).
+const maxNestedJSON = 4
+
+// graphqlName is a GraphQL name's form.
+var graphqlName = regexp.MustCompile(`^[_A-Za-z][_0-9A-Za-z]*$`)
+
+// ValidGraphQLField says what is wrong with a denied GraphQL field, or nil.
+func ValidGraphQLField(name string) error {
+	if len(name) > maxDeniedPathBytes || !graphqlName.MatchString(name) {
+		return fmt.Errorf("%q is not a GraphQL field name: write a letter or \"_\" and then letters, digits and \"_\", %d bytes at most", name, maxDeniedPathBytes)
+	}
+	return nil
+}
+
+// graphqlReading is the node's reading of GraphQL requests: where they are sent (paths, with
+// a route's window), the fields none may name, and how much of a body is read.
+type graphqlReading struct {
+	paths   *deniedPaths
+	fields  map[string]bool
+	maxBody int64
+}
+
+// newGraphQLReading compiles the node's GraphQL settings; nil when no path or no field is set
+// (nothing to read for), or the body limit is not positive.
+func newGraphQLReading(paths, fields []string, maxBody int64) *graphqlReading {
+	g := &graphqlReading{paths: compileDeniedPaths("", paths), fields: map[string]bool{}, maxBody: maxBody}
+	for _, f := range fields {
+		if ValidGraphQLField(f) == nil {
+			g.fields[f] = true
+		}
+	}
+	if g.paths == nil || len(g.fields) == 0 || maxBody <= 0 {
+		return nil
+	}
+	return g
+}
+
+// readsGraphQL tells whether a request to escaped, a tool path as it will be sent, is one of
+// the node's GraphQL requests (a path that does not decode is: check refuses it anyway).
+func (d deniedCheck) readsGraphQL(escaped string) bool {
+	if d.graphql == nil {
+		return false
+	}
+	found, undecodable := reaching(escaped, d.within, d.graphql.paths, nil)
+	return found != nil || undecodable
+}
+
+// sendsAsRemembered tells whether a request to escaped may take a remembered route (the fast
+// lane's): it is neither denied nor a GraphQL request, which the general path refuses or reads.
+func (d deniedCheck) sendsAsRemembered(escaped string) bool {
+	return d.check(escaped) == nil && !d.readsGraphQL(escaped)
+}
+
+// checkGraphQL refuses r, a request about to be sent to the tool, when it is one of the node's
+// GraphQL requests and names a denied field or cannot be read. The body it read is r's again.
+func (d deniedCheck) checkGraphQL(r *http.Request) error {
+	if !d.readsGraphQL(r.URL.EscapedPath()) {
+		return nil
+	}
+	g := d.graphql
+	if err := g.form(r.URL.RawQuery, "query string"); err != nil {
+		return err
+	}
+	body, err := g.readBody(r)
+	if err != nil || len(body) == 0 {
+		return err
+	}
+	return g.body(r.Header, body)
+}
+
+// graphqlUnread is the 4xx of a GraphQL request the proxy cannot read.
+func graphqlUnread(status int, format string, args ...any) error {
+	return refusef(status, "the proxy reads a GraphQL request before it sends it with a Connector's credential (--proxy-graphql-paths), and cannot read this one: "+format, args...)
+}
+
+// readBody reads r's body, up to the limit, and gives r a body of what it read.
+func (g *graphqlReading) readBody(r *http.Request) ([]byte, error) {
+	if r.Body == nil || r.Body == http.NoBody {
+		return nil, nil
+	}
+	for _, coding := range r.Header.Values("Content-Encoding") {
+		if !strings.EqualFold(strings.TrimSpace(coding), "identity") {
+			return nil, graphqlUnread(http.StatusUnsupportedMediaType, "its body is encoded (Content-Encoding %q)", coding)
+		}
+	}
+	if r.ContentLength > g.maxBody {
+		return nil, graphqlUnread(http.StatusRequestEntityTooLarge, "its body is over %d bytes (--proxy-graphql-body-bytes)", g.maxBody)
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, g.maxBody+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading the GraphQL request's body: %w", err)
+	}
+	if int64(len(body)) > g.maxBody {
+		return nil, graphqlUnread(http.StatusRequestEntityTooLarge, "its body is over %d bytes (--proxy-graphql-body-bytes)", g.maxBody)
+	}
+	r.Body = struct {
+		io.Reader
+		io.Closer
+	}{bytes.NewReader(body), r.Body}
+	return body, nil
+}
+
+// jsonMediaTypes are the media types Rails (GitLab) parses as JSON besides "+json" ones.
+var jsonMediaTypes = map[string]bool{"application/json": true, "text/x-json": true, "application/jsonrequest": true}
+
+// body reads a GraphQL request's body as its Content-Type says a server parses it: a form
+// (also when it has none: Rack parses a POST's body without one so), JSON, or text.
+func (g *graphqlReading) body(h http.Header, body []byte) error {
+	types := h.Values("Content-Type")
+	if len(types) > 1 {
+		return graphqlUnread(http.StatusBadRequest, "it has %d Content-Type headers", len(types))
+	}
+	mediaType := ""
+	if len(types) == 1 && strings.TrimSpace(types[0]) != "" { // empty: none, to Rack
+		var err error
+		if mediaType, _, err = mime.ParseMediaType(types[0]); err != nil {
+			return graphqlUnread(http.StatusBadRequest, "its Content-Type does not parse: %v", err)
+		}
+	}
+	switch {
+	case mediaType == "" || mediaType == "application/x-www-form-urlencoded":
+		return g.form(string(body), "form")
+	case strings.HasPrefix(mediaType, "multipart/"):
+		return graphqlUnread(http.StatusUnsupportedMediaType, "its body is %s (a file upload)", mediaType)
+	}
+	err := g.json(body, 0)
+	if notJSON(err) {
+		if jsonMediaTypes[mediaType] || strings.HasSuffix(mediaType, "+json") {
+			return graphqlUnread(http.StatusBadRequest, "its body is not JSON (%v)", err)
+		}
+		return g.text(string(body)) // not JSON: a server that takes this type takes the text
+	}
+	return err
+}
+
+// form reads a query string's or form's parameters, split at "&" and ";" (Rack's, before
+// Rack 3) and decoded: each name and value is text, and a value of JSON is read as JSON too.
+func (g *graphqlReading) form(raw, what string) error {
+	for pair := range strings.FieldsFuncSeq(raw, func(c rune) bool { return c == '&' || c == ';' }) {
+		name, value, _ := strings.Cut(pair, "=")
+		for _, s := range []string{name, value} {
+			decoded, err := url.QueryUnescape(s)
+			if err != nil {
+				return graphqlUnread(http.StatusBadRequest, "a parameter of its %s does not decode", what)
+			}
+			if err := g.textOrJSON(decoded, 0); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// errTrailingJSON is JSON followed by more than white space.
+var errTrailingJSON = errors.New("more after the JSON value")
+
+// notJSON tells whether err, json's, says that what it read is not one JSON value (and not
+// that a field was denied).
+func notJSON(err error) bool {
+	var syntax *json.SyntaxError
+	return errors.As(err, &syntax) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, errTrailingJSON)
+}
+
+// json reads every string of one JSON value (object keys too), as text and, holding JSON, as
+// JSON; depth is how deep in strings the value was found. Read token by token: every key of
+// an object is seen, a repeated one too (a map keeps one of them).
+func (g *graphqlReading) json(data []byte, depth int) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	open := 0
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return err // io.EOF before a whole value: not JSON either
+		}
+		switch t := tok.(type) {
+		case json.Delim:
+			if t == '{' || t == '[' {
+				open++
+			} else {
+				open--
+			}
+		case string:
+			if err := g.textOrJSON(t, depth); err != nil {
+				return err
+			}
+		}
+		if open == 0 {
+			break
+		}
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return errTrailingJSON
+	}
+	return nil
+}
+
+// textOrJSON reads s as text and, when it is JSON (an object or array) within maxNestedJSON
+// levels, as JSON.
+func (g *graphqlReading) textOrJSON(s string, depth int) error {
+	if err := g.text(s); err != nil {
+		return err
+	}
+	trimmed := strings.TrimSpace(s)
+	if depth < maxNestedJSON && trimmed != "" && (trimmed[0] == '{' || trimmed[0] == '[') && json.Valid([]byte(trimmed)) {
+		return g.json([]byte(trimmed), depth+1)
+	}
+	return nil
+}
+
+// text refuses s when it holds a denied field's name as a word: a run of GraphQL name
+// characters, less leading digits (a lexer may end a number where a name begins).
+func (g *graphqlReading) text(s string) error {
+	start := -1
+	for i := 0; i <= len(s); i++ {
+		if i < len(s) && isNameByte(s[i]) {
+			if start < 0 {
+				start = i
+			}
+			continue
+		}
+		if start >= 0 {
+			word := strings.TrimLeft(s[start:i], "0123456789")
+			if g.fields[word] {
+				return refusef(http.StatusForbidden, "the proxy denies the GraphQL field %q (--proxy-denied-graphql-fields): it would hand the caller a credential of the Connector", word)
+			}
+			start = -1
+		}
+	}
+	return nil
+}
+
+// isNameByte tells whether c may be in a GraphQL name.
+func isNameByte(c byte) bool {
+	return c == '_' || '0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z'
+}

@@ -1,0 +1,132 @@
+package proxy
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+)
+
+// graphqlCheck is the node's default GraphQL reading for a Connector at the root of its tool.
+func graphqlCheck(maxBody int64) deniedCheck {
+	return deniedCheck{within: 1, graphql: newGraphQLReading(DefaultGraphQLPaths, DefaultDeniedGraphQLFields, maxBody)}
+}
+
+// graphqlRequest is a request to the tool as sendAlong gets it.
+func graphqlRequest(method, target, contentType, body string) *http.Request {
+	r := httptest.NewRequest(method, "http://gitlab.example"+target, strings.NewReader(body))
+	if body == "" {
+		r.Body, r.ContentLength = http.NoBody, 0
+	}
+	if contentType != "" {
+		r.Header.Set("Content-Type", contentType)
+	}
+	return r
+}
+
+// TestGraphQLRequestsNamingADeniedFieldAreRefused: a denied field is found wherever a server
+// could take a document from (a JSON body's strings, keys, batches, repeated keys, escapes and
+// JSON held in a string; a form, with or without a Content-Type, ";" as a separator; the
+// query string; a body of another type), under an alias, at the GraphQL path however it is
+// spelt; a name that only starts or ends as a denied one is no match, nor is a path that is
+// not a GraphQL path; what cannot be read is refused, naming why.
+func TestGraphQLRequestsNamingADeniedFieldAreRefused(t *testing.T) {
+	const json = "application/json"
+	d := graphqlCheck(DefaultGraphQLBodyBytes)
+	for _, c := range []struct {
+		name, method, target, contentType, body string
+		status                                  int // 0: sent
+	}{
+		{"a query", "POST", "/api/graphql", json, `{"query":"{ project(fullPath: \"g/p\") { issues { nodes { title } } } }","variables":{"query":"text"}}`, 0},
+		{"names that hold a denied one", "POST", "/api/graphql", json, `{"query":"{ runnerCreated myrunnerCreate pipelineTriggersCount }"}`, 0},
+		{"no body, no query", "GET", "/api/graphql", "", "", 0},
+		{"another path", "POST", "/api/v4/projects", json, `{"query":"mutation { runnerCreate }"}`, 0},
+		{"a repository's path", "POST", "/group/project/api/graphql", "text/plain", "runnerCreate", 0},
+		{"a mutation", "POST", "/api/graphql", json, `{"query":"mutation { runnerCreate(input: {}) { errors } }"}`, 403},
+		{"an alias", "POST", "/api/graphql", json, `{"query":"mutation { mine: personalAccessTokenCreate(input: {}) { token } }"}`, 403},
+		{"a JSON escape", "POST", "/api/graphql", json, `{"query":"mutation { \u0072unnerCreate { errors } }"}`, 403},
+		{"a batch", "POST", "/api/graphql", json, `[{"query":"{ a }"},{"query":"{ runner(id: 1) { ephemeralAuthenticationToken } }"}]`, 403},
+		{"a repeated key", "POST", "/api/graphql", json, `{"query":"mutation { clusterAgentTokenCreate { secret } }","query":"{ a }"}`, 403},
+		{"a key", "POST", "/api/graphql", json, `{"_json":[{"query":"{ a }"}],"runnerSetup":1}`, 403},
+		{"JSON in a string", "POST", "/api/graphql", json, `{"operations":"{\"query\":\"mutation { \\u0070ipelineTriggerCreate { errors } }\"}"}`, 403},
+		{"a number before it", "POST", "/api/graphql", json, `{"query":"{ f(a: 1runnerCreate) }"}`, 403},
+		{"a form without a Content-Type", "POST", "/api/graphql", "", "query=mutation+%7B+runnersRegistrationTokenReset+%7B+token+%7D+%7D", 403},
+		{"a form with an empty Content-Type", "POST", "/api/graphql", " ", "query=%7BpipelineTriggers%7D", 403},
+		{"a form with \";\"", "POST", "/api/graphql", "application/x-www-form-urlencoded", "a=1;_json[][query]=%7BpipelineTriggers%7D", 403},
+		{"the query string", "GET", "/api/graphql?query=%7B+project%7B+pipelineTriggers%7Bnodes%7Btoken%7D%7D%7D%7D", "", "", 403},
+		{"a query string's JSON", "GET", "/api/graphql?operations=%7B%22query%22%3A%22%5Cu0072unnerCreate%22%7D", "", "", 403},
+		{"another type", "POST", "/api/graphql", "application/graphql", "mutation { personalAccessTokenRotate(input: {}) { token } }", 403},
+		{"a context path, case, a suffix", "POST", "/gitlab/API/GraphQL.json", json, `{"query":"mutation { runnerCreate { errors } }"}`, 403},
+		{"an encoded path", "POST", "/api%2Fgraphql", json, `{"query":"mutation { runnerCreate { errors } }"}`, 403},
+		{"multipart", "POST", "/api/graphql", "multipart/form-data; boundary=x", "--x--\r\n", 415},
+		{"declared JSON that is not", "POST", "/api/graphql", json, `{"query": "{ a }"`, 400},
+		{"JSON and more", "POST", "/api/graphql", json, `{"query":"{ a }"} {"query":"{ b }"}`, 400},
+		{"a parameter that does not decode", "GET", "/api/graphql?query=%zz", "", "", 400},
+		{"two Content-Types", "POST", "/api/graphql", json, `{}`, 400},
+	} {
+		r := graphqlRequest(c.method, c.target, c.contentType, c.body)
+		if c.name == "two Content-Types" {
+			r.Header.Add("Content-Type", "text/plain")
+		}
+		err := d.checkGraphQL(r)
+		status, _ := Status(err)
+		if status != c.status || err != nil && status == 0 {
+			t.Errorf("%s: %v, want status %d", c.name, err, c.status)
+			continue
+		}
+		if c.status == 403 && !strings.Contains(err.Error(), "--proxy-denied-graphql-fields") {
+			t.Errorf("%s: %v, want the flag named", c.name, err)
+		}
+		if c.status == 0 && c.body != "" {
+			if got, _ := io.ReadAll(r.Body); string(got) != c.body {
+				t.Errorf("%s: the tool would get the body %q, want %q", c.name, got, c.body)
+			}
+		}
+	}
+}
+
+// TestGraphQLBodiesAreBounded: a body over the limit is refused (413), by its Content-Length
+// or as it is read; an encoded one is refused (415); one within it is read.
+func TestGraphQLBodiesAreBounded(t *testing.T) {
+	d := graphqlCheck(16)
+	for body, want := range map[string]int{`{"query":"{a}"}`: 0, `{"query":"{ abc }"}`: 413} {
+		r := graphqlRequest("POST", "/api/graphql", "application/json", body)
+		if status, _ := Status(d.checkGraphQL(r)); status != want {
+			t.Errorf("%q: status %d, want %d", body, status, want)
+		}
+		r = graphqlRequest("POST", "/api/graphql", "application/json", body)
+		r.ContentLength = -1 // chunked: read to the limit
+		if status, _ := Status(d.checkGraphQL(r)); status != want {
+			t.Errorf("%q, chunked: status %d, want %d", body, status, want)
+		}
+	}
+	r := graphqlRequest("POST", "/api/graphql", "application/json", "x")
+	r.Header.Set("Content-Encoding", "gzip")
+	if status, _ := Status(d.checkGraphQL(r)); status != http.StatusUnsupportedMediaType {
+		t.Errorf("gzip: status %d, want 415", status)
+	}
+}
+
+// TestGraphQLReadingSettings: no path or no field reads nothing; fields and paths of the
+// wrong form are refused, naming them; the fast lane leaves GraphQL requests to the general
+// path, which reads them.
+func TestGraphQLReadingSettings(t *testing.T) {
+	if newGraphQLReading(nil, DefaultDeniedGraphQLFields, 1) != nil || newGraphQLReading(DefaultGraphQLPaths, []string{}, 1) != nil {
+		t.Error("a reading without paths or fields")
+	}
+	for _, f := range DefaultDeniedGraphQLFields {
+		if err := ValidGraphQLField(f); err != nil {
+			t.Error(err)
+		}
+	}
+	for _, bad := range []string{"", "1field", "field-name", "a.b", "é"} {
+		if err := ValidGraphQLField(bad); err == nil || !strings.Contains(err.Error(), "GraphQL field") {
+			t.Errorf("%q: %v, want refused", bad, err)
+		}
+	}
+	d := graphqlCheck(DefaultGraphQLBodyBytes)
+	if d.sendsAsRemembered("/api/graphql") || !d.sendsAsRemembered("/group/project.git/info/refs") {
+		t.Error("the fast lane would send a GraphQL request without reading it, or not send a git one")
+	}
+}
