@@ -263,7 +263,7 @@ func (d deniedCheck) check(escaped string) error {
 	if d.node == nil && d.class == nil {
 		return nil
 	}
-	found, undecodable := reaching(escaped, d.within, d.node, d.class)
+	found, undecodable := reaching(escaped, d.within, d.node, d.class, nil)
 	switch {
 	case found != nil:
 		return found.refusal()
@@ -273,15 +273,18 @@ func (d deniedCheck) check(escaped string) error {
 	return nil
 }
 
-// reaching is the entry of a's or b's (either may be nil) that escaped reaches within the
+// reaching is the entry of a's, b's or c's (any may be nil) that escaped reaches within the
 // window in any of its spellings (as sent, in each decoding, each segment decoded);
 // undecodable tells that a layer did not decode.
-func reaching(escaped string, within int, a, b *deniedPaths) (found *deniedEntry, undecodable bool) {
+func reaching(escaped string, within int, a, b, c *deniedPaths) (found *deniedEntry, undecodable bool) {
 	in := func(segs []string) *deniedEntry {
 		if e := a.reachedIn(segs, within); e != nil {
 			return e
 		}
-		return b.reachedIn(segs, within)
+		if e := b.reachedIn(segs, within); e != nil {
+			return e
+		}
+		return c.reachedIn(segs, within)
 	}
 	undecodable = eachDecoding(escaped, func(p string) bool {
 		var buf [32]string

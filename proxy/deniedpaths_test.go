@@ -212,13 +212,16 @@ func TestDefaultDeniedPathsAreValid(t *testing.T) {
 	}
 }
 
+// BenchmarkDeniedPathsCheck is what a remembered route's request pays: the node's default
+// denied paths, and its GraphQL paths (sendsAsRemembered).
 func BenchmarkDeniedPathsCheck(b *testing.B) {
-	d := deniedCheck{node: compileDeniedPaths("", DefaultDeniedPaths), within: 1}
+	d := deniedCheck{node: compileDeniedPaths("", DefaultDeniedPaths), within: 1,
+		graphql: newGraphQLReading(DefaultGraphQLPaths, DefaultDeniedGraphQLFields, DefaultDeniedPaths, DefaultGraphQLBodyBytes)}
 	for _, path := range []string{"/artifactory/api/npm/npm-remote/left-pad/-/left-pad-1.3.0.tgz", "/group/project.git/info/refs"} {
 		b.Run(path, func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
-				if d.check(path) != nil {
+				if !d.sendsAsRemembered(path) {
 					b.Fatal("denied")
 				}
 			}

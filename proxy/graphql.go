@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"regexp"
+	"slices"
 	"strings"
 )
 
@@ -84,12 +85,16 @@ type graphqlReading struct {
 	paths   *deniedPaths
 	fields  map[string]bool
 	maxBody int64
+	// withDenied are the node's denied paths and paths together, for the one lookup of a
+	// remembered route's request (sendsAsRemembered).
+	withDenied *deniedPaths
 }
 
-// newGraphQLReading compiles the node's GraphQL settings; nil when no path or no field is set
-// (nothing to read for), or the body limit is not positive.
-func newGraphQLReading(paths, fields []string, maxBody int64) *graphqlReading {
-	g := &graphqlReading{paths: compileDeniedPaths("", paths), fields: map[string]bool{}, maxBody: maxBody}
+// newGraphQLReading compiles the node's GraphQL settings, with its denied paths; nil when no
+// path or no field is set (nothing to read for), or the body limit is not positive.
+func newGraphQLReading(paths, fields, denied []string, maxBody int64) *graphqlReading {
+	g := &graphqlReading{paths: compileDeniedPaths("", paths), fields: map[string]bool{}, maxBody: maxBody,
+		withDenied: compileDeniedPaths("", slices.Concat(denied, paths))}
 	for _, f := range fields {
 		if ValidGraphQLField(f) == nil {
 			g.fields[f] = true
@@ -107,14 +112,18 @@ func (d deniedCheck) readsGraphQL(escaped string) bool {
 	if d.graphql == nil {
 		return false
 	}
-	found, undecodable := reaching(escaped, d.within, d.graphql.paths, nil)
+	found, undecodable := reaching(escaped, d.within, d.graphql.paths, nil, nil)
 	return found != nil || undecodable
 }
 
 // sendsAsRemembered tells whether a request to escaped may take a remembered route (the fast
 // lane's): it is neither denied nor a GraphQL request, which the general path refuses or reads.
 func (d deniedCheck) sendsAsRemembered(escaped string) bool {
-	return d.check(escaped) == nil && !d.readsGraphQL(escaped)
+	if d.graphql == nil {
+		return d.check(escaped) == nil
+	}
+	found, undecodable := reaching(escaped, d.within, d.graphql.withDenied, d.class, nil) // one lookup for both
+	return found == nil && !undecodable
 }
 
 // checkGraphQL refuses r, a request about to be sent to the tool, when it is one of the node's

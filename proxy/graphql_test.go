@@ -10,7 +10,7 @@ import (
 
 // graphqlCheck is the node's default GraphQL reading for a Connector at the root of its tool.
 func graphqlCheck(maxBody int64) deniedCheck {
-	return deniedCheck{within: 1, graphql: newGraphQLReading(DefaultGraphQLPaths, DefaultDeniedGraphQLFields, maxBody)}
+	return deniedCheck{within: 1, graphql: newGraphQLReading(DefaultGraphQLPaths, DefaultDeniedGraphQLFields, nil, maxBody)}
 }
 
 // graphqlRequest is a request to the tool as sendAlong gets it.
@@ -112,7 +112,7 @@ func TestGraphQLBodiesAreBounded(t *testing.T) {
 // wrong form are refused, naming them; the fast lane leaves GraphQL requests to the general
 // path, which reads them.
 func TestGraphQLReadingSettings(t *testing.T) {
-	if newGraphQLReading(nil, DefaultDeniedGraphQLFields, 1) != nil || newGraphQLReading(DefaultGraphQLPaths, []string{}, 1) != nil {
+	if newGraphQLReading(nil, DefaultDeniedGraphQLFields, nil, 1) != nil || newGraphQLReading(DefaultGraphQLPaths, []string{}, nil, 1) != nil {
 		t.Error("a reading without paths or fields")
 	}
 	for _, f := range DefaultDeniedGraphQLFields {

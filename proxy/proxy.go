@@ -235,9 +235,10 @@ func New(objects client.Reader, reviewer Reviewer, flags *features.Source, kube 
 	if cfg.Permissions == nil {
 		cfg.Permissions = reviewer
 	}
-	p.denied = compileDeniedPaths("", orDefault(cfg.DeniedPaths, DefaultDeniedPaths))
+	denied := orDefault(cfg.DeniedPaths, DefaultDeniedPaths)
+	p.denied = compileDeniedPaths("", denied)
 	p.graphql = newGraphQLReading(orDefault(cfg.GraphQLPaths, DefaultGraphQLPaths), orDefault(cfg.DeniedGraphQLFields, DefaultDeniedGraphQLFields),
-		cmp.Or(cfg.GraphQLBodyBytes, DefaultGraphQLBodyBytes))
+		denied, cmp.Or(cfg.GraphQLBodyBytes, DefaultGraphQLBodyBytes))
 	p.direct = newDirectTransport(directMaxIdlePerHost, cfg.UpstreamIdleTimeout, cfg.MaxHeaderBytes)
 	p.owned = newOwnerTransports("owner_transports", cfg.OwnerTransportCacheSize)
 	p.apiOwned = newOwnerTransports("api_transports", cfg.APITransportCacheSize)

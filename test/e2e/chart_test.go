@@ -161,7 +161,8 @@ func TestHelmChartValues(t *testing.T) {
 		"controller.replicas=3", "controller.extraArgs={--connector-recheck-interval=10m}",
 		"controller.nodeSelector.node-role\\.kubernetes\\.io/control-plane=",
 		"imagePullSecrets[0].name=pull", "monitoring.dashboard.enabled=true", "metrics.auth=none", "node.proxyTokens=any",
-		"node.proxyDeniedPaths={/api/security/apiKey,/internal/*/credential}")
+		"node.proxyDeniedPaths={/api/security/apiKey,/internal/*/credential}", "node.proxyGraphQLPaths={/api/graphql,/graphql}",
+		"node.proxyDeniedGraphQLFields={runnerCreate,createDeployKey}")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -188,6 +189,7 @@ func TestHelmChartValues(t *testing.T) {
 		`{"name":"GOMEMLIMIT","valueFrom":{"resourceFieldRef":{"resource":"limits.memory"}}}`,
 		`"--metrics-auth=none"`, `"readinessProbe":{"httpGet":{"path":"/readyz","port":"metrics"}}`, `"--proxy-tokens=any"`,
 		`"--proxy-denied-paths=/api/security/apiKey,/internal/*/credential"`,
+		`"--proxy-graphql-paths=/api/graphql,/graphql"`, `"--proxy-denied-graphql-fields=runnerCreate,createDeployKey"`,
 	} {
 		if !strings.Contains(string(dsJSON), want) {
 			t.Errorf("the DaemonSet lacks %s:\n%s", want, dsJSON)
