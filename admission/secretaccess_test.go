@@ -14,22 +14,28 @@ import (
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 )
 
-// fakeAuthz answers with decision (or err) and records what it was asked.
+// fakeAuthz answers with decision (or err), but denies the object named denyName, and records
+// what it was asked.
 type fakeAuthz struct {
 	decision authorizer.Decision
 	err      error
+	denyName string
 	asked    []authorizer.Attributes
 }
 
 func (f *fakeAuthz) Authorize(_ context.Context, a authorizer.Attributes) (authorizer.Decision, string, error) {
 	f.asked = append(f.asked, a)
+	if f.denyName != "" && a.GetName() == f.denyName {
+		return authorizer.DecisionDeny, "", nil
+	}
 	return f.decision, "", f.err
 }
 
 // TestSecretReadableAsksAsTheWriter: the review asks whether the request's user, with its UID,
 // groups and extras, may get the named Secret of the Connector's namespace; only an allow
 // admits (no opinion refuses, naming the field), a failed review is an error (the write is
-// refused, to be tried again), and a Connector naming no Secret asks nothing.
+// refused, to be tried again), a CA Secret is asked about as the auth Secret is (its refusal
+// naming its field), and a Connector naming no Secret asks nothing.
 func TestSecretReadableAsksAsTheWriter(t *testing.T) {
 	u := authenticationv1.UserInfo{Username: "alice", UID: "u-1", Groups: []string{"team-a"},
 		Extra: map[string]authenticationv1.ExtraValue{"scopes": {"x"}}}
@@ -59,6 +65,14 @@ func TestSecretReadableAsksAsTheWriter(t *testing.T) {
 	}
 	if _, err := (&ConnectorValidator{Authz: &fakeAuthz{err: errors.New("unreachable")}}).secretReadable(context.Background(), u, connector("cred")); err == nil {
 		t.Error("a review that failed admitted the write")
+	}
+	withCA := connector("cred")
+	withCA.Spec.CACertSecretRef = &v1alpha1.LocalSecretRef{Name: "tool-ca"}
+	caOnly := &fakeAuthz{decision: authorizer.DecisionAllow, denyName: "tool-ca"}
+	refused, err := (&ConnectorValidator{Authz: caOnly}).secretReadable(context.Background(), u, withCA)
+	if err != nil || refused == nil || refused.Field != "spec.caCertSecretRef.name" || !strings.Contains(refused.Detail, "alice may not get Secret team/tool-ca") ||
+		len(caOnly.asked) != 2 || caOnly.asked[0].GetName() != "cred" {
+		t.Errorf("a CA Secret the writer may not get: %v %v, after %d reviews", refused, err, len(caOnly.asked))
 	}
 	none := &fakeAuthz{}
 	if refused, err := (&ConnectorValidator{Authz: none}).secretReadable(context.Background(), u, connector("")); refused != nil || err != nil || len(none.asked) != 0 {

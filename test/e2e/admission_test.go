@@ -198,8 +198,8 @@ func startWebhook(t *testing.T, ns string) {
 
 // TestAdmissionANamedSecretTakesTheRightToReadIt: a Connector sends its Secret's data to the
 // tool at its address, which its writer chooses, so a writer who may not get the Secret (a
-// role for Connectors alone) is refused naming it, and admitted once it may; a Connector that
-// names no Secret needs nothing of the kind.
+// role for Connectors alone) is refused naming it, and admitted once it may; so with its CA
+// Secret; a Connector that names no Secret needs nothing of the kind.
 func TestAdmissionANamedSecretTakesTheRightToReadIt(t *testing.T) {
 	ctx := context.Background()
 	ns := newNamespace(t)
@@ -250,6 +250,17 @@ func TestAdmissionANamedSecretTakesTheRightToReadIt(t *testing.T) {
 	var stored v1alpha1.Connector
 	if err := cp.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: "theirs"}, &stored); err != nil || stored.Spec.Auth.SecretRef.Name != "tool-secret" {
 		t.Fatalf("the writer's Connector was not stored as written: %v %+v", err, stored.Spec.Auth)
+	}
+	// A CA Secret is held to the same rule: its certificates become the Connector's trust,
+	// and its CACertReady condition tells what it holds.
+	withCA := strings.Replace(connector("theirs"), "  auth: {", "  caCertSecretRef: {name: tool-ca}\n  auth: {", 1)
+	wantCA := `spec.caCertSecretRef.name: Forbidden: ` + writer + ` may not get Secret ` + ns + `/tool-ca`
+	if out, err := applyAs(withCA); err == nil || !strings.Contains(out, wantCA) {
+		t.Errorf("a writer who may not get the CA Secret named it: %v, want a refusal containing %q:\n%s", err, wantCA, out)
+	}
+	grant("read-tool-ca", rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"secrets"}, ResourceNames: []string{"tool-ca"}, Verbs: []string{"get"}})
+	if !kubelet.WaitUntil(30*time.Second, func() bool { out, err = applyAs(withCA); return err == nil }) {
+		t.Fatalf("a writer who may get the CA Secret was refused: %v\n%s", err, out)
 	}
 }
 
