@@ -45,9 +45,8 @@ var DefaultDeniedPaths = []string{
 	"/api/gems/*/api/v1/api_key",
 	"/api/conan/*/*/users/authenticate",
 	// Harbor: robot accounts, a user's CLI secret and password, and the current user, whose
-	// answer holds its CLI secret (the Basic password) under OIDC. (Its registry token service,
-	// /service/token, answers tokens of 30 minutes; an image named service/token is pulled at
-	// /v2/service/token, within the path's first two segments, where the entry would refuse it.)
+	// answer holds its CLI secret (the Basic password) under OIDC. (Its registry token service
+	// is with the other registries' below.)
 	"/api/v2.0/robots",
 	"/api/v2.0/projects/*/robots",
 	"/api/v2.0/users/current",
@@ -125,6 +124,16 @@ var DefaultDeniedPaths = []string{
 	// Kubernetes: ServiceAccount tokens (kubectl create token) and certificate approvals.
 	"/api/v1/namespaces/*/serviceaccounts/*/token",
 	"/apis/certificates.k8s.io/*/certificatesigningrequests/*/approval",
+	// Registries' token services, whose bearer tokens (Harbor's last 30 minutes) outlive the
+	// Pod: Harbor's, JFrog's (by repository, and by host), Nexus's, GitLab's and Quay's; each
+	// the whole path ("$"), as an image's name may end so (/v2/service/token/manifests/latest).
+	// The proxy answers a registry's challenges itself with the Connector's login (SPEC §4.6),
+	// so a client has no need of them.
+	"/service/token$",
+	"/api/docker/*/v2/token$",
+	"/v2/token$",
+	"/jwt/auth$",
+	"/v2/auth$",
 }
 
 // maxDeniedPathBytes bounds an entry, as the CRD does.
@@ -138,8 +147,8 @@ var deniedPathPattern = regexp.MustCompile(`^(/[A-Za-z0-9._~!$&'()*+,=:@-]+)+/?$
 func ValidDeniedPath(entry string) error {
 	switch {
 	case len(entry) > maxDeniedPathBytes || !deniedPathPattern.MatchString(entry):
-		return fmt.Errorf("%q is not a denied path: write \"/\" and path segments of letters, digits and -._~!$&'()*+,=:@ (no escapes, \";\", \"?\" or \"#\"), %d bytes at most", entry, maxDeniedPathBytes)
-	case anchorOf(pathSegments(entry, nil)) < 0:
+		return fmt.Errorf("%q is not a denied path: write \"/\" and path segments of letters, digits and -._~!$&'()*+,=:@ (no escapes, \";\", \"?\" or \"#\"; a final \"$\": the whole path), %d bytes at most", entry, maxDeniedPathBytes)
+	case anchorOf(pathSegments(strings.TrimSuffix(entry, "$"), nil)) < 0:
 		return fmt.Errorf("%q is not a denied path: \"*\" segments alone would deny every path", entry)
 	}
 	return nil
@@ -165,6 +174,10 @@ type deniedEntry struct {
 	text, class string
 	segs        []string
 	anchor      int // the index in segs of its anchor
+	// whole: the entry ends in "$", and matches a path that ends where it does (a registry's
+	// token service at /service/token, not an image named service/token at
+	// /v2/service/token/manifests/latest).
+	whole bool
 }
 
 // anchorOf is the index of segs' last segment that is not "*", or -1.
@@ -195,11 +208,12 @@ func compileDeniedPaths(class string, entries []string) *deniedPaths {
 		if ValidDeniedPath(text) != nil {
 			continue
 		}
-		segs := pathSegments(text, nil)
+		path, whole := strings.CutSuffix(text, "$")
+		segs := pathSegments(path, nil)
 		for i, seg := range segs {
 			segs[i] = formatless(seg) // as a path's segments are compared
 		}
-		e := deniedEntry{text: text, class: class, segs: segs, anchor: anchorOf(segs)}
+		e := deniedEntry{text: text, class: class, segs: segs, anchor: anchorOf(segs), whole: whole}
 		key, _ := lowerASCII(segs[e.anchor], nil)
 		d.byAnchor[string(key)] = append(d.byAnchor[string(key)], len(d.entries))
 		d.starts[len(key)] |= startBit(key[0])
@@ -361,7 +375,8 @@ func (d *deniedPaths) reachedIn(segs []string, within int) *deniedEntry {
 		for _, i := range d.byAnchor[string(key)] {
 			e := &d.entries[i]
 			start := at - e.anchor
-			if start >= 0 && start <= within && start+len(e.segs) <= len(segs) && segmentsMatch(e.segs, segs[start:start+len(e.segs)]) {
+			end := start + len(e.segs)
+			if start >= 0 && start <= within && (end == len(segs) || !e.whole && end < len(segs)) && segmentsMatch(e.segs, segs[start:end]) {
 				return e
 			}
 		}

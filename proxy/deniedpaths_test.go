@@ -155,6 +155,34 @@ func TestDeniedPathsOfClassesWithoutThem(t *testing.T) {
 	}
 }
 
+// TestDeniedPathsOfAWholePath: an entry ending in "$" denies a path that ends where it does
+// (a registry's token service), under a context path, with a trailing slash or a format
+// suffix, and not a longer one (an image named so, pulled at /v2/<name>/manifests/<ref>).
+func TestDeniedPathsOfAWholePath(t *testing.T) {
+	d := deniedCheck{node: compileDeniedPaths("", DefaultDeniedPaths), within: 1}
+	for path, want := range map[string]bool{
+		"/service/token":                                true,
+		"/harbor/service/token/":                        true,
+		"/service/Token;x=1":                            true,
+		"/artifactory/api/docker/docker-local/v2/token": true,
+		"/v2/token.json":                                true,
+		"/jwt/auth":                                     true,
+		"/v2/service/token/manifests/latest":            false,
+		"/v2/library/service/token/blobs/sha256:abc":    false,
+		"/service/token/x":                              false,
+		"/v2/token/manifests/1.0":                       false,
+		"/v2/auth/tags/list":                            false,
+		"/jwt/auth.git/info/refs":                       false,
+	} {
+		if got := d.check(path) != nil; got != want {
+			t.Errorf("%q: denied %v, want %v", path, got, want)
+		}
+	}
+	if err := ValidDeniedPath("/$"); err == nil {
+		t.Error(`"/$" taken: it would deny the root`)
+	}
+}
+
 // TestDeniedPathsWithAFormatSuffix: an entry written with a format suffix denies its
 // segment with any, or none, as a path's segments are compared.
 func TestDeniedPathsWithAFormatSuffix(t *testing.T) {
@@ -201,7 +229,7 @@ func TestDefaultDeniedPathsAreValid(t *testing.T) {
 		if err := ValidDeniedPath(entry); err != nil {
 			t.Error(err)
 		}
-		if d.check("/context"+strings.ReplaceAll(entry, "*", "x")) == nil {
+		if d.check("/context"+strings.ReplaceAll(strings.TrimSuffix(entry, "$"), "*", "x")) == nil {
 			t.Errorf("%q does not deny its own endpoint", entry)
 		}
 	}

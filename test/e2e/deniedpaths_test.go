@@ -37,6 +37,7 @@ var deniedSpellings = []string{
 	"/artifactory/internal/credential",
 	"/gitlab/-/cable",
 	"/repos/acme/tool/actions/runners/registration-token",
+	"/service/token",
 }
 
 // TestTenancyDeniedPathsKeepTheCredentialInTheProxy: a Pod allowed to use a Connector cannot
@@ -217,6 +218,9 @@ func TestClassDeniedPathsAreValidated(t *testing.T) {
 		"/":                                false,
 		"/*":                               false,
 		"/*/*/":                            false,
+		"/service/token$":                  true,
+		"/*$":                              false,
+		"/$":                               false,
 		"/api/caf\u00e9":                   false,
 	} {
 		c := &v1alpha1.ConnectorClass{ObjectMeta: metav1.ObjectMeta{Name: "denying-" + rand.String(6)},

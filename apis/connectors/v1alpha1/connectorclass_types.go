@@ -116,12 +116,14 @@ type ProxySpec struct {
 	// every request whose path, in any percent-decoding, holds those segments in a row from
 	// its start under the Connector's address, or one segment further (a context path such
 	// as /artifactory), compared without regard to ASCII case, ";" parameters or a format
-	// suffix (".json"). The answer is 403.
+	// suffix (".json"). An entry ending in "$" denies only a path that ends where it does (a
+	// registry's token service at /service/token, not an image named service/token pulled at
+	// /v2/service/token/manifests/latest). The answer is 403.
 	// +optional
 	// +kubebuilder:validation:MaxItems=64
 	// +kubebuilder:validation:items:MaxLength=256
 	// +kubebuilder:validation:items:Pattern=`^(/[A-Za-z0-9._~!$&'()*+,=:@-]+)+/?$`
-	// +kubebuilder:validation:XValidation:rule="self.all(p, p.split('/').exists(s, s != '' && s != '*'))",message="an entry of \"*\" segments alone would deny every path"
+	// +kubebuilder:validation:XValidation:rule="self.all(p, p.split('/').exists(s, s != '' && s != '*' && s != '$' && s != '*$'))",message="an entry of \"*\" segments alone would deny every path"
 	// +listType=set
 	DeniedPaths []string `json:"deniedPaths,omitempty"`
 }
