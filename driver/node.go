@@ -152,6 +152,7 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 		GraphQLPaths:          o.ProxyGraphQLPaths,
 		DeniedGraphQLFields:   o.ProxyDeniedGraphQLFields,
 		GraphQLBodyBytes:      o.ProxyGraphQLBodyBytes,
+		GraphQLHeldBytes:      o.ProxyGraphQLHeldBytes,
 		APIObjects:            objectcache.Reader{Connectors: connectors, Rest: informers, Unwatched: true, Lists: apiClient},
 		APISecretReads: secretcache.FromWatchCache(func(ctx context.Context, ns, name string, opts metav1.GetOptions) (*corev1.Secret, error) {
 			return apiKube.CoreV1().Secrets(ns).Get(ctx, name, opts)

@@ -69,6 +69,8 @@ var DefaultDeniedPaths = []string{
 	"/api/v4/user/keys",
 	"/api/v4/users/*/keys",
 	"/api/v4/projects/*/deploy_keys",
+	"/api/v4/deploy_keys",
+	"/api/v4/groups/*/ssh_certificates",
 	"/api/v4/user/runners",
 	"/api/v4/runners/*/reset_authentication_token",
 	"/api/v4/runners/reset_registration_token",
@@ -81,9 +83,11 @@ var DefaultDeniedPaths = []string{
 	// GitLab's ActionCable, whose channel runs GraphQL operations out of the GraphQL paths'
 	// reach (graphql.go); only the web UI's live updates use it.
 	"/-/cable",
-	// GitHub (the REST API, api.github.com or a GitHub Enterprise's /api/v3): deploy and SSH
-	// keys, Actions runners' registration, removal and just-in-time configuration (a runner
-	// receives workflow jobs and their secrets), and a GitHub App installation's tokens.
+	// GitHub (the REST API: api.github.com's, or a GitHub Enterprise's under /api/v3, which
+	// the entries name too for a Connector at the server's root): deploy and SSH keys, Actions
+	// runners' registration, removal and just-in-time configuration (a runner receives workflow
+	// jobs and their secrets), a GitHub App installation's tokens, and a GitHub Enterprise
+	// administrator's impersonation tokens.
 	"/repos/*/*/keys",
 	"/user/keys",
 	"/repos/*/*/actions/runners/registration-token",
@@ -96,8 +100,24 @@ var DefaultDeniedPaths = []string{
 	"/enterprises/*/actions/runners/remove-token",
 	"/enterprises/*/actions/runners/generate-jitconfig",
 	"/app/installations/*/access_tokens",
+	"/admin/users/*/authorizations",
+	"/api/v3/repos/*/*/keys",
+	"/api/v3/user/keys",
+	"/api/v3/repos/*/*/actions/runners/registration-token",
+	"/api/v3/repos/*/*/actions/runners/remove-token",
+	"/api/v3/repos/*/*/actions/runners/generate-jitconfig",
+	"/api/v3/orgs/*/actions/runners/registration-token",
+	"/api/v3/orgs/*/actions/runners/remove-token",
+	"/api/v3/orgs/*/actions/runners/generate-jitconfig",
+	"/api/v3/enterprises/*/actions/runners/registration-token",
+	"/api/v3/enterprises/*/actions/runners/remove-token",
+	"/api/v3/enterprises/*/actions/runners/generate-jitconfig",
+	"/api/v3/app/installations/*/access_tokens",
+	"/api/v3/admin/users/*/authorizations",
 	// Gitea and Forgejo (behind the generic git class): a user's tokens (minted with Basic
-	// credentials), OAuth2 applications, SSH and deploy keys, Actions runners' registration.
+	// credentials), OAuth2 applications, SSH and deploy keys, Actions runners' registration,
+	// and an administrator's edits of users (a password, a key).
+	"/api/v1/admin/users",
 	"/api/v1/users/*/tokens",
 	"/api/v1/user/applications/oauth2",
 	"/api/v1/user/keys",
@@ -107,8 +127,9 @@ var DefaultDeniedPaths = []string{
 	"/api/v1/user/actions/runners/registration-token",
 	"/api/v1/admin/runners/registration-token",
 	// Bitbucket Data Center: personal, project and repository access tokens, SSH and access
-	// keys; Bitbucket Cloud: SSH and deploy keys.
+	// keys, a user's password; Bitbucket Cloud: SSH and deploy keys.
 	"/rest/access-tokens",
+	"/rest/api/*/users/credentials",
 	"/rest/ssh/*/keys",
 	"/rest/keys/*/projects/*/ssh",
 	"/rest/keys/*/projects/*/repos/*/ssh",
@@ -167,6 +188,8 @@ type deniedPaths struct {
 	// maxAnchor is the largest anchor index: a segment further than it past the last index an
 	// entry may start at is no anchor.
 	maxAnchor int
+	// anyExtension: some entry matches a segment with any extension (add).
+	anyExtension bool
 }
 
 // deniedEntry is one denied path, and who denies it (a class's name, or "" for the node).
@@ -178,6 +201,8 @@ type deniedEntry struct {
 	// token service at /service/token, not an image named service/token at
 	// /v2/service/token/manifests/latest).
 	whole bool
+	// anyExtension: a path's segments are compared without any extension (add).
+	anyExtension bool
 }
 
 // anchorOf is the index of segs' last segment that is not "*", or -1.
@@ -204,6 +229,14 @@ func startBit(c byte) uint32 {
 // entry the validation would refuse is left out).
 func compileDeniedPaths(class string, entries []string) *deniedPaths {
 	d := &deniedPaths{byAnchor: map[string][]int{}}
+	d.add(class, entries, false)
+	return d.orNil()
+}
+
+// add compiles entries into d. anyExtension entries match a path's segment with any extension
+// ("graphql.csv" as "graphql": Rails routes a path with any format to its controller), others
+// with a format suffix alone (formatless).
+func (d *deniedPaths) add(class string, entries []string, anyExtension bool) {
 	for _, text := range entries {
 		if ValidDeniedPath(text) != nil {
 			continue
@@ -212,14 +245,22 @@ func compileDeniedPaths(class string, entries []string) *deniedPaths {
 		segs := pathSegments(path, nil)
 		for i, seg := range segs {
 			segs[i] = formatless(seg) // as a path's segments are compared
+			if anyExtension {
+				segs[i] = extensionless(seg)
+			}
 		}
-		e := deniedEntry{text: text, class: class, segs: segs, anchor: anchorOf(segs), whole: whole}
+		e := deniedEntry{text: text, class: class, segs: segs, anchor: anchorOf(segs), whole: whole, anyExtension: anyExtension}
 		key, _ := lowerASCII(segs[e.anchor], nil)
 		d.byAnchor[string(key)] = append(d.byAnchor[string(key)], len(d.entries))
 		d.starts[len(key)] |= startBit(key[0])
 		d.maxAnchor = max(d.maxAnchor, e.anchor)
+		d.anyExtension = d.anyExtension || anyExtension
 		d.entries = append(d.entries, e)
 	}
+}
+
+// orNil is d, or nil when it has no entries.
+func (d *deniedPaths) orNil() *deniedPaths {
 	if len(d.entries) == 0 {
 		return nil
 	}
@@ -359,26 +400,42 @@ func (d *deniedPaths) reachedIn(segs []string, within int) *deniedEntry {
 	if d == nil {
 		return nil
 	}
-	var lower [maxDeniedPathBytes]byte
 	for at, seg := range segs {
 		if at > within+d.maxAnchor {
 			break
 		}
-		seg = formatless(seg)
-		if len(seg) > maxDeniedPathBytes || d.starts[len(seg)]&startBit(seg[0]) == 0 {
-			continue // no anchor of its length starts so
+		key := formatless(seg)
+		if e := d.anchoredAt(key, segs, at, within, false); e != nil {
+			return e
 		}
-		key, ok := lowerASCII(seg, lower[:0])
-		if !ok {
-			continue // entries are ASCII
-		}
-		for _, i := range d.byAnchor[string(key)] {
-			e := &d.entries[i]
-			start := at - e.anchor
-			end := start + len(e.segs)
-			if start >= 0 && start <= within && (end == len(segs) || !e.whole && end < len(segs)) && segmentsMatch(e.segs, segs[start:end]) {
+		if stem := extensionless(seg); d.anyExtension && stem != key {
+			if e := d.anchoredAt(stem, segs, at, within, true); e != nil {
 				return e
 			}
+		}
+	}
+	return nil
+}
+
+// anchoredAt is the entry of d anchored at segs[at], key being that segment as the entries'
+// anchors are written, whose segments segs hold from an index up to within; only entries
+// that take any extension when anyExtension.
+func (d *deniedPaths) anchoredAt(key string, segs []string, at, within int, anyExtension bool) *deniedEntry {
+	if len(key) == 0 || len(key) > maxDeniedPathBytes || d.starts[len(key)]&startBit(key[0]) == 0 {
+		return nil // no anchor of its length starts so
+	}
+	var lower [maxDeniedPathBytes]byte
+	lowered, ok := lowerASCII(key, lower[:0])
+	if !ok {
+		return nil // entries are ASCII
+	}
+	for _, i := range d.byAnchor[string(lowered)] {
+		e := &d.entries[i]
+		start := at - e.anchor
+		end := start + len(e.segs)
+		if (e.anyExtension || !anyExtension) && start >= 0 && start <= within && (end == len(segs) || !e.whole && end < len(segs)) &&
+			segmentsMatch(e.segs, segs[start:end], e.anyExtension) {
+			return e
 		}
 	}
 	return nil
@@ -420,14 +477,25 @@ func formatless(seg string) string {
 }
 
 // segmentsMatch tells whether segs match pattern segment by segment: "*" any one, others in
-// any ASCII case, less a format suffix.
-func segmentsMatch(pattern, segs []string) bool {
+// any ASCII case, less a format suffix (any extension, for anyExtension).
+func segmentsMatch(pattern, segs []string, anyExtension bool) bool {
 	for i, want := range pattern {
-		if want != "*" && !equalFoldASCII(want, formatless(segs[i])) {
+		if want == "*" {
+			continue
+		}
+		if got := formatless(segs[i]); !equalFoldASCII(want, got) && !(anyExtension && equalFoldASCII(want, extensionless(segs[i]))) {
 			return false
 		}
 	}
 	return true
+}
+
+// extensionless is seg less whatever follows its first "." (not a leading one).
+func extensionless(seg string) string {
+	if i := strings.IndexByte(seg, '.'); i > 0 {
+		return seg[:i]
+	}
+	return seg
 }
 
 // equalFoldASCII is strings.EqualFold for ASCII letters alone: a tool's router that folds

@@ -107,7 +107,8 @@ func TestDeniedPathsStayAtTheToolsAPI(t *testing.T) {
 		"/api/v4/projects/grp%2Fproj/access_tokens%2Ejson":                          true,
 		"/api/v4/projects/group%2Fproject/deploy_keys":                              true,
 		"/repos/acme/tool/keys":                                                     true,
-		"/api/v3/repos/acme/tool/keys":                                              false, // GitHub Enterprise's API is an address of its own (below)
+		"/api/v3/repos/acme/tool/keys":                                              true, // a GitHub Enterprise at the root
+		"/api/v3/user/keys":                                                         true,
 		"/acme/keys.git/info/refs":                                                  false,
 		"/repos/tool.git/info/refs":                                                 false,
 		"/user/keys.git/git-upload-pack":                                            false,
@@ -244,7 +245,7 @@ func TestDefaultDeniedPathsAreValid(t *testing.T) {
 // denied paths, and its GraphQL paths (sendsAsRemembered).
 func BenchmarkDeniedPathsCheck(b *testing.B) {
 	d := deniedCheck{node: compileDeniedPaths("", DefaultDeniedPaths), within: 1,
-		graphql: newGraphQLReading(DefaultGraphQLPaths, DefaultDeniedGraphQLFields, DefaultDeniedPaths, DefaultGraphQLBodyBytes)}
+		graphql: newGraphQLReading(DefaultGraphQLPaths, DefaultDeniedGraphQLFields, DefaultDeniedPaths, DefaultGraphQLBodyBytes, DefaultGraphQLHeldBytes)}
 	for _, path := range []string{"/artifactory/api/npm/npm-remote/left-pad/-/left-pad-1.3.0.tgz", "/group/project.git/info/refs"} {
 		b.Run(path, func(b *testing.B) {
 			b.ReportAllocs()

@@ -10,8 +10,9 @@ import (
 	"net/http"
 	"net/url"
 	"regexp"
-	"slices"
 	"strings"
+
+	"golang.org/x/sync/semaphore"
 )
 
 // This file reads the GraphQL requests the proxy sends with a Connector's credential. A GraphQL
@@ -21,8 +22,9 @@ import (
 // looked for as denied paths are) is read before it is sent on, and refused when it names a
 // denied field (--proxy-denied-graphql-fields: a mutation, or a field that answers a
 // credential) anywhere a server could take a GraphQL document from: its query string's
-// parameters, its form's, every string of its JSON body (keys too, and JSON held in a string),
-// or the whole of a body of another type.
+// parameters, its form's, every string of its JSON body (keys too), or the whole of a body of
+// another type. (JSON held in a parameter is no document to GitLab: only a multipart body's
+// "operations" is, and multipart is refused.)
 //
 // Why a name anywhere, and no GraphQL parser: a field's name is written whole in the document
 // (GraphQL names have no escapes, and a variable cannot name a field), so a document that
@@ -35,9 +37,10 @@ import (
 // body that is not JSON, a parameter that does not decode, a body over
 // --proxy-graphql-body-bytes) is refused.
 
-// DefaultGraphQLPaths are --proxy-graphql-paths' default: GitLab's GraphQL endpoint (and a
-// GitHub Enterprise's, whose GraphQL API has none of the default fields).
-var DefaultGraphQLPaths = []string{"/api/graphql"}
+// DefaultGraphQLPaths are --proxy-graphql-paths' default: GitLab's GraphQL endpoints (and a
+// GitHub Enterprise's, whose GraphQL API has none of the default fields): /api/graphql, and
+// /api/glql, whose controller runs any GraphQL as the first does.
+var DefaultGraphQLPaths = []string{"/api/graphql", "/api/glql"}
 
 // DefaultDeniedGraphQLFields are --proxy-denied-graphql-fields' default: GitLab's GraphQL
 // fields that mint a credential the caller would then hold, or answer one.
@@ -59,14 +62,18 @@ var DefaultDeniedGraphQLFields = []string{
 	"pipelineTriggerCreate",
 	"pipelineTriggerUpdate",
 	"pipelineTriggers",
+	// Alert integrations' tokens (whoever holds one posts alerts into a project).
+	"httpIntegrationCreate",
+	"httpIntegrationResetToken",
+	"prometheusIntegrationResetToken",
 }
 
-// DefaultGraphQLBodyBytes is --proxy-graphql-body-bytes' default.
-const DefaultGraphQLBodyBytes = 1 << 20
-
-// maxNestedJSON bounds how deep JSON held in a JSON string is read (each level is shorter
-// than the one holding it).
-const maxNestedJSON = 4
+// DefaultGraphQLBodyBytes and DefaultGraphQLHeldBytes are --proxy-graphql-body-bytes' and
+// --proxy-graphql-held-bytes' defaults.
+const (
+	DefaultGraphQLBodyBytes = 1 << 20
+	DefaultGraphQLHeldBytes = 64 << 20
+)
 
 // graphqlName is a GraphQL name's form.
 var graphqlName = regexp.MustCompile(`^[_A-Za-z][_0-9A-Za-z]*$`)
@@ -85,22 +92,33 @@ type graphqlReading struct {
 	paths   *deniedPaths
 	fields  map[string]bool
 	maxBody int64
+	// held bounds the bytes of the bodies read and not yet sent, node-wide: each request holds
+	// its body (up to maxBody) until the tool has it, and one Pod's concurrent requests would
+	// otherwise hold as many MiB as it opens.
+	held      *semaphore.Weighted
+	heldBytes int64
 	// withDenied are the node's denied paths and paths together, for the one lookup of a
 	// remembered route's request (sendsAsRemembered).
 	withDenied *deniedPaths
 }
 
 // newGraphQLReading compiles the node's GraphQL settings, with its denied paths; nil when no
-// path or no field is set (nothing to read for), or the body limit is not positive.
-func newGraphQLReading(paths, fields, denied []string, maxBody int64) *graphqlReading {
-	g := &graphqlReading{paths: compileDeniedPaths("", paths), fields: map[string]bool{}, maxBody: maxBody,
-		withDenied: compileDeniedPaths("", slices.Concat(denied, paths))}
+// path or no field is set (nothing to read for), or a byte limit is not positive.
+func newGraphQLReading(paths, fields, denied []string, maxBody, heldBytes int64) *graphqlReading {
+	if maxBody <= 0 || heldBytes <= 0 {
+		return nil
+	}
+	g := &graphqlReading{paths: &deniedPaths{byAnchor: map[string][]int{}}, fields: map[string]bool{}, maxBody: maxBody,
+		held: semaphore.NewWeighted(heldBytes), heldBytes: heldBytes, withDenied: &deniedPaths{byAnchor: map[string][]int{}}}
+	g.paths.add("", paths, true) // a Rails route: any extension is its format
+	g.withDenied.add("", denied, false)
+	g.withDenied.add("", paths, true)
 	for _, f := range fields {
 		if ValidGraphQLField(f) == nil {
 			g.fields[f] = true
 		}
 	}
-	if g.paths == nil || len(g.fields) == 0 || maxBody <= 0 {
+	if g.paths.orNil() == nil || len(g.fields) == 0 {
 		return nil
 	}
 	return g
@@ -127,20 +145,29 @@ func (d deniedCheck) sendsAsRemembered(escaped string) bool {
 }
 
 // checkGraphQL refuses r, a request about to be sent to the tool, when it is one of the node's
-// GraphQL requests and names a denied field or cannot be read. The body it read is r's again.
-func (d deniedCheck) checkGraphQL(r *http.Request) error {
+// GraphQL requests and names a denied field or cannot be read. The body it read is r's again,
+// held against the node's bound until release, which the caller calls once r is sent.
+func (d deniedCheck) checkGraphQL(r *http.Request) (release func(), err error) {
+	release = func() {}
 	if !d.readsGraphQL(r.URL.EscapedPath()) {
-		return nil
+		return release, nil
 	}
 	g := d.graphql
 	if err := g.form(r.URL.RawQuery, "query string"); err != nil {
-		return err
+		return nil, err
 	}
-	body, err := g.readBody(r)
+	body, held, err := g.readBody(r)
 	if err != nil || len(body) == 0 {
-		return err
+		if held != nil {
+			release = held
+		}
+		return release, err
 	}
-	return g.body(r.Header, body)
+	if err := g.body(r.Header, body); err != nil {
+		held()
+		return nil, err
+	}
+	return held, nil
 }
 
 // graphqlUnread is the 4xx of a GraphQL request the proxy cannot read.
@@ -148,31 +175,42 @@ func graphqlUnread(status int, format string, args ...any) error {
 	return refusef(status, "the proxy reads a GraphQL request before it sends it with a Connector's credential (--proxy-graphql-paths), and cannot read this one: "+format, args...)
 }
 
-// readBody reads r's body, up to the limit, and gives r a body of what it read.
-func (g *graphqlReading) readBody(r *http.Request) ([]byte, error) {
+// readBody reads r's body, up to the limit, and gives r a body of what it read; release gives
+// its bytes back to the node's bound (held) once it is sent.
+func (g *graphqlReading) readBody(r *http.Request) (body []byte, release func(), err error) {
 	if r.Body == nil || r.Body == http.NoBody {
-		return nil, nil
+		return nil, nil, nil
 	}
 	for _, coding := range r.Header.Values("Content-Encoding") {
 		if !strings.EqualFold(strings.TrimSpace(coding), "identity") {
-			return nil, graphqlUnread(http.StatusUnsupportedMediaType, "its body is encoded (Content-Encoding %q)", coding)
+			return nil, nil, graphqlUnread(http.StatusUnsupportedMediaType, "its body is encoded (Content-Encoding %q)", coding)
 		}
 	}
 	if r.ContentLength > g.maxBody {
-		return nil, graphqlUnread(http.StatusRequestEntityTooLarge, "its body is over %d bytes (--proxy-graphql-body-bytes)", g.maxBody)
+		return nil, nil, graphqlUnread(http.StatusRequestEntityTooLarge, "its body is over %d bytes (--proxy-graphql-body-bytes)", g.maxBody)
 	}
-	body, err := io.ReadAll(io.LimitReader(r.Body, g.maxBody+1))
-	if err != nil {
-		return nil, fmt.Errorf("reading the GraphQL request's body: %w", err)
+	size := g.maxBody // what a body of unknown length may grow to
+	if r.ContentLength >= 0 {
+		size = r.ContentLength
 	}
-	if int64(len(body)) > g.maxBody {
-		return nil, graphqlUnread(http.StatusRequestEntityTooLarge, "its body is over %d bytes (--proxy-graphql-body-bytes)", g.maxBody)
+	if !g.held.TryAcquire(size) {
+		return nil, nil, graphqlUnread(http.StatusServiceUnavailable, "the node holds %d bytes of GraphQL bodies on their way already (--proxy-graphql-held-bytes); try again", g.heldBytes)
+	}
+	release = func() { g.held.Release(size) }
+	buf := bytes.NewBuffer(make([]byte, 0, size+1))
+	if _, err := buf.ReadFrom(io.LimitReader(r.Body, g.maxBody+1)); err != nil {
+		release()
+		return nil, nil, fmt.Errorf("reading the GraphQL request's body: %w", err)
+	}
+	if int64(buf.Len()) > g.maxBody {
+		release()
+		return nil, nil, graphqlUnread(http.StatusRequestEntityTooLarge, "its body is over %d bytes (--proxy-graphql-body-bytes)", g.maxBody)
 	}
 	r.Body = struct {
 		io.Reader
 		io.Closer
-	}{bytes.NewReader(body), r.Body}
-	return body, nil
+	}{bytes.NewReader(buf.Bytes()), r.Body}
+	return buf.Bytes(), release, nil
 }
 
 // jsonMediaTypes are the media types Rails (GitLab) parses as JSON besides "+json" ones.
@@ -198,8 +236,8 @@ func (g *graphqlReading) body(h http.Header, body []byte) error {
 	case strings.HasPrefix(mediaType, "multipart/"):
 		return graphqlUnread(http.StatusUnsupportedMediaType, "its body is %s (a file upload)", mediaType)
 	}
-	err := g.json(body, 0)
-	if notJSON(err) {
+	err := g.json(body)
+	if errors.Is(err, errNotJSON) {
 		if jsonMediaTypes[mediaType] || strings.HasSuffix(mediaType, "+json") {
 			return graphqlUnread(http.StatusBadRequest, "its body is not JSON (%v)", err)
 		}
@@ -209,7 +247,7 @@ func (g *graphqlReading) body(h http.Header, body []byte) error {
 }
 
 // form reads a query string's or form's parameters, split at "&" and ";" (Rack's, before
-// Rack 3) and decoded: each name and value is text, and a value of JSON is read as JSON too.
+// Rack 3) and decoded: each name and value is text.
 func (g *graphqlReading) form(raw, what string) error {
 	for pair := range strings.FieldsFuncSeq(raw, func(c rune) bool { return c == '&' || c == ';' }) {
 		name, value, _ := strings.Cut(pair, "=")
@@ -218,7 +256,7 @@ func (g *graphqlReading) form(raw, what string) error {
 			if err != nil {
 				return graphqlUnread(http.StatusBadRequest, "a parameter of its %s does not decode", what)
 			}
-			if err := g.textOrJSON(decoded, 0); err != nil {
+			if err := g.text(decoded); err != nil {
 				return err
 			}
 		}
@@ -226,78 +264,64 @@ func (g *graphqlReading) form(raw, what string) error {
 	return nil
 }
 
-// errTrailingJSON is JSON followed by more than white space.
-var errTrailingJSON = errors.New("more after the JSON value")
+// errNotJSON is a body that is not one JSON value.
+var errNotJSON = errors.New("not one JSON value")
 
-// notJSON tells whether err, json's, says that what it read is not one JSON value (and not
-// that a field was denied).
-func notJSON(err error) bool {
-	var syntax *json.SyntaxError
-	return errors.As(err, &syntax) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, errTrailingJSON)
-}
-
-// json reads every string of one JSON value (object keys too), as text and, holding JSON, as
-// JSON; depth is how deep in strings the value was found. Read token by token: every key of
-// an object is seen, a repeated one too (a map keeps one of them).
-func (g *graphqlReading) json(data []byte, depth int) error {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.UseNumber()
-	open := 0
-	for {
-		tok, err := dec.Token()
-		if err != nil {
-			return err // io.EOF before a whole value: not JSON either
+// json reads every string of one JSON value (object keys too) as text: a repeated key's
+// every value is seen (a map keeps one of them). Once json.Valid has taken the value, its
+// strings are where its unescaped quotes say; written here, without a decoder's token per
+// string: a body of a million small strings would otherwise cost a second of CPU a MiB.
+func (g *graphqlReading) json(data []byte) error {
+	if !json.Valid(data) {
+		return errNotJSON
+	}
+	for i := 0; i < len(data); i++ {
+		if data[i] != '"' {
+			continue
 		}
-		switch t := tok.(type) {
-		case json.Delim:
-			if t == '{' || t == '[' {
-				open++
-			} else {
-				open--
+		start, escaped := i, false
+		for i++; data[i] != '"'; i++ {
+			if data[i] == '\\' {
+				escaped, i = true, i+1
 			}
-		case string:
-			if err := g.textOrJSON(t, depth); err != nil {
+		}
+		if !escaped {
+			if err := deniedWordIn(g.fields, data[start+1:i]); err != nil {
 				return err
 			}
+			continue
 		}
-		if open == 0 {
-			break
+		var decoded string
+		if err := json.Unmarshal(data[start:i+1], &decoded); err != nil {
+			return err
 		}
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return errTrailingJSON
+		if err := g.text(decoded); err != nil {
+			return err
+		}
 	}
 	return nil
 }
 
-// textOrJSON reads s as text and, when it is JSON (an object or array) within maxNestedJSON
-// levels, as JSON.
-func (g *graphqlReading) textOrJSON(s string, depth int) error {
-	if err := g.text(s); err != nil {
-		return err
-	}
-	trimmed := strings.TrimSpace(s)
-	if depth < maxNestedJSON && trimmed != "" && (trimmed[0] == '{' || trimmed[0] == '[') && json.Valid([]byte(trimmed)) {
-		return g.json([]byte(trimmed), depth+1)
-	}
-	return nil
-}
+// text refuses s when it holds a denied field's name as a word.
+func (g *graphqlReading) text(s string) error { return deniedWordIn(g.fields, s) }
 
-// text refuses s when it holds a denied field's name as a word: a run of GraphQL name
+// deniedWordIn refuses s when it holds one of fields as a word: a run of GraphQL name
 // characters, less leading digits (a lexer may end a number where a name begins).
-func (g *graphqlReading) text(s string) error {
+func deniedWordIn[S string | []byte](fields map[string]bool, s S) error {
 	start := -1
 	for i := 0; i <= len(s); i++ {
-		if i < len(s) && isNameByte(s[i]) {
+		if i < len(s) && nameBytes[s[i]] {
 			if start < 0 {
 				start = i
 			}
 			continue
 		}
 		if start >= 0 {
-			word := strings.TrimLeft(s[start:i], "0123456789")
-			if g.fields[word] {
-				return refusef(http.StatusForbidden, "the proxy denies the GraphQL field %q (--proxy-denied-graphql-fields): it would hand the caller a credential of the Connector", word)
+			for start < i && '0' <= s[start] && s[start] <= '9' {
+				start++
+			}
+			if fields[string(s[start:i])] {
+				return refusef(http.StatusForbidden, "the proxy denies the GraphQL field %q (--proxy-denied-graphql-fields): it would hand the caller a credential of the Connector", s[start:i])
 			}
 			start = -1
 		}
@@ -305,7 +329,10 @@ func (g *graphqlReading) text(s string) error {
 	return nil
 }
 
-// isNameByte tells whether c may be in a GraphQL name.
-func isNameByte(c byte) bool {
-	return c == '_' || '0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z'
-}
+// nameBytes are the bytes a GraphQL name may hold: "_", digits, ASCII letters.
+var nameBytes = func() (t [256]bool) {
+	for c := range t {
+		t[c] = c == '_' || '0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z'
+	}
+	return t
+}()

@@ -117,6 +117,9 @@ type Config struct {
 	GraphQLPaths        []string
 	DeniedGraphQLFields []string
 	GraphQLBodyBytes    int64
+	// GraphQLHeldBytes bounds the GraphQL bodies read and not yet sent, node-wide; 0:
+	// DefaultGraphQLHeldBytes.
+	GraphQLHeldBytes int64
 }
 
 // PodGrants is approval.PodGrants, as the proxy asks it.
@@ -138,8 +141,8 @@ func (c Config) check() error {
 			return fmt.Errorf("proxy config: %w", err)
 		}
 	}
-	if c.GraphQLBodyBytes < 0 {
-		return fmt.Errorf("proxy config: GraphQLBodyBytes must not be negative")
+	if c.GraphQLBodyBytes < 0 || c.GraphQLHeldBytes < 0 {
+		return fmt.Errorf("proxy config: GraphQLBodyBytes and GraphQLHeldBytes must not be negative")
 	}
 	if c.SecretCacheBytes <= 0 || c.RegistryTokenBytes <= 0 {
 		return fmt.Errorf("proxy config: SecretCacheBytes and RegistryTokenBytes must be positive")
@@ -238,7 +241,7 @@ func New(objects client.Reader, reviewer Reviewer, flags *features.Source, kube 
 	denied := orDefault(cfg.DeniedPaths, DefaultDeniedPaths)
 	p.denied = compileDeniedPaths("", denied)
 	p.graphql = newGraphQLReading(orDefault(cfg.GraphQLPaths, DefaultGraphQLPaths), orDefault(cfg.DeniedGraphQLFields, DefaultDeniedGraphQLFields),
-		denied, cmp.Or(cfg.GraphQLBodyBytes, DefaultGraphQLBodyBytes))
+		denied, cmp.Or(cfg.GraphQLBodyBytes, DefaultGraphQLBodyBytes), cmp.Or(cfg.GraphQLHeldBytes, DefaultGraphQLHeldBytes))
 	p.direct = newDirectTransport(directMaxIdlePerHost, cfg.UpstreamIdleTimeout, cfg.MaxHeaderBytes)
 	p.owned = newOwnerTransports("owner_transports", cfg.OwnerTransportCacheSize)
 	p.apiOwned = newOwnerTransports("api_transports", cfg.APITransportCacheSize)
@@ -508,9 +511,11 @@ func (t routeTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 // streamed to client as its body is read (directBody), once it is the answer the client gets:
 // not a challenge the registry flow reads and drops, nor the token service's answer.
 func (p *Proxy) sendAlong(rt *route, r *http.Request, client io.Writer) (*http.Response, error) {
-	if err := rt.denied.checkGraphQL(r); err != nil {
+	release, err := rt.denied.checkGraphQL(r)
+	if err != nil {
 		return nil, err // before anything is sent (upstreamErrorFor answers the refusal)
 	}
+	defer release()
 	if rt.cred.registry == nil {
 		return toolTransport{p, rt, client}.RoundTrip(r)
 	}

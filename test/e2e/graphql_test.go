@@ -10,7 +10,7 @@ import (
 // node's --proxy-denied-graphql-fields, by default GitLab's runner, token and trigger fields):
 // however the request carries its document (a JSON body, JSON escapes, an alias, a batch, a
 // repeated key, a form, the query string, a body of another type, under a context path, with
-// a format suffix), it is refused (403) through the reverse proxy (after the connection's
+// any extension, GitLab's other GraphQL endpoint), it is refused (403) through the reverse proxy (after the connection's
 // route is remembered), the forward proxy, a CONNECT tunnel and the Connectors API's
 // pass-through, and none reaches the tool; one the proxy cannot read (a multipart body) is
 // refused naming why; an ordinary query along the same routes is served, its body whole.
@@ -33,6 +33,10 @@ func TestTenancyGraphQLRequestsCannotTakeACredential(t *testing.T) {
 		{method: "GET", path: "/api/graphql?query=%7Bproject(fullPath:%22g/p%22)%7BpipelineTriggers%7Bnodes%7Btoken%7D%7D%7D%7D", refusal: field},
 		{method: "POST", path: "/gitlab/API/graphql.json", contentType: json, refusal: field,
 			body: `{"query":"mutation { runnersRegistrationTokenReset(input: {type: INSTANCE_TYPE}) { token } }"}`},
+		{method: "POST", path: "/api/glql", contentType: json, refusal: field,
+			body: `{"query":"mutation { runnerCreate(input: {runnerType: INSTANCE_TYPE}) { errors } }"}`},
+		{method: "POST", path: "/api/graphql.csv", contentType: json, refusal: field,
+			body: `{"query":"mutation { httpIntegrationResetToken(input: {id: \"1\"}) { integration { token } } }"}`},
 		{method: "POST", path: "/api/graphql", contentType: "text/plain", refusal: field,
 			body: `mutation { personalAccessTokenRotate(input: {id: "gid://gitlab/PersonalAccessToken/1"}) { token } }`},
 		{method: "POST", path: "/api/graphql", contentType: "multipart/form-data; boundary=x", status: http.StatusUnsupportedMediaType,
