@@ -242,19 +242,22 @@ func (d *deniedPaths) add(class string, entries []string, anyExtension bool) {
 			continue
 		}
 		path, whole := strings.CutSuffix(text, "$")
+		// A whole path takes any extension too: its end is the route's, where Rails puts a
+		// format (GitLab's /jwt/auth.csv is /jwt/auth), and a longer path is no match anyway.
+		anyExt := anyExtension || whole
 		segs := pathSegments(path, nil)
 		for i, seg := range segs {
 			segs[i] = formatless(seg) // as a path's segments are compared
-			if anyExtension {
+			if anyExt {
 				segs[i] = extensionless(seg)
 			}
 		}
-		e := deniedEntry{text: text, class: class, segs: segs, anchor: anchorOf(segs), whole: whole, anyExtension: anyExtension}
+		e := deniedEntry{text: text, class: class, segs: segs, anchor: anchorOf(segs), whole: whole, anyExtension: anyExt}
 		key, _ := lowerASCII(segs[e.anchor], nil)
 		d.byAnchor[string(key)] = append(d.byAnchor[string(key)], len(d.entries))
 		d.starts[len(key)] |= startBit(key[0])
 		d.maxAnchor = max(d.maxAnchor, e.anchor)
-		d.anyExtension = d.anyExtension || anyExtension
+		d.anyExtension = d.anyExtension || anyExt
 		d.entries = append(d.entries, e)
 	}
 }

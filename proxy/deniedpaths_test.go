@@ -157,8 +157,8 @@ func TestDeniedPathsOfClassesWithoutThem(t *testing.T) {
 }
 
 // TestDeniedPathsOfAWholePath: an entry ending in "$" denies a path that ends where it does
-// (a registry's token service), under a context path, with a trailing slash or a format
-// suffix, and not a longer one (an image named so, pulled at /v2/<name>/manifests/<ref>).
+// (a registry's token service), under a context path, with a trailing slash or any extension
+// (Rails routes one as a format), and not a longer one (an image named so, pulled at /v2/<name>/manifests/<ref>).
 func TestDeniedPathsOfAWholePath(t *testing.T) {
 	d := deniedCheck{node: compileDeniedPaths("", DefaultDeniedPaths), within: 1}
 	for path, want := range map[string]bool{
@@ -168,6 +168,8 @@ func TestDeniedPathsOfAWholePath(t *testing.T) {
 		"/artifactory/api/docker/docker-local/v2/token": true,
 		"/v2/token.json":                                true,
 		"/jwt/auth":                                     true,
+		"/jwt/auth.csv":                                 true,
+		"/service/token.anything":                       true,
 		"/v2/service/token/manifests/latest":            false,
 		"/v2/library/service/token/blobs/sha256:abc":    false,
 		"/service/token/x":                              false,
