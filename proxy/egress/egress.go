@@ -292,6 +292,15 @@ func (p *Policy) dialChecked(ctx context.Context, network, address string, extra
 	return nil, firstErr
 }
 
+// toolResolver resolves the tools' names with Go's resolver, which stops at a temporary
+// failure (SERVFAIL, a timeout) of a name as written rather than go on down the cluster's
+// search list: the deployed Pods ask a name with a dot as written first (ndots 1), and when
+// gitlab.corp's own server failed, the next name asked, gitlab.corp.svc.cluster.local, is the
+// Service gitlab of a namespace corp a tenant may own, which would receive the credential of
+// every Connector at gitlab.corp (and the controller's probes'). A name that does not exist
+// as written (NXDOMAIN) still goes down the list, as in-cluster names written short need.
+var toolResolver = &net.Resolver{PreferGo: true, StrictErrors: true}
+
 func (p *Policy) resolve(ctx context.Context, host string) ([]netip.Addr, error) {
 	if a, err := netip.ParseAddr(host); err == nil {
 		return []netip.Addr{a}, nil
@@ -299,7 +308,7 @@ func (p *Policy) resolve(ctx context.Context, host string) ([]netip.Addr, error)
 	resolve := p.Resolve
 	if resolve == nil {
 		resolve = func(ctx context.Context, host string) ([]netip.Addr, error) {
-			return net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+			return toolResolver.LookupNetIP(ctx, "ip", host)
 		}
 	}
 	addrs, err := resolve(ctx, host)
