@@ -65,7 +65,8 @@ func (s *Server) authorizeAPIs(r *http.Request, u user.Info, c *v1alpha1.Connect
 }
 
 // authorizePassthrough checks, with enable-connector-proxy-permissions, that a passthrough
-// request (the tool's own API with the Connector's credential: what the proxy serves) has what
+// request (the tool's own API with the Connector's credential: what the proxy serves), or one
+// to the class's API service (given the credential whole), has what
 // the proxy would ask of it, connectors/proxy with the request's verb, or the API's own grant,
 // connectors/apis: get alone would open through the API what the flag closes at the proxy
 // (a shared Connector that every ServiceAccount may get, its use granted to a few). Where

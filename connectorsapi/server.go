@@ -160,11 +160,15 @@ func (s *Server) serveConnector(w http.ResponseWriter, r *http.Request, ns, name
 	if err := s.authorizeAPIs(r, u, c, class, op); err != nil {
 		return err
 	}
+	if op.Provider != providerAPI || APIAddress(class) != "" {
+		// The tool's own API with the credential, or the class's API service, which is given
+		// the credential whole: what the proxy serves (the built-in lists need get).
+		if err := s.authorizePassthrough(r, u, c, class, op); err != nil {
+			return err
+		}
+	}
 	if op.Provider == providerAPI {
 		return s.custom(w, r, u, c, class, apiPath)
-	}
-	if err := s.authorizePassthrough(r, u, c, class, op); err != nil {
-		return err
 	}
 	return s.passthrough(w, r, u, c, class, op, apiPath)
 }

@@ -106,6 +106,50 @@ func TestTenancyClassAPIServiceKeepsTenantsApart(t *testing.T) {
 	}
 }
 
+// TestTenancyClassAPIServiceNeedsWhatTheProxyNeeds: with enable-connector-proxy-permissions, a
+// class's API service, which is given the Connector's credential whole, is called only for a
+// caller who may use the Connector (connectors/proxy, or connectors/apis), as the API's
+// pass-through to the tool is: get alone, which every ServiceAccount may hold on a shared
+// Connector, is refused naming both, and the service gets nothing.
+func TestTenancyClassAPIServiceNeedsWhatTheProxyNeeds(t *testing.T) {
+	env := startProxyDriver(t, nil)
+	plugin, seen := startPlugin(t)
+	class := newClass(t, "plugin")
+	setClassAPI(t, class, &v1alpha1.APISpec{Destination: v1alpha1.Destination{URI: plugin},
+		OpenAPI: openAPIGets(map[string]map[string]string{"/plugin/projects": {"x-provider-type": "api"}})})
+	ns := newNamespace(t)
+	createSecret(t, ns, "cred", corev1.SecretTypeBasicAuth, map[string]string{"username": "bot", "password": "bot-secret"})
+	newConnectorWithSecret(t, ns, "plugged", class, "http://tool.example", "basicAuth", "cred")
+	viewer := apiToken(t, ns, "viewer")
+	allowConnectors(t, ns, "viewer", "plugged") // get
+	setFlags(t, map[string]string{"enable-connector-proxy-permissions": "true"})
+	t.Cleanup(func() { setFlags(t, map[string]string{}) })
+	call := func() (int, string) {
+		return do(t, noRedirects, newRequest(t, "GET", connectorAPI(env, ns, "plugged", "/plugin/projects"), map[string]string{"Authorization": "Bearer " + viewer}))
+	}
+	want := "may not get connectors/proxy nor connectors/apis"
+	if !kubelet.WaitUntil(15*time.Second, func() bool { code, body := call(); return code == http.StatusForbidden && strings.Contains(body, want) }) {
+		code, body := call()
+		t.Fatalf("the class's API service with get only: %d %q, want 403 saying %q", code, body, want)
+	}
+	for len(seen) > 0 { // calls before the flag was read
+		<-seen
+	}
+	if code, body := call(); code != http.StatusForbidden {
+		t.Fatalf("again: %d %q", code, body)
+	}
+	select {
+	case h := <-seen:
+		t.Fatalf("the service was called for a caller with get only (X-Plugin-Secret %d bytes)", len(h.Get("X-Plugin-Secret")))
+	default:
+	}
+	grantResource(t, ns, "viewer", "plugged", "connectors/proxy")
+	if !kubelet.WaitUntil(15*time.Second, func() bool { code, _ := call(); return code == http.StatusOK }) {
+		code, body := call()
+		t.Fatalf("the class's API service with connectors/proxy: %d %q, want 200", code, body)
+	}
+}
+
 // TestTenancyClassAPIServiceBehindCGIReadsOnlyTheDriversPluginHeaders: a class's API service
 // behind CGI (as WSGI and Rack servers do too) reads X_Plugin_Meta and X-Plugin-Meta as one
 // variable, and keeps one of them. A caller who may use a Connector but not read its credential
