@@ -15,7 +15,6 @@ import (
 	"golang.org/x/time/rate"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/kubernetes"
 	toolscache "k8s.io/client-go/tools/cache"
@@ -69,9 +68,7 @@ func startController(ctx context.Context, g *errgroup.Group, p *process, ready *
 	if err := (&connectorstatus.Reconciler{
 		Client: statusClient,
 		// A Secret is read at most once per recheck interval, whatever the events.
-		Secrets: secretcache.New(secretcache.FromWatchCache(func(ctx context.Context, ns, name string, opts metav1.GetOptions) (*corev1.Secret, error) {
-			return statusKube.CoreV1().Secrets(ns).Get(ctx, name, opts)
-		}), o.StatusRecheck, o.SecretCacheSize, o.SecretCacheBytes, "status_secrets"),
+		Secrets:  secretcache.New(secretcache.FromWatchCache(statusKube), o.StatusRecheck, o.SecretCacheSize, o.SecretCacheBytes, "status_secrets"),
 		ProxyURL: o.ProxyURL, ClusterDomain: o.ClusterDomain,
 		Transports: trust.NewTransports(o.TransportCacheSize, "probe_transports", func(roots *x509.CertPool) *http.Transport {
 			// A probed tool is whoever the Connector's owner points it at: its answer head is

@@ -10,7 +10,6 @@ import (
 
 	"golang.org/x/sync/errgroup"
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
@@ -154,9 +153,7 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 		GraphQLBodyBytes:      o.ProxyGraphQLBodyBytes,
 		GraphQLHeldBytes:      o.ProxyGraphQLHeldBytes,
 		APIObjects:            objectcache.Reader{Connectors: connectors, Rest: informers, Unwatched: true, Lists: apiClient},
-		APISecretReads: secretcache.FromWatchCache(func(ctx context.Context, ns, name string, opts metav1.GetOptions) (*corev1.Secret, error) {
-			return apiKube.CoreV1().Secrets(ns).Get(ctx, name, opts)
-		}),
+		APISecretReads:        secretcache.FromWatchCache(apiKube),
 	})
 	if err != nil {
 		return err

@@ -22,7 +22,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -224,10 +223,8 @@ func New(objects client.Reader, reviewer Reviewer, flags *features.Source, kube 
 		objects:  objects,
 		reviewer: reviewer,
 		flags:    flags,
-		secrets: secretcache.New(secretcache.FromWatchCache(func(ctx context.Context, ns, name string, opts metav1.GetOptions) (*corev1.Secret, error) {
-			return kube.CoreV1().Secrets(ns).Get(ctx, name, opts)
-		}), cfg.SecretTTL, cfg.SecretCacheSize, cfg.SecretCacheBytes, "secrets").RememberMissing(),
-		rego: cfg.Rego,
+		secrets:  secretcache.New(secretcache.FromWatchCache(kube), cfg.SecretTTL, cfg.SecretCacheSize, cfg.SecretCacheBytes, "secrets").RememberMissing(),
+		rego:     cfg.Rego,
 		transports: trust.NewTransports(cfg.TransportCacheSize, "transports", func(roots *x509.CertPool) *http.Transport {
 			return newUpstreamTransport(cfg.Egress, roots, cfg.UpstreamIdleTimeout, cfg.MaxHeaderBytes)
 		}),

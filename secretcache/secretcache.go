@@ -13,6 +13,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/kube-connectors/connectors-csi/cachebudget"
 	"github.com/kube-connectors/connectors-csi/cachemetrics"
@@ -21,16 +22,17 @@ import (
 // GetFunc reads one Secret from the API server.
 type GetFunc func(ctx context.Context, namespace, name string) (*corev1.Secret, error)
 
-// FromWatchCache is a GetFunc over get that reads from the API server's watch cache, not etcd
+// FromWatchCache is a GetFunc over kube that reads from the API server's watch cache, not etcd
 // (a GET without a resource version is read from etcd), and, when the watch cache says the
 // Secret does not exist, again from etcd: the cache may lag a Secret created a moment ago, and
 // its absence is remembered (RememberMissing) or reported. A Secret changed a moment ago may
 // be read as it was; the cache keeps it for its TTL anyway.
-func FromWatchCache(get func(ctx context.Context, namespace, name string, opts metav1.GetOptions) (*corev1.Secret, error)) GetFunc {
+func FromWatchCache(kube kubernetes.Interface) GetFunc {
 	return func(ctx context.Context, namespace, name string) (*corev1.Secret, error) {
-		sec, err := get(ctx, namespace, name, metav1.GetOptions{ResourceVersion: "0"})
+		secrets := kube.CoreV1().Secrets(namespace)
+		sec, err := secrets.Get(ctx, name, metav1.GetOptions{ResourceVersion: "0"})
 		if apierrors.IsNotFound(err) {
-			return get(ctx, namespace, name, metav1.GetOptions{})
+			return secrets.Get(ctx, name, metav1.GetOptions{})
 		}
 		return sec, err
 	}
