@@ -53,10 +53,10 @@ func namedSecrets(c *v1alpha1.Connector) []namedSecret {
 		ref := c.Spec.Auth.SecretRef
 		refs = append(refs, namedSecret{field.NewPath("spec", "auth", "secretRef", "name"), cmp.Or(ref.Namespace, c.Namespace), ref.Name})
 	}
-	if c.Spec.CACertSecretRef != nil && c.Spec.CACertSecretRef.Name != "" {
-		refs = append(refs, namedSecret{field.NewPath("spec", "caCertSecretRef", "name"), c.Namespace, c.Spec.CACertSecretRef.Name})
+	if ca := c.Spec.CACertSecretRef; ca != nil && ca.Name != "" && !(len(refs) == 1 && refs[0].namespace == c.Namespace && refs[0].name == ca.Name) {
+		refs = append(refs, namedSecret{field.NewPath("spec", "caCertSecretRef", "name"), c.Namespace, ca.Name})
 	}
-	return refs
+	return refs // one Secret named twice is asked about once (and takes one of the namespace's turns)
 }
 
 // mayGetSecret asks whether u may get ref, in the turn of the writing Connector's namespace.

@@ -74,6 +74,12 @@ func TestSecretReadableAsksAsTheWriter(t *testing.T) {
 		len(caOnly.asked) != 2 || caOnly.asked[0].GetName() != "cred" {
 		t.Errorf("a CA Secret the writer may not get: %v %v, after %d reviews", refused, err, len(caOnly.asked))
 	}
+	sameSecret := connector("cred")
+	sameSecret.Spec.CACertSecretRef = &v1alpha1.LocalSecretRef{Name: "cred"}
+	once := &fakeAuthz{decision: authorizer.DecisionAllow}
+	if refused, err := (&ConnectorValidator{Authz: once}).secretReadable(context.Background(), u, sameSecret); refused != nil || err != nil || len(once.asked) != 1 {
+		t.Errorf("one Secret named as both: %v %v, asked %d times, want once", refused, err, len(once.asked))
+	}
 	none := &fakeAuthz{}
 	if refused, err := (&ConnectorValidator{Authz: none}).secretReadable(context.Background(), u, connector("")); refused != nil || err != nil || len(none.asked) != 0 {
 		t.Errorf("a Connector naming no Secret: %v %v, asked %d times", refused, err, len(none.asked))

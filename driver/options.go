@@ -372,11 +372,11 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	listFlag(fs, "proxy-denied-paths", "comma-separated paths the proxy never sends a Connector's credential to, for every Connector whatever its class (a class's spec.proxy.deniedPaths adds its own): each a \"/\" and path segments (\"*\" any one) looked for at the start of a request's path under the Connector's address or one segment further, without regard to ASCII case, \";\" parameters, a format suffix or percent-encoding; default: the tools' endpoints that answer with the credential or mint one (JFrog's API key, GitLab's token rotation, GitHub's deploy keys, Harbor's robot accounts: the README lists them); empty: none",
 		&o.ProxyDeniedPaths, proxy.ValidDeniedPath)
 	listFlag(fs, "proxy-graphql-paths", "comma-separated paths of the tools' GraphQL endpoints, looked for as --proxy-denied-paths' are: the proxy reads each request to one (its query string and body) before it sends it with a Connector's credential, and refuses one that names a --proxy-denied-graphql-fields field, or that it cannot read (a multipart or encoded body, a body over --proxy-graphql-body-bytes); default: /api/graphql,/api/glql (GitLab's; matched with any extension, as Rails routes them); empty: none read",
-		&o.ProxyGraphQLPaths, proxy.ValidDeniedPath)
+		&o.ProxyGraphQLPaths, proxy.ValidGraphQLPath)
 	listFlag(fs, "proxy-denied-graphql-fields", "comma-separated GraphQL field names no request to a --proxy-graphql-paths endpoint may name (as a word anywhere in its documents, under any alias): mutations that mint a credential the caller would hold, fields that answer one; default: GitLab's (runnerCreate, personalAccessTokenCreate, pipelineTriggers...: the README lists them); empty: none",
 		&o.ProxyDeniedGraphQLFields, proxy.ValidGraphQLField)
-	fs.Int64Var(&o.ProxyGraphQLBodyBytes, "proxy-graphql-body-bytes", proxy.DefaultGraphQLBodyBytes, "how much of a request's body to a --proxy-graphql-paths endpoint the proxy reads (and holds) to look for denied fields; a larger body is refused (413)")
-	fs.Int64Var(&o.ProxyGraphQLHeldBytes, "proxy-graphql-held-bytes", proxy.DefaultGraphQLHeldBytes, "how many bytes of GraphQL bodies the proxy holds at once, read and not yet sent, for all of the node's Pods (a body of unknown length counts as --proxy-graphql-body-bytes); past it a request is refused (503) until others are sent")
+	fs.Int64Var(&o.ProxyGraphQLBodyBytes, "proxy-graphql-body-bytes", proxy.DefaultGraphQLBodyBytes, "how much of a request's body to a --proxy-graphql-paths endpoint the proxy reads (and holds) to look for denied fields; a larger body is refused (413); at most an eighth of --proxy-graphql-held-bytes")
+	fs.Int64Var(&o.ProxyGraphQLHeldBytes, "proxy-graphql-held-bytes", proxy.DefaultGraphQLHeldBytes, "how many bytes of GraphQL bodies the proxy holds at once, read and not yet sent, for all of the node's Pods, each namespace (or user) an eighth of it; past either a request is refused (503) until others are sent")
 	fs.StringVar(&o.ForwardPassthrough, "forward-passthrough", proxy.PassthroughPublic, "what the forward proxy does with a destination no named Connector covers: none (403), public (forward it without any credential when it resolves to public addresses only; CONNECT becomes a plain tunnel) or all (any destination the rules allow)")
 	fs.Func("forward-passthrough-connect-ports", "comma-separated ports a pass-through CONNECT may reach (default 443: a tunnel is opaque, so other ports would make the proxy a relay for any TCP service)", func(v string) error {
 		o.PassthroughConnectPorts = nil
@@ -635,6 +635,9 @@ func (o *Options) validate() (*validated, error) {
 		return nil, fmt.Errorf("--webhook-review-qps must not be negative")
 	case o.WebhookReviewQPS == 0:
 		v.WebhookReviewQPS = defaultWebhookReviewQPS
+	}
+	if err := proxy.CheckGraphQLBytes(o.ProxyGraphQLBodyBytes, o.ProxyGraphQLHeldBytes); err != nil {
+		return nil, err
 	}
 	switch {
 	case o.CELCacheSize < 0:

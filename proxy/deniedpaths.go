@@ -188,7 +188,7 @@ type deniedPaths struct {
 	// maxAnchor is the largest anchor index: a segment further than it past the last index an
 	// entry may start at is no anchor.
 	maxAnchor int
-	// anyExtension: some entry matches a segment with any extension (add).
+	// anyExtension: some entry matches its last segment with any extension (add).
 	anyExtension bool
 }
 
@@ -201,7 +201,7 @@ type deniedEntry struct {
 	// token service at /service/token, not an image named service/token at
 	// /v2/service/token/manifests/latest).
 	whole bool
-	// anyExtension: a path's segments are compared without any extension (add).
+	// anyExtension: a path's segment is compared with the last without any extension (add).
 	anyExtension bool
 }
 
@@ -233,9 +233,9 @@ func compileDeniedPaths(class string, entries []string) *deniedPaths {
 	return d.orNil()
 }
 
-// add compiles entries into d. anyExtension entries match a path's segment with any extension
-// ("graphql.csv" as "graphql": Rails routes a path with any format to its controller), others
-// with a format suffix alone (formatless).
+// add compiles entries into d. anyExtension entries match their last segment with any
+// extension ("graphql.csv" as "graphql": Rails routes a path with any format to its
+// controller), others with a format suffix alone (formatless).
 func (d *deniedPaths) add(class string, entries []string, anyExtension bool) {
 	for _, text := range entries {
 		if ValidDeniedPath(text) != nil {
@@ -248,9 +248,6 @@ func (d *deniedPaths) add(class string, entries []string, anyExtension bool) {
 		segs := pathSegments(path, nil)
 		for i, seg := range segs {
 			segs[i] = formatless(seg) // as a path's segments are compared
-			if anyExt {
-				segs[i] = extensionless(seg)
-			}
 		}
 		e := deniedEntry{text: text, class: class, segs: segs, anchor: anchorOf(segs), whole: whole, anyExtension: anyExt}
 		key, _ := lowerASCII(segs[e.anchor], nil)
@@ -321,7 +318,7 @@ func (d deniedCheck) check(escaped string) error {
 	if d.node == nil && d.class == nil {
 		return nil
 	}
-	found, undecodable := reaching(escaped, d.within, d.node, d.class, nil)
+	found, undecodable := reaching(escaped, d.within, d.node, d.class)
 	switch {
 	case found != nil:
 		return found.refusal()
@@ -331,18 +328,15 @@ func (d deniedCheck) check(escaped string) error {
 	return nil
 }
 
-// reaching is the entry of a's, b's or c's (any may be nil) that escaped reaches within the
+// reaching is the entry of a's or b's (either may be nil) that escaped reaches within the
 // window in any of its spellings (as sent, in each decoding, each segment decoded);
 // undecodable tells that a layer did not decode.
-func reaching(escaped string, within int, a, b, c *deniedPaths) (found *deniedEntry, undecodable bool) {
+func reaching(escaped string, within int, a, b *deniedPaths) (found *deniedEntry, undecodable bool) {
 	in := func(segs []string) *deniedEntry {
 		if e := a.reachedIn(segs, within); e != nil {
 			return e
 		}
-		if e := b.reachedIn(segs, within); e != nil {
-			return e
-		}
-		return c.reachedIn(segs, within)
+		return b.reachedIn(segs, within)
 	}
 	undecodable = eachDecoding(escaped, func(p string) bool {
 		var buf [32]string
@@ -407,13 +401,17 @@ func (d *deniedPaths) reachedIn(segs []string, within int) *deniedEntry {
 		if at > within+d.maxAnchor {
 			break
 		}
-		key := formatless(seg)
-		if e := d.anchoredAt(key, segs, at, within, false); e != nil {
+		if e := d.anchoredAt(formatless(seg), segs, at, within, false); e != nil {
 			return e
 		}
-		if stem := extensionless(seg); d.anyExtension && stem != key {
-			if e := d.anchoredAt(stem, segs, at, within, true); e != nil {
-				return e
+		if !d.anyExtension {
+			continue
+		}
+		for i := 1; i < len(seg); i++ { // the segment as an entry's last one with an extension
+			if seg[i] == '.' {
+				if e := d.anchoredAt(seg[:i], segs, at, within, true); e != nil {
+					return e
+				}
 			}
 		}
 	}
@@ -436,7 +434,7 @@ func (d *deniedPaths) anchoredAt(key string, segs []string, at, within int, anyE
 		e := &d.entries[i]
 		start := at - e.anchor
 		end := start + len(e.segs)
-		if (e.anyExtension || !anyExtension) && start >= 0 && start <= within && (end == len(segs) || !e.whole && end < len(segs)) &&
+		if (!anyExtension || e.anyExtension && e.anchor == len(e.segs)-1) && start >= 0 && start <= within && (end == len(segs) || !e.whole && end < len(segs)) &&
 			segmentsMatch(e.segs, segs[start:end], e.anyExtension) {
 			return e
 		}
@@ -480,25 +478,19 @@ func formatless(seg string) string {
 }
 
 // segmentsMatch tells whether segs match pattern segment by segment: "*" any one, others in
-// any ASCII case, less a format suffix (any extension, for anyExtension).
+// any ASCII case, less a format suffix (the last less any extension, for anyExtension).
 func segmentsMatch(pattern, segs []string, anyExtension bool) bool {
 	for i, want := range pattern {
 		if want == "*" {
 			continue
 		}
-		if got := formatless(segs[i]); !equalFoldASCII(want, got) && !(anyExtension && equalFoldASCII(want, extensionless(segs[i]))) {
+		got := segs[i]
+		withExtension := anyExtension && i == len(pattern)-1 && len(got) > len(want) && got[len(want)] == '.' && equalFoldASCII(want, got[:len(want)])
+		if !withExtension && !equalFoldASCII(want, formatless(got)) {
 			return false
 		}
 	}
 	return true
-}
-
-// extensionless is seg less whatever follows its first "." (not a leading one).
-func extensionless(seg string) string {
-	if i := strings.IndexByte(seg, '.'); i > 0 {
-		return seg[:i]
-	}
-	return seg
 }
 
 // equalFoldASCII is strings.EqualFold for ASCII letters alone: a tool's router that folds

@@ -181,6 +181,13 @@ func TestDeniedPathsOfAWholePath(t *testing.T) {
 			t.Errorf("%q: denied %v, want %v", path, got, want)
 		}
 	}
+	dotted := deniedCheck{class: compileDeniedPaths("tool", []string{"/api/v2.0/x$", "/files/archive.tar.gz$"}), within: 1}
+	for path, want := range map[string]bool{"/api/v2.0/x": true, "/api/v2.0/x.json": true, "/api/v2/x": false, "/api/v2.9/x": false,
+		"/files/archive.tar.gz": true, "/files/archive.zip": false} {
+		if got := dotted.check(path) != nil; got != want {
+			t.Errorf("%q: denied %v, want %v (only the last segment takes any extension)", path, got, want)
+		}
+	}
 	if err := ValidDeniedPath("/$"); err == nil {
 		t.Error(`"/$" taken: it would deny the root`)
 	}

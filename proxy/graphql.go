@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,8 +12,7 @@ import (
 	"net/url"
 	"regexp"
 	"strings"
-
-	"golang.org/x/sync/semaphore"
+	"sync"
 )
 
 // This file reads the GraphQL requests the proxy sends with a Connector's credential. A GraphQL
@@ -86,17 +86,25 @@ func ValidGraphQLField(name string) error {
 	return nil
 }
 
+// ValidGraphQLPath says what is wrong with a GraphQL path (written as a denied path is), or
+// nil.
+func ValidGraphQLPath(path string) error {
+	if err := ValidDeniedPath(path); err != nil {
+		return fmt.Errorf("GraphQL path: %w", err)
+	}
+	return nil
+}
+
 // graphqlReading is the node's reading of GraphQL requests: where they are sent (paths, with
 // a route's window), the fields none may name, and how much of a body is read.
 type graphqlReading struct {
 	paths   *deniedPaths
 	fields  map[string]bool
 	maxBody int64
-	// held bounds the bytes of the bodies read and not yet sent, node-wide: each request holds
-	// its body (up to maxBody) until the tool has it, and one Pod's concurrent requests would
-	// otherwise hold as many MiB as it opens.
-	held      *semaphore.Weighted
-	heldBytes int64
+	// held bounds the bytes of the bodies read and not yet sent: each request holds its body
+	// (up to maxBody) until the tool has it, and one Pod's concurrent requests would otherwise
+	// hold as many MiB as it opens.
+	held *heldBytes
 	// withDenied are the node's denied paths and paths together, for the one lookup of a
 	// remembered route's request (sendsAsRemembered).
 	withDenied *deniedPaths
@@ -109,7 +117,7 @@ func newGraphQLReading(paths, fields, denied []string, maxBody, heldBytes int64)
 		return nil
 	}
 	g := &graphqlReading{paths: &deniedPaths{byAnchor: map[string][]int{}}, fields: map[string]bool{}, maxBody: maxBody,
-		held: semaphore.NewWeighted(heldBytes), heldBytes: heldBytes, withDenied: &deniedPaths{byAnchor: map[string][]int{}}}
+		held: newHeldBytes(heldBytes), withDenied: &deniedPaths{byAnchor: map[string][]int{}}}
 	g.paths.add("", paths, true) // a Rails route: any extension is its format
 	g.withDenied.add("", denied, false)
 	g.withDenied.add("", paths, true)
@@ -130,7 +138,7 @@ func (d deniedCheck) readsGraphQL(escaped string) bool {
 	if d.graphql == nil {
 		return false
 	}
-	found, undecodable := reaching(escaped, d.within, d.graphql.paths, nil, nil)
+	found, undecodable := reaching(escaped, d.within, d.graphql.paths, nil)
 	return found != nil || undecodable
 }
 
@@ -140,14 +148,15 @@ func (d deniedCheck) sendsAsRemembered(escaped string) bool {
 	if d.graphql == nil {
 		return d.check(escaped) == nil
 	}
-	found, undecodable := reaching(escaped, d.within, d.graphql.withDenied, d.class, nil) // one lookup for both
+	found, undecodable := reaching(escaped, d.within, d.graphql.withDenied, d.class) // one lookup for both
 	return found == nil && !undecodable
 }
 
-// checkGraphQL refuses r, a request about to be sent to the tool, when it is one of the node's
-// GraphQL requests and names a denied field or cannot be read. The body it read is r's again,
-// held against the node's bound until release, which the caller calls once r is sent.
-func (d deniedCheck) checkGraphQL(r *http.Request) (release func(), err error) {
+// checkGraphQL refuses r, a request of caller about to be sent to the tool, when it is one of
+// the node's GraphQL requests and names a denied field or cannot be read. The body it read is
+// r's again, held against the node's bound until release, which the caller calls once r is
+// sent.
+func (d deniedCheck) checkGraphQL(r *http.Request, caller string) (release func(), err error) {
 	release = func() {}
 	if !d.readsGraphQL(r.URL.EscapedPath()) {
 		return release, nil
@@ -156,18 +165,18 @@ func (d deniedCheck) checkGraphQL(r *http.Request) (release func(), err error) {
 	if err := g.form(r.URL.RawQuery, "query string"); err != nil {
 		return nil, err
 	}
-	body, held, err := g.readBody(r)
-	if err != nil || len(body) == 0 {
-		if held != nil {
-			release = held
-		}
-		return release, err
+	body, held, err := g.readBody(r, caller)
+	if held != nil {
+		release = held
 	}
-	if err := g.body(r.Header, body); err != nil {
-		held()
+	if err == nil && len(body) > 0 {
+		err = g.body(r.Header, body)
+	}
+	if err != nil {
+		release()
 		return nil, err
 	}
-	return held, nil
+	return release, nil
 }
 
 // graphqlUnread is the 4xx of a GraphQL request the proxy cannot read.
@@ -175,9 +184,10 @@ func graphqlUnread(status int, format string, args ...any) error {
 	return refusef(status, "the proxy reads a GraphQL request before it sends it with a Connector's credential (--proxy-graphql-paths), and cannot read this one: "+format, args...)
 }
 
-// readBody reads r's body, up to the limit, and gives r a body of what it read; release gives
-// its bytes back to the node's bound (held) once it is sent.
-func (g *graphqlReading) readBody(r *http.Request) (body []byte, release func(), err error) {
+// readBody reads r's body, up to the limit, and gives r a body of what it read (which may be
+// read again: GetBody); release gives its bytes back to the node's bound (held) once it is
+// sent.
+func (g *graphqlReading) readBody(r *http.Request, caller string) (body []byte, release func(), err error) {
 	if r.Body == nil || r.Body == http.NoBody {
 		return nil, nil, nil
 	}
@@ -189,28 +199,114 @@ func (g *graphqlReading) readBody(r *http.Request) (body []byte, release func(),
 	if r.ContentLength > g.maxBody {
 		return nil, nil, graphqlUnread(http.StatusRequestEntityTooLarge, "its body is over %d bytes (--proxy-graphql-body-bytes)", g.maxBody)
 	}
-	size := g.maxBody // what a body of unknown length may grow to
-	if r.ContentLength >= 0 {
-		size = r.ContentLength
+	in := &heldReader{r: io.LimitReader(r.Body, g.maxBody+1), held: g.held, caller: caller}
+	release = func() { g.held.give(caller, in.taken) }
+	var buf bytes.Buffer
+	_, err = buf.ReadFrom(in)
+	switch {
+	case errors.Is(err, errHeldFull):
+		return nil, release, graphqlUnread(http.StatusServiceUnavailable, "%s", g.held.fullMessage())
+	case err != nil:
+		return nil, release, graphqlUnread(http.StatusBadRequest, "its body could not be read whole: %v", err)
+	case int64(buf.Len()) > g.maxBody:
+		return nil, release, graphqlUnread(http.StatusRequestEntityTooLarge, "its body is over %d bytes (--proxy-graphql-body-bytes)", g.maxBody)
 	}
-	if !g.held.TryAcquire(size) {
-		return nil, nil, graphqlUnread(http.StatusServiceUnavailable, "the node holds %d bytes of GraphQL bodies on their way already (--proxy-graphql-held-bytes); try again", g.heldBytes)
-	}
-	release = func() { g.held.Release(size) }
-	buf := bytes.NewBuffer(make([]byte, 0, size+1))
-	if _, err := buf.ReadFrom(io.LimitReader(r.Body, g.maxBody+1)); err != nil {
-		release()
-		return nil, nil, fmt.Errorf("reading the GraphQL request's body: %w", err)
-	}
-	if int64(buf.Len()) > g.maxBody {
-		release()
-		return nil, nil, graphqlUnread(http.StatusRequestEntityTooLarge, "its body is over %d bytes (--proxy-graphql-body-bytes)", g.maxBody)
-	}
+	body = buf.Bytes()
 	r.Body = struct {
 		io.Reader
 		io.Closer
-	}{bytes.NewReader(buf.Bytes()), r.Body}
-	return buf.Bytes(), release, nil
+	}{bytes.NewReader(body), r.Body}
+	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+	return body, release, nil
+}
+
+// heldStep is the most one read of a GraphQL body takes before it is counted: a body is
+// counted as it arrives, not by the length it declares (a Pod declaring lengths it never sends
+// would hold the bound for nothing).
+const heldStep = 32 << 10
+
+// heldReader reads a GraphQL body, counting what it has read against held as caller's.
+type heldReader struct {
+	r      io.Reader
+	held   *heldBytes
+	caller string
+	taken  int64
+}
+
+// errHeldFull is a read the node's bound, or the caller's share of it, has no room for.
+var errHeldFull = errors.New("the bound of GraphQL bodies held is reached")
+
+func (h *heldReader) Read(p []byte) (int, error) {
+	n, err := h.r.Read(p[:min(len(p), heldStep)])
+	if !h.held.take(h.caller, int64(n)) {
+		return 0, errHeldFull
+	}
+	h.taken += int64(n)
+	return n, err
+}
+
+// heldBytes bounds the bytes of GraphQL bodies the node holds, read and not yet sent: in all,
+// and each caller (a namespace, or a user) an eighth of that, so that one tenant's stalled
+// uploads cannot take what the others' requests need. Written here: a weighted semaphore has
+// no shares by key.
+type heldBytes struct {
+	mu           sync.Mutex
+	total, max   int64
+	byCaller     map[string]int64
+	maxPerCaller int64
+}
+
+// heldShares is how many callers' shares the node's bound holds.
+const heldShares = 8
+
+// CheckGraphQLBytes says what is wrong with --proxy-graphql-body-bytes and
+// --proxy-graphql-held-bytes (0: their defaults): a body must fit a namespace's share.
+func CheckGraphQLBytes(body, held int64) error {
+	if body < 0 || held < 0 {
+		return fmt.Errorf("--proxy-graphql-body-bytes and --proxy-graphql-held-bytes must not be negative (0: their defaults)")
+	}
+	body, held = cmp.Or(body, DefaultGraphQLBodyBytes), cmp.Or(held, DefaultGraphQLHeldBytes)
+	if body > held/heldShares {
+		return fmt.Errorf("--proxy-graphql-body-bytes (%d) must be at most an eighth of --proxy-graphql-held-bytes (%d), a namespace's share", body, held)
+	}
+	return nil
+}
+
+func newHeldBytes(max int64) *heldBytes {
+	return &heldBytes{max: max, maxPerCaller: max / heldShares, byCaller: map[string]int64{}}
+}
+
+// take counts n more bytes of caller's, if the bound and its share have room.
+func (h *heldBytes) take(caller string, n int64) bool {
+	if n == 0 {
+		return true
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.total+n > h.max || h.byCaller[caller]+n > h.maxPerCaller {
+		return false
+	}
+	h.total += n
+	h.byCaller[caller] += n
+	return true
+}
+
+// give gives n bytes of caller's back.
+func (h *heldBytes) give(caller string, n int64) {
+	if n == 0 {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.total -= n
+	if h.byCaller[caller] -= n; h.byCaller[caller] <= 0 {
+		delete(h.byCaller, caller)
+	}
+}
+
+// fullMessage is the 503's reason.
+func (h *heldBytes) fullMessage() string {
+	return fmt.Sprintf("the node holds %d bytes of GraphQL bodies on their way, and each namespace %d, at most (--proxy-graphql-held-bytes); try again", h.max, h.maxPerCaller)
 }
 
 // jsonMediaTypes are the media types Rails (GitLab) parses as JSON besides "+json" ones.

@@ -1,11 +1,13 @@
 package proxy
 
 import (
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"testing/iotest"
 )
 
 // graphqlCheck is the node's default GraphQL reading for a Connector at the root of its tool.
@@ -71,7 +73,7 @@ func TestGraphQLRequestsNamingADeniedFieldAreRefused(t *testing.T) {
 		if c.name == "two Content-Types" {
 			r.Header.Add("Content-Type", "text/plain")
 		}
-		_, err := d.checkGraphQL(r)
+		_, err := d.checkGraphQL(r, "team")
 		status, _ := Status(err)
 		if status != c.status || err != nil && status == 0 {
 			t.Errorf("%s: %v, want status %d", c.name, err, c.status)
@@ -92,51 +94,80 @@ func TestGraphQLRequestsNamingADeniedFieldAreRefused(t *testing.T) {
 func second(_ func(), err error) error { return err }
 
 // TestGraphQLBodiesAreBounded: a body over the limit is refused (413), by its Content-Length
-// or as it is read; an encoded one is refused (415); one within it is read; the node holds no
-// more than its bound of bodies read and not yet sent (503), and a body sent, or refused,
-// gives its bytes back.
+// or as it is read; an encoded one is refused (415); one within it is read. The node holds no
+// more than its bound of bodies read and not yet sent, each namespace an eighth of it (503
+// past either, naming the flag); a body sent, or refused, gives its bytes back; a body that
+// breaks off is a 400, not the tool's failure.
 func TestGraphQLBodiesAreBounded(t *testing.T) {
-	held := deniedCheck{within: 1, graphql: newGraphQLReading(DefaultGraphQLPaths, DefaultDeniedGraphQLFields, nil, 16, 32)}
-	body := `{"query":"{a}"}` // 15 bytes
-	release, err := held.checkGraphQL(graphqlRequest("POST", "/api/graphql", "application/json", body))
+	const body = 60 << 10
+	held := deniedCheck{within: 1, graphql: newGraphQLReading(DefaultGraphQLPaths, DefaultDeniedGraphQLFields, nil, 64<<10, heldShares*128<<10)}
+	request := func() *http.Request {
+		return graphqlRequest("POST", "/api/graphql", "application/json", `{"query":"{ a }","x":"`+strings.Repeat("x", body-20)+`"}`)
+	}
+	status := func(release func(), err error) int {
+		code, _ := Status(err)
+		if err != nil && !strings.Contains(err.Error(), "--proxy-graphql-") {
+			t.Errorf("%v: want the flag named", err)
+		}
+		return code
+	}
+	first, err := held.checkGraphQL(request(), "a")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := held.checkGraphQL(graphqlRequest("POST", "/api/graphql", "application/json", body)); err != nil {
-		t.Fatalf("a second body within the bound: %v", err)
+	if _, err := held.checkGraphQL(request(), "a"); err != nil {
+		t.Fatalf("a second body within a's share: %v", err)
 	}
-	if status, _ := Status(second(held.checkGraphQL(graphqlRequest("POST", "/api/graphql", "application/json", body)))); status != http.StatusServiceUnavailable {
-		t.Errorf("a third body past the node's bound: status %d, want 503", status)
+	if code := status(held.checkGraphQL(request(), "a")); code != http.StatusServiceUnavailable {
+		t.Errorf("a third body past a's share: status %d, want 503", code)
 	}
-	release()
-	if _, err := held.checkGraphQL(graphqlRequest("POST", "/api/graphql", "application/json", body)); err != nil {
-		t.Errorf("a body once another was sent: %v", err)
+	if _, err := held.checkGraphQL(request(), "b"); err != nil {
+		t.Errorf("another namespace's body, a's share full: %v", err)
 	}
-	if status, _ := Status(second(held.checkGraphQL(graphqlRequest("POST", "/api/graphql", "application/json", `{"query":"{ a }"}`)))); status != http.StatusRequestEntityTooLarge {
-		t.Errorf("past the body limit, with the bound full: status %d, want 413 (the length is looked at first)", status)
+	first()
+	if _, err := held.checkGraphQL(request(), "a"); err != nil {
+		t.Errorf("a's body once another of a's was sent: %v", err)
 	}
-	refusing := deniedCheck{within: 1, graphql: newGraphQLReading(DefaultGraphQLPaths, DefaultDeniedGraphQLFields, nil, 16, 16)}
-	for range 3 {
-		if status, _ := Status(second(refusing.checkGraphQL(graphqlRequest("POST", "/api/graphql", "text/plain", "runnerCreate")))); status != http.StatusForbidden {
-			t.Fatalf("a refused body: status %d, want 403 each time (its bytes given back)", status)
+	full := 0
+	for i := range heldShares * 2 {
+		if code := status(held.checkGraphQL(request(), fmt.Sprintf("caller-%d", i))); code == http.StatusServiceUnavailable {
+			full++
 		}
+	}
+	if full == 0 {
+		t.Error("the node's bound held every namespace's bodies: want 503s past it")
+	}
+	refusing := deniedCheck{within: 1, graphql: newGraphQLReading(DefaultGraphQLPaths, DefaultDeniedGraphQLFields, nil, 64<<10, heldShares*64<<10)}
+	for range 3 {
+		r := graphqlRequest("POST", "/api/graphql", "text/plain", "runnerCreate"+strings.Repeat(" ", 60<<10))
+		if code, _ := Status(second(refusing.checkGraphQL(r, "a"))); code != http.StatusForbidden {
+			t.Fatalf("a refused body: status %d, want 403 each time (its bytes given back)", code)
+		}
+	}
+	cut := graphqlRequest("POST", "/api/graphql", "application/json", "")
+	cut.Body, cut.ContentLength = io.NopCloser(io.MultiReader(strings.NewReader(`{"query":`), iotest.ErrReader(io.ErrUnexpectedEOF))), 100
+	if code, _ := Status(second(refusing.checkGraphQL(cut, "a"))); code != http.StatusBadRequest {
+		t.Errorf("a body that broke off: status %d, want 400", code)
+	}
+	if held := refusing.graphql.held; held.total != 0 || len(held.byCaller) != 0 {
+		t.Errorf("after refusals, %d bytes still held (%v)", held.total, held.byCaller)
 	}
 
 	d := graphqlCheck(16)
 	for body, want := range map[string]int{`{"query":"{a}"}`: 0, `{"query":"{ abc }"}`: 413} {
 		r := graphqlRequest("POST", "/api/graphql", "application/json", body)
-		if status, _ := Status(second(d.checkGraphQL(r))); status != want {
+		if status, _ := Status(second(d.checkGraphQL(r, "team"))); status != want {
 			t.Errorf("%q: status %d, want %d", body, status, want)
 		}
 		r = graphqlRequest("POST", "/api/graphql", "application/json", body)
 		r.ContentLength = -1 // chunked: read to the limit
-		if status, _ := Status(second(d.checkGraphQL(r))); status != want {
+		if status, _ := Status(second(d.checkGraphQL(r, "team"))); status != want {
 			t.Errorf("%q, chunked: status %d, want %d", body, status, want)
 		}
 	}
 	r := graphqlRequest("POST", "/api/graphql", "application/json", "x")
 	r.Header.Set("Content-Encoding", "gzip")
-	if status, _ := Status(second(d.checkGraphQL(r))); status != http.StatusUnsupportedMediaType {
+	if status, _ := Status(second(d.checkGraphQL(r, "team"))); status != http.StatusUnsupportedMediaType {
 		t.Errorf("gzip: status %d, want 415", status)
 	}
 }
@@ -158,6 +189,17 @@ func TestGraphQLReadingSettings(t *testing.T) {
 			t.Errorf("%q: %v, want refused", bad, err)
 		}
 	}
+	for _, c := range []struct {
+		body, held int64
+		ok         bool
+	}{{0, 0, true}, {1 << 20, 8 << 20, true}, {2 << 20, 8 << 20, false}, {0, 4 << 20, false}, {-1, 0, false}} {
+		if err := CheckGraphQLBytes(c.body, c.held); (err == nil) != c.ok || err != nil && !strings.Contains(err.Error(), "--proxy-graphql-") {
+			t.Errorf("body %d, held %d: %v, want ok %v naming the flags", c.body, c.held, err, c.ok)
+		}
+	}
+	if err := ValidGraphQLPath("api/graphql"); err == nil || !strings.Contains(err.Error(), "GraphQL path") {
+		t.Errorf("a GraphQL path without its slash: %v", err)
+	}
 	d := graphqlCheck(DefaultGraphQLBodyBytes)
 	if d.sendsAsRemembered("/api/graphql") || !d.sendsAsRemembered("/group/project.git/info/refs") {
 		t.Error("the fast lane would send a GraphQL request without reading it, or not send a git one")
@@ -175,7 +217,7 @@ func BenchmarkGraphQLRead(b *testing.B) {
 			b.ReportAllocs()
 			b.SetBytes(int64(len(body)))
 			for b.Loop() {
-				release, err := d.checkGraphQL(graphqlRequest("POST", "/api/graphql", "application/json", body))
+				release, err := d.checkGraphQL(graphqlRequest("POST", "/api/graphql", "application/json", body), "team")
 				if err != nil {
 					b.Fatal(err)
 				}

@@ -16,7 +16,6 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -130,8 +129,13 @@ type PodGrants interface {
 
 // check refuses a Config whose limits are unset: an unbounded cache is what they prevent.
 func (c Config) check() error {
-	for _, entry := range slices.Concat(c.DeniedPaths, c.GraphQLPaths) {
+	for _, entry := range c.DeniedPaths {
 		if err := ValidDeniedPath(entry); err != nil {
+			return fmt.Errorf("proxy config: %w", err)
+		}
+	}
+	for _, path := range c.GraphQLPaths {
+		if err := ValidGraphQLPath(path); err != nil {
 			return fmt.Errorf("proxy config: %w", err)
 		}
 	}
@@ -140,8 +144,8 @@ func (c Config) check() error {
 			return fmt.Errorf("proxy config: %w", err)
 		}
 	}
-	if c.GraphQLBodyBytes < 0 || c.GraphQLHeldBytes < 0 {
-		return fmt.Errorf("proxy config: GraphQLBodyBytes and GraphQLHeldBytes must not be negative")
+	if err := CheckGraphQLBytes(c.GraphQLBodyBytes, c.GraphQLHeldBytes); err != nil {
+		return fmt.Errorf("proxy config: %w", err)
 	}
 	if c.SecretCacheBytes <= 0 || c.RegistryTokenBytes <= 0 {
 		return fmt.Errorf("proxy config: SecretCacheBytes and RegistryTokenBytes must be positive")
@@ -508,7 +512,7 @@ func (t routeTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 // streamed to client as its body is read (directBody), once it is the answer the client gets:
 // not a challenge the registry flow reads and drops, nor the token service's answer.
 func (p *Proxy) sendAlong(rt *route, r *http.Request, client io.Writer) (*http.Response, error) {
-	release, err := rt.denied.checkGraphQL(r)
+	release, err := rt.denied.checkGraphQL(r, rt.caller)
 	if err != nil {
 		return nil, err // before anything is sent (upstreamErrorFor answers the refusal)
 	}

@@ -301,15 +301,29 @@ func (p *Policy) dialChecked(ctx context.Context, network, address string, extra
 // as written (NXDOMAIN) still goes down the list, as in-cluster names written short need.
 var toolResolver = &net.Resolver{PreferGo: true, StrictErrors: true}
 
+// lookupTool resolves a tool's name with toolResolver. Strict, one family's temporary failure
+// fails the lookup of both (a DNS server that fails AAAA queries, as some do, would fail every
+// name): then the IPv4 addresses alone are asked for, strictly too. Not the IPv6 ones alone:
+// a server that answers A but NXDOMAIN to AAAA would send that lookup down the search list,
+// to a tenant's dual-stack Service.
+func lookupTool(ctx context.Context, host string) ([]netip.Addr, error) {
+	addrs, err := toolResolver.LookupNetIP(ctx, "ip", host)
+	if err == nil {
+		return addrs, nil
+	}
+	if v4, err4 := toolResolver.LookupNetIP(ctx, "ip4", host); err4 == nil {
+		return v4, nil
+	}
+	return nil, err
+}
+
 func (p *Policy) resolve(ctx context.Context, host string) ([]netip.Addr, error) {
 	if a, err := netip.ParseAddr(host); err == nil {
 		return []netip.Addr{a}, nil
 	}
 	resolve := p.Resolve
 	if resolve == nil {
-		resolve = func(ctx context.Context, host string) ([]netip.Addr, error) {
-			return toolResolver.LookupNetIP(ctx, "ip", host)
-		}
+		resolve = lookupTool
 	}
 	addrs, err := resolve(ctx, host)
 	if err == nil && len(addrs) == 0 {

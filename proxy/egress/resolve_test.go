@@ -21,7 +21,7 @@ const dnsChildEnv = "EGRESS_DNS_CHILD"
 // cluster's search list, ndots 1), a tool's name whose own DNS server fails (SERVFAIL) is a
 // failure, not the address of the search list's next name (gitlab.corp.svc.cluster.local: a
 // tenant's Service gitlab in a namespace corp), which would receive the credential; a name
-// that resolves as written resolves. Through Go's real resolver and a real resolv.conf, in a
+// that resolves as written resolves, also when its server fails AAAA queries alone. Through Go's real resolver and a real resolv.conf, in a
 // mount and network namespace of the test's own, with a DNS server on its loopback.
 func TestResolveStopsAtAFailureOfTheNameAsWritten(t *testing.T) {
 	if os.Getenv(dnsChildEnv) == "1" {
@@ -54,7 +54,8 @@ func resolveInTheNamespace(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pc.Close()
-	go answerDNS(pc, map[string][4]byte{"gitlab.corp.svc.cluster.local.": {10, 96, 0, 99}, "tool.corp.": {10, 0, 0, 5}}, "gitlab.corp.")
+	go answerDNS(pc, map[string][4]byte{"gitlab.corp.svc.cluster.local.": {10, 96, 0, 99}, "tool.corp.": {10, 0, 0, 5}, "v4.corp.": {10, 0, 0, 6}},
+		map[string]bool{"gitlab.corp. TypeA": true, "gitlab.corp. TypeAAAA": true, "v4.corp. TypeAAAA": true})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	p := &Policy{}
@@ -64,10 +65,14 @@ func resolveInTheNamespace(t *testing.T) {
 	if addrs, err := p.resolve(ctx, "tool.corp"); err != nil || len(addrs) != 1 || addrs[0] != netip.MustParseAddr("10.0.0.5") {
 		t.Errorf("tool.corp: %v %v, want 10.0.0.5", addrs, err)
 	}
+	if addrs, err := p.resolve(ctx, "v4.corp"); err != nil || len(addrs) != 1 || addrs[0] != netip.MustParseAddr("10.0.0.6") {
+		t.Errorf("v4.corp, whose server fails AAAA queries: %v %v, want 10.0.0.6", addrs, err)
+	}
 }
 
-// answerDNS answers A queries for the names of a, SERVFAIL for failing, NXDOMAIN for others.
-func answerDNS(pc net.PacketConn, a map[string][4]byte, failing string) {
+// answerDNS answers A queries for the names of a, SERVFAIL for the queries of failing ("name
+// type"), NXDOMAIN for others.
+func answerDNS(pc net.PacketConn, a map[string][4]byte, failing map[string]bool) {
 	buf := make([]byte, 1500)
 	for {
 		n, from, err := pc.ReadFrom(buf)
@@ -82,7 +87,7 @@ func answerDNS(pc net.PacketConn, a map[string][4]byte, failing string) {
 		m.Header.Response, m.Header.RecursionAvailable = true, true
 		ip, known := a[q.Name.String()]
 		switch {
-		case q.Name.String() == failing:
+		case failing[q.Name.String()+" "+q.Type.String()]:
 			m.Header.RCode = dnsmessage.RCodeServerFailure
 		case known && q.Type == dnsmessage.TypeA:
 			m.Answers = []dnsmessage.Resource{{Header: dnsmessage.ResourceHeader{Name: q.Name, Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET, TTL: 5},
