@@ -275,11 +275,14 @@ type deniedCheck struct {
 	within      int
 	// graphql reads the requests to the node's GraphQL paths (graphql.go); nil: none.
 	graphql *graphqlReading
+	// classFields are the class's denied GraphQL fields, besides the node's; nil: none.
+	classFields *graphqlFields
 }
 
 // deniedCheckFor is the check of c's requests, of class.
 func (p *Proxy) deniedCheckFor(c *v1alpha1.Connector, class *v1alpha1.ConnectorClass) deniedCheck {
-	d := deniedCheck{node: p.denied, class: p.classDenied.of(class), graphql: p.graphql}
+	of := p.classDenied.of(class)
+	d := deniedCheck{node: p.denied, class: of.set, graphql: p.graphql, classFields: of.fields}
 	for _, addr := range parsedAddresses(c) {
 		d.within = max(d.within, len(pathSegments(addr.EscapedPath(), nil)))
 	}
@@ -292,24 +295,28 @@ func (p *Proxy) deniedCheckFor(c *v1alpha1.Connector, class *v1alpha1.ConnectorC
 // entry's validation each. One entry per class (cluster-scoped, an administrator's).
 type classDeniedSets struct{ sets sync.Map }
 
+// classDenied is a class's compiled spec.proxy.deniedPaths and deniedGraphQLFields, for its
+// generation.
 type classDenied struct {
 	generation int64
 	set        *deniedPaths
+	fields     *graphqlFields
 }
 
-// of is class's compiled spec.proxy.deniedPaths; nil when it has none.
-func (c *classDeniedSets) of(class *v1alpha1.ConnectorClass) *deniedPaths {
-	if class == nil || class.Spec.Proxy == nil || len(class.Spec.Proxy.DeniedPaths) == 0 {
-		return nil
+// of is class's compiled lists; zero when it has none.
+func (c *classDeniedSets) of(class *v1alpha1.ConnectorClass) classDenied {
+	if class == nil || class.Spec.Proxy == nil || len(class.Spec.Proxy.DeniedPaths) == 0 && len(class.Spec.Proxy.DeniedGraphQLFields) == 0 {
+		return classDenied{}
 	}
 	if v, ok := c.sets.Load(class.UID); ok && v.(classDenied).generation == class.Generation {
-		return v.(classDenied).set
+		return v.(classDenied)
 	}
-	set := compileDeniedPaths(class.Name, class.Spec.Proxy.DeniedPaths)
+	compiled := classDenied{generation: class.Generation, set: compileDeniedPaths(class.Name, class.Spec.Proxy.DeniedPaths),
+		fields: newGraphQLFields(class.Name, class.Spec.Proxy.DeniedGraphQLFields)}
 	if class.UID != "" {
-		c.sets.Store(class.UID, classDenied{generation: class.Generation, set: set})
+		c.sets.Store(class.UID, compiled)
 	}
-	return set
+	return compiled
 }
 
 // check refuses (403) a request to escaped, a tool path as it will be sent, that reaches a

@@ -99,7 +99,7 @@ func ValidGraphQLPath(path string) error {
 // a route's window), the fields none may name, and how much of a body is read.
 type graphqlReading struct {
 	paths   *deniedPaths
-	fields  map[string]bool
+	fields  *graphqlFields
 	maxBody int64
 	// held bounds the bytes of the bodies read and not yet sent: each request holds its body
 	// (up to maxBody) until the tool has it, and one Pod's concurrent requests would otherwise
@@ -111,22 +111,18 @@ type graphqlReading struct {
 }
 
 // newGraphQLReading compiles the node's GraphQL settings, with its denied paths; nil when no
-// path or no field is set (nothing to read for), or a byte limit is not positive.
+// path is set (nothing to read), or a byte limit is not positive. Without fields of the node's
+// its requests are still read, for their classes' (spec.proxy.deniedGraphQLFields).
 func newGraphQLReading(paths, fields, denied []string, maxBody, heldBytes int64) *graphqlReading {
 	if maxBody <= 0 || heldBytes <= 0 {
 		return nil
 	}
-	g := &graphqlReading{paths: &deniedPaths{byAnchor: map[string][]int{}}, fields: map[string]bool{}, maxBody: maxBody,
+	g := &graphqlReading{paths: &deniedPaths{byAnchor: map[string][]int{}}, fields: newGraphQLFields("", fields), maxBody: maxBody,
 		held: newHeldBytes(heldBytes), withDenied: &deniedPaths{byAnchor: map[string][]int{}}}
 	g.paths.add("", paths, true) // a Rails route: any extension is its format
 	g.withDenied.add("", denied, false)
 	g.withDenied.add("", paths, true)
-	for _, f := range fields {
-		if ValidGraphQLField(f) == nil {
-			g.fields[f] = true
-		}
-	}
-	if g.paths.orNil() == nil || len(g.fields) == 0 {
+	if g.paths.orNil() == nil {
 		return nil
 	}
 	return g
@@ -162,7 +158,8 @@ func (d deniedCheck) checkGraphQL(r *http.Request, caller string) (release func(
 		return release, nil
 	}
 	g := d.graphql
-	if err := g.form(r.URL.RawQuery, "query string"); err != nil {
+	rd := docReader{fields: fieldSets{g.fields, d.classFields}}
+	if err := rd.form(r.URL.RawQuery, "query string"); err != nil {
 		return nil, err
 	}
 	body, held, err := g.readBody(r, caller)
@@ -170,7 +167,7 @@ func (d deniedCheck) checkGraphQL(r *http.Request, caller string) (release func(
 		release = held
 	}
 	if err == nil && len(body) > 0 {
-		err = g.body(r.Header, body)
+		err = rd.body(r.Header, body)
 	}
 	if err != nil {
 		release()
@@ -178,6 +175,43 @@ func (d deniedCheck) checkGraphQL(r *http.Request, caller string) (release func(
 	}
 	return release, nil
 }
+
+// graphqlFields are denied GraphQL field names, and who denies them: a class (its name), or
+// the node ("").
+type graphqlFields struct {
+	names map[string]bool
+	class string
+}
+
+// newGraphQLFields compiles class's fields, or the node's; nil for none (a name the
+// validation would refuse is left out).
+func newGraphQLFields(class string, names []string) *graphqlFields {
+	f := &graphqlFields{names: map[string]bool{}, class: class}
+	for _, name := range names {
+		if ValidGraphQLField(name) == nil {
+			f.names[name] = true
+		}
+	}
+	if len(f.names) == 0 {
+		return nil
+	}
+	return f
+}
+
+// refusal is the 403 of a request that names field.
+func (f *graphqlFields) refusal(field string) error {
+	if f.class == "" {
+		return refusef(http.StatusForbidden, "the proxy denies the GraphQL field %q (--proxy-denied-graphql-fields): it would hand the caller a credential of the Connector", field)
+	}
+	return refusef(http.StatusForbidden, "ConnectorClass %q denies the GraphQL field %q through the proxy (spec.proxy.deniedGraphQLFields): "+
+		"it would hand the caller a credential of the Connector", f.class, field)
+}
+
+// fieldSets are the node's and a class's denied fields (either may be nil).
+type fieldSets [2]*graphqlFields
+
+// docReader reads a GraphQL request's documents for fields.
+type docReader struct{ fields fieldSets }
 
 // graphqlUnread is the 4xx of a GraphQL request the proxy cannot read.
 func graphqlUnread(status int, format string, args ...any) error {
@@ -314,7 +348,7 @@ var jsonMediaTypes = map[string]bool{"application/json": true, "text/x-json": tr
 
 // body reads a GraphQL request's body as its Content-Type says a server parses it: a form
 // (also when it has none: Rack parses a POST's body without one so), JSON, or text.
-func (g *graphqlReading) body(h http.Header, body []byte) error {
+func (rd docReader) body(h http.Header, body []byte) error {
 	types := h.Values("Content-Type")
 	if len(types) > 1 {
 		return graphqlUnread(http.StatusBadRequest, "it has %d Content-Type headers", len(types))
@@ -328,23 +362,23 @@ func (g *graphqlReading) body(h http.Header, body []byte) error {
 	}
 	switch {
 	case mediaType == "" || mediaType == "application/x-www-form-urlencoded":
-		return g.form(string(body), "form")
+		return rd.form(string(body), "form")
 	case strings.HasPrefix(mediaType, "multipart/"):
 		return graphqlUnread(http.StatusUnsupportedMediaType, "its body is %s (a file upload)", mediaType)
 	}
-	err := g.json(body)
+	err := rd.json(body)
 	if errors.Is(err, errNotJSON) {
 		if jsonMediaTypes[mediaType] || strings.HasSuffix(mediaType, "+json") {
 			return graphqlUnread(http.StatusBadRequest, "its body is not JSON (%v)", err)
 		}
-		return g.text(string(body)) // not JSON: a server that takes this type takes the text
+		return rd.text(string(body)) // not JSON: a server that takes this type takes the text
 	}
 	return err
 }
 
 // form reads a query string's or form's parameters, split at "&" and ";" (Rack's, before
 // Rack 3) and decoded: each name and value is text.
-func (g *graphqlReading) form(raw, what string) error {
+func (rd docReader) form(raw, what string) error {
 	for pair := range strings.FieldsFuncSeq(raw, func(c rune) bool { return c == '&' || c == ';' }) {
 		name, value, _ := strings.Cut(pair, "=")
 		for _, s := range []string{name, value} {
@@ -352,7 +386,7 @@ func (g *graphqlReading) form(raw, what string) error {
 			if err != nil {
 				return graphqlUnread(http.StatusBadRequest, "a parameter of its %s does not decode", what)
 			}
-			if err := g.text(decoded); err != nil {
+			if err := rd.text(decoded); err != nil {
 				return err
 			}
 		}
@@ -367,7 +401,7 @@ var errNotJSON = errors.New("not one JSON value")
 // every value is seen (a map keeps one of them). Once json.Valid has taken the value, its
 // strings are where its unescaped quotes say; written here, without a decoder's token per
 // string: a body of a million small strings would otherwise cost a second of CPU a MiB.
-func (g *graphqlReading) json(data []byte) error {
+func (rd docReader) json(data []byte) error {
 	if !json.Valid(data) {
 		return errNotJSON
 	}
@@ -382,7 +416,7 @@ func (g *graphqlReading) json(data []byte) error {
 			}
 		}
 		if !escaped {
-			if err := deniedWordIn(g.fields, data[start+1:i]); err != nil {
+			if err := deniedWordIn(rd.fields, data[start+1:i]); err != nil {
 				return err
 			}
 			continue
@@ -391,7 +425,7 @@ func (g *graphqlReading) json(data []byte) error {
 		if err := json.Unmarshal(data[start:i+1], &decoded); err != nil {
 			return err
 		}
-		if err := g.text(decoded); err != nil {
+		if err := rd.text(decoded); err != nil {
 			return err
 		}
 	}
@@ -399,11 +433,11 @@ func (g *graphqlReading) json(data []byte) error {
 }
 
 // text refuses s when it holds a denied field's name as a word.
-func (g *graphqlReading) text(s string) error { return deniedWordIn(g.fields, s) }
+func (rd docReader) text(s string) error { return deniedWordIn(rd.fields, s) }
 
-// deniedWordIn refuses s when it holds one of fields as a word: a run of GraphQL name
+// deniedWordIn refuses s when it holds a field of sets as a word: a run of GraphQL name
 // characters, less leading digits (a lexer may end a number where a name begins).
-func deniedWordIn[S string | []byte](fields map[string]bool, s S) error {
+func deniedWordIn[S string | []byte](sets fieldSets, s S) error {
 	start := -1
 	for i := 0; i <= len(s); i++ {
 		if i < len(s) && nameBytes[s[i]] {
@@ -416,8 +450,10 @@ func deniedWordIn[S string | []byte](fields map[string]bool, s S) error {
 			for start < i && '0' <= s[start] && s[start] <= '9' {
 				start++
 			}
-			if fields[string(s[start:i])] {
-				return refusef(http.StatusForbidden, "the proxy denies the GraphQL field %q (--proxy-denied-graphql-fields): it would hand the caller a credential of the Connector", s[start:i])
+			for _, f := range sets {
+				if f != nil && f.names[string(s[start:i])] {
+					return f.refusal(string(s[start:i]))
+				}
 			}
 			start = -1
 		}

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"testing/iotest"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 )
 
 // graphqlCheck is the node's default GraphQL reading for a Connector at the root of its tool.
@@ -176,8 +178,8 @@ func TestGraphQLBodiesAreBounded(t *testing.T) {
 // wrong form are refused, naming them; the fast lane leaves GraphQL requests to the general
 // path, which reads them.
 func TestGraphQLReadingSettings(t *testing.T) {
-	if newGraphQLReading(nil, DefaultDeniedGraphQLFields, nil, 1, 1) != nil || newGraphQLReading(DefaultGraphQLPaths, []string{}, nil, 1, 1) != nil {
-		t.Error("a reading without paths or fields")
+	if newGraphQLReading(nil, DefaultDeniedGraphQLFields, nil, 1, 1) != nil || newGraphQLReading(DefaultGraphQLPaths, []string{}, nil, 1, 1) == nil {
+		t.Error("a reading without paths, or none without the node's fields (a class may have its own)")
 	}
 	for _, f := range DefaultDeniedGraphQLFields {
 		if err := ValidGraphQLField(f); err != nil {
@@ -224,5 +226,37 @@ func BenchmarkGraphQLRead(b *testing.B) {
 				release()
 			}
 		})
+	}
+}
+
+// TestClassGraphQLFieldsAddToTheNodes: a class's spec.proxy.deniedGraphQLFields are refused
+// for its Connectors, naming the class, besides the node's (which name the flag), also where
+// the node denies none; another class's Connectors are not held to them; each class's list
+// is compiled once for its generation.
+func TestClassGraphQLFieldsAddToTheNodes(t *testing.T) {
+	p := &Proxy{graphql: newGraphQLReading(DefaultGraphQLPaths, DefaultDeniedGraphQLFields, nil, DefaultGraphQLBodyBytes, DefaultGraphQLHeldBytes)}
+	c := &v1alpha1.Connector{Spec: v1alpha1.ConnectorSpec{Address: "https://gitlab.example"}}
+	class := &v1alpha1.ConnectorClass{Spec: v1alpha1.ConnectorClassSpec{Proxy: &v1alpha1.ProxySpec{DeniedGraphQLFields: []string{"projectSecretCreate"}}}}
+	class.Name, class.UID, class.Generation = "gitlab", "class-uid", 1
+	send := func(d deniedCheck, query string) error {
+		return second(d.checkGraphQL(graphqlRequest("POST", "/api/graphql", "application/json", `{"query":"`+query+`"}`), "team"))
+	}
+	d := p.deniedCheckFor(c, class)
+	if err := send(d, "mutation { projectSecretCreate { errors } }"); err == nil || !strings.Contains(err.Error(), `ConnectorClass "gitlab"`) ||
+		!strings.Contains(err.Error(), "spec.proxy.deniedGraphQLFields") {
+		t.Errorf("the class's field: %v, want a refusal naming the class", err)
+	}
+	if err := send(d, "mutation { runnerCreate { errors } }"); err == nil || !strings.Contains(err.Error(), "--proxy-denied-graphql-fields") {
+		t.Errorf("the node's field: %v, want a refusal naming the flag", err)
+	}
+	if err := send(p.deniedCheckFor(c, nil), "mutation { projectSecretCreate { errors } }"); err != nil {
+		t.Errorf("another class's field: %v", err)
+	}
+	if p.deniedCheckFor(c, class).classFields != d.classFields {
+		t.Error("the same generation's fields were compiled again")
+	}
+	none := &Proxy{graphql: newGraphQLReading(DefaultGraphQLPaths, nil, nil, DefaultGraphQLBodyBytes, DefaultGraphQLHeldBytes)}
+	if err := send(none.deniedCheckFor(c, class), "mutation { projectSecretCreate { errors } }"); err == nil {
+		t.Error("the class's field, the node denying none: sent")
 	}
 }

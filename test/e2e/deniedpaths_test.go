@@ -204,7 +204,8 @@ func (pw *podWays) expectEach(t *testing.T, allowed toolRequest, denied []toolRe
 
 // TestClassDeniedPathsAreValidated: the API server refuses a denied path that is not a
 // sequence of plain segments (no leading slash, an escape, a query, a parameter), naming the
-// field, and takes one that is, with "*" segments and a trailing slash.
+// field, and takes one that is, with "*" segments and a trailing slash; and a denied GraphQL
+// field that is not a GraphQL name.
 func TestClassDeniedPathsAreValidated(t *testing.T) {
 	for entry, valid := range map[string]bool{
 		"/api/security/apiKey":             true,
@@ -231,6 +232,17 @@ func TestClassDeniedPathsAreValidated(t *testing.T) {
 		}
 		if !valid && (err == nil || !strings.Contains(err.Error(), "spec.proxy.deniedPaths")) {
 			t.Errorf("%q: %v, want a refusal naming spec.proxy.deniedPaths", entry, err)
+		}
+	}
+	for field, valid := range map[string]bool{"projectSecretCreate": true, "_x9": true, "field-name": false, "1field": false, "a.b": false, "": false} {
+		c := &v1alpha1.ConnectorClass{ObjectMeta: metav1.ObjectMeta{Name: "denying-" + rand.String(6)},
+			Spec: v1alpha1.ConnectorClassSpec{Proxy: &v1alpha1.ProxySpec{DeniedGraphQLFields: []string{field}}}}
+		err := cp.Client.Create(context.Background(), c)
+		if valid && err != nil {
+			t.Errorf("GraphQL field %q refused: %v", field, err)
+		}
+		if !valid && (err == nil || !strings.Contains(err.Error(), "spec.proxy.deniedGraphQLFields")) {
+			t.Errorf("GraphQL field %q: %v, want a refusal naming spec.proxy.deniedGraphQLFields", field, err)
 		}
 	}
 }

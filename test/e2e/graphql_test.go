@@ -3,6 +3,8 @@ package e2e
 import (
 	"net/http"
 	"testing"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 )
 
 // TestTenancyGraphQLRequestsCannotTakeACredential: a Pod allowed to use a Connector to a GitLab
@@ -12,10 +14,12 @@ import (
 // repeated key, a form, the query string, a body of another type, under a context path, with
 // any extension, GitLab's other GraphQL endpoint), it is refused (403) through the reverse proxy (after the connection's
 // route is remembered), the forward proxy, a CONNECT tunnel and the Connectors API's
-// pass-through, and none reaches the tool; one the proxy cannot read (a multipart body) is
+// pass-through, and none reaches the tool (nor one naming a field its class denies, refused
+// naming the class's list); one the proxy cannot read (a multipart body) is
 // refused naming why; an ordinary query along the same routes is served, its body whole.
 func TestTenancyGraphQLRequestsCannotTakeACredential(t *testing.T) {
-	ways := startPodWays(t, nil, "enable-connector-apis-write-passthrough") // the pass-through's POSTs
+	ways := startPodWays(t, &v1alpha1.ProxySpec{DeniedGraphQLFields: []string{"projectSecretCreate"}},
+		"enable-connector-apis-write-passthrough") // the pass-through's POSTs
 	const json, field = "application/json", "--proxy-denied-graphql-fields"
 	allowed := toolRequest{method: "POST", path: "/api/graphql", contentType: json,
 		body: `{"query":"query { project(fullPath: \"g/p\") { issues { nodes { title } } } }"}`}
@@ -37,6 +41,8 @@ func TestTenancyGraphQLRequestsCannotTakeACredential(t *testing.T) {
 			body: `{"query":"mutation { runnerCreate(input: {runnerType: INSTANCE_TYPE}) { errors } }"}`},
 		{method: "POST", path: "/api/graphql.csv", contentType: json, refusal: field,
 			body: `{"query":"mutation { httpIntegrationResetToken(input: {id: \"1\"}) { integration { token } } }"}`},
+		{method: "POST", path: "/api/graphql", contentType: json, refusal: "spec.proxy.deniedGraphQLFields",
+			body: `{"query":"mutation { projectSecretCreate(input: {name: \"x\"}) { errors } }"}`},
 		{method: "POST", path: "/api/graphql", contentType: "text/plain", refusal: field,
 			body: `mutation { personalAccessTokenRotate(input: {id: "gid://gitlab/PersonalAccessToken/1"}) { token } }`},
 		{method: "POST", path: "/api/graphql", contentType: "multipart/form-data; boundary=x", status: http.StatusUnsupportedMediaType,

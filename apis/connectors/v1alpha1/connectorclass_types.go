@@ -126,6 +126,18 @@ type ProxySpec struct {
 	// +kubebuilder:validation:XValidation:rule="self.all(p, p.split('/').exists(s, s != '' && s != '*' && s != '$' && s != '*$'))",message="an entry of \"*\" segments alone would deny every path"
 	// +listType=set
 	DeniedPaths []string `json:"deniedPaths,omitempty"`
+	// DeniedGraphQLFields are GraphQL field names no request of the class's Connectors to the
+	// node's GraphQL paths (--proxy-graphql-paths) may name, besides the node's
+	// --proxy-denied-graphql-fields: mutations that mint a credential the caller would hold,
+	// fields that answer one. The proxy reads each such request before it sends it, and
+	// answers 403 to one that names a field as a word anywhere a server could take a document
+	// from.
+	// +optional
+	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:items:MaxLength=256
+	// +kubebuilder:validation:items:Pattern=`^[_A-Za-z][_0-9A-Za-z]*$`
+	// +listType=set
+	DeniedGraphQLFields []string `json:"deniedGraphQLFields,omitempty"`
 }
 
 // APISpec is a class's API: its own server (a plugin) and the OpenAPI document that routes
