@@ -282,7 +282,11 @@ type deniedCheck struct {
 // deniedCheckFor is the check of c's requests, of class.
 func (p *Proxy) deniedCheckFor(c *v1alpha1.Connector, class *v1alpha1.ConnectorClass) deniedCheck {
 	of := p.classDenied.of(class)
-	d := deniedCheck{node: p.denied, class: of.set, graphql: p.graphql, classFields: of.fields}
+	g := p.graphql
+	if g != nil && g.fields == nil && of.fields == nil {
+		g = nil // no field to look for: nothing is read, and the fast lane keeps the path
+	}
+	d := deniedCheck{node: p.denied, class: of.set, graphql: g, classFields: of.fields}
 	for _, addr := range parsedAddresses(c) {
 		d.within = max(d.within, len(pathSegments(addr.EscapedPath(), nil)))
 	}

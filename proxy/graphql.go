@@ -112,7 +112,7 @@ type graphqlReading struct {
 
 // newGraphQLReading compiles the node's GraphQL settings, with its denied paths; nil when no
 // path is set (nothing to read), or a byte limit is not positive. Without fields of the node's
-// its requests are still read, for their classes' (spec.proxy.deniedGraphQLFields).
+// it reads the requests of the Connectors whose class has its own (deniedCheckFor).
 func newGraphQLReading(paths, fields, denied []string, maxBody, heldBytes int64) *graphqlReading {
 	if maxBody <= 0 || heldBytes <= 0 {
 		return nil

@@ -259,4 +259,14 @@ func TestClassGraphQLFieldsAddToTheNodes(t *testing.T) {
 	if err := send(none.deniedCheckFor(c, class), "mutation { projectSecretCreate { errors } }"); err == nil {
 		t.Error("the class's field, the node denying none: sent")
 	}
+	unread := none.deniedCheckFor(c, nil) // no field of the node's nor of a class: nothing to read
+	if _, err := unread.checkGraphQL(graphqlRequest("POST", "/api/graphql", "multipart/form-data; boundary=x", "--x--\r\n"), "team"); err != nil ||
+		!unread.sendsAsRemembered("/api/graphql") {
+		t.Errorf("no field to look for: %v; a remembered route keeps the path: %v", err, unread.sendsAsRemembered("/api/graphql"))
+	}
+	both := &v1alpha1.ConnectorClass{Spec: v1alpha1.ConnectorClassSpec{Proxy: &v1alpha1.ProxySpec{DeniedGraphQLFields: []string{"runnerCreate"}}}}
+	both.Name = "gitlab"
+	if err := send(p.deniedCheckFor(c, both), "mutation { runnerCreate { errors } }"); err == nil || !strings.Contains(err.Error(), "--proxy-denied-graphql-fields") {
+		t.Errorf("a field in both lists: %v, want the node's flag named", err)
+	}
 }

@@ -131,7 +131,8 @@ type ProxySpec struct {
 	// --proxy-denied-graphql-fields: mutations that mint a credential the caller would hold,
 	// fields that answer one. The proxy reads each such request before it sends it, and
 	// answers 403 to one that names a field as a word anywhere a server could take a document
-	// from.
+	// from (a field in both lists names the node's flag). Without node GraphQL paths, nothing
+	// is read.
 	// +optional
 	// +kubebuilder:validation:MaxItems=64
 	// +kubebuilder:validation:items:MaxLength=256
