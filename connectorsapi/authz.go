@@ -11,6 +11,7 @@ import (
 	"k8s.io/apiserver/pkg/authentication/user"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/features"
 	"github.com/kube-connectors/connectors-csi/proxy"
 )
 
@@ -56,8 +57,7 @@ func apisSubresources(class, openAPIPath string) []string {
 // authorizeAPIs checks connectors/apis with enable-connector-apis-permissions and, always, while
 // approval is effective: a gated workload holds get on the Connector it mounts, which must not
 // open the tool through the API (SPEC §4.7).
-func (s *Server) authorizeAPIs(r *http.Request, u user.Info, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, op operation) error {
-	flags := s.Flags.Flags()
+func (s *Server) authorizeAPIs(r *http.Request, flags features.Flags, u user.Info, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, op operation) error {
 	if !flags.APIsPermissions && !flags.ApprovalEffective() {
 		return nil
 	}
@@ -71,8 +71,7 @@ func (s *Server) authorizeAPIs(r *http.Request, u user.Info, c *v1alpha1.Connect
 // connectors/apis: get alone would open through the API what the flag closes at the proxy
 // (a shared Connector that every ServiceAccount may get, its use granted to a few). Where
 // authorizeAPIs asked connectors/apis already, that answer stands.
-func (s *Server) authorizePassthrough(r *http.Request, u user.Info, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, op operation) error {
-	flags := s.Flags.Flags()
+func (s *Server) authorizePassthrough(r *http.Request, flags features.Flags, u user.Info, c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, op operation) error {
 	if !flags.ProxyPermissions || flags.APIsPermissions || flags.ApprovalEffective() {
 		return nil
 	}

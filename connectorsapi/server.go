@@ -124,7 +124,11 @@ func (s *Server) serveConnector(w http.ResponseWriter, r *http.Request, ns, name
 	if err != nil {
 		return err
 	}
-	if err := s.methodAllowed(r.Method); err != nil {
+	// The flags are read once for the request: read again between its checks, a flag turned
+	// on in between (enable-connector-apis-permissions) could skip both the check it adds and
+	// the one it replaces.
+	flags := s.Flags.Flags()
+	if err := methodAllowed(flags, r.Method); err != nil {
 		return err
 	}
 	if proxy.IsUpgrade(r.Header) {
@@ -157,13 +161,13 @@ func (s *Server) serveConnector(w http.ResponseWriter, r *http.Request, ns, name
 	if err != nil {
 		return err
 	}
-	if err := s.authorizeAPIs(r, u, c, class, op); err != nil {
+	if err := s.authorizeAPIs(r, flags, u, c, class, op); err != nil {
 		return err
 	}
 	if op.Provider != providerAPI || APIAddress(class) != "" {
 		// The tool's own API with the credential, or the class's API service, which is given
 		// the credential whole: what the proxy serves (the built-in lists need get).
-		if err := s.authorizePassthrough(r, u, c, class, op); err != nil {
+		if err := s.authorizePassthrough(r, flags, u, c, class, op); err != nil {
 			return err
 		}
 	}
@@ -213,11 +217,11 @@ func (s *Server) authenticate(r *http.Request) (user.Info, error) {
 // methodAllowed refuses methods that are never forwarded (TRACE would echo the credential) and,
 // unless enable-connector-apis-write-passthrough is on, every method but GET, HEAD and OPTIONS.
 // It goes by the method, not the verb a VerbMapper computes: the flag gates writes as sent.
-func (s *Server) methodAllowed(method string) error {
+func methodAllowed(flags features.Flags, method string) error {
 	if _, known := proxy.VerbFor(method); !known {
 		return errorf(http.StatusMethodNotAllowed, metav1.StatusReasonMethodNotAllowed, "method %s is not supported", method)
 	}
-	if !isRead(method) && !s.Flags.Flags().APIsWritePassthrough {
+	if !isRead(method) && !flags.APIsWritePassthrough {
 		return errorf(http.StatusMethodNotAllowed, metav1.StatusReasonMethodNotAllowed,
 			"%s is a write; writes through the Connectors API are off (enable-connector-apis-write-passthrough)", method)
 	}
