@@ -92,7 +92,7 @@ func TestDeniedPathsStayAtTheToolsAPI(t *testing.T) {
 		return p.deniedCheckFor(&v1alpha1.Connector{Spec: v1alpha1.ConnectorSpec{Address: address}}, nil)
 	}
 	root, under := at("https://tool.example"), at("https://tool.example/tools/jfrog/")
-	for path, want := range map[string]bool{
+	expectDenied(t, root, "address at the root,", map[string]bool{
 		"/maven2/com/acme/service/token/1.0/token-1.0.pom":                          false,
 		"/acme/service/token.git/info/refs":                                         false,
 		"/v2/library/service/token/manifests/latest":                                false,
@@ -115,11 +115,7 @@ func TestDeniedPathsStayAtTheToolsAPI(t *testing.T) {
 		"/scm/acme/access-tokens.git/info/refs":                                     false,
 		"/api/v1/repos/acme/tool/actions/runners/registration-token":                true,
 		"/bitbucket/rest/access-tokens/latest/users/bot":                            true,
-	} {
-		if got := root.check(path) != nil; got != want {
-			t.Errorf("address at the root, %q: denied %v, want %v", path, got, want)
-		}
-	}
+	})
 	enterprise := at("https://github.acme.example/api/v3")
 	if enterprise.check("/api/v3/repos/acme/tool/keys") == nil || enterprise.check("/api/v3/orgs/acme/actions/runners/registration-token") == nil {
 		t.Error("a GitHub Enterprise API address: its deploy keys and runner registration served")
@@ -161,7 +157,7 @@ func TestDeniedPathsOfClassesWithoutThem(t *testing.T) {
 // (Rails routes one as a format), and not a longer one (an image named so, pulled at /v2/<name>/manifests/<ref>).
 func TestDeniedPathsOfAWholePath(t *testing.T) {
 	d := deniedCheck{node: compileDeniedPaths("", DefaultDeniedPaths), within: 1}
-	for path, want := range map[string]bool{
+	expectDenied(t, d, "path", map[string]bool{
 		"/service/token":                                true,
 		"/harbor/service/token/":                        true,
 		"/service/Token;x=1":                            true,
@@ -176,18 +172,10 @@ func TestDeniedPathsOfAWholePath(t *testing.T) {
 		"/v2/token/manifests/1.0":                       false,
 		"/v2/auth/tags/list":                            false,
 		"/jwt/auth.git/info/refs":                       false,
-	} {
-		if got := d.check(path) != nil; got != want {
-			t.Errorf("%q: denied %v, want %v", path, got, want)
-		}
-	}
+	})
 	dotted := deniedCheck{class: compileDeniedPaths("tool", []string{"/api/v2.0/x$", "/files/archive.tar.gz$"}), within: 1}
-	for path, want := range map[string]bool{"/api/v2.0/x": true, "/api/v2.0/x.json": true, "/api/v2/x": false, "/api/v2.9/x": false,
-		"/files/archive.tar.gz": true, "/files/archive.zip": false} {
-		if got := dotted.check(path) != nil; got != want {
-			t.Errorf("%q: denied %v, want %v (only the last segment takes any extension)", path, got, want)
-		}
-	}
+	expectDenied(t, dotted, "a dotted whole-path entry (only its last segment takes an extension),", map[string]bool{"/api/v2.0/x": true, "/api/v2.0/x.json": true, "/api/v2/x": false, "/api/v2.9/x": false,
+		"/files/archive.tar.gz": true, "/files/archive.zip": false})
 	if err := ValidDeniedPath("/$"); err == nil {
 		t.Error(`"/$" taken: it would deny the root`)
 	}
@@ -197,11 +185,7 @@ func TestDeniedPathsOfAWholePath(t *testing.T) {
 // segment with any, or none, as a path's segments are compared.
 func TestDeniedPathsWithAFormatSuffix(t *testing.T) {
 	d := deniedCheck{class: compileDeniedPaths("tool", []string{"/api/v1/api_key.yaml"}), within: 1}
-	for path, want := range map[string]bool{"/api/v1/api_key.yaml": true, "/api/v1/api_key": true, "/x/api/v1/api_key.json": true, "/api/v1/api_key.git": false} {
-		if got := d.check(path) != nil; got != want {
-			t.Errorf("%q: denied %v, want %v", path, got, want)
-		}
-	}
+	expectDenied(t, d, "path", map[string]bool{"/api/v1/api_key.yaml": true, "/api/v1/api_key": true, "/x/api/v1/api_key.json": true, "/api/v1/api_key.git": false})
 }
 
 // TestClassDeniedPathsAreCompiledOncePerGeneration: a class's list is compiled once for its
@@ -225,6 +209,17 @@ func TestDeniedPathsNameTheEntryNotThePath(t *testing.T) {
 	err := deniedCheck{node: compileDeniedPaths("", []string{"/api/security/apiKey"}), within: 1}.check("/artifactory/api/security/apiKey;secret-looking")
 	if err == nil || !strings.Contains(err.Error(), `"/api/security/apiKey"`) || strings.Contains(err.Error(), "secret-looking") {
 		t.Errorf("%v: want the entry named, not the request's path", err)
+	}
+}
+
+// expectDenied checks that d denies each path of cases that is true, and no other; what says
+// which check it is, in an error.
+func expectDenied(t *testing.T, d deniedCheck, what string, cases map[string]bool) {
+	t.Helper()
+	for path, want := range cases {
+		if got := d.check(path) != nil; got != want {
+			t.Errorf("%s %q: denied %v, want %v", what, path, got, want)
+		}
 	}
 }
 

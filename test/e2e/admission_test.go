@@ -72,10 +72,7 @@ func freeLoopbackPort(t *testing.T) int {
 // the real API server calls the real webhook for every Connector create and update.
 func TestAdmissionWebhookEnforcesTheClassContract(t *testing.T) {
 	ctx := context.Background()
-	ns := newNamespace(t)
-	startWebhook(t, ns)
-	class := contractClass(t, ns)
-	connector := contractConnector(ns, class.Name)
+	ns, class, connector := contractWebhook(t)
 	out, err := firstReview(t, strings.Replace(connector("bad"), "params: [{name: org, value: acme}]", "params: [{name: colour, value: red}]", 1))
 	for _, want := range []string{`The Connector "bad" is invalid`, `spec.params[0].name: Invalid value: "colour"`, `declares no param "colour"`,
 		`spec.params: Required value: ConnectorClass "` + class.Name + `" requires param "org"`} {
@@ -202,10 +199,7 @@ func startWebhook(t *testing.T, ns string) {
 // Secret; a Connector that names no Secret needs nothing of the kind.
 func TestAdmissionANamedSecretTakesTheRightToReadIt(t *testing.T) {
 	ctx := context.Background()
-	ns := newNamespace(t)
-	startWebhook(t, ns)
-	class := contractClass(t, ns)
-	connector := contractConnector(ns, class.Name)
+	ns, _, connector := contractWebhook(t)
 	create(t, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "writer", Namespace: ns}})
 	writer := "system:serviceaccount:" + ns + ":writer"
 	grant := func(name string, rule rbacv1.PolicyRule) {
@@ -282,6 +276,16 @@ func installWebhook(t *testing.T, ns string, port int, caBundle []byte) *admissi
 	create(t, cfg)
 	t.Cleanup(func() { _ = cp.Client.Delete(context.Background(), cfg) })
 	return cfg
+}
+
+// contractWebhook is a namespace whose Connectors the deployed webhook reviews (startWebhook),
+// a class of it with a contract (contractClass), and a Connector of that class keeping it.
+func contractWebhook(t *testing.T) (ns string, class *v1alpha1.ConnectorClass, connector func(name string) string) {
+	t.Helper()
+	ns = newNamespace(t)
+	startWebhook(t, ns)
+	class = contractClass(t, ns)
+	return ns, class, contractConnector(ns, class.Name)
 }
 
 // contractClass creates a class with a required and a defaulted param, a required and an

@@ -224,26 +224,24 @@ func TestClassDeniedPathsAreValidated(t *testing.T) {
 		"/$":                               false,
 		"/api/caf\u00e9":                   false,
 	} {
-		c := &v1alpha1.ConnectorClass{ObjectMeta: metav1.ObjectMeta{Name: "denying-" + rand.String(6)},
-			Spec: v1alpha1.ConnectorClassSpec{Proxy: &v1alpha1.ProxySpec{DeniedPaths: []string{entry}}}}
-		err := cp.Client.Create(context.Background(), c)
-		if valid && err != nil {
-			t.Errorf("%q refused: %v", entry, err)
-		}
-		if !valid && (err == nil || !strings.Contains(err.Error(), "spec.proxy.deniedPaths")) {
-			t.Errorf("%q: %v, want a refusal naming spec.proxy.deniedPaths", entry, err)
-		}
+		expectClassValidation(t, entry, valid, "spec.proxy.deniedPaths", &v1alpha1.ProxySpec{DeniedPaths: []string{entry}})
 	}
 	for field, valid := range map[string]bool{"projectSecretCreate": true, "_x9": true, "field-name": false, "1field": false, "a.b": false, "": false} {
-		c := &v1alpha1.ConnectorClass{ObjectMeta: metav1.ObjectMeta{Name: "denying-" + rand.String(6)},
-			Spec: v1alpha1.ConnectorClassSpec{Proxy: &v1alpha1.ProxySpec{DeniedGraphQLFields: []string{field}}}}
-		err := cp.Client.Create(context.Background(), c)
-		if valid && err != nil {
-			t.Errorf("GraphQL field %q refused: %v", field, err)
-		}
-		if !valid && (err == nil || !strings.Contains(err.Error(), "spec.proxy.deniedGraphQLFields")) {
-			t.Errorf("GraphQL field %q: %v, want a refusal naming spec.proxy.deniedGraphQLFields", field, err)
-		}
+		expectClassValidation(t, field, valid, "spec.proxy.deniedGraphQLFields", &v1alpha1.ProxySpec{DeniedGraphQLFields: []string{field}})
+	}
+}
+
+// expectClassValidation creates a class of spec, which holds value, and checks that the API
+// server takes it when valid, and refuses it naming field otherwise.
+func expectClassValidation(t *testing.T, value string, valid bool, field string, spec *v1alpha1.ProxySpec) {
+	t.Helper()
+	c := &v1alpha1.ConnectorClass{ObjectMeta: metav1.ObjectMeta{Name: "denying-" + rand.String(6)}, Spec: v1alpha1.ConnectorClassSpec{Proxy: spec}}
+	err := cp.Client.Create(context.Background(), c)
+	if valid && err != nil {
+		t.Errorf("%s %q refused: %v", field, value, err)
+	}
+	if !valid && (err == nil || !strings.Contains(err.Error(), field)) {
+		t.Errorf("%s %q: %v, want a refusal naming the field", field, value, err)
 	}
 }
 

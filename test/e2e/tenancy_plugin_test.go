@@ -114,14 +114,7 @@ func TestTenancyClassAPIServiceKeepsTenantsApart(t *testing.T) {
 func TestTenancyClassAPIServiceNeedsWhatTheProxyNeeds(t *testing.T) {
 	env := startProxyDriver(t, nil)
 	plugin, seen := startPlugin(t)
-	class := newClass(t, "plugin")
-	setClassAPI(t, class, &v1alpha1.APISpec{Destination: v1alpha1.Destination{URI: plugin},
-		OpenAPI: openAPIGets(map[string]map[string]string{"/plugin/projects": {"x-provider-type": "api"}})})
-	ns := newNamespace(t)
-	createSecret(t, ns, "cred", corev1.SecretTypeBasicAuth, map[string]string{"username": "bot", "password": "bot-secret"})
-	newConnectorWithSecret(t, ns, "plugged", class, "http://tool.example", "basicAuth", "cred")
-	viewer := apiToken(t, ns, "viewer")
-	allowConnectors(t, ns, "viewer", "plugged") // get
+	ns, viewer := pluggedConnector(t, "plugin", plugin, "bot", "viewer") // get
 	setFlags(t, map[string]string{"enable-connector-proxy-permissions": "true"})
 	t.Cleanup(func() { setFlags(t, map[string]string{}) })
 	call := func() (int, string) {
@@ -162,14 +155,7 @@ func TestTenancyClassAPIServiceBehindCGIReadsOnlyTheDriversPluginHeaders(t *test
 	script := `printf 'Content-Type: application/json\r\n\r\n{"listMeta":{"totalItems":1},"items":[{"name":"%s %s"}]}' "$HTTP_X_PLUGIN_META" "$HTTP_X_PLUGIN_AUTH"`
 	service := serveTool(t, &cgi.Handler{Path: "/bin/sh", Args: []string{"-c", script}})
 
-	class := newClass(t, "cgi-plugin")
-	setClassAPI(t, class, &v1alpha1.APISpec{Destination: v1alpha1.Destination{URI: service},
-		OpenAPI: openAPIGets(map[string]map[string]string{"/plugin/projects": {"x-provider-type": "api"}})})
-	ns := newNamespace(t)
-	createSecret(t, ns, "cred", corev1.SecretTypeBasicAuth, map[string]string{"username": "shared", "password": "never-the-callers"})
-	newConnectorWithSecret(t, ns, "plugged", class, "http://tool.example", "basicAuth", "cred")
-	token := apiToken(t, ns, "user")
-	allowConnectors(t, ns, "user", "plugged")
+	ns, token := pluggedConnector(t, "cgi-plugin", service, "shared", "user")
 
 	b64 := base64.StdEncoding.EncodeToString
 	want := b64([]byte(`{"baseURL":"http://tool.example"}`)) + " " + b64([]byte(corev1.SecretTypeBasicAuth))
@@ -198,4 +184,21 @@ func TestTenancyClassAPIServiceBehindCGIReadsOnlyTheDriversPluginHeaders(t *test
 			t.Fatalf("try %d: status %d, the service read X-Plugin-Meta and X-Plugin-Auth as %q, want the driver's %q", i, code, seen, want)
 		}
 	}
+}
+
+// pluggedConnector is a class named class whose API service at service serves
+// /plugin/projects (x-provider-type: api), and its Connector "plugged" at http://tool.example
+// in a new namespace, with a basic-auth Secret of username (its password username-secret);
+// sa, whose API token it returns, may get the Connector.
+func pluggedConnector(t *testing.T, class, service, username, sa string) (ns, token string) {
+	t.Helper()
+	c := newClass(t, class)
+	setClassAPI(t, c, &v1alpha1.APISpec{Destination: v1alpha1.Destination{URI: service},
+		OpenAPI: openAPIGets(map[string]map[string]string{"/plugin/projects": {"x-provider-type": "api"}})})
+	ns = newNamespace(t)
+	createSecret(t, ns, "cred", corev1.SecretTypeBasicAuth, map[string]string{"username": username, "password": username + "-secret"})
+	newConnectorWithSecret(t, ns, "plugged", c, "http://tool.example", "basicAuth", "cred")
+	token = apiToken(t, ns, sa)
+	allowConnectors(t, ns, sa, "plugged")
+	return ns, token
 }
