@@ -202,10 +202,18 @@ func (c *Controller) requests(ctx context.Context, keep func(*v1alpha1.AccessReq
 	if err := c.Client.List(ctx, &list, append(opts, client.UnsafeDisableDeepCopy)...); err != nil {
 		return nil
 	}
+	return requestsOf(list.Items, keep)
+}
+
+// requestsOf are the reconcile requests of the items that keep (nil: all).
+func requestsOf[T any, P interface {
+	*T
+	client.Object
+}](items []T, keep func(P) bool) []reconcile.Request {
 	var out []reconcile.Request
-	for i := range list.Items {
-		if ar := &list.Items[i]; keep == nil || keep(ar) {
-			out = append(out, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(ar)})
+	for i := range items {
+		if o := P(&items[i]); keep == nil || keep(o) {
+			out = append(out, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(o)})
 		}
 	}
 	return out

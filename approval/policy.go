@@ -86,13 +86,7 @@ func (c *PolicyController) list(ctx context.Context, keep func(*v1alpha1.AccessP
 	if err := c.Client.List(ctx, &list, append(opts, client.UnsafeDisableDeepCopy)...); err != nil {
 		return nil
 	}
-	var out []reconcile.Request
-	for i := range list.Items {
-		if p := &list.Items[i]; keep == nil || keep(p) {
-			out = append(out, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(p)})
-		}
-	}
-	return out
+	return requestsOf(list.Items, keep)
 }
 
 func (c *PolicyController) policiesIn(ctx context.Context, o client.Object) []reconcile.Request {

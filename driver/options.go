@@ -751,30 +751,37 @@ func rateOrDefault(flags string, qps *float64, burst *int, defaultQPS float64, d
 	return nil
 }
 
+// defaulted is a flag's value, its name and its default.
+type defaulted[T int | int64 | time.Duration] struct {
+	name string
+	v    *T
+	def  T
+}
+
+// orDefaults refuses a negative value and sets an unset (0) one to its default.
+func orDefaults[T int | int64 | time.Duration](flags []defaulted[T]) error {
+	for _, f := range flags {
+		if *f.v < 0 {
+			return fmt.Errorf("%s must not be negative", f.name)
+		}
+		if *f.v == 0 {
+			*f.v = f.def
+		}
+	}
+	return nil
+}
+
 // proxyLimits fills unset proxy limits and cache sizes with their flags' defaults (the driver
 // is also started from Go, by tests and tools) and refuses negative ones.
 func (v *validated) proxyLimits() error {
-	for _, l := range []struct {
-		name string
-		v    *int64
-		def  int64
-	}{{"--secret-cache-max-bytes", &v.SecretCacheBytes, defaultSecretCacheBytes}, {"--registry-token-cache-max-bytes", &v.RegistryTokenBytes, defaultRegistryTokenBytes},
-		{"--api-call-max-answer-bytes", &v.APICallAnswerBytes, connectorsapi.DefaultCallAnswerBytes}, {"--api-node-max-answer-bytes", &v.APINodeAnswerBytes, connectorsapi.DefaultNodeAnswerBytes}} {
-		if *l.v < 0 {
-			return fmt.Errorf("%s must not be negative", l.name)
-		}
-		if *l.v == 0 {
-			*l.v = l.def
-		}
+	if err := orDefaults([]defaulted[int64]{{"--secret-cache-max-bytes", &v.SecretCacheBytes, defaultSecretCacheBytes}, {"--registry-token-cache-max-bytes", &v.RegistryTokenBytes, defaultRegistryTokenBytes},
+		{"--api-call-max-answer-bytes", &v.APICallAnswerBytes, connectorsapi.DefaultCallAnswerBytes}, {"--api-node-max-answer-bytes", &v.APINodeAnswerBytes, connectorsapi.DefaultNodeAnswerBytes}}); err != nil {
+		return err
 	}
 	if v.APICallAnswerBytes > v.APINodeAnswerBytes {
 		return fmt.Errorf("--api-call-max-answer-bytes (%d) must not be more than --api-node-max-answer-bytes (%d): such a call could never be served", v.APICallAnswerBytes, v.APINodeAnswerBytes)
 	}
-	for _, l := range []struct {
-		name string
-		v    *int
-		def  int
-	}{
+	if err := orDefaults([]defaulted[int]{
 		{"--proxy-max-connections", &v.ProxyMaxConnections, defaultMaxConnections}, {"--proxy-max-header-bytes", &v.ProxyMaxHeaderBytes, defaultMaxHeaderBytes},
 		{"--proxy-fast-lane-max-body-bytes", &v.ProxyLaneMaxBodyBytes, defaultLaneMaxBodyBytes},
 		{"--proxy-auth-burst", &v.ProxyAuthBurst, defaultProxyAuthBurst}, {"--secret-cache-size", &v.SecretCacheSize, defaultSecretCacheSize},
@@ -790,13 +797,8 @@ func (v *validated) proxyLimits() error {
 		{"--approval-gating-cache-size", &v.GatingCacheSize, defaultGatingCacheSize},
 		{"--accessrequest-max-policy-bytes", &v.MaxPolicyBytes, defaultMaxPolicyBytes},
 		{"--check-object-max-bytes", &v.MaxCheckObjectBytes, defaultMaxCheckObjectBytes},
-	} {
-		if *l.v < 0 {
-			return fmt.Errorf("%s must not be negative", l.name)
-		}
-		if *l.v == 0 {
-			*l.v = l.def
-		}
+	}); err != nil {
+		return err
 	}
 	if v.ProxyAuthQPS < 0 || v.APIAuthQPS < 0 {
 		return fmt.Errorf("--proxy-auth-qps and --connectors-api-auth-qps must not be negative")
@@ -821,23 +823,14 @@ func (v *validated) proxyLimits() error {
 	case v.RegoTimeout == 0:
 		v.RegoTimeout = defaultRegoTimeout
 	}
-	for _, d := range []struct {
-		name string
-		v    *time.Duration
-		def  time.Duration
-	}{
+	if err := orDefaults([]defaulted[time.Duration]{
 		{"--proxy-tunnel-max-lifetime", &v.TunnelLifetime, defaultTunnelLifetime},
 		{"--proxy-upgrade-recheck-interval", &v.UpgradeRecheck, defaultUpgradeRecheck},
 		{"--proxy-read-header-timeout", &v.ProxyReadHeaderTimeout, defaultReadHeaderTimeout},
 		{"--proxy-idle-timeout", &v.ProxyIdleTimeout, defaultClientIdleTimeout},
 		{"--proxy-upstream-idle-timeout", &v.ProxyUpstreamIdleTimeout, defaultUpstreamIdleTimeout},
-	} {
-		if *d.v < 0 {
-			return fmt.Errorf("%s must not be negative", d.name)
-		}
-		if *d.v == 0 {
-			*d.v = d.def
-		}
+	}); err != nil {
+		return err
 	}
 	if v.ConnectorIdle <= 0 {
 		v.ConnectorIdle = defaultConnectorIdle
