@@ -19,6 +19,7 @@ import (
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/contract"
+	"github.com/kube-connectors/connectors-csi/turns"
 )
 
 // ConnectorPath is where the webhook serves Connector reviews (the ValidatingWebhookConfiguration
@@ -41,13 +42,13 @@ type ConnectorValidator struct {
 	Authz Authorizer
 
 	turnsOnce sync.Once
-	turns     *namespaceTurns // Live's reads, in turns by namespace
-	reviews   *namespaceTurns // Authz's reviews, in turns by namespace
+	turns     *turns.ByNamespace // Live's reads, in turns by namespace
+	reviews   *turns.ByNamespace // Authz's reviews, in turns by namespace
 }
 
 func (v *ConnectorValidator) initTurns() {
-	v.turns = newNamespaceTurns(liveReadsPerNamespace, 2*liveReadsPerNamespace)
-	v.reviews = newNamespaceTurns(secretReviewsPerNamespace, secretReviewBurst)
+	v.turns = turns.New(liveReadsPerNamespace, 2*liveReadsPerNamespace)
+	v.reviews = turns.New(secretReviewsPerNamespace, secretReviewBurst)
 }
 
 // Webhook is the validator as a controller-runtime webhook.
@@ -104,10 +105,10 @@ func (v *ConnectorValidator) Handle(ctx context.Context, req admission.Request) 
 	return admission.Allowed("")
 }
 
-// liveGet reads the class from the API server in the namespace's turn (namespaceTurns).
+// liveGet reads the class from the API server in the namespace's turn.
 func (v *ConnectorValidator) liveGet(ctx context.Context, namespace string, key client.ObjectKey, class *v1alpha1.ConnectorClass) error {
 	v.turnsOnce.Do(v.initTurns)
-	if err := v.turns.wait(ctx, namespace); err != nil {
+	if err := waitTurn(ctx, v.turns, namespace); err != nil {
 		return fmt.Errorf("ConnectorClass %q is not in the webhook's cache yet, and the Connectors of namespace %s have had their turns "+
 			"of reading classes from the API server (%d a second); try again: %w", key.Name, namespace, liveReadsPerNamespace, err)
 	}

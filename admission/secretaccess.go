@@ -65,7 +65,7 @@ func (v *ConnectorValidator) mayGetSecret(ctx context.Context, u authenticationv
 	// runs too), and one tenant's loop naming Secrets that are not cached yet would otherwise
 	// spend the reviews' rate limit that every namespace's writes share.
 	v.turnsOnce.Do(v.initTurns)
-	if err := v.reviews.wait(ctx, namespace); err != nil {
+	if err := waitTurn(ctx, v.reviews, namespace); err != nil {
 		return nil, fmt.Errorf("the Connectors of namespace %s have had their turns of Secret reviews (%d a second, %d at once); try again: %w",
 			namespace, secretReviewsPerNamespace, secretReviewBurst, err)
 	}

@@ -336,7 +336,7 @@ func (c *Controller) requestsOfCheckObject(ctx context.Context, o client.Object)
 // as their own allows (each evaluation has its budget, which waiting on another's would
 // overrun), and begin it again when the first ran out of time: its timeout is not theirs, and
 // reported as theirs it would fail their checks, which revokes a running Pod's grant.
-func (c *Controller) watchKind(ctx context.Context, gvk schema.GroupVersionKind) error {
+func (c *Controller) watchKind(ctx context.Context, gvk schema.GroupVersionKind, namespace string) error {
 	for {
 		if _, started := c.watched.Load(gvk); started {
 			return nil
@@ -354,7 +354,7 @@ func (c *Controller) watchKind(ctx context.Context, gvk schema.GroupVersionKind)
 			if _, started := c.watched.Load(gvk); started {
 				return nil, nil
 			}
-			return nil, c.startWatch(ctx, gvk)
+			return nil, c.startWatch(ctx, gvk, namespace)
 		})
 		select {
 		case r := <-start:
@@ -378,11 +378,11 @@ func interrupted(err error) bool {
 const maxUnservedKinds = 1024
 
 // startWatch checks a kind and starts its informer and watch.
-func (c *Controller) startWatch(ctx context.Context, gvk schema.GroupVersionKind) error {
+func (c *Controller) startWatch(ctx context.Context, gvk schema.GroupVersionKind, namespace string) error {
 	if err, ok := c.unserved.Get(gvk); ok {
 		return err.(error)
 	}
-	if err := c.kinds.check(ctx, gvk); err != nil {
+	if err := c.kinds.check(ctx, gvk, namespace); err != nil {
 		if meta.IsNoMatchError(err) {
 			c.unserved.Add(gvk, err, kindAnswerTTL)
 		}
@@ -828,7 +828,7 @@ func (c *Controller) startWatches(ctx context.Context, ar *v1alpha1.AccessReques
 				continue
 			}
 			if gv, err := schema.ParseGroupVersion(spec.Selector.ObjectRef.APIVersion); err == nil && spec.Selector.ObjectRef.Kind != "" {
-				_ = c.watchKind(ctx, gv.WithKind(spec.Selector.ObjectRef.Kind))
+				_ = c.watchKind(ctx, gv.WithKind(spec.Selector.ObjectRef.Kind), ar.Namespace)
 			}
 		}
 	}
@@ -890,8 +890,11 @@ func (c *Controller) evaluateCheck(ctx context.Context, ar *v1alpha1.AccessReque
 	case err != nil:
 		return fail("%v", err)
 	}
-	if err := c.watchKind(ctx, gvk); err != nil {
-		if ctx.Err() != nil {
+	if err := c.watchKind(ctx, gvk, ar.Namespace); err != nil {
+		if ctx.Err() != nil || !kindAnswered(err) {
+			// Not an answer about the kind (its lookup deferred to a later turn, the API server
+			// not answering, the informer not synced in time): failing would revoke a running
+			// Pod's grant for the controller's reason, or another tenant's.
 			return retry("cannot watch %s yet: %v", gvk.Kind, err)
 		}
 		return fail("cannot watch %s: %v", gvk.Kind, unknownKind(err))

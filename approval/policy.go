@@ -2,7 +2,6 @@ package approval
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"sort"
@@ -251,7 +250,7 @@ func (c *PolicyController) validateChecks(ctx context.Context, p *v1alpha1.Acces
 	}
 	var problems []string
 	for _, check := range p.Spec.CheckGrantedPermission.Spec.Checks {
-		if err := c.validateCheck(ctx, check); err != nil {
+		if err := c.validateCheck(ctx, check, p.Namespace); err != nil {
 			problems = append(problems, fmt.Sprintf("check %s: %v", check.Name, err))
 		}
 	}
@@ -261,7 +260,7 @@ func (c *PolicyController) validateChecks(ctx context.Context, p *v1alpha1.Acces
 // validateCheck finds what can be known of a check before a Pod asks: its template ConfigMap,
 // the parse of its label templates (an inline one is a tenant's: no loops), its CEL and
 // whether its kind may be read (kindChecker).
-func (c *PolicyController) validateCheck(ctx context.Context, check v1alpha1.Check) error {
+func (c *PolicyController) validateCheck(ctx context.Context, check v1alpha1.Check, namespace string) error {
 	spec := check.Spec
 	if check.Ref != nil && check.Ref.ConfigMap != nil {
 		var cm corev1.ConfigMap
@@ -286,10 +285,11 @@ func (c *PolicyController) validateCheck(ctx context.Context, check v1alpha1.Che
 	if err != nil {
 		return fmt.Errorf("objectRef apiVersion %q: %w", spec.Selector.ObjectRef.APIVersion, err)
 	}
-	err = c.kinds.check(ctx, gv.WithKind(spec.Selector.ObjectRef.Kind))
-	if meta.IsNoMatchError(err) || errors.Is(err, errLookupDeferred) {
-		// Not served (yet: a CRD installed later), or not looked up now: an evaluation of the
-		// check says so when a Pod asks, and a policy reconcile is no reason to wait.
+	err = c.kinds.check(ctx, gv.WithKind(spec.Selector.ObjectRef.Kind), namespace)
+	if meta.IsNoMatchError(err) || !kindAnswered(err) {
+		// Not served (yet: a CRD installed later), or no answer now (not looked up in this
+		// turn, the API server not answering): an evaluation of the check says so when a Pod
+		// asks, and a policy reconcile is no reason to wait.
 		return nil
 	}
 	return err

@@ -13,6 +13,7 @@ import (
 	authorizationv1 "k8s.io/api/authorization/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	utilcache "k8s.io/apimachinery/pkg/util/cache"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -22,6 +23,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/source"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 )
 
 // watchCounter counts the watches a controller is asked to start.
@@ -86,7 +89,7 @@ func TestAnUnservedCheckKindStartsNoWatch(t *testing.T) {
 		kinds: newKindChecker(servedKinds(mapper))}
 	gvk := schema.GroupVersionKind{Group: "nothing.example", Version: "v1", Kind: "Nothing"}
 	for range 10 {
-		if err := c.watchKind(context.Background(), gvk); !meta.IsNoMatchError(err) {
+		if err := c.watchKind(context.Background(), gvk, "team"); !meta.IsNoMatchError(err) {
 			t.Fatalf("watchKind: %v, want the kind's no-match error", err)
 		}
 	}
@@ -97,32 +100,78 @@ func TestAnUnservedCheckKindStartsNoWatch(t *testing.T) {
 }
 
 // TestCheckKindsAreLookedUpAtTheirPace: a tenant's policies may name hundreds of kinds nobody
-// serves, each checked at every reconcile; past a burst, kinds are looked up at
-// kindLookupsPerSecond, the others deferred (not an answer, asked again later), and each
-// answer, a no-match too, is kept.
+// serves, each checked at every reconcile; past a burst, a namespace's kinds are looked up at
+// kindLookupsPerNamespace, all namespaces' at kindLookupsPerSecond, the others deferred (not an
+// answer, asked again later), and each answer, a no-match too, is kept.
 func TestCheckKindsAreLookedUpAtTheirPace(t *testing.T) {
 	mapper := &countingMapper{}
 	served := schema.GroupVersionKind{Group: "tekton.dev", Version: "v1", Kind: "PipelineRun"}
 	k := newKindChecker(servedKinds(mapper, served))
-	deferred := 0
-	for i := range 300 {
-		err := k.check(context.Background(), schema.GroupVersionKind{Group: fmt.Sprintf("g%d.example", i), Version: "v1", Kind: "K"})
-		switch {
-		case errors.Is(err, errLookupDeferred):
-			deferred++
-		case !meta.IsNoMatchError(err):
-			t.Fatalf("kind %d: %v, want no match or deferred", i, err)
-		}
+	kind := func(i int) schema.GroupVersionKind {
+		return schema.GroupVersionKind{Group: fmt.Sprintf("g%d.example", i), Version: "v1", Kind: "K"}
 	}
-	if looked := int(mapper.lookups.Load()); looked > kindLookupBurst+kindLookupsPerSecond || deferred != 300-looked {
-		t.Errorf("300 kinds at once: %d looked up, %d deferred; want at most the burst looked up, the rest deferred", looked, deferred)
+	ask := func(namespace string, kinds ...int) (deferred int) {
+		t.Helper()
+		for _, i := range kinds {
+			switch err := k.check(context.Background(), kind(i), namespace); {
+			case errors.Is(err, errLookupDeferred):
+				deferred++
+			case !meta.IsNoMatchError(err):
+				t.Fatalf("kind %d: %v, want no match or deferred", i, err)
+			}
+		}
+		return deferred
+	}
+	var tenants []int
+	for i := range 300 {
+		tenants = append(tenants, i)
+	}
+	if deferred := ask("busy", tenants...); mapper.lookups.Load() > kindLookupNamespaceBurst+1 || int(mapper.lookups.Load())+deferred != 300 {
+		t.Errorf("300 kinds of one namespace at once: %d looked up, %d deferred; want at most the namespace's burst looked up, the rest deferred",
+			mapper.lookups.Load(), deferred)
+	}
+	if ask("quiet", 1000) != 0 {
+		t.Errorf("another namespace's kind was deferred after one namespace spent its turns")
+	}
+	for i := range 300 {
+		ask(fmt.Sprintf("ns-%d", i), 2000+i)
+	}
+	if looked := int(mapper.lookups.Load()); looked > kindLookupBurst+kindLookupsPerSecond {
+		t.Errorf("kinds of 302 namespaces at once: %d looked up, want at most the burst of all", looked)
 	}
 	before := mapper.lookups.Load()
-	for i := range 4 { // kept answers: no lookup
-		_ = k.check(context.Background(), schema.GroupVersionKind{Group: fmt.Sprintf("g%d.example", i), Version: "v1", Kind: "K"})
+	if ask("busy", 0, 1, 2, 3) != 0 || mapper.lookups.Load() != before { // kept answers: no lookup
+		t.Errorf("kinds answered before were deferred or looked up again")
 	}
-	if mapper.lookups.Load() != before {
-		t.Errorf("kinds answered before were looked up again")
+}
+
+// TestAKindNotLookedUpKeepsTheGrant: a check whose kind's watch this leader has not started,
+// and whose lookup is deferred (other namespaces spent every turn), is retried and keeps the
+// grant its request holds; failed, it would revoke a running Pod's access for the controller's
+// reason, or another tenant's.
+func TestAKindNotLookedUpKeepsTheGrant(t *testing.T) {
+	approvalTask := schema.GroupVersionKind{Group: "openshift-pipelines.org", Version: "v1alpha1", Kind: "ApprovalTask"}
+	states, err := NewStates(16, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &Controller{Cache: &unservedKinds{}, ctrl: &watchCounter{}, unserved: utilcache.NewLRUExpireCache(maxUnservedKinds),
+		kinds: newKindChecker(servedKinds(&countingMapper{}, approvalTask)), templates: NewTemplates(), States: states}
+	for i := range 40 { // 40 namespaces, a kind each
+		_ = c.watchKind(context.Background(), schema.GroupVersionKind{Group: fmt.Sprintf("g%d.example", i), Version: "v1", Kind: "K"}, fmt.Sprintf("ns-%d", i))
+	}
+	ar := &v1alpha1.AccessRequest{ObjectMeta: metav1.ObjectMeta{Namespace: "victim", Name: "r"},
+		Spec: v1alpha1.AccessRequestSpec{Context: v1alpha1.AccessContext{ObjectRef: v1alpha1.ContextObjectRef{Kind: "Pod", Namespace: "victim", Name: "p", UID: "u"}}}}
+	ar.Status.Conditions = []metav1.Condition{{Type: v1alpha1.ConditionAccessPermissionSync, Status: metav1.ConditionTrue, Reason: v1alpha1.ReasonSynced}}
+	if !holdsGrant(ar) {
+		t.Fatal("the request does not hold a grant")
+	}
+	check := v1alpha1.Check{Name: "approval", Spec: &v1alpha1.CheckSpec{}}
+	check.Spec.Selector.ObjectRef.APIVersion, check.Spec.Selector.ObjectRef.Kind = "openshift-pipelines.org/v1alpha1", "ApprovalTask"
+	var reads []checkRead
+	mc, outcome := c.evaluateCheck(context.Background(), ar, check, map[string]any{"object": map[string]any{}}, &reads)
+	if outcome != outcomeRetry || !strings.Contains(mc.Message, "not looked up yet") {
+		t.Errorf("a check whose kind was not looked up: %s %q, want %s saying it was not looked up", outcome, mc.Message, outcomeRetry)
 	}
 }
 
@@ -171,7 +220,7 @@ func TestAWatchStartIsWaitedForWithinEachBudget(t *testing.T) {
 	}
 	result := func(c *Controller, ctx context.Context) <-chan error {
 		out := make(chan error, 1)
-		go func() { out <- c.watchKind(ctx, gvk) }()
+		go func() { out <- c.watchKind(ctx, gvk, "team") }()
 		return out
 	}
 	hang := func(t *testing.T, what string) {
@@ -246,14 +295,14 @@ func (panickingInformers) GetInformer(context.Context, client.Object, ...cache.I
 	panic("an informer that cannot be made")
 }
 
-// TestAWatchStartThatPanicsFailsItsCheck: a panic while a check kind's watch starts (which
-// runs apart from the reconcile that asked, where controller-runtime would recover it) is that
+// TestAWatchStartThatPanicsIsAnError: a panic while a check kind's watch starts (which runs
+// apart from the reconcile that asked, where controller-runtime would recover it) is that
 // reconcile's error, not the controller's end.
-func TestAWatchStartThatPanicsFailsItsCheck(t *testing.T) {
+func TestAWatchStartThatPanicsIsAnError(t *testing.T) {
 	gvk := schema.GroupVersionKind{Group: "tekton.dev", Version: "v1", Kind: "PipelineRun"}
 	c := &Controller{Cache: panickingInformers{}, ctrl: &watchCounter{}, unserved: utilcache.NewLRUExpireCache(maxUnservedKinds),
 		kinds: newKindChecker(servedKinds(&countingMapper{}, gvk))}
-	err := c.watchKind(context.Background(), gvk)
+	err := c.watchKind(context.Background(), gvk, "team")
 	if err == nil || !strings.Contains(err.Error(), "panic") {
 		t.Fatalf("watchKind: %v, want the panic as an error", err)
 	}
