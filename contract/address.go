@@ -49,16 +49,17 @@ func Address(path *field.Path, addr string) *field.Error {
 	case u.User != nil:
 		return field.Invalid(path, field.OmitValueType{}, "must not carry user information (credentials belong in spec.auth)")
 	case !hostName(u.Hostname()):
-		return field.Invalid(path, field.OmitValueType{}, "the host must be a DNS name (letters, digits, '-', '_', '.') or an IP address")
+		return field.Invalid(path, field.OmitValueType{}, "the host must be a DNS name (letters, digits, '-', '_', '.') or an IP address without a zone")
 	}
 	return nil
 }
 
-// hostName tells whether host is empty, an IP address or a name of letters, digits, '-', '_'
-// and '.': YAML and TOML read a key such as *x or &x as something else than a host.
+// hostName tells whether host is empty, an IP address without a zone (the proxy refuses to
+// dial one: proxy/egress) or a name of letters, digits, '-', '_' and '.': YAML and TOML read a
+// key such as *x or &x as something else than a host.
 func hostName(host string) bool {
-	if _, err := netip.ParseAddr(host); err == nil {
-		return true
+	if addr, err := netip.ParseAddr(host); err == nil {
+		return addr.Zone() == ""
 	}
 	return strings.Trim(host, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.") == ""
 }

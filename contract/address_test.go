@@ -37,6 +37,7 @@ func TestAddress(t *testing.T) {
 		{"https://h/" + strings.Repeat("a", MaxAddressBytes), "may not be more than 2048"},
 		{"https://*evil.example/", "the host must be a DNS name"},
 		{"https://&x:443/", "the host must be a DNS name"},
+		{"http://[fd00:ec2::254%25eth0]/", "without a zone"},
 	} {
 		err := Address(field.NewPath("spec", "address"), tc.addr)
 		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.HasPrefix(err.Error(), "spec.address: ") {

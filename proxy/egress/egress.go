@@ -138,9 +138,12 @@ func embedded(addr netip.Addr, prefix netip.Prefix) netip.Addr {
 // as given and as the IPv4 address it reaches, so that naming a NAT64 range in
 // --nat64-prefixes loses no refusal of it.
 func (p *Policy) Check(host string, addr netip.Addr, port uint16) error {
+	refuse := func(why string) error { return &RefusedError{Host: host, Why: why} }
+	if addr.Zone() != "" {
+		return refuse(zoned)
+	}
 	given := addr.Unmap()
 	addr = reached(given, p.NAT64...)
-	refuse := func(why string) error { return &RefusedError{Host: host, Why: why} }
 	switch {
 	case !addr.IsValid():
 		return refuse("no address")
@@ -161,6 +164,13 @@ func (p *Policy) Check(host string, addr netip.Addr, port uint16) error {
 	}
 	return nil
 }
+
+// zoned refuses an IPv6 address with a zone (fd00:ec2::254%eth0): no tool needs one, and netip
+// counts the zone as part of the address, so that it compares unequal to the host services',
+// the listeners' and the unspecified address, and no prefix contains it (--refused-destinations,
+// NAT64, the ranges that are not public), while the kernel ignores it for every address but a
+// link-local one, and connects to :: as to ::1.
+const zoned = "an IPv6 address with a zone"
 
 // operatorRefused tells whether addr is in --refused-destinations.
 func (p *Policy) operatorRefused(addr netip.Addr) bool {
@@ -239,6 +249,8 @@ func NotPublic(addr netip.Addr) string { return notPublic(reached(addr)) }
 // notPublic is NotPublic of the address a connection reaches.
 func notPublic(addr netip.Addr) string {
 	switch {
+	case addr.Zone() != "":
+		return zoned
 	case addr.IsLoopback():
 		return "a loopback address"
 	case addr.IsPrivate():

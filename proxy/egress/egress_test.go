@@ -51,6 +51,12 @@ func TestCheck(t *testing.T) {
 		// The operator's --refused-destinations.
 		{"192.0.2.10", 80, true},
 		{"192.0.3.10", 80, false},
+		// A zone: netip compares fd00:ec2::254%eth0 unequal to fd00:ec2::254 and no prefix
+		// contains it, while the kernel connects to it (and to ::%lo as to ::1).
+		{"fd00:ec2::254%eth0", 80, true},
+		{"::%lo", 3128, true},
+		{"64:ff9b::a9fe:a9fe%eth0", 80, true},
+		{"2606:4700::1%eth0", 443, true},
 	} {
 		err := p.Check("h", netip.MustParseAddr(tc.addr), tc.port)
 		if refused := IsRefused(err); refused != tc.refused {
@@ -105,7 +111,7 @@ func TestDialContextChecksEveryResolvedAddressBeforeDialing(t *testing.T) {
 // not public, clusters' own among them (shared space, 240/4, 198.18/15), in every form.
 func TestNotPublicRefusesWhatIsNotGlobal(t *testing.T) {
 	for _, addr := range []string{"100.64.0.1", "0.1.2.3", "192.0.0.8", "198.18.0.1", "198.19.255.254", "240.0.0.1",
-		"255.255.255.255", "::ffff:240.0.0.1", "64:ff9b::f000:1", "64:ff9b:1::a", "2001:2::1", "fec0::1"} {
+		"255.255.255.255", "::ffff:240.0.0.1", "64:ff9b::f000:1", "64:ff9b:1::a", "2001:2::1", "fec0::1", "fd00::1%eth0", "2606:4700::1111%eth0"} {
 		if why := NotPublic(netip.MustParseAddr(addr)); why == "" {
 			t.Errorf("NotPublic(%s): public, want refused", addr)
 		}

@@ -526,10 +526,14 @@ func failingDial(t *testing.T) func(context.Context, string, string) (net.Conn, 
 
 func TestTenancyDestinationsAreRefusedBeforeAnyDial(t *testing.T) {
 	// No name is ever looked up for real: metadata.test stands for a name that resolves to the
-	// metadata service.
+	// metadata service, zoned.test for one that resolves to it with a zone (as /etc/hosts may
+	// write an address), which netip compares unequal to it.
 	resolve := func(_ context.Context, host string) ([]netip.Addr, error) {
-		if host == "metadata.test" {
+		switch host {
+		case "metadata.test":
 			return []netip.Addr{netip.MustParseAddr("169.254.169.254")}, nil
+		case "zoned.test":
+			return []netip.Addr{netip.MustParseAddr("fd00:ec2::254%eth0")}, nil
 		}
 		return nil, fmt.Errorf("test: no lookup of %s", host)
 	}
@@ -543,7 +547,7 @@ func TestTenancyDestinationsAreRefusedBeforeAnyDial(t *testing.T) {
 	ns := newNamespace(t)
 	git := gitClass(t)
 	addresses := map[string]string{
-		"metadata": "http://169.254.169.254/latest", "metadata-name": "http://metadata.test/latest",
+		"metadata": "http://169.254.169.254/latest", "metadata-name": "http://metadata.test/latest", "metadata-zoned": "http://zoned.test/latest",
 		"metadata-mapped": "http://[::ffff:169.254.169.254]/latest", "link-local-v6": "http://[fe80::1]/x",
 		"unspecified": "http://0.0.0.0:8080/x", "unspecified-v6": "http://[::]:8080/x",
 		"multicast": "http://224.0.0.1/x", "broadcast": "http://255.255.255.255/x",
