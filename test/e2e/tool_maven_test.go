@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -180,11 +181,21 @@ func checkMavenVolume(t *testing.T, files map[string]string, repo *mavenrepo.Ser
 }
 
 // run runs mvn in batch mode with the volume's settings.xml and a new, empty local
-// repository, which it returns. HOME is empty, and the JVM's own proxies point at a closed port,
-// so that only settings.xml leads anywhere.
+// repository, which it returns.
 func (m *mavenPod) run(t *testing.T, args ...string) string {
 	t.Helper()
 	local := filepath.Join(t.TempDir(), "m2")
+	if out, err := m.runWith(t, local, args...); err != nil {
+		t.Fatalf("mvn %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return local
+}
+
+// runWith runs mvn in batch mode with the volume's settings.xml and the local repository.
+// HOME is empty, and the JVM's own proxies point at a closed port, so that only settings.xml
+// leads anywhere.
+func (m *mavenPod) runWith(t *testing.T, local string, args ...string) ([]byte, error) {
+	t.Helper()
 	nowhere := freeLoopbackAddr(t)
 	host, port, _ := strings.Cut(nowhere, ":")
 	cmd := exec.Command(m.mvn, append([]string{"-B", "-s", m.settings, "-Dmaven.repo.local=" + local}, args...)...)
@@ -192,10 +203,85 @@ func (m *mavenPod) run(t *testing.T, args ...string) string {
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir(),
 		"MAVEN_OPTS=-Dmaven.resolver.transport=wagon -Dhttp.proxyHost=" + host + " -Dhttp.proxyPort=" + port +
 			" -Dhttps.proxyHost=" + host + " -Dhttps.proxyPort=" + port + " -Dhttp.nonProxyHosts=none " + m.javaOpts}
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("mvn %s: %v\n%s", strings.Join(args, " "), err, out)
+	return cmd.CombinedOutput()
+}
+
+// TestToolMavenServersAreOnlyMirrors: Maven gives a <server>'s credential to any repository of
+// its id, also one that a dependency's POM declares at a host of its own; a Connector that is not
+// a mirror therefore gets no <server>. mvn resolves, through a Connector that is not a mirror, a
+// dependency whose POM declares a repository named after the Connector, at a server of the
+// test's (reached without the proxy, as a pass-through would reach it) that asks for Basic
+// credentials: it asks that server, and sends it none.
+func TestToolMavenServersAreOnlyMirrors(t *testing.T) {
+	mvn := requireMaven(t)
+	env := startProxyDriver(t, func(o *driver.Options) { o.ForwardPassthrough = proxy.PassthroughNone })
+	repo, err := mavenrepo.StartTLS(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
 	}
-	return local
+	t.Cleanup(repo.Close)
+	foreign := startRecorderOn(t, "127.0.0.1", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("WWW-Authenticate", `Basic realm="foreign"`)
+		w.WriteHeader(http.StatusUnauthorized)
+	})
+	writeMavenArtifact(t, repo.Root, "base", "<project><modelVersion>4.0.0</modelVersion><groupId>com.example</groupId><artifactId>base</artifactId><version>1.0</version></project>")
+	writeMavenArtifact(t, repo.Root, "app", `<project><modelVersion>4.0.0</modelVersion><groupId>com.example</groupId><artifactId>app</artifactId><version>1.0</version>
+<repositories><repository><id>maven</id><url>`+foreign.URL+`/repo</url></repository></repositories>
+<dependencies><dependency><groupId>com.example</groupId><artifactId>elsewhere</artifactId><version>1.0</version></dependency></dependencies></project>`)
+	// mvn's plugins come first through a mirror Connector's volume (its <server> is the
+	// mirror's): the volume under test has no mirror, and mvn would ask Maven Central for them.
+	warm := mavenVolume(t, env, repo, mavenConnector{class: "maven.yaml", address: repo.URL,
+		params: []v1alpha1.Param{{Name: "useAsMirror", Value: *jsonValue("true")}}})
+	warm.mvn = mvn
+	local := warm.run(t, mavenDependencyPlugin+":get", "-Dartifact=com.example:base:1.0", "-Dtransitive=false")
+
+	m := mavenVolume(t, env, repo, mavenConnector{class: "maven.yaml", address: repo.URL})
+	m.mvn = mvn
+	settings, err := os.ReadFile(m.settings)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(settings), "<server>") || strings.Count(string(settings), m.token) != 1 {
+		t.Errorf("settings.xml of a Connector that is not a mirror has a <server>, or the Pod token other than in <proxies>:\n%s", settings)
+	}
+	// A project of the Pod's that reads its dependencies from the Connector (through the forward
+	// proxy) and needs app; -llr: the plugins came from the mirror's id, which this run's
+	// repositories do not have.
+	pom := filepath.Join(t.TempDir(), "pom.xml")
+	if err := os.WriteFile(pom, []byte(`<project><modelVersion>4.0.0</modelVersion><groupId>com.example</groupId><artifactId>build</artifactId><version>1.0</version>
+<repositories><repository><id>connector</id><url>`+repo.URL+`</url></repository></repositories>
+<dependencies><dependency><groupId>com.example</groupId><artifactId>app</artifactId><version>1.0</version></dependency></dependencies></project>`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := m.runWith(t, local, "-llr", "-f", pom, mavenDependencyPlugin+":resolve")
+	if err == nil {
+		t.Fatalf("mvn resolved a dependency that no repository has:\n%s", out)
+	}
+	asked := 0
+	for _, r := range foreign.requests() {
+		asked++
+		if r.Authorization != "" || strings.Contains(r.RequestURI, m.token) {
+			t.Errorf("the repository a dependency's POM declares got %s %s with an Authorization header (holding the Pod token: %v), want no credential",
+				r.Method, r.RequestURI, strings.Contains(r.Authorization, basic(m.ns+"/maven", m.token)))
+		}
+	}
+	if asked == 0 {
+		t.Fatalf("mvn never asked the repository the dependency's POM declares:\n%s", out)
+	}
+}
+
+// writeMavenArtifact writes com.example:<artifact>:1.0, its POM and a jar, into a repository.
+func writeMavenArtifact(t *testing.T, root, artifact, pom string) {
+	t.Helper()
+	dir := filepath.Join(root, "com/example", artifact, "1.0")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, data := range map[string]string{artifact + "-1.0.pom": pom, artifact + "-1.0.jar": "jar of " + artifact} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // checkMavenRepoRequests asserts the repository was reached, for mvn's plugins and for each of

@@ -73,12 +73,12 @@ func TestToolRepositoryManagersStandIn(t *testing.T) {
 			rev := env.proxyURL + "/namespaces/" + ns + "/connectors/repo"
 			mirror := mavenMirrorThroughProxy(t, files["settings.xml"], rec.URL+tc.maven)
 			npmRegistry, npmToken := npmrcRegistry(t, files[".npmrc"])
+			yarn := yarnThroughProxy(t, files[".yarnrc.yml"], token)
 			yarnRegistry := yamlValue(t, files[".yarnrc.yml"], "npmRegistryServer")
 			pipIndex := iniValue(t, files["pip.conf"], "index-url")
 			pypiRepo := iniValue(t, files[".pypirc"], "repository")
 			for _, c := range []struct{ got, want string }{
-				{npmRegistry, rev + tc.npm}, {yarnRegistry, rev + tc.npm}, {pypiRepo, rev + tc.pypiPost},
-				{yamlValue(t, files[".yarnrc.yml"], "npmAuthToken"), token}, {npmToken, token},
+				{npmRegistry, rev + tc.npm}, {yarnRegistry, rec.URL + tc.npm}, {pypiRepo, rev + tc.pypiPost}, {npmToken, token},
 				{yamlValue(t, files[".yarnrc.yml"], "enableStrictSsl"), "false"},
 			} {
 				if c.got != c.want {
@@ -101,7 +101,7 @@ func TestToolRepositoryManagersStandIn(t *testing.T) {
 			// Each client's request, built from its file only.
 			expectOK(t, mirror, http.MethodGet, rec.URL+tc.maven+"/com/example/a/1.0/a-1.0.pom", "")
 			expectOK(t, http.DefaultClient, http.MethodGet, npmRegistry+"left-pad", "Bearer "+npmToken)
-			expectOK(t, http.DefaultClient, http.MethodGet, yarnRegistry+"left-pad", "Bearer "+npmToken)
+			expectOK(t, yarn, http.MethodGet, yarnRegistry+"left-pad", "Basic "+basic("connectors", "proxy-injects-the-credential"))
 			expectOK(t, http.DefaultClient, http.MethodGet, pipIndex+"requests/", "")
 			expectOK(t, http.DefaultClient, http.MethodPost, pypiRepo,
 				"Basic "+basic(iniValue(t, files[".pypirc"], "username"), iniValue(t, files[".pypirc"], "password")))
@@ -174,6 +174,24 @@ func mavenMirrorThroughProxy(t *testing.T, settingsXML, wantMirror string) *http
 	host := xmlElement(t, settingsXML, "host")
 	proxyURL := &url.URL{Scheme: "http", Host: host + ":" + xmlElement(t, settingsXML, "port"),
 		User: url.UserPassword(xmlElement(t, settingsXML, "username"), xmlElement(t, settingsXML, "password"))}
+	return &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(proxyURL)}}
+}
+
+// yarnThroughProxy checks that .yarnrc.yml holds the Pod token only in its proxies (Yarn sends
+// an npmAuthToken with every request of the registry, also to a tarball URL on another host),
+// and returns a client that uses them as Yarn does.
+func yarnThroughProxy(t *testing.T, yarnrc, token string) *http.Client {
+	t.Helper()
+	proxyURL, err := url.Parse(yamlValue(t, yarnrc, "httpProxy"))
+	if err != nil {
+		t.Fatalf(".yarnrc.yml httpProxy: %v", err)
+	}
+	if pass, _ := proxyURL.User.Password(); pass != token || yamlValue(t, yarnrc, "httpsProxy") != proxyURL.String() {
+		t.Errorf(".yarnrc.yml's proxies %s, want both the forward proxy with the Pod token", proxyURL.Redacted())
+	}
+	if n := strings.Count(yarnrc, token); n != 2 || regexp.MustCompile(`(?m)^\s*npmAuthToken:`).MatchString(yarnrc) {
+		t.Errorf(".yarnrc.yml holds the Pod token %d times (want twice: its two proxies) or an npmAuthToken:\n%s", n, yarnrc)
+	}
 	return &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(proxyURL)}}
 }
 
