@@ -43,7 +43,7 @@ func (p *Proxy) forwardAuth(w http.ResponseWriter, r *http.Request) (*forwardCli
 		u, err = p.authenticate(ctx, w, token, http.StatusProxyAuthRequired)
 	}
 	if err != nil {
-		w.Header().Set("Proxy-Authenticate", `Basic realm="connectors-proxy"`)
+		w.Header().Set("Proxy-Authenticate", proxyChallenge)
 		refuseErr(ctx, w, err)
 		return nil, false
 	}

@@ -600,7 +600,31 @@ func rewriteLocation(res *http.Response) error {
 // Location and Link, and Location kept on the proxy (rewriteLocationFor).
 func cleanToolAnswer(res *http.Response, rt *route) {
 	dropToolSessions(res.Header)
+	if rt.proxyBase != "" {
+		challengeForTheProxy(res)
+	}
 	rewriteLocationFor(res, rt)
+}
+
+// proxyChallenge is the reverse proxy's own challenge: Basic, for the Pod token, at the proxy.
+const proxyChallenge = `Basic realm="connectors-proxy"`
+
+// challengeForTheProxy replaces a tool's challenges, in an answer to the reverse proxy's
+// client, with the proxy's own (on a 401; none on any other answer). That client holds the Pod
+// token as its credential for the proxy's address, and a client sends its credential where a
+// challenge points: a Bearer challenge's realm, a registry's token service, which Docker-style
+// clients ask with the registry's own credential (Docker, crane, Helm, ORAS), may be any host
+// the tool's owner names. (The forward proxy's clients hold no credential of the tool's host:
+// the Pod token is their proxy's, and an anonymous registry's challenge is theirs to answer.)
+// The fast lane leaves such an answer to the general path (answerHead.take).
+func challengeForTheProxy(res *http.Response) {
+	if _, challenged := res.Header["Www-Authenticate"]; !challenged && res.StatusCode != http.StatusUnauthorized {
+		return
+	}
+	res.Header.Del("WWW-Authenticate")
+	if res.StatusCode == http.StatusUnauthorized {
+		res.Header.Set("WWW-Authenticate", proxyChallenge)
+	}
 }
 
 // toolSessionHeaders are the answer headers that hand the client a session the tool opened

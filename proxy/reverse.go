@@ -40,7 +40,7 @@ func (p *Proxy) routeReverse(w http.ResponseWriter, r *http.Request, nn types.Na
 	ctx := r.Context()
 	u, err := p.authenticate(ctx, w, caller.token, http.StatusUnauthorized)
 	if err != nil {
-		w.Header().Set("WWW-Authenticate", `Basic realm="connectors-proxy"`)
+		w.Header().Set("WWW-Authenticate", proxyChallenge)
 		refuseErr(ctx, w, err)
 		return nil
 	}

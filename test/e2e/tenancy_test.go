@@ -495,6 +495,55 @@ func TestTenancyToolSessionsStayWithTheProxy(t *testing.T) {
 	}
 }
 
+// TestTenancyToolChallengesStayWithTheProxy: the reverse proxy's client holds the Pod token as
+// its credential for the proxy's address, and Docker-style clients send that credential where a
+// Bearer challenge's realm points, any host the tool's owner names. A tool's 401 reaches the
+// reverse client with the proxy's own Basic challenge only, through the fast lane's remembered
+// route as through net/http's; the forward client, whose Pod token is its proxy's only, gets
+// the tool's challenge (an anonymous registry's is its own to answer).
+func TestTenancyToolChallengesStayWithTheProxy(t *testing.T) {
+	const realm = `Bearer realm="http://token.elsewhere.example/token",service="registry"`
+	tool := startRecorder(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Add("WWW-Authenticate", realm)
+		w.Header().Add("WWW-Authenticate", "Negotiate")
+		w.WriteHeader(http.StatusUnauthorized)
+		_, _ = io.WriteString(w, "who are you")
+	})
+	env := startProxyDriver(t, nil)
+	ns := newNamespace(t)
+	createSecret(t, ns, "tool", corev1.SecretTypeBasicAuth, map[string]string{"username": "bot", "password": "tool-secret"})
+	newConnectorWithSecret(t, ns, "tool", gitClass(t), tool.URL, "basicAuth", "tool")
+	allowConnectors(t, ns, "builder", "tool")
+	token := proxyToken(t, ns, "builder")
+	reverse, forward := &http.Client{Timeout: 20 * time.Second}, forwardClient(env.proxyURL, ns+"/tool", token)
+	for mode, tc := range map[string]struct {
+		send func() (*http.Response, error)
+		want []string
+	}{
+		"reverse": {func() (*http.Response, error) {
+			return reverse.Do(newRequest(t, "GET", env.proxyURL+"/namespaces/"+ns+"/connectors/tool/v2/", map[string]string{"Authorization": "Bearer " + token}))
+		}, []string{`Basic realm="connectors-proxy"`}},
+		"forward": {func() (*http.Response, error) {
+			return forward.Do(newRequest(t, "GET", tool.URL+"/v2/", nil))
+		}, []string{realm, "Negotiate"}},
+	} {
+		for i := range 3 { // one kept-alive connection: the later requests take the remembered route
+			res, err := tc.send()
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, _ = io.Copy(io.Discard, res.Body)
+			res.Body.Close()
+			if got := res.Header.Values("WWW-Authenticate"); res.StatusCode != http.StatusUnauthorized || !slices.Equal(got, tc.want) {
+				t.Errorf("%s, request %d: %d challenging %q, want 401 challenging %q", mode, i, res.StatusCode, got, tc.want)
+			}
+		}
+	}
+	if n := len(tool.proxied()); n < 6 {
+		t.Errorf("the tool answered %d requests, want the 6 sent", n)
+	}
+}
+
 func TestTenancyProxyLoopIsDetected(t *testing.T) {
 	first, second := startProxyDriver(t, nil), startProxyDriver(t, nil)
 	ns := newNamespace(t)
