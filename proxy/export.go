@@ -77,7 +77,7 @@ type ownedPool struct {
 }
 
 func (o ownedPool) RoundTrip(r *http.Request) (*http.Response, error) {
-	return o.p.apiOwned.For(o.tr, o.owner).RoundTrip(r)
+	return o.p.apiOwned.For(o.tr, o.owner).RoundTrip(egress.DialsEndWith(r))
 }
 
 // onlyAddresses refuses requests to URLs no address of the Connector covers.

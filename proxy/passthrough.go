@@ -106,7 +106,7 @@ func passthroughError(host string, err error) error {
 // serveHTTP forwards a plain-HTTP request to target.
 func (pt *passthrough) serveHTTP(w http.ResponseWriter, r *http.Request, target *url.URL) {
 	klog.FromContext(r.Context()).V(4).Info("Pass-through", "host", target.Host)
-	pt.reverse.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), passthroughTarget{}, target)))
+	pt.reverse.ServeHTTP(w, egress.DialsEndWith(r.WithContext(context.WithValue(r.Context(), passthroughTarget{}, target))))
 }
 
 // tunnel answers a CONNECT to hostport with a plain TCP tunnel, after the destination rules

@@ -547,7 +547,7 @@ func (t toolTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 			return res, err
 		}
 	}
-	return t.p.owned.For(tr, t.rt.pool()).RoundTrip(r)
+	return t.p.owned.For(tr, t.rt.pool()).RoundTrip(egress.DialsEndWith(r))
 }
 
 // upstreamError answers a failed upstream round trip.

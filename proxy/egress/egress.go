@@ -266,6 +266,35 @@ func notPublic(addr netip.Addr) string {
 	return ""
 }
 
+// Bounds of one dial: at most maxDialAddresses of a name's addresses are tried (every one is
+// checked), within dialTimeout together, each within its share of what is left and at least
+// minAddressTimeout, as net.Dialer shares its timeout. A tool's owner names the addresses: a
+// name of thousands of addresses that never answer (a DNS answer over TCP holds about 4,000)
+// was a dial of hours, a goroutine and a socket, and the addresses, held each.
+const (
+	maxDialAddresses  = 4
+	dialTimeout       = 10 * time.Second
+	minAddressTimeout = 2 * time.Second
+)
+
+// requestKey holds, in the context a request is sent with, that request's own context.
+type requestKey struct{}
+
+// DialsEndWith is r, sent so that a dial of the policy for it ends when r does. http.Transport
+// dials on a context that r's end does not cancel (so that a late connection may serve the
+// pool), and a tenant sending and dropping requests to addresses that never answer would leave
+// a dial behind each time.
+func DialsEndWith(r *http.Request) *http.Request {
+	return r.WithContext(context.WithValue(r.Context(), requestKey{}, r.Context()))
+}
+
+// dialsEndWithRequests sends every request DialsEndWith.
+type dialsEndWithRequests struct{ next http.RoundTripper }
+
+func (d dialsEndWithRequests) RoundTrip(r *http.Request) (*http.Response, error) {
+	return d.next.RoundTrip(DialsEndWith(r))
+}
+
 // dialChecked is DialContext with an extra refusal (nil: none).
 func (p *Policy) dialChecked(ctx context.Context, network, address string, extra func(netip.Addr) string) (net.Conn, error) {
 	host, portText, err := net.SplitHostPort(address)
@@ -291,17 +320,37 @@ func (p *Policy) dialChecked(ctx context.Context, network, address string, extra
 			return nil, &RefusedError{Host: host, Why: why}
 		}
 	}
+	addrs = slices.Clone(addrs[:min(len(addrs), maxDialAddresses)]) // the rest of a long answer let go
+	ctx, cancel := context.WithTimeout(ctx, dialTimeout)
+	defer cancel()
+	if request, ok := ctx.Value(requestKey{}).(context.Context); ok {
+		defer context.AfterFunc(request, cancel)()
+	}
 	var firstErr error
-	for _, a := range addrs {
-		conn, err := p.dial()(ctx, network, netip.AddrPortFrom(a.Unmap(), uint16(port)).String())
+	for i, a := range addrs {
+		conn, err := p.dialOne(ctx, network, netip.AddrPortFrom(a.Unmap(), uint16(port)).String(), len(addrs)-i)
 		if err == nil {
 			return conn, nil
 		}
 		if firstErr == nil {
 			firstErr = err
 		}
+		if ctx.Err() != nil {
+			break
+		}
 	}
 	return nil, firstErr
+}
+
+// dialOne dials one address, within its share of the time ctx leaves the left addresses.
+func (p *Policy) dialOne(ctx context.Context, network, address string, left int) (net.Conn, error) {
+	if deadline, ok := ctx.Deadline(); ok {
+		share := max(time.Until(deadline)/time.Duration(left), minAddressTimeout)
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, share)
+		defer cancel()
+	}
+	return p.dial()(ctx, network, address)
 }
 
 // toolResolver resolves the tools' names with Go's resolver, which stops at a temporary
@@ -357,9 +406,10 @@ func (p *Policy) dial() DialFunc {
 // set on a request must never travel to where a tool's answer points.
 func NoRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 
-// Client returns an HTTP client over rt that follows no redirect and gives up after timeout.
+// Client returns an HTTP client over rt that follows no redirect, gives up after timeout, and
+// whose dials end with their requests (DialsEndWith).
 func Client(rt http.RoundTripper, timeout time.Duration) *http.Client {
-	return &http.Client{Transport: rt, CheckRedirect: NoRedirects, Timeout: timeout}
+	return &http.Client{Transport: dialsEndWithRequests{rt}, CheckRedirect: NoRedirects, Timeout: timeout}
 }
 
 // Marked wraps rt so that every request carries the hop marker. It is for requests built by

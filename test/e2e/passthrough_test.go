@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -15,7 +16,11 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/driver"
 	"github.com/kube-connectors/connectors-csi/proxy"
 )
@@ -172,4 +177,89 @@ func TestForwardPassthrough(t *testing.T) {
 			t.Errorf("under all: %v %s", res, body)
 		}
 	})
+}
+
+// TestTenancyADroppedRequestLeavesNoDialBehind: a tenant names (or points a Connector at) a
+// name of many addresses that never answer, and sends and drops requests. http.Transport dials
+// on a context that a request's end does not cancel; through the proxy, the dial of a dropped
+// request ends with it, after no more than a few of the addresses: the plain pass-through's,
+// and a Connector's request that net/http's transport sends (a method the proxy's own
+// connections do not take).
+func TestTenancyADroppedRequestLeavesNoDialBehind(t *testing.T) {
+	slow := make([]netip.Addr, 64) // documentation addresses: public to the policy, never dialed
+	for i := range slow {
+		slow[i] = netip.AddrFrom4([4]byte{203, 0, 113, byte(i)})
+	}
+	// The names resolve only while a request is sent: the status controller's probes of the
+	// Connector fail before any dial, and dial nothing the test waits on.
+	var armed atomic.Bool
+	var dials atomic.Int32
+	started, ended := make(chan struct{}, 64), make(chan error, 64)
+	env := startProxyDriver(t, func(o *driver.Options) {
+		o.ForwardPassthrough = proxy.PassthroughPublic
+		o.Resolve = func(_ context.Context, host string) ([]netip.Addr, error) {
+			if armed.Load() && (host == "slow.example" || host == "elsewhere.example") {
+				return slow, nil
+			}
+			return nil, fmt.Errorf("test: %s is not looked up", host)
+		}
+		o.Dial = func(ctx context.Context, _, _ string) (net.Conn, error) {
+			dials.Add(1)
+			started <- struct{}{}
+			<-ctx.Done() // an address that never answers
+			ended <- ctx.Err()
+			return nil, ctx.Err()
+		}
+	})
+	ns := newNamespace(t)
+	git := gitClass(t)
+	newConnector(t, ns, "slow", git, "http://slow.example")
+	newConnector(t, ns, "other", git, "http://other.example") // named, and covers nothing asked
+	// Later tests' drivers probe every Connector with the real resolver.
+	t.Cleanup(func() {
+		for _, name := range []string{"slow", "other"} {
+			_ = cp.Client.Delete(context.Background(), &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}})
+		}
+	})
+	allowConnectors(t, ns, "builder", "slow", "other")
+	token := proxyToken(t, ns, "builder")
+	waitCondition(t, ns, "slow", v1alpha1.ConditionLivenessReady, metav1.ConditionFalse, "Unreachable")
+	for name, send := range map[string]func(ctx context.Context) error{
+		"pass-through": func(ctx context.Context) error {
+			req, _ := http.NewRequestWithContext(ctx, "GET", "http://elsewhere.example/x", nil)
+			_, err := forwardClient(env.proxyURL, ns+"/other", token).Do(req)
+			return err
+		},
+		"a Connector's request through net/http's transport": func(ctx context.Context) error {
+			req, _ := http.NewRequestWithContext(ctx, "PROPFIND", env.proxyURL+"/namespaces/"+ns+"/connectors/slow/x", nil)
+			req.Header.Set("Authorization", "Bearer "+token)
+			_, err := (&http.Client{Transport: &http.Transport{}}).Do(req)
+			return err
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			armed.Store(true)
+			defer armed.Store(false)
+			before := dials.Load()
+			ctx, cancel := context.WithCancel(context.Background())
+			go func() {
+				<-started
+				cancel() // the client goes away while the first address is being dialed
+			}()
+			if err := send(ctx); err == nil {
+				t.Fatal("the request was answered")
+			}
+			select {
+			case err := <-ended:
+				if !errors.Is(err, context.Canceled) {
+					t.Errorf("the dial ended with %v, want its request's end", err)
+				}
+			case <-time.After(time.Minute): // a bound on a hang, not a timing
+				t.Fatal("the dial went on after its request ended")
+			}
+			if n := dials.Load() - before; n > 4 {
+				t.Errorf("%d of the name's 64 addresses dialed, want at most 4", n)
+			}
+		})
+	}
 }
