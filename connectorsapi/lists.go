@@ -82,11 +82,18 @@ func page(r *http.Request, items []Item) (*List, error) {
 }
 
 // underAddress checks that a URL given by the caller is one of the Connector's, so that the API
-// never sends the credential elsewhere.
+// never sends the credential elsewhere, and a repository's: no user information, query or
+// fragment, nor a '?' or '#' escaped in its path, which go-git decodes into the URL it asks
+// (repositoryUrl=<address>/api/v4/projects/1/triggers%3F sent a GET of the triggers, with the
+// credential, whatever the list appends).
 func underAddress(c *v1alpha1.Connector, raw string) (*url.URL, error) {
 	u, err := url.Parse(raw)
-	if err != nil || u.Host == "" {
+	switch {
+	case err != nil || u.Host == "":
 		return nil, errorf(http.StatusBadRequest, metav1.StatusReasonBadRequest, "%q is not a URL", raw)
+	case u.User != nil || u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || strings.ContainsAny(u.Path, "?#"):
+		return nil, errorf(http.StatusBadRequest, metav1.StatusReasonBadRequest,
+			"repositoryUrl must be a repository's URL, without user information, query or fragment")
 	}
 	base, err := url.Parse(c.Spec.Address)
 	if err != nil || !proxy.Covers(base, u) {

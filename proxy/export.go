@@ -49,7 +49,7 @@ func (p *Proxy) Upstream(ctx context.Context, c *v1alpha1.Connector, class *v1al
 		return nil, err
 	}
 	owned := ownedPool{p: p, tr: tr, owner: poolOwner{connector: c.UID, caller: CallerOf(caller)}}
-	u := &Upstream{CABundle: ca, Transport: egress.Marked(onlyAddresses{addresses: parsedAddresses(c), next: owned})}
+	u := &Upstream{CABundle: ca, Transport: egress.Marked(onlyAddresses{addresses: parsedAddresses(c), denied: p.deniedCheckFor(c, class), next: owned})}
 	if sec := cred.secret; sec != nil {
 		u.Username = string(sec.Data[corev1.BasicAuthUsernameKey])
 		u.Password = string(sec.Data[corev1.BasicAuthPasswordKey])
@@ -80,22 +80,31 @@ func (o ownedPool) RoundTrip(r *http.Request) (*http.Response, error) {
 	return o.p.apiOwned.For(o.tr, o.owner).RoundTrip(egress.DialsEndWith(r))
 }
 
-// onlyAddresses refuses requests to URLs no address of the Connector covers.
+// onlyAddresses refuses requests to URLs no address of the Connector covers, and to the paths
+// the proxy denies (the node's and the class's denied paths: a built-in list's URL is partly
+// the caller's, as a proxied request's is).
 type onlyAddresses struct {
 	addresses []*url.URL
+	denied    deniedCheck
 	next      http.RoundTripper
 }
 
 func (o onlyAddresses) RoundTrip(r *http.Request) (*http.Response, error) {
+	err := error(&egress.RefusedError{Host: r.URL.Host, Why: "not an address of the Connector (add it as an address extension)"})
 	for _, a := range o.addresses {
 		if covers(a, r.URL) {
-			return o.next.RoundTrip(r)
+			denied := o.denied.check(r.URL.EscapedPath())
+			if denied == nil {
+				return o.next.RoundTrip(r)
+			}
+			err = &egress.RefusedError{Host: r.URL.Host, Why: denied.Error()}
+			break
 		}
 	}
 	if r.Body != nil {
 		_ = r.Body.Close()
 	}
-	return nil, &egress.RefusedError{Host: r.URL.Host, Why: "not an address of the Connector (add it as an address extension)"}
+	return nil, err
 }
 
 // Forward streams r of caller to target through c with c's credential injected, like the

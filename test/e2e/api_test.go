@@ -9,6 +9,7 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"testing"
@@ -200,6 +201,13 @@ func TestConnectorsAPI(t *testing.T) {
 		{"unreachable tool", "GET", api("down", "/git/gitrefs?repositoryUrl=http://127.0.0.2:9/r.git"), viewer, 503, "unreachable"},
 		{"tool rejects the credential", "GET", api("badcred", "/git/gitrefs?repositoryUrl="+tool.URL+"/repo.git"), viewer, 502, "rejected the Connector's credential"},
 		{"tool answers garbage", "GET", api("garbage", "/git/gitrefs?repositoryUrl="+garbage+"/r.git"), viewer, 502, "could not be read"},
+		// go-git decodes the path into the URL it asks: %3F ends it, and the list's own suffix
+		// would become a query.
+		{"repository URL with an escaped query", "GET", api("git", "/git/gitrefs?repositoryUrl="+url.QueryEscape(tool.URL+"/api/v4/projects/1/triggers%3F")), viewer, 400,
+			"without user information, query or fragment"},
+		{"repository URL with a query", "GET", api("git", "/git/gitrefs?repositoryUrl="+url.QueryEscape(tool.URL+"/repo.git?x=")), viewer, 400, "query or fragment"},
+		{"repository at a denied path", "GET", api("git", "/git/gitrefs?repositoryUrl="+url.QueryEscape(tool.URL+"/api/v4/projects/1/triggers")), viewer, 403,
+			`cannot be asked: destination ` + strings.TrimPrefix(tool.URL, "http://") + ` is not allowed: the proxy denies "/api/v4/projects/*/triggers" (--proxy-denied-paths)`},
 	}
 	for _, tc := range statusCases {
 		t.Run(tc.name, func(t *testing.T) {
