@@ -900,7 +900,8 @@ func (c *Controller) evaluateCheck(ctx context.Context, ar *v1alpha1.AccessReque
 		return fail("cannot watch %s: %v", gvk.Kind, unknownKind(err))
 	}
 	podNS := ar.Spec.Context.ObjectRef.Namespace
-	name, namespace, err := c.templates.ObjectName(ctx, spec, rctx, check.Ref == nil)
+	filter, err := c.templates.ObjectFilter(ctx, spec, rctx, check.Ref == nil)
+	name, namespace := filter.name, filter.namespace
 	switch {
 	case c.overBudget(ctx):
 		return retry("%s", c.budgetSpent())
@@ -935,19 +936,19 @@ func (c *Controller) evaluateCheck(ctx context.Context, ar *v1alpha1.AccessReque
 	if err := c.Cache.List(ctx, list, opts...); err != nil {
 		return retry("list %s: %v", gvk.Kind, err)
 	}
-	if name != "" {
-		list.Items = slices.DeleteFunc(list.Items, func(o unstructured.Unstructured) bool { return o.GetName() != name })
-	}
+	list.Items = slices.DeleteFunc(list.Items, func(o unstructured.Unstructured) bool {
+		return name != "" && o.GetName() != name || o.GetCreationTimestamp().Time.Before(filter.since)
+	})
 	// The informer lists in no particular order, and the check's message and objectRef follow
 	// it: unsorted, a recheck that finds what the last one found would write a status anew.
 	slices.SortFunc(list.Items, func(a, b unstructured.Unstructured) int { return strings.Compare(a.GetName(), b.GetName()) })
 	if n := len(list.Items); c.MaxCheckObjects > 0 && n > c.MaxCheckObjects {
 		return fail("more than %d %s objects in namespace %s match %s; a check reads at most %d (--accessrequest-check-max-objects): narrow its selector",
-			c.MaxCheckObjects, gvk.Kind, podNS, describeSelector(selector, name), c.MaxCheckObjects)
+			c.MaxCheckObjects, gvk.Kind, podNS, describeSelector(selector, filter), c.MaxCheckObjects)
 	}
 	if len(list.Items) == 0 {
 		mc.State = v1alpha1.StatePending
-		mc.Message = fmt.Sprintf("waiting: no %s in namespace %s matches %s yet", gvk.Kind, podNS, describeSelector(selector, name))
+		mc.Message = fmt.Sprintf("waiting: no %s in namespace %s matches %s yet", gvk.Kind, podNS, describeSelector(selector, filter))
 		return mc, v1alpha1.ReasonPending
 	}
 	result := v1alpha1.ReasonPassed
@@ -1015,13 +1016,16 @@ func (c *Controller) budgetSpent() string {
 }
 
 // describeSelector is a check's selector as people read it.
-func describeSelector(selector labels.Selector, name string) string {
+func describeSelector(selector labels.Selector, filter objectFilter) string {
 	out := "labels " + selector.String()
 	if selector.Empty() {
 		out = "any labels"
 	}
-	if name != "" {
-		out = "name " + name + " and " + out
+	if filter.name != "" {
+		out = "name " + filter.name + " and " + out
+	}
+	if !filter.since.IsZero() {
+		out += ", created since " + filter.since.UTC().Format(time.RFC3339)
 	}
 	return out
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"text/template"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -145,21 +146,41 @@ func (t *Templates) MatchLabels(ctx context.Context, spec *v1alpha1.CheckSpec, d
 	return out, nil
 }
 
-// ObjectName renders a check's objectRef.name and objectRef.namespace ("" when unset): templates
+// objectFilter is what a check's selector says of its objects besides their labels: their name
+// and namespace ("" when unset), and the time they are created since (zero when unset).
+type objectFilter struct {
+	name, namespace string
+	since           time.Time
+}
+
+// ObjectFilter renders a check's objectRef.name, objectRef.namespace and createdSince: templates
 // over the request context, as matchLabels values.
-func (t *Templates) ObjectName(ctx context.Context, spec *v1alpha1.CheckSpec, data map[string]any, untrusted bool) (name, namespace string, err error) {
-	ref := spec.Selector.ObjectRef
-	if ref.Name != "" {
-		if name, err = t.renderSelector(ctx, "objectRef.name", ref.Name, data, untrusted); err != nil {
-			return "", "", err
+func (t *Templates) ObjectFilter(ctx context.Context, spec *v1alpha1.CheckSpec, data map[string]any, untrusted bool) (objectFilter, error) {
+	var f objectFilter
+	var since string
+	for _, field := range []struct {
+		name, template string
+		out            *string
+	}{
+		{"objectRef.name", spec.Selector.ObjectRef.Name, &f.name},
+		{"objectRef.namespace", spec.Selector.ObjectRef.Namespace, &f.namespace},
+		{"createdSince", spec.Selector.CreatedSince, &since},
+	} {
+		if field.template == "" {
+			continue
+		}
+		var err error
+		if *field.out, err = t.renderSelector(ctx, field.name, field.template, data, untrusted); err != nil {
+			return objectFilter{}, err
 		}
 	}
-	if ref.Namespace != "" {
-		if namespace, err = t.renderSelector(ctx, "objectRef.namespace", ref.Namespace, data, untrusted); err != nil {
-			return "", "", err
+	if since != "" {
+		var err error
+		if f.since, err = time.Parse(time.RFC3339, since); err != nil {
+			return objectFilter{}, fmt.Errorf("createdSince renders %q, which is not a time (RFC 3339)", since)
 		}
 	}
-	return name, namespace, nil
+	return f, nil
 }
 
 // renderSelector renders one selector value; a value that reads .pipelineRun or .taskRun of a
@@ -193,7 +214,8 @@ func (t *Templates) CheckMatchLabels(spec *v1alpha1.CheckSpec, untrusted bool) e
 			return err
 		}
 	}
-	for field, v := range map[string]string{"objectRef.name": spec.Selector.ObjectRef.Name, "objectRef.namespace": spec.Selector.ObjectRef.Namespace} {
+	for field, v := range map[string]string{"objectRef.name": spec.Selector.ObjectRef.Name, "objectRef.namespace": spec.Selector.ObjectRef.Namespace,
+		"createdSince": spec.Selector.CreatedSince} {
 		if _, err := t.parseLabel(field, v, untrusted); v != "" && err != nil {
 			return err
 		}

@@ -197,8 +197,8 @@ func TestNoValueIsRenderedPastTheBudget(t *testing.T) {
 	if labels, err := tpl.MatchLabels(spent, spec, testContext(), true); !errors.Is(err, context.Canceled) {
 		t.Errorf("labels past the budget: %v %v", labels, err)
 	}
-	if name, _, err := tpl.ObjectName(spent, spec, testContext(), true); !errors.Is(err, context.Canceled) {
-		t.Errorf("name past the budget: %q %v", name, err)
+	if f, err := tpl.ObjectFilter(spent, spec, testContext(), true); !errors.Is(err, context.Canceled) {
+		t.Errorf("name past the budget: %q %v", f.name, err)
 	}
 	if labels, err := tpl.MatchLabels(context.Background(), spec, testContext(), true); err != nil || labels["k"] == "" {
 		t.Errorf("labels within the budget: %v %v", labels, err)

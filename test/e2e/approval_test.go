@@ -30,6 +30,7 @@ import (
 	"github.com/kube-connectors/connectors-csi/features"
 	"github.com/kube-connectors/connectors-csi/node/records"
 	"github.com/kube-connectors/connectors-csi/test/controlplane"
+	"github.com/kube-connectors/connectors-csi/test/gitserver"
 	"github.com/kube-connectors/connectors-csi/test/kubelet"
 )
 
@@ -67,10 +68,15 @@ func approvalTask(t *testing.T, ns, run, state string) { approvalTaskFor(t, ns, 
 // approvalTaskFor is approvalTask for tests and benchmarks (server-side apply, no kubectl
 // process in the measured path).
 func approvalTaskFor(t testing.TB, ns, run, state string) {
+	approvalTaskNamed(t, ns, "approve-"+run, run, state)
+}
+
+// approvalTaskNamed is approvalTask of the given name.
+func approvalTaskNamed(t testing.TB, ns, name, run, state string) {
 	t.Helper()
 	u := &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": "openshift-pipelines.org/v1alpha1", "kind": "ApprovalTask",
-		"metadata": map[string]any{"name": "approve-" + run, "namespace": ns,
+		"metadata": map[string]any{"name": name, "namespace": ns,
 			"labels": map[string]any{"tekton.dev/pipelineRun": run}},
 		"status": map[string]any{"state": state},
 	}}
@@ -114,6 +120,21 @@ func tektonRun(kind, ns, name string, labels map[string]any) *unstructured.Unstr
 // controllerRef is a controller ownerReference to obj, as Tekton sets on what it creates.
 func controllerRef(obj *unstructured.Unstructured) metav1.OwnerReference {
 	return *metav1.NewControllerRef(obj, obj.GroupVersionKind())
+}
+
+// gatedProd starts the deployed drivers (adjust changes their options), and a namespace whose
+// git Connector prod, which builder may use, is gated by its PipelineRun's ApprovalTask
+// (AccessPolicy promote); and the Git server it reaches.
+func gatedProd(t *testing.T, adjust func(*driver.Options)) (*proxyEnv, string, *gitserver.Server) {
+	t.Helper()
+	tool := startGitServer(t, false)
+	setupApproval(t)
+	env := startDeployedDrivers(t, adjust)
+	ns := newNamespace(t)
+	gitConnector(t, ns, "prod", gitClass(t), tool)
+	allowConnectors(t, ns, "builder", "prod")
+	gateByApprovalTask(t, ns, "promote", "prod")
+	return env, ns, tool
 }
 
 // gateByApprovalTask creates AccessPolicy policy holding the Connector until its PipelineRun's
@@ -179,14 +200,8 @@ func TestApprovalEventsArePaced(t *testing.T) {
 // bounded (--accessrequest-retained-per-namespace), the oldest deleted before their retention,
 // so that a tenant ending gated Pods in a loop cannot fill it.
 func TestApprovalFinishedRequestsAreBoundedPerNamespace(t *testing.T) {
-	tool := startGitServer(t, false)
-	setupApproval(t)
-	env := startDeployedDrivers(t, func(o *driver.Options) { o.RetainedPerNamespace = 2 })
+	env, ns, _ := gatedProd(t, func(o *driver.Options) { o.RetainedPerNamespace = 2 })
 	ctx := context.Background()
-	ns := newNamespace(t)
-	gitConnector(t, ns, "prod", gitClass(t), tool)
-	allowConnectors(t, ns, "builder", "prod")
-	gateByApprovalTask(t, ns, "promote", "prod")
 	finished := func() []string {
 		var list v1alpha1.AccessRequestList
 		if err := cp.Client.List(ctx, &list, client.InNamespace(ns)); err != nil {
@@ -226,16 +241,48 @@ func TestApprovalFinishedRequestsAreBoundedPerNamespace(t *testing.T) {
 	}
 }
 
+// TestApprovalIsNotBorrowedFromAnEarlierRun: the built-in check finds a PipelineRun's
+// ApprovalTask by the run's name. A tenant deletes an approved run without its dependents (its
+// ApprovalTask stays) and creates another of the same name, with no approval step: the check
+// reads only the ApprovalTasks created since the new run was, so that the old approval is not
+// the new run's; the new run's own approval is.
+func TestApprovalIsNotBorrowedFromAnEarlierRun(t *testing.T) {
+	env, ns, _ := gatedProd(t, nil)
+	ctx := context.Background()
+	first := pipelineRunPod(t, env.kubelet, ns, "release", "promote", map[string]string{"connectors": "prod"})
+	approvalTask(t, ns, "release", "approved")
+	if !kubelet.WaitUntil(20*time.Second, func() bool { return env.kubelet.Publish(ctx, first, "connectors") == nil }) {
+		t.Fatal("the approved run's Pod was not published")
+	}
+	if err := env.kubelet.Unpublish(ctx, first, "connectors"); err != nil {
+		t.Fatal(err)
+	}
+	// Deleted without its dependents (kubectl delete --cascade=orphan; here no garbage
+	// collector runs, and an orphaning delete would wait for one): the approved ApprovalTask
+	// stays. The next run is created in a later second than it was.
+	if err := cp.Client.Delete(ctx, tektonRun("PipelineRun", ns, "release", nil)); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Until(time.Now().Truncate(time.Second).Add(time.Second)))
+	again := pipelineRunPod(t, env.kubelet, ns, "release", "again", map[string]string{"connectors": "prod"})
+	var publishErr error
+	if !kubelet.WaitUntil(20*time.Second, func() bool {
+		publishErr = env.kubelet.Publish(ctx, again, "connectors")
+		return status.Code(publishErr) == codes.Unavailable && strings.Contains(status.Convert(publishErr).Message(), "created since")
+	}) {
+		t.Fatalf("publish of a new run of the same name: %v, want Unavailable, waiting for an ApprovalTask created since the run", publishErr)
+	}
+	approvalTaskNamed(t, ns, "approve-release-again", "release", "approved")
+	if !kubelet.WaitUntil(20*time.Second, func() bool { return env.kubelet.Publish(ctx, again, "connectors") == nil }) {
+		t.Fatal("the new run's own approval did not publish its Pod")
+	}
+	t.Cleanup(func() { _ = env.kubelet.Unpublish(context.Background(), again, "connectors") })
+}
+
 // TestApprovalGatedPromotion runs the driver with the deployed RBAC only.
 func TestApprovalGatedPromotion(t *testing.T) {
-	tool := startGitServer(t, false)
-	setupApproval(t)
-	env := startDeployedDrivers(t, nil)
+	env, ns, tool := gatedProd(t, nil)
 	ctx := context.Background()
-	ns := newNamespace(t)
-	gitConnector(t, ns, "prod", gitClass(t), tool)
-	allowConnectors(t, ns, "builder", "prod")
-	gateByApprovalTask(t, ns, "promote", "prod")
 	pod := pipelineRunPod(t, env.kubelet, ns, "run-1", "promote", map[string]string{"connectors": "prod"})
 	arName := approval.RequestName("prod", records.Pod{Namespace: ns, Name: pod.Name, UID: string(pod.UID)})
 	var publishErr error
