@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -604,6 +605,34 @@ func cleanToolAnswer(res *http.Response, rt *route) {
 		challengeForTheProxy(res)
 	}
 	rewriteLocationFor(res, rt)
+	if rt.proxyBase != "" {
+		refuseGitRedirectAway(res, rt)
+	}
+}
+
+// refuseGitRedirectAway answers 502, in place of the tool's answer, a Git client's first
+// request through the reverse proxy (a ref advertisement, .../info/refs) that the tool
+// redirects outside the Connector's address. git follows that redirect and takes its target as
+// the repository's base for the requests that follow (an upload-pack, a push's receive-pack),
+// and sends those the http.extraHeader it matched to the proxy's address: the Pod token
+// (deploy/classes' gitconfig). A redirect within the address, rewritten onto the proxy
+// (rewriteLocationFor), stays: a renamed repository's.
+func refuseGitRedirectAway(res *http.Response, rt *route) {
+	loc := res.Header.Get("Location")
+	if res.StatusCode < 300 || res.StatusCode > 399 || loc == "" || strings.HasPrefix(loc, rt.proxyBase+"/") ||
+		!strings.HasSuffix(res.Request.URL.Path, "/info/refs") {
+		return
+	}
+	where := "elsewhere"
+	if u, err := res.Request.URL.Parse(loc); err == nil {
+		where = u.Host
+	}
+	msg := fmt.Sprintf("connectors proxy: Connector %s/%s: the Git server redirected its ref advertisement outside the Connector's address (to %s); "+
+		"git would send the Pod token there\n", rt.connector.Namespace, rt.connector.Name, where)
+	_ = res.Body.Close()
+	res.StatusCode, res.Status = http.StatusBadGateway, "502 Bad Gateway"
+	res.Header = http.Header{"Content-Type": {"text/plain; charset=utf-8"}, "Content-Length": {strconv.Itoa(len(msg))}}
+	res.Body, res.ContentLength, res.TransferEncoding = io.NopCloser(strings.NewReader(msg)), int64(len(msg)), nil
 }
 
 // proxyChallenge is the reverse proxy's own challenge: Basic, for the Pod token, at the proxy.

@@ -20,7 +20,9 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
 	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -2078,4 +2080,60 @@ func nodeConnectorVerbs(t *testing.T, ns string, since time.Time) map[string]int
 		verbs[ev.Verb]++
 	}
 	return verbs
+}
+
+// TestTenancyAGitRedirectDoesNotTakeThePodToken: git follows a redirect of its first request
+// (a ref advertisement) and takes its target as the repository's base for what follows, sending
+// those requests the http.extraHeader it matched to the proxy's address, the Pod token. A Git
+// server a Connector's owner runs redirects to a server of its own that serves the repository
+// to anyone: through the proxy, git's clone fails naming the redirect, and that server gets
+// nothing; a redirect within the Connector's address (a renamed repository) is followed.
+func TestTenancyAGitRedirectDoesNotTakeThePodToken(t *testing.T) {
+	elsewhere, err := gitserver.Start(t.TempDir(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(elsewhere.Close)
+	elsewhere.SetCredential("", "") // serves anyone: git goes on to its upload-pack
+	tool := startGitServer(t, false)
+	toolURL, err := url.Parse(tool.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	toTool := httputil.NewSingleHostReverseProxy(toolURL)
+	var front *recorder
+	front = startRecorder(t, func(w http.ResponseWriter, r *http.Request) {
+		switch rest, _ := strings.CutPrefix(r.URL.RequestURI(), "/"); {
+		case strings.HasPrefix(rest, "away/"):
+			http.Redirect(w, r, elsewhere.URL+strings.TrimPrefix(rest, "away"), http.StatusFound)
+		case strings.HasPrefix(rest, "moved/"):
+			http.Redirect(w, r, front.URL+"/served"+strings.TrimPrefix(rest, "moved"), http.StatusMovedPermanently)
+		case strings.HasPrefix(rest, "served/"):
+			r.URL.Path = strings.TrimPrefix(r.URL.Path, "/served")
+			toTool.ServeHTTP(w, r)
+		}
+	})
+	env := startProxyDriver(t, nil)
+	ns := newNamespace(t)
+	createSecret(t, ns, "front", corev1.SecretTypeBasicAuth, map[string]string{"username": tool.Username, "password": tool.Password})
+	newConnectorWithSecret(t, ns, "front", gitClass(t), front.URL, "basicAuth", "front")
+	allowConnectors(t, ns, "builder", "front")
+	pod := podWithVolume(t, env.kubelet, ns, "git", map[string]string{"connector.name": "front", "configuration.names": "gitconfig"}, nil)
+	if err := env.kubelet.Publish(context.Background(), pod, "connectors"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = env.kubelet.Unpublish(context.Background(), pod, "connectors") })
+	vol := env.kubelet.TargetPath(pod, "connectors")
+	gitEnv := []string{"GIT_CONFIG_GLOBAL=" + filepath.Join(vol, ".gitconfig")}
+	out, err := gitserver.Git("", gitEnv, "clone", front.URL+"/away/repo.git", filepath.Join(t.TempDir(), "clone"))
+	if err == nil || !strings.Contains(out, "502") {
+		t.Errorf("git clone redirected away: %v, want a failure naming the proxy's 502\n%s", err, out)
+	}
+	if got := elsewhere.Requests(); len(got) != 0 {
+		t.Errorf("the server the Git server redirected to got %d requests (the first %s %s)", len(got), got[0].Method, got[0].Path)
+	}
+	// Within the Connector's address: the proxy rewrites it onto itself, and git follows.
+	if out, err := gitserver.Git("", gitEnv, "clone", front.URL+"/moved/repo.git", filepath.Join(t.TempDir(), "renamed")); err != nil {
+		t.Fatalf("git clone: %v\n%s", err, out)
+	}
 }

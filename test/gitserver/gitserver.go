@@ -101,7 +101,8 @@ func startOn(lis net.Listener, dir string, secure bool) (*Server, error) {
 }
 
 // SetCredential makes the server accept Basic user:pass instead: the scheme a forge takes for
-// git over HTTPS with a token (any user name, the token as the password).
+// git over HTTPS with a token (any user name, the token as the password). An empty user serves
+// anyone, as a public repository's server does.
 func (s *Server) SetCredential(user, pass string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -129,7 +130,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	user, pass, ok := r.BasicAuth()
-	if !ok || user != username || pass != password {
+	if username != "" && (!ok || user != username || pass != password) {
 		w.Header().Set("WWW-Authenticate", `Basic realm="git"`)
 		http.Error(w, "bad credentials", http.StatusUnauthorized)
 		return
