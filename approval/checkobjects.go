@@ -44,6 +44,7 @@ func BoundCheckObjects(maxBytes int) toolscache.TransformFunc {
 		stub.SetNamespace(u.GetNamespace())
 		stub.SetUID(u.GetUID())
 		stub.SetResourceVersion(u.GetResourceVersion())
+		stub.SetCreationTimestamp(u.GetCreationTimestamp()) // a check's createdSince reads it
 		// Kept so that the check's selector still finds the object, and fails, rather than
 		// waiting for an object it cannot see.
 		if labels := u.GetLabels(); jsonSize(toAny(labels), maxBytes) <= maxBytes {

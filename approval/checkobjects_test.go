@@ -3,6 +3,7 @@ package approval
 import (
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -15,8 +16,9 @@ func TestBoundCheckObjectsKeepsStubsOfLargeObjects(t *testing.T) {
 	bound := BoundCheckObjects(1024)
 	object := func(labels map[string]any, payload int) *unstructured.Unstructured {
 		return &unstructured.Unstructured{Object: map[string]any{"apiVersion": "example.com/v1", "kind": "Vote",
-			"metadata": map[string]any{"name": "v", "namespace": "team", "uid": "u1", "resourceVersion": "7", "labels": labels},
-			"status":   map[string]any{"state": "approved", "note": strings.Repeat("x", payload), "items": []any{int64(1), true, nil}}}}
+			"metadata": map[string]any{"name": "v", "namespace": "team", "uid": "u1", "resourceVersion": "7", "labels": labels,
+				"creationTimestamp": "2026-12-07T10:00:00Z"},
+			"status": map[string]any{"state": "approved", "note": strings.Repeat("x", payload), "items": []any{int64(1), true, nil}}}}
 	}
 	small := object(map[string]any{"run": "r1"}, 10)
 	if out, _ := bound(small); out != small {
@@ -25,7 +27,7 @@ func TestBoundCheckObjectsKeepsStubsOfLargeObjects(t *testing.T) {
 	out, _ := bound(object(map[string]any{"run": "r1"}, 2000))
 	stub := out.(*unstructured.Unstructured)
 	if stub.GetName() != "v" || stub.GetNamespace() != "team" || string(stub.GetUID()) != "u1" || stub.GetResourceVersion() != "7" ||
-		stub.GetKind() != "Vote" || stub.GetLabels()["run"] != "r1" {
+		stub.GetKind() != "Vote" || stub.GetLabels()["run"] != "r1" || stub.GetCreationTimestamp().UTC().Format(time.RFC3339) != "2026-12-07T10:00:00Z" {
 		t.Errorf("the stub lost the object's identity or labels: %v", stub.Object)
 	}
 	if stub.GetAnnotations()[AnnotationTooLarge] == "" || stub.Object["status"] != nil {

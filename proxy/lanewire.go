@@ -658,11 +658,11 @@ func (a *answerHead) take(f laneField) bool {
 		closes, ok := connectionTokens(f.value)
 		a.close = a.close || closes
 		return ok
-	case asciiEqual(name, "Transfer-Encoding"), asciiEqual(name, "Trailer"), asciiEqual(name, "Location"), asciiEqual(name, "WWW-Authenticate"):
-		// Location is rewritten, and rid of a generator's query parameters, by the general
-		// path (rewriteLocationFor), and a challenge replaced for the reverse proxy's client
-		// (challengeForTheProxy). Link is passed on: a request read in place carries no
-		// injected query parameter (headerInjection), so its answer's Link holds none.
+	case asciiEqual(name, "Transfer-Encoding"), asciiEqual(name, "Trailer"), asciiEqual(name, "Location"), asciiEqual(name, "WWW-Authenticate"),
+		asciiEqual(name, "Link"):
+		// The general path (cleanToolAnswer) rewrites Location, rid of a generator's query
+		// parameters, and, for the reverse proxy's client, Link onto the proxy, and replaces a
+		// challenge.
 		return false
 	case asciiEqual(name, "Date"):
 		a.hasDate = true

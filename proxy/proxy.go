@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -606,29 +607,44 @@ func cleanToolAnswer(res *http.Response, rt *route) {
 	}
 	rewriteLocationFor(res, rt)
 	if rt.proxyBase != "" {
-		refuseGitRedirectAway(res, rt)
+		keepLinksOnTheProxy(res, rt)
+		refuseRedirectAway(res, rt)
 	}
 }
 
-// refuseGitRedirectAway answers 502, in place of the tool's answer, a Git client's first
-// request through the reverse proxy (a ref advertisement, .../info/refs) that the tool
-// redirects outside the Connector's address. git follows that redirect and takes its target as
-// the repository's base for the requests that follow (an upload-pack, a push's receive-pack),
-// and sends those the http.extraHeader it matched to the proxy's address: the Pod token
-// (deploy/classes' gitconfig). A redirect within the address, rewritten onto the proxy
-// (rewriteLocationFor), stays: a renamed repository's.
-func refuseGitRedirectAway(res *http.Response, rt *route) {
+// onProxy is u on the reverse proxy, when u lies within the Connector's address.
+func onProxy(rt *route, u *url.URL) (string, bool) {
+	base := strings.TrimSuffix(rt.connector.Spec.Address, "/")
+	if s := u.String(); strings.HasPrefix(s, base+"/") || s == base {
+		return rt.proxyBase + strings.TrimPrefix(s, base), true
+	}
+	return "", false
+}
+
+// refuseRedirectAway answers 502, in place of the tool's answer, a redirect outside the
+// Connector's address of a reverse proxy's client that would follow it with the Pod token:
+//   - a Git client's first request (a ref advertisement, .../info/refs): git takes the
+//     target as the repository's base for the requests that follow (an upload-pack, a push's
+//     receive-pack), and sends those the http.extraHeader it matched to the proxy's address
+//     (deploy/classes' gitconfig);
+//   - a client that sent the token in a header of its own (an authExtractor's: glab's
+//     PRIVATE-TOKEN), which Go's client, as most, sends again to a redirect on another host
+//     (only Authorization and cookies are dropped).
+//
+// A redirect within the address, rewritten onto the proxy (rewriteLocationFor), stays: a
+// renamed repository's.
+func refuseRedirectAway(res *http.Response, rt *route) {
 	loc := res.Header.Get("Location")
 	if res.StatusCode < 300 || res.StatusCode > 399 || loc == "" || strings.HasPrefix(loc, rt.proxyBase+"/") ||
-		!strings.HasSuffix(res.Request.URL.Path, "/info/refs") {
+		!strings.HasSuffix(res.Request.URL.Path, "/info/refs") && rt.callerToken == "" {
 		return
 	}
 	where := "elsewhere"
 	if u, err := res.Request.URL.Parse(loc); err == nil {
 		where = u.Host
 	}
-	msg := fmt.Sprintf("connectors proxy: Connector %s/%s: the Git server redirected its ref advertisement outside the Connector's address (to %s); "+
-		"git would send the Pod token there\n", rt.connector.Namespace, rt.connector.Name, where)
+	msg := fmt.Sprintf("connectors proxy: Connector %s/%s: the tool redirected outside the Connector's address (to %s), "+
+		"where the client would send the Pod token\n", rt.connector.Namespace, rt.connector.Name, where)
 	_ = res.Body.Close()
 	res.StatusCode, res.Status = http.StatusBadGateway, "502 Bad Gateway"
 	res.Header = http.Header{"Content-Type": {"text/plain; charset=utf-8"}, "Content-Length": {strconv.Itoa(len(msg))}}
@@ -682,9 +698,44 @@ func rewriteLocationFor(res *http.Response, rt *route) {
 	if err != nil {
 		return
 	}
-	base := strings.TrimSuffix(rt.connector.Spec.Address, "/")
-	if s := u.String(); strings.HasPrefix(s, base+"/") || s == base {
-		res.Header.Set("Location", rt.proxyBase+strings.TrimPrefix(s, base))
+	if s, ok := onProxy(rt, u); ok {
+		res.Header.Set("Location", s)
+	}
+}
+
+// linkTarget is the URI-reference of one link in a Link header (RFC 8288): <uri>; params.
+var linkTarget = regexp.MustCompile(`<([^>]*)>`)
+
+// keepLinksOnTheProxy rewrites, in an answer to a reverse proxy's client, the Link header's
+// targets within the Connector's address onto the proxy, and drops a Link header naming a
+// target outside it: clients page by following them as given (glab api --paginate, with its
+// PRIVATE-TOKEN: the Pod token), and a forge writes them with its own host, or any host its
+// owner likes.
+func keepLinksOnTheProxy(res *http.Response, rt *route) {
+	links := res.Header.Values("Link")
+	if len(links) == 0 {
+		return
+	}
+	var kept []string
+	for _, v := range links {
+		away := false
+		v = linkTarget.ReplaceAllStringFunc(v, func(bracketed string) string {
+			u, err := res.Request.URL.Parse(bracketed[1 : len(bracketed)-1])
+			if err != nil {
+				away = true
+				return bracketed
+			}
+			s, ok := onProxy(rt, u)
+			away = away || !ok
+			return "<" + s + ">"
+		})
+		if !away {
+			kept = append(kept, v)
+		}
+	}
+	res.Header["Link"] = kept
+	if len(kept) == 0 {
+		res.Header.Del("Link")
 	}
 }
 

@@ -71,9 +71,11 @@ func approvalTaskFor(t testing.TB, ns, run, state string) {
 	approvalTaskNamed(t, ns, "approve-"+run, run, state)
 }
 
-// approvalTaskNamed is approvalTask of the given name.
+// approvalTaskNamed is approvalTask of the given name. The PipelineRun comes first, as Tekton
+// makes them: the built-in check reads only ApprovalTasks created since their run.
 func approvalTaskNamed(t testing.TB, ns, name, run, state string) {
 	t.Helper()
+	pipelineRun(t, ns, run)
 	u := &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": "openshift-pipelines.org/v1alpha1", "kind": "ApprovalTask",
 		"metadata": map[string]any{"name": name, "namespace": ns,
@@ -92,6 +94,20 @@ func approvalTaskNamed(t testing.TB, ns, name, run, state string) {
 // the Pod before it is created.
 func pipelineRunPod(t testing.TB, k *kubelet.Kubelet, ns, run, task string, attrs map[string]string, adjust ...func(*corev1.Pod)) *corev1.Pod {
 	t.Helper()
+	pr := pipelineRun(t, ns, run)
+	tr := tektonRun("TaskRun", ns, run+"-"+task, map[string]any{"tekton.dev/pipelineRun": run, "tekton.dev/pipelineTask": task})
+	tr.SetOwnerReferences([]metav1.OwnerReference{controllerRef(pr)})
+	create(t, tr)
+	asTekton := func(p *corev1.Pod) {
+		p.Labels = map[string]string{"tekton.dev/pipelineRun": run, "tekton.dev/taskRun": tr.GetName(), "tekton.dev/pipelineTask": task}
+		p.OwnerReferences = []metav1.OwnerReference{controllerRef(tr)}
+	}
+	return podOf(t, k, ns, tr.GetName()+"-pod", "builder", attrs, nil, append([]func(*corev1.Pod){asTekton}, adjust...)...)
+}
+
+// pipelineRun creates the PipelineRun run, unless it exists, and returns it.
+func pipelineRun(t testing.TB, ns, run string) *unstructured.Unstructured {
+	t.Helper()
 	ctx := context.Background()
 	pr := tektonRun("PipelineRun", ns, run, map[string]any{"tekton.dev/pipeline": run})
 	err := cp.Client.Create(ctx, pr)
@@ -101,14 +117,7 @@ func pipelineRunPod(t testing.TB, k *kubelet.Kubelet, ns, run, task string, attr
 	if err != nil {
 		t.Fatal(err)
 	}
-	tr := tektonRun("TaskRun", ns, run+"-"+task, map[string]any{"tekton.dev/pipelineRun": run, "tekton.dev/pipelineTask": task})
-	tr.SetOwnerReferences([]metav1.OwnerReference{controllerRef(pr)})
-	create(t, tr)
-	asTekton := func(p *corev1.Pod) {
-		p.Labels = map[string]string{"tekton.dev/pipelineRun": run, "tekton.dev/taskRun": tr.GetName(), "tekton.dev/pipelineTask": task}
-		p.OwnerReferences = []metav1.OwnerReference{controllerRef(tr)}
-	}
-	return podOf(t, k, ns, tr.GetName()+"-pod", "builder", attrs, nil, append([]func(*corev1.Pod){asTekton}, adjust...)...)
+	return pr
 }
 
 // tektonRun is a tekton.dev/v1 object of the stand-in CRDs.

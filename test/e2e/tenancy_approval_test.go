@@ -1089,6 +1089,7 @@ func TestTenancyLargeCheckObjectsAreNotKept(t *testing.T) {
 	ns := newNamespace(t)
 	pipelineGate(t, ns)
 	approvalTask(t, ns, "release-1", "approved")
+	pipelineRun(t, ns, "release-2")
 	large := &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": "openshift-pipelines.org/v1alpha1", "kind": "ApprovalTask",
 		"metadata": map[string]any{"name": "approve-release-2", "namespace": ns, "labels": map[string]any{"tekton.dev/pipelineRun": "release-2"}},

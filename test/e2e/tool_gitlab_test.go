@@ -9,6 +9,7 @@ package e2e
 
 import (
 	"context"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -112,4 +113,58 @@ func TestToolGitLabGitAndRESTThroughTheProxy(t *testing.T) {
 	})
 
 	checkLogHoldsNone(t, pat, token)
+}
+
+// TestToolGitLabRedirectsAndLinksKeepThePodToken: glab sends the Pod token as PRIVATE-TOKEN,
+// a header Go's client sends again to a redirect on another host (only Authorization and
+// cookies are dropped), and follows a Link header's next page as given. Through the proxy, a
+// redirect outside the Connector's address is a 502 (and the other host gets nothing), Link
+// targets within it lead to the proxy, and a Link header naming another host is dropped.
+func TestToolGitLabRedirectsAndLinksKeepThePodToken(t *testing.T) {
+	elsewhere := startRecorderOn(t, "127.0.0.3", nil)
+	var front *recorder
+	front = startRecorder(t, func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/api/v4/away":
+			http.Redirect(w, r, elsewhere.URL+"/steal", http.StatusFound)
+			return
+		case "/api/v4/projects":
+			w.Header().Set("Link", `<`+front.URL+`/api/v4/projects?page=2>; rel="next", </api/v4/projects?page=9>; rel="last"`)
+		case "/api/v4/groups":
+			w.Header().Set("Link", `<`+elsewhere.URL+`/api/v4/groups?page=2>; rel="next"`)
+		}
+		_, _ = io.WriteString(w, "[]")
+	})
+	env := startProxyDriver(t, nil)
+	ns := newNamespace(t)
+	vol := publishToolVolume(t, env, ns, toolConnector{name: "gitlab", class: deployedClassCopy(t, "gitlab.yaml").Name,
+		address: front.URL, auth: "patAuth", secretType: "connectors.cpaas.io/gitlab-pat-auth", secret: map[string]string{"token": "glpat-x"},
+		configurations: "gitlabconfig"})
+	proxyAddr := strings.TrimPrefix(env.proxyURL, "http://")
+	_, proxyPort, _ := net.SplitHostPort(proxyAddr)
+	host := "c-gitlab." + ns + ".svc.cluster.local:" + proxyPort
+	client := resolvingClient(host, proxyAddr)
+	get := func(path string) *http.Response {
+		t.Helper()
+		res, err := client.Do(newRequest(t, "GET", "http://"+host+path, map[string]string{"PRIVATE-TOKEN": vol.token}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		return res
+	}
+	if res := get("/api/v4/away"); res.StatusCode != http.StatusBadGateway {
+		t.Errorf("a redirect to another host: %s, want 502", res.Status)
+	}
+	if got := elsewhere.requests(); len(got) != 0 {
+		t.Errorf("the host redirected to got %s %s", got[0].Method, got[0].RequestURI)
+	}
+	want := `<http://` + host + `/api/v4/projects?page=2>; rel="next", <http://` + host + `/api/v4/projects?page=9>; rel="last"`
+	if got := get("/api/v4/projects").Header.Values("Link"); len(got) != 1 || got[0] != want {
+		t.Errorf("Link within the address: %q, want %q", got, want)
+	}
+	if got := get("/api/v4/groups").Header.Values("Link"); len(got) != 0 {
+		t.Errorf("Link to another host: %q, want none", got)
+	}
 }
