@@ -73,12 +73,17 @@ func TestToolRepositoryManagersStandIn(t *testing.T) {
 			rev := env.proxyURL + "/namespaces/" + ns + "/connectors/repo"
 			mirror := mavenMirrorThroughProxy(t, files["settings.xml"], rec.URL+tc.maven)
 			npmRegistry, npmToken := npmrcRegistry(t, files[".npmrc"])
-			yarn := yarnThroughProxy(t, files[".yarnrc.yml"], token)
+			npm := throughProxy(t, ".npmrc", files[".npmrc"], token, iniValue(t, files[".npmrc"], "proxy"), iniValue(t, files[".npmrc"], "https-proxy"))
+			yarn := throughProxy(t, ".yarnrc.yml", files[".yarnrc.yml"], token,
+				yamlValue(t, files[".yarnrc.yml"], "httpProxy"), yamlValue(t, files[".yarnrc.yml"], "httpsProxy"))
+			if regexp.MustCompile(`(?m)^\s*npmAuthToken:`).MatchString(files[".yarnrc.yml"]) {
+				t.Errorf(".yarnrc.yml has an npmAuthToken")
+			}
 			yarnRegistry := yamlValue(t, files[".yarnrc.yml"], "npmRegistryServer")
 			pipIndex := iniValue(t, files["pip.conf"], "index-url")
 			pypiRepo := iniValue(t, files[".pypirc"], "repository")
 			for _, c := range []struct{ got, want string }{
-				{npmRegistry, rev + tc.npm}, {yarnRegistry, rec.URL + tc.npm}, {pypiRepo, rev + tc.pypiPost}, {npmToken, token},
+				{npmRegistry, rec.URL + tc.npm}, {yarnRegistry, rec.URL + tc.npm}, {pypiRepo, rev + tc.pypiPost}, {npmToken, placeholder},
 				{yamlValue(t, files[".yarnrc.yml"], "enableStrictSsl"), "false"},
 			} {
 				if c.got != c.want {
@@ -100,7 +105,7 @@ func TestToolRepositoryManagersStandIn(t *testing.T) {
 			}
 			// Each client's request, built from its file only.
 			expectOK(t, mirror, http.MethodGet, rec.URL+tc.maven+"/com/example/a/1.0/a-1.0.pom", "")
-			expectOK(t, http.DefaultClient, http.MethodGet, npmRegistry+"left-pad", "Bearer "+npmToken)
+			expectOK(t, npm, http.MethodGet, npmRegistry+"left-pad", "Bearer "+npmToken)
 			expectOK(t, yarn, http.MethodGet, yarnRegistry+"left-pad", "Basic "+basic("connectors", "proxy-injects-the-credential"))
 			expectOK(t, http.DefaultClient, http.MethodGet, pipIndex+"requests/", "")
 			expectOK(t, http.DefaultClient, http.MethodPost, pypiRepo,
@@ -177,20 +182,24 @@ func mavenMirrorThroughProxy(t *testing.T, settingsXML, wantMirror string) *http
 	return &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(proxyURL)}}
 }
 
-// yarnThroughProxy checks that .yarnrc.yml holds the Pod token only in its proxies (Yarn sends
-// an npmAuthToken with every request of the registry, also to a tarball URL on another host),
-// and returns a client that uses them as Yarn does.
-func yarnThroughProxy(t *testing.T, yarnrc, token string) *http.Client {
+// placeholder is the credential the npm clients' files hold for the proxy to replace.
+const placeholder = "connectors-proxy-injects-the-credential"
+
+// throughProxy checks that a client's file (name, its text doc) holds the Pod token only in the
+// URLs of its proxies, both the forward proxy (npm and Yarn send an npm auth token with every
+// request of the registry, npm 6 and Yarn also to a tarball URL on another host), and returns
+// a client that uses them as the client does.
+func throughProxy(t *testing.T, name, doc, token, httpProxy, httpsProxy string) *http.Client {
 	t.Helper()
-	proxyURL, err := url.Parse(yamlValue(t, yarnrc, "httpProxy"))
+	proxyURL, err := url.Parse(httpProxy)
 	if err != nil {
-		t.Fatalf(".yarnrc.yml httpProxy: %v", err)
+		t.Fatalf("%s's proxy: %v", name, err)
 	}
-	if pass, _ := proxyURL.User.Password(); pass != token || yamlValue(t, yarnrc, "httpsProxy") != proxyURL.String() {
-		t.Errorf(".yarnrc.yml's proxies %s, want both the forward proxy with the Pod token", proxyURL.Redacted())
+	if pass, _ := proxyURL.User.Password(); pass != token || httpsProxy != httpProxy {
+		t.Errorf("%s's proxies %s, want both the forward proxy with the Pod token", name, proxyURL.Redacted())
 	}
-	if n := strings.Count(yarnrc, token); n != 2 || regexp.MustCompile(`(?m)^\s*npmAuthToken:`).MatchString(yarnrc) {
-		t.Errorf(".yarnrc.yml holds the Pod token %d times (want twice: its two proxies) or an npmAuthToken:\n%s", n, yarnrc)
+	if n := strings.Count(doc, token); n != 2 {
+		t.Errorf("%s holds the Pod token %d times, want twice (its two proxies):\n%s", name, n, doc)
 	}
 	return &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(proxyURL)}}
 }
