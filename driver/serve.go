@@ -10,9 +10,11 @@ import (
 	"net/http/pprof"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
@@ -61,6 +63,14 @@ func observe(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler g
 	return resp, err
 }
 
+// recovered turns a panic in a CSI call into that call's Internal error, logged with its stack:
+// unrecovered, it would end the process, and with it the proxy of every Pod on the node. The
+// request is not logged (it carries the Pod's token).
+func recovered(ctx context.Context, p any) error {
+	klog.FromContext(ctx).Error(fmt.Errorf("panic: %v", p), "CSI call panicked", "stack", string(debug.Stack()))
+	return status.Error(codes.Internal, "the driver failed on this call (a panic, in the node's log)")
+}
+
 // serveCSI serves the Identity and Node services on a unix socket until ctx is done.
 func serveCSI(ctx context.Context, socketPath string, ids csi.IdentityServer, ns csi.NodeServer) error {
 	if err := os.MkdirAll(filepath.Dir(socketPath), 0o750); err != nil {
@@ -75,7 +85,7 @@ func serveCSI(ctx context.Context, socketPath string, ids csi.IdentityServer, ns
 		return fmt.Errorf("listen on %s: %w", socketPath, err)
 	}
 	initPublishSeries()
-	srv := grpc.NewServer(grpc.UnaryInterceptor(observe))
+	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(observe, recovery.UnaryServerInterceptor(recovery.WithRecoveryHandlerContext(recovered))))
 	csi.RegisterIdentityServer(srv, ids)
 	csi.RegisterNodeServer(srv, ns)
 	go func() {
