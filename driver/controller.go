@@ -30,6 +30,7 @@ import (
 
 	"github.com/kube-connectors/connectors-csi/access"
 	"github.com/kube-connectors/connectors-csi/admission"
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/approval"
 	"github.com/kube-connectors/connectors-csi/connectorstatus"
 	"github.com/kube-connectors/connectors-csi/scopes"
@@ -281,7 +282,9 @@ func cacheOptions(systemNamespace string, maxCheckObjectBytes int) cache.Options
 		},
 		// Role and check templates, read at every evaluation, from the system namespace only.
 		ByObject: map[client.Object]cache.ByObject{
-			&corev1.ConfigMap{}: {Namespaces: map[string]cache.Config{systemNamespace: {}}},
+			// What the controller reads of requests, their policy specs kept once.
+			&v1alpha1.AccessRequest{}: {Transform: approval.RequestCacheView()},
+			&corev1.ConfigMap{}:       {Namespaces: map[string]cache.Config{systemNamespace: {}}},
 			// Only the Services kept for Connectors' own hosts on the built-in proxy.
 			&corev1.Service{}: {Label: labels.SelectorFromSet(labels.Set{connectorstatus.LabelHostService: "true"}),
 				Transform: viewOrStub(connectorstatus.HostServiceCacheView)},
