@@ -16,14 +16,6 @@ type ConnectorSelector struct {
 	// +optional
 	// +kubebuilder:validation:MaxItems=16
 	MatchExpressions []metav1.LabelSelectorRequirement `json:"matchExpressions,omitempty"`
-	// CreatedSince, a template as MatchLabels' values that renders a time (RFC 3339), leaves out
-	// the objects created before it: '{{ .pipelineRun.metadata.creationTimestamp }}' reads only
-	// the run's own objects, not those of an earlier run of the same name (an approved
-	// ApprovalTask its PipelineRun left, deleted without its dependents, when one of that name
-	// was created again).
-	// +optional
-	// +kubebuilder:validation:MaxLength=1024
-	CreatedSince string `json:"createdSince,omitempty"`
 }
 
 // ConfigMapRef names a ConfigMap in the system namespace.
@@ -56,14 +48,6 @@ type NamespaceSelector struct {
 	// +optional
 	// +kubebuilder:validation:MaxItems=16
 	MatchExpressions []metav1.LabelSelectorRequirement `json:"matchExpressions,omitempty"`
-	// CreatedSince, a template as MatchLabels' values that renders a time (RFC 3339), leaves out
-	// the objects created before it: '{{ .pipelineRun.metadata.creationTimestamp }}' reads only
-	// the run's own objects, not those of an earlier run of the same name (an approved
-	// ApprovalTask its PipelineRun left, deleted without its dependents, when one of that name
-	// was created again).
-	// +optional
-	// +kubebuilder:validation:MaxLength=1024
-	CreatedSince string `json:"createdSince,omitempty"`
 }
 
 // ServiceAccountSelector selects ServiceAccounts; empty names means every ServiceAccount of
