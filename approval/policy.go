@@ -15,18 +15,22 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/workqueue"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/fairqueue"
 )
 
 // PolicyController keeps each AccessPolicy's status (matched Connectors, whether its checks
@@ -65,12 +69,24 @@ func (c *PolicyController) SetupWithManager(mgr ctrl.Manager) error {
 		For(&v1alpha1.AccessPolicy{}, builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, resync))).
 		Watches(&v1alpha1.Connector{}, handler.EnqueueRequestsFromMapFunc(c.policiesIn), notStatusOnly).
 		// A namespace created, deleted or relabelled changes the subjects of a defaultPermission
-		// that selects namespaces by label, and of no other policy: each policy reconciled reads
-		// its grant from the API server.
-		Watches(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(c.policiesSelectingNamespaces),
-			builder.WithPredicates(predicate.LabelChangedPredicate{})).
+		// that selects it by label (before or after), and of no other policy: each policy
+		// reconciled reads its grant from the API server.
+		Watches(&corev1.Namespace{}, handler.Funcs{
+			CreateFunc: func(ctx context.Context, e event.CreateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+				c.enqueueSelecting(ctx, q, e.Object.GetLabels())
+			},
+			UpdateFunc: func(ctx context.Context, e event.UpdateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+				c.enqueueSelecting(ctx, q, e.ObjectOld.GetLabels(), e.ObjectNew.GetLabels())
+			},
+			DeleteFunc: func(ctx context.Context, e event.DeleteEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+				c.enqueueSelecting(ctx, q, e.Object.GetLabels())
+			},
+		}, builder.WithPredicates(predicate.LabelChangedPredicate{})).
 		// A role or check template changed (the cache holds the system namespace's ConfigMaps).
 		Watches(&corev1.ConfigMap{}, handler.EnqueueRequestsFromMapFunc(c.policiesUsingTemplate)).
+		// In turns by namespace: a tenant's thousands of policies, all woken by one namespace
+		// event, do not hold another tenant's policy behind them.
+		WithOptions(controller.Options{NewQueue: fairqueue.New(nil)}).
 		Complete(c)
 }
 
@@ -92,10 +108,33 @@ func (c *PolicyController) policiesIn(ctx context.Context, o client.Object) []re
 	return c.list(ctx, nil, client.InNamespace(o.GetNamespace()))
 }
 
-// policiesSelectingNamespaces lists the policies whose defaultPermission binds the
-// ServiceAccounts of namespaces selected by labels.
-func (c *PolicyController) policiesSelectingNamespaces(ctx context.Context, _ client.Object) []reconcile.Request {
-	return c.list(ctx, func(p *v1alpha1.AccessPolicy) bool { return selectsNamespacesByLabel(p.Spec.DefaultPermission) })
+// enqueueSelecting queues the policies whose defaultPermission selects, by label, a namespace
+// of any of labelSets (a relabelled namespace's old and new labels).
+func (c *PolicyController) enqueueSelecting(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request], labelSets ...map[string]string) {
+	for _, r := range c.list(ctx, func(p *v1alpha1.AccessPolicy) bool {
+		return slices.ContainsFunc(labelSets, func(l map[string]string) bool { return selectsNamespace(p.Spec.DefaultPermission, l) })
+	}) {
+		q.Add(r)
+	}
+}
+
+// selectsNamespace tells whether a defaultPermission selects, by label, a namespace of these
+// labels.
+func selectsNamespace(dp *v1alpha1.DefaultPermission, namespaceLabels map[string]string) bool {
+	if !selectsNamespacesByLabel(dp) {
+		return false
+	}
+	for _, sa := range dp.BindingTemplate.ServiceAccounts {
+		if len(sa.NamespaceSelector.MatchLabels) == 0 && len(sa.NamespaceSelector.MatchExpressions) == 0 {
+			continue
+		}
+		selector, err := metav1.LabelSelectorAsSelector(&metav1.LabelSelector{MatchLabels: sa.NamespaceSelector.MatchLabels,
+			MatchExpressions: sa.NamespaceSelector.MatchExpressions})
+		if err != nil || selector.Matches(labels.Set(namespaceLabels)) {
+			return true // a selector that does not parse: the reconcile says so
+		}
+	}
+	return false
 }
 
 // policiesUsingTemplate lists the policies that name the template ConfigMap o.

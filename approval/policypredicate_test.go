@@ -31,3 +31,25 @@ func TestPoliciesReconcileOnSpecAndResyncOnly(t *testing.T) {
 		}
 	}
 }
+
+// TestSelectsNamespace: a namespace event wakes only the policies whose defaultPermission
+// selects, by label, a namespace of its labels (a relabelled one's old or new ones).
+func TestSelectsNamespace(t *testing.T) {
+	dp := &v1alpha1.DefaultPermission{BindingTemplate: v1alpha1.BindingTemplate{ServiceAccounts: []v1alpha1.ServiceAccountSelector{
+		{NamespaceSelector: v1alpha1.NamespaceSelector{Names: []string{"fixed"}}},
+		{NamespaceSelector: v1alpha1.NamespaceSelector{MatchLabels: map[string]string{"team": "a"}}},
+	}}}
+	for _, tc := range []struct {
+		labels map[string]string
+		want   bool
+	}{{map[string]string{"team": "a", "x": "y"}, true}, {map[string]string{"team": "b"}, false}, {nil, false}} {
+		if got := selectsNamespace(dp, tc.labels); got != tc.want {
+			t.Errorf("labels %v: selected %v, want %v", tc.labels, got, tc.want)
+		}
+	}
+	byName := &v1alpha1.DefaultPermission{BindingTemplate: v1alpha1.BindingTemplate{ServiceAccounts: []v1alpha1.ServiceAccountSelector{
+		{NamespaceSelector: v1alpha1.NamespaceSelector{Names: []string{"fixed"}}}}}}
+	if selectsNamespace(byName, map[string]string{"team": "a"}) || selectsNamespace(nil, nil) {
+		t.Error("a policy selecting no namespace by label was woken by a namespace's labels")
+	}
+}
