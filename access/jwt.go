@@ -203,3 +203,38 @@ func audiences(raw json.RawMessage) []string {
 	_ = json.Unmarshal(raw, &many)
 	return many
 }
+
+// BoundPod is the Pod a ServiceAccount token's claims say it is bound to.
+type BoundPod struct {
+	Namespace, Name, UID, ServiceAccount string
+}
+
+// PodOfToken reads, unverified, the Pod a ServiceAccount token is bound to; ok is false for a
+// token that is no JWT or names no Pod. For a token whose source is trusted (kubelet's, over
+// the CSI socket), not for a caller's.
+func PodOfToken(token string) (pod BoundPod, ok bool) {
+	if !jwtShaped(token) {
+		return BoundPod{}, false
+	}
+	payload, ok := payloadOf(strings.Split(token, "."))
+	if !ok {
+		return BoundPod{}, false
+	}
+	var c struct {
+		Kubernetes struct {
+			Namespace string `json:"namespace"`
+			Pod       *struct {
+				Name string `json:"name"`
+				UID  string `json:"uid"`
+			} `json:"pod"`
+			ServiceAccount struct {
+				Name string `json:"name"`
+			} `json:"serviceaccount"`
+		} `json:"kubernetes.io"`
+	}
+	if json.Unmarshal(payload, &c) != nil || c.Kubernetes.Pod == nil {
+		return BoundPod{}, false
+	}
+	k := c.Kubernetes
+	return BoundPod{Namespace: k.Namespace, Name: k.Pod.Name, UID: k.Pod.UID, ServiceAccount: k.ServiceAccount.Name}, true
+}

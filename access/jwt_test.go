@@ -123,3 +123,19 @@ func TestJWTPrecheckOfOneNodesPods(t *testing.T) {
 		}
 	}
 }
+
+// TestPodOfToken: the Pod a ServiceAccount token is bound to, from its claims; none for a
+// token that is no JWT or names no Pod.
+func TestPodOfToken(t *testing.T) {
+	part := func(s string) string { return base64.RawURLEncoding.EncodeToString([]byte(s)) }
+	jwt := func(payload string) string { return part(`{"alg":"none"}`) + "." + part(payload) + "." + part("sig") }
+	bound := jwt(`{"kubernetes.io":{"namespace":"team","pod":{"name":"p","uid":"u"},"serviceaccount":{"name":"builder","uid":"s"}}}`)
+	if pod, ok := PodOfToken(bound); !ok || pod != (BoundPod{Namespace: "team", Name: "p", UID: "u", ServiceAccount: "builder"}) {
+		t.Errorf("PodOfToken(a Pod's token) = %+v, %v", pod, ok)
+	}
+	for _, token := range []string{"t", jwt(`{"kubernetes.io":{"namespace":"team","serviceaccount":{"name":"builder"}}}`), jwt(`not json`)} {
+		if pod, ok := PodOfToken(token); ok {
+			t.Errorf("PodOfToken(%q) = %+v, want none", token, pod)
+		}
+	}
+}

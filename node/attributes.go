@@ -8,6 +8,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/kube-connectors/connectors-csi/access"
 	"github.com/kube-connectors/connectors-csi/features"
 	"github.com/kube-connectors/connectors-csi/node/records"
 	"github.com/kube-connectors/connectors-csi/node/volumeattrs"
@@ -89,7 +90,29 @@ func parseAttributes(vc, secrets map[string]string, audience string) (*volumeReq
 	if r.token, err = parseToken(vc, secrets, audience); err != nil {
 		return nil, err
 	}
+	if err := tokenOfPod(r.token, r.pod); err != nil {
+		return nil, err
+	}
 	return r, nil
+}
+
+// tokenOfPod refuses a token kubelet gave for another Pod than the volume context names. With
+// the CSIDriver's podInfoOnMount, kubelet writes the Pod's identity over whatever the Pod's
+// spec put in its volume's attributes; without it (a changed chart), a Pod could name another
+// namespace's Pod and ServiceAccount there, and be authorized and recorded as them. The token
+// kubelet requested is the real Pod's. A token that names no Pod (not a JWT: a test's) is left
+// to the proxy, which verifies every token it takes.
+func tokenOfPod(token string, pod records.Pod) error {
+	bound, ok := access.PodOfToken(token)
+	if !ok {
+		return nil
+	}
+	if bound.Namespace != pod.Namespace || bound.Name != pod.Name || bound.UID != pod.UID || bound.ServiceAccount != pod.ServiceAccount {
+		return fmt.Errorf("the token kubelet gave is bound to Pod %s/%s (uid %s, ServiceAccount %s), not the volume's Pod %s/%s (uid %s, ServiceAccount %s): "+
+			"the CSIDriver object must set podInfoOnMount: true", bound.Namespace, bound.Name, bound.UID, bound.ServiceAccount,
+			pod.Namespace, pod.Name, pod.UID, pod.ServiceAccount)
+	}
+	return nil
 }
 
 func parsePod(vc map[string]string) (records.Pod, error) {

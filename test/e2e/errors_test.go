@@ -73,6 +73,12 @@ func TestBadInputs(t *testing.T) {
 		{"token for another audience", map[string]string{"connectors": "params"}, func(r *csi.NodePublishVolumeRequest) {
 			r.Secrets["csi.storage.k8s.io/serviceAccount.tokens"] = `{"vault": {"token": "x"}}`
 		}, codes.InvalidArgument, []string{`"connectors-csi"`, "vault"}},
+		// A CSIDriver without podInfoOnMount lets a Pod's spec name any Pod there: the token
+		// kubelet requested is the real Pod's.
+		{"attributes of another Pod", map[string]string{"connectors": "params"}, func(r *csi.NodePublishVolumeRequest) {
+			r.VolumeContext["csi.storage.k8s.io/pod.name"] = "someone-else"
+			r.VolumeContext["csi.storage.k8s.io/pod.uid"] = "00000000-0000-0000-0000-000000000000"
+		}, codes.InvalidArgument, []string{"not the volume's Pod " + ns + "/someone-else", "podInfoOnMount"}},
 		{"bad mount group", map[string]string{"connectors": "params"}, func(r *csi.NodePublishVolumeRequest) {
 			r.VolumeCapability.GetMount().VolumeMountGroup = "staff"
 		}, codes.InvalidArgument, []string{`"staff"`}},
