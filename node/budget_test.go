@@ -1,6 +1,9 @@
 package node
 
 import (
+	"bytes"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -103,4 +106,47 @@ func TestARestartCountsTheMountedVolumes(t *testing.T) {
 	if got := s.budget.byNamespace["team"]; got != 100 {
 		t.Errorf("after a restart the budget counts %d bytes, want the mounted volume's 100", got)
 	}
+}
+
+// TestAVolumeOverTheBudgetMountsNothing: the budget takes a new volume's files before its target
+// is created and mounted, so that a namespace at its share, its publishes retried by kubelet,
+// costs no mount and unmount each; within the budget, the volume is mounted and written.
+func TestAVolumeOverTheBudgetMountsNothing(t *testing.T) {
+	store, err := records.NewStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	mounter := &countingMounter{Directories: mount.NewDirectories()}
+	s := NewServer(Server{Mounter: mounter, Records: store, Config: Config{VolumesMaxBytes: 64 << 10}})
+	target := filepath.Join(t.TempDir(), "target")
+	rec := func(id string) *records.Record {
+		return &records.Record{VolumeID: id, TargetPath: target, Pod: records.Pod{Namespace: "team", Name: "p", UID: "u"}}
+	}
+	large := render.Files{"big": bytes.Repeat([]byte("x"), 48<<10)} // over the namespace's half
+	if err := s.write(target, false, false, large, nil, rec("large")); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("a volume over the budget: %v, want ResourceExhausted", err)
+	}
+	if mounter.mounts != 0 {
+		t.Errorf("a volume over the budget was mounted (%d mounts)", mounter.mounts)
+	}
+	if _, err := os.Stat(target); !os.IsNotExist(err) {
+		t.Errorf("a volume over the budget left its target: %v", err)
+	}
+	if err := s.write(target, false, false, render.Files{"small": []byte("x")}, nil, rec("small")); err != nil {
+		t.Fatalf("a volume within the budget: %v", err)
+	}
+	if mounted, _ := mounter.IsMountPoint(target); !mounted {
+		t.Error("a volume within the budget was not mounted")
+	}
+}
+
+// countingMounter counts the mounts asked of it.
+type countingMounter struct {
+	*mount.Directories
+	mounts int
+}
+
+func (c *countingMounter) MountTmpfs(target string, size int64) error {
+	c.mounts++
+	return c.Directories.MountTmpfs(target, size)
 }

@@ -295,18 +295,26 @@ func (s *Server) renews(volumeID string, rec *records.Record) bool {
 }
 
 // write mounts the target when it is not yet mounted, writes the files and saves the record.
-// A failure on a first publish leaves nothing mounted.
+// The node's volume budget takes the files first (takeBudget): a namespace at its share, its
+// publishes retried by kubelet, costs no mount and unmount each. A failure on a first publish
+// leaves nothing mounted.
 func (s *Server) write(target string, renewal, mounted bool, files render.Files, gid *int64, rec *records.Record) error {
+	undo, err := s.takeBudget(files, rec, mounted, renewal)
+	if err != nil {
+		return err
+	}
 	if !mounted {
 		if err := os.MkdirAll(target, 0o750); err != nil {
+			undo()
 			return status.Errorf(codes.Internal, "create target %s: %v", target, err)
 		}
 		if err := s.Mounter.MountTmpfs(target, s.Config.VolumeSizeLimit); err != nil {
+			undo()
 			_ = os.Remove(target)
 			return status.Errorf(codes.Internal, "mount tmpfs at %s: %v", target, err)
 		}
 	}
-	err := s.fill(target, files, gid, rec, mounted, renewal)
+	err = s.writeFiles(target, files, gid, rec, undo)
 	if err != nil && !mounted {
 		if uerr := s.Mounter.Unmount(target); uerr != nil {
 			klog.ErrorS(uerr, "Unmount after a failed publish", "target", target)
@@ -317,17 +325,28 @@ func (s *Server) write(target string, renewal, mounted bool, files render.Files,
 }
 
 // fill writes the files into the mounted target and saves the record, once the node's volume
-// budget takes them (volumeBudget.take): a new volume's, and a mounted one's content grown by
-// what the tenant changes, only within the bound; a mounted one's renewal (its new token, or
-// the content of a class or proxy CA an administrator changed) whatever it takes, for its Pod
-// runs with what it has and needs its token renewed. A volume whose files cannot be written,
-// or are not taken, keeps its earlier files and use.
+// budget takes them.
 func (s *Server) fill(target string, files render.Files, gid *int64, rec *records.Record, mounted, renewal bool) error {
-	rec.Bytes = footprint(files)
-	undo, err := s.budget.take(rec.VolumeID, rec.Pod.Namespace, rec.Bytes, mounted, renewal)
+	undo, err := s.takeBudget(files, rec, mounted, renewal)
 	if err != nil {
 		return err
 	}
+	return s.writeFiles(target, files, gid, rec, undo)
+}
+
+// takeBudget has the node's volume budget take the files (volumeBudget.take): a new volume's,
+// and a mounted one's content grown by what the tenant changes, only within the bound; a
+// mounted one's renewal (its new token, or the content of a class or proxy CA an administrator
+// changed) whatever it takes, for its Pod runs with what it has and needs its token renewed.
+// A volume whose files are not taken keeps its earlier files and use.
+func (s *Server) takeBudget(files render.Files, rec *records.Record, mounted, renewal bool) (undo func(), err error) {
+	rec.Bytes = footprint(files)
+	return s.budget.take(rec.VolumeID, rec.Pod.Namespace, rec.Bytes, mounted, renewal)
+}
+
+// writeFiles writes the files the budget took into the mounted target and saves the record; a
+// failed write gives the budget back (undo), and the volume keeps its earlier files.
+func (s *Server) writeFiles(target string, files render.Files, gid *int64, rec *records.Record, undo func()) error {
 	if _, err := atomicdir.Write(target, files, atomicdir.Ownership{GID: gid}); err != nil {
 		undo()
 		return status.Errorf(codes.Internal, "write files into %s: %v", target, err)
