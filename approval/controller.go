@@ -28,6 +28,7 @@ import (
 	utilcache "k8s.io/apimachinery/pkg/util/cache"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/tools/events"
+	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -35,6 +36,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/source"
@@ -160,7 +162,41 @@ func (c *Controller) SetupWithManager(mgr ctrl.Manager) error {
 		// not hold another's approval behind it.
 		WithOptions(controller.Options{MaxConcurrentReconciles: 4, NewQueue: fairqueue.New(c.placeInQueue)}).
 		Build(c)
-	return err
+	if err != nil {
+		return err
+	}
+	// The kinds the system namespace's check templates name (the built-in ApprovalTask's) are
+	// watched as the leader starts, in the system namespace's turn of lookups: looked up at
+	// their first evaluation, they would wait behind the turns that tenants' policies take.
+	return mgr.Add(manager.RunnableFunc(c.watchTemplateKinds))
+}
+
+// watchTemplateKinds starts the watches of the kinds the check templates of the system
+// namespace name, once the caches hold them; what fails is left to the evaluations.
+func (c *Controller) watchTemplateKinds(ctx context.Context) error {
+	if !c.Cache.WaitForCacheSync(ctx) {
+		return nil
+	}
+	var cms corev1.ConfigMapList
+	if err := c.Client.List(ctx, &cms, client.InNamespace(c.SystemNamespace)); err != nil {
+		klog.FromContext(ctx).Error(err, "List check templates to watch their kinds")
+		return nil
+	}
+	for i := range cms.Items {
+		if _, isCheck := cms.Items[i].Data[keyCheck]; !isCheck {
+			continue
+		}
+		spec, err := c.templates.Check(&cms.Items[i])
+		if err != nil {
+			continue
+		}
+		if gv, err := schema.ParseGroupVersion(spec.Selector.ObjectRef.APIVersion); err == nil && spec.Selector.ObjectRef.Kind != "" {
+			if err := c.watchKind(ctx, gv.WithKind(spec.Selector.ObjectRef.Kind), c.SystemNamespace); err != nil {
+				klog.FromContext(ctx).V(2).Info("Check template kind not watched at start", "template", cms.Items[i].Name, "err", err)
+			}
+		}
+	}
+	return nil
 }
 
 // notDeleted passes every event but a delete.
@@ -936,16 +972,20 @@ func (c *Controller) evaluateCheck(ctx context.Context, ar *v1alpha1.AccessReque
 	if err := c.Cache.List(ctx, list, opts...); err != nil {
 		return retry("list %s: %v", gvk.Kind, err)
 	}
-	list.Items = slices.DeleteFunc(list.Items, func(o unstructured.Unstructured) bool {
-		return name != "" && o.GetName() != name || o.GetCreationTimestamp().Time.Before(filter.since)
-	})
+	if name != "" {
+		list.Items = slices.DeleteFunc(list.Items, func(o unstructured.Unstructured) bool { return o.GetName() != name })
+	}
+	// Counted before createdSince leaves the older ones out: the list stops at the bound, in no
+	// particular order, so that past it the objects it leaves out may be the newer ones, and a
+	// tenant's older objects of the labels would hide the run's own.
+	if n := len(list.Items); c.MaxCheckObjects > 0 && n > c.MaxCheckObjects {
+		return fail("more than %d %s objects in namespace %s match %s; a check reads at most %d (--accessrequest-check-max-objects): narrow its selector",
+			c.MaxCheckObjects, gvk.Kind, podNS, describeSelector(selector, objectFilter{name: name}), c.MaxCheckObjects)
+	}
+	list.Items = slices.DeleteFunc(list.Items, func(o unstructured.Unstructured) bool { return o.GetCreationTimestamp().Time.Before(filter.since) })
 	// The informer lists in no particular order, and the check's message and objectRef follow
 	// it: unsorted, a recheck that finds what the last one found would write a status anew.
 	slices.SortFunc(list.Items, func(a, b unstructured.Unstructured) int { return strings.Compare(a.GetName(), b.GetName()) })
-	if n := len(list.Items); c.MaxCheckObjects > 0 && n > c.MaxCheckObjects {
-		return fail("more than %d %s objects in namespace %s match %s; a check reads at most %d (--accessrequest-check-max-objects): narrow its selector",
-			c.MaxCheckObjects, gvk.Kind, podNS, describeSelector(selector, filter), c.MaxCheckObjects)
-	}
 	if len(list.Items) == 0 {
 		mc.State = v1alpha1.StatePending
 		mc.Message = fmt.Sprintf("waiting: no %s in namespace %s matches %s yet", gvk.Kind, podNS, describeSelector(selector, filter))

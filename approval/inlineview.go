@@ -4,7 +4,7 @@ package approval
 // Such a check is the Connector owner's, and the Pod may be another tenant's, in a namespace
 // the policy's author may not read: a template can put what it reads in the request's status
 // (a value it fails with, a name it waits for), so it sees of the Pod and its Tekton owners
-// only what a check selects by — each one's identity, labels and owners, and the Pod's
+// only what a check selects by — each one's identity, labels, owners and creation time, and the Pod's
 // ServiceAccount — never a spec, a status or the annotations (kubectl's
 // last-applied-configuration holds a whole spec). The Connector is the policy's own
 // namespace's, whole but for its status (see requestContext). Check and role templates of the
@@ -25,8 +25,9 @@ func inlineView(rctx map[string]any) map[string]any {
 // keyConnector is the request context's Connector (requestContext).
 const keyConnector = "connector"
 
-// identityFields are the fields of an object's metadata an inline check sees.
-var identityFields = []string{"name", "generateName", "namespace", "uid", "labels", "ownerReferences"}
+// identityFields are the fields of an object's metadata an inline check sees (its creation
+// time for a selector's createdSince).
+var identityFields = []string{"name", "generateName", "namespace", "uid", "labels", "ownerReferences", "creationTimestamp"}
 
 // identityOf is obj's kind, identity, labels and owners, and its spec.serviceAccountName (a
 // Pod's), from its unstructured form.

@@ -607,12 +607,14 @@ type answerHead struct {
 // readAnswerHead reads head, a whole answer head to a request of method, into a, or returns
 // false if it is not one the fast lane reads itself: HTTP/1.1, a final status (200 to 599)
 // whose text is visible ASCII, spaces and tabs; header lines as readLaneHead takes them; a
-// body of one plain Content-Length, or none (HEAD, 204, 304); no Transfer-Encoding, trailers,
-// Location (the general path rewrites redirects) or Connection naming other headers.
+// body of one plain Content-Length, or none (HEAD, 204, 304); not a 401; no Transfer-Encoding,
+// trailers, Location (the general path rewrites redirects) or Connection naming other headers.
 func readAnswerHead(head []byte, method string, a *answerHead) bool {
 	*a = answerHead{fields: a.fields[:0], length: -1}
 	line, rest, ok := cutLine(head)
-	if !ok || !a.readStatus(line) {
+	if !ok || !a.readStatus(line) || a.code == http.StatusUnauthorized {
+		// A 401 takes the general path, which answers a reverse client with the proxy's own
+		// challenge (challengeForTheProxy), whether or not the tool sent one.
 		return false
 	}
 	for {

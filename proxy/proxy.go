@@ -16,7 +16,6 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -635,7 +634,8 @@ func onProxy(rt *route, u *url.URL) (string, bool) {
 // renamed repository's.
 func refuseRedirectAway(res *http.Response, rt *route) {
 	loc := res.Header.Get("Location")
-	if res.StatusCode < 300 || res.StatusCode > 399 || loc == "" || strings.HasPrefix(loc, rt.proxyBase+"/") ||
+	onTheProxy := loc == rt.proxyBase || strings.HasPrefix(loc, rt.proxyBase+"/") || strings.HasPrefix(loc, rt.proxyBase+"?")
+	if res.StatusCode < 300 || res.StatusCode > 399 || loc == "" || onTheProxy ||
 		!strings.HasSuffix(res.Request.URL.Path, "/info/refs") && rt.callerToken == "" {
 		return
 	}
@@ -703,14 +703,13 @@ func rewriteLocationFor(res *http.Response, rt *route) {
 	}
 }
 
-// linkTarget is the URI-reference of one link in a Link header (RFC 8288): <uri>; params.
-var linkTarget = regexp.MustCompile(`<([^>]*)>`)
-
 // keepLinksOnTheProxy rewrites, in an answer to a reverse proxy's client, the Link header's
 // targets within the Connector's address onto the proxy, and drops a Link header naming a
-// target outside it: clients page by following them as given (glab api --paginate, with its
-// PRIVATE-TOKEN: the Pod token), and a forge writes them with its own host, or any host its
-// owner likes.
+// target outside it, or one it cannot read whole (RFC 8288: link-values of a <target> and
+// parameters, split at commas outside brackets and quotes; a client reading a bare URL, as
+// Python's requests does, would follow one the proxy did not see): clients page by following
+// them as given (glab api --paginate, python-gitlab, with PRIVATE-TOKEN: the Pod token), and a
+// forge writes them with its own host, or any host its owner likes.
 func keepLinksOnTheProxy(res *http.Response, rt *route) {
 	links := res.Header.Values("Link")
 	if len(links) == 0 {
@@ -718,25 +717,64 @@ func keepLinksOnTheProxy(res *http.Response, rt *route) {
 	}
 	var kept []string
 	for _, v := range links {
-		away := false
-		v = linkTarget.ReplaceAllStringFunc(v, func(bracketed string) string {
-			u, err := res.Request.URL.Parse(bracketed[1 : len(bracketed)-1])
+		if rewritten, ok := linksOnProxy(v, func(target string) (string, bool) {
+			u, err := res.Request.URL.Parse(target)
 			if err != nil {
-				away = true
-				return bracketed
+				return "", false
 			}
-			s, ok := onProxy(rt, u)
-			away = away || !ok
-			return "<" + s + ">"
-		})
-		if !away {
-			kept = append(kept, v)
+			return onProxy(rt, u)
+		}); ok {
+			kept = append(kept, rewritten)
 		}
 	}
 	res.Header["Link"] = kept
 	if len(kept) == 0 {
 		res.Header.Del("Link")
 	}
+}
+
+// linksOnProxy is a Link header's value with each link-value's target through onto; ok is false
+// when a link-value does not start with its <target>, or onto refuses one.
+func linksOnProxy(v string, onto func(string) (string, bool)) (string, bool) {
+	var out []string
+	for _, lv := range splitLinkValues(v) {
+		lv = strings.TrimLeft(lv, " \t")
+		end := strings.IndexByte(lv, '>')
+		if !strings.HasPrefix(lv, "<") || end < 0 {
+			return "", false
+		}
+		target, ok := onto(lv[1:end])
+		if !ok {
+			return "", false
+		}
+		out = append(out, "<"+target+">"+lv[end+1:])
+	}
+	return strings.Join(out, ", "), len(out) > 0
+}
+
+// splitLinkValues splits a Link header's value at the commas between link-values: those outside
+// a <target> and outside a quoted parameter (where a backslash escapes the next character).
+func splitLinkValues(v string) []string {
+	var out []string
+	inTarget, inQuotes, start := false, false, 0
+	for i := 0; i < len(v); i++ {
+		switch c := v[i]; {
+		case inQuotes && c == '\\':
+			i++
+		case inQuotes:
+			inQuotes = c != '"'
+		case inTarget:
+			inTarget = c != '>'
+		case c == '<':
+			inTarget = true
+		case c == '"':
+			inQuotes = true
+		case c == ',':
+			out = append(out, v[start:i])
+			start = i + 1
+		}
+	}
+	return append(out, v[start:])
 }
 
 // dropInjectedParameters removes the query parameters named in injected (a generator's

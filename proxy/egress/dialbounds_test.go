@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -84,16 +85,53 @@ func TestNoAddressIsDialedAfterTheRequestEnded(t *testing.T) {
 		<-ctx.Done()
 		return nil, ctx.Err()
 	}}
-	request, cancel := context.WithCancel(context.Background())
-	go func() {
-		<-started
-		cancel()
-	}()
-	dialCtx := context.WithValue(context.WithoutCancel(request), requestKey{}, request)
-	if _, err := p.DialContext(dialCtx, "tcp", "slow.test:80"); !errors.Is(err, context.Canceled) {
+	if _, err := p.DialContext(endingRequest(started), "tcp", "slow.test:80"); !errors.Is(err, context.Canceled) {
 		t.Errorf("the dial of an ended request: %v, want its end", err)
 	}
 	if n := dials.Load(); n != 1 {
 		t.Errorf("%d addresses dialed, want the one under way when the request ended", n)
 	}
+}
+
+// TestADialAlternatesFamilies: of a name's addresses, the dial tries both families' first ones
+// in turn, so that a node whose IPv6 leads nowhere reaches a name whose first ones are IPv6.
+func TestADialAlternatesFamilies(t *testing.T) {
+	six := func(i int) netip.Addr { return netip.AddrFrom16([16]byte{0x26, 0x06, 0x47, 0x00, 15: byte(i)}) }
+	four := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{203, 0, 113, byte(i)}) }
+	addrs := []netip.Addr{six(1), six(2), six(3), six(4), six(5), four(1), four(2)}
+	want := []netip.Addr{six(1), four(1), six(2), four(2)}
+	if got := alternateFamilies(addrs, maxDialAddresses); !slices.Equal(got, want) {
+		t.Errorf("alternateFamilies = %v, want %v", got, want)
+	}
+	if got := alternateFamilies([]netip.Addr{four(1)}, maxDialAddresses); !slices.Equal(got, []netip.Addr{four(1)}) {
+		t.Errorf("one address: %v", got)
+	}
+}
+
+// TestALookupEndsWithItsRequest: the name's lookup is bound as its dials are: a tenant's name
+// server that never answers holds it no longer than its request.
+func TestALookupEndsWithItsRequest(t *testing.T) {
+	asked := make(chan struct{})
+	p := &Policy{Resolve: func(ctx context.Context, _ string) ([]netip.Addr, error) {
+		close(asked)
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}, Dial: func(context.Context, string, string) (net.Conn, error) {
+		t.Error("dialed an address no lookup gave")
+		return nil, errors.New("test: not dialing")
+	}}
+	if _, err := p.DialContext(endingRequest(asked), "tcp", "slow.test:80"); !errors.Is(err, context.Canceled) {
+		t.Errorf("the lookup of an ended request: %v, want its end", err)
+	}
+}
+
+// endingRequest is the context http.Transport dials with (a request's values, not its end) for
+// a request that ends once ended is signalled (or closed).
+func endingRequest[T any](ended <-chan T) context.Context {
+	request, cancel := context.WithCancel(context.Background())
+	go func() {
+		<-ended
+		cancel()
+	}()
+	return context.WithValue(context.WithoutCancel(request), requestKey{}, request)
 }

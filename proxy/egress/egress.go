@@ -305,6 +305,13 @@ func (p *Policy) dialChecked(ctx context.Context, network, address string, extra
 	if err != nil {
 		return nil, fmt.Errorf("destination %s: bad port", address)
 	}
+	// One bound for the name's lookup and its dials: a tenant's name server that answers
+	// slowly holds a lookup as long as a dial.
+	ctx, cancel := context.WithTimeout(ctx, dialTimeout)
+	defer cancel()
+	if request, ok := ctx.Value(requestKey{}).(context.Context); ok {
+		defer context.AfterFunc(request, cancel)()
+	}
 	addrs, err := p.resolve(ctx, host)
 	if err != nil {
 		return nil, err
@@ -320,12 +327,7 @@ func (p *Policy) dialChecked(ctx context.Context, network, address string, extra
 			return nil, &RefusedError{Host: host, Why: why}
 		}
 	}
-	addrs = slices.Clone(addrs[:min(len(addrs), maxDialAddresses)]) // the rest of a long answer let go
-	ctx, cancel := context.WithTimeout(ctx, dialTimeout)
-	defer cancel()
-	if request, ok := ctx.Value(requestKey{}).(context.Context); ok {
-		defer context.AfterFunc(request, cancel)()
-	}
+	addrs = alternateFamilies(addrs, maxDialAddresses) // the rest of a long answer let go
 	var firstErr error
 	for i, a := range addrs {
 		conn, err := p.dialOne(ctx, network, netip.AddrPortFrom(a.Unmap(), uint16(port)).String(), len(addrs)-i)
@@ -340,6 +342,29 @@ func (p *Policy) dialChecked(ctx context.Context, network, address string, extra
 		}
 	}
 	return nil, firstErr
+}
+
+// alternateFamilies is up to n of addrs, in their order (the resolver's, RFC 6724's) but
+// alternating between IPv6 and IPv4 addresses, as Happy Eyeballs does: a node whose IPv6 leads
+// nowhere still tries a name's IPv4 addresses when its first ones are IPv6.
+func alternateFamilies(addrs []netip.Addr, n int) []netip.Addr {
+	var first, second []netip.Addr
+	for _, a := range addrs {
+		if len(first) == 0 || a.Unmap().Is4() == first[0].Unmap().Is4() {
+			first = append(first, a)
+		} else {
+			second = append(second, a)
+		}
+	}
+	out := make([]netip.Addr, 0, min(n, len(addrs)))
+	for i := 0; len(out) < cap(out); i++ {
+		for _, family := range [][]netip.Addr{first, second} {
+			if i < len(family) && len(out) < cap(out) {
+				out = append(out, family[i])
+			}
+		}
+	}
+	return out
 }
 
 // dialOne dials one address, within its share of the time ctx leaves the left addresses.

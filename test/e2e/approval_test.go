@@ -867,3 +867,26 @@ func podRequest(connector string, pod *corev1.Pod, sa string) *v1alpha1.AccessRe
 				APIVersion: "v1", Kind: "Pod", Name: pod.Name, Namespace: pod.Namespace, UID: pod.UID}},
 		}}
 }
+
+// TestTemplateCheckKindsAreWatchedFromTheStart: the kinds the system namespace's check
+// templates name (the built-in ApprovalTask's) are watched as the controller starts, before
+// any request needs them: looked up at their first evaluation, after a leader change, they
+// would wait behind the lookups that tenants' policies naming hundreds of kinds take.
+func TestTemplateCheckKindsAreWatchedFromTheStart(t *testing.T) {
+	setupApproval(t)
+	start := time.Now()
+	startDeployedDrivers(t, nil)
+	watched := func() bool {
+		events, err := cp.AuditEvents(func(ev *auditv1.Event) bool {
+			return ev.User.Username == controlplane.ControllerUser && ev.ObjectRef != nil && ev.ObjectRef.Resource == "approvaltasks" &&
+				ev.Verb == "watch" && !ev.RequestReceivedTimestamp.Time.Before(start)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(events) > 0
+	}
+	if !kubelet.WaitUntil(30*time.Second, watched) {
+		t.Fatal("the controller does not watch ApprovalTasks, which the built-in check template names, until a request needs them")
+	}
+}

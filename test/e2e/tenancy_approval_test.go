@@ -1010,16 +1010,21 @@ func TestTenantChecksReadBoundedObjects(t *testing.T) {
 	setupApproval(t)
 	env := startProxyDriver(t, func(o *driver.Options) { o.MaxCheckObjects = 5 })
 	ns := newNamespace(t)
-	approvalTask(t, ns, "release-1", "approved")
 	for i := range 6 {
 		create(t, &unstructured.Unstructured{Object: map[string]any{
 			"apiVersion": "openshift-pipelines.org/v1alpha1", "kind": "ApprovalTask",
 			"metadata": map[string]any{"name": fmt.Sprintf("vote-%d", i), "namespace": ns, "labels": map[string]any{"vote": "release"}},
 		}})
 	}
+	// The run comes a second later than the votes: its createdSince leaves them all out, and
+	// they are counted before it does (the list stops at the bound, so that past it the ones
+	// left out could be the run's own).
+	time.Sleep(time.Until(time.Now().Truncate(time.Second).Add(time.Second)))
+	approvalTask(t, ns, "release-1", "approved")
 	approvalTasks := v1alpha1.ObjectKindRef{APIVersion: "openshift-pipelines.org/v1alpha1", Kind: "ApprovalTask"}
 	gatedConnector(t, ns, "many", gitClass(t), startGitServer(t, false), v1alpha1.Check{Name: "votes", Spec: &v1alpha1.CheckSpec{
-		Selector: v1alpha1.CheckSelector{ObjectRef: approvalTasks, MatchLabels: map[string]string{"vote": "release"}}}}, podRole)
+		Selector: v1alpha1.CheckSelector{ObjectRef: approvalTasks, MatchLabels: map[string]string{"vote": "release"},
+			CreatedSince: "{{ .pipelineRun.metadata.creationTimestamp }}"}}}, podRole)
 	pod := pipelineRunPod(t, env.kubelet, ns, "release-1", "many", map[string]string{"connectors": "many"})
 	want := "more than 5 ApprovalTask objects in namespace " + ns + " match labels vote=release; a check reads at most 5 (--accessrequest-check-max-objects)"
 	if err := publishOutcome(t, env, pod); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), want) {

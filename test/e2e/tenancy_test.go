@@ -506,8 +506,10 @@ func TestTenancyToolSessionsStayWithTheProxy(t *testing.T) {
 func TestTenancyToolChallengesStayWithTheProxy(t *testing.T) {
 	const realm = `Bearer realm="http://token.elsewhere.example/token",service="registry"`
 	tool := startRecorder(t, func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Add("WWW-Authenticate", realm)
-		w.Header().Add("WWW-Authenticate", "Negotiate")
+		if !strings.HasSuffix(r.URL.Path, "/bare") { // a 401 without a challenge otherwise
+			w.Header().Add("WWW-Authenticate", realm)
+			w.Header().Add("WWW-Authenticate", "Negotiate")
+		}
 		w.WriteHeader(http.StatusUnauthorized)
 		_, _ = io.WriteString(w, "who are you")
 	})
@@ -528,6 +530,9 @@ func TestTenancyToolChallengesStayWithTheProxy(t *testing.T) {
 		"forward": {func() (*http.Response, error) {
 			return forward.Do(newRequest(t, "GET", tool.URL+"/v2/", nil))
 		}, []string{realm, "Negotiate"}},
+		"reverse, a 401 without a challenge": {func() (*http.Response, error) {
+			return reverse.Do(newRequest(t, "GET", env.proxyURL+"/namespaces/"+ns+"/connectors/tool/bare", map[string]string{"Authorization": "Bearer " + token}))
+		}, []string{`Basic realm="connectors-proxy"`}},
 	} {
 		for i := range 3 { // one kept-alive connection: the later requests take the remembered route
 			res, err := tc.send()
@@ -541,8 +546,8 @@ func TestTenancyToolChallengesStayWithTheProxy(t *testing.T) {
 			}
 		}
 	}
-	if n := len(tool.proxied()); n < 6 {
-		t.Errorf("the tool answered %d requests, want the 6 sent", n)
+	if n := len(tool.proxied()); n < 9 {
+		t.Errorf("the tool answered %d requests, want the 9 sent", n)
 	}
 }
 
