@@ -82,6 +82,19 @@ func forCallers(p *process, cfg *rest.Config) *rest.Config {
 	return out
 }
 
+// forAPICallers is forCallers for the Connectors API, whose requests add --api-callers-group to
+// the callers' identity: the API takes any token the cluster accepts (the proxy, only its
+// node's Pods' tokens, checked locally first), so a flood of made-up tokens at every node's API
+// is reviews the proxy's must not wait behind.
+func forAPICallers(p *process, cfg *rest.Config) *rest.Config {
+	out := forCallers(p, cfg)
+	if p.o.callers == "" || p.o.APICallersGroup == "" {
+		return out
+	}
+	out.Impersonate.Groups = []string{p.o.APICallersGroup}
+	return out
+}
+
 // Run runs the driver's roles until ctx is done.
 func Run(ctx context.Context, opts Options) error {
 	o, err := opts.validate()

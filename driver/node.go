@@ -76,7 +76,7 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 	if err != nil {
 		return err
 	}
-	apiCfg := forCallers(p, limitedConfig(p, o.APIAuthQPS, o.APIAuthBurst))
+	apiCfg := forAPICallers(p, limitedConfig(p, o.APIAuthQPS, o.APIAuthBurst))
 	// Told apart from the proxy's in the API server's audit log.
 	apiCfg.UserAgent += " connectors-api"
 	apiKube, err := kubernetes.NewForConfig(apiCfg)

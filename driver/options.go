@@ -231,6 +231,9 @@ type Options struct {
 	// CallersAs is the ServiceAccount (namespace/name) the requests sent for the node's callers
 	// are sent as (forCallers), impersonated; empty: as the process itself.
 	CallersAs string
+	// APICallersGroup is the group the Connectors API's requests for its callers add to
+	// CallersAs's identity (forAPICallers); empty: none.
+	APICallersGroup string
 	// APIAuthQPS and APIAuthBurst are the Connectors API's own rate limit for its reviews.
 	APIAuthQPS             float64
 	APIAuthBurst           int
@@ -428,6 +431,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.IntVar(&o.ProxyAuthBurst, "proxy-auth-burst", defaultProxyAuthBurst, "burst of --proxy-auth-qps")
 	fs.Float64Var(&o.APIAuthQPS, "connectors-api-auth-qps", defaultAPIAuthQPS, "sustained TokenReviews and SubjectAccessReviews per second of the Connectors API (its own limit, apart from the proxy's and publishes': it takes any token the cluster accepts, so any client can make it review)")
 	fs.IntVar(&o.APIAuthBurst, "connectors-api-auth-burst", defaultAPIAuthBurst, "burst of --connectors-api-auth-qps")
+	fs.StringVar(&o.APICallersGroup, "api-callers-group", "connectors-csi:connectors-api", "with --callers-as, a group the Connectors API's requests for its callers (its TokenReviews, SubjectAccessReviews and reads) add to that identity (the process needs impersonate on the group), so that API Priority and Fairness puts them in a priority level apart from the proxy's: the API takes any token the cluster accepts, and anyone who reaches a node can have it review one (deployed: connectors-csi-api-callers); empty: none")
 	fs.StringVar(&o.CallersAs, "callers-as", "", "a ServiceAccount (<namespace>/<name>) to send the requests the node sends for its callers as (impersonated; the process needs impersonate on it): the proxy's, the Connectors API's and the metrics listener's TokenReviews and SubjectAccessReviews, and the proxy's reads of Connectors by name, Secrets and Pod-scoped grants; anyone who reaches a node can make it send them, and API Priority and Fairness can then put them in a priority level apart from publishes' (deployed: connectors-csi-callers); empty: as the process itself")
 	fs.IntVar(&o.SecretCacheSize, "secret-cache-size", defaultSecretCacheSize, "Secrets the proxy keeps at most (each for --secret-cache-ttl)")
 	fs.Int64Var(&o.SecretCacheBytes, "secret-cache-max-bytes", defaultSecretCacheBytes, "bytes of Secret data the proxy (and the status controller) keep at most together; the least recently read go first, and a larger Secret is read each time")

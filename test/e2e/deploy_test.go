@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -302,6 +303,10 @@ func TestDeployedRolesHoldLeastPrivilege(t *testing.T) {
 		{node, "", "serviceaccounts", "impersonate", systemNS, ctl, false},
 		{node, "", "serviceaccounts", "impersonate", "some-tenant", "connectors-csi-callers", false},
 		{node, "", "users", "impersonate", "", "system:admin", false},
+		// And may add the Connectors API's group to it (--api-callers-group), and no other.
+		{node, "", "groups", "impersonate", "", "connectors-csi:connectors-api", true},
+		{node, "", "groups", "impersonate", "", "system:masters", false},
+		{ctl, "", "groups", "impersonate", "", "connectors-csi:connectors-api", false},
 		{ctl, "", "serviceaccounts", "impersonate", systemNS, "connectors-csi-callers", false},
 	} {
 		res, err := cp.Kube.AuthorizationV1().SubjectAccessReviews().Create(context.Background(), &authorizationv1.SubjectAccessReview{
@@ -568,11 +573,15 @@ func TestTenancyRequestsAnyoneCanCauseHaveTheirOwnPriorityLevel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	as := map[string]map[string]int{} // resource → the user it was sent as → requests
+	const apiGroup = "connectors-csi:connectors-api"
+	as := map[string]map[string]int{} // resource → the user it was sent as (+ the API's group) → requests
 	for _, ev := range events {
 		user := controlplane.NodeUser
 		if ev.ImpersonatedUser != nil {
 			user = ev.ImpersonatedUser.Username
+			if slices.Contains(ev.ImpersonatedUser.Groups, apiGroup) {
+				user += "+" + apiGroup
+			}
 		}
 		if as[ev.ObjectRef.Resource] == nil {
 			as[ev.ObjectRef.Resource] = map[string]int{}
@@ -583,14 +592,17 @@ func TestTenancyRequestsAnyoneCanCauseHaveTheirOwnPriorityLevel(t *testing.T) {
 		}
 	}
 	// The proxy's and the API's reviews (two tokens, two users' questions) and the proxy's read
-	// of the Connector's Secret as the callers' identity; the publish's review (a
-	// SubjectAccessReview of the Pod's ServiceAccount: kubelet vouches for the token) as the node.
-	if as["tokenreviews"][callers] < 2 || as["tokenreviews"][controlplane.NodeUser] != 0 {
-		t.Errorf("TokenReviews sent: %v, want at least 2 as %s (the proxy's, the API's) and none as the node", as["tokenreviews"], callers)
+	// of the Connector's Secret as the callers' identity, the API's with its group; the
+	// publish's review (a SubjectAccessReview of the Pod's ServiceAccount: kubelet vouches for
+	// the token) as the node.
+	apiCallers := callers + "+" + apiGroup
+	if as["tokenreviews"][callers] < 1 || as["tokenreviews"][apiCallers] < 1 || as["tokenreviews"][controlplane.NodeUser] != 0 {
+		t.Errorf("TokenReviews sent: %v, want at least one as %s (the proxy's), one as %s (the API's) and none as the node",
+			as["tokenreviews"], callers, apiCallers)
 	}
-	if as["subjectaccessreviews"][callers] < 2 || as["subjectaccessreviews"][controlplane.NodeUser] < 1 {
-		t.Errorf("SubjectAccessReviews sent: %v, want at least 2 as %s (the proxy's, the API's) and 1 as the node (the publish's)",
-			as["subjectaccessreviews"], callers)
+	if as["subjectaccessreviews"][callers] < 1 || as["subjectaccessreviews"][apiCallers] < 1 || as["subjectaccessreviews"][controlplane.NodeUser] < 1 {
+		t.Errorf("SubjectAccessReviews sent: %v, want at least one as %s (the proxy's), one as %s (the API's) and 1 as the node (the publish's)",
+			as["subjectaccessreviews"], callers, apiCallers)
 	}
 	if as["secrets"][callers] < 1 || as["secrets"][controlplane.NodeUser] != 0 {
 		t.Errorf("Secret reads: %v, want the proxy's as %s and none as the node", as["secrets"], callers)
@@ -601,12 +613,12 @@ func TestTenancyRequestsAnyoneCanCauseHaveTheirOwnPriorityLevel(t *testing.T) {
 	nodeKubeconfig, _ := deployedKubeconfigs(t)
 	// answer sends a request as the node, impersonating impersonate (none: ""), and returns
 	// the API server's answer's headers.
-	answer := func(impersonate, method, path, body string, want int) http.Header {
+	answer := func(impersonate, method, path, body string, want int, groups ...string) http.Header {
 		cfg, err := clientcmd.BuildConfigFromFlags("", nodeKubeconfig)
 		if err != nil {
 			t.Fatal(err)
 		}
-		cfg.Impersonate.UserName = impersonate
+		cfg.Impersonate.UserName, cfg.Impersonate.Groups = impersonate, groups
 		rt, err := rest.HTTPClientFor(cfg)
 		if err != nil {
 			t.Fatal(err)
@@ -627,8 +639,8 @@ func TestTenancyRequestsAnyoneCanCauseHaveTheirOwnPriorityLevel(t *testing.T) {
 		return res.Header
 	}
 	review := `{"apiVersion":"authentication.k8s.io/v1","kind":"TokenReview","spec":{"token":"not-a-token"}}`
-	levelOf := func(impersonate string) string {
-		return answer(impersonate, "POST", "/apis/authentication.k8s.io/v1/tokenreviews", review, http.StatusCreated).
+	levelOf := func(impersonate string, groups ...string) string {
+		return answer(impersonate, "POST", "/apis/authentication.k8s.io/v1/tokenreviews", review, http.StatusCreated, groups...).
 			Get(flowcontrolv1.ResponseHeaderMatchedPriorityLevelConfigurationUID)
 	}
 	uidOf := func(obj client.Object, name string) string {
@@ -652,6 +664,11 @@ func TestTenancyRequestsAnyoneCanCauseHaveTheirOwnPriorityLevel(t *testing.T) {
 	}
 	if got := schemaOf("POST", "/apis/authentication.k8s.io/v1/tokenreviews", review, http.StatusCreated); got != schema("connectors-csi-callers") {
 		t.Errorf("a review as %s matched the flow schema of UID %s, want connectors-csi-callers'", callers, got)
+	}
+	// The API's, with its group, in a level apart from the proxy's: a flood of made-up tokens
+	// at every node's API leaves the proxy's reviews of Pods' tokens their own.
+	if got := levelOf(callers, apiGroup); got != level("connectors-csi-api-callers") {
+		t.Errorf("a review as %s with the group %s is in the priority level of UID %s, want connectors-csi-api-callers'", callers, apiGroup, got)
 	}
 	if got := levelOf(""); got != level("connectors-csi-node") {
 		t.Errorf("a review as the node is in the priority level of UID %s, want connectors-csi-node's", got)

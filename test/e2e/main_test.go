@@ -287,7 +287,8 @@ func startDeployedNode(t testing.TB, adjust func(*driver.Options)) (env *proxyEn
 	t.Helper()
 	nodeKubeconfig, controllerKubeconfig := deployedKubeconfigs(t)
 	env = startProxyDriver(t, func(o *driver.Options) {
-		o.CallersAs = systemNS + "/connectors-csi-callers" // as the DaemonSet's arguments say
+		// As the DaemonSet's arguments say.
+		o.CallersAs, o.APICallersGroup = systemNS+"/connectors-csi-callers", "connectors-csi:connectors-api"
 		if adjust != nil {
 			adjust(o)
 		}
