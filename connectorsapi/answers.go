@@ -100,6 +100,16 @@ func (b *callBudget) take(n int64) error {
 	return errAnswersRefused
 }
 
+// over is the bound a read went past, if any.
+func (b *callBudget) over() error {
+	b.limits.mu.Lock()
+	defer b.limits.mu.Unlock()
+	if errors.Is(b.err, errAnswersRefused) { // released, not a bound
+		return nil
+	}
+	return b.err
+}
+
 // release gives the call's bytes back, and refuses any later read; err is the bound a read
 // went past, if any.
 func (b *callBudget) release() (err error) {

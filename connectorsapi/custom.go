@@ -1,6 +1,7 @@
 package connectorsapi
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"io"
@@ -100,10 +101,16 @@ func (s *Server) custom(w http.ResponseWriter, r *http.Request, u user.Info, c *
 	if !isRead(r.Method) {
 		return errorf(http.StatusMethodNotAllowed, metav1.StatusReasonMethodNotAllowed, "%s is read-only", apiPath)
 	}
-	out, err := list(s, r, u, c, class)
+	// The bytes the call read stay its caller's until its answer is written, within toolTimeout:
+	// what the list holds is of their size, and a client that does not read its answer would
+	// otherwise hold it uncounted (a node's memory, a stalled call at a time).
+	budget := s.answerLimits().newCall(proxy.CallerOf(u))
+	defer budget.release()
+	out, err := list(s, r.WithContext(context.WithValue(r.Context(), callBudgetKey{}, budget)), u, c, class)
 	if err != nil {
 		return err
 	}
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(toolTimeout))
 	w.Header().Set("Content-Type", "application/json")
 	return json.NewEncoder(w).Encode(out)
 }

@@ -171,16 +171,23 @@ func (s *Server) withUpstream(r *http.Request, u user.Info, c *v1alpha1.Connecto
 	if err != nil {
 		return credentialError(err)
 	}
-	budget := s.answerLimits().newCall(proxy.CallerOf(u))
+	budget, held := r.Context().Value(callBudgetKey{}).(*callBudget)
+	if !held {
+		budget = s.answerLimits().newCall(proxy.CallerOf(u))
+		defer budget.release()
+	}
 	up.Transport = budget.transport(up.Transport)
 	ctx, cancel := context.WithTimeout(r.Context(), toolTimeout)
 	defer cancel()
 	err = call(ctx, up)
-	if over := budget.release(); over != nil {
+	if over := budget.over(); over != nil {
 		return over
 	}
 	return err
 }
+
+// callBudgetKey holds, in a built-in list's request context, the budget of its call (custom).
+type callBudgetKey struct{}
 
 func (s *Server) answerLimits() *AnswerLimits {
 	if s.Answers == nil {

@@ -1816,7 +1816,54 @@ func startStallingRefsTool(t *testing.T) string {
 		advertise(w, 500<<10)
 		<-r.Context().Done()
 	})
+	mux.HandleFunc("/large.git/info/refs", func(w http.ResponseWriter, _ *http.Request) {
+		advertise(w, 7<<20)
+		_, _ = io.WriteString(w, "0000")
+	})
 	return serveTool(t, mux)
+}
+
+// TestTenancyAnAPIAnswerNotReadStaysCounted: a built-in list holds what it read until its
+// answer is written (a page of a list of the tool's refs); a caller that does not read its
+// answers would otherwise hold the node's memory uncounted, a stalled call at a time. The
+// call's bytes stay its caller's until its answer is written (or it gives up), so that the
+// caller's next call is refused past its share, and served once the first is gone.
+func TestTenancyAnAPIAnswerNotReadStaysCounted(t *testing.T) {
+	tool := startStallingRefsTool(t)
+	env := startProxyDriver(t, nil) // the API's default bounds: 8 MiB a call, the node's a quarter each caller
+	ns := newNamespace(t)
+	newConnector(t, ns, "refs", gitClass(t), tool)
+	allowConnectors(t, ns, "ui", "refs")
+	token := apiToken(t, ns, "ui")
+	large := connectorAPI(env, ns, "refs", "/git/gitrefs?itemsPerPage=1000000&repositoryUrl="+tool+"/large.git")
+	conn := dialProxy(t, strings.TrimPrefix(env.proxyURL, "http://"))
+	if tcp, ok := conn.(*net.TCPConn); ok {
+		_ = tcp.SetReadBuffer(4 << 10) // and never read: the answer, some MiB, waits in its write
+	}
+	u, err := url.Parse(large)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\n\r\n", u.RequestURI(), u.Host, token); err != nil {
+		t.Fatal(err)
+	}
+	// Its answer has begun (a few hundred bytes read of some MiB): the call is writing it.
+	_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	head := make([]byte, 256)
+	if n, err := io.ReadFull(conn, head); err != nil || !strings.HasPrefix(string(head[:n]), "HTTP/1.1 200 OK") {
+		t.Fatalf("the unread call's answer begins %q (%v), want a 200", head[:n], err)
+	}
+	code, _, st := apiCall(t, "GET", large, token)
+	if code != http.StatusServiceUnavailable {
+		t.Fatalf("a call while the caller's unread answer holds its share: %d %q, want 503", code, st.Message)
+	}
+	if !strings.Contains(st.Message, "namespace "+ns) {
+		t.Errorf("the refusal %q does not name the caller's namespace %s", st.Message, ns)
+	}
+	conn.Close()
+	if !kubelet.WaitUntil(40*time.Second, func() bool { code, _, _ := apiCall(t, "GET", large, token); return code == http.StatusOK }) {
+		t.Error("the caller's calls were still refused after its unread answer's client left")
+	}
 }
 
 // refsHead starts a Git ref advertisement: the service line, a flush, HEAD at hash with
