@@ -548,7 +548,19 @@ func (t toolTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 			return res, err
 		}
 	}
-	return t.p.owned.For(tr, t.rt.pool()).RoundTrip(egress.DialsEndWith(r))
+	out := egress.DialsEndWith(r)
+	// A read with a body ends its connection: a tool that ignores the body of a GET (a CL.0
+	// server: OPTIONS and WebDAV servers often do) would read it as the next request, and take
+	// the next request's head, its injected credential with it, into that one: a caller's
+	// read grant would write.
+	out.Close = out.Close || readWithBody(r)
+	return t.p.owned.For(tr, t.rt.pool()).RoundTrip(out)
+}
+
+// readWithBody tells whether r is a GET, HEAD or OPTIONS that carries a body.
+func readWithBody(r *http.Request) bool {
+	return (r.Method == http.MethodGet || r.Method == http.MethodHead || r.Method == http.MethodOptions) &&
+		r.Body != nil && r.Body != http.NoBody
 }
 
 // upstreamError answers a failed upstream round trip.

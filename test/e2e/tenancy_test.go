@@ -2189,3 +2189,77 @@ func TestTenancyAGitRedirectDoesNotTakeThePodToken(t *testing.T) {
 		t.Fatalf("git clone: %v\n%s", err, out)
 	}
 }
+
+// TestTenancyAReadWithABodyEndsItsConnection: a tool that ignores the body of a GET (a CL.0
+// server) reads it as the next request on the connection, and the next request's head, its
+// injected credential with it, as that one's headers: a caller allowed only reads would write.
+// The proxy closes a connection after a read that carried a body, so that the head it smuggles
+// is never completed.
+func TestTenancyAReadWithABodyEndsItsConnection(t *testing.T) {
+	lis, err := net.Listen("tcp", gitserver.Host+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lis.Close() })
+	var mu sync.Mutex
+	var heads []string
+	go func() {
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for { // every head on the connection, bodies ignored
+					var head []string
+					for {
+						line, err := br.ReadString('\n')
+						if err != nil {
+							return
+						}
+						if line = strings.TrimRight(line, "\r\n"); line == "" {
+							break
+						}
+						head = append(head, line)
+					}
+					mu.Lock()
+					heads = append(heads, strings.Join(head, " | "))
+					mu.Unlock()
+					_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+				}
+			}()
+		}
+	}()
+	env := startProxyDriver(t, nil)
+	ns := newNamespace(t)
+	createSecret(t, ns, "tool", corev1.SecretTypeBasicAuth, map[string]string{"username": "bot", "password": "tool-secret"})
+	newConnectorWithSecret(t, ns, "tool", gitClass(t), "http://"+lis.Addr().String(), "basicAuth", "tool")
+	allowConnectors(t, ns, "builder", "tool")
+	token := proxyToken(t, ns, "builder")
+	client := &http.Client{Timeout: 20 * time.Second}
+	// The second read carries a body too: it takes the same pool of connections.
+	for _, body := range []string{"DELETE /api/v4/projects/1 HTTP/1.1\r\nHost: t\r\nX-Pad: ", "x"} {
+		req := newRequest(t, "GET", env.proxyURL+"/namespaces/"+ns+"/connectors/tool/x", map[string]string{"Authorization": "Bearer " + token})
+		if body != "" {
+			req.Body, req.ContentLength = io.NopCloser(strings.NewReader(body)), int64(len(body))
+		}
+		res, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, h := range heads {
+		if strings.HasPrefix(h, "DELETE") {
+			t.Errorf("the tool read a request smuggled in a GET's body: %.120s", h)
+		}
+	}
+	if len(heads) < 2 {
+		t.Errorf("the tool read %d requests, want the 2 GETs", len(heads))
+	}
+}
