@@ -217,8 +217,12 @@ func named(names []string) []Item {
 func toolError(tool string, err error) error {
 	var terr *transport.Error
 	switch {
-	case errors.Is(err, gittransport.ErrAuthenticationRequired), errors.Is(err, gittransport.ErrAuthorizationFailed):
-		return errorf(http.StatusBadGateway, "BadGateway", "the %s rejected the Connector's credential: %v", tool, err)
+	// Not go-git's message: it quotes the tool's answer whole, to a path the caller chose
+	// (repositoryUrl), read with the Connector's credential.
+	case errors.Is(err, gittransport.ErrAuthenticationRequired):
+		return errorf(http.StatusBadGateway, "BadGateway", "the %s rejected the Connector's credential (401)", tool)
+	case errors.Is(err, gittransport.ErrAuthorizationFailed):
+		return errorf(http.StatusBadGateway, "BadGateway", "the %s rejected the Connector's credential (403)", tool)
 	case errors.Is(err, gittransport.ErrRepositoryNotFound):
 		return errorf(http.StatusNotFound, metav1.StatusReasonNotFound, "the %s has no such repository", tool)
 	case errors.As(err, &terr) && (terr.StatusCode == http.StatusUnauthorized || terr.StatusCode == http.StatusForbidden):

@@ -217,6 +217,12 @@ func TestConnectorsAPI(t *testing.T) {
 			}
 		})
 	}
+	t.Run("a tool's refusal is not quoted", func(t *testing.T) {
+		// go-git quotes the tool's 401 answer whole, from a path the caller chose.
+		if _, _, st := apiCall(t, "GET", api("badcred", "/git/gitrefs?repositoryUrl="+tool.URL+"/repo.git"), viewer); strings.Contains(st.Message, "bad credentials") {
+			t.Errorf("the Status quotes the tool's answer: %q", st.Message)
+		}
+	})
 	t.Run("a method override is refused", func(t *testing.T) {
 		// A tool may run the method the header names: a read grant would delete.
 		for _, header := range []string{"X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override", "X_HTTP_METHOD_OVERRIDE"} {
