@@ -46,10 +46,18 @@ func withoutCaller(h http.Header) http.Header {
 }
 
 // confineAnswer keeps a tool's answer from acting on the API's origin: no cookie is set there,
-// and no page it serves runs as the console's (a sandbox, and no guessing at types).
+// no page it serves runs as the console's (a sandbox, and no guessing at types), and no other
+// origin is let read it (a tool's CORS headers: behind a gateway that turns the console's
+// cookie into a token, a tool echoing any Origin with credentials would let any site read
+// what a shared Connector's credential reads).
 func confineAnswer(h http.Header) {
 	h.Del("Set-Cookie")
 	h.Del("Set-Cookie2")
+	for name := range h {
+		if strings.HasPrefix(name, "Access-Control-") || name == "Timing-Allow-Origin" {
+			delete(h, name)
+		}
+	}
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("Content-Security-Policy", "sandbox")
 }

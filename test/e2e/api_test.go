@@ -332,6 +332,9 @@ func TestConnectorsAPI(t *testing.T) {
 				seenBySpy <- r.Header.Clone()
 			}
 			w.Header().Set("Set-Cookie", "console-session=chosen-by-the-tool; Path=/")
+			w.Header().Set("Access-Control-Allow-Origin", "https://any.example")
+			w.Header().Set("Access-Control-Allow-Credentials", "true")
+			w.Header().Set("Timing-Allow-Origin", "*")
 			w.Header().Set("Content-Type", "text/html")
 			_, _ = io.WriteString(w, "<script>document.cookie</script>")
 		})
@@ -368,6 +371,11 @@ func TestConnectorsAPI(t *testing.T) {
 		}
 		if v := res.Header.Values("Set-Cookie"); len(v) != 0 {
 			t.Errorf("the tool set a cookie on the API's origin: %q", v)
+		}
+		for _, name := range []string{"Access-Control-Allow-Origin", "Access-Control-Allow-Credentials", "Timing-Allow-Origin"} {
+			if v := res.Header.Get(name); v != "" {
+				t.Errorf("the tool let other origins read the API's answers: %s %q", name, v)
+			}
 		}
 		if res.Header.Get("Content-Security-Policy") != "sandbox" || res.Header.Get("X-Content-Type-Options") != "nosniff" {
 			t.Errorf("the tool's page is not sandboxed: CSP %q, X-Content-Type-Options %q",
