@@ -51,7 +51,7 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 		return err
 	}
 	connectors := objectcache.NewConnectors(watcher, o.ConnectorIdle, o.ConnectorCacheSize, o.ConnectorMissingTTL)
-	connectors.OnDelete = proxy.ForgetConnector
+	connectors.OnDelete, connectors.OnDrop = proxy.ForgetConnector, proxy.ForgetConnector
 	objects := objectcache.Reader{Connectors: connectors, Rest: informers}
 	// The proxy, the Connectors API and new volumes are asked for whatever names their callers
 	// make up: a Connector is watched for them only if it exists (Connectors.Lookup).

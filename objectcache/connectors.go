@@ -49,6 +49,11 @@ type Connectors struct {
 	// OnDelete, set before the first Get, is told of each watched Connector that is deleted
 	// (the proxy drops its metric series).
 	OnDelete func(types.NamespacedName)
+	// OnDrop, set before the first Get, is told of each Connector no longer watched (idle,
+	// pushed out, or at the end): the proxy drops its metric series too, which would otherwise
+	// stay for every Connector ever used through the node (a tenant's thousands), and start
+	// again from zero at its next request.
+	OnDrop func(types.NamespacedName)
 	// Lookups, set before the first Lookup, is the client Lookup lists with (nil: the
 	// watching client): the proxy's, whose rate limit publishes do not share.
 	Lookups client.Reader
@@ -499,6 +504,9 @@ func (c *Connectors) dropLocked(nn types.NamespacedName) {
 	if w, ok := c.watched[nn]; ok {
 		w.stop()
 		delete(c.watched, nn)
+		if c.OnDrop != nil {
+			c.OnDrop(nn)
+		}
 	}
 }
 

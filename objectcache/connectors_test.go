@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"slices"
 	"testing"
 	"time"
 
@@ -50,6 +51,8 @@ func watchedNames(c *Connectors) map[string]bool {
 func TestMakeRoomKeepsVolumesWatches(t *testing.T) {
 	ctx := context.Background()
 	c := NewConnectors(fakeConnectors(t, 10), time.Hour, 4, 0)
+	var dropped []string
+	c.OnDrop = func(nn types.NamespacedName) { dropped = append(dropped, nn.Name) }
 	t.Cleanup(func() { c.Run(cancelled()) }) // its watches stopped, also after a failure
 	now := time.Unix(1_000, 0)
 	c.now = func() time.Time { now = now.Add(time.Second); return now }
@@ -74,6 +77,10 @@ func TestMakeRoomKeepsVolumesWatches(t *testing.T) {
 	}
 	if got, want := watchedNames(c), map[string]bool{"c-1": true, "c-8": true, "c-9": true, "c-2": true}; !maps.Equal(got, want) {
 		t.Fatalf("after 3 more volumes: %v, want %v", got, want)
+	}
+	// Each pushed out is told (the proxy drops its metric series).
+	if want := []string{"c-2", "c-3", "c-4", "c-5", "c-6", "c-7", "c-0"}; !slices.Equal(dropped, want) {
+		t.Errorf("told of dropped Connectors %v, want %v", dropped, want)
 	}
 	// A lookup finds no room it may take from volumes: it is served from its list, unwatched.
 	got, err := c.Lookup(ctx, nameOf(3))
