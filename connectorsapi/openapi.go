@@ -223,11 +223,25 @@ func pathScore(tmpl, segs []string) (int, bool) {
 			continue
 		}
 		if t != segs[i] {
-			if dec, err := url.PathUnescape(segs[i]); err != nil || dec != t {
+			if dec, err := url.PathUnescape(segs[i]); err != nil || dec != t && servedAs(dec, i == len(segs)-1) != t {
 				return 0, false
 			}
 		}
 		score++
 	}
 	return score, true
+}
+
+// servedAs is the segment seg as tools that strip them route it: without ;parameters (Tomcat
+// and Jetty: Nexus, Artifactory, SonarQube), and the last without a format extension (Rails
+// and Grape: GitLab). A request whose segment a literal segment of the class's paths matches
+// only so is that literal path's, for its grant and its provider, as it is the tool's: routed
+// as a template's ({id} taking admin;x), it would need the template's grant for what the tool
+// serves as the literal path.
+func servedAs(seg string, last bool) string {
+	seg, _, _ = strings.Cut(seg, ";")
+	if dot := strings.LastIndexByte(seg, '.'); last && dot > 0 {
+		seg = seg[:dot]
+	}
+	return seg
 }

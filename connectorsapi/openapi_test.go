@@ -27,6 +27,13 @@ func TestMatchPath(t *testing.T) {
 		"/api/v4/projects/g%2Fp/repository/branch": "/api/v4/projects/{id}/repository/branch",
 		"/api/v4/projects":                         "",
 		"/%67it/gitrefs":                           "/git/gitrefs", // compared decoded too
+		// As a tool that strips ;parameters or a format extension routes it: the literal path.
+		"/repos/org/special;x/pulls":    "/repos/{owner}/special/pulls",
+		"/repos/org/special.json/pulls": "/repos/{owner}/{repo}/pulls", // an extension only at the end
+		"/repos/org/special/pulls.json": "/repos/{owner}/special/pulls",
+		"/repos/org/spec%69al;x/pulls":  "/repos/{owner}/special/pulls",
+		"/repos/org/specialx/pulls":     "/repos/{owner}/{repo}/pulls",
+		"/git/gitrefs.json":             "/git/gitrefs",
 	} {
 		if got := matchPath(paths, apiPath); got != want {
 			t.Errorf("%s matched %q, want %q", apiPath, got, want)
