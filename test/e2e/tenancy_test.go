@@ -463,12 +463,7 @@ func TestTenancyToolSessionsStayWithTheProxy(t *testing.T) {
 		w.Header().Add("Set-Cookie2", "OLD=derived")
 		_, _ = io.WriteString(w, "ok")
 	})
-	env := startProxyDriver(t, nil)
-	ns := newNamespace(t)
-	createSecret(t, ns, "tool", corev1.SecretTypeBasicAuth, map[string]string{"username": "bot", "password": "tool-secret"})
-	newConnectorWithSecret(t, ns, "tool", gitClass(t), tool.URL, "basicAuth", "tool")
-	allowConnectors(t, ns, "builder", "tool")
-	token := proxyToken(t, ns, "builder")
+	env, ns, token := basicAuthTool(t, tool.URL)
 	// One kept-alive connection each: its later requests take the remembered route.
 	reverse, forward := &http.Client{Timeout: 20 * time.Second}, forwardClient(env.proxyURL, ns+"/tool", token)
 	for mode, send := range map[string]func() (*http.Response, error){
@@ -513,12 +508,7 @@ func TestTenancyToolChallengesStayWithTheProxy(t *testing.T) {
 		w.WriteHeader(http.StatusUnauthorized)
 		_, _ = io.WriteString(w, "who are you")
 	})
-	env := startProxyDriver(t, nil)
-	ns := newNamespace(t)
-	createSecret(t, ns, "tool", corev1.SecretTypeBasicAuth, map[string]string{"username": "bot", "password": "tool-secret"})
-	newConnectorWithSecret(t, ns, "tool", gitClass(t), tool.URL, "basicAuth", "tool")
-	allowConnectors(t, ns, "builder", "tool")
-	token := proxyToken(t, ns, "builder")
+	env, ns, token := basicAuthTool(t, tool.URL)
 	reverse, forward := &http.Client{Timeout: 20 * time.Second}, forwardClient(env.proxyURL, ns+"/tool", token)
 	for mode, tc := range map[string]struct {
 		send func() (*http.Response, error)
@@ -2232,12 +2222,7 @@ func TestTenancyAReadWithABodyEndsItsConnection(t *testing.T) {
 			}()
 		}
 	}()
-	env := startProxyDriver(t, nil)
-	ns := newNamespace(t)
-	createSecret(t, ns, "tool", corev1.SecretTypeBasicAuth, map[string]string{"username": "bot", "password": "tool-secret"})
-	newConnectorWithSecret(t, ns, "tool", gitClass(t), "http://"+lis.Addr().String(), "basicAuth", "tool")
-	allowConnectors(t, ns, "builder", "tool")
-	token := proxyToken(t, ns, "builder")
+	env, ns, token := basicAuthTool(t, "http://"+lis.Addr().String())
 	client := &http.Client{Timeout: 20 * time.Second}
 	// The second read carries a body too: it takes the same pool of connections.
 	for _, body := range []string{"DELETE /api/v4/projects/1 HTTP/1.1\r\nHost: t\r\nX-Pad: ", "x"} {
@@ -2262,4 +2247,16 @@ func TestTenancyAReadWithABodyEndsItsConnection(t *testing.T) {
 	if len(heads) < 2 {
 		t.Errorf("the tool read %d requests, want the 2 GETs", len(heads))
 	}
+}
+
+// basicAuthTool starts a proxy driver and a namespace whose git Connector tool, at url, has a
+// Basic credential (bot, tool-secret) and may be used by builder, whose token it returns.
+func basicAuthTool(t *testing.T, url string) (env *proxyEnv, ns, token string) {
+	t.Helper()
+	env = startProxyDriver(t, nil)
+	ns = newNamespace(t)
+	createSecret(t, ns, "tool", corev1.SecretTypeBasicAuth, map[string]string{"username": "bot", "password": "tool-secret"})
+	newConnectorWithSecret(t, ns, "tool", gitClass(t), url, "basicAuth", "tool")
+	allowConnectors(t, ns, "builder", "tool")
+	return env, ns, proxyToken(t, ns, "builder")
 }
