@@ -7,8 +7,8 @@ import (
 )
 
 // Changes tells the publishes waiting on an AccessRequest that it changed. The node's cache of
-// its own AccessRequests (selected by the node label) feeds it, so a waiting publish needs no
-// watch of its own.
+// its own AccessRequests (objectcache.Requests, a watch of each by name) feeds it, so a
+// waiting publish needs no watch of its own.
 type Changes struct {
 	mu   sync.Mutex
 	subs map[types.NamespacedName]map[chan struct{}]struct{}

@@ -39,9 +39,9 @@ type Gate struct {
 	Authz Authorizer
 	// Client reads AccessPolicies and creates and annotates AccessRequests, uncached.
 	Client client.Client
-	// Requests reads this node's AccessRequests from a cache that watches only them (by the
-	// node label: a node caches nothing of other nodes' Pods); Changes says when one changed.
-	Requests client.Reader
+	// Requests is the node's cache of its own AccessRequests, each watched by name (a node
+	// caches nothing of other nodes' Pods); Changes says when one changed.
+	Requests RequestCache
 	Changes  *Changes
 	Flags    *features.Source
 	// Wait bounds how long a publish waits for a pending request.
@@ -52,6 +52,17 @@ type Gate struct {
 	Gating *GatingMemo
 }
 
+// RequestCache is the node's cache of its own AccessRequests (objectcache.Requests): Get reads
+// only the requests it watches; Lookup watches one it finds; Follow watches one the node made;
+// Hold keeps one watched while a volume's record names it, until Release.
+type RequestCache interface {
+	client.Reader
+	Lookup(ctx context.Context, nn types.NamespacedName) (*v1alpha1.AccessRequest, error)
+	Follow(ar *v1alpha1.AccessRequest)
+	Hold(nn types.NamespacedName)
+	Release(nn types.NamespacedName)
+}
+
 // Admit decides whether the Pod may use the Connector now.
 func (g *Gate) Admit(ctx context.Context, pod records.Pod, c *v1alpha1.Connector) (*node.Admission, error) {
 	if !g.Flags.Flags().ApprovalEffective() {
@@ -60,13 +71,19 @@ func (g *Gate) Admit(ctx context.Context, pod records.Pod, c *v1alpha1.Connector
 	// A request already made for this Pod decides, so that its grant is recorded with the
 	// volume and revoked when the volume goes.
 	want := g.requestFor(pod, c)
-	var existing v1alpha1.AccessRequest
-	err := g.Requests.Get(ctx, client.ObjectKeyFromObject(want), &existing)
+	existing, err := g.Requests.Lookup(ctx, client.ObjectKeyFromObject(want))
 	// A revoked one decides too, for good (see verdict): asking for connectors/proxy first would
 	// cost two reviews at each republish for the rest of the Pod's life.
 	switch {
+	case err == nil && sameRequest(existing.Spec, want.Spec) && existing.Labels[v1alpha1.LabelNode] != want.Labels[v1alpha1.LabelNode]:
+		// Made by someone else, who may not label it for this node: ensureRequest labels it.
+		existing, err = g.ensureRequest(ctx, want)
+		if err != nil {
+			return nil, err
+		}
+		return g.await(ctx, existing)
 	case err == nil && sameRequest(existing.Spec, want.Spec):
-		return g.await(ctx, &existing)
+		return g.await(ctx, existing)
 	case err == nil:
 		// Labelled for this node by whoever else may create requests: its verdict is not this
 		// Pod's (ensureRequest says so).
@@ -92,6 +109,7 @@ func (g *Gate) Admit(ctx context.Context, pod records.Pod, c *v1alpha1.Connector
 	if err != nil {
 		return nil, err
 	}
+	g.Requests.Follow(ar)
 	return g.await(ctx, ar)
 }
 
@@ -211,8 +229,8 @@ func (g *Gate) requestFor(pod records.Pod, c *v1alpha1.Connector) *v1alpha1.Acce
 
 // ensureRequest creates want, or finds it made already; one of its name that asks for anything
 // else is refused, and one that asks the same but is not labelled for this node (made by
-// someone else, whom the admission policy lets not label it) is labelled, or the node, which
-// waits on its requests through the cache of those labelled for it, would never see its verdict.
+// someone else, whom the admission policy lets not label it) is labelled for this node, as
+// its own are (the node's label says which node revokes a request whose record it lost).
 func (g *Gate) ensureRequest(ctx context.Context, want *v1alpha1.AccessRequest) (*v1alpha1.AccessRequest, error) {
 	ar := want.DeepCopy()
 	c := types.NamespacedName{Namespace: ar.Namespace, Name: ar.Spec.ConnectorRef.Name}
@@ -310,11 +328,14 @@ func pending(ar *v1alpha1.AccessRequest) *node.Admission {
 	return &node.Admission{AccessRequest: ar.Namespace + "/" + ar.Name, Message: msg}
 }
 
-// RevokePod revokes the requests this node made for the Pod of uid (from the node's cache of
-// its own requests): what a volume whose record is lost held.
+// RevokePod revokes the requests this node made for the Pod of uid: what a volume whose record
+// is lost held. They are listed by the node's label, from the API server's watch cache: the
+// node watches its requests by name, and a lost record names none (rare: a power loss before
+// the record reached the disk).
 func (g *Gate) RevokePod(ctx context.Context, uid string) error {
 	var list v1alpha1.AccessRequestList
-	if err := g.Requests.List(ctx, &list); err != nil {
+	if err := g.Client.List(ctx, &list, client.MatchingLabels{v1alpha1.LabelNode: LabelValue(g.NodeID)},
+		&client.ListOptions{Raw: &metav1.ListOptions{ResourceVersion: "0"}}); err != nil {
 		return err
 	}
 	var errs []error
@@ -336,16 +357,31 @@ func (g *Gate) RevokePod(ctx context.Context, uid string) error {
 }
 
 // Revoke marks the requests a volume held as revoked, with the time; the controller deletes
-// their grants.
+// their grants. The node then lets their watches go.
 func (g *Gate) Revoke(ctx context.Context, requests []string) error {
 	at := time.Now().UTC().Format(time.RFC3339)
 	for _, nn := range requests {
-		ns, name, _ := strings.Cut(nn, "/")
-		ar := &v1alpha1.AccessRequest{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
+		key := requestKey(nn)
+		ar := &v1alpha1.AccessRequest{ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: key.Name}}
 		patch := []byte(fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, AnnotationRevoked, at))
 		if err := g.Client.Patch(ctx, ar, client.RawPatch(types.MergePatchType, patch)); client.IgnoreNotFound(err) != nil {
 			return fmt.Errorf("revoke AccessRequest %s: %w", nn, err)
 		}
+		g.Requests.Release(key)
 	}
 	return nil
+}
+
+// Hold keeps the requests a volume's record names watched, until the node revokes them: their
+// changes end the Pod's cached proxy decisions at once.
+func (g *Gate) Hold(requests []string) {
+	for _, nn := range requests {
+		g.Requests.Hold(requestKey(nn))
+	}
+}
+
+// requestKey is the key of a request a record names ("namespace/name").
+func requestKey(nn string) types.NamespacedName {
+	ns, name, _ := strings.Cut(nn, "/")
+	return types.NamespacedName{Namespace: ns, Name: name}
 }

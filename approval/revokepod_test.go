@@ -3,6 +3,7 @@ package approval
 import (
 	"context"
 	"testing"
+	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -13,24 +14,27 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/objectcache"
 )
 
 // TestRevokePodRevokesThatPodsRequests: the requests this node made for a Pod (by UID) are
-// marked revoked, not another Pod's nor one revoked already; one that cannot be patched (a
+// marked revoked, not another Pod's, another node's, nor one revoked already; one that cannot be patched (a
 // request anyone labelled for this node naming the Pod, made unpatchable) is logged and
 // skipped, not retried for good.
 func TestRevokePodRevokesThatPodsRequests(t *testing.T) {
 	scheme := testScheme(t)
 	request := func(name, uid string, revokedAlready bool) *v1alpha1.AccessRequest {
-		ar := &v1alpha1.AccessRequest{ObjectMeta: metav1.ObjectMeta{Namespace: "team", Name: name},
+		ar := &v1alpha1.AccessRequest{ObjectMeta: metav1.ObjectMeta{Namespace: "team", Name: name, Labels: map[string]string{v1alpha1.LabelNode: "node-1"}},
 			Spec: v1alpha1.AccessRequestSpec{Context: v1alpha1.AccessContext{ObjectRef: v1alpha1.ContextObjectRef{Kind: "Pod", UID: types.UID(uid)}}}}
 		if revokedAlready {
 			ar.Status.Conditions = []metav1.Condition{{Type: v1alpha1.ConditionAccessPermissionSync, Status: metav1.ConditionTrue, Reason: v1alpha1.ReasonPermissionCleanUp}}
 		}
 		return ar
 	}
+	elsewhere := request("elsewhere", "pod-uid", false)
+	elsewhere.Labels[v1alpha1.LabelNode] = "node-2"
 	objs := []client.Object{request("mine", "pod-uid", false), request("mine-too", "pod-uid", false), request("done", "pod-uid", true),
-		request("other", "other-uid", false), request("forged", "pod-uid", false)}
+		request("other", "other-uid", false), request("forged", "pod-uid", false), elsewhere}
 	cached := fake.NewClientBuilder().WithScheme(scheme).WithObjects(objs...).Build()
 	var patched []string
 	live := interceptor.NewClient(cached, interceptor.Funcs{Patch: func(ctx context.Context, c client.WithWatch, obj client.Object, patch client.Patch, opts ...client.PatchOption) error {
@@ -40,7 +44,7 @@ func TestRevokePodRevokesThatPodsRequests(t *testing.T) {
 		patched = append(patched, obj.GetName())
 		return c.Patch(ctx, obj, patch, opts...)
 	}})
-	g := &Gate{Requests: cached, Client: live}
+	g := &Gate{Requests: objectcache.NewRequests(cached, time.Minute), Client: live, NodeID: "node-1"}
 	if err := g.RevokePod(context.Background(), "pod-uid"); err != nil {
 		t.Fatal(err)
 	}

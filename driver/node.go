@@ -3,18 +3,14 @@ package driver
 import (
 	"context"
 	"fmt"
-	"maps"
 	"math"
-	"slices"
 	"sync/atomic"
 
 	"golang.org/x/sync/errgroup"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
-	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/ptr"
@@ -52,6 +48,7 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 	}
 	connectors := objectcache.NewConnectors(watcher, o.ConnectorIdle, o.ConnectorCacheSize, o.ConnectorMissingTTL)
 	connectors.OnDelete, connectors.OnDrop = proxy.ForgetConnector, proxy.ForgetConnector
+	requests := objectcache.NewRequests(watcher, o.AccessRequestIdle)
 	objects := objectcache.Reader{Connectors: connectors, Rest: informers}
 	// The proxy, the Connectors API and new volumes are asked for whatever names their callers
 	// make up: a Connector is watched for them only if it exists (Connectors.Lookup).
@@ -145,7 +142,7 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 		LeafCacheSize: o.LeafCacheSize, TransportCacheSize: o.TransportCacheSize, OwnerTransportCacheSize: o.OwnerTransportSize,
 		APITransportCacheSize: o.APITransportSize,
 		Refusals:              &proxy.RefusalEvents{Recorder: recorder, Interval: o.RefusalEventInterval, QPS: o.RefusalEventQPS},
-		PodGrants:             &approval.PodGrants{Local: informers, Live: proxyClient},
+		PodGrants:             &approval.PodGrants{Local: requests, Live: proxyClient},
 		Node:                  proxyNode(o),
 		DeniedPaths:           o.ProxyDeniedPaths,
 		GraphQLPaths:          o.ProxyGraphQLPaths,
@@ -166,15 +163,13 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 		RegistryPageSize: o.RegistryPageSize, Answers: connectorsapi.NewAnswerLimits(o.APICallAnswerBytes, o.APINodeAnswerBytes),
 		// A class's spec.api.permissions.rego names the verb; the method's otherwise.
 		Verbs: regoeval.APIVerbs{Engine: regoEngine, Methods: connectorsapi.MethodVerbs{}}}
-	// The node learns grants and revocations of its own AccessRequests from its watch of them:
+	// The node learns grants and revocations of its own AccessRequests from its watches of them:
 	// waiting publishes wake up, and the Pod's cached proxy decisions are dropped.
-	if err := onRequestChange(ctx, informers, func(ar *v1alpha1.AccessRequest) {
+	requests.OnChange = func(ar *v1alpha1.AccessRequest) {
 		requestChanges.Notify(client.ObjectKeyFromObject(ar))
 		if ref := ar.Spec.Context.ObjectRef; ref.Kind == "Pod" {
 			connectorsProxy.ForgetPod(ref.Namespace, ref.Name)
 		}
-	}); err != nil {
-		return err
 	}
 	renderer := render.NewRenderer(o.ProxyURL, o.NoProxy, int(min(o.volumeSizeBytes, math.MaxInt32)))
 	renderer.ClusterDomain = o.ClusterDomain
@@ -186,7 +181,7 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 		Lookups:     objectcache.Reader{Connectors: connectors, Rest: informers, Lookup: true, Lists: watcher},
 		LiveClasses: watcher,
 		Authorizer:  &approval.SubjectAccessReviewer{Authz: reviewer},
-		Approval: &approval.Gate{Authz: reviewer, Client: watcher, Requests: informers, Changes: requestChanges,
+		Approval: &approval.Gate{Authz: reviewer, Client: watcher, Requests: requests, Changes: requestChanges,
 			Flags: flags, Wait: o.ApprovalWait, NodeID: o.NodeID, Gating: approval.NewGatingMemo(o.GatingCacheSize, o.GatingCacheTTL)},
 		Renderer: renderer,
 		CA:       caStore,
@@ -199,6 +194,7 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 
 	g.Go(func() error { return informers.Start(ctx) })
 	g.Go(func() error { connectors.Run(ctx); return nil })
+	g.Go(func() error { requests.Run(ctx); return nil })
 	g.Go(func() error {
 		if informers.WaitForCacheSync(ctx) {
 			ready.Store(true)
@@ -217,10 +213,9 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 	return nil
 }
 
-// newObjectCache makes the informer caches the node reads besides Connectors (which it
-// watches one by one, on demand: objectcache): ConnectorClasses (few; shared read-only, as a
-// proxied request must not copy its class) and the AccessRequests of this node only (by the
-// node label). All are kept without managedFields; AccessRequests without annotations too.
+// newObjectCache makes the informer cache the node reads besides Connectors and its own
+// AccessRequests (which it watches one by one: objectcache): ConnectorClasses (few; shared
+// read-only, as a proxied request must not copy its class), kept without managedFields.
 func newObjectCache(ctx context.Context, p *process) (cache.Cache, error) {
 	c, err := cache.New(p.cfg, cache.Options{
 		Scheme:                      p.scheme,
@@ -228,57 +223,16 @@ func newObjectCache(ctx context.Context, p *process) (cache.Cache, error) {
 		DefaultTransform:            cache.TransformStripManagedFields(),
 		ByObject: map[client.Object]cache.ByObject{
 			&v1alpha1.ConnectorClass{}: {UnsafeDisableDeepCopy: ptr.To(true)},
-			&v1alpha1.AccessRequest{}: {Label: labels.SelectorFromSet(labels.Set{
-				v1alpha1.LabelNode: approval.LabelValue(p.o.NodeID)}), Transform: stripRequest},
 		},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("object cache: %w", err)
 	}
-	for _, obj := range []client.Object{&v1alpha1.ConnectorClass{}, &v1alpha1.AccessRequest{}} {
-		if _, err := c.GetInformer(ctx, obj); err != nil {
-			return nil, fmt.Errorf("informer for %T: %w", obj, err)
-		}
+	if _, err := c.GetInformer(ctx, &v1alpha1.ConnectorClass{}); err != nil {
+		return nil, fmt.Errorf("informer for ConnectorClasses: %w", err)
 	}
 	return c, nil
 }
-
-// stripRequest keeps of an AccessRequest what the node reads (spec, status conditions) and the
-// labels a node gives its requests: not its managed fields; nor its annotations, owners,
-// finalizers or other labels, which whoever may write AccessRequests could fill up to the API
-// server's 256 KiB of annotations, and more of the others, on every request labelled for this
-// node; nor the copies of the matched AccessPolicies in its status (the controller's), as
-// large as a tenant's policy, times every request of the node's Pods that policy gates. The
-// schema bounds the spec's strings; a spec larger than those bounds allow (a request written
-// before them) is kept empty, which names no Pod and so is no request of the node's.
-func stripRequest(obj any) (any, error) {
-	if ar, ok := obj.(*v1alpha1.AccessRequest); ok {
-		ar.ManagedFields, ar.Annotations, ar.Status.Policies = nil, nil, nil
-		ar.OwnerReferences, ar.Finalizers, ar.GenerateName = nil, nil, ""
-		maps.DeleteFunc(ar.Labels, func(key, _ string) bool { return !slices.Contains(requestLabelKeys, key) })
-		if specBytes(&ar.Spec) > maxRequestSpecBytes {
-			ar.Spec = v1alpha1.AccessRequestSpec{}
-		}
-	}
-	return obj, nil
-}
-
-// maxRequestSpecBytes is more than the strings of a spec within the schema's bounds add up to
-// (apiVersion, uid, resourceVersion and fieldPath 256 each at most, names 253, namespaces 63,
-// kinds and groups fewer than 320).
-const maxRequestSpecBytes = 4 << 10
-
-// specBytes adds up the lengths of a request spec's strings.
-func specBytes(s *v1alpha1.AccessRequestSpec) int {
-	o := s.Context.ObjectRef
-	return len(s.Subject.Kind) + len(s.Subject.APIGroup) + len(s.Subject.Name) + len(s.Subject.Namespace) +
-		len(s.ConnectorRef.Name) + len(o.APIVersion) + len(o.Kind) + len(o.Name) + len(o.Namespace) + len(o.UID) +
-		len(o.ResourceVersion) + len(o.FieldPath)
-}
-
-// requestLabelKeys are the labels a node gives the requests it makes (approval.Gate).
-var requestLabelKeys = []string{v1alpha1.LabelNode, v1alpha1.LabelAccessRequestConnector,
-	v1alpha1.LabelContextObjectKind, v1alpha1.LabelContextObjectNamespace, v1alpha1.LabelContextObjectName}
 
 // proxyNode is the node whose Pods' tokens alone the proxy takes: this one, unless
 // --proxy-tokens=any.
@@ -297,25 +251,4 @@ func newMounter(o *validated) mount.Mounter {
 		return mount.NewDirectories()
 	}
 	return mount.NewTmpfs()
-}
-
-// onRequestChange calls changed with every AccessRequest of the node's cache that is added,
-// updated or deleted.
-func onRequestChange(ctx context.Context, objects cache.Cache, changed func(*v1alpha1.AccessRequest)) error {
-	inf, err := objects.GetInformer(ctx, &v1alpha1.AccessRequest{})
-	if err != nil {
-		return err
-	}
-	call := func(obj any) {
-		if tomb, ok := obj.(toolscache.DeletedFinalStateUnknown); ok {
-			obj = tomb.Obj
-		}
-		if ar, ok := obj.(*v1alpha1.AccessRequest); ok {
-			changed(ar)
-		}
-	}
-	_, err = inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
-		AddFunc: call, UpdateFunc: func(_, obj any) { call(obj) }, DeleteFunc: call,
-	})
-	return err
 }

@@ -56,17 +56,19 @@ const (
 	defaultPermissionCacheSize    = 10000
 	defaultConnectorCacheSize     = 1000
 	defaultConnectorIdle          = 10 * time.Minute
-	defaultAPIConnectorTTL        = 10 * time.Second
-	defaultConnectorMissingTTL    = 5 * time.Second
-	defaultTunnelLifetime         = time.Hour
-	defaultUpgradeRecheck         = 5 * time.Second
-	defaultReadHeaderTimeout      = 30 * time.Second
-	defaultClientIdleTimeout      = 120 * time.Second
-	defaultUpstreamIdleTimeout    = 90 * time.Second
-	defaultLaneMaxBodyBytes       = 64 << 10
-	defaultMetricsAuthQPS         = 1
-	defaultMetricsAuthBurst       = 4
-	defaultMetricsAuthTTL         = 2 * time.Minute
+	// Longer than kubelet's longest wait between retries of a publish (2 min 2 s).
+	defaultAccessRequestIdle   = 5 * time.Minute
+	defaultAPIConnectorTTL     = 10 * time.Second
+	defaultConnectorMissingTTL = 5 * time.Second
+	defaultTunnelLifetime      = time.Hour
+	defaultUpgradeRecheck      = 5 * time.Second
+	defaultReadHeaderTimeout   = 30 * time.Second
+	defaultClientIdleTimeout   = 120 * time.Second
+	defaultUpstreamIdleTimeout = 90 * time.Second
+	defaultLaneMaxBodyBytes    = 64 << 10
+	defaultMetricsAuthQPS      = 1
+	defaultMetricsAuthBurst    = 4
+	defaultMetricsAuthTTL      = 2 * time.Minute
 )
 
 // What --metrics-auth may be.
@@ -248,6 +250,9 @@ type Options struct {
 	PermissionCacheSize    int
 	ConnectorCacheSize     int
 	ConnectorIdle          time.Duration
+	// AccessRequestIdle is how long a node keeps watching one of its AccessRequests that no
+	// volume's record names (a pending publish's) after a publish last read it.
+	AccessRequestIdle time.Duration
 	// APIConnectorTTL is how long the Connectors API keeps a Connector it read that the node
 	// does not watch.
 	APIConnectorTTL     time.Duration
@@ -444,6 +449,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.IntVar(&o.PermissionCacheSize, "proxy-permission-cache-size", defaultPermissionCacheSize, "connectors/proxy decisions (by Pod, Connector and verb) the proxy keeps at most")
 	fs.IntVar(&o.ConnectorCacheSize, "connector-cache-size", defaultConnectorCacheSize, "Connectors a node watches at most (the ones its volumes and proxy requests use)")
 	fs.DurationVar(&o.ConnectorIdle, "connector-idle-timeout", defaultConnectorIdle, "a node stops watching a Connector nothing read for this long")
+	fs.DurationVar(&o.AccessRequestIdle, "accessrequest-watch-idle-timeout", defaultAccessRequestIdle, "a node stops watching one of its AccessRequests that no volume holds (a pending publish's) when no publish read it for this long; the requests volumes hold are watched until the node revokes them")
 	fs.DurationVar(&o.APIConnectorTTL, "connectors-api-connector-ttl", defaultAPIConnectorTTL, "how long the Connectors API keeps a Connector it read that none of the node's volumes or proxy requests use (the API watches none: anyone may call any node's API); 0 reads it for each call")
 	fs.DurationVar(&o.ConnectorMissingTTL, "connector-missing-ttl", defaultConnectorMissingTTL, "how long a node remembers that a Connector the proxy or the Connectors API was asked for does not exist (they list it once and watch it only if it does; 0: not remembered)")
 	fs.StringVar(&o.WebhookListen, "webhook-listen", "", "controller role: host:port of the Connector admission webhook (HTTPS; deploy/ uses :9443); empty: no webhook")
@@ -838,6 +844,9 @@ func (v *validated) proxyLimits() error {
 	}
 	if v.ConnectorIdle <= 0 {
 		v.ConnectorIdle = defaultConnectorIdle
+	}
+	if v.AccessRequestIdle <= 0 {
+		v.AccessRequestIdle = defaultAccessRequestIdle
 	}
 	if v.ProxyAuthQPS == 0 {
 		v.ProxyAuthQPS = defaultProxyAuthQPS

@@ -96,6 +96,9 @@ func (s *Server) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 		err = s.write(target, mounted && s.renews(req.GetVolumeId(), rec), mounted, files, gid, rec)
 	}
 	if err == nil {
+		if s.Approval != nil {
+			s.Approval.Hold(rec.AccessRequests)
+		}
 		log.V(2).Info("Published volume", "target", target, "files", len(files), "republish", mounted)
 	}
 	return s.answer(ctx, req.GetVolumeId(), vr, mounted, err)

@@ -76,6 +76,7 @@ func (*revocations) Admit(context.Context, records.Pod, *v1alpha1.Connector) (*A
 	return &Admission{Granted: true}, nil
 }
 func (*revocations) Revoke(context.Context, []string) error { return nil }
+func (*revocations) Hold([]string)                          {}
 func (r *revocations) RevokePod(_ context.Context, uid string) error {
 	r.pods = append(r.pods, uid)
 	return nil

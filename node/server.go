@@ -52,6 +52,9 @@ type Approver interface {
 	Revoke(ctx context.Context, accessRequests []string) error
 	// RevokePod ends the grants of every AccessRequest this node made for the Pod of uid.
 	RevokePod(ctx context.Context, uid string) error
+	// Hold keeps the node watching the given AccessRequests ("namespace/name"), which a
+	// volume's record names, until it revokes them.
+	Hold(accessRequests []string)
 }
 
 // CASource returns the proxy CA certificate (PEM) that volumes carry.
@@ -106,11 +109,18 @@ type Server struct {
 }
 
 // NewServer returns a Server; every field of s but Clock must be set. The volumes its records
-// name count against Config.VolumesMaxBytes from the start.
+// name count against Config.VolumesMaxBytes from the start, and their AccessRequests are
+// watched.
 func NewServer(s Server) *Server {
 	s.targets = &targetLocks{}
 	s.kept = &sync.Map{}
-	s.budget = newVolumeBudget(s.Config.VolumesMaxBytes, s.mountedRecords())
+	mounted := s.mountedRecords()
+	s.budget = newVolumeBudget(s.Config.VolumesMaxBytes, mounted)
+	if s.Approval != nil {
+		for _, rec := range mounted {
+			s.Approval.Hold(rec.AccessRequests)
+		}
+	}
 	return &s
 }
 

@@ -10,9 +10,7 @@ package objectcache
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,14 +19,7 @@ import (
 	"golang.org/x/sync/singleflight"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/apimachinery/pkg/watch"
-	"k8s.io/client-go/tools/cache"
-	watchtools "k8s.io/client-go/tools/watch"
-	"k8s.io/klog/v2"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
@@ -84,9 +75,7 @@ type watched struct {
 	obj atomic.Pointer[v1alpha1.Connector]
 	// oversize is the size of a Connector too large to hold, 0 for none.
 	oversize atomic.Int64
-	synced   chan struct{}
-	stop     context.CancelFunc
-	lastRead time.Time
+	entry
 	// volume: a volume read it (Get), not only lookups; see makeRoomLocked.
 	volume bool
 }
@@ -254,10 +243,8 @@ func (c *Connectors) lookupReader() client.Reader {
 
 // read returns w's Connector once its watch synced.
 func (c *Connectors) read(ctx context.Context, nn types.NamespacedName, w *watched) (*v1alpha1.Connector, error) {
-	select {
-	case <-w.synced:
-	case <-ctx.Done():
-		return nil, fmt.Errorf("watch of Connector %s did not sync: %w", nn, ctx.Err())
+	if err := w.waitSynced(ctx, "Connector "+nn.String()); err != nil {
+		return nil, err
 	}
 	return (&held{obj: w.obj.Load(), oversize: int(w.oversize.Load())}).connector(nn)
 }
@@ -280,13 +267,7 @@ func notFound(nn types.NamespacedName) error {
 
 // watching returns the Connector's watch, marked read, or nil when there is none.
 func (c *Connectors) watching(nn types.NamespacedName) *watched {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	w, ok := c.watched[nn]
-	if ok {
-		w.lastRead = c.now()
-	}
-	return w
+	return marked(&c.mu, c.watched, nn, c.now)
 }
 
 // watch returns the Connector's watch, marked read (by a volume, or a lookup), starting it
@@ -303,130 +284,23 @@ func (c *Connectors) watch(nn types.NamespacedName, listed *v1alpha1.Connector, 
 	if !c.makeRoomLocked(volume) {
 		// A lookup's, with volumes' watches filling the cache: served from its list, unwatched
 		// (the next lookup lists it again).
-		w := &watched{synced: make(chan struct{}), stop: func() {}}
+		w := &watched{entry: entry{synced: make(chan struct{}), stop: func() {}}}
 		c.set(nn, w, listed)
 		close(w.synced)
 		return w
 	}
 	c.forgetListed(nn)
-	ctx, stop := context.WithCancel(context.Background())
-	w := &watched{synced: make(chan struct{}), stop: stop, lastRead: c.now(), volume: volume}
-	if listedAt != "" {
-		c.set(nn, w, listed)
-		close(w.synced)
-	}
-	go c.follow(ctx, nn, w, listedAt)
+	w := &watched{entry: entry{lastRead: c.now()}, volume: volume}
+	start(&w.entry, c.client, nn, listed, listedAt, func(conn *v1alpha1.Connector) { c.set(nn, w, conn) })
 	c.watched[nn] = w
 	return w
 }
 
-// follow keeps w's Connector until ctx ends: it lists it (a field selector on its name), unless
-// it was listed at listedAt, and watches on from the list's resource version; when the watch cannot go on (the version is
-// gone from the API server, a refusal) it lists again, after a backoff when that happens
-// again soon.
-//
-// Written here rather than with an informer (client-go's reflector, queue and controller),
-// which for one object has nothing to queue, index or resync: an informer's watch runs seven
-// goroutines (reflector, resync, controller loop, queue closer, a context's propagation and
-// the watch stream's two), this loop with client-go's RetryWatcher, which carries the watch
-// across its ends and restarts, four. A node has a watch per Connector its volumes use: with
-// 200, that is 600 goroutines and about 4 MiB of memory less (docs/benchmarks.md).
-func (c *Connectors) follow(ctx context.Context, nn types.NamespacedName, w *watched, listedAt string) {
-	backoff := followBackoff
-	for ctx.Err() == nil {
-		began := time.Now()
-		rv, err := listedAt, error(nil)
-		if rv == "" {
-			rv, err = c.list(ctx, nn, w)
-		}
-		listedAt = ""
-		switch {
-		case err != nil && ctx.Err() == nil:
-			klog.FromContext(ctx).Error(err, "Could not list a Connector; trying again", "connector", nn)
-		case err == nil:
-			err = c.watchFrom(ctx, nn, w, rv)
-			if ctx.Err() == nil {
-				klog.FromContext(ctx).V(2).Info("The watch of a Connector ended; listing it again", "connector", nn, "err", err)
-			}
-		}
-		if ctx.Err() != nil {
-			return
-		}
-		if time.Since(began) > followHealthy {
-			backoff = followBackoff
-		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(backoff.Step()):
-		}
-	}
-}
-
-// followBackoff spaces the lists of a Connector whose watch keeps ending, as client-go's
-// reflector spaces its own (0.8 s doubling up to 30 s, jittered); followHealthy is how long a
-// list and watch must have lasted for the next to start without waiting.
-var followBackoff = wait.Backoff{Duration: 800 * time.Millisecond, Factor: 2, Jitter: 1, Steps: math.MaxInt32, Cap: 30 * time.Second}
-
-const followHealthy = 2 * time.Minute
-
-// list reads the Connector into w (none: nil), marks w synced and returns the list's
-// resource version. The list is a consistent one (no resource version): a volume published
-// right after its Connector was created finds it, and the API server serves it from its watch
-// cache (consistent reads from cache, on by default since Kubernetes 1.31), not from etcd.
-func (c *Connectors) list(ctx context.Context, nn types.NamespacedName, w *watched) (resourceVersion string, err error) {
-	found, resourceVersion, err := c.listOne(ctx, c.client, nn)
-	if err != nil {
-		return "", err
-	}
-	c.set(nn, w, found)
-	select {
-	case <-w.synced:
-	default:
-		close(w.synced)
-	}
-	return resourceVersion, nil
-}
-
 // listOne lists the Connector nn (a field selector on its name) with r: nil when there is none.
 func (c *Connectors) listOne(ctx context.Context, r client.Reader, nn types.NamespacedName) (*v1alpha1.Connector, string, error) {
-	list := &v1alpha1.ConnectorList{}
-	opts := metav1.ListOptions{FieldSelector: nameSelector(nn)}
-	if err := r.List(ctx, list, client.InNamespace(nn.Namespace), &client.ListOptions{Raw: &opts}); err != nil {
-		return nil, "", err
-	}
-	for i := range list.Items {
-		if list.Items[i].Name == nn.Name {
-			return &list.Items[i], list.ResourceVersion, nil
-		}
-	}
-	return nil, list.ResourceVersion, nil
-}
-
-// watchFrom follows the Connector's changes from resourceVersion into w until ctx ends or
-// the watch cannot go on (its error).
-func (c *Connectors) watchFrom(ctx context.Context, nn types.NamespacedName, w *watched, resourceVersion string) error {
-	lw := &cache.ListWatch{WatchFuncWithContext: func(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
-		opts.FieldSelector = nameSelector(nn)
-		return c.client.Watch(ctx, &v1alpha1.ConnectorList{}, client.InNamespace(nn.Namespace), &client.ListOptions{Raw: &opts})
-	}}
-	rw, err := watchtools.NewRetryWatcherWithContext(ctx, resourceVersion, lw)
-	if err != nil {
-		return err
-	}
-	defer rw.Stop()
-	for event := range rw.ResultChan() {
-		switch event.Type {
-		case watch.Added, watch.Modified:
-			if obj, ok := event.Object.(*v1alpha1.Connector); ok && obj.Name == nn.Name {
-				c.set(nn, w, obj)
-			}
-		case watch.Deleted:
-			c.set(nn, w, nil)
-		case watch.Error:
-			return apierrors.FromObject(event.Object)
-		}
-	}
-	return errors.New("the watch stopped")
+	found, rv, err := listOne(ctx, r, nn, &v1alpha1.ConnectorList{}, nil)
+	conn, _ := found.(*v1alpha1.Connector)
+	return conn, rv, err
 }
 
 // set makes obj (nil: none) the Connector w holds, without what a node never reads (managed
@@ -455,10 +329,6 @@ func kept(obj *v1alpha1.Connector) *held {
 		return &held{oversize: size}
 	}
 	return &held{obj: obj}
-}
-
-func nameSelector(nn types.NamespacedName) string {
-	return fields.OneTermEqualSelector("metadata.name", nn.Name).String()
 }
 
 // makeRoomLocked drops a watch, if need be, before a new one starts, for a volume or for a

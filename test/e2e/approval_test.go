@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"net/url"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -286,6 +287,49 @@ func TestApprovalIsNotBorrowedFromAnEarlierRun(t *testing.T) {
 		t.Fatal("the new run's own approval did not publish its Pod")
 	}
 	t.Cleanup(func() { _ = env.kubelet.Unpublish(context.Background(), again, "connectors") })
+}
+
+// TestNodesWatchTheirAccessRequestsByName: a node watches each AccessRequest it makes for its
+// Pods by name, in its namespace, which the API server's watch cache indexes; it neither lists
+// nor watches AccessRequests cluster-wide (by its label), which would make it one more watcher
+// of every request's change in the cluster, filtered only there (the node as deployed, its
+// reads from the audit log, from its start).
+func TestNodesWatchTheirAccessRequestsByName(t *testing.T) {
+	since := time.Now()
+	env, ns, _ := gatedProd(t, nil)
+	ctx := context.Background()
+	pod := pipelineRunPod(t, env.kubelet, ns, "run-1", "promote", map[string]string{"connectors": "prod"})
+	arName := approval.RequestName("prod", records.Pod{Namespace: ns, Name: pod.Name, UID: string(pod.UID)})
+	if err := env.kubelet.Publish(ctx, pod, "connectors"); status.Code(err) != codes.Unavailable {
+		t.Fatalf("publish before approval: %v, want Unavailable", err)
+	}
+	approvalTask(t, ns, "run-1", "approved")
+	if !kubelet.WaitUntil(20*time.Second, func() bool { return env.kubelet.Publish(ctx, pod, "connectors") == nil }) {
+		t.Fatal("the approved Pod was not published")
+	}
+	if err := env.kubelet.Unpublish(ctx, pod, "connectors"); err != nil {
+		t.Fatal(err)
+	}
+	reads, err := cp.AuditEvents(func(ev *auditv1.Event) bool {
+		return ev.User.Username == controlplane.NodeUser && ev.ObjectRef != nil && ev.ObjectRef.Resource == "accessrequests" &&
+			(ev.Verb == "list" || ev.Verb == "watch") && !ev.RequestReceivedTimestamp.Time.Before(since)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	byName := "fieldSelector=" + url.QueryEscape("metadata.name="+arName)
+	watched := 0
+	for _, ev := range reads {
+		switch {
+		case ev.ObjectRef.Namespace == "" || !strings.Contains(ev.RequestURI, "fieldSelector=metadata.name"):
+			t.Errorf("the node's %s of AccessRequests %s: want only reads of one request by name", ev.Verb, ev.RequestURI)
+		case ev.Verb == "watch" && ev.ObjectRef.Namespace == ns && strings.Contains(ev.RequestURI, byName):
+			watched++
+		}
+	}
+	if watched == 0 {
+		t.Errorf("the node never watched its request %s/%s by name; its reads: %d", ns, arName, len(reads))
+	}
 }
 
 // TestApprovalGatedPromotion runs the driver with the deployed RBAC only.
