@@ -129,7 +129,8 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 	connectors.Lookups = proxyClient
 	connectorsProxy, err := proxy.New(lookups, proxyReviewer, flags, proxyKube, caStore, proxy.Config{
 		Rego: regoEngine, GlobalCA: p.globalCA, Passthrough: o.ForwardPassthrough, PassthroughConnectPorts: o.PassthroughConnectPorts,
-		SecretTTL: o.SecretCacheTTL, Egress: p.destinations,
+		PassthroughHTTPPorts: o.PassthroughHTTPPorts,
+		SecretTTL:            o.SecretCacheTTL, Egress: p.destinations,
 		Permissions: permissions, PermissionAllowTTL: o.ProxyPermissionTTL,
 		// Denials as long as grants: a Pod gated by approval is denied connectors/proxy
 		// namespace-wide before its Pod-scoped grant is asked for, at every expiry; a grant of

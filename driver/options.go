@@ -198,9 +198,10 @@ type Options struct {
 	// NAT64Prefixes are the network's own NAT64 prefixes, besides the well-known one.
 	NAT64Prefixes []netip.Prefix
 	// ForwardPassthrough is --forward-passthrough: none, public (when empty) or all, and
-	// PassthroughConnectPorts --forward-passthrough-connect-ports (443 when empty).
-	ForwardPassthrough      string
-	PassthroughConnectPorts []string
+	// PassthroughConnectPorts --forward-passthrough-connect-ports (443 when empty),
+	// PassthroughHTTPPorts --forward-passthrough-http-ports (80 when empty).
+	ForwardPassthrough                            string
+	PassthroughConnectPorts, PassthroughHTTPPorts []string
 	// ProxyTokens is --proxy-tokens: node (when empty) or any.
 	ProxyTokens string
 	// ProxyDeniedPaths is --proxy-denied-paths; nil: proxy.DefaultDeniedPaths.
@@ -386,17 +387,8 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.Int64Var(&o.ProxyGraphQLBodyBytes, "proxy-graphql-body-bytes", proxy.DefaultGraphQLBodyBytes, "how much of a request's body to a --proxy-graphql-paths endpoint the proxy reads (and holds) to look for denied fields; a larger body is refused (413); at most an eighth of --proxy-graphql-held-bytes")
 	fs.Int64Var(&o.ProxyGraphQLHeldBytes, "proxy-graphql-held-bytes", proxy.DefaultGraphQLHeldBytes, "how many bytes of GraphQL bodies the proxy holds at once, read and not yet sent, for all of the node's Pods, each namespace (or user) an eighth of it; past either a request is refused (503) until others are sent")
 	fs.StringVar(&o.ForwardPassthrough, "forward-passthrough", proxy.PassthroughPublic, "what the forward proxy does with a destination no named Connector covers: none (403), public (forward it without any credential when it resolves to public addresses only; CONNECT becomes a plain tunnel) or all (any destination the rules allow)")
-	fs.Func("forward-passthrough-connect-ports", "comma-separated ports a pass-through CONNECT may reach (default 443: a tunnel is opaque, so other ports would make the proxy a relay for any TCP service)", func(v string) error {
-		o.PassthroughConnectPorts = nil
-		for _, port := range strings.Split(v, ",") {
-			n, err := strconv.Atoi(strings.TrimSpace(port))
-			if err != nil || n < 1 || n > 65535 {
-				return fmt.Errorf("%q is not a port", port)
-			}
-			o.PassthroughConnectPorts = append(o.PassthroughConnectPorts, strconv.Itoa(n))
-		}
-		return nil
-	})
+	portsFlag(fs, "forward-passthrough-connect-ports", "comma-separated ports a pass-through CONNECT may reach (default 443: a tunnel is opaque, so other ports would make the proxy a relay for any TCP service)", &o.PassthroughConnectPorts)
+	portsFlag(fs, "forward-passthrough-http-ports", "comma-separated ports a pass-through plain-HTTP request may reach (default 80: a request's body is whatever the client writes, which a server of another protocol, mail or SSH, reads as its own commands)", &o.PassthroughHTTPPorts)
 	fs.BoolVar(&o.AllowLoopbackDestinations, "allow-loopback-destinations", false, "allow Connector addresses and forwarded destinations on loopback (tests, single-node setups); link-local, unspecified and multicast destinations and the driver's own listeners are always refused")
 	fs.Func("refused-destinations", "comma-separated addresses and CIDR prefixes no Connector, forwarded request or probe may reach, besides those always refused (link-local, the cloud metadata and host services outside it, unspecified, multicast, the driver's own listeners): the platform's own services Pods can reach", func(v string) error {
 		o.RefusedDestinations = nil
@@ -424,7 +416,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 		return nil
 	})
 	fs.DurationVar(&o.TunnelLifetime, "proxy-tunnel-max-lifetime", defaultTunnelLifetime, "how long a CONNECT tunnel, or a connection the tool switched to another protocol (WebSocket, SPDY), may stay open before the proxy closes it")
-	fs.DurationVar(&o.UpgradeRecheck, "proxy-upgrade-recheck-interval", defaultUpgradeRecheck, "how often the caller of a connection the tool switched to another protocol is checked again (token, get, create on connectors/proxy; from the caches): the connection is closed once one is refused")
+	fs.DurationVar(&o.UpgradeRecheck, "proxy-upgrade-recheck-interval", defaultUpgradeRecheck, "how often the caller of a connection the tool switched to another protocol, or of an answer still streaming, is checked again (token, get, and create or the request's verb on connectors/proxy; from the caches): the connection, or the answer, is ended once one is refused")
 	fs.DurationVar(&o.ProxyReadHeaderTimeout, "proxy-read-header-timeout", defaultReadHeaderTimeout, "how long the proxy waits for a request's head once its first byte came (also inside CONNECT tunnels); a slower client is disconnected")
 	fs.DurationVar(&o.ProxyIdleTimeout, "proxy-idle-timeout", defaultClientIdleTimeout, "how long a kept-alive client connection (also a CONNECT tunnel's requests) may wait for its next request before the proxy closes it")
 	fs.DurationVar(&o.ProxyUpstreamIdleTimeout, "proxy-upstream-idle-timeout", defaultUpstreamIdleTimeout, "how long a connection to a tool may wait idle in the proxy's pools before it is closed")
@@ -889,6 +881,21 @@ func parsePrefix(s string) (netip.Prefix, error) {
 		return netip.Prefix{}, fmt.Errorf("%q is neither an address nor a CIDR prefix", s)
 	}
 	return prefix.Masked(), nil
+}
+
+// portsFlag defines a flag of comma-separated TCP ports into ports.
+func portsFlag(fs *flag.FlagSet, name, usage string, ports *[]string) {
+	fs.Func(name, usage, func(v string) error {
+		*ports = nil
+		for _, port := range strings.Split(v, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(port))
+			if err != nil || n < 1 || n > 65535 {
+				return fmt.Errorf("%q is not a port", port)
+			}
+			*ports = append(*ports, strconv.Itoa(n))
+		}
+		return nil
+	})
 }
 
 // listFlag defines a flag of comma-separated items, each checked by valid, into dst: unset,

@@ -131,15 +131,16 @@ func (d *directTransport) takes(tr *http.Transport, r *http.Request) bool {
 		r.Header.Get("Upgrade") == "" && tr.Proxy == nil && tr.DialContext != nil && !d.speaksOnlyHTTP2(tr, r.URL)
 }
 
-// directSends tells whether r's method and body are ones directTransport sends: GET and HEAD
-// without a body; POST, PUT, PATCH and DELETE without one, with one of known length that can
-// be written again (GetBody), or with an upload (abortableBody: of known length or chunked).
+// directSends tells whether r's method and body are ones directTransport sends: GET, HEAD and
+// DELETE without a body (ignorableBody); POST, PUT and PATCH without one, with one of known
+// length that can be written again (GetBody), or with an upload (abortableBody: of known
+// length or chunked).
 func directSends(r *http.Request) bool {
 	none := (r.Body == nil || r.Body == http.NoBody) && r.ContentLength == 0 && len(r.TransferEncoding) == 0
 	switch {
-	case getOrHead(r.Method):
+	case getOrHead(r.Method) || r.Method == http.MethodDelete:
 		return none
-	case r.Method == http.MethodPost || r.Method == http.MethodPut || r.Method == http.MethodPatch || r.Method == http.MethodDelete:
+	case r.Method == http.MethodPost || r.Method == http.MethodPut || r.Method == http.MethodPatch:
 		_, upload := r.Body.(abortableBody)
 		return none || upload || r.ContentLength > 0 && r.GetBody != nil && len(r.TransferEncoding) == 0
 	}

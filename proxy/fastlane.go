@@ -265,7 +265,12 @@ type laneConn struct {
 	watchStopping bool
 	cancel        context.CancelFunc
 	tool          net.Conn
-	stopWatch     func() bool // stopWatching, for the direct transport's bodies
+	// guarded and guardedMethod are the round trip's route and method, whose caller a watch
+	// checks again while it lasts (answerGuard).
+	guarded       *route
+	guardedMethod string
+	guard         *answerGuard // a started watch's, until stopWatching
+	stopWatch     func() bool  // stopWatching, for the direct transport's bodies
 	pending       byte
 	held          bool
 	left          atomic.Bool
@@ -1034,7 +1039,7 @@ func laneRequest(r *http.Request) bool {
 	// http.ReadRequest refuses a second Host header and moves the one to r.Host; the checks
 	// net/http's server adds to it are these.
 	if r.ProtoMajor != 1 || r.ProtoMinor != 1 || r.Host == "" || !httpguts.ValidHostHeader(r.Host) ||
-		r.ContentLength != 0 && getOrHead(r.Method) {
+		r.ContentLength != 0 && bodyMayBeIgnored(r.Method) {
 		return false
 	}
 	if _, expects := r.Header["Expect"]; expects && !expectsContinue(r) {
@@ -1355,7 +1360,7 @@ func (c *laneConn) forward(out *http.Request, rt *route, m *meteredWriter) bool 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	// Watched until the answer's end: a tool that stalls mid-answer is let go with its client.
-	c.watchRoundTrip(cancel, nil)
+	c.watchRoundTrip(cancel, nil, rt, out.Method)
 	defer c.stopWatching()
 	out = out.WithContext(ctx)
 	res, err := c.lane.p.sendAlong(rt, out, laneStream{c})
@@ -1424,7 +1429,7 @@ func (c *laneConn) serveRemembered(head []byte) (taken, ok bool) {
 		return false, false
 	}
 	c.closeAfter, c.sent = h.close, 0
-	c.watchRoundTrip(nil, pc.conn)
+	c.watchRoundTrip(nil, pc.conn, rt, h.method)
 	writeToolHead(pc.bw, h, rt.target.Host, uri, inj, rt.callerToken)
 	if registryAuth != "" {
 		writeFieldString(pc.bw, "Authorization", registryAuth)
@@ -1739,9 +1744,10 @@ func (s laneStream) Write(p []byte) (int, error) {
 // watchRoundTrip starts watching the client for the round trip about to start: when it has
 // not ended within laneWatchDelay, watch reads the client connection until stopWatching. A
 // client that closes or resets its connection meanwhile cancels the round trip (cancel, the
-// general path's context) or breaks the tool connection (tool). One timer per connection.
-func (c *laneConn) watchRoundTrip(cancel context.CancelFunc, tool net.Conn) {
-	c.cancel, c.tool = cancel, tool
+// general path's context) or breaks the tool connection (tool); so does a caller of rt no
+// longer allowed to send method's requests (answerGuard). One timer per connection.
+func (c *laneConn) watchRoundTrip(cancel context.CancelFunc, tool net.Conn, rt *route, method string) {
+	c.cancel, c.tool, c.guarded, c.guardedMethod = cancel, tool, rt, method
 	c.left.Store(false)
 	c.watching.Add(1)
 	c.watchArmed = true
@@ -1767,6 +1773,8 @@ func (c *laneConn) watch() {
 		_ = c.conn.SetReadDeadline(time.Time{}) // the one the head was read under (nextHead)
 	}
 	c.watchMu.Unlock()
+	// Until the round trip's end (stopWatching), which may come after this read's.
+	c.guard = c.lane.p.guardAnswer(c.guarded, guardedRequest(c.guardedMethod), c.endRoundTrip)
 	var b [1]byte
 	n, err := c.conn.Read(b[:])
 	if n == 1 {
@@ -1774,13 +1782,19 @@ func (c *laneConn) watch() {
 	}
 	var timeout net.Error
 	if err != nil && !(errors.As(err, &timeout) && timeout.Timeout()) {
-		c.left.Store(true)
-		if c.cancel != nil {
-			c.cancel()
-		}
-		if c.tool != nil {
-			_ = c.tool.SetDeadline(aLongTimeAgo)
-		}
+		c.endRoundTrip()
+	}
+}
+
+// endRoundTrip ends the watched round trip, as when the client left: the connection does not
+// go on.
+func (c *laneConn) endRoundTrip() {
+	c.left.Store(true)
+	if c.cancel != nil {
+		c.cancel()
+	}
+	if c.tool != nil {
+		_ = c.tool.SetDeadline(aLongTimeAgo)
 	}
 }
 
@@ -1800,6 +1814,10 @@ func (c *laneConn) stopWatching() bool {
 			c.watching.Wait()
 			c.watchStopping = false
 			c.setReadDeadline(0)
+		}
+		if c.guard != nil {
+			c.guard.stop()
+			c.guard = nil
 		}
 		c.cancel, c.tool = nil, nil
 	}

@@ -194,12 +194,12 @@ func TestWatcherOutlivesHeadDeadline(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer server.Close()
-	c := &laneConn{conn: server}
+	c := &laneConn{conn: server, lane: &FastLane{p: &Proxy{cfg: Config{UpgradeRecheck: time.Hour}}}}
 	if err := server.SetReadDeadline(aLongTimeAgo); err != nil {
 		t.Fatal(err)
 	}
 	cancelled := make(chan struct{})
-	c.watchRoundTrip(func() { close(cancelled) }, nil)
+	c.watchRoundTrip(func() { close(cancelled) }, nil, &route{connector: &v1alpha1.Connector{}}, http.MethodGet)
 	_ = client.Close()
 	select {
 	case <-cancelled:

@@ -55,8 +55,8 @@ var addedCacheControl = laneField{name: []byte("Cache-Control"), value: []byte("
 const laneMaxFields = 64
 
 // readLaneHead reads head, a whole request head (its last line empty), into h, or returns
-// false if it is not a request the fast lane reads itself: a GET or HEAD without a body, or a
-// POST, PUT, PATCH or DELETE with none or one of a Content-Length; HTTP/1.1 only; an origin-form
+// false if it is not a request the fast lane reads itself: a GET, HEAD or DELETE without a
+// body (ignorableBody), or a POST, PUT or PATCH with none or one of a Content-Length; HTTP/1.1 only; an origin-form
 // target, or, outside tunnels, an absolute http:// one of a plain host name;
 // header names of token characters right before their colon; values of visible ASCII,
 // spaces and tabs; one Host, one Authorization, one Proxy-Authorization, one User-Agent, one
@@ -82,7 +82,7 @@ func readLaneHead(head []byte, h *laneHead, inTunnel bool) bool {
 			if string(h.pragma) == "no-cache" && !h.cacheControl {
 				h.fields = append(h.fields, addedCacheControl)
 			}
-			return len(rest) == 0 && h.host != nil && (h.contentLength <= 0 || !getOrHead(h.method)) && !h.mayOverride()
+			return len(rest) == 0 && h.host != nil && (h.contentLength <= 0 || !bodyMayBeIgnored(h.method)) && !h.mayOverride()
 		}
 		f, ok := cutField(line)
 		if !ok || !h.take(f) {

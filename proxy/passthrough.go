@@ -47,24 +47,44 @@ type passthrough struct {
 	mode string
 	// connectPorts are the ports a pass-through CONNECT may reach (443 by default): a tunnel
 	// is opaque, and without this the proxy would relay any TCP service (mail, SSH) of the
-	// internet for every Pod.
-	connectPorts map[string]bool
-	dial         egress.DialFunc
-	lifetime     time.Duration
-	reverse      *httputil.ReverseProxy
+	// internet for every Pod. httpPorts are those a plain-HTTP request may (80 by default): a
+	// request's body is whatever the client writes, which a mail server reads as its commands.
+	connectPorts, httpPorts ports
+	dial                    egress.DialFunc
+	lifetime                time.Duration
+	reverse                 *httputil.ReverseProxy
 }
 
 type passthroughTarget struct{}
 
+// ports is a set of ports.
+type ports map[string]bool
+
+// portsOf is the set of given, or else of the default port.
+func portsOf(given []string, dflt string) ports {
+	if len(given) == 0 {
+		given = []string{dflt}
+	}
+	set := ports{}
+	for _, port := range given {
+		set[port] = true
+	}
+	return set
+}
+
+// String lists the ports in order.
+func (ps ports) String() string {
+	list := make([]string, 0, len(ps))
+	for p := range ps {
+		list = append(list, p)
+	}
+	sort.Strings(list)
+	return strings.Join(list, ", ")
+}
+
 func newPassthrough(cfg Config) *passthrough {
-	connectPorts := cfg.PassthroughConnectPorts
-	if len(connectPorts) == 0 {
-		connectPorts = []string{"443"}
-	}
-	pt := &passthrough{mode: cfg.Passthrough, lifetime: cfg.TunnelLifetime, dial: cfg.Egress.DialContext, connectPorts: map[string]bool{}}
-	for _, port := range connectPorts {
-		pt.connectPorts[port] = true
-	}
+	pt := &passthrough{mode: cfg.Passthrough, lifetime: cfg.TunnelLifetime, dial: cfg.Egress.DialContext,
+		connectPorts: portsOf(cfg.PassthroughConnectPorts, "443"), httpPorts: portsOf(cfg.PassthroughHTTPPorts, "80")}
 	if pt.mode == PassthroughPublic {
 		pt.dial = cfg.Egress.PublicDialContext
 	}
@@ -103,8 +123,22 @@ func passthroughError(host string, err error) error {
 	return refusef(http.StatusBadGateway, "pass-through to %s: %v", host, err)
 }
 
-// serveHTTP forwards a plain-HTTP request to target.
+// serveHTTP forwards a plain-HTTP request to target: to a port of httpPorts, and never one
+// that switches protocols, whose connection would carry whatever either side sends, as a
+// tunnel does, to any port.
 func (pt *passthrough) serveHTTP(w http.ResponseWriter, r *http.Request, target *url.URL) {
+	port := target.Port()
+	if port == "" {
+		port = "80"
+	}
+	switch {
+	case !pt.httpPorts[port]:
+		refuse(w, http.StatusForbidden, fmt.Sprintf("destination %s is not an address of the named Connectors, and pass-through forwards plain HTTP only to ports %s", target.Host, pt.httpPorts))
+		return
+	case IsUpgrade(r.Header):
+		refuse(w, http.StatusForbidden, fmt.Sprintf("destination %s is not an address of the named Connectors, and pass-through does not switch protocols", target.Host))
+		return
+	}
 	klog.FromContext(r.Context()).V(4).Info("Pass-through", "host", target.Host)
 	pt.reverse.ServeHTTP(w, egress.DialsEndWith(r.WithContext(context.WithValue(r.Context(), passthroughTarget{}, target))))
 }
@@ -114,7 +148,7 @@ func (pt *passthrough) serveHTTP(w http.ResponseWriter, r *http.Request, target 
 func (pt *passthrough) tunnel(w http.ResponseWriter, r *http.Request, hostport string) {
 	ctx := r.Context()
 	if _, port, _ := net.SplitHostPort(hostport); !pt.connectPorts[port] {
-		refuse(w, http.StatusForbidden, fmt.Sprintf("destination %s is not an address of the named Connectors, and pass-through tunnels only to ports %s", hostport, pt.portList()))
+		refuse(w, http.StatusForbidden, fmt.Sprintf("destination %s is not an address of the named Connectors, and pass-through tunnels only to ports %s", hostport, pt.connectPorts))
 		return
 	}
 	upstream, err := pt.dial(ctx, "tcp", hostport)
@@ -156,15 +190,6 @@ func splice(a, b net.Conn) {
 	_ = a.Close()
 	_ = b.Close()
 	<-done
-}
-
-func (pt *passthrough) portList() string {
-	ports := make([]string, 0, len(pt.connectPorts))
-	for p := range pt.connectPorts {
-		ports = append(ports, p)
-	}
-	sort.Strings(ports)
-	return strings.Join(ports, ", ")
 }
 
 // checkPassthroughMode validates a --forward-passthrough value.

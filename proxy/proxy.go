@@ -75,8 +75,9 @@ type Config struct {
 	// Passthrough is what the forward proxy does with a destination no named Connector
 	// covers: PassthroughNone (also when empty), PassthroughPublic or PassthroughAll.
 	Passthrough string
-	// PassthroughConnectPorts are the ports a pass-through CONNECT may reach (443 when empty).
-	PassthroughConnectPorts []string
+	// PassthroughConnectPorts are the ports a pass-through CONNECT may reach (443 when empty);
+	// PassthroughHTTPPorts those a pass-through plain-HTTP request may (80 when empty).
+	PassthroughConnectPorts, PassthroughHTTPPorts []string
 	// GlobalCA is the global CA bundle, trusted for every Connector with the feature flag
 	// enable-custom-ca-certs; nil: none.
 	GlobalCA *trust.Global
@@ -424,10 +425,16 @@ func (p *Proxy) send(w http.ResponseWriter, r *http.Request, rt *route) {
 			return
 		}
 	}
+	ctx := context.WithValue(r.Context(), routeKey{}, rt)
 	if IsUpgrade(r.Header) {
 		w = p.guardUpgrade(w, r, rt)
+	} else {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithCancel(ctx)
+		defer cancel()
+		defer p.guardAnswer(rt, r, cancel).stop()
 	}
-	p.reverse.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), routeKey{}, rt)))
+	p.reverse.ServeHTTP(w, r.WithContext(ctx))
 }
 
 // fail answers a request that cannot be sent on: as a Kubernetes Status for the Connectors
@@ -549,18 +556,26 @@ func (t toolTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 		}
 	}
 	out := egress.DialsEndWith(r)
-	// A read with a body ends its connection: a tool that ignores the body of a GET (a CL.0
-	// server: OPTIONS and WebDAV servers often do) would read it as the next request, and take
-	// the next request's head, its injected credential with it, into that one: a caller's
-	// read grant would write.
-	out.Close = out.Close || readWithBody(r)
+	// A request with a body a tool may ignore ends its connection (ignorableBody).
+	out.Close = out.Close || ignorableBody(r)
 	return t.p.owned.For(tr, t.rt.pool()).RoundTrip(out)
 }
 
-// readWithBody tells whether r is a GET, HEAD or OPTIONS that carries a body.
-func readWithBody(r *http.Request) bool {
-	return (r.Method == http.MethodGet || r.Method == http.MethodHead || r.Method == http.MethodOptions) &&
-		r.Body != nil && r.Body != http.NoBody
+// ignorableBody tells whether r carries a body that a tool may not read: one of a GET, HEAD,
+// OPTIONS or DELETE. A tool that ignores such a body (a CL.0 server: OPTIONS and WebDAV
+// servers often do) would read it as the next request on its connection, and take the next
+// request's head, its injected credential with it, into that one: a caller's read grant would
+// write, and a caller's crafted body would carry the credential of a Connector it may use but
+// never read into a place it reads back. The proxy's own paths (the fast lane, the direct
+// transport) take no such request; net/http's sends it on a connection it then closes.
+func ignorableBody(r *http.Request) bool {
+	return bodyMayBeIgnored(r.Method) && r.Body != nil && r.Body != http.NoBody
+}
+
+// bodyMayBeIgnored tells whether a tool may read no body of a request of method, whatever its
+// framing says.
+func bodyMayBeIgnored(method string) bool {
+	return getOrHead(method) || method == http.MethodOptions || method == http.MethodDelete
 }
 
 // upstreamError answers a failed upstream round trip.

@@ -32,8 +32,9 @@ import (
 // so no packet leaves the machine. Under public (the default) the public host is reached over
 // plain HTTP without any credential or Proxy-* header (the client's own Authorization kept) and
 // over a CONNECT that is a plain tunnel (the client sees the server's own certificate, not a
-// leaf of the proxy CA); the private one is refused before any dial. Under none both are
-// refused, and a CONNECT to a port other than 443 too; under all the private one is reached.
+// leaf of the proxy CA); the private one is refused before any dial, and so are a CONNECT to a
+// port other than 443, plain HTTP to one other than 80, and an upgrade. Under none both hosts
+// are refused; under all the private one is reached.
 func TestForwardPassthrough(t *testing.T) {
 	var mu sync.Mutex
 	var seen []http.Header
@@ -152,6 +153,23 @@ func TestForwardPassthrough(t *testing.T) {
 		// test if 8443 is dialed).
 		if res, body := get(client, "https://public.example:8443/"); res != nil || !strings.Contains(body, http.StatusText(http.StatusForbidden)) {
 			t.Errorf("CONNECT pass-through to port 8443: %v %s, want 403", res, body)
+		}
+		// Plain HTTP goes to port 80 only: a body is whatever the client writes, which a server
+		// of another protocol reads as its commands (the hook fails the test if 25 is dialed).
+		if res, body := get(client, "http://public.example:25/"); res == nil || res.StatusCode != http.StatusForbidden ||
+			!strings.Contains(body, "only to ports 80") {
+			t.Errorf("plain HTTP pass-through to port 25: %v %s, want 403 naming the ports", res, body)
+		}
+		// Nor does it switch protocols: the connection would then carry anything, as a tunnel.
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		upgrade, _ := http.NewRequestWithContext(ctx, "GET", "http://public.example/socket", nil)
+		upgrade.Header.Set("Connection", "Upgrade")
+		upgrade.Header.Set("Upgrade", "websocket")
+		if res, err := client.Do(upgrade); err != nil || res.StatusCode != http.StatusForbidden {
+			t.Errorf("an upgrade through pass-through: %v %v, want 403", res, err)
+		} else {
+			res.Body.Close()
 		}
 		for _, target := range []string{"http://private.example/", "https://private.example/"} {
 			// A refused CONNECT reaches Go's client as the error "Forbidden".

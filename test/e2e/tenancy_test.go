@@ -1467,6 +1467,84 @@ func TestTenancyUpgradesNeedCreateAndAreChecked(t *testing.T) {
 	})
 }
 
+// TestTenancyAStreamedAnswerEndsWithItsGrant: a request is checked when it starts, and an
+// answer that streams on (a watch, a followed log, server-sent events) would carry what the
+// tool sends, got with its credential, for as long as the tool sends. The proxy checks the
+// caller again while the answer lasts (every --proxy-upgrade-recheck-interval, through caches
+// of 1 s here): once the Pod's grant is removed, each stream ends, on the fast lane's first
+// request of a connection, its remembered route, and net/http's path alike.
+func TestTenancyAStreamedAnswerEndsWithItsGrant(t *testing.T) {
+	tool := startRecorder(t, func(w http.ResponseWriter, r *http.Request) {
+		if !strings.HasSuffix(r.URL.Path, "/watch") {
+			_, _ = io.WriteString(w, "short")
+			return
+		}
+		w.Header().Set("Content-Type", "text/event-stream")
+		for {
+			if _, err := io.WriteString(w, "event: change\n\n"); err != nil || http.NewResponseController(w).Flush() != nil {
+				return
+			}
+			select {
+			case <-r.Context().Done():
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	})
+	const ttl = time.Second
+	env := startProxyDriver(t, func(o *driver.Options) {
+		o.AuthzAllowTTL, o.TokenCacheTTL, o.ProxyPermissionTTL, o.UpgradeRecheck = ttl, ttl, ttl, 500*time.Millisecond
+	})
+	ns, _, files := basicTool(t, env, tool.URL, "stream-secret")
+	host := strings.TrimPrefix(env.proxyURL, "http://")
+	head := func(path, extra string) string {
+		return "GET /namespaces/" + ns + "/connectors/tool/" + path + " HTTP/1.1\r\nHost: " + host +
+			"\r\nAuthorization: Bearer " + files["context.token"] + "\r\n" + extra + "\r\n"
+	}
+	// streaming sends the heads on a new connection to the proxy and returns the last answer's
+	// body once its first event came.
+	streaming := func(t *testing.T, heads ...string) io.Reader {
+		t.Helper()
+		conn := dialProxy(t, host)
+		br := bufio.NewReader(conn)
+		var res *http.Response
+		for _, h := range heads {
+			writeRaw(t, conn, h)
+			var err error
+			if res, err = http.ReadResponse(br, &http.Request{Method: "GET"}); err != nil {
+				t.Fatal(err)
+			}
+			if res.StatusCode != http.StatusOK {
+				t.Fatalf("%q: %d", h, res.StatusCode)
+			}
+			if !strings.Contains(h, "/watch ") {
+				_, _ = io.Copy(io.Discard, res.Body)
+			}
+		}
+		event := make([]byte, len("event: change\n\n"))
+		if _, err := io.ReadFull(res.Body, event); err != nil {
+			t.Fatalf("no event streamed: %v", err)
+		}
+		_ = conn.SetReadDeadline(time.Now().Add(time.Minute))
+		return res.Body
+	}
+	streams := map[string]io.Reader{
+		"the fast lane":                    streaming(t, head("watch", "")),
+		"the fast lane's remembered route": streaming(t, head("short", ""), head("watch", "")),
+		// A Connection header naming another header is net/http's to read.
+		"net/http's path": streaming(t, head("watch", "Connection: keep-alive, X-Trace\r\nX-Trace: 1\r\n")),
+	}
+	if err := cp.Kube.RbacV1().RoleBindings(ns).Delete(context.Background(), "use-connectors-builder", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for path, body := range streams {
+		_, err := io.Copy(io.Discard, body)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Errorf("%s: the answer still streamed a minute after its grant was removed (caches of %v)", path, ttl)
+		}
+	}
+}
+
 // TestTenancyToolAnswerHeadsAreBounded: a Connector's tool is whatever server its owner runs,
 // and one answering with a head of endless header lines would have the node's proxy hold it
 // all (every tenant's proxy, API and publishes on that node go with the process): the proxy
@@ -2180,12 +2258,13 @@ func TestTenancyAGitRedirectDoesNotTakeThePodToken(t *testing.T) {
 	}
 }
 
-// TestTenancyAReadWithABodyEndsItsConnection: a tool that ignores the body of a GET (a CL.0
-// server) reads it as the next request on the connection, and the next request's head, its
-// injected credential with it, as that one's headers: a caller allowed only reads would write.
-// The proxy closes a connection after a read that carried a body, so that the head it smuggles
-// is never completed.
-func TestTenancyAReadWithABodyEndsItsConnection(t *testing.T) {
+// TestTenancyABodyAToolMayIgnoreEndsItsConnection: a tool that ignores the body of a GET or a
+// DELETE (a CL.0 server) reads it as the next request on the connection, and the next
+// request's head, its injected credential with it, as that one's headers: a caller allowed
+// only reads would write, and a caller's smuggled POST would store the credential where the
+// caller reads it back. The proxy closes a connection after a GET, HEAD, OPTIONS or DELETE that
+// carried a body, so that the head it smuggles is never completed.
+func TestTenancyABodyAToolMayIgnoreEndsItsConnection(t *testing.T) {
 	lis, err := net.Listen("tcp", gitserver.Host+":0")
 	if err != nil {
 		t.Fatal(err)
@@ -2224,28 +2303,29 @@ func TestTenancyAReadWithABodyEndsItsConnection(t *testing.T) {
 	}()
 	env, ns, token := basicAuthTool(t, "http://"+lis.Addr().String())
 	client := &http.Client{Timeout: 20 * time.Second}
-	// The second read carries a body too: it takes the same pool of connections.
-	for _, body := range []string{"DELETE /api/v4/projects/1 HTTP/1.1\r\nHost: t\r\nX-Pad: ", "x"} {
-		req := newRequest(t, "GET", env.proxyURL+"/namespaces/"+ns+"/connectors/tool/x", map[string]string{"Authorization": "Bearer " + token})
-		if body != "" {
+	// A DELETE's body a tool may ignore as well; the second request carries a body too: it
+	// takes the same pool of connections.
+	for _, method := range []string{"GET", "DELETE"} {
+		for _, body := range []string{"POST /api/v4/projects/1/snippets HTTP/1.1\r\nHost: t\r\nX-Pad: ", "x"} {
+			req := newRequest(t, method, env.proxyURL+"/namespaces/"+ns+"/connectors/tool/x", map[string]string{"Authorization": "Bearer " + token})
 			req.Body, req.ContentLength = io.NopCloser(strings.NewReader(body)), int64(len(body))
+			res, err := client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, _ = io.Copy(io.Discard, res.Body)
+			res.Body.Close()
 		}
-		res, err := client.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, _ = io.Copy(io.Discard, res.Body)
-		res.Body.Close()
 	}
 	mu.Lock()
 	defer mu.Unlock()
 	for _, h := range heads {
-		if strings.HasPrefix(h, "DELETE") {
-			t.Errorf("the tool read a request smuggled in a GET's body: %.120s", h)
+		if strings.HasPrefix(h, "POST") {
+			t.Errorf("the tool read a request smuggled in a GET's or DELETE's body: %.120s", h)
 		}
 	}
-	if len(heads) < 2 {
-		t.Errorf("the tool read %d requests, want the 2 GETs", len(heads))
+	if len(heads) < 4 {
+		t.Errorf("the tool read %d requests, want the 2 GETs and 2 DELETEs", len(heads))
 	}
 }
 

@@ -1,0 +1,76 @@
+package proxy
+
+import (
+	"context"
+	"net/http"
+	"net/url"
+	"sync"
+	"time"
+
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/klog/v2"
+)
+
+// answerGuard ends a request's exchange with its tool once the caller is no longer allowed.
+// A request is checked when it starts; an answer that streams on (a watch, a followed log,
+// server-sent events, a long poll) would otherwise carry what the tool sends, got with the
+// injected credential, to a caller whose grant was revoked or whose token was refused since,
+// for as long as the tool sends: outside a tunnel without any bound. So every UpgradeRecheck
+// while the exchange lasts, the caller is checked again through the proxy's caches
+// (stillAllowed), as an upgraded connection is, and the first refusal ends the exchange (end).
+// A check that gets no answer keeps it: the next one asks again. Most requests end before the
+// first check, and cost a timer.
+type answerGuard struct {
+	p       *Proxy
+	token   string
+	nn      types.NamespacedName
+	request *http.Request // whose verbs are asked again
+	end     func()
+	timer   *time.Timer
+
+	mu      sync.Mutex
+	stopped bool
+}
+
+// guardAnswer starts guarding the exchange of r along rt; end ends it. stop must be called
+// when the exchange ends: end is not called after it returns.
+func (p *Proxy) guardAnswer(rt *route, r *http.Request, end func()) *answerGuard {
+	g := &answerGuard{p: p, token: rt.token, nn: types.NamespacedName{Namespace: rt.connector.Namespace, Name: rt.connector.Name},
+		request: r, end: end}
+	g.timer = time.AfterFunc(p.cfg.UpgradeRecheck, g.check)
+	return g
+}
+
+// guardedRequest stands for a fast-lane request of method in a recheck: the lane takes no
+// request whose verbs anything but its method names (mayOverride).
+func guardedRequest(method string) *http.Request {
+	return &http.Request{Method: method, Header: http.Header{}, URL: &url.URL{}}
+}
+
+// answerRecheckTimeout bounds one recheck's reviews.
+const answerRecheckTimeout = 10 * time.Second
+
+func (g *answerGuard) check() {
+	ctx, cancel := context.WithTimeout(context.Background(), answerRecheckTimeout)
+	defer cancel()
+	refused := g.p.stillAllowed(ctx, g.token, g.nn, g.request)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	switch {
+	case g.stopped:
+	case refused != nil:
+		g.stopped = true
+		klog.FromContext(ctx).V(2).Info("Proxy ended an answer whose caller is no longer allowed", "connector", g.nn, "reason", refused.Error())
+		g.end()
+	default:
+		g.timer.Reset(g.p.cfg.UpgradeRecheck)
+	}
+}
+
+// stop ends the guard; end is not called once it returns.
+func (g *answerGuard) stop() {
+	g.mu.Lock()
+	g.stopped = true
+	g.mu.Unlock()
+	g.timer.Stop()
+}
