@@ -46,13 +46,16 @@ func withoutCaller(h http.Header) http.Header {
 }
 
 // confineAnswer keeps a tool's answer from acting on the API's origin: no cookie is set there,
-// no page it serves runs as the console's (a sandbox, and no guessing at types), and no other
+// no page it serves runs as the console's (a sandbox, and no guessing at types), no other
 // origin is let read it (a tool's CORS headers: behind a gateway that turns the console's
 // cookie into a token, a tool echoing any Origin with credentials would let any site read
-// what a shared Connector's credential reads).
+// what a shared Connector's credential reads), and it asks for no credential (a tool's
+// challenge is for its own credential, which the API injects; one would have a client send
+// the caller's, or prompt for a password on the API's origin).
 func confineAnswer(h http.Header) {
 	h.Del("Set-Cookie")
 	h.Del("Set-Cookie2")
+	h.Del("WWW-Authenticate")
 	for name := range h {
 		if strings.HasPrefix(name, "Access-Control-") || name == "Timing-Allow-Origin" {
 			delete(h, name)

@@ -2,7 +2,9 @@ package regoeval
 
 import (
 	"context"
+	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
@@ -24,17 +26,46 @@ type APIVerbs struct {
 	Methods VerbMapper
 }
 
-// Verb implements VerbMapper.
+// Verb implements VerbMapper. The module decides on each spelling of the path: as sent (which
+// the tool receives, and routes by its own decoding) and decoded once, twice and three times
+// (as the proxy's denied paths are matched); spellings that need different verbs are refused.
+// Decided on the decoded path alone, files/ci%2Fgit-upload-pack, one file of GitLab's API that
+// a POST writes, would read to a module as a git fetch's path, and need only get.
 func (a APIVerbs) Verb(ctx context.Context, class *v1alpha1.ConnectorClass, r *http.Request) (string, error) {
 	methodVerb, err := a.Methods.Verb(ctx, class, r)
 	if err != nil {
 		return "", err
 	}
-	verb, err := a.Engine.Verb(ctx, class, a.Engine.NewRequest(r, r.Host, APIPath(r.URL.Path), r.URL.Query()))
-	if err != nil {
-		return "", err
+	in := a.Engine.NewRequest(r, r.Host, "", r.URL.Query()) // one request: its body is read once
+	verb, sent := "", ""
+	for i, path := range pathSpellings(APIPath(r.URL.EscapedPath())) {
+		in.Path = path
+		v, err := a.Engine.Verb(ctx, class, in)
+		switch {
+		case err != nil:
+			return "", err
+		case i == 0:
+			verb, sent = v, path
+		case v != verb:
+			return "", fmt.Errorf("the class's api.permissions.rego answers %q for the path %s as sent and %q for %s, which a tool may read it as: the verb cannot be decided",
+				verb, sent, v, path)
+		}
 	}
 	return RBACVerb(verb, methodVerb), nil
+}
+
+// pathSpellings are path as sent and its decodings, up to three, while each changes it and
+// decodes; without a percent sign, path alone.
+func pathSpellings(path string) []string {
+	spellings := []string{path}
+	for range 3 {
+		decoded, err := url.PathUnescape(path)
+		if err != nil || decoded == path {
+			break
+		}
+		spellings, path = append(spellings, decoded), decoded
+	}
+	return spellings
 }
 
 // APIPath is the path inside the Connector's API of a Connectors API request path

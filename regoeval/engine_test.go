@@ -606,6 +606,22 @@ result := {"verb": "read"} if {
 	if got := APIPath("/connectors/v1alpha1/team/git/path"); got != "/" {
 		t.Errorf("APIPath of the API root = %q", got)
 	}
+	// A path a tool reads otherwise than decoded: GitLab's file ci%2Fgit-upload-pack, which a
+	// POST writes, is refused, not read as a git fetch; so is a doubly encoded one; a path whose
+	// spellings all read alike is decided as ever.
+	for _, path := range []string{
+		"/connectors/v1alpha1/team/git/path/api/v4/projects/42/repository/files/ci%2Fgit-upload-pack",
+		"/connectors/v1alpha1/team/git/path/api/v4/projects/42/repository/files/ci%252Fgit-upload-pack",
+	} {
+		r, _ := http.NewRequest(http.MethodPost, "http://proxy"+path, nil)
+		if got, err := mapper.Verb(context.Background(), class, r); err == nil || !strings.Contains(err.Error(), "cannot be decided") {
+			t.Errorf("POST %s: %q %v, want an error: its spellings need different verbs", path, got, err)
+		}
+	}
+	r, _ := http.NewRequest(http.MethodPost, "http://proxy/connectors/v1alpha1/team/git/path/org/my%20repo.git/git-upload-pack", nil)
+	if got, err := mapper.Verb(context.Background(), class, r); err != nil || got != "get" {
+		t.Errorf("POST of a fetch with an escaped space: %q %v, want get", got, err)
+	}
 }
 
 // The shipped classes' generators are kept by what they read: GitHub's and GitLab's pick Basic

@@ -479,6 +479,12 @@ result := {"verb": "read"} if {
 		if code, _ := post("/repo.git/git-receive-pack"); code != http.StatusForbidden {
 			t.Errorf("POST git-receive-pack (not mapped): %d, want 403", code)
 		}
+		// A path the module reads as a fetch only decoded (a tool routes ci%2Fgit-upload-pack
+		// as one file, which a POST writes): refused.
+		if code, msg := post("/api/v4/projects/42/repository/files/ci%2Fgit-upload-pack"); code != http.StatusForbidden ||
+			!strings.Contains(msg, "cannot be computed") {
+			t.Errorf("POST of a path whose decoding reads as a fetch: %d %q, want 403: its verb cannot be computed", code, msg)
+		}
 	})
 	t.Run("featureflags", func(t *testing.T) {
 		flagsURL := env.proxyURL + "/connectors-operator/featureflags"
