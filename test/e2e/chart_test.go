@@ -162,7 +162,7 @@ func TestHelmChartValues(t *testing.T) {
 		"controller.nodeSelector.node-role\\.kubernetes\\.io/control-plane=",
 		"imagePullSecrets[0].name=pull", "monitoring.dashboard.enabled=true", "metrics.auth=none", "node.proxyTokens=any",
 		"node.proxyDeniedPaths={/api/security/apiKey,/internal/*/credential}", "node.proxyGraphQLPaths={/api/graphql,/graphql}",
-		"node.proxyDeniedGraphQLFields={runnerCreate,createDeployKey}")
+		"node.proxyDeniedGraphQLFields={runnerCreate,createDeployKey}", "node.maxUnavailable=25")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -190,6 +190,7 @@ func TestHelmChartValues(t *testing.T) {
 		`"--metrics-auth=none"`, `"readinessProbe":{"httpGet":{"path":"/readyz","port":"metrics"}}`, `"--proxy-tokens=any"`,
 		`"--proxy-denied-paths=/api/security/apiKey,/internal/*/credential"`,
 		`"--proxy-graphql-paths=/api/graphql,/graphql"`, `"--proxy-denied-graphql-fields=runnerCreate,createDeployKey"`,
+		`"rollingUpdate":{"maxUnavailable":25}`,
 	} {
 		if !strings.Contains(string(dsJSON), want) {
 			t.Errorf("the DaemonSet lacks %s:\n%s", want, dsJSON)
@@ -252,6 +253,7 @@ func TestHelmChartValues(t *testing.T) {
 		{"controller.replicas=two", "/controller/replicas"},
 		{"metrics.auth=open", "/metrics/auth"},
 		{"node.proxyTokens=all", "/node/proxyTokens"},
+		{"node.maxUnavailable=all", "/node/maxUnavailable"},
 		{"metrics.auth=none,monitoring.podMonitor=true", "needs metrics.auth=delegated"},
 	} {
 		_, err := helmTemplate(t, "", ns, bad.set)
