@@ -204,6 +204,21 @@ func audiences(raw json.RawMessage) []string {
 	return many
 }
 
+// ExpiredToken tells, unverified, whether a token's exp has passed at now, beyond the clock skew
+// the API server allows; false for a token that is no JWT or has no exp. For a token a review
+// accepted before: whether it is refused now for its age alone.
+func ExpiredToken(token string, now time.Time) bool {
+	if !jwtShaped(token) {
+		return false
+	}
+	payload, ok := payloadOf(strings.Split(token, "."))
+	var c claims
+	if !ok || json.Unmarshal(payload, &c) != nil || c.Exp == nil {
+		return false
+	}
+	return time.Unix(int64(*c.Exp), 0).Add(clockSkew).Before(now)
+}
+
 // BoundPod is the Pod a ServiceAccount token's claims say it is bound to.
 type BoundPod struct {
 	Namespace, Name, UID, ServiceAccount string

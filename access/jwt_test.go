@@ -139,3 +139,20 @@ func TestPodOfToken(t *testing.T) {
 		}
 	}
 }
+
+// TestExpiredToken: a token is expired once its exp is more than the clock skew behind; one
+// without exp, or no JWT, is not.
+func TestExpiredToken(t *testing.T) {
+	now := time.Unix(1_000_000, 0)
+	for tok, want := range map[string]bool{
+		token(`{"exp":999000}`):  true,  // 1,000 s ago
+		token(`{"exp":999970}`):  false, // within the skew
+		token(`{"exp":1000100}`): false,
+		token(`{}`):              false,
+		"not-a-jwt":              false,
+	} {
+		if got := ExpiredToken(tok, now); got != want {
+			t.Errorf("ExpiredToken(%.40s) = %v, want %v", tok, got, want)
+		}
+	}
+}

@@ -166,9 +166,13 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 		Verbs: regoeval.APIVerbs{Engine: regoEngine, Methods: connectorsapi.MethodVerbs{}}}
 	// The node learns grants and revocations of its own AccessRequests from its watches of them:
 	// waiting publishes wake up, and the Pod's cached proxy decisions are dropped.
+	// Only a request labelled for this node names a Pod to forget: the label is the node's to
+	// give (an admission policy), and whoever else may create requests could name any Pod in
+	// one, to have its decisions dropped at each change.
+	ownLabel := approval.LabelValue(o.NodeID)
 	requests.OnChange = func(ar *v1alpha1.AccessRequest) {
 		requestChanges.Notify(client.ObjectKeyFromObject(ar))
-		if ref := ar.Spec.Context.ObjectRef; ref.Kind == "Pod" {
+		if ref := ar.Spec.Context.ObjectRef; ref.Kind == "Pod" && ar.Labels[v1alpha1.LabelNode] == ownLabel {
 			connectorsProxy.ForgetPod(ref.Namespace, ref.Name)
 		}
 	}

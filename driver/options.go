@@ -840,6 +840,10 @@ func (v *validated) proxyLimits() error {
 	if v.AccessRequestIdle <= 0 {
 		v.AccessRequestIdle = defaultAccessRequestIdle
 	}
+	if v.AccessRequestIdle <= v.ApprovalWait {
+		// A waiting publish reads its request only when it changes: its watch must outlive it.
+		return fmt.Errorf("--accessrequest-watch-idle-timeout (%v) must be longer than --approval-wait (%v)", v.AccessRequestIdle, v.ApprovalWait)
+	}
 	if v.ProxyAuthQPS == 0 {
 		v.ProxyAuthQPS = defaultProxyAuthQPS
 	}

@@ -8,7 +8,10 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apiserver/pkg/authentication/user"
 	"k8s.io/klog/v2"
+
+	"github.com/kube-connectors/connectors-csi/access"
 )
 
 // answerGuard ends a request's exchange with its tool once the caller is no longer allowed.
@@ -23,19 +26,20 @@ import (
 type answerGuard struct {
 	p       *Proxy
 	token   string
+	user    user.Info
 	nn      types.NamespacedName
 	request *http.Request // whose verbs are asked again
-	end     func()
+	end     func(refusal error)
 	timer   *time.Timer
 
 	mu      sync.Mutex
 	stopped bool
 }
 
-// guardAnswer starts guarding the exchange of r along rt; end ends it. stop must be called
-// when the exchange ends: end is not called after it returns.
-func (p *Proxy) guardAnswer(rt *route, r *http.Request, end func()) *answerGuard {
-	g := &answerGuard{p: p, token: rt.token, nn: types.NamespacedName{Namespace: rt.connector.Namespace, Name: rt.connector.Name},
+// guardAnswer starts guarding the exchange of r along rt; end ends it, with the refusal. stop
+// must be called when the exchange ends: end is not called after it returns.
+func (p *Proxy) guardAnswer(rt *route, r *http.Request, end func(refusal error)) *answerGuard {
+	g := &answerGuard{p: p, token: rt.token, user: rt.user, nn: types.NamespacedName{Namespace: rt.connector.Namespace, Name: rt.connector.Name},
 		request: r, end: end}
 	g.timer = time.AfterFunc(p.cfg.UpgradeRecheck, g.check)
 	return g
@@ -53,7 +57,15 @@ const answerRecheckTimeout = 10 * time.Second
 func (g *answerGuard) check() {
 	ctx, cancel := context.WithTimeout(context.Background(), answerRecheckTimeout)
 	defer cancel()
-	refused := g.p.stillAllowed(ctx, g.token, g.nn, g.request)
+	var refused error
+	if access.ExpiredToken(g.token, time.Now()) && g.user != nil {
+		// Its age alone ends no answer the token began (a clone that outlasts it: kubelet gave
+		// the Pod a newer one); a deleted Pod's token is refused before it expires, and the
+		// grants are still asked.
+		refused = g.p.stillPermitted(ctx, g.user, g.nn, g.request)
+	} else {
+		refused = g.p.stillAllowed(ctx, g.token, g.nn, g.request)
+	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	switch {
@@ -61,7 +73,7 @@ func (g *answerGuard) check() {
 	case refused != nil:
 		g.stopped = true
 		klog.FromContext(ctx).V(2).Info("Proxy ended an answer whose caller is no longer allowed", "connector", g.nn, "reason", refused.Error())
-		g.end()
+		g.end(refused)
 	default:
 		g.timer.Reset(g.p.cfg.UpgradeRecheck)
 	}

@@ -1774,7 +1774,9 @@ func (c *laneConn) watch() {
 	}
 	c.watchMu.Unlock()
 	// Until the round trip's end (stopWatching), which may come after this read's.
-	c.guard = c.lane.p.guardAnswer(c.guarded, guardedRequest(c.guardedMethod), c.endRoundTrip)
+	if c.guarded != nil && c.guarded.token != "" {
+		c.guard = c.lane.p.guardAnswer(c.guarded, guardedRequest(c.guardedMethod), func(error) { c.endRoundTrip() })
+	}
 	var b [1]byte
 	n, err := c.conn.Read(b[:])
 	if n == 1 {

@@ -86,7 +86,7 @@ func (p *Proxy) forwardRoute(r *http.Request, fc *forwardClient, target *url.URL
 	if err != nil {
 		return nil, err
 	}
-	rt.epochShard, rt.token, rt.caller = p.podEpochs.shardOf(fc.user), fc.token, CallerOf(fc.user)
+	rt.epochShard, rt.token, rt.user, rt.caller = p.podEpochs.shardOf(fc.user), fc.token, fc.user, CallerOf(fc.user)
 	return rt, nil
 }
 

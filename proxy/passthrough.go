@@ -127,13 +127,14 @@ func passthroughError(host string, err error) error {
 // that switches protocols, whose connection would carry whatever either side sends, as a
 // tunnel does, to any port.
 func (pt *passthrough) serveHTTP(w http.ResponseWriter, r *http.Request, target *url.URL) {
-	port := target.Port()
-	if port == "" {
-		port = "80"
+	_, port, _ := net.SplitHostPort(hostPort(target)) // the scheme's port when none is given
+	allowed := pt.httpPorts
+	if target.Scheme == "https" { // TLS to the port, as a tunnel's
+		allowed = pt.connectPorts
 	}
 	switch {
-	case !pt.httpPorts[port]:
-		refuse(w, http.StatusForbidden, fmt.Sprintf("destination %s is not an address of the named Connectors, and pass-through forwards plain HTTP only to ports %s", target.Host, pt.httpPorts))
+	case !allowed[port]:
+		refuse(w, http.StatusForbidden, fmt.Sprintf("destination %s is not an address of the named Connectors, and pass-through forwards %s only to ports %s", target.Host, target.Scheme, allowed))
 		return
 	case IsUpgrade(r.Header):
 		refuse(w, http.StatusForbidden, fmt.Sprintf("destination %s is not an address of the named Connectors, and pass-through does not switch protocols", target.Host))

@@ -390,9 +390,10 @@ type route struct {
 	forwardAmong bool
 	// epochShard is the caller's Pod's group in podEpochs.
 	epochShard uint8
-	// token is the caller's, for checking it again while an upgraded connection lasts
-	// (upgradeGuard).
+	// token is the caller's, and user who it is, for checking them again while an answer or
+	// an upgraded connection lasts (answerGuard, upgradeGuard).
 	token string
+	user  user.Info
 	// caller is the caller's namespace (its ServiceAccount's; a user's name for another
 	// user), whose requests alone share tool connections (poolOwner).
 	caller string
@@ -428,10 +429,12 @@ func (p *Proxy) send(w http.ResponseWriter, r *http.Request, rt *route) {
 	ctx := context.WithValue(r.Context(), routeKey{}, rt)
 	if IsUpgrade(r.Header) {
 		w = p.guardUpgrade(w, r, rt)
-	} else {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithCancel(ctx)
-		defer cancel()
+	}
+	if rt.token != "" { // the Connectors API's calls (Forward) are the API's to authorize
+		// An upgrade the tool answers without switching protocols is an answer like any.
+		var cancel context.CancelCauseFunc
+		ctx, cancel = context.WithCancelCause(ctx)
+		defer cancel(nil)
 		defer p.guardAnswer(rt, r, cancel).stop()
 	}
 	p.reverse.ServeHTTP(w, r.WithContext(ctx))
@@ -578,8 +581,13 @@ func bodyMayBeIgnored(method string) bool {
 	return getOrHead(method) || method == http.MethodOptions || method == http.MethodDelete
 }
 
-// upstreamError answers a failed upstream round trip.
+// upstreamError answers a failed upstream round trip: the refusal that ended it (answerGuard),
+// if one did.
 func upstreamError(w http.ResponseWriter, r *http.Request, err error) {
+	var rf *refusal
+	if cause := context.Cause(r.Context()); errors.As(cause, &rf) {
+		err = rf
+	}
 	upstreamErrorFor(w, r.Context().Value(routeKey{}).(*route), err)
 }
 
@@ -738,25 +746,32 @@ func rewriteLocationFor(res *http.Response, rt *route) {
 // them as given (glab api --paginate, python-gitlab, with PRIVATE-TOKEN: the Pod token), and a
 // forge writes them with its own host, or any host its owner likes.
 func keepLinksOnTheProxy(res *http.Response, rt *route) {
-	links := res.Header.Values("Link")
+	KeepLinks(res.Header, func(target string) (string, bool) {
+		u, err := res.Request.URL.Parse(target)
+		if err != nil {
+			return "", false
+		}
+		return onProxy(rt, u)
+	})
+}
+
+// KeepLinks rewrites each Link header value of h with each of its link-values' targets through
+// onto, and drops a value of which onto refuses a target, or that is not strict RFC 8288 (a
+// bare URL, which some clients follow as it is).
+func KeepLinks(h http.Header, onto func(target string) (string, bool)) {
+	links := h.Values("Link")
 	if len(links) == 0 {
 		return
 	}
 	var kept []string
 	for _, v := range links {
-		if rewritten, ok := linksOnProxy(v, func(target string) (string, bool) {
-			u, err := res.Request.URL.Parse(target)
-			if err != nil {
-				return "", false
-			}
-			return onProxy(rt, u)
-		}); ok {
+		if rewritten, ok := linksOnProxy(v, onto); ok {
 			kept = append(kept, rewritten)
 		}
 	}
-	res.Header["Link"] = kept
+	h["Link"] = kept
 	if len(kept) == 0 {
-		res.Header.Del("Link")
+		h.Del("Link")
 	}
 }
 

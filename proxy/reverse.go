@@ -87,7 +87,7 @@ func (p *Proxy) reverseRoute(r *http.Request, u user.Info, nn types.NamespacedNa
 	if err != nil {
 		return nil, err
 	}
-	rt.proxyBase, rt.epochShard, rt.token, rt.caller = reverseBase(r, nn), p.podEpochs.shardOf(u), ex.token, CallerOf(u)
+	rt.proxyBase, rt.epochShard, rt.token, rt.user, rt.caller = reverseBase(r, nn), p.podEpochs.shardOf(u), ex.token, u, CallerOf(u)
 	if ex.foundBy != nil {
 		rt.callerToken = ex.token
 	}

@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/net/http/httpguts"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apiserver/pkg/authentication/user"
 	"k8s.io/klog/v2"
 )
 
@@ -93,8 +94,13 @@ func (p *Proxy) stillAllowed(ctx context.Context, token string, nn types.Namespa
 	case err != nil:
 		return nil
 	case !ok:
-		return errors.New("the token is no longer accepted")
+		return refusef(http.StatusUnauthorized, "the token is no longer accepted")
 	}
+	return p.stillPermitted(ctx, u, nn, r)
+}
+
+// stillPermitted is stillAllowed for u, without checking a token again.
+func (p *Proxy) stillPermitted(ctx context.Context, u user.Info, nn types.NamespacedName, r *http.Request) error {
 	for _, check := range []func() error{
 		func() error { return p.authorizeGet(ctx, u, nn) },
 		func() error { return p.authorizeUse(ctx, u, nn, r) },

@@ -26,6 +26,9 @@ func TestAccessRequestAPI(t *testing.T) {
 		},
 	}
 	create(t, ar)
+	// Gone with the test: a controller a later test starts would evaluate it (no Pod, no
+	// Connector), and spend that test's Event burst on it.
+	t.Cleanup(func() { _ = cp.Client.Delete(context.Background(), ar.DeepCopy()) })
 	ar.Spec.ConnectorRef.Name = "other"
 	if err := cp.Client.Update(ctx, ar); err == nil || !strings.Contains(err.Error(), "spec is immutable") {
 		t.Fatalf("changing spec: %v", err)

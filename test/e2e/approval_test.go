@@ -293,7 +293,8 @@ func TestApprovalIsNotBorrowedFromAnEarlierRun(t *testing.T) {
 // Pods by name, in its namespace, which the API server's watch cache indexes; it neither lists
 // nor watches AccessRequests cluster-wide (by its label), which would make it one more watcher
 // of every request's change in the cluster, filtered only there (the node as deployed, its
-// reads from the audit log, from its start).
+// reads from the audit log, from its start; a volume whose record was lost, the one case of a
+// list by the label, is not made here).
 func TestNodesWatchTheirAccessRequestsByName(t *testing.T) {
 	since := time.Now()
 	env, ns, _ := gatedProd(t, nil)

@@ -125,7 +125,9 @@ func TestProxyDifferential(t *testing.T) {
 		reverse := upstream.last()
 		send(viaForward, srv.URL, "") // the forward proxy: Proxy-Authorization from http.proxy
 		forwarded := upstream.last()
-		if method == "OPTIONS" {
+		// A DELETE with a body ends its tool connection (a tool may not read such a body).
+		ignorableBody := method == "DELETE" && len(body) > 0
+		if method == "OPTIONS" || ignorableBody {
 			// Handed over with its connection to net/http's server: the next request on a
 			// new client's connection, in the fast lane again (an old client's connection
 			// may go back to its pool after CloseIdleConnections returns).
@@ -137,8 +139,12 @@ func TestProxyDifferential(t *testing.T) {
 			lane += 2
 		}
 		for mode, got := range map[string]received{"reverse": reverse, "forward": forwarded} {
-			// The proxy adds its hop marker; nothing else may differ.
+			// The proxy adds its hop marker; nothing else may differ, but that a body a tool
+			// may ignore ends its connection.
 			got.Headers = without(got.Headers, "Connectors-Proxy-Hop: 1")
+			if ignorableBody {
+				got.Headers = without(got.Headers, "Connection: close")
+			}
 			if d, p := fmt.Sprintf("%+v", direct), fmt.Sprintf("%+v", got); d != p {
 				t.Errorf("request %d differs through the %s proxy\n direct:  %s\n proxied: %s", i, mode, d, p)
 			}

@@ -1472,7 +1472,9 @@ func TestTenancyUpgradesNeedCreateAndAreChecked(t *testing.T) {
 // tool sends, got with its credential, for as long as the tool sends. The proxy checks the
 // caller again while the answer lasts (every --proxy-upgrade-recheck-interval, through caches
 // of 1 s here): once the Pod's grant is removed, each stream ends, on the fast lane's first
-// request of a connection, its remembered route, and net/http's path alike.
+// request of a connection, its remembered route, and net/http's path alike, and when the
+// request asked to switch protocols and the tool did not. The Connectors API's calls, which
+// the API authorizes for its callers, are not cut by the proxy's checks of a Pod's token.
 func TestTenancyAStreamedAnswerEndsWithItsGrant(t *testing.T) {
 	tool := startRecorder(t, func(w http.ResponseWriter, r *http.Request) {
 		if !strings.HasSuffix(r.URL.Path, "/watch") {
@@ -1532,7 +1534,24 @@ func TestTenancyAStreamedAnswerEndsWithItsGrant(t *testing.T) {
 		"the fast lane":                    streaming(t, head("watch", "")),
 		"the fast lane's remembered route": streaming(t, head("short", ""), head("watch", "")),
 		// A Connection header naming another header is net/http's to read.
-		"net/http's path": streaming(t, head("watch", "Connection: keep-alive, X-Trace\r\nX-Trace: 1\r\n")),
+		"net/http's path":                  streaming(t, head("watch", "Connection: keep-alive, X-Trace\r\nX-Trace: 1\r\n")),
+		"an upgrade the tool did not take": streaming(t, head("watch", "Connection: Upgrade\r\nUpgrade: websocket\r\n")),
+	}
+	// Through the Connectors API, past a few of the proxy's rechecks: still streaming.
+	viewer := apiToken(t, ns, "ui")
+	allowConnectors(t, ns, "ui", "tool")
+	grantAPIs(t, ns, "ui", "tool")
+	apiRequest := newRequest(t, "GET", connectorAPI(env, ns, "tool", "/watch"), map[string]string{"Authorization": "Bearer " + viewer})
+	apiAnswer, err := http.DefaultClient.Do(apiRequest)
+	if err != nil || apiAnswer.StatusCode != http.StatusOK {
+		t.Fatalf("a stream through the Connectors API: %v %v", apiAnswer, err)
+	}
+	defer apiAnswer.Body.Close()
+	for until := time.Now().Add(2 * time.Second); time.Now().Before(until); {
+		event := make([]byte, len("event: change\n\n"))
+		if _, err := io.ReadFull(apiAnswer.Body, event); err != nil {
+			t.Fatalf("the Connectors API's stream ended: %v", err)
+		}
 	}
 	if err := cp.Kube.RbacV1().RoleBindings(ns).Delete(context.Background(), "use-connectors-builder", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
