@@ -66,15 +66,17 @@ func (r *Requests) len() int {
 }
 
 // Get reads a watched request (a shallow copy: its maps and slices are shared with the cache
-// and must not be changed); one not watched is not found. A request list is refused: the node
-// keeps no list of its requests.
+// and must not be changed); one not watched, or whose watch has not listed it yet, is not
+// found: Get never waits (the proxy reads with its callers' requests, and a watch the API
+// server keeps failing would hold each of them). A request list is refused: the node keeps no
+// list of its requests.
 func (r *Requests) Get(ctx context.Context, key client.ObjectKey, obj client.Object, _ ...client.GetOption) error {
 	ar, ok := obj.(*v1alpha1.AccessRequest)
 	if !ok {
 		return fmt.Errorf("the node's request cache holds AccessRequests only, not %T", obj)
 	}
 	w := r.reading(key)
-	if w == nil {
+	if w == nil || !w.listed() {
 		return requestNotFound(key)
 	}
 	got, err := w.read(ctx, key)
@@ -177,6 +179,16 @@ func (r *Requests) set(w *watchedRequest, ar *v1alpha1.AccessRequest) {
 	}
 	if r.OnChange != nil {
 		r.OnChange(changed)
+	}
+}
+
+// listed tells whether w's first list ended.
+func (w *watchedRequest) listed() bool {
+	select {
+	case <-w.synced:
+		return true
+	default:
+		return false
 	}
 }
 

@@ -12,7 +12,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 )
@@ -151,5 +153,35 @@ func waitFor(t *testing.T, changed <-chan string, name string) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatalf("not told of a change of %s", name)
+	}
+}
+
+// TestRequestsGetNeverWaits: a request whose watch has not listed it (the API server refusing
+// the list, again and again) reads as not found at once: the proxy reads with its callers'
+// requests, which would otherwise each wait for their own end.
+func TestRequestsGetNeverWaits(t *testing.T) {
+	scheme := runtime.NewScheme()
+	if err := v1alpha1.AddToScheme(scheme); err != nil {
+		t.Fatal(err)
+	}
+	refusing := interceptor.NewClient(fake.NewClientBuilder().WithScheme(scheme).Build(), interceptor.Funcs{
+		List: func(context.Context, client.WithWatch, client.ObjectList, ...client.ListOption) error {
+			return apierrors.NewForbidden(v1alpha1.GroupVersion.WithResource("accessrequests").GroupResource(), "", nil)
+		}})
+	r := NewRequests(refusing, time.Minute)
+	t.Cleanup(func() { r.Run(cancelled()) })
+	key := types.NamespacedName{Namespace: "ns", Name: "held"}
+	r.Hold(key)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- r.Get(ctx, key, &v1alpha1.AccessRequest{}) }()
+	select {
+	case err := <-done:
+		if !apierrors.IsNotFound(err) {
+			t.Fatalf("a request not listed yet: %v, want not found", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Get waited for a watch that never lists")
 	}
 }
