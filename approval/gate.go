@@ -338,38 +338,40 @@ func (g *Gate) RevokePod(ctx context.Context, uid string) error {
 		&client.ListOptions{Raw: &metav1.ListOptions{ResourceVersion: "0"}}); err != nil {
 		return err
 	}
-	var errs []error
+	var names []string
 	for _, ar := range list.Items {
-		if ar.Spec.Context.ObjectRef.UID != types.UID(uid) || revoked(&ar) {
-			continue
+		if ar.Spec.Context.ObjectRef.UID == types.UID(uid) && !revoked(&ar) {
+			names = append(names, ar.Namespace+"/"+ar.Name)
 		}
-		// Anyone who may create AccessRequests can label one for this node and name any UID
-		// in it: one that cannot be patched (invalid, forbidden) is logged, not retried, or
-		// it would hold the Pod's unpublish for good.
-		err := g.Revoke(ctx, []string{ar.Namespace + "/" + ar.Name})
-		if apierrors.IsInvalid(err) || apierrors.IsForbidden(err) || apierrors.IsRequestEntityTooLargeError(err) {
-			klog.FromContext(ctx).Error(err, "Not revoking an AccessRequest that names the Pod", "accessRequest", klog.KObj(&ar), "uid", uid)
-			continue
-		}
-		errs = append(errs, err)
 	}
-	return errors.Join(errs...)
+	return g.Revoke(ctx, names)
 }
 
 // Revoke marks the requests a volume held as revoked, with the time; the controller deletes
-// their grants. The node then lets their watches go.
+// their grants. The node then lets their watches go. Whoever may create AccessRequests can
+// make one of a name the node gives a Pod's request, or label one for this node and name any
+// UID in it, and fill its annotations: one that cannot be patched (invalid, forbidden, too
+// large) is logged and let go, not retried, or it would hold the Pod's unpublish for good
+// (the controller revokes a request whose Pod is gone in any case); the others are revoked
+// still. Another error is retried by kubelet, with the volume kept.
 func (g *Gate) Revoke(ctx context.Context, requests []string) error {
 	at := time.Now().UTC().Format(time.RFC3339)
+	var errs []error
 	for _, nn := range requests {
 		key := requestKey(nn)
 		ar := &v1alpha1.AccessRequest{ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: key.Name}}
 		patch := []byte(fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, AnnotationRevoked, at))
-		if err := g.Client.Patch(ctx, ar, client.RawPatch(types.MergePatchType, patch)); client.IgnoreNotFound(err) != nil {
-			return fmt.Errorf("revoke AccessRequest %s: %w", nn, err)
+		err := client.IgnoreNotFound(g.Client.Patch(ctx, ar, client.RawPatch(types.MergePatchType, patch)))
+		switch {
+		case apierrors.IsInvalid(err) || apierrors.IsForbidden(err) || apierrors.IsRequestEntityTooLargeError(err):
+			klog.FromContext(ctx).Error(err, "Not revoking an AccessRequest the node cannot patch", "accessRequest", nn)
+		case err != nil:
+			errs = append(errs, fmt.Errorf("revoke AccessRequest %s: %w", nn, err))
+			continue
 		}
 		g.Requests.Release(key)
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // Hold keeps the requests a volume's record names watched, until the node revokes them: their

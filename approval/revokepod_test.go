@@ -52,3 +52,35 @@ func TestRevokePodRevokesThatPodsRequests(t *testing.T) {
 		t.Errorf("revoked %v, want mine and mine-too", patched)
 	}
 }
+
+// TestRevokeGoesOnPastARequestItCannotPatch: a record's request that cannot be patched (made
+// unpatchable by whoever may create requests) is let go, not retried for good, and the
+// requests after it are revoked still; an error of the API server is returned, for kubelet to
+// retry the unpublish, and the others are revoked meanwhile.
+func TestRevokeGoesOnPastARequestItCannotPatch(t *testing.T) {
+	scheme := testScheme(t)
+	var objs []client.Object
+	for _, name := range []string{"forged", "mine", "busy", "mine-too"} {
+		objs = append(objs, &v1alpha1.AccessRequest{ObjectMeta: metav1.ObjectMeta{Namespace: "team", Name: name}})
+	}
+	cached := fake.NewClientBuilder().WithScheme(scheme).WithObjects(objs...).Build()
+	var patched []string
+	live := interceptor.NewClient(cached, interceptor.Funcs{Patch: func(ctx context.Context, c client.WithWatch, obj client.Object, patch client.Patch, opts ...client.PatchOption) error {
+		switch obj.GetName() {
+		case "forged":
+			return apierrors.NewInvalid(schema.GroupKind{Group: v1alpha1.GroupVersion.Group, Kind: "AccessRequest"}, "forged", nil)
+		case "busy":
+			return apierrors.NewServiceUnavailable("the API server is away")
+		}
+		patched = append(patched, obj.GetName())
+		return c.Patch(ctx, obj, patch, opts...)
+	}})
+	g := &Gate{Requests: objectcache.NewRequests(cached, time.Minute), Client: live, NodeID: "node-1"}
+	err := g.Revoke(context.Background(), []string{"team/forged", "team/mine", "team/busy", "team/mine-too"})
+	if !apierrors.IsServiceUnavailable(err) {
+		t.Errorf("revoke: %v, want the API server's error, for a retry", err)
+	}
+	if len(patched) != 2 || patched[0] != "mine" || patched[1] != "mine-too" {
+		t.Errorf("revoked %v, want mine and mine-too", patched)
+	}
+}

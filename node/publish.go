@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -87,6 +88,9 @@ func (s *Server) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 		files, rec, err = s.render(ctx, vr, sources, !mounted) // a new volume's: resolveAll authorized them
 	}
 	if err == nil {
+		if mounted {
+			rec.AccessRequests = s.stillHeld(req.GetVolumeId(), rec.AccessRequests)
+		}
 		rec.VolumeID, rec.TargetPath, rec.Pod = req.GetVolumeId(), target, vr.pod
 		rec.Fingerprint, rec.AuthFingerprint = fingerprints(vr, sources, gid, s.caFingerprint(ctx))
 		rec.TokenSHA256, rec.AuthorizedAt = tokenHash(vr.token), s.now()
@@ -102,6 +106,26 @@ func (s *Server) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 		log.V(2).Info("Published volume", "target", target, "files", len(files), "republish", mounted)
 	}
 	return s.answer(ctx, req.GetVolumeId(), vr, mounted, err)
+}
+
+// stillHeld is the requests a republished volume holds: those its record named, and those the
+// republish was admitted by. A republish admitted without a request that the volume held (the
+// approval flag turned off meanwhile, the request deleted and a namespace-wide grant allowing
+// the Pod) must not drop it from the record: unpublish would then revoke no grant it made.
+// Every request a record names is the Pod's (its name has the Pod's UID), so revoking it at
+// unpublish is always right.
+func (s *Server) stillHeld(volumeID string, admitted []string) []string {
+	old, err := s.Records.Load(volumeID)
+	if err != nil || old == nil {
+		return admitted
+	}
+	held := slices.Clone(old.AccessRequests)
+	for _, ar := range admitted {
+		if !slices.Contains(held, ar) {
+			held = append(held, ar)
+		}
+	}
+	return held
 }
 
 // answer ends a publish. A republish that failed for a transient reason, or because the Pod's

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -113,5 +114,31 @@ func TestAnUnreadableRecordRevokesItsPodsRequests(t *testing.T) {
 	}
 	if len(approver.pods) != 2 || approver.pods[0] != "6b1f0c1e-uid" || approver.pods[1] != "9d0e2a44-uid" {
 		t.Errorf("revoked the requests of Pods %v, want the targets'", approver.pods)
+	}
+}
+
+// TestARepublishKeepsTheRequestsItsRecordNamed: a republish admitted without a request the
+// volume held (the approval flag turned off meanwhile) keeps it in the record, for unpublish to
+// revoke; one admitted by a new request adds it.
+func TestARepublishKeepsTheRequestsItsRecordNamed(t *testing.T) {
+	store, err := records.NewStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := store.Save(&records.Record{VolumeID: "vol", AccessRequests: []string{"ns/a"}}); err != nil {
+		t.Fatal(err)
+	}
+	s := &Server{Records: store}
+	for _, tc := range []struct {
+		volume         string
+		admitted, want []string
+	}{
+		{"vol", nil, []string{"ns/a"}},
+		{"vol", []string{"ns/a", "ns/b"}, []string{"ns/a", "ns/b"}},
+		{"new", []string{"ns/b"}, []string{"ns/b"}},
+	} {
+		if got := s.stillHeld(tc.volume, tc.admitted); !slices.Equal(got, tc.want) {
+			t.Errorf("%s admitted by %v: holds %v, want %v", tc.volume, tc.admitted, got, tc.want)
+		}
 	}
 }

@@ -143,6 +143,18 @@ func (c *Connectors) LookupWith(ctx context.Context, nn types.NamespacedName, li
 	if w == nil {
 		return nil, notFound(nn)
 	}
+	return c.readWithin(ctx, nn, w)
+}
+
+// lookupSyncWait bounds how long a lookup, or an API read, waits for a watch's first list
+// (one a volume's publish started, which the API server may keep refusing): the proxy's and
+// the API's callers get an error (503) instead of each waiting to its own end.
+var lookupSyncWait = 10 * time.Second
+
+// readWithin is read, waiting at most lookupSyncWait for the watch's first list.
+func (c *Connectors) readWithin(ctx context.Context, nn types.NamespacedName, w *watched) (*v1alpha1.Connector, error) {
+	ctx, cancel := context.WithTimeout(ctx, lookupSyncWait)
+	defer cancel()
 	return c.read(ctx, nn, w)
 }
 
@@ -164,7 +176,7 @@ func (c *Connectors) ReadWith(ctx context.Context, nn types.NamespacedName, list
 		}
 	})
 	if w := c.peek(nn); w != nil {
-		return c.read(ctx, nn, w)
+		return c.readWithin(ctx, nn, w)
 	}
 	if c.missing != nil {
 		if _, missing := c.missing.Get(nn); missing {
@@ -298,7 +310,7 @@ func (c *Connectors) watch(nn types.NamespacedName, listed *v1alpha1.Connector, 
 
 // listOne lists the Connector nn (a field selector on its name) with r: nil when there is none.
 func (c *Connectors) listOne(ctx context.Context, r client.Reader, nn types.NamespacedName) (*v1alpha1.Connector, string, error) {
-	found, rv, err := listOne(ctx, r, nn, &v1alpha1.ConnectorList{}, nil)
+	found, rv, err := listOne(ctx, r, nn, &v1alpha1.ConnectorList{})
 	conn, _ := found.(*v1alpha1.Connector)
 	return conn, rv, err
 }

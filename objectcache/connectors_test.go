@@ -8,11 +8,13 @@ import (
 	"testing"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 )
@@ -96,4 +98,36 @@ func cancelled() context.Context {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	return ctx
+}
+
+// TestLookupsWaitBoundedForAWatchsFirstList: a Connector a volume's publish started watching,
+// whose list the API server keeps refusing, is not waited for to the end of a proxy's or the
+// API's request: the lookup fails after lookupSyncWait.
+func TestLookupsWaitBoundedForAWatchsFirstList(t *testing.T) {
+	defer func(was time.Duration) { lookupSyncWait = was }(lookupSyncWait)
+	lookupSyncWait = 100 * time.Millisecond
+	refusing := interceptor.NewClient(fakeConnectors(t, 1), interceptor.Funcs{
+		List: func(context.Context, client.WithWatch, client.ObjectList, ...client.ListOption) error {
+			return apierrors.NewForbidden(v1alpha1.GroupVersion.WithResource(v1alpha1.ResourceConnectors).GroupResource(), "", nil)
+		}})
+	c := NewConnectors(refusing, time.Hour, 4, 0)
+	t.Cleanup(func() { c.Run(cancelled()) })
+	volume, cancel := context.WithCancel(context.Background())
+	cancel() // the publish gives up; the watch stays, listing again
+	if _, err := c.Get(volume, nameOf(0)); err == nil {
+		t.Fatal("a Connector whose list is refused was read")
+	}
+	done := make(chan error, 2)
+	go func() { _, err := c.Lookup(context.Background(), nameOf(0)); done <- err }()
+	go func() { _, err := c.ReadWith(context.Background(), nameOf(0), refusing); done <- err }()
+	for range 2 {
+		select {
+		case err := <-done:
+			if err == nil {
+				t.Error("a Connector whose list is refused was read")
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("a lookup waited for a watch that never lists")
+		}
+	}
 }

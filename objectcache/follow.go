@@ -95,7 +95,7 @@ const followHealthy = 2 * time.Minute
 // is found, and the API server serves it from its watch cache (consistent reads from cache,
 // on by default since Kubernetes 1.31), not from etcd.
 func (f follower) list(ctx context.Context) (resourceVersion string, err error) {
-	found, resourceVersion, err := listOne(ctx, f.client, f.nn, f.newList(), nil)
+	found, resourceVersion, err := listOne(ctx, f.client, f.nn, f.newList())
 	if err != nil {
 		return "", err
 	}
@@ -104,18 +104,14 @@ func (f follower) list(ctx context.Context) (resourceVersion string, err error) 
 	return resourceVersion, nil
 }
 
-// listOne lists the object nn into list (a field selector on its name) with r, from the
-// resource version opts name (nil: a consistent list): nil when there is none.
-func listOne(ctx context.Context, r client.Reader, nn types.NamespacedName, list client.ObjectList, opts *metav1.ListOptions) (client.Object, string, error) {
+// listOne lists the object nn into list (a field selector on its name, a consistent list) with
+// r: nil when there is none.
+func listOne(ctx context.Context, r client.Reader, nn types.NamespacedName, list client.ObjectList) (client.Object, string, error) {
 	if nn.Namespace == "" {
 		// InNamespace("") would list every namespace's objects of the name.
 		return nil, "", fmt.Errorf("no namespace for %s", nn.Name)
 	}
-	raw := metav1.ListOptions{}
-	if opts != nil {
-		raw = *opts
-	}
-	raw.FieldSelector = nameSelector(nn)
+	raw := metav1.ListOptions{FieldSelector: nameSelector(nn)}
 	if err := r.List(ctx, list, client.InNamespace(nn.Namespace), &client.ListOptions{Raw: &raw}); err != nil {
 		return nil, "", err
 	}

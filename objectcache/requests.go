@@ -11,7 +11,6 @@ import (
 
 	"golang.org/x/sync/singleflight"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -91,10 +90,12 @@ func (r *Requests) List(context.Context, client.ObjectList, ...client.ListOption
 	return fmt.Errorf("the node's request cache keeps requests by name and lists none")
 }
 
-// Lookup reads the request, watched or not: one not watched is listed once (from the API
-// server's watch cache as it is, for whoever creates the request next finds one made
-// meanwhile; concurrent lookups of a name share the list) and watched from that list only if
-// it exists.
+// Lookup reads the request, watched or not: one not watched is listed once (a consistent list,
+// which the API server serves from its watch cache once that has caught up: a request the
+// node made before it restarted, and the controller granted since, must be found, or the
+// Pod's grant would be taken without the request, which the volume's record would then not
+// name for unpublish to revoke; concurrent lookups of a name share the list) and watched from
+// that list only if it exists.
 func (r *Requests) Lookup(ctx context.Context, nn types.NamespacedName) (*v1alpha1.AccessRequest, error) {
 	w := r.reading(nn)
 	if w == nil {
@@ -103,7 +104,7 @@ func (r *Requests) Lookup(ctx context.Context, nn types.NamespacedName) (*v1alph
 			if w := r.reading(nn); w != nil {
 				return w, nil
 			}
-			found, rv, err := listOne(ctx, r.client, nn, &v1alpha1.AccessRequestList{}, &metav1.ListOptions{ResourceVersion: "0"})
+			found, rv, err := listOne(ctx, r.client, nn, &v1alpha1.AccessRequestList{})
 			if err != nil || found == nil {
 				return nil, err
 			}
