@@ -11,6 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/klog/v2"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
@@ -112,7 +113,8 @@ func (r *Reconciler) requeueOnTrustChange(ctx context.Context, out chan<- event.
 			continue
 		}
 		var list v1alpha1.ConnectorList
-		if err := r.Client.List(ctx, &list); err != nil {
+		// Names only (the events are enqueued by name): the cache's objects are not copied.
+		if err := r.Client.List(ctx, &list, client.UnsafeDisableDeepCopy); err != nil {
 			klog.FromContext(ctx).Error(err, "Listing Connectors after a change of the CA trust; each is rechecked on its own schedule")
 			continue
 		}

@@ -127,7 +127,8 @@ var classProxyChanged = predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bo
 
 func (r *Reconciler) connectorsOfClass(ctx context.Context, obj client.Object) []reconcile.Request {
 	var list v1alpha1.ConnectorList
-	if err := r.Client.List(ctx, &list, client.MatchingLabels{v1alpha1.LabelConnectorClass: obj.GetName()}); err != nil {
+	// Names only: the cache's objects are not copied.
+	if err := r.Client.List(ctx, &list, client.MatchingLabels{v1alpha1.LabelConnectorClass: obj.GetName()}, client.UnsafeDisableDeepCopy); err != nil {
 		return nil
 	}
 	out := make([]reconcile.Request, 0, len(list.Items))

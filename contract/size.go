@@ -16,14 +16,20 @@ import (
 // its memory.
 const MaxConnectorBytes = 64 << 10
 
-// ConnectorBytes is c's size as JSON without its status (the controller's), its managed
-// fields (the API server's) and kubectl's copy of the last applied spec (which a node drops).
+// ConnectorBytes is c's size as JSON without its status and class label (the controller's:
+// counted, its label would have the webhook refuse the controller's own patch of a Connector
+// near the bound), its managed fields (the API server's) and kubectl's copy of the last
+// applied spec (which a node drops).
 func ConnectorBytes(c *v1alpha1.Connector) int {
 	meta := c.ObjectMeta // a shallow copy: what is left out is replaced, never changed
 	meta.ManagedFields = nil
 	if _, ok := meta.Annotations[corev1.LastAppliedConfigAnnotation]; ok {
 		meta.Annotations = maps.Clone(meta.Annotations)
 		delete(meta.Annotations, corev1.LastAppliedConfigAnnotation)
+	}
+	if _, ok := meta.Labels[v1alpha1.LabelConnectorClass]; ok {
+		meta.Labels = maps.Clone(meta.Labels)
+		delete(meta.Labels, v1alpha1.LabelConnectorClass)
 	}
 	b, err := json.Marshal(&v1alpha1.Connector{TypeMeta: c.TypeMeta, ObjectMeta: meta, Spec: c.Spec})
 	if err != nil {

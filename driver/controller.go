@@ -284,7 +284,10 @@ func cacheOptions(systemNamespace string, maxCheckObjectBytes int) cache.Options
 		ByObject: map[client.Object]cache.ByObject{
 			// What the controller reads of requests, their policy specs kept once.
 			&v1alpha1.AccessRequest{}: {Transform: approval.RequestCacheView()},
-			&corev1.ConfigMap{}:       {Namespaces: map[string]cache.Config{systemNamespace: {}}},
+			// Without kubectl's copy of the last applied spec, which a Connector's bound does
+			// not count (contract.ConnectorBytes): up to 256 KiB more of each of a tenant's.
+			&v1alpha1.Connector{}: {Transform: withoutLastApplied(stripManagedFields)},
+			&corev1.ConfigMap{}:   {Namespaces: map[string]cache.Config{systemNamespace: {}}},
 			// Only the Services kept for Connectors' own hosts on the built-in proxy.
 			&corev1.Service{}: {Label: labels.SelectorFromSet(labels.Set{connectorstatus.LabelHostService: "true"}),
 				Transform: viewOrStub(connectorstatus.HostServiceCacheView)},
@@ -293,6 +296,19 @@ func cacheOptions(systemNamespace string, maxCheckObjectBytes int) cache.Options
 			&rbacv1.Role{}:        {Label: grantSelector, Transform: viewOrStub(approval.GrantCacheView)},
 			&rbacv1.RoleBinding{}: {Label: grantSelector, Transform: viewOrStub(approval.GrantCacheView)},
 		},
+	}
+}
+
+// withoutLastApplied is strip, then drops kubectl's copy of the last applied spec.
+func withoutLastApplied(strip toolscache.TransformFunc) toolscache.TransformFunc {
+	return func(in any) (any, error) {
+		out, err := strip(in)
+		if obj, ok := out.(client.Object); ok && err == nil {
+			if a := obj.GetAnnotations(); a != nil {
+				delete(a, corev1.LastAppliedConfigAnnotation)
+			}
+		}
+		return out, err
 	}
 }
 

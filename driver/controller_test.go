@@ -31,7 +31,8 @@ import (
 // controller reads (content and controller, not labels nor annotations); any other labelled
 // object — padded with rules, subjects, ports and annotations, claiming an owner under another
 // name or API group, or named and owned as a grant but larger — is kept as a stub that says
-// only that it exists; a host Service of its own given many ports is kept with two.
+// only that it exists; a host Service of its own given many ports is kept with two; a Connector
+// is kept without kubectl's copy of its last applied spec.
 func TestControllerCacheKeepsOnlyWhatItReads(t *testing.T) {
 	cp, err := controlplane.Start()
 	if err != nil {
@@ -109,6 +110,13 @@ func TestControllerCacheKeepsOnlyWhatItReads(t *testing.T) {
 	if err := cp.Client.Create(ctx, unlabelled); err != nil {
 		t.Fatal(err)
 	}
+	// kubectl's copy of a Connector's last applied spec, which its bound does not count.
+	applied := &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: "applied", Namespace: ns,
+		Annotations: map[string]string{corev1.LastAppliedConfigAnnotation: strings.Repeat("x", 200<<10), "kept": "yes"}},
+		Spec: v1alpha1.ConnectorSpec{ConnectorClassName: "git", Address: "https://git.example"}}
+	if err := cp.Client.Create(ctx, applied); err != nil {
+		t.Fatal(err)
+	}
 
 	opts := cacheOptions("connectors-system", 1<<20)
 	opts.Scheme = cp.Client.Scheme()
@@ -117,7 +125,7 @@ func TestControllerCacheKeepsOnlyWhatItReads(t *testing.T) {
 		t.Fatal(err)
 	}
 	go func() { _ = objects.Start(ctx) }()
-	for _, kind := range []client.Object{&rbacv1.Role{}, &rbacv1.RoleBinding{}, &corev1.Service{}} {
+	for _, kind := range []client.Object{&rbacv1.Role{}, &rbacv1.RoleBinding{}, &corev1.Service{}, &v1alpha1.Connector{}} {
 		if _, err := objects.GetInformer(ctx, kind); err != nil {
 			t.Fatal(err)
 		}
@@ -148,6 +156,14 @@ func TestControllerCacheKeepsOnlyWhatItReads(t *testing.T) {
 	err = objects.Get(ctx, client.ObjectKeyFromObject(unlabelled), &rbacv1.Role{})
 	if !apierrors.IsNotFound(err) {
 		t.Errorf("an unlabelled Role: %v, want not found", err)
+	}
+	var cached v1alpha1.Connector
+	if err := objects.Get(ctx, client.ObjectKeyFromObject(applied), &cached); err != nil {
+		t.Fatal(err)
+	}
+	if _, kept := cached.Annotations[corev1.LastAppliedConfigAnnotation]; kept || cached.Annotations["kept"] != "yes" || len(cached.ManagedFields) != 0 {
+		t.Errorf("a Connector cached with annotations %v and %d managed fields: want kubectl's last applied copy and the managed fields dropped, the rest kept",
+			len(cached.Annotations), len(cached.ManagedFields))
 	}
 }
 

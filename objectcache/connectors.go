@@ -10,7 +10,9 @@ package objectcache
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -329,8 +331,9 @@ func (c *Connectors) set(nn types.NamespacedName, w *watched, obj *v1alpha1.Conn
 	}
 }
 
-// kept is obj (nil: none) as a node keeps it: without what a node never reads, or only its
-// size when it is larger than contract.MaxConnectorBytes.
+// kept is obj (nil: none) as a node keeps it: without what a node never reads, with a status
+// of at most maxStatusBytes, or only its size when it is larger than
+// contract.MaxConnectorBytes.
 func kept(obj *v1alpha1.Connector) *held {
 	if obj == nil {
 		return &held{}
@@ -340,7 +343,35 @@ func kept(obj *v1alpha1.Connector) *held {
 	if size := contract.ConnectorBytes(obj); size > contract.MaxConnectorBytes {
 		return &held{oversize: size}
 	}
+	boundStatus(&obj.Status)
 	return &held{obj: obj}
+}
+
+// maxStatusBytes bounds the status a node keeps of a Connector: the controller writes a few
+// KiB. The size bound leaves status aside, and whoever else may write connectors/status (RBAC
+// that grants a tenant every resource of the group) could write megabytes of conditions into
+// each Connector its Pods then name at a node.
+const maxStatusBytes = 16 << 10
+
+// boundStatus keeps a status over maxStatusBytes without its conditions and annotations (the
+// node reads the status only as its templates' data: its proxy and API addresses), and none
+// at all if it is still over.
+func boundStatus(st *v1alpha1.ConnectorStatus) {
+	if statusBytes(st) <= maxStatusBytes {
+		return
+	}
+	st.Conditions, st.Annotations = nil, nil
+	if statusBytes(st) > maxStatusBytes {
+		*st = v1alpha1.ConnectorStatus{}
+	}
+}
+
+func statusBytes(st *v1alpha1.ConnectorStatus) int {
+	b, err := json.Marshal(st)
+	if err != nil {
+		return math.MaxInt
+	}
+	return len(b)
 }
 
 // makeRoomLocked drops a watch, if need be, before a new one starts, for a volume or for a

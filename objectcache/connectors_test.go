@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -128,6 +129,41 @@ func TestLookupsWaitBoundedForAWatchsFirstList(t *testing.T) {
 			}
 		case <-time.After(30 * time.Second):
 			t.Fatal("a lookup waited for a watch that never lists")
+		}
+	}
+}
+
+// TestANodeKeepsABoundedStatus: a Connector's status over 16 KiB (written by whoever may write
+// connectors/status, which the size bound leaves aside) is kept without its conditions and
+// annotations, the addresses templates read kept; still over, without any.
+func TestANodeKeepsABoundedStatus(t *testing.T) {
+	proxy := &v1alpha1.ProxyStatus{}
+	many := make([]metav1.Condition, 2000)
+	for i := range many {
+		many[i] = metav1.Condition{Type: fmt.Sprintf("Padding%d", i), Status: metav1.ConditionTrue, Reason: "Padding", Message: "x"}
+	}
+	small := v1alpha1.ConnectorStatus{Proxy: proxy, Conditions: many[:3]}
+	padded := v1alpha1.ConnectorStatus{Proxy: proxy, Conditions: many}
+	// Still over without its conditions: an address of 32 KiB.
+	huge := v1alpha1.ConnectorStatus{Conditions: many, API: &v1alpha1.ConnectorAPIStatus{Path: strings.Repeat("x", 32<<10)}}
+	for name, tc := range map[string]struct {
+		status     v1alpha1.ConnectorStatus
+		conditions int
+		proxyKept  bool
+	}{
+		"small":  {small, 3, true},
+		"padded": {padded, 0, true},
+		"huge":   {huge, 0, false},
+	} {
+		c := &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name}, Status: tc.status}
+		h := kept(c)
+		if h.obj == nil {
+			t.Fatalf("%s: not kept", name)
+		}
+		if got := h.obj.Status; len(got.Conditions) != tc.conditions || (got.Proxy != nil) != tc.proxyKept || got.API != nil && name == "huge" ||
+			statusBytes(&got) > maxStatusBytes {
+			t.Errorf("%s: kept %d conditions, proxy %v, %d bytes; want %d conditions, proxy %v, at most %d bytes", name,
+				len(got.Conditions), got.Proxy != nil, statusBytes(&got), tc.conditions, tc.proxyKept, maxStatusBytes)
 		}
 	}
 }
