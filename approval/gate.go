@@ -61,6 +61,8 @@ type RequestCache interface {
 	Follow(ar *v1alpha1.AccessRequest)
 	Hold(nn types.NamespacedName)
 	Release(nn types.NamespacedName)
+	// OfPod names ("namespace/name") the watched requests of the Pod of uid not revoked yet.
+	OfPod(uid string) []string
 }
 
 // Admit decides whether the Pod may use the Connector now.
@@ -328,11 +330,16 @@ func pending(ar *v1alpha1.AccessRequest) *node.Admission {
 	return &node.Admission{AccessRequest: ar.Namespace + "/" + ar.Name, Message: msg}
 }
 
-// RevokePod revokes the requests this node made for the Pod of uid: what a volume whose record
-// is lost held. They are listed by the node's label, from the API server's watch cache: the
-// node watches its requests by name, and a lost record names none (rare: a power loss before
-// the record reached the disk).
-func (g *Gate) RevokePod(ctx context.Context, uid string) error {
+// RevokePod revokes the requests this node made for the Pod of uid. With recordLost, what a
+// volume whose record is lost held: they are listed by the node's label, from the API
+// server's watch cache, for a lost record names none (rare: a power loss before the record
+// reached the disk). Otherwise, for a volume never published (the Pod deleted while its
+// publish waited), those the node watches: a list of every request in the cluster at each
+// such unpublish would cost the API server time in proportion to them all.
+func (g *Gate) RevokePod(ctx context.Context, uid string, recordLost bool) error {
+	if !recordLost {
+		return g.Revoke(ctx, g.Requests.OfPod(uid))
+	}
 	var list v1alpha1.AccessRequestList
 	if err := g.Client.List(ctx, &list, client.MatchingLabels{v1alpha1.LabelNode: LabelValue(g.NodeID)},
 		&client.ListOptions{Raw: &metav1.ListOptions{ResourceVersion: "0"}}); err != nil {

@@ -45,7 +45,7 @@ func TestRevokePodRevokesThatPodsRequests(t *testing.T) {
 		return c.Patch(ctx, obj, patch, opts...)
 	}})
 	g := &Gate{Requests: objectcache.NewRequests(cached, time.Minute), Client: live, NodeID: "node-1"}
-	if err := g.RevokePod(context.Background(), "pod-uid"); err != nil {
+	if err := g.RevokePod(context.Background(), "pod-uid", true); err != nil {
 		t.Fatal(err)
 	}
 	if len(patched) != 2 || patched[0] != "mine" || patched[1] != "mine-too" {
@@ -82,5 +82,43 @@ func TestRevokeGoesOnPastARequestItCannotPatch(t *testing.T) {
 	}
 	if len(patched) != 2 || patched[0] != "mine" || patched[1] != "mine-too" {
 		t.Errorf("revoked %v, want mine and mine-too", patched)
+	}
+}
+
+// TestRevokePodOfAVolumeNeverPublishedListsNothing: a volume never published (its Pod deleted
+// while the publish waited) revokes the Pod's requests the node watches, without a list of
+// the cluster's requests.
+func TestRevokePodOfAVolumeNeverPublishedListsNothing(t *testing.T) {
+	scheme := testScheme(t)
+	request := func(name, uid string) *v1alpha1.AccessRequest {
+		return &v1alpha1.AccessRequest{ObjectMeta: metav1.ObjectMeta{Namespace: "team", Name: name, ResourceVersion: "1"},
+			Spec: v1alpha1.AccessRequestSpec{Context: v1alpha1.AccessContext{ObjectRef: v1alpha1.ContextObjectRef{Kind: "Pod", UID: types.UID(uid)}}}}
+	}
+	pending, other, unwatched := request("pending", "pod-uid"), request("other", "other-uid"), request("unwatched", "pod-uid")
+	cached := fake.NewClientBuilder().WithScheme(scheme).WithObjects(pending, other, unwatched).Build()
+	var patched []string
+	live := interceptor.NewClient(cached, interceptor.Funcs{
+		List: func(context.Context, client.WithWatch, client.ObjectList, ...client.ListOption) error {
+			t.Error("a volume never published listed the cluster's requests")
+			return nil
+		},
+		Patch: func(ctx context.Context, c client.WithWatch, obj client.Object, patch client.Patch, opts ...client.PatchOption) error {
+			patched = append(patched, obj.GetName())
+			return c.Patch(ctx, obj, patch, opts...)
+		}})
+	requests := objectcache.NewRequests(cached, time.Minute)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		requests.Run(ctx)
+	})
+	requests.Follow(pending)
+	requests.Follow(other)
+	g := &Gate{Requests: requests, Client: live, NodeID: "node-1"}
+	if err := g.RevokePod(context.Background(), "pod-uid", false); err != nil {
+		t.Fatal(err)
+	}
+	if len(patched) != 1 || patched[0] != "pending" {
+		t.Errorf("revoked %v, want the watched request of the Pod", patched)
 	}
 }

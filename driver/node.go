@@ -137,7 +137,7 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 		// its AccessRequest ends the denial at once.
 		PermissionDenyTTL: o.ProxyPermissionTTL, PermissionSettle: o.ProxyPermissionSettle,
 		PermissionCacheSize: o.PermissionCacheSize,
-		TunnelLifetime:      o.TunnelLifetime, UpgradeRecheck: o.UpgradeRecheck, MaxHeaderBytes: o.ProxyMaxHeaderBytes,
+		TunnelLifetime:      o.TunnelLifetime, UpgradeRecheck: o.UpgradeRecheck, AnswerRecheck: o.AnswerRecheck, MaxHeaderBytes: o.ProxyMaxHeaderBytes,
 		ReadHeaderTimeout: o.ProxyReadHeaderTimeout, IdleTimeout: o.ProxyIdleTimeout, UpstreamIdleTimeout: o.ProxyUpstreamIdleTimeout,
 		SecretCacheSize: o.SecretCacheSize, SecretCacheBytes: o.SecretCacheBytes, RegistryTokenCacheSize: o.RegistryTokenCacheSize, RegistryTokenBytes: o.RegistryTokenBytes,
 		LeafCacheSize: o.LeafCacheSize, TransportCacheSize: o.TransportCacheSize, OwnerTransportCacheSize: o.OwnerTransportSize,

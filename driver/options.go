@@ -62,6 +62,9 @@ const (
 	defaultConnectorMissingTTL = 5 * time.Second
 	defaultTunnelLifetime      = time.Hour
 	defaultUpgradeRecheck      = 5 * time.Second
+	// An answer's recheck costs about what a Pod's requests cost the reviews (their caches
+	// last 10 s): one long answer, every 5 s, 0.28 reviews a second; every 30 s, about 0.1.
+	defaultAnswerRecheck       = 30 * time.Second
 	defaultReadHeaderTimeout   = 30 * time.Second
 	defaultClientIdleTimeout   = 120 * time.Second
 	defaultUpstreamIdleTimeout = 90 * time.Second
@@ -215,6 +218,7 @@ type Options struct {
 	ProxyGraphQLHeldBytes    int64 // --proxy-graphql-held-bytes
 	TunnelLifetime           time.Duration
 	UpgradeRecheck           time.Duration
+	AnswerRecheck            time.Duration
 	// The proxy's client connections: how long a request's head may take to arrive, and how
 	// long a kept-alive connection may wait for its next request; and how long a connection
 	// to a tool may wait idle in the proxy's pools.
@@ -416,7 +420,8 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 		return nil
 	})
 	fs.DurationVar(&o.TunnelLifetime, "proxy-tunnel-max-lifetime", defaultTunnelLifetime, "how long a CONNECT tunnel, or a connection the tool switched to another protocol (WebSocket, SPDY), may stay open before the proxy closes it")
-	fs.DurationVar(&o.UpgradeRecheck, "proxy-upgrade-recheck-interval", defaultUpgradeRecheck, "how often the caller of a connection the tool switched to another protocol, or of an answer still streaming, is checked again (token, get, and create or the request's verb on connectors/proxy; from the caches): the connection, or the answer, is ended once one is refused")
+	fs.DurationVar(&o.UpgradeRecheck, "proxy-upgrade-recheck-interval", defaultUpgradeRecheck, "how often the caller of a connection the tool switched to another protocol is checked again (token, get, create on connectors/proxy; from the caches): the connection is closed once one is refused")
+	fs.DurationVar(&o.AnswerRecheck, "proxy-answer-recheck-interval", defaultAnswerRecheck, "how often the caller of an answer still streaming (a watch, a followed log) is checked again (token, get, the request's verb on connectors/proxy; from the caches): the answer is ended once one is refused; each check of a long answer costs about what a Pod's requests do")
 	fs.DurationVar(&o.ProxyReadHeaderTimeout, "proxy-read-header-timeout", defaultReadHeaderTimeout, "how long the proxy waits for a request's head once its first byte came (also inside CONNECT tunnels); a slower client is disconnected")
 	fs.DurationVar(&o.ProxyIdleTimeout, "proxy-idle-timeout", defaultClientIdleTimeout, "how long a kept-alive client connection (also a CONNECT tunnel's requests) may wait for its next request before the proxy closes it")
 	fs.DurationVar(&o.ProxyUpstreamIdleTimeout, "proxy-upstream-idle-timeout", defaultUpstreamIdleTimeout, "how long a connection to a tool may wait idle in the proxy's pools before it is closed")
@@ -828,6 +833,7 @@ func (v *validated) proxyLimits() error {
 	if err := orDefaults([]defaulted[time.Duration]{
 		{"--proxy-tunnel-max-lifetime", &v.TunnelLifetime, defaultTunnelLifetime},
 		{"--proxy-upgrade-recheck-interval", &v.UpgradeRecheck, defaultUpgradeRecheck},
+		{"--proxy-answer-recheck-interval", &v.AnswerRecheck, defaultAnswerRecheck},
 		{"--proxy-read-header-timeout", &v.ProxyReadHeaderTimeout, defaultReadHeaderTimeout},
 		{"--proxy-idle-timeout", &v.ProxyIdleTimeout, defaultClientIdleTimeout},
 		{"--proxy-upstream-idle-timeout", &v.ProxyUpstreamIdleTimeout, defaultUpstreamIdleTimeout},

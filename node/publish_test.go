@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -70,7 +71,8 @@ func TestUnpublishForgetsAKeptVolume(t *testing.T) {
 	}
 }
 
-// revocations records what an Approver was asked to revoke.
+// revocations records what an Approver was asked to revoke: the Pods, each with whether its
+// record was lost.
 type revocations struct{ pods []string }
 
 func (*revocations) Admit(context.Context, records.Pod, *v1alpha1.Connector) (*Admission, error) {
@@ -78,14 +80,16 @@ func (*revocations) Admit(context.Context, records.Pod, *v1alpha1.Connector) (*A
 }
 func (*revocations) Revoke(context.Context, []string) error { return nil }
 func (*revocations) Hold([]string)                          {}
-func (r *revocations) RevokePod(_ context.Context, uid string) error {
-	r.pods = append(r.pods, uid)
+func (r *revocations) RevokePod(_ context.Context, uid string, recordLost bool) error {
+	r.pods = append(r.pods, fmt.Sprintf("%s lost=%v", uid, recordLost))
 	return nil
 }
 
 // TestAnUnreadableRecordRevokesItsPodsRequests: a volume whose record came back unreadable, or
-// did not come back at all (a power loss), is unpublished, and what it held is found by its
-// Pod, whose UID kubelet's target path names: this node's requests of that Pod are revoked.
+// did not come back at all (a power loss) while the volume is mounted, is unpublished, and what
+// it held is found by its Pod, whose UID kubelet's target path names: this node's requests of
+// that Pod are revoked, all the API server has. A volume never published (no record, nothing
+// mounted: the Pod deleted while its publish waited) revokes those the node watches.
 func TestAnUnreadableRecordRevokesItsPodsRequests(t *testing.T) {
 	state := t.TempDir()
 	store, err := records.NewStore(state)
@@ -108,12 +112,23 @@ func TestAnUnreadableRecordRevokesItsPodsRequests(t *testing.T) {
 	if _, err := s.NodeUnpublishVolume(context.Background(), &csi.NodeUnpublishVolumeRequest{VolumeId: "vol", TargetPath: target("6b1f0c1e-uid")}); err != nil {
 		t.Fatal(err)
 	}
-	// A record that did not reach the disk at all: the same.
-	if _, err := s.NodeUnpublishVolume(context.Background(), &csi.NodeUnpublishVolumeRequest{VolumeId: "lost", TargetPath: target("9d0e2a44-uid")}); err != nil {
+	// A record that did not reach the disk at all, its volume mounted: the same.
+	lost := target("9d0e2a44-uid")
+	if err := os.MkdirAll(lost, 0o750); err != nil {
 		t.Fatal(err)
 	}
-	if len(approver.pods) != 2 || approver.pods[0] != "6b1f0c1e-uid" || approver.pods[1] != "9d0e2a44-uid" {
-		t.Errorf("revoked the requests of Pods %v, want the targets'", approver.pods)
+	if err := s.Mounter.MountTmpfs(lost, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.NodeUnpublishVolume(context.Background(), &csi.NodeUnpublishVolumeRequest{VolumeId: "lost", TargetPath: lost}); err != nil {
+		t.Fatal(err)
+	}
+	// Never published.
+	if _, err := s.NodeUnpublishVolume(context.Background(), &csi.NodeUnpublishVolumeRequest{VolumeId: "waited", TargetPath: target("0a1b2c3d-uid")}); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"6b1f0c1e-uid lost=true", "9d0e2a44-uid lost=true", "0a1b2c3d-uid lost=false"}; !slices.Equal(approver.pods, want) {
+		t.Errorf("revoked the requests of Pods %v, want %v", approver.pods, want)
 	}
 }
 

@@ -50,8 +50,9 @@ type Approver interface {
 	Admit(ctx context.Context, pod records.Pod, c *v1alpha1.Connector) (*Admission, error)
 	// Revoke ends the grants of the given AccessRequests ("namespace/name").
 	Revoke(ctx context.Context, accessRequests []string) error
-	// RevokePod ends the grants of every AccessRequest this node made for the Pod of uid.
-	RevokePod(ctx context.Context, uid string) error
+	// RevokePod ends the grants of every AccessRequest this node made for the Pod of uid: with
+	// recordLost, of every one the API server has (a list); otherwise of those it watches.
+	RevokePod(ctx context.Context, uid string, recordLost bool) error
 	// Hold keeps the node watching the given AccessRequests ("namespace/name"), which a
 	// volume's record names, until it revokes them.
 	Hold(accessRequests []string)

@@ -59,7 +59,7 @@ func (s *Server) revoke(ctx context.Context, volumeID, target string) error {
 		if unreadable {
 			klog.FromContext(ctx).Error(err, "Unpublishing a volume whose record cannot be read: revoking its Pod's AccessRequests", "volumeID", volumeID)
 		}
-		return s.revokePodOf(ctx, target)
+		return s.revokePodOf(ctx, target, unreadable || s.mounted(target))
 	case len(rec.AccessRequests) == 0:
 		return nil
 	}
@@ -69,13 +69,21 @@ func (s *Server) revoke(ctx context.Context, volumeID, target string) error {
 	return nil
 }
 
-// revokePodOf revokes this node's AccessRequests of the Pod whose volume target is.
-func (s *Server) revokePodOf(ctx context.Context, target string) error {
+// mounted tells whether target is mounted; an error to tell says it may be.
+func (s *Server) mounted(target string) bool {
+	ok, err := s.Mounter.IsMountPoint(target)
+	return ok || err != nil
+}
+
+// revokePodOf revokes this node's AccessRequests of the Pod whose volume target is: with
+// recordLost (the volume was published: its record was lost), all of them the API server has;
+// otherwise (a volume never published, whose requests were pending) those the node watches.
+func (s *Server) revokePodOf(ctx context.Context, target string, recordLost bool) error {
 	uid, ok := podUIDOf(target)
 	if !ok {
 		return nil // not kubelet's layout: the controller revokes once the Pod is gone
 	}
-	if err := s.Approval.RevokePod(ctx, uid); err != nil {
+	if err := s.Approval.RevokePod(ctx, uid, recordLost); err != nil {
 		return status.Errorf(codes.Unavailable, "%v", err)
 	}
 	return nil

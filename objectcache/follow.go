@@ -46,6 +46,9 @@ type follower struct {
 	// listed after each list.
 	set    func(client.Object)
 	listed func()
+	// pause waits d before a watch attempt that follows a failed one (nil: a timer); tests
+	// record it.
+	pause func(ctx context.Context, d time.Duration) error
 }
 
 // run keeps the object until ctx ends: it lists it, unless it was listed at listedAt, and
@@ -126,11 +129,25 @@ func listOne(ctx context.Context, r client.Reader, nn types.NamespacedName, list
 }
 
 // watchFrom follows the object's changes from resourceVersion into set until ctx ends or the
-// watch cannot go on (its error).
+// watch cannot go on (its error). RetryWatcher starts a watch again a second after one that
+// could not start (the API server away, a 429, a 5xx), every second, without jitter: with
+// thousands of objects followed per node, an outage would be thousands of attempts a second
+// from every node at once. So an attempt after a failed one waits followBackoff's next step
+// first (jittered, doubling to 30 s); one that started resets it.
 func (f follower) watchFrom(ctx context.Context, resourceVersion string) error {
+	backoff, failed := followBackoff, false
 	lw := &cache.ListWatch{WatchFuncWithContext: func(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
+		if failed {
+			if err := f.wait(ctx, backoff.Step()); err != nil {
+				return nil, err
+			}
+		}
 		opts.FieldSelector = nameSelector(f.nn)
-		return f.client.Watch(ctx, f.newList(), client.InNamespace(f.nn.Namespace), &client.ListOptions{Raw: &opts})
+		w, err := f.client.Watch(ctx, f.newList(), client.InNamespace(f.nn.Namespace), &client.ListOptions{Raw: &opts})
+		if failed = err != nil; !failed {
+			backoff = followBackoff
+		}
+		return w, err
 	}}
 	rw, err := watchtools.NewRetryWatcherWithContext(ctx, resourceVersion, lw)
 	if err != nil {
@@ -227,6 +244,19 @@ func (e *entry) waitSynced(ctx context.Context, what string) error {
 // isObject tells whether obj is nn: what a list or watch of nn returns is checked, not trusted.
 func isObject(obj client.Object, nn types.NamespacedName) bool {
 	return obj.GetName() == nn.Name && obj.GetNamespace() == nn.Namespace
+}
+
+// wait waits d, or until ctx ends (its error).
+func (f follower) wait(ctx context.Context, d time.Duration) error {
+	if f.pause != nil {
+		return f.pause(ctx, d)
+	}
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(d):
+		return nil
+	}
 }
 
 func nameSelector(nn types.NamespacedName) string {

@@ -9,8 +9,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hashicorp/golang-lru/v2/expirable"
 	"golang.org/x/sync/singleflight"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -40,7 +42,20 @@ type Requests struct {
 	mu      sync.Mutex
 	watched map[types.NamespacedName]*watchedRequest
 	lookups singleflight.Group
+	// missing remembers the names Lookup found no request of (see Lookup).
+	missing *expirable.LRU[types.NamespacedName, struct{}]
 }
+
+// A name Lookup found no request of is not listed again for missingRequestTTL, of at most
+// missingRequests names: a request of a name the node gives its Pods' requests comes into
+// being by the node (Follow, which forgets the name here) or by whoever else may create
+// requests, whose request of that name the node need not see (it would not use it without a
+// check of its spec anyway). Each publish of an ungated Pod's volume (kubelet's full
+// republish, every --republish-recheck-interval) would otherwise list its request's name.
+const (
+	missingRequestTTL = time.Hour
+	missingRequests   = 8192
+)
 
 type watchedRequest struct {
 	// obj is the request as the node keeps it (keptRequest), nil when there is none, once
@@ -53,7 +68,8 @@ type watchedRequest struct {
 // NewRequests returns a cache watching through c; Run must run for requests not held to be
 // dropped after idle.
 func NewRequests(c client.WithWatch, idle time.Duration) *Requests {
-	r := &Requests{client: c, idle: idle, now: time.Now, watched: map[types.NamespacedName]*watchedRequest{}}
+	r := &Requests{client: c, idle: idle, now: time.Now, watched: map[types.NamespacedName]*watchedRequest{},
+		missing: expirable.NewLRU[types.NamespacedName, struct{}](missingRequests, nil, missingRequestTTL)}
 	cachemetrics.Register("accessrequests", r.len)
 	return r
 }
@@ -95,9 +111,13 @@ func (r *Requests) List(context.Context, client.ObjectList, ...client.ListOption
 // node made before it restarted, and the controller granted since, must be found, or the
 // Pod's grant would be taken without the request, which the volume's record would then not
 // name for unpublish to revoke; concurrent lookups of a name share the list) and watched from
-// that list only if it exists.
+// that list only if it exists; that it does not is remembered (missingRequestTTL) until the
+// node follows a request of the name.
 func (r *Requests) Lookup(ctx context.Context, nn types.NamespacedName) (*v1alpha1.AccessRequest, error) {
 	w := r.reading(nn)
+	if _, missing := r.missing.Get(nn); w == nil && missing {
+		return nil, requestNotFound(nn)
+	}
 	if w == nil {
 		var err error
 		w, err = singlecall.Do(ctx, &r.lookups, nn.String(), lookupTimeout, func(ctx context.Context) (*watchedRequest, error) {
@@ -105,6 +125,9 @@ func (r *Requests) Lookup(ctx context.Context, nn types.NamespacedName) (*v1alph
 				return w, nil
 			}
 			found, rv, err := listOne(ctx, r.client, nn, &v1alpha1.AccessRequestList{})
+			if err == nil && found == nil {
+				r.missing.Add(nn, struct{}{})
+			}
 			if err != nil || found == nil {
 				return nil, err
 			}
@@ -142,6 +165,29 @@ func (r *Requests) Release(nn types.NamespacedName) {
 	}
 }
 
+// OfPod names ("namespace/name") the watched requests of the Pod of uid that are not revoked:
+// those of the node's publishes of it.
+func (r *Requests) OfPod(uid string) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var names []string
+	for nn, w := range r.watched {
+		ar := w.obj.Load()
+		if ar == nil || string(ar.Spec.Context.ObjectRef.UID) != uid || revokedRequest(ar) {
+			continue
+		}
+		names = append(names, nn.String())
+	}
+	slices.Sort(names)
+	return names
+}
+
+// revokedRequest tells whether the controller revoked ar (as approval tells it).
+func revokedRequest(ar *v1alpha1.AccessRequest) bool {
+	cond := meta.FindStatusCondition(ar.Status.Conditions, v1alpha1.ConditionAccessPermissionSync)
+	return cond != nil && cond.Reason == v1alpha1.ReasonPermissionCleanUp
+}
+
 // reading returns the request's watch, marked read, or nil when there is none.
 func (r *Requests) reading(nn types.NamespacedName) *watchedRequest {
 	return marked(&r.mu, r.watched, nn, r.now)
@@ -150,6 +196,7 @@ func (r *Requests) reading(nn types.NamespacedName) *watchedRequest {
 // follow returns the request's watch, marked read (and held, with hold), starting it when
 // there is none: from listed, at listedAt, when that is set, else with a list.
 func (r *Requests) follow(nn types.NamespacedName, listed *v1alpha1.AccessRequest, listedAt string, hold bool) *watchedRequest {
+	r.missing.Remove(nn)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if w, ok := r.watched[nn]; ok {

@@ -185,3 +185,39 @@ func TestRequestsGetNeverWaits(t *testing.T) {
 		t.Fatal("Get waited for a watch that never lists")
 	}
 }
+
+// TestALookupOfAMissingRequestListsOnce: that a request does not exist is remembered (each
+// full republish of an ungated Pod's volume looks its request up), until the node makes one of
+// the name.
+func TestALookupOfAMissingRequestListsOnce(t *testing.T) {
+	scheme := runtime.NewScheme()
+	if err := v1alpha1.AddToScheme(scheme); err != nil {
+		t.Fatal(err)
+	}
+	lists := 0
+	kube := interceptor.NewClient(fake.NewClientBuilder().WithScheme(scheme).Build(), interceptor.Funcs{
+		List: func(ctx context.Context, c client.WithWatch, list client.ObjectList, opts ...client.ListOption) error {
+			lists++
+			return c.List(ctx, list, opts...)
+		}})
+	r := NewRequests(kube, time.Minute)
+	t.Cleanup(func() { r.Run(cancelled()) })
+	ctx := context.Background()
+	key := types.NamespacedName{Namespace: "ns", Name: "made-later"}
+	for range 3 {
+		if _, err := r.Lookup(ctx, key); !apierrors.IsNotFound(err) {
+			t.Fatalf("lookup of a missing request: %v", err)
+		}
+	}
+	if lists != 1 {
+		t.Errorf("3 lookups of a missing request listed %d times, want once", lists)
+	}
+	made := &v1alpha1.AccessRequest{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "made-later"}}
+	if err := kube.Create(ctx, made); err != nil {
+		t.Fatal(err)
+	}
+	r.Follow(made)
+	if got, err := r.Lookup(ctx, key); err != nil || got.Name != "made-later" {
+		t.Errorf("lookup of the request the node made: %v %v", got, err)
+	}
+}

@@ -18,7 +18,7 @@ import (
 // A request is checked when it starts; an answer that streams on (a watch, a followed log,
 // server-sent events, a long poll) would otherwise carry what the tool sends, got with the
 // injected credential, to a caller whose grant was revoked or whose token was refused since,
-// for as long as the tool sends: outside a tunnel without any bound. So every UpgradeRecheck
+// for as long as the tool sends: outside a tunnel without any bound. So every AnswerRecheck
 // while the exchange lasts, the caller is checked again through the proxy's caches
 // (stillAllowed), as an upgraded connection is, and the first refusal ends the exchange (end).
 // A check that gets no answer keeps it: the next one asks again. Most requests end before the
@@ -41,8 +41,16 @@ type answerGuard struct {
 func (p *Proxy) guardAnswer(rt *route, r *http.Request, end func(refusal error)) *answerGuard {
 	g := &answerGuard{p: p, token: rt.token, user: rt.user, nn: types.NamespacedName{Namespace: rt.connector.Namespace, Name: rt.connector.Name},
 		request: r, end: end}
-	g.timer = time.AfterFunc(p.cfg.UpgradeRecheck, g.check)
+	g.timer = time.AfterFunc(p.answerRecheck(), g.check)
 	return g
+}
+
+// answerRecheck is Config.AnswerRecheck, or UpgradeRecheck when it is not set.
+func (p *Proxy) answerRecheck() time.Duration {
+	if p.cfg.AnswerRecheck > 0 {
+		return p.cfg.AnswerRecheck
+	}
+	return p.cfg.UpgradeRecheck
 }
 
 // guardedRequest stands for a fast-lane request of method in a recheck: the lane takes no
@@ -75,7 +83,7 @@ func (g *answerGuard) check() {
 		klog.FromContext(ctx).V(2).Info("Proxy ended an answer whose caller is no longer allowed", "connector", g.nn, "reason", refused.Error())
 		g.end(refused)
 	default:
-		g.timer.Reset(g.p.cfg.UpgradeRecheck)
+		g.timer.Reset(g.p.answerRecheck())
 	}
 }
 

@@ -65,6 +65,9 @@ type Config struct {
 	// UpgradeRecheck is how often the caller of an upgraded connection is checked again (from
 	// the caches): the connection is closed once its token or permission is gone.
 	UpgradeRecheck time.Duration
+	// AnswerRecheck is how often the caller of an answer still streaming is checked again
+	// (answerGuard); 0: UpgradeRecheck.
+	AnswerRecheck time.Duration
 	// ReadHeaderTimeout and IdleTimeout are a CONNECT tunnel's server's (the proxy listener's
 	// own are its http.Server's and FastLane's); UpstreamIdleTimeout is how long a connection
 	// to a tool waits idle in a pool.

@@ -1470,7 +1470,7 @@ func TestTenancyUpgradesNeedCreateAndAreChecked(t *testing.T) {
 // TestTenancyAStreamedAnswerEndsWithItsGrant: a request is checked when it starts, and an
 // answer that streams on (a watch, a followed log, server-sent events) would carry what the
 // tool sends, got with its credential, for as long as the tool sends. The proxy checks the
-// caller again while the answer lasts (every --proxy-upgrade-recheck-interval, through caches
+// caller again while the answer lasts (every --proxy-answer-recheck-interval, through caches
 // of 1 s here): once the Pod's grant is removed, each stream ends, on the fast lane's first
 // request of a connection, its remembered route, and net/http's path alike, and when the
 // request asked to switch protocols and the tool did not. The Connectors API's calls, which
@@ -1495,7 +1495,7 @@ func TestTenancyAStreamedAnswerEndsWithItsGrant(t *testing.T) {
 	})
 	const ttl = time.Second
 	env := startProxyDriver(t, func(o *driver.Options) {
-		o.AuthzAllowTTL, o.TokenCacheTTL, o.ProxyPermissionTTL, o.UpgradeRecheck = ttl, ttl, ttl, 500*time.Millisecond
+		o.AuthzAllowTTL, o.TokenCacheTTL, o.ProxyPermissionTTL, o.AnswerRecheck = ttl, ttl, ttl, 500*time.Millisecond
 	})
 	ns, _, files := basicTool(t, env, tool.URL, "stream-secret")
 	host := strings.TrimPrefix(env.proxyURL, "http://")

@@ -1,0 +1,51 @@
+package objectcache
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"k8s.io/apimachinery/pkg/watch"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+)
+
+// TestAWatchThatCannotStartBacksOff: a watch that cannot start (the API server away) is tried
+// again after waits that grow (followBackoff's, jittered), not every second as client-go's
+// RetryWatcher would alone; one that starts resets them.
+func TestAWatchThatCannotStartBacksOff(t *testing.T) {
+	const failures = 3
+	attempts := 0
+	away := interceptor.NewClient(fakeConnectors(t, 1), interceptor.Funcs{
+		Watch: func(ctx context.Context, c client.WithWatch, list client.ObjectList, opts ...client.ListOption) (watch.Interface, error) {
+			if attempts++; attempts <= failures {
+				return nil, errors.New("connection refused")
+			}
+			return c.Watch(ctx, list, opts...)
+		}})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var waits []time.Duration
+	f := follower{client: away, nn: nameOf(0), kind: "Connector", newList: func() client.ObjectList { return &v1alpha1.ConnectorList{} },
+		set: func(client.Object) {}, listed: func() {},
+		pause: func(_ context.Context, d time.Duration) error {
+			if waits = append(waits, d); len(waits) == failures {
+				time.AfterFunc(2*time.Second, cancel) // once the next attempt started
+			}
+			return nil
+		}}
+	_ = f.watchFrom(ctx, "1") // the fake client's lists name no resource version
+	if len(waits) != failures {
+		t.Fatalf("%d waits for %d failed attempts: %v", len(waits), failures, waits)
+	}
+	base := followBackoff.Duration
+	for i, d := range waits {
+		if d < base || d > 2*base {
+			t.Errorf("wait %d: %v, want between %v and %v (doubling, jittered)", i, d, base, 2*base)
+		}
+		base *= 2
+	}
+}
