@@ -32,10 +32,12 @@ func startRegistryTool(t *testing.T) *registry.Server {
 	return startRegistryToolOn(t, ToolsIP)
 }
 
-// startRegistryToolOn is startRegistryTool on ip, an address of the tools' namespace.
+// startRegistryToolOn is startRegistryTool on ip, an address of the tools' namespace, port 80:
+// a host of no Connector, reached over plain HTTP through the proxy's pass-through, which
+// forwards plain HTTP to port 80 only (--forward-passthrough-http-ports).
 func startRegistryToolOn(t *testing.T, ip string) *registry.Server {
 	t.Helper()
-	lis, err := ListenToolsOn(ip)
+	lis, err := ListenToolsOn(ip, "80")
 	if err != nil {
 		t.Fatal(err)
 	}

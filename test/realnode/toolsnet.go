@@ -66,10 +66,10 @@ func deleteToolsNetwork() {
 // namespace it was created in, so the test process serves it like any other listener. Only
 // the creating thread enters the namespace; it is locked for that and, should it fail to
 // return to the host's namespace, left locked so that Go discards it with its goroutine.
-func ListenTools() (net.Listener, error) { return ListenToolsOn(ToolsIP) }
+func ListenTools() (net.Listener, error) { return ListenToolsOn(ToolsIP, "0") }
 
-// ListenToolsOn is ListenTools on ip, an address of ToolsNetns.
-func ListenToolsOn(ip string) (net.Listener, error) {
+// ListenToolsOn is ListenTools on ip, an address of ToolsNetns, and port ("0": any free one).
+func ListenToolsOn(ip, port string) (net.Listener, error) {
 	type result struct {
 		lis net.Listener
 		err error
@@ -77,7 +77,7 @@ func ListenToolsOn(ip string) (net.Listener, error) {
 	done := make(chan result, 1)
 	go func() {
 		runtime.LockOSThread()
-		lis, back, err := listenInNetns("/var/run/netns/"+ToolsNetns, net.JoinHostPort(ip, "0"))
+		lis, back, err := listenInNetns("/var/run/netns/"+ToolsNetns, net.JoinHostPort(ip, port))
 		if back {
 			runtime.UnlockOSThread()
 		}
