@@ -56,19 +56,20 @@ type follower struct {
 // gone from the API server, a refusal) it lists again, after a backoff when that happens again
 // soon.
 func (f follower) run(ctx context.Context, listedAt string) {
-	backoff := followBackoff
+	backoff, seen := followBackoff, listedAt
 	for ctx.Err() == nil {
 		began := time.Now()
 		rv, err := listedAt, error(nil)
 		if rv == "" {
-			rv, err = f.list(ctx)
+			rv, err = f.list(ctx, seen)
 		}
 		listedAt = ""
 		switch {
 		case err != nil && ctx.Err() == nil:
 			klog.FromContext(ctx).Error(err, "Could not list an object the node follows; trying again", "kind", f.kind, "object", f.nn)
+			seen = "" // a version the API server cannot serve (an etcd restored from a backup): a consistent list next
 		case err == nil:
-			err = f.watchFrom(ctx, rv)
+			seen, err = f.watchFrom(ctx, rv)
 			if ctx.Err() == nil {
 				klog.FromContext(ctx).V(2).Info("The watch of an object ended; listing it again", "kind", f.kind, "object", f.nn, "err", err)
 			}
@@ -94,11 +95,14 @@ var followBackoff = wait.Backoff{Duration: 800 * time.Millisecond, Factor: 2, Ji
 const followHealthy = 2 * time.Minute
 
 // list reads the object into set, tells listed, and returns the list's resource version. The
-// list is a consistent one (no resource version): an object read right after it was created
-// is found, and the API server serves it from its watch cache (consistent reads from cache,
-// on by default since Kubernetes 1.31), not from etcd.
-func (f follower) list(ctx context.Context) (resourceVersion string, err error) {
-	found, resourceVersion, err := listOne(ctx, f.client, f.nn, f.newList())
+// first list is a consistent one (no resource version): an object read right after it was
+// created is found, and the API server serves it from its watch cache (consistent reads from
+// cache, on by default since Kubernetes 1.31) once that has caught up. A list again, after a
+// watch ended (an API server restarted: every follower of every node lists at once), is of a
+// version not older than the one seen last, which the watch cache serves as it is, without a
+// read of etcd's current version first.
+func (f follower) list(ctx context.Context, seen string) (resourceVersion string, err error) {
+	found, resourceVersion, err := listOneNotOlderThan(ctx, f.client, f.nn, f.newList(), seen)
 	if err != nil {
 		return "", err
 	}
@@ -110,11 +114,19 @@ func (f follower) list(ctx context.Context) (resourceVersion string, err error) 
 // listOne lists the object nn into list (a field selector on its name, a consistent list) with
 // r: nil when there is none.
 func listOne(ctx context.Context, r client.Reader, nn types.NamespacedName, list client.ObjectList) (client.Object, string, error) {
+	return listOneNotOlderThan(ctx, r, nn, list, "")
+}
+
+// listOneNotOlderThan is listOne of a version not older than seen ("": a consistent list).
+func listOneNotOlderThan(ctx context.Context, r client.Reader, nn types.NamespacedName, list client.ObjectList, seen string) (client.Object, string, error) {
 	if nn.Namespace == "" {
 		// InNamespace("") would list every namespace's objects of the name.
 		return nil, "", fmt.Errorf("no namespace for %s", nn.Name)
 	}
 	raw := metav1.ListOptions{FieldSelector: nameSelector(nn)}
+	if seen != "" {
+		raw.ResourceVersion, raw.ResourceVersionMatch = seen, metav1.ResourceVersionMatchNotOlderThan
+	}
 	if err := r.List(ctx, list, client.InNamespace(nn.Namespace), &client.ListOptions{Raw: &raw}); err != nil {
 		return nil, "", err
 	}
@@ -129,12 +141,13 @@ func listOne(ctx context.Context, r client.Reader, nn types.NamespacedName, list
 }
 
 // watchFrom follows the object's changes from resourceVersion into set until ctx ends or the
-// watch cannot go on (its error). RetryWatcher starts a watch again a second after one that
+// watch cannot go on (its error), and returns the last resource version it saw. RetryWatcher starts a watch again a second after one that
 // could not start (the API server away, a 429, a 5xx), every second, without jitter: with
 // thousands of objects followed per node, an outage would be thousands of attempts a second
 // from every node at once. So an attempt after a failed one waits followBackoff's next step
 // first (jittered, doubling to 30 s); one that started resets it.
-func (f follower) watchFrom(ctx context.Context, resourceVersion string) error {
+func (f follower) watchFrom(ctx context.Context, resourceVersion string) (seen string, err error) {
+	seen = resourceVersion
 	backoff, failed := followBackoff, false
 	lw := &cache.ListWatch{WatchFuncWithContext: func(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
 		if failed {
@@ -151,24 +164,28 @@ func (f follower) watchFrom(ctx context.Context, resourceVersion string) error {
 	}}
 	rw, err := watchtools.NewRetryWatcherWithContext(ctx, resourceVersion, lw)
 	if err != nil {
-		return err
+		return seen, err
 	}
 	defer rw.Stop()
 	for event := range rw.ResultChan() {
+		obj, isObj := event.Object.(client.Object)
+		if isObj && event.Type != watch.Error && obj.GetResourceVersion() != "" {
+			seen = obj.GetResourceVersion()
+		}
 		switch event.Type {
 		case watch.Added, watch.Modified:
-			if obj, ok := event.Object.(client.Object); ok && isObject(obj, f.nn) {
+			if isObj && isObject(obj, f.nn) {
 				f.set(obj)
 			}
 		case watch.Deleted:
-			if obj, ok := event.Object.(client.Object); !ok || isObject(obj, f.nn) {
+			if !isObj || isObject(obj, f.nn) {
 				f.set(nil)
 			}
 		case watch.Error:
-			return apierrors.FromObject(event.Object)
+			return seen, apierrors.FromObject(event.Object)
 		}
 	}
-	return errors.New("the watch stopped")
+	return seen, errors.New("the watch stopped")
 }
 
 // entry is what the caches keep of each object they watch besides the object: when its first

@@ -6,12 +6,39 @@ import (
 	"testing"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/watch"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 )
+
+// TestAListAgainIsNotOlderThanWhatWasSeen: the first list of an object is consistent; a list
+// again, after its watch ended (an API server restarted: every follower of every node lists at
+// once), asks for a version not older than the one seen last, which the watch cache serves as
+// it is.
+func TestAListAgainIsNotOlderThanWhatWasSeen(t *testing.T) {
+	var asked []metav1.ListOptions
+	recording := interceptor.NewClient(fakeConnectors(t, 1), interceptor.Funcs{
+		List: func(ctx context.Context, c client.WithWatch, list client.ObjectList, opts ...client.ListOption) error {
+			o := &client.ListOptions{}
+			o.ApplyOptions(opts)
+			asked = append(asked, *o.Raw)
+			return c.List(ctx, list, opts...)
+		}})
+	f := follower{client: recording, nn: nameOf(0), kind: "Connector", newList: func() client.ObjectList { return &v1alpha1.ConnectorList{} },
+		set: func(client.Object) {}, listed: func() {}}
+	for _, seen := range []string{"", "42"} {
+		if _, err := f.list(context.Background(), seen); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(asked) != 2 || asked[0].ResourceVersion != "" || asked[1].ResourceVersion != "42" ||
+		asked[1].ResourceVersionMatch != metav1.ResourceVersionMatchNotOlderThan || asked[1].FieldSelector != "metadata.name=c-0" {
+		t.Errorf("lists asked %+v: want a consistent one, then one not older than 42, both of the name", asked)
+	}
+}
 
 // TestAWatchThatCannotStartBacksOff: a watch that cannot start (the API server away) is tried
 // again after waits that grow (followBackoff's, jittered), not every second as client-go's
@@ -37,7 +64,7 @@ func TestAWatchThatCannotStartBacksOff(t *testing.T) {
 			}
 			return nil
 		}}
-	_ = f.watchFrom(ctx, "1") // the fake client's lists name no resource version
+	_, _ = f.watchFrom(ctx, "1") // the fake client's lists name no resource version
 	if len(waits) != failures {
 		t.Fatalf("%d waits for %d failed attempts: %v", len(waits), failures, waits)
 	}
