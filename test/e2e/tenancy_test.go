@@ -639,7 +639,9 @@ func TestTenancyDestinationsAreRefusedBeforeAnyDial(t *testing.T) {
 	t.Run("operator-refused", func(t *testing.T) {
 		platform := startProxyDriver(t, func(o *driver.Options) {
 			// Its status controller probes the other Connectors too (127.0.0.2 is loopback,
-			// which this driver allows): no dial is made, and only the operator's is a fault.
+			// which this driver allows): no dial is made, and only the operator's is a fault;
+			// their names are looked up through the test's resolver, never for real.
+			o.Resolve = resolve
 			o.Dial = func(_ context.Context, network, addr string) (net.Conn, error) {
 				if addr == "127.0.0.77:9" {
 					t.Errorf("the driver dialed %s %s", network, addr)
