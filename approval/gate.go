@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -61,8 +62,8 @@ type RequestCache interface {
 	Follow(ar *v1alpha1.AccessRequest)
 	Hold(nn types.NamespacedName)
 	Release(nn types.NamespacedName)
-	// OfPod names ("namespace/name") the watched requests of the Pod of uid not revoked yet.
-	OfPod(uid string) []string
+	// Watched returns the requests the cache holds.
+	Watched() []*v1alpha1.AccessRequest
 }
 
 // Admit decides whether the Pod may use the Connector now.
@@ -337,20 +338,26 @@ func pending(ar *v1alpha1.AccessRequest) *node.Admission {
 // publish waited), those the node watches: a list of every request in the cluster at each
 // such unpublish would cost the API server time in proportion to them all.
 func (g *Gate) RevokePod(ctx context.Context, uid string, recordLost bool) error {
-	if !recordLost {
-		return g.Revoke(ctx, g.Requests.OfPod(uid))
-	}
-	var list v1alpha1.AccessRequestList
-	if err := g.Client.List(ctx, &list, client.MatchingLabels{v1alpha1.LabelNode: LabelValue(g.NodeID)},
-		&client.ListOptions{Raw: &metav1.ListOptions{ResourceVersion: "0"}}); err != nil {
-		return err
+	var candidates []*v1alpha1.AccessRequest
+	if recordLost {
+		var list v1alpha1.AccessRequestList
+		if err := g.Client.List(ctx, &list, client.MatchingLabels{v1alpha1.LabelNode: LabelValue(g.NodeID)},
+			&client.ListOptions{Raw: &metav1.ListOptions{ResourceVersion: "0"}}); err != nil {
+			return err
+		}
+		for i := range list.Items {
+			candidates = append(candidates, &list.Items[i])
+		}
+	} else {
+		candidates = g.Requests.Watched()
 	}
 	var names []string
-	for _, ar := range list.Items {
-		if ar.Spec.Context.ObjectRef.UID == types.UID(uid) && !revoked(&ar) {
+	for _, ar := range candidates {
+		if ar.Spec.Context.ObjectRef.UID == types.UID(uid) && !revoked(ar) {
 			names = append(names, ar.Namespace+"/"+ar.Name)
 		}
 	}
+	slices.Sort(names)
 	return g.Revoke(ctx, names)
 }
 

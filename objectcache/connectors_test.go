@@ -23,15 +23,21 @@ import (
 // fakeConnectors is a fake client holding n Connectors c-0 … c-<n-1> of namespace ns.
 func fakeConnectors(t *testing.T, n int) client.WithWatch {
 	t.Helper()
-	scheme := runtime.NewScheme()
-	if err := v1alpha1.AddToScheme(scheme); err != nil {
-		t.Fatal(err)
-	}
-	b := fake.NewClientBuilder().WithScheme(scheme)
+	b := fake.NewClientBuilder().WithScheme(testScheme(t))
 	for i := range n {
 		b = b.WithObjects(&v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: fmt.Sprintf("c-%d", i)}})
 	}
 	return b.Build()
+}
+
+// testScheme is a scheme of this API's kinds.
+func testScheme(t *testing.T) *runtime.Scheme {
+	t.Helper()
+	scheme := runtime.NewScheme()
+	if err := v1alpha1.AddToScheme(scheme); err != nil {
+		t.Fatal(err)
+	}
+	return scheme
 }
 
 func nameOf(i int) types.NamespacedName {

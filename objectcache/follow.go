@@ -241,12 +241,22 @@ func kindOf(obj client.Object) (string, func() client.ObjectList) {
 
 // closeOnce closes ch unless it is closed already (by the one goroutine that may close it).
 func closeOnce(ch chan struct{}) {
-	select {
-	case <-ch:
-	default:
+	if !isClosed(ch) {
 		close(ch)
 	}
 }
+
+func isClosed(ch chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+// listed tells whether e's first list ended.
+func (e *entry) listed() bool { return isClosed(e.synced) }
 
 // waitSynced waits for e's first list, or fails naming what (kind and name) when ctx ends first.
 func (e *entry) waitSynced(ctx context.Context, what string) error {

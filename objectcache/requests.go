@@ -12,7 +12,6 @@ import (
 	"github.com/hashicorp/golang-lru/v2/expirable"
 	"golang.org/x/sync/singleflight"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -165,27 +164,18 @@ func (r *Requests) Release(nn types.NamespacedName) {
 	}
 }
 
-// OfPod names ("namespace/name") the watched requests of the Pod of uid that are not revoked:
-// those of the node's publishes of it.
-func (r *Requests) OfPod(uid string) []string {
+// Watched returns the requests the cache holds (shared with it: do not change them), in no
+// particular order.
+func (r *Requests) Watched() []*v1alpha1.AccessRequest {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	var names []string
-	for nn, w := range r.watched {
-		ar := w.obj.Load()
-		if ar == nil || string(ar.Spec.Context.ObjectRef.UID) != uid || revokedRequest(ar) {
-			continue
+	var out []*v1alpha1.AccessRequest
+	for _, w := range r.watched {
+		if ar := w.obj.Load(); ar != nil {
+			out = append(out, ar)
 		}
-		names = append(names, nn.String())
 	}
-	slices.Sort(names)
-	return names
-}
-
-// revokedRequest tells whether the controller revoked ar (as approval tells it).
-func revokedRequest(ar *v1alpha1.AccessRequest) bool {
-	cond := meta.FindStatusCondition(ar.Status.Conditions, v1alpha1.ConditionAccessPermissionSync)
-	return cond != nil && cond.Reason == v1alpha1.ReasonPermissionCleanUp
+	return out
 }
 
 // reading returns the request's watch, marked read, or nil when there is none.
@@ -227,16 +217,6 @@ func (r *Requests) set(w *watchedRequest, ar *v1alpha1.AccessRequest) {
 	}
 	if r.OnChange != nil {
 		r.OnChange(changed)
-	}
-}
-
-// listed tells whether w's first list ended.
-func (w *watchedRequest) listed() bool {
-	select {
-	case <-w.synced:
-		return true
-	default:
-		return false
 	}
 }
 

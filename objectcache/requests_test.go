@@ -10,7 +10,6 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
@@ -67,10 +66,7 @@ func TestKeptRequestEmptiesASpecPastTheSchemasBounds(t *testing.T) {
 // idle period, one a volume holds stays until released.
 func TestRequestsWatchOnlyWhatTheNodeFoundOrMade(t *testing.T) {
 	ctx := context.Background()
-	scheme := runtime.NewScheme()
-	if err := v1alpha1.AddToScheme(scheme); err != nil {
-		t.Fatal(err)
-	}
+	scheme := testScheme(t)
 	found := &v1alpha1.AccessRequest{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "found"}}
 	kube := fake.NewClientBuilder().WithScheme(scheme).WithObjects(found).WithStatusSubresource(found).Build()
 	r := NewRequests(kube, time.Minute)
@@ -160,10 +156,7 @@ func waitFor(t *testing.T, changed <-chan string, name string) {
 // the list, again and again) reads as not found at once: the proxy reads with its callers'
 // requests, which would otherwise each wait for their own end.
 func TestRequestsGetNeverWaits(t *testing.T) {
-	scheme := runtime.NewScheme()
-	if err := v1alpha1.AddToScheme(scheme); err != nil {
-		t.Fatal(err)
-	}
+	scheme := testScheme(t)
 	refusing := interceptor.NewClient(fake.NewClientBuilder().WithScheme(scheme).Build(), interceptor.Funcs{
 		List: func(context.Context, client.WithWatch, client.ObjectList, ...client.ListOption) error {
 			return apierrors.NewForbidden(v1alpha1.GroupVersion.WithResource("accessrequests").GroupResource(), "", nil)
@@ -190,10 +183,7 @@ func TestRequestsGetNeverWaits(t *testing.T) {
 // full republish of an ungated Pod's volume looks its request up), until the node makes one of
 // the name.
 func TestALookupOfAMissingRequestListsOnce(t *testing.T) {
-	scheme := runtime.NewScheme()
-	if err := v1alpha1.AddToScheme(scheme); err != nil {
-		t.Fatal(err)
-	}
+	scheme := testScheme(t)
 	lists := 0
 	kube := interceptor.NewClient(fake.NewClientBuilder().WithScheme(scheme).Build(), interceptor.Funcs{
 		List: func(ctx context.Context, c client.WithWatch, list client.ObjectList, opts ...client.ListOption) error {
