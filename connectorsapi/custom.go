@@ -50,7 +50,8 @@ func (s *Server) passthrough(w http.ResponseWriter, r *http.Request, u user.Info
 		return errorf(http.StatusBadRequest, metav1.StatusReasonBadRequest, "bad path: %v", err)
 	}
 	target.RawQuery = r.URL.RawQuery
-	in := r.WithContext(r.Context())
+	in, stop := s.guard(r)
+	defer stop()
 	in.Header = withoutCaller(r.Header)
 	return s.Proxy.Forward(newLinkWriter(w, baseURL, target, apiPath), in, u, c, class, target)
 }
@@ -149,6 +150,8 @@ func (s *Server) plugin(w http.ResponseWriter, r *http.Request, u user.Info, c *
 		return errorf(http.StatusBadGateway, "BadGateway", "API address %q of ConnectorClass %q: %v", addr, class.Name, err)
 	}
 	target.RawQuery = r.URL.RawQuery
+	r, stop := s.guard(r)
+	defer stop()
 	out := r.Clone(r.Context())
 	out.RequestURI = ""
 	out.URL = target
@@ -163,6 +166,9 @@ func (s *Server) plugin(w http.ResponseWriter, r *http.Request, u user.Info, c *
 	SetPluginHeaders(out.Header, c.Spec.Address, up.SecretType, up.SecretData)
 	res, err := s.Proxy.OwnPool(pluginTransport, c, u).RoundTrip(out)
 	if err != nil {
+		if refused := context.Cause(r.Context()); refused != nil {
+			return refused // the call's guard ended it: the caller is no longer allowed
+		}
 		return errorf(http.StatusBadGateway, "BadGateway", "API service of ConnectorClass %q unreachable: %v", class.Name, err)
 	}
 	defer res.Body.Close()
@@ -172,7 +178,12 @@ func (s *Server) plugin(w http.ResponseWriter, r *http.Request, u user.Info, c *
 	}
 	confineAnswer(w.Header())
 	w.WriteHeader(res.StatusCode)
-	_, _ = io.Copy(w, res.Body)
+	if _, err := io.Copy(w, res.Body); err != nil {
+		// An answer cut short (the service failed, or the guard ended it) must not end as if
+		// it were whole: net/http then closes the connection without the closing chunk, as
+		// ReverseProxy does.
+		panic(http.ErrAbortHandler)
+	}
 	return nil
 }
 

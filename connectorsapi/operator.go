@@ -36,7 +36,7 @@ func (s *Server) serveOperator(w http.ResponseWriter, r *http.Request) {
 
 // authorizeClasses checks that the caller may access ConnectorClasses (get or list).
 func (s *Server) authorizeClasses(r *http.Request) error {
-	u, err := s.authenticate(r)
+	u, _, err := s.authenticate(r)
 	if err != nil {
 		return err
 	}

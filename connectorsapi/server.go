@@ -119,11 +119,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // serveConnector authorizes a request to a Connector's API and routes it by the class's OpenAPI.
 func (s *Server) serveConnector(w http.ResponseWriter, r *http.Request, ns, name, apiPath string) error {
-	ctx := r.Context()
-	u, err := s.authenticate(r)
+	u, token, err := s.authenticate(r)
 	if err != nil {
 		return err
 	}
+	r = withCallGrants(r, token, u)
+	ctx := r.Context()
 	// The flags are read once for the request: read again between its checks, a flag turned
 	// on in between (enable-connector-apis-permissions) could skip both the check it adds and
 	// the one it replaces.
@@ -198,20 +199,21 @@ func unavailable(ctx context.Context, what string, err error) error {
 	return errorf(http.StatusServiceUnavailable, metav1.StatusReasonServiceUnavailable, "cannot %s now (the node's log says why); try again", what)
 }
 
-// authenticate reviews the caller's Bearer token.
-func (s *Server) authenticate(r *http.Request) (user.Info, error) {
+// authenticate reviews the caller's Bearer token, and returns its user and the token.
+func (s *Server) authenticate(r *http.Request) (user.Info, string, error) {
 	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if !ok || strings.TrimSpace(token) == "" {
-		return nil, errorf(http.StatusUnauthorized, metav1.StatusReasonUnauthorized, "send a Bearer token the cluster accepts")
+	token = strings.TrimSpace(token)
+	if !ok || token == "" {
+		return nil, "", errorf(http.StatusUnauthorized, metav1.StatusReasonUnauthorized, "send a Bearer token the cluster accepts")
 	}
-	u, ok, err := s.Reviewer.AuthenticateToken(r.Context(), strings.TrimSpace(token))
+	u, ok, err := s.Reviewer.AuthenticateToken(r.Context(), token)
 	if err != nil {
-		return nil, unavailable(r.Context(), "review the token", err)
+		return nil, "", unavailable(r.Context(), "review the token", err)
 	}
 	if !ok {
-		return nil, errorf(http.StatusUnauthorized, metav1.StatusReasonUnauthorized, "token not accepted")
+		return nil, "", errorf(http.StatusUnauthorized, metav1.StatusReasonUnauthorized, "token not accepted")
 	}
-	return u, nil
+	return u, token, nil
 }
 
 // methodAllowed refuses methods that are never forwarded (TRACE would echo the credential) and,
@@ -239,23 +241,31 @@ func (s *Server) allow(ctx context.Context, u user.Info, ns, name, verb, subreso
 		return err
 	}
 	if !ok {
-		res := "connectors"
-		if subresource != "" {
-			res += "/" + subresource
-		}
-		return errorf(http.StatusForbidden, metav1.StatusReasonForbidden, "%s may not %s %s of Connector %s/%s", u.GetName(), verb, res, ns, name)
+		return errorf(http.StatusForbidden, metav1.StatusReasonForbidden, "%s may not %s %s of Connector %s/%s", u.GetName(), verb,
+			resourceOf(connectorAttrs(u, ns, name, verb, subresource)), ns, name)
 	}
 	return nil
 }
 
+// allowed asks whether u may verb the Connector (subresource "" is the Connector itself); an
+// allowing answer is recorded for the call's rechecks (callGrants).
 func (s *Server) allowed(ctx context.Context, u user.Info, ns, name, verb, subresource string) (bool, error) {
-	d, _, err := s.Reviewer.Authorize(ctx, authorizer.AttributesRecord{
-		User: u, Verb: verb, Namespace: ns, Name: name, ResourceRequest: true,
-		APIGroup: v1alpha1.GroupVersion.Group, APIVersion: v1alpha1.GroupVersion.Version,
-		Resource: v1alpha1.ResourceConnectors, Subresource: subresource,
-	})
+	attrs := connectorAttrs(u, ns, name, verb, subresource)
+	d, _, err := s.Reviewer.Authorize(ctx, attrs)
 	if err != nil {
 		return false, unavailable(ctx, "authorize", err)
 	}
-	return d == authorizer.DecisionAllow, nil
+	if d != authorizer.DecisionAllow {
+		return false, nil
+	}
+	recordAllowed(ctx, attrs)
+	return true, nil
+}
+
+func connectorAttrs(u user.Info, ns, name, verb, subresource string) authorizer.AttributesRecord {
+	return authorizer.AttributesRecord{
+		User: u, Verb: verb, Namespace: ns, Name: name, ResourceRequest: true,
+		APIGroup: v1alpha1.GroupVersion.Group, APIVersion: v1alpha1.GroupVersion.Version,
+		Resource: v1alpha1.ResourceConnectors, Subresource: subresource,
+	}
 }

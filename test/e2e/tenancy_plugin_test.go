@@ -1,8 +1,11 @@
 package e2e
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
+	"io"
 	"maps"
 	"net/http"
 	"net/http/cgi"
@@ -12,8 +15,10 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/driver"
 	"github.com/kube-connectors/connectors-csi/test/kubelet"
 )
 
@@ -140,6 +145,47 @@ func TestTenancyClassAPIServiceNeedsWhatTheProxyNeeds(t *testing.T) {
 	if !kubelet.WaitUntil(15*time.Second, func() bool { code, _ := call(); return code == http.StatusOK }) {
 		code, body := call()
 		t.Fatalf("the class's API service with connectors/proxy: %d %q, want 200", code, body)
+	}
+}
+
+// TestTenancyClassAPIServiceStreamEndsWithItsGrant: a class's API service that streams its
+// answer (a long poll, events) is given the Connector's credential for the call, and what it
+// sends is got with it. The call is checked again while it lasts, for its caller, with the
+// grants that allowed it: once the caller may no longer get the Connector, the answer is cut
+// off, not ended as if it were whole.
+func TestTenancyClassAPIServiceStreamEndsWithItsGrant(t *testing.T) {
+	const ttl = time.Second
+	env := startProxyDriver(t, func(o *driver.Options) {
+		o.AuthzAllowTTL, o.TokenCacheTTL, o.AnswerRecheck = ttl, ttl, 500*time.Millisecond
+	})
+	service := serveTool(t, http.HandlerFunc(streamEvents))
+	ns, token := pluggedConnector(t, "streaming-plugin", service, "bot", "viewer")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var answer *http.Response
+	if !kubelet.WaitUntil(10*time.Second, func() bool {
+		req := newRequest(t, http.MethodGet, connectorAPI(env, ns, "plugged", "/plugin/projects"), map[string]string{"Authorization": "Bearer " + token})
+		res, err := http.DefaultClient.Do(req.WithContext(ctx))
+		if err == nil && res.StatusCode != http.StatusOK {
+			_ = res.Body.Close()
+		}
+		answer = res
+		return err == nil && res.StatusCode == http.StatusOK
+	}) {
+		t.Fatal("the Connector never reached its class's API service")
+	}
+	defer answer.Body.Close()
+	event := make([]byte, len("event: change\n\n"))
+	for until := time.Now().Add(2 * time.Second); time.Now().Before(until); {
+		if _, err := io.ReadFull(answer.Body, event); err != nil {
+			t.Fatalf("the service's stream ended while its caller was allowed: %v", err)
+		}
+	}
+	if err := cp.Kube.RbacV1().RoleBindings(ns).Delete(context.Background(), "use-connectors-viewer", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(io.Discard, answer.Body); errors.Is(err, context.DeadlineExceeded) || err == nil {
+		t.Errorf("the service's stream after its caller's get grant was removed: %v, want it cut", err)
 	}
 }
 

@@ -1475,25 +1475,16 @@ func TestTenancyUpgradesNeedCreateAndAreChecked(t *testing.T) {
 // caller again while the answer lasts (every --proxy-answer-recheck-interval, through caches
 // of 1 s here): once the Pod's grant is removed, each stream ends, on the fast lane's first
 // request of a connection, its remembered route, and net/http's path alike, and when the
-// request asked to switch protocols and the tool did not. The Connectors API's calls, which
-// the API authorizes for its callers, are not cut by the proxy's checks of a Pod's token.
+// request asked to switch protocols and the tool did not. A stream through the Connectors API
+// is checked for its own caller, with the grants that allowed it: it goes on past the Pod's
+// checks, and ends once its caller may no longer get the Connector.
 func TestTenancyAStreamedAnswerEndsWithItsGrant(t *testing.T) {
 	tool := startRecorder(t, func(w http.ResponseWriter, r *http.Request) {
 		if !strings.HasSuffix(r.URL.Path, "/watch") {
 			_, _ = io.WriteString(w, "short")
 			return
 		}
-		w.Header().Set("Content-Type", "text/event-stream")
-		for {
-			if _, err := io.WriteString(w, "event: change\n\n"); err != nil || http.NewResponseController(w).Flush() != nil {
-				return
-			}
-			select {
-			case <-r.Context().Done():
-				return
-			case <-time.After(20 * time.Millisecond):
-			}
-		}
+		streamEvents(w, r)
 	})
 	const ttl = time.Second
 	env := startProxyDriver(t, func(o *driver.Options) {
@@ -1543,7 +1534,9 @@ func TestTenancyAStreamedAnswerEndsWithItsGrant(t *testing.T) {
 	viewer := apiToken(t, ns, "ui")
 	allowConnectors(t, ns, "ui", "tool")
 	grantAPIs(t, ns, "ui", "tool")
-	apiRequest := newRequest(t, "GET", connectorAPI(env, ns, "tool", "/watch"), map[string]string{"Authorization": "Bearer " + viewer})
+	apiCtx, apiCancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer apiCancel()
+	apiRequest := newRequest(t, "GET", connectorAPI(env, ns, "tool", "/watch"), map[string]string{"Authorization": "Bearer " + viewer}).WithContext(apiCtx)
 	apiAnswer, err := http.DefaultClient.Do(apiRequest)
 	if err != nil || apiAnswer.StatusCode != http.StatusOK {
 		t.Fatalf("a stream through the Connectors API: %v %v", apiAnswer, err)
@@ -1555,13 +1548,34 @@ func TestTenancyAStreamedAnswerEndsWithItsGrant(t *testing.T) {
 			t.Fatalf("the Connectors API's stream ended: %v", err)
 		}
 	}
-	if err := cp.Kube.RbacV1().RoleBindings(ns).Delete(context.Background(), "use-connectors-builder", metav1.DeleteOptions{}); err != nil {
-		t.Fatal(err)
+	for _, binding := range []string{"use-connectors-builder", "use-connectors-ui"} {
+		if err := cp.Kube.RbacV1().RoleBindings(ns).Delete(context.Background(), binding, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	for path, body := range streams {
 		_, err := io.Copy(io.Discard, body)
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			t.Errorf("%s: the answer still streamed a minute after its grant was removed (caches of %v)", path, ttl)
+		}
+	}
+	// Cut, not ended as if whole: the client sees the answer break off.
+	if _, err := io.Copy(io.Discard, apiAnswer.Body); errors.Is(err, context.DeadlineExceeded) || err == nil {
+		t.Errorf("the Connectors API's stream after its caller's get grant was removed: %v, want it cut", err)
+	}
+}
+
+// streamEvents answers with an event every 20 ms until the client or the server ends it.
+func streamEvents(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/event-stream")
+	for {
+		if _, err := io.WriteString(w, "event: change\n\n"); err != nil || http.NewResponseController(w).Flush() != nil {
+			return
+		}
+		select {
+		case <-r.Context().Done():
+			return
+		case <-time.After(20 * time.Millisecond):
 		}
 	}
 }
