@@ -87,6 +87,7 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 		return err
 	}
 	connectors.ReadTTL = o.APIConnectorTTL
+	connectors.LookupsPerNamespace = o.LookupsPerNamespace
 	// Pod tokens are for the driver's audience: a token none of the ServiceAccount issuer's
 	// keys signed is refused before any TokenReview (the process's one copy of the keys).
 	keys := p.issuerKeys

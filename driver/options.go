@@ -55,6 +55,7 @@ const (
 	defaultAPITransportSize       = 1024
 	defaultPermissionCacheSize    = 10000
 	defaultConnectorCacheSize     = 1000
+	defaultLookupsPerNamespace    = 16
 	defaultConnectorIdle          = 10 * time.Minute
 	// Longer than kubelet's longest wait between retries of a publish (2 min 2 s).
 	defaultAccessRequestIdle   = 5 * time.Minute
@@ -254,7 +255,10 @@ type Options struct {
 	APITransportSize       int
 	PermissionCacheSize    int
 	ConnectorCacheSize     int
-	ConnectorIdle          time.Duration
+	// LookupsPerNamespace bounds the Connectors of one namespace a node watches for its
+	// proxy's lookups alone.
+	LookupsPerNamespace int
+	ConnectorIdle       time.Duration
 	// AccessRequestIdle is how long a node keeps watching one of its AccessRequests that no
 	// volume's record names (a pending publish's) after a publish last read it.
 	AccessRequestIdle time.Duration
@@ -445,6 +449,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.IntVar(&o.APITransportSize, "api-transport-cache-size", defaultAPITransportSize, "upstream connection pools of the Connectors API's calls (to tools and class API services), one per Connector and caller (a ServiceAccount's namespace, else the user), kept at most apart from the proxy's (the least recently used are closed)")
 	fs.IntVar(&o.PermissionCacheSize, "proxy-permission-cache-size", defaultPermissionCacheSize, "connectors/proxy decisions (by Pod, Connector and verb) the proxy keeps at most")
 	fs.IntVar(&o.ConnectorCacheSize, "connector-cache-size", defaultConnectorCacheSize, "Connectors a node watches at most (the ones its volumes and proxy requests use)")
+	fs.IntVar(&o.LookupsPerNamespace, "connector-lookup-watches-per-namespace", defaultLookupsPerNamespace, "Connectors of one namespace a node watches at most for its proxy's requests alone (not named by a volume of the node); the proxy lists others and keeps them --connectors-api-connector-ttl; 0: only half of --connector-cache-size bounds them")
 	fs.DurationVar(&o.ConnectorIdle, "connector-idle-timeout", defaultConnectorIdle, "a node stops watching a Connector nothing read for this long")
 	fs.DurationVar(&o.AccessRequestIdle, "accessrequest-watch-idle-timeout", defaultAccessRequestIdle, "a node stops watching one of its AccessRequests that no volume holds (a pending publish's) when no publish read it for this long; the requests volumes hold are watched until the node revokes them")
 	fs.DurationVar(&o.APIConnectorTTL, "connectors-api-connector-ttl", defaultAPIConnectorTTL, "how long the Connectors API keeps a Connector it read that none of the node's volumes or proxy requests use (the API watches none: anyone may call any node's API); 0 reads it for each call")
@@ -607,6 +612,9 @@ func (o *Options) validate() (*validated, error) {
 	}
 	if o.APIConnectorTTL < 0 {
 		return nil, fmt.Errorf("--connectors-api-connector-ttl must not be negative")
+	}
+	if o.LookupsPerNamespace < 0 {
+		return nil, fmt.Errorf("--connector-lookup-watches-per-namespace must not be negative")
 	}
 	if o.GatingCacheTTL < 0 {
 		return nil, fmt.Errorf("--approval-gating-cache-ttl must not be negative")

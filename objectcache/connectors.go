@@ -50,9 +50,15 @@ type Connectors struct {
 	// Lookups, set before the first Lookup, is the client Lookup lists with (nil: the
 	// watching client): the proxy's, whose rate limit publishes do not share.
 	Lookups client.Reader
-	// ReadTTL, set before the first ReadWith, is how long a Connector ReadWith listed is
-	// kept (0: not kept); at most max are.
+	// ReadTTL, set before the first ReadWith or Lookup, is how long a Connector ReadWith, or a
+	// Lookup it did not watch, listed is kept (0: not kept); at most max are.
 	ReadTTL time.Duration
+	// LookupsPerNamespace, set before the first Lookup, bounds the Connectors of one namespace
+	// watched for lookups alone (0: only max/2 bounds them); a lookup of another is served from
+	// a list kept ReadTTL. Lookups follow what a namespace's Pods send the node's proxy: a
+	// tenant with a Pod on every node could otherwise have each node watch hundreds of its
+	// Connectors, a watch each in the API servers, millions in a 5,000-node cluster.
+	LookupsPerNamespace int
 
 	mu      sync.Mutex
 	watched map[types.NamespacedName]*watched
@@ -119,33 +125,84 @@ func (c *Connectors) Lookup(ctx context.Context, nn types.NamespacedName) (*v1al
 // LookupWith is Lookup listing with lists: a caller's own client, and rate limit.
 func (c *Connectors) LookupWith(ctx context.Context, nn types.NamespacedName, lists client.Reader) (*v1alpha1.Connector, error) {
 	w, missing := c.known(nn)
-	if w == nil && !missing {
-		var err error
-		w, err = singlecall.Do(ctx, &c.lookups, nn.String(), lookupTimeout, func(ctx context.Context) (*watched, error) {
-			// A lookup that looked before a list of the name ended, and comes after it, finds it.
-			if w, missing := c.known(nn); w != nil || missing {
-				return w, nil
-			}
-			found, rv, err := c.listOne(ctx, lists, nn)
-			switch {
-			case err != nil:
-				return nil, err
-			case found == nil:
-				if c.missing != nil {
-					c.missing.Add(nn, struct{}{})
-				}
-				return nil, nil
-			}
-			return c.watch(nn, found, rv, false), nil
-		})
-		if err != nil {
-			return nil, fmt.Errorf("lookup of Connector %s: %w", nn, err)
-		}
-	}
-	if w == nil {
+	if missing {
 		return nil, notFound(nn)
 	}
-	return c.readWithin(ctx, nn, w)
+	if w != nil {
+		return c.readWithin(ctx, nn, w)
+	}
+	listed := c.listedCache()
+	if h, ok := c.listedEarlier(listed, nn); ok {
+		return h.connector(nn)
+	}
+	// What the list found: watched from it, or kept as listed when the namespace's lookups
+	// (or volumes) fill the cache.
+	type found struct {
+		w *watched
+		h *held
+	}
+	f, err := singlecall.Do(ctx, &c.lookups, nn.String(), lookupTimeout, func(ctx context.Context) (found, error) {
+		// A lookup that looked before a list of the name ended, and comes after it, finds it.
+		if w, missing := c.known(nn); w != nil || missing {
+			return found{w: w}, nil
+		}
+		conn, rv, err := c.listOne(ctx, lists, nn)
+		switch {
+		case err != nil:
+			return found{}, err
+		case conn == nil:
+			c.rememberMissing(nn)
+			return found{}, nil
+		}
+		if w := c.watch(nn, conn, rv, false); w != nil {
+			return found{w: w}, nil
+		}
+		return found{h: keep(listed, nn, conn)}, nil
+	})
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("lookup of Connector %s: %w", nn, err)
+	case f.w != nil:
+		return c.readWithin(ctx, nn, f.w)
+	}
+	return f.h.connector(nn)
+}
+
+// rememberMissing notes that nn does not exist, for the missing TTL.
+func (c *Connectors) rememberMissing(nn types.NamespacedName) {
+	if c.missing != nil {
+		c.missing.Add(nn, struct{}{})
+	}
+}
+
+// keep is conn as a node keeps it, kept in listed (nil: kept nowhere) for ReadTTL.
+func keep(listed *expirable.LRU[types.NamespacedName, *held], nn types.NamespacedName, conn *v1alpha1.Connector) *held {
+	h := kept(conn)
+	if listed != nil {
+		listed.Add(nn, h)
+	}
+	return h
+}
+
+// listedCache is the cache of what ReadWith and unwatched lookups listed, made at its first
+// use; nil when ReadTTL is 0.
+func (c *Connectors) listedCache() *expirable.LRU[types.NamespacedName, *held] {
+	c.listedOnce.Do(func() {
+		if c.ReadTTL > 0 {
+			listed := expirable.NewLRU[types.NamespacedName, *held](min(c.max, maxListed), nil, c.ReadTTL)
+			c.listed.Store(listed)
+			cachemetrics.Register("connectors_api", listed.Len)
+		}
+	})
+	return c.listed.Load()
+}
+
+// listedEarlier is what listed holds of nn, if anything.
+func (c *Connectors) listedEarlier(listed *expirable.LRU[types.NamespacedName, *held], nn types.NamespacedName) (*held, bool) {
+	if listed == nil {
+		return nil, false
+	}
+	return listed.Get(nn)
 }
 
 // lookupSyncWait bounds how long a lookup, or an API read, waits for a watch's first list
@@ -170,13 +227,7 @@ func (c *Connectors) readWithin(ctx context.Context, nn types.NamespacedName, w 
 // cluster watch each of its Connectors, and fan each write out to all of them) and would push
 // out the watches of the node's volumes.
 func (c *Connectors) ReadWith(ctx context.Context, nn types.NamespacedName, lists client.Reader) (*v1alpha1.Connector, error) {
-	c.listedOnce.Do(func() {
-		if c.ReadTTL > 0 {
-			listed := expirable.NewLRU[types.NamespacedName, *held](min(c.max, maxListed), nil, c.ReadTTL)
-			c.listed.Store(listed)
-			cachemetrics.Register("connectors_api", listed.Len)
-		}
-	})
+	listed := c.listedCache()
 	if w := c.peek(nn); w != nil {
 		return c.readWithin(ctx, nn, w)
 	}
@@ -185,29 +236,18 @@ func (c *Connectors) ReadWith(ctx context.Context, nn types.NamespacedName, list
 			return nil, notFound(nn)
 		}
 	}
-	listed := c.listed.Load()
-	var h *held
-	if listed != nil {
-		h, _ = listed.Get(nn)
-	}
-	if h == nil {
+	h, ok := c.listedEarlier(listed, nn)
+	if !ok {
 		var err error
 		h, err = singlecall.Do(ctx, &c.lookups, "read\x00"+nn.String(), lookupTimeout, func(ctx context.Context) (*held, error) {
 			found, _, err := c.listOne(ctx, lists, nn)
-			if err != nil {
+			if err != nil || found == nil {
+				if err == nil {
+					c.rememberMissing(nn)
+				}
 				return nil, err
 			}
-			if found == nil {
-				if c.missing != nil {
-					c.missing.Add(nn, struct{}{})
-				}
-				return nil, nil
-			}
-			h := kept(found)
-			if listed != nil {
-				listed.Add(nn, h)
-			}
-			return h, nil
+			return keep(listed, nn, found), nil
 		})
 		if err != nil {
 			return nil, fmt.Errorf("read of Connector %s: %w", nn, err)
@@ -286,7 +326,7 @@ func (c *Connectors) watching(nn types.NamespacedName) *watched {
 
 // watch returns the Connector's watch, marked read (by a volume, or a lookup), starting it
 // when there is none: from a list of it at listedAt that held listed, when listedAt is set
-// (Lookup), else with a list.
+// (Lookup), else with a list. nil: no room for a lookup's (makeRoomLocked).
 func (c *Connectors) watch(nn types.NamespacedName, listed *v1alpha1.Connector, listedAt string, volume bool) *watched {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -295,13 +335,8 @@ func (c *Connectors) watch(nn types.NamespacedName, listed *v1alpha1.Connector, 
 		w.volume = w.volume || volume
 		return w
 	}
-	if !c.makeRoomLocked(volume) {
-		// A lookup's, with volumes' watches filling the cache: served from its list, unwatched
-		// (the next lookup lists it again).
-		w := &watched{entry: entry{synced: make(chan struct{}), stop: func() {}}}
-		c.set(nn, w, listed)
-		close(w.synced)
-		return w
+	if !c.makeRoomLocked(volume, nn.Namespace) {
+		return nil // a lookup's, with no room for it: served from its list, kept as listed
 	}
 	c.forgetListed(nn)
 	w := &watched{entry: entry{lastRead: c.now()}, volume: volume}
@@ -375,21 +410,27 @@ func statusBytes(st *v1alpha1.ConnectorStatus) int {
 }
 
 // makeRoomLocked drops a watch, if need be, before a new one starts, for a volume or for a
-// lookup: the least recently read of those only lookups read, when they are half of max (a new
-// lookup's) or the cache is full; the least recently read volume's, for a volume, when volumes
-// fill it. false: no room for a lookup's (volumes fill the cache). Lookups follow names anyone
-// on the node may send its proxy (those of every Connector they may get): so they cannot push
+// lookup of a Connector of namespace ns: the least recently read of those only lookups read,
+// when they are half of max (a new lookup's) or the cache is full; the least recently read
+// volume's, for a volume, when volumes fill it. false: no room for a lookup's (volumes fill
+// the cache, or ns's lookups are LookupsPerNamespace already). Lookups follow names anyone on
+// the node may send its proxy (those of every Connector they may get): so they cannot push
 // out the watches of the node's volumes, which would then be listed and watched again at their
-// next republish.
-func (c *Connectors) makeRoomLocked(forVolume bool) bool {
-	lookups := 0
-	for _, w := range c.watched {
+// next republish, and one namespace's cannot push out another's.
+func (c *Connectors) makeRoomLocked(forVolume bool, ns string) bool {
+	lookups, nsLookups := 0, 0
+	for nn, w := range c.watched {
 		if !w.volume {
 			lookups++
+			if nn.Namespace == ns {
+				nsLookups++
+			}
 		}
 	}
 	full := len(c.watched) >= c.max
 	switch {
+	case !forVolume && c.LookupsPerNamespace > 0 && nsLookups >= c.LookupsPerNamespace:
+		return false
 	case !forVolume && lookups >= max(c.max/2, 1), full && lookups > 0:
 		c.dropOldestLocked(false)
 	case full && !forVolume:

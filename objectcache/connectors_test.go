@@ -173,3 +173,67 @@ func TestANodeKeepsABoundedStatus(t *testing.T) {
 		}
 	}
 }
+
+// TestConnectorLookupsOfANamespaceAreBounded: a namespace's Pods make the node watch at most
+// LookupsPerNamespace of its Connectors through the proxy's lookups, without pushing out
+// another namespace's; a lookup of another is served from its list, kept ReadTTL (listed once),
+// and a volume still watches any.
+func TestConnectorLookupsOfANamespaceAreBounded(t *testing.T) {
+	ctx := context.Background()
+	b := fake.NewClientBuilder().WithScheme(testScheme(t))
+	for _, ns := range []string{"tenant", "other"} {
+		for i := range 6 {
+			b = b.WithObjects(&v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: fmt.Sprintf("c-%d", i)}})
+		}
+	}
+	lists := 0
+	counted := interceptor.NewClient(b.Build(), interceptor.Funcs{
+		List: func(ctx context.Context, c client.WithWatch, list client.ObjectList, opts ...client.ListOption) error {
+			lists++
+			return c.List(ctx, list, opts...)
+		}})
+	c := NewConnectors(counted, time.Hour, 100, 0)
+	c.LookupsPerNamespace, c.ReadTTL = 2, time.Hour
+	t.Cleanup(func() { c.Run(cancelled()) })
+	at := func(ns string, i int) types.NamespacedName {
+		return types.NamespacedName{Namespace: ns, Name: fmt.Sprintf("c-%d", i)}
+	}
+	lookup := func(nn types.NamespacedName) {
+		t.Helper()
+		if got, err := c.Lookup(ctx, nn); err != nil || got.Name != nn.Name || got.Namespace != nn.Namespace {
+			t.Fatalf("lookup of %s: %v %v", nn, got, err)
+		}
+	}
+	watchedOf := func() []string {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		var out []string
+		for nn := range c.watched {
+			out = append(out, nn.String())
+		}
+		slices.Sort(out)
+		return out
+	}
+	for i := range 6 {
+		lookup(at("tenant", i))
+	}
+	for i := range 2 {
+		lookup(at("other", i))
+	}
+	if got, want := watchedOf(), []string{"other/c-0", "other/c-1", "tenant/c-0", "tenant/c-1"}; !slices.Equal(got, want) {
+		t.Fatalf("watched after six lookups of one namespace and two of another: %v, want %v", got, want)
+	}
+	before := lists
+	for i := range 6 {
+		lookup(at("tenant", i))
+	}
+	if n := lists - before; n != 0 {
+		t.Errorf("looking the namespace's Connectors up again listed %d times, want none (watched, or kept as listed)", n)
+	}
+	if _, err := c.Get(ctx, at("tenant", 5)); err != nil {
+		t.Fatal(err)
+	}
+	if got := watchedOf(); !slices.Contains(got, "tenant/c-5") || len(got) != 5 {
+		t.Errorf("watched after a volume read tenant/c-5: %v, want it watched too", got)
+	}
+}
