@@ -703,15 +703,20 @@ func revocation(ar *v1alpha1.AccessRequest, pod *corev1.Pod, podErr, connErr err
 // their specs together are larger than MaxPolicyBytes it records none and says so instead: a
 // policy edit wakes the request, which then snapshots again.
 func (c *Controller) snapshotPolicies(ctx context.Context, ar *v1alpha1.AccessRequest, connector *v1alpha1.Connector) (tooLarge string, err error) {
+	// Not copied from the cache (it is only read here), and a spec copied only once the bound
+	// holds: a tenant's large policies would otherwise be copied whole by each worker, at each
+	// evaluation of each of its requests that records none (too large, or none matching).
 	var policies v1alpha1.AccessPolicyList
-	if err := c.Client.List(ctx, &policies, client.InNamespace(ar.Namespace)); err != nil {
+	if err := c.Client.List(ctx, &policies, client.InNamespace(ar.Namespace), client.UnsafeDisableDeepCopy); err != nil {
 		return "", err
 	}
-	sort.Slice(policies.Items, func(i, j int) bool { return policies.Items[i].Name < policies.Items[j].Name })
-	var matched []v1alpha1.PolicyStatus
+	items := policies.Items // the list's own slice of shallow copies: sorting it is safe
+	sort.Slice(items, func(i, j int) bool { return items[i].Name < items[j].Name })
+	var matched []*v1alpha1.AccessPolicy
 	var sizes []string
 	total := 0
-	for _, p := range policies.Items {
+	for i := range items {
+		p := &items[i]
 		if p.Spec.CheckGrantedPermission == nil || !Selects(&p.Spec.Connector, connector) {
 			continue
 		}
@@ -721,13 +726,16 @@ func (c *Controller) snapshotPolicies(ctx context.Context, ar *v1alpha1.AccessRe
 		}
 		total += len(spec)
 		sizes = append(sizes, fmt.Sprintf("%s (%d bytes)", p.Name, len(spec)))
-		matched = append(matched, v1alpha1.PolicyStatus{Name: p.Name, PolicySpec: p.Spec.DeepCopy()})
+		matched = append(matched, p)
 	}
 	if c.MaxPolicyBytes > 0 && total > c.MaxPolicyBytes {
 		return fmt.Sprintf("the AccessPolicies selecting Connector %s are %d bytes together, more than the %d a request records (--accessrequest-max-policy-bytes): %s",
 			connector.Name, total, c.MaxPolicyBytes, strings.Join(sizes, ", ")), nil
 	}
-	ar.Status.Policies = matched
+	ar.Status.Policies = nil
+	for _, p := range matched {
+		ar.Status.Policies = append(ar.Status.Policies, v1alpha1.PolicyStatus{Name: p.Name, PolicySpec: p.Spec.DeepCopy()})
+	}
 	return "", nil
 }
 
@@ -903,6 +911,11 @@ func (c *Controller) evaluateCheck(ctx context.Context, ar *v1alpha1.AccessReque
 		return fail("%v", err)
 	}
 	if err := c.States.Validate(spec.State); err != nil {
+		if errors.Is(err, regoeval.ErrUnavailable) || ctx.Err() != nil {
+			// The controller's own trouble (no evaluator free in time), not the module's: failing
+			// would revoke a running Pod's grant for it.
+			return retry("%v", err)
+		}
 		return fail("%v", err)
 	}
 	gv, err := schema.ParseGroupVersion(spec.Selector.ObjectRef.APIVersion)
@@ -1004,9 +1017,12 @@ func (c *Controller) evaluateCheck(ctx context.Context, ar *v1alpha1.AccessReque
 			if holdsGrant(ar) {
 				// A bound of the controller's, not the policy's: a running Pod keeps the access its
 				// checks gave it (an object that grew past it, a PipelineRun's status), as for a
-				// check pending again.
-				mc.State, mc.Message = v1alpha1.StatePending, why
-				return mc, v1alpha1.ReasonPending
+				// check pending again; the other objects are still read, for one that is
+				// rejected revokes (a tenant's own large object of the labels, named to sort
+				// first, would otherwise hide the approver's rejection behind it).
+				details = append(details, why)
+				result, mc.State = v1alpha1.ReasonPending, v1alpha1.StatePending
+				continue
 			}
 			return fail("%s", why)
 		}

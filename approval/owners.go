@@ -77,11 +77,16 @@ func verifiedOwner(ctx context.Context, r client.Reader, namespace string, obj m
 	return owner, nil
 }
 
-// recordsPod tells whether taskRun's own record of its Pod (status.podName, which Tekton writes
-// through the status subresource once it made the Pod) is pod, or not written yet. The Pod's
-// ownerReference alone proves nothing: whoever may create Pods and read the TaskRun (its UID)
-// could give a bare Pod of theirs that reference, and borrow the run's approval.
+// recordsPod tells whether taskRun, still running (no status.completionTime), records pod as its
+// own (status.podName, which Tekton writes through the status subresource once it made the
+// Pod), or records none yet. The Pod's ownerReference alone proves nothing: whoever may create
+// Pods and read the TaskRun (its UID) could give a bare Pod of theirs that reference, and
+// borrow the run's approval; and once the run is over, its Pod deleted, a bare Pod of that
+// name could, again and again.
 func recordsPod(taskRun *unstructured.Unstructured, pod string) bool {
+	if done, _, _ := unstructured.NestedString(taskRun.Object, "status", "completionTime"); done != "" {
+		return false
+	}
 	recorded, _, _ := unstructured.NestedString(taskRun.Object, "status", "podName")
 	return recorded == "" || recorded == pod
 }

@@ -173,6 +173,36 @@ func TestApprovalsCannotBeBorrowed(t *testing.T) {
 			}
 		})
 	}
+
+	// The run is over and its Pod gone: a bare Pod of the recorded name, naming the TaskRun by
+	// its UID, is not the run's.
+	t.Run("a bare Pod of the finished run's recorded name", func(t *testing.T) {
+		if err := unstructured.SetNestedField(taskRun.Object, time.Now().UTC().Format(time.RFC3339), "status", "completionTime"); err != nil {
+			t.Fatal(err)
+		}
+		if err := cp.Client.Update(context.Background(), taskRun); err != nil {
+			t.Fatal(err)
+		}
+		_ = env.kubelet.Unpublish(context.Background(), legit, "connectors")
+		zero := int64(0)
+		if err := cp.Client.Delete(context.Background(), legit, &client.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
+			t.Fatal(err)
+		}
+		if !kubelet.WaitUntil(10*time.Second, func() bool {
+			return apierrors.IsNotFound(cp.Client.Get(context.Background(), client.ObjectKeyFromObject(legit), &corev1.Pod{}))
+		}) {
+			t.Fatal("the run's Pod was not deleted")
+		}
+		pod := podOf(t, env.kubelet, ns, legit.Name, "builder", map[string]string{"connectors": "prod"}, nil, func(p *corev1.Pod) {
+			p.Labels = map[string]string{"tekton.dev/pipelineRun": "release-1"}
+			p.OwnerReferences = []metav1.OwnerReference{controllerRef(taskRun)}
+		})
+		err := publishOutcome(t, env, pod)
+		want := "Pod " + ns + "/" + pod.Name + " is not run by a TaskRun of a PipelineRun (owner chain checked by UID)"
+		if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), want) {
+			t.Fatalf("publish: %v, want FailedPrecondition saying %q", err, want)
+		}
+	})
 }
 
 // waitRequest waits until the AccessRequest's condition typ has a reason other than Pending
@@ -1087,7 +1117,8 @@ func TestTenancyLargePoliciesAreNotCopiedIntoRequests(t *testing.T) {
 // objects are whoever runs a pipeline's to write. The controller keeps one larger than
 // --check-object-max-bytes as a stub of its name and labels, so that a tenant's large
 // ApprovalTasks cannot fill its memory, and a check that matches one fails, naming the flag
-// and the object; a small approval beside it is read as ever.
+// and the object; a small approval beside it is read as ever. A running Pod keeps its grant
+// when its approval grows past the bound, unless another object of the check is rejected.
 func TestTenancyLargeCheckObjectsAreNotKept(t *testing.T) {
 	setupApproval(t)
 	env := startProxyDriver(t, func(o *driver.Options) { o.MaxCheckObjectBytes = 4096 })
@@ -1132,7 +1163,16 @@ func TestTenancyLargeCheckObjectsAreNotKept(t *testing.T) {
 		t.Fatalf("the grown approval was not seen: %+v", ar.Status.Conditions)
 	}
 	if !meta.IsStatusConditionTrue(ar.Status.Conditions, v1alpha1.ConditionReady) {
-		t.Errorf("the running Pod lost its grant to the controller's bound: %+v", ar.Status.Conditions)
+		t.Fatalf("the running Pod lost its grant to the controller's bound: %+v", ar.Status.Conditions)
+	}
+
+	// A rejection beside the large object, which sorts first (a tenant's own large object of
+	// the labels would do the same): it is read, and revokes.
+	approvalTaskNamed(t, ns, "approve-release-1-rejected", "release-1", "rejected")
+	if !kubelet.WaitUntil(15*time.Second, func() bool {
+		return cp.Client.Get(context.Background(), key, &ar) == nil && meta.IsStatusConditionFalse(ar.Status.Conditions, v1alpha1.ConditionReady)
+	}) {
+		t.Errorf("a rejection beside a large check object kept the grant: %+v", ar.Status.Conditions)
 	}
 }
 
