@@ -80,6 +80,11 @@ func addressCharacters(s string) string {
 
 // Addresses checks a Connector's address and its address extensions' values.
 func Addresses(c *v1alpha1.Connector) field.ErrorList {
+	return bounded(addresses(c))
+}
+
+// addresses is Addresses with every error.
+func addresses(c *v1alpha1.Connector) field.ErrorList {
 	spec := field.NewPath("spec")
 	var errs field.ErrorList
 	if err := Address(spec.Child("address"), c.Spec.Address); err != nil {

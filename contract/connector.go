@@ -22,16 +22,16 @@ import (
 func Connector(c *v1alpha1.Connector, class *v1alpha1.ConnectorClass) field.ErrorList {
 	spec := field.NewPath("spec")
 	owner := fmt.Sprintf("ConnectorClass %q", class.Name)
-	errs := Addresses(c)
+	errs := addresses(c)
 	if a := class.Spec.Address; a != nil {
 		if err := Enum(spec.Child("address"), "the address", c.Spec.Address, a.Enum); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	errs = append(errs, addressExtensions(c, class, owner, spec.Child("addressExtensions"))...)
-	_, paramErrs := Params(owner, class.Spec.Params, values(c.Spec.Params, spec.Child("params")), spec.Child("params"))
+	_, paramErrs := params(owner, class.Spec.Params, values(c.Spec.Params, spec.Child("params")), spec.Child("params"))
 	errs = append(errs, paramErrs...)
-	return append(errs, auth(c, class, owner, spec.Child("auth"))...)
+	return bounded(append(errs, auth(c, class, owner, spec.Child("auth"))...))
 }
 
 // values are a list of params as Values, each with its index's path.
@@ -111,6 +111,6 @@ func auth(c *v1alpha1.Connector, class *v1alpha1.ConnectorClass, owner string, p
 	if p := class.AuthProbe(t.Name); p != nil {
 		declared = p.Params
 	}
-	_, paramErrs := Params(fmt.Sprintf("the auth probe of auth type %q of %s", t.Name, owner), declared, values(a.Params, path.Child("params")), path.Child("params"))
+	_, paramErrs := params(fmt.Sprintf("the auth probe of auth type %q of %s", t.Name, owner), declared, values(a.Params, path.Child("params")), path.Child("params"))
 	return append(errs, paramErrs...)
 }

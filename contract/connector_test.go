@@ -124,3 +124,20 @@ func TestNoAuthTypesTakeNoCredential(t *testing.T) {
 		t.Fatalf("got %v", errs)
 	}
 }
+
+// TestManyErrorsAreBounded: a Connector with thousands of undeclared params (they fit in its
+// 64 KiB) is refused naming the first few and counting the rest, each name quoted short: the
+// message is answered by admission, and aggregated whole it cost time quadratic in the count.
+func TestManyErrorsAreBounded(t *testing.T) {
+	c := good()
+	for i := range 3000 {
+		c.Spec.Params = append(c.Spec.Params, v1alpha1.Param{Name: strings.Repeat("x", 100) + string(rune('a'+i%26)) + strings.Repeat("y", i%7), Value: js("v")})
+	}
+	errs := Connector(c, class)
+	if len(errs) != maxReported || !strings.HasSuffix(errs[maxReported-1].Detail, "; and 2995 more errors") {
+		t.Fatalf("%d errors, the last %q; want %d, the last counting 2995 more", len(errs), errs[len(errs)-1].Detail, maxReported)
+	}
+	if msg := errs.ToAggregate().Error(); len(msg) > 4<<10 || strings.Contains(msg, strings.Repeat("x", 65)) {
+		t.Errorf("a message of %d bytes quoting names whole: %.300q", len(msg), msg)
+	}
+}

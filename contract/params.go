@@ -26,9 +26,15 @@ type Value struct {
 
 // Params checks given values against declared params and returns every value, the declared
 // defaults filling gaps. Undeclared, missing required (declared without a default), mistyped
-// and out-of-enum values are errors; owner names the declaration in messages (`ConnectorClass
+// and out-of-enum values are errors (the first few, and how many more: bounded); owner names the declaration in messages (`ConnectorClass
 // "git"`), parent is where a missing param should have been given.
 func Params(owner string, declared []v1alpha1.ParamSpec, given []Value, parent *field.Path) (map[string]any, field.ErrorList) {
+	out, errs := params(owner, declared, given, parent)
+	return out, bounded(errs)
+}
+
+// params is Params with every error.
+func params(owner string, declared []v1alpha1.ParamSpec, given []Value, parent *field.Path) (map[string]any, field.ErrorList) {
 	specs := make(map[string]*v1alpha1.ParamSpec, len(declared))
 	names := make([]string, 0, len(declared))
 	for i := range declared {
@@ -38,11 +44,12 @@ func Params(owner string, declared []v1alpha1.ParamSpec, given []Value, parent *
 	slices.Sort(names)
 	var errs field.ErrorList
 	out := make(map[string]any, len(declared))
+	declaredNames := strings.Join(names, ", ")
 	for _, v := range given {
 		spec := specs[v.Name]
 		if spec == nil {
-			errs = append(errs, field.Invalid(v.NamePath, v.Name,
-				fmt.Sprintf("%s declares no param %q (declared: %s)", owner, v.Name, strings.Join(names, ", "))))
+			errs = append(errs, field.Invalid(v.NamePath, Short(v.Name),
+				fmt.Sprintf("%s declares no param %q (declared: %s)", owner, Short(v.Name), declaredNames)))
 			continue
 		}
 		value, err := decode(spec, v.Raw, v.ValuePath)

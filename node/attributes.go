@@ -9,6 +9,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/kube-connectors/connectors-csi/access"
+	"github.com/kube-connectors/connectors-csi/contract"
 	"github.com/kube-connectors/connectors-csi/features"
 	"github.com/kube-connectors/connectors-csi/node/records"
 	"github.com/kube-connectors/connectors-csi/node/volumeattrs"
@@ -67,9 +68,7 @@ func parseAttributes(vc, secrets map[string]string, audience string) (*volumeReq
 			unknown = append(unknown[:5], fmt.Sprintf("and %d more", len(unknown)-5))
 		}
 		for i, k := range unknown {
-			if len(k) > 64 {
-				unknown[i] = strings.ToValidUTF8(k[:64], "") + "…"
-			}
+			unknown[i] = contract.Short(k)
 		}
 		return nil, fmt.Errorf("unknown volume attributes %s (known: %s, %s, %s, %s, %s, %s)",
 			strings.Join(unknown, ", "), attrConnectors, attrConnectorName, attrConnectorNamespace,

@@ -21,7 +21,7 @@ func resolveParams(class string, conf *v1alpha1.Configuration, given ParamValues
 	path := field.NewPath("configuration.params").Key(conf.Name)
 	values := make([]contract.Value, 0, len(given))
 	for _, name := range sortedKeys(given) {
-		values = append(values, contract.Value{Name: name, Raw: given[name], NamePath: path.Key(name), ValuePath: path.Key(name)})
+		values = append(values, contract.Value{Name: name, Raw: given[name], NamePath: path.Key(contract.Short(name)), ValuePath: path.Key(contract.Short(name))})
 	}
 	out, errs := contract.Params(fmt.Sprintf("configuration %q of ConnectorClass %q", conf.Name, class), conf.Params, values, path)
 	if len(errs) > 0 {

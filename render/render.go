@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/contract"
 	"github.com/kube-connectors/connectors-csi/templates"
 )
 
@@ -102,12 +103,12 @@ func (r *Renderer) checkRequested(req Request) error {
 	for _, name := range req.Configurations {
 		if !known[name] {
 			return inputErrorf("configuration.names: no ConnectorClass of this volume has a configuration %q (known: %s)",
-				name, strings.Join(sortedKeys(known), ", "))
+				contract.Short(name), strings.Join(sortedKeys(known), ", "))
 		}
 	}
 	for _, name := range sortedKeys(req.Params) {
 		if !known[name] || !slices.Contains(req.Configurations, name) {
-			return inputErrorf("configuration.params: configuration %q is not rendered in this volume", name)
+			return inputErrorf("configuration.params: configuration %q is not rendered in this volume", contract.Short(name))
 		}
 	}
 	return nil

@@ -18,6 +18,9 @@ import (
 
 const dataLink = "..data"
 
+// tmpPrefix begins the names of the data directories, as kubelet's do.
+const tmpPrefix = "..tmp_"
+
 // Ownership is how written files and directories are owned.
 type Ownership struct {
 	// GID, when not nil, becomes the group of every file, and files get mode 0440.
@@ -58,7 +61,7 @@ func Write(dir string, files map[string][]byte, own Ownership) (bool, error) {
 	if old != "" && sameContent(filepath.Join(dir, old), files) {
 		return false, nil
 	}
-	fresh, err := os.MkdirTemp(dir, "..tmp_")
+	fresh, err := os.MkdirTemp(dir, tmpPrefix)
 	if err != nil {
 		return false, err
 	}
@@ -112,6 +115,12 @@ func currentDataDir(dir string) (string, error) {
 	}
 	if err != nil {
 		return "", err
+	}
+	// Only a directory this package made, in dir: the target is read from, linked from and,
+	// after an update, removed whole, as the driver's user; one that names anything else (a
+	// path out of the volume) is refused rather than followed.
+	if !strings.HasPrefix(target, tmpPrefix) || target != filepath.Base(target) {
+		return "", fmt.Errorf("%s in %s points at %q, not a data directory of its own", dataLink, dir, target)
 	}
 	return target, nil
 }

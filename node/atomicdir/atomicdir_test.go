@@ -3,6 +3,7 @@ package atomicdir
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 )
@@ -76,5 +77,31 @@ func TestWriteModes(t *testing.T) {
 	}
 	if g := fi.Sys().(*syscall.Stat_t).Gid; int64(g) != gid {
 		t.Errorf("gid %d, want %d", g, gid)
+	}
+}
+
+// TestADataLinkOutOfTheDirectoryIsRefused: "..data" naming anything but a data directory of
+// the package's own in dir (a path out of the volume) is refused, not read, linked from nor
+// removed.
+func TestADataLinkOutOfTheDirectoryIsRefused(t *testing.T) {
+	outside := t.TempDir()
+	kept := filepath.Join(outside, "kept")
+	if err := os.WriteFile(kept, []byte("not the volume's"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, target := range []string{outside, "../" + filepath.Base(outside), "..tmp_x/../..", "data"} {
+		dir := t.TempDir()
+		if err := os.Symlink(target, filepath.Join(dir, dataLink)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Write(dir, map[string][]byte{"a": []byte("new")}, Ownership{}); err == nil || !strings.Contains(err.Error(), "not a data directory of its own") {
+			t.Errorf("..data -> %q: Write %v, want it refused", target, err)
+		}
+		if _, err := Read(dir); err == nil {
+			t.Errorf("..data -> %q: read", target)
+		}
+	}
+	if b, err := os.ReadFile(kept); err != nil || string(b) != "not the volume's" {
+		t.Errorf("the file outside: %q %v", b, err)
 	}
 }

@@ -11,6 +11,8 @@ import (
 
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/kube-connectors/connectors-csi/contract"
 )
 
 // The volume attributes that name Connectors (SPEC §3.2).
@@ -43,10 +45,11 @@ func ConnectorsOf(vc map[string]string, podNamespace string) ([]types.Namespaced
 		}
 		list = ns + "/" + name
 	}
-	items := strings.Split(list, ",")
-	if len(items) > maxVolumeConnectors {
-		return nil, fmt.Errorf("%s names %d Connectors; a volume may name at most %d", Connectors, len(items), maxVolumeConnectors)
+	// Counted before it is split: a list of thousands of items is refused without them.
+	if n := strings.Count(list, ",") + 1; n > maxVolumeConnectors {
+		return nil, fmt.Errorf("%s names %d Connectors; a volume may name at most %d", Connectors, n, maxVolumeConnectors)
 	}
+	items := strings.Split(list, ",")
 	var out []types.NamespacedName
 	for _, item := range items {
 		item = strings.TrimSpace(item)
@@ -55,10 +58,10 @@ func ConnectorsOf(vc map[string]string, podNamespace string) ([]types.Namespaced
 			nn = types.NamespacedName{Namespace: item[:i], Name: item[i+1:]}
 		}
 		if errs := validation.IsDNS1123Subdomain(nn.Name); len(errs) > 0 {
-			return nil, fmt.Errorf("%s: %q is not a valid Connector name: %s", Connectors, item, strings.Join(errs, "; "))
+			return nil, fmt.Errorf("%s: %q is not a valid Connector name: %s", Connectors, contract.Short(item), strings.Join(errs, "; "))
 		}
 		if errs := validation.IsDNS1123Label(nn.Namespace); len(errs) > 0 {
-			return nil, fmt.Errorf("%s: %q has an invalid namespace: %s", Connectors, item, strings.Join(errs, "; "))
+			return nil, fmt.Errorf("%s: %q has an invalid namespace: %s", Connectors, contract.Short(item), strings.Join(errs, "; "))
 		}
 		if slices.Contains(out, nn) {
 			return nil, fmt.Errorf("%s: Connector %q is named twice", Connectors, nn)

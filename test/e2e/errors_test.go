@@ -87,6 +87,11 @@ func TestBadInputs(t *testing.T) {
 		// Not read before it is authorized: whether it exists is not told.
 		{"unknown connector not granted", map[string]string{"connectors": "params,ghost"}, nil, codes.PermissionDenied, []string{ns + "/ghost", "get"}},
 		{"too many connectors", map[string]string{"connectors": manyConnectors(65)}, nil, codes.InvalidArgument, []string{"65 Connectors", "at most 64"}},
+		// Each logged and recorded by kubelet at every retry: the first few errors, and a
+		// count (thousands, aggregated whole, once cost seconds of CPU and gigabytes per publish).
+		{"thousands of undeclared params", map[string]string{"connectors": "params", "configuration.names": "settings", "configuration.params": manyParams(4000)}, nil, codes.InvalidArgument, []string{`"p0"`, "; and 3996 more errors"}},
+		{"a long configuration name", map[string]string{"connectors": "params", "configuration.names": strings.Repeat("s", 10<<10)}, nil, codes.InvalidArgument, []string{`"` + strings.Repeat("s", 64) + `…"`}},
+		{"a long invalid connector name", map[string]string{"connectors": strings.Repeat("N", 10<<10)}, nil, codes.InvalidArgument, []string{`"` + strings.Repeat("N", 64) + `…"`}},
 		{"unknown class", map[string]string{"connectors": "orphan"}, nil, codes.NotFound, []string{`"no-such-class"`}},
 		{"template parse error", map[string]string{"connectors": "broken", "configuration.names": "conf"}, nil, codes.FailedPrecondition, []string{"broken-", `"conf"`, `"bad.txt"`, "nosuchfunc"}},
 		{"template execution error", map[string]string{"connectors": "failing", "configuration.names": "conf"}, nil, codes.FailedPrecondition, []string{"failing-", `"fail.txt"`, "configuration needs a project"}},
@@ -119,6 +124,9 @@ func TestBadInputs(t *testing.T) {
 			}
 			if strings.Contains(st.Message(), secretValue) || strings.Contains(st.Message(), "eyJ") {
 				t.Errorf("message leaks a secret or token: %q", st.Message())
+			}
+			if n := len(st.Message()); n > 4<<10 {
+				t.Errorf("message of %d bytes, more than a person reads (kubelet logs and records it at every retry): %.300q", n, st.Message())
 			}
 			if n := mountCount(t, d, req.TargetPath); n != 0 {
 				t.Errorf("%d mounts left at the target", n)
@@ -210,6 +218,15 @@ func TestMultiConnectorVolumesNeedTheFlag(t *testing.T) {
 }
 
 // manyConnectors is a connectors attribute naming n Connectors.
+// manyParams is configuration.params giving the settings configuration n params p0 … p<n-1>.
+func manyParams(n int) string {
+	params := make([]string, n)
+	for i := range params {
+		params[i] = fmt.Sprintf(`"p%d":"x"`, i)
+	}
+	return `{"settings":{` + strings.Join(params, ",") + `}}`
+}
+
 func manyConnectors(n int) string {
 	names := make([]string, n)
 	for i := range names {
