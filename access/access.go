@@ -7,6 +7,7 @@ package access
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/url"
 	"slices"
@@ -20,6 +21,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apiserver/pkg/authentication/authenticator"
+	"k8s.io/apiserver/pkg/authentication/serviceaccount"
 	"k8s.io/apiserver/pkg/authentication/token/cache"
 	"k8s.io/apiserver/pkg/authentication/user"
 	"k8s.io/apiserver/pkg/authorization/authorizer"
@@ -30,6 +32,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/kube-connectors/connectors-csi/cachemetrics"
+	"github.com/kube-connectors/connectors-csi/turns"
 )
 
 var (
@@ -85,6 +88,13 @@ type Config struct {
 	// InvalidatedRetry is how long to wait before asking once more about a token the API
 	// server answered "has been invalidated" for (see invalidated); 0: the first answer stands.
 	InvalidatedRetry time.Duration
+	// Turns, when set, paces the SubjectAccessReviews sent (the cache's misses) by the
+	// namespace of the user asked about (a ServiceAccount's; another user by name): one
+	// tenant's storm of questions (thousands of volumes naming Connectors it may not get, each
+	// asked again at kubelet's every retry) waits for its own turns, instead of queueing every
+	// tenant's behind it in the client's rate limit. A turn that would not come before the
+	// question's context ends is an error at once.
+	Turns *turns.ByNamespace
 }
 
 // decisionCacheSize bounds the decisions a Reviewer keeps: a node's Pods times the Connectors
@@ -108,6 +118,7 @@ type Reviewer struct {
 	decisions         *expirable.LRU[string, decision]
 	allowTTL, denyTTL time.Duration
 	name              string
+	turns             *turns.ByNamespace
 }
 
 type decision struct {
@@ -146,6 +157,7 @@ func New(kube kubernetes.Interface, cfg Config) (*Reviewer, error) {
 		allowTTL:  cfg.AllowTTL,
 		name:      cfg.Name,
 		denyTTL:   cfg.DenyTTL,
+		turns:     cfg.Turns,
 	}
 	if cfg.Name != "" && max(cfg.AllowTTL, cfg.DenyTTL) > 0 { // an uncached Reviewer has no cache to report
 		cachemetrics.Register("authorization_"+cfg.Name, r.decisions.Len)
@@ -189,6 +201,9 @@ func (r *Reviewer) Authorize(ctx context.Context, attrs authorizer.Attributes) (
 		return d.decision, d.reason, nil
 	}
 	v, err, _ := r.inflight.Do(key, func() (any, error) {
+		if err := r.waitTurn(ctx, attrs.GetUser()); err != nil {
+			return decision{}, err
+		}
 		d, reason, err := r.authz.Authorize(ctx, attrs)
 		ttl := r.denyTTL
 		if d == authorizer.DecisionAllow {
@@ -202,6 +217,21 @@ func (r *Reviewer) Authorize(ctx context.Context, attrs authorizer.Attributes) (
 	d, _ := v.(decision)
 	authorizationDecisions.WithLabelValues(r.name, decisionLabel(d.decision, err), "miss").Inc()
 	return d.decision, d.reason, err
+}
+
+// waitTurn waits for the turn of u's namespace to send a review, when reviews are paced.
+func (r *Reviewer) waitTurn(ctx context.Context, u user.Info) error {
+	if r.turns == nil || u == nil {
+		return nil
+	}
+	asker := "user " + u.GetName()
+	if ns, _, err := serviceaccount.SplitUsername(u.GetName()); err == nil {
+		asker = ns
+	}
+	if err := r.turns.Wait(ctx, asker); err != nil {
+		return fmt.Errorf("the %s reviews of %s are paced and its next turn would come too late: %w", r.name, asker, err)
+	}
+	return nil
 }
 
 // decisionLabel is a decision's value of the decision label.

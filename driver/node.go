@@ -32,6 +32,7 @@ import (
 	"github.com/kube-connectors/connectors-csi/regoeval"
 	"github.com/kube-connectors/connectors-csi/render"
 	"github.com/kube-connectors/connectors-csi/secretcache"
+	"github.com/kube-connectors/connectors-csi/turns"
 )
 
 // startNode starts the node role: the CSI Identity and Node services, the proxy and the
@@ -92,7 +93,8 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 	// keys signed is refused before any TokenReview (the process's one copy of the keys).
 	keys := p.issuerKeys
 	reviewer, err := access.New(p.kube, access.Config{Audiences: []string{o.TokenAudience}, TokenTTL: o.TokenCacheTTL,
-		AllowTTL: o.AuthzAllowTTL, DenyTTL: o.AuthzDenyTTL, Name: "publish", Keys: keys, InvalidatedRetry: o.TokenInvalidatedRetry})
+		AllowTTL: o.AuthzAllowTTL, DenyTTL: o.AuthzDenyTTL, Name: "publish", Keys: keys, InvalidatedRetry: o.TokenInvalidatedRetry,
+		Turns: publishTurns(o.PublishReviewQPS)})
 	if err != nil {
 		return err
 	}
@@ -257,4 +259,17 @@ func newMounter(o *validated) mount.Mounter {
 		return mount.NewDirectories()
 	}
 	return mount.NewTmpfs()
+}
+
+// publishReviewBurst is the burst of a namespace's publish reviews, in seconds of its rate: a
+// Deployment's Pods starting on a node together, or a node's volumes republished after a
+// restart, ask at once.
+const publishReviewBurst = 5
+
+// publishTurns paces the publishes' reviews by namespace at qps (nil: not paced).
+func publishTurns(qps float64) *turns.ByNamespace {
+	if qps == 0 {
+		return nil
+	}
+	return turns.New(qps, max(int(qps*publishReviewBurst), 1))
 }

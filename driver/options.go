@@ -27,6 +27,7 @@ const (
 	defaultMaxConnections         = 8192
 	defaultMaxHeaderBytes         = 64 << 10
 	defaultProxyAuthQPS           = 50
+	defaultPublishReviewQPS       = 10
 	defaultRefusalEventInterval   = time.Minute
 	defaultProxyAuthBurst         = 100
 	defaultAPIAuthQPS             = 20
@@ -236,6 +237,9 @@ type Options struct {
 	ProxyLaneMaxBodyBytes int
 	ProxyAuthQPS          float64
 	ProxyAuthBurst        int
+	// PublishReviewQPS paces the publishes' SubjectAccessReviews by the Pod's namespace (burst
+	// publishReviewBurst times it); 0: not paced.
+	PublishReviewQPS float64
 	// CallersAs is the ServiceAccount (namespace/name) the requests sent for the node's callers
 	// are sent as (forCallers), impersonated; empty: as the process itself.
 	CallersAs string
@@ -435,6 +439,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.IntVar(&o.ProxyLaneMaxBodyBytes, "proxy-fast-lane-max-body-bytes", defaultLaneMaxBodyBytes, "largest request body (of known length) the fast lane reads whole before sending it; larger ones, chunked ones, those sent after a 100 Continue, and any while 128 times this is held by such bodies, are streamed to the tool as they come, the connection staying in the fast lane (0: the default; 1: only bodies that fit in the lane's 4 KiB buffer with their head are read whole)")
 	fs.Float64Var(&o.ProxyAuthQPS, "proxy-auth-qps", defaultProxyAuthQPS, "sustained requests per second of the proxy to the API server (TokenReviews, SubjectAccessReviews, Secret and Connector reads: its own limit, apart from publishes)")
 	fs.IntVar(&o.ProxyAuthBurst, "proxy-auth-burst", defaultProxyAuthBurst, "burst of --proxy-auth-qps")
+	fs.Float64Var(&o.PublishReviewQPS, "publish-review-qps-per-namespace", defaultPublishReviewQPS, "SubjectAccessReviews per second (burst five times that) the node sends for one namespace's publishes (its cache's misses), within --kube-api-qps: a tenant's storm of failing volumes waits for its own turns; 0: not paced")
 	fs.Float64Var(&o.APIAuthQPS, "connectors-api-auth-qps", defaultAPIAuthQPS, "sustained TokenReviews and SubjectAccessReviews per second of the Connectors API (its own limit, apart from the proxy's and publishes': it takes any token the cluster accepts, so any client can make it review)")
 	fs.IntVar(&o.APIAuthBurst, "connectors-api-auth-burst", defaultAPIAuthBurst, "burst of --connectors-api-auth-qps")
 	fs.StringVar(&o.APICallersGroup, "api-callers-group", "connectors-csi:connectors-api", "with --callers-as, a group the Connectors API's requests for its callers (its TokenReviews, SubjectAccessReviews and reads) add to that identity (the process needs impersonate on the group), so that API Priority and Fairness puts them in a priority level apart from the proxy's: the API takes any token the cluster accepts, and anyone who reaches a node can have it review one (deployed: connectors-csi-api-callers); empty: none")
@@ -815,8 +820,8 @@ func (v *validated) proxyLimits() error {
 	}); err != nil {
 		return err
 	}
-	if v.ProxyAuthQPS < 0 || v.APIAuthQPS < 0 {
-		return fmt.Errorf("--proxy-auth-qps and --connectors-api-auth-qps must not be negative")
+	if v.ProxyAuthQPS < 0 || v.APIAuthQPS < 0 || v.PublishReviewQPS < 0 {
+		return fmt.Errorf("--proxy-auth-qps, --connectors-api-auth-qps and --publish-review-qps-per-namespace must not be negative")
 	}
 	if v.RefusalEventInterval < 0 || v.RefusalEventQPS < 0 {
 		return fmt.Errorf("--proxy-refusal-event-interval and --proxy-refusal-event-qps must not be negative")

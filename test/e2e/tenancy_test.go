@@ -1688,6 +1688,40 @@ func TestTenancyOtherMethodsKeepTenantsConnectionsApart(t *testing.T) {
 	}
 }
 
+// TestTenancyPublishReviewsTakeTurns: a publish asks the API server whether the Pod may get
+// each Connector its volume names, within the node's one client rate limit. A tenant's
+// thousands of volumes naming Connectors it may not get, each asked again at kubelet's every
+// retry, would queue every other tenant's publishes behind them: each namespace's questions
+// take turns of their own (--publish-review-qps-per-namespace). Past its turns the tenant is
+// told to come back (Unavailable, kubelet retries); its neighbour publishes at once.
+func TestTenancyPublishReviewsTakeTurns(t *testing.T) {
+	d := startDriverWith(t, t.TempDir(), nil, func(o *driver.Options) { o.PublishReviewQPS = 0.01 }) // a burst of 1
+	k := newKubelet(t, d)
+	tenant, neighbour := newNamespace(t), newNamespace(t)
+	newConnector(t, neighbour, "git", gitClass(t), "https://github.com")
+	allowConnectors(t, neighbour, "builder", "git")
+	publish := func(ns, name, connectors string) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		pod := podWithVolume(t, k, ns, name, map[string]string{"connectors": connectors}, nil)
+		err := k.Publish(ctx, pod, "connectors")
+		if err == nil {
+			t.Cleanup(func() { _ = k.Unpublish(context.Background(), pod, "connectors") })
+		}
+		return err
+	}
+	if err := publish(tenant, "first", neighbour+"/git"); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("the tenant's first volume naming a Connector it may not get: %v, want PermissionDenied", err)
+	}
+	err := publish(tenant, "second", neighbour+"/other")
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "reviews of "+tenant+" are paced") {
+		t.Fatalf("the tenant's second question past its turns: %v, want Unavailable saying its reviews are paced", err)
+	}
+	if err := publish(neighbour, "neighbour", "git"); err != nil {
+		t.Fatalf("the neighbour's publish while the tenant is out of turns: %v", err)
+	}
+}
+
 // TestTenancyNodeVolumesAreBounded: a volume's files are tmpfs pages the driver writes, which
 // count against the driver's memory limit, not the Pod's nor its namespace's quota. A tenant's
 // many volumes would take the driver, and every Pod of the node with it, past its limit: the
