@@ -328,7 +328,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.MetricsAuthTTL, "metrics-auth-cache-ttl", defaultMetricsAuthTTL, "how long the metrics listener keeps a token's review and an access decision, either way: every node reviews its scraper's token once per period, which at 5,000 nodes is what the API server pays for scraping (0: the default)")
 	fs.BoolVar(&o.Profiling, "profiling", false, "also serve Go's profiles (/debug/pprof/) on --metrics-listen; with --metrics-auth=delegated, to users RBAC lets get /debug/pprof/*")
 	fs.BoolVar(&o.LeaderElect, "leader-elect", true, "run the controllers (controller and all roles) under a Lease")
-	fs.StringVar(&o.VolumeSizeLimit, "volume-size-limit", "4Mi", "tmpfs size of each volume")
+	fs.StringVar(&o.VolumeSizeLimit, "volume-size-limit", "4Mi", "the most a volume's files take together (its tmpfs is twice that: an update writes the changed files beside the old)")
 	fs.StringVar(&o.VolumesMaxBytes, "node-volumes-max-bytes", defaultVolumesMaxBytes, "memory the node's volumes may hold together (their tmpfs pages count against the driver's memory limit, not the Pods'), a namespace's volumes half of it; a new volume past it fails with ResourceExhausted, naming this flag (and a mounted one's republish whose content its Connector or an approval grows past it, the volume keeping its files; a mounted one's renewal, a new token or a class or proxy CA changed, is counted, never refused; 0: no bound)")
 	fs.StringVar(&o.KubeletRegDir, "kubelet-registration-dir", "", "serve kubelet's plugin-registration API from a socket here (empty: off)")
 	fs.StringVar(&o.KubeletPluginSock, "kubelet-plugin-endpoint", "", "the CSI socket path as kubelet sees it (default: derived from --endpoint)")

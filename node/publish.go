@@ -335,7 +335,11 @@ func (s *Server) write(target string, renewal, mounted bool, files render.Files,
 			undo()
 			return status.Errorf(codes.Internal, "create target %s: %v", target, err)
 		}
-		if err := s.Mounter.MountTmpfs(target, s.Config.VolumeSizeLimit); err != nil {
+		// Twice the limit: an update writes the files that changed (the token's, at every
+		// renewal) beside the ones it replaces, then removes those (atomicdir); within the
+		// limit alone, a volume over half of it could never renew its token. A tmpfs holds
+		// the pages written, not its size, and the node's budget counts the files.
+		if err := s.Mounter.MountTmpfs(target, 2*s.Config.VolumeSizeLimit); err != nil {
 			undo()
 			_ = os.Remove(target)
 			return status.Errorf(codes.Internal, "mount tmpfs at %s: %v", target, err)
@@ -368,6 +372,11 @@ func (s *Server) fill(target string, files render.Files, gid *int64, rec *record
 // A volume whose files are not taken keeps its earlier files and use.
 func (s *Server) takeBudget(files render.Files, rec *records.Record, mounted, renewal bool) (undo func(), err error) {
 	rec.Bytes = footprint(files)
+	if limit := s.Config.VolumeSizeLimit; limit > 0 && rec.Bytes > limit {
+		// Refused whole rather than half written: past the limit the volume would be full.
+		return nil, status.Errorf(codes.FailedPrecondition, "the volume's files take about %d bytes, more than its %d (--volume-size-limit): name fewer configurations or Connectors in it",
+			rec.Bytes, limit)
+	}
 	return s.budget.take(rec.VolumeID, rec.Pod.Namespace, rec.Bytes, mounted, renewal)
 }
 

@@ -13,6 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -540,5 +543,39 @@ func TestNodeWatchesOnlyTheConnectorsItUses(t *testing.T) {
 	}
 	if !kubelet.WaitUntil(15*time.Second, func() bool { n, _ := cachemetrics.Entries("connectors"); return n == 0 }) {
 		t.Fatal("a Connector nothing read for the idle period is still watched")
+	}
+}
+
+// TestALargeVolumeRenewsItsToken: a volume whose token-carrying files are over half of
+// --volume-size-limit renews its token (an update writes the changed files beside the old ones
+// before it removes those: a tmpfs of the limit alone was full, and the token was never
+// renewed); files that together take more than the limit are refused whole, naming it.
+func TestALargeVolumeRenewsItsToken(t *testing.T) {
+	d := startDriverWith(t, t.TempDir(), nil, func(o *driver.Options) { o.VolumeSizeLimit = "128Ki" })
+	k := newKubelet(t, d)
+	ctx := context.Background()
+	ns := newNamespace(t)
+	newConnector(t, ns, "large", newClass(t, "large", v1alpha1.Configuration{Name: "conf",
+		Data: map[string]string{"large.txt": `{{ .context.token }}{{ repeat 70000 "x" }}`}}), "https://x.example.com")
+	newConnector(t, ns, "over", newClass(t, "over", v1alpha1.Configuration{Name: "conf", Data: map[string]string{
+		"a.txt": `{{ repeat 50000 "a" }}`, "b.txt": `{{ repeat 50000 "b" }}`, "c.txt": `{{ repeat 50000 "c" }}`}}), "https://x.example.com")
+	allowConnectors(t, ns, "builder", "large", "over")
+	pod := podWithVolume(t, k, ns, "large", map[string]string{"connectors": "large", "configuration.names": "conf"}, nil)
+	if err := k.Publish(ctx, pod, "connectors"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = k.Unpublish(context.Background(), pod, "connectors") })
+	target := k.TargetPath(pod, "connectors")
+	first := visibleFiles(t, target)["large.txt"]
+	if err := k.Publish(ctx, pod, "connectors"); err != nil { // a fresh token
+		t.Fatalf("the renewal of a volume over half its limit: %v", err)
+	}
+	if again := visibleFiles(t, target)["large.txt"]; again == first || !strings.HasSuffix(again, strings.Repeat("x", 70000)) {
+		t.Fatal("the renewal did not write the new token")
+	}
+	over := podWithVolume(t, k, ns, "over", map[string]string{"connectors": "over", "configuration.names": "conf"}, nil)
+	err := k.Publish(ctx, over, "connectors")
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "more than its 131072 (--volume-size-limit)") {
+		t.Fatalf("files over the limit together: %v, want FailedPrecondition naming the limit", err)
 	}
 }
