@@ -76,3 +76,43 @@ func TestAWatchThatCannotStartBacksOff(t *testing.T) {
 		base *= 2
 	}
 }
+
+// TestAWatchThatEndedStartsAgainSpread: a watch that ended (an API server restarted: every
+// watch it served, of every node, at once) starts again after a wait at random within
+// followSpread, not at once; its first start waits for nothing.
+func TestAWatchThatEndedStartsAgainSpread(t *testing.T) {
+	const ends = 3
+	attempts := 0
+	ending := interceptor.NewClient(fakeConnectors(t, 1), interceptor.Funcs{
+		Watch: func(ctx context.Context, c client.WithWatch, list client.ObjectList, opts ...client.ListOption) (watch.Interface, error) {
+			attempts++
+			w := watch.NewFake()
+			if attempts <= ends {
+				w.Stop() // ends at once, cleanly
+			}
+			return w, nil
+		}})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var waits []time.Duration
+	f := follower{client: ending, nn: nameOf(0), kind: "Connector", newList: func() client.ObjectList { return &v1alpha1.ConnectorList{} },
+		set: func(client.Object) {}, listed: func() {},
+		pause: func(_ context.Context, d time.Duration) error {
+			if waits = append(waits, d); len(waits) == ends {
+				time.AfterFunc(2*time.Second, cancel)
+			}
+			return nil
+		}}
+	_, _ = f.watchFrom(ctx, "1")
+	if attempts <= ends {
+		t.Fatalf("%d watch attempts, want more than %d", attempts, ends)
+	}
+	if len(waits) != ends {
+		t.Fatalf("%d waits before %d attempts after a watch ended: %v", len(waits), attempts-1, waits)
+	}
+	for i, d := range waits {
+		if d < 0 || d >= followSpread {
+			t.Errorf("wait %d: %v, want within %v", i, d, followSpread)
+		}
+	}
+}
