@@ -27,8 +27,7 @@ func TestAListAgainIsNotOlderThanWhatWasSeen(t *testing.T) {
 			asked = append(asked, *o.Raw)
 			return c.List(ctx, list, opts...)
 		}})
-	f := follower{client: recording, nn: nameOf(0), kind: "Connector", newList: func() client.ObjectList { return &v1alpha1.ConnectorList{} },
-		set: func(client.Object) {}, listed: func() {}}
+	f := testFollower(recording, nil)
 	for _, seen := range []string{"", "42"} {
 		if _, err := f.list(context.Background(), seen); err != nil {
 			t.Fatal(err)
@@ -56,14 +55,12 @@ func TestAWatchThatCannotStartBacksOff(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var waits []time.Duration
-	f := follower{client: away, nn: nameOf(0), kind: "Connector", newList: func() client.ObjectList { return &v1alpha1.ConnectorList{} },
-		set: func(client.Object) {}, listed: func() {},
-		pause: func(_ context.Context, d time.Duration) error {
-			if waits = append(waits, d); len(waits) == failures {
-				time.AfterFunc(2*time.Second, cancel) // once the next attempt started
-			}
-			return nil
-		}}
+	f := testFollower(away, func(_ context.Context, d time.Duration) error {
+		if waits = append(waits, d); len(waits) == failures {
+			time.AfterFunc(2*time.Second, cancel) // once the next attempt started
+		}
+		return nil
+	})
 	_, _ = f.watchFrom(ctx, "1") // the fake client's lists name no resource version
 	if len(waits) != failures {
 		t.Fatalf("%d waits for %d failed attempts: %v", len(waits), failures, waits)
@@ -95,14 +92,12 @@ func TestAWatchThatEndedStartsAgainSpread(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var waits []time.Duration
-	f := follower{client: ending, nn: nameOf(0), kind: "Connector", newList: func() client.ObjectList { return &v1alpha1.ConnectorList{} },
-		set: func(client.Object) {}, listed: func() {},
-		pause: func(_ context.Context, d time.Duration) error {
-			if waits = append(waits, d); len(waits) == ends {
-				time.AfterFunc(2*time.Second, cancel)
-			}
-			return nil
-		}}
+	f := testFollower(ending, func(_ context.Context, d time.Duration) error {
+		if waits = append(waits, d); len(waits) == ends {
+			time.AfterFunc(2*time.Second, cancel)
+		}
+		return nil
+	})
 	_, _ = f.watchFrom(ctx, "1")
 	if attempts <= ends {
 		t.Fatalf("%d watch attempts, want more than %d", attempts, ends)
@@ -115,4 +110,10 @@ func TestAWatchThatEndedStartsAgainSpread(t *testing.T) {
 			t.Errorf("wait %d: %v, want within %v", i, d, followSpread)
 		}
 	}
+}
+
+// testFollower follows Connector c-0 through c, its waits told to pause (nil: timers).
+func testFollower(c client.WithWatch, pause func(context.Context, time.Duration) error) follower {
+	return follower{client: c, nn: nameOf(0), kind: "Connector", newList: func() client.ObjectList { return &v1alpha1.ConnectorList{} },
+		set: func(client.Object) {}, listed: func() {}, pause: pause}
 }
