@@ -9,6 +9,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apiserver/pkg/authentication/user"
+	"k8s.io/apiserver/pkg/authorization/authorizer"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 	"github.com/kube-connectors/connectors-csi/features"
@@ -99,6 +100,14 @@ func (s *Server) authorizeAny(r *http.Request, u user.Info, c *v1alpha1.Connecto
 	subs := append(first, apisSubresources(class.Name, path)...)
 	for _, sub := range subs {
 		ok, err := s.allowed(r.Context(), u, c.Namespace, c.Name, verb, sub)
+		if ok {
+			// Any of them will do while the call lasts (its rechecks).
+			anyOf := make([]authorizer.AttributesRecord, len(subs))
+			for i, sub := range subs {
+				anyOf[i] = connectorAttrs(u, c.Namespace, c.Name, verb, sub)
+			}
+			recordAllowed(r.Context(), anyOf...)
+		}
 		if err != nil || ok {
 			return err
 		}

@@ -240,26 +240,21 @@ func (s *Server) allow(ctx context.Context, u user.Info, ns, name, verb, subreso
 	if err != nil {
 		return err
 	}
+	attrs := connectorAttrs(u, ns, name, verb, subresource)
 	if !ok {
-		return errorf(http.StatusForbidden, metav1.StatusReasonForbidden, "%s may not %s %s of Connector %s/%s", u.GetName(), verb,
-			resourceOf(connectorAttrs(u, ns, name, verb, subresource)), ns, name)
+		return errorf(http.StatusForbidden, metav1.StatusReasonForbidden, "%s may not %s %s of Connector %s/%s", u.GetName(), verb, resourceOf(attrs), ns, name)
 	}
+	recordAllowed(ctx, attrs)
 	return nil
 }
 
-// allowed asks whether u may verb the Connector (subresource "" is the Connector itself); an
-// allowing answer is recorded for the call's rechecks (callGrants).
+// allowed asks whether u may verb the Connector (subresource "" is the Connector itself).
 func (s *Server) allowed(ctx context.Context, u user.Info, ns, name, verb, subresource string) (bool, error) {
-	attrs := connectorAttrs(u, ns, name, verb, subresource)
-	d, _, err := s.Reviewer.Authorize(ctx, attrs)
+	d, _, err := s.Reviewer.Authorize(ctx, connectorAttrs(u, ns, name, verb, subresource))
 	if err != nil {
 		return false, unavailable(ctx, "authorize", err)
 	}
-	if d != authorizer.DecisionAllow {
-		return false, nil
-	}
-	recordAllowed(ctx, attrs)
-	return true, nil
+	return d == authorizer.DecisionAllow, nil
 }
 
 func connectorAttrs(u user.Info, ns, name, verb, subresource string) authorizer.AttributesRecord {

@@ -186,7 +186,7 @@ func startNode(ctx context.Context, g *errgroup.Group, p *process, ready *atomic
 			RepublishRecheck: o.RepublishRecheck},
 		Objects: objects,
 		// Listed with the publishes' client: proxy load never delays a Pod's start.
-		Lookups:     objectcache.Reader{Connectors: connectors, Rest: informers, Lookup: true, Lists: watcher},
+		Lookups:     objectcache.Reader{Connectors: connectors, Rest: informers, Lookup: true, Volume: true, Lists: watcher},
 		LiveClasses: watcher,
 		Authorizer:  &approval.SubjectAccessReviewer{Authz: reviewer},
 		Approval: &approval.Gate{Authz: reviewer, Client: watcher, Requests: requests, Changes: requestChanges,

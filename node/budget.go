@@ -106,9 +106,14 @@ const tmpfsPage = 4096
 // pages, and the inodes and directory entries of each file and its link (atomicdir), about
 // 1 KiB, and of the volume's directories, 4 KiB (8 built-in files measured 36 KiB).
 func footprint(files render.Files) int64 {
-	n := int64(4 << 10)
+	return 4<<10 + contentPages(files) + int64(len(files))<<10
+}
+
+// contentPages is what the files' content takes of a tmpfs's size: whole pages.
+func contentPages(files render.Files) int64 {
+	n := int64(0)
 	for _, content := range files {
-		n += (int64(len(content))+tmpfsPage-1)/tmpfsPage*tmpfsPage + 1<<10
+		n += (int64(len(content)) + tmpfsPage - 1) / tmpfsPage * tmpfsPage
 	}
 	return n
 }

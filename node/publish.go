@@ -372,10 +372,11 @@ func (s *Server) fill(target string, files render.Files, gid *int64, rec *record
 // A volume whose files are not taken keeps its earlier files and use.
 func (s *Server) takeBudget(files render.Files, rec *records.Record, mounted, renewal bool) (undo func(), err error) {
 	rec.Bytes = footprint(files)
-	if limit := s.Config.VolumeSizeLimit; limit > 0 && rec.Bytes > limit {
-		// Refused whole rather than half written: past the limit the volume would be full.
-		return nil, status.Errorf(codes.FailedPrecondition, "the volume's files take about %d bytes, more than its %d (--volume-size-limit): name fewer configurations or Connectors in it",
-			rec.Bytes, limit)
+	if n, limit := contentPages(files), s.Config.VolumeSizeLimit; !renewal && limit > 0 && n > limit {
+		// Refused whole rather than half written. A renewal is not: its Pod runs with what it
+		// has, and the tmpfs has room for it (twice the limit).
+		return nil, status.Errorf(codes.FailedPrecondition, "the volume's files take %d bytes, more than its %d (--volume-size-limit): name fewer configurations or Connectors in it",
+			n, limit)
 	}
 	return s.budget.take(rec.VolumeID, rec.Pod.Namespace, rec.Bytes, mounted, renewal)
 }

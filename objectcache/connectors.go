@@ -51,13 +51,14 @@ type Connectors struct {
 	// watching client): the proxy's, whose rate limit publishes do not share.
 	Lookups client.Reader
 	// ReadTTL, set before the first ReadWith or Lookup, is how long a Connector ReadWith, or a
-	// Lookup it did not watch, listed is kept (0: not kept); at most max are.
+	// Lookup it did not watch, listed is kept (0: not kept); at most maxListed of each are.
 	ReadTTL time.Duration
 	// LookupsPerNamespace, set before the first Lookup, bounds the Connectors of one namespace
-	// watched for lookups alone (0: only max/2 bounds them); a lookup of another is served from
-	// a list kept ReadTTL. Lookups follow what a namespace's Pods send the node's proxy: a
-	// tenant with a Pod on every node could otherwise have each node watch hundreds of its
-	// Connectors, a watch each in the API servers, millions in a 5,000-node cluster.
+	// watched for the proxy's lookups alone (0: only max/2 bounds them); a lookup of another is
+	// served from a list, kept ReadTTL and then listed again not older than it (from the API
+	// server's watch cache). The proxy's lookups follow what Pods send it: a tenant with a Pod
+	// on every node could otherwise have each node watch hundreds of its Connectors, a watch
+	// each in the API servers, millions in a 5,000-node cluster.
 	LookupsPerNamespace int
 
 	mu      sync.Mutex
@@ -65,9 +66,57 @@ type Connectors struct {
 	// missing remembers the Connectors Lookup found do not exist, for missingTTL.
 	missing *expirable.LRU[types.NamespacedName, struct{}]
 	lookups singleflight.Group
-	// listed holds what ReadWith listed, for ReadTTL; made at its first use.
-	listedOnce sync.Once
-	listed     atomic.Pointer[expirable.LRU[types.NamespacedName, *held]]
+	// apiListed holds what ReadWith listed, unlisted what lookups listed and did not watch.
+	apiListed, unlisted listedCache
+}
+
+// listedCache keeps Connectors read without a watch, and when and at which version they were
+// listed; made at its first use (ReadTTL is set after NewConnectors), none when ReadTTL is 0.
+type listedCache struct {
+	once   sync.Once
+	lru    *expirable.LRU[types.NamespacedName, *listing]
+	metric string // its size's cache label
+}
+
+// listing is a Connector as a list found it: kept (nil obj: none, or too large), listed at.
+type listing struct {
+	*held
+	resourceVersion string
+	at              time.Time
+}
+
+// of returns l's entries of c, kept life long; nil when c keeps none.
+func (l *listedCache) of(c *Connectors, life time.Duration) *expirable.LRU[types.NamespacedName, *listing] {
+	l.once.Do(func() {
+		if c.ReadTTL > 0 {
+			l.lru = expirable.NewLRU[types.NamespacedName, *listing](min(c.max, maxListed), nil, life)
+			cachemetrics.Register(l.metric, l.lru.Len)
+		}
+	})
+	return l.lru
+}
+
+// get returns l's entry of nn, if l keeps one.
+func (l *listedCache) get(nn types.NamespacedName) (*listing, bool) {
+	if l.lru == nil {
+		return nil, false
+	}
+	return l.lru.Get(nn)
+}
+
+// add keeps conn, listed at resourceVersion, in l when l keeps any, and returns it as held.
+func (l *listedCache) add(c *Connectors, nn types.NamespacedName, conn *v1alpha1.Connector, resourceVersion string) *held {
+	h := kept(conn)
+	if l.lru != nil {
+		l.lru.Add(nn, &listing{held: h, resourceVersion: resourceVersion, at: c.now()})
+	}
+	return h
+}
+
+func (l *listedCache) remove(nn types.NamespacedName) {
+	if l.lru != nil {
+		l.lru.Remove(nn)
+	}
 }
 
 // held is a Connector as a node keeps it: nil when there is none, or when it is too large to
@@ -91,7 +140,8 @@ type watched struct {
 // NewConnectors returns a cache reading through c; Run must run for entries to expire. Lookup
 // remembers a missing Connector for missingTTL (0: it does not).
 func NewConnectors(c client.WithWatch, idle time.Duration, max int, missingTTL time.Duration) *Connectors {
-	cc := &Connectors{client: c, idle: idle, max: max, now: time.Now, watched: map[types.NamespacedName]*watched{}}
+	cc := &Connectors{client: c, idle: idle, max: max, now: time.Now, watched: map[types.NamespacedName]*watched{},
+		apiListed: listedCache{metric: "connectors_api"}, unlisted: listedCache{metric: "connectors_unwatched_lookups"}}
 	if missingTTL > 0 {
 		cc.missing = expirable.NewLRU[types.NamespacedName, struct{}](max, nil, missingTTL)
 	}
@@ -119,11 +169,13 @@ func (c *Connectors) Get(ctx context.Context, nn types.NamespacedName) (*v1alpha
 // a Pod's volume waits for its creation; a watch per made-up name would cost every node a
 // list and a watch each, and push out the Connectors its volumes use.
 func (c *Connectors) Lookup(ctx context.Context, nn types.NamespacedName) (*v1alpha1.Connector, error) {
-	return c.LookupWith(ctx, nn, c.lookupReader())
+	return c.LookupWith(ctx, nn, c.lookupReader(), false)
 }
 
-// LookupWith is Lookup listing with lists: a caller's own client, and rate limit.
-func (c *Connectors) LookupWith(ctx context.Context, nn types.NamespacedName, lists client.Reader) (*v1alpha1.Connector, error) {
+// LookupWith is Lookup listing with lists: a caller's own client, and rate limit; forVolume
+// for a new volume's lookup, which watches a Connector that exists as Get does (not bound by
+// LookupsPerNamespace: its Pod uses it).
+func (c *Connectors) LookupWith(ctx context.Context, nn types.NamespacedName, lists client.Reader, forVolume bool) (*v1alpha1.Connector, error) {
 	w, missing := c.known(nn)
 	if missing {
 		return nil, notFound(nn)
@@ -131,22 +183,31 @@ func (c *Connectors) LookupWith(ctx context.Context, nn types.NamespacedName, li
 	if w != nil {
 		return c.readWithin(ctx, nn, w)
 	}
-	listed := c.listedCache()
-	if h, ok := c.listedEarlier(listed, nn); ok {
-		return h.connector(nn)
+	// A Connector listed earlier and not watched (its namespace's lookups fill their share)
+	// is served from that list for ReadTTL, then listed again, not older than it.
+	c.unlisted.of(c, 2*c.ReadTTL)
+	seen := ""
+	if l, ok := c.unlisted.get(nn); ok && !forVolume {
+		if c.now().Sub(l.at) < c.ReadTTL {
+			return l.connector(nn)
+		}
+		seen = l.resourceVersion
 	}
-	// What the list found: watched from it, or kept as listed when the namespace's lookups
-	// (or volumes) fill the cache.
+	// What the list found: watched from it, or kept as listed.
 	type found struct {
 		w *watched
 		h *held
 	}
-	f, err := singlecall.Do(ctx, &c.lookups, nn.String(), lookupTimeout, func(ctx context.Context) (found, error) {
+	key := nn.String()
+	if forVolume {
+		key = "volume\x00" + key // a proxy's lookup of the name would not watch it as a volume's
+	}
+	f, err := singlecall.Do(ctx, &c.lookups, key, lookupTimeout, func(ctx context.Context) (found, error) {
 		// A lookup that looked before a list of the name ended, and comes after it, finds it.
 		if w, missing := c.known(nn); w != nil || missing {
 			return found{w: w}, nil
 		}
-		conn, rv, err := c.listOne(ctx, lists, nn)
+		conn, rv, err := c.listOne(ctx, lists, nn, seen)
 		switch {
 		case err != nil:
 			return found{}, err
@@ -154,10 +215,10 @@ func (c *Connectors) LookupWith(ctx context.Context, nn types.NamespacedName, li
 			c.rememberMissing(nn)
 			return found{}, nil
 		}
-		if w := c.watch(nn, conn, rv, false); w != nil {
+		if w := c.watch(nn, conn, rv, forVolume); w != nil {
 			return found{w: w}, nil
 		}
-		return found{h: keep(listed, nn, conn)}, nil
+		return found{h: c.unlisted.add(c, nn, conn, rv)}, nil
 	})
 	switch {
 	case err != nil:
@@ -173,36 +234,6 @@ func (c *Connectors) rememberMissing(nn types.NamespacedName) {
 	if c.missing != nil {
 		c.missing.Add(nn, struct{}{})
 	}
-}
-
-// keep is conn as a node keeps it, kept in listed (nil: kept nowhere) for ReadTTL.
-func keep(listed *expirable.LRU[types.NamespacedName, *held], nn types.NamespacedName, conn *v1alpha1.Connector) *held {
-	h := kept(conn)
-	if listed != nil {
-		listed.Add(nn, h)
-	}
-	return h
-}
-
-// listedCache is the cache of what ReadWith and unwatched lookups listed, made at its first
-// use; nil when ReadTTL is 0.
-func (c *Connectors) listedCache() *expirable.LRU[types.NamespacedName, *held] {
-	c.listedOnce.Do(func() {
-		if c.ReadTTL > 0 {
-			listed := expirable.NewLRU[types.NamespacedName, *held](min(c.max, maxListed), nil, c.ReadTTL)
-			c.listed.Store(listed)
-			cachemetrics.Register("connectors_api", listed.Len)
-		}
-	})
-	return c.listed.Load()
-}
-
-// listedEarlier is what listed holds of nn, if anything.
-func (c *Connectors) listedEarlier(listed *expirable.LRU[types.NamespacedName, *held], nn types.NamespacedName) (*held, bool) {
-	if listed == nil {
-		return nil, false
-	}
-	return listed.Get(nn)
 }
 
 // lookupSyncWait bounds how long a lookup, or an API read, waits for a watch's first list
@@ -227,7 +258,7 @@ func (c *Connectors) readWithin(ctx context.Context, nn types.NamespacedName, w 
 // cluster watch each of its Connectors, and fan each write out to all of them) and would push
 // out the watches of the node's volumes.
 func (c *Connectors) ReadWith(ctx context.Context, nn types.NamespacedName, lists client.Reader) (*v1alpha1.Connector, error) {
-	listed := c.listedCache()
+	c.apiListed.of(c, c.ReadTTL)
 	if w := c.peek(nn); w != nil {
 		return c.readWithin(ctx, nn, w)
 	}
@@ -236,22 +267,21 @@ func (c *Connectors) ReadWith(ctx context.Context, nn types.NamespacedName, list
 			return nil, notFound(nn)
 		}
 	}
-	h, ok := c.listedEarlier(listed, nn)
-	if !ok {
-		var err error
-		h, err = singlecall.Do(ctx, &c.lookups, "read\x00"+nn.String(), lookupTimeout, func(ctx context.Context) (*held, error) {
-			found, _, err := c.listOne(ctx, lists, nn)
-			if err != nil || found == nil {
-				if err == nil {
-					c.rememberMissing(nn)
-				}
-				return nil, err
+	if l, ok := c.apiListed.get(nn); ok {
+		return l.connector(nn)
+	}
+	h, err := singlecall.Do(ctx, &c.lookups, "read\x00"+nn.String(), lookupTimeout, func(ctx context.Context) (*held, error) {
+		found, rv, err := c.listOne(ctx, lists, nn, "")
+		if err != nil || found == nil {
+			if err == nil {
+				c.rememberMissing(nn)
 			}
-			return keep(listed, nn, found), nil
-		})
-		if err != nil {
-			return nil, fmt.Errorf("read of Connector %s: %w", nn, err)
+			return nil, err
 		}
+		return c.apiListed.add(c, nn, found, rv), nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read of Connector %s: %w", nn, err)
 	}
 	return h.connector(nn)
 }
@@ -259,12 +289,11 @@ func (c *Connectors) ReadWith(ctx context.Context, nn types.NamespacedName, list
 // maxListed bounds the Connectors ReadWith keeps (each up to contract.MaxConnectorBytes).
 const maxListed = 256
 
-// forgetListed drops what ReadWith kept of nn, which a watch now holds: older than the watch's,
-// it could be read again once the watch is dropped.
+// forgetListed drops what ReadWith and lookups kept of nn, which a watch now holds: older than
+// the watch's, it could be read again once the watch is dropped.
 func (c *Connectors) forgetListed(nn types.NamespacedName) {
-	if listed := c.listed.Load(); listed != nil {
-		listed.Remove(nn)
-	}
+	c.apiListed.remove(nn)
+	c.unlisted.remove(nn)
 }
 
 // peek returns the Connector's watch, not marking it read, or nil when there is none.
@@ -345,9 +374,10 @@ func (c *Connectors) watch(nn types.NamespacedName, listed *v1alpha1.Connector, 
 	return w
 }
 
-// listOne lists the Connector nn (a field selector on its name) with r: nil when there is none.
-func (c *Connectors) listOne(ctx context.Context, r client.Reader, nn types.NamespacedName) (*v1alpha1.Connector, string, error) {
-	found, rv, err := listOne(ctx, r, nn, &v1alpha1.ConnectorList{})
+// listOne lists the Connector nn (a field selector on its name) with r, not older than seen
+// ("": a consistent list): nil when there is none.
+func (c *Connectors) listOne(ctx context.Context, r client.Reader, nn types.NamespacedName, seen string) (*v1alpha1.Connector, string, error) {
+	found, rv, err := listOneNotOlderThan(ctx, r, nn, &v1alpha1.ConnectorList{}, seen)
 	conn, _ := found.(*v1alpha1.Connector)
 	return conn, rv, err
 }
@@ -503,6 +533,8 @@ type Reader struct {
 	Rest       client.Reader
 	Lookup     bool
 	Unwatched  bool
+	// Volume: the lookups are a new volume's (Connectors.LookupWith's forVolume).
+	Volume bool
 	// Lists is the client a Lookup lists with (nil: Connectors.Lookups): volumes' lookups go
 	// with the publishes' rate limit, not the proxy's, the API's with the API's.
 	Lists client.Reader
@@ -527,7 +559,7 @@ func (r Reader) Get(ctx context.Context, key client.ObjectKey, obj client.Object
 		}
 	case r.Lookup:
 		read = func(ctx context.Context, nn types.NamespacedName) (*v1alpha1.Connector, error) {
-			return r.Connectors.LookupWith(ctx, nn, lists)
+			return r.Connectors.LookupWith(ctx, nn, lists, r.Volume)
 		}
 	}
 	cached, err := read(ctx, key)

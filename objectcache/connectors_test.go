@@ -187,13 +187,23 @@ func TestConnectorLookupsOfANamespaceAreBounded(t *testing.T) {
 		}
 	}
 	lists := 0
+	var notOlderThan []string
 	counted := interceptor.NewClient(b.Build(), interceptor.Funcs{
 		List: func(ctx context.Context, c client.WithWatch, list client.ObjectList, opts ...client.ListOption) error {
 			lists++
-			return c.List(ctx, list, opts...)
+			o := &client.ListOptions{}
+			o.ApplyOptions(opts)
+			if o.Raw.ResourceVersionMatch == metav1.ResourceVersionMatchNotOlderThan {
+				notOlderThan = append(notOlderThan, o.Raw.ResourceVersion)
+			}
+			err := c.List(ctx, list, opts...)
+			list.SetResourceVersion("7") // the fake client's lists name none
+			return err
 		}})
 	c := NewConnectors(counted, time.Hour, 100, 0)
 	c.LookupsPerNamespace, c.ReadTTL = 2, time.Hour
+	now := time.Unix(1_000, 0)
+	c.now = func() time.Time { return now }
 	t.Cleanup(func() { c.Run(cancelled()) })
 	at := func(ns string, i int) types.NamespacedName {
 		return types.NamespacedName{Namespace: ns, Name: fmt.Sprintf("c-%d", i)}
@@ -230,10 +240,21 @@ func TestConnectorLookupsOfANamespaceAreBounded(t *testing.T) {
 	if n := lists - before; n != 0 {
 		t.Errorf("looking the namespace's Connectors up again listed %d times, want none (watched, or kept as listed)", n)
 	}
+	// Past ReadTTL, an unwatched one is listed again, not older than its last list (served
+	// from the API server's watch cache, with no read of etcd).
+	now = now.Add(time.Hour + time.Second)
+	lookup(at("tenant", 2))
+	if len(notOlderThan) != 1 || notOlderThan[0] != "7" {
+		t.Errorf("a list again past ReadTTL asked for versions not older than %q, want the one listed before", notOlderThan)
+	}
+	// A new volume's lookup watches what its Pod uses, whatever the namespace's lookups hold.
+	if _, err := c.LookupWith(ctx, at("tenant", 4), counted, true); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := c.Get(ctx, at("tenant", 5)); err != nil {
 		t.Fatal(err)
 	}
-	if got := watchedOf(); !slices.Contains(got, "tenant/c-5") || len(got) != 5 {
-		t.Errorf("watched after a volume read tenant/c-5: %v, want it watched too", got)
+	if got := watchedOf(); !slices.Contains(got, "tenant/c-4") || !slices.Contains(got, "tenant/c-5") || len(got) != 6 {
+		t.Errorf("watched after a volume's lookup of tenant/c-4 and a volume's read of tenant/c-5: %v, want both watched too", got)
 	}
 }

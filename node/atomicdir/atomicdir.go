@@ -18,7 +18,7 @@ import (
 
 const dataLink = "..data"
 
-// tmpPrefix begins the names of the data directories, as kubelet's do.
+// tmpPrefix begins the names of the data directories.
 const tmpPrefix = "..tmp_"
 
 // Ownership is how written files and directories are owned.
@@ -118,8 +118,11 @@ func currentDataDir(dir string) (string, error) {
 	}
 	// Only a directory this package made, in dir: the target is read from, linked from and,
 	// after an update, removed whole, as the driver's user; one that names anything else (a
-	// path out of the volume) is refused rather than followed.
+	// path out of the volume, a link to one) is refused rather than followed.
 	if !strings.HasPrefix(target, tmpPrefix) || target != filepath.Base(target) {
+		return "", fmt.Errorf("%s in %s points at %q, not a data directory of its own", dataLink, dir, target)
+	}
+	if fi, err := os.Lstat(filepath.Join(dir, target)); err != nil || !fi.IsDir() {
 		return "", fmt.Errorf("%s in %s points at %q, not a data directory of its own", dataLink, dir, target)
 	}
 	return target, nil

@@ -89,8 +89,11 @@ func TestADataLinkOutOfTheDirectoryIsRefused(t *testing.T) {
 	if err := os.WriteFile(kept, []byte("not the volume's"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	for _, target := range []string{outside, "../" + filepath.Base(outside), "..tmp_x/../..", "data"} {
+	for _, target := range []string{outside, "../" + filepath.Base(outside), "..tmp_x/../..", "data", "..tmp_link"} {
 		dir := t.TempDir()
+		if err := os.Symlink(outside, filepath.Join(dir, "..tmp_link")); err != nil { // named as a data directory
+			t.Fatal(err)
+		}
 		if err := os.Symlink(target, filepath.Join(dir, dataLink)); err != nil {
 			t.Fatal(err)
 		}
