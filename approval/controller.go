@@ -529,7 +529,7 @@ func (c *Controller) evaluate(ctx context.Context, ar *v1alpha1.AccessRequest) (
 	}
 	ref := ar.Spec.Context.ObjectRef
 	var pod corev1.Pod
-	podErr := readerFor(ctx, c.Reader).Get(ctx, types.NamespacedName{Namespace: ref.Namespace, Name: ref.Name}, &pod)
+	podErr := getCacheFirst(ctx, readerFor(ctx, c.Reader), types.NamespacedName{Namespace: ref.Namespace, Name: ref.Name}, &pod, ref.UID)
 	var connector v1alpha1.Connector
 	connErr := c.Client.Get(ctx, types.NamespacedName{Namespace: ar.Namespace, Name: ar.Spec.ConnectorRef.Name}, &connector)
 	for _, err := range []error{podErr, connErr} {

@@ -34,7 +34,8 @@ var ownerChainKeys = map[string]string{
 
 // tektonOwners returns the Pod's TaskRun and that TaskRun's PipelineRun as template context
 // entries: each the controller ownerReference of the one before, read from the API server
-// (uncached) and kept only when its UID is the one the reference names, and the TaskRun only
+// (its watch cache first: getCacheFirst) and kept only when its UID is the one the reference
+// names, and the TaskRun only
 // when it records no other Pod as its own (recordsPod). An entry is missing when its link does
 // not verify.
 func tektonOwners(ctx context.Context, r client.Reader, pod *corev1.Pod) (map[string]any, error) {
@@ -65,7 +66,7 @@ func verifiedOwner(ctx context.Context, r client.Reader, namespace string, obj m
 	}
 	owner := &unstructured.Unstructured{}
 	owner.SetGroupVersionKind(gv.WithKind(kind))
-	err = r.Get(ctx, types.NamespacedName{Namespace: namespace, Name: ref.Name}, owner)
+	err = getCacheFirst(ctx, r, types.NamespacedName{Namespace: namespace, Name: ref.Name}, owner, ref.UID)
 	switch {
 	case apierrors.IsNotFound(err) || meta.IsNoMatchError(err):
 		return nil, nil
