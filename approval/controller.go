@@ -148,7 +148,9 @@ func (c *Controller) SetupWithManager(mgr ctrl.Manager) error {
 		// and a shared Connector's tool that flaps would otherwise evaluate all its requests
 		// again at each flap.
 		Watches(&v1alpha1.Connector{}, c.turns.handler(c.requestsOfConnector), notStatusOnly).
-		Watches(&v1alpha1.AccessPolicy{}, c.turns.handler(c.requestsInNamespace), notStatusOnly).
+		// A policy's change wakes only the requests that recorded none (their first
+		// evaluation, none matching, too large): the others keep the policies they recorded.
+		Watches(&v1alpha1.AccessPolicy{}, c.turns.handler(c.requestsWithoutPolicies), specChanged).
 		// A check or role template changed: its checks' selectors may have (see checkReads).
 		Watches(&corev1.ConfigMap{}, c.turns.handler(c.requestsUsingTemplate)).
 		// A grant that appears, or changes, after its request was revoked: written by a leader
@@ -216,6 +218,9 @@ func (c *Controller) revokedOwner(ctx context.Context, o client.Object) []reconc
 
 // notStatusOnly passes every event but an update of the status alone (spec changes move the
 // generation; labels and annotations are metadata of their own).
+// specChanged passes an object's creation, deletion and spec changes (its generation).
+var specChanged = builder.WithPredicates(predicate.GenerationChangedPredicate{})
+
 var notStatusOnly = builder.WithPredicates(predicate.Or[client.Object](predicate.GenerationChangedPredicate{},
 	predicate.LabelChangedPredicate{}, predicate.AnnotationChangedPredicate{}))
 
@@ -261,7 +266,7 @@ func requestsOf[T any, P interface {
 // day of a busy namespace's history at each policy, Connector, template or check object event.
 const (
 	indexConnector    = "live.spec.connectorRef.name"
-	indexLive         = "live"
+	indexNoPolicies   = "live.status.policies.none"
 	indexPodNamespace = "live.spec.context.objectRef.namespace"
 	indexTemplate     = "live.status.policies.templates"
 	// indexPod is "<namespace>/<name>" of the request's Pod, revoked requests too.
@@ -270,8 +275,13 @@ const (
 
 // requestIndexes are the fields indexRequests indexes, and how.
 var requestIndexes = map[string]client.IndexerFunc{
-	indexConnector:    liveOnly(func(ar *v1alpha1.AccessRequest) []string { return []string{ar.Spec.ConnectorRef.Name} }),
-	indexLive:         liveOnly(func(*v1alpha1.AccessRequest) []string { return []string{"true"} }),
+	indexConnector: liveOnly(func(ar *v1alpha1.AccessRequest) []string { return []string{ar.Spec.ConnectorRef.Name} }),
+	indexNoPolicies: liveOnly(func(ar *v1alpha1.AccessRequest) []string {
+		if len(ar.Status.Policies) > 0 {
+			return nil
+		}
+		return []string{"true"}
+	}),
 	indexPodNamespace: liveOnly(func(ar *v1alpha1.AccessRequest) []string { return []string{ar.Spec.Context.ObjectRef.Namespace} }),
 	indexTemplate: liveOnly(func(ar *v1alpha1.AccessRequest) []string {
 		var names []string
@@ -311,8 +321,11 @@ func (c *Controller) requestsOfConnector(ctx context.Context, o client.Object) [
 	return c.requests(ctx, nil, client.InNamespace(o.GetNamespace()), client.MatchingFields{indexConnector: o.GetName()})
 }
 
-func (c *Controller) requestsInNamespace(ctx context.Context, o client.Object) []reconcile.Request {
-	return c.requests(ctx, nil, client.InNamespace(o.GetNamespace()), client.MatchingFields{indexLive: "true"})
+// requestsWithoutPolicies wakes the live requests of o's namespace that recorded no policy: a
+// policy's change reaches no other (each keeps what it recorded), and a kube-public policy's
+// edit would otherwise evaluate every live request of its shared Connectors.
+func (c *Controller) requestsWithoutPolicies(ctx context.Context, o client.Object) []reconcile.Request {
+	return c.requests(ctx, nil, client.InNamespace(o.GetNamespace()), client.MatchingFields{indexNoPolicies: "true"})
 }
 
 // requestsUsingTemplate wakes the live requests whose snapshotted policies name the template

@@ -3,6 +3,7 @@ package approval
 import (
 	"context"
 	"slices"
+	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -72,8 +73,9 @@ func withRequestIndexes(b *fake.ClientBuilder) *fake.ClientBuilder {
 }
 
 // TestRevokedRequestsAreNotWoken: a revoked request is done; a policy, Connector, template or
-// check object event wakes the live requests it concerns, and finds them by indexes that hold
-// live requests alone, so that a day of a busy namespace's revoked requests is not walked.
+// check object event wakes the live requests it concerns (a policy's, only those that recorded
+// none), and finds them by indexes that hold live requests alone, so that a day of a busy
+// namespace's revoked requests is not walked.
 func TestRevokedRequestsAreNotWoken(t *testing.T) {
 	scheme := testScheme(t)
 	request := func(name string, revokedToo bool) *v1alpha1.AccessRequest {
@@ -88,17 +90,24 @@ func TestRevokedRequestsAreNotWoken(t *testing.T) {
 		}
 		return ar
 	}
+	unmatched := request("unmatched", false) // live, no policy recorded (none matched)
+	unmatched.Status.Policies = nil
+	doneUnmatched := request("done-unmatched", true)
+	doneUnmatched.Status.Policies = nil
 	c := &Controller{SystemNamespace: "connectors-system",
-		Client: withRequestIndexes(fake.NewClientBuilder().WithScheme(scheme).WithObjects(request("live", false), request("done", true))).Build()}
+		Client: withRequestIndexes(fake.NewClientBuilder().WithScheme(scheme).WithObjects(request("live", false), request("done", true), unmatched, doneUnmatched)).Build()}
 	ctx := context.Background()
-	want := []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: "team", Name: "live"}}}
-	for what, got := range map[string][]reconcile.Request{
-		"a policy":    c.requestsInNamespace(ctx, &v1alpha1.AccessPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "team", Name: "gate"}}),
-		"a Connector": c.requestsOfConnector(ctx, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Namespace: "team", Name: "git"}}),
-		"a template":  c.requestsUsingTemplate(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "connectors-system", Name: "check-template"}}),
+	live := reconcile.Request{NamespacedName: types.NamespacedName{Namespace: "team", Name: "live"}}
+	liveUnmatched := reconcile.Request{NamespacedName: types.NamespacedName{Namespace: "team", Name: "unmatched"}}
+	for what, tc := range map[string]struct{ got, want []reconcile.Request }{
+		// The others keep the policies they recorded.
+		"a policy":    {c.requestsWithoutPolicies(ctx, &v1alpha1.AccessPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "team", Name: "gate"}}), []reconcile.Request{liveUnmatched}},
+		"a Connector": {c.requestsOfConnector(ctx, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Namespace: "team", Name: "git"}}), []reconcile.Request{live, liveUnmatched}},
+		"a template":  {c.requestsUsingTemplate(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "connectors-system", Name: "check-template"}}), []reconcile.Request{live}},
 	} {
-		if !slices.Equal(got, want) {
-			t.Errorf("%s woke %v, want the live request alone", what, got)
+		slices.SortFunc(tc.got, func(a, b reconcile.Request) int { return strings.Compare(a.Name, b.Name) })
+		if !slices.Equal(tc.got, tc.want) {
+			t.Errorf("%s woke %v, want %v", what, tc.got, tc.want)
 		}
 	}
 }
