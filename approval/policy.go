@@ -39,7 +39,12 @@ import (
 type PolicyController struct {
 	Client client.Client
 	// Reader reads a template ConfigMap, uncached, that Client's cache does not have yet.
-	Reader          client.Reader
+	Reader client.Reader
+	// Grants, when set, is the cache of the Roles and RoleBindings labelled as grants
+	// (their names at least): a policy with no default grant to keep deletes one only if it
+	// holds one of the name, rather than reading both live at every reconcile (each policy's,
+	// at a new leader's start).
+	Grants          client.Reader
 	SystemNamespace string
 	// States compiles CEL states; shared with the Controller.
 	States *States
@@ -67,7 +72,20 @@ func (c *PolicyController) SetupWithManager(mgr ctrl.Manager) error {
 		// a reconcile reads the policy's default grant from the API server. The informer's
 		// periodic resync (no new version) still reconciles, repairing a grant removed by hand.
 		For(&v1alpha1.AccessPolicy{}, builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, resync))).
-		Watches(&v1alpha1.Connector{}, handler.EnqueueRequestsFromMapFunc(c.policiesIn), notStatusOnly).
+		// A Connector's change concerns the policies that select it, before or after: their
+		// matched Connectors and default grants; each policy reconciled lists its namespace's
+		// Connectors and reads its grant.
+		Watches(&v1alpha1.Connector{}, handler.Funcs{
+			CreateFunc: func(ctx context.Context, e event.CreateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+				c.enqueueSelectingConnector(ctx, q, e.Object)
+			},
+			UpdateFunc: func(ctx context.Context, e event.UpdateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+				c.enqueueSelectingConnector(ctx, q, e.ObjectOld, e.ObjectNew)
+			},
+			DeleteFunc: func(ctx context.Context, e event.DeleteEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+				c.enqueueSelectingConnector(ctx, q, e.Object)
+			},
+		}, notStatusOnly).
 		// A namespace created, deleted or relabelled changes the subjects of a defaultPermission
 		// that selects it by label (before or after), and of no other policy: each policy
 		// reconciled reads its grant from the API server.
@@ -104,8 +122,23 @@ func (c *PolicyController) list(ctx context.Context, keep func(*v1alpha1.AccessP
 	return requestsOf(list.Items, keep)
 }
 
-func (c *PolicyController) policiesIn(ctx context.Context, o client.Object) []reconcile.Request {
-	return c.list(ctx, nil, client.InNamespace(o.GetNamespace()))
+// enqueueSelectingConnector queues the policies of the Connector's namespace that select any
+// of versions (its old and new).
+func (c *PolicyController) enqueueSelectingConnector(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request], versions ...client.Object) {
+	var conns []*v1alpha1.Connector
+	for _, o := range versions {
+		if conn, ok := o.(*v1alpha1.Connector); ok {
+			conns = append(conns, conn)
+		}
+	}
+	if len(conns) == 0 {
+		return
+	}
+	for _, r := range c.list(ctx, func(p *v1alpha1.AccessPolicy) bool {
+		return slices.ContainsFunc(conns, func(conn *v1alpha1.Connector) bool { return Selects(&p.Spec.Connector, conn) })
+	}, client.InNamespace(conns[0].Namespace)) {
+		q.Add(r)
+	}
 }
 
 // enqueueSelecting queues the policies whose defaultPermission selects, by label, a namespace
@@ -339,6 +372,9 @@ func (c *PolicyController) syncDefaultPermission(ctx context.Context, p *v1alpha
 	name := defaultGrantName(p.Name)
 	dp := p.Spec.DefaultPermission
 	if dp == nil || len(matched) == 0 {
+		if !c.mayHoldGrant(ctx, p.Namespace, name) {
+			return nil
+		}
 		return deleteGrant(ctx, c.Client, c.Client, p, name)
 	}
 	if dp.RoleTemplate.Ref.ConfigMap == nil {
@@ -366,6 +402,21 @@ func (c *PolicyController) syncDefaultPermission(ctx context.Context, p *v1alpha
 		return err
 	}
 	return writeGrant(ctx, c.Client, nil, p, name, rules, subjects, nil)
+}
+
+// mayHoldGrant tells whether the namespace may hold a grant of the name: the grants' cache
+// holds a Role or RoleBinding of it, or there is no such cache (or it cannot say).
+func (c *PolicyController) mayHoldGrant(ctx context.Context, namespace, name string) bool {
+	if c.Grants == nil {
+		return true
+	}
+	key := types.NamespacedName{Namespace: namespace, Name: name}
+	for _, obj := range []client.Object{&rbacv1.Role{}, &rbacv1.RoleBinding{}} {
+		if err := c.Grants.Get(ctx, key, obj, client.UnsafeDisableDeepCopy); !apierrors.IsNotFound(err) {
+			return true
+		}
+	}
+	return false
 }
 
 // maxGrantSubjects bounds the subjects a binding template expands to: names times namespaces

@@ -1,11 +1,19 @@
 package approval
 
 import (
+	"context"
+	"slices"
 	"testing"
 
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/workqueue"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
 )
@@ -51,5 +59,74 @@ func TestSelectsNamespace(t *testing.T) {
 		{NamespaceSelector: v1alpha1.NamespaceSelector{Names: []string{"fixed"}}}}}}
 	if selectsNamespace(byName, map[string]string{"team": "a"}) || selectsNamespace(nil, nil) {
 		t.Error("a policy selecting no namespace by label was woken by a namespace's labels")
+	}
+}
+
+// TestConnectorChangesReachOnlyPoliciesSelectingThem: a Connector's event queues the policies
+// of its namespace that select it, as it was or is (a relabelled one's old and new labels),
+// not every policy of the namespace: each reconcile lists the namespace's Connectors and reads
+// its grant.
+func TestConnectorChangesReachOnlyPoliciesSelectingThem(t *testing.T) {
+	policy := func(name string, sel v1alpha1.ConnectorSelector) *v1alpha1.AccessPolicy {
+		return &v1alpha1.AccessPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "team", Name: name}, Spec: v1alpha1.AccessPolicySpec{Connector: sel}}
+	}
+	c := &PolicyController{Client: fake.NewClientBuilder().WithScheme(testScheme(t)).WithObjects(
+		policy("by-name", v1alpha1.ConnectorSelector{Names: []string{"git"}}),
+		policy("other-name", v1alpha1.ConnectorSelector{Names: []string{"registry"}}),
+		policy("by-label", v1alpha1.ConnectorSelector{MatchLabels: map[string]string{"tier": "prod"}}),
+	).Build()}
+	conn := func(name string, labels map[string]string) *v1alpha1.Connector {
+		return &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Namespace: "team", Name: name, Labels: labels}}
+	}
+	for what, tc := range map[string]struct {
+		versions []client.Object
+		want     []string
+	}{
+		"git, unlabelled":          {[]client.Object{conn("git", nil)}, []string{"by-name"}},
+		"git, labelled prod since": {[]client.Object{conn("git", nil), conn("git", map[string]string{"tier": "prod"})}, []string{"by-label", "by-name"}},
+		"another, prod until now":  {[]client.Object{conn("other", map[string]string{"tier": "prod"}), conn("other", nil)}, []string{"by-label"}},
+		"one nobody selects":       {[]client.Object{conn("other", nil)}, nil},
+	} {
+		q := workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[reconcile.Request]())
+		c.enqueueSelectingConnector(context.Background(), q, tc.versions...)
+		var got []string
+		for q.Len() > 0 {
+			r, _ := q.Get()
+			got = append(got, r.Name)
+			q.Done(r)
+		}
+		slices.Sort(got)
+		if !slices.Equal(got, tc.want) {
+			t.Errorf("%s: queued %v, want %v", what, got, tc.want)
+		}
+		q.ShutDown()
+	}
+}
+
+// TestAPolicyWithoutAGrantReadsNone: a policy with no default grant to keep (a gating policy,
+// or none matched) deletes one only when the grants' cache holds one of its name; it reads no
+// Role or RoleBinding live otherwise (at a new leader's start, each policy's reconcile did).
+func TestAPolicyWithoutAGrantReadsNone(t *testing.T) {
+	p := &v1alpha1.AccessPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "team", Name: "gate", UID: "p"}}
+	for what, tc := range map[string]struct {
+		cached    []client.Object
+		wantReads bool
+	}{
+		"no grant cached": {nil, false},
+		"its Role cached": {[]client.Object{&rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Namespace: "team", Name: defaultGrantName("gate")}}}, true},
+	} {
+		reads := 0
+		live := interceptor.NewClient(fake.NewClientBuilder().WithScheme(testScheme(t)).Build(), interceptor.Funcs{
+			Get: func(ctx context.Context, c client.WithWatch, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+				reads++
+				return c.Get(ctx, key, obj, opts...)
+			}})
+		c := &PolicyController{Client: live, Grants: fake.NewClientBuilder().WithScheme(testScheme(t)).WithObjects(tc.cached...).Build()}
+		if err := c.syncDefaultPermission(context.Background(), p, nil); err != nil {
+			t.Fatal(err)
+		}
+		if (reads > 0) != tc.wantReads {
+			t.Errorf("%s: %d live reads, want any: %v", what, reads, tc.wantReads)
+		}
 	}
 }

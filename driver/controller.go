@@ -102,7 +102,7 @@ func startController(ctx context.Context, g *errgroup.Group, p *process, ready *
 		return err
 	}
 	if err := (&approval.PolicyController{
-		Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), SystemNamespace: o.SystemNamespace, States: states,
+		Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Grants: mgr.GetCache(), SystemNamespace: o.SystemNamespace, States: states,
 	}).SetupWithManager(mgr); err != nil {
 		return err
 	}

@@ -55,13 +55,7 @@ func TestDefaultPermissionAndBadPolicies(t *testing.T) {
 	}
 	allowConnectors(t, ns, "allowed", "shared")
 	allowConnectors(t, ns, "other", "shared", "guarded-cm", "guarded-kind", "guarded-cel")
-	create(t, &v1alpha1.AccessPolicy{ObjectMeta: metav1.ObjectMeta{Name: "everyday", Namespace: ns},
-		Spec: v1alpha1.AccessPolicySpec{
-			Connector: v1alpha1.ConnectorSelector{Names: []string{"shared"}},
-			DefaultPermission: &v1alpha1.DefaultPermission{RoleTemplate: roleRef("connectors-use-connectors-proxy"),
-				BindingTemplate: v1alpha1.BindingTemplate{ServiceAccounts: []v1alpha1.ServiceAccountSelector{{
-					Names: []string{"allowed"}, NamespaceSelector: v1alpha1.NamespaceSelector{Names: []string{ns}}}}}},
-		}})
+	create(t, defaultPolicy(ns, "everyday", "shared", "allowed", v1alpha1.NamespaceSelector{Names: []string{ns}}))
 	p := waitPolicy(t, ns, "everyday", metav1.ConditionTrue, "Ready")
 	if len(p.Status.MatchedConnectors) != 1 || p.Status.MatchedConnectors[0].Name != "shared" {
 		t.Fatalf("matchedConnectors %v", p.Status.MatchedConnectors)
@@ -140,20 +134,8 @@ func TestNamespaceChangesReachOnlyPoliciesSelectingThem(t *testing.T) {
 	ns := newNamespace(t)
 	gitConnector(t, ns, "shared", gitClass(t), startGitServer(t, false))
 	team := "team-" + rand.String(6)
-	create(t, &v1alpha1.AccessPolicy{ObjectMeta: metav1.ObjectMeta{Name: "by-label", Namespace: ns},
-		Spec: v1alpha1.AccessPolicySpec{
-			Connector: v1alpha1.ConnectorSelector{Names: []string{"shared"}},
-			DefaultPermission: &v1alpha1.DefaultPermission{RoleTemplate: roleRef("connectors-use-connectors-proxy"),
-				BindingTemplate: v1alpha1.BindingTemplate{ServiceAccounts: []v1alpha1.ServiceAccountSelector{{
-					Names: []string{"builder"}, NamespaceSelector: v1alpha1.NamespaceSelector{MatchLabels: map[string]string{"e2e.example/team": team}}}}}},
-		}})
-	create(t, &v1alpha1.AccessPolicy{ObjectMeta: metav1.ObjectMeta{Name: "other-team", Namespace: ns},
-		Spec: v1alpha1.AccessPolicySpec{
-			Connector: v1alpha1.ConnectorSelector{Names: []string{"shared"}},
-			DefaultPermission: &v1alpha1.DefaultPermission{RoleTemplate: roleRef("connectors-use-connectors-proxy"),
-				BindingTemplate: v1alpha1.BindingTemplate{ServiceAccounts: []v1alpha1.ServiceAccountSelector{{
-					Names: []string{"builder"}, NamespaceSelector: v1alpha1.NamespaceSelector{MatchLabels: map[string]string{"e2e.example/team": team + "-other"}}}}}},
-		}})
+	create(t, defaultPolicy(ns, "by-label", "shared", "builder", v1alpha1.NamespaceSelector{MatchLabels: map[string]string{"e2e.example/team": team}}))
+	create(t, defaultPolicy(ns, "other-team", "shared", "builder", v1alpha1.NamespaceSelector{MatchLabels: map[string]string{"e2e.example/team": team + "-other"}}))
 	gate := gatingPolicy("gate", "shared", pipelineCheck)
 	gate.Namespace = ns
 	create(t, gate)
@@ -209,8 +191,8 @@ func TestNamespaceChangesReachOnlyPoliciesSelectingThem(t *testing.T) {
 // TestAPolicyIsNotReconciledForItsOwnStatus: the policy controller writes a policy's status;
 // that write, nor anyone's to the status alone, reconciles it again (each reconcile reads its
 // default grant from the API server, and one for each policy changed is enough). Its spec
-// changes do. The controller as deployed, its reads of the gating policy's grant name from
-// the audit log: one reconcile, two reads.
+// changes do. The controller as deployed, its reads of the policy's grant from the audit log:
+// one reconcile, two reads. A gating policy, with no default grant to keep, reads none.
 func TestAPolicyIsNotReconciledForItsOwnStatus(t *testing.T) {
 	setupApproval(t)
 	startDeployedDrivers(t, nil)
@@ -223,16 +205,37 @@ func TestAPolicyIsNotReconciledForItsOwnStatus(t *testing.T) {
 	gate := gatingPolicy("gate", "shared", pipelineCheck)
 	gate.Namespace = ns
 	create(t, gate)
-	waitPolicy(t, ns, "gate", metav1.ConditionTrue, "Ready")
+	create(t, defaultPolicy(ns, "builders", "shared", "builder", v1alpha1.NamespaceSelector{Names: []string{ns}}))
+	for _, name := range []string{"gate", "builders"} {
+		waitPolicy(t, ns, name, metav1.ConditionTrue, "Ready")
+	}
 	time.Sleep(time.Second) // a reconcile of its own status write would come within it
-	reads, err := cp.AuditEvents(func(ev *auditv1.Event) bool {
-		return ev.User.Username == controlplane.ControllerUser && ev.ObjectRef != nil && ev.ObjectRef.Namespace == ns &&
-			ev.ObjectRef.Name == "connectors-default-gate" && !ev.RequestReceivedTimestamp.Time.Before(start)
-	})
-	if err != nil {
-		t.Fatal(err)
+	reads := func(policy string) int {
+		events, err := cp.AuditEvents(func(ev *auditv1.Event) bool {
+			return ev.User.Username == controlplane.ControllerUser && ev.Verb == "get" && ev.ObjectRef != nil && ev.ObjectRef.Namespace == ns &&
+				ev.ObjectRef.Name == "connectors-default-"+policy && !ev.RequestReceivedTimestamp.Time.Before(start)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(events)
 	}
-	if len(reads) != 2 {
-		t.Errorf("a new gating policy's grant was read %d times, want 2 (its Role and RoleBinding, once)", len(reads))
+	if n := reads("builders"); n != 2 {
+		t.Errorf("a new policy's grant was read %d times, want 2 (its Role and RoleBinding, once)", n)
 	}
+	if n := reads("gate"); n != 0 {
+		t.Errorf("a new gating policy's grant, which there is none of, was read %d times, want none", n)
+	}
+}
+
+// defaultPolicy is a policy name of ns whose defaultPermission lets ServiceAccount sa of the
+// namespaces selected use Connector connector through the proxy.
+func defaultPolicy(ns, name, connector, sa string, namespaces v1alpha1.NamespaceSelector) *v1alpha1.AccessPolicy {
+	return &v1alpha1.AccessPolicy{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Spec: v1alpha1.AccessPolicySpec{
+			Connector: v1alpha1.ConnectorSelector{Names: []string{connector}},
+			DefaultPermission: &v1alpha1.DefaultPermission{RoleTemplate: roleRef("connectors-use-connectors-proxy"),
+				BindingTemplate: v1alpha1.BindingTemplate{ServiceAccounts: []v1alpha1.ServiceAccountSelector{{
+					Names: []string{sa}, NamespaceSelector: namespaces}}}},
+		}}
 }
