@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"math/rand/v2"
 	"net/http"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/tools/events"
+	"k8s.io/client-go/util/workqueue"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -91,7 +93,13 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("connectorstatus").
 		WatchesRawSource(source.Channel(trustChanges, &handler.EnqueueRequestForObject{})).
-		For(&v1alpha1.Connector{}, builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, predicate.LabelChangedPredicate{}))).
+		For(&v1alpha1.Connector{}, builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, predicate.LabelChangedPredicate{}),
+			predicate.Funcs{CreateFunc: func(e event.CreateEvent) bool { return !probedBefore(e.Object) }})).
+		// A Connector probed before (by an earlier leader: a new leader's first list) is probed
+		// again at a random time within Recheck rather than at once: 20,000 Connectors would
+		// otherwise be probed, their Secrets read, all at the leader's start, and then the
+		// queue would hold them all for a whole cycle ahead of a new Connector's namespace turn.
+		Watches(&v1alpha1.Connector{}, handler.Funcs{CreateFunc: r.spreadFirstProbe}).
 		// A host Service changed by someone else (led elsewhere) is led back at once, not at the
 		// Connector's recheck. Only its own: the cache keeps other labelled Services as stubs,
 		// with no owner; and not on a resync, which would probe every such Connector at once.
@@ -103,6 +111,28 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		// namespace.
 		WithOptions(controller.Options{MaxConcurrentReconciles: max(r.Workers, 1), NewQueue: fairqueue.New(r.placeInQueue)}).
 		Complete(r)
+}
+
+// probedBefore tells whether a Connector has a status already (an earlier leader's) of its
+// current spec and class label: one changed since is probed at once.
+func probedBefore(o client.Object) bool {
+	c, ok := o.(*v1alpha1.Connector)
+	if !ok || len(c.Status.Conditions) == 0 || c.Labels[v1alpha1.LabelConnectorClass] != c.Spec.ConnectorClassName {
+		return false
+	}
+	for _, cond := range c.Status.Conditions {
+		if cond.ObservedGeneration != c.Generation {
+			return false
+		}
+	}
+	return true
+}
+
+// spreadFirstProbe queues a Connector probed before at a random time within Recheck.
+func (r *Reconciler) spreadFirstProbe(_ context.Context, e event.CreateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+	if probedBefore(e.Object) {
+		q.AddAfter(reconcile.Request{NamespacedName: client.ObjectKeyFromObject(e.Object)}, rand.N(max(r.Recheck, time.Second)))
+	}
 }
 
 // placeInQueue puts a Connector never probed first in its namespace's turn. Read from the cache,
