@@ -232,12 +232,17 @@ func toolError(tool string, err error) error {
 	case errors.Is(err, context.DeadlineExceeded):
 		return errorf(http.StatusGatewayTimeout, metav1.StatusReasonTimeout, "the %s did not answer within %s", tool, toolTimeout)
 	}
+	// Neither library's message goes on whole: go-containerregistry's quotes a token service's
+	// body (a refresh token, a token under a key it does not know), go-git's the tool's answer.
 	var uerr *url.Error
 	var nerr interface{ Timeout() bool }
 	if errors.As(err, &uerr) || errors.As(err, &nerr) {
-		return errorf(http.StatusServiceUnavailable, metav1.StatusReasonServiceUnavailable, "the %s is unreachable: %v", tool, err)
+		return errorf(http.StatusServiceUnavailable, metav1.StatusReasonServiceUnavailable, "the %s is unreachable: %s", tool, proxy.UpstreamFailure(err))
 	}
-	return errorf(http.StatusBadGateway, "BadGateway", "the %s gave an answer that could not be read: %v", tool, err)
+	if terr != nil {
+		return errorf(http.StatusBadGateway, "BadGateway", "the %s answered %d", tool, terr.StatusCode)
+	}
+	return errorf(http.StatusBadGateway, "BadGateway", "the %s gave an answer that could not be read", tool)
 }
 
 // registryOptions are go-containerregistry options with the Connector's credential: the library

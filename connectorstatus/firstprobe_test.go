@@ -20,7 +20,7 @@ type delays struct {
 }
 
 func (d *delays) AddAfter(r reconcile.Request, after time.Duration) { d.after[r.Name] = after }
-func (d *delays) Add(r reconcile.Request)                            { d.after[r.Name] = 0 }
+func (d *delays) Add(r reconcile.Request)                           { d.after[r.Name] = 0 }
 
 // TestANewLeaderSpreadsItsFirstProbes: at a new leader's first list, a Connector an earlier
 // leader probed (a status of its current spec and class label) is probed again at a random

@@ -142,10 +142,17 @@ func renderProbe(field, text string, data templateData) (string, error) {
 	return strings.TrimSpace(string(out)), nil
 }
 
-// templateError keeps text/template's message up to the failing action: what follows may
-// quote a value (a Secret's), which a status message must not.
+// templateError keeps text/template's message up to the failing action ("template: name:1:2:
+// executing "name" at <.Secret.x>"): what follows may quote a value (a Secret's: "range can't
+// iterate over <value>", a function's error), which a status message, read by whoever may get
+// the Connector, must not.
 func templateError(err error) error {
 	msg := err.Error()
+	if i := strings.Index(msg, " at <"); i >= 0 {
+		if j := strings.Index(msg[i:], ">: "); j >= 0 {
+			return errors.New(msg[:i+j+1] + ": it failed there (what it read is not quoted)")
+		}
+	}
 	if i := strings.Index(msg, ": error calling"); i >= 0 {
 		msg = msg[:i] + ": a function failed"
 	}

@@ -267,7 +267,10 @@ func proxyCredentials(h http.Header) (connectors []types.NamespacedName, token s
 	for _, item := range strings.Split(userPart, ",") {
 		ns, name, ok := strings.Cut(strings.TrimSpace(item), "/")
 		if !ok || ns == "" || name == "" {
-			return nil, "", refusef(http.StatusProxyAuthRequired, "proxy user %q is not a list of <namespace>/<connector>", item)
+			// Not quoted: a client given the proxy as http://<token>@host sends its token as
+			// the user, and the answer is logged and printed by CI.
+			return nil, "", refusef(http.StatusProxyAuthRequired, "the proxy user (%d bytes) is not a list of <namespace>/<connector>; the token goes in the password",
+				len(item))
 		}
 		connectors = append(connectors, types.NamespacedName{Namespace: ns, Name: name})
 	}

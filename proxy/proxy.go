@@ -9,13 +9,17 @@ package proxy
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -601,9 +605,9 @@ func upstreamErrorFor(w http.ResponseWriter, rt *route, err error) {
 		answerRefusal(w, rt, code, msg)
 		return
 	}
-	klog.Background().Info("Upstream request failed", "connector", klog.KObj(rt.connector), "host", rt.target.Host, "err", err)
+	klog.Background().Info("Upstream request failed", "connector", klog.KObj(rt.connector), "host", rt.target.Host, "err", rt.redacted(err.Error()))
 	code, reason := http.StatusBadGateway, metav1.StatusReason("BadGateway")
-	msg := fmt.Sprintf("Connector %s/%s: %s unreachable: %v", rt.connector.Namespace, rt.connector.Name, rt.target.Host, err)
+	msg := fmt.Sprintf("Connector %s/%s: %s unreachable: %s", rt.connector.Namespace, rt.connector.Name, rt.target.Host, UpstreamFailure(err))
 	var refused *egress.RefusedError
 	if errors.As(err, &refused) {
 		code, reason = http.StatusForbidden, metav1.StatusReasonForbidden
@@ -614,6 +618,62 @@ func upstreamErrorFor(w http.ResponseWriter, rt *route, err error) {
 		return
 	}
 	refuse(w, code, msg)
+}
+
+// UpstreamFailure is what a client is told of a failed exchange with a tool: the error of the
+// connection, the name lookup or the certificate where there is one (they name no more than
+// the tool's address), else what went wrong in words. Any other error may quote what the tool
+// sent: one reading an answer quotes its first line, and a tool that echoes the request line
+// sends back the query a generator added (its credential); a registry's token service's
+// error quotes its body. The caller may use the Connector but must not hold its credential.
+func UpstreamFailure(err error) string {
+	var opErr *net.OpError
+	var dnsErr *net.DNSError
+	var certErr *tls.CertificateVerificationError
+	var unknownCA x509.UnknownAuthorityError
+	var hostErr x509.HostnameError
+	switch {
+	case errors.Is(err, context.Canceled):
+		return "the request was cancelled"
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded):
+		return "no answer in time"
+	case errors.As(err, &certErr):
+		return certErr.Error()
+	case errors.As(err, &unknownCA):
+		return unknownCA.Error()
+	case errors.As(err, &hostErr):
+		return hostErr.Error()
+	case errors.As(err, &dnsErr):
+		return dnsErr.Error()
+	case errors.As(err, &opErr):
+		return opErr.Error()
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return "the tool closed the connection before its answer"
+	}
+	return "its answer could not be read (the node's log says more)"
+}
+
+// redacted is s without the credential the proxy injects along rt: its Authorization, a
+// generator's headers and query parameters, as they are and percent-encoded.
+func (rt *route) redacted(s string) string {
+	values := []string{rt.cred.authorization}
+	if in := rt.injection; in != nil {
+		for _, v := range in.Query {
+			values = append(values, v)
+		}
+		for _, v := range in.Headers {
+			values = append(values, v)
+		}
+	}
+	for _, v := range values {
+		if len(v) < 4 {
+			continue
+		}
+		for _, form := range []string{v, url.QueryEscape(v), url.PathEscape(v)} {
+			s = strings.ReplaceAll(s, form, "[redacted]")
+		}
+	}
+	return s
 }
 
 // answerRefusal writes a refusal of a request along rt: as a Kubernetes Status for the
@@ -825,7 +885,10 @@ func splitLinkValues(v string) []string {
 // dropInjectedParameters removes the query parameters named in injected (a generator's
 // credential) from the URLs of an answer's Location and Link headers: a tool redirecting to the
 // URL it was asked (a trailing slash added, a mirror) or paging with it would otherwise hand
-// the credential to the client.
+// the credential to the client. A URL that still carries one of the values elsewhere (a login
+// redirect nesting the URL it was asked in a parameter of its own, Jenkins' ?from=, SonarQube's
+// return_to=, percent-encoded once or more) is dropped whole, as is such a Content-Location or
+// Refresh.
 func dropInjectedParameters(h http.Header, injected map[string]string) {
 	if loc := h.Get("Location"); loc != "" {
 		h.Set("Location", withoutParameters(loc, injected))
@@ -834,6 +897,55 @@ func dropInjectedParameters(h http.Header, injected map[string]string) {
 	for i, link := range links {
 		links[i] = linkWithoutParameters(link, injected)
 	}
+	for _, name := range []string{"Location", "Content-Location", "Refresh"} {
+		if carriesInjected(h.Get(name), injected) {
+			h.Del(name)
+		}
+	}
+	if slices.ContainsFunc(links, func(link string) bool { return carriesInjected(link, injected) }) {
+		kept := slices.DeleteFunc(slices.Clone(links), func(link string) bool { return carriesInjected(link, injected) })
+		h.Del("Link")
+		for _, link := range kept {
+			h.Add("Link", link)
+		}
+	}
+}
+
+// carriesInjected tells whether s holds one of the injected values, as it is or percent-decoded
+// up to three times (percentDecoded: a caller's request can put a malformed escape into what a
+// tool echoes back, which would stop a strict decoder).
+func carriesInjected(s string, injected map[string]string) bool {
+	for range 4 {
+		for _, v := range injected {
+			if v != "" && strings.Contains(s, v) {
+				return true
+			}
+		}
+		decoded := percentDecoded(s)
+		if decoded == s {
+			return false
+		}
+		s = decoded
+	}
+	return false
+}
+
+// percentDecoded is s with each %XX of two hex digits decoded, anything else left as it is.
+// Written here: net/url's decoders refuse a whole string for one malformed escape.
+func percentDecoded(s string) string {
+	if !strings.Contains(s, "%") {
+		return s
+	}
+	b := make([]byte, 0, len(s))
+	for i := 0; i < len(s); i++ {
+		if s[i] == '%' && i+2 < len(s) && isHex(s[i+1]) && isHex(s[i+2]) {
+			b = append(b, unhex(s[i+1])<<4|unhex(s[i+2]))
+			i += 2
+			continue
+		}
+		b = append(b, s[i])
+	}
+	return string(b)
 }
 
 // linkWithoutParameters is a Link header value with withoutParameters applied to each of its

@@ -1,17 +1,24 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
+	"encoding/base64"
 	"errors"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"strings"
 	"testing"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apiserver/pkg/authentication/user"
 	"k8s.io/apiserver/pkg/authorization/authorizer"
+
+	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/regoeval"
 )
 
 func mustURL(t *testing.T, s string) *url.URL {
@@ -64,6 +71,13 @@ func TestProxyCredentials(t *testing.T) {
 	h.Set("Proxy-Authorization", "Basic "+"bm9zbGFzaDp0b2s=") // noslash:tok
 	if _, _, err := proxyCredentials(h); err == nil {
 		t.Fatal("a user without namespace/name was accepted")
+	}
+	// A client given the proxy as http://<token>@host sends the token as the user: the refusal,
+	// which is logged and printed by CI, does not quote it.
+	const token = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln"
+	h.Set("Proxy-Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte(token+":")))
+	if _, _, err := proxyCredentials(h); err == nil || strings.Contains(err.Error(), "eyJ") {
+		t.Fatalf("a token as the proxy user: %v, want a refusal that does not quote it", err)
 	}
 }
 
@@ -196,5 +210,71 @@ func TestInjectedParametersLeaveLocationAndLink(t *testing.T) {
 	}
 	if links[1] != `<not a url %zz>; rel="odd"` {
 		t.Errorf("a Link whose URL does not parse kept its query: %q", links[1])
+	}
+}
+
+// TestNestedInjectedParametersLeaveNoHeader: a tool's login redirect nests the URL it was asked
+// in a parameter of its own (Jenkins' ?from=, SonarQube's return_to=), the generator's
+// credential inside it, percent-encoded once or more, a malformed escape beside it (a caller
+// can have a tool echo one): the header is dropped whole, a Link value alone.
+func TestNestedInjectedParametersLeaveNoHeader(t *testing.T) {
+	const key = "glpat/SECRET+1="
+	injected := map[string]string{"private_token": key}
+	once := url.QueryEscape("/api?private_token=" + key)
+	for _, loc := range []string{
+		"http://tool/login?from=" + once,
+		"http://tool/login?from=" + url.QueryEscape(once),
+		"http://tool/login?bad=%zz&from=" + once,
+		"http://tool/login?from=%2Fapi%3Fprivate_token%3D" + strings.ReplaceAll(url.PathEscape(key), "+", "%2b"),
+	} {
+		h := http.Header{}
+		h.Set("Location", loc)
+		h.Set("Content-Location", loc)
+		h.Set("Refresh", "0; url="+loc)
+		h.Add("Link", "<"+loc+`>; rel="login"`)
+		h.Add("Link", `<http://tool/x?page=1>; rel="first"`)
+		dropInjectedParameters(h, injected)
+		for _, name := range []string{"Location", "Content-Location", "Refresh"} {
+			if v := h.Get(name); v != "" {
+				t.Errorf("%s %q kept: %q", name, loc, v)
+			}
+		}
+		if links := h.Values("Link"); len(links) != 1 || links[0] != `<http://tool/x?page=1>; rel="first"` {
+			t.Errorf("Links after %q: %q, want the first page's alone", loc, links)
+		}
+	}
+	h := http.Header{}
+	h.Set("Location", "http://tool/login?from=%2Fapi%3Fpage%3D2")
+	dropInjectedParameters(h, injected)
+	if h.Get("Location") == "" {
+		t.Error("a redirect that carries no credential was dropped")
+	}
+}
+
+// TestAnUnreadableAnswerNamesNoCredential: a tool that echoes the request line it was sent
+// (an echo service, a line protocol on the port) makes the answer's parse error quote it, the
+// query a generator added with it: the client's 502 says what went wrong without it, and the
+// log has it redacted; a connection's error is told as it is.
+func TestAnUnreadableAnswerNamesNoCredential(t *testing.T) {
+	const secret = "glpat-SECRET/123"
+	_, parseErr := http.ReadResponse(bufio.NewReader(strings.NewReader("GET /api?private_token="+url.QueryEscape(secret)+" HTTP/1.1\r\n\r\n")), nil)
+	if parseErr == nil || !strings.Contains(parseErr.Error(), url.QueryEscape(secret)) {
+		t.Fatalf("the parse error does not quote the request line (the test's premise): %v", parseErr)
+	}
+	rt := &route{connector: &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "c"}}, target: &url.URL{Host: "tool"},
+		injection: &regoeval.Injection{Query: map[string]string{"private_token": secret}}, cred: credential{authorization: "Basic Ym90OnNlY3JldA=="}}
+	w := httptest.NewRecorder()
+	upstreamErrorFor(w, rt, parseErr)
+	if body := w.Body.String(); w.Code != http.StatusBadGateway || strings.Contains(body, "SECRET") || !strings.Contains(body, "could not be read") {
+		t.Errorf("the client's answer: %d %q, want a 502 without the credential", w.Code, body)
+	}
+	if got := rt.redacted(parseErr.Error() + " Basic Ym90OnNlY3JldA=="); strings.Contains(got, "SECRET") || strings.Contains(got, "Ym90OnNlY3JldA") {
+		t.Errorf("redacted: %q", got)
+	}
+	dialErr := &net.OpError{Op: "dial", Net: "tcp", Err: errors.New("connect: connection refused")}
+	w = httptest.NewRecorder()
+	upstreamErrorFor(w, rt, dialErr)
+	if !strings.Contains(w.Body.String(), "connection refused") {
+		t.Errorf("a dial's error was not told: %q", w.Body.String())
 	}
 }
