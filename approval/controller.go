@@ -542,7 +542,9 @@ func (c *Controller) evaluate(ctx context.Context, ar *v1alpha1.AccessRequest) (
 	}
 	ref := ar.Spec.Context.ObjectRef
 	var pod corev1.Pod
-	podErr := getCacheFirst(ctx, readerFor(ctx, c.Reader), types.NamespacedName{Namespace: ref.Namespace, Name: ref.Name}, &pod, ref.UID)
+	// From etcd: a watch cache's stale "the Pod runs" would keep a grant (its deletion, its
+	// end), and the rechecks are the backstop of a Pod that ended without its unpublish.
+	podErr := readerFor(ctx, c.Reader).Get(ctx, types.NamespacedName{Namespace: ref.Namespace, Name: ref.Name}, &pod)
 	var connector v1alpha1.Connector
 	connErr := c.Client.Get(ctx, types.NamespacedName{Namespace: ar.Namespace, Name: ar.Spec.ConnectorRef.Name}, &connector)
 	for _, err := range []error{podErr, connErr} {
@@ -1211,6 +1213,9 @@ func (c *Controller) recordGranting(ctx context.Context, ar *v1alpha1.AccessRequ
 		return &podReplacedError{namespace: ref.Namespace, name: ref.Name, uid: string(ref.UID)}
 	case err != nil:
 		return err
+	case pod.DeletionTimestamp != nil || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed:
+		// Ending since its evaluation read it: no grant for it; its next evaluation revokes.
+		return fmt.Errorf("the Pod %s/%s is ending: its grant is not written", ref.Namespace, ref.Name)
 	}
 	return nil
 }

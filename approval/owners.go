@@ -34,18 +34,22 @@ var ownerChainKeys = map[string]string{
 
 // tektonOwners returns the Pod's TaskRun and that TaskRun's PipelineRun as template context
 // entries: each the controller ownerReference of the one before, read from the API server
-// (its watch cache first: getCacheFirst) and kept only when its UID is the one the reference
-// names, and the TaskRun only
+// (the PipelineRun from its watch cache first: getCacheFirst) and kept only when its UID is the
+// one the reference names, and the TaskRun only
 // when it records no other Pod as its own (recordsPod). An entry is missing when its link does
 // not verify.
 func tektonOwners(ctx context.Context, r client.Reader, pod *corev1.Pod) (map[string]any, error) {
 	out := map[string]any{}
-	taskRun, err := verifiedOwner(ctx, r, pod.Namespace, pod, "TaskRun")
+	// The TaskRun from etcd: its record of its Pod and its end change, and a watch cache's
+	// stale copy would let a bare Pod of a finished run's Pod's name borrow its approval. The
+	// PipelineRun (up to a MiB, its spec embedded, at every recheck) from the watch cache
+	// first: it is asked for by UID, which its name cannot be given again with.
+	taskRun, err := verifiedOwner(ctx, r, pod.Namespace, pod, "TaskRun", false)
 	if err != nil || taskRun == nil || !recordsPod(taskRun, pod.Name) {
 		return out, err
 	}
 	out[keyTaskRun] = taskRun.Object
-	pipelineRun, err := verifiedOwner(ctx, r, pod.Namespace, taskRun, "PipelineRun")
+	pipelineRun, err := verifiedOwner(ctx, r, pod.Namespace, taskRun, "PipelineRun", true)
 	if err != nil || pipelineRun == nil {
 		return out, err
 	}
@@ -55,7 +59,7 @@ func tektonOwners(ctx context.Context, r client.Reader, pod *corev1.Pod) (map[st
 
 // verifiedOwner reads the object's controller owner of a Tekton kind; nil when there is none,
 // it does not exist, or its UID differs from the reference's.
-func verifiedOwner(ctx context.Context, r client.Reader, namespace string, obj metav1.Object, kind string) (*unstructured.Unstructured, error) {
+func verifiedOwner(ctx context.Context, r client.Reader, namespace string, obj metav1.Object, kind string, cacheFirst bool) (*unstructured.Unstructured, error) {
 	ref := metav1.GetControllerOfNoCopy(obj)
 	if ref == nil || ref.Kind != kind {
 		return nil, nil
@@ -66,7 +70,12 @@ func verifiedOwner(ctx context.Context, r client.Reader, namespace string, obj m
 	}
 	owner := &unstructured.Unstructured{}
 	owner.SetGroupVersionKind(gv.WithKind(kind))
-	err = getCacheFirst(ctx, r, types.NamespacedName{Namespace: namespace, Name: ref.Name}, owner, ref.UID)
+	key := types.NamespacedName{Namespace: namespace, Name: ref.Name}
+	if cacheFirst {
+		err = getCacheFirst(ctx, r, key, owner, ref.UID)
+	} else {
+		err = r.Get(ctx, key, owner)
+	}
 	switch {
 	case apierrors.IsNotFound(err) || meta.IsNoMatchError(err):
 		return nil, nil

@@ -372,7 +372,7 @@ func (c *PolicyController) syncDefaultPermission(ctx context.Context, p *v1alpha
 	name := defaultGrantName(p.Name)
 	dp := p.Spec.DefaultPermission
 	if dp == nil || len(matched) == 0 {
-		if !c.mayHoldGrant(ctx, p.Namespace, name) {
+		if neverGranted(p) && !c.mayHoldGrant(ctx, p.Namespace, name) {
 			return nil
 		}
 		return deleteGrant(ctx, c.Client, c.Client, p, name)
@@ -402,6 +402,15 @@ func (c *PolicyController) syncDefaultPermission(ctx context.Context, p *v1alpha
 		return err
 	}
 	return writeGrant(ctx, c.Client, nil, p, name, rules, subjects, nil)
+}
+
+// neverGranted tells whether the policy's last reconcile found it had no default grant to keep
+// (a gating policy): only then is the grants' cache trusted to say there is none. A grant
+// written a moment ago may not be in the cache yet, and one whose label someone removed never
+// is: a policy that had a grant deletes it as read from the API server.
+func neverGranted(p *v1alpha1.AccessPolicy) bool {
+	c := meta.FindStatusCondition(p.Status.Conditions, v1alpha1.ConditionPermissionSync)
+	return c != nil && c.Reason == v1alpha1.ReasonNoPermissionRequired
 }
 
 // mayHoldGrant tells whether the namespace may hold a grant of the name: the grants' cache

@@ -103,17 +103,30 @@ func TestConnectorChangesReachOnlyPoliciesSelectingThem(t *testing.T) {
 	}
 }
 
-// TestAPolicyWithoutAGrantReadsNone: a policy with no default grant to keep (a gating policy,
-// or none matched) deletes one only when the grants' cache holds one of its name; it reads no
-// Role or RoleBinding live otherwise (at a new leader's start, each policy's reconcile did).
+// TestAPolicyWithoutAGrantReadsNone: a gating policy, whose last reconcile found no default
+// grant to keep, deletes one only when the grants' cache holds one of its name; it reads no
+// Role or RoleBinding live otherwise (at a new leader's start, each policy's reconcile did). A
+// policy that had one (its default permission since removed), or was never reconciled, reads
+// it live: a grant written a moment ago may not be in the cache yet, one whose label was
+// removed never is.
 func TestAPolicyWithoutAGrantReadsNone(t *testing.T) {
-	p := &v1alpha1.AccessPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "team", Name: "gate", UID: "p"}}
+	policy := func(lastSync string) *v1alpha1.AccessPolicy {
+		p := &v1alpha1.AccessPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "team", Name: "gate", UID: "p"}}
+		if lastSync != "" {
+			p.Status.Conditions = []metav1.Condition{{Type: v1alpha1.ConditionPermissionSync, Status: metav1.ConditionTrue, Reason: lastSync}}
+		}
+		return p
+	}
+	role := &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Namespace: "team", Name: defaultGrantName("gate")}}
 	for what, tc := range map[string]struct {
+		p         *v1alpha1.AccessPolicy
 		cached    []client.Object
 		wantReads bool
 	}{
-		"no grant cached": {nil, false},
-		"its Role cached": {[]client.Object{&rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Namespace: "team", Name: defaultGrantName("gate")}}}, true},
+		"gating, no grant cached": {policy(v1alpha1.ReasonNoPermissionRequired), nil, false},
+		"gating, its Role cached": {policy(v1alpha1.ReasonNoPermissionRequired), []client.Object{role}, true},
+		"granted until now":       {policy(v1alpha1.ReasonSynced), nil, true},
+		"never reconciled":        {policy(""), nil, true},
 	} {
 		reads := 0
 		live := interceptor.NewClient(fake.NewClientBuilder().WithScheme(testScheme(t)).Build(), interceptor.Funcs{
@@ -122,7 +135,7 @@ func TestAPolicyWithoutAGrantReadsNone(t *testing.T) {
 				return c.Get(ctx, key, obj, opts...)
 			}})
 		c := &PolicyController{Client: live, Grants: fake.NewClientBuilder().WithScheme(testScheme(t)).WithObjects(tc.cached...).Build()}
-		if err := c.syncDefaultPermission(context.Background(), p, nil); err != nil {
+		if err := c.syncDefaultPermission(context.Background(), tc.p, nil); err != nil {
 			t.Fatal(err)
 		}
 		if (reads > 0) != tc.wantReads {

@@ -103,9 +103,22 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		// A host Service changed by someone else (led elsewhere) is led back at once, not at the
 		// Connector's recheck. Only its own: the cache keeps other labelled Services as stubs,
 		// with no owner; and not on a resync, which would probe every such Connector at once.
-		Owns(&corev1.Service{}, builder.WithPredicates(predicate.ResourceVersionChangedPredicate{})).
-		Watches(&v1alpha1.ConnectorClass{}, handler.EnqueueRequestsFromMapFunc(r.connectorsOfClass),
-			builder.WithPredicates(predicate.Or[client.Object](predicate.GenerationChangedPredicate{}, classProxyChanged))).
+		// Nor at a new leader's first list (its Connectors' probes are spread), nor at its own
+		// creation of one (the probe that made it is under way).
+		Owns(&corev1.Service{}, builder.WithPredicates(predicate.ResourceVersionChangedPredicate{}, noCreate)).
+		// A class's change queues its Connectors; its creation (a new leader's first list too)
+		// only those that waited for it.
+		Watches(&v1alpha1.ConnectorClass{}, handler.Funcs{
+			CreateFunc: func(ctx context.Context, e event.CreateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+				r.enqueueOfClass(ctx, q, e.Object, func(c *v1alpha1.Connector) bool { return !classFound(c) })
+			},
+			UpdateFunc: func(ctx context.Context, e event.UpdateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+				r.enqueueOfClass(ctx, q, e.ObjectNew, nil)
+			},
+			DeleteFunc: func(ctx context.Context, e event.DeleteEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+				r.enqueueOfClass(ctx, q, e.Object, nil)
+			},
+		}, builder.WithPredicates(predicate.Or[client.Object](predicate.GenerationChangedPredicate{}, classProxyChanged))).
 		// In turns by namespace: a tenant's many Connectors, whose probes may wait on silent
 		// tools, do not hold another's status behind them. One never probed goes first within its
 		// namespace.
@@ -155,18 +168,27 @@ var classProxyChanged = predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bo
 	return before.OwnProxyURL() != after.OwnProxyURL() || (was == nil) != (is == nil) || (was != nil && is != nil && was.Status != is.Status)
 }}
 
-func (r *Reconciler) connectorsOfClass(ctx context.Context, obj client.Object) []reconcile.Request {
+// enqueueOfClass queues the Connectors of the class obj that keep (nil: all).
+func (r *Reconciler) enqueueOfClass(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request], obj client.Object, keep func(*v1alpha1.Connector) bool) {
 	var list v1alpha1.ConnectorList
-	// Names only: the cache's objects are not copied.
+	// Read only: the cache's objects are not copied.
 	if err := r.Client.List(ctx, &list, client.MatchingLabels{v1alpha1.LabelConnectorClass: obj.GetName()}, client.UnsafeDisableDeepCopy); err != nil {
-		return nil
+		return
 	}
-	out := make([]reconcile.Request, 0, len(list.Items))
-	for _, c := range list.Items {
-		out = append(out, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: c.Namespace, Name: c.Name}})
+	for i := range list.Items {
+		if c := &list.Items[i]; keep == nil || keep(c) {
+			q.Add(reconcile.Request{NamespacedName: types.NamespacedName{Namespace: c.Namespace, Name: c.Name}})
+		}
 	}
-	return out
 }
+
+// classFound tells whether a Connector's status says its class was found.
+func classFound(c *v1alpha1.Connector) bool {
+	return meta.IsStatusConditionTrue(c.Status.Conditions, v1alpha1.ConditionConnectorClassReady)
+}
+
+// noCreate passes no creation.
+var noCreate = predicate.Funcs{CreateFunc: func(event.CreateEvent) bool { return false }}
 
 // Reconcile computes one Connector's status.
 func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {

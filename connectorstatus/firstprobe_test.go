@@ -5,8 +5,11 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/util/workqueue"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
@@ -55,5 +58,28 @@ func TestANewLeaderSpreadsItsFirstProbes(t *testing.T) {
 		if probedBefore(tc.c) != tc.spread {
 			t.Errorf("%s: probed before %v: For would queue it at once %v, want %v", tc.c.Name, probedBefore(tc.c), !probedBefore(tc.c), !tc.spread)
 		}
+	}
+}
+
+// TestANewLeadersFirstListsQueueOnlyWhatWaits: at a new leader's start, a class's creation
+// event queues only its Connectors that waited for it (their class not found), not every
+// Connector of the class again at once, and no owned Service's creation queues its Connector.
+func TestANewLeadersFirstListsQueueOnlyWhatWaits(t *testing.T) {
+	scheme := runtime.NewScheme()
+	if err := v1alpha1.AddToScheme(scheme); err != nil {
+		t.Fatal(err)
+	}
+	connector := func(name string, classReady metav1.ConditionStatus) *v1alpha1.Connector {
+		return &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, Labels: map[string]string{v1alpha1.LabelConnectorClass: "git"}},
+			Status: v1alpha1.ConnectorStatus{Conditions: []metav1.Condition{{Type: v1alpha1.ConditionConnectorClassReady, Status: classReady}}}}
+	}
+	r := &Reconciler{Client: fake.NewClientBuilder().WithScheme(scheme).WithObjects(connector("found", metav1.ConditionTrue), connector("waiting", metav1.ConditionFalse)).Build()}
+	q := &delays{after: map[string]time.Duration{}}
+	r.enqueueOfClass(context.Background(), q, &v1alpha1.ConnectorClass{ObjectMeta: metav1.ObjectMeta{Name: "git"}}, func(c *v1alpha1.Connector) bool { return !classFound(c) })
+	if _, found := q.after["found"]; found || len(q.after) != 1 {
+		t.Errorf("a class's creation queued %v, want only the Connector that waited for it", q.after)
+	}
+	if noCreate.Create(event.CreateEvent{Object: &corev1.Service{}}) {
+		t.Error("an owned Service's creation queues its Connector")
 	}
 }

@@ -650,13 +650,19 @@ func UpstreamFailure(err error) string {
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
 		return "the tool closed the connection before its answer"
 	}
-	return "its answer could not be read (the node's log says more)"
+	return "its answer could not be read"
 }
 
 // redacted is s without the credential the proxy injects along rt: its Authorization, a
 // generator's headers and query parameters, as they are and percent-encoded.
 func (rt *route) redacted(s string) string {
 	values := []string{rt.cred.authorization}
+	if _, token, ok := strings.Cut(rt.cred.authorization, " "); ok { // Basic's, Bearer's
+		values = append(values, token)
+	}
+	if login := rt.cred.registry; login != nil {
+		values = append(values, login.password)
+	}
 	if in := rt.injection; in != nil {
 		for _, v := range in.Query {
 			values = append(values, v)
@@ -897,19 +903,23 @@ func dropInjectedParameters(h http.Header, injected map[string]string) {
 	for i, link := range links {
 		links[i] = linkWithoutParameters(link, injected)
 	}
-	for _, name := range []string{"Location", "Content-Location", "Refresh"} {
-		if carriesInjected(h.Get(name), injected) {
-			h.Del(name)
+	for _, name := range []string{"Location", "Content-Location", "Refresh", "Link"} {
+		values := h.Values(name)
+		if !slices.ContainsFunc(values, func(v string) bool { return carriesInjected(v, injected) }) {
+			continue
 		}
-	}
-	if slices.ContainsFunc(links, func(link string) bool { return carriesInjected(link, injected) }) {
-		kept := slices.DeleteFunc(slices.Clone(links), func(link string) bool { return carriesInjected(link, injected) })
-		h.Del("Link")
-		for _, link := range kept {
-			h.Add("Link", link)
+		kept := slices.DeleteFunc(slices.Clone(values), func(v string) bool { return carriesInjected(v, injected) })
+		h.Del(name)
+		for _, v := range kept {
+			h.Add(name, v)
 		}
 	}
 }
+
+// minSecretBytes is the length under which an injected value is taken for no secret (a
+// generator's v=1, format=json): looked for in what a tool answers, it would drop every
+// redirect and page link holding "1".
+const minSecretBytes = 8
 
 // carriesInjected tells whether s holds one of the injected values, as it is or percent-decoded
 // up to three times (percentDecoded: a caller's request can put a malformed escape into what a
@@ -917,7 +927,7 @@ func dropInjectedParameters(h http.Header, injected map[string]string) {
 func carriesInjected(s string, injected map[string]string) bool {
 	for range 4 {
 		for _, v := range injected {
-			if v != "" && strings.Contains(s, v) {
+			if len(v) >= minSecretBytes && strings.Contains(s, v) {
 				return true
 			}
 		}

@@ -249,6 +249,18 @@ func TestNestedInjectedParametersLeaveNoHeader(t *testing.T) {
 	if h.Get("Location") == "" {
 		t.Error("a redirect that carries no credential was dropped")
 	}
+	// A short value a generator adds beside its credential is no secret to look for.
+	h = http.Header{}
+	h.Set("Location", "http://tool/x?page=1")
+	h.Add("Content-Location", "http://tool/y")
+	h.Add("Content-Location", "http://tool/login?from="+once) // its second value
+	dropInjectedParameters(h, map[string]string{"v": "1", "private_token": key})
+	if h.Get("Location") != "http://tool/x?page=1" {
+		t.Errorf("a redirect holding a short injected value was changed: %q", h.Get("Location"))
+	}
+	if got := h.Values("Content-Location"); len(got) != 1 || got[0] != "http://tool/y" {
+		t.Errorf("Content-Location values %q, want the one without the credential", got)
+	}
 }
 
 // TestAnUnreadableAnswerNamesNoCredential: a tool that echoes the request line it was sent
