@@ -216,7 +216,10 @@ func named(names []string) []Item {
 // toolError turns a client error into a Status a person can act on.
 func toolError(tool string, err error) error {
 	var terr *transport.Error
+	var ae *apiError // the API's own (a bound of what it reads), in its own words
 	switch {
+	case errors.As(err, &ae):
+		return ae
 	// Not go-git's message: it quotes the tool's answer whole, to a path the caller chose
 	// (repositoryUrl), read with the Connector's credential.
 	case errors.Is(err, gittransport.ErrAuthenticationRequired):
@@ -324,10 +327,6 @@ func nameOptions(reg name.Registry) []name.Option {
 
 // registryError turns a go-containerregistry error into a Status.
 func registryError(err error) error {
-	var ae *apiError
-	if errors.As(err, &ae) {
-		return err
-	}
 	var terr *transport.Error
 	if errors.As(err, &terr) {
 		switch terr.StatusCode {

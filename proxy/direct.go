@@ -217,6 +217,12 @@ func (d *directTransport) RoundTrip(tr *http.Transport, r *http.Request, owner p
 // errNothingRead marks a failure before the first byte of an answer.
 var errNothingRead = errors.New("the connection closed before an answer")
 
+// toolFault is what the proxy found wrong with a tool's answer, in its own words (which quote
+// nothing the tool sent): UpstreamFailure tells it to the client.
+type toolFault struct{ msg string }
+
+func (f *toolFault) Error() string { return f.msg }
+
 // get takes an idle connection of key (idleConn), one that proves open if checked, or dials a
 // new one; reused tells which.
 func (d *directTransport) get(ctx context.Context, key directKey, checked bool) (pc *directConn, reused bool, err error) {
@@ -493,14 +499,14 @@ func (pc *directConn) readHead(r *http.Request) (*http.Response, error) {
 	for {
 		res, err := http.ReadResponse(pc.br, r)
 		if err != nil && pc.head.N <= 0 { // whatever the parser made of the cut
-			return nil, fmt.Errorf("the tool's answer head is larger than %d bytes (--proxy-max-header-bytes)", pc.maxHead)
+			return nil, &toolFault{fmt.Sprintf("the tool's answer head is larger than %d bytes (--proxy-max-header-bytes)", pc.maxHead)}
 		}
 		if err != nil {
 			return nil, err
 		}
 		switch {
 		case res.StatusCode == http.StatusSwitchingProtocols:
-			return nil, errors.New("the tool switched protocols on a request that asked for no upgrade")
+			return nil, &toolFault{"the tool switched protocols on a request that asked for no upgrade"}
 		case res.StatusCode >= 100 && res.StatusCode < 200:
 			continue
 		}

@@ -632,7 +632,16 @@ func UpstreamFailure(err error) string {
 	var certErr *tls.CertificateVerificationError
 	var unknownCA x509.UnknownAuthorityError
 	var hostErr x509.HostnameError
+	var fault *toolFault
 	switch {
+	case errors.As(err, &fault):
+		return fault.msg
+	case errors.Is(err, errHTTP1Refused):
+		return errHTTP1Refused.Error()
+	case errors.Is(err, errNothingRead):
+		return errNothingRead.Error()
+	case strings.HasPrefix(err.Error(), "net/http: server response headers exceeded"): // net/http's own words
+		return err.Error()
 	case errors.Is(err, context.Canceled):
 		return "the request was cancelled"
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded):
