@@ -55,8 +55,7 @@ type Connectors struct {
 	ReadTTL time.Duration
 	// LookupsPerNamespace, set before the first Lookup, bounds the Connectors of one namespace
 	// watched for the proxy's lookups alone (0: only max/2 bounds them); a lookup of another is
-	// served from a list, kept ReadTTL and then listed again not older than it (from the API
-	// server's watch cache). The proxy's lookups follow what Pods send it: a tenant with a Pod
+	// served from a list, kept ReadTTL and then listed again from the API server's watch cache. The proxy's lookups follow what Pods send it: a tenant with a Pod
 	// on every node could otherwise have each node watch hundreds of its Connectors, a watch
 	// each in the API servers, millions in a 5,000-node cluster.
 	LookupsPerNamespace int
@@ -78,11 +77,10 @@ type listedCache struct {
 	metric string // its size's cache label
 }
 
-// listing is a Connector as a list found it: kept (nil obj: none, or too large), listed at.
+// listing is a Connector as a list found it (nil obj: none, or too large), and when.
 type listing struct {
 	*held
-	resourceVersion string
-	at              time.Time
+	at time.Time
 }
 
 // of returns l's entries of c, kept life long; nil when c keeps none.
@@ -104,11 +102,11 @@ func (l *listedCache) get(nn types.NamespacedName) (*listing, bool) {
 	return l.lru.Get(nn)
 }
 
-// add keeps conn, listed at resourceVersion, in l when l keeps any, and returns it as held.
-func (l *listedCache) add(c *Connectors, nn types.NamespacedName, conn *v1alpha1.Connector, resourceVersion string) *held {
+// add keeps conn in l when l keeps any, and returns it as held.
+func (l *listedCache) add(c *Connectors, nn types.NamespacedName, conn *v1alpha1.Connector) *held {
 	h := kept(conn)
 	if l.lru != nil {
-		l.lru.Add(nn, &listing{held: h, resourceVersion: resourceVersion, at: c.now()})
+		l.lru.Add(nn, &listing{held: h, at: c.now()})
 	}
 	return h
 }
@@ -184,14 +182,18 @@ func (c *Connectors) LookupWith(ctx context.Context, nn types.NamespacedName, li
 		return c.readWithin(ctx, nn, w)
 	}
 	// A Connector listed earlier and not watched (its namespace's lookups fill their share)
-	// is served from that list for ReadTTL, then listed again, not older than it.
+	// is served from that list for ReadTTL, then listed again from the API server's watch
+	// cache (no read of etcd; one that lags is as good as the list this replaces). Not with a
+	// version not older than the last list's: that is etcd's revision, which the watch cache of
+	// a kind with no change since has not seen, and waits for, then answers 504, which the
+	// client retries for seconds.
 	c.unlisted.of(c, 2*c.ReadTTL)
 	seen := ""
 	if l, ok := c.unlisted.get(nn); ok && !forVolume {
 		if c.now().Sub(l.at) < c.ReadTTL {
 			return l.connector(nn)
 		}
-		seen = l.resourceVersion
+		seen = anyVersion
 	}
 	// What the list found: watched from it, or kept as listed.
 	type found struct {
@@ -208,6 +210,11 @@ func (c *Connectors) LookupWith(ctx context.Context, nn types.NamespacedName, li
 			return found{w: w}, nil
 		}
 		conn, rv, err := c.listOne(ctx, lists, nn, seen)
+		if err == nil && conn == nil && seen != "" {
+			// A watch cache that lags may not have it yet: that it is gone is remembered for
+			// an hour, on a consistent list's word only.
+			conn, rv, err = c.listOne(ctx, lists, nn, "")
+		}
 		switch {
 		case err != nil:
 			return found{}, err
@@ -218,7 +225,7 @@ func (c *Connectors) LookupWith(ctx context.Context, nn types.NamespacedName, li
 		if w := c.watch(nn, conn, rv, forVolume); w != nil {
 			return found{w: w}, nil
 		}
-		return found{h: c.unlisted.add(c, nn, conn, rv)}, nil
+		return found{h: c.unlisted.add(c, nn, conn)}, nil
 	})
 	switch {
 	case err != nil:
@@ -271,14 +278,14 @@ func (c *Connectors) ReadWith(ctx context.Context, nn types.NamespacedName, list
 		return l.connector(nn)
 	}
 	h, err := singlecall.Do(ctx, &c.lookups, "read\x00"+nn.String(), lookupTimeout, func(ctx context.Context) (*held, error) {
-		found, rv, err := c.listOne(ctx, lists, nn, "")
+		found, _, err := c.listOne(ctx, lists, nn, "")
 		if err != nil || found == nil {
 			if err == nil {
 				c.rememberMissing(nn)
 			}
 			return nil, err
 		}
-		return c.apiListed.add(c, nn, found, rv), nil
+		return c.apiListed.add(c, nn, found), nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("read of Connector %s: %w", nn, err)

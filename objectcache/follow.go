@@ -122,20 +122,28 @@ func (f follower) list(ctx context.Context, seen string) (resourceVersion string
 	return resourceVersion, nil
 }
 
+// anyVersion asks a list for whatever version the API server's watch cache holds.
+const anyVersion = "0"
+
 // listOne lists the object nn into list (a field selector on its name, a consistent list) with
 // r: nil when there is none.
 func listOne(ctx context.Context, r client.Reader, nn types.NamespacedName, list client.ObjectList) (client.Object, string, error) {
 	return listOneNotOlderThan(ctx, r, nn, list, "")
 }
 
-// listOneNotOlderThan is listOne of a version not older than seen ("": a consistent list).
+// listOneNotOlderThan is listOne of a version not older than seen ("": a consistent list;
+// anyVersion: whatever the watch cache holds, without waiting for it to catch up with one).
 func listOneNotOlderThan(ctx context.Context, r client.Reader, nn types.NamespacedName, list client.ObjectList, seen string) (client.Object, string, error) {
 	if nn.Namespace == "" {
 		// InNamespace("") would list every namespace's objects of the name.
 		return nil, "", fmt.Errorf("no namespace for %s", nn.Name)
 	}
 	raw := metav1.ListOptions{FieldSelector: nameSelector(nn)}
-	if seen != "" {
+	switch seen {
+	case "":
+	case anyVersion:
+		raw.ResourceVersion = anyVersion
+	default:
 		raw.ResourceVersion, raw.ResourceVersionMatch = seen, metav1.ResourceVersionMatchNotOlderThan
 	}
 	if err := r.List(ctx, list, client.InNamespace(nn.Namespace), &client.ListOptions{Raw: &raw}); err != nil {

@@ -4,7 +4,10 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	neturl "net/url"
 	"runtime"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -17,6 +20,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kube-connectors/connectors-csi/apis/connectors/v1alpha1"
+	"github.com/kube-connectors/connectors-csi/driver"
 	"github.com/kube-connectors/connectors-csi/objectcache"
 	"github.com/kube-connectors/connectors-csi/test/kubelet"
 )
@@ -323,5 +327,61 @@ func TestConnectorLookupsDoNotPushOutVolumes(t *testing.T) {
 	}
 	if l, w := counted.lists.Load()-lists, counted.watches.Load()-watches; l != 0 || w != 0 {
 		t.Errorf("six lookups pushed the volumes' Connectors out: their republish listed %d and watched %d, want none", l, w)
+	}
+}
+
+// TestConnectorLookupsPastANamespacesShareAreListed: the proxy's lookups of one namespace's
+// Connectors hold at most --connector-lookup-watches-per-namespace watches (1 here, the
+// volume's Connector not counted); another is listed, not watched, kept the TTL, and then
+// listed again from the watch cache (resourceVersion 0: not a version the cache of a kind
+// with no change since has not seen, which it waits for and answers 504, retried by the client
+// for seconds; that happened here first). The node as deployed, its requests to the API server
+// from the audit log.
+func TestConnectorLookupsPastANamespacesShareAreListed(t *testing.T) {
+	tool := startRecorder(t, func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
+	const ttl = time.Second
+	env, _ := startDeployedNode(t, func(o *driver.Options) { o.LookupsPerNamespace, o.APIConnectorTTL = 1, ttl })
+	ns, class, files := basicTool(t, env, tool.URL, "lookup-secret")
+	for _, name := range []string{"first", "second"} {
+		create(t, &v1alpha1.Connector{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+			Spec: v1alpha1.ConnectorSpec{ConnectorClassName: class, Address: tool.URL, Auth: &v1alpha1.ConnectorAuth{SecretRef: &v1alpha1.SecretRef{Name: "cred"}}}})
+	}
+	allowConnectorsAs(t, ns, "builder", "use-more", "first", "second")
+	get := func(name string) {
+		t.Helper()
+		url := env.proxyURL + "/namespaces/" + ns + "/connectors/" + name + "/x"
+		if code, body := do(t, noRedirects, newRequest(t, "GET", url, map[string]string{"Authorization": "Bearer " + files["context.token"]})); code != http.StatusOK {
+			t.Fatalf("GET through %s: %d %q", name, code, body)
+		}
+	}
+	// asked lists the node's requests for Connector name since a time: verb, and the resource
+	// version a list asked for.
+	asked := func(name string, since time.Time) []string {
+		t.Helper()
+		var out []string
+		for _, ev := range nodeConnectorRequests(t, ns, since) {
+			u, err := neturl.Parse(ev.RequestURI)
+			if err != nil || u.Query().Get("fieldSelector") != "metadata.name="+name {
+				continue
+			}
+			out = append(out, ev.Verb+" "+u.Query().Get("resourceVersion"))
+		}
+		return out
+	}
+	since := time.Now()
+	get("first")
+	get("second")
+	get("second")
+	if got := asked("first", since); !slices.ContainsFunc(got, func(s string) bool { return strings.HasPrefix(s, "watch ") }) {
+		t.Errorf("the namespace's first Connector looked up: %q, want it watched", got)
+	}
+	if got := asked("second", since); len(got) != 1 || got[0] != "list " {
+		t.Errorf("the second, past the namespace's share, looked up twice: %q, want one consistent list and no watch", got)
+	}
+	time.Sleep(ttl + 500*time.Millisecond)
+	again := time.Now()
+	get("second")
+	if got := asked("second", again); len(got) != 1 || got[0] != "list 0" {
+		t.Errorf("the second looked up past the TTL: %q, want one list of the watch cache's (resourceVersion 0)", got)
 	}
 }

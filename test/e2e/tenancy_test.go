@@ -2264,18 +2264,25 @@ func nodeCreates(t *testing.T, resource string, since time.Time) []auditv1.Event
 // since a time, from the audit log.
 func nodeConnectorVerbs(t *testing.T, ns string, since time.Time) map[string]int {
 	t.Helper()
-	reads, err := cp.AuditEvents(func(ev *auditv1.Event) bool {
+	verbs := map[string]int{}
+	for _, ev := range nodeConnectorRequests(t, ns, since) {
+		verbs[ev.Verb]++
+	}
+	return verbs
+}
+
+// nodeConnectorRequests are the node's requests for Connectors of ns since a time, from the
+// audit log.
+func nodeConnectorRequests(t *testing.T, ns string, since time.Time) []auditv1.Event {
+	t.Helper()
+	events, err := cp.AuditEvents(func(ev *auditv1.Event) bool {
 		return ev.User.Username == controlplane.NodeUser && ev.ObjectRef != nil && ev.ObjectRef.Resource == "connectors" &&
 			ev.ObjectRef.Namespace == ns && !ev.RequestReceivedTimestamp.Time.Before(since)
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	verbs := map[string]int{}
-	for _, ev := range reads {
-		verbs[ev.Verb]++
-	}
-	return verbs
+	return events
 }
 
 // TestTenancyAGitRedirectDoesNotTakeThePodToken: git follows a redirect of its first request
