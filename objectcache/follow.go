@@ -71,6 +71,15 @@ func (f follower) run(ctx context.Context, listedAt string) {
 			seen = "" // a version the API server cannot serve (an etcd restored from a backup): a consistent list next
 		case err == nil:
 			seen, err = f.watchFrom(ctx, rv)
+			if !apierrors.IsGone(err) && !apierrors.IsResourceExpired(err) {
+				// Only a 410 proves seen older than the serving watch cache (which then lists
+				// at once). After another end (a 401 or 403 at a watch's start), seen may be
+				// etcd's revision from a consistent list, which the watch cache of a kind with no
+				// change since has not reached: a list not older than it waits, answers 504,
+				// and client-go retries that for tens of seconds. A consistent list falls back
+				// to etcd.
+				seen = ""
+			}
 			if ctx.Err() == nil {
 				klog.FromContext(ctx).V(2).Info("The watch of an object ended; listing it again", "kind", f.kind, "object", f.nn, "err", err)
 			}

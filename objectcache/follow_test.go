@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/watch"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -116,4 +117,56 @@ func TestAWatchThatEndedStartsAgainSpread(t *testing.T) {
 func testFollower(c client.WithWatch, pause func(context.Context, time.Duration) error) follower {
 	return follower{client: c, nn: nameOf(0), kind: "Connector", newList: func() client.ObjectList { return &v1alpha1.ConnectorList{} },
 		set: func(client.Object) {}, listed: func() {}, pause: pause}
+}
+
+// TestOnlyAGoneWatchListsNotOlderThanWhatWasSeen: a watch that ended with 410 Gone lists again
+// not older than the version it saw (older than the watch cache, which serves it at once); one
+// that ended otherwise (a 403 at its start) lists consistently: the version it saw may be
+// etcd's, from a consistent list, which the watch cache has not reached and would wait for.
+func TestOnlyAGoneWatchListsNotOlderThanWhatWasSeen(t *testing.T) {
+	for name, tc := range map[string]struct {
+		refusal error  // at the watch's start; nil: 410 Gone in its stream
+		want    string // the list again's resource version/match
+	}{
+		"forbidden": {apierrors.NewForbidden(v1alpha1.GroupVersion.WithResource("connectors").GroupResource(), "c-0", errors.New("no")), "/"},
+		"gone":      {nil, "7/NotOlderThan"},
+	} {
+		ctx, cancel := context.WithCancel(context.Background())
+		var lists []string
+		watches := 0
+		c := interceptor.NewClient(fakeConnectors(t, 1), interceptor.Funcs{
+			List: func(ctx context.Context, c client.WithWatch, list client.ObjectList, opts ...client.ListOption) error {
+				o := &client.ListOptions{}
+				o.ApplyOptions(opts)
+				if lists = append(lists, o.Raw.ResourceVersion+"/"+string(o.Raw.ResourceVersionMatch)); len(lists) == 2 {
+					cancel()
+				}
+				err := c.List(ctx, list, opts...)
+				list.SetResourceVersion("7") // the fake client's lists name none
+				return err
+			},
+			Watch: func(ctx context.Context, c client.WithWatch, list client.ObjectList, opts ...client.ListOption) (watch.Interface, error) {
+				if watches++; watches > 1 {
+					return c.Watch(ctx, list, opts...)
+				}
+				if tc.refusal != nil {
+					return nil, tc.refusal
+				}
+				gone := watch.NewFake()
+				go gone.Error(&apierrors.NewResourceExpired("too old").ErrStatus)
+				return gone, nil
+			}})
+		f := testFollower(c, func(context.Context, time.Duration) error { return nil })
+		done := make(chan struct{})
+		go func() { f.run(ctx, ""); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(time.Minute):
+			cancel()
+			t.Fatalf("%s: the follower did not list again: %q", name, lists)
+		}
+		if len(lists) < 2 || lists[1] != tc.want {
+			t.Errorf("%s: lists %q, want the second %q", name, lists, tc.want)
+		}
+	}
 }
